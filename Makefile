@@ -1,0 +1,30 @@
+# SIRA: two commands. `make demo` runs the platform end to end on embedded
+# defaults; `make test` runs the whole test suite. Both set up .venv themselves.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sira-installed
+DEMO_SCALE ?= 1
+
+.PHONY: demo test test-unit bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	DEMO_SCALE=$(DEMO_SCALE) $(BIN)/sira demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m sira` runs the CLI."""
+
+from sira.cli import run
+
+run()

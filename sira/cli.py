@@ -1,0 +1,372 @@
+"""The ``sira`` command line.
+
+Conventions (see CONVENTIONS.md): ``sira <noun> <verb>``; human output goes to
+stderr; ``--json`` prints exactly one JSON object on stdout; errors are one
+line, ``error: <code>: <message>``, exit 2 for bad input and 1 for a failure
+of the system; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.exceptions import Exit as TyperExit
+from typer.exceptions import TyperException
+from rich.console import Console
+from rich.table import Table
+
+from sira.config import get_settings
+from sira.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InvalidInput, NotFound, SiraError
+
+app = typer.Typer(
+    name="sira",
+    help="SIRA: risk models for payments: features, training, governance, serving, monitoring.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Manage the database: migrations and the embedded server.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+# Not a terminal (CI logs, pipes): wide enough that paths are not folded.
+_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+def _emit(payload: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
+    """Print a command's result: one JSON object on stdout, or a human rendering on stderr."""
+    if as_json:
+        sys.stdout.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    else:
+        render()
+
+
+def _kv_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, "" if value is None else str(value))
+    return table
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (anywhere on the line).")] = False,
+) -> None:
+    """SIRA: risk models for payments."""
+
+
+# -- db ----------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+def db_migrate(as_json: JsonOption = False) -> None:
+    """Apply pending schema migrations from sql/."""
+    from sira import db, migrations
+
+    settings = get_settings()
+
+    async def run() -> tuple[str, list[migrations.Migration], int]:
+        dsn = db.resolve_dsn(settings)
+        conn = await db.connect(dsn)
+        try:
+            applied = await migrations.migrate(conn)
+            states = await migrations.status(conn)
+        finally:
+            await conn.close()
+        return dsn, applied, max((s.version for s in states), default=0)
+
+    dsn, applied, version = asyncio.run(run())
+    payload = {
+        "database": db.describe_dsn(dsn),
+        "applied": [m.filename for m in applied],
+        "schema_version": version,
+    }
+
+    def render() -> None:
+        if applied:
+            for m in applied:
+                _err.print(f"applied {m.filename}")
+        else:
+            _err.print("schema is up to date")
+        _err.print(f"schema version {version:03d} on {payload['database']}")
+
+    _emit(payload, as_json, render)
+
+
+@db_app.command("status")
+def db_status(as_json: JsonOption = False) -> None:
+    """Show the database in use, the embedded server and the migrations."""
+    from sira import db, migrations
+
+    settings = get_settings()
+    embedded = db.embedded_server(settings).status() if settings.database_url is None else None
+
+    async def run(dsn: str) -> list[migrations.MigrationState]:
+        conn = await db.connect(dsn)
+        try:
+            return await migrations.status(conn)
+        finally:
+            await conn.close()
+
+    dsn: str | None
+    if settings.database_url is not None:
+        dsn = settings.database_url.get_secret_value()
+    else:
+        dsn = embedded.dsn if embedded else None
+    states = asyncio.run(run(dsn)) if dsn else []
+    pending = [s for s in states if s.applied_at is None]
+    payload: dict[str, Any] = {
+        "database": db.describe_dsn(dsn) if dsn else None,
+        "mode": "external" if settings.database_url is not None else "embedded",
+        "reachable": dsn is not None,
+        "migrations": [
+            {"version": s.version, "name": s.name, "applied_at": s.applied_at.isoformat() if s.applied_at else None}
+            for s in states
+        ],
+        "pending": [f"{s.version:03d}_{s.name}" for s in pending],
+        "up_to_date": bool(states) and not pending,
+    }
+    if embedded is not None:
+        payload["embedded"] = {
+            "data_dir": str(embedded.data_dir),
+            "initialized": embedded.initialized,
+            "running": embedded.running,
+            "pid": embedded.pid,
+        }
+
+    def render() -> None:
+        rows: dict[str, Any] = {"mode": payload["mode"], "database": payload["database"] or "(not running)"}
+        if embedded is not None:
+            rows.update({"data dir": embedded.data_dir, "running": embedded.running, "pid": embedded.pid})
+        rows["schema"] = (
+            "up to date" if payload["up_to_date"]
+            else ("pending: " + ", ".join(payload["pending"]) + " (run `sira db migrate`)") if states
+            else "unknown (database not running)"
+        )
+        _err.print(_kv_table("SIRA database", rows))
+
+    _emit(payload, as_json, render)
+
+
+@db_app.command("start")
+def db_start(as_json: JsonOption = False) -> None:
+    """Start the workspace's embedded PostgreSQL (it keeps running until `sira db stop`)."""
+    from sira import db
+
+    settings = get_settings()
+    if settings.database_url is not None:
+        raise InvalidInput("SIRA_DATABASE_URL is set: SIRA uses that server and has no embedded one to start")
+    server = db.embedded_server(settings)
+    was_running = server.status().running
+    dsn = server.start()
+    payload = {"database": db.describe_dsn(dsn), "data_dir": str(server.data_dir), "already_running": was_running}
+    _emit(payload, as_json, lambda: _err.print(
+        f"embedded PostgreSQL {'already running' if was_running else 'started'}: {payload['database']}"
+        f" (data in {server.data_dir})"
+    ))
+
+
+@db_app.command("stop")
+def db_stop(as_json: JsonOption = False) -> None:
+    """Stop the workspace's embedded PostgreSQL."""
+    from sira import db
+
+    settings = get_settings()
+    if settings.database_url is not None:
+        raise InvalidInput("SIRA_DATABASE_URL is set: SIRA does not own that server and will not stop it")
+    server = db.embedded_server(settings)
+    stopped = server.stop()
+    payload = {"stopped": stopped, "data_dir": str(server.data_dir)}
+    _emit(payload, as_json, lambda: _err.print(
+        "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running"
+    ))
+
+
+# -- simulate ----------------------------------------------------------------
+
+
+def _load_yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise NotFound(f"file not found: {path}", details={"path": str(path)})
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+@app.command("simulate")
+def simulate_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workspace>/simulation.")] = None,
+    days: Annotated[int | None, typer.Option("--days", help="Days of traffic (default 30).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same files.")] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--start", formats=["%Y-%m-%d"], help="First day, YYYY-MM-DD (default 2026-09-01).")
+    ] = None,
+    customers: Annotated[int | None, typer.Option("--customers", help="Number of customers (default 2000).")] = None,
+    fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", help="Share of fraudulent events (default 0.01).")] = None,
+    shift_day: Annotated[
+        int | None, typer.Option("--shift-day", help="Day from which the fraud pattern shifts (default: none).")
+    ] = None,
+    label_delay_days: Annotated[
+        float | None, typer.Option("--label-delay-days", help="Median chargeback delay in days (default 10).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of simulation settings; options override it.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate payments, fraud and delayed labels into events.parquet and labels.parquet."""
+    from sira.simulate import SimulationConfig, simulate
+
+    values: dict[str, Any] = _load_yaml_mapping(config) if config else {}
+    unknown = set(values) - set(SimulationConfig.__dataclass_fields__)
+    if unknown:
+        raise InvalidInput(f"{config}: unknown setting(s) {', '.join(sorted(unknown))}")
+    overrides = {
+        "days": days, "seed": seed, "start": start.date() if start else None, "customers": customers,
+        "fraud_rate": fraud_rate, "shift_day": shift_day, "label_delay_days": label_delay_days,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("start"), str):
+        try:
+            values["start"] = datetime.strptime(values["start"], "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidInput(f"start: expected YYYY-MM-DD, got {values['start']!r}") from None
+    try:
+        cfg = SimulationConfig(**values)
+    except TypeError as exc:
+        raise InvalidInput(f"invalid simulation settings: {exc}") from None
+    out_dir = (out or get_settings().workspace / "simulation").resolve()
+    with _err.status("simulating payments…"):
+        result = simulate(cfg, out_dir)
+    payload = {
+        "events": str(result.events_path), "labels": str(result.labels_path),
+        "manifest": str(result.manifest_path), "summary": result.summary,
+    }
+
+    def render() -> None:
+        s = result.summary
+        _err.print(_kv_table("Simulation", {
+            "events": f"{s['events']:,} → {result.events_path}",
+            "fraud": f"{s['fraud_events']:,} ({s['fraud_rate']:.2%})",
+            "by scenario": ", ".join(f"{k} {v:,}" for k, v in s["fraud_by_scenario"].items()) or "none",
+            "labels": f"{s['labels']:,} ({s['positive_labels']:,} fraud, {s['negative_labels']:,} reviewed legit)"
+            f" → {result.labels_path}",
+            "median chargeback delay": f"{s['median_chargeback_delay_days']} days",
+            "shift day": s["shift_day"],
+        }))
+
+    _emit(payload, as_json, render)
+
+
+# -- demo --------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_cmd(
+    scale: Annotated[
+        float, typer.Option("--scale", envvar="DEMO_SCALE", min=0.01, max=100.0, help="Shrink or grow the demo data.")
+    ] = 1.0,
+    days: Annotated[int, typer.Option("--days", min=2, max=3650, help="Days of simulated traffic.")] = 42,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for demo data. Default: <workspace>/demo-data.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the whole platform end to end on embedded defaults."""
+    from sira.demo import run_demo
+
+    settings = get_settings()
+    report = asyncio.run(run_demo(settings, scale=scale, days=days, out_dir=out, progress=_err.print))
+
+    def render() -> None:
+        _err.print(_kv_table("Database", {
+            "database": report.database["dsn"],
+            "mode": "embedded" if report.database["embedded"] else "external",
+            "schema version": f"{report.database['schema_version']:03d}",
+        }))
+        sim = report.simulation
+        _err.print(_kv_table("Simulated traffic", {
+            "events": f"{sim['events']:,} over {sim['days']} days → {sim['events_path']}",
+            "fraud": f"{sim['fraud_events']:,} ({sim['fraud_rate']:.2%}); shift from day {sim['shift_day']}",
+            "labels": f"{sim['labels']:,} → {sim['labels_path']}",
+        }))
+        table = Table(title="Tables", title_justify="left")
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        for name, count in report.tables.items():
+            table.add_row(name, f"{count:,}")
+        _err.print(table)
+
+    _emit(report.to_dict(), as_json, render)
+
+
+# -- entry point -------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("SIRA_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="sira", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except TyperExit as exc:
+        return exc.exit_code
+    except TyperException as exc:
+        # Typer's (vendored click's) usage errors: unknown option, bad value, no such command.
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(ctx.get_help() + "\n" if ctx is not None else "")
+            return 0
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        code = "usage" if getattr(exc, "exit_code", 1) == EXIT_BAD_INPUT else "cli"
+        sys.stderr.write(f"error: {code}: {where}{' '.join(exc.format_message().split())}\n")
+        return EXIT_BAD_INPUT
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        return 130
+    except SiraError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(exc.one_line() + "\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug or an unexpected failure of a dependency
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"error: internal: {type(exc).__name__}: {message} (run with --debug for a traceback)\n")
+        return EXIT_FAILURE
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

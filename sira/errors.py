@@ -1,0 +1,105 @@
+"""One error hierarchy for SIRA.
+
+Domain code raises :class:`SiraError` subclasses. Each carries a stable
+``code``, an HTTP status for the API and an exit status for the CLI, so the
+HTTP layer and the CLI turn any of them into the documented shape without
+knowing the domain:
+
+- HTTP: ``{"error": {"code": ..., "message": ..., "details": {...}}}``
+- CLI: ``error: <code>: <message>`` on stderr, exit 2 for bad input, 1 for a system failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class SiraError(Exception):
+    """Base of every error SIRA reports to a user."""
+
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = EXIT_FAILURE
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override of the class default
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The HTTP error body."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def one_line(self) -> str:
+        """The CLI error line."""
+        message = " ".join(self.message.split())
+        return f"error: {self.code}: {message}"
+
+
+class InvalidInput(SiraError):
+    """The caller sent something that cannot work (bad value, missing column, unknown option)."""
+
+    code = "invalid_input"
+    http_status = 422
+    exit_code = EXIT_BAD_INPUT
+
+
+class NotFound(SiraError):
+    """A named thing (file, model, version, prediction) does not exist."""
+
+    code = "not_found"
+    http_status = 404
+    exit_code = EXIT_BAD_INPUT
+
+
+class Conflict(SiraError):
+    """The request is valid but clashes with the current state (a concurrent change, a duplicate)."""
+
+    code = "conflict"
+    http_status = 409
+    exit_code = EXIT_BAD_INPUT
+
+
+class Unauthenticated(SiraError):
+    """Missing or invalid credentials."""
+
+    code = "unauthenticated"
+    http_status = 401
+    exit_code = EXIT_BAD_INPUT
+
+
+class PermissionDenied(SiraError):
+    """Valid credentials without the role the operation needs."""
+
+    code = "forbidden"
+    http_status = 403
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(SiraError):
+    """A setting is invalid or cannot be read."""
+
+    code = "config"
+    http_status = 500
+    exit_code = EXIT_BAD_INPUT
+
+
+class SchemaOutOfDate(SiraError):
+    """The database schema is older (or newer) than this code expects."""
+
+    code = "schema_out_of_date"
+    http_status = 503
+    exit_code = EXIT_FAILURE
+
+
+class ServiceUnavailable(SiraError):
+    """A dependency (Postgres, Redis, Ray) cannot be reached."""
+
+    code = "unavailable"
+    http_status = 503
+    exit_code = EXIT_FAILURE

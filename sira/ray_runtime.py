@@ -1,0 +1,71 @@
+"""The one place that decides how SIRA starts or joins Ray.
+
+- ``SIRA_RAY_ADDRESS`` (or ``RAY_ADDRESS``) set: join that cluster (this is
+  what ``ray job submit`` gives a job's driver).
+- Otherwise: a private local Ray with ``address="local"``, never silently
+  joining whatever ``ray start`` left running on the machine.
+
+Workers and Serve replicas receive SIRA's settings as ``runtime_env``
+environment variables: the resolved database DSN (so the embedded Postgres
+is shared), absolute workspace and artifact paths, Redis URL, and the paths
+of secret files, never secret values themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from sira.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Folders that never travel with `--working-dir` uploads.
+WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/"]
+
+
+def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
+    """Environment variables that give a Ray worker the same SIRA installation as the driver."""
+    env = {
+        "SIRA_DATABASE_URL": dsn,
+        "SIRA_WORKSPACE": str(settings.workspace),
+        "SIRA_ARTIFACT_URI": settings.artifact_location,
+        "SIRA_LOG_LEVEL": settings.log_level,
+    }
+    if settings.redis_url:
+        env["SIRA_REDIS_URL"] = settings.redis_url
+    if settings.s3_kms_key_id:
+        env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
+    for name in ("pii_key_file", "auth_secret_file"):
+        path = getattr(settings, name)
+        if path is not None:
+            env[f"SIRA_{name.upper()}"] = str(path)
+    return env
+
+
+def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Start or join Ray for SIRA; returns the runtime context's address info.
+
+    Already initialised (a test session, a Ray job driver): reuse it as is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address, "joined": True}
+    runtime_env = {"env_vars": worker_env(settings, dsn)}
+    address = settings.ray_address
+    if address:
+        log.info("joining Ray at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **kwargs)
+    else:
+        cpus = num_cpus or settings.ray_num_cpus or os.cpu_count() or 1
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+            **kwargs,
+        )
+    return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}

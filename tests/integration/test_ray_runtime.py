@@ -1,0 +1,44 @@
+"""Ray workers receive SIRA's installation through runtime_env, including the database."""
+
+import asyncio
+
+import ray
+
+from sira import db
+from sira.ray_runtime import worker_env
+
+
+@ray.remote(num_cpus=0.1)
+def _worker_view() -> dict:
+    from sira.config import Settings
+
+    settings = Settings()
+
+    async def schema_version() -> int:
+        conn = await db.connect(settings.database_url.get_secret_value())
+        try:
+            return await conn.fetchval("SELECT max(version) FROM sira_schema_migrations")
+        finally:
+            await conn.close()
+
+    return {
+        "workspace": str(settings.workspace),
+        "artifacts": settings.artifact_location,
+        "schema_version": asyncio.run(schema_version()),
+    }
+
+
+def test_workers_share_the_drivers_database_and_workspace(ray_session, settings):
+    view = ray.get(_worker_view.remote(), timeout=120)
+    assert view["workspace"] == str(settings.workspace)
+    assert view["artifacts"] == settings.artifact_location
+    assert view["schema_version"] >= 5
+
+
+def test_worker_env_never_carries_secret_values(settings, monkeypatch, tmp_path):
+    key_file = tmp_path / "pii"
+    key_file.write_text("very-secret")
+    carried = worker_env(settings.model_copy(update={"pii_key_file": key_file}), "postgresql://x@h/db")
+    assert carried["SIRA_PII_KEY_FILE"] == str(key_file)
+    assert "very-secret" not in " ".join(carried.values())
+    assert not any(k in carried for k in ("SIRA_PII_KEY", "SIRA_AUTH_SECRET"))

@@ -1,0 +1,246 @@
+"""The schema enforces SIRA's rules itself, against a real PostgreSQL."""
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+import pytest
+
+from sira import db, migrations
+from sira.errors import SchemaOutOfDate
+from sira.config import Settings
+
+SHA = "a" * 64
+
+
+async def test_migrations_apply_to_an_empty_database_and_rerun_is_a_no_op(create_database):
+    dsn = create_database()
+    conn = await db.connect(dsn)
+    try:
+        applied = await migrations.migrate(conn)
+        assert [m.version for m in applied] == [m.version for m in migrations.discover()]
+        assert await migrations.migrate(conn) == []
+        await migrations.check(conn)
+        ledger = await conn.fetch("SELECT version, checksum FROM sira_schema_migrations ORDER BY version")
+        assert [(r["version"], r["checksum"]) for r in ledger] == [(m.version, m.checksum) for m in applied]
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrators_apply_each_migration_once(create_database):
+    dsn = create_database()
+    conns = [await db.connect(dsn) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrations.migrate(c) for c in conns))
+        assert sorted(len(r) for r in results) == [0, 0, len(migrations.discover())]
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_out_of_date_schema_is_refused_with_the_fix(create_database):
+    dsn = create_database()
+    known = migrations.discover()
+    conn = await db.connect(dsn)
+    try:
+        await migrations.migrate(conn, known[:2])
+        with pytest.raises(SchemaOutOfDate, match="run `sira db migrate`") as info:
+            await migrations.check(conn, known)
+        assert info.value.details["pending"] == [m.version for m in known[2:]]
+        # A database that is ahead of the code is refused too.
+        with pytest.raises(SchemaOutOfDate, match="upgrade SIRA"):
+            await migrations.check(conn, known[:1])
+        # An applied migration whose file changed is refused.
+        edited = [migrations.Migration(known[0].version, known[0].name, known[0].sql + "\n-- edited")] + known[1:2]
+        with pytest.raises(SchemaOutOfDate, match="changed after it was applied"):
+            await migrations.check(conn, edited)
+    finally:
+        await conn.close()
+
+
+async def test_open_pool_refuses_an_unmigrated_database(create_database, tmp_path):
+    settings = Settings(database_url=create_database(), workspace=tmp_path)
+    with pytest.raises(SchemaOutOfDate, match="sira db migrate"):
+        async with db.open_pool(settings):
+            pass
+
+
+async def _model(conn, name="fraud", creator="alice") -> int:
+    return await conn.fetchval(
+        "INSERT INTO sira_models (name, model_type, created_by) VALUES ($1, 'fraud_detection', $2) RETURNING id",
+        name, creator,
+    )
+
+
+async def _version(conn, model_id, version, status="candidate", creator="alice") -> int:
+    return await conn.fetchval(
+        """INSERT INTO sira_model_versions (model_id, version, status, artifact_uri, artifact_sha256, created_by)
+           VALUES ($1, $2, $3, 'file:///a', $4, $5) RETURNING id""",
+        model_id, version, status, SHA, creator,
+    )
+
+
+async def test_second_production_version_is_refused(clean_db):
+    async with db.transaction(clean_db) as conn:
+        model = await _model(conn)
+        await _version(conn, model, 1, "production")
+        await _version(conn, model, 2, "candidate")
+    with pytest.raises(asyncpg.UniqueViolationError, match="sira_model_versions_one_production"):
+        await clean_db.execute(
+            "UPDATE sira_model_versions SET status = 'production' WHERE model_id = $1 AND version = 2", model
+        )
+    # Another model may have its own production version.
+    async with db.transaction(clean_db) as conn:
+        other = await _model(conn, "churn")
+        await _version(conn, other, 1, "production")
+
+
+async def test_concurrent_promotions_leave_exactly_one_production(clean_db):
+    async with db.transaction(clean_db) as conn:
+        model = await _model(conn)
+        for v in range(1, 9):
+            await _version(conn, model, v)
+
+    async def promote(v):
+        try:
+            async with db.transaction(clean_db) as conn:
+                await conn.execute(
+                    "UPDATE sira_model_versions SET status = 'production' WHERE model_id = $1 AND version = $2",
+                    model, v,
+                )
+            return True
+        except asyncpg.UniqueViolationError:
+            return False
+
+    outcomes = await asyncio.gather(*(promote(v) for v in range(1, 9)))
+    assert sum(outcomes) == 1
+    assert await clean_db.fetchval(
+        "SELECT count(*) FROM sira_model_versions WHERE model_id = $1 AND status = 'production'", model
+    ) == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE sira_model_versions SET status = 'shipped'",
+        "UPDATE sira_models SET model_type = 'astrology'",
+        "UPDATE sira_models SET required_approvals = -1",
+    ],
+)
+async def test_invalid_values_are_refused(clean_db, sql):
+    async with db.transaction(clean_db) as conn:
+        model = await _model(conn)
+        await _version(conn, model, 1)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await clean_db.execute(sql)
+
+
+async def test_invalid_api_key_role_and_prediction_score_are_refused(clean_db):
+    with pytest.raises(asyncpg.CheckViolationError):
+        await clean_db.execute(
+            "INSERT INTO sira_api_keys (name, key_prefix, key_hash, roles, created_by)"
+            " VALUES ('k', 'p', 'h', ARRAY['superuser'], 'admin')"
+        )
+    model = await _model(clean_db)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await clean_db.execute(
+            "INSERT INTO sira_predictions (prediction_id, model_id, model_name, version, score, decision)"
+            " VALUES ($1, $2, 'fraud', 1, 1.5, 'approve')",
+            uuid.uuid4(), model,
+        )
+
+
+async def test_approvals_are_unique_per_approver_and_never_by_the_creator(clean_db):
+    async with db.transaction(clean_db) as conn:
+        model = await _model(conn)
+        version = await _version(conn, model, 1, creator="alice")
+        request = await conn.fetchval(
+            """INSERT INTO sira_promotion_requests (model_id, version_id, artifact_sha256, required_approvals, requested_by)
+               VALUES ($1, $2, $3, 2, 'alice') RETURNING id""",
+            model, version, SHA,
+        )
+    insert = "INSERT INTO sira_approvals (request_id, approver, decision) VALUES ($1, $2, 'approve')"
+    await clean_db.execute(insert, request, "bob")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await clean_db.execute(insert, request, "bob")
+    with pytest.raises(asyncpg.CheckViolationError, match="creator of a version cannot approve"):
+        await clean_db.execute(insert, request, "alice")
+    # Only one pending request per version.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await clean_db.execute(
+            """INSERT INTO sira_promotion_requests (model_id, version_id, artifact_sha256, required_approvals, requested_by)
+               VALUES ($1, $2, $3, 2, 'carol')""",
+            model, version, SHA,
+        )
+
+
+async def test_partitions_exist_for_a_requested_range(clean_db):
+    created = await clean_db.fetchval(
+        "SELECT sira_ensure_month_partitions('sira_predictions', '2031-01-15', '2031-04-02')"
+    )
+    assert created == 4
+    names = {
+        r["relname"]
+        for r in await clean_db.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'sira_predictions'::regclass"
+        )
+    }
+    assert {"sira_predictions_p2031_01", "sira_predictions_p2031_02", "sira_predictions_p2031_03",
+            "sira_predictions_p2031_04"} <= names
+    assert await clean_db.fetchval(
+        "SELECT sira_ensure_month_partitions('sira_predictions', '2031-01-15', '2031-04-02')"
+    ) == 0
+
+
+async def test_insert_into_a_month_without_partition_works_and_moves_later(clean_db):
+    when = datetime(2033, 7, 9, 12, tzinfo=timezone.utc)
+    await clean_db.execute(
+        "INSERT INTO sira_features (feature_set, feature_set_version, entity_type, entity_id, as_of, event_id, features)"
+        " VALUES ('payments', 1, 'customer', 'c1', $1, 'e1', $2)",
+        when, {"amount_sum_1d": 12.5},
+    )
+    assert await clean_db.fetchval("SELECT tableoid::regclass::text FROM sira_features") == "sira_features_default"
+    await clean_db.fetchval("SELECT sira_ensure_month_partitions('sira_features', $1, $1)", when)
+    row = await clean_db.fetchrow("SELECT tableoid::regclass::text AS part, features FROM sira_features")
+    assert row["part"] == "sira_features_p2033_07"
+    assert row["features"] == {"amount_sum_1d": 12.5}
+
+
+async def test_append_only_tables_refuse_changes(clean_db):
+    await clean_db.execute(
+        "INSERT INTO sira_audit_log (actor, actor_kind, action) VALUES ('alice', 'api_key', 'model.create')"
+    )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await clean_db.execute("UPDATE sira_audit_log SET actor = 'mallory'")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await clean_db.execute("DELETE FROM sira_audit_log")
+
+
+async def test_updated_at_follows_changes(clean_db):
+    model = await _model(clean_db)
+    before = await clean_db.fetchval("SELECT updated_at FROM sira_models WHERE id = $1", model)
+    async with db.transaction(clean_db) as conn:  # now() is the transaction's start: use a new one
+        await conn.execute("UPDATE sira_models SET description = 'x' WHERE id = $1", model)
+    after = await clean_db.fetchval("SELECT updated_at FROM sira_models WHERE id = $1", model)
+    assert after > before
+
+
+async def test_transaction_rolls_back_as_a_unit(clean_db):
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with db.transaction(clean_db) as conn:
+            await _model(conn, "first")
+            await conn.execute("UPDATE sira_models SET required_approvals = -5")
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_models") == 0
+
+
+async def test_events_need_an_entity_and_payments_an_amount(clean_db):
+    with pytest.raises(asyncpg.CheckViolationError, match="sira_events_has_entity"):
+        await clean_db.execute(
+            "INSERT INTO sira_events (event_id, occurred_at, amount) VALUES ('e1', now(), 10)"
+        )
+    with pytest.raises(asyncpg.CheckViolationError, match="sira_events_payment_amount"):
+        await clean_db.execute(
+            "INSERT INTO sira_events (event_id, occurred_at, customer_id) VALUES ('e1', now(), 'c1')"
+        )

@@ -1,0 +1,79 @@
+"""The CLI's contract: one-line errors with exit 2 for bad input, --json prints one object."""
+
+import json
+
+import pytest
+
+from sira.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_commands_with_descriptions(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("db", "simulate", "demo"):
+        assert command in out
+    code, out, _ = run(capsys, "db", "--help")
+    for verb in ("migrate", "status", "start", "stop"):
+        assert verb in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["simulate", "--config", "/no/such/file.yaml"], "error: not_found: file not found: /no/such/file.yaml"),
+        (["simulate", "--start", "2026-13-01"], "error: usage: sira simulate: Invalid value for '--start'"),
+        (["simulate", "--no-such-option"], "error: usage: sira simulate: No such option: --no-such-option"),
+        (["frobnicate"], "error: usage: sira: No such command 'frobnicate'"),
+        (["simulate", "--days", "0"], "error: invalid_input: days must be between 1 and 3650"),
+        (["simulate", "--fraud-rate", "abc"], "error: usage: sira simulate: Invalid value for '--fraud-rate'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, args, needle):
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(needle), lines[0]
+
+
+def test_bad_config_file_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "sim.yaml"
+    bad.write_text("days: 5\nwobble: 3\n")
+    code, _, err = run(capsys, "simulate", "--config", str(bad))
+    assert code == 2 and "unknown setting(s) wobble" in err and len(err.strip().splitlines()) == 1
+
+
+def test_simulate_json_is_one_object_on_stdout(capsys, tmp_path):
+    config = tmp_path / "sim.yaml"
+    config.write_text("customers: 60\nfraud_rate: 0.05\nstart: '2026-01-05'\n")
+    code, out, _ = run(
+        capsys, "simulate", "--days", "3", "--seed", "5", "--out", str(tmp_path / "o"), "--config", str(config), "--json"
+    )
+    assert code == 0
+    payload = json.loads(out)  # exactly one JSON document
+    assert payload["summary"]["events"] > 0
+    assert payload["summary"]["first_event_at"].startswith("2026-01-05")
+    assert (tmp_path / "o" / "events.parquet").exists()
+
+
+def test_unexpected_failure_is_one_line_exit_1(capsys, monkeypatch):
+    import sira.simulate
+
+    def boom(*_a, **_k):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(sira.simulate, "simulate", boom)
+    code, _, err = run(capsys, "simulate", "--days", "2", "--customers", "20")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "error: internal: RuntimeError: disk on fire second line (run with --debug for a traceback)"
+    )
+    code, _, err = run(capsys, "--debug", "simulate", "--days", "2", "--customers", "20")
+    assert code == 1 and "Traceback" in err

@@ -1,0 +1,95 @@
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sira.config import Settings, get_settings, reset_settings
+from sira.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("SIRA_") or key == "RAY_ADDRESS":
+            monkeypatch.delenv(key)
+    reset_settings()
+    yield
+    reset_settings()
+
+
+def test_workspace_is_always_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SIRA_WORKSPACE", "rel/ws")
+    settings = Settings()
+    assert settings.workspace == tmp_path / "rel" / "ws"
+    assert settings.artifact_location == str(tmp_path / "rel" / "ws" / "artifacts")
+
+
+def test_reading_settings_touches_nothing(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    Settings()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_defaults_mean_embedded_postgres_and_no_redis():
+    settings = Settings()
+    assert settings.database_url is None
+    assert settings.redis_url is None
+    assert settings.ray_address is None
+
+
+def test_ray_address_falls_back_to_ray_env(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6380")
+    assert Settings().ray_address == "10.0.0.1:6380"
+    monkeypatch.setenv("SIRA_RAY_ADDRESS", "auto")
+    assert Settings().ray_address == "auto"
+
+
+def test_database_url_is_secret_and_validated(monkeypatch):
+    monkeypatch.setenv("SIRA_DATABASE_URL", "postgresql://u:hunter2@db:5432/sira")
+    settings = Settings()
+    assert "hunter2" not in repr(settings)
+    monkeypatch.setenv("SIRA_DATABASE_URL", "mysql://u@db/sira")
+    with pytest.raises(ConfigError, match="SIRA_DATABASE_URL"):
+        get_settings()
+
+
+def test_invalid_redis_url_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("SIRA_REDIS_URL", "http://nope")
+    with pytest.raises(ConfigError, match="SIRA_REDIS_URL: .*redis://"):
+        get_settings()
+
+
+def test_secret_from_env_then_file_then_generated(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "ws"))
+    generated = Settings().secret("pii_key")
+    path = tmp_path / "ws" / "secrets" / "pii_key"
+    assert path.read_text() == generated and len(generated) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Settings().secret("pii_key") == generated  # stable across processes
+
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("from-a-file\n")
+    monkeypatch.setenv("SIRA_PII_KEY_FILE", str(key_file))
+    assert Settings().secret("pii_key") == "from-a-file"
+    monkeypatch.setenv("SIRA_PII_KEY", "from-env")
+    assert Settings().secret("pii_key") == "from-env"
+    assert "from-env" not in repr(Settings())
+
+
+def test_unreadable_secret_file_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIRA_AUTH_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="SIRA_AUTH_SECRET_FILE"):
+        Settings().secret("auth_secret")
+
+
+def test_embedded_data_dir_is_outside_the_checkout_for_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "ws"))
+    settings = Settings()
+    if os.geteuid() == 0:
+        assert settings.embedded_pg_data.is_relative_to(Path("/var/lib/sira"))
+    else:
+        assert settings.embedded_pg_data == tmp_path / "ws" / "postgres"
+    monkeypatch.setenv("SIRA_EMBEDDED_PG_DIR", str(tmp_path / "pg"))
+    assert Settings().embedded_pg_data == tmp_path / "pg"
