@@ -38,6 +38,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the database: migrations and the embedded server.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+features_app = typer.Typer(help="Feature sets, snapshots and point-in-time values.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+feedback_app = typer.Typer(help="Labels: chargebacks, reviews, outcomes.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
@@ -277,6 +281,170 @@ def simulate_cmd(
         }))
 
     _emit(payload, as_json, render)
+
+
+# -- ingest, feedback, features ------------------------------------------------
+
+MapOption = Annotated[
+    str | None, typer.Option("--map", help="Column mapping: sira_name=SOURCE_COLUMN,... (e.g. occurred_at=TX_DATETIME).")
+]
+MapFileOption = Annotated[Path | None, typer.Option("--map-file", help="YAML file with a `columns:` mapping.")]
+
+
+def _summary_table(title: str, summary: dict[str, Any]) -> Table:
+    rows = {k.replace("_", " "): v for k, v in summary.items() if not isinstance(v, dict)}
+    reasons = summary.get("rejected_by_reason") or {}
+    if reasons:
+        rows["rejected by reason"] = ", ".join(f"{k} {v:,}" for k, v in reasons.items())
+    return _kv_table(title, rows)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Event files or folders (.parquet, .csv, .jsonl).")] = None,
+    mapping: MapOption = None,
+    map_file: MapFileOption = None,
+    source: Annotated[str | None, typer.Option("--source", help="Name of the source system (default: the file).")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Consume the Redis stream sira:events until stopped.")] = False,
+    max_events: Annotated[
+        int | None, typer.Option("--max-events", min=1, help="With --stream: stop after this many events.")
+    ] = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
+                     "first finishes its own unacknowledged entries (default: host-pid)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest events: validate, redact PII, deduplicate, compute features."""
+    from sira.features import get_feature_set
+    from sira.files import parse_mapping
+
+    settings = get_settings()
+    column_map = parse_mapping(mapping, map_file)
+    fs = get_feature_set()
+    if stream:
+        if paths:
+            raise InvalidInput("give files or --stream, not both")
+        from sira.stream import consume_forever
+
+        summary = asyncio.run(consume_forever(settings, fs=fs, mapping=column_map, max_events=max_events,
+                                              consumer=consumer, notify=None if as_json else _err.print))
+        payload = summary.to_dict()
+    else:
+        if not paths:
+            raise InvalidInput("name at least one file or folder to ingest (or use --stream)")
+        from sira.ingest import ingest_files
+
+        summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source,
+                               progress=not as_json, notify=(lambda _m: None) if as_json else _err.print)
+        payload = summary.to_dict()
+    _emit(payload, as_json, lambda: _err.print(_summary_table("Ingest", payload)))
+
+
+@feedback_app.command("import")
+def feedback_import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Label files or folders (.parquet, .csv, .jsonl).")],
+    mapping: MapOption = None,
+    map_file: MapFileOption = None,
+    source: Annotated[str, typer.Option("--source", help="Source of labels without a source column.")] = "import",
+    as_json: JsonOption = False,
+) -> None:
+    """Import labels (event_id, label, known_at[, source, label_name, occurred_at])."""
+    from sira import db
+    from sira.feedback import record_labels
+    from sira.files import find_files, parse_mapping, read_table
+    from sira.ingest import redactor_for
+
+    settings = get_settings()
+    column_map = parse_mapping(mapping, map_file)
+    table = read_table(find_files(paths))
+    present = {column_map.get(c, c) for c in ("event_id", "label", "known_at")}
+    missing = sorted(present - set(table.column_names))
+    if missing:
+        raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
+
+    async def run():
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
+                                           mapping=column_map)
+
+    payload = asyncio.run(run()).to_dict()
+    _emit(payload, as_json, lambda: _err.print(_summary_table("Labels", payload)))
+
+
+@features_app.command("materialize")
+def features_materialize_cmd(
+    full: Annotated[bool, typer.Option("--full", help="Rebuild every snapshot, not only changed entities.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Refresh online snapshots of entities with new events or labels."""
+    from sira.feature_store import materialize_all
+
+    payload = asyncio.run(materialize_all(get_settings(), full=full))
+    _emit(payload, as_json, lambda: _err.print(_kv_table("Snapshots refreshed", payload["entities"])))
+
+
+@features_app.command("list")
+def features_list_cmd(as_json: JsonOption = False) -> None:
+    """Show the feature set definition and its feature names."""
+    from sira.features import get_feature_set
+
+    fs = get_feature_set()
+    payload = {**fs.to_dict(), "features": fs.names()}
+
+    def render() -> None:
+        table = Table(title=f"Feature set {fs.name} v{fs.version}", title_justify="left")
+        table.add_column("entity")
+        table.add_column("features")
+        table.add_row("event", ", ".join(fs.event_features))
+        for spec in fs.entities:
+            table.add_row(spec.entity, ", ".join(spec.names()))
+        _err.print(table)
+
+    _emit(payload, as_json, render)
+
+
+@features_app.command("show")
+def features_show_cmd(
+    entity_type: Annotated[str, typer.Argument(help="customer, card, terminal, ...")],
+    entity_id: Annotated[str, typer.Argument(help="The entity's id (card: its token).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one entity's online snapshot and how fresh it is."""
+    from sira import db
+    from sira.feature_store import read_snapshot
+    from sira.features import get_feature_set
+
+    settings = get_settings()
+
+    async def run():
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                return await read_snapshot(conn, get_feature_set(), entity_type, entity_id)
+
+    snap = asyncio.run(run())
+    payload = {"entity_type": snap.entity_type, "entity_id": snap.entity_id, "as_of": snap.as_of.isoformat(),
+               "age_seconds": round(snap.age_seconds, 3), "stale": snap.stale, "features": snap.features}
+    _emit(payload, as_json, lambda: _err.print(_kv_table(
+        f"{entity_type} {entity_id} as of {payload['as_of']}{' (STALE)' if snap.stale else ''}", snap.features
+    )))
+
+
+@app.command("api")
+def api_cmd(
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default SIRA_API_PORT).")] = None,
+) -> None:
+    """Run the HTTP API alone under uvicorn (development)."""
+    import uvicorn
+
+    from sira.api import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
+                log_level="warning")
 
 
 # -- demo --------------------------------------------------------------------

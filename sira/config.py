@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         description="Server-side pepper for API key hashes. Unset: generated once into <workspace>/secrets/.",
     )
     auth_secret_file: Path | None = Field(default=None, description="File holding the auth pepper.")
+    events_max_batch: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=1_000, description="Most events one POST /v1/events call may carry."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
+    api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
 
     @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file")

@@ -143,13 +143,24 @@ def describe_dsn(dsn: str) -> str:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # JSON columns round-trip as Python objects everywhere.
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=_json_dumps, decoder=json.loads, schema="pg_catalog")
+    # JSON columns round-trip as Python objects everywhere. jsonb uses the binary
+    # format (a version byte, then the text) so it also works in COPY.
+    await conn.set_type_codec("json", encoder=_json_dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 def _json_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + _json_dumps(value).encode("utf-8")
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return json.loads(data[1:])
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

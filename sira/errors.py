@@ -49,6 +49,13 @@ class InvalidInput(SiraError):
     exit_code = EXIT_BAD_INPUT
 
 
+class PayloadTooLarge(InvalidInput):
+    """A batch or body beyond the configured limit."""
+
+    code = "batch_too_large"
+    http_status = 413
+
+
 class NotFound(SiraError):
     """A named thing (file, model, version, prediction) does not exist."""
 

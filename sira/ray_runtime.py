@@ -57,7 +57,8 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
     address = settings.ray_address
     if address:
         log.info("joining Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
+                 **kwargs)
     else:
         cpus = num_cpus or settings.ray_num_cpus or os.cpu_count() or 1
         ray.init(
@@ -66,6 +67,7 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=False,
+            logging_level=logging.WARNING,
             **kwargs,
         )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}

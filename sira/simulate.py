@@ -168,19 +168,6 @@ def _luhn_complete(prefixes: np.ndarray) -> list[str]:
     return ["".join(map(str, row)) for row in full.tolist()]
 
 
-def luhn_valid(number: str) -> bool:
-    """True when a digit string passes the Luhn check (card numbers do)."""
-    if not number.isdigit():
-        return False
-    total = 0
-    for i, ch in enumerate(reversed(number)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d * 2 > 9 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 def _build_world(cfg: SimulationConfig, rng: np.random.Generator) -> _World:
     n_c, n_t = cfg.customers, cfg.n_terminals
     shares = np.array([c[2] for c in COUNTRIES])

@@ -3,7 +3,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sira.db import describe_dsn
-from sira.simulate import _luhn_complete, luhn_valid
+from sira.pii import luhn_valid
+from sira.simulate import _luhn_complete
 
 
 @given(st.lists(st.integers(0, 9), min_size=15, max_size=15))

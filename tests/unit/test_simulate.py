@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sira.errors import InvalidInput
-from sira.simulate import SimulationConfig, luhn_valid, simulate
+from sira.pii import luhn_valid
+from sira.simulate import SimulationConfig, simulate
 
 SMALL = dict(days=20, customers=400, seed=11)
 

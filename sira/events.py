@@ -1,0 +1,208 @@
+"""Event models: what SIRA accepts, and how a raw record becomes a stored event.
+
+Every source (files, ``POST /v1/events``, the Redis stream, scored requests)
+goes through :func:`normalize`: column mapping, validation against
+:class:`EventIn`, PII redaction, and the canonical row written to
+``sira_events``. A record that fails becomes a :class:`Rejection` with a
+stable reason code and the field at fault; its payload is redacted too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sira.errors import InvalidInput
+from sira.pii import Redactor
+
+ENTITY_KEYS = ("customer_id", "account_id", "card_number", "card_token", "merchant_id", "terminal_id")
+# Canonical columns of sira_events, in COPY order.
+EVENT_COLUMNS = (
+    "event_id", "event_type", "occurred_at", "source", "customer_id", "account_id", "card_token", "merchant_id",
+    "terminal_id", "device_id", "ip_token", "email_token", "phone_token", "amount", "currency", "country",
+    "channel", "attributes",
+)
+# Input field -> canonical column it becomes after redaction.
+_TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token"}
+_MAX_ATTRIBUTES = 64
+
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class EventIn(BaseModel):
+    """A payment or usage event as sources send it (before redaction).
+
+    Required: ``event_id``, ``occurred_at``, at least one entity key, and
+    ``amount`` for payments. Unknown fields are kept in ``attributes`` after
+    redaction; naive timestamps are taken as UTC.
+    """
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    event_id: Text
+    occurred_at: datetime
+    event_type: Literal["payment", "usage"] = "payment"
+    customer_id: Text | None = None
+    account_id: Text | None = None
+    card_number: Annotated[str, Field(max_length=64)] | None = None
+    card_token: Text | None = None
+    merchant_id: Text | None = None
+    terminal_id: Text | None = None
+    device_id: Text | None = None
+    ip_address: Annotated[str, Field(max_length=64)] | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+    phone: Annotated[str, Field(max_length=64)] | None = None
+    amount: float | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] | None = None
+    country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+    channel: Annotated[str, Field(max_length=32)] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_missing(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if not 1990 <= value.year <= 2200:
+            raise ValueError("must be between 1990 and 2200")
+        return value.astimezone(timezone.utc)
+
+    @field_validator("amount")
+    @classmethod
+    def _finite_amount(cls, value: float | None) -> float | None:
+        if value is not None and (math.isinf(value) or value < 0 or value > 1e15):
+            raise ValueError("must be a finite number between 0 and 1e15")
+        return value
+
+    @field_validator("currency", "country")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @field_validator("channel")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _entity_and_amount(self) -> "EventIn":
+        if not any(getattr(self, k) for k in ENTITY_KEYS):
+            raise ValueError(f"needs at least one entity key ({', '.join(ENTITY_KEYS)})")
+        if self.event_type == "payment" and self.amount is None:
+            raise ValueError("amount is required for payment events")
+        return self
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a record was not accepted, safe to store (payload redacted)."""
+
+    event_id: str | None
+    reason_code: str
+    reason: str
+    field: str | None
+    payload: dict[str, Any]
+
+
+def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """Rename a source record's columns to SIRA's (mapping: canonical name -> source column)."""
+    if not mapping:
+        return dict(record)
+    renamed = {source: canonical for canonical, source in mapping.items()}
+    return {renamed.get(k, k): v for k, v in record.items()}
+
+
+def normalize(record: Mapping[str, Any], redactor: Redactor, source: str) -> dict[str, Any] | Rejection:
+    """Validate and redact one record: a canonical ``sira_events`` row, or a rejection."""
+    try:
+        event = EventIn.model_validate(record)
+    except ValidationError as exc:
+        return _rejection(record, exc, redactor)
+    data = event.model_dump(exclude_none=False)
+    extra = event.model_extra or {}
+    row: dict[str, Any] = {"source": source}
+    for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
+        value = data[name]
+        row[name] = redactor.scrub_text(value) if value is not None else None
+    for name, column in _TOKEN_COLUMNS.items():
+        row[column] = redactor.field(name, data[name])[1]
+    if data["card_token"] is not None and row["card_token"] is None:
+        row["card_token"] = data["card_token"]
+    if row["card_token"] is None and data["card_number"] is not None:
+        row["card_token"] = redactor.field("card_number", data["card_number"])[1]
+    row["device_id"] = redactor.field("device_id", data["device_id"])[1]
+    row.update(
+        event_type=data["event_type"], occurred_at=data["occurred_at"], amount=data["amount"],
+        currency=data["currency"], country=data["country"],
+        channel=redactor.scrub_text(data["channel"]) if data["channel"] else None,
+    )
+    attributes = redactor.scrub({k: _jsonable(v) for k, v in extra.items()})
+    if len(attributes) > _MAX_ATTRIBUTES:
+        return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
+                         redactor.payload({k: _jsonable(v) for k, v in record.items()}))
+    row["attributes"] = attributes
+    return row
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _rejection(record: Mapping[str, Any], exc: ValidationError, redactor: Redactor) -> Rejection:
+    error = exc.errors()[0]
+    loc = ".".join(str(p) for p in error["loc"]) or None
+    kind = error["type"]
+    if kind == "missing":
+        code, reason = "missing_field", f"{loc} is required"
+    elif loc is None:
+        code, reason = "invalid_event", error["msg"].removeprefix("Value error, ")
+    else:
+        code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+    raw_id = record.get("event_id")
+    event_id = redactor.scrub_text(str(raw_id))[:200] if raw_id not in (None, "") else None
+    return Rejection(event_id, code, redactor.scrub_text(reason), loc, redactor.payload(
+        {k: _jsonable(v) for k, v in record.items()}
+    ))
+
+
+def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
+    """Fail before loading when a file's columns cannot make events (names the column)."""
+    present = set(apply_mapping({c: None for c in columns}, mapping))
+    missing_mapped = [source for source in mapping.values() if source not in columns]
+    if missing_mapped:
+        raise InvalidInput(
+            f"mapped column(s) not in the file: {', '.join(missing_mapped)}",
+            details={"columns": missing_mapped},
+        )
+    for required in ("event_id", "occurred_at"):
+        if required not in present:
+            raise InvalidInput(
+                f"required column {required} is missing (map one with --map {required}=SOURCE_COLUMN)",
+                details={"column": required},
+            )
+    if not present & set(ENTITY_KEYS):
+        raise InvalidInput(
+            f"no entity key column: need one of {', '.join(ENTITY_KEYS)}", details={"columns": list(ENTITY_KEYS)}
+        )

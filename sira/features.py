@@ -1,0 +1,382 @@
+"""Feature definitions as data, and the one implementation of their maths.
+
+A :class:`FeatureSet` names, per entity (customer, card, terminal, ...), the
+time windows and aggregations to compute over the entity's events, plus
+event-level features and delayed-label risk features. Its version is part of
+every stored vector, and a model version records the one it was trained on.
+
+The maths lives in :func:`entity_features` and nowhere else. It evaluates an
+entity's :class:`History` (its events sorted by time, as arrays) at query
+points. Offline, the history is everything the store holds for the entity and
+the query points are many events or timestamps (vectorised with numpy);
+online, the history is the snapshot's state plus the new event and the query
+point is that event. Same function, same vector, by construction (a parity
+test checks it anyway).
+
+Semantics, following the card-fraud literature:
+- an event counts in its own windows: a window of length W evaluated for an
+  event at time t covers (t - W, t] up to and including that event;
+- a timestamp query (no event) covers (t - W, t], events at t included;
+- novelty ("new country for the customer") is 1 when the event's value was
+  not seen in the entity's previous events of the window;
+- a delayed-label risk feature, e.g. a terminal's fraud rate with delay D over
+  W, counts the entity's events in (t - D - W, t - D] and, among them, those
+  with a positive label whose ``known_at`` is before t.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sira.errors import InvalidInput
+
+US = 1_000_000  # timestamps are integer microseconds since the epoch
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+AGGREGATIONS = ("count", "sum", "mean", "max")
+EVENT_FEATURES = ("amount", "log_amount", "hour_of_day", "is_weekend", "is_night")
+# Entity -> the event column that holds its key.
+ENTITY_COLUMNS = {
+    "customer": "customer_id",
+    "account": "account_id",
+    "card": "card_token",
+    "merchant": "merchant_id",
+    "terminal": "terminal_id",
+    "device": "device_id",
+}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration like ``15m``, ``1h``, ``7d``."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise InvalidInput(f"invalid duration {text!r}: use a positive number and s, m, h or d (e.g. 7d)")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class EntityFeatures:
+    """What to compute for one entity type."""
+
+    entity: str
+    windows: tuple[str, ...] = ("1h", "1d", "7d", "30d")
+    aggregations: tuple[str, ...] = AGGREGATIONS
+    distinct: tuple[tuple[str, str], ...] = ()  # (column, window): distinct values in the window
+    novelty: tuple[tuple[str, str], ...] = ()  # (column, window): 1 if the event's value is new
+    amount_ratio: str | None = None  # window: amount / mean amount of the entity over it
+    label_delay: str | None = None  # delayed-label risk: the gap before the risk windows
+    risk_windows: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.entity not in ENTITY_COLUMNS:
+            raise InvalidInput(f"unknown entity {self.entity!r}; known: {', '.join(ENTITY_COLUMNS)}")
+        unknown = set(self.aggregations) - set(AGGREGATIONS)
+        if unknown:
+            raise InvalidInput(f"unknown aggregation(s) {', '.join(sorted(unknown))}")
+        for w in (*self.windows, *(w for _, w in self.distinct), *(w for _, w in self.novelty), *self.risk_windows):
+            parse_duration(w)
+        if self.risk_windows and not self.label_delay:
+            raise InvalidInput(f"{self.entity}: risk windows need a label_delay")
+
+    @property
+    def key_column(self) -> str:
+        return ENTITY_COLUMNS[self.entity]
+
+    @property
+    def categorical_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for c, _ in (*self.distinct, *self.novelty)))
+
+    @property
+    def lookback_seconds(self) -> int:
+        """How far back the history must reach to evaluate every feature."""
+        spans = [parse_duration(w) for w in (*self.windows, *(w for _, w in self.distinct), *(w for _, w in self.novelty))]
+        if self.amount_ratio:
+            spans.append(parse_duration(self.amount_ratio))
+        if self.label_delay:
+            spans += [parse_duration(self.label_delay) + parse_duration(w) for w in self.risk_windows]
+        return max(spans, default=0)
+
+    def names(self) -> list[str]:
+        """Feature names in their fixed order."""
+        e = self.entity
+        out = []
+        for w in self.windows:
+            for agg in self.aggregations:
+                out.append(f"{e}_count_{w}" if agg == "count" else f"{e}_{agg}_amount_{w}")
+        out += [f"{e}_distinct_{c.removesuffix('_id')}_{w}" for c, w in self.distinct]
+        out += [f"{e}_new_{c.removesuffix('_id')}_{w}" for c, w in self.novelty]
+        if self.amount_ratio:
+            out.append(f"{e}_amount_ratio_{self.amount_ratio}")
+        for w in self.risk_windows:
+            out += [f"{e}_risk_{w}", f"{e}_risk_count_{w}"]
+        return out
+
+    def label_feature_names(self) -> list[str]:
+        return [n for w in self.risk_windows for n in (f"{self.entity}_risk_{w}", f"{self.entity}_risk_count_{w}")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity, "windows": list(self.windows), "aggregations": list(self.aggregations),
+            "distinct": [list(x) for x in self.distinct], "novelty": [list(x) for x in self.novelty],
+            "amount_ratio": self.amount_ratio, "label_delay": self.label_delay, "risk_windows": list(self.risk_windows),
+        }
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A versioned set of feature definitions."""
+
+    name: str
+    version: int
+    entities: tuple[EntityFeatures, ...]
+    event_features: tuple[str, ...] = EVENT_FEATURES
+    label_name: str = "fraud"
+    ttl: str = "1d"  # a snapshot older than this is reported stale
+    night_hours: tuple[int, int] = (0, 6)  # [start, end) in UTC
+
+    def __post_init__(self) -> None:
+        unknown = set(self.event_features) - set(EVENT_FEATURES)
+        if unknown:
+            raise InvalidInput(f"unknown event feature(s) {', '.join(sorted(unknown))}")
+        seen = [e.entity for e in self.entities]
+        if len(seen) != len(set(seen)):
+            raise InvalidInput("each entity may appear once in a feature set")
+        parse_duration(self.ttl)
+
+    def entity(self, name: str) -> EntityFeatures:
+        for spec in self.entities:
+            if spec.entity == name:
+                return spec
+        raise InvalidInput(f"feature set {self.name} v{self.version} has no entity {name!r}")
+
+    def names(self) -> list[str]:
+        """Every feature of the set, in model order: event features, then each entity's."""
+        return list(self.event_features) + [n for e in self.entities for n in e.names()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "entities": [e.to_dict() for e in self.entities],
+            "event_features": list(self.event_features), "label_name": self.label_name, "ttl": self.ttl,
+            "night_hours": list(self.night_hours),
+        }
+
+
+# The default feature set for card payments.
+PAYMENTS_V1 = FeatureSet(
+    name="payments",
+    version=1,
+    entities=(
+        EntityFeatures(
+            "customer",
+            windows=("1h", "1d", "7d", "30d"),
+            distinct=(("terminal_id", "1d"), ("country", "30d")),
+            novelty=(("country", "30d"), ("device_id", "30d"), ("terminal_id", "30d")),
+            amount_ratio="30d",
+        ),
+        EntityFeatures(
+            "card",
+            windows=("1h", "1d", "7d"),
+            distinct=(("terminal_id", "1h"), ("terminal_id", "1d")),
+        ),
+        EntityFeatures(
+            "terminal",
+            windows=("1d", "7d", "30d"),
+            aggregations=("count", "mean"),
+            label_delay="7d",
+            risk_windows=("1d", "7d", "30d"),
+        ),
+    ),
+)
+
+FEATURE_SETS = {(PAYMENTS_V1.name, PAYMENTS_V1.version): PAYMENTS_V1}
+
+
+def get_feature_set(name: str = "payments", version: int | None = None) -> FeatureSet:
+    """A registered feature set (the newest version when none is given)."""
+    versions = sorted(v for n, v in FEATURE_SETS if n == name)
+    if not versions:
+        raise InvalidInput(f"unknown feature set {name!r}")
+    version = versions[-1] if version is None else version
+    if (name, version) not in FEATURE_SETS:
+        raise InvalidInput(f"feature set {name!r} has no version {version}")
+    return FEATURE_SETS[(name, version)]
+
+
+# -- the maths ----------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """One entity's events sorted by (time, event id), as parallel arrays."""
+
+    ts: np.ndarray  # int64 microseconds
+    amount: np.ndarray  # float64 (NaN when missing)
+    event_id: np.ndarray  # object
+    categories: dict[str, np.ndarray] = field(default_factory=dict)  # column -> object array
+    label_known_at: np.ndarray | None = None  # float64 µs of a positive label's known_at, inf if none
+
+    def __len__(self) -> int:
+        return int(self.ts.size)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> "History":
+        """Build from event dicts with ``ts`` (µs), ``amount``, ``event_id``, category columns, ``label_known_at``."""
+        rows = sorted(rows, key=lambda r: (r["ts"], r["event_id"]))
+        return cls(
+            ts=np.array([r["ts"] for r in rows], dtype=np.int64),
+            amount=np.array([_float(r.get("amount")) for r in rows], dtype=np.float64),
+            event_id=np.array([r["event_id"] for r in rows], dtype=object),
+            categories={c: np.array([r.get(c) for r in rows], dtype=object) for c in columns},
+            label_known_at=np.array([_known(r.get("label_known_at")) for r in rows], dtype=np.float64),
+        )
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        known = self.label_known_at if self.label_known_at is not None else np.full(len(self), np.inf)
+        return [
+            {
+                "ts": int(self.ts[i]), "amount": None if math.isnan(self.amount[i]) else float(self.amount[i]),
+                "event_id": self.event_id[i], **{c: v[i] for c, v in self.categories.items()},
+                "label_known_at": None if math.isinf(known[i]) else int(known[i]),
+            }
+            for i in range(len(self))
+        ]
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _known(value: Any) -> float:
+    return float("inf") if value is None else float(value)
+
+
+def event_features(fs: FeatureSet, ts: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of the event itself (no history needed)."""
+    seconds = ts // US
+    hour = (seconds % 86_400) // 3600
+    weekday = ((seconds // 86_400) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    start, end = fs.night_hours
+    out = {
+        "amount": amount.astype(np.float64),
+        "log_amount": np.log1p(np.where(amount >= 0, amount, np.nan)),
+        "hour_of_day": hour.astype(np.float64),
+        "is_weekend": (weekday >= 5).astype(np.float64),
+        "is_night": ((hour >= start) & (hour < end)).astype(np.float64),
+    }
+    return {k: out[k] for k in fs.event_features}
+
+
+def entity_features(
+    spec: EntityFeatures,
+    history: History,
+    at: np.ndarray,
+    positions: np.ndarray | None = None,
+    include_labels: bool = True,
+) -> dict[str, np.ndarray]:
+    """Evaluate an entity's features at query points.
+
+    ``at``: query times (µs). ``positions``: for queries that are events of the
+    history, their index in it (the window then ends at that event, and
+    event-level features such as novelty and amount ratio are defined);
+    ``None`` or -1 for plain timestamp queries.
+    """
+    n_q = at.size
+    ts, amount = history.ts, history.amount
+    if positions is None:
+        positions = np.full(n_q, -1, dtype=np.int64)
+    is_event = positions >= 0
+    right = np.where(is_event, positions + 1, np.searchsorted(ts, at, side="right"))
+    values = np.where(np.isnan(amount), 0.0, amount)
+    present = (~np.isnan(amount)).astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    e = spec.entity
+    means: dict[str, np.ndarray] = {}
+    for w in spec.windows:
+        left = np.searchsorted(ts, at - parse_duration(w) * US, side="right")
+        left = np.minimum(left, right)
+        count = (right - left).astype(np.float64)
+        # Sums over each window's own elements (not cumulative differences), so a
+        # window gives bit-identical results whatever history precedes it.
+        total = _window_reduce(np.add, values, left, right, 0.0)
+        n_amount = _window_reduce(np.add, present, left, right, 0.0)
+        mean = np.divide(total, n_amount, out=np.full(n_q, np.nan), where=n_amount > 0)
+        means[w] = mean
+        for agg in spec.aggregations:
+            if agg == "count":
+                out[f"{e}_count_{w}"] = count
+            elif agg == "sum":
+                out[f"{e}_sum_amount_{w}"] = total
+            elif agg == "mean":
+                out[f"{e}_mean_amount_{w}"] = mean
+            elif agg == "max":
+                maxima = _window_reduce(np.maximum, np.where(np.isnan(amount), -np.inf, amount), left, right, np.nan)
+                out[f"{e}_max_amount_{w}"] = np.where(np.isinf(maxima), np.nan, maxima)
+    for column, w in spec.distinct:
+        left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
+        cats = history.categories[column]
+        out[f"{e}_distinct_{column.removesuffix('_id')}_{w}"] = np.array(
+            [len({v for v in cats[lo:hi] if v is not None}) for lo, hi in zip(left.tolist(), right.tolist())],
+            dtype=np.float64,
+        )
+    for column, w in spec.novelty:
+        left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
+        cats = history.categories[column]
+        new = np.full(n_q, np.nan)
+        for q in np.flatnonzero(is_event).tolist():
+            value = cats[positions[q]]
+            if value is not None:
+                new[q] = 0.0 if value in set(cats[left[q]: positions[q]].tolist()) else 1.0
+        out[f"{e}_new_{column.removesuffix('_id')}_{w}"] = new
+    if spec.amount_ratio:
+        w = spec.amount_ratio
+        if w not in means:
+            left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
+            n_amount = _window_reduce(np.add, present, left, right, 0.0)
+            total = _window_reduce(np.add, values, left, right, 0.0)
+            means[w] = np.divide(total, n_amount, out=np.full(n_q, np.nan), where=n_amount > 0)
+        own = np.where(is_event, amount[np.maximum(positions, 0)] if len(amount) else np.nan, np.nan)
+        out[f"{e}_amount_ratio_{w}"] = np.divide(
+            own, means[w], out=np.full(n_q, np.nan), where=is_event & (means[w] > 0)
+        )
+    if spec.label_delay:
+        delay = parse_duration(spec.label_delay) * US
+        known = history.label_known_at if history.label_known_at is not None else np.full(len(history), np.inf)
+        for w in spec.risk_windows:
+            lo = np.searchsorted(ts, at - delay - parse_duration(w) * US, side="right")
+            hi = np.maximum(np.searchsorted(ts, at - delay, side="right"), lo)
+            n = (hi - lo).astype(np.float64)
+            frauds = np.array(
+                [np.count_nonzero(known[a:b] < t) for a, b, t in zip(lo.tolist(), hi.tolist(), at.tolist())]
+                if include_labels else np.zeros(n_q),
+                dtype=np.float64,
+            )
+            out[f"{e}_risk_{w}"] = np.divide(frauds, n, out=np.zeros(n_q), where=n > 0)
+            out[f"{e}_risk_count_{w}"] = n
+    return {name: out[name] for name in spec.names()}
+
+
+def _window_reduce(
+    ufunc: np.ufunc, values: np.ndarray, left: np.ndarray, right: np.ndarray, empty: float
+) -> np.ndarray:
+    """``ufunc.reduce(values[left:right])`` per query, ``empty`` for empty windows (vectorised)."""
+    result = np.full(left.size, empty, dtype=np.float64)
+    nonempty = right > left
+    if not nonempty.any():
+        return result
+    # reduceat over interleaved [left, right) pairs; a sentinel makes `right == len` a valid index.
+    padded = np.concatenate([values.astype(np.float64), [0.0]])
+    idx = np.empty(2 * int(nonempty.sum()), dtype=np.int64)
+    idx[0::2] = left[nonempty]
+    idx[1::2] = right[nonempty]
+    result[nonempty] = ufunc.reduceat(padded, idx)[0::2]
+    return result
+
+
+def vector_to_json(values: dict[str, float]) -> dict[str, float | None]:
+    """A feature vector as JSON (NaN → null)."""
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in values.items()}

@@ -1,0 +1,372 @@
+"""Ingestion: events in, validated, redacted, deduplicated, with their features.
+
+Two paths share :func:`store_events` (validation, redaction, idempotent
+insert by ``event_id``, dead letters):
+
+- files (:func:`ingest_files`): Ray Data reads the files and loads batches in
+  parallel; then features of the new events are computed from the event log,
+  sharded by entity, as Ray Data tasks (the offline path);
+- small batches (``POST /v1/events``, the Redis stream, scored requests):
+  :func:`ingest_records` stores the events and folds each into its entities'
+  online snapshots in the same transaction (the online path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from sira import db, feature_store
+from sira.config import Settings
+from sira.errors import InvalidInput
+from sira.events import EVENT_COLUMNS, Rejection, apply_mapping, check_columns, normalize
+from sira.features import FeatureSet, entity_features, vector_to_json
+from sira.files import find_files, read_sample
+from sira.pii import Redactor
+
+FEATURE_SHARDS = 8
+
+
+@dataclass
+class IngestSummary:
+    """What happened to a batch or a whole load."""
+
+    read: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    features_written: int = 0
+    snapshots_updated: int = 0
+    seconds: float = 0.0
+    results: list[dict[str, Any]] = field(default_factory=list)  # per event, for small batches
+
+    def add(self, other: "IngestSummary") -> None:
+        self.read += other.read
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+        self.features_written += other.features_written
+        self.snapshots_updated += other.snapshots_updated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.reasons.items())), "features_written": self.features_written,
+            "snapshots_updated": self.snapshots_updated, "seconds": round(self.seconds, 3),
+        }
+
+
+def redactor_for(settings: Settings) -> Redactor:
+    return Redactor.from_secret(settings.secret("pii_key"))
+
+
+async def store_events(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+) -> tuple[IngestSummary, list[dict[str, Any]]]:
+    """Validate, redact and insert events; returns the summary and the newly stored rows.
+
+    Re-sending an event (same ``event_id``) changes nothing and counts as a duplicate;
+    invalid records go to ``sira_rejected_events`` with their reason.
+    """
+    summary = IngestSummary(read=len(records))
+    rows: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
+    seen: set[str] = set()
+    for raw in records:
+        result = normalize(apply_mapping(raw, mapping or {}), redactor, source)
+        if isinstance(result, Rejection):
+            rejections.append(result)
+            summary.results.append({"event_id": result.event_id, "status": "rejected",
+                                    "code": result.reason_code, "reason": result.reason})
+        elif result["event_id"] in seen:
+            summary.duplicates += 1
+            summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
+        else:
+            seen.add(result["event_id"])
+            rows.append(result)
+    new_ids: set[str] = set()
+    if rows:
+        cols = ", ".join(EVENT_COLUMNS)
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
+            f" AS SELECT {cols} FROM sira_events WITH NO DATA"
+        )
+        await conn.execute("TRUNCATE sira_events_stage")
+        await conn.copy_records_to_table(
+            "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
+            columns=list(EVENT_COLUMNS),
+        )
+        new_ids = {
+            r["event_id"]
+            for r in await conn.fetch(
+                f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            )
+        }
+    fresh = [r for r in rows if r["event_id"] in new_ids]
+    summary.accepted = len(fresh)
+    summary.duplicates += len(rows) - len(fresh)
+    for r in rows:
+        summary.results.append({"event_id": r["event_id"], "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+    if rejections:
+        await conn.copy_records_to_table(
+            "sira_rejected_events",
+            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload) for j in rejections],
+            columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+        )
+        summary.rejected = len(rejections)
+        summary.reasons.update(j.reason_code for j in rejections)
+    return summary, fresh
+
+
+# -- the online path -------------------------------------------------------------
+
+
+async def fold_into_snapshots(
+    conn: asyncpg.Connection, fs: FeatureSet, events: Sequence[dict[str, Any]]
+) -> tuple[list[feature_store.FeatureRow], int]:
+    """Fold new events into their entities' snapshots (locked rows) and return their feature rows.
+
+    The snapshot state is the entity's events within the lookback; an entity
+    without a snapshot starts from its stored history.
+    """
+    rows = feature_store.event_level_rows(fs, events)
+    updated = 0
+    for spec in fs.entities:
+        by_entity: dict[str, list[dict[str, Any]]] = {}
+        for e in sorted(events, key=lambda e: (e["occurred_at"], e["event_id"])):
+            if e.get(spec.key_column) is not None:
+                by_entity.setdefault(e[spec.key_column], []).append(e)
+        for entity_id in sorted(by_entity):  # a fixed order avoids deadlocks between consumers
+            snap = await conn.fetchrow(
+                """SELECT state FROM sira_feature_snapshots
+                    WHERE entity_type = $1 AND entity_id = $2 AND feature_set = $3 AND feature_set_version = $4
+                    FOR UPDATE""",
+                spec.entity, entity_id, fs.name, fs.version,
+            )
+            evs = by_entity[entity_id]
+            if snap is not None:
+                history = feature_store.history_from_state(spec, snap["state"])
+            else:
+                newest = max(e["occurred_at"] for e in evs)
+                loaded = await feature_store.load_histories(
+                    conn, spec, [entity_id], newest - timedelta(seconds=spec.lookback_seconds), newest, fs.label_name
+                )
+                history = loaded.get(entity_id) or feature_store.History.from_rows([], spec.categorical_columns)
+            for e in evs:
+                history, position = feature_store.fold_event(spec, history, e)
+                values = entity_features(spec, history, history.ts[position: position + 1], np.array([position]))
+                rows.append(feature_store.FeatureRow(spec.entity, entity_id, e["occurred_at"], e["event_id"],
+                                                     vector_to_json({k: v[0] for k, v in values.items()})))
+            updated += await feature_store.upsert_snapshots(conn, fs, spec, {entity_id: history})
+    return rows, updated
+
+
+async def ingest_batch(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    fs: FeatureSet,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+) -> IngestSummary:
+    """Store a small batch and fold it into features and snapshots, inside the caller's transaction."""
+    summary, fresh = await store_events(conn, records, redactor=redactor, source=source, mapping=mapping)
+    if fresh:
+        rows, updated = await fold_into_snapshots(conn, fs, fresh)
+        summary.features_written = await feature_store.write_feature_rows(conn, fs, rows)
+        summary.snapshots_updated = updated
+    return summary
+
+
+async def ingest_records(
+    pool: asyncpg.Pool,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    fs: FeatureSet,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+) -> IngestSummary:
+    """:func:`ingest_batch` in a transaction of its own (``POST /v1/events``)."""
+    started = time.perf_counter()
+    async with db.transaction(pool) as conn:
+        summary = await ingest_batch(conn, records, redactor=redactor, fs=fs, source=source, mapping=mapping)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# -- the file path (Ray Data) ------------------------------------------------------
+
+
+def _load_batch(batch: Any, *, mapping: dict[str, str], source: str) -> dict[str, np.ndarray]:
+    """Ray Data task: store one batch of file rows; returns its counts as one row."""
+    from sira.config import Settings
+
+    settings = Settings()
+
+    async def run() -> IngestSummary:
+        conn = await db.connect(settings.database_url.get_secret_value())
+        try:
+            async with conn.transaction():
+                summary, _ = await store_events(
+                    conn, batch.to_pylist(), redactor=redactor_for(settings), source=source, mapping=mapping
+                )
+            return summary
+        finally:
+            await conn.close()
+
+    s = asyncio.run(run())
+    return {
+        "read": np.array([s.read]), "accepted": np.array([s.accepted]), "duplicates": np.array([s.duplicates]),
+        "rejected": np.array([s.rejected]), "reasons": np.array([dict(s.reasons)], dtype=object),
+    }
+
+
+def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: int, seq_from: int, seq_to: int,
+                   shards: int) -> dict[str, np.ndarray]:
+    """Ray Data task: features of the new events of one (entity, shard)."""
+    from sira.config import Settings
+    from sira.features import get_feature_set
+
+    settings = Settings()
+    fs = get_feature_set(fs_name, fs_version)
+    written = []
+    for entity, shard in zip(batch["entity"].tolist(), batch["shard"].tolist()):
+        async def run(entity: str = entity, shard: int = shard) -> int:
+            conn = await db.connect(settings.database_url.get_secret_value())
+            try:
+                key = "event_id" if entity == feature_store.EVENT_ENTITY else fs.entity(entity).key_column
+                keys = ", ".join(sorted({f'"{s.key_column}"' for s in fs.entities}))
+                events = [dict(r) for r in await conn.fetch(
+                    f"""SELECT event_id, occurred_at, amount::float8 AS amount, {keys} FROM sira_events
+                         WHERE seq > $1 AND seq <= $2 AND "{key}" IS NOT NULL
+                           AND (hashtext("{key}") & 2147483647) % $3 = $4""",
+                    seq_from, seq_to, shards, shard,
+                )]
+                if entity == feature_store.EVENT_ENTITY:
+                    rows = feature_store.event_level_rows(fs, events)
+                else:
+                    rows = await feature_store.compute_event_features(
+                        conn, fs, events, entities=[entity], include_event_level=False
+                    )
+                async with conn.transaction():
+                    return await feature_store.write_feature_rows(conn, fs, rows)
+            finally:
+                await conn.close()
+
+        written.append(asyncio.run(run()))
+    return {"written": np.array(written, dtype=np.int64)}
+
+
+def ingest_files(
+    settings: Settings,
+    paths: list[Path],
+    *,
+    fs: FeatureSet,
+    mapping: dict[str, str] | None = None,
+    source: str | None = None,
+    progress: bool = True,
+    batch_size: int = 10_000,
+    notify: Callable[[str], None] = lambda _m: None,
+) -> IngestSummary:
+    """Load event files through Ray Data, then compute the new events' features."""
+    import ray
+    import ray.data
+
+    from sira.ray_runtime import init_ray
+
+    started = time.perf_counter()
+    mapping = mapping or {}
+    files = find_files(paths)
+    sample = read_sample(files)
+    check_columns(sample.column_names, mapping)
+    _check_sample_types(sample, mapping, settings)
+    source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
+    dsn = db.resolve_dsn(settings)
+
+    async def seq_now() -> int:
+        conn = await db.connect(dsn)
+        try:
+            from sira import migrations
+
+            await migrations.check(conn)
+            return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
+        finally:
+            await conn.close()
+
+    seq_from = asyncio.run(seq_now())
+    init_ray(settings, dsn)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx.print_on_execution_start = False
+    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[files.format]
+    notify(f"loading {len(files.paths)} {files.format} file(s)")
+    counts = (
+        reader(files.strings)
+        .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
+                     fn_kwargs={"mapping": mapping, "source": source})
+        .take_all()
+    )
+    summary = IngestSummary()
+    for c in counts:
+        summary.read += int(c["read"])
+        summary.accepted += int(c["accepted"])
+        summary.duplicates += int(c["duplicates"])
+        summary.rejected += int(c["rejected"])
+        summary.reasons.update(c["reasons"])
+    seq_to = asyncio.run(seq_now())
+    if seq_to > seq_from:
+        notify(f"computing features of {summary.accepted:,} new events")
+        shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
+                  for k in range(FEATURE_SHARDS)]
+        written = (
+            ray.data.from_items(shards)
+            .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
+                         fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
+                                    "seq_to": seq_to, "shards": FEATURE_SHARDS})
+            .take_all()
+        )
+        summary.features_written = sum(int(w["written"]) for w in written)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _check_sample_types(sample: Any, mapping: Mapping[str, str], settings: Settings) -> None:
+    """Fail before loading when a column is of the wrong type throughout the sample."""
+    if sample.num_rows == 0:
+        raise InvalidInput("the input has no rows")
+    redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
+    fields: Counter = Counter()
+    rows = sample.to_pylist()
+    for raw in rows:
+        result = normalize(apply_mapping(raw, mapping), redactor, "sample")
+        if isinstance(result, Rejection) and result.field:
+            fields[result.field] += 1
+    for column, bad in fields.items():
+        if bad == len(rows):
+            source = mapping.get(column, column)
+            raise InvalidInput(
+                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
+                details={"column": source},
+            )

@@ -1,0 +1,75 @@
+from datetime import datetime, timezone
+
+import pytest
+
+from sira.errors import InvalidInput
+from sira.events import Rejection, apply_mapping, check_columns, normalize
+from sira.pii import Redactor
+
+R = Redactor(b"k")
+BASE = {"event_id": "e1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "amount": 12.5}
+
+
+def test_minimal_payment_is_accepted_and_normalised():
+    row = normalize({**BASE, "currency": "eur", "country": "sn", "channel": "ECOM"}, R, "test")
+    assert not isinstance(row, Rejection)
+    assert row["occurred_at"] == datetime(2026, 9, 1, 10, tzinfo=timezone.utc)
+    assert (row["currency"], row["country"], row["channel"]) == ("EUR", "SN", "ecom")
+    assert row["attributes"] == {} and row["source"] == "test"
+
+
+def test_naive_timestamps_are_utc_and_numbers_become_ids():
+    row = normalize({**BASE, "occurred_at": "2026-09-01 10:00:00", "customer_id": 42}, R, "t")
+    assert row["occurred_at"].tzinfo is not None and row["customer_id"] == "42"
+
+
+def test_pii_fields_become_tokens_and_unknown_pii_is_scrubbed():
+    row = normalize(
+        {**BASE, "card_number": "4111111111111111", "email": "x@y.com", "ip_address": "198.51.100.1",
+         "phone": "+221771234567", "device_id": "dev-1", "cardholder_name": "Jane Doe",
+         "note": "refund to 4111 1111 1111 1111", "mcc": 5411},
+        R, "t",
+    )
+    assert row["card_token"].startswith("tok_pan_") and row["email_token"].startswith("tok_email_")
+    assert row["ip_token"].startswith("tok_ip_") and row["phone_token"].startswith("tok_phone_")
+    assert row["device_id"].startswith("tok_device_")
+    assert "cardholder_name" not in row["attributes"]
+    assert "4111" not in row["attributes"]["note"] and row["attributes"]["mcc"] == 5411
+
+
+@pytest.mark.parametrize(
+    "change, code, field",
+    [
+        ({"event_id": None}, "missing_field", "event_id"),
+        ({"occurred_at": "yesterday"}, "invalid_field", "occurred_at"),
+        ({"amount": "twelve"}, "invalid_field", "amount"),
+        ({"amount": float("inf")}, "invalid_field", "amount"),
+        ({"amount": -3}, "invalid_field", "amount"),
+        ({"amount": None}, "invalid_event", None),
+        ({"customer_id": None}, "invalid_event", None),
+        ({"currency": "EURO"}, "invalid_field", "currency"),
+    ],
+)
+def test_bad_records_are_rejected_with_a_reason(change, code, field):
+    record = {k: v for k, v in {**BASE, **change}.items() if v is not None}
+    result = normalize(record, R, "t")
+    assert isinstance(result, Rejection)
+    assert (result.reason_code, result.field) == (code, field)
+
+
+def test_rejection_payload_is_redacted():
+    result = normalize({"event_id": "e9", "email": "victim@example.com", "card_number": "4111111111111111"}, R, "t")
+    assert isinstance(result, Rejection)
+    assert "victim@example.com" not in str(result.payload) and "4111111111111111" not in str(result.payload)
+
+
+def test_mapping_and_column_checks():
+    assert apply_mapping({"TX_ID": "1", "X": 2}, {"event_id": "TX_ID"}) == {"event_id": "1", "X": 2}
+    check_columns(["TX_ID", "TX_DATETIME", "CUSTOMER_ID"], {"event_id": "TX_ID", "occurred_at": "TX_DATETIME",
+                                                            "customer_id": "CUSTOMER_ID"})
+    with pytest.raises(InvalidInput, match="required column occurred_at is missing"):
+        check_columns(["event_id", "customer_id"], {})
+    with pytest.raises(InvalidInput, match="no entity key column"):
+        check_columns(["event_id", "occurred_at", "amount"], {})
+    with pytest.raises(InvalidInput, match="mapped column.*NOPE"):
+        check_columns(["event_id", "occurred_at", "customer_id"], {"amount": "NOPE"})
