@@ -309,6 +309,7 @@ def ingest_cmd(
     max_events: Annotated[
         int | None, typer.Option("--max-events", min=1, help="With --stream: stop after this many events.")
     ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=10_000, help="With --stream: entries per transaction.")] = 200,
     consumer: Annotated[
         str | None,
         typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
@@ -329,7 +330,7 @@ def ingest_cmd(
         from sira.stream import consume_forever
 
         summary = asyncio.run(consume_forever(settings, fs=fs, mapping=column_map, max_events=max_events,
-                                              consumer=consumer, notify=None if as_json else _err.print))
+                                              batch=batch, consumer=consumer, notify=None if as_json else _err.print))
         payload = summary.to_dict()
     else:
         if not paths:

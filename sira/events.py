@@ -124,18 +124,24 @@ def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict
     return {renamed.get(k, k): v for k, v in record.items()}
 
 
-def normalize(record: Mapping[str, Any], redactor: Redactor, source: str) -> dict[str, Any] | Rejection:
-    """Validate and redact one record: a canonical ``sira_events`` row, or a rejection."""
+def normalize(
+    raw: Mapping[str, Any], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None
+) -> dict[str, Any] | Rejection:
+    """Validate and redact one record: a canonical ``sira_events`` row, or a rejection.
+
+    A rejection keeps the original record (source column names, redacted) so it can be replayed.
+    """
+    record = apply_mapping(raw, mapping or {})
     try:
         event = EventIn.model_validate(record)
     except ValidationError as exc:
-        return _rejection(record, exc, redactor)
+        return _rejection(record, raw, exc, redactor)
     data = event.model_dump(exclude_none=False)
     extra = event.model_extra or {}
     row: dict[str, Any] = {"source": source}
     for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
         value = data[name]
-        row[name] = redactor.scrub_text(value) if value is not None else None
+        row[name] = redactor.scrub_value(value) if value is not None else None
     for name, column in _TOKEN_COLUMNS.items():
         row[column] = redactor.field(name, data[name])[1]
     if data["card_token"] is not None and row["card_token"] is None:
@@ -151,7 +157,7 @@ def normalize(record: Mapping[str, Any], redactor: Redactor, source: str) -> dic
     attributes = redactor.scrub({k: _jsonable(v) for k, v in extra.items()})
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         redactor.payload({k: _jsonable(v) for k, v in record.items()}))
+                         redactor.payload({k: _jsonable(v) for k, v in raw.items()}))
     row["attributes"] = attributes
     return row
 
@@ -170,7 +176,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _rejection(record: Mapping[str, Any], exc: ValidationError, redactor: Redactor) -> Rejection:
+def _rejection(
+    record: Mapping[str, Any], raw: Mapping[str, Any], exc: ValidationError, redactor: Redactor
+) -> Rejection:
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in error["loc"]) or None
     kind = error["type"]
@@ -181,9 +189,9 @@ def _rejection(record: Mapping[str, Any], exc: ValidationError, redactor: Redact
     else:
         code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     raw_id = record.get("event_id")
-    event_id = redactor.scrub_text(str(raw_id))[:200] if raw_id not in (None, "") else None
+    event_id = redactor.scrub_value(str(raw_id))[:200] if raw_id not in (None, "") else None
     return Rejection(event_id, code, redactor.scrub_text(reason), loc, redactor.payload(
-        {k: _jsonable(v) for k, v in record.items()}
+        {k: _jsonable(v) for k, v in raw.items()}
     ))
 
 

@@ -97,10 +97,10 @@ async def record_labels(
             code = "missing_field" if error["type"] == "missing" else "invalid_field"
             reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
             payload = redactor.payload({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in raw.items()})
-            event_id = redactor.scrub_text(str(raw.get("event_id")))[:200] if raw.get("event_id") else None
+            event_id = redactor.scrub_value(str(raw.get("event_id")))[:200] if raw.get("event_id") else None
             rejected.append((event_id, f"feedback:{source}", code, redactor.scrub_text(reason), loc, payload))
             continue
-        item.event_id = redactor.scrub_text(item.event_id)  # ids are scrubbed exactly as events' are
+        item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         good[(item.event_id, item.label_name, item.source)] = item  # the last word of a file wins
     if rejected:
         await conn.copy_records_to_table(

@@ -29,7 +29,7 @@ import numpy as np
 from sira import db, feature_store
 from sira.config import Settings
 from sira.errors import InvalidInput
-from sira.events import EVENT_COLUMNS, Rejection, apply_mapping, check_columns, normalize
+from sira.events import EVENT_COLUMNS, Rejection, check_columns, normalize
 from sira.features import FeatureSet, entity_features, vector_to_json
 from sira.files import find_files, read_sample
 from sira.pii import Redactor
@@ -90,7 +90,7 @@ async def store_events(
     rejections: list[Rejection] = []
     seen: set[str] = set()
     for raw in records:
-        result = normalize(apply_mapping(raw, mapping or {}), redactor, source)
+        result = normalize(raw, redactor, source, mapping)
         if isinstance(result, Rejection):
             rejections.append(result)
             summary.results.append({"event_id": result.event_id, "status": "rejected",
@@ -360,7 +360,7 @@ def _check_sample_types(sample: Any, mapping: Mapping[str, str], settings: Setti
     fields: Counter = Counter()
     rows = sample.to_pylist()
     for raw in rows:
-        result = normalize(apply_mapping(raw, mapping), redactor, "sample")
+        result = normalize(raw, redactor, "sample", mapping)
         if isinstance(result, Rejection) and result.field:
             fields[result.field] += 1
     for column, bad in fields.items():

@@ -4,9 +4,10 @@ Known fields follow :data:`FIELD_POLICY`: card numbers, emails, phones, IPs
 and device ids become keyed HMAC tokens (equal inputs give equal tokens, so
 features like "new device" still work, but a token cannot be reversed without
 the key); names, addresses, national ids, CVVs and the like are dropped.
-Every other string anywhere in the payload (unknown fields, free text, ids)
-is scanned, and Luhn-valid card numbers, emails, phone numbers and IP
-addresses inside it are replaced by tokens.
+Every other string anywhere in the payload (unknown fields, ids) is scanned:
+Luhn-valid card numbers, emails, phone numbers and IP addresses inside it are
+replaced by tokens, and free text (two or more words, where a name or an
+address could hide) becomes a token as a whole.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,8 +60,9 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
 
 TOKEN_PREFIX = "tok_"
 _TOKEN = re.compile(r"^tok_[a-z]+_[0-9a-f]{24}$")
-# 13-19 digits, optionally grouped by single spaces or dashes.
-_PAN = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+# Two alphabetic words in a row: prose, which may name a person or an address.
+_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
+_DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
@@ -102,11 +104,7 @@ class Redactor:
             return text
         text = _EMAIL.sub(lambda m: self.token("email", m.group(0)), text)
 
-        def pan(m: re.Match[str]) -> str:
-            digits = re.sub(r"[ -]", "", m.group(0))
-            return self.token("pan", digits) if 13 <= len(digits) <= 19 and luhn_valid(digits) else m.group(0)
-
-        text = _PAN.sub(pan, text)
+        text = _replace_pans(text, lambda digits: self.token("pan", digits))
         text = _PHONE.sub(lambda m: self.token("phone", m.group(0)), text)
 
         def ip(m: re.Match[str]) -> str:
@@ -118,6 +116,14 @@ class Redactor:
 
         text = _IPV4.sub(ip, text)
         return _IPV6.sub(ip, text)
+
+    def scrub_value(self, text: str) -> str:
+        """A data value made safe: :meth:`scrub_text`, and free text (two or more words) replaced
+        by a token, since names and addresses inside prose cannot be recognised reliably."""
+        text = self.scrub_text(text)
+        if _FREE_TEXT.search(text):
+            return self.token("text", text)
+        return text
 
     def field(self, name: str, value: Any) -> tuple[bool, Any]:
         """Apply the policy to one top-level field: (keep?, redacted value)."""
@@ -134,7 +140,7 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         """Scrub any JSON-like value recursively (nested field names follow the policy too)."""
         if isinstance(value, str):
-            return self.scrub_text(value)
+            return self.scrub_value(value)
         if isinstance(value, Mapping):
             out = {}
             for k, v in value.items():
@@ -149,6 +155,35 @@ class Redactor:
     def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A whole raw record made safe to store (used for dead letters and logs)."""
         return self.scrub(dict(record))
+
+
+def _replace_pans(text: str, token: Callable[[str], str]) -> str:
+    """Replace card numbers: 13-19 digits passing Luhn, in groups split by single spaces or dashes.
+
+    A candidate starts and ends on group boundaries, so "order-4111111111111111-2"
+    and "ref 12 4111 1111 1111 1111" are both caught, and a longer number is
+    never cut in the middle of a group.
+    """
+    out, last = [], 0
+    for run in _DIGIT_RUNS.finditer(text):
+        groups = [(m.start() + run.start(), m.end() + run.start()) for m in re.finditer(r"\d+", run.group(0))]
+        i = 0
+        while i < len(groups):
+            found = None
+            for j in range(len(groups) - 1, i - 1, -1):  # the longest candidate first
+                digits = "".join(text[a:b] for a, b in groups[i: j + 1])
+                if 13 <= len(digits) <= 19 and luhn_valid(digits):
+                    found = (j, digits)
+                    break
+            if found is None:
+                i += 1
+                continue
+            j, digits = found
+            out += [text[last: groups[i][0]], token(digits)]
+            last = groups[j][1]
+            i = j + 1
+    out.append(text[last:])
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=262_144)

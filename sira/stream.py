@@ -173,7 +173,7 @@ async def consume(
 
 async def consume_forever(
     settings: Settings, *, fs: FeatureSet, mapping: Mapping[str, str] | None = None, max_events: int | None = None,
-    consumer: str | None = None, notify: Callable[[str], None] | None = None,
+    batch: int = 200, consumer: str | None = None, notify: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """``sira ingest --stream``: consume ``sira:events`` until SIGINT/SIGTERM (or ``max_events``)."""
     if not settings.redis_url:
@@ -193,7 +193,7 @@ async def consume_forever(
 
     try:
         async with db.open_pool(settings) as pool:
-            return await consume(source, pool, settings=settings, fs=fs, mapping=mapping, max_events=max_events,
-                                 stop=stop, on_batch=report)
+            return await consume(source, pool, settings=settings, fs=fs, mapping=mapping, batch=batch,
+                                 max_events=max_events, stop=stop, on_batch=report)
     finally:
         await source.close()

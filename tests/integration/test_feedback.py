@@ -1,0 +1,31 @@
+from datetime import datetime, timezone
+
+from sira.feedback import record_labels
+from sira.pii import Redactor
+
+R = Redactor(b"k")
+KNOWN = datetime(2026, 9, 10, tzinfo=timezone.utc)
+
+
+async def test_labels_are_idempotent_updatable_and_validated(clean_db):
+    labels = [
+        {"event_id": "e1", "label": 1, "known_at": KNOWN, "source": "chargeback"},
+        {"event_id": "e2", "label": "legit", "known_at": "2026-09-11", "source": "review"},
+        {"event_id": "e3", "label": "maybe", "known_at": KNOWN},
+        {"event_id": "e4", "label": True},
+    ]
+    async with clean_db.acquire() as conn:
+        first = await record_labels(conn, labels, redactor=R)
+        assert (first.inserted, first.updated, first.unchanged, first.rejected) == (2, 0, 0, 2)
+        assert first.reasons == {"invalid_field": 1, "missing_field": 1}
+        again = await record_labels(conn, labels[:2], redactor=R)
+        assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+        reversed_ = await record_labels(
+            conn, [{"event_id": "e1", "label": False, "known_at": KNOWN, "source": "chargeback"}], redactor=R
+        )
+        assert reversed_.updated == 1
+        assert await conn.fetchval("SELECT count(*) FROM sira_feedback") == 2
+        assert await conn.fetchval("SELECT label FROM sira_feedback WHERE event_id = 'e1'") is False
+        dead = await conn.fetch("SELECT source, reason_code, field FROM sira_rejected_events ORDER BY event_id")
+        assert [(d["source"], d["reason_code"], d["field"]) for d in dead] == [
+            ("feedback:import", "invalid_field", "label"), ("feedback:import", "missing_field", "known_at")]

@@ -1,0 +1,110 @@
+"""Ingestion end to end against real Postgres and Ray: files, idempotency, dead letters, bad files."""
+
+import asyncio
+import csv
+import json
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from sira.errors import InvalidInput, NotFound
+from sira.features import PAYMENTS_V1
+from sira import ingest
+from sira.simulate import SimulationConfig, simulate
+
+
+@pytest.fixture(scope="session")
+def small_sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    return simulate(SimulationConfig(days=6, customers=120, seed=3, fraud_rate=0.03), out)
+
+
+async def ingest_files(*args, **kwargs):
+    """The file path is a blocking driver (Ray); run it off the test's event loop."""
+    return await asyncio.to_thread(ingest.ingest_files, *args, **kwargs)
+
+
+async def count(pool, table, where="true"):
+    return await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {where}")
+
+
+async def test_file_ingest_stores_events_and_features_and_is_idempotent(clean_db, ray_session, settings, small_sim):
+    n = pq.read_metadata(small_sim.events_path).num_rows
+    summary = await ingest_files(settings, [small_sim.events_path], fs=PAYMENTS_V1, progress=False)
+    assert (summary.read, summary.accepted, summary.duplicates, summary.rejected) == (n, n, 0, 0)
+    assert await count(clean_db, "sira_events") == n
+    # one row per event for the event itself, its customer, its card and its terminal
+    assert summary.features_written == 4 * n == await count(clean_db, "sira_features")
+    again = await ingest_files(settings, [small_sim.events_path], fs=PAYMENTS_V1, progress=False)
+    assert (again.accepted, again.duplicates, again.features_written) == (0, n, 0)
+    assert await count(clean_db, "sira_events") == n and await count(clean_db, "sira_features") == 4 * n
+
+
+def write_csv(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def handbook_rows(n=30):
+    start = datetime(2026, 4, 1)
+    return [
+        {"TRANSACTION_ID": i, "TX_DATETIME": (start + timedelta(minutes=7 * i)).strftime("%Y-%m-%d %H:%M:%S"),
+         "CUSTOMER_ID": i % 4, "TERMINAL_ID": 100 + i % 3, "TX_AMOUNT": f"{10 + i:.2f}"}
+        for i in range(n)
+    ]
+
+
+async def test_csv_with_column_mapping_loads_good_rows_and_dead_letters_the_rest(clean_db, ray_session, settings, tmp_path):
+    rows = handbook_rows()
+    rows[3]["TX_AMOUNT"] = "abc"
+    rows[5]["TX_DATETIME"] = "not a date"
+    rows[7]["CUSTOMER_ID"] = ""
+    rows[7]["TERMINAL_ID"] = ""
+    rows[9]["TX_AMOUNT"] = "-5"
+    write_csv(tmp_path / "tx.csv", rows)
+    mapping = {"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME", "customer_id": "CUSTOMER_ID",
+               "terminal_id": "TERMINAL_ID", "amount": "TX_AMOUNT"}
+    summary = await ingest_files(settings, [tmp_path / "tx.csv"], fs=PAYMENTS_V1, mapping=mapping, progress=False)
+    assert (summary.accepted, summary.rejected) == (26, 4)
+    assert summary.reasons == {"invalid_field": 3, "invalid_event": 1}
+    rejected = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
+    assert rejected["3"]["field"] == "amount" and rejected["5"]["field"] == "occurred_at"
+    assert rejected["7"]["reason_code"] == "invalid_event" and "entity key" in rejected["7"]["reason"]
+    assert rejected["3"]["payload"]["TX_AMOUNT"] == "abc"  # the original record, for replay
+    stored = await clean_db.fetchrow("SELECT * FROM sira_events WHERE event_id = '0'")
+    assert stored["customer_id"] == "0" and float(stored["amount"]) == 10.0
+    # events without a card get no card features; each has its event, customer and terminal rows
+    assert await count(clean_db, "sira_features") == 26 * 3
+
+
+async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for part in range(2):
+        with (folder / f"part{part}.jsonl").open("w") as handle:
+            for i in range(5):
+                handle.write(json.dumps({"event_id": f"j{part}-{i}", "occurred_at": f"2026-05-0{i + 1}T10:00:00Z",
+                                         "account_id": f"a{i}", "event_type": "usage", "api_calls": i}) + "\n")
+    summary = await ingest_files(settings, [folder], fs=PAYMENTS_V1, progress=False)
+    assert summary.accepted == 10
+    row = await clean_db.fetchrow("SELECT * FROM sira_events WHERE event_id = 'j1-4'")
+    assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
+
+
+async def test_unworkable_files_fail_before_loading_anything(clean_db, settings, tmp_path):
+    rows = handbook_rows(5)
+    write_csv(tmp_path / "no_time.csv", [{k: v for k, v in r.items() if k != "TX_DATETIME"} for r in rows])
+    with pytest.raises(InvalidInput, match="required column occurred_at is missing"):
+        await ingest_files(settings, [tmp_path / "no_time.csv"], fs=PAYMENTS_V1,
+                     mapping={"event_id": "TRANSACTION_ID", "customer_id": "CUSTOMER_ID"}, progress=False)
+    write_csv(tmp_path / "words.csv", [{**r, "TX_AMOUNT": "lots"} for r in rows])
+    with pytest.raises(InvalidInput, match="column TX_AMOUNT cannot be read as amount"):
+        await ingest_files(settings, [tmp_path / "words.csv"], fs=PAYMENTS_V1,
+                     mapping={"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME",
+                              "customer_id": "CUSTOMER_ID", "amount": "TX_AMOUNT"}, progress=False)
+    with pytest.raises(NotFound, match="file not found"):
+        await ingest_files(settings, [tmp_path / "missing.parquet"], fs=PAYMENTS_V1, progress=False)
+    assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
