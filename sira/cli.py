@@ -352,26 +352,12 @@ def feedback_import_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Import labels (event_id, label, known_at[, source, label_name, occurred_at])."""
-    from sira import db
-    from sira.feedback import record_labels
-    from sira.files import find_files, parse_mapping, read_table
-    from sira.ingest import redactor_for
+    from sira.feedback import import_label_files
+    from sira.files import parse_mapping
 
-    settings = get_settings()
-    column_map = parse_mapping(mapping, map_file)
-    table = read_table(find_files(paths))
-    present = {column_map.get(c, c) for c in ("event_id", "label", "known_at")}
-    missing = sorted(present - set(table.column_names))
-    if missing:
-        raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
-
-    async def run():
-        async with db.open_pool(settings) as pool:
-            async with db.transaction(pool) as conn:
-                return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
-                                           mapping=column_map)
-
-    payload = asyncio.run(run()).to_dict()
+    summary = asyncio.run(import_label_files(get_settings(), paths, mapping=parse_mapping(mapping, map_file),
+                                             source=source))
+    payload = summary.to_dict()
     _emit(payload, as_json, lambda: _err.print(_summary_table("Labels", payload)))
 
 
@@ -478,6 +464,19 @@ def demo_cmd(
             "fraud": f"{sim['fraud_events']:,} ({sim['fraud_rate']:.2%}); shift from day {sim['shift_day']}",
             "labels": f"{sim['labels']:,} → {sim['labels_path']}",
         }))
+        ing = report.ingest
+        _err.print(_kv_table("Ingested", {
+            "events": f"{ing['accepted']:,} accepted, {ing['duplicates']:,} duplicates, {ing['rejected']:,} rejected"
+            f" in {ing['seconds']} s",
+            "feature rows": f"{ing['features_written']:,}",
+            "labels": f"{report.labels['inserted']:,} new, {report.labels['updated']:,} updated",
+            "snapshots": ", ".join(f"{k} {v:,}" for k, v in report.snapshots["entities"].items()),
+        }))
+        if report.example_features:
+            ex = report.example_features
+            shown = {k: v for k, v in ex["features"].items() if k.startswith("customer_") and v is not None}
+            _err.print(_kv_table(f"Online features of {ex['entity']} as of {ex['as_of']}",
+                                 {k: f"{v:,.2f}" for k, v in list(shown.items())[:12]}))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

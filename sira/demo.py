@@ -2,11 +2,13 @@
 
 Each stage of the pipeline adds its step here as it lands. Today: migrate
 the database, simulate weeks of payments with a fraud pattern that shifts
-near the end, and summarise what was written.
+near the end, ingest the events (Ray Data) and the labels, materialise the
+online snapshots, and summarise what was written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,10 @@ from typing import Any
 
 from sira import db, migrations
 from sira.config import Settings
+from sira.feature_store import materialize_all, read_snapshot
+from sira.features import get_feature_set
+from sira.feedback import import_label_files
+from sira.ingest import ingest_files
 from sira.simulate import SimulationConfig, simulate
 
 DEMO_DAYS = 42
@@ -30,9 +36,15 @@ class DemoReport:
     database: dict[str, Any] = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
+    ingest: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    snapshots: dict[str, Any] = field(default_factory=dict)
+    example_features: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables}
+        return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
+                "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
+                "example_features": self.example_features}
 
 
 async def run_demo(
@@ -80,6 +92,32 @@ async def run_demo(
         }
         step("simulate", started, events=result.summary["events"])
 
+        fs = get_feature_set()
+        started = time.perf_counter()
+        progress("ingest: loading events through Ray Data, computing features")
+        summary = await asyncio.to_thread(
+            ingest_files, settings, [result.events_path], fs=fs, source="demo", progress=False
+        )
+        report.ingest = summary.to_dict()
+        step("ingest", started, accepted=summary.accepted, duplicates=summary.duplicates)
+
+        started = time.perf_counter()
+        progress("labels: importing chargebacks and reviews")
+        report.labels = (await import_label_files(settings, [result.labels_path], source="demo")).to_dict()
+        step("labels", started, inserted=report.labels["inserted"])
+
+        started = time.perf_counter()
+        progress("materialize: refreshing online snapshots")
+        report.snapshots = await materialize_all(settings, fs=fs)
+        step("materialize", started, **report.snapshots["entities"])
+
+        busiest = await conn.fetchval(
+            "SELECT customer_id FROM sira_events GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 1"
+        )
+        if busiest is not None:
+            snap = await read_snapshot(conn, fs, "customer", busiest)
+            report.example_features = {"entity": f"customer {busiest}", "as_of": snap.as_of.isoformat(),
+                                       "features": snap.features}
         report.tables = await table_counts(conn)
     finally:
         await conn.close()

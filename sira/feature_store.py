@@ -34,6 +34,7 @@ from sira.features import (
     History,
     entity_features,
     event_features,
+    grouped_features,
     parse_duration,
     vector_to_json,
 )
@@ -136,26 +137,26 @@ def rows_for_events(
     spec: EntityFeatures, histories: dict[str, History], events: Iterable[dict[str, Any]]
 ) -> list[FeatureRow]:
     """Evaluate one entity type's features at each event (found in its entity's history)."""
-    by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    entity_ids = list(histories)
+    group_of = {entity_id: g for g, entity_id in enumerate(entity_ids)}
+    index = {(g, eid): i for g, entity_id in enumerate(entity_ids)
+             for i, eid in enumerate(histories[entity_id].event_id.tolist())}
+    found = []
     for e in events:
-        key = e.get(spec.key_column)
-        if key is not None:
-            by_entity[key].append(e)
-    out: list[FeatureRow] = []
-    for entity_id, evs in by_entity.items():
-        history = histories.get(entity_id)
-        if history is None:
-            continue
-        index = {eid: i for i, eid in enumerate(history.event_id.tolist())}
-        found = [e for e in evs if e["event_id"] in index]
-        if not found:
-            continue
-        positions = np.array([index[e["event_id"]] for e in found], dtype=np.int64)
-        values = entity_features(spec, history, history.ts[positions], positions)
-        for j, e in enumerate(found):
-            out.append(FeatureRow(spec.entity, entity_id, e["occurred_at"], e["event_id"],
-                                  vector_to_json({k: v[j] for k, v in values.items()})))
-    return out
+        g = group_of.get(e.get(spec.key_column))
+        if g is not None and (g, e["event_id"]) in index:
+            found.append((g, index[(g, e["event_id"])], e))
+    if not found:
+        return []
+    groups = np.array([g for g, _, _ in found], dtype=np.int64)
+    positions = np.array([p for _, p, _ in found], dtype=np.int64)
+    at = np.array([histories[entity_ids[g]].ts[p] for g, p, _ in found], dtype=np.int64)
+    values = grouped_features(spec, [histories[i] for i in entity_ids], groups, at, positions)
+    return [
+        FeatureRow(spec.entity, entity_ids[g], e["occurred_at"], e["event_id"],
+                   vector_to_json({k: v[j] for k, v in values.items()}))
+        for j, (g, _, e) in enumerate(found)
+    ]
 
 
 async def compute_event_features(
@@ -208,46 +209,73 @@ async def write_feature_rows(conn: asyncpg.Connection, fs: FeatureSet, rows: Seq
 
 def state_from_history(spec: EntityFeatures, history: History, newest: int) -> dict[str, Any]:
     """The part of a history that later features can still need (within the lookback of ``newest``)."""
-    keep = history.ts > newest - spec.lookback_seconds * US
-    columns = ["ts", "amount", "event_id", *spec.categorical_columns, "label_known_at"]
-    rows = [r for r, k in zip(history.to_rows(), keep.tolist()) if k]
-    return {"columns": columns, "rows": [[r[c] for c in columns] for r in rows]}
+    kept = history.take(history.ts > newest - spec.lookback_seconds * US)
+    known = kept.label_known_at if kept.label_known_at is not None else np.full(len(kept), np.inf)
+    columns = [
+        kept.ts.tolist(),
+        [None if math.isnan(a) else a for a in kept.amount.tolist()],
+        kept.event_id.tolist(),
+        *(kept.categories[c].tolist() for c in spec.categorical_columns),
+        [None if math.isinf(k) else int(k) for k in known.tolist()],
+    ]
+    return {"columns": ["ts", "amount", "event_id", *spec.categorical_columns, "label_known_at"],
+            "rows": [list(r) for r in zip(*columns)]}
 
 
 def history_from_state(spec: EntityFeatures, state: dict[str, Any]) -> History:
-    columns = state.get("columns") or []
-    rows = [dict(zip(columns, values)) for values in state.get("rows", [])]
-    return History.from_rows(rows, spec.categorical_columns)
-
-
-def fold_event(spec: EntityFeatures, history: History, event: dict[str, Any]) -> tuple[History, int]:
-    """The history with one event added in time order (idempotent by event_id), and its position."""
-    rows = [r for r in history.to_rows() if r["event_id"] != event["event_id"]]
-    rows.append(
-        {
-            "ts": to_us(event["occurred_at"]), "amount": event.get("amount"), "event_id": event["event_id"],
-            **{c: event.get(c) for c in spec.categorical_columns},
-            "label_known_at": event.get("label_known_at"),
-        }
+    names = state.get("columns") or []
+    rows = state.get("rows") or []
+    cols = dict(zip(names, zip(*rows))) if rows else {}
+    return History.from_columns(
+        cols.get("ts", ()), cols.get("amount", ()), cols.get("event_id", ()),
+        {c: cols.get(c, (None,) * len(rows)) for c in spec.categorical_columns},
+        cols.get("label_known_at", (None,) * len(rows)),
     )
-    folded = History.from_rows(rows, spec.categorical_columns)
-    return folded, int(np.flatnonzero(folded.event_id == event["event_id"])[0])
+
+
+def fold_events(
+    spec: EntityFeatures, history: History, events: Sequence[dict[str, Any]]
+) -> tuple[History, np.ndarray]:
+    """The history with events added in time order (idempotent by event_id), and their positions."""
+    new_ids = [e["event_id"] for e in events]
+    old = history.take(~np.isin(history.event_id, new_ids)) if len(history) else history
+    known = old.label_known_at if old.label_known_at is not None else np.full(len(old), np.inf)
+    folded = History.from_columns(
+        [*old.ts.tolist(), *(to_us(e["occurred_at"]) for e in events)],
+        [*(None if math.isnan(a) else a for a in old.amount.tolist()), *(e.get("amount") for e in events)],
+        [*old.event_id.tolist(), *new_ids],
+        {c: [*old.categories[c].tolist(), *(e.get(c) for e in events)] for c in spec.categorical_columns},
+        [*(None if math.isinf(k) else k for k in known.tolist()), *(e.get("label_known_at") for e in events)],
+    )
+    return folded, np.flatnonzero(np.isin(folded.event_id, new_ids))
+
+
+def newest_vectors(spec: EntityFeatures, histories: dict[str, History]) -> dict[str, dict[str, float | None]]:
+    """Each entity's vector as of its newest event (one vectorised call)."""
+    ids = [i for i, h in histories.items() if len(h)]
+    if not ids:
+        return {}
+    last = np.array([len(histories[i]) - 1 for i in ids], dtype=np.int64)
+    at = np.array([histories[i].ts[-1] for i in ids], dtype=np.int64)
+    values = grouped_features(spec, [histories[i] for i in ids], np.arange(len(ids)), at, last)
+    return {i: vector_to_json({k: v[j] for k, v in values.items()}) for j, i in enumerate(ids)}
 
 
 async def upsert_snapshots(
-    conn: asyncpg.Connection, fs: FeatureSet, spec: EntityFeatures, histories: dict[str, History]
+    conn: asyncpg.Connection, fs: FeatureSet, spec: EntityFeatures, histories: dict[str, History],
+    vectors: dict[str, dict[str, float | None]] | None = None,
 ) -> int:
-    """Write each entity's snapshot as of its newest event."""
+    """Write each entity's snapshot as of its newest event (``vectors``: already computed ones)."""
+    vectors = {**newest_vectors(spec, {i: h for i, h in histories.items() if i not in (vectors or {})}),
+               **(vectors or {})}
     records = []
     for entity_id, history in histories.items():
         if len(history) == 0:
             continue
-        last = len(history) - 1
-        values = entity_features(spec, history, history.ts[last:], np.array([last]))
-        vector = vector_to_json({k: v[0] for k, v in values.items()})
-        state = state_from_history(spec, history, int(history.ts[last]))
-        records.append((spec.entity, entity_id, fs.name, fs.version, vector, from_us(int(history.ts[last])),
-                        str(history.event_id[last]), len(state["rows"]), state))
+        newest = int(history.ts[-1])
+        state = state_from_history(spec, history, newest)
+        records.append((spec.entity, entity_id, fs.name, fs.version, vectors[entity_id], from_us(newest),
+                        str(history.event_id[-1]), len(state["rows"]), state))
     if not records:
         return 0
     await conn.executemany(
@@ -427,14 +455,19 @@ async def historical_features(
             conn, spec, sorted({queries[i][spec.key_column] for i in idx}),
             min(times) - timedelta(seconds=spec.lookback_seconds), max(times), fs.label_name,
         )
-        for i in idx:
-            q = queries[i]
-            history = histories.get(q[spec.key_column]) or History.from_rows([], spec.categorical_columns)
-            at = to_us(q["timestamp"])
-            position = -1
-            if q.get("event_id"):
-                hits = np.flatnonzero(history.event_id == q["event_id"])
-                position = int(hits[0]) if hits.size and history.ts[hits[0]] <= at else -1
-            values = entity_features(spec, history, np.array([at], dtype=np.int64), np.array([position]))
-            out[i].update({k: float(v[0]) for k, v in values.items()})
+        entity_ids = sorted({queries[i][spec.key_column] for i in idx})
+        group_of = {e: g for g, e in enumerate(entity_ids)}
+        stacked = [histories.get(e) or History.from_rows([], spec.categorical_columns) for e in entity_ids]
+        groups = np.array([group_of[queries[i][spec.key_column]] for i in idx], dtype=np.int64)
+        at = np.array([to_us(queries[i]["timestamp"]) for i in idx], dtype=np.int64)
+        positions = np.full(len(idx), -1, dtype=np.int64)
+        for j, i in enumerate(idx):
+            if queries[i].get("event_id"):
+                h = stacked[groups[j]]
+                hits = np.flatnonzero(h.event_id == queries[i]["event_id"])
+                if hits.size and h.ts[hits[0]] <= at[j]:
+                    positions[j] = int(hits[0])
+        values = grouped_features(spec, stacked, groups, at, positions)
+        for j, i in enumerate(idx):
+            out[i].update({k: float(v[j]) for k, v in values.items()})
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in out]

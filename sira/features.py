@@ -26,8 +26,10 @@ Semantics, following the card-fraud literature:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,7 @@ ENTITY_COLUMNS = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(text: str) -> int:
     """Seconds in a duration like ``15m``, ``1h``, ``7d``."""
     match = _DURATION.match(text.strip())
@@ -226,33 +229,33 @@ class History:
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> "History":
         """Build from event dicts with ``ts`` (µs), ``amount``, ``event_id``, category columns, ``label_known_at``."""
-        rows = sorted(rows, key=lambda r: (r["ts"], r["event_id"]))
-        return cls(
-            ts=np.array([r["ts"] for r in rows], dtype=np.int64),
-            amount=np.array([_float(r.get("amount")) for r in rows], dtype=np.float64),
-            event_id=np.array([r["event_id"] for r in rows], dtype=object),
-            categories={c: np.array([r.get(c) for r in rows], dtype=object) for c in columns},
-            label_known_at=np.array([_known(r.get("label_known_at")) for r in rows], dtype=np.float64),
+        return cls.from_columns(
+            [r["ts"] for r in rows], [r.get("amount") for r in rows], [r["event_id"] for r in rows],
+            {c: [r.get(c) for r in rows] for c in columns}, [r.get("label_known_at") for r in rows],
         )
 
-    def to_rows(self) -> list[dict[str, Any]]:
+    @classmethod
+    def from_columns(
+        cls, ts: Sequence[int], amount: Sequence[float | None], event_id: Sequence[str],
+        categories: dict[str, Sequence[Any]], label_known_at: Sequence[int | None],
+    ) -> "History":
+        """Build from parallel columns (None: a missing amount / no positive label), sorted by (time, event id)."""
+        ts_a = np.array(ts, dtype=np.int64)
+        ids = np.array(event_id, dtype=object)
+        order = np.lexsort((ids.astype(str), ts_a)) if ts_a.size else np.zeros(0, dtype=np.int64)
+        return cls(
+            ts=ts_a[order],
+            amount=np.array([np.nan if a is None else a for a in amount], dtype=np.float64)[order],
+            event_id=ids[order],
+            categories={c: np.array(v, dtype=object)[order] for c, v in categories.items()},
+            label_known_at=np.array([np.inf if k is None else k for k in label_known_at], dtype=np.float64)[order],
+        )
+
+    def take(self, keep: np.ndarray) -> "History":
+        """The events selected by a boolean mask or an index array (order kept)."""
         known = self.label_known_at if self.label_known_at is not None else np.full(len(self), np.inf)
-        return [
-            {
-                "ts": int(self.ts[i]), "amount": None if math.isnan(self.amount[i]) else float(self.amount[i]),
-                "event_id": self.event_id[i], **{c: v[i] for c, v in self.categories.items()},
-                "label_known_at": None if math.isinf(known[i]) else int(known[i]),
-            }
-            for i in range(len(self))
-        ]
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _known(value: Any) -> float:
-    return float("inf") if value is None else float(value)
+        return History(self.ts[keep], self.amount[keep], self.event_id[keep],
+                       {c: v[keep] for c, v in self.categories.items()}, known[keep])
 
 
 def event_features(fs: FeatureSet, ts: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarray]:
@@ -277,14 +280,17 @@ def entity_features(
     at: np.ndarray,
     positions: np.ndarray | None = None,
     include_labels: bool = True,
+    label_at: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate an entity's features at query points.
 
     ``at``: query times (µs). ``positions``: for queries that are events of the
     history, their index in it (the window then ends at that event, and
     event-level features such as novelty and amount ratio are defined);
-    ``None`` or -1 for plain timestamp queries.
+    ``None`` or -1 for plain timestamp queries. ``label_at``: the real query
+    times when ``at`` and the history are shifted (see :func:`grouped_features`).
     """
+    label_at = at if label_at is None else label_at
     n_q = at.size
     ts, amount = history.ts, history.amount
     if positions is None:
@@ -351,13 +357,65 @@ def entity_features(
             hi = np.maximum(np.searchsorted(ts, at - delay, side="right"), lo)
             n = (hi - lo).astype(np.float64)
             frauds = np.array(
-                [np.count_nonzero(known[a:b] < t) for a, b, t in zip(lo.tolist(), hi.tolist(), at.tolist())]
+                [np.count_nonzero(known[a:b] < t) for a, b, t in zip(lo.tolist(), hi.tolist(), label_at.tolist())]
                 if include_labels else np.zeros(n_q),
                 dtype=np.float64,
             )
             out[f"{e}_risk_{w}"] = np.divide(frauds, n, out=np.zeros(n_q), where=n > 0)
             out[f"{e}_risk_count_{w}"] = n
     return {name: out[name] for name in spec.names()}
+
+
+def grouped_features(
+    spec: EntityFeatures,
+    histories: Sequence[History],
+    groups: np.ndarray,
+    at: np.ndarray,
+    positions: np.ndarray,
+    include_labels: bool = True,
+) -> dict[str, np.ndarray]:
+    """:func:`entity_features` for many entities in one vectorised call.
+
+    Query ``q`` is evaluated on ``histories[groups[q]]`` at ``at[q]`` (position
+    ``positions[q]`` in that history, or -1). The histories are laid end to end
+    on one time axis, each shifted by a span longer than the data plus the
+    lookback, so no window ever reaches into a neighbour; results are the
+    same as one call per entity.
+    """
+    names = spec.names()
+    if at.size == 0:
+        return {n: np.zeros(0) for n in names}
+    lengths = np.array([len(h) for h in histories], dtype=np.int64)
+    non_empty = [h.ts for h in histories if len(h)]
+    lo = min([int(at.min())] + [int(t[0]) for t in non_empty])
+    hi = max([int(at.max())] + [int(t[-1]) for t in non_empty])
+    span = hi - lo + spec.lookback_seconds * US + 1
+    if span * (len(histories) + 1) >= 2**62:  # too long a time axis: split the entities in two
+        half = len(histories) // 2
+        if half == 0:
+            raise InvalidInput("time range too long to evaluate features")
+        first = groups < half
+        out = {n: np.empty(at.size) for n in names}
+        for mask, offset, part in ((first, 0, histories[:half]), (~first, half, histories[half:])):
+            res = grouped_features(spec, part, groups[mask] - offset, at[mask], positions[mask], include_labels)
+            for n in names:
+                out[n][mask] = res[n]
+        return out
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    shift = np.arange(len(histories), dtype=np.int64) * span - lo
+    stacked = History(
+        ts=np.concatenate([h.ts + shift[g] for g, h in enumerate(histories)] or [np.zeros(0, np.int64)]),
+        amount=np.concatenate([h.amount for h in histories] or [np.zeros(0)]),
+        event_id=np.concatenate([h.event_id for h in histories] or [np.zeros(0, object)]),
+        categories={c: np.concatenate([h.categories[c] for h in histories]) for c in spec.categorical_columns},
+        label_known_at=np.concatenate([
+            h.label_known_at if h.label_known_at is not None else np.full(len(h), np.inf) for h in histories
+        ] or [np.zeros(0)]),
+    )
+    return entity_features(
+        spec, stacked, at + shift[groups], np.where(positions >= 0, positions + offsets[groups], -1),
+        include_labels=include_labels, label_at=at,
+    )
 
 
 def _window_reduce(

@@ -129,3 +129,24 @@ async def record_labels(
         summary.updated = len(rows) - summary.inserted
         summary.unchanged = len(good) - len(rows)
     return summary
+
+
+async def import_label_files(
+    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str = "import"
+) -> FeedbackSummary:
+    """``sira feedback import``: read label files (checked first) and record them in one transaction."""
+    from sira import db
+    from sira.errors import InvalidInput
+    from sira.files import find_files, read_table
+    from sira.ingest import redactor_for
+
+    mapping = dict(mapping or {})
+    table = read_table(find_files(paths))
+    required = {mapping.get(c, c) for c in ("event_id", "label", "known_at")}
+    missing = sorted(required - set(table.column_names))
+    if missing:
+        raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
+                                       mapping=mapping)

@@ -30,7 +30,7 @@ from sira import db, feature_store
 from sira.config import Settings
 from sira.errors import InvalidInput
 from sira.events import EVENT_COLUMNS, Rejection, check_columns, normalize
-from sira.features import FeatureSet, entity_features, vector_to_json
+from sira.features import FeatureSet, grouped_features, vector_to_json
 from sira.files import find_files, read_sample
 from sira.pii import Redactor
 
@@ -49,6 +49,7 @@ class IngestSummary:
     features_written: int = 0
     snapshots_updated: int = 0
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of a file load
     results: list[dict[str, Any]] = field(default_factory=list)  # per event, for small batches
 
     def add(self, other: "IngestSummary") -> None:
@@ -65,6 +66,7 @@ class IngestSummary:
             "read": self.read, "accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
             "rejected_by_reason": dict(sorted(self.reasons.items())), "features_written": self.features_written,
             "snapshots_updated": self.snapshots_updated, "seconds": round(self.seconds, 3),
+            **({"phases": {k: round(v, 3) for k, v in self.phases.items()}} if self.phases else {}),
         }
 
 
@@ -142,40 +144,63 @@ async def store_events(
 async def fold_into_snapshots(
     conn: asyncpg.Connection, fs: FeatureSet, events: Sequence[dict[str, Any]]
 ) -> tuple[list[feature_store.FeatureRow], int]:
-    """Fold new events into their entities' snapshots (locked rows) and return their feature rows.
+    """Fold new events into their entities' snapshots (rows locked) and return their feature rows.
 
     The snapshot state is the entity's events within the lookback; an entity
-    without a snapshot starts from its stored history.
+    without a snapshot starts from its stored history. Folding a batch at once
+    equals folding its events one by one: each event's vector sees only what
+    precedes it.
     """
     rows = feature_store.event_level_rows(fs, events)
     updated = 0
     for spec in fs.entities:
         by_entity: dict[str, list[dict[str, Any]]] = {}
-        for e in sorted(events, key=lambda e: (e["occurred_at"], e["event_id"])):
+        for e in events:
             if e.get(spec.key_column) is not None:
                 by_entity.setdefault(e[spec.key_column], []).append(e)
-        for entity_id in sorted(by_entity):  # a fixed order avoids deadlocks between consumers
-            snap = await conn.fetchrow(
-                """SELECT state FROM sira_feature_snapshots
-                    WHERE entity_type = $1 AND entity_id = $2 AND feature_set = $3 AND feature_set_version = $4
-                    FOR UPDATE""",
-                spec.entity, entity_id, fs.name, fs.version,
+        if not by_entity:
+            continue
+        ids = sorted(by_entity)  # one lock order for every consumer: no deadlocks
+        snaps = {
+            r["entity_id"]: r["state"]
+            for r in await conn.fetch(
+                """SELECT entity_id, state FROM sira_feature_snapshots
+                    WHERE entity_type = $1 AND entity_id = ANY($2::text[]) AND feature_set = $3
+                      AND feature_set_version = $4
+                    ORDER BY entity_id FOR UPDATE""",
+                spec.entity, ids, fs.name, fs.version,
             )
-            evs = by_entity[entity_id]
-            if snap is not None:
-                history = feature_store.history_from_state(spec, snap["state"])
+        }
+        missing = [i for i in ids if i not in snaps]
+        loaded: dict[str, feature_store.History] = {}
+        if missing:
+            newest = max(e["occurred_at"] for i in missing for e in by_entity[i])
+            oldest = min(e["occurred_at"] for i in missing for e in by_entity[i])
+            loaded = await feature_store.load_histories(
+                conn, spec, missing, oldest - timedelta(seconds=spec.lookback_seconds), newest, fs.label_name
+            )
+        histories: dict[str, feature_store.History] = {}
+        new_positions: dict[str, np.ndarray] = {}
+        for entity_id in ids:
+            if entity_id in snaps:
+                base = feature_store.history_from_state(spec, snaps[entity_id])
             else:
-                newest = max(e["occurred_at"] for e in evs)
-                loaded = await feature_store.load_histories(
-                    conn, spec, [entity_id], newest - timedelta(seconds=spec.lookback_seconds), newest, fs.label_name
-                )
-                history = loaded.get(entity_id) or feature_store.History.from_rows([], spec.categorical_columns)
-            for e in evs:
-                history, position = feature_store.fold_event(spec, history, e)
-                values = entity_features(spec, history, history.ts[position: position + 1], np.array([position]))
-                rows.append(feature_store.FeatureRow(spec.entity, entity_id, e["occurred_at"], e["event_id"],
-                                                     vector_to_json({k: v[0] for k, v in values.items()})))
-            updated += await feature_store.upsert_snapshots(conn, fs, spec, {entity_id: history})
+                base = loaded.get(entity_id) or feature_store.History.from_rows([], spec.categorical_columns)
+            histories[entity_id], new_positions[entity_id] = feature_store.fold_events(spec, base, by_entity[entity_id])
+        groups = np.concatenate([np.full(len(new_positions[i]), g) for g, i in enumerate(ids)]).astype(np.int64)
+        positions = np.concatenate([new_positions[i] for i in ids]).astype(np.int64)
+        at = np.concatenate([histories[i].ts[new_positions[i]] for i in ids]).astype(np.int64)
+        values = grouped_features(spec, [histories[i] for i in ids], groups, at, positions)
+        newest: dict[str, dict[str, float | None]] = {}
+        for j in range(positions.size):
+            entity_id = ids[groups[j]]
+            history = histories[entity_id]
+            vector = vector_to_json({k: v[j] for k, v in values.items()})
+            rows.append(feature_store.FeatureRow(spec.entity, entity_id, feature_store.from_us(int(at[j])),
+                                                 str(history.event_id[positions[j]]), vector))
+            if positions[j] == len(history) - 1:
+                newest[entity_id] = vector  # the snapshot's vector, no need to compute it again
+        updated += await feature_store.upsert_snapshots(conn, fs, spec, histories, newest)
     return rows, updated
 
 
@@ -322,6 +347,7 @@ def ingest_files(
     ctx.print_on_execution_start = False
     reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[files.format]
     notify(f"loading {len(files.paths)} {files.format} file(s)")
+    phase = time.perf_counter()
     counts = (
         reader(files.strings)
         .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
@@ -336,6 +362,8 @@ def ingest_files(
         summary.rejected += int(c["rejected"])
         summary.reasons.update(c["reasons"])
     seq_to = asyncio.run(seq_now())
+    summary.phases["load"] = time.perf_counter() - phase
+    phase = time.perf_counter()
     if seq_to > seq_from:
         notify(f"computing features of {summary.accepted:,} new events")
         shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
@@ -348,6 +376,7 @@ def ingest_files(
             .take_all()
         )
         summary.features_written = sum(int(w["written"]) for w in written)
+        summary.phases["features"] = time.perf_counter() - phase
     summary.seconds = time.perf_counter() - started
     return summary
 

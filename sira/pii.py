@@ -66,8 +66,9 @@ _DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-# Cheap pre-check: text without '@', ':', a dotted number or 7+ digits holds none of the above.
-_MAYBE_PII = re.compile(r"@|:|\d\.\d|\d[\d ().-]{5,}\d")
+# Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
+# (single spaces or dashes between them allowed) holds none of the above.
+_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d[ -]?){12}\d")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
@@ -120,10 +121,7 @@ class Redactor:
     def scrub_value(self, text: str) -> str:
         """A data value made safe: :meth:`scrub_text`, and free text (two or more words) replaced
         by a token, since names and addresses inside prose cannot be recognised reliably."""
-        text = self.scrub_text(text)
-        if _FREE_TEXT.search(text):
-            return self.token("text", text)
-        return text
+        return _scrub_value(self, text)
 
     def field(self, name: str, value: Any) -> tuple[bool, Any]:
         """Apply the policy to one top-level field: (keep?, redacted value)."""
@@ -155,6 +153,15 @@ class Redactor:
     def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A whole raw record made safe to store (used for dead letters and logs)."""
         return self.scrub(dict(record))
+
+
+@functools.lru_cache(maxsize=262_144)
+def _scrub_value(redactor: "Redactor", text: str) -> str:
+    # Ids (customers, terminals, cards) repeat across events: scrub each once.
+    text = redactor.scrub_text(text)
+    if _FREE_TEXT.search(text):
+        return redactor.token("text", text)
+    return text
 
 
 def _replace_pans(text: str, token: Callable[[str], str]) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sira.errors import InvalidInput
-from sira.feature_store import fold_event, history_from_state, state_from_history, to_us
+from sira.feature_store import fold_events, history_from_state, state_from_history, to_us
 from sira.features import (
     PAYMENTS_V1, US, EntityFeatures, FeatureSet, History, entity_features, event_features, parse_duration,
 )
@@ -120,7 +120,8 @@ def test_online_fold_from_pruned_state_equals_offline(events):
     state = {"columns": [], "rows": []}
     for r in sorted(rows, key=lambda r: (r["ts"], r["event_id"])):  # arrival in time order
         h = history_from_state(spec, state)
-        h, pos = fold_event(spec, h, {**r, "occurred_at": T0 + timedelta(microseconds=r["ts"] - to_us(T0))})
+        h, positions = fold_events(spec, h, [{**r, "occurred_at": T0 + timedelta(microseconds=r["ts"] - to_us(T0))}])
+        pos = int(positions[0])
         online = entity_features(spec, h, h.ts[pos: pos + 1], np.array([pos]))
         for name, values in online.items():
             expected = offline[name][index[r["event_id"]]]
