@@ -37,6 +37,7 @@ from sira.features import (
     grouped_features,
     parse_duration,
     vector_to_json,
+    vectors_to_json,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -127,9 +128,8 @@ def event_level_rows(fs: FeatureSet, events: Sequence[dict[str, Any]]) -> list[F
     amount = np.array([np.nan if e.get("amount") is None else float(e["amount"]) for e in events])
     values = event_features(fs, ts, amount)
     return [
-        FeatureRow(EVENT_ENTITY, e["event_id"], e["occurred_at"], e["event_id"],
-                   vector_to_json({k: v[i] for k, v in values.items()}))
-        for i, e in enumerate(events)
+        FeatureRow(EVENT_ENTITY, e["event_id"], e["occurred_at"], e["event_id"], vector)
+        for e, vector in zip(events, vectors_to_json(values))
     ]
 
 
@@ -153,9 +153,8 @@ def rows_for_events(
     at = np.array([histories[entity_ids[g]].ts[p] for g, p, _ in found], dtype=np.int64)
     values = grouped_features(spec, [histories[i] for i in entity_ids], groups, at, positions)
     return [
-        FeatureRow(spec.entity, entity_ids[g], e["occurred_at"], e["event_id"],
-                   vector_to_json({k: v[j] for k, v in values.items()}))
-        for j, (g, _, e) in enumerate(found)
+        FeatureRow(spec.entity, entity_ids[g], e["occurred_at"], e["event_id"], vector)
+        for (g, _, e), vector in zip(found, vectors_to_json(values))
     ]
 
 
@@ -258,7 +257,7 @@ def newest_vectors(spec: EntityFeatures, histories: dict[str, History]) -> dict[
     last = np.array([len(histories[i]) - 1 for i in ids], dtype=np.int64)
     at = np.array([histories[i].ts[-1] for i in ids], dtype=np.int64)
     values = grouped_features(spec, [histories[i] for i in ids], np.arange(len(ids)), at, last)
-    return {i: vector_to_json({k: v[j] for k, v in values.items()}) for j, i in enumerate(ids)}
+    return dict(zip(ids, vectors_to_json(values)))
 
 
 async def upsert_snapshots(

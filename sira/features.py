@@ -423,18 +423,28 @@ def _window_reduce(
 ) -> np.ndarray:
     """``ufunc.reduce(values[left:right])`` per query, ``empty`` for empty windows (vectorised)."""
     result = np.full(left.size, empty, dtype=np.float64)
-    nonempty = right > left
-    if not nonempty.any():
+    nonempty = np.flatnonzero(right > left)
+    if nonempty.size == 0:
         return result
     # reduceat over interleaved [left, right) pairs; a sentinel makes `right == len` a valid index.
+    # Queries go in order of their left edge, so the in-between segments reduceat also
+    # computes add up to at most the array's length (O(n + q), not O(n * q)).
+    order = nonempty[np.argsort(left[nonempty], kind="stable")]
     padded = np.concatenate([values.astype(np.float64), [0.0]])
-    idx = np.empty(2 * int(nonempty.sum()), dtype=np.int64)
-    idx[0::2] = left[nonempty]
-    idx[1::2] = right[nonempty]
-    result[nonempty] = ufunc.reduceat(padded, idx)[0::2]
+    idx = np.empty(2 * order.size, dtype=np.int64)
+    idx[0::2] = left[order]
+    idx[1::2] = right[order]
+    result[order] = ufunc.reduceat(padded, idx)[0::2]
     return result
 
 
 def vector_to_json(values: dict[str, float]) -> dict[str, float | None]:
     """A feature vector as JSON (NaN → null)."""
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in values.items()}
+
+
+def vectors_to_json(values: dict[str, np.ndarray]) -> list[dict[str, float | None]]:
+    """Column arrays of many vectors as one JSON-ready dict per row (NaN → null)."""
+    names = list(values)
+    columns = [[None if x != x else x for x in values[n].tolist()] for n in names]  # x != x: NaN
+    return [dict(zip(names, row)) for row in zip(*columns)]

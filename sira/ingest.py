@@ -30,7 +30,7 @@ from sira import db, feature_store
 from sira.config import Settings
 from sira.errors import InvalidInput
 from sira.events import EVENT_COLUMNS, Rejection, check_columns, normalize
-from sira.features import FeatureSet, grouped_features, vector_to_json
+from sira.features import FeatureSet, grouped_features, vectors_to_json
 from sira.files import find_files, read_sample
 from sira.pii import Redactor
 
@@ -192,10 +192,9 @@ async def fold_into_snapshots(
         at = np.concatenate([histories[i].ts[new_positions[i]] for i in ids]).astype(np.int64)
         values = grouped_features(spec, [histories[i] for i in ids], groups, at, positions)
         newest: dict[str, dict[str, float | None]] = {}
-        for j in range(positions.size):
+        for j, vector in enumerate(vectors_to_json(values)):
             entity_id = ids[groups[j]]
             history = histories[entity_id]
-            vector = vector_to_json({k: v[j] for k, v in values.items()})
             rows.append(feature_store.FeatureRow(spec.entity, entity_id, feature_store.from_us(int(at[j])),
                                                  str(history.event_id[positions[j]]), vector))
             if positions[j] == len(history) - 1:
