@@ -12,7 +12,6 @@ same database.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 
 from sira.config import Settings
 from sira.errors import ServiceUnavailable
@@ -145,22 +145,27 @@ def describe_dsn(dsn: str) -> str:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns round-trip as Python objects everywhere. jsonb uses the binary
     # format (a version byte, then the text) so it also works in COPY.
-    await conn.set_type_codec("json", encoder=_json_dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
     await conn.set_type_codec(
         "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
     )
 
 
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _orjson_dumps(value).decode("utf-8")
+
+
+def _orjson_dumps(value: Any) -> bytes:
+    # orjson: several times faster than json on the feature-row hot path; NaN becomes null.
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + _json_dumps(value).encode("utf-8")
+    return b"\x01" + _orjson_dumps(value)
 
 
 def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return orjson.loads(data[1:])
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -179,26 +179,33 @@ async def compute_event_features(
 
 
 async def write_feature_rows(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[FeatureRow]) -> int:
-    """Append rows to ``sira_features`` (bulk COPY; rows already stored are skipped). Returns rows written."""
+    """Append rows to ``sira_features`` (bulk COPY; rows already stored are skipped). Returns rows written.
+
+    Rows are normally new (they belong to events just stored), so they are
+    COPYed straight in; if some exist (a re-run after a crash), the batch goes
+    through a staging table and ``ON CONFLICT DO NOTHING`` instead.
+    """
     if not rows:
         return 0
     lo, hi = min(r.as_of for r in rows), max(r.as_of for r in rows)
     await conn.execute("SELECT sira_ensure_month_partitions('sira_features', $1, $2)", lo, hi)
+    columns = ["feature_set", "feature_set_version", "entity_type", "entity_id", "as_of", "event_id", "features"]
+    records = [(fs.name, fs.version, r.entity_type, r.entity_id, r.as_of, r.event_id, r.features) for r in rows]
+    try:
+        async with conn.transaction():  # a savepoint when the caller holds a transaction
+            await conn.copy_records_to_table("sira_features", records=records, columns=columns)
+        return len(records)
+    except asyncpg.UniqueViolationError:
+        pass
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sira_features_stage ON COMMIT DELETE ROWS AS SELECT feature_set,"
         " feature_set_version, entity_type, entity_id, as_of, event_id, features FROM sira_features WITH NO DATA"
     )
     await conn.execute("TRUNCATE sira_features_stage")
-    await conn.copy_records_to_table(
-        "sira_features_stage",
-        records=[(fs.name, fs.version, r.entity_type, r.entity_id, r.as_of, r.event_id, r.features) for r in rows],
-        columns=["feature_set", "feature_set_version", "entity_type", "entity_id", "as_of", "event_id", "features"],
-    )
+    await conn.copy_records_to_table("sira_features_stage", records=records, columns=columns)
     status = await conn.execute(
-        """INSERT INTO sira_features (feature_set, feature_set_version, entity_type, entity_id, as_of, event_id, features)
-           SELECT feature_set, feature_set_version, entity_type, entity_id, as_of, event_id, features
-             FROM sira_features_stage
-           ON CONFLICT DO NOTHING"""
+        f"""INSERT INTO sira_features ({", ".join(columns)}) SELECT {", ".join(columns)} FROM sira_features_stage
+            ON CONFLICT DO NOTHING"""
     )
     return int(status.split()[-1])
 

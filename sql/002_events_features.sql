@@ -57,10 +57,11 @@ CREATE TABLE sira_features (
     event_id             text NOT NULL,
     features             jsonb NOT NULL,
     computed_at          timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (feature_set, feature_set_version, entity_type, entity_id, as_of, event_id)
+    -- One index serves both idempotent writes and lookups by event; point-in-time
+    -- reads go to sira_events, bulk reads scan partitions by as_of.
+    PRIMARY KEY (event_id, entity_type, feature_set, feature_set_version, as_of)
 ) PARTITION BY RANGE (as_of);
 CREATE TABLE sira_features_default PARTITION OF sira_features DEFAULT;
-CREATE INDEX sira_features_event ON sira_features (event_id);
 CREATE TRIGGER sira_features_append_only
     BEFORE UPDATE OR DELETE ON sira_features
     FOR EACH ROW EXECUTE FUNCTION sira_refuse_change();
