@@ -26,5 +26,11 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
+# Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/online_features.py
+	$(BIN)/python benchmarks/stream_latency.py
+	$(BIN)/python benchmarks/ingest_throughput.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

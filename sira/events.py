@@ -34,6 +34,11 @@ _MAX_ATTRIBUTES = 64
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+def as_utc(value: datetime) -> datetime:
+    """A timestamp in UTC; naive timestamps are taken as UTC."""
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
 class EventIn(BaseModel):
     """A payment or usage event as sources send it (before redaction).
 
@@ -74,10 +79,10 @@ class EventIn(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        value = as_utc(value)
         if not 1990 <= value.year <= 2200:
             raise ValueError("must be between 1990 and 2200")
-        return value.astimezone(timezone.utc)
+        return value
 
     @field_validator("amount")
     @classmethod

@@ -438,9 +438,8 @@ async def historical_features(
         if r.get("event_id"):
             if r["event_id"] not in stored:
                 raise NotFound(f"event {r['event_id']!r} is not in the event log")
-            q = {**stored[r["event_id"]], **{k: v for k, v in r.items() if v is not None}}
-            q.setdefault("timestamp", stored[r["event_id"]]["occurred_at"])
-            q["timestamp"] = q.get("timestamp") or stored[r["event_id"]]["occurred_at"]
+            q = {**stored[r["event_id"]], "timestamp": stored[r["event_id"]]["occurred_at"],
+                 **{k: v for k, v in r.items() if v is not None}}
         if not isinstance(q.get("timestamp"), datetime):
             raise InvalidInput("every row needs a timestamp (or an event_id)")
         queries.append(q)

@@ -11,14 +11,14 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sira.events import apply_mapping
+from sira.events import apply_mapping, as_utc
 from sira.pii import Redactor
 
 _TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive", "churned", "anomaly"}
@@ -55,9 +55,7 @@ class FeedbackIn(BaseModel):
     @field_validator("known_at", "occurred_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        return None if value is None else as_utc(value)
 
 
 @dataclass

@@ -323,7 +323,7 @@ def ingest_files(
     files = find_files(paths)
     sample = read_sample(files)
     check_columns(sample.column_names, mapping)
-    _check_sample_types(sample, mapping, settings)
+    _check_sample_types(sample, mapping)
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)
 
@@ -380,7 +380,7 @@ def ingest_files(
     return summary
 
 
-def _check_sample_types(sample: Any, mapping: Mapping[str, str], settings: Settings) -> None:
+def _check_sample_types(sample: Any, mapping: Mapping[str, str]) -> None:
     """Fail before loading when a column is of the wrong type throughout the sample."""
     if sample.num_rows == 0:
         raise InvalidInput("the input has no rows")

@@ -8,18 +8,23 @@ import sys
 import pyarrow.parquet as pq
 
 
-def test_short_demo_runs_end_to_end(pg_dsn, tmp_path):
+def test_short_demo_runs_end_to_end(create_database, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
-    env.update({"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path / "ws"), "DEMO_SCALE": "0.05"})
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path / "ws"), "DEMO_SCALE": "0.05"})
     done = subprocess.run(
         [sys.executable, "-m", "sira", "demo", "--days", "6", "--json"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1, f"stdout must be one JSON line: {done.stdout[:2000]!r}"
     report = json.loads(done.stdout)
-    assert [s["step"] for s in report["steps"]][:2] == ["migrate", "simulate"]
+    assert [s["step"] for s in report["steps"]][:5] == ["migrate", "simulate", "ingest", "labels", "materialize"]
     assert report["database"]["schema_version"] >= 5
     events = pq.read_table(report["simulation"]["events_path"])
     assert events.num_rows == report["simulation"]["events"] > 0
     assert report["simulation"]["fraud_events"] > 0
-    assert "sira_events" in report["tables"] and "sira_predictions" in report["tables"]
+    assert report["ingest"]["accepted"] == events.num_rows == report["tables"]["sira_events"]
+    assert report["tables"]["sira_features"] == 4 * events.num_rows
+    assert report["labels"]["inserted"] == report["simulation"]["labels"] == report["tables"]["sira_feedback"]
+    assert report["tables"]["sira_feature_snapshots"] == sum(report["snapshots"]["entities"].values()) > 0
+    assert report["example_features"]["features"]["customer_count_30d"] >= 1

@@ -32,6 +32,12 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["frobnicate"], "error: usage: sira: No such command 'frobnicate'"),
         (["simulate", "--days", "0"], "error: invalid_input: days must be between 1 and 3650"),
         (["simulate", "--fraud-rate", "abc"], "error: usage: sira simulate: Invalid value for '--fraud-rate'"),
+        (["ingest", "/no/such/events.parquet"], "error: not_found: file not found: /no/such/events.parquet"),
+        (["ingest"], "error: invalid_input: name at least one file or folder to ingest"),
+        (["ingest", "x.parquet", "--map", "occurred_at"], "error: invalid_input: invalid --map entry 'occurred_at'"),
+        (["ingest", "x.parquet", "--map-file", "/no/map.yaml"], "error: not_found: file not found: /no/map.yaml"),
+        (["feedback", "import", "/no/labels.csv"], "error: not_found: file not found: /no/labels.csv"),
+        (["features", "show", "customer"], "error: usage: sira features show: Missing argument"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):
@@ -77,3 +83,18 @@ def test_unexpected_failure_is_one_line_exit_1(capsys, monkeypatch):
     )
     code, _, err = run(capsys, "--debug", "simulate", "--days", "2", "--customers", "20")
     assert code == 1 and "Traceback" in err
+
+
+def test_unsupported_and_empty_inputs_are_refused_before_any_work(capsys, tmp_path):
+    (tmp_path / "events.xlsx").write_text("nope")
+    code, _, err = run(capsys, "ingest", str(tmp_path / "events.xlsx"))
+    assert code == 2 and "unsupported file type .xlsx" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "ingest", str(tmp_path / "empty"))
+    assert code == 2 and "no .parquet, .csv or .jsonl files" in err
+
+
+def test_features_list_json(capsys):
+    code, out, _ = run(capsys, "features", "list", "--json")
+    payload = json.loads(out)
+    assert code == 0 and payload["name"] == "payments" and "terminal_risk_7d" in payload["features"]
