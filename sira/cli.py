@@ -419,6 +419,58 @@ def features_show_cmd(
     )))
 
 
+# -- training ------------------------------------------------------------------
+
+
+def _training_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("validation", justify="right")
+    table.add_column("test", justify="right")
+    for key in ("n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "precision_at_100",
+                "brier", "log_loss", "expected_calibration_error"):
+        cells = []
+        for part in ("validation", "test"):
+            value = result["metrics"][part].get(key)
+            cells.append(f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if value is not None else "")
+        table.add_row(key.replace("_", " "), *cells)
+    return table
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model name (created with defaults if new).")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Bring-your-own table: Parquet/CSV file or folder.")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Label column of the table.")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col", help="Time column: split by time.")] = None,
+    id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (never a feature).")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="The label value that means positive.")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: same data, params, seed and threads, same model file.")] = 42,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
+    model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
+    as_json: JsonOption = False,
+) -> None:
+    """Train one configuration, evaluate it on a held-out window, register a candidate version."""
+    from sira.runs import TrainRequest, run_training
+
+    request = TrainRequest(
+        model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
+        params=_load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
+        **({"num_threads": threads} if threads else {}),
+    )
+    result = asyncio.run(run_training(get_settings(), request, progress=(lambda _m: None) if as_json else _err.print))
+
+    def render() -> None:
+        _err.print(_training_table(result))
+        if result["dropped_columns"]:
+            _err.print("not features: " + ", ".join(f"{k} ({v})" for k, v in result["dropped_columns"].items()))
+        _err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
+
+    _emit(result, as_json, render)
+
+
 @app.command("api")
 def api_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,

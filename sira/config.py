@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     s3_kms_key_id: str | None = Field(
         default=None, description="KMS key id for SSE-KMS on s3:// artifact stores."
     )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint for s3:// artifact stores (MinIO, tests). Unset: AWS."
+    )
     ray_address: str | None = Field(
         default=None,
         description="Ray cluster to join (also RAY_ADDRESS). Unset: a private local Ray.",

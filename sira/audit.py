@@ -1,0 +1,42 @@
+"""The audit log: who did what to which thing, from where, with what outcome.
+
+Rows are written by the caller's transaction, so an audited change and its
+audit row commit together or not at all. The table refuses updates and deletes.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The identity a change is made as."""
+
+    name: str
+    kind: str = "system"  # api_key | jwt | policy | system | bootstrap
+    source_address: str | None = None
+
+    @classmethod
+    def local(cls) -> "Actor":
+        """The operating-system user running a local command (until API keys front the CLI)."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        return cls(f"local:{user}", "system")
+
+
+async def record(
+    conn: asyncpg.Connection, actor: Actor, action: str, *, target_type: str | None = None,
+    target_id: str | None = None, outcome: str = "success", details: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO sira_audit_log (actor, actor_kind, action, target_type, target_id, source_address, outcome, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        actor.name, actor.kind, action, target_type, target_id, actor.source_address, outcome, details or {},
+    )

@@ -1,0 +1,216 @@
+"""A training run end to end: dataset → split → train → evaluate → artifact → candidate version.
+
+Every run is a row of ``sira_training_runs`` from its start: a run that fails
+is recorded as ``failed`` with its error, never lost. Test metrics are
+computed once, on a window the model and its thresholds never saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sira import __version__, artifacts, db, registry
+from sira.audit import Actor
+from sira.config import Settings
+from sira.datasets import Dataset, Split, load_table_dataset, split_dataset
+from sira.errors import InvalidInput, SiraError
+from sira.evaluation import DecisionTargets, choose_thresholds, evaluate
+from sira.training import Matrix, TrainResult, apply_calibration, train_model
+
+SHAP_ROWS = 2_000
+REFERENCE_BINS = 10
+
+
+@dataclass
+class TrainRequest:
+    """What `sira train` was asked to do."""
+
+    model: str
+    data: list[Path] | None = None
+    label: str | None = None
+    time_col: str | None = None
+    id_col: str | None = None
+    positive: str | None = None
+    params: dict[str, Any] | None = None
+    seed: int = 42
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    model_type: str = "fraud_detection"
+    decision_targets: dict[str, Any] | None = None
+
+
+def code_version() -> str:
+    """SIRA's version and, in a git checkout, the commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"sira {__version__}" + (f" ({commit})" if commit else "")
+
+
+def reference_statistics(train: Matrix, train_scores: np.ndarray) -> dict[str, Any]:
+    """What drift detection compares live data with: per-feature bins and histograms, and the score's."""
+    features: dict[str, Any] = {}
+    for j, spec in enumerate(train.schema):
+        column = train.X[:, j]
+        present = column[~np.isnan(column)]
+        missing = float(1 - present.size / column.size) if column.size else 0.0
+        if spec.kind == "categorical":
+            counts = np.bincount(present.astype(np.int64), minlength=len(spec.categories)) if present.size else []
+            features[spec.name] = {"type": "categorical", "missing_rate": missing,
+                                   "frequencies": {c: float(n / max(present.size, 1))
+                                                   for c, n in zip(spec.categories, list(counts))}}
+        else:
+            edges = np.unique(np.quantile(present, np.linspace(0, 1, REFERENCE_BINS + 1))) if present.size else []
+            hist = np.histogram(present, bins=edges)[0] if len(edges) > 1 else np.array([present.size])
+            features[spec.name] = {"type": "numeric", "missing_rate": missing, "bin_edges": [float(e) for e in edges],
+                                   "histogram": [int(h) for h in hist],
+                                   "mean": float(present.mean()) if present.size else None,
+                                   "std": float(present.std()) if present.size else None}
+    score_edges = np.linspace(0, 1, 21)
+    return {"features": features, "score": {"bin_edges": [float(e) for e in score_edges],
+                                            "histogram": [int(h) for h in np.histogram(train_scores, score_edges)[0]]}}
+
+
+def shap_importance(model_text: str, valid: Matrix, seed: int) -> tuple[dict[str, float], bytes]:
+    """Global importance as mean |SHAP| on validation rows (the ``shap`` package), and its summary plot."""
+    import lightgbm as lgb
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(valid.X.shape[0], size=min(SHAP_ROWS, valid.X.shape[0]), replace=False)
+    X = valid.X[np.sort(rows)]
+    booster = lgb.Booster(model_str=model_text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shap announces its output format for LightGBM on every call
+        values = shap.TreeExplainer(booster).shap_values(X)
+    values = values[1] if isinstance(values, list) else values
+    importance = dict(zip(valid.names, (float(v) for v in np.abs(values).mean(axis=0))))
+    plt.figure()
+    shap.summary_plot(values, X, feature_names=valid.names, show=False, max_display=20)
+    buffer = io.BytesIO()
+    plt.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close("all")
+    return dict(sorted(importance.items(), key=lambda kv: -kv[1])), buffer.getvalue()
+
+
+def _metrics_block(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "precision_at_100", "brier",
+            "log_loss", "expected_calibration_error")
+    return {k: m[k] for k in keys if k in m}
+
+
+def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest) -> tuple[TrainResult, dict[str, Any], dict[str, float]]:
+    """Train on train, calibrate and choose thresholds on validation, evaluate once on test."""
+    targets = DecisionTargets.from_dict(req.decision_targets)
+    train, valid, test = (ds.matrix.rows(i) for i in (split.train, split.valid, split.test))
+    result = train_model(train, valid, req.params, seed=req.seed, num_threads=req.num_threads)
+    thresholds = choose_thresholds(valid.y, result.valid_scores, targets)
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=result.model_text)
+    test_scores = apply_calibration(result.calibration, booster.predict(test.X, raw_score=True))
+    segments = {k: v[split.test] for k, v in ds.segments.items()}
+    metrics = {
+        "validation": evaluate(valid.y, result.valid_scores, thresholds, targets),
+        "test": evaluate(test.y, test_scores, thresholds, targets, segments=segments),
+    }
+    return result, metrics, thresholds
+
+
+async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
+                       actor: Actor | None = None) -> dict[str, Any]:
+    """`sira train`: one configuration, no search. Returns the CLI's JSON result."""
+    actor = actor or Actor.local()
+    if not req.data:
+        raise InvalidInput("name the training table with --data (training from the feature store: see `sira tune`)")
+    if not req.label:
+        raise InvalidInput("--label names the label column of the table")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    progress("reading the table")
+    ds = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                 id_col=req.id_col, positive=req.positive)
+    split = split_dataset(ds, seed=req.seed)
+    timings["dataset_s"] = time.perf_counter() - started
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            model, created = await registry.ensure_model(conn, req.model, actor=actor, model_type=req.model_type)
+            run_id = await registry.start_run(conn, model["id"], kind="train", params=req.params or {}, actor=actor,
+                                              code_version=code_version())
+        if created:
+            progress(f"model {req.model} did not exist: created it with default settings")
+        try:
+            phase = time.perf_counter()
+            progress(f"training on {split.train.size:,} rows, validating on {split.valid.size:,}")
+            result, metrics, thresholds = await asyncio.to_thread(fit_and_evaluate, ds, split, req)
+            timings["train_s"] = time.perf_counter() - phase
+            phase = time.perf_counter()
+            artifact = await asyncio.to_thread(_write_artifact, settings, req, ds, split, result, metrics, thresholds,
+                                               run_id)
+            timings["artifact_s"] = time.perf_counter() - phase
+            async with db.transaction(pool) as conn:
+                version = await registry.register_candidate(
+                    conn, model, run_id=run_id, artifact=artifact,
+                    feature_schema=[f.to_dict() for f in ds.matrix.schema], params=result.params,
+                    metrics={k: _metrics_block(v) for k, v in metrics.items()}, thresholds=thresholds,
+                    feature_set_version=None, actor=actor,
+                )
+                timings["total_s"] = time.perf_counter() - started
+                await registry.finish_run(conn, run_id, metrics={k: _metrics_block(v) for k, v in metrics.items()},
+                                          fingerprint=ds.fingerprint, timings=timings, params=result.params)
+        except BaseException as exc:
+            timings["total_s"] = time.perf_counter() - started
+            message = exc.one_line() if isinstance(exc, SiraError) else f"{type(exc).__name__}: {exc}"
+            async with db.transaction(pool) as conn:
+                await registry.fail_run(conn, run_id, error=message, timings=timings)
+            raise
+    return {
+        "model": req.model, "version": version, "run_id": str(run_id), "status": "candidate",
+        "metrics": {k: _metrics_block(v) for k, v in metrics.items()},
+        "artifact": {"uri": artifact.uri, "sha256": artifact.sha256},
+        "feature_schema": [f.to_dict() for f in ds.matrix.schema],
+        "dropped_columns": ds.dropped, "thresholds": thresholds, "best_iteration": result.best_iteration,
+        "split": {"method": split.method, "train": int(split.train.size), "validation": int(split.valid.size),
+                  "test": int(split.test.size)},
+        "model_created": created,
+    }
+
+
+def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: Split, result: TrainResult,
+                    metrics: dict[str, Any], thresholds: dict[str, float], run_id: uuid.UUID) -> artifacts.ArtifactRef:
+    import lightgbm as lgb
+
+    train = ds.matrix.rows(split.train)
+    valid = ds.matrix.rows(split.valid)
+    booster = lgb.Booster(model_str=result.model_text)
+    train_scores = apply_calibration(result.calibration, booster.predict(train.X, raw_score=True))
+    importance, plot = shap_importance(result.model_text, valid, req.seed)
+    manifest = {
+        "format": "sira-model/1", "model": req.model, "model_type": req.model_type, "run_id": str(run_id),
+        "feature_schema": [f.to_dict() for f in ds.matrix.schema], "params": result.params, "seed": req.seed,
+        "num_threads": req.num_threads, "best_iteration": result.best_iteration, "calibration": result.calibration,
+        "thresholds": thresholds, "decision_targets": DecisionTargets.from_dict(req.decision_targets).__dict__,
+        "metrics": metrics, "dataset": {**ds.fingerprint, "split": split.method, "windows": split.windows,
+                                        "dropped_columns": ds.dropped},
+        "code_version": code_version(), "lightgbm_version": lgb.__version__,
+        "reference": reference_statistics(train, train_scores), "importance": {"mean_abs_shap": importance},
+    }
+    files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot}
+    return artifacts.save_artifact(settings, f"{req.model}/runs/{run_id}", files, manifest)

@@ -1,0 +1,144 @@
+"""`sira train` on a table the user brings: runs, versions, artifacts (local and S3), failures recorded."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sira import artifacts
+from sira.artifacts import ArtifactRef, ArtifactTampered, load_artifact, save_artifact
+from sira.config import Settings
+from sira.errors import InvalidInput
+from sira.runs import TrainRequest, run_training
+
+
+@pytest.fixture(scope="module")
+def byo_table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("byo")
+    rng = np.random.default_rng(0)
+    n = 8000
+    df = pd.DataFrame({
+        "tx_id": [f"t{i}" for i in range(n)],
+        "ts": pd.date_range("2026-01-01", periods=n, freq="10min"),
+        "amount": rng.lognormal(3, 1, n),
+        "night": rng.random(n) < 0.2,
+        "channel": rng.choice(["pos", "ecom", "atm"], n),
+        "country": rng.choice(["SN", "FR"], n),
+    })
+    logit = -4.5 + 1.5 * (df.amount > 60) + 1.5 * df.night + 1.0 * (df.channel == "ecom")
+    df["is_fraud"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    df.to_parquet(folder / "tx.parquet", index=False)
+    df.to_csv(folder / "tx.csv", index=False)
+    return folder
+
+
+FAST = {"num_boost_round": 80, "early_stopping_rounds": 20}
+
+
+async def test_training_registers_candidates_with_verified_artifacts(clean_db, settings, byo_table):
+    req = TrainRequest(model="byo", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts", id_col="tx_id",
+                       params=FAST, num_threads=1)
+    first = await run_training(settings, req)
+    assert first["version"] == 1 and first["status"] == "candidate" and first["model_created"]
+    assert first["metrics"]["test"]["roc_auc"] > 0.7
+    assert {f["name"] for f in first["feature_schema"]} == {"amount", "night", "channel", "country"}
+    second = await run_training(settings, TrainRequest(**{**req.__dict__, "data": [byo_table / "tx.csv"]}))
+    assert second["version"] == 2 and not second["model_created"]
+
+    run = await clean_db.fetchrow("SELECT * FROM sira_training_runs WHERE run_id = $1::uuid", first["run_id"])
+    assert run["status"] == "succeeded" and run["dataset_fingerprint"]["rows"] == 8000 and run["finished_at"]
+    version = await clean_db.fetchrow("SELECT * FROM sira_model_versions WHERE version = 1")
+    assert version["status"] == "candidate" and version["artifact_sha256"] == first["artifact"]["sha256"]
+    audit = await clean_db.fetch("SELECT action FROM sira_audit_log ORDER BY id")
+    assert [a["action"] for a in audit] == ["model.create", "version.register", "version.register"]
+
+    loaded = load_artifact(settings, ArtifactRef(first["artifact"]["uri"], first["artifact"]["sha256"]))
+    manifest = loaded.manifest
+    assert manifest["feature_schema"] == first["feature_schema"] and manifest["seed"] == 42
+    assert set(manifest["reference"]["features"]) == {"amount", "night", "channel", "country"}
+    assert manifest["importance"]["mean_abs_shap"]["amount"] > 0
+    assert "shap_summary.png" in manifest["files"]
+    assert "pickle" not in json.dumps(manifest).lower()
+
+
+async def test_same_inputs_give_the_same_model_file(clean_db, settings, byo_table):
+    req = TrainRequest(model="repro", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts",
+                       params=FAST, num_threads=1)
+    a, b = await run_training(settings, req), await run_training(settings, req)
+    model_a = load_artifact(settings, ArtifactRef(a["artifact"]["uri"], a["artifact"]["sha256"])).model_text
+    model_b = load_artifact(settings, ArtifactRef(b["artifact"]["uri"], b["artifact"]["sha256"])).model_text
+    assert model_a.encode() == model_b.encode()
+
+
+async def test_a_tampered_artifact_is_refused(clean_db, settings, byo_table, tmp_path):
+    result = await run_training(settings, TrainRequest(model="tamper", data=[byo_table / "tx.parquet"],
+                                                       label="is_fraud", params=FAST, num_threads=1))
+    ref = ArtifactRef(result["artifact"]["uri"], result["artifact"]["sha256"])
+    model_file = os.path.join(ref.uri, artifacts.MODEL_FILE)
+    with open(model_file, "a") as handle:
+        handle.write("\n")
+    with pytest.raises(ArtifactTampered, match="model.txt does not match its sha256"):
+        load_artifact(settings, ref)
+    with pytest.raises(ArtifactTampered, match="manifest.json does not match"):
+        load_artifact(settings, ArtifactRef(ref.uri, "0" * 64))
+
+
+async def test_a_failing_run_is_recorded_not_lost(clean_db, settings, byo_table):
+    req = TrainRequest(model="broken", data=[byo_table / "tx.parquet"], label="is_fraud",
+                       params={"learning_rate": -0.1}, num_threads=1)
+    with pytest.raises(InvalidInput, match="learning_rate"):
+        await run_training(settings, req)
+    run = await clean_db.fetchrow("SELECT status, error, finished_at FROM sira_training_runs")
+    assert run["status"] == "failed" and "learning_rate" in run["error"] and run["finished_at"] is not None
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_model_versions") == 0
+
+
+def test_artifacts_on_s3_are_kms_encrypted_and_verified(tmp_path):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="models")
+        settings = Settings(workspace=tmp_path, artifact_uri="s3://models/sira", s3_kms_key_id="alias/sira",
+                            s3_endpoint_url=endpoint)
+        ref = save_artifact(settings, "fraud/runs/r1", {"model.txt": b"tree\n"}, {"format": "sira-model/1"})
+        assert ref.uri == "s3://models/sira/fraud/runs/r1"
+        head = s3.head_object(Bucket="models", Key="sira/fraud/runs/r1/model.txt")
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert load_artifact(settings, ref).model_text == "tree\n"
+        s3.put_object(Bucket="models", Key="sira/fraud/runs/r1/model.txt", Body=b"evil\n")
+        with pytest.raises(ArtifactTampered):
+            load_artifact(settings, ref)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--label", "nope"], "error: invalid_input: label column nope is not in the table"),
+        (["--label", "channel"], "error: invalid_input: label column channel is not binary"),
+        (["--label", "is_fraud", "--time-col", "when"], "error: invalid_input: time column when is not in the table"),
+    ],
+)
+def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args, message):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SIRA_")},
+           "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "sira", "train", "--model", "x", "--data",
+                           str(byo_table / "tx.parquet"), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message)
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,71 @@
+from datetime import datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sira.datasets import infer_schema, load_table_dataset, split_dataset
+from sira.errors import InvalidInput
+
+
+def table(n=600, label=None):
+    rng = np.random.default_rng(0)
+    start = datetime(2026, 1, 1)
+    return pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "when": [start + timedelta(hours=i) for i in range(n)],
+        "amount": rng.random(n) * 100,
+        "count": rng.integers(0, 5, n),
+        "channel": rng.choice(["pos", "ecom"], n).tolist(),
+        "flag": (rng.random(n) < 0.5).tolist(),
+        "constant": ["x"] * n,
+        "free_text": [f"note {i}" for i in range(n)],
+        "label": label if label is not None else (rng.random(n) < 0.1).astype(int),
+    })
+
+
+def test_schema_inference_reports_every_dropped_column():
+    schema, dropped = infer_schema(table(), exclude={"id", "when", "label"})
+    kinds = {f.name: f.kind for f in schema}
+    assert kinds == {"amount": "numeric", "count": "numeric", "channel": "categorical", "flag": "categorical"}
+    assert dropped == {"constant": "constant", "free_text": "all values unique (an identifier?)"}
+
+
+def test_time_split_keeps_the_future_out_of_training(tmp_path):
+    pq.write_table(table(), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    split = split_dataset(ds, seed=1)
+    assert ds.times[split.train].max() < ds.times[split.valid].min() <= ds.times[split.valid].max() < ds.times[split.test].min()
+    assert ds.dropped["when"] == "time column" and ds.dropped["id"] == "id column"
+
+
+def test_stratified_split_without_time_is_seeded(tmp_path):
+    pq.write_table(table(), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label")
+    a, b = split_dataset(ds, seed=3), split_dataset(ds, seed=3)
+    assert np.array_equal(a.test, b.test) and a.method == "stratified"
+    for idx in (a.train, a.valid, a.test):
+        assert ds.matrix.y[idx].sum() > 0
+
+
+@pytest.mark.parametrize(
+    "label, kwargs, message",
+    [
+        (["yes", "no", "maybe"] * 200, {}, "is not binary"),
+        (["fraud", "legit"] * 300, {"positive": "chargeback"}, "does not occur"),
+        (["a", "b", "c"] * 200, {"positive": "a"}, "not binary: 3 distinct values"),
+    ],
+)
+def test_labels_must_be_binary(tmp_path, label, kwargs, message):
+    pq.write_table(table(label=label), tmp_path / "t.parquet")
+    with pytest.raises(InvalidInput, match=message):
+        load_table_dataset([tmp_path / "t.parquet"], label="label", **kwargs)
+
+
+def test_labels_with_positive_value_and_missing_columns(tmp_path):
+    pq.write_table(table(label=["fraud", "legit", "legit", "legit"] * 150), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", positive="fraud")
+    assert ds.matrix.y.mean() == 0.25
+    with pytest.raises(InvalidInput, match="label column is_fraud is not in the table"):
+        load_table_dataset([tmp_path / "t.parquet"], label="is_fraud")

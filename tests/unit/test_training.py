@@ -1,0 +1,85 @@
+"""The trainer: byte-for-byte reproducibility, calibration, model behaviour, bad inputs."""
+
+import numpy as np
+import pytest
+
+from sira.errors import InvalidInput
+from sira.training import FeatureSpec, Matrix, apply_calibration, encode_columns, fit_calibration, train_model
+
+SCHEMA = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
+          FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
+
+
+def synthetic(n, seed):
+    rng = np.random.default_rng(seed)
+    amount = rng.lognormal(3, 1, n)
+    night = (rng.random(n) < 0.2).astype(float)
+    channel = rng.choice(["pos", "ecom", "atm"], n)
+    logit = -5 + 1.2 * (amount > 60) + 1.5 * night + 1.0 * (channel == "ecom")
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    X = encode_columns({"amount": amount, "night": night, "channel": channel}, SCHEMA)
+    return Matrix(X, y, SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(12_000, 1), synthetic(4_000, 2)
+
+
+def test_same_data_params_seed_and_threads_give_the_same_model_file(data):
+    train, valid = data
+    params = {"num_boost_round": 60, "early_stopping_rounds": 20}
+    a = train_model(train, valid, params, seed=7, num_threads=2)
+    b = train_model(train, valid, params, seed=7, num_threads=2)
+    assert a.model_text.encode() == b.model_text.encode()
+    c = train_model(train, valid, params, seed=8, num_threads=2)
+    assert c.model_text != a.model_text
+
+
+def test_scores_are_calibrated_probabilities(data):
+    train, valid = data
+    result = train_model(train, valid, {"num_boost_round": 80}, seed=1, num_threads=1)
+    assert 0 <= result.valid_scores.min() and result.valid_scores.max() <= 1
+    # calibrated: the mean score is close to the observed rate despite the positive-class weight
+    assert abs(result.valid_scores.mean() - valid.y.mean()) < 0.01
+    # the ranking of the raw model is kept
+    order = np.argsort(result.raw_valid)
+    assert np.all(np.diff(result.valid_scores[order]) >= 0)
+
+
+def test_a_fraud_pattern_raises_the_score(data):
+    train, valid = data
+    result = train_model(train, valid, {"num_boost_round": 80}, seed=1, num_threads=1)
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=result.model_text)
+    calm = encode_columns({"amount": [20.0], "night": [0.0], "channel": ["pos"]}, SCHEMA)
+    risky = encode_columns({"amount": [200.0], "night": [1.0], "channel": ["ecom"]}, SCHEMA)
+    score = lambda X: apply_calibration(result.calibration, booster.predict(X, raw_score=True))[0]  # noqa: E731
+    assert score(risky) > 5 * score(calm)
+
+
+def test_calibration_methods():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-(2 * raw - 3)))).astype(float)
+    for method in ("platt", "isotonic"):
+        cal = fit_calibration(raw, y, method)
+        p = apply_calibration(cal, raw)
+        assert abs(p.mean() - y.mean()) < 0.01 and cal["method"] == method
+    with pytest.raises(InvalidInput):
+        fit_calibration(raw, y, "magic")
+
+
+def test_no_positives_is_a_clear_error(data):
+    train, valid = data
+    empty = Matrix(train.X, np.zeros_like(train.y), train.schema)
+    with pytest.raises(InvalidInput, match="no positive labels"):
+        train_model(empty, valid)
+    with pytest.raises(InvalidInput, match="learning_rate"):
+        train_model(train, valid, {"learning_rate": -1})
+
+
+def test_unknown_categories_become_missing():
+    X = encode_columns({"amount": [1.0], "night": [None], "channel": ["teleport"]}, SCHEMA)
+    assert X[0, 0] == 1.0 and np.isnan(X[0, 1]) and np.isnan(X[0, 2])
