@@ -422,6 +422,17 @@ def features_show_cmd(
 # -- training ------------------------------------------------------------------
 
 
+def DateOption(flag: str, help_text: str) -> Any:  # noqa: N802 - reads as a type in signatures
+    return Annotated[datetime | None, typer.Option(flag, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+                                                   help=f"{help_text} YYYY-MM-DD, UTC.")]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from sira.events import as_utc
+
+    return None if value is None else as_utc(value)
+
+
 def _training_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
                   title_justify="left")
@@ -450,14 +461,27 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed: same data, params, seed and threads, same model file.")] = 42,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
     model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
+    train_from: DateOption("--train-from", "Start of the training window.") = None,
+    train_to: DateOption("--train-to", "End of the training window (exclusive).") = None,
+    test_from: DateOption("--test-from", "Start of the test window.") = None,
+    test_to: DateOption("--test-to", "End of the test window (exclusive).") = None,
+    label_delay: Annotated[float, typer.Option("--label-delay", min=0, help="Days between the train and test windows.")] = 7.0,
+    label_maturity: Annotated[
+        int | None, typer.Option("--label-maturity", min=0, max=3650, help="Days until an unlabelled event counts as "
+                                 "legitimate (for a model this run creates; default 30).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train one configuration, evaluate it on a held-out window, register a candidate version."""
+    """Train one configuration, evaluate it on a held-out window, register a candidate version.
+
+    Without --data, the training set comes from the feature store (sira ingest)."""
     from sira.runs import TrainRequest, run_training
 
     request = TrainRequest(
         model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
         params=_load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
+        train_from=_utc(train_from), train_to=_utc(train_to), test_from=_utc(test_from), test_to=_utc(test_to),
+        label_delay_days=label_delay, label_maturity_days=label_maturity,
         **({"num_threads": threads} if threads else {}),
     )
     result = asyncio.run(run_training(get_settings(), request, progress=(lambda _m: None) if as_json else _err.print))

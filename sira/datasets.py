@@ -190,3 +190,181 @@ def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_sha
         if ds.matrix.y[idx].sum() == 0:
             raise InvalidInput(f"the {name} window has no positive labels; bring more positives or widen it")
     return split
+
+
+# -- from the feature store -------------------------------------------------------
+
+SHARD_SQL = """
+SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_token, e.terminal_id,
+       e.amount::float8 AS amount,
+       (SELECT jsonb_object_agg(f.entity_type, f.features) FROM sira_features f
+         WHERE f.event_id = e.event_id AND f.feature_set = $3 AND f.feature_set_version = $4) AS vectors,
+       lab.positive_known_at, lab.negative_known
+  FROM sira_events e
+  LEFT JOIN LATERAL (
+        SELECT min(fb.known_at) FILTER (WHERE fb.label) AS positive_known_at,
+               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
+          FROM sira_feedback fb
+         WHERE fb.event_id = e.event_id AND fb.label_name = $6) lab ON true
+ WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+"""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The time windows of a feature-store training set (all UTC)."""
+
+    train_from: Any
+    train_to: Any
+    test_from: Any
+    test_to: Any
+    cutoff: Any  # labels known after this do not exist for this dataset
+    maturity_days: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in self.__dict__.items()}
+
+
+def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:
+    """1 if a positive label was known by the cut-off; 0 if the event is mature (or reviewed legit); None: left out."""
+    from datetime import timedelta
+
+    if positive_known_at is not None and positive_known_at <= windows.cutoff:
+        return 1.0
+    if occurred_at <= windows.cutoff - timedelta(days=windows.maturity_days) or negative_known:
+        return 0.0
+    return None
+
+
+def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any, windows: Windows,
+                       label_name: str) -> list[dict[str, Any]]:
+    """One shard (a time range) of labelled feature vectors, read with its own connection (a Ray task's work).
+
+    Label-derived features are recomputed here as of each event from the event log and
+    the labels known before it, whatever was known when the event was ingested.
+    """
+    import asyncio
+
+    from sira import db, feature_store
+    from sira.features import get_feature_set
+
+    fs = get_feature_set(fs_name, fs_version)
+    label_specs = [s.entity for s in fs.entities if s.label_delay]
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await db.connect(dsn)
+        try:
+            rows = await conn.fetch(SHARD_SQL, lo, hi, fs.name, fs.version, windows.cutoff, label_name)
+            events = [dict(r) for r in rows]
+            recomputed: dict[tuple[str, str], dict[str, Any]] = {}
+            if label_specs and events:
+                for row in await feature_store.compute_event_features(
+                    conn, fs, events, entities=label_specs, include_event_level=False
+                ):
+                    recomputed[(row.event_id, row.entity_type)] = row.features
+            return [_shard_row(e, fs, windows, recomputed) for e in events]
+        finally:
+            await conn.close()
+
+    return [r for r in asyncio.run(run()) if r is not None]
+
+
+def _shard_row(e: dict[str, Any], fs: Any, windows: Windows, recomputed: dict) -> dict[str, Any] | None:
+    from sira.feature_store import to_us
+
+    y = label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows)
+    if y is None:
+        return None
+    vector: dict[str, Any] = {}
+    for entity, values in (e["vectors"] or {}).items():
+        vector.update(values)
+    for spec in fs.entities:
+        if (e["event_id"], spec.entity) in recomputed:
+            vector.update(recomputed[(e["event_id"], spec.entity)])
+    return {"event_id": e["event_id"], "ts": to_us(e["occurred_at"]), "country": e["country"],
+            "channel": e["channel"], "label": y, **{n: vector.get(n) for n in fs.names()}}
+
+
+def build_feature_dataset(
+    dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", shards_per_day: int = 1,
+) -> tuple[Dataset, Split]:
+    """Labelled vectors for the train and test windows, read in parallel by time shard (Ray Data)."""
+    from datetime import timedelta
+
+    import ray.data
+
+    if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
+        raise InvalidInput("windows must satisfy train_from < train_to <= test_from < test_to")
+    shards = []
+    for lo, hi in ((windows.train_from, windows.train_to), (windows.test_from, windows.test_to)):
+        step = timedelta(days=1) / shards_per_day
+        t = lo
+        while t < hi:
+            # ISO strings: datetimes would come back from Arrow as another type
+            shards.append({"lo": t.isoformat(), "hi": min(t + step, hi).isoformat()})
+            t += step
+
+    def read(shard: dict[str, Any]) -> list[dict[str, Any]]:
+        from datetime import datetime
+
+        return read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard["lo"]),
+                                  datetime.fromisoformat(shard["hi"]), windows, label_name)
+
+    rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
+    if not rows:
+        raise InvalidInput("no labelled events in the windows; check the windows and the label maturity")
+    rows.sort(key=lambda r: (r["ts"], r["event_id"]))
+    schema = [FeatureSpec(n, "numeric") for n in fs.names()]
+    X = encode_columns({n: [r[n] for r in rows] for n in fs.names()}, schema)
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    times = np.array([r["ts"] for r in rows], dtype=np.int64)
+    from sira.feature_store import to_us
+
+    train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
+    in_train = np.flatnonzero(times < train_to_us)
+    test = np.flatnonzero(times >= test_from_us)
+    n_valid = max(1, int(round(in_train.size * 0.15)))
+    train, valid = in_train[: in_train.size - n_valid], in_train[in_train.size - n_valid:]
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(X).tobytes())
+    digest.update(y.tobytes())
+    fingerprint = {
+        "source": "feature_store", "feature_set": fs.name, "feature_set_version": fs.version,
+        "query": " ".join(SHARD_SQL.split()), "windows": windows.to_dict(), "shards": len(shards),
+        "rows": int(y.size), "positives": int(y.sum()), "content_sha256": digest.hexdigest(),
+    }
+    ds = Dataset(Matrix(X, y, schema), times, [r["event_id"] for r in rows],
+                 {"country": np.array([r["country"] for r in rows], dtype=object),
+                  "channel": np.array([r["channel"] for r in rows], dtype=object)}, {}, fingerprint)
+    split = Split(train, valid, test, "time", {"train": windows.to_dict()})
+    for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
+        if idx.size == 0:
+            raise InvalidInput(f"the {name} window is empty")
+        if y[idx].sum() == 0:
+            raise InvalidInput(f"the {name} window has no positive labels; widen it or lower the label maturity")
+    return ds, split
+
+
+async def default_windows(
+    conn: Any, *, maturity_days: float, label_delay_days: float, train_from: Any = None, train_to: Any = None,
+    test_from: Any = None, test_to: Any = None, cutoff: Any = None,
+) -> Windows:
+    """Windows from the data and the model: everything mature by the cut-off, the last quarter for test,
+    a label-delay gap between train and test. Explicit values win."""
+    from datetime import timedelta
+
+    first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
+    if first is None:
+        raise InvalidInput("the feature store has no events; run `sira ingest` first")
+    cutoff = cutoff or last
+    end = test_to or (cutoff - timedelta(days=maturity_days))
+    start = train_from or first
+    if end <= start:
+        raise InvalidInput(
+            f"no mature events: the data spans {first:%Y-%m-%d}..{last:%Y-%m-%d} and labels take "
+            f"{maturity_days:g} days to mature; lower the model's label maturity or bring more history"
+        )
+    span = end - start
+    t_from = test_from or (end - span / 4)
+    tr_to = train_to or (t_from - min(timedelta(days=label_delay_days), span / 8))
+    return Windows(start, tr_to, t_from, end, cutoff, maturity_days)

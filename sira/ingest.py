@@ -14,7 +14,6 @@ insert by ``event_id``, dead letters):
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -341,8 +340,6 @@ def ingest_files(
     init_ray(settings, dsn)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
-    if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx.print_on_execution_start = False
     reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[files.format]
     notify(f"loading {len(files.paths)} {files.format} file(s)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from sira.config import Settings
@@ -51,6 +52,9 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
     """
     import ray
 
+    if not sys.stderr.isatty():
+        # Off a terminal Ray Data turns progress bars into INFO log lines: keep stderr readable.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "joined": True}
     runtime_env = {"env_vars": worker_env(settings, dsn)}

@@ -29,6 +29,7 @@ async def get_model(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
 async def ensure_model(
     conn: asyncpg.Connection, name: str, *, actor: audit.Actor, model_type: str = "fraud_detection",
     entity_type: str = "customer", feature_set: str | None = None, feature_set_version: int | None = None,
+    label_maturity_days: int | None = None,
 ) -> tuple[asyncpg.Record, bool]:
     """The model, created with defaults when it does not exist yet (returns whether it was created)."""
     if model_type not in MODEL_TYPES:
@@ -39,9 +40,10 @@ async def ensure_model(
     try:
         async with conn.transaction():
             row = await conn.fetchrow(
-                """INSERT INTO sira_models (name, model_type, entity_type, feature_set, feature_set_version, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING *""",
-                name, model_type, entity_type, feature_set, feature_set_version, actor.name,
+                """INSERT INTO sira_models (name, model_type, entity_type, feature_set, feature_set_version, created_by,
+                                           label_maturity_days)
+                   VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, 30)) ON CONFLICT (name) DO NOTHING RETURNING *""",
+                name, model_type, entity_type, feature_set, feature_set_version, actor.name, label_maturity_days,
             )
     except asyncpg.CheckViolationError:
         raise InvalidInput(

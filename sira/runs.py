@@ -24,7 +24,7 @@ import numpy as np
 from sira import __version__, artifacts, db, registry
 from sira.audit import Actor
 from sira.config import Settings
-from sira.datasets import Dataset, Split, load_table_dataset, split_dataset
+from sira.datasets import Dataset, Split, build_feature_dataset, default_windows, load_table_dataset, split_dataset
 from sira.errors import InvalidInput, SiraError
 from sira.evaluation import DecisionTargets, choose_thresholds, evaluate
 from sira.training import Matrix, TrainResult, apply_calibration, train_model
@@ -48,6 +48,13 @@ class TrainRequest:
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     model_type: str = "fraud_detection"
     decision_targets: dict[str, Any] | None = None
+    # feature-store training (no --data): explicit windows, else derived from the data and the model
+    train_from: Any = None
+    train_to: Any = None
+    test_from: Any = None
+    test_to: Any = None
+    label_delay_days: float = 7.0
+    label_maturity_days: int | None = None  # for a model created by this run
 
 
 def code_version() -> str:
@@ -138,25 +145,30 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                        actor: Actor | None = None) -> dict[str, Any]:
     """`sira train`: one configuration, no search. Returns the CLI's JSON result."""
     actor = actor or Actor.local()
-    if not req.data:
-        raise InvalidInput("name the training table with --data (training from the feature store: see `sira tune`)")
-    if not req.label:
+    if req.data and not req.label:
         raise InvalidInput("--label names the label column of the table")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    progress("reading the table")
-    ds = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
-                                 id_col=req.id_col, positive=req.positive)
-    split = split_dataset(ds, seed=req.seed)
-    timings["dataset_s"] = time.perf_counter() - started
+    table = None
+    if req.data:  # a table is checked before anything is created or recorded
+        progress("reading the table")
+        table = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                        id_col=req.id_col, positive=req.positive)
+        split_dataset(table, seed=req.seed)
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
-            model, created = await registry.ensure_model(conn, req.model, actor=actor, model_type=req.model_type)
+            model, created = await registry.ensure_model(
+                conn, req.model, actor=actor, model_type=req.model_type,
+                feature_set=None if req.data else "payments", feature_set_version=None if req.data else 1,
+                label_maturity_days=req.label_maturity_days,
+            )
             run_id = await registry.start_run(conn, model["id"], kind="train", params=req.params or {}, actor=actor,
                                               code_version=code_version())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
         try:
+            ds, split, fs_version = await _dataset(settings, pool, model, req, table, progress)
+            timings["dataset_s"] = time.perf_counter() - started
             phase = time.perf_counter()
             progress(f"training on {split.train.size:,} rows, validating on {split.valid.size:,}")
             result, metrics, thresholds = await asyncio.to_thread(fit_and_evaluate, ds, split, req)
@@ -170,7 +182,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                     conn, model, run_id=run_id, artifact=artifact,
                     feature_schema=[f.to_dict() for f in ds.matrix.schema], params=result.params,
                     metrics={k: _metrics_block(v) for k, v in metrics.items()}, thresholds=thresholds,
-                    feature_set_version=None, actor=actor,
+                    feature_set_version=fs_version, actor=actor,
                 )
                 timings["total_s"] = time.perf_counter() - started
                 await registry.finish_run(conn, run_id, metrics={k: _metrics_block(v) for k, v in metrics.items()},
@@ -191,6 +203,28 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                   "test": int(split.test.size)},
         "model_created": created,
     }
+
+
+async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest, table: Dataset | None,
+                   progress: Callable[[str], None]) -> tuple[Dataset, Split, int | None]:
+    """The training set: the table the user brought, or labelled vectors from the feature store."""
+    if table is not None:
+        return table, split_dataset(table, seed=req.seed), None
+    from sira.features import get_feature_set
+    from sira.ray_runtime import init_ray
+
+    fs = get_feature_set(model["feature_set"] or "payments", model["feature_set_version"])
+    async with pool.acquire() as conn:
+        windows = await default_windows(
+            conn, maturity_days=model["label_maturity_days"], label_delay_days=req.label_delay_days,
+            train_from=req.train_from, train_to=req.train_to, test_from=req.test_from, test_to=req.test_to,
+        )
+    progress(f"building the training set from the feature store ({windows.train_from:%Y-%m-%d}.."
+             f"{windows.train_to:%Y-%m-%d}, test {windows.test_from:%Y-%m-%d}..{windows.test_to:%Y-%m-%d})")
+    dsn = db.resolve_dsn(settings)
+    init_ray(settings, dsn)
+    ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=model["label_name"])
+    return ds, split, fs.version
 
 
 def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: Split, result: TrainResult,
