@@ -9,6 +9,7 @@ of the system; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -470,9 +471,11 @@ def train_cmd(
         int | None, typer.Option("--label-maturity", min=0, max=3650, help="Days until an unlabelled event counts as "
                                  "legitimate (for a model this run creates; default 30).")
     ] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, max=10_000, help="Tune with this many trials first.")] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train one configuration, evaluate it on a held-out window, register a candidate version.
+    """Train (or, with --trials, tune then train) and register a candidate version.
 
     Without --data, the training set comes from the feature store (sira ingest)."""
     from sira.runs import TrainRequest, run_training
@@ -481,18 +484,38 @@ def train_cmd(
         model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
         params=_load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
         train_from=_utc(train_from), train_to=_utc(train_to), test_from=_utc(test_from), test_to=_utc(test_to),
-        label_delay_days=label_delay, label_maturity_days=label_maturity,
+        label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
         **({"num_threads": threads} if threads else {}),
     )
     result = asyncio.run(run_training(get_settings(), request, progress=(lambda _m: None) if as_json else _err.print))
 
     def render() -> None:
         _err.print(_training_table(result))
+        if result.get("search"):
+            s = result["search"]
+            _err.print(f"search: {s['completed']}/{s['trials']} trials, best validation AP "
+                       f"{s['best_validation_ap']:.4f}, {s['concurrency']} at a time")
         if result["dropped_columns"]:
             _err.print("not features: " + ", ".join(f"{k} ({v})" for k, v in result["dropped_columns"].items()))
         _err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
 
     _emit(result, as_json, render)
+
+
+def tune_cmd(**options: Any) -> None:
+    """Tune with Ray Tune + Optuna (default 32 trials), then train the best configuration and register it.
+
+    Takes every `sira train` option; without --data the training set comes from the feature store."""
+    train_cmd(**options)
+
+
+# `sira tune` is `sira train` with a search by default: the same options, --trials defaulting to 32.
+_train_signature = inspect.signature(train_cmd, eval_str=True)
+tune_cmd.__signature__ = _train_signature.replace(parameters=[  # type: ignore[attr-defined]
+    p.replace(default=32) if p.name == "trials" else p for p in _train_signature.parameters.values()
+])
+tune_cmd.__annotations__ = dict(train_cmd.__annotations__)
+app.command("tune")(tune_cmd)
 
 
 @app.command("api")
@@ -553,6 +576,12 @@ def demo_cmd(
             shown = {k: v for k, v in ex["features"].items() if k.startswith("customer_") and v is not None}
             _err.print(_kv_table(f"Online features of {ex['entity']} as of {ex['as_of']}",
                                  {k: f"{v:,.2f}" for k, v in list(shown.items())[:12]}))
+        if report.training:
+            tr = report.training
+            _err.print(_training_table(tr))
+            if tr.get("search"):
+                _err.print(f"search: {tr['search']['completed']} trials, best validation AP "
+                           f"{tr['search']['best_validation_ap']:.4f}")
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

@@ -3,7 +3,8 @@
 Each stage of the pipeline adds its step here as it lands. Today: migrate
 the database, simulate weeks of payments with a fraud pattern that shifts
 near the end, ingest the events (Ray Data) and the labels, materialise the
-online snapshots, and summarise what was written.
+online snapshots, tune and train a fraud model from the feature store and
+register it as a candidate, and summarise what was written.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from sira.feature_store import materialize_all, read_snapshot
 from sira.features import get_feature_set
 from sira.feedback import import_label_files
 from sira.ingest import ingest_files
+from sira.ray_runtime import init_ray
+from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
 DEMO_DAYS = 42
 DEMO_SHIFT_DAY = 32
 DEMO_CUSTOMERS = 2_000
+DEMO_TRIALS = 8
+DEMO_LABEL_MATURITY_DAYS = 14  # the simulator's chargebacks arrive after ~10 days (median)
 
 
 @dataclass
@@ -40,11 +45,12 @@ class DemoReport:
     labels: dict[str, Any] = field(default_factory=dict)
     snapshots: dict[str, Any] = field(default_factory=dict)
     example_features: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
-                "example_features": self.example_features}
+                "example_features": self.example_features, "training": self.training}
 
 
 async def run_demo(
@@ -95,6 +101,7 @@ async def run_demo(
         fs = get_feature_set()
         started = time.perf_counter()
         progress("ingest: loading events through Ray Data, computing features")
+        init_ray(settings, dsn)  # in the main thread: Ray's driver lives there
         summary = await asyncio.to_thread(
             ingest_files, settings, [result.events_path], fs=fs, source="demo", progress=False
         )
@@ -118,6 +125,15 @@ async def run_demo(
             snap = await read_snapshot(conn, fs, "customer", busiest)
             report.example_features = {"entity": f"customer {busiest}", "as_of": snap.as_of.isoformat(),
                                        "features": snap.features}
+        started = time.perf_counter()
+        progress(f"tune: {DEMO_TRIALS} trials on Ray Tune, then train the best and register it")
+        result = await run_training(settings, TrainRequest(
+            model="fraud", trials=DEMO_TRIALS, label_maturity_days=DEMO_LABEL_MATURITY_DAYS, label_delay_days=5,
+            seed=seed,
+        ), progress=progress)
+        report.training = {k: result[k] for k in ("model", "version", "run_id", "status", "metrics", "artifact",
+                                                  "thresholds", "search")}
+        step("tune_and_train", started, version=result["version"])
         report.tables = await table_counts(conn)
     finally:
         await conn.close()

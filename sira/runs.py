@@ -55,6 +55,9 @@ class TrainRequest:
     test_to: Any = None
     label_delay_days: float = 7.0
     label_maturity_days: int | None = None  # for a model created by this run
+    # search: with trials, Ray Tune + Optuna picks the parameters first
+    trials: int | None = None
+    time_budget_s: float | None = None
 
 
 def code_version() -> str:
@@ -123,11 +126,12 @@ def _metrics_block(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in keys if k in m}
 
 
-def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest) -> tuple[TrainResult, dict[str, Any], dict[str, float]]:
+def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest,
+                     params: dict[str, Any] | None) -> tuple[TrainResult, dict[str, Any], dict[str, float]]:
     """Train on train, calibrate and choose thresholds on validation, evaluate once on test."""
     targets = DecisionTargets.from_dict(req.decision_targets)
     train, valid, test = (ds.matrix.rows(i) for i in (split.train, split.valid, split.test))
-    result = train_model(train, valid, req.params, seed=req.seed, num_threads=req.num_threads)
+    result = train_model(train, valid, params, seed=req.seed, num_threads=req.num_threads)
     thresholds = choose_thresholds(valid.y, result.valid_scores, targets)
     import lightgbm as lgb
 
@@ -162,16 +166,26 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                 feature_set=None if req.data else "payments", feature_set_version=None if req.data else 1,
                 label_maturity_days=req.label_maturity_days,
             )
-            run_id = await registry.start_run(conn, model["id"], kind="train", params=req.params or {}, actor=actor,
-                                              code_version=code_version())
+            run_id = await registry.start_run(conn, model["id"], kind="tune" if req.trials else "train",
+                                              params=req.params or {}, actor=actor, code_version=code_version())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
         try:
             ds, split, fs_version = await _dataset(settings, pool, model, req, table, progress)
             timings["dataset_s"] = time.perf_counter() - started
+            params, search = req.params, None
+            if req.trials:
+                phase = time.perf_counter()
+                progress(f"tuning: {req.trials} trials on Ray Tune (Optuna TPE + ASHA)")
+                from sira.ray_runtime import init_ray
+
+                init_ray(settings, db.resolve_dsn(settings))  # in the main thread: Ray's driver lives there
+                search = await asyncio.to_thread(_search, settings, ds, split, req)
+                params = search["params"]
+                timings["tune_s"] = time.perf_counter() - phase
             phase = time.perf_counter()
             progress(f"training on {split.train.size:,} rows, validating on {split.valid.size:,}")
-            result, metrics, thresholds = await asyncio.to_thread(fit_and_evaluate, ds, split, req)
+            result, metrics, thresholds = await asyncio.to_thread(fit_and_evaluate, ds, split, req, params)
             timings["train_s"] = time.perf_counter() - phase
             phase = time.perf_counter()
             artifact = await asyncio.to_thread(_write_artifact, settings, req, ds, split, result, metrics, thresholds,
@@ -202,7 +216,16 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         "split": {"method": split.method, "train": int(split.train.size), "validation": int(split.valid.size),
                   "test": int(split.test.size)},
         "model_created": created,
+        **({"search": search["summary"]} if search else {}),
     }
+
+
+def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
+    from sira.tuning import tune_params
+
+    return tune_params(ds.matrix.rows(split.train), ds.matrix.rows(split.valid), trials=int(req.trials or 0),
+                       seed=req.seed, storage=settings.workspace / "ray_results", time_budget_s=req.time_budget_s,
+                       base_params=req.params)
 
 
 async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest, table: Dataset | None,

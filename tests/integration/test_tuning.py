@@ -1,0 +1,38 @@
+"""Ray Tune + Optuna: 8 trials, 2 at a time, and the best validation AP wins."""
+
+import numpy as np
+
+from sira.training import FeatureSpec, Matrix, encode_columns
+from sira.tuning import search_space, trial_params, tune_params
+
+SCHEMA = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
+          FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
+
+
+def synthetic(n, seed):
+    rng = np.random.default_rng(seed)
+    amount = rng.lognormal(3, 1, n)
+    night = (rng.random(n) < 0.2).astype(float)
+    channel = rng.choice(["pos", "ecom", "atm"], n)
+    logit = -5 + 1.2 * (amount > 60) + 1.5 * night + 1.0 * (channel == "ecom")
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return Matrix(encode_columns({"amount": amount, "night": night, "channel": channel}, SCHEMA), y, SCHEMA)
+
+
+def test_tuning_picks_the_trial_with_the_best_validation_ap(ray_session, tmp_path):
+    train, valid = synthetic(6000, 1), synthetic(2000, 2)
+    out = tune_params(train, valid, trials=8, seed=3, storage=tmp_path,
+                      base_params={"num_boost_round": 120, "early_stopping_rounds": 30})
+    summary = out["summary"]
+    assert summary["trials"] == 8 and summary["completed"] == 8 and summary["concurrency"] == 2
+    assert summary["best_validation_ap"] == max(summary["trial_aps"])
+    assert out["params"]["num_boost_round"] == 120 and out["params"]["scale_pos_weight"] >= 1.0
+    assert set(search_space()) - {"pos_weight_power"} <= set(out["params"])
+
+
+def test_trial_params_map_the_weight_power():
+    y = np.array([1.0] + [0.0] * 99)
+    base = {"num_leaves": 31.0, "min_data_in_leaf": 20.0, "learning_rate": 0.1}
+    assert trial_params({**base, "pos_weight_power": 0.0}, y)["scale_pos_weight"] == 1.0
+    assert trial_params({**base, "pos_weight_power": 1.0}, y)["scale_pos_weight"] == 99.0
+    assert isinstance(trial_params({**base, "pos_weight_power": 0.5}, y)["num_leaves"], int)
