@@ -161,14 +161,31 @@ def load_table_dataset(
     return Dataset(Matrix(X, y, schema), times, ids, segments, dropped, fingerprint)
 
 
+MIN_VALID_POSITIVES = 20
+
+
+def tail_with_positives(order: np.ndarray, y: np.ndarray, share: float, min_positives: int = MIN_VALID_POSITIVES) -> int:
+    """How many of the latest rows (``order`` is by time) make a window of at least ``share`` of them that
+    also holds ``min_positives`` positives, when the rows before it keep at least as many."""
+    n = order.size
+    count = max(1, int(round(n * share)))
+    positives_from_end = np.cumsum(y[order][::-1])
+    total = positives_from_end[-1] if n else 0
+    wanted = min(min_positives, int(total // 2))
+    if wanted > 0 and positives_from_end[count - 1] < wanted:
+        count = int(np.searchsorted(positives_from_end, wanted) + 1)
+    return min(count, n - 1) if n > 1 else n
+
+
 def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_share: float = 0.15) -> Split:
     """By time when the dataset has times (train < validation < test), else stratified and seeded."""
     n = ds.matrix.y.size
     if ds.times is not None:
         order = np.argsort(ds.times, kind="stable")
-        n_test = max(1, int(round(n * test_share)))
-        n_valid = max(1, int(round(n * valid_share)))
-        train, valid, test = order[: n - n_test - n_valid], order[n - n_test - n_valid: n - n_test], order[n - n_test:]
+        n_test = tail_with_positives(order, ds.matrix.y, test_share)
+        rest = order[: n - n_test]
+        n_valid = tail_with_positives(rest, ds.matrix.y, valid_share / (1 - test_share))
+        train, valid, test = rest[: rest.size - n_valid], rest[rest.size - n_valid:], order[n - n_test:]
         windows = {name: {"from": int(ds.times[idx].min()), "to": int(ds.times[idx].max())}
                    for name, idx in (("train", train), ("validation", valid), ("test", test)) if idx.size}
         split = Split(np.sort(train), np.sort(valid), np.sort(test), "time", windows)
@@ -323,7 +340,7 @@ def build_feature_dataset(
     train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
     in_train = np.flatnonzero(times < train_to_us)
     test = np.flatnonzero(times >= test_from_us)
-    n_valid = max(1, int(round(in_train.size * 0.15)))
+    n_valid = tail_with_positives(in_train, y, 0.15)
     train, valid = in_train[: in_train.size - n_valid], in_train[in_train.size - n_valid:]
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(X).tobytes())

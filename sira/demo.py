@@ -30,6 +30,7 @@ DEMO_DAYS = 42
 DEMO_SHIFT_DAY = 32
 DEMO_CUSTOMERS = 2_000
 DEMO_TRIALS = 8
+DEMO_FRAUD_RATE = 0.015
 DEMO_LABEL_MATURITY_DAYS = 14  # the simulator's chargebacks arrive after ~10 days (median)
 
 
@@ -88,7 +89,8 @@ async def run_demo(
         progress("simulate: generating payments, fraud and labels")
         shift = min(DEMO_SHIFT_DAY, days - 1) if days > 1 else None
         cfg = SimulationConfig(
-            days=days, seed=seed, customers=max(50, int(DEMO_CUSTOMERS * scale)), shift_day=shift
+            days=days, seed=seed, customers=max(50, int(DEMO_CUSTOMERS * scale)), shift_day=shift,
+            fraud_rate=DEMO_FRAUD_RATE, label_delay_days=min(10.0, days / 4),
         )
         result = simulate(cfg, out_dir)
         report.simulation = {
@@ -127,9 +129,10 @@ async def run_demo(
                                        "features": snap.features}
         started = time.perf_counter()
         progress(f"tune: {DEMO_TRIALS} trials on Ray Tune, then train the best and register it")
+        # A short demo shrinks the label maturity and the train/test gap with its history.
         result = await run_training(settings, TrainRequest(
-            model="fraud", trials=DEMO_TRIALS, label_maturity_days=DEMO_LABEL_MATURITY_DAYS, label_delay_days=5,
-            seed=seed,
+            model="fraud", trials=DEMO_TRIALS, label_maturity_days=min(DEMO_LABEL_MATURITY_DAYS, max(1, days // 3)),
+            label_delay_days=min(5.0, days / 8), seed=seed,
         ), progress=progress)
         report.training = {k: result[k] for k in ("model", "version", "run_id", "status", "metrics", "artifact",
                                                   "thresholds", "search")}

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 
 def test_short_demo_runs_end_to_end(create_database, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
-    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path / "ws"), "DEMO_SCALE": "0.05"})
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path / "ws"), "DEMO_SCALE": "0.15"})
     done = subprocess.run(
-        [sys.executable, "-m", "sira", "demo", "--days", "6", "--json"],
+        [sys.executable, "-m", "sira", "demo", "--days", "12", "--json"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
@@ -28,3 +28,6 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     assert report["labels"]["inserted"] == report["simulation"]["labels"] == report["tables"]["sira_feedback"]
     assert report["tables"]["sira_feature_snapshots"] == sum(report["snapshots"]["entities"].values()) > 0
     assert report["example_features"]["features"]["customer_count_30d"] >= 1
+    training = report["training"]
+    assert training["version"] == 1 and training["status"] == "candidate" and training["search"]["completed"] == 8
+    assert training["metrics"]["test"]["roc_auc"] > 0.6  # a tiny demo; model quality is tested elsewhere
