@@ -31,6 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/online_features.py
 	$(BIN)/python benchmarks/stream_latency.py
 	$(BIN)/python benchmarks/ingest_throughput.py
+	$(BIN)/python benchmarks/dataset_build.py
+	$(BIN)/python benchmarks/tune_speedup.py
+	$(BIN)/python benchmarks/train_time.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

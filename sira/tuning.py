@@ -82,7 +82,7 @@ def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, 
 
 def tune_params(
     train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
-    base_params: dict[str, Any] | None = None,
+    base_params: dict[str, Any] | None = None, early_termination: bool = True,
 ) -> dict[str, Any]:
     """Search on Ray Tune; returns the best parameters and a summary of the search."""
     import ray
@@ -112,7 +112,7 @@ def tune_params(
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", search_alg=OptunaSearch(seed=seed), num_samples=trials,
             scheduler=ASHAScheduler(max_t=max(1, math.ceil(rounds / REPORT_EVERY)), grace_period=5,
-                                    reduction_factor=3),
+                                    reduction_factor=3) if early_termination else None,
             max_concurrent_trials=cpus, reuse_actors=True, time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),

@@ -1,0 +1,78 @@
+"""Training-set build rate: SIRA's sharded Ray Data builder against `COPY (same query) TO STDOUT`.
+
+    python benchmarks/dataset_build.py [--events 100000]
+
+Simulated events are ingested (not timed), then in one run: the baseline
+streams the builder's own query over the whole window out of PostgreSQL with
+COPY; SIRA builds the labelled matrix (time shards as Ray Data tasks, label
+rules, label-derived features recomputed as of each event).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from _common import report, scratch_database
+
+from sira import db
+from sira.config import Settings
+from sira.datasets import SHARD_SQL, Windows, build_feature_dataset
+from sira.features import PAYMENTS_V1
+from sira.feedback import import_label_files
+from sira.ingest import ingest_files
+from sira.ray_runtime import init_ray
+from sira.simulate import SimulationConfig, simulate
+
+
+async def copy_baseline(dsn: str, windows: Windows) -> tuple[float, int]:
+    conn = await db.connect(dsn)
+    try:
+        chunks: list[int] = []
+        started = time.perf_counter()
+        await conn.copy_from_query(SHARD_SQL, windows.train_from, windows.test_to, PAYMENTS_V1.name,
+                                   PAYMENTS_V1.version, windows.cutoff, "fraud",
+                                   output=lambda data: chunks.append(len(data)) or asyncio.sleep(0))
+        seconds = time.perf_counter() - started
+        rows = await conn.fetchval("SELECT count(*) FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2",
+                                   windows.train_from, windows.test_to)
+        return seconds, rows
+    finally:
+        await conn.close()
+
+
+async def main(events: int, days: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = simulate(SimulationConfig(days=days, customers=max(50, int(events / (days * 1.2))), seed=2),
+                       Path(tmp))
+        async with scratch_database(Settings()) as dsn:
+            settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
+            init_ray(settings, dsn)
+            await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+            await import_label_files(settings, [sim.labels_path])
+            conn = await db.connect(dsn)
+            first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
+            await conn.close()
+            end = last - timedelta(days=7)
+            windows = Windows(first, end - timedelta(days=7), end - timedelta(days=5), end, last, 7)
+            copy_s, rows = await copy_baseline(dsn, windows)
+            started = time.perf_counter()
+            ds, _ = await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V1, windows)
+            sira_s = time.perf_counter() - started
+    report("dataset_build", {
+        "events_in_windows": rows, "labelled_rows": int(ds.matrix.y.size), "features": len(PAYMENTS_V1.names()),
+        "copy_rows_per_s": round(rows / copy_s), "sira_rows_per_s": round(rows / sira_s),
+        "ratio_vs_copy": round(copy_s / sira_s, 3), "shards": ds.fingerprint["shards"],
+    })
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.days))
