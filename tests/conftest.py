@@ -221,3 +221,29 @@ def ray_session(settings: Settings, pg_dsn: str) -> Iterator[None]:
     init_ray(settings, pg_dsn, num_cpus=2)
     yield
     ray.shutdown()
+
+
+# -- synthetic model data ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def synthetic_matrix():
+    """A factory of labelled matrices with a known fraud pattern (big amount, night, e-commerce)."""
+    import numpy as np
+
+    from sira.training import FeatureSpec, Matrix, encode_columns
+
+    schema = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
+              FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
+
+    def make(n: int, seed: int) -> Matrix:
+        rng = np.random.default_rng(seed)
+        amount = rng.lognormal(3, 1, n)
+        night = (rng.random(n) < 0.2).astype(float)
+        channel = rng.choice(["pos", "ecom", "atm"], n)
+        logit = -5 + 1.2 * (amount > 60) + 1.5 * night + 1.0 * (channel == "ecom")
+        y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+        return Matrix(encode_columns({"amount": amount, "night": night, "channel": channel}, schema), y, schema)
+
+    make.schema = schema
+    return make

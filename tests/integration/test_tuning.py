@@ -2,25 +2,10 @@
 
 import numpy as np
 
-from sira.training import FeatureSpec, Matrix, encode_columns
 from sira.tuning import search_space, trial_params, tune_params
 
-SCHEMA = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
-          FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
-
-
-def synthetic(n, seed):
-    rng = np.random.default_rng(seed)
-    amount = rng.lognormal(3, 1, n)
-    night = (rng.random(n) < 0.2).astype(float)
-    channel = rng.choice(["pos", "ecom", "atm"], n)
-    logit = -5 + 1.2 * (amount > 60) + 1.5 * night + 1.0 * (channel == "ecom")
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
-    return Matrix(encode_columns({"amount": amount, "night": night, "channel": channel}, SCHEMA), y, SCHEMA)
-
-
-def test_tuning_picks_the_trial_with_the_best_validation_ap(ray_session, tmp_path):
-    train, valid = synthetic(6000, 1), synthetic(2000, 2)
+def test_tuning_picks_the_trial_with_the_best_validation_ap(ray_session, tmp_path, synthetic_matrix):
+    train, valid = synthetic_matrix(6000, 1), synthetic_matrix(2000, 2)
     out = tune_params(train, valid, trials=8, seed=3, storage=tmp_path,
                       base_params={"num_boost_round": 120, "early_stopping_rounds": 30})
     summary = out["summary"]

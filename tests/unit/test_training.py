@@ -4,26 +4,11 @@ import numpy as np
 import pytest
 
 from sira.errors import InvalidInput
-from sira.training import FeatureSpec, Matrix, apply_calibration, encode_columns, fit_calibration, train_model
-
-SCHEMA = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
-          FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
-
-
-def synthetic(n, seed):
-    rng = np.random.default_rng(seed)
-    amount = rng.lognormal(3, 1, n)
-    night = (rng.random(n) < 0.2).astype(float)
-    channel = rng.choice(["pos", "ecom", "atm"], n)
-    logit = -5 + 1.2 * (amount > 60) + 1.5 * night + 1.0 * (channel == "ecom")
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
-    X = encode_columns({"amount": amount, "night": night, "channel": channel}, SCHEMA)
-    return Matrix(X, y, SCHEMA)
-
+from sira.training import Matrix, apply_calibration, encode_columns, fit_calibration, train_model
 
 @pytest.fixture(scope="module")
-def data():
-    return synthetic(12_000, 1), synthetic(4_000, 2)
+def data(synthetic_matrix):
+    return synthetic_matrix(12_000, 1), synthetic_matrix(4_000, 2)
 
 
 def test_same_data_params_seed_and_threads_give_the_same_model_file(data):
@@ -53,8 +38,8 @@ def test_a_fraud_pattern_raises_the_score(data):
     import lightgbm as lgb
 
     booster = lgb.Booster(model_str=result.model_text)
-    calm = encode_columns({"amount": [20.0], "night": [0.0], "channel": ["pos"]}, SCHEMA)
-    risky = encode_columns({"amount": [200.0], "night": [1.0], "channel": ["ecom"]}, SCHEMA)
+    calm = encode_columns({"amount": [20.0], "night": [0.0], "channel": ["pos"]}, train.schema)
+    risky = encode_columns({"amount": [200.0], "night": [1.0], "channel": ["ecom"]}, train.schema)
     score = lambda X: apply_calibration(result.calibration, booster.predict(X, raw_score=True))[0]  # noqa: E731
     assert score(risky) > 5 * score(calm)
 
@@ -80,6 +65,6 @@ def test_no_positives_is_a_clear_error(data):
         train_model(train, valid, {"learning_rate": -1})
 
 
-def test_unknown_categories_become_missing():
-    X = encode_columns({"amount": [1.0], "night": [None], "channel": ["teleport"]}, SCHEMA)
+def test_unknown_categories_become_missing(synthetic_matrix):
+    X = encode_columns({"amount": [1.0], "night": [None], "channel": ["teleport"]}, synthetic_matrix.schema)
     assert X[0, 0] == 1.0 and np.isnan(X[0, 1]) and np.isnan(X[0, 2])
