@@ -68,3 +68,27 @@ def test_no_positives_is_a_clear_error(data):
 def test_unknown_categories_become_missing(synthetic_matrix):
     X = encode_columns({"amount": [1.0], "night": [None], "channel": ["teleport"]}, synthetic_matrix.schema)
     assert X[0, 0] == 1.0 and np.isnan(X[0, 1]) and np.isnan(X[0, 2])
+
+
+def test_defaults_do_not_collapse_on_very_rare_positives():
+    """0.2% positives with a time-like split: LightGBM's plain defaults can collapse here (MEASURED.md)."""
+    from sira.evaluation import average_precision
+    from sira.training import FeatureSpec
+
+    rng = np.random.default_rng(11)
+    n = 60_000
+    X = rng.normal(size=(n, 12))
+    logit = -9.0 + 2.2 * X[:, 0] + 1.5 * (X[:, 1] > 1.5) + X[:, 2] * X[:, 3]
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    assert 0.001 < y.mean() < 0.004
+    schema = [FeatureSpec(f"f{i}", "numeric") for i in range(12)]
+    train, valid, test = (Matrix(X[s], y[s], schema) for s in (slice(0, 36_000), slice(36_000, 48_000),
+                                                                   slice(48_000, None)))
+    result = train_model(train, valid, seed=3, num_threads=2)
+    import lightgbm as lgb
+
+    ap = average_precision(test.y, lgb.Booster(model_str=result.model_text).predict(test.X))
+    plain = lgb.train({"objective": "binary", "verbosity": -1, "seed": 3}, lgb.Dataset(train.X, label=train.y), 100)
+    plain_ap = average_precision(test.y, plain.predict(test.X))
+    oracle_ap = average_precision(test.y, logit[48_000:])  # the true log-odds: the best any model can do
+    assert ap > 3 * plain_ap and ap > 0.3 * oracle_ap, (ap, plain_ap, oracle_ap)
