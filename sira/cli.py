@@ -43,8 +43,13 @@ features_app = typer.Typer(help="Feature sets, snapshots and point-in-time value
 app.add_typer(features_app, name="features")
 feedback_app = typer.Typer(help="Labels: chargebacks, reviews, outcomes.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+keys_app = typer.Typer(help="API keys and their roles (shown once at creation).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="SIRA_API_KEY", show_envvar=True, help="The API key to act as.")
+]
 
 # Not a terminal (CI logs, pipes): wide enough that paths are not folded.
 _err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -516,6 +521,94 @@ tune_cmd.__signature__ = _train_signature.replace(parameters=[  # type: ignore[a
 ])
 tune_cmd.__annotations__ = dict(train_cmd.__annotations__)
 app.command("tune")(tune_cmd)
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+async def _acting(conn: Any, key: str | None, *, required: bool = True) -> Any:
+    """The identity of the CLI's caller (None when no key is given and none is required)."""
+    from sira.auth import authenticate
+
+    if key is None and not required:
+        return None
+    return await authenticate(conn, key, pepper=get_settings().secret("auth_secret"))
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    role: Annotated[list[str], typer.Option("--role", help="A role (repeat for several): " + ", ".join(
+        ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")))],
+    expires: DateOption("--expires", "When the key stops working.") = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key (the first one, an admin key, needs no key)."""
+    from sira import db
+    from sira.auth import create_key
+
+    settings = get_settings()
+
+    async def run() -> tuple[str, dict[str, Any]]:
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                creator = await _acting(conn, api_key, required=False)
+                return await create_key(conn, name=name, roles=role, pepper=settings.secret("auth_secret"),
+                                        creator=creator, expires_at=_utc(expires))
+
+    key, info = asyncio.run(run())
+    payload = {"name": info["name"], "roles": info["roles"], "key": key}
+    _emit(payload, as_json, lambda: (
+        _err.print(f"created key {info['name']} with roles {', '.join(info['roles'])}"),
+        _err.print("the key is shown once; store it now:"),
+        print(key),
+    ))
+
+
+@keys_app.command("list")
+def keys_list_cmd(api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """List API keys (never the keys themselves)."""
+    from sira import db
+    from sira.auth import list_keys
+
+    settings = get_settings()
+
+    async def run() -> list[dict[str, Any]]:
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                return await list_keys(conn, await _acting(conn, api_key))
+
+    keys = asyncio.run(run())
+
+    def render() -> None:
+        table = Table(title="API keys", title_justify="left")
+        for column in ("name", "roles", "created_by", "last_used_at", "revoked_at"):
+            table.add_column(column)
+        for k in keys:
+            table.add_row(k["name"], ", ".join(k["roles"]), k["created_by"], k["last_used_at"] or "",
+                          k["revoked_at"] or "")
+        _err.print(table)
+
+    _emit({"keys": keys}, as_json, render)
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")], api_key: ApiKeyOption = None,
+                    as_json: JsonOption = False) -> None:
+    """Revoke an API key (it stops working at once)."""
+    from sira import db
+    from sira.auth import revoke_key
+
+    settings = get_settings()
+
+    async def run() -> None:
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                await revoke_key(conn, await _acting(conn, api_key), name)
+
+    asyncio.run(run())
+    _emit({"revoked": name}, as_json, lambda: _err.print(f"revoked key {name}"))
 
 
 @app.command("api")

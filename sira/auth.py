@@ -1,0 +1,174 @@
+"""Who is acting, and what they may do: API keys and roles.
+
+A key looks like ``sira_<prefix>_<secret>``. Only the prefix (to find the
+row) and a keyed hash of the whole key (HMAC-SHA256 with the server's auth
+pepper) are stored; the key itself is shown once, at creation. Keys can
+expire and be revoked. Roles are fixed (CONVENTIONS.md): ``admin`` may do
+everything, the others exactly what :data:`PERMISSIONS` grants them.
+
+While no key exists, ``sira keys create --role admin`` works without a key
+(bootstrap, recorded in the audit log as such); after that, managing keys
+needs an admin key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from sira import audit
+from sira.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+
+ROLES = ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")
+_READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
+# action -> roles that may perform it (admin may perform every action)
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "score": frozenset({"service"}),
+    "events.write": frozenset({"service"}),
+    "feedback.write": frozenset({"service", "analyst"}),
+    "models.read": frozenset(_READERS),
+    "predictions.read": frozenset({"analyst"}),
+    "models.write": frozenset({"data_scientist"}),
+    "promotion.request": frozenset({"data_scientist"}),
+    "promotion.decide": frozenset({"approver"}),
+    "rollback": frozenset({"operator"}),
+    "serving.reload": frozenset({"operator"}),
+    "monitoring.run": frozenset({"operator"}),
+    "batch.score": frozenset({"data_scientist"}),
+    "keys.manage": frozenset(),
+    "models.settings": frozenset(),
+    "audit.read": frozenset(),
+}
+_KEY = re.compile(r"^sira_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller."""
+
+    name: str
+    roles: frozenset[str]
+    kind: str = "api_key"  # api_key | jwt | bootstrap
+
+    def actor(self, source_address: str | None = None) -> audit.Actor:
+        return audit.Actor(self.name, self.kind, source_address)
+
+
+def may(identity: Identity, action: str) -> bool:
+    """Whether an identity's roles allow an action."""
+    if action not in PERMISSIONS:
+        raise KeyError(f"unknown action {action!r}")
+    return "admin" in identity.roles or bool(identity.roles & PERMISSIONS[action])
+
+
+def authorize(identity: Identity, action: str) -> None:
+    """Raise :class:`PermissionDenied` (403) unless the identity may perform the action."""
+    if not may(identity, action):
+        allowed = sorted(PERMISSIONS[action] | {"admin"})
+        raise PermissionDenied(
+            f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}",
+            details={"action": action, "roles": allowed},
+        )
+
+
+def hash_key(pepper: str, key: str) -> str:
+    return hmac.new(pepper.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def validate_roles(roles: list[str]) -> list[str]:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise InvalidInput(f"roles must be among {', '.join(ROLES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return sorted(set(roles), key=ROLES.index)
+
+
+async def create_key(
+    conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity | None,
+    expires_at: datetime | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A new key (returned once) for ``name``. Without a creator, only the bootstrap admin key is allowed."""
+    roles = validate_roles(roles)
+    # Serialise key creation so two bootstrap attempts cannot both succeed.
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    any_key = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)")
+    if creator is None:
+        if any_key:
+            raise Unauthenticated("an API key is required: keys exist already (use an admin key: SIRA_API_KEY)")
+        if "admin" not in roles:
+            raise InvalidInput("the first key must hold the admin role: sira keys create --role admin --name NAME")
+        creator = Identity("bootstrap", frozenset({"admin"}), "bootstrap")
+    else:
+        authorize(creator, "keys.manage")
+    prefix = secrets.token_hex(6)
+    key = f"sira_{prefix}_{secrets.token_urlsafe(32)}"
+    try:
+        row = await conn.fetchrow(
+            """INSERT INTO sira_api_keys (name, key_prefix, key_hash, roles, created_by, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING name, roles, created_at, expires_at""",
+            name, prefix, hash_key(pepper, key), roles, creator.name, expires_at,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a key named {name!r} exists already", details={"name": name}) from None
+    except asyncpg.CheckViolationError:
+        raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)") from None
+    await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name,
+                       details={"roles": roles, "bootstrap": creator.kind == "bootstrap"})
+    return key, {"name": row["name"], "roles": list(row["roles"]), "created_at": row["created_at"].isoformat(),
+                 "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None}
+
+
+async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str) -> Identity:
+    """The identity behind a key; 401 (:class:`Unauthenticated`) for a missing, unknown, revoked or expired key."""
+    if not key:
+        raise Unauthenticated("missing credentials: send an API key (Authorization: Bearer ..., or SIRA_API_KEY)")
+    match = _KEY.match(key.strip())
+    if match is None:
+        raise Unauthenticated("invalid API key")
+    row = await conn.fetchrow(
+        """SELECT name, roles, key_hash, revoked_at, expires_at, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+             FROM sira_api_keys WHERE key_prefix = $1""",
+        match.group(1),
+    )
+    if row is None or not hmac.compare_digest(row["key_hash"], hash_key(pepper, key.strip())):
+        raise Unauthenticated("invalid API key")
+    if row["revoked_at"] is not None:
+        raise Unauthenticated("this API key was revoked")
+    if row["expired"]:
+        raise Unauthenticated("this API key has expired")
+    # Record use at most once a minute per key: a scoring service must not write on every call.
+    await conn.execute(
+        """UPDATE sira_api_keys SET last_used_at = now()
+            WHERE key_prefix = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
+        match.group(1),
+    )
+    return Identity(row["name"], frozenset(row["roles"]))
+
+
+async def list_keys(conn: asyncpg.Connection, identity: Identity) -> list[dict[str, Any]]:
+    authorize(identity, "keys.manage")
+    rows = await conn.fetch(
+        "SELECT name, roles, created_by, created_at, expires_at, last_used_at, revoked_at FROM sira_api_keys ORDER BY id"
+    )
+    return [{k: (v.isoformat() if isinstance(v, datetime) else list(v) if k == "roles" else v) for k, v in r.items()}
+            for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection, identity: Identity, name: str) -> None:
+    authorize(identity, "keys.manage")
+    revoked = await conn.fetchval(
+        "UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING name",
+        name, identity.name,
+    )
+    if revoked is None:
+        exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys WHERE name = $1)", name)
+        if not exists:
+            raise NotFound(f"no API key named {name!r}", details={"name": name})
+        raise Conflict(f"the API key {name!r} is already revoked", details={"name": name})
+    await audit.record(conn, identity.actor(), "key.revoke", target_type="api_key", target_id=name)
