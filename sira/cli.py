@@ -523,6 +523,100 @@ tune_cmd.__annotations__ = dict(train_cmd.__annotations__)
 app.command("tune")(tune_cmd)
 
 
+# -- governance --------------------------------------------------------------------
+
+
+def _governed(action: Callable[..., Any], api_key: str | None, *args: Any) -> Any:
+    """Run one registry operation as the key's owner, in one transaction."""
+    from sira import db
+
+    settings = get_settings()
+
+    async def run() -> Any:
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                identity = await _acting(conn, api_key)
+                return await action(conn, identity, *args)
+
+    return asyncio.run(run())
+
+
+ModelOption = Annotated[str, typer.Option("--model", help="Model name.")]
+VersionOption = Annotated[int, typer.Option("--version", min=1, help="Version number.")]
+CommentOption = Annotated[str | None, typer.Option("--comment", help="Why (stored with the decision).")]
+
+
+@app.command("promote")
+def promote_cmd(model: ModelOption, version: VersionOption,
+                reason: Annotated[str | None, typer.Option("--reason", help="Why this version.")] = None,
+                api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Request production for a version (validates a candidate first); approvals complete it."""
+    from sira.registry import request_promotion
+
+    result = _governed(lambda conn, who: request_promotion(conn, get_settings(), who, model, version, reason), api_key)
+    _emit(result, as_json, lambda: _err.print(
+        f"{model} v{version}: promotion request {result['request_id']} {result['status']}"
+        + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")))
+
+
+def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool) -> None:
+    from sira.registry import decide
+
+    result = _governed(lambda conn, who: decide(conn, who, model, version, decision, comment), api_key)
+    _emit(result, as_json, lambda: _err.print(
+        f"{model} v{version}: {decision} recorded; request {result['outcome']} "
+        f"({result['approvals']}/{result['required_approvals']} approvals)"))
+
+
+@app.command("approve")
+def approve_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
+                api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Approve a version's pending promotion request (the last required approval promotes it)."""
+    _decide("approve", model, version, comment, api_key, as_json)
+
+
+@app.command("reject")
+def reject_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
+               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Reject a version's pending promotion request (closes it)."""
+    _decide("reject", model, version, comment, api_key, as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(model: ModelOption,
+                 reason: Annotated[str, typer.Option("--reason", help="Why (required, kept in the history).")],
+                 api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Make the previous production version production again, in one step."""
+    from sira.registry import rollback
+
+    result = _governed(lambda conn, who: rollback(conn, who, model, reason), api_key)
+    _emit(result, as_json, lambda: _err.print(
+        f"{model}: v{result['production']} is production again, v{result['archived']} archived"))
+
+
+@app.command("history")
+def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Every change of the production version: when, who, from, to, how and why."""
+    from sira.auth import authorize
+    from sira.registry import production_history
+
+    async def action(conn: Any, who: Any) -> list[dict[str, Any]]:
+        authorize(who, "models.read")
+        return await production_history(conn, model)
+
+    rows = _governed(action, api_key)
+
+    def render() -> None:
+        table = Table(title=f"Production history of {model}", title_justify="left")
+        for column in ("at", "from", "to", "via", "actor", "reason"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["at"], str(r["from"] or ""), str(r["to"]), r["via"] or "", r["actor"], r["reason"] or "")
+        _err.print(table)
+
+    _emit({"model": model, "history": rows}, as_json, render)
+
+
 # -- keys ------------------------------------------------------------------------
 
 

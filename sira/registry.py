@@ -14,7 +14,7 @@ import asyncpg
 
 from sira import audit
 from sira.artifacts import ArtifactRef
-from sira.errors import InvalidInput, NotFound
+from sira.errors import Conflict, InvalidInput, NotFound
 
 MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
 
@@ -108,3 +108,219 @@ async def register_candidate(
                        target_id=f"{model['name']}:v{version}",
                        details={"run_id": str(run_id), "artifact_sha256": artifact.sha256, "status": "candidate"})
     return int(version)
+
+
+# -- lifecycle, promotion, approvals, rollback ------------------------------------------
+
+
+async def get_version(conn: asyncpg.Connection, model_name: str, version: int, *, lock: bool = False) -> asyncpg.Record:
+    """A version with its model's governance settings."""
+    row = await conn.fetchrow(
+        f"""SELECT v.*, m.name AS model_name, m.required_approvals, m.feature_set, m.feature_set_version AS model_fs_version
+              FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+             WHERE m.name = $1 AND v.version = $2 {"FOR UPDATE OF v" if lock else ""}""",
+        model_name, version,
+    )
+    if row is None:
+        await get_model(conn, model_name)  # unknown model: say so
+        raise NotFound(f"model {model_name!r} has no version {version}", details={"model": model_name, "version": version})
+    return row
+
+
+async def _set_status(conn: asyncpg.Connection, version_id: int, status: str) -> None:
+    await conn.execute(
+        "UPDATE sira_model_versions SET status = $2, status_changed_at = now() WHERE id = $1", version_id, status
+    )
+
+
+async def validate_version(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str,
+                           version: int) -> dict[str, Any]:
+    """candidate → validated, when the gates pass (metrics, thresholds, artifact checksum, feature schema)."""
+    from sira import artifacts, lifecycle
+    from sira.auth import authorize
+    from sira.features import get_feature_set
+
+    authorize(identity, "models.write")
+    row = await get_version(conn, model_name, version, lock=True)
+    lifecycle.check_transition(row["status"], "validated")
+    try:
+        artifacts.load_artifact(settings, artifacts.ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
+        checksum_ok = True
+    except (artifacts.ArtifactTampered, NotFound):
+        checksum_ok = False
+    names = get_feature_set(row["feature_set"], row["model_fs_version"]).names() if row["feature_set"] else None
+    gates = lifecycle.validation_gates(dict(row), checksum_ok=checksum_ok, feature_set_names=names)
+    if not gates.passed:
+        await audit.record(conn, identity.actor(), "version.validate", target_type="model_version",
+                           target_id=f"{model_name}:v{version}", outcome="denied",
+                           details={"failures": list(gates.failures)})
+        raise InvalidInput(f"{model_name} v{version} fails validation: " + "; ".join(gates.failures),
+                           code="validation_failed", details={"failures": list(gates.failures)})
+    await _set_status(conn, row["id"], "validated")
+    await audit.record(conn, identity.actor(), "version.validate", target_type="model_version",
+                       target_id=f"{model_name}:v{version}", details={"from": row["status"], "to": "validated"})
+    return {"model": model_name, "version": version, "status": "validated"}
+
+
+async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model_id: int, model_name: str,
+                             target: asyncpg.Record, *, via: str, reason: str | None,
+                             extra: dict[str, Any] | None = None) -> int | None:
+    """Make ``target`` the production version (the current one is archived), with a history row."""
+    from sira import lifecycle
+
+    await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model_id)
+    current = await conn.fetchrow(
+        "SELECT id, version FROM sira_model_versions WHERE model_id = $1 AND status = 'production' FOR UPDATE",
+        model_id,
+    )
+    fresh = await conn.fetchval("SELECT status FROM sira_model_versions WHERE id = $1", target["id"])
+    lifecycle.check_transition(fresh, "production", via=via)
+    if current is not None:
+        await _set_status(conn, current["id"], "archived")
+    try:
+        await _set_status(conn, target["id"], "production")
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"{model_name}: another production change won the race; try again") from None
+    await audit.record(conn, actor, "production.change", target_type="model", target_id=model_name, details={
+        "from": current["version"] if current else None, "to": target["version"], "via": via, "reason": reason,
+        **(extra or {}),
+    })
+    return current["version"] if current else None
+
+
+async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
+                            reason: str | None = None) -> dict[str, Any]:
+    """Ask for production. A candidate is validated first; the request is bound to the artifact checksum."""
+    from sira import lifecycle
+    from sira.auth import authorize
+
+    authorize(identity, "promotion.request")
+    row = await get_version(conn, model_name, version, lock=True)
+    if row["status"] == "candidate":
+        await validate_version(conn, settings, identity, model_name, version)
+        row = await get_version(conn, model_name, version, lock=True)
+    if row["status"] not in lifecycle.PROMOTABLE:
+        raise lifecycle.IllegalTransition(f"a {row['status']} version cannot be promoted",
+                                          details={"status": row["status"]})
+    try:
+        async with conn.transaction():
+            request_id = await conn.fetchval(
+                """INSERT INTO sira_promotion_requests (model_id, version_id, artifact_sha256, required_approvals,
+                                                        requested_by, reason)
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+                row["model_id"], row["id"], row["artifact_sha256"], row["required_approvals"], identity.name, reason,
+            )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"{model_name} v{version} already has a pending promotion request",
+                       code="request_pending") from None
+    await audit.record(conn, identity.actor(), "promotion.request", target_type="model_version",
+                       target_id=f"{model_name}:v{version}",
+                       details={"request_id": request_id, "required_approvals": row["required_approvals"]})
+    status = "pending"
+    if row["required_approvals"] == 0:  # the only way a policy promotes on its own
+        policy = audit.Actor(f"policy:{model_name}", "policy")
+        await _change_production(conn, policy, row["model_id"], model_name, row, via="policy", reason=reason,
+                                 extra={"request_id": request_id})
+        await conn.execute("UPDATE sira_promotion_requests SET status = 'approved', decided_at = now() WHERE id = $1",
+                           request_id)
+        status = "approved"
+    return {"model": model_name, "version": version, "request_id": request_id, "status": status,
+            "required_approvals": row["required_approvals"]}
+
+
+async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, version: int, decision: str,
+                 comment: str | None = None) -> dict[str, Any]:
+    """An approver's approve/reject on the version's pending request; the last required approval promotes."""
+    from sira import lifecycle
+    from sira.auth import authorize
+
+    if decision not in ("approve", "reject"):
+        raise InvalidInput("decision must be approve or reject")
+    authorize(identity, "promotion.decide")
+    row = await get_version(conn, model_name, version)
+    request = await conn.fetchrow(
+        "SELECT * FROM sira_promotion_requests WHERE version_id = $1 AND status = 'pending' FOR UPDATE", row["id"]
+    )
+    if request is None:
+        last = await conn.fetchval(
+            "SELECT status FROM sira_promotion_requests WHERE version_id = $1 ORDER BY id DESC LIMIT 1", row["id"]
+        )
+        if last is not None:
+            raise Conflict(f"the promotion request of {model_name} v{version} is closed ({last})",
+                           code="request_closed", details={"status": last})
+        raise NotFound(f"{model_name} v{version} has no pending promotion request (sira promote first)",
+                       code="no_pending_request")
+    if request["artifact_sha256"] != row["artifact_sha256"]:
+        raise Conflict("the version's artifact changed since promotion was requested", code="artifact_changed")
+    previous = await conn.fetch("SELECT approver, decision FROM sira_approvals WHERE request_id = $1", request["id"])
+    lifecycle.check_approver(identity.name, identity.roles, creator=row["created_by"], requester=request["requested_by"],
+                             already=[p["approver"] for p in previous])
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO sira_approvals (request_id, approver, decision, comment) VALUES ($1, $2, $3, $4)",
+                request["id"], identity.name, decision, comment,
+            )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"{identity.name} has already decided on this request", code="already_decided") from None
+    decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]
+    outcome = lifecycle.request_outcome(request["required_approvals"], decisions)
+    await audit.record(conn, identity.actor(), f"promotion.{decision}", target_type="model_version",
+                       target_id=f"{model_name}:v{version}",
+                       details={"request_id": request["id"], "comment": comment, "outcome": outcome})
+    previous_version = None
+    if outcome == "approved":
+        previous_version = await _change_production(
+            conn, identity.actor(), row["model_id"], model_name, row, via="approval", reason=request["reason"],
+            extra={"request_id": request["id"], "approvers": sorted(w for w, d in decisions if d == "approve")},
+        )
+    if outcome != "pending":
+        await conn.execute("UPDATE sira_promotion_requests SET status = $2, decided_at = now() WHERE id = $1",
+                           request["id"], outcome)
+    approvals = sum(1 for _, d in decisions if d == "approve")
+    return {"model": model_name, "version": version, "request_id": request["id"], "outcome": outcome,
+            "approvals": approvals, "required_approvals": request["required_approvals"],
+            "previous_production": previous_version}
+
+
+async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, reason: str) -> dict[str, Any]:
+    """Make the previous production version production again and archive the current one, in one step."""
+    from sira.auth import authorize
+
+    authorize(identity, "rollback")
+    if not reason or not reason.strip():
+        raise InvalidInput("a rollback needs a reason (--reason)", code="reason_required")
+    model = await get_model(conn, model_name)
+    await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model["id"])
+    current = await conn.fetchrow(
+        "SELECT * FROM sira_model_versions WHERE model_id = $1 AND status = 'production'", model["id"]
+    )
+    if current is None:
+        raise Conflict(f"{model_name} has no production version to roll back", code="nothing_to_roll_back")
+    # The version that was production before the current one became production.
+    came_from = await conn.fetchval(
+        """SELECT (details->>'from')::int FROM sira_audit_log
+            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
+              AND (details->>'to')::int = $2
+            ORDER BY id DESC LIMIT 1""",
+        model_name, current["version"],
+    )
+    if came_from is None:
+        raise Conflict(f"{model_name} v{current['version']} has no previous production version to roll back to",
+                       code="no_previous_version")
+    target = await get_version(conn, model_name, came_from, lock=True)
+    await _change_production(conn, identity.actor(), model["id"], model_name, target, via="rollback", reason=reason)
+    return {"model": model_name, "production": came_from, "archived": current["version"], "reason": reason}
+
+
+async def production_history(conn: asyncpg.Connection, model_name: str) -> list[dict[str, Any]]:
+    """Every change of the production pointer: when, who, from, to, how and why."""
+    await get_model(conn, model_name)
+    rows = await conn.fetch(
+        """SELECT occurred_at, actor, actor_kind, details FROM sira_audit_log
+            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1 ORDER BY id""",
+        model_name,
+    )
+    return [{"at": r["occurred_at"].isoformat(), "actor": r["actor"], "actor_kind": r["actor_kind"],
+             "from": r["details"].get("from"), "to": r["details"].get("to"), "via": r["details"].get("via"),
+             "reason": r["details"].get("reason")} for r in rows]

@@ -31,3 +31,43 @@ def test_keys_lifecycle_from_the_command_line(create_database, tmp_path):
     assert code == 2 and err.strip() == (
         "error: invalid_input: roles must be among service, viewer, analyst, data_scientist, approver, operator, "
         "admin; unknown: wizard")
+
+
+def test_promotion_flow_from_the_command_line(create_database, tmp_path):
+    import pandas as pd
+    import numpy as np
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
+    assert sira(env, "db", "migrate")[0] == 0
+    root = json.loads(sira(env, "keys", "create", "--role", "admin", "--name", "root", "--json")[1])["key"]
+    keys = {}
+    for name, role in (("dana", "data_scientist"), ("ann", "approver"), ("bob", "approver"), ("oli", "operator")):
+        keys[name] = json.loads(sira({**env, "SIRA_API_KEY": root}, "keys", "create", "--role", role, "--name", name,
+                                     "--json")[1])["key"]
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"amount": rng.lognormal(3, 1, 3000)})
+    df["fraud"] = (rng.random(3000) < np.where(df.amount > 60, 0.2, 0.02)).astype(int)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    params = tmp_path / "p.yaml"
+    params.write_text("num_boost_round: 40\nearly_stopping_rounds: 10\n")
+    for _ in range(2):
+        code, _, err = sira(env, "train", "--model", "fraud", "--data", str(tmp_path / "t.csv"), "--label", "fraud",
+                            "--params", str(params), "--threads", "1", "--json")
+        assert code == 0, err
+    as_ = lambda who: {**env, "SIRA_API_KEY": keys[who]}  # noqa: E731
+    for version in (1, 2):
+        code, out, err = sira(as_("dana"), "promote", "--model", "fraud", "--version", str(version), "--json")
+        assert code == 0 and json.loads(out)["status"] == "pending", err
+        assert json.loads(sira(as_("ann"), "approve", "--model", "fraud", "--version", str(version), "--json")[1])[
+            "outcome"] == "pending"
+        assert json.loads(sira(as_("bob"), "approve", "--model", "fraud", "--version", str(version), "--json")[1])[
+            "outcome"] == "approved"
+    code, _, err = sira(as_("ann"), "rollback", "--model", "fraud", "--reason", "x")
+    assert code == 2 and "error: forbidden:" in err
+    code, out, _ = sira(as_("oli"), "rollback", "--model", "fraud", "--reason", "v2 misbehaves", "--json")
+    assert code == 0 and json.loads(out)["production"] == 1
+    code, out, _ = sira(as_("ann"), "history", "--model", "fraud", "--json")
+    assert [(h["from"], h["to"]) for h in json.loads(out)["history"]] == [(None, 1), (1, 2), (2, 1)]
+    code, _, err = sira(env, "history", "--model", "fraud")
+    assert code == 2 and err.strip().startswith("error: unauthenticated: missing credentials")

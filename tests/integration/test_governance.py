@@ -1,0 +1,132 @@
+"""Promotion with N distinct approvers, rejection, one-step rollback and its history, on the real database."""
+
+import asyncio
+
+import pytest
+
+from sira import db
+from sira.artifacts import save_artifact
+from sira.auth import Identity
+from sira.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.registry import decide, production_history, request_promotion, rollback, validate_version
+
+DANA = Identity("dana", frozenset({"data_scientist"}))
+ANN, BOB, CAT = (Identity(n, frozenset({"approver"})) for n in ("ann", "bob", "cat"))
+OLI = Identity("oli", frozenset({"operator"}))
+METRICS = {"validation": {"average_precision": 0.8}, "test": {"average_precision": 0.7}}
+
+
+async def make_version(pool, settings, version, *, model="fraud", creator="dana", required=2, thresholds=None,
+                       metrics=METRICS):
+    ref = save_artifact(settings, f"{model}/runs/v{version}", {"model.txt": f"tree {version}\n".encode()},
+                        {"format": "sira-model/1"})
+    async with db.transaction(pool) as conn:
+        model_id = await conn.fetchval(
+            """INSERT INTO sira_models (name, model_type, created_by, required_approvals) VALUES ($1, 'fraud_detection',
+               'admin', $2) ON CONFLICT (name) DO UPDATE SET required_approvals = EXCLUDED.required_approvals
+               RETURNING id""", model, required)
+        await conn.execute(
+            """INSERT INTO sira_model_versions (model_id, version, artifact_uri, artifact_sha256, feature_schema, metrics,
+                                                thresholds, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            model_id, version, ref.uri, ref.sha256, [{"name": "amount", "type": "numeric"}], metrics,
+            thresholds if thresholds is not None else {"review": 0.2, "block": 0.9}, creator)
+    return ref
+
+
+async def status_of(pool, version, model="fraud"):
+    return await pool.fetchval(
+        "SELECT v.status FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id"
+        " WHERE m.name = $1 AND v.version = $2", model, version)
+
+
+async def run(pool, fn, *args):
+    async with db.transaction(pool) as conn:
+        return await fn(conn, *args)
+
+
+async def test_two_distinct_approvers_promote_then_rollback_is_one_step(clean_db, settings):
+    await make_version(clean_db, settings, 1)
+    req = await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first model")
+    assert req["status"] == "pending" and await status_of(clean_db, 1) == "validated"
+    first = await run(clean_db, decide, ANN, "fraud", 1, "approve", "looks good")
+    assert first["outcome"] == "pending" and first["approvals"] == 1
+    with pytest.raises(Conflict, match="already decided"):
+        await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    with pytest.raises(PermissionDenied):
+        await run(clean_db, decide, DANA, "fraud", 1, "approve")  # not an approver
+    second = await run(clean_db, decide, BOB, "fraud", 1, "approve")
+    assert second["outcome"] == "approved" and await status_of(clean_db, 1) == "production"
+
+    await make_version(clean_db, settings, 2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    await run(clean_db, decide, ANN, "fraud", 2, "approve")
+    done = await run(clean_db, decide, CAT, "fraud", 2, "approve")
+    assert done["previous_production"] == 1
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("archived", "production")
+
+    with pytest.raises(InvalidInput, match="needs a reason"):
+        await run(clean_db, rollback, OLI, "fraud", " ")
+    with pytest.raises(PermissionDenied):
+        await run(clean_db, rollback, DANA, "fraud", "oops")
+    back = await run(clean_db, rollback, OLI, "fraud", "v2 blocks good customers")
+    assert back == {"model": "fraud", "production": 1, "archived": 2, "reason": "v2 blocks good customers"}
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("production", "archived")
+
+    async with clean_db.acquire() as conn:
+        history = await production_history(conn, "fraud")
+    assert [(h["from"], h["to"], h["via"], h["actor"]) for h in history] == [
+        (None, 1, "approval", "bob"), (1, 2, "approval", "cat"), (2, 1, "rollback", "oli")]
+    assert history[2]["reason"] == "v2 blocks good customers"
+
+
+async def test_rejection_closes_the_request_and_self_approval_is_refused(clean_db, settings):
+    await make_version(clean_db, settings, 1, creator="ann")  # an approver who trained the version
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    with pytest.raises(PermissionDenied, match="creator of a version cannot approve"):
+        await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    outcome = await run(clean_db, decide, CAT, "fraud", 1, "reject", "calibration is off")
+    assert outcome["outcome"] == "rejected" and await status_of(clean_db, 1) == "validated"
+    with pytest.raises(Conflict, match="closed \\(rejected\\)"):
+        await run(clean_db, decide, BOB, "fraud", 1, "approve")
+    with pytest.raises(NotFound, match="no version 9"):
+        await run(clean_db, decide, BOB, "fraud", 9, "approve")
+    with pytest.raises(NotFound, match="unknown model"):
+        await run(clean_db, decide, BOB, "churn", 1, "approve")
+
+
+async def test_validation_gates_and_rollback_without_history(clean_db, settings):
+    await make_version(clean_db, settings, 1, thresholds={})
+    with pytest.raises(InvalidInput, match="thresholds"):
+        await run(clean_db, validate_version, settings, DANA, "fraud", 1)
+    ref = await make_version(clean_db, settings, 2)
+    with open(f"{ref.uri}/model.txt", "a") as handle:
+        handle.write("tampered\n")
+    with pytest.raises(InvalidInput, match="does not match its registered checksum"):
+        await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    assert await status_of(clean_db, 2) == "candidate"
+    with pytest.raises(Conflict, match="no production version"):
+        await run(clean_db, rollback, OLI, "fraud", "why not")
+    await make_version(clean_db, settings, 3, required=0)
+    auto = await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
+    assert auto["status"] == "approved" and await status_of(clean_db, 3) == "production"
+    actor = await clean_db.fetchval("SELECT actor FROM sira_audit_log WHERE action = 'production.change'")
+    assert actor == "policy:fraud"  # required_approvals = 0: the policy is the actor
+    with pytest.raises(Conflict, match="no previous production version"):
+        await run(clean_db, rollback, OLI, "fraud", "no way back")
+
+
+async def test_concurrent_final_approvals_promote_exactly_once(clean_db, settings):
+    await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    approvers = [Identity(f"approver{i}", frozenset({"approver"})) for i in range(6)]
+
+    async def attempt(who):
+        try:
+            return (await run(clean_db, decide, who, "fraud", 1, "approve"))["outcome"]
+        except Conflict as exc:
+            return exc.code
+
+    outcomes = await asyncio.gather(*(attempt(a) for a in approvers))
+    assert outcomes.count("approved") == 1 and outcomes.count("request_closed") == 5
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'production.change'") == 1
