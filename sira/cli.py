@@ -45,6 +45,10 @@ feedback_app = typer.Typer(help="Labels: chargebacks, reviews, outcomes.", no_ar
 app.add_typer(feedback_app, name="feedback")
 keys_app = typer.Typer(help="API keys and their roles (shown once at creation).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+models_app = typer.Typer(help="Models: create, list, show, change settings.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+versions_app = typer.Typer(help="Model versions: show one, compare two.", no_args_is_help=True)
+app.add_typer(versions_app, name="versions")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ApiKeyOption = Annotated[
@@ -615,6 +619,160 @@ def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonO
         _err.print(table)
 
     _emit({"model": model, "history": rows}, as_json, render)
+
+
+def _model_settings(targets: Path | None, policy: Path | None, **values: Any) -> dict[str, Any]:
+    out = {k: v for k, v in values.items() if v is not None}
+    if targets is not None:
+        out["decision_targets"] = _load_yaml_mapping(targets)
+    if policy is not None:
+        out["promotion_policy"] = _load_yaml_mapping(policy)
+    return out
+
+
+ApprovalsOption = Annotated[int | None, typer.Option("--required-approvals", min=0, max=20,
+                                                     help="Distinct approvers production needs (0: policy may promote).")]
+TargetsOption = Annotated[Path | None, typer.Option("--targets", help="YAML: review_rate, block_precision, costs.")]
+PolicyOption = Annotated[Path | None, typer.Option("--policy", help="YAML promotion policy.")]
+MaturityOption = Annotated[int | None, typer.Option("--label-maturity", min=0, max=3650,
+                                                    help="Days until an unlabelled event counts as legitimate.")]
+
+
+@models_app.command("create")
+def models_create_cmd(
+    name: Annotated[str, typer.Argument(help="Model name: lowercase letters, digits, - and _.")],
+    model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly.")] = "fraud_detection",
+    entity: Annotated[str, typer.Option("--entity", help="The entity it scores.")] = "customer",
+    label: Annotated[str | None, typer.Option("--label-source", help="Label name in sira_feedback (default fraud).")] = None,
+    required_approvals: ApprovalsOption = None, targets: TargetsOption = None, policy: PolicyOption = None,
+    label_maturity: MaturityOption = None,
+    description: Annotated[str | None, typer.Option("--description", help="What it is for.")] = None,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Create a model (governance settings need an admin key)."""
+    from sira.registry import create_model
+
+    settings = _model_settings(targets, policy, required_approvals=required_approvals, label_name=label,
+                               label_maturity_days=label_maturity, description=description)
+    row = _governed(lambda conn, who: create_model(conn, who, name, model_type=model_type, entity_type=entity,
+                                                   **settings), api_key)
+    _emit(row, as_json, lambda: _err.print(f"created model {name} ({model_type}), {row['required_approvals']} "
+                                           "approval(s) for production"))
+
+
+@models_app.command("update")
+def models_update_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    required_approvals: ApprovalsOption = None, targets: TargetsOption = None, policy: PolicyOption = None,
+    label_maturity: MaturityOption = None,
+    description: Annotated[str | None, typer.Option("--description", help="What it is for.")] = None,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Change a model's settings (admin)."""
+    from sira.registry import update_model
+
+    changes = _model_settings(targets, policy, required_approvals=required_approvals,
+                              label_maturity_days=label_maturity, description=description)
+    row = _governed(lambda conn, who: update_model(conn, who, name, **changes), api_key)
+    _emit(row, as_json, lambda: _err.print(f"updated {name}: {', '.join(changes)}"))
+
+
+@models_app.command("list")
+def models_list_cmd(api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """List models with their latest, staging and production versions."""
+    from sira.registry import list_models
+
+    rows = _governed(list_models, api_key)
+
+    def render() -> None:
+        table = Table(title="Models", title_justify="left")
+        for column in ("name", "type", "latest", "staging", "production", "approvals"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["name"], r["model_type"], str(r["latest_version"] or ""), str(r["staging_version"] or ""),
+                          str(r["production_version"] or ""), str(r["required_approvals"]))
+        _err.print(table)
+
+    _emit({"models": rows}, as_json, render)
+
+
+@models_app.command("show")
+def models_show_cmd(name: Annotated[str, typer.Argument(help="Model name.")], api_key: ApiKeyOption = None,
+                    as_json: JsonOption = False) -> None:
+    """Show a model's settings and versions."""
+    from sira.registry import show_model
+
+    model = _governed(lambda conn, who: show_model(conn, who, name), api_key)
+
+    def render() -> None:
+        _err.print(_kv_table(f"Model {name}", {k: model[k] for k in (
+            "model_type", "entity_type", "feature_set", "label_name", "label_maturity_days", "required_approvals",
+            "decision_targets", "promotion_policy", "created_by")}))
+        table = Table(title="Versions", title_justify="left")
+        for column in ("version", "status", "test AP", "created by", "last request"):
+            table.add_column(column)
+        for v in model["versions"]:
+            table.add_row(str(v["version"]), v["status"], v["test_ap"] or "", v["created_by"], v["last_request"] or "")
+        _err.print(table)
+
+    _emit(model, as_json, render)
+
+
+@versions_app.command("show")
+def versions_show_cmd(model: ModelOption, version: VersionOption, api_key: ApiKeyOption = None,
+                      as_json: JsonOption = False) -> None:
+    """Show one version: status, metrics, thresholds, artifact, promotion requests."""
+    from sira.registry import show_version
+
+    row = _governed(lambda conn, who: show_version(conn, who, model, version), api_key)
+    _emit(row, as_json, lambda: _err.print(_kv_table(f"{model} v{version}", {k: row[k] for k in (
+        "status", "created_by", "created_at", "artifact_uri", "artifact_sha256", "thresholds", "promotion_requests")})))
+
+
+@versions_app.command("compare")
+def versions_compare_cmd(model: ModelOption, a: Annotated[int, typer.Argument(help="First version.")],
+                         b: Annotated[int, typer.Argument(help="Second version.")], api_key: ApiKeyOption = None,
+                         as_json: JsonOption = False) -> None:
+    """Two versions' metrics side by side."""
+    from sira.registry import compare_versions
+
+    result = _governed(lambda conn, who: compare_versions(conn, who, model, a, b), api_key)
+
+    def render() -> None:
+        table = Table(title=f"{model}: v{a} against v{b}", title_justify="left")
+        for column in ("window", "metric", f"v{a}", f"v{b}", "difference"):
+            table.add_column(column, justify="right")
+        fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+        for r in result["metrics"]:
+            table.add_row(r["window"], r["metric"], fmt(r[f"v{a}"]), fmt(r[f"v{b}"]), fmt(r["difference"]))
+        _err.print(table)
+
+    _emit(result, as_json, render)
+
+
+@app.command("audit")
+def audit_cmd(
+    target: Annotated[str | None, typer.Option("--target", help="A target id, e.g. fraud or fraud:v3.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Who acted.")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="Action prefix, e.g. promotion.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Most rows to show.")] = 100,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Read the audit log, newest first (admin)."""
+    from sira.registry import read_audit
+
+    rows = _governed(lambda conn, who: read_audit(conn, who, target=target, actor=actor, action=action, limit=limit),
+                     api_key)
+
+    def render() -> None:
+        table = Table(title="Audit log", title_justify="left")
+        for column in ("at", "actor", "action", "target", "outcome"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["occurred_at"], r["actor"], r["action"], r["target_id"] or "", r["outcome"])
+        _err.print(table)
+
+    _emit({"entries": rows}, as_json, render)
 
 
 # -- keys ------------------------------------------------------------------------

@@ -324,3 +324,157 @@ async def production_history(conn: asyncpg.Connection, model_name: str) -> list[
     return [{"at": r["occurred_at"].isoformat(), "actor": r["actor"], "actor_kind": r["actor_kind"],
              "from": r["details"].get("from"), "to": r["details"].get("to"), "via": r["details"].get("via"),
              "reason": r["details"].get("reason")} for r in rows]
+
+
+# -- models and versions: reading and settings ----------------------------------------
+
+MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
+                  "required_approvals", "promotion_policy")
+_GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets")
+
+
+def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
+    from datetime import datetime
+
+    return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v)
+            for k, v in dict(row).items()}
+
+
+async def create_model(conn: asyncpg.Connection, identity: Any, name: str, *, model_type: str,
+                       entity_type: str = "customer", feature_set: str | None = "payments",
+                       feature_set_version: int | None = 1, **settings: Any) -> dict[str, Any]:
+    """A new model. Its governance settings (approvals, policy, targets) need an admin."""
+    from sira.auth import authorize
+    from sira.evaluation import DecisionTargets
+
+    authorize(identity, "models.write")
+    unknown = set(settings) - set(MODEL_SETTINGS)
+    if unknown:
+        raise InvalidInput(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+    if any(settings.get(k) is not None for k in _GOVERNANCE):
+        authorize(identity, "models.settings")
+    if model_type not in MODEL_TYPES:
+        raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
+    if settings.get("decision_targets") is not None:
+        DecisionTargets.from_dict(settings["decision_targets"])
+    values = {k: v for k, v in settings.items() if v is not None}
+    columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
+    args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO sira_models ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *", *args
+            )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"model {name!r} exists already", code="model_exists") from None
+    except asyncpg.CheckViolationError as exc:
+        raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
+    await audit.record(conn, identity.actor(), "model.create", target_type="model", target_id=name,
+                       details={k: v for k, v in values.items()})
+    return _jsonable(row)
+
+
+async def update_model(conn: asyncpg.Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
+    """Change a model's settings (admin): approvals, policy, targets, maturity, descriptions."""
+    from sira.auth import authorize
+    from sira.evaluation import DecisionTargets
+
+    authorize(identity, "models.settings")
+    changes = {k: v for k, v in changes.items() if v is not None}
+    unknown = set(changes) - set(MODEL_SETTINGS)
+    if unknown or not changes:
+        raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")
+    if "decision_targets" in changes:
+        DecisionTargets.from_dict(changes["decision_targets"])
+    before = await get_model(conn, name)
+    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
+    try:
+        row = await conn.fetchrow(f"UPDATE sira_models SET {sets} WHERE name = $1 RETURNING *", name, *changes.values())
+    except asyncpg.CheckViolationError as exc:
+        raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
+    await audit.record(conn, identity.actor(), "model.update", target_type="model", target_id=name,
+                       details={k: {"from": before[k], "to": v} for k, v in changes.items()})
+    return _jsonable(row)
+
+
+async def list_models(conn: asyncpg.Connection, identity: Any) -> list[dict[str, Any]]:
+    from sira.auth import authorize
+
+    authorize(identity, "models.read")
+    rows = await conn.fetch(
+        """SELECT m.name, m.model_type, m.required_approvals, m.updated_at,
+                  (SELECT max(version) FROM sira_model_versions v WHERE v.model_id = m.id) AS latest_version,
+                  (SELECT version FROM sira_model_versions v WHERE v.model_id = m.id AND status = 'production')
+                      AS production_version,
+                  (SELECT version FROM sira_model_versions v WHERE v.model_id = m.id AND status = 'staging')
+                      AS staging_version
+             FROM sira_models m ORDER BY m.name"""
+    )
+    return [_jsonable(r) for r in rows]
+
+
+async def show_model(conn: asyncpg.Connection, identity: Any, name: str) -> dict[str, Any]:
+    from sira.auth import authorize
+
+    authorize(identity, "models.read")
+    model = _jsonable(await get_model(conn, name))
+    versions = await conn.fetch(
+        """SELECT v.version, v.status, v.created_by, v.created_at, v.artifact_sha256,
+                  v.metrics->'test'->>'average_precision' AS test_ap,
+                  (SELECT status FROM sira_promotion_requests r WHERE r.version_id = v.id ORDER BY id DESC LIMIT 1)
+                      AS last_request
+             FROM sira_model_versions v WHERE v.model_id = $1 ORDER BY v.version""",
+        model["id"],
+    )
+    model["versions"] = [_jsonable(v) for v in versions]
+    return model
+
+
+async def show_version(conn: asyncpg.Connection, identity: Any, name: str, version: int) -> dict[str, Any]:
+    from sira.auth import authorize
+
+    authorize(identity, "models.read")
+    row = _jsonable(await get_version(conn, name, version))
+    requests = await conn.fetch(
+        """SELECT r.id, r.status, r.requested_by, r.created_at, r.decided_at,
+                  coalesce(jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
+                                                        'comment', a.comment, 'at', a.created_at)
+                                     ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '[]') AS decisions
+             FROM sira_promotion_requests r LEFT JOIN sira_approvals a ON a.request_id = r.id
+            WHERE r.version_id = $1 GROUP BY r.id ORDER BY r.id""",
+        row["id"],
+    )
+    row["promotion_requests"] = [_jsonable(r) for r in requests]
+    return row
+
+
+async def compare_versions(conn: asyncpg.Connection, identity: Any, name: str, a: int, b: int) -> dict[str, Any]:
+    """Two versions' metrics side by side (validation and test), with the difference b - a."""
+    left, right = await show_version(conn, identity, name, a), await show_version(conn, identity, name, b)
+    rows = []
+    for part in ("validation", "test"):
+        ma, mb = (left["metrics"] or {}).get(part, {}), (right["metrics"] or {}).get(part, {})
+        for key in sorted(set(ma) | set(mb)):
+            va, vb = ma.get(key), mb.get(key)
+            diff = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+            rows.append({"window": part, "metric": key, f"v{a}": va, f"v{b}": vb, "difference": diff})
+    return {"model": name, "a": a, "b": b, "status": {f"v{a}": left["status"], f"v{b}": right["status"]},
+            "thresholds": {f"v{a}": left["thresholds"], f"v{b}": right["thresholds"]}, "metrics": rows}
+
+
+async def read_audit(conn: asyncpg.Connection, identity: Any, *, target: str | None = None, actor: str | None = None,
+                     action: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The audit log, newest first, filtered by target id, actor or action (prefix)."""
+    from sira.auth import authorize
+
+    authorize(identity, "audit.read")
+    rows = await conn.fetch(
+        """SELECT id, occurred_at, actor, actor_kind, action, target_type, target_id, source_address, outcome, details
+             FROM sira_audit_log
+            WHERE ($1::text IS NULL OR target_id = $1 OR target_id LIKE $1 || ':%')
+              AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action LIKE $3 || '%')
+            ORDER BY id DESC LIMIT $4""",
+        target, actor, action, min(max(limit, 1), 10_000),
+    )
+    return [_jsonable(r) for r in rows]

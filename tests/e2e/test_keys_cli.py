@@ -71,3 +71,32 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path):
     assert [(h["from"], h["to"]) for h in json.loads(out)["history"]] == [(None, 1), (1, 2), (2, 1)]
     code, _, err = sira(env, "history", "--model", "fraud")
     assert code == 2 and err.strip().startswith("error: unauthenticated: missing credentials")
+
+
+def test_models_versions_and_audit_commands(create_database, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
+    assert sira(env, "db", "migrate")[0] == 0
+    root = {**env, "SIRA_API_KEY": json.loads(sira(env, "keys", "create", "--role", "admin", "--name", "root",
+                                                   "--json")[1])["key"]}
+    ds_key = json.loads(sira(root, "keys", "create", "--role", "data_scientist", "--name", "dana", "--json")[1])["key"]
+    ds = {**env, "SIRA_API_KEY": ds_key}
+    code, _, err = sira(ds, "models", "create", "churn", "--type", "churn", "--required-approvals", "0")
+    assert code == 2 and "error: forbidden:" in err  # governance settings need an admin
+    code, out, err = sira(ds, "models", "create", "churn", "--type", "churn", "--json")
+    assert code == 0 and json.loads(out)["required_approvals"] == 2, err
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("review_rate: 0.05\nblock_precision: 0.9\n")
+    code, out, _ = sira(root, "models", "update", "churn", "--required-approvals", "3", "--targets", str(targets),
+                        "--json")
+    assert code == 0 and json.loads(out)["decision_targets"] == {"review_rate": 0.05, "block_precision": 0.9}
+    code, _, err = sira(root, "models", "update", "churn", "--targets", str(tmp_path / "missing.yaml"))
+    assert code == 2 and err.strip().startswith("error: not_found: file not found")
+    code, out, _ = sira(ds, "models", "list", "--json")
+    assert [m["name"] for m in json.loads(out)["models"]] == ["churn"]
+    code, _, err = sira(ds, "versions", "show", "--model", "churn", "--version", "1")
+    assert code == 2 and err.strip() == "error: not_found: model 'churn' has no version 1"
+    code, out, _ = sira(root, "audit", "--target", "churn", "--json")
+    assert [e["action"] for e in json.loads(out)["entries"]] == ["model.update", "model.create"]
+    code, _, err = sira(ds, "audit")
+    assert code == 2 and "error: forbidden:" in err
