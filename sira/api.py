@@ -9,11 +9,12 @@ alone under uvicorn for development. Errors always have the shape
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -22,6 +23,7 @@ from sira import __version__, db, migrations
 from sira.config import Settings, get_settings
 from sira.errors import PayloadTooLarge, ServiceUnavailable, SiraError
 from sira.features import FeatureSet, get_feature_set
+from sira.auth import Identity, authenticate, authorize
 from sira.ingest import ingest_records, redactor_for
 from sira.pii import Redactor
 
@@ -70,6 +72,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.pool = await db.create_pool(db.resolve_dsn(settings), settings)
     app.state.redactor = redactor_for(settings)
+    app.state.pepper = settings.secret("auth_secret")
     app.state.feature_set = get_feature_set()
     try:
         yield
@@ -84,6 +87,29 @@ def get_pool(request: Request) -> asyncpg.Pool:
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 
+async def current_identity(
+    request: Request, pool: PoolDep, authorization: Annotated[str | None, Header()] = None
+) -> Identity:
+    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
+    key = None
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    async with pool.acquire() as conn:
+        identity = await authenticate(conn, key, pepper=request.app.state.pepper)
+    return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
+
+
+def require(action: str) -> Any:
+    """A dependency that admits only identities allowed to perform ``action`` (403 otherwise)."""
+
+    async def check(identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
+        authorize(identity, action)
+        return identity
+
+    return Depends(check)
+
+
 def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "details": details or {}}})
 
@@ -96,7 +122,8 @@ def events_router() -> APIRouter:
         responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
         summary="Ingest a batch of events",
     )
-    async def post_events(batch: EventsBatch, request: Request, pool: PoolDep) -> EventsResponse:
+    async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
+                          identity: Identity = require("events.write")) -> EventsResponse:
         settings: Settings = request.app.state.settings
         if len(batch.events) > settings.events_max_batch:
             raise PayloadTooLarge(
@@ -110,6 +137,129 @@ def events_router() -> APIRouter:
             accepted=summary.accepted, duplicates=summary.duplicates, rejected=summary.rejected,
             results=[EventResult(**r) for r in summary.results],
         )
+
+    return router
+
+
+class ModelCreate(BaseModel):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+    model_type: Literal["fraud_detection", "churn", "anomaly"] = "fraud_detection"
+    entity_type: str = "customer"
+    description: str | None = None
+    label_name: str | None = None
+    label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+    required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
+    decision_targets: dict[str, float] | None = None
+    promotion_policy: dict[str, Any] | None = None
+
+
+class ModelUpdate(BaseModel):
+    description: str | None = None
+    label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+    required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
+    decision_targets: dict[str, float] | None = None
+    promotion_policy: dict[str, Any] | None = None
+
+
+class Reason(BaseModel):
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class Comment(BaseModel):
+    comment: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class KeyCreate(BaseModel):
+    name: str
+    roles: list[str] = Field(..., min_length=1)
+
+
+def registry_router() -> APIRouter:
+    """Models, versions, promotion, approvals, rollback, history, audit and keys, each behind its role."""
+    from sira import registry
+    from sira.auth import create_key, list_keys, revoke_key
+
+    router = APIRouter(prefix="/v1", tags=["registry"])
+
+    async def unit(pool: asyncpg.Pool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async with db.transaction(pool) as conn:
+            return await fn(conn, *args, **kwargs)
+
+    @router.get("/models")
+    async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
+        return {"models": await unit(pool, registry.list_models, who)}
+
+    @router.post("/models", status_code=201)
+    async def models_create(body: ModelCreate, pool: PoolDep, who: Identity = require("models.write")) -> dict[str, Any]:
+        fields = body.model_dump(exclude={"name", "model_type", "entity_type"}, exclude_none=True)
+        return await unit(pool, registry.create_model, who, body.name, model_type=body.model_type,
+                          entity_type=body.entity_type, **fields)
+
+    @router.get("/models/{name}")
+    async def models_show(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
+        return await unit(pool, registry.show_model, who, name)
+
+    @router.patch("/models/{name}")
+    async def models_update(name: str, body: ModelUpdate, pool: PoolDep,
+                            who: Identity = require("models.settings")) -> dict[str, Any]:
+        return await unit(pool, registry.update_model, who, name, **body.model_dump(exclude_none=True))
+
+    @router.get("/models/{name}/versions/{version}")
+    async def versions_show(name: str, version: int, pool: PoolDep,
+                            who: Identity = require("models.read")) -> dict[str, Any]:
+        return await unit(pool, registry.show_version, who, name, version)
+
+    @router.get("/models/{name}/compare")
+    async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1)],
+                               b: Annotated[int, Query(ge=1)], who: Identity = require("models.read")) -> dict[str, Any]:
+        return await unit(pool, registry.compare_versions, who, name, a, b)
+
+    @router.post("/models/{name}/versions/{version}/promote", status_code=201)
+    async def promote(name: str, version: int, body: Reason, request: Request, pool: PoolDep,
+                      who: Identity = require("promotion.request")) -> dict[str, Any]:
+        return await unit(pool, registry.request_promotion, request.app.state.settings, who, name, version,
+                          body.reason)
+
+    @router.post("/models/{name}/versions/{version}/approve")
+    async def approve(name: str, version: int, body: Comment, pool: PoolDep,
+                      who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        return await unit(pool, registry.decide, who, name, version, "approve", body.comment)
+
+    @router.post("/models/{name}/versions/{version}/reject")
+    async def reject(name: str, version: int, body: Comment, pool: PoolDep,
+                     who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        return await unit(pool, registry.decide, who, name, version, "reject", body.comment)
+
+    @router.post("/models/{name}/rollback")
+    async def rollback(name: str, body: Reason, pool: PoolDep, who: Identity = require("rollback")) -> dict[str, Any]:
+        return await unit(pool, registry.rollback, who, name, body.reason or "")
+
+    @router.get("/models/{name}/history")
+    async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
+        return {"model": name, "history": await unit(pool, registry.production_history, name)}
+
+    @router.get("/audit")
+    async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,
+                        actor: str | None = None, action: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict[str, Any]:
+        return {"entries": await unit(pool, registry.read_audit, who, target=target, actor=actor, action=action,
+                                      limit=limit)}
+
+    @router.post("/keys", status_code=201)
+    async def keys_create(body: KeyCreate, request: Request, pool: PoolDep,
+                          who: Identity = require("keys.manage")) -> dict[str, Any]:
+        key, info = await unit(pool, create_key, name=body.name, roles=body.roles, pepper=request.app.state.pepper,
+                               creator=who)
+        return {"name": info["name"], "roles": info["roles"], "key": key}
+
+    @router.get("/keys")
+    async def keys_list(pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
+        return {"keys": await unit(pool, list_keys, who)}
+
+    @router.delete("/keys/{name}")
+    async def keys_revoke(name: str, pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
+        await unit(pool, revoke_key, who, name)
+        return {"revoked": name}
 
     return router
 
@@ -148,5 +298,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ready", version=__version__, checks={"database": "ok", "schema": "ok"})
 
     app.include_router(events_router())
+    app.include_router(registry_router())
     return app
 

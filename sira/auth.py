@@ -56,9 +56,10 @@ class Identity:
     name: str
     roles: frozenset[str]
     kind: str = "api_key"  # api_key | jwt | bootstrap
+    source_address: str | None = None  # where the call came from (HTTP), for the audit log
 
-    def actor(self, source_address: str | None = None) -> audit.Actor:
-        return audit.Actor(self.name, self.kind, source_address)
+    def actor(self) -> audit.Actor:
+        return audit.Actor(self.name, self.kind, self.source_address)
 
 
 def may(identity: Identity, action: str) -> bool:

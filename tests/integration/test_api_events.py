@@ -8,10 +8,17 @@ from sira.api import create_app
 
 @pytest.fixture
 async def client(clean_db, settings):
+    from sira import db
+    from sira.auth import create_key
+
+    async with db.transaction(clean_db) as conn:
+        key, _ = await create_key(conn, name="wallet", roles=["admin"], pepper=settings.secret("auth_secret"),
+                                  creator=None)
     app = create_app(settings.model_copy(update={"events_max_batch": 5}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sira") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://sira",
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
             yield c
 
 
@@ -42,6 +49,11 @@ async def test_bad_requests_get_stable_error_codes(client):
     assert "events" in r.json()["error"]["message"]
     r = await client.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_events_need_a_key(client):
+    r = await client.post("/v1/events", json={"events": [event(1)]}, headers={"Authorization": ""})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
 
 
 async def test_health_and_readiness(client):
