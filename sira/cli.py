@@ -927,6 +927,13 @@ def demo_cmd(
             if tr.get("search"):
                 _err.print(f"search: {tr['search']['completed']} trials, best validation AP "
                            f"{tr['search']['best_validation_ap']:.4f}")
+        if report.governance:
+            gov = report.governance
+            _err.print(_kv_table("Governance", {
+                "promotion": "requested by demo-dana, approved by demo-ann and demo-bob",
+                "production": f"fraud v{gov['production_version']}",
+                "demo keys": gov["keys_file"],
+            }))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

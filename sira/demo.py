@@ -4,7 +4,8 @@ Each stage of the pipeline adds its step here as it lands. Today: migrate
 the database, simulate weeks of payments with a fraud pattern that shifts
 near the end, ingest the events (Ray Data) and the labels, materialise the
 online snapshots, tune and train a fraud model from the feature store and
-register it as a candidate, and summarise what was written.
+register it as a candidate, create demo API keys, have a data scientist
+request promotion and two approvers approve it, and summarise what was written.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sira import db, migrations
+from sira.auth import authenticate, create_key
 from sira.config import Settings
 from sira.feature_store import materialize_all, read_snapshot
 from sira.features import get_feature_set
 from sira.feedback import import_label_files
 from sira.ingest import ingest_files
 from sira.ray_runtime import init_ray
+from sira.registry import decide, production_history, request_promotion
 from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
@@ -47,11 +50,13 @@ class DemoReport:
     snapshots: dict[str, Any] = field(default_factory=dict)
     example_features: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    governance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
-                "example_features": self.example_features, "training": self.training}
+                "example_features": self.example_features, "training": self.training,
+                "governance": self.governance}
 
 
 async def run_demo(
@@ -137,10 +142,58 @@ async def run_demo(
         report.training = {k: result[k] for k in ("model", "version", "run_id", "status", "metrics", "artifact",
                                                   "thresholds", "search")}
         step("tune_and_train", started, version=result["version"])
+
+        started = time.perf_counter()
+        progress("governance: demo keys; a data scientist requests promotion, two approvers approve")
+        report.governance = await promote_with_demo_approvers(conn, settings, "fraud", result["version"])
+        step("promote", started, production=result["version"])
         report.tables = await table_counts(conn)
     finally:
         await conn.close()
     return report
+
+
+DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
+             "demo-bob": ["approver"], "demo-oli": ["operator"]}
+
+
+async def demo_keys(conn: Any, settings: Settings) -> dict[str, str]:
+    """The demo's API keys: created on the first run (bootstrap admin first), kept in the workspace (0600)."""
+    import json
+    import os
+
+    path = settings.workspace / "secrets" / "demo_keys.json"
+    keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    pepper = settings.secret("auth_secret")
+    admin = None
+    for name, roles in DEMO_KEYS.items():
+        if name in keys:
+            continue
+        if name != "demo-admin" and admin is None:
+            admin = await authenticate(conn, keys["demo-admin"], pepper=pepper)
+        async with conn.transaction():
+            keys[name], _ = await create_key(conn, name=name, roles=roles, pepper=pepper, creator=admin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(keys, handle)
+    return keys
+
+
+async def promote_with_demo_approvers(conn: Any, settings: Settings, model: str, version: int) -> dict[str, Any]:
+    """sira promote as demo-dana, then sira approve as demo-ann and demo-bob: the version reaches production."""
+    keys = await demo_keys(conn, settings)
+    pepper = settings.secret("auth_secret")
+    who = {name: await authenticate(conn, key, pepper=pepper) for name, key in keys.items()}
+    async with conn.transaction():
+        request = await request_promotion(conn, settings, who["demo-dana"], model, version, "demo: first model")
+    decisions = []
+    for approver in ("demo-ann", "demo-bob"):
+        async with conn.transaction():
+            decisions.append(await decide(conn, who[approver], model, version, "approve", "demo approval"))
+    return {"request": request, "decisions": decisions, "production_version": version,
+            "history": await production_history(conn, model),
+            "keys_file": str(settings.workspace / "secrets" / "demo_keys.json")}
 
 
 async def table_counts(conn: Any) -> dict[str, int]:

@@ -31,3 +31,6 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     training = report["training"]
     assert training["version"] == 1 and training["status"] == "candidate" and training["search"]["completed"] == 8
     assert training["metrics"]["test"]["roc_auc"] > 0.6  # a tiny demo; model quality is tested elsewhere
+    governance = report["governance"]
+    assert [d["outcome"] for d in governance["decisions"]] == ["pending", "approved"]
+    assert governance["history"][-1]["to"] == 1 and governance["history"][-1]["actor"] == "demo-bob"
