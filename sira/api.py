@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from sira import __version__, db, migrations
@@ -208,6 +208,15 @@ def registry_router() -> APIRouter:
     async def versions_show(name: str, version: int, pool: PoolDep,
                             who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.show_version, who, name, version)
+
+    @router.get("/models/{name}/versions/{version}/card", response_class=HTMLResponse)
+    async def versions_card(name: str, version: int, request: Request, pool: PoolDep,
+                            format: Annotated[Literal["md", "html"], Query()] = "html",  # noqa: A002
+                            who: Identity = require("models.read")) -> Any:
+        from sira.model_card import render_card
+
+        text = await unit(pool, render_card, request.app.state.settings, who, name, version, format)
+        return HTMLResponse(text) if format == "html" else PlainTextResponse(text, media_type="text/markdown")
 
     @router.get("/models/{name}/compare")
     async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1)],

@@ -132,6 +132,7 @@ class LoadedArtifact:
     ref: ArtifactRef
     manifest: dict[str, Any]
     model_text: str
+    files: dict[str, bytes]  # every file of the artifact, each verified
 
 
 def save_artifact(settings: Settings, key: str, files: dict[str, bytes], manifest: dict[str, Any]) -> ArtifactRef:
@@ -163,4 +164,4 @@ def load_artifact(settings: Settings, ref: ArtifactRef) -> LoadedArtifact:
         contents[name] = data
     if MODEL_FILE not in contents:
         raise ArtifactTampered(f"{ref.uri} has no {MODEL_FILE}", details={"uri": ref.uri})
-    return LoadedArtifact(ref, manifest, contents[MODEL_FILE].decode("utf-8"))
+    return LoadedArtifact(ref, manifest, contents[MODEL_FILE].decode("utf-8"), contents)

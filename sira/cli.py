@@ -750,6 +750,24 @@ def versions_compare_cmd(model: ModelOption, a: Annotated[int, typer.Argument(he
     _emit(result, as_json, render)
 
 
+@versions_app.command("card")
+def versions_card_cmd(
+    model: ModelOption, version: VersionOption,
+    fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The version's model card (Markdown or self-contained HTML)."""
+    from sira.model_card import render_card
+
+    text = _governed(lambda conn, who: render_card(conn, get_settings(), who, model, version, fmt), api_key)
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        _err.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
 @app.command("audit")
 def audit_cmd(
     target: Annotated[str | None, typer.Option("--target", help="A target id, e.g. fraud or fraud:v3.")] = None,
