@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -185,6 +185,12 @@ def registry_router() -> APIRouter:
         async with db.transaction(pool) as conn:
             return await fn(conn, *args, **kwargs)
 
+    def announce(background: BackgroundTasks, request: Request) -> None:
+        """Deliver webhooks after the response (failures are retried by `sira webhooks deliver`)."""
+        from sira import webhooks
+
+        background.add_task(webhooks.deliver_due, request.app.state.pool, request.app.state.settings)
+
     @router.get("/models")
     async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         return {"models": await unit(pool, registry.list_models, who)}
@@ -225,23 +231,32 @@ def registry_router() -> APIRouter:
 
     @router.post("/models/{name}/versions/{version}/promote", status_code=201)
     async def promote(name: str, version: int, body: Reason, request: Request, pool: PoolDep,
-                      who: Identity = require("promotion.request")) -> dict[str, Any]:
-        return await unit(pool, registry.request_promotion, request.app.state.settings, who, name, version,
-                          body.reason)
+                      background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
+        result = await unit(pool, registry.request_promotion, request.app.state.settings, who, name, version,
+                            body.reason)
+        announce(background, request)
+        return result
 
     @router.post("/models/{name}/versions/{version}/approve")
-    async def approve(name: str, version: int, body: Comment, pool: PoolDep,
-                      who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        return await unit(pool, registry.decide, who, name, version, "approve", body.comment)
+    async def approve(name: str, version: int, body: Comment, request: Request, pool: PoolDep,
+                      background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        result = await unit(pool, registry.decide, who, name, version, "approve", body.comment)
+        announce(background, request)
+        return result
 
     @router.post("/models/{name}/versions/{version}/reject")
-    async def reject(name: str, version: int, body: Comment, pool: PoolDep,
-                     who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        return await unit(pool, registry.decide, who, name, version, "reject", body.comment)
+    async def reject(name: str, version: int, body: Comment, request: Request, pool: PoolDep,
+                     background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        result = await unit(pool, registry.decide, who, name, version, "reject", body.comment)
+        announce(background, request)
+        return result
 
     @router.post("/models/{name}/rollback")
-    async def rollback(name: str, body: Reason, pool: PoolDep, who: Identity = require("rollback")) -> dict[str, Any]:
-        return await unit(pool, registry.rollback, who, name, body.reason or "")
+    async def rollback(name: str, body: Reason, request: Request, pool: PoolDep, background: BackgroundTasks,
+                       who: Identity = require("rollback")) -> dict[str, Any]:
+        result = await unit(pool, registry.rollback, who, name, body.reason or "")
+        announce(background, request)
+        return result
 
     @router.get("/models/{name}/history")
     async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:

@@ -43,6 +43,8 @@ features_app = typer.Typer(help="Feature sets, snapshots and point-in-time value
 app.add_typer(features_app, name="features")
 feedback_app = typer.Typer(help="Labels: chargebacks, reviews, outcomes.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+webhooks_app = typer.Typer(help="Signed webhooks of registry events.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 keys_app = typer.Typer(help="API keys and their roles (shown once at creation).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(help="Models: create, list, show, change settings.", no_args_is_help=True)
@@ -530,9 +532,9 @@ app.command("tune")(tune_cmd)
 # -- governance --------------------------------------------------------------------
 
 
-def _governed(action: Callable[..., Any], api_key: str | None, *args: Any) -> Any:
-    """Run one registry operation as the key's owner, in one transaction."""
-    from sira import db
+def _governed(action: Callable[..., Any], api_key: str | None, *args: Any, notify: bool = False) -> Any:
+    """Run one registry operation as the key's owner, in one transaction (then deliver its webhooks)."""
+    from sira import db, webhooks
 
     settings = get_settings()
 
@@ -540,7 +542,10 @@ def _governed(action: Callable[..., Any], api_key: str | None, *args: Any) -> An
         async with db.open_pool(settings) as pool:
             async with db.transaction(pool) as conn:
                 identity = await _acting(conn, api_key)
-                return await action(conn, identity, *args)
+                result = await action(conn, identity, *args)
+            if notify:  # after the commit; failures are retried by `sira webhooks deliver`
+                await webhooks.deliver_due(pool, settings)
+            return result
 
     return asyncio.run(run())
 
@@ -557,7 +562,8 @@ def promote_cmd(model: ModelOption, version: VersionOption,
     """Request production for a version (validates a candidate first); approvals complete it."""
     from sira.registry import request_promotion
 
-    result = _governed(lambda conn, who: request_promotion(conn, get_settings(), who, model, version, reason), api_key)
+    result = _governed(lambda conn, who: request_promotion(conn, get_settings(), who, model, version, reason), api_key,
+                       notify=True)
     _emit(result, as_json, lambda: _err.print(
         f"{model} v{version}: promotion request {result['request_id']} {result['status']}"
         + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")))
@@ -566,7 +572,7 @@ def promote_cmd(model: ModelOption, version: VersionOption,
 def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool) -> None:
     from sira.registry import decide
 
-    result = _governed(lambda conn, who: decide(conn, who, model, version, decision, comment), api_key)
+    result = _governed(lambda conn, who: decide(conn, who, model, version, decision, comment), api_key, notify=True)
     _emit(result, as_json, lambda: _err.print(
         f"{model} v{version}: {decision} recorded; request {result['outcome']} "
         f"({result['approvals']}/{result['required_approvals']} approvals)"))
@@ -593,7 +599,7 @@ def rollback_cmd(model: ModelOption,
     """Make the previous production version production again, in one step."""
     from sira.registry import rollback
 
-    result = _governed(lambda conn, who: rollback(conn, who, model, reason), api_key)
+    result = _governed(lambda conn, who: rollback(conn, who, model, reason), api_key, notify=True)
     _emit(result, as_json, lambda: _err.print(
         f"{model}: v{result['production']} is production again, v{result['archived']} archived"))
 
@@ -766,6 +772,21 @@ def versions_card_cmd(
         _err.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
+
+
+@webhooks_app.command("deliver")
+def webhooks_deliver_cmd(as_json: JsonOption = False) -> None:
+    """Deliver pending webhook events now (retries; run it from cron or a scheduler)."""
+    from sira import db, webhooks
+
+    settings = get_settings()
+
+    async def run() -> dict[str, int]:
+        async with db.open_pool(settings) as pool:
+            return await webhooks.deliver_due(pool, settings)
+
+    counts = asyncio.run(run())
+    _emit(counts, as_json, lambda: _err.print(", ".join(f"{k} {v}" for k, v in counts.items())))
 
 
 @app.command("audit")

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sira.errors import ConfigError
 
-SECRET_NAMES = ("pii_key", "auth_secret")
+SECRET_NAMES = ("pii_key", "auth_secret", "webhook_secret")
 
 
 class Settings(BaseSettings):
@@ -83,9 +83,16 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
     api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
+    webhook_urls: str | None = Field(
+        default=None, description="Comma-separated URLs told of promotion requests, decisions and production changes."
+    )
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC key that signs webhook bodies.")
+    webhook_secret_file: Path | None = Field(default=None, description="File holding the webhook key.")
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
 
-    @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file")
+    @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Ray workers run in other folders: every path a worker may receive is absolute.
@@ -123,6 +130,14 @@ class Settings(BaseSettings):
         if self.ray_address is None and os.environ.get("RAY_ADDRESS"):
             self.ray_address = os.environ["RAY_ADDRESS"]
         return self
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        urls = [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"SIRA_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        return urls
 
     # -- derived locations -------------------------------------------------
 

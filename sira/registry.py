@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from sira import audit
+from sira import audit, webhooks
 from sira.artifacts import ArtifactRef
 from sira.errors import Conflict, InvalidInput, NotFound
 
@@ -181,10 +181,10 @@ async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model
         await _set_status(conn, target["id"], "production")
     except asyncpg.UniqueViolationError:
         raise Conflict(f"{model_name}: another production change won the race; try again") from None
-    await audit.record(conn, actor, "production.change", target_type="model", target_id=model_name, details={
-        "from": current["version"] if current else None, "to": target["version"], "via": via, "reason": reason,
-        **(extra or {}),
-    })
+    change = {"from": current["version"] if current else None, "to": target["version"], "via": via, "reason": reason,
+              **(extra or {})}
+    await audit.record(conn, actor, "production.change", target_type="model", target_id=model_name, details=change)
+    await webhooks.enqueue(conn, "production.change", {"model": model_name, "actor": actor.name, **change})
     return current["version"] if current else None
 
 
@@ -216,6 +216,9 @@ async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: A
     await audit.record(conn, identity.actor(), "promotion.request", target_type="model_version",
                        target_id=f"{model_name}:v{version}",
                        details={"request_id": request_id, "required_approvals": row["required_approvals"]})
+    await webhooks.enqueue(conn, "promotion.request", {
+        "model": model_name, "version": version, "request_id": request_id, "requested_by": identity.name,
+        "reason": reason, "required_approvals": row["required_approvals"]})
     status = "pending"
     if row["required_approvals"] == 0:  # the only way a policy promotes on its own
         policy = audit.Actor(f"policy:{model_name}", "policy")
@@ -268,6 +271,9 @@ async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, versi
     await audit.record(conn, identity.actor(), f"promotion.{decision}", target_type="model_version",
                        target_id=f"{model_name}:v{version}",
                        details={"request_id": request["id"], "comment": comment, "outcome": outcome})
+    await webhooks.enqueue(conn, f"promotion.{decision}", {
+        "model": model_name, "version": version, "request_id": request["id"], "by": identity.name,
+        "comment": comment, "outcome": outcome})
     previous_version = None
     if outcome == "approved":
         previous_version = await _change_production(

@@ -1,0 +1,103 @@
+"""Registry events to chat and on-call tools: signed webhooks, delivered at least once.
+
+Promotion requests, approvals, rejections and every change of the production
+version are written to ``sira_webhook_outbox`` in the transaction that makes
+the change, so an event is announced exactly when the change commits. After
+the commit, :func:`deliver_due` POSTs each event to every URL of
+``SIRA_WEBHOOK_URLS``, signed with ``SIRA_WEBHOOK_SECRET``:
+
+    X-SIRA-Event: production.change
+    X-SIRA-Delivery: <outbox id>          (receivers deduplicate on it)
+    X-SIRA-Timestamp: <unix seconds>
+    X-SIRA-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+
+A failed delivery is retried with exponential backoff (2, 4, 8 ... seconds,
+at most an hour apart) up to ``SIRA_WEBHOOK_MAX_ATTEMPTS`` times; URLs that
+already accepted an event are not called again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import asyncpg
+
+EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change")
+
+
+async def enqueue(conn: asyncpg.Connection, event: str, payload: dict[str, Any]) -> None:
+    """Announce a registry event (call inside the transaction that makes the change)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}")
+    await conn.execute("INSERT INTO sira_webhook_outbox (event, payload) VALUES ($1, $2)", event,
+                       {"event": event, **payload})
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, *, tolerance_s: float = 300) -> bool:
+    """What a receiver does: check the signature and that the timestamp is recent."""
+    if abs(time.time() - float(timestamp)) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def backoff_seconds(attempts: int) -> float:
+    return float(min(2 ** max(attempts, 1), 3600))
+
+
+async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) -> dict[str, int]:
+    """Deliver the events that are due; returns counts of delivered, retried and failed events."""
+    import httpx
+
+    urls = settings.webhook_url_list
+    counts = {"delivered": 0, "retried": 0, "failed": 0}
+    if not urls:
+        return counts
+    secret = settings.secret("webhook_secret")
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT id, event, payload, attempts, delivered_to FROM sira_webhook_outbox
+                WHERE status = 'pending' AND next_attempt_at <= now()
+                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            limit,
+        )
+        async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as client:
+            for row in rows:
+                body = json.dumps(row["payload"], sort_keys=True, separators=(",", ":")).encode("utf-8")
+                delivered, errors = list(row["delivered_to"]), []
+                for url in urls:
+                    if url in delivered:
+                        continue
+                    timestamp = str(int(time.time()))
+                    headers = {"Content-Type": "application/json", "X-SIRA-Event": row["event"],
+                               "X-SIRA-Delivery": str(row["id"]), "X-SIRA-Timestamp": timestamp,
+                               "X-SIRA-Signature": sign(secret, timestamp, body)}
+                    try:
+                        response = await client.post(url, content=body, headers=headers)
+                        if 200 <= response.status_code < 300:
+                            delivered.append(url)
+                        else:
+                            errors.append(f"{url}: HTTP {response.status_code}")
+                    except httpx.HTTPError as exc:
+                        errors.append(f"{url}: {type(exc).__name__}")
+                attempts = row["attempts"] + 1
+                if not errors:
+                    status, counts["delivered"] = "delivered", counts["delivered"] + 1
+                elif attempts >= settings.webhook_max_attempts:
+                    status, counts["failed"] = "failed", counts["failed"] + 1
+                else:
+                    status, counts["retried"] = "pending", counts["retried"] + 1
+                await conn.execute(
+                    """UPDATE sira_webhook_outbox SET status = $2, attempts = $3, delivered_to = $4, last_error = $5,
+                              next_attempt_at = now() + make_interval(secs => $6) WHERE id = $1""",
+                    row["id"], status, attempts, delivered, "; ".join(errors) or None, backoff_seconds(attempts),
+                )
+    return counts

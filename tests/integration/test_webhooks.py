@@ -1,0 +1,106 @@
+"""Signed webhooks of registry events, delivered to a local receiver, retried when it fails."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from sira import webhooks
+from sira.registry import decide, request_promotion, rollback
+
+from test_governance import ANN, BOB, DANA, OLI, make_version, run  # noqa: F401  (shared helpers)
+
+SECRET = "hook-secret"
+
+
+class Receiver:
+    """A local HTTP endpoint that records signed deliveries; it can be told to fail the next N."""
+
+    def __init__(self):
+        self.received, self.fail_next = [], 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail_next > 0:
+                    outer.fail_next -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.received.append({"headers": dict(self.headers), "body": body})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+async def test_every_registry_event_is_delivered_signed(clean_db, settings, receiver):
+    hooked = settings.model_copy(update={"webhook_urls": receiver.url})
+    hooked = hooked.model_copy(update={"webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    for v in (1, 2):
+        await make_version(clean_db, settings, v)
+        await run(clean_db, request_promotion, settings, DANA, "fraud", v)
+        await run(clean_db, decide, ANN, "fraud", v, "approve")
+        await run(clean_db, decide, BOB, "fraud", v, "approve")
+    await run(clean_db, rollback, OLI, "fraud", "bad day")
+    counts = await webhooks.deliver_due(clean_db, hooked)
+    assert counts == {"delivered": 9, "retried": 0, "failed": 0}
+    events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]
+    assert events == ["promotion.request", "promotion.approve", "promotion.approve", "production.change"] * 2 + [
+        "production.change"]
+    for r in receiver.received:
+        h = r["headers"]
+        assert webhooks.verify(SECRET, h["X-SIRA-Timestamp"], r["body"], h["X-SIRA-Signature"])
+        assert not webhooks.verify("wrong", h["X-SIRA-Timestamp"], r["body"], h["X-SIRA-Signature"])
+    last = json.loads(receiver.received[-1]["body"])
+    assert last == {"event": "production.change", "model": "fraud", "actor": "oli", "from": 2, "to": 1,
+                    "via": "rollback", "reason": "bad day"}
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 0, "retried": 0, "failed": 0}
+
+
+async def test_failed_deliveries_are_retried_with_backoff_then_given_up(clean_db, settings, receiver):
+    hooked = settings.model_copy(update={"webhook_urls": receiver.url, "webhook_max_attempts": 3,
+                                         "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    await make_version(clean_db, settings, 1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    receiver.fail_next = 1
+    assert (await webhooks.deliver_due(clean_db, hooked))["retried"] == 1
+    row = await clean_db.fetchrow("SELECT attempts, status, last_error, next_attempt_at - now() AS wait"
+                                  " FROM sira_webhook_outbox")
+    assert row["attempts"] == 1 and row["status"] == "pending" and "HTTP 503" in row["last_error"]
+    assert row["wait"].total_seconds() > 1  # backoff: not due yet
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 0, "retried": 0, "failed": 0}
+    await clean_db.execute("UPDATE sira_webhook_outbox SET next_attempt_at = now()")
+    assert (await webhooks.deliver_due(clean_db, hooked))["delivered"] == 1
+    assert len(receiver.received) == 1
+
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    receiver.fail_next = 10
+    for _ in range(3):
+        await clean_db.execute("UPDATE sira_webhook_outbox SET next_attempt_at = now() WHERE status = 'pending'")
+        await webhooks.deliver_due(clean_db, hooked)
+    assert await clean_db.fetchval("SELECT status FROM sira_webhook_outbox ORDER BY id DESC LIMIT 1") == "failed"
+
+
+def test_backoff_grows_and_is_capped():
+    assert [webhooks.backoff_seconds(a) for a in (1, 2, 3)] == [2, 4, 8]
+    assert webhooks.backoff_seconds(40) == 3600
+
+
