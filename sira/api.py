@@ -23,7 +23,7 @@ from sira import __version__, db, migrations
 from sira.config import Settings, get_settings
 from sira.errors import PayloadTooLarge, ServiceUnavailable, SiraError
 from sira.features import FeatureSet, get_feature_set
-from sira.auth import Identity, authenticate, authorize
+from sira.auth import Identity, JwtConfig, authenticate, authorize
 from sira.ingest import ingest_records, redactor_for
 from sira.pii import Redactor
 
@@ -73,6 +73,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.pool = await db.create_pool(db.resolve_dsn(settings), settings)
     app.state.redactor = redactor_for(settings)
     app.state.pepper = settings.secret("auth_secret")
+    app.state.jwt_config = JwtConfig.from_settings(settings)
     app.state.feature_set = get_feature_set()
     try:
         yield
@@ -96,7 +97,8 @@ async def current_identity(
         scheme, _, token = authorization.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else None
     async with pool.acquire() as conn:
-        identity = await authenticate(conn, key, pepper=request.app.state.pepper)
+        identity = await authenticate(conn, key, pepper=request.app.state.pepper,
+                                      jwt_config=request.app.state.jwt_config)
     return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
 
 

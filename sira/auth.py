@@ -125,10 +125,78 @@ async def create_key(
                  "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None}
 
 
-async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str) -> Identity:
-    """The identity behind a key; 401 (:class:`Unauthenticated`) for a missing, unknown, revoked or expired key."""
+@dataclass(frozen=True)
+class JwtConfig:
+    """How to trust the company's identity service: issuer, audience, signing keys, the roles claim."""
+
+    issuer: str
+    audience: str
+    keys: tuple[Any, ...]  # public keys
+    roles_claim: str = "roles"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "JwtConfig | None":
+        if not settings.jwt_issuer:
+            return None
+        import json
+
+        import jwt
+        from jwt.algorithms import get_default_algorithms
+
+        from sira.errors import ConfigError
+
+        if not settings.jwt_audience or not (settings.jwt_public_key_file or settings.jwt_jwks_file):
+            raise ConfigError("SIRA_JWT_ISSUER needs SIRA_JWT_AUDIENCE and SIRA_JWT_PUBLIC_KEY_FILE or SIRA_JWT_JWKS_FILE")
+        keys: list[Any] = []
+        try:
+            if settings.jwt_public_key_file:
+                from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+                keys.append(load_pem_public_key(settings.jwt_public_key_file.read_bytes()))
+            if settings.jwt_jwks_file:
+                for jwk in json.loads(settings.jwt_jwks_file.read_text())["keys"]:
+                    keys.append(jwt.PyJWK(jwk).key)
+        except (OSError, ValueError, KeyError, jwt.PyJWTError) as exc:
+            raise ConfigError(f"cannot read the JWT signing keys: {exc}") from None
+        algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
+        unknown = set(algorithms) - set(get_default_algorithms())
+        if unknown or "none" in {a.lower() for a in algorithms}:
+            raise ConfigError(f"SIRA_JWT_ALGORITHMS: unsupported {', '.join(sorted(unknown)) or 'none'}")
+        return cls(settings.jwt_issuer, settings.jwt_audience, tuple(keys), settings.jwt_roles_claim, algorithms)
+
+
+def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
+    """The identity of a verified JWT: ``sub`` as the name, SIRA roles from the roles claim."""
+    import jwt
+
+    last: Exception | None = None
+    for key in config.keys:
+        try:
+            claims = jwt.decode(token, key=key, algorithms=list(config.algorithms), audience=config.audience,
+                                issuer=config.issuer, options={"require": ["exp", "iss", "aud", "sub"]})
+            break
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except jwt.PyJWTError as exc:
+            last = exc
+    else:
+        raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
+    raw = claims.get(config.roles_claim) or []
+    roles = frozenset(r for r in ([raw] if isinstance(raw, str) else raw) if r in ROLES)
+    if not roles:
+        raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
+    return Identity(f"jwt:{claims['sub']}", roles, "jwt")
+
+
+async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str,
+                       jwt_config: JwtConfig | None = None) -> Identity:
+    """The identity behind a key or a JWT; 401 (:class:`Unauthenticated`) for missing, unknown, revoked or
+    expired credentials."""
     if not key:
         raise Unauthenticated("missing credentials: send an API key (Authorization: Bearer ..., or SIRA_API_KEY)")
+    if jwt_config is not None and key.count(".") == 2 and not key.startswith("sira_"):
+        return identity_from_jwt(key.strip(), jwt_config)
     match = _KEY.match(key.strip())
     if match is None:
         raise Unauthenticated("invalid API key")

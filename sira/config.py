@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
     api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
+    jwt_issuer: str | None = Field(default=None, description="Accept JWT bearer tokens from this issuer (iss).")
+    jwt_audience: str | None = Field(default=None, description="The audience (aud) JWTs must name.")
+    jwt_public_key_file: Path | None = Field(default=None, description="PEM public key that signs the JWTs.")
+    jwt_jwks_file: Path | None = Field(default=None, description="JWKS file with the keys that sign the JWTs.")
+    jwt_roles_claim: str = Field(default="roles", description="The claim that lists a token's SIRA roles.")
+    jwt_algorithms: str = Field(default="RS256,ES256", description="Accepted JWT signature algorithms.")
     webhook_urls: str | None = Field(
         default=None, description="Comma-separated URLs told of promotion requests, decisions and production changes."
     )
@@ -92,7 +98,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
 
-    @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file")
+    @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file",
+                     "jwt_public_key_file", "jwt_jwks_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Ray workers run in other folders: every path a worker may receive is absolute.

@@ -1,0 +1,65 @@
+"""JWT bearer tokens from the company's identity service, mapped to SIRA roles."""
+
+import json
+import time
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sira.api import create_app
+from sira.auth import JwtConfig, identity_from_jwt
+from sira.errors import Unauthenticated
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, pem
+
+
+def token(private, **claims):
+    base = {"iss": "https://id.molam.test", "aud": "sira", "sub": "amina", "exp": int(time.time()) + 300,
+            "roles": ["approver", "unknown-role"]}
+    return jwt.encode({**base, **claims}, private, algorithm="RS256")
+
+
+@pytest.fixture
+def jwt_settings(settings, keypair, tmp_path):
+    (tmp_path / "id.pem").write_bytes(keypair[1])
+    return settings.model_copy(update={"jwt_issuer": "https://id.molam.test", "jwt_audience": "sira",
+                                       "jwt_public_key_file": tmp_path / "id.pem"})
+
+
+def test_tokens_map_to_roles_and_bad_ones_are_refused(jwt_settings, keypair):
+    private, _ = keypair
+    config = JwtConfig.from_settings(jwt_settings)
+    who = identity_from_jwt(token(private), config)
+    assert who.name == "jwt:amina" and who.roles == {"approver"} and who.kind == "jwt"
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for bad, message in ((token(private, aud="elsewhere"), "invalid token"),
+                         (token(private, iss="https://evil.test"), "invalid token"),
+                         (token(private, exp=int(time.time()) - 10), "expired"),
+                         (token(other), "invalid token"),
+                         (token(private, roles=["superuser"]), "no SIRA role"),
+                         (jwt.encode({"iss": "https://id.molam.test", "aud": "sira", "sub": "x", "roles": ["admin"],
+                                      "exp": int(time.time()) + 60}, "an-hmac-secret-that-is-long-enough-32b", algorithm="HS256"), "invalid token")):
+        with pytest.raises(Unauthenticated, match=message):
+            identity_from_jwt(bad, config)
+
+
+async def test_jwt_over_http(clean_db, jwt_settings, keypair):
+    app = create_app(jwt_settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            ok = await client.get("/v1/models", headers={"Authorization": f"Bearer {token(keypair[0])}"})
+            assert ok.status_code == 200 and ok.json() == {"models": []}
+            denied = await client.get("/v1/audit", headers={"Authorization": f"Bearer {token(keypair[0])}"})
+            assert denied.status_code == 403
+            expired = await client.get("/v1/models", headers={
+                "Authorization": f"Bearer {token(keypair[0], exp=int(time.time()) - 5)}"})
+            assert expired.status_code == 401 and json.loads(expired.text)["error"]["code"] == "unauthenticated"
