@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from sira import __version__, db, migrations
 from sira.config import Settings, get_settings
-from sira.errors import PayloadTooLarge, ServiceUnavailable, SiraError
+from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError
 from sira.features import FeatureSet, get_feature_set
 from sira.auth import Identity, JwtConfig, authenticate, authorize
 from sira.ingest import ingest_records, redactor_for
@@ -105,8 +105,14 @@ async def current_identity(
 def require(action: str) -> Any:
     """A dependency that admits only identities allowed to perform ``action`` (403 otherwise)."""
 
-    async def check(identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
-        authorize(identity, action)
+    async def check(request: Request, identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
+        try:
+            authorize(identity, action)
+        except PermissionDenied as exc:
+            from sira import audit
+
+            await audit.record_denied(request.app.state.pool, identity.actor(), action, exc.message)
+            raise
         return identity
 
     return Depends(check)

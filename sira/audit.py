@@ -40,3 +40,9 @@ async def record(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         actor.name, actor.kind, action, target_type, target_id, actor.source_address, outcome, details or {},
     )
+
+
+async def record_denied(pool: asyncpg.Pool, actor: Actor, action: str, message: str) -> None:
+    """Record a refused attempt in a transaction of its own (the refused one rolls back)."""
+    async with pool.acquire() as conn:
+        await record(conn, actor, action, outcome="denied", details={"reason": message})

@@ -539,10 +539,18 @@ def _governed(action: Callable[..., Any], api_key: str | None, *args: Any, notif
     settings = get_settings()
 
     async def run() -> Any:
+        from sira import audit
+        from sira.errors import PermissionDenied
+
         async with db.open_pool(settings) as pool:
-            async with db.transaction(pool) as conn:
+            async with pool.acquire() as conn:
                 identity = await _acting(conn, api_key)
-                result = await action(conn, identity, *args)
+            try:
+                async with db.transaction(pool) as conn:
+                    result = await action(conn, identity, *args)
+            except PermissionDenied as exc:
+                await audit.record_denied(pool, identity.actor(), exc.details.get("action", "cli"), exc.message)
+                raise
             if notify:  # after the commit; failures are retried by `sira webhooks deliver`
                 await webhooks.deliver_due(pool, settings)
             return result

@@ -67,6 +67,10 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path):
     assert code == 2 and "error: forbidden:" in err
     code, out, _ = sira(as_("oli"), "rollback", "--model", "fraud", "--reason", "v2 misbehaves", "--json")
     assert code == 0 and json.loads(out)["production"] == 1
+    code, out, _ = sira(as_("ann"), "versions", "compare", "--model", "fraud", "1", "2", "--json")
+    compared = json.loads(out)
+    assert code == 0 and {"window": "test", "metric": "average_precision"}.items() <= next(
+        r for r in compared["metrics"] if r["window"] == "test" and r["metric"] == "average_precision").items()
     code, out, _ = sira(as_("ann"), "history", "--model", "fraud", "--json")
     assert [(h["from"], h["to"]) for h in json.loads(out)["history"]] == [(None, 1), (1, 2), (2, 1)]
     code, _, err = sira(env, "history", "--model", "fraud")
@@ -100,3 +104,6 @@ def test_models_versions_and_audit_commands(create_database, tmp_path):
     assert [e["action"] for e in json.loads(out)["entries"]] == ["model.update", "model.create"]
     code, _, err = sira(ds, "audit")
     assert code == 2 and "error: forbidden:" in err
+    code, out, _ = sira(root, "audit", "--actor", "dana", "--json")
+    denied = [e for e in json.loads(out)["entries"] if e["outcome"] == "denied"]
+    assert [e["action"] for e in denied] == ["audit.read", "models.settings"]  # refusals are audited too

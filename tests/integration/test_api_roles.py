@@ -86,3 +86,14 @@ async def test_http_changes_are_audited_with_the_source_address(app_and_keys, cl
     assert r.status_code == 201
     row = await clean_db.fetchrow("SELECT actor, source_address FROM sira_audit_log WHERE action = 'model.create'")
     assert row["actor"] == "as-data_scientist" and row["source_address"] == "127.0.0.1"
+
+
+async def test_refused_attempts_are_audited(app_and_keys, clean_db):
+    client, keys = app_and_keys
+    r = await client.post("/v1/models/fraud/rollback", json={"reason": "x"},
+                          headers={"Authorization": f"Bearer {keys['viewer']}"})
+    assert r.status_code == 403
+    row = await clean_db.fetchrow("SELECT actor, action, outcome, source_address FROM sira_audit_log"
+                                  " WHERE outcome = 'denied'")
+    assert (row["actor"], row["action"], row["outcome"], row["source_address"]) == (
+        "as-viewer", "rollback", "denied", "127.0.0.1")
