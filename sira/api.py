@@ -245,17 +245,12 @@ def registry_router() -> APIRouter:
         announce(background, request)
         return result
 
-    @router.post("/models/{name}/versions/{version}/approve")
-    async def approve(name: str, version: int, body: Comment, request: Request, pool: PoolDep,
-                      background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        result = await unit(pool, registry.decide, who, name, version, "approve", body.comment)
-        announce(background, request)
-        return result
-
-    @router.post("/models/{name}/versions/{version}/reject")
-    async def reject(name: str, version: int, body: Comment, request: Request, pool: PoolDep,
-                     background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        result = await unit(pool, registry.decide, who, name, version, "reject", body.comment)
+    @router.post("/models/{name}/versions/{version}/{decision}")
+    async def decide(name: str, version: int, decision: Literal["approve", "reject"], body: Comment, request: Request,
+                     pool: PoolDep, background: BackgroundTasks,
+                     who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        """Approve or reject the version's pending promotion request."""
+        result = await unit(pool, registry.decide, who, name, version, decision, body.comment)
         announce(background, request)
         return result
 

@@ -37,20 +37,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-db_app = typer.Typer(help="Manage the database: migrations and the embedded server.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-features_app = typer.Typer(help="Feature sets, snapshots and point-in-time values.", no_args_is_help=True)
-app.add_typer(features_app, name="features")
-feedback_app = typer.Typer(help="Labels: chargebacks, reviews, outcomes.", no_args_is_help=True)
-app.add_typer(feedback_app, name="feedback")
-webhooks_app = typer.Typer(help="Signed webhooks of registry events.", no_args_is_help=True)
-app.add_typer(webhooks_app, name="webhooks")
-keys_app = typer.Typer(help="API keys and their roles (shown once at creation).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-models_app = typer.Typer(help="Models: create, list, show, change settings.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-versions_app = typer.Typer(help="Model versions: show one, compare two.", no_args_is_help=True)
-app.add_typer(versions_app, name="versions")
+
+
+def _group(name: str, help_text: str) -> typer.Typer:
+    """A `sira <noun> <verb>` command group."""
+    group = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+db_app = _group("db", "Manage the database: migrations and the embedded server.")
+features_app = _group("features", "Feature sets, snapshots and point-in-time values.")
+feedback_app = _group("feedback", "Labels: chargebacks, reviews, outcomes.")
+webhooks_app = _group("webhooks", "Signed webhooks of registry events.")
+keys_app = _group("keys", "API keys and their roles (shown once at creation).")
+models_app = _group("models", "Models: create, list, show, change settings.")
+versions_app = _group("versions", "Model versions: show one, compare two, model cards.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 ApiKeyOption = Annotated[
