@@ -436,6 +436,20 @@ def features_show_cmd(
 # -- training ------------------------------------------------------------------
 
 
+async def _training_actor(api_key: str | None) -> Any:
+    """Who trains: the key's owner (data_scientist); before any key exists, the local user."""
+    from sira import db
+    from sira.auth import authorize
+
+    async with db.open_pool(get_settings()) as pool:
+        async with pool.acquire() as conn:
+            if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
+                return None  # a fresh installation: no keys yet, the local user acts
+            identity = await _acting(conn, api_key)
+            authorize(identity, "models.write")
+            return identity.actor()
+
+
 def DateOption(flag: str, help_text: str) -> Any:  # noqa: N802 - reads as a type in signatures
     return Annotated[datetime | None, typer.Option(flag, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
                                                    help=f"{help_text} YYYY-MM-DD, UTC.")]
@@ -486,6 +500,7 @@ def train_cmd(
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, max=10_000, help="Tune with this many trials first.")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = None,
+    api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train (or, with --trials, tune then train) and register a candidate version.
@@ -500,7 +515,9 @@ def train_cmd(
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
         **({"num_threads": threads} if threads else {}),
     )
-    result = asyncio.run(run_training(get_settings(), request, progress=(lambda _m: None) if as_json else _err.print))
+    actor = asyncio.run(_training_actor(api_key))
+    result = asyncio.run(run_training(get_settings(), request, actor=actor,
+                                      progress=(lambda _m: None) if as_json else _err.print))
 
     def render() -> None:
         _err.print(_training_table(result))

@@ -134,11 +134,13 @@ async def run_demo(
                                        "features": snap.features}
         started = time.perf_counter()
         progress(f"tune: {DEMO_TRIALS} trials on Ray Tune, then train the best and register it")
+        keys = await demo_keys(conn, settings)
+        dana = await authenticate(conn, keys["demo-dana"], pepper=settings.secret("auth_secret"))
         # A short demo shrinks the label maturity and the train/test gap with its history.
         result = await run_training(settings, TrainRequest(
             model="fraud", trials=DEMO_TRIALS, label_maturity_days=min(DEMO_LABEL_MATURITY_DAYS, max(1, days // 3)),
             label_delay_days=min(5.0, days / 8), seed=seed,
-        ), progress=progress)
+        ), progress=progress, actor=dana.actor())
         report.training = {k: result[k] for k in ("model", "version", "run_id", "status", "metrics", "artifact",
                                                   "thresholds", "search")}
         step("tune_and_train", started, version=result["version"])

@@ -51,11 +51,16 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path):
     df.to_csv(tmp_path / "t.csv", index=False)
     params = tmp_path / "p.yaml"
     params.write_text("num_boost_round: 40\nearly_stopping_rounds: 10\n")
-    for _ in range(2):
-        code, _, err = sira(env, "train", "--model", "fraud", "--data", str(tmp_path / "t.csv"), "--label", "fraud",
-                            "--params", str(params), "--threads", "1", "--json")
-        assert code == 0, err
     as_ = lambda who: {**env, "SIRA_API_KEY": keys[who]}  # noqa: E731
+    train = ["train", "--model", "fraud", "--data", str(tmp_path / "t.csv"), "--label", "fraud", "--params",
+             str(params), "--threads", "1", "--json"]
+    code, _, err = sira(env, *train)
+    assert code == 2 and "error: unauthenticated:" in err  # keys exist: training needs one
+    code, _, err = sira(as_("ann"), *train)
+    assert code == 2 and "error: forbidden:" in err  # an approver does not train
+    for _ in range(2):
+        code, _, err = sira(as_("dana"), *train)
+        assert code == 0, err
     for version in (1, 2):
         code, out, err = sira(as_("dana"), "promote", "--model", "fraud", "--version", str(version), "--json")
         assert code == 0 and json.loads(out)["status"] == "pending", err
