@@ -329,6 +329,7 @@ def ingest_cmd(
         typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
                      "first finishes its own unacknowledged entries (default: host-pid)."),
     ] = None,
+    api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ingest events: validate, redact PII, deduplicate, compute features."""
@@ -341,6 +342,7 @@ def ingest_cmd(
     if stream:
         if paths:
             raise InvalidInput("give files or --stream, not both")
+        asyncio.run(_actor_for("events.write", api_key))
         from sira.stream import consume_forever
 
         summary = asyncio.run(consume_forever(settings, fs=fs, mapping=column_map, max_events=max_events,
@@ -349,7 +351,11 @@ def ingest_cmd(
     else:
         if not paths:
             raise InvalidInput("name at least one file or folder to ingest (or use --stream)")
+        from sira.files import find_files
         from sira.ingest import ingest_files
+
+        find_files(paths)  # a missing or unsupported file fails before anything else
+        asyncio.run(_actor_for("events.write", api_key))
 
         summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source,
                                progress=not as_json, notify=(lambda _m: None) if as_json else _err.print)
@@ -363,14 +369,20 @@ def feedback_import_cmd(
     mapping: MapOption = None,
     map_file: MapFileOption = None,
     source: Annotated[str, typer.Option("--source", help="Source of labels without a source column.")] = "import",
+    api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Import labels (event_id, label, known_at[, source, label_name, occurred_at])."""
     from sira.feedback import import_label_files
-    from sira.files import parse_mapping
+    from sira.files import find_files, parse_mapping
+
+    find_files(paths)  # a missing or unsupported file fails before anything else
+    from sira.audit import Actor
+
+    actor = asyncio.run(_actor_for("feedback.write", api_key)) or Actor.local()
 
     summary = asyncio.run(import_label_files(get_settings(), paths, mapping=parse_mapping(mapping, map_file),
-                                             source=source))
+                                             source=source, created_by=actor.name))
     payload = summary.to_dict()
     _emit(payload, as_json, lambda: _err.print(_summary_table("Labels", payload)))
 
@@ -436,8 +448,8 @@ def features_show_cmd(
 # -- training ------------------------------------------------------------------
 
 
-async def _training_actor(api_key: str | None) -> Any:
-    """Who trains: the key's owner (data_scientist); before any key exists, the local user."""
+async def _actor_for(action: str, api_key: str | None) -> Any:
+    """Who acts: the key's owner, allowed to perform ``action``; before any key exists, the local user."""
     from sira import db
     from sira.auth import authorize
 
@@ -446,7 +458,7 @@ async def _training_actor(api_key: str | None) -> Any:
             if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
                 return None  # a fresh installation: no keys yet, the local user acts
             identity = await _acting(conn, api_key)
-            authorize(identity, "models.write")
+            authorize(identity, action)
             return identity.actor()
 
 
@@ -515,7 +527,7 @@ def train_cmd(
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
         **({"num_threads": threads} if threads else {}),
     )
-    actor = asyncio.run(_training_actor(api_key))
+    actor = asyncio.run(_actor_for("models.write", api_key))
     result = asyncio.run(run_training(get_settings(), request, actor=actor,
                                       progress=(lambda _m: None) if as_json else _err.print))
 

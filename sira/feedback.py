@@ -130,7 +130,8 @@ async def record_labels(
 
 
 async def import_label_files(
-    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str = "import"
+    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str = "import",
+    created_by: str | None = None,
 ) -> FeedbackSummary:
     """``sira feedback import``: read label files (checked first) and record them in one transaction."""
     from sira import db
@@ -147,4 +148,4 @@ async def import_label_files(
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
             return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
-                                       mapping=mapping)
+                                       mapping=mapping, created_by=created_by)

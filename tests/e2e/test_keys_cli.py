@@ -112,3 +112,26 @@ def test_models_versions_and_audit_commands(create_database, tmp_path):
     code, out, _ = sira(root, "audit", "--actor", "dana", "--json")
     denied = [e for e in json.loads(out)["entries"] if e["outcome"] == "denied"]
     assert [e["action"] for e in denied] == ["audit.read", "models.settings"]  # refusals are audited too
+
+
+def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path), "SIRA_RAY_NUM_CPUS": "1"})
+    assert sira(env, "db", "migrate")[0] == 0
+    pq.write_table(pa.table({"event_id": ["l1"], "label": [True], "known_at": ["2026-09-02T00:00:00Z"]}),
+                   tmp_path / "labels.parquet")
+    assert sira(env, "feedback", "import", str(tmp_path / "labels.parquet"))[0] == 0  # no keys yet: local user
+    root = {**env, "SIRA_API_KEY": json.loads(sira(env, "keys", "create", "--role", "admin", "--name", "root",
+                                                   "--json")[1])["key"]}
+    viewer = json.loads(sira(root, "keys", "create", "--role", "viewer", "--name", "v", "--json")[1])["key"]
+    analyst = json.loads(sira(root, "keys", "create", "--role", "analyst", "--name", "a", "--json")[1])["key"]
+    code, _, err = sira(env, "feedback", "import", str(tmp_path / "labels.parquet"))
+    assert code == 2 and "error: unauthenticated:" in err
+    code, _, err = sira({**env, "SIRA_API_KEY": viewer}, "feedback", "import", str(tmp_path / "labels.parquet"))
+    assert code == 2 and "error: forbidden:" in err
+    assert sira({**env, "SIRA_API_KEY": analyst}, "feedback", "import", str(tmp_path / "labels.parquet"))[0] == 0
+    code, _, err = sira({**env, "SIRA_API_KEY": analyst}, "ingest", str(tmp_path / "labels.parquet"))
+    assert code == 2 and "error: forbidden:" in err  # ingesting events needs a service key
