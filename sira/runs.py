@@ -153,12 +153,12 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         raise InvalidInput("--label names the label column of the table")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    table = None
+    table: tuple[Dataset, Split] | None = None
     if req.data:  # a table is checked before anything is created or recorded
         progress("reading the table")
-        table = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
-                                        id_col=req.id_col, positive=req.positive)
-        split_dataset(table, seed=req.seed)
+        loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                         id_col=req.id_col, positive=req.positive)
+        table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
             model, created = await registry.ensure_model(
@@ -228,11 +228,12 @@ def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) ->
                        base_params=req.params)
 
 
-async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest, table: Dataset | None,
+async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest,
+                   table: tuple[Dataset, Split] | None,
                    progress: Callable[[str], None]) -> tuple[Dataset, Split, int | None]:
-    """The training set: the table the user brought, or labelled vectors from the feature store."""
+    """The training set: the table the user brought (already split), or labelled vectors from the feature store."""
     if table is not None:
-        return table, split_dataset(table, seed=req.seed), None
+        return table[0], table[1], None
     from sira.features import get_feature_set
     from sira.ray_runtime import init_ray
 
