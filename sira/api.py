@@ -75,13 +75,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.pepper = settings.secret("auth_secret")
     app.state.jwt_config = JwtConfig.from_settings(settings)
     app.state.feature_set = get_feature_set()
+    scoring = getattr(app.state, "scoring", None)
     try:
+        if scoring is not None:
+            await scoring.start()
         yield
     finally:
+        if scoring is not None:
+            await scoring.stop()
         await app.state.pool.close()
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
+    # async: FastAPI runs a sync dependency in a worker thread (measured ~1 ms per request under Serve)
     return request.app.state.pool
 
 
@@ -96,9 +102,23 @@ async def current_identity(
     if authorization:
         scheme, _, token = authorization.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else None
-    async with pool.acquire() as conn:
-        identity = await authenticate(conn, key, pepper=request.app.state.pepper,
-                                      jwt_config=request.app.state.jwt_config)
+    scoring = getattr(request.app.state, "scoring", None)
+    cache = scoring.identities if scoring is not None and scoring.config.auth_cache_ttl_s > 0 else None
+    identity = cache.get(key) if cache is not None and key else None
+    if identity is None:
+        try:
+            async with pool.acquire(timeout=scoring.config.db_timeout_s if scoring else None) as conn:
+                identity = await authenticate(conn, key, pepper=request.app.state.pepper,
+                                              jwt_config=request.app.state.jwt_config)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # A serving replica keeps answering known callers while Postgres is away.
+            identity = cache.get(key, allow_expired=True) if cache is not None and key else None
+            if identity is None:
+                raise ServiceUnavailable(f"cannot check credentials: the database is unavailable "
+                                         f"({type(exc).__name__})") from None
+        else:
+            if cache is not None:
+                cache.put(key, identity)
     return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
 
 
@@ -245,6 +265,14 @@ def registry_router() -> APIRouter:
         announce(background, request)
         return result
 
+    @router.post("/models/{name}/versions/{version}/stage")
+    async def stage(name: str, version: int, body: Reason, request: Request, pool: PoolDep,
+                    background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
+        """Put a version in staging: serving scores it in shadow beside production."""
+        result = await unit(pool, registry.stage_version, request.app.state.settings, who, name, version, body.reason)
+        announce(background, request)
+        return result
+
     @router.post("/models/{name}/versions/{version}/{decision}")
     async def decide(name: str, version: int, decision: Literal["approve", "reject"], body: Comment, request: Request,
                      pool: PoolDep, background: BackgroundTasks,
@@ -291,8 +319,12 @@ def registry_router() -> APIRouter:
     return router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The SIRA application (no work happens until it starts)."""
+def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI:
+    """The SIRA application (no work happens until it starts).
+
+    ``scoring``: a :class:`sira.serving.ScoringService` to serve ``/v1/score`` and
+    its companions with (the Serve ingress passes its replica's; ``sira api`` one of its own).
+    """
     app = FastAPI(
         title="SIRA",
         version=__version__,
@@ -300,6 +332,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings or get_settings()
+    app.state.scoring = scoring
 
     @app.exception_handler(SiraError)
     async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
@@ -307,9 +340,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
         field = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(422, "invalid_request", f"{field or 'body'}: {first['msg']}", {"field": field})
+        code = {"extra_forbidden": "unknown_field", "missing": "missing_field",
+                "non_finite": "invalid_number"}.get(first.get("type"), "invalid_request")
+        message = first["msg"].removeprefix("Value error, ")
+        return _error(422, code, f"{field or 'body'}: {message}", {"field": field})
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -326,5 +362,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(events_router())
     app.include_router(registry_router())
+    if scoring is not None:
+        from sira.serving import scoring_router
+
+        app.include_router(scoring_router())
     return app
 

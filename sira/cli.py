@@ -608,6 +608,20 @@ def promote_cmd(model: ModelOption, version: VersionOption,
         + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")))
 
 
+@app.command("stage")
+def stage_cmd(model: ModelOption, version: VersionOption,
+              reason: Annotated[str | None, typer.Option("--reason", help="Why this version.")] = None,
+              api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Put a version in staging: serving scores it in shadow beside production (validates a candidate first)."""
+    from sira.registry import stage_version
+
+    result = _governed(lambda conn, who: stage_version(conn, get_settings(), who, model, version, reason), api_key,
+                       notify=True)
+    _emit(result, as_json, lambda: _err.print(
+        f"{model} v{version}: staging (shadow scoring)"
+        + (f"; v{result['replaced']} back to validated" if result["replaced"] else "")))
+
+
 def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool) -> None:
     from sira.registry import decide
 
@@ -954,6 +968,34 @@ def api_cmd(
     settings = get_settings()
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
                 log_level="warning")
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Option("--config", help="A serve_configs/*.yaml file.")] = Path(
+        "serve_configs/local.yaml"),
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default: the config's).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default: the config's).")] = None,
+) -> None:
+    """Run online scoring on Ray Serve locally (the same application `serve deploy` runs); Ctrl-C stops it."""
+    import signal
+    import time
+
+    from ray import serve
+
+    from sira.serving import ServeSpec, run_local
+
+    spec = ServeSpec.from_file(config)
+    run_local(get_settings(), spec, host=host, port=port, progress=_err.print)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _err.print("stopping SIRA serving")
+    serve.shutdown()
 
 
 # -- demo --------------------------------------------------------------------

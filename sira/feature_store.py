@@ -295,7 +295,42 @@ async def upsert_snapshots(
             WHERE sira_feature_snapshots.state IS DISTINCT FROM EXCLUDED.state""",
         records,
     )
+    await notify_snapshots(conn, spec.entity, [(r[1], r[6], _labelled(r[8])) for r in records])
     return len(records)
+
+
+SNAPSHOT_CHANNEL = "sira_snapshots"
+_NOTIFY_CHUNK = 60  # entities per notification (Postgres caps a payload at 8000 bytes)
+_NOTIFY_MAX = 600  # beyond this many entities, one "all of this type changed" notification
+
+
+def _labelled(state: dict[str, Any]) -> int:
+    """How many events of a snapshot state carry a positive label (a label change changes the features)."""
+    rows = state.get("rows") or []
+    return sum(1 for r in rows if r[-1] is not None)
+
+
+async def notify_snapshots(conn: asyncpg.Connection, entity_type: str,
+                           changes: Sequence[tuple[str, str, int]]) -> None:
+    """Tell serving replicas which snapshots changed (delivered at commit; caches drop or keep entries).
+
+    Each change is (entity id, newest event id, labelled events): a replica
+    whose cached history already ends with that event and holds as many
+    labels keeps its entry (it folded the event itself).
+    """
+    import orjson
+
+    if not changes:
+        return
+    if len(changes) > _NOTIFY_MAX:
+        payloads = [orjson.dumps({"t": entity_type, "all": True}).decode()]
+    else:
+        payloads = [orjson.dumps({"t": entity_type, "e": [list(c) for c in changes[i: i + _NOTIFY_CHUNK]]}).decode()
+                    for i in range(0, len(changes), _NOTIFY_CHUNK)]
+    for payload in payloads:
+        if len(payload.encode()) >= 7_900:  # very long ids: say "all" rather than fail the write
+            payload = orjson.dumps({"t": entity_type, "all": True}).decode()
+        await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL, payload)
 
 
 @dataclass(frozen=True)

@@ -297,8 +297,10 @@ def entity_features(
         positions = np.full(n_q, -1, dtype=np.int64)
     is_event = positions >= 0
     right = np.where(is_event, positions + 1, np.searchsorted(ts, at, side="right"))
-    values = np.where(np.isnan(amount), 0.0, amount)
-    present = (~np.isnan(amount)).astype(np.float64)
+    # Padded once with reduceat's sentinel (see _window_reduce), shared by every window.
+    values = np.concatenate([np.where(np.isnan(amount), 0.0, amount), [0.0]])
+    present = np.concatenate([(~np.isnan(amount)).astype(np.float64), [0.0]])
+    peaks = np.concatenate([np.where(np.isnan(amount), -np.inf, amount), [0.0]]) if "max" in spec.aggregations else None
     out: dict[str, np.ndarray] = {}
     e = spec.entity
     means: dict[str, np.ndarray] = {}
@@ -320,7 +322,7 @@ def entity_features(
             elif agg == "mean":
                 out[f"{e}_mean_amount_{w}"] = mean
             elif agg == "max":
-                maxima = _window_reduce(np.maximum, np.where(np.isnan(amount), -np.inf, amount), left, right, np.nan)
+                maxima = _window_reduce(np.maximum, peaks, left, right, np.nan)
                 out[f"{e}_max_amount_{w}"] = np.where(np.isinf(maxima), np.nan, maxima)
     for column, w in spec.distinct:
         left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
@@ -419,18 +421,21 @@ def grouped_features(
 
 
 def _window_reduce(
-    ufunc: np.ufunc, values: np.ndarray, left: np.ndarray, right: np.ndarray, empty: float
+    ufunc: np.ufunc, padded: np.ndarray, left: np.ndarray, right: np.ndarray, empty: float
 ) -> np.ndarray:
-    """``ufunc.reduce(values[left:right])`` per query, ``empty`` for empty windows (vectorised)."""
+    """``ufunc.reduce(values[left:right])`` per query, ``empty`` for empty windows (vectorised).
+
+    ``padded``: the float64 values followed by one sentinel element, so that
+    ``right == len(values)`` is a valid reduceat index.
+    """
     result = np.full(left.size, empty, dtype=np.float64)
     nonempty = np.flatnonzero(right > left)
     if nonempty.size == 0:
         return result
-    # reduceat over interleaved [left, right) pairs; a sentinel makes `right == len` a valid index.
+    # reduceat over interleaved [left, right) pairs; the sentinel makes `right == len` a valid index.
     # Queries go in order of their left edge, so the in-between segments reduceat also
     # computes add up to at most the array's length (O(n + q), not O(n * q)).
-    order = nonempty[np.argsort(left[nonempty], kind="stable")]
-    padded = np.concatenate([values.astype(np.float64), [0.0]])
+    order = nonempty[np.argsort(left[nonempty], kind="stable")] if nonempty.size > 1 else nonempty
     idx = np.empty(2 * order.size, dtype=np.int64)
     idx[0::2] = left[order]
     idx[1::2] = right[order]

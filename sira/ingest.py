@@ -102,25 +102,7 @@ async def store_events(
         else:
             seen.add(result["event_id"])
             rows.append(result)
-    new_ids: set[str] = set()
-    if rows:
-        cols = ", ".join(EVENT_COLUMNS)
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
-            f" AS SELECT {cols} FROM sira_events WITH NO DATA"
-        )
-        await conn.execute("TRUNCATE sira_events_stage")
-        await conn.copy_records_to_table(
-            "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
-            columns=list(EVENT_COLUMNS),
-        )
-        new_ids = {
-            r["event_id"]
-            for r in await conn.fetch(
-                f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-            )
-        }
+    new_ids = await insert_events(conn, rows)
     fresh = [r for r in rows if r["event_id"] in new_ids]
     summary.accepted = len(fresh)
     summary.duplicates += len(rows) - len(fresh)
@@ -135,6 +117,44 @@ async def store_events(
         summary.rejected = len(rejections)
         summary.reasons.update(j.reason_code for j in rejections)
     return summary, fresh
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert normalized event rows (bulk COPY through a staging table); returns the ids that were new."""
+    if not rows:
+        return set()
+    cols = ", ".join(EVENT_COLUMNS)
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
+        f" AS SELECT {cols} FROM sira_events WITH NO DATA"
+    )
+    await conn.execute("TRUNCATE sira_events_stage")
+    await conn.copy_records_to_table(
+        "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
+        columns=list(EVENT_COLUMNS),
+    )
+    return {
+        r["event_id"]
+        for r in await conn.fetch(
+            f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        )
+    }
+
+
+async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]) -> int:
+    """Store already-normalized (redacted) events and fold the new ones into features and snapshots.
+
+    The path of events a serving replica scored: they were validated and
+    redacted before scoring, so they are not normalized twice. Returns the
+    number of events that were new.
+    """
+    new_ids = await insert_events(conn, rows)
+    fresh = [r for r in rows if r["event_id"] in new_ids]
+    if fresh:
+        feature_rows, _ = await fold_into_snapshots(conn, fs, fresh)
+        await feature_store.write_feature_rows(conn, fs, feature_rows)
+    return len(fresh)
 
 
 # -- the online path -------------------------------------------------------------

@@ -188,6 +188,40 @@ async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model
     return current["version"] if current else None
 
 
+async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
+                        reason: str | None = None, *, actor: audit.Actor | None = None) -> dict[str, Any]:
+    """Put a version in ``staging``: serving scores it in shadow beside production (never returned).
+
+    A candidate is validated first. The model's previous staging version, if
+    any, goes back to ``validated`` (one staging version per model).
+    """
+    from sira import lifecycle
+    from sira.auth import authorize
+
+    authorize(identity, "promotion.request")
+    row = await get_version(conn, model_name, version, lock=True)
+    if row["status"] == "staging":
+        return {"model": model_name, "version": version, "status": "staging", "replaced": None}
+    if row["status"] == "candidate":
+        await validate_version(conn, settings, identity, model_name, version)
+        row = await get_version(conn, model_name, version, lock=True)
+    lifecycle.check_transition(row["status"], "staging")
+    await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", row["model_id"])
+    previous = await conn.fetchrow(
+        "SELECT id, version FROM sira_model_versions WHERE model_id = $1 AND status = 'staging' FOR UPDATE",
+        row["model_id"],
+    )
+    if previous is not None:
+        await _set_status(conn, previous["id"], "validated")
+    await _set_status(conn, row["id"], "staging")
+    details = {"from": row["status"], "to": "staging", "reason": reason,
+               "replaced": previous["version"] if previous else None}
+    await audit.record(conn, actor or identity.actor(), "version.stage", target_type="model_version",
+                       target_id=f"{model_name}:v{version}", details=details)
+    await webhooks.enqueue(conn, "version.stage", {"model": model_name, "version": version, **details})
+    return {"model": model_name, "version": version, "status": "staging", "replaced": details["replaced"]}
+
+
 async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
                             reason: str | None = None) -> dict[str, Any]:
     """Ask for production. A candidate is validated first; the request is bound to the artifact checksum."""

@@ -1,0 +1,1354 @@
+"""Online scoring: the service behind ``POST /v1/score``, and its Ray Serve deployment.
+
+One process-local :class:`ScoringService` per replica does the work; the
+FastAPI application (:func:`sira.api.create_app`) exposes it, and
+:class:`SiraIngress` runs that application as a Ray Serve ingress. Batching
+happens inside the ingress replica (``@serve.batch``): a second deployment hop
+measured twice a no-op's latency here (MEASURED.md).
+
+Per batch: earlier answers for the request ids (idempotency), entity
+histories (in-replica LRU → Redis → Postgres snapshot → event log), feature
+vectors by the offline code, one ``predict`` per model version, reason codes
+inline for review/block (and on request), decisions, then one append of the
+batch's records to the local spool *before* answering. A flusher writes the
+spool to ``sira_predictions`` and records the scored events into the feature
+pipeline. Reasons not computed inline (approvals, by default) are exact and
+reproducible from the stored features and version: reading the prediction
+computes them (``pred_contrib`` costs ~180x a predict; serving does not pay it). Shadow (staging) versions score
+the same inputs after the answer.
+
+Models follow the registry: ``LISTEN sira_registry`` (the migration's trigger)
+and polling as a fallback; a replica loads and verifies the new artifact and
+swaps a single reference, so a batch is scored by exactly one version.
+
+Degraded modes (stated in every answer): Redis unreachable → Postgres;
+Postgres unreachable → request and cached features only, predictions spooled
+and flushed when it returns. Circuit breakers keep a dead dependency from
+costing every request a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from ray import serve
+
+from sira import db, feature_store
+from sira.api import ErrorResponse, require
+from sira.auth import Identity
+from sira.config import Settings
+from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from sira.events import EventIn, normalize, Rejection
+from sira.features import FeatureSet, History, get_feature_set
+from sira.scoring import ModelRuntime, event_vectors
+
+log = logging.getLogger(__name__)
+
+DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+             TimeoutError, asyncio.TimeoutError, ConnectionError)
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+class ServingConfig(BaseModel):
+    """What a serving deployment serves and how (``user_config`` / ``args`` in serve_configs/*.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]] = Field(
+        default_factory=lambda: ["fraud"], min_length=1, description="Model names this deployment serves.")
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    batch_wait_timeout_s: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_batch_rows: Annotated[int, Field(ge=1, le=10_000)] = 256
+    reasons: Literal["risky", "all"] = Field(
+        "risky", description="risky: reasons inline for review/block; for approve they are computed when the stored "
+                 "prediction is read. all: always inline.")
+    shadow: bool = True
+    cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    cache_max_entries: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    redis_ttl_s: Annotated[int, Field(ge=1, le=86_400)] = 600
+    idempotency_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+    auth_cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    spool_dir: Path | None = None
+    spool_fsync: bool = False
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    breaker_open_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    db_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    metrics: bool = Field(True, description="Export Ray metrics (latency, batch sizes, cache, decisions, ...).")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ServingConfig":
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(f"serving config {where}: {first['msg']}", code="invalid_config") from None
+
+
+# -- small building blocks ----------------------------------------------------------------
+
+
+class Breaker:
+    """A circuit breaker: after a failure, skip the dependency for a while instead of waiting on it."""
+
+    def __init__(self, name: str, open_s: float):
+        self.name, self.open_s = name, open_s
+        self.open_until = 0.0
+        self.failures = 0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def failed(self, exc: BaseException) -> None:
+        if self.available:
+            log.warning("%s unavailable (%s: %s); degraded for %.1fs", self.name, type(exc).__name__, exc,
+                        self.open_s)
+        self.failures += 1
+        self.open_until = time.monotonic() + self.open_s
+
+    def succeeded(self) -> None:
+        self.open_until = 0.0
+
+
+class LRU:
+    """A bounded mapping with a time to live, in insertion/access order."""
+
+    def __init__(self, max_entries: int, ttl_s: float):
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Any, *, allow_expired: bool = False) -> Any:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires < time.monotonic() and not allow_expired:
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any, ttl_s: float | None = None) -> None:
+        if self.max_entries <= 0:
+            return
+        self._data[key] = (time.monotonic() + (self.ttl_s if ttl_s is None else ttl_s), value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        self._data.pop(key, None)
+
+    def clear(self, predicate: Any = None) -> None:
+        if predicate is None:
+            self._data.clear()
+        else:
+            for key in [k for k in self._data if predicate(k)]:
+                del self._data[key]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class CachedHistory:
+    history: History
+    labelled: int  # events with a positive label (a label change invalidates)
+    stale: bool  # the snapshot was older than the feature set's TTL when read
+
+
+def _touches(item: "Item", key: tuple[str, str]) -> bool:
+    """Whether a request's event belongs to an entity's history (its folded history must not be cached
+    when the request turned out to be a replay)."""
+    if item.event is None:
+        return False
+    from sira.features import ENTITY_COLUMNS
+
+    column = ENTITY_COLUMNS.get(key[0])
+    return column is not None and item.event.get(column) == key[1]
+
+
+def _labelled(history: History) -> int:
+    known = history.label_known_at
+    return 0 if known is None else int(np.count_nonzero(np.isfinite(known)))
+
+
+class ServingMetrics:
+    """Ray metrics (exported by Ray's Prometheus endpoint, aggregated across replicas)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        ms = [0.5, 1, 2, 3, 5, 8, 13, 20, 30, 50, 100, 250, 1000]
+        self.latency = metrics.Histogram("sira_request_latency_ms", "Server-side latency of SIRA routes (ms).",
+                                         boundaries=ms, tag_keys=("route", "model"))
+        self.batch_size = metrics.Histogram("sira_batch_size", "Requests per scoring batch.",
+                                            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        self.cache = metrics.Counter("sira_feature_cache_lookups", "Entity history lookups by layer and outcome.",
+                                     tag_keys=("layer", "outcome"))
+        self.decisions = metrics.Counter("sira_decisions", "Decisions by model and outcome.",
+                                         tag_keys=("model", "decision"))
+        self.degraded = metrics.Counter("sira_degraded_requests", "Requests answered in a degraded mode.",
+                                        tag_keys=("reason",))
+        self.shadow = metrics.Counter("sira_shadow_scores", "Shadow scores, and whether the decision differed.",
+                                      tag_keys=("model", "agreement"))
+        self.version = metrics.Gauge("sira_model_version_served", "Version served, by model and role.",
+                                     tag_keys=("model", "role"))
+        self.spooled = metrics.Gauge("sira_spool_pending_records", "Answered records not yet in Postgres.")
+
+
+# -- requests and answers ------------------------------------------------------------------
+
+
+def _reject_non_finite(value: Any, path: str = "") -> Any:
+    """NaN and infinity are refused wherever they hide (JSON parsers accept them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("non_finite", "{where}must be finite (NaN and infinity are not accepted)",
+                                  {"where": f"{path}: " if path else ""})
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{path}.{i}" if path else str(i))
+    return value
+
+
+class ScoreEvent(EventIn):
+    """The event to score: the fields of an ingested event; anything else goes in ``attributes``."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    attributes: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("amount", "attributes", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return _reject_non_finite(value)
+
+
+class ScoreItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="Idempotency key: the same request id returns the same answer without scoring again.")
+    event: ScoreEvent | None = None
+    features: dict[str, Any] | None = Field(None, description="Ready features (bring-your-own-table models).")
+    record: bool = Field(True, description="Also record the event in the feature pipeline.")
+    explain: bool = Field(False, description="Reason codes inline whatever the decision.")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _finite_features(cls, value: Any) -> Any:
+        return _reject_non_finite(value)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "ScoreItem":
+        if (self.event is None) == (self.features is None):
+            raise ValueError("send either event (feature-store models) or features (bring-your-own models)")
+        return self
+
+
+class ScoreRequest(ScoreItem):
+    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+
+class BatchScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+    requests: list[ScoreItem] = Field(..., min_length=1)
+
+
+class Reason(BaseModel):
+    code: str
+    feature: str
+    value: Any
+    contribution: float
+    direction: str
+    text: str
+
+
+class ScoreResponse(BaseModel):
+    prediction_id: str
+    request_id: str
+    model: str
+    version: int
+    score: float
+    decision: Literal["approve", "review", "block"]
+    reasons: list[Reason]
+    reasons_deferred: bool = False
+    flags: dict[str, Any] = {}
+    degraded: bool = False
+    degraded_reasons: list[str] = []
+    latency_ms: float
+    scored_at: str
+    event_id: str | None = None
+    replayed: bool = False
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: uuid.UUID | None = None
+    event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    label: bool
+    label_name: Annotated[str, Field(min_length=1, max_length=64)] = "fraud"
+    known_at: datetime | None = None
+    source: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+
+    @model_validator(mode="after")
+    def _target(self) -> "FeedbackRequest":
+        if self.prediction_id is None and self.event_id is None:
+            raise ValueError("name the prediction_id or the event_id the label is about")
+        return self
+
+
+@dataclass
+class Item:
+    """A validated request on its way through a batch."""
+
+    runtime: ModelRuntime
+    shadow: ModelRuntime | None
+    request_id: str
+    client_request_id: bool
+    event: dict[str, Any] | None  # normalized (redacted) event
+    features: dict[str, Any] | None
+    record: bool
+    explain: bool
+    started: float
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What a model is served with right now (replaced as a whole on a registry change)."""
+
+    model_name: str
+    model_id: int
+    entity_type: str
+    production: ModelRuntime | None
+    shadow: ModelRuntime | None
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+class ScoringService:
+    """The per-replica scoring engine (see the module docstring)."""
+
+    def __init__(self, settings: Settings, config: ServingConfig):
+        self.settings, self.config = settings, config
+        self.pool: asyncpg.Pool | None = None
+        self.redis: Any = None
+        self.redactor: Any = None
+        self.slots: dict[str, Slot] = {}
+        self.runtimes: dict[tuple[str, int], ModelRuntime] = {}  # for deferred reasons of recent versions
+        self.histories = LRU(config.cache_max_entries, config.cache_ttl_s)
+        self.answers = LRU(100_000, config.idempotency_ttl_s)
+        self.identities = LRU(10_000, config.auth_cache_ttl_s)
+        self._invalidated: dict[tuple[str, str], float] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self.pg = Breaker("PostgreSQL", config.breaker_open_s)
+        self.redis_breaker = Breaker("Redis", config.breaker_open_s)
+        spool_dir = config.spool_dir or settings.workspace / "spool"
+        from sira.spool import Spool
+
+        self.spool = Spool(spool_dir, fsync=config.spool_fsync)
+        self.metrics: ServingMetrics | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._reload_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self.swaps: list[dict[str, Any]] = []
+        self.started = False
+        self._batched = self._batcher(config)
+
+    def _batcher(self, config: ServingConfig) -> Any:
+        """``@serve.batch`` inside a Serve replica; outside one (``sira api``, tests) each request is its own batch."""
+        try:
+            serve.get_replica_context()
+        except Exception:  # noqa: BLE001 - RayServeException: not in a replica
+            async def single(item: Item) -> Any:
+                return (await self._score_batch([item]))[0]
+
+            single.set_max_batch_size = lambda _n: None  # type: ignore[attr-defined]
+            single.set_batch_wait_timeout_s = lambda _s: None  # type: ignore[attr-defined]
+            return single
+        return serve.batch(max_batch_size=config.max_batch_size,
+                           batch_wait_timeout_s=config.batch_wait_timeout_s)(self._score_batch)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from sira.ingest import redactor_for
+
+        self.redactor = redactor_for(self.settings)
+        self.pool = await asyncpg.create_pool(
+            db.resolve_dsn(self.settings), min_size=1, max_size=self.settings.db_pool_max,
+            command_timeout=max(self.config.db_timeout_s * 5, 5), init=_init_serving_connection, timeout=10,
+        )
+        if self.settings.redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=0.25,
+                                                 socket_connect_timeout=0.25)
+        try:
+            import ray
+
+            if ray.is_initialized() and self.config.metrics:
+                self.metrics = ServingMetrics()
+        except Exception:  # noqa: BLE001 - metrics must never stop serving
+            log.exception("metrics unavailable")
+        self.spool.open()
+        await self.refresh_models("start")
+        self._spawn(self._listen_forever(), "listener")
+        self._spawn(self._poll_forever(), "poller")
+        self._spawn(self._flush_forever(), "flusher")
+        self.started = True
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout=10)
+        self.spool.close()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=2)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=f"sira-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def reconfigure(self, data: dict[str, Any]) -> None:
+        """Apply a new ``user_config`` (batching, caches, models) without a restart."""
+        config = ServingConfig.from_dict({**self.config.model_dump(exclude={"spool_dir"}), **(data or {})})
+        models_changed = config.models != self.config.models
+        self.config = config
+        self._batched.set_max_batch_size(config.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.histories.max_entries, self.histories.ttl_s = config.cache_max_entries, config.cache_ttl_s
+        self.identities.ttl_s = config.auth_cache_ttl_s
+        self.pg.open_s = self.redis_breaker.open_s = config.breaker_open_s
+        if models_changed and self.started:
+            await self.refresh_models("reconfigure")
+
+    # -- the registry -------------------------------------------------------------------
+
+    async def refresh_models(self, reason: str) -> list[dict[str, Any]]:
+        """Load what the registry says each served model runs now; swap what changed."""
+        async with self._reload_lock:
+            async with self.pool.acquire(timeout=5) as conn:
+                rows = await conn.fetch(
+                    """SELECT m.id AS model_id, m.name AS model_name, m.entity_type, v.version, v.status,
+                              v.artifact_uri, v.artifact_sha256, v.thresholds
+                         FROM sira_models m
+                         LEFT JOIN sira_model_versions v ON v.model_id = m.id AND v.status IN ('production', 'staging')
+                        WHERE m.name = ANY($1::text[])""",
+                    self.config.models,
+                )
+            changes = []
+            for name in self.config.models:
+                mine = [r for r in rows if r["model_name"] == name]
+                if not mine:
+                    self.slots.pop(name, None)
+                    continue
+                current = self.slots.get(name)
+                wanted = {r["status"]: r for r in mine if r["status"]}
+                loaded: dict[str, ModelRuntime | None] = {}
+                for role, status in (("production", "production"), ("shadow", "staging")):
+                    row = wanted.get(status)
+                    have = getattr(current, role) if current else None
+                    if row is None:
+                        loaded[role] = None
+                    elif have is not None and (have.version, have.artifact_sha256) == (row["version"], row["artifact_sha256"]):
+                        loaded[role] = have
+                    else:
+                        loaded[role] = await asyncio.to_thread(ModelRuntime.load, self.settings, dict(row))
+                        self.runtimes[(name, loaded[role].version)] = loaded[role]
+                slot = Slot(name, mine[0]["model_id"], mine[0]["entity_type"], loaded["production"], loaded["shadow"])
+                before = (current.production.version if current and current.production else None,
+                          current.shadow.version if current and current.shadow else None)
+                after = (slot.production.version if slot.production else None,
+                         slot.shadow.version if slot.shadow else None)
+                self.slots[name] = slot  # one assignment: a batch sees the old slot or the new one
+                if before != after:
+                    change = {"model": name, "production": after[0], "shadow": after[1], "from": before[0],
+                              "reason": reason, "at": time.time()}
+                    self.swaps.append(change)
+                    changes.append(change)
+                    log.warning("serving %s: production v%s, shadow v%s (%s)", name, after[0], after[1], reason)
+                if self.metrics:
+                    self.metrics.version.set(after[0] or 0, tags={"model": name, "role": "production"})
+                    self.metrics.version.set(after[1] or 0, tags={"model": name, "role": "shadow"})
+            while len(self.runtimes) > 8:  # keep recent versions for deferred reasons, not all of history
+                self.runtimes.pop(next(iter(self.runtimes)))
+            return changes
+
+    async def _listen_forever(self) -> None:
+        """LISTEN for registry and snapshot changes; reconnect after an outage (and resync)."""
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await db.connect(db.resolve_dsn(self.settings))
+                self._listener = conn
+                await conn.add_listener("sira_registry", self._on_registry)
+                await conn.add_listener(feature_store.SNAPSHOT_CHANNEL, self._on_snapshots)
+                if delay > 0.5:  # we were disconnected: notifications may have been missed
+                    self.histories.clear()
+                    await self.refresh_models("reconnect")
+                delay = 0.5
+                while not conn.is_closed():
+                    await asyncio.sleep(0.5)
+                raise ConnectionError("listener connection closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening whatever happens
+                log.debug("listener: %s", exc)
+                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+
+    def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._spawn(self._refresh_quietly("notify"), "refresh")
+
+    async def _refresh_quietly(self, reason: str) -> None:
+        try:
+            await self.refresh_models(reason)
+        except Exception:  # noqa: BLE001 - the poller retries
+            log.exception("model refresh failed (%s)", reason)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval_s)
+            await self._refresh_quietly("poll")
+
+    def _on_snapshots(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        entity_type = message.get("t")
+        now = time.monotonic()
+        if message.get("all"):
+            self.histories.clear(lambda k: k[0] == entity_type)
+            self._invalidated[(entity_type, "*")] = now
+            return
+        stale = []
+        for entity_id, last_event_id, labelled in message.get("e", []):
+            key = (entity_type, entity_id)
+            cached: CachedHistory | None = self.histories.get(key, allow_expired=True)
+            if (cached is not None and len(cached.history) and str(cached.history.event_id[-1]) == last_event_id
+                    and cached.labelled == labelled):
+                continue  # this replica folded that event in already
+            self.histories.pop(key)
+            self._invalidated[key] = now
+            stale.append(key)
+        if len(self._invalidated) > 100_000:
+            self._invalidated.clear()
+        if stale and self.redis is not None and self.redis_breaker.available:
+            self._spawn(self._redis_forget(stale), "redis-forget")
+
+    async def _redis_forget(self, keys: list[tuple[str, str]]) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.delete(*(self._redis_history_key(k) for k in keys))
+
+    # -- entry points -------------------------------------------------------------------
+
+    def slot(self, model: str) -> Slot:
+        slot = self.slots.get(model)
+        if slot is None:
+            if model not in self.config.models:
+                raise NotFound(f"model {model!r} is not served here (served: {', '.join(self.config.models)})",
+                               code="unknown_model", details={"field": "model", "model": model})
+            raise NotFound(f"unknown model {model!r}", code="unknown_model", details={"field": "model"})
+        if slot.production is None:
+            raise Conflict(f"model {model!r} has no production version", code="no_production_version",
+                           details={"model": model})
+        return slot
+
+    def prepare(self, model: str, body: ScoreItem, prefix: str = "") -> Item:
+        """Validate one request against the served version; redact its event."""
+        slot = self.slot(model)
+        runtime = slot.production
+        started = time.perf_counter()
+        request_id = body.request_id or f"auto-{uuid.uuid4()}"
+        if self.redactor is not None and body.request_id:
+            request_id = self.redactor.scrub_value(body.request_id)
+        if runtime.feature_set is not None:
+            if body.event is None:
+                raise InvalidInput(f"{prefix}event: {model} is a feature-store model: send the event",
+                                   code="missing_field", details={"field": f"{prefix}event"})
+            raw = body.event.model_dump(exclude_none=True)
+            attributes = raw.pop("attributes", {}) or {}
+            key = feature_store_key(slot.entity_type)
+            if key and raw.get(key) is None and not (key == "card_token" and raw.get("card_number")):
+                raise InvalidInput(f"{prefix}event.{key}: required to score {model} (its entity is {slot.entity_type})",
+                                   code="missing_entity_key", details={"field": f"{prefix}event.{key}"})
+            row = normalize({**attributes, **raw}, self.redactor, "score")
+            if isinstance(row, Rejection):
+                raise InvalidInput(f"{prefix}event.{row.field or ''}: {row.reason}", code=row.reason_code,
+                                   details={"field": f"{prefix}event.{row.field}" if row.field else f"{prefix}event"})
+            return Item(runtime, slot.shadow, request_id, body.request_id is not None, row, None, body.record,
+                        body.explain, started)
+        if body.features is None:
+            raise InvalidInput(f"{prefix}features: {model} takes ready features, not an event",
+                               code="missing_field", details={"field": f"{prefix}features"})
+        try:
+            missing = runtime.check_features(body.features)
+        except InvalidInput as exc:
+            exc.message = prefix + exc.message
+            exc.details = {"field": prefix + exc.details.get("field", "")}
+            raise
+        return Item(runtime, slot.shadow, request_id, body.request_id is not None, None, dict(body.features), False,
+                    body.explain, started, missing)
+
+    async def score(self, item: Item) -> dict[str, Any]:
+        """Score one prepared request (batched with its neighbours); the same request id answers once."""
+        key = (item.runtime.model_name, item.request_id)
+        if item.client_request_id:
+            earlier = self.answers.get(key)
+            if earlier is not None:
+                return {**earlier, "replayed": True}
+            pending = self._inflight.get(key)
+            if pending is not None:
+                return {**(await asyncio.shield(pending)), "replayed": True}
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._batched(item)
+            if isinstance(result, BaseException):
+                raise result
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    # -- the batch ---------------------------------------------------------------------
+
+    async def _score_batch(self, items: list[Item]) -> list[dict[str, Any] | BaseException]:
+        degraded: set[str] = set()
+        if self.metrics:
+            self.metrics.batch_size.observe(len(items))
+        # The lookup of earlier answers waits on Redis/Postgres while features are computed here.
+        lookup = asyncio.ensure_future(self._earlier_answers([i for i in items if i.client_request_id], degraded))
+        await asyncio.sleep(0)  # let the lookup send its query before the CPU work below
+        out: list[dict[str, Any] | BaseException | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        vectors: dict[int, dict[str, Any]] = {}
+        flags: dict[int, dict[str, Any]] = {}
+        folded_all: dict[tuple[str, str], tuple[History, bool]] = {}
+        by_fs: dict[FeatureSet, list[int]] = {}
+        for n in todo:
+            item = items[n]
+            if item.runtime.feature_set is None:
+                vectors[n] = item.features or {}
+                flags[n] = {"missing_features": item.missing} if item.missing else {}
+            else:
+                by_fs.setdefault(item.runtime.feature_set, []).append(n)
+        for fs, members in by_fs.items():
+            try:
+                v, f, folded = await self._event_inputs(fs, [items[n] for n in members], degraded)
+            except Exception as exc:  # noqa: BLE001 - one feature set failing must not fail the others
+                log.exception("feature assembly failed")
+                for n in members:
+                    out[n] = exc
+                continue
+            for n, vector, flag in zip(members, v, f):
+                vectors[n], flags[n] = vector, flag
+            folded_all.update(folded)
+        earlier = await lookup
+        for n, item in enumerate(items):
+            prior = earlier.get((item.runtime.model_name, item.request_id))
+            if prior is not None:
+                out[n] = {**prior, "replayed": True}
+                folded_all = {k: v for k, v in folded_all.items() if not _touches(item, k)}
+        todo = [n for n in todo if not (isinstance(out[n], dict) and out[n].get("replayed"))]
+        records: list[dict[str, Any]] = []
+        shadow_jobs: list[tuple[Item, dict[str, Any], str, str]] = []
+        by_runtime: dict[int, list[int]] = {}
+        for n in todo:
+            if out[n] is None:
+                by_runtime.setdefault(id(items[n].runtime), []).append(n)
+        now = datetime.now(timezone.utc)
+        for members in by_runtime.values():
+            runtime = items[members[0]].runtime
+            X = runtime.matrix([vectors[n] for n in members])
+            scores = runtime.predict(X)
+            decisions = runtime.decide(scores)
+            inline = [j for j, n in enumerate(members)
+                      if items[n].explain or self.config.reasons == "all" or decisions[j] != "approve"]
+            reasons: dict[int, list[dict[str, Any]]] = {}
+            if inline:
+                contrib = runtime.contributions(X[inline])
+                for k, j in enumerate(inline):
+                    reasons[j] = runtime.reasons(X[j], contrib[k])
+            for j, n in enumerate(members):
+                item = items[n]
+                prediction_id = str(uuid.uuid4())
+                event_id = item.event["event_id"] if item.event else None
+                latency = (time.perf_counter() - item.started) * 1000
+                answer = {
+                    "prediction_id": prediction_id, "request_id": item.request_id, "model": runtime.model_name,
+                    "version": runtime.version, "score": float(scores[j]), "decision": decisions[j],
+                    "reasons": reasons.get(j, []), "reasons_deferred": j not in reasons, "flags": flags[n],
+                    "degraded": bool(degraded), "degraded_reasons": sorted(degraded),
+                    "latency_ms": round(latency, 3), "scored_at": now.isoformat(), "event_id": event_id,
+                    "replayed": False,
+                }
+                records.append(self._prediction_record(answer, runtime, vectors[n], "production"))
+                out[n] = answer
+                if self.metrics:
+                    self.metrics.decisions.inc(tags={"model": runtime.model_name, "decision": decisions[j]})
+                if item.shadow is not None and self.config.shadow:
+                    shadow_jobs.append((item, vectors[n], decisions[j], item.request_id))
+        recorded = [items[n].event for n in todo if items[n].record and items[n].event is not None
+                    and isinstance(out[n], dict)]
+        fs_of = {items[n].event["event_id"]: items[n].runtime.feature_set for n in todo
+                 if items[n].event is not None and items[n].runtime.feature_set is not None}
+        for event in recorded:
+            fs = fs_of[event["event_id"]]
+            records.append({"kind": "event", "feature_set": fs.name, "feature_set_version": fs.version,
+                            "row": {**event, "occurred_at": event["occurred_at"].isoformat()}})
+        try:
+            self.spool.append(records)  # before answering: an answered prediction is never lost
+        except OSError as exc:
+            log.exception("spool write failed")
+            failure = ServiceUnavailable(f"cannot record predictions locally: {exc}", code="spool_unavailable")
+            return [failure if isinstance(out[n], dict) and not out[n].get("replayed") else out[n]
+                    for n in range(len(items))]
+        # caches: the folded histories (when the events are recorded), the answers
+        for key, (history, stale) in folded_all.items():
+            self.histories.put(key, CachedHistory(history, _labelled(history), stale))
+        for n in todo:
+            if isinstance(out[n], dict) and items[n].client_request_id:
+                self.answers.put((items[n].runtime.model_name, items[n].request_id), out[n])
+        if self.redis is not None and self.redis_breaker.available:
+            self._spawn(self._redis_store(items, out, todo, folded_all), "redis-store")
+        if shadow_jobs:
+            self._spawn(self._shadow(shadow_jobs), "shadow")
+        for reason in degraded:
+            if self.metrics:
+                self.metrics.degraded.inc(len(items), tags={"reason": reason})
+        return out  # type: ignore[return-value]
+
+    def _prediction_record(self, answer: dict[str, Any], runtime: ModelRuntime, vector: dict[str, Any],
+                           role: str) -> dict[str, Any]:
+        return {
+            "kind": "prediction", "prediction_id": answer["prediction_id"], "scored_at": answer["scored_at"],
+            "request_id": answer["request_id"], "model_id": runtime.model_id, "model_name": runtime.model_name,
+            "version": runtime.version, "role": role, "event_id": answer["event_id"],
+            "features": {k: vector.get(k) for k in runtime.names},
+            "score": answer["score"], "decision": answer["decision"],
+            "reasons": None if answer["reasons_deferred"] else answer["reasons"],
+            "flags": answer["flags"], "degraded": answer["degraded"],
+            "degraded_reasons": answer["degraded_reasons"], "latency_ms": answer["latency_ms"],
+        }
+
+    async def _shadow(self, jobs: list[tuple[Item, dict[str, Any], str, str]]) -> None:
+        """Staging versions score the same inputs; stored beside production's, never returned."""
+        try:
+            by_runtime: dict[int, list[tuple[Item, dict[str, Any], str, str]]] = {}
+            for job in jobs:
+                by_runtime.setdefault(id(job[0].shadow), []).append(job)
+            records = []
+            now = datetime.now(timezone.utc).isoformat()
+            for group in by_runtime.values():
+                runtime = group[0][0].shadow
+                X = runtime.matrix([g[1] for g in group])
+                scores = runtime.predict(X)
+                decisions = runtime.decide(scores)
+                for (item, vector, prod_decision, request_id), score, decision in zip(group, scores.tolist(), decisions):
+                    answer = {"prediction_id": str(uuid.uuid4()), "scored_at": now, "request_id": request_id,
+                              "event_id": item.event["event_id"] if item.event else None, "score": float(score),
+                              "decision": decision, "reasons": [], "reasons_deferred": True,
+                              "flags": {"production_decision": prod_decision}, "degraded": False,
+                              "degraded_reasons": [], "latency_ms": 0.0}
+                    records.append(self._prediction_record(answer, runtime, vector, "shadow"))
+                    if self.metrics:
+                        self.metrics.shadow.inc(tags={"model": runtime.model_name,
+                                                      "agreement": "same" if decision == prod_decision else "differs"})
+            self.spool.append(records)
+        except Exception:  # noqa: BLE001 - shadow scoring never affects serving
+            log.exception("shadow scoring failed")
+
+    # -- idempotency ---------------------------------------------------------------------
+
+    async def _earlier_answers(self, items: list[Item], degraded: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Answers already given to these request ids by any replica (Redis, else Postgres)."""
+        if not items:
+            return {}
+        keys = [(i.runtime.model_name, i.request_id) for i in items]
+        if self.redis is not None:
+            if self.redis_breaker.available:
+                try:
+                    values = await self.redis.mget([f"sira:answer:{m}:{r}" for m, r in keys])
+                    self.redis_breaker.succeeded()
+                    return {k: orjson.loads(v) for k, v in zip(keys, values) if v is not None}
+                except Exception as exc:  # noqa: BLE001
+                    self.redis_breaker.failed(exc)
+            degraded.add("cache_unavailable")
+        if not self.pg.available:
+            degraded.add("database_unavailable")
+            return {}
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            async with self.pool.acquire(timeout=self.config.db_timeout_s) as conn:
+                for model in sorted({m for m, _ in keys}):
+                    rows = await conn.fetch(
+                        """SELECT prediction_id, request_id, model_name, version, event_id, score, decision, reasons,
+                                  flags, degraded, latency_ms, scored_at
+                             FROM sira_predictions
+                            WHERE model_name = $1 AND request_id = ANY($2::text[]) AND role = 'production'
+                              AND scored_at > now() - make_interval(secs => $3)""",
+                        model, [r for m, r in keys if m == model], float(self.config.idempotency_ttl_s),
+                        timeout=self.config.db_timeout_s,
+                    )
+                    for row in rows:
+                        found[(model, row["request_id"])] = answer_from_row(row)
+            self.pg.succeeded()
+        except DB_ERRORS as exc:
+            self.pg.failed(exc)
+            degraded.add("database_unavailable")
+        return found
+
+    async def _redis_store(self, items: list[Item], out: list[Any], todo: list[int],
+                           folded: dict[tuple[str, str], tuple[History, bool]]) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for n in todo:
+                if isinstance(out[n], dict) and items[n].client_request_id:
+                    pipe.set(f"sira:answer:{items[n].runtime.model_name}:{items[n].request_id}",
+                             orjson.dumps(out[n]), ex=self.config.idempotency_ttl_s, nx=True)
+            for key, (history, stale) in folded.items():
+                spec = None
+                for item in items:
+                    fs = item.runtime.feature_set
+                    if fs is not None:
+                        spec = fs.entity(key[0])
+                        break
+                if spec is not None:
+                    state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
+                    pipe.set(self._redis_history_key(key), orjson.dumps({"s": state, "w": time.time(), "st": stale}),
+                             ex=self.config.redis_ttl_s)
+            await pipe.execute()
+            self.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            self.redis_breaker.failed(exc)
+
+    # -- features ---------------------------------------------------------------------------
+
+    def _redis_history_key(self, key: tuple[str, str]) -> str:
+        return f"sira:history:{key[0]}:{key[1]}"
+
+    async def _event_inputs(self, fs: FeatureSet, items: list[Item], degraded: set[str]
+                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, str], tuple[History, bool]]]:
+        """Feature vectors for the batch's events, the per-request flags, and the folded histories to cache."""
+        events = [i.event for i in items]
+        keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
+                       if e.get(spec.key_column) is not None})
+        found, status = await self._histories(fs, keys, degraded)
+        inputs = event_vectors(fs, events, {k: v.history for k, v in found.items()})
+        flags: list[dict[str, Any]] = []
+        for item, vector in zip(items, inputs.vectors):
+            flag: dict[str, list[str]] = {}
+            for spec in fs.entities:
+                value = item.event.get(spec.key_column)
+                if value is None:
+                    flag.setdefault("missing_entities", []).append(spec.entity)
+                    continue
+                state = status.get((spec.entity, value))
+                if state == "unavailable":
+                    flag.setdefault("unavailable_entities", []).append(spec.entity)
+                    for name in spec.names():
+                        vector[name] = None  # unknown history: missing, not "first event ever"
+                elif state == "new":
+                    flag.setdefault("new_entities", []).append(spec.entity)
+                elif found.get((spec.entity, value)) is not None and found[(spec.entity, value)].stale:
+                    flag.setdefault("stale_entities", []).append(spec.entity)
+            flags.append(flag)
+        recorded = {(spec.entity, i.event[spec.key_column]) for i in items if i.record for spec in fs.entities
+                    if i.event.get(spec.key_column) is not None}
+        folded = {k: (h, found[k].stale if k in found else False) for k, h in inputs.folded.items()
+                  if k in recorded and status.get(k) != "unavailable"}
+        return inputs.vectors, flags, folded
+
+    async def _histories(self, fs: FeatureSet, keys: list[tuple[str, str]], degraded: set[str]
+                         ) -> tuple[dict[tuple[str, str], CachedHistory], dict[tuple[str, str], str]]:
+        """Entity histories: in-replica LRU, then Redis, then Postgres (snapshot, else the event log)."""
+        found: dict[tuple[str, str], CachedHistory] = {}
+        status: dict[tuple[str, str], str] = {}
+        missing = []
+        for key in keys:
+            cached = self.histories.get(key)
+            if cached is not None:
+                found[key] = cached
+            else:
+                missing.append(key)
+        if self.metrics:
+            self.metrics.cache.inc(len(found), tags={"layer": "memory", "outcome": "hit"}) if found else None
+            self.metrics.cache.inc(len(missing), tags={"layer": "memory", "outcome": "miss"}) if missing else None
+        if missing and self.redis is not None:
+            if self.redis_breaker.available:
+                try:
+                    values = await self.redis.mget([self._redis_history_key(k) for k in missing])
+                    self.redis_breaker.succeeded()
+                    still = []
+                    for key, raw in zip(missing, values):
+                        entry = orjson.loads(raw) if raw is not None else None
+                        if entry is not None and entry["w"] > self._invalidated_at(key):
+                            spec = fs.entity(key[0])
+                            history = feature_store.history_from_state(spec, entry["s"])
+                            found[key] = CachedHistory(history, _labelled(history), bool(entry.get("st")))
+                            self.histories.put(key, found[key])
+                        else:
+                            still.append(key)
+                    if self.metrics:
+                        self.metrics.cache.inc(len(missing) - len(still), tags={"layer": "redis", "outcome": "hit"})
+                        self.metrics.cache.inc(len(still), tags={"layer": "redis", "outcome": "miss"})
+                    missing = still
+                except Exception as exc:  # noqa: BLE001
+                    self.redis_breaker.failed(exc)
+                    degraded.add("cache_unavailable")
+            else:
+                degraded.add("cache_unavailable")
+        if not missing:
+            return found, status
+        if not self.pg.available:
+            degraded.add("database_unavailable")
+            return found, {**status, **{k: "unavailable" for k in missing}}
+        read_at = time.monotonic()
+        try:
+            async with self.pool.acquire(timeout=self.config.db_timeout_s) as conn:
+                rows = await conn.fetch(
+                    """SELECT s.entity_type, s.entity_id, s.as_of, s.state
+                         FROM unnest($1::text[], $2::text[]) AS k(entity_type, entity_id)
+                         JOIN sira_feature_snapshots s USING (entity_type, entity_id)
+                        WHERE s.feature_set = $3 AND s.feature_set_version = $4""",
+                    [k[0] for k in missing], [k[1] for k in missing], fs.name, fs.version,
+                    timeout=self.config.db_timeout_s,
+                )
+                now = datetime.now(timezone.utc)
+                ttl = fs_ttl_seconds(fs)
+                for row in rows:
+                    key = (row["entity_type"], row["entity_id"])
+                    history = feature_store.history_from_state(fs.entity(key[0]), row["state"])
+                    found[key] = CachedHistory(history, _labelled(history), (now - row["as_of"]).total_seconds() > ttl)
+                absent = [k for k in missing if k not in found]
+                for entity in sorted({k[0] for k in absent}):
+                    spec = fs.entity(entity)
+                    ids = [k[1] for k in absent if k[0] == entity]
+                    horizon = datetime.now(timezone.utc) - timedelta(seconds=spec.lookback_seconds)
+                    loaded = await feature_store.load_histories(conn, spec, ids, horizon,
+                                                                datetime(2200, 1, 1, tzinfo=timezone.utc),
+                                                                fs.label_name)
+                    for entity_id in ids:
+                        history = loaded.get(entity_id)
+                        if history is None or len(history) == 0:
+                            status[(entity, entity_id)] = "new"
+                            history = History.from_rows([], spec.categorical_columns)
+                        found[(entity, entity_id)] = CachedHistory(history, _labelled(history), False)
+            self.pg.succeeded()
+        except DB_ERRORS as exc:
+            self.pg.failed(exc)
+            degraded.add("database_unavailable")
+            return found, {**status, **{k: "unavailable" for k in missing if k not in found}}
+        for key in missing:
+            if key in found and self._invalidated_at(key) < read_at:
+                self.histories.put(key, found[key])
+        return found, status
+
+    def _invalidated_at(self, key: tuple[str, str]) -> float:
+        return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0))
+
+    # -- the flusher -------------------------------------------------------------------------
+
+    async def _flush_forever(self) -> None:
+        delay = self.config.flush_interval_s
+        last_orphan_scan = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                scan = time.monotonic() - last_orphan_scan > 5.0
+                if scan or self.spool.pending:
+                    await self.flush()
+                    if scan:
+                        last_orphan_scan = time.monotonic()
+                delay = self.config.flush_interval_s
+                self.pg.succeeded()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried with backoff; the spool keeps everything
+                self.pg.failed(exc)
+                delay = min(max(delay * 2, 0.5), 5.0)
+            if self.metrics:
+                self.metrics.spooled.set(self.spool.pending)
+
+    async def flush(self) -> int:
+        """Write every closed spool segment to Postgres (this replica's and any left by a dead one)."""
+        async with self._flush_lock:
+            self.spool.rotate()
+            written = 0
+            for segment in self.spool.claim():
+                records = segment.read()
+                await self._write_records(records)
+                self.spool.done(segment)
+                written += len(records)
+            return written
+
+    async def _write_records(self, records: list[dict[str, Any]]) -> None:
+        predictions = [r for r in records if r.get("kind") == "prediction"]
+        events = [r for r in records if r.get("kind") == "event"]
+        async with self.pool.acquire(timeout=5) as conn:
+            async with conn.transaction():
+                if predictions:
+                    await write_predictions(conn, predictions)
+                by_fs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+                for r in events:
+                    by_fs.setdefault((r["feature_set"], r["feature_set_version"]), []).append(r["row"])
+                for (name, version), rows in by_fs.items():
+                    from sira.ingest import record_normalized
+
+                    fs = get_feature_set(name, version)
+                    unique = list({r["event_id"]: {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"])}
+                                   for r in rows}.values())
+                    await record_normalized(conn, fs, unique)
+
+    def explain(self, model: str, version: int, features: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Reason codes of a stored prediction whose reasons were deferred: exact, from its stored features."""
+        runtime = self.runtimes.get((model, version)) or self._load_version(model, version)
+        if runtime is None:
+            return None
+        X = runtime.matrix([features])
+        return runtime.reasons(X[0], runtime.contributions(X)[0])
+
+    def _load_version(self, model: str, version: int) -> ModelRuntime | None:
+        """A version no longer served (spool replayed after a swap or a restart), loaded for its reasons."""
+        async def fetch() -> Any:
+            conn = await db.connect(db.resolve_dsn(self.settings))
+            try:
+                return await conn.fetchrow(
+                    """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
+                              v.thresholds
+                         FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+                        WHERE m.name = $1 AND v.version = $2""", model, version)
+            finally:
+                await conn.close()
+
+        try:
+            row = asyncio.run(fetch())
+            if row is None:
+                return None
+            runtime = ModelRuntime.load(self.settings, dict(row))
+            self.runtimes[(model, version)] = runtime
+            return runtime
+        except Exception:  # noqa: BLE001 - the prediction is stored without reasons rather than lost
+            log.exception("cannot load %s v%s for deferred reasons", model, version)
+            return None
+
+
+async def _init_serving_connection(conn: asyncpg.Connection) -> None:
+    await db._init_connection(conn)
+    # The hot-path lookups touch a partitioned table: planning a custom plan for every call
+    # cost ~0.4 ms more than running the generic one (measured: 0.49 vs 0.18 ms per lookup).
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+def feature_store_key(entity_type: str) -> str | None:
+    from sira.features import ENTITY_COLUMNS
+
+    return ENTITY_COLUMNS.get(entity_type)
+
+
+def fs_ttl_seconds(fs: FeatureSet) -> int:
+    from sira.features import parse_duration
+
+    return parse_duration(fs.ttl)
+
+
+PREDICTION_COLUMNS = ("prediction_id", "scored_at", "request_id", "model_id", "model_name", "version", "role",
+                      "event_id", "features", "score", "decision", "reasons", "flags", "degraded", "latency_ms")
+
+
+async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict[str, Any]]) -> int:
+    """Insert spooled predictions; rows already stored (a replayed spool) are skipped."""
+    rows = []
+    for p in predictions:
+        flags = dict(p.get("flags") or {})
+        if p["reasons"] is None:
+            flags["reasons_deferred"] = True  # exact reasons are computed from the stored features on read
+        if p.get("degraded_reasons"):
+            flags["degraded_reasons"] = p["degraded_reasons"]
+        rows.append((uuid.UUID(p["prediction_id"]), datetime.fromisoformat(p["scored_at"]), p["request_id"],
+                     p["model_id"], p["model_name"], p["version"], p["role"], p["event_id"], p["features"],
+                     min(max(float(p["score"]), 0.0), 1.0), p["decision"], p["reasons"] or [], flags,
+                     bool(p["degraded"]), float(p["latency_ms"])))
+    lo, hi = min(r[1] for r in rows), max(r[1] for r in rows)
+    await conn.execute("SELECT sira_ensure_month_partitions('sira_predictions', $1, $2)", lo, hi)
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sira_predictions_stage ON COMMIT DELETE ROWS AS SELECT "
+        + ", ".join(PREDICTION_COLUMNS) + " FROM sira_predictions WITH NO DATA"
+    )
+    await conn.execute("TRUNCATE sira_predictions_stage")
+    await conn.copy_records_to_table("sira_predictions_stage", records=rows, columns=list(PREDICTION_COLUMNS))
+    status = await conn.execute(
+        f"INSERT INTO sira_predictions ({', '.join(PREDICTION_COLUMNS)}) SELECT {', '.join(PREDICTION_COLUMNS)}"
+        " FROM sira_predictions_stage ON CONFLICT DO NOTHING"
+    )
+    return int(status.split()[-1])
+
+
+def answer_from_row(row: Any) -> dict[str, Any]:
+    """A stored prediction as the answer it was (idempotent replays, GET /v1/predictions/{id})."""
+    flags = dict(row["flags"] or {})
+    degraded_reasons = flags.pop("degraded_reasons", [])
+    deferred = bool(flags.pop("reasons_deferred", False))
+    return {
+        "prediction_id": str(row["prediction_id"]), "request_id": row["request_id"], "model": row["model_name"],
+        "version": row["version"], "score": row["score"], "decision": row["decision"], "reasons": row["reasons"],
+        "reasons_deferred": deferred, "flags": flags, "degraded": row["degraded"], "degraded_reasons": degraded_reasons,
+        "latency_ms": row["latency_ms"], "scored_at": row["scored_at"].isoformat(), "event_id": row["event_id"],
+        "replayed": False,
+    }
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def scoring_router() -> Any:
+    """``/v1/score``, ``/v1/score/batch``, ``/v1/predictions/{id}``, ``/v1/feedback`` (the service is app state)."""
+    router = APIRouter(prefix="/v1", tags=["scoring"])
+    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)}
+
+    def service_of(request: Request) -> ScoringService:
+        return request.app.state.scoring
+
+    def timed(service: ScoringService, route: str, model: str, started: float) -> None:
+        if service.metrics:
+            service.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route, "model": model})
+
+    @router.post("/score", response_model=ScoreResponse, responses=errors, summary="Score one event")
+    async def score(body: ScoreRequest, request: Request, who: Identity = require("score")) -> Any:
+        started = time.perf_counter()
+        service = service_of(request)
+        item = service.prepare(body.model, body)
+        item.started = started
+        answer = await service.score(item)
+        timed(service, "score", body.model, started)
+        return _json(answer)
+
+    @router.post("/score/batch", responses=errors, summary="Score many events in one call")
+    async def score_batch(body: BatchScoreRequest, request: Request, who: Identity = require("score")) -> Any:
+        started = time.perf_counter()
+        service = service_of(request)
+        if len(body.requests) > service.config.max_batch_rows:
+            raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
+                                  f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
+        items = [service.prepare(body.model, r, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
+        for item in items:
+            item.started = started
+        answers = await asyncio.gather(*(service.score(i) for i in items))
+        timed(service, "score_batch", body.model, started)
+        return _json({"model": body.model, "results": answers})
+
+    @router.get("/predictions/{prediction_id}", responses=errors, summary="A stored prediction and its explanation")
+    async def get_prediction(prediction_id: uuid.UUID, request: Request,
+                             who: Identity = require("predictions.read")) -> Any:
+        service = service_of(request)
+        async with service.pool.acquire(timeout=5) as conn:
+            row = await conn.fetchrow(
+                """SELECT prediction_id, request_id, model_name, version, role, event_id, features, score, decision,
+                          reasons, flags, degraded, latency_ms, scored_at
+                     FROM sira_predictions WHERE prediction_id = $1""", prediction_id)
+            if row is None:
+                raise NotFound(f"no stored prediction {prediction_id} (predictions are stored within a second)",
+                               code="unknown_prediction", details={"prediction_id": str(prediction_id)})
+            shadows = await conn.fetch(
+                """SELECT version, score, decision FROM sira_predictions
+                    WHERE model_name = $1 AND request_id = $2 AND role = 'shadow' AND scored_at BETWEEN $3::timestamptz - interval '1 hour'
+                      AND $3::timestamptz + interval '1 hour'""",
+                row["model_name"], row["request_id"], row["scored_at"])
+        answer = answer_from_row(row)
+        if answer["reasons_deferred"]:
+            reasons = await asyncio.to_thread(service.explain, row["model_name"], row["version"], row["features"])
+            if reasons is not None:
+                answer.update(reasons=reasons, reasons_deferred=False)
+        return _json({**answer, "role": row["role"], "features": row["features"],
+                               "shadow": [dict(s) for s in shadows]})
+
+    @router.post("/feedback", responses=errors, summary="Record a label for a prediction or an event")
+    async def feedback(body: FeedbackRequest, request: Request, who: Identity = require("feedback.write")) -> Any:
+        from sira.feedback import record_labels
+
+        service = service_of(request)
+        async with service.pool.acquire(timeout=5) as conn:
+            event_id = body.event_id and service.redactor.scrub_value(body.event_id)
+            if body.prediction_id is not None:
+                stored = await conn.fetchval("SELECT event_id FROM sira_predictions WHERE prediction_id = $1",
+                                             body.prediction_id)
+                if stored is None:
+                    raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
+                                   details={"field": "prediction_id"})
+                if event_id is not None and event_id != stored:
+                    raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
+                                       details={"field": "event_id"})
+                event_id = stored
+            async with conn.transaction():
+                summary = await record_labels(
+                    conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
+                            "known_at": body.known_at or datetime.now(timezone.utc), "source": body.source,
+                            "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
+                    redactor=service.redactor, source=body.source, created_by=who.name)
+        if summary.rejected:
+            raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
+        status = "recorded" if summary.inserted else "updated" if summary.updated else "unchanged"
+        return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+                               "status": status})
+
+    return router
+
+
+# -- Ray Serve -----------------------------------------------------------------------------
+
+
+@serve.deployment(name="sira", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
+@serve.ingress()
+class SiraIngress:
+    """The Serve ingress: SIRA's FastAPI application with this replica's scoring service."""
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        from sira.config import get_settings
+
+        self.settings = get_settings()
+        self.service = ScoringService(self.settings, ServingConfig.from_dict(config))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from sira.api import create_app
+
+        return create_app(self.settings, scoring=self.service)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.service.reconfigure(user_config)
+
+    async def check_health(self) -> None:
+        if self.service.started and not any(t.get_name() == "sira-flusher" for t in self.service._tasks):
+            raise RuntimeError("the spool flusher stopped")
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """``import_path: sira.serving:build_app`` — the Serve application; ``args`` is a ServingConfig."""
+    ServingConfig.from_dict(args)  # fail at deploy time, not in every replica
+    return SiraIngress.bind(args or {})
+
+
+DEPLOYMENT_OPTIONS = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",
+                      "ray_actor_options", "user_config", "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s",
+                      "health_check_period_s", "health_check_timeout_s", "logging_config")
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """What a serve_configs/*.yaml file asks for, checked."""
+
+    host: str
+    port: int
+    args: dict[str, Any]
+    options: dict[str, Any]
+    route_prefix: str = "/"
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ServeSpec":
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"no Serve config at {path}", code="invalid_config") from None
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"{path} is not valid YAML: {exc}", code="invalid_config") from None
+        apps = (data or {}).get("applications") or []
+        sira_apps = [a for a in apps if a.get("import_path") == "sira.serving:build_app"]
+        if len(sira_apps) != 1:
+            raise InvalidInput(f"{path}: expected one application with import_path sira.serving:build_app",
+                               code="invalid_config")
+        app = sira_apps[0]
+        deployments = app.get("deployments") or [{}]
+        options = {k: v for k, v in deployments[0].items() if k != "name"}
+        unknown = sorted(set(options) - set(DEPLOYMENT_OPTIONS))
+        if unknown:
+            raise InvalidInput(f"{path}: unknown deployment option(s) {', '.join(unknown)}", code="invalid_config")
+        ServingConfig.from_dict(app.get("args"))
+        ServingConfig.from_dict(options.get("user_config"))
+        http = data.get("http_options") or {}
+        return cls(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), dict(app.get("args") or {}), options,
+                   app.get("route_prefix", "/"))
+
+    def application(self, **overrides: Any) -> Any:
+        """The bound Serve application with this spec's deployment options (``overrides`` win)."""
+        ServingConfig.from_dict(self.args)
+        options = {**self.options, **overrides}
+        if "num_replicas" in options and "autoscaling_config" in options:
+            options.pop("autoscaling_config" if options["num_replicas"] != "auto" else "num_replicas")
+        return SiraIngress.options(**options).bind(self.args)
+
+
+def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, port: int | None = None,
+              progress: Any = print) -> str:
+    """Start SIRA's Serve application on the local Ray (HAProxy ingress) and return its URL."""
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # read when Serve's proxy starts
+    from sira.ray_runtime import init_ray
+
+    init_ray(settings, db.resolve_dsn(settings))
+    host, port = host or spec.host, port or spec.port
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(spec.application(), name="sira", route_prefix=spec.route_prefix, blocking=False)
+    url = f"http://{host}:{port}"
+    progress(f"SIRA is serving at {url} (OpenAPI: {url}/docs)")
+    return url
