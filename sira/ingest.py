@@ -260,14 +260,14 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
-def _load_batch(batch: Any, *, mapping: dict[str, str], source: str) -> dict[str, np.ndarray]:
-    """Ray Data task: store one batch of file rows; returns its counts as one row."""
+def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str) -> dict[str, np.ndarray]:
+    """Ray Data task: store one batch of file rows in the driver's database; returns its counts as one row."""
     from sira.config import Settings
 
     settings = Settings()
 
     async def run() -> IngestSummary:
-        conn = await db.connect(settings.database_url.get_secret_value())
+        conn = await db.connect(dsn)
         try:
             async with conn.transaction():
                 summary, _ = await store_events(
@@ -285,17 +285,15 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str) -> dict[str
 
 
 def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: int, seq_from: int, seq_to: int,
-                   shards: int) -> dict[str, np.ndarray]:
+                   shards: int, dsn: str) -> dict[str, np.ndarray]:
     """Ray Data task: features of the new events of one (entity, shard)."""
-    from sira.config import Settings
     from sira.features import get_feature_set
 
-    settings = Settings()
     fs = get_feature_set(fs_name, fs_version)
     written = []
     for entity, shard in zip(batch["entity"].tolist(), batch["shard"].tolist()):
         async def run(entity: str = entity, shard: int = shard) -> int:
-            conn = await db.connect(settings.database_url.get_secret_value())
+            conn = await db.connect(dsn)
             try:
                 key = "event_id" if entity == feature_store.EVENT_ENTITY else fs.entity(entity).key_column
                 keys = ", ".join(sorted({f'"{s.key_column}"' for s in fs.entities}))
@@ -367,7 +365,7 @@ def ingest_files(
     counts = (
         reader(files.strings)
         .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
-                     fn_kwargs={"mapping": mapping, "source": source})
+                     fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn})
         .take_all()
     )
     summary = IngestSummary()
@@ -388,7 +386,7 @@ def ingest_files(
             ray.data.from_items(shards)
             .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
                          fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
-                                    "seq_to": seq_to, "shards": FEATURE_SHARDS})
+                                    "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
             .take_all()
         )
         summary.features_written = sum(int(w["written"]) for w in written)

@@ -771,7 +771,7 @@ class ScoringService:
         if shadow_jobs:
             self._spawn(self._shadow(shadow_jobs), "shadow")
         for reason in degraded:
-            if self.metrics:
+            if self.metrics and items:
                 self.metrics.degraded.inc(len(items), tags={"reason": reason})
         return out  # type: ignore[return-value]
 
@@ -928,9 +928,7 @@ class ScoringService:
                 found[key] = cached
             else:
                 missing.append(key)
-        if self.metrics:
-            self.metrics.cache.inc(len(found), tags={"layer": "memory", "outcome": "hit"}) if found else None
-            self.metrics.cache.inc(len(missing), tags={"layer": "memory", "outcome": "miss"}) if missing else None
+        self._count_cache("memory", len(found), len(missing))
         if missing and self.redis is not None:
             if self.redis_breaker.available:
                 try:
@@ -946,9 +944,7 @@ class ScoringService:
                             self.histories.put(key, found[key])
                         else:
                             still.append(key)
-                    if self.metrics:
-                        self.metrics.cache.inc(len(missing) - len(still), tags={"layer": "redis", "outcome": "hit"})
-                        self.metrics.cache.inc(len(still), tags={"layer": "redis", "outcome": "miss"})
+                    self._count_cache("redis", len(missing) - len(still), len(still))
                     missing = still
                 except Exception as exc:  # noqa: BLE001
                     self.redis_breaker.failed(exc)
@@ -1001,13 +997,20 @@ class ScoringService:
                 self.histories.put(key, found[key])
         return found, status
 
+    def _count_cache(self, layer: str, hits: int, misses: int) -> None:
+        if self.metrics is None:
+            return
+        for outcome, n in (("hit", hits), ("miss", misses)):
+            if n > 0:  # Ray counters refuse 0
+                self.metrics.cache.inc(n, tags={"layer": layer, "outcome": outcome})
+
     def _invalidated_at(self, key: tuple[str, str]) -> float:
         return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0))
 
     # -- the flusher -------------------------------------------------------------------------
 
     async def _flush_forever(self) -> None:
-        delay = self.config.flush_interval_s
+        delay = 0.0  # at start, at once: replay what a dead replica left in the spool
         last_orphan_scan = 0.0
         while True:
             await asyncio.sleep(delay)
@@ -1240,6 +1243,13 @@ def scoring_router() -> Any:
                     raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
                                        details={"field": "event_id"})
                 event_id = stored
+            if body.known_at is None:  # a resent label keeps the time it first became known
+                same = await conn.fetchval(
+                    "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
+                    event_id, body.label_name, body.source, body.label)
+                if same:
+                    return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+                                  "status": "unchanged"})
             async with conn.transaction():
                 summary = await record_labels(
                     conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,

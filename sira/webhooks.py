@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change")
+EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change", "version.stage")
 
 
 async def enqueue(conn: asyncpg.Connection, event: str, payload: dict[str, Any]) -> None:

@@ -247,3 +247,65 @@ def synthetic_matrix():
 
     make.schema = schema
     return make
+
+
+# -- a served model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """A database of its own with simulated traffic, labels, snapshots, a trained ``fraud`` v1 in
+    production and API keys for every role: what online scoring tests serve. Built once per run."""
+    from types import SimpleNamespace
+
+    from sira import ingest, registry
+    from sira.auth import Identity, create_key
+    from sira.feature_store import materialize_all
+    from sira.feedback import import_label_files
+    from sira.features import PAYMENTS_V1
+    from sira.runs import TrainRequest, run_training
+    from sira.simulate import SimulationConfig, simulate
+
+    dsn = create_database("sira_serving")
+    settings = Settings(database_url=dsn, workspace=workspace)
+    sim = simulate(SimulationConfig(days=36, customers=600, seed=21, fraud_rate=0.02, label_delay_days=5),
+                   tmp_path_factory.mktemp("serving-sim"))
+
+    async def build() -> SimpleNamespace:
+        conn = await db.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        import asyncio as _asyncio
+
+        await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+        await import_label_files(settings, [sim.labels_path], source="sim")
+        await materialize_all(settings, fs=PAYMENTS_V1)
+        trained = await run_training(settings, TrainRequest(
+            model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2,
+            params={"num_boost_round": 200, "early_stopping_rounds": 40},
+        ))
+        admin = Identity("test-admin", frozenset({"admin"}))
+        pool = await db.create_pool(dsn, settings)
+        try:
+            async with db.transaction(pool) as conn:
+                await registry.update_model(conn, admin, "fraud", required_approvals=0)
+                await registry.request_promotion(conn, settings, admin, "fraud", trained["version"], "tests")
+            keys = {}
+            async with db.transaction(pool) as conn:
+                keys["admin"], _ = await create_key(conn, name="t-admin", roles=["admin"],
+                                                    pepper=settings.secret("auth_secret"), creator=None)
+                for role in ("service", "analyst", "data_scientist", "operator", "viewer"):
+                    keys[role], _ = await create_key(conn, name=f"t-{role}", roles=[role],
+                                                     pepper=settings.secret("auth_secret"), creator=admin)
+            events = await pool.fetch(
+                """SELECT DISTINCT ON (customer_id) customer_id, card_token, terminal_id, country, channel,
+                          amount::float8 AS amount, device_id
+                     FROM sira_events ORDER BY customer_id, occurred_at DESC""")
+        finally:
+            await pool.close()
+        return SimpleNamespace(dsn=dsn, settings=settings, sim=sim, version=trained["version"], keys=keys,
+                               entities=[dict(e) for e in events], trained=trained)
+
+    return run_sync(build())

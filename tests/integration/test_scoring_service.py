@@ -1,0 +1,303 @@
+"""Online scoring in process (the service the Serve ingress runs): answers, idempotency, events, the audit
+trail, feedback, shadow scores, hot swap through the registry, caches, degraded modes and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from sira import db, registry
+from sira.api import create_app
+from sira.auth import Identity
+from sira.serving import ScoringService, ServingConfig
+
+ADMIN = Identity("test-admin", frozenset({"admin"}))
+NOW = datetime(2026, 10, 8, 12, tzinfo=timezone.utc)  # after the simulated history
+
+
+def event(fraud_model, i: int, **overrides):
+    e = fraud_model.entities[i % len(fraud_model.entities)]
+    return {"event_id": f"live-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(seconds=i)).isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": e["amount"], "country": e["country"], "channel": e["channel"], **overrides}
+
+
+@pytest.fixture(scope="module")
+async def served(fraud_model, tmp_path_factory):
+    """The application with a scoring service of its own (spool in a temp folder)."""
+    config = ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool"), flush_interval_s=0.05,
+                           poll_interval_s=1.0)
+    service = ScoringService(fraud_model.settings, config)
+    app = create_app(fraud_model.settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, service
+
+
+def auth(fraud_model, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {fraud_model.keys[role]}"}
+
+
+async def score(client, fraud_model, body, role="service"):
+    return await client.post("/v1/score", json=body, headers=auth(fraud_model, role))
+
+
+async def test_a_score_comes_with_decision_reasons_version_and_an_audit_row(served, fraud_model):
+    client, service = served
+    body = {"model": "fraud", "request_id": f"r-{uuid.uuid4()}", "event": event(fraud_model, 1), "explain": True}
+    r = await score(client, fraud_model, body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model"] == "fraud" and answer["version"] == fraud_model.version
+    assert 0 <= answer["score"] <= 1 and answer["decision"] in ("approve", "review", "block")
+    runtime = service.slots["fraud"].production
+    expected = runtime.decide(__import__("numpy").array([answer["score"]]))[0]
+    assert answer["decision"] == expected
+    assert answer["reasons_deferred"] is False and len(answer["reasons"]) <= 4
+    assert not answer["degraded"] and answer["latency_ms"] > 0
+    await service.flush()
+    async with db.transaction(service.pool) as conn:
+        row = await conn.fetchrow("SELECT * FROM sira_predictions WHERE prediction_id = $1",
+                                  uuid.UUID(answer["prediction_id"]))
+    assert row is not None and row["request_id"] == body["request_id"] and row["score"] == answer["score"]
+    assert row["reasons"] == answer["reasons"] and set(row["features"]) == set(runtime.names)
+    # the analyst reads it back with its explanation; the service role may not
+    r = await client.get(f"/v1/predictions/{answer['prediction_id']}", headers=auth(fraud_model, "analyst"))
+    assert r.status_code == 200 and r.json()["reasons"] == answer["reasons"]
+    r = await client.get(f"/v1/predictions/{answer['prediction_id']}", headers=auth(fraud_model, "service"))
+    assert r.status_code == 403
+
+
+async def test_reasons_follow_pred_contrib_and_deferred_ones_are_computed_on_read(served, fraud_model):
+    client, service = served
+    r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 2), "explain": False})
+    answer = r.json()
+    runtime = service.slots["fraud"].production
+    await service.flush()
+    r = await client.get(f"/v1/predictions/{answer['prediction_id']}", headers=auth(fraud_model, "analyst"))
+    stored = r.json()
+    X = runtime.matrix([stored["features"]])
+    contrib = runtime.contributions(X)[0]
+    assert stored["reasons"] == runtime.reasons(X[0], contrib)
+    top = [runtime.names[j] for j in __import__("numpy").argsort(-contrib[:-1]) if contrib[j] > 0][:4]
+    assert [x["feature"] for x in stored["reasons"]] == top
+    if answer["decision"] == "approve":
+        assert answer["reasons_deferred"] and answer["reasons"] == []
+    assert stored["reasons_deferred"] is False
+
+
+async def test_the_same_request_id_answers_once(served, fraud_model):
+    client, service = served
+    body = {"model": "fraud", "request_id": f"idem-{uuid.uuid4()}", "event": event(fraud_model, 3)}
+    first, second = await asyncio.gather(score(client, fraud_model, body), score(client, fraud_model, body))
+    assert first.json()["prediction_id"] == second.json()["prediction_id"]
+    await service.flush()
+    service.answers.clear()  # another replica, or after a restart: the answer comes from Postgres
+    third = await score(client, fraud_model, body)
+    assert third.json()["prediction_id"] == first.json()["prediction_id"] and third.json()["replayed"]
+    assert third.json()["score"] == first.json()["score"] and third.json()["decision"] == first.json()["decision"]
+    await service.flush()
+    n = await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE request_id = $1 AND role = 'production'",
+                                    body["request_id"])
+    assert n == 1
+
+
+async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
+    client, service = served
+    base = event(fraud_model, 4)
+    answers = []
+    for k in range(3):
+        e = {**base, "event_id": f"vel-{uuid.uuid4().hex[:10]}", "occurred_at": (NOW + timedelta(hours=2, seconds=k)).isoformat()}
+        answers.append((await score(client, fraud_model, {"model": "fraud", "event": e})).json())
+    await service.flush()
+    ids = [a["event_id"] for a in answers]
+    stored = await service.pool.fetchval("SELECT count(*) FROM sira_events WHERE event_id = ANY($1::text[])", ids)
+    assert stored == 3
+    counts = [await service.pool.fetchval(
+        "SELECT (features->>'card_count_1h')::float8 FROM sira_predictions WHERE prediction_id = $1",
+        uuid.UUID(a["prediction_id"])) for a in answers]
+    assert counts == sorted(counts) and counts[2] == counts[0] + 2
+    # not recorded on request
+    e = event(fraud_model, 5)
+    await score(client, fraud_model, {"model": "fraud", "event": e, "record": False})
+    await service.flush()
+    assert await service.pool.fetchval("SELECT count(*) FROM sira_events WHERE event_id = $1", e["event_id"]) == 0
+
+
+async def test_feedback_is_recorded_idempotently(served, fraud_model):
+    client, service = served
+    answer = (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 6)})).json()
+    await service.flush()
+    body = {"prediction_id": answer["prediction_id"], "label": True, "source": "chargeback"}
+    r1 = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "service"))
+    r2 = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "analyst"))
+    assert r1.status_code == 200 and r1.json()["status"] == "recorded"
+    assert r2.status_code == 200 and r2.json()["status"] == "unchanged"
+    rows = await service.pool.fetch("SELECT label, prediction_id FROM sira_feedback WHERE event_id = $1",
+                                    answer["event_id"])
+    assert len(rows) == 1 and rows[0]["label"] and str(rows[0]["prediction_id"]) == answer["prediction_id"]
+    r = await client.post("/v1/feedback", json={"prediction_id": str(uuid.uuid4()), "label": True},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_prediction"
+    r = await client.post("/v1/feedback", json={"label": True}, headers=auth(fraud_model, "service"))
+    assert r.status_code == 422
+    r = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "viewer"))
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("mutate, status, code, field", [
+    (lambda b: {**b, "model": "nope"}, 404, "unknown_model", "model"),
+    (lambda b: {**b, "event": {k: v for k, v in b["event"].items() if k != "customer_id"}}, 422,
+     "missing_entity_key", "event.customer_id"),
+    (lambda b: {**b, "event": {**b["event"], "amount": "ten"}}, 422, "invalid_request", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": float("nan")}}, 422, "invalid_number", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": float("inf")}}, 422, "invalid_number", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": -5}}, 422, "invalid_request", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "colour": "red"}}, 422, "unknown_field", "event.colour"),
+    (lambda b: {**b, "surprise": 1}, 422, "unknown_field", "surprise"),
+    (lambda b: {**b, "event": {**b["event"], "occurred_at": "yesterday"}}, 422, "invalid_request", "event.occurred_at"),
+    (lambda b: {**b, "event": None}, 422, "invalid_request", ""),
+    (lambda b: {**b, "features": {"amount": 1.0}, "event": None}, 422, "missing_field", "event"),
+])
+async def test_bad_input_gets_a_stable_code_naming_the_field(served, fraud_model, mutate, status, code, field):
+    client, _ = served
+    body = mutate({"model": "fraud", "event": event(fraud_model, 7)})
+    r = await client.post("/v1/score", content=json.dumps(body, allow_nan=True),
+                          headers={**auth(fraud_model, "service"), "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["details"].get("field") == field
+
+
+async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
+    client, service = served
+    ok = [{"event": event(fraud_model, 10 + i)} for i in range(5)]
+    r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": ok}, headers=auth(fraud_model, "service"))
+    assert r.status_code == 200 and len(r.json()["results"]) == 5
+    assert len({a["prediction_id"] for a in r.json()["results"]}) == 5
+    too_many = [{"event": event(fraud_model, i)} for i in range(service.config.max_batch_rows + 1)]
+    r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": too_many},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "batch_too_large"
+    bad = ok[:2] + [{"event": {**event(fraud_model, 1), "customer_id": None}}]
+    r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": bad}, headers=auth(fraud_model, "service"))
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "requests.2.event.customer_id"
+
+
+async def test_scoring_needs_the_service_role(served, fraud_model):
+    client, _ = served
+    body = {"model": "fraud", "event": event(fraud_model, 8)}
+    assert (await client.post("/v1/score", json=body)).status_code == 401
+    for role in ("viewer", "analyst", "data_scientist"):
+        assert (await score(client, fraud_model, body, role)).status_code == 403
+    assert (await score(client, fraud_model, body, "admin")).status_code == 200
+
+
+async def test_redis_down_degrades_to_postgres(fraud_model, tmp_path):
+    settings = fraud_model.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens
+    service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
+    app = create_app(settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            r = await score(client, fraud_model, {"model": "fraud", "request_id": "redis-down", "event": event(fraud_model, 9)})
+            assert r.status_code == 200 and r.json()["degraded"] and "cache_unavailable" in r.json()["degraded_reasons"]
+            await service.flush()
+    assert await service.pool is not None
+
+
+async def test_redis_caches_histories_and_answers(fraud_model, tmp_path, redis_url, redis_client):
+    settings = fraud_model.settings.model_copy(update={"redis_url": redis_url})
+    service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
+    app = create_app(settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            body = {"model": "fraud", "request_id": f"rc-{uuid.uuid4()}", "event": event(fraud_model, 11)}
+            first = (await score(client, fraud_model, body)).json()
+            assert not first["degraded"]
+            for _ in range(50):
+                if redis_client.exists(f"sira:answer:fraud:{body['request_id']}"):
+                    break
+                await asyncio.sleep(0.05)
+            service.answers.clear()
+            again = (await score(client, fraud_model, body)).json()
+            assert again["prediction_id"] == first["prediction_id"] and again["replayed"]
+            key = f"sira:history:customer:{body['event']['customer_id']}"
+            assert redis_client.exists(key)
+            service.histories.clear()  # a fresh replica: the history comes from Redis
+            await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 11), "record": False})
+            assert ("customer", body["event"]["customer_id"]) in service.histories._data
+            await service.flush()
+
+
+async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_model):
+    client, service = served
+    e = event(fraud_model, 12)
+    await score(client, fraud_model, {"model": "fraud", "event": e, "record": False})
+    key = ("customer", e["customer_id"])
+    assert service.histories.get(key) is not None
+    # another writer (the stream, POST /v1/events) changes the snapshot: the cached history is dropped
+    other = {**e, "event_id": f"other-{uuid.uuid4().hex[:8]}"}
+    r = await client.post("/v1/events", json={"events": [other]}, headers=auth(fraud_model, "service"))
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    for _ in range(100):
+        if service.histories.get(key) is None:
+            break
+        await asyncio.sleep(0.02)
+    assert service.histories.get(key) is None
+    # this replica's own recorded events do not invalidate what it folded itself
+    mine = {**e, "event_id": f"mine-{uuid.uuid4().hex[:8]}", "occurred_at": (NOW + timedelta(hours=3)).isoformat()}
+    await score(client, fraud_model, {"model": "fraud", "event": mine})
+    await service.flush()
+    await asyncio.sleep(0.3)
+    cached = service.histories.get(key)
+    assert cached is not None and str(cached.history.event_id[-1]) == mine["event_id"]
+
+
+async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_registry(served, fraud_model):
+    from sira.runs import TrainRequest, run_training
+
+    client, service = served
+    v2 = await run_training(fraud_model.settings, TrainRequest(
+        model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2, seed=7,
+        params={"num_boost_round": 120, "early_stopping_rounds": 30, "num_leaves": 15}))
+    version = v2["version"]
+    async with db.transaction(service.pool) as conn:
+        await registry.stage_version(conn, fraud_model.settings, ADMIN, "fraud", version, "shadow it")
+    for _ in range(200):  # LISTEN/NOTIFY: no polling needed
+        if service.slots["fraud"].shadow is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert service.slots["fraud"].shadow.version == version
+    body = {"model": "fraud", "request_id": f"sh-{uuid.uuid4()}", "event": event(fraud_model, 13)}
+    answer = (await score(client, fraud_model, body)).json()
+    assert answer["version"] == fraud_model.version  # production answers; the shadow never does
+    await asyncio.sleep(0.1)
+    await service.flush()
+    rows = await service.pool.fetch("SELECT role, version, score FROM sira_predictions WHERE request_id = $1 ORDER BY role",
+                                    body["request_id"])
+    assert [(r["role"], r["version"]) for r in rows] == [("production", fraud_model.version), ("shadow", version)]
+    r = await client.get(f"/v1/predictions/{answer['prediction_id']}", headers=auth(fraud_model, "analyst"))
+    assert r.json()["shadow"][0]["version"] == version
+    # promotion: the staging version becomes production in every replica, the old one leaves
+    async with db.transaction(service.pool) as conn:
+        await registry.request_promotion(conn, fraud_model.settings, ADMIN, "fraud", version, "better")
+    for _ in range(200):
+        if service.slots["fraud"].production.version == version:
+            break
+        await asyncio.sleep(0.02)
+    answer = (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 14)})).json()
+    assert answer["version"] == version and service.slots["fraud"].shadow is None
+    # rollback brings v1 back the same way
+    async with db.transaction(service.pool) as conn:
+        await registry.rollback(conn, ADMIN, "fraud", "back to v1")
+    for _ in range(200):
+        if service.slots["fraud"].production.version == fraud_model.version:
+            break
+        await asyncio.sleep(0.02)
+    answer = (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 15)})).json()
+    assert answer["version"] == fraud_model.version
+    assert [s["production"] for s in service.swaps[-2:]] == [version, fraud_model.version]

@@ -1,0 +1,140 @@
+"""Scoring a version without services: inputs, decisions, reason codes, and online/offline parity."""
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sira.errors import InvalidInput
+from sira.feature_store import fold_events, to_us
+from sira.features import PAYMENTS_V1, History, entity_features, event_features
+from sira.scoring import ModelRuntime, append_event, describe, event_vectors, reason_code
+from sira.training import train_model
+
+T0 = datetime(2026, 9, 7, 12, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def runtime(synthetic_matrix):
+    import lightgbm as lgb
+
+    train, valid = synthetic_matrix(8_000, 1), synthetic_matrix(3_000, 2)
+    result = train_model(train, valid, {"num_boost_round": 60}, seed=3, num_threads=1)
+    return ModelRuntime(model_name="byo", model_id=1, version=1, artifact_sha256="0" * 64,
+                        booster=lgb.Booster(model_str=result.model_text), schema=tuple(train.schema),
+                        calibration=result.calibration, thresholds={"review": 0.05, "block": 0.2}, feature_set=None)
+
+
+def test_reasons_follow_lightgbms_exact_contributions(runtime):
+    X = runtime.matrix([{"amount": 300.0, "night": 1.0, "channel": "ecom"}, {"amount": 5.0, "night": 0.0,
+                                                                               "channel": "pos"}])
+    contrib = runtime.contributions(X)
+    # pred_contrib sums to the raw margin (TreeSHAP's local accuracy)
+    raw = runtime.booster.predict(X, raw_score=True)
+    assert np.allclose(contrib.sum(axis=1), raw)
+    reasons = runtime.reasons(X[0], contrib[0])
+    expected = [runtime.schema[j].name for j in np.argsort(-contrib[0][:-1]) if contrib[0][j] > 0][:4]
+    assert [r["feature"] for r in reasons] == expected and len(reasons) >= 1
+    assert [r["contribution"] for r in reasons] == sorted((r["contribution"] for r in reasons), reverse=True)
+    by_name = {r["feature"]: r for r in reasons}
+    assert by_name.get("channel", {"value": "ecom"})["value"] == "ecom"  # categoricals shown as their category
+    assert all(r["direction"] == "increases_risk" and r["code"] == reason_code(r["feature"]) for r in reasons)
+    # a calm payment has nothing pushing it up as hard as the risky one's first reason
+    calm = runtime.reasons(X[1], contrib[1])
+    assert max([r["contribution"] for r in calm] or [0.0]) < reasons[0]["contribution"]
+
+
+def test_decision_bands_follow_the_thresholds(runtime):
+    assert runtime.decide(np.array([0.01, 0.05, 0.1999, 0.2, 0.9])) == ["approve", "review", "review", "block", "block"]
+
+
+def test_scores_are_the_calibrated_model(runtime):
+    from sira.training import apply_calibration
+
+    X = runtime.matrix([{"amount": 120.0, "night": 1.0, "channel": "atm"}])
+    assert runtime.predict(X)[0] == apply_calibration(runtime.calibration, runtime.booster.predict(X, raw_score=True))[0]
+
+
+def test_ready_features_are_checked_by_name_type_and_value(runtime):
+    assert runtime.check_features({"amount": 3.0, "night": 1, "channel": "pos"}) == []
+    assert runtime.check_features({"amount": 3.0}) == ["night", "channel"]  # missing: allowed, flagged
+    for bad, code in (({"amnt": 1.0}, "unknown_feature"), ({"amount": "x"}, "invalid_feature"),
+                      ({"amount": float("nan")}, "invalid_feature"), ({"amount": True}, "invalid_feature"),
+                      ({"channel": 3.5}, "invalid_feature")):
+        with pytest.raises(InvalidInput) as err:
+            runtime.check_features(bad)
+        assert err.value.code == code and err.value.details["field"].startswith("features.")
+
+
+def test_unknown_categories_and_missing_values_become_nan(runtime):
+    X = runtime.matrix([{"amount": None, "channel": "teleport"}])
+    assert np.isnan(X).all()
+
+
+def test_reason_texts_read_as_sentences():
+    assert describe("card_count_1h", 7.0) == "Many payments by the card in the last hour (7)"
+    assert describe("customer_new_country_30d", 1.0) == "A country new for the customer in the last 30 days"
+    assert describe("terminal_risk_7d", 0.25) == "High fraud rate at the terminal in the last 7 days (0.25)"
+    assert describe("customer_distinct_terminal_1d", 4.0).startswith("Many different terminals")
+    assert describe("is_night", 1.0) == "Night-time payment (1)"
+    assert describe("something_else", None) == "something else (missing)"
+
+
+def _event(i, minutes, amount, **keys):
+    return {"event_id": f"e{i:03d}", "occurred_at": T0 + timedelta(minutes=minutes), "amount": amount,
+            "customer_id": "c1", "card_token": "k1", "terminal_id": "t1", "country": "FR", "device_id": "d1", **keys}
+
+
+def test_append_event_matches_fold_events_in_and_out_of_order():
+    spec = PAYMENTS_V1.entity("customer")
+    base = History.from_rows([], spec.categorical_columns)
+    events = [_event(i, m, 10.0 + i) for i, m in enumerate([5, 1, 9, 9, 3])]
+    folded = base
+    for e in events:
+        folded, _ = append_event(folded, spec.categorical_columns, e)
+    expected, _ = fold_events(spec, base, events)
+    assert folded.ts.tolist() == expected.ts.tolist() and folded.event_id.tolist() == expected.event_id.tolist()
+    again, pos = append_event(folded, spec.categorical_columns, {**events[2], "amount": 99.0})  # same id: replaces
+    assert len(again) == len(folded) and again.amount[pos] == 99.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60 * 24 * 3), st.floats(0, 1000, allow_nan=False),
+                          st.sampled_from(["c1", "c2"]), st.sampled_from(["t1", "t2", "t3"])), min_size=2, max_size=30))
+def test_online_vectors_equal_the_offline_maths(rows):
+    """Scoring an event from its entities' histories gives the vector the offline pipeline computes."""
+    fs = PAYMENTS_V1
+    events = [_event(i, m, a, customer_id=c, terminal_id=t) for i, (m, a, c, t) in enumerate(rows)]
+    past, new = events[:-1], events[-1]
+    histories = {}
+    for spec in fs.entities:
+        for key in {e[spec.key_column] for e in past}:
+            mine = [e for e in past if e[spec.key_column] == key]
+            histories[(spec.entity, key)] = fold_events(spec, History.from_rows([], spec.categorical_columns), mine)[0]
+    online = event_vectors(fs, [new], histories).vectors[0]
+    for spec in fs.entities:
+        everything = [e for e in events if e[spec.key_column] == new[spec.key_column]]
+        h = History.from_rows([{**e, "ts": to_us(e["occurred_at"])} for e in everything], spec.categorical_columns)
+        pos = int(np.flatnonzero(h.event_id == new["event_id"])[0])
+        offline = entity_features(spec, h, h.ts[pos: pos + 1], np.array([pos]))
+        for name, values in offline.items():
+            want, got = values[0], online[name]
+            assert (np.isnan(want) and got is None) or want == got, (name, want, got)
+    own = event_features(fs, np.array([to_us(new["occurred_at"])]), np.array([new["amount"]]))
+    assert all(online[k] == v[0] for k, v in own.items())
+
+
+def test_events_of_one_entity_in_one_batch_see_each_other_in_time_order():
+    fs = PAYMENTS_V1
+    a, b = _event(1, 10, 5.0), _event(2, 11, 7.0)
+    vectors = event_vectors(fs, [b, a], {}).vectors  # out of order in the batch
+    assert vectors[1]["card_count_1h"] == 1.0 and vectors[0]["card_count_1h"] == 2.0
+
+
+def test_an_event_without_an_entity_key_has_that_entitys_features_missing():
+    fs = PAYMENTS_V1
+    vector = event_vectors(fs, [_event(1, 0, 5.0, terminal_id=None)], {}).vectors[0]
+    assert all(vector[n] is None for n in fs.entity("terminal").names())
+    assert vector["customer_count_1h"] == 1.0

@@ -1,0 +1,66 @@
+"""The local spool: group commits, rotation, torn lines, segments left by dead processes."""
+
+import subprocess
+import sys
+import textwrap
+
+from sira.spool import Spool
+
+
+def test_records_survive_until_flushed_and_are_deleted_after(tmp_path):
+    spool = Spool(tmp_path, fsync=True)
+    spool.open()
+    spool.append([{"n": 1}, {"n": 2}])
+    spool.append([{"n": 3}])
+    assert spool.pending == 3
+    spool.rotate()
+    spool.append([{"n": 4}])  # goes to the new segment
+    segments = spool.claim()
+    assert len(segments) == 1 and [r["n"] for r in segments[0].read()] == [1, 2, 3]
+    spool.done(segments[0])
+    assert spool.pending == 1 and not segments[0].path.exists()
+    spool.rotate()
+    assert [r["n"] for s in spool.claim() for r in s.read()] == [4]
+    spool.close()
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.append([{"n": 1}])
+    with open(spool._current.path, "ab") as fh:
+        fh.write(b'{"n": 2, "tru')  # a crash in the middle of a write
+    spool.rotate()
+    assert [r["n"] for r in spool.claim()[0].read()] == [1]
+    spool.close()
+
+
+def test_segments_of_a_dead_process_are_adopted_and_a_live_ones_are_not(tmp_path):
+    writer = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from sira.spool import Spool
+        s = Spool(Path({str(tmp_path)!r}))
+        s.open()
+        s.append([{{"who": sys.argv[1], "n": i}} for i in range(3)])
+        if sys.argv[1] == "live":
+            print("ready", flush=True)
+            time.sleep(60)
+        os._exit(0)  # dies without flushing or closing
+    """)
+    subprocess.run([sys.executable, "-c", writer, "dead"], check=True, timeout=60)
+    live = subprocess.Popen([sys.executable, "-c", writer, "live"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "ready"
+        spool = Spool(tmp_path)
+        spool.open()
+        claimed = spool.claim()
+        assert [r["who"] for s in claimed for r in s.read()] == ["dead"] * 3
+        for segment in claimed:
+            spool.done(segment)
+        assert spool.claim() == []  # the live process's segment stays with it
+    finally:
+        live.kill()
+        live.wait()
+    assert [r["who"] for s in spool.claim() for r in s.read()] == ["live"] * 3  # now it is orphaned
+    spool.close()
