@@ -90,6 +90,15 @@ class EmbeddedPostgres:
         pg_ctl = _pgserver()._commands.pg_ctl
         user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=60)
+        # pgserver remembers the servers it started in this process: forget this one, or a later
+        # start() in the same process would hand back the stopped server.
+        from pgserver.postgres_server import PostgresServer
+
+        forgotten = PostgresServer._instances.pop(self.data_dir.expanduser().resolve(), None)
+        if forgotten is not None:
+            import atexit
+
+            atexit.unregister(forgotten._cleanup)
         return True
 
     def _ensure_database(self, admin_dsn: str) -> None:

@@ -728,7 +728,7 @@ class ScoringService:
                     reasons[j] = runtime.reasons(X[j], contrib[k])
             for j, n in enumerate(members):
                 item = items[n]
-                prediction_id = str(uuid.uuid4())
+                prediction_id = prediction_id_for(runtime.model_name, item.request_id, item.client_request_id)
                 event_id = item.event["event_id"] if item.event else None
                 latency = (time.perf_counter() - item.started) * 1000
                 answer = {
@@ -802,7 +802,9 @@ class ScoringService:
                 scores = runtime.predict(X)
                 decisions = runtime.decide(scores)
                 for (item, vector, prod_decision, request_id), score, decision in zip(group, scores.tolist(), decisions):
-                    answer = {"prediction_id": str(uuid.uuid4()), "scored_at": now, "request_id": request_id,
+                    answer = {"prediction_id": prediction_id_for(runtime.model_name, f"{request_id}:shadow:v{runtime.version}",
+                                                                 item.client_request_id),
+                              "scored_at": now, "request_id": request_id,
                               "event_id": item.event["event_id"] if item.event else None, "score": float(score),
                               "decision": decision, "reasons": [], "reasons_deferred": True,
                               "flags": {"production_decision": prod_decision}, "degraded": False,
@@ -1100,6 +1102,15 @@ async def _init_serving_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
+_PREDICTION_IDS = uuid.UUID("5b0f5d2e-6c1e-4b8e-9a57-2f0c3d4e5a61")
+
+
+def prediction_id_for(model: str, request_id: str, client_chosen: bool) -> str:
+    """A client's request id always names the same prediction id: two replicas racing on a retry (before
+    either answer is stored) give the same answer, and the audit trail keeps one row."""
+    return str(uuid.uuid5(_PREDICTION_IDS, f"{model}\x00{request_id}") if client_chosen else uuid.uuid4())
+
+
 def feature_store_key(entity_type: str) -> str | None:
     from sira.features import ENTITY_COLUMNS
 
@@ -1137,9 +1148,14 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
     )
     await conn.execute("TRUNCATE sira_predictions_stage")
     await conn.copy_records_to_table("sira_predictions_stage", records=rows, columns=list(PREDICTION_COLUMNS))
-    status = await conn.execute(
-        f"INSERT INTO sira_predictions ({', '.join(PREDICTION_COLUMNS)}) SELECT {', '.join(PREDICTION_COLUMNS)}"
-        " FROM sira_predictions_stage ON CONFLICT DO NOTHING"
+    columns = ", ".join(PREDICTION_COLUMNS)
+    status = await conn.execute(  # a prediction id is stored once, whatever replica or replay sends it again
+        f"""INSERT INTO sira_predictions ({columns})
+            SELECT DISTINCT ON (s.prediction_id) {", ".join(f"s.{c}" for c in PREDICTION_COLUMNS)}
+              FROM sira_predictions_stage s
+             WHERE NOT EXISTS (SELECT 1 FROM sira_predictions p WHERE p.prediction_id = s.prediction_id)
+             ORDER BY s.prediction_id, s.scored_at
+            ON CONFLICT DO NOTHING"""
     )
     return int(status.split()[-1])
 

@@ -1,0 +1,295 @@
+"""Online scoring on a real Ray Serve over real HTTP: answers, hot swap under load, a replica killed right
+after answering, and a Postgres outage (on a Postgres instance of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sira import db, migrations, registry
+from sira.auth import Identity, create_key
+from sira.config import Settings
+from tests.conftest import run_sync
+
+ADMIN = Identity("test-admin", frozenset({"admin"}))
+NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
+pytestmark = pytest.mark.timeout(600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def event(fraud_model, i: int) -> dict:
+    e = fraud_model.entities[i % len(fraud_model.entities)]
+    return {"event_id": f"e2e-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(seconds=i)).isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": e["amount"], "country": e["country"], "channel": e["channel"]}
+
+
+def deploy(name: str, prefix: str, settings: Settings, dsn: str, spool: Path, replicas: int = 1, **config):
+    from ray import serve
+
+    from sira.ray_runtime import worker_env
+    from sira.serving import SiraIngress
+
+    user_config = {"models": ["fraud"], "flush_interval_s": 0.1, "poll_interval_s": 2.0, **config}
+    app = SiraIngress.options(
+        num_replicas=replicas, user_config=user_config,
+        ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": worker_env(settings, dsn)}},
+    ).bind({"models": ["fraud"], "spool_dir": str(spool)})
+    serve.run(app, name=name, route_prefix=prefix, blocking=False)
+
+
+@pytest.fixture(scope="module")
+def serving(fraud_model, ray_session, tmp_path_factory):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    spool = tmp_path_factory.mktemp("serve-spool")
+    deploy("sira", "/", fraud_model.settings, fraud_model.dsn, spool, replicas=2)
+    yield f"http://127.0.0.1:{port}", spool
+    serve.shutdown()
+
+
+def replica_pids(app: str) -> list[int]:
+    """Serve replicas of an application (their process title names them; the state API needs a dashboard)."""
+    done = subprocess.run(["pgrep", "-f", f"ServeReplica:{app}:sira"], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split()]
+
+
+def headers(fraud_model, role="service"):
+    return {"Authorization": f"Bearer {fraud_model.keys[role]}"}
+
+
+async def stored(dsn: str, sql: str, *args):
+    conn = await db.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+def test_scores_with_reasons_over_http_and_openapi(serving, fraud_model):
+    url, _ = serving
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert client.get("/readyz").status_code == 200
+        spec = client.get("/openapi.json").json()
+        assert {"/v1/score", "/v1/score/batch", "/v1/feedback", "/v1/predictions/{prediction_id}"} <= set(spec["paths"])
+        assert client.get("/docs").status_code == 200
+        r = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": event(fraud_model, 1),
+                                           "explain": True}, headers=headers(fraud_model))
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["version"] >= 1 and answer["reasons_deferred"] is False and answer["latency_ms"] > 0
+        assert all({"code", "feature", "value", "direction", "text"} <= set(x) for x in answer["reasons"])
+        again = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": event(fraud_model, 1)},
+                            headers=headers(fraud_model)).json()
+        assert again["prediction_id"] == answer["prediction_id"]  # whichever replica answers
+        assert again["score"] == answer["score"] and again["decision"] == answer["decision"]
+        time.sleep(0.5)
+        n = run_sync(stored(fraud_model.dsn, "SELECT count(*) FROM sira_predictions WHERE request_id = 'http-1'"))
+        assert n == 1
+        r = client.post("/v1/score", json={"model": "fraud", "event": {**event(fraud_model, 1), "amount": "x"}},
+                        headers=headers(fraud_model))
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "event.amount"
+
+
+def test_a_replica_killed_right_after_answering_loses_nothing(serving, fraud_model):
+    """Answers sit in the spool (a long flush interval); the replicas die; their successors replay it."""
+    import ray
+
+    url, spool = serving
+    deploy("sira", "/", fraud_model.settings, fraud_model.dsn, spool, replicas=2, flush_interval_s=50)
+    time.sleep(1.0)  # the reconfigure reaches both replicas
+    tag = f"kill-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answered = 0
+        for i in range(30):
+            r = client.post("/v1/score", json={"model": "fraud", "request_id": f"{tag}-{i}", "event": event(fraud_model, i)},
+                            headers=headers(fraud_model))
+            assert r.status_code == 200, r.text
+            answered += 1
+    count = f"SELECT count(*) FROM sira_predictions WHERE request_id LIKE '{tag}-%' AND role = 'production'"
+    before = run_sync(stored(fraud_model.dsn, count))
+    assert before < answered  # still in the spools
+    pids = replica_pids("sira")
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if run_sync(stored(fraud_model.dsn, count)) == answered:
+            break
+        time.sleep(1)
+    assert run_sync(stored(fraud_model.dsn, count)) == answered
+    deploy("sira", "/", fraud_model.settings, fraud_model.dsn, spool, replicas=2)
+    assert ray.is_initialized()
+
+
+def test_hot_swap_under_load_fails_no_request_and_each_answer_names_its_version(serving, fraud_model):
+    from sira.runs import TrainRequest, run_training
+
+    url, _ = serving
+    old = run_sync(stored(fraud_model.dsn, """SELECT v.version FROM sira_model_versions v JOIN sira_models m
+                                               ON m.id = v.model_id WHERE m.name = 'fraud' AND v.status = 'production'"""))
+    new = run_sync(run_training(fraud_model.settings, TrainRequest(
+        model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=1, seed=11,
+        params={"num_boost_round": 80, "early_stopping_rounds": 20, "num_leaves": 7})))["version"]
+    results: list[tuple[float, int, int]] = []  # (time, status, version)
+    stop = threading.Event()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                r = client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, k * 1000 + i),
+                                                   "record": False}, headers=headers(fraud_model))
+                results.append((time.time(), r.status_code, r.json().get("version", -1) if r.status_code == 200 else -1))
+                i += 1
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+
+    async def promote() -> float:
+        pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                await registry.request_promotion(conn, fraud_model.settings, ADMIN, "fraud", new, "hot swap test")
+            return time.time()
+        finally:
+            await pool.close()
+
+    changed_at = run_sync(promote())
+    deadline = changed_at + 60
+    while time.time() < deadline:
+        recent = [v for t, s, v in results if t > time.time() - 1.0]
+        if recent and all(v == new for v in recent):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert results and all(s == 200 for _, s, _ in results), [r for r in results if r[1] != 200][:5]
+    assert {v for _, _, v in results} <= {old, new}
+    last_old = max((t for t, _, v in results if v == old), default=changed_at)
+    print(f"\nregistry change -> every replica serving v{new}: {max(0.0, last_old - changed_at):.2f}s "
+          f"over {len(results)} requests")
+    assert last_old - changed_at < 30  # LISTEN/NOTIFY: seconds, not the poll interval's minutes
+    assert all(v == new for t, _, v in results if t > last_old)
+
+    async def back() -> None:
+        pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                await registry.rollback(conn, ADMIN, "fraud", "end of the hot swap test")
+        finally:
+            await pool.close()
+
+    run_sync(back())
+
+
+@pytest.fixture
+def own_postgres(fraud_model, tmp_path):
+    """A Postgres instance of this test's own (the outage must not touch the shared one), with fraud v1."""
+    server = db.EmbeddedPostgres(Settings(workspace=tmp_path / "outage-ws").embedded_pg_data)
+    dsn = server.start()
+    settings = Settings(database_url=dsn, workspace=fraud_model.settings.workspace)
+
+    async def seed() -> str:
+        conn = await db.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        source = await db.connect(fraud_model.dsn)
+        try:
+            row = await source.fetchrow(
+                """SELECT v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+                    WHERE m.name = 'fraud' AND v.version = $1""", fraud_model.version)
+        finally:
+            await source.close()
+        pool = await db.create_pool(dsn, settings)
+        try:
+            async with db.transaction(pool) as conn:
+                model, _ = await registry.ensure_model(conn, "fraud", actor=ADMIN.actor(), feature_set="payments",
+                                                       feature_set_version=1)
+                from sira.artifacts import ArtifactRef
+
+                version = await registry.register_candidate(
+                    conn, model, run_id=None, artifact=ArtifactRef(row["artifact_uri"], row["artifact_sha256"]),
+                    feature_schema=row["feature_schema"], params=row["params"], metrics=row["metrics"],
+                    thresholds=row["thresholds"], feature_set_version=1, actor=ADMIN.actor())
+                await registry.update_model(conn, ADMIN, "fraud", required_approvals=0)
+                await registry.request_promotion(conn, settings, ADMIN, "fraud", version, "outage test")
+                key, _ = await create_key(conn, name="svc", roles=["service"], pepper=settings.secret("auth_secret"),
+                                          creator=ADMIN)
+            return key
+        finally:
+            await pool.close()
+
+    key = run_sync(seed())
+    yield server, dsn, settings, key
+    server.stop()
+    if os.geteuid() == 0:  # as root the data lives outside tmp_path (see sira.config)
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+
+
+def test_a_postgres_outage_loses_no_answered_prediction(serving, fraud_model, own_postgres, tmp_path):
+    from ray import serve
+
+    url, _ = serving
+    server, dsn, settings, key = own_postgres
+    deploy("outage", "/outage", settings, dsn, tmp_path / "spool", breaker_open_s=0.5)
+    auth = {"Authorization": f"Bearer {key}"}
+    answered = {"up": 0, "down": 0, "back": 0}
+    try:
+        with httpx.Client(base_url=f"{url}/outage", timeout=30) as client:
+            def send(phase: str, n: int) -> list[dict]:
+                out = []
+                for i in range(n):
+                    r = client.post("/v1/score", json={"model": "fraud", "request_id": f"{phase}-{i}",
+                                                       "event": event(fraud_model, i % 5)}, headers=auth)
+                    assert r.status_code == 200, (phase, r.text)
+                    answered[phase] += 1
+                    out.append(r.json())
+                return out
+
+            send("up", 10)
+            server.stop()
+            down = send("down", 10)
+            assert all(a["degraded"] and "database_unavailable" in a["degraded_reasons"] for a in down[1:])
+            server.start()
+            send("back", 5)
+            total = sum(answered.values())
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try:
+                    if run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE role = 'production'")) == total:
+                        break
+                except Exception:  # noqa: BLE001 - the server is coming back
+                    pass
+                time.sleep(1)
+            assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE role = 'production'")) == total
+            assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE degraded")) >= 9
+    finally:
+        serve.delete("outage")
