@@ -63,13 +63,32 @@ ApiKeyOption = Annotated[
 _err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
+# With --json, the process's stdout (fd 1) is pointed at stderr for the whole command, so nothing
+# that Ray's threads, native libraries or subprocesses print can get mixed into the JSON; the
+# result alone goes to the real stdout, kept here.
+_JSON_STDOUT: Any = None
+
+
 def _emit(payload: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
     """Print a command's result: one JSON object on stdout, or a human rendering on stderr."""
     if as_json:
-        sys.stdout.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
-        sys.stdout.flush()
+        out = _JSON_STDOUT or sys.stdout
+        out.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
+        out.flush()
     else:
         render()
+
+
+def _reserve_stdout_for_json() -> None:
+    """Keep fd 1 for the JSON result only (see ``_JSON_STDOUT``)."""
+    global _JSON_STDOUT
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:
+        return
+    _JSON_STDOUT = os.fdopen(saved, "w", closefd=True)
 
 
 def _kv_table(title: str, rows: dict[str, Any]) -> Table:
@@ -985,7 +1004,8 @@ def serve_cmd(
 
     from sira.serving import ServeSpec, run_local
 
-    spec = ServeSpec.from_file(config)
+    default = Path("serve_configs/local.yaml")
+    spec = ServeSpec.default() if config == default and not config.exists() else ServeSpec.from_file(config)
     run_local(get_settings(), spec, host=host, port=port, progress=_err.print)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -1008,13 +1028,16 @@ def demo_cmd(
     ] = 1.0,
     days: Annotated[int, typer.Option("--days", min=2, max=3650, help="Days of simulated traffic.")] = 42,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for demo data. Default: <workspace>/demo-data.")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start online scoring and score live payments.")] = True,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Leave the service up at the end (Ctrl-C stops it).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run the whole platform end to end on embedded defaults."""
     from sira.demo import run_demo
 
     settings = get_settings()
-    report = asyncio.run(run_demo(settings, scale=scale, days=days, out_dir=out, progress=_err.print))
+    report = asyncio.run(run_demo(settings, scale=scale, days=days, out_dir=out, progress=_err.print,
+                                  serve=serve, keep_serving=keep_serving))
 
     def render() -> None:
         _err.print(_kv_table("Database", {
@@ -1054,6 +1077,24 @@ def demo_cmd(
                 "production": f"fraud v{gov['production_version']}",
                 "demo keys": gov["keys_file"],
             }))
+        if report.serving:
+            sv = report.serving
+            lat = sv["client_latency_ms"]
+            _err.print(_kv_table("Online scoring (Ray Serve)", {
+                "live payments": f"{sv['scored']:,} scored, {sv['failed']} failed, {sv['requests_per_s']} req/s "
+                                 f"with {sv['clients']} clients",
+                "latency (client)": f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms",
+                "decisions": ", ".join(f"{k} {v:,}" for k, v in sorted(sv["decisions"].items())),
+                "versions": ", ".join(f"fraud v{v}" for v in sv["versions"]),
+                "OpenAPI": sv["docs"] + ("" if sv["still_serving"] else " (stopped; `sira serve` starts it)"),
+            }))
+            for a in sv["examples"]:
+                reasons = "; ".join(r["text"] for r in a["reasons"]) or "(computed when the prediction is read)"
+                _err.print(f"  {a['decision']:>7}  score {a['score']:.4f}  fraud v{a['version']}  {reasons}")
+            if sv.get("explained"):
+                ex = sv["explained"]
+                _err.print(f"  read back by an analyst ({ex['decision']}, score {ex['score']:.4f}): "
+                           + ("; ".join(r["text"] for r in ex["reasons"]) or "no feature raised the score"))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")
@@ -1067,9 +1108,15 @@ def demo_cmd(
 # -- entry point -------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (the console script exits with it)."""
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it).
+
+    ``own_process``: the CLI owns the process (console script, ``python -m sira``, a job), so
+    with ``--json`` it may reserve the process's stdout for the result.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    if own_process and "--json" in args:
+        _reserve_stdout_for_json()
     debug = "--debug" in args or os.environ.get("SIRA_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(
@@ -1114,4 +1161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    sys.exit(main(own_process=True))

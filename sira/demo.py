@@ -29,12 +29,16 @@ from sira.registry import decide, production_history, request_promotion
 from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
+LOCAL_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 DEMO_DAYS = 42
 DEMO_SHIFT_DAY = 32
 DEMO_CUSTOMERS = 2_000
 DEMO_TRIALS = 8
 DEMO_FRAUD_RATE = 0.015
 DEMO_LABEL_MATURITY_DAYS = 14  # the simulator's chargebacks arrive after ~10 days (median)
+DEMO_LIVE_EVENTS = 400  # the newest simulated payments, scored live over HTTP (times the scale)
+DEMO_MIN_LIVE = 40
+DEMO_CLIENTS = 4  # concurrent HTTP clients sending the live payments
 
 
 @dataclass
@@ -51,12 +55,13 @@ class DemoReport:
     example_features: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     governance: dict[str, Any] = field(default_factory=dict)
+    serving: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
                 "example_features": self.example_features, "training": self.training,
-                "governance": self.governance}
+                "governance": self.governance, "serving": self.serving}
 
 
 async def run_demo(
@@ -67,6 +72,8 @@ async def run_demo(
     seed: int = 7,
     out_dir: Path | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    serve: bool = True,
+    keep_serving: bool = False,
 ) -> DemoReport:
     """Run every stage that exists on the configured (by default embedded) services."""
     report = DemoReport()
@@ -103,14 +110,17 @@ async def run_demo(
             "labels_path": str(result.labels_path),
             **result.summary,
         }
-        step("simulate", started, events=result.summary["events"])
+        # The newest events are held back: they arrive later as live scoring requests.
+        history_path, live = hold_back(result.events_path, out_dir / "history",
+                                       max(DEMO_MIN_LIVE, int(DEMO_LIVE_EVENTS * scale)) if serve else 0)
+        step("simulate", started, events=result.summary["events"], held_back_for_serving=len(live))
 
         fs = get_feature_set()
         started = time.perf_counter()
         progress("ingest: loading events through Ray Data, computing features")
         init_ray(settings, dsn)  # in the main thread: Ray's driver lives there
         summary = await asyncio.to_thread(
-            ingest_files, settings, [result.events_path], fs=fs, source="demo", progress=False
+            ingest_files, settings, [history_path], fs=fs, source="demo", progress=False
         )
         report.ingest = summary.to_dict()
         step("ingest", started, accepted=summary.accepted, duplicates=summary.duplicates)
@@ -149,6 +159,13 @@ async def run_demo(
         progress("governance: demo keys; a data scientist requests promotion, two approvers approve")
         report.governance = await promote_with_demo_approvers(conn, settings, "fraud", result["version"])
         step("promote", started, production=result["version"])
+
+        if serve:
+            started = time.perf_counter()
+            progress(f"serve: Ray Serve (HAProxy ingress); scoring {len(live)} live payments over HTTP")
+            keys = await demo_keys(conn, settings)
+            report.serving = await serve_and_score(settings, keys, live, progress=progress, keep=keep_serving)
+            step("serve_and_score", started, scored=report.serving["scored"])
         report.tables = await table_counts(conn)
     finally:
         await conn.close()
@@ -156,7 +173,7 @@ async def run_demo(
 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
-             "demo-bob": ["approver"], "demo-oli": ["operator"]}
+             "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"]}
 
 
 async def demo_keys(conn: Any, settings: Settings) -> dict[str, str]:
@@ -211,3 +228,108 @@ async def table_counts(conn: Any) -> dict[str, int]:
         # Names come from the catalogue, quoted as identifiers all the same.
         counts[row["relname"]] = await conn.fetchval(f'SELECT count(*) FROM "{row["relname"]}"')
     return counts
+
+
+def hold_back(events_path: Path, out_dir: Path, n: int) -> tuple[Path, list[dict[str, Any]]]:
+    """Split the simulated events: all but the newest ``n`` to ingest (a file), the newest ``n`` (records)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(events_path)
+    if n <= 0:
+        return events_path, []
+    table = table.sort_by([("occurred_at", "ascending"), ("event_id", "ascending")])
+    n = min(n, max(0, table.num_rows - 1))
+    history, live = table.slice(0, table.num_rows - n), table.slice(table.num_rows - n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "events.parquet"
+    pq.write_table(history, path)
+    return path, live.to_pylist()
+
+
+async def serve_and_score(settings: Settings, keys: dict[str, str], live: list[dict[str, Any]], *,
+                          progress: Callable[[str], None], keep: bool = False) -> dict[str, Any]:
+    """Start online scoring, send the live payments as a product service would, show a few answers."""
+    import socket
+
+    import httpx
+    from ray import serve as ray_serve
+
+    from sira.serving import ServeSpec, run_local
+
+    spec = ServeSpec.from_file(LOCAL_SERVE_CONFIG) if LOCAL_SERVE_CONFIG.exists() else ServeSpec.default()
+    with socket.socket() as probe:
+        port = spec.port if probe.connect_ex(("127.0.0.1", spec.port)) != 0 else 0
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    url = await asyncio.to_thread(run_local, settings, spec, port=port, progress=progress)
+    answers: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    failures: list[str] = []
+    service = {"Authorization": f"Bearer {keys['demo-svc']}"}
+    queue: asyncio.Queue = asyncio.Queue()
+    for i, e in enumerate(live):
+        queue.put_nowait((i, e))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i, e = queue.get_nowait()
+            body = {"model": "fraud", "request_id": f"demo-live-{e['event_id']}",
+                    "event": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()
+                              if v is not None}}
+            started = time.perf_counter()
+            r = await client.post("/v1/score", json=body, headers=service)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if r.status_code == 200:
+                answers.append(r.json())
+            else:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            started = time.perf_counter()
+            await asyncio.gather(*(client_loop(client) for _ in range(DEMO_CLIENTS)))
+            seconds = time.perf_counter() - started
+            # An analyst reads one approved payment back: its reasons are computed from the stored features.
+            await asyncio.sleep(0.5)
+            shown = _examples(answers)
+            explained = None
+            approved = next((a for a in answers if a["decision"] == "approve"), None)
+            if approved is not None:
+                r = await client.get(f"/v1/predictions/{approved['prediction_id']}",
+                                     headers={"Authorization": f"Bearer {keys['demo-ana']}"})
+                explained = r.json() if r.status_code == 200 else None
+            # A chargeback arrives for the riskiest payment: the service posts it as feedback.
+            feedback = None
+            if answers:
+                riskiest = max(answers, key=lambda a: a["score"])
+                r = await client.post("/v1/feedback", json={"prediction_id": riskiest["prediction_id"], "label": True,
+                                                            "source": "chargeback"}, headers=service)
+                feedback = r.json()
+    finally:
+        if not keep:
+            await asyncio.to_thread(ray_serve.shutdown)
+    ordered = sorted(latencies)
+    pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered else (lambda q: None)
+    decisions: dict[str, int] = {}
+    for a in answers:
+        decisions[a["decision"]] = decisions.get(a["decision"], 0) + 1
+    return {
+        "url": url, "docs": f"{url}/docs", "scored": len(answers), "failed": len(failures),
+        "failures": failures[:5], "seconds": round(seconds, 2),
+        "requests_per_s": round(len(answers) / seconds, 1) if seconds else None,
+        "client_latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)},
+        "decisions": decisions, "versions": sorted({a["version"] for a in answers}),
+        "examples": shown, "explained": explained, "feedback": feedback, "still_serving": keep, "clients": DEMO_CLIENTS,
+    }
+
+
+def _examples(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A few answers worth showing: the riskiest, one per decision."""
+    out: list[dict[str, Any]] = []
+    for decision in ("block", "review", "approve"):
+        mine = [a for a in answers if a["decision"] == decision]
+        if mine:
+            out.append(max(mine, key=lambda a: a["score"]))
+    return out

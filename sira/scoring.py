@@ -200,7 +200,9 @@ def describe(feature: str, value: Any) -> str:
         if base in templates:
             return templates[base]
         if base.startswith("distinct_"):
-            return f"Many different {base.removeprefix('distinct_')}s used by {who} in {words} ({shown})"
+            thing = base.removeprefix("distinct_")
+            plural = thing[:-1] + "ies" if thing.endswith("y") else thing + "s"
+            return f"Many different {plural} used by {who} in {words} ({shown})"
         if base.startswith("new_"):
             thing = base.removeprefix("new_")
             return f"A {thing} new for {who} in {words}" if value == 1 else f"{thing} seen before by {who} ({shown})"

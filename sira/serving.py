@@ -176,7 +176,6 @@ class LRU:
 class CachedHistory:
     history: History
     labelled: int  # events with a positive label (a label change invalidates)
-    stale: bool  # the snapshot was older than the feature set's TTL when read
 
 
 def _touches(item: "Item", key: tuple[str, str]) -> bool:
@@ -680,7 +679,7 @@ class ScoringService:
         todo = list(range(len(items)))
         vectors: dict[int, dict[str, Any]] = {}
         flags: dict[int, dict[str, Any]] = {}
-        folded_all: dict[tuple[str, str], tuple[History, bool]] = {}
+        folded_all: dict[tuple[str, str], History] = {}
         by_fs: dict[FeatureSet, list[int]] = {}
         for n in todo:
             item = items[n]
@@ -761,8 +760,8 @@ class ScoringService:
             return [failure if isinstance(out[n], dict) and not out[n].get("replayed") else out[n]
                     for n in range(len(items))]
         # caches: the folded histories (when the events are recorded), the answers
-        for key, (history, stale) in folded_all.items():
-            self.histories.put(key, CachedHistory(history, _labelled(history), stale))
+        for key, history in folded_all.items():
+            self.histories.put(key, CachedHistory(history, _labelled(history)))
         for n in todo:
             if isinstance(out[n], dict) and items[n].client_request_id:
                 self.answers.put((items[n].runtime.model_name, items[n].request_id), out[n])
@@ -858,14 +857,14 @@ class ScoringService:
         return found
 
     async def _redis_store(self, items: list[Item], out: list[Any], todo: list[int],
-                           folded: dict[tuple[str, str], tuple[History, bool]]) -> None:
+                           folded: dict[tuple[str, str], History]) -> None:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for n in todo:
                 if isinstance(out[n], dict) and items[n].client_request_id:
                     pipe.set(f"sira:answer:{items[n].runtime.model_name}:{items[n].request_id}",
                              orjson.dumps(out[n]), ex=self.config.idempotency_ttl_s, nx=True)
-            for key, (history, stale) in folded.items():
+            for key, history in folded.items():
                 spec = None
                 for item in items:
                     fs = item.runtime.feature_set
@@ -874,7 +873,7 @@ class ScoringService:
                         break
                 if spec is not None:
                     state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
-                    pipe.set(self._redis_history_key(key), orjson.dumps({"s": state, "w": time.time(), "st": stale}),
+                    pipe.set(self._redis_history_key(key), orjson.dumps({"s": state, "w": time.time()}),
                              ex=self.config.redis_ttl_s)
             await pipe.execute()
             self.redis_breaker.succeeded()
@@ -887,7 +886,7 @@ class ScoringService:
         return f"sira:history:{key[0]}:{key[1]}"
 
     async def _event_inputs(self, fs: FeatureSet, items: list[Item], degraded: set[str]
-                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, str], tuple[History, bool]]]:
+                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, str], History]]:
         """Feature vectors for the batch's events, the per-request flags, and the folded histories to cache."""
         events = [i.event for i in items]
         keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
@@ -909,12 +908,12 @@ class ScoringService:
                         vector[name] = None  # unknown history: missing, not "first event ever"
                 elif state == "new":
                     flag.setdefault("new_entities", []).append(spec.entity)
-                elif found.get((spec.entity, value)) is not None and found[(spec.entity, value)].stale:
+                elif self._stale(found.get((spec.entity, value)), item.event["occurred_at"], fs):
                     flag.setdefault("stale_entities", []).append(spec.entity)
             flags.append(flag)
         recorded = {(spec.entity, i.event[spec.key_column]) for i in items if i.record for spec in fs.entities
                     if i.event.get(spec.key_column) is not None}
-        folded = {k: (h, found[k].stale if k in found else False) for k, h in inputs.folded.items()
+        folded = {k: h for k, h in inputs.folded.items()
                   if k in recorded and status.get(k) != "unavailable"}
         return inputs.vectors, flags, folded
 
@@ -942,7 +941,7 @@ class ScoringService:
                         if entry is not None and entry["w"] > self._invalidated_at(key):
                             spec = fs.entity(key[0])
                             history = feature_store.history_from_state(spec, entry["s"])
-                            found[key] = CachedHistory(history, _labelled(history), bool(entry.get("st")))
+                            found[key] = CachedHistory(history, _labelled(history))
                             self.histories.put(key, found[key])
                         else:
                             still.append(key)
@@ -969,12 +968,10 @@ class ScoringService:
                     [k[0] for k in missing], [k[1] for k in missing], fs.name, fs.version,
                     timeout=self.config.db_timeout_s,
                 )
-                now = datetime.now(timezone.utc)
-                ttl = fs_ttl_seconds(fs)
                 for row in rows:
                     key = (row["entity_type"], row["entity_id"])
                     history = feature_store.history_from_state(fs.entity(key[0]), row["state"])
-                    found[key] = CachedHistory(history, _labelled(history), (now - row["as_of"]).total_seconds() > ttl)
+                    found[key] = CachedHistory(history, _labelled(history))
                 absent = [k for k in missing if k not in found]
                 for entity in sorted({k[0] for k in absent}):
                     spec = fs.entity(entity)
@@ -988,7 +985,7 @@ class ScoringService:
                         if history is None or len(history) == 0:
                             status[(entity, entity_id)] = "new"
                             history = History.from_rows([], spec.categorical_columns)
-                        found[(entity, entity_id)] = CachedHistory(history, _labelled(history), False)
+                        found[(entity, entity_id)] = CachedHistory(history, _labelled(history))
             self.pg.succeeded()
         except DB_ERRORS as exc:
             self.pg.failed(exc)
@@ -998,6 +995,14 @@ class ScoringService:
             if key in found and self._invalidated_at(key) < read_at:
                 self.histories.put(key, found[key])
         return found, status
+
+    @staticmethod
+    def _stale(cached: CachedHistory | None, occurred_at: datetime, fs: FeatureSet) -> bool:
+        """The entity's newest known event is older than the feature set's TTL at the scored event's time:
+        its windows are still evaluated correctly, but a source that bypasses the snapshots may be lagging."""
+        if cached is None or len(cached.history) == 0:
+            return False
+        return (feature_store.to_us(occurred_at) - int(cached.history.ts[-1])) > fs_ttl_seconds(fs) * 1_000_000
 
     def _count_cache(self, layer: str, hits: int, misses: int) -> None:
         if self.metrics is None:
@@ -1148,6 +1153,13 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
     )
     await conn.execute("TRUNCATE sira_predictions_stage")
     await conn.copy_records_to_table("sira_predictions_stage", records=rows, columns=list(PREDICTION_COLUMNS))
+    # Two replicas may flush the same prediction id (a retried request both answered) at the same time:
+    # lock the ids' buckets (in one order: no deadlocks; at most 512 locks, whatever the batch size)
+    # so the second sees the first's row and skips its own.
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(7401, b) FROM (
+               SELECT DISTINCT (hashtext(prediction_id::text) & 511) AS b FROM sira_predictions_stage ORDER BY 1) k"""
+    )
     columns = ", ".join(PREDICTION_COLUMNS)
     status = await conn.execute(  # a prediction id is stored once, whatever replica or replay sends it again
         f"""INSERT INTO sira_predictions ({columns})
@@ -1356,6 +1368,15 @@ class ServeSpec:
         return cls(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), dict(app.get("args") or {}), options,
                    app.get("route_prefix", "/"))
 
+    @classmethod
+    def default(cls) -> "ServeSpec":
+        """serve_configs/local.yaml's shape, for an installation without the repository's configs."""
+        return cls("127.0.0.1", 8000, {"models": ["fraud"]}, {
+            "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+            "user_config": ServingConfig().model_dump(exclude={"spool_dir"}),
+        })
+
     def application(self, **overrides: Any) -> Any:
         """The bound Serve application with this spec's deployment options (``overrides`` win)."""
         ServingConfig.from_dict(self.args)
@@ -1367,8 +1388,7 @@ class ServeSpec:
 
 def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, port: int | None = None,
               progress: Any = print) -> str:
-    """Start SIRA's Serve application on the local Ray (HAProxy ingress) and return its URL."""
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # read when Serve's proxy starts
+    """Start SIRA's Serve application on the local Ray (HAProxy ingress: see ``init_ray``) and return its URL."""
     from sira.ray_runtime import init_ray
 
     init_ray(settings, db.resolve_dsn(settings))

@@ -23,9 +23,13 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     events = pq.read_table(report["simulation"]["events_path"])
     assert events.num_rows == report["simulation"]["events"] > 0
     assert report["simulation"]["fraud_events"] > 0
-    assert report["ingest"]["accepted"] == events.num_rows == report["tables"]["sira_events"]
+    live = next(s["held_back_for_serving"] for s in report["steps"] if s["step"] == "simulate")
+    assert live > 0 and report["ingest"]["accepted"] == events.num_rows - live
+    # the held-back payments arrive as live scoring requests and are recorded into the pipeline
+    assert report["tables"]["sira_events"] == events.num_rows
     assert report["tables"]["sira_features"] == 4 * events.num_rows
-    assert report["labels"]["inserted"] == report["simulation"]["labels"] == report["tables"]["sira_feedback"]
+    assert report["labels"]["inserted"] == report["simulation"]["labels"]
+    assert report["tables"]["sira_feedback"] == report["simulation"]["labels"] + 1  # + one chargeback posted live
     assert report["tables"]["sira_feature_snapshots"] == sum(report["snapshots"]["entities"].values()) > 0
     assert report["example_features"]["features"]["customer_count_30d"] >= 1
     training = report["training"]
@@ -34,3 +38,8 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     governance = report["governance"]
     assert [d["outcome"] for d in governance["decisions"]] == ["pending", "approved"]
     assert governance["history"][-1]["to"] == 1 and governance["history"][-1]["actor"] == "demo-bob"
+    serving = report["serving"]
+    assert serving["scored"] == live and serving["failed"] == 0 and serving["versions"] == [1]
+    assert report["tables"]["sira_predictions"] == live
+    assert serving["feedback"]["status"] == "recorded" and serving["examples"]
+    assert serving["explained"] is None or serving["explained"]["reasons_deferred"] is False
