@@ -295,7 +295,7 @@ async def upsert_snapshots(
             WHERE sira_feature_snapshots.state IS DISTINCT FROM EXCLUDED.state""",
         records,
     )
-    await notify_snapshots(conn, spec.entity, [(r[1], r[6], _labelled(r[8])) for r in records])
+    await notify_snapshots(conn, spec.entity, [(r[1], r[6], r[7], _labelled(r[8])) for r in records])
     return len(records)
 
 
@@ -311,12 +311,13 @@ def _labelled(state: dict[str, Any]) -> int:
 
 
 async def notify_snapshots(conn: asyncpg.Connection, entity_type: str,
-                           changes: Sequence[tuple[str, str, int]]) -> None:
+                           changes: Sequence[tuple[str, str, int, int]]) -> None:
     """Tell serving replicas which snapshots changed (delivered at commit; caches drop or keep entries).
 
-    Each change is (entity id, newest event id, labelled events): a replica
-    whose cached history already ends with that event and holds as many
-    labels keeps its entry (it folded the event itself).
+    Each change is (entity id, newest event id, events in the state, labelled
+    events): a replica whose cached history has the same newest event, as many
+    events within the lookback and as many labels keeps its entry (it folded
+    those events itself); any other difference drops it.
     """
     import orjson
 

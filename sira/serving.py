@@ -573,12 +573,15 @@ class ScoringService:
             self._invalidated[(entity_type, "*")] = now
             return
         stale = []
-        for entity_id, last_event_id, labelled in message.get("e", []):
+        lookback = self._lookback_us(entity_type)
+        for entity_id, last_event_id, n_events, labelled in message.get("e", []):
             key = (entity_type, entity_id)
             cached: CachedHistory | None = self.histories.get(key, allow_expired=True)
-            if (cached is not None and len(cached.history) and str(cached.history.event_id[-1]) == last_event_id
-                    and cached.labelled == labelled):
-                continue  # this replica folded that event in already
+            if cached is not None and lookback is not None and len(cached.history):
+                h = cached.history
+                within = int(np.count_nonzero(h.ts > int(h.ts[-1]) - lookback))
+                if (str(h.event_id[-1]), within, cached.labelled) == (last_event_id, n_events, labelled):
+                    continue  # the same state: this replica folded those events in itself
             self.histories.pop(key)
             self._invalidated[key] = now
             stale.append(key)
@@ -586,6 +589,14 @@ class ScoringService:
             self._invalidated.clear()
         if stale and self.redis is not None and self.redis_breaker.available:
             self._spawn(self._redis_forget(stale), "redis-forget")
+
+    def _lookback_us(self, entity_type: str) -> int | None:
+        """How far back a snapshot state reaches for this entity type (the served feature sets')."""
+        for slot in self.slots.values():
+            fs = slot.production.feature_set if slot.production else None
+            if fs is not None and any(e.entity == entity_type for e in fs.entities):
+                return fs.entity(entity_type).lookback_seconds * 1_000_000
+        return None
 
     async def _redis_forget(self, keys: list[tuple[str, str]]) -> None:
         with contextlib.suppress(Exception):

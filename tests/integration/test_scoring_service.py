@@ -249,7 +249,8 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
         await asyncio.sleep(0.02)
     assert service.histories.get(key) is None
     # this replica's own recorded events do not invalidate what it folded itself
-    mine = {**e, "event_id": f"mine-{uuid.uuid4().hex[:8]}", "occurred_at": (NOW + timedelta(hours=3)).isoformat()}
+    newest = datetime(2027, 1, 1, tzinfo=timezone.utc)  # after anything any test sends
+    mine = {**e, "event_id": f"mine-{uuid.uuid4().hex[:8]}", "occurred_at": newest.isoformat()}
     await score(client, fraud_model, {"model": "fraud", "event": mine})
     await service.flush()
     await asyncio.sleep(0.3)
