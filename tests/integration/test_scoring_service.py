@@ -249,7 +249,8 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
         await asyncio.sleep(0.02)
     assert service.histories.get(key) is None
     # this replica's own recorded events do not invalidate what it folded itself
-    newest = datetime(2027, 1, 1, tzinfo=timezone.utc)  # after anything any test sends
+    newest = await service.pool.fetchval("SELECT max(occurred_at) FROM sira_events WHERE customer_id = $1",
+                                         e["customer_id"]) + timedelta(seconds=1)  # the customer's newest event
     mine = {**e, "event_id": f"mine-{uuid.uuid4().hex[:8]}", "occurred_at": newest.isoformat()}
     await score(client, fraud_model, {"model": "fraud", "event": mine})
     await service.flush()
