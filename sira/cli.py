@@ -611,11 +611,11 @@ def _governed(action: Callable[..., Any], api_key: str | None, *args: Any, notif
 ModelOption = Annotated[str, typer.Option("--model", help="Model name.")]
 VersionOption = Annotated[int, typer.Option("--version", min=1, help="Version number.")]
 CommentOption = Annotated[str | None, typer.Option("--comment", help="Why (stored with the decision).")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why this version.")]
 
 
 @app.command("promote")
-def promote_cmd(model: ModelOption, version: VersionOption,
-                reason: Annotated[str | None, typer.Option("--reason", help="Why this version.")] = None,
+def promote_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
                 api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
     """Request production for a version (validates a candidate first); approvals complete it."""
     from sira.registry import request_promotion
@@ -628,8 +628,7 @@ def promote_cmd(model: ModelOption, version: VersionOption,
 
 
 @app.command("stage")
-def stage_cmd(model: ModelOption, version: VersionOption,
-              reason: Annotated[str | None, typer.Option("--reason", help="Why this version.")] = None,
+def stage_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
     """Put a version in staging: serving scores it in shadow beside production (validates a candidate first)."""
     from sira.registry import stage_version

@@ -116,19 +116,20 @@ async def _admin(dsn: str, sql: str) -> None:
         await conn.close()
 
 
+async def migrate_database(dsn: str) -> None:
+    """Apply SIRA's migrations to the database at ``dsn``."""
+    conn = await db.connect(dsn)
+    try:
+        await migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def pg_dsn(create_database) -> str:
     """The session's migrated SIRA database."""
     dsn = create_database()
-
-    async def migrate() -> None:
-        conn = await db.connect(dsn)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
-
-    run_sync(migrate())
+    run_sync(migrate_database(dsn))
     return dsn
 
 
@@ -272,11 +273,7 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
                    tmp_path_factory.mktemp("serving-sim"))
 
     async def build() -> SimpleNamespace:
-        conn = await db.connect(dsn)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
+        await migrate_database(dsn)
         import asyncio as _asyncio
 
         await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)

@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sira import db, migrations, registry
+from sira import db, registry
 from sira.auth import Identity, create_key
 from sira.config import Settings
-from tests.conftest import run_sync
+from tests.conftest import migrate_database, run_sync
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
@@ -216,11 +216,7 @@ def own_postgres(fraud_model, tmp_path):
     settings = Settings(database_url=dsn, workspace=fraud_model.settings.workspace)
 
     async def seed() -> str:
-        conn = await db.connect(dsn)
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
+        await migrate_database(dsn)
         source = await db.connect(fraud_model.dsn)
         try:
             row = await source.fetchrow(
