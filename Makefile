@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dataset_build.py
 	$(BIN)/python benchmarks/tune_speedup.py
 	$(BIN)/python benchmarks/train_time.py
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -173,6 +173,14 @@ class LRU:
         return len(self._data)
 
 
+def _in_replica() -> bool:
+    try:
+        serve.get_replica_context()
+    except Exception:  # noqa: BLE001 - RayServeException: not in a Serve replica
+        return False
+    return True
+
+
 class BackgroundLoop:
     """An event loop in a thread of its own. The flusher stores predictions and folds recorded events
     into features there: that work is CPU-heavy, and on the loop that answers requests it stalled
@@ -403,15 +411,15 @@ class ScoringService:
         self._listener: asyncpg.Connection | None = None
         self.writer: BackgroundLoop | None = None
         self.write_pool: asyncpg.Pool | None = None
+        self.recorder: Any = None
+        self._in_replica = _in_replica()
         self.swaps: list[dict[str, Any]] = []
         self.started = False
         self._batched = self._batcher(config)
 
     def _batcher(self, config: ServingConfig) -> Any:
         """``@serve.batch`` inside a Serve replica; outside one (``sira api``, tests) each request is its own batch."""
-        try:
-            serve.get_replica_context()
-        except Exception:  # noqa: BLE001 - RayServeException: not in a replica
+        if not _in_replica():
             async def single(item: Item) -> Any:
                 return (await self._score_batch([item]))[0]
 
@@ -444,6 +452,8 @@ class ScoringService:
         except Exception:  # noqa: BLE001 - metrics must never stop serving
             log.exception("metrics unavailable")
         self.spool.open()
+        if self._in_replica:  # its writer process, started now rather than on the first flush
+            self.recorder = RECORDER.remote(db.resolve_dsn(self.settings))
         await self.refresh_models("start")
         self._spawn(self._listen_forever(), "listener")
         self._spawn(self._poll_forever(), "poller")
@@ -459,6 +469,11 @@ class ScoringService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=10)
         self.spool.close()
+        if self.recorder is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(self.recorder)
         if self.writer is not None:
             if self.write_pool is not None:
                 async def disconnect(pool: asyncpg.Pool) -> None:
@@ -1090,34 +1105,25 @@ class ScoringService:
             return written
 
     async def _write_records(self, records: list[dict[str, Any]]) -> None:
-        """Store spooled records, on the writer's own loop and connections (see :class:`BackgroundLoop`)."""
+        """Store spooled records away from the loop that answers requests.
+
+        In a Serve replica a recorder actor (a process of its own) does it: folding recorded
+        events into features and snapshots is CPU work that, even in a thread, held the GIL the
+        request loop needs. Elsewhere (``sira api``, tests) a thread with its own loop does it.
+        """
+        if self._in_replica:
+            if self.recorder is None:
+                self.recorder = RECORDER.remote(db.resolve_dsn(self.settings))
+            await self.recorder.store.remote(records)
+            return
         if self.writer is None:
             self.writer = BackgroundLoop("sira-writer")
         if self.write_pool is None:
             async def connect() -> asyncpg.Pool:
-                return await asyncpg.create_pool(db.resolve_dsn(self.settings), min_size=1, max_size=2,
-                                                 init=_init_serving_connection, timeout=10, command_timeout=60)
+                return await create_write_pool(db.resolve_dsn(self.settings))
 
             self.write_pool = await self.writer.run(connect())
-        await self.writer.run(self._store(records))
-
-    async def _store(self, records: list[dict[str, Any]]) -> None:
-        predictions = [r for r in records if r.get("kind") == "prediction"]
-        events = [r for r in records if r.get("kind") == "event"]
-        async with self.write_pool.acquire(timeout=5) as conn:
-            async with conn.transaction():
-                if predictions:
-                    await write_predictions(conn, predictions)
-                by_fs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-                for r in events:
-                    by_fs.setdefault((r["feature_set"], r["feature_set_version"]), []).append(r["row"])
-                for (name, version), rows in by_fs.items():
-                    from sira.ingest import record_normalized
-
-                    fs = get_feature_set(name, version)
-                    unique = list({r["event_id"]: {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"])}
-                                   for r in rows}.values())
-                    await record_normalized(conn, fs, unique)
+        await self.writer.run(store_records(self.write_pool, records))
 
     def explain(self, model: str, version: int, features: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Reason codes of a stored prediction whose reasons were deferred: exact, from its stored features."""
@@ -1160,6 +1166,65 @@ async def _init_serving_connection(conn: asyncpg.Connection) -> None:
 
 
 _PREDICTION_IDS = uuid.UUID("5b0f5d2e-6c1e-4b8e-9a57-2f0c3d4e5a61")
+
+
+async def create_write_pool(dsn: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=_init_serving_connection, timeout=10,
+                                     command_timeout=60)
+
+
+async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> None:
+    """Spooled records into Postgres in one transaction: predictions, then the events to record (folded
+    into features and snapshots by the ingestion code). Idempotent: a replay stores nothing twice."""
+    from sira.ingest import record_normalized
+
+    predictions = [r for r in records if r.get("kind") == "prediction"]
+    events = [r for r in records if r.get("kind") == "event"]
+    async with pool.acquire(timeout=5) as conn:
+        async with conn.transaction():
+            if predictions:
+                await write_predictions(conn, predictions)
+            by_fs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for r in events:
+                by_fs.setdefault((r["feature_set"], r["feature_set_version"]), []).append(r["row"])
+            for (name, version), rows in by_fs.items():
+                unique = list({r["event_id"]: {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"])}
+                               for r in rows}.values())
+                await record_normalized(conn, get_feature_set(name, version), unique)
+
+
+class Recorder:
+    """A replica's writer process (a Ray actor owned by the replica, gone with it)."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.pool: asyncpg.Pool | None = None
+
+    async def store(self, records: list[dict[str, Any]]) -> int:
+        if self.pool is None:
+            self.pool = await create_write_pool(self.dsn)
+        await store_records(self.pool, records)
+        return len(records)
+
+
+def _recorder_actor() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=-1)(Recorder)
+
+
+class _LazyRecorder:
+    """``RECORDER.remote(dsn)``: the actor class is made on first use (no Ray work at import)."""
+
+    _cls: Any = None
+
+    def remote(self, dsn: str) -> Any:
+        if self._cls is None:
+            type(self)._cls = _recorder_actor()
+        return self._cls.remote(dsn)
+
+
+RECORDER = _LazyRecorder()
 
 
 def prediction_id_for(model: str, request_id: str, client_chosen: bool) -> str:
@@ -1358,8 +1423,8 @@ class SiraIngress:
 
         from sira.config import get_settings
 
-        # The flusher's thread holds the GIL while it folds events; hand it back to the request
-        # loop within 1 ms rather than Python's default 5 ms.
+        # A replica runs Serve's loop and the user-code loop in two threads of one process: let a
+        # thread waiting for the GIL get it within 1 ms rather than Python's default 5 ms.
         sys.setswitchinterval(0.001)
         self.settings = get_settings()
         self.service = ScoringService(self.settings, ServingConfig.from_dict(config))

@@ -306,3 +306,21 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
                                entities=[dict(e) for e in events], trained=trained)
 
     return run_sync(build())
+
+
+# -- bad scoring requests: (change to a good body, HTTP status, error code, field named) -------------
+
+SCORE_BAD_INPUTS = [
+    (lambda b: {**b, "model": "nope"}, 404, "unknown_model", "model"),
+    (lambda b: {**b, "event": {k: v for k, v in b["event"].items() if k != "customer_id"}}, 422,
+     "missing_entity_key", "event.customer_id"),
+    (lambda b: {**b, "event": {**b["event"], "amount": "ten"}}, 422, "invalid_request", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": float("nan")}}, 422, "invalid_number", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": float("inf")}}, 422, "invalid_number", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": -5}}, 422, "invalid_request", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "colour": "red"}}, 422, "unknown_field", "event.colour"),
+    (lambda b: {**b, "surprise": 1}, 422, "unknown_field", "surprise"),
+    (lambda b: {**b, "event": {**b["event"], "occurred_at": "yesterday"}}, 422, "invalid_request", "event.occurred_at"),
+    (lambda b: {**b, "event": None}, 422, "invalid_request", ""),
+    (lambda b: {**b, "features": {"amount": 1.0}, "event": None}, 422, "missing_field", "event"),
+]

@@ -21,7 +21,7 @@ import pytest
 from sira import db, registry
 from sira.auth import Identity, create_key
 from sira.config import Settings
-from tests.conftest import migrate_database, run_sync
+from tests.conftest import SCORE_BAD_INPUTS, migrate_database, run_sync
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
@@ -103,12 +103,45 @@ def test_scores_with_reasons_over_http_and_openapi(serving, fraud_model):
                             headers=headers(fraud_model)).json()
         assert again["prediction_id"] == answer["prediction_id"]  # whichever replica answers
         assert again["score"] == answer["score"] and again["decision"] == answer["decision"]
-        time.sleep(0.5)
-        n = run_sync(stored(fraud_model.dsn, "SELECT count(*) FROM sira_predictions WHERE request_id = 'http-1'"))
-        assert n == 1
+        count = "SELECT count(*) FROM sira_predictions WHERE request_id = 'http-1'"
+        for _ in range(100):  # stored within a flush interval or two
+            if run_sync(stored(fraud_model.dsn, count)) >= 1:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # both replicas have flushed by now
+        assert run_sync(stored(fraud_model.dsn, count)) == 1
         r = client.post("/v1/score", json={"model": "fraud", "event": {**event(fraud_model, 1), "amount": "x"}},
                         headers=headers(fraud_model))
         assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "event.amount"
+
+
+@pytest.mark.parametrize("mutate, status, code, field", SCORE_BAD_INPUTS)
+def test_bad_input_over_http_gets_a_stable_code_naming_the_field(serving, fraud_model, mutate, status, code, field):
+    import json
+
+    url, _ = serving
+    body = mutate({"model": "fraud", "event": event(fraud_model, 2)})
+    r = httpx.post(f"{url}/v1/score", content=json.dumps(body, allow_nan=True), timeout=30,
+                   headers={**headers(fraud_model), "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["details"].get("field") == field
+
+
+def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
+    url, _ = serving
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answer = client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, 3)},
+                             headers=headers(fraud_model)).json()
+        for _ in range(50):  # stored within the flush interval
+            r = client.get(f"/v1/predictions/{answer['prediction_id']}", headers=headers(fraud_model, "analyst"))
+            if r.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["reasons_deferred"] is False
+        assert r.json()["score"] == answer["score"] and r.json()["version"] == answer["version"]
+        r = client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": True,
+                                              "source": "chargeback"}, headers=headers(fraud_model))
+        assert r.status_code == 200 and r.json()["status"] == "recorded"
 
 
 def test_a_replica_killed_right_after_answering_loses_nothing(serving, fraud_model):

@@ -15,6 +15,7 @@ from sira import db, registry
 from sira.api import create_app
 from sira.auth import Identity
 from sira.serving import ScoringService, ServingConfig
+from tests.conftest import SCORE_BAD_INPUTS
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 8, 12, tzinfo=timezone.utc)  # after the simulated history
@@ -150,20 +151,9 @@ async def test_feedback_is_recorded_idempotently(served, fraud_model):
     assert r.status_code == 403
 
 
-@pytest.mark.parametrize("mutate, status, code, field", [
-    (lambda b: {**b, "model": "nope"}, 404, "unknown_model", "model"),
-    (lambda b: {**b, "event": {k: v for k, v in b["event"].items() if k != "customer_id"}}, 422,
-     "missing_entity_key", "event.customer_id"),
-    (lambda b: {**b, "event": {**b["event"], "amount": "ten"}}, 422, "invalid_request", "event.amount"),
-    (lambda b: {**b, "event": {**b["event"], "amount": float("nan")}}, 422, "invalid_number", "event.amount"),
-    (lambda b: {**b, "event": {**b["event"], "amount": float("inf")}}, 422, "invalid_number", "event.amount"),
-    (lambda b: {**b, "event": {**b["event"], "amount": -5}}, 422, "invalid_request", "event.amount"),
-    (lambda b: {**b, "event": {**b["event"], "colour": "red"}}, 422, "unknown_field", "event.colour"),
-    (lambda b: {**b, "surprise": 1}, 422, "unknown_field", "surprise"),
-    (lambda b: {**b, "event": {**b["event"], "occurred_at": "yesterday"}}, 422, "invalid_request", "event.occurred_at"),
-    (lambda b: {**b, "event": None}, 422, "invalid_request", ""),
-    (lambda b: {**b, "features": {"amount": 1.0}, "event": None}, 422, "missing_field", "event"),
-])
+
+
+@pytest.mark.parametrize("mutate, status, code, field", SCORE_BAD_INPUTS)
 async def test_bad_input_gets_a_stable_code_naming_the_field(served, fraud_model, mutate, status, code, field):
     client, _ = served
     body = mutate({"model": "fraud", "event": event(fraud_model, 7)})
