@@ -13,6 +13,7 @@ Measured with the same keep-alive HTTP client:
   the replica (a warm-up pass scores each entity once first), and uncached (the replica's caches
   turned off by `user_config`: every history is a snapshot read from Postgres);
 - concurrency 8 and 32: requests/s and p99 of the no-op and of cached `/v1/score`;
+- the cached rows again with `record: false` (audited, not folded into the feature pipeline);
 - registry change -> every request answered by the new version (a promotion under load).
 Every score call carries a request id (idempotency) and is recorded in the audit trail.
 """
@@ -88,11 +89,11 @@ async def concurrent(url: str, bodies: list[dict], headers: dict, clients: int) 
             "p99_ms": round(percentile(samples, 0.99) * 1000, 3), "n": len(samples)}
 
 
-def score_bodies(entities: list[dict], tag: str, n: int) -> list[dict]:
+def score_bodies(entities: list[dict], tag: str, n: int, record: bool = True) -> list[dict]:
     out = []
     for i in range(n):
         e = entities[i % len(entities)]
-        out.append({"model": "fraud", "request_id": f"{tag}-{i}", "record": True, "event": {
+        out.append({"model": "fraud", "request_id": f"{tag}-{i}", "record": record, "event": {
             "event_id": f"{tag}-{i}", "occurred_at": e["occurred_at"], "customer_id": e["customer_id"],
             "card_token": e["card_token"], "terminal_id": e["terminal_id"], "amount": e["amount"],
             "country": e["country"], "channel": e["channel"]}})
@@ -218,6 +219,8 @@ def main(scale: float, requests: int, total: int) -> None:
         results: dict[str, Any] = {"entities": len(entities), "requests": n}
         results["noop_c1"] = summary_ms(sequential(noop, score_bodies(warm, "noop", n), auth))
         results["score_cached_c1"] = summary_ms(sequential(score, score_bodies(warm, "cached", n), auth))
+        # the same without recording the events into the feature pipeline (audited all the same)
+        results["score_cached_norecord_c1"] = summary_ms(sequential(score, score_bodies(warm, "cnr", n, False), auth))
         deploy(cache_max_entries=0)  # the same replica, its caches off: every history from Postgres
         time.sleep(2)
         results["score_uncached_c1"] = summary_ms(sequential(score, score_bodies(cold, "uncached", n), auth))
@@ -229,6 +232,8 @@ def main(scale: float, requests: int, total: int) -> None:
                                                                  clients))
             results[f"score_c{clients}"] = asyncio.run(concurrent(score, score_bodies(entities, f"s{clients}", total),
                                                                   auth, clients))
+            results[f"score_norecord_c{clients}"] = asyncio.run(concurrent(
+                score, score_bodies(entities, f"r{clients}", total, False), auth, clients))
         target = asyncio.run(train_second_version(settings))
         results["swap_seconds"] = round(swap_under_load(score, auth, entities, settings, target), 2)
         noop_p95 = results["noop_c1"]["p95_ms"]
