@@ -144,6 +144,31 @@ def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
         assert r.status_code == 200 and r.json()["status"] == "recorded"
 
 
+def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
+    """Replicas' metrics are exported by the node's Ray metrics agent (aggregated by Prometheus, not a route)."""
+    import ray
+
+    url, _ = serving
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(5):
+            assert client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, i), "record": False},
+                               headers=headers(fraud_model)).status_code == 200
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    wanted = ("ray_sira_request_latency_ms_bucket", "ray_sira_decisions", "ray_sira_batch_size_bucket",
+              "ray_sira_model_version_served", "ray_sira_feature_cache_lookups")
+    body = ""
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(name in body for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in body]
+    assert not missing, missing
+    latency = [line for line in body.splitlines() if line.startswith("ray_sira_request_latency_ms_count")]
+    assert any('model="fraud"' in line and 'route="score"' in line for line in latency)
+
+
 def test_a_replica_killed_right_after_answering_loses_nothing(serving, fraud_model):
     """Answers sit in the spool (a long flush interval); the replicas die; their successors replay it."""
     import ray
