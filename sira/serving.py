@@ -1135,19 +1135,8 @@ class ScoringService:
 
     def _load_version(self, model: str, version: int) -> ModelRuntime | None:
         """A version no longer served (spool replayed after a swap or a restart), loaded for its reasons."""
-        async def fetch() -> Any:
-            conn = await db.connect(db.resolve_dsn(self.settings))
-            try:
-                return await conn.fetchrow(
-                    """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
-                              v.thresholds
-                         FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                        WHERE m.name = $1 AND v.version = $2""", model, version)
-            finally:
-                await conn.close()
-
         try:
-            row = asyncio.run(fetch())
+            row = asyncio.run(version_row(db.resolve_dsn(self.settings), model, version))
             if row is None:
                 return None
             runtime = ModelRuntime.load(self.settings, dict(row))
@@ -1166,6 +1155,20 @@ async def _init_serving_connection(conn: asyncpg.Connection) -> None:
 
 
 _PREDICTION_IDS = uuid.UUID("5b0f5d2e-6c1e-4b8e-9a57-2f0c3d4e5a61")
+
+
+async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | None:
+    """What :meth:`ModelRuntime.load` needs of a registered version (None: no such version)."""
+    conn = await db.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
+                      v.thresholds
+                 FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+                WHERE m.name = $1 AND v.version = $2""", model, version)
+        return dict(row) if row is not None else None
+    finally:
+        await conn.close()
 
 
 async def create_write_pool(dsn: str) -> asyncpg.Pool:

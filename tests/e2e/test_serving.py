@@ -138,7 +138,18 @@ def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
                 break
             time.sleep(0.1)
         assert r.status_code == 200 and r.json()["reasons_deferred"] is False
-        assert r.json()["score"] == answer["score"] and r.json()["version"] == answer["version"]
+        stored = r.json()
+        assert stored["score"] == answer["score"] and stored["version"] == answer["version"]
+        # the reasons are LightGBM's exact contributions for the stored features; the decision its thresholds'
+        from sira.scoring import ModelRuntime
+        from sira.serving import version_row
+
+        row = run_sync(version_row(fraud_model.dsn, "fraud", answer["version"]))
+        runtime = ModelRuntime.load(fraud_model.settings, row)
+        X = runtime.matrix([stored["features"]])
+        assert stored["reasons"] == runtime.reasons(X[0], runtime.contributions(X)[0])
+        assert runtime.predict(X)[0] == answer["score"]
+        assert runtime.decide(runtime.predict(X)) == [answer["decision"]]
         r = client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": True,
                                               "source": "chargeback"}, headers=headers(fraud_model))
         assert r.status_code == 200 and r.json()["status"] == "recorded"
