@@ -977,14 +977,18 @@ def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")]
 def api_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default SIRA_API_PORT).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", help="A model to score (repeat; default fraud).")] = None,
+    scoring: Annotated[bool, typer.Option("--scoring/--no-scoring", help="Serve /v1/score too.")] = True,
 ) -> None:
-    """Run the HTTP API alone under uvicorn (development)."""
+    """Run the HTTP API alone under uvicorn (development: scoring without Serve's batching and replicas)."""
     import uvicorn
 
     from sira.api import create_app
+    from sira.serving import ScoringService, ServingConfig
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
+    service = ScoringService(settings, ServingConfig.from_dict({"models": models or ["fraud"]})) if scoring else None
+    uvicorn.run(create_app(settings, scoring=service), host=host or settings.api_host, port=port or settings.api_port,
                 log_level="warning")
 
 

@@ -373,3 +373,34 @@ def test_sira_stage_needs_a_role_and_refuses_an_illegal_transition(fraud_model):
     done = stage("data_scientist")  # v1 is in production: it cannot become staging
     assert done.returncode == 2 and done.stderr.startswith("error: illegal_transition:"), done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_sira_api_scores_over_real_http_without_serve(fraud_model):
+    """`sira api` (uvicorn, development) serves the same routes, scoring included."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)})
+    server = subprocess.Popen([sys.executable, "-m", "sira", "api", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/score", json={"model": "fraud", "event": event(fraud_model, 40)},
+                       headers=auth(fraud_model, "service"), timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] >= 1 and 0 <= r.json()["score"] <= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
