@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, percentile, report, scratch_database, summary_ms
+from _common import percentile, report, scratch_database, summary_ms
 
 from sira import db, registry
 from sira.auth import Identity, authenticate, create_key
@@ -195,7 +195,7 @@ def main(scale: float, requests: int, total: int) -> None:
             await asyncio.to_thread(run, settings, dsn, key, entities)
 
     def run(settings: Settings, dsn: str, key: str, entities: list[dict]) -> None:
-        spec = ServeSpec.from_file(ROOT / "serve_configs" / "local.yaml")
+        spec = ServeSpec.local()
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})
         serve.run(noop_application(), name="noop", route_prefix="/noop", blocking=False)
         user_config = dict(spec.options["user_config"])

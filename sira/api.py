@@ -169,24 +169,21 @@ def events_router() -> APIRouter:
     return router
 
 
-class ModelCreate(BaseModel):
+class ModelUpdate(BaseModel):
+    """A model's settings that may change after it is created."""
+
+    description: str | None = None
+    label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+    required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
+    decision_targets: dict[str, float] | None = None
+    promotion_policy: dict[str, Any] | None = None
+
+
+class ModelCreate(ModelUpdate):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
     model_type: Literal["fraud_detection", "churn", "anomaly"] = "fraud_detection"
     entity_type: str = "customer"
-    description: str | None = None
     label_name: str | None = None
-    label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
-    required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
-    decision_targets: dict[str, float] | None = None
-    promotion_policy: dict[str, Any] | None = None
-
-
-class ModelUpdate(BaseModel):
-    description: str | None = None
-    label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
-    required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
-    decision_targets: dict[str, float] | None = None
-    promotion_policy: dict[str, Any] | None = None
 
 
 class Reason(BaseModel):

@@ -994,8 +994,8 @@ def api_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    config: Annotated[Path, typer.Option("--config", help="A serve_configs/*.yaml file.")] = Path(
-        "serve_configs/local.yaml"),
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A serve_configs/*.yaml file (default: serve_configs/local.yaml).")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default: the config's).")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default: the config's).")] = None,
 ) -> None:
@@ -1007,8 +1007,7 @@ def serve_cmd(
 
     from sira.serving import ServeSpec, run_local
 
-    default = Path("serve_configs/local.yaml")
-    spec = ServeSpec.default() if config == default and not config.exists() else ServeSpec.from_file(config)
+    spec = ServeSpec.from_file(config) if config else ServeSpec.local()
     run_local(get_settings(), spec, host=host, port=port, progress=_err.print)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

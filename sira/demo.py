@@ -29,7 +29,6 @@ from sira.registry import decide, production_history, request_promotion
 from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
-LOCAL_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 DEMO_DAYS = 42
 DEMO_SHIFT_DAY = 32
 DEMO_CUSTOMERS = 2_000
@@ -256,10 +255,11 @@ async def serve_and_score(settings: Settings, keys: dict[str, str], live: list[d
 
     from sira.serving import ServeSpec, run_local
 
-    spec = ServeSpec.from_file(LOCAL_SERVE_CONFIG) if LOCAL_SERVE_CONFIG.exists() else ServeSpec.default()
+    spec = ServeSpec.local()
     with socket.socket() as probe:
-        port = spec.port if probe.connect_ex(("127.0.0.1", spec.port)) != 0 else 0
-    if port == 0:
+        taken = probe.connect_ex(("127.0.0.1", spec.port)) == 0
+    port = spec.port
+    if taken:  # something else has the configured port: any free one will do
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

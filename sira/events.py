@@ -141,8 +141,15 @@ def normalize(
         event = EventIn.model_validate(record)
     except ValidationError as exc:
         return _rejection(record, raw, exc, redactor)
+    return event_row(event, redactor, source, event.model_extra or {}, raw)
+
+
+def event_row(
+    event: EventIn, redactor: Redactor, source: str, extra: Mapping[str, Any], raw: Mapping[str, Any] | None = None
+) -> dict[str, Any] | Rejection:
+    """A validated event as its redacted ``sira_events`` row (``extra``: fields kept as attributes;
+    ``raw``: the record as sent, kept redacted in a rejection, else the event's own fields)."""
     data = event.model_dump(exclude_none=False)
-    extra = event.model_extra or {}
     row: dict[str, Any] = {"source": source}
     for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
         value = data[name]
@@ -162,7 +169,7 @@ def normalize(
     attributes = redactor.scrub({k: _jsonable(v) for k, v in extra.items()})
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         redactor.payload({k: _jsonable(v) for k, v in raw.items()}))
+                         redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()}))
     row["attributes"] = attributes
     return row
 

@@ -151,10 +151,16 @@ async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequ
     """
     new_ids = await insert_events(conn, rows)
     fresh = [r for r in rows if r["event_id"] in new_ids]
-    if fresh:
-        feature_rows, _ = await fold_into_snapshots(conn, fs, fresh)
-        await feature_store.write_feature_rows(conn, fs, feature_rows)
+    await fold_and_store(conn, fs, fresh)
     return len(fresh)
+
+
+async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """New events into their snapshots and their feature rows into ``sira_features``: (rows written, snapshots)."""
+    if not fresh:
+        return 0, 0
+    rows, updated = await fold_into_snapshots(conn, fs, fresh)
+    return await feature_store.write_feature_rows(conn, fs, rows), updated
 
 
 # -- the online path -------------------------------------------------------------
@@ -233,10 +239,7 @@ async def ingest_batch(
 ) -> IngestSummary:
     """Store a small batch and fold it into features and snapshots, inside the caller's transaction."""
     summary, fresh = await store_events(conn, records, redactor=redactor, source=source, mapping=mapping)
-    if fresh:
-        rows, updated = await fold_into_snapshots(conn, fs, fresh)
-        summary.features_written = await feature_store.write_feature_rows(conn, fs, rows)
-        summary.snapshots_updated = updated
+    summary.features_written, summary.snapshots_updated = await fold_and_store(conn, fs, fresh)
     return summary
 
 

@@ -189,7 +189,7 @@ async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model
 
 
 async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
-                        reason: str | None = None, *, actor: audit.Actor | None = None) -> dict[str, Any]:
+                        reason: str | None = None) -> dict[str, Any]:
     """Put a version in ``staging``: serving scores it in shadow beside production (never returned).
 
     A candidate is validated first. The model's previous staging version, if
@@ -216,7 +216,7 @@ async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, 
     await _set_status(conn, row["id"], "staging")
     details = {"from": row["status"], "to": "staging", "reason": reason,
                "replaced": previous["version"] if previous else None}
-    await audit.record(conn, actor or identity.actor(), "version.stage", target_type="model_version",
+    await audit.record(conn, identity.actor(), "version.stage", target_type="model_version",
                        target_id=f"{model_name}:v{version}", details=details)
     await webhooks.enqueue(conn, "version.stage", {"model": model_name, "version": version, **details})
     return {"model": model_name, "version": version, "status": "staging", "replaced": details["replaced"]}

@@ -30,6 +30,7 @@ import numpy as np
 from sira import artifacts
 from sira.config import Settings
 from sira.errors import InvalidInput
+from sira.feature_store import to_us
 from sira.features import (US, FeatureSet, History, entity_features, event_features, get_feature_set,
                            grouped_features)
 from sira.training import FeatureSpec, apply_calibration
@@ -225,7 +226,7 @@ def append_event(history: History, columns: tuple[str, ...], event: Mapping[str,
     Events arriving in time order (the common case) are appended without
     rebuilding the history; others are inserted in (time, event id) order.
     """
-    ts = _to_us(event["occurred_at"])
+    ts = to_us(event["occurred_at"])
     eid = event["event_id"]
     n = len(history)
     known = history.label_known_at if history.label_known_at is not None else np.full(n, np.inf)
@@ -259,12 +260,6 @@ def append_event(history: History, columns: tuple[str, ...], event: Mapping[str,
     return folded, pos
 
 
-def _to_us(value: Any) -> int:
-    from sira.feature_store import to_us
-
-    return to_us(value)
-
-
 @dataclass
 class EventInputs:
     """The model inputs of a batch of events, and each entity's history with its events folded in."""
@@ -286,7 +281,7 @@ def event_vectors(
     vectors: list[dict[str, float | None]] = [{} for _ in range(n)]
     if not n:
         return EventInputs(vectors, {})
-    ts = np.array([_to_us(e["occurred_at"]) for e in events], dtype=np.int64)
+    ts = np.array([to_us(e["occurred_at"]) for e in events], dtype=np.int64)
     amount = np.array([np.nan if e.get("amount") is None else float(e["amount"]) for e in events])
     for name, values in event_features(fs, ts, amount).items():
         for i, v in enumerate(values.tolist()):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -58,8 +59,8 @@ from sira.api import ErrorResponse, require
 from sira.auth import Identity
 from sira.config import Settings
 from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
-from sira.events import EventIn, normalize, Rejection
-from sira.features import FeatureSet, History, get_feature_set
+from sira.events import EventIn, Rejection, event_row
+from sira.features import ENTITY_COLUMNS, EntityFeatures, FeatureSet, History, get_feature_set, parse_duration
 from sira.scoring import ModelRuntime, event_vectors
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,6 @@ class Breaker:
     def __init__(self, name: str, open_s: float):
         self.name, self.open_s = name, open_s
         self.open_until = 0.0
-        self.failures = 0
 
     @property
     def available(self) -> bool:
@@ -127,7 +127,6 @@ class Breaker:
         if self.available:
             log.warning("%s unavailable (%s: %s); degraded for %.1fs", self.name, type(exc).__name__, exc,
                         self.open_s)
-        self.failures += 1
         self.open_until = time.monotonic() + self.open_s
 
     def succeeded(self) -> None:
@@ -151,10 +150,10 @@ class LRU:
         self._data.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: Any, ttl_s: float | None = None) -> None:
+    def put(self, key: Any, value: Any) -> None:
         if self.max_entries <= 0:
             return
-        self._data[key] = (time.monotonic() + (self.ttl_s if ttl_s is None else ttl_s), value)
+        self._data[key] = (time.monotonic() + self.ttl_s, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -182,9 +181,8 @@ def _in_replica() -> bool:
 
 
 class BackgroundLoop:
-    """An event loop in a thread of its own. The flusher stores predictions and folds recorded events
-    into features there: that work is CPU-heavy, and on the loop that answers requests it stalled
-    every request behind it (measured: p95 tripled with recording on)."""
+    """An event loop in a thread of its own: where a :class:`Recorder` works outside a Serve replica
+    (``sira api``, tests), off the loop that answers requests."""
 
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
@@ -210,8 +208,6 @@ def _touches(item: "Item", key: tuple[str, str]) -> bool:
     when the request turned out to be a replay)."""
     if item.event is None:
         return False
-    from sira.features import ENTITY_COLUMNS
-
     column = ENTITY_COLUMNS.get(key[0])
     return column is not None and item.event.get(column) == key[1]
 
@@ -409,9 +405,8 @@ class ScoringService:
         self._reload_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
+        self.recorder: Any = None  # a Recorder actor (in a replica) or a Recorder on `self.writer`'s loop
         self.writer: BackgroundLoop | None = None
-        self.write_pool: asyncpg.Pool | None = None
-        self.recorder: Any = None
         self._in_replica = _in_replica()
         self.swaps: list[dict[str, Any]] = []
         self.started = False
@@ -419,7 +414,7 @@ class ScoringService:
 
     def _batcher(self, config: ServingConfig) -> Any:
         """``@serve.batch`` inside a Serve replica; outside one (``sira api``, tests) each request is its own batch."""
-        if not _in_replica():
+        if not self._in_replica:
             async def single(item: Item) -> Any:
                 return (await self._score_batch([item]))[0]
 
@@ -452,8 +447,13 @@ class ScoringService:
         except Exception:  # noqa: BLE001 - metrics must never stop serving
             log.exception("metrics unavailable")
         self.spool.open()
-        if self._in_replica:  # its writer process, started now rather than on the first flush
-            self.recorder = RECORDER.remote(db.resolve_dsn(self.settings))
+        # Storing the spool is CPU work (folding recorded events into features): in a replica a
+        # process of its own does it; even a thread held the GIL the request loop needs.
+        if self._in_replica:
+            self.recorder = recorder_actor().remote(db.resolve_dsn(self.settings))
+        else:
+            self.writer = BackgroundLoop("sira-writer")
+            self.recorder = Recorder(db.resolve_dsn(self.settings))
         await self.refresh_models("start")
         self._spawn(self._listen_forever(), "listener")
         self._spawn(self._poll_forever(), "poller")
@@ -469,19 +469,15 @@ class ScoringService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=10)
         self.spool.close()
-        if self.recorder is not None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.run(self.recorder.close()), timeout=5)
+            self.writer.close()
+        elif self.recorder is not None:
             import ray
 
             with contextlib.suppress(Exception):
                 ray.kill(self.recorder)
-        if self.writer is not None:
-            if self.write_pool is not None:
-                async def disconnect(pool: asyncpg.Pool) -> None:
-                    await pool.close()
-
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.writer.run(disconnect(self.write_pool)), timeout=5)
-            self.writer.close()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close(timeout=2)
@@ -611,13 +607,14 @@ class ScoringService:
         except orjson.JSONDecodeError:
             return
         entity_type = message.get("t")
-        now = time.monotonic()
+        now = time.time()  # wall clock: compared with the write times of Redis entries too
         if message.get("all"):
             self.histories.clear(lambda k: k[0] == entity_type)
             self._invalidated[(entity_type, "*")] = now
             return
         stale = []
-        lookback = self._lookback_us(entity_type)
+        spec = self._entity_spec(entity_type)
+        lookback = spec.lookback_seconds * 1_000_000 if spec else None
         for entity_id, last_event_id, n_events, labelled in message.get("e", []):
             key = (entity_type, entity_id)
             cached: CachedHistory | None = self.histories.get(key, allow_expired=True)
@@ -634,12 +631,12 @@ class ScoringService:
         if stale and self.redis is not None and self.redis_breaker.available:
             self._spawn(self._redis_forget(stale), "redis-forget")
 
-    def _lookback_us(self, entity_type: str) -> int | None:
-        """How far back a snapshot state reaches for this entity type (the served feature sets')."""
+    def _entity_spec(self, entity_type: str) -> EntityFeatures | None:
+        """The served feature sets' definition of an entity type (None: no served model uses it)."""
         for slot in self.slots.values():
             fs = slot.production.feature_set if slot.production else None
             if fs is not None and any(e.entity == entity_type for e in fs.entities):
-                return fs.entity(entity_type).lookback_seconds * 1_000_000
+                return fs.entity(entity_type)
         return None
 
     async def _redis_forget(self, keys: list[tuple[str, str]]) -> None:
@@ -660,11 +657,10 @@ class ScoringService:
                            details={"model": model})
         return slot
 
-    def prepare(self, model: str, body: ScoreItem, prefix: str = "") -> Item:
-        """Validate one request against the served version; redact its event."""
+    def prepare(self, model: str, body: ScoreItem, started: float, prefix: str = "") -> Item:
+        """Validate one request against the served version; redact its event (``started``: its arrival)."""
         slot = self.slot(model)
         runtime = slot.production
-        started = time.perf_counter()
         request_id = body.request_id or f"auto-{uuid.uuid4()}"
         if self.redactor is not None and body.request_id:
             request_id = self.redactor.scrub_value(body.request_id)
@@ -672,13 +668,13 @@ class ScoringService:
             if body.event is None:
                 raise InvalidInput(f"{prefix}event: {model} is a feature-store model: send the event",
                                    code="missing_field", details={"field": f"{prefix}event"})
-            raw = body.event.model_dump(exclude_none=True)
-            attributes = raw.pop("attributes", {}) or {}
-            key = feature_store_key(slot.entity_type)
-            if key and raw.get(key) is None and not (key == "card_token" and raw.get("card_number")):
+            event = body.event
+            key = ENTITY_COLUMNS.get(slot.entity_type)
+            if key and getattr(event, key) is None and not (key == "card_token" and event.card_number):
                 raise InvalidInput(f"{prefix}event.{key}: required to score {model} (its entity is {slot.entity_type})",
                                    code="missing_entity_key", details={"field": f"{prefix}event.{key}"})
-            row = normalize({**attributes, **raw}, self.redactor, "score")
+            # validated by the request model already: redacted into a row without validating again
+            row = event_row(event, self.redactor, "score", event.attributes)
             if isinstance(row, Rejection):
                 raise InvalidInput(f"{prefix}event.{row.field or ''}: {row.reason}", code=row.reason_code,
                                    details={"field": f"{prefix}event.{row.field}" if row.field else f"{prefix}event"})
@@ -913,6 +909,7 @@ class ScoringService:
 
     async def _redis_store(self, items: list[Item], out: list[Any], todo: list[int],
                            folded: dict[tuple[str, str], History]) -> None:
+        """Answers (for other replicas' idempotency) and folded histories into Redis, after answering."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             for n in todo:
@@ -920,12 +917,7 @@ class ScoringService:
                     pipe.set(f"sira:answer:{items[n].runtime.model_name}:{items[n].request_id}",
                              orjson.dumps(out[n]), ex=self.config.idempotency_ttl_s, nx=True)
             for key, history in folded.items():
-                spec = None
-                for item in items:
-                    fs = item.runtime.feature_set
-                    if fs is not None:
-                        spec = fs.entity(key[0])
-                        break
+                spec = self._entity_spec(key[0])
                 if spec is not None:
                     state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
                     pipe.set(self._redis_history_key(key), orjson.dumps({"s": state, "w": time.time()}),
@@ -1012,7 +1004,7 @@ class ScoringService:
         if not self.pg.available:
             degraded.add("database_unavailable")
             return found, {**status, **{k: "unavailable" for k in missing}}
-        read_at = time.monotonic()
+        read_at = time.time()
         try:
             async with self.pool.acquire(timeout=self.config.db_timeout_s) as conn:
                 rows = await conn.fetch(
@@ -1057,7 +1049,7 @@ class ScoringService:
         its windows are still evaluated correctly, but a source that bypasses the snapshots may be lagging."""
         if cached is None or len(cached.history) == 0:
             return False
-        return (feature_store.to_us(occurred_at) - int(cached.history.ts[-1])) > fs_ttl_seconds(fs) * 1_000_000
+        return (feature_store.to_us(occurred_at) - int(cached.history.ts[-1])) > parse_duration(fs.ttl) * 1_000_000
 
     def _count_cache(self, layer: str, hits: int, misses: int) -> None:
         if self.metrics is None:
@@ -1074,6 +1066,7 @@ class ScoringService:
     async def _flush_forever(self) -> None:
         delay = 0.0  # at start, at once: replay what a dead replica left in the spool
         last_orphan_scan = 0.0
+        failing = False
         while True:
             await asyncio.sleep(delay)
             try:
@@ -1082,13 +1075,14 @@ class ScoringService:
                     await self.flush()
                     if scan:
                         last_orphan_scan = time.monotonic()
-                delay = self.config.flush_interval_s
-                self.pg.succeeded()
+                delay, failing = self.config.flush_interval_s, False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried with backoff; the spool keeps everything
-                self.pg.failed(exc)
-                delay = min(max(delay * 2, 0.5), 5.0)
+                if not failing:
+                    log.warning("storing the spool failed (%s: %s); retrying with backoff", type(exc).__name__,
+                                " ".join(str(exc).split())[:300])
+                delay, failing = min(max(delay * 2, 0.5), 5.0), True
             if self.metrics:
                 self.metrics.spooled.set(self.spool.pending)
 
@@ -1105,25 +1099,10 @@ class ScoringService:
             return written
 
     async def _write_records(self, records: list[dict[str, Any]]) -> None:
-        """Store spooled records away from the loop that answers requests.
-
-        In a Serve replica a recorder actor (a process of its own) does it: folding recorded
-        events into features and snapshots is CPU work that, even in a thread, held the GIL the
-        request loop needs. Elsewhere (``sira api``, tests) a thread with its own loop does it.
-        """
-        if self._in_replica:
-            if self.recorder is None:
-                self.recorder = RECORDER.remote(db.resolve_dsn(self.settings))
-            await self.recorder.store.remote(records)
-            return
         if self.writer is None:
-            self.writer = BackgroundLoop("sira-writer")
-        if self.write_pool is None:
-            async def connect() -> asyncpg.Pool:
-                return await create_write_pool(db.resolve_dsn(self.settings))
-
-            self.write_pool = await self.writer.run(connect())
-        await self.writer.run(store_records(self.write_pool, records))
+            await self.recorder.store.remote(records)
+        else:
+            await self.writer.run(self.recorder.store(records))
 
     def explain(self, model: str, version: int, features: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Reason codes of a stored prediction whose reasons were deferred: exact, from its stored features."""
@@ -1171,11 +1150,6 @@ async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | No
         await conn.close()
 
 
-async def create_write_pool(dsn: str) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=_init_serving_connection, timeout=10,
-                                     command_timeout=60)
-
-
 async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> None:
     """Spooled records into Postgres in one transaction: predictions, then the events to record (folded
     into features and snapshots by the ingestion code). Idempotent: a replay stores nothing twice."""
@@ -1197,7 +1171,9 @@ async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> No
 
 
 class Recorder:
-    """A replica's writer process (a Ray actor owned by the replica, gone with it)."""
+    """Stores spooled records with connections of its own. In a replica it runs as a Ray actor
+    owned by the replica (a process of its own, gone with the replica); elsewhere on a
+    :class:`BackgroundLoop`."""
 
     def __init__(self, dsn: str):
         self.dsn = dsn
@@ -1205,47 +1181,28 @@ class Recorder:
 
     async def store(self, records: list[dict[str, Any]]) -> int:
         if self.pool is None:
-            self.pool = await create_write_pool(self.dsn)
+            self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, init=_init_serving_connection,
+                                                  timeout=10, command_timeout=60)
         await store_records(self.pool, records)
         return len(records)
 
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
 
-def _recorder_actor() -> Any:
+
+@functools.cache
+def recorder_actor() -> Any:
+    """The :class:`Recorder` actor class (made on first use)."""
     import ray
 
     return ray.remote(num_cpus=0, max_restarts=-1)(Recorder)
-
-
-class _LazyRecorder:
-    """``RECORDER.remote(dsn)``: the actor class is made on first use (no Ray work at import)."""
-
-    _cls: Any = None
-
-    def remote(self, dsn: str) -> Any:
-        if self._cls is None:
-            type(self)._cls = _recorder_actor()
-        return self._cls.remote(dsn)
-
-
-RECORDER = _LazyRecorder()
 
 
 def prediction_id_for(model: str, request_id: str, client_chosen: bool) -> str:
     """A client's request id always names the same prediction id: two replicas racing on a retry (before
     either answer is stored) give the same answer, and the audit trail keeps one row."""
     return str(uuid.uuid5(_PREDICTION_IDS, f"{model}\x00{request_id}") if client_chosen else uuid.uuid4())
-
-
-def feature_store_key(entity_type: str) -> str | None:
-    from sira.features import ENTITY_COLUMNS
-
-    return ENTITY_COLUMNS.get(entity_type)
-
-
-def fs_ttl_seconds(fs: FeatureSet) -> int:
-    from sira.features import parse_duration
-
-    return parse_duration(fs.ttl)
 
 
 PREDICTION_COLUMNS = ("prediction_id", "scored_at", "request_id", "model_id", "model_name", "version", "role",
@@ -1329,9 +1286,7 @@ def scoring_router() -> Any:
     async def score(body: ScoreRequest, request: Request, who: Identity = require("score")) -> Any:
         started = time.perf_counter()
         service = service_of(request)
-        item = service.prepare(body.model, body)
-        item.started = started
-        answer = await service.score(item)
+        answer = await service.score(service.prepare(body.model, body, started))
         timed(service, "score", body.model, started)
         return _json(answer)
 
@@ -1342,9 +1297,7 @@ def scoring_router() -> Any:
         if len(body.requests) > service.config.max_batch_rows:
             raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
                                   f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
-        items = [service.prepare(body.model, r, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
-        for item in items:
-            item.started = started
+        items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
         answers = await asyncio.gather(*(service.score(i) for i in items))
         timed(service, "score_batch", body.model, started)
         return _json({"model": body.model, "results": answers})
@@ -1451,6 +1404,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     return SiraIngress.bind(args or {})
 
 
+LOCAL_CONFIG = Path(__file__).resolve().parent.parent / "serve_configs" / "local.yaml"
 DEPLOYMENT_OPTIONS = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",
                       "ray_actor_options", "user_config", "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s",
                       "health_check_period_s", "health_check_timeout_s", "logging_config")
@@ -1492,6 +1446,11 @@ class ServeSpec:
         http = data.get("http_options") or {}
         return cls(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), dict(app.get("args") or {}), options,
                    app.get("route_prefix", "/"))
+
+    @classmethod
+    def local(cls) -> "ServeSpec":
+        """The repository's serve_configs/local.yaml, or the same built in when SIRA is installed without it."""
+        return cls.from_file(LOCAL_CONFIG) if LOCAL_CONFIG.exists() else cls.default()
 
     @classmethod
     def default(cls) -> "ServeSpec":
