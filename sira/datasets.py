@@ -253,9 +253,11 @@ def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, w
     return None
 
 
-def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any, windows: Windows,
+def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any, windows: Windows | None,
                        label_name: str) -> list[dict[str, Any]]:
-    """One shard (a time range) of labelled feature vectors, read with its own connection (a Ray task's work).
+    """One shard (a time range) of feature vectors, read with its own connection (a Ray task's work), in
+    (time, event id) order. With ``windows``, labelled by the dataset's label rule (events it leaves out are
+    dropped); without, every event, unlabelled (batch scoring, drift).
 
     Label-derived features are recomputed here as of each event from the event log and
     the labels known before it, whatever was known when the event was ingested.
@@ -271,8 +273,9 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
     async def run() -> list[dict[str, Any]]:
         conn = await db.connect(dsn)
         try:
-            rows = await conn.fetch(SHARD_SQL, lo, hi, fs.name, fs.version, windows.cutoff, label_name)
-            events = [dict(r) for r in rows]
+            rows = await conn.fetch(SHARD_SQL, lo, hi, fs.name, fs.version, windows.cutoff if windows else hi,
+                                    label_name)
+            events = sorted((dict(r) for r in rows), key=lambda e: (e["occurred_at"], e["event_id"]))
             recomputed: dict[tuple[str, str], dict[str, Any]] = {}
             if label_specs and events:
                 for row in await feature_store.compute_event_features(
@@ -286,11 +289,11 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
     return [r for r in asyncio.run(run()) if r is not None]
 
 
-def _shard_row(e: dict[str, Any], fs: Any, windows: Windows, recomputed: dict) -> dict[str, Any] | None:
+def _shard_row(e: dict[str, Any], fs: Any, windows: Windows | None, recomputed: dict) -> dict[str, Any] | None:
     from sira.feature_store import to_us
 
-    y = label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows)
-    if y is None:
+    y = label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows) if windows else None
+    if windows is not None and y is None:
         return None
     vector: dict[str, Any] = {}
     for entity, values in (e["vectors"] or {}).items():
@@ -298,8 +301,9 @@ def _shard_row(e: dict[str, Any], fs: Any, windows: Windows, recomputed: dict) -
     for spec in fs.entities:
         if (e["event_id"], spec.entity) in recomputed:
             vector.update(recomputed[(e["event_id"], spec.entity)])
+    labelled = {"label": y} if windows is not None else {}
     return {"event_id": e["event_id"], "ts": to_us(e["occurred_at"]), "country": e["country"],
-            "channel": e["channel"], "label": y, **{n: vector.get(n) for n in fs.names()}}
+            "channel": e["channel"], **labelled, **{n: vector.get(n) for n in fs.names()}}
 
 
 def build_feature_dataset(

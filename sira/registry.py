@@ -127,6 +127,20 @@ async def get_version(conn: asyncpg.Connection, model_name: str, version: int, *
     return row
 
 
+async def version_in_use(conn: asyncpg.Connection, model_name: str, version: int | None = None) -> asyncpg.Record:
+    """The version a job works with: the one named, else the model's production version."""
+    if version is not None:
+        return await get_version(conn, model_name, version)
+    model = await get_model(conn, model_name)
+    row = await conn.fetchval(
+        "SELECT version FROM sira_model_versions WHERE model_id = $1 AND status = 'production'", model["id"]
+    )
+    if row is None:
+        raise InvalidInput(f"model {model_name!r} has no production version; name one with --version",
+                           code="no_production_version", details={"model": model_name})
+    return await get_version(conn, model_name, row)
+
+
 async def _set_status(conn: asyncpg.Connection, version_id: int, status: str) -> None:
     await conn.execute(
         "UPDATE sira_model_versions SET status = $2, status_changed_at = now() WHERE id = $1", version_id, status

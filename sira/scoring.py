@@ -122,20 +122,44 @@ class ModelRuntime:
                         X[i, j] = value
         return X
 
+    def table_matrix(self, table: Any) -> np.ndarray:
+        """A pyarrow table's feature columns as the model's float matrix (batch scoring; no Python loop per row)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        missing = [s.name for s in self.schema if s.name not in table.column_names]
+        if missing:
+            raise InvalidInput(f"columns missing for {self.model_name} v{self.version}: {', '.join(missing)}",
+                               code="missing_columns", details={"columns": missing})
+        X = np.empty((table.num_rows, len(self.schema)), dtype=np.float64)
+        for j, spec in enumerate(self.schema):
+            column = table.column(spec.name)
+            if spec.kind == "categorical":
+                codes = pc.index_in(pc.cast(column, pa.string()), value_set=pa.array(spec.categories, pa.string()))
+                X[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)
+            else:
+                if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                        or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)
+                        or pa.types.is_decimal(column.type)):
+                    raise InvalidInput(f"column {spec.name} must be numeric, not {column.type}",
+                                       code="invalid_column", details={"column": spec.name})
+                X[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return X
+
     # -- outputs --------------------------------------------------------------------
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities."""
-        raw = self.booster.predict(X, raw_score=True, num_threads=1)
+    def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Calibrated probabilities (``threads``: the CPUs the caller holds; one for a request)."""
+        raw = self.booster.predict(X, raw_score=True, num_threads=threads)
         return apply_calibration(self.calibration, raw)
 
     def decide(self, scores: np.ndarray) -> list[str]:
         block, review = self.thresholds["block"], self.thresholds["review"]
         return ["block" if s >= block else "review" if s >= review else "approve" for s in scores.tolist()]
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
+    def contributions(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
         """Exact TreeSHAP contributions per feature (last column: the expected value), in raw-score units."""
-        return np.asarray(self.booster.predict(X, pred_contrib=True, num_threads=1))
+        return np.asarray(self.booster.predict(X, pred_contrib=True, num_threads=threads))
 
     def reasons(self, x: np.ndarray, contrib: np.ndarray, limit: int = MAX_REASONS) -> list[dict[str, Any]]:
         """The features that raised this score the most (positive contributions, largest first)."""

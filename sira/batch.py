@@ -1,0 +1,385 @@
+"""Batch scoring: one model version over a table or a time range of stored events, on Ray Data.
+
+    sira score --model fraud --data history/ --out scores.parquet [--version 3] [--explain] [--keep-columns]
+    sira score --model fraud --from 2026-01-01 --to 2026-02-01 --out january.parquet
+
+The input streams through ``map_batches`` with an actor pool: each actor loads
+and verifies the version's artifact once (:class:`sira.scoring.ModelRuntime`)
+and scores Arrow batches with as many LightGBM threads as CPUs it holds. Read
+tasks hold a quarter of a CPU, so on a small machine the pool never takes every
+CPU and starves them (MEASURED.md: that hangs with no error).
+
+The driver writes the scored batches to one Parquet file, in input order, in
+row groups of a fixed size, under a temporary name renamed into place when
+complete: the same input, version and options give the same file byte for byte,
+and a failed or interrupted run leaves any earlier output untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sira import db, registry
+from sira.audit import Actor
+from sira.config import Settings
+from sira.errors import InvalidInput
+from sira.files import InputFiles, find_files, read_sample
+
+ROW_GROUP = 65_536
+ID_COLUMNS = ("event_id", "id", "transaction_id", "prediction_id")
+TIME_COLUMNS = ("occurred_at", "event_time", "timestamp", "ts")
+OUTPUT_COLUMNS = ("score", "decision", "model", "version", "reasons", "reason_codes")
+READ_CPUS = 0.25  # reads wait on disk or Postgres; they must never be starved by the scoring actors
+SCORE_BINS = 20
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    model: str
+    out: Path
+    version: int | None = None
+    data: list[Path] | None = None
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    keep_columns: bool = False
+    explain: bool = False
+    id_col: str | None = None
+    time_col: str | None = None
+    batch_size: int = 8_192
+    max_actors: int | None = None
+
+
+@dataclass
+class ScoreTally:
+    """What the summary says about the scores, accumulated batch by batch (nothing kept per row)."""
+
+    rows: int = 0
+    score_sum: float = 0.0
+    decisions: dict[str, int] = field(default_factory=lambda: {"approve": 0, "review": 0, "block": 0})
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(SCORE_BINS, dtype=np.int64))
+
+    def add(self, batch: pa.Table) -> None:
+        scores = batch.column("score").to_numpy()
+        self.rows += batch.num_rows
+        self.score_sum += float(scores.sum())
+        self.histogram += np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
+        values, counts = np.unique(batch.column("decision").to_numpy(zero_copy_only=False), return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            self.decisions[value] = self.decisions.get(value, 0) + int(count)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "mean_score": self.score_sum / self.rows if self.rows else None,
+                "decisions": dict(self.decisions), "score_histogram": self.histogram.tolist()}
+
+
+class VersionScorer:
+    """A Ray Data callable class: the version loaded once per actor, Arrow batches in, scores out."""
+
+    def __init__(self, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int):
+        from sira.config import get_settings
+        from sira.scoring import ModelRuntime
+
+        self.runtime = ModelRuntime.load(get_settings(), version)
+        self.passthrough = passthrough
+        self.explain = explain
+        self.threads = threads
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return score_table(self.runtime, batch, self.passthrough, explain=self.explain, threads=self.threads)
+
+
+def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
+                threads: int = 1) -> pa.Table:
+    """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns."""
+    from sira.evaluation import decide
+
+    X = runtime.table_matrix(batch)
+    scores = runtime.predict(X, threads=threads)
+    columns: dict[str, Any] = {name: batch.column(name) for name in passthrough}
+    columns["score"] = pa.array(scores, pa.float64())
+    columns["decision"] = pa.array(decide(scores, runtime.thresholds).tolist(), pa.string())
+    columns["model"] = pa.array([runtime.model_name] * batch.num_rows, pa.string())
+    columns["version"] = pa.array(np.full(batch.num_rows, runtime.version, dtype=np.int32))
+    if explain:
+        contrib = runtime.contributions(X, threads=threads)
+        reasons = [runtime.reasons(X[i], contrib[i]) for i in range(batch.num_rows)]
+        columns["reasons"] = pa.array([json.dumps(r, sort_keys=True) for r in reasons], pa.string())
+        columns["reason_codes"] = pa.array([[x["code"] for x in r] for r in reasons], pa.list_(pa.string()))
+    return pa.table(columns)
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the rows come from and what travels with the scores."""
+
+    description: str
+    rows: int | None  # known up front (Parquet metadata, a count of events), else None
+    passthrough: list[str]
+    build: Callable[[], Any]  # -> ray.data.Dataset of the input rows
+
+
+def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], role: str) -> str | None:
+    if named is not None:
+        if named not in columns:
+            raise InvalidInput(f"{role} column {named} is not in the input (columns: {', '.join(columns)})",
+                               code="missing_columns", details={"columns": [named]})
+        return named
+    return next((c for c in candidates if c in columns), None)
+
+
+def read_part(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Ray Data task: one Parquet row group (``row_group`` >= 0) or one whole CSV file."""
+    tables = []
+    for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
+        if group >= 0:
+            import pyarrow.parquet as pq
+
+            tables.append(pq.ParquetFile(path).read_row_group(group))
+        else:
+            import pyarrow.csv as pacsv
+
+            tables.append(pacsv.read_csv(path))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) -> Source:
+    """A Parquet or CSV table that carries the model's features as columns."""
+    import ray.data
+
+    if files.format == "json":
+        raise InvalidInput("batch scoring reads Parquet or CSV files", code="unsupported_format")
+    sample = read_sample(files)
+    columns = sample.column_names
+    missing = [n for n in feature_names if n not in columns]
+    if missing:
+        raise InvalidInput(f"the input lacks features of the model: {', '.join(missing)}", code="missing_columns",
+                           details={"columns": missing})
+    rows = None
+    if files.format == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.paths)
+        if rows == 0:
+            raise InvalidInput(f"no rows in {', '.join(files.strings)}", code="empty_input")
+    elif sample.num_rows == 0:
+        raise InvalidInput(f"no rows in {files.paths[0]}", code="empty_input")
+    key_columns = [c for c in (_pick(columns, req.id_col, ID_COLUMNS, "id"),
+                               _pick(columns, req.time_col, TIME_COLUMNS, "time")) if c]
+    passthrough = [c for c in columns if c not in OUTPUT_COLUMNS] if req.keep_columns else key_columns
+
+    if files.format == "parquet":
+        import pyarrow.parquet as pq
+
+        parts = [{"path": str(p), "row_group": g} for p in files.paths
+                 for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
+    else:
+        parts = [{"path": str(p), "row_group": -1} for p in files.paths]
+
+    def build() -> Any:
+        # Our own read tasks, one per row group (CSV: per file), rather than read_parquet: Ray 2.60's
+        # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
+        # actor on 2 CPUs it never gets one (the job hangs without an error).
+        return ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
+            read_part, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
+
+    return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, build)
+
+
+EVENT_COLUMNS = ("event_id", "occurred_at", "country", "channel")
+
+
+def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime, rows: int,
+                  keep_columns: bool) -> Source:
+    """Stored events of a time range with their point-in-time features, read by day in parallel."""
+    import ray.data
+
+    shards = []
+    t = lo
+    while t < hi:
+        shards.append({"lo": t.isoformat(), "hi": min(t + timedelta(days=1), hi).isoformat()})
+        t += timedelta(days=1)
+    names = fs.names()
+    schema = pa.schema([("event_id", pa.string()), ("occurred_at", pa.timestamp("us", tz="UTC")),
+                        ("country", pa.string()), ("channel", pa.string()),
+                        *((n, pa.float64()) for n in names)])
+
+    def read(batch: dict[str, np.ndarray]) -> pa.Table:
+        from sira.datasets import read_feature_shard
+
+        out = []
+        for shard_lo, shard_hi in zip(batch["lo"].tolist(), batch["hi"].tolist()):
+            out += read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard_lo),
+                                      datetime.fromisoformat(shard_hi), None, label_name)
+        columns = {"event_id": [r["event_id"] for r in out],
+                   "occurred_at": pa.array([r["ts"] for r in out], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                   "country": [r["country"] for r in out], "channel": [r["channel"] for r in out],
+                   **{n: [r[n] for r in out] for n in names}}
+        return pa.table(columns, schema=schema)
+
+    def build() -> Any:
+        return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
+            read, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
+
+    passthrough = [*EVENT_COLUMNS, *names] if keep_columns else list(EVENT_COLUMNS)
+    return Source(f"events {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}", rows, passthrough, build)
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+
+def pool_shape(total_cpus: float, max_actors: int | None) -> tuple[float, int, int]:
+    """(CPUs per actor, LightGBM threads per actor, largest pool): room left for the reads."""
+    per_actor = max(0.5, min(2.0, total_cpus - READ_CPUS))
+    largest = max(1, int((total_cpus - READ_CPUS) // per_actor))
+    if max_actors is not None:
+        largest = max(1, min(largest, max_actors))
+    return per_actor, max(1, round(per_actor)), largest
+
+
+def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = False, batch_size: int = 8_192,
+                   max_actors: int | None = None) -> Any:
+    """The source's rows scored by the version, in input order, as Arrow tables of :data:`ROW_GROUP` rows."""
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # output rows in input order: reproducible files
+    per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)), max_actors)
+    scored = source.build().map_batches(
+        VersionScorer, batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),
+        fn_constructor_kwargs={"version": version, "passthrough": source.passthrough, "explain": explain,
+                               "threads": threads},
+        num_cpus=per_actor,
+    )
+    return scored.iter_batches(batch_size=ROW_GROUP, batch_format="pyarrow", prefetch_batches=2)
+
+
+def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None]) -> str:
+    """Write Arrow batches to one Parquet file under a temporary name, then rename; returns its sha256."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    writer = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+            elif batch.schema != writer.schema:
+                batch = batch.cast(writer.schema)
+            writer.write_table(batch, row_group_size=ROW_GROUP)
+            on_batch(batch)
+        if writer is None:
+            raise InvalidInput("the input has no rows", code="empty_input")
+        writer.close()
+        writer = None
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        os.replace(tmp, out)
+        directory = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return digest
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+
+
+async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[str, Any], Source]:
+    """The version to score with and the input, checked before any Ray work starts."""
+    if (req.data is None) == (req.time_from is None and req.time_to is None):
+        raise InvalidInput("give either --data or a time range (--from/--to) of stored events", code="invalid_input")
+    if req.out.suffix.lower() not in (".parquet", ".pq"):
+        raise InvalidInput(f"--out must name a .parquet file, not {req.out}", code="invalid_output")
+    if req.out.is_dir():
+        raise InvalidInput(f"--out {req.out} is a folder; name a .parquet file", code="invalid_output")
+    async with db.open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            row = await registry.version_in_use(conn, req.model, req.version)
+            version = {k: row[k] for k in ("model_id", "model_name", "version", "artifact_uri", "artifact_sha256",
+                                           "thresholds", "status")}
+            names = [f["name"] for f in row["feature_schema"]]
+            if req.data is not None:
+                return version, file_source(find_files(req.data), names, req)
+            if not row["feature_set"]:
+                raise InvalidInput(f"{req.model} was trained on a table of its own; score a table with --data",
+                                   code="invalid_input")
+            lo, hi = req.time_from, req.time_to
+            if lo is None or hi is None:
+                first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
+                lo, hi = lo or first, hi or (last + timedelta(microseconds=1) if last else None)
+            if lo is None or hi is None or hi <= lo:
+                raise InvalidInput("the time range is empty (--from must be before --to)", code="empty_input")
+            n = await conn.fetchval("SELECT count(*) FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2",
+                                    lo, hi)
+            if not n:
+                raise InvalidInput(f"no stored events between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M}",
+                                   code="empty_input")
+            model = await registry.get_model(conn, req.model)
+    from sira.features import get_feature_set
+
+    fs = get_feature_set(row["feature_set"], row["feature_set_version"] or row["model_fs_version"])
+    return version, events_source(db.resolve_dsn(settings), fs, model["label_name"], lo, hi, n, req.keep_columns)
+
+
+async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor | None = None,
+                          on_rows: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+    """Score the input with the version; write ``req.out``; audit the run; return the summary."""
+    import asyncio
+
+    from sira import audit
+    from sira.ray_runtime import init_ray
+
+    actor = actor or Actor.local()
+    version, source = await resolve_source(settings, req)
+    started = time.perf_counter()
+    init_ray(settings, db.resolve_dsn(settings))
+    tally = ScoreTally()
+
+    def count(batch: pa.Table) -> None:
+        tally.add(batch)
+        if on_rows:
+            on_rows(tally.rows, source.rows)
+
+    def run() -> str:
+        batches = scored_batches(version, source, explain=req.explain, batch_size=req.batch_size,
+                                 max_actors=req.max_actors)
+        return write_atomically(batches, req.out, count)
+
+    digest = await asyncio.to_thread(run)
+    seconds = time.perf_counter() - started
+    result = {
+        "model": version["model_name"], "version": version["version"], "status": version["status"],
+        "input": source.description, "out": str(req.out), "sha256": digest, "explain": req.explain,
+        "columns": [*source.passthrough, "score", "decision", "model", "version",
+                    *(("reasons", "reason_codes") if req.explain else ())],
+        "seconds": round(seconds, 3), "rows_per_second": round(tally.rows / seconds, 1) if seconds else None,
+        **tally.summary(),
+    }
+    async with db.open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            await audit.record(conn, actor, "batch.score", target_type="model_version",
+                               target_id=f"{version['model_name']}:v{version['version']}",
+                               details={k: result[k] for k in ("input", "out", "sha256", "rows", "decisions")})
+    return result

@@ -1,0 +1,181 @@
+"""Batch scoring on the test session's Ray: stored events and tables, reproducible and atomic output,
+reasons that follow LightGBM's contributions, and the bad-input table of `sira score`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sira.batch import BatchRequest, run_batch_score
+from sira.errors import InvalidInput
+from sira.scoring import ModelRuntime
+
+from asyncio import run as run_sync
+
+
+def score(fraud_model, **kwargs):
+    return run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="fraud", **kwargs)))
+
+
+@pytest.fixture(scope="module")
+def history(fraud_model, tmp_path_factory):
+    """Every stored event scored by the production version, twice (reproducibility)."""
+    out = tmp_path_factory.mktemp("batch") / "all.parquet"
+    start = _events_range(fraud_model)[0]  # --from alone: up to the newest event
+    first = score(fraud_model, out=out, time_from=start, keep_columns=True)
+    digest = first["sha256"]
+    again = score(fraud_model, out=out, time_from=start, keep_columns=True)
+    return first, again, digest, out
+
+
+def _events_range(fraud_model):
+    async def bounds():
+        import asyncpg
+
+        conn = await asyncpg.connect(fraud_model.dsn)
+        try:
+            return await conn.fetchrow("SELECT min(occurred_at), max(occurred_at), count(*) FROM sira_events")
+        finally:
+            await conn.close()
+
+    return run_sync(bounds())
+
+
+def test_scoring_stored_events_covers_every_event_in_time_order(fraud_model, history):
+    first, _, _, out = history
+    lo, hi, n = _events_range(fraud_model)
+    table = pq.read_table(out)
+    assert first["rows"] == table.num_rows == n
+    assert first["model"] == "fraud" and first["version"] == fraud_model.version
+    assert sum(first["decisions"].values()) == n
+    ids = table.column("event_id").to_pylist()
+    assert len(set(ids)) == n
+    times = table.column("occurred_at").to_pylist()
+    assert times == sorted(times) and times[0] == lo and times[-1] == hi
+    assert set(table.column("decision").to_pylist()) <= {"approve", "review", "block"}
+    assert set(table.column("version").to_pylist()) == {fraud_model.version}
+    scores = table.column("score").to_numpy()
+    assert np.all((scores >= 0) & (scores <= 1)) and scores.std() > 0
+    # --keep-columns: the features scored travel with the scores
+    assert {"country", "channel", "amount", "customer_count_1d"} <= set(table.column_names)
+
+
+def test_the_same_input_gives_the_same_file_byte_for_byte(history):
+    first, again, digest, out = history
+    assert first["sha256"] == again["sha256"] == digest
+    import hashlib
+
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+
+
+def test_a_table_scores_like_the_runtime_and_reasons_follow_pred_contrib(fraud_model, history, tmp_path):
+    _, _, _, scored_events = history
+    features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version"])
+    features = features.append_column("note", pa.array(["x"] * features.num_rows))
+    part = tmp_path / "in"
+    part.mkdir()
+    half = features.num_rows // 2  # a folder of two files: one output, in file order
+    pq.write_table(features.slice(0, half), part / "a.parquet")
+    pq.write_table(features.slice(half), part / "b.parquet")
+    out = tmp_path / "scored.parquet"
+    result = score(fraud_model, out=out, data=[part], explain=True, batch_size=1000)
+    table = pq.read_table(out)
+    assert table.column_names == ["event_id", "occurred_at", "score", "decision", "model", "version", "reasons",
+                                  "reason_codes"]
+    assert table.column("event_id").to_pylist() == features.column("event_id").to_pylist()
+    runtime = ModelRuntime.load(fraud_model.settings, {
+        "model_name": "fraud", "model_id": 1, "version": fraud_model.version,
+        "artifact_uri": fraud_model.trained["artifact"]["uri"], "artifact_sha256": fraud_model.trained["artifact"]["sha256"],
+    })
+    X = runtime.table_matrix(features)
+    np.testing.assert_array_equal(table.column("score").to_numpy(), runtime.predict(X))
+    assert result["decisions"]["approve"] == int((runtime.predict(X) < runtime.thresholds["review"]).sum())
+    rows = np.flatnonzero(table.column("score").to_numpy() >= runtime.thresholds["review"])[:20]
+    contrib = runtime.contributions(X[rows])
+    for k, i in enumerate(rows.tolist()):
+        reasons = json.loads(table.column("reasons")[i].as_py())
+        top = np.argsort(-contrib[k][:-1], kind="stable")[: len(reasons)]
+        assert [r["feature"] for r in reasons] == [runtime.names[j] for j in top]
+        assert table.column("reason_codes")[i].as_py() == [r["code"] for r in reasons]
+
+
+def test_a_time_range_scores_only_its_events(fraud_model, tmp_path):
+    lo, hi, _ = _events_range(fraud_model)
+    start, end = lo + timedelta(days=10), lo + timedelta(days=12)
+    result = score(fraud_model, out=tmp_path / "two-days.parquet", time_from=start, time_to=end)
+    times = pq.read_table(tmp_path / "two-days.parquet").column("occurred_at").to_pylist()
+    assert times and min(times) >= start and max(times) < end and result["rows"] == len(times)
+
+
+def test_a_failed_run_leaves_the_earlier_output_untouched(fraud_model, tmp_path):
+    out = tmp_path / "keep.parquet"
+    table = pa.table({"event_id": ["a"], "amount": [1.0]})
+    pq.write_table(table, tmp_path / "partial.parquet")
+    out.write_bytes(b"earlier output")
+    with pytest.raises(InvalidInput) as caught:
+        score(fraud_model, out=out, data=[tmp_path / "partial.parquet"])
+    assert caught.value.code == "missing_columns" and "customer_count_1d" in caught.value.message
+    assert out.read_bytes() == b"earlier output"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _cli(fraud_model, *args: str, role: str = "data_scientist") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace),
+                "SIRA_API_KEY": fraud_model.keys[role]})
+    return subprocess.run([sys.executable, "-m", "sira", "score", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history):
+    _, _, _, scored_events = history
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(scored_events).slice(0, 0), empty)
+    lacking = tmp_path / "lacking.parquet"
+    pq.write_table(pq.read_table(scored_events).select(["event_id", "amount"]).slice(0, 5), lacking)
+    out = str(tmp_path / "o.parquet")
+    cases = [
+        (["--model", "nope", "--data", str(empty), "--out", out], "not_found", "nope"),
+        (["--model", "fraud", "--version", "99", "--data", str(empty), "--out", out], "not_found", "no version 99"),
+        (["--model", "fraud", "--data", str(empty), "--out", out], "empty_input", "no rows"),
+        (["--model", "fraud", "--data", str(lacking), "--out", out], "missing_columns", "customer_count_1d"),
+        (["--model", "fraud", "--data", str(tmp_path / "missing.parquet"), "--out", out], "not_found", "missing"),
+        (["--model", "fraud", "--from", "2001-01-01", "--to", "2001-02-01", "--out", out], "empty_input", "no stored"),
+        (["--model", "fraud", "--data", str(lacking), "--out", str(tmp_path / "o.csv")], "invalid_output", ".parquet"),
+        (["--model", "fraud", "--out", out], "invalid_input", "--data"),
+    ]
+    for args, code, words in cases:
+        done = _cli(fraud_model, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith(f"error: {code}:") and words in done.stderr, (args, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+    denied = _cli(fraud_model, "--model", "fraud", "--data", str(lacking), "--out", out, role="viewer")
+    assert denied.returncode == 2 and denied.stderr.startswith("error: forbidden:")
+
+
+def test_a_model_without_production_is_refused(fraud_model, tmp_path):
+    async def second_model():
+        from sira import db, registry
+        from sira.auth import Identity
+
+        pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                await registry.ensure_model(conn, "unserved", actor=Identity("t", frozenset({"admin"})).actor())
+        finally:
+            await pool.close()
+
+    run_sync(second_model())
+    with pytest.raises(InvalidInput) as caught:
+        run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="unserved", out=tmp_path / "x.parquet",
+                                                                    data=[tmp_path])))
+    assert caught.value.code == "no_production_version"
