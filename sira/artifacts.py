@@ -38,18 +38,19 @@ def sha256(data: bytes) -> str:
 
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON: sorted keys, no NaN (null instead), UTF-8."""
-    return (json.dumps(_finite(value), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps(json_finite(value), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _finite(value: Any) -> Any:
+def json_finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers, keys strings."""
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): json_finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_finite(v) for v in value]
     if hasattr(value, "item"):  # numpy scalars
-        return _finite(value.item())
+        return json_finite(value.item())
     return value
 
 

@@ -973,6 +973,160 @@ def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")]
     _emit({"revoked": name}, as_json, lambda: _err.print(f"revoked key {name}"))
 
 
+# -- batch jobs --------------------------------------------------------------------
+
+
+class _RowProgress:
+    """A progress bar of rows on stderr, shown from the first scored batch (errors before it stay one line)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=_err, transient=True)
+            self.task = self.bar.add_task("rows", total=total)
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("score")
+def score_cmd(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically).")],
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Version (default: production).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Parquet/CSV file or folder with the model's "
+                                                    "features as columns.")] = None,
+    time_from: DateOption("--from", "Score stored events from this time.") = None,
+    time_to: DateOption("--to", "... up to this time (exclusive).") = None,
+    keep_columns: Annotated[bool, typer.Option("--keep-columns", help="Copy every input column to the output.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Reason codes per row (exact TreeSHAP; slower).")] = False,
+    id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (default: event_id or id if present).")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col", help="Time column (default: occurred_at... if present).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1_000_000, help="Rows per model call.")] = 8_192,
+    max_actors: Annotated[int | None, typer.Option("--max-actors", min=1, help="Most scoring actors at once.")] = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
+    from sira.batch import BatchRequest, run_batch_score
+
+    request = BatchRequest(model=model, out=out.resolve(), version=version, data=data, time_from=_utc(time_from),
+                           time_to=_utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
+                           time_col=time_col, batch_size=batch_size, max_actors=max_actors)
+    actor = asyncio.run(_actor_for("batch.score", api_key))
+    progress = None if as_json else _RowProgress()
+    try:
+        result = asyncio.run(run_batch_score(get_settings(), request, actor=actor, on_rows=progress))
+    finally:
+        if progress is not None:
+            progress.close()
+
+    def render() -> None:
+        rows = {"model": f"{result['model']} v{result['version']} ({result['status']})", "input": result["input"],
+                "rows": f"{result['rows']:,}", "seconds": result["seconds"], "rows/s": f"{result['rows_per_second']:,}",
+                "mean score": f"{result['mean_score']:.4f}",
+                "decisions": ", ".join(f"{k} {v:,}" for k, v in result["decisions"].items()),
+                "output": result["out"], "sha256": result["sha256"]}
+        _err.print(_kv_table("Batch scoring", rows))
+
+    _emit(result, as_json, render)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+@app.command("drift")
+def drift_cmd(
+    model: ModelOption,
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Version (default: production).")] = None,
+    source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
+                                        "(what production served).")] = "events",
+    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data.")] = 7.0,
+    time_from: DateOption("--from", "Start of the window.") = None,
+    time_to: DateOption("--to", "End of the window (exclusive).") = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a recent window with the version's training reference (PSI, KS, chi-square, JS); store it."""
+    from sira.drift import DriftRequest, run_drift
+
+    actor = asyncio.run(_actor_for("monitoring.run", api_key))
+    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=_utc(time_from),
+                           time_to=_utc(time_to))
+    result = asyncio.run(run_drift(get_settings(), request, actor=actor))
+
+    def render() -> None:
+        table = Table(title=f"Drift of {result['model']} v{result['version']} ({result['source']}, "
+                            f"{result['window']['from'][:16]}..{result['window']['to'][:16]}, "
+                            f"{result['n_current']:,} rows): {result['verdict'].upper()}", title_justify="left")
+        for column in ("feature", "severity", "PSI", "KS", "JS", "chi2", "p adj", "missing ref→now"):
+            table.add_column(column, justify="left" if column in ("feature", "severity") else "right")
+        for r in result["features"]:
+            d = r["details"]
+            missing = (f"{d['missing_rate_reference']:.3f}→{d['missing_rate_current']:.3f}"
+                       if d.get("missing_rate_current") is not None else "")
+            table.add_row(r["feature"], r["severity"], _fmt(r["psi"]), _fmt(r["ks_statistic"]),
+                          _fmt(r["js_divergence"]), _fmt(r["chi2_statistic"], 1), _fmt(r["p_value_adjusted"], 4),
+                          missing)
+        _err.print(table)
+
+    _emit(result, as_json, render)
+
+
+@app.command("performance")
+def performance_cmd(
+    model: ModelOption,
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Only this version (default: all).")] = None,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction.")] = 28.0,
+    time_from: DateOption("--from", "Start of the range (event time).") = None,
+    time_to: DateOption("--to", "End of the range (exclusive).") = None,
+    window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,
+    ap_margin: Annotated[float | None, typer.Option("--ap-margin", min=0, max=1, help="Flag a window whose AP is "
+                                                    "this far below the training test AP (default 0.10).")] = None,
+    min_segment: Annotated[int, typer.Option("--min-segment", min=1, help="Smallest segment evaluated.")] = 200,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate stored predictions (production and shadow) against matured labels; store it."""
+    from sira.performance import PerformanceRequest, run_performance
+
+    actor = asyncio.run(_actor_for("monitoring.run", api_key))
+    request = PerformanceRequest(model=model, version=version, days=days, time_from=_utc(time_from),
+                                 time_to=_utc(time_to), window_days=window_days, ap_margin=ap_margin,
+                                 min_segment_size=min_segment)
+    result = asyncio.run(run_performance(get_settings(), request, actor=actor))
+
+    def render() -> None:
+        table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
+                            f"AP margin {result['ap_margin']:.2f})", title_justify="left")
+        for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
+                       "recall", "ECE", "flag"):
+            table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")
+        for res in result["results"]:
+            for w in res["windows"]:
+                decisions = w.get("decisions") or {}
+                table.add_row(str(res["version"]), res["role"], f"{w['window_start'][:10]}..{w['window_end'][:10]}",
+                              f"{w['n']:,}", f"{w['n_positive']:,}", _fmt(w["average_precision"]),
+                              _fmt(res["training_ap"]), _fmt(w["roc_auc"]), _fmt(decisions.get("precision_flagged")),
+                              _fmt(decisions.get("recall_flagged")), _fmt(w.get("expected_calibration_error")),
+                              "FLAGGED" if w["flagged"] else "")
+            if res["flagged_segments"]:
+                _err.print(f"v{res['version']} {res['role']}: flagged segments {', '.join(res['flagged_segments'])}")
+        _err.print(table)
+
+    _emit(result, as_json, render)
+
+
 @app.command("api")
 def api_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,

@@ -31,6 +31,10 @@ from sira.training import Matrix, TrainResult, apply_calibration, train_model
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
+# Drift's Kolmogorov-Smirnov tests compare live values with a sample of the training rows, stored in
+# the artifact beside the model (NumPy's format, read without pickle): features in schema order, then the score.
+REFERENCE_SAMPLE_FILE = "reference_sample.npy"
+REFERENCE_SAMPLE_ROWS = 5_000
 
 
 @dataclass
@@ -90,8 +94,18 @@ def reference_statistics(train: Matrix, train_scores: np.ndarray) -> dict[str, A
                                    "mean": float(present.mean()) if present.size else None,
                                    "std": float(present.std()) if present.size else None}
     score_edges = np.linspace(0, 1, 21)
-    return {"features": features, "score": {"bin_edges": [float(e) for e in score_edges],
+    return {"rows": int(train.X.shape[0]), "features": features, "score": {"bin_edges": [float(e) for e in score_edges],
                                             "histogram": [int(h) for h in np.histogram(train_scores, score_edges)[0]]}}
+
+
+def reference_sample(train: Matrix, train_scores: np.ndarray, seed: int) -> bytes:
+    """A seeded sample of training rows and their scores, as ``.npy`` bytes (the same inputs, the same bytes)."""
+    rng = np.random.default_rng(seed)
+    n = train.X.shape[0]
+    rows = np.sort(rng.choice(n, size=min(REFERENCE_SAMPLE_ROWS, n), replace=False))
+    buffer = io.BytesIO()
+    np.save(buffer, np.column_stack([train.X[rows], train_scores[rows]]), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def shap_importance(model_text: str, valid: Matrix, seed: int) -> tuple[dict[str, float], bytes]:
@@ -270,5 +284,6 @@ def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: S
         "code_version": code_version(), "lightgbm_version": lgb.__version__,
         "reference": reference_statistics(train, train_scores), "importance": {"mean_abs_shap": importance},
     }
-    files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot}
+    files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot,
+             REFERENCE_SAMPLE_FILE: reference_sample(train, train_scores, req.seed)}
     return artifacts.save_artifact(settings, f"{req.model}/runs/{run_id}", files, manifest)

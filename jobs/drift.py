@@ -1,0 +1,15 @@
+"""Ray job: `sira drift` as a job on a cluster.
+
+    ray job submit --working-dir . -- python jobs/drift.py --model fraud --json
+
+Takes exactly the options of `sira drift` (see `python jobs/drift.py --help`); the job's driver joins
+the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`), and the rows it writes carry
+the job's submission id.
+"""
+
+import sys
+
+from sira.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["drift", *sys.argv[1:]], own_process=True))

@@ -1,0 +1,15 @@
+"""Ray job: `sira performance` as a job on a cluster.
+
+    ray job submit --working-dir . -- python jobs/performance.py --model fraud --json
+
+Takes exactly the options of `sira performance` (see `python jobs/performance.py --help`); the job's driver joins
+the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`), and the rows it writes carry
+the job's submission id.
+"""
+
+import sys
+
+from sira.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["performance", *sys.argv[1:]], own_process=True))

@@ -1,0 +1,195 @@
+"""Live model performance: the predictions SIRA answered, against the labels that have since matured.
+
+    sira performance --model fraud [--version V] [--days 28 | --from ... --to ...] [--window-days 7]
+
+Every stored prediction of the model (``sira_predictions``: production and the
+staging version's shadow scores alike) with an event is joined with its labels
+(``sira_feedback``) by the convention of training (CONVENTIONS.md): positive when
+a fraud label was known by the cut-off, negative when the event is older than the
+model's label-maturity window with no positive label (or a known legitimate
+outcome), left out otherwise. The same event scored twice by one version counts
+once (its latest answer).
+
+Per version and role, and per window of event time: average precision, ROC AUC,
+precision and recall at the version's decision thresholds, calibration (Brier,
+expected calibration error, the reliability table), overall and per segment
+(country, channel). A window whose average precision falls more than the margin
+below the version's test AP at training is flagged. Rows go to
+``sira_model_performance`` with the job's id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from sira import db, registry
+from sira.artifacts import json_finite
+from sira.audit import Actor
+from sira.config import Settings
+from sira.datasets import Windows, label_rule
+from sira.drift import job_id
+from sira.errors import InvalidInput
+
+DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training
+MIN_POSITIVES_TO_FLAG = 10  # fewer positives than this: AP is too noisy to raise a flag
+SEGMENTS = ("country", "channel")
+
+PREDICTIONS_SQL = """
+SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::text))
+       p.version, p.role, p.score, coalesce(e.occurred_at, p.scored_at) AS occurred_at, e.country, e.channel,
+       lab.positive_known_at, lab.negative_known
+  FROM sira_predictions p
+  LEFT JOIN sira_events e ON e.event_id = p.event_id
+  LEFT JOIN LATERAL (
+        SELECT min(fb.known_at) FILTER (WHERE fb.label AND fb.known_at <= $5) AS positive_known_at,
+               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
+          FROM sira_feedback fb
+         WHERE (fb.event_id = p.event_id OR fb.prediction_id = p.prediction_id) AND fb.label_name = $4) lab ON true
+ WHERE p.model_name = $1 AND coalesce(e.occurred_at, p.scored_at) >= $2 AND coalesce(e.occurred_at, p.scored_at) < $3
+       AND ($6::int IS NULL OR p.version = $6)
+ ORDER BY p.version, p.role, coalesce(p.event_id, p.prediction_id::text), p.scored_at DESC
+"""
+
+
+@dataclass(frozen=True)
+class PerformanceRequest:
+    model: str
+    version: int | None = None  # None: every version with predictions in the range
+    days: float = 28.0
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    window_days: float = 7.0
+    as_of: datetime | None = None  # labels known by then (default: now)
+    ap_margin: float | None = None  # default: the model's settings (monitoring.ap_drop_margin), else 0.10
+    min_segment_size: int = 200
+
+
+def _metrics_row(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float], segments: dict[str, np.ndarray],
+                 min_segment_size: int) -> dict[str, Any]:
+    from sira.evaluation import evaluate
+
+    if y.size == 0 or y.min() == y.max():  # one class only: ranking metrics are undefined
+        return {"n": int(y.size), "positives": int(y.sum()), "average_precision": None, "roc_auc": None}
+    return evaluate(y, p, thresholds, segments=segments, min_segment_size=min_segment_size)
+
+
+def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, window_days: float,
+                     cutoff: datetime, maturity_days: float, thresholds: dict[str, float], train_ap: float | None,
+                     margin: float, min_segment_size: int) -> list[dict[str, Any]]:
+    """The performance rows (overall and per segment) of one version and role, window by window."""
+    rule = Windows(None, None, None, None, cutoff, maturity_days)
+    labelled = []
+    for r in rows:
+        y = label_rule(r["occurred_at"], r["positive_known_at"], r["negative_known"], rule)
+        if y is not None:
+            labelled.append((r["occurred_at"], y, r["score"], r["country"], r["channel"]))
+    out = []
+    step = timedelta(days=window_days)
+    start = lo
+    while start < hi:
+        end = min(start + step, hi)
+        part = [x for x in labelled if start <= x[0] < end]
+        y = np.array([x[1] for x in part], dtype=np.float64)
+        p = np.array([x[2] for x in part], dtype=np.float64)
+        segments = {name: np.array([x[3 + k] for x in part], dtype=object) for k, name in enumerate(SEGMENTS)}
+        metrics = _metrics_row(y, p, thresholds, segments, min_segment_size)
+
+        def flag(ap: float | None, positives: int) -> bool:
+            return (ap is not None and train_ap is not None and positives >= MIN_POSITIVES_TO_FLAG
+                    and ap == ap and ap < train_ap - margin)
+
+        by_segment = metrics.pop("segments", {}) or {}
+        out.append({"window_start": start, "window_end": end, "segment": "all", "segment_value": "all",
+                    "n": int(y.size), "n_positive": int(y.sum()), "average_precision": metrics.get("average_precision"),
+                    "roc_auc": metrics.get("roc_auc"), "metrics": metrics,
+                    "flagged": flag(metrics.get("average_precision"), int(y.sum()))})
+        for name, values in by_segment.items():
+            for value, m in values.items():
+                out.append({"window_start": start, "window_end": end, "segment": name, "segment_value": value,
+                            "n": m["n"], "n_positive": m["positives"], "average_precision": m["average_precision"],
+                            "roc_auc": m["roc_auc"], "metrics": m,
+                            "flagged": flag(m["average_precision"], m["positives"])})
+        start = end
+    return out
+
+
+async def run_performance(settings: Settings, req: PerformanceRequest, *,
+                          actor: Actor | None = None) -> dict[str, Any]:
+    """Evaluate the model's stored predictions against matured labels; store and return the rows."""
+    import asyncio
+
+    from sira import audit
+
+    if req.window_days <= 0 or req.days <= 0:
+        raise InvalidInput("--days and --window-days must be positive", code="invalid_input")
+    actor = actor or Actor.local()
+    started = time.perf_counter()
+    cutoff = req.as_of or datetime.now(timezone.utc)
+    async with db.open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            model = await registry.get_model(conn, req.model)
+            if req.version is not None:
+                await registry.get_version(conn, req.model, req.version)
+            newest = await conn.fetchval(
+                """SELECT max(coalesce(e.occurred_at, p.scored_at)) FROM sira_predictions p
+                     LEFT JOIN sira_events e ON e.event_id = p.event_id
+                    WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)""", req.model, req.version)
+            if newest is None:
+                raise InvalidInput(f"no stored predictions of {req.model}" + (f" v{req.version}" if req.version else ""),
+                                   code="empty_input")
+            hi = req.time_to or newest + timedelta(microseconds=1)
+            lo = req.time_from or hi - timedelta(days=req.days)
+            if hi <= lo:
+                raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
+            rows = [dict(r) for r in await conn.fetch(PREDICTIONS_SQL, req.model, lo, hi, model["label_name"], cutoff,
+                                                      req.version)]
+            if not rows:
+                raise InvalidInput(f"no predictions of {req.model} between {lo:%Y-%m-%d} and {hi:%Y-%m-%d}",
+                                   code="empty_input")
+            versions = {v: await registry.get_version(conn, req.model, v) for v in sorted({r["version"] for r in rows})}
+        margin = req.ap_margin
+        if margin is None:
+            margin = float(((model["settings"] or {}).get("monitoring") or {}).get("ap_drop_margin", DEFAULT_AP_MARGIN))
+        results = []
+        for (version, role) in sorted({(r["version"], r["role"]) for r in rows}):
+            row = versions[version]
+            test_metrics = (row["metrics"] or {}).get("test") or {}
+            evaluated = await asyncio.to_thread(
+                evaluate_windows, [r for r in rows if (r["version"], r["role"]) == (version, role)], lo=lo, hi=hi,
+                window_days=req.window_days, cutoff=cutoff, maturity_days=float(model["label_maturity_days"]),
+                thresholds={k: float(v) for k, v in row["thresholds"].items()},
+                train_ap=test_metrics.get("average_precision"), margin=margin, min_segment_size=req.min_segment_size)
+            results.append({"version": version, "role": role, "model_id": row["model_id"],
+                            "training_ap": test_metrics.get("average_precision"), "rows": evaluated})
+        run = job_id()
+        async with db.transaction(pool) as conn:
+            await conn.executemany(
+                """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, segment,
+                       segment_value, n, n_positive, average_precision, roc_auc, metrics, flagged, job_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+                [(res["model_id"], res["version"], res["role"], r["window_start"], r["window_end"], r["segment"],
+                  str(r["segment_value"]), r["n"], r["n_positive"], json_finite(r["average_precision"]),
+                  json_finite(r["roc_auc"]), json_finite(r["metrics"]), r["flagged"], run)
+                 for res in results for r in res["rows"]])
+            flagged = any(r["flagged"] for res in results for r in res["rows"])
+            await audit.record(conn, actor, "performance.run", target_type="model", target_id=req.model,
+                               details={"job_id": run, "flagged": flagged,
+                                        "versions": sorted({res["version"] for res in results})})
+    summary = [{"version": res["version"], "role": res["role"], "training_ap": res["training_ap"],
+                "windows": [json_finite({k: (v.isoformat() if isinstance(v, datetime) else v)
+                                         for k, v in r.items() if k != "metrics"}
+                                        | {"decisions": r["metrics"].get("decisions"),
+                                           "expected_calibration_error": r["metrics"].get("expected_calibration_error")})
+                            for r in res["rows"] if r["segment"] == "all"],
+                "segments": sum(1 for r in res["rows"] if r["segment"] != "all"),
+                "flagged_segments": [f"{r['segment']}={r['segment_value']}" for r in res["rows"]
+                                     if r["segment"] != "all" and r["flagged"]]}
+               for res in results]
+    return {"model": req.model, "job_id": run, "range": {"from": lo.isoformat(), "to": hi.isoformat()},
+            "as_of": cutoff.isoformat(), "ap_margin": margin, "flagged": flagged, "results": summary,
+            "seconds": round(time.perf_counter() - started, 3)}

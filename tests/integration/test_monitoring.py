@@ -1,0 +1,136 @@
+"""Drift and live performance on a real trained model: stored events, stored predictions, matured labels."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sira import db
+from sira.batch import BatchRequest, run_batch_score
+from sira.drift import DATASET, SCORE, DriftRequest, run_drift
+from sira.errors import InvalidInput
+from sira.evaluation import average_precision, decide
+from sira.performance import PerformanceRequest, run_performance
+from sira.serving import write_predictions
+
+
+async def _fetch(dsn: str, sql: str, *args):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def served(fraud_model, tmp_path_factory):
+    """Predictions stored as serving stores them, for the first three weeks of events (labels matured):
+    production's true scores, and a shadow that ranks them backwards."""
+    (lo,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT min(occurred_at) AS lo FROM sira_events"))[0].values()
+    out = tmp_path_factory.mktemp("monitoring") / "weeks.parquet"
+    asyncio.run(run_batch_score(fraud_model.settings, BatchRequest(model="fraud", out=out, time_from=lo,
+                                                                   time_to=lo + timedelta(days=21),
+                                                                   keep_columns=True)))
+    table = pq.read_table(out)
+    names = [f["name"] for f in fraud_model.trained["feature_schema"]]
+    thresholds = fraud_model.trained["thresholds"]
+    now = datetime.now(timezone.utc)
+    features = table.select(names).to_pylist()
+    scores = table.column("score").to_numpy()
+    records = []
+    for role, values in (("production", scores), ("shadow", 1.0 - scores)):
+        for event_id, vector, score, decision in zip(table.column("event_id").to_pylist(), features, values,
+                                                     decide(values, thresholds).tolist()):
+            records.append({"prediction_id": str(uuid.uuid4()), "scored_at": now.isoformat(), "request_id": None,
+                            "model_id": 1, "model_name": "fraud", "version": fraud_model.version, "role": role,
+                            "event_id": event_id, "features": vector, "score": float(score), "decision": decision,
+                            "reasons": [], "flags": {}, "degraded": False, "latency_ms": 1.0})
+
+    async def store():
+        pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+                for r in records:
+                    r["model_id"] = model_id
+                await write_predictions(conn, records)
+        finally:
+            await pool.close()
+
+    asyncio.run(store())
+    return {"lo": lo, "hi": lo + timedelta(days=21), "rows": table.num_rows, "table": table}
+
+
+def test_drift_of_recent_events_is_stored_with_the_job_and_a_verdict(fraud_model):
+    result = asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", days=7)))
+    names = {f["name"] for f in fraud_model.trained["feature_schema"]}
+    features = result["features"]
+    assert {r["feature"] for r in features} == names | {SCORE}
+    assert result["reference_sample"] and result["n_current"] >= 100
+    assert all(r["ks_statistic"] is not None for r in features if r["kind"] in ("numeric", "score"))
+    severities = [r["severity"] for r in features]
+    assert severities == sorted(severities, key=["alert", "warn", "ok"].index)
+    stored = asyncio.run(_fetch(fraud_model.dsn, "SELECT feature, severity, n_current, window_end - window_start AS span "
+                                                 "FROM sira_data_drift WHERE job_id = $1", result["job_id"]))
+    assert len(stored) == len(features) + 1
+    dataset = next(r for r in stored if r["feature"] == DATASET)
+    assert dataset["severity"] == result["verdict"] and dataset["span"] == timedelta(days=7)
+
+
+def test_drift_of_served_predictions_reads_what_production_answered(fraud_model, served):
+    request = DriftRequest(model="fraud", source="predictions", days=3650)
+    result = asyncio.run(run_drift(fraud_model.settings, request))
+    assert result["n_current"] >= served["rows"]  # production's rows only, not the shadow's
+    score = next(r for r in result["features"] if r["feature"] == SCORE)
+    assert score["n_current"] == result["n_current"]
+
+
+def test_performance_joins_matured_labels_per_window_segment_and_role(fraud_model, served):
+    request = PerformanceRequest(model="fraud", time_from=served["lo"], time_to=served["hi"], window_days=7,
+                                 min_segment_size=50, ap_margin=0.5)
+    result = asyncio.run(run_performance(fraud_model.settings, request))
+    by_role = {r["role"]: r for r in result["results"]}
+    assert set(by_role) == {"production", "shadow"}
+    production, shadow = by_role["production"], by_role["shadow"]
+    assert len(production["windows"]) == 3 and production["segments"] > 0
+    assert sum(w["n"] for w in production["windows"]) > 0
+    assert all(w["n_positive"] > 0 for w in production["windows"])
+    assert not any(w["flagged"] for w in production["windows"])  # AP within 0.5 of training's
+    assert all(w["flagged"] for w in shadow["windows"])  # ranked backwards: AP collapses
+    # the stored AP of a window is the AP of its labelled predictions (labels as the job read them)
+    first = production["windows"][0]
+    rows = asyncio.run(_fetch(fraud_model.dsn, """
+        SELECT p.score, (EXISTS (SELECT 1 FROM sira_feedback f WHERE f.event_id = p.event_id AND f.label
+                                  AND f.known_at <= $3))::int AS y
+          FROM sira_predictions p JOIN sira_events e ON e.event_id = p.event_id
+         WHERE p.role = 'production' AND e.occurred_at >= $1 AND e.occurred_at < $2""",
+        datetime.fromisoformat(first["window_start"]), datetime.fromisoformat(first["window_end"]),
+        datetime.fromisoformat(result["as_of"])))
+    assert len(rows) == first["n"]  # every event of the window is mature (older than the maturity)
+    expected = average_precision(np.array([r["y"] for r in rows]), np.array([r["score"] for r in rows]))
+    assert first["average_precision"] == pytest.approx(expected, abs=1e-12)
+    stored = asyncio.run(_fetch(fraud_model.dsn, "SELECT role, segment, flagged FROM sira_model_performance "
+                                                 "WHERE job_id = $1", result["job_id"]))
+    assert {r["segment"] for r in stored} >= {"all", "country", "channel"}
+    assert any(r["flagged"] for r in stored if r["role"] == "shadow")
+
+
+def test_monitoring_refuses_what_it_cannot_measure(fraud_model):
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", time_from=datetime(2001, 1, 1,
+                                                                 tzinfo=timezone.utc), time_to=datetime(2001, 1, 2,
+                                                                 tzinfo=timezone.utc))))
+    assert caught.value.code == "insufficient_data"
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="nope")))
+    assert caught.value.code == "invalid_input"
+    with pytest.raises(InvalidInput) as caught:
+        asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(model="fraud", version=1,
+                                                                             window_days=0)))
+    assert "window" in caught.value.message

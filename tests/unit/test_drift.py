@@ -1,0 +1,79 @@
+"""Drift of a window against a training reference: quiet on the same distribution, loud on a planted shift."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from sira.drift import SCORE, Reference, compare
+from sira.runs import reference_sample, reference_statistics
+from sira.training import Matrix
+
+
+def _reference(synthetic_matrix, n: int = 20_000, seed: int = 1) -> tuple[Reference, Matrix, np.ndarray]:
+    train = synthetic_matrix(n, seed)
+    scores = 1 / (1 + np.exp(-(train.X[:, 0] / 40 - 2)))  # any deterministic score of the rows
+    sample = np.load(io.BytesIO(reference_sample(train, scores, seed=7)), allow_pickle=False)
+    return Reference(tuple(train.schema), reference_statistics(train, scores), sample), train, scores
+
+
+def _score(X: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(np.nan_to_num(X[:, 0]) / 40 - 2)))
+
+
+def test_a_sample_of_the_same_distribution_raises_no_alert(synthetic_matrix):
+    reference, _, _ = _reference(synthetic_matrix)
+    for seed in (2, 3, 4):
+        current = synthetic_matrix(5_000, seed)
+        rows, verdict = compare(reference, current.X, _score(current.X))
+        assert verdict != "alert", rows
+        assert all(r["severity"] != "alert" for r in rows)
+        assert all(r["psi"] < 0.1 for r in rows)
+        assert {r["feature"] for r in rows} == {"amount", "night", "channel", SCORE}
+
+
+def test_a_planted_drift_is_detected_and_sorted_first(synthetic_matrix):
+    reference, _, _ = _reference(synthetic_matrix)
+    current = synthetic_matrix(5_000, 5)
+    X = current.X.copy()
+    X[:, 0] *= 3  # amounts triple
+    X[:, 2] = np.where(np.random.default_rng(0).random(len(X)) < 0.7, 1.0, X[:, 2])  # mostly e-commerce now
+    rows, verdict = compare(reference, X, _score(X))
+    by = {r["feature"]: r for r in rows}
+    assert verdict == "alert"
+    assert by["amount"]["severity"] == "alert" and by["amount"]["psi"] > 0.25 and by["amount"]["ks_statistic"] > 0.3
+    assert by["channel"]["severity"] == "alert" and by["channel"]["chi2_statistic"] > 100
+    assert by[SCORE]["severity"] == "alert"
+    assert by["night"]["severity"] == "ok"
+    assert [r["severity"] for r in rows] == sorted((r["severity"] for r in rows),
+                                                   key=["alert", "warn", "ok"].index)
+    # p-values are adjusted across the run (Benjamini-Hochberg never lowers one)
+    assert all(r["p_value_adjusted"] >= r["p_value"] for r in rows if r["p_value"] is not None)
+
+
+def test_a_feature_that_stops_arriving_is_drift(synthetic_matrix):
+    reference, _, _ = _reference(synthetic_matrix)
+    current = synthetic_matrix(5_000, 6)
+    X = current.X.copy()
+    X[:, 1] = np.nan  # the pipeline lost "night"
+    rows, _ = compare(reference, X, _score(X))
+    night = next(r for r in rows if r["feature"] == "night")
+    assert night["severity"] == "alert" and night["details"]["missing_rate_current"] == 1.0
+
+
+def test_without_a_reference_sample_ks_is_left_out(synthetic_matrix):
+    reference, _, _ = _reference(synthetic_matrix)
+    bare = Reference(reference.schema, reference.statistics, None)
+    current = synthetic_matrix(2_000, 8)
+    rows, _ = compare(bare, current.X, _score(current.X))
+    assert all(r["ks_statistic"] is None for r in rows)
+    assert all(r["psi"] is not None for r in rows)
+
+
+def test_the_reference_sample_is_reproducible(synthetic_matrix):
+    train = synthetic_matrix(9_000, 1)
+    scores = np.linspace(0, 1, 9_000)
+    assert reference_sample(train, scores, 3) == reference_sample(train, scores, 3)
+    array = np.load(io.BytesIO(reference_sample(train, scores, 3)), allow_pickle=False)
+    assert array.shape == (5_000, 4) and np.all(np.diff(array[:, -1]) > 0)  # rows kept in training order
