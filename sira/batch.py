@@ -349,7 +349,7 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     import asyncio
 
     from sira import audit
-    from sira.ray_runtime import init_ray
+    from sira.ray_runtime import init_ray, job_id
 
     actor = actor or Actor.local()
     version, source = await resolve_source(settings, req)
@@ -371,7 +371,7 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     seconds = time.perf_counter() - started
     result = {
         "model": version["model_name"], "version": version["version"], "status": version["status"],
-        "input": source.description, "out": str(req.out), "sha256": digest, "explain": req.explain,
+        "input": source.description, "out": str(req.out), "sha256": digest, "explain": req.explain, "job_id": job_id(),
         "columns": [*source.passthrough, "score", "decision", "model", "version",
                     *(("reasons", "reason_codes") if req.explain else ())],
         "seconds": round(seconds, 3), "rows_per_second": round(tally.rows / seconds, 1) if seconds else None,
@@ -381,5 +381,6 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
         async with pool.acquire() as conn:
             await audit.record(conn, actor, "batch.score", target_type="model_version",
                                target_id=f"{version['model_name']}:v{version['version']}",
-                               details={k: result[k] for k in ("input", "out", "sha256", "rows", "decisions")})
+                               details={k: result[k] for k in ("input", "out", "sha256", "rows", "decisions",
+                                                                "job_id")})
     return result

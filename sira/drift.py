@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -214,18 +212,13 @@ async def _predictions_window(conn: Any, settings: Settings, version: dict[str, 
 # -- the job --------------------------------------------------------------------------------------
 
 
-def job_id() -> str:
-    """The Ray job's submission id when running as one, else a fresh local id."""
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or f"local-{uuid.uuid4().hex[:12]}"
-
-
 async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | None = None) -> dict[str, Any]:
     """Compare the window with the version's reference; store and return the rows and the verdict."""
     import asyncio
 
     from sira import audit
     from sira.features import get_feature_set
-    from sira.ray_runtime import init_ray
+    from sira.ray_runtime import init_ray, job_id
 
     if req.source not in SOURCES:
         raise InvalidInput(f"--source must be one of {', '.join(SOURCES)}", code="invalid_input")

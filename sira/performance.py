@@ -32,7 +32,7 @@ from sira.artifacts import json_finite
 from sira.audit import Actor
 from sira.config import Settings
 from sira.datasets import Windows, label_rule
-from sira.drift import job_id
+from sira.ray_runtime import job_id
 from sira.errors import InvalidInput
 
 DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training

@@ -13,9 +13,11 @@ of secret files, never secret values themselves.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import uuid
 from typing import Any
 
 from sira.config import Settings
@@ -23,7 +25,8 @@ from sira.config import Settings
 log = logging.getLogger(__name__)
 
 # Folders that never travel with `--working-dir` uploads.
-WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/"]
+WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/",
+                        ".hypothesis/"]
 
 
 LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
@@ -64,6 +67,11 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
     address = settings.ray_address
     if address:
         log.info("joining Ray at %s", address)
+        # A `ray job submit` driver: Ray refuses an env var that the job's own runtime_env already sets
+        # ("Specifying the same ... keys is not allowed"); the job's values reach the workers anyway.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+        given = job.get("env_vars") or {}
+        runtime_env = {"env_vars": {k: v for k, v in runtime_env["env_vars"].items() if k not in given}}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
                  **kwargs)
     else:
@@ -84,3 +92,11 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
             **kwargs,
         )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+def job_id() -> str:
+    """The Ray job's submission id when running as one (``ray job submit`` puts it in the driver's
+    job config), else a fresh local id."""
+    config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    submitted = (config.get("metadata") or {}).get("job_submission_id")
+    return submitted or f"local-{uuid.uuid4().hex[:12]}"
