@@ -241,9 +241,10 @@ def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime
 # -- the job ---------------------------------------------------------------------------------------
 
 
-def pool_shape(total_cpus: float, max_actors: int | None) -> tuple[float, int, int]:
-    """(CPUs per actor, LightGBM threads per actor, largest pool): room left for the reads."""
-    per_actor = max(0.5, min(2.0, total_cpus - READ_CPUS))
+def pool_shape(total_cpus: float, free_cpus: float, max_actors: int | None) -> tuple[float, int, int]:
+    """(CPUs per actor, LightGBM threads per actor, largest pool): an actor that fits in what is free
+    now (Serve replicas may hold some), room left for the reads, the pool growing with the cluster."""
+    per_actor = max(0.5, min(2.0, free_cpus - READ_CPUS))
     largest = max(1, int((total_cpus - READ_CPUS) // per_actor))
     if max_actors is not None:
         largest = max(1, min(largest, max_actors))
@@ -258,7 +259,8 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # output rows in input order: reproducible files
-    per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)), max_actors)
+    per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)),
+                                             float(ray.available_resources().get("CPU", 0)), max_actors)
     scored = source.build().map_batches(
         VersionScorer, batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),

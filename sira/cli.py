@@ -1030,19 +1030,36 @@ def score_cmd(
         if progress is not None:
             progress.close()
 
-    def render() -> None:
-        rows = {"model": f"{result['model']} v{result['version']} ({result['status']})", "input": result["input"],
-                "rows": f"{result['rows']:,}", "seconds": result["seconds"], "rows/s": f"{result['rows_per_second']:,}",
-                "mean score": f"{result['mean_score']:.4f}",
-                "decisions": ", ".join(f"{k} {v:,}" for k, v in result["decisions"].items()),
-                "output": result["out"], "sha256": result["sha256"]}
-        _err.print(_kv_table("Batch scoring", rows))
+    _emit(result, as_json, lambda: _err.print(_batch_table(result)))
 
-    _emit(result, as_json, render)
+
+def _batch_table(result: dict[str, Any]) -> Table:
+    return _kv_table("Batch scoring", {
+        "model": f"{result['model']} v{result['version']} ({result['status']})", "input": result["input"],
+        "rows": f"{result['rows']:,}", "seconds": result["seconds"], "rows/s": f"{result['rows_per_second']:,}",
+        "mean score": f"{result['mean_score']:.4f}",
+        "decisions": ", ".join(f"{k} {v:,}" for k, v in result["decisions"].items()),
+        "output": result["out"], "sha256": result["sha256"]})
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _drift_table(result: dict[str, Any], limit: int | None = None) -> Table:
+    table = Table(title=f"Drift of {result['model']} v{result['version']} ({result['source']}, "
+                        f"{result['window']['from'][:16]}..{result['window']['to'][:16]}, "
+                        f"{result['n_current']:,} rows): {result['verdict'].upper()}", title_justify="left")
+    for column in ("feature", "severity", "PSI", "KS", "JS", "chi2", "p adj", "missing ref→now"):
+        table.add_column(column, justify="left" if column in ("feature", "severity") else "right")
+    for r in result["features"][:limit]:
+        d = r["details"]
+        missing = (f"{d['missing_rate_reference']:.3f}→{d['missing_rate_current']:.3f}"
+                   if d.get("missing_rate_current") is not None else "")
+        table.add_row(r["feature"], r["severity"], _fmt(r["psi"]), _fmt(r["ks_statistic"]),
+                      _fmt(r["js_divergence"]), _fmt(r["chi2_statistic"], 1), _fmt(r["p_value_adjusted"], 4),
+                      missing)
+    return table
 
 
 @app.command("drift")
@@ -1065,22 +1082,28 @@ def drift_cmd(
                            time_to=_utc(time_to))
     result = asyncio.run(run_drift(get_settings(), request, actor=actor))
 
-    def render() -> None:
-        table = Table(title=f"Drift of {result['model']} v{result['version']} ({result['source']}, "
-                            f"{result['window']['from'][:16]}..{result['window']['to'][:16]}, "
-                            f"{result['n_current']:,} rows): {result['verdict'].upper()}", title_justify="left")
-        for column in ("feature", "severity", "PSI", "KS", "JS", "chi2", "p adj", "missing ref→now"):
-            table.add_column(column, justify="left" if column in ("feature", "severity") else "right")
-        for r in result["features"]:
-            d = r["details"]
-            missing = (f"{d['missing_rate_reference']:.3f}→{d['missing_rate_current']:.3f}"
-                       if d.get("missing_rate_current") is not None else "")
-            table.add_row(r["feature"], r["severity"], _fmt(r["psi"]), _fmt(r["ks_statistic"]),
-                          _fmt(r["js_divergence"]), _fmt(r["chi2_statistic"], 1), _fmt(r["p_value_adjusted"], 4),
-                          missing)
-        _err.print(table)
+    _emit(result, as_json, lambda: _err.print(_drift_table(result)))
 
-    _emit(result, as_json, render)
+
+def _performance_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
+                        f"AP margin {result['ap_margin']:.2f})", title_justify="left")
+    for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
+                   "recall", "ECE", "flag"):
+        table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")
+    for res in result["results"]:
+        for w in res["windows"]:
+            decisions = w.get("decisions") or {}
+            table.add_row(str(res["version"]), res["role"], f"{w['window_start'][:10]}..{w['window_end'][:10]}",
+                          f"{w['n']:,}", f"{w['n_positive']:,}", _fmt(w["average_precision"]),
+                          _fmt(res["training_ap"]), _fmt(w["roc_auc"]), _fmt(decisions.get("precision_flagged")),
+                          _fmt(decisions.get("recall_flagged")), _fmt(w.get("expected_calibration_error")),
+                          "FLAGGED" if w["flagged"] else "")
+    flagged = [f"v{res['version']} {res['role']}: {', '.join(res['flagged_segments'])}" for res in result["results"]
+               if res["flagged_segments"]]
+    if flagged:
+        table.caption = "flagged segments: " + "; ".join(flagged)
+    return table
 
 
 @app.command("performance")
@@ -1106,25 +1129,7 @@ def performance_cmd(
                                  min_segment_size=min_segment)
     result = asyncio.run(run_performance(get_settings(), request, actor=actor))
 
-    def render() -> None:
-        table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
-                            f"AP margin {result['ap_margin']:.2f})", title_justify="left")
-        for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
-                       "recall", "ECE", "flag"):
-            table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")
-        for res in result["results"]:
-            for w in res["windows"]:
-                decisions = w.get("decisions") or {}
-                table.add_row(str(res["version"]), res["role"], f"{w['window_start'][:10]}..{w['window_end'][:10]}",
-                              f"{w['n']:,}", f"{w['n_positive']:,}", _fmt(w["average_precision"]),
-                              _fmt(res["training_ap"]), _fmt(w["roc_auc"]), _fmt(decisions.get("precision_flagged")),
-                              _fmt(decisions.get("recall_flagged")), _fmt(w.get("expected_calibration_error")),
-                              "FLAGGED" if w["flagged"] else "")
-            if res["flagged_segments"]:
-                _err.print(f"v{res['version']} {res['role']}: flagged segments {', '.join(res['flagged_segments'])}")
-        _err.print(table)
-
-    _emit(result, as_json, render)
+    _emit(result, as_json, lambda: _err.print(_performance_table(result)))
 
 
 @app.command("api")
@@ -1251,6 +1256,12 @@ def demo_cmd(
                 ex = sv["explained"]
                 _err.print(f"  read back by an analyst ({ex['decision']}, score {ex['score']:.4f}): "
                            + ("; ".join(r["text"] for r in ex["reasons"]) or "no feature raised the score"))
+        if report.batch:
+            _err.print(_batch_table(report.batch))
+        if report.drift:
+            _err.print(_drift_table(report.drift, limit=12))
+        if report.performance:
+            _err.print(_performance_table(report.performance))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

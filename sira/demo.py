@@ -5,7 +5,9 @@ the database, simulate weeks of payments with a fraud pattern that shifts
 near the end, ingest the events (Ray Data) and the labels, materialise the
 online snapshots, tune and train a fraud model from the feature store and
 register it as a candidate, create demo API keys, have a data scientist
-request promotion and two approvers approve it, and summarise what was written.
+request promotion and two approvers approve it, serve it and score the held-back
+payments live, batch-score the history, check drift and live performance, and
+summarise what was written.
 """
 
 from __future__ import annotations
@@ -55,12 +57,16 @@ class DemoReport:
     training: dict[str, Any] = field(default_factory=dict)
     governance: dict[str, Any] = field(default_factory=dict)
     serving: dict[str, Any] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] = field(default_factory=dict)
+    performance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
                 "example_features": self.example_features, "training": self.training,
-                "governance": self.governance, "serving": self.serving}
+                "governance": self.governance, "serving": self.serving, "batch": self.batch, "drift": self.drift,
+                "performance": self.performance}
 
 
 async def run_demo(
@@ -165,10 +171,41 @@ async def run_demo(
             keys = await demo_keys(conn, settings)
             report.serving = await serve_and_score(settings, keys, live, progress=progress, keep=keep_serving)
             step("serve_and_score", started, scored=report.serving["scored"])
+
+        await monitor(settings, conn, keys, report, out_dir, progress=progress, step=step)
         report.tables = await table_counts(conn)
     finally:
         await conn.close()
     return report
+
+
+async def monitor(settings: Settings, conn: Any, keys: dict[str, str], report: DemoReport, out_dir: Path, *,
+                  progress: Callable[[str], None], step: Callable[..., None]) -> None:
+    """Batch-score the whole history (a data scientist), then drift of the last week and the live
+    performance of what was served (an operator), as the jobs would on a cluster."""
+    from sira.batch import BatchRequest, run_batch_score
+    from sira.drift import DriftRequest, run_drift
+    from sira.performance import PerformanceRequest, run_performance
+
+    pepper = settings.secret("auth_secret")
+    dana = (await authenticate(conn, keys["demo-dana"], pepper=pepper)).actor()
+    oli = (await authenticate(conn, keys["demo-oli"], pepper=pepper)).actor()
+    started = time.perf_counter()
+    progress("batch: scoring every stored payment with the production version (Ray Data actor pool)")
+    first = await conn.fetchval("SELECT min(occurred_at) FROM sira_events")
+    report.batch = await run_batch_score(settings, BatchRequest(model="fraud", out=out_dir / "scores.parquet",
+                                                                time_from=first), actor=dana)
+    step("batch_score", started, rows=report.batch["rows"], rows_per_s=report.batch["rows_per_second"])
+    started = time.perf_counter()
+    progress("drift: the last 7 days of payments against the training reference")
+    report.drift = await run_drift(settings, DriftRequest(model="fraud", days=7), actor=oli)
+    step("drift", started, verdict=report.drift["verdict"], **report.drift["severities"])
+    if report.serving.get("scored"):
+        started = time.perf_counter()
+        progress("performance: the live predictions against their (matured) labels")
+        report.performance = await run_performance(settings, PerformanceRequest(model="fraud", min_segment_size=50),
+                                                   actor=oli)
+        step("performance", started, flagged=report.performance["flagged"])
 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],

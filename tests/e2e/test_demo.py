@@ -43,3 +43,16 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     assert report["tables"]["sira_predictions"] == live
     assert serving["feedback"]["status"] == "recorded" and serving["examples"]
     assert serving["explained"] is None or serving["explained"]["reasons_deferred"] is False
+    # then the whole history is batch-scored, and drift and live performance are measured and stored
+    batch = report["batch"]
+    assert batch["rows"] == events.num_rows and batch["version"] == 1
+    assert pq.read_table(batch["out"]).num_rows == events.num_rows
+    drift = report["drift"]
+    assert drift["verdict"] in ("ok", "warn", "alert") and drift["reference_sample"]
+    assert {r["feature"] for r in drift["features"]} >= {"amount", "customer_count_1d", "__score__"}
+    assert report["tables"]["sira_data_drift"] == len(drift["features"]) + 1
+    performance = report["performance"]
+    assert [(r["version"], r["role"]) for r in performance["results"]] == [(1, "production")]
+    assert sum(w["n"] for w in performance["results"][0]["windows"]) > 0
+    assert report["tables"]["sira_model_performance"] >= 1
+    assert [s["step"] for s in report["steps"]][-3:] == ["batch_score", "drift", "performance"]
