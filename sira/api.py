@@ -290,6 +290,19 @@ def registry_router() -> APIRouter:
     async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         return {"model": name, "history": await unit(pool, registry.production_history, name)}
 
+    @router.get("/models/{name}/drift")
+    async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),
+                    version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        from sira.drift import latest_drift
+
+        return await unit(pool, latest_drift, name, version)
+
+    @router.get("/models/{name}/performance")
+    async def performance(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
+        from sira.performance import latest_performance
+
+        return await unit(pool, latest_performance, name)
+
     @router.get("/audit")
     async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,
                         actor: str | None = None, action: str | None = None,

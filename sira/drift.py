@@ -274,3 +274,26 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
         "verdict": overall, "severities": counts, "reference_sample": reference.sample is not None,
         "seconds": round(time.perf_counter() - started, 3), "features": rows,
     }
+
+
+async def latest_drift(conn: Any, model_name: str, version: int | None = None) -> dict[str, Any]:
+    """The newest drift run of a model (or one version): its verdict and rows, most severe first."""
+    model = await registry.get_model(conn, model_name)
+    run = await conn.fetchrow(
+        """SELECT job_id, version, window_start, window_end, severity, details, computed_at FROM sira_data_drift
+            WHERE model_id = $1 AND ($2::int IS NULL OR version = $2) AND feature = $3
+            ORDER BY computed_at DESC, id DESC LIMIT 1""", model["id"], version, DATASET)
+    if run is None:
+        return {"model": model_name, "latest": None}
+    rows = await conn.fetch(
+        """SELECT feature, severity, psi, ks_statistic, js_divergence, chi2_statistic, p_value, p_value_adjusted,
+                  n_reference, n_current, details
+             FROM sira_data_drift WHERE model_id = $1 AND job_id = $2 AND feature <> $3""",
+        model["id"], run["job_id"], DATASET)
+    features = sorted((dict(r) for r in rows), key=lambda r: (SEVERITY_ORDER[r["severity"]], -(r["psi"] or 0.0),
+                                                              r["feature"]))
+    return {"model": model_name, "latest": {
+        "job_id": run["job_id"], "version": run["version"], "verdict": run["severity"],
+        "window": {"from": run["window_start"].isoformat(), "to": run["window_end"].isoformat()},
+        "computed_at": run["computed_at"].isoformat(), "summary": run["details"],
+        "features": json_finite(features)}}

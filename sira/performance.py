@@ -193,3 +193,23 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
     return {"model": req.model, "job_id": run, "range": {"from": lo.isoformat(), "to": hi.isoformat()},
             "as_of": cutoff.isoformat(), "ap_margin": margin, "flagged": flagged, "results": summary,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+async def latest_performance(conn: Any, model_name: str) -> dict[str, Any]:
+    """The newest performance run of a model: every version, role, window and segment it wrote."""
+    model = await registry.get_model(conn, model_name)
+    job = await conn.fetchval(
+        "SELECT job_id FROM sira_model_performance WHERE model_id = $1 ORDER BY computed_at DESC, id DESC LIMIT 1",
+        model["id"])
+    if job is None:
+        return {"model": model_name, "latest": None}
+    rows = await conn.fetch(
+        """SELECT version, role, window_start, window_end, segment, segment_value, n, n_positive, average_precision,
+                  roc_auc, flagged, metrics, computed_at
+             FROM sira_model_performance WHERE model_id = $1 AND job_id = $2
+            ORDER BY version, role, window_start, segment, segment_value""", model["id"], job)
+    return {"model": model_name, "latest": {
+        "job_id": job, "computed_at": rows[0]["computed_at"].isoformat(),
+        "flagged": any(r["flagged"] for r in rows),
+        "rows": json_finite([{**{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(r).items()
+                                 if k != "computed_at"}} for r in rows])}}

@@ -23,6 +23,8 @@ ENDPOINTS = [
     ("POST", "/v1/models/fraud/versions/1/reject", {}, "promotion.decide"),
     ("POST", "/v1/models/fraud/rollback", {"reason": "r"}, "rollback"),
     ("GET", "/v1/models/fraud/history", None, "models.read"),
+    ("GET", "/v1/models/fraud/drift", None, "models.read"),
+    ("GET", "/v1/models/fraud/performance", None, "models.read"),
     ("GET", "/v1/audit", None, "audit.read"),
     ("GET", "/v1/keys", None, "keys.manage"),
     ("POST", "/v1/keys", {"name": "k-{role}", "roles": ["viewer"]}, "keys.manage"),

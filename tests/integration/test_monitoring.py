@@ -134,3 +134,58 @@ def test_monitoring_refuses_what_it_cannot_measure(fraud_model):
         asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(model="fraud", version=1,
                                                                              window_days=0)))
     assert "window" in caught.value.message
+
+
+def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, served):
+    import httpx
+
+    from sira.api import create_app
+
+    drift = asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions",
+                                                                     days=3650)))
+    performance = asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+        model="fraud", time_from=served["lo"], time_to=served["hi"], min_segment_size=50)))
+
+    async def read():
+        app = create_app(fraud_model.settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+                viewer = {"Authorization": f"Bearer {fraud_model.keys['viewer']}"}
+                return (await client.get("/v1/models/fraud/drift", headers=viewer),
+                        await client.get("/v1/models/fraud/performance", headers=viewer),
+                        await client.get("/v1/models/nope/drift", headers=viewer))
+
+    d, p, missing = asyncio.run(read())
+    assert d.status_code == 200 and p.status_code == 200
+    assert d.json()["latest"]["job_id"] == drift["job_id"] and d.json()["latest"]["verdict"] == drift["verdict"]
+    assert [f["feature"] for f in d.json()["latest"]["features"]] == [f["feature"] for f in drift["features"]]
+    latest = p.json()["latest"]
+    assert latest["job_id"] == performance["job_id"] and latest["flagged"] == performance["flagged"]
+    assert {(r["role"], r["segment"]) for r in latest["rows"]} >= {("production", "all"), ("shadow", "all")}
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)})
+
+    def sira(*args: str, role: str = "operator") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sira", *args], env={**env, "SIRA_API_KEY": fraud_model.keys[role]},
+                              capture_output=True, text=True, timeout=120)
+
+    cases = [
+        (("drift", "--model", "nope"), "error: not_found: unknown model 'nope'"),
+        (("performance", "--model", "nope"), "error: not_found: unknown model 'nope'"),
+        (("drift", "--model", "fraud", "--version", "99"), "error: not_found: model 'fraud' has no version 99"),
+        (("drift", "--model", "fraud", "--source", "files"), "error: invalid_input: --source must be one of"),
+        (("drift", "--model", "fraud", "--from", "2001-01-01", "--to", "2001-01-02"), "error: insufficient_data:"),
+    ]
+    for args, line in cases:
+        done = sira(*args)
+        assert done.returncode == 2 and done.stderr.startswith(line) and done.stderr.count("\n") == 1, (args, done.stderr)
+    denied = sira("drift", "--model", "fraud", role="data_scientist")
+    assert denied.returncode == 2 and denied.stderr.startswith("error: forbidden:")
