@@ -411,6 +411,10 @@ async def create_model(conn: asyncpg.Connection, identity: Any, name: str, *, mo
         raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
     if settings.get("decision_targets") is not None:
         DecisionTargets.from_dict(settings["decision_targets"])
+    if settings.get("promotion_policy") is not None:
+        from sira.policy import PromotionPolicy
+
+        PromotionPolicy.from_mapping(settings["promotion_policy"])
     values = {k: v for k, v in settings.items() if v is not None}
     columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
     args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
@@ -441,6 +445,10 @@ async def update_model(conn: asyncpg.Connection, identity: Any, name: str, **cha
         raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")
     if "decision_targets" in changes:
         DecisionTargets.from_dict(changes["decision_targets"])
+    if "promotion_policy" in changes:
+        from sira.policy import PromotionPolicy
+
+        PromotionPolicy.from_mapping(changes["promotion_policy"])  # refused when set, not when a retrain reads it
     before = await get_model(conn, name)
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     try:
