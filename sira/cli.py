@@ -1132,6 +1132,59 @@ def performance_cmd(
     _emit(result, as_json, lambda: _err.print(_performance_table(result)))
 
 
+@app.command("retrain")
+def retrain_cmd(
+    model: ModelOption,
+    trials: Annotated[int, typer.Option("--trials", min=0, max=10_000, help="Search trials (0: no search).")] = 16,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = 600.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the search and training.")] = 42,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, change nothing.")] = False,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retrain: challenger on the latest data, judged against the champion, staged by the model's policy."""
+    from sira import db
+    from sira.auth import Identity
+    from sira.retrain import RetrainRequest, run_retrain
+
+    settings = get_settings()
+
+    async def run() -> dict[str, Any]:
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
+                    from sira.audit import Actor
+
+                    # a fresh installation: no keys yet, the local user acts (as for `sira train`)
+                    identity = Identity(Actor.local().name, frozenset({"data_scientist"}), kind="system")
+                else:
+                    identity = await _acting(conn, api_key)
+        request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
+                                 params=_load_yaml_mapping(params) if params else None, num_threads=threads,
+                                 dry_run=dry_run)
+        return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else _err.print)
+
+    result = asyncio.run(run())
+
+    def render() -> None:
+        if result.get("dry_run"):
+            _err.print(_kv_table(f"Retrain {model} (dry run)", {
+                "plan": result["plan"], "steps": ", ".join(result["steps"]) or "none",
+                "champion": result["inputs"]["champion"], "events": f"{result['inputs']['events']:,}",
+                "labels": f"{result['inputs']['labels']:,}", "input key": result["input_key"][:16]}))
+            return
+        from sira.retrain import markdown
+
+        _err.print(markdown(result))
+        if result.get("reused"):
+            _err.print("(these inputs were retrained before: the earlier run's report, no new version)")
+        _err.print(f"report: {result['files']['markdown']}")
+
+    _emit(result, as_json, render)
+
+
 @app.command("api")
 def api_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,
@@ -1262,6 +1315,10 @@ def demo_cmd(
             _err.print(_drift_table(report.drift, limit=12))
         if report.performance:
             _err.print(_performance_table(report.performance))
+        if report.retrain:
+            from sira.retrain import markdown
+
+            _err.print(markdown(report.retrain))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

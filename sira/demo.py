@@ -28,6 +28,7 @@ from sira.feedback import import_label_files
 from sira.ingest import ingest_files
 from sira.ray_runtime import init_ray
 from sira.registry import decide, production_history, request_promotion
+from sira.retrain import RetrainRequest, run_retrain
 from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
@@ -60,13 +61,14 @@ class DemoReport:
     batch: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)
     performance: dict[str, Any] = field(default_factory=dict)
+    retrain: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
                 "example_features": self.example_features, "training": self.training,
                 "governance": self.governance, "serving": self.serving, "batch": self.batch, "drift": self.drift,
-                "performance": self.performance}
+                "performance": self.performance, "retrain": self.retrain}
 
 
 async def run_demo(
@@ -173,6 +175,14 @@ async def run_demo(
             step("serve_and_score", started, scored=report.serving["scored"])
 
         await monitor(settings, conn, keys, report, out_dir, progress=progress, step=step)
+
+        started = time.perf_counter()
+        progress("retrain: a challenger on the latest data against the champion, judged by the model's policy")
+        dana = await authenticate(conn, keys["demo-dana"], pepper=settings.secret("auth_secret"))
+        report.retrain = await run_retrain(settings, RetrainRequest(
+            model="fraud", trials=DEMO_TRIALS // 2, time_budget_s=300, seed=seed,
+            label_delay_days=min(5.0, days / 8)), dana, progress=progress)
+        step("retrain", started, decision=report.retrain["decision"], challenger=report.retrain["challenger"])
         report.tables = await table_counts(conn)
     finally:
         await conn.close()

@@ -62,6 +62,8 @@ class TrainRequest:
     # search: with trials, Ray Tune + Optuna picks the parameters first
     trials: int | None = None
     time_budget_s: float | None = None
+    # set by the retraining pipeline: the run is a 'retrain' run, found again by this key when resumed
+    retrain_key: str | None = None
 
 
 def code_version() -> str:
@@ -180,8 +182,10 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                 feature_set=None if req.data else "payments", feature_set_version=None if req.data else 1,
                 label_maturity_days=req.label_maturity_days,
             )
-            run_id = await registry.start_run(conn, model["id"], kind="tune" if req.trials else "train",
-                                              params=req.params or {}, actor=actor, code_version=code_version())
+            kind = "retrain" if req.retrain_key else "tune" if req.trials else "train"
+            run_params = {**(req.params or {}), **({"retrain_key": req.retrain_key} if req.retrain_key else {})}
+            run_id = await registry.start_run(conn, model["id"], kind=kind, params=run_params, actor=actor,
+                                              code_version=code_version())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
         try:

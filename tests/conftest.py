@@ -253,10 +253,10 @@ def synthetic_matrix():
 # -- a served model ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory: pytest.TempPathFactory):
+def served_model(create_database, workspace: Path, tmp_path_factory: pytest.TempPathFactory, *, name: str,
+                 days: int = 36, customers: int = 600, params: dict | None = None, shift_day: int | None = None):
     """A database of its own with simulated traffic, labels, snapshots, a trained ``fraud`` v1 in
-    production and API keys for every role: what online scoring tests serve. Built once per run."""
+    production (no approvals needed) and API keys for every role."""
     from types import SimpleNamespace
 
     from sira import ingest, registry
@@ -267,10 +267,10 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
     from sira.runs import TrainRequest, run_training
     from sira.simulate import SimulationConfig, simulate
 
-    dsn = create_database("sira_serving")
+    dsn = create_database(name)
     settings = Settings(database_url=dsn, workspace=workspace)
-    sim = simulate(SimulationConfig(days=36, customers=600, seed=21, fraud_rate=0.02, label_delay_days=5),
-                   tmp_path_factory.mktemp("serving-sim"))
+    sim = simulate(SimulationConfig(days=days, customers=customers, seed=21, fraud_rate=0.02, label_delay_days=5,
+                                    shift_day=shift_day), tmp_path_factory.mktemp(f"{name}-sim"))
 
     async def build() -> SimpleNamespace:
         await migrate_database(dsn)
@@ -281,7 +281,7 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
         await materialize_all(settings, fs=PAYMENTS_V1)
         trained = await run_training(settings, TrainRequest(
             model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2,
-            params={"num_boost_round": 200, "early_stopping_rounds": 40},
+            params=params or {"num_boost_round": 200, "early_stopping_rounds": 40},
         ))
         admin = Identity("test-admin", frozenset({"admin"}))
         pool = await db.create_pool(dsn, settings)
@@ -306,6 +306,12 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
                                entities=[dict(e) for e in events], trained=trained)
 
     return run_sync(build())
+
+
+@pytest.fixture(scope="session")
+def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """What online scoring, batch and monitoring tests serve: built once per run."""
+    return served_model(create_database, workspace, tmp_path_factory, name="sira_serving")
 
 
 # -- bad scoring requests: (change to a good body, HTTP status, error code, field named) -------------

@@ -50,9 +50,14 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     drift = report["drift"]
     assert drift["verdict"] in ("ok", "warn", "alert") and drift["reference_sample"]
     assert {r["feature"] for r in drift["features"]} >= {"amount", "customer_count_1d", "__score__"}
-    assert report["tables"]["sira_data_drift"] == len(drift["features"]) + 1
+    assert report["tables"]["sira_data_drift"] >= len(drift["features"]) + 1  # the retrain checks drift too
     performance = report["performance"]
     assert [(r["version"], r["role"]) for r in performance["results"]] == [(1, "production")]
     assert sum(w["n"] for w in performance["results"][0]["windows"]) > 0
     assert report["tables"]["sira_model_performance"] >= 1
-    assert [s["step"] for s in report["steps"]][-3:] == ["batch_score", "drift", "performance"]
+    assert [s["step"] for s in report["steps"]][-4:] == ["batch_score", "drift", "performance", "retrain"]
+    # and a challenger is trained on the latest data and judged against the champion by the policy
+    retrain = report["retrain"]
+    assert retrain["champion"] == 1 and retrain["challenger"] == 2 and retrain["decision"] in ("stage", "reject", "hold")
+    assert retrain["evaluation"]["champion"]["version"] == 1 and retrain["reasons"]
+    assert report["tables"]["sira_retrain_runs"] == 1

@@ -1,0 +1,139 @@
+"""The retraining pipeline end to end on a database of its own: a challenger that wins is staged, one that
+loses is not, the same inputs never register twice, and a run killed part-way resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from sira import db, registry
+from sira.auth import Identity
+from sira.errors import InvalidInput
+from sira.retrain import STEPS, RetrainRequest, run_retrain
+
+from tests.conftest import served_model
+
+FAST = {"num_boost_round": 60, "early_stopping_rounds": 20, "num_leaves": 15}
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def model(create_database, workspace, ray_session, tmp_path_factory):
+    return served_model(create_database, workspace, tmp_path_factory, name="sira_retrain", days=30, customers=400,
+                        params=FAST, shift_day=24)
+
+
+SCIENTIST = Identity("t-data_scientist", frozenset({"data_scientist"}))
+
+
+async def _fetch(dsn: str, sql: str, *args):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+async def _policy(model, policy: dict) -> None:
+    pool = await db.create_pool(model.dsn, model.settings)
+    try:
+        async with db.transaction(pool) as conn:
+            await registry.update_model(conn, Identity("t-admin", frozenset({"admin"})), "fraud",
+                                        promotion_policy=policy, required_approvals=2)
+    finally:
+        await pool.close()
+
+
+def versions(model) -> list[tuple[int, str]]:
+    rows = asyncio.run(_fetch(model.dsn, "SELECT v.version, v.status FROM sira_model_versions v JOIN sira_models m "
+                                         "ON m.id = v.model_id WHERE m.name = 'fraud' ORDER BY v.version"))
+    return [(r["version"], r["status"]) for r in rows]
+
+
+def retrain(model, **kwargs):
+    request = RetrainRequest(**{"model": "fraud", "trials": 0, "params": FAST, "num_threads": 2, **kwargs})
+    return asyncio.run(run_retrain(model.settings, request, SCIENTIST))
+
+
+def test_a_losing_challenger_is_not_staged(model):
+    asyncio.run(_policy(model, {"min_ap_gain": 0.9}))  # no challenger gains 0.9 AP
+    report = retrain(model, seed=1)
+    assert report["decision"] == "reject" and not report["staged"]
+    assert any("AP gain" in r for r in report["reasons"])
+    assert versions(model)[-1] == (report["challenger"], "candidate")
+    assert dict(versions(model))[model.version] == "production"
+
+
+def test_a_winning_challenger_is_staged_and_the_same_inputs_register_nothing_more(model):
+    asyncio.run(_policy(model, {"min_ap_gain": -1.0, "max_calibration_error": 1.0, "max_score_psi": 100.0,
+                                "block_on_drift": "never", "min_positives": 1}))
+    report = retrain(model, seed=2)
+    assert report["decision"] == "stage" and report["staged"] and not report["reused"]
+    challenger = report["challenger"]
+    assert dict(versions(model))[challenger] == "staging"
+    assert dict(versions(model))[model.version] == "production"  # production still needs two approvals
+    evaluation = report["evaluation"]
+    assert evaluation["champion"]["version"] == model.version and evaluation["challenger"]["version"] == challenger
+    assert evaluation["rows"] > 0 and evaluation["score_psi"] is not None
+    md = Path(report["files"]["markdown"]).read_text()
+    assert f"challenger v{challenger} against champion v{model.version}" in md and "| average precision |" in md
+    assert json.loads(Path(report["files"]["json"]).read_text())["decision"] == "stage"
+    audit = asyncio.run(_fetch(model.dsn, "SELECT actor, details FROM sira_audit_log WHERE action = "
+                                          "'retrain.decision' ORDER BY id"))
+    assert audit[-1]["actor"] == SCIENTIST.name
+    before = versions(model)
+    again = retrain(model, seed=2)
+    assert again["reused"] and again["run"] == report["run"] and versions(model) == before
+    plan = retrain(model, seed=2, dry_run=True)
+    assert plan["plan"].startswith("nothing") and plan["steps"] == []
+
+
+def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path):
+    asyncio.run(_policy(model, {"min_ap_gain": 0.9}))
+    params = tmp_path / "fast.yaml"
+    params.write_text("".join(f"{k}: {v}\n" for k, v in FAST.items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": model.dsn, "SIRA_WORKSPACE": str(model.settings.workspace),
+                "SIRA_API_KEY": model.keys["data_scientist"]})
+    args = [sys.executable, "-m", "sira", "retrain", "--model", "fraud", "--trials", "0", "--seed", "3",
+            "--params", str(params), "--threads", "2", "--json"]
+    plan = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["steps"] == list(STEPS)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    steps: dict = {}
+    while time.monotonic() < deadline and "challenger" not in steps:
+        rows = asyncio.run(_fetch(model.dsn, "SELECT steps FROM sira_retrain_runs WHERE inputs->>'seed' = '3'"))
+        steps = json.loads(rows[0]["steps"]) if rows else {}
+        assert process.poll() is None or "challenger" in steps, process.communicate()[1]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # after the challenger is registered, before the run finishes
+    process.wait()
+    registered = versions(model)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["attempts"] == 2 and report["challenger"] == steps["challenger"]["version"]
+    assert versions(model) == registered  # resumed: no second challenger
+    run = asyncio.run(_fetch(model.dsn, "SELECT status, attempts FROM sira_retrain_runs WHERE id = $1",
+                             report["run"]))[0]
+    assert run == {"status": "succeeded", "attempts": 2}
+
+
+def test_bad_retrain_input_is_refused(model):
+    with pytest.raises(InvalidInput):
+        retrain(model, seed=4, trials=-1)
+    with pytest.raises(InvalidInput) as caught:  # a policy is checked when it is set, not when it is used
+        asyncio.run(_policy(model, {"min_ap_gian": 0.1}))
+    assert caught.value.code == "invalid_policy" and "min_ap_gian" in caught.value.message
