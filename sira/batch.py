@@ -84,16 +84,28 @@ class ScoreTally:
 
 
 class VersionScorer:
-    """A Ray Data callable class: the version loaded once per actor, Arrow batches in, scores out."""
+    """A Ray Data callable class: the version loaded once per actor, Arrow batches in, scores out.
 
-    def __init__(self, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int):
+    What to load comes as class attributes of a subclass made by :meth:`bound` (shipped with the
+    class), not as constructor arguments: those go through the object store, and Ray then warns on
+    every actor that it could not be restarted once they are gone.
+    """
+
+    job: dict[str, Any] = {}
+
+    @classmethod
+    def bound(cls, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int) -> type:
+        return type("VersionScorer", (cls,), {"job": {"version": version, "passthrough": passthrough,
+                                                       "explain": explain, "threads": threads}})
+
+    def __init__(self) -> None:
         from sira.config import get_settings
         from sira.scoring import ModelRuntime
 
-        self.runtime = ModelRuntime.load(get_settings(), version)
-        self.passthrough = passthrough
-        self.explain = explain
-        self.threads = threads
+        self.runtime = ModelRuntime.load(get_settings(), self.job["version"])
+        self.passthrough = self.job["passthrough"]
+        self.explain = self.job["explain"]
+        self.threads = self.job["threads"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_table(self.runtime, batch, self.passthrough, explain=self.explain, threads=self.threads)
@@ -262,10 +274,8 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
     per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)),
                                              float(ray.available_resources().get("CPU", 0)), max_actors)
     scored = source.build().map_batches(
-        VersionScorer, batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),
-        fn_constructor_kwargs={"version": version, "passthrough": source.passthrough, "explain": explain,
-                               "threads": threads},
+        VersionScorer.bound(version, source.passthrough, explain, threads), batch_size=batch_size,
+        batch_format="pyarrow", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),
         num_cpus=per_actor,
     )
     return scored.iter_batches(batch_size=ROW_GROUP, batch_format="pyarrow", prefetch_batches=2)
