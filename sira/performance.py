@@ -94,6 +94,9 @@ def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, 
     while start < hi:
         end = min(start + step, hi)
         part = [x for x in labelled if start <= x[0] < end]
+        if not part:  # nothing scored (or nothing mature) in this window: no row rather than an empty one
+            start = end
+            continue
         y = np.array([x[1] for x in part], dtype=np.float64)
         p = np.array([x[2] for x in part], dtype=np.float64)
         segments = {name: np.array([x[3 + k] for x in part], dtype=object) for k, name in enumerate(SEGMENTS)}
