@@ -55,6 +55,15 @@ def run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+async def fetch_rows(dsn: str, sql: str, *args) -> list[dict]:
+    """Rows of one query on a connection of its own (JSON columns come back as text)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
 def with_database(dsn: str, database: str) -> str:
     """The same server, another database."""
     parts = urlsplit(dsn)

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -19,13 +18,7 @@ from sira.evaluation import average_precision, decide
 from sira.performance import PerformanceRequest, run_performance
 from sira.serving import write_predictions
 
-
-async def _fetch(dsn: str, sql: str, *args):
-    conn = await asyncpg.connect(dsn)
-    try:
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
+from tests.conftest import fetch_rows as _fetch
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from sira import db, registry
@@ -20,6 +19,7 @@ from sira.auth import Identity
 from sira.errors import InvalidInput
 from sira.retrain import STEPS, RetrainRequest, run_retrain
 
+from tests.conftest import fetch_rows as _fetch
 from tests.conftest import served_model
 
 FAST = {"num_boost_round": 60, "early_stopping_rounds": 20, "num_leaves": 15}
@@ -33,14 +33,6 @@ def model(create_database, workspace, ray_session, tmp_path_factory):
 
 
 SCIENTIST = Identity("t-data_scientist", frozenset({"data_scientist"}))
-
-
-async def _fetch(dsn: str, sql: str, *args):
-    conn = await asyncpg.connect(dsn)
-    try:
-        return [dict(r) for r in await conn.fetch(sql, *args)]
-    finally:
-        await conn.close()
 
 
 async def _policy(model, policy: dict) -> None:
