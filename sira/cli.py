@@ -1140,6 +1140,8 @@ def retrain_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the search and training.")] = 42,
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
+    test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
+                                                    "up to the newest mature events (default: the last quarter).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, change nothing.")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -1163,7 +1165,7 @@ def retrain_cmd(
                     identity = await _acting(conn, api_key)
         request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
                                  params=_load_yaml_mapping(params) if params else None, num_threads=threads,
-                                 dry_run=dry_run)
+                                 test_days=test_days, dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else _err.print)
 
     result = asyncio.run(run())
@@ -1233,6 +1235,42 @@ def serve_cmd(
 
 
 # -- demo --------------------------------------------------------------------
+
+
+def _story_table(report: Any) -> Table:
+    """The demo's ending: champion and challenger side by side, what was decided, what served."""
+    rt, ev = report.retrain, report.retrain["evaluation"]
+    table = Table(title="The story: the fraud pattern shifted; the platform noticed, retrained and swapped",
+                  title_justify="left")
+    table.add_column("")
+    table.add_column(f"champion v{rt['champion']}", justify="right")
+    table.add_column(f"challenger v{rt['challenger']}", justify="right")
+    for key in ("average_precision", "roc_auc", "recall_at_1pct_fpr", "expected_calibration_error"):
+        table.add_row(f"{key.replace('_', ' ')} ({ev['window']['from'][:10]}..{ev['window']['to'][:10]})",
+                      _fmt((ev.get("champion") or {}).get(key)), _fmt(ev["challenger"].get(key)))
+    live = {(r["version"], r["role"]): r for r in (report.performance or {}).get("results", [])}
+    if report.swap:
+        def ap(version: int, role: str) -> str:
+            windows = (live.get((version, role)) or {}).get("windows") or []
+            n, positives = sum(w["n"] for w in windows), sum(w["n_positive"] for w in windows)
+            shown = _fmt(windows[-1]["average_precision"]) if windows and positives else "no fraud"
+            return f"{shown} ({n:,} payments, {positives} fraud)" if windows else ""
+
+        table.add_row("live: labelled payments (production / shadow)", ap(rt["champion"], "production"),
+                      ap(rt["challenger"], "shadow"))
+    table.add_row("drift of the last week", report.drift.get("verdict", "") if report.drift else "",
+                  (rt.get("drift") or {}).get("verdict") or "")
+    table.add_row("policy decision", "", rt["decision"] + (" → staging" if rt["staged"] else ""))
+    if report.swap:
+        table.add_row("approvals → production", "", "demo-ann, demo-bob")
+        table.add_row("hot swap while serving", "", f"{report.swap['seconds']} s" if report.swap["seconds"] is not None
+                      else report.swap.get("note", ""))
+    if report.serving:
+        lat = report.serving["client_latency_ms"]
+        table.add_row("client latency p50 / p95 (ms)", f"{lat['p50']} / {lat['p95']}",
+                      (lambda s: f"{s['p50']} / {s['p95']}")(report.shadow["client_latency_ms"]) if report.shadow else "")
+        table.caption = f"OpenAPI {report.serving['docs']} · report {rt['files']['markdown']}"
+    return table
 
 
 @app.command("demo")
@@ -1319,6 +1357,7 @@ def demo_cmd(
             from sira.retrain import markdown
 
             _err.print(markdown(report.retrain))
+            _err.print(_story_table(report))
         table = Table(title="Tables", title_justify="left")
         table.add_column("table")
         table.add_column("rows", justify="right")

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,17 @@ from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
 
 DEMO_DAYS = 42
-DEMO_SHIFT_DAY = 32
+DEMO_SHIFT_DAY = 20  # the fraud pattern shifts here; the first model is trained on the days before
 DEMO_CUSTOMERS = 2_000
 DEMO_TRIALS = 8
 DEMO_FRAUD_RATE = 0.015
-DEMO_LABEL_MATURITY_DAYS = 14  # the simulator's chargebacks arrive after ~10 days (median)
+DEMO_LABEL_MATURITY_DAYS = 10  # the simulator's chargebacks arrive after ~3 days (median)
+DEMO_LABEL_DELAY_DAYS = 4.0
+DEMO_STORY_DAYS = 28  # shorter demos (tests) train once on everything: too little data to split by the shift
+DEMO_TEST_DAYS = 6  # the retrain's held-out window: the newest mature days, after the shift
+# The demo's promotion policy: a challenger must beat the champion by 0.02 AP on the recent window.
+# Drift does not block: the shift it reports is what the retraining answers.
+DEMO_POLICY = {"min_ap_gain": 0.02, "block_on_drift": "never"}
 DEMO_LIVE_EVENTS = 400  # the newest simulated payments, scored live over HTTP (times the scale)
 DEMO_MIN_LIVE = 40
 DEMO_CLIENTS = 4  # concurrent HTTP clients sending the live payments
@@ -62,13 +69,15 @@ class DemoReport:
     drift: dict[str, Any] = field(default_factory=dict)
     performance: dict[str, Any] = field(default_factory=dict)
     retrain: dict[str, Any] = field(default_factory=dict)
+    shadow: dict[str, Any] = field(default_factory=dict)
+    swap: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "database": self.database, "simulation": self.simulation, "tables": self.tables,
                 "ingest": self.ingest, "labels": self.labels, "snapshots": self.snapshots,
                 "example_features": self.example_features, "training": self.training,
                 "governance": self.governance, "serving": self.serving, "batch": self.batch, "drift": self.drift,
-                "performance": self.performance, "retrain": self.retrain}
+                "performance": self.performance, "retrain": self.retrain, "shadow": self.shadow, "swap": self.swap}
 
 
 async def run_demo(
@@ -109,7 +118,7 @@ async def run_demo(
         shift = min(DEMO_SHIFT_DAY, days - 1) if days > 1 else None
         cfg = SimulationConfig(
             days=days, seed=seed, customers=max(50, int(DEMO_CUSTOMERS * scale)), shift_day=shift,
-            fraud_rate=DEMO_FRAUD_RATE, label_delay_days=min(10.0, days / 4),
+            fraud_rate=DEMO_FRAUD_RATE, label_delay_days=min(DEMO_LABEL_DELAY_DAYS, days / 4),
         )
         result = simulate(cfg, out_dir)
         report.simulation = {
@@ -154,9 +163,12 @@ async def run_demo(
         keys = await demo_keys(conn, settings)
         dana = await authenticate(conn, keys["demo-dana"], pepper=settings.secret("auth_secret"))
         # A short demo shrinks the label maturity and the train/test gap with its history.
+        story = shift is not None and days >= DEMO_STORY_DAYS
         result = await run_training(settings, TrainRequest(
             model="fraud", trials=DEMO_TRIALS, label_maturity_days=min(DEMO_LABEL_MATURITY_DAYS, max(1, days // 3)),
             label_delay_days=min(5.0, days / 8), seed=seed,
+            # the champion is trained before the shift: it has never seen the new fraud pattern
+            test_to=cfg.start_datetime + timedelta(days=shift) if story else None,
         ), progress=progress, actor=dana.actor())
         report.training = {k: result[k] for k in ("model", "version", "run_id", "status", "metrics", "artifact",
                                                   "thresholds", "search")}
@@ -167,22 +179,27 @@ async def run_demo(
         report.governance = await promote_with_demo_approvers(conn, settings, "fraud", result["version"])
         step("promote", started, production=result["version"])
 
-        if serve:
-            started = time.perf_counter()
-            progress(f"serve: Ray Serve (HAProxy ingress); scoring {len(live)} live payments over HTTP")
-            keys = await demo_keys(conn, settings)
-            report.serving = await serve_and_score(settings, keys, live, progress=progress, keep=keep_serving)
-            step("serve_and_score", started, scored=report.serving["scored"])
+        url = None
+        first_live, later_live = live[: len(live) // 2], live[len(live) // 2:]
+        try:
+            if serve:
+                started = time.perf_counter()
+                progress(f"serve: Ray Serve (HAProxy ingress); scoring {len(first_live)} live payments over HTTP")
+                keys = await demo_keys(conn, settings)
+                url = await asyncio.to_thread(start_serving, settings, progress)
+                report.serving = await serve_and_score(url, keys, first_live)
+                step("serve_and_score", started, scored=report.serving["scored"])
 
-        await monitor(settings, conn, keys, report, out_dir, progress=progress, step=step)
+            await monitor(settings, conn, keys, report, out_dir, progress=progress, step=step)
+            await retrain_and_swap(settings, conn, keys, report, url, later_live, story=story, seed=seed, days=days,
+                                   progress=progress, step=step)
+        finally:
+            if url is not None and not keep_serving:
+                from ray import serve as ray_serve
 
-        started = time.perf_counter()
-        progress("retrain: a challenger on the latest data against the champion, judged by the model's policy")
-        dana = await authenticate(conn, keys["demo-dana"], pepper=settings.secret("auth_secret"))
-        report.retrain = await run_retrain(settings, RetrainRequest(
-            model="fraud", trials=DEMO_TRIALS // 2, time_budget_s=300, seed=seed,
-            label_delay_days=min(5.0, days / 8)), dana, progress=progress)
-        step("retrain", started, decision=report.retrain["decision"], challenger=report.retrain["challenger"])
+                await asyncio.to_thread(ray_serve.shutdown)
+        if url is not None:
+            report.serving["still_serving"] = keep_serving
         report.tables = await table_counts(conn)
     finally:
         await conn.close()
@@ -216,6 +233,52 @@ async def monitor(settings: Settings, conn: Any, keys: dict[str, str], report: D
         report.performance = await run_performance(settings, PerformanceRequest(model="fraud", min_segment_size=50),
                                                    actor=oli)
         step("performance", started, flagged=report.performance["flagged"])
+
+
+async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], report: DemoReport, url: str | None,
+                           later_live: list[dict[str, Any]], *, story: bool, seed: int, days: int,
+                           progress: Callable[[str], None], step: Callable[..., None]) -> None:
+    """Retrain; a challenger the policy stages is shadow-scored on the next live payments, promoted by
+    the two approvers, and swapped in while serving; the live performance then compares both."""
+    from sira.performance import PerformanceRequest, run_performance
+    from sira.registry import update_model
+
+    pepper = settings.secret("auth_secret")
+    admin = await authenticate(conn, keys["demo-admin"], pepper=pepper)
+    async with conn.transaction():
+        await update_model(conn, admin, "fraud", promotion_policy=DEMO_POLICY)
+    started = time.perf_counter()
+    progress("retrain: a challenger on the latest data against the champion, judged by the model's policy")
+    dana = await authenticate(conn, keys["demo-dana"], pepper=pepper)
+    report.retrain = await run_retrain(settings, RetrainRequest(
+        model="fraud", trials=DEMO_TRIALS // 2, time_budget_s=300, seed=seed, label_delay_days=min(5.0, days / 8),
+        test_days=DEMO_TEST_DAYS if story else None), dana, progress=progress)
+    step("retrain", started, decision=report.retrain["decision"], challenger=report.retrain["challenger"])
+    if url is None or not later_live:
+        return
+    staged = report.retrain["decision"] == "stage"
+    challenger = report.retrain["challenger"]
+    started = time.perf_counter()
+    progress(f"live: {len(later_live)} more payments" + (f", shadow-scored by the staging v{challenger}" if staged
+                                                         else ""))
+    if staged:
+        await asyncio.sleep(3.0)  # the registry's NOTIFY reaches the replicas, which load the staging version
+    shadowed = await send_live(url, keys["demo-svc"], later_live, "demo-live")
+    report.shadow = {**shadowed.summary(), "challenger": challenger if staged else None}
+    step("shadow" if staged else "live", started, scored=len(shadowed.answers))
+    if not staged:
+        return
+    started = time.perf_counter()
+    progress(f"promote: demo-dana asks for v{challenger} in production; demo-ann and demo-bob approve")
+    report.swap = {"promotion": await promote_with_demo_approvers(conn, settings, "fraud", challenger)}
+    report.swap.update(await hot_swap(url, keys["demo-svc"], later_live, challenger))
+    step("hot_swap", started, serving=challenger, seconds=report.swap["seconds"])
+    started = time.perf_counter()
+    progress("performance: champion (production) and challenger (shadow) on the same live payments")
+    oli = await authenticate(conn, keys["demo-oli"], pepper=pepper)
+    report.performance = await run_performance(settings, PerformanceRequest(model="fraud", min_segment_size=50),
+                                               actor=oli.actor())
+    step("performance_after", started, flagged=report.performance["flagged"])
 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
@@ -292,13 +355,9 @@ def hold_back(events_path: Path, out_dir: Path, n: int) -> tuple[Path, list[dict
     return path, live.to_pylist()
 
 
-async def serve_and_score(settings: Settings, keys: dict[str, str], live: list[dict[str, Any]], *,
-                          progress: Callable[[str], None], keep: bool = False) -> dict[str, Any]:
-    """Start online scoring, send the live payments as a product service would, show a few answers."""
+def start_serving(settings: Settings, progress: Callable[[str], None]) -> str:
+    """Online scoring on Ray Serve (serve_configs/local.yaml), on its port or any free one; returns its URL."""
     import socket
-
-    import httpx
-    from ray import serve as ray_serve
 
     from sira.serving import ServeSpec, run_local
 
@@ -310,66 +369,105 @@ async def serve_and_score(settings: Settings, keys: dict[str, str], live: list[d
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    url = await asyncio.to_thread(run_local, settings, spec, port=port, progress=progress)
-    answers: list[dict[str, Any]] = []
-    latencies: list[float] = []
-    failures: list[str] = []
-    service = {"Authorization": f"Bearer {keys['demo-svc']}"}
+    return run_local(settings, spec, port=port, progress=progress)
+
+
+@dataclass
+class LiveRun:
+    """What a product service saw sending payments: answers, client latencies, failures."""
+
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+
+        def pick(q: float) -> float | None:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
+
+        decisions: dict[str, int] = {}
+        for a in self.answers:
+            decisions[a["decision"]] = decisions.get(a["decision"], 0) + 1
+        return {"scored": len(self.answers), "failed": len(self.failures), "failures": self.failures[:5],
+                "seconds": round(self.seconds, 2),
+                "requests_per_s": round(len(self.answers) / self.seconds, 1) if self.seconds else None,
+                "client_latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)},
+                "decisions": decisions, "versions": sorted({a["version"] for a in self.answers}),
+                "clients": DEMO_CLIENTS}
+
+
+async def send_live(url: str, token: str, events: list[dict[str, Any]], prefix: str, *,
+                    record: bool = True) -> LiveRun:
+    """Send payments to /v1/score as a product service would, from a few concurrent clients."""
+    import httpx
+
+    run = LiveRun()
+    headers = {"Authorization": f"Bearer {token}"}
     queue: asyncio.Queue = asyncio.Queue()
-    for i, e in enumerate(live):
-        queue.put_nowait((i, e))
+    for e in events:
+        queue.put_nowait(e)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not queue.empty():
-            i, e = queue.get_nowait()
-            body = {"model": "fraud", "request_id": f"demo-live-{e['event_id']}",
+            e = queue.get_nowait()
+            body = {"model": "fraud", "request_id": f"{prefix}-{e['event_id']}", "record": record,
                     "event": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()
                               if v is not None}}
             started = time.perf_counter()
-            r = await client.post("/v1/score", json=body, headers=service)
-            latencies.append((time.perf_counter() - started) * 1000)
+            r = await client.post("/v1/score", json=body, headers=headers)
+            run.latencies.append((time.perf_counter() - started) * 1000)
             if r.status_code == 200:
-                answers.append(r.json())
+                run.answers.append(r.json())
             else:
-                failures.append(f"{r.status_code} {r.text[:200]}")
+                run.failures.append(f"{r.status_code} {r.text[:200]}")
 
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            started = time.perf_counter()
-            await asyncio.gather(*(client_loop(client) for _ in range(DEMO_CLIENTS)))
-            seconds = time.perf_counter() - started
-            # An analyst reads one approved payment back: its reasons are computed from the stored features.
-            await asyncio.sleep(0.5)
-            shown = _examples(answers)
-            explained = None
-            approved = next((a for a in answers if a["decision"] == "approve"), None)
-            if approved is not None:
-                r = await client.get(f"/v1/predictions/{approved['prediction_id']}",
-                                     headers={"Authorization": f"Bearer {keys['demo-ana']}"})
-                explained = r.json() if r.status_code == 200 else None
-            # A chargeback arrives for the riskiest payment: the service posts it as feedback.
-            feedback = None
-            if answers:
-                riskiest = max(answers, key=lambda a: a["score"])
-                r = await client.post("/v1/feedback", json={"prediction_id": riskiest["prediction_id"], "label": True,
-                                                            "source": "chargeback"}, headers=service)
-                feedback = r.json()
-    finally:
-        if not keep:
-            await asyncio.to_thread(ray_serve.shutdown)
-    ordered = sorted(latencies)
-    pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)) if ordered else (lambda q: None)
-    decisions: dict[str, int] = {}
-    for a in answers:
-        decisions[a["decision"]] = decisions.get(a["decision"], 0) + 1
-    return {
-        "url": url, "docs": f"{url}/docs", "scored": len(answers), "failed": len(failures),
-        "failures": failures[:5], "seconds": round(seconds, 2),
-        "requests_per_s": round(len(answers) / seconds, 1) if seconds else None,
-        "client_latency_ms": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99)},
-        "decisions": decisions, "versions": sorted({a["version"] for a in answers}),
-        "examples": shown, "explained": explained, "feedback": feedback, "still_serving": keep, "clients": DEMO_CLIENTS,
-    }
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(DEMO_CLIENTS)))
+        run.seconds = time.perf_counter() - started
+    return run
+
+
+async def serve_and_score(url: str, keys: dict[str, str], live: list[dict[str, Any]]) -> dict[str, Any]:
+    """Send the live payments, show a few answers, have an analyst read one back, post a chargeback."""
+    import httpx
+
+    run = await send_live(url, keys["demo-svc"], live, "demo-live")
+    service = {"Authorization": f"Bearer {keys['demo-svc']}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        # An analyst reads one approved payment back: its reasons are computed from the stored features.
+        await asyncio.sleep(0.5)
+        explained = None
+        approved = next((a for a in run.answers if a["decision"] == "approve"), None)
+        if approved is not None:
+            r = await client.get(f"/v1/predictions/{approved['prediction_id']}",
+                                 headers={"Authorization": f"Bearer {keys['demo-ana']}"})
+            explained = r.json() if r.status_code == 200 else None
+        # A chargeback arrives for the riskiest payment: the service posts it as feedback.
+        feedback = None
+        if run.answers:
+            riskiest = max(run.answers, key=lambda a: a["score"])
+            r = await client.post("/v1/feedback", json={"prediction_id": riskiest["prediction_id"], "label": True,
+                                                        "source": "chargeback"}, headers=service)
+            feedback = r.json()
+    return {"url": url, "docs": f"{url}/docs", **run.summary(), "examples": _examples(run.answers),
+            "explained": explained, "feedback": feedback}
+
+
+async def hot_swap(url: str, token: str, events: list[dict[str, Any]], version: int,
+                   timeout_s: float = 60.0) -> dict[str, Any]:
+    """After a promotion: send payments until an answer names the new version; how long that took."""
+    started = time.perf_counter()
+    rounds = 0
+    while time.perf_counter() - started < timeout_s:
+        rounds += 1
+        run = await send_live(url, token, events[:DEMO_CLIENTS], f"demo-swap-{rounds}", record=False)
+        if run.answers and all(a["version"] == version for a in run.answers):
+            return {"version": version, "seconds": round(time.perf_counter() - started, 2), "failed": 0}
+        await asyncio.sleep(0.2)
+    return {"version": version, "seconds": None, "failed": 0, "note": f"not serving v{version} after {timeout_s} s"}
 
 
 def _examples(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,9 @@ class RetrainRequest:
     label_delay_days: float = 7.0
     num_threads: int | None = None
     drift_days: float = 7.0
+    # the held-out window: these many days up to the newest mature events (None: the training default,
+    # the last quarter of the mature history)
+    test_days: float | None = None
     dry_run: bool = False
 
 
@@ -82,7 +85,8 @@ async def _inputs(conn: Any, model: Any, req: RetrainRequest) -> dict[str, Any]:
         "labels": labels["n"], "labels_until": labels["until"].isoformat() if labels["until"] else None,
         "feature_set": model["feature_set"], "feature_set_version": model["feature_set_version"],
         "trials": req.trials, "time_budget_s": req.time_budget_s, "seed": req.seed, "params": req.params or {},
-        "label_delay_days": req.label_delay_days, "policy": model["promotion_policy"] or {},
+        "label_delay_days": req.label_delay_days, "test_days": req.test_days,
+        "policy": model["promotion_policy"] or {},
     }
 
 
@@ -192,9 +196,14 @@ async def _challenger(settings: Settings, pool: Any, req: RetrainRequest, identi
     if earlier is not None:
         return {"version": earlier["version"], "run_id": str(earlier["run_id"]), "recovered": True,
                 "test": (earlier["metrics"] or {}).get("test")}
+    windows: dict[str, Any] = {}
+    if req.test_days:
+        end = datetime.fromisoformat(state.inputs["events_until"]) - timedelta(days=state.model["label_maturity_days"])
+        windows = {"test_from": end - timedelta(days=req.test_days), "test_to": end}
     request = TrainRequest(model=req.model, trials=req.trials or None, time_budget_s=req.time_budget_s,
                            seed=req.seed, params=req.params, label_delay_days=req.label_delay_days,
-                           retrain_key=state.key, **({"num_threads": req.num_threads} if req.num_threads else {}))
+                           retrain_key=state.key, **windows,
+                           **({"num_threads": req.num_threads} if req.num_threads else {}))
     result = await run_training(settings, request, actor=identity.actor())
     return {"version": result["version"], "run_id": result["run_id"], "recovered": False,
             "test": result["metrics"]["test"], "search": result.get("search")}

@@ -39,14 +39,15 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     assert [d["outcome"] for d in governance["decisions"]] == ["pending", "approved"]
     assert governance["history"][-1]["to"] == 1 and governance["history"][-1]["actor"] == "demo-bob"
     serving = report["serving"]
-    assert serving["scored"] == live and serving["failed"] == 0 and serving["versions"] == [1]
-    assert report["tables"]["sira_predictions"] == live
+    first, later = live // 2, live - live // 2  # half before the retrain, half after
+    assert serving["scored"] == first and serving["failed"] == 0 and serving["versions"] == [1]
+    assert report["tables"]["sira_predictions"] >= live  # + the staging version's shadow scores, if staged
     assert serving["feedback"]["status"] == "recorded" and serving["examples"]
     assert serving["explained"] is None or serving["explained"]["reasons_deferred"] is False
     # then the whole history is batch-scored, and drift and live performance are measured and stored
     batch = report["batch"]
-    assert batch["rows"] == events.num_rows and batch["version"] == 1
-    assert pq.read_table(batch["out"]).num_rows == events.num_rows
+    assert batch["rows"] == events.num_rows - later and batch["version"] == 1
+    assert pq.read_table(batch["out"]).num_rows == batch["rows"]
     drift = report["drift"]
     assert drift["verdict"] in ("ok", "warn", "alert") and drift["reference_sample"]
     assert {r["feature"] for r in drift["features"]} >= {"amount", "customer_count_1d", "__score__"}
@@ -55,9 +56,18 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     assert [(r["version"], r["role"]) for r in performance["results"]] == [(1, "production")]
     assert sum(w["n"] for w in performance["results"][0]["windows"]) > 0
     assert report["tables"]["sira_model_performance"] >= 1
-    assert [s["step"] for s in report["steps"]][-4:] == ["batch_score", "drift", "performance", "retrain"]
+    steps = [s["step"] for s in report["steps"]]
+    assert steps[steps.index("batch_score"):][:4] == ["batch_score", "drift", "performance", "retrain"]
     # and a challenger is trained on the latest data and judged against the champion by the policy
     retrain = report["retrain"]
     assert retrain["champion"] == 1 and retrain["challenger"] == 2 and retrain["decision"] in ("stage", "reject", "hold")
     assert retrain["evaluation"]["champion"]["version"] == 1 and retrain["reasons"]
     assert report["tables"]["sira_retrain_runs"] == 1
+    # the rest of the live payments arrive after it: shadow-scored by a staged challenger, which is then
+    # approved and swapped in while serving; or, without one, simply scored
+    assert report["shadow"]["scored"] == later and report["shadow"]["failed"] == 0
+    if retrain["decision"] == "stage":
+        assert steps[-3:] == ["shadow", "hot_swap", "performance_after"]
+        assert report["swap"]["seconds"] is not None and report["swap"]["version"] == 2
+    else:
+        assert steps[-1] == "live" and report["shadow"]["versions"] == [1]
