@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tune_speedup.py
 	$(BIN)/python benchmarks/train_time.py
 	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/batch_score.py
+	$(BIN)/python benchmarks/drift_time.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
