@@ -23,6 +23,7 @@ from typing import Any
 from sira import db, migrations
 from sira.auth import authenticate, create_key
 from sira.config import Settings
+from sira.events import as_utc
 from sira.feature_store import materialize_all, read_snapshot
 from sira.features import get_feature_set
 from sira.feedback import import_label_files
@@ -276,8 +277,9 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
     started = time.perf_counter()
     progress("performance: champion (production) and challenger (shadow) on the same live payments")
     oli = await authenticate(conn, keys["demo-oli"], pepper=pepper)
-    report.performance = await run_performance(settings, PerformanceRequest(model="fraud", min_segment_size=50),
-                                               actor=oli.actor())
+    since = as_utc(min(e["occurred_at"] for e in later_live))  # the payments both scored
+    report.performance = await run_performance(settings, PerformanceRequest(
+        model="fraud", min_segment_size=50, time_from=since), actor=oli.actor())
     step("performance_after", started, flagged=report.performance["flagged"])
 
 
