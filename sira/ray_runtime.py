@@ -30,6 +30,29 @@ WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__py
 
 
 LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# HAProxy's own listeners (Prometheus metrics, stats page) default to fixed ports: a second local Serve
+# on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them.
+HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
+
+
+def haproxy_ports() -> dict[str, str]:
+    """HAProxy's default ports where they are free, else free ones (never overriding what is set)."""
+    import socket
+
+    out = {}
+    for name, default in HAPROXY_PORTS.items():
+        if name in os.environ:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", default))
+                port = default
+            except OSError:
+                probe.bind(("0.0.0.0", 0))
+                port = probe.getsockname()[1]
+        out[name] = str(port)
+    return out
 
 
 def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
@@ -80,7 +103,7 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # the HAProxy ingress (a no-op measured 2-3x faster than the default proxy, MEASURED.md),
         # and a short drain of ingress replicas on shutdown (Serve's default, 30 s, made every
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
-        for name, value in LOCAL_SERVE_ENV.items():
+        for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
             os.environ.setdefault(name, value)
         ray.init(
             address="local",

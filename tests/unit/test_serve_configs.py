@@ -59,3 +59,27 @@ def test_the_built_in_defaults_match_the_local_config():
     local = ServeSpec.from_file(CONFIGS / "local.yaml")
     default = ServeSpec.default()
     assert ServingConfig.from_dict(local.options["user_config"]) == ServingConfig.from_dict(default.options["user_config"])
+
+
+def test_haproxy_listeners_move_off_taken_ports(monkeypatch):
+    import socket
+
+    from sira.ray_runtime import HAPROXY_PORTS, haproxy_ports
+
+    for name in HAPROXY_PORTS:
+        monkeypatch.delenv(name, raising=False)
+    taken = socket.socket()
+    try:
+        taken.bind(("0.0.0.0", HAPROXY_PORTS["RAY_SERVE_HAPROXY_STATS_PORT"]))
+        taken.listen()
+    except OSError:
+        pass  # something else already holds it: the same situation
+    try:
+        ports = haproxy_ports()
+        assert ports["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+        with socket.socket() as probe:  # the port chosen instead is free
+            probe.bind(("0.0.0.0", int(ports["RAY_SERVE_HAPROXY_STATS_PORT"])))
+    finally:
+        taken.close()
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "12345")
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in haproxy_ports()  # what is set is left alone
