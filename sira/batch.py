@@ -329,8 +329,7 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             row = await registry.version_in_use(conn, req.model, req.version)
-            version = {k: row[k] for k in ("model_id", "model_name", "version", "artifact_uri", "artifact_sha256",
-                                           "thresholds", "status")}
+            version = registry.loadable(row)
             names = [f["name"] for f in row["feature_schema"]]
             if req.data is not None:
                 return version, file_source(find_files(req.data), names, req)

@@ -227,8 +227,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             row = await registry.version_in_use(conn, req.model, req.version)
-            version = {k: row[k] for k in ("model_id", "model_name", "version", "artifact_uri", "artifact_sha256",
-                                           "thresholds")}
+            version = registry.loadable(row)
             lo, hi = await _window(conn, req, version)
             reference = await asyncio.to_thread(Reference.load, settings, version)
             if req.source == "predictions":

@@ -141,6 +141,13 @@ async def version_in_use(conn: asyncpg.Connection, model_name: str, version: int
     return await get_version(conn, model_name, row)
 
 
+def loadable(row: Any) -> dict[str, Any]:
+    """What a job needs of a version row to load it (:meth:`sira.scoring.ModelRuntime.load`), as a plain
+    dict that travels to Ray workers."""
+    return {k: row[k] for k in ("model_id", "model_name", "version", "artifact_uri", "artifact_sha256",
+                                "thresholds", "status")}
+
+
 async def _set_status(conn: asyncpg.Connection, version_id: int, status: str) -> None:
     await conn.execute(
         "UPDATE sira_model_versions SET status = $2, status_changed_at = now() WHERE id = $1", version_id, status

@@ -261,18 +261,18 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
             "n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "brier",
             "expected_calibration_error", "decisions")}}
     out["score_psi"] = _score_psi(scores["challenger"], scores["champion"]) if "champion" in scores else None
-    out["live"] = await _live(pool, req.model, windows.test_from, windows.test_to)
+    out["live"] = await _live(pool, state.model, windows.test_from, windows.test_to)
     return out
 
 
-async def _live(pool: Any, model: str, lo: datetime, hi: datetime) -> list[dict[str, Any]]:
+async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime) -> list[dict[str, Any]]:
     """Stored production and shadow predictions of the window, against their labels (as serving answered)."""
     from datetime import timezone
 
     from sira.performance import PREDICTIONS_SQL, evaluate_windows
 
+    model = m["name"]
     async with pool.acquire() as conn:
-        m = await registry.get_model(conn, model)
         rows = [dict(r) for r in await conn.fetch(PREDICTIONS_SQL, model, lo, hi, m["label_name"],
                                                   datetime.now(timezone.utc), None)]
         out = []
