@@ -289,50 +289,72 @@ def entity_features(
     event-level features such as novelty and amount ratio are defined);
     ``None`` or -1 for plain timestamp queries. ``label_at``: the real query
     times when ``at`` and the history are shifted (see :func:`grouped_features`).
+
+    Every window's edges come from one ``searchsorted`` and every window's sums
+    from one ``reduceat`` (the windows side by side): a single query — an online
+    request — costs a few dozen NumPy calls, not a few per window.
     """
     label_at = at if label_at is None else label_at
     n_q = at.size
+    plan = _plan(spec)
+    if n_q == 0:
+        return {name: np.zeros(0) for name in plan.names}
     ts, amount = history.ts, history.amount
     if positions is None:
         positions = np.full(n_q, -1, dtype=np.int64)
     is_event = positions >= 0
     right = np.where(is_event, positions + 1, np.searchsorted(ts, at, side="right"))
-    # Padded once with reduceat's sentinel (see _window_reduce), shared by every window.
-    values = np.concatenate([np.where(np.isnan(amount), 0.0, amount), [0.0]])
-    present = np.concatenate([(~np.isnan(amount)).astype(np.float64), [0.0]])
-    peaks = np.concatenate([np.where(np.isnan(amount), -np.inf, amount), [0.0]]) if "max" in spec.aggregations else None
+    # Only the events within the lookback of the earliest query matter: work on that slice (views),
+    # so a query's cost follows its windows, not the entity's whole history.
+    start = int(np.searchsorted(ts, int(at.min()) - plan.lookback_us, side="right"))
+    stop = int(right.max())
+    if start > 0 or stop < ts.size:
+        history = History(ts[start:stop], amount[start:stop], history.event_id[start:stop],
+                          {c: v[start:stop] for c, v in history.categories.items()},
+                          None if history.label_known_at is None else history.label_known_at[start:stop])
+        ts, amount = history.ts, history.amount
+        right = right - start
+        positions = np.where(is_event, positions - start, -1)
+    # left edge of every span at every query: row k is plan.spans[k]
+    lefts = np.searchsorted(ts, (at[None, :] - plan.spans_us[:, None]).ravel(), side="right").reshape(-1, n_q)
+    lefts = np.minimum(lefts, right[None, :])
+    # Sums over each window's own elements (not cumulative differences), so a
+    # window gives bit-identical results whatever history precedes it.
+    missing = np.isnan(amount)
+    rows = plan.summed  # the spans whose amounts are summed (windows + amount-ratio window)
+    w_left = lefts[rows].ravel()
+    w_right = np.tile(right, len(rows))
+    total = _window_reduce(np.add, np.concatenate([np.where(missing, 0.0, amount), [0.0]]),
+                           w_left, w_right, 0.0).reshape(len(rows), n_q)
+    n_amount = _window_reduce(np.add, np.concatenate([(~missing).astype(np.float64), [0.0]]),
+                              w_left, w_right, 0.0).reshape(len(rows), n_q)
+    mean = np.divide(total, n_amount, out=np.full(total.shape, np.nan), where=n_amount > 0)
+    maxima = None
+    if "max" in spec.aggregations:
+        peaks = np.concatenate([np.where(missing, -np.inf, amount), [0.0]])
+        maxima = _window_reduce(np.maximum, peaks, w_left, w_right, np.nan).reshape(len(rows), n_q)
+        maxima = np.where(np.isinf(maxima), np.nan, maxima)
     out: dict[str, np.ndarray] = {}
     e = spec.entity
-    means: dict[str, np.ndarray] = {}
-    for w in spec.windows:
-        left = np.searchsorted(ts, at - parse_duration(w) * US, side="right")
-        left = np.minimum(left, right)
-        count = (right - left).astype(np.float64)
-        # Sums over each window's own elements (not cumulative differences), so a
-        # window gives bit-identical results whatever history precedes it.
-        total = _window_reduce(np.add, values, left, right, 0.0)
-        n_amount = _window_reduce(np.add, present, left, right, 0.0)
-        mean = np.divide(total, n_amount, out=np.full(n_q, np.nan), where=n_amount > 0)
-        means[w] = mean
+    for j, w in enumerate(spec.windows):
         for agg in spec.aggregations:
             if agg == "count":
-                out[f"{e}_count_{w}"] = count
+                out[f"{e}_count_{w}"] = (right - lefts[plan.row[w]]).astype(np.float64)
             elif agg == "sum":
-                out[f"{e}_sum_amount_{w}"] = total
+                out[f"{e}_sum_amount_{w}"] = total[j]
             elif agg == "mean":
-                out[f"{e}_mean_amount_{w}"] = mean
+                out[f"{e}_mean_amount_{w}"] = mean[j]
             elif agg == "max":
-                maxima = _window_reduce(np.maximum, peaks, left, right, np.nan)
-                out[f"{e}_max_amount_{w}"] = np.where(np.isinf(maxima), np.nan, maxima)
+                out[f"{e}_max_amount_{w}"] = maxima[j]
+    right_l = right.tolist()
     for column, w in spec.distinct:
-        left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
         cats = history.categories[column]
         out[f"{e}_distinct_{column.removesuffix('_id')}_{w}"] = np.array(
-            [len({v for v in cats[lo:hi] if v is not None}) for lo, hi in zip(left.tolist(), right.tolist())],
+            [len({v for v in cats[lo:hi] if v is not None}) for lo, hi in zip(lefts[plan.row[w]].tolist(), right_l)],
             dtype=np.float64,
         )
     for column, w in spec.novelty:
-        left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
+        left = lefts[plan.row[w]]
         cats = history.categories[column]
         new = np.full(n_q, np.nan)
         for q in np.flatnonzero(is_event).tolist():
@@ -341,31 +363,119 @@ def entity_features(
                 new[q] = 0.0 if value in set(cats[left[q]: positions[q]].tolist()) else 1.0
         out[f"{e}_new_{column.removesuffix('_id')}_{w}"] = new
     if spec.amount_ratio:
-        w = spec.amount_ratio
-        if w not in means:
-            left = np.minimum(np.searchsorted(ts, at - parse_duration(w) * US, side="right"), right)
-            n_amount = _window_reduce(np.add, present, left, right, 0.0)
-            total = _window_reduce(np.add, values, left, right, 0.0)
-            means[w] = np.divide(total, n_amount, out=np.full(n_q, np.nan), where=n_amount > 0)
+        ratio_mean = mean[plan.summed.index(plan.row[spec.amount_ratio])]
         own = np.where(is_event, amount[np.maximum(positions, 0)] if len(amount) else np.nan, np.nan)
-        out[f"{e}_amount_ratio_{w}"] = np.divide(
-            own, means[w], out=np.full(n_q, np.nan), where=is_event & (means[w] > 0)
+        out[f"{e}_amount_ratio_{spec.amount_ratio}"] = np.divide(
+            own, ratio_mean, out=np.full(n_q, np.nan), where=is_event & (ratio_mean > 0)
         )
-    if spec.label_delay:
+    if spec.risk_windows:
         delay = parse_duration(spec.label_delay) * US
         known = history.label_known_at if history.label_known_at is not None else np.full(len(history), np.inf)
+        hi = np.searchsorted(ts, at - delay, side="right")
         for w in spec.risk_windows:
             lo = np.searchsorted(ts, at - delay - parse_duration(w) * US, side="right")
-            hi = np.maximum(np.searchsorted(ts, at - delay, side="right"), lo)
-            n = (hi - lo).astype(np.float64)
+            hi_w = np.maximum(hi, lo)
+            n = (hi_w - lo).astype(np.float64)
             frauds = np.array(
-                [np.count_nonzero(known[a:b] < t) for a, b, t in zip(lo.tolist(), hi.tolist(), label_at.tolist())]
+                [np.count_nonzero(known[a:b] < t) for a, b, t in zip(lo.tolist(), hi_w.tolist(), label_at.tolist())]
                 if include_labels else np.zeros(n_q),
                 dtype=np.float64,
             )
             out[f"{e}_risk_{w}"] = np.divide(frauds, n, out=np.zeros(n_q), where=n > 0)
             out[f"{e}_risk_count_{w}"] = n
-    return {name: out[name] for name in spec.names()}
+    return {name: out[name] for name in plan.names}
+
+
+def event_entity_features(spec: EntityFeatures, history: History, position: int,
+                          include_labels: bool = True) -> dict[str, float]:
+    """:func:`entity_features` for one query that is the event at ``position``: the online request's shape.
+
+    The same windows and arithmetic on Python scalars and slices instead of arrays of queries
+    (an online request pays for its windows, not for the vectorised machinery's fixed costs).
+    Bit-identical to :func:`entity_features` (a property test holds them together); NaN marks a
+    missing value, as there.
+    """
+    plan = _plan(spec)
+    ts, amount = history.ts, history.amount
+    at = int(ts[position])
+    right = position + 1
+    lefts = np.minimum(np.searchsorted(ts, at - plan.spans_us, side="right"), right).tolist()
+    lo = min(lefts) if lefts else right
+    window = amount[lo:right]
+    present = ~np.isnan(window)
+    values = np.where(present, window, 0.0)
+    nan = math.nan
+    out: dict[str, float] = {}
+    e = spec.entity
+    means: dict[int, float] = {}
+    totals: dict[int, float] = {}
+    for k in plan.summed:
+        a = lefts[k] - lo
+        n = int(np.count_nonzero(present[a:]))
+        # reduceat, as the vectorised path sums each window (its order of additions, so its bits)
+        totals[k] = float(np.add.reduceat(values, [a])[0]) if right - lefts[k] else 0.0
+        means[k] = totals[k] / n if n > 0 else nan
+    for w in spec.windows:
+        k = plan.row[w]
+        a = lefts[k] - lo
+        for agg in spec.aggregations:
+            if agg == "count":
+                out[f"{e}_count_{w}"] = float(right - lefts[k])
+            elif agg == "sum":
+                out[f"{e}_sum_amount_{w}"] = totals[k]
+            elif agg == "mean":
+                out[f"{e}_mean_amount_{w}"] = means[k]
+            elif agg == "max":
+                peaks = window[a:][present[a:]]
+                out[f"{e}_max_amount_{w}"] = float(peaks.max()) if peaks.size else nan
+    for column, w in spec.distinct:
+        cats = history.categories[column]
+        out[f"{e}_distinct_{column.removesuffix('_id')}_{w}"] = float(
+            len({v for v in cats[lefts[plan.row[w]]:right] if v is not None}))
+    for column, w in spec.novelty:
+        cats = history.categories[column]
+        value = cats[position]
+        out[f"{e}_new_{column.removesuffix('_id')}_{w}"] = nan if value is None else (
+            0.0 if value in set(cats[lefts[plan.row[w]]:position].tolist()) else 1.0)
+    if spec.amount_ratio:
+        mean = means[plan.row[spec.amount_ratio]]
+        own = float(amount[position])
+        out[f"{e}_amount_ratio_{spec.amount_ratio}"] = own / mean if mean > 0 else nan
+    if spec.risk_windows:
+        delay = parse_duration(spec.label_delay) * US
+        known = history.label_known_at if history.label_known_at is not None else np.full(len(history), np.inf)
+        hi = int(np.searchsorted(ts, at - delay, side="right"))
+        for w in spec.risk_windows:
+            lo_w = int(np.searchsorted(ts, at - delay - parse_duration(w) * US, side="right"))
+            hi_w = max(hi, lo_w)
+            n = hi_w - lo_w
+            frauds = int(np.count_nonzero(known[lo_w:hi_w] < at)) if include_labels else 0
+            out[f"{e}_risk_{w}"] = frauds / n if n > 0 else 0.0
+            out[f"{e}_risk_count_{w}"] = float(n)
+    return {name: out[name] for name in plan.names}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`entity_features` derives from a spec once: the distinct window spans and the feature order."""
+
+    spans_us: np.ndarray  # each distinct span in µs, one row of left edges each
+    row: dict[str, int]  # window -> its row
+    summed: list[int]  # rows whose amounts are summed: the windows', then the amount-ratio window's if separate
+    names: list[str]
+    lookback_us: int
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(spec: EntityFeatures) -> _Plan:
+    spans = list(dict.fromkeys([*spec.windows, *(w for _, w in spec.distinct), *(w for _, w in spec.novelty),
+                                *([spec.amount_ratio] if spec.amount_ratio else [])]))
+    row = {w: k for k, w in enumerate(spans)}
+    summed = [row[w] for w in spec.windows]
+    if spec.amount_ratio and row[spec.amount_ratio] not in summed:
+        summed.append(row[spec.amount_ratio])
+    return _Plan(np.array([parse_duration(w) * US for w in spans], dtype=np.int64), row, summed, spec.names(),
+                 spec.lookback_seconds * US)
 
 
 def grouped_features(

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from sira.errors import InvalidInput
 from sira.feature_store import fold_events, history_from_state, state_from_history, to_us
 from sira.features import (
-    PAYMENTS_V1, US, EntityFeatures, FeatureSet, History, entity_features, event_features, parse_duration,
+    PAYMENTS_V1, US, EntityFeatures, FeatureSet, History, entity_features, event_entity_features, event_features,
+    parse_duration,
 )
 
 T0 = datetime(2026, 9, 7, 12, tzinfo=timezone.utc)  # a Monday
@@ -128,3 +129,33 @@ def test_online_fold_from_pruned_state_equals_offline(events):
             got = values[0]
             assert (np.isnan(expected) and np.isnan(got)) or expected == got, (name, expected, got)
         state = state_from_history(spec, h, int(h.ts.max()))
+
+
+WIDE = EntityFeatures("card", windows=("1h", "1d"), aggregations=("count", "sum", "mean", "max"), amount_ratio="7d",
+                      distinct=(("terminal_id", "7d"),), novelty=(("terminal_id", "1d"),), label_delay="1d",
+                      risk_windows=("3d",))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([*PAYMENTS_V1.entities, WIDE]),
+    st.lists(
+        st.tuples(st.integers(0, 60 * 24 * 60), st.one_of(st.none(), st.floats(1e-3, 1e6, allow_nan=False)),
+                  st.sampled_from(["t1", "t2", "t3", None]), st.one_of(st.none(), st.integers(0, 60 * 24 * 20))),
+        min_size=1, max_size=80,
+    ),
+    st.data(),
+)
+def test_the_single_event_path_is_bit_identical_to_the_vectorised_one(spec, events, data):
+    """Online requests take event_entity_features; every value equals entity_features' to the bit."""
+    rows = [ev(i, m, a, country=t, terminal_id=t, device_id=t,
+               label_known_at=None if k is None else to_us(T0 + timedelta(minutes=m + k)))
+            for i, (m, a, t, k) in enumerate(events)]
+    h = History.from_rows(rows, spec.categorical_columns)
+    pos = data.draw(st.integers(0, len(h) - 1))
+    want = entity_features(spec, h, h.ts[pos: pos + 1], np.array([pos]))
+    got = event_entity_features(spec, h, pos)
+    assert list(got) == list(want)
+    for name, values in want.items():
+        expected = values[0]
+        assert (np.isnan(expected) and np.isnan(got[name])) or expected == got[name], (name, expected, got[name])
