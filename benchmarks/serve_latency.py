@@ -12,6 +12,8 @@ Measured with the same keep-alive HTTP client:
 - concurrency 1: p50/p95/p99 of the no-op, of `/v1/score` with the entities' histories cached in
   the replica (a warm-up pass scores each entity once first), and uncached (the replica's caches
   turned off by `user_config`: every history is a snapshot read from Postgres);
+- for each `/v1/score` row also the replica's own share (`*_in_replica`: the answers' `latency_ms`,
+  from the route handler's start to the answer), which the shared machine's noise touches less;
 - concurrency 8 and 32: requests/s and p99 of the no-op and of cached `/v1/score`;
 - the cached rows again with `record: false` (audited, not folded into the feature pipeline);
 - registry change -> every request answered by the new version (a promotion under load).
@@ -52,7 +54,9 @@ def noop_application() -> Any:
     return NoOp.bind()
 
 
-def sequential(url: str, bodies: list[dict], headers: dict) -> list[float]:
+def sequential(url: str, bodies: list[dict], headers: dict, server_side: list[float] | None = None) -> list[float]:
+    """Round-trip seconds of each request, one after another; ``server_side`` collects the answers'
+    own ``latency_ms`` (handler start to answer, inside the replica) as seconds."""
     import httpx
 
     samples = []
@@ -63,7 +67,16 @@ def sequential(url: str, bodies: list[dict], headers: dict) -> list[float]:
             samples.append(time.perf_counter() - started)
             if r.status_code != 200:
                 raise RuntimeError(f"{url}: {r.status_code} {r.text[:300]}")
+            if server_side is not None:
+                server_side.append(r.json()["latency_ms"] / 1000)
     return samples
+
+
+def scored(results: dict[str, Any], name: str, url: str, bodies: list[dict], headers: dict) -> None:
+    """A sequential measurement of ``/v1/score``: round trips, and the replica's own share of them."""
+    inside: list[float] = []
+    results[name] = summary_ms(sequential(url, bodies, headers, inside))
+    results[f"{name}_in_replica"] = summary_ms(inside)
 
 
 async def concurrent(url: str, bodies: list[dict], headers: dict, clients: int) -> dict[str, float]:
@@ -218,12 +231,12 @@ def main(scale: float, requests: int, total: int) -> None:
         sequential(score, score_bodies(warm, "warm", n), auth)  # fills the replica's caches
         results: dict[str, Any] = {"entities": len(entities), "requests": n}
         results["noop_c1"] = summary_ms(sequential(noop, score_bodies(warm, "noop", n), auth))
-        results["score_cached_c1"] = summary_ms(sequential(score, score_bodies(warm, "cached", n), auth))
+        scored(results, "score_cached_c1", score, score_bodies(warm, "cached", n), auth)
         # the same without recording the events into the feature pipeline (audited all the same)
-        results["score_cached_norecord_c1"] = summary_ms(sequential(score, score_bodies(warm, "cnr", n, False), auth))
+        scored(results, "score_cached_norecord_c1", score, score_bodies(warm, "cnr", n, False), auth)
         deploy(cache_max_entries=0)  # the same replica, its caches off: every history from Postgres
         time.sleep(2)
-        results["score_uncached_c1"] = summary_ms(sequential(score, score_bodies(cold, "uncached", n), auth))
+        scored(results, "score_uncached_c1", score, score_bodies(cold, "uncached", n), auth)
         deploy()
         time.sleep(2)
         sequential(score, score_bodies(entities, "rewarm", len(entities)), auth)
