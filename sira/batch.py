@@ -21,7 +21,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,12 @@ ID_COLUMNS = ("event_id", "id", "transaction_id", "prediction_id")
 TIME_COLUMNS = ("occurred_at", "event_time", "timestamp", "ts")
 OUTPUT_COLUMNS = ("score", "decision", "model", "version", "reasons", "reason_codes")
 READ_CPUS = 0.25  # reads wait on disk or Postgres; they must never be starved by the scoring actors
+READ_ROWS = 65_536  # rows per slice a read task hands on
+BLOCK_BYTES = 16 * 1024 * 1024  # Ray Data's target block size for a scoring job (its default: 128 MiB)
+# What a scoring job may hold in Ray's object store at once. Reads outrun the scoring actors, and
+# by default Ray Data lets their output pile up to a share of the whole object store (30% of RAM),
+# so peak memory grew with the input until that ceiling; with this budget the reads wait instead.
+OBJECT_STORE_BUDGET = 512 * 1024 * 1024
 SCORE_BINS = 20
 
 
@@ -153,19 +159,24 @@ def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], ro
     return next((c for c in candidates if c in columns), None)
 
 
-def read_part(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Ray Data task: one Parquet row group (``row_group`` >= 0) or one whole CSV file."""
-    tables = []
+def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+    """Ray Data task: one Parquet row group (``row_group`` >= 0), streamed in slices of
+    :data:`READ_ROWS` rows, or one whole CSV file (its types inferred from all of it).
+
+    A row group is written by whoever made the file and can be any size; read whole it would
+    make a block of that size (and its copies) whatever the job, so memory would grow with
+    the input's row groups rather than stay bounded by the pipeline.
+    """
     for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
         if group >= 0:
             import pyarrow.parquet as pq
 
-            tables.append(pq.ParquetFile(path).read_row_group(group))
+            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, row_groups=[group]):
+                yield pa.Table.from_batches([record_batch])
         else:
             import pyarrow.csv as pacsv
 
-            tables.append(pacsv.read_csv(path))
-    return pa.concat_tables(tables, promote_options="permissive")
+            yield pacsv.read_csv(path)
 
 
 def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) -> Source:
@@ -269,11 +280,15 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
     import ray
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # output rows in input order: reproducible files
     per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)),
                                              float(ray.available_resources().get("CPU", 0)), max_actors)
-    scored = source.build().map_batches(
+    rows = source.build()
+    # This dataset's own context (a copy made when it was created; the process-wide one is untouched):
+    rows.context.execution_options.preserve_order = True  # output rows in input order: reproducible files
+    rows.context.target_max_block_size = BLOCK_BYTES  # small blocks: memory bounded by the pipeline, not the input
+    rows.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=OBJECT_STORE_BUDGET)
+    scored = rows.map_batches(
         VersionScorer.bound(version, source.passthrough, explain, threads), batch_size=batch_size,
         batch_format="pyarrow", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),
         num_cpus=per_actor,

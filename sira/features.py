@@ -242,7 +242,10 @@ class History:
         """Build from parallel columns (None: a missing amount / no positive label), sorted by (time, event id)."""
         ts_a = np.array(ts, dtype=np.int64)
         ids = np.array(event_id, dtype=object)
-        order = np.lexsort((ids.astype(str), ts_a)) if ts_a.size else np.zeros(0, dtype=np.int64)
+        if ts_a.size < 2 or bool(np.all(ts_a[1:] > ts_a[:-1])):
+            order = slice(None)  # already in order (a stored snapshot is): no sort, no copies
+        else:
+            order = np.lexsort((ids.astype(str), ts_a))
         return cls(
             ts=ts_a[order],
             amount=np.array([np.nan if a is None else a for a in amount], dtype=np.float64)[order],

@@ -1,11 +1,26 @@
-"""Batch scoring's pieces that need no services: the actor pool's shape, the atomic writer, the tally."""
+"""Batch scoring's pieces that need no services: the reads, the actor pool's shape, the atomic writer, the tally."""
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import ROW_GROUP, ScoreTally, pool_shape, write_atomically
+from sira.batch import READ_ROWS, ROW_GROUP, ScoreTally, pool_shape, read_part, write_atomically
 from sira.errors import InvalidInput
+
+
+def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
+    """Whatever row groups a file was written with, a read task hands on at most READ_ROWS rows at a time."""
+    n = READ_ROWS * 2 + 123
+    whole = pa.table({"id": [f"e{i}" for i in range(n)], "f0": np.arange(n, dtype=np.float64)})
+    pq.write_table(whole, tmp_path / "a.parquet", row_group_size=n)  # one row group
+    pacsv.write_csv(whole.slice(0, 10), tmp_path / "b.csv")
+    parts = list(read_part({"path": np.array([str(tmp_path / "a.parquet"), str(tmp_path / "b.csv")]),
+                            "row_group": np.array([0, -1])}))
+    assert [p.num_rows for p in parts] == [READ_ROWS, READ_ROWS, 123, 10]
+    assert pa.concat_tables(parts[:3]).equals(whole)
+    assert parts[3].column("f0").to_pylist() == list(range(10))
 
 
 def test_the_pool_leaves_cpu_for_reads_and_fits_what_is_free():
