@@ -451,8 +451,12 @@ async def serve_and_score(url: str, keys: dict[str, str], live: list[dict[str, A
         feedback = None
         if run.answers:
             riskiest = max(run.answers, key=lambda a: a["score"])
-            r = await client.post("/v1/feedback", json={"prediction_id": riskiest["prediction_id"], "label": True,
-                                                        "source": "chargeback"}, headers=service)
+            for _ in range(20):  # another replica may still hold it in its spool (flushed within moments)
+                r = await client.post("/v1/feedback", json={"prediction_id": riskiest["prediction_id"],
+                                                            "label": True, "source": "chargeback"}, headers=service)
+                if r.status_code != 404:
+                    break
+                await asyncio.sleep(0.25)
             feedback = r.json()
     return {"url": url, "docs": f"{url}/docs", **run.summary(), "examples": _examples(run.answers),
             "explained": explained, "feedback": feedback}

@@ -1117,6 +1117,14 @@ class ScoringService:
                 written += len(records)
             return written
 
+    async def flush_quietly(self) -> int:
+        """:meth:`flush`, logging a failure instead of raising it (the flusher retries on its own)."""
+        try:
+            return await self.flush()
+        except Exception:  # noqa: BLE001 - the spool keeps the records; the flusher tries again
+            log.exception("spool flush failed")
+            return 0
+
     async def _write_records(self, records: list[dict[str, Any]]) -> None:
         if self.writer is None:
             await self.recorder.store.remote(records)
@@ -1354,8 +1362,11 @@ def scoring_router() -> Any:
         async with service.pool.acquire(timeout=5) as conn:
             event_id = body.event_id and service.redactor.scrub_value(body.event_id)
             if body.prediction_id is not None:
-                stored = await conn.fetchval("SELECT event_id FROM sira_predictions WHERE prediction_id = $1",
-                                             body.prediction_id)
+                lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
+                stored = await conn.fetchval(lookup, body.prediction_id)
+                if stored is None and await service.flush_quietly():
+                    # answered moments ago and still in this replica's spool (group commit): store it now
+                    stored = await conn.fetchval(lookup, body.prediction_id)
                 if stored is None:
                     raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
                                    details={"field": "prediction_id"})

@@ -187,6 +187,24 @@ async def test_scoring_needs_the_service_role(served, fraud_model):
     assert (await score(client, fraud_model, body, "admin")).status_code == 200
 
 
+async def test_feedback_for_a_prediction_still_in_the_spool_is_recorded(fraud_model, tmp_path):
+    """A chargeback posted moments after the answer: the replica stores its spool first, no 404."""
+    service = ScoringService(fraud_model.settings, ServingConfig(models=["fraud"], spool_dir=tmp_path,
+                                                                 flush_interval_s=60))
+    app = create_app(fraud_model.settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            await asyncio.sleep(0.2)  # the flusher's first pass (at start) is over; the next is a minute away
+            answer = (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 13)})).json()
+            prediction_id = uuid.UUID(answer["prediction_id"])
+            assert await service.pool.fetchval(
+                "SELECT count(*) FROM sira_predictions WHERE prediction_id = $1", prediction_id) == 0  # spooled only
+            r = await client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": True,
+                                                        "source": "chargeback"}, headers=auth(fraud_model, "service"))
+            assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
+            assert r.json()["event_id"] == answer["event_id"]
+
+
 async def test_redis_down_degrades_to_postgres(fraud_model, tmp_path):
     settings = fraud_model.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens
     service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
