@@ -372,11 +372,11 @@ def entity_features(
             own, ratio_mean, out=np.full(n_q, np.nan), where=is_event & (ratio_mean > 0)
         )
     if spec.risk_windows:
-        delay = parse_duration(spec.label_delay) * US
+        delay = plan.delay_us
         known = history.label_known_at if history.label_known_at is not None else np.full(len(history), np.inf)
         hi = np.searchsorted(ts, at - delay, side="right")
-        for w in spec.risk_windows:
-            lo = np.searchsorted(ts, at - delay - parse_duration(w) * US, side="right")
+        for w, span in zip(spec.risk_windows, plan.risk_us):
+            lo = np.searchsorted(ts, at - delay - span, side="right")
             hi_w = np.maximum(hi, lo)
             n = (hi_w - lo).astype(np.float64)
             frauds = np.array(
@@ -445,11 +445,11 @@ def event_entity_features(spec: EntityFeatures, history: History, position: int,
         own = float(amount[position])
         out[f"{e}_amount_ratio_{spec.amount_ratio}"] = own / mean if mean > 0 else nan
     if spec.risk_windows:
-        delay = parse_duration(spec.label_delay) * US
+        delay = plan.delay_us
         known = history.label_known_at if history.label_known_at is not None else np.full(len(history), np.inf)
         hi = int(np.searchsorted(ts, at - delay, side="right"))
-        for w in spec.risk_windows:
-            lo_w = int(np.searchsorted(ts, at - delay - parse_duration(w) * US, side="right"))
+        for w, span in zip(spec.risk_windows, plan.risk_us):
+            lo_w = int(np.searchsorted(ts, at - delay - span, side="right"))
             hi_w = max(hi, lo_w)
             n = hi_w - lo_w
             frauds = int(np.count_nonzero(known[lo_w:hi_w] < at)) if include_labels else 0
@@ -460,13 +460,16 @@ def event_entity_features(spec: EntityFeatures, history: History, position: int,
 
 @dataclass(frozen=True)
 class _Plan:
-    """What :func:`entity_features` derives from a spec once: the distinct window spans and the feature order."""
+    """What :func:`entity_features` and :func:`event_entity_features` derive from a spec once: the distinct
+    window spans, the risk windows and the feature order."""
 
     spans_us: np.ndarray  # each distinct span in µs, one row of left edges each
     row: dict[str, int]  # window -> its row
     summed: list[int]  # rows whose amounts are summed: the windows', then the amount-ratio window's if separate
     names: list[str]
     lookback_us: int
+    delay_us: int  # the label delay before the risk windows (0: none)
+    risk_us: tuple[int, ...]  # each risk window in µs
 
 
 @functools.lru_cache(maxsize=64)
@@ -478,7 +481,8 @@ def _plan(spec: EntityFeatures) -> _Plan:
     if spec.amount_ratio and row[spec.amount_ratio] not in summed:
         summed.append(row[spec.amount_ratio])
     return _Plan(np.array([parse_duration(w) * US for w in spans], dtype=np.int64), row, summed, spec.names(),
-                 spec.lookback_seconds * US)
+                 spec.lookback_seconds * US, parse_duration(spec.label_delay) * US if spec.label_delay else 0,
+                 tuple(parse_duration(w) * US for w in spec.risk_windows))
 
 
 def grouped_features(
