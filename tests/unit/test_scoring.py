@@ -140,3 +140,33 @@ def test_an_event_without_an_entity_key_has_that_entitys_features_missing():
     vector = event_vectors(fs, [_event(1, 0, 5.0, terminal_id=None)], {}).vectors[0]
     assert all(vector[n] is None for n in fs.entity("terminal").names())
     assert vector["customer_count_1h"] == 1.0
+
+
+def test_lightgbm_for_scoring_is_imported_without_scikit_learn_and_predicts_the_same(tmp_path):
+    """A fresh process: lightgbm_core() leaves scikit-learn unimported (and importable), and its
+    Booster scores a model exactly as the ordinarily imported LightGBM does."""
+    import subprocess
+    import sys
+
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4))
+    y = (X[:, 0] + rng.normal(size=400) > 0).astype(int)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1, "seed": 1},
+                        lgb.Dataset(X, y), num_boost_round=10)
+    (tmp_path / "model.txt").write_text(booster.model_to_string())
+    np.save(tmp_path / "X.npy", X)
+    code = f"""
+import sys, json, numpy as np
+from sira.scoring import lightgbm_core
+lgb = lightgbm_core()
+hidden = "sklearn" not in sys.modules and not lgb.compat.SKLEARN_INSTALLED
+scores = lgb.Booster(model_file={str(tmp_path / 'model.txt')!r}).predict(np.load({str(tmp_path / 'X.npy')!r}))
+import sklearn.isotonic
+print(json.dumps({{"hidden": hidden, "scores": scores.tolist(), "sklearn": sys.modules["sklearn"] is not None}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert result["hidden"] and result["sklearn"]
+    assert np.array_equal(np.array(result["scores"]), booster.predict(X))
