@@ -13,7 +13,9 @@ Measured with the same keep-alive HTTP client:
   the replica (a warm-up pass scores each entity once first), and uncached (the replica's caches
   turned off by `user_config`: every history is a snapshot read from Postgres);
 - for each `/v1/score` row also the replica's own share (`*_in_replica`: the answers' `latency_ms`,
-  from the route handler's start to the answer), which the shared machine's noise touches less;
+  from the route handler's start to the answer), which the shared machine's noise touches less,
+  and both split by decision (`*_approve`, `*_review_block`): review and block answers carry reason
+  codes computed inline by exact TreeSHAP, which costs more than the rest of the request;
 - concurrency 8 and 32: requests/s and p99 of the no-op and of cached `/v1/score`;
 - the cached rows again with `record: false` (audited, not folded into the feature pipeline);
 - registry change -> every request answered by the new version (a promotion under load).
@@ -54,9 +56,8 @@ def noop_application() -> Any:
     return NoOp.bind()
 
 
-def sequential(url: str, bodies: list[dict], headers: dict, server_side: list[float] | None = None) -> list[float]:
-    """Round-trip seconds of each request, one after another; ``server_side`` collects the answers'
-    own ``latency_ms`` (handler start to answer, inside the replica) as seconds."""
+def sequential(url: str, bodies: list[dict], headers: dict, answers: list[dict] | None = None) -> list[float]:
+    """Round-trip seconds of each request, one after another; ``answers`` collects the JSON answers."""
     import httpx
 
     samples = []
@@ -67,16 +68,26 @@ def sequential(url: str, bodies: list[dict], headers: dict, server_side: list[fl
             samples.append(time.perf_counter() - started)
             if r.status_code != 200:
                 raise RuntimeError(f"{url}: {r.status_code} {r.text[:300]}")
-            if server_side is not None:
-                server_side.append(r.json()["latency_ms"] / 1000)
+            if answers is not None:
+                answers.append(r.json())
     return samples
 
 
 def scored(results: dict[str, Any], name: str, url: str, bodies: list[dict], headers: dict) -> None:
-    """A sequential measurement of ``/v1/score``: round trips, and the replica's own share of them."""
-    inside: list[float] = []
-    results[name] = summary_ms(sequential(url, bodies, headers, inside))
+    """A sequential measurement of ``/v1/score``: round trips, and the replica's own share of them
+    (the answers' ``latency_ms``: handler start to answer), also split by decision: review and block
+    answers carry reason codes computed inline (exact TreeSHAP), approvals defer them."""
+    answers: list[dict] = []
+    trips = sequential(url, bodies, headers, answers)
+    inside = [a["latency_ms"] / 1000 for a in answers]
+    results[name] = summary_ms(trips)
     results[f"{name}_in_replica"] = summary_ms(inside)
+    risky = [a["decision"] != "approve" for a in answers]
+    for label, keep in (("approve", False), ("review_block", True)):
+        picked = [i for i, r in enumerate(risky) if r == keep]
+        if picked:
+            results[f"{name}_{label}"] = summary_ms([trips[i] for i in picked])
+            results[f"{name}_{label}_in_replica"] = summary_ms([inside[i] for i in picked])
 
 
 async def concurrent(url: str, bodies: list[dict], headers: dict, clients: int) -> dict[str, float]:
@@ -253,6 +264,8 @@ def main(scale: float, requests: int, total: int) -> None:
         results["ratios"] = {
             "cached_p95_over_noop_p95": round(results["score_cached_c1"]["p95_ms"] / noop_p95, 2),
             "uncached_p95_over_noop_p95": round(results["score_uncached_c1"]["p95_ms"] / noop_p95, 2),
+            "cached_approve_p95_over_noop_p95": round(
+                results.get("score_cached_c1_approve", {"p95_ms": float("nan")})["p95_ms"] / noop_p95, 2),
             "c32_throughput_over_noop": round(results["score_c32"]["requests_per_s"]
                                               / results["noop_c32"]["requests_per_s"], 2),
             "c8_throughput_over_noop": round(results["score_c8"]["requests_per_s"]

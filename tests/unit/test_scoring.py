@@ -170,3 +170,19 @@ print(json.dumps({{"hidden": hidden, "scores": scores.tolist(), "sklearn": sys.m
     result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert result["hidden"] and result["sklearn"]
     assert np.array_equal(np.array(result["scores"]), booster.predict(X))
+
+
+def test_one_row_is_scored_through_lightgbms_single_row_api_bit_for_bit(runtime):
+    """An online request's row goes through SingleRowPredictor; its score is Booster.predict's exactly
+    (missing values and extreme values included), and a row of the wrong width is refused."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(scale=3.0, size=(300, len(runtime.schema)))
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[:5] = 1e300
+    batch = runtime.predict(X)
+    raw = runtime.booster.predict(X, raw_score=True, num_threads=1)
+    for i in range(len(X)):
+        assert runtime.single_row.raw_score(X[i]) == raw[i]
+        assert runtime.predict(X[i:i + 1])[0] == batch[i]
+    with pytest.raises(ValueError, match="features"):
+        runtime.single_row.raw_score(X[0, :-1])
