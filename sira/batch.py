@@ -48,6 +48,7 @@ BLOCK_BYTES = 16 * 1024 * 1024  # Ray Data's target block size for a scoring job
 # so peak memory grew with the input until that ceiling; with this budget the reads wait instead.
 OBJECT_STORE_BUDGET = 512 * 1024 * 1024
 SCORE_BINS = 20
+DECISIONS = pa.array(["approve", "review", "block"], pa.string())
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,11 @@ class ScoreTally:
         self.rows += batch.num_rows
         self.score_sum += float(scores.sum())
         self.histogram += np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
-        values, counts = np.unique(batch.column("decision").to_numpy(zero_copy_only=False), return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist()):
+        import pyarrow.compute as pc
+
+        # Arrow counts the strings in C++ (np.unique sorted Python strings: 63 ms per 64k rows, in the driver)
+        counted = pc.value_counts(batch.column("decision"))
+        for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
             self.decisions[value] = self.decisions.get(value, 0) + int(count)
 
     def summary(self) -> dict[str, Any]:
@@ -120,13 +124,17 @@ class VersionScorer:
 def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
                 threads: int = 1) -> pa.Table:
     """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns."""
-    from sira.evaluation import decide
+    import pyarrow.compute as pc
 
     X = runtime.table_matrix(batch)
     scores = runtime.predict(X, threads=threads)
     columns: dict[str, Any] = {name: batch.column(name) for name in passthrough}
     columns["score"] = pa.array(scores, pa.float64())
-    columns["decision"] = pa.array(decide(scores, runtime.thresholds).tolist(), pa.string())
+    # sira.evaluation.decide's bands, taken from three strings in Arrow (a Python list of 8k strings
+    # cost ~7 ms per batch, 8% of an actor's time)
+    block, review = runtime.thresholds["block"], runtime.thresholds["review"]
+    codes = np.where(scores >= block, 2, np.where(scores >= review, 1, 0)).astype(np.int8)
+    columns["decision"] = pc.take(DECISIONS, pa.array(codes))
     columns["model"] = pa.array([runtime.model_name] * batch.num_rows, pa.string())
     columns["version"] = pa.array(np.full(batch.num_rows, runtime.version, dtype=np.int32))
     if explain:

@@ -68,3 +68,38 @@ def test_the_tally_counts_decisions_and_bins_scores():
     assert summary["rows"] == 4 and summary["decisions"] == {"approve": 2, "review": 1, "block": 1}
     assert summary["score_histogram"][0] == 2 and summary["score_histogram"][-1] == 1
     assert summary["mean_score"] == pytest.approx((0.01 + 0.5 + 0.99 + 0.02) / 4)
+
+
+@pytest.mark.parametrize("quantiles", [(0.6, 0.9), (0.9, 0.6)])
+def test_a_scored_batch_carries_the_runtimes_decisions_scores_and_version(synthetic_matrix, quantiles):
+    """score_table's Arrow-built decisions are sira.evaluation.decide's bands for every score, for
+    scores exactly at the thresholds too (thresholds picked among the scores; also a block threshold
+    below the review one); scores are the runtime's."""
+    import dataclasses
+
+    import lightgbm as lgb
+
+    from sira.batch import score_table
+    from sira.evaluation import decide
+    from sira.scoring import ModelRuntime
+    from sira.training import train_model
+
+    train, valid = synthetic_matrix(4_000, 1), synthetic_matrix(1_000, 2)
+    result = train_model(train, valid, {"num_boost_round": 20}, seed=3, num_threads=1)
+    runtime = ModelRuntime(model_name="byo", model_id=1, version=7, artifact_sha256="0" * 64,
+                           booster=lgb.Booster(model_str=result.model_text), schema=tuple(train.schema),
+                           calibration=result.calibration, thresholds={"review": 0.05, "block": 0.2}, feature_set=None)
+    rng = np.random.default_rng(5)
+    n = 3_000
+    table = pa.table({"event_id": [f"e{i}" for i in range(n)], "amount": rng.lognormal(3, 1, n),
+                      "night": (rng.random(n) < 0.2).astype(float), "channel": rng.choice(["pos", "ecom", "atm"], n)})
+    scores = runtime.predict(runtime.table_matrix(table))
+    review, block = (float(np.sort(scores)[int(q * n)]) for q in quantiles)
+    runtime = dataclasses.replace(runtime, thresholds={"review": review, "block": block})
+    out = score_table(runtime, table, ["event_id"])
+    assert out.column("score").to_numpy().tolist() == scores.tolist()
+    assert out.column("decision").type == pa.string()
+    assert out.column("decision").to_pylist() == decide(scores, runtime.thresholds).tolist()
+    assert set(out.column("decision").to_pylist()) == ({"approve", "review", "block"} if review <= block
+                                                       else {"approve", "block"})
+    assert out.column("version").to_pylist() == [7] * n and out.column("event_id").to_pylist()[:2] == ["e0", "e1"]
