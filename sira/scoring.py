@@ -93,19 +93,18 @@ class SingleRowPredictor:
             ctypes.c_int(0), ctypes.c_int(booster.best_iteration),  # the iterations Booster.predict uses
             ctypes.c_int(1),  # C_API_DTYPE_FLOAT64
             ctypes.c_int32(num_features), _c_str("num_threads=1"), ctypes.byref(self._config)))
-        self._out = np.zeros(1, dtype=np.float64)
-        self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-        self._out_len = ctypes.c_int64()
+        self._double_p = ctypes.POINTER(ctypes.c_double)
         weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._config)
 
     def raw_score(self, row: np.ndarray) -> float:
         row = np.ascontiguousarray(row, dtype=np.float64)
         if row.shape != (self.num_features,):
             raise ValueError(f"a row of {self.num_features} features, not {row.shape}")
+        out, out_len = np.empty(1, dtype=np.float64), self._ctypes.c_int64()  # per call: safe from any thread
         self._check(self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-            self._config, row.ctypes.data_as(self._ctypes.c_void_p), self._ctypes.byref(self._out_len),
-            self._out_ptr))
-        return float(self._out[0])
+            self._config, row.ctypes.data_as(self._ctypes.c_void_p), self._ctypes.byref(out_len),
+            out.ctypes.data_as(self._double_p)))
+        return float(out[0])
 
 
 @dataclass(frozen=True)
