@@ -165,11 +165,19 @@ def choose_thresholds(y: np.ndarray, p: np.ndarray, targets: DecisionTargets) ->
     return {"review": review, "block": block}
 
 
+DECISIONS = ("approve", "review", "block")
+
+
+def decision_codes(scores: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
+    """Per score, its decision's index in :data:`DECISIONS`: block at or above the block threshold,
+    else review at or above the review threshold, else approve (a NaN score too)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(scores >= thresholds["block"], 2, np.where(scores >= thresholds["review"], 1, 0)).astype(np.int8)
+
+
 def decide(scores: np.ndarray, thresholds: Mapping[str, float]) -> np.ndarray:
     """approve / review / block per score."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.where(scores >= thresholds["block"], "block",
-                    np.where(scores >= thresholds["review"], "review", "approve"))
+    return np.array(DECISIONS)[decision_codes(scores, thresholds)]
 
 
 def evaluate(
