@@ -5,9 +5,14 @@
 
 The input streams through ``map_batches`` with an actor pool: each actor loads
 and verifies the version's artifact once (:class:`sira.scoring.ModelRuntime`)
-and scores Arrow batches with as many LightGBM threads as CPUs it holds. Read
-tasks hold a quarter of a CPU, so on a small machine the pool never takes every
-CPU and starves them (MEASURED.md: that hangs with no error).
+and scores Arrow batches with as many LightGBM threads as CPUs it holds. A file
+input's parts (Parquet row groups, CSV files) are read by the scoring actors
+themselves: only the scores travel through Ray's object store, not every
+feature column, and no read process competes with the scoring for the CPUs.
+Stored events are read by day in tasks of their own (Postgres round trips
+overlap the scoring); those tasks hold a quarter of a CPU, so on a small
+machine the pool never takes every CPU and starves them (MEASURED.md: that
+hangs with no error).
 
 The driver writes the scored batches to one Parquet file, in input order, in
 row groups of a fixed size, under a temporary name renamed into place when
@@ -104,9 +109,10 @@ class VersionScorer:
     job: dict[str, Any] = {}
 
     @classmethod
-    def bound(cls, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int) -> type:
-        return type("VersionScorer", (cls,), {"job": {"version": version, "passthrough": passthrough,
-                                                       "explain": explain, "threads": threads}})
+    def bound(cls, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int,
+              **more: Any) -> type:
+        return type(cls.__name__, (cls,), {"job": {"version": version, "passthrough": passthrough,
+                                                   "explain": explain, "threads": threads, **more}})
 
     def __init__(self) -> None:
         from sira.config import get_settings
@@ -119,6 +125,19 @@ class VersionScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_table(self.runtime, batch, self.passthrough, explain=self.explain, threads=self.threads)
+
+
+class PartScorer(VersionScorer):
+    """A scoring actor that reads its input itself: parts in (``job["read"]`` turns a batch of them
+    into Arrow tables), one scored table per table read, the model called on ``job["rows_per_call"]``
+    rows at a time."""
+
+    def __call__(self, parts: dict[str, np.ndarray]) -> Iterator[pa.Table]:  # type: ignore[override]
+        step = self.job["rows_per_call"]
+        for table in self.job["read"](parts):
+            if table.num_rows:  # a CSV file of a header only
+                yield pa.concat_tables([super(PartScorer, self).__call__(table.slice(at, step))
+                                        for at in range(0, table.num_rows, step)])
 
 
 def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
@@ -152,7 +171,9 @@ class Source:
     description: str
     rows: int | None  # known up front (Parquet metadata, a count of events), else None
     passthrough: list[str]
-    build: Callable[[], Any]  # -> ray.data.Dataset of the input rows
+    parts: list[dict[str, Any]]  # units of reading, in output order: a row group, a CSV file, a day of events
+    read: Callable[[dict[str, np.ndarray]], Iterator[pa.Table]]  # a batch of parts -> their rows, in order
+    read_by_scorer: bool  # the scoring actors read the parts (files); else read tasks do (events)
 
 
 def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], role: str) -> str | None:
@@ -165,8 +186,8 @@ def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], ro
 
 
 def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
-    """Ray Data task: one Parquet row group (``row_group`` >= 0), streamed in slices of
-    :data:`READ_ROWS` rows, or one whole CSV file (its types inferred from all of it).
+    """Parquet row groups (``row_group`` >= 0), streamed in slices of :data:`READ_ROWS` rows,
+    or whole CSV files (their types inferred from all of each).
 
     A row group is written by whoever made the file and can be any size; read whole it would
     make a block of that size (and its copies) whatever the job, so memory would grow with
@@ -186,8 +207,6 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
 
 def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) -> Source:
     """A Parquet or CSV table that carries the model's features as columns."""
-    import ray.data
-
     if files.format == "json":
         raise InvalidInput("batch scoring reads Parquet or CSV files", code="unsupported_format")
     sample = read_sample(files)
@@ -209,6 +228,9 @@ def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) 
                                _pick(columns, req.time_col, TIME_COLUMNS, "time")) if c]
     passthrough = [c for c in columns if c not in OUTPUT_COLUMNS] if req.keep_columns else key_columns
 
+    # Our own reads, one part per row group (CSV: per file), rather than read_parquet: Ray 2.60's
+    # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
+    # actor on 2 CPUs it never gets one (the job hangs without an error).
     if files.format == "parquet":
         import pyarrow.parquet as pq
 
@@ -216,15 +238,8 @@ def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) 
                  for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
     else:
         parts = [{"path": str(p), "row_group": -1} for p in files.paths]
-
-    def build() -> Any:
-        # Our own read tasks, one per row group (CSV: per file), rather than read_parquet: Ray 2.60's
-        # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
-        # actor on 2 CPUs it never gets one (the job hangs without an error).
-        return ray.data.from_items(parts, override_num_blocks=len(parts)).map_batches(
-            read_part, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
-
-    return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, build)
+    return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,
+                  read_by_scorer=True)
 
 
 EVENT_COLUMNS = ("event_id", "occurred_at", "country", "channel")
@@ -233,8 +248,6 @@ EVENT_COLUMNS = ("event_id", "occurred_at", "country", "channel")
 def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime, rows: int,
                   keep_columns: bool) -> Source:
     """Stored events of a time range with their point-in-time features, read by day in parallel."""
-    import ray.data
-
     shards = []
     t = lo
     while t < hi:
@@ -258,12 +271,9 @@ def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime
                    **{n: [r[n] for r in out] for n in names}}
         return pa.table(columns, schema=schema)
 
-    def build() -> Any:
-        return ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
-            read, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
-
     passthrough = [*EVENT_COLUMNS, *names] if keep_columns else list(EVENT_COLUMNS)
-    return Source(f"events {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}", rows, passthrough, build)
+    return Source(f"events {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}", rows, passthrough, shards, read,
+                  read_by_scorer=False)
 
 
 # -- the job ---------------------------------------------------------------------------------------
@@ -281,28 +291,60 @@ def pool_shape(total_cpus: float, free_cpus: float, max_actors: int | None) -> t
 
 def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = False, batch_size: int = 8_192,
                    max_actors: int | None = None) -> Any:
-    """The source's rows scored by the version, in input order, as Arrow tables of :data:`ROW_GROUP` rows."""
+    """The source's rows scored by the version, in input order, as Arrow tables (Ray Data's blocks)."""
     import ray
     import ray.data
 
     per_actor, threads, largest = pool_shape(float(ray.cluster_resources().get("CPU", 1)),
                                              float(ray.available_resources().get("CPU", 0)), max_actors)
-    rows = source.build()
+    parts = ray.data.from_items(source.parts, override_num_blocks=len(source.parts))
     # This dataset's own context (a copy made when it was created; the process-wide one is untouched):
-    rows.context.execution_options.preserve_order = True  # output rows in input order: reproducible files
-    rows.context.target_max_block_size = BLOCK_BYTES  # small blocks: memory bounded by the pipeline, not the input
-    rows.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+    parts.context.execution_options.preserve_order = True  # output rows in input order: reproducible files
+    parts.context.target_max_block_size = BLOCK_BYTES  # small blocks: memory bounded by the pipeline, not the input
+    parts.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=OBJECT_STORE_BUDGET)
-    scored = rows.map_batches(
-        VersionScorer.bound(version, source.passthrough, explain, threads), batch_size=batch_size,
-        batch_format="pyarrow", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=largest),
-        num_cpus=per_actor,
-    )
-    return scored.iter_batches(batch_size=ROW_GROUP, batch_format="pyarrow", prefetch_batches=2)
+    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=largest), "num_cpus": per_actor}
+    if source.read_by_scorer:
+        # Reading in the actor that scores (as a plain loop would): the feature columns never go
+        # through the object store, and no read process is started beside the actors.
+        scorer = PartScorer.bound(version, source.passthrough, explain, threads, read=source.read,
+                                  rows_per_call=batch_size)
+        scored = parts.map_batches(scorer, batch_size=1, batch_format="numpy", **pool)
+    else:
+        rows = parts.map_batches(source.read, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
+        scored = rows.map_batches(VersionScorer.bound(version, source.passthrough, explain, threads),
+                                  batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True, **pool)
+    # Blocks as the actors made them, each fetched when the writer asks: re-cutting them into batches
+    # of a size here (and prefetching) held the first rows back until several blocks had arrived
+    # (2-3 s on a 1M-row job); write_atomically cuts the row groups.
+    return scored.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def in_row_groups(batches: Any, rows: int = ROW_GROUP) -> Iterator[pa.Table]:
+    """The stream of Arrow tables re-cut into tables of exactly ``rows`` rows (the last one shorter), all
+    in the first table's schema: a file's row groups do not depend on how the blocks were cut."""
+    pending: list[pa.Table] = []
+    held = 0
+    schema = None
+    for batch in batches:
+        if schema is None:
+            schema = batch.schema
+        elif batch.schema != schema:
+            batch = batch.cast(schema)
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.concat_tables(pending)  # no copy: the chunks are kept
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.concat_tables(pending)
 
 
 def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None]) -> str:
-    """Write Arrow batches to one Parquet file under a temporary name, then rename; returns its sha256."""
+    """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary
+    name, then rename; returns its sha256. ``on_batch`` sees each row group once written."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -311,11 +353,9 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     writer = None
     try:
-        for batch in batches:
+        for batch in in_row_groups(batches):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
-            elif batch.schema != writer.schema:
-                batch = batch.cast(writer.schema)
             writer.write_table(batch, row_group_size=ROW_GROUP)
             on_batch(batch)
         if writer is None:

@@ -6,7 +6,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import READ_ROWS, ROW_GROUP, ScoreTally, pool_shape, read_part, write_atomically
+from sira.batch import READ_ROWS, ROW_GROUP, ScoreTally, in_row_groups, pool_shape, read_part, write_atomically
 from sira.errors import InvalidInput
 
 
@@ -58,6 +58,28 @@ def test_the_output_appears_whole_or_not_at_all(tmp_path):
     import hashlib
 
     assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_the_files_row_groups_do_not_depend_on_how_the_blocks_were_cut(tmp_path):
+    """Ray Data's blocks reach the writer in whatever sizes the actors' output made; the file is the same."""
+    n = ROW_GROUP * 2 + 77
+    whole = _batch(0, n)
+    cuts = {"one block": [n], "even": [ROW_GROUP] * 2 + [77],
+            "ragged": [1, ROW_GROUP - 1, 5, 50_000, ROW_GROUP - 50_005 + 70, 1, 6]}
+    digests = set()
+    for name, sizes in cuts.items():
+        assert sum(sizes) == n, name
+        bounds = np.cumsum([0, *sizes])
+        blocks = [whole.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        groups = list(in_row_groups(iter(blocks)))
+        assert [g.num_rows for g in groups] == [ROW_GROUP, ROW_GROUP, 77], name
+        assert pa.concat_tables(groups).equals(whole), name
+        digests.add(write_atomically(iter(blocks), tmp_path / f"{name}.parquet", lambda _b: None))
+    assert len(digests) == 1
+    # a later block whose types differ (an int column in one CSV, float in the next) takes the first one's
+    first = pa.table({"x": pa.array([1.5, 2.5])})
+    later = pa.table({"x": pa.array([3], pa.int64())})
+    assert list(in_row_groups(iter([first, later]), rows=10))[0].column("x").to_pylist() == [1.5, 2.5, 3.0]
 
 
 def test_the_tally_counts_decisions_and_bins_scores():
