@@ -6,7 +6,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import READ_ROWS, ROW_GROUP, ScoreTally, in_row_groups, pool_shape, read_part, write_atomically
+from sira.batch import READ_ROWS, ROW_GROUP, PoolShape, ScoreTally, in_row_groups, pool_shape, read_part, write_atomically
 from sira.errors import InvalidInput
 
 
@@ -23,12 +23,21 @@ def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
     assert parts[3].column("f0").to_pylist() == list(range(10))
 
 
-def test_the_pool_leaves_cpu_for_reads_and_fits_what_is_free():
-    assert pool_shape(2, 2, None) == (1.75, 2, 1)  # this machine: one actor, two LightGBM threads
-    assert pool_shape(2, 1.5, None) == (1.25, 1, 1)  # a Serve replica holds half a CPU
-    assert pool_shape(2, 0.2, None) == (0.5, 1, 3)  # nothing free: the smallest actor, never zero
-    assert pool_shape(16, 16, None) == (2.0, 2, 7)  # a cluster: the pool grows up to its CPUs
-    assert pool_shape(16, 16, 3) == (2.0, 2, 3)
+def test_the_pool_has_an_actor_per_cpu_leaves_cpu_for_reads_and_fits_what_is_free():
+    assert pool_shape(2, 2, None, reads=False) == PoolShape(1.0, 2, 2)  # this machine, a file: both CPUs
+    assert pool_shape(2, 2, None, reads=True) == PoolShape(0.875, 2, 2)  # stored events: a quarter CPU for reads
+    assert pool_shape(2, 1.5, None, reads=False) == PoolShape(0.75, 2, 2)  # a Serve replica holds half a CPU
+    assert pool_shape(2, 1.2, None, reads=True) == PoolShape(0.95, 1, 1)
+    assert pool_shape(2, 0.2, None, reads=True) == PoolShape(0.5, 1, 3)  # nothing free: the smallest actor, never zero
+    assert pool_shape(16, 16, None, reads=False) == PoolShape(1.0, 16, 16)  # a cluster: one per CPU
+    assert pool_shape(16, 4, None, reads=True) == PoolShape(0.9375, 4, 16)  # busy now: grows as CPUs free up
+    assert pool_shape(16, 16, 3, reads=False) == PoolShape(1.0, 3, 3)
+    for total, free in [(2, 2), (2, 1.5), (3, 2.7), (16, 16), (16, 4), (64, 63.5)]:
+        for reads in (False, True):
+            shape = pool_shape(total, free, None, reads=reads)
+            # what starts fits in what is free, beside the reads
+            assert shape.first * shape.cpus <= free - (0.25 if reads else 0) + 1e-9, (total, free, reads)
+            assert shape.largest * shape.cpus <= total - (0.25 if reads else 0) + 1e-9, (total, free, reads)
 
 
 def _batch(start: int, n: int) -> pa.Table:
