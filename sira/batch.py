@@ -47,7 +47,7 @@ ID_COLUMNS = ("event_id", "id", "transaction_id", "prediction_id")
 TIME_COLUMNS = ("occurred_at", "event_time", "timestamp", "ts")
 OUTPUT_COLUMNS = ("score", "decision", "model", "version", "reasons", "reason_codes")
 READ_CPUS = 0.25  # reads wait on disk or Postgres; they must never be starved by the scoring actors
-READ_ROWS = 65_536  # rows per slice a read task hands on
+READ_ROWS = 65_536  # rows per slice a Parquet row group is read in
 # Ray Data's target block size for a scoring job (its default: 128 MiB): about one scored 64k-row slice
 # (ids, time, score, decision) per block, so the writer gets rows as they are scored (10M rows: first
 # rows 3 s sooner than with 16 MiB) and peak memory stays lower.
@@ -113,10 +113,9 @@ class VersionScorer:
     job: dict[str, Any] = {}
 
     @classmethod
-    def bound(cls, version: dict[str, Any], passthrough: list[str], explain: bool, threads: int,
-              **more: Any) -> type:
+    def bound(cls, version: dict[str, Any], passthrough: list[str], explain: bool, **more: Any) -> type:
         return type(cls.__name__, (cls,), {"job": {"version": version, "passthrough": passthrough,
-                                                   "explain": explain, "threads": threads, **more}})
+                                                   "explain": explain, **more}})
 
     def __init__(self) -> None:
         from sira.config import get_settings
@@ -125,10 +124,10 @@ class VersionScorer:
         self.runtime = ModelRuntime.load(get_settings(), self.job["version"])
         self.passthrough = self.job["passthrough"]
         self.explain = self.job["explain"]
-        self.threads = self.job["threads"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_table(self.runtime, batch, self.passthrough, explain=self.explain, threads=self.threads)
+        # one LightGBM thread: each actor holds (at most) one CPU, see pool_shape
+        return score_table(self.runtime, batch, self.passthrough, explain=self.explain)
 
 
 class PartScorer(VersionScorer):
@@ -140,8 +139,8 @@ class PartScorer(VersionScorer):
         step = self.job["rows_per_call"]
         for table in self.job["read"](parts):
             if table.num_rows:  # a CSV file of a header only
-                yield pa.concat_tables([super(PartScorer, self).__call__(table.slice(at, step))
-                                        for at in range(0, table.num_rows, step)])
+                yield pa.concat_tables([score_table(self.runtime, table.slice(at, step), self.passthrough,
+                                                    explain=self.explain) for at in range(0, table.num_rows, step)])
 
 
 def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
@@ -327,12 +326,11 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
     if source.read_by_scorer:
         # Reading in the actor that scores (as a plain loop would): the feature columns never go
         # through the object store, and no read process is started beside the actors.
-        scorer = PartScorer.bound(version, source.passthrough, explain, 1, read=source.read,
-                                  rows_per_call=batch_size)
+        scorer = PartScorer.bound(version, source.passthrough, explain, read=source.read, rows_per_call=batch_size)
         scored = parts.map_batches(scorer, batch_size=1, batch_format="numpy", **pool)
     else:
         rows = parts.map_batches(source.read, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
-        scored = rows.map_batches(VersionScorer.bound(version, source.passthrough, explain, 1),
+        scored = rows.map_batches(VersionScorer.bound(version, source.passthrough, explain),
                                   batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True, **pool)
     # Blocks as the actors made them, each fetched when the writer asks: re-cutting them into batches
     # of a size here (and prefetching) held the first rows back until several blocks had arrived
