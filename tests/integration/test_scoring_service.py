@@ -108,6 +108,24 @@ async def test_the_same_request_id_answers_once(served, fraud_model):
     assert n == 1
 
 
+async def test_the_lookup_pool_keeps_generic_plans_and_still_ends_open_transactions(served):
+    _client, service = served
+    pool = service.pool
+    for _ in range(3):  # released and acquired again: the start-up parameter survives (a SET did not)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("CREATE TEMP TABLE lookup_left_open (x int)")
+        left = conn
+    # released with its transaction open, no reset query: asyncpg still rolls it back
+    async with pool.acquire() as conn:
+        assert not conn.is_in_transaction()
+        if conn is left:
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.lookup_left_open')") is None
+
+
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
     client, service = served
     base = event(fraud_model, 4)
