@@ -20,6 +20,7 @@ for the score, ``__dataset__`` for the verdict) with the job's id.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
@@ -78,6 +79,13 @@ class Reference:
         schema = tuple(FeatureSpec.from_dict(f) for f in loaded.manifest["feature_schema"])
         return cls(schema, statistics, sample)
 
+    @functools.cached_property
+    def sorted_sample(self) -> list[np.ndarray] | None:
+        """Each column of the sample (the score last), NaN dropped, ascending: sorted once for every window."""
+        if self.sample is None:
+            return None
+        return [np.sort(c[~np.isnan(c)]) for c in self.sample.T]
+
 
 def _missing_bin(counts: np.ndarray, missing: float) -> np.ndarray:
     return np.append(counts.astype(np.float64), missing)
@@ -94,6 +102,8 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
             continue
         column = X[:, j]
         present = column[~np.isnan(column)]
+        if spec.kind != "categorical":
+            present.sort()  # once, for the bin counts and for KS
         missing_current = float(column.size - present.size)
         row: dict[str, Any] = {"feature": spec.name, "kind": spec.kind, "n_current": int(column.size)}
         details: dict[str, Any] = {"missing_rate_reference": ref["missing_rate"],
@@ -117,16 +127,15 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
             if not edges:  # the feature was always missing in training
                 hist, cur = np.zeros(1), np.array([float(present.size)])
             else:
-                cur = stats.bin_counts(present, edges).astype(np.float64)
+                cur = stats.bin_counts(present, edges, assume_sorted=True).astype(np.float64)
             n_hist = hist.sum()
             ref_missing = n_hist * ref["missing_rate"] / (1 - ref["missing_rate"]) if ref["missing_rate"] < 1 else 1.0
             ref_bins, cur_bins = _missing_bin(hist, ref_missing), _missing_bin(cur, missing_current)
             ks, p_value = None, None
-            if reference.sample is not None and present.size:
-                sample = reference.sample[:, j]
-                sample = sample[~np.isnan(sample)]
+            if reference.sorted_sample is not None and present.size:
+                sample = reference.sorted_sample[j]
                 if sample.size:
-                    ks, p_value = stats.ks_2samp(sample, present)
+                    ks, p_value = stats.ks_2samp(sample, present, assume_sorted=True)
             details.update(mean_reference=ref.get("mean"), mean_current=float(present.mean()) if present.size else None)
             row.update(ks_statistic=ks, p_value=p_value, chi2_statistic=None)
         row["n_reference"] = int(round(ref_bins.sum()))
@@ -149,9 +158,11 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
 def _score_row(reference: Reference, scores: np.ndarray) -> dict[str, Any]:
     edges = reference.statistics["score"]["bin_edges"]
     hist = np.asarray(reference.statistics["score"]["histogram"], dtype=np.float64)
-    cur = stats.bin_counts(scores, edges).astype(np.float64)
-    ks, p_value = (stats.ks_2samp(reference.sample[:, -1], scores)
-                   if reference.sample is not None and scores.size else (None, None))
+    ordered = np.sort(scores[~np.isnan(scores)])  # once, for the bin counts and for KS
+    cur = stats.bin_counts(ordered, edges, assume_sorted=True).astype(np.float64)
+    ks, p_value = (stats.ks_2samp(reference.sorted_sample[-1], ordered, assume_sorted=True)
+                   if reference.sorted_sample is not None and ordered.size and reference.sorted_sample[-1].size
+                   else (None, None))
     return {"feature": SCORE, "kind": "score", "n_current": int(scores.size), "n_reference": int(hist.sum()),
             "psi": stats.psi(hist, cur), "js_divergence": stats.js_divergence(hist, cur), "ks_statistic": ks,
             "p_value": p_value, "chi2_statistic": None,

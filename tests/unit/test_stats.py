@@ -45,6 +45,28 @@ def test_ks_tiny_samples_match_scipy(sizes):
     assert ks_2samp(a, b) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-9)
 
 
+@pytest.mark.parametrize("case", ["discrete", "window beyond the reference", "window inside", "equal values"])
+def test_ks_of_a_large_window_against_a_small_sample_is_exact(case):
+    """Only the smaller side is sorted: the statistic is still exactly scipy's, whichever side is larger."""
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 12, size=400).astype(float)
+    large = {"discrete": rng.integers(-2, 15, size=60_000).astype(float),
+             "window beyond the reference": np.concatenate([rng.uniform(-50, -1, 30_000), rng.uniform(20, 60, 30_000)]),
+             "window inside": rng.uniform(3, 4, 60_000),
+             "equal values": np.full(60_000, 5.0)}[case]
+    for a, b in ((small, large), (large, small)):
+        expected = sps.ks_2samp(a, b, method="asymp")
+        statistic, p_value = ks_2samp(a, b)
+        assert statistic == expected.statistic
+        assert p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+
+
+def test_ks_of_sorted_samples_is_the_same_test():
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=700), np.round(rng.normal(0.3, 1, size=9000), 1)
+    assert ks_2samp(np.sort(a), np.sort(b), assume_sorted=True) == ks_2samp(a, b)
+
+
 def test_ks_one_value_each_has_no_p_value():
     assert ks_2samp([1.0], [2.0])[0] == 1.0
     assert math.isnan(ks_2samp([1.0], [2.0])[1])
@@ -90,6 +112,17 @@ def test_bin_counts_clip_out_of_range_and_skip_nan():
 
 def test_bin_counts_constant_feature_has_one_bin():
     np.testing.assert_array_equal(bin_counts(np.array([2.0, 2.0, 5.0, np.nan]), [2.0]), [3])
+
+
+@pytest.mark.parametrize("edges", [[0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 1.0, 2.0], [0.0, 1.0, 1.0, 1.0, 3.0],
+                                   [0.0, 1.0, 3.0, 3.0], [2.0], [-1.0, 5.0]])
+def test_bin_counts_of_sorted_values_equal_the_histogram_path(edges):
+    """The drift job sorts a column once and reads its bins off it: the same counts, repeated edges included."""
+    rng = np.random.default_rng(9)
+    values = np.concatenate([rng.integers(-2, 5, size=3000).astype(float), rng.uniform(-3, 6, size=3000),
+                             [np.inf, -np.inf, np.nan, np.nan]])
+    present = np.sort(values[~np.isnan(values)])
+    np.testing.assert_array_equal(bin_counts(present, edges, assume_sorted=True), bin_counts(values, edges))
 
 
 def test_bin_counts_reject_bad_edges():
