@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -26,6 +27,11 @@ from sira.features import FeatureSet, get_feature_set
 from sira.auth import Identity, JwtConfig, authenticate, authorize
 from sira.ingest import ingest_records, redactor_for
 from sira.pii import Redactor
+
+log = logging.getLogger(__name__)
+
+MAX_VERSION = 2**31 - 1  # sira_model_versions.version is a PostgreSQL integer
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 class ErrorBody(BaseModel):
@@ -236,12 +242,12 @@ def registry_router() -> APIRouter:
         return await unit(pool, registry.update_model, who, name, **body.model_dump(exclude_none=True))
 
     @router.get("/models/{name}/versions/{version}")
-    async def versions_show(name: str, version: int, pool: PoolDep,
+    async def versions_show(name: str, version: Version, pool: PoolDep,
                             who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.show_version, who, name, version)
 
     @router.get("/models/{name}/versions/{version}/card", response_class=HTMLResponse)
-    async def versions_card(name: str, version: int, request: Request, pool: PoolDep,
+    async def versions_card(name: str, version: Version, request: Request, pool: PoolDep,
                             format: Annotated[Literal["md", "html"], Query()] = "html",  # noqa: A002
                             who: Identity = require("models.read")) -> Any:
         from sira.model_card import render_card
@@ -250,12 +256,12 @@ def registry_router() -> APIRouter:
         return HTMLResponse(text) if format == "html" else PlainTextResponse(text, media_type="text/markdown")
 
     @router.get("/models/{name}/compare")
-    async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1)],
-                               b: Annotated[int, Query(ge=1)], who: Identity = require("models.read")) -> dict[str, Any]:
+    async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1, le=MAX_VERSION)],
+                               b: Annotated[int, Query(ge=1, le=MAX_VERSION)], who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.compare_versions, who, name, a, b)
 
     @router.post("/models/{name}/versions/{version}/promote", status_code=201)
-    async def promote(name: str, version: int, body: Reason, request: Request, pool: PoolDep,
+    async def promote(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
                       background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
         result = await unit(pool, registry.request_promotion, request.app.state.settings, who, name, version,
                             body.reason)
@@ -263,7 +269,7 @@ def registry_router() -> APIRouter:
         return result
 
     @router.post("/models/{name}/versions/{version}/stage")
-    async def stage(name: str, version: int, body: Reason, request: Request, pool: PoolDep,
+    async def stage(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
                     background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
         """Put a version in staging: serving scores it in shadow beside production."""
         result = await unit(pool, registry.stage_version, request.app.state.settings, who, name, version, body.reason)
@@ -271,7 +277,7 @@ def registry_router() -> APIRouter:
         return result
 
     @router.post("/models/{name}/versions/{version}/{decision}")
-    async def decide(name: str, version: int, decision: Literal["approve", "reject"], body: Comment, request: Request,
+    async def decide(name: str, version: Version, decision: Literal["approve", "reject"], body: Comment, request: Request,
                      pool: PoolDep, background: BackgroundTasks,
                      who: Identity = require("promotion.decide")) -> dict[str, Any]:
         """Approve or reject the version's pending promotion request."""
@@ -292,7 +298,7 @@ def registry_router() -> APIRouter:
 
     @router.get("/models/{name}/drift")
     async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),
-                    version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+                    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None) -> dict[str, Any]:
         from sira.drift import latest_drift
 
         return await unit(pool, latest_drift, name, version)
@@ -348,12 +354,20 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
         return _error(exc.http_status, exc.code, exc.message, exc.details)
 
+    @app.exception_handler(asyncpg.DataError)
+    async def _data_error(_request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL refuses that no request model caught (a NUL character in free text,
+        # an integer beyond its column): the caller's input, not a server fault. Postgres's
+        # message names the type or encoding at fault, never the value.
+        log.info("request refused by PostgreSQL: %s", type(exc).__name__)
+        return _error(422, "invalid_value", f"a value cannot be stored: {type(exc).__name__}", {})
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
         field = ".".join(str(p) for p in first["loc"] if p != "body")
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field",
-                "non_finite": "invalid_number"}.get(first.get("type"), "invalid_request")
+                "non_finite": "invalid_number", "unstorable": "invalid_value"}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
         return _error(422, code, f"{field or 'body'}: {message}", {"field": field})
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sira.errors import InvalidInput
-from sira.pii import Redactor
+from sira.pii import MAX_NESTING, Redactor
 
 ENTITY_KEYS = ("customer_id", "account_id", "card_number", "card_token", "merchant_id", "terminal_id")
 # Canonical columns of sira_events, in COPY order.
@@ -37,6 +37,29 @@ Text = Annotated[str, Field(min_length=1, max_length=200)]
 def as_utc(value: datetime) -> datetime:
     """A timestamp in UTC; naive timestamps are taken as UTC."""
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def storage_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """Why a JSON-like value cannot be stored (PostgreSQL text and jsonb refuse NUL characters;
+    nesting deeper than :data:`MAX_NESTING` is refused), naming where; None when it can."""
+    where = f"{path}: " if path else ""
+    if isinstance(value, str):
+        return f"{where}must not contain NUL (\\u0000) characters" if "\x00" in value else None
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        return f"{where}nested more than {MAX_NESTING} levels deep"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return f"{where}field names must not contain NUL (\\u0000) characters"
+            problem = storage_problem(item, f"{path}.{key}" if path else str(key), depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = storage_problem(item, f"{path}.{i}" if path else str(i), depth + 1)
+            if problem:
+                return problem
+    return None
 
 
 class EventIn(BaseModel):
@@ -72,6 +95,8 @@ class EventIn(BaseModel):
     def _blank_is_missing(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
         if isinstance(value, float) and math.isnan(value):
             return None
         return value
@@ -107,6 +132,9 @@ class EventIn(BaseModel):
             raise ValueError(f"needs at least one entity key ({', '.join(ENTITY_KEYS)})")
         if self.event_type == "payment" and self.amount is None:
             raise ValueError("amount is required for payment events")
+        problem = storage_problem(self.model_extra) if self.model_extra else None
+        if problem:
+            raise ValueError(problem)
         return self
 
 

@@ -148,11 +148,32 @@ class Redactor:
             return out
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer():
+            # a card or phone number sent as a JSON number is still one
+            digits = str(int(value))
+            scrubbed = self.scrub_value(digits)
+            return scrubbed if scrubbed != digits else value
         return value
 
     def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A whole raw record made safe to store (used for dead letters and logs)."""
-        return self.scrub(dict(record))
+        """A whole raw record made safe to store (used for dead letters and logs): redacted, NUL
+        characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels."""
+        return self.scrub(_storable(dict(record)))
+
+
+MAX_NESTING = 16  # levels of objects/lists SIRA stores in free-form fields
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        return f"<nested more than {MAX_NESTING} levels deep>"
+    if isinstance(value, Mapping):
+        return {_storable(str(k)): _storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v, depth + 1) for v in value]
+    return value
 
 
 @functools.lru_cache(maxsize=262_144)

@@ -59,7 +59,7 @@ from sira.api import ErrorResponse, require
 from sira.auth import Identity
 from sira.config import Settings
 from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
-from sira.events import EventIn, Rejection, event_row
+from sira.events import EventIn, Rejection, event_row, storage_problem
 from sira.features import ENTITY_COLUMNS, EntityFeatures, FeatureSet, History, get_feature_set, parse_duration
 from sira.scoring import ModelRuntime, event_vectors
 
@@ -239,9 +239,27 @@ class ServingMetrics:
         self.version = metrics.Gauge("sira_model_version_served", "Version served, by model and role.",
                                      tag_keys=("model", "role"))
         self.spooled = metrics.Gauge("sira_spool_pending_records", "Answered records not yet in Postgres.")
+        self.refused = metrics.Counter("sira_spool_refused_records",
+                                       "Spooled records PostgreSQL refused, set aside in the spool's refused/ folder.")
 
 
 # -- requests and answers ------------------------------------------------------------------
+
+
+def _reject_unstorable(value: Any) -> Any:
+    """NaN and infinity, NUL characters and deep nesting are refused wherever they hide in a
+    free-form field (JSON parsers accept them; the audit trail could not store them)."""
+    _reject_non_finite(value)
+    problem = storage_problem(value)
+    if problem:
+        raise PydanticCustomError("unstorable", "{problem}", {"problem": problem})
+    return value
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise PydanticCustomError("unstorable", "must not contain NUL (\\u0000) characters")
+    return value
 
 
 def _reject_non_finite(value: Any, path: str = "") -> Any:
@@ -269,7 +287,7 @@ class ScoreEvent(EventIn):
     @field_validator("amount", "attributes", mode="before")
     @classmethod
     def _finite(cls, value: Any) -> Any:
-        return _reject_non_finite(value)
+        return _reject_unstorable(value)
 
 
 class ScoreItem(BaseModel):
@@ -285,7 +303,12 @@ class ScoreItem(BaseModel):
     @field_validator("features", mode="before")
     @classmethod
     def _finite_features(cls, value: Any) -> Any:
-        return _reject_non_finite(value)
+        return _reject_unstorable(value)
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _storable_request_id(cls, value: Any) -> Any:
+        return _no_nul(value)
 
     @model_validator(mode="after")
     def _one_input(self) -> "ScoreItem":
@@ -341,6 +364,11 @@ class FeedbackRequest(BaseModel):
     label_name: Annotated[str, Field(min_length=1, max_length=64)] = "fraud"
     known_at: datetime | None = None
     source: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+
+    @field_validator("event_id", "label_name", "source", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return _no_nul(value)
 
     @model_validator(mode="after")
     def _target(self) -> "FeedbackRequest":
@@ -1113,10 +1141,32 @@ class ScoringService:
             written = 0
             for segment in self.spool.claim():
                 records = segment.read()
-                await self._write_records(records)
+                try:
+                    await self._write_records(records)
+                except asyncpg.DataError:  # (through Ray, an instance of its cause too)
+                    written += await self._write_one_by_one(segment, records)
+                    continue
                 self.spool.done(segment)
                 written += len(records)
             return written
+
+    async def _write_one_by_one(self, segment: Any, records: list[dict[str, Any]]) -> int:
+        """A segment Postgres refused: store its records one at a time and set aside those it refuses
+        (retrying them would block every segment after this one). Other errors propagate: retried."""
+        refused = []
+        for record in records:
+            try:
+                await self._write_records([record])
+            except asyncpg.DataError as exc:
+                refused.append(record)
+                log.error("PostgreSQL refused a spooled %s record (%s); set aside", record.get("kind"),
+                          type(exc).__name__)
+        path = self.spool.set_aside(segment, refused) if refused else None
+        if path is None:
+            self.spool.done(segment)
+        elif self.metrics:
+            self.metrics.refused.inc(len(refused))
+        return len(records) - len(refused)
 
     async def flush_quietly(self) -> int:
         """:meth:`flush`, logging a failure instead of raising it (the flusher retries on its own)."""

@@ -135,6 +135,22 @@ class Spool:
             self._closed.remove(segment)
         segment.remove()
 
+    def set_aside(self, segment: Segment, refused: list[dict[str, Any]]) -> Path:
+        """Keep records Postgres refused for good (beside the spool, ``refused/``, for an operator to
+        look at and replay) and delete their segment, whose other records are stored: one bad record
+        must not hold back every answer spooled after it."""
+        folder = self.directory / "refused"
+        folder.mkdir(exist_ok=True, mode=0o700)
+        path = folder / f"{segment.path.stem}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in refused))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.done(segment)
+        return path
+
     def close(self) -> None:
         for segment in [*self._closed, *([self._current] if self._current else [])]:
             try:

@@ -338,4 +338,18 @@ SCORE_BAD_INPUTS = [
     (lambda b: {**b, "event": {**b["event"], "occurred_at": "yesterday"}}, 422, "invalid_request", "event.occurred_at"),
     (lambda b: {**b, "event": None}, 422, "invalid_request", ""),
     (lambda b: {**b, "features": {"amount": 1.0}, "event": None}, 422, "missing_field", "event"),
+    # what PostgreSQL could not store in the audit trail is refused before scoring
+    (lambda b: {**b, "request_id": "r\x00"}, 422, "invalid_value", "request_id"),
+    (lambda b: {**b, "event": {**b["event"], "terminal_id": "t\x00"}}, 422, "invalid_request", "event.terminal_id"),
+    (lambda b: {**b, "event": {**b["event"], "attributes": {"note": "a\x00b"}}}, 422, "invalid_value",
+     "event.attributes"),
+    (lambda b: {**b, "event": {**b["event"], "attributes": {"deep": _nested(20)}}}, 422, "invalid_value",
+     "event.attributes"),
 ]
+
+
+def _nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value

@@ -41,6 +41,32 @@ async def test_batch_returns_per_event_results(client, clean_db):
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feature_snapshots") == 1  # the customer, online
 
 
+async def test_an_unstorable_event_is_rejected_alone(client, clean_db):
+    """A NUL character (PostgreSQL refuses it) in one event: that event is a dead letter, the others land."""
+    body = {"events": [event(1), event(2, customer_id="c\x00"), event(3, note="x\x00")]}
+    r = await client.post("/v1/events", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (1, 2)
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 2
+
+
+
+async def test_a_value_postgres_refuses_is_a_422_not_a_500(client, clean_db):
+    from sira import db, registry
+    from sira.auth import Identity
+
+    async with db.transaction(clean_db) as conn:
+        await registry.create_model(conn, Identity("t-admin", frozenset({"admin"})), "nul_model",
+                                    model_type="fraud_detection")
+    r = await client.patch("/v1/models/nul_model", json={"description": "x\x00"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_value" and "\\u0000" not in r.text
+    r = await client.get("/v1/models/nul_model/versions/3000000000")  # beyond PostgreSQL's integer
+    assert r.status_code == 422 and r.json()["error"]["code"] in ("invalid_value", "invalid_request"), r.text
+    assert "3000000000" not in r.json()["error"]["message"] or r.json()["error"]["code"] == "invalid_request"
+
+
 async def test_bad_requests_get_stable_error_codes(client):
     r = await client.post("/v1/events", json={"events": [event(i) for i in range(6)]})
     assert r.status_code == 413 and r.json()["error"]["code"] == "batch_too_large"

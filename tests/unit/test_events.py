@@ -48,6 +48,9 @@ def test_pii_fields_become_tokens_and_unknown_pii_is_scrubbed():
         ({"amount": None}, "invalid_event", None),
         ({"customer_id": None}, "invalid_event", None),
         ({"currency": "EURO"}, "invalid_field", "currency"),
+        ({"customer_id": "c\x00"}, "invalid_field", "customer_id"),  # PostgreSQL text refuses NUL
+        ({"note": "a\x00b"}, "invalid_event", None),
+        ({"nested": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, "invalid_event", None),
     ],
 )
 def test_bad_records_are_rejected_with_a_reason(change, code, field):
@@ -73,3 +76,21 @@ def test_mapping_and_column_checks():
         check_columns(["event_id", "occurred_at", "amount"], {})
     with pytest.raises(InvalidInput, match="mapped column.*NOPE"):
         check_columns(["event_id", "occurred_at", "customer_id"], {"amount": "NOPE"})
+
+
+def test_a_rejected_record_is_storable_and_names_the_problem():
+    deep: list = [1]
+    for _ in range(40):
+        deep = [deep]
+    result = normalize({**BASE, "note": "a\x00b", "deep": deep}, R, "t")
+    assert isinstance(result, Rejection) and "NUL" in result.reason and "note" in result.reason
+    import orjson
+
+    stored = orjson.dumps(result.payload).decode()  # jsonb takes it: no NUL, nesting bounded
+    assert "\\u0000" not in stored and "\x00" not in stored and stored.count("[") <= 17
+
+
+def test_card_numbers_sent_as_json_numbers_are_tokens():
+    row = normalize({**BASE, "card": 4111111111111111, "cards": [4111111111111111.0], "mcc": 5411}, R, "t")
+    assert row["attributes"]["card"].startswith("tok_pan_") and row["attributes"]["cards"][0].startswith("tok_pan_")
+    assert row["attributes"]["mcc"] == 5411
