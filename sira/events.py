@@ -32,6 +32,7 @@ _TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email"
 _MAX_ATTRIBUTES = 64
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
+MAX_EVENT_ID = 200  # sira_events.event_id's CHECK
 
 
 def as_utc(value: datetime) -> datetime:
@@ -41,8 +42,11 @@ def as_utc(value: datetime) -> datetime:
 
 def storage_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
     """Why a JSON-like value cannot be stored (PostgreSQL text and jsonb refuse NUL characters;
-    nesting deeper than :data:`MAX_NESTING` is refused), naming where; None when it can."""
+    integers beyond 64 bits and nesting deeper than :data:`MAX_NESTING` are refused), naming where;
+    None when it can."""
     where = f"{path}: " if path else ""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return f"{where}integer out of the 64-bit range"
     if isinstance(value, str):
         return f"{where}must not contain NUL (\\u0000) characters" if "\x00" in value else None
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
@@ -182,6 +186,10 @@ def event_row(
     for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
         value = data[name]
         row[name] = redactor.scrub_value(value) if value is not None else None
+    if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
+        return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
+                         "personal data in it is replaced by tokens", "event_id",
+                         redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()}))
     for name, column in _TOKEN_COLUMNS.items():
         row[column] = redactor.field(name, data[name])[1]
     if data["card_token"] is not None and row["card_token"] is None:

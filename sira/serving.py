@@ -65,8 +65,13 @@ from sira.scoring import ModelRuntime, event_vectors
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+# PostgreSQL unreachable or unable to serve now (a restart, a failover, no connection slot left, a
+# statement timeout): the breaker opens and requests are answered in a degraded mode.
+DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
              TimeoutError, asyncio.TimeoutError, ConnectionError)
+# What PostgreSQL refuses for good (bad data, a violated constraint): retrying the same record cannot help.
+REFUSED_FOR_GOOD = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -547,6 +552,8 @@ class ScoringService:
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.histories.max_entries, self.histories.ttl_s = config.cache_max_entries, config.cache_ttl_s
         self.identities.ttl_s = config.auth_cache_ttl_s
+        self.answers.ttl_s = config.idempotency_ttl_s
+        self.spool.fsync = config.spool_fsync  # production.yaml turns it on in user_config
         self.pg.open_s = self.redis_breaker.open_s = config.breaker_open_s
         if models_changed and self.started:
             await self.refresh_models("reconfigure")
@@ -798,7 +805,12 @@ class ScoringService:
             for n, vector, flag in zip(members, v, f):
                 vectors[n], flags[n] = vector, flag
             folded_all.update(folded)
-        earlier = await lookup
+        try:
+            earlier = await lookup
+        except Exception:  # noqa: BLE001 - idempotency lookup failing must not fail the batch
+            log.exception("looking up earlier answers failed")
+            degraded.add("idempotency_unchecked")
+            earlier = {}
         for n, item in enumerate(items):
             prior = earlier.get((item.runtime.model_name, item.request_id))
             if prior is not None:
@@ -1143,7 +1155,7 @@ class ScoringService:
                 records = segment.read()
                 try:
                     await self._write_records(records)
-                except asyncpg.DataError:  # (through Ray, an instance of its cause too)
+                except REFUSED_FOR_GOOD:  # (through Ray, an instance of its cause too)
                     written += await self._write_one_by_one(segment, records)
                     continue
                 self.spool.done(segment)
@@ -1157,7 +1169,7 @@ class ScoringService:
         for record in records:
             try:
                 await self._write_records([record])
-            except asyncpg.DataError as exc:
+            except REFUSED_FOR_GOOD as exc:
                 refused.append(record)
                 log.error("PostgreSQL refused a spooled %s record (%s); set aside", record.get("kind"),
                           type(exc).__name__)

@@ -88,11 +88,21 @@ class Spool:
         if not data:
             return 0
         view = memoryview(data)
-        while view:
-            written = os.write(self._current.fd, view)
-            view = view[written:]
-        if self.fsync:
-            os.fdatasync(self._current.fd)
+        size = os.fstat(self._current.fd).st_size
+        try:
+            while view:
+                written = os.write(self._current.fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fdatasync(self._current.fd)
+        except OSError:
+            # A partial write (a full disk) must not glue the next batch's first line to these bytes.
+            try:
+                os.ftruncate(self._current.fd, size)
+            except OSError:
+                self._closed.append(self._current)  # its torn last line is skipped when read
+                self._current = self._new_segment()
+            raise
         count = data.count(b"\n")
         self._current.records += count
         return count

@@ -345,6 +345,8 @@ SCORE_BAD_INPUTS = [
      "event.attributes"),
     (lambda b: {**b, "event": {**b["event"], "attributes": {"deep": _nested(20)}}}, 422, "invalid_value",
      "event.attributes"),
+    (lambda b: {**b, "event": {**b["event"], "attributes": {"big": 2**70}}}, 422, "invalid_value",
+     "event.attributes"),
 ]
 
 

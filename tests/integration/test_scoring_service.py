@@ -126,6 +126,41 @@ async def test_the_lookup_pool_keeps_generic_plans_and_still_ends_open_transacti
             assert await conn.fetchval("SELECT to_regclass('pg_temp.lookup_left_open')") is None
 
 
+async def test_a_spooled_record_postgres_refuses_is_set_aside_and_the_others_stored(served, fraud_model):
+    """One record Postgres refuses for good must not hold back the segment, nor every segment after it."""
+    import orjson
+
+    client, service = served
+    body = {"model": "fraud", "request_id": f"ok-{uuid.uuid4()}", "event": event(fraud_model, 7), "record": False}
+    async with service._flush_lock:  # the flusher waits: the answer stays in the current segment
+        r = await score(client, fraud_model, body)
+        assert r.status_code == 200, r.text
+        lines = service.spool._current.path.read_bytes().splitlines()
+        good = [orjson.loads(x) for x in lines if orjson.loads(x).get("request_id") == body["request_id"]][0]
+        bad = {**good, "prediction_id": str(uuid.uuid4()), "request_id": "refused\x00"}
+        service.spool.append([bad])
+    await service.flush()
+    stored = await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE prediction_id = $1",
+                                         uuid.UUID(good["prediction_id"]))
+    assert stored == 1
+    refused = [orjson.loads(x) for f in (service.spool.directory / "refused").glob("*.jsonl")
+               for x in f.read_bytes().splitlines()]
+    assert [x["prediction_id"] for x in refused] == [bad["prediction_id"]]
+    assert service.spool.pending == 0 and not any(service.spool.directory.glob("*.spool")) or service.spool.pending == 0
+
+
+async def test_reconfigure_reaches_the_spool_and_the_answer_cache(served):
+    """production.yaml turns fsync on in user_config: it must reach the spool, not only the config."""
+    _client, service = served
+    before = service.config.model_dump(include={"spool_fsync", "idempotency_ttl_s"})
+    try:
+        await service.reconfigure({"spool_fsync": True, "idempotency_ttl_s": 123})
+        assert service.spool.fsync is True and service.answers.ttl_s == 123
+    finally:
+        await service.reconfigure(before)
+    assert service.spool.fsync is before["spool_fsync"]
+
+
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
     client, service = served
     base = event(fraud_model, 4)

@@ -94,3 +94,11 @@ def test_card_numbers_sent_as_json_numbers_are_tokens():
     row = normalize({**BASE, "card": 4111111111111111, "cards": [4111111111111111.0], "mcc": 5411}, R, "t")
     assert row["attributes"]["card"].startswith("tok_pan_") and row["attributes"]["cards"][0].startswith("tok_pan_")
     assert row["attributes"]["mcc"] == 5411
+
+
+def test_an_event_id_that_redaction_makes_too_long_is_rejected():
+    """Tokens are longer than the emails they replace: the stored id must still fit its column."""
+    event_id = "/".join(["a@b.co"] * 28)[:195]
+    result = normalize({**BASE, "event_id": event_id}, R, "t")
+    assert isinstance(result, Rejection) and (result.reason_code, result.field) == ("invalid_field", "event_id")
+    assert "a@b.co" not in str(result.payload)

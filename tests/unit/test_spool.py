@@ -64,3 +64,44 @@ def test_segments_of_a_dead_process_are_adopted_and_a_live_ones_are_not(tmp_path
         live.wait()
     assert [r["who"] for s in spool.claim() for r in s.read()] == ["live"] * 3  # now it is orphaned
     spool.close()
+
+
+def test_records_set_aside_are_kept_beside_the_spool_and_their_segment_is_gone(tmp_path):
+    import orjson
+
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.append([{"n": 1}, {"n": 2}])
+    spool.rotate()
+    (segment,) = spool.claim()
+    kept = spool.set_aside(segment, [{"n": 2}])
+    assert kept.parent == tmp_path / "refused" and (kept.stat().st_mode & 0o777) == 0o600
+    assert [orjson.loads(line) for line in kept.read_bytes().splitlines()] == [{"n": 2}]
+    assert not segment.path.exists() and spool.pending == 0 and spool.claim() == []
+    spool.close()
+
+
+def test_a_failed_write_leaves_no_partial_line_to_swallow_the_next_batch(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.append([{"n": 1}])
+    real_write, calls = os.write, []
+
+    def short_then_full(fd, data):  # half the bytes, then a full disk
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError):
+        spool.append([{"n": 2, "pad": "x" * 100}])
+    monkeypatch.setattr(os, "write", real_write)
+    spool.append([{"n": 3}])  # answered after the disk had room again: must be readable
+    spool.rotate()
+    assert [r["n"] for s in spool.claim() for r in s.read()] == [1, 3]
+    spool.close()
