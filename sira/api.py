@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 
 from sira import __version__, db, migrations
 from sira.config import Settings, get_settings
-from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError
+from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError, Unauthenticated
 from sira.features import FeatureSet, get_feature_set
-from sira.auth import Identity, JwtConfig, authenticate, authorize
+from sira.auth import Identity, JwtConfig, authenticate, authorize, identity_from_jwt, is_jwt
 from sira.ingest import ingest_records, redactor_for
 from sira.pii import Redactor
 
@@ -111,14 +111,21 @@ async def current_identity(
     scoring = getattr(request.app.state, "scoring", None)
     cache = scoring.identities if scoring is not None and scoring.config.auth_cache_ttl_s > 0 else None
     identity = cache.get(key) if cache is not None and key else None
-    if identity is None:
+    if identity is None and key and is_jwt(key, request.app.state.jwt_config):
+        identity = identity_from_jwt(key, request.app.state.jwt_config)  # verified here: no database needed
+    elif identity is None:
         try:
             async with pool.acquire(timeout=scoring.config.db_timeout_s if scoring else None) as conn:
                 identity = await authenticate(conn, key, pepper=request.app.state.pepper,
                                               jwt_config=request.app.state.jwt_config)
+        except Unauthenticated:
+            if cache is not None and key:
+                cache.pop(key)  # revoked or expired: never again, not even from the cache in an outage
+            raise
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
-            # A serving replica keeps answering known callers while Postgres is away.
-            identity = cache.get(key, allow_expired=True) if cache is not None and key else None
+            # A serving replica keeps answering callers it knew shortly before while Postgres is away.
+            identity = (cache.get(key, stale_for=scoring.config.auth_outage_grace_s)
+                        if cache is not None and key else None)
             if identity is None:
                 raise ServiceUnavailable(f"cannot check credentials: the database is unavailable "
                                          f"({type(exc).__name__})") from None

@@ -178,15 +178,24 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
             break
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired") from None
-        except jwt.PyJWTError as exc:
-            last = exc
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # PyJWT raises TypeError for a key of
+            last = exc                                             # another family than the token's algorithm
     else:
         raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
     raw = claims.get(config.roles_claim) or []
-    roles = frozenset(r for r in ([raw] if isinstance(raw, str) else raw) if r in ROLES)
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise Unauthenticated(f"the token's roles claim {config.roles_claim!r} must be a string or a list of strings")
+    roles = frozenset(r for r in raw if r in ROLES)
     if not roles:
         raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
     return Identity(f"jwt:{claims['sub']}", roles, "jwt")
+
+
+def is_jwt(key: str, jwt_config: JwtConfig | None) -> bool:
+    """A bearer credential to verify as a JWT (JWTs are accepted; SIRA keys start with ``sira_``)."""
+    return jwt_config is not None and key.count(".") == 2 and not key.startswith("sira_")
 
 
 async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str,
@@ -195,7 +204,7 @@ async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str
     expired credentials."""
     if not key:
         raise Unauthenticated("missing credentials: send an API key (Authorization: Bearer ..., or SIRA_API_KEY)")
-    if jwt_config is not None and key.count(".") == 2 and not key.startswith("sira_"):
+    if is_jwt(key, jwt_config):
         return identity_from_jwt(key.strip(), jwt_config)
     match = _KEY.match(key.strip())
     if match is None:

@@ -9,6 +9,8 @@ validation data from targets (review rate, block precision), never on test.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,15 @@ class DecisionTargets:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidInput(f"unknown decision target(s): {', '.join(sorted(unknown))}")
-        targets = cls(**{k: float(v) for k, v in data.items()})
+        values = {}
+        for k, v in data.items():
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"decision target {k} must be a number", details={"field": k}) from None
+            if not math.isfinite(values[k]) or values[k] < 0:
+                raise InvalidInput(f"decision target {k} must be a finite, non-negative number", details={"field": k})
+        targets = cls(**values)
         for name in ("review_rate", "block_precision", "max_block_rate"):
             if not 0 < getattr(targets, name) <= 1:
                 raise InvalidInput(f"decision target {name} must be in (0, 1]")

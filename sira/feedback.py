@@ -50,7 +50,9 @@ class FeedbackIn(BaseModel):
             return True
         if text in _FALSE:
             return False
-        raise ValueError(f"expected a binary label (0/1, true/false, fraud/legit), got {value!r}")
+        # the value itself stays out of the message: a wrongly mapped column may hold names
+        raise ValueError(f"expected a binary label (0/1, true/false, fraud/legit), got a {type(value).__name__} "
+                         "that is none of them")
 
     @field_validator("known_at", "occurred_at")
     @classmethod

@@ -96,6 +96,8 @@ class ServingConfig(BaseModel):
     redis_ttl_s: Annotated[int, Field(ge=1, le=86_400)] = 600
     idempotency_ttl_s: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
     auth_cache_ttl_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # Postgres down: callers seen this long before still get answers (a revoked key never does).
+    auth_outage_grace_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0
     spool_dir: Path | None = None
     spool_fsync: bool = False
     flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
@@ -145,12 +147,14 @@ class LRU:
         self.max_entries, self.ttl_s = max_entries, ttl_s
         self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
 
-    def get(self, key: Any, *, allow_expired: bool = False) -> Any:
+    def get(self, key: Any, *, allow_expired: bool = False, stale_for: float = 0.0) -> Any:
+        """The value, unless expired (``allow_expired``: whatever its age; ``stale_for``: expired
+        for at most that many seconds)."""
         item = self._data.get(key)
         if item is None:
             return None
         expires, value = item
-        if expires < time.monotonic() and not allow_expired:
+        if expires + stale_for < time.monotonic() and not allow_expired:
             return None
         self._data.move_to_end(key)
         return value

@@ -52,6 +52,22 @@ def test_tokens_map_to_roles_and_bad_ones_are_refused(jwt_settings, keypair):
             identity_from_jwt(bad, config)
 
 
+def test_a_token_signed_for_another_key_family_or_with_odd_roles_is_a_401(jwt_settings, keypair):
+    """An ES256 token against the RSA key made PyJWT raise TypeError (a 500 to an unauthenticated caller)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private, _ = keypair
+    config = JwtConfig.from_settings(jwt_settings)
+    claims = {"iss": "https://id.molam.test", "aud": "sira", "sub": "x", "roles": ["admin"],
+              "exp": int(time.time()) + 60}
+    es256 = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        identity_from_jwt(es256, config)
+    for roles in (7, {"admin": True}, ["admin", 3]):
+        with pytest.raises(Unauthenticated, match="roles claim"):
+            identity_from_jwt(token(private, roles=roles), config)
+
+
 async def test_jwt_over_http(clean_db, jwt_settings, keypair):
     app = create_app(jwt_settings)
     async with app.router.lifespan_context(app):

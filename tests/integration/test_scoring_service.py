@@ -161,6 +161,41 @@ async def test_reconfigure_reaches_the_spool_and_the_answer_cache(served):
     assert service.spool.fsync is before["spool_fsync"]
 
 
+async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
+    """Once Postgres says a key is revoked, no cached copy may answer for it (not even in an outage)."""
+    import time
+
+    from sira.auth import create_key, revoke_key
+
+    client, service = served
+    async with db.transaction(service.pool) as conn:
+        key, _ = await create_key(conn, name=f"t-short-{uuid.uuid4().hex[:6]}", roles=["service"],
+                                  pepper=fraud_model.settings.secret("auth_secret"), creator=ADMIN)
+    body = {"model": "fraud", "request_id": f"rk-{uuid.uuid4()}", "event": event(fraud_model, 9), "record": False}
+    assert (await client.post("/v1/score", json=body, headers={"Authorization": f"Bearer {key}"})).status_code == 200
+    assert service.identities.get(key) is not None
+    async with db.transaction(service.pool) as conn:
+        await revoke_key(conn, ADMIN, _["name"])
+    expires, identity = service.identities._data[key]
+    service.identities._data[key] = (time.monotonic() - 1, identity)  # its cache entry expired: asked again
+    r = await client.post("/v1/score", json={**body, "request_id": f"rk-{uuid.uuid4()}"},
+                          headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 401
+    assert service.identities.get(key, allow_expired=True) is None
+
+
+def test_an_identity_is_used_stale_only_within_the_grace():
+    import time
+
+    from sira.serving import LRU
+
+    cache = LRU(10, ttl_s=10)
+    cache.put("k", "who")
+    cache._data["k"] = (time.monotonic() - 60, "who")  # expired a minute ago
+    assert cache.get("k") is None
+    assert cache.get("k", stale_for=900) == "who" and cache.get("k", stale_for=30) is None
+
+
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
     client, service = served
     base = event(fraud_model, 4)

@@ -61,3 +61,22 @@ def test_bad_targets_are_refused():
         DecisionTargets.from_dict({"review_rate": 2})
     with pytest.raises(InvalidInput):
         DecisionTargets.from_dict({"reveiw_rate": 0.1})
+
+
+@pytest.mark.parametrize("value", ["abc", None, [1], float("nan"), float("inf"), -1])
+def test_decision_targets_refuse_what_is_not_a_usable_number(value):
+    from sira.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="cost_false_alarm"):
+        DecisionTargets.from_dict({"cost_false_alarm": value})
+
+
+def test_a_bad_label_is_named_without_its_value():
+    """A wrongly mapped label column may hold names: the dead letter's reason must not repeat them."""
+    from pydantic import ValidationError
+
+    from sira.feedback import FeedbackIn
+
+    with pytest.raises(ValidationError) as err:
+        FeedbackIn.model_validate({"event_id": "e1", "label": "Jane Doe", "known_at": "2026-01-02T00:00:00Z"})
+    assert "Jane" not in str(err.value.errors()[0]["msg"]) and "binary label" in str(err.value)
