@@ -42,6 +42,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "serving.reload": frozenset({"operator"}),
     "monitoring.run": frozenset({"operator"}),
     "batch.score": frozenset({"data_scientist"}),
+    "features.read": frozenset({"analyst", "data_scientist"}),  # one entity's online snapshot
+    "features.materialize": frozenset({"operator", "data_scientist"}),
     "keys.manage": frozenset(),
     "models.settings": frozenset(),
     "audit.read": frozenset(),

@@ -410,10 +410,12 @@ def feedback_import_cmd(
 def features_materialize_cmd(
     full: Annotated[bool, typer.Option("--full", help="Rebuild every snapshot, not only changed entities.")] = False,
     as_json: JsonOption = False,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """Refresh online snapshots of entities with new events or labels."""
+    """Refresh online snapshots of entities with new events or labels (operator or data scientist)."""
     from sira.feature_store import materialize_all
 
+    asyncio.run(_actor_for("features.materialize", api_key))
     payload = asyncio.run(materialize_all(get_settings(), full=full))
     _emit(payload, as_json, lambda: _err.print(_kv_table("Snapshots refreshed", payload["entities"])))
 
@@ -443,13 +445,15 @@ def features_show_cmd(
     entity_type: Annotated[str, typer.Argument(help="customer, card, terminal, ...")],
     entity_id: Annotated[str, typer.Argument(help="The entity's id (card: its token).")],
     as_json: JsonOption = False,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """Show one entity's online snapshot and how fresh it is."""
+    """Show one entity's online snapshot and how fresh it is (analyst or data scientist)."""
     from sira import db
     from sira.feature_store import read_snapshot
     from sira.features import get_feature_set
 
     settings = get_settings()
+    asyncio.run(_actor_for("features.read", api_key))
 
     async def run():
         async with db.open_pool(settings) as pool:

@@ -31,6 +31,16 @@ def test_keys_lifecycle_from_the_command_line(create_database, tmp_path):
     assert code == 2 and err.strip() == (
         "error: invalid_input: roles must be among service, viewer, analyst, data_scientist, approver, operator, "
         "admin; unknown: wizard")
+    # an entity's snapshot and a refresh of them: a key with the role, once keys exist
+    for args in (("features", "show", "customer", "c1"), ("features", "materialize")):
+        code, out, err = sira(env, *args)
+        assert code == 2 and out == "" and err.strip().startswith("error: unauthenticated"), (args, err)
+    code, _, err = sira({**env, "SIRA_API_KEY": json.loads(sira(admin, "keys", "create", "--role", "viewer", "--name",
+                                                                  "vic", "--json")[1])["key"]},
+                        "features", "show", "customer", "c1")
+    assert code == 2 and err.strip().startswith("error: forbidden: vic may not features.read"), err
+    code, _, err = sira({**env, "SIRA_API_KEY": created["key"]}, "features", "materialize", "--json")
+    assert code == 0, err
 
 
 def test_promotion_flow_from_the_command_line(create_database, tmp_path):

@@ -12,10 +12,11 @@ def who(*roles):
 EXPECTED = {
     "service": {"score", "events.write", "feedback.write"},
     "viewer": {"models.read"},
-    "analyst": {"models.read", "predictions.read", "feedback.write"},
-    "data_scientist": {"models.read", "models.write", "promotion.request", "batch.score"},
+    "analyst": {"models.read", "predictions.read", "feedback.write", "features.read"},
+    "data_scientist": {"models.read", "models.write", "promotion.request", "batch.score", "features.read",
+                       "features.materialize"},
     "approver": {"models.read", "promotion.decide"},
-    "operator": {"models.read", "rollback", "serving.reload", "monitoring.run"},
+    "operator": {"models.read", "rollback", "serving.reload", "monitoring.run", "features.materialize"},
     "admin": set(PERMISSIONS),
 }
 
