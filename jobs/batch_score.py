@@ -1,6 +1,6 @@
 """Ray job: batch-score a table or a time range of stored events with a model version.
 
-    ray job submit --working-dir . -- python jobs/batch_score.py --model fraud --data s3://bucket/history/ \
+    ray job submit --working-dir . -- python jobs/batch_score.py --model fraud --data /mnt/history/ \
         --out /mnt/scores/history.parquet --json
     ray job submit --working-dir . -- python jobs/batch_score.py --model fraud --from 2026-01-01 --to 2026-02-01 \
         --out /mnt/scores/january.parquet --explain

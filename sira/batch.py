@@ -23,6 +23,7 @@ and a failed or interrupted run leaves any earlier output untouched.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -39,8 +40,10 @@ import pyarrow as pa
 from sira import db, evaluation, registry
 from sira.audit import Actor
 from sira.config import Settings
-from sira.errors import InvalidInput
+from sira.errors import InvalidInput, ServiceUnavailable
 from sira.files import InputFiles, find_files, read_sample
+
+log = logging.getLogger(__name__)
 
 ROW_GROUP = 65_536
 ID_COLUMNS = ("event_id", "id", "transaction_id", "prediction_id")
@@ -74,6 +77,7 @@ class BatchRequest:
     time_col: str | None = None
     batch_size: int = 8_192
     max_actors: int | None = None
+    wait_for_cpus_s: float = 600.0  # when no scoring actor fits the free CPUs at the start
 
 
 @dataclass
@@ -308,14 +312,25 @@ def pool_shape(total_cpus: float, free_cpus: float, max_actors: int | None, *, r
 
 
 def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = False, batch_size: int = 8_192,
-                   max_actors: int | None = None) -> Any:
-    """The source's rows scored by the version, in input order, as Arrow tables (Ray Data's blocks)."""
+                   max_actors: int | None = None, wait_for_cpus_s: float = 600.0) -> Any:
+    """The source's rows scored by the version, in input order, as Arrow tables (Ray Data's blocks).
+
+    When not even one scoring actor fits the CPUs free now (Serve replicas or other jobs hold them),
+    the pipeline waits ``wait_for_cpus_s`` for them (an autoscaler adds a node, a job ends), then
+    fails with :class:`ServiceUnavailable`: Ray Data would otherwise wait forever, silently.
+    """
     import ray
     import ray.data
 
-    shape = pool_shape(float(ray.cluster_resources().get("CPU", 1)), float(ray.available_resources().get("CPU", 0)),
-                       max_actors, reads=not source.read_by_scorer)
+    free = float(ray.available_resources().get("CPU", 0))
+    reads = not source.read_by_scorer
+    shape = pool_shape(float(ray.cluster_resources().get("CPU", 1)), free, max_actors, reads=reads)
     parts = ray.data.from_items(source.parts, override_num_blocks=len(source.parts))
+    needed = shape.cpus + (READ_CPUS if reads else 0.0)
+    if free + 1e-9 < needed:
+        log.warning("%.2f CPUs free; a scoring actor needs %.2f: waiting up to %.0f s for CPUs", free, needed,
+                    wait_for_cpus_s)
+        parts.context.wait_for_min_actors_s = wait_for_cpus_s
     # This dataset's own context (a copy made when it was created; the process-wide one is untouched):
     parts.context.execution_options.preserve_order = True  # output rows in input order: reproducible files
     parts.context.target_max_block_size = BLOCK_BYTES  # small blocks: memory bounded by the pipeline, not the input
@@ -452,9 +467,17 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
             on_rows(tally.rows, source.rows)
 
     def run() -> str:
+        import ray
+
         batches = scored_batches(version, source, explain=req.explain, batch_size=req.batch_size,
-                                 max_actors=req.max_actors)
-        return write_atomically(batches, req.out, count)
+                                 max_actors=req.max_actors, wait_for_cpus_s=req.wait_for_cpus_s)
+        try:
+            return write_atomically(batches, req.out, count)
+        except ray.exceptions.GetTimeoutError:
+            raise ServiceUnavailable(
+                f"no CPU free for a scoring actor after {req.wait_for_cpus_s:.0f} s (the cluster has "
+                f"{ray.cluster_resources().get('CPU', 0):g} CPUs; Serve replicas or other jobs hold them): "
+                "free some, add a node or try later") from None
 
     digest = await asyncio.to_thread(run)
     seconds = time.perf_counter() - started

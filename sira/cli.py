@@ -1017,6 +1017,8 @@ def score_cmd(
     time_col: Annotated[str | None, typer.Option("--time-col", help="Time column (default: occurred_at... if present).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1_000_000, help="Rows per model call.")] = 8_192,
     max_actors: Annotated[int | None, typer.Option("--max-actors", min=1, help="Most scoring actors at once.")] = None,
+    wait_for_cpus: Annotated[float, typer.Option("--wait-for-cpus", min=1, max=86_400, help="Seconds to wait for a "
+                                                 "free CPU when none is free at the start.")] = 600.0,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1025,7 +1027,8 @@ def score_cmd(
 
     request = BatchRequest(model=model, out=out.resolve(), version=version, data=data, time_from=_utc(time_from),
                            time_to=_utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
-                           time_col=time_col, batch_size=batch_size, max_actors=max_actors)
+                           time_col=time_col, batch_size=batch_size, max_actors=max_actors,
+                           wait_for_cpus_s=wait_for_cpus)
     actor = asyncio.run(_actor_for("batch.score", api_key))
     progress = None if as_json else _RowProgress()
     try:

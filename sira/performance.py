@@ -46,10 +46,14 @@ SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::tex
   FROM sira_predictions p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
   LEFT JOIN LATERAL (
+        -- the labels of the event or of the prediction: two index lookups (an OR of both
+        -- conditions made PostgreSQL read every label of the model once per prediction)
         SELECT min(fb.known_at) FILTER (WHERE fb.label AND fb.known_at <= $5) AS positive_known_at,
                coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
-          FROM sira_feedback fb
-         WHERE (fb.event_id = p.event_id OR fb.prediction_id = p.prediction_id) AND fb.label_name = $4) lab ON true
+          FROM (SELECT label, known_at FROM sira_feedback WHERE event_id = p.event_id AND label_name = $4
+                UNION ALL
+                SELECT label, known_at FROM sira_feedback WHERE prediction_id = p.prediction_id AND label_name = $4
+               ) fb) lab ON true
  WHERE p.model_name = $1 AND coalesce(e.occurred_at, p.scored_at) >= $2 AND coalesce(e.occurred_at, p.scored_at) < $3
        AND ($6::int IS NULL OR p.version = $6)
  ORDER BY p.version, p.role, coalesce(p.event_id, p.prediction_id::text), p.scored_at DESC

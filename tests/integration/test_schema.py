@@ -244,3 +244,30 @@ async def test_events_need_an_entity_and_payments_an_amount(clean_db):
         await clean_db.execute(
             "INSERT INTO sira_events (event_id, occurred_at, customer_id) VALUES ('e1', now(), 'c1')"
         )
+
+
+async def test_the_performance_join_finds_labels_through_indexes(clean_db):
+    """Each prediction looks up its labels by event and by prediction id through indexes, not by reading
+    every label of the model once per prediction (that made the performance job quadratic)."""
+    from datetime import datetime, timezone
+
+    from sira.performance import PREDICTIONS_SQL
+
+    async with clean_db.acquire() as conn:
+        tx = conn.transaction()  # rolled back: the labels are only there to be planned on
+        await tx.start()
+        try:
+            await conn.execute(
+                """INSERT INTO sira_feedback (event_id, prediction_id, label_name, label, source, known_at)
+                   SELECT 'e' || i, CASE WHEN i % 2 = 0 THEN gen_random_uuid() END, 'fraud', i % 7 = 0, 'test',
+                          now() FROM generate_series(1, 5000) AS i""")
+            await conn.execute("ANALYZE sira_feedback")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + PREDICTIONS_SQL, "fraud", datetime(2026, 1, 1, tzinfo=timezone.utc),
+                datetime(2026, 2, 1, tzinfo=timezone.utc), "fraud", datetime(2026, 3, 1, tzinfo=timezone.utc), None))
+        finally:
+            await tx.rollback()
+    assert "(event_id = p.event_id)" in plan and "(prediction_id = p.prediction_id)" in plan, plan
+    assert "Filter: ((event_id = p.event_id) OR" not in plan, plan
+    assert all("Index" in line or "Bitmap" in line for line in plan.splitlines()
+               if "on sira_feedback" in line), plan
