@@ -1105,7 +1105,7 @@ def _performance_table(result: dict[str, Any]) -> Table:
                           f"{w['n']:,}", f"{w['n_positive']:,}", _fmt(w["average_precision"]),
                           _fmt(res["training_ap"]), _fmt(w["roc_auc"]), _fmt(decisions.get("precision_flagged")),
                           _fmt(decisions.get("recall_flagged")), _fmt(w.get("expected_calibration_error")),
-                          "FLAGGED" if w["flagged"] else "")
+                          "FLAGGED" if w["flagged"] else "provisional" if w.get("provisional") else "")
     flagged = [f"v{res['version']} {res['role']}: {', '.join(res['flagged_segments'])}" for res in result["results"]
                if res["flagged_segments"]]
     if flagged:

@@ -85,8 +85,15 @@ def _metrics_row(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float], seg
 def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, window_days: float,
                      cutoff: datetime, maturity_days: float, thresholds: dict[str, float], train_ap: float | None,
                      margin: float, min_segment_size: int) -> list[dict[str, Any]]:
-    """The performance rows (overall and per segment) of one version and role, window by window."""
+    """The performance rows (overall and per segment) of one version and role, window by window.
+
+    A window whose events are not all older than the label maturity is *provisional*: its unlabelled
+    young events are left out while its known chargebacks count, so its positives are over-represented
+    and its AP is not comparable with training's (measured on mature data). Its metrics are reported,
+    marked, and never flagged.
+    """
     rule = Windows(None, None, None, None, cutoff, maturity_days)
+    mature_until = cutoff - timedelta(days=maturity_days)
     labelled = []
     for r in rows:
         y = label_rule(r["occurred_at"], r["positive_known_at"], r["negative_known"], rule)
@@ -106,21 +113,24 @@ def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, 
         segments = {name: np.array([x[3 + k] for x in part], dtype=object) for k, name in enumerate(SEGMENTS)}
         metrics = _metrics_row(y, p, thresholds, segments, min_segment_size)
 
+        provisional = end > mature_until
+        metrics["provisional"] = provisional
+
         def flag(ap: float | None, positives: int) -> bool:
-            return (ap is not None and train_ap is not None and positives >= MIN_POSITIVES_TO_FLAG
-                    and ap == ap and ap < train_ap - margin)
+            return (not provisional and ap is not None and train_ap is not None
+                    and positives >= MIN_POSITIVES_TO_FLAG and ap == ap and ap < train_ap - margin)
 
         by_segment = metrics.pop("segments", {}) or {}
         out.append({"window_start": start, "window_end": end, "segment": "all", "segment_value": "all",
                     "n": int(y.size), "n_positive": int(y.sum()), "average_precision": metrics.get("average_precision"),
-                    "roc_auc": metrics.get("roc_auc"), "metrics": metrics,
+                    "roc_auc": metrics.get("roc_auc"), "metrics": metrics, "provisional": provisional,
                     "flagged": flag(metrics.get("average_precision"), int(y.sum()))})
         for name, values in by_segment.items():
             for value, m in values.items():
                 out.append({"window_start": start, "window_end": end, "segment": name, "segment_value": value,
                             "n": m["n"], "n_positive": m["positives"], "average_precision": m["average_precision"],
-                            "roc_auc": m["roc_auc"], "metrics": m,
-                            "flagged": flag(m["average_precision"], m["positives"])})
+                            "roc_auc": m["roc_auc"], "metrics": {**m, "provisional": provisional},
+                            "provisional": provisional, "flagged": flag(m["average_precision"], m["positives"])})
         start = end
     return out
 
