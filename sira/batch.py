@@ -40,8 +40,8 @@ import pyarrow as pa
 from sira import db, evaluation, registry
 from sira.audit import Actor
 from sira.config import Settings
-from sira.errors import InvalidInput, ServiceUnavailable
-from sira.files import InputFiles, find_files, read_sample
+from sira.errors import InvalidInput, ServiceUnavailable, SiraError
+from sira.files import InputFiles, find_files
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class Source:
     parts: list[dict[str, Any]]  # units of reading, in output order: a row group, a CSV file, a day of events
     read: Callable[[dict[str, np.ndarray]], Iterator[pa.Table]]  # a batch of parts -> their rows, in order
     read_by_scorer: bool  # the scoring actors read the parts (files); else read tasks do (events)
+    passthrough_schema: pa.Schema | None = None  # the passthrough columns' types across every input file
 
 
 def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], role: str) -> str | None:
@@ -201,27 +202,62 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
     the input's row groups rather than stay bounded by the pipeline.
     """
     for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
-        if group >= 0:
+        try:
+            if group >= 0:
+                import pyarrow.parquet as pq
+
+                for record_batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, row_groups=[group]):
+                    yield pa.Table.from_batches([record_batch])
+            else:
+                import pyarrow.csv as pacsv
+
+                yield pacsv.read_csv(path)
+        except (pa.ArrowInvalid, OSError) as exc:  # a file damaged beyond its footer or first block
+            raise InvalidInput(f"{path}: cannot read: {' '.join(str(exc).split())[:300]}", code="invalid_input",
+                               details={"file": str(path)}) from None
+
+
+def _file_schema(path: Path, file_format: str) -> pa.Schema:
+    """A file's columns and types, read from its footer (Parquet) or its first block (CSV)."""
+    try:
+        if file_format == "parquet":
             import pyarrow.parquet as pq
 
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, row_groups=[group]):
-                yield pa.Table.from_batches([record_batch])
-        else:
-            import pyarrow.csv as pacsv
+            return pq.read_schema(path)
+        import pyarrow.csv as pacsv
 
-            yield pacsv.read_csv(path)
+        return pacsv.open_csv(path).schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InvalidInput(f"{path}: cannot read as {file_format}: {reason}", code="invalid_input",
+                           details={"file": str(path)}) from None
 
 
-def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) -> Source:
-    """A Parquet or CSV table that carries the model's features as columns."""
+def _numeric(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+            or pa.types.is_decimal(t))
+
+
+def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: BatchRequest) -> Source:
+    """A Parquet or CSV table that carries the model's features as columns; every file is checked before
+    any scoring starts (readable, the features present and numeric where the model wants numbers, the
+    columns that travel to the output of one type across files)."""
     if files.format == "json":
         raise InvalidInput("batch scoring reads Parquet or CSV files", code="unsupported_format")
-    sample = read_sample(files)
-    columns = sample.column_names
-    missing = [n for n in feature_names if n not in columns]
-    if missing:
-        raise InvalidInput(f"the input lacks features of the model: {', '.join(missing)}", code="missing_columns",
-                           details={"columns": missing})
+    schemas = [(p, _file_schema(p, files.format)) for p in files.paths]
+    feature_names = [f["name"] for f in feature_schema]
+    for path, schema in schemas:
+        missing = [n for n in feature_names if n not in schema.names]
+        if missing:
+            where = f" ({path.name})" if len(schemas) > 1 else ""
+            raise InvalidInput(f"the input lacks features of the model{where}: {', '.join(missing)}",
+                               code="missing_columns", details={"columns": missing, "file": str(path)})
+        for f in feature_schema:
+            kind, t = f.get("kind", "numeric"), schema.field(f["name"]).type
+            if kind != "categorical" and not _numeric(t):
+                raise InvalidInput(f"{path.name}: column {f['name']} must be numeric, not {t}", code="invalid_column",
+                                   details={"column": f["name"], "file": str(path)})
+    columns = schemas[0][1].names
     rows = None
     if files.format == "parquet":
         import pyarrow.parquet as pq
@@ -229,11 +265,10 @@ def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) 
         rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.paths)
         if rows == 0:
             raise InvalidInput(f"no rows in {', '.join(files.strings)}", code="empty_input")
-    elif sample.num_rows == 0:
-        raise InvalidInput(f"no rows in {files.paths[0]}", code="empty_input")
     key_columns = [c for c in (_pick(columns, req.id_col, ID_COLUMNS, "id"),
                                _pick(columns, req.time_col, TIME_COLUMNS, "time")) if c]
     passthrough = [c for c in columns if c not in OUTPUT_COLUMNS] if req.keep_columns else key_columns
+    passthrough_schema = _passthrough_schema(schemas, passthrough)
 
     # Our own reads, one part per row group (CSV: per file), rather than read_parquet: Ray 2.60's
     # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
@@ -246,7 +281,29 @@ def file_source(files: InputFiles, feature_names: list[str], req: BatchRequest) 
     else:
         parts = [{"path": str(p), "row_group": -1} for p in files.paths]
     return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,
-                  read_by_scorer=True)
+                  read_by_scorer=True, passthrough_schema=passthrough_schema)
+
+
+def _passthrough_schema(schemas: list[tuple[Path, pa.Schema]], passthrough: list[str]) -> pa.Schema:
+    """One type per output column across the files (an int and a float column make a float one; a
+    column empty in one file takes the others' type); a column that is text in one file and numbers in
+    another, or missing from one, is refused here rather than after most of the scoring."""
+    fields = []
+    for name in passthrough:
+        seen = []
+        for path, schema in schemas:
+            if name not in schema.names:
+                raise InvalidInput(f"{path.name}: column {name} is missing (the first file has it)",
+                                   code="missing_columns", details={"columns": [name], "file": str(path)})
+            seen.append((path, schema.field(name)))
+        try:
+            unified = pa.unify_schemas([pa.schema([f]) for _, f in seen], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            kinds = ", ".join(f"{f.type} in {path.name}" for path, f in seen[:4])
+            raise InvalidInput(f"column {name} has different types across the files ({kinds}); make them agree",
+                               code="invalid_column", details={"column": name}) from None
+        fields.append(unified.field(name))
+    return pa.schema(fields)
 
 
 EVENT_COLUMNS = ("event_id", "occurred_at", "country", "channel")
@@ -353,13 +410,19 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
     return scored.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 
-def in_row_groups(batches: Any, rows: int = ROW_GROUP) -> Iterator[pa.Table]:
+def in_row_groups(batches: Any, rows: int = ROW_GROUP, passthrough: pa.Schema | None = None) -> Iterator[pa.Table]:
     """The stream of Arrow tables re-cut into tables of exactly ``rows`` rows (the last one shorter), all
-    in the first table's schema: a file's row groups do not depend on how the blocks were cut."""
+    in the first table's schema (``passthrough``: those columns' types across every input file first):
+    a file's row groups do not depend on how the blocks were cut."""
     pending: list[pa.Table] = []
     held = 0
     schema = None
     for batch in batches:
+        if passthrough is not None:
+            for field in passthrough:
+                at = batch.schema.get_field_index(field.name)
+                if at >= 0 and batch.schema.field(at).type != field.type:
+                    batch = batch.set_column(at, field, batch.column(at).cast(field.type))
         if schema is None:
             schema = batch.schema
         elif batch.schema != schema:
@@ -375,7 +438,8 @@ def in_row_groups(batches: Any, rows: int = ROW_GROUP) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None]) -> str:
+def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None],
+                     passthrough: pa.Schema | None = None) -> str:
     """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary
     name, then rename; returns its sha256. ``on_batch`` sees each row group once written."""
     import hashlib
@@ -386,7 +450,7 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     writer = None
     try:
-        for batch in in_row_groups(batches):
+        for batch in in_row_groups(batches, passthrough=passthrough):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
             writer.write_table(batch, row_group_size=ROW_GROUP)
@@ -411,6 +475,22 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
         tmp.unlink(missing_ok=True)
 
 
+def _sira_cause(exc: BaseException) -> SiraError | None:
+    """The SIRA error (bad input found while reading) inside an exception a Ray worker raised, if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)  # a RayTaskError (itself an instance of its cause's class)
+        if isinstance(current, SiraError) and not isinstance(inner, BaseException):
+            return current
+        stack += [current.__context__, current.__cause__, inner]  # popped last first: the cause first
+    return None
+
+
 async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[str, Any], Source]:
     """The version to score with and the input, checked before any Ray work starts."""
     if (req.data is None) == (req.time_from is None and req.time_to is None):
@@ -423,9 +503,9 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
         async with pool.acquire() as conn:
             row = await registry.version_in_use(conn, req.model, req.version)
             version = registry.loadable(row)
-            names = [f["name"] for f in row["feature_schema"]]
             if req.data is not None:
-                return version, file_source(find_files(req.data), names, req)
+                files = find_files(req.data, exclude=req.out)  # a re-run writing into its input folder
+                return version, file_source(files, list(row["feature_schema"]), req)
             if not row["feature_set"]:
                 raise InvalidInput(f"{req.model} was trained on a table of its own; score a table with --data",
                                    code="invalid_input")
@@ -472,12 +552,17 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
         batches = scored_batches(version, source, explain=req.explain, batch_size=req.batch_size,
                                  max_actors=req.max_actors, wait_for_cpus_s=req.wait_for_cpus_s)
         try:
-            return write_atomically(batches, req.out, count)
+            return write_atomically(batches, req.out, count, source.passthrough_schema)
         except ray.exceptions.GetTimeoutError:
             raise ServiceUnavailable(
                 f"no CPU free for a scoring actor after {req.wait_for_cpus_s:.0f} s (the cluster has "
                 f"{ray.cluster_resources().get('CPU', 0):g} CPUs; Serve replicas or other jobs hold them): "
                 "free some, add a node or try later") from None
+        except Exception as exc:
+            cause = _sira_cause(exc)  # raised in a scoring actor: Ray wraps it
+            if cause is None:
+                raise
+            raise cause from None
 
     digest = await asyncio.to_thread(run)
     seconds = time.perf_counter() - started

@@ -182,8 +182,8 @@ async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tupl
             newest = await conn.fetchval("SELECT max(occurred_at) FROM sira_events")
         else:
             newest = await conn.fetchval(
-                "SELECT max(scored_at) FROM sira_predictions WHERE model_name = $1 AND version = $2 "
-                "AND role = 'production'", version["model_name"], version["version"])
+                "SELECT max(scored_at) FROM sira_predictions WHERE model_name = $1 AND version = $2 AND role = $3",
+                version["model_name"], version["version"], served_as(version))
         if newest is None:
             raise InvalidInput(f"no {req.source} to compare with the reference", code="empty_input")
         hi = req.time_to or newest + timedelta(microseconds=1)
@@ -191,6 +191,11 @@ async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tupl
     if hi <= lo:
         raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
     return lo, hi
+
+
+def served_as(version: dict[str, Any]) -> str:
+    """The role of a version's stored predictions: a staging version scores in the shadow of production."""
+    return "shadow" if version.get("status") == "staging" else "production"
 
 
 def _events_window(settings: Settings, version: dict[str, Any], fs: Any, label_name: str, lo: datetime,
@@ -214,8 +219,8 @@ async def _predictions_window(conn: Any, settings: Settings, version: dict[str, 
 
     rows = await conn.fetch(
         """SELECT features, score FROM sira_predictions
-            WHERE model_name = $1 AND version = $2 AND role = 'production' AND scored_at >= $3 AND scored_at < $4
-            ORDER BY scored_at, prediction_id""", version["model_name"], version["version"], lo, hi)
+            WHERE model_name = $1 AND version = $2 AND role = $5 AND scored_at >= $3 AND scored_at < $4
+            ORDER BY scored_at, prediction_id""", version["model_name"], version["version"], lo, hi, served_as(version))
     runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)
     return runtime.matrix([r["features"] for r in rows]), np.array([r["score"] for r in rows], dtype=np.float64)
 

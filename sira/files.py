@@ -28,15 +28,19 @@ class InputFiles:
         return [str(p) for p in self.paths]
 
 
-def find_files(paths: list[Path]) -> InputFiles:
-    """The data files named (folders expanded); all of one format, at least one."""
+def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
+    """The data files named (folders expanded, leaving out hidden and ``_``-prefixed files and folders
+    such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one
+    format, at least one."""
     found: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if not path.exists():
             raise NotFound(f"file not found: {path}", details={"path": str(path)})
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS
-                            and not p.name.startswith((".", "_")))
+                            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+                            and p.resolve() != skip)
         else:
             if path.suffix.lower() not in FORMATS:
                 raise InvalidInput(f"{path}: unsupported file type {path.suffix or '(none)'}; use .parquet, .csv or .jsonl")

@@ -170,7 +170,20 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
     lacking = tmp_path / "lacking.parquet"
     pq.write_table(pq.read_table(scored_events).select(["event_id", "amount"]).slice(0, 5), lacking)
     out = str(tmp_path / "o.parquet")
+    # folders whose later file is what is wrong: found before any scoring starts
+    features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version"]).slice(0, 20)
+    damaged, short, mixed = (tmp_path / name for name in ("damaged", "short", "mixed"))
+    for folder in (damaged, short, mixed):
+        folder.mkdir()
+        pq.write_table(features, folder / "a.parquet")
+    (damaged / "b.parquet").write_bytes(b"")
+    pq.write_table(features.drop_columns(["customer_count_1d"]), short / "b.parquet")
+    pq.write_table(features.set_column(features.schema.get_field_index("event_id"), "event_id",
+                                       pa.array(range(20), pa.int64())), mixed / "b.parquet")
     cases = [
+        (["--model", "fraud", "--data", str(damaged), "--out", out], "invalid_input", "b.parquet: cannot read"),
+        (["--model", "fraud", "--data", str(short), "--out", out], "missing_columns", "(b.parquet): customer_count_1d"),
+        (["--model", "fraud", "--data", str(mixed), "--out", out], "invalid_column", "column event_id has different"),
         (["--model", "nope", "--data", str(empty), "--out", out], "not_found", "nope"),
         (["--model", "fraud", "--version", "99", "--data", str(empty), "--out", out], "not_found", "no version 99"),
         (["--model", "fraud", "--data", str(empty), "--out", out], "empty_input", "no rows"),
@@ -187,6 +200,31 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
         assert done.stderr.count("\n") == 1, done.stderr
     denied = _cli(fraud_model, "--model", "fraud", "--data", str(lacking), "--out", out, role="viewer")
     assert denied.returncode == 2 and denied.stderr.startswith("error: forbidden:")
+
+
+def test_csv_files_whose_columns_type_differently_still_make_one_file(fraud_model, history, tmp_path):
+    """A kept column empty in one file and text in the next, an id of digits then of letters: CSV types are
+    inferred per file; the output takes one type per column. A header-only file scores nothing. The output
+    written into the input folder is not read back as input by a re-run."""
+    import pyarrow.csv as pacsv
+
+    _, _, _, scored_events = history
+    features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version", "occurred_at"])
+    n = features.num_rows // 2
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    first = features.slice(0, n).append_column("note", pa.nulls(n, pa.string()))
+    later = features.slice(n).append_column("note", pa.array(["late"] * (features.num_rows - n)))
+    pacsv.write_csv(first.slice(0, 0), folder / "0-header-only.csv")
+    pacsv.write_csv(first, folder / "a.csv")
+    pacsv.write_csv(later, folder / "b.csv")
+    out = folder / "scored.parquet"
+    first_run = score(fraud_model, out=out, data=[folder], keep_columns=True)
+    table = pq.read_table(out)
+    assert table.num_rows == features.num_rows and table.schema.field("note").type == pa.string()
+    assert table.column("note").to_pylist()[-1] == "late"
+    again = score(fraud_model, out=out, data=[folder], keep_columns=True)  # scored.parquet is not an input
+    assert again["rows"] == first_run["rows"] and again["sha256"] == first_run["sha256"]
 
 
 def test_a_model_without_production_is_refused(fraud_model, tmp_path):

@@ -77,3 +77,10 @@ def test_the_reference_sample_is_reproducible(synthetic_matrix):
     assert reference_sample(train, scores, 3) == reference_sample(train, scores, 3)
     array = np.load(io.BytesIO(reference_sample(train, scores, 3)), allow_pickle=False)
     assert array.shape == (5_000, 4) and np.all(np.diff(array[:, -1]) > 0)  # rows kept in training order
+
+
+def test_a_staging_versions_predictions_are_its_shadow_scores():
+    from sira.drift import served_as
+
+    assert served_as({"status": "staging"}) == "shadow"
+    assert served_as({"status": "production"}) == served_as({"status": "archived"}) == "production"
