@@ -756,7 +756,15 @@ class ScoringService:
                 return {**earlier, "replayed": True}
             pending = self._inflight.get(key)
             if pending is not None:
-                return {**(await asyncio.shield(pending)), "replayed": True}
+                try:
+                    return {**(await asyncio.shield(pending)), "replayed": True}
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not pending.cancelled() or (task is not None and task.cancelling()):
+                        raise  # this caller's own cancellation
+                    # the first caller went away before its answer: answer this one (from the cache
+                    # when that answer was given meanwhile)
+                    return await self.score(item)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -765,12 +773,16 @@ class ScoringService:
                 raise result
             future.set_result(result)
             return result
+        except asyncio.CancelledError:
+            future.cancel()  # a waiter with the same request id sees this, not a cancellation of its own
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
         finally:
-            self._inflight.pop(key, None)
+            if self._inflight.get(key) is future:
+                self._inflight.pop(key, None)
 
     # -- the batch ---------------------------------------------------------------------
 
@@ -1231,9 +1243,9 @@ class LookupConnection(asyncpg.Connection):  # type: ignore[misc]
 
     asyncpg resets a released connection with ``SELECT pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL`` (~0.3 ms, inside the request: measured 0.59 vs 0.29 ms per
-    acquire + ``SELECT 1`` + release). This pool only runs single-statement lookups: no
-    session state, cursor, advisory lock or LISTEN to undo (the registry listener has a
-    connection of its own). An open transaction is still rolled back and listener callbacks
+    acquire + ``SELECT 1`` + release). This pool runs lookups and the feedback route's one
+    transaction: no session state, cursor, advisory lock or LISTEN to undo (the registry
+    listener has a connection of its own). An open transaction is still rolled back and listener callbacks
     dropped: asyncpg does that whatever this returns.
     """
 
@@ -1375,6 +1387,17 @@ def answer_from_row(row: Any) -> dict[str, Any]:
 # -- HTTP ----------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _connection(service: ScoringService) -> Any:
+    """A connection of the service's pool for a route; Postgres away is a 503, not a 500."""
+    try:
+        async with service.pool.acquire(timeout=5) as conn:
+            yield conn
+    except DB_ERRORS as exc:
+        raise ServiceUnavailable(f"the database is unavailable ({type(exc).__name__})",
+                                 code="database_unavailable") from None
+
+
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
@@ -1415,7 +1438,7 @@ def scoring_router() -> Any:
     async def get_prediction(prediction_id: uuid.UUID, request: Request,
                              who: Identity = require("predictions.read")) -> Any:
         service = service_of(request)
-        async with service.pool.acquire(timeout=5) as conn:
+        async with _connection(service) as conn:
             row = await conn.fetchrow(
                 """SELECT prediction_id, request_id, model_name, version, role, event_id, features, score, decision,
                           reasons, flags, degraded, latency_ms, scored_at
@@ -1441,21 +1464,24 @@ def scoring_router() -> Any:
         from sira.feedback import record_labels
 
         service = service_of(request)
-        async with service.pool.acquire(timeout=5) as conn:
-            event_id = body.event_id and service.redactor.scrub_value(body.event_id)
-            if body.prediction_id is not None:
-                lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
+        event_id = body.event_id and service.redactor.scrub_value(body.event_id)
+        if body.prediction_id is not None:
+            lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
+            async with _connection(service) as conn:
                 stored = await conn.fetchval(lookup, body.prediction_id)
-                if stored is None and await service.flush_quietly():
-                    # answered moments ago and still in this replica's spool (group commit): store it now
+            # answered moments ago and still in this replica's spool (group commit): store it now, holding
+            # no connection of the scoring pool meanwhile
+            if stored is None and service.spool.pending and await service.flush_quietly():
+                async with _connection(service) as conn:
                     stored = await conn.fetchval(lookup, body.prediction_id)
-                if stored is None:
-                    raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
-                                   details={"field": "prediction_id"})
-                if event_id is not None and event_id != stored:
-                    raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
-                                       details={"field": "event_id"})
-                event_id = stored
+            if stored is None:
+                raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
+                               details={"field": "prediction_id"})
+            if event_id is not None and event_id != stored:
+                raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
+                                   details={"field": "event_id"})
+            event_id = stored
+        async with _connection(service) as conn:
             if body.known_at is None:  # a resent label keeps the time it first became known
                 same = await conn.fetchval(
                     "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",

@@ -58,6 +58,13 @@ class Segment:
         os.close(self.fd)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # flushed and removed by another process meanwhile
+        return 0.0
+
+
 class Spool:
     """Append-only segments in ``directory``; see the module docstring."""
 
@@ -74,10 +81,14 @@ class Spool:
         self._current = self._new_segment()
 
     def _new_segment(self) -> Segment:
+        """A new segment, locked before it bears the spool's suffix: another replica's scan for segments
+        of dead processes never sees it unlocked (it would adopt it, and this lock would fail)."""
         self._seq += 1
         path = self.directory / f"{self.owner}-{self._seq:08d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        making = path.with_name(path.name + ".new")
+        fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(making, path)
         return Segment(path, fd)
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
@@ -100,8 +111,9 @@ class Spool:
             try:
                 os.ftruncate(self._current.fd, size)
             except OSError:
+                fresh = self._new_segment()
                 self._closed.append(self._current)  # its torn last line is skipped when read
-                self._current = self._new_segment()
+                self._current = fresh
             raise
         count = data.count(b"\n")
         self._current.records += count
@@ -115,13 +127,14 @@ class Spool:
     def rotate(self) -> None:
         """Close the current segment (if it holds records) for flushing; new records go to a new one."""
         if self._current is not None and self._current.records:
+            fresh = self._new_segment()  # first: if it fails, nothing has moved
             self._closed.append(self._current)
-            self._current = self._new_segment()
+            self._current = fresh
 
     def claim(self) -> list[Segment]:
         """Closed segments to flush, oldest first: this process's, then any left by dead processes."""
         mine = {s.path for s in self._closed} | ({self._current.path} if self._current else set())
-        for path in sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime if p.exists() else 0):
+        for path in sorted(self.directory.glob(f"*{SUFFIX}"), key=_mtime):
             if path in mine:
                 continue
             try:

@@ -196,6 +196,34 @@ def test_an_identity_is_used_stale_only_within_the_grace():
     assert cache.get("k", stale_for=900) == "who" and cache.get("k", stale_for=30) is None
 
 
+async def test_a_waiting_duplicate_is_answered_when_the_first_caller_goes_away(served, fraud_model):
+    """Two calls with one request id: the first one's client disconnects mid-scoring; the second still
+    gets an answer (its own client is there), not the first one's cancellation."""
+    from sira.serving import ScoreRequest
+
+    _client, service = served
+    real, calls = service._batched, []
+
+    async def slow(item):
+        calls.append(item.request_id)
+        await asyncio.sleep(0.3)
+        return {"prediction_id": "p", "request_id": item.request_id, "score": 0.1}
+
+    body = ScoreRequest.model_validate({"model": "fraud", "request_id": f"gone-{uuid.uuid4()}",
+                                        "event": event(fraud_model, 11), "record": False})
+    service._batched = slow
+    try:
+        first = asyncio.ensure_future(service.score(service.prepare("fraud", body, 0.0)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(service.score(service.prepare("fraud", body, 0.0)))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        answer = await asyncio.wait_for(second, 5)
+    finally:
+        service._batched = real
+    assert first.cancelled() and answer["request_id"] == body.request_id and len(calls) == 2
+
+
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
     client, service = served
     base = event(fraud_model, 4)

@@ -105,3 +105,29 @@ def test_a_failed_write_leaves_no_partial_line_to_swallow_the_next_batch(tmp_pat
     spool.rotate()
     assert [r["n"] for s in spool.claim() for r in s.read()] == [1, 3]
     spool.close()
+
+
+def test_a_rotation_that_fails_moves_nothing_and_the_next_one_flushes_each_record_once(tmp_path, monkeypatch):
+    import pytest
+
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.append([{"n": 1}])
+    real = spool._new_segment
+
+    def fails_once():
+        monkeypatch.setattr(spool, "_new_segment", real)
+        raise BlockingIOError("locked by another process")
+
+    monkeypatch.setattr(spool, "_new_segment", fails_once)
+    with pytest.raises(BlockingIOError):
+        spool.rotate()
+    spool.append([{"n": 2}])
+    spool.rotate()
+    segments = spool.claim()
+    assert [r["n"] for s in segments for r in s.read()] == [1, 2]
+    for segment in segments:
+        spool.done(segment)
+    spool.rotate()
+    assert spool.claim() == [] and not list(tmp_path.glob("*.new"))
+    spool.close()
