@@ -117,7 +117,8 @@ async def record_labels(
                ON CONFLICT (event_id, label_name, source) DO UPDATE
                   SET label = EXCLUDED.label, known_at = EXCLUDED.known_at,
                       occurred_at = coalesce(EXCLUDED.occurred_at, sira_feedback.occurred_at),
-                      prediction_id = coalesce(EXCLUDED.prediction_id, sira_feedback.prediction_id)
+                      prediction_id = coalesce(EXCLUDED.prediction_id, sira_feedback.prediction_id),
+                      updated_by = EXCLUDED.created_by, updated_at = now()
                 WHERE (sira_feedback.label, sira_feedback.known_at) IS DISTINCT FROM (EXCLUDED.label, EXCLUDED.known_at)
                RETURNING (xmax = 0) AS inserted""",
             [g.event_id for g in good.values()], [g.label_name for g in good.values()],

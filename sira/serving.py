@@ -58,7 +58,7 @@ from sira import db, feature_store
 from sira.api import ErrorResponse, require
 from sira.auth import Identity
 from sira.config import Settings
-from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied, ServiceUnavailable
 from sira.events import EventIn, Rejection, event_row, storage_problem
 from sira.features import ENTITY_COLUMNS, EntityFeatures, FeatureSet, History, get_feature_set, parse_duration
 from sira.scoring import ModelRuntime, event_vectors
@@ -1464,6 +1464,13 @@ def scoring_router() -> Any:
         from sira.feedback import record_labels
 
         service = service_of(request)
+        source = body.source
+        if not who.roles & {"service", "admin"}:
+            # a person's label is theirs: it never overwrites a system's (chargebacks, ...)
+            if "source" in body.model_fields_set and body.source != f"analyst:{who.name}":
+                raise PermissionDenied("only service keys name the source of a label; an analyst's labels are "
+                                       f"recorded as analyst:{who.name}", details={"field": "source"})
+            source = f"analyst:{who.name}"[:100]
         event_id = body.event_id and service.redactor.scrub_value(body.event_id)
         if body.prediction_id is not None:
             lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
@@ -1485,16 +1492,16 @@ def scoring_router() -> Any:
             if body.known_at is None:  # a resent label keeps the time it first became known
                 same = await conn.fetchval(
                     "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
-                    event_id, body.label_name, body.source, body.label)
+                    event_id, body.label_name, source, body.label)
                 if same:
                     return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                                   "status": "unchanged"})
             async with conn.transaction():
                 summary = await record_labels(
                     conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
-                            "known_at": body.known_at or datetime.now(timezone.utc), "source": body.source,
+                            "known_at": body.known_at or datetime.now(timezone.utc), "source": source,
                             "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
-                    redactor=service.redactor, source=body.source, created_by=who.name)
+                    redactor=service.redactor, source=source, created_by=who.name)
         if summary.rejected:
             raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
         status = "recorded" if summary.inserted else "updated" if summary.updated else "unchanged"

@@ -37,6 +37,17 @@ async def enqueue(conn: asyncpg.Connection, event: str, payload: dict[str, Any])
                        {"event": event, **payload})
 
 
+def receiver_id(url: str) -> str:
+    """How a receiver is named in the outbox: scheme, host and a digest of the whole URL. Incoming-webhook
+    URLs are credentials themselves (a token in the path, ``user:pass@``): never stored."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}#{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
@@ -74,7 +85,8 @@ async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) ->
                 body = json.dumps(row["payload"], sort_keys=True, separators=(",", ":")).encode("utf-8")
                 delivered, errors = list(row["delivered_to"]), []
                 for url in urls:
-                    if url in delivered:
+                    target = receiver_id(url)
+                    if target in delivered or url in delivered:  # (rows written before ids: full URLs)
                         continue
                     timestamp = str(int(time.time()))
                     headers = {"Content-Type": "application/json", "X-SIRA-Event": row["event"],
@@ -83,11 +95,11 @@ async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) ->
                     try:
                         response = await client.post(url, content=body, headers=headers)
                         if 200 <= response.status_code < 300:
-                            delivered.append(url)
+                            delivered.append(target)
                         else:
-                            errors.append(f"{url}: HTTP {response.status_code}")
+                            errors.append(f"{target}: HTTP {response.status_code}")
                     except httpx.HTTPError as exc:
-                        errors.append(f"{url}: {type(exc).__name__}")
+                        errors.append(f"{target}: {type(exc).__name__}")
                 attempts = row["attempts"] + 1
                 if not errors:
                     status, counts["delivered"] = "delivered", counts["delivered"] + 1

@@ -252,12 +252,27 @@ async def test_feedback_is_recorded_idempotently(served, fraud_model):
     await service.flush()
     body = {"prediction_id": answer["prediction_id"], "label": True, "source": "chargeback"}
     r1 = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "service"))
-    r2 = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "analyst"))
+    r2 = await client.post("/v1/feedback", json=body, headers=auth(fraud_model, "service"))
     assert r1.status_code == 200 and r1.json()["status"] == "recorded"
     assert r2.status_code == 200 and r2.json()["status"] == "unchanged"
     rows = await service.pool.fetch("SELECT label, prediction_id FROM sira_feedback WHERE event_id = $1",
                                     answer["event_id"])
     assert len(rows) == 1 and rows[0]["label"] and str(rows[0]["prediction_id"]) == answer["prediction_id"]
+    # an analyst cannot speak for the chargeback system: their review is a label of their own
+    r = await client.post("/v1/feedback", json={**body, "label": False}, headers=auth(fraud_model, "analyst"))
+    assert r.status_code == 403 and r.json()["error"]["details"]["field"] == "source"
+    r = await client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": False},
+                          headers=auth(fraud_model, "analyst"))
+    assert r.status_code == 200 and r.json()["status"] == "recorded"
+    rows = {r["source"]: r for r in await service.pool.fetch(
+        "SELECT source, label, created_by, updated_by FROM sira_feedback WHERE event_id = $1", answer["event_id"])}
+    assert rows["chargeback"]["label"] is True and rows["analyst:t-analyst"]["label"] is False
+    # a system correcting its own label: the row names who changed it last
+    r = await client.post("/v1/feedback", json={**body, "label": False}, headers=auth(fraud_model, "service"))
+    assert r.json()["status"] == "updated"
+    changed = await service.pool.fetchrow("SELECT label, created_by, updated_by FROM sira_feedback "
+                                          "WHERE event_id = $1 AND source = 'chargeback'", answer["event_id"])
+    assert changed["label"] is False and changed["updated_by"] == "t-service"
     r = await client.post("/v1/feedback", json={"prediction_id": str(uuid.uuid4()), "label": True},
                           headers=auth(fraud_model, "service"))
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_prediction"

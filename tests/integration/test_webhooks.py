@@ -85,11 +85,14 @@ async def test_failed_deliveries_are_retried_with_backoff_then_given_up(clean_db
     row = await clean_db.fetchrow("SELECT attempts, status, last_error, next_attempt_at - now() AS wait"
                                   " FROM sira_webhook_outbox")
     assert row["attempts"] == 1 and row["status"] == "pending" and "HTTP 503" in row["last_error"]
+    assert receiver.url not in row["last_error"]  # a receiver URL can be a credential: never stored
     assert row["wait"].total_seconds() > 1  # backoff: not due yet
     assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 0, "retried": 0, "failed": 0}
     await clean_db.execute("UPDATE sira_webhook_outbox SET next_attempt_at = now()")
     assert (await webhooks.deliver_due(clean_db, hooked))["delivered"] == 1
     assert len(receiver.received) == 1
+    stored = await clean_db.fetchval("SELECT delivered_to FROM sira_webhook_outbox")
+    assert stored == [webhooks.receiver_id(receiver.url)] and receiver.url not in str(stored)
 
     await run(clean_db, decide, ANN, "fraud", 1, "approve")
     receiver.fail_next = 10
@@ -104,3 +107,8 @@ def test_backoff_grows_and_is_capped():
     assert webhooks.backoff_seconds(40) == 3600
 
 
+
+
+def test_a_receiver_is_named_without_its_credentials():
+    rid = webhooks.receiver_id("https://user:pw@hooks.example.com:8443/services/T000/B000/XXXXsecret")
+    assert rid.startswith("https://hooks.example.com:8443#") and "secret" not in rid and "pw" not in rid
