@@ -101,10 +101,14 @@ def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, 
             labelled.append((r["occurred_at"], y, r["score"], r["country"], r["channel"]))
     out = []
     step = timedelta(days=window_days)
-    start = lo
+    by_window: dict[int, list[tuple]] = {}  # each row into its window once (not once per window)
+    for x in labelled:
+        if lo <= x[0] < hi:
+            by_window.setdefault((x[0] - lo) // step, []).append(x)
+    start, index = lo, 0
     while start < hi:
         end = min(start + step, hi)
-        part = [x for x in labelled if start <= x[0] < end]
+        part, index = by_window.get(index, []), index + 1
         if not part:  # nothing scored (or nothing mature) in this window: no row rather than an empty one
             start = end
             continue

@@ -37,3 +37,15 @@ def test_only_windows_whose_labels_have_matured_can_be_flagged():
     assert all(r["provisional"] and r["metrics"]["provisional"] and not r["flagged"] for r in provisional)
     assert any(r["average_precision"] is not None and r["average_precision"] < 0.7 for r in provisional)
     assert not any(r["flagged"] for r in result if r["provisional"])
+
+
+def test_each_row_lands_in_the_window_of_its_time_boundaries_included():
+    lo = CUTOFF - timedelta(days=90)
+    edge = [{"occurred_at": lo + timedelta(days=7 * k) + delta, "score": 0.5, "positive_known_at": lo,
+             "negative_known": False, "country": "SN", "channel": "pos"}
+            for k in range(3) for delta in (timedelta(0), timedelta(days=7) - timedelta(microseconds=1))]
+    result = evaluate_windows(edge, lo=lo, hi=lo + timedelta(days=21), window_days=7, cutoff=CUTOFF,
+                              maturity_days=30, thresholds={"review": 0.5, "block": 0.9}, train_ap=None,
+                              margin=0.1, min_segment_size=1)
+    overall = [r for r in result if r["segment"] == "all"]
+    assert [(r["window_start"], r["n"]) for r in overall] == [(lo + timedelta(days=7 * k), 2) for k in range(3)]
