@@ -193,6 +193,9 @@ async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tupl
     return lo, hi
 
 
+PREDICTION_CHUNK_ROWS = 50_000  # stored predictions read per round trip, as a float matrix at once
+
+
 def served_as(version: dict[str, Any]) -> str:
     """The role of a version's stored predictions: a staging version scores in the shadow of production."""
     return "shadow" if version.get("status") == "staging" else "production"
@@ -217,12 +220,20 @@ async def _predictions_window(conn: Any, settings: Settings, version: dict[str, 
 
     from sira.scoring import ModelRuntime
 
-    rows = await conn.fetch(
-        """SELECT features, score FROM sira_predictions
-            WHERE model_name = $1 AND version = $2 AND role = $5 AND scored_at >= $3 AND scored_at < $4
-            ORDER BY scored_at, prediction_id""", version["model_name"], version["version"], lo, hi, served_as(version))
     runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)
-    return runtime.matrix([r["features"] for r in rows]), np.array([r["score"] for r in rows], dtype=np.float64)
+    blocks, scores = [], []
+    async with conn.transaction():  # a server-side cursor: a week of production never sits in memory as records
+        cursor = await conn.cursor(
+            """SELECT features, score FROM sira_predictions
+                WHERE model_name = $1 AND version = $2 AND role = $5 AND scored_at >= $3 AND scored_at < $4
+                ORDER BY scored_at, prediction_id""", version["model_name"], version["version"], lo, hi,
+            served_as(version))
+        while chunk := await cursor.fetch(PREDICTION_CHUNK_ROWS):
+            blocks.append(runtime.matrix([r["features"] for r in chunk]))  # each chunk's records freed after
+            scores.append(np.array([r["score"] for r in chunk], dtype=np.float64))
+    if not blocks:
+        return np.empty((0, len(runtime.schema))), np.empty(0)
+    return np.vstack(blocks), np.concatenate(scores)
 
 
 # -- the job --------------------------------------------------------------------------------------

@@ -76,10 +76,16 @@ def test_drift_of_recent_events_is_stored_with_the_job_and_a_verdict(fraud_model
     assert dataset["severity"] == result["verdict"] and dataset["span"] == timedelta(days=7)
 
 
-def test_drift_of_served_predictions_reads_what_production_answered(fraud_model, served):
+def test_drift_of_served_predictions_reads_what_production_answered(fraud_model, served, monkeypatch):
+    import sira.drift
+
+    monkeypatch.setattr(sira.drift, "PREDICTION_CHUNK_ROWS", 97)  # read in many chunks: all rows, in order
     request = DriftRequest(model="fraud", source="predictions", days=3650)
     result = asyncio.run(run_drift(fraud_model.settings, request))
     assert result["n_current"] >= served["rows"]  # production's rows only, not the shadow's
+    (stored,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT count(*) AS n FROM sira_predictions WHERE role = "
+                                                    "'production' AND version = $1", fraud_model.version))[0].values()
+    assert result["n_current"] == stored
     score = next(r for r in result["features"] if r["feature"] == SCORE)
     assert score["n_current"] == result["n_current"]
 
