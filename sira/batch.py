@@ -253,7 +253,7 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
             raise InvalidInput(f"the input lacks features of the model{where}: {', '.join(missing)}",
                                code="missing_columns", details={"columns": missing, "file": str(path)})
         for f in feature_schema:
-            kind, t = f.get("kind", "numeric"), schema.field(f["name"]).type
+            kind, t = f.get("type", "numeric"), schema.field(f["name"]).type  # FeatureSpec.to_dict's keys
             if kind != "categorical" and not _numeric(t):
                 raise InvalidInput(f"{path.name}: column {f['name']} must be numeric, not {t}", code="invalid_column",
                                    details={"column": f["name"], "file": str(path)})

@@ -134,3 +134,23 @@ def test_a_scored_batch_carries_the_runtimes_decisions_scores_and_version(synthe
     assert set(out.column("decision").to_pylist()) == ({"approve", "review", "block"} if review <= block
                                                        else {"approve", "block"})
     assert out.column("version").to_pylist() == [7] * n and out.column("event_id").to_pylist()[:2] == ["e0", "e1"]
+
+
+def test_file_checks_follow_the_feature_schema_kinds(tmp_path):
+    """A categorical feature may be text; a numeric one may not (FeatureSpec.to_dict's "type" key)."""
+    from sira.batch import BatchRequest, file_source
+    from sira.files import find_files
+
+    schema = [{"name": "amount", "type": "numeric"}, {"name": "channel", "type": "categorical",
+                                                      "categories": ["pos", "ecom"]}]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for folder in (good, bad):
+        folder.mkdir()
+    pacsv.write_csv(pa.table({"id": ["a"], "amount": [1.0], "channel": ["pos"]}), good / "a.csv")
+    pacsv.write_csv(pa.table({"id": ["b"], "amount": ["lots"], "channel": ["pos"]}), bad / "b.csv")
+    req = BatchRequest(model="m", out=tmp_path / "o.parquet")
+    source = file_source(find_files([good]), schema, req)
+    assert source.passthrough == ["id"] and source.passthrough_schema.field("id").type == pa.string()
+    with pytest.raises(InvalidInput, match="column amount must be numeric") as caught:
+        file_source(find_files([bad]), schema, req)
+    assert caught.value.code == "invalid_column"
