@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import math
 import os
@@ -841,6 +840,7 @@ class ScoringService:
             if out[n] is None:
                 by_runtime.setdefault(id(items[n].runtime), []).append(n)
         now = datetime.now(timezone.utc)
+        epoch = idempotency_epoch(self.config.idempotency_ttl_s)
         for members in by_runtime.values():
             runtime = items[members[0]].runtime
             X = runtime.matrix([vectors[n] for n in members])
@@ -856,7 +856,7 @@ class ScoringService:
             for j, n in enumerate(members):
                 item = items[n]
                 prediction_id = prediction_id_for(runtime.model_name, item.request_id, item.client_request_id,
-                                                  _subject(item))
+                                                  epoch)
                 event_id = item.event["event_id"] if item.event else None
                 latency = (time.perf_counter() - item.started) * 1000
                 answer = {
@@ -931,7 +931,8 @@ class ScoringService:
                 decisions = runtime.decide(scores)
                 for (item, vector, prod_decision, request_id), score, decision in zip(group, scores.tolist(), decisions):
                     answer = {"prediction_id": prediction_id_for(runtime.model_name, f"{request_id}:shadow:v{runtime.version}",
-                                                                 item.client_request_id, _subject(item)),
+                                                                 item.client_request_id,
+                                                                 idempotency_epoch(self.config.idempotency_ttl_s)),
                               "scored_at": now, "request_id": request_id,
                               "event_id": item.event["event_id"] if item.event else None, "score": float(score),
                               "decision": decision, "reasons": [], "reasons_deferred": True,
@@ -1322,21 +1323,19 @@ def recorder_actor() -> Any:
     return ray.remote(num_cpus=0, max_restarts=-1)(Recorder)
 
 
-def prediction_id_for(model: str, request_id: str, client_chosen: bool, subject: str = "") -> str:
-    """A client's request id, for the same event (``subject``: its id, or a digest of ready features),
-    always names the same prediction id: two replicas racing on a retry (before either answer is stored)
-    give the same answer, and the audit trail keeps one row. A request id a client reuses for another
-    event after the idempotency window names another prediction (stored, not taken for a replay)."""
+def prediction_id_for(model: str, request_id: str, client_chosen: bool, epoch: int = 0) -> str:
+    """A client's request id names the same prediction id within an idempotency window (``epoch``: which
+    one, :func:`idempotency_epoch`): two replicas racing on a retry (before either answer is stored) give
+    the same answer, and the audit trail keeps one row. A request id reused after the window names
+    another prediction (stored, not dropped as a duplicate of the old one)."""
     if not client_chosen:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_PREDICTION_IDS, f"{model}\x00{request_id}\x00{subject}"))
+    return str(uuid.uuid5(_PREDICTION_IDS, f"{model}\x00{request_id}\x00{epoch}"))
 
 
-def _subject(item: "Item") -> str:
-    """What a request scores: its event's id, or a digest of its ready features."""
-    if item.event is not None:
-        return str(item.event["event_id"])
-    return hashlib.sha256(orjson.dumps(item.features or {}, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def idempotency_epoch(ttl_s: float) -> int:
+    """The idempotency window a request falls in (wall clock: the same on every replica)."""
+    return int(time.time() // ttl_s)
 
 
 PREDICTION_COLUMNS = ("prediction_id", "scored_at", "request_id", "model_id", "model_name", "version", "role",

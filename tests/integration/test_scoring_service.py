@@ -224,17 +224,22 @@ async def test_a_waiting_duplicate_is_answered_when_the_first_caller_goes_away(s
     assert first.cancelled() and answer["request_id"] == body.request_id and len(calls) == 2
 
 
-async def test_a_request_id_reused_after_the_window_for_another_event_is_stored(served, fraud_model):
-    """Past the idempotency window a client's request id may come back for another event: that answer is
+async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_model, monkeypatch):
+    """Past the idempotency window a client's request id may come back (for another event): that answer is
     a prediction of its own (stored), not dropped as a duplicate of the old one."""
+    import sira.serving
+
     client, service = served
     request_id = f"reused-{uuid.uuid4()}"
     first = (await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
                                                "event": event(fraud_model, 12)})).json()
     await service.flush()
+    # three days later: the stored answer is older than the window, and the clock is in a later window
     await service.pool.execute("UPDATE sira_predictions SET scored_at = scored_at - interval '3 days' "
                                "WHERE request_id = $1", request_id)
     service.answers.clear()
+    later = sira.serving.idempotency_epoch(service.config.idempotency_ttl_s) + 3
+    monkeypatch.setattr(sira.serving, "idempotency_epoch", lambda _ttl: later)
     second = (await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
                                                 "event": event(fraud_model, 13)})).json()
     assert not second["replayed"] and second["prediction_id"] != first["prediction_id"]
@@ -242,6 +247,14 @@ async def test_a_request_id_reused_after_the_window_for_another_event_is_stored(
     stored = {str(r["prediction_id"]) for r in await service.pool.fetch(
         "SELECT prediction_id FROM sira_predictions WHERE request_id = $1 AND role = 'production'", request_id)}
     assert stored == {first["prediction_id"], second["prediction_id"]}
+
+
+def test_a_request_id_names_one_prediction_within_a_window():
+    from sira.serving import prediction_id_for
+
+    assert prediction_id_for("fraud", "r1", True, 7) == prediction_id_for("fraud", "r1", True, 7)
+    assert prediction_id_for("fraud", "r1", True, 7) != prediction_id_for("fraud", "r1", True, 8)
+    assert prediction_id_for("fraud", "r1", False, 7) != prediction_id_for("fraud", "r1", False, 7)
 
 
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):
