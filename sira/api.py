@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from sira import __version__, db, migrations
-from sira.config import Settings, get_settings
+from sira.config import MAX_VERSION, Settings, get_settings
 from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError, Unauthenticated
 from sira.features import FeatureSet, get_feature_set
 from sira.auth import Identity, JwtConfig, authenticate, authorize, identity_from_jwt, is_jwt
@@ -30,7 +30,6 @@ from sira.pii import Redactor
 
 log = logging.getLogger(__name__)
 
-MAX_VERSION = 2**31 - 1  # sira_model_versions.version is a PostgreSQL integer
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 

@@ -41,7 +41,7 @@ from sira import db, evaluation, registry
 from sira.audit import Actor
 from sira.config import Settings
 from sira.errors import InvalidInput, ServiceUnavailable, SiraError
-from sira.files import InputFiles, find_files
+from sira.files import InputFiles, find_files, is_numeric_type
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +233,6 @@ def _file_schema(path: Path, file_format: str) -> pa.Schema:
                            details={"file": str(path)}) from None
 
 
-def _numeric(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
-            or pa.types.is_decimal(t))
-
-
 def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: BatchRequest) -> Source:
     """A Parquet or CSV table that carries the model's features as columns; every file is checked before
     any scoring starts (readable, the features present and numeric where the model wants numbers, the
@@ -254,7 +249,7 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
                                code="missing_columns", details={"columns": missing, "file": str(path)})
         for f in feature_schema:
             kind, t = f.get("type", "numeric"), schema.field(f["name"]).type  # FeatureSpec.to_dict's keys
-            if kind != "categorical" and not _numeric(t):
+            if kind != "categorical" and not is_numeric_type(t):
                 raise InvalidInput(f"{path.name}: column {f['name']} must be numeric, not {t}", code="invalid_column",
                                    details={"column": f["name"], "file": str(path)})
     columns = schemas[0][1].names

@@ -26,7 +26,7 @@ from typer.exceptions import TyperException
 from rich.console import Console
 from rich.table import Table
 
-from sira.config import get_settings
+from sira.config import MAX_VERSION, get_settings
 from sira.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InvalidInput, NotFound, SiraError
 
 app = typer.Typer(
@@ -613,7 +613,7 @@ def _governed(action: Callable[..., Any], api_key: str | None, *args: Any, notif
 
 
 ModelOption = Annotated[str, typer.Option("--model", help="Model name.")]
-VersionOption = Annotated[int, typer.Option("--version", min=1, max=2**31 - 1, help="Version number.")]
+VersionOption = Annotated[int, typer.Option("--version", min=1, max=MAX_VERSION, help="Version number.")]
 CommentOption = Annotated[str | None, typer.Option("--comment", help="Why (stored with the decision).")]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why this version.")]
 
@@ -1006,7 +1006,7 @@ class _RowProgress:
 def score_cmd(
     model: ModelOption,
     out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically).")],
-    version: Annotated[int | None, typer.Option("--version", min=1, max=2**31 - 1, help="Version (default: production).")] = None,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     data: Annotated[list[Path] | None, typer.Option("--data", help="Parquet/CSV file or folder with the model's "
                                                     "features as columns.")] = None,
     time_from: DateOption("--from", "Score stored events from this time.") = None,
@@ -1072,7 +1072,7 @@ def _drift_table(result: dict[str, Any], limit: int | None = None) -> Table:
 @app.command("drift")
 def drift_cmd(
     model: ModelOption,
-    version: Annotated[int | None, typer.Option("--version", min=1, max=2**31 - 1, help="Version (default: production).")] = None,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
                                         "(what production served).")] = "events",
     days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data.")] = 7.0,
@@ -1116,7 +1116,7 @@ def _performance_table(result: dict[str, Any]) -> Table:
 @app.command("performance")
 def performance_cmd(
     model: ModelOption,
-    version: Annotated[int | None, typer.Option("--version", min=1, max=2**31 - 1, help="Only this version (default: all).")] = None,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
     days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction.")] = 28.0,
     time_from: DateOption("--from", "Start of the range (event time).") = None,
     time_to: DateOption("--to", "End of the range (exclusive).") = None,

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sira.errors import ConfigError
 
+MAX_VERSION = 2**31 - 1  # sira_model_versions.version is a PostgreSQL integer
+
 SECRET_NAMES = ("pii_key", "auth_secret", "webhook_secret")
 
 

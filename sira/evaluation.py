@@ -10,7 +10,6 @@ validation data from targets (review rate, block precision), never on test.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

@@ -31,8 +31,8 @@ EVENT_COLUMNS = (
 _TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token"}
 _MAX_ATTRIBUTES = 64
 
-Text = Annotated[str, Field(min_length=1, max_length=200)]
-MAX_EVENT_ID = 200  # sira_events.event_id's CHECK
+MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
+Text = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID)]
 
 
 def as_utc(value: datetime) -> datetime:
@@ -99,8 +99,9 @@ class EventIn(BaseModel):
     def _blank_is_missing(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL (\\u0000) characters")
+        problem = storage_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise ValueError(problem)
         if isinstance(value, float) and math.isnan(value):
             return None
         return value
@@ -188,8 +189,7 @@ def event_row(
         row[name] = redactor.scrub_value(value) if value is not None else None
     if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
         return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
-                         "personal data in it is replaced by tokens", "event_id",
-                         redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()}))
+                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw))
     for name, column in _TOKEN_COLUMNS.items():
         row[column] = redactor.field(name, data[name])[1]
     if data["card_token"] is not None and row["card_token"] is None:
@@ -205,9 +205,14 @@ def event_row(
     attributes = redactor.scrub({k: _jsonable(v) for k, v in extra.items()})
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()}))
+                         _payload(redactor, data, raw))
     row["attributes"] = attributes
     return row
+
+
+def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a rejection keeps: the record as sent (else the event's fields), redacted."""
+    return redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()})
 
 
 def _jsonable(value: Any) -> Any:

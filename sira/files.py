@@ -28,6 +28,12 @@ class InputFiles:
         return [str(p) for p in self.paths]
 
 
+def is_numeric_type(t: pa.DataType) -> bool:
+    """An Arrow column type a model can read as numbers (null: a column of missing values)."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+            or pa.types.is_decimal(t))
+
+
 def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     """The data files named (folders expanded, leaving out hidden and ``_``-prefixed files and folders
     such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one

@@ -196,6 +196,8 @@ class ModelRuntime:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from sira.files import is_numeric_type
+
         missing = [s.name for s in self.schema if s.name not in table.column_names]
         if missing:
             raise InvalidInput(f"columns missing for {self.model_name} v{self.version}: {', '.join(missing)}",
@@ -207,9 +209,7 @@ class ModelRuntime:
                 codes = pc.index_in(pc.cast(column, pa.string()), value_set=pa.array(spec.categories, pa.string()))
                 X[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)
             else:
-                if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-                        or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)
-                        or pa.types.is_decimal(column.type)):
+                if not is_numeric_type(column.type):
                     raise InvalidInput(f"column {spec.name} must be numeric, not {column.type}",
                                        code="invalid_column", details={"column": spec.name})
                 X[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)

@@ -58,6 +58,11 @@ class Segment:
         os.close(self.fd)
 
 
+def _lines(records: Iterable[dict[str, Any]]) -> bytes:
+    """Records as JSON lines, the spool's format."""
+    return b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -95,7 +100,7 @@ class Spool:
         """Write records durably enough to survive this process (and the machine, with ``fsync``)."""
         if self._current is None:
             raise RuntimeError("the spool is not open")
-        data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
+        data = _lines(records)
         if not data:
             return 0
         view = memoryview(data)
@@ -167,7 +172,7 @@ class Spool:
         path = folder / f"{segment.path.stem}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in refused))
+            os.write(fd, _lines(refused))
             os.fsync(fd)
         finally:
             os.close(fd)
