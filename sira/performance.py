@@ -21,6 +21,8 @@ below the version's test AP at training is flagged. Rows go to
 from __future__ import annotations
 
 import time
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -32,12 +34,14 @@ from sira.artifacts import json_finite
 from sira.audit import Actor
 from sira.config import Settings
 from sira.datasets import Windows, label_rule
+from sira.feature_store import to_us
 from sira.ray_runtime import job_id
 from sira.errors import InvalidInput
 
 DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training
 MIN_POSITIVES_TO_FLAG = 10  # fewer positives than this: AP is too noisy to raise a flag
 SEGMENTS = ("country", "channel")
+CURSOR_ROWS = 20_000  # rows fetched per round trip while streaming the predictions
 
 PREDICTIONS_SQL = """
 SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::text))
@@ -82,7 +86,80 @@ def _metrics_row(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float], seg
     return evaluate(y, p, thresholds, segments=segments, min_segment_size=min_segment_size)
 
 
-def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, window_days: float,
+class Labelled:
+    """One version and role's labelled predictions as compact columns, in the order read.
+
+    A month of a busy model's predictions held as Python rows costs hundreds of bytes each; here a
+    row is 25 bytes (time in microseconds, label, score, and segment values as codes into small
+    tables), and the predictions the label rule leaves out are not kept at all.
+    """
+
+    def __init__(self) -> None:
+        self.at_us, self.y, self.score = array("q"), array("b"), array("d")
+        self.codes = {name: array("i") for name in SEGMENTS}
+        self.values: dict[str, dict[Any, int]] = {name: {} for name in SEGMENTS}
+
+    def add(self, occurred_at: datetime, y: float, score: float, segments: tuple[Any, ...]) -> None:
+        self.at_us.append(to_us(occurred_at))
+        self.y.append(int(y))
+        self.score.append(score)
+        for name, value in zip(SEGMENTS, segments):
+            table = self.values[name]
+            code = table.get(value)
+            if code is None:
+                code = table[value] = len(table)
+            self.codes[name].append(code)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def segment_values(self, name: str) -> np.ndarray:
+        """The segment's distinct values, indexed by code."""
+        out = np.empty(len(self.values[name]), dtype=object)
+        for value, code in self.values[name].items():
+            out[code] = value
+        return out
+
+
+class LabelledPredictions:
+    """Rows of :data:`PREDICTIONS_SQL`, labelled by the training convention (:func:`label_rule`) as they
+    come, grouped by version and role; ``seen`` counts every row, labelled or not."""
+
+    def __init__(self, cutoff: datetime, maturity_days: float):
+        self.rule = Windows(None, None, None, None, cutoff, maturity_days)
+        self.groups: dict[tuple[int, str], Labelled] = {}
+        self.seen = 0
+
+    def add(self, row: Any) -> None:
+        self.seen += 1
+        group = self.groups.get((row["version"], row["role"]))
+        if group is None:  # a version and role with predictions has a result, labelled or not
+            group = self.groups[(row["version"], row["role"])] = Labelled()
+        y = label_rule(row["occurred_at"], row["positive_known_at"], row["negative_known"], self.rule)
+        if y is not None:
+            group.add(row["occurred_at"], y, row["score"], tuple(row[name] for name in SEGMENTS))
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Any], cutoff: datetime, maturity_days: float) -> "LabelledPredictions":
+        out = cls(cutoff, maturity_days)
+        for row in rows:
+            out.add(row)
+        return out
+
+
+async def read_labelled(conn: Any, model: str, lo: datetime, hi: datetime, label_name: str, cutoff: datetime,
+                        maturity_days: float, version: int | None = None) -> LabelledPredictions:
+    """The model's stored predictions of events in [lo, hi) with their labels as of ``cutoff``, streamed
+    through a cursor (never the whole range in memory as rows)."""
+    out = LabelledPredictions(cutoff, maturity_days)
+    async with conn.transaction(readonly=True):  # a cursor lives in a transaction
+        async for row in conn.cursor(PREDICTIONS_SQL, model, lo, hi, label_name, cutoff, version,
+                                     prefetch=CURSOR_ROWS):
+            out.add(row)
+    return out
+
+
+def evaluate_windows(data: Labelled, *, lo: datetime, hi: datetime, window_days: float,
                      cutoff: datetime, maturity_days: float, thresholds: dict[str, float], train_ap: float | None,
                      margin: float, min_segment_size: int) -> list[dict[str, Any]]:
     """The performance rows (overall and per segment) of one version and role, window by window.
@@ -92,29 +169,27 @@ def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, 
     and its AP is not comparable with training's (measured on mature data). Its metrics are reported,
     marked, and never flagged.
     """
-    rule = Windows(None, None, None, None, cutoff, maturity_days)
     mature_until = cutoff - timedelta(days=maturity_days)
-    labelled = []
-    for r in rows:
-        y = label_rule(r["occurred_at"], r["positive_known_at"], r["negative_known"], rule)
-        if y is not None:
-            labelled.append((r["occurred_at"], y, r["score"], r["country"], r["channel"]))
-    out = []
+    at, ys = np.frombuffer(data.at_us, dtype=np.int64), np.frombuffer(data.y, dtype=np.int8)
+    scores = np.frombuffer(data.score, dtype=np.float64)
+    codes = {name: np.frombuffer(data.codes[name], dtype=np.int32) for name in SEGMENTS}
+    values = {name: data.segment_values(name) for name in SEGMENTS}
     step = timedelta(days=window_days)
-    by_window: dict[int, list[tuple]] = {}  # each row into its window once (not once per window)
-    for x in labelled:
-        if lo <= x[0] < hi:
-            by_window.setdefault((x[0] - lo) // step, []).append(x)
+    step_us = step // timedelta(microseconds=1)
+    lo_us, hi_us = to_us(lo), to_us(hi)
+    # each row's window, once (-1: outside the range)
+    window = np.where((at >= lo_us) & (at < hi_us), (at - lo_us) // max(step_us, 1), -1)
+    out = []
     start, index = lo, 0
     while start < hi:
         end = min(start + step, hi)
-        part, index = by_window.get(index, []), index + 1
-        if not part:  # nothing scored (or nothing mature) in this window: no row rather than an empty one
+        part, index = np.flatnonzero(window == index), index + 1
+        if part.size == 0:  # nothing scored (or nothing mature) in this window: no row rather than an empty one
             start = end
             continue
-        y = np.array([x[1] for x in part], dtype=np.float64)
-        p = np.array([x[2] for x in part], dtype=np.float64)
-        segments = {name: np.array([x[3 + k] for x in part], dtype=object) for k, name in enumerate(SEGMENTS)}
+        y = ys[part].astype(np.float64)
+        p = scores[part]
+        segments = {name: values[name][codes[name][part]] for name in SEGMENTS}
         metrics = _metrics_row(y, p, thresholds, segments, min_segment_size)
 
         provisional = end > mature_until
@@ -129,8 +204,8 @@ def evaluate_windows(rows: list[dict[str, Any]], *, lo: datetime, hi: datetime, 
                     "n": int(y.size), "n_positive": int(y.sum()), "average_precision": metrics.get("average_precision"),
                     "roc_auc": metrics.get("roc_auc"), "metrics": metrics, "provisional": provisional,
                     "flagged": flag(metrics.get("average_precision"), int(y.sum()))})
-        for name, values in by_segment.items():
-            for value, m in values.items():
+        for name, by_value in by_segment.items():
+            for value, m in by_value.items():
                 out.append({"window_start": start, "window_end": end, "segment": name, "segment_value": value,
                             "n": m["n"], "n_positive": m["positives"], "average_precision": m["average_precision"],
                             "roc_auc": m["roc_auc"], "metrics": {**m, "provisional": provisional},
@@ -167,22 +242,23 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
             lo = req.time_from or hi - timedelta(days=req.days)
             if hi <= lo:
                 raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
-            rows = [dict(r) for r in await conn.fetch(PREDICTIONS_SQL, req.model, lo, hi, model["label_name"], cutoff,
-                                                      req.version)]
-            if not rows:
+            maturity_days = float(model["label_maturity_days"])
+            read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,
+                                       req.version)
+            if not read.seen:
                 raise InvalidInput(f"no predictions of {req.model} between {lo:%Y-%m-%d} and {hi:%Y-%m-%d}",
                                    code="empty_input")
-            versions = {v: await registry.get_version(conn, req.model, v) for v in sorted({r["version"] for r in rows})}
+            versions = {v: await registry.get_version(conn, req.model, v) for v in sorted({v for v, _ in read.groups})}
         margin = req.ap_margin
         if margin is None:
             margin = float(((model["settings"] or {}).get("monitoring") or {}).get("ap_drop_margin", DEFAULT_AP_MARGIN))
         results = []
-        for (version, role) in sorted({(r["version"], r["role"]) for r in rows}):
+        for (version, role), labelled in sorted(read.groups.items()):
             row = versions[version]
             test_metrics = (row["metrics"] or {}).get("test") or {}
             evaluated = await asyncio.to_thread(
-                evaluate_windows, [r for r in rows if (r["version"], r["role"]) == (version, role)], lo=lo, hi=hi,
-                window_days=req.window_days, cutoff=cutoff, maturity_days=float(model["label_maturity_days"]),
+                evaluate_windows, labelled, lo=lo, hi=hi,
+                window_days=req.window_days, cutoff=cutoff, maturity_days=maturity_days,
                 thresholds={k: float(v) for k, v in row["thresholds"].items()},
                 train_ap=test_metrics.get("average_precision"), margin=margin, min_segment_size=req.min_segment_size)
             results.append({"version": version, "role": role, "model_id": row["model_id"],

@@ -269,22 +269,21 @@ async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime) -> lis
     """Stored production and shadow predictions of the window, against their labels (as serving answered)."""
     from datetime import timezone
 
-    from sira.performance import PREDICTIONS_SQL, evaluate_windows
+    from sira.performance import evaluate_windows, read_labelled
 
     model = m["name"]
+    now = datetime.now(timezone.utc)
     async with pool.acquire() as conn:
-        rows = [dict(r) for r in await conn.fetch(PREDICTIONS_SQL, model, lo, hi, m["label_name"],
-                                                  datetime.now(timezone.utc), None)]
+        read = await read_labelled(conn, model, lo, hi, m["label_name"], now, float(m["label_maturity_days"]))
         out = []
-        for version, role in sorted({(r["version"], r["role"]) for r in rows}):
+        for (version, role), labelled in sorted(read.groups.items()):
             v = await registry.get_version(conn, model, version)
-            evaluated = evaluate_windows([r for r in rows if (r["version"], r["role"]) == (version, role)], lo=lo,
-                                         hi=hi, window_days=(hi - lo).total_seconds() / 86400,
-                                         cutoff=datetime.now(timezone.utc),
-                                         maturity_days=float(m["label_maturity_days"]),
+            evaluated = evaluate_windows(labelled, lo=lo, hi=hi, window_days=(hi - lo).total_seconds() / 86400,
+                                         cutoff=now, maturity_days=float(m["label_maturity_days"]),
                                          thresholds={k: float(x) for k, x in v["thresholds"].items()},
                                          train_ap=None, margin=0.0, min_segment_size=10**9)
-            whole = evaluated[0]
+            # no labelled prediction yet (every event younger than the label maturity): counted, no AP
+            whole = evaluated[0] if evaluated else {"n": 0, "n_positive": 0, "average_precision": None}
             out.append({"version": version, "role": role, "n": whole["n"], "positives": whole["n_positive"],
                         "average_precision": whole["average_precision"]})
     return out

@@ -4,9 +4,14 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from sira.performance import evaluate_windows
+from sira.performance import LabelledPredictions, evaluate_windows
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+def labelled(rows: list[dict]) -> object:
+    return LabelledPredictions.from_rows(({"version": 1, "role": "production", **r} for r in rows), CUTOFF,
+                                         30).groups[(1, "production")]
 
 
 def rows(start: datetime, n: int, seed: int) -> list[dict]:
@@ -24,7 +29,7 @@ def rows(start: datetime, n: int, seed: int) -> list[dict]:
 
 def test_only_windows_whose_labels_have_matured_can_be_flagged():
     old, young = CUTOFF - timedelta(days=60), CUTOFF - timedelta(days=7)
-    result = evaluate_windows(rows(old, 400, 1) + rows(young, 400, 2), lo=old, hi=CUTOFF, window_days=7,
+    result = evaluate_windows(labelled(rows(old, 400, 1) + rows(young, 400, 2)), lo=old, hi=CUTOFF, window_days=7,
                               cutoff=CUTOFF, maturity_days=30, thresholds={"review": 0.5, "block": 0.9},
                               train_ap=0.8, margin=0.1, min_segment_size=50)
     overall = [r for r in result if r["segment"] == "all"]
@@ -44,8 +49,28 @@ def test_each_row_lands_in_the_window_of_its_time_boundaries_included():
     edge = [{"occurred_at": lo + timedelta(days=7 * k) + delta, "score": 0.5, "positive_known_at": lo,
              "negative_known": False, "country": "SN", "channel": "pos"}
             for k in range(3) for delta in (timedelta(0), timedelta(days=7) - timedelta(microseconds=1))]
-    result = evaluate_windows(edge, lo=lo, hi=lo + timedelta(days=21), window_days=7, cutoff=CUTOFF,
+    result = evaluate_windows(labelled(edge), lo=lo, hi=lo + timedelta(days=21), window_days=7, cutoff=CUTOFF,
                               maturity_days=30, thresholds={"review": 0.5, "block": 0.9}, train_ap=None,
                               margin=0.1, min_segment_size=1)
     overall = [r for r in result if r["segment"] == "all"]
     assert [(r["window_start"], r["n"]) for r in overall] == [(lo + timedelta(days=7 * k), 2) for k in range(3)]
+
+
+def test_predictions_are_kept_as_labelled_columns_grouped_by_version_and_role():
+    old, young = CUTOFF - timedelta(days=60), CUTOFF - timedelta(days=2)
+    stream = [{"version": 1, "role": "production", "occurred_at": old + timedelta(hours=i), "score": i / 10,
+               "positive_known_at": old if i % 3 == 0 else None, "negative_known": False,
+               "country": ("SN", "CI")[i % 2], "channel": "pos"} for i in range(6)]
+    # a shadow version whose events are all too young and unlabelled: no labelled row, still a group
+    stream += [{"version": 2, "role": "shadow", "occurred_at": young, "score": 0.5, "positive_known_at": None,
+                "negative_known": False, "country": "SN", "channel": "web"}]
+    read = LabelledPredictions.from_rows(stream, CUTOFF, 30)
+    assert read.seen == 7 and set(read.groups) == {(1, "production"), (2, "shadow")}
+    production, shadow = read.groups[(1, "production")], read.groups[(2, "shadow")]
+    assert len(production) == 6 and len(shadow) == 0
+    assert list(production.y) == [1, 0, 0, 1, 0, 0]
+    assert list(production.segment_values("country")[np.asarray(production.codes["country"])]) == [
+        "SN", "CI", "SN", "CI", "SN", "CI"]
+    assert evaluate_windows(shadow, lo=old, hi=CUTOFF, window_days=7, cutoff=CUTOFF, maturity_days=30,
+                            thresholds={"review": 0.5, "block": 0.9}, train_ap=None, margin=0.1,
+                            min_segment_size=1) == []
