@@ -430,6 +430,24 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
     await asyncio.sleep(0.3)
     cached = service.histories.get(key)
     assert cached is not None and str(cached.history.event_id[-1]) == mine["event_id"]
+    # nor does a notification of its own older state arriving after it folded a newer event (the
+    # recorder lags the replica): the cache is ahead of that snapshot, not behind it
+    from sira import feature_store
+
+    stored = await service.pool.fetchrow(
+        """SELECT last_event_id, event_count, state FROM sira_feature_snapshots
+            WHERE entity_type = 'customer' AND entity_id = $1""", e["customer_id"])
+    assert stored["last_event_id"] == mine["event_id"]
+    later = {**e, "event_id": f"later-{uuid.uuid4().hex[:8]}", "occurred_at": (newest + timedelta(seconds=1)).isoformat()}
+    await score(client, fraud_model, {"model": "fraud", "event": later})
+    assert str(service.histories.get(key).history.event_id[-1]) == later["event_id"]
+    older_state = [e["customer_id"], mine["event_id"], stored["event_count"], feature_store._labelled(stored["state"])]
+    service._on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [older_state]}))
+    assert str(service.histories.get(key).history.event_id[-1]) == later["event_id"]
+    # the same newest event with one more event before it: another writer's late event, dropped
+    service._on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [[*older_state[:2], older_state[2] + 1,
+                                                                           older_state[3]]]}))
+    assert service.histories.get(key) is None
 
 
 async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_registry(served, fraud_model):
