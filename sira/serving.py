@@ -974,22 +974,36 @@ class ScoringService:
     # -- idempotency ---------------------------------------------------------------------
 
     async def _earlier_answers(self, items: list[Item], degraded: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Answers already given to these request ids by any replica (Redis, else Postgres)."""
+        """Answers already given to these request ids by any replica: Redis (written as each answer is
+        given, so it sees a retry on another replica at once) and ``sira_predictions`` (what Redis lost:
+        evicted, restarted, or not written while its breaker was open), asked at the same time."""
         if not items:
             return {}
         keys = [(i.runtime.model_name, i.request_id) for i in items]
+        stored = asyncio.ensure_future(self._stored_answers(keys))
+        cached: dict[tuple[str, str], dict[str, Any]] | None = None
         if self.redis is not None:
             if self.redis_breaker.available:
                 try:
                     values = await self.redis.mget([f"sira:answer:{m}:{r}" for m, r in keys])
                     self.redis_breaker.succeeded()
-                    return {k: orjson.loads(v) for k, v in zip(keys, values) if v is not None}
+                    cached = {k: orjson.loads(v) for k, v in zip(keys, values) if v is not None}
                 except Exception as exc:  # noqa: BLE001
                     self.redis_breaker.failed(exc)
-            degraded.add("cache_unavailable")
+            if cached is None:
+                degraded.add("cache_unavailable")
+        found = await stored
+        if found is None:
+            if cached is None:  # neither could say: answered anyway (flagged)
+                degraded.add("database_unavailable")
+            found = {}
+        return {**found, **(cached or {})}
+
+    async def _stored_answers(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]] | None:
+        """The production answers of these (model, request id) within the idempotency window in
+        ``sira_predictions``; None when Postgres is unavailable."""
         if not self.pg.available:
-            degraded.add("database_unavailable")
-            return {}
+            return None
         found: dict[tuple[str, str], dict[str, Any]] = {}
         try:
             async with self.pool.acquire(timeout=self.config.db_timeout_s) as conn:
@@ -1008,7 +1022,7 @@ class ScoringService:
             self.pg.succeeded()
         except DB_ERRORS as exc:
             self.pg.failed(exc)
-            degraded.add("database_unavailable")
+            return None
         return found
 
     async def _redis_store(self, items: list[Item], out: list[Any], todo: list[int],

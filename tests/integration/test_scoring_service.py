@@ -406,6 +406,31 @@ async def test_redis_caches_histories_and_answers(fraud_model, tmp_path, redis_u
             await service.flush()
 
 
+async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, redis_url, redis_client):
+    """Redis restarted, evicted the key, or was down when the answer was given: the retry still gets
+    the first answer (from sira_predictions), not a second scoring."""
+    settings = fraud_model.settings.model_copy(update={"redis_url": redis_url})
+    service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
+    app = create_app(settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            body = {"model": "fraud", "request_id": f"lost-{uuid.uuid4()}", "event": event(fraud_model, 15),
+                    "record": False}
+            first = (await score(client, fraud_model, body)).json()
+            await service.flush()
+            for _ in range(50):  # the answer reaches Redis after the response
+                if redis_client.exists(f"sira:answer:fraud:{body['request_id']}"):
+                    break
+                await asyncio.sleep(0.05)
+            redis_client.delete(f"sira:answer:fraud:{body['request_id']}")
+            service.answers.clear()  # another replica, or this one restarted
+            again = (await score(client, fraud_model, {**body, "event": {**body["event"], "amount": 999.0}})).json()
+            assert again["replayed"] and not again["degraded"]
+            assert (again["prediction_id"], again["score"]) == (first["prediction_id"], first["score"])
+            assert await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE request_id = $1",
+                                               body["request_id"]) == 1
+
+
 async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_model):
     client, service = served
     e = event(fraud_model, 12)
