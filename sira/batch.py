@@ -217,16 +217,18 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
                                details={"file": str(path)}) from None
 
 
-def _file_schema(path: Path, file_format: str) -> pa.Schema:
-    """A file's columns and types, read from its footer (Parquet) or its first block (CSV)."""
+def _file_schema(path: Path, file_format: str) -> tuple[pa.Schema, Any]:
+    """A file's columns and types, from its footer (Parquet, returned too: rows and row groups) or its
+    first block (CSV, no footer: None)."""
     try:
         if file_format == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_schema(path)
+            footer = pq.ParquetFile(path)
+            return footer.schema_arrow, footer.metadata
         import pyarrow.csv as pacsv
 
-        return pacsv.open_csv(path).schema
+        return pacsv.open_csv(path).schema, None
     except (pa.ArrowInvalid, OSError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InvalidInput(f"{path}: cannot read as {file_format}: {reason}", code="invalid_input",
@@ -239,7 +241,8 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
     columns that travel to the output of one type across files)."""
     if files.format == "json":
         raise InvalidInput("batch scoring reads Parquet or CSV files", code="unsupported_format")
-    schemas = [(p, _file_schema(p, files.format)) for p in files.paths]
+    read = {p: _file_schema(p, files.format) for p in files.paths}  # each footer read once
+    schemas = [(p, schema) for p, (schema, _) in read.items()]
     feature_names = [f["name"] for f in feature_schema]
     for path, schema in schemas:
         missing = [n for n in feature_names if n not in schema.names]
@@ -255,9 +258,7 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
     columns = schemas[0][1].names
     rows = None
     if files.format == "parquet":
-        import pyarrow.parquet as pq
-
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files.paths)
+        rows = sum(footer.num_rows for _, footer in read.values())
         if rows == 0:
             raise InvalidInput(f"no rows in {', '.join(files.strings)}", code="empty_input")
     key_columns = [c for c in (_pick(columns, req.id_col, ID_COLUMNS, "id"),
@@ -269,10 +270,8 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
     # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
     # actor on 2 CPUs it never gets one (the job hangs without an error).
     if files.format == "parquet":
-        import pyarrow.parquet as pq
-
-        parts = [{"path": str(p), "row_group": g} for p in files.paths
-                 for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
+        parts = [{"path": str(p), "row_group": g} for p, (_, footer) in read.items()
+                 for g in range(footer.num_row_groups)]
     else:
         parts = [{"path": str(p), "row_group": -1} for p in files.paths]
     return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,

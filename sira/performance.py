@@ -90,7 +90,7 @@ class Labelled:
     """One version and role's labelled predictions as compact columns, in the order read.
 
     A month of a busy model's predictions held as Python rows costs hundreds of bytes each; here a
-    row is 25 bytes (time in microseconds, label, score, and segment values as codes into small
+    row is ~27 bytes (time in microseconds, label, score, and segment values as codes into small
     tables), and the predictions the label rule leaves out are not kept at all.
     """
 

@@ -272,14 +272,14 @@ async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime) -> lis
     from sira.performance import evaluate_windows, read_labelled
 
     model = m["name"]
-    now = datetime.now(timezone.utc)
+    now, maturity_days = datetime.now(timezone.utc), float(m["label_maturity_days"])
     async with pool.acquire() as conn:
-        read = await read_labelled(conn, model, lo, hi, m["label_name"], now, float(m["label_maturity_days"]))
+        read = await read_labelled(conn, model, lo, hi, m["label_name"], now, maturity_days)
         out = []
         for (version, role), labelled in sorted(read.groups.items()):
             v = await registry.get_version(conn, model, version)
             evaluated = evaluate_windows(labelled, lo=lo, hi=hi, window_days=(hi - lo).total_seconds() / 86400,
-                                         cutoff=now, maturity_days=float(m["label_maturity_days"]),
+                                         cutoff=now, maturity_days=maturity_days,
                                          thresholds={k: float(x) for k, x in v["thresholds"].items()},
                                          train_ap=None, margin=0.0, min_segment_size=10**9)
             # no labelled prediction yet (every event younger than the label maturity): counted, no AP

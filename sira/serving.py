@@ -271,6 +271,8 @@ class ServingMetrics:
         """Add to a counter here; :meth:`publish` hands the sums to Ray. A Ray counter's ``inc`` is a
         call into Ray's C++ core (~2% of a replica's CPU at concurrency 32 for the counts of each
         request); a sum here is a dict update."""
+        if n <= 0:  # nothing to count (Ray counters refuse 0)
+            return
         key = (counter, tuple(tags.items()))
         self._counts[key] = self._counts.get(key, 0) + n
 
@@ -924,7 +926,7 @@ class ScoringService:
         if shadow_jobs:
             self._spawn(self._shadow(shadow_jobs), "shadow")
         for reason in degraded:
-            if self.metrics and items:
+            if self.metrics:
                 self.metrics.count(self.metrics.degraded, len(items), reason=reason)
         return out  # type: ignore[return-value]
 
@@ -1172,9 +1174,8 @@ class ScoringService:
     def _count_cache(self, layer: str, hits: int, misses: int) -> None:
         if self.metrics is None:
             return
-        for outcome, n in (("hit", hits), ("miss", misses)):
-            if n > 0:  # Ray counters refuse 0
-                self.metrics.count(self.metrics.cache, n, layer=layer, outcome=outcome)
+        self.metrics.count(self.metrics.cache, hits, layer=layer, outcome="hit")
+        self.metrics.count(self.metrics.cache, misses, layer=layer, outcome="miss")
 
     def _invalidated_at(self, key: tuple[str, str]) -> float:
         return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0))
