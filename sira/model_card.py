@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 from sira.artifacts import MANIFEST
 
@@ -23,11 +24,20 @@ METRIC_KEYS = ("n", "positives", "average_precision", "roc_auc", "recall_at_1pct
                "log_loss", "expected_calibration_error")
 
 
+IMPORTANCE_ROWS = 15  # the card lists the most important features; the SHAP plot shows the rest
+
+
+class Table(NamedTuple):
+    headers: list[str]
+    rows: list[list[Any]]
+    caption: str = ""  # printed right above its own table
+
+
 @dataclass
 class Section:
     title: str
     paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
     image_png: bytes | None = None
 
 
@@ -37,6 +47,31 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "—"
     return str(value)
+
+
+def _fmt_bound(value: Any) -> str:
+    """A window bound as a person reads it: split windows hold microseconds since the epoch (UTC)."""
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def format_windows(windows: dict[str, Any]) -> str:
+    """``train 2026-01-01 00:00:00 UTC → …; validation …`` instead of a dict's repr."""
+    parts = []
+    for name, window in windows.items():
+        if isinstance(window, dict):
+            parts.append(f"{name} {_fmt_bound(window.get('from'))} → {_fmt_bound(window.get('to'))}")
+        else:
+            parts.append(f"{name} {_fmt_bound(window)}")
+    return "; ".join(parts)
+
+
+def top_importance(importance: dict[str, float], n: int = IMPORTANCE_ROWS) -> list[tuple[str, float]]:
+    """The ``n`` most important features, most important first (ties by name, so the card is stable)."""
+    return sorted(importance.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:n]
 
 
 def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[str, Any],
@@ -54,8 +89,8 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         f"({(manifest.get('calibration') or {}).get('method')} calibration).",
         f"Artifact {version['artifact_uri']} ({MANIFEST} sha256 {version['artifact_sha256']}).",
     ])
-    details.tables.append((["parameter", "value"], [[k, _fmt(v)] for k, v in sorted((manifest.get("params") or {}).items())
-                                                    if k not in ("verbosity",)]))
+    details.tables.append(Table(["parameter", "value"], [[k, _fmt(v)] for k, v in sorted((manifest.get("params") or {}).items())
+                                                         if k not in ("verbosity",)]))
     intended = Section("Intended use", [
         MODEL_PURPOSE.get(model["model_type"], "Scores events for risk."),
         model.get("description") or "",
@@ -81,13 +116,13 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         f"block at score ≥ {_fmt(thresholds.get('block'))}. On the test window they sent "
         f"{_fmt(decisions.get('review_rate'))} of events to review or block, with precision "
         f"{_fmt(decisions.get('precision_flagged'))} and recall {_fmt(decisions.get('recall_flagged'))}.",
-    ], [(["metric", "validation", "test"], metric_rows)])
+    ], [Table(["metric", "validation", "test"], metric_rows)])
     windows = dataset.get("windows") or {}
     evaluation = Section("Evaluation data", [
         f"A held-out test window the model and its thresholds never saw ({dataset.get('split')} split): "
         f"{_fmt((metrics.get('test') or {}).get('n'))} events, {_fmt((metrics.get('test') or {}).get('positives'))} "
         "positive. It was evaluated once.",
-    ] + ([f"Windows: {windows}"] if windows else []))
+    ] + ([f"Windows: {format_windows(windows)}."] if windows else []))
     training = Section("Training data", [
         f"Source: {dataset.get('source')}; {dataset.get('rows')} labelled rows, {dataset.get('positives')} positive; "
         f"content sha256 {dataset.get('content_sha256')}.",
@@ -95,15 +130,18 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         "than the model's label maturity; younger unlabelled events are left out.",
     ])
     if dataset.get("dropped_columns"):
-        training.tables.append((["column not used", "why"], [[k, v] for k, v in dataset["dropped_columns"].items()]))
-    analyses = Section("Quantitative analyses", ["Test metrics by segment (segments with at least 200 events):"])
+        training.tables.append(Table(["column not used", "why"], [[k, v] for k, v in dataset["dropped_columns"].items()]))
+    analyses = Section("Quantitative analyses")
     rows = [[seg, value, _fmt(m.get("n")), _fmt(m.get("positives")), _fmt(m.get("average_precision")),
              _fmt(m.get("roc_auc"))] for seg, values in segments.items() for value, m in values.items()]
-    if rows:
-        analyses.tables.append((["segment", "value", "n", "positives", "AP", "ROC AUC"], rows))
+    analyses.tables.append(Table(["segment", "value", "n", "positives", "AP", "ROC AUC"], rows,
+                                 "Test metrics by segment (segments with at least 200 events):"
+                                 if rows else "No segment had at least 200 test events."))
     importance = (manifest.get("importance") or {}).get("mean_abs_shap") or {}
-    analyses.paragraphs.append("Global importance: mean |SHAP| on validation rows (the `shap` package).")
-    analyses.tables.append((["feature", "mean |SHAP|"], [[k, _fmt(v)] for k, v in list(importance.items())[:15]]))
+    top = top_importance(importance)
+    analyses.tables.append(Table(["feature", "mean |SHAP|"], [[k, _fmt(v)] for k, v in top],
+                                 f"Global importance: the {len(top)} most important of {len(importance)} features, "
+                                 "by mean |SHAP| on validation rows (the `shap` package):"))
     analyses.image_png = shap_png
     ethics = Section("Ethical considerations", [
         "Personal data (card numbers, emails, phones, IPs, device ids) is tokenised with a keyed HMAC before "
@@ -117,7 +155,7 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         "Production needs the model's required approvals; rollback returns to the previous version in one step.",
     ])
     if history:
-        caveats.tables.append((["when", "from", "to", "how", "who", "why"],
+        caveats.tables.append(Table(["when", "from", "to", "how", "who", "why"],
                                [[h["at"][:19], _fmt(h["from"]), _fmt(h["to"]), h["via"], h["actor"], h["reason"] or ""]
                                 for h in history]))
     return [details, intended, factors, metric_section, evaluation, training, analyses, ethics, caveats]
@@ -128,7 +166,11 @@ def to_markdown(title: str, sections: list[Section], image_ref: str | None = Non
     for section in sections:
         out += [f"## {section.title}", ""]
         out += [p + "\n" for p in section.paragraphs if p]
-        for headers, rows in section.tables:
+        for headers, rows, caption in section.tables:
+            if caption:
+                out += [caption, ""]
+            if not rows:
+                continue
             out.append("| " + " | ".join(headers) + " |")
             out.append("|" + "---|" * len(headers))
             out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -147,7 +189,11 @@ def to_html(title: str, sections: list[Section]) -> str:
             if p:
                 text = esc(p).replace("**", "")
                 body.append(f"<p>{text}</p>")
-        for headers, rows in section.tables:
+        for headers, rows, caption in section.tables:
+            if caption:
+                body.append(f"<p>{esc(caption)}</p>")
+            if not rows:
+                continue
             body.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead><tbody>")
             body += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows]
             body.append("</tbody></table>")
