@@ -126,12 +126,10 @@ def score_bodies(entities: list[dict], tag: str, n: int, record: bool = True) ->
 
 async def prepare(settings: Settings, scale: float) -> tuple[str, list[dict]]:
     """`sira demo`'s data and production model (no serving), a service key, and live-looking events."""
-    from sira.demo import run_demo
+    from sira.demo import read_demo_keys, run_demo
 
     await run_demo(settings, scale=scale, days=30, serve=False, out_dir=settings.workspace / "data")
-    import json
-
-    keys = json.loads((settings.workspace / "secrets" / "demo_keys.json").read_text())
+    keys = read_demo_keys(settings.workspace / "secrets" / "demo_keys.json")
     pool = await db.create_pool(db.resolve_dsn(settings), settings)
     try:
         async with db.transaction(pool) as conn:

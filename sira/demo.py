@@ -177,7 +177,8 @@ async def run_demo(
 
         started = time.perf_counter()
         progress("governance: demo keys; a data scientist requests promotion, two approvers approve")
-        report.governance = await promote_with_demo_approvers(conn, settings, "fraud", result["version"])
+        report.governance = await promote_with_demo_approvers(conn, settings, "fraud", result["version"],
+                                                                     "demo: first model")
         step("promote", started, production=result["version"])
 
         url = None
@@ -271,7 +272,9 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
         return
     started = time.perf_counter()
     progress(f"promote: demo-dana asks for v{challenger} in production; demo-ann and demo-bob approve")
-    report.swap = {"promotion": await promote_with_demo_approvers(conn, settings, "fraud", challenger)}
+    report.swap = {"promotion": await promote_with_demo_approvers(
+        conn, settings, "fraud", challenger,
+        f"demo: retrained challenger v{challenger} beat the champion under the model's policy")}
     report.swap.update(await hot_swap(url, keys["demo-svc"], later_live, challenger))
     step("hot_swap", started, serving=challenger, seconds=report.swap["seconds"])
     started = time.perf_counter()
@@ -287,13 +290,24 @@ DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann
              "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"]}
 
 
+def read_demo_keys(path: Path) -> dict[str, str]:
+    """Key by name from ``demo_keys.json`` (``{name: {"roles": [...], "key": ...}}``; older files held bare keys)."""
+    import json
+
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    return {name: entry["key"] if isinstance(entry, dict) else entry for name, entry in stored.items()}
+
+
 async def demo_keys(conn: Any, settings: Settings) -> dict[str, str]:
-    """The demo's API keys: created on the first run (bootstrap admin first), kept in the workspace (0600)."""
+    """The demo's API keys: created on the first run (bootstrap admin first), kept in the workspace (0600)
+    with the roles each holds, so a person picking one knows what it may do."""
     import json
     import os
 
     path = settings.workspace / "secrets" / "demo_keys.json"
-    keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    keys = read_demo_keys(path)
     pepper = settings.secret("auth_secret")
     admin = None
     for name, roles in DEMO_KEYS.items():
@@ -306,17 +320,18 @@ async def demo_keys(conn: Any, settings: Settings) -> dict[str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(keys, handle)
+        json.dump({name: {"roles": DEMO_KEYS.get(name, []), "key": key} for name, key in keys.items()}, handle, indent=1)
     return keys
 
 
-async def promote_with_demo_approvers(conn: Any, settings: Settings, model: str, version: int) -> dict[str, Any]:
+async def promote_with_demo_approvers(conn: Any, settings: Settings, model: str, version: int,
+                                      reason: str) -> dict[str, Any]:
     """sira promote as demo-dana, then sira approve as demo-ann and demo-bob: the version reaches production."""
     keys = await demo_keys(conn, settings)
     pepper = settings.secret("auth_secret")
     who = {name: await authenticate(conn, key, pepper=pepper) for name, key in keys.items()}
     async with conn.transaction():
-        request = await request_promotion(conn, settings, who["demo-dana"], model, version, "demo: first model")
+        request = await request_promotion(conn, settings, who["demo-dana"], model, version, reason)
     decisions = []
     for approver in ("demo-ann", "demo-bob"):
         async with conn.transaction():

@@ -38,6 +38,10 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     governance = report["governance"]
     assert [d["outcome"] for d in governance["decisions"]] == ["pending", "approved"]
     assert governance["history"][-1]["to"] == 1 and governance["history"][-1]["actor"] == "demo-bob"
+    assert governance["history"][-1]["reason"] == "demo: first model"
+    # the keys file says which role each key holds
+    stored_keys = json.loads((tmp_path / "ws" / "secrets" / "demo_keys.json").read_text())
+    assert stored_keys["demo-ann"]["roles"] == ["approver"] and stored_keys["demo-svc"]["key"]
     serving = report["serving"]
     first, later = live // 2, live - live // 2  # half before the retrain, half after
     assert serving["scored"] == first and serving["failed"] == 0 and serving["versions"] == [1]
@@ -69,5 +73,7 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     if retrain["decision"] == "stage":
         assert steps[-3:] == ["shadow", "hot_swap", "performance_after"]
         assert report["swap"]["seconds"] is not None and report["swap"]["version"] == 2
+        change = report["swap"]["promotion"]["history"][-1]
+        assert change["to"] == 2 and change["reason"] != "demo: first model" and "v2" in change["reason"]
     else:
         assert steps[-1] == "live" and report["shadow"]["versions"] == [1]
