@@ -21,6 +21,10 @@ the same recent evaluation window, and the challenger is judged by:
   above ``block_on_drift`` ("alert" by default; "warn" is stricter, "never"
   ignores drift). With no drift verdict given there is nothing to block on,
   and the reason says so.
+- **Checks that could not run** (``Evidence.not_run``, e.g. the drift check
+  with too few recent events): ``on_missing_check: block`` (the default)
+  makes each one a blocker, ``warn`` lets the challenger through with a
+  reason that names the check and why it did not run.
 
 Outcomes: "reject" when a blocker applies or a rule fails; otherwise "hold"
 (no decision) when the evidence cannot support one: fewer than
@@ -47,6 +51,7 @@ from sira.stats import SEVERITIES
 __all__ = ["DRIFT_BLOCK_LEVELS", "Decision", "Evidence", "PromotionPolicy"]
 
 DRIFT_BLOCK_LEVELS = ("alert", "warn", "never")
+ON_MISSING_CHECK = ("block", "warn")
 OUTCOMES = ("stage", "reject", "hold")
 # Float rounding must not turn "gain exactly the minimum" into a rejection.
 _TOLERANCE = 1e-12
@@ -74,6 +79,7 @@ class PromotionPolicy:
     max_score_psi: float = 0.25  # PSI of challenger vs champion scores on the window ("maximum score drift")
     block_on_drift: str = "alert"  # dataset drift verdict at or above which promotion is blocked; "never" ignores it
     block_on_failed_checks: bool = True
+    on_missing_check: str = "block"  # a check that could not run: "block" promotion, or "warn" and go on
     min_positives: int = 20  # fewer positives in the window: no decision ("hold")
     auto_stage: bool = True  # a challenger that passes goes to staging without a person
     auto_promote: bool = True  # and on to production, only when the model's required_approvals is 0
@@ -100,6 +106,9 @@ class PromotionPolicy:
         if self.block_on_drift not in DRIFT_BLOCK_LEVELS:
             raise _invalid("block_on_drift",
                            f"must be one of {', '.join(DRIFT_BLOCK_LEVELS)}, got {self.block_on_drift!r}")
+        if self.on_missing_check not in ON_MISSING_CHECK:
+            raise _invalid("on_missing_check",
+                           f"must be one of {', '.join(ON_MISSING_CHECK)}, got {self.on_missing_check!r}")
         if self.min_positives < 1:
             raise _invalid("min_positives", f"must be at least 1, got {self.min_positives}")
 
@@ -140,8 +149,21 @@ class PromotionPolicy:
             checks["data_checks"] = True
             reasons.append(f"data checks failed ({failed}), but this policy does not block on failed checks")
 
+        for check, why in evidence.not_run.items():
+            if self.on_missing_check == "block":
+                checks[check] = False
+                blockers.append(f"{check} check not run")
+                reasons.append(f"the {check} check could not run ({why}): promotion is blocked "
+                               "(on_missing_check: block)")
+            else:
+                checks[check] = True
+                reasons.append(f"the {check} check could not run ({why}); this policy warns only "
+                               "(on_missing_check: warn)")
+
         verdict = evidence.drift_verdict
-        if verdict is None:
+        if verdict is None and "drift" in evidence.not_run:
+            pass  # said above
+        elif verdict is None:
             checks["drift"] = True
             reasons.append("no dataset drift verdict was given: nothing to block on")
         elif self.block_on_drift == "never":
@@ -241,6 +263,7 @@ class Evidence:
     score_psi: float | None  # challenger's scores vs the champion's on the window
     drift_verdict: str | None  # the dataset's drift verdict ("ok"/"warn"/"alert"), None: not measured
     failed_checks: tuple[str, ...] = field(default=())  # names of failed data checks
+    not_run: Mapping[str, str] = field(default_factory=dict)  # check that could not run -> why (e.g. "drift")
 
     def __post_init__(self) -> None:
         if self.drift_verdict is not None and self.drift_verdict not in SEVERITIES:

@@ -299,9 +299,9 @@ async def _drift(settings: Settings, pool: Any, req: RetrainRequest, identity: I
     except InvalidInput as exc:
         if exc.code != "insufficient_data":
             raise
-        return {"verdict": None, "note": exc.message}
+        return {"status": "not_run", "verdict": None, "reason": exc.message}
     missing = [r["feature"] for r in result["features"] if (r["details"] or {}).get("missing_rate_current") == 1.0]
-    return {"verdict": result["verdict"], "job_id": result["job_id"], "severities": result["severities"],
+    return {"status": "ran", "verdict": result["verdict"], "job_id": result["job_id"], "severities": result["severities"],
             "worst": [{k: r[k] for k in ("feature", "severity", "psi")} for r in result["features"][:5]],
             "missing_features": missing}
 
@@ -314,7 +314,7 @@ async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: 
     checks = tuple(f"feature {name} missing from the recent window" for name in drift.get("missing_features", []))
     decision = policy.decide(Evidence(challenger=evaluation["challenger"], champion=evaluation.get("champion"),
                                       score_psi=evaluation.get("score_psi"), drift_verdict=drift.get("verdict"),
-                                      failed_checks=checks))
+                                      failed_checks=checks, not_run=drift_not_run(drift)))
     version = state.steps["challenger"]["version"]
     staged, promotion = False, None
     async with db.transaction(pool) as conn:
@@ -329,6 +329,19 @@ async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: 
                                                              reason=f"retrain run {state.id}: policy, no approvals")
     return {**decision.to_dict(), "version": version, "staged": staged,
             "promotion": {k: promotion[k] for k in ("status",) if k in promotion} if promotion else None}
+
+
+def drift_not_run(drift: dict[str, Any]) -> dict[str, str]:
+    """The drift step as the policy's ``not_run`` evidence (steps recorded before ``status`` existed held a
+    ``note`` and no verdict when the check could not run)."""
+    if drift.get("status") == "not_run" or (drift.get("verdict") is None and "note" in drift):
+        return {"drift": drift.get("reason") or drift.get("note") or "no reason recorded"}
+    return {}
+
+
+def _drift_line(drift: dict[str, Any]) -> str:
+    not_run = drift_not_run(drift)
+    return f"not run: {not_run['drift']}" if not_run else str(drift.get("verdict"))
 
 
 async def _report(settings: Settings, pool: Any, req: RetrainRequest, identity: Identity, policy: Any,
@@ -367,8 +380,10 @@ def markdown(report: dict[str, Any]) -> str:
              "| metric | champion | challenger |", "|---|---:|---:|"]
     for key in ("average_precision", "roc_auc", "recall_at_1pct_fpr", "brier", "expected_calibration_error"):
         lines.append(f"| {key.replace('_', ' ')} | {cell('champion', key)} | {cell('challenger', key)} |")
-    lines += ["", f"Score PSI (challenger vs champion on the window): {ev.get('score_psi')}",
-              f"Drift of the last days against the challenger's reference: {report['drift'].get('verdict')}", "",
+    psi = ev.get("score_psi")
+    lines += ["", "Score PSI (challenger vs champion on the window): "
+              + (f"{psi:.4f}" if isinstance(psi, float) else "not computed (no champion scores)"),
+              f"Drift of the last days against the challenger's reference: {_drift_line(report['drift'])}", "",
               "## Reasons", ""] + [f"- {r}" for r in report["reasons"]]
     if report["blockers"]:
         lines += ["", "## Blockers", ""] + [f"- {b}" for b in report["blockers"]]

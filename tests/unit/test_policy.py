@@ -15,17 +15,18 @@ def metrics(ap=0.543, ece=0.02, positives=240, n=10_000):
             "roc_auc": 0.95}
 
 
-def evidence(challenger=None, champion="default", score_psi=0.05, drift_verdict="ok", failed_checks=()):
+def evidence(challenger=None, champion="default", score_psi=0.05, drift_verdict="ok", failed_checks=(), not_run=None):
     return Evidence(challenger=challenger or metrics(),
                     champion=metrics(ap=0.512) if champion == "default" else champion,
-                    score_psi=score_psi, drift_verdict=drift_verdict, failed_checks=failed_checks)
+                    score_psi=score_psi, drift_verdict=drift_verdict, failed_checks=failed_checks,
+                    not_run=not_run or {})
 
 
 def test_defaults():
     policy = PromotionPolicy()
     assert policy.to_dict() == {
         "min_ap_gain": 0.0, "max_calibration_error": 0.05, "max_score_psi": 0.25, "block_on_drift": "alert",
-        "block_on_failed_checks": True, "min_positives": 20, "auto_stage": True, "auto_promote": True,
+        "block_on_failed_checks": True, "on_missing_check": "block", "min_positives": 20, "auto_stage": True, "auto_promote": True,
     }
     assert PromotionPolicy.from_mapping(None) == policy
     assert PromotionPolicy.from_mapping({}) == policy
@@ -262,3 +263,30 @@ def test_the_outcome_follows_the_checks(ev, gain, ece, psi, drift):
     if decision.blockers:
         assert decision.outcome == "reject"
     assert len(decision.reasons) >= len(decision.checks)
+
+
+def test_a_check_that_could_not_run_blocks_by_default_and_warns_when_told():
+    why = "insufficient_data: 5 events between 2026-11-20 and 2026-11-27"
+    blocked = PromotionPolicy().decide(evidence(drift_verdict=None, not_run={"drift": why}))
+    assert blocked.outcome == "reject" and blocked.checks["drift"] is False
+    assert blocked.blockers == ("drift check not run",)
+    assert any(why in r and "blocked" in r for r in blocked.reasons)
+    warned = PromotionPolicy(on_missing_check="warn").decide(evidence(drift_verdict=None, not_run={"drift": why}))
+    assert warned.outcome == "stage" and warned.blockers == ()
+    assert any(why in r and "warns only" in r for r in warned.reasons)
+    with pytest.raises(InvalidInput, match="on_missing_check"):
+        PromotionPolicy(on_missing_check="ignore")
+
+
+def test_the_retrain_report_says_a_drift_check_did_not_run():
+    from sira.retrain import drift_not_run, markdown
+
+    step = {"status": "not_run", "verdict": None, "reason": "insufficient_data: 5 events"}
+    assert drift_not_run(step) == {"drift": "insufficient_data: 5 events"}
+    assert drift_not_run({"verdict": None, "note": "too few"}) == {"drift": "too few"}  # a step stored earlier
+    assert drift_not_run({"status": "ran", "verdict": "ok"}) == {}
+    report = {"model": "fraud", "run": 1, "decision": "reject", "challenger": 2, "champion": 1, "staged": False,
+              "evaluation": {"window": {"from": "2026-11-01", "to": "2026-11-08"}, "rows": 10, "positives": 2},
+              "drift": step, "reasons": ["r"], "blockers": ["drift check not run"]}
+    text = markdown(report)
+    assert "reference: not run: insufficient_data: 5 events" in text and ": None" not in text
