@@ -1,30 +1,15 @@
 """Ray job: refresh the online feature snapshots incrementally.
 
-    ray job submit --working-dir . -- python jobs/materialize.py [--full]
+    sira jobs submit materialize -- [--full] --json
+    ray job submit --working-dir . --runtime-env job.yaml -- python jobs/materialize.py [--full]
+
+Takes exactly the options of `sira features materialize` (an operator's or data scientist's key
+once keys exist, as for the CLI).
 """
 
-import argparse
-import asyncio
-import json
 import sys
 
-from sira.config import get_settings
-from sira.errors import SiraError
-from sira.feature_store import materialize_all
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="rebuild every snapshot, not only changed entities")
-    args = parser.parse_args()
-    try:
-        result = asyncio.run(materialize_all(get_settings(), full=args.full))
-    except SiraError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(result, sort_keys=True))
-    return 0
-
+from sira.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(["features", "materialize", *sys.argv[1:]]))

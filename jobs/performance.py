@@ -9,7 +9,7 @@ the job's submission id.
 
 import sys
 
-from sira.cli import main
+from sira.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["performance", *sys.argv[1:]], own_process=True))
+    sys.exit(run_job(["performance", *sys.argv[1:]]))

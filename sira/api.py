@@ -17,12 +17,16 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import get_route_path
 
 from sira import __version__, db, migrations
 from sira.config import MAX_VERSION, Settings, get_settings
 from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError, Unauthenticated
+from sira.events import VALUE_CODES
 from sira.features import FeatureSet, get_feature_set
 from sira.auth import Identity, JwtConfig, authenticate, authorize, identity_from_jwt, is_jwt
 from sira.ingest import ingest_records, redactor_for
@@ -121,13 +125,13 @@ async def current_identity(
             if cache is not None and key:
                 cache.pop(key)  # revoked or expired: never again, not even from the cache in an outage
             raise
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except db.UNAVAILABLE as exc:
             # A serving replica keeps answering callers it knew shortly before while Postgres is away.
             identity = (cache.get(key, stale_for=scoring.config.auth_outage_grace_s)
                         if cache is not None and key else None)
             if identity is None:
                 raise ServiceUnavailable(f"cannot check credentials: the database is unavailable "
-                                         f"({type(exc).__name__})") from None
+                                         f"({type(exc).__name__})", code="database_unavailable") from None
         else:
             if cache is not None:
                 cache.put(key, identity)
@@ -150,16 +154,35 @@ def require(action: str) -> Any:
     return Depends(check)
 
 
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "details": details or {}}})
+def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route declares: 401, 403, 422 and 503 (credentials, role, input, database)
+    that every route behind a key can give, 400 and 413 (a body that cannot be parsed, one too large)
+    with a ``body``, and ``statuses`` (404, 409) it can give besides."""
+    common = {401, 403, 422, 503} | ({400, 413} if body else set())
+    return {status: {"model": ErrorResponse} for status in sorted(common | set(statuses))}
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "details": details or {}}},
+                        headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path (Starlette's 405 names only the first route's)."""
+    path = get_route_path(request.scope)
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.path_regex is not None and route.path_regex.match(path):
+            allowed |= route.methods
+    return sorted(allowed)
 
 
 def events_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["events"])
 
     @router.post(
-        "/events", response_model=EventsResponse,
-        responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        "/events", response_model=EventsResponse, responses=errors(body=True),
         summary="Ingest a batch of events",
     )
     async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
@@ -202,6 +225,12 @@ class Reason(BaseModel):
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
+class RollbackRequest(Reason):
+    expected_version: Annotated[int, Field(
+        ge=1, le=MAX_VERSION, description="The production version this rollback replaces, as the caller read it: "
+        "refused with 409 production_moved when production changed since (two rollbacks never undo each other).")]
+
+
 class Comment(BaseModel):
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
@@ -228,31 +257,36 @@ def registry_router() -> APIRouter:
 
         background.add_task(webhooks.deliver_due, request.app.state.pool, request.app.state.settings)
 
-    @router.get("/models")
+    @router.get("/models", responses=errors())
     async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         return {"models": await unit(pool, registry.list_models, who)}
 
-    @router.post("/models", status_code=201)
+    @router.post("/models", status_code=201, responses=errors(409, body=True))
     async def models_create(body: ModelCreate, pool: PoolDep, who: Identity = require("models.write")) -> dict[str, Any]:
         fields = body.model_dump(exclude={"name", "model_type", "entity_type"}, exclude_none=True)
         return await unit(pool, registry.create_model, who, body.name, model_type=body.model_type,
                           entity_type=body.entity_type, **fields)
 
-    @router.get("/models/{name}")
+    @router.get("/models/{name}", responses=errors(404))
     async def models_show(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.show_model, who, name)
 
-    @router.patch("/models/{name}")
+    @router.patch("/models/{name}", responses=errors(404, body=True))
     async def models_update(name: str, body: ModelUpdate, pool: PoolDep,
                             who: Identity = require("models.settings")) -> dict[str, Any]:
         return await unit(pool, registry.update_model, who, name, **body.model_dump(exclude_none=True))
 
-    @router.get("/models/{name}/versions/{version}")
+    @router.get("/models/{name}/versions/{version}", responses=errors(404))
     async def versions_show(name: str, version: Version, pool: PoolDep,
                             who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.show_version, who, name, version)
 
-    @router.get("/models/{name}/versions/{version}/card", response_class=HTMLResponse)
+    card_types = {"text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}
+
+    # Response (no media type of its own): the errors are documented as the JSON they are, not as HTML
+    @router.get("/models/{name}/versions/{version}/card", response_class=Response,
+                responses={200: {"description": "The model card", "content": card_types},
+                           **errors(404, 409)})  # 409: an artifact that fails its checksum
     async def versions_card(name: str, version: Version, request: Request, pool: PoolDep,
                             format: Annotated[Literal["md", "html"], Query()] = "html",  # noqa: A002
                             who: Identity = require("models.read")) -> Any:
@@ -261,12 +295,13 @@ def registry_router() -> APIRouter:
         text = await unit(pool, render_card, request.app.state.settings, who, name, version, format)
         return HTMLResponse(text) if format == "html" else PlainTextResponse(text, media_type="text/markdown")
 
-    @router.get("/models/{name}/compare")
+    @router.get("/models/{name}/compare", responses=errors(404))
     async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1, le=MAX_VERSION)],
                                b: Annotated[int, Query(ge=1, le=MAX_VERSION)], who: Identity = require("models.read")) -> dict[str, Any]:
         return await unit(pool, registry.compare_versions, who, name, a, b)
 
-    @router.post("/models/{name}/versions/{version}/promote", status_code=201)
+    @router.post("/models/{name}/versions/{version}/promote", status_code=201,
+                 responses=errors(404, 409, body=True))
     async def promote(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
                       background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
         result = await unit(pool, registry.request_promotion, request.app.state.settings, who, name, version,
@@ -274,7 +309,7 @@ def registry_router() -> APIRouter:
         announce(background, request)
         return result
 
-    @router.post("/models/{name}/versions/{version}/stage")
+    @router.post("/models/{name}/versions/{version}/stage", responses=errors(404, 409, body=True))
     async def stage(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
                     background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
         """Put a version in staging: serving scores it in shadow beside production."""
@@ -282,63 +317,125 @@ def registry_router() -> APIRouter:
         announce(background, request)
         return result
 
-    @router.post("/models/{name}/versions/{version}/{decision}")
-    async def decide(name: str, version: Version, decision: Literal["approve", "reject"], body: Comment, request: Request,
-                     pool: PoolDep, background: BackgroundTasks,
-                     who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        """Approve or reject the version's pending promotion request."""
-        result = await unit(pool, registry.decide, who, name, version, decision, body.comment)
-        announce(background, request)
-        return result
+    def decision_route(decision: Literal["approve", "reject"]) -> Any:
+        async def decide(name: str, version: Version, body: Comment, request: Request, pool: PoolDep,
+                         background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
+            result = await unit(pool, registry.decide, who, name, version, decision, body.comment)
+            announce(background, request)
+            return result
 
-    @router.post("/models/{name}/rollback")
-    async def rollback(name: str, body: Reason, request: Request, pool: PoolDep, background: BackgroundTasks,
+        return decide
+
+    # one literal path per decision: a `{decision}` parameter also caught POST …/card (422, not 405)
+    for decision in ("approve", "reject"):
+        router.add_api_route(f"/models/{{name}}/versions/{{version}}/{decision}", decision_route(decision),
+                             methods=["POST"], name=f"versions_{decision}",
+                             responses=errors(404, 409, body=True),
+                             summary=f"{decision.capitalize()} the version's pending promotion request")
+
+    @router.post("/models/{name}/rollback", responses=errors(404, 409, body=True))
+    async def rollback(name: str, body: RollbackRequest, request: Request, pool: PoolDep, background: BackgroundTasks,
                        who: Identity = require("rollback")) -> dict[str, Any]:
-        result = await unit(pool, registry.rollback, who, name, body.reason or "")
+        result = await unit(pool, registry.rollback, who, name, body.reason or "", body.expected_version)
         announce(background, request)
         return result
 
-    @router.get("/models/{name}/history")
+    @router.get("/models/{name}/history", responses=errors(404))
     async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         return {"model": name, "history": await unit(pool, registry.production_history, name)}
 
-    @router.get("/models/{name}/drift")
+    @router.get("/models/{name}/drift", responses=errors(404))
     async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),
                     version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None) -> dict[str, Any]:
         from sira.drift import latest_drift
 
         return await unit(pool, latest_drift, name, version)
 
-    @router.get("/models/{name}/performance")
+    @router.get("/models/{name}/performance", responses=errors(404))
     async def performance(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
         from sira.performance import latest_performance
 
         return await unit(pool, latest_performance, name)
 
-    @router.get("/audit")
+    @router.get("/audit", responses=errors())
     async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,
                         actor: str | None = None, action: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict[str, Any]:
         return {"entries": await unit(pool, registry.read_audit, who, target=target, actor=actor, action=action,
                                       limit=limit)}
 
-    @router.post("/keys", status_code=201)
+    @router.post("/keys", status_code=201, responses=errors(409, body=True))
     async def keys_create(body: KeyCreate, request: Request, pool: PoolDep,
                           who: Identity = require("keys.manage")) -> dict[str, Any]:
         key, info = await unit(pool, create_key, name=body.name, roles=body.roles, pepper=request.app.state.pepper,
                                creator=who)
         return {"name": info["name"], "roles": info["roles"], "key": key}
 
-    @router.get("/keys")
+    @router.get("/keys", responses=errors())
     async def keys_list(pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
         return {"keys": await unit(pool, list_keys, who)}
 
-    @router.delete("/keys/{name}")
+    @router.delete("/keys/{name}", responses=errors(404, 409))
     async def keys_revoke(name: str, pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
         await unit(pool, revoke_key, who, name)
         return {"revoked": name}
 
     return router
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the application when a streamed body passes the limit: it stops reading."""
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: a request body over ``max_bytes`` gets 413 ``body_too_large`` before it is
+    parsed, from its Content-Length or, without one, by counting the bytes as they arrive. (Pure ASGI:
+    Starlette's BaseHTTPMiddleware costs every request a task and a copy of the stream.)"""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received, refused, started = 0, False, False
+
+        async def bounded_receive() -> Any:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    raise _BodyTooLarge
+            return message
+
+        async def send_unless_refused(message: Any) -> None:
+            nonlocal started
+            if refused and not started:  # whatever the application answers to a body cut short: 413
+                return
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, send_unless_refused)
+        except _BodyTooLarge:
+            if started:  # an answer already under way: the server ends the connection
+                raise
+        if refused and not started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        response = _error(413, "body_too_large", f"the request body is larger than {self.max_bytes} bytes",
+                          {"max_bytes": self.max_bytes})
+        response.headers["connection"] = "close"  # the rest of the body is never read
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI:
@@ -355,10 +452,21 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     )
     app.state.settings = settings or get_settings()
     app.state.scoring = scoring
+    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
 
     @app.exception_handler(SiraError)
     async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
         return _error(exc.http_status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # routing's own answers (no such path, a method the path does not take) in SIRA's shape
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(allowed)}",
+                          {"allowed": allowed}, headers={"Allow": ", ".join(allowed)})
+        code = {400: "malformed_body", 404: "not_found"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(asyncpg.DataError)
     async def _data_error(_request: Request, exc: asyncpg.DataError) -> JSONResponse:
@@ -368,12 +476,23 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
         log.info("request refused by PostgreSQL: %s", type(exc).__name__)
         return _error(422, "invalid_value", f"a value cannot be stored: {type(exc).__name__}", {})
 
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # Postgres down, restarting, recovering or out of connections, whichever route met it: the caller
+        # may retry. The class names the cause; the text may name the server: not shown.
+        if not db.is_unavailable(exc):
+            raise exc  # not the database's absence: a server fault (500)
+        log.info("request met an unavailable database: %s", type(exc).__name__)
+        return _error(503, "database_unavailable", f"the database is unavailable ({type(exc).__name__})", {})
+
+    for unavailable in db.UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
         field = ".".join(str(p) for p in first["loc"] if p != "body")
-        code = {"extra_forbidden": "unknown_field", "missing": "missing_field",
-                "non_finite": "invalid_number", "unstorable": "invalid_value"}.get(first.get("type"), "invalid_request")
+        code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
+                **{c: c for c in VALUE_CODES}}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
         return _error(422, code, f"{field or 'body'}: {message}", {"field": field})
 
@@ -382,13 +501,18 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
         return Health(status="ok", version=__version__)
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}}, tags=["health"])
-    async def readyz(pool: PoolDep) -> Health:
-        try:
-            async with pool.acquire(timeout=2) as conn:
-                await migrations.check(conn)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise ServiceUnavailable(f"database not ready: {type(exc).__name__}") from None
-        return Health(status="ready", version=__version__, checks={"database": "ok", "schema": "ok"})
+    async def readyz(request: Request, pool: PoolDep) -> Health:
+        async with pool.acquire(timeout=2) as conn:  # unreachable: 503 database_unavailable (the handler above)
+            await migrations.check(conn)  # out of date: 503 schema_out_of_date
+        checks = {"database": "ok", "schema": "ok"}
+        scoring = request.app.state.scoring
+        if scoring is not None:  # a served model whose production version cannot be loaded: not ready (but alive)
+            unavailable = scoring.unavailable_models()
+            if unavailable:
+                raise ServiceUnavailable(f"model(s) cannot be loaded: {', '.join(sorted(unavailable))}",
+                                         code="model_unavailable", details={"models": unavailable})
+            checks["models"] = "ok"
+        return Health(status="ready", version=__version__, checks=checks)
 
     app.include_router(events_router())
     app.include_router(registry_router())

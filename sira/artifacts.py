@@ -76,7 +76,7 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         path = self.root / key
         if not path.is_file():
-            raise NotFound(f"artifact file not found: {path}")
+            raise NotFound(f"artifact file not found: {path}", code="artifact_missing")
         return path.read_bytes()
 
     def uri(self, key: str) -> str:
@@ -104,7 +104,8 @@ class S3Store:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
-            raise NotFound(f"artifact file not found: s3://{self.bucket}/{self._key(key)}") from None
+            raise NotFound(f"artifact file not found: s3://{self.bucket}/{self._key(key)}",
+                           code="artifact_missing") from None
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -18,7 +18,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -85,6 +85,21 @@ def hash_key(pepper: str, key: str) -> str:
     return hmac.new(pepper.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+    """When a new key stops working, from ISO 8601 (``2030-01-31``, ``…T18:00:00Z``, ``…+02:00``; no offset:
+    UTC). A time already past is refused: the key would be born expired."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"--expires: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
+                           f"such as +02:00), got {text!r}", details={"field": "expires"}) from None
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    if when <= (now or datetime.now(timezone.utc)):
+        raise InvalidInput(f"--expires {when.isoformat()} is in the past: a key would be born expired",
+                           details={"field": "expires"})
+    return when
+
+
 def validate_roles(roles: list[str]) -> list[str]:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
@@ -109,6 +124,12 @@ async def create_key(
         creator = Identity("bootstrap", frozenset({"admin"}), "bootstrap")
     else:
         authorize(creator, "keys.manage")
+    return await _insert_key(conn, name=name, roles=roles, pepper=pepper, creator=creator, expires_at=expires_at,
+                             details={"roles": roles, "bootstrap": creator.kind == "bootstrap"})
+
+
+async def _insert_key(conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity,
+                      expires_at: datetime | None, details: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     prefix = secrets.token_hex(6)
     key = f"sira_{prefix}_{secrets.token_urlsafe(32)}"
     try:
@@ -121,10 +142,65 @@ async def create_key(
         raise Conflict(f"a key named {name!r} exists already", details={"name": name}) from None
     except asyncpg.CheckViolationError:
         raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)") from None
-    await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name,
-                       details={"roles": roles, "bootstrap": creator.kind == "bootstrap"})
+    await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name, details=details)
     return key, {"name": row["name"], "roles": list(row["roles"]), "created_at": row["created_at"].isoformat(),
                  "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None}
+
+
+JOB_KEY_PREFIX = "job-"
+MAX_JOB_KEY_TTL = timedelta(days=7)
+
+
+def job_role(identity: Identity, actions: tuple[str, ...]) -> str:
+    """The one role a job's key gets: a role that allows every one of ``actions`` and that the submitter
+    holds (an admin submitter: the first such role), so the key is never wider than its submitter nor
+    than the job needs."""
+    for action in actions:
+        authorize(identity, action)
+    fit = [r for r in ROLES if r != "admin" and all(r in PERMISSIONS[a] for a in actions)]
+    held = [r for r in fit if r in identity.roles]
+    if held or fit:
+        return (held or fit)[0]
+    raise InvalidInput(f"no single role allows {', '.join(actions)}")
+
+
+async def create_job_key(conn: asyncpg.Connection, submitter: Identity, *, actions: tuple[str, ...], job_name: str,
+                         ttl: timedelta, pepper: str) -> tuple[str, dict[str, Any]]:
+    """A short-lived key for one Ray job, minted by whoever submits it: one role that allows ``actions``,
+    named ``job-<submission id>``, expiring after ``ttl``, revoked when the job ends (:func:`revoke_job_key`).
+
+    A runtime env's variables are visible in ``ray job list`` and the dashboard, so a job never carries
+    its submitter's long-lived key: this key is worth one job's role for the job's lifetime.
+    """
+    if not timedelta(0) < ttl <= MAX_JOB_KEY_TTL:
+        raise InvalidInput(f"a job key lives between 1 second and {MAX_JOB_KEY_TTL.days} days, got {ttl}",
+                           details={"field": "key_ttl"})
+    role = job_role(submitter, actions)
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    expires_at = await conn.fetchval("SELECT now() + $1::interval", ttl)
+    return await _insert_key(conn, name=f"{JOB_KEY_PREFIX}{job_name}"[:100], roles=[role], pepper=pepper,
+                             creator=submitter, expires_at=expires_at,
+                             details={"roles": [role], "job": job_name, "actions": list(actions)})
+
+
+async def revoke_job_key(conn: asyncpg.Connection, identity: Identity, name: str) -> bool:
+    """Revoke a job's key: by the job itself (acting with it) or by its submitter. False when it was
+    revoked already (the job and its submitter both revoke it at the end; either may come first)."""
+    if not name.startswith(JOB_KEY_PREFIX):
+        raise InvalidInput(f"{name!r} is not a job key")
+    row = await conn.fetchrow("SELECT created_by, revoked_at FROM sira_api_keys WHERE name = $1", name)
+    if row is None:
+        raise NotFound(f"no API key named {name!r}", details={"name": name})
+    if identity.name not in (name, row["created_by"]) and not may(identity, "keys.manage"):
+        raise PermissionDenied(f"{identity.name} may not revoke the job key {name!r}: only the job or its "
+                               "submitter may", details={"action": "keys.manage"})
+    revoked = await conn.fetchval(
+        """UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2
+            WHERE name = $1 AND revoked_at IS NULL RETURNING name""", name, identity.name)
+    if revoked is not None:
+        await audit.record(conn, identity.actor(), "key.revoke", target_type="api_key", target_id=name,
+                           details={"job_ended": True})
+    return revoked is not None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import pyarrow as pa
 from sira import db, evaluation, registry
 from sira.audit import Actor
 from sira.config import Settings
-from sira.errors import InvalidInput, ServiceUnavailable, SiraError
+from sira.errors import InvalidInput, ServiceUnavailable, sira_cause
 from sira.files import InputFiles, find_files, is_numeric_type
 
 log = logging.getLogger(__name__)
@@ -469,22 +469,6 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
         tmp.unlink(missing_ok=True)
 
 
-def _sira_cause(exc: BaseException) -> SiraError | None:
-    """The SIRA error (bad input found while reading) inside an exception a Ray worker raised, if any."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        inner = getattr(current, "cause", None)  # a RayTaskError (itself an instance of its cause's class)
-        if isinstance(current, SiraError) and not isinstance(inner, BaseException):
-            return current
-        stack += [current.__context__, current.__cause__, inner]  # popped last first: the cause first
-    return None
-
-
 async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[str, Any], Source]:
     """The version to score with and the input, checked before any Ray work starts."""
     if (req.data is None) == (req.time_from is None and req.time_to is None):
@@ -553,7 +537,7 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
                 f"{ray.cluster_resources().get('CPU', 0):g} CPUs; Serve replicas or other jobs hold them): "
                 "free some, add a node or try later") from None
         except Exception as exc:
-            cause = _sira_cause(exc)  # raised in a scoring actor: Ray wraps it
+            cause = sira_cause(exc)  # raised in a scoring actor: Ray wraps it
             if cause is None:
                 raise
             raise cause from None

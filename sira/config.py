@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for the online cache and event stream. Unset: no Redis."
     )
+    stream_retention_s: Annotated[float, Field(ge=0, le=31_536_000)] = Field(
+        default=0.0, description="Seconds an event stays on the Redis stream sira:events after every consumer "
+        "group has acknowledged it (for replay); 0: deleted as soon as all have. Entries hold the producers' raw "
+        "events, personal data included.",
+    )
     artifact_uri: str | None = Field(
         default=None,
         description="Where model artifacts live: a folder or s3://bucket/prefix. Unset: <workspace>/artifacts.",
@@ -83,6 +88,14 @@ class Settings(BaseSettings):
     events_max_batch: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1_000, description="Most events one POST /v1/events call may carry."
     )
+    max_string_length: Annotated[int, Field(ge=256, le=1_000_000)] = Field(
+        default=4_096, description="Longest string (characters) in any field of an event or a scoring request, "
+        "nested attributes and field names included; longer: refused with field_too_long.",
+    )
+    max_body_bytes: Annotated[int, Field(ge=65_536, le=1_073_741_824)] = Field(
+        default=4_194_304, description="Largest HTTP request body (bytes); larger: 413 body_too_large before it "
+        "is read.",
+    )
     api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
     api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
     jwt_issuer: str | None = Field(default=None, description="Accept JWT bearer tokens from this issuer (iss).")
@@ -98,6 +111,9 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(default=None, description="File holding the webhook key.")
     webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
     webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    pending_label_ttl_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        default=30.0, description="Days a label for an event not (yet) stored waits for its event; after that it "
+        "expires into sira_rejected_events (reason pending_label_expired).")
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
 
     @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file",

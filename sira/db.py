@@ -19,14 +19,14 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 
 from sira.config import Settings
-from sira.errors import ServiceUnavailable
+from sira.errors import ConfigError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,14 @@ class EmbeddedPostgres:
         self._ensure_database(server.get_uri("postgres"))
         return server.get_uri(EMBEDDED_DATABASE)
 
-    def stop(self) -> bool:
-        """Stop the server; False when it was not running."""
+    def stop(self, *, mode: Literal["fast", "immediate"] = "fast") -> bool:
+        """Stop the server; False when it was not running. ``immediate``: no shutdown checkpoint, as in a
+        crash (the next start recovers from the WAL; fault tests use it)."""
         if not self.status().running:
             return False
         pg_ctl = _pgserver()._commands.pg_ctl
         user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=60)
+        pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=user, timeout=60)
         # pgserver remembers the servers it started in this process: forget this one, or a later
         # start() in the same process would hand back the stopped server.
         from pgserver.postgres_server import PostgresServer
@@ -134,6 +135,14 @@ def resolve_dsn(settings: Settings) -> str:
     """The DSN to use: ``SIRA_DATABASE_URL``, else the embedded server's (started on demand)."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
+    from sira.ray_runtime import in_ray_job
+
+    if in_ray_job():
+        raise ConfigError(
+            "no database for this Ray job: SIRA_DATABASE_URL is unset, and a job never starts an embedded "
+            "PostgreSQL of its own (it would be empty); submit with `sira jobs submit`, which passes the "
+            "current database, or set SIRA_DATABASE_URL in the runtime env's env_vars",
+            code="database_not_configured")
     return embedded_server(settings).start()
 
 
@@ -146,6 +155,46 @@ def describe_dsn(dsn: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     user = f"{parts.username}@" if parts.username else ""
     return f"postgresql://{user}{host}{port}{parts.path}"
+
+
+# -- "the database is unavailable" ------------------------------------------
+
+# PostgreSQL cannot serve now, though it may in a moment: down or unreachable, shutting down, restarting or
+# recovering after a crash, out of connection slots, too slow. Whoever meets one waits, retries, degrades
+# or answers 503 ``database_unavailable``: never a 500. Catch it (``except UNAVAILABLE``) around database
+# calls only; where an error's origin is not known (an application's exception handler), ask
+# :func:`is_unavailable`.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, the Unix socket gone (FileNotFoundError), TimeoutError (an acquire, a command)
+    asyncpg.PostgresConnectionError,  # 08...: the connection failed, was refused or lost mid-statement
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing"
+    asyncpg.exceptions.OperatorInterventionError,  # 57...: admin or crash shutdown, "the database system is
+    # starting up" / "in recovery mode" (CannotConnectNowError), a statement cancelled or timed out
+    asyncpg.exceptions.InsufficientResourcesError,  # 53...: too many connections, out of memory, disk full
+    # the client's protocol state broken, as when a server going away reaches an idle connection before
+    # its socket closes ("cannot switch to state 11; another operation (2) is in progress"): another
+    # connection may work
+    asyncpg.exceptions.InternalClientError,
+)
+# InterfaceErrors that are the query's or the client's fault, not the server's absence: an argument that
+# cannot be encoded (DataError) or a bad connection option (ClientConfigurationError), both ValueErrors.
+_CLIENT_FAULTS = (ValueError, asyncpg.exceptions.UnsupportedClientFeatureError,
+                  asyncpg.exceptions.UnsupportedServerFeatureError)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL cannot serve now (:data:`UNAVAILABLE`). An ``OSError`` counts when
+    the database client raised it: a file a route could not read is not a database outage."""
+    if not isinstance(exc, UNAVAILABLE) or isinstance(exc, _CLIENT_FAULTS):
+        return False
+    if not isinstance(exc, OSError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").partition(".")[0] == "asyncpg":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # -- connections -----------------------------------------------------------
@@ -181,7 +230,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """One connection with SIRA's codecs; connection failures become :class:`ServiceUnavailable`."""
     try:
         conn = await asyncpg.connect(dsn, timeout=30)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # away, or refusing us (a password, no such database)
         raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     await _init_connection(conn)
     return conn
@@ -198,7 +247,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             init=_init_connection,
             timeout=30,
         )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # away, or refusing us (a password, no such database)
         raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     assert pool is not None
     return pool

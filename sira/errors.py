@@ -110,3 +110,20 @@ class ServiceUnavailable(SiraError):
     code = "unavailable"
     http_status = 503
     exit_code = EXIT_FAILURE
+
+
+def sira_cause(exc: BaseException) -> SiraError | None:
+    """The SIRA error (bad input found inside a Ray task or actor) within an exception Ray raised, if any:
+    Ray wraps it in RayTaskError, Ray Data in its user-code and system exceptions."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)  # a RayTaskError (itself an instance of its cause's class)
+        if isinstance(current, SiraError) and not isinstance(inner, BaseException):
+            return current
+        stack += [current.__context__, current.__cause__, inner]  # popped last first: the cause first
+    return None

@@ -5,6 +5,11 @@ goes through :func:`normalize`: column mapping, validation against
 :class:`EventIn`, PII redaction, and the canonical row written to
 ``sira_events``. A record that fails becomes a :class:`Rejection` with a
 stable reason code and the field at fault; its payload is redacted too.
+
+Free-form input is bounded before any redaction: a string (or field name) longer
+than ``max_string_length`` is refused with ``field_too_long``, an integer beyond
+signed 64 bits, a NUL character or deep nesting with ``invalid_value``, and an
+amount sent as a boolean or a string with ``invalid_number``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from sira.config import get_settings
 from sira.errors import InvalidInput
 from sira.pii import MAX_NESTING, Redactor
 
@@ -33,6 +40,10 @@ _MAX_ATTRIBUTES = 64
 
 MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
 Text = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the JSON encoder's and PostgreSQL bigint's range
+# Codes of the problems :func:`value_problem` finds and of numbers of the wrong JSON type: each is
+# also the type of the pydantic error raised for it, so every caller reports it under that code.
+VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
 
 
 def as_utc(value: datetime) -> datetime:
@@ -40,27 +51,59 @@ def as_utc(value: datetime) -> datetime:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
-def storage_problem(value: Any, path: str = "", depth: int = 0) -> str | None:
-    """Why a JSON-like value cannot be stored (PostgreSQL text and jsonb refuse NUL characters;
-    integers beyond 64 bits and nesting deeper than :data:`MAX_NESTING` are refused), naming where;
-    None when it can."""
-    where = f"{path}: " if path else ""
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        return f"{where}integer out of the 64-bit range"
+def max_string_length() -> int:
+    """The longest string accepted in any field (``SIRA_MAX_STRING_LENGTH``)."""
+    return get_settings().max_string_length
+
+
+@dataclass(frozen=True)
+class ValueProblem:
+    """Why a JSON-like value is refused: a stable code, where (dotted path inside the value), why."""
+
+    code: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def error(self) -> PydanticCustomError:
+        """The pydantic error of this problem: its type is the code, its context names the path."""
+        return PydanticCustomError(self.code, "{problem}", {"problem": str(self), "path": self.path})
+
+
+def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -> ValueProblem | None:
+    """Why a JSON-like value cannot be accepted, naming where; None when it can.
+
+    Lengths are checked first, in constant time per string, so an over-long value is refused before
+    anything scans it (the redactor's searches, a NUL check). PostgreSQL text and jsonb refuse NUL
+    characters; the JSON encoder and bigint refuse integers beyond signed 64 bits; nesting deeper than
+    :data:`MAX_NESTING` is refused too.
+    """
     if isinstance(value, str):
-        return f"{where}must not contain NUL (\\u0000) characters" if "\x00" in value else None
+        if len(value) > max_length:
+            return ValueProblem("field_too_long", path, f"longer than {max_length} characters ({len(value)})")
+        if "\x00" in value:
+            return ValueProblem("invalid_value", path, "must not contain NUL (\\u0000) characters")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return ValueProblem("invalid_value", path, "integer out of the signed 64-bit range")
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
-        return f"{where}nested more than {MAX_NESTING} levels deep"
+        return ValueProblem("invalid_value", path, f"nested more than {MAX_NESTING} levels deep")
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if "\x00" in str(key):
-                return f"{where}field names must not contain NUL (\\u0000) characters"
-            problem = storage_problem(item, f"{path}.{key}" if path else str(key), depth + 1)
+            name = str(key)
+            if len(name) > max_length:
+                return ValueProblem("field_too_long", path, f"a field name is longer than {max_length} characters "
+                                    f"({len(name)})")
+            if "\x00" in name:
+                return ValueProblem("invalid_value", path, "field names must not contain NUL (\\u0000) characters")
+            problem = value_problem(item, max_length, f"{path}.{name}" if path else name, depth + 1)
             if problem:
                 return problem
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            problem = storage_problem(item, f"{path}.{i}" if path else str(i), depth + 1)
+            problem = value_problem(item, max_length, f"{path}.{i}" if path else str(i), depth + 1)
             if problem:
                 return problem
     return None
@@ -96,14 +139,24 @@ class EventIn(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _blank_is_missing(cls, value: Any) -> Any:
+    def _bounded_and_blank_is_missing(cls, value: Any) -> Any:
+        problem = value_problem(value, max_string_length())
+        if problem:
+            raise problem.error()
         if isinstance(value, str) and not value.strip():
             return None
-        problem = storage_problem(value) if isinstance(value, str) else None
-        if problem:
-            raise ValueError(problem)
         if isinstance(value, float) and math.isnan(value):
             return None
+        return value
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON has numbers: true or "12.5" is a sender's bug, not an amount. CSV has only text: a file
+        # reader that cannot type a column passes numbers_as_text and its numeric strings are numbers.
+        if isinstance(value, bool) or isinstance(value, str) and not (info.context or {}).get("numbers_as_text"):
+            raise PydanticCustomError("invalid_number", "must be a number, not {kind}",
+                                      {"kind": "a boolean" if isinstance(value, bool) else "a string"})
         return value
 
     @field_validator("occurred_at")
@@ -133,13 +186,13 @@ class EventIn(BaseModel):
 
     @model_validator(mode="after")
     def _entity_and_amount(self) -> "EventIn":
+        problem = value_problem(self.model_extra, max_string_length()) if self.model_extra else None
+        if problem:
+            raise problem.error()
         if not any(getattr(self, k) for k in ENTITY_KEYS):
             raise ValueError(f"needs at least one entity key ({', '.join(ENTITY_KEYS)})")
         if self.event_type == "payment" and self.amount is None:
             raise ValueError("amount is required for payment events")
-        problem = storage_problem(self.model_extra) if self.model_extra else None
-        if problem:
-            raise ValueError(problem)
         return self
 
 
@@ -163,15 +216,17 @@ def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict
 
 
 def normalize(
-    raw: Mapping[str, Any], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None
+    raw: Mapping[str, Any], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None, *,
+    numbers_as_text: bool = False,
 ) -> dict[str, Any] | Rejection:
     """Validate and redact one record: a canonical ``sira_events`` row, or a rejection.
 
     A rejection keeps the original record (source column names, redacted) so it can be replayed.
+    ``numbers_as_text``: the source has no number type (CSV), so a numeric string is a number.
     """
     record = apply_mapping(raw, mapping or {})
     try:
-        event = EventIn.model_validate(record)
+        event = EventIn.model_validate(record, context={"numbers_as_text": numbers_as_text})
     except ValidationError as exc:
         return _rejection(record, raw, exc, redactor)
     return event_row(event, redactor, source, event.model_extra or {}, raw)
@@ -202,7 +257,7 @@ def event_row(
         currency=data["currency"], country=data["country"],
         channel=redactor.scrub_text(data["channel"]) if data["channel"] else None,
     )
-    attributes = redactor.scrub({k: _jsonable(v) for k, v in extra.items()})
+    attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
                          _payload(redactor, data, raw))
@@ -211,22 +266,34 @@ def event_row(
 
 
 def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """What a rejection keeps: the record as sent (else the event's fields), redacted."""
-    return redactor.payload({k: _jsonable(v) for k, v in (data if raw is None else raw).items()})
+    """What a rejection keeps: the record as sent (else the event's fields), bounded and redacted."""
+    return redactor.payload(_jsonable(dict(data if raw is None else raw), max_string_length()))
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, max_length: int) -> Any:
+    """A JSON value PostgreSQL can store: integers beyond 64 bits become their digits, and a string or
+    field name over ``max_length`` a marker of its length (a dead letter never holds the value itself,
+    nor makes the redactor scan it)."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        value = str(value)
+    if isinstance(value, str):
+        return value if len(value) <= max_length else _too_long(value)
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {(name if len(name := str(k)) <= max_length else _too_long(name)): _jsonable(v, max_length)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
+        return [_jsonable(v, max_length) for v in value]
+    return _jsonable(str(value), max_length)
+
+
+def _too_long(text: str) -> str:
+    return f"<field_too_long {len(text)} characters>"  # no two words in a row: the redactor keeps it
 
 
 def _rejection(
@@ -235,17 +302,19 @@ def _rejection(
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in error["loc"]) or None
     kind = error["type"]
-    if kind == "missing":
+    if kind in VALUE_CODES:  # the message names the place inside the field; the field names both
+        where = ".".join(p for p in (loc, (error.get("ctx") or {}).get("path")) if p) or None
+        code, reason, loc = kind, f"{loc}: {error['msg']}" if loc else error["msg"], where
+    elif kind == "missing":
         code, reason = "missing_field", f"{loc} is required"
     elif loc is None:
         code, reason = "invalid_event", error["msg"].removeprefix("Value error, ")
     else:
         code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     raw_id = record.get("event_id")
-    event_id = redactor.scrub_value(str(raw_id))[:200] if raw_id not in (None, "") else None
-    return Rejection(event_id, code, redactor.scrub_text(reason), loc, redactor.payload(
-        {k: _jsonable(v) for k, v in raw.items()}
-    ))
+    raw_id = "" if raw_id is None else str(raw_id)
+    event_id = redactor.scrub_value(raw_id)[:MAX_EVENT_ID] if 0 < len(raw_id) <= max_string_length() else None
+    return Rejection(event_id, code, redactor.scrub_text(reason), loc, _payload(redactor, record, raw))
 
 
 def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:

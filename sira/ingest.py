@@ -14,9 +14,11 @@ insert by ``event_id``, dead letters):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,13 +26,14 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import pyarrow as pa
 
 from sira import db, feature_store
 from sira.config import Settings
-from sira.errors import InvalidInput
+from sira.errors import InvalidInput, sira_cause
 from sira.events import EVENT_COLUMNS, Rejection, check_columns, normalize
 from sira.features import FeatureSet, grouped_features, vectors_to_json
-from sira.files import find_files, read_sample
+from sira.files import decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.pii import Redactor
 
 FEATURE_SHARDS = 8
@@ -80,18 +83,21 @@ async def store_events(
     redactor: Redactor,
     source: str,
     mapping: Mapping[str, str] | None = None,
+    numbers_as_text: bool = False,
 ) -> tuple[IngestSummary, list[dict[str, Any]]]:
     """Validate, redact and insert events; returns the summary and the newly stored rows.
 
     Re-sending an event (same ``event_id``) changes nothing and counts as a duplicate;
-    invalid records go to ``sira_rejected_events`` with their reason.
+    invalid records go to ``sira_rejected_events`` with their reason. ``numbers_as_text``: the
+    records come from CSV, where a numeric string is a number (elsewhere it is refused).
     """
     summary = IngestSummary(read=len(records))
+    source = redactor.scrub_text(source)  # a name sent by the caller, or a file's: an email in it is redacted
     rows: list[dict[str, Any]] = []
     rejections: list[Rejection] = []
     seen: set[str] = set()
     for raw in records:
-        result = normalize(raw, redactor, source, mapping)
+        result = normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text)
         if isinstance(result, Rejection):
             rejections.append(result)
             summary.results.append({"event_id": result.event_id, "status": "rejected",
@@ -263,19 +269,54 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
-def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str) -> dict[str, np.ndarray]:
+def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int) -> Iterator[pa.Table]:
+    """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
+    for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
+        yield from read_part(path, group, file_format, rows)
+
+
+def _json_records(batch: pa.Table) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """JSON Lines decoded one line at a time: a line that is not a JSON object is a dead letter naming
+    the file and line (not its text, which may hold personal data), as a CSV row that cannot be read."""
+    records: list[dict[str, Any]] = []
+    broken: list[Rejection] = []
+    for path, line, text in zip(*(batch.column(c).to_pylist() for c in ("file", "line", "text"))):
+        value = decode_json_line(text)
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            broken.append(Rejection(None, "undecodable", f"line {line}: {value}", None,
+                                    {"file": Path(path).name, "line": line}))
+    return records, broken
+
+
+def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str,
+                file_format: str) -> dict[str, np.ndarray]:
     """Ray Data task: store one batch of file rows in the driver's database; returns its counts as one row."""
     from sira.config import Settings
 
     settings = Settings()
+    redactor = redactor_for(settings)
+    records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
 
     async def run() -> IngestSummary:
         conn = await db.connect(dsn)
         try:
             async with conn.transaction():
                 summary, _ = await store_events(
-                    conn, batch.to_pylist(), redactor=redactor_for(settings), source=source, mapping=mapping
+                    conn, records, redactor=redactor, source=source, mapping=mapping,
+                    numbers_as_text=file_format == "csv",
                 )
+                if broken:
+                    await conn.copy_records_to_table(
+                        "sira_rejected_events",
+                        records=[(j.event_id, redactor.scrub_text(source), j.reason_code, j.reason, j.field,
+                                  redactor.payload(j.payload)) for j in broken],  # names a file: redacted
+                        columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+                    )
+                    summary.read += len(broken)
+                    summary.rejected += len(broken)
+                    summary.reasons.update(j.reason_code for j in broken)
             return summary
         finally:
             await conn.close()
@@ -343,7 +384,8 @@ def ingest_files(
     files = find_files(paths)
     sample = read_sample(files)
     check_columns(sample.column_names, mapping)
-    _check_sample_types(sample, mapping)
+    _check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
+    parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)
 
@@ -362,15 +404,25 @@ def ingest_files(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
-    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[files.format]
     notify(f"loading {len(files.paths)} {files.format} file(s)")
     phase = time.perf_counter()
-    counts = (
-        reader(files.strings)
-        .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
-                     fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn})
-        .take_all()
-    )
+    # Our own reads, one part per row group or file, rather than read_parquet/read_csv/read_json:
+    # their errors named no file, CSV types came from a file's first block (a value of another type
+    # further on failed the whole file) and JSON through Arrow's types (one row of another type
+    # failed the file; integers became floats beside a fraction).
+    try:
+        with _ray_data_errors_unlogged():
+            counts = (
+                ray.data.from_items(parts, override_num_blocks=len(parts))
+                .map_batches(_read_parts, batch_size=1, batch_format="numpy",
+                             fn_kwargs={"file_format": files.format, "rows": batch_size})
+                .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
+                             fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn,
+                                        "file_format": files.format})
+                .take_all()
+            )
+    except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
+        raise _cause(exc) from None
     summary = IngestSummary()
     for c in counts:
         summary.read += int(c["read"])
@@ -398,15 +450,50 @@ def ingest_files(
     return summary
 
 
-def _check_sample_types(sample: Any, mapping: Mapping[str, str]) -> None:
-    """Fail before loading when a column is of the wrong type throughout the sample."""
+@contextmanager
+def _ray_data_errors_unlogged() -> Iterator[None]:
+    """Ray Data logs a failed task's whole traceback (~150 lines) on the console before raising it;
+    the caller reports the error itself (the CLI in one line). ``--debug`` (root logger at DEBUG)
+    keeps Ray's console log; Ray Data's log file keeps it always."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    drop = _BelowError()
+    for handler in console:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in console:
+            handler.removeFilter(drop)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The SIRA error a Ray task raised, else the task's own exception (Ray wraps it), else ``exc``."""
+    found = sira_cause(exc)
+    if found is not None:
+        return found
+    inner = getattr(exc, "cause", None)
+    return inner if isinstance(inner, BaseException) else exc
+
+
+def _check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
+    """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
+    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
     if sample.num_rows == 0:
         raise InvalidInput("the input has no rows")
     redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
     fields: Counter = Counter()
     rows = sample.to_pylist()
     for raw in rows:
-        result = normalize(raw, redactor, "sample", mapping)
+        result = normalize(raw, redactor, "sample", mapping, numbers_as_text=numbers_as_text)
         if isinstance(result, Rejection) and result.field:
             fields[result.field] += 1
     for column, bad in fields.items():

@@ -8,17 +8,32 @@ Every other string anywhere in the payload (unknown fields, ids) is scanned:
 Luhn-valid card numbers, emails, phone numbers and IP addresses inside it are
 replaced by tokens, and free text (two or more words, where a name or an
 address could hide) becomes a token as a whole.
+
+Every scan is linear in the length of its input: no pattern here can retry a
+long run from each of its starting points (emails are found by a scanner
+anchored on each '@', card numbers by a window of at most 19 digits), so a
+megabyte of crafted text costs a second or two, not hours.
+
+Two caches save repeated work (ids, cards and emails recur across events), and
+neither keeps a raw value: both are keyed by a keyed BLAKE2b digest of the
+input (the key is derived from the redactor's secret, so a digest can no more
+be matched against a list of card numbers than a token can), and they hold
+only what is safe to store anyway: tokens, and scrubbed values of at most
+:data:`CACHED_TEXT_LIMIT` characters.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import string
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal
 
 Action = Literal["tokenize", "drop"]
@@ -60,10 +75,18 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
 
 TOKEN_PREFIX = "tok_"
 _TOKEN = re.compile(r"^tok_[a-z]+_[0-9a-f]{24}$")
-# Two alphabetic words in a row: prose, which may name a person or an address.
-_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
+# a token inside longer text (a kind is a short lowercase word, so the scan stops at the next '_')
+_EMBEDDED_TOKEN = re.compile(r"(?<![A-Za-z0-9])(tok_[a-z]{1,16}_[0-9a-f]{24})(?![0-9A-Za-z])")
+# Two alphabetic words in a row: prose, which may name a person or an address. (A word of two
+# letters or more, then an optional dot, spaces and a letter; only the last two letters of the first
+# word are matched, so a long run of letters is not rescanned from each of its letters.)
+_FREE_TEXT = re.compile(r"[^\W\d_]{2}\.?\s+[^\W\d_]")
 _DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_DIGITS = re.compile(r"\d+")
+# Emails are what [A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,} finds (see _emails). The domain part alone is
+# linear: it starts only at an '@', and the runs after two '@' never overlap.
+_EMAIL_LOCAL = string.ascii_letters + string.digits + "._%+-"
+_EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 # Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
@@ -90,6 +113,12 @@ class Redactor:
     """Tokenises and drops PII with one HMAC key."""
 
     key: bytes
+    # keys this redactor's cache entries (see the module docstring); a secret like ``key``
+    _cache_key: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cache_key = hashlib.blake2b(self.key, digest_size=32, person=b"sira-pii-cache").digest()
+        object.__setattr__(self, "_cache_key", cache_key)
 
     @classmethod
     def from_secret(cls, secret: str) -> "Redactor":
@@ -97,14 +126,28 @@ class Redactor:
 
     def token(self, kind: str, value: str) -> str:
         """The keyed token of a normalised PII value."""
-        return _token(self.key, kind, _normalize(kind, value))
+        message = f"{kind}:{_normalize(kind, value)}".encode()
+        digest = hashlib.blake2b(message, key=self._cache_key, digest_size=16).digest()
+        token = _TOKENS.get(digest)
+        if token is None:
+            token = f"{TOKEN_PREFIX}{kind}_{hmac.new(self.key, message, hashlib.sha256).hexdigest()[:24]}"
+            _TOKENS.put(digest, token)
+        return token
 
     def scrub_text(self, text: str) -> str:
-        """Replace card numbers, emails, phones and IPs inside free text by tokens."""
+        """Replace card numbers, emails, phones and IPs inside free text by tokens. Idempotent: tokens
+        already in the text are kept as they are (a token's hex digits can look like a card number)."""
         if not text or is_token(text) or not _MAYBE_PII.search(text):
             return text
-        text = _EMAIL.sub(lambda m: self.token("email", m.group(0)), text)
+        if TOKEN_PREFIX in text:
+            pieces = _EMBEDDED_TOKEN.split(text)  # text, token, text, token, ...
+            return "".join(p if i % 2 else self._scrub_plain(p) for i, p in enumerate(pieces))
+        return self._scrub_plain(text)
 
+    def _scrub_plain(self, text: str) -> str:
+        if not text or not _MAYBE_PII.search(text):
+            return text
+        text = _replace_emails(text, lambda email: self.token("email", email))
         text = _replace_pans(text, lambda digits: self.token("pan", digits))
         text = _PHONE.sub(lambda m: self.token("phone", m.group(0)), text)
 
@@ -121,7 +164,21 @@ class Redactor:
     def scrub_value(self, text: str) -> str:
         """A data value made safe: :meth:`scrub_text`, and free text (two or more words) replaced
         by a token, since names and addresses inside prose cannot be recognised reliably."""
-        return _scrub_value(self, text)
+        if len(text) > CACHED_TEXT_LIMIT:
+            return self._scrub_value(text)
+        # Ids (customers, terminals, cards) repeat across events: scrub each once.
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), key=self._cache_key, digest_size=16).digest()
+        scrubbed = _SCRUBBED.get(digest)
+        if scrubbed is None:
+            scrubbed = self._scrub_value(text)
+            _SCRUBBED.put(digest, scrubbed)
+        return scrubbed
+
+    def _scrub_value(self, text: str) -> str:
+        text = self.scrub_text(text)
+        if _FREE_TEXT.search(text):
+            return self.token("text", text)
+        return text
 
     def field(self, name: str, value: Any) -> tuple[bool, Any]:
         """Apply the policy to one top-level field: (keep?, redacted value)."""
@@ -176,13 +233,61 @@ def _storable(value: Any, depth: int = 0) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=262_144)
-def _scrub_value(redactor: "Redactor", text: str) -> str:
-    # Ids (customers, terminals, cards) repeat across events: scrub each once.
-    text = redactor.scrub_text(text)
-    if _FREE_TEXT.search(text):
-        return redactor.token("text", text)
-    return text
+class _DigestCache:
+    """A bounded least-recently-used map from keyed digests to tokens or scrubbed text."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._data: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()  # serving and ingest scrub from several threads
+
+    def get(self, digest: bytes) -> str | None:
+        with self._lock:
+            value = self._data.get(digest)
+            if value is not None:
+                self._data.move_to_end(digest)
+            return value
+
+    def put(self, digest: bytes, value: str) -> None:
+        with self._lock:
+            self._data[digest] = value
+            if len(self._data) > self._maxsize:
+                self._data.popitem(last=False)
+
+
+CACHED_TEXT_LIMIT = 256  # longer values (prose, not ids) rarely repeat: scrubbed each time, not cached
+_TOKENS = _DigestCache(262_144)  # digest of (kind, normalised value) -> token
+_SCRUBBED = _DigestCache(262_144)  # digest of a value -> Redactor.scrub_value of it
+
+
+def _emails(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the emails in text: what ``[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\\.[A-Za-z]{2,}`` finds with
+    ``finditer``, in linear time (that regex rescans a long run of local-part characters from each of them).
+
+    Only an '@' followed by a domain is looked at; its local part is the run of local-part characters
+    before it, not reaching back past the previous email or an earlier '@'.
+    """
+    pos = 0
+    for domain in _EMAIL_DOMAIN.finditer(text):
+        at = domain.start()
+        start = pos + len(text[pos:at].rstrip(_EMAIL_LOCAL))
+        if start < at:
+            yield start, domain.end()
+            pos = domain.end()
+        else:
+            pos = at + 1
+
+
+def _replace_emails(text: str, token: Callable[[str], str]) -> str:
+    out, last = [], 0
+    for start, end in _emails(text):
+        out += [text[last:start], token(text[start:end])]
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit doubled by the Luhn check
 
 
 def _replace_pans(text: str, token: Callable[[str], str]) -> str:
@@ -190,35 +295,44 @@ def _replace_pans(text: str, token: Callable[[str], str]) -> str:
 
     A candidate starts and ends on group boundaries, so "order-4111111111111111-2"
     and "ref 12 4111 1111 1111 1111" are both caught, and a longer number is
-    never cut in the middle of a group.
+    never cut in the middle of a group. From each group only the few candidates
+    of 13 to 19 digits are tried, each checked in constant time (prefix sums of
+    the Luhn terms), so the scan is linear in the text.
     """
     out, last = [], 0
     for run in _DIGIT_RUNS.finditer(text):
-        groups = [(m.start() + run.start(), m.end() + run.start()) for m in re.finditer(r"\d+", run.group(0))]
-        i = 0
+        if run.end() - run.start() < 13:
+            continue  # fewer than 13 digits
+        groups = [m.span() for m in _DIGITS.finditer(text, run.start(), run.end())]
+        digits = "".join(text[a:b] for a, b in groups)
+        offsets = list(accumulate((b - a for a, b in groups), initial=0))  # group g is digits[offsets[g]:offsets[g+1]]
+        values = [int(d) for d in digits]
+        # Luhn sums of any digits[s:e] in O(1): the digits doubled are those an odd distance from the last one,
+        # i.e. the odd positions when e is odd (``odd``) and the even ones when e is even (``even``).
+        odd = list(accumulate((_DOUBLED[v] if t % 2 else v for t, v in enumerate(values)), initial=0))
+        even = list(accumulate((v if t % 2 else _DOUBLED[v] for t, v in enumerate(values)), initial=0))
+        i, window = 0, 0  # window: the first group past those from i holding at most 19 digits
         while i < len(groups):
+            window = max(window, i)
+            while window < len(groups) and offsets[window + 1] - offsets[i] <= 19:
+                window += 1
             found = None
-            for j in range(len(groups) - 1, i - 1, -1):  # the longest candidate first
-                digits = "".join(text[a:b] for a, b in groups[i: j + 1])
-                if 13 <= len(digits) <= 19 and luhn_valid(digits):
-                    found = (j, digits)
+            for j in range(window - 1, i - 1, -1):  # the longest candidate first
+                s, e = offsets[i], offsets[j + 1]
+                if e - s < 13:
+                    break
+                sums = odd if e % 2 else even
+                if (sums[e] - sums[s]) % 10 == 0:
+                    found = j
                     break
             if found is None:
                 i += 1
                 continue
-            j, digits = found
-            out += [text[last: groups[i][0]], token(digits)]
-            last = groups[j][1]
-            i = j + 1
+            out += [text[last: groups[i][0]], token(digits[offsets[i]: offsets[found + 1]])]
+            last = groups[found][1]
+            i = found + 1
     out.append(text[last:])
     return "".join(out)
-
-
-@functools.lru_cache(maxsize=262_144)
-def _token(key: bytes, kind: str, normalized: str) -> str:
-    # Cards, devices and emails repeat across a customer's events: hash each once.
-    digest = hmac.new(key, f"{kind}:{normalized}".encode(), hashlib.sha256).hexdigest()
-    return f"{TOKEN_PREFIX}{kind}_{digest[:24]}"
 
 
 def is_token(value: str) -> bool:

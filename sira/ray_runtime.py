@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sira.config import Settings
@@ -62,6 +63,9 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
         "SIRA_WORKSPACE": str(settings.workspace),
         "SIRA_ARTIFACT_URI": settings.artifact_location,
         "SIRA_LOG_LEVEL": settings.log_level,
+        # input bounds: the driver's checks and the workers' must agree
+        "SIRA_MAX_STRING_LENGTH": str(settings.max_string_length),
+        "SIRA_MAX_BODY_BYTES": str(settings.max_body_bytes),
     }
     if settings.redis_url:
         env["SIRA_REDIS_URL"] = settings.redis_url
@@ -105,6 +109,9 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
             os.environ.setdefault(name, value)
+        # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
+        # so at WARNING on every command; that is the secure default SIRA wants, not news.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
             address="local",
             num_cpus=cpus,
@@ -123,3 +130,122 @@ def job_id() -> str:
     config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     submitted = (config.get("metadata") or {}).get("job_submission_id")
     return submitted or f"local-{uuid.uuid4().hex[:12]}"
+
+
+# -- inside Ray ---------------------------------------------------------------------------
+
+
+def in_ray_job() -> bool:
+    """True in a Ray job's driver or in any Ray worker process: places that must never start an embedded
+    PostgreSQL of their own (it would be empty, and outlive the job)."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return True
+    worker = sys.modules.get("ray._private.worker")
+    return worker is not None and getattr(worker.global_worker, "mode", None) == worker.WORKER_MODE
+
+
+# -- submitting jobs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A Ray job SIRA ships: its entrypoint (relative to the working dir) and what its key must allow."""
+
+    script: str
+    actions: tuple[str, ...]
+
+
+JOBS: dict[str, JobKind] = {
+    "train": JobKind("jobs/train.py", ("models.write",)),
+    "retrain": JobKind("jobs/retrain.py", ("models.write", "promotion.request")),
+    "batch_score": JobKind("jobs/batch_score.py", ("batch.score",)),
+    "drift": JobKind("jobs/drift.py", ("monitoring.run",)),
+    "performance": JobKind("jobs/performance.py", ("monitoring.run",)),
+    "materialize": JobKind("jobs/materialize.py", ("features.materialize",)),
+}
+DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
+
+
+def job_kind(name: str) -> JobKind:
+    kind = JOBS.get(name.replace("-", "_"))
+    if kind is None:
+        from sira.errors import InvalidInput
+
+        raise InvalidInput(f"unknown job {name!r}; jobs: {', '.join(JOBS)}", details={"field": "job"})
+    return kind
+
+
+def without_password(dsn: str) -> str:
+    """The DSN with its password removed (kept: user, host, port, database and query, e.g. a socket
+    ``host=``). A runtime env is readable by anyone who can list jobs: the cluster's nodes supply the
+    password themselves (``~/.pgpass`` or ``PGPASSWORD``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def job_env_vars(settings: Settings, dsn: str, job_key: str | None) -> dict[str, str]:
+    """What a submitted job's runtime env carries: SIRA's settings as for any worker (secrets as file
+    paths), the DSN without its password, and the job's own short-lived key."""
+    env = worker_env(settings, without_password(dsn))
+    if job_key:
+        env["SIRA_API_KEY"] = job_key
+    return env
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The Ray cluster's token as the job client sends it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+    else ``~/.ray/auth_token``, as Ray's own tools read it); none when no token is to be found."""
+    from pathlib import Path
+
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def job_client(address: str) -> Any:
+    """Ray's `JobSubmissionClient` for ``address`` with the cluster's token (one line when unreachable)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from sira.errors import ServiceUnavailable
+
+    try:
+        return JobSubmissionClient(address, headers=ray_auth_headers())
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its own
+        message = " ".join(str(exc).split())[:300]
+        raise ServiceUnavailable(f"cannot reach Ray's job server at {address}: {message}",
+                                 code="ray_unavailable") from None
+
+
+def submit_job(client: Any, *, agent_wait_s: float = 90.0, **job: Any) -> str:
+    """``client.submit_job(**job)``, waiting out a head that has just started (its job agent not up yet:
+    Ray answers 500 "No available agent") instead of failing; Ray's packaging chatter kept off stderr."""
+    import time
+
+    quiet = logging.getLogger("ray")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Uploading package ...", "Ignoring upload ..." on every submission
+    deadline = time.monotonic() + agent_wait_s
+    try:
+        while True:
+            try:
+                return client.submit_job(**job)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+    finally:
+        quiet.setLevel(level)

@@ -19,6 +19,17 @@ from sira.errors import Conflict, InvalidInput, NotFound
 MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
 
 
+def _redacted(text: str | None) -> str | None:
+    """Governance text as stored (reasons, comments, descriptions, errors): card numbers, emails, phone numbers
+    and IP addresses in it become tokens, keyed as the events' are; the rest stays readable."""
+    if not text:
+        return text
+    from sira.config import get_settings
+    from sira.pii import Redactor
+
+    return Redactor.from_secret(get_settings().secret("pii_key")).scrub_text(text)
+
+
 async def get_model(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT * FROM sira_models WHERE name = $1", name)
     if row is None:
@@ -83,7 +94,7 @@ async def fail_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, error: str, t
     await conn.execute(
         """UPDATE sira_training_runs SET status = 'failed', error = $2, timings = $3, finished_at = now()
             WHERE run_id = $1 AND status = 'running'""",
-        run_id, error[:4000], timings,
+        run_id, (_redacted(error) or "")[:4000], timings,
     )
 
 
@@ -220,6 +231,7 @@ async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, 
     from sira.auth import authorize
 
     authorize(identity, "promotion.request")
+    reason = _redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "staging":
         return {"model": model_name, "version": version, "status": "staging", "replaced": None}
@@ -250,6 +262,7 @@ async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: A
     from sira.auth import authorize
 
     authorize(identity, "promotion.request")
+    reason = _redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "candidate":
         await validate_version(conn, settings, identity, model_name, version)
@@ -295,6 +308,7 @@ async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, versi
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision must be approve or reject")
     authorize(identity, "promotion.decide")
+    comment = _redacted(comment)
     row = await get_version(conn, model_name, version)
     request = await conn.fetchrow(
         "SELECT * FROM sira_promotion_requests WHERE version_id = $1 AND status = 'pending' FOR UPDATE", row["id"]
@@ -344,13 +358,19 @@ async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, versi
             "previous_production": previous_version}
 
 
-async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, reason: str) -> dict[str, Any]:
-    """Make the previous production version production again and archive the current one, in one step."""
+async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, reason: str,
+                   expected_version: int | None) -> dict[str, Any]:
+    """Make the previous production version production again and archive the current one, in one step.
+
+    ``expected_version`` is the production version the caller saw and means to replace (None: it saw
+    none): two rollbacks sent on the same view would otherwise both succeed and undo each other (9 → 8 → 9).
+    """
     from sira.auth import authorize
 
     authorize(identity, "rollback")
     if not reason or not reason.strip():
         raise InvalidInput("a rollback needs a reason (--reason)", code="reason_required")
+    reason = _redacted(reason) or ""
     model = await get_model(conn, model_name)
     await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model["id"])
     current = await conn.fetchrow(
@@ -358,6 +378,12 @@ async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, rea
     )
     if current is None:
         raise Conflict(f"{model_name} has no production version to roll back", code="nothing_to_roll_back")
+    if current["version"] != expected_version:
+        seen = f"v{expected_version}" if expected_version is not None else "none"
+        raise Conflict(f"{model_name}: production is v{current['version']}, not {seen}: it changed since you looked "
+                       "(see its history)",
+                       code="production_moved",
+                       details={"expected_version": expected_version, "production_version": current["version"]})
     # The version that was production before the current one became production.
     came_from = await conn.fetchval(
         """SELECT (details->>'from')::int FROM sira_audit_log
@@ -392,6 +418,7 @@ async def production_history(conn: asyncpg.Connection, model_name: str) -> list[
 MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
                   "required_approvals", "promotion_policy")
 _GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets")
+_FREE_TEXT_SETTINGS = ("display_name", "description", "owner")  # stored with PII patterns redacted
 
 
 def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
@@ -422,7 +449,7 @@ async def create_model(conn: asyncpg.Connection, identity: Any, name: str, *, mo
         from sira.policy import PromotionPolicy
 
         PromotionPolicy.from_mapping(settings["promotion_policy"])
-    values = {k: v for k, v in settings.items() if v is not None}
+    values = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
     columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
     args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
     placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
@@ -446,7 +473,7 @@ async def update_model(conn: asyncpg.Connection, identity: Any, name: str, **cha
     from sira.evaluation import DecisionTargets
 
     authorize(identity, "models.settings")
-    changes = {k: v for k, v in changes.items() if v is not None}
+    changes = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in changes.items() if v is not None}
     unknown = set(changes) - set(MODEL_SETTINGS)
     if unknown or not changes:
         raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")

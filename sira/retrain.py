@@ -37,6 +37,7 @@ from sira.artifacts import canonical_json, json_finite
 from sira.auth import Identity, authorize
 from sira.config import Settings
 from sira.errors import Conflict, InvalidInput
+from sira.pii import Redactor
 
 STEPS = ("challenger", "evaluate", "drift", "policy", "report")
 LOCK_NAMESPACE = 7402  # advisory locks: one runner per (model, inputs) at a time
@@ -170,7 +171,9 @@ async def _run_steps(settings: Settings, pool: Any, req: RetrainRequest, identit
     except BaseException as exc:
         async with pool.acquire() as conn:
             await conn.execute("UPDATE sira_retrain_runs SET status = 'failed', error = $2, finished_at = now() "
-                               "WHERE id = $1", state.id, f"{type(exc).__name__}: {exc}"[:2000])
+                               "WHERE id = $1", state.id,
+                               Redactor.from_secret(settings.secret("pii_key")).scrub_text(
+                                   f"{type(exc).__name__}: {exc}"[:2000]))
         raise
     report = state.steps["report"]["report"]
     async with pool.acquire() as conn:

@@ -55,21 +55,16 @@ from fastapi.responses import Response
 from ray import serve
 
 from sira import db, feature_store
-from sira.api import ErrorResponse, require
+from sira.api import errors, require
 from sira.auth import Identity
 from sira.config import Settings
 from sira.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied, ServiceUnavailable
-from sira.events import EventIn, Rejection, event_row, storage_problem
+from sira.events import EventIn, Rejection, event_row, max_string_length, value_problem
 from sira.features import ENTITY_COLUMNS, EntityFeatures, FeatureSet, History, get_feature_set, parse_duration
 from sira.scoring import ModelRuntime, event_vectors
 
 log = logging.getLogger(__name__)
 
-# PostgreSQL unreachable or unable to serve now (a restart, a failover, no connection slot left, a
-# statement timeout): the breaker opens and requests are answered in a degraded mode.
-DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
-             TimeoutError, asyncio.TimeoutError, ConnectionError)
 # What PostgreSQL refuses for good (bad data, a violated constraint): retrying the same record cannot help.
 REFUSED_FOR_GOOD = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
@@ -120,11 +115,15 @@ class ServingConfig(BaseModel):
 
 
 class Breaker:
-    """A circuit breaker: after a failure, skip the dependency for a while instead of waiting on it."""
+    """A circuit breaker: after a failure, skip the dependency for a while instead of waiting on it.
+
+    ``failing``: from a failure until the next success, however long the breaker has been open (open,
+    it is not tried; tried again, it may still fail)."""
 
     def __init__(self, name: str, open_s: float):
         self.name, self.open_s = name, open_s
         self.open_until = 0.0
+        self.failing = False
 
     @property
     def available(self) -> bool:
@@ -135,9 +134,11 @@ class Breaker:
             log.warning("%s unavailable (%s: %s); degraded for %.1fs", self.name, type(exc).__name__, exc,
                         self.open_s)
         self.open_until = time.monotonic() + self.open_s
+        self.failing = True
 
     def succeeded(self) -> None:
         self.open_until = 0.0
+        self.failing = False
 
 
 class LRU:
@@ -187,6 +188,16 @@ def _in_replica() -> bool:
     except Exception:  # noqa: BLE001 - RayServeException: not in a Serve replica
         return False
     return True
+
+
+def _replica_name() -> str:
+    """This replica (or process) as the audit log names it."""
+    import socket
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - not in a Serve replica
+        return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class BackgroundLoop:
@@ -265,6 +276,14 @@ class ServingMetrics:
         self.spooled = metrics.Gauge("sira_spool_pending_records", "Answered records not yet in Postgres.")
         self.refused = metrics.Counter("sira_spool_refused_records",
                                        "Spooled records PostgreSQL refused, set aside in the spool's refused/ folder.")
+        self.load_failures = metrics.Counter("sira_model_load_failures",
+                                             "Failed loads of a registered version (each attempt), by reason.",
+                                             tag_keys=("model", "role", "reason"))
+        self.load_failing = metrics.Gauge("sira_model_load_failing",
+                                          "1 while the version the registry names for a role cannot be loaded.",
+                                          tag_keys=("model", "role"))
+        self.pending_labels = metrics.Counter("sira_feedback_pending_labels",
+                                              "Labels recorded for an event not stored (yet).")
         self._counts: dict[tuple[Any, tuple[tuple[str, str], ...]], int] = {}
 
     def count(self, counter: Any, n: int = 1, **tags: str) -> None:
@@ -288,12 +307,13 @@ class ServingMetrics:
 
 
 def _reject_unstorable(value: Any) -> Any:
-    """NaN and infinity, NUL characters and deep nesting are refused wherever they hide in a
-    free-form field (JSON parsers accept them; the audit trail could not store them)."""
+    """NaN and infinity, over-long strings and field names, NUL characters, integers beyond 64 bits and
+    deep nesting are refused wherever they hide in a free-form field, each under its code (JSON parsers
+    accept them; the audit trail could not store them; the redactor need not scan them)."""
     _reject_non_finite(value)
-    problem = storage_problem(value)
+    problem = value_problem(value, max_string_length())
     if problem:
-        raise PydanticCustomError("unstorable", "{problem}", {"problem": problem})
+        raise problem.error()
     return value
 
 
@@ -439,6 +459,46 @@ class Slot:
     shadow: ModelRuntime | None
 
 
+LOAD_RETRY_FIRST_S = 1.0  # a version that failed to load is tried again after 1 s, 2 s, 4 s, ... at most
+LOAD_RETRY_MAX_S = 60.0
+
+
+@dataclass
+class LoadFailure:
+    """A registered version this replica cannot load (artifact tampered, missing, unreadable): served around
+    (the last good version, or 503 ``model_unavailable``) and tried again with backoff, never raised out of the
+    replica, which Serve would restart in a loop while every request waits."""
+
+    model: str
+    role: str
+    version: int
+    artifact_sha256: str
+    reason: str  # a stable code: artifact_checksum_mismatch, artifact_missing, artifact_unreadable, ...
+    message: str  # may name the artifact's location: for logs and the audit log, not for callers
+    since: float = field(default_factory=time.time)
+    attempts: int = 1
+    retry_at: float = 0.0
+
+    def failed_again(self) -> None:
+        self.attempts += 1
+        self.retry_at = time.monotonic() + min(LOAD_RETRY_FIRST_S * 2 ** (self.attempts - 1), LOAD_RETRY_MAX_S)
+
+    def public(self) -> dict[str, Any]:
+        return {"version": self.version, "role": self.role, "reason": self.reason, "attempts": self.attempts,
+                "since": datetime.fromtimestamp(self.since, timezone.utc).isoformat()}
+
+
+def _load_error(exc: BaseException) -> tuple[str, str]:
+    """A failed load's stable reason code and message."""
+    from sira.errors import SiraError
+
+    if isinstance(exc, SiraError):
+        return exc.code, exc.message
+    if isinstance(exc, OSError):
+        return "artifact_unreadable", f"{type(exc).__name__}: {exc}"
+    return "artifact_invalid", f"{type(exc).__name__}: {exc}"
+
+
 # -- the service ---------------------------------------------------------------------------
 
 
@@ -473,6 +533,7 @@ class ScoringService:
         self.writer: BackgroundLoop | None = None
         self._in_replica = _in_replica()
         self.swaps: list[dict[str, Any]] = []
+        self.load_failures: dict[tuple[str, str], LoadFailure] = {}  # (model, role) -> what cannot be loaded
         self.started = False
         self._batched = self._batcher(config)
 
@@ -622,8 +683,11 @@ class ScoringService:
                     elif have is not None and (have.version, have.artifact_sha256) == (row["version"], row["artifact_sha256"]):
                         loaded[role] = have
                     else:
-                        loaded[role] = await asyncio.to_thread(ModelRuntime.load, self.settings, dict(row))
-                        self.runtimes[(name, loaded[role].version)] = loaded[role]
+                        loaded[role] = await self._load_served(name, role, dict(row), have)
+                    failure = self.load_failures.get((name, role))
+                    if failure is not None and (row is None or (failure.version, failure.artifact_sha256)
+                                                != (row["version"], row["artifact_sha256"])):
+                        del self.load_failures[(name, role)]  # the registry moved on: nothing to retry
                 slot = Slot(name, mine[0]["model_id"], mine[0]["entity_type"], loaded["production"], loaded["shadow"])
                 before = (current.production.version if current and current.production else None,
                           current.shadow.version if current and current.shadow else None)
@@ -639,9 +703,80 @@ class ScoringService:
                 if self.metrics:
                     self.metrics.version.set(after[0] or 0, tags={"model": name, "role": "production"})
                     self.metrics.version.set(after[1] or 0, tags={"model": name, "role": "shadow"})
+                    for role in ("production", "shadow"):
+                        self.metrics.load_failing.set(int((name, role) in self.load_failures),
+                                                      tags={"model": name, "role": role})
             while len(self.runtimes) > 8:  # keep recent versions for deferred reasons, not all of history
                 self.runtimes.pop(next(iter(self.runtimes)))
+            if self.load_failures and not any(t.get_name() == "sira-load-retry" for t in self._tasks):
+                self._spawn(self._retry_loads(), "load-retry")
             return changes
+
+    async def _load_served(self, name: str, role: str, row: dict[str, Any],
+                           have: ModelRuntime | None) -> ModelRuntime | None:
+        """Load a registered version; when it cannot be loaded, what the role is served with meanwhile:
+        production keeps the version it had (a shadow, none: it may be the production version by now)."""
+        key = (name, role)
+        failure = self.load_failures.get(key)
+        same = failure is not None and (failure.version, failure.artifact_sha256) == (row["version"],
+                                                                                      row["artifact_sha256"])
+        keep = have if role == "production" else None
+        if same and time.monotonic() < failure.retry_at:
+            return keep  # backing off
+        try:
+            runtime = await asyncio.to_thread(ModelRuntime.load, self.settings, row)
+        except Exception as exc:  # noqa: BLE001 - a version that cannot load must not take the replica down
+            reason, message = _load_error(exc)
+            if self.metrics:
+                self.metrics.count(self.metrics.load_failures, model=name, role=role, reason=reason)
+            if same:
+                failure.failed_again()
+                log.warning("%s v%s (%s) still cannot be loaded (attempt %d): %s", name, row["version"], role,
+                            failure.attempts, message)
+                return keep
+            failure = LoadFailure(name, role, int(row["version"]), row["artifact_sha256"], reason, message,
+                                  retry_at=time.monotonic() + LOAD_RETRY_FIRST_S)
+            self.load_failures[key] = failure
+            log.error("%s v%s (%s) cannot be loaded: %s; %s", name, row["version"], role, message,
+                      f"still serving v{keep.version}" if keep else "answering 503 model_unavailable")
+            await self._audit_load("model.load_failed", failure, "failed",
+                                   serving=keep.version if keep else None)
+            return keep
+        self.runtimes[(name, runtime.version)] = runtime
+        if same:
+            del self.load_failures[key]
+            log.warning("%s v%s (%s) loaded after %d failed attempts", name, runtime.version, role, failure.attempts)
+            await self._audit_load("model.load_recovered", failure, "success")
+        return runtime
+
+    async def _audit_load(self, action: str, failure: LoadFailure, outcome: str, **details: Any) -> None:
+        """One audit row per failure streak (and its end), not per retry; never fails the refresh."""
+        from sira import audit
+
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await audit.record(
+                    conn, audit.Actor(f"serving:{_replica_name()}", "system"), action, target_type="model_version",
+                    target_id=f"{failure.model}:v{failure.version}", outcome=outcome,
+                    details={**failure.public(), "message": failure.message, **details})
+        except Exception as exc:  # noqa: BLE001 - the log line above says it already
+            log.warning("audit row %s not written: %s", action, type(exc).__name__)
+
+    async def _retry_loads(self) -> None:
+        """Try the versions that failed to load again when their backoff is over, until none is left."""
+        while self.load_failures:
+            due = min(f.retry_at for f in self.load_failures.values())
+            await asyncio.sleep(max(due - time.monotonic(), LOAD_RETRY_FIRST_S))
+            await self._refresh_quietly("retry")
+
+    def unavailable_models(self) -> dict[str, dict[str, Any]]:
+        """Served models without a production version to answer with because it cannot be loaded (readiness)."""
+        out = {}
+        for (name, role), failure in list(self.load_failures.items()):
+            slot = self.slots.get(name)
+            if role == "production" and (slot is None or slot.production is None):
+                out[name] = failure.public()
+        return out
 
     async def _listen_forever(self) -> None:
         """LISTEN for registry and snapshot changes; reconnect after an outage (and resync)."""
@@ -653,6 +788,8 @@ class ScoringService:
                 self._listener = conn
                 await conn.add_listener("sira_registry", self._on_registry)
                 await conn.add_listener(feature_store.SNAPSHOT_CHANNEL, self._on_snapshots)
+                conn.add_termination_listener(self._on_listener_lost)
+                self.pg.succeeded()
                 if delay > 0.5:  # we were disconnected: notifications may have been missed
                     self.histories.clear()
                     await self.refresh_models("reconnect")
@@ -668,8 +805,14 @@ class ScoringService:
                 await asyncio.sleep(delay)
             finally:
                 if conn is not None and not conn.is_closed():
+                    conn.remove_termination_listener(self._on_listener_lost)  # closed by us: no outage
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=1)
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        """The notification connection ended: Postgres is going away (stopped, crashed, restarting) or the
+        link to it is; the first sign of an outage even when every request is served from caches."""
+        self.pg.failed(ConnectionError("the notification connection to PostgreSQL was lost"))
 
     def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self._spawn(self._refresh_quietly("notify"), "refresh")
@@ -735,6 +878,12 @@ class ScoringService:
                                code="unknown_model", details={"field": "model", "model": model})
             raise NotFound(f"unknown model {model!r}", code="unknown_model", details={"field": "model"})
         if slot.production is None:
+            failure = self.load_failures.get((model, "production"))
+            if failure is not None:
+                raise ServiceUnavailable(
+                    f"model {model!r} is unavailable: its production version v{failure.version} cannot be loaded "
+                    f"({failure.reason}); this replica retries by itself", code="model_unavailable",
+                    details={"model": model, **failure.public()})
             raise Conflict(f"model {model!r} has no production version", code="no_production_version",
                            details={"model": model})
         return slot
@@ -854,6 +1003,11 @@ class ScoringService:
             log.exception("looking up earlier answers failed")
             degraded.add("idempotency_unchecked")
             earlier = {}
+        if self.pg.failing:
+            # Postgres unreachable since this replica last saw it fail (a lookup, the notification connection,
+            # the flusher), even when this batch read nothing from it: cached histories may lack other
+            # replicas' events, and the predictions are in the spool only.
+            degraded.add("database_unavailable")
         for n, item in enumerate(items):
             prior = earlier.get((item.runtime.model_name, item.request_id))
             if prior is not None:
@@ -1022,7 +1176,7 @@ class ScoringService:
                     for row in rows:
                         found[(model, row["request_id"])] = answer_from_row(row)
             self.pg.succeeded()
-        except DB_ERRORS as exc:
+        except db.UNAVAILABLE as exc:
             self.pg.failed(exc)
             return None
         return found
@@ -1154,7 +1308,7 @@ class ScoringService:
                             history = History.from_rows([], spec.categorical_columns)
                         found[(entity, entity_id)] = CachedHistory(history)
             self.pg.succeeded()
-        except DB_ERRORS as exc:
+        except db.UNAVAILABLE as exc:
             self.pg.failed(exc)
             degraded.add("database_unavailable")
             return found, {**status, **{k: "unavailable" for k in missing if k not in found}}
@@ -1191,13 +1345,16 @@ class ScoringService:
             try:
                 scan = time.monotonic() - last_orphan_scan > 5.0
                 if scan or self.spool.pending:
-                    await self.flush()
+                    if await self.flush():
+                        self.pg.succeeded()
                     if scan:
                         last_orphan_scan = time.monotonic()
                 delay, failing = self.config.flush_interval_s, False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried with backoff; the spool keeps everything
+                if db.is_unavailable(exc):
+                    self.pg.failed(exc)
                 if not failing:
                     log.warning("storing the spool failed (%s: %s); retrying with backoff", type(exc).__name__,
                                 " ".join(str(exc).split())[:300])
@@ -1443,13 +1600,10 @@ def answer_from_row(row: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def _connection(service: ScoringService) -> Any:
-    """A connection of the service's pool for a route; Postgres away is a 503, not a 500."""
-    try:
-        async with service.pool.acquire(timeout=5) as conn:
-            yield conn
-    except DB_ERRORS as exc:
-        raise ServiceUnavailable(f"the database is unavailable ({type(exc).__name__})",
-                                 code="database_unavailable") from None
+    """A connection of the service's pool for a route (Postgres away: 503 ``database_unavailable``, by the
+    application's exception handler)."""
+    async with service.pool.acquire(timeout=5) as conn:
+        yield conn
 
 
 def _json(body: Any) -> Response:
@@ -1459,7 +1613,6 @@ def _json(body: Any) -> Response:
 def scoring_router() -> Any:
     """``/v1/score``, ``/v1/score/batch``, ``/v1/predictions/{id}``, ``/v1/feedback`` (the service is app state)."""
     router = APIRouter(prefix="/v1", tags=["scoring"])
-    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)}
 
     def service_of(request: Request) -> ScoringService:
         return request.app.state.scoring
@@ -1468,7 +1621,9 @@ def scoring_router() -> Any:
         if service.metrics:
             service.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route, "model": model})
 
-    @router.post("/score", response_model=ScoreResponse, responses=errors, summary="Score one event")
+    # 404: a model not served here; 409: one without a production version
+    @router.post("/score", response_model=ScoreResponse, responses=errors(404, 409, body=True),
+                 summary="Score one event")
     async def score(body: ScoreRequest, request: Request, who: Identity = require("score")) -> Any:
         started = time.perf_counter()
         service = service_of(request)
@@ -1476,7 +1631,7 @@ def scoring_router() -> Any:
         timed(service, "score", body.model, started)
         return _json(answer)
 
-    @router.post("/score/batch", responses=errors, summary="Score many events in one call")
+    @router.post("/score/batch", responses=errors(404, 409, body=True), summary="Score many events in one call")
     async def score_batch(body: BatchScoreRequest, request: Request, who: Identity = require("score")) -> Any:
         started = time.perf_counter()
         service = service_of(request)
@@ -1488,7 +1643,8 @@ def scoring_router() -> Any:
         timed(service, "score_batch", body.model, started)
         return _json({"model": body.model, "results": answers})
 
-    @router.get("/predictions/{prediction_id}", responses=errors, summary="A stored prediction and its explanation")
+    @router.get("/predictions/{prediction_id}", responses=errors(404),
+                summary="A stored prediction and its explanation")
     async def get_prediction(prediction_id: uuid.UUID, request: Request,
                              who: Identity = require("predictions.read")) -> Any:
         service = service_of(request)
@@ -1513,7 +1669,7 @@ def scoring_router() -> Any:
         return _json({**answer, "role": row["role"], "features": row["features"],
                                "shadow": [dict(s) for s in shadows]})
 
-    @router.post("/feedback", responses=errors, summary="Record a label for a prediction or an event")
+    @router.post("/feedback", responses=errors(404, body=True), summary="Record a label for a prediction or an event")
     async def feedback(body: FeedbackRequest, request: Request, who: Identity = require("feedback.write")) -> Any:
         from sira.feedback import record_labels
 
@@ -1546,7 +1702,7 @@ def scoring_router() -> Any:
             if body.known_at is None:  # a resent label keeps the time it first became known
                 same = await conn.fetchval(
                     "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
-                    event_id, body.label_name, source, body.label)
+                    event_id, body.label_name, service.redactor.scrub_text(source), body.label)  # stored redacted
                 if same:
                     return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                                   "status": "unchanged"})
@@ -1555,10 +1711,15 @@ def scoring_router() -> Any:
                     conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
                             "known_at": body.known_at or datetime.now(timezone.utc), "source": source,
                             "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
-                    redactor=service.redactor, source=source, created_by=who.name)
+                    redactor=service.redactor, source=source, created_by=who.name,
+                    pending_ttl_days=service.settings.pending_label_ttl_days)
         if summary.rejected:
             raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
-        status = "recorded" if summary.inserted else "updated" if summary.updated else "unchanged"
+        if summary.pending_event and service.metrics:
+            service.metrics.count(service.metrics.pending_labels)
+        # pending_event: kept, and used once its event arrives (it expires if it never does)
+        status = ("pending_event" if summary.pending_event else "recorded" if summary.inserted
+                  else "updated" if summary.updated else "unchanged")
         return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                                "status": status})
 

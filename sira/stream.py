@@ -8,12 +8,19 @@ redelivered entry is never counted twice.
 
 Entry format (``XADD sira:events * kind event data '<json>'``): ``kind`` is
 ``event`` (default) or ``label``; ``data`` is one JSON object.
+
+Producers put raw events on the stream, personal data (card numbers, emails)
+included: SIRA redacts them only when it stores them. So entries do not stay:
+after each acknowledgement the consumer deletes (``XTRIM MINID``) what every
+consumer group of the stream has acknowledged, keeping ``stream_retention_s``
+seconds of it for replay when set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,6 +38,8 @@ from sira.ingest import IngestSummary, ingest_batch, redactor_for
 
 STREAM = "sira:events"
 GROUP = "sira-ingest"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,13 +62,14 @@ class RedisStreamSource:
     """A consumer in a Redis Streams consumer group."""
 
     def __init__(self, url: str, *, stream: str = STREAM, group: str = GROUP, consumer: str | None = None,
-                 claim_idle_ms: int = 30_000):
+                 claim_idle_ms: int = 30_000, retention_s: float = 0.0):
         import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(url)
         self.stream, self.group = stream, group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms
+        self.retention_s = retention_s
         self._own_pending_done = False
         self._claim_cursor = "0-0"
 
@@ -73,6 +83,7 @@ class RedisStreamSource:
                 raise
         except (redis.ConnectionError, OSError) as exc:
             raise ServiceUnavailable(f"cannot reach Redis for the event stream: {exc}") from None
+        await self.trim()  # what was acknowledged before this consumer (or an older SIRA) ran
 
     async def read(self, count: int, block_ms: int) -> list[Entry]:
         # 1. entries this consumer read before a crash and never acknowledged
@@ -97,9 +108,41 @@ class RedisStreamSource:
     async def ack(self, ids: list[str]) -> None:
         if ids:
             await self.redis.xack(self.stream, self.group, *ids)
+            await self.trim()
+
+    async def trim(self) -> int:
+        """Delete the entries every consumer group of the stream has acknowledged (older than the
+        retention, when one is set); returns how many. A group keeps from its oldest pending entry,
+        or past the last entry delivered to it when none is pending; a group that has read nothing
+        keeps everything."""
+        import redis
+
+        floor: tuple[int, int] | None = None
+        try:
+            for group in await self.redis.xinfo_groups(self.stream):
+                ms, seq = _stream_id(group["last-delivered-id"])
+                keep = (ms, seq + 1)
+                if int(group["pending"]):
+                    oldest = (await self.redis.xpending(self.stream, group["name"]))["min"]
+                    keep = _stream_id(oldest) if oldest is not None else keep  # None: acked since XINFO
+                floor = keep if floor is None else min(floor, keep)
+            if floor is None:
+                return 0
+            if self.retention_s:
+                seconds, micros = await self.redis.time()  # the clock that stamped the entry ids
+                floor = min(floor, (int(seconds * 1000 + micros // 1000 - self.retention_s * 1000), 0))
+            return int(await self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+        except redis.ResponseError as exc:  # e.g. Redis before 6.2 (no MINID): consuming goes on
+            log.warning("cannot trim %s: %s", self.stream, exc)
+            return 0
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _stream_id(raw: Any) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _decode(got: Any) -> list[Entry]:
@@ -178,7 +221,7 @@ async def consume_forever(
     """``sira ingest --stream``: consume ``sira:events`` until SIGINT/SIGTERM (or ``max_events``)."""
     if not settings.redis_url:
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
-    source = RedisStreamSource(settings.redis_url, consumer=consumer)
+    source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
     await source.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

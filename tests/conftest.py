@@ -317,6 +317,36 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
     return run_sync(build())
 
 
+async def copy_production_model(source_dsn: str, version: int, dsn: str, settings: Settings, reason: str) -> None:
+    """Register ``fraud`` v``version`` of ``source_dsn`` (its artifact, schema, metrics) in ``dsn``'s
+    registry and put it in production there: a database of a test's own serving the session's model."""
+    from sira import registry
+    from sira.artifacts import ArtifactRef
+    from sira.auth import Identity
+
+    admin = Identity("test-admin", frozenset({"admin"}))
+    source = await db.connect(source_dsn)
+    try:
+        row = await source.fetchrow(
+            """SELECT v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+                WHERE m.name = 'fraud' AND v.version = $1""", version)
+    finally:
+        await source.close()
+    pool = await db.create_pool(dsn, settings)
+    try:
+        async with db.transaction(pool) as conn:
+            model, _ = await registry.ensure_model(conn, "fraud", actor=admin.actor(), feature_set="payments",
+                                                   feature_set_version=1)
+            copied = await registry.register_candidate(
+                conn, model, run_id=None, artifact=ArtifactRef(row["artifact_uri"], row["artifact_sha256"]),
+                feature_schema=row["feature_schema"], params=row["params"], metrics=row["metrics"],
+                thresholds=row["thresholds"], feature_set_version=1, actor=admin.actor())
+            await registry.update_model(conn, admin, "fraud", required_approvals=0)
+            await registry.request_promotion(conn, settings, admin, "fraud", copied, reason)
+    finally:
+        await pool.close()
+
+
 @pytest.fixture(scope="session")
 def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory: pytest.TempPathFactory):
     """What online scoring, batch and monitoring tests serve: built once per run."""
@@ -329,7 +359,7 @@ SCORE_BAD_INPUTS = [
     (lambda b: {**b, "model": "nope"}, 404, "unknown_model", "model"),
     (lambda b: {**b, "event": {k: v for k, v in b["event"].items() if k != "customer_id"}}, 422,
      "missing_entity_key", "event.customer_id"),
-    (lambda b: {**b, "event": {**b["event"], "amount": "ten"}}, 422, "invalid_request", "event.amount"),
+    (lambda b: {**b, "event": {**b["event"], "amount": "ten"}}, 422, "invalid_number", "event.amount"),
     (lambda b: {**b, "event": {**b["event"], "amount": float("nan")}}, 422, "invalid_number", "event.amount"),
     (lambda b: {**b, "event": {**b["event"], "amount": float("inf")}}, 422, "invalid_number", "event.amount"),
     (lambda b: {**b, "event": {**b["event"], "amount": -5}}, 422, "invalid_request", "event.amount"),
@@ -340,7 +370,7 @@ SCORE_BAD_INPUTS = [
     (lambda b: {**b, "features": {"amount": 1.0}, "event": None}, 422, "missing_field", "event"),
     # what PostgreSQL could not store in the audit trail is refused before scoring
     (lambda b: {**b, "request_id": "r\x00"}, 422, "invalid_value", "request_id"),
-    (lambda b: {**b, "event": {**b["event"], "terminal_id": "t\x00"}}, 422, "invalid_request", "event.terminal_id"),
+    (lambda b: {**b, "event": {**b["event"], "terminal_id": "t\x00"}}, 422, "invalid_value", "event.terminal_id"),
     (lambda b: {**b, "event": {**b["event"], "attributes": {"note": "a\x00b"}}}, 422, "invalid_value",
      "event.attributes"),
     (lambda b: {**b, "event": {**b["event"], "attributes": {"deep": _nested(20)}}}, 422, "invalid_value",

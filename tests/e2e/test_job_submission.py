@@ -390,3 +390,74 @@ def test_drift_job_submitted_to_a_ray_head_writes_its_rows(ray_head, fraud_model
     rows = fetch(fraud_model.dsn, "SELECT feature, severity FROM sira_data_drift WHERE job_id = $1", submission_id)
     assert len(rows) == len(result["features"]) + 1
     assert {"__dataset__", "__score__"} <= {r["feature"] for r in rows}
+
+
+# -- the README's job commands, run as written ---------------------------------------------------------
+
+
+def readme_block(marker: str) -> list[str]:
+    """The command lines of the README's fenced block after ``<!-- marker ... -->``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"<!-- {marker}")
+    block = text[start:text.index(f"<!-- /{marker} -->", start)]
+    body = block.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def jobs_model(create_database, workspace, ray_session, tmp_path_factory):
+    """A small installation of its own (events, labels, a production ``fraud`` v1, keys for every role)."""
+    from tests.conftest import served_model
+
+    return served_model(create_database, workspace, tmp_path_factory, name="sira_jobs_readme", days=24,
+                        customers=250, params={"num_boost_round": 60, "early_stopping_rounds": 20})
+
+
+def test_the_readmes_job_commands_run_verbatim_with_short_lived_keys(jobs_model, ray_head, tmp_path):
+    assert ray_head.proc.poll() is None, (Path(ray_head.temp_dir) / "ray-start.log").read_text()[-3000:]
+    lines = readme_block("jobs-example")
+    assert any(line.startswith("sira jobs submit") and " train " in line for line in lines)
+    assert any(line.startswith("ray job submit") for line in lines)
+    before = {j.submission_id for j in ray_head.client.list_jobs()}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SIRA_", "RAY_AUTH")) and k not in ("RAY_ADDRESS", "RAY_JOB_ADDRESS")}
+    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "SIRA_DATABASE_URL": jobs_model.dsn,
+                "SIRA_WORKSPACE": str(jobs_model.settings.workspace), "SIRA_API_KEY": jobs_model.keys["admin"],
+                "RAY_JOB_ADDRESS": ray_head.url, "RAY_AUTH_TOKEN_PATH": str(Path(ray_head.temp_dir) / "auth_token")})
+    # one shell, as a person pastes the block (exports carry over); stops at the first failing line
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=540)
+    head_log = Path(ray_head.temp_dir) / "ray-start.log"
+    assert done.returncode == 0, (done.stdout[-3000:] + "\n--- stderr:\n" + done.stderr[-3000:]
+                                  + "\n--- the head:\n" + head_log.read_text(errors="replace")[-1500:])
+    jobs = [j for j in ray_head.client.list_jobs() if j.submission_id not in before]
+    assert len(jobs) == sum(line.startswith(("sira jobs submit", "ray job submit")) for line in lines)
+    assert all(j.status == "SUCCEEDED" for j in jobs), [(j.submission_id, j.status) for j in jobs]
+    trained = json_result(done.stdout)  # `sira jobs submit ... --json`: the submission, on stdout
+    assert trained["status"] == "SUCCEEDED" and trained["key"] == f"job-{trained['submission_id']}"
+    versions = fetch(jobs_model.dsn, """SELECT v.version FROM sira_model_versions v JOIN sira_models m
+                                         ON m.id = v.model_id WHERE m.name = 'fraud' ORDER BY 1""")
+    assert [v["version"] for v in versions] == [1, 2]  # the job trained a candidate
+    # each job acted with a key of its own: one role, revoked once the job ended; the caller's never travelled
+    keys = fetch(jobs_model.dsn, "SELECT name, roles, revoked_at, created_by FROM sira_api_keys WHERE name LIKE 'job-%'")
+    assert len(keys) == len(jobs) and all(k["revoked_at"] is not None for k in keys)
+    assert {tuple(k["roles"]) for k in keys} == {("data_scientist",), ("operator",)}
+    assert {k["created_by"] for k in keys} == {"t-admin"}
+    for job in jobs:
+        carried = (job.runtime_env or {}).get("env_vars") or {}
+        assert carried.get("SIRA_API_KEY") not in (None, jobs_model.keys["admin"])
+    assert not (tmp_path / ".sira").exists()  # nothing of SIRA's state where the commands ran
+
+
+def test_a_job_without_a_database_fails_at_once_and_starts_no_postgres(ray_head, tmp_path):
+    workspace = tmp_path / "ws"
+    submission_id = f"sira-test-nodb-{uuid.uuid4().hex[:8]}"
+    status, logs = submit_and_wait(ray_head.client, "python jobs/train.py --model fraud",
+                                   {"SIRA_WORKSPACE": str(workspace)}, submission_id=submission_id)
+    assert status == "FAILED", logs
+    errors = [line for line in logs.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: database_not_configured: no database for this Ray job")
+    assert "SIRA_DATABASE_URL" in errors[0] and "sira jobs submit" in errors[0] and "Traceback" not in logs
+    assert ray_head.client.get_job_info(submission_id).driver_exit_code == 2
+    assert not Settings(workspace=workspace).embedded_pg_data.exists()
+    assert not [c for c in head_processes(ray_head.proc.pid, ray_head.temp_dir).values() if "postgres" in c]

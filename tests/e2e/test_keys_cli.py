@@ -82,6 +82,9 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path):
     assert code == 2 and "error: forbidden:" in err
     code, out, _ = sira(as_("oli"), "rollback", "--model", "fraud", "--reason", "v2 misbehaves", "--json")
     assert code == 0 and json.loads(out)["production"] == 1
+    code, out, err = sira(as_("oli"), "rollback", "--model", "fraud", "--reason", "same page", "--expected-version", "2")
+    assert (code, out) == (2, "") and err.strip().startswith(
+        "error: production_moved: fraud: production is v1, not v2: it changed since you looked"), err
     code, out, _ = sira(as_("ann"), "versions", "compare", "--model", "fraud", "1", "2", "--json")
     compared = json.loads(out)
     assert code == 0 and {"window": "test", "metric": "average_precision"}.items() <= next(
@@ -145,3 +148,26 @@ def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_
     assert sira({**env, "SIRA_API_KEY": analyst}, "feedback", "import", str(tmp_path / "labels.parquet"))[0] == 0
     code, _, err = sira({**env, "SIRA_API_KEY": analyst}, "ingest", str(tmp_path / "labels.parquet"))
     assert code == 2 and "error: forbidden:" in err  # ingesting events needs a service key
+
+
+def test_key_expiry_takes_iso_8601_with_offsets_and_refuses_the_past(create_database, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
+    assert sira(env, "db", "migrate")[0] == 0
+    code, out, err = sira(env, "keys", "create", "--role", "admin", "--name", "root", "--expires", "2020-01-01")
+    assert (code, out) == (2, "") and err.strip() == (
+        "error: invalid_input: --expires 2020-01-01T00:00:00+00:00 is in the past: a key would be born expired"), err
+    code, out, err = sira(env, "keys", "create", "--role", "admin", "--name", "root", "--expires",
+                          "2099-01-01T00:00:00Z", "--json")
+    assert code == 0, err
+    admin = {**env, "SIRA_API_KEY": json.loads(out)["key"]}
+    for name, given in (("offset", "2099-01-01T02:30:00+02:30"), ("date", "2099-01-01"),
+                        ("naive", "2099-01-01T00:00:00"), ("utc", "2099-01-01T00:00:00.000Z")):
+        code, _, err = sira(admin, "keys", "create", "--role", "viewer", "--name", name, "--expires", given)
+        assert code == 0, (given, err)
+    code, out, _ = sira(admin, "keys", "list", "--json")
+    assert {k["expires_at"] for k in json.loads(out)["keys"]} == {"2099-01-01T00:00:00+00:00"}
+    for bad in ("tomorrow", "2099-13-01", "01/02/2099"):
+        code, out, err = sira(admin, "keys", "create", "--role", "viewer", "--name", "bad", "--expires", bad)
+        assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1, (bad, err)
+        assert err.startswith("error: invalid_input: --expires: ISO 8601 expected"), (bad, err)

@@ -21,7 +21,7 @@ import pytest
 from sira import db, registry
 from sira.auth import Identity, create_key
 from sira.config import Settings
-from tests.conftest import SCORE_BAD_INPUTS, migrate_database, run_sync
+from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
@@ -125,6 +125,27 @@ def test_bad_input_over_http_gets_a_stable_code_naming_the_field(serving, fraud_
                    headers={**headers(fraud_model), "content-type": "application/json"})
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code and r.json()["error"]["details"].get("field") == field
+
+
+def test_input_bounds_hold_on_a_serve_replica(serving, fraud_model):
+    """The body bound is the application's own middleware: a replica applies it as `sira api` does."""
+    url, _ = serving
+    limit = fraud_model.settings.max_body_bytes
+    big = b'{"model": "fraud", "event": {"note": "' + b"x" * limit + b'"}}'
+
+    def chunks():  # no Content-Length: counted as the bytes arrive through the proxy
+        for start in range(0, len(big), 65_536):
+            yield big[start:start + 65_536]
+
+    json_headers = {**headers(fraud_model), "content-type": "application/json"}
+    with httpx.Client(base_url=url, timeout=60, headers=json_headers) as c:
+        for content in (big, chunks()):
+            r = c.post("/v1/score", content=content)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text[:300]
+        r = c.post("/v1/score", json={"model": "fraud", "event": {**event(fraud_model, 3),
+                                                                   "attributes": {"note": "x" * 1_000_000}}})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "field_too_long", r.text[:300]
+        assert c.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, 4)}).status_code == 200
 
 
 def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
@@ -270,7 +291,7 @@ def test_hot_swap_under_load_fails_no_request_and_each_answer_names_its_version(
         pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
         try:
             async with db.transaction(pool) as conn:
-                await registry.rollback(conn, ADMIN, "fraud", "end of the hot swap test")
+                await registry.rollback(conn, ADMIN, "fraud", "end of the hot swap test", new)
         finally:
             await pool.close()
 
@@ -286,26 +307,10 @@ def own_postgres(fraud_model, tmp_path):
 
     async def seed() -> str:
         await migrate_database(dsn)
-        source = await db.connect(fraud_model.dsn)
-        try:
-            row = await source.fetchrow(
-                """SELECT v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                    WHERE m.name = 'fraud' AND v.version = $1""", fraud_model.version)
-        finally:
-            await source.close()
+        await copy_production_model(fraud_model.dsn, fraud_model.version, dsn, settings, "outage test")
         pool = await db.create_pool(dsn, settings)
         try:
             async with db.transaction(pool) as conn:
-                model, _ = await registry.ensure_model(conn, "fraud", actor=ADMIN.actor(), feature_set="payments",
-                                                       feature_set_version=1)
-                from sira.artifacts import ArtifactRef
-
-                version = await registry.register_candidate(
-                    conn, model, run_id=None, artifact=ArtifactRef(row["artifact_uri"], row["artifact_sha256"]),
-                    feature_schema=row["feature_schema"], params=row["params"], metrics=row["metrics"],
-                    thresholds=row["thresholds"], feature_set_version=1, actor=ADMIN.actor())
-                await registry.update_model(conn, ADMIN, "fraud", required_approvals=0)
-                await registry.request_promotion(conn, settings, ADMIN, "fraud", version, "outage test")
                 key, _ = await create_key(conn, name="svc", roles=["service"], pepper=settings.secret("auth_secret"),
                                           creator=ADMIN)
             return key
@@ -358,3 +363,66 @@ def test_a_postgres_outage_loses_no_answered_prediction(serving, fraud_model, ow
             assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE degraded")) >= 9
     finally:
         serve.delete("outage")
+
+
+def test_a_postgres_crash_and_restart_answers_no_500_and_loses_no_prediction(serving, fraud_model, own_postgres,
+                                                                             tmp_path):
+    """Postgres crashes (an immediate stop: no shutdown checkpoint) while four clients score, stays down longer
+    than a replica trusts a cached key, and restarts: while it recovers from its WAL it refuses connections
+    ("the database system is starting up"). Every request is answered (no 500), every answer stored."""
+    from collections import Counter
+
+    from ray import serve
+
+    url, _ = serving
+    server, dsn, settings, key = own_postgres
+    deploy("crash", "/crash", settings, dsn, tmp_path / "spool", breaker_open_s=0.5, auth_cache_ttl_s=1.0)
+    auth = {"Authorization": f"Bearer {key}"}
+    results: list[tuple[int, str, bool]] = []  # (status, error code or request id, degraded)
+    stop = threading.Event()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=f"{url}/crash", timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                r = client.post("/v1/score", json={"model": "fraud", "request_id": f"crash-{k}-{i}",
+                                                   "event": event(fraud_model, k * 1000 + i)}, headers=auth)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                results.append((r.status_code, body.get("request_id") or body.get("error", {}).get("code", r.text[:80]),
+                                bool(body.get("degraded"))))
+                i += 1
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        server.stop(mode="immediate")
+        time.sleep(2.0)  # longer than auth_cache_ttl_s: keys are checked again, and come from the stale cache
+        server.start()  # recovers from the WAL first, refusing connections meanwhile
+        time.sleep(3.0)
+        stop.set()
+        for t in threads:
+            t.join()
+        statuses = Counter(s for s, _, _ in results)
+        print(f"\ncrash and restart: {len(results)} requests, {dict(statuses)}, "
+              f"{sum(1 for s, _, d in results if s == 200 and d)} answered degraded")
+        assert statuses[500] == 0, Counter(c for s, c, _ in results if s == 500)
+        answered = {c for s, c, _ in results if s == 200}
+        assert answered and set(statuses) == {200}, statuses
+        count = "SELECT count(*) FROM sira_predictions WHERE role = 'production' AND request_id LIKE 'crash-%'"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if run_sync(stored(dsn, count)) == len(answered):
+                    break
+            except Exception:  # noqa: BLE001 - the server is coming back
+                pass
+            time.sleep(1)
+        assert run_sync(stored(dsn, count)) == len(answered)
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join()
+        serve.delete("crash")

@@ -33,7 +33,7 @@ async def test_batch_returns_per_event_results(client, clean_db):
     data = r.json()
     assert (data["accepted"], data["duplicates"], data["rejected"]) == (1, 1, 2)
     by_status = sorted((x["status"], x.get("code")) for x in data["results"])
-    assert by_status == [("accepted", None), ("duplicate", None), ("rejected", "invalid_field"),
+    assert by_status == [("accepted", None), ("duplicate", None), ("rejected", "invalid_number"),
                          ("rejected", "missing_field")]
     again = (await client.post("/v1/events", json={"events": [event(1)]})).json()
     assert (again["accepted"], again["duplicates"]) == (0, 1)

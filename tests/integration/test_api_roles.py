@@ -21,7 +21,7 @@ ENDPOINTS = [
     ("POST", "/v1/models/fraud/versions/1/promote", {}, "promotion.request"),
     ("POST", "/v1/models/fraud/versions/1/approve", {}, "promotion.decide"),
     ("POST", "/v1/models/fraud/versions/1/reject", {}, "promotion.decide"),
-    ("POST", "/v1/models/fraud/rollback", {"reason": "r"}, "rollback"),
+    ("POST", "/v1/models/fraud/rollback", {"reason": "r", "expected_version": 1}, "rollback"),
     ("GET", "/v1/models/fraud/history", None, "models.read"),
     ("GET", "/v1/models/fraud/drift", None, "models.read"),
     ("GET", "/v1/models/fraud/performance", None, "models.read"),

@@ -1,6 +1,7 @@
 """Promotion with N distinct approvers, rejection, one-step rollback and its history, on the real database."""
 
 import asyncio
+from datetime import datetime
 
 import pytest
 
@@ -66,10 +67,10 @@ async def test_two_distinct_approvers_promote_then_rollback_is_one_step(clean_db
     assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("archived", "production")
 
     with pytest.raises(InvalidInput, match="needs a reason"):
-        await run(clean_db, rollback, OLI, "fraud", " ")
+        await run(clean_db, rollback, OLI, "fraud", " ", 2)
     with pytest.raises(PermissionDenied):
-        await run(clean_db, rollback, DANA, "fraud", "oops")
-    back = await run(clean_db, rollback, OLI, "fraud", "v2 blocks good customers")
+        await run(clean_db, rollback, DANA, "fraud", "oops", 2)
+    back = await run(clean_db, rollback, OLI, "fraud", "v2 blocks good customers", 2)
     assert back == {"model": "fraud", "production": 1, "archived": 2, "reason": "v2 blocks good customers"}
     assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("production", "archived")
 
@@ -106,14 +107,14 @@ async def test_validation_gates_and_rollback_without_history(clean_db, settings)
         await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
     assert await status_of(clean_db, 2) == "candidate"
     with pytest.raises(Conflict, match="no production version"):
-        await run(clean_db, rollback, OLI, "fraud", "why not")
+        await run(clean_db, rollback, OLI, "fraud", "why not", 1)
     await make_version(clean_db, settings, 3, required=0)
     auto = await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
     assert auto["status"] == "approved" and await status_of(clean_db, 3) == "production"
     actor = await clean_db.fetchval("SELECT actor FROM sira_audit_log WHERE action = 'production.change'")
     assert actor == "policy:fraud"  # required_approvals = 0: the policy is the actor
     with pytest.raises(Conflict, match="no previous production version"):
-        await run(clean_db, rollback, OLI, "fraud", "no way back")
+        await run(clean_db, rollback, OLI, "fraud", "no way back", 3)
 
 
 async def test_concurrent_final_approvals_promote_exactly_once(clean_db, settings):
@@ -130,3 +131,45 @@ async def test_concurrent_final_approvals_promote_exactly_once(clean_db, setting
     outcomes = await asyncio.gather(*(attempt(a) for a in approvers))
     assert outcomes.count("approved") == 1 and outcomes.count("request_closed") == 5
     assert await clean_db.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'production.change'") == 1
+
+
+async def test_concurrent_rollbacks_expecting_the_same_version_step_back_once(clean_db, settings):
+    for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
+        await make_version(clean_db, settings, version, required=0)
+        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+    assert await status_of(clean_db, 3) == "production"
+
+    async def attempt():
+        try:
+            return (await run(clean_db, rollback, OLI, "fraud", "v3 misbehaves", 3))["production"]
+        except Conflict as exc:
+            return exc.code
+
+    outcomes = await asyncio.gather(attempt(), attempt())
+    assert sorted(outcomes, key=str) == [2, "production_moved"]  # not 3 → 2 → 3
+    assert await status_of(clean_db, 2) == "production"
+    with pytest.raises(Conflict, match="production is v2, not v3") as refused:
+        await run(clean_db, rollback, OLI, "fraud", "stale page", 3)
+    assert refused.value.code == "production_moved"
+    assert refused.value.details == {"expected_version": 3, "production_version": 2}
+    async with clean_db.acquire() as conn:
+        history = await production_history(conn, "fraud")
+    assert [(h["from"], h["to"]) for h in history] == [(None, 1), (1, 2), (2, 3), (3, 2)]
+
+
+async def test_history_times_agree_with_its_order_when_changes_overlap(clean_db, settings):
+    for version in (1, 2):
+        await make_version(clean_db, settings, version, required=0)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    async with clean_db.acquire() as slow:
+        async with slow.transaction():  # begins first, changes production last
+            await slow.execute("SELECT 1")
+            await asyncio.sleep(0.05)
+            await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+            await asyncio.sleep(0.05)
+            await rollback(slow, OLI, "fraud", "overlapping change", 2)
+    async with clean_db.acquire() as conn:
+        history = await production_history(conn, "fraud")
+    assert [(h["from"], h["to"]) for h in history] == [(None, 1), (1, 2), (2, 1)]
+    times = [datetime.fromisoformat(h["at"]) for h in history]
+    assert times == sorted(times), times  # the row written last is not dated before the one it follows

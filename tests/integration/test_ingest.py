@@ -3,7 +3,10 @@
 import asyncio
 import csv
 import json
-from datetime import datetime, timedelta, timezone
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
@@ -108,3 +111,78 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     with pytest.raises(NotFound, match="file not found"):
         await ingest_files(settings, [tmp_path / "missing.parquet"], fs=PAYMENTS_V1, progress=False)
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
+
+
+def damaged_parquet(path, n=2000, groups=4):
+    """Events in Parquet with the last row group's data page overwritten: the footer (and so the first
+    rows a check reads) is intact, the damage shows only when that page is read."""
+    import pyarrow as pa
+
+    table = pa.table({"event_id": [f"p{i}" for i in range(n)],
+                      "occurred_at": [f"2026-05-01T10:{i % 60:02d}:00Z" for i in range(n)],
+                      "customer_id": [f"c{i % 10}" for i in range(n)], "amount": [float(i) for i in range(n)]})
+    pq.write_table(table, path, row_group_size=n // groups)
+    start = pq.read_metadata(path).row_group(groups - 1).column(3).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 30:start + 200] = b"\xff" * 170
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.timeout(300)
+async def test_cli_reports_a_file_damaged_past_its_footer_in_one_line(clean_db, settings, pg_dsn, tmp_path):
+    bad = damaged_parquet(tmp_path / "damaged.parquet")
+    env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_RAY_NUM_CPUS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("SIRA_RAY_ADDRESS", None)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "ingest", str(bad), "--json"],
+                                   env=env, capture_output=True, text=True, timeout=240)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout == "" and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith(f"error: invalid_input: {bad}: cannot read as parquet: "), lines[-1]
+    assert [line for line in lines if "error" in line.lower()] == [lines[-1]], done.stderr[-3000:]
+
+
+async def test_jsonl_rows_are_checked_one_by_one_like_csv_rows(clean_db, ray_session, settings, tmp_path):
+    rows = [{"event_id": f"m{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": 10 + i}
+            for i in range(6)]
+    rows[2]["amount"] = "lots"  # text where every other row has a number
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n" + "[1, 2]\n")
+    summary = await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+    assert (summary.read, summary.accepted, summary.rejected) == (8, 5, 3)
+    assert summary.reasons["undecodable"] == 2
+    rejected = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
+    assert rejected["m2"]["field"] == "amount" and rejected["m2"]["payload"]["amount"] == "lots"
+    broken = await clean_db.fetch("SELECT * FROM sira_rejected_events WHERE reason_code = 'undecodable'")
+    assert sorted(r["payload"]["line"] for r in broken) == [7, 8]  # where to look, not the (unredacted) text
+    assert {r["payload"]["file"] for r in broken} == {"mixed.jsonl"}
+    assert await count(clean_db, "sira_events") == 5
+
+
+async def test_jsonl_integers_in_extra_fields_stay_integers(clean_db, ray_session, settings, tmp_path):
+    rows = [{"event_id": f"k{i}", "occurred_at": "2026-05-01T10:00:00Z", "account_id": "a1", "event_type": "usage",
+             "api_calls": i, "ratio": 0.5} for i in range(4)]
+    rows[3]["api_calls"] = 2.5  # one fraction: Arrow made the whole column floating point
+    del rows[1]["ratio"]  # a field some rows lack is not stored as null in the others
+    path = tmp_path / "ints.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+    assert summary.accepted == 4
+    stored = {r["event_id"]: r for r in await clean_db.fetch(
+        "SELECT event_id, attributes, attributes->>'api_calls' AS calls FROM sira_events")}
+    assert [stored[f"k{i}"]["calls"] for i in range(4)] == ["0", "1", "2", "2.5"]  # not 0.0, 1.0, 2.0
+    assert stored["k0"]["attributes"] == {"api_calls": 0, "ratio": 0.5}
+    assert stored["k1"]["attributes"] == {"api_calls": 1}
+
+
+async def test_header_only_csv_is_a_clear_input_error(clean_db, settings, tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text("event_id,occurred_at,customer_id,amount\n")
+    with pytest.raises(InvalidInput) as caught:
+        await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+    assert caught.value.code == "empty_input"
+    assert caught.value.one_line() == f"error: empty_input: {path}: no rows (only a header)"
+    assert await count(clean_db, "sira_events") == 0

@@ -511,7 +511,7 @@ async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_
     assert answer["version"] == version and service.slots["fraud"].shadow is None
     # rollback brings v1 back the same way
     async with db.transaction(service.pool) as conn:
-        await registry.rollback(conn, ADMIN, "fraud", "back to v1")
+        await registry.rollback(conn, ADMIN, "fraud", "back to v1", version)
     for _ in range(200):
         if service.slots["fraud"].production.version == fraud_model.version:
             break

@@ -121,3 +121,38 @@ async def test_killed_consumer_process_restarts_with_nothing_lost(clean_db, redi
     summary = json.loads(out)
     assert summary["accepted"] == N - loaded
     await assert_exactly_once(clean_db)
+
+
+async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_client, redis_url, settings):
+    publish(redis_client, stream_events(20))
+    redis_client.xgroup_create(STREAM, "audit", id="0")  # another reader of the same events
+    audit = redis_client.xreadgroup("audit", "a1", {STREAM: ">"}, count=10)[0][1]
+    redis_client.xack(STREAM, "audit", *[i for i, _ in audit[:6]])  # 6 done, 4 still pending for audit
+    source = RedisStreamSource(redis_url, consumer="w")
+    await source.start()
+    total = await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=8, block_ms=50, max_events=20)
+    assert total.accepted == 20 and redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    # what audit has not acknowledged (and all it has not read) stays; what both groups have is gone
+    assert redis_client.xlen(STREAM) == 14
+    assert redis_client.xrange(STREAM, count=1)[0][0] == audit[6][0]
+
+    rest = redis_client.xreadgroup("audit", "a1", {STREAM: ">"})[0][1]
+    redis_client.xack(STREAM, "audit", *[i for i, _ in audit[6:] + rest])
+    publish(redis_client, stream_events(21)[20:])
+    redis_client.xreadgroup("audit", "a1", {STREAM: ">"})
+    await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=8, block_ms=50, max_events=1)
+    await source.close()
+    assert redis_client.xlen(STREAM) == 1  # the newest entry: still pending for audit
+
+
+async def test_stream_retention_keeps_acknowledged_entries_for_replay(clean_db, redis_client, redis_url, settings):
+    events = stream_events(10)
+    for i, e in enumerate(events[:4]):  # explicit ids from 1970: entries that old
+        redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps(e)}, id=f"1000-{i + 1}")
+    publish(redis_client, events[4:])
+    source = RedisStreamSource(redis_url, consumer="w", retention_s=3600)
+    await source.start()
+    total = await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=4, block_ms=50, max_events=10)
+    await source.close()
+    assert total.accepted == 10 and redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    assert redis_client.xlen(STREAM) == 6  # the entries younger than an hour

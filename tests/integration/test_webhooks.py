@@ -59,7 +59,7 @@ async def test_every_registry_event_is_delivered_signed(clean_db, settings, rece
         await run(clean_db, request_promotion, settings, DANA, "fraud", v)
         await run(clean_db, decide, ANN, "fraud", v, "approve")
         await run(clean_db, decide, BOB, "fraud", v, "approve")
-    await run(clean_db, rollback, OLI, "fraud", "bad day")
+    await run(clean_db, rollback, OLI, "fraud", "bad day", 2)
     counts = await webhooks.deliver_due(clean_db, hooked)
     assert counts == {"delivered": 9, "retried": 0, "failed": 0}
     events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]

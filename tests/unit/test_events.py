@@ -2,6 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from sira.config import get_settings
 from sira.errors import InvalidInput
 from sira.events import Rejection, apply_mapping, check_columns, normalize
 from sira.pii import Redactor
@@ -42,15 +43,15 @@ def test_pii_fields_become_tokens_and_unknown_pii_is_scrubbed():
     [
         ({"event_id": None}, "missing_field", "event_id"),
         ({"occurred_at": "yesterday"}, "invalid_field", "occurred_at"),
-        ({"amount": "twelve"}, "invalid_field", "amount"),
+        ({"amount": "twelve"}, "invalid_number", "amount"),  # JSON has numbers: text is not one
         ({"amount": float("inf")}, "invalid_field", "amount"),
         ({"amount": -3}, "invalid_field", "amount"),
         ({"amount": None}, "invalid_event", None),
         ({"customer_id": None}, "invalid_event", None),
         ({"currency": "EURO"}, "invalid_field", "currency"),
-        ({"customer_id": "c\x00"}, "invalid_field", "customer_id"),  # PostgreSQL text refuses NUL
-        ({"note": "a\x00b"}, "invalid_event", None),
-        ({"nested": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, "invalid_event", None),
+        ({"customer_id": "c\x00"}, "invalid_value", "customer_id"),  # PostgreSQL text refuses NUL
+        ({"note": "a\x00b"}, "invalid_value", "note"),
+        ({"nested": {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}, "invalid_value", "nested.a" + ".0" * 14),
     ],
 )
 def test_bad_records_are_rejected_with_a_reason(change, code, field):
@@ -102,3 +103,64 @@ def test_an_event_id_that_redaction_makes_too_long_is_rejected():
     result = normalize({**BASE, "event_id": event_id}, R, "t")
     assert isinstance(result, Rejection) and (result.reason_code, result.field) == ("invalid_field", "event_id")
     assert "a@b.co" not in str(result.payload)
+
+
+LIMIT = get_settings().max_string_length
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"note": "x" * (LIMIT + 1)}, "note"),
+        ({"customer_id": "x" * 1_000_000}, "customer_id"),
+        ({"meta": {"tags": ["ok", "x" * (LIMIT + 1)]}}, "meta.tags.1"),
+        ({"meta": {"x" * (LIMIT + 1): 1}}, "meta"),  # a field name is bounded too
+        ({"x" * (LIMIT + 1): 1}, None),
+    ],
+)
+def test_an_over_long_string_is_refused_before_redaction_and_kept_out_of_the_dead_letter(change, field):
+    import orjson
+
+    result = normalize({**BASE, **change}, R, "t")
+    assert isinstance(result, Rejection) and (result.reason_code, result.field) == ("field_too_long", field)
+    assert f"longer than {LIMIT} characters" in result.reason
+    stored = orjson.dumps(result.payload).decode()
+    assert len(stored) < 500 and "<field_too_long " in stored and result.event_id == "e1"
+    assert not isinstance(normalize({**BASE, "note": "x" * LIMIT}, R, "t"), Rejection)  # the limit itself is fine
+
+
+def test_an_over_long_event_id_is_not_named_in_the_rejection():
+    result = normalize({**BASE, "event_id": "e" * 1_000_000}, R, "t")
+    assert isinstance(result, Rejection) and result.reason_code == "field_too_long" and result.event_id is None
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"amount": 2**70}, "amount"), ({"big": 2**63}, "big"), ({"meta": {"n": [-(2**63) - 1]}}, "meta.n.0")],
+)
+def test_an_integer_beyond_signed_64_bits_is_refused_and_its_dead_letter_is_storable(change, field):
+    import orjson
+
+    result = normalize({**BASE, **change}, R, "t")
+    assert isinstance(result, Rejection) and (result.reason_code, result.field) == ("invalid_value", field)
+    orjson.dumps(result.payload)  # what COPY does with it: beyond 64 bits this raised, losing the whole batch
+    if field == "amount":
+        assert result.payload["amount"] == str(2**70)  # kept as its digits, for replay
+    row = normalize({**BASE, "big": 2**63 - 1, "small": -(2**63)}, R, "t")
+    assert row["attributes"] == {"big": 2**63 - 1, "small": -(2**63)}
+
+
+@pytest.mark.parametrize("amount", [True, False, "12.5", "", "twelve"])
+def test_amounts_are_numbers_not_booleans_or_text(amount):
+    result = normalize({**BASE, "amount": amount}, R, "t")
+    assert isinstance(result, Rejection) and (result.reason_code, result.field) == ("invalid_number", "amount")
+
+
+def test_numbers_from_csv_text_and_decimals_are_amounts():
+    from decimal import Decimal
+
+    assert normalize({**BASE, "amount": "12.5"}, R, "t", numbers_as_text=True)["amount"] == 12.5
+    assert normalize({**BASE, "amount": Decimal("7.25")}, R, "t")["amount"] == 7.25
+    assert normalize({**BASE, "amount": 12}, R, "t")["amount"] == 12.0
+    rejected = normalize({**BASE, "amount": True}, R, "t", numbers_as_text=True)
+    assert isinstance(rejected, Rejection) and rejected.reason_code == "invalid_number"

@@ -1,4 +1,13 @@
+import gc
+import ipaddress
+import random
+import re
+import time
+import types
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sira.pii import Redactor, is_token, luhn_valid
 
@@ -50,3 +59,156 @@ def test_policy_tokenises_and_drops_fields_and_nested_values():
 
 def test_luhn():
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+
+
+# -- Linear time on adversarial input ---------------------------------------------------------------
+#
+# The regex engine retries a pattern at every start position; a pattern that can scan to the end of
+# a long run and fail there costs n steps per start (quadratic), and the card-number finder tried
+# every pair of digit groups (cubic). A million characters of each shape below took hours before.
+
+MILLION = 1_000_000
+ADVERSARIAL = {
+    "letters": "a" * MILLION,  # free-text prose check
+    "letters then @": "a" * MILLION + "@",  # email local part
+    "@ then dotted letters": "@" + "a." * (MILLION // 2),
+    "dotted letters then @": "a." * (MILLION // 2) + "@",
+    "email then dotted letters": "x@" + "a." * (MILLION // 2),
+    "a@ repeated": "a@" * (MILLION // 2),
+    "spaced digit groups": "1 " * (MILLION // 2),  # card numbers
+    "dashed digit groups": "1-" * (MILLION // 2),
+    "alternating separators": "12 3-" * (MILLION // 5),
+    "digits": "1" * MILLION,
+    "dotted digits": "1." * (MILLION // 2),  # IPv4
+    "colons": ":" * MILLION,  # IPv6
+    "hex and colons": "ffff:a" * (MILLION // 6),
+    "phone prefixes": "+1 " * (MILLION // 3),  # phones
+    "letters then spaces": "ab" + " " * MILLION + "1",
+    "words": "ab " * (MILLION // 3),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_adversarial_input_is_scrubbed_in_linear_time(text):
+    started = time.perf_counter()
+    R.scrub_value(text)  # scrub_text and the free-text check
+    assert time.perf_counter() - started < 20  # generous: a few seconds on a busy machine; hours before
+
+
+# -- Same answers as the original (backtracking) implementation ----------------------------------------
+
+_OLD_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
+_OLD_DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
+_OLD_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_OLD_PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
+_OLD_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_OLD_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d[ -]?){12}\d")
+_OLD_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
+
+
+def _old_replace_pans(text, token):
+    out, last = [], 0
+    for run in _OLD_DIGIT_RUNS.finditer(text):
+        groups = [(m.start() + run.start(), m.end() + run.start()) for m in re.finditer(r"\d+", run.group(0))]
+        i = 0
+        while i < len(groups):
+            found = None
+            for j in range(len(groups) - 1, i - 1, -1):
+                digits = "".join(text[a:b] for a, b in groups[i: j + 1])
+                if 13 <= len(digits) <= 19 and luhn_valid(digits):
+                    found = (j, digits)
+                    break
+            if found is None:
+                i += 1
+                continue
+            j, digits = found
+            out += [text[last: groups[i][0]], token(digits)]
+            last = groups[j][1]
+            i = j + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _old_scrub_text(text):
+    if not text or is_token(text) or not _OLD_MAYBE_PII.search(text):
+        return text
+    text = _OLD_EMAIL.sub(lambda m: R.token("email", m.group(0)), text)
+    text = _old_replace_pans(text, lambda digits: R.token("pan", digits))
+    text = _OLD_PHONE.sub(lambda m: R.token("phone", m.group(0)), text)
+
+    def ip(m):
+        try:
+            ipaddress.ip_address(m.group(0))
+        except ValueError:
+            return m.group(0)
+        return R.token("ip", m.group(0))
+
+    return _OLD_IPV6.sub(ip, _OLD_IPV4.sub(ip, text))
+
+
+def _old_scrub_value(text):
+    text = _old_scrub_text(text)
+    return R.token("text", text) if _OLD_FREE_TEXT.search(text) else text
+
+
+FRAGMENTS = ["a", "Zé", "b.", ".co", ".", "@", "@ex", "x.y@", "@a.co", "%", "_", "-", " ", "  ", "\t", "1", "42",
+             "4111", "1111", "5556", "4000056655665556", "+33", "+", "(", ")", ":", "::", "ff", "10.0.0.1", "x y",
+             "Mr. X", "tok_pan_"]
+SMALL_TEXT = st.one_of(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join),
+    st.text(alphabet="0123456789 -.@:+abAZé_%\t", max_size=48),
+    st.lists(st.tuples(st.text(alphabet="0123456789", min_size=1, max_size=7),
+                       st.sampled_from([" ", "-", "  ", "x", "--"])), max_size=10).map(
+        lambda groups: "".join(g + sep for g, sep in groups)),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(SMALL_TEXT)
+def test_scrubbing_matches_the_original_implementation(text):
+    assert R.scrub_text(text) == _old_scrub_text(text)
+    assert R.scrub_value(text) == _old_scrub_value(text)
+
+
+# -- No raw value in a cache ------------------------------------------------------------------------
+
+
+def _holds(obj, needle, depth=0):
+    if isinstance(obj, str):
+        return needle in obj
+    if isinstance(obj, (bytes, bytearray)):
+        return needle.encode() in obj
+    return isinstance(obj, tuple) and depth < 4 and any(_holds(o, needle, depth + 1) for o in obj)
+
+
+def _scrub_a_card_number(pan):
+    R.scrub({"card_number": pan, "note": f"paid with {pan}", "ref": pan})
+    R.scrub_value(f"order-{pan}")
+    R.token("pan", pan)
+
+
+def test_no_cache_keeps_a_raw_card_number():
+    # a fresh number built at run time, so nothing else in the process holds it
+    body = "4" + "".join(random.choices("0123456789", k=14))
+    pan = next(body + d for d in "0123456789" if luhn_valid(body + d))
+    _scrub_a_card_number(pan)
+    gc.collect()
+    holders = []
+    for obj in gc.get_objects():
+        if isinstance(obj, (types.FrameType, types.CellType)):
+            continue  # this test's own frame holds the needle
+        for ref in gc.get_referents(obj):
+            if _holds(ref, pan):
+                holders.append(type(obj).__name__)
+    assert not holders, f"raw card number kept in memory by {holders}"
+
+
+def test_scrubbing_is_idempotent_when_a_tokens_hex_looks_like_a_card_number():
+    r = Redactor.from_secret("k")
+    # a token-shaped id whose 24 hex characters start with a Luhn-valid card number
+    text = "order tok_pan_4111111111111111abcdefab paid by a@b.co"
+    once = r.scrub_text(text)
+    assert "tok_pan_4111111111111111abcdefab" in once and "a@b.co" not in once
+    assert r.scrub_text(once) == once
+    assert r.scrub_value(r.scrub_value("ref-4111 1111 1111 1111")) == r.scrub_value("ref-4111 1111 1111 1111")

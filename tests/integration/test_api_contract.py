@@ -1,0 +1,130 @@
+"""The HTTP contract beyond roles: rollback names what it replaces, 405 lists every allowed method, and the
+OpenAPI document declares the error answers each route can give."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from sira import db
+from sira.api import create_app
+from sira.auth import authenticate, create_key
+from sira.registry import request_promotion
+from tests.integration.test_governance import DANA, make_version, run, status_of
+
+
+@pytest.fixture
+async def client_and_keys(clean_db, settings):
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        admin, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        root = await authenticate(conn, admin, pepper=pepper)
+        operator, _ = await create_key(conn, name="oli", roles=["operator"], pepper=pepper, creator=root)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, {"admin": {"Authorization": f"Bearer {admin}"},
+                           "operator": {"Authorization": f"Bearer {operator}"}}
+
+
+async def test_a_rollback_names_the_production_version_it_replaces(client_and_keys, clean_db, settings):
+    client, keys = client_and_keys
+    for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
+        await make_version(clean_db, settings, version, required=0)
+        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+    r = await client.post("/v1/models/fraud/rollback", json={"reason": "bad day"}, headers=keys["operator"])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
+    assert r.json()["error"]["details"] == {"field": "expected_version"}
+    r = await client.post("/v1/models/fraud/rollback", json={"reason": "bad day", "expected_version": 2},
+                          headers=keys["operator"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "production_moved", r.text
+    assert await status_of(clean_db, 3) == "production"
+    # two operators on the same page: one steps back, the other is told production moved
+    answers = await asyncio.gather(*(
+        client.post("/v1/models/fraud/rollback", json={"reason": "bad day", "expected_version": 3},
+                    headers=keys["operator"]) for _ in range(2)))
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    assert next(a for a in answers if a.status_code == 200).json()["production"] == 2
+    assert next(a for a in answers if a.status_code == 409).json()["error"]["code"] == "production_moved"
+    assert await status_of(clean_db, 2) == "production" and await status_of(clean_db, 3) == "archived"
+
+
+async def test_posting_to_a_card_is_405_not_an_unknown_decision(client_and_keys):
+    client, keys = client_and_keys
+    r = await client.post("/v1/models/fraud/versions/1/card", json={}, headers=keys["admin"])
+    assert r.status_code == 405, r.text
+    assert r.headers["allow"] == "GET"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    for decision in ("approve", "reject"):  # the decisions still route
+        r = await client.post(f"/v1/models/fraud/versions/1/{decision}", json={}, headers=keys["admin"])
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("DELETE", "/v1/keys", "GET, POST"),
+    ("PUT", "/v1/models/fraud", "GET, PATCH"),
+    ("DELETE", "/v1/models", "GET, POST"),
+    ("GET", "/v1/models/fraud/rollback", "POST"),
+    ("PATCH", "/v1/keys/someone", "DELETE"),
+])
+async def test_a_405_lists_every_method_the_path_allows(client_and_keys, method, path, allowed):
+    client, _ = client_and_keys
+    r = await client.request(method, path)  # routing answers before credentials are asked for
+    assert r.status_code == 405, r.text
+    assert r.headers["allow"] == allowed
+    error = r.json()["error"]
+    assert error["code"] == "method_not_allowed" and error["details"] == {"allowed": allowed.split(", ")}
+
+
+async def test_a_body_that_cannot_be_parsed_is_400_in_the_error_shape(client_and_keys):
+    client, keys = client_and_keys
+    r = await client.post("/v1/models", content=b"\xff\xfeq", headers={**keys["admin"],
+                                                                       "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "malformed_body"
+    r = await client.get("/v1/no/such/path", headers=keys["admin"])
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
+    from sira.serving import ScoringService, ServingConfig
+
+    service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
+    spec = create_app(settings, scoring=service).openapi()  # not started: the document needs no database
+    # (method, path): the statuses beyond 401, 403, 422 and 503 that every authenticated route can answer
+    # (400 and 413: a body that cannot be parsed, one too large)
+    expected = {
+        ("get", "/v1/models"): set(),
+        ("post", "/v1/models"): {400, 409, 413},
+        ("get", "/v1/models/{name}"): {404},
+        ("patch", "/v1/models/{name}"): {400, 404, 413},
+        ("get", "/v1/models/{name}/versions/{version}"): {404},
+        ("get", "/v1/models/{name}/versions/{version}/card"): {404, 409},
+        ("get", "/v1/models/{name}/compare"): {404},
+        ("post", "/v1/models/{name}/versions/{version}/promote"): {400, 404, 409, 413},
+        ("post", "/v1/models/{name}/versions/{version}/stage"): {400, 404, 409, 413},
+        ("post", "/v1/models/{name}/versions/{version}/approve"): {400, 404, 409, 413},
+        ("post", "/v1/models/{name}/versions/{version}/reject"): {400, 404, 409, 413},
+        ("post", "/v1/models/{name}/rollback"): {400, 404, 409, 413},
+        ("get", "/v1/models/{name}/history"): {404},
+        ("get", "/v1/models/{name}/drift"): {404},
+        ("get", "/v1/models/{name}/performance"): {404},
+        ("get", "/v1/audit"): set(),
+        ("post", "/v1/keys"): {400, 409, 413},
+        ("get", "/v1/keys"): set(),
+        ("delete", "/v1/keys/{name}"): {404, 409},
+        ("post", "/v1/events"): {400, 413},
+        ("post", "/v1/score"): {400, 404, 409, 413},
+        ("post", "/v1/score/batch"): {400, 404, 409, 413},
+        ("get", "/v1/predictions/{prediction_id}"): {404},
+        ("post", "/v1/feedback"): {400, 404, 413},
+    }
+    operations = {(m, p): op for p, item in spec["paths"].items() if p.startswith("/v1/") for m, op in item.items()}
+    assert set(operations) == set(expected)
+    for key, extra in expected.items():
+        responses = operations[key]["responses"]
+        errors = {int(s) for s in responses if int(s) >= 400}
+        assert errors == {401, 403, 422, 503} | extra, key
+        for status in errors:
+            schema = responses[str(status)]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (key, status)
