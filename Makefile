@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sira-installed
 DEMO_SCALE ?= 1
 
-.PHONY: demo test test-unit bench venv clean
+.PHONY: demo test test-fast test-unit bench venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
+
+# The fast loop while working (under a minute here): the tests that need no services.
+test-fast: test-unit
 
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)

@@ -488,8 +488,18 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
         app.add_exception_handler(unavailable, _database_unavailable)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":  # its loc ends in a character offset, not a field
+            position = first["loc"][-1] if first["loc"] else None
+            reason = (first.get("ctx") or {}).get("error") or first["msg"]
+            return _error(400, "malformed_body", f"the body is not valid JSON (at character {position}): {reason}",
+                          {"field": "", "position": position})
+        content_type = request.headers.get("content-type", "")
+        if tuple(first["loc"]) == ("body",) and "json" not in content_type.lower():
+            # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
+            return _error(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
+                          f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
         field = ".".join(str(p) for p in first["loc"] if p != "body")
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
                 **{c: c for c in VALUE_CODES}}.get(first.get("type"), "invalid_request")
@@ -512,6 +522,9 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
                 raise ServiceUnavailable(f"model(s) cannot be loaded: {', '.join(sorted(unavailable))}",
                                          code="model_unavailable", details={"models": unavailable})
             checks["models"] = "ok"
+            if scoring.rejected_config:  # still serving, with the last good config: say what was refused
+                checks["config"] = (f"user_config refused at {scoring.rejected_config['at']}: "
+                                    f"{scoring.rejected_config['error']} (serving with the last good one)")
         return Health(status="ready", version=__version__, checks=checks)
 
     app.include_router(events_router())

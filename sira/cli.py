@@ -1229,14 +1229,22 @@ def api_cmd(
                 log_level="warning")
 
 
-@app.command("serve")
+serve_app = typer.Typer(help="Online scoring on Ray Serve: run it locally, or check a config before "
+                               "`serve deploy`.", invoke_without_command=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback()
 def serve_cmd(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
         "--config", help="A serve_configs/*.yaml file (default: serve_configs/local.yaml).")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default: the config's).")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default: the config's).")] = None,
 ) -> None:
     """Run online scoring on Ray Serve locally (the same application `serve deploy` runs); Ctrl-C stops it."""
+    if ctx.invoked_subcommand is not None:
+        return
     import signal
     import time
 
@@ -1255,6 +1263,22 @@ def serve_cmd(
         pass
     _err.print("stopping SIRA serving")
     serve.shutdown()
+
+
+@serve_app.command("check")
+def serve_check_cmd(
+    config: Annotated[Path, typer.Argument(help="The serve_configs/*.yaml file `serve deploy` will be given.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a Serve config before `serve deploy`: the application, its deployment options, its args and
+    user_config (a bad user_config would be refused by every replica, which keeps its last good one)."""
+    from sira.serving import ServeSpec
+
+    spec = ServeSpec.from_file(config)  # raises invalid_config (exit 2) naming the field
+    payload = {"config": str(config), "valid": True, "models": spec.args.get("models") or ["fraud"],
+               "options": sorted(spec.options)}
+    _emit(payload, as_json, lambda: _err.print(f"{config}: valid (models {', '.join(payload['models'])}; "
+                                               f"deployment options {', '.join(payload['options']) or 'none'})"))
 
 
 # -- demo --------------------------------------------------------------------

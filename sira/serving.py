@@ -282,6 +282,8 @@ class ServingMetrics:
         self.load_failing = metrics.Gauge("sira_model_load_failing",
                                           "1 while the version the registry names for a role cannot be loaded.",
                                           tag_keys=("model", "role"))
+        self.config_rejected = metrics.Counter("sira_config_rejected",
+                                               "user_config updates refused (the replica kept its last good one).")
         self.pending_labels = metrics.Counter("sira_feedback_pending_labels",
                                               "Labels recorded for an event not stored (yet).")
         self._counts: dict[tuple[Any, tuple[tuple[str, str], ...]], int] = {}
@@ -534,6 +536,7 @@ class ScoringService:
         self._in_replica = _in_replica()
         self.swaps: list[dict[str, Any]] = []
         self.load_failures: dict[tuple[str, str], LoadFailure] = {}  # (model, role) -> what cannot be loaded
+        self.rejected_config: dict[str, str] | None = None  # the last user_config refused, while it stands
         self.started = False
         self._batched = self._batcher(config)
 
@@ -638,8 +641,22 @@ class ScoringService:
         return task
 
     async def reconfigure(self, data: dict[str, Any]) -> None:
-        """Apply a new ``user_config`` (batching, caches, models) without a restart."""
-        config = ServingConfig.from_dict({**self.config.model_dump(exclude={"spool_dir"}), **(data or {})})
+        """Apply a new ``user_config`` (batching, caches, models) without a restart.
+
+        A config that does not validate is refused here, never raised: Ray Serve restarts a replica whose
+        ``reconfigure`` raises, which took the service down until a good file was deployed. The replica
+        keeps its last good config; ``/readyz``, the log and ``sira_config_rejected`` say what was refused.
+        """
+        try:
+            config = ServingConfig.from_dict({**self.config.model_dump(exclude={"spool_dir"}), **(data or {})})
+        except InvalidInput as exc:
+            self.rejected_config = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                    "error": exc.message}
+            log.warning("user_config refused, serving with the last good one: %s", exc.message)
+            if self.metrics:
+                self.metrics.count(self.metrics.config_rejected)
+            return
+        self.rejected_config = None
         models_changed = config.models != self.config.models
         self.config = config
         self._batched.set_max_batch_size(config.max_batch_size)

@@ -128,3 +128,18 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         for status in errors:
             schema = responses[str(status)]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (key, status)
+
+
+async def test_a_body_without_its_json_content_type_or_malformed_says_what_is_wrong(client_and_keys):
+    client, keys = client_and_keys
+    body = b'{"events": [{"event_id": "e1"}]}'
+    # as `curl -d` sends it: application/x-www-form-urlencoded
+    r = await client.post("/v1/events", content=body,
+                          headers={**keys["admin"], "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert "Content-Type: application/json" in r.json()["error"]["message"]
+    assert "application/x-www-form-urlencoded" in r.json()["error"]["message"]
+    r = await client.post("/v1/events", content=b'{"events": [{"event_id": "e1",}]}',
+                          headers={**keys["admin"], "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body", r.text
+    assert r.json()["error"]["details"]["field"] == "" and isinstance(r.json()["error"]["details"]["position"], int)

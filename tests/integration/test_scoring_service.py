@@ -161,6 +161,20 @@ async def test_reconfigure_reaches_the_spool_and_the_answer_cache(served):
     assert service.spool.fsync is before["spool_fsync"]
 
 
+async def test_a_bad_user_config_is_refused_and_the_replica_keeps_serving(served, fraud_model):
+    """Serve restarts a replica whose reconfigure raises (that was the outage): a bad value is refused, the last
+    good config stays, and /readyz says what was refused until a good config arrives."""
+    client, service = served
+    before = service.config.max_batch_size
+    await service.reconfigure({"max_batch_size": -3})  # must not raise
+    assert service.config.max_batch_size == before
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and "max_batch_size" in r.json()["checks"]["config"], r.text
+    assert (await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 7)})).status_code == 200
+    await service.reconfigure({"max_batch_size": before})
+    assert "config" not in (await client.get("/readyz")).json()["checks"]
+
+
 async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
     """Once Postgres says a key is revoked, no cached copy may answer for it (not even in an outage)."""
     import time

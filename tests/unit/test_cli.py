@@ -98,3 +98,18 @@ def test_features_list_json(capsys):
     code, out, _ = run(capsys, "features", "list", "--json")
     payload = json.loads(out)
     assert code == 0 and payload["name"] == "payments" and "terminal_risk_7d" in payload["features"]
+
+
+def test_serve_check_validates_a_config_before_serve_deploy(tmp_path, capsys):
+    from pathlib import Path
+
+    from sira.cli import main
+
+    local = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
+    assert main(["serve", "check", str(local)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(local.read_text().replace("max_batch_size: ", "max_batch_size: -3 #", 1))
+    assert "max_batch_size: -3" in bad.read_text()
+    assert main(["serve", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: invalid_config: serving config max_batch_size: Input should be greater than or equal to 1"
