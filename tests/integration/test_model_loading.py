@@ -60,6 +60,13 @@ async def test_no_loadable_production_version_answers_503_and_is_loaded_once_the
     model_file.write_bytes(good + b"\n# tampered\n")
     try:
         service, app = app_for(fraud_model, tmp_path)
+        conn = await db.connect(fraud_model.dsn)  # the session's model: other tests may have audited it already
+        try:
+            failed_before, recovered_before = [await conn.fetchval(
+                "SELECT count(*) FROM sira_audit_log WHERE action = $1 AND target_id = $2", action, target)
+                for action in ("model.load_failed", "model.load_recovered")]
+        finally:
+            await conn.close()
         async with app.router.lifespan_context(app):  # starts: a bad artifact does not stop the service
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
                 r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 1)})
@@ -76,10 +83,10 @@ async def test_no_loadable_production_version_answers_503_and_is_loaded_once_the
                 async def retried() -> bool:
                     return service.load_failures[("fraud", "production")].attempts >= 3
                 await until(retried)  # retried with backoff (1 s, 2 s, ...): one audit row for the streak
-                assert await audit_count(service.pool, "model.load_failed", target) == 1
+                assert await audit_count(service.pool, "model.load_failed", target) == failed_before + 1
                 failed = await service.pool.fetchrow(
                     "SELECT actor_kind, outcome, details FROM sira_audit_log WHERE action = 'model.load_failed' "
-                    "AND target_id = $1", target)
+                    "AND target_id = $1 ORDER BY id DESC LIMIT 1", target)
                 assert failed["outcome"] == "failed" and failed["details"]["role"] == "production"
                 assert failed["details"]["reason"] == "artifact_checksum_mismatch"
 
@@ -91,8 +98,8 @@ async def test_no_loadable_production_version_answers_503_and_is_loaded_once_the
                 await until(answers)  # no registry change, no restart: the replica's own retry
                 assert (await client.get("/readyz")).status_code == 200
                 assert not service.load_failures
-                assert await audit_count(service.pool, "model.load_recovered", target) == 1
-                assert await audit_count(service.pool, "model.load_failed", target) == 1
+                assert await audit_count(service.pool, "model.load_recovered", target) == recovered_before + 1
+                assert await audit_count(service.pool, "model.load_failed", target) == failed_before + 1
     finally:
         model_file.write_bytes(good)
 
