@@ -288,6 +288,11 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
         await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
         await import_label_files(settings, [sim.labels_path], source="sim")
         await materialize_all(settings, fs=PAYMENTS_V1)
+        conn = await db.connect(dsn)
+        try:  # planner statistics after the bulk load: the machine's PostgreSQL runs without autovacuum
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
         trained = await run_training(settings, TrainRequest(
             model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2,
             params=params or {"num_boost_round": 200, "early_stopping_rounds": 40},
