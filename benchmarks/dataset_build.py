@@ -21,7 +21,8 @@ from _common import report, scratch_database
 
 from sira import db
 from sira.config import Settings
-from sira.datasets import SHARD_SQL, Windows, build_feature_dataset
+from sira.datasets import SHARD_SQL, build_feature_dataset
+from sira.windows import Windows
 from sira.features import PAYMENTS_V1
 from sira.feedback import import_label_files
 from sira.ingest import ingest_files

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from sira.errors import InvalidInput
 from sira.files import find_files, read_table
 from sira.training import FeatureSpec, Matrix, encode_columns
+from sira.windows import TRAINING_FLAGS, Windows, label_rule
 
 MAX_CATEGORIES = 100
 _TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive"}
@@ -131,21 +132,7 @@ def load_table_dataset(
     if schema is None:
         schema, why = infer_schema(table, exclude)
         dropped.update(why)
-    times = None
-    if time_col:
-        column = table.column(time_col)
-        if not pa.types.is_timestamp(column.type):
-            try:
-                column = pc.cast(column, pa.timestamp("us"))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                try:
-                    column = pc.strptime(column, format="%Y-%m-%d %H:%M:%S", unit="us")
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    raise InvalidInput(f"time column {time_col} cannot be read as timestamps",
-                                       details={"column": time_col}) from None
-        if column.null_count:
-            raise InvalidInput(f"time column {time_col} has missing values", details={"column": time_col})
-        times = pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    times, time_read = (read_time_column(table.column(time_col), time_col) if time_col else (None, None))
     columns = {f.name: table.column(f.name).to_pylist() for f in schema}
     X = encode_columns(columns, schema)
     segments = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("country", "channel")
@@ -156,9 +143,47 @@ def load_table_dataset(
     fingerprint = {
         "source": [str(p) for p in files.paths], "rows": int(table.num_rows), "positives": int(y.sum()),
         "label": label, "time_col": time_col, "content_sha256": digest.hexdigest(),
+        **({"time_column": {"name": time_col, "read_as": time_read}} if time_col else {}),
     }
     ids = table.column(id_col).to_pylist() if id_col else None
     return Dataset(Matrix(X, y, schema), times, ids, segments, dropped, fingerprint)
+
+
+# Numbers in a time column: epoch seconds or milliseconds when they fall in these ranges
+# (1973..2096), else an offset in seconds from the start of the data (as many public fraud data sets have).
+EPOCH_SECONDS = (1e8, 4e9)
+EPOCH_MILLISECONDS = (1e11, 4e12)
+
+
+def read_time_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, str]:
+    """A time column as int64 µs since the epoch, and how it was read: timestamps, date strings, or numbers
+    (epoch seconds, epoch milliseconds, or seconds from the start of the data: an ordering for the split)."""
+    if column.null_count:
+        raise InvalidInput(f"time column {name} has missing values", details={"column": name})
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = column.to_numpy().astype(np.float64)
+        if not np.isfinite(values).all():
+            raise InvalidInput(f"time column {name} has values that are not finite numbers", details={"column": name})
+        lo, hi = float(values.min()), float(values.max())
+        if EPOCH_SECONDS[0] <= lo and hi <= EPOCH_SECONDS[1]:
+            scale, read_as = 1e6, "epoch seconds"
+        elif EPOCH_MILLISECONDS[0] <= lo and hi <= EPOCH_MILLISECONDS[1]:
+            scale, read_as = 1e3, "epoch milliseconds"
+        else:
+            scale, read_as = 1e6, "seconds from the start of the data (an ordering for the time split)"
+        return np.round(values * scale).astype(np.int64), read_as
+    read_as = "timestamps"
+    if not pa.types.is_timestamp(column.type):
+        try:
+            column, read_as = pc.cast(column, pa.timestamp("us")), "timestamps (ISO 8601 text)"
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            try:
+                column = pc.strptime(column, format="%Y-%m-%d %H:%M:%S", unit="us")
+                read_as = "timestamps (YYYY-MM-DD HH:MM:SS text)"
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InvalidInput(f"time column {name} cannot be read as timestamps or numbers (epoch seconds, "
+                                   "milliseconds, or seconds from the start)", details={"column": name}) from None
+    return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(), read_as
 
 
 MIN_VALID_POSITIVES = 20
@@ -225,32 +250,6 @@ SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_to
          WHERE fb.event_id = e.event_id AND fb.label_name = $6) lab ON true
  WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 """
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The time windows of a feature-store training set (all UTC)."""
-
-    train_from: Any
-    train_to: Any
-    test_from: Any
-    test_to: Any
-    cutoff: Any  # labels known after this do not exist for this dataset
-    maturity_days: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in self.__dict__.items()}
-
-
-def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:
-    """1 if a positive label was known by the cut-off; 0 if the event is mature (or reviewed legit); None: left out."""
-    from datetime import timedelta
-
-    if positive_known_at is not None and positive_known_at <= windows.cutoff:
-        return 1.0
-    if occurred_at <= windows.cutoff - timedelta(days=windows.maturity_days) or negative_known:
-        return 0.0
-    return None
 
 
 def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any, windows: Windows | None,
@@ -331,9 +330,13 @@ def build_feature_dataset(
         return read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard["lo"]),
                                   datetime.fromisoformat(shard["hi"]), windows, label_name)
 
+    from sira.ray_runtime import quiet_ray_data
+
+    quiet_ray_data()
     rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
     if not rows:
-        raise InvalidInput("no labelled events in the windows; check the windows and the label maturity")
+        raise InvalidInput(f"no labelled events in the windows ({windows.describe()}); set {TRAINING_FLAGS}",
+                           code="empty_window")
     rows.sort(key=lambda r: (r["ts"], r["event_id"]))
     schema = [FeatureSpec(n, "numeric") for n in fs.names()]
     X = encode_columns({n: [r[n] for r in rows] for n in fs.names()}, schema)
@@ -351,7 +354,8 @@ def build_feature_dataset(
     digest.update(y.tobytes())
     fingerprint = {
         "source": "feature_store", "feature_set": fs.name, "feature_set_version": fs.version,
-        "query": " ".join(SHARD_SQL.split()), "windows": windows.to_dict(), "shards": len(shards),
+        "query": " ".join(SHARD_SQL.split()), "windows": windows.to_dict(), "label_cutoff": windows.cutoff.isoformat(),
+        "shards": len(shards),
         "rows": int(y.size), "positives": int(y.sum()), "content_sha256": digest.hexdigest(),
     }
     ds = Dataset(Matrix(X, y, schema), times, [r["event_id"] for r in rows],
@@ -360,32 +364,9 @@ def build_feature_dataset(
     split = Split(train, valid, test, "time", {"train": windows.to_dict()})
     for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
         if idx.size == 0:
-            raise InvalidInput(f"the {name} window is empty")
+            raise InvalidInput(f"the {name} window is empty ({windows.describe()}); set {TRAINING_FLAGS}",
+                               code="empty_window")
         if y[idx].sum() == 0:
-            raise InvalidInput(f"the {name} window has no positive labels; widen it or lower the label maturity")
+            raise InvalidInput(f"the {name} window has no positive labels ({windows.describe()}); widen it with "
+                               f"{TRAINING_FLAGS}, or lower the label maturity", code="empty_window")
     return ds, split
-
-
-async def default_windows(
-    conn: Any, *, maturity_days: float, label_delay_days: float, train_from: Any = None, train_to: Any = None,
-    test_from: Any = None, test_to: Any = None, cutoff: Any = None,
-) -> Windows:
-    """Windows from the data and the model: everything mature by the cut-off, the last quarter for test,
-    a label-delay gap between train and test. Explicit values win."""
-    from datetime import timedelta
-
-    first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
-    if first is None:
-        raise InvalidInput("the feature store has no events; run `sira ingest` first")
-    cutoff = cutoff or last
-    end = test_to or (cutoff - timedelta(days=maturity_days))
-    start = train_from or first
-    if end <= start:
-        raise InvalidInput(
-            f"no mature events: the data spans {first:%Y-%m-%d}..{last:%Y-%m-%d} and labels take "
-            f"{maturity_days:g} days to mature; lower the model's label maturity or bring more history"
-        )
-    span = end - start
-    t_from = test_from or (end - span / 4)
-    tr_to = train_to or (t_from - min(timedelta(days=label_delay_days), span / 8))
-    return Windows(start, tr_to, t_from, end, cutoff, maturity_days)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sira import db, registry, stats
+from sira import db, registry, stats, windows
 from sira.artifacts import json_finite
 from sira.audit import Actor
 from sira.config import Settings
@@ -174,23 +174,30 @@ def _score_row(reference: Reference, scores: np.ndarray) -> dict[str, Any]:
 # -- the window --------------------------------------------------------------------------------
 
 
-async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tuple[datetime, datetime]:
+async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tuple[datetime, datetime, dict[str, Any]]:
+    """The explicit window, or the default (docs/windows.md): ``days`` ending at the newest data of the
+    source that fills a window of at least :data:`MIN_ROWS`, walking back over sparse days."""
     if req.time_from is not None and req.time_to is not None:
-        lo, hi = req.time_from, req.time_to
+        lo, hi, rule = req.time_from, req.time_to, {"rule": "--from/--to"}
+    elif req.time_from is not None or req.time_to is not None:
+        lo = req.time_from or req.time_to - timedelta(days=req.days)
+        hi = req.time_to or req.time_from + timedelta(days=req.days)
+        rule = {"rule": "--from/--to with --days"}
     else:
         if req.source == "events":
-            newest = await conn.fetchval("SELECT max(occurred_at) FROM sira_events")
+            found = await windows.dense_window(conn, source="sira_events", where="true", args=(),
+                                               column="occurred_at", days=req.days, min_rows=MIN_ROWS)
         else:
-            newest = await conn.fetchval(
-                "SELECT max(scored_at) FROM sira_predictions WHERE model_name = $1 AND version = $2 AND role = $3",
-                version["model_name"], version["version"], served_as(version))
-        if newest is None:
-            raise InvalidInput(f"no {req.source} to compare with the reference", code="empty_input")
-        hi = req.time_to or newest + timedelta(microseconds=1)
-        lo = req.time_from or hi - timedelta(days=req.days)
+            found = await windows.dense_window(
+                conn, source="sira_predictions", where="model_name = $1 AND version = $2 AND role = $3",
+                args=(version["model_name"], version["version"], served_as(version)), column="scored_at",
+                days=req.days, min_rows=MIN_ROWS)
+        lo, hi = found.lo, found.hi
+        rule = {"rule": f"the {req.days:g} days up to the newest {req.source} filling a window of {MIN_ROWS}",
+                "newest": found.newest.isoformat(), "skipped_after": found.skipped}
     if hi <= lo:
         raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
-    return lo, hi
+    return lo, hi, rule
 
 
 PREDICTION_CHUNK_ROWS = 50_000  # stored predictions read per round trip, as a float matrix at once
@@ -255,7 +262,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
         async with pool.acquire() as conn:
             row = await registry.version_in_use(conn, req.model, req.version)
             version = registry.loadable(row)
-            lo, hi = await _window(conn, req, version)
+            lo, hi, rule = await _window(conn, req, version)
             reference = await asyncio.to_thread(Reference.load, settings, version)
             if req.source == "predictions":
                 X, scores = await _predictions_window(conn, settings, version, lo, hi)
@@ -296,7 +303,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                                details={"job_id": run, "verdict": overall, "source": req.source})
     return {
         "model": req.model, "version": version["version"], "source": req.source, "job_id": run,
-        "window": {"from": lo.isoformat(), "to": hi.isoformat()}, "n_current": int(scores.size),
+        "window": {"from": lo.isoformat(), "to": hi.isoformat(), **rule}, "n_current": int(scores.size),
         "verdict": overall, "severities": counts, "reference_sample": reference.sample is not None,
         "seconds": round(time.perf_counter() - started, 3), "features": rows,
     }

@@ -33,10 +33,10 @@ from sira import db, registry
 from sira.artifacts import json_finite
 from sira.audit import Actor
 from sira.config import Settings
-from sira.datasets import Windows, label_rule
 from sira.feature_store import to_us
 from sira.ray_runtime import job_id
 from sira.errors import InvalidInput
+from sira.windows import Windows, label_rule
 
 DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training
 MIN_POSITIVES_TO_FLAG = 10  # fewer positives than this: AP is too noisy to raise a flag
@@ -214,6 +214,35 @@ def evaluate_windows(data: Labelled, *, lo: datetime, hi: datetime, window_days:
     return out
 
 
+# The newest predicted event, and the newest whose label is usable (docs/windows.md): mature, or labelled by
+# the cut-off (by event or by prediction).
+NEWEST_SQL = """
+SELECT max(coalesce(e.occurred_at, p.scored_at)) AS newest,
+       max(coalesce(e.occurred_at, p.scored_at)) FILTER (WHERE coalesce(e.occurred_at, p.scored_at) <= $3) AS mature
+  FROM sira_predictions p LEFT JOIN sira_events e ON e.event_id = p.event_id
+ WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
+"""
+NEWEST_LABELLED_SQL = """
+SELECT max(coalesce(e.occurred_at, p.scored_at))
+  FROM (SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.event_id = f.event_id
+         WHERE f.label_name = $3 AND f.known_at <= $4
+        UNION ALL
+        SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.prediction_id = f.prediction_id
+         WHERE f.label_name = $3 AND f.known_at <= $4) p
+  LEFT JOIN sira_events e ON e.event_id = p.event_id
+ WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
+"""
+
+
+async def newest_predictions(conn: Any, model: str, version: int | None, label_name: str, cutoff: datetime,
+                             maturity_days: float) -> tuple[datetime | None, datetime | None]:
+    """(newest predicted event, newest predicted event with a usable label) of the model."""
+    row = await conn.fetchrow(NEWEST_SQL, model, version, cutoff - timedelta(days=maturity_days))
+    labelled = await conn.fetchval(NEWEST_LABELLED_SQL, model, version, label_name, cutoff)
+    usable = max((t for t in (row["mature"], labelled) if t is not None), default=None)
+    return row["newest"], usable
+
+
 async def run_performance(settings: Settings, req: PerformanceRequest, *,
                           actor: Actor | None = None) -> dict[str, Any]:
     """Evaluate the model's stored predictions against matured labels; store and return the rows."""
@@ -231,18 +260,22 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
             model = await registry.get_model(conn, req.model)
             if req.version is not None:
                 await registry.get_version(conn, req.model, req.version)
-            newest = await conn.fetchval(
-                """SELECT max(coalesce(e.occurred_at, p.scored_at)) FROM sira_predictions p
-                     LEFT JOIN sira_events e ON e.event_id = p.event_id
-                    WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)""", req.model, req.version)
-            if newest is None:
-                raise InvalidInput(f"no stored predictions of {req.model}" + (f" v{req.version}" if req.version else ""),
-                                   code="empty_input")
-            hi = req.time_to or newest + timedelta(microseconds=1)
+            maturity_days = float(model["label_maturity_days"])
+            if req.time_to is None:
+                newest, usable = await newest_predictions(conn, req.model, req.version, model["label_name"], cutoff,
+                                                          maturity_days)
+                if newest is None:
+                    raise InvalidInput(f"no stored predictions of {req.model}" +
+                                       (f" v{req.version}" if req.version else ""), code="empty_input")
+                if usable is None:
+                    raise InvalidInput(
+                        f"no prediction of {req.model} has a usable label yet: none has a label known by "
+                        f"{cutoff:%Y-%m-%d %H:%M} and none is older than the label maturity ({maturity_days:g} days); "
+                        "wait for labels or set --from/--to", code="empty_window")
+            hi = req.time_to or usable + timedelta(microseconds=1)
             lo = req.time_from or hi - timedelta(days=req.days)
             if hi <= lo:
                 raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
-            maturity_days = float(model["label_maturity_days"])
             read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,
                                        req.version)
             if not read.seen:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from sira.auth import Identity, authorize
 from sira.config import Settings
 from sira.errors import Conflict, InvalidInput
 from sira.pii import Redactor
+from sira.windows import Windows
 
 STEPS = ("challenger", "evaluate", "drift", "policy", "report")
 LOCK_NAMESPACE = 7402  # advisory locks: one runner per (model, inputs) at a time
@@ -53,9 +54,10 @@ class RetrainRequest:
     label_delay_days: float = 7.0
     num_threads: int | None = None
     drift_days: float = 7.0
-    # the held-out window: these many days up to the newest mature events (None: the training default,
-    # the last quarter of the mature history)
+    # the held-out window: these many days up to the newest usable events (None: the training default,
+    # the newest quarter of the usable history; docs/windows.md)
     test_days: float | None = None
+    as_of: datetime | None = None  # the label cut-off (default: now)
     dry_run: bool = False
 
 
@@ -88,6 +90,8 @@ async def _inputs(conn: Any, model: Any, req: RetrainRequest) -> dict[str, Any]:
         "trials": req.trials, "time_budget_s": req.time_budget_s, "seed": req.seed, "params": req.params or {},
         "label_delay_days": req.label_delay_days, "test_days": req.test_days,
         "policy": model["promotion_policy"] or {},
+        # the cut-off is now unless set: with the same labels and events, now and later give the same set
+        **({"as_of": req.as_of.isoformat()} if req.as_of else {}),
     }
 
 
@@ -116,12 +120,18 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             row = await conn.fetchrow("SELECT * FROM sira_retrain_runs WHERE model_id = $1 AND input_key = $2",
                                       model["id"], key)
         if req.dry_run:
+            from sira.runs import TrainRequest, checked_windows
+
             done = list(row["steps"]) if row else []
             plan = ("nothing: a run with these inputs finished" if row and row["status"] == "succeeded"
                     else f"resume after {done[-1]}" if done else "run every step")
+            async with pool.acquire() as conn:
+                windows, counts = await checked_windows(
+                    conn, TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
+                                       as_of=req.as_of), model["label_maturity_days"], model["label_name"])
             return {"model": req.model, "dry_run": True, "input_key": key, "inputs": inputs, "plan": plan,
                     "steps": [s for s in STEPS if s not in done], "policy": policy.to_dict(),
-                    "previous_run": row["id"] if row else None}
+                    "windows": windows.to_dict(), "counts": counts, "previous_run": row["id"] if row else None}
         if row is not None and row["status"] == "succeeded":
             progress(f"retrain: run {row['id']} already finished with these inputs; nothing to do")
             return {**row["report"], "reused": True}
@@ -199,13 +209,9 @@ async def _challenger(settings: Settings, pool: Any, req: RetrainRequest, identi
     if earlier is not None:
         return {"version": earlier["version"], "run_id": str(earlier["run_id"]), "recovered": True,
                 "test": (earlier["metrics"] or {}).get("test")}
-    windows: dict[str, Any] = {}
-    if req.test_days:
-        end = datetime.fromisoformat(state.inputs["events_until"]) - timedelta(days=state.model["label_maturity_days"])
-        windows = {"test_from": end - timedelta(days=req.test_days), "test_to": end}
     request = TrainRequest(model=req.model, trials=req.trials or None, time_budget_s=req.time_budget_s,
                            seed=req.seed, params=req.params, label_delay_days=req.label_delay_days,
-                           retrain_key=state.key, **windows,
+                           retrain_key=state.key, test_days=req.test_days, as_of=req.as_of,
                            **({"num_threads": req.num_threads} if req.num_threads else {}))
     result = await run_training(settings, request, actor=identity.actor())
     return {"version": result["version"], "run_id": result["run_id"], "recovered": False,
@@ -226,7 +232,7 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
 
     import pyarrow as pa
 
-    from sira.datasets import Windows, build_feature_dataset
+    from sira.datasets import build_feature_dataset
     from sira.evaluation import evaluate
     from sira.features import get_feature_set
     from sira.ray_runtime import init_ray
@@ -264,18 +270,17 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
             "n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "brier",
             "expected_calibration_error", "decisions")}}
     out["score_psi"] = _score_psi(scores["challenger"], scores["champion"]) if "champion" in scores else None
-    out["live"] = await _live(pool, state.model, windows.test_from, windows.test_to)
+    out["live"] = await _live(pool, state.model, windows.test_from, windows.test_to, windows.cutoff)
     return out
 
 
-async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime) -> list[dict[str, Any]]:
-    """Stored production and shadow predictions of the window, against their labels (as serving answered)."""
-    from datetime import timezone
-
+async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime, now: datetime) -> list[dict[str, Any]]:
+    """Stored production and shadow predictions of the window, against their labels known by the training
+    set's cut-off (as serving answered)."""
     from sira.performance import evaluate_windows, read_labelled
 
     model = m["name"]
-    now, maturity_days = datetime.now(timezone.utc), float(m["label_maturity_days"])
+    maturity_days = float(m["label_maturity_days"])
     async with pool.acquire() as conn:
         read = await read_labelled(conn, model, lo, hi, m["label_name"], now, maturity_days)
         out = []

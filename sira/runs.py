@@ -24,10 +24,11 @@ import numpy as np
 from sira import __version__, artifacts, db, registry
 from sira.audit import Actor
 from sira.config import Settings
-from sira.datasets import Dataset, Split, build_feature_dataset, default_windows, load_table_dataset, split_dataset
+from sira.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.errors import InvalidInput, SiraError
 from sira.evaluation import DecisionTargets, choose_thresholds, evaluate
 from sira.training import Matrix, TrainResult, apply_calibration, train_model
+from sira.windows import Windows, check_counts, training_windows, window_counts
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
@@ -57,13 +58,19 @@ class TrainRequest:
     train_to: Any = None
     test_from: Any = None
     test_to: Any = None
+    test_days: float | None = None  # the test window: these days up to the newest usable event
     label_delay_days: float = 7.0
     label_maturity_days: int | None = None  # for a model created by this run
+    as_of: Any = None  # the label cut-off: labels known after it do not exist (default: now)
+    dry_run: bool = False  # state the windows (and their counts) and stop
     # search: with trials, Ray Tune + Optuna picks the parameters first
     trials: int | None = None
     time_budget_s: float | None = None
     # set by the retraining pipeline: the run is a 'retrain' run, found again by this key when resumed
     retrain_key: str | None = None
+
+
+DEFAULT_LABEL_MATURITY_DAYS = 30  # sira_models.label_maturity_days's default (sql/003_registry.sql)
 
 
 def code_version() -> str:
@@ -170,12 +177,20 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
     timings: dict[str, float] = {}
     started = time.perf_counter()
     table: tuple[Dataset, Split] | None = None
+    if req.data and (req.as_of or req.test_days):
+        raise InvalidInput("--as-of and --test-days apply to feature-store training (without --data)")
+    if req.dry_run:
+        return await plan_training(settings, req)
     if req.data:  # a table is checked before anything is created or recorded
         progress("reading the table")
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
                                          id_col=req.id_col, positive=req.positive)
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
+        windows = None
+        if not req.data:  # the windows are checked before anything is created, recorded or read at length
+            async with pool.acquire() as conn:
+                windows, _counts = await _model_windows(conn, req)
         async with db.transaction(pool) as conn:
             model, created = await registry.ensure_model(
                 conn, req.model, actor=actor, model_type=req.model_type,
@@ -189,7 +204,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
         try:
-            ds, split, fs_version = await _dataset(settings, pool, model, req, table, progress)
+            ds, split, fs_version = await _dataset(settings, model, table, windows, progress)
             timings["dataset_s"] = time.perf_counter() - started
             params, search = req.params, None
             if req.trials:
@@ -233,6 +248,8 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         "dropped_columns": ds.dropped, "thresholds": thresholds, "best_iteration": result.best_iteration,
         "split": {"method": split.method, "train": int(split.train.size), "validation": int(split.valid.size),
                   "test": int(split.test.size)},
+        "windows": ds.fingerprint.get("windows") or split.windows,
+        **({"time_column": ds.fingerprint["time_column"]} if ds.fingerprint.get("time_column") else {}),
         "model_created": created,
         **({"search": search["summary"]} if search else {}),
     }
@@ -246,8 +263,7 @@ def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) ->
                        base_params=req.params)
 
 
-async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest,
-                   table: tuple[Dataset, Split] | None,
+async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] | None, windows: Windows | None,
                    progress: Callable[[str], None]) -> tuple[Dataset, Split, int | None]:
     """The training set: the table the user brought (already split), or labelled vectors from the feature store."""
     if table is not None:
@@ -255,18 +271,50 @@ async def _dataset(settings: Settings, pool: Any, model: Any, req: TrainRequest,
     from sira.features import get_feature_set
     from sira.ray_runtime import init_ray
 
+    assert windows is not None
     fs = get_feature_set(model["feature_set"] or "payments", model["feature_set_version"])
-    async with pool.acquire() as conn:
-        windows = await default_windows(
-            conn, maturity_days=model["label_maturity_days"], label_delay_days=req.label_delay_days,
-            train_from=req.train_from, train_to=req.train_to, test_from=req.test_from, test_to=req.test_to,
-        )
-    progress(f"building the training set from the feature store ({windows.train_from:%Y-%m-%d}.."
-             f"{windows.train_to:%Y-%m-%d}, test {windows.test_from:%Y-%m-%d}..{windows.test_to:%Y-%m-%d})")
+    progress(f"building the training set from the feature store ({windows.describe()})")
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
     ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=model["label_name"])
     return ds, split, fs.version
+
+
+async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
+                          label_name: str) -> tuple[Windows, dict[str, Any]]:
+    """The request's windows (docs/windows.md), counted and checked before anything expensive is read."""
+    windows = await training_windows(
+        conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days, label_name=label_name,
+        cutoff=req.as_of, train_from=req.train_from, train_to=req.train_to, test_from=req.test_from,
+        test_to=req.test_to, test_days=req.test_days,
+    )
+    counts = await window_counts(conn, windows, label_name)
+    check_counts(windows, counts)
+    return windows, counts
+
+
+async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]:
+    """`sira train --dry-run`: the windows a run would use and what they hold; nothing is created."""
+    if req.data:
+        loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                         id_col=req.id_col, positive=req.positive)
+        split = split_dataset(loaded, seed=req.seed)
+        return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
+                "time_column": loaded.fingerprint.get("time_column"),
+                "split": {"method": split.method, "train": int(split.train.size),
+                          "validation": int(split.valid.size), "test": int(split.test.size)}}
+    async with db.open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            windows, counts = await _model_windows(conn, req)
+    return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
+            "counts": counts}
+
+
+async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:
+    """The checked windows of the model's training set (a model this run would create: its defaults)."""
+    model = await conn.fetchrow("SELECT label_maturity_days, label_name FROM sira_models WHERE name = $1", req.model)
+    maturity = model["label_maturity_days"] if model else (req.label_maturity_days or DEFAULT_LABEL_MATURITY_DAYS)
+    return await checked_windows(conn, req, maturity, model["label_name"] if model else "fraud")
 
 
 def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: Split, result: TrainResult,

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from sira import ingest
-from sira.datasets import Windows, build_feature_dataset, default_windows
+from sira.datasets import build_feature_dataset
 from sira.evaluation import average_precision
 from sira.features import PAYMENTS_V1
 from sira.feedback import record_labels
 from sira.ingest import redactor_for
 from sira.runs import TrainRequest, run_training
 from sira.simulate import SimulationConfig, simulate
+from sira.windows import Windows, training_windows
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ async def loaded(clean_db, ray_session, settings, sim):
 
 async def windows_for(pool, **kw):
     async with pool.acquire() as conn:
-        return await default_windows(conn, maturity_days=10, label_delay_days=4, **kw)
+        return await training_windows(conn, maturity_days=10, label_delay_days=4, **kw)
 
 
 async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, settings, pg_dsn):
@@ -85,9 +86,12 @@ async def test_feature_store_model_beats_a_rules_baseline(loaded, settings, pg_d
 async def test_empty_or_immature_windows_are_clear_errors(loaded, settings):
     from sira.errors import InvalidInput
 
+    first = await loaded.fetchval("SELECT min(occurred_at) FROM sira_events")
     async with loaded.acquire() as conn:
-        with pytest.raises(InvalidInput, match="no mature events"):
-            await default_windows(conn, maturity_days=400, label_delay_days=4)
+        # a cut-off a day into the data: nothing mature, no label known yet
+        with pytest.raises(InvalidInput, match="no usable events") as caught:
+            await training_windows(conn, maturity_days=400, label_delay_days=4, cutoff=first + timedelta(days=1))
+    assert caught.value.code == "empty_window" and "--as-of" in caught.value.message
     w = await windows_for(loaded)
     bad = Windows(w.train_to, w.train_from, w.test_from, w.test_to, w.cutoff, 10)
     with pytest.raises(InvalidInput, match="train_from < train_to"):

@@ -1,0 +1,168 @@
+"""Default windows come from where the usable data is (docs/windows.md), whatever live traffic adds now.
+
+The history is written straight into the tables (no Ray, no features): these tests are about which
+events the windows take, counted by the label rule, and about failing before anything expensive runs.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from sira import registry
+from sira.audit import Actor
+from sira.errors import InvalidInput
+from sira.performance import newest_predictions
+from sira.runs import TrainRequest, run_training
+from sira.windows import dense_window, training_windows, window_counts
+
+START = datetime(2026, 9, 1, tzinfo=timezone.utc)
+DAYS = 42
+PER_DAY = 30
+
+
+async def load_history(pool, *, label_delay_days: float, live: int = 5) -> dict:
+    """``DAYS`` days of payments (every tenth a fraud, its chargeback known ``label_delay_days`` later), then
+    ``live`` payments scored a minute ago, unlabelled: what `POST /v1/score` without occurred_at records."""
+    events, labels = [], []
+    for day in range(DAYS):
+        for k in range(PER_DAY):
+            at = START + timedelta(days=day, minutes=20 * k)
+            eid = f"h-{day}-{k}"
+            events.append((eid, at, f"c{k % 7}", 10.0 + k))
+            if k % 10 == 3:
+                labels.append((eid, True, at + timedelta(days=label_delay_days)))
+    now = datetime.now(timezone.utc)
+    for i in range(live):
+        events.append((f"live-{i}", now - timedelta(minutes=1, seconds=i), "c1", 20.0))
+    await pool.executemany("INSERT INTO sira_events (event_id, occurred_at, customer_id, amount) VALUES ($1, $2, $3, $4)",
+                           events)
+    await pool.executemany("""INSERT INTO sira_feedback (event_id, label, known_at, source)
+                              VALUES ($1, $2, $3, 'chargeback')""", labels)
+    return {"last": START + timedelta(days=DAYS - 1, minutes=20 * (PER_DAY - 1)), "now": now}
+
+
+async def test_live_requests_scored_now_do_not_move_the_training_windows(clean_db):
+    h = await load_history(clean_db, label_delay_days=3)
+    async with clean_db.acquire() as conn:
+        w = await training_windows(conn, maturity_days=7, label_delay_days=2)
+        counts = await window_counts(conn, w, "fraud")
+    assert w.test_to == h["last"] + timedelta(microseconds=1)  # the newest usable event, not the live ones
+    assert w.cutoff >= h["now"]  # labels: as of the time of training
+    assert w.train_from == START and w.train_from < w.train_to < w.test_from < w.test_to
+    assert w.test_from == w.test_to - (w.test_to - w.train_from) / 4  # the newest quarter
+    assert w.test_from - w.train_to == timedelta(days=2)  # the label-delay gap
+    assert counts["test"]["rows"] > 0 and counts["test"]["positives"] > 0
+
+
+async def test_labels_that_arrive_after_the_last_event_count_at_the_cut_off_of_now(clean_db):
+    # Chargebacks known 20 days after their payment: every label of the test window arrives after the last event.
+    h = await load_history(clean_db, label_delay_days=20, live=0)
+    async with clean_db.acquire() as conn:
+        w = await training_windows(conn, maturity_days=7, label_delay_days=2)
+        assert (await window_counts(conn, w, "fraud"))["test"]["positives"] > 0
+        # A backtest as of the last event: the test window's labels were not known yet.
+        backtest = await training_windows(conn, maturity_days=7, label_delay_days=2, cutoff=h["last"])
+        counts = await window_counts(conn, backtest, "fraud")
+    assert backtest.cutoff == h["last"] and backtest.test_to <= h["last"] - timedelta(days=7) + timedelta(seconds=1)
+    assert counts["test"]["positives"] == 0
+
+
+async def test_an_empty_window_fails_before_anything_is_created_or_read(clean_db, settings):
+    h = await load_history(clean_db, label_delay_days=20, live=0)
+    with pytest.raises(InvalidInput) as caught:
+        await run_training(settings, TrainRequest(model="fraud", label_maturity_days=7, as_of=h["last"]))
+    assert caught.value.code == "empty_window"
+    assert "test window" in caught.value.message and "no positive labels" in caught.value.message
+    assert "--test-from" in caught.value.message and "--as-of" in caught.value.message
+    assert caught.value.details["counts"]["test"]["positives"] == 0
+    # nothing was created or recorded: no model, no training run
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_models") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_training_runs") == 0
+    # a gap with no events at all, set by hand
+    gap = h["last"] + timedelta(days=1)
+    with pytest.raises(InvalidInput, match="has no usable events") as caught:
+        await run_training(settings, TrainRequest(model="fraud", label_maturity_days=7, test_from=gap,
+                                                  test_to=gap + timedelta(days=2)))
+    assert caught.value.code == "empty_window"
+
+
+def on_own_connection(dsn, work):
+    """Run ``work(conn)`` on a connection of its own: the CLI runs its own event loop, so this test is sync."""
+    import asyncio
+
+    from sira import db
+
+    async def run():
+        conn = await db.connect(dsn)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_train_and_retrain_dry_runs_state_their_windows(clean_db, settings, pg_dsn):
+    h = on_own_connection(pg_dsn, lambda conn: load_history(conn, label_delay_days=3))
+    from sira.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["train", "--model", "fraud", "--label-maturity", "7", "--dry-run", "--json"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert plan["dry_run"] and plan["windows"]["test_to"] == (h["last"] + timedelta(microseconds=1)).isoformat()
+    assert plan["counts"]["train"]["positives"] > 0 and plan["counts"]["test"]["rows"] > 0
+    # a dry run creates nothing
+    assert on_own_connection(pg_dsn, lambda conn: conn.fetchval("SELECT count(*) FROM sira_models")) == 0
+    as_of = (h["last"] + timedelta(days=30)).strftime("%Y-%m-%d")
+    done = runner.invoke(app, ["train", "--model", "fraud", "--label-maturity", "7", "--dry-run", "--as-of", as_of])
+    assert done.exit_code == 0 and done.stdout == ""
+    assert "labels known by" in done.stderr and as_of in done.stderr and "labelled events" in done.stderr
+    on_own_connection(pg_dsn, registry_model)
+    done = runner.invoke(app, ["retrain", "--model", "fraud", "--dry-run", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["windows"]["test_to"] == (h["last"] + timedelta(microseconds=1)).isoformat()
+
+
+async def registry_model(conn):
+    async with conn.transaction():
+        await registry.ensure_model(conn, "fraud", actor=Actor.local(), feature_set="payments", feature_set_version=1,
+                                    label_maturity_days=7)
+
+
+async def test_drift_window_walks_back_over_sparse_days(clean_db):
+    h = await load_history(clean_db, label_delay_days=3)
+    async with clean_db.acquire() as conn:
+        found = await dense_window(conn, source="sira_events", where="true", args=(), column="occurred_at", days=7,
+                                   min_rows=100)
+        assert found.hi == h["last"] + timedelta(microseconds=1) and found.lo == found.hi - timedelta(days=7)
+        assert found.rows == 7 * PER_DAY and found.skipped == 5 and found.newest > h["last"]
+        with pytest.raises(InvalidInput) as caught:
+            await dense_window(conn, source="sira_events", where="true", args=(), column="occurred_at", days=7,
+                               min_rows=10_000)
+        assert caught.value.code == "insufficient_data"
+
+
+async def test_performance_range_ends_at_the_newest_prediction_with_a_usable_label(clean_db):
+    h = await load_history(clean_db, label_delay_days=3)
+    async with clean_db.acquire() as conn:
+        await registry_model(conn)
+    model_id = await clean_db.fetchval("SELECT id FROM sira_models")
+    rows = await clean_db.fetch("SELECT event_id, occurred_at FROM sira_events")
+    await clean_db.executemany(
+        """INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name, version, event_id, score,
+                                         decision) VALUES ($1, $2, $3, 'fraud', 1, $4, 0.5, 'review')""",
+        [(uuid.uuid4(), r["occurred_at"], model_id, r["event_id"]) for r in rows])
+    async with clean_db.acquire() as conn:
+        newest, usable = await newest_predictions(conn, "fraud", None, "fraud", h["now"], 7)
+        assert newest > h["last"] and usable == h["last"]
+        # a chargeback known now for a live payment makes it usable
+        await conn.execute("INSERT INTO sira_feedback (event_id, label, known_at, source) VALUES "
+                           "('live-0', true, now(), 'chargeback')")
+        _, usable = await newest_predictions(conn, "fraud", None, "fraud", datetime.now(timezone.utc), 7)
+        assert usable > h["last"]
