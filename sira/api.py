@@ -26,7 +26,7 @@ from starlette.routing import get_route_path
 from sira import __version__, db, migrations
 from sira.config import MAX_VERSION, Settings, get_settings
 from sira.errors import PayloadTooLarge, PermissionDenied, ServiceUnavailable, SiraError, Unauthenticated
-from sira.events import VALUE_CODES
+from sira.events import FIELD_CODES, MISSING_CODES
 from sira.features import FeatureSet, get_feature_set
 from sira.auth import Identity, JwtConfig, authenticate, authorize, identity_from_jwt, is_jwt
 from sira.ingest import ingest_records, redactor_for
@@ -500,11 +500,14 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
             # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
             return _error(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
-        field = ".".join(str(p) for p in first["loc"] if p != "body")
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        # a missing field named inside the event (amount): the field names it; the other codes name the
+        # field sent and say in the message where inside it the problem is
+        inside = (first.get("ctx") or {}).get("path") if first.get("type") in MISSING_CODES else None
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
-                **{c: c for c in VALUE_CODES}}.get(first.get("type"), "invalid_request")
+                **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
-        return _error(422, code, f"{field or 'body'}: {message}", {"field": field})
+        return _error(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -44,6 +44,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the JSON encoder's and PostgreSQL 
 # Codes of the problems :func:`value_problem` finds and of numbers of the wrong JSON type: each is
 # also the type of the pydantic error raised for it, so every caller reports it under that code.
 VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
+# errors whose type is SIRA's code and whose context names the place inside the field (``path``)
+MISSING_CODES = ("missing_field", "missing_entity_key")
+FIELD_CODES = (*VALUE_CODES, *MISSING_CODES)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -190,9 +193,10 @@ class EventIn(BaseModel):
         if problem:
             raise problem.error()
         if not any(getattr(self, k) for k in ENTITY_KEYS):
-            raise ValueError(f"needs at least one entity key ({', '.join(ENTITY_KEYS)})")
+            raise PydanticCustomError("missing_entity_key", "needs at least one entity key ({keys})",
+                                      {"keys": ", ".join(ENTITY_KEYS), "path": ""})
         if self.event_type == "payment" and self.amount is None:
-            raise ValueError("amount is required for payment events")
+            raise PydanticCustomError("missing_field", "amount is required for payment events", {"path": "amount"})
         return self
 
 
@@ -302,7 +306,7 @@ def _rejection(
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in error["loc"]) or None
     kind = error["type"]
-    if kind in VALUE_CODES:  # the message names the place inside the field; the field names both
+    if kind in FIELD_CODES:  # the message names the place inside the field; the field names both
         where = ".".join(p for p in (loc, (error.get("ctx") or {}).get("path")) if p) or None
         code, reason, loc = kind, f"{loc}: {error['msg']}" if loc else error["msg"], where
     elif kind == "missing":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -448,6 +449,7 @@ class Item:
     explain: bool
     started: float
     missing: list[str] = field(default_factory=list)
+    digest: str | None = None  # of what was asked (a client's request id): the same id with other input conflicts
 
 
 @dataclass(frozen=True)
@@ -926,8 +928,12 @@ class ScoringService:
             if isinstance(row, Rejection):
                 raise InvalidInput(f"{prefix}event.{row.field or ''}: {row.reason}", code=row.reason_code,
                                    details={"field": f"{prefix}event.{row.field}" if row.field else f"{prefix}event"})
+            digest = None
+            if body.request_id is not None:  # occurred_at left to the server is "now": not part of what was asked
+                digest = request_digest(model, {**row, "occurred_at": row["occurred_at"]
+                                                if "occurred_at" in event.model_fields_set else None})
             return Item(runtime, slot.shadow, request_id, body.request_id is not None, row, None, body.record,
-                        body.explain, started)
+                        body.explain, started, digest=digest)
         if body.features is None:
             raise InvalidInput(f"{prefix}features: {model} takes ready features, not an event",
                                code="missing_field", details={"field": f"{prefix}features"})
@@ -938,7 +944,8 @@ class ScoringService:
             exc.details = {"field": prefix + exc.details.get("field", "")}
             raise
         return Item(runtime, slot.shadow, request_id, body.request_id is not None, None, dict(body.features), False,
-                    body.explain, started, missing)
+                    body.explain, started, missing,
+                    digest=request_digest(model, body.features) if body.request_id is not None else None)
 
     async def score(self, item: Item) -> dict[str, Any]:
         """Score one prepared request (batched with its neighbours); the same request id answers once."""
@@ -946,11 +953,11 @@ class ScoringService:
         if item.client_request_id:
             earlier = self.answers.get(key)
             if earlier is not None:
-                return {**earlier, "replayed": True}
+                return replay(earlier, item)
             pending = self._inflight.get(key)
             if pending is not None:
                 try:
-                    return {**(await asyncio.shield(pending)), "replayed": True}
+                    return replay(await asyncio.shield(pending), item)
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if not pending.cancelled() or (task is not None and task.cancelling()):
@@ -965,7 +972,7 @@ class ScoringService:
             if isinstance(result, BaseException):
                 raise result
             future.set_result(result)
-            return result
+            return public(result)
         except asyncio.CancelledError:
             future.cancel()  # a waiter with the same request id sees this, not a cancellation of its own
             raise
@@ -1028,9 +1035,12 @@ class ScoringService:
         for n, item in enumerate(items):
             prior = earlier.get((item.runtime.model_name, item.request_id))
             if prior is not None:
-                out[n] = {**prior, "replayed": True}
+                try:
+                    out[n] = replay(prior, item)
+                except Conflict as exc:
+                    out[n] = exc
                 folded_all = {k: v for k, v in folded_all.items() if not _touches(item, k)}
-        todo = [n for n in todo if not (isinstance(out[n], dict) and out[n].get("replayed"))]
+        todo = [n for n in todo if not (isinstance(out[n], Conflict) or isinstance(out[n], dict) and out[n].get("replayed"))]
         records: list[dict[str, Any]] = []
         shadow_jobs: list[tuple[Item, dict[str, Any], str, str]] = []
         by_runtime: dict[int, list[int]] = {}
@@ -1063,7 +1073,7 @@ class ScoringService:
                     "reasons": reasons.get(j, []), "reasons_deferred": j not in reasons, "flags": flags[n],
                     "degraded": bool(degraded), "degraded_reasons": sorted(degraded),
                     "latency_ms": round(latency, 3), "scored_at": now.isoformat(), "event_id": event_id,
-                    "replayed": False,
+                    "replayed": False, **({DIGEST: item.digest} if item.digest else {}),
                 }
                 records.append(self._prediction_record(answer, runtime, vectors[n], "production"))
                 out[n] = answer
@@ -1110,7 +1120,8 @@ class ScoringService:
             "features": {k: vector.get(k) for k in runtime.names},
             "score": answer["score"], "decision": answer["decision"],
             "reasons": None if answer["reasons_deferred"] else answer["reasons"],
-            "flags": answer["flags"], "degraded": answer["degraded"],
+            "flags": {**answer["flags"], DIGEST: answer[DIGEST]} if DIGEST in answer else answer["flags"],
+            "degraded": answer["degraded"],
             "degraded_reasons": answer["degraded_reasons"], "latency_ms": answer["latency_ms"],
         }
 
@@ -1598,9 +1609,33 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
     return int(status.split()[-1])
 
 
+DIGEST = "request_sha256"  # kept with an answer (and in its stored flags), never sent
+
+
+def request_digest(model: str, payload: Any) -> str:
+    """What a request asked, as a digest: of the redacted event (or the features), never of raw input."""
+    return hashlib.sha256(orjson.dumps([model, payload], option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:32]
+
+
+def public(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k != DIGEST} if DIGEST in answer else answer
+
+
+def replay(earlier: dict[str, Any], item: Item) -> dict[str, Any]:
+    """The earlier answer to the item's request id, unless the id was used for something else (409)."""
+    if item.digest and earlier.get(DIGEST) and earlier[DIGEST] != item.digest:
+        raise Conflict(f"request_id {item.request_id!r} was used for a different "
+                       f"{'event' if item.event is not None else 'feature vector'} within the idempotency window; "
+                       "send a new request_id for a new request", code="idempotency_conflict",
+                       details={"field": "request_id"})
+    return {**public(earlier), "replayed": True}
+
+
 def answer_from_row(row: Any) -> dict[str, Any]:
-    """A stored prediction as the answer it was (idempotent replays, GET /v1/predictions/{id})."""
+    """A stored prediction as the answer it was (idempotent replays, GET /v1/predictions/{id}); the digest of
+    the request, when stored, under :data:`DIGEST` (dropped by :func:`public`)."""
     flags = dict(row["flags"] or {})
+    digest = flags.pop(DIGEST, None)
     degraded_reasons = flags.pop("degraded_reasons", [])
     deferred = bool(flags.pop("reasons_deferred", False))
     return {
@@ -1608,7 +1643,7 @@ def answer_from_row(row: Any) -> dict[str, Any]:
         "version": row["version"], "score": row["score"], "decision": row["decision"], "reasons": row["reasons"],
         "reasons_deferred": deferred, "flags": flags, "degraded": row["degraded"], "degraded_reasons": degraded_reasons,
         "latency_ms": row["latency_ms"], "scored_at": row["scored_at"].isoformat(), "event_id": row["event_id"],
-        "replayed": False,
+        "replayed": False, **({DIGEST: digest} if digest else {}),
     }
 
 
@@ -1678,7 +1713,7 @@ def scoring_router() -> Any:
                     WHERE model_name = $1 AND request_id = $2 AND role = 'shadow' AND scored_at BETWEEN $3::timestamptz - interval '1 hour'
                       AND $3::timestamptz + interval '1 hour'""",
                 row["model_name"], row["request_id"], row["scored_at"])
-        answer = answer_from_row(row)
+        answer = public(answer_from_row(row))
         if answer["reasons_deferred"]:
             reasons = await asyncio.to_thread(service.explain, row["model_name"], row["version"], row["features"])
             if reasons is not None:
@@ -1850,12 +1885,23 @@ class ServeSpec:
 def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, port: int | None = None,
               progress: Any = print) -> str:
     """Start SIRA's Serve application on the local Ray (HAProxy ingress: see ``init_ray``) and return its URL."""
-    from sira.ray_runtime import init_ray
+    from sira.ray_runtime import init_ray, metrics_url
 
     init_ray(settings, db.resolve_dsn(settings))
     host, port = host or spec.host, port or spec.port
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(spec.application(), name="sira", route_prefix=spec.route_prefix, blocking=False)
+    # serve.run after serve.start logs "Connecting to existing Serve app ... New http_options will not be
+    # applied" (they were: serve.start applied them), and INFO lines SIRA says better below.
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.WARNING)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(spec.application(), name="sira", route_prefix=spec.route_prefix, blocking=False)
+    finally:
+        serve_log.setLevel(level)
     url = f"http://{host}:{port}"
     progress(f"SIRA is serving at {url} (OpenAPI: {url}/docs)")
+    metrics = metrics_url()
+    if metrics:  # not a route of the service: Ray's metrics agent exports the replicas' metrics, prefixed
+        progress(f"metrics: {metrics} (Prometheus text; SIRA's series are named ray_sira_*)")
     return url

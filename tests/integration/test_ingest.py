@@ -72,10 +72,10 @@ async def test_csv_with_column_mapping_loads_good_rows_and_dead_letters_the_rest
                "terminal_id": "TERMINAL_ID", "amount": "TX_AMOUNT"}
     summary = await ingest_files(settings, [tmp_path / "tx.csv"], fs=PAYMENTS_V1, mapping=mapping, progress=False)
     assert (summary.accepted, summary.rejected) == (26, 4)
-    assert summary.reasons == {"invalid_field": 3, "invalid_event": 1}
+    assert summary.reasons == {"invalid_field": 3, "missing_entity_key": 1}
     rejected = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
     assert rejected["3"]["field"] == "amount" and rejected["5"]["field"] == "occurred_at"
-    assert rejected["7"]["reason_code"] == "invalid_event" and "entity key" in rejected["7"]["reason"]
+    assert rejected["7"]["reason_code"] == "missing_entity_key" and "entity key" in rejected["7"]["reason"]
     assert rejected["3"]["payload"]["TX_AMOUNT"] == "abc"  # the original record, for replay
     stored = await clean_db.fetchrow("SELECT * FROM sira_events WHERE event_id = '0'")
     assert stored["customer_id"] == "0" and float(stored["amount"]) == 10.0

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sira.api import create_app
+from sira.events import ENTITY_KEYS
 from tests.integration.test_scoring_service import event as score_event
 from tests.integration.test_scoring_service import served as scoring_app  # noqa: F401 - a fixture
 
@@ -132,6 +133,9 @@ def served(scoring_app, fraud_model):
     (lambda e: {**e, "amount": True}, "invalid_number", "event.amount"),
     (lambda e: {**e, "amount": "12.5"}, "invalid_number", "event.amount"),
     (lambda e: {**e, "attributes": {"big": 2**64}}, "invalid_value", "event.attributes"),
+    # the README's codes: no entity key at all, a payment without its amount
+    (lambda e: {k: v for k, v in e.items() if k not in ENTITY_KEYS}, "missing_entity_key", "event"),
+    (lambda e: {k: v for k, v in e.items() if k != "amount"}, "missing_field", "event.amount"),
 ])
 async def test_score_refuses_bad_values_with_a_stable_code(served, fraud_model, change, code, field):
     r = await served.post("/v1/score", json={"model": "fraud", "event": change(score_event(fraud_model, 1))})

@@ -106,6 +106,21 @@ async def test_the_same_request_id_answers_once(served, fraud_model):
     n = await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE request_id = $1 AND role = 'production'",
                                     body["request_id"])
     assert n == 1
+    assert "request_sha256" not in first.json() and "request_sha256" not in third.json()["flags"]
+    # The same request id for another event is a conflict, not the first answer: from this replica's
+    # memory, and from Postgres (another replica, or after a restart).
+    other = {**body, "event": {**body["event"], "amount": body["event"]["amount"] + 1}}
+    for forget in (False, True):
+        if forget:
+            service.answers.clear()
+        r = await score(client, fraud_model, other)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
+        assert r.json()["error"]["details"]["field"] == "request_id"
+    # leaving occurred_at to the server is not a different request: a retry of one is a replay
+    no_time = {**body, "request_id": f"idem-{uuid.uuid4()}",
+               "event": {k: v for k, v in body["event"].items() if k != "occurred_at"}}
+    assert not (await score(client, fraud_model, no_time)).json()["replayed"]
+    assert (await score(client, fraud_model, no_time)).json()["replayed"]
 
 
 async def test_the_lookup_pool_keeps_generic_plans_and_still_ends_open_transactions(served):
@@ -412,6 +427,10 @@ async def test_redis_caches_histories_and_answers(fraud_model, tmp_path, redis_u
             service.answers.clear()
             again = (await score(client, fraud_model, body)).json()
             assert again["prediction_id"] == first["prediction_id"] and again["replayed"]
+            service.answers.clear()  # another replica: the conflict is seen from Redis
+            other = {**body, "event": {**body["event"], "amount": body["event"]["amount"] * 2}}
+            r = await score(client, fraud_model, other)
+            assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
             key = f"sira:history:customer:{body['event']['customer_id']}"
             assert redis_client.exists(key)
             service.histories.clear()  # a fresh replica: the history comes from Redis
@@ -438,7 +457,7 @@ async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, 
                 await asyncio.sleep(0.05)
             redis_client.delete(f"sira:answer:fraud:{body['request_id']}")
             service.answers.clear()  # another replica, or this one restarted
-            again = (await score(client, fraud_model, {**body, "event": {**body["event"], "amount": 999.0}})).json()
+            again = (await score(client, fraud_model, body)).json()
             assert again["replayed"] and not again["degraded"]
             assert (again["prediction_id"], again["score"]) == (first["prediction_id"], first["score"])
             assert await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE request_id = $1",

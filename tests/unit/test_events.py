@@ -46,8 +46,8 @@ def test_pii_fields_become_tokens_and_unknown_pii_is_scrubbed():
         ({"amount": "twelve"}, "invalid_number", "amount"),  # JSON has numbers: text is not one
         ({"amount": float("inf")}, "invalid_field", "amount"),
         ({"amount": -3}, "invalid_field", "amount"),
-        ({"amount": None}, "invalid_event", None),
-        ({"customer_id": None}, "invalid_event", None),
+        ({"amount": None}, "missing_field", "amount"),
+        ({"customer_id": None}, "missing_entity_key", None),
         ({"currency": "EURO"}, "invalid_field", "currency"),
         ({"customer_id": "c\x00"}, "invalid_value", "customer_id"),  # PostgreSQL text refuses NUL
         ({"note": "a\x00b"}, "invalid_value", "note"),
