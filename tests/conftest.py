@@ -41,6 +41,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, kind))
 
 
+def readme_block(marker: str) -> list[str]:
+    """The command lines of the README's fenced block after ``<!-- marker ... -->``: tests run them as
+    written, so the README cannot drift from what works."""
+    text = (TESTS.parent / "README.md").read_text()
+    start = text.index(f"<!-- {marker}")
+    block = text[start:text.index(f"<!-- /{marker} -->", start)]
+    body = block.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+NOISE = ("Progress bars disabled", "logging_progress", "Running Dataset", "Starting execution", "Execution plan",
+         "A new study created", "TensorBoard", "Connecting to existing Serve app", "\x1b[")
+
+
+def assert_quiet(stderr: str) -> None:
+    """What a command must not print: Ray Data's progress log, Optuna's and Tune's chatter, ANSI codes. (Ray
+    Data's actor pools still make Ray's core worker log one error-level line, ray-project/ray#53727:
+    docs/troubleshooting.md explains it.)"""
+    found = [n for n in NOISE if n in stderr]
+    assert not found, (found, stderr[-3000:])
+
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

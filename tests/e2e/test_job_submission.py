@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import readme_block
+
 from sira.config import Settings
 from sira.ray_runtime import WORKING_DIR_EXCLUDES, worker_env
 from tests.conftest import run_sync
@@ -393,15 +395,6 @@ def test_drift_job_submitted_to_a_ray_head_writes_its_rows(ray_head, fraud_model
 
 
 # -- the README's job commands, run as written ---------------------------------------------------------
-
-
-def readme_block(marker: str) -> list[str]:
-    """The command lines of the README's fenced block after ``<!-- marker ... -->``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"<!-- {marker}")
-    block = text[start:text.index(f"<!-- /{marker} -->", start)]
-    body = block.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 @pytest.fixture(scope="module")

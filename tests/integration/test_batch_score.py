@@ -123,7 +123,7 @@ def test_a_failed_run_leaves_the_earlier_output_untouched(fraud_model, tmp_path)
     out.write_bytes(b"earlier output")
     with pytest.raises(InvalidInput) as caught:
         score(fraud_model, out=out, data=[tmp_path / "partial.parquet"])
-    assert caught.value.code == "missing_columns" and "customer_count_1d" in caught.value.message
+    assert caught.value.code == "missing_columns" and "log_amount" in caught.value.message
     assert out.read_bytes() == b"earlier output"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -169,6 +169,8 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
     pq.write_table(pq.read_table(scored_events).slice(0, 0), empty)
     lacking = tmp_path / "lacking.parquet"
     pq.write_table(pq.read_table(scored_events).select(["event_id", "amount"]).slice(0, 5), lacking)
+    raw = tmp_path / "raw.parquet"  # the demo's history/: events, not features
+    pq.write_table(pq.read_table(scored_events).select(["event_id", "occurred_at", "amount"]), raw)
     out = str(tmp_path / "o.parquet")
     # folders whose later file is what is wrong: found before any scoring starts
     features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version"]).slice(0, 20)
@@ -187,7 +189,8 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
         (["--model", "nope", "--data", str(empty), "--out", out], "not_found", "nope"),
         (["--model", "fraud", "--version", "99", "--data", str(empty), "--out", out], "not_found", "no version 99"),
         (["--model", "fraud", "--data", str(empty), "--out", out], "empty_input", "no rows"),
-        (["--model", "fraud", "--data", str(lacking), "--out", out], "missing_columns", "customer_count_1d"),
+        (["--model", "fraud", "--data", str(lacking), "--out", out], "missing_columns", "log_amount"),
+        (["--model", "fraud", "--data", str(raw), "--out", out], "missing_columns", "raw events"),
         (["--model", "fraud", "--data", str(tmp_path / "missing.parquet"), "--out", out], "not_found", "missing"),
         (["--model", "fraud", "--from", "2001-01-01", "--to", "2001-02-01", "--out", out], "empty_input", "no stored"),
         (["--model", "fraud", "--data", str(lacking), "--out", str(tmp_path / "o.csv")], "invalid_output", ".parquet"),
@@ -244,3 +247,23 @@ def test_a_model_without_production_is_refused(fraud_model, tmp_path):
         run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="unserved", out=tmp_path / "x.parquet",
                                                                     data=[tmp_path])))
     assert caught.value.code == "no_production_version"
+
+
+def test_the_readmes_score_example_runs_verbatim(fraud_model, tmp_path):
+    """The README's feature-table example, as a person pastes it (issue #19.8: its old example failed)."""
+    from tests.conftest import assert_quiet, readme_block
+
+    lines = readme_block("score-example")
+    assert any("--keep-columns" in line for line in lines) and any("--data" in line for line in lines)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIRA_", "RAY_ADDRESS"))}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                "SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace),
+                "SIRA_API_KEY": fraud_model.keys["data_scientist"], "SIRA_RAY_NUM_CPUS": "2"})
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_quiet(done.stderr)
+    week, rescored = pq.read_table(tmp_path / "week.parquet"), pq.read_table(tmp_path / "rescored.parquet")
+    assert week.num_rows == rescored.num_rows > 0
+    assert rescored.column("score").to_pylist() == week.column("score").to_pylist()  # the same vectors
+    assert "reason_codes" in rescored.column_names

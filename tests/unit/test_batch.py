@@ -6,7 +6,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import READ_ROWS, ROW_GROUP, PoolShape, ScoreTally, in_row_groups, pool_shape, read_part, write_atomically
+from sira.batch import (READ_ROWS, ROW_GROUP, PoolShape, ScoreTally, in_row_groups, pool_shape, read_part,
+                        row_group_parts, write_atomically)
 from sira.errors import InvalidInput
 
 
@@ -21,6 +22,30 @@ def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
     assert [p.num_rows for p in parts] == [READ_ROWS, READ_ROWS, 123, 10]
     assert pa.concat_tables(parts[:3]).equals(whole)
     assert parts[3].column("f0").to_pylist() == list(range(10))
+
+
+def test_a_file_of_one_large_row_group_is_split_into_parts_for_every_actor(tmp_path):
+    """One 300k-row row group was one part: one actor scored it while the others idled (issue #19.9)."""
+    n = 300_001
+    whole = pa.table({"id": np.arange(n), "f0": np.arange(n, dtype=np.float64) / 7})
+    pq.write_table(whole, tmp_path / "a.parquet", row_group_size=n)
+    pq.write_table(whole.slice(0, 1000), tmp_path / "small.parquet", row_group_size=400)  # 3 groups, not split
+    footer = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    parts = row_group_parts(tmp_path / "a.parquet", footer, 131_072)
+    assert len(parts) == 3 and [p["row_group"] for p in parts] == [0, 0, 0]
+    assert parts[0]["start"] == 0 and parts[-1]["stop"] == n
+    assert all(a["stop"] == b["start"] for a, b in zip(parts, parts[1:]))
+    assert len(row_group_parts(tmp_path / "a.parquet", footer, 2_048)) == 147  # --explain: small parts
+    small = row_group_parts(tmp_path / "small.parquet", pq.ParquetFile(tmp_path / "small.parquet").metadata, 131_072)
+    assert [(p["row_group"], p["start"], p["stop"]) for p in small] == [(0, 0, -1), (1, 0, -1), (2, 0, -1)]
+    # every row read once, in order, each part in slices of at most READ_ROWS
+    read = []
+    for p in parts + [{"path": str(tmp_path / "a.parquet"), "row_group": 0, "start": 5, "stop": 9}]:
+        tables = list(read_part({k: np.array([v]) for k, v in p.items()}))
+        assert all(t.num_rows <= READ_ROWS for t in tables)
+        read.append(pa.concat_tables(tables))
+    assert pa.concat_tables(read[:3]).equals(whole)
+    assert read[3].column("id").to_pylist() == [5, 6, 7, 8]
 
 
 def test_the_pool_has_an_actor_per_cpu_leaves_cpu_for_reads_and_fits_what_is_free():
