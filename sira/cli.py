@@ -103,8 +103,13 @@ def _kv_table(title: str, rows: dict[str, Any]) -> Table:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (anywhere on the line).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (they are drawn on a terminal "
+                                        "only, on stderr).")] = False,
 ) -> None:
     """SIRA: risk models for payments."""
+    from sira import progress
+
+    progress.set_quiet(quiet)
 
 
 # -- db ----------------------------------------------------------------------
@@ -496,6 +501,24 @@ def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
+def _plan_table(title: str, result: dict[str, Any]) -> Table:
+    """The windows a training run would use, with the labelled rows and positives each holds."""
+    if "windows" not in result:  # a table: its split
+        return _kv_table(title, {"rows": f"{result['rows']:,}", **{k: f"{v:,}" if isinstance(v, int) else v
+                                                                   for k, v in result["split"].items()},
+                                 **({"time column": f"{result['time_column']['name']} read as "
+                                                    f"{result['time_column']['read_as']}"}
+                                    if result.get("time_column") else {})})
+    w, counts = result["windows"], result["counts"]
+    return _kv_table(title, {
+        "train": f"{w['train_from'][:16]} .. {w['train_to'][:16]}: {counts['train']['rows']:,} labelled events, "
+                 f"{counts['train']['positives']:,} positive",
+        "test": f"{w['test_from'][:16]} .. {w['test_to'][:16]}: {counts['test']['rows']:,} labelled events, "
+                f"{counts['test']['positives']:,} positive",
+        "labels known by": f"{w['cutoff'][:16]} (--as-of)", "label maturity": f"{w['maturity_days']:g} days",
+    })
+
+
 def _training_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
                   title_justify="left")
@@ -509,6 +532,12 @@ def _training_table(result: dict[str, Any]) -> Table:
             value = result["metrics"][part].get(key)
             cells.append(f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if value is not None else "")
         table.add_row(key.replace("_", " "), *cells)
+    w = result.get("windows") or {}
+    if "cutoff" in w:
+        table.caption = (f"windows: train {w['train_from'][:16]}..{w['train_to'][:16]}, test {w['test_from'][:16]}.."
+                         f"{w['test_to'][:16]}; labels known by {w['cutoff'][:16]}")
+    elif result.get("time_column"):
+        table.caption = f"time column {result['time_column']['name']} read as {result['time_column']['read_as']}"
     return table
 
 
@@ -528,6 +557,9 @@ def train_cmd(
     train_to: DateOption("--train-to", "End of the training window (exclusive).") = None,
     test_from: DateOption("--test-from", "Start of the test window.") = None,
     test_to: DateOption("--test-to", "End of the test window (exclusive).") = None,
+    test_days: Annotated[float | None, typer.Option("--test-days", min=0.01, help="Test window: these days up to the "
+                                                    "newest usable event (default: the newest quarter).")] = None,
+    as_of: DateOption("--as-of", "Label cut-off: labels known after it do not exist (default: now; for backtests).") = None,
     label_delay: Annotated[float, typer.Option("--label-delay", min=0, help="Days between the train and test windows.")] = 7.0,
     label_maturity: Annotated[
         int | None, typer.Option("--label-maturity", min=0, max=3650, help="Days until an unlabelled event counts as "
@@ -535,12 +567,14 @@ def train_cmd(
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, max=10_000, help="Tune with this many trials first.")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="State the windows and what they hold; train nothing.")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train (or, with --trials, tune then train) and register a candidate version.
 
-    Without --data, the training set comes from the feature store (sira ingest)."""
+    Without --data, the training set comes from the feature store (sira ingest); its default windows
+    come from where the usable events are (docs/windows.md)."""
     from sira.runs import TrainRequest, run_training
 
     request = TrainRequest(
@@ -548,6 +582,7 @@ def train_cmd(
         params=_load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
         train_from=_utc(train_from), train_to=_utc(train_to), test_from=_utc(test_from), test_to=_utc(test_to),
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
+        test_days=test_days, as_of=_utc(as_of), dry_run=dry_run,
         **({"num_threads": threads} if threads else {}),
     )
     actor = asyncio.run(_actor_for("models.write", api_key))
@@ -555,6 +590,9 @@ def train_cmd(
                                       progress=(lambda _m: None) if as_json else _err.print))
 
     def render() -> None:
+        if result.get("dry_run"):
+            _err.print(_plan_table(f"Train {model} (dry run: nothing trained)", result))
+            return
         _err.print(_training_table(result))
         if result.get("search"):
             s = result["search"]
@@ -996,28 +1034,6 @@ def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")]
 # -- batch jobs --------------------------------------------------------------------
 
 
-class _RowProgress:
-    """A progress bar of rows on stderr, shown from the first scored batch (errors before it stay one line)."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=_err, transient=True)
-            self.task = self.bar.add_task("rows", total=total)
-            self.bar.start()
-        self.bar.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 @app.command("score")
 def score_cmd(
     model: ModelOption,
@@ -1046,7 +1062,9 @@ def score_cmd(
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,
                            wait_for_cpus_s=wait_for_cpus)
     actor = asyncio.run(_actor_for("batch.score", api_key))
-    progress = None if as_json else _RowProgress()
+    from sira.progress import RowProgress
+
+    progress = None if as_json else RowProgress("scoring")
     try:
         result = asyncio.run(run_batch_score(get_settings(), request, actor=actor, on_rows=progress))
     finally:
@@ -1091,7 +1109,8 @@ def drift_cmd(
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
                                         "(what production served).")] = "events",
-    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data.")] = 7.0,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data "
+                                        "that fills one, walking back over sparse days (docs/windows.md).")] = 7.0,
     time_from: DateOption("--from", "Start of the window.") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     api_key: ApiKeyOption = None,
@@ -1105,7 +1124,13 @@ def drift_cmd(
                            time_to=_utc(time_to))
     result = asyncio.run(run_drift(get_settings(), request, actor=actor))
 
-    _emit(result, as_json, lambda: _err.print(_drift_table(result)))
+    def render() -> None:
+        _err.print(_drift_table(result))
+        if result["window"].get("skipped_after"):
+            _err.print(f"window: {result['window']['rule']}; the {result['window']['skipped_after']:,} newer rows "
+                       f"(up to {result['window']['newest'][:16]}) are too few to fill one")
+
+    _emit(result, as_json, render)
 
 
 def _performance_table(result: dict[str, Any]) -> Table:
@@ -1133,13 +1158,15 @@ def _performance_table(result: dict[str, Any]) -> Table:
 def performance_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
-    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction.")] = 28.0,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction with a "
+                                        "usable label (docs/windows.md).")] = 28.0,
     time_from: DateOption("--from", "Start of the range (event time).") = None,
     time_to: DateOption("--to", "End of the range (exclusive).") = None,
     window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,
     ap_margin: Annotated[float | None, typer.Option("--ap-margin", min=0, max=1, help="Flag a window whose AP is "
                                                     "this far below the training test AP (default 0.10).")] = None,
     min_segment: Annotated[int, typer.Option("--min-segment", min=1, help="Smallest segment evaluated.")] = 200,
+    as_of: DateOption("--as-of", "Labels known by then (default: now).") = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1149,7 +1176,7 @@ def performance_cmd(
     actor = asyncio.run(_actor_for("monitoring.run", api_key))
     request = PerformanceRequest(model=model, version=version, days=days, time_from=_utc(time_from),
                                  time_to=_utc(time_to), window_days=window_days, ap_margin=ap_margin,
-                                 min_segment_size=min_segment)
+                                 min_segment_size=min_segment, as_of=_utc(as_of))
     result = asyncio.run(run_performance(get_settings(), request, actor=actor))
 
     _emit(result, as_json, lambda: _err.print(_performance_table(result)))
@@ -1164,8 +1191,9 @@ def retrain_cmd(
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
-                                                    "up to the newest mature events (default: the last quarter).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, change nothing.")] = False,
+                                                    "up to the newest usable event (default: the newest quarter).")] = None,
+    as_of: DateOption("--as-of", "Label cut-off (default: now).") = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run and its windows, change nothing.")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -1188,7 +1216,7 @@ def retrain_cmd(
                     identity = await _acting(conn, api_key)
         request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
                                  params=_load_yaml_mapping(params) if params else None, num_threads=threads,
-                                 test_days=test_days, dry_run=dry_run)
+                                 test_days=test_days, as_of=_utc(as_of), dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else _err.print)
 
     result = asyncio.run(run())
@@ -1199,6 +1227,7 @@ def retrain_cmd(
                 "plan": result["plan"], "steps": ", ".join(result["steps"]) or "none",
                 "champion": result["inputs"]["champion"], "events": f"{result['inputs']['events']:,}",
                 "labels": f"{result['inputs']['labels']:,}", "input key": result["input_key"][:16]}))
+            _err.print(_plan_table("Windows of the challenger", result))
             return
         from sira.retrain import markdown
 

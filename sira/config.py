@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="CPUs for the private local Ray. Unset: all of the machine's."
     )
+    ray_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Port of the private local Ray's Prometheus endpoint, where SIRA's metrics "
+        "(ray_sira_*) are exported. Unset: Ray picks a free one; `sira serve` prints it.",
+    )
     pii_key: SecretStr | None = Field(
         default=None,
         description="HMAC key that tokenises PII. Unset: generated once into <workspace>/secrets/.",

@@ -110,17 +110,18 @@ def read_parts(files: InputFiles) -> list[dict[str, Any]]:
     """What a load reads in parallel: Parquet row groups (from the footers, so a damaged footer
     fails here, before anything is loaded), whole CSV and JSON Lines files."""
     if files.format != "parquet":
-        return [{"path": str(p), "row_group": -1} for p in files.paths]
+        return [{"path": str(p), "row_group": -1, "rows": -1} for p in files.paths]  # rows: not known before
     import pyarrow.parquet as pq
 
     parts = []
     for path in files.paths:
         try:
-            groups = pq.ParquetFile(path).metadata.num_row_groups
+            meta = pq.ParquetFile(path).metadata
         except (pa.ArrowInvalid, OSError) as exc:
             raise InvalidInput(f"{path}: cannot read as parquet: {_reason(exc)}",
                                details={"file": str(path)}) from None
-        parts += [{"path": str(path), "row_group": g} for g in range(groups)]
+        parts += [{"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows}
+                  for g in range(meta.num_row_groups)]
     return parts
 
 

@@ -377,7 +377,8 @@ def ingest_files(
     import ray
     import ray.data
 
-    from sira.ray_runtime import init_ray
+    from sira.progress import bar
+    from sira.ray_runtime import init_ray, quiet_ray_data
 
     started = time.perf_counter()
     mapping = mapping or {}
@@ -401,26 +402,28 @@ def ingest_files(
 
     seq_from = asyncio.run(seq_now())
     init_ray(settings, dsn)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = False
+    quiet_ray_data()
     notify(f"loading {len(files.paths)} {files.format} file(s)")
     phase = time.perf_counter()
     # Our own reads, one part per row group or file, rather than read_parquet/read_csv/read_json:
     # their errors named no file, CSV types came from a file's first block (a value of another type
     # further on failed the whole file) and JSON through Arrow's types (one row of another type
     # failed the file; integers became floats beside a fraction).
+    total = sum(p["rows"] for p in parts) if all(p["rows"] >= 0 for p in parts) else None
     try:
-        with _ray_data_errors_unlogged():
-            counts = (
+        with _ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
+            counts = []
+            for c in (
                 ray.data.from_items(parts, override_num_blocks=len(parts))
                 .map_batches(_read_parts, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size})
                 .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
                              fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn,
                                         "file_format": files.format})
-                .take_all()
-            )
+                .iter_rows()
+            ):
+                counts.append(c)
+                advance(int(c["read"]))
     except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
         raise _cause(exc) from None
     summary = IngestSummary()
@@ -437,13 +440,17 @@ def ingest_files(
         notify(f"computing features of {summary.accepted:,} new events")
         shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
                   for k in range(FEATURE_SHARDS)]
-        written = (
-            ray.data.from_items(shards)
-            .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
-                         fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
-                                    "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
-            .take_all()
-        )
+        written = []
+        with bar("ingest: computing features", len(shards), unit="shards", show=progress) as advance:
+            for w in (
+                ray.data.from_items(shards)
+                .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
+                             fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
+                                        "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
+                .iter_rows()
+            ):
+                written.append(w)
+                advance(1)
         summary.features_written = sum(int(w["written"]) for w in written)
         summary.phases["features"] = time.perf_counter() - phase
     summary.seconds = time.perf_counter() - started

@@ -92,6 +92,9 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         return {"address": ray.get_runtime_context().gcs_address, "joined": True}
     runtime_env = {"env_vars": worker_env(settings, dsn)}
     address = settings.ray_address
+    # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
+    # so at WARNING on every command; that is the secure default SIRA wants, not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
         log.info("joining Ray at %s", address)
         # A `ray job submit` driver: Ray refuses an env var that the job's own runtime_env already sets
@@ -109,9 +112,8 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
             os.environ.setdefault(name, value)
-        # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
-        # so at WARNING on every command; that is the secure default SIRA wants, not news.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        if settings.ray_metrics_port:
+            kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port)
         ray.init(
             address="local",
             num_cpus=cpus,
@@ -122,6 +124,32 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
             **kwargs,
         )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+def quiet_ray_data() -> Any:
+    """This process's Ray Data context, with Ray Data's own progress output off: its bars (or, off a
+    terminal, a status block logged every 10 s), the plan printed at each start, and the warning that
+    its bars are disabled. SIRA's commands show their own progress (:mod:`sira.progress`)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return ctx
+
+
+def metrics_url() -> str | None:
+    """This node's Prometheus endpoint (Ray's metrics agent), where SIRA's metrics are exported with Ray's
+    prefix (``ray_sira_*``); None before Ray is started here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node = ray._private.worker.global_worker.node  # the node this driver runs on
+    return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
 
 
 def job_id() -> str:

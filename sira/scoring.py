@@ -286,9 +286,18 @@ def _window_words(window: str) -> str:
     return f"the last {unit}" if n == 1 else f"the last {n} {unit}s"
 
 
+def shown_number(value: float) -> str:
+    """A number as a person reads it in a reason: 7, 4.42, 1,234.50, 0.0123 (never 4.41545 or 1234.5678)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
 def describe(feature: str, value: Any) -> str:
     """A plain sentence for a reason (feature names follow :mod:`sira.features`' patterns)."""
-    shown = "missing" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+    shown = "missing" if value is None else shown_number(value) if isinstance(value, float) else str(value)
     window = _WINDOW.search(feature)
     words = _window_words(window.group(1)) if window else ""
     entity, _, rest = feature.partition("_")

@@ -12,8 +12,9 @@ evaluated once by the caller.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 
 from sira.errors import InvalidInput
 from sira.training import Matrix, resolve_params
+
+log = logging.getLogger(__name__)
 
 REPORT_EVERY = 10
 METRIC = "average_precision"
@@ -88,8 +91,10 @@ def tune_params(
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" on every search
     if trials < 1:
         raise InvalidInput("--trials must be at least 1")
     if not ray.is_initialized():
@@ -117,9 +122,12 @@ def tune_params(
         ),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),
     )
-    # Tune prints its own tables on stdout; stdout belongs to the command's result (--json).
-    with contextlib.redirect_stdout(sys.stderr):
+    # Tune prints its own tables on stdout even at verbose=0 (the experiment's box, where its files are, a
+    # TensorBoard hint into Ray's temporary folder): stdout belongs to the command's result (--json), and
+    # none of it is for the person running `sira tune`, so it goes to the debug log.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = tuner.fit()
+    log.debug("Ray Tune printed: %s", printed.getvalue())
     finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
     if not finished:
         errors = [str(r.error).splitlines()[-1] for r in results if r.error is not None][:1]

@@ -7,6 +7,8 @@ import sys
 
 import pyarrow.parquet as pq
 
+from tests.conftest import assert_quiet
+
 
 def test_short_demo_runs_end_to_end(create_database, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
@@ -17,6 +19,7 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1, f"stdout must be one JSON line: {done.stdout[:2000]!r}"
+    assert_quiet(done.stderr)  # no Ray Data progress log, Tune box, Optuna or Serve chatter
     report = json.loads(done.stdout)
     assert [s["step"] for s in report["steps"]][:5] == ["migrate", "simulate", "ingest", "labels", "materialize"]
     assert report["database"]["schema_version"] >= 5
@@ -77,3 +80,12 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
         assert change["to"] == 2 and change["reason"] != "demo: first model" and "v2" in change["reason"]
     else:
         assert steps[-1] == "live" and report["shadow"]["versions"] == [1]
+    # the closing live comparison counts the fraud labels those payments have (the labels were imported
+    # before the payments arrived live: they wait, pending, for their event)
+    ordered = events.sort_by([("occurred_at", "ascending"), ("event_id", "ascending")])
+    later_ids = set(ordered.slice(ordered.num_rows - later).column("event_id").to_pylist())
+    labels = pq.read_table(report["simulation"]["labels_path"]).to_pylist()
+    fraud = {r["event_id"] for r in labels if r["event_id"] in later_ids and r["label"]}
+    assert fraud, "the demo's later live payments hold fraud: the comparison must be able to show it"
+    for result in report["performance"]["results"]:
+        assert sum(w["n_positive"] for w in result["windows"]) == len(fraud), result

@@ -185,7 +185,10 @@ def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
         for i in range(5):
             assert client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, i), "record": False},
                                headers=headers(fraud_model)).status_code == 200
+    from sira.ray_runtime import metrics_url
+
     port = ray._private.worker.global_worker.node.metrics_export_port
+    assert metrics_url().endswith(f":{port}/metrics")  # what `sira serve` prints
     wanted = ("ray_sira_request_latency_ms_bucket", "ray_sira_decisions", "ray_sira_batch_size_bucket",
               "ray_sira_model_version_served", "ray_sira_feature_cache_lookups")
     body = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -17,6 +18,7 @@ from sira.errors import InvalidInput
 from sira.evaluation import average_precision, decide
 from sira.performance import PerformanceRequest, run_performance
 from sira.serving import write_predictions
+from tests.conftest import assert_quiet
 
 from tests.conftest import fetch_rows as _fetch
 
@@ -188,3 +190,9 @@ def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model
         assert done.returncode == 2 and done.stderr.startswith(line) and done.stderr.count("\n") == 1, (args, done.stderr)
     denied = sira("drift", "--model", "fraud", role="data_scientist")
     assert denied.returncode == 2 and denied.stderr.startswith("error: forbidden:")
+    # a run that works: one JSON object on stdout, and none of Ray's chatter on stderr (issue #19.17)
+    done = sira("drift", "--model", "fraud", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and json.loads(done.stdout)["window"]["rule"]
+    assert_quiet(done.stderr)
+

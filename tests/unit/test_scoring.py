@@ -82,6 +82,10 @@ def test_reason_texts_read_as_sentences():
     assert describe("customer_distinct_terminal_1d", 4.0).startswith("Many different terminals")
     assert describe("is_night", 1.0) == "Night-time payment (1)"
     assert describe("something_else", None) == "something else (missing)"
+    # numbers as a person reads them, not at full precision (issue #19.17)
+    assert describe("customer_amount_ratio_30d", 4.41545).endswith("(ratio 4.42)")
+    assert describe("customer_sum_amount_1d", 1234.5678).endswith("(1,234.57)")
+    assert describe("terminal_risk_7d", 0.0123456).endswith("(0.0123)")
 
 
 def _event(i, minutes, amount, **keys):
