@@ -40,6 +40,37 @@ def test_time_split_keeps_the_future_out_of_training(tmp_path):
     assert ds.dropped["when"] == "time column" and ds.dropped["id"] == "id column"
 
 
+@pytest.mark.parametrize("values, read_as", [
+    # seconds from the start of the data, as a float (the card-fraud data set's `Time`): refused before #19.5
+    (lambda n: np.arange(n, dtype=np.float64) * 37.5, "seconds from the start of the data"),
+    (lambda n: 1_788_000_000 + np.arange(n) * 3600, "epoch seconds"),
+    (lambda n: 1_788_000_000_000 + np.arange(n) * 3_600_000, "epoch milliseconds"),
+])
+def test_a_numeric_time_column_orders_the_time_split(tmp_path, values, read_as):
+    n = 600
+    base = table(n).drop_columns(["when"])
+    shuffled = np.random.default_rng(3).permutation(n)  # rows not in time order in the file
+    data = base.append_column("Time", pa.array(values(n)[shuffled]))
+    pq.write_table(data, tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="Time", id_col="id")
+    assert ds.fingerprint["time_column"]["name"] == "Time"
+    assert ds.fingerprint["time_column"]["read_as"].startswith(read_as)
+    split = split_dataset(ds, seed=1)
+    assert split.method == "time"
+    assert ds.times[split.train].max() < ds.times[split.valid].min() <= ds.times[split.valid].max() < ds.times[split.test].min()
+    # the order is the column's: the test rows are those with the largest values
+    order = np.argsort(values(n)[shuffled], kind="stable")
+    assert set(split.test.tolist()) == set(order[-split.test.size:].tolist())
+    if read_as == "epoch seconds":
+        assert datetime.utcfromtimestamp(ds.times.min() / 1e6) == datetime(2026, 8, 29, 10, 40)
+
+
+def test_a_time_column_that_is_neither_time_nor_number_is_refused(tmp_path):
+    pq.write_table(table().append_column("Time", pa.array(["soon"] * 600)), tmp_path / "t.parquet")
+    with pytest.raises(InvalidInput, match="cannot be read as timestamps or numbers"):
+        load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="Time")
+
+
 def test_stratified_split_without_time_is_seeded(tmp_path):
     pq.write_table(table(), tmp_path / "t.parquet")
     ds = load_table_dataset([tmp_path / "t.parquet"], label="label")
