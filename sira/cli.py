@@ -559,6 +559,8 @@ def train_cmd(
     test_to: DateOption("--test-to", "End of the test window (exclusive).") = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=0.01, help="Test window: these days up to the "
                                                     "newest usable event (default: the newest quarter).")] = None,
+    train_days: Annotated[float | None, typer.Option("--train-days", min=0.01, help="Training window: these days "
+                                                     "before the test window's gap (default: all the history).")] = None,
     as_of: DateOption("--as-of", "Label cut-off: labels known after it do not exist (default: now; for backtests).") = None,
     label_delay: Annotated[float, typer.Option("--label-delay", min=0, help="Days between the train and test windows.")] = 7.0,
     label_maturity: Annotated[
@@ -582,7 +584,7 @@ def train_cmd(
         params=_load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
         train_from=_utc(train_from), train_to=_utc(train_to), test_from=_utc(test_from), test_to=_utc(test_to),
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
-        test_days=test_days, as_of=_utc(as_of), dry_run=dry_run,
+        test_days=test_days, train_days=train_days, as_of=_utc(as_of), dry_run=dry_run,
         **({"num_threads": threads} if threads else {}),
     )
     actor = asyncio.run(_actor_for("models.write", api_key))
@@ -1192,6 +1194,8 @@ def retrain_cmd(
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
                                                     "up to the newest usable event (default: the newest quarter).")] = None,
+    train_days: Annotated[float | None, typer.Option("--train-days", min=1, help="Training window: these many days "
+                                                     "before the held-out window (default: all the history).")] = None,
     as_of: DateOption("--as-of", "Label cut-off (default: now).") = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run and its windows, change nothing.")] = False,
     api_key: ApiKeyOption = None,
@@ -1216,7 +1220,7 @@ def retrain_cmd(
                     identity = await _acting(conn, api_key)
         request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
                                  params=_load_yaml_mapping(params) if params else None, num_threads=threads,
-                                 test_days=test_days, as_of=_utc(as_of), dry_run=dry_run)
+                                 test_days=test_days, train_days=train_days, as_of=_utc(as_of), dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else _err.print)
 
     result = asyncio.run(run())

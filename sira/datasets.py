@@ -307,8 +307,10 @@ def _shard_row(e: dict[str, Any], fs: Any, windows: Windows | None, recomputed: 
 
 def build_feature_dataset(
     dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", shards_per_day: int = 1,
+    test_only: bool = False,
 ) -> tuple[Dataset, Split]:
-    """Labelled vectors for the train and test windows, read in parallel by time shard (Ray Data)."""
+    """Labelled vectors for the train and test windows, read in parallel by time shard (Ray Data);
+    ``test_only``: the test window alone (evaluating versions on it: the training rows are not read)."""
     from datetime import timedelta
 
     import ray.data
@@ -316,7 +318,9 @@ def build_feature_dataset(
     if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
         raise InvalidInput("windows must satisfy train_from < train_to <= test_from < test_to")
     shards = []
-    for lo, hi in ((windows.train_from, windows.train_to), (windows.test_from, windows.test_to)):
+    spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
+                                                                       (windows.test_from, windows.test_to)]
+    for lo, hi in spans:
         step = timedelta(days=1) / shards_per_day
         t = lo
         while t < hi:
@@ -347,7 +351,7 @@ def build_feature_dataset(
     train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
     in_train = np.flatnonzero(times < train_to_us)
     test = np.flatnonzero(times >= test_from_us)
-    n_valid = tail_with_positives(in_train, y, 0.15)
+    n_valid = tail_with_positives(in_train, y, 0.15) if in_train.size else 0
     train, valid = in_train[: in_train.size - n_valid], in_train[in_train.size - n_valid:]
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(X).tobytes())
@@ -363,6 +367,8 @@ def build_feature_dataset(
                   "channel": np.array([r["channel"] for r in rows], dtype=object)}, {}, fingerprint)
     split = Split(train, valid, test, "time", {"train": windows.to_dict()})
     for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
+        if test_only and name != "test":
+            continue
         if idx.size == 0:
             raise InvalidInput(f"the {name} window is empty ({windows.describe()}); set {TRAINING_FLAGS}",
                                code="empty_window")

@@ -57,6 +57,7 @@ class RetrainRequest:
     # the held-out window: these many days up to the newest usable events (None: the training default,
     # the newest quarter of the usable history; docs/windows.md)
     test_days: float | None = None
+    train_days: float | None = None  # the training window: these days before the gap (None: all the history)
     as_of: datetime | None = None  # the label cut-off (default: now)
     dry_run: bool = False
 
@@ -89,6 +90,7 @@ async def _inputs(conn: Any, model: Any, req: RetrainRequest) -> dict[str, Any]:
         "feature_set": model["feature_set"], "feature_set_version": model["feature_set_version"],
         "trials": req.trials, "time_budget_s": req.time_budget_s, "seed": req.seed, "params": req.params or {},
         "label_delay_days": req.label_delay_days, "test_days": req.test_days,
+        **({"train_days": req.train_days} if req.train_days else {}),
         "policy": model["promotion_policy"] or {},
         # the cut-off is now unless set: with the same labels and events, now and later give the same set
         **({"as_of": req.as_of.isoformat()} if req.as_of else {}),
@@ -128,7 +130,8 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             async with pool.acquire() as conn:
                 windows, counts = await checked_windows(
                     conn, TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
-                                       as_of=req.as_of), model["label_maturity_days"], model["label_name"])
+                                       train_days=req.train_days, as_of=req.as_of),
+                    model["label_maturity_days"], model["label_name"])
             return {"model": req.model, "dry_run": True, "input_key": key, "inputs": inputs, "plan": plan,
                     "steps": [s for s in STEPS if s not in done], "policy": policy.to_dict(),
                     "windows": windows.to_dict(), "counts": counts, "previous_run": row["id"] if row else None}
@@ -211,7 +214,8 @@ async def _challenger(settings: Settings, pool: Any, req: RetrainRequest, identi
                 "test": (earlier["metrics"] or {}).get("test")}
     request = TrainRequest(model=req.model, trials=req.trials or None, time_budget_s=req.time_budget_s,
                            seed=req.seed, params=req.params, label_delay_days=req.label_delay_days,
-                           retrain_key=state.key, test_days=req.test_days, as_of=req.as_of,
+                           retrain_key=state.key, test_days=req.test_days, train_days=req.train_days,
+                           as_of=req.as_of,
                            **({"num_threads": req.num_threads} if req.num_threads else {}))
     result = await run_training(settings, request, actor=identity.actor())
     return {"version": result["version"], "run_id": result["run_id"], "recovered": False,
@@ -257,7 +261,8 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
     fs = get_feature_set(rows["challenger"]["feature_set"], rows["challenger"]["feature_set_version"])
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
-    ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=state.model["label_name"])
+    ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=state.model["label_name"],
+                                        test_only=True)  # the versions are compared on the held-out rows only
     test = ds.matrix.rows(split.test)
     table = pa.table({name: test.X[:, j] for j, name in enumerate(test.names)})
     out: dict[str, Any] = {"window": {"from": windows.test_from.isoformat(), "to": windows.test_to.isoformat()},

@@ -59,6 +59,7 @@ class TrainRequest:
     test_from: Any = None
     test_to: Any = None
     test_days: float | None = None  # the test window: these days up to the newest usable event
+    train_days: float | None = None  # the training window: these days before the label-delay gap (default: all)
     label_delay_days: float = 7.0
     label_maturity_days: int | None = None  # for a model created by this run
     as_of: Any = None  # the label cut-off: labels known after it do not exist (default: now)
@@ -177,8 +178,8 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
     timings: dict[str, float] = {}
     started = time.perf_counter()
     table: tuple[Dataset, Split] | None = None
-    if req.data and (req.as_of or req.test_days):
-        raise InvalidInput("--as-of and --test-days apply to feature-store training (without --data)")
+    if req.data and (req.as_of or req.test_days or req.train_days):
+        raise InvalidInput("--as-of, --train-days and --test-days apply to feature-store training (without --data)")
     if req.dry_run:
         return await plan_training(settings, req)
     if req.data:  # a table is checked before anything is created or recorded
@@ -286,7 +287,7 @@ async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
     windows = await training_windows(
         conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days, label_name=label_name,
         cutoff=req.as_of, train_from=req.train_from, train_to=req.train_to, test_from=req.test_from,
-        test_to=req.test_to, test_days=req.test_days,
+        test_to=req.test_to, test_days=req.test_days, train_days=req.train_days,
     )
     counts = await window_counts(conn, windows, label_name)
     check_counts(windows, counts)

@@ -25,7 +25,7 @@ from typing import Any
 from sira.errors import InvalidInput
 
 ONE_US = timedelta(microseconds=1)
-TRAINING_FLAGS = "--train-from/--train-to/--test-from/--test-to, the cut-off with --as-of"
+TRAINING_FLAGS = "--train-from/--train-to/--test-from/--test-to (or --train-days/--test-days), the cut-off with --as-of"
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,11 @@ async def usable_span(conn: Any, *, label_name: str, cutoff: datetime,
 async def training_windows(
     conn: Any, *, maturity_days: float, label_delay_days: float, label_name: str = "fraud",
     cutoff: datetime | None = None, train_from: Any = None, train_to: Any = None, test_from: Any = None,
-    test_to: Any = None, test_days: float | None = None,
+    test_to: Any = None, test_days: float | None = None, train_days: float | None = None,
 ) -> Windows:
     """The windows of a feature-store training set: the usable events, the newest quarter (or
-    ``test_days``) for test, the label-delay gap before it. Explicit values win."""
+    ``test_days``) for test, the label-delay gap before it, and (``train_days``) only that many days of
+    training before the gap. Explicit values win."""
     cutoff = cutoff or now()
     first, usable, newest = await usable_span(conn, label_name=label_name, cutoff=cutoff, maturity_days=maturity_days)
     if first is None:
@@ -114,6 +115,8 @@ async def training_windows(
     span = end - start
     t_from = test_from or (end - timedelta(days=test_days) if test_days else end - span / 4)
     tr_to = train_to or (t_from - min(timedelta(days=label_delay_days), span / 8))
+    if train_days and not train_from:
+        start = max(start, tr_to - timedelta(days=train_days))
     windows = Windows(start, tr_to, t_from, end, cutoff, maturity_days)
     if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
         raise InvalidInput(f"the windows are out of order ({windows.describe()}); they must satisfy "

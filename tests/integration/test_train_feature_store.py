@@ -60,6 +60,12 @@ async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, se
     gap = (times[split.test].min() - times[split.valid].max()) / 1e6
     assert windows.test_from - windows.train_to >= timedelta(days=3)
     assert gap >= (windows.test_from - windows.train_to).total_seconds()  # the label-delay gap is kept
+    assert ds.fingerprint["label_cutoff"] == windows.cutoff.isoformat()  # recorded: a backtest can be rebuilt
+    # the test window alone (how retraining compares versions): the same rows, nothing of training read
+    only, only_split = await asyncio.to_thread(build_feature_dataset, pg_dsn, PAYMENTS_V1, windows, test_only=True)
+    assert only_split.train.size == only_split.valid.size == 0 and only.fingerprint["shards"] < ds.fingerprint["shards"]
+    assert np.array_equal(only.matrix.X[only_split.test], ds.matrix.X[split.test], equal_nan=True)
+    assert np.array_equal(only.matrix.y[only_split.test], ds.matrix.y[split.test])
 
 
 async def test_feature_store_model_beats_a_rules_baseline(loaded, settings, pg_dsn):

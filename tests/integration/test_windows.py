@@ -57,6 +57,10 @@ async def test_live_requests_scored_now_do_not_move_the_training_windows(clean_d
     assert w.test_from == w.test_to - (w.test_to - w.train_from) / 4  # the newest quarter
     assert w.test_from - w.train_to == timedelta(days=2)  # the label-delay gap
     assert counts["test"]["rows"] > 0 and counts["test"]["positives"] > 0
+    async with clean_db.acquire() as conn:  # a sliding training window: only the days before the gap
+        slid = await training_windows(conn, maturity_days=7, label_delay_days=2, test_days=5, train_days=10)
+    assert slid.test_to == w.test_to and slid.test_from == w.test_to - timedelta(days=5)
+    assert slid.train_to == slid.test_from - timedelta(days=2) and slid.train_from == slid.train_to - timedelta(days=10)
 
 
 async def test_labels_that_arrive_after_the_last_event_count_at_the_cut_off_of_now(clean_db):
