@@ -95,6 +95,7 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
     # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
     # so at WARNING on every command; that is the secure default SIRA wants, not news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    _log_driver_messages()
     if address:
         log.info("joining Ray at %s", address)
         # A `ray job submit` driver: Ray refuses an env var that the job's own runtime_env already sets
@@ -124,6 +125,34 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
             **kwargs,
         )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+def _log_driver_messages() -> None:
+    """Route the errors the cluster pushes to this driver into the log.
+
+    Ray's driver prints them ("(raylet) Task ServeController.graceful_shutdown failed ... killed by
+    `ray.kill`" at every Serve shutdown) on **stdout**, in ANSI colours, whatever ``log_to_driver``
+    says; stdout is for a command's result (``--json``). They go to the ``ray.driver`` logger at INFO
+    (shown with ``sira --debug``; Ray's own logs keep them too): a failure that matters reaches SIRA as
+    an exception and is reported as one line. Ray 2.60 has no option for this, so its module's printer
+    is wrapped (``listen_error_messages`` looks it up at each message).
+    """
+    from ray._private import worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "sira_wrapped", False):
+        return
+    driver_log = logging.getLogger("ray.driver")
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines") or []:
+                driver_log.info("%s", line)
+            return
+        printer(data, ignore_prefix)
+
+    print_to_stdstream.sira_wrapped = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def quiet_ray_data() -> Any:

@@ -50,3 +50,31 @@ def test_a_row_bar_starts_with_its_first_report():
     rows(5, 10)
     rows.close()
     assert "scoring" in stream.getvalue()
+
+
+def test_the_clusters_messages_to_the_driver_go_to_the_log_not_stdout(capsys):
+    """Ray's driver printed "(raylet) Task ... failed" on stdout in ANSI colours at every Serve shutdown."""
+    import logging
+
+    from ray._private import worker as ray_worker
+
+    from sira.ray_runtime import _log_driver_messages
+
+    _log_driver_messages()
+    _log_driver_messages()  # once is enough: not wrapped twice
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    driver_log = logging.getLogger("ray.driver")  # Ray's loggers do not propagate to the root's
+    driver_log.addHandler(handler)
+    level = driver_log.level
+    driver_log.setLevel(logging.INFO)
+    try:
+        ray_worker.print_to_stdstream({"lines": ["Task ServeController.graceful_shutdown failed"], "pid": "raylet",
+                                       "is_err": False}, ignore_prefix=False)
+    finally:
+        driver_log.removeHandler(handler)
+        driver_log.setLevel(level)
+    out = capsys.readouterr()
+    assert out.out == "" and "\x1b[" not in out.err
+    assert [r.getMessage() for r in records] == ["Task ServeController.graceful_shutdown failed"]
