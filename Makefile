@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sira-installed
 DEMO_SCALE ?= 1
 
-.PHONY: demo test test-fast test-unit bench venv clean
+.PHONY: demo test test-fast test-unit lint bench venv clean
 
 venv: $(STAMP)
 
@@ -20,14 +20,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	DEMO_SCALE=$(DEMO_SCALE) $(BIN)/sira demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# Undefined and unused names, redefinitions, syntax errors (pyproject.toml's [tool.ruff]): seconds, first.
+lint: $(STAMP)
+	$(BIN)/ruff check sira tests benchmarks jobs
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
 # The fast loop while working (under a minute here): the tests that need no services.
-test-fast: test-unit
+test-fast: lint test-unit
 
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)

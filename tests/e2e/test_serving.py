@@ -3,7 +3,6 @@ after answering, and a Postgres outage (on a Postgres instance of its own)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal

@@ -118,7 +118,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(client, clean_
 
 
 @pytest.fixture(scope="module")
-def served(scoring_app, fraud_model):
+def served(scoring_app, fraud_model):  # noqa: F811 - the imported fixture, by name
     """The scoring application of test_scoring_service, called with a service key."""
     client, _service = scoring_app
     client.headers["Authorization"] = f"Bearer {fraud_model.keys['service']}"

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from sira import feature_store
@@ -38,7 +37,6 @@ async def assert_exactly_once(pool, n=N):
     assert await pool.fetchval("SELECT count(*) FROM sira_features") == 4 * n
     # Snapshots equal a clean offline recomputation: no event was folded twice.
     async with pool.acquire() as conn:
-        spec = PAYMENTS_V1.entity("customer")
         for snap in await conn.fetch("SELECT entity_id, features FROM sira_feature_snapshots WHERE entity_type = 'customer'"):
             rows = [dict(r) for r in await conn.fetch(
                 "SELECT event_id, occurred_at, amount::float8 AS amount, customer_id FROM sira_events"

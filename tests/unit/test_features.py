@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sira.errors import InvalidInput
 from sira.feature_store import fold_events, history_from_state, state_from_history, to_us
 from sira.features import (
-    PAYMENTS_V1, US, EntityFeatures, FeatureSet, History, entity_features, event_entity_features, event_features,
+    PAYMENTS_V1, EntityFeatures, FeatureSet, History, entity_features, event_entity_features, event_features,
     parse_duration,
 )
 

@@ -22,7 +22,7 @@ def shifted(tmp_path_factory):
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
     cfg = SimulationConfig(**SMALL, shift_day=10)
-    a, b = simulate(cfg, tmp_path / "a"), simulate(cfg, tmp_path / "b")
+    a, _ = simulate(cfg, tmp_path / "a"), simulate(cfg, tmp_path / "b")
     for name in ("events.parquet", "labels.parquet", "simulation.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     c = simulate(SimulationConfig(**{**SMALL, "seed": 12}), tmp_path / "c")
