@@ -41,7 +41,8 @@ from sira import db, evaluation, registry
 from sira.audit import Actor
 from sira.config import Settings
 from sira.errors import InvalidInput, ServiceUnavailable, sira_cause
-from sira.files import InputFiles, find_files, is_numeric_type
+from sira.files import InputFiles, find_files, is_numeric_type, row_group_parts
+from sira.files import read_part as read_file_part
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ TIME_COLUMNS = ("occurred_at", "event_time", "timestamp", "ts")
 OUTPUT_COLUMNS = ("score", "decision", "model", "version", "reasons", "reason_codes")
 READ_CPUS = 0.25  # reads wait on disk or Postgres; they must never be starved by the scoring actors
 READ_ROWS = 65_536  # rows per slice a Parquet row group is read in
-# Rows per part a large row group is split into, so every scoring actor gets work whatever row groups the
-# file was written with (one 1M-row group kept one actor busy while the others idled). A part decodes the
-# group's rows before its own and skips them (Parquet has no row-range read): cheap next to scoring,
-# ~1 µs a row against ~16 µs to score one (~3 ms with --explain, hence its smaller parts).
+# Rows per part a large row group is split into (sira.files.row_group_parts), so every scoring actor gets
+# work whatever row groups the file was written with (one 1M-row group kept one actor busy while the
+# others idled). Decoding the rows a part skips costs ~1 µs a row against ~16 µs to score one (~3 ms with
+# --explain, hence its smaller parts).
 PART_ROWS = 131_072
 EXPLAIN_PART_ROWS = 2_048
 # Ray Data's target block size for a scoring job (its default: 128 MiB): about one scored 64k-row slice
@@ -200,57 +201,19 @@ def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], ro
 
 
 def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
-    """Parquet row groups (``row_group`` >= 0; rows ``start``..``stop`` of it when given), streamed in
-    slices of at most :data:`READ_ROWS` rows, or whole CSV files (their types inferred from all of each).
+    """Parquet row groups (``row_group`` >= 0; rows ``start``..``stop`` of it), or whole CSV files (their
+    types inferred from all of each), streamed in slices of at most :data:`READ_ROWS` rows
+    (:func:`sira.files.read_part`).
 
     A row group is written by whoever made the file and can be any size; read whole it would
     make a block of that size (and its copies) whatever the job, so memory would grow with
     the input's row groups rather than stay bounded by the pipeline.
     """
-    starts = batch["start"].tolist() if "start" in batch else [0] * len(batch["path"])
-    stops = batch["stop"].tolist() if "stop" in batch else [-1] * len(batch["path"])
+    n = len(batch["path"])
+    starts = batch["start"].tolist() if "start" in batch else [0] * n  # a whole row group
+    stops = batch["stop"].tolist() if "stop" in batch else [-1] * n
     for path, group, start, stop in zip(batch["path"].tolist(), batch["row_group"].tolist(), starts, stops):
-        try:
-            if group >= 0:
-                yield from _row_range(path, group, start, stop)
-            else:
-                import pyarrow.csv as pacsv
-
-                yield pacsv.read_csv(path)
-        except (pa.ArrowInvalid, OSError) as exc:  # a file damaged beyond its footer or first block
-            raise InvalidInput(f"{path}: cannot read: {' '.join(str(exc).split())[:300]}", code="invalid_input",
-                               details={"file": str(path)}) from None
-
-
-def _row_range(path: str, group: int, start: int, stop: int) -> Iterator[pa.Table]:
-    """Rows ``start``..``stop`` (-1: the end) of a Parquet row group, in slices of at most READ_ROWS."""
-    import pyarrow.parquet as pq
-
-    step = READ_ROWS if stop < 0 else max(1, min(READ_ROWS, stop - start))
-    at = 0
-    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=step, row_groups=[group]):
-        lo, hi = at, at + record_batch.num_rows
-        at = hi
-        if hi <= start:
-            continue  # before the part: decoded and dropped
-        if stop >= 0 and lo >= stop:
-            break
-        cut = record_batch.slice(max(0, start - lo), (hi if stop < 0 else min(hi, stop)) - max(lo, start))
-        yield pa.Table.from_batches([cut])
-
-
-def row_group_parts(path: Path, footer: Any, part_rows: int) -> list[dict[str, Any]]:
-    """A file's row groups as parts of at most about ``part_rows`` rows (a group split in equal ranges)."""
-    parts = []
-    for g in range(footer.num_row_groups):
-        n = footer.row_group(g).num_rows
-        k = max(1, math.ceil(n / part_rows))
-        if k == 1:
-            parts.append({"path": str(path), "row_group": g, "start": 0, "stop": -1})
-            continue
-        bounds = [n * i // k for i in range(k + 1)]
-        parts.extend({"path": str(path), "row_group": g, "start": lo, "stop": hi} for lo, hi in zip(bounds, bounds[1:]))
-    return parts
+        yield from read_file_part(path, group, "parquet" if group >= 0 else "csv", READ_ROWS, start, stop)
 
 
 def _file_schema(path: Path, file_format: str) -> tuple[pa.Schema, Any]:

@@ -8,6 +8,7 @@ column mappings (``--map occurred_at=TX_DATETIME,...`` or a YAML file).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,26 @@ def read_parts(files: InputFiles) -> list[dict[str, Any]]:
     return parts
 
 
-def read_part(path: str, row_group: int, file_format: str, rows: int) -> Iterator[pa.Table]:
-    """One part's rows, at most ``rows`` a table; damage found only now (a Parquet page past the
-    footer, a malformed CSV line) is an input error naming the file.
+def row_group_parts(path: Path, footer: Any, part_rows: int) -> list[dict[str, Any]]:
+    """A Parquet file's row groups as parts of at most about ``part_rows`` rows (a larger group split in
+    equal row ranges ``start``..``stop``; -1: to its end), so parallel readers share a file of one big group."""
+    parts = []
+    for g in range(footer.num_row_groups):
+        n = footer.row_group(g).num_rows
+        k = max(1, math.ceil(n / part_rows))
+        if k == 1:
+            parts.append({"path": str(path), "row_group": g, "start": 0, "stop": -1})
+            continue
+        bounds = [n * i // k for i in range(k + 1)]
+        parts.extend({"path": str(path), "row_group": g, "start": lo, "stop": hi} for lo, hi in zip(bounds, bounds[1:]))
+    return parts
+
+
+def read_part(path: str, row_group: int, file_format: str, rows: int, start: int = 0,
+              stop: int = -1) -> Iterator[pa.Table]:
+    """One part's rows (of a Parquet row group: rows ``start``..``stop``, -1: its end), at most ``rows`` a
+    table; damage found only now (a Parquet page past the footer, a malformed CSV line) is an input error
+    naming the file.
 
     CSV types are inferred from the whole file, so a value of another type deep in it is one bad
     row (dead-lettered) rather than a failed file; JSON Lines come as undecoded lines
@@ -137,8 +155,17 @@ def read_part(path: str, row_group: int, file_format: str, rows: int) -> Iterato
         if file_format == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, row_groups=[row_group]):
-                yield pa.Table.from_batches([batch])
+            step = rows if stop < 0 else max(1, min(rows, stop - start))
+            at = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=step, row_groups=[row_group]):
+                lo, hi = at, at + batch.num_rows
+                at = hi
+                if hi <= start:
+                    continue  # before the range: decoded and dropped (Parquet has no row-range read)
+                if 0 <= stop <= lo:
+                    break
+                yield pa.Table.from_batches([batch.slice(max(0, start - lo), (hi if stop < 0 else min(hi, stop))
+                                                         - max(lo, start))])
         elif file_format == "csv":
             import pyarrow.csv as pacsv
 

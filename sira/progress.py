@@ -32,16 +32,19 @@ def bar(description: str, total: float | None, *, unit: str = "rows", show: bool
     if not show or not enabled(stream):
         yield _nothing
         return
+    with _progress(stream, unit, remaining=bool(total)) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _progress(stream: TextIO, unit: str, *, remaining: bool) -> Any:
+    """A transient rich bar on ``stream``: description, bar, done/total, unit, elapsed (and remaining)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn(unit), TimeElapsedColumn()]
-    if total:
-        columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=Console(file=stream), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                          TimeElapsedColumn(), *([TimeRemainingColumn()] if remaining else [])]
+    return Progress(*columns, console=Console(file=stream), transient=True)
 
 
 def _nothing(_n: float) -> None:
@@ -60,12 +63,8 @@ class RowProgress:
         if self.progress is None:
             if not enabled(self.stream):
                 return
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn(self.description), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=Console(file=self.stream), transient=True)
-            self.task = self.progress.add_task("rows", total=total)
+            self.progress = _progress(self.stream, "rows", remaining=False)
+            self.task = self.progress.add_task(self.description, total=total)
             self.progress.start()
         self.progress.update(self.task, completed=done, total=total)
 

@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sira.batch import (READ_ROWS, ROW_GROUP, PoolShape, ScoreTally, in_row_groups, pool_shape, read_part,
-                        row_group_parts, write_atomically)
+                        write_atomically)
 from sira.errors import InvalidInput
+from sira.files import row_group_parts
 
 
 def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
