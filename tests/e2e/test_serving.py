@@ -92,13 +92,14 @@ def test_scores_with_reasons_over_http_and_openapi(serving, fraud_model):
         spec = client.get("/openapi.json").json()
         assert {"/v1/score", "/v1/score/batch", "/v1/feedback", "/v1/predictions/{prediction_id}"} <= set(spec["paths"])
         assert client.get("/docs").status_code == 200
-        r = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": event(fraud_model, 1),
+        sent = event(fraud_model, 1)  # a retry sends the same event (another one is an idempotency_conflict)
+        r = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": sent,
                                            "explain": True}, headers=headers(fraud_model))
         assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["version"] >= 1 and answer["reasons_deferred"] is False and answer["latency_ms"] > 0
         assert all({"code", "feature", "value", "direction", "text"} <= set(x) for x in answer["reasons"])
-        again = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": event(fraud_model, 1)},
+        again = client.post("/v1/score", json={"model": "fraud", "request_id": "http-1", "event": sent},
                             headers=headers(fraud_model)).json()
         assert again["prediction_id"] == answer["prediction_id"]  # whichever replica answers
         assert again["score"] == answer["score"] and again["decision"] == answer["decision"]
