@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sira import db, migrations  # noqa: E402
-from sira.config import Settings  # noqa: E402
+from sira.core import db, migrations  # noqa: E402
+from sira.core.config import Settings  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

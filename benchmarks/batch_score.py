@@ -8,13 +8,13 @@ group each, once with ``--rows`` (the large set) and once with ``--small`` rows
 (default rows/10), so a row group (a read task's block) is rows/20 rows;
 a 200-tree LightGBM model (no early stopping, 2 threads) is trained on a
 separate labelled 100k-row table through SIRA's bring-your-own-table training
-(``sira.runs.run_training``) into a scratch database, so version 1 exists.
+(``sira.training.runs.run_training``) into a scratch database, so version 1 exists.
 Then, each in a fresh process (so every peak is its own):
 
 - raw: per file of the large set, ``pyarrow.parquet.read_table`` -> float64
   matrix in the model's schema order -> ``Booster.predict(X, num_threads=2)``;
   nothing written. rows/s.
-- sira: a local Ray with 2 CPUs (``sira.ray_runtime.init_ray``) started before
+- sira: a local Ray with 2 CPUs (``sira.core.ray_runtime.init_ray``) started before
   the clock, then ``run_batch_score`` over the folder (scores, decisions,
   event_id and occurred_at written to one Parquet file, run audited); rows/s
   from the wall time of the call. Run on the small and on the large set.
@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from _common import report, scratch_database
 
-from sira.config import Settings
+from sira.core.config import Settings
 
 FEATURES = 30
 FILES = 20
@@ -219,7 +219,7 @@ def run_host(dsn: str, workspace: Path) -> None:
     """A running cluster: a local Ray kept up until stdin closes; its address is printed first."""
     import ray
 
-    from sira.ray_runtime import init_ray
+    from sira.core.ray_runtime import init_ray
 
     print(json.dumps(init_ray(Settings(database_url=dsn, workspace=workspace), dsn, num_cpus=THREADS)), flush=True)
     sys.stdin.read()
@@ -229,8 +229,8 @@ def run_host(dsn: str, workspace: Path) -> None:
 def run_sira(data: Path, out: Path, dsn: str, workspace: Path, batch_size: int, address: str | None = None) -> dict:
     import ray
 
-    from sira.batch import BatchRequest, run_batch_score
-    from sira.ray_runtime import init_ray
+    from sira.core.ray_runtime import init_ray
+    from sira.monitoring.batch import BatchRequest, run_batch_score
 
     settings = Settings(database_url=dsn, workspace=workspace, ray_address=address)
     init_ray(settings, dsn, num_cpus=THREADS)
@@ -271,8 +271,9 @@ async def main(rows: int, small: int, batch_size: int, repeat: int) -> None:
     import lightgbm
     import ray
 
-    from sira import artifacts, db, registry
-    from sira.runs import TrainRequest, run_training
+    from sira.core import artifacts, db
+    from sira.registry import models as registry
+    from sira.training.runs import TrainRequest, run_training
 
     with tempfile.TemporaryDirectory(prefix="sira-bench-batch-") as tmp_name:
         tmp = Path(tmp_name)

@@ -19,15 +19,15 @@ from pathlib import Path
 
 from _common import report, scratch_database
 
-from sira import db
-from sira.config import Settings
-from sira.datasets import SHARD_SQL, build_feature_dataset
-from sira.windows import Windows
-from sira.features import PAYMENTS_V1
-from sira.feedback import import_label_files
-from sira.ingest import ingest_files
-from sira.ray_runtime import init_ray
-from sira.simulate import SimulationConfig, simulate
+from sira.core import db
+from sira.core.config import Settings
+from sira.core.ray_runtime import init_ray
+from sira.demo.simulate import SimulationConfig, simulate
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest.bulk import ingest_files
+from sira.ingest.labels import import_label_files
+from sira.training.datasets import SHARD_SQL, build_feature_dataset
+from sira.training.windows import Windows
 
 
 async def copy_baseline(dsn: str, windows: Windows) -> tuple[float, int]:

@@ -1,4 +1,4 @@
-"""Drift job time per million rows x features: `sira.drift.compare` against a bare histogram of every column.
+"""Drift job time per million rows x features: `sira.monitoring.drift.compare` against a bare histogram of every column.
 
     python benchmarks/drift_time.py [--rows 1000000] [--features 30] [--no-categorical] [--repeat 3]
 
@@ -30,9 +30,9 @@ import time
 import numpy as np
 from _common import report
 
-from sira.drift import Reference, compare
-from sira.runs import REFERENCE_SAMPLE_ROWS, reference_sample, reference_statistics
-from sira.training import FeatureSpec, Matrix
+from sira.monitoring.drift import Reference, compare
+from sira.training.runs import REFERENCE_SAMPLE_ROWS, reference_sample, reference_statistics
+from sira.training.trainer import FeatureSpec, Matrix
 
 TRAIN_ROWS = 100_000
 CATEGORIES = ("atm", "ecom", "moto", "pos", "recurring")

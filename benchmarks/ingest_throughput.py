@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from _common import report, scratch_database
 
-from sira import db
-from sira.config import Settings
-from sira.features import PAYMENTS_V1
-from sira.ingest import ingest_files
-from sira.ray_runtime import init_ray
-from sira.simulate import SimulationConfig, simulate
+from sira.core import db
+from sira.core.config import Settings
+from sira.core.ray_runtime import init_ray
+from sira.demo.simulate import SimulationConfig, simulate
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest.bulk import ingest_files
 
 
 async def plain_copy(dsn: str, path: Path) -> float:

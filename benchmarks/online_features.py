@@ -20,10 +20,10 @@ from datetime import datetime, timezone
 
 from _common import report, scratch_database, summary_ms
 
-from sira import db
-from sira.config import Settings
-from sira.feature_store import read_snapshot
-from sira.features import PAYMENTS_V1
+from sira.core import db
+from sira.core.config import Settings
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.store import read_snapshot
 
 
 async def timed(n: int, call) -> list[float]:

@@ -35,9 +35,10 @@ from typing import Any
 
 from _common import percentile, report, scratch_database, summary_ms
 
-from sira import db, registry
-from sira.auth import Identity, authenticate, create_key
-from sira.config import Settings
+from sira.core import db
+from sira.core.auth import Identity, authenticate, create_key
+from sira.core.config import Settings
+from sira.registry import models as registry
 
 
 def noop_application() -> Any:
@@ -126,7 +127,7 @@ def score_bodies(entities: list[dict], tag: str, n: int, record: bool = True) ->
 
 async def prepare(settings: Settings, scale: float) -> tuple[str, list[dict]]:
     """`sira demo`'s data and production model (no serving), a service key, and live-looking events."""
-    from sira.demo import read_demo_keys, run_demo
+    from sira.demo.story import read_demo_keys, run_demo
 
     await run_demo(settings, scale=scale, days=30, serve=False, out_dir=settings.workspace / "data")
     keys = read_demo_keys(settings.workspace / "secrets" / "demo_keys.json")
@@ -194,7 +195,7 @@ def swap_under_load(url: str, headers: dict, entities: list[dict], settings: Set
 
 
 async def train_second_version(settings: Settings) -> int:
-    from sira.runs import TrainRequest, run_training
+    from sira.training.runs import TrainRequest, run_training
 
     result = await run_training(settings, TrainRequest(model="fraud", seed=11, num_threads=1,
                                                        label_maturity_days=10, label_delay_days=3.75,
@@ -205,8 +206,8 @@ async def train_second_version(settings: Settings) -> int:
 def main(scale: float, requests: int, total: int) -> None:
     from ray import serve
 
-    from sira.ray_runtime import init_ray, worker_env
-    from sira.serving import ServeSpec, SiraIngress
+    from sira.core.ray_runtime import init_ray, worker_env
+    from sira.http.deployment import ServeSpec, SiraIngress
 
     async def body() -> None:
         async with scratch_database(Settings()) as dsn:

@@ -24,10 +24,10 @@ from datetime import datetime, timedelta, timezone
 import redis
 from _common import report, scratch_database, summary_ms
 
-from sira import db
-from sira.config import Settings
-from sira.features import PAYMENTS_V1
-from sira.stream import RedisStreamSource, consume
+from sira.core import db
+from sira.core.config import Settings
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest.stream import RedisStreamSource, consume
 
 URL = os.environ.get("SIRA_REDIS_URL", "redis://127.0.0.1:6379/15")
 

@@ -32,7 +32,7 @@ def data(rows: int, seed: int):
 
 
 def run(mode: str, rows: int) -> dict:
-    from sira.training import DEFAULT_PARAMS, FeatureSpec, Matrix, resolve_params, train_model
+    from sira.training.trainer import DEFAULT_PARAMS, FeatureSpec, Matrix, resolve_params, train_model
 
     X, y = data(rows, 1)
     Xv, yv = data(max(rows // 5, 1000), 2)

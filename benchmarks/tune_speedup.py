@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from _common import report
 
-from sira.training import FeatureSpec, Matrix, resolve_params
-from sira.tuning import METRIC, trial_params, tune_params
+from sira.training.trainer import FeatureSpec, Matrix, resolve_params
+from sira.training.tuning import METRIC, trial_params, tune_params
 
 
 def data(rows: int, seed: int) -> Matrix:

@@ -9,7 +9,7 @@ the job's submission id.
 
 import sys
 
-from sira.cli import run_job
+from sira.cli.main import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(["drift", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ exist, as for the CLI) and prints its result as one JSON object, as it always ha
 
 import sys
 
-from sira.cli import run_job
+from sira.cli.main import run_job
 
 if __name__ == "__main__":
     args = sys.argv[1:]

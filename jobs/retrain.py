@@ -10,7 +10,7 @@ See deploy/cron/ and deploy/k8s/ for schedules.
 
 import sys
 
-from sira.cli import run_job
+from sira.cli.main import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(["retrain", *sys.argv[1:]]))

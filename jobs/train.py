@@ -9,7 +9,7 @@ driver joins the cluster it was submitted to (RAY_ADDRESS is set by `ray job sub
 
 import sys
 
-from sira.cli import run_job
+from sira.cli.main import run_job
 
 if __name__ == "__main__":
     sys.exit(run_job(["train", *sys.argv[1:]]))

@@ -1,5 +1,5 @@
 """`python -m sira` runs the CLI."""
 
-from sira.cli import run
+from sira.cli.main import run
 
 run()

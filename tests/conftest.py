@@ -28,8 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from sira import db, migrations
-from sira.config import Settings, reset_settings
+from sira.core import db, migrations
+from sira.core.config import Settings, reset_settings
 
 TESTS = Path(__file__).resolve().parent
 
@@ -246,7 +246,7 @@ def ray_session(settings: Settings, pg_dsn: str) -> Iterator[None]:
     """One local Ray for the whole run, 2 CPUs, workers pointed at the test database."""
     import ray
 
-    from sira.ray_runtime import init_ray
+    from sira.core.ray_runtime import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("SIRA_RAY_ADDRESS", None)
@@ -263,7 +263,7 @@ def synthetic_matrix():
     """A factory of labelled matrices with a known fraud pattern (big amount, night, e-commerce)."""
     import numpy as np
 
-    from sira.training import FeatureSpec, Matrix, encode_columns
+    from sira.training.trainer import FeatureSpec, Matrix, encode_columns
 
     schema = [FeatureSpec("amount", "numeric"), FeatureSpec("night", "numeric"),
               FeatureSpec("channel", "categorical", ("atm", "ecom", "pos"))]
@@ -290,13 +290,14 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
     production (no approvals needed) and API keys for every role."""
     from types import SimpleNamespace
 
-    from sira import ingest, registry
-    from sira.auth import Identity, create_key
-    from sira.feature_store import materialize_all
-    from sira.feedback import import_label_files
-    from sira.features import PAYMENTS_V1
-    from sira.runs import TrainRequest, run_training
-    from sira.simulate import SimulationConfig, simulate
+    from sira.core.auth import Identity, create_key
+    from sira.demo.simulate import SimulationConfig, simulate
+    from sira.features.definitions import PAYMENTS_V1
+    from sira.features.store import materialize_all
+    from sira.ingest import bulk as ingest
+    from sira.ingest.labels import import_label_files
+    from sira.registry import models as registry
+    from sira.training.runs import TrainRequest, run_training
 
     dsn = create_database(name)
     settings = Settings(database_url=dsn, workspace=workspace)
@@ -347,9 +348,9 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
 async def copy_production_model(source_dsn: str, version: int, dsn: str, settings: Settings, reason: str) -> None:
     """Register ``fraud`` v``version`` of ``source_dsn`` (its artifact, schema, metrics) in ``dsn``'s
     registry and put it in production there: a database of a test's own serving the session's model."""
-    from sira import registry
-    from sira.artifacts import ArtifactRef
-    from sira.auth import Identity
+    from sira.core.artifacts import ArtifactRef
+    from sira.core.auth import Identity
+    from sira.registry import models as registry
 
     admin = Identity("test-admin", frozenset({"admin"}))
     source = await db.connect(source_dsn)

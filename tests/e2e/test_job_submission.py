@@ -34,11 +34,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import readme_block
-
-from sira.config import Settings
-from sira.ray_runtime import WORKING_DIR_EXCLUDES, worker_env
-from tests.conftest import run_sync
+from sira.core.config import Settings
+from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, worker_env
+from tests.conftest import readme_block, run_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the head runs the tests' interpreter: the .venv, sira installed editable

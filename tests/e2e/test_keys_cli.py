@@ -44,8 +44,8 @@ def test_keys_lifecycle_from_the_command_line(create_database, tmp_path):
 
 
 def test_promotion_flow_from_the_command_line(create_database, tmp_path):
-    import pandas as pd
     import numpy as np
+    import pandas as pd
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})

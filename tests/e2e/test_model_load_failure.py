@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sira import db
+from sira.core import db
 from tests.conftest import run_sync
 from tests.e2e.test_serving import deploy, event, free_port, headers, replica_pids
 

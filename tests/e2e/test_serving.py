@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sira import db, registry
-from sira.auth import Identity, create_key
-from sira.config import Settings
+from sira.core import db
+from sira.core.auth import Identity, create_key
+from sira.core.config import Settings
+from sira.registry import models as registry
 from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
@@ -43,8 +44,8 @@ def event(fraud_model, i: int) -> dict:
 def deploy(name: str, prefix: str, settings: Settings, dsn: str, spool: Path, replicas: int = 1, **config):
     from ray import serve
 
-    from sira.ray_runtime import worker_env
-    from sira.serving import SiraIngress
+    from sira.core.ray_runtime import worker_env
+    from sira.http.deployment import SiraIngress
 
     user_config = {"models": ["fraud"], "flush_interval_s": 0.1, "poll_interval_s": 2.0, **config}
     app = SiraIngress.options(
@@ -162,8 +163,8 @@ def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
         stored = r.json()
         assert stored["score"] == answer["score"] and stored["version"] == answer["version"]
         # the reasons are LightGBM's exact contributions for the stored features; the decision its thresholds'
-        from sira.scoring import ModelRuntime
-        from sira.serving import version_row
+        from sira.serving.records import version_row
+        from sira.serving.scoring import ModelRuntime
 
         row = run_sync(version_row(fraud_model.dsn, "fraud", answer["version"]))
         runtime = ModelRuntime.load(fraud_model.settings, row)
@@ -185,7 +186,7 @@ def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
         for i in range(5):
             assert client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, i), "record": False},
                                headers=headers(fraud_model)).status_code == 200
-    from sira.ray_runtime import metrics_url
+    from sira.core.ray_runtime import metrics_url
 
     port = ray._private.worker.global_worker.node.metrics_export_port
     assert metrics_url().endswith(f":{port}/metrics")  # what `sira serve` prints
@@ -237,7 +238,7 @@ def test_a_replica_killed_right_after_answering_loses_nothing(serving, fraud_mod
 
 
 def test_hot_swap_under_load_fails_no_request_and_each_answer_names_its_version(serving, fraud_model):
-    from sira.runs import TrainRequest, run_training
+    from sira.training.runs import TrainRequest, run_training
 
     url, _ = serving
     old = run_sync(stored(fraud_model.dsn, """SELECT v.version FROM sira_model_versions v JOIN sira_models m
@@ -323,7 +324,7 @@ def own_postgres(fraud_model, tmp_path):
     key = run_sync(seed())
     yield server, dsn, settings, key
     server.stop()
-    if os.geteuid() == 0:  # as root the data lives outside tmp_path (see sira.config)
+    if os.geteuid() == 0:  # as root the data lives outside tmp_path (see sira.core.config)
         shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 

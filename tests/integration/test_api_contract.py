@@ -6,10 +6,10 @@ import asyncio
 import httpx
 import pytest
 
-from sira import db
-from sira.api import create_app
-from sira.auth import authenticate, create_key
-from sira.registry import request_promotion
+from sira.core import db
+from sira.core.auth import authenticate, create_key
+from sira.http.app import create_app
+from sira.registry.models import request_promotion
 from tests.integration.test_governance import DANA, make_version, run, status_of
 
 
@@ -87,7 +87,8 @@ async def test_a_body_that_cannot_be_parsed_is_400_in_the_error_shape(client_and
 
 
 def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
-    from sira.serving import ScoringService, ServingConfig
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
 
     service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
     spec = create_app(settings, scoring=service).openapi()  # not started: the document needs no database

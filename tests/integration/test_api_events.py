@@ -3,13 +3,13 @@
 import httpx
 import pytest
 
-from sira.api import create_app
+from sira.http.app import create_app
 
 
 @pytest.fixture
 async def client(clean_db, settings):
-    from sira import db
-    from sira.auth import create_key
+    from sira.core import db
+    from sira.core.auth import create_key
 
     async with db.transaction(clean_db) as conn:
         key, _ = await create_key(conn, name="wallet", roles=["admin"], pepper=settings.secret("auth_secret"),
@@ -53,8 +53,9 @@ async def test_an_unstorable_event_is_rejected_alone(client, clean_db):
 
 
 async def test_a_value_postgres_refuses_is_a_422_not_a_500(client, clean_db):
-    from sira import db, registry
-    from sira.auth import Identity
+    from sira.core import db
+    from sira.core.auth import Identity
+    from sira.registry import models as registry
 
     async with db.transaction(clean_db) as conn:
         await registry.create_model(conn, Identity("t-admin", frozenset({"admin"})), "nul_model",

@@ -5,9 +5,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sira import db
-from sira.auth import authenticate, create_key, list_keys, revoke_key
-from sira.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
+from sira.core import db
+from sira.core.auth import authenticate, create_key, list_keys, revoke_key
+from sira.core.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
 
 PEPPER = "test-pepper"
 

@@ -3,9 +3,9 @@
 import httpx
 import pytest
 
-from sira import db
-from sira.api import create_app
-from sira.auth import PERMISSIONS, ROLES, create_key, may
+from sira.core import db
+from sira.core.auth import PERMISSIONS, ROLES, create_key, may
+from sira.http.app import create_app
 
 # (method, path, json body, the action the endpoint declares)
 ENDPOINTS = [
@@ -38,7 +38,7 @@ async def app_and_keys(clean_db, settings):
     keys = {}
     async with db.transaction(clean_db) as conn:
         root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
-        from sira.auth import authenticate
+        from sira.core.auth import authenticate
 
         root = await authenticate(conn, root_key, pepper=pepper)
         for role in ROLES:
@@ -77,7 +77,7 @@ async def test_role_by_endpoint_matrix(app_and_keys):
 
 
 def may_role(role, action):
-    from sira.auth import Identity
+    from sira.core.auth import Identity
 
     return may(Identity("x", frozenset({role})), action)
 

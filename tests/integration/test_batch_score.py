@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from asyncio import run as run_sync
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import BatchRequest, run_batch_score
-from sira.errors import InvalidInput
-from sira.scoring import ModelRuntime
-
-from asyncio import run as run_sync
+from sira.core.errors import InvalidInput
+from sira.monitoring.batch import BatchRequest, run_batch_score
+from sira.serving.scoring import ModelRuntime
 
 
 def score(fraud_model, **kwargs):
@@ -132,7 +131,7 @@ def test_no_free_cpu_for_a_scoring_actor_is_a_clear_error_not_a_hang(fraud_model
     """Serve replicas or another job hold the CPUs: Ray Data would wait forever without a word."""
     import ray
 
-    from sira.errors import ServiceUnavailable
+    from sira.core.errors import ServiceUnavailable
 
     _, _, _, scored_events = history
     data = tmp_path / "in.parquet"
@@ -232,8 +231,9 @@ def test_csv_files_whose_columns_type_differently_still_make_one_file(fraud_mode
 
 def test_a_model_without_production_is_refused(fraud_model, tmp_path):
     async def second_model():
-        from sira import db, registry
-        from sira.auth import Identity
+        from sira.core import db
+        from sira.core.auth import Identity
+        from sira.registry import models as registry
 
         pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
         try:

@@ -19,11 +19,12 @@ import asyncpg
 import httpx
 import pytest
 
-from sira import db
-from sira.api import create_app
-from sira.auth import Identity, create_key
-from sira.config import Settings
-from sira.serving import ScoringService, ServingConfig
+from sira.core import db
+from sira.core.auth import Identity, create_key
+from sira.core.config import Settings
+from sira.http.app import create_app
+from sira.serving.config import ServingConfig
+from sira.serving.service import ScoringService
 from tests.conftest import copy_production_model, migrate_database, run_sync
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
@@ -54,7 +55,7 @@ def private_postgres(workspace, tmp_path_factory):
         yield SimpleNamespace(server=server, dsn=dsn, settings=settings, key=run_sync(seed()))
     finally:
         server.stop()
-        if os.geteuid() == 0:  # as root the data lives outside tmp_path (see sira.config)
+        if os.geteuid() == 0:  # as root the data lives outside tmp_path (see sira.core.config)
             shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sira import db
-from sira.config import Settings
+from sira.core import db
+from sira.core.config import Settings
 
 SIRA = [sys.executable, "-m", "sira"]
 

@@ -4,13 +4,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sira import feature_store
-from sira.errors import NotFound
-from sira.feature_store import historical_features, materialize, read_snapshot
-from sira.feedback import record_labels
-from sira.features import PAYMENTS_V1
-from sira.ingest import ingest_records
-from sira.pii import Redactor
+from sira.core.errors import NotFound
+from sira.features import store as feature_store
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.store import historical_features, materialize, read_snapshot
+from sira.ingest.bulk import ingest_records
+from sira.ingest.labels import record_labels
+from sira.ingest.pii import Redactor
 
 R = Redactor(b"feature-store-tests")
 T0 = datetime(2026, 9, 1, tzinfo=timezone.utc)
@@ -95,7 +95,7 @@ async def test_materialize_is_incremental_and_picks_up_labels(clean_db):
     fs = PAYMENTS_V1
     events = [payment(i, i * 60, f"c{i % 3}", "t1", 10 + i) for i in range(12)]
     async with clean_db.acquire() as conn:
-        from sira.ingest import store_events
+        from sira.ingest.bulk import store_events
 
         async with conn.transaction():
             await store_events(conn, events, redactor=R, source="file")  # no online folding: snapshots empty
@@ -121,7 +121,7 @@ async def test_point_in_time_retrieval_never_sees_the_future(clean_db):
         payment(5, 20 * day, "c1", "t1", 50),
     ]
     async with clean_db.acquire() as conn:
-        from sira.ingest import store_events
+        from sira.ingest.bulk import store_events
 
         async with conn.transaction():
             await store_events(conn, events, redactor=R, source="file")

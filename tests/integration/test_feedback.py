@@ -1,7 +1,7 @@
 from datetime import datetime, timezone
 
-from sira.feedback import record_labels
-from sira.pii import Redactor
+from sira.ingest.labels import record_labels
+from sira.ingest.pii import Redactor
 
 R = Redactor(b"k")
 KNOWN = datetime(2026, 9, 10, tzinfo=timezone.utc)

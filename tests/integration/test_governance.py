@@ -5,11 +5,11 @@ from datetime import datetime
 
 import pytest
 
-from sira import db
-from sira.artifacts import save_artifact
-from sira.auth import Identity
-from sira.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from sira.registry import decide, production_history, request_promotion, rollback, validate_version
+from sira.core import db
+from sira.core.artifacts import save_artifact
+from sira.core.auth import Identity
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.registry.models import decide, production_history, request_promotion, rollback, validate_version
 
 DANA = Identity("dana", frozenset({"data_scientist"}))
 ANN, BOB, CAT = (Identity(n, frozenset({"approver"})) for n in ("ann", "bob", "cat"))

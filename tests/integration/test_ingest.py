@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from sira.errors import InvalidInput, NotFound
-from sira.features import PAYMENTS_V1
-from sira import ingest
-from sira.simulate import SimulationConfig, simulate
+from sira.core.errors import InvalidInput, NotFound
+from sira.demo.simulate import SimulationConfig, simulate
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest import bulk as ingest
 
 
 @pytest.fixture(scope="session")

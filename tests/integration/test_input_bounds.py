@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
-from sira.api import create_app
-from sira.events import ENTITY_KEYS
+from sira.http.app import create_app
+from sira.ingest.events import ENTITY_KEYS
 from tests.integration.test_scoring_service import event as score_event
 from tests.integration.test_scoring_service import served as scoring_app  # noqa: F401 - a fixture
 
@@ -29,8 +29,8 @@ def event(i, **extra):
 
 @pytest.fixture
 async def client(clean_db, settings):
-    from sira import db
-    from sira.auth import create_key
+    from sira.core import db
+    from sira.core.auth import create_key
 
     async with db.transaction(clean_db) as conn:
         key, _ = await create_key(conn, name="bounds", roles=["admin"], pepper=settings.secret("auth_secret"),
@@ -168,8 +168,8 @@ async def test_a_refused_huge_request_does_not_hold_up_a_valid_one(served, fraud
 @pytest.mark.timeout(300)
 async def test_file_ingest_dead_letters_an_over_long_field_and_loads_the_rest(clean_db, ray_session, settings,
                                                                              tmp_path):
-    from sira import ingest
-    from sira.features import PAYMENTS_V1
+    from sira.features.definitions import PAYMENTS_V1
+    from sira.ingest import bulk as ingest
 
     start = datetime(2026, 4, 1)
     rows = [{"TRANSACTION_ID": i, "TX_DATETIME": (start + timedelta(minutes=7 * i)).strftime("%Y-%m-%d %H:%M:%S"),

@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 
-from sira import db
-from sira.auth import Identity, authenticate, create_job_key, create_key, job_role, revoke_job_key
-from sira.errors import InvalidInput, PermissionDenied, Unauthenticated
-from sira.ray_runtime import JOBS, job_env_vars, without_password
-from sira.config import Settings
+from sira.core import db
+from sira.core.auth import Identity, authenticate, create_job_key, create_key, job_role, revoke_job_key
+from sira.core.config import Settings
+from sira.core.errors import InvalidInput, PermissionDenied, Unauthenticated
+from sira.core.ray_runtime import JOBS, job_env_vars, without_password
 
 PEPPER = "test-pepper"
 

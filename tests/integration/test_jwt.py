@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sira.api import create_app
-from sira.auth import JwtConfig, identity_from_jwt
-from sira.errors import Unauthenticated
+from sira.core.auth import JwtConfig, identity_from_jwt
+from sira.core.errors import Unauthenticated
+from sira.http.app import create_app
 
 
 @pytest.fixture(scope="module")

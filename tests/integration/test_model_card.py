@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from sira.auth import Identity
-from sira.model_card import render_card
-from sira.runs import TrainRequest, run_training
+from sira.core.auth import Identity
+from sira.registry.card import render_card
+from sira.training.runs import TrainRequest, run_training
 
 VIEWER = Identity("vic", frozenset({"viewer"}))
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sira import db, registry
-from sira.api import create_app
-from sira.artifacts import ArtifactRef
-from sira.auth import Identity
-from sira.serving import ScoringService, ServingConfig
+from sira.core import db
+from sira.core.artifacts import ArtifactRef
+from sira.core.auth import Identity
+from sira.http.app import create_app
+from sira.registry import models as registry
+from sira.serving.config import ServingConfig
+from sira.serving.service import ScoringService
 from tests.integration.test_scoring_service import event, score
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))

@@ -11,15 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sira import db
-from sira.batch import BatchRequest, run_batch_score
-from sira.drift import DATASET, SCORE, DriftRequest, run_drift
-from sira.errors import InvalidInput
-from sira.evaluation import average_precision, decide
-from sira.performance import PerformanceRequest, run_performance
-from sira.serving import write_predictions
+from sira.core import db
+from sira.core.errors import InvalidInput
+from sira.monitoring.batch import BatchRequest, run_batch_score
+from sira.monitoring.drift import DATASET, SCORE, DriftRequest, run_drift
+from sira.monitoring.performance import PerformanceRequest, run_performance
+from sira.serving.records import write_predictions
+from sira.training.evaluation import average_precision, decide
 from tests.conftest import assert_quiet
-
 from tests.conftest import fetch_rows as _fetch
 
 
@@ -79,9 +78,9 @@ def test_drift_of_recent_events_is_stored_with_the_job_and_a_verdict(fraud_model
 
 
 def test_drift_of_served_predictions_reads_what_production_answered(fraud_model, served, monkeypatch):
-    import sira.drift
+    import sira.monitoring.drift
 
-    monkeypatch.setattr(sira.drift, "PREDICTION_CHUNK_ROWS", 97)  # read in many chunks: all rows, in order
+    monkeypatch.setattr(sira.monitoring.drift, "PREDICTION_CHUNK_ROWS", 97)  # read in many chunks: all rows, in order
     request = DriftRequest(model="fraud", source="predictions", days=3650)
     result = asyncio.run(run_drift(fraud_model.settings, request))
     assert result["n_current"] >= served["rows"]  # production's rows only, not the shadow's
@@ -140,7 +139,7 @@ def test_monitoring_refuses_what_it_cannot_measure(fraud_model):
 def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, served):
     import httpx
 
-    from sira.api import create_app
+    from sira.http.app import create_app
 
     drift = asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions",
                                                                      days=3650)))

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, status_code_conformance
 
 from tests.conftest import migrate_database, run_sync
@@ -36,10 +36,11 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
     import numpy as np
     import pandas as pd
 
-    from sira import db, registry
-    from sira.auth import Identity, authenticate, create_key
-    from sira.config import Settings
-    from sira.runs import TrainRequest, run_training
+    from sira.core import db
+    from sira.core.auth import Identity, authenticate, create_key
+    from sira.core.config import Settings
+    from sira.registry import models as registry
+    from sira.training.runs import TrainRequest, run_training
 
     dsn = create_database("sira_fuzz")
     settings = Settings(database_url=dsn, workspace=workspace)
@@ -76,8 +77,9 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
 def live_api(create_database, workspace, tmp_path_factory):
     import uvicorn
 
-    from sira.api import create_app
-    from sira.serving import ScoringService, ServingConfig
+    from sira.http.app import create_app
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
 
     model = _byo_model(create_database, workspace, tmp_path_factory.mktemp("fuzz"))
     service = ScoringService(model.settings, ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool"),

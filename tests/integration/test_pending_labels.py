@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sira.feature_store import load_histories
-from sira.feedback import expire_pending_labels, import_label_files, record_labels
-from sira.features import PAYMENTS_V1
-from sira.ingest import store_events
-from sira.pii import Redactor
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.store import load_histories
+from sira.ingest.bulk import store_events
+from sira.ingest.labels import expire_pending_labels, import_label_files, record_labels
+from sira.ingest.pii import Redactor
 
 R = Redactor(b"pending-label-tests")
 T0 = datetime(2026, 9, 1, tzinfo=timezone.utc)
@@ -105,9 +105,10 @@ async def test_feedback_import_counts_pending_labels_and_expires_with_the_settin
 async def test_post_feedback_answers_pending_event_for_an_event_not_stored_yet(clean_db, settings, tmp_path):
     import httpx
 
-    from sira.api import create_app
-    from sira.auth import create_key
-    from sira.serving import ScoringService, ServingConfig
+    from sira.core.auth import create_key
+    from sira.http.app import create_app
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
 
     async with clean_db.acquire() as conn:
         async with conn.transaction():

@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
-
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from sira import db, registry
-from sira.artifacts import save_artifact
-from sira.auth import Identity, create_key
-from sira.feature_store import materialize
-from sira.feedback import record_labels
-from sira.features import PAYMENTS_V1
-from sira.ingest import ingest_files, ingest_records, redactor_for
+from sira.core import db
+from sira.core.artifacts import save_artifact
+from sira.core.auth import Identity, create_key
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.store import materialize
+from sira.ingest.bulk import ingest_files, ingest_records, redactor_for
+from sira.ingest.labels import record_labels
+from sira.registry import models as registry
 
 PANS = ["4111111111111111", "5555555555554444", "378282246310005"]
 EMAILS = ["jane.doe@example.com", "bob+fraud@example.org"]
@@ -148,8 +148,9 @@ def sira_cli(settings, key: str, *args: str) -> subprocess.CompletedProcess:
 async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, settings, tmp_path, caplog, capfd):
     """Every free-text field of every governance and label write path, over HTTP, the CLI and the domain
     functions both use: card numbers, emails, phones and IPs become tokens; the text stays readable."""
-    from sira.api import create_app
-    from sira.serving import ScoringService, ServingConfig
+    from sira.http.app import create_app
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
 
     caplog.set_level(logging.DEBUG)
     pepper = settings.secret("auth_secret")

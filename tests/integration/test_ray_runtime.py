@@ -4,13 +4,13 @@ import asyncio
 
 import ray
 
-from sira import db
-from sira.ray_runtime import worker_env
+from sira.core import db
+from sira.core.ray_runtime import worker_env
 
 
 @ray.remote(num_cpus=0.1)
 def _worker_view() -> dict:
-    from sira.config import Settings
+    from sira.core.config import Settings
 
     settings = Settings()
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sira import db, registry
-from sira.auth import Identity
-from sira.errors import InvalidInput
-from sira.retrain import STEPS, RetrainRequest, run_retrain
-
+from sira.core import db
+from sira.core.auth import Identity
+from sira.core.errors import InvalidInput
+from sira.monitoring.retrain import STEPS, RetrainRequest, run_retrain
+from sira.registry import models as registry
 from tests.conftest import fetch_rows as _fetch
 from tests.conftest import served_model
 

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 import asyncpg
 import pytest
 
-from sira import db, migrations
-from sira.errors import SchemaOutOfDate
-from sira.config import Settings
+from sira.core import db, migrations
+from sira.core.config import Settings
+from sira.core.errors import SchemaOutOfDate
 
 SHA = "a" * 64
 
@@ -251,7 +251,7 @@ async def test_the_performance_join_finds_labels_through_indexes(clean_db):
     every label of the model once per prediction (that made the performance job quadratic)."""
     from datetime import datetime, timezone
 
-    from sira.performance import PREDICTIONS_SQL
+    from sira.monitoring.performance import PREDICTIONS_SQL
 
     async with clean_db.acquire() as conn:
         tx = conn.transaction()  # rolled back: the labels are only there to be planned on

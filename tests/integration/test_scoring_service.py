@@ -11,10 +11,12 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from sira import db, registry
-from sira.api import create_app
-from sira.auth import Identity
-from sira.serving import ScoringService, ServingConfig
+from sira.core import db
+from sira.core.auth import Identity
+from sira.http.app import create_app
+from sira.registry import models as registry
+from sira.serving.config import ServingConfig
+from sira.serving.service import ScoringService
 from tests.conftest import SCORE_BAD_INPUTS
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
@@ -194,7 +196,7 @@ async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
     """Once Postgres says a key is revoked, no cached copy may answer for it (not even in an outage)."""
     import time
 
-    from sira.auth import create_key, revoke_key
+    from sira.core.auth import create_key, revoke_key
 
     client, service = served
     async with db.transaction(service.pool) as conn:
@@ -216,7 +218,7 @@ async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
 def test_an_identity_is_used_stale_only_within_the_grace():
     import time
 
-    from sira.serving import LRU
+    from sira.serving.resilience import LRU
 
     cache = LRU(10, ttl_s=10)
     cache.put("k", "who")
@@ -228,7 +230,7 @@ def test_an_identity_is_used_stale_only_within_the_grace():
 async def test_a_waiting_duplicate_is_answered_when_the_first_caller_goes_away(served, fraud_model):
     """Two calls with one request id: the first one's client disconnects mid-scoring; the second still
     gets an answer (its own client is there), not the first one's cancellation."""
-    from sira.serving import ScoreRequest
+    from sira.serving.schemas import ScoreRequest
 
     _client, service = served
     real, calls = service._batched, []
@@ -256,7 +258,7 @@ async def test_a_waiting_duplicate_is_answered_when_the_first_caller_goes_away(s
 async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_model, monkeypatch):
     """Past the idempotency window a client's request id may come back (for another event): that answer is
     a prediction of its own (stored), not dropped as a duplicate of the old one."""
-    import sira.serving
+    import sira.serving.service
 
     client, service = served
     request_id = f"reused-{uuid.uuid4()}"
@@ -267,8 +269,8 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
     await service.pool.execute("UPDATE sira_predictions SET scored_at = scored_at - interval '3 days' "
                                "WHERE request_id = $1", request_id)
     service.answers.clear()
-    later = sira.serving.idempotency_epoch(service.config.idempotency_ttl_s) + 3
-    monkeypatch.setattr(sira.serving, "idempotency_epoch", lambda _ttl: later)
+    later = sira.serving.service.idempotency_epoch(service.config.idempotency_ttl_s) + 3
+    monkeypatch.setattr(sira.serving.service, "idempotency_epoch", lambda _ttl: later)
     second = (await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
                                                 "event": event(fraud_model, 13)})).json()
     assert not second["replayed"] and second["prediction_id"] != first["prediction_id"]
@@ -279,7 +281,7 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
 
 
 def test_a_request_id_names_one_prediction_within_a_window():
-    from sira.serving import prediction_id_for
+    from sira.serving.idempotency import prediction_id_for
 
     assert prediction_id_for("fraud", "r1", True, 7) == prediction_id_for("fraud", "r1", True, 7)
     assert prediction_id_for("fraud", "r1", True, 7) != prediction_id_for("fraud", "r1", True, 8)
@@ -490,7 +492,7 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
     assert cached is not None and str(cached.history.event_id[-1]) == mine["event_id"]
     # nor does a notification of its own older state arriving after it folded a newer event (the
     # recorder lags the replica): the cache is ahead of that snapshot, not behind it
-    from sira import feature_store
+    from sira.features import store as feature_store
 
     stored = await service.pool.fetchrow(
         """SELECT last_event_id, event_count, state FROM sira_feature_snapshots
@@ -509,7 +511,7 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
 
 
 async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_registry(served, fraud_model):
-    from sira.runs import TrainRequest, run_training
+    from sira.training.runs import TrainRequest, run_training
 
     client, service = served
     v2 = await run_training(fraud_model.settings, TrainRequest(

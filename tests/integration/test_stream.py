@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from sira import feature_store
-from sira.features import PAYMENTS_V1
-from sira.stream import GROUP, STREAM, RedisStreamSource, consume, process_entries
+from sira.features import store as feature_store
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest.stream import GROUP, STREAM, RedisStreamSource, consume, process_entries
 
 N = 150
 

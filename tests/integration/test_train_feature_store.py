@@ -6,15 +6,15 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from sira import ingest
-from sira.datasets import build_feature_dataset
-from sira.evaluation import average_precision
-from sira.features import PAYMENTS_V1
-from sira.feedback import record_labels
-from sira.ingest import redactor_for
-from sira.runs import TrainRequest, run_training
-from sira.simulate import SimulationConfig, simulate
-from sira.windows import Windows, training_windows
+from sira.demo.simulate import SimulationConfig, simulate
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest import bulk as ingest
+from sira.ingest.bulk import redactor_for
+from sira.ingest.labels import record_labels
+from sira.training.datasets import build_feature_dataset
+from sira.training.evaluation import average_precision
+from sira.training.runs import TrainRequest, run_training
+from sira.training.windows import Windows, training_windows
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def sim(tmp_path_factory):
 @pytest.fixture
 async def loaded(clean_db, ray_session, settings, sim):
     await asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
-    from sira.feedback import import_label_files
+    from sira.ingest.labels import import_label_files
 
     await import_label_files(settings, [sim.labels_path], source="sim")
     return clean_db
@@ -90,7 +90,7 @@ async def test_feature_store_model_beats_a_rules_baseline(loaded, settings, pg_d
 
 
 async def test_empty_or_immature_windows_are_clear_errors(loaded, settings):
-    from sira.errors import InvalidInput
+    from sira.core.errors import InvalidInput
 
     first = await loaded.fetchval("SELECT min(occurred_at) FROM sira_events")
     async with loaded.acquire() as conn:

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sira import artifacts
-from sira.artifacts import ArtifactRef, ArtifactTampered, load_artifact, save_artifact
-from sira.config import Settings
-from sira.errors import InvalidInput
-from sira.runs import TrainRequest, run_training
+from sira.core import artifacts
+from sira.core.artifacts import ArtifactRef, ArtifactTampered, load_artifact, save_artifact
+from sira.core.config import Settings
+from sira.core.errors import InvalidInput
+from sira.training.runs import TrainRequest, run_training
 
 
 @pytest.fixture(scope="module")

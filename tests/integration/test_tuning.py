@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from sira.tuning import search_space, trial_params, tune_params
+from sira.training.tuning import search_space, trial_params, tune_params
+
 
 def test_tuning_picks_the_trial_with_the_best_validation_ap(ray_session, tmp_path, synthetic_matrix):
     train, valid = synthetic_matrix(6000, 1), synthetic_matrix(2000, 2)

@@ -5,11 +5,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
-from sira import webhooks
-from sira.registry import decide, request_promotion, rollback
-
 from test_governance import ANN, BOB, DANA, OLI, make_version, run  # noqa: F401  (shared helpers)
+
+from sira.registry import webhooks
+from sira.registry.models import decide, request_promotion, rollback
 
 SECRET = "hook-secret"
 

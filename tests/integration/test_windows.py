@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from sira import registry
-from sira.audit import Actor
-from sira.errors import InvalidInput
-from sira.performance import newest_predictions
-from sira.runs import TrainRequest, run_training
-from sira.windows import dense_window, training_windows, window_counts
+from sira.core.audit import Actor
+from sira.core.errors import InvalidInput
+from sira.monitoring.performance import newest_predictions
+from sira.registry import models as registry
+from sira.training.runs import TrainRequest, run_training
+from sira.training.windows import dense_window, training_windows, window_counts
 
 START = datetime(2026, 9, 1, tzinfo=timezone.utc)
 DAYS = 42
@@ -99,7 +99,7 @@ def on_own_connection(dsn, work):
     """Run ``work(conn)`` on a connection of its own: the CLI runs its own event loop, so this test is sync."""
     import asyncio
 
-    from sira import db
+    from sira.core import db
 
     async def run():
         conn = await db.connect(dsn)
@@ -113,7 +113,7 @@ def on_own_connection(dsn, work):
 
 def test_train_and_retrain_dry_runs_state_their_windows(clean_db, settings, pg_dsn):
     h = on_own_connection(pg_dsn, lambda conn: load_history(conn, label_delay_days=3))
-    from sira.cli import app
+    from sira.cli.main import app
 
     runner = CliRunner()
     done = runner.invoke(app, ["train", "--model", "fraud", "--label-maturity", "7", "--dry-run", "--json"])

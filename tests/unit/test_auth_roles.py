@@ -1,7 +1,7 @@
 import pytest
 
-from sira.auth import PERMISSIONS, ROLES, Identity, authorize, may, validate_roles
-from sira.errors import InvalidInput, PermissionDenied
+from sira.core.auth import PERMISSIONS, ROLES, Identity, authorize, may, validate_roles
+from sira.core.errors import InvalidInput, PermissionDenied
 
 
 def who(*roles):

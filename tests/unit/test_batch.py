@@ -6,10 +6,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from sira.batch import (READ_ROWS, ROW_GROUP, PoolShape, ScoreTally, in_row_groups, pool_shape, read_part,
-                        write_atomically)
-from sira.errors import InvalidInput
-from sira.files import row_group_parts
+from sira.core.errors import InvalidInput
+from sira.core.files import row_group_parts
+from sira.monitoring.batch import (
+    READ_ROWS,
+    ROW_GROUP,
+    PoolShape,
+    ScoreTally,
+    in_row_groups,
+    pool_shape,
+    read_part,
+    write_atomically,
+)
 
 
 def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
@@ -129,17 +137,17 @@ def test_the_tally_counts_decisions_and_bins_scores():
 
 @pytest.mark.parametrize("quantiles", [(0.6, 0.9), (0.9, 0.6)])
 def test_a_scored_batch_carries_the_runtimes_decisions_scores_and_version(synthetic_matrix, quantiles):
-    """score_table's Arrow-built decisions are sira.evaluation.decide's bands for every score, for
+    """score_table's Arrow-built decisions are sira.training.evaluation.decide's bands for every score, for
     scores exactly at the thresholds too (thresholds picked among the scores; also a block threshold
     below the review one); scores are the runtime's."""
     import dataclasses
 
     import lightgbm as lgb
 
-    from sira.batch import score_table
-    from sira.evaluation import decide
-    from sira.scoring import ModelRuntime
-    from sira.training import train_model
+    from sira.monitoring.batch import score_table
+    from sira.serving.scoring import ModelRuntime
+    from sira.training.evaluation import decide
+    from sira.training.trainer import train_model
 
     train, valid = synthetic_matrix(4_000, 1), synthetic_matrix(1_000, 2)
     result = train_model(train, valid, {"num_boost_round": 20}, seed=3, num_threads=1)
@@ -164,8 +172,8 @@ def test_a_scored_batch_carries_the_runtimes_decisions_scores_and_version(synthe
 
 def test_file_checks_follow_the_feature_schema_kinds(tmp_path):
     """A categorical feature may be text; a numeric one may not (FeatureSpec.to_dict's "type" key)."""
-    from sira.batch import BatchRequest, file_source
-    from sira.files import find_files
+    from sira.core.files import find_files
+    from sira.monitoring.batch import BatchRequest, file_source
 
     schema = [{"name": "amount", "type": "numeric"}, {"name": "channel", "type": "categorical",
                                                       "categories": ["pos", "ecom"]}]

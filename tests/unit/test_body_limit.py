@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sira.api import BodySizeLimit
+from sira.http.middleware import BodySizeLimit
 
 LIMIT = 65_536
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from sira.features import History
-from sira.serving import _holds_state
+from sira.features.definitions import History
+from sira.serving.histories import _holds_state
 
 DAY = 86_400 * 1_000_000
 

@@ -1,6 +1,6 @@
 """The model card's content, built from a registry row and a manifest (no services)."""
 
-from sira.model_card import build_card, format_windows, to_html, to_markdown
+from sira.registry.card import build_card, format_windows, to_html, to_markdown
 
 MODEL = {"name": "fraud", "model_type": "fraud_detection", "description": "Card payments."}
 VERSION = {"version": 2, "status": "staging", "created_by": "dana", "created_at": "2026-11-01T00:00:00",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sira.cli import main
+from sira.cli.main import main
 
 
 def run(capsys, *args):
@@ -70,12 +70,12 @@ def test_simulate_json_is_one_object_on_stdout(capsys, tmp_path):
 
 
 def test_unexpected_failure_is_one_line_exit_1(capsys, monkeypatch):
-    import sira.simulate
+    import sira.demo.simulate
 
     def boom(*_a, **_k):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(sira.simulate, "simulate", boom)
+    monkeypatch.setattr(sira.demo.simulate, "simulate", boom)
     code, _, err = run(capsys, "simulate", "--days", "2", "--customers", "20")
     assert code == 1
     assert err.strip().splitlines()[-1] == (
@@ -103,7 +103,7 @@ def test_features_list_json(capsys):
 def test_serve_check_validates_a_config_before_serve_deploy(tmp_path, capsys):
     from pathlib import Path
 
-    from sira.cli import main
+    from sira.cli.main import main
 
     local = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
     assert main(["serve", "check", str(local)]) == 0

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sira.config import Settings
+from sira.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -141,7 +141,7 @@ def test_ray_runs_on_an_explicit_port_that_is_never_redis_s():
 
 
 def test_file_mounts_carry_the_source_tree_and_leave_local_state_behind():
-    from sira.ray_runtime import WORKING_DIR_EXCLUDES
+    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES
 
     config = load()
     mounts = config["file_mounts"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sira.config import Settings, get_settings, reset_settings
-from sira.errors import ConfigError
+from sira.core.config import Settings, get_settings, reset_settings
+from sira.core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sira.datasets import infer_schema, load_table_dataset, split_dataset
-from sira.errors import InvalidInput
+from sira.core.errors import InvalidInput
+from sira.training.datasets import infer_schema, load_table_dataset, split_dataset
 
 
 def table(n=600, label=None):

@@ -7,9 +7,9 @@ from asyncpg import exceptions as pg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sira.db import UNAVAILABLE, describe_dsn, is_unavailable
-from sira.pii import luhn_valid
-from sira.simulate import _luhn_complete
+from sira.core.db import UNAVAILABLE, describe_dsn, is_unavailable
+from sira.demo.simulate import _luhn_complete
+from sira.ingest.pii import luhn_valid
 
 
 @given(st.lists(st.integers(0, 9), min_size=15, max_size=15))

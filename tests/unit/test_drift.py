@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 
-from sira.drift import SCORE, Reference, compare
-from sira.runs import reference_sample, reference_statistics
-from sira.training import Matrix
+from sira.monitoring.drift import SCORE, Reference, compare
+from sira.training.runs import reference_sample, reference_statistics
+from sira.training.trainer import Matrix
 
 
 def _reference(synthetic_matrix, n: int = 20_000, seed: int = 1) -> tuple[Reference, Matrix, np.ndarray]:
@@ -80,7 +80,7 @@ def test_the_reference_sample_is_reproducible(synthetic_matrix):
 
 
 def test_a_staging_versions_predictions_are_its_shadow_scores():
-    from sira.drift import served_as
+    from sira.monitoring.drift import served_as
 
     assert served_as({"status": "staging"}) == "shadow"
     assert served_as({"status": "production"}) == served_as({"status": "archived"}) == "production"

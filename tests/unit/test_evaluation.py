@@ -2,10 +2,18 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from sira.errors import InvalidInput
-from sira.evaluation import (
-    DecisionTargets, average_precision, brier, choose_thresholds, decide, evaluate, log_loss, precision_at_k,
-    recall_at_fpr, roc_auc,
+from sira.core.errors import InvalidInput
+from sira.registry.targets import DecisionTargets
+from sira.training.evaluation import (
+    average_precision,
+    brier,
+    choose_thresholds,
+    decide,
+    evaluate,
+    log_loss,
+    precision_at_k,
+    recall_at_fpr,
+    roc_auc,
 )
 
 
@@ -65,7 +73,7 @@ def test_bad_targets_are_refused():
 
 @pytest.mark.parametrize("value", ["abc", None, [1], float("nan"), float("inf"), -1])
 def test_decision_targets_refuse_what_is_not_a_usable_number(value):
-    from sira.errors import InvalidInput
+    from sira.core.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="cost_false_alarm"):
         DecisionTargets.from_dict({"cost_false_alarm": value})
@@ -75,7 +83,7 @@ def test_a_bad_label_is_named_without_its_value():
     """A wrongly mapped label column may hold names: the dead letter's reason must not repeat them."""
     from pydantic import ValidationError
 
-    from sira.feedback import FeedbackIn
+    from sira.ingest.labels import FeedbackIn
 
     with pytest.raises(ValidationError) as err:
         FeedbackIn.model_validate({"event_id": "e1", "label": "Jane Doe", "known_at": "2026-01-02T00:00:00Z"})

@@ -2,10 +2,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sira.config import get_settings
-from sira.errors import InvalidInput
-from sira.events import Rejection, apply_mapping, check_columns, normalize
-from sira.pii import Redactor
+from sira.core.config import get_settings
+from sira.core.errors import InvalidInput
+from sira.ingest.events import Rejection, apply_mapping, check_columns, normalize
+from sira.ingest.pii import Redactor
 
 R = Redactor(b"k")
 BASE = {"event_id": "e1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "amount": 12.5}

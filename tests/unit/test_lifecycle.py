@@ -6,9 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sira.errors import Conflict, InvalidInput, PermissionDenied
-from sira.lifecycle import (
-    STATUSES, TRANSITIONS, IllegalTransition, check_approver, check_transition, request_outcome, validation_gates,
+from sira.core.errors import Conflict, InvalidInput, PermissionDenied
+from sira.registry.lifecycle import (
+    STATUSES,
+    TRANSITIONS,
+    IllegalTransition,
+    check_approver,
+    check_transition,
+    request_outcome,
+    validation_gates,
 )
 
 LEGAL_DIRECT = {

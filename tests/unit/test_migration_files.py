@@ -1,7 +1,7 @@
 import pytest
 
-from sira import migrations
-from sira.errors import ConfigError
+from sira.core import migrations
+from sira.core.errors import ConfigError
 
 
 def test_shipped_migrations_are_numbered_in_order():

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from sira.performance import LabelledPredictions, evaluate_windows
+from sira.monitoring.performance import LabelledPredictions, evaluate_windows
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=timezone.utc)
 

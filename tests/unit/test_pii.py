@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sira.pii import Redactor, is_token, luhn_valid
+from sira.ingest.pii import Redactor, is_token, luhn_valid
 
 R = Redactor(b"test-key")
 

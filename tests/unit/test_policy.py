@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sira.errors import InvalidInput
-from sira.policy import Decision, Evidence, PromotionPolicy
+from sira.core.errors import InvalidInput
+from sira.registry.policy import Decision, Evidence, PromotionPolicy
 
 
 def metrics(ap=0.543, ece=0.02, positives=240, n=10_000):
@@ -279,7 +279,7 @@ def test_a_check_that_could_not_run_blocks_by_default_and_warns_when_told():
 
 
 def test_the_retrain_report_says_a_drift_check_did_not_run():
-    from sira.retrain import drift_not_run, markdown
+    from sira.monitoring.retrain import drift_not_run, markdown
 
     step = {"status": "not_run", "verdict": None, "reason": "insufficient_data: 5 events"}
     assert drift_not_run(step) == {"drift": "insufficient_data: 5 events"}

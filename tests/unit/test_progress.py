@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from sira import progress
+from sira.core import progress
 
 
 class Terminal(io.StringIO):
@@ -58,7 +58,7 @@ def test_the_clusters_messages_to_the_driver_go_to_the_log_not_stdout(capsys):
 
     from ray._private import worker as ray_worker
 
-    from sira.ray_runtime import _log_driver_messages
+    from sira.core.ray_runtime import _log_driver_messages
 
     _log_driver_messages()
     _log_driver_messages()  # once is enough: not wrapped twice

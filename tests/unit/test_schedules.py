@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sira.ray_runtime import WORKING_DIR_EXCLUDES
+from sira.core.ray_runtime import WORKING_DIR_EXCLUDES
 
 ROOT = Path(__file__).resolve().parents[2]
 CRONTAB = ROOT / "deploy" / "cron" / "sira-retrain.crontab"
 CRONJOB = ROOT / "deploy" / "k8s" / "retrain-cronjob.yaml"
 NIGHTLY = ["30", "2", "*", "*", "*"]
 ENTRYPOINT = ("python", "jobs/retrain.py", "--model", "fraud", "--json")
-API_KEY_SHAPE = re.compile(r"sira_[0-9a-f]{12}_")  # sira.auth's key format
+API_KEY_SHAPE = re.compile(r"sira_[0-9a-f]{12}_")  # sira.core.auth's key format
 
 # --- cron fields -------------------------------------------------------------------------------
 

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sira.errors import InvalidInput
-from sira.feature_store import fold_events, to_us
-from sira.features import PAYMENTS_V1, History, entity_features, event_features
-from sira.scoring import ModelRuntime, append_event, describe, event_vectors, reason_code
-from sira.training import train_model
+from sira.core.errors import InvalidInput
+from sira.features.definitions import PAYMENTS_V1, History, entity_features, event_features
+from sira.features.store import fold_events, to_us
+from sira.serving.scoring import ModelRuntime, append_event, describe, event_vectors, reason_code
+from sira.training.trainer import train_model
 
 T0 = datetime(2026, 9, 7, 12, tzinfo=timezone.utc)
 
@@ -53,7 +53,7 @@ def test_decision_bands_follow_the_thresholds(runtime):
 
 
 def test_scores_are_the_calibrated_model(runtime):
-    from sira.training import apply_calibration
+    from sira.training.trainer import apply_calibration
 
     X = runtime.matrix([{"amount": 120.0, "night": 1.0, "channel": "atm"}])
     assert runtime.predict(X)[0] == apply_calibration(runtime.calibration, runtime.booster.predict(X, raw_score=True))[0]
@@ -163,7 +163,7 @@ def test_lightgbm_for_scoring_is_imported_without_scikit_learn_and_predicts_the_
     np.save(tmp_path / "X.npy", X)
     code = f"""
 import sys, json, numpy as np
-from sira.scoring import lightgbm_core
+from sira.serving.scoring import lightgbm_core
 lgb = lightgbm_core()
 hidden = "sklearn" not in sys.modules and not lgb.compat.SKLEARN_INSTALLED
 scores = lgb.Booster(model_file={str(tmp_path / 'model.txt')!r}).predict(np.load({str(tmp_path / 'X.npy')!r}))

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sira.errors import InvalidInput
-from sira.serving import ServeSpec, ServingConfig
+from sira.core.errors import InvalidInput
+from sira.http.deployment import ServeSpec
+from sira.serving.config import ServingConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_configs"
 
@@ -18,7 +19,7 @@ def test_shipped_configs_are_valid_for_ray_serve_and_for_sira(name):
     data = yaml.safe_load((CONFIGS / name).read_text())
     schema = ServeDeploySchema.model_validate(data)  # Ray's own validation of `serve deploy` files
     app = schema.applications[0]
-    assert app.import_path == "sira.serving:build_app" and app.route_prefix == "/"
+    assert app.import_path == "sira.http.deployment:build_app" and app.route_prefix == "/"
     spec = ServeSpec.from_file(CONFIGS / name)
     config = ServingConfig.from_dict(spec.options["user_config"])
     assert config.models == ["fraud"] and config.max_batch_size >= 1
@@ -28,7 +29,7 @@ def test_shipped_configs_are_valid_for_ray_serve_and_for_sira(name):
 
 def test_production_keeps_secrets_out_and_durability_on():
     text = (CONFIGS / "production.yaml").read_text()
-    assert "postgresql://" not in text and "sira_" not in text.replace("sira.serving", "")
+    assert "postgresql://" not in text and "sira_" not in text.replace("sira.serving.service", "")
     spec = ServeSpec.from_file(CONFIGS / "production.yaml")
     assert spec.options["user_config"]["spool_fsync"] is True
     assert spec.options["autoscaling_config"]["min_replicas"] >= 2
@@ -64,7 +65,7 @@ def test_the_built_in_defaults_match_the_local_config():
 def test_haproxy_listeners_move_off_taken_ports(monkeypatch):
     import socket
 
-    from sira.ray_runtime import HAPROXY_PORTS, haproxy_ports
+    from sira.core.ray_runtime import HAPROXY_PORTS, haproxy_ports
 
     for name in HAPROXY_PORTS:
         monkeypatch.delenv(name, raising=False)

@@ -5,9 +5,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from sira.errors import InvalidInput
-from sira.pii import luhn_valid
-from sira.simulate import SimulationConfig, simulate
+from sira.core.errors import InvalidInput
+from sira.demo.simulate import SimulationConfig, simulate
+from sira.ingest.pii import luhn_valid
 
 SMALL = dict(days=20, customers=400, seed=11)
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from sira.spool import Spool
+from sira.serving.spool import Spool
 
 
 def test_records_survive_until_flushed_and_are_deleted_after(tmp_path):
@@ -39,7 +39,7 @@ def test_segments_of_a_dead_process_are_adopted_and_a_live_ones_are_not(tmp_path
     writer = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from sira.spool import Spool
+        from sira.serving.spool import Spool
         s = Spool(Path({str(tmp_path)!r}))
         s.open()
         s.append([{{"who": sys.argv[1], "n": i}} for i in range(3)])

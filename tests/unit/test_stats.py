@@ -7,8 +7,15 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from scipy.spatial import distance
 
-from sira.stats import (
-    DriftThresholds, benjamini_hochberg, bin_counts, chi2_test, js_divergence, ks_2samp, psi, verdict,
+from sira.core.stats import (
+    DriftThresholds,
+    benjamini_hochberg,
+    bin_counts,
+    chi2_test,
+    js_divergence,
+    ks_2samp,
+    psi,
+    verdict,
 )
 
 

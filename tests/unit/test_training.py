@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from sira.errors import InvalidInput
-from sira.training import Matrix, apply_calibration, encode_columns, fit_calibration, train_model
+from sira.core.errors import InvalidInput
+from sira.training.trainer import Matrix, apply_calibration, encode_columns, fit_calibration, train_model
+
 
 @pytest.fixture(scope="module")
 def data(synthetic_matrix):
@@ -72,8 +73,8 @@ def test_unknown_categories_become_missing(synthetic_matrix):
 
 def test_defaults_do_not_collapse_on_very_rare_positives():
     """0.2% positives with a time-like split: LightGBM's plain defaults can collapse here (MEASURED.md)."""
-    from sira.evaluation import average_precision
-    from sira.training import FeatureSpec
+    from sira.training.evaluation import average_precision
+    from sira.training.trainer import FeatureSpec
 
     rng = np.random.default_rng(11)
     n = 60_000

@@ -1,0 +1,3 @@
+"""The `sira` command."""
+
+__all__ = ["main"]

@@ -1,0 +1,169 @@
+"""Model artifacts: data, never pickle, verified on every load.
+
+An artifact is a folder: the LightGBM text model, optional plots, and
+``manifest.json`` (feature schema, params, seed, metrics, thresholds,
+calibration, dataset fingerprint, code version, reference statistics) that
+lists the sha256 of every other file. The version row stores the manifest's
+sha256, so one checksum pins everything. Stores: a local folder (default) or
+``s3://bucket/prefix`` through boto3 with ``ServerSideEncryption=aws:kms``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from sira.core.config import Settings
+from sira.core.errors import ConfigError, NotFound, SiraError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.txt"
+
+
+class ArtifactTampered(SiraError):
+    """A file's checksum does not match what was registered."""
+
+    code = "artifact_checksum_mismatch"
+    http_status = 409
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no NaN (null instead), UTF-8."""
+    return (json.dumps(json_finite(value), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def json_finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers, keys strings."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): json_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_finite(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return json_finite(value.item())
+    return value
+
+
+class Store(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def uri(self, key: str) -> str: ...
+
+
+class LocalStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: readers see the old file or the new one
+
+    def get(self, key: str) -> bytes:
+        path = self.root / key
+        if not path.is_file():
+            raise NotFound(f"artifact file not found: {path}", code="artifact_missing")
+        return path.read_bytes()
+
+    def uri(self, key: str) -> str:
+        return str(self.root / key)
+
+
+class S3Store:
+    def __init__(self, bucket: str, prefix: str, *, kms_key_id: str | None, endpoint_url: str | None = None,
+                 client: Any = None):
+        import boto3
+
+        self.bucket, self.prefix, self.kms_key_id = bucket, prefix.strip("/"), kms_key_id
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        extra = {"ServerSideEncryption": "aws:kms"}
+        if self.kms_key_id:
+            extra["SSEKMSKeyId"] = self.kms_key_id
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise NotFound(f"artifact file not found: s3://{self.bucket}/{self._key(key)}",
+                           code="artifact_missing") from None
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def store_for(location: str, settings: Settings) -> tuple[Store, str]:
+    """The store holding ``location`` and the key of that location inside it."""
+    if location.startswith("s3://"):
+        parts = urlsplit(location)
+        if not parts.netloc:
+            raise ConfigError(f"invalid S3 location {location!r}: use s3://bucket/prefix")
+        return S3Store(parts.netloc, "", kms_key_id=settings.s3_kms_key_id,
+                       endpoint_url=settings.s3_endpoint_url), parts.path.strip("/")
+    path = Path(location.removeprefix("file://"))
+    return LocalStore(path.parent), path.name
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    uri: str  # the artifact folder
+    sha256: str  # of manifest.json
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    ref: ArtifactRef
+    manifest: dict[str, Any]
+    model_text: str
+    files: dict[str, bytes]  # every file of the artifact, each verified
+
+
+def save_artifact(settings: Settings, key: str, files: dict[str, bytes], manifest: dict[str, Any]) -> ArtifactRef:
+    """Write files, then the manifest that lists their checksums (last, so a complete manifest means a complete artifact)."""
+    store, base = store_for(settings.artifact_location, settings)
+    folder = f"{base}/{key}".strip("/")
+    manifest = {**manifest, "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}}
+    for name, data in files.items():
+        store.put(f"{folder}/{name}", data)
+    body = canonical_json(manifest)
+    store.put(f"{folder}/{MANIFEST}", body)
+    return ArtifactRef(store.uri(folder), sha256(body))
+
+
+def load_artifact(settings: Settings, ref: ArtifactRef) -> LoadedArtifact:
+    """Read and verify an artifact: the manifest against the registered checksum, every file against the manifest."""
+    store, folder = store_for(ref.uri, settings)
+    body = store.get(f"{folder}/{MANIFEST}")
+    if sha256(body) != ref.sha256:
+        raise ArtifactTampered(f"{ref.uri}/{MANIFEST} does not match its registered sha256; refusing to load it",
+                               details={"uri": ref.uri})
+    manifest = json.loads(body)
+    contents = {}
+    for name, meta in manifest.get("files", {}).items():
+        data = store.get(f"{folder}/{name}")
+        if sha256(data) != meta["sha256"]:
+            raise ArtifactTampered(f"{ref.uri}/{name} does not match its sha256 in the manifest; refusing to load it",
+                                   details={"uri": ref.uri, "file": name})
+        contents[name] = data
+    if MODEL_FILE not in contents:
+        raise ArtifactTampered(f"{ref.uri} has no {MODEL_FILE}", details={"uri": ref.uri})
+    return LoadedArtifact(ref, manifest, contents[MODEL_FILE].decode("utf-8"), contents)

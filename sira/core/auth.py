@@ -1,0 +1,330 @@
+"""Who is acting, and what they may do: API keys and roles.
+
+A key looks like ``sira_<prefix>_<secret>``. Only the prefix (to find the
+row) and a keyed hash of the whole key (HMAC-SHA256 with the server's auth
+pepper) are stored; the key itself is shown once, at creation. Keys can
+expire and be revoked. Roles are fixed (CONVENTIONS.md): ``admin`` may do
+everything, the others exactly what :data:`PERMISSIONS` grants them.
+
+While no key exists, ``sira keys create --role admin`` works without a key
+(bootstrap, recorded in the audit log as such); after that, managing keys
+needs an admin key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+
+from sira.core import audit
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+
+ROLES = ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")
+_READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
+# action -> roles that may perform it (admin may perform every action)
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "score": frozenset({"service"}),
+    "events.write": frozenset({"service"}),
+    "feedback.write": frozenset({"service", "analyst"}),
+    "models.read": frozenset(_READERS),
+    "predictions.read": frozenset({"analyst"}),
+    "models.write": frozenset({"data_scientist"}),
+    "promotion.request": frozenset({"data_scientist"}),
+    "promotion.decide": frozenset({"approver"}),
+    "rollback": frozenset({"operator"}),
+    "serving.reload": frozenset({"operator"}),
+    "monitoring.run": frozenset({"operator"}),
+    "batch.score": frozenset({"data_scientist"}),
+    "features.read": frozenset({"analyst", "data_scientist"}),  # one entity's online snapshot
+    "features.materialize": frozenset({"operator", "data_scientist"}),
+    "keys.manage": frozenset(),
+    "models.settings": frozenset(),
+    "audit.read": frozenset(),
+}
+_KEY = re.compile(r"^sira_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller."""
+
+    name: str
+    roles: frozenset[str]
+    kind: str = "api_key"  # api_key | jwt | bootstrap
+    source_address: str | None = None  # where the call came from (HTTP), for the audit log
+
+    def actor(self) -> audit.Actor:
+        return audit.Actor(self.name, self.kind, self.source_address)
+
+
+def may(identity: Identity, action: str) -> bool:
+    """Whether an identity's roles allow an action."""
+    if action not in PERMISSIONS:
+        raise KeyError(f"unknown action {action!r}")
+    return "admin" in identity.roles or bool(identity.roles & PERMISSIONS[action])
+
+
+def authorize(identity: Identity, action: str) -> None:
+    """Raise :class:`PermissionDenied` (403) unless the identity may perform the action."""
+    if not may(identity, action):
+        allowed = sorted(PERMISSIONS[action] | {"admin"})
+        raise PermissionDenied(
+            f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}",
+            details={"action": action, "roles": allowed},
+        )
+
+
+def hash_key(pepper: str, key: str) -> str:
+    return hmac.new(pepper.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+    """When a new key stops working, from ISO 8601 (``2030-01-31``, ``…T18:00:00Z``, ``…+02:00``; no offset:
+    UTC). A time already past is refused: the key would be born expired."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"--expires: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
+                           f"such as +02:00), got {text!r}", details={"field": "expires"}) from None
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    if when <= (now or datetime.now(timezone.utc)):
+        raise InvalidInput(f"--expires {when.isoformat()} is in the past: a key would be born expired",
+                           details={"field": "expires"})
+    return when
+
+
+def validate_roles(roles: list[str]) -> list[str]:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise InvalidInput(f"roles must be among {', '.join(ROLES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return sorted(set(roles), key=ROLES.index)
+
+
+async def create_key(
+    conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity | None,
+    expires_at: datetime | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A new key (returned once) for ``name``. Without a creator, only the bootstrap admin key is allowed."""
+    roles = validate_roles(roles)
+    # Serialise key creation so two bootstrap attempts cannot both succeed.
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    any_key = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)")
+    if creator is None:
+        if any_key:
+            raise Unauthenticated("an API key is required: keys exist already (use an admin key: SIRA_API_KEY)")
+        if "admin" not in roles:
+            raise InvalidInput("the first key must hold the admin role: sira keys create --role admin --name NAME")
+        creator = Identity("bootstrap", frozenset({"admin"}), "bootstrap")
+    else:
+        authorize(creator, "keys.manage")
+    return await _insert_key(conn, name=name, roles=roles, pepper=pepper, creator=creator, expires_at=expires_at,
+                             details={"roles": roles, "bootstrap": creator.kind == "bootstrap"})
+
+
+async def _insert_key(conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity,
+                      expires_at: datetime | None, details: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    prefix = secrets.token_hex(6)
+    key = f"sira_{prefix}_{secrets.token_urlsafe(32)}"
+    try:
+        row = await conn.fetchrow(
+            """INSERT INTO sira_api_keys (name, key_prefix, key_hash, roles, created_by, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING name, roles, created_at, expires_at""",
+            name, prefix, hash_key(pepper, key), roles, creator.name, expires_at,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"a key named {name!r} exists already", details={"name": name}) from None
+    except asyncpg.CheckViolationError:
+        raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)") from None
+    await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name, details=details)
+    return key, {"name": row["name"], "roles": list(row["roles"]), "created_at": row["created_at"].isoformat(),
+                 "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None}
+
+
+JOB_KEY_PREFIX = "job-"
+MAX_JOB_KEY_TTL = timedelta(days=7)
+
+
+def job_role(identity: Identity, actions: tuple[str, ...]) -> str:
+    """The one role a job's key gets: a role that allows every one of ``actions`` and that the submitter
+    holds (an admin submitter: the first such role), so the key is never wider than its submitter nor
+    than the job needs."""
+    for action in actions:
+        authorize(identity, action)
+    fit = [r for r in ROLES if r != "admin" and all(r in PERMISSIONS[a] for a in actions)]
+    held = [r for r in fit if r in identity.roles]
+    if held or fit:
+        return (held or fit)[0]
+    raise InvalidInput(f"no single role allows {', '.join(actions)}")
+
+
+async def create_job_key(conn: asyncpg.Connection, submitter: Identity, *, actions: tuple[str, ...], job_name: str,
+                         ttl: timedelta, pepper: str) -> tuple[str, dict[str, Any]]:
+    """A short-lived key for one Ray job, minted by whoever submits it: one role that allows ``actions``,
+    named ``job-<submission id>``, expiring after ``ttl``, revoked when the job ends (:func:`revoke_job_key`).
+
+    A runtime env's variables are visible in ``ray job list`` and the dashboard, so a job never carries
+    its submitter's long-lived key: this key is worth one job's role for the job's lifetime.
+    """
+    if not timedelta(0) < ttl <= MAX_JOB_KEY_TTL:
+        raise InvalidInput(f"a job key lives between 1 second and {MAX_JOB_KEY_TTL.days} days, got {ttl}",
+                           details={"field": "key_ttl"})
+    role = job_role(submitter, actions)
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    expires_at = await conn.fetchval("SELECT now() + $1::interval", ttl)
+    return await _insert_key(conn, name=f"{JOB_KEY_PREFIX}{job_name}"[:100], roles=[role], pepper=pepper,
+                             creator=submitter, expires_at=expires_at,
+                             details={"roles": [role], "job": job_name, "actions": list(actions)})
+
+
+async def revoke_job_key(conn: asyncpg.Connection, identity: Identity, name: str) -> bool:
+    """Revoke a job's key: by the job itself (acting with it) or by its submitter. False when it was
+    revoked already (the job and its submitter both revoke it at the end; either may come first)."""
+    if not name.startswith(JOB_KEY_PREFIX):
+        raise InvalidInput(f"{name!r} is not a job key")
+    row = await conn.fetchrow("SELECT created_by, revoked_at FROM sira_api_keys WHERE name = $1", name)
+    if row is None:
+        raise NotFound(f"no API key named {name!r}", details={"name": name})
+    if identity.name not in (name, row["created_by"]) and not may(identity, "keys.manage"):
+        raise PermissionDenied(f"{identity.name} may not revoke the job key {name!r}: only the job or its "
+                               "submitter may", details={"action": "keys.manage"})
+    revoked = await conn.fetchval(
+        """UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2
+            WHERE name = $1 AND revoked_at IS NULL RETURNING name""", name, identity.name)
+    if revoked is not None:
+        await audit.record(conn, identity.actor(), "key.revoke", target_type="api_key", target_id=name,
+                           details={"job_ended": True})
+    return revoked is not None
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """How to trust the company's identity service: issuer, audience, signing keys, the roles claim."""
+
+    issuer: str
+    audience: str
+    keys: tuple[Any, ...]  # public keys
+    roles_claim: str = "roles"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "JwtConfig | None":
+        if not settings.jwt_issuer:
+            return None
+        import json
+
+        import jwt
+        from jwt.algorithms import get_default_algorithms
+
+        from sira.core.errors import ConfigError
+
+        if not settings.jwt_audience or not (settings.jwt_public_key_file or settings.jwt_jwks_file):
+            raise ConfigError("SIRA_JWT_ISSUER needs SIRA_JWT_AUDIENCE and SIRA_JWT_PUBLIC_KEY_FILE or SIRA_JWT_JWKS_FILE")
+        keys: list[Any] = []
+        try:
+            if settings.jwt_public_key_file:
+                from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+                keys.append(load_pem_public_key(settings.jwt_public_key_file.read_bytes()))
+            if settings.jwt_jwks_file:
+                for jwk in json.loads(settings.jwt_jwks_file.read_text())["keys"]:
+                    keys.append(jwt.PyJWK(jwk).key)
+        except (OSError, ValueError, KeyError, jwt.PyJWTError) as exc:
+            raise ConfigError(f"cannot read the JWT signing keys: {exc}") from None
+        algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
+        unknown = set(algorithms) - set(get_default_algorithms())
+        if unknown or "none" in {a.lower() for a in algorithms}:
+            raise ConfigError(f"SIRA_JWT_ALGORITHMS: unsupported {', '.join(sorted(unknown)) or 'none'}")
+        return cls(settings.jwt_issuer, settings.jwt_audience, tuple(keys), settings.jwt_roles_claim, algorithms)
+
+
+def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
+    """The identity of a verified JWT: ``sub`` as the name, SIRA roles from the roles claim."""
+    import jwt
+
+    last: Exception | None = None
+    for key in config.keys:
+        try:
+            claims = jwt.decode(token, key=key, algorithms=list(config.algorithms), audience=config.audience,
+                                issuer=config.issuer, options={"require": ["exp", "iss", "aud", "sub"]})
+            break
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired") from None
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # PyJWT raises TypeError for a key of
+            last = exc                                             # another family than the token's algorithm
+    else:
+        raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
+    raw = claims.get(config.roles_claim) or []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise Unauthenticated(f"the token's roles claim {config.roles_claim!r} must be a string or a list of strings")
+    roles = frozenset(r for r in raw if r in ROLES)
+    if not roles:
+        raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
+    return Identity(f"jwt:{claims['sub']}", roles, "jwt")
+
+
+def is_jwt(key: str, jwt_config: JwtConfig | None) -> bool:
+    """A bearer credential to verify as a JWT (JWTs are accepted; SIRA keys start with ``sira_``)."""
+    return jwt_config is not None and key.count(".") == 2 and not key.startswith("sira_")
+
+
+async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str,
+                       jwt_config: JwtConfig | None = None) -> Identity:
+    """The identity behind a key or a JWT; 401 (:class:`Unauthenticated`) for missing, unknown, revoked or
+    expired credentials."""
+    if not key:
+        raise Unauthenticated("missing credentials: send an API key (Authorization: Bearer ..., or SIRA_API_KEY)")
+    if is_jwt(key, jwt_config):
+        return identity_from_jwt(key.strip(), jwt_config)
+    match = _KEY.match(key.strip())
+    if match is None:
+        raise Unauthenticated("invalid API key")
+    row = await conn.fetchrow(
+        """SELECT name, roles, key_hash, revoked_at, expires_at, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+             FROM sira_api_keys WHERE key_prefix = $1""",
+        match.group(1),
+    )
+    if row is None or not hmac.compare_digest(row["key_hash"], hash_key(pepper, key.strip())):
+        raise Unauthenticated("invalid API key")
+    if row["revoked_at"] is not None:
+        raise Unauthenticated("this API key was revoked")
+    if row["expired"]:
+        raise Unauthenticated("this API key has expired")
+    # Record use at most once a minute per key: a scoring service must not write on every call.
+    await conn.execute(
+        """UPDATE sira_api_keys SET last_used_at = now()
+            WHERE key_prefix = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
+        match.group(1),
+    )
+    return Identity(row["name"], frozenset(row["roles"]))
+
+
+async def list_keys(conn: asyncpg.Connection, identity: Identity) -> list[dict[str, Any]]:
+    authorize(identity, "keys.manage")
+    rows = await conn.fetch(
+        "SELECT name, roles, created_by, created_at, expires_at, last_used_at, revoked_at FROM sira_api_keys ORDER BY id"
+    )
+    return [{k: (v.isoformat() if isinstance(v, datetime) else list(v) if k == "roles" else v) for k, v in r.items()}
+            for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection, identity: Identity, name: str) -> None:
+    authorize(identity, "keys.manage")
+    revoked = await conn.fetchval(
+        "UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING name",
+        name, identity.name,
+    )
+    if revoked is None:
+        exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys WHERE name = $1)", name)
+        if not exists:
+            raise NotFound(f"no API key named {name!r}", details={"name": name})
+        raise Conflict(f"the API key {name!r} is already revoked", details={"name": name})
+    await audit.record(conn, identity.actor(), "key.revoke", target_type="api_key", target_id=name)

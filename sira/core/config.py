@@ -1,0 +1,254 @@
+"""SIRA's one settings object.
+
+Every setting is read from the environment with the ``SIRA_`` prefix (or a
+``.env`` file in the working directory) through :func:`get_settings`. Nothing
+here touches the disk, the network or the database at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sira.core.errors import ConfigError
+
+MAX_VERSION = 2**31 - 1  # sira_model_versions.version is a PostgreSQL integer
+
+SECRET_NAMES = ("pii_key", "auth_secret", "webhook_secret")
+
+
+class Settings(BaseSettings):
+    """Configuration of one SIRA installation (CLI, API, Ray workers and replicas alike)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIRA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    workspace: Path = Field(
+        default=Path(".sira"),
+        description="Folder for local state: embedded Postgres handle, artifacts, spools, generated secrets.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN (14+). Unset: SIRA starts its own embedded Postgres (pgserver).",
+    )
+    embedded_pg_dir: Path | None = Field(
+        default=None,
+        description="Data folder of the embedded Postgres. Unset: <workspace>/postgres, or "
+        "/var/lib/sira/<workspace-id>/pgdata when running as root (see README).",
+    )
+    db_pool_min: Annotated[int, Field(ge=0, le=100)] = 1
+    db_pool_max: Annotated[int, Field(ge=1, le=500)] = 10
+    db_command_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the online cache and event stream. Unset: no Redis."
+    )
+    stream_retention_s: Annotated[float, Field(ge=0, le=31_536_000)] = Field(
+        default=0.0, description="Seconds an event stays on the Redis stream sira:events after every consumer "
+        "group has acknowledged it (for replay); 0: deleted as soon as all have. Entries hold the producers' raw "
+        "events, personal data included.",
+    )
+    artifact_uri: str | None = Field(
+        default=None,
+        description="Where model artifacts live: a folder or s3://bucket/prefix. Unset: <workspace>/artifacts.",
+    )
+    s3_kms_key_id: str | None = Field(
+        default=None, description="KMS key id for SSE-KMS on s3:// artifact stores."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint for s3:// artifact stores (MinIO, tests). Unset: AWS."
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (also RAY_ADDRESS). Unset: a private local Ray.",
+    )
+    ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="CPUs for the private local Ray. Unset: all of the machine's."
+    )
+    ray_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Port of the private local Ray's Prometheus endpoint, where SIRA's metrics "
+        "(ray_sira_*) are exported. Unset: Ray picks a free one; `sira serve` prints it.",
+    )
+    pii_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key that tokenises PII. Unset: generated once into <workspace>/secrets/.",
+    )
+    pii_key_file: Path | None = Field(default=None, description="File holding the PII HMAC key.")
+    auth_secret: SecretStr | None = Field(
+        default=None,
+        description="Server-side pepper for API key hashes. Unset: generated once into <workspace>/secrets/.",
+    )
+    auth_secret_file: Path | None = Field(default=None, description="File holding the auth pepper.")
+    events_max_batch: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=1_000, description="Most events one POST /v1/events call may carry."
+    )
+    max_string_length: Annotated[int, Field(ge=256, le=1_000_000)] = Field(
+        default=4_096, description="Longest string (characters) in any field of an event or a scoring request, "
+        "nested attributes and field names included; longer: refused with field_too_long.",
+    )
+    max_body_bytes: Annotated[int, Field(ge=65_536, le=1_073_741_824)] = Field(
+        default=4_194_304, description="Largest HTTP request body (bytes); larger: 413 body_too_large before it "
+        "is read.",
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
+    api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
+    jwt_issuer: str | None = Field(default=None, description="Accept JWT bearer tokens from this issuer (iss).")
+    jwt_audience: str | None = Field(default=None, description="The audience (aud) JWTs must name.")
+    jwt_public_key_file: Path | None = Field(default=None, description="PEM public key that signs the JWTs.")
+    jwt_jwks_file: Path | None = Field(default=None, description="JWKS file with the keys that sign the JWTs.")
+    jwt_roles_claim: str = Field(default="roles", description="The claim that lists a token's SIRA roles.")
+    jwt_algorithms: str = Field(default="RS256,ES256", description="Accepted JWT signature algorithms.")
+    webhook_urls: str | None = Field(
+        default=None, description="Comma-separated URLs told of promotion requests, decisions and production changes."
+    )
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC key that signs webhook bodies.")
+    webhook_secret_file: Path | None = Field(default=None, description="File holding the webhook key.")
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    pending_label_ttl_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        default=30.0, description="Days a label for an event not (yet) stored waits for its event; after that it "
+        "expires into sira_rejected_events (reason pending_label_expired).")
+    log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
+
+    @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file",
+                     "jwt_public_key_file", "jwt_jwks_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Ray workers run in other folders: every path a worker may receive is absolute.
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// DSN")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _ray_address_fallback(self) -> "Settings":
+        if self.ray_address is None and os.environ.get("RAY_ADDRESS"):
+            self.ray_address = os.environ["RAY_ADDRESS"]
+        return self
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        urls = [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"SIRA_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        return urls
+
+    # -- derived locations -------------------------------------------------
+
+    @property
+    def artifact_location(self) -> str:
+        """The artifact store: ``artifact_uri`` or ``<workspace>/artifacts``."""
+        if self.artifact_uri:
+            if "://" in self.artifact_uri and not self.artifact_uri.startswith("file://"):
+                return self.artifact_uri
+            return str(Path(self.artifact_uri.removeprefix("file://")).expanduser().resolve())
+        return str(self.workspace / "artifacts")
+
+    @property
+    def embedded_pg_data(self) -> Path:
+        """Data folder of the embedded Postgres for this workspace."""
+        if self.embedded_pg_dir is not None:
+            return self.embedded_pg_dir
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # As root, pgserver runs Postgres as a service user and opens every
+            # parent folder of the data directory to it. Keep the data under
+            # /var/lib/sira, whose parents are world-readable already, rather
+            # than loosening the permissions of the user's checkout.
+            return Path("/var/lib/sira") / workspace_id(self.workspace) / "pgdata"
+        return self.workspace / "postgres"
+
+    def secret(self, name: str) -> str:
+        """Value of a secret setting: the env value, else its file, else one generated into the workspace."""
+        if name not in SECRET_NAMES:
+            raise KeyError(name)
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is not None:
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read SIRA_{name.upper()}_FILE: {exc.strerror}") from None
+            if not text:
+                raise ConfigError(f"SIRA_{name.upper()}_FILE is empty")
+            return text
+        return _generated_secret(self.workspace / "secrets" / name)
+
+
+def workspace_id(workspace: Path) -> str:
+    """A short stable id for a workspace folder (used to name its embedded Postgres)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(workspace).encode()).hexdigest()[:12]
+    return f"{workspace.name.strip('.') or 'ws'}-{digest}"
+
+
+def _generated_secret(path: Path) -> str:
+    """Read a workspace secret, creating it (mode 0600) the first time it is needed."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race: use its secret
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token)
+    return token
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: make it one clear line
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise ConfigError(f"SIRA_{field.upper()}: {first['msg']}") from None
+        raise
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and long-lived processes that changed the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,290 @@
+"""Tabular input files: Parquet, CSV or JSON Lines, one file or a folder of them.
+
+Shared by event ingestion, label import, bring-your-own-table training and
+batch scoring: finding the files, checking them before any work starts, and
+column mappings (``--map occurred_at=TX_DATETIME,...`` or a YAML file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from sira.core.errors import InvalidInput, NotFound
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    format: str  # parquet | csv | json
+    paths: list[Path]
+
+    @property
+    def strings(self) -> list[str]:
+        return [str(p) for p in self.paths]
+
+
+def is_numeric_type(t: pa.DataType) -> bool:
+    """An Arrow column type a model can read as numbers (null: a column of missing values)."""
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+            or pa.types.is_decimal(t))
+
+
+def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
+    """The data files named (folders expanded, leaving out hidden and ``_``-prefixed files and folders
+    such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one
+    format, at least one."""
+    found: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
+    for path in paths:
+        if not path.exists():
+            raise NotFound(f"file not found: {path}", details={"path": str(path)})
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS
+                            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+                            and p.resolve() != skip)
+        else:
+            if path.suffix.lower() not in FORMATS:
+                raise InvalidInput(f"{path}: unsupported file type {path.suffix or '(none)'}; use .parquet, .csv or .jsonl")
+            found.append(path)
+    if not found:
+        raise InvalidInput(f"no .parquet, .csv or .jsonl files in {', '.join(map(str, paths))}")
+    formats = {FORMATS[p.suffix.lower()] for p in found}
+    if len(formats) > 1:
+        raise InvalidInput(f"mixed file formats ({', '.join(sorted(formats))}): ingest one format at a time")
+    return InputFiles(formats.pop(), [p.resolve() for p in found])
+
+
+def read_sample(files: InputFiles, rows: int = 1_000) -> pa.Table:
+    """The first rows of the first file that has any, read the way the full load will read them."""
+    for path in files.paths:
+        sample = _sample_of(path, files.format, rows)
+        if sample.num_rows:
+            return sample
+    if len(files.paths) > 1:
+        raise InvalidInput(f"no rows in any of the {len(files.paths)} files", code="empty_input")
+    header = " (only a header)" if files.format == "csv" and sample.num_columns else ""
+    raise InvalidInput(f"{files.paths[0]}: no rows{header}", code="empty_input",
+                       details={"file": str(files.paths[0])})
+
+
+def _sample_of(path: Path, file_format: str, rows: int) -> pa.Table:
+    try:
+        if file_format == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            first = next(pf.iter_batches(batch_size=rows), None)
+            return pa.Table.from_batches([first]) if first is not None else pf.schema_arrow.empty_table()
+        if file_format == "csv":
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(path)
+            first = next(iter(reader), None)  # none: a header without rows
+            return pa.Table.from_batches([first]) if first is not None else reader.schema.empty_table()
+        first = next(json_lines(path, rows), None)
+        if first is None:
+            return pa.table({})
+        decoded = [decode_json_line(text) for text in first["text"].to_pylist()]
+        records = [r for r in decoded if isinstance(r, dict)]
+        if not records:
+            raise InvalidInput(f"{path}: cannot read as json: none of the first {len(decoded)} lines is a JSON "
+                               f"object (line {first['line'][0]}: {decoded[0]})", details={"file": str(path)})
+        return json_table(records)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"{path}: cannot read as {file_format}: {_reason(exc)}",
+                           details={"file": str(path)}) from None
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def read_parts(files: InputFiles) -> list[dict[str, Any]]:
+    """What a load reads in parallel: Parquet row groups (from the footers, so a damaged footer
+    fails here, before anything is loaded), whole CSV and JSON Lines files."""
+    if files.format != "parquet":
+        return [{"path": str(p), "row_group": -1, "rows": -1} for p in files.paths]  # rows: not known before
+    import pyarrow.parquet as pq
+
+    parts = []
+    for path in files.paths:
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidInput(f"{path}: cannot read as parquet: {_reason(exc)}",
+                               details={"file": str(path)}) from None
+        parts += [{"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows}
+                  for g in range(meta.num_row_groups)]
+    return parts
+
+
+def row_group_parts(path: Path, footer: Any, part_rows: int) -> list[dict[str, Any]]:
+    """A Parquet file's row groups as parts of at most about ``part_rows`` rows (a larger group split in
+    equal row ranges ``start``..``stop``; -1: to its end), so parallel readers share a file of one big group."""
+    parts = []
+    for g in range(footer.num_row_groups):
+        n = footer.row_group(g).num_rows
+        k = max(1, math.ceil(n / part_rows))
+        if k == 1:
+            parts.append({"path": str(path), "row_group": g, "start": 0, "stop": -1})
+            continue
+        bounds = [n * i // k for i in range(k + 1)]
+        parts.extend({"path": str(path), "row_group": g, "start": lo, "stop": hi} for lo, hi in zip(bounds, bounds[1:]))
+    return parts
+
+
+def read_part(path: str, row_group: int, file_format: str, rows: int, start: int = 0,
+              stop: int = -1) -> Iterator[pa.Table]:
+    """One part's rows (of a Parquet row group: rows ``start``..``stop``, -1: its end), at most ``rows`` a
+    table; damage found only now (a Parquet page past the footer, a malformed CSV line) is an input error
+    naming the file.
+
+    CSV types are inferred from the whole file, so a value of another type deep in it is one bad
+    row (dead-lettered) rather than a failed file; JSON Lines come as undecoded lines
+    (:func:`json_lines`) that the loader decodes one by one for the same reason.
+    """
+    try:
+        if file_format == "parquet":
+            import pyarrow.parquet as pq
+
+            step = rows if stop < 0 else max(1, min(rows, stop - start))
+            at = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=step, row_groups=[row_group]):
+                lo, hi = at, at + batch.num_rows
+                at = hi
+                if hi <= start:
+                    continue  # before the range: decoded and dropped (Parquet has no row-range read)
+                if 0 <= stop <= lo:
+                    break
+                yield pa.Table.from_batches([batch.slice(max(0, start - lo), (hi if stop < 0 else min(hi, stop))
+                                                         - max(lo, start))])
+        elif file_format == "csv":
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+            for offset in range(0, table.num_rows, rows):
+                yield table.slice(offset, rows)
+        else:
+            yield from json_lines(Path(path), rows)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"{path}: cannot read as {file_format}: {_reason(exc)}", details={"file": path}) from None
+
+
+def json_lines(path: Path, rows: int) -> Iterator[pa.Table]:
+    """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text)."""
+    numbers: list[int] = []
+    texts: list[bytes] = []
+    with open(path, "rb") as handle:
+        for number, text in enumerate(handle, 1):
+            if text.strip():
+                numbers.append(number)
+                texts.append(text)
+            if len(texts) >= rows:
+                yield _lines_table(str(path), numbers, texts)
+                numbers, texts = [], []
+    if texts:
+        yield _lines_table(str(path), numbers, texts)
+
+
+def _lines_table(path: str, numbers: list[int], texts: list[bytes]) -> pa.Table:
+    return pa.table({"file": pa.array([path] * len(texts)), "line": pa.array(numbers, pa.int64()),
+                     "text": pa.array(texts, pa.binary())})
+
+
+def decode_json_line(text: bytes) -> dict[str, Any] | str:
+    """One JSON Lines record, or why it is not one. orjson (~3x faster than the standard library),
+    which turns an integer beyond 64 bits into a float: a record with a float that large is read
+    again by the standard library, which keeps the integer (a long numeric ``event_id`` stays itself
+    and validation refuses an attribute out of range)."""
+    import orjson
+
+    try:
+        value = orjson.loads(text)
+        if _huge_float(value):
+            value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError (both), bad UTF-8, nesting past the stack
+        return f"not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+    return value if isinstance(value, dict) else f"not a JSON object but {type(value).__name__}"
+
+
+def _huge_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float and not -(2.0**63) <= item < 2.0**63:
+            return True
+        if kind is dict:
+            stack += item.values()
+        elif kind is list:
+            stack += item
+    return False
+
+
+def json_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Records as a table with a column for every field any of them has; a field whose values Arrow
+    cannot hold in one type (a number here, text there) becomes text (a sample, not what is stored)."""
+    names = list(dict.fromkeys(k for r in records for k in r))
+    columns = {}
+    for name in names:
+        values = [r.get(name) for r in records]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowException, OverflowError):  # OverflowError: an integer beyond 64 bits
+            columns[name] = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values])
+    return pa.table(columns)
+
+
+def read_table(files: InputFiles) -> pa.Table:
+    """Every row of the files (for small inputs such as label files)."""
+    try:
+        if files.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return pa.concat_tables([pq.read_table(p) for p in files.paths], promote_options="permissive")
+        if files.format == "csv":
+            import pyarrow.csv as pacsv
+
+            return pa.concat_tables([pacsv.read_csv(p) for p in files.paths], promote_options="permissive")
+        import pyarrow.json as pajson
+
+        return pa.concat_tables([pajson.read_json(p) for p in files.paths], promote_options="permissive")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"cannot read {files.format} input: {' '.join(str(exc).split())[:300]}") from None
+
+
+def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[str, str]:
+    """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file."""
+    mapping: dict[str, str] = {}
+    if mapping_file is not None:
+        import yaml
+
+        if not mapping_file.is_file():
+            raise NotFound(f"file not found: {mapping_file}", details={"path": str(mapping_file)})
+        try:
+            data: Any = yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"{mapping_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = data.get("columns", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise InvalidInput(f"{mapping_file}: expected `columns:` mapping SIRA names to source column names")
+        mapping.update(data)
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, source = part.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise InvalidInput(f"invalid --map entry {part.strip()!r}: use sira_name=SOURCE_COLUMN")
+        mapping[name.strip()] = source.strip()
+    sources = list(mapping.values())
+    if len(sources) != len(set(sources)):
+        raise InvalidInput("--map uses a source column twice")
+    return mapping

@@ -1,0 +1,308 @@
+"""The one place that decides how SIRA starts or joins Ray.
+
+- ``SIRA_RAY_ADDRESS`` (or ``RAY_ADDRESS``) set: join that cluster (this is
+  what ``ray job submit`` gives a job's driver).
+- Otherwise: a private local Ray with ``address="local"``, never silently
+  joining whatever ``ray start`` left running on the machine.
+
+Workers and Serve replicas receive SIRA's settings as ``runtime_env``
+environment variables: the resolved database DSN (so the embedded Postgres
+is shared), absolute workspace and artifact paths, Redis URL, and the paths
+of secret files, never secret values themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sira.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Folders that never travel with `--working-dir` uploads.
+WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/",
+                        ".hypothesis/"]
+
+
+LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# HAProxy's own listeners (Prometheus metrics, stats page) default to fixed ports: a second local Serve
+# on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them.
+HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
+
+
+def haproxy_ports() -> dict[str, str]:
+    """HAProxy's default ports where they are free, else free ones (never overriding what is set)."""
+    import socket
+
+    out = {}
+    for name, default in HAPROXY_PORTS.items():
+        if name in os.environ:
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", default))
+                port = default
+            except OSError:
+                probe.bind(("0.0.0.0", 0))
+                port = probe.getsockname()[1]
+        out[name] = str(port)
+    return out
+
+
+def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
+    """Environment variables that give a Ray worker the same SIRA installation as the driver."""
+    env = {
+        "SIRA_DATABASE_URL": dsn,
+        "SIRA_WORKSPACE": str(settings.workspace),
+        "SIRA_ARTIFACT_URI": settings.artifact_location,
+        "SIRA_LOG_LEVEL": settings.log_level,
+        # input bounds: the driver's checks and the workers' must agree
+        "SIRA_MAX_STRING_LENGTH": str(settings.max_string_length),
+        "SIRA_MAX_BODY_BYTES": str(settings.max_body_bytes),
+    }
+    if settings.redis_url:
+        env["SIRA_REDIS_URL"] = settings.redis_url
+    if settings.s3_kms_key_id:
+        env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
+    for name in ("pii_key_file", "auth_secret_file"):
+        path = getattr(settings, name)
+        if path is not None:
+            env[f"SIRA_{name.upper()}"] = str(path)
+    return env
+
+
+def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Start or join Ray for SIRA; returns the runtime context's address info.
+
+    Already initialised (a test session, a Ray job driver): reuse it as is.
+    """
+    import ray
+
+    if not sys.stderr.isatty():
+        # Off a terminal Ray Data turns progress bars into INFO log lines: keep stderr readable.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address, "joined": True}
+    runtime_env = {"env_vars": worker_env(settings, dsn)}
+    address = settings.ray_address
+    # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
+    # so at WARNING on every command; that is the secure default SIRA wants, not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    _log_driver_messages()
+    if address:
+        log.info("joining Ray at %s", address)
+        # A `ray job submit` driver: Ray refuses an env var that the job's own runtime_env already sets
+        # ("Specifying the same ... keys is not allowed"); the job's values reach the workers anyway.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+        given = job.get("env_vars") or {}
+        runtime_env = {"env_vars": {k: v for k, v in runtime_env["env_vars"].items() if k not in given}}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
+                 **kwargs)
+    else:
+        cpus = num_cpus or settings.ray_num_cpus or os.cpu_count() or 1
+        # Read by Serve's processes when they start, so set before the local cluster exists:
+        # the HAProxy ingress (a no-op measured 2-3x faster than the default proxy, MEASURED.md),
+        # and a short drain of ingress replicas on shutdown (Serve's default, 30 s, made every
+        # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
+        for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
+            os.environ.setdefault(name, value)
+        if settings.ray_metrics_port:
+            kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            **kwargs,
+        )
+    return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+def _log_driver_messages() -> None:
+    """Route the errors the cluster pushes to this driver into the log.
+
+    Ray's driver prints them ("(raylet) Task ServeController.graceful_shutdown failed ... killed by
+    `ray.kill`" at every Serve shutdown) on **stdout**, in ANSI colours, whatever ``log_to_driver``
+    says; stdout is for a command's result (``--json``). They go to the ``ray.driver`` logger at INFO
+    (shown with ``sira --debug``; Ray's own logs keep them too): a failure that matters reaches SIRA as
+    an exception and is reported as one line. Ray 2.60 has no option for this, so its module's printer
+    is wrapped (``listen_error_messages`` looks it up at each message).
+    """
+    from ray._private import worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "sira_wrapped", False):
+        return
+    driver_log = logging.getLogger("ray.driver")
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines") or []:
+                driver_log.info("%s", line)
+            return
+        printer(data, ignore_prefix)
+
+    print_to_stdstream.sira_wrapped = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def quiet_ray_data() -> Any:
+    """This process's Ray Data context, with Ray Data's own progress output off: its bars (or, off a
+    terminal, a status block logged every 10 s), the plan printed at each start, and the warning that
+    its bars are disabled. SIRA's commands show their own progress (:mod:`sira.core.progress`)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return ctx
+
+
+def metrics_url() -> str | None:
+    """This node's Prometheus endpoint (Ray's metrics agent), where SIRA's metrics are exported with Ray's
+    prefix (``ray_sira_*``); None before Ray is started here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node = ray._private.worker.global_worker.node  # the node this driver runs on
+    return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
+
+
+def job_id() -> str:
+    """The Ray job's submission id when running as one (``ray job submit`` puts it in the driver's
+    job config), else a fresh local id."""
+    config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    submitted = (config.get("metadata") or {}).get("job_submission_id")
+    return submitted or f"local-{uuid.uuid4().hex[:12]}"
+
+
+# -- inside Ray ---------------------------------------------------------------------------
+
+
+def in_ray_job() -> bool:
+    """True in a Ray job's driver or in any Ray worker process: places that must never start an embedded
+    PostgreSQL of their own (it would be empty, and outlive the job)."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return True
+    worker = sys.modules.get("ray._private.worker")
+    return worker is not None and getattr(worker.global_worker, "mode", None) == worker.WORKER_MODE
+
+
+# -- submitting jobs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A Ray job SIRA ships: its entrypoint (relative to the working dir) and what its key must allow."""
+
+    script: str
+    actions: tuple[str, ...]
+
+
+JOBS: dict[str, JobKind] = {
+    "train": JobKind("jobs/train.py", ("models.write",)),
+    "retrain": JobKind("jobs/retrain.py", ("models.write", "promotion.request")),
+    "batch_score": JobKind("jobs/batch_score.py", ("batch.score",)),
+    "drift": JobKind("jobs/drift.py", ("monitoring.run",)),
+    "performance": JobKind("jobs/performance.py", ("monitoring.run",)),
+    "materialize": JobKind("jobs/materialize.py", ("features.materialize",)),
+}
+DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
+
+
+def job_kind(name: str) -> JobKind:
+    kind = JOBS.get(name.replace("-", "_"))
+    if kind is None:
+        from sira.core.errors import InvalidInput
+
+        raise InvalidInput(f"unknown job {name!r}; jobs: {', '.join(JOBS)}", details={"field": "job"})
+    return kind
+
+
+def without_password(dsn: str) -> str:
+    """The DSN with its password removed (kept: user, host, port, database and query, e.g. a socket
+    ``host=``). A runtime env is readable by anyone who can list jobs: the cluster's nodes supply the
+    password themselves (``~/.pgpass`` or ``PGPASSWORD``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def job_env_vars(settings: Settings, dsn: str, job_key: str | None) -> dict[str, str]:
+    """What a submitted job's runtime env carries: SIRA's settings as for any worker (secrets as file
+    paths), the DSN without its password, and the job's own short-lived key."""
+    env = worker_env(settings, without_password(dsn))
+    if job_key:
+        env["SIRA_API_KEY"] = job_key
+    return env
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The Ray cluster's token as the job client sends it (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+    else ``~/.ray/auth_token``, as Ray's own tools read it); none when no token is to be found."""
+    from pathlib import Path
+
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def job_client(address: str) -> Any:
+    """Ray's `JobSubmissionClient` for ``address`` with the cluster's token (one line when unreachable)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from sira.core.errors import ServiceUnavailable
+
+    try:
+        return JobSubmissionClient(address, headers=ray_auth_headers())
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its own
+        message = " ".join(str(exc).split())[:300]
+        raise ServiceUnavailable(f"cannot reach Ray's job server at {address}: {message}",
+                                 code="ray_unavailable") from None
+
+
+def submit_job(client: Any, *, agent_wait_s: float = 90.0, **job: Any) -> str:
+    """``client.submit_job(**job)``, waiting out a head that has just started (its job agent not up yet:
+    Ray answers 500 "No available agent") instead of failing; Ray's packaging chatter kept off stderr."""
+    import time
+
+    quiet = logging.getLogger("ray")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Uploading package ...", "Ignoring upload ..." on every submission
+    deadline = time.monotonic() + agent_wait_s
+    try:
+        while True:
+            try:
+                return client.submit_job(**job)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+    finally:
+        quiet.setLevel(level)

@@ -1,0 +1,145 @@
+"""The Ray Serve deployment: SIRA's FastAPI application as a Serve ingress, the application a
+``serve_configs/*.yaml`` names (``import_path: sira.http.deployment:build_app``), and ``sira serve``'s local run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from sira.core import db
+from sira.core.config import Settings
+from sira.core.errors import InvalidInput
+from sira.serving.config import ServingConfig
+from sira.serving.service import ScoringService
+
+# -- Ray Serve -----------------------------------------------------------------------------
+
+
+@serve.deployment(name="sira", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
+@serve.ingress()
+class SiraIngress:
+    """The Serve ingress: SIRA's FastAPI application with this replica's scoring service."""
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        import sys
+
+        from sira.core.config import get_settings
+
+        # A replica runs Serve's loop and the user-code loop in two threads of one process: let a
+        # thread waiting for the GIL get it within 1 ms rather than Python's default 5 ms.
+        sys.setswitchinterval(0.001)
+        self.settings = get_settings()
+        self.service = ScoringService(self.settings, ServingConfig.from_dict(config))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from sira.http.app import create_app
+
+        return create_app(self.settings, scoring=self.service)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.service.reconfigure(user_config)
+
+    async def check_health(self) -> None:
+        if self.service.started and not any(t.get_name() == "sira-flusher" for t in self.service._tasks):
+            raise RuntimeError("the spool flusher stopped")
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """``import_path: sira.http.deployment:build_app`` — the Serve application; ``args`` is a ServingConfig."""
+    ServingConfig.from_dict(args)  # fail at deploy time, not in every replica
+    return SiraIngress.bind(args or {})
+
+
+LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
+DEPLOYMENT_OPTIONS = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",
+                      "ray_actor_options", "user_config", "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s",
+                      "health_check_period_s", "health_check_timeout_s", "logging_config")
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """What a serve_configs/*.yaml file asks for, checked."""
+
+    host: str
+    port: int
+    args: dict[str, Any]
+    options: dict[str, Any]
+    route_prefix: str = "/"
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ServeSpec":
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"no Serve config at {path}", code="invalid_config") from None
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"{path} is not valid YAML: {exc}", code="invalid_config") from None
+        apps = (data or {}).get("applications") or []
+        sira_apps = [a for a in apps if a.get("import_path") == "sira.http.deployment:build_app"]
+        if len(sira_apps) != 1:
+            raise InvalidInput(f"{path}: expected one application with import_path sira.http.deployment:build_app",
+                               code="invalid_config")
+        app = sira_apps[0]
+        deployments = app.get("deployments") or [{}]
+        options = {k: v for k, v in deployments[0].items() if k != "name"}
+        unknown = sorted(set(options) - set(DEPLOYMENT_OPTIONS))
+        if unknown:
+            raise InvalidInput(f"{path}: unknown deployment option(s) {', '.join(unknown)}", code="invalid_config")
+        ServingConfig.from_dict(app.get("args"))
+        ServingConfig.from_dict(options.get("user_config"))
+        http = data.get("http_options") or {}
+        return cls(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), dict(app.get("args") or {}), options,
+                   app.get("route_prefix", "/"))
+
+    @classmethod
+    def local(cls) -> "ServeSpec":
+        """The repository's serve_configs/local.yaml, or the same built in when SIRA is installed without it."""
+        return cls.from_file(LOCAL_CONFIG) if LOCAL_CONFIG.exists() else cls.default()
+
+    @classmethod
+    def default(cls) -> "ServeSpec":
+        """serve_configs/local.yaml's shape, for an installation without the repository's configs."""
+        return cls("127.0.0.1", 8000, {"models": ["fraud"]}, {
+            "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+            "user_config": ServingConfig().model_dump(exclude={"spool_dir"}),
+        })
+
+    def application(self, **overrides: Any) -> Any:
+        """The bound Serve application with this spec's deployment options (``overrides`` win)."""
+        ServingConfig.from_dict(self.args)
+        options = {**self.options, **overrides}
+        if "num_replicas" in options and "autoscaling_config" in options:
+            options.pop("autoscaling_config" if options["num_replicas"] != "auto" else "num_replicas")
+        return SiraIngress.options(**options).bind(self.args)
+
+
+def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, port: int | None = None,
+              progress: Any = print) -> str:
+    """Start SIRA's Serve application on the local Ray (HAProxy ingress: see ``init_ray``) and return its URL."""
+    from sira.core.ray_runtime import init_ray, metrics_url
+
+    init_ray(settings, db.resolve_dsn(settings))
+    host, port = host or spec.host, port or spec.port
+    # serve.run after serve.start logs "Connecting to existing Serve app ... New http_options will not be
+    # applied" (they were: serve.start applied them), and INFO lines SIRA says better below.
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.WARNING)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(spec.application(), name="sira", route_prefix=spec.route_prefix, blocking=False)
+    finally:
+        serve_log.setLevel(level)
+    url = f"http://{host}:{port}"
+    progress(f"SIRA is serving at {url} (OpenAPI: {url}/docs)")
+    metrics = metrics_url()
+    if metrics:  # not a route of the service: Ray's metrics agent exports the replicas' metrics, prefixed
+        progress(f"metrics: {metrics} (Prometheus text; SIRA's series are named ray_sira_*)")
+    return url

@@ -1,0 +1,114 @@
+"""What every route shares: the error body, the acting identity and its roles (``require``), the
+database pool, and the OpenAPI description of a route's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Header, Path, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel
+from starlette.routing import get_route_path
+
+from sira.core import db
+from sira.core.auth import Identity, authenticate, authorize, identity_from_jwt, is_jwt
+from sira.core.config import MAX_VERSION
+from sira.core.errors import PermissionDenied, ServiceUnavailable, Unauthenticated
+
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+async def get_pool(request: Request) -> asyncpg.Pool:
+    # async: FastAPI runs a sync dependency in a worker thread (measured ~1 ms per request under Serve)
+    return request.app.state.pool
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+
+
+async def current_identity(
+    request: Request, pool: PoolDep, authorization: Annotated[str | None, Header()] = None
+) -> Identity:
+    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
+    key = None
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    scoring = getattr(request.app.state, "scoring", None)
+    cache = scoring.identities if scoring is not None and scoring.config.auth_cache_ttl_s > 0 else None
+    identity = cache.get(key) if cache is not None and key else None
+    if identity is None and key and is_jwt(key, request.app.state.jwt_config):
+        identity = identity_from_jwt(key, request.app.state.jwt_config)  # verified here: no database needed
+    elif identity is None:
+        try:
+            async with pool.acquire(timeout=scoring.config.db_timeout_s if scoring else None) as conn:
+                identity = await authenticate(conn, key, pepper=request.app.state.pepper,
+                                              jwt_config=request.app.state.jwt_config)
+        except Unauthenticated:
+            if cache is not None and key:
+                cache.pop(key)  # revoked or expired: never again, not even from the cache in an outage
+            raise
+        except db.UNAVAILABLE as exc:
+            # A serving replica keeps answering callers it knew shortly before while Postgres is away.
+            identity = (cache.get(key, stale_for=scoring.config.auth_outage_grace_s)
+                        if cache is not None and key else None)
+            if identity is None:
+                raise ServiceUnavailable(f"cannot check credentials: the database is unavailable "
+                                         f"({type(exc).__name__})", code="database_unavailable") from None
+        else:
+            if cache is not None:
+                cache.put(key, identity)
+    return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
+
+
+def require(action: str) -> Any:
+    """A dependency that admits only identities allowed to perform ``action`` (403 otherwise)."""
+
+    async def check(request: Request, identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
+        try:
+            authorize(identity, action)
+        except PermissionDenied as exc:
+            from sira.core import audit
+
+            await audit.record_denied(request.app.state.pool, identity.actor(), action, exc.message)
+            raise
+        return identity
+
+    return Depends(check)
+
+
+def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route declares: 401, 403, 422 and 503 (credentials, role, input, database)
+    that every route behind a key can give, 400 and 413 (a body that cannot be parsed, one too large)
+    with a ``body``, and ``statuses`` (404, 409) it can give besides."""
+    common = {401, 403, 422, 503} | ({400, 413} if body else set())
+    return {status: {"model": ErrorResponse} for status in sorted(common | set(statuses))}
+
+
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "details": details or {}}},
+                        headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path (Starlette's 405 names only the first route's)."""
+    path = get_route_path(request.scope)
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.path_regex is not None and route.path_regex.match(path):
+            allowed |= route.methods
+    return sorted(allowed)

@@ -1,0 +1,513 @@
+"""Ingestion: events in, validated, redacted, deduplicated, with their features.
+
+Two paths share :func:`store_events` (validation, redaction, idempotent
+insert by ``event_id``, dead letters):
+
+- files (:func:`ingest_files`): Ray Data reads the files and loads batches in
+  parallel; then features of the new events are computed from the event log,
+  sharded by entity, as Ray Data tasks (the offline path);
+- small batches (``POST /v1/events``, the Redis stream, scored requests):
+  :func:`ingest_records` stores the events and folds each into its entities'
+  online snapshots in the same transaction (the online path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pyarrow as pa
+
+from sira.core import db
+from sira.core.config import Settings
+from sira.core.errors import InvalidInput, sira_cause
+from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
+from sira.features import store as feature_store
+from sira.features.definitions import FeatureSet, grouped_features, vectors_to_json
+from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normalize
+from sira.ingest.pii import Redactor
+
+FEATURE_SHARDS = 8
+
+
+@dataclass
+class IngestSummary:
+    """What happened to a batch or a whole load."""
+
+    read: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    features_written: int = 0
+    snapshots_updated: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of a file load
+    results: list[dict[str, Any]] = field(default_factory=list)  # per event, for small batches
+
+    def add(self, other: "IngestSummary") -> None:
+        self.read += other.read
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+        self.features_written += other.features_written
+        self.snapshots_updated += other.snapshots_updated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.reasons.items())), "features_written": self.features_written,
+            "snapshots_updated": self.snapshots_updated, "seconds": round(self.seconds, 3),
+            **({"phases": {k: round(v, 3) for k, v in self.phases.items()}} if self.phases else {}),
+        }
+
+
+def redactor_for(settings: Settings) -> Redactor:
+    return Redactor.from_secret(settings.secret("pii_key"))
+
+
+async def store_events(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+    numbers_as_text: bool = False,
+) -> tuple[IngestSummary, list[dict[str, Any]]]:
+    """Validate, redact and insert events; returns the summary and the newly stored rows.
+
+    Re-sending an event (same ``event_id``) changes nothing and counts as a duplicate;
+    invalid records go to ``sira_rejected_events`` with their reason. ``numbers_as_text``: the
+    records come from CSV, where a numeric string is a number (elsewhere it is refused).
+    """
+    summary = IngestSummary(read=len(records))
+    source = redactor.scrub_text(source)  # a name sent by the caller, or a file's: an email in it is redacted
+    rows: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
+    seen: set[str] = set()
+    for raw in records:
+        result = normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text)
+        if isinstance(result, Rejection):
+            rejections.append(result)
+            summary.results.append({"event_id": result.event_id, "status": "rejected",
+                                    "code": result.reason_code, "reason": result.reason})
+        elif result["event_id"] in seen:
+            summary.duplicates += 1
+            summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
+        else:
+            seen.add(result["event_id"])
+            rows.append(result)
+    new_ids = await insert_events(conn, rows)
+    fresh = [r for r in rows if r["event_id"] in new_ids]
+    summary.accepted = len(fresh)
+    summary.duplicates += len(rows) - len(fresh)
+    for r in rows:
+        summary.results.append({"event_id": r["event_id"], "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+    if rejections:
+        await conn.copy_records_to_table(
+            "sira_rejected_events",
+            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload) for j in rejections],
+            columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+        )
+        summary.rejected = len(rejections)
+        summary.reasons.update(j.reason_code for j in rejections)
+    return summary, fresh
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert normalized event rows (bulk COPY through a staging table); returns the ids that were new."""
+    if not rows:
+        return set()
+    cols = ", ".join(EVENT_COLUMNS)
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
+        f" AS SELECT {cols} FROM sira_events WITH NO DATA"
+    )
+    await conn.execute("TRUNCATE sira_events_stage")
+    await conn.copy_records_to_table(
+        "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
+        columns=list(EVENT_COLUMNS),
+    )
+    return {
+        r["event_id"]
+        for r in await conn.fetch(
+            f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        )
+    }
+
+
+async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]) -> int:
+    """Store already-normalized (redacted) events and fold the new ones into features and snapshots.
+
+    The path of events a serving replica scored: they were validated and
+    redacted before scoring, so they are not normalized twice. Returns the
+    number of events that were new.
+    """
+    new_ids = await insert_events(conn, rows)
+    fresh = [r for r in rows if r["event_id"] in new_ids]
+    await fold_and_store(conn, fs, fresh)
+    return len(fresh)
+
+
+async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """New events into their snapshots and their feature rows into ``sira_features``: (rows written, snapshots)."""
+    if not fresh:
+        return 0, 0
+    rows, updated = await fold_into_snapshots(conn, fs, fresh)
+    return await feature_store.write_feature_rows(conn, fs, rows), updated
+
+
+# -- the online path -------------------------------------------------------------
+
+
+async def fold_into_snapshots(
+    conn: asyncpg.Connection, fs: FeatureSet, events: Sequence[dict[str, Any]]
+) -> tuple[list[feature_store.FeatureRow], int]:
+    """Fold new events into their entities' snapshots (rows locked) and return their feature rows.
+
+    The snapshot state is the entity's events within the lookback; an entity
+    without a snapshot starts from its stored history. Folding a batch at once
+    equals folding its events one by one: each event's vector sees only what
+    precedes it.
+    """
+    rows = feature_store.event_level_rows(fs, events)
+    updated = 0
+    for spec in fs.entities:
+        by_entity: dict[str, list[dict[str, Any]]] = {}
+        for e in events:
+            if e.get(spec.key_column) is not None:
+                by_entity.setdefault(e[spec.key_column], []).append(e)
+        if not by_entity:
+            continue
+        ids = sorted(by_entity)  # one lock order for every consumer: no deadlocks
+        snaps = {
+            r["entity_id"]: r["state"]
+            for r in await conn.fetch(
+                """SELECT entity_id, state FROM sira_feature_snapshots
+                    WHERE entity_type = $1 AND entity_id = ANY($2::text[]) AND feature_set = $3
+                      AND feature_set_version = $4
+                    ORDER BY entity_id FOR UPDATE""",
+                spec.entity, ids, fs.name, fs.version,
+            )
+        }
+        missing = [i for i in ids if i not in snaps]
+        loaded: dict[str, feature_store.History] = {}
+        if missing:
+            newest = max(e["occurred_at"] for i in missing for e in by_entity[i])
+            oldest = min(e["occurred_at"] for i in missing for e in by_entity[i])
+            loaded = await feature_store.load_histories(
+                conn, spec, missing, oldest - timedelta(seconds=spec.lookback_seconds), newest, fs.label_name
+            )
+        histories: dict[str, feature_store.History] = {}
+        new_positions: dict[str, np.ndarray] = {}
+        for entity_id in ids:
+            if entity_id in snaps:
+                base = feature_store.history_from_state(spec, snaps[entity_id])
+            else:
+                base = loaded.get(entity_id) or feature_store.History.from_rows([], spec.categorical_columns)
+            histories[entity_id], new_positions[entity_id] = feature_store.fold_events(spec, base, by_entity[entity_id])
+        groups = np.concatenate([np.full(len(new_positions[i]), g) for g, i in enumerate(ids)]).astype(np.int64)
+        positions = np.concatenate([new_positions[i] for i in ids]).astype(np.int64)
+        at = np.concatenate([histories[i].ts[new_positions[i]] for i in ids]).astype(np.int64)
+        values = grouped_features(spec, [histories[i] for i in ids], groups, at, positions)
+        newest: dict[str, dict[str, float | None]] = {}
+        for j, vector in enumerate(vectors_to_json(values)):
+            entity_id = ids[groups[j]]
+            history = histories[entity_id]
+            rows.append(feature_store.FeatureRow(spec.entity, entity_id, feature_store.from_us(int(at[j])),
+                                                 str(history.event_id[positions[j]]), vector))
+            if positions[j] == len(history) - 1:
+                newest[entity_id] = vector  # the snapshot's vector, no need to compute it again
+        updated += await feature_store.upsert_snapshots(conn, fs, spec, histories, newest)
+    return rows, updated
+
+
+async def ingest_batch(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    fs: FeatureSet,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+) -> IngestSummary:
+    """Store a small batch and fold it into features and snapshots, inside the caller's transaction."""
+    summary, fresh = await store_events(conn, records, redactor=redactor, source=source, mapping=mapping)
+    summary.features_written, summary.snapshots_updated = await fold_and_store(conn, fs, fresh)
+    return summary
+
+
+async def ingest_records(
+    pool: asyncpg.Pool,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    fs: FeatureSet,
+    source: str,
+    mapping: Mapping[str, str] | None = None,
+) -> IngestSummary:
+    """:func:`ingest_batch` in a transaction of its own (``POST /v1/events``)."""
+    started = time.perf_counter()
+    async with db.transaction(pool) as conn:
+        summary = await ingest_batch(conn, records, redactor=redactor, fs=fs, source=source, mapping=mapping)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# -- the file path (Ray Data) ------------------------------------------------------
+
+
+def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int) -> Iterator[pa.Table]:
+    """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
+    for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
+        yield from read_part(path, group, file_format, rows)
+
+
+def _json_records(batch: pa.Table) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """JSON Lines decoded one line at a time: a line that is not a JSON object is a dead letter naming
+    the file and line (not its text, which may hold personal data), as a CSV row that cannot be read."""
+    records: list[dict[str, Any]] = []
+    broken: list[Rejection] = []
+    for path, line, text in zip(*(batch.column(c).to_pylist() for c in ("file", "line", "text"))):
+        value = decode_json_line(text)
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            broken.append(Rejection(None, "undecodable", f"line {line}: {value}", None,
+                                    {"file": Path(path).name, "line": line}))
+    return records, broken
+
+
+def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str,
+                file_format: str) -> dict[str, np.ndarray]:
+    """Ray Data task: store one batch of file rows in the driver's database; returns its counts as one row."""
+    from sira.core.config import Settings
+
+    settings = Settings()
+    redactor = redactor_for(settings)
+    records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
+
+    async def run() -> IngestSummary:
+        conn = await db.connect(dsn)
+        try:
+            async with conn.transaction():
+                summary, _ = await store_events(
+                    conn, records, redactor=redactor, source=source, mapping=mapping,
+                    numbers_as_text=file_format == "csv",
+                )
+                if broken:
+                    await conn.copy_records_to_table(
+                        "sira_rejected_events",
+                        records=[(j.event_id, redactor.scrub_text(source), j.reason_code, j.reason, j.field,
+                                  redactor.payload(j.payload)) for j in broken],  # names a file: redacted
+                        columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+                    )
+                    summary.read += len(broken)
+                    summary.rejected += len(broken)
+                    summary.reasons.update(j.reason_code for j in broken)
+            return summary
+        finally:
+            await conn.close()
+
+    s = asyncio.run(run())
+    return {
+        "read": np.array([s.read]), "accepted": np.array([s.accepted]), "duplicates": np.array([s.duplicates]),
+        "rejected": np.array([s.rejected]), "reasons": np.array([dict(s.reasons)], dtype=object),
+    }
+
+
+def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: int, seq_from: int, seq_to: int,
+                   shards: int, dsn: str) -> dict[str, np.ndarray]:
+    """Ray Data task: features of the new events of one (entity, shard)."""
+    from sira.features.definitions import get_feature_set
+
+    fs = get_feature_set(fs_name, fs_version)
+    written = []
+    for entity, shard in zip(batch["entity"].tolist(), batch["shard"].tolist()):
+        async def run(entity: str = entity, shard: int = shard) -> int:
+            conn = await db.connect(dsn)
+            try:
+                key = "event_id" if entity == feature_store.EVENT_ENTITY else fs.entity(entity).key_column
+                keys = ", ".join(sorted({f'"{s.key_column}"' for s in fs.entities}))
+                events = [dict(r) for r in await conn.fetch(
+                    f"""SELECT event_id, occurred_at, amount::float8 AS amount, {keys} FROM sira_events
+                         WHERE seq > $1 AND seq <= $2 AND "{key}" IS NOT NULL
+                           AND (hashtext("{key}") & 2147483647) % $3 = $4""",
+                    seq_from, seq_to, shards, shard,
+                )]
+                if entity == feature_store.EVENT_ENTITY:
+                    rows = feature_store.event_level_rows(fs, events)
+                else:
+                    rows = await feature_store.compute_event_features(
+                        conn, fs, events, entities=[entity], include_event_level=False
+                    )
+                async with conn.transaction():
+                    return await feature_store.write_feature_rows(conn, fs, rows)
+            finally:
+                await conn.close()
+
+        written.append(asyncio.run(run()))
+    return {"written": np.array(written, dtype=np.int64)}
+
+
+def ingest_files(
+    settings: Settings,
+    paths: list[Path],
+    *,
+    fs: FeatureSet,
+    mapping: dict[str, str] | None = None,
+    source: str | None = None,
+    progress: bool = True,
+    batch_size: int = 10_000,
+    notify: Callable[[str], None] = lambda _m: None,
+) -> IngestSummary:
+    """Load event files through Ray Data, then compute the new events' features."""
+    import ray
+    import ray.data
+
+    from sira.core.progress import bar
+    from sira.core.ray_runtime import init_ray, quiet_ray_data
+
+    started = time.perf_counter()
+    mapping = mapping or {}
+    files = find_files(paths)
+    sample = read_sample(files)
+    check_columns(sample.column_names, mapping)
+    _check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
+    parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
+    source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
+    dsn = db.resolve_dsn(settings)
+
+    async def seq_now() -> int:
+        conn = await db.connect(dsn)
+        try:
+            from sira.core import migrations
+
+            await migrations.check(conn)
+            return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
+        finally:
+            await conn.close()
+
+    seq_from = asyncio.run(seq_now())
+    init_ray(settings, dsn)
+    quiet_ray_data()
+    notify(f"loading {len(files.paths)} {files.format} file(s)")
+    phase = time.perf_counter()
+    # Our own reads, one part per row group or file, rather than read_parquet/read_csv/read_json:
+    # their errors named no file, CSV types came from a file's first block (a value of another type
+    # further on failed the whole file) and JSON through Arrow's types (one row of another type
+    # failed the file; integers became floats beside a fraction).
+    total = sum(p["rows"] for p in parts) if all(p["rows"] >= 0 for p in parts) else None
+    try:
+        with _ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
+            counts = []
+            for c in (
+                ray.data.from_items(parts, override_num_blocks=len(parts))
+                .map_batches(_read_parts, batch_size=1, batch_format="numpy",
+                             fn_kwargs={"file_format": files.format, "rows": batch_size})
+                .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
+                             fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn,
+                                        "file_format": files.format})
+                .iter_rows()
+            ):
+                counts.append(c)
+                advance(int(c["read"]))
+    except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
+        raise _cause(exc) from None
+    summary = IngestSummary()
+    for c in counts:
+        summary.read += int(c["read"])
+        summary.accepted += int(c["accepted"])
+        summary.duplicates += int(c["duplicates"])
+        summary.rejected += int(c["rejected"])
+        summary.reasons.update(c["reasons"])
+    seq_to = asyncio.run(seq_now())
+    summary.phases["load"] = time.perf_counter() - phase
+    phase = time.perf_counter()
+    if seq_to > seq_from:
+        notify(f"computing features of {summary.accepted:,} new events")
+        shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
+                  for k in range(FEATURE_SHARDS)]
+        written = []
+        with bar("ingest: computing features", len(shards), unit="shards", show=progress) as advance:
+            for w in (
+                ray.data.from_items(shards)
+                .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
+                             fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
+                                        "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
+                .iter_rows()
+            ):
+                written.append(w)
+                advance(1)
+        summary.features_written = sum(int(w["written"]) for w in written)
+        summary.phases["features"] = time.perf_counter() - phase
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@contextmanager
+def _ray_data_errors_unlogged() -> Iterator[None]:
+    """Ray Data logs a failed task's whole traceback (~150 lines) on the console before raising it;
+    the caller reports the error itself (the CLI in one line). ``--debug`` (root logger at DEBUG)
+    keeps Ray's console log; Ray Data's log file keeps it always."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    drop = _BelowError()
+    for handler in console:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in console:
+            handler.removeFilter(drop)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The SIRA error a Ray task raised, else the task's own exception (Ray wraps it), else ``exc``."""
+    found = sira_cause(exc)
+    if found is not None:
+        return found
+    inner = getattr(exc, "cause", None)
+    return inner if isinstance(inner, BaseException) else exc
+
+
+def _check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
+    """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
+    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
+    if sample.num_rows == 0:
+        raise InvalidInput("the input has no rows")
+    redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
+    fields: Counter = Counter()
+    rows = sample.to_pylist()
+    for raw in rows:
+        result = normalize(raw, redactor, "sample", mapping, numbers_as_text=numbers_as_text)
+        if isinstance(result, Rejection) and result.field:
+            fields[result.field] += 1
+    for column, bad in fields.items():
+        if bad == len(rows):
+            source = mapping.get(column, column)
+            raise InvalidInput(
+                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
+                details={"column": source},
+            )

@@ -1,0 +1,342 @@
+"""Event models: what SIRA accepts, and how a raw record becomes a stored event.
+
+Every source (files, ``POST /v1/events``, the Redis stream, scored requests)
+goes through :func:`normalize`: column mapping, validation against
+:class:`EventIn`, PII redaction, and the canonical row written to
+``sira_events``. A record that fails becomes a :class:`Rejection` with a
+stable reason code and the field at fault; its payload is redacted too.
+
+Free-form input is bounded before any redaction: a string (or field name) longer
+than ``max_string_length`` is refused with ``field_too_long``, an integer beyond
+signed 64 bits, a NUL character or deep nesting with ``invalid_value``, and an
+amount sent as a boolean or a string with ``invalid_number``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from sira.core.config import get_settings
+from sira.core.errors import InvalidInput
+from sira.ingest.pii import MAX_NESTING, Redactor
+
+ENTITY_KEYS = ("customer_id", "account_id", "card_number", "card_token", "merchant_id", "terminal_id")
+# Canonical columns of sira_events, in COPY order.
+EVENT_COLUMNS = (
+    "event_id", "event_type", "occurred_at", "source", "customer_id", "account_id", "card_token", "merchant_id",
+    "terminal_id", "device_id", "ip_token", "email_token", "phone_token", "amount", "currency", "country",
+    "channel", "attributes",
+)
+# Input field -> canonical column it becomes after redaction.
+_TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token"}
+_MAX_ATTRIBUTES = 64
+
+MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
+Text = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the JSON encoder's and PostgreSQL bigint's range
+# Codes of the problems :func:`value_problem` finds and of numbers of the wrong JSON type: each is
+# also the type of the pydantic error raised for it, so every caller reports it under that code.
+VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
+# errors whose type is SIRA's code and whose context names the place inside the field (``path``)
+MISSING_CODES = ("missing_field", "missing_entity_key")
+FIELD_CODES = (*VALUE_CODES, *MISSING_CODES)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp in UTC; naive timestamps are taken as UTC."""
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def max_string_length() -> int:
+    """The longest string accepted in any field (``SIRA_MAX_STRING_LENGTH``)."""
+    return get_settings().max_string_length
+
+
+@dataclass(frozen=True)
+class ValueProblem:
+    """Why a JSON-like value is refused: a stable code, where (dotted path inside the value), why."""
+
+    code: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def error(self) -> PydanticCustomError:
+        """The pydantic error of this problem: its type is the code, its context names the path."""
+        return PydanticCustomError(self.code, "{problem}", {"problem": str(self), "path": self.path})
+
+
+def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -> ValueProblem | None:
+    """Why a JSON-like value cannot be accepted, naming where; None when it can.
+
+    Lengths are checked first, in constant time per string, so an over-long value is refused before
+    anything scans it (the redactor's searches, a NUL check). PostgreSQL text and jsonb refuse NUL
+    characters; the JSON encoder and bigint refuse integers beyond signed 64 bits; nesting deeper than
+    :data:`MAX_NESTING` is refused too.
+    """
+    if isinstance(value, str):
+        if len(value) > max_length:
+            return ValueProblem("field_too_long", path, f"longer than {max_length} characters ({len(value)})")
+        if "\x00" in value:
+            return ValueProblem("invalid_value", path, "must not contain NUL (\\u0000) characters")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return ValueProblem("invalid_value", path, "integer out of the signed 64-bit range")
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        return ValueProblem("invalid_value", path, f"nested more than {MAX_NESTING} levels deep")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = str(key)
+            if len(name) > max_length:
+                return ValueProblem("field_too_long", path, f"a field name is longer than {max_length} characters "
+                                    f"({len(name)})")
+            if "\x00" in name:
+                return ValueProblem("invalid_value", path, "field names must not contain NUL (\\u0000) characters")
+            problem = value_problem(item, max_length, f"{path}.{name}" if path else name, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = value_problem(item, max_length, f"{path}.{i}" if path else str(i), depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+class EventIn(BaseModel):
+    """A payment or usage event as sources send it (before redaction).
+
+    Required: ``event_id``, ``occurred_at``, at least one entity key, and
+    ``amount`` for payments. Unknown fields are kept in ``attributes`` after
+    redaction; naive timestamps are taken as UTC.
+    """
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    event_id: Text
+    occurred_at: datetime
+    event_type: Literal["payment", "usage"] = "payment"
+    customer_id: Text | None = None
+    account_id: Text | None = None
+    card_number: Annotated[str, Field(max_length=64)] | None = None
+    card_token: Text | None = None
+    merchant_id: Text | None = None
+    terminal_id: Text | None = None
+    device_id: Text | None = None
+    ip_address: Annotated[str, Field(max_length=64)] | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+    phone: Annotated[str, Field(max_length=64)] | None = None
+    amount: float | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] | None = None
+    country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+    channel: Annotated[str, Field(max_length=32)] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bounded_and_blank_is_missing(cls, value: Any) -> Any:
+        problem = value_problem(value, max_string_length())
+        if problem:
+            raise problem.error()
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        return value
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON has numbers: true or "12.5" is a sender's bug, not an amount. CSV has only text: a file
+        # reader that cannot type a column passes numbers_as_text and its numeric strings are numbers.
+        if isinstance(value, bool) or isinstance(value, str) and not (info.context or {}).get("numbers_as_text"):
+            raise PydanticCustomError("invalid_number", "must be a number, not {kind}",
+                                      {"kind": "a boolean" if isinstance(value, bool) else "a string"})
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        value = as_utc(value)
+        if not 1990 <= value.year <= 2200:
+            raise ValueError("must be between 1990 and 2200")
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def _finite_amount(cls, value: float | None) -> float | None:
+        if value is not None and (math.isinf(value) or value < 0 or value > 1e15):
+            raise ValueError("must be a finite number between 0 and 1e15")
+        return value
+
+    @field_validator("currency", "country")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @field_validator("channel")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _entity_and_amount(self) -> "EventIn":
+        problem = value_problem(self.model_extra, max_string_length()) if self.model_extra else None
+        if problem:
+            raise problem.error()
+        if not any(getattr(self, k) for k in ENTITY_KEYS):
+            raise PydanticCustomError("missing_entity_key", "needs at least one entity key ({keys})",
+                                      {"keys": ", ".join(ENTITY_KEYS), "path": ""})
+        if self.event_type == "payment" and self.amount is None:
+            raise PydanticCustomError("missing_field", "amount is required for payment events", {"path": "amount"})
+        return self
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a record was not accepted, safe to store (payload redacted)."""
+
+    event_id: str | None
+    reason_code: str
+    reason: str
+    field: str | None
+    payload: dict[str, Any]
+
+
+def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """Rename a source record's columns to SIRA's (mapping: canonical name -> source column)."""
+    if not mapping:
+        return dict(record)
+    renamed = {source: canonical for canonical, source in mapping.items()}
+    return {renamed.get(k, k): v for k, v in record.items()}
+
+
+def normalize(
+    raw: Mapping[str, Any], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None, *,
+    numbers_as_text: bool = False,
+) -> dict[str, Any] | Rejection:
+    """Validate and redact one record: a canonical ``sira_events`` row, or a rejection.
+
+    A rejection keeps the original record (source column names, redacted) so it can be replayed.
+    ``numbers_as_text``: the source has no number type (CSV), so a numeric string is a number.
+    """
+    record = apply_mapping(raw, mapping or {})
+    try:
+        event = EventIn.model_validate(record, context={"numbers_as_text": numbers_as_text})
+    except ValidationError as exc:
+        return _rejection(record, raw, exc, redactor)
+    return event_row(event, redactor, source, event.model_extra or {}, raw)
+
+
+def event_row(
+    event: EventIn, redactor: Redactor, source: str, extra: Mapping[str, Any], raw: Mapping[str, Any] | None = None
+) -> dict[str, Any] | Rejection:
+    """A validated event as its redacted ``sira_events`` row (``extra``: fields kept as attributes;
+    ``raw``: the record as sent, kept redacted in a rejection, else the event's own fields)."""
+    data = event.model_dump(exclude_none=False)
+    row: dict[str, Any] = {"source": source}
+    for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
+        value = data[name]
+        row[name] = redactor.scrub_value(value) if value is not None else None
+    if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
+        return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
+                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw))
+    for name, column in _TOKEN_COLUMNS.items():
+        row[column] = redactor.field(name, data[name])[1]
+    if data["card_token"] is not None and row["card_token"] is None:
+        row["card_token"] = data["card_token"]
+    if row["card_token"] is None and data["card_number"] is not None:
+        row["card_token"] = redactor.field("card_number", data["card_number"])[1]
+    row["device_id"] = redactor.field("device_id", data["device_id"])[1]
+    row.update(
+        event_type=data["event_type"], occurred_at=data["occurred_at"], amount=data["amount"],
+        currency=data["currency"], country=data["country"],
+        channel=redactor.scrub_text(data["channel"]) if data["channel"] else None,
+    )
+    attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
+    if len(attributes) > _MAX_ATTRIBUTES:
+        return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
+                         _payload(redactor, data, raw))
+    row["attributes"] = attributes
+    return row
+
+
+def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a rejection keeps: the record as sent (else the event's fields), bounded and redacted."""
+    return redactor.payload(_jsonable(dict(data if raw is None else raw), max_string_length()))
+
+
+def _jsonable(value: Any, max_length: int) -> Any:
+    """A JSON value PostgreSQL can store: integers beyond 64 bits become their digits, and a string or
+    field name over ``max_length`` a marker of its length (a dead letter never holds the value itself,
+    nor makes the redactor scan it)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        value = str(value)
+    if isinstance(value, str):
+        return value if len(value) <= max_length else _too_long(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {(name if len(name := str(k)) <= max_length else _too_long(name)): _jsonable(v, max_length)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, max_length) for v in value]
+    return _jsonable(str(value), max_length)
+
+
+def _too_long(text: str) -> str:
+    return f"<field_too_long {len(text)} characters>"  # no two words in a row: the redactor keeps it
+
+
+def _rejection(
+    record: Mapping[str, Any], raw: Mapping[str, Any], exc: ValidationError, redactor: Redactor
+) -> Rejection:
+    error = exc.errors()[0]
+    loc = ".".join(str(p) for p in error["loc"]) or None
+    kind = error["type"]
+    if kind in FIELD_CODES:  # the message names the place inside the field; the field names both
+        where = ".".join(p for p in (loc, (error.get("ctx") or {}).get("path")) if p) or None
+        code, reason, loc = kind, f"{loc}: {error['msg']}" if loc else error["msg"], where
+    elif kind == "missing":
+        code, reason = "missing_field", f"{loc} is required"
+    elif loc is None:
+        code, reason = "invalid_event", error["msg"].removeprefix("Value error, ")
+    else:
+        code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+    raw_id = record.get("event_id")
+    raw_id = "" if raw_id is None else str(raw_id)
+    event_id = redactor.scrub_value(raw_id)[:MAX_EVENT_ID] if 0 < len(raw_id) <= max_string_length() else None
+    return Rejection(event_id, code, redactor.scrub_text(reason), loc, _payload(redactor, record, raw))
+
+
+def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
+    """Fail before loading when a file's columns cannot make events (names the column)."""
+    present = set(apply_mapping({c: None for c in columns}, mapping))
+    missing_mapped = [source for source in mapping.values() if source not in columns]
+    if missing_mapped:
+        raise InvalidInput(
+            f"mapped column(s) not in the file: {', '.join(missing_mapped)}",
+            details={"columns": missing_mapped},
+        )
+    for required in ("event_id", "occurred_at"):
+        if required not in present:
+            raise InvalidInput(
+                f"required column {required} is missing (map one with --map {required}=SOURCE_COLUMN)",
+                details={"column": required},
+            )
+    if not present & set(ENTITY_KEYS):
+        raise InvalidInput(
+            f"no entity key column: need one of {', '.join(ENTITY_KEYS)}", details={"columns": list(ENTITY_KEYS)}
+        )

@@ -1,0 +1,209 @@
+"""Labels: chargebacks, review outcomes, churn outcomes, each with ``known_at``.
+
+Labels arrive late and from several systems. A label is keyed by (event,
+label name, source): importing the same file twice changes nothing; a source
+that changes its mind (a chargeback reversed) updates its own label.
+
+A label may also arrive before its event (a chargeback feed faster than the
+event export): it is kept, marked pending and answered ``pending_event``.
+Labels join events when they are read, so it counts as soon as the event
+comes; one whose event never comes expires after ``pending_label_ttl_days``
+into ``sira_rejected_events`` (checked on every label write, a probe of a
+partial index).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sira.ingest.events import apply_mapping, as_utc
+from sira.ingest.pii import Redactor
+
+_TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive", "churned", "anomaly"}
+_FALSE = {"0", "false", "f", "no", "n", "legit", "genuine", "negative", "retained", "normal"}
+
+
+class FeedbackIn(BaseModel):
+    """One label for an event (or a prediction)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    event_id: Annotated[str, Field(min_length=1, max_length=200)]
+    label: bool
+    known_at: datetime
+    label_name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = "fraud"
+    source: Annotated[str, Field(min_length=1, max_length=100)] = "import"
+    occurred_at: datetime | None = None
+    prediction_id: UUID | None = None
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        # the value itself stays out of the message: a wrongly mapped column may hold names
+        raise ValueError(f"expected a binary label (0/1, true/false, fraud/legit), got a {type(value).__name__} "
+                         "that is none of them")
+
+    @field_validator("known_at", "occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+@dataclass
+class FeedbackSummary:
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    pending_event: int = 0  # written (inserted or updated) for an event not stored yet
+    expired: int = 0  # pending labels whose event never came, moved to sira_rejected_events
+    reasons: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"read": self.read, "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
+                "rejected": self.rejected, "pending_event": self.pending_event, "expired": self.expired,
+                "rejected_by_reason": dict(sorted(self.reasons.items()))}
+
+
+# An event is known when it is stored, or was scored (a prediction names it, recorded or not).
+_EVENT_KNOWN = ("(EXISTS (SELECT 1 FROM sira_events e WHERE e.event_id = {0})"
+                " OR EXISTS (SELECT 1 FROM sira_predictions p WHERE p.event_id = {0}))")
+
+
+async def expire_pending_labels(conn: asyncpg.Connection, ttl_days: float, *, limit: int = 1_000) -> int:
+    """Move labels pending longer than ``ttl_days`` whose event still is not known to ``sira_rejected_events``
+    (reason ``pending_label_expired``); those whose event came meanwhile stop being pending. At most ``limit``
+    rows a call, skipping rows another writer holds: cheap enough for every label write."""
+    due_sql = """SELECT id, (""" + _EVENT_KNOWN.format("f.event_id") + """) AS known FROM sira_feedback f
+                  WHERE pending_since IS NOT NULL AND pending_since < now() - make_interval(secs => $1)
+                  ORDER BY pending_since LIMIT $2 FOR UPDATE SKIP LOCKED"""
+    return await conn.fetchval(
+        f"""WITH due AS ({due_sql}),
+                 arrived AS (UPDATE sira_feedback f SET pending_since = NULL FROM due WHERE f.id = due.id AND due.known),
+                 gone AS (DELETE FROM sira_feedback f USING due WHERE f.id = due.id AND NOT due.known
+                          RETURNING f.event_id, f.label_name, f.label, f.source, f.known_at, f.pending_since,
+                                    f.created_by),
+                 moved AS (INSERT INTO sira_rejected_events (event_id, source, reason_code, reason, field, payload)
+                           SELECT event_id, left('feedback:' || source, 200), 'pending_label_expired',
+                                  'no event with this event_id arrived within ' || $3 || ' days of the label',
+                                  'event_id',
+                                  jsonb_build_object('label_name', label_name, 'label', label, 'source', source,
+                                                     'known_at', known_at, 'pending_since', pending_since,
+                                                     'created_by', created_by)
+                             FROM gone RETURNING 1)
+            SELECT count(*) FROM moved""",
+        ttl_days * 86_400, limit, f"{ttl_days:g}")
+
+
+async def record_labels(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    redactor: Redactor,
+    source: str = "import",
+    created_by: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    pending_ttl_days: float | None = None,
+) -> FeedbackSummary:
+    """Validate and upsert labels; invalid rows go to ``sira_rejected_events`` with their reason. A label for
+    an event not known yet is stored pending; ``pending_ttl_days``: also expire labels pending longer."""
+    summary = FeedbackSummary(read=len(records))
+    good: dict[tuple[str, str, str], FeedbackIn] = {}
+    rejected = []
+    for raw in records:
+        record = {"source": source, **apply_mapping(raw, mapping or {})}
+        try:
+            item = FeedbackIn.model_validate(record)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = ".".join(str(p) for p in error["loc"]) or None
+            code = "missing_field" if error["type"] == "missing" else "invalid_field"
+            reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+            payload = redactor.payload({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in raw.items()})
+            event_id = redactor.scrub_value(str(raw.get("event_id")))[:200] if raw.get("event_id") else None
+            rejected.append((event_id, redactor.scrub_text(f"feedback:{source}"), code, redactor.scrub_text(reason),
+                             loc, payload))
+            continue
+        item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
+        item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token
+        good[(item.event_id, item.label_name, item.source)] = item  # the last word of a file wins
+    if rejected:
+        await conn.copy_records_to_table(
+            "sira_rejected_events", records=rejected,
+            columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+        )
+        summary.rejected = len(rejected)
+        summary.reasons.update(r[2] for r in rejected)
+    if good:
+        rows = await conn.fetch(
+            f"""INSERT INTO sira_feedback (event_id, label_name, label, source, known_at, occurred_at, prediction_id,
+                                          created_by, pending_since)
+               SELECT u.*, CASE WHEN u.prediction_id IS NOT NULL OR {_EVENT_KNOWN.format("u.event_id")}
+                                THEN NULL ELSE now() END
+                 FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::timestamptz[],
+                             $6::timestamptz[], $7::uuid[], $8::text[])
+                      AS u(event_id, label_name, label, source, known_at, occurred_at, prediction_id, created_by)
+               ON CONFLICT (event_id, label_name, source) DO UPDATE
+                  SET label = EXCLUDED.label, known_at = EXCLUDED.known_at,
+                      occurred_at = coalesce(EXCLUDED.occurred_at, sira_feedback.occurred_at),
+                      prediction_id = coalesce(EXCLUDED.prediction_id, sira_feedback.prediction_id),
+                      updated_by = EXCLUDED.created_by, updated_at = now(),
+                      -- still pending: since the label was first written (its time to live does not restart)
+                      pending_since = CASE WHEN EXCLUDED.pending_since IS NOT NULL
+                                           THEN coalesce(sira_feedback.pending_since, EXCLUDED.pending_since) END
+                WHERE (sira_feedback.label, sira_feedback.known_at) IS DISTINCT FROM (EXCLUDED.label, EXCLUDED.known_at)
+               RETURNING (xmax = 0) AS inserted, pending_since IS NOT NULL AS pending""",
+            [g.event_id for g in good.values()], [g.label_name for g in good.values()],
+            [g.label for g in good.values()], [g.source for g in good.values()],
+            [g.known_at for g in good.values()], [g.occurred_at for g in good.values()],
+            [g.prediction_id for g in good.values()], [created_by] * len(good),
+        )
+        summary.inserted = sum(1 for r in rows if r["inserted"])
+        summary.updated = len(rows) - summary.inserted
+        summary.unchanged = len(good) - len(rows)
+        summary.pending_event = sum(1 for r in rows if r["pending"])
+    if pending_ttl_days is not None:
+        summary.expired = await expire_pending_labels(conn, pending_ttl_days)
+    return summary
+
+
+async def import_label_files(
+    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str = "import",
+    created_by: str | None = None,
+) -> FeedbackSummary:
+    """``sira feedback import``: read label files (checked first) and record them in one transaction."""
+    from sira.core import db
+    from sira.core.errors import InvalidInput
+    from sira.core.files import find_files, read_table
+    from sira.ingest.bulk import redactor_for
+
+    mapping = dict(mapping or {})
+    table = read_table(find_files(paths))
+    required = {mapping.get(c, c) for c in ("event_id", "label", "known_at")}
+    missing = sorted(required - set(table.column_names))
+    if missing:
+        raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
+                                       mapping=mapping, created_by=created_by,
+                                       pending_ttl_days=settings.pending_label_ttl_days)

@@ -1,0 +1,242 @@
+"""Streaming ingestion behind a small event-source interface; Redis Streams implements it.
+
+Delivery is at least once: a batch is acknowledged only after its database
+transaction commits, and a restarted consumer first re-reads its own pending
+entries, then claims entries that a dead consumer left pending. Events are
+idempotent by ``event_id`` and labels by (event, label, source), so a
+redelivered entry is never counted twice.
+
+Entry format (``XADD sira:events * kind event data '<json>'``): ``kind`` is
+``event`` (default) or ``label``; ``data`` is one JSON object.
+
+Producers put raw events on the stream, personal data (card numbers, emails)
+included: SIRA redacts them only when it stores them. So entries do not stay:
+after each acknowledgement the consumer deletes (``XTRIM MINID``) what every
+consumer group of the stream has acknowledged, keeping ``stream_retention_s``
+seconds of it for replay when set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sira.core import db
+from sira.core.config import Settings
+from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.features.definitions import FeatureSet
+from sira.ingest.bulk import IngestSummary, ingest_batch, redactor_for
+from sira.ingest.labels import record_labels
+
+STREAM = "sira:events"
+GROUP = "sira-ingest"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    kind: str
+    data: dict[str, Any] | None  # None: the entry could not be decoded
+    error: str | None = None
+
+
+class EventSource(Protocol):
+    """Where streamed events come from (Redis Streams here; Kafka would implement the same)."""
+
+    async def read(self, count: int, block_ms: int) -> list[Entry]: ...
+
+    async def ack(self, ids: list[str]) -> None: ...
+
+
+class RedisStreamSource:
+    """A consumer in a Redis Streams consumer group."""
+
+    def __init__(self, url: str, *, stream: str = STREAM, group: str = GROUP, consumer: str | None = None,
+                 claim_idle_ms: int = 30_000, retention_s: float = 0.0):
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(url)
+        self.stream, self.group = stream, group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms
+        self.retention_s = retention_s
+        self._own_pending_done = False
+        self._claim_cursor = "0-0"
+
+    async def start(self) -> None:
+        import redis
+
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        except (redis.ConnectionError, OSError) as exc:
+            raise ServiceUnavailable(f"cannot reach Redis for the event stream: {exc}") from None
+        await self.trim()  # what was acknowledged before this consumer (or an older SIRA) ran
+
+    async def read(self, count: int, block_ms: int) -> list[Entry]:
+        # 1. entries this consumer read before a crash and never acknowledged
+        if not self._own_pending_done:
+            got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+            entries = _decode(got)
+            if entries:
+                return entries
+            self._own_pending_done = True
+        # 2. entries a dead consumer left pending for too long
+        cursor, claimed, *_ = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
+        )
+        self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        claimed = [c for c in claimed if c and c[1] is not None]
+        if claimed:
+            return [_entry(i, f) for i, f in claimed]
+        # 3. new entries
+        got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return _decode(got)
+
+    async def ack(self, ids: list[str]) -> None:
+        if ids:
+            await self.redis.xack(self.stream, self.group, *ids)
+            await self.trim()
+
+    async def trim(self) -> int:
+        """Delete the entries every consumer group of the stream has acknowledged (older than the
+        retention, when one is set); returns how many. A group keeps from its oldest pending entry,
+        or past the last entry delivered to it when none is pending; a group that has read nothing
+        keeps everything."""
+        import redis
+
+        floor: tuple[int, int] | None = None
+        try:
+            for group in await self.redis.xinfo_groups(self.stream):
+                ms, seq = _stream_id(group["last-delivered-id"])
+                keep = (ms, seq + 1)
+                if int(group["pending"]):
+                    oldest = (await self.redis.xpending(self.stream, group["name"]))["min"]
+                    keep = _stream_id(oldest) if oldest is not None else keep  # None: acked since XINFO
+                floor = keep if floor is None else min(floor, keep)
+            if floor is None:
+                return 0
+            if self.retention_s:
+                seconds, micros = await self.redis.time()  # the clock that stamped the entry ids
+                floor = min(floor, (int(seconds * 1000 + micros // 1000 - self.retention_s * 1000), 0))
+            return int(await self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+        except redis.ResponseError as exc:  # e.g. Redis before 6.2 (no MINID): consuming goes on
+            log.warning("cannot trim %s: %s", self.stream, exc)
+            return 0
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _stream_id(raw: Any) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _decode(got: Any) -> list[Entry]:
+    out: list[Entry] = []
+    for _stream, items in got or []:
+        out += [_entry(i, f) for i, f in items]
+    return out
+
+
+def _entry(raw_id: Any, fields: Mapping[bytes, bytes]) -> Entry:
+    entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+    fields = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+              for k, v in (fields or {}).items()}
+    kind = fields.get("kind", "event")
+    try:
+        data = json.loads(fields["data"])
+        if not isinstance(data, dict):
+            raise ValueError("data is not a JSON object")
+    except (KeyError, ValueError) as exc:
+        return Entry(entry_id, kind, None, f"undecodable entry: {exc}")
+    return Entry(entry_id, kind, data)
+
+
+async def process_entries(
+    pool: Any, entries: list[Entry], *, settings: Settings, fs: FeatureSet, mapping: Mapping[str, str] | None = None
+) -> IngestSummary:
+    """Store one batch of entries (events, labels, dead letters) in one transaction."""
+    redactor = redactor_for(settings)
+    events = [e.data for e in entries if e.kind == "event" and e.data is not None]
+    labels = [e.data for e in entries if e.kind == "label" and e.data is not None]
+    broken = [e for e in entries if e.data is None or e.kind not in ("event", "label")]
+    async with db.transaction(pool) as conn:
+        summary = await ingest_batch(conn, events, redactor=redactor, fs=fs, source="stream", mapping=mapping)
+        if labels:
+            await record_labels(conn, labels, redactor=redactor, source="stream", mapping=mapping)
+        if broken:
+            await conn.copy_records_to_table(
+                "sira_rejected_events",
+                records=[(None, "stream", "undecodable" if e.data is None else "unknown_kind",
+                          e.error or f"unknown entry kind {e.kind!r}", None, {"stream_id": e.id}) for e in broken],
+                columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+            )
+            summary.rejected += len(broken)
+            summary.reasons.update("undecodable" if e.data is None else "unknown_kind" for e in broken)
+    summary.read = len(entries)
+    return summary
+
+
+async def consume(
+    source: EventSource, pool: Any, *, settings: Settings, fs: FeatureSet, mapping: Mapping[str, str] | None = None,
+    batch: int = 200, block_ms: int = 1_000, max_events: int | None = None, stop: asyncio.Event | None = None,
+    on_batch: Callable[[list[Entry], IngestSummary], None] | None = None,
+) -> IngestSummary:
+    """Read, store, then acknowledge, until stopped or ``max_events`` entries were handled."""
+    total = IngestSummary()
+    started = time.perf_counter()
+    stop = stop or asyncio.Event()
+    while not stop.is_set() and (max_events is None or total.read < max_events):
+        want = batch if max_events is None else min(batch, max_events - total.read)
+        entries = await source.read(want, block_ms)
+        if not entries:
+            continue
+        summary = await process_entries(pool, entries, settings=settings, fs=fs, mapping=mapping)
+        await source.ack([e.id for e in entries])  # only after the commit
+        total.add(summary)
+        if on_batch is not None:
+            on_batch(entries, summary)
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+async def consume_forever(
+    settings: Settings, *, fs: FeatureSet, mapping: Mapping[str, str] | None = None, max_events: int | None = None,
+    batch: int = 200, consumer: str | None = None, notify: Callable[[str], None] | None = None,
+) -> IngestSummary:
+    """``sira ingest --stream``: consume ``sira:events`` until SIGINT/SIGTERM (or ``max_events``)."""
+    if not settings.redis_url:
+        raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
+    source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
+    await source.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if notify:
+        notify(f"consuming {STREAM} as {source.consumer} in group {GROUP} (Ctrl-C to stop)")
+
+    def report(entries: list[Entry], s: IngestSummary) -> None:
+        if notify:
+            notify(f"{len(entries)} entries: {s.accepted} accepted, {s.duplicates} duplicates, {s.rejected} rejected")
+
+    try:
+        async with db.open_pool(settings) as pool:
+            return await consume(source, pool, settings=settings, fs=fs, mapping=mapping, batch=batch,
+                                 max_events=max_events, stop=stop, on_batch=report)
+    finally:
+        await source.close()

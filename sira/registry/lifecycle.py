@@ -1,0 +1,99 @@
+"""The version lifecycle and approval rules, as pure functions (no I/O).
+
+candidate → validated → staging → production → archived, or rejected.
+``production`` is reached only when a promotion request gathers the model's
+required number of distinct approvals (a policy may promote on its own only
+when that number is 0), or by a rollback, which brings the previous
+production version back from ``archived``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sira.core.errors import Conflict, InvalidInput, PermissionDenied
+
+STATUSES = ("candidate", "validated", "staging", "production", "archived", "rejected")
+# Direct transitions; production is entered only through approve_request / rollback.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "candidate": frozenset({"validated", "rejected"}),
+    "validated": frozenset({"staging", "production", "rejected", "archived"}),
+    "staging": frozenset({"validated", "production", "archived", "rejected"}),
+    "production": frozenset({"archived"}),
+    "archived": frozenset({"production"}),
+    "rejected": frozenset(),
+}
+PROMOTABLE = frozenset({"validated", "staging"})
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+def check_transition(current: str, target: str, *, via: str = "direct") -> None:
+    """Raise unless ``current → target`` is legal (production only via approval or rollback)."""
+    for status in (current, target):
+        if status not in STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; statuses: {', '.join(STATUSES)}")
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(f"a {current} version cannot become {target}",
+                                details={"from": current, "to": target})
+    if target == "production" and via not in ("approval", "rollback", "policy"):
+        raise IllegalTransition("production is reached through approvals (sira promote + sira approve) or a rollback",
+                                details={"from": current, "to": target})
+    if current == "archived" and via != "rollback":
+        raise IllegalTransition("an archived version returns to production only by a rollback",
+                                details={"from": current, "to": target})
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    failures: tuple[str, ...]
+
+
+def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_set_names: Sequence[str] | None) -> GateResult:
+    """What a candidate must show before it is ``validated``."""
+    failures = []
+    metrics = version.get("metrics") or {}
+    for part in ("validation", "test"):
+        ap = (metrics.get(part) or {}).get("average_precision")
+        if ap is None:
+            failures.append(f"{part} average precision is missing")
+    thresholds = version.get("thresholds") or {}
+    if not {"review", "block"} <= set(thresholds):
+        failures.append("decision thresholds (review, block) are not set")
+    elif not 0 <= thresholds["review"] <= thresholds["block"] <= 1:
+        failures.append("thresholds must satisfy 0 <= review <= block <= 1")
+    if not checksum_ok:
+        failures.append("the artifact does not match its registered checksum")
+    schema = [f["name"] for f in version.get("feature_schema") or []]
+    if not schema:
+        failures.append("the feature schema is empty")
+    elif feature_set_names is not None:
+        unknown = sorted(set(schema) - set(feature_set_names))
+        if unknown:
+            failures.append(f"features not in the model's feature set: {', '.join(unknown[:5])}")
+    return GateResult(not failures, tuple(failures))
+
+
+def check_approver(approver: str, roles: Iterable[str], *, creator: str, requester: str,
+                   already: Iterable[str]) -> None:
+    """Raise unless ``approver`` may approve: holds the approver role, did not create the version, has not
+    approved this request before."""
+    if "approver" not in set(roles) and "admin" not in set(roles):
+        raise PermissionDenied(f"{approver} does not hold the approver role")
+    if approver == creator:
+        raise PermissionDenied("the creator of a version cannot approve it", code="self_approval")
+    if approver in set(already):
+        raise Conflict(f"{approver} has already decided on this request", code="already_decided")
+
+
+def request_outcome(required: int, decisions: Sequence[tuple[str, str]]) -> str:
+    """pending, approved (``required`` distinct approvals) or rejected (any rejection closes it)."""
+    if any(decision == "reject" for _, decision in decisions):
+        return "rejected"
+    approvers = {who for who, decision in decisions if decision == "approve"}
+    return "approved" if len(approvers) >= required else "pending"

@@ -1,0 +1,161 @@
+"""What a scoring request carries, validated (pydantic, no web framework), and the request on its way
+through a batch."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from sira.ingest.events import EventIn, max_string_length, value_problem
+from sira.serving.scoring import ModelRuntime
+
+# -- requests and answers ------------------------------------------------------------------
+
+
+def _reject_unstorable(value: Any) -> Any:
+    """NaN and infinity, over-long strings and field names, NUL characters, integers beyond 64 bits and
+    deep nesting are refused wherever they hide in a free-form field, each under its code (JSON parsers
+    accept them; the audit trail could not store them; the redactor need not scan them)."""
+    _reject_non_finite(value)
+    problem = value_problem(value, max_string_length())
+    if problem:
+        raise problem.error()
+    return value
+
+
+def _reject_non_finite(value: Any, path: str = "") -> Any:
+    """NaN and infinity are refused wherever they hide (JSON parsers accept them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("non_finite", "{where}must be finite (NaN and infinity are not accepted)",
+                                  {"where": f"{path}: " if path else ""})
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{path}.{i}" if path else str(i))
+    return value
+
+
+class ScoreEvent(EventIn):
+    """The event to score: the fields of an ingested event; anything else goes in ``attributes``."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    attributes: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("amount", "attributes", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return _reject_unstorable(value)
+
+
+class ScoreItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="Idempotency key: the same request id returns the same answer without scoring again.")
+    event: ScoreEvent | None = None
+    features: dict[str, Any] | None = Field(None, description="Ready features (bring-your-own-table models).")
+    record: bool = Field(True, description="Also record the event in the feature pipeline.")
+    explain: bool = Field(False, description="Reason codes inline whatever the decision.")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _finite_features(cls, value: Any) -> Any:
+        return _reject_unstorable(value)
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _storable_request_id(cls, value: Any) -> Any:
+        return _reject_unstorable(value)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "ScoreItem":
+        if (self.event is None) == (self.features is None):
+            raise ValueError("send either event (feature-store models) or features (bring-your-own models)")
+        return self
+
+
+class ScoreRequest(ScoreItem):
+    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+
+class BatchScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+    requests: list[ScoreItem] = Field(..., min_length=1)
+
+
+class Reason(BaseModel):
+    code: str
+    feature: str
+    value: Any
+    contribution: float
+    direction: str
+    text: str
+
+
+class ScoreResponse(BaseModel):
+    prediction_id: str
+    request_id: str
+    model: str
+    version: int
+    score: float
+    decision: Literal["approve", "review", "block"]
+    reasons: list[Reason]
+    reasons_deferred: bool = False
+    flags: dict[str, Any] = {}
+    degraded: bool = False
+    degraded_reasons: list[str] = []
+    latency_ms: float
+    scored_at: str
+    event_id: str | None = None
+    replayed: bool = False
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: uuid.UUID | None = None
+    event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    label: bool
+    label_name: Annotated[str, Field(min_length=1, max_length=64)] = "fraud"
+    known_at: datetime | None = None
+    source: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+
+    @field_validator("event_id", "label_name", "source", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return _reject_unstorable(value)
+
+    @model_validator(mode="after")
+    def _target(self) -> "FeedbackRequest":
+        if self.prediction_id is None and self.event_id is None:
+            raise ValueError("name the prediction_id or the event_id the label is about")
+        return self
+
+
+@dataclass
+class Item:
+    """A validated request on its way through a batch."""
+
+    runtime: ModelRuntime
+    shadow: ModelRuntime | None
+    request_id: str
+    client_request_id: bool
+    event: dict[str, Any] | None  # normalized (redacted) event
+    features: dict[str, Any] | None
+    record: bool
+    explain: bool
+    started: float
+    missing: list[str] = field(default_factory=list)
+    digest: str | None = None  # of what was asked (a client's request id): the same id with other input conflicts

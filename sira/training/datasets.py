@@ -1,0 +1,379 @@
+"""Training sets: from a table the user brings, with their features inferred and reported.
+
+A bring-your-own table (Parquet or CSV, a file or a folder) becomes a labelled
+matrix: numeric columns are features; string, boolean or category columns
+with few distinct values are categorical features; the id column, the time
+column, constant columns and all-unique (or too varied) string columns are
+dropped, each with its reason. The split is by time when a time column is
+given (train, then validation, then test), else stratified and seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sira.core.errors import InvalidInput
+from sira.core.files import find_files, read_table
+from sira.training.trainer import FeatureSpec, Matrix, encode_columns
+from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
+
+MAX_CATEGORIES = 100
+_TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive"}
+_FALSE = {"0", "false", "f", "no", "n", "legit", "negative"}
+
+
+@dataclass
+class Dataset:
+    """A labelled matrix with what is needed to split, evaluate by segment and trace it."""
+
+    matrix: Matrix
+    times: np.ndarray | None  # int64 µs, or None
+    ids: list[Any] | None
+    segments: dict[str, np.ndarray] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    method: str
+    windows: dict[str, Any] = field(default_factory=dict)
+
+
+def _label_array(column: pa.ChunkedArray, positive: str | None, name: str) -> np.ndarray:
+    if column.null_count:
+        raise InvalidInput(f"label column {name} has {column.null_count} missing values", details={"column": name})
+    values = column.to_pylist()
+    if positive is not None:
+        distinct = {str(v) for v in values}
+        if str(positive) not in distinct:
+            raise InvalidInput(f"--positive {positive!r} does not occur in label column {name}")
+        if len(distinct) != 2:
+            raise InvalidInput(f"label column {name} is not binary: {len(distinct)} distinct values",
+                               details={"column": name})
+        return np.array([str(v) == str(positive) for v in values], dtype=np.float64)
+    out = np.empty(len(values))
+    for i, v in enumerate(values):
+        text = str(v).strip().lower()
+        if isinstance(v, bool):
+            out[i] = float(v)
+        elif text in _TRUE or (isinstance(v, (int, float)) and v == 1):
+            out[i] = 1.0
+        elif text in _FALSE or (isinstance(v, (int, float)) and v == 0):
+            out[i] = 0.0
+        else:
+            distinct = sorted({str(x) for x in values})[:5]
+            raise InvalidInput(
+                f"label column {name} is not binary (values such as {', '.join(distinct)}); "
+                "use 0/1, true/false, or --positive VALUE",
+                details={"column": name},
+            )
+    return out
+
+
+def infer_schema(table: pa.Table, exclude: set[str]) -> tuple[list[FeatureSpec], dict[str, str]]:
+    """Which columns are features, of what kind, and why the others are not."""
+    schema: list[FeatureSpec] = []
+    dropped: dict[str, str] = {}
+    n = table.num_rows
+    for name in table.column_names:
+        if name in exclude:
+            continue
+        column = table.column(name)
+        kind = column.type
+        non_null = column.drop_null()
+        distinct = pc.count_distinct(non_null).as_py() if len(non_null) else 0
+        if distinct <= 1:
+            dropped[name] = "constant"
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            schema.append(FeatureSpec(name, "numeric"))
+        elif pa.types.is_boolean(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) \
+                or pa.types.is_dictionary(kind):
+            if distinct == len(non_null) and n > MAX_CATEGORIES:
+                dropped[name] = "all values unique (an identifier?)"
+            elif distinct > MAX_CATEGORIES:
+                dropped[name] = f"{distinct} distinct values (more than {MAX_CATEGORIES} for a categorical)"
+            else:
+                values = sorted({str(v) for v in non_null.to_pylist()})
+                schema.append(FeatureSpec(name, "categorical", tuple(values)))
+        else:
+            dropped[name] = f"unsupported type {kind}"
+    if not schema:
+        raise InvalidInput("no usable feature columns in the table", details={"dropped": dropped})
+    return schema, dropped
+
+
+def load_table_dataset(
+    paths: list[Path], *, label: str, time_col: str | None = None, id_col: str | None = None,
+    positive: str | None = None, schema: list[FeatureSpec] | None = None,
+) -> Dataset:
+    """A bring-your-own table as a labelled matrix (``schema`` given: reuse it, e.g. for scoring)."""
+    files = find_files(paths)
+    table = read_table(files)
+    for role, name in (("label", label), ("time", time_col), ("id", id_col)):
+        if name is not None and name not in table.column_names:
+            raise InvalidInput(f"{role} column {name} is not in the table (columns: {', '.join(table.column_names)})",
+                               details={"column": name})
+    if table.num_rows == 0:
+        raise InvalidInput("the table has no rows")
+    y = _label_array(table.column(label), positive, label)
+    exclude = {label, *(c for c in (time_col, id_col) if c)}
+    dropped: dict[str, str] = {c: role for c, role in ((time_col, "time column"), (id_col, "id column")) if c}
+    if schema is None:
+        schema, why = infer_schema(table, exclude)
+        dropped.update(why)
+    times, time_read = (read_time_column(table.column(time_col), time_col) if time_col else (None, None))
+    columns = {f.name: table.column(f.name).to_pylist() for f in schema}
+    X = encode_columns(columns, schema)
+    segments = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in ("country", "channel")
+                if c in table.column_names}
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(X).tobytes())
+    digest.update(y.tobytes())
+    fingerprint = {
+        "source": [str(p) for p in files.paths], "rows": int(table.num_rows), "positives": int(y.sum()),
+        "label": label, "time_col": time_col, "content_sha256": digest.hexdigest(),
+        **({"time_column": {"name": time_col, "read_as": time_read}} if time_col else {}),
+    }
+    ids = table.column(id_col).to_pylist() if id_col else None
+    return Dataset(Matrix(X, y, schema), times, ids, segments, dropped, fingerprint)
+
+
+# Numbers in a time column: epoch seconds or milliseconds when they fall in these ranges
+# (1973..2096), else an offset in seconds from the start of the data (as many public fraud data sets have).
+EPOCH_SECONDS = (1e8, 4e9)
+EPOCH_MILLISECONDS = (1e11, 4e12)
+
+
+def read_time_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, str]:
+    """A time column as int64 µs since the epoch, and how it was read: timestamps, date strings, or numbers
+    (epoch seconds, epoch milliseconds, or seconds from the start of the data: an ordering for the split)."""
+    if column.null_count:
+        raise InvalidInput(f"time column {name} has missing values", details={"column": name})
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = column.to_numpy().astype(np.float64)
+        if not np.isfinite(values).all():
+            raise InvalidInput(f"time column {name} has values that are not finite numbers", details={"column": name})
+        lo, hi = float(values.min()), float(values.max())
+        if EPOCH_SECONDS[0] <= lo and hi <= EPOCH_SECONDS[1]:
+            scale, read_as = 1e6, "epoch seconds"
+        elif EPOCH_MILLISECONDS[0] <= lo and hi <= EPOCH_MILLISECONDS[1]:
+            scale, read_as = 1e3, "epoch milliseconds"
+        else:
+            scale, read_as = 1e6, "seconds from the start of the data (an ordering for the time split)"
+        return np.round(values * scale).astype(np.int64), read_as
+    read_as = "timestamps"
+    if not pa.types.is_timestamp(column.type):
+        try:
+            column, read_as = pc.cast(column, pa.timestamp("us")), "timestamps (ISO 8601 text)"
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            try:
+                column = pc.strptime(column, format="%Y-%m-%d %H:%M:%S", unit="us")
+                read_as = "timestamps (YYYY-MM-DD HH:MM:SS text)"
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InvalidInput(f"time column {name} cannot be read as timestamps or numbers (epoch seconds, "
+                                   "milliseconds, or seconds from the start)", details={"column": name}) from None
+    return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(), read_as
+
+
+MIN_VALID_POSITIVES = 20
+
+
+def tail_with_positives(order: np.ndarray, y: np.ndarray, share: float, min_positives: int = MIN_VALID_POSITIVES) -> int:
+    """How many of the latest rows (``order`` is by time) make a window of at least ``share`` of them that
+    also holds ``min_positives`` positives, when the rows before it keep at least as many."""
+    n = order.size
+    count = max(1, int(round(n * share)))
+    positives_from_end = np.cumsum(y[order][::-1])
+    total = positives_from_end[-1] if n else 0
+    wanted = min(min_positives, int(total // 2))
+    if wanted > 0 and positives_from_end[count - 1] < wanted:
+        count = int(np.searchsorted(positives_from_end, wanted) + 1)
+    return min(count, n - 1) if n > 1 else n
+
+
+def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_share: float = 0.15) -> Split:
+    """By time when the dataset has times (train < validation < test), else stratified and seeded."""
+    n = ds.matrix.y.size
+    if ds.times is not None:
+        order = np.argsort(ds.times, kind="stable")
+        n_test = tail_with_positives(order, ds.matrix.y, test_share)
+        rest = order[: n - n_test]
+        n_valid = tail_with_positives(rest, ds.matrix.y, valid_share / (1 - test_share))
+        train, valid, test = rest[: rest.size - n_valid], rest[rest.size - n_valid:], order[n - n_test:]
+        windows = {name: {"from": int(ds.times[idx].min()), "to": int(ds.times[idx].max())}
+                   for name, idx in (("train", train), ("validation", valid), ("test", test)) if idx.size}
+        split = Split(np.sort(train), np.sort(valid), np.sort(test), "time", windows)
+    else:
+        rng = np.random.default_rng(seed)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
+        for cls in (0.0, 1.0):
+            idx = np.flatnonzero(ds.matrix.y == cls)
+            idx = idx[rng.permutation(idx.size)]
+            n_test = int(round(idx.size * test_share))
+            n_valid = int(round(idx.size * valid_share))
+            parts["test"].append(idx[:n_test])
+            parts["valid"].append(idx[n_test: n_test + n_valid])
+            parts["train"].append(idx[n_test + n_valid:])
+        split = Split(*(np.sort(np.concatenate(parts[k])) for k in ("train", "valid", "test")), method="stratified")
+    for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
+        if idx.size == 0:
+            raise InvalidInput(f"the {name} window is empty; bring more rows")
+        if ds.matrix.y[idx].sum() == 0:
+            raise InvalidInput(f"the {name} window has no positive labels; bring more positives or widen it")
+    return split
+
+
+# -- from the feature store -------------------------------------------------------
+
+SHARD_SQL = """
+SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_token, e.terminal_id,
+       e.amount::float8 AS amount,
+       (SELECT jsonb_object_agg(f.entity_type, f.features) FROM sira_features f
+         WHERE f.event_id = e.event_id AND f.feature_set = $3 AND f.feature_set_version = $4) AS vectors,
+       lab.positive_known_at, lab.negative_known
+  FROM sira_events e
+  LEFT JOIN LATERAL (
+        SELECT min(fb.known_at) FILTER (WHERE fb.label) AS positive_known_at,
+               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
+          FROM sira_feedback fb
+         WHERE fb.event_id = e.event_id AND fb.label_name = $6) lab ON true
+ WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+"""
+
+
+def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any, windows: Windows | None,
+                       label_name: str) -> list[dict[str, Any]]:
+    """One shard (a time range) of feature vectors, read with its own connection (a Ray task's work), in
+    (time, event id) order. With ``windows``, labelled by the dataset's label rule (events it leaves out are
+    dropped); without, every event, unlabelled (batch scoring, drift).
+
+    Label-derived features are recomputed here as of each event from the event log and
+    the labels known before it, whatever was known when the event was ingested.
+    """
+    import asyncio
+
+    from sira.core import db
+    from sira.features import store as feature_store
+    from sira.features.definitions import get_feature_set
+
+    fs = get_feature_set(fs_name, fs_version)
+    label_specs = [s.entity for s in fs.entities if s.label_delay]
+
+    async def run() -> list[dict[str, Any]]:
+        conn = await db.connect(dsn)
+        try:
+            rows = await conn.fetch(SHARD_SQL, lo, hi, fs.name, fs.version, windows.cutoff if windows else hi,
+                                    label_name)
+            events = sorted((dict(r) for r in rows), key=lambda e: (e["occurred_at"], e["event_id"]))
+            recomputed: dict[tuple[str, str], dict[str, Any]] = {}
+            if label_specs and events:
+                for row in await feature_store.compute_event_features(
+                    conn, fs, events, entities=label_specs, include_event_level=False
+                ):
+                    recomputed[(row.event_id, row.entity_type)] = row.features
+            return [_shard_row(e, fs, windows, recomputed) for e in events]
+        finally:
+            await conn.close()
+
+    return [r for r in asyncio.run(run()) if r is not None]
+
+
+def _shard_row(e: dict[str, Any], fs: Any, windows: Windows | None, recomputed: dict) -> dict[str, Any] | None:
+    from sira.features.store import to_us
+
+    y = label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows) if windows else None
+    if windows is not None and y is None:
+        return None
+    vector: dict[str, Any] = {}
+    for entity, values in (e["vectors"] or {}).items():
+        vector.update(values)
+    for spec in fs.entities:
+        if (e["event_id"], spec.entity) in recomputed:
+            vector.update(recomputed[(e["event_id"], spec.entity)])
+    labelled = {"label": y} if windows is not None else {}
+    return {"event_id": e["event_id"], "ts": to_us(e["occurred_at"]), "country": e["country"],
+            "channel": e["channel"], **labelled, **{n: vector.get(n) for n in fs.names()}}
+
+
+def build_feature_dataset(
+    dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", shards_per_day: int = 1,
+    test_only: bool = False,
+) -> tuple[Dataset, Split]:
+    """Labelled vectors for the train and test windows, read in parallel by time shard (Ray Data);
+    ``test_only``: the test window alone (evaluating versions on it: the training rows are not read)."""
+    from datetime import timedelta
+
+    import ray.data
+
+    if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
+        raise InvalidInput("windows must satisfy train_from < train_to <= test_from < test_to")
+    shards = []
+    spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
+                                                                       (windows.test_from, windows.test_to)]
+    for lo, hi in spans:
+        step = timedelta(days=1) / shards_per_day
+        t = lo
+        while t < hi:
+            # ISO strings: datetimes would come back from Arrow as another type
+            shards.append({"lo": t.isoformat(), "hi": min(t + step, hi).isoformat()})
+            t += step
+
+    def read(shard: dict[str, Any]) -> list[dict[str, Any]]:
+        from datetime import datetime
+
+        return read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard["lo"]),
+                                  datetime.fromisoformat(shard["hi"]), windows, label_name)
+
+    from sira.core.ray_runtime import quiet_ray_data
+
+    quiet_ray_data()
+    rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
+    if not rows:
+        raise InvalidInput(f"no labelled events in the windows ({windows.describe()}); set {TRAINING_FLAGS}",
+                           code="empty_window")
+    rows.sort(key=lambda r: (r["ts"], r["event_id"]))
+    schema = [FeatureSpec(n, "numeric") for n in fs.names()]
+    X = encode_columns({n: [r[n] for r in rows] for n in fs.names()}, schema)
+    y = np.array([r["label"] for r in rows], dtype=np.float64)
+    times = np.array([r["ts"] for r in rows], dtype=np.int64)
+    from sira.features.store import to_us
+
+    train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
+    in_train = np.flatnonzero(times < train_to_us)
+    test = np.flatnonzero(times >= test_from_us)
+    n_valid = tail_with_positives(in_train, y, 0.15) if in_train.size else 0
+    train, valid = in_train[: in_train.size - n_valid], in_train[in_train.size - n_valid:]
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(X).tobytes())
+    digest.update(y.tobytes())
+    fingerprint = {
+        "source": "feature_store", "feature_set": fs.name, "feature_set_version": fs.version,
+        "query": " ".join(SHARD_SQL.split()), "windows": windows.to_dict(), "label_cutoff": windows.cutoff.isoformat(),
+        "shards": len(shards),
+        "rows": int(y.size), "positives": int(y.sum()), "content_sha256": digest.hexdigest(),
+    }
+    ds = Dataset(Matrix(X, y, schema), times, [r["event_id"] for r in rows],
+                 {"country": np.array([r["country"] for r in rows], dtype=object),
+                  "channel": np.array([r["channel"] for r in rows], dtype=object)}, {}, fingerprint)
+    split = Split(train, valid, test, "time", {"train": windows.to_dict()})
+    for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
+        if test_only and name != "test":
+            continue
+        if idx.size == 0:
+            raise InvalidInput(f"the {name} window is empty ({windows.describe()}); set {TRAINING_FLAGS}",
+                               code="empty_window")
+        if y[idx].sum() == 0:
+            raise InvalidInput(f"the {name} window has no positive labels ({windows.describe()}); widen it with "
+                               f"{TRAINING_FLAGS}, or lower the label maturity", code="empty_window")
+    return ds, split

@@ -1,0 +1,345 @@
+"""A training run end to end: dataset → split → train → evaluate → artifact → candidate version.
+
+Every run is a row of ``sira_training_runs`` from its start: a run that fails
+is recorded as ``failed`` with its error, never lost. Test metrics are
+computed once, on a window the model and its thresholds never saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sira import __version__
+from sira.core import artifacts, db
+from sira.core.audit import Actor
+from sira.core.config import Settings
+from sira.core.errors import InvalidInput, SiraError
+from sira.registry import models as registry
+from sira.registry.targets import DecisionTargets
+from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
+from sira.training.evaluation import choose_thresholds, evaluate
+from sira.training.trainer import Matrix, TrainResult, apply_calibration, train_model
+from sira.training.windows import Windows, check_counts, training_windows, window_counts
+
+SHAP_ROWS = 2_000
+REFERENCE_BINS = 10
+# Drift's Kolmogorov-Smirnov tests compare live values with a sample of the training rows, stored in
+# the artifact beside the model (NumPy's format, read without pickle): features in schema order, then the score.
+REFERENCE_SAMPLE_FILE = "reference_sample.npy"
+REFERENCE_SAMPLE_ROWS = 5_000
+
+
+@dataclass
+class TrainRequest:
+    """What `sira train` was asked to do."""
+
+    model: str
+    data: list[Path] | None = None
+    label: str | None = None
+    time_col: str | None = None
+    id_col: str | None = None
+    positive: str | None = None
+    params: dict[str, Any] | None = None
+    seed: int = 42
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    model_type: str = "fraud_detection"
+    decision_targets: dict[str, Any] | None = None
+    # feature-store training (no --data): explicit windows, else derived from the data and the model
+    train_from: Any = None
+    train_to: Any = None
+    test_from: Any = None
+    test_to: Any = None
+    test_days: float | None = None  # the test window: these days up to the newest usable event
+    train_days: float | None = None  # the training window: these days before the label-delay gap (default: all)
+    label_delay_days: float = 7.0
+    label_maturity_days: int | None = None  # for a model created by this run
+    as_of: Any = None  # the label cut-off: labels known after it do not exist (default: now)
+    dry_run: bool = False  # state the windows (and their counts) and stop
+    # search: with trials, Ray Tune + Optuna picks the parameters first
+    trials: int | None = None
+    time_budget_s: float | None = None
+    # set by the retraining pipeline: the run is a 'retrain' run, found again by this key when resumed
+    retrain_key: str | None = None
+
+
+DEFAULT_LABEL_MATURITY_DAYS = 30  # sira_models.label_maturity_days's default (sql/003_registry.sql)
+
+
+def code_version() -> str:
+    """SIRA's version and, in a git checkout, the commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"sira {__version__}" + (f" ({commit})" if commit else "")
+
+
+def reference_statistics(train: Matrix, train_scores: np.ndarray) -> dict[str, Any]:
+    """What drift detection compares live data with: per-feature bins and histograms, and the score's."""
+    features: dict[str, Any] = {}
+    for j, spec in enumerate(train.schema):
+        column = train.X[:, j]
+        present = column[~np.isnan(column)]
+        missing = float(1 - present.size / column.size) if column.size else 0.0
+        if spec.kind == "categorical":
+            counts = np.bincount(present.astype(np.int64), minlength=len(spec.categories)) if present.size else []
+            features[spec.name] = {"type": "categorical", "missing_rate": missing,
+                                   "frequencies": {c: float(n / max(present.size, 1))
+                                                   for c, n in zip(spec.categories, list(counts))}}
+        else:
+            edges = np.unique(np.quantile(present, np.linspace(0, 1, REFERENCE_BINS + 1))) if present.size else []
+            hist = np.histogram(present, bins=edges)[0] if len(edges) > 1 else np.array([present.size])
+            features[spec.name] = {"type": "numeric", "missing_rate": missing, "bin_edges": [float(e) for e in edges],
+                                   "histogram": [int(h) for h in hist],
+                                   "mean": float(present.mean()) if present.size else None,
+                                   "std": float(present.std()) if present.size else None}
+    score_edges = np.linspace(0, 1, 21)
+    return {"rows": int(train.X.shape[0]), "features": features, "score": {"bin_edges": [float(e) for e in score_edges],
+                                            "histogram": [int(h) for h in np.histogram(train_scores, score_edges)[0]]}}
+
+
+def reference_sample(train: Matrix, train_scores: np.ndarray, seed: int) -> bytes:
+    """A seeded sample of training rows and their scores, as ``.npy`` bytes (the same inputs, the same bytes)."""
+    rng = np.random.default_rng(seed)
+    n = train.X.shape[0]
+    rows = np.sort(rng.choice(n, size=min(REFERENCE_SAMPLE_ROWS, n), replace=False))
+    buffer = io.BytesIO()
+    np.save(buffer, np.column_stack([train.X[rows], train_scores[rows]]), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def shap_importance(model_text: str, valid: Matrix, seed: int) -> tuple[dict[str, float], bytes]:
+    """Global importance as mean |SHAP| on validation rows (the ``shap`` package), and its summary plot."""
+    import lightgbm as lgb
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(valid.X.shape[0], size=min(SHAP_ROWS, valid.X.shape[0]), replace=False)
+    X = valid.X[np.sort(rows)]
+    booster = lgb.Booster(model_str=model_text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shap announces its output format for LightGBM on every call
+        values = shap.TreeExplainer(booster).shap_values(X)
+    values = values[1] if isinstance(values, list) else values
+    importance = dict(zip(valid.names, (float(v) for v in np.abs(values).mean(axis=0))))
+    plt.figure()
+    shap.summary_plot(values, X, feature_names=valid.names, show=False, max_display=20)
+    buffer = io.BytesIO()
+    plt.savefig(buffer, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close("all")
+    return dict(sorted(importance.items(), key=lambda kv: -kv[1])), buffer.getvalue()
+
+
+def _metrics_block(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "precision_at_100", "brier",
+            "log_loss", "expected_calibration_error")
+    return {k: m[k] for k in keys if k in m}
+
+
+def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest,
+                     params: dict[str, Any] | None) -> tuple[TrainResult, dict[str, Any], dict[str, float]]:
+    """Train on train, calibrate and choose thresholds on validation, evaluate once on test."""
+    targets = DecisionTargets.from_dict(req.decision_targets)
+    train, valid, test = (ds.matrix.rows(i) for i in (split.train, split.valid, split.test))
+    result = train_model(train, valid, params, seed=req.seed, num_threads=req.num_threads)
+    thresholds = choose_thresholds(valid.y, result.valid_scores, targets)
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=result.model_text)
+    test_scores = apply_calibration(result.calibration, booster.predict(test.X, raw_score=True))
+    segments = {k: v[split.test] for k, v in ds.segments.items()}
+    metrics = {
+        "validation": evaluate(valid.y, result.valid_scores, thresholds, targets),
+        "test": evaluate(test.y, test_scores, thresholds, targets, segments=segments),
+    }
+    return result, metrics, thresholds
+
+
+async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
+                       actor: Actor | None = None) -> dict[str, Any]:
+    """`sira train`: one configuration, no search. Returns the CLI's JSON result."""
+    actor = actor or Actor.local()
+    if req.data and not req.label:
+        raise InvalidInput("--label names the label column of the table")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    table: tuple[Dataset, Split] | None = None
+    if req.data and (req.as_of or req.test_days or req.train_days):
+        raise InvalidInput("--as-of, --train-days and --test-days apply to feature-store training (without --data)")
+    if req.dry_run:
+        return await plan_training(settings, req)
+    if req.data:  # a table is checked before anything is created or recorded
+        progress("reading the table")
+        loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                         id_col=req.id_col, positive=req.positive)
+        table = (loaded, split_dataset(loaded, seed=req.seed))
+    async with db.open_pool(settings) as pool:
+        windows = None
+        if not req.data:  # the windows are checked before anything is created, recorded or read at length
+            async with pool.acquire() as conn:
+                windows, _counts = await _model_windows(conn, req)
+        async with db.transaction(pool) as conn:
+            model, created = await registry.ensure_model(
+                conn, req.model, actor=actor, model_type=req.model_type,
+                feature_set=None if req.data else "payments", feature_set_version=None if req.data else 1,
+                label_maturity_days=req.label_maturity_days,
+            )
+            kind = "retrain" if req.retrain_key else "tune" if req.trials else "train"
+            run_params = {**(req.params or {}), **({"retrain_key": req.retrain_key} if req.retrain_key else {})}
+            run_id = await registry.start_run(conn, model["id"], kind=kind, params=run_params, actor=actor,
+                                              code_version=code_version())
+        if created:
+            progress(f"model {req.model} did not exist: created it with default settings")
+        try:
+            ds, split, fs_version = await _dataset(settings, model, table, windows, progress)
+            timings["dataset_s"] = time.perf_counter() - started
+            params, search = req.params, None
+            if req.trials:
+                phase = time.perf_counter()
+                progress(f"tuning: {req.trials} trials on Ray Tune (Optuna TPE + ASHA)")
+                from sira.core.ray_runtime import init_ray
+
+                init_ray(settings, db.resolve_dsn(settings))  # in the main thread: Ray's driver lives there
+                search = await asyncio.to_thread(_search, settings, ds, split, req)
+                params = search["params"]
+                timings["tune_s"] = time.perf_counter() - phase
+            phase = time.perf_counter()
+            progress(f"training on {split.train.size:,} rows, validating on {split.valid.size:,}")
+            result, metrics, thresholds = await asyncio.to_thread(fit_and_evaluate, ds, split, req, params)
+            timings["train_s"] = time.perf_counter() - phase
+            phase = time.perf_counter()
+            artifact = await asyncio.to_thread(_write_artifact, settings, req, ds, split, result, metrics, thresholds,
+                                               run_id)
+            timings["artifact_s"] = time.perf_counter() - phase
+            async with db.transaction(pool) as conn:
+                version = await registry.register_candidate(
+                    conn, model, run_id=run_id, artifact=artifact,
+                    feature_schema=[f.to_dict() for f in ds.matrix.schema], params=result.params,
+                    metrics={k: _metrics_block(v) for k, v in metrics.items()}, thresholds=thresholds,
+                    feature_set_version=fs_version, actor=actor,
+                )
+                timings["total_s"] = time.perf_counter() - started
+                await registry.finish_run(conn, run_id, metrics={k: _metrics_block(v) for k, v in metrics.items()},
+                                          fingerprint=ds.fingerprint, timings=timings, params=result.params)
+        except BaseException as exc:
+            timings["total_s"] = time.perf_counter() - started
+            message = exc.one_line() if isinstance(exc, SiraError) else f"{type(exc).__name__}: {exc}"
+            async with db.transaction(pool) as conn:
+                await registry.fail_run(conn, run_id, error=message, timings=timings)
+            raise
+    return {
+        "model": req.model, "version": version, "run_id": str(run_id), "status": "candidate",
+        "metrics": {k: _metrics_block(v) for k, v in metrics.items()},
+        "artifact": {"uri": artifact.uri, "sha256": artifact.sha256},
+        "feature_schema": [f.to_dict() for f in ds.matrix.schema],
+        "dropped_columns": ds.dropped, "thresholds": thresholds, "best_iteration": result.best_iteration,
+        "split": {"method": split.method, "train": int(split.train.size), "validation": int(split.valid.size),
+                  "test": int(split.test.size)},
+        "windows": ds.fingerprint.get("windows") or split.windows,
+        **({"time_column": ds.fingerprint["time_column"]} if ds.fingerprint.get("time_column") else {}),
+        "model_created": created,
+        **({"search": search["summary"]} if search else {}),
+    }
+
+
+def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
+    from sira.training.tuning import tune_params
+
+    return tune_params(ds.matrix.rows(split.train), ds.matrix.rows(split.valid), trials=int(req.trials or 0),
+                       seed=req.seed, storage=settings.workspace / "ray_results", time_budget_s=req.time_budget_s,
+                       base_params=req.params)
+
+
+async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] | None, windows: Windows | None,
+                   progress: Callable[[str], None]) -> tuple[Dataset, Split, int | None]:
+    """The training set: the table the user brought (already split), or labelled vectors from the feature store."""
+    if table is not None:
+        return table[0], table[1], None
+    from sira.core.ray_runtime import init_ray
+    from sira.features.definitions import get_feature_set
+
+    assert windows is not None
+    fs = get_feature_set(model["feature_set"] or "payments", model["feature_set_version"])
+    progress(f"building the training set from the feature store ({windows.describe()})")
+    dsn = db.resolve_dsn(settings)
+    init_ray(settings, dsn)
+    ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=model["label_name"])
+    return ds, split, fs.version
+
+
+async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
+                          label_name: str) -> tuple[Windows, dict[str, Any]]:
+    """The request's windows (docs/windows.md), counted and checked before anything expensive is read."""
+    windows = await training_windows(
+        conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days, label_name=label_name,
+        cutoff=req.as_of, train_from=req.train_from, train_to=req.train_to, test_from=req.test_from,
+        test_to=req.test_to, test_days=req.test_days, train_days=req.train_days,
+    )
+    counts = await window_counts(conn, windows, label_name)
+    check_counts(windows, counts)
+    return windows, counts
+
+
+async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]:
+    """`sira train --dry-run`: the windows a run would use and what they hold; nothing is created."""
+    if req.data:
+        loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
+                                         id_col=req.id_col, positive=req.positive)
+        split = split_dataset(loaded, seed=req.seed)
+        return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
+                "time_column": loaded.fingerprint.get("time_column"),
+                "split": {"method": split.method, "train": int(split.train.size),
+                          "validation": int(split.valid.size), "test": int(split.test.size)}}
+    async with db.open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            windows, counts = await _model_windows(conn, req)
+    return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
+            "counts": counts}
+
+
+async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:
+    """The checked windows of the model's training set (a model this run would create: its defaults)."""
+    model = await conn.fetchrow("SELECT label_maturity_days, label_name FROM sira_models WHERE name = $1", req.model)
+    maturity = model["label_maturity_days"] if model else (req.label_maturity_days or DEFAULT_LABEL_MATURITY_DAYS)
+    return await checked_windows(conn, req, maturity, model["label_name"] if model else "fraud")
+
+
+def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: Split, result: TrainResult,
+                    metrics: dict[str, Any], thresholds: dict[str, float], run_id: uuid.UUID) -> artifacts.ArtifactRef:
+    import lightgbm as lgb
+
+    train = ds.matrix.rows(split.train)
+    valid = ds.matrix.rows(split.valid)
+    booster = lgb.Booster(model_str=result.model_text)
+    train_scores = apply_calibration(result.calibration, booster.predict(train.X, raw_score=True))
+    importance, plot = shap_importance(result.model_text, valid, req.seed)
+    manifest = {
+        "format": "sira-model/1", "model": req.model, "model_type": req.model_type, "run_id": str(run_id),
+        "feature_schema": [f.to_dict() for f in ds.matrix.schema], "params": result.params, "seed": req.seed,
+        "num_threads": req.num_threads, "best_iteration": result.best_iteration, "calibration": result.calibration,
+        "thresholds": thresholds, "decision_targets": DecisionTargets.from_dict(req.decision_targets).__dict__,
+        "metrics": metrics, "dataset": {**ds.fingerprint, "split": split.method, "windows": split.windows,
+                                        "dropped_columns": ds.dropped},
+        "code_version": code_version(), "lightgbm_version": lgb.__version__,
+        "reference": reference_statistics(train, train_scores), "importance": {"mean_abs_shap": importance},
+    }
+    files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot,
+             REFERENCE_SAMPLE_FILE: reference_sample(train, train_scores, req.seed)}
+    return artifacts.save_artifact(settings, f"{req.model}/runs/{run_id}", files, manifest)

@@ -1,0 +1,144 @@
+"""Hyperparameter search: Ray Tune + Optuna (seeded TPE) + ASHA over LightGBM.
+
+One CPU per trial, as many concurrent trials as the cluster has CPUs. The
+training and validation matrices go to the object store once
+(``tune.with_parameters``) and trial actors are reused, so short trials do
+not pay for shipping data (see MEASURED.md). Trials report validation average
+precision every few boosting rounds so ASHA can stop poor ones early. The
+search never sees the test window: the best configuration is retrained and
+evaluated once by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sira.core.errors import InvalidInput
+from sira.training.trainer import Matrix, resolve_params
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 10
+METRIC = "average_precision"
+
+
+def search_space() -> dict[str, Any]:
+    """Ranges that suit rare positives: small-to-medium trees, enough data per leaf, regularisation."""
+    from ray import tune
+
+    return {
+        "learning_rate": tune.loguniform(0.01, 0.2),
+        "num_leaves": tune.randint(8, 128),
+        "min_data_in_leaf": tune.randint(10, 400),
+        "min_sum_hessian_in_leaf": tune.loguniform(1e-4, 10.0),
+        "feature_fraction": tune.uniform(0.5, 1.0),
+        "bagging_fraction": tune.uniform(0.5, 1.0),
+        "lambda_l2": tune.loguniform(1e-3, 30.0),
+        # weight of the positive class as a power of the imbalance: 0 = none, 1 = fully balanced
+        "pos_weight_power": tune.uniform(0.0, 1.0),
+    }
+
+
+def trial_params(config: dict[str, Any], y_train: np.ndarray) -> dict[str, Any]:
+    """LightGBM parameters of one trial's configuration."""
+    params = {k: v for k, v in config.items() if k != "pos_weight_power"}
+    pos = float(y_train.sum())
+    imbalance = (y_train.size - pos) / max(pos, 1.0)
+    params["scale_pos_weight"] = float(min(imbalance ** config.get("pos_weight_power", 0.5), 1000.0))
+    params["num_leaves"] = int(params["num_leaves"])
+    params["min_data_in_leaf"] = int(params["min_data_in_leaf"])
+    return params
+
+
+def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, valid_X: np.ndarray,
+           valid_y: np.ndarray, names: list[str], categorical: list[str], seed: int, rounds: int,
+           patience: int) -> None:
+    """One Ray Tune trial: train with early stopping, report validation AP every REPORT_EVERY rounds."""
+    import lightgbm as lgb
+    from ray import tune
+
+    params = resolve_params({**trial_params(config, train_y), "num_boost_round": rounds,
+                             "early_stopping_rounds": patience}, seed=seed, num_threads=1)
+    lgb_params = {k: v for k, v in params.items() if k not in ("num_boost_round", "early_stopping_rounds")}
+    lgb_params["metric"] = METRIC
+    dtrain = lgb.Dataset(train_X, label=train_y, feature_name=names, categorical_feature=categorical or "auto",
+                         params={"verbosity": -1})
+    dvalid = lgb.Dataset(valid_X, label=valid_y, reference=dtrain)
+
+    def report(env: Any) -> None:
+        if (env.iteration + 1) % REPORT_EVERY == 0:
+            ap = next(r[2] for r in env.evaluation_result_list if r[1] == METRIC)
+            tune.report({METRIC: float(ap), "rounds": env.iteration + 1})
+
+    booster = lgb.train(lgb_params, dtrain, num_boost_round=rounds, valid_sets=[dvalid], valid_names=["validation"],
+                        callbacks=[lgb.early_stopping(patience, verbose=False), report])
+    tune.report({METRIC: float(booster.best_score["validation"][METRIC]),
+                 "rounds": int(booster.best_iteration or booster.current_iteration()), "done": True})
+
+
+def tune_params(
+    train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
+    base_params: dict[str, Any] | None = None, early_termination: bool = True,
+) -> dict[str, Any]:
+    """Search on Ray Tune; returns the best parameters and a summary of the search."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" on every search
+    if trials < 1:
+        raise InvalidInput("--trials must be at least 1")
+    if not ray.is_initialized():
+        raise InvalidInput("tuning needs Ray: start it with sira.core.ray_runtime.init_ray first")
+    base = {**(base_params or {})}
+    rounds = int(base.pop("num_boost_round", 1000))
+    patience = int(base.pop("early_stopping_rounds", 100))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial, train_X=train.X, train_y=train.y, valid_X=valid.X, valid_y=valid.y, names=train.names,
+            categorical=[s.name for s in train.schema if s.kind == "categorical"], seed=seed, rounds=rounds,
+            patience=patience,
+        ),
+        {"cpu": 1},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", search_alg=OptunaSearch(seed=seed), num_samples=trials,
+            scheduler=ASHAScheduler(max_t=max(1, math.ceil(rounds / REPORT_EVERY)), grace_period=5,
+                                    reduction_factor=3) if early_termination else None,
+            max_concurrent_trials=cpus, reuse_actors=True, time_budget_s=time_budget_s,
+        ),
+        run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),
+    )
+    # Tune prints its own tables on stdout even at verbose=0 (the experiment's box, where its files are, a
+    # TensorBoard hint into Ray's temporary folder): stdout belongs to the command's result (--json), and
+    # none of it is for the person running `sira tune`, so it goes to the debug log.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = tuner.fit()
+    log.debug("Ray Tune printed: %s", printed.getvalue())
+    finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
+    if not finished:
+        errors = [str(r.error).splitlines()[-1] for r in results if r.error is not None][:1]
+        raise InvalidInput("every tuning trial failed" + (f": {errors[0]}" if errors else ""))
+    best = results.get_best_result(metric=METRIC, mode="max", scope="all")
+    best_ap = float(best.metrics_dataframe[METRIC].max())
+    params = {**base, **trial_params(best.config, train.y), "num_boost_round": rounds,
+              "early_stopping_rounds": patience}
+    return {
+        "params": params,
+        "summary": {"trials": len(results), "completed": len(finished), "best_validation_ap": best_ap,
+                    "concurrency": cpus, "trial_aps": sorted((float(r.metrics_dataframe[METRIC].max())
+                                                              for r in finished), reverse=True)},
+    }
