@@ -1,3 +1,3 @@
 """The `sira` command."""
 
-__all__ = ["main"]
+__all__ = ["main", "common", "database", "data", "train", "governance", "monitor", "serve", "demo", "jobs"]

@@ -16,8 +16,6 @@ from sira.core.errors import InvalidInput
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
 
-# -- Ray Serve -----------------------------------------------------------------------------
-
 
 @serve.deployment(name="sira", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
 @serve.ingress()

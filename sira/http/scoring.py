@@ -21,8 +21,6 @@ from sira.serving.records import answer_from_row
 from sira.serving.schemas import BatchScoreRequest, FeedbackRequest, ScoreRequest, ScoreResponse
 from sira.serving.service import ScoringService
 
-# -- HTTP ----------------------------------------------------------------------------------
-
 
 @contextlib.asynccontextmanager
 async def _connection(service: ScoringService) -> Any:

@@ -9,8 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sira.core.errors import InvalidInput
 
-# -- configuration ---------------------------------------------------------------------
-
 
 class ServingConfig(BaseModel):
     """What a serving deployment serves and how (``user_config`` / ``args`` in serve_configs/*.yaml)."""

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 
 
-# -- small building blocks ----------------------------------------------------------------
 
 
 class Breaker:

@@ -15,8 +15,6 @@ from pydantic_core import PydanticCustomError
 from sira.ingest.events import EventIn, max_string_length, value_problem
 from sira.serving.scoring import ModelRuntime
 
-# -- requests and answers ------------------------------------------------------------------
-
 
 def _reject_unstorable(value: Any) -> Any:
     """NaN and infinity, over-long strings and field names, NUL characters, integers beyond 64 bits and

@@ -336,7 +336,6 @@ def describe(feature: str, value: Any) -> str:
     return fixed.get(feature, f"{feature.replace('_', ' ')} ({shown})")
 
 
-# -- feature-store inputs ----------------------------------------------------------------
 
 
 def empty_history(fs: FeatureSet, entity: str) -> History:

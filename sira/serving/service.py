@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 
 
 
-# -- the service ---------------------------------------------------------------------------
 
 
 class ScoringService:

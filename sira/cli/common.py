@@ -1,0 +1,199 @@
+"""What every ``sira`` command shares: the application and its groups, output (one JSON object on
+stdout, or tables on stderr), the common options, and acting as an API key's owner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sira.core.config import MAX_VERSION, get_settings
+from sira.core.errors import InvalidInput, NotFound
+
+app = typer.Typer(
+    name="sira",
+    help="SIRA: risk models for payments: features, training, governance, serving, monitoring.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def group(name: str, help_text: str) -> typer.Typer:
+    """A `sira <noun> <verb>` command group."""
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+db_app = group("db", "Manage the database: migrations and the embedded server.")
+features_app = group("features", "Feature sets, snapshots and point-in-time values.")
+feedback_app = group("feedback", "Labels: chargebacks, reviews, outcomes.")
+webhooks_app = group("webhooks", "Signed webhooks of registry events.")
+keys_app = group("keys", "API keys and their roles (shown once at creation).")
+models_app = group("models", "Models: create, list, show, change settings.")
+versions_app = group("versions", "Model versions: show one, compare two, model cards.")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="SIRA_API_KEY", show_envvar=True, help="The API key to act as.")
+]
+
+# Not a terminal (CI logs, pipes): wide enough that paths are not folded.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+# With --json, the process's stdout (fd 1) is pointed at stderr for the whole command, so nothing
+# that Ray's threads, native libraries or subprocesses print can get mixed into the JSON; the
+# result alone goes to the real stdout, kept here.
+_JSON_STDOUT: Any = None
+
+
+def emit(payload: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
+    """Print a command's result: one JSON object on stdout, or a human rendering on stderr."""
+    if as_json:
+        out = _JSON_STDOUT or sys.stdout
+        out.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
+        out.flush()
+    else:
+        render()
+
+
+def reserve_stdout_for_json() -> None:
+    """Keep fd 1 for the JSON result only (see ``_JSON_STDOUT``)."""
+    global _JSON_STDOUT
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:
+        return
+    _JSON_STDOUT = os.fdopen(saved, "w", closefd=True)
+
+
+def kv_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, "" if value is None else str(value))
+    return table
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (anywhere on the line).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (they are drawn on a terminal "
+                                        "only, on stderr).")] = False,
+) -> None:
+    """SIRA: risk models for payments."""
+    from sira.core import progress
+
+    progress.set_quiet(quiet)
+
+
+# -- simulate ----------------------------------------------------------------
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise NotFound(f"file not found: {path}", details={"path": str(path)})
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+# -- training ------------------------------------------------------------------
+
+
+async def actor_for(action: str, api_key: str | None) -> Any:
+    """Who acts: the key's owner, allowed to perform ``action``; before any key exists, the local user."""
+    from sira.core import db
+    from sira.core.auth import authorize
+
+    async with db.open_pool(get_settings()) as pool:
+        async with pool.acquire() as conn:
+            if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
+                return None  # a fresh installation: no keys yet, the local user acts
+            identity = await acting(conn, api_key)
+            authorize(identity, action)
+            return identity.actor()
+
+
+def DateOption(flag: str, help_text: str) -> Any:  # noqa: N802 - reads as a type in signatures
+    return Annotated[datetime | None, typer.Option(flag, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+                                                   help=f"{help_text} YYYY-MM-DD, UTC.")]
+
+
+def utc(value: datetime | None) -> datetime | None:
+    from sira.ingest.events import as_utc
+
+    return None if value is None else as_utc(value)
+
+
+# -- governance --------------------------------------------------------------------
+
+
+def governed(action: Callable[..., Any], api_key: str | None, *args: Any, notify: bool = False) -> Any:
+    """Run one registry operation as the key's owner, in one transaction (then deliver its webhooks)."""
+    from sira.core import db
+    from sira.registry import webhooks
+
+    settings = get_settings()
+
+    async def run() -> Any:
+        from sira.core import audit
+        from sira.core.errors import PermissionDenied
+
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                identity = await acting(conn, api_key)
+            try:
+                async with db.transaction(pool) as conn:
+                    result = await action(conn, identity, *args)
+            except PermissionDenied as exc:
+                await audit.record_denied(pool, identity.actor(), exc.details.get("action", "cli"), exc.message)
+                raise
+            if notify:  # after the commit; failures are retried by `sira webhooks deliver`
+                await webhooks.deliver_due(pool, settings)
+            return result
+
+    return asyncio.run(run())
+
+
+ModelOption = Annotated[str, typer.Option("--model", help="Model name.")]
+VersionOption = Annotated[int, typer.Option("--version", min=1, max=MAX_VERSION, help="Version number.")]
+CommentOption = Annotated[str | None, typer.Option("--comment", help="Why (stored with the decision).")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why this version.")]
+
+
+# -- keys ------------------------------------------------------------------------
+
+
+async def acting(conn: Any, key: str | None, *, required: bool = True) -> Any:
+    """The identity of the CLI's caller (None when no key is given and none is required)."""
+    from sira.core.auth import authenticate
+
+    if key is None and not required:
+        return None
+    return await authenticate(conn, key, pepper=get_settings().secret("auth_secret"))
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,242 @@
+"""Data in: ``sira simulate``, ``sira ingest``, ``sira feedback import``, ``sira features``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sira.cli.common import (
+    ApiKeyOption,
+    JsonOption,
+    actor_for,
+    app,
+    emit,
+    err,
+    features_app,
+    feedback_app,
+    kv_table,
+    load_yaml_mapping,
+)
+from sira.core.config import get_settings
+from sira.core.errors import InvalidInput
+
+
+@app.command("simulate")
+def simulate_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workspace>/simulation.")] = None,
+    days: Annotated[int | None, typer.Option("--days", help="Days of traffic (default 30).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same files.")] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--start", formats=["%Y-%m-%d"], help="First day, YYYY-MM-DD (default 2026-09-01).")
+    ] = None,
+    customers: Annotated[int | None, typer.Option("--customers", help="Number of customers (default 2000).")] = None,
+    fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", help="Share of fraudulent events (default 0.01).")] = None,
+    shift_day: Annotated[
+        int | None, typer.Option("--shift-day", help="Day from which the fraud pattern shifts (default: none).")
+    ] = None,
+    label_delay_days: Annotated[
+        float | None, typer.Option("--label-delay-days", help="Median chargeback delay in days (default 10).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of simulation settings; options override it.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Simulate payments, fraud and delayed labels into events.parquet and labels.parquet."""
+    from sira.demo.simulate import SimulationConfig, simulate
+
+    values: dict[str, Any] = load_yaml_mapping(config) if config else {}
+    unknown = set(values) - set(SimulationConfig.__dataclass_fields__)
+    if unknown:
+        raise InvalidInput(f"{config}: unknown setting(s) {', '.join(sorted(unknown))}")
+    overrides = {
+        "days": days, "seed": seed, "start": start.date() if start else None, "customers": customers,
+        "fraud_rate": fraud_rate, "shift_day": shift_day, "label_delay_days": label_delay_days,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("start"), str):
+        try:
+            values["start"] = datetime.strptime(values["start"], "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidInput(f"start: expected YYYY-MM-DD, got {values['start']!r}") from None
+    try:
+        cfg = SimulationConfig(**values)
+    except TypeError as exc:
+        raise InvalidInput(f"invalid simulation settings: {exc}") from None
+    out_dir = (out or get_settings().workspace / "simulation").resolve()
+    with err.status("simulating payments…"):
+        result = simulate(cfg, out_dir)
+    payload = {
+        "events": str(result.events_path), "labels": str(result.labels_path),
+        "manifest": str(result.manifest_path), "summary": result.summary,
+    }
+
+    def render() -> None:
+        s = result.summary
+        err.print(kv_table("Simulation", {
+            "events": f"{s['events']:,} → {result.events_path}",
+            "fraud": f"{s['fraud_events']:,} ({s['fraud_rate']:.2%})",
+            "by scenario": ", ".join(f"{k} {v:,}" for k, v in s["fraud_by_scenario"].items()) or "none",
+            "labels": f"{s['labels']:,} ({s['positive_labels']:,} fraud, {s['negative_labels']:,} reviewed legit)"
+            f" → {result.labels_path}",
+            "median chargeback delay": f"{s['median_chargeback_delay_days']} days",
+            "shift day": s["shift_day"],
+        }))
+
+    emit(payload, as_json, render)
+
+
+
+MapOption = Annotated[
+    str | None, typer.Option("--map", help="Column mapping: sira_name=SOURCE_COLUMN,... (e.g. occurred_at=TX_DATETIME).")
+]
+MapFileOption = Annotated[Path | None, typer.Option("--map-file", help="YAML file with a `columns:` mapping.")]
+
+
+def _summary_table(title: str, summary: dict[str, Any]) -> Table:
+    rows = {k.replace("_", " "): v for k, v in summary.items() if not isinstance(v, dict)}
+    reasons = summary.get("rejected_by_reason") or {}
+    if reasons:
+        rows["rejected by reason"] = ", ".join(f"{k} {v:,}" for k, v in reasons.items())
+    return kv_table(title, rows)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Event files or folders (.parquet, .csv, .jsonl).")] = None,
+    mapping: MapOption = None,
+    map_file: MapFileOption = None,
+    source: Annotated[str | None, typer.Option("--source", help="Name of the source system (default: the file).")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Consume the Redis stream sira:events until stopped.")] = False,
+    max_events: Annotated[
+        int | None, typer.Option("--max-events", min=1, help="With --stream: stop after this many events.")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=10_000, help="With --stream: entries per transaction.")] = 200,
+    consumer: Annotated[
+        str | None,
+        typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
+                     "first finishes its own unacknowledged entries (default: host-pid)."),
+    ] = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest events: validate, redact PII, deduplicate, compute features."""
+    from sira.core.files import parse_mapping
+    from sira.features.definitions import get_feature_set
+
+    settings = get_settings()
+    column_map = parse_mapping(mapping, map_file)
+    fs = get_feature_set()
+    if stream:
+        if paths:
+            raise InvalidInput("give files or --stream, not both")
+        asyncio.run(actor_for("events.write", api_key))
+        from sira.ingest.stream import consume_forever
+
+        summary = asyncio.run(consume_forever(settings, fs=fs, mapping=column_map, max_events=max_events,
+                                              batch=batch, consumer=consumer, notify=None if as_json else err.print))
+        payload = summary.to_dict()
+    else:
+        if not paths:
+            raise InvalidInput("name at least one file or folder to ingest (or use --stream)")
+        from sira.core.files import find_files
+        from sira.ingest.bulk import ingest_files
+
+        find_files(paths)  # a missing or unsupported file fails before anything else
+        asyncio.run(actor_for("events.write", api_key))
+
+        summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source,
+                               progress=not as_json, notify=(lambda _m: None) if as_json else err.print)
+        payload = summary.to_dict()
+    emit(payload, as_json, lambda: err.print(_summary_table("Ingest", payload)))
+
+
+@feedback_app.command("import")
+def feedback_import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Label files or folders (.parquet, .csv, .jsonl).")],
+    mapping: MapOption = None,
+    map_file: MapFileOption = None,
+    source: Annotated[str, typer.Option("--source", help="Source of labels without a source column.")] = "import",
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import labels (event_id, label, known_at[, source, label_name, occurred_at])."""
+    from sira.core.files import find_files, parse_mapping
+    from sira.ingest.labels import import_label_files
+
+    find_files(paths)  # a missing or unsupported file fails before anything else
+    from sira.core.audit import Actor
+
+    actor = asyncio.run(actor_for("feedback.write", api_key)) or Actor.local()
+
+    summary = asyncio.run(import_label_files(get_settings(), paths, mapping=parse_mapping(mapping, map_file),
+                                             source=source, created_by=actor.name))
+    payload = summary.to_dict()
+    emit(payload, as_json, lambda: err.print(_summary_table("Labels", payload)))
+
+
+@features_app.command("materialize")
+def features_materialize_cmd(
+    full: Annotated[bool, typer.Option("--full", help="Rebuild every snapshot, not only changed entities.")] = False,
+    as_json: JsonOption = False,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Refresh online snapshots of entities with new events or labels (operator or data scientist)."""
+    from sira.features.store import materialize_all
+
+    asyncio.run(actor_for("features.materialize", api_key))
+    payload = asyncio.run(materialize_all(get_settings(), full=full))
+    emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
+
+
+@features_app.command("list")
+def features_list_cmd(as_json: JsonOption = False) -> None:
+    """Show the feature set definition and its feature names."""
+    from sira.features.definitions import get_feature_set
+
+    fs = get_feature_set()
+    payload = {**fs.to_dict(), "features": fs.names()}
+
+    def render() -> None:
+        table = Table(title=f"Feature set {fs.name} v{fs.version}", title_justify="left")
+        table.add_column("entity")
+        table.add_column("features")
+        table.add_row("event", ", ".join(fs.event_features))
+        for spec in fs.entities:
+            table.add_row(spec.entity, ", ".join(spec.names()))
+        err.print(table)
+
+    emit(payload, as_json, render)
+
+
+@features_app.command("show")
+def features_show_cmd(
+    entity_type: Annotated[str, typer.Argument(help="customer, card, terminal, ...")],
+    entity_id: Annotated[str, typer.Argument(help="The entity's id (card: its token).")],
+    as_json: JsonOption = False,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Show one entity's online snapshot and how fresh it is (analyst or data scientist)."""
+    from sira.core import db
+    from sira.features.definitions import get_feature_set
+    from sira.features.store import read_snapshot
+
+    settings = get_settings()
+    asyncio.run(actor_for("features.read", api_key))
+
+    async def run():
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                return await read_snapshot(conn, get_feature_set(), entity_type, entity_id)
+
+    snap = asyncio.run(run())
+    payload = {"entity_type": snap.entity_type, "entity_id": snap.entity_id, "as_of": snap.as_of.isoformat(),
+               "age_seconds": round(snap.age_seconds, 3), "stale": snap.stale, "features": snap.features}
+    emit(payload, as_json, lambda: err.print(kv_table(
+        f"{entity_type} {entity_id} as of {payload['as_of']}{' (STALE)' if snap.stale else ''}", snap.features
+    )))

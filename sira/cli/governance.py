@@ -1,0 +1,397 @@
+"""Governance: ``sira promote|stage|approve|reject|rollback|history``, ``sira models``, ``sira versions``,
+``sira webhooks``, ``sira audit``, ``sira keys``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sira.cli.common import (
+    ApiKeyOption,
+    CommentOption,
+    JsonOption,
+    ModelOption,
+    ReasonOption,
+    VersionOption,
+    acting,
+    app,
+    emit,
+    err,
+    governed,
+    keys_app,
+    kv_table,
+    load_yaml_mapping,
+    models_app,
+    versions_app,
+    webhooks_app,
+)
+from sira.core.config import MAX_VERSION, get_settings
+
+
+@app.command("promote")
+def promote_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
+                api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Request production for a version (validates a candidate first); approvals complete it."""
+    from sira.registry.models import request_promotion
+
+    result = governed(lambda conn, who: request_promotion(conn, get_settings(), who, model, version, reason), api_key,
+                       notify=True)
+    emit(result, as_json, lambda: err.print(
+        f"{model} v{version}: promotion request {result['request_id']} {result['status']}"
+        + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")))
+
+
+@app.command("stage")
+def stage_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
+              api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Put a version in staging: serving scores it in shadow beside production (validates a candidate first)."""
+    from sira.registry.models import stage_version
+
+    result = governed(lambda conn, who: stage_version(conn, get_settings(), who, model, version, reason), api_key,
+                       notify=True)
+    emit(result, as_json, lambda: err.print(
+        f"{model} v{version}: staging (shadow scoring)"
+        + (f"; v{result['replaced']} back to validated" if result["replaced"] else "")))
+
+
+def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool) -> None:
+    from sira.registry.models import decide
+
+    result = governed(lambda conn, who: decide(conn, who, model, version, decision, comment), api_key, notify=True)
+    emit(result, as_json, lambda: err.print(
+        f"{model} v{version}: {decision} recorded; request {result['outcome']} "
+        f"({result['approvals']}/{result['required_approvals']} approvals)"))
+
+
+@app.command("approve")
+def approve_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
+                api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Approve a version's pending promotion request (the last required approval promotes it)."""
+    _decide("approve", model, version, comment, api_key, as_json)
+
+
+@app.command("reject")
+def reject_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
+               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Reject a version's pending promotion request (closes it)."""
+    _decide("reject", model, version, comment, api_key, as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(model: ModelOption,
+                 reason: Annotated[str, typer.Option("--reason", help="Why (required, kept in the history).")],
+                 expected_version: Annotated[int | None, typer.Option(
+                     "--expected-version", min=1, max=MAX_VERSION,
+                     help="The production version to replace (default: the one production is as the command "
+                          "starts); refused if production is another.")] = None,
+                 api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Make the previous production version production again, in one step.
+
+    The command names the version it replaces, so two rollbacks started together step back once."""
+    from sira.registry.models import rollback, show_model
+
+    async def action(conn: Any, who: Any) -> dict[str, Any]:
+        expected = expected_version
+        if expected is None:  # read before the rollback locks the model, as a person reads it before acting
+            versions = (await show_model(conn, who, model))["versions"]
+            expected = next((v["version"] for v in versions if v["status"] == "production"), None)
+        return await rollback(conn, who, model, reason, expected)
+
+    result = governed(action, api_key, notify=True)
+    emit(result, as_json, lambda: err.print(
+        f"{model}: v{result['production']} is production again, v{result['archived']} archived"))
+
+
+@app.command("history")
+def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Every change of the production version: when, who, from, to, how and why."""
+    from sira.core.auth import authorize
+    from sira.registry.models import production_history
+
+    async def action(conn: Any, who: Any) -> list[dict[str, Any]]:
+        authorize(who, "models.read")
+        return await production_history(conn, model)
+
+    rows = governed(action, api_key)
+
+    def render() -> None:
+        table = Table(title=f"Production history of {model}", title_justify="left")
+        for column in ("at", "from", "to", "via", "actor", "reason"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["at"], str(r["from"] or ""), str(r["to"]), r["via"] or "", r["actor"], r["reason"] or "")
+        err.print(table)
+
+    emit({"model": model, "history": rows}, as_json, render)
+
+
+def _model_settings(targets: Path | None, policy: Path | None, **values: Any) -> dict[str, Any]:
+    out = {k: v for k, v in values.items() if v is not None}
+    if targets is not None:
+        out["decision_targets"] = load_yaml_mapping(targets)
+    if policy is not None:
+        out["promotion_policy"] = load_yaml_mapping(policy)
+    return out
+
+
+ApprovalsOption = Annotated[int | None, typer.Option("--required-approvals", min=0, max=20,
+                                                     help="Distinct approvers production needs (0: policy may promote).")]
+TargetsOption = Annotated[Path | None, typer.Option("--targets", help="YAML: review_rate, block_precision, costs.")]
+PolicyOption = Annotated[Path | None, typer.Option("--policy", help="YAML promotion policy.")]
+MaturityOption = Annotated[int | None, typer.Option("--label-maturity", min=0, max=3650,
+                                                    help="Days until an unlabelled event counts as legitimate.")]
+
+
+@models_app.command("create")
+def models_create_cmd(
+    name: Annotated[str, typer.Argument(help="Model name: lowercase letters, digits, - and _.")],
+    model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly.")] = "fraud_detection",
+    entity: Annotated[str, typer.Option("--entity", help="The entity it scores.")] = "customer",
+    label: Annotated[str | None, typer.Option("--label-source", help="Label name in sira_feedback (default fraud).")] = None,
+    required_approvals: ApprovalsOption = None, targets: TargetsOption = None, policy: PolicyOption = None,
+    label_maturity: MaturityOption = None,
+    description: Annotated[str | None, typer.Option("--description", help="What it is for.")] = None,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Create a model (governance settings need an admin key)."""
+    from sira.registry.models import create_model
+
+    settings = _model_settings(targets, policy, required_approvals=required_approvals, label_name=label,
+                               label_maturity_days=label_maturity, description=description)
+    row = governed(lambda conn, who: create_model(conn, who, name, model_type=model_type, entity_type=entity,
+                                                   **settings), api_key)
+    emit(row, as_json, lambda: err.print(f"created model {name} ({model_type}), {row['required_approvals']} "
+                                           "approval(s) for production"))
+
+
+@models_app.command("update")
+def models_update_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    required_approvals: ApprovalsOption = None, targets: TargetsOption = None, policy: PolicyOption = None,
+    label_maturity: MaturityOption = None,
+    description: Annotated[str | None, typer.Option("--description", help="What it is for.")] = None,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Change a model's settings (admin)."""
+    from sira.registry.models import update_model
+
+    changes = _model_settings(targets, policy, required_approvals=required_approvals,
+                              label_maturity_days=label_maturity, description=description)
+    row = governed(lambda conn, who: update_model(conn, who, name, **changes), api_key)
+    emit(row, as_json, lambda: err.print(f"updated {name}: {', '.join(changes)}"))
+
+
+@models_app.command("list")
+def models_list_cmd(api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """List models with their latest, staging and production versions."""
+    from sira.registry.models import list_models
+
+    rows = governed(list_models, api_key)
+
+    def render() -> None:
+        table = Table(title="Models", title_justify="left")
+        for column in ("name", "type", "latest", "staging", "production", "approvals"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["name"], r["model_type"], str(r["latest_version"] or ""), str(r["staging_version"] or ""),
+                          str(r["production_version"] or ""), str(r["required_approvals"]))
+        err.print(table)
+
+    emit({"models": rows}, as_json, render)
+
+
+@models_app.command("show")
+def models_show_cmd(name: Annotated[str, typer.Argument(help="Model name.")], api_key: ApiKeyOption = None,
+                    as_json: JsonOption = False) -> None:
+    """Show a model's settings and versions."""
+    from sira.registry.models import show_model
+
+    model = governed(lambda conn, who: show_model(conn, who, name), api_key)
+
+    def render() -> None:
+        err.print(kv_table(f"Model {name}", {k: model[k] for k in (
+            "model_type", "entity_type", "feature_set", "label_name", "label_maturity_days", "required_approvals",
+            "decision_targets", "promotion_policy", "created_by")}))
+        table = Table(title="Versions", title_justify="left")
+        for column in ("version", "status", "test AP", "created by", "last request"):
+            table.add_column(column)
+        for v in model["versions"]:
+            table.add_row(str(v["version"]), v["status"], v["test_ap"] or "", v["created_by"], v["last_request"] or "")
+        err.print(table)
+
+    emit(model, as_json, render)
+
+
+@versions_app.command("show")
+def versions_show_cmd(model: ModelOption, version: VersionOption, api_key: ApiKeyOption = None,
+                      as_json: JsonOption = False) -> None:
+    """Show one version: status, metrics, thresholds, artifact, promotion requests."""
+    from sira.registry.models import show_version
+
+    row = governed(lambda conn, who: show_version(conn, who, model, version), api_key)
+    emit(row, as_json, lambda: err.print(kv_table(f"{model} v{version}", {k: row[k] for k in (
+        "status", "created_by", "created_at", "artifact_uri", "artifact_sha256", "thresholds", "promotion_requests")})))
+
+
+@versions_app.command("compare")
+def versions_compare_cmd(model: ModelOption, a: Annotated[int, typer.Argument(help="First version.")],
+                         b: Annotated[int, typer.Argument(help="Second version.")], api_key: ApiKeyOption = None,
+                         as_json: JsonOption = False) -> None:
+    """Two versions' metrics side by side."""
+    from sira.registry.models import compare_versions
+
+    result = governed(lambda conn, who: compare_versions(conn, who, model, a, b), api_key)
+
+    def render() -> None:
+        table = Table(title=f"{model}: v{a} against v{b}", title_justify="left")
+        for column in ("window", "metric", f"v{a}", f"v{b}", "difference"):
+            table.add_column(column, justify="right")
+        fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+        for r in result["metrics"]:
+            table.add_row(r["window"], r["metric"], fmt(r[f"v{a}"]), fmt(r[f"v{b}"]), fmt(r["difference"]))
+        err.print(table)
+
+    emit(result, as_json, render)
+
+
+@versions_app.command("card")
+def versions_card_cmd(
+    model: ModelOption, version: VersionOption,
+    fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The version's model card (Markdown or self-contained HTML)."""
+    from sira.registry.card import render_card
+
+    text = governed(lambda conn, who: render_card(conn, get_settings(), who, model, version, fmt), api_key)
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@webhooks_app.command("deliver")
+def webhooks_deliver_cmd(as_json: JsonOption = False) -> None:
+    """Deliver pending webhook events now (retries; run it from cron or a scheduler)."""
+    from sira.core import db
+    from sira.registry import webhooks
+
+    settings = get_settings()
+
+    async def run() -> dict[str, int]:
+        async with db.open_pool(settings) as pool:
+            return await webhooks.deliver_due(pool, settings)
+
+    counts = asyncio.run(run())
+    emit(counts, as_json, lambda: err.print(", ".join(f"{k} {v}" for k, v in counts.items())))
+
+
+@app.command("audit")
+def audit_cmd(
+    target: Annotated[str | None, typer.Option("--target", help="A target id, e.g. fraud or fraud:v3.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Who acted.")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="Action prefix, e.g. promotion.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Most rows to show.")] = 100,
+    api_key: ApiKeyOption = None, as_json: JsonOption = False,
+) -> None:
+    """Read the audit log, newest first (admin)."""
+    from sira.registry.models import read_audit
+
+    rows = governed(lambda conn, who: read_audit(conn, who, target=target, actor=actor, action=action, limit=limit),
+                     api_key)
+
+    def render() -> None:
+        table = Table(title="Audit log", title_justify="left")
+        for column in ("at", "actor", "action", "target", "outcome"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["occurred_at"], r["actor"], r["action"], r["target_id"] or "", r["outcome"])
+        err.print(table)
+
+    emit({"entries": rows}, as_json, render)
+
+
+@keys_app.command("create")
+def keys_create_cmd(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
+    role: Annotated[list[str], typer.Option("--role", help="A role (repeat for several): " + ", ".join(
+        ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")))],
+    expires: Annotated[str | None, typer.Option(
+        "--expires", help="When the key stops working, ISO 8601: 2030-01-31, 2030-01-31T18:00:00Z or with an offset "
+        "(+02:00); without one, UTC. Not in the past.")] = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key (the first one, an admin key, needs no key)."""
+    from sira.core import db
+    from sira.core.auth import create_key, parse_expiry
+
+    settings = get_settings()
+    expires_at = parse_expiry(expires) if expires is not None else None
+
+    async def run() -> tuple[str, dict[str, Any]]:
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                creator = await acting(conn, api_key, required=False)
+                return await create_key(conn, name=name, roles=role, pepper=settings.secret("auth_secret"),
+                                        creator=creator, expires_at=expires_at)
+
+    key, info = asyncio.run(run())
+    payload = {"name": info["name"], "roles": info["roles"], "key": key}
+    emit(payload, as_json, lambda: (
+        err.print(f"created key {info['name']} with roles {', '.join(info['roles'])}"),
+        err.print("the key is shown once; store it now:"),
+        print(key),
+    ))
+
+
+@keys_app.command("list")
+def keys_list_cmd(api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """List API keys (never the keys themselves)."""
+    from sira.core import db
+    from sira.core.auth import list_keys
+
+    settings = get_settings()
+
+    async def run() -> list[dict[str, Any]]:
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                return await list_keys(conn, await acting(conn, api_key))
+
+    keys = asyncio.run(run())
+
+    def render() -> None:
+        table = Table(title="API keys", title_justify="left")
+        for column in ("name", "roles", "created_by", "last_used_at", "revoked_at"):
+            table.add_column(column)
+        for k in keys:
+            table.add_row(k["name"], ", ".join(k["roles"]), k["created_by"], k["last_used_at"] or "",
+                          k["revoked_at"] or "")
+        err.print(table)
+
+    emit({"keys": keys}, as_json, render)
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")], api_key: ApiKeyOption = None,
+                    as_json: JsonOption = False) -> None:
+    """Revoke an API key (it stops working at once)."""
+    from sira.core import db
+    from sira.core.auth import revoke_key
+
+    settings = get_settings()
+
+    async def run() -> None:
+        async with db.open_pool(settings) as pool:
+            async with db.transaction(pool) as conn:
+                await revoke_key(conn, await acting(conn, api_key), name)
+
+    asyncio.run(run())
+    emit({"revoked": name}, as_json, lambda: err.print(f"revoked key {name}"))

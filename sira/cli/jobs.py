@@ -1,0 +1,185 @@
+"""``sira jobs``: SIRA's Ray jobs submitted to a cluster, each with a short-lived key of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sira.cli.common import ApiKeyOption, JsonOption, acting, emit, err, group
+from sira.core.config import get_settings
+from sira.core.errors import EXIT_FAILURE, InvalidInput
+
+jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster, each with a short-lived key of its own.")
+JobArgs = Annotated[list[str] | None, typer.Argument(help="The job's own options, after `--` (see "
+                                                       "`python jobs/<job>.py --help`).")]
+KeyTtlOption = Annotated[float, typer.Option("--key-ttl", min=0.01, max=168,
+                                             help="Hours the job's key lives at most (it is revoked when the "
+                                                  "job ends).")]
+
+
+def _job_root(working_dir: Path | None) -> Path:
+    """The folder uploaded as the job's working dir: given, else the checkout that holds ``jobs/``."""
+    root = working_dir or next((p for p in (Path.cwd(), Path(__file__).resolve().parents[2])
+                                if (p / "jobs").is_dir()), None)
+    if root is None or not (root / "jobs").is_dir():
+        raise InvalidInput("no jobs/ folder here: run from SIRA's checkout or pass --working-dir",
+                           details={"field": "working_dir"})
+    return root.resolve()
+
+
+async def _mint_job_key(settings: Any, api_key: str | None, actions: tuple[str, ...], job_name: str,
+                        ttl_hours: float) -> tuple[str | None, str | None]:
+    """(key, its name) for one job; (None, None) on an installation with no keys yet (the local user acts)."""
+    from datetime import timedelta
+
+    from sira.core import db
+    from sira.core.auth import create_job_key
+
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
+                return None, None
+            submitter = await acting(conn, api_key)
+            key, info = await create_job_key(conn, submitter, actions=actions, job_name=job_name,
+                                             ttl=timedelta(hours=ttl_hours), pepper=settings.secret("auth_secret"))
+            return key, info["name"]
+
+
+async def _revoke_job_key(settings: Any, acting_key: str | None, name: str) -> None:
+    from sira.core import db
+    from sira.core.auth import revoke_job_key
+
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            await revoke_job_key(conn, await acting(conn, acting_key), name)
+
+
+@jobs_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def jobs_submit_cmd(
+    job: Annotated[str, typer.Argument(help="train, retrain, batch_score, drift, performance or materialize.")],
+    job_args: JobArgs = None,
+    address: Annotated[str, typer.Option("--address", envvar="RAY_JOB_ADDRESS", show_envvar=True,
+                                         help="Ray's job server (the dashboard's HTTP address).")
+                       ] = "http://127.0.0.1:8265",
+    working_dir: Annotated[Path | None, typer.Option("--working-dir", help="Folder uploaded as the job's "
+                                                     "working dir (default: this checkout).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job to its end (its logs on "
+                                       "stderr) and exit with its status.")] = True,
+    key_ttl: KeyTtlOption = 6.0,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> int:
+    """Submit a job with the current settings (database, workspace, artifacts) in its runtime env.
+
+    The job acts with a key minted for it: one role that the job needs and you hold, named
+    job-<submission id>, revoked when the job ends (or at --key-ttl at the latest). Your own key
+    never reaches the cluster: runtime envs are visible in `ray job list` and the dashboard.
+    """
+    import shlex
+    import time
+    import uuid
+
+    from sira.core import db
+    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_client, job_env_vars, job_kind, submit_job
+
+    settings = get_settings()
+    kind = job_kind(job)
+    root = _job_root(working_dir)
+    client = job_client(address)
+    submission_id = f"sira-{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    dsn = db.resolve_dsn(settings)
+    key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
+    entrypoint = shlex.join(["python", kind.script, *(job_args or [])])
+    try:
+        submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
+            "working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
+            "env_vars": job_env_vars(settings, dsn, key)})
+    except BaseException:
+        if key_name:
+            asyncio.run(_revoke_job_key(settings, api_key, key_name))
+        raise
+    err.print(f"submitted {submission_id}: {entrypoint}" + (f" (acting as {key_name})" if key_name else ""))
+    payload: dict[str, Any] = {"submission_id": submission_id, "job": job, "entrypoint": entrypoint,
+                               "address": address, "key": key_name, "status": "PENDING"}
+    if not wait:
+        emit(payload, as_json, lambda: err.print(f"follow it with: ray job logs --follow {submission_id}"))
+        return 0
+    printed = 0
+    try:
+        while not (status := client.get_job_status(submission_id)).is_terminal():
+            printed = _print_new_logs(client, submission_id, printed)
+            time.sleep(1.0)
+        _print_new_logs(client, submission_id, printed)
+    finally:
+        if key_name:  # the job revokes its key itself; this covers a job that died before it could
+            asyncio.run(_revoke_job_key(settings, api_key, key_name))
+    info = client.get_job_info(submission_id)
+    payload.update(status=str(status.value), driver_exit_code=info.driver_exit_code)
+    emit(payload, as_json, lambda: err.print(f"{submission_id}: {status.value}"))
+    if status.value == "SUCCEEDED":
+        return 0
+    return info.driver_exit_code or EXIT_FAILURE
+
+
+def _print_new_logs(client: Any, submission_id: str, printed: int) -> int:
+    logs = client.get_job_logs(submission_id)
+    if len(logs) > printed:
+        sys.stderr.write(logs[printed:])
+        sys.stderr.flush()
+    return len(logs)
+
+
+@jobs_app.command("runtime-env")
+def jobs_runtime_env_cmd(
+    job: Annotated[str, typer.Argument(help="The job the env is for (its key gets that job's role).")],
+    key_ttl: KeyTtlOption = 6.0,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Print a runtime-env YAML for `ray job submit --runtime-env FILE` with the current settings and a
+    key minted for one job (it expires after --key-ttl hours; the job revokes it when it ends)."""
+    import uuid
+
+    import yaml
+
+    from sira.core import db
+    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_env_vars, job_kind
+
+    settings = get_settings()
+    kind = job_kind(job)
+    name = f"{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, name, key_ttl))
+    env = {"working_dir": str(_job_root(None)), "excludes": WORKING_DIR_EXCLUDES,
+           "env_vars": job_env_vars(settings, db.resolve_dsn(settings), key)}
+    sys.stdout.write(f"# runtime env for one `{job}` job" + (f", acting as {key_name}" if key_name else "")
+                     + "; made by `sira jobs runtime-env`\n" + yaml.safe_dump(env, sort_keys=True))
+
+
+def release_job_key() -> None:
+    from sira.core.auth import JOB_KEY_PREFIX
+
+    key = os.environ.get("SIRA_API_KEY")
+    if not key or os.environ.get("SIRA_DATABASE_URL") is None:
+        return
+
+    async def release() -> None:
+        from sira.core import db
+        from sira.core.auth import authenticate, revoke_job_key
+
+        settings = get_settings()
+        async with db.open_pool(settings, check_schema=False) as pool:
+            async with db.transaction(pool) as conn:
+                identity = await authenticate(conn, key, pepper=settings.secret("auth_secret"))
+                if identity.name.startswith(JOB_KEY_PREFIX):
+                    await revoke_job_key(conn, identity, identity.name)
+
+    try:
+        asyncio.run(release())
+    except Exception as exc:  # noqa: BLE001 - the key still expires at its TTL; say so, do not fail the job
+        logging.getLogger(__name__).warning("could not revoke this job's key (%s); it expires at its TTL",
+                                            type(exc).__name__)

@@ -1,0 +1,231 @@
+"""After deployment: ``sira score`` (batch), ``sira drift``, ``sira performance``, ``sira retrain``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sira.cli.common import (
+    ApiKeyOption,
+    DateOption,
+    JsonOption,
+    ModelOption,
+    acting,
+    actor_for,
+    app,
+    emit,
+    err,
+    fmt,
+    kv_table,
+    load_yaml_mapping,
+    utc,
+)
+from sira.cli.train import plan_table
+from sira.core.config import MAX_VERSION, get_settings
+
+
+@app.command("score")
+def score_cmd(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically).")],
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Parquet/CSV file or folder with the model's "
+                                                    "features as columns.")] = None,
+    time_from: DateOption("--from", "Score stored events from this time.") = None,
+    time_to: DateOption("--to", "... up to this time (exclusive).") = None,
+    keep_columns: Annotated[bool, typer.Option("--keep-columns", help="Copy every input column to the output.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Reason codes per row (exact TreeSHAP; slower).")] = False,
+    id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (default: event_id or id if present).")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col", help="Time column (default: occurred_at... if present).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1_000_000, help="Rows per model call.")] = 8_192,
+    max_actors: Annotated[int | None, typer.Option("--max-actors", min=1, help="Most scoring actors at once.")] = None,
+    wait_for_cpus: Annotated[float, typer.Option("--wait-for-cpus", min=1, max=86_400, help="Seconds to wait for a "
+                                                 "free CPU when none is free at the start.")] = 600.0,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
+    from sira.monitoring.batch import BatchRequest, run_batch_score
+
+    request = BatchRequest(model=model, out=out.resolve(), version=version, data=data, time_from=utc(time_from),
+                           time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
+                           time_col=time_col, batch_size=batch_size, max_actors=max_actors,
+                           wait_for_cpus_s=wait_for_cpus)
+    actor = asyncio.run(actor_for("batch.score", api_key))
+    from sira.core.progress import RowProgress
+
+    progress = None if as_json else RowProgress("scoring")
+    try:
+        result = asyncio.run(run_batch_score(get_settings(), request, actor=actor, on_rows=progress))
+    finally:
+        if progress is not None:
+            progress.close()
+
+    emit(result, as_json, lambda: err.print(batch_table(result)))
+
+
+def batch_table(result: dict[str, Any]) -> Table:
+    return kv_table("Batch scoring", {
+        "model": f"{result['model']} v{result['version']} ({result['status']})", "input": result["input"],
+        "rows": f"{result['rows']:,}", "seconds": result["seconds"], "rows/s": f"{result['rows_per_second']:,}",
+        "mean score": f"{result['mean_score']:.4f}",
+        "decisions": ", ".join(f"{k} {v:,}" for k, v in result["decisions"].items()),
+        "output": result["out"], "sha256": result["sha256"]})
+
+
+def drift_table(result: dict[str, Any], limit: int | None = None) -> Table:
+    table = Table(title=f"Drift of {result['model']} v{result['version']} ({result['source']}, "
+                        f"{result['window']['from'][:16]}..{result['window']['to'][:16]}, "
+                        f"{result['n_current']:,} rows): {result['verdict'].upper()}", title_justify="left")
+    for column in ("feature", "severity", "PSI", "KS", "JS", "chi2", "p adj", "missing ref→now"):
+        table.add_column(column, justify="left" if column in ("feature", "severity") else "right")
+    for r in result["features"][:limit]:
+        d = r["details"]
+        missing = (f"{d['missing_rate_reference']:.3f}→{d['missing_rate_current']:.3f}"
+                   if d.get("missing_rate_current") is not None else "")
+        table.add_row(r["feature"], r["severity"], fmt(r["psi"]), fmt(r["ks_statistic"]),
+                      fmt(r["js_divergence"]), fmt(r["chi2_statistic"], 1), fmt(r["p_value_adjusted"], 4),
+                      missing)
+    return table
+
+
+@app.command("drift")
+def drift_cmd(
+    model: ModelOption,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
+    source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
+                                        "(what production served).")] = "events",
+    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data "
+                                        "that fills one, walking back over sparse days (docs/windows.md).")] = 7.0,
+    time_from: DateOption("--from", "Start of the window.") = None,
+    time_to: DateOption("--to", "End of the window (exclusive).") = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a recent window with the version's training reference (PSI, KS, chi-square, JS); store it."""
+    from sira.monitoring.drift import DriftRequest, run_drift
+
+    actor = asyncio.run(actor_for("monitoring.run", api_key))
+    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=utc(time_from),
+                           time_to=utc(time_to))
+    result = asyncio.run(run_drift(get_settings(), request, actor=actor))
+
+    def render() -> None:
+        err.print(drift_table(result))
+        if result["window"].get("skipped_after"):
+            err.print(f"window: {result['window']['rule']}; the {result['window']['skipped_after']:,} newer rows "
+                       f"(up to {result['window']['newest'][:16]}) are too few to fill one")
+
+    emit(result, as_json, render)
+
+
+def performance_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
+                        f"AP margin {result['ap_margin']:.2f})", title_justify="left")
+    for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
+                   "recall", "ECE", "flag"):
+        table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")
+    for res in result["results"]:
+        for w in res["windows"]:
+            decisions = w.get("decisions") or {}
+            table.add_row(str(res["version"]), res["role"], f"{w['window_start'][:10]}..{w['window_end'][:10]}",
+                          f"{w['n']:,}", f"{w['n_positive']:,}", fmt(w["average_precision"]),
+                          fmt(res["training_ap"]), fmt(w["roc_auc"]), fmt(decisions.get("precision_flagged")),
+                          fmt(decisions.get("recall_flagged")), fmt(w.get("expected_calibration_error")),
+                          "FLAGGED" if w["flagged"] else "provisional" if w.get("provisional") else "")
+    flagged = [f"v{res['version']} {res['role']}: {', '.join(res['flagged_segments'])}" for res in result["results"]
+               if res["flagged_segments"]]
+    if flagged:
+        table.caption = "flagged segments: " + "; ".join(flagged)
+    return table
+
+
+@app.command("performance")
+def performance_cmd(
+    model: ModelOption,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction with a "
+                                        "usable label (docs/windows.md).")] = 28.0,
+    time_from: DateOption("--from", "Start of the range (event time).") = None,
+    time_to: DateOption("--to", "End of the range (exclusive).") = None,
+    window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,
+    ap_margin: Annotated[float | None, typer.Option("--ap-margin", min=0, max=1, help="Flag a window whose AP is "
+                                                    "this far below the training test AP (default 0.10).")] = None,
+    min_segment: Annotated[int, typer.Option("--min-segment", min=1, help="Smallest segment evaluated.")] = 200,
+    as_of: DateOption("--as-of", "Labels known by then (default: now).") = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate stored predictions (production and shadow) against matured labels; store it."""
+    from sira.monitoring.performance import PerformanceRequest, run_performance
+
+    actor = asyncio.run(actor_for("monitoring.run", api_key))
+    request = PerformanceRequest(model=model, version=version, days=days, time_from=utc(time_from),
+                                 time_to=utc(time_to), window_days=window_days, ap_margin=ap_margin,
+                                 min_segment_size=min_segment, as_of=utc(as_of))
+    result = asyncio.run(run_performance(get_settings(), request, actor=actor))
+
+    emit(result, as_json, lambda: err.print(performance_table(result)))
+
+
+@app.command("retrain")
+def retrain_cmd(
+    model: ModelOption,
+    trials: Annotated[int, typer.Option("--trials", min=0, max=10_000, help="Search trials (0: no search).")] = 16,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = 600.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the search and training.")] = 42,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
+    test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
+                                                    "up to the newest usable event (default: the newest quarter).")] = None,
+    train_days: Annotated[float | None, typer.Option("--train-days", min=1, help="Training window: these many days "
+                                                     "before the held-out window (default: all the history).")] = None,
+    as_of: DateOption("--as-of", "Label cut-off (default: now).") = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run and its windows, change nothing.")] = False,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retrain: challenger on the latest data, judged against the champion, staged by the model's policy."""
+    from sira.core import db
+    from sira.core.auth import Identity
+    from sira.monitoring.retrain import RetrainRequest, run_retrain
+
+    settings = get_settings()
+
+    async def run() -> dict[str, Any]:
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                if api_key is None and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)"):
+                    from sira.core.audit import Actor
+
+                    # a fresh installation: no keys yet, the local user acts (as for `sira train`)
+                    identity = Identity(Actor.local().name, frozenset({"data_scientist"}), kind="system")
+                else:
+                    identity = await acting(conn, api_key)
+        request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
+                                 params=load_yaml_mapping(params) if params else None, num_threads=threads,
+                                 test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run)
+        return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else err.print)
+
+    result = asyncio.run(run())
+
+    def render() -> None:
+        if result.get("dry_run"):
+            err.print(kv_table(f"Retrain {model} (dry run)", {
+                "plan": result["plan"], "steps": ", ".join(result["steps"]) or "none",
+                "champion": result["inputs"]["champion"], "events": f"{result['inputs']['events']:,}",
+                "labels": f"{result['inputs']['labels']:,}", "input key": result["input_key"][:16]}))
+            err.print(plan_table("Windows of the challenger", result))
+            return
+        from sira.monitoring.retrain import markdown
+
+        err.print(markdown(result))
+        if result.get("reused"):
+            err.print("(these inputs were retrained before: the earlier run's report, no new version)")
+        err.print(f"report: {result['files']['markdown']}")
+
+    emit(result, as_json, render)

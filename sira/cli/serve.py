@@ -1,0 +1,83 @@
+"""Online: ``sira serve`` (Ray Serve), ``sira serve check``, ``sira api`` (the HTTP API alone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sira.cli.common import JsonOption, app, emit, err
+from sira.core.config import get_settings
+
+
+@app.command("api")
+def api_cmd(
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default SIRA_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default SIRA_API_PORT).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", help="A model to score (repeat; default fraud).")] = None,
+    scoring: Annotated[bool, typer.Option("--scoring/--no-scoring", help="Serve /v1/score too.")] = True,
+) -> None:
+    """Run the HTTP API alone under uvicorn (development: scoring without Serve's batching and replicas)."""
+    import uvicorn
+
+    from sira.http.app import create_app
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
+
+    settings = get_settings()
+    service = ScoringService(settings, ServingConfig.from_dict({"models": models or ["fraud"]})) if scoring else None
+    uvicorn.run(create_app(settings, scoring=service), host=host or settings.api_host, port=port or settings.api_port,
+                log_level="warning")
+
+
+serve_app = typer.Typer(help="Online scoring on Ray Serve: run it locally, or check a config before "
+                               "`serve deploy`.", invoke_without_command=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback()
+def serve_cmd(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A serve_configs/*.yaml file (default: serve_configs/local.yaml).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Listen address (default: the config's).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default: the config's).")] = None,
+) -> None:
+    """Run online scoring on Ray Serve locally (the same application `serve deploy` runs); Ctrl-C stops it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import signal
+    import time
+
+    from ray import serve
+
+    from sira.http.deployment import ServeSpec, run_local
+
+    spec = ServeSpec.from_file(config) if config else ServeSpec.local()
+    run_local(get_settings(), spec, host=host, port=port, progress=err.print)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    err.print("stopping SIRA serving")
+    serve.shutdown()
+
+
+@serve_app.command("check")
+def serve_check_cmd(
+    config: Annotated[Path, typer.Argument(help="The serve_configs/*.yaml file `serve deploy` will be given.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a Serve config before `serve deploy`: the application, its deployment options, its args and
+    user_config (a bad user_config would be refused by every replica, which keeps its last good one)."""
+    from sira.http.deployment import ServeSpec
+
+    spec = ServeSpec.from_file(config)  # raises invalid_config (exit 2) naming the field
+    payload = {"config": str(config), "valid": True, "models": spec.args.get("models") or ["fraud"],
+               "options": sorted(spec.options)}
+    emit(payload, as_json, lambda: err.print(f"{config}: valid (models {', '.join(payload['models'])}; "
+                                               f"deployment options {', '.join(payload['options']) or 'none'})"))

@@ -1,0 +1,147 @@
+"""``sira train`` and ``sira tune``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sira.cli.common import (
+    ApiKeyOption,
+    DateOption,
+    JsonOption,
+    actor_for,
+    app,
+    emit,
+    err,
+    kv_table,
+    load_yaml_mapping,
+    utc,
+)
+from sira.core.config import get_settings
+
+
+def plan_table(title: str, result: dict[str, Any]) -> Table:
+    """The windows a training run would use, with the labelled rows and positives each holds."""
+    if "windows" not in result:  # a table: its split
+        return kv_table(title, {"rows": f"{result['rows']:,}", **{k: f"{v:,}" if isinstance(v, int) else v
+                                                                   for k, v in result["split"].items()},
+                                 **({"time column": f"{result['time_column']['name']} read as "
+                                                    f"{result['time_column']['read_as']}"}
+                                    if result.get("time_column") else {})})
+    w, counts = result["windows"], result["counts"]
+    return kv_table(title, {
+        "train": f"{w['train_from'][:16]} .. {w['train_to'][:16]}: {counts['train']['rows']:,} labelled events, "
+                 f"{counts['train']['positives']:,} positive",
+        "test": f"{w['test_from'][:16]} .. {w['test_to'][:16]}: {counts['test']['rows']:,} labelled events, "
+                f"{counts['test']['positives']:,} positive",
+        "labels known by": f"{w['cutoff'][:16]} (--as-of)", "label maturity": f"{w['maturity_days']:g} days",
+    })
+
+
+def training_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("validation", justify="right")
+    table.add_column("test", justify="right")
+    for key in ("n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "precision_at_100",
+                "brier", "log_loss", "expected_calibration_error"):
+        cells = []
+        for part in ("validation", "test"):
+            value = result["metrics"][part].get(key)
+            cells.append(f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if value is not None else "")
+        table.add_row(key.replace("_", " "), *cells)
+    w = result.get("windows") or {}
+    if "cutoff" in w:
+        table.caption = (f"windows: train {w['train_from'][:16]}..{w['train_to'][:16]}, test {w['test_from'][:16]}.."
+                         f"{w['test_to'][:16]}; labels known by {w['cutoff'][:16]}")
+    elif result.get("time_column"):
+        table.caption = f"time column {result['time_column']['name']} read as {result['time_column']['read_as']}"
+    return table
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model name (created with defaults if new).")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Bring-your-own table: Parquet/CSV file or folder.")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Label column of the table.")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col", help="Time column: split by time.")] = None,
+    id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (never a feature).")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="The label value that means positive.")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: same data, params, seed and threads, same model file.")] = 42,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
+    model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
+    train_from: DateOption("--train-from", "Start of the training window.") = None,
+    train_to: DateOption("--train-to", "End of the training window (exclusive).") = None,
+    test_from: DateOption("--test-from", "Start of the test window.") = None,
+    test_to: DateOption("--test-to", "End of the test window (exclusive).") = None,
+    test_days: Annotated[float | None, typer.Option("--test-days", min=0.01, help="Test window: these days up to the "
+                                                    "newest usable event (default: the newest quarter).")] = None,
+    train_days: Annotated[float | None, typer.Option("--train-days", min=0.01, help="Training window: these days "
+                                                     "before the test window's gap (default: all the history).")] = None,
+    as_of: DateOption("--as-of", "Label cut-off: labels known after it do not exist (default: now; for backtests).") = None,
+    label_delay: Annotated[float, typer.Option("--label-delay", min=0, help="Days between the train and test windows.")] = 7.0,
+    label_maturity: Annotated[
+        int | None, typer.Option("--label-maturity", min=0, max=3650, help="Days until an unlabelled event counts as "
+                                 "legitimate (for a model this run creates; default 30).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, max=10_000, help="Tune with this many trials first.")] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="State the windows and what they hold; train nothing.")] = False,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train (or, with --trials, tune then train) and register a candidate version.
+
+    Without --data, the training set comes from the feature store (sira ingest); its default windows
+    come from where the usable events are (docs/windows.md)."""
+    from sira.training.runs import TrainRequest, run_training
+
+    request = TrainRequest(
+        model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
+        params=load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
+        train_from=utc(train_from), train_to=utc(train_to), test_from=utc(test_from), test_to=utc(test_to),
+        label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
+        test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run,
+        **({"num_threads": threads} if threads else {}),
+    )
+    actor = asyncio.run(actor_for("models.write", api_key))
+    result = asyncio.run(run_training(get_settings(), request, actor=actor,
+                                      progress=(lambda _m: None) if as_json else err.print))
+
+    def render() -> None:
+        if result.get("dry_run"):
+            err.print(plan_table(f"Train {model} (dry run: nothing trained)", result))
+            return
+        err.print(training_table(result))
+        if result.get("search"):
+            s = result["search"]
+            err.print(f"search: {s['completed']}/{s['trials']} trials, best validation AP "
+                       f"{s['best_validation_ap']:.4f}, {s['concurrency']} at a time")
+        if result["dropped_columns"]:
+            err.print("not features: " + ", ".join(f"{k} ({v})" for k, v in result["dropped_columns"].items()))
+        err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
+
+    emit(result, as_json, render)
+
+
+def tune_cmd(**options: Any) -> None:
+    """Tune with Ray Tune + Optuna (default 32 trials), then train the best configuration and register it.
+
+    Takes every `sira train` option; without --data the training set comes from the feature store."""
+    train_cmd(**options)
+
+
+# `sira tune` is `sira train` with a search by default: the same options, --trials defaulting to 32.
+_train_signature = inspect.signature(train_cmd, eval_str=True)
+tune_cmd.__signature__ = _train_signature.replace(parameters=[  # type: ignore[attr-defined]
+    p.replace(default=32) if p.name == "trials" else p for p in _train_signature.parameters.values()
+])
+tune_cmd.__annotations__ = dict(train_cmd.__annotations__)
+app.command("tune")(tune_cmd)
