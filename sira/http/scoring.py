@@ -16,8 +16,7 @@ from fastapi.responses import Response
 from sira.core.auth import Identity
 from sira.core.errors import InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
 from sira.http.deps import errors, require
-from sira.serving.idempotency import public
-from sira.serving.records import answer_from_row
+from sira.serving.idempotency import answer_from_row, public
 from sira.serving.schemas import BatchScoreRequest, FeedbackRequest, ScoreRequest, ScoreResponse
 from sira.serving.service import ScoringService
 

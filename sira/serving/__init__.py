@@ -1,5 +1,5 @@
 """The scoring engine: the model runtime and reason codes, the scoring service (histories,
 idempotency, hot swap, prediction records, resilience) and the spool. No web code."""
 
-__all__ = ["scoring", "config", "schemas", "service", "histories", "idempotency", "slots", "records", "spool",
-           "resilience", "metrics"]
+__all__ = ["scoring", "config", "schemas", "intake", "service", "replica", "histories", "idempotency", "answers",
+           "slots", "records", "spool", "resilience", "metrics"]

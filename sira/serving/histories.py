@@ -1,13 +1,26 @@
-"""Entity histories as a replica caches them, and when a cached one still holds a snapshot's state."""
+"""Entity histories as a replica reads and caches them: in-replica LRU, then Redis, then PostgreSQL
+(the snapshot, else the event log); dropped when a snapshot notification says they changed, unless
+a cached one still holds that state."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
+import orjson
 
-from sira.features.definitions import ENTITY_COLUMNS, History
+from sira.core import db
+from sira.features import store as feature_store
+from sira.features.definitions import ENTITY_COLUMNS, FeatureSet, History, parse_duration
+from sira.serving.replica import Replica
+from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
+from sira.serving.scoring import event_vectors
+from sira.serving.slots import ModelSlots
 
 
 @dataclass
@@ -43,3 +56,199 @@ def _holds_state(history: History, last_event_id: str, n_events: int, labelled: 
     known = history.label_known_at
     labels = 0 if known is None else int(np.count_nonzero(np.isfinite(known[:upto])))
     return int(np.count_nonzero(ts > int(ts[-1]) - lookback_us)) == n_events and labels == labelled
+
+
+Key = tuple[str, str]  # (entity type, entity id)
+
+
+def _redis_key(key: Key) -> str:
+    return f"sira:history:{key[0]}:{key[1]}"
+
+
+class Histories:
+    """The entity histories a replica scores events with (see the module docstring)."""
+
+    def __init__(self, replica: Replica, models: ModelSlots):
+        self.replica, self.models = replica, models
+        self.cache = LRU(replica.config.cache_max_entries, replica.config.cache_ttl_s)
+        self._invalidated: dict[Key, float] = {}
+
+    async def event_inputs(self, fs: FeatureSet, items: list[Item], degraded: set[str]
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[Key, History]]:
+        """Feature vectors for the batch's events, the per-request flags, and the folded histories to cache."""
+        events = [i.event for i in items]
+        keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
+                       if e.get(spec.key_column) is not None})
+        found, status = await self.lookup(fs, keys, degraded)
+        inputs = event_vectors(fs, events, {k: v.history for k, v in found.items()})
+        flags: list[dict[str, Any]] = []
+        for item, vector in zip(items, inputs.vectors):
+            flag: dict[str, list[str]] = {}
+            for spec in fs.entities:
+                value = item.event.get(spec.key_column)
+                if value is None:
+                    flag.setdefault("missing_entities", []).append(spec.entity)
+                    continue
+                state = status.get((spec.entity, value))
+                if state == "unavailable":
+                    flag.setdefault("unavailable_entities", []).append(spec.entity)
+                    for name in spec.names():
+                        vector[name] = None  # unknown history: missing, not "first event ever"
+                elif state == "new":
+                    flag.setdefault("new_entities", []).append(spec.entity)
+                elif _stale(found.get((spec.entity, value)), item.event["occurred_at"], fs):
+                    flag.setdefault("stale_entities", []).append(spec.entity)
+            flags.append(flag)
+        recorded = {(spec.entity, i.event[spec.key_column]) for i in items if i.record for spec in fs.entities
+                    if i.event.get(spec.key_column) is not None}
+        folded = {k: h for k, h in inputs.folded.items() if k in recorded and status.get(k) != "unavailable"}
+        return inputs.vectors, flags, folded
+
+    async def lookup(self, fs: FeatureSet, keys: list[Key], degraded: set[str]
+                     ) -> tuple[dict[Key, CachedHistory], dict[Key, str]]:
+        """Entity histories: in-replica LRU, then Redis, then Postgres (snapshot, else the event log)."""
+        found: dict[Key, CachedHistory] = {}
+        missing = []
+        for key in keys:
+            cached = self.cache.get(key)
+            if cached is not None:
+                found[key] = cached
+            else:
+                missing.append(key)
+        self._count("memory", len(found), len(missing))
+        if missing and self.replica.redis is not None:
+            missing = await self._from_redis(fs, missing, found, degraded)
+        if not missing:
+            return found, {}
+        return await self._from_postgres(fs, missing, found, degraded)
+
+    async def _from_redis(self, fs: FeatureSet, missing: list[Key], found: dict[Key, CachedHistory],
+                          degraded: set[str]) -> list[Key]:
+        r = self.replica
+        if not r.redis_breaker.available:
+            degraded.add("cache_unavailable")
+            return missing
+        try:
+            values = await r.redis.mget([_redis_key(k) for k in missing])
+            r.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            r.redis_breaker.failed(exc)
+            degraded.add("cache_unavailable")
+            return missing
+        still = []
+        for key, raw in zip(missing, values):
+            entry = orjson.loads(raw) if raw is not None else None
+            if entry is not None and entry["w"] > self._invalidated_at(key):
+                found[key] = CachedHistory(feature_store.history_from_state(fs.entity(key[0]), entry["s"]))
+                self.cache.put(key, found[key])
+            else:
+                still.append(key)
+        self._count("redis", len(missing) - len(still), len(still))
+        return still
+
+    async def _from_postgres(self, fs: FeatureSet, missing: list[Key], found: dict[Key, CachedHistory],
+                             degraded: set[str]) -> tuple[dict[Key, CachedHistory], dict[Key, str]]:
+        r = self.replica
+        status: dict[Key, str] = {}
+        if not r.pg.available:
+            degraded.add("database_unavailable")
+            return found, {k: "unavailable" for k in missing}
+        read_at = time.time()
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                rows = await conn.fetch(
+                    """SELECT s.entity_type, s.entity_id, s.as_of, s.state
+                         FROM unnest($1::text[], $2::text[]) AS k(entity_type, entity_id)
+                         JOIN sira_feature_snapshots s USING (entity_type, entity_id)
+                        WHERE s.feature_set = $3 AND s.feature_set_version = $4""",
+                    [k[0] for k in missing], [k[1] for k in missing], fs.name, fs.version,
+                    timeout=r.config.db_timeout_s,
+                )
+                for row in rows:
+                    key = (row["entity_type"], row["entity_id"])
+                    found[key] = CachedHistory(feature_store.history_from_state(fs.entity(key[0]), row["state"]))
+                absent = [k for k in missing if k not in found]
+                for entity in sorted({k[0] for k in absent}):
+                    spec = fs.entity(entity)
+                    ids = [k[1] for k in absent if k[0] == entity]
+                    horizon = datetime.now(timezone.utc) - timedelta(seconds=spec.lookback_seconds)
+                    loaded = await feature_store.load_histories(conn, spec, ids, horizon,
+                                                                datetime(2200, 1, 1, tzinfo=timezone.utc),
+                                                                fs.label_name)
+                    for entity_id in ids:
+                        history = loaded.get(entity_id)
+                        if history is None or len(history) == 0:
+                            status[(entity, entity_id)] = "new"
+                            history = History.from_rows([], spec.categorical_columns)
+                        found[(entity, entity_id)] = CachedHistory(history)
+            r.pg.succeeded()
+        except db.UNAVAILABLE as exc:
+            r.pg.failed(exc)
+            degraded.add("database_unavailable")
+            return found, {**status, **{k: "unavailable" for k in missing if k not in found}}
+        for key in missing:
+            if key in found and self._invalidated_at(key) < read_at:
+                self.cache.put(key, found[key])
+        return found, status
+
+    def keep(self, folded: dict[Key, History]) -> None:
+        """Histories this replica folded the batch's recorded events into."""
+        for key, history in folded.items():
+            self.cache.put(key, CachedHistory(history))
+
+    def queue(self, pipe: Any, folded: dict[Key, History]) -> None:
+        """The same into a Redis pipeline (sent after answering), as snapshot states."""
+        for key, history in folded.items():
+            spec = self.models.entity_spec(key[0])
+            if spec is not None:
+                state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
+                pipe.set(_redis_key(key), orjson.dumps({"s": state, "w": time.time()}),
+                         ex=self.replica.config.redis_ttl_s)
+
+    def on_snapshots(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """``NOTIFY`` of changed snapshots: drop the cached histories that do not hold the new state."""
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        entity_type = message.get("t")
+        now = time.time()  # wall clock: compared with the write times of Redis entries too
+        if message.get("all"):
+            self.cache.clear(lambda k: k[0] == entity_type)
+            self._invalidated[(entity_type, "*")] = now
+            return
+        stale = []
+        spec = self.models.entity_spec(entity_type)
+        lookback = spec.lookback_seconds * 1_000_000 if spec else None
+        for entity_id, last_event_id, n_events, labelled in message.get("e", []):
+            key = (entity_type, entity_id)
+            cached: CachedHistory | None = self.cache.get(key, allow_expired=True)
+            if cached is not None and lookback is not None and _holds_state(cached.history, last_event_id,
+                                                                              n_events, labelled, lookback):
+                continue  # that state, or a newer one of it: this replica folded those events in itself
+            self.cache.pop(key)
+            self._invalidated[key] = now
+            stale.append(key)
+        if len(self._invalidated) > 100_000:
+            self._invalidated.clear()
+        if stale and self.replica.redis_available:
+            self.replica.spawn(self._forget_in_redis(stale), "redis-forget")
+
+    async def _forget_in_redis(self, keys: list[Key]) -> None:
+        with contextlib.suppress(Exception):
+            await self.replica.redis.delete(*(_redis_key(k) for k in keys))
+
+    def _count(self, layer: str, hits: int, misses: int) -> None:
+        self.replica.count("cache", hits, layer=layer, outcome="hit")
+        self.replica.count("cache", misses, layer=layer, outcome="miss")
+
+    def _invalidated_at(self, key: Key) -> float:
+        return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0))
+
+
+def _stale(cached: CachedHistory | None, occurred_at: datetime, fs: FeatureSet) -> bool:
+    """The entity's newest known event is older than the feature set's TTL at the scored event's time:
+    its windows are still evaluated correctly, but a source that bypasses the snapshots may be lagging."""
+    if cached is None or len(cached.history) == 0:
+        return False
+    return (feature_store.to_us(occurred_at) - int(cached.history.ts[-1])) > parse_duration(fs.ttl) * 1_000_000

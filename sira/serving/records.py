@@ -3,7 +3,11 @@ request path, and read back as the answer they were."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,6 +18,11 @@ import asyncpg
 from sira.core import db
 from sira.features.definitions import get_feature_set
 from sira.serving.idempotency import DIGEST
+from sira.serving.replica import Replica
+from sira.serving.resilience import BackgroundLoop
+from sira.serving.spool import Spool
+
+log = logging.getLogger(__name__)
 
 # What PostgreSQL refuses for good (bad data, a violated constraint): retrying the same record cannot help.
 REFUSED_FOR_GOOD = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -148,17 +157,130 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
     return int(status.split()[-1])
 
 
-def answer_from_row(row: Any) -> dict[str, Any]:
-    """A stored prediction as the answer it was (idempotent replays, GET /v1/predictions/{id}); the digest of
-    the request, when stored, under :data:`DIGEST` (dropped by :func:`public`)."""
-    flags = dict(row["flags"] or {})
-    digest = flags.pop(DIGEST, None)
-    degraded_reasons = flags.pop("degraded_reasons", [])
-    deferred = bool(flags.pop("reasons_deferred", False))
+def prediction_record(answer: dict[str, Any], runtime: Any, vector: dict[str, Any], role: str) -> dict[str, Any]:
+    """The spool record of an answer (``role``: production or shadow): what ``sira_predictions`` keeps."""
     return {
-        "prediction_id": str(row["prediction_id"]), "request_id": row["request_id"], "model": row["model_name"],
-        "version": row["version"], "score": row["score"], "decision": row["decision"], "reasons": row["reasons"],
-        "reasons_deferred": deferred, "flags": flags, "degraded": row["degraded"], "degraded_reasons": degraded_reasons,
-        "latency_ms": row["latency_ms"], "scored_at": row["scored_at"].isoformat(), "event_id": row["event_id"],
-        "replayed": False, **({DIGEST: digest} if digest else {}),
+        "kind": "prediction", "prediction_id": answer["prediction_id"], "scored_at": answer["scored_at"],
+        "request_id": answer["request_id"], "model_id": runtime.model_id, "model_name": runtime.model_name,
+        "version": runtime.version, "role": role, "event_id": answer["event_id"],
+        "features": {k: vector.get(k) for k in runtime.names},
+        "score": answer["score"], "decision": answer["decision"],
+        "reasons": None if answer["reasons_deferred"] else answer["reasons"],
+        "flags": {**answer["flags"], DIGEST: answer[DIGEST]} if DIGEST in answer else answer["flags"],
+        "degraded": answer["degraded"],
+        "degraded_reasons": answer["degraded_reasons"], "latency_ms": answer["latency_ms"],
     }
+
+
+class PredictionWriter:
+    """The spool's way into PostgreSQL: answered records are appended to the local spool before the answer
+    leaves; a flusher stores closed segments (this replica's, and any a dead replica left) through the
+    :class:`Recorder`, retrying with backoff, and sets aside what PostgreSQL refuses for good."""
+
+    def __init__(self, replica: Replica, spool: Spool):
+        self.replica, self.spool = replica, spool
+        self.recorder: Any = None  # a Recorder actor (in a replica) or a Recorder on `self.writer`'s loop
+        self.writer: BackgroundLoop | None = None
+        self.lock = asyncio.Lock()
+
+    def open(self, in_replica: bool) -> None:
+        """Storing the spool is CPU work (folding recorded events into features): in a replica a process of
+        its own does it; even a thread held the GIL the request loop needs."""
+        self.spool.open()
+        dsn = db.resolve_dsn(self.replica.settings)
+        if in_replica:
+            self.recorder = recorder_actor().remote(dsn)
+        else:
+            self.writer = BackgroundLoop("sira-writer")
+            self.recorder = Recorder(dsn)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout=10)
+        self.spool.close()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.run(self.recorder.close()), timeout=5)
+            self.writer.close()
+        elif self.recorder is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(self.recorder)
+
+    async def flush_forever(self) -> None:
+        r = self.replica
+        delay = 0.0  # at start, at once: replay what a dead replica left in the spool
+        last_orphan_scan = 0.0
+        failing = False
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                scan = time.monotonic() - last_orphan_scan > 5.0
+                if scan or self.spool.pending:
+                    if await self.flush():
+                        r.pg.succeeded()
+                    if scan:
+                        last_orphan_scan = time.monotonic()
+                delay, failing = r.config.flush_interval_s, False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried with backoff; the spool keeps everything
+                if db.is_unavailable(exc):
+                    r.pg.failed(exc)
+                if not failing:
+                    log.warning("storing the spool failed (%s: %s); retrying with backoff", type(exc).__name__,
+                                " ".join(str(exc).split())[:300])
+                delay, failing = min(max(delay * 2, 0.5), 5.0), True
+            if r.metrics:
+                r.metrics.spooled.set(self.spool.pending)
+                r.metrics.publish()
+
+    async def flush(self) -> int:
+        """Write every closed spool segment to Postgres (this replica's and any left by a dead one)."""
+        async with self.lock:
+            self.spool.rotate()
+            written = 0
+            for segment in self.spool.claim():
+                records = segment.read()
+                try:
+                    await self._write(records)
+                except REFUSED_FOR_GOOD:  # (through Ray, an instance of its cause too)
+                    written += await self._write_one_by_one(segment, records)
+                    continue
+                self.spool.done(segment)
+                written += len(records)
+            return written
+
+    async def flush_quietly(self) -> int:
+        """:meth:`flush`, logging a failure instead of raising it (the flusher retries on its own)."""
+        try:
+            return await self.flush()
+        except Exception:  # noqa: BLE001 - the spool keeps the records; the flusher tries again
+            log.exception("spool flush failed")
+            return 0
+
+    async def _write_one_by_one(self, segment: Any, records: list[dict[str, Any]]) -> int:
+        """A segment Postgres refused: store its records one at a time and set aside those it refuses
+        (retrying them would block every segment after this one). Other errors propagate: retried."""
+        refused = []
+        for record in records:
+            try:
+                await self._write([record])
+            except REFUSED_FOR_GOOD as exc:
+                refused.append(record)
+                log.error("PostgreSQL refused a spooled %s record (%s); set aside", record.get("kind"),
+                          type(exc).__name__)
+        if not refused:
+            self.spool.done(segment)
+            return len(records)
+        self.spool.set_aside(segment, refused)
+        if self.replica.metrics:
+            self.replica.metrics.refused.inc(len(refused))
+        return len(records) - len(refused)
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        if self.writer is None:
+            await self.recorder.store.remote(records)
+        else:
+            await self.writer.run(self.recorder.store(records))

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2] / "sira"
 LAYERS = ["core", "features", "ingest", "registry", "training", "serving", "monitoring", "http", "demo", "cli"]
 MAX_LINES = 600
 # Left of #20 (split next): these may not grow, and the limit applies to them once they are cut.
-OVER_THE_LIMIT = {"sira/serving/service.py": 1028}
+OVER_THE_LIMIT: dict[str, int] = {}
 
 
 def _modules() -> dict[str, Path]:
