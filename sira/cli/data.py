@@ -148,9 +148,8 @@ def ingest_cmd(
         from sira.ingest.bulk import ingest_files
 
         find_files(paths)  # a missing or unsupported file fails before anything else
-        asyncio.run(actor_for("events.write", api_key))
-
-        summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source,
+        actor = asyncio.run(actor_for("events.write", api_key))  # None: no key exists yet, the local user
+        summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source, actor=actor,
                                progress=not as_json, notify=(lambda _m: None) if as_json else err.print)
         payload = summary.to_dict()
     emit(payload, as_json, lambda: err.print(_summary_table("Ingest", payload)))

@@ -28,7 +28,8 @@ import asyncpg
 import numpy as np
 import pyarrow as pa
 
-from sira.core import db
+from sira.core import audit, db
+from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, sira_cause
 from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
@@ -373,8 +374,10 @@ def ingest_files(
     progress: bool = True,
     batch_size: int = 10_000,
     notify: Callable[[str], None] = lambda _m: None,
+    actor: Actor | None = None,
 ) -> IngestSummary:
-    """Load event files through Ray Data, then compute the new events' features."""
+    """Load event files through Ray Data, then compute the new events' features. The load is recorded in
+    the audit log as ``events.ingest``, by ``actor`` (the key's owner; by default the local user)."""
     import ray
     import ray.data
 
@@ -455,7 +458,24 @@ def ingest_files(
         summary.features_written = sum(int(w["written"]) for w in written)
         summary.phases["features"] = time.perf_counter() - phase
     summary.seconds = time.perf_counter() - started
+    asyncio.run(_record_load(dsn, actor or Actor.local(), redactor_for(settings), source, files, summary, seq_from,
+                             seq_to))
     return summary
+
+
+async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, files: Any, summary: IngestSummary,
+                       seq_from: int, seq_to: int) -> None:
+    """Who loaded which files, and what came of it (file names only, scrubbed as sources are: a name may
+    hold an email)."""
+    conn = await db.connect(dsn)
+    try:
+        await audit.record(conn, actor, "events.ingest", target_type="source", target_id=redactor.scrub_text(source),
+                           details={"files": [redactor.scrub_text(p.name) for p in files.paths][:100],
+                                    "n_files": len(files.paths), "read": summary.read, "accepted": summary.accepted,
+                                    "duplicates": summary.duplicates, "rejected": summary.rejected,
+                                    "seq_from": seq_from, "seq_to": seq_to})
+    finally:
+        await conn.close()
 
 
 @contextmanager

@@ -51,6 +51,10 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+HANDBOOK_MAP = {"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME", "customer_id": "CUSTOMER_ID",
+                "terminal_id": "TERMINAL_ID", "amount": "TX_AMOUNT"}
+
+
 def handbook_rows(n=30):
     start = datetime(2026, 4, 1)
     return [
@@ -68,9 +72,8 @@ async def test_csv_with_column_mapping_loads_good_rows_and_dead_letters_the_rest
     rows[7]["TERMINAL_ID"] = ""
     rows[9]["TX_AMOUNT"] = "-5"
     write_csv(tmp_path / "tx.csv", rows)
-    mapping = {"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME", "customer_id": "CUSTOMER_ID",
-               "terminal_id": "TERMINAL_ID", "amount": "TX_AMOUNT"}
-    summary = await ingest_files(settings, [tmp_path / "tx.csv"], fs=PAYMENTS_V1, mapping=mapping, progress=False)
+    summary = await ingest_files(settings, [tmp_path / "tx.csv"], fs=PAYMENTS_V1, mapping=dict(HANDBOOK_MAP),
+                                 progress=False)
     assert (summary.accepted, summary.rejected) == (26, 4)
     assert summary.reasons == {"invalid_field": 3, "missing_entity_key": 1}
     rejected = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
@@ -186,3 +189,34 @@ async def test_header_only_csv_is_a_clear_input_error(clean_db, settings, tmp_pa
     assert caught.value.code == "empty_input"
     assert caught.value.one_line() == f"error: empty_input: {path}: no rows (only a header)"
     assert await count(clean_db, "sira_events") == 0
+
+
+async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings, tmp_path):
+    """`sira ingest` acts as the key's owner, and the audit log says so (it resolved the key and then threw
+    the identity away); before any key exists, the local user. File names are scrubbed as sources are."""
+    from sira.core import db
+    from sira.core.audit import Actor
+    from sira.core.auth import Identity, create_key
+
+    write_csv(tmp_path / "jane.doe@example.com.csv", handbook_rows(6))
+    await ingest_files(settings, [tmp_path / "jane.doe@example.com.csv"], fs=PAYMENTS_V1,
+                       mapping=dict(HANDBOOK_MAP), progress=False)
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        admin = Identity("root", frozenset({"admin"}), "api_key")
+        key, _ = await create_key(conn, name="loader-svc", roles=["service"], pepper=pepper, creator=admin)
+    write_csv(tmp_path / "more.csv", handbook_rows(8))
+    env = {**os.environ, "SIRA_DATABASE_URL": settings.database_url.get_secret_value(),
+           "SIRA_WORKSPACE": str(settings.workspace), "SIRA_API_KEY": key}
+    args = ["ingest", str(tmp_path / "more.csv"), "--json", "--map", ",".join(f"{k}={v}" for k, v in HANDBOOK_MAP.items())]
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", *args], env=env,
+                                   capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = await clean_db.fetch("SELECT actor, actor_kind, target_id, details FROM sira_audit_log "
+                                "WHERE action = 'events.ingest' ORDER BY id")
+    assert [(r["actor"], r["actor_kind"]) for r in rows] == [(Actor.local().name, Actor.local().kind),
+                                                             ("loader-svc", "api_key")]
+    first, second = (r["details"] for r in rows)
+    assert (first["accepted"], second["accepted"], second["read"], second["files"]) == (6, 2, 8, ["more.csv"])
+    assert "jane.doe@example.com" not in json.dumps(first) + rows[0]["target_id"]
