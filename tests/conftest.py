@@ -20,6 +20,7 @@ import concurrent.futures
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -61,6 +62,34 @@ def assert_quiet(stderr: str) -> None:
     docs/troubleshooting.md explains it.)"""
     found = [n for n in NOISE if n in stderr]
     assert not found, (found, stderr[-3000:])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str | None = None):
+    """Poll ``predicate`` until it returns something truthy (and return that): synchronisation with a
+    background process (a flusher, a listener, a replica), never a timing assertion. Fails naming
+    what did not happen within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02, what: str | None = None):
+    """:func:`wait_until` on the event loop; ``predicate`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
 
 
 def _answers(host: str, port: int) -> bool:

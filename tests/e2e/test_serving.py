@@ -21,7 +21,7 @@ from sira.core import db
 from sira.core.auth import Identity, create_key
 from sira.core.config import Settings
 from sira.registry import models as registry
-from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync
+from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync, wait_until
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
@@ -104,12 +104,12 @@ def test_scores_with_reasons_over_http_and_openapi(serving, fraud_model):
                             headers=headers(fraud_model)).json()
         assert again["prediction_id"] == answer["prediction_id"]  # whichever replica answers
         assert again["score"] == answer["score"] and again["decision"] == answer["decision"]
+        # Every spooled record of the request is in Postgres once no spool segment (either replica's, open
+        # or closed, or set aside) holds it: a second row written late by the other replica is seen then.
+        _, spool = serving
+        wait_until(lambda: not any(b'"http-1"' in p.read_bytes() for p in spool.rglob("*") if p.is_file()),
+                   timeout=30, what="both replicas flushed the answers to http-1")
         count = "SELECT count(*) FROM sira_predictions WHERE request_id = 'http-1'"
-        for _ in range(100):  # stored within a flush interval or two
-            if run_sync(stored(fraud_model.dsn, count)) >= 1:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)  # both replicas have flushed by now
         assert run_sync(stored(fraud_model.dsn, count)) == 1
         r = client.post("/v1/score", json={"model": "fraud", "event": {**event(fraud_model, 1), "amount": "x"}},
                         headers=headers(fraud_model))

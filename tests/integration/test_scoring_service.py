@@ -163,7 +163,10 @@ async def test_a_spooled_record_postgres_refuses_is_set_aside_and_the_others_sto
     refused = [orjson.loads(x) for f in (service.spool.directory / "refused").glob("*.jsonl")
                for x in f.read_bytes().splitlines()]
     assert [x["prediction_id"] for x in refused] == [bad["prediction_id"]]
-    assert service.spool.pending == 0 and not any(service.spool.directory.glob("*.spool")) or service.spool.pending == 0
+    # the refused segment is gone (its good record stored, the bad one set aside), not left to block the next flush:
+    # the only segment left is the empty current one
+    assert service.spool.pending == 0
+    assert [p.name for p in service.spool.directory.glob("*.spool")] == [service.spool._current.path.name]
 
 
 async def test_reconfigure_reaches_the_spool_and_the_answer_cache(served):
