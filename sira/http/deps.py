@@ -4,6 +4,7 @@ database pool, and the OpenAPI description of a route's errors."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
@@ -39,32 +40,65 @@ async def get_pool(request: Request) -> asyncpg.Pool:
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 
-async def current_identity(
-    request: Request, pool: PoolDep, authorization: Annotated[str | None, Header()] = None
-) -> Identity:
+class IdentityCache:
+    """API keys a serving replica has checked, for ``auth_cache_ttl_s`` of its serving config (read at each
+    use: a reconfigure applies at once); while PostgreSQL is away, a key checked within
+    ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once."""
+
+    def __init__(self, config: Callable[[], Any]):
+        from sira.serving.resilience import LRU
+
+        self.config = config
+        self.lru = LRU(10_000, config().auth_cache_ttl_s)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config().auth_cache_ttl_s > 0
+
+    def get(self, key: str, *, outage: bool = False) -> Identity | None:
+        config = self.config()
+        self.lru.ttl_s = config.auth_cache_ttl_s
+        return self.lru.get(key, stale_for=config.auth_outage_grace_s if outage else 0.0)
+
+    def put(self, key: str, identity: Identity) -> None:
+        self.lru.ttl_s = self.config().auth_cache_ttl_s
+        self.lru.put(key, identity)
+
+    def forget(self, key: str) -> None:
+        self.lru.pop(key)
+
+
+async def get_identities(request: Request) -> IdentityCache | None:
+    return request.app.state.identities
+
+
+IdentitiesDep = Annotated[IdentityCache | None, Depends(get_identities)]
+
+
+async def current_identity(request: Request, pool: PoolDep, identities: IdentitiesDep,
+                           authorization: Annotated[str | None, Header()] = None) -> Identity:
     """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
     key = None
     if authorization:
         scheme, _, token = authorization.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else None
-    scoring = getattr(request.app.state, "scoring", None)
-    cache = scoring.identities if scoring is not None and scoring.config.auth_cache_ttl_s > 0 else None
-    identity = cache.get(key) if cache is not None and key else None
+    cache = identities if identities is not None and identities.enabled and key else None
+    identity = cache.get(key) if cache is not None else None
     if identity is None and key and is_jwt(key, request.app.state.jwt_config):
         identity = identity_from_jwt(key, request.app.state.jwt_config)  # verified here: no database needed
     elif identity is None:
+        timeout = identities.config().db_timeout_s if identities is not None else None
         try:
-            async with pool.acquire(timeout=scoring.config.db_timeout_s if scoring else None) as conn:
+            async with pool.acquire(timeout=timeout) as conn:
                 identity = await authenticate(conn, key, pepper=request.app.state.pepper,
                                               jwt_config=request.app.state.jwt_config)
         except Unauthenticated:
-            if cache is not None and key:
-                cache.pop(key)  # revoked or expired: never again, not even from the cache in an outage
+            if cache is not None:
+                cache.forget(key)  # revoked or expired: never again, not even from the cache in an outage
             raise
         except db.UNAVAILABLE as exc:
             # A serving replica keeps answering callers it knew shortly before while Postgres is away.
-            identity = (cache.get(key, stale_for=scoring.config.auth_outage_grace_s)
-                        if cache is not None and key else None)
+            identity = cache.get(key, outage=True) if cache is not None else None
             if identity is None:
                 raise ServiceUnavailable(f"cannot check credentials: the database is unavailable "
                                          f"({type(exc).__name__})", code="database_unavailable") from None
@@ -72,6 +106,12 @@ async def current_identity(
             if cache is not None:
                 cache.put(key, identity)
     return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
+
+
+async def in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """``fn(conn, *args, **kwargs)`` in one transaction: a route's unit of work."""
+    async with db.transaction(pool) as conn:
+        return await fn(conn, *args, **kwargs)
 
 
 def require(action: str) -> Any:

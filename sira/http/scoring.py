@@ -7,17 +7,25 @@ import contextlib
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from sira.core.auth import Identity
-from sira.core.errors import InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
+from sira.core.errors import InvalidInput, NotFound, PayloadTooLarge
 from sira.http.deps import errors, require
 from sira.serving.idempotency import answer_from_row, public
-from sira.serving.schemas import BatchScoreRequest, FeedbackRequest, ScoreRequest, ScoreResponse
+from sira.serving.schemas import (
+    BatchScoreAnswer,
+    BatchScoreRequest,
+    FeedbackAnswer,
+    FeedbackRequest,
+    ScoreAnswer,
+    ScoreRequest,
+    StoredPrediction,
+)
 from sira.serving.service import ScoringService
 
 
@@ -33,117 +41,110 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def scoring_router() -> Any:
-    """``/v1/score``, ``/v1/score/batch``, ``/v1/predictions/{id}``, ``/v1/feedback`` (the service is app state)."""
-    router = APIRouter(prefix="/v1", tags=["scoring"])
+router = APIRouter(prefix="/v1", tags=["scoring"])
 
-    def service_of(request: Request) -> ScoringService:
-        return request.app.state.scoring
 
-    def timed(service: ScoringService, route: str, model: str, started: float) -> None:
-        if service.metrics:
-            service.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route, "model": model})
+async def get_scoring(request: Request) -> ScoringService:
+    return request.app.state.scoring
 
-    # 404: a model not served here; 409: one without a production version
-    @router.post("/score", response_model=ScoreResponse, responses=errors(404, 409, body=True),
-                 summary="Score one event")
-    async def score(body: ScoreRequest, request: Request, who: Identity = require("score")) -> Any:
-        started = time.perf_counter()
-        service = service_of(request)
-        answer = await service.score(service.prepare(body.model, body, started))
-        timed(service, "score", body.model, started)
-        return _json(answer)
 
-    @router.post("/score/batch", responses=errors(404, 409, body=True), summary="Score many events in one call")
-    async def score_batch(body: BatchScoreRequest, request: Request, who: Identity = require("score")) -> Any:
-        started = time.perf_counter()
-        service = service_of(request)
-        if len(body.requests) > service.config.max_batch_rows:
-            raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
-                                  f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
-        items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
-        answers = await asyncio.gather(*(service.score(i) for i in items))
-        timed(service, "score_batch", body.model, started)
-        return _json({"model": body.model, "results": answers})
+ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
 
-    @router.get("/predictions/{prediction_id}", responses=errors(404),
-                summary="A stored prediction and its explanation")
-    async def get_prediction(prediction_id: uuid.UUID, request: Request,
-                             who: Identity = require("predictions.read")) -> Any:
-        service = service_of(request)
+
+def timed(service: ScoringService, route: str, model: str, started: float) -> None:
+    if service.metrics:
+        service.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route, "model": model})
+
+
+# 404: a model not served here; 409: one without a production version
+@router.post("/score", response_model=ScoreAnswer, responses=errors(404, 409, body=True),
+             summary="Score one event")
+async def score(body: ScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+    started = time.perf_counter()
+    answer = await service.score(service.prepare(body.model, body, started))
+    timed(service, "score", body.model, started)
+    return _json(answer)
+
+@router.post("/score/batch", response_model=BatchScoreAnswer, responses=errors(404, 409, body=True), summary="Score many events in one call")
+async def score_batch(body: BatchScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+    started = time.perf_counter()
+    if len(body.requests) > service.config.max_batch_rows:
+        raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
+                              f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
+    items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
+    answers = await asyncio.gather(*(service.score(i) for i in items))
+    timed(service, "score_batch", body.model, started)
+    return _json({"model": body.model, "results": answers})
+
+@router.get("/predictions/{prediction_id}", response_model=StoredPrediction, responses=errors(404),
+            summary="A stored prediction and its explanation")
+async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
+                         who: Identity = require("predictions.read")) -> Any:
+    async with _connection(service) as conn:
+        row = await conn.fetchrow(
+            """SELECT prediction_id, request_id, model_name, version, role, event_id, features, score, decision,
+                      reasons, flags, degraded, latency_ms, scored_at
+                 FROM sira_predictions WHERE prediction_id = $1""", prediction_id)
+        if row is None:
+            raise NotFound(f"no stored prediction {prediction_id} (predictions are stored within a second)",
+                           code="unknown_prediction", details={"prediction_id": str(prediction_id)})
+        shadows = await conn.fetch(
+            """SELECT version, score, decision FROM sira_predictions
+                WHERE model_name = $1 AND request_id = $2 AND role = 'shadow' AND scored_at BETWEEN $3::timestamptz - interval '1 hour'
+                  AND $3::timestamptz + interval '1 hour'""",
+            row["model_name"], row["request_id"], row["scored_at"])
+    answer = public(answer_from_row(row))
+    if answer["reasons_deferred"]:
+        reasons = await asyncio.to_thread(service.explain, row["model_name"], row["version"], row["features"])
+        if reasons is not None:
+            answer.update(reasons=reasons, reasons_deferred=False)
+    return _json({**answer, "role": row["role"], "features": row["features"],
+                           "shadow": [dict(s) for s in shadows]})
+
+@router.post("/feedback", response_model=FeedbackAnswer, responses=errors(404, body=True), summary="Record a label for a prediction or an event")
+async def feedback(body: FeedbackRequest, service: ScoringDep,
+                   who: Identity = require("feedback.write")) -> Any:
+    from sira.ingest.labels import label_source, record_labels
+
+    source = label_source(who, body.source, "source" in body.model_fields_set)
+    event_id = body.event_id and service.redactor.scrub_value(body.event_id)
+    if body.prediction_id is not None:
+        lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
         async with _connection(service) as conn:
-            row = await conn.fetchrow(
-                """SELECT prediction_id, request_id, model_name, version, role, event_id, features, score, decision,
-                          reasons, flags, degraded, latency_ms, scored_at
-                     FROM sira_predictions WHERE prediction_id = $1""", prediction_id)
-            if row is None:
-                raise NotFound(f"no stored prediction {prediction_id} (predictions are stored within a second)",
-                               code="unknown_prediction", details={"prediction_id": str(prediction_id)})
-            shadows = await conn.fetch(
-                """SELECT version, score, decision FROM sira_predictions
-                    WHERE model_name = $1 AND request_id = $2 AND role = 'shadow' AND scored_at BETWEEN $3::timestamptz - interval '1 hour'
-                      AND $3::timestamptz + interval '1 hour'""",
-                row["model_name"], row["request_id"], row["scored_at"])
-        answer = public(answer_from_row(row))
-        if answer["reasons_deferred"]:
-            reasons = await asyncio.to_thread(service.explain, row["model_name"], row["version"], row["features"])
-            if reasons is not None:
-                answer.update(reasons=reasons, reasons_deferred=False)
-        return _json({**answer, "role": row["role"], "features": row["features"],
-                               "shadow": [dict(s) for s in shadows]})
-
-    @router.post("/feedback", responses=errors(404, body=True), summary="Record a label for a prediction or an event")
-    async def feedback(body: FeedbackRequest, request: Request, who: Identity = require("feedback.write")) -> Any:
-        from sira.ingest.labels import record_labels
-
-        service = service_of(request)
-        source = body.source
-        if not who.roles & {"service", "admin"}:
-            # a person's label is theirs: it never overwrites a system's (chargebacks, ...)
-            if "source" in body.model_fields_set and body.source != f"analyst:{who.name}":
-                raise PermissionDenied("only service keys name the source of a label; an analyst's labels are "
-                                       f"recorded as analyst:{who.name}", details={"field": "source"})
-            source = f"analyst:{who.name}"[:100]
-        event_id = body.event_id and service.redactor.scrub_value(body.event_id)
-        if body.prediction_id is not None:
-            lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
+            stored = await conn.fetchval(lookup, body.prediction_id)
+        # answered moments ago and still in this replica's spool (group commit): store it now, holding
+        # no connection of the scoring pool meanwhile
+        if stored is None and service.spool.pending and await service.flush_quietly():
             async with _connection(service) as conn:
                 stored = await conn.fetchval(lookup, body.prediction_id)
-            # answered moments ago and still in this replica's spool (group commit): store it now, holding
-            # no connection of the scoring pool meanwhile
-            if stored is None and service.spool.pending and await service.flush_quietly():
-                async with _connection(service) as conn:
-                    stored = await conn.fetchval(lookup, body.prediction_id)
-            if stored is None:
-                raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
-                               details={"field": "prediction_id"})
-            if event_id is not None and event_id != stored:
-                raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
-                                   details={"field": "event_id"})
-            event_id = stored
-        async with _connection(service) as conn:
-            if body.known_at is None:  # a resent label keeps the time it first became known
-                same = await conn.fetchval(
-                    "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
-                    event_id, body.label_name, service.redactor.scrub_text(source), body.label)  # stored redacted
-                if same:
-                    return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
-                                  "status": "unchanged"})
-            async with conn.transaction():
-                summary = await record_labels(
-                    conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
-                            "known_at": body.known_at or datetime.now(timezone.utc), "source": source,
-                            "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
-                    redactor=service.redactor, source=source, created_by=who.name,
-                    pending_ttl_days=service.settings.pending_label_ttl_days)
-        if summary.rejected:
-            raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
-        if summary.pending_event and service.metrics:
-            service.metrics.count(service.metrics.pending_labels)
-        # pending_event: kept, and used once its event arrives (it expires if it never does)
-        status = ("pending_event" if summary.pending_event else "recorded" if summary.inserted
-                  else "updated" if summary.updated else "unchanged")
-        return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
-                               "status": status})
-
-    return router
+        if stored is None:
+            raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
+                           details={"field": "prediction_id"})
+        if event_id is not None and event_id != stored:
+            raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
+                               details={"field": "event_id"})
+        event_id = stored
+    async with _connection(service) as conn:
+        if body.known_at is None:  # a resent label keeps the time it first became known
+            same = await conn.fetchval(
+                "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
+                event_id, body.label_name, service.redactor.scrub_text(source), body.label)  # stored redacted
+            if same:
+                return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+                              "status": "unchanged"})
+        async with conn.transaction():
+            summary = await record_labels(
+                conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
+                        "known_at": body.known_at or datetime.now(timezone.utc), "source": source,
+                        "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
+                redactor=service.redactor, source=source, created_by=who.name,
+                pending_ttl_days=service.settings.pending_label_ttl_days)
+    if summary.rejected:
+        raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
+    if summary.pending_event and service.metrics:
+        service.metrics.count(service.metrics.pending_labels)
+    # pending_event: kept, and used once its event arrives (it expires if it never does)
+    status = ("pending_event" if summary.pending_event else "recorded" if summary.inserted
+              else "updated" if summary.updated else "unchanged")
+    return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+                           "status": status})

@@ -25,6 +25,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sira.core.errors import PermissionDenied
 from sira.ingest.events import apply_mapping, as_utc
 from sira.ingest.pii import Redactor
 
@@ -65,6 +66,19 @@ class FeedbackIn(BaseModel):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return None if value is None else as_utc(value)
+
+
+def label_source(who: Any, requested: str, named: bool) -> str:
+    """The source a caller's label is recorded under. Service and admin keys name it (``requested``); a
+    person's label is theirs, ``analyst:<name>``, and never overwrites a system's (chargebacks, ...): naming
+    another source (``named``) is refused."""
+    if who.roles & {"service", "admin"}:
+        return requested
+    own = f"analyst:{who.name}"[:100]
+    if named and requested != own:
+        raise PermissionDenied("only service keys name the source of a label; an analyst's labels are "
+                               f"recorded as analyst:{who.name}", details={"field": "source"})
+    return own
 
 
 @dataclass

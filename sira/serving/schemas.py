@@ -94,15 +94,23 @@ class BatchScoreRequest(BaseModel):
 
 
 class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     code: str
     feature: str
     value: Any
     contribution: float
-    direction: str
+    direction: Literal["increases_risk", "decreases_risk"]
     text: str
 
 
-class ScoreResponse(BaseModel):
+class ScoreAnswer(BaseModel):
+    """The answer to ``POST /v1/score``, as declared in OpenAPI. The service builds it as a dict
+    (:func:`sira.serving.answers.answer`) and the route sends its bytes without this model on the hot path;
+    the tests validate those bytes against this schema (no field undeclared, none missing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     prediction_id: str
     request_id: str
     model: str
@@ -110,14 +118,47 @@ class ScoreResponse(BaseModel):
     score: float
     decision: Literal["approve", "review", "block"]
     reasons: list[Reason]
-    reasons_deferred: bool = False
-    flags: dict[str, Any] = {}
-    degraded: bool = False
-    degraded_reasons: list[str] = []
+    reasons_deferred: bool
+    flags: dict[str, Any]
+    degraded: bool
+    degraded_reasons: list[str]
     latency_ms: float
     scored_at: str
-    event_id: str | None = None
-    replayed: bool = False
+    event_id: str | None
+    replayed: bool
+
+
+class BatchScoreAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    results: list[ScoreAnswer]
+
+
+class ShadowScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    score: float
+    decision: Literal["approve", "review", "block"]
+
+
+class StoredPrediction(ScoreAnswer):
+    """A stored prediction (``GET /v1/predictions/{id}``): the answer it was, its exact reasons (computed
+    now when they were deferred), the features it was scored with, and the shadow versions' scores."""
+
+    role: Literal["production", "shadow"]
+    features: dict[str, Any]
+    shadow: list[ShadowScore]
+
+
+class FeedbackAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    label_name: str
+    label: bool
+    status: Literal["recorded", "updated", "unchanged", "pending_event"]
 
 
 class FeedbackRequest(BaseModel):

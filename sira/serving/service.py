@@ -51,7 +51,7 @@ from sira.serving.idempotency import Answers, idempotency_epoch, replay
 from sira.serving.metrics import ServingMetrics
 from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter, prediction_record
 from sira.serving.replica import Replica
-from sira.serving.resilience import LRU, _in_replica
+from sira.serving.resilience import _in_replica
 from sira.serving.schemas import Item, ScoreItem
 from sira.serving.slots import ModelSlots, Slot
 from sira.serving.spool import Spool
@@ -71,7 +71,6 @@ class ScoringService:
         self.idempotency = Answers(self.replica)
         self.writer = PredictionWriter(self.replica, Spool(config.spool_dir or settings.workspace / "spool",
                                                            fsync=config.spool_fsync))
-        self.identities = LRU(10_000, config.auth_cache_ttl_s)  # the HTTP layer's cache of API keys
         self.redactor: Any = None
         self.rejected_config: dict[str, str] | None = None  # the last user_config refused, while it stands
         self.started = False
@@ -198,7 +197,6 @@ class ScoringService:
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.histories.max_entries, self.histories.ttl_s = config.cache_max_entries, config.cache_ttl_s
-        self.identities.ttl_s = config.auth_cache_ttl_s
         self.answers.ttl_s = config.idempotency_ttl_s
         self.spool.fsync = config.spool_fsync  # production.yaml turns it on in user_config
         r.pg.open_s = r.redis_breaker.open_s = config.breaker_open_s

@@ -207,15 +207,16 @@ async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
                                   pepper=fraud_model.settings.secret("auth_secret"), creator=ADMIN)
     body = {"model": "fraud", "request_id": f"rk-{uuid.uuid4()}", "event": event(fraud_model, 9), "record": False}
     assert (await client.post("/v1/score", json=body, headers={"Authorization": f"Bearer {key}"})).status_code == 200
-    assert service.identities.get(key) is not None
+    cache = client._transport.app.state.identities.lru  # the application's, injected into its routes
+    assert cache.get(key) is not None
     async with db.transaction(service.pool) as conn:
         await revoke_key(conn, ADMIN, _["name"])
-    expires, identity = service.identities._data[key]
-    service.identities._data[key] = (time.monotonic() - 1, identity)  # its cache entry expired: asked again
+    expires, identity = cache._data[key]
+    cache._data[key] = (time.monotonic() - 1, identity)  # its cache entry expired: asked again
     r = await client.post("/v1/score", json={**body, "request_id": f"rk-{uuid.uuid4()}"},
                           headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 401
-    assert service.identities.get(key, allow_expired=True) is None
+    assert cache.get(key, allow_expired=True) is None
 
 
 def test_an_identity_is_used_stale_only_within_the_grace():
@@ -667,3 +668,41 @@ def test_sira_api_scores_over_real_http_without_serve(fraud_model):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+async def test_the_answers_bytes_are_what_openapi_declares(served, fraud_model):
+    """The scoring routes send bytes built without pydantic (no model on the hot path): each answer must
+    still be exactly the schema its route declares (no field undeclared, none missing, types and values)."""
+    import jsonschema
+
+    client, service = served
+    spec = (await client.get("/openapi.json")).json()
+
+    def check(path: str, method: str, response) -> dict:
+        assert response.status_code == 200, response.text
+        declared = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        jsonschema.validate(response.json(), {**declared, "components": spec["components"]})
+        return response.json()
+
+    explained = check("/v1/score", "post", await score(client, fraud_model, {
+        "model": "fraud", "request_id": f"s-{uuid.uuid4()}", "event": event(fraud_model, 1), "explain": True}))
+    assert explained["reasons"] and not explained["reasons_deferred"]
+    body = {"model": "fraud", "request_id": f"s-{uuid.uuid4()}", "event": event(fraud_model, 2)}
+    plain = check("/v1/score", "post", await score(client, fraud_model, body))
+    assert check("/v1/score", "post", await score(client, fraud_model, body))["replayed"] is True
+    batch = check("/v1/score/batch", "post", await client.post("/v1/score/batch", headers=auth(fraud_model, "service"),
+                                                               json={"model": "fraud", "requests": [
+                                                                   {"event": event(fraud_model, 3)},
+                                                                   {"event": event(fraud_model, 4), "explain": True}]}))
+    assert len(batch["results"]) == 2
+    await service.flush()
+    stored = check("/v1/predictions/{prediction_id}", "get", await client.get(
+        f"/v1/predictions/{plain['prediction_id']}", headers=auth(fraud_model, "analyst")))
+    assert stored["role"] == "production" and stored["reasons_deferred"] is False
+    label = check("/v1/feedback", "post", await client.post("/v1/feedback", headers=auth(fraud_model, "service"), json={
+        "prediction_id": plain["prediction_id"], "label": True}))
+    assert label["status"] == "recorded"
+    # and a field the schema does not declare fails the check: it is not vacuous
+    with pytest.raises(jsonschema.ValidationError):
+        declared = spec["paths"]["/v1/score"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        jsonschema.validate({**plain, "request_sha256": "x"}, {**declared, "components": spec["components"]})

@@ -1,0 +1,77 @@
+"""Every error in SIRA's shape, ``{"error": {"code", "message", "details"}}`` with a stable code: SIRA's own,
+routing's (404, 405), PostgreSQL's refusals (422) and absence (503), and request validation (400, 422)."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sira.core import db
+from sira.core.errors import SiraError
+from sira.http.deps import allowed_methods, error_response
+from sira.ingest.events import FIELD_CODES, MISSING_CODES
+
+log = logging.getLogger(__name__)
+
+
+def install(app: FastAPI) -> None:
+    """The application's exception handlers."""
+    @app.exception_handler(SiraError)
+    async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
+        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # routing's own answers (no such path, a method the path does not take) in SIRA's shape
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            return error_response(405, "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(allowed)}",
+                          {"allowed": allowed}, headers={"Allow": ", ".join(allowed)})
+        code = {400: "malformed_body", 404: "not_found"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def _data_error(_request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL refuses that no request model caught (a NUL character in free text,
+        # an integer beyond its column): the caller's input, not a server fault. Postgres's
+        # message names the type or encoding at fault, never the value.
+        log.info("request refused by PostgreSQL: %s", type(exc).__name__)
+        return error_response(422, "invalid_value", f"a value cannot be stored: {type(exc).__name__}", {})
+
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # Postgres down, restarting, recovering or out of connections, whichever route met it: the caller
+        # may retry. The class names the cause; the text may name the server: not shown.
+        if not db.is_unavailable(exc):
+            raise exc  # not the database's absence: a server fault (500)
+        log.info("request met an unavailable database: %s", type(exc).__name__)
+        return error_response(503, "database_unavailable", f"the database is unavailable ({type(exc).__name__})", {})
+
+    for unavailable in db.UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":  # its loc ends in a character offset, not a field
+            position = first["loc"][-1] if first["loc"] else None
+            reason = (first.get("ctx") or {}).get("error") or first["msg"]
+            return error_response(400, "malformed_body", f"the body is not valid JSON (at character {position}): {reason}",
+                          {"field": "", "position": position})
+        content_type = request.headers.get("content-type", "")
+        if tuple(first["loc"]) == ("body",) and "json" not in content_type.lower():
+            # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
+            return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
+                          f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        # a missing field named inside the event (amount): the field names it; the other codes name the
+        # field sent and say in the message where inside it the problem is
+        inside = (first.get("ctx") or {}).get("path") if first.get("type") in MISSING_CODES else None
+        code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
+                **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
+        message = first["msg"].removeprefix("Value error, ")
+        return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
