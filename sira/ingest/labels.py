@@ -29,8 +29,31 @@ from sira.core.errors import PermissionDenied
 from sira.ingest.events import apply_mapping, as_utc
 from sira.ingest.pii import Redactor
 
-_TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive", "churned", "anomaly"}
-_FALSE = {"0", "false", "f", "no", "n", "legit", "genuine", "negative", "retained", "normal"}
+# The one label vocabulary: labels imported, sent over HTTP, and label columns of tables trained on.
+POSITIVE = frozenset({"1", "true", "t", "yes", "y", "fraud", "positive", "churned", "anomaly"})
+NEGATIVE = frozenset({"0", "false", "f", "no", "n", "legit", "genuine", "negative", "retained", "normal"})
+LABEL_WORDS = "0/1, true/false, fraud/legit, churned/retained, anomaly/normal"
+
+
+def parse_label(value: Any) -> bool | None:
+    """A binary label from what a source sends (None: missing); ValueError for anything else, without the
+    value in the message (a wrongly mapped column may hold names)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in POSITIVE:
+        return True
+    if text in NEGATIVE:
+        return False
+    raise ValueError(f"expected a binary label ({LABEL_WORDS}), got a {type(value).__name__} that is none of them")
+
+
+# A label's name (fraud, chargeback, churn_90d, ...): the same rule wherever a label comes in.
+LabelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 
 class FeedbackIn(BaseModel):
@@ -41,7 +64,7 @@ class FeedbackIn(BaseModel):
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
     label: bool
     known_at: datetime
-    label_name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")] = "fraud"
+    label_name: LabelName = "fraud"
     source: Annotated[str, Field(min_length=1, max_length=100)] = "import"
     occurred_at: datetime | None = None
     prediction_id: UUID | None = None
@@ -49,18 +72,7 @@ class FeedbackIn(BaseModel):
     @field_validator("label", mode="before")
     @classmethod
     def _label(cls, value: Any) -> Any:
-        if isinstance(value, bool) or value is None:
-            return value
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        # the value itself stays out of the message: a wrongly mapped column may hold names
-        raise ValueError(f"expected a binary label (0/1, true/false, fraud/legit), got a {type(value).__name__} "
-                         "that is none of them")
+        return parse_label(value)
 
     @field_validator("known_at", "occurred_at")
     @classmethod

@@ -21,12 +21,11 @@ import pyarrow.compute as pc
 
 from sira.core.errors import InvalidInput
 from sira.core.files import find_files, read_table
+from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
 from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
 
 MAX_CATEGORIES = 100
-_TRUE = {"1", "true", "t", "yes", "y", "fraud", "positive"}
-_FALSE = {"0", "false", "f", "no", "n", "legit", "negative"}
 
 
 @dataclass
@@ -64,20 +63,18 @@ def _label_array(column: pa.ChunkedArray, positive: str | None, name: str) -> np
         return np.array([str(v) == str(positive) for v in values], dtype=np.float64)
     out = np.empty(len(values))
     for i, v in enumerate(values):
-        text = str(v).strip().lower()
-        if isinstance(v, bool):
-            out[i] = float(v)
-        elif text in _TRUE or (isinstance(v, (int, float)) and v == 1):
-            out[i] = 1.0
-        elif text in _FALSE or (isinstance(v, (int, float)) and v == 0):
-            out[i] = 0.0
-        else:
+        try:
+            label = parse_label(v)  # the vocabulary labels come in with (sira feedback import, HTTP)
+            if label is None:
+                raise ValueError("missing")
+            out[i] = float(label)
+        except ValueError:
             distinct = sorted({str(x) for x in values})[:5]
             raise InvalidInput(
                 f"label column {name} is not binary (values such as {', '.join(distinct)}); "
-                "use 0/1, true/false, or --positive VALUE",
+                f"use {LABEL_WORDS}, or --positive VALUE",
                 details={"column": name},
-            )
+            ) from None
     return out
 
 
