@@ -24,8 +24,10 @@ test: lint
 	$(BIN)/python -m pytest
 
 # Undefined and unused names, redefinitions, syntax errors (pyproject.toml's [tool.ruff]): seconds, first.
+# Then types in core, features and registry (pyproject.toml's [tool.mypy] names the files).
 lint: $(STAMP)
 	$(BIN)/ruff check sira tests benchmarks jobs
+	$(BIN)/mypy
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit

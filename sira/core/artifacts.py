@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 from sira.core.config import Settings
@@ -83,6 +83,13 @@ class LocalStore:
         return str(self.root / key)
 
 
+class _Encryption(TypedDict, total=False):
+    """The server-side encryption arguments of every ``put_object``."""
+
+    ServerSideEncryption: Literal["aws:kms"]
+    SSEKMSKeyId: str
+
+
 class S3Store:
     def __init__(self, bucket: str, prefix: str, *, kms_key_id: str | None, endpoint_url: str | None = None,
                  client: Any = None):
@@ -95,7 +102,7 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes) -> None:
-        extra = {"ServerSideEncryption": "aws:kms"}
+        extra: _Encryption = {"ServerSideEncryption": "aws:kms"}
         if self.kms_key_id:
             extra["SSEKMSKeyId"] = self.kms_key_id
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Actor:
 
 
 async def record(
-    conn: asyncpg.Connection, actor: Actor, action: str, *, target_type: str | None = None,
+    conn: Connection, actor: Actor, action: str, *, target_type: str | None = None,
     target_id: str | None = None, outcome: str = "success", details: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(

@@ -19,12 +19,15 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from sira.core import audit
 from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 ROLES = ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")
 _READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
@@ -108,7 +111,7 @@ def validate_roles(roles: list[str]) -> list[str]:
 
 
 async def create_key(
-    conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity | None,
+    conn: Connection, *, name: str, roles: list[str], pepper: str, creator: Identity | None,
     expires_at: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """A new key (returned once) for ``name``. Without a creator, only the bootstrap admin key is allowed."""
@@ -128,7 +131,7 @@ async def create_key(
                              details={"roles": roles, "bootstrap": creator.kind == "bootstrap"})
 
 
-async def _insert_key(conn: asyncpg.Connection, *, name: str, roles: list[str], pepper: str, creator: Identity,
+async def _insert_key(conn: Connection, *, name: str, roles: list[str], pepper: str, creator: Identity,
                       expires_at: datetime | None, details: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     prefix = secrets.token_hex(6)
     key = f"sira_{prefix}_{secrets.token_urlsafe(32)}"
@@ -143,6 +146,7 @@ async def _insert_key(conn: asyncpg.Connection, *, name: str, roles: list[str], 
     except asyncpg.CheckViolationError:
         raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)") from None
     await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name, details=details)
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted
     return key, {"name": row["name"], "roles": list(row["roles"]), "created_at": row["created_at"].isoformat(),
                  "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None}
 
@@ -164,7 +168,7 @@ def job_role(identity: Identity, actions: tuple[str, ...]) -> str:
     raise InvalidInput(f"no single role allows {', '.join(actions)}")
 
 
-async def create_job_key(conn: asyncpg.Connection, submitter: Identity, *, actions: tuple[str, ...], job_name: str,
+async def create_job_key(conn: Connection, submitter: Identity, *, actions: tuple[str, ...], job_name: str,
                          ttl: timedelta, pepper: str) -> tuple[str, dict[str, Any]]:
     """A short-lived key for one Ray job, minted by whoever submits it: one role that allows ``actions``,
     named ``job-<submission id>``, expiring after ``ttl``, revoked when the job ends (:func:`revoke_job_key`).
@@ -183,7 +187,7 @@ async def create_job_key(conn: asyncpg.Connection, submitter: Identity, *, actio
                              details={"roles": [role], "job": job_name, "actions": list(actions)})
 
 
-async def revoke_job_key(conn: asyncpg.Connection, identity: Identity, name: str) -> bool:
+async def revoke_job_key(conn: Connection, identity: Identity, name: str) -> bool:
     """Revoke a job's key: by the job itself (acting with it) or by its submitter. False when it was
     revoked already (the job and its submitter both revoke it at the end; either may come first)."""
     if not name.startswith(JOB_KEY_PREFIX):
@@ -276,13 +280,13 @@ def is_jwt(key: str, jwt_config: JwtConfig | None) -> bool:
     return jwt_config is not None and key.count(".") == 2 and not key.startswith("sira_")
 
 
-async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str,
+async def authenticate(conn: Connection, key: str | None, *, pepper: str,
                        jwt_config: JwtConfig | None = None) -> Identity:
     """The identity behind a key or a JWT; 401 (:class:`Unauthenticated`) for missing, unknown, revoked or
     expired credentials."""
     if not key:
         raise Unauthenticated("missing credentials: send an API key (Authorization: Bearer ..., or SIRA_API_KEY)")
-    if is_jwt(key, jwt_config):
+    if jwt_config is not None and is_jwt(key, jwt_config):
         return identity_from_jwt(key.strip(), jwt_config)
     match = _KEY.match(key.strip())
     if match is None:
@@ -307,7 +311,7 @@ async def authenticate(conn: asyncpg.Connection, key: str | None, *, pepper: str
     return Identity(row["name"], frozenset(row["roles"]))
 
 
-async def list_keys(conn: asyncpg.Connection, identity: Identity) -> list[dict[str, Any]]:
+async def list_keys(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
     authorize(identity, "keys.manage")
     rows = await conn.fetch(
         "SELECT name, roles, created_by, created_at, expires_at, last_used_at, revoked_at FROM sira_api_keys ORDER BY id"
@@ -316,7 +320,7 @@ async def list_keys(conn: asyncpg.Connection, identity: Identity) -> list[dict[s
             for r in rows]
 
 
-async def revoke_key(conn: asyncpg.Connection, identity: Identity, name: str) -> None:
+async def revoke_key(conn: Connection, identity: Identity, name: str) -> None:
     authorize(identity, "keys.manage")
     revoked = await conn.fetchval(
         "UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING name",

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -27,6 +27,9 @@ import orjson
 
 from sira.core.config import Settings
 from sira.core.errors import ConfigError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +202,10 @@ def is_unavailable(exc: BaseException) -> bool:
 
 # -- connections -----------------------------------------------------------
 
+# What statements run on: a connection of its own (:func:`connect`) or one a pool lends (``pool.acquire()``,
+# :func:`transaction`), whose proxy has the same methods. For annotations only (a string at run time).
+Connection: TypeAlias = "asyncpg.Connection | PoolConnectionProxy"
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns round-trip as Python objects everywhere. jsonb uses the binary
@@ -230,7 +237,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """One connection with SIRA's codecs; connection failures become :class:`ServiceUnavailable`."""
     try:
         conn = await asyncpg.connect(dsn, timeout=30)
-    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # away, or refusing us (a password, no such database)
+    except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # away, or refusing us (a password, no such database)
         raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     await _init_connection(conn)
     return conn
@@ -247,7 +254,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             init=_init_connection,
             timeout=30,
         )
-    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:  # away, or refusing us (a password, no such database)
+    except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # away, or refusing us (a password, no such database)
         raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     assert pool is not None
     return pool
@@ -269,7 +276,7 @@ async def open_pool(settings: Settings, *, check_schema: bool = True) -> AsyncIt
 
 
 @contextlib.asynccontextmanager
-async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
     """One unit of work: a connection whose statements commit together or not at all."""
     async with pool.acquire() as conn:
         async with conn.transaction():

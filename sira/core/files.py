@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -81,18 +81,19 @@ def _sample_of(path: Path, file_format: str, rows: int) -> pa.Table:
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(path)
-            first = next(pf.iter_batches(batch_size=rows), None)
-            return pa.Table.from_batches([first]) if first is not None else pf.schema_arrow.empty_table()
+            batch = next(pf.iter_batches(batch_size=rows), None)
+            return pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
         if file_format == "csv":
             import pyarrow.csv as pacsv
 
             reader = pacsv.open_csv(path)
-            first = next(iter(reader), None)  # none: a header without rows
-            return pa.Table.from_batches([first]) if first is not None else reader.schema.empty_table()
+            batch = next(iter(reader), None)  # none: a header without rows
+            return pa.Table.from_batches([batch]) if batch is not None else reader.schema.empty_table()
         first = next(json_lines(path, rows), None)
         if first is None:
             return pa.table({})
-        decoded = [decode_json_line(text) for text in first["text"].to_pylist()]
+        texts = cast("list[bytes]", first["text"].to_pylist())  # json_lines' text column: bytes, no nulls
+        decoded = [decode_json_line(text) for text in texts]
         records = [r for r in decoded if isinstance(r, dict)]
         if not records:
             raise InvalidInput(f"{path}: cannot read as json: none of the first {len(decoded)} lines is a JSON "

@@ -13,10 +13,17 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
 from sira.core.errors import ConfigError, SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+# sira.core.db.Connection (db imports this module, so it is spelled out here): a connection of its own or a pool's.
+_Connection: TypeAlias = "asyncpg.Connection | PoolConnectionProxy"
 
 LEDGER = "sira_schema_migrations"
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -69,7 +76,7 @@ def discover(folder: Path | None = None) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def _ledger(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+async def _ledger(conn: _Connection) -> dict[int, asyncpg.Record]:
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", LEDGER)
     if not exists:
         return {}
@@ -97,7 +104,7 @@ def _compare(known: list[Migration], applied: dict[int, asyncpg.Record]) -> list
     return [m for m in known if m.version not in applied]
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
+async def migrate(conn: _Connection, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply every pending migration, each in its own transaction; returns those applied."""
     migrations = discover() if migrations is None else migrations
     # One migrator at a time, across processes and machines.
@@ -124,7 +131,7 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def status(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[MigrationState]:
+async def status(conn: _Connection, migrations: list[Migration] | None = None) -> list[MigrationState]:
     """Every known migration with when it was applied (None: pending)."""
     migrations = discover() if migrations is None else migrations
     applied = await _ledger(conn)
@@ -135,7 +142,7 @@ async def status(conn: asyncpg.Connection, migrations: list[Migration] | None = 
     ]
 
 
-async def check(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> None:
+async def check(conn: _Connection, migrations: list[Migration] | None = None) -> None:
     """Refuse to go on when the schema is not exactly what this code expects."""
     migrations = discover() if migrations is None else migrations
     pending = _compare(migrations, await _ledger(conn))

@@ -178,6 +178,7 @@ def metrics_url() -> str | None:
     if not ray.is_initialized():
         return None
     node = ray._private.worker.global_worker.node  # the node this driver runs on
+    assert node is not None  # set once Ray is initialised
     return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
 
 

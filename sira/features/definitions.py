@@ -242,6 +242,7 @@ class History:
         """Build from parallel columns (None: a missing amount / no positive label), sorted by (time, event id)."""
         ts_a = np.array(ts, dtype=np.int64)
         ids = np.array(event_id, dtype=object)
+        order: slice | np.ndarray
         if ts_a.size < 2 or bool(np.all(ts_a[1:] > ts_a[:-1])):
             order = slice(None)  # already in order (a stored snapshot is): no sort, no copies
         else:
@@ -348,6 +349,7 @@ def entity_features(
             elif agg == "mean":
                 out[f"{e}_mean_amount_{w}"] = mean[j]
             elif agg == "max":
+                assert maxima is not None  # computed above whenever "max" is among the aggregations
                 out[f"{e}_max_amount_{w}"] = maxima[j]
     right_l = right.tolist()
     for column, w in spec.distinct:

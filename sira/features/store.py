@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import numpy as np
@@ -39,6 +39,9 @@ from sira.features.definitions import (
     vector_to_json,
     vectors_to_json,
 )
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EVENT_ENTITY = "event"
@@ -66,7 +69,7 @@ def _ident(name: str) -> str:
 
 
 async def load_histories(
-    conn: asyncpg.Connection,
+    conn: Connection,
     spec: EntityFeatures,
     entity_ids: Sequence[str],
     start: datetime,
@@ -143,7 +146,8 @@ def rows_for_events(
              for i, eid in enumerate(histories[entity_id].event_id.tolist())}
     found = []
     for e in events:
-        g = group_of.get(e.get(spec.key_column))
+        key = e.get(spec.key_column)
+        g = None if key is None else group_of.get(key)
         if g is not None and (g, e["event_id"]) in index:
             found.append((g, index[(g, e["event_id"])], e))
     if not found:
@@ -159,7 +163,7 @@ def rows_for_events(
 
 
 async def compute_event_features(
-    conn: asyncpg.Connection, fs: FeatureSet, events: Sequence[dict[str, Any]],
+    conn: Connection, fs: FeatureSet, events: Sequence[dict[str, Any]],
     entities: Sequence[str] | None = None, include_event_level: bool = True,
 ) -> list[FeatureRow]:
     """Feature rows for stored events, from the event log (the offline path)."""
@@ -178,7 +182,7 @@ async def compute_event_features(
     return rows
 
 
-async def write_feature_rows(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[FeatureRow]) -> int:
+async def write_feature_rows(conn: Connection, fs: FeatureSet, rows: Sequence[FeatureRow]) -> int:
     """Append rows to ``sira_features`` (bulk COPY; rows already stored are skipped). Returns rows written.
 
     Rows are normally new (they belong to events just stored), so they are
@@ -268,7 +272,7 @@ def newest_vectors(spec: EntityFeatures, histories: dict[str, History]) -> dict[
 
 
 async def upsert_snapshots(
-    conn: asyncpg.Connection, fs: FeatureSet, spec: EntityFeatures, histories: dict[str, History],
+    conn: Connection, fs: FeatureSet, spec: EntityFeatures, histories: dict[str, History],
     vectors: dict[str, dict[str, float | None]] | None = None,
 ) -> int:
     """Write each entity's snapshot as of its newest event (``vectors``: already computed ones)."""
@@ -310,7 +314,7 @@ def _labelled(state: dict[str, Any]) -> int:
     return sum(1 for r in rows if r[-1] is not None)
 
 
-async def notify_snapshots(conn: asyncpg.Connection, entity_type: str,
+async def notify_snapshots(conn: Connection, entity_type: str,
                            changes: Sequence[tuple[str, str, int, int]]) -> None:
     """Tell serving replicas which snapshots changed (delivered at commit; caches drop or keep entries).
 
@@ -341,11 +345,11 @@ class MaterializeResult:
     labels_through: int
 
 
-async def _watermark(conn: asyncpg.Connection, job: str) -> int:
+async def _watermark(conn: Connection, job: str) -> int:
     return await conn.fetchval("SELECT position FROM sira_job_watermarks WHERE job = $1", job) or 0
 
 
-async def _set_watermark(conn: asyncpg.Connection, job: str, position: int) -> None:
+async def _set_watermark(conn: Connection, job: str, position: int) -> None:
     await conn.execute(
         """INSERT INTO sira_job_watermarks (job, position) VALUES ($1, $2)
            ON CONFLICT (job) DO UPDATE SET position = EXCLUDED.position""",
@@ -354,7 +358,7 @@ async def _set_watermark(conn: asyncpg.Connection, job: str, position: int) -> N
 
 
 async def materialize(
-    conn: asyncpg.Connection, fs: FeatureSet, *, full: bool = False, chunk: int = 2_000
+    conn: Connection, fs: FeatureSet, *, full: bool = False, chunk: int = 2_000
 ) -> MaterializeResult:
     """Refresh snapshots of entities with new events or labels since the last run (all with ``full``)."""
     job = f"materialize:{fs.name}:v{fs.version}"
@@ -423,7 +427,7 @@ class OnlineFeatures:
 
 
 async def read_snapshot(
-    conn: asyncpg.Connection, fs: FeatureSet, entity_type: str, entity_id: str, *, now: datetime | None = None
+    conn: Connection, fs: FeatureSet, entity_type: str, entity_id: str, *, now: datetime | None = None
 ) -> OnlineFeatures:
     """The stored snapshot of one entity, with its age against the feature set's TTL."""
     row = await conn.fetchrow(
@@ -450,7 +454,7 @@ def features_at(spec: EntityFeatures, state: dict[str, Any], at: datetime) -> di
 
 
 async def historical_features(
-    conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]
+    conn: Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Each row's features as known at its ``timestamp`` (the event itself included, nothing after).
 
@@ -508,7 +512,7 @@ async def historical_features(
                 hits = np.flatnonzero(h.event_id == queries[i]["event_id"])
                 if hits.size and h.ts[hits[0]] <= at[j]:
                     positions[j] = int(hits[0])
-        values = grouped_features(spec, stacked, groups, at, positions)
+        by_name = grouped_features(spec, stacked, groups, at, positions)
         for j, i in enumerate(idx):
-            out[i].update({k: float(v[j]) for k, v in values.items()})
+            out[i].update({k: float(v[j]) for k, v in by_name.items()})
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in out]

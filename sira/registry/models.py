@@ -8,7 +8,7 @@ rules, approvals and rollback build on these tables.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -16,6 +16,9 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import webhooks
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
 
@@ -31,7 +34,7 @@ def _redacted(text: str | None) -> str | None:
     return Redactor.from_secret(get_settings().secret("pii_key")).scrub_text(text)
 
 
-async def get_model(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
+async def get_model(conn: Connection, name: str) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT * FROM sira_models WHERE name = $1", name)
     if row is None:
         raise NotFound(f"unknown model {name!r}", details={"model": name})
@@ -39,7 +42,7 @@ async def get_model(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
 
 
 async def ensure_model(
-    conn: asyncpg.Connection, name: str, *, actor: audit.Actor, model_type: str = "fraud_detection",
+    conn: Connection, name: str, *, actor: audit.Actor, model_type: str = "fraud_detection",
     entity_type: str = "customer", feature_set: str | None = None, feature_set_version: int | None = None,
     label_maturity_days: int | None = None,
 ) -> tuple[asyncpg.Record, bool]:
@@ -69,7 +72,7 @@ async def ensure_model(
 
 
 async def start_run(
-    conn: asyncpg.Connection, model_id: int, *, kind: str, params: dict[str, Any], actor: audit.Actor,
+    conn: Connection, model_id: int, *, kind: str, params: dict[str, Any], actor: audit.Actor,
     code_version: str | None, ray_job_id: str | None = None,
 ) -> uuid.UUID:
     return await conn.fetchval(
@@ -80,7 +83,7 @@ async def start_run(
 
 
 async def finish_run(
-    conn: asyncpg.Connection, run_id: uuid.UUID, *, metrics: dict[str, Any], fingerprint: dict[str, Any],
+    conn: Connection, run_id: uuid.UUID, *, metrics: dict[str, Any], fingerprint: dict[str, Any],
     timings: dict[str, float], params: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(
@@ -91,7 +94,7 @@ async def finish_run(
     )
 
 
-async def fail_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, error: str, timings: dict[str, float]) -> None:
+async def fail_run(conn: Connection, run_id: uuid.UUID, *, error: str, timings: dict[str, float]) -> None:
     await conn.execute(
         """UPDATE sira_training_runs SET status = 'failed', error = $2, timings = $3, finished_at = now()
             WHERE run_id = $1 AND status = 'running'""",
@@ -100,7 +103,7 @@ async def fail_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, error: str, t
 
 
 async def register_candidate(
-    conn: asyncpg.Connection, model: asyncpg.Record, *, run_id: uuid.UUID, artifact: ArtifactRef,
+    conn: Connection, model: asyncpg.Record, *, run_id: uuid.UUID, artifact: ArtifactRef,
     feature_schema: list[dict[str, Any]], params: dict[str, Any], metrics: dict[str, Any],
     thresholds: dict[str, float], feature_set_version: int | None, actor: audit.Actor,
 ) -> int:
@@ -125,7 +128,7 @@ async def register_candidate(
 # -- lifecycle, promotion, approvals, rollback ------------------------------------------
 
 
-async def get_version(conn: asyncpg.Connection, model_name: str, version: int, *, lock: bool = False) -> asyncpg.Record:
+async def get_version(conn: Connection, model_name: str, version: int, *, lock: bool = False) -> asyncpg.Record:
     """A version with its model's governance settings."""
     row = await conn.fetchrow(
         f"""SELECT v.*, m.name AS model_name, m.required_approvals, m.feature_set, m.feature_set_version AS model_fs_version
@@ -139,7 +142,7 @@ async def get_version(conn: asyncpg.Connection, model_name: str, version: int, *
     return row
 
 
-async def version_in_use(conn: asyncpg.Connection, model_name: str, version: int | None = None) -> asyncpg.Record:
+async def version_in_use(conn: Connection, model_name: str, version: int | None = None) -> asyncpg.Record:
     """The version a job works with: the one named, else the model's production version."""
     if version is not None:
         return await get_version(conn, model_name, version)
@@ -160,13 +163,13 @@ def loadable(row: Any) -> dict[str, Any]:
                                 "thresholds", "status")}
 
 
-async def _set_status(conn: asyncpg.Connection, version_id: int, status: str) -> None:
+async def _set_status(conn: Connection, version_id: int, status: str) -> None:
     await conn.execute(
         "UPDATE sira_model_versions SET status = $2, status_changed_at = now() WHERE id = $1", version_id, status
     )
 
 
-async def validate_version(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str,
+async def validate_version(conn: Connection, settings: Any, identity: Any, model_name: str,
                            version: int) -> dict[str, Any]:
     """candidate → validated, when the gates pass (metrics, thresholds, artifact checksum, feature schema)."""
     from sira.core import artifacts
@@ -196,7 +199,7 @@ async def validate_version(conn: asyncpg.Connection, settings: Any, identity: An
     return {"model": model_name, "version": version, "status": "validated"}
 
 
-async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model_id: int, model_name: str,
+async def _change_production(conn: Connection, actor: audit.Actor, model_id: int, model_name: str,
                              target: asyncpg.Record, *, via: str, reason: str | None,
                              extra: dict[str, Any] | None = None) -> int | None:
     """Make ``target`` the production version (the current one is archived), with a history row."""
@@ -222,7 +225,7 @@ async def _change_production(conn: asyncpg.Connection, actor: audit.Actor, model
     return current["version"] if current else None
 
 
-async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
+async def stage_version(conn: Connection, settings: Any, identity: Any, model_name: str, version: int,
                         reason: str | None = None) -> dict[str, Any]:
     """Put a version in ``staging``: serving scores it in shadow beside production (never returned).
 
@@ -257,7 +260,7 @@ async def stage_version(conn: asyncpg.Connection, settings: Any, identity: Any, 
     return {"model": model_name, "version": version, "status": "staging", "replaced": details["replaced"]}
 
 
-async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: Any, model_name: str, version: int,
+async def request_promotion(conn: Connection, settings: Any, identity: Any, model_name: str, version: int,
                             reason: str | None = None) -> dict[str, Any]:
     """Ask for production. A candidate is validated first; the request is bound to the artifact checksum."""
     from sira.core.auth import authorize
@@ -301,7 +304,7 @@ async def request_promotion(conn: asyncpg.Connection, settings: Any, identity: A
             "required_approvals": row["required_approvals"]}
 
 
-async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, version: int, decision: str,
+async def decide(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
                  comment: str | None = None) -> dict[str, Any]:
     """An approver's approve/reject on the version's pending request; the last required approval promotes."""
     from sira.core.auth import authorize
@@ -360,7 +363,7 @@ async def decide(conn: asyncpg.Connection, identity: Any, model_name: str, versi
             "previous_production": previous_version}
 
 
-async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, reason: str,
+async def rollback(conn: Connection, identity: Any, model_name: str, reason: str,
                    expected_version: int | None) -> dict[str, Any]:
     """Make the previous production version production again and archive the current one, in one step.
 
@@ -402,7 +405,7 @@ async def rollback(conn: asyncpg.Connection, identity: Any, model_name: str, rea
     return {"model": model_name, "production": came_from, "archived": current["version"], "reason": reason}
 
 
-async def production_history(conn: asyncpg.Connection, model_name: str) -> list[dict[str, Any]]:
+async def production_history(conn: Connection, model_name: str) -> list[dict[str, Any]]:
     """Every change of the production pointer: when, who, from, to, how and why."""
     await get_model(conn, model_name)
     rows = await conn.fetch(
@@ -430,7 +433,7 @@ def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
             for k, v in dict(row).items()}
 
 
-async def create_model(conn: asyncpg.Connection, identity: Any, name: str, *, model_type: str,
+async def create_model(conn: Connection, identity: Any, name: str, *, model_type: str,
                        entity_type: str = "customer", feature_set: str | None = "payments",
                        feature_set_version: int | None = 1, **settings: Any) -> dict[str, Any]:
     """A new model. Its governance settings (approvals, policy, targets) need an admin."""
@@ -466,10 +469,11 @@ async def create_model(conn: asyncpg.Connection, identity: Any, name: str, *, mo
         raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
     await audit.record(conn, identity.actor(), "model.create", target_type="model", target_id=name,
                        details={k: v for k, v in values.items()})
+    assert row is not None  # INSERT ... RETURNING returns the row it inserted
     return _jsonable(row)
 
 
-async def update_model(conn: asyncpg.Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
+async def update_model(conn: Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
     """Change a model's settings (admin): approvals, policy, targets, maturity, descriptions."""
     from sira.core.auth import authorize
     from sira.registry.targets import DecisionTargets
@@ -493,10 +497,11 @@ async def update_model(conn: asyncpg.Connection, identity: Any, name: str, **cha
         raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
     await audit.record(conn, identity.actor(), "model.update", target_type="model", target_id=name,
                        details={k: {"from": before[k], "to": v} for k, v in changes.items()})
+    assert row is not None  # get_model found the model above (models are never deleted)
     return _jsonable(row)
 
 
-async def list_models(conn: asyncpg.Connection, identity: Any) -> list[dict[str, Any]]:
+async def list_models(conn: Connection, identity: Any) -> list[dict[str, Any]]:
     from sira.core.auth import authorize
 
     authorize(identity, "models.read")
@@ -512,7 +517,7 @@ async def list_models(conn: asyncpg.Connection, identity: Any) -> list[dict[str,
     return [_jsonable(r) for r in rows]
 
 
-async def show_model(conn: asyncpg.Connection, identity: Any, name: str) -> dict[str, Any]:
+async def show_model(conn: Connection, identity: Any, name: str) -> dict[str, Any]:
     from sira.core.auth import authorize
 
     authorize(identity, "models.read")
@@ -529,7 +534,7 @@ async def show_model(conn: asyncpg.Connection, identity: Any, name: str) -> dict
     return model
 
 
-async def show_version(conn: asyncpg.Connection, identity: Any, name: str, version: int) -> dict[str, Any]:
+async def show_version(conn: Connection, identity: Any, name: str, version: int) -> dict[str, Any]:
     from sira.core.auth import authorize
 
     authorize(identity, "models.read")
@@ -547,7 +552,7 @@ async def show_version(conn: asyncpg.Connection, identity: Any, name: str, versi
     return row
 
 
-async def compare_versions(conn: asyncpg.Connection, identity: Any, name: str, a: int, b: int) -> dict[str, Any]:
+async def compare_versions(conn: Connection, identity: Any, name: str, a: int, b: int) -> dict[str, Any]:
     """Two versions' metrics side by side (validation and test), with the difference b - a."""
     left, right = await show_version(conn, identity, name, a), await show_version(conn, identity, name, b)
     rows = []
@@ -561,7 +566,7 @@ async def compare_versions(conn: asyncpg.Connection, identity: Any, name: str, a
             "thresholds": {f"v{a}": left["thresholds"], f"v{b}": right["thresholds"]}, "metrics": rows}
 
 
-async def read_audit(conn: asyncpg.Connection, identity: Any, *, target: str | None = None, actor: str | None = None,
+async def read_audit(conn: Connection, identity: Any, *, target: str | None = None, actor: str | None = None,
                      action: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The audit log, newest first, filtered by target id, actor or action (prefix)."""
     from sira.core.auth import authorize

@@ -187,7 +187,9 @@ class PromotionPolicy:
         positives = int(evidence.challenger["positives"])
         reasons.append(f"the evaluation window holds {positives} positives (minimum {self.min_positives})")
 
+        # _missing_evidence found nothing missing: every number read below is there and finite
         challenger_ap = _number(evidence.challenger["average_precision"])
+        assert challenger_ap is not None
         champion_ap = _number(evidence.champion["average_precision"]) if evidence.champion is not None else None
         if champion_ap is None:
             checks["ap_gain"] = True
@@ -201,6 +203,7 @@ class PromotionPolicy:
                            f"{verb} the minimum {self.min_ap_gain:+.3f}")
 
         ece = _number(evidence.challenger["expected_calibration_error"])
+        assert ece is not None
         checks["calibration"] = ece <= self.max_calibration_error + _TOLERANCE
         verb = "is within" if checks["calibration"] else "exceeds"
         reasons.append(f"expected calibration error {ece:.3f} {verb} the maximum {self.max_calibration_error:.3f}")
@@ -210,6 +213,7 @@ class PromotionPolicy:
             reasons.append("no champion scores to compare with: the score-drift rule passes")
         else:
             psi = _number(evidence.score_psi)
+            assert psi is not None
             checks["score_psi"] = psi <= self.max_score_psi + _TOLERANCE
             verb = "is within" if checks["score_psi"] else "exceeds"
             reasons.append(f"score PSI {psi:.3f} against the champion's scores {verb} "

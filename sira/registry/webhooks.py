@@ -22,14 +22,17 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change", "version.stage")
 
 
-async def enqueue(conn: asyncpg.Connection, event: str, payload: dict[str, Any]) -> None:
+async def enqueue(conn: Connection, event: str, payload: dict[str, Any]) -> None:
     """Announce a registry event (call inside the transaction that makes the change)."""
     if event not in EVENTS:
         raise ValueError(f"unknown webhook event {event!r}")
