@@ -17,7 +17,9 @@ from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
 
 
-@serve.deployment(name="sira", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
+# Replicas, resources, batching and every other option: in serve_configs/*.yaml only (ServeSpec applies them
+# to `sira serve`; `serve deploy` reads them itself), never here, so there is one place to change them.
+@serve.deployment(name="sira")
 @serve.ingress()
 class SiraIngress:
     """The Serve ingress: SIRA's FastAPI application with this replica's scoring service."""
@@ -52,7 +54,6 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     return SiraIngress.bind(args or {})
 
 
-LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml"
 DEPLOYMENT_OPTIONS = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",
                       "ray_actor_options", "user_config", "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s",
                       "health_check_period_s", "health_check_timeout_s", "logging_config")
@@ -70,6 +71,7 @@ class ServeSpec:
 
     @classmethod
     def from_file(cls, path: Path) -> "ServeSpec":
+        """A Serve config file, checked as Ray Serve and SIRA read it (unknown options and settings refused)."""
         import yaml
 
         try:
@@ -97,17 +99,12 @@ class ServeSpec:
 
     @classmethod
     def local(cls) -> "ServeSpec":
-        """The repository's serve_configs/local.yaml, or the same built in when SIRA is installed without it."""
-        return cls.from_file(LOCAL_CONFIG) if LOCAL_CONFIG.exists() else cls.default()
+        """serve_configs/local.yaml, as installed with the package (``sira/http/local.yaml`` is that file):
+        ``sira serve`` finds it whatever the current folder, in a checkout or from a wheel."""
+        from importlib.resources import as_file, files
 
-    @classmethod
-    def default(cls) -> "ServeSpec":
-        """serve_configs/local.yaml's shape, for an installation without the repository's configs."""
-        return cls("127.0.0.1", 8000, {"models": ["fraud"]}, {
-            "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-            "user_config": ServingConfig().model_dump(exclude={"spool_dir"}),
-        })
+        with as_file(files("sira.http").joinpath("local.yaml")) as path:
+            return cls.from_file(path)
 
     def application(self, **overrides: Any) -> Any:
         """The bound Serve application with this spec's deployment options (``overrides`` win)."""

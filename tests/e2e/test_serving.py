@@ -42,16 +42,18 @@ def event(fraud_model, i: int) -> dict:
 
 
 def deploy(name: str, prefix: str, settings: Settings, dsn: str, spool: Path, replicas: int = 1, **config):
+    import dataclasses
+
     from ray import serve
 
     from sira.core.ray_runtime import worker_env
-    from sira.http.deployment import SiraIngress
+    from sira.http.deployment import ServeSpec
 
+    # the deployment options of serve_configs/local.yaml (the only place they are written), sized for tests
+    spec = dataclasses.replace(ServeSpec.local(), args={"models": ["fraud"], "spool_dir": str(spool)})
     user_config = {"models": ["fraud"], "flush_interval_s": 0.1, "poll_interval_s": 2.0, **config}
-    app = SiraIngress.options(
-        num_replicas=replicas, user_config=user_config,
-        ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": worker_env(settings, dsn)}},
-    ).bind({"models": ["fraud"], "spool_dir": str(spool)})
+    app = spec.application(num_replicas=replicas, user_config=user_config,
+                           ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": worker_env(settings, dsn)}})
     serve.run(app, name=name, route_prefix=prefix, blocking=False)
 
 

@@ -56,10 +56,39 @@ def test_bad_serving_configs_name_the_field(tmp_path):
         ServeSpec.from_file(tmp_path / "missing.yaml")
 
 
-def test_the_built_in_defaults_match_the_local_config():
-    local = ServeSpec.from_file(CONFIGS / "local.yaml")
-    default = ServeSpec.default()
-    assert ServingConfig.from_dict(local.options["user_config"]) == ServingConfig.from_dict(default.options["user_config"])
+def test_sira_serve_reads_the_local_config_shipped_with_the_package(tmp_path, monkeypatch):
+    """One copy of the local config: the package's is serve_configs/local.yaml itself, found from any folder."""
+    monkeypatch.chdir(tmp_path)
+    assert ServeSpec.local() == ServeSpec.from_file(CONFIGS / "local.yaml")
+
+
+def test_the_wheel_carries_the_local_config(tmp_path):
+    """Installed from a wheel (no checkout beside it), `sira serve` still has its config: the file itself."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = CONFIGS.parent
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [wheel] = tmp_path.glob("sira-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("sira/http/local.yaml") == (CONFIGS / "local.yaml").read_bytes()
+
+
+def test_the_deployment_itself_sets_no_option_the_configs_set():
+    """Deployment options live in serve_configs/*.yaml alone (they were written three times)."""
+    from ray import serve
+
+    from sira.http.deployment import SiraIngress
+
+    @serve.deployment(name="sira")
+    class Bare:  # Serve's defaults
+        pass
+
+    assert SiraIngress._deployment_config == Bare._deployment_config
+    assert SiraIngress.ray_actor_options == Bare.ray_actor_options
 
 
 def test_haproxy_listeners_move_off_taken_ports(monkeypatch):
