@@ -179,6 +179,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     # connection may work
     asyncpg.exceptions.InternalClientError,
 )
+# What PostgreSQL refuses for good (bad data, a violated constraint): retrying the same statement cannot help.
+REFUSED: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 # InterfaceErrors that are the query's or the client's fault, not the server's absence: an argument that
 # cannot be encoded (DataError) or a bad connection option (ClientConfigurationError), both ValueErrors.
 _CLIENT_FAULTS = (ValueError, asyncpg.exceptions.UnsupportedClientFeatureError,
@@ -243,21 +245,32 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
-    """A connection pool with SIRA's codecs."""
+async def create_pool(dsn: str, settings: Settings | None = None, *, min_size: int | None = None,
+                      max_size: int | None = None, command_timeout: float | None = None, timeout: float = 30,
+                      server_settings: dict[str, str] | None = None,
+                      connection_class: type[asyncpg.Connection] = asyncpg.Connection) -> asyncpg.Pool:
+    """The one pool builder: SIRA's codecs on every connection, sizes and timeouts from ``settings`` unless
+    given, and a database that cannot be reached as :class:`ServiceUnavailable`."""
+    if settings is not None:
+        max_size = max_size if max_size is not None else settings.db_pool_max
+        min_size = min_size if min_size is not None else min(settings.db_pool_min, max_size)
+        command_timeout = command_timeout if command_timeout is not None else settings.db_command_timeout_s
+    max_size = max_size if max_size is not None else 10
     try:
         pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min(settings.db_pool_min, settings.db_pool_max),
-            max_size=settings.db_pool_max,
-            command_timeout=settings.db_command_timeout_s,
-            init=_init_connection,
-            timeout=30,
+            dsn, min_size=min(min_size if min_size is not None else 1, max_size), max_size=max_size,
+            command_timeout=command_timeout, init=_init_connection, timeout=timeout,
+            server_settings=server_settings, connection_class=connection_class,
         )
     except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # away, or refusing us (a password, no such database)
         raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     assert pool is not None
     return pool
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier (a column, a table), quoted: for the names SIRA's definitions hold, never input."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 @contextlib.asynccontextmanager

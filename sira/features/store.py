@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import numpy as np
 
+from sira.core import db
 from sira.core.errors import InvalidInput, NotFound
 from sira.features.definitions import (
     US,
@@ -60,11 +61,6 @@ def from_us(value: int) -> datetime:
     return EPOCH + timedelta(microseconds=int(value))
 
 
-def _ident(name: str) -> str:
-    # Column names come from SIRA's own definitions; quote them all the same.
-    return '"' + name.replace('"', '""') + '"'
-
-
 # -- histories from the event log ------------------------------------------------
 
 
@@ -82,8 +78,8 @@ async def load_histories(
     for column in spec.categorical_columns:
         if column not in _CATEGORY_COLUMNS:
             raise InvalidInput(f"{column} is not an event column features can use")
-    cats = "".join(f", e.{_ident(c)}" for c in spec.categorical_columns)
-    key = _ident(spec.key_column)
+    cats = "".join(f", e.{db.quote_ident(c)}" for c in spec.categorical_columns)
+    key = db.quote_ident(spec.key_column)
     if spec.label_delay:
         label_sql = (
             "(SELECT min(f.known_at) FROM sira_feedback f"
@@ -368,7 +364,7 @@ async def materialize(
     lab_to = await conn.fetchval("SELECT coalesce(max(id), 0) FROM sira_feedback")
     counts: dict[str, int] = {}
     for spec in fs.entities:
-        key = _ident(spec.key_column)
+        key = db.quote_ident(spec.key_column)
         changed = await conn.fetch(
             f"""SELECT {key} AS entity_id, max(occurred_at) AS newest FROM sira_events
                  WHERE {key} IN (
@@ -398,7 +394,6 @@ async def materialize_all(settings: Any, *, full: bool = False, fs: FeatureSet |
     """``sira features materialize`` and ``jobs/materialize.py``: one incremental refresh."""
     import time
 
-    from sira.core import db
     from sira.features.definitions import get_feature_set
 
     fs = fs or get_feature_set()
@@ -465,7 +460,7 @@ async def historical_features(
     event_ids = [r["event_id"] for r in rows if r.get("event_id")]
     stored: dict[str, dict[str, Any]] = {}
     if event_ids:
-        keys = ", ".join(sorted({_ident(s.key_column) for s in fs.entities}))
+        keys = ", ".join(sorted({db.quote_ident(s.key_column) for s in fs.entities}))
         for rec in await conn.fetch(
             f"SELECT event_id, occurred_at, amount::float8 AS amount, {keys} FROM sira_events"
             " WHERE event_id = ANY($1::text[])",

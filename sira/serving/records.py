@@ -24,8 +24,8 @@ from sira.serving.spool import Spool
 
 log = logging.getLogger(__name__)
 
-# What PostgreSQL refuses for good (bad data, a violated constraint): retrying the same record cannot help.
-REFUSED_FOR_GOOD = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# What PostgreSQL refuses for good: retrying the same record cannot help.
+REFUSED_FOR_GOOD = db.REFUSED
 
 
 # The hot-path lookups touch a partitioned table: planning a custom plan for every call cost
@@ -94,9 +94,8 @@ class Recorder:
 
     async def store(self, records: list[dict[str, Any]]) -> int:
         if self.pool is None:
-            self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, init=db._init_connection,
-                                                  server_settings=SERVING_SERVER_SETTINGS, timeout=10,
-                                                  command_timeout=60)
+            self.pool = await db.create_pool(self.dsn, min_size=1, max_size=2, server_settings=SERVING_SERVER_SETTINGS,
+                                             timeout=10, command_timeout=60)
         await store_records(self.pool, records)
         return len(records)
 

@@ -131,9 +131,9 @@ class ScoringService:
 
         r = self.replica
         self.redactor = redactor_for(r.settings)
-        r.pool = await asyncpg.create_pool(
+        r.pool = await db.create_pool(
             db.resolve_dsn(r.settings), min_size=1, max_size=r.settings.db_pool_max,
-            command_timeout=max(r.config.db_timeout_s * 5, 5), init=db._init_connection, timeout=10,
+            command_timeout=max(r.config.db_timeout_s * 5, 5), timeout=10,
             server_settings=SERVING_SERVER_SETTINGS, connection_class=LookupConnection,
         )
         if r.settings.redis_url:
