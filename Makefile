@@ -32,8 +32,9 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
-# The fast loop while working (under a minute here): the tests that need no services.
-test-fast: lint test-unit
+# The loop while working: every test but the Ray Serve applications and the end-to-end runs (tests/e2e).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not serve and not e2e"
 
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)

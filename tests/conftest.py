@@ -9,8 +9,9 @@
 - Ray: one session per test run (``address="local"``, 2 CPUs), started
   through SIRA's own helper so workers get the test database.
 
-Tests are marked by folder: ``tests/unit`` (no services), ``tests/integration``
-and ``tests/e2e``; ``pytest -m unit`` runs the fast ones alone.
+Tests are marked by the fixtures they use (``SERVICE_FIXTURES``): ``db``, ``redis``, ``ray``, ``serve``,
+``e2e`` (the folder of CLI, demo and job runs), and ``unit`` for the rest (no services).
+``make test-fast`` runs all but ``serve`` and ``e2e``; ``pytest -m unit`` the service-free ones.
 """
 
 from __future__ import annotations
@@ -35,10 +36,23 @@ from sira.core.config import Settings, reset_settings
 TESTS = Path(__file__).resolve().parent
 
 
+# A test's markers come from the fixtures it uses (their whole closure), not from where its file lives:
+# a test that takes a database fixture is a `db` test wherever it is; one that takes none of these, `unit`.
+SERVICE_FIXTURES = {
+    "db": {"pg_server_dsn"},  # PostgreSQL (every database fixture leads here)
+    "redis": {"redis_url"},
+    "ray": {"ray_session"},
+    "serve": {"serving", "serve_url"},  # Ray Serve applications
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        kind = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
-        if kind in ("unit", "integration", "e2e"):
+        used = set(getattr(item, "fixturenames", ()))
+        kinds = {kind for kind, fixtures in SERVICE_FIXTURES.items() if used & fixtures}
+        if Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0] == "e2e":
+            kinds.add("e2e")  # the CLI, the demo and Ray jobs end to end, in processes of their own
+        for kind in sorted(kinds or {"unit"}):
             item.add_marker(getattr(pytest.mark, kind))
 
 
