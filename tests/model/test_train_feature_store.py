@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from sira.ingest.bulk import redactor_for
 from sira.ingest.labels import record_labels
 from sira.training.datasets import build_feature_dataset
 from sira.training.evaluation import average_precision
-from sira.training.runs import TrainRequest, run_training
 from sira.training.windows import Windows, training_windows
+from tests.conftest import migrate_database, run_sync
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,31 @@ def sim(tmp_path_factory):
                     tmp_path_factory.mktemp("sim"))
 
 
-@pytest.fixture
-async def loaded(clean_db, ray_session, settings, sim):
-    await asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+@pytest.fixture(scope="module")
+def store(create_database, workspace, ray_session, sim):
+    """A database of this module's own, loaded once: the tests read it (a planted label touches one event)."""
+    from sira.core.config import Settings
     from sira.ingest.labels import import_label_files
 
-    await import_label_files(settings, [sim.labels_path], source="sim")
-    return clean_db
+    dsn = create_database("sira_fs_train")
+    settings = Settings(database_url=dsn, workspace=workspace)
+
+    async def load() -> None:
+        await migrate_database(dsn)
+        await asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+        await import_label_files(settings, [sim.labels_path], source="sim")
+
+    run_sync(load())
+    return SimpleNamespace(dsn=dsn, settings=settings)
+
+
+@pytest.fixture
+async def loaded(store):
+    from sira.core import db
+
+    pool = await db.create_pool(store.dsn, store.settings)
+    yield pool
+    await pool.close()
 
 
 async def windows_for(pool, **kw):
@@ -37,7 +56,8 @@ async def windows_for(pool, **kw):
         return await training_windows(conn, maturity_days=10, label_delay_days=4, **kw)
 
 
-async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, settings, pg_dsn):
+async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, store):
+    settings, pg_dsn = store.settings, store.dsn
     windows = await windows_for(loaded)
     # Plant a fraud label on an old training event that only becomes known after the cut-off.
     planted = await loaded.fetchval(
@@ -68,14 +88,17 @@ async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, se
     assert np.array_equal(only.matrix.y[only_split.test], ds.matrix.y[split.test])
 
 
-async def test_feature_store_model_beats_a_rules_baseline(loaded, settings, pg_dsn):
-    result = await run_training(settings, TrainRequest(
-        model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2,
-        params={"num_boost_round": 300, "early_stopping_rounds": 50},
-    ))
+async def test_feature_store_model_beats_a_rules_baseline(fraud_model):
+    """The session's trained model (the same simulation, trained from the feature store by the same run code),
+    judged on its own test window, rebuilt exactly from the windows its run recorded."""
+    from datetime import datetime
+
+    result = fraud_model.trained
     assert result["version"] == 1 and result["status"] == "candidate"
-    windows = await windows_for(loaded)
-    ds, split = await asyncio.to_thread(build_feature_dataset, pg_dsn, PAYMENTS_V1, windows)
+    windows = Windows(**{k: datetime.fromisoformat(v) if isinstance(v, str) else v
+                         for k, v in result["windows"].items()})
+    ds, split = await asyncio.to_thread(build_feature_dataset, fraud_model.dsn, PAYMENTS_V1, windows)
+    assert split.test.size == result["split"]["test"]  # the rows the run was tested on, none since
     names = ds.matrix.names
     X, y = ds.matrix.X[split.test], ds.matrix.y[split.test]
     col = {n: X[:, names.index(n)] for n in names}
@@ -85,11 +108,18 @@ async def test_feature_store_model_beats_a_rules_baseline(loaded, settings, pg_d
     rules_ap = average_precision(y, rules)
     model_ap = result["metrics"]["test"]["average_precision"]
     assert model_ap > 1.5 * rules_ap, (model_ap, rules_ap)
-    version = await loaded.fetchrow("SELECT feature_set_version, feature_schema FROM sira_model_versions")
+    from sira.core import db
+
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        version = await conn.fetchrow("SELECT feature_set_version, feature_schema FROM sira_model_versions "
+                                      "WHERE version = 1")
+    finally:
+        await conn.close()
     assert version["feature_set_version"] == 1 and len(version["feature_schema"]) == len(PAYMENTS_V1.names())
 
 
-async def test_empty_or_immature_windows_are_clear_errors(loaded, settings):
+async def test_empty_or_immature_windows_are_clear_errors(loaded):
     from sira.core.errors import InvalidInput
 
     first = await loaded.fetchval("SELECT min(occurred_at) FROM sira_events")
