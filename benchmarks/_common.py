@@ -55,7 +55,7 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
 
 
 def report(name: str, result: dict) -> None:
-    """One JSON line per benchmark on stdout (the README table is made from these)."""
+    """One JSON line per benchmark on stdout (docs/performance.md is made from these)."""
     print(json.dumps({"benchmark": name, **result}, sort_keys=True))
     sys.stdout.flush()
 

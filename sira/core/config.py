@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     embedded_pg_dir: Path | None = Field(
         default=None,
         description="Data folder of the embedded Postgres. Unset: <workspace>/postgres, or "
-        "/var/lib/sira/<workspace-id>/pgdata when running as root (see README).",
+        "/var/lib/sira/<workspace-id>/pgdata when running as root (see docs/configuration.md).",
     )
     db_pool_min: Annotated[int, Field(ge=0, le=100)] = 1
     db_pool_max: Annotated[int, Field(ge=1, le=500)] = 10
