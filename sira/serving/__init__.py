@@ -2,4 +2,4 @@
 idempotency, hot swap, prediction records, resilience) and the spool. No web code."""
 
 __all__ = ["scoring", "config", "schemas", "intake", "service", "replica", "histories", "idempotency", "answers",
-           "slots", "records", "spool", "resilience", "metrics"]
+           "notifications", "slots", "records", "spool", "resilience", "metrics"]

@@ -33,23 +33,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from datetime import datetime, timezone
 from typing import Any
-
-import asyncpg
 
 from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet, History
-from sira.serving.answers import answer, shadow_answer
+from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories, _touches
 from sira.serving.idempotency import Answers, idempotency_epoch, replay
 from sira.serving.metrics import ServingMetrics
-from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter, prediction_record
+from sira.serving.notifications import Listener
+from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter
 from sira.serving.replica import Replica
 from sira.serving.resilience import _in_replica
 from sira.serving.schemas import Item, ScoreItem
@@ -74,7 +72,9 @@ class ScoringService:
         self.redactor: Any = None
         self.rejected_config: dict[str, str] | None = None  # the last user_config refused, while it stands
         self.started = False
-        self._listener: asyncpg.Connection | None = None
+        self.listener = Listener(self.replica, {"sira_registry": self._on_registry,
+                                                feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots},
+                                 self._reconnected)
         self._in_replica = _in_replica()
         self._batch_lock = asyncio.Lock()
         self._batched = self._batcher(config)
@@ -149,7 +149,7 @@ class ScoringService:
             log.exception("metrics unavailable")
         self.writer.open(self._in_replica)
         await self.models.refresh("start")
-        r.spawn(self._listen_forever(), "listener")
+        r.spawn(self.listener.listen_forever(), "listener")
         r.spawn(self._poll_forever(), "poller")
         r.spawn(self.writer.flush_forever(), "flusher")
         self.started = True
@@ -165,9 +165,7 @@ class ScoringService:
         if r.metrics:
             with contextlib.suppress(Exception):
                 r.metrics.publish()
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=2)
+        await self.listener.close()
         if r.redis is not None:
             with contextlib.suppress(Exception):
                 await r.redis.aclose()
@@ -212,42 +210,10 @@ class ScoringService:
     def unavailable_models(self) -> dict[str, dict[str, Any]]:
         return self.models.unavailable()
 
-    async def _listen_forever(self) -> None:
-        """LISTEN for registry and snapshot changes; reconnect after an outage (and resync)."""
-        r = self.replica
-        delay = 0.5
-        while True:
-            conn = None
-            try:
-                conn = await db.connect(db.resolve_dsn(r.settings))
-                self._listener = conn
-                await conn.add_listener("sira_registry", self._on_registry)
-                await conn.add_listener(feature_store.SNAPSHOT_CHANNEL, self.history.on_snapshots)
-                conn.add_termination_listener(self._on_listener_lost)
-                r.pg.succeeded()
-                if delay > 0.5:  # we were disconnected: notifications may have been missed
-                    self.histories.clear()
-                    await self.models.refresh("reconnect")
-                delay = 0.5
-                while not conn.is_closed():
-                    await asyncio.sleep(0.5)
-                raise ConnectionError("listener connection closed")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep listening whatever happens
-                log.debug("listener: %s", exc)
-                delay = min(delay * 2, 5.0)
-                await asyncio.sleep(delay)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.remove_termination_listener(self._on_listener_lost)  # closed by us: no outage
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=1)
-
-    def _on_listener_lost(self, _conn: Any) -> None:
-        """The notification connection ended: Postgres is going away (stopped, crashed, restarting) or the
-        link to it is; the first sign of an outage even when every request is served from caches."""
-        self.replica.pg.failed(ConnectionError("the notification connection to PostgreSQL was lost"))
+    async def _reconnected(self) -> None:
+        """The listener was away: registry and snapshot notifications may have been missed."""
+        self.histories.clear()
+        await self.models.refresh("reconnect")
 
     def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self.replica.spawn(self.models.refresh_quietly("notify"), "refresh")
@@ -317,7 +283,14 @@ class ScoringService:
                     out[n] = exc
                 folded = {k: v for k, v in folded.items() if not _touches(item, k)}
         todo = [n for n in range(len(items)) if out[n] is None]
-        records, shadow_jobs = self._predict(items, todo, vectors, flags, degraded, out)
+        scored = score_items(items, todo, vectors, flags, degraded, reasons=r.config.reasons, shadow=r.config.shadow,
+                             scored_at=datetime.now(timezone.utc).isoformat(),
+                             epoch=idempotency_epoch(r.config.idempotency_ttl_s))
+        for n, given in scored.answers.items():
+            out[n] = given
+        for (model, decision), count in scored.decisions.items():
+            r.count("decisions", count, model=model, decision=decision)
+        records, shadow_jobs = scored.records, scored.shadow_jobs
         for n in todo:
             item = items[n]
             if item.record and item.event is not None:
@@ -369,62 +342,13 @@ class ScoringService:
             folded.update(more)
         return vectors, flags, folded
 
-    def _predict(self, items: list[Item], todo: list[int], vectors: dict[int, dict[str, Any]],
-                 flags: dict[int, dict[str, Any]], degraded: set[str], out: list[Any]
-                 ) -> tuple[list[dict[str, Any]], list[tuple[Item, dict[str, Any], str, str]]]:
-        """One ``predict`` per model version; reasons inline for review/block (and on request); the answers
-        into ``out``; their spool records, and the shadow scores to compute after answering."""
-        r = self.replica
-        by_runtime: dict[int, list[int]] = {}
-        for n in todo:
-            by_runtime.setdefault(id(items[n].runtime), []).append(n)
-        now = datetime.now(timezone.utc).isoformat()
-        epoch = idempotency_epoch(r.config.idempotency_ttl_s)
-        records: list[dict[str, Any]] = []
-        shadow_jobs: list[tuple[Item, dict[str, Any], str, str]] = []
-        for members in by_runtime.values():
-            runtime = items[members[0]].runtime
-            X = runtime.matrix([vectors[n] for n in members])
-            scores = runtime.predict(X)
-            decisions = runtime.decide(scores)
-            inline = [j for j, n in enumerate(members)
-                      if items[n].explain or r.config.reasons == "all" or decisions[j] != "approve"]
-            reasons: dict[int, list[dict[str, Any]]] = {}
-            if inline:
-                contrib = runtime.contributions(X[inline])
-                for k, j in enumerate(inline):
-                    reasons[j] = runtime.reasons(X[j], contrib[k])
-            for j, n in enumerate(members):
-                item = items[n]
-                latency = (time.perf_counter() - item.started) * 1000
-                out[n] = answer(item, runtime, scores[j], decisions[j], reasons.get(j), flags[n], degraded,
-                                latency, now, epoch)
-                records.append(prediction_record(out[n], runtime, vectors[n], "production"))
-                r.count("decisions", model=runtime.model_name, decision=decisions[j])
-                if item.shadow is not None and r.config.shadow:
-                    shadow_jobs.append((item, vectors[n], decisions[j], item.request_id))
-        return records, shadow_jobs
-
-    async def _shadow(self, jobs: list[tuple[Item, dict[str, Any], str, str]]) -> None:
-        """Staging versions score the same inputs; stored beside production's, never returned."""
+    async def _shadow(self, jobs: list[ShadowJob]) -> None:
+        """Staging versions score the same inputs after the answer; stored beside production's, never returned."""
         try:
-            by_runtime: dict[int, list[tuple[Item, dict[str, Any], str, str]]] = {}
-            for job in jobs:
-                by_runtime.setdefault(id(job[0].shadow), []).append(job)
-            records = []
-            now = datetime.now(timezone.utc).isoformat()
-            epoch = idempotency_epoch(self.replica.config.idempotency_ttl_s)
-            for group in by_runtime.values():
-                runtime = group[0][0].shadow
-                X = runtime.matrix([g[1] for g in group])
-                scores = runtime.predict(X)
-                decisions = runtime.decide(scores)
-                for (item, vector, prod_decision, request_id), score, decision in zip(group, scores.tolist(),
-                                                                                       decisions):
-                    shadow = shadow_answer(item, runtime, request_id, score, decision, prod_decision, now, epoch)
-                    records.append(prediction_record(shadow, runtime, vector, "shadow"))
-                    self.replica.count("shadow", model=runtime.model_name,
-                                       agreement="same" if decision == prod_decision else "differs")
+            records, agreement = score_shadows(jobs, scored_at=datetime.now(timezone.utc).isoformat(),
+                                               epoch=idempotency_epoch(self.replica.config.idempotency_ttl_s))
+            for (model, same), n in agreement.items():
+                self.replica.count("shadow", n, model=model, agreement=same)
             self.writer.spool.append(records)
         except Exception:  # noqa: BLE001 - shadow scoring never affects serving
             log.exception("shadow scoring failed")

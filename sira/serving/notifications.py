@@ -1,0 +1,65 @@
+"""PostgreSQL notifications a replica follows: ``LISTEN`` on a connection of its own, reconnected with backoff
+after an outage (when it may have missed some: ``on_reconnect``), and its loss reported to the database
+breaker (the first sign of an outage even when every request is served from caches)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from sira.core import db
+from sira.serving.replica import Replica
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    def __init__(self, replica: Replica, channels: dict[str, Callable[..., Any]],
+                 on_reconnect: Callable[[], Awaitable[None]]):
+        self.replica, self.channels, self.on_reconnect = replica, channels, on_reconnect
+        self.conn: asyncpg.Connection | None = None
+
+    async def listen_forever(self) -> None:
+        r = self.replica
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await db.connect(db.resolve_dsn(r.settings))
+                self.conn = conn
+                for channel, callback in self.channels.items():
+                    await conn.add_listener(channel, callback)
+                conn.add_termination_listener(self._lost)
+                r.pg.succeeded()
+                if delay > 0.5:  # we were disconnected: notifications may have been missed
+                    await self.on_reconnect()
+                delay = 0.5
+                while not conn.is_closed():
+                    await asyncio.sleep(0.5)
+                raise ConnectionError("listener connection closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening whatever happens
+                log.debug("listener: %s", exc)
+                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(delay)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.remove_termination_listener(self._lost)  # closed by us: no outage
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close(timeout=2)
+
+    def _lost(self, _conn: Any) -> None:
+        """The notification connection ended: Postgres is going away (stopped, crashed, restarting) or the
+        link to it is."""
+        self.replica.pg.failed(ConnectionError("the notification connection to PostgreSQL was lost"))
