@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity, create_key, list_keys, revoke_key
 from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked
 from sira.registry import models as registry
 
 router = APIRouter(prefix="/v1", tags=["access"])
@@ -19,25 +20,25 @@ class KeyCreate(BaseModel):
     roles: list[str] = Field(..., min_length=1)
 
 
-@router.get("/audit", responses=errors())
+@router.get("/audit", response_model=AuditLog, responses=errors())
 async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,
                     actor: str | None = None, action: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict[str, Any]:
     return {"entries": await in_transaction(pool, registry.read_audit, who, target=target, actor=actor, action=action,
                                   limit=limit)}
 
-@router.post("/keys", status_code=201, responses=errors(409, body=True))
+@router.post("/keys", status_code=201, response_model=KeyCreated, responses=errors(409, body=True))
 async def keys_create(body: KeyCreate, request: Request, pool: PoolDep,
                       who: Identity = require("keys.manage")) -> dict[str, Any]:
     key, info = await in_transaction(pool, create_key, name=body.name, roles=body.roles, pepper=request.app.state.pepper,
                            creator=who)
     return {"name": info["name"], "roles": info["roles"], "key": key}
 
-@router.get("/keys", responses=errors())
+@router.get("/keys", response_model=KeyList, responses=errors())
 async def keys_list(pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
     return {"keys": await in_transaction(pool, list_keys, who)}
 
-@router.delete("/keys/{name}", responses=errors(404, 409))
+@router.delete("/keys/{name}", response_model=KeyRevoked, responses=errors(404, 409))
 async def keys_revoke(name: str, pool: PoolDep, who: Identity = require("keys.manage")) -> dict[str, Any]:
     await in_transaction(pool, revoke_key, who, name)
     return {"revoked": name}

@@ -11,7 +11,21 @@ from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
-from sira.http.deps import PoolDep, Version, errors, in_transaction, require
+from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import Version as VersionNumber
+from sira.http.schemas import (
+    Comparison,
+    Decided,
+    History,
+    Model,
+    ModelDetail,
+    ModelList,
+    MonitoringReport,
+    PromotionRequested,
+    RolledBack,
+    Staged,
+    Version,
+)
 from sira.registry import models as registry
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -55,27 +69,27 @@ def announce(background: BackgroundTasks, request: Request) -> None:
     background.add_task(webhooks.deliver_due, request.app.state.pool, request.app.state.settings)
 
 
-@router.get("/models", responses=errors())
+@router.get("/models", response_model=ModelList, responses=errors())
 async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
     return {"models": await in_transaction(pool, registry.list_models, who)}
 
-@router.post("/models", status_code=201, responses=errors(409, body=True))
+@router.post("/models", status_code=201, response_model=Model, responses=errors(409, body=True))
 async def models_create(body: ModelCreate, pool: PoolDep, who: Identity = require("models.write")) -> dict[str, Any]:
     fields = body.model_dump(exclude={"name", "model_type", "entity_type"}, exclude_none=True)
     return await in_transaction(pool, registry.create_model, who, body.name, model_type=body.model_type,
                       entity_type=body.entity_type, **fields)
 
-@router.get("/models/{name}", responses=errors(404))
+@router.get("/models/{name}", response_model=ModelDetail, responses=errors(404))
 async def models_show(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
     return await in_transaction(pool, registry.show_model, who, name)
 
-@router.patch("/models/{name}", responses=errors(404, body=True))
+@router.patch("/models/{name}", response_model=Model, responses=errors(404, body=True))
 async def models_update(name: str, body: ModelUpdate, pool: PoolDep,
                         who: Identity = require("models.settings")) -> dict[str, Any]:
     return await in_transaction(pool, registry.update_model, who, name, **body.model_dump(exclude_none=True))
 
-@router.get("/models/{name}/versions/{version}", responses=errors(404))
-async def versions_show(name: str, version: Version, pool: PoolDep,
+@router.get("/models/{name}/versions/{version}", response_model=Version, responses=errors(404))
+async def versions_show(name: str, version: VersionNumber, pool: PoolDep,
                         who: Identity = require("models.read")) -> dict[str, Any]:
     return await in_transaction(pool, registry.show_version, who, name, version)
 
@@ -85,7 +99,7 @@ card_types = {"text/html": {"schema": {"type": "string"}}, "text/markdown": {"sc
 @router.get("/models/{name}/versions/{version}/card", response_class=Response,
             responses={200: {"description": "The model card", "content": card_types},
                        **errors(404, 409)})  # 409: an artifact that fails its checksum
-async def versions_card(name: str, version: Version, request: Request, pool: PoolDep,
+async def versions_card(name: str, version: VersionNumber, request: Request, pool: PoolDep,
                         format: Annotated[Literal["md", "html"], Query()] = "html",  # noqa: A002
                         who: Identity = require("models.read")) -> Any:
     from sira.registry.card import render_card
@@ -93,22 +107,22 @@ async def versions_card(name: str, version: Version, request: Request, pool: Poo
     text = await in_transaction(pool, render_card, request.app.state.settings, who, name, version, format)
     return HTMLResponse(text) if format == "html" else PlainTextResponse(text, media_type="text/markdown")
 
-@router.get("/models/{name}/compare", responses=errors(404))
+@router.get("/models/{name}/compare", response_model=Comparison, responses=errors(404))
 async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1, le=MAX_VERSION)],
                            b: Annotated[int, Query(ge=1, le=MAX_VERSION)], who: Identity = require("models.read")) -> dict[str, Any]:
     return await in_transaction(pool, registry.compare_versions, who, name, a, b)
 
-@router.post("/models/{name}/versions/{version}/promote", status_code=201,
+@router.post("/models/{name}/versions/{version}/promote", status_code=201, response_model=PromotionRequested,
              responses=errors(404, 409, body=True))
-async def promote(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
+async def promote(name: str, version: VersionNumber, body: Reason, request: Request, pool: PoolDep,
                   background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
     result = await in_transaction(pool, registry.request_promotion, request.app.state.settings, who, name, version,
                         body.reason)
     announce(background, request)
     return result
 
-@router.post("/models/{name}/versions/{version}/stage", responses=errors(404, 409, body=True))
-async def stage(name: str, version: Version, body: Reason, request: Request, pool: PoolDep,
+@router.post("/models/{name}/versions/{version}/stage", response_model=Staged, responses=errors(404, 409, body=True))
+async def stage(name: str, version: VersionNumber, body: Reason, request: Request, pool: PoolDep,
                 background: BackgroundTasks, who: Identity = require("promotion.request")) -> dict[str, Any]:
     """Put a version in staging: serving scores it in shadow beside production."""
     result = await in_transaction(pool, registry.stage_version, request.app.state.settings, who, name, version, body.reason)
@@ -116,7 +130,7 @@ async def stage(name: str, version: Version, body: Reason, request: Request, poo
     return result
 
 def decision_route(decision: Literal["approve", "reject"]) -> Any:
-    async def decide(name: str, version: Version, body: Comment, request: Request, pool: PoolDep,
+    async def decide(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
                      background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
         result = await in_transaction(pool, registry.decide, who, name, version, decision, body.comment)
         announce(background, request)
@@ -127,29 +141,29 @@ def decision_route(decision: Literal["approve", "reject"]) -> Any:
 # one literal path per decision: a `{decision}` parameter also caught POST …/card (422, not 405)
 for decision in ("approve", "reject"):
     router.add_api_route(f"/models/{{name}}/versions/{{version}}/{decision}", decision_route(decision),
-                         methods=["POST"], name=f"versions_{decision}",
+                         methods=["POST"], name=f"versions_{decision}", response_model=Decided,
                          responses=errors(404, 409, body=True),
                          summary=f"{decision.capitalize()} the version's pending promotion request")
 
-@router.post("/models/{name}/rollback", responses=errors(404, 409, body=True))
+@router.post("/models/{name}/rollback", response_model=RolledBack, responses=errors(404, 409, body=True))
 async def rollback(name: str, body: RollbackRequest, request: Request, pool: PoolDep, background: BackgroundTasks,
                    who: Identity = require("rollback")) -> dict[str, Any]:
     result = await in_transaction(pool, registry.rollback, who, name, body.reason or "", body.expected_version)
     announce(background, request)
     return result
 
-@router.get("/models/{name}/history", responses=errors(404))
+@router.get("/models/{name}/history", response_model=History, responses=errors(404))
 async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
     return {"model": name, "history": await in_transaction(pool, registry.production_history, name)}
 
-@router.get("/models/{name}/drift", responses=errors(404))
+@router.get("/models/{name}/drift", response_model=MonitoringReport, responses=errors(404))
 async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),
                 version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None) -> dict[str, Any]:
     from sira.monitoring.drift import latest_drift
 
     return await in_transaction(pool, latest_drift, name, version)
 
-@router.get("/models/{name}/performance", responses=errors(404))
+@router.get("/models/{name}/performance", response_model=MonitoringReport, responses=errors(404))
 async def performance(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
     from sira.monitoring.performance import latest_performance
 

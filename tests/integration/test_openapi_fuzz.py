@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error, status_code_conformance
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from tests.conftest import migrate_database, run_sync
 
@@ -107,7 +107,7 @@ def _negatable(operation: schemathesis.APIOperation) -> bool:
         for p in operation.iter_parameters() if p.name.lower() != "authorization")
 
 
-def test_every_operation_answers_only_declared_statuses_and_never_5xx(live_api):
+def test_every_operation_answers_only_declared_statuses_and_schemas_and_never_5xx(live_api):
     # a loop of our own rather than schema.parametrize(): the schema is the live server's, known only
     # once the fixture runs, and schemathesis' lazy pytest loader does not run under pytest 9
     schema = schemathesis.openapi.from_url(f"{live_api.url}/openapi.json")
@@ -125,7 +125,8 @@ def test_every_operation_answers_only_declared_statuses_and_never_5xx(live_api):
                       suppress_health_check=list(HealthCheck))
             def call(case: schemathesis.Case) -> None:
                 case.call_and_validate(base_url=live_api.url, headers=headers, timeout=60,
-                                       checks=[not_a_server_error, status_code_conformance])
+                                       checks=[not_a_server_error, status_code_conformance,
+                                               response_schema_conformance])
 
             try:
                 call()

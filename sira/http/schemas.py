@@ -1,0 +1,205 @@
+"""What the registry and access routes answer, declared for OpenAPI. Strict (no field undeclared): a field a
+registry function starts returning without a schema here fails loudly in the tests, instead of being
+filtered out of the answer in silence. Times are ISO 8601 strings, as the registry returns them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VersionStatus = Literal["candidate", "validated", "staging", "production", "archived", "rejected"]
+RequestStatus = Literal["pending", "approved", "rejected", "cancelled", "superseded"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSummary(Strict):
+    name: str
+    model_type: str
+    required_approvals: int
+    updated_at: str
+    latest_version: int | None
+    production_version: int | None
+    staging_version: int | None
+
+
+class ModelList(Strict):
+    models: list[ModelSummary]
+
+
+class Model(Strict):
+    """A model and its governance settings."""
+
+    id: int
+    name: str
+    display_name: str | None
+    description: str | None
+    model_type: str
+    owner: str | None
+    entity_type: str
+    label_name: str
+    feature_set: str | None
+    feature_set_version: int | None
+    label_maturity_days: int
+    decision_targets: dict[str, Any]
+    required_approvals: int
+    promotion_policy: dict[str, Any]
+    settings: dict[str, Any]
+    created_by: str
+    created_at: str
+    updated_at: str
+
+
+class VersionSummary(Strict):
+    version: int
+    status: VersionStatus
+    created_by: str
+    created_at: str
+    artifact_sha256: str
+    test_ap: str | None = Field(description="The test window's average precision, as stored")
+    last_request: RequestStatus | None
+
+
+class ModelDetail(Model):
+    versions: list[VersionSummary]
+
+
+class PromotionRequestView(Strict):
+    id: int
+    status: RequestStatus
+    requested_by: str
+    created_at: str
+    decided_at: str | None
+    decisions: list[dict[str, Any]]
+
+
+class Version(Strict):
+    """A version: its artifact, schema, parameters, metrics, thresholds, and its promotion requests."""
+
+    id: int
+    model_id: int
+    model_name: str
+    version: int
+    status: VersionStatus
+    run_id: str | None
+    artifact_uri: str
+    artifact_sha256: str
+    feature_set: str | None
+    feature_set_version: int | None
+    model_fs_version: int | None
+    feature_schema: list[dict[str, Any]]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    description: str | None
+    required_approvals: int
+    created_by: str
+    created_at: str
+    updated_at: str
+    status_changed_at: str
+    promotion_requests: list[PromotionRequestView]
+
+
+class Comparison(Strict):
+    model: str
+    a: int
+    b: int
+    status: dict[str, VersionStatus]
+    thresholds: dict[str, dict[str, Any]]
+    metrics: list[dict[str, Any]] = Field(description="One row per window and metric: v<a>, v<b>, difference")
+
+
+class PromotionRequested(Strict):
+    model: str
+    version: int
+    request_id: int
+    status: RequestStatus
+    required_approvals: int
+
+
+class Staged(Strict):
+    model: str
+    version: int
+    status: Literal["staging"]
+    replaced: int | None
+
+
+class Decided(Strict):
+    model: str
+    version: int
+    request_id: int
+    outcome: RequestStatus
+    approvals: int
+    required_approvals: int
+    previous_production: int | None
+
+
+class RolledBack(Strict):
+    model: str
+    production: int
+    archived: int
+    reason: str
+
+
+class ProductionChange(Strict):
+    at: str
+    actor: str
+    actor_kind: str
+    from_: int | None = Field(alias="from")
+    to: int | None
+    via: str | None
+    reason: str | None
+
+
+class History(Strict):
+    model: str
+    history: list[ProductionChange]
+
+
+class MonitoringReport(Strict):
+    model: str
+    latest: dict[str, Any] | None = Field(description="The newest stored report, or null before the first run")
+
+
+class AuditEntry(Strict):
+    id: int
+    occurred_at: str
+    actor: str
+    actor_kind: str
+    action: str
+    target_type: str | None
+    target_id: str | None
+    source_address: str | None
+    outcome: str
+    details: dict[str, Any]
+
+
+class AuditLog(Strict):
+    entries: list[AuditEntry]
+
+
+class KeyCreated(Strict):
+    name: str
+    roles: list[str]
+    key: str = Field(description="Shown once: only its hash is stored")
+
+
+class KeyView(Strict):
+    name: str
+    roles: list[str]
+    created_by: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+class KeyList(Strict):
+    keys: list[KeyView]
+
+
+class KeyRevoked(Strict):
+    revoked: str
