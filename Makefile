@@ -39,6 +39,7 @@ test-fast: lint
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/online_features.py
+	$(BIN)/python benchmarks/feature_fold.py
 	$(BIN)/python benchmarks/stream_latency.py
 	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/dataset_build.py
