@@ -9,7 +9,9 @@ computed (``event_vectors``), and the folded states encoded again for storage (`
 then JSON bytes). The terminal's history holds ``size`` events within its lookback; the customer and the
 card hold 30 and 10, as a typical customer does. Printed: microseconds per event at each size, the
 ratio of the largest size to the smallest (#21's target: within 1.5x) and of the smallest to a floor
-measured in the same run (the event-level features alone, which need no history).
+measured in the same run (the event-level features alone, which need no history). ``v2_windows_us_*``:
+feature engine v2's kernel (``sira.features.tiles``) doing its part so far (the window aggregates) at the
+smallest and largest size: its state, and so its cost, does not grow with the history.
 """
 
 from __future__ import annotations
@@ -71,6 +73,38 @@ def fold_cost(size: int, events: int, seed: int = 7) -> float:
     return statistics.median(samples)
 
 
+def tiles_cost(size: int, events: int, seed: int = 7) -> float:
+    """The same for feature engine v2's kernel (``sira.features.tiles``: window counts, sums, means, maxima
+    only, so far): the three states decoded from bytes, the event folded, its windows read, states encoded."""
+    from sira.features import tiles
+
+    rng = random.Random(seed)
+    now = START + timedelta(days=40)
+    layouts = {e.entity: tiles.Layout.of(e) for e in FS.entities}
+    stored = {}
+    for entity, n in (("customer", 30), ("card", 10), ("terminal", size)):
+        layout, state = layouts[entity], layouts[entity].empty()
+        span = FS.entity(entity).lookback_seconds * 1_000_000
+        for t in sorted(to_us(now) - 1_000_000 - rng.randrange(span - 2_000_000) for _ in range(n)):
+            tiles.fold(layout, state, t, tiles.fixed(round(rng.uniform(1, 400), 2)))
+        stored[entity] = tiles.to_bytes(state)
+    samples = []
+    for i in range(events):
+        ts = to_us(now + timedelta(seconds=i))
+        amount = tiles.fixed(round(rng.uniform(1, 400), 2))
+        started = time.perf_counter()
+        encoded = {}
+        for entity, raw in stored.items():
+            layout = layouts[entity]
+            state = tiles.from_bytes(layout, raw)
+            tiles.fold(layout, state, ts, amount)
+            tiles.window_features(FS.entity(entity), tiles.aggregates(layout, state, ts))
+            encoded[entity] = tiles.to_bytes(state)
+        samples.append(time.perf_counter() - started)
+        assert len(encoded) == 3
+    return statistics.median(samples)
+
+
 def floor_cost(events: int) -> float:
     """Median seconds per event of the event-level features alone (no history, no state)."""
     samples = []
@@ -86,7 +120,10 @@ def main(events: int, sizes: list[int]) -> None:
     fold_cost(sizes[0], 20)  # warm imports and caches
     floor = floor_cost(events)
     costs = {size: fold_cost(size, events) for size in sizes}
+    tiles_cost(sizes[0], 20)  # compiled (or loaded from numba's cache) before timing
+    v2 = {size: tiles_cost(size, events) for size in (sizes[0], sizes[-1])}
     report("feature_fold", {
+        **{f"v2_windows_us_terminal_{size}": round(cost * 1e6, 1) for size, cost in v2.items()},
         "events": events, "floor_us": round(floor * 1e6, 1),
         **{f"fold_us_terminal_{size}": round(cost * 1e6, 1) for size, cost in costs.items()},
         "growth_largest_vs_smallest": round(costs[sizes[-1]] / costs[sizes[0]], 2),

@@ -1,0 +1,180 @@
+"""Feature engine v2, first part (#21): bounded per-entity state of time buckets, and one compiled fold.
+
+Not wired into ingest, the stream or serving yet: this module holds the state format and the kernel they
+will share, with its semantics pinned by property tests against an independent implementation
+(``tests/unit/test_tiles.py``). What it computes per entity window: count, sum, mean and max of amounts.
+
+Semantics (``../shared/FEATURE-ENGINE.md``; they differ from feature set v1's exact windows, so they belong
+to a new feature-set version):
+- amounts are int64 fixed point in 1e-4 units (``numeric(20,4)`` exactly): counts, sums and maxima are
+  exact integers whatever the order of additions; a mean is one float division;
+- a window W evaluated for an event at time t covers the events with
+  ``ts >= floor((t - W) / hop) * hop`` up to and including the event itself: an exact head and a hopping
+  tail, hop 5 minutes for windows under 12 hours, 1 hour under 12 days, 1 day above (Chronon's sizes);
+- the state holds, per hop, a ring of buckets (id, count, sum, amounts present, max) just long enough for
+  the longest window at that hop: its size does not depend on the entity's event rate;
+- events are folded in time order; an event older than the state's newest is refused (:data:`LATE`):
+  late events are the next part of #21 (they need the head's raw events to stay exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from sira.features.definitions import EntityFeatures, parse_duration
+
+US = 1_000_000
+HOPS_US = (300 * US, 3_600 * US, 86_400 * US)
+SCALE = 10_000  # amounts in 1e-4 units
+MISSING = np.int64(np.iinfo(np.int64).min)  # an absent amount, an empty maximum, no event yet
+FORMAT = 1  # the first int64 of a state's bytes
+# the columns of a bucket
+BID, COUNT, SUM, PRESENT, MAX = range(5)
+OK, LATE = 0, 1
+
+
+def hop_us(window_us: int) -> int:
+    """The hop of a window's tail: 5 minutes under 12 hours, 1 hour under 12 days, else 1 day."""
+    if window_us < 12 * 3_600 * US:
+        return HOPS_US[0]
+    return HOPS_US[1] if window_us < 12 * 86_400 * US else HOPS_US[2]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each hop's ring lives in a state, and which ring each window reads."""
+
+    windows_us: np.ndarray  # int64, per window
+    window_level: np.ndarray  # int64, per window: its ring
+    level_hop: np.ndarray  # int64, per ring
+    level_offset: np.ndarray  # int64, per ring: first row
+    level_size: np.ndarray  # int64, per ring: rows
+
+    @classmethod
+    def of(cls, spec: EntityFeatures) -> "Layout":
+        windows = [parse_duration(w) * US for w in spec.windows]
+        hops = sorted({hop_us(w) for w in windows})
+        sizes = [max(w // h for w in windows if hop_us(w) == h) + 2 for h in hops]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return cls(np.array(windows, dtype=np.int64), np.array([hops.index(hop_us(w)) for w in windows], dtype=np.int64),
+                   np.array(hops, dtype=np.int64), offsets, np.array(sizes, dtype=np.int64))
+
+    @property
+    def rows(self) -> int:
+        return int(self.level_size.sum())
+
+    def empty(self) -> np.ndarray:
+        """A state with no events: row 0 is the header (format, newest ts), then the rings' buckets."""
+        state = np.zeros((1 + self.rows, 5), dtype=np.int64)
+        state[0, 0], state[0, 1] = FORMAT, MISSING
+        state[1:, BID] = -1
+        state[1:, MAX] = MISSING
+        return state
+
+
+def to_bytes(state: np.ndarray) -> bytes:
+    """One binary value per entity: the same bytes in PostgreSQL, Redis and a replica's cache."""
+    return state.tobytes()
+
+
+def from_bytes(layout: Layout, data: bytes) -> np.ndarray:
+    state = np.frombuffer(data, dtype=np.int64).reshape(-1, 5).copy()
+    if state.shape[0] != 1 + layout.rows or state[0, 0] != FORMAT:
+        raise ValueError("an entity state of another format or layout")
+    return state
+
+
+def fixed(amount: float | None) -> int:
+    """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as numeric does."""
+    if amount is None or amount != amount:
+        return int(MISSING)
+    scaled = abs(amount) * SCALE
+    units = int(scaled + 0.5)
+    return units if amount >= 0 else -units
+
+
+@njit(cache=True)
+def _fold(state, level_hop, level_offset, level_size, ts, amount):  # pragma: no cover - compiled
+    newest = state[0, 1]
+    if newest != MISSING and ts < newest:
+        return 1
+    state[0, 1] = ts
+    for level in range(level_hop.size):
+        hop = level_hop[level]
+        bucket = ts // hop
+        row = 1 + level_offset[level] + bucket % level_size[level]
+        if state[row, 0] != bucket:
+            state[row, 0] = bucket
+            state[row, 1] = 0
+            state[row, 2] = 0
+            state[row, 3] = 0
+            state[row, 4] = MISSING
+        state[row, 1] += 1
+        if amount != MISSING:
+            state[row, 2] += amount
+            state[row, 3] += 1
+            if amount > state[row, 4]:
+                state[row, 4] = amount
+    return 0
+
+
+@njit(cache=True)
+def _query(state, windows_us, window_level, level_hop, level_offset, level_size, t, out):  # pragma: no cover
+    for w in range(windows_us.size):
+        level = window_level[w]
+        hop = level_hop[level]
+        lo = (t - windows_us[w]) // hop
+        hi = t // hop
+        count = 0
+        total = 0
+        present = 0
+        peak = MISSING
+        first = 1 + level_offset[level]
+        for row in range(first, first + level_size[level]):
+            bucket = state[row, 0]
+            if lo <= bucket <= hi:
+                count += state[row, 1]
+                total += state[row, 2]
+                present += state[row, 3]
+                if state[row, 4] > peak:
+                    peak = state[row, 4]
+        out[w, 0] = count
+        out[w, 1] = total
+        out[w, 2] = present
+        out[w, 3] = peak
+
+
+def fold(layout: Layout, state: np.ndarray, ts_us: int, amount: int) -> int:
+    """Fold one event (its time in µs, its amount from :func:`fixed`) into ``state``: :data:`OK`, or
+    :data:`LATE` (older than the state's newest event: not folded)."""
+    return int(_fold(state, layout.level_hop, layout.level_offset, layout.level_size, ts_us, amount))
+
+
+def aggregates(layout: Layout, state: np.ndarray, t_us: int) -> np.ndarray:
+    """Per window (rows in the spec's order): count, sum, amounts present, max (int64; max ``MISSING``
+    when no amount), over what the state holds up to ``t_us``."""
+    out = np.empty((layout.windows_us.size, 4), dtype=np.int64)
+    _query(state, layout.windows_us, layout.window_level, layout.level_hop, layout.level_offset,
+           layout.level_size, t_us, out)
+    return out
+
+
+def window_features(spec: EntityFeatures, values: np.ndarray) -> dict[str, float | None]:
+    """The spec's window features from :func:`aggregates` (v1's names; None where undefined)."""
+    out: dict[str, float | None] = {}
+    e = spec.entity
+    for j, w in enumerate(spec.windows):
+        count, total, present, peak = (int(v) for v in values[j])
+        for agg in spec.aggregations:
+            if agg == "count":
+                out[f"{e}_count_{w}"] = float(count)
+            elif agg == "sum":
+                out[f"{e}_sum_amount_{w}"] = total / SCALE
+            elif agg == "mean":
+                out[f"{e}_mean_amount_{w}"] = total / (present * SCALE) if present else None
+            elif agg == "max":
+                out[f"{e}_max_amount_{w}"] = peak / SCALE if peak != MISSING else None
+    return out
