@@ -10,7 +10,8 @@ then JSON bytes). The terminal's history holds ``size`` events within its lookba
 card hold 30 and 10, as a typical customer does. Printed: microseconds per event at each size, the
 ratio of the largest size to the smallest (#21's target: within 1.5x) and of the smallest to a floor
 measured in the same run (the event-level features alone, which need no history). ``v2_windows_us_*``:
-feature engine v2's kernel (``sira.features.tiles``) doing its part so far (the window aggregates) at the
+feature engine v2's kernel (``sira.features.tiles``) doing its part so far (window aggregates, distinct
+counts, novelty; not yet the delayed-label risk windows) at the
 smallest and largest size: its state, and so its cost, does not grow with the history.
 """
 
@@ -74,8 +75,9 @@ def fold_cost(size: int, events: int, seed: int = 7) -> float:
 
 
 def tiles_cost(size: int, events: int, seed: int = 7) -> float:
-    """The same for feature engine v2's kernel (``sira.features.tiles``: window counts, sums, means, maxima
-    only, so far): the three states decoded from bytes, the event folded, its windows read, states encoded."""
+    """The same for feature engine v2's kernel (``sira.features.tiles``: window counts, sums, means, maxima,
+    distinct counts and novelty so far): the three states decoded from bytes, the event folded, its features
+    read, the states encoded."""
     from sira.features import tiles
 
     rng = random.Random(seed)
@@ -86,19 +88,23 @@ def tiles_cost(size: int, events: int, seed: int = 7) -> float:
         layout, state = layouts[entity], layouts[entity].empty()
         span = FS.entity(entity).lookback_seconds * 1_000_000
         for t in sorted(to_us(now) - 1_000_000 - rng.randrange(span - 2_000_000) for _ in range(n)):
-            tiles.fold(layout, state, t, tiles.fixed(round(rng.uniform(1, 400), 2)))
+            values = tuple(tiles.value_hash(f"{c}-{rng.randrange(12)}") for c in layout.columns)
+            tiles.fold_event(layout, state, t, tiles.fixed(round(rng.uniform(1, 400), 2)), values)
         stored[entity] = tiles.to_bytes(state)
     samples = []
     for i in range(events):
         ts = to_us(now + timedelta(seconds=i))
-        amount = tiles.fixed(round(rng.uniform(1, 400), 2))
+        event = one_event(i, now, rng)
         started = time.perf_counter()
+        amount = tiles.fixed(event["amount"])
         encoded = {}
         for entity, raw in stored.items():
             layout = layouts[entity]
             state = tiles.from_bytes(layout, raw)
-            tiles.fold(layout, state, ts, amount)
+            _, novelty = tiles.fold_event(layout, state, ts, amount,
+                                          tuple(tiles.value_hash(event.get(c)) for c in layout.columns))
             tiles.window_features(FS.entity(entity), tiles.aggregates(layout, state, ts))
+            tiles.distinct_counts(layout, state, ts)
             encoded[entity] = tiles.to_bytes(state)
         samples.append(time.perf_counter() - started)
         assert len(encoded) == 3

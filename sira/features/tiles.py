@@ -2,7 +2,8 @@
 
 Not wired into ingest, the stream or serving yet: this module holds the state format and the kernel they
 will share, with its semantics pinned by property tests against an independent implementation
-(``tests/unit/test_tiles.py``). What it computes per entity window: count, sum, mean and max of amounts.
+(``tests/unit/test_tiles.py``). What it computes so far: per window, count, sum, mean and max of amounts;
+per categorical column, distinct values in a window and whether the event's value is new in one.
 
 Semantics (``../shared/FEATURE-ENGINE.md``; they differ from feature set v1's exact windows, so they belong
 to a new feature-set version):
@@ -13,12 +14,17 @@ to a new feature-set version):
   tail, hop 5 minutes for windows under 12 hours, 1 hour under 12 days, 1 day above (Chronon's sizes);
 - the state holds, per hop, a ring of buckets (id, count, sum, amounts present, max) just long enough for
   the longest window at that hop: its size does not depend on the entity's event rate;
+- distinct counts and novelty ("a country new for the customer in 30 days") read a small last-seen map per
+  column (a stable 64-bit hash of the value -> when it was last seen), at most :data:`DISTINCT_CAP` values,
+  the least recently seen evicted first: a count saturates at the cap, and a value evicted and seen again
+  within the window counts as new (Fennel's advice: distinct counts are for small cardinalities);
 - events are folded in time order; an event older than the state's newest is refused (:data:`LATE`):
   late events are the next part of #21 (they need the head's raw events to stay exact).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +40,7 @@ FORMAT = 1  # the first int64 of a state's bytes
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
 OK, LATE = 0, 1
+DISTINCT_CAP = 64  # values remembered per categorical column
 
 
 def hop_us(window_us: int) -> int:
@@ -45,13 +52,16 @@ def hop_us(window_us: int) -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each hop's ring lives in a state, and which ring each window reads."""
+    """Where each hop's ring lives in a state, which ring each window reads, and the last-seen maps."""
 
     windows_us: np.ndarray  # int64, per window
     window_level: np.ndarray  # int64, per window: its ring
     level_hop: np.ndarray  # int64, per ring
     level_offset: np.ndarray  # int64, per ring: first row
     level_size: np.ndarray  # int64, per ring: rows
+    columns: tuple[str, ...] = ()  # categorical columns with a last-seen map, DISTINCT_CAP rows each after the rings
+    distinct: tuple[tuple[int, int], ...] = ()  # per distinct feature: (its column's map, window µs)
+    novelty: tuple[tuple[int, int], ...] = ()  # per novelty feature: (its column's map, window µs)
 
     @classmethod
     def of(cls, spec: EntityFeatures) -> "Layout":
@@ -59,20 +69,42 @@ class Layout:
         hops = sorted({hop_us(w) for w in windows})
         sizes = [max(w // h for w in windows if hop_us(w) == h) + 2 for h in hops]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        columns = spec.categorical_columns
         return cls(np.array(windows, dtype=np.int64), np.array([hops.index(hop_us(w)) for w in windows], dtype=np.int64),
-                   np.array(hops, dtype=np.int64), offsets, np.array(sizes, dtype=np.int64))
+                   np.array(hops, dtype=np.int64), offsets, np.array(sizes, dtype=np.int64), columns,
+                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.distinct),
+                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.novelty))
+
+    @property
+    def ring_rows(self) -> int:
+        return int(self.level_size.sum())
 
     @property
     def rows(self) -> int:
-        return int(self.level_size.sum())
+        return self.ring_rows + DISTINCT_CAP * len(self.columns)
+
+    def map_rows(self, column: int) -> slice:
+        """A column's last-seen map in a state: column 0 the value's hash, column 1 when it was last seen."""
+        first = 1 + self.ring_rows + column * DISTINCT_CAP
+        return slice(first, first + DISTINCT_CAP)
 
     def empty(self) -> np.ndarray:
-        """A state with no events: row 0 is the header (format, newest ts), then the rings' buckets."""
+        """A state with no events: row 0 is the header (format, newest ts), then the rings' buckets, then the
+        columns' last-seen maps."""
         state = np.zeros((1 + self.rows, 5), dtype=np.int64)
         state[0, 0], state[0, 1] = FORMAT, MISSING
         state[1:, BID] = -1
         state[1:, MAX] = MISSING
+        state[1 + self.ring_rows:, 1] = MISSING  # no value seen
         return state
+
+
+def value_hash(value: object) -> int:
+    """A categorical value's stable 64-bit hash (the same in every process: not Python's ``hash``); None: none."""
+    if value is None:
+        return int(MISSING)
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def to_bytes(state: np.ndarray) -> bytes:
@@ -145,6 +177,79 @@ def _query(state, windows_us, window_level, level_hop, level_offset, level_size,
         out[w, 1] = total
         out[w, 2] = present
         out[w, 3] = peak
+
+
+@njit(cache=True)
+def _seen_since(keys, times, value, start):  # pragma: no cover - compiled
+    for i in range(keys.size):
+        if times[i] != MISSING and keys[i] == value:
+            return times[i] >= start
+    return False
+
+
+@njit(cache=True)
+def _distinct_since(times, start):  # pragma: no cover - compiled
+    n = 0
+    for i in range(times.size):
+        if times[i] != MISSING and times[i] >= start:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _remember(keys, times, value, ts):  # pragma: no cover - compiled
+    free = -1
+    oldest = 0
+    for i in range(keys.size):
+        if times[i] == MISSING:
+            if free < 0:
+                free = i
+        elif keys[i] == value:
+            times[i] = ts
+            return
+        elif times[oldest] == MISSING or times[i] < times[oldest]:
+            oldest = i
+    slot = free if free >= 0 else oldest
+    keys[slot] = value
+    times[slot] = ts
+
+
+def _start(t_us: int, window_us: int) -> int:
+    hop = hop_us(window_us)
+    return ((t_us - window_us) // hop) * hop
+
+
+def fold_event(layout: Layout, state: np.ndarray, ts_us: int, amount: int, values: tuple[int, ...] = ()
+               ) -> tuple[int, list[float | None]]:
+    """Fold one event and read what only an event has: whether each novelty feature's value is new in its
+    window (1.0, 0.0, None without a value), judged on the events before it. ``values``: the hashes of the
+    event's categorical values (:func:`value_hash`) in ``layout.columns`` order. Returns :data:`OK` or
+    :data:`LATE` (not folded), and the novelty flags."""
+    if state[0, 1] != MISSING and ts_us < state[0, 1]:
+        return LATE, []
+    flags: list[float | None] = []
+    for column, window in layout.novelty:
+        value = values[column]
+        rows = layout.map_rows(column)
+        flags.append(None if value == MISSING else
+                     0.0 if _seen_since(state[rows, 0], state[rows, 1], value, _start(ts_us, window)) else 1.0)
+    fold(layout, state, ts_us, amount)
+    for column, value in enumerate(values):
+        if value != MISSING:
+            rows = layout.map_rows(column)
+            keys, times = state[rows, 0], state[rows, 1]  # copies (a column of a 2-D slice): written back
+            _remember(keys, times, value, ts_us)
+            state[rows, 0], state[rows, 1] = keys, times
+    return OK, flags
+
+
+def distinct_counts(layout: Layout, state: np.ndarray, t_us: int) -> list[int]:
+    """Per distinct feature: the values seen in its window up to ``t_us`` (at most :data:`DISTINCT_CAP`)."""
+    out = []
+    for column, window in layout.distinct:
+        rows = layout.map_rows(column)
+        out.append(int(_distinct_since(state[rows, 1], _start(t_us, window))))
+    return out
 
 
 def fold(layout: Layout, state: np.ndarray, ts_us: int, amount: int) -> int:

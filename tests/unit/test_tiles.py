@@ -13,7 +13,7 @@ from sira.features import tiles
 from sira.features.definitions import PAYMENTS_V1, parse_duration
 
 SPECS = [PAYMENTS_V1.entity("customer"), PAYMENTS_V1.entity("card"), PAYMENTS_V1.entity("terminal")]
-T0 = 1_790_000_000 * tiles.US
+T0 = 20_700 * 86_400 * tiles.US  # midnight: events land on hop boundaries, where off-by-one edges show
 
 
 def reference(spec, events, t):
@@ -29,7 +29,8 @@ def reference(spec, events, t):
     return rows
 
 
-gaps = st.one_of(st.just(0), st.integers(1, 600), st.integers(600, 6 * 3600), st.integers(86_400, 40 * 86_400))
+gaps = st.one_of(st.just(0), st.integers(1, 600), st.integers(600, 6 * 3600), st.integers(86_400, 40 * 86_400),
+                 st.sampled_from([300, 3_600, 86_400, 7 * 86_400, 30 * 86_400]))  # exactly a hop or a window
 amounts = st.one_of(st.none(), st.decimals(min_value=0, max_value=100_000, places=4, allow_nan=False))
 
 
@@ -86,8 +87,9 @@ def test_the_state_is_bounded_whatever_the_event_rate(spec):
         for k in range(min(per_day * 31, 20_000)):
             tiles.fold(layout, state, T0 + k * step, tiles.fixed(1.0))
         sizes.add(len(tiles.to_bytes(state)))
-    # 40 bytes a bucket: the customer's 7-day window at a 1-hour hop dominates (8.1 KB); packing is next
-    assert len(sizes) == 1 and sizes.pop() < 10_000
+    # 40 bytes a bucket or a remembered value (the customer: 216 buckets and 3 x 64 values, 16 KB); packing
+    # the rows to what each needs (a value: 16 bytes) is next
+    assert len(sizes) == 1 and sizes.pop() < 20_000
 
 
 def test_the_hops_follow_the_window_length():
@@ -106,3 +108,92 @@ def test_a_state_of_another_layout_is_refused():
     customer, terminal = (tiles.Layout.of(s) for s in (SPECS[0], SPECS[2]))
     with pytest.raises(ValueError, match="layout"):
         tiles.from_bytes(customer, tiles.to_bytes(terminal.empty()))
+
+
+def reference_categorical(spec, events, i):
+    """Distinct counts at event i (its window up to and including it) and its novelty flags (against the
+    events before it), by brute force over the raw events."""
+    t = events[i][0]
+
+    def start(w):
+        window = parse_duration(w) * tiles.US
+        hop = tiles.hop_us(window)
+        return ((t - window) // hop) * hop
+
+    distinct = [len({e[2][c] for e in events[:i + 1] if e[0] >= start(w) and e[2][c] is not None})
+                for c, w in spec.distinct]
+    novelty = []
+    for c, w in spec.novelty:
+        value = events[i][2][c]
+        before = {e[2][c] for e in events[:i] if e[0] >= start(w)}
+        novelty.append(None if value is None else 0.0 if value in before else 1.0)
+    return distinct, novelty
+
+
+values = st.one_of(st.none(), st.sampled_from([f"v{k}" for k in range(8)]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec_index=st.sampled_from([0, 1]),  # the customer and the card have categorical features
+       stream=st.lists(st.tuples(gaps, st.fixed_dictionaries({c: values for c in ("terminal_id", "country",
+                                                                                  "device_id")})),
+                       min_size=1, max_size=50))
+def test_distinct_counts_and_novelty_equal_the_brute_force(spec_index, stream):
+    spec = SPECS[spec_index]
+    layout = tiles.Layout.of(spec)
+    state = layout.empty()
+    ts, seen = T0, []
+    for i, (gap, row) in enumerate(stream):
+        ts += gap * tiles.US
+        seen.append((ts, None, row))
+        hashes = tuple(tiles.value_hash(row[c]) for c in layout.columns)
+        status, novelty = tiles.fold_event(layout, state, ts, tiles.fixed(1.0), hashes)
+        assert status == tiles.OK
+        distinct, expected_novelty = reference_categorical(spec, seen, i)
+        assert (tiles.distinct_counts(layout, state, ts), novelty) == (distinct, expected_novelty)
+
+
+def test_distinct_counts_saturate_at_the_cap_and_the_oldest_value_is_forgotten():
+    spec = PAYMENTS_V1.entity("card")  # distinct terminals in 1 h and 1 d
+    layout = tiles.Layout.of(spec)
+    state = layout.empty()
+    for k in range(tiles.DISTINCT_CAP + 10):
+        tiles.fold_event(layout, state, T0 + k * tiles.US, tiles.fixed(1.0), (tiles.value_hash(f"t{k}"),))
+    assert tiles.distinct_counts(layout, state, T0 + 100 * tiles.US) == [tiles.DISTINCT_CAP] * 2
+    customer = tiles.Layout.of(PAYMENTS_V1.entity("customer"))
+    state = customer.empty()
+    country = customer.columns.index("country")
+
+    def event(k, value):
+        hashes = [tiles.value_hash(None)] * len(customer.columns)
+        hashes[country] = tiles.value_hash(value)
+        return tiles.fold_event(customer, state, T0 + k * tiles.US, tiles.fixed(1.0), tuple(hashes))[1]
+
+    assert event(0, "SN") == [1.0, None, None]  # novelty of country, device, terminal: first seen
+    for k in range(1, tiles.DISTINCT_CAP + 1):
+        event(k, f"c{k}")  # as many other countries as the map holds: SN, the least recently seen, goes
+    assert event(tiles.DISTINCT_CAP + 1, "SN") == [1.0, None, None]
+    assert event(tiles.DISTINCT_CAP + 2, "SN") == [0.0, None, None]
+
+
+def test_a_value_hash_is_stable_across_processes():
+    import subprocess
+    import sys
+
+    here = tiles.value_hash("ter-000031")
+    there = subprocess.run([sys.executable, "-c", "from sira.features.tiles import value_hash; "
+                            "print(value_hash('ter-000031'))"], capture_output=True, text=True, check=True)
+    assert int(there.stdout) == here and tiles.value_hash(None) == tiles.MISSING
+
+
+@pytest.mark.parametrize("seen_before_start_us, expected", [(0, 0.0), (1, 1.0)])
+def test_novelty_counts_a_value_seen_exactly_at_the_windows_start(seen_before_start_us, expected):
+    """The 30-day novelty window of an event at t starts at floor((t - 30d) / 1d) * 1d, inclusive."""
+    layout = tiles.Layout.of(PAYMENTS_V1.entity("customer"))
+    country = layout.columns.index("country")
+    t = T0 + 30 * 86_400 * tiles.US + 5 * 3_600 * tiles.US  # 05:00, thirty days on: its window starts at T0
+    state = layout.empty()
+    hashes = [tiles.value_hash(None)] * len(layout.columns)
+    hashes[country] = tiles.value_hash("SN")
+    tiles.fold_event(layout, state, T0 - seen_before_start_us, tiles.fixed(1.0), tuple(hashes))
+    assert tiles.fold_event(layout, state, t, tiles.fixed(1.0), tuple(hashes))[1][0] == expected
