@@ -10,8 +10,8 @@ then JSON bytes). The terminal's history holds ``size`` events within its lookba
 card hold 30 and 10, as a typical customer does. Printed: microseconds per event at each size, the
 ratio of the largest size to the smallest (#21's target: within 1.5x) and of the smallest to a floor
 measured in the same run (the event-level features alone, which need no history). ``v2_windows_us_*``:
-feature engine v2's kernel (``sira.features.tiles``) doing its part so far (window aggregates, distinct
-counts, novelty; not yet the delayed-label risk windows) at the
+feature engine v2's kernel (``sira.features.tiles``: window aggregates, distinct counts, novelty,
+delayed-label risk) at the
 smallest and largest size: its state, and so its cost, does not grow with the history.
 """
 
@@ -76,8 +76,8 @@ def fold_cost(size: int, events: int, seed: int = 7) -> float:
 
 def tiles_cost(size: int, events: int, seed: int = 7) -> float:
     """The same for feature engine v2's kernel (``sira.features.tiles``: window counts, sums, means, maxima,
-    distinct counts and novelty so far): the three states decoded from bytes, the event folded, its features
-    read, the states encoded."""
+    distinct counts, novelty, delayed-label risk): the three states decoded from bytes, the event folded, its
+    features read, the states encoded."""
     from sira.features import tiles
 
     rng = random.Random(seed)
@@ -105,6 +105,7 @@ def tiles_cost(size: int, events: int, seed: int = 7) -> float:
                                           tuple(tiles.value_hash(event.get(c)) for c in layout.columns))
             tiles.window_features(FS.entity(entity), tiles.aggregates(layout, state, ts))
             tiles.distinct_counts(layout, state, ts)
+            tiles.risk(layout, state, ts)
             encoded[entity] = tiles.to_bytes(state)
         samples.append(time.perf_counter() - started)
         assert len(encoded) == 3

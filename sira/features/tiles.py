@@ -18,6 +18,11 @@ to a new feature-set version):
   column (a stable 64-bit hash of the value -> when it was last seen), at most :data:`DISTINCT_CAP` values,
   the least recently seen evicted first: a count saturates at the cap, and a value evicted and seen again
   within the window counts as new (Fennel's advice: distinct counts are for small cardinalities);
+- a delayed-label risk window W with delay D at t covers the hourly buckets from ``floor((t - D - W) / 1h)``
+  to ``floor((t - D) / 1h)`` (both edges at an hour: snapping them to days cost 3.7% AP when measured):
+  ``risk_count`` its events, ``risk`` the share of them with a positive label known before t. A positive
+  label is kept as (its event's bucket, known_at) until an event folded after its known_at settles it into
+  the bucket, so the list stays short (:data:`PENDING_CAP`);
 - events are folded in time order; an event older than the state's newest is refused (:data:`LATE`):
   late events are the next part of #21 (they need the head's raw events to stay exact).
 """
@@ -39,8 +44,10 @@ MISSING = np.int64(np.iinfo(np.int64).min)  # an absent amount, an empty maximum
 FORMAT = 1  # the first int64 of a state's bytes
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
-OK, LATE = 0, 1
+OK, LATE, FULL = 0, 1, 2
 DISTINCT_CAP = 64  # values remembered per categorical column
+RISK_HOP_US = 3_600 * US  # both edges of a delayed-label window, at an hour (FEATURE-ENGINE.md: never days)
+PENDING_CAP = 64  # positive labels known after the newest folded event, waiting for the next event
 
 
 def hop_us(window_us: int) -> int:
@@ -62,6 +69,9 @@ class Layout:
     columns: tuple[str, ...] = ()  # categorical columns with a last-seen map, DISTINCT_CAP rows each after the rings
     distinct: tuple[tuple[int, int], ...] = ()  # per distinct feature: (its column's map, window µs)
     novelty: tuple[tuple[int, int], ...] = ()  # per novelty feature: (its column's map, window µs)
+    risk_delay_us: int = 0
+    risk_windows_us: tuple[int, ...] = ()
+    risk_size: int = 0  # hourly buckets: (delay + longest risk window) / 1h + 2
 
     @classmethod
     def of(cls, spec: EntityFeatures) -> "Layout":
@@ -70,10 +80,13 @@ class Layout:
         sizes = [max(w // h for w in windows if hop_us(w) == h) + 2 for h in hops]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         columns = spec.categorical_columns
+        delay = parse_duration(spec.label_delay) * US if spec.label_delay else 0
+        risk = tuple(parse_duration(w) * US for w in spec.risk_windows)
         return cls(np.array(windows, dtype=np.int64), np.array([hops.index(hop_us(w)) for w in windows], dtype=np.int64),
                    np.array(hops, dtype=np.int64), offsets, np.array(sizes, dtype=np.int64), columns,
                    tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.distinct),
-                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.novelty))
+                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.novelty),
+                   delay, risk, (delay + max(risk)) // RISK_HOP_US + 2 if risk else 0)
 
     @property
     def ring_rows(self) -> int:
@@ -81,7 +94,19 @@ class Layout:
 
     @property
     def rows(self) -> int:
-        return self.ring_rows + DISTINCT_CAP * len(self.columns)
+        return self.ring_rows + DISTINCT_CAP * len(self.columns) + self.risk_size + (PENDING_CAP if self.risk_size else 0)
+
+    @property
+    def risk_rows(self) -> slice:
+        """The hourly risk ring: bucket id, events, settled positives."""
+        first = 1 + self.ring_rows + DISTINCT_CAP * len(self.columns)
+        return slice(first, first + self.risk_size)
+
+    @property
+    def pending_rows(self) -> slice:
+        """Positive labels not settled yet: their event's bucket (-1: a free row), known_at."""
+        first = self.risk_rows.stop
+        return slice(first, first + (PENDING_CAP if self.risk_size else 0))
 
     def map_rows(self, column: int) -> slice:
         """A column's last-seen map in a state: column 0 the value's hash, column 1 when it was last seen."""
@@ -95,7 +120,9 @@ class Layout:
         state[0, 0], state[0, 1] = FORMAT, MISSING
         state[1:, BID] = -1
         state[1:, MAX] = MISSING
-        state[1 + self.ring_rows:, 1] = MISSING  # no value seen
+        state[1 + self.ring_rows:self.risk_rows.start, 1] = MISSING  # no value seen
+        state[self.risk_rows.start:, 0] = -1  # no risk bucket, no pending label
+        state[self.risk_rows.start:, 1] = 0
         return state
 
 
@@ -214,6 +241,80 @@ def _remember(keys, times, value, ts):  # pragma: no cover - compiled
     times[slot] = ts
 
 
+@njit(cache=True)
+def _risk_fold(ring, pending, size, ts):  # pragma: no cover - compiled
+    bucket = ts // RISK_HOP_US
+    row = bucket % size
+    if ring[row, 0] != bucket:
+        ring[row, 0] = bucket
+        ring[row, 1] = 0
+        ring[row, 2] = 0
+    ring[row, 1] += 1
+    for i in range(pending.shape[0]):  # what became known before this event: settled into its bucket
+        b = pending[i, 0]
+        if b >= 0 and pending[i, 1] < ts:
+            if ring[b % size, 0] == b:
+                ring[b % size, 2] += 1
+            pending[i, 0] = -1
+
+
+@njit(cache=True)
+def _risk_label(ring, pending, size, newest, event_ts, known_at):  # pragma: no cover - compiled
+    bucket = event_ts // RISK_HOP_US
+    if newest == MISSING or bucket <= newest // RISK_HOP_US - size:
+        return 0  # before anything this state holds: in no future window
+    if known_at < newest:  # known before the newest event: every later window counts it
+        if ring[bucket % size, 0] == bucket:
+            ring[bucket % size, 2] += 1
+        return 0
+    for i in range(pending.shape[0]):
+        if pending[i, 0] < 0:
+            pending[i, 0] = bucket
+            pending[i, 1] = known_at
+            return 0
+    return 2
+
+
+@njit(cache=True)
+def _risk_query(ring, pending, size, delay, windows, t, out):  # pragma: no cover - compiled
+    hi = (t - delay) // RISK_HOP_US
+    for w in range(windows.size):
+        lo = (t - delay - windows[w]) // RISK_HOP_US
+        n = 0
+        positives = 0
+        for row in range(size):
+            b = ring[row, 0]
+            if lo <= b <= hi:
+                n += ring[row, 1]
+                positives += ring[row, 2]
+        for i in range(pending.shape[0]):
+            b = pending[i, 0]
+            if b >= 0 and lo <= b <= hi and pending[i, 1] < t:
+                positives += 1
+        out[w, 0] = n
+        out[w, 1] = positives
+
+
+def fold_label(layout: Layout, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
+    """A positive label for an event already folded (its time, and when the label became known): :data:`OK`,
+    or :data:`FULL` when :data:`PENDING_CAP` labels wait for an event already (fold events first)."""
+    if not layout.risk_size:
+        return OK
+    ring, pending = state[layout.risk_rows], state[layout.pending_rows]  # views: written in place
+    return int(_risk_label(ring, pending, layout.risk_size, state[0, 1], event_ts_us, known_at_us))
+
+
+def risk(layout: Layout, state: np.ndarray, t_us: int) -> list[tuple[float, float]]:
+    """Per risk window: (risk, risk_count) at ``t_us``: the share of the window's events with a positive label
+    known before ``t_us`` (0.0 without events), and their number."""
+    if not layout.risk_size:
+        return []
+    out = np.zeros((len(layout.risk_windows_us), 2), dtype=np.int64)
+    _risk_query(state[layout.risk_rows], state[layout.pending_rows], layout.risk_size, layout.risk_delay_us,
+                np.array(layout.risk_windows_us, dtype=np.int64), t_us, out)
+    return [(int(p) / int(n) if n else 0.0, float(n)) for n, p in out.tolist()]
+
+
 def _start(t_us: int, window_us: int) -> int:
     hop = hop_us(window_us)
     return ((t_us - window_us) // hop) * hop
@@ -234,6 +335,8 @@ def fold_event(layout: Layout, state: np.ndarray, ts_us: int, amount: int, value
         flags.append(None if value == MISSING else
                      0.0 if _seen_since(state[rows, 0], state[rows, 1], value, _start(ts_us, window)) else 1.0)
     fold(layout, state, ts_us, amount)
+    if layout.risk_size:
+        _risk_fold(state[layout.risk_rows], state[layout.pending_rows], layout.risk_size, ts_us)
     for column, value in enumerate(values):
         if value != MISSING:
             rows = layout.map_rows(column)
