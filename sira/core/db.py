@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.core.errors import ConfigError, DatabaseUnavailable, ServiceUnavailable
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -189,7 +189,10 @@ _CLIENT_FAULTS = (ValueError, asyncpg.exceptions.UnsupportedClientFeatureError,
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means PostgreSQL cannot serve now (:data:`UNAVAILABLE`). An ``OSError`` counts when
-    the database client raised it: a file a route could not read is not a database outage."""
+    the database client raised it: a file a route could not read is not a database outage. So does SIRA's
+    own :class:`DatabaseUnavailable` (a connection or a pool that could not be made)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
     if not isinstance(exc, UNAVAILABLE) or isinstance(exc, _CLIENT_FAULTS):
         return False
     if not isinstance(exc, OSError):
@@ -240,7 +243,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(dsn, timeout=30)
     except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # away, or refusing us (a password, no such database)
-        raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
+        raise DatabaseUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     await _init_connection(conn)
     return conn
 
@@ -263,7 +266,7 @@ async def create_pool(dsn: str, settings: Settings | None = None, *, min_size: i
             server_settings=server_settings, connection_class=connection_class,
         )
     except UNAVAILABLE + (asyncpg.PostgresError,) as exc:  # away, or refusing us (a password, no such database)
-        raise ServiceUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
+        raise DatabaseUnavailable(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {exc}") from None
     assert pool is not None
     return pool
 

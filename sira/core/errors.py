@@ -112,6 +112,11 @@ class ServiceUnavailable(SiraError):
     exit_code = EXIT_FAILURE
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL cannot be reached to connect (``db.connect``, ``db.create_pool``): what the user reads is a
+    :class:`ServiceUnavailable`; what serving's breaker asks (``db.is_unavailable``) is an outage."""
+
+
 def sira_cause(exc: BaseException) -> SiraError | None:
     """The SIRA error (bad input found inside a Ray task or actor) within an exception Ray raised, if any:
     Ray wraps it in RayTaskError, Ray Data in its user-code and system exceptions."""

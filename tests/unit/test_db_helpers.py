@@ -77,3 +77,16 @@ def test_a_socket_error_is_unavailable_when_the_database_client_raised_it():
 ], ids=lambda e: type(e).__name__)
 def test_mistakes_and_refusals_are_not_outages(exc):
     assert not is_unavailable(exc)
+
+
+def test_a_connection_or_pool_that_cannot_be_made_is_an_outage(tmp_path):
+    """Serving's flusher trips the database breaker on what db.is_unavailable calls an outage: the recorder's
+    pool failing to connect must count (it became a plain ServiceUnavailable when db.create_pool wrapped it)."""
+    from sira.core import db
+    from sira.core.errors import ServiceUnavailable
+
+    dsn = f"postgresql://postgres@/sira?host={tmp_path}"  # no server listens on this socket folder
+    for make in (lambda: db.connect(dsn), lambda: db.create_pool(dsn, min_size=1, max_size=1, timeout=2)):
+        with pytest.raises(ServiceUnavailable) as caught:
+            asyncio.run(make())
+        assert caught.value.code == "unavailable" and is_unavailable(caught.value)
