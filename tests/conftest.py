@@ -92,20 +92,6 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
         time.sleep(interval)
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.02, what: str | None = None):
-    """:func:`wait_until` on the event loop; ``predicate`` may be a coroutine function."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or getattr(predicate, '__name__', predicate)}")
-        await asyncio.sleep(interval)
-
-
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

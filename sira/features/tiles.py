@@ -340,9 +340,7 @@ def fold_event(layout: Layout, state: np.ndarray, ts_us: int, amount: int, value
     for column, value in enumerate(values):
         if value != MISSING:
             rows = layout.map_rows(column)
-            keys, times = state[rows, 0], state[rows, 1]  # copies (a column of a 2-D slice): written back
-            _remember(keys, times, value, ts_us)
-            state[rows, 0], state[rows, 1] = keys, times
+            _remember(state[rows, 0], state[rows, 1], value, ts_us)  # views: written in place
     return OK, flags
 
 

@@ -44,7 +44,7 @@ class SiraIngress:
         await self.service.reconfigure(user_config)
 
     async def check_health(self) -> None:
-        if self.service.started and not any(t.get_name() == "sira-flusher" for t in self.service._tasks):
+        if self.service.started and not self.service.replica.running("flusher"):
             raise RuntimeError("the spool flusher stopped")
 
 

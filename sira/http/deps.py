@@ -18,6 +18,7 @@ from sira.core import db
 from sira.core.auth import Identity, authenticate, authorize, identity_from_jwt, is_jwt
 from sira.core.config import MAX_VERSION
 from sira.core.errors import PermissionDenied, ServiceUnavailable, Unauthenticated
+from sira.serving.resilience import LRU
 
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
@@ -46,8 +47,6 @@ class IdentityCache:
     ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once."""
 
     def __init__(self, config: Callable[[], Any]):
-        from sira.serving.resilience import LRU
-
         self.config = config
         self.lru = LRU(10_000, config().auth_cache_ttl_s)
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from sira.core.errors import PermissionDenied
 from sira.ingest.events import apply_mapping, as_utc
@@ -52,7 +52,8 @@ def parse_label(value: Any) -> bool | None:
     raise ValueError(f"expected a binary label ({LABEL_WORDS}), got a {type(value).__name__} that is none of them")
 
 
-# A label's name (fraud, chargeback, churn_90d, ...): the same rule wherever a label comes in.
+# A label and its name (fraud, chargeback, churn_90d, ...): the same rules wherever a label comes in.
+Label = Annotated[bool, BeforeValidator(parse_label)]
 LabelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 
@@ -62,17 +63,12 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
-    label: bool
+    label: Label
     known_at: datetime
     label_name: LabelName = "fraud"
     source: Annotated[str, Field(min_length=1, max_length=100)] = "import"
     occurred_at: datetime | None = None
     prediction_id: UUID | None = None
-
-    @field_validator("label", mode="before")
-    @classmethod
-    def _label(cls, value: Any) -> Any:
-        return parse_label(value)
 
     @field_validator("known_at", "occurred_at")
     @classmethod

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from sira.ingest.events import EventIn, max_string_length, value_problem
-from sira.ingest.labels import LabelName, parse_label
+from sira.ingest.labels import Label, LabelName
 from sira.serving.scoring import ModelRuntime
 
 
@@ -167,7 +167,7 @@ class FeedbackRequest(BaseModel):
 
     prediction_id: uuid.UUID | None = None
     event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    label: bool
+    label: Label
     label_name: LabelName = "fraud"
     known_at: datetime | None = None
     source: Annotated[str, Field(min_length=1, max_length=100)] = "api"
@@ -176,11 +176,6 @@ class FeedbackRequest(BaseModel):
     @classmethod
     def _storable(cls, value: Any) -> Any:
         return _reject_unstorable(value)
-
-    @field_validator("label", mode="before")
-    @classmethod
-    def _label(cls, value: Any) -> Any:
-        return parse_label(value)  # the vocabulary of every label source
 
     @model_validator(mode="after")
     def _target(self) -> "FeedbackRequest":

@@ -45,13 +45,14 @@ from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories, _touches
 from sira.serving.idempotency import Answers, idempotency_epoch, replay
+from sira.serving.intake import prepare
 from sira.serving.metrics import ServingMetrics
 from sira.serving.notifications import Listener
 from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter
 from sira.serving.replica import Replica
 from sira.serving.resilience import _in_replica
 from sira.serving.schemas import Item, ScoreItem
-from sira.serving.slots import ModelSlots, Slot
+from sira.serving.slots import ModelSlots
 from sira.serving.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,12 @@ class ScoringService:
     redis = property(lambda self: self.replica.redis)
     metrics = property(lambda self: self.replica.metrics)
     pg = property(lambda self: self.replica.pg)
-    _tasks = property(lambda self: self.replica.tasks)
     slots = property(lambda self: self.models.slots)
     load_failures = property(lambda self: self.models.load_failures)
     swaps = property(lambda self: self.models.swaps)
     histories = property(lambda self: self.history.cache)
     answers = property(lambda self: self.idempotency.recent)
     spool = property(lambda self: self.writer.spool)
-    _flush_lock = property(lambda self: self.writer.lock)
-    _on_snapshots = property(lambda self: self.history.on_snapshots)
 
     def _batcher(self, config: ServingConfig) -> Any:
         """How a request reaches :meth:`_score_batch`.
@@ -225,13 +223,8 @@ class ScoringService:
 
     # -- entry points -------------------------------------------------------------------
 
-    def slot(self, model: str) -> Slot:
-        return self.models.slot(model)
-
     def prepare(self, model: str, body: ScoreItem, started: float, prefix: str = "") -> Item:
         """Validate one request against the served version; redact its event (``started``: its arrival)."""
-        from sira.serving.intake import prepare
-
         return prepare(self.models.slot(model), self.redactor, model, body, started, prefix)
 
     async def score(self, item: Item) -> dict[str, Any]:

@@ -149,7 +149,7 @@ async def test_a_spooled_record_postgres_refuses_is_set_aside_and_the_others_sto
 
     client, service = served
     body = {"model": "fraud", "request_id": f"ok-{uuid.uuid4()}", "event": event(fraud_model, 7), "record": False}
-    async with service._flush_lock:  # the flusher waits: the answer stays in the current segment
+    async with service.writer.lock:  # the flusher waits: the answer stays in the current segment
         r = await score(client, fraud_model, body)
         assert r.status_code == 200, r.text
         lines = service.spool._current.path.read_bytes().splitlines()
@@ -506,10 +506,10 @@ async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_mod
     await score(client, fraud_model, {"model": "fraud", "event": later})
     assert str(service.histories.get(key).history.event_id[-1]) == later["event_id"]
     older_state = [e["customer_id"], mine["event_id"], stored["event_count"], feature_store._labelled(stored["state"])]
-    service._on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [older_state]}))
+    service.history.on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [older_state]}))
     assert str(service.histories.get(key).history.event_id[-1]) == later["event_id"]
     # the same newest event with one more event before it: another writer's late event, dropped
-    service._on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [[*older_state[:2], older_state[2] + 1,
+    service.history.on_snapshots(None, 0, "", json.dumps({"t": "customer", "e": [[*older_state[:2], older_state[2] + 1,
                                                                            older_state[3]]]}))
     assert service.histories.get(key) is None
 
