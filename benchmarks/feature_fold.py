@@ -9,10 +9,10 @@ computed (``event_vectors``), and the folded states encoded again for storage (`
 then JSON bytes). The terminal's history holds ``size`` events within its lookback; the customer and the
 card hold 30 and 10, as a typical customer does. Printed: microseconds per event at each size, the
 ratio of the largest size to the smallest (#21's target: within 1.5x) and of the smallest to a floor
-measured in the same run (the event-level features alone, which need no history). ``v2_windows_us_*``:
-feature engine v2's kernel (``sira.features.tiles``: window aggregates, distinct counts, novelty,
-delayed-label risk) at the
-smallest and largest size: its state, and so its cost, does not grow with the history.
+measured in the same run (the event-level features alone, which need no history). ``v2_us_*``: feature
+engine v2 (``sira.features.engine``: the whole vector of feature set payments v2, states decoded from and
+encoded to their stored bytes) at the smallest and largest size: its state, and so its cost, does not grow
+with the history.
 """
 
 from __future__ import annotations
@@ -75,40 +75,35 @@ def fold_cost(size: int, events: int, seed: int = 7) -> float:
 
 
 def tiles_cost(size: int, events: int, seed: int = 7) -> float:
-    """The same for feature engine v2's kernel (``sira.features.tiles``: window counts, sums, means, maxima,
-    distinct counts, novelty, delayed-label risk): the three states decoded from bytes, the event folded, its
-    features read, the states encoded."""
-    from sira.features import tiles
+    """The same for feature engine v2 (``sira.features.engine``, feature set payments v2): the three stored
+    states decoded from their bytes, the event folded and its whole vector computed (one compiled call per
+    entity), the states encoded again."""
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.engine import Engine, EventColumns
 
+    engine = Engine(PAYMENTS_V2)
     rng = random.Random(seed)
     now = START + timedelta(days=40)
-    layouts = {e.entity: tiles.Layout.of(e) for e in FS.entities}
-    stored = {}
+    history = []
     for entity, n in (("customer", 30), ("card", 10), ("terminal", size)):
-        layout, state = layouts[entity], layouts[entity].empty()
         span = FS.entity(entity).lookback_seconds * 1_000_000
-        for t in sorted(to_us(now) - 1_000_000 - rng.randrange(span - 2_000_000) for _ in range(n)):
-            values = tuple(tiles.value_hash(f"{c}-{rng.randrange(12)}") for c in layout.columns)
-            tiles.fold_event(layout, state, t, tiles.fixed(round(rng.uniform(1, 400), 2)), values)
-        stored[entity] = tiles.to_bytes(state)
+        for k in range(n):
+            at = now - timedelta(microseconds=1_000_000 + rng.randrange(span - 2_000_000))
+            history.append({**one_event(len(history), at, rng), "event_id": f"{entity}-{k:06d}",
+                            "customer_id": "cus-1" if entity == "customer" else None,
+                            "card_token": "card-1" if entity == "card" else None,
+                            "terminal_id": "ter-1" if entity == "terminal" else None})
+    _, finals = engine.build(EventColumns.from_events(history, engine.columns))
+    stored = {entity: engine.encode(entity, next(iter(states.values()))) for entity, states in finals.items()}
     samples = []
     for i in range(events):
-        ts = to_us(now + timedelta(seconds=i))
-        event = one_event(i, now, rng)
+        event = one_event(i, now + timedelta(seconds=i), rng)
         started = time.perf_counter()
-        amount = tiles.fixed(event["amount"])
-        encoded = {}
-        for entity, raw in stored.items():
-            layout = layouts[entity]
-            state = tiles.from_bytes(layout, raw)
-            _, novelty = tiles.fold_event(layout, state, ts, amount,
-                                          tuple(tiles.value_hash(event.get(c)) for c in layout.columns))
-            tiles.window_features(FS.entity(entity), tiles.aggregates(layout, state, ts))
-            tiles.distinct_counts(layout, state, ts)
-            tiles.risk(layout, state, ts)
-            encoded[entity] = tiles.to_bytes(state)
+        states = {entity: engine.decode(entity, raw) for entity, raw in stored.items()}
+        vector, late = engine.event_vector(event, states)
+        encoded = {entity: engine.encode(entity, state) for entity, state in states.items()}
         samples.append(time.perf_counter() - started)
-        assert len(encoded) == 3
+        assert not late and len(vector) == len(FS.names()) and len(encoded) == 3
     return statistics.median(samples)
 
 
@@ -130,7 +125,8 @@ def main(events: int, sizes: list[int]) -> None:
     tiles_cost(sizes[0], 20)  # compiled (or loaded from numba's cache) before timing
     v2 = {size: tiles_cost(size, events) for size in (sizes[0], sizes[-1])}
     report("feature_fold", {
-        **{f"v2_windows_us_terminal_{size}": round(cost * 1e6, 1) for size, cost in v2.items()},
+        **{f"v2_us_terminal_{size}": round(cost * 1e6, 1) for size, cost in v2.items()},
+        "v2_growth_largest_vs_smallest": round(v2[sizes[-1]] / v2[sizes[0]], 2),
         "events": events, "floor_us": round(floor * 1e6, 1),
         **{f"fold_us_terminal_{size}": round(cost * 1e6, 1) for size, cost in costs.items()},
         "growth_largest_vs_smallest": round(costs[sizes[-1]] / costs[sizes[0]], 2),

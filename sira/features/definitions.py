@@ -26,6 +26,7 @@ Semantics, following the card-fraud literature:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -41,6 +42,8 @@ US = 1_000_000  # timestamps are integer microseconds since the epoch
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 AGGREGATIONS = ("count", "sum", "mean", "max")
+ENGINES = ("history", "tiles")
+DISTINCT_VALUES = 64  # values a "tiles" feature set remembers per categorical column (tiles.DISTINCT_CAP)
 EVENT_FEATURES = ("amount", "log_amount", "hour_of_day", "is_weekend", "is_night")
 # Entity -> the event column that holds its key.
 ENTITY_COLUMNS = {
@@ -141,8 +144,11 @@ class FeatureSet:
     label_name: str = "fraud"
     ttl: str = "1d"  # a snapshot older than this is reported stale
     night_hours: tuple[int, int] = (0, 6)  # [start, end) in UTC
+    engine: str = "history"  # "history": v1's exact windows over raw events; "tiles": sira.features.tiles
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidInput(f"unknown feature engine {self.engine!r}; known: {', '.join(ENGINES)}")
         unknown = set(self.event_features) - set(EVENT_FEATURES)
         if unknown:
             raise InvalidInput(f"unknown event feature(s) {', '.join(sorted(unknown))}")
@@ -165,8 +171,19 @@ class FeatureSet:
         return {
             "name": self.name, "version": self.version, "entities": [e.to_dict() for e in self.entities],
             "event_features": list(self.event_features), "label_name": self.label_name, "ttl": self.ttl,
-            "night_hours": list(self.night_hours),
+            "night_hours": list(self.night_hours), "engine": self.engine, "window_semantics": self.window_semantics,
         }
+
+    @property
+    def window_semantics(self) -> str:
+        """How its windows read events, in a sentence (the model card quotes it)."""
+        if self.engine == "tiles":
+            return ("a window W at an event's time t covers the entity's events from floor((t - W) / hop) * hop up"
+                    " to and including the event (hop 5 min under 12 h, 1 h under 12 d, else 1 day); delayed-label"
+                    " risk over hourly buckets from t - delay - W to t - delay, positives known before t; distinct"
+                    f" counts and novelty from the last {DISTINCT_VALUES} values seen per column")
+        return ("a window W at an event's time t covers the entity's events in (t - W, t], up to and including the"
+                " event; delayed-label risk over (t - delay - W, t - delay], positives known before t")
 
 
 # The default feature set for card payments.
@@ -196,15 +213,22 @@ PAYMENTS_V1 = FeatureSet(
     ),
 )
 
-FEATURE_SETS = {(PAYMENTS_V1.name, PAYMENTS_V1.version): PAYMENTS_V1}
+# The same features from feature engine v2 (bounded state, one compiled fold: sira.features.tiles), with its
+# hopped windows: a new version, since values differ from v1's exact windows.
+PAYMENTS_V2 = dataclasses.replace(PAYMENTS_V1, version=2, engine="tiles")
+
+FEATURE_SETS = {(fs.name, fs.version): fs for fs in (PAYMENTS_V1, PAYMENTS_V2)}
+# The version ingest, the stream, training and serving use when none is named. v2 becomes current once every
+# path computes it (#21); until then it is built offline (`sira features rebuild`) and tested.
+CURRENT_VERSIONS = {"payments": 1}
 
 
 def get_feature_set(name: str = "payments", version: int | None = None) -> FeatureSet:
-    """A registered feature set (the newest version when none is given)."""
+    """A registered feature set (its current version when none is given)."""
     versions = sorted(v for n, v in FEATURE_SETS if n == name)
     if not versions:
         raise InvalidInput(f"unknown feature set {name!r}")
-    version = versions[-1] if version is None else version
+    version = CURRENT_VERSIONS.get(name, versions[-1]) if version is None else version
     if (name, version) not in FEATURE_SETS:
         raise InvalidInput(f"feature set {name!r} has no version {version}")
     return FEATURE_SETS[(name, version)]

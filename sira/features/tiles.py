@@ -1,9 +1,9 @@
-"""Feature engine v2, first part (#21): bounded per-entity state of time buckets, and one compiled fold.
+"""Feature engine v2 (#21): bounded per-entity state of time buckets, and one compiled fold.
 
-Not wired into ingest, the stream or serving yet: this module holds the state format and the kernel they
-will share, with its semantics pinned by property tests against an independent implementation
-(``tests/unit/test_tiles.py``). What it computes so far: per window, count, sum, mean and max of amounts;
-per categorical column, distinct values in a window and whether the event's value is new in one.
+The state of an entity and the kernels that fold events and labels into it and read its features. The only
+feature maths of feature sets with ``engine="tiles"`` (:mod:`sira.features.engine` drives them online and
+offline); its semantics are pinned by property tests against independent implementations
+(``tests/unit/test_tiles.py``, ``tests/unit/test_engine.py``).
 
 Semantics (``../shared/FEATURE-ENGINE.md``; they differ from feature set v1's exact windows, so they belong
 to a new feature-set version):
@@ -23,31 +23,42 @@ to a new feature-set version):
   ``risk_count`` its events, ``risk`` the share of them with a positive label known before t. A positive
   label is kept as (its event's bucket, known_at) until an event folded after its known_at settles it into
   the bucket, so the list stays short (:data:`PENDING_CAP`);
-- events are folded in time order; an event older than the state's newest is refused (:data:`LATE`):
-  late events are the next part of #21 (they need the head's raw events to stay exact).
+- events are folded in time order (ties in the order of their event id's :func:`value_hash`); an event older than the state's newest is
+  refused (:data:`LATE`): the engine rebuilds that entity from the log instead, so a late event gives the
+  vector the offline path gives. Labels are applied in the order they became known, each before the first
+  event after its ``known_at``.
+
+In memory a state is a dense int64 array (row 0 the header: format, newest event's time and order); stored,
+it is its still-readable rows only, packed (:mod:`sira.features.packing`): a quiet entity's bytes are small,
+a busy one's bounded by its windows.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit
 
-from sira.features.definitions import EntityFeatures, parse_duration
+from sira.features.definitions import DISTINCT_VALUES, EntityFeatures, parse_duration
 
 US = 1_000_000
 HOPS_US = (300 * US, 3_600 * US, 86_400 * US)
 SCALE = 10_000  # amounts in 1e-4 units
 MISSING = np.int64(np.iinfo(np.int64).min)  # an absent amount, an empty maximum, no event yet
-FORMAT = 1  # the first int64 of a state's bytes
+FORMAT = 2  # the first int64 of a state's bytes (1: the dense format of the first prototype)
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
 OK, LATE, FULL = 0, 1, 2
-DISTINCT_CAP = 64  # values remembered per categorical column
+DISTINCT_CAP = DISTINCT_VALUES  # values remembered per categorical column
 RISK_HOP_US = 3_600 * US  # both edges of a delayed-label window, at an hour (FEATURE-ENGINE.md: never days)
 PENDING_CAP = 64  # positive labels known after the newest folded event, waiting for the next event
+# what each feature of an entity is, in its spec's name order: (op, a, b)
+OP_COUNT, OP_SUM, OP_MEAN, OP_MAX, OP_DISTINCT, OP_NEW, OP_RATIO, OP_RISK, OP_RISK_COUNT = range(9)
 
 
 def hop_us(window_us: int) -> int:
@@ -57,72 +68,98 @@ def hop_us(window_us: int) -> int:
     return HOPS_US[1] if window_us < 12 * 86_400 * US else HOPS_US[2]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where each hop's ring lives in a state, which ring each window reads, and the last-seen maps."""
+@dataclass(frozen=True, eq=False)
+class Layout:  # cached_property needs a __dict__: not slots
+    """Where each part of an entity's state lives, and the program that reads its features.
 
-    windows_us: np.ndarray  # int64, per window
-    window_level: np.ndarray  # int64, per window: its ring
-    level_hop: np.ndarray  # int64, per ring
-    level_offset: np.ndarray  # int64, per ring: first row
-    level_size: np.ndarray  # int64, per ring: rows
-    columns: tuple[str, ...] = ()  # categorical columns with a last-seen map, DISTINCT_CAP rows each after the rings
-    distinct: tuple[tuple[int, int], ...] = ()  # per distinct feature: (its column's map, window µs)
-    novelty: tuple[tuple[int, int], ...] = ()  # per novelty feature: (its column's map, window µs)
-    risk_delay_us: int = 0
-    risk_windows_us: tuple[int, ...] = ()
-    risk_size: int = 0  # hourly buckets: (delay + longest risk window) / 1h + 2
+    The kernels take the arrays: ``rings`` (per ring: hop, first row, rows), ``windows`` (per window: µs,
+    ring; the amount-ratio window last when it is not one of the spec's), ``maps`` (per categorical column:
+    first row, longest window µs), ``ops`` (per feature: op, a, b), ``risk`` (first row, rows, first
+    pending row, pending rows, delay µs), ``risk_windows`` (µs)."""
+
+    spec: EntityFeatures
+    rings: np.ndarray
+    windows: np.ndarray
+    maps: np.ndarray
+    ops: np.ndarray
+    risk: np.ndarray
+    risk_windows: np.ndarray
+    columns: tuple[str, ...]
+    rows: int  # including the header
 
     @classmethod
     def of(cls, spec: EntityFeatures) -> "Layout":
-        windows = [parse_duration(w) * US for w in spec.windows]
+        spans = list(spec.windows)
+        if spec.amount_ratio and spec.amount_ratio not in spans:
+            spans.append(spec.amount_ratio)
+        windows = [parse_duration(w) * US for w in spans]
         hops = sorted({hop_us(w) for w in windows})
         sizes = [max(w // h for w in windows if hop_us(w) == h) + 2 for h in hops]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        offsets = 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        first = 1 + int(sum(sizes))
         columns = spec.categorical_columns
+        maps = [(first + k * DISTINCT_CAP,
+                 max(parse_duration(w) * US for c, w in (*spec.distinct, *spec.novelty) if c == column))
+                for k, column in enumerate(columns)]
+        first += DISTINCT_CAP * len(columns)
         delay = parse_duration(spec.label_delay) * US if spec.label_delay else 0
-        risk = tuple(parse_duration(w) * US for w in spec.risk_windows)
-        return cls(np.array(windows, dtype=np.int64), np.array([hops.index(hop_us(w)) for w in windows], dtype=np.int64),
-                   np.array(hops, dtype=np.int64), offsets, np.array(sizes, dtype=np.int64), columns,
-                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.distinct),
-                   tuple((columns.index(c), parse_duration(w) * US) for c, w in spec.novelty),
-                   delay, risk, (delay + max(risk)) // RISK_HOP_US + 2 if risk else 0)
-
-    @property
-    def ring_rows(self) -> int:
-        return int(self.level_size.sum())
-
-    @property
-    def rows(self) -> int:
-        return self.ring_rows + DISTINCT_CAP * len(self.columns) + self.risk_size + (PENDING_CAP if self.risk_size else 0)
+        risk_windows = [parse_duration(w) * US for w in spec.risk_windows]
+        risk_size = (delay + max(risk_windows)) // RISK_HOP_US + 2 if risk_windows else 0
+        pending = PENDING_CAP if risk_size else 0
+        ops = []
+        for j, _w in enumerate(spec.windows):
+            ops += [({"count": OP_COUNT, "sum": OP_SUM, "mean": OP_MEAN, "max": OP_MAX}[agg], j, 0)
+                    for agg in spec.aggregations]
+        ops += [(OP_DISTINCT, columns.index(c), parse_duration(w) * US) for c, w in spec.distinct]
+        ops += [(OP_NEW, columns.index(c), parse_duration(w) * US) for c, w in spec.novelty]
+        if spec.amount_ratio:
+            ops.append((OP_RATIO, spans.index(spec.amount_ratio), 0))
+        for k in range(len(risk_windows)):
+            ops += [(OP_RISK, k, 0), (OP_RISK_COUNT, k, 0)]
+        assert len(ops) == len(spec.names())
+        return cls(spec, np.array(list(zip(hops, offsets, sizes)), dtype=np.int64).reshape(-1, 3),
+                   np.array([(w, hops.index(hop_us(w))) for w in windows], dtype=np.int64).reshape(-1, 2),
+                   np.array(maps, dtype=np.int64).reshape(-1, 2), np.array(ops, dtype=np.int64).reshape(-1, 3),
+                   np.array([first, risk_size, first + risk_size, pending, delay], dtype=np.int64),
+                   np.array(risk_windows, dtype=np.int64), columns, first + risk_size + pending)
 
     @property
     def risk_rows(self) -> slice:
         """The hourly risk ring: bucket id, events, settled positives."""
-        first = 1 + self.ring_rows + DISTINCT_CAP * len(self.columns)
-        return slice(first, first + self.risk_size)
+        return slice(int(self.risk[0]), int(self.risk[0] + self.risk[1]))
 
     @property
     def pending_rows(self) -> slice:
         """Positive labels not settled yet: their event's bucket (-1: a free row), known_at."""
-        first = self.risk_rows.stop
-        return slice(first, first + (PENDING_CAP if self.risk_size else 0))
+        return slice(int(self.risk[2]), int(self.risk[2] + self.risk[3]))
 
     def map_rows(self, column: int) -> slice:
-        """A column's last-seen map in a state: column 0 the value's hash, column 1 when it was last seen."""
-        first = 1 + self.ring_rows + column * DISTINCT_CAP
-        return slice(first, first + DISTINCT_CAP)
+        """A column's last-seen map: column 0 the value's hash, column 1 when it was last seen."""
+        return slice(int(self.maps[column, 0]), int(self.maps[column, 0]) + DISTINCT_CAP)
+
+    @property
+    def horizon_us(self) -> int:
+        """How far before an event the state must have seen events for its vector to be exact: the longest
+        window plus its hop, or the label delay and longest risk window plus an hour."""
+        spans = [int(w) + hop_us(int(w)) for w in self.windows[:, 0]]
+        spans += [int(w) + hop_us(int(w)) for w in self.maps[:, 1]]
+        spans += [int(self.risk[4] + w) + RISK_HOP_US for w in self.risk_windows]
+        return max(spans, default=0)
 
     def empty(self) -> np.ndarray:
-        """A state with no events: row 0 is the header (format, newest ts), then the rings' buckets, then the
-        columns' last-seen maps."""
-        state = np.zeros((1 + self.rows, 5), dtype=np.int64)
-        state[0, 0], state[0, 1] = FORMAT, MISSING
+        """A state with no events (a copy of one made once)."""
+        return self._empty.copy()
+
+    @functools.cached_property
+    def _empty(self) -> np.ndarray:
+        state = np.zeros((self.rows, 5), dtype=np.int64)
+        state[0, 0], state[0, 1], state[0, 2] = FORMAT, MISSING, MISSING  # format, newest time, its order
         state[1:, BID] = -1
         state[1:, MAX] = MISSING
-        state[1 + self.ring_rows:self.risk_rows.start, 1] = MISSING  # no value seen
-        state[self.risk_rows.start:, 0] = -1  # no risk bucket, no pending label
-        state[self.risk_rows.start:, 1] = 0
+        maps_end = self.risk_rows.start
+        state[int(self.maps[0, 0]) if len(self.maps) else maps_end:maps_end, 1] = MISSING  # no value seen
+        state[maps_end:, 0] = -1  # no risk bucket, no pending label
+        state[maps_end:, 1:] = 0
         return state
 
 
@@ -134,18 +171,6 @@ def value_hash(value: object) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def to_bytes(state: np.ndarray) -> bytes:
-    """One binary value per entity: the same bytes in PostgreSQL, Redis and a replica's cache."""
-    return state.tobytes()
-
-
-def from_bytes(layout: Layout, data: bytes) -> np.ndarray:
-    state = np.frombuffer(data, dtype=np.int64).reshape(-1, 5).copy()
-    if state.shape[0] != 1 + layout.rows or state[0, 0] != FORMAT:
-        raise ValueError("an entity state of another format or layout")
-    return state
-
-
 def fixed(amount: float | None) -> int:
     """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as numeric does."""
     if amount is None or amount != amount:
@@ -155,232 +180,314 @@ def fixed(amount: float | None) -> int:
     return units if amount >= 0 else -units
 
 
+# -- the kernels ---------------------------------------------------------------------------------------------
+
+
 @njit(cache=True)
-def _fold(state, level_hop, level_offset, level_size, ts, amount):  # pragma: no cover - compiled
-    newest = state[0, 1]
-    if newest != MISSING and ts < newest:
-        return 1
-    state[0, 1] = ts
-    for level in range(level_hop.size):
-        hop = level_hop[level]
+def _hop(window):  # pragma: no cover - compiled
+    if window < 12 * 3_600 * US:
+        return 300 * US
+    return 3_600 * US if window < 12 * 86_400 * US else 86_400 * US
+
+
+@njit(cache=True)
+def _start(t, window):  # pragma: no cover - compiled
+    hop = _hop(window)
+    return ((t - window) // hop) * hop
+
+
+@njit(cache=True)
+def _fold_rings(state, rings, ts, amount):  # pragma: no cover - compiled
+    for level in range(rings.shape[0]):
+        hop, first, size = rings[level, 0], rings[level, 1], rings[level, 2]
         bucket = ts // hop
-        row = 1 + level_offset[level] + bucket % level_size[level]
-        if state[row, 0] != bucket:
-            state[row, 0] = bucket
-            state[row, 1] = 0
-            state[row, 2] = 0
-            state[row, 3] = 0
-            state[row, 4] = MISSING
-        state[row, 1] += 1
+        row = first + bucket % size
+        if state[row, BID] != bucket:
+            state[row, BID] = bucket
+            state[row, COUNT] = 0
+            state[row, SUM] = 0
+            state[row, PRESENT] = 0
+            state[row, MAX] = MISSING
+        state[row, COUNT] += 1
         if amount != MISSING:
-            state[row, 2] += amount
-            state[row, 3] += 1
-            if amount > state[row, 4]:
-                state[row, 4] = amount
-    return 0
+            state[row, SUM] += amount
+            state[row, PRESENT] += 1
+            if amount > state[row, MAX]:
+                state[row, MAX] = amount
 
 
 @njit(cache=True)
-def _query(state, windows_us, window_level, level_hop, level_offset, level_size, t, out):  # pragma: no cover
-    for w in range(windows_us.size):
-        level = window_level[w]
-        hop = level_hop[level]
-        lo = (t - windows_us[w]) // hop
+def _aggregate(state, rings, windows, t, agg):  # pragma: no cover - compiled
+    """Per window: count, sum, amounts present, max over the buckets from its hopped start to ``t`` (the
+    buckets of the window's span only, found by their position in the ring)."""
+    for w in range(windows.shape[0]):
+        level = windows[w, 1]
+        hop, first, size = rings[level, 0], rings[level, 1], rings[level, 2]
+        lo = (t - windows[w, 0]) // hop
         hi = t // hop
         count = 0
         total = 0
         present = 0
         peak = MISSING
-        first = 1 + level_offset[level]
-        for row in range(first, first + level_size[level]):
-            bucket = state[row, 0]
-            if lo <= bucket <= hi:
-                count += state[row, 1]
-                total += state[row, 2]
-                present += state[row, 3]
-                if state[row, 4] > peak:
-                    peak = state[row, 4]
-        out[w, 0] = count
-        out[w, 1] = total
-        out[w, 2] = present
-        out[w, 3] = peak
+        for bucket in range(max(lo, hi - size + 1), hi + 1):
+            row = first + bucket % size
+            if state[row, BID] == bucket:
+                count += state[row, COUNT]
+                total += state[row, SUM]
+                present += state[row, PRESENT]
+                if state[row, MAX] > peak:
+                    peak = state[row, MAX]
+        agg[w, 0] = count
+        agg[w, 1] = total
+        agg[w, 2] = present
+        agg[w, 3] = peak
 
 
 @njit(cache=True)
-def _seen_since(keys, times, value, start):  # pragma: no cover - compiled
-    for i in range(keys.size):
-        if times[i] != MISSING and keys[i] == value:
-            return times[i] >= start
+def _seen_since(state, first, value, start):  # pragma: no cover - compiled
+    for row in range(first, first + DISTINCT_CAP):
+        if state[row, 1] != MISSING and state[row, 0] == value:
+            return state[row, 1] >= start
     return False
 
 
 @njit(cache=True)
-def _distinct_since(times, start):  # pragma: no cover - compiled
+def _distinct_since(state, first, start):  # pragma: no cover - compiled
     n = 0
-    for i in range(times.size):
-        if times[i] != MISSING and times[i] >= start:
+    for row in range(first, first + DISTINCT_CAP):
+        if state[row, 1] != MISSING and state[row, 1] >= start:
             n += 1
     return n
 
 
 @njit(cache=True)
-def _remember(keys, times, value, ts):  # pragma: no cover - compiled
+def _remember(state, first, value, ts):  # pragma: no cover - compiled
     free = -1
-    oldest = 0
-    for i in range(keys.size):
-        if times[i] == MISSING:
+    oldest = -1
+    for row in range(first, first + DISTINCT_CAP):
+        if state[row, 1] == MISSING:
             if free < 0:
-                free = i
-        elif keys[i] == value:
-            times[i] = ts
+                free = row
+        elif state[row, 0] == value:
+            state[row, 1] = ts
             return
-        elif times[oldest] == MISSING or times[i] < times[oldest]:
-            oldest = i
+        elif oldest < 0 or state[row, 1] < state[oldest, 1]:
+            oldest = row
     slot = free if free >= 0 else oldest
-    keys[slot] = value
-    times[slot] = ts
+    state[slot, 0] = value
+    state[slot, 1] = ts
 
 
 @njit(cache=True)
-def _risk_fold(ring, pending, size, ts):  # pragma: no cover - compiled
+def _risk_fold(state, risk, ts):  # pragma: no cover - compiled
+    first, size, pending, n_pending = risk[0], risk[1], risk[2], risk[3]
     bucket = ts // RISK_HOP_US
-    row = bucket % size
-    if ring[row, 0] != bucket:
-        ring[row, 0] = bucket
-        ring[row, 1] = 0
-        ring[row, 2] = 0
-    ring[row, 1] += 1
-    for i in range(pending.shape[0]):  # what became known before this event: settled into its bucket
-        b = pending[i, 0]
-        if b >= 0 and pending[i, 1] < ts:
-            if ring[b % size, 0] == b:
-                ring[b % size, 2] += 1
-            pending[i, 0] = -1
+    row = first + bucket % size
+    if state[row, 0] != bucket:
+        state[row, 0] = bucket
+        state[row, 1] = 0
+        state[row, 2] = 0
+    state[row, 1] += 1
+    for i in range(pending, pending + n_pending):  # what became known before this event: settled
+        b = state[i, 0]
+        if b >= 0 and state[i, 1] < ts:
+            if state[first + b % size, 0] == b:
+                state[first + b % size, 2] += 1
+            state[i, 0] = -1
+            state[i, 1] = 0
 
 
 @njit(cache=True)
-def _risk_label(ring, pending, size, newest, event_ts, known_at):  # pragma: no cover - compiled
+def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
+    first, size, pending, n_pending = risk[0], risk[1], risk[2], risk[3]
+    if size == 0:
+        return OK
+    newest = state[0, 1]
     bucket = event_ts // RISK_HOP_US
     if newest == MISSING or bucket <= newest // RISK_HOP_US - size:
-        return 0  # before anything this state holds: in no future window
+        return OK  # before anything this state holds: in no future window
     if known_at < newest:  # known before the newest event: every later window counts it
-        if ring[bucket % size, 0] == bucket:
-            ring[bucket % size, 2] += 1
-        return 0
-    for i in range(pending.shape[0]):
-        if pending[i, 0] < 0:
-            pending[i, 0] = bucket
-            pending[i, 1] = known_at
-            return 0
-    return 2
+        if state[first + bucket % size, 0] == bucket:
+            state[first + bucket % size, 2] += 1
+        return OK
+    for i in range(pending, pending + n_pending):
+        if state[i, 0] < 0:
+            state[i, 0] = bucket
+            state[i, 1] = known_at
+            return OK
+    return FULL
 
 
 @njit(cache=True)
-def _risk_query(ring, pending, size, delay, windows, t, out):  # pragma: no cover - compiled
+def _risk_read(state, risk, risk_windows, t, out):  # pragma: no cover - compiled
+    """Per risk window (one pass over the ring: the windows share their recent edge): events, positives."""
+    first, size, pending, n_pending, delay = risk[0], risk[1], risk[2], risk[3], risk[4]
     hi = (t - delay) // RISK_HOP_US
-    for w in range(windows.size):
-        lo = (t - delay - windows[w]) // RISK_HOP_US
-        n = 0
-        positives = 0
-        for row in range(size):
-            b = ring[row, 0]
-            if lo <= b <= hi:
-                n += ring[row, 1]
-                positives += ring[row, 2]
-        for i in range(pending.shape[0]):
-            b = pending[i, 0]
-            if b >= 0 and lo <= b <= hi and pending[i, 1] < t:
-                positives += 1
-        out[w, 0] = n
-        out[w, 1] = positives
+    out[:] = 0
+    for row in range(first, first + size):
+        b = state[row, 0]
+        if 0 <= b <= hi:
+            for w in range(risk_windows.size):
+                if b >= (t - delay - risk_windows[w]) // RISK_HOP_US:
+                    out[w, 0] += state[row, 1]
+                    out[w, 1] += state[row, 2]
+    for i in range(pending, pending + n_pending):
+        b = state[i, 0]
+        if 0 <= b <= hi and state[i, 1] < t:
+            for w in range(risk_windows.size):
+                if b >= (t - delay - risk_windows[w]) // RISK_HOP_US:
+                    out[w, 1] += 1
 
 
-def fold_label(layout: Layout, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
+@njit(cache=True)
+def _read(state, rings, windows, maps, ops, risk, risk_windows, t, amount, is_event, out):  # pragma: no cover
+    """The entity's features at ``t`` into ``out`` (NaN: undefined). For an event (``is_event``), novelty
+    is already in ``out`` and the amount ratio reads ``amount``; for a plain time both are NaN."""
+    agg = np.empty((windows.shape[0], 4), dtype=np.int64)
+    _aggregate(state, rings, windows, t, agg)
+    counts = np.zeros((risk_windows.size, 2), dtype=np.int64)
+    if risk[1] > 0:
+        _risk_read(state, risk, risk_windows, t, counts)
+    for k in range(ops.shape[0]):
+        op, a, b = ops[k, 0], ops[k, 1], ops[k, 2]
+        if op == OP_COUNT:
+            out[k] = agg[a, 0]
+        elif op == OP_SUM:
+            out[k] = agg[a, 1] / SCALE
+        elif op == OP_MEAN:
+            out[k] = agg[a, 1] / (agg[a, 2] * SCALE) if agg[a, 2] > 0 else np.nan
+        elif op == OP_MAX:
+            out[k] = agg[a, 3] / SCALE if agg[a, 3] != MISSING else np.nan
+        elif op == OP_DISTINCT:
+            out[k] = _distinct_since(state, maps[a, 0], _start(t, b))
+        elif op == OP_NEW:
+            if not is_event:
+                out[k] = np.nan
+        elif op == OP_RATIO:
+            mean = agg[a, 1] / (agg[a, 2] * SCALE) if agg[a, 2] > 0 else np.nan
+            out[k] = (amount / SCALE) / mean if is_event and amount != MISSING and mean > 0 else np.nan
+        elif op == OP_RISK:
+            out[k] = counts[a, 1] / counts[a, 0] if counts[a, 0] > 0 else 0.0
+        elif op == OP_RISK_COUNT:
+            out[k] = counts[a, 0]
+
+
+@njit(cache=True)
+def _step(state, rings, windows, maps, ops, risk, risk_windows, ts, order, amount, values, out):  # pragma: no cover
+    """Fold one event and write its features into ``out``: the online request and the offline replay both
+    call this (and only this) per event. ``order`` breaks ties in time (the event id's hash). :data:`LATE`:
+    before the state's newest event in (time, order), nothing done."""
+    newest = state[0, 1]
+    if newest != MISSING and (ts < newest or (ts == newest and order < state[0, 2])):
+        return LATE
+    for k in range(ops.shape[0]):  # novelty: judged on the events before this one
+        if ops[k, 0] == OP_NEW:
+            value = values[ops[k, 1]]
+            if value == MISSING:
+                out[k] = np.nan
+            else:
+                out[k] = 0.0 if _seen_since(state, maps[ops[k, 1], 0], value, _start(ts, ops[k, 2])) else 1.0
+    state[0, 1] = ts
+    state[0, 2] = order
+    _fold_rings(state, rings, ts, amount)
+    if risk[1] > 0:
+        _risk_fold(state, risk, ts)
+    for c in range(maps.shape[0]):
+        if values[c] != MISSING:
+            _remember(state, maps[c, 0], values[c], ts)
+    _read(state, rings, windows, maps, ops, risk, risk_windows, ts, amount, True, out)
+    return OK
+
+
+EVENT_CODES = {"amount": 0, "log_amount": 1, "hour_of_day": 2, "is_weekend": 3, "is_night": 4}
+
+
+@njit(cache=True)
+def _event_row(ts, amount, codes, night_start, night_end, out):  # pragma: no cover - compiled
+    """The event's own features (``codes``: :data:`EVENT_CODES` in the feature set's order) into ``out``."""
+    seconds = ts // US
+    hour = (seconds % 86_400) // 3_600
+    for k in range(codes.size):
+        code = codes[k]
+        if code == 0:
+            out[k] = amount / SCALE if amount != MISSING else np.nan
+        elif code == 1:
+            out[k] = np.log1p(amount / SCALE) if amount != MISSING and amount >= 0 else np.nan
+        elif code == 2:
+            out[k] = hour
+        elif code == 3:
+            out[k] = 1.0 if ((seconds // 86_400) + 3) % 7 >= 5 else 0.0  # 1970-01-01 was a Thursday
+        else:
+            out[k] = 1.0 if night_start <= hour < night_end else 0.0
+
+
+@njit(cache=True)
+def _event_rows(ts, amounts, codes, night_start, night_end, out):  # pragma: no cover - compiled
+    for i in range(ts.size):
+        _event_row(ts[i], amounts[i], codes, night_start, night_end, out[i])
+
+
+@njit(cache=True)
+def _replay(states, segments, ts, orders, amounts, values, label_segments, label_ts, label_known,
+            rings, windows, maps, ops, risk, risk_windows, out):  # pragma: no cover - compiled
+    """The offline fold: for each entity (segment s: its events ``segments[s]:segments[s + 1]`` sorted by
+    time and order, its labels ``label_segments[s]:...`` sorted by known_at), fold its events into
+    ``states[s]`` with :func:`_step`, each label applied before the first event after its known_at, the
+    rest at the end; every event's features into its row of ``out``. Returns the events refused as late
+    (none when the input is sorted)."""
+    late = 0
+    for s in range(segments.size - 1):
+        state = states[s]
+        j = label_segments[s]
+        for i in range(segments[s], segments[s + 1]):
+            while j < label_segments[s + 1] and label_known[j] < ts[i]:
+                _label(state, risk, label_ts[j], label_known[j])
+                j += 1
+            late += _step(state, rings, windows, maps, ops, risk, risk_windows, ts[i], orders[i], amounts[i],
+                          values[i], out[i])
+        while j < label_segments[s + 1]:
+            _label(state, risk, label_ts[j], label_known[j])
+            j += 1
+    return late
+
+
+# -- one entity, from Python ------------------------------------------------------------------------------------
+
+NO_VALUES = np.zeros(0, dtype=np.int64)
+
+
+def hashes(layout: Layout, event: Mapping[str, Any]) -> np.ndarray:
+    """An event's categorical values as the kernels take them: :func:`value_hash` in ``layout.columns`` order."""
+    return np.array([value_hash(event.get(c)) for c in layout.columns], dtype=np.int64) if layout.columns \
+        else NO_VALUES
+
+
+def step(layout: Layout, state: np.ndarray, ts_us: int, amount: int, values: np.ndarray = NO_VALUES,
+         out: np.ndarray | None = None, order: int = 0) -> tuple[int, np.ndarray]:
+    """Fold one event (time in µs, amount from :func:`fixed`, categorical hashes from :func:`hashes`; events
+    at the same time in ``order``: :func:`value_hash` of the event id) into ``state`` and return :data:`OK`
+    and its features in the spec's name order (NaN: undefined), or :data:`LATE` (nothing folded; the
+    features are undefined)."""
+    out = np.full(len(layout.ops), np.nan) if out is None else out
+    status = _step(state, layout.rings, layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows,
+                   ts_us, order, amount, values, out)
+    return int(status), out
+
+
+def read(layout: Layout, state: np.ndarray, t_us: int) -> np.ndarray:
+    """The entity's features at ``t_us`` with no event (novelty and amount ratio undefined: NaN)."""
+    out = np.full(len(layout.ops), np.nan)
+    _read(state, layout.rings, layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows, t_us,
+          MISSING, False, out)
+    return out
+
+
+def label(layout: Layout, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
     """A positive label for an event already folded (its time, and when the label became known): :data:`OK`,
-    or :data:`FULL` when :data:`PENDING_CAP` labels wait for an event already (fold events first)."""
-    if not layout.risk_size:
-        return OK
-    ring, pending = state[layout.risk_rows], state[layout.pending_rows]  # views: written in place
-    return int(_risk_label(ring, pending, layout.risk_size, state[0, 1], event_ts_us, known_at_us))
+    or :data:`FULL` when :data:`PENDING_CAP` labels wait for an event already (the label is not kept)."""
+    return int(_label(state, layout.risk, event_ts_us, max(known_at_us, event_ts_us)))
 
 
-def risk(layout: Layout, state: np.ndarray, t_us: int) -> list[tuple[float, float]]:
-    """Per risk window: (risk, risk_count) at ``t_us``: the share of the window's events with a positive label
-    known before ``t_us`` (0.0 without events), and their number."""
-    if not layout.risk_size:
-        return []
-    out = np.zeros((len(layout.risk_windows_us), 2), dtype=np.int64)
-    _risk_query(state[layout.risk_rows], state[layout.pending_rows], layout.risk_size, layout.risk_delay_us,
-                np.array(layout.risk_windows_us, dtype=np.int64), t_us, out)
-    return [(int(p) / int(n) if n else 0.0, float(n)) for n, p in out.tolist()]
-
-
-def _start(t_us: int, window_us: int) -> int:
-    hop = hop_us(window_us)
-    return ((t_us - window_us) // hop) * hop
-
-
-def fold_event(layout: Layout, state: np.ndarray, ts_us: int, amount: int, values: tuple[int, ...] = ()
-               ) -> tuple[int, list[float | None]]:
-    """Fold one event and read what only an event has: whether each novelty feature's value is new in its
-    window (1.0, 0.0, None without a value), judged on the events before it. ``values``: the hashes of the
-    event's categorical values (:func:`value_hash`) in ``layout.columns`` order. Returns :data:`OK` or
-    :data:`LATE` (not folded), and the novelty flags."""
-    if state[0, 1] != MISSING and ts_us < state[0, 1]:
-        return LATE, []
-    flags: list[float | None] = []
-    for column, window in layout.novelty:
-        value = values[column]
-        rows = layout.map_rows(column)
-        flags.append(None if value == MISSING else
-                     0.0 if _seen_since(state[rows, 0], state[rows, 1], value, _start(ts_us, window)) else 1.0)
-    fold(layout, state, ts_us, amount)
-    if layout.risk_size:
-        _risk_fold(state[layout.risk_rows], state[layout.pending_rows], layout.risk_size, ts_us)
-    for column, value in enumerate(values):
-        if value != MISSING:
-            rows = layout.map_rows(column)
-            _remember(state[rows, 0], state[rows, 1], value, ts_us)  # views: written in place
-    return OK, flags
-
-
-def distinct_counts(layout: Layout, state: np.ndarray, t_us: int) -> list[int]:
-    """Per distinct feature: the values seen in its window up to ``t_us`` (at most :data:`DISTINCT_CAP`)."""
-    out = []
-    for column, window in layout.distinct:
-        rows = layout.map_rows(column)
-        out.append(int(_distinct_since(state[rows, 1], _start(t_us, window))))
-    return out
-
-
-def fold(layout: Layout, state: np.ndarray, ts_us: int, amount: int) -> int:
-    """Fold one event (its time in µs, its amount from :func:`fixed`) into ``state``: :data:`OK`, or
-    :data:`LATE` (older than the state's newest event: not folded)."""
-    return int(_fold(state, layout.level_hop, layout.level_offset, layout.level_size, ts_us, amount))
-
-
-def aggregates(layout: Layout, state: np.ndarray, t_us: int) -> np.ndarray:
-    """Per window (rows in the spec's order): count, sum, amounts present, max (int64; max ``MISSING``
-    when no amount), over what the state holds up to ``t_us``."""
-    out = np.empty((layout.windows_us.size, 4), dtype=np.int64)
-    _query(state, layout.windows_us, layout.window_level, layout.level_hop, layout.level_offset,
-           layout.level_size, t_us, out)
-    return out
-
-
-def window_features(spec: EntityFeatures, values: np.ndarray) -> dict[str, float | None]:
-    """The spec's window features from :func:`aggregates` (v1's names; None where undefined)."""
-    out: dict[str, float | None] = {}
-    e = spec.entity
-    for j, w in enumerate(spec.windows):
-        count, total, present, peak = (int(v) for v in values[j])
-        for agg in spec.aggregations:
-            if agg == "count":
-                out[f"{e}_count_{w}"] = float(count)
-            elif agg == "sum":
-                out[f"{e}_sum_amount_{w}"] = total / SCALE
-            elif agg == "mean":
-                out[f"{e}_mean_amount_{w}"] = total / (present * SCALE) if present else None
-            elif agg == "max":
-                out[f"{e}_max_amount_{w}"] = peak / SCALE if peak != MISSING else None
-    return out
+def named(layout: Layout, vector: np.ndarray) -> dict[str, float | None]:
+    """A vector with the spec's feature names (NaN: None)."""
+    return {name: (None if v != v else float(v)) for name, v in zip(layout.spec.names(), vector.tolist())}

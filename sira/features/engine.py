@@ -1,0 +1,238 @@
+"""Feature engine v2 (#21), driven: one event online, a whole window of the log offline, the same kernel.
+
+A feature set with ``engine="tiles"`` computes its entity features with :mod:`sira.features.tiles` only.
+:class:`Engine` holds its layouts and gives:
+- online, :meth:`Engine.event_vector`: one event folded into its entities' states (the serving replica,
+  the stream consumer): one compiled call per entity;
+- offline, :meth:`Engine.build`: events and labels as columns (from Arrow, see :class:`EventColumns`),
+  sorted by (entity, time, event id hash), folded per entity from its starting state (empty, or a daily
+  checkpoint) with the same kernel in one compiled call per entity type: the training set comes out as a
+  float64 matrix in the feature set's column order, and each entity's final state with it.
+
+Late events: the online fold refuses an event older than the state's newest (:data:`tiles.LATE`); the caller
+rebuilds that entity with :meth:`Engine.build` from the log, where the event takes its place in time order,
+so a late event gets the vector the offline path gives it. Labels: applied in the order they became known,
+each before the first event after its ``known_at`` (a ``known_at`` before its event's time is taken as the
+event's time).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sira.features import packing, tiles
+from sira.features.definitions import FeatureSet
+from sira.features.tiles import MISSING, US, Layout
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """Events as columns: ``ts`` int64 µs, ``amount`` int64 1e-4 units (``MISSING``: none), ``event_id``,
+    and every entity key and categorical column the feature set reads (object arrays, None: absent)."""
+
+    ts: np.ndarray
+    amount: np.ndarray
+    event_id: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.ts.size)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, names: Sequence[str]) -> "EventColumns":
+        """From a table with ``occurred_at`` (timestamp, UTC), ``amount`` (1e-4 units, int64, nulls),
+        ``event_id`` and the ``names`` columns."""
+        ts = table.column("occurred_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        amount = cast(pa.ChunkedArray, pc.fill_null(table.column("amount").cast(pa.int64()),
+                                                 pa.scalar(int(MISSING), pa.int64()))).to_numpy()
+        return cls(np.ascontiguousarray(ts, dtype=np.int64), np.ascontiguousarray(amount, dtype=np.int64),
+                   np.array(table.column("event_id").to_pylist(), dtype=object),
+                   {n: np.array(table.column(n).to_pylist(), dtype=object) for n in names})
+
+    @classmethod
+    def from_events(cls, events: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "EventColumns":
+        """From event dicts (``occurred_at`` a datetime, ``amount`` a number or None)."""
+        return cls(np.array([_us(e["occurred_at"]) for e in events], dtype=np.int64),
+                   np.array([tiles.fixed(None if e.get("amount") is None else float(e["amount"]))
+                             for e in events], dtype=np.int64),
+                   np.array([e["event_id"] for e in events], dtype=object),
+                   {n: np.array([e.get(n) for e in events], dtype=object) for n in names})
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Positive labels: the event they are about and when they became known (µs)."""
+
+    event_id: np.ndarray  # object
+    known_at: np.ndarray  # int64
+
+    @classmethod
+    def none(cls) -> "Labels":
+        return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64))
+
+
+def _hash_column(values: np.ndarray) -> np.ndarray:
+    """:func:`tiles.value_hash` of every value, each distinct value hashed once."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    present = np.array([v is not None for v in values.tolist()], dtype=bool)
+    out = np.full(values.size, MISSING, dtype=np.int64)
+    if present.any():
+        uniques, inverse = np.unique(values[present].astype(str), return_inverse=True)
+        out[present] = np.array([tiles.value_hash(u) for u in uniques.tolist()], dtype=np.int64)[inverse]
+    return out
+
+
+class Engine:
+    """The compiled feature maths of one ``engine="tiles"`` feature set, online and offline."""
+
+    def __init__(self, fs: FeatureSet) -> None:
+        if fs.engine != "tiles":
+            raise ValueError(f"feature set {fs.name} v{fs.version} is computed by the {fs.engine!r} engine")
+        self.fs = fs
+        self.layouts = {spec.entity: Layout.of(spec) for spec in fs.entities}
+        self.names = fs.names()
+        self.event_codes = np.array([tiles.EVENT_CODES[f] for f in fs.event_features], dtype=np.int64)
+        first = len(fs.event_features)
+        self.slices: dict[str, slice] = {}
+        for spec in fs.entities:
+            self.slices[spec.entity] = slice(first, first + len(spec.names()))
+            first += len(spec.names())
+        self.categorical = sorted({c for spec in fs.entities for c in spec.categorical_columns})
+        self.columns = sorted({spec.key_column for spec in fs.entities}
+                              | {c for spec in fs.entities for c in spec.categorical_columns})
+
+    # -- online ---------------------------------------------------------------------------------------------
+
+    def event_vector(self, event: Mapping[str, Any], states: Mapping[str, np.ndarray | None]
+                     ) -> tuple[np.ndarray, list[str]]:
+        """One event's vector (float64 in :attr:`names` order, NaN: undefined), folding it into
+        ``states[entity]`` in place (an entity with no key in the event is left out: its features NaN).
+        Returns the vector and the entities whose state refused the event as late (their features NaN:
+        rebuild those states from the log with :meth:`build`, then call again)."""
+        ts = _us(event["occurred_at"])
+        amount = event.get("amount")
+        units = tiles.fixed(None if amount is None else float(amount))
+        order = tiles.value_hash(event["event_id"])
+        vector = np.full(len(self.names), np.nan)
+        tiles._event_row(ts, units, self.event_codes, *self.fs.night_hours, vector)
+        hashed = {c: tiles.value_hash(event.get(c)) for c in self.categorical}  # once, whatever reads them
+        late = []
+        for spec in self.fs.entities:
+            state = states.get(spec.entity)
+            if state is None or event.get(spec.key_column) is None:
+                continue
+            layout = self.layouts[spec.entity]
+            values = np.array([hashed[c] for c in layout.columns], dtype=np.int64) if layout.columns \
+                else tiles.NO_VALUES
+            if tiles._step(state, layout.rings, layout.windows, layout.maps, layout.ops, layout.risk,
+                           layout.risk_windows, ts, order, units, values, vector[self.slices[spec.entity]]):
+                late.append(spec.entity)
+        return vector, late
+
+
+    def label(self, entity: str, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
+        return tiles.label(self.layouts[entity], state, event_ts_us, known_at_us)
+
+    def features_at(self, entity: str, state: np.ndarray, t_us: int) -> dict[str, float | None]:
+        """An entity's features at a time with no event (windows age; novelty and amount ratio None)."""
+        layout = self.layouts[entity]
+        return tiles.named(layout, tiles.read(layout, state, t_us))
+
+    def encode(self, entity: str, state: np.ndarray) -> bytes:
+        return packing.encode(self.layouts[entity], state)
+
+    def decode(self, entity: str, data: bytes | None) -> np.ndarray:
+        return packing.decode(self.layouts[entity], data)
+
+    # -- offline --------------------------------------------------------------------------------------------
+
+    def build(self, events: EventColumns, labels: Labels | None = None,
+              start: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+              ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+        """Every event's vector (rows in ``events`` order, :attr:`names` columns) and each entity's final
+        state, folding the events in (time, event id hash) order per entity from ``start[entity][key]`` (a
+        checkpoint: copied, not changed) or an empty state. ``labels``: positive labels of these events."""
+        labels = labels or Labels.none()
+        n = len(events)
+        out = np.full((n, len(self.names)), np.nan)
+        tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
+        finals: dict[str, dict[str, np.ndarray]] = {}
+        position = {eid: i for i, eid in enumerate(events.event_id.tolist())}
+        label_rows = np.array([position.get(e, -1) for e in labels.event_id.tolist()], dtype=np.int64)
+        found = label_rows >= 0
+        label_rows, label_known = label_rows[found], labels.known_at[found]
+        for spec in self.fs.entities:
+            finals[spec.entity] = self._build_entity(spec.entity, events, label_rows, label_known,
+                                                     (start or {}).get(spec.entity, {}), out)
+        return out, finals
+
+    def _build_entity(self, entity: str, events: EventColumns, label_rows: np.ndarray, label_known: np.ndarray,
+                      start: Mapping[str, np.ndarray], out: np.ndarray) -> dict[str, np.ndarray]:
+        layout = self.layouts[entity]
+        keys = events.columns[layout.spec.key_column]
+        has_key = np.array([k is not None for k in keys.tolist()], dtype=bool)
+        rows = np.flatnonzero(has_key)
+        if rows.size == 0:
+            return {}
+        entity_ids, codes = np.unique(keys[rows].astype(str), return_inverse=True)
+        orders = _hash_column(events.event_id[rows])
+        order = np.lexsort((orders, events.ts[rows], codes))
+        orders = orders[order]
+        rows, codes = rows[order], codes[order]
+        segments = np.searchsorted(codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
+        values = np.zeros((rows.size, len(layout.columns)), dtype=np.int64)
+        for c, column in enumerate(layout.columns):
+            values[:, c] = _hash_column(events.columns[column][rows])
+        # labels: those of events with this entity's key, by (entity, known_at, event time)
+        code_of_row = np.full(len(events), -1, dtype=np.int64)
+        code_of_row[rows] = codes
+        label_codes = code_of_row[label_rows]
+        keep = label_codes >= 0
+        l_codes, l_ts = label_codes[keep], events.ts[label_rows[keep]]
+        l_known = np.maximum(label_known[keep], l_ts)
+        l_order = np.lexsort((l_ts, l_known, l_codes))
+        l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
+        label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
+        states = np.empty((len(entity_ids), layout.rows, 5), dtype=np.int64)
+        empty = layout.empty()
+        for s, key in enumerate(entity_ids.tolist()):
+            states[s] = start[key] if key in start else empty
+        part = np.full((rows.size, len(layout.ops)), np.nan)
+        late = tiles._replay(states, segments, np.ascontiguousarray(events.ts[rows]), orders,
+                      np.ascontiguousarray(events.amount[rows]), values, label_segments,
+                      np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
+                      layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
+        if late:
+            raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
+        out[rows, self.slices[entity]] = part
+        return dict(zip(entity_ids.tolist(), states))
+
+    @property
+    def horizon_us(self) -> int:
+        """How far before a window the events must be read for its vectors to be exact."""
+        return max(layout.horizon_us for layout in self.layouts.values())
+
+
+@functools.lru_cache(maxsize=8)
+def engine_of(fs: FeatureSet) -> Engine:
+    return Engine(fs)
+
+
+__all__ = ["Engine", "EventColumns", "Labels", "engine_of", "US"]
