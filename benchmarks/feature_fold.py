@@ -27,7 +27,8 @@ import numpy as np
 import orjson
 from _common import report
 
-from sira.features.definitions import PAYMENTS_V1, event_features
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.history import event_features
 from sira.features.store import history_from_state, state_from_history, to_us
 from sira.serving.scoring import event_vectors
 

@@ -193,6 +193,31 @@ def features_materialize_cmd(
     emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
 
 
+@features_app.command("rebuild")
+def features_rebuild_cmd(
+    feature_set: Annotated[str, typer.Option("--feature-set", help="NAME@VERSION of a feature set computed by "
+                                             "feature engine v2, e.g. payments@2.")],
+    checkpoints: Annotated[bool, typer.Option("--checkpoints/--no-checkpoints",
+                                              help="Write a daily checkpoint of every state that changed.")] = True,
+    as_json: JsonOption = False,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Build every entity's state (and daily checkpoints) of a feature set from the event log, so an
+    installation can switch to it (operator or data scientist)."""
+    from sira.features.definitions import parse_feature_set
+    from sira.features.states import rebuild_all
+
+    fs = parse_feature_set(feature_set)
+    if fs.engine != "tiles":
+        raise InvalidInput(f"{fs.name}@{fs.version} keeps its snapshots with `sira features materialize`; "
+                           "rebuild is for feature sets of feature engine v2 (e.g. payments@2)")
+    asyncio.run(actor_for("features.materialize", api_key))
+    payload = asyncio.run(rebuild_all(get_settings(), fs, checkpoints=checkpoints))
+    emit(payload, as_json, lambda: err.print(kv_table(f"Rebuilt {payload['feature_set']}", {
+        **payload["entities"], "events": payload["events"], "labels": payload["labels"], "days": payload["days"],
+        "checkpoints": payload["checkpoints"], "seconds": payload["seconds"]})))
+
+
 @features_app.command("list")
 def features_list_cmd(as_json: JsonOption = False) -> None:
     """Show the feature set definition and its feature names."""

@@ -56,9 +56,9 @@ class EventColumns:
 
     @classmethod
     def from_arrow(cls, table: pa.Table, names: Sequence[str]) -> "EventColumns":
-        """From a table with ``occurred_at`` (timestamp, UTC), ``amount`` (1e-4 units, int64, nulls),
+        """From a table with ``ts`` (int64 µs since the epoch), ``amount`` (1e-4 units, int64, nulls),
         ``event_id`` and the ``names`` columns."""
-        ts = table.column("occurred_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        ts = table.column("ts").to_numpy()
         amount = cast(pa.ChunkedArray, pc.fill_null(table.column("amount").cast(pa.int64()),
                                                  pa.scalar(int(MISSING), pa.int64()))).to_numpy()
         return cls(np.ascontiguousarray(ts, dtype=np.int64), np.ascontiguousarray(amount, dtype=np.int64),
@@ -77,14 +77,30 @@ class EventColumns:
 
 @dataclass(frozen=True)
 class Labels:
-    """Positive labels: the event they are about and when they became known (µs)."""
+    """Positive labels: the event each is about (its id, time and entity keys) and when it became known (µs).
+    A label's event may lie before the events being folded (a checkpoint holds it): its keys and time say
+    which state and bucket it lands in."""
 
     event_id: np.ndarray  # object
     known_at: np.ndarray  # int64
+    event_ts: np.ndarray  # int64
+    keys: dict[str, np.ndarray]  # key column -> object array
+
+    def __len__(self) -> int:
+        return int(self.known_at.size)
 
     @classmethod
     def none(cls) -> "Labels":
-        return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64))
+        return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), {})
+
+    @classmethod
+    def of_events(cls, events: EventColumns, event_ids: Sequence[str], known_at: Sequence[int]) -> "Labels":
+        """Labels of events in ``events`` (found by id; labels of other events are left out)."""
+        position = {eid: i for i, eid in enumerate(events.event_id.tolist())}
+        found = [(position[e], k) for e, k in zip(event_ids, known_at) if e in position]
+        rows = np.array([i for i, _ in found], dtype=np.int64)
+        return cls(events.event_id[rows], np.array([k for _, k in found], dtype=np.int64), events.ts[rows],
+                   {c: v[rows] for c, v in events.columns.items()})
 
 
 def _hash_column(values: np.ndarray) -> np.ndarray:
@@ -115,6 +131,7 @@ class Engine:
             self.slices[spec.entity] = slice(first, first + len(spec.names()))
             first += len(spec.names())
         self.categorical = sorted({c for spec in fs.entities for c in spec.categorical_columns})
+        self.key_columns = sorted({spec.key_column for spec in fs.entities})
         self.columns = sorted({spec.key_column for spec in fs.entities}
                               | {c for spec in fs.entities for c in spec.categorical_columns})
 
@@ -168,45 +185,38 @@ class Engine:
               ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
         """Every event's vector (rows in ``events`` order, :attr:`names` columns) and each entity's final
         state, folding the events in (time, event id hash) order per entity from ``start[entity][key]`` (a
-        checkpoint: copied, not changed) or an empty state. ``labels``: positive labels of these events."""
+        checkpoint: copied, not changed) or an empty state. ``labels``: positive labels known since the
+        starting states, of these events or of events the starting states hold."""
         labels = labels or Labels.none()
-        n = len(events)
-        out = np.full((n, len(self.names)), np.nan)
+        out = np.full((len(events), len(self.names)), np.nan)
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
-        finals: dict[str, dict[str, np.ndarray]] = {}
-        position = {eid: i for i, eid in enumerate(events.event_id.tolist())}
-        label_rows = np.array([position.get(e, -1) for e in labels.event_id.tolist()], dtype=np.int64)
-        found = label_rows >= 0
-        label_rows, label_known = label_rows[found], labels.known_at[found]
-        for spec in self.fs.entities:
-            finals[spec.entity] = self._build_entity(spec.entity, events, label_rows, label_known,
-                                                     (start or {}).get(spec.entity, {}), out)
+        finals = {spec.entity: self._build_entity(spec.entity, events, labels, (start or {}).get(spec.entity, {}),
+                                                  out) for spec in self.fs.entities}
         return out, finals
 
-    def _build_entity(self, entity: str, events: EventColumns, label_rows: np.ndarray, label_known: np.ndarray,
-                      start: Mapping[str, np.ndarray], out: np.ndarray) -> dict[str, np.ndarray]:
+    def _build_entity(self, entity: str, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
+                      out: np.ndarray) -> dict[str, np.ndarray]:
         layout = self.layouts[entity]
-        keys = events.columns[layout.spec.key_column]
-        has_key = np.array([k is not None for k in keys.tolist()], dtype=bool)
-        rows = np.flatnonzero(has_key)
-        if rows.size == 0:
+        column = layout.spec.key_column
+        keys = events.columns[column]
+        rows = np.flatnonzero(np.array([k is not None for k in keys.tolist()], dtype=bool))
+        label_keys = labels.keys.get(column, np.full(len(labels), None, dtype=object))
+        label_rows = np.flatnonzero(np.array([k is not None for k in label_keys.tolist()], dtype=bool))
+        if rows.size == 0 and label_rows.size == 0:
             return {}
-        entity_ids, codes = np.unique(keys[rows].astype(str), return_inverse=True)
+        entity_ids, codes = np.unique(np.concatenate([keys[rows], label_keys[label_rows]]).astype(str),
+                                      return_inverse=True)
+        codes, l_codes = codes[:rows.size], codes[rows.size:]
         orders = _hash_column(events.event_id[rows])
         order = np.lexsort((orders, events.ts[rows], codes))
-        orders = orders[order]
-        rows, codes = rows[order], codes[order]
+        rows, codes, orders = rows[order], codes[order], orders[order]
         segments = np.searchsorted(codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
         values = np.zeros((rows.size, len(layout.columns)), dtype=np.int64)
-        for c, column in enumerate(layout.columns):
-            values[:, c] = _hash_column(events.columns[column][rows])
-        # labels: those of events with this entity's key, by (entity, known_at, event time)
-        code_of_row = np.full(len(events), -1, dtype=np.int64)
-        code_of_row[rows] = codes
-        label_codes = code_of_row[label_rows]
-        keep = label_codes >= 0
-        l_codes, l_ts = label_codes[keep], events.ts[label_rows[keep]]
-        l_known = np.maximum(label_known[keep], l_ts)
+        for c, name in enumerate(layout.columns):
+            values[:, c] = _hash_column(events.columns[name][rows])
+        # labels by (entity, known_at, event time); known before its event: taken as known at its time
+        l_ts = labels.event_ts[label_rows]
+        l_known = np.maximum(labels.known_at[label_rows], l_ts)
         l_order = np.lexsort((l_ts, l_known, l_codes))
         l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
         label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
@@ -216,9 +226,9 @@ class Engine:
             states[s] = start[key] if key in start else empty
         part = np.full((rows.size, len(layout.ops)), np.nan)
         late = tiles._replay(states, segments, np.ascontiguousarray(events.ts[rows]), orders,
-                      np.ascontiguousarray(events.amount[rows]), values, label_segments,
-                      np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
-                      layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
+                             np.ascontiguousarray(events.amount[rows]), values, label_segments,
+                             np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
+                             layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
         if late:
             raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
         out[rows, self.slices[entity]] = part

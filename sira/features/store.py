@@ -28,15 +28,12 @@ import numpy as np
 
 from sira.core import db
 from sira.core.errors import InvalidInput, NotFound
-from sira.features.definitions import (
-    US,
-    EntityFeatures,
-    FeatureSet,
+from sira.features.definitions import US, EntityFeatures, FeatureSet, parse_duration
+from sira.features.history import (
     History,
     entity_features,
     event_features,
     grouped_features,
-    parse_duration,
     vector_to_json,
     vectors_to_json,
 )

@@ -376,10 +376,10 @@ def _read(state, rings, windows, maps, ops, risk, risk_windows, t, amount, is_ev
 def _step(state, rings, windows, maps, ops, risk, risk_windows, ts, order, amount, values, out):  # pragma: no cover
     """Fold one event and write its features into ``out``: the online request and the offline replay both
     call this (and only this) per event. ``order`` breaks ties in time (the event id's hash). :data:`LATE`:
-    before the state's newest event in (time, order), nothing done."""
+    not after the state's newest event in (time, order), nothing done."""
     newest = state[0, 1]
-    if newest != MISSING and (ts < newest or (ts == newest and order < state[0, 2])):
-        return LATE
+    if newest != MISSING and (ts < newest or (ts == newest and order <= state[0, 2])):
+        return LATE  # an equal (time, order) is the newest event itself again: never folded twice
     for k in range(ops.shape[0]):  # novelty: judged on the events before this one
         if ops[k, 0] == OP_NEW:
             value = values[ops[k, 1]]
@@ -463,12 +463,14 @@ def hashes(layout: Layout, event: Mapping[str, Any]) -> np.ndarray:
 
 
 def step(layout: Layout, state: np.ndarray, ts_us: int, amount: int, values: np.ndarray = NO_VALUES,
-         out: np.ndarray | None = None, order: int = 0) -> tuple[int, np.ndarray]:
+         out: np.ndarray | None = None, order: int | None = None) -> tuple[int, np.ndarray]:
     """Fold one event (time in µs, amount from :func:`fixed`, categorical hashes from :func:`hashes`; events
-    at the same time in ``order``: :func:`value_hash` of the event id) into ``state`` and return :data:`OK`
+    at the same time in ``order``: :func:`value_hash` of the event id; None: after the newest) into ``state`` and return :data:`OK`
     and its features in the spec's name order (NaN: undefined), or :data:`LATE` (nothing folded; the
     features are undefined)."""
     out = np.full(len(layout.ops), np.nan) if out is None else out
+    if order is None:  # after the newest event, whatever it was (tests and benchmarks folding in order)
+        order = int(state[0, 2]) + 1 if state[0, 1] == ts_us else 0
     status = _step(state, layout.rings, layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows,
                    ts_us, order, amount, values, out)
     return int(status), out

@@ -34,7 +34,8 @@ from sira.core.config import Settings
 from sira.core.errors import InvalidInput, sira_cause
 from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
-from sira.features.definitions import FeatureSet, grouped_features, vectors_to_json
+from sira.features.definitions import FeatureSet
+from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normalize
 from sira.ingest.pii import Redactor
 

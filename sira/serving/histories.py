@@ -15,7 +15,8 @@ import orjson
 
 from sira.core import db
 from sira.features import store as feature_store
-from sira.features.definitions import ENTITY_COLUMNS, FeatureSet, History, parse_duration
+from sira.features.definitions import ENTITY_COLUMNS, FeatureSet, parse_duration
+from sira.features.history import History
 from sira.serving.replica import Replica
 from sira.serving.resilience import LRU
 from sira.serving.schemas import Item

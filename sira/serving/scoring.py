@@ -8,7 +8,7 @@ online service, batch scoring and the tests use the same object.
 
 Feature-store models get their inputs from :func:`event_vectors`: the event's
 own features plus, per entity, the entity's snapshot history with the event
-folded in, evaluated by the same :func:`sira.features.definitions.grouped_features` the
+folded in, evaluated by the same :func:`sira.features.history.grouped_features` the
 offline pipeline uses. Bring-your-own-table models take ready features.
 
 Reason codes are LightGBM's exact TreeSHAP contributions (``pred_contrib``):
@@ -32,16 +32,8 @@ import numpy as np
 from sira.core import artifacts
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput
-from sira.features.definitions import (
-    US,
-    FeatureSet,
-    History,
-    entity_features,
-    event_entity_features,
-    event_features,
-    get_feature_set,
-    grouped_features,
-)
+from sira.features.definitions import US, FeatureSet, get_feature_set
+from sira.features.history import History, entity_features, event_entity_features, event_features, grouped_features
 from sira.features.store import to_us
 from sira.training.trainer import FeatureSpec, apply_calibration
 

@@ -40,7 +40,8 @@ from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from sira.features import store as feature_store
-from sira.features.definitions import FeatureSet, History
+from sira.features.definitions import FeatureSet
+from sira.features.history import History
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories, _touches

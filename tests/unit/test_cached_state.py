@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from sira.features.definitions import History
+from sira.features.history import History
 from sira.serving.histories import _holds_state
 
 DAY = 86_400 * 1_000_000

@@ -38,6 +38,10 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["ingest", "x.parquet", "--map-file", "/no/map.yaml"], "error: not_found: file not found: /no/map.yaml"),
         (["feedback", "import", "/no/labels.csv"], "error: not_found: file not found: /no/labels.csv"),
         (["features", "show", "customer"], "error: usage: sira features show: Missing argument"),
+        (["features", "rebuild", "--feature-set", "payments@two"], "error: invalid_input: invalid feature set"),
+        (["features", "rebuild", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
+        (["features", "rebuild", "--feature-set", "payments@1"], "error: invalid_input: payments@1 keeps its"),
+        (["features", "rebuild"], "error: usage: sira features rebuild: Missing option '--feature-set'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):

@@ -51,8 +51,7 @@ def make(stream):
 
 def offline(events, labels):
     cols = EventColumns.from_events(events, ENGINE.columns)
-    return ENGINE.build(cols, Labels(np.array([e for e, _ in labels], dtype=object),
-                                     np.array([k for _, k in labels], dtype=np.int64)))
+    return ENGINE.build(cols, Labels.of_events(cols, [e for e, _ in labels], [k for _, k in labels]))
 
 
 def rank(e):
@@ -178,18 +177,12 @@ def test_a_checkpoint_plus_the_days_events_equals_the_whole_history():
     before = [e for e in events if us(e["occurred_at"]) < day]
     _, checkpoint = offline(before, [(eid, k) for eid, k in labels if k < day])
     after = [e for e in events if us(e["occurred_at"]) >= day]
-    later = {e["event_id"] for e in events}
-    cols = EventColumns.from_events(after, ENGINE.columns)
-    late_labels = [(eid, k) for eid, k in labels if k >= day and eid in later]
+    late_labels = [(eid, k) for eid, k in labels if k >= day]  # for events before the checkpoint too
     start = {entity: {key: ENGINE.decode(entity, ENGINE.encode(entity, s)) for key, s in states.items()}
              for entity, states in checkpoint.items()}
-    # labels known after the checkpoint for events before it: applied to the checkpoint's states first
-    for eid, k in late_labels:
-        e = events[[x["event_id"] for x in events].index(eid)]
-        if us(e["occurred_at"]) < day and e["terminal_id"] in start["terminal"]:
-            ENGINE.label("terminal", start["terminal"][e["terminal_id"]], us(e["occurred_at"]), k)
-    rows, _ = ENGINE.build(cols, Labels(np.array([eid for eid, _ in late_labels], dtype=object),
-                                        np.array([k for _, k in late_labels], dtype=np.int64)), start)
+    rows, _ = ENGINE.build(EventColumns.from_events(after, ENGINE.columns),
+                           Labels.of_events(EventColumns.from_events(events, ENGINE.columns),
+                                            [eid for eid, _ in late_labels], [k for _, k in late_labels]), start)
     assert same(rows, expected[len(before):])
 
 

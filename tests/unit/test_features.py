@@ -8,16 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sira.core.errors import InvalidInput
-from sira.features.definitions import (
-    PAYMENTS_V1,
-    EntityFeatures,
-    FeatureSet,
-    History,
-    entity_features,
-    event_entity_features,
-    event_features,
-    parse_duration,
-)
+from sira.features.definitions import PAYMENTS_V1, EntityFeatures, FeatureSet, parse_duration
+from sira.features.history import History, entity_features, event_entity_features, event_features
 from sira.features.store import fold_events, history_from_state, state_from_history, to_us
 
 T0 = datetime(2026, 9, 7, 12, tzinfo=timezone.utc)  # a Monday

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sira.core.errors import InvalidInput
-from sira.features.definitions import PAYMENTS_V1, History, entity_features, event_features
+from sira.features.definitions import PAYMENTS_V1
+from sira.features.history import History, entity_features, event_features
 from sira.features.store import fold_events, to_us
 from sira.serving.scoring import ModelRuntime, append_event, describe, event_vectors, reason_code
 from sira.training.trainer import train_model

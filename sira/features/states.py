@@ -1,0 +1,271 @@
+"""Feature engine v2's stored state: one packed value per entity, daily checkpoints, and the writers.
+
+- ``sira_entity_states``: per (feature set, entity), the packed state (:mod:`sira.features.packing`) after
+  the newest event folded in, with a revision bumped on every write.
+- ``sira_state_checkpoints``: per entity and UTC day D it changed, its state holding every event before D
+  and every label known before D. A training window or a cold entity starts from the latest checkpoint at
+  or before its first day plus the events since, instead of re-reading weeks of the log.
+
+Writers of the same entity (two stream consumers, a consumer and a replica's recorder, ingest) serialise on
+a transaction-scoped advisory lock per entity, taken in one global order (the lock key's value), so no
+update is lost and two writers never deadlock; the lock is held from reading the state to committing the
+new one.
+
+Late events (older than an entity's newest folded event) are folded by rebuilding that entity from the log
+(its latest checkpoint before the event plus the events since), so they get the vector the offline path
+gives them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sira.core import db
+from sira.features.columns import read_events, read_labels
+from sira.features.engine import Engine, EventColumns, Labels, engine_of
+from sira.features.tiles import MISSING, value_hash
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
+    from sira.features.definitions import FeatureSet
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
+
+
+def from_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=int(value))
+
+
+def day_of(value: datetime) -> datetime:
+    """The UTC midnight at or before ``value``."""
+    value = value.astimezone(timezone.utc)
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# -- locks, reads, writes ---------------------------------------------------------------------------------------
+
+
+async def lock_entities(conn: Connection, fs: FeatureSet, entities: Sequence[tuple[str, str]]) -> None:
+    """Hold each (entity type, id)'s write lock until the transaction ends, taken in key order."""
+    if entities:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended($1 || ':' || t || ':' || i, 0)"
+            " AS k FROM unnest($2::text[], $3::text[]) AS u(t, i) ORDER BY 1) AS keys",
+            f"{fs.name}@{fs.version}", [t for t, _ in entities], [i for _, i in entities])
+
+
+async def read_states(conn: Connection, fs: FeatureSet, entity: str, keys: Sequence[str]) -> dict[str, bytes]:
+    rows = await conn.fetch(
+        "SELECT entity_id, state FROM sira_entity_states WHERE feature_set = $1 AND feature_set_version = $2"
+        " AND entity_type = $3 AND entity_id = ANY($4::text[])", fs.name, fs.version, entity, list(keys))
+    return {r["entity_id"]: r["state"] for r in rows}
+
+
+async def write_states(conn: Connection, fs: FeatureSet, entity: str, states: Mapping[str, tuple[bytes, datetime]]
+                       ) -> int:
+    """Upsert packed states (key -> (bytes, newest event time)); each write bumps the row's revision."""
+    if not states:
+        return 0
+    await conn.execute(
+        """INSERT INTO sira_entity_states (feature_set, feature_set_version, entity_type, entity_id, state, newest_at)
+           SELECT $1, $2, $3, k, s, n FROM unnest($4::text[], $5::bytea[], $6::timestamptz[]) AS u(k, s, n)
+           ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id) DO UPDATE
+              SET state = EXCLUDED.state, newest_at = EXCLUDED.newest_at,
+                  revision = sira_entity_states.revision + 1""",
+        fs.name, fs.version, entity, list(states), [s for s, _ in states.values()], [n for _, n in states.values()])
+    return len(states)
+
+
+async def write_checkpoints(conn: Connection, fs: FeatureSet, entity: str, as_of: datetime,
+                            states: Mapping[str, bytes]) -> int:
+    """Checkpoints as of UTC midnight ``as_of`` (a rebuild writes them again: the newer replaces the older)."""
+    if not states:
+        return 0
+    await conn.execute("SELECT sira_ensure_month_partitions('sira_state_checkpoints', $1, $1)", as_of)
+    await conn.execute(
+        """INSERT INTO sira_state_checkpoints (feature_set, feature_set_version, entity_type, entity_id, as_of, state)
+           SELECT $1, $2, $3, k, $4, s FROM unnest($5::text[], $6::bytea[]) AS u(k, s)
+           ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id, as_of) DO UPDATE
+              SET state = EXCLUDED.state, created_at = now()""",
+        fs.name, fs.version, entity, as_of, list(states), list(states.values()))
+    return len(states)
+
+
+async def read_checkpoints(conn: Connection, fs: FeatureSet, entity: str, as_of: datetime,
+                           keys: Sequence[str] | None = None) -> dict[str, bytes]:
+    """Each entity's latest checkpoint at or before ``as_of`` (all entities of the type when ``keys`` is None)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (entity_id) entity_id, state FROM sira_state_checkpoints
+            WHERE feature_set = $1 AND feature_set_version = $2 AND entity_type = $3 AND as_of <= $4
+              AND ($5::text[] IS NULL OR entity_id = ANY($5::text[]))
+            ORDER BY entity_id, as_of DESC""",
+        fs.name, fs.version, entity, as_of, None if keys is None else list(keys))
+    return {r["entity_id"]: r["state"] for r in rows}
+
+
+# -- from the log -------------------------------------------------------------------------------------------
+
+
+async def starting_states(conn: Connection, engine: Engine, day: datetime,
+                          keys: Mapping[str, Sequence[str]] | None = None) -> tuple[datetime, dict]:
+    """Where a fold of the log from ``day`` (UTC midnight) starts: (the time to read events and labels from,
+    the starting states per entity type). With checkpoints: each entity's latest at or before ``day`` (an
+    entity unchanged since its checkpoint has that state at ``day``) and the log from ``day``. Without:
+    empty states and the log from a horizon before ``day`` (the vectors from ``day`` on are the same)."""
+    start: dict[str, dict[str, np.ndarray]] = {}
+    found = False
+    for spec in engine.fs.entities:
+        wanted = None if keys is None else keys.get(spec.key_column, [])
+        packed = await read_checkpoints(conn, engine.fs, spec.entity, day, wanted)
+        found = found or bool(packed)
+        start[spec.entity] = {k: engine.decode(spec.entity, v) for k, v in packed.items()}
+    if found:
+        return day, start
+    return day - timedelta(microseconds=engine.horizon_us), {}
+
+
+@dataclass
+class Rebuilt:
+    feature_set: str
+    version: int
+    days: int = 0
+    events: int = 0
+    labels: int = 0
+    entities: dict[str, int] = field(default_factory=dict)
+    checkpoints: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature_set": f"{self.feature_set}@{self.version}", "days": self.days, "events": self.events,
+                "labels": self.labels, "entities": self.entities, "checkpoints": self.checkpoints,
+                "seconds": round(self.seconds, 3),
+                "events_per_second": round(self.events / self.seconds) if self.seconds else None}
+
+
+async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True) -> Rebuilt:
+    """Every entity's state and daily checkpoints from the whole event log, one UTC day at a time (what
+    ``sira features rebuild`` runs so an installation can switch to ``fs``). States are kept packed between
+    days; only the entities a day touches are unpacked."""
+    engine = engine_of(fs)
+    started = time.perf_counter()
+    result = Rebuilt(fs.name, fs.version)
+    lo, hi = await conn.fetchrow(
+        "SELECT min(occurred_at), greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback"
+        " WHERE label_name = $1 AND label)) FROM sira_events", fs.label_name) or (None, None)
+    packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
+    newest: dict[str, dict[str, datetime]] = {spec.entity: {} for spec in fs.entities}
+    if lo is not None and hi is not None:
+        day, last = day_of(lo), day_of(hi)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+        while day <= last:
+            events = await read_events(conn, engine, day, day + DAY)
+            labels = await read_labels(conn, engine, day, day + DAY)
+            result.events += len(events)
+            result.labels += len(labels)
+            touched = _touched(engine, events, labels)
+            start = {entity: {k: engine.decode(entity, packed[entity].get(k)) for k in keys}
+                     for entity, keys in touched.items()}
+            _, finals = engine.build(events, labels, start)
+            for entity, states in finals.items():
+                for key, state in states.items():
+                    if state[0, 1] == MISSING:  # labels of an entity with no event: nothing to keep
+                        continue
+                    packed[entity][key] = engine.encode(entity, state)
+                    newest[entity][key] = from_us(int(state[0, 1]))
+                if checkpoints:
+                    result.checkpoints += await write_checkpoints(
+                        conn, fs, entity, day + DAY, {k: packed[entity][k] for k in states if k in packed[entity]})
+            result.days += 1
+            day += DAY
+    for spec in fs.entities:
+        await write_states(conn, fs, spec.entity, {k: (v, newest[spec.entity][k])
+                                                    for k, v in packed[spec.entity].items()})
+        result.entities[spec.entity] = len(packed[spec.entity])
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _touched(engine: Engine, events: EventColumns, labels: Labels) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for spec in engine.fs.entities:
+        for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column, np.zeros(0, object))):
+            out[spec.entity].update(v for v in values.tolist() if v is not None)
+    return out
+
+
+# -- folding new events ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Folded:
+    vectors: np.ndarray  # one row per event, in the order given
+    late: int  # events folded by rebuilding their entity from the log
+
+
+async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping[str, Any]]) -> Folded:
+    """Fold events just stored in ``sira_events`` (normalized dicts) into their entities' states, in the
+    caller's transaction: lock the entities, read their states, fold in (time, order), write them back.
+    An event older than its entity's newest rebuilds that entity from the log (where the event now is)."""
+    engine = engine_of(fs)
+    entities = sorted({(spec.entity, e[spec.key_column]) for e in events for spec in fs.entities
+                       if e.get(spec.key_column) is not None})
+    await lock_entities(conn, fs, entities)
+    keys: dict[str, list[str]] = defaultdict(list)
+    for entity, key in entities:
+        keys[entity].append(key)
+    states = {}
+    for entity, wanted in keys.items():
+        stored = await read_states(conn, fs, entity, wanted)
+        states.update({(entity, k): engine.decode(entity, stored.get(k)) for k in wanted})
+    order = sorted(range(len(events)), key=lambda i: (events[i]["occurred_at"], value_hash(events[i]["event_id"])))
+    vectors = np.full((len(events), len(engine.names)), np.nan)
+    rebuilt: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # entity -> its rows from the log, by event id
+    late = 0
+    for i in order:
+        e = events[i]
+        mine = {spec.entity: states[(spec.entity, e[spec.key_column])] for spec in fs.entities
+                if e.get(spec.key_column) is not None and (spec.entity, e[spec.key_column]) not in rebuilt}
+        vector, refused = engine.event_vector(e, mine)
+        for entity in refused:  # rebuilt from the log, which holds this batch's events already
+            late += 1
+            key = e[fs.entity(entity).key_column]
+            states[(entity, key)], rebuilt[(entity, key)] = await _refold(conn, engine, entity, key, e)
+        for spec in fs.entities:
+            rows = rebuilt.get((spec.entity, str(e.get(spec.key_column))))
+            if rows is not None and e.get(spec.key_column) is not None:
+                vector[engine.slices[spec.entity]] = rows[e["event_id"]]
+        vectors[i] = vector
+    for entity, wanted in keys.items():
+        await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),
+                                                  from_us(int(states[(entity, k)][0, 1]))) for k in wanted})
+    return Folded(vectors, late)
+
+
+async def _refold(conn: Connection, engine: Engine, entity: str, key: str, event: Mapping[str, Any]
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One entity rebuilt from the log around a late event: its state after everything stored, and the
+    entity's features of every event from the late one on, by event id."""
+    column = engine.layouts[entity].spec.key_column
+    first_day = day_of(event["occurred_at"])
+    read_from, start = await starting_states(conn, engine, first_day, {column: [key]})
+    end = datetime.max.replace(tzinfo=timezone.utc)
+    events = await read_events(conn, engine, read_from, end, {column: [key]})
+    labels = await read_labels(conn, engine, read_from, end, keys={column: [key]})
+    rows, finals = engine.build(events, labels, {entity: start.get(entity, {})})
+    return finals[entity][key], dict(zip(events.event_id.tolist(), rows[:, engine.slices[entity]]))
+
+
+async def rebuild_all(settings: Any, fs: FeatureSet, *, checkpoints: bool = True) -> dict[str, Any]:
+    """``sira features rebuild``: states and checkpoints of ``fs`` from the event log, in one transaction."""
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            result = await rebuild(conn, fs, checkpoints=checkpoints)
+    return result.to_dict()
