@@ -23,10 +23,10 @@ from sira.features.engine import Engine, EventColumns, Labels
 if TYPE_CHECKING:
     from sira.core.db import Connection
 
-_US = "(extract(epoch FROM {0}) * 1000000)::int8"
+US_SQL = "(extract(epoch FROM {0}) * 1000000)::int8"
 
 
-async def _copy(conn: Connection, query: str, args: Sequence[object], types: dict[str, pa.DataType]) -> pa.Table:
+async def copy_table(conn: Connection, query: str, args: Sequence[object], types: dict[str, pa.DataType]) -> pa.Table:
     buffer = io.BytesIO()
     await conn.copy_from_query(query, *args, output=buffer, format="csv", header=True)
     if buffer.tell() == 0:
@@ -55,9 +55,9 @@ async def read_events(conn: Connection, engine: Engine, start: datetime, end: da
     names = engine.columns
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
     where, args = _key_filter(engine, keys, 3)
-    query = (f"SELECT e.event_id, {_US.format('e.occurred_at')} AS ts, (e.amount * 10000)::int8 AS amount,"
+    query = (f"SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts, (e.amount * 10000)::int8 AS amount,"
              f" {selected} FROM sira_events e WHERE e.occurred_at >= $1 AND e.occurred_at < $2{where}")
-    table = await _copy(conn, query, [start, end, *args],
+    table = await copy_table(conn, query, [start, end, *args],
                         {"event_id": pa.string(), "ts": pa.int64(), "amount": pa.int64(),
                          **{c: pa.string() for c in names}})
     return EventColumns.from_arrow(table, names)
@@ -71,14 +71,14 @@ async def read_labels(conn: Connection, engine: Engine, known_from: datetime, kn
     names = [c for c in engine.columns if c in engine.key_columns]
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
     where, args = _key_filter(engine, keys, 5)
-    query = (f"SELECT e.event_id, {_US.format('greatest(min(f.known_at), e.occurred_at)')} AS known_at,"
-             f" {_US.format('e.occurred_at')} AS ts, {selected}"
+    query = (f"SELECT e.event_id, {US_SQL.format('greatest(min(f.known_at), e.occurred_at)')} AS known_at,"
+             f" {US_SQL.format('e.occurred_at')} AS ts, {selected}"
              " FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id"
              f" WHERE f.label_name = $1 AND f.label AND ($4::timestamptz IS NULL OR e.occurred_at >= $4){where}"
              f" GROUP BY e.event_id, e.occurred_at, {selected}"
              " HAVING greatest(min(f.known_at), e.occurred_at) >= $2"
              " AND greatest(min(f.known_at), e.occurred_at) < $3")
-    table = await _copy(conn, query, [engine.fs.label_name, known_from, known_to,
+    table = await copy_table(conn, query, [engine.fs.label_name, known_from, known_to,
                                       events_from, *args],
                         {"event_id": pa.string(), "known_at": pa.int64(), "ts": pa.int64(),
                          **{c: pa.string() for c in names}})

@@ -122,6 +122,8 @@ async def starting_states(conn: Connection, engine: Engine, day: datetime,
     empty states and the log from a horizon before ``day`` (the vectors from ``day`` on are the same)."""
     start: dict[str, dict[str, np.ndarray]] = {}
     found = False
+    if await _checkpoints_stale(conn, engine.fs, day):
+        return day - timedelta(microseconds=engine.horizon_us), {}
     for spec in engine.fs.entities:
         wanted = None if keys is None else keys.get(spec.key_column, [])
         packed = await read_checkpoints(conn, engine.fs, spec.entity, day, wanted)
@@ -130,6 +132,27 @@ async def starting_states(conn: Connection, engine: Engine, day: datetime,
     if found:
         return day, start
     return day - timedelta(microseconds=engine.horizon_us), {}
+
+
+def _watermark_job(fs: FeatureSet) -> str:
+    return f"checkpoints:{fs.name}@{fs.version}"
+
+
+async def _checkpoints_stale(conn: Connection, fs: FeatureSet, day: datetime) -> bool:
+    """Whether an event or label stored after the checkpoints were written lies before ``day`` (the
+    checkpoints up to ``day`` do not hold it: a window must read the log instead)."""
+    rows = await conn.fetch("SELECT job, position FROM sira_job_watermarks WHERE job = ANY($1::text[])",
+                            [f"{_watermark_job(fs)}:events", f"{_watermark_job(fs)}:labels"])
+    marks: dict[str, int] = {r["job"]: r["position"] for r in rows}
+    events, labels = marks.get(f"{_watermark_job(fs)}:events"), marks.get(f"{_watermark_job(fs)}:labels")
+    if events is None or labels is None:
+        return False  # never written: there are no checkpoints to trust or distrust
+    return bool(await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM sira_events WHERE seq > $1 AND occurred_at < $3)
+               OR EXISTS (SELECT 1 FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id
+                           WHERE f.id > $2 AND f.label_name = $4 AND f.label
+                             AND greatest(f.known_at, e.occurred_at) < $3)""",
+        events, labels, day, fs.label_name))
 
 
 @dataclass
@@ -162,9 +185,12 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
         " WHERE label_name = $1 AND label)) FROM sira_events", fs.label_name) or (None, None)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
     newest: dict[str, dict[str, datetime]] = {spec.entity: {} for spec in fs.entities}
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+    # what the checkpoints hold: anything stored later with an older time makes them stale (see starting_states)
+    marks = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events) AS events,"
+                                " (SELECT coalesce(max(id), 0) FROM sira_feedback) AS labels")
     if lo is not None and hi is not None:
         day, last = day_of(lo), day_of(hi)
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
         while day <= last:
             events = await read_events(conn, engine, day, day + DAY)
             labels = await read_labels(conn, engine, day, day + DAY)
@@ -185,6 +211,12 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
                         conn, fs, entity, day + DAY, {k: packed[entity][k] for k in states if k in packed[entity]})
             result.days += 1
             day += DAY
+    if checkpoints:
+        for kind in ("events", "labels"):
+            await conn.execute(
+                """INSERT INTO sira_job_watermarks (job, position) VALUES ($1, $2)
+                   ON CONFLICT (job) DO UPDATE SET position = EXCLUDED.position""",
+                f"{_watermark_job(fs)}:{kind}", marks[kind] if marks else 0)
     for spec in fs.entities:
         await write_states(conn, fs, spec.entity, {k: (v, newest[spec.entity][k])
                                                     for k, v in packed[spec.entity].items()})

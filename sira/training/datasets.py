@@ -315,6 +315,10 @@ def build_feature_dataset(
 
     if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
         raise InvalidInput("windows must satisfy train_from < train_to <= test_from < test_to")
+    if fs.engine == "tiles":  # feature engine v2: the vectors come from the log, folded as columns
+        from sira.training.columnar import build_tiles_dataset
+
+        return build_tiles_dataset(dsn, fs, windows, label_name=label_name, test_only=test_only)
     shards = []
     spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
                                                                        (windows.test_from, windows.test_to)]
@@ -342,10 +346,22 @@ def build_feature_dataset(
     rows.sort(key=lambda r: (r["ts"], r["event_id"]))
     schema = [FeatureSpec(n, "numeric") for n in fs.names()]
     X = encode_columns({n: [r[n] for r in rows] for n in fs.names()}, schema)
-    y = np.array([r["label"] for r in rows], dtype=np.float64)
-    times = np.array([r["ts"] for r in rows], dtype=np.int64)
+    return feature_dataset(
+        fs, windows, X, np.array([r["label"] for r in rows], dtype=np.float64),
+        np.array([r["ts"] for r in rows], dtype=np.int64), [r["event_id"] for r in rows],
+        {"country": np.array([r["country"] for r in rows], dtype=object),
+         "channel": np.array([r["channel"] for r in rows], dtype=object)},
+        {"query": " ".join(SHARD_SQL.split()), "shards": len(shards)}, test_only=test_only)
+
+
+def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, times: np.ndarray, ids: list[Any],
+                    segments: dict[str, np.ndarray], source: dict[str, Any], *, test_only: bool = False,
+                    ) -> tuple[Dataset, Split]:
+    """A feature set's labelled rows (in time order) split by the windows: training then validation (the
+    latest 15% of the training window, with positives), and test; refused when a window is empty."""
     from sira.features.store import to_us
 
+    schema = [FeatureSpec(n, "numeric") for n in fs.names()]
     train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
     in_train = np.flatnonzero(times < train_to_us)
     test = np.flatnonzero(times >= test_from_us)
@@ -355,14 +371,11 @@ def build_feature_dataset(
     digest.update(np.ascontiguousarray(X).tobytes())
     digest.update(y.tobytes())
     fingerprint = {
-        "source": "feature_store", "feature_set": fs.name, "feature_set_version": fs.version,
-        "query": " ".join(SHARD_SQL.split()), "windows": windows.to_dict(), "label_cutoff": windows.cutoff.isoformat(),
-        "shards": len(shards),
+        "source": "feature_store", "feature_set": fs.name, "feature_set_version": fs.version, **source,
+        "windows": windows.to_dict(), "label_cutoff": windows.cutoff.isoformat(),
         "rows": int(y.size), "positives": int(y.sum()), "content_sha256": digest.hexdigest(),
     }
-    ds = Dataset(Matrix(X, y, schema), times, [r["event_id"] for r in rows],
-                 {"country": np.array([r["country"] for r in rows], dtype=object),
-                  "channel": np.array([r["channel"] for r in rows], dtype=object)}, {}, fingerprint)
+    ds = Dataset(Matrix(X, y, schema), times, ids, segments, {}, fingerprint)
     split = Split(train, valid, test, "time", {"train": windows.to_dict()})
     for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
         if test_only and name != "test":

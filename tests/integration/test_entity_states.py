@@ -182,3 +182,23 @@ async def test_sira_features_rebuild_builds_what_a_switch_needs(clean_db):
     assert report["entities"] == {"customer": 6, "card": 9, "terminal": 3} and report["checkpoints"] > 0
     (_, finals), _ = offline(events, positives(events))
     await assert_states_are(clean_db, finals)
+
+
+async def test_an_event_stored_after_the_checkpoints_with_an_older_time_makes_a_window_read_the_log(clean_db):
+    events = payments(n=200, seed=23, days=8)
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events)
+        await rebuild(conn, PAYMENTS_V2)
+        day = day_of(T0 + timedelta(days=5))
+        assert (await starting_states(conn, ENGINE, day))[0] == day  # fresh: from the checkpoints
+        straggler = {**events[0], "event_id": "late-1", "occurred_at": T0 + timedelta(days=2)}
+        await store(conn, [straggler])
+        read_from, start = await starting_states(conn, ENGINE, day)
+        assert read_from < day and start == {}  # stale: a horizon of the log instead
+        cols = await read_events(conn, ENGINE, read_from, FOREVER)
+    rows, _ = ENGINE.build(cols, None, start)
+    (expected, _), _ = offline(events + [straggler], [])
+    index = {e["event_id"]: i for i, e in enumerate(events + [straggler])}
+    for i, eid in enumerate(cols.event_id.tolist()):
+        if cols.ts[i] >= ENGINE_US(day):
+            assert same(rows[i], expected[index[eid]]), eid

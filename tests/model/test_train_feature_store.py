@@ -132,3 +132,41 @@ async def test_empty_or_immature_windows_are_clear_errors(loaded):
     bad = Windows(w.train_to, w.train_from, w.test_from, w.test_to, w.cutoff, 10)
     with pytest.raises(InvalidInput, match="train_from < train_to"):
         build_feature_dataset("postgresql://unused/x", PAYMENTS_V1, bad)
+
+
+async def test_feature_engine_v2_training_sets_fold_the_log_as_columns(loaded, store):
+    """Feature set v2's training set: v1's rows and labels (the same label rule), vectors equal to one build
+    over the whole log from the events as rows (not through COPY), and the same again from daily checkpoints
+    once `sira features rebuild` has written them."""
+    from sira.core import db
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.engine import EventColumns, Labels, engine_of
+    from sira.features.states import rebuild
+    from sira.features.store import to_us
+
+    windows = await windows_for(loaded)
+    v1, s1 = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V1, windows)
+    v2, s2 = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V2, windows)
+    assert v2.ids == v1.ids and np.array_equal(v2.matrix.y, v1.matrix.y) and np.array_equal(v2.times, v1.times)
+    assert [a.size for a in (s2.train, s2.valid, s2.test)] == [a.size for a in (s1.train, s1.valid, s1.test)]
+    assert v2.matrix.names == v1.matrix.names and not np.array_equal(v2.matrix.X, v1.matrix.X, equal_nan=True)
+    assert v2.fingerprint["engine"] == "tiles" and v2.fingerprint["from_checkpoints"] is False
+    engine = engine_of(PAYMENTS_V2)
+    events = [dict(r) for r in await loaded.fetch(
+        "SELECT event_id, occurred_at, amount::float8 AS amount, customer_id, card_token, terminal_id, country,"
+        " device_id FROM sira_events")]
+    known = await loaded.fetch("SELECT event_id, min(known_at) AS k FROM sira_feedback WHERE label"
+                               " AND label_name = 'fraud' GROUP BY event_id")
+    cols = EventColumns.from_events(events, engine.columns)
+    X, _ = engine.build(cols, Labels.of_events(cols, [r["event_id"] for r in known], [to_us(r["k"]) for r in known]))
+    index = {e["event_id"]: i for i, e in enumerate(events)}
+    assert np.array_equal(v2.matrix.X, X[[index[e] for e in v2.ids]], equal_nan=True)
+    async with db.transaction(loaded) as conn:
+        built = await rebuild(conn, PAYMENTS_V2)
+    assert built.checkpoints > 0
+    # the test window (how retraining compares versions) starts days after the first checkpoint
+    again, again_split = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V2, windows,
+                                                 test_only=True)
+    assert again.fingerprint["from_checkpoints"] is True
+    assert again.fingerprint["events_folded"] < v2.fingerprint["events_folded"]  # from the checkpoint's day
+    assert np.array_equal(again.matrix.X[again_split.test], v2.matrix.X[s2.test], equal_nan=True)
