@@ -85,4 +85,4 @@ async def read_labels(conn: Connection, engine: Engine, known_from: datetime, kn
     return Labels(np.array(table.column("event_id").to_pylist(), dtype=object),
                   np.ascontiguousarray(table.column("known_at").to_numpy(), dtype=np.int64),
                   np.ascontiguousarray(table.column("ts").to_numpy(), dtype=np.int64),
-                  {c: np.array(table.column(c).to_pylist(), dtype=object) for c in names})
+                  {c: table.column(c).combine_chunks() for c in names})

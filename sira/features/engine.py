@@ -41,15 +41,20 @@ def _us(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1)
 
 
+def _strings(values: Sequence[Any]) -> pa.Array:
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 @dataclass(frozen=True)
 class EventColumns:
-    """Events as columns: ``ts`` int64 µs, ``amount`` int64 1e-4 units (``MISSING``: none), ``event_id``,
-    and every entity key and categorical column the feature set reads (object arrays, None: absent)."""
+    """Events as columns: ``ts`` int64 µs, ``amount`` int64 1e-4 units (``MISSING``: none), ``event_id``
+    (object array), and every entity key and categorical column the feature set reads (Arrow strings,
+    nulls where absent: hashed and grouped from their buffers, no Python object per value)."""
 
     ts: np.ndarray
     amount: np.ndarray
     event_id: np.ndarray
-    columns: dict[str, np.ndarray]
+    columns: dict[str, pa.Array]
 
     def __len__(self) -> int:
         return int(self.ts.size)
@@ -63,7 +68,7 @@ class EventColumns:
                                                  pa.scalar(int(MISSING), pa.int64()))).to_numpy()
         return cls(np.ascontiguousarray(ts, dtype=np.int64), np.ascontiguousarray(amount, dtype=np.int64),
                    np.array(table.column("event_id").to_pylist(), dtype=object),
-                   {n: np.array(table.column(n).to_pylist(), dtype=object) for n in names})
+                   {n: table.column(n).combine_chunks() for n in names})
 
     @classmethod
     def from_events(cls, events: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "EventColumns":
@@ -72,7 +77,7 @@ class EventColumns:
                    np.array([tiles.fixed(None if e.get("amount") is None else float(e["amount"]))
                              for e in events], dtype=np.int64),
                    np.array([e["event_id"] for e in events], dtype=object),
-                   {n: np.array([e.get(n) for e in events], dtype=object) for n in names})
+                   {n: _strings([e.get(n) for e in events]) for n in names})
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Labels:
     event_id: np.ndarray  # object
     known_at: np.ndarray  # int64
     event_ts: np.ndarray  # int64
-    keys: dict[str, np.ndarray]  # key column -> object array
+    keys: dict[str, pa.Array]  # key column -> Arrow strings
 
     def __len__(self) -> int:
         return int(self.known_at.size)
@@ -100,19 +105,14 @@ class Labels:
         found = [(position[e], k) for e, k in zip(event_ids, known_at) if e in position]
         rows = np.array([i for i, _ in found], dtype=np.int64)
         return cls(events.event_id[rows], np.array([k for _, k in found], dtype=np.int64), events.ts[rows],
-                   {c: v[rows] for c, v in events.columns.items()})
+                   {c: v.take(pa.array(rows, type=pa.int64())) for c, v in events.columns.items()})
 
 
-def _hash_column(values: np.ndarray) -> np.ndarray:
-    """:func:`tiles.value_hash` of every value, each distinct value hashed once."""
-    if values.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    present = np.array([v is not None for v in values.tolist()], dtype=bool)
-    out = np.full(values.size, MISSING, dtype=np.int64)
-    if present.any():
-        uniques, inverse = np.unique(values[present].astype(str), return_inverse=True)
-        out[present] = np.array([tiles.value_hash(u) for u in uniques.tolist()], dtype=np.int64)[inverse]
-    return out
+def _codes(keys: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Each key's entity number (-1: no key) and the entities' keys, in order of first appearance."""
+    encoded = cast(pa.DictionaryArray, pc.dictionary_encode(keys))
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, [str(k) for k in encoded.dictionary.to_pylist()]
 
 
 class Engine:
@@ -190,30 +190,31 @@ class Engine:
         labels = labels or Labels.none()
         out = np.full((len(events), len(self.names)), np.nan)
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
+        orders = tiles.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
+        hashed = {c: tiles.hash_strings(events.columns[c]) for c in self.categorical}
         finals = {spec.entity: self._build_entity(spec.entity, events, labels, (start or {}).get(spec.entity, {}),
-                                                  out) for spec in self.fs.entities}
+                                                  out, orders, hashed) for spec in self.fs.entities}
         return out, finals
 
     def _build_entity(self, entity: str, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
-                      out: np.ndarray) -> dict[str, np.ndarray]:
+                      out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         layout = self.layouts[entity]
         column = layout.spec.key_column
         keys = events.columns[column]
-        rows = np.flatnonzero(np.array([k is not None for k in keys.tolist()], dtype=bool))
-        label_keys = labels.keys.get(column, np.full(len(labels), None, dtype=object))
-        label_rows = np.flatnonzero(np.array([k is not None for k in label_keys.tolist()], dtype=bool))
-        if rows.size == 0 and label_rows.size == 0:
+        label_keys = labels.keys.get(column, pa.nulls(len(labels), pa.string()))
+        every, entity_ids = _codes(pa.concat_arrays([keys.cast(pa.string()), label_keys.cast(pa.string())]))
+        codes, l_codes = every[:len(events)], every[len(events):]
+        rows = np.flatnonzero(codes >= 0)
+        label_rows = np.flatnonzero(l_codes >= 0)
+        if not entity_ids:
             return {}
-        entity_ids, codes = np.unique(np.concatenate([keys[rows], label_keys[label_rows]]).astype(str),
-                                      return_inverse=True)
-        codes, l_codes = codes[:rows.size], codes[rows.size:]
-        orders = _hash_column(events.event_id[rows])
-        order = np.lexsort((orders, events.ts[rows], codes))
-        rows, codes, orders = rows[order], codes[order], orders[order]
+        codes, l_codes = codes[rows], l_codes[label_rows]
+        order = np.lexsort((orders[rows], events.ts[rows], codes))
+        rows, codes = rows[order], codes[order]
         segments = np.searchsorted(codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
         values = np.zeros((rows.size, len(layout.columns)), dtype=np.int64)
         for c, name in enumerate(layout.columns):
-            values[:, c] = _hash_column(events.columns[name][rows])
+            values[:, c] = hashed[name][rows]
         # labels by (entity, known_at, event time); known before its event: taken as known at its time
         l_ts = labels.event_ts[label_rows]
         l_known = np.maximum(labels.known_at[label_rows], l_ts)
@@ -222,17 +223,17 @@ class Engine:
         label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
         states = np.empty((len(entity_ids), layout.rows, 5), dtype=np.int64)
         empty = layout.empty()
-        for s, key in enumerate(entity_ids.tolist()):
+        for s, key in enumerate(entity_ids):
             states[s] = start[key] if key in start else empty
         part = np.full((rows.size, len(layout.ops)), np.nan)
-        late = tiles._replay(states, segments, np.ascontiguousarray(events.ts[rows]), orders,
+        late = tiles._replay(states, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
                              np.ascontiguousarray(events.amount[rows]), values, label_segments,
                              np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
                              layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
         if late:
             raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
         out[rows, self.slices[entity]] = part
-        return dict(zip(entity_ids.tolist(), states))
+        return dict(zip(entity_ids, states))
 
     @property
     def horizon_us(self) -> int:

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sira.core import db
 from sira.features.columns import read_events, read_labels
@@ -228,8 +230,8 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
 def _touched(engine: Engine, events: EventColumns, labels: Labels) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for spec in engine.fs.entities:
-        for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column, np.zeros(0, object))):
-            out[spec.entity].update(v for v in values.tolist() if v is not None)
+        for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column, pa.nulls(0, pa.string()))):
+            out[spec.entity].update(v for v in pc.unique(values).to_pylist() if v is not None)
     return out
 
 

@@ -20,7 +20,6 @@ from sira.core import db
 from sira.features.columns import US_SQL, copy_table, read_events, read_labels
 from sira.features.engine import engine_of
 from sira.features.states import day_of, starting_states
-from sira.training.datasets import Dataset, Split, feature_dataset
 from sira.training.windows import Windows
 
 TARGET_SQL = f"""
@@ -64,9 +63,10 @@ async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, spans: 
     return rows[picked] if picked.size else np.zeros((0, len(engine.names))), targets, source
 
 
-def build_tiles_dataset(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", test_only: bool = False,
-                        ) -> tuple[Dataset, Split]:
-    """Labelled vectors of feature set ``fs`` (engine ``tiles``) for the training and test windows."""
+def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", test_only: bool = False,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any], dict[str, np.ndarray], dict[str, Any]]:
+    """Labelled vectors of feature set ``fs`` (engine ``tiles``) for the training and test windows, in (time,
+    event id) order: (X, y, times, event ids, segments, what was read)."""
     spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
                                                                        (windows.test_from, windows.test_to)]
     X, targets, source = asyncio.run(_columns(dsn, fs, windows, label_name, spans))
@@ -83,5 +83,4 @@ def build_tiles_dataset(dsn: str, fs: Any, windows: Windows, *, label_name: str 
     ids = np.array(targets.column("event_id").to_pylist(), dtype=object)
     order = keep[np.lexsort((ids[keep].astype(str), ts[keep]))]  # (time, event id), as the v1 builder
     segments = {c: np.array(targets.column(c).to_pylist(), dtype=object)[order] for c in ("country", "channel")}
-    return feature_dataset(fs, windows, np.ascontiguousarray(X[order]), y[order], ts[order].astype(np.int64),
-                           ids[order].tolist(), segments, source, test_only=test_only)
+    return np.ascontiguousarray(X[order]), y[order], ts[order].astype(np.int64), ids[order].tolist(), segments, source

@@ -316,9 +316,11 @@ def build_feature_dataset(
     if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
         raise InvalidInput("windows must satisfy train_from < train_to <= test_from < test_to")
     if fs.engine == "tiles":  # feature engine v2: the vectors come from the log, folded as columns
-        from sira.training.columnar import build_tiles_dataset
+        from sira.training.columnar import tiles_rows
 
-        return build_tiles_dataset(dsn, fs, windows, label_name=label_name, test_only=test_only)
+        X, y, times, ids, segments, source = tiles_rows(dsn, fs, windows, label_name=label_name,
+                                                        test_only=test_only)
+        return feature_dataset(fs, windows, X, y, times, ids, segments, source, test_only=test_only)
     shards = []
     spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
                                                                        (windows.test_from, windows.test_to)]
