@@ -181,23 +181,25 @@ class Engine:
     # -- offline --------------------------------------------------------------------------------------------
 
     def build(self, events: EventColumns, labels: Labels | None = None,
-              start: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+              start: Mapping[str, Mapping[str, np.ndarray]] | None = None, *, finals: bool = True,
               ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
         """Every event's vector (rows in ``events`` order, :attr:`names` columns) and each entity's final
         state, folding the events in (time, event id hash) order per entity from ``start[entity][key]`` (a
         checkpoint: copied, not changed) or an empty state. ``labels``: positive labels known since the
-        starting states, of these events or of events the starting states hold."""
+        starting states, of these events or of events the starting states hold. ``finals=False``: no final
+        states (a training set needs only the vectors: one state buffer is reused, and stays in cache)."""
         labels = labels or Labels.none()
         out = np.full((len(events), len(self.names)), np.nan)
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
         orders = tiles.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
         hashed = {c: tiles.hash_strings(events.columns[c]) for c in self.categorical}
-        finals = {spec.entity: self._build_entity(spec.entity, events, labels, (start or {}).get(spec.entity, {}),
-                                                  out, orders, hashed) for spec in self.fs.entities}
-        return out, finals
+        states = {spec.entity: self._build_entity(spec.entity, events, labels, (start or {}).get(spec.entity, {}),
+                                                  out, orders, hashed, finals) for spec in self.fs.entities}
+        return out, states
 
     def _build_entity(self, entity: str, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
-                      out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                      out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray], finals: bool,
+                      ) -> dict[str, np.ndarray]:
         layout = self.layouts[entity]
         column = layout.spec.key_column
         keys = events.columns[column]
@@ -221,19 +223,22 @@ class Engine:
         l_order = np.lexsort((l_ts, l_known, l_codes))
         l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
         label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
-        states = np.empty((len(entity_ids), layout.rows, 5), dtype=np.int64)
-        empty = layout.empty()
+        given = [key for key in entity_ids if key in start]
+        starts = np.stack([layout.empty(), *(start[key] for key in given)])  # 0: the empty state
+        start_of = np.zeros(len(entity_ids), dtype=np.int64)
+        index = {key: k + 1 for k, key in enumerate(given)}
         for s, key in enumerate(entity_ids):
-            states[s] = start[key] if key in start else empty
+            start_of[s] = index.get(key, 0)
+        states = np.empty((len(entity_ids) if finals else 1, layout.rows, 5), dtype=np.int64)
         part = np.full((rows.size, len(layout.ops)), np.nan)
-        late = tiles._replay(states, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
+        late = tiles._replay(states, starts, start_of, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
                              np.ascontiguousarray(events.amount[rows]), values, label_segments,
                              np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
                              layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
         if late:
             raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
         out[rows, self.slices[entity]] = part
-        return dict(zip(entity_ids, states))
+        return dict(zip(entity_ids, states)) if finals else {}
 
     @property
     def horizon_us(self) -> int:

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from sira.features.tiles import DISTINCT_CAP, FORMAT, MISSING, RISK_HOP_US, Layout, _start
+from sira.features.tiles import DISTINCT_CAP, FORMAT, MISSING, RISK_DAY_US, RISK_HOP_US, Layout, _start
 
 RAW, TIME, SLOT = 0, -1, -2  # stored as is; as its distance from the newest event; not stored (a live bucket's
 # id follows from its row: the one bucket of the ring's span in that slot); else: a bucket id's hop
@@ -42,6 +42,9 @@ def columns_of(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     widths[layout.risk_rows] = 3
     bases[layout.risk_rows, 0] = SLOT
     rings[layout.risk_rows] = RISK_HOP_US, layout.risk_rows.start, layout.risk[1]
+    widths[layout.risk_day_rows] = 3
+    bases[layout.risk_day_rows, 0] = SLOT
+    rings[layout.risk_day_rows] = RISK_DAY_US, layout.risk_day_rows.start, layout.risk[6]
     widths[layout.pending_rows] = 2
     bases[layout.pending_rows, 0] = RISK_HOP_US
     bases[layout.pending_rows, 1] = TIME
@@ -57,9 +60,9 @@ def _live_rows(state, rings, windows, maps, risk, risk_windows, keep):  # pragma
     n = 0
     for level in range(rings.shape[0]):
         hop, first, size = rings[level, 0], rings[level, 1], rings[level, 2]
-        longest = 0
+        longest = 0  # the longest window this ring or a finer one serves (a day ring sums an hourly one's days)
         for w in range(windows.shape[0]):
-            if windows[w, 1] == level and windows[w, 0] > longest:
+            if rings[windows[w, 1], 0] <= hop and windows[w, 0] > longest:
                 longest = windows[w, 0]
         oldest = (newest - longest) // hop
         for row in range(first, first + size):
@@ -79,6 +82,11 @@ def _live_rows(state, rings, windows, maps, risk, risk_windows, keep):  # pragma
             longest = max(longest, risk_windows[w])
         oldest = (newest - delay - longest) // RISK_HOP_US
         for row in range(first, first + size):
+            if state[row, 0] >= 0 and state[row, 0] >= oldest:
+                keep[row] = True
+                n += 1
+        oldest = (newest - delay - longest) // RISK_DAY_US
+        for row in range(risk[5], risk[5] + risk[6]):
             if state[row, 0] >= 0 and state[row, 0] >= oldest:
                 keep[row] = True
                 n += 1

@@ -47,15 +47,17 @@ from numba import njit
 from sira.features.definitions import DISTINCT_VALUES, EntityFeatures, parse_duration
 
 US = 1_000_000
-HOPS_US = (300 * US, 3_600 * US, 86_400 * US)
+DAY_US = 86_400 * US
+HOPS_US = (300 * US, 3_600 * US, DAY_US)
 SCALE = 10_000  # amounts in 1e-4 units
 MISSING = np.int64(np.iinfo(np.int64).min)  # an absent amount, an empty maximum, no event yet
-FORMAT = 2  # the first int64 of a state's bytes (1: the dense format of the first prototype)
+FORMAT = 3  # the first number of a state's bytes (1: the first prototype's dense rows; 2: no daily risk ring)
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
 OK, LATE, FULL = 0, 1, 2
 DISTINCT_CAP = DISTINCT_VALUES  # values remembered per categorical column
 RISK_HOP_US = 3_600 * US  # both edges of a delayed-label window, at an hour (FEATURE-ENGINE.md: never days)
+RISK_DAY_US = 24 * RISK_HOP_US  # the same buckets summed per day, for the full days inside a window
 PENDING_CAP = 64  # positive labels known after the newest folded event, waiting for the next event
 # what each feature of an entity is, in its spec's name order: (op, a, b)
 OP_COUNT, OP_SUM, OP_MEAN, OP_MAX, OP_DISTINCT, OP_NEW, OP_RATIO, OP_RISK, OP_RISK_COUNT = range(9)
@@ -95,6 +97,12 @@ class Layout:  # cached_property needs a __dict__: not slots
         windows = [parse_duration(w) * US for w in spans]
         hops = sorted({hop_us(w) for w in windows})
         sizes = [max(w // h for w in windows if hop_us(w) == h) + 2 for h in hops]
+        hourly = [w for w in windows if hop_us(w) == HOPS_US[1]]
+        if hourly and max(hourly) > 2 * DAY_US:  # its full days read from a day ring (168 hours: ~50 reads)
+            if HOPS_US[2] not in hops:
+                hops.append(HOPS_US[2])
+                sizes.append(0)
+            sizes[hops.index(HOPS_US[2])] = max(sizes[hops.index(HOPS_US[2])], max(hourly) // DAY_US + 2)
         offsets = 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         first = 1 + int(sum(sizes))
         columns = spec.categorical_columns
@@ -105,6 +113,7 @@ class Layout:  # cached_property needs a __dict__: not slots
         delay = parse_duration(spec.label_delay) * US if spec.label_delay else 0
         risk_windows = [parse_duration(w) * US for w in spec.risk_windows]
         risk_size = (delay + max(risk_windows)) // RISK_HOP_US + 2 if risk_windows else 0
+        day_size = (delay + max(risk_windows)) // RISK_DAY_US + 2 if risk_windows else 0
         pending = PENDING_CAP if risk_size else 0
         ops = []
         for j, _w in enumerate(spec.windows):
@@ -120,13 +129,19 @@ class Layout:  # cached_property needs a __dict__: not slots
         return cls(spec, np.array(list(zip(hops, offsets, sizes)), dtype=np.int64).reshape(-1, 3),
                    np.array([(w, hops.index(hop_us(w))) for w in windows], dtype=np.int64).reshape(-1, 2),
                    np.array(maps, dtype=np.int64).reshape(-1, 2), np.array(ops, dtype=np.int64).reshape(-1, 3),
-                   np.array([first, risk_size, first + risk_size, pending, delay], dtype=np.int64),
-                   np.array(risk_windows, dtype=np.int64), columns, first + risk_size + pending)
+                   np.array([first, risk_size, first + risk_size + day_size, pending, delay, first + risk_size,
+                             day_size], dtype=np.int64),
+                   np.array(risk_windows, dtype=np.int64), columns, first + risk_size + day_size + pending)
 
     @property
     def risk_rows(self) -> slice:
         """The hourly risk ring: bucket id, events, settled positives."""
         return slice(int(self.risk[0]), int(self.risk[0] + self.risk[1]))
+
+    @property
+    def risk_day_rows(self) -> slice:
+        """The same per day (a window's full days are read here: a 30-day window reads ~80 rows, not 720)."""
+        return slice(int(self.risk[5]), int(self.risk[5] + self.risk[6]))
 
     @property
     def pending_rows(self) -> slice:
@@ -255,30 +270,43 @@ def _fold_rings(state, rings, ts, amount):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _buckets(state, first, size, lo, hi, agg, w):  # pragma: no cover - compiled
+    """Add the buckets ``lo..hi`` of a ring (those its slots still hold) to window ``w``'s aggregates."""
+    for bucket in range(max(lo, hi - size + 1), hi + 1):
+        row = first + bucket % size
+        if state[row, BID] == bucket:
+            agg[w, 0] += state[row, COUNT]
+            agg[w, 1] += state[row, SUM]
+            agg[w, 2] += state[row, PRESENT]
+            if state[row, MAX] > agg[w, 3]:
+                agg[w, 3] = state[row, MAX]
+
+
+@njit(cache=True)
 def _aggregate(state, rings, windows, t, agg):  # pragma: no cover - compiled
-    """Per window: count, sum, amounts present, max over the buckets from its hopped start to ``t`` (the
-    buckets of the window's span only, found by their position in the ring)."""
+    """Per window: count, sum, amounts present, max over the buckets from its hopped start to ``t``; an
+    hourly window's full days read from the day ring when there is one."""
+    day_level = -1
+    for level in range(rings.shape[0]):
+        if rings[level, 0] == DAY_US:
+            day_level = level
     for w in range(windows.shape[0]):
         level = windows[w, 1]
         hop, first, size = rings[level, 0], rings[level, 1], rings[level, 2]
         lo = (t - windows[w, 0]) // hop
         hi = t // hop
-        count = 0
-        total = 0
-        present = 0
-        peak = MISSING
-        for bucket in range(max(lo, hi - size + 1), hi + 1):
-            row = first + bucket % size
-            if state[row, BID] == bucket:
-                count += state[row, COUNT]
-                total += state[row, SUM]
-                present += state[row, PRESENT]
-                if state[row, MAX] > peak:
-                    peak = state[row, MAX]
-        agg[w, 0] = count
-        agg[w, 1] = total
-        agg[w, 2] = present
-        agg[w, 3] = peak
+        agg[w, 0] = 0
+        agg[w, 1] = 0
+        agg[w, 2] = 0
+        agg[w, 3] = MISSING
+        first_day = (lo + 23) // 24
+        last_day = (hi + 1) // 24 - 1
+        if hop != HOPS_US[1] or day_level < 0 or first_day > last_day:
+            _buckets(state, first, size, lo, hi, agg, w)
+        else:
+            _buckets(state, first, size, lo, first_day * 24 - 1, agg, w)
+            _buckets(state, rings[day_level, 1], rings[day_level, 2], first_day, last_day, agg, w)
+            _buckets(state, first, size, (last_day + 1) * 24, hi, agg, w)
 
 
 @njit(cache=True)
@@ -317,27 +345,43 @@ def _remember(state, first, value, ts):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _risk_fold(state, risk, ts):  # pragma: no cover - compiled
-    first, size, pending, n_pending = risk[0], risk[1], risk[2], risk[3]
-    bucket = ts // RISK_HOP_US
+def _risk_count(state, risk, bucket, events, positives):  # pragma: no cover - compiled
+    """Add to an hourly bucket and its day (each started afresh when its slot held an older one)."""
+    first, size, day_first, day_size = risk[0], risk[1], risk[5], risk[6]
     row = first + bucket % size
-    if state[row, 0] != bucket:
+    if events > 0 and state[row, 0] != bucket:
         state[row, 0] = bucket
         state[row, 1] = 0
         state[row, 2] = 0
-    state[row, 1] += 1
+    if state[row, 0] != bucket:
+        return  # a positive for a bucket this state no longer holds
+    state[row, 1] += events
+    state[row, 2] += positives
+    day = bucket // 24
+    row = day_first + day % day_size
+    if state[row, 0] != day:
+        state[row, 0] = day
+        state[row, 1] = 0
+        state[row, 2] = 0
+    state[row, 1] += events
+    state[row, 2] += positives
+
+
+@njit(cache=True)
+def _risk_fold(state, risk, ts):  # pragma: no cover - compiled
+    pending, n_pending = risk[2], risk[3]
+    _risk_count(state, risk, ts // RISK_HOP_US, 1, 0)
     for i in range(pending, pending + n_pending):  # what became known before this event: settled
         b = state[i, 0]
         if b >= 0 and state[i, 1] < ts:
-            if state[first + b % size, 0] == b:
-                state[first + b % size, 2] += 1
+            _risk_count(state, risk, b, 0, 1)
             state[i, 0] = -1
             state[i, 1] = 0
 
 
 @njit(cache=True)
 def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
-    first, size, pending, n_pending = risk[0], risk[1], risk[2], risk[3]
+    size, pending, n_pending = risk[1], risk[2], risk[3]
     if size == 0:
         return OK
     newest = state[0, 1]
@@ -345,8 +389,7 @@ def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
     if newest == MISSING or bucket <= newest // RISK_HOP_US - size:
         return OK  # before anything this state holds: in no future window
     if known_at < newest:  # known before the newest event: every later window counts it
-        if state[first + bucket % size, 0] == bucket:
-            state[first + bucket % size, 2] += 1
+        _risk_count(state, risk, bucket, 0, 1)
         return OK
     for i in range(pending, pending + n_pending):
         if state[i, 0] < 0:
@@ -357,18 +400,36 @@ def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _hours(state, first, size, lo, hi, out, w):  # pragma: no cover - compiled
+    for b in range(lo, hi + 1):
+        row = first + b % size
+        if state[row, 0] == b:
+            out[w, 0] += state[row, 1]
+            out[w, 1] += state[row, 2]
+
+
+@njit(cache=True)
 def _risk_read(state, risk, risk_windows, t, out):  # pragma: no cover - compiled
-    """Per risk window (one pass over the ring: the windows share their recent edge): events, positives."""
-    first, size, pending, n_pending, delay = risk[0], risk[1], risk[2], risk[3], risk[4]
+    """Per risk window: events and positives in its hourly buckets, the full days among them read from
+    the day ring."""
+    first, size, pending, n_pending, delay, day_first, day_size = (risk[0], risk[1], risk[2], risk[3], risk[4],
+                                                                  risk[5], risk[6])
     hi = (t - delay) // RISK_HOP_US
     out[:] = 0
-    for row in range(first, first + size):
-        b = state[row, 0]
-        if 0 <= b <= hi:
-            for w in range(risk_windows.size):
-                if b >= (t - delay - risk_windows[w]) // RISK_HOP_US:
+    for w in range(risk_windows.size):
+        lo = max((t - delay - risk_windows[w]) // RISK_HOP_US, hi - size + 1)
+        first_day = (lo + 23) // 24
+        last_day = (hi + 1) // 24 - 1
+        if first_day > last_day:
+            _hours(state, first, size, lo, hi, out, w)
+        else:
+            _hours(state, first, size, lo, first_day * 24 - 1, out, w)
+            for d in range(first_day, last_day + 1):
+                row = day_first + d % day_size
+                if state[row, 0] == d:
                     out[w, 0] += state[row, 1]
                     out[w, 1] += state[row, 2]
+            _hours(state, first, size, (last_day + 1) * 24, hi, out, w)
     for i in range(pending, pending + n_pending):
         b = state[i, 0]
         if 0 <= b <= hi and state[i, 1] < t:
@@ -466,16 +527,19 @@ def _event_rows(ts, amounts, codes, night_start, night_end, out):  # pragma: no 
 
 
 @njit(cache=True)
-def _replay(states, segments, ts, orders, amounts, values, label_segments, label_ts, label_known,
+def _replay(states, starts, start_of, segments, ts, orders, amounts, values, label_segments, label_ts, label_known,
             rings, windows, maps, ops, risk, risk_windows, out):  # pragma: no cover - compiled
     """The offline fold: for each entity (segment s: its events ``segments[s]:segments[s + 1]`` sorted by
-    time and order, its labels ``label_segments[s]:...`` sorted by known_at), fold its events into
-    ``states[s]`` with :func:`_step`, each label applied before the first event after its known_at, the
-    rest at the end; every event's features into its row of ``out``. Returns the events refused as late
-    (none when the input is sorted)."""
+    time and order, its labels ``label_segments[s]:...`` sorted by known_at), start from
+    ``starts[start_of[s]]``, fold its events with :func:`_step`, each label applied before the first event
+    after its known_at, the rest at the end; every event's features into its row of ``out``. The state ends
+    in ``states[s]``, or, with one state given, that one is reused for every entity (a training build keeps
+    no state: one buffer stays in cache). Returns the events refused as late (none when the input is
+    sorted)."""
     late = 0
     for s in range(segments.size - 1):
-        state = states[s]
+        state = states[s if states.shape[0] > 1 else 0]
+        state[:] = starts[start_of[s]]
         j = label_segments[s]
         for i in range(segments[s], segments[s + 1]):
             while j < label_segments[s + 1] and label_known[j] < ts[i]:

@@ -55,7 +55,7 @@ async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, spans: 
                                "channel": pa.string(), "positive_known_at": pa.int64(), "negative_known": pa.int64()})
     finally:
         await conn.close()
-    rows, _ = engine.build(events, labels, start)
+    rows, _ = engine.build(events, labels, start, finals=False)
     position = {eid: i for i, eid in enumerate(events.event_id.tolist())}
     picked = np.array([position[e] for e in targets.column("event_id").to_pylist()], dtype=np.int64)
     source = {"engine": "tiles", "from_checkpoints": bool(start), "events_folded": len(events),
