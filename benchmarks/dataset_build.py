@@ -6,9 +6,10 @@ Simulated events are ingested (not timed), then in one run:
 - v1 (``payments@1``): the baseline streams the builder's own query (events joined with their JSONB feature
   rows and labels) over the whole window out of PostgreSQL with COPY; SIRA builds the labelled matrix (time
   shards as Ray Data tasks, label rules, label-derived features recomputed as of each event);
-- v2 (``payments@2``, feature engine v2): the baseline COPYs the window's event columns and label columns
-  (what the builder reads, from a horizon before the window: no checkpoints here); SIRA reads them as Arrow
-  columns, folds them with the compiled kernel and applies the label rule (in-process).
+- v2 (``payments@2``, feature engine v2): the baseline COPYs, one after another, the window's event columns
+  and label columns (what the builder reads, from a horizon before the window: no checkpoints here); SIRA
+  reads them as Arrow columns (two connections at once), folds them with the compiled kernel (a thread per
+  entity type) and applies the label rule, in-process.
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ async def copy_baseline(dsn: str, windows: Windows) -> tuple[float, int]:
 
 
 async def copy_columns(dsn: str, windows: Windows) -> float:
-    """Seconds to COPY out what the v2 builder reads: event columns, label columns, the targets."""
+    """Seconds to COPY out what the v2 builder reads: the event columns (from a horizon before the window:
+    no checkpoints here), the positive labels' columns, the labels' summary for the label rule."""
     from sira.features.columns import US_SQL
     from sira.features.definitions import PAYMENTS_V2
     from sira.features.engine import engine_of
-    from sira.training.columnar import TARGET_SQL
+    from sira.training.columnar import FEEDBACK_SQL, SEGMENTS
 
     engine = engine_of(PAYMENTS_V2)
     start = windows.train_from - timedelta(microseconds=engine.horizon_us)
-    columns = ", ".join(engine.columns)
+    columns = ", ".join(dict.fromkeys([*engine.columns, *SEGMENTS]))
     conn = await db.connect(dsn)
     try:
         sink = (lambda data: asyncio.sleep(0))
@@ -69,8 +71,7 @@ async def copy_columns(dsn: str, windows: Windows) -> float:
         await conn.copy_from_query(f"SELECT f.event_id, {US_SQL.format('f.known_at')} FROM sira_feedback f"
                                    " WHERE f.label AND f.known_at >= $1 AND f.known_at < $2", start, windows.test_to,
                                    output=sink)
-        await conn.copy_from_query(TARGET_SQL, windows.train_from, windows.test_to, windows.cutoff, "fraud",
-                                   output=sink)
+        await conn.copy_from_query(FEEDBACK_SQL, windows.cutoff, "fraud", output=sink)
         return time.perf_counter() - started
     finally:
         await conn.close()

@@ -49,10 +49,10 @@ def _key_filter(engine: Engine, keys: dict[str, Sequence[str]] | None, first: in
 
 
 async def read_events(conn: Connection, engine: Engine, start: datetime, end: datetime,
-                      keys: dict[str, Sequence[str]] | None = None) -> EventColumns:
+                      keys: dict[str, Sequence[str]] | None = None, also: Sequence[str] = ()) -> EventColumns:
     """The events with ``start <= occurred_at < end`` (of the entities in ``keys``: key column -> ids, when
-    given), with every column the feature set reads."""
-    names = engine.columns
+    given), with every column the feature set reads and the event columns ``also`` (e.g. segments)."""
+    names = list(dict.fromkeys([*engine.columns, *also]))
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
     where, args = _key_filter(engine, keys, 3)
     query = (f"SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts, (e.amount * 10000)::int8 AS amount,"

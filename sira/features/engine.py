@@ -19,7 +19,9 @@ event's time).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
@@ -33,6 +35,7 @@ from sira.features.definitions import FeatureSet
 from sira.features.tiles import MISSING, US, Layout
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+PARALLEL_FROM = 20_000  # events: below this, a thread per entity type costs more than it saves
 
 
 def _us(value: datetime) -> int:
@@ -193,9 +196,15 @@ class Engine:
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
         orders = tiles.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
         hashed = {c: tiles.hash_strings(events.columns[c]) for c in self.categorical}
-        states = {spec.entity: self._build_entity(spec.entity, events, labels, (start or {}).get(spec.entity, {}),
-                                                  out, orders, hashed, finals) for spec in self.fs.entities}
-        return out, states
+        def one(entity: str) -> dict[str, np.ndarray]:
+            return self._build_entity(entity, events, labels, (start or {}).get(entity, {}), out, orders, hashed,
+                                      finals)
+
+        entities = [spec.entity for spec in self.fs.entities]
+        if len(events) < PARALLEL_FROM:
+            return out, {entity: one(entity) for entity in entities}
+        with ThreadPoolExecutor(max_workers=min(len(entities), os.cpu_count() or 1)) as pool:  # the replay
+            return out, dict(zip(entities, pool.map(one, entities)))  # releases the GIL: one thread per type
 
     def _build_entity(self, entity: str, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
                       out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray], finals: bool,

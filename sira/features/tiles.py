@@ -526,7 +526,7 @@ def _event_rows(ts, amounts, codes, night_start, night_end, out):  # pragma: no 
         _event_row(ts[i], amounts[i], codes, night_start, night_end, out[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # entity types replay in parallel threads (Engine.build)
 def _replay(states, starts, start_of, segments, ts, orders, amounts, values, label_segments, label_ts, label_known,
             rings, windows, maps, ops, risk, risk_windows, out):  # pragma: no cover - compiled
     """The offline fold: for each entity (segment s: its events ``segments[s]:segments[s + 1]`` sorted by

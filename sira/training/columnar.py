@@ -15,24 +15,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sira.core import db
 from sira.features.columns import US_SQL, copy_table, read_events, read_labels
-from sira.features.engine import engine_of
+from sira.features.engine import EventColumns, Labels, engine_of
 from sira.features.states import day_of, starting_states
 from sira.training.windows import Windows
 
-TARGET_SQL = f"""
-SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts, e.country, e.channel,
-       {US_SQL.format('lab.positive_known_at')} AS positive_known_at, lab.negative_known::int AS negative_known
-  FROM sira_events e
-  LEFT JOIN LATERAL (
-        SELECT min(fb.known_at) FILTER (WHERE fb.label) AS positive_known_at,
-               coalesce(bool_or(NOT fb.label AND fb.known_at <= $3), false) AS negative_known
-          FROM sira_feedback fb
-         WHERE fb.event_id = e.event_id AND fb.label_name = $4) lab ON true
- WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+# What the label rule needs per labelled event: its first positive label's known_at, and whether a negative one
+# was known by the cut-off (one pass over the labels, joined to the events by id in memory).
+FEEDBACK_SQL = f"""
+SELECT event_id, {US_SQL.format('min(known_at) FILTER (WHERE label)')} AS positive_known_at,
+       coalesce(bool_or(NOT label AND known_at <= $1), false)::int AS negative_known
+  FROM sira_feedback WHERE label_name = $2 GROUP BY event_id
 """
+FEEDBACK_TYPES = {"event_id": pa.string(), "positive_known_at": pa.int64(), "negative_known": pa.int64()}
+SEGMENTS = ("country", "channel")
 
 
 def _us(value: datetime) -> int:
@@ -41,26 +40,33 @@ def _us(value: datetime) -> int:
     return to_us(value)
 
 
-async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, spans: list[tuple[datetime, datetime]]
-                   ) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
+async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, lo: datetime, hi: datetime,
+                   ) -> tuple[np.ndarray, EventColumns, pa.Table, dict[str, Any]]:
+    """The window's vectors (every event read, from its checkpoints or a horizon before ``lo``), its events
+    and the labels' summary. Two connections: the events on one while the labels come on the other, so
+    PostgreSQL's work overlaps; the fold runs in a thread (the compiled replay releases the GIL)."""
     engine = engine_of(fs)
-    lo, hi = spans[0][0], spans[-1][1]
-    conn = await db.connect(dsn)
+    first, second = await db.connect(dsn), await db.connect(dsn)
+    pending: list[asyncio.Future[Any]] = []
     try:
-        read_from, start = await starting_states(conn, engine, day_of(lo))
-        events = await read_events(conn, engine, read_from, hi)
-        labels = await read_labels(conn, engine, read_from, hi)
-        targets = await copy_table(conn, TARGET_SQL, [lo, hi, windows.cutoff, label_name],
-                              {"event_id": pa.string(), "ts": pa.int64(), "country": pa.string(),
-                               "channel": pa.string(), "positive_known_at": pa.int64(), "negative_known": pa.int64()})
+        read_from, start = await starting_states(first, engine, day_of(lo))
+
+        async def labels() -> tuple[Labels, pa.Table]:
+            return (await read_labels(second, engine, read_from, hi),
+                    await copy_table(second, FEEDBACK_SQL, [windows.cutoff, label_name], FEEDBACK_TYPES))
+
+        pending.append(asyncio.ensure_future(labels()))
+        events = await read_events(first, engine, read_from, hi, also=SEGMENTS)
+        known, feedback = await pending[0]
     finally:
-        await conn.close()
-    rows, _ = engine.build(events, labels, start, finals=False)
-    position = {eid: i for i, eid in enumerate(events.event_id.tolist())}
-    picked = np.array([position[e] for e in targets.column("event_id").to_pylist()], dtype=np.int64)
+        for task in pending:
+            task.cancel()
+        await first.close()
+        await second.close()
+    rows, _ = await asyncio.to_thread(engine.build, events, known, start, finals=False)
     source = {"engine": "tiles", "from_checkpoints": bool(start), "events_folded": len(events),
-              "labels_folded": len(labels)}
-    return rows[picked] if picked.size else np.zeros((0, len(engine.names))), targets, source
+              "labels_folded": len(known)}
+    return rows, events, feedback, source
 
 
 def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud", test_only: bool = False,
@@ -69,18 +75,24 @@ def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud"
     event id) order: (X, y, times, event ids, segments, what was read)."""
     spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
                                                                        (windows.test_from, windows.test_to)]
-    X, targets, source = asyncio.run(_columns(dsn, fs, windows, label_name, spans))
-    ts = targets.column("ts").to_numpy()
+    X, events, feedback, source = asyncio.run(_columns(dsn, fs, windows, label_name, spans[0][0], spans[-1][1]))
+    ts = events.ts
     in_spans = np.zeros(ts.size, dtype=bool)
     for lo, hi in spans:
         in_spans |= (ts >= _us(lo)) & (ts < _us(hi))
-    positive = targets.column("positive_known_at").to_numpy(zero_copy_only=False)  # float: NaN where none
-    negative = targets.column("negative_known").to_numpy() == 1
+    # each event's labels, joined by id
+    at = pc.index_in(pa.array(events.event_id.tolist(), type=pa.string()), value_set=feedback.column("event_id"))
+    found = at.is_valid().to_numpy(zero_copy_only=False)
+    where = at.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    positive = np.where(found, feedback.column("positive_known_at").to_numpy(zero_copy_only=False)[where], np.nan) \
+        if len(feedback) else np.full(ts.size, np.nan)  # float: NaN where none
+    negative = found & (feedback.column("negative_known").to_numpy()[where] == 1) if len(feedback) \
+        else np.zeros(ts.size, dtype=bool)
     # the label rule (sira.training.windows.label_rule), on columns
     y = np.where(positive <= _us(windows.cutoff), 1.0,
                  np.where((ts <= _us(windows.mature_until)) | negative, 0.0, np.nan))
     keep = np.flatnonzero(in_spans & ~np.isnan(y))
-    ids = np.array(targets.column("event_id").to_pylist(), dtype=object)
+    ids = events.event_id
     order = keep[np.lexsort((ids[keep].astype(str), ts[keep]))]  # (time, event id), as the v1 builder
-    segments = {c: np.array(targets.column(c).to_pylist(), dtype=object)[order] for c in ("country", "channel")}
+    segments = {c: np.array(events.columns[c].to_pylist(), dtype=object)[order] for c in SEGMENTS}
     return np.ascontiguousarray(X[order]), y[order], ts[order].astype(np.int64), ids[order].tolist(), segments, source
