@@ -30,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sira.features import packing, tiles
+from sira.features import hashing, packing, tiles
 from sira.features.definitions import FeatureSet
-from sira.features.tiles import MISSING, US, Layout
+from sira.features.hashing import MISSING
+from sira.features.tiles import US, Layout
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PARALLEL_FROM = 20_000  # events: below this, a thread per entity type costs more than it saves
@@ -149,10 +150,10 @@ class Engine:
         ts = _us(event["occurred_at"])
         amount = event.get("amount")
         units = tiles.fixed(None if amount is None else float(amount))
-        order = tiles.value_hash(event["event_id"])
+        order = hashing.value_hash(event["event_id"])
         vector = np.full(len(self.names), np.nan)
         tiles._event_row(ts, units, self.event_codes, *self.fs.night_hours, vector)
-        hashed = {c: tiles.value_hash(event.get(c)) for c in self.categorical}  # once, whatever reads them
+        hashed = {c: hashing.value_hash(event.get(c)) for c in self.categorical}  # once, whatever reads them
         late = []
         for spec in self.fs.entities:
             state = states.get(spec.entity)
@@ -194,8 +195,8 @@ class Engine:
         labels = labels or Labels.none()
         out = np.full((len(events), len(self.names)), np.nan)
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
-        orders = tiles.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
-        hashed = {c: tiles.hash_strings(events.columns[c]) for c in self.categorical}
+        orders = hashing.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
+        hashed = {c: hashing.hash_strings(events.columns[c]) for c in self.categorical}
         def one(entity: str) -> dict[str, np.ndarray]:
             return self._build_entity(entity, events, labels, (start or {}).get(entity, {}), out, orders, hashed,
                                       finals)

@@ -19,7 +19,8 @@ import functools
 import numpy as np
 from numba import njit
 
-from sira.features.tiles import DISTINCT_CAP, FORMAT, MISSING, RISK_DAY_US, RISK_HOP_US, Layout, _start
+from sira.features.hashing import MISSING
+from sira.features.tiles import FORMAT, RISK_DAY_US, RISK_HOP_US, Layout, _pack_maps, _start
 
 RAW, TIME, SLOT = 0, -1, -2  # stored as is; as its distance from the newest event; not stored (a live bucket's
 # id follows from its row: the one bucket of the ring's span in that slot); else: a bucket id's hop
@@ -71,8 +72,8 @@ def _live_rows(state, rings, windows, maps, risk, risk_windows, keep):  # pragma
                 n += 1
     for c in range(maps.shape[0]):
         oldest = _start(newest, maps[c, 1])
-        for row in range(maps[c, 0], maps[c, 0] + DISTINCT_CAP):
-            if state[row, 1] != MISSING and state[row, 1] >= oldest:
+        for row in range(maps[c, 0], maps[c, 0] + state[maps[c, 0], 2]):
+            if state[row, 1] >= oldest:
                 keep[row] = True
                 n += 1
     first, size, pending, n_pending, delay = risk[0], risk[1], risk[2], risk[3], risk[4]
@@ -221,4 +222,5 @@ def decode(layout: Layout, data: bytes | None) -> np.ndarray:
     widths, bases, rings = columns_of(layout)
     if not _unpack(np.frombuffer(data, dtype=np.uint8), widths, bases, rings, state):
         raise ValueError("an entity state of another format or layout")
+    _pack_maps(state, layout.maps)
     return state

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from sira.core import db
 from sira.features.columns import read_events, read_labels
 from sira.features.engine import Engine, EventColumns, Labels, engine_of
-from sira.features.tiles import MISSING, value_hash
+from sira.features.hashing import MISSING, value_hash
 
 if TYPE_CHECKING:
     from sira.core.db import Connection

@@ -41,16 +41,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from numba import njit
 
 from sira.features.definitions import DISTINCT_VALUES, EntityFeatures, parse_duration
+from sira.features.hashing import MISSING, value_hash
 
 US = 1_000_000
 DAY_US = 86_400 * US
 HOPS_US = (300 * US, 3_600 * US, DAY_US)
 SCALE = 10_000  # amounts in 1e-4 units
-MISSING = np.int64(np.iinfo(np.int64).min)  # an absent amount, an empty maximum, no event yet
 FORMAT = 3  # the first number of a state's bytes (1: the first prototype's dense rows; 2: no daily risk ring)
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
@@ -178,52 +177,6 @@ class Layout:  # cached_property needs a __dict__: not slots
         return state
 
 
-_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
-
-
-@njit(cache=True)
-def _fnv1a(data, first, last):  # pragma: no cover - compiled
-    """FNV-1a 64 of ``data[first:last]`` as an int64 (never ``MISSING``: that means no value)."""
-    h = np.uint64(_FNV_OFFSET)
-    for k in range(first, last):
-        h = (h ^ np.uint64(data[k])) * np.uint64(_FNV_PRIME)
-    value = np.int64(h)
-    return value if value != MISSING else value + 1
-
-
-@njit(cache=True)
-def _fnv1a_all(data, offsets, valid, out):  # pragma: no cover - compiled
-    for i in range(out.size):
-        out[i] = _fnv1a(data, offsets[i], offsets[i + 1]) if valid[i] else MISSING
-
-
-def value_hash(value: object) -> int:
-    """A categorical value's stable 64-bit hash (FNV-1a of its UTF-8 text: the same in every process, not
-    Python's ``hash``); None: ``MISSING``. :func:`hash_strings` gives the same for a whole Arrow column."""
-    if value is None:
-        return int(MISSING)
-    data = np.frombuffer(str(value).encode(), dtype=np.uint8)
-    return int(_fnv1a(data, 0, data.size))
-
-
-def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """:func:`value_hash` of every value of a string column (nulls: ``MISSING``), straight from its buffers."""
-    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    array = array.cast(pa.large_string())
-    n = len(array)
-    out = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return out
-    _, offsets_buffer, data_buffer = array.buffers()
-    assert offsets_buffer is not None  # a string array of n > 0 values has offsets
-    offsets = np.frombuffer(memoryview(offsets_buffer), dtype=np.int64)[array.offset:array.offset + n + 1]
-    data = np.frombuffer(memoryview(data_buffer), dtype=np.uint8) if data_buffer is not None \
-        else np.zeros(0, np.uint8)
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    _fnv1a_all(data, offsets, valid, out)
-    return out
-
-
 def fixed(amount: float | None) -> int:
     """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as numeric does."""
     if amount is None or amount != amount:
@@ -309,10 +262,14 @@ def _aggregate(state, rings, windows, t, agg):  # pragma: no cover - compiled
             _buckets(state, first, size, (last_day + 1) * 24, hi, agg, w)
 
 
+# A last-seen map: its values in rows first .. first + n (hash, last seen), n in column 2 of its first row;
+# what it holds does not depend on where (a stored map comes back packed to the front: packing.decode).
+
+
 @njit(cache=True)
 def _seen_since(state, first, value, start):  # pragma: no cover - compiled
-    for row in range(first, first + DISTINCT_CAP):
-        if state[row, 1] != MISSING and state[row, 0] == value:
+    for row in range(first, first + state[first, 2]):
+        if state[row, 0] == value:
             return state[row, 1] >= start
     return False
 
@@ -320,28 +277,46 @@ def _seen_since(state, first, value, start):  # pragma: no cover - compiled
 @njit(cache=True)
 def _distinct_since(state, first, start):  # pragma: no cover - compiled
     n = 0
-    for row in range(first, first + DISTINCT_CAP):
-        if state[row, 1] != MISSING and state[row, 1] >= start:
+    for row in range(first, first + state[first, 2]):
+        if state[row, 1] >= start:
             n += 1
     return n
 
 
 @njit(cache=True)
 def _remember(state, first, value, ts):  # pragma: no cover - compiled
-    free = -1
+    """Seen at ``ts``: its time updated, or added, or, with the map full, in place of the least recently seen
+    value (the smaller hash among equals)."""
+    used = state[first, 2]
     oldest = -1
-    for row in range(first, first + DISTINCT_CAP):
-        if state[row, 1] == MISSING:
-            if free < 0:
-                free = row
-        elif state[row, 0] == value:
+    for row in range(first, first + used):
+        if state[row, 0] == value:
             state[row, 1] = ts
             return
-        elif oldest < 0 or state[row, 1] < state[oldest, 1]:
+        if oldest < 0 or state[row, 1] < state[oldest, 1] or (
+                state[row, 1] == state[oldest, 1] and state[row, 0] < state[oldest, 0]):
             oldest = row
-    slot = free if free >= 0 else oldest
-    state[slot, 0] = value
-    state[slot, 1] = ts
+    if used < DISTINCT_CAP:
+        oldest = first + used
+        state[first, 2] = used + 1
+    state[oldest, 0] = value
+    state[oldest, 1] = ts
+
+
+@njit(cache=True)
+def _pack_maps(state, maps):  # pragma: no cover - compiled
+    """Each map's values moved to its front in row order, and counted (after its rows were read back)."""
+    for c in range(maps.shape[0]):
+        first = maps[c, 0]
+        used = 0
+        for row in range(first, first + DISTINCT_CAP):
+            if state[row, 1] != MISSING:
+                if row != first + used:
+                    state[first + used, 0] = state[row, 0]
+                    state[first + used, 1] = state[row, 1]
+                    state[row, 1] = MISSING
+                used += 1
+        state[first, 2] = used
 
 
 @njit(cache=True)

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sira.features import tiles
+from sira.features import hashing, tiles
 from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2, parse_duration
 from sira.features.engine import Engine, EventColumns, Labels
 
@@ -56,7 +56,7 @@ def offline(events, labels):
 
 def rank(e):
     """Where an event folds: by time, ties by its id's hash."""
-    return us(e["occurred_at"]), tiles.value_hash(e["event_id"])
+    return us(e["occurred_at"]), hashing.value_hash(e["event_id"])
 
 
 def same(a, b):
@@ -204,7 +204,7 @@ def test_duckdb_agrees_on_counts_sums_means_and_maxima():
     con.execute("CREATE TABLE ev (i INTEGER, h BIGINT, ts BIGINT, amount BIGINT, customer_id VARCHAR,"
                 " card_token VARCHAR, terminal_id VARCHAR)")
     con.executemany("INSERT INTO ev VALUES (?, ?, ?, ?, ?, ?, ?)", [
-        (i, tiles.value_hash(e["event_id"]), us(e["occurred_at"]), None if e["amount"] is None else tiles.fixed(e["amount"]),
+        (i, hashing.value_hash(e["event_id"]), us(e["occurred_at"]), None if e["amount"] is None else tiles.fixed(e["amount"]),
          e["customer_id"], e["card_token"], e["terminal_id"]) for i, e in enumerate(events)])
     checked = 0
     for spec in PAYMENTS_V2.entities:

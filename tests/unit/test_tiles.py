@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sira.features import packing, tiles
+from sira.features import hashing, packing, tiles
 from sira.features.definitions import PAYMENTS_V1, parse_duration
 
 SPECS = [PAYMENTS_V1.entity("customer"), PAYMENTS_V1.entity("card"), PAYMENTS_V1.entity("terminal")]
@@ -217,10 +217,10 @@ def test_a_value_hash_is_stable_across_processes():
     import subprocess
     import sys
 
-    here = tiles.value_hash("ter-000031")
-    there = subprocess.run([sys.executable, "-c", "from sira.features.tiles import value_hash; "
+    here = hashing.value_hash("ter-000031")
+    there = subprocess.run([sys.executable, "-c", "from sira.features.hashing import value_hash; "
                             "print(value_hash('ter-000031'))"], capture_output=True, text=True, check=True)
-    assert int(there.stdout) == here and tiles.value_hash(None) == tiles.MISSING
+    assert int(there.stdout) == here and hashing.value_hash(None) == tiles.MISSING
 
 
 @pytest.mark.parametrize("stored", [False, True], ids=["in memory", "stored between"])
