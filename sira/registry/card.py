@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from sira.core.artifacts import MANIFEST
+from sira.core.errors import InvalidInput
+from sira.features.definitions import get_feature_set
 
 MODEL_PURPOSE = {
     "fraud_detection": "Scores payment events for the probability of fraud, so product services can approve, send to "
@@ -74,6 +76,16 @@ def top_importance(importance: dict[str, float], n: int = IMPORTANCE_ROWS) -> li
     return sorted(importance.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:n]
 
 
+def feature_set_line(name: str, version: int | None) -> str:
+    """Which feature set the model reads and how its windows read events (they differ between versions)."""
+    try:
+        fs = get_feature_set(name, version)
+    except InvalidInput:
+        return f"Features: feature set {name} v{version} (no longer defined in this SIRA)."
+    return (f"Features: feature set {fs.name} v{fs.version} ({fs.engine} engine), {len(fs.names())} features; "
+            f"window semantics: {fs.window_semantics}.")
+
+
 def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[str, Any],
                history: list[dict[str, Any]], shap_png: bytes | None) -> list[Section]:
     """The card's sections, in Mitchell et al.'s order."""
@@ -129,6 +141,8 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         "Labels follow SIRA's rules: positive when a fraud label was known by the cut-off, negative once older "
         "than the model's label maturity; younger unlabelled events are left out.",
     ])
+    if dataset.get("feature_set"):
+        training.paragraphs.append(feature_set_line(dataset["feature_set"], dataset.get("feature_set_version")))
     if dataset.get("dropped_columns"):
         training.tables.append(Table(["column not used", "why"], [[k, v] for k, v in dataset["dropped_columns"].items()]))
     analyses = Section("Quantitative analyses")

@@ -41,3 +41,14 @@ def test_windows_read_as_dates_not_a_dict():
     assert "{'train'" not in md and "'from'" not in md
     assert "Windows: train 2026-01-01 00:00:00 UTC → 2026-02-01 00:00:00 UTC; test 2026-02-02" in md
     assert format_windows({"test": {"from": None, "to": None}}) == "test — → —"
+
+
+def test_the_card_names_the_feature_set_and_its_window_semantics():
+    for version, engine, words in ((1, "history", "(t - W, t]"), (2, "tiles", "floor((t - W) / hop) * hop")):
+        manifest = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "feature_set": "payments",
+                                            "feature_set_version": version}}
+        md = to_markdown("fraud v2", build_card(MODEL, VERSION, manifest, [], None))
+        training = md.split("## Training data")[1].split("## ")[0]
+        assert f"feature set payments v{version} ({engine} engine)" in training and words in training
+    gone = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "feature_set": "payments", "feature_set_version": 9}}
+    assert "no longer defined" in to_markdown("fraud v2", build_card(MODEL, VERSION, gone, [], None))

@@ -238,3 +238,44 @@ def test_v2_names_the_same_features_as_v1_with_its_own_semantics():
     assert PAYMENTS_V2.names() == PAYMENTS_V1.names() and ENGINE.names == PAYMENTS_V2.names()
     assert PAYMENTS_V2.engine == "tiles" and "floor((t - W) / hop)" in PAYMENTS_V2.to_dict()["window_semantics"]
     assert "(t - W, t]" in PAYMENTS_V1.window_semantics
+
+
+def test_warming_up_leaves_nothing_for_traffic_to_compile():
+    """What a replica or a job calls before traffic: in a fresh process, after ``warm``, scoring events,
+    storing states, labels and an offline build compile nothing more (every kernel Python calls has its
+    signature; the kernels they call are compiled into them)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numba, random\n"
+        "from datetime import datetime, timedelta, timezone\n"
+        "from sira.features import engine as E, hashing, packing, tiles\n"
+        "from sira.features.definitions import PAYMENTS_V2\n"
+        "E.warm(PAYMENTS_V2)\n"
+        "def compiled():\n"
+        "    return {f'{m.__name__}.{n}': len(k.signatures) for m in (tiles, packing, hashing)\n"
+        "            for n, k in vars(m).items() if isinstance(k, numba.core.registry.CPUDispatcher)}\n"
+        "before = compiled()\n"
+        "eng = E.engine_of(PAYMENTS_V2)\n"
+        "t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)\n"
+        "events = [{'event_id': f'e{i}', 'occurred_at': t0 + timedelta(minutes=7 * i), 'amount': [12.5, None][i % 2],\n"
+        "           'customer_id': f'c{i % 3}', 'card_token': 'k', 'terminal_id': f't{i % 2}', 'country': 'SN',\n"
+        "           'device_id': None} for i in range(40)]\n"
+        "states = {s.entity: {} for s in PAYMENTS_V2.entities}\n"
+        "for e in events:\n"
+        "    mine = {s.entity: states[s.entity].setdefault(e[s.key_column], eng.layouts[s.entity].empty())\n"
+        "            for s in PAYMENTS_V2.entities}\n"
+        "    eng.event_vector(e, mine)\n"
+        "    eng.label('terminal', mine['terminal'], E._us(e['occurred_at']), E._us(e['occurred_at']) + 10**9)\n"
+        "    for entity, state in mine.items():\n"
+        "        eng.features_at(entity, eng.decode(entity, eng.encode(entity, state)), E._us(e['occurred_at']))\n"
+        "cols = E.EventColumns.from_events(events, eng.columns)\n"
+        "eng.build(cols, E.Labels.of_events(cols, ['e3'], [E._us(t0) + 10**10]))\n"
+        "eng.build(cols, finals=False)\n"
+        "after = compiled()\n"
+        "print(sum(before.values()), sorted(n for n in after if after[n] != before[n]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    warmed, compiled_later = done.stdout.strip().split(" ", 1)
+    assert int(warmed) >= 10 and compiled_later == "[]", done.stdout
