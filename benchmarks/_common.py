@@ -54,6 +54,28 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
         await admin.close()
 
 
+@asynccontextmanager
+async def simulated_database(config) -> AsyncIterator[str]:  # config: sira.demo.simulate.SimulationConfig
+    """A scratch database holding the simulator's events (ingested with feature set v1) and labels, and a local
+    Ray for it (not timed: what the benchmarks measure comes after)."""
+    import tempfile
+
+    from sira.core.ray_runtime import init_ray
+    from sira.demo.simulate import simulate
+    from sira.features.definitions import PAYMENTS_V1
+    from sira.ingest.bulk import ingest_files
+    from sira.ingest.labels import import_label_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = simulate(config, Path(tmp))
+        async with scratch_database(Settings()) as dsn:
+            settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
+            init_ray(settings, dsn)
+            await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+            await import_label_files(settings, [sim.labels_path])
+            yield dsn
+
+
 def report(name: str, result: dict) -> None:
     """One JSON line per benchmark on stdout (docs/performance.md is made from these)."""
     print(json.dumps({"benchmark": name, **result}, sort_keys=True))

@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
-from _common import report, scratch_database
+from _common import report, simulated_database
 
 from sira.core import db
-from sira.core.config import Settings
-from sira.core.ray_runtime import init_ray
-from sira.demo.simulate import SimulationConfig, simulate
+from sira.demo.simulate import SimulationConfig
 from sira.features.definitions import PAYMENTS_V1
-from sira.ingest.bulk import ingest_files
-from sira.ingest.labels import import_label_files
 from sira.training.datasets import SHARD_SQL, build_feature_dataset
 from sira.training.windows import Windows
 
@@ -78,30 +72,24 @@ async def copy_columns(dsn: str, windows: Windows) -> float:
 
 
 async def main(events: int, days: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = simulate(SimulationConfig(days=days, customers=max(50, int(events / (days * 1.2))), seed=2),
-                       Path(tmp))
-        async with scratch_database(Settings()) as dsn:
-            settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
-            init_ray(settings, dsn)
-            await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
-            await import_label_files(settings, [sim.labels_path])
-            conn = await db.connect(dsn)
-            first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
-            await conn.close()
-            end = last - timedelta(days=7)
-            windows = Windows(first, end - timedelta(days=7), end - timedelta(days=5), end, last, 7)
-            copy_s, rows = await copy_baseline(dsn, windows)
-            started = time.perf_counter()
-            ds, _ = await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V1, windows)
-            sira_s = time.perf_counter() - started
-            from sira.features.definitions import PAYMENTS_V2
+    async with simulated_database(SimulationConfig(days=days, customers=max(50, int(events / (days * 1.2))),
+                                                   seed=2)) as dsn:
+        conn = await db.connect(dsn)
+        first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
+        await conn.close()
+        end = last - timedelta(days=7)
+        windows = Windows(first, end - timedelta(days=7), end - timedelta(days=5), end, last, 7)
+        copy_s, rows = await copy_baseline(dsn, windows)
+        started = time.perf_counter()
+        ds, _ = await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V1, windows)
+        sira_s = time.perf_counter() - started
+        from sira.features.definitions import PAYMENTS_V2
 
-            await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V2, windows)  # compiled before timing
-            copy2_s = await copy_columns(dsn, windows)
-            started = time.perf_counter()
-            ds2, _ = await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V2, windows)
-            v2_s = time.perf_counter() - started
+        await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V2, windows)  # compiled before timing
+        copy2_s = await copy_columns(dsn, windows)
+        started = time.perf_counter()
+        ds2, _ = await asyncio.to_thread(build_feature_dataset, dsn, PAYMENTS_V2, windows)
+        v2_s = time.perf_counter() - started
     report("dataset_build", {
         "events_in_windows": rows, "labelled_rows": int(ds.matrix.y.size), "features": len(PAYMENTS_V1.names()),
         "copy_rows_per_s": round(rows / copy_s), "sira_rows_per_s": round(rows / sira_s),

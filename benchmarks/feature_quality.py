@@ -15,18 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
-from pathlib import Path
 
-from _common import report, scratch_database
+from _common import report, simulated_database
 
 from sira.core import db
-from sira.core.config import Settings
-from sira.core.ray_runtime import init_ray
-from sira.demo.simulate import SimulationConfig, simulate
+from sira.demo.simulate import SimulationConfig
 from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
-from sira.ingest.bulk import ingest_files
-from sira.ingest.labels import import_label_files
 from sira.training.datasets import build_feature_dataset
 from sira.training.evaluation import average_precision, roc_auc
 from sira.training.trainer import apply_calibration, train_model
@@ -47,21 +41,15 @@ def fit_and_score(fs, dsn, windows, seed: int) -> dict[str, float]:
 
 
 async def one_seed(seed: int, days: int, customers: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = simulate(SimulationConfig(days=days, customers=customers, seed=seed, fraud_rate=0.02,
-                                        label_delay_days=5), Path(tmp))
-        async with scratch_database(Settings()) as dsn:
-            settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
-            init_ray(settings, dsn)
-            await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
-            await import_label_files(settings, [sim.labels_path])
-            conn = await db.connect(dsn)
-            try:
-                windows = await training_windows(conn, maturity_days=10, label_delay_days=4)
-            finally:
-                await conn.close()
-            v1 = await asyncio.to_thread(fit_and_score, PAYMENTS_V1, dsn, windows, seed)
-            v2 = await asyncio.to_thread(fit_and_score, PAYMENTS_V2, dsn, windows, seed)
+    config = SimulationConfig(days=days, customers=customers, seed=seed, fraud_rate=0.02, label_delay_days=5)
+    async with simulated_database(config) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            windows = await training_windows(conn, maturity_days=10, label_delay_days=4)
+        finally:
+            await conn.close()
+        v1 = await asyncio.to_thread(fit_and_score, PAYMENTS_V1, dsn, windows, seed)
+        v2 = await asyncio.to_thread(fit_and_score, PAYMENTS_V2, dsn, windows, seed)
     assert v1["test_rows"] == v2["test_rows"]
     return {"seed": seed, "test_rows": v1["test_rows"], "test_positives": v1["test_positives"],
             "v1_ap": round(v1["ap"], 4), "v2_ap": round(v2["ap"], 4), "v1_auc": round(v1["auc"], 4),

@@ -127,15 +127,7 @@ def _get(buf, k):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _relative(value, base, newest):  # pragma: no cover - compiled
-    if base == RAW:
-        return value
-    if base == TIME:
-        return newest - value
-    return newest // base - value
-
-
-@njit(cache=True)
-def _absolute(value, base, newest):  # pragma: no cover - compiled
+    """A number as stored (see :func:`columns_of`); its own inverse: applied to a stored number, the value."""
     if base == RAW:
         return value
     if base == TIME:
@@ -202,7 +194,7 @@ def _unpack(buf, widths, bases, rings, state):  # pragma: no cover - compiled
             value, k = _get(buf, k)
             if k < 0:
                 return False
-            state[row, c] = _absolute(value, bases[row, c], newest)
+            state[row, c] = _relative(value, bases[row, c], newest)
     return True
 
 
