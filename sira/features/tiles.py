@@ -321,7 +321,8 @@ def _pack_maps(state, maps):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _risk_count(state, risk, bucket, events, positives):  # pragma: no cover - compiled
-    """Add to an hourly bucket and its day (each started afresh when its slot held an older one)."""
+    """Add to an hourly bucket and its day: an event starts either afresh when its slot held an older one; a
+    positive only adds to a bucket and a day their slots still hold."""
     first, size, day_first, day_size = risk[0], risk[1], risk[5], risk[6]
     row = first + bucket % size
     if events > 0 and state[row, 0] != bucket:
@@ -334,12 +335,13 @@ def _risk_count(state, risk, bucket, events, positives):  # pragma: no cover - c
     state[row, 2] += positives
     day = bucket // 24
     row = day_first + day % day_size
-    if state[row, 0] != day:
+    if events > 0 and state[row, 0] != day:
         state[row, 0] = day
         state[row, 1] = 0
         state[row, 2] = 0
-    state[row, 1] += events
-    state[row, 2] += positives
+    if state[row, 0] == day:  # (a positive of a day whose slot now holds a newer one: no window reads either)
+        state[row, 1] += events
+        state[row, 2] += positives
 
 
 @njit(cache=True)
