@@ -36,7 +36,7 @@ async def copy_table(conn: Connection, query: str, args: Sequence[object], types
         column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False))
 
 
-def _key_filter(engine: Engine, keys: dict[str, Sequence[str]] | None, first: int) -> tuple[str, list[object]]:
+def _key_filter(keys: dict[str, Sequence[str]] | None, first: int) -> tuple[str, list[object]]:
     """``AND (customer_id = ANY($n) OR ...)`` for the entities asked for (all events when ``keys`` is None)."""
     if keys is None:
         return "", []
@@ -54,7 +54,7 @@ async def read_events(conn: Connection, engine: Engine, start: datetime, end: da
     given), with every column the feature set reads and the event columns ``also`` (e.g. segments)."""
     names = list(dict.fromkeys([*engine.columns, *also]))
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
-    where, args = _key_filter(engine, keys, 3)
+    where, args = _key_filter(keys, 3)
     query = (f"SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts, (e.amount * 10000)::int8 AS amount,"
              f" {selected} FROM sira_events e WHERE e.occurred_at >= $1 AND e.occurred_at < $2{where}")
     table = await copy_table(conn, query, [start, end, *args],
@@ -64,22 +64,21 @@ async def read_events(conn: Connection, engine: Engine, start: datetime, end: da
 
 
 async def read_labels(conn: Connection, engine: Engine, known_from: datetime, known_to: datetime,
-                      events_from: datetime | None = None, keys: dict[str, Sequence[str]] | None = None) -> Labels:
+                      keys: dict[str, Sequence[str]] | None = None) -> Labels:
     """Positive labels of the feature set's label that became known in ``[known_from, known_to)`` (a label
     "known" before its event counts as known at the event's time; the first positive one of an event
-    counts), of events at or after ``events_from``, with their event's time and entity keys."""
-    names = [c for c in engine.columns if c in engine.key_columns]
+    counts; of the entities in ``keys`` when given), with their event's time and entity keys."""
+    names = engine.key_columns
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
-    where, args = _key_filter(engine, keys, 5)
+    where, args = _key_filter(keys, 4)
     query = (f"SELECT e.event_id, {US_SQL.format('greatest(min(f.known_at), e.occurred_at)')} AS known_at,"
              f" {US_SQL.format('e.occurred_at')} AS ts, {selected}"
              " FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id"
-             f" WHERE f.label_name = $1 AND f.label AND ($4::timestamptz IS NULL OR e.occurred_at >= $4){where}"
+             f" WHERE f.label_name = $1 AND f.label{where}"
              f" GROUP BY e.event_id, e.occurred_at, {selected}"
              " HAVING greatest(min(f.known_at), e.occurred_at) >= $2"
              " AND greatest(min(f.known_at), e.occurred_at) < $3")
-    table = await copy_table(conn, query, [engine.fs.label_name, known_from, known_to,
-                                      events_from, *args],
+    table = await copy_table(conn, query, [engine.fs.label_name, known_from, known_to, *args],
                         {"event_id": pa.string(), "known_at": pa.int64(), "ts": pa.int64(),
                          **{c: pa.string() for c in names}})
     return Labels(np.array(table.column("event_id").to_pylist(), dtype=object),

@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, cast
 
 import numpy as np
@@ -33,16 +33,10 @@ import pyarrow.compute as pc
 from sira.features import hashing, packing, tiles
 from sira.features.definitions import FeatureSet
 from sira.features.hashing import MISSING
+from sira.features.store import to_us
 from sira.features.tiles import US, Layout
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PARALLEL_FROM = 20_000  # events: below this, a thread per entity type costs more than it saves
-
-
-def _us(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return (value - EPOCH) // timedelta(microseconds=1)
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:
@@ -77,7 +71,7 @@ class EventColumns:
     @classmethod
     def from_events(cls, events: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "EventColumns":
         """From event dicts (``occurred_at`` a datetime, ``amount`` a number or None)."""
-        return cls(np.array([_us(e["occurred_at"]) for e in events], dtype=np.int64),
+        return cls(np.array([to_us(e["occurred_at"]) for e in events], dtype=np.int64),
                    np.array([tiles.fixed(None if e.get("amount") is None else float(e["amount"]))
                              for e in events], dtype=np.int64),
                    np.array([e["event_id"] for e in events], dtype=object),
@@ -136,8 +130,7 @@ class Engine:
             first += len(spec.names())
         self.categorical = sorted({c for spec in fs.entities for c in spec.categorical_columns})
         self.key_columns = sorted({spec.key_column for spec in fs.entities})
-        self.columns = sorted({spec.key_column for spec in fs.entities}
-                              | {c for spec in fs.entities for c in spec.categorical_columns})
+        self.columns = sorted({*self.key_columns, *self.categorical})
 
     # -- online ---------------------------------------------------------------------------------------------
 
@@ -147,7 +140,7 @@ class Engine:
         ``states[entity]`` in place (an entity with no key in the event is left out: its features NaN).
         Returns the vector and the entities whose state refused the event as late (their features NaN:
         rebuild those states from the log with :meth:`build`, then call again)."""
-        ts = _us(event["occurred_at"])
+        ts = to_us(event["occurred_at"])
         amount = event.get("amount")
         units = tiles.fixed(None if amount is None else float(amount))
         order = hashing.value_hash(event["event_id"])
@@ -166,7 +159,6 @@ class Engine:
                            layout.risk_windows, ts, order, units, values, vector[self.slices[spec.entity]]):
                 late.append(spec.entity)
         return vector, late
-
 
     def label(self, entity: str, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
         return tiles.label(self.layouts[entity], state, event_ts_us, known_at_us)
@@ -197,6 +189,7 @@ class Engine:
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
         orders = hashing.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
         hashed = {c: hashing.hash_strings(events.columns[c]) for c in self.categorical}
+
         def one(entity: str) -> dict[str, np.ndarray]:
             return self._build_entity(entity, events, labels, (start or {}).get(entity, {}), out, orders, hashed,
                                       finals)
@@ -261,9 +254,6 @@ def engine_of(fs: FeatureSet) -> Engine:
     return Engine(fs)
 
 
-__all__ = ["Engine", "EventColumns", "Labels", "engine_of", "warm", "US"]
-
-
 def warm(fs: FeatureSet) -> float:
     """Compile every kernel of the fold (or load it from numba's cache on disk) before traffic: one event and
     one label through the online and offline paths and a state's bytes both ways. Returns the seconds it took
@@ -276,7 +266,7 @@ def warm(fs: FeatureSet) -> float:
     event = {"event_id": "warm-up", "occurred_at": at, "amount": 1.0, **{c: "warm-up" for c in engine.columns}}
     states = {entity: layout.empty() for entity, layout in engine.layouts.items()}
     engine.event_vector(event, states)
-    ts = _us(at)
+    ts = to_us(at)
     for entity, state in states.items():
         engine.label(entity, state, ts, ts + 1)
         engine.features_at(entity, engine.decode(entity, engine.encode(entity, state)), ts)
@@ -285,3 +275,6 @@ def warm(fs: FeatureSet) -> float:
     many = [{**event, "event_id": f"warm-up-{i}"} for i in range(PARALLEL_FROM)]  # the threaded path
     engine.build(EventColumns.from_events(many, engine.columns), finals=False)
     return time.perf_counter() - started
+
+
+__all__ = ["Engine", "EventColumns", "Labels", "engine_of", "warm", "US"]

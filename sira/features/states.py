@@ -33,17 +33,13 @@ from sira.core import db
 from sira.features.columns import read_events, read_labels
 from sira.features.engine import Engine, EventColumns, Labels, engine_of
 from sira.features.hashing import MISSING, value_hash
+from sira.features.store import from_us, set_watermark
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
     from sira.features.definitions import FeatureSet
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
-
-
-def from_us(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=int(value))
 
 
 def day_of(value: datetime) -> datetime:
@@ -215,10 +211,7 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
             day += DAY
     if checkpoints:
         for kind in ("events", "labels"):
-            await conn.execute(
-                """INSERT INTO sira_job_watermarks (job, position) VALUES ($1, $2)
-                   ON CONFLICT (job) DO UPDATE SET position = EXCLUDED.position""",
-                f"{_watermark_job(fs)}:{kind}", marks[kind] if marks else 0)
+            await set_watermark(conn, f"{_watermark_job(fs)}:{kind}", marks[kind] if marks else 0)
     for spec in fs.entities:
         await write_states(conn, fs, spec.entity, {k: (v, newest[spec.entity][k])
                                                     for k, v in packed[spec.entity].items()})
@@ -273,9 +266,9 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
             key = e[fs.entity(entity).key_column]
             states[(entity, key)], rebuilt[(entity, key)] = await _refold(conn, engine, entity, key, e)
         for spec in fs.entities:
-            rows = rebuilt.get((spec.entity, str(e.get(spec.key_column))))
-            if rows is not None and e.get(spec.key_column) is not None:
-                vector[engine.slices[spec.entity]] = rows[e["event_id"]]
+            key = e.get(spec.key_column)
+            if key is not None and (spec.entity, key) in rebuilt:
+                vector[engine.slices[spec.entity]] = rebuilt[(spec.entity, key)][e["event_id"]]
         vectors[i] = vector
     for entity, wanted in keys.items():
         await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),

@@ -338,11 +338,11 @@ class MaterializeResult:
     labels_through: int
 
 
-async def _watermark(conn: Connection, job: str) -> int:
+async def watermark(conn: Connection, job: str) -> int:
     return await conn.fetchval("SELECT position FROM sira_job_watermarks WHERE job = $1", job) or 0
 
 
-async def _set_watermark(conn: Connection, job: str, position: int) -> None:
+async def set_watermark(conn: Connection, job: str, position: int) -> None:
     await conn.execute(
         """INSERT INTO sira_job_watermarks (job, position) VALUES ($1, $2)
            ON CONFLICT (job) DO UPDATE SET position = EXCLUDED.position""",
@@ -355,8 +355,8 @@ async def materialize(
 ) -> MaterializeResult:
     """Refresh snapshots of entities with new events or labels since the last run (all with ``full``)."""
     job = f"materialize:{fs.name}:v{fs.version}"
-    ev_from = 0 if full else await _watermark(conn, f"{job}:events")
-    lab_from = 0 if full else await _watermark(conn, f"{job}:labels")
+    ev_from = 0 if full else await watermark(conn, f"{job}:events")
+    lab_from = 0 if full else await watermark(conn, f"{job}:labels")
     ev_to = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
     lab_to = await conn.fetchval("SELECT coalesce(max(id), 0) FROM sira_feedback")
     counts: dict[str, int] = {}
@@ -382,8 +382,8 @@ async def materialize(
             )
             done += await upsert_snapshots(conn, fs, spec, histories)
         counts[spec.entity] = done
-    await _set_watermark(conn, f"{job}:events", ev_to)
-    await _set_watermark(conn, f"{job}:labels", lab_to)
+    await set_watermark(conn, f"{job}:events", ev_to)
+    await set_watermark(conn, f"{job}:labels", lab_to)
     return MaterializeResult(counts, ev_to, lab_to)
 
 

@@ -21,6 +21,7 @@ from sira.core import db
 from sira.features.columns import US_SQL, copy_table, read_events, read_labels
 from sira.features.engine import EventColumns, Labels, engine_of
 from sira.features.states import day_of, starting_states
+from sira.features.store import to_us
 from sira.training.windows import Windows
 
 # What the label rule needs per labelled event: its first positive label's known_at, and whether a negative one
@@ -32,12 +33,6 @@ SELECT event_id, {US_SQL.format('min(known_at) FILTER (WHERE label)')} AS positi
 """
 FEEDBACK_TYPES = {"event_id": pa.string(), "positive_known_at": pa.int64(), "negative_known": pa.int64()}
 SEGMENTS = ("country", "channel")
-
-
-def _us(value: datetime) -> int:
-    from sira.features.store import to_us
-
-    return to_us(value)
 
 
 async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, lo: datetime, hi: datetime,
@@ -79,7 +74,7 @@ def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud"
     ts = events.ts
     in_spans = np.zeros(ts.size, dtype=bool)
     for lo, hi in spans:
-        in_spans |= (ts >= _us(lo)) & (ts < _us(hi))
+        in_spans |= (ts >= to_us(lo)) & (ts < to_us(hi))
     # each event's labels, joined by id
     at = pc.index_in(pa.array(events.event_id.tolist(), type=pa.string()), value_set=feedback.column("event_id"))
     found = at.is_valid().to_numpy(zero_copy_only=False)
@@ -89,8 +84,8 @@ def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud"
     negative = found & (feedback.column("negative_known").to_numpy()[where] == 1) if len(feedback) \
         else np.zeros(ts.size, dtype=bool)
     # the label rule (sira.training.windows.label_rule), on columns
-    y = np.where(positive <= _us(windows.cutoff), 1.0,
-                 np.where((ts <= _us(windows.mature_until)) | negative, 0.0, np.nan))
+    y = np.where(positive <= to_us(windows.cutoff), 1.0,
+                 np.where((ts <= to_us(windows.mature_until)) | negative, 0.0, np.nan))
     keep = np.flatnonzero(in_spans & ~np.isnan(y))
     ids = events.event_id
     order = keep[np.lexsort((ids[keep].astype(str), ts[keep]))]  # (time, event id), as the v1 builder
