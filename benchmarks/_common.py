@@ -71,7 +71,7 @@ async def simulated_database(config) -> AsyncIterator[str]:  # config: sira.demo
         async with scratch_database(Settings()) as dsn:
             settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
             init_ray(settings, dsn)
-            await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+            await asyncio.to_thread(ingest_files, settings, [sim.events_path], feature_sets=[PAYMENTS_V1], progress=False)
             await import_label_files(settings, [sim.labels_path])
             yield dsn
 

@@ -53,7 +53,7 @@ async def main(events: int, days: int) -> None:
             baseline_s = await plain_copy(dsn, sim.events_path)
             settings = Settings(database_url=dsn, workspace=Path(tmp) / "ws")
             init_ray(settings, dsn)
-            summary = await asyncio.to_thread(ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1,
+            summary = await asyncio.to_thread(ingest_files, settings, [sim.events_path], feature_sets=[PAYMENTS_V1],
                                               progress=False)
             assert summary.accepted == n, summary.to_dict()
     report("ingest_throughput", {

@@ -60,7 +60,7 @@ async def run_consumer(stream: str, n: int, rate: float, pool, settings: Setting
     producer = threading.Thread(target=produce, args=(stream, n, rate, stream), daemon=True)
     producer.start()
     if store:
-        await consume(source, pool, settings=settings, fs=PAYMENTS_V1, batch=100, block_ms=5, max_events=n,
+        await consume(source, pool, settings=settings, feature_sets=[PAYMENTS_V1], batch=100, block_ms=5, max_events=n,
                       on_batch=on_batch)
     else:
         seen = 0

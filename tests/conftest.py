@@ -337,7 +337,7 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
         await migrate_database(dsn)
         import asyncio as _asyncio
 
-        await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+        await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], feature_sets=[PAYMENTS_V1], progress=False)
         await import_label_files(settings, [sim.labels_path], source="sim")
         await materialize_all(settings, fs=PAYMENTS_V1)
         conn = await db.connect(dsn)

@@ -127,18 +127,16 @@ def ingest_cmd(
 ) -> None:
     """Ingest events: validate, redact PII, deduplicate, compute features."""
     from sira.core.files import parse_mapping
-    from sira.features.definitions import get_feature_set
 
     settings = get_settings()
     column_map = parse_mapping(mapping, map_file)
-    fs = get_feature_set()
     if stream:
         if paths:
             raise InvalidInput("give files or --stream, not both")
         asyncio.run(actor_for("events.write", api_key))
         from sira.ingest.stream import consume_forever
 
-        summary = asyncio.run(consume_forever(settings, fs=fs, mapping=column_map, max_events=max_events,
+        summary = asyncio.run(consume_forever(settings, mapping=column_map, max_events=max_events,
                                               batch=batch, consumer=consumer, notify=None if as_json else err.print))
         payload = summary.to_dict()
     else:
@@ -149,7 +147,7 @@ def ingest_cmd(
 
         find_files(paths)  # a missing or unsupported file fails before anything else
         actor = asyncio.run(actor_for("events.write", api_key))  # None: no key exists yet, the local user
-        summary = ingest_files(settings, paths, fs=fs, mapping=column_map, source=source, actor=actor,
+        summary = ingest_files(settings, paths, mapping=column_map, source=source, actor=actor,
                                progress=not as_json, notify=(lambda _m: None) if as_json else err.print)
         payload = summary.to_dict()
     emit(payload, as_json, lambda: err.print(_summary_table("Ingest", payload)))
@@ -182,14 +180,20 @@ def feedback_import_cmd(
 @features_app.command("materialize")
 def features_materialize_cmd(
     full: Annotated[bool, typer.Option("--full", help="Rebuild every snapshot, not only changed entities.")] = False,
+    feature_set: Annotated[str | None, typer.Option("--feature-set", help="NAME@VERSION (default: the current "
+                                                    "version), e.g. payments@1 while models trained on it serve.")
+                           ] = None,
     as_json: JsonOption = False,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Refresh online snapshots of entities with new events or labels (operator or data scientist)."""
+    """Refresh the online state of entities with new events or labels (operator or data scientist): the
+    snapshots of a history-engine set, the states and daily checkpoints of a feature engine v2 set."""
+    from sira.features.definitions import get_feature_set, parse_feature_set
     from sira.features.store import materialize_all
 
+    fs = parse_feature_set(feature_set) if feature_set else get_feature_set()
     asyncio.run(actor_for("features.materialize", api_key))
-    payload = asyncio.run(materialize_all(get_settings(), full=full))
+    payload = asyncio.run(materialize_all(get_settings(), full=full, fs=fs))
     emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
 
 

@@ -141,7 +141,7 @@ async def run_demo(
         progress("ingest: loading events through Ray Data, computing features")
         init_ray(settings, dsn)  # in the main thread: Ray's driver lives there
         summary = await asyncio.to_thread(
-            ingest_files, settings, [history_path], fs=fs, source="demo", progress=False
+            ingest_files, settings, [history_path], source="demo", progress=False
         )
         report.ingest = summary.to_dict()
         step("ingest", started, accepted=summary.accepted, duplicates=summary.duplicates)

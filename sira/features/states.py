@@ -163,6 +163,7 @@ class Rebuilt:
     entities: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
     seconds: float = 0.0
+    newest: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (entity, key) -> newest event
 
     def to_dict(self) -> dict[str, Any]:
         return {"feature_set": f"{self.feature_set}@{self.version}", "days": self.days, "events": self.events,
@@ -175,49 +176,120 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
     """Every entity's state and daily checkpoints from the whole event log, one UTC day at a time (what
     ``sira features rebuild`` runs so an installation can switch to ``fs``). States are kept packed between
     days; only the entities a day touches are unpacked."""
-    engine = engine_of(fs)
     started = time.perf_counter()
-    result = Rebuilt(fs.name, fs.version)
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+    marks = await _log_marks(conn)  # what the checkpoints hold (see starting_states)
     lo, hi = await conn.fetchrow(
         "SELECT min(occurred_at), greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback"
         " WHERE label_name = $1 AND label)) FROM sira_events", fs.label_name) or (None, None)
+    result = Rebuilt(fs.name, fs.version)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
-    newest: dict[str, dict[str, datetime]] = {spec.entity: {} for spec in fs.entities}
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
-    # what the checkpoints hold: anything stored later with an older time makes them stale (see starting_states)
-    marks = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events) AS events,"
-                                " (SELECT coalesce(max(id), 0) FROM sira_feedback) AS labels")
     if lo is not None and hi is not None:
-        day, last = day_of(lo), day_of(hi)
-        while day <= last:
-            events = await read_events(conn, engine, day, day + DAY)
-            labels = await read_labels(conn, engine, day, day + DAY)
-            result.events += len(events)
-            result.labels += len(labels)
-            touched = _touched(engine, events, labels)
-            start = {entity: {k: engine.decode(entity, packed[entity].get(k)) for k in keys}
-                     for entity, keys in touched.items()}
-            _, finals = engine.build(events, labels, start)
-            for entity, states in finals.items():
-                for key, state in states.items():
-                    if state[0, 1] == MISSING:  # labels of an entity with no event: nothing to keep
-                        continue
-                    packed[entity][key] = engine.encode(entity, state)
-                    newest[entity][key] = from_us(int(state[0, 1]))
-                if checkpoints:
-                    result.checkpoints += await write_checkpoints(
-                        conn, fs, entity, day + DAY, {k: packed[entity][k] for k in states if k in packed[entity]})
-            result.days += 1
-            day += DAY
-    if checkpoints:
-        for kind in ("events", "labels"):
-            await set_watermark(conn, f"{_watermark_job(fs)}:{kind}", marks[kind] if marks else 0)
-    for spec in fs.entities:
-        await write_states(conn, fs, spec.entity, {k: (v, newest[spec.entity][k])
-                                                    for k, v in packed[spec.entity].items()})
-        result.entities[spec.entity] = len(packed[spec.entity])
+        packed = await _fold_days(conn, engine_of(fs), day_of(lo), day_of(hi), packed, None, checkpoints, result)
+    await _finish(conn, fs, packed, marks if checkpoints else None, result)
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def advance(conn: Connection, fs: FeatureSet) -> Rebuilt:
+    """Fold what was stored since the last rebuild or advance into states and checkpoints (``sira features
+    materialize`` of a v2 feature set, e.g. daily): the entities that new events or new positive labels touch
+    are refolded from their latest checkpoint before the earliest new day to the end of the log, under their
+    write locks, so late events and labels land in every checkpoint after them. Never rebuilt: a rebuild."""
+    job = _watermark_job(fs)
+    held = {r["job"]: r["position"] for r in await conn.fetch(
+        "SELECT job, position FROM sira_job_watermarks WHERE job = ANY($1::text[])", [f"{job}:events",
+                                                                                      f"{job}:labels"])}
+    if len(held) < 2:
+        return await rebuild(conn, fs)
+    started = time.perf_counter()
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+    marks = await _log_marks(conn)
+    engine = engine_of(fs)
+    keys = ", ".join(f"e.{db.quote_ident(c)}" for c in engine.key_columns)
+    rows = await conn.fetch(
+        f"""SELECT e.occurred_at AS at, {keys} FROM sira_events e WHERE e.seq > $1 AND e.seq <= $2
+            UNION ALL
+            SELECT greatest(f.known_at, e.occurred_at), {keys} FROM sira_feedback f JOIN sira_events e USING (event_id)
+             WHERE f.id > $3 AND f.id <= $4 AND f.label_name = $5 AND f.label""",
+        held[f"{job}:events"], marks["events"], held[f"{job}:labels"], marks["labels"], fs.label_name)
+    result = Rebuilt(fs.name, fs.version)
+    if rows:
+        touched: dict[str, Sequence[str]] = {spec.key_column: sorted({r[spec.key_column] for r in rows if r[spec.key_column] is not None})
+                   for spec in fs.entities}
+        await lock_entities(conn, fs, [(spec.entity, k) for spec in fs.entities for k in touched[spec.key_column]])
+        first = day_of(min(r["at"] for r in rows))
+        last = await conn.fetchval(
+            "SELECT greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback WHERE label_name = $1"
+            " AND label)) FROM sira_events", fs.label_name)
+        packed = {spec.entity: await read_checkpoints(conn, fs, spec.entity, first, touched[spec.key_column])
+                  for spec in fs.entities}
+        packed = await _fold_days(conn, engine, first, day_of(last), packed, touched, True, result)
+        await _finish(conn, fs, packed, marks, result)
+    else:
+        await _finish(conn, fs, {spec.entity: {} for spec in fs.entities}, marks, result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _log_marks(conn: Connection) -> dict[str, int]:
+    row = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events) AS events,"
+                              " (SELECT coalesce(max(id), 0) FROM sira_feedback) AS labels")
+    return {"events": row["events"], "labels": row["labels"]} if row else {"events": 0, "labels": 0}
+
+
+async def _fold_days(conn: Connection, engine: Engine, first: datetime, last: datetime,
+                     packed: dict[str, dict[str, bytes]], keys: dict[str, Sequence[str]] | None, checkpoints: bool,
+                     result: Rebuilt) -> dict[str, dict[str, bytes]]:
+    """Fold the log's days ``first..last`` (UTC midnights) into ``packed`` (entity -> key -> state, updated
+    and returned), writing each day's checkpoints of the entities it changed. ``keys`` (key column -> ids):
+    only those entities are read, folded and kept (another entity an event names is folded from nothing
+    and dropped); None: every entity."""
+    fs = engine.fs
+    wanted = None if keys is None else {spec.entity: set(keys[spec.key_column]) for spec in fs.entities}
+    day = first
+    while day <= last:
+        events = await read_events(conn, engine, day, day + DAY, keys)
+        labels = await read_labels(conn, engine, day, day + DAY, keys)
+        result.events += len(events)
+        result.labels += len(labels)
+        touched = _touched(engine, events, labels)
+        if wanted is not None:
+            touched = {entity: found & wanted[entity] for entity, found in touched.items()}
+        start = {entity: {k: engine.decode(entity, packed[entity].get(k)) for k in found}
+                 for entity, found in touched.items()}
+        _, finals = engine.build(events, labels, start)
+        for entity, states in finals.items():
+            changed = {}
+            for key, state in states.items():
+                if key not in start.get(entity, {}) or state[0, 1] == MISSING:
+                    continue  # not asked for, or labels of an entity with no event: nothing to keep
+                changed[key] = packed[entity][key] = engine.encode(entity, state)
+                result.newest[(entity, key)] = int(state[0, 1])
+            if checkpoints:
+                result.checkpoints += await write_checkpoints(conn, fs, entity, day + DAY, changed)
+        result.days += 1
+        day += DAY
+    return packed
+
+
+async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, bytes]],
+                  marks: dict[str, int] | None, result: Rebuilt) -> None:
+    """Write the folded states (their newest event time from the state) and, when checkpoints were
+    written, the log positions they hold."""
+    engine = engine_of(fs)
+    for spec in fs.entities:
+        states = {}
+        for key, value in packed[spec.entity].items():
+            newest = result.newest.get((spec.entity, key))
+            if newest is None:  # a checkpoint nothing since changed
+                newest = int(engine.decode(spec.entity, value)[0, 1])
+            states[key] = (value, from_us(newest))
+        await write_states(conn, fs, spec.entity, states)
+        result.entities[spec.entity] = len(states)
+    if marks is not None:
+        for kind in ("events", "labels"):
+            await set_watermark(conn, f"{_watermark_job(fs)}:{kind}", marks[kind])
 
 
 def _touched(engine: Engine, events: EventColumns, labels: Labels) -> dict[str, set[str]]:
@@ -235,6 +307,7 @@ def _touched(engine: Engine, events: EventColumns, labels: Labels) -> dict[str, 
 class Folded:
     vectors: np.ndarray  # one row per event, in the order given
     late: int  # events folded by rebuilding their entity from the log
+    states: int  # entity states written
 
 
 async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping[str, Any]]) -> Folded:
@@ -270,10 +343,11 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
             if key is not None and (spec.entity, key) in rebuilt:
                 vector[engine.slices[spec.entity]] = rebuilt[(spec.entity, key)][e["event_id"]]
         vectors[i] = vector
+    written = 0
     for entity, wanted in keys.items():
-        await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),
-                                                  from_us(int(states[(entity, k)][0, 1]))) for k in wanted})
-    return Folded(vectors, late)
+        written += await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),
+                                                             from_us(int(states[(entity, k)][0, 1]))) for k in wanted})
+    return Folded(vectors, late, written)
 
 
 async def _refold(conn: Connection, engine: Engine, entity: str, key: str, event: Mapping[str, Any]

@@ -16,7 +16,6 @@ from sira import __version__
 from sira.core import db
 from sira.core.auth import JwtConfig
 from sira.core.config import Settings, get_settings
-from sira.features.definitions import get_feature_set
 from sira.http import access, errors, events, health, registry
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
@@ -31,7 +30,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redactor = redactor_for(settings)
     app.state.pepper = settings.secret("auth_secret")
     app.state.jwt_config = JwtConfig.from_settings(settings)
-    app.state.feature_set = get_feature_set()
     scoring = getattr(app.state, "scoring", None)
     try:
         if scoring is not None:

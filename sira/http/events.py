@@ -47,6 +47,6 @@ async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
         raise PayloadTooLarge(f"a batch holds at most {settings.events_max_batch} events, got {len(batch.events)}",
                               details={"max": settings.events_max_batch})
     summary = await ingest_records(pool, batch.events, redactor=request.app.state.redactor,
-                                   fs=request.app.state.feature_set, source=f"api:{batch.source}")
+                                   source=f"api:{batch.source}")
     return EventsResponse(accepted=summary.accepted, duplicates=summary.duplicates, rejected=summary.rejected,
                           results=[EventResult(**r) for r in summary.results])

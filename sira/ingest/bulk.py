@@ -151,6 +151,21 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
     }
 
 
+async def feature_sets_in_service(conn: asyncpg.Connection) -> list[FeatureSet]:
+    """The feature sets new events are folded into: each name's current version, and every version a
+    production or staging model version was trained on (scored with the engine of its set until it is
+    retired; then its set is read-only, no longer kept up to date)."""
+    from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
+
+    wanted = {(name, version) for name, version in CURRENT_VERSIONS.items()}
+    wanted.update((r["feature_set"], r["feature_set_version"]) for r in await conn.fetch(
+        """SELECT DISTINCT m.feature_set, v.feature_set_version FROM sira_model_versions v
+             JOIN sira_models m ON m.id = v.model_id
+            WHERE v.status IN ('production', 'staging') AND m.feature_set IS NOT NULL
+              AND v.feature_set_version IS NOT NULL"""))
+    return [FEATURE_SETS[key] for key in sorted(wanted) if key in FEATURE_SETS]
+
+
 async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]) -> int:
     """Store already-normalized (redacted) events and fold the new ones into features and snapshots.
 
@@ -165,9 +180,16 @@ async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequ
 
 
 async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequence[dict[str, Any]]) -> tuple[int, int]:
-    """New events into their snapshots and their feature rows into ``sira_features``: (rows written, snapshots)."""
+    """New events into their entities' state: (feature rows written, states updated). Feature engine v2
+    (``engine="tiles"``) folds them into the packed states and writes no per-event rows (a vector is
+    reproducible from the log and the checkpoints; a scored one is in ``sira_predictions``); the history
+    engine updates its snapshots and writes each event's row into ``sira_features``."""
     if not fresh:
         return 0, 0
+    if fs.engine == "tiles":
+        from sira.features.states import fold_events
+
+        return 0, (await fold_events(conn, fs, fresh)).states
     rows, updated = await fold_into_snapshots(conn, fs, fresh)
     return await feature_store.write_feature_rows(conn, fs, rows), updated
 
@@ -242,13 +264,18 @@ async def ingest_batch(
     records: Sequence[Mapping[str, Any]],
     *,
     redactor: Redactor,
-    fs: FeatureSet,
     source: str,
     mapping: Mapping[str, str] | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None,
 ) -> IngestSummary:
-    """Store a small batch and fold it into features and snapshots, inside the caller's transaction."""
+    """Store a small batch and fold it into the state of every feature set in service (``feature_sets``
+    when given), inside the caller's transaction."""
     summary, fresh = await store_events(conn, records, redactor=redactor, source=source, mapping=mapping)
-    summary.features_written, summary.snapshots_updated = await fold_and_store(conn, fs, fresh)
+    if fresh:
+        for fs in feature_sets if feature_sets is not None else await feature_sets_in_service(conn):
+            written, updated = await fold_and_store(conn, fs, fresh)
+            summary.features_written += written
+            summary.snapshots_updated += updated
     return summary
 
 
@@ -257,14 +284,15 @@ async def ingest_records(
     records: Sequence[Mapping[str, Any]],
     *,
     redactor: Redactor,
-    fs: FeatureSet,
     source: str,
     mapping: Mapping[str, str] | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None,
 ) -> IngestSummary:
     """:func:`ingest_batch` in a transaction of its own (``POST /v1/events``)."""
     started = time.perf_counter()
     async with db.transaction(pool) as conn:
-        summary = await ingest_batch(conn, records, redactor=redactor, fs=fs, source=source, mapping=mapping)
+        summary = await ingest_batch(conn, records, redactor=redactor, source=source, mapping=mapping,
+                                     feature_sets=feature_sets)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -369,7 +397,7 @@ def ingest_files(
     settings: Settings,
     paths: list[Path],
     *,
-    fs: FeatureSet,
+    feature_sets: Sequence[FeatureSet] | None = None,
     mapping: dict[str, str] | None = None,
     source: str | None = None,
     progress: bool = True,
@@ -377,8 +405,11 @@ def ingest_files(
     notify: Callable[[str], None] = lambda _m: None,
     actor: Actor | None = None,
 ) -> IngestSummary:
-    """Load event files through Ray Data, then compute the new events' features. The load is recorded in
-    the audit log as ``events.ingest``, by ``actor`` (the key's owner; by default the local user)."""
+    """Load event files through Ray Data, then fold the new events into every feature set in service
+    (``feature_sets`` when given): the history engine's features as Ray Data tasks sharded by entity,
+    feature engine v2's states and checkpoints by :func:`sira.features.states.advance`. The load is
+    recorded in the audit log as ``events.ingest``, by ``actor`` (the key's owner; by default the local
+    user)."""
     import ray
     import ray.data
 
@@ -405,7 +436,15 @@ def ingest_files(
         finally:
             await conn.close()
 
+    async def in_service() -> list[FeatureSet]:
+        conn = await db.connect(dsn)
+        try:
+            return await feature_sets_in_service(conn)
+        finally:
+            await conn.close()
+
     seq_from = asyncio.run(seq_now())
+    feature_sets = list(feature_sets) if feature_sets is not None else asyncio.run(in_service())
     init_ray(settings, dsn)
     quiet_ray_data()
     notify(f"loading {len(files.paths)} {files.format} file(s)")
@@ -440,9 +479,13 @@ def ingest_files(
         summary.reasons.update(c["reasons"])
     seq_to = asyncio.run(seq_now())
     summary.phases["load"] = time.perf_counter() - phase
-    phase = time.perf_counter()
-    if seq_to > seq_from:
-        notify(f"computing features of {summary.accepted:,} new events")
+    for fs in feature_sets if seq_to > seq_from else []:
+        phase = time.perf_counter()
+        notify(f"folding {summary.accepted:,} new events into {fs.name}@{fs.version}")
+        if fs.engine == "tiles":
+            summary.snapshots_updated += sum(asyncio.run(_advance_states(dsn, fs)).entities.values())
+            summary.phases[f"states:{fs.name}@{fs.version}"] = time.perf_counter() - phase
+            continue
         shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
                   for k in range(FEATURE_SHARDS)]
         written = []
@@ -456,12 +499,23 @@ def ingest_files(
             ):
                 written.append(w)
                 advance(1)
-        summary.features_written = sum(int(w["written"]) for w in written)
+        summary.features_written += sum(int(w["written"]) for w in written)
         summary.phases["features"] = time.perf_counter() - phase
     summary.seconds = time.perf_counter() - started
     asyncio.run(_record_load(dsn, actor or Actor.local(), redactor_for(settings), source, files, summary, seq_from,
                              seq_to))
     return summary
+
+
+async def _advance_states(dsn: str, fs: FeatureSet) -> Any:
+    from sira.features.states import advance
+
+    conn = await db.connect(dsn)
+    try:
+        async with conn.transaction():
+            return await advance(conn, fs)
+    finally:
+        await conn.close()
 
 
 async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, files: Any, summary: IngestSummary,

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -167,15 +167,18 @@ def _entry(raw_id: Any, fields: Mapping[bytes, bytes]) -> Entry:
 
 
 async def process_entries(
-    pool: Any, entries: list[Entry], *, settings: Settings, fs: FeatureSet, mapping: Mapping[str, str] | None = None
+    pool: Any, entries: list[Entry], *, settings: Settings, mapping: Mapping[str, str] | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None,
 ) -> IngestSummary:
-    """Store one batch of entries (events, labels, dead letters) in one transaction."""
+    """Store one batch of entries (events, labels, dead letters) in one transaction, the events folded into
+    the feature sets in service (``feature_sets`` when given)."""
     redactor = redactor_for(settings)
     events = [e.data for e in entries if e.kind == "event" and e.data is not None]
     labels = [e.data for e in entries if e.kind == "label" and e.data is not None]
     broken = [e for e in entries if e.data is None or e.kind not in ("event", "label")]
     async with db.transaction(pool) as conn:
-        summary = await ingest_batch(conn, events, redactor=redactor, fs=fs, source="stream", mapping=mapping)
+        summary = await ingest_batch(conn, events, redactor=redactor, source="stream", mapping=mapping,
+                                     feature_sets=feature_sets)
         if labels:
             await record_labels(conn, labels, redactor=redactor, source="stream", mapping=mapping)
         if broken:
@@ -192,8 +195,8 @@ async def process_entries(
 
 
 async def consume(
-    source: EventSource, pool: Any, *, settings: Settings, fs: FeatureSet, mapping: Mapping[str, str] | None = None,
-    batch: int = 200, block_ms: int = 1_000, max_events: int | None = None, stop: asyncio.Event | None = None,
+    source: EventSource, pool: Any, *, settings: Settings, mapping: Mapping[str, str] | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None, batch: int = 200, block_ms: int = 1_000, max_events: int | None = None, stop: asyncio.Event | None = None,
     on_batch: Callable[[list[Entry], IngestSummary], None] | None = None,
 ) -> IngestSummary:
     """Read, store, then acknowledge, until stopped or ``max_events`` entries were handled."""
@@ -205,7 +208,7 @@ async def consume(
         entries = await source.read(want, block_ms)
         if not entries:
             continue
-        summary = await process_entries(pool, entries, settings=settings, fs=fs, mapping=mapping)
+        summary = await process_entries(pool, entries, settings=settings, mapping=mapping, feature_sets=feature_sets)
         await source.ack([e.id for e in entries])  # only after the commit
         total.add(summary)
         if on_batch is not None:
@@ -215,7 +218,7 @@ async def consume(
 
 
 async def consume_forever(
-    settings: Settings, *, fs: FeatureSet, mapping: Mapping[str, str] | None = None, max_events: int | None = None,
+    settings: Settings, *, mapping: Mapping[str, str] | None = None, max_events: int | None = None,
     batch: int = 200, consumer: str | None = None, notify: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """``sira ingest --stream``: consume ``sira:events`` until SIGINT/SIGTERM (or ``max_events``)."""
@@ -236,7 +239,7 @@ async def consume_forever(
 
     try:
         async with db.open_pool(settings) as pool:
-            return await consume(source, pool, settings=settings, fs=fs, mapping=mapping, batch=batch,
+            return await consume(source, pool, settings=settings, mapping=mapping, batch=batch,
                                  max_events=max_events, stop=stop, on_batch=report)
     finally:
         await source.close()

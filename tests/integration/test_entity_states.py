@@ -202,3 +202,95 @@ async def test_an_event_stored_after_the_checkpoints_with_an_older_time_makes_a_
     for i, eid in enumerate(cols.event_id.tolist()):
         if cols.ts[i] >= ENGINE_US(day):
             assert same(rows[i], expected[index[eid]]), eid
+
+
+async def stored_states(conn):
+    """Every state and checkpoint, as bytes: what two ways of building them must agree on."""
+    states = [tuple(r) for r in await conn.fetch(
+        "SELECT entity_type, entity_id, state, newest_at FROM sira_entity_states ORDER BY 1, 2")]
+    checkpoints = [tuple(r) for r in await conn.fetch(
+        "SELECT entity_type, entity_id, as_of, state FROM sira_state_checkpoints ORDER BY 1, 2, 3")]
+    return states, checkpoints
+
+
+async def test_advance_folds_new_late_events_and_labels_into_the_states_and_checkpoints_a_rebuild_gives(clean_db):
+    from sira.features.states import advance
+
+    events = payments(n=400, seed=29, days=10)
+    labels = positives(events)
+    first, later = events[:250], events[250:]  # the later ones spread over all ten days: many are late
+    async with db.transaction(clean_db) as conn:
+        await store(conn, first, [lab for lab in labels if lab[0] in {e["event_id"] for e in first}][:10])
+        await rebuild(conn, PAYMENTS_V2)
+        nothing = await advance(conn, PAYMENTS_V2)
+        assert nothing.events == 0 and nothing.entities == {"customer": 0, "card": 0, "terminal": 0}
+        await store(conn, later, [lab for lab in labels if lab[0] in {e["event_id"] for e in later}])
+        await conn.executemany(  # and labels of events stored before
+            "INSERT INTO sira_feedback (event_id, label_name, label, source, known_at) VALUES ($1, 'fraud', true,"
+            " 't', $2)", [lab for lab in labels if lab[0] in {e["event_id"] for e in first}][10:])
+        done = await advance(conn, PAYMENTS_V2)
+        assert done.checkpoints > 0 and sum(done.entities.values()) > 0
+        advanced = await stored_states(conn)
+        await conn.execute("TRUNCATE sira_entity_states, sira_state_checkpoints, sira_job_watermarks")
+        await rebuild(conn, PAYMENTS_V2)
+        assert await stored_states(conn) == advanced
+    (_, finals), _ = offline(events, labels)
+    await assert_states_are(clean_db, finals)
+
+
+async def test_advance_without_a_rebuild_first_is_one(clean_db):
+    from sira.features.states import advance
+
+    events = payments(n=80, seed=31, days=3)
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events)
+        done = await advance(conn, PAYMENTS_V2)
+    assert done.events == len(events) and done.entities == {"customer": 6, "card": 9, "terminal": 3}
+
+
+async def test_events_ingested_in_small_batches_fold_into_the_states_the_log_gives(clean_db):
+    """``POST /v1/events``, the stream and a replica's recorder (``ingest_batch``) on feature engine v2:
+    states as the whole log gives them, no per-event feature rows."""
+    from sira.ingest.bulk import ingest_records
+    from sira.ingest.pii import Redactor
+
+    raw = [{"event_id": e["event_id"], "occurred_at": e["occurred_at"].isoformat(), "customer_id": e["customer_id"],
+            "card_number": "4111111111111111" if e["card_token"] < "k4" else "5555555555554444",
+            "terminal_id": e["terminal_id"], "amount": e["amount"], "country": e["country"],
+            "device_id": e["device_id"]} for e in sorted(payments(n=150, seed=37, days=4),
+                                                         key=lambda e: e["occurred_at"])]
+    written = 0
+    for i in range(0, len(raw), 11):
+        summary = await ingest_records(clean_db, raw[i:i + 11], redactor=Redactor(b"states"), source="test",
+                                       feature_sets=[PAYMENTS_V2])
+        assert summary.accepted == len(raw[i:i + 11]) and summary.features_written == 0
+        written += summary.snapshots_updated
+    assert written > 0 and await clean_db.fetchval("SELECT count(*) FROM sira_features") == 0
+    async with clean_db.acquire() as conn:
+        cols = await read_events(conn, ENGINE, T0 - timedelta(days=1), FOREVER)
+    _, finals = ENGINE.build(cols)
+    await assert_states_are(clean_db, finals)
+
+
+async def test_a_replicas_recorder_folds_the_events_a_v2_model_scored_into_their_states(clean_db):
+    """The spool's event records of a model trained on payments@2 (``store_records``), replayed twice."""
+    from sira.ingest.events import normalize
+    from sira.ingest.pii import Redactor
+    from sira.serving.records import store_records
+
+    redactor = Redactor(b"recorder")
+    rows = [normalize({"event_id": e["event_id"], "occurred_at": e["occurred_at"].isoformat(),
+                       "customer_id": e["customer_id"], "terminal_id": e["terminal_id"], "amount": e["amount"],
+                       "country": e["country"], "device_id": e["device_id"]}, redactor, "serving")
+            for e in sorted(payments(n=60, seed=41, days=2), key=lambda e: e["occurred_at"])]
+    records = [{"kind": "event", "feature_set": "payments", "feature_set_version": 2,
+                "row": {**r, "occurred_at": r["occurred_at"].isoformat()}} for r in rows]
+    for _ in range(2):  # a spool segment stored again after a crash changes nothing
+        for i in range(0, len(records), 8):
+            await store_records(clean_db, records[i:i + 8])
+    async with clean_db.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sira_events") == len(rows)
+        cols = await read_events(conn, ENGINE, T0 - timedelta(days=1), FOREVER)
+    _, finals = ENGINE.build(cols)
+    assert set(finals) == {"customer", "card", "terminal"} and not finals["card"]
+    await assert_states_are(clean_db, finals)

@@ -44,7 +44,7 @@ async def vectors(pool):
 async def test_online_ingest_equals_offline_recomputation(clean_db):
     events = timeline()
     for start in range(0, len(events), 7):  # small batches, in time order, as a stream delivers them
-        await ingest_records(clean_db, events[start:start + 7], redactor=R, fs=PAYMENTS_V1, source="test")
+        await ingest_records(clean_db, events[start:start + 7], redactor=R, feature_sets=[PAYMENTS_V1], source="test")
     online = await vectors(clean_db)
     assert len(online) == 4 * len(events)
     async with clean_db.acquire() as conn:
@@ -61,13 +61,13 @@ async def test_online_ingest_equals_offline_recomputation(clean_db):
 async def test_snapshots_follow_the_newest_event_and_fold_late_events(clean_db):
     fs = PAYMENTS_V1
     await ingest_records(clean_db, [payment(1, 0, "c1", "t1", 10), payment(2, 60 * 24, "c1", "t1", 20)],
-                         redactor=R, fs=fs, source="test")
+                         redactor=R, feature_sets=[fs], source="test")
     async with clean_db.acquire() as conn:
         snap = await read_snapshot(conn, fs, "customer", "c1", now=T0 + timedelta(days=1, minutes=5))
     assert snap.features["customer_count_30d"] == 2 and snap.as_of == T0 + timedelta(days=1)
     assert not snap.stale
     # A late event inside the lookback: stored, folded into the state, snapshot recomputed as of the newest.
-    await ingest_records(clean_db, [payment(3, 60 * 12, "c1", "t1", 30)], redactor=R, fs=fs, source="test")
+    await ingest_records(clean_db, [payment(3, 60 * 12, "c1", "t1", 30)], redactor=R, feature_sets=[fs], source="test")
     async with clean_db.acquire() as conn:
         snap = await read_snapshot(conn, fs, "customer", "c1", now=T0 + timedelta(days=3))
         late_row = await conn.fetchval(
@@ -78,7 +78,7 @@ async def test_snapshots_follow_the_newest_event_and_fold_late_events(clean_db):
     assert late_row["customer_count_1d"] == 2  # the late event's own vector sees only what came before it
     assert snap.stale  # two days without events against a one-day TTL
     # An event older than the lookback: stored for offline use, the online state is unchanged.
-    await ingest_records(clean_db, [payment(4, -60 * 24 * 40, "c1", "t1", 99)], redactor=R, fs=fs, source="test")
+    await ingest_records(clean_db, [payment(4, -60 * 24 * 40, "c1", "t1", 99)], redactor=R, feature_sets=[fs], source="test")
     async with clean_db.acquire() as conn:
         again = await read_snapshot(conn, fs, "customer", "c1")
         assert await conn.fetchval("SELECT count(*) FROM sira_events WHERE event_id = 'p0004'") == 1

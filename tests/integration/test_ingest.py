@@ -34,12 +34,12 @@ async def count(pool, table, where="true"):
 
 async def test_file_ingest_stores_events_and_features_and_is_idempotent(clean_db, ray_session, settings, small_sim):
     n = pq.read_metadata(small_sim.events_path).num_rows
-    summary = await ingest_files(settings, [small_sim.events_path], fs=PAYMENTS_V1, progress=False)
+    summary = await ingest_files(settings, [small_sim.events_path], feature_sets=[PAYMENTS_V1], progress=False)
     assert (summary.read, summary.accepted, summary.duplicates, summary.rejected) == (n, n, 0, 0)
     assert await count(clean_db, "sira_events") == n
     # one row per event for the event itself, its customer, its card and its terminal
     assert summary.features_written == 4 * n == await count(clean_db, "sira_features")
-    again = await ingest_files(settings, [small_sim.events_path], fs=PAYMENTS_V1, progress=False)
+    again = await ingest_files(settings, [small_sim.events_path], feature_sets=[PAYMENTS_V1], progress=False)
     assert (again.accepted, again.duplicates, again.features_written) == (0, n, 0)
     assert await count(clean_db, "sira_events") == n and await count(clean_db, "sira_features") == 4 * n
 
@@ -72,7 +72,7 @@ async def test_csv_with_column_mapping_loads_good_rows_and_dead_letters_the_rest
     rows[7]["TERMINAL_ID"] = ""
     rows[9]["TX_AMOUNT"] = "-5"
     write_csv(tmp_path / "tx.csv", rows)
-    summary = await ingest_files(settings, [tmp_path / "tx.csv"], fs=PAYMENTS_V1, mapping=dict(HANDBOOK_MAP),
+    summary = await ingest_files(settings, [tmp_path / "tx.csv"], feature_sets=[PAYMENTS_V1], mapping=dict(HANDBOOK_MAP),
                                  progress=False)
     assert (summary.accepted, summary.rejected) == (26, 4)
     assert summary.reasons == {"invalid_field": 3, "missing_entity_key": 1}
@@ -94,7 +94,7 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
             for i in range(5):
                 handle.write(json.dumps({"event_id": f"j{part}-{i}", "occurred_at": f"2026-05-0{i + 1}T10:00:00Z",
                                          "account_id": f"a{i}", "event_type": "usage", "api_calls": i}) + "\n")
-    summary = await ingest_files(settings, [folder], fs=PAYMENTS_V1, progress=False)
+    summary = await ingest_files(settings, [folder], feature_sets=[PAYMENTS_V1], progress=False)
     assert summary.accepted == 10
     row = await clean_db.fetchrow("SELECT * FROM sira_events WHERE event_id = 'j1-4'")
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
@@ -104,15 +104,15 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     rows = handbook_rows(5)
     write_csv(tmp_path / "no_time.csv", [{k: v for k, v in r.items() if k != "TX_DATETIME"} for r in rows])
     with pytest.raises(InvalidInput, match="required column occurred_at is missing"):
-        await ingest_files(settings, [tmp_path / "no_time.csv"], fs=PAYMENTS_V1,
+        await ingest_files(settings, [tmp_path / "no_time.csv"], feature_sets=[PAYMENTS_V1],
                      mapping={"event_id": "TRANSACTION_ID", "customer_id": "CUSTOMER_ID"}, progress=False)
     write_csv(tmp_path / "words.csv", [{**r, "TX_AMOUNT": "lots"} for r in rows])
     with pytest.raises(InvalidInput, match="column TX_AMOUNT cannot be read as amount"):
-        await ingest_files(settings, [tmp_path / "words.csv"], fs=PAYMENTS_V1,
+        await ingest_files(settings, [tmp_path / "words.csv"], feature_sets=[PAYMENTS_V1],
                      mapping={"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME",
                               "customer_id": "CUSTOMER_ID", "amount": "TX_AMOUNT"}, progress=False)
     with pytest.raises(NotFound, match="file not found"):
-        await ingest_files(settings, [tmp_path / "missing.parquet"], fs=PAYMENTS_V1, progress=False)
+        await ingest_files(settings, [tmp_path / "missing.parquet"], feature_sets=[PAYMENTS_V1], progress=False)
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
 
 
@@ -154,7 +154,7 @@ async def test_jsonl_rows_are_checked_one_by_one_like_csv_rows(clean_db, ray_ses
     rows[2]["amount"] = "lots"  # text where every other row has a number
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n" + "[1, 2]\n")
-    summary = await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+    summary = await ingest_files(settings, [path], feature_sets=[PAYMENTS_V1], progress=False)
     assert (summary.read, summary.accepted, summary.rejected) == (8, 5, 3)
     assert summary.reasons["undecodable"] == 2
     rejected = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
@@ -172,7 +172,7 @@ async def test_jsonl_integers_in_extra_fields_stay_integers(clean_db, ray_sessio
     del rows[1]["ratio"]  # a field some rows lack is not stored as null in the others
     path = tmp_path / "ints.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+    summary = await ingest_files(settings, [path], feature_sets=[PAYMENTS_V1], progress=False)
     assert summary.accepted == 4
     stored = {r["event_id"]: r for r in await clean_db.fetch(
         "SELECT event_id, attributes, attributes->>'api_calls' AS calls FROM sira_events")}
@@ -185,7 +185,7 @@ async def test_header_only_csv_is_a_clear_input_error(clean_db, settings, tmp_pa
     path = tmp_path / "header.csv"
     path.write_text("event_id,occurred_at,customer_id,amount\n")
     with pytest.raises(InvalidInput) as caught:
-        await ingest_files(settings, [path], fs=PAYMENTS_V1, progress=False)
+        await ingest_files(settings, [path], feature_sets=[PAYMENTS_V1], progress=False)
     assert caught.value.code == "empty_input"
     assert caught.value.one_line() == f"error: empty_input: {path}: no rows (only a header)"
     assert await count(clean_db, "sira_events") == 0
@@ -199,7 +199,7 @@ async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings
     from sira.core.auth import Identity, create_key
 
     write_csv(tmp_path / "jane.doe@example.com.csv", handbook_rows(6))
-    await ingest_files(settings, [tmp_path / "jane.doe@example.com.csv"], fs=PAYMENTS_V1,
+    await ingest_files(settings, [tmp_path / "jane.doe@example.com.csv"], feature_sets=[PAYMENTS_V1],
                        mapping=dict(HANDBOOK_MAP), progress=False)
     pepper = settings.secret("auth_secret")
     async with db.transaction(clean_db) as conn:
@@ -220,3 +220,55 @@ async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings
     first, second = (r["details"] for r in rows)
     assert (first["accepted"], second["accepted"], second["read"], second["files"]) == (6, 2, 8, ["more.csv"])
     assert "jane.doe@example.com" not in json.dumps(first) + rows[0]["target_id"]
+
+
+async def test_file_ingest_folds_new_events_into_feature_engine_v2_states_and_checkpoints(clean_db, ray_session,
+                                                                                           settings, small_sim):
+    """Files loaded in two parts (the second with events older than the first's newest): v2 states and
+    checkpoints come out as a rebuild of the whole log gives them, and no per-event feature rows."""
+    import pyarrow.compute as pc
+
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.states import rebuild
+
+    table = pq.read_table(small_sim.events_path)
+    cut = pc.greater(table["event_id"], table["event_id"][table.num_rows // 2])  # split by id: times interleave
+    folder = small_sim.events_path.parent / "v2-parts"
+    folder.mkdir(exist_ok=True)
+    pq.write_table(table.filter(pc.invert(cut)), folder / "a.parquet")
+    pq.write_table(table.filter(cut), folder / "b.parquet")
+    first = await ingest_files(settings, [folder / "a.parquet"], feature_sets=[PAYMENTS_V2], progress=False)
+    second = await ingest_files(settings, [folder / "b.parquet"], feature_sets=[PAYMENTS_V2], progress=False)
+    assert first.accepted + second.accepted == table.num_rows and second.snapshots_updated > 0
+    assert "states:payments@2" in second.phases and await count(clean_db, "sira_features") == 0
+    select = ("SELECT entity_type, entity_id, state FROM sira_entity_states ORDER BY 1, 2",
+              "SELECT entity_type, entity_id, as_of, state FROM sira_state_checkpoints ORDER BY 1, 2, 3")
+    async with clean_db.acquire() as conn:
+        loaded = [await conn.fetch(q) for q in select]
+        async with conn.transaction():
+            await conn.execute("TRUNCATE sira_entity_states, sira_state_checkpoints, sira_job_watermarks")
+            await rebuild(conn, PAYMENTS_V2)
+            assert [await conn.fetch(q) for q in select] == loaded and len(loaded[1]) > len(loaded[0])
+
+
+async def test_new_events_are_folded_into_every_feature_set_in_service(clean_db, settings):
+    """The current version, and each version a production or staging model was trained on."""
+    from sira.features.definitions import PAYMENTS_V2
+
+    async with clean_db.acquire() as conn:
+        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1]
+        model = await conn.fetchval(
+            "INSERT INTO sira_models (name, model_type, feature_set, feature_set_version, created_by)"
+            " VALUES ('fraud', 'fraud_detection', 'payments', 2, 't') RETURNING id")
+        await conn.execute(
+            "INSERT INTO sira_model_versions (model_id, version, status, artifact_uri, artifact_sha256,"
+            " feature_set_version, created_by) VALUES ($1, 1, 'candidate', 'x', $2, 2, 't')", model, "0" * 64)
+        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1]  # a candidate serves nothing
+        await conn.execute("UPDATE sira_model_versions SET status = 'staging'")
+        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1, PAYMENTS_V2]
+    summary = await ingest.ingest_records(clean_db, [{"event_id": "e1", "occurred_at": "2026-09-01T10:00:00Z",
+                                                      "customer_id": "c1", "terminal_id": "t1", "amount": 10,
+                                                      "card_number": "4111111111111111"}],
+                                          redactor=ingest.redactor_for(settings), source="test")
+    assert summary.features_written == 4  # v1: the event and its customer, card and terminal rows
+    assert await count(clean_db, "sira_entity_states") == 3  # v2: its customer's, card's and terminal's states

@@ -182,7 +182,7 @@ async def test_file_ingest_dead_letters_an_over_long_field_and_loads_the_rest(cl
         writer.writerows(rows)
     mapping = {"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME", "customer_id": "CUSTOMER_ID",
                "amount": "TX_AMOUNT"}
-    summary = await asyncio.to_thread(ingest.ingest_files, settings, [path], fs=PAYMENTS_V1, mapping=mapping,
+    summary = await asyncio.to_thread(ingest.ingest_files, settings, [path], feature_sets=[PAYMENTS_V1], mapping=mapping,
                                       progress=False)
     assert (summary.accepted, summary.rejected, dict(summary.reasons)) == (19, 1, {"field_too_long": 1})
     rows = await rejected_rows(clean_db)

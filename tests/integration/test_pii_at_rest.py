@@ -87,10 +87,10 @@ async def test_no_raw_pii_in_any_table_or_log(clean_db, ray_session, settings, t
     typed = [{k: (v if isinstance(v, float) else None) if k == "amount" else str(v) for k, v in r.items()}
              for r in rows]
     pq.write_table(pa.Table.from_pylist(typed), tmp_path / "pii.parquet")
-    file_summary = await asyncio.to_thread(ingest_files, settings, [tmp_path / "pii.parquet"], fs=PAYMENTS_V1,
+    file_summary = await asyncio.to_thread(ingest_files, settings, [tmp_path / "pii.parquet"], feature_sets=[PAYMENTS_V1],
                                            progress=True)
     api_summary = await ingest_records(clean_db, pii_events("api"), redactor=redactor_for(settings),
-                                       fs=PAYMENTS_V1, source="api")
+                                       feature_sets=[PAYMENTS_V1], source="api")
     assert file_summary.accepted == api_summary.accepted == 12
     assert file_summary.rejected == api_summary.rejected == 1
     async with clean_db.acquire() as conn:

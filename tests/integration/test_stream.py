@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -52,13 +53,13 @@ async def test_batch_committed_but_not_acked_is_redelivered_without_double_count
     crashed = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
     await crashed.start()
     entries = await crashed.read(25, 100)
-    await process_entries(clean_db, entries, settings=settings, fs=PAYMENTS_V1)  # committed...
+    await process_entries(clean_db, entries, settings=settings, feature_sets=[PAYMENTS_V1])  # committed...
     await crashed.close()  # ...and the process died before XACK
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 25
 
     restarted = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
     await restarted.start()
-    total = await consume(restarted, clean_db, settings=settings, fs=PAYMENTS_V1, batch=10, block_ms=50,
+    total = await consume(restarted, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=10, block_ms=50,
                           max_events=40)
     await restarted.close()
     assert total.duplicates == 25 and total.accepted == 15
@@ -73,7 +74,7 @@ async def test_another_consumer_claims_what_a_dead_one_left(clean_db, redis_clie
     await dead.read(30, 100)  # read, never processed, never acked
     await dead.close()
     other = RedisStreamSource(redis_url, consumer="other", claim_idle_ms=0)
-    total = await consume(other, clean_db, settings=settings, fs=PAYMENTS_V1, batch=30, block_ms=50, max_events=30)
+    total = await consume(other, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=30, block_ms=50, max_events=30)
     await other.close()
     assert total.accepted == 30 and redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
@@ -84,7 +85,7 @@ async def test_labels_and_broken_entries_on_the_stream(clean_db, redis_client, r
     redis_client.xadd(STREAM, {"kind": "event", "data": "{not json"})
     source = RedisStreamSource(redis_url, consumer="x")
     await source.start()
-    total = await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=50, block_ms=50, max_events=7)
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50, max_events=7)
     await source.close()
     assert (total.accepted, total.rejected) == (5, 1)
     assert await clean_db.fetchval("SELECT label FROM sira_feedback WHERE event_id = 's0001'") is True
@@ -128,7 +129,7 @@ async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_clie
     redis_client.xack(STREAM, "audit", *[i for i, _ in audit[:6]])  # 6 done, 4 still pending for audit
     source = RedisStreamSource(redis_url, consumer="w")
     await source.start()
-    total = await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=8, block_ms=50, max_events=20)
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=8, block_ms=50, max_events=20)
     assert total.accepted == 20 and redis_client.xpending(STREAM, GROUP)["pending"] == 0
     # what audit has not acknowledged (and all it has not read) stays; what both groups have is gone
     assert redis_client.xlen(STREAM) == 14
@@ -138,7 +139,7 @@ async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_clie
     redis_client.xack(STREAM, "audit", *[i for i, _ in audit[6:] + rest])
     publish(redis_client, stream_events(21)[20:])
     redis_client.xreadgroup("audit", "a1", {STREAM: ">"})
-    await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=8, block_ms=50, max_events=1)
+    await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=8, block_ms=50, max_events=1)
     await source.close()
     assert redis_client.xlen(STREAM) == 1  # the newest entry: still pending for audit
 
@@ -150,7 +151,42 @@ async def test_stream_retention_keeps_acknowledged_entries_for_replay(clean_db, 
     publish(redis_client, events[4:])
     source = RedisStreamSource(redis_url, consumer="w", retention_s=3600)
     await source.start()
-    total = await consume(source, clean_db, settings=settings, fs=PAYMENTS_V1, batch=4, block_ms=50, max_events=10)
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=4, block_ms=50, max_events=10)
     await source.close()
     assert total.accepted == 10 and redis_client.xpending(STREAM, GROUP)["pending"] == 0
     assert redis_client.xlen(STREAM) == 6  # the entries younger than an hour
+
+
+async def test_a_redelivered_batch_is_folded_once_into_feature_engine_v2_states(clean_db, redis_client, redis_url,
+                                                                                 settings):
+    """Both feature sets in service during a migration: a batch committed but not acknowledged, then
+    redelivered, leaves v1's snapshots and v2's states as the log gives them."""
+    from sira.features.columns import read_events
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.engine import engine_of
+    from sira.features.states import read_states
+
+    both = [PAYMENTS_V1, PAYMENTS_V2]
+    publish(redis_client, stream_events(40))
+    crashed = RedisStreamSource(redis_url, consumer="worker-v2", claim_idle_ms=0)
+    await crashed.start()
+    await process_entries(clean_db, await crashed.read(25, 100), settings=settings, feature_sets=both)
+    await crashed.close()
+    restarted = RedisStreamSource(redis_url, consumer="worker-v2", claim_idle_ms=0)
+    await restarted.start()
+    total = await consume(restarted, clean_db, settings=settings, feature_sets=both, batch=10, block_ms=50,
+                          max_events=40)  # its own 25 pending again, then the 15 never read
+    await restarted.close()
+    assert (total.accepted, total.duplicates) == (15, 25)
+    await assert_exactly_once(clean_db, 40)
+    engine = engine_of(PAYMENTS_V2)
+    async with clean_db.acquire() as conn:
+        cols = await read_events(conn, engine, datetime(2000, 1, 1, tzinfo=timezone.utc),
+                                 datetime(2100, 1, 1, tzinfo=timezone.utc))
+        _, finals = engine.build(cols)
+        for entity, states in finals.items():
+            stored = await read_states(conn, PAYMENTS_V2, entity, list(states))
+            assert stored.keys() == states.keys()
+            for key, state in states.items():
+                assert engine.features_at(entity, engine.decode(entity, stored[key]), int(state[0, 1])) == \
+                    engine.features_at(entity, state, int(state[0, 1]))

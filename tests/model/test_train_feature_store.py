@@ -35,7 +35,7 @@ def store(create_database, workspace, ray_session, sim):
 
     async def load() -> None:
         await migrate_database(dsn)
-        await asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], fs=PAYMENTS_V1, progress=False)
+        await asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], feature_sets=[PAYMENTS_V1], progress=False)
         await import_label_files(settings, [sim.labels_path], source="sim")
 
     run_sync(load())

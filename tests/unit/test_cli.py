@@ -42,6 +42,7 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["features", "rebuild", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
         (["features", "rebuild", "--feature-set", "payments@1"], "error: invalid_input: payments@1 keeps its"),
         (["features", "rebuild"], "error: usage: sira features rebuild: Missing option '--feature-set'"),
+        (["features", "materialize", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):
