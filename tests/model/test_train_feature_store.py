@@ -20,7 +20,7 @@ from tests.conftest import migrate_database, run_sync
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    return simulate(SimulationConfig(days=36, customers=600, seed=21, fraud_rate=0.02, label_delay_days=5),
+    return simulate(SimulationConfig(days=36, customers=350, seed=21, fraud_rate=0.02, label_delay_days=5),
                     tmp_path_factory.mktemp("sim"))
 
 
@@ -56,20 +56,37 @@ async def windows_for(pool, **kw):
         return await training_windows(conn, maturity_days=10, label_delay_days=4, **kw)
 
 
-async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(loaded, store):
-    settings, pg_dsn = store.settings, store.dsn
-    windows = await windows_for(loaded)
-    # Plant a fraud label on an old training event that only becomes known after the cut-off.
-    planted = await loaded.fetchval(
-        """SELECT e.event_id FROM sira_events e WHERE e.occurred_at < $1
-              AND NOT EXISTS (SELECT 1 FROM sira_feedback f WHERE f.event_id = e.event_id)
-            ORDER BY e.occurred_at LIMIT 1""",
-        windows.train_from + timedelta(days=3),
-    )
-    async with loaded.acquire() as conn:
-        await record_labels(conn, [{"event_id": planted, "label": True, "known_at": windows.cutoff + timedelta(days=1),
-                                    "source": "late"}], redactor=redactor_for(settings))
-    ds, split = await asyncio.to_thread(build_feature_dataset, pg_dsn, PAYMENTS_V1, windows)
+@pytest.fixture(scope="module")
+def v1_built(store):
+    """The v1 training set of the default windows (v1's builder is the slow one: built once for the module),
+    after a fraud label planted on an old training event becomes known only after the cut-off."""
+    from sira.core import db
+
+    async def build() -> SimpleNamespace:
+        conn = await db.connect(store.dsn)
+        try:
+            windows = await training_windows(conn, maturity_days=10, label_delay_days=4)
+            planted = await conn.fetchval(
+                """SELECT e.event_id FROM sira_events e WHERE e.occurred_at < $1
+                      AND NOT EXISTS (SELECT 1 FROM sira_feedback f WHERE f.event_id = e.event_id)
+                    ORDER BY e.occurred_at LIMIT 1""",
+                windows.train_from + timedelta(days=3),
+            )
+            async with conn.transaction():
+                await record_labels(conn, [{"event_id": planted, "label": True, "source": "late",
+                                            "known_at": windows.cutoff + timedelta(days=1)}],
+                                    redactor=redactor_for(store.settings))
+        finally:
+            await conn.close()
+        ds, split = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V1, windows)
+        return SimpleNamespace(windows=windows, planted=planted, ds=ds, split=split)
+
+    return run_sync(build())
+
+
+async def test_labels_follow_the_rules_and_a_late_label_does_not_leak(store, v1_built):
+    pg_dsn = store.dsn
+    windows, planted, ds, split = v1_built.windows, v1_built.planted, v1_built.ds, v1_built.split
     index = ds.ids.index(planted)
     assert ds.matrix.y[index] == 0.0  # its label was not known by the cut-off: it is a mature negative
     # Every positive had its label known by the cut-off; nothing younger than maturity is unlabelled.
@@ -134,7 +151,7 @@ async def test_empty_or_immature_windows_are_clear_errors(loaded):
         build_feature_dataset("postgresql://unused/x", PAYMENTS_V1, bad)
 
 
-async def test_feature_engine_v2_training_sets_fold_the_log_as_columns(loaded, store):
+async def test_feature_engine_v2_training_sets_fold_the_log_as_columns(loaded, store, v1_built):
     """Feature set v2's training set: v1's rows and labels (the same label rule), vectors equal to one build
     over the whole log from the events as rows (not through COPY), and the same again from daily checkpoints
     once `sira features rebuild` has written them."""
@@ -144,8 +161,7 @@ async def test_feature_engine_v2_training_sets_fold_the_log_as_columns(loaded, s
     from sira.features.states import rebuild
     from sira.features.store import to_us
 
-    windows = await windows_for(loaded)
-    v1, s1 = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V1, windows)
+    windows, v1, s1 = v1_built.windows, v1_built.ds, v1_built.split
     v2, s2 = await asyncio.to_thread(build_feature_dataset, store.dsn, PAYMENTS_V2, windows)
     assert v2.ids == v1.ids and np.array_equal(v2.matrix.y, v1.matrix.y) and np.array_equal(v2.times, v1.times)
     assert [a.size for a in (s2.train, s2.valid, s2.test)] == [a.size for a in (s1.train, s1.valid, s1.test)]
