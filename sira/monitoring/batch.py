@@ -323,6 +323,22 @@ def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime
                         ("country", pa.string()), ("channel", pa.string()),
                         *((n, pa.float64()) for n in names)])
 
+    def read_tiles(batch: dict[str, np.ndarray]) -> pa.Table:
+        """Feature engine v2: a day's events folded from their checkpoints (or a horizon of the log)."""
+        from sira.training.columnar import tiles_vectors
+
+        parts = []
+        for shard_lo, shard_hi in zip(batch["lo"].tolist(), batch["hi"].tolist()):
+            X, events, rows = tiles_vectors(dsn, fs, datetime.fromisoformat(shard_lo), datetime.fromisoformat(shard_hi))
+            parts.append(pa.table({
+                "event_id": pa.array(events.event_id[rows].tolist(), pa.string()),
+                "occurred_at": pa.array(events.ts[rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "country": events.columns["country"].take(pa.array(rows)),
+                "channel": events.columns["channel"].take(pa.array(rows)),
+                **{n: pa.array(X[rows, j], pa.float64(), mask=np.isnan(X[rows, j])) for j, n in enumerate(names)},
+            }, schema=schema))
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
         from sira.training.datasets import read_feature_shard
 
@@ -337,8 +353,8 @@ def events_source(dsn: str, fs: Any, label_name: str, lo: datetime, hi: datetime
         return pa.table(columns, schema=schema)
 
     passthrough = [*EVENT_COLUMNS, *names] if keep_columns else list(EVENT_COLUMNS)
-    return Source(f"events {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}", rows, passthrough, shards, read,
-                  read_by_scorer=False)
+    return Source(f"events {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}", rows, passthrough, shards,
+                  read_tiles if fs.engine == "tiles" else read, read_by_scorer=False)
 
 
 # -- the job ---------------------------------------------------------------------------------------

@@ -35,20 +35,22 @@ FEEDBACK_TYPES = {"event_id": pa.string(), "positive_known_at": pa.int64(), "neg
 SEGMENTS = ("country", "channel")
 
 
-async def _columns(dsn: str, fs: Any, windows: Windows, label_name: str, lo: datetime, hi: datetime,
-                   ) -> tuple[np.ndarray, EventColumns, pa.Table, dict[str, Any]]:
+async def _columns(dsn: str, fs: Any, lo: datetime, hi: datetime, feedback_of: tuple[datetime, str] | None,
+                   ) -> tuple[np.ndarray, EventColumns, pa.Table | None, dict[str, Any]]:
     """The window's vectors (every event read, from its checkpoints or a horizon before ``lo``), its events
-    and the labels' summary. Two connections: the events on one while the labels come on the other, so
-    PostgreSQL's work overlaps; the fold runs in a thread (the compiled replay releases the GIL)."""
+    and, with ``feedback_of`` (cut-off, label name), the labels' summary. Two connections: the events on one
+    while the labels come on the other, so PostgreSQL's work overlaps; the fold runs in a thread (the
+    compiled replay releases the GIL)."""
     engine = engine_of(fs)
     first, second = await db.connect(dsn), await db.connect(dsn)
     pending: list[asyncio.Future[Any]] = []
     try:
         read_from, start = await starting_states(first, engine, day_of(lo))
 
-        async def labels() -> tuple[Labels, pa.Table]:
+        async def labels() -> tuple[Labels, pa.Table | None]:
             return (await read_labels(second, engine, read_from, hi),
-                    await copy_table(second, FEEDBACK_SQL, [windows.cutoff, label_name], FEEDBACK_TYPES))
+                    None if feedback_of is None else await copy_table(second, FEEDBACK_SQL, list(feedback_of),
+                                                                      FEEDBACK_TYPES))
 
         pending.append(asyncio.ensure_future(labels()))
         events = await read_events(first, engine, read_from, hi, also=SEGMENTS)
@@ -70,7 +72,9 @@ def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud"
     event id) order: (X, y, times, event ids, segments, what was read)."""
     spans = [(windows.test_from, windows.test_to)] if test_only else [(windows.train_from, windows.train_to),
                                                                        (windows.test_from, windows.test_to)]
-    X, events, feedback, source = asyncio.run(_columns(dsn, fs, windows, label_name, spans[0][0], spans[-1][1]))
+    X, events, feedback, source = asyncio.run(_columns(dsn, fs, spans[0][0], spans[-1][1],
+                                                       (windows.cutoff, label_name)))
+    assert feedback is not None
     ts = events.ts
     in_spans = np.zeros(ts.size, dtype=bool)
     for lo, hi in spans:
@@ -91,3 +95,13 @@ def tiles_rows(dsn: str, fs: Any, windows: Windows, *, label_name: str = "fraud"
     order = keep[np.lexsort((ids[keep].astype(str), ts[keep]))]  # (time, event id), as the v1 builder
     segments = {c: np.array(events.columns[c].to_pylist(), dtype=object)[order] for c in SEGMENTS}
     return np.ascontiguousarray(X[order]), y[order], ts[order].astype(np.int64), ids[order].tolist(), segments, source
+
+
+def tiles_vectors(dsn: str, fs: Any, lo: datetime, hi: datetime) -> tuple[np.ndarray, EventColumns, np.ndarray]:
+    """Every stored event with ``lo <= occurred_at < hi`` and its point-in-time vector of feature set ``fs``
+    (engine ``tiles``), unlabelled (batch scoring, drift): (X, the events read, the rows of X and of the
+    events that are in the range, in (time, event id) order)."""
+    X, events, _, _ = asyncio.run(_columns(dsn, fs, lo, hi, None))
+    ts = events.ts
+    keep = np.flatnonzero(ts >= to_us(lo))
+    return X, events, keep[np.lexsort((events.event_id[keep].astype(str), ts[keep]))]

@@ -294,3 +294,34 @@ async def test_a_replicas_recorder_folds_the_events_a_v2_model_scored_into_their
     _, finals = ENGINE.build(cols)
     assert set(finals) == {"customer", "card", "terminal"} and not finals["card"]
     await assert_states_are(clean_db, finals)
+
+
+async def test_batch_scoring_and_drift_read_stored_events_with_the_vectors_of_the_whole_log(clean_db, settings):
+    """``events_source`` of a v2 feature set (what batch scoring and drift of stored events read): day by
+    day from the checkpoints, and from a horizon of the log once an event stored later made them stale."""
+    from sira.monitoring.batch import events_source
+
+    events = payments(n=300, seed=43, days=8)
+    labels = positives(events)
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events, labels)
+        await rebuild(conn, PAYMENTS_V2)
+    (expected, _), _ = offline(events, labels)
+    index = {e["event_id"]: i for i, e in enumerate(events)}
+    lo, hi = day_of(T0 + timedelta(days=2)), day_of(T0 + timedelta(days=6)) + timedelta(hours=7)
+    wanted = sorted((e["occurred_at"], e["event_id"]) for e in events if lo <= e["occurred_at"] < hi)
+    for stale in (False, True):
+        if stale:  # an event stored after the checkpoints, older than the range
+            straggler = {**events[0], "event_id": "late-1", "occurred_at": T0 + timedelta(hours=30)}
+            async with db.transaction(clean_db) as conn:
+                await store(conn, [straggler])
+            events, index = events + [straggler], {**index, "late-1": len(events)}
+            (expected, _), _ = offline(events, labels)
+        source = events_source(db.resolve_dsn(settings), PAYMENTS_V2, "fraud", lo, hi, len(wanted),
+                               keep_columns=True)
+        table = await asyncio.to_thread(source.read, {"lo": np.array([p["lo"] for p in source.parts]),
+                                                      "hi": np.array([p["hi"] for p in source.parts])})
+        assert len(source.parts) == 5 and table.column("event_id").to_pylist() == [eid for _, eid in wanted]
+        got = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(float)
+                               for n in ENGINE.names])
+        assert same(got, expected[[index[eid] for _, eid in wanted]])
