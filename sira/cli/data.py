@@ -193,7 +193,12 @@ def features_materialize_cmd(
 
     fs = parse_feature_set(feature_set) if feature_set else get_feature_set()
     asyncio.run(actor_for("features.materialize", api_key))
-    payload = asyncio.run(materialize_all(get_settings(), full=full, fs=fs))
+    if fs.engine == "tiles":  # feature engine v2: states and daily checkpoints
+        from sira.features.states import advance_all
+
+        payload = asyncio.run(advance_all(get_settings(), fs, full=full))
+    else:
+        payload = asyncio.run(materialize_all(get_settings(), full=full, fs=fs))
     emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
 
 

@@ -370,3 +370,15 @@ async def rebuild_all(settings: Any, fs: FeatureSet, *, checkpoints: bool = True
         async with db.transaction(pool) as conn:
             result = await rebuild(conn, fs, checkpoints=checkpoints)
     return result.to_dict()
+
+
+async def advance_all(settings: Any, fs: FeatureSet, *, full: bool = False) -> dict[str, Any]:
+    """``sira features materialize`` of a v2 feature set: :func:`advance` (``full``: :func:`rebuild`) in one
+    transaction, reported as the history engine's refresh is (feature set, version, entities) and more."""
+    started = time.perf_counter()
+    async with db.open_pool(settings) as pool:
+        async with db.transaction(pool) as conn:
+            done = await (rebuild(conn, fs) if full else advance(conn, fs))
+    return {"feature_set": fs.name, "version": fs.version, "entities": done.entities, "events": done.events,
+            "labels": done.labels, "days": done.days, "checkpoints": done.checkpoints,
+            "seconds": round(time.perf_counter() - started, 3)}

@@ -388,24 +388,13 @@ async def materialize(
 
 
 async def materialize_all(settings: Any, *, full: bool = False, fs: FeatureSet | None = None) -> dict[str, Any]:
-    """``sira features materialize`` and ``jobs/materialize.py``: one incremental refresh of ``fs`` (the
-    current version by default): the history engine's snapshots, or feature engine v2's states and
-    checkpoints (:func:`sira.features.states.advance`; ``full``: a rebuild)."""
+    """``sira features materialize`` and ``jobs/materialize.py``: one incremental refresh."""
     import time
 
     from sira.features.definitions import get_feature_set
 
     fs = fs or get_feature_set()
     started = time.perf_counter()
-    if fs.engine == "tiles":  # feature engine v2: states and checkpoints
-        from sira.features.states import advance, rebuild
-
-        async with db.open_pool(settings) as pool:
-            async with db.transaction(pool) as conn:
-                done = await (rebuild(conn, fs) if full else advance(conn, fs))
-        return {"feature_set": fs.name, "version": fs.version, "entities": done.entities, "events": done.events,
-                "labels": done.labels, "days": done.days, "checkpoints": done.checkpoints,
-                "seconds": round(time.perf_counter() - started, 3)}
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
             # One materializer at a time per feature set; a second waits, then finds little to do.

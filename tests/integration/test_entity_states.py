@@ -325,3 +325,24 @@ async def test_batch_scoring_and_drift_read_stored_events_with_the_vectors_of_th
         got = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(float)
                                for n in ENGINE.names])
         assert same(got, expected[[index[eid] for _, eid in wanted]])
+
+
+async def test_sira_features_materialize_of_a_v2_set_advances_its_states_and_checkpoints(clean_db, settings):
+    import json
+    import subprocess
+    import sys
+
+    events = payments(n=90, seed=47, days=3)
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events[:60])
+        await rebuild(conn, PAYMENTS_V2)
+        await store(conn, events[60:], positives(events))
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "features", "materialize",
+                                                    "--feature-set", "payments@2", "--json"],
+                                   capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["feature_set"], report["version"]) == ("payments", 2) and report["checkpoints"] > 0
+    assert report["events"] >= 30 and set(report["entities"]) == {"customer", "card", "terminal"}
+    (_, finals), _ = offline(events, positives(events))
+    await assert_states_are(clean_db, finals)
