@@ -5,6 +5,7 @@ a cached one still holds that state."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -60,6 +61,7 @@ def _holds_state(history: History, last_event_id: str, n_events: int, labelled: 
 
 
 Key = tuple[str, str]  # (entity type, entity id)
+log = logging.getLogger(__name__)
 
 
 def _redis_key(key: Key) -> str:
@@ -73,6 +75,34 @@ class Histories:
         self.replica, self.models = replica, models
         self.cache = LRU(replica.config.cache_max_entries, replica.config.cache_ttl_s)
         self._invalidated: dict[Key, float] = {}
+
+    async def batch_inputs(self, items: list[Item], out: list[Any], degraded: set[str]
+                           ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[Key, History]]:
+        """Each request's feature vector and flags (events: from the entities' histories), and the histories
+        folded with the batch's recorded events. A feature set that fails fails its requests only (``out[n]``
+        is set to the error)."""
+        vectors: dict[int, dict[str, Any]] = {}
+        flags: dict[int, dict[str, Any]] = {}
+        folded: dict[Key, History] = {}
+        by_fs: dict[FeatureSet, list[int]] = {}
+        for n, item in enumerate(items):
+            if item.runtime.feature_set is None:
+                vectors[n] = item.features or {}
+                flags[n] = {"missing_features": item.missing} if item.missing else {}
+            else:
+                by_fs.setdefault(item.runtime.feature_set, []).append(n)
+        for fs, members in by_fs.items():
+            try:
+                v, f, more = await self.event_inputs(fs, [items[n] for n in members], degraded)
+            except Exception as exc:  # noqa: BLE001 - one feature set failing must not fail the others
+                log.exception("feature assembly failed")
+                for n in members:
+                    out[n] = exc
+                continue
+            for n, vector, flag in zip(members, v, f):
+                vectors[n], flags[n] = vector, flag
+            folded.update(more)
+        return vectors, flags, folded
 
     async def event_inputs(self, fs: FeatureSet, items: list[Item], degraded: set[str]
                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[Key, History]]:
@@ -205,6 +235,20 @@ class Histories:
                 state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
                 pipe.set(_redis_key(key), orjson.dumps({"s": state, "w": time.time()}),
                          ex=self.replica.config.redis_ttl_s)
+
+    async def store_in_redis(self, answers: Any, answered: list[tuple[Item, dict[str, Any]]],
+                             folded: dict[Key, History]) -> None:
+        """Answers (for other replicas' idempotency: ``answers`` queues them) and folded histories into Redis,
+        in one round trip after answering."""
+        r = self.replica
+        try:
+            pipe = r.redis.pipeline(transaction=False)
+            answers.queue(pipe, answered)
+            self.queue(pipe, folded)
+            await pipe.execute()
+            r.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            r.redis_breaker.failed(exc)
 
     def on_snapshots(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         """``NOTIFY`` of changed snapshots: drop the cached histories that do not hold the new state."""

@@ -40,8 +40,6 @@ from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from sira.features import store as feature_store
-from sira.features.definitions import FeatureSet
-from sira.features.history import History
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories, _touches
@@ -58,7 +56,6 @@ from sira.serving.spool import Spool
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 
 
 class ScoringService:
@@ -256,7 +253,7 @@ class ScoringService:
         lookup = asyncio.ensure_future(self.idempotency.earlier([i for i in items if i.client_request_id], degraded))
         await asyncio.sleep(0)  # let the lookup send its query before the CPU work below
         out: list[Any] = [None] * len(items)
-        vectors, flags, folded = await self._inputs(items, out, degraded)
+        vectors, flags, folded = await self.history.batch_inputs(items, out, degraded)
         try:
             earlier = await lookup
         except Exception:  # noqa: BLE001 - idempotency lookup failing must not fail the batch
@@ -302,39 +299,12 @@ class ScoringService:
         self.history.keep(folded)
         self.idempotency.remember(answered)
         if r.redis_available:
-            r.spawn(self._store_in_redis(answered, folded), "redis-store")
+            r.spawn(self.history.store_in_redis(self.idempotency, answered, folded), "redis-store")
         if shadow_jobs:
             r.spawn(self._shadow(shadow_jobs), "shadow")
         for reason in degraded:
             r.count("degraded", len(items), reason=reason)
         return out
-
-    async def _inputs(self, items: list[Item], out: list[Any], degraded: set[str]
-                      ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[Key, History]]:
-        """Each request's feature vector and flags (events: from the entities' histories), and the histories
-        folded with the batch's recorded events. A feature set that fails fails its requests only."""
-        vectors: dict[int, dict[str, Any]] = {}
-        flags: dict[int, dict[str, Any]] = {}
-        folded: dict[Key, History] = {}
-        by_fs: dict[FeatureSet, list[int]] = {}
-        for n, item in enumerate(items):
-            if item.runtime.feature_set is None:
-                vectors[n] = item.features or {}
-                flags[n] = {"missing_features": item.missing} if item.missing else {}
-            else:
-                by_fs.setdefault(item.runtime.feature_set, []).append(n)
-        for fs, members in by_fs.items():
-            try:
-                v, f, more = await self.history.event_inputs(fs, [items[n] for n in members], degraded)
-            except Exception as exc:  # noqa: BLE001 - one feature set failing must not fail the others
-                log.exception("feature assembly failed")
-                for n in members:
-                    out[n] = exc
-                continue
-            for n, vector, flag in zip(members, v, f):
-                vectors[n], flags[n] = vector, flag
-            folded.update(more)
-        return vectors, flags, folded
 
     async def _shadow(self, jobs: list[ShadowJob]) -> None:
         """Staging versions score the same inputs after the answer; stored beside production's, never returned."""
@@ -346,15 +316,3 @@ class ScoringService:
             self.writer.spool.append(records)
         except Exception:  # noqa: BLE001 - shadow scoring never affects serving
             log.exception("shadow scoring failed")
-
-    async def _store_in_redis(self, answered: list[tuple[Item, dict[str, Any]]], folded: dict[Key, History]) -> None:
-        """Answers (for other replicas' idempotency) and folded histories into Redis, after answering."""
-        r = self.replica
-        try:
-            pipe = r.redis.pipeline(transaction=False)
-            self.idempotency.queue(pipe, answered)
-            self.history.queue(pipe, folded)
-            await pipe.execute()
-            r.redis_breaker.succeeded()
-        except Exception as exc:  # noqa: BLE001
-            r.redis_breaker.failed(exc)
