@@ -226,6 +226,11 @@ async def import_label_files(
         raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
-            return await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
-                                       mapping=mapping, created_by=created_by,
-                                       pending_ttl_days=settings.pending_label_ttl_days)
+            summary = await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
+                                          mapping=mapping, created_by=created_by,
+                                          pending_ttl_days=settings.pending_label_ttl_days)
+    if summary.inserted or summary.updated:
+        from sira.ingest.bulk import analyze
+
+        await analyze(db.resolve_dsn(settings), "sira_feedback")  # a bulk load: statistics for the planner
+    return summary
