@@ -479,7 +479,7 @@ def ingest_files(
         summary.reasons.update(c["reasons"])
     seq_to = asyncio.run(seq_now())
     if summary.accepted:
-        asyncio.run(analyze(dsn, "sira_events"))
+        asyncio.run(db.analyze(dsn, "sira_events"))
     summary.phases["load"] = time.perf_counter() - phase
     for fs in feature_sets if seq_to > seq_from else []:
         phase = time.perf_counter()
@@ -504,23 +504,11 @@ def ingest_files(
         summary.features_written += sum(int(w["written"]) for w in written)
         summary.phases["features"] = time.perf_counter() - phase
     if summary.features_written:
-        asyncio.run(analyze(dsn, "sira_features"))
+        asyncio.run(db.analyze(dsn, "sira_features"))
     summary.seconds = time.perf_counter() - started
     asyncio.run(_record_load(dsn, actor or Actor.local(), redactor_for(settings), source, files, summary, seq_from,
                              seq_to))
     return summary
-
-
-async def analyze(dsn: str, *tables: str) -> None:
-    """``ANALYZE`` tables a bulk load just filled. PostgreSQL has no statistics for new rows until
-    autovacuum's next pass (none had run after a test's load): the first training build on a fresh load
-    planned its label lookups by the wrong index and took 72.7 s instead of 16.4 s (24,205 rows)."""
-    conn = await db.connect(dsn)
-    try:
-        for table in tables:
-            await conn.execute(f"ANALYZE {db.quote_ident(table)}")
-    finally:
-        await conn.close()
 
 
 async def _advance_states(dsn: str, fs: FeatureSet) -> Any:

@@ -230,7 +230,5 @@ async def import_label_files(
                                           mapping=mapping, created_by=created_by,
                                           pending_ttl_days=settings.pending_label_ttl_days)
     if summary.inserted or summary.updated:
-        from sira.ingest.bulk import analyze
-
-        await analyze(db.resolve_dsn(settings), "sira_feedback")  # a bulk load: statistics for the planner
+        await db.analyze(db.resolve_dsn(settings), "sira_feedback")  # a bulk load: statistics for the planner
     return summary
