@@ -179,9 +179,7 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
     started = time.perf_counter()
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
     marks = await _log_marks(conn)  # what the checkpoints hold (see starting_states)
-    lo, hi = await conn.fetchrow(
-        "SELECT min(occurred_at), greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback"
-        " WHERE label_name = $1 AND label)) FROM sira_events", fs.label_name) or (None, None)
+    lo, hi = await _log_span(conn, fs)
     result = Rebuilt(fs.name, fs.version)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
     if lo is not None and hi is not None:
@@ -206,22 +204,27 @@ async def advance(conn: Connection, fs: FeatureSet) -> Rebuilt:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
     marks = await _log_marks(conn)
     engine = engine_of(fs)
-    keys = ", ".join(f"e.{db.quote_ident(c)}" for c in engine.key_columns)
-    rows = await conn.fetch(
-        f"""SELECT e.occurred_at AS at, {keys} FROM sira_events e WHERE e.seq > $1 AND e.seq <= $2
-            UNION ALL
-            SELECT greatest(f.known_at, e.occurred_at), {keys} FROM sira_feedback f JOIN sira_events e USING (event_id)
-             WHERE f.id > $3 AND f.id <= $4 AND f.label_name = $5 AND f.label""",
+    columns = [db.quote_ident(c) for c in engine.key_columns]
+    found = await conn.fetchrow(  # the earliest time and the keys of what is new, aggregated in the database
+        f"""WITH new AS (
+                SELECT e.occurred_at AS at, {", ".join(f"e.{c}" for c in columns)} FROM sira_events e
+                 WHERE e.seq > $1 AND e.seq <= $2
+                UNION ALL
+                SELECT greatest(f.known_at, e.occurred_at), {", ".join(f"e.{c}" for c in columns)}
+                  FROM sira_feedback f JOIN sira_events e USING (event_id)
+                 WHERE f.id > $3 AND f.id <= $4 AND f.label_name = $5 AND f.label)
+            SELECT min(at) AS first,
+                   {", ".join(f"coalesce(array_agg(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL), '{{}}')"
+                              f" AS {c}" for c in columns)}
+              FROM new""",
         held[f"{job}:events"], marks["events"], held[f"{job}:labels"], marks["labels"], fs.label_name)
     result = Rebuilt(fs.name, fs.version)
-    if rows:
-        touched: dict[str, Sequence[str]] = {spec.key_column: sorted({r[spec.key_column] for r in rows if r[spec.key_column] is not None})
-                   for spec in fs.entities}
+    if found is not None and found["first"] is not None:
+        touched: dict[str, Sequence[str]] = {spec.key_column: sorted(found[spec.key_column]) for spec in fs.entities}
         await lock_entities(conn, fs, [(spec.entity, k) for spec in fs.entities for k in touched[spec.key_column]])
-        first = day_of(min(r["at"] for r in rows))
-        last = await conn.fetchval(
-            "SELECT greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback WHERE label_name = $1"
-            " AND label)) FROM sira_events", fs.label_name)
+        first = day_of(found["first"])
+        _, last = await _log_span(conn, fs)
+        last = last or found["first"]  # never None: the log holds what was found new
         packed = {spec.entity: await read_checkpoints(conn, fs, spec.entity, first, touched[spec.key_column])
                   for spec in fs.entities}
         packed = await _fold_days(conn, engine, first, day_of(last), packed, touched, True, result)
@@ -230,6 +233,14 @@ async def advance(conn: Connection, fs: FeatureSet) -> Rebuilt:
         await _finish(conn, fs, {spec.entity: {} for spec in fs.entities}, marks, result)
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def _log_span(conn: Connection, fs: FeatureSet) -> tuple[datetime | None, datetime | None]:
+    """The first event's time and the last event's or positive label's: the days a fold of the log covers."""
+    row = await conn.fetchrow(
+        "SELECT min(occurred_at), greatest(max(occurred_at), (SELECT max(known_at) FROM sira_feedback"
+        " WHERE label_name = $1 AND label)) FROM sira_events", fs.label_name)
+    return (row[0], row[1]) if row else (None, None)
 
 
 async def _log_marks(conn: Connection) -> dict[str, int]:
@@ -345,8 +356,9 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
         vectors[i] = vector
     written = 0
     for entity, wanted in keys.items():
-        written += await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),
-                                                             from_us(int(states[(entity, k)][0, 1]))) for k in wanted})
+        folded = {k: states[(entity, k)] for k in wanted}
+        written += await write_states(conn, fs, entity, {k: (engine.encode(entity, state), from_us(int(state[0, 1])))
+                                                         for k, state in folded.items()})
     return Folded(vectors, late, written)
 
 

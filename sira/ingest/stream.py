@@ -196,7 +196,8 @@ async def process_entries(
 
 async def consume(
     source: EventSource, pool: Any, *, settings: Settings, mapping: Mapping[str, str] | None = None,
-    feature_sets: Sequence[FeatureSet] | None = None, batch: int = 200, block_ms: int = 1_000, max_events: int | None = None, stop: asyncio.Event | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None, batch: int = 200, block_ms: int = 1_000,
+    max_events: int | None = None, stop: asyncio.Event | None = None,
     on_batch: Callable[[list[Entry], IngestSummary], None] | None = None,
 ) -> IngestSummary:
     """Read, store, then acknowledge, until stopped or ``max_events`` entries were handled."""
