@@ -77,6 +77,15 @@ class EventColumns:
                    np.array([e["event_id"] for e in events], dtype=object),
                    {n: _strings([e.get(n) for e in events]) for n in names})
 
+    def merged(self, other: "EventColumns") -> "EventColumns":
+        """These events and ``other``'s (same columns); an event in both is taken from ``other``."""
+        keep = np.flatnonzero(~np.isin(self.event_id, other.event_id))
+        rows = pa.array(keep, type=pa.int64())
+        return EventColumns(np.concatenate([self.ts[keep], other.ts]), np.concatenate([self.amount[keep], other.amount]),
+                            np.concatenate([self.event_id[keep], other.event_id]),
+                            {n: pa.concat_arrays([self.columns[n].take(rows).cast(pa.string()),
+                                                  other.columns[n].cast(pa.string())]) for n in self.columns})
+
 
 @dataclass(frozen=True)
 class Labels:

@@ -67,19 +67,56 @@ async def read_states(conn: Connection, fs: FeatureSet, entity: str, keys: Seque
     return {r["entity_id"]: r["state"] for r in rows}
 
 
-async def write_states(conn: Connection, fs: FeatureSet, entity: str, states: Mapping[str, tuple[bytes, datetime]]
-                       ) -> int:
-    """Upsert packed states (key -> (bytes, newest event time)); each write bumps the row's revision."""
+async def read_stored(conn: Connection, fs: FeatureSet, entity: str, keys: Sequence[str]
+                      ) -> dict[str, tuple[bytes, int]]:
+    """Stored states with their revisions (a serving replica's cache follows the revisions)."""
+    rows = await conn.fetch(
+        "SELECT entity_id, state, revision FROM sira_entity_states WHERE feature_set = $1"
+        " AND feature_set_version = $2 AND entity_type = $3 AND entity_id = ANY($4::text[])",
+        fs.name, fs.version, entity, list(keys))
+    return {r["entity_id"]: (r["state"], r["revision"]) for r in rows}
+
+
+STATES_CHANNEL = "sira_states"
+_NOTIFY_CHUNK = 100  # (id, revision) pairs per notification: Postgres caps a payload at 8000 bytes
+_NOTIFY_MAX = 5_000  # beyond this many, one "every state of this type changed" notification
+
+
+async def write_states(conn: Connection, fs: FeatureSet, entity: str, states: Mapping[str, tuple[bytes, datetime]],
+                       origin: str | None = None) -> int:
+    """Upsert packed states (key -> (bytes, newest event time)); each write bumps the row's revision (1 when
+    inserted) and is notified on :data:`STATES_CHANNEL` at commit, with ``origin`` (the writer: a serving
+    replica's recorder names its replica) so replicas caching states know which changed and by whom."""
     if not states:
         return 0
-    await conn.execute(
+    rows = await conn.fetch(
         """INSERT INTO sira_entity_states (feature_set, feature_set_version, entity_type, entity_id, state, newest_at)
            SELECT $1, $2, $3, k, s, n FROM unnest($4::text[], $5::bytea[], $6::timestamptz[]) AS u(k, s, n)
            ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id) DO UPDATE
               SET state = EXCLUDED.state, newest_at = EXCLUDED.newest_at,
-                  revision = sira_entity_states.revision + 1""",
+                  revision = sira_entity_states.revision + 1
+           RETURNING entity_id, revision""",
         fs.name, fs.version, entity, list(states), [s for s, _ in states.values()], [n for _, n in states.values()])
+    await notify_states(conn, fs, entity, [(r["entity_id"], r["revision"]) for r in rows], origin)
     return len(states)
+
+
+async def notify_states(conn: Connection, fs: FeatureSet, entity: str, changes: Sequence[tuple[str, int]],
+                        origin: str | None) -> None:
+    """``{"f": name, "v": version, "t": entity type, "o": origin, "e": [[id, revision], ...]}`` in chunks, or
+    ``"all": true`` instead of ``"e"`` for a rebuild-sized write (or ids too long for a payload)."""
+    import orjson
+
+    head = {"f": fs.name, "v": fs.version, "t": entity, "o": origin}
+    everything = orjson.dumps({**head, "all": True}).decode()
+    if len(changes) > _NOTIFY_MAX:
+        payloads = [everything]
+    else:
+        payloads = [orjson.dumps({**head, "e": [list(c) for c in changes[i: i + _NOTIFY_CHUNK]]}).decode()
+                    for i in range(0, len(changes), _NOTIFY_CHUNK)]
+    for payload in payloads:
+        await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
+                           payload if len(payload.encode()) < 7_900 else everything)
 
 
 async def write_checkpoints(conn: Connection, fs: FeatureSet, entity: str, as_of: datetime,
@@ -296,7 +333,7 @@ async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, 
             if newest is None:  # a checkpoint nothing since changed
                 newest = int(engine.decode(spec.entity, value)[0, 1])
             states[key] = (value, from_us(newest))
-        await write_states(conn, fs, spec.entity, states)
+        await write_states(conn, fs, spec.entity, states)  # notified: every replica drops what it cached
         result.entities[spec.entity] = len(states)
     if marks is not None:
         for kind in ("events", "labels"):
@@ -321,10 +358,12 @@ class Folded:
     states: int  # entity states written
 
 
-async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping[str, Any]]) -> Folded:
+async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping[str, Any]],
+                      origin: str | None = None) -> Folded:
     """Fold events just stored in ``sira_events`` (normalized dicts) into their entities' states, in the
-    caller's transaction: lock the entities, read their states, fold in (time, order), write them back.
-    An event older than its entity's newest rebuilds that entity from the log (where the event now is)."""
+    caller's transaction: lock the entities, read their states, fold in (time, order), write them back
+    (notified with ``origin``: see :func:`write_states`). An event older than its entity's newest rebuilds
+    that entity from the log (where the event now is)."""
     engine = engine_of(fs)
     entities = sorted({(spec.entity, e[spec.key_column]) for e in events for spec in fs.entities
                        if e.get(spec.key_column) is not None})
@@ -348,7 +387,8 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
         for entity in refused:  # rebuilt from the log, which holds this batch's events already
             late += 1
             key = e[fs.entity(entity).key_column]
-            states[(entity, key)], rebuilt[(entity, key)] = await _refold(conn, engine, entity, key, e)
+            states[(entity, key)], rebuilt[(entity, key)] = await log_vectors(conn, engine, entity, key,
+                                                                              e["occurred_at"])
         for spec in fs.entities:
             key = e.get(spec.key_column)
             if key is not None and (spec.entity, key) in rebuilt:
@@ -358,19 +398,22 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
     for entity, wanted in keys.items():
         folded = {k: states[(entity, k)] for k in wanted}
         written += await write_states(conn, fs, entity, {k: (engine.encode(entity, state), from_us(int(state[0, 1])))
-                                                         for k, state in folded.items()})
+                                                         for k, state in folded.items()}, origin)
     return Folded(vectors, late, written)
 
 
-async def _refold(conn: Connection, engine: Engine, entity: str, key: str, event: Mapping[str, Any]
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One entity rebuilt from the log around a late event: its state after everything stored, and the
-    entity's features of every event from the late one on, by event id."""
+async def log_vectors(conn: Connection, engine: Engine, entity: str, key: str, since: datetime,
+                      extra: Sequence[Mapping[str, Any]] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One entity folded from the log around a late event at ``since``: from its latest checkpoint before that
+    day, the events stored since and ``extra`` (events not stored yet, or stored: then they take their stored
+    copy's place), its state after all of them and its features of every event from that day on, by event id.
+    The fold is the offline one: a late event gets the vector a training set gives it."""
     column = engine.layouts[entity].spec.key_column
-    first_day = day_of(event["occurred_at"])
-    read_from, start = await starting_states(conn, engine, first_day, {column: [key]})
+    read_from, start = await starting_states(conn, engine, day_of(since), {column: [key]})
     end = datetime.max.replace(tzinfo=timezone.utc)
     events = await read_events(conn, engine, read_from, end, {column: [key]})
+    if extra:
+        events = events.merged(EventColumns.from_events(extra, engine.columns))
     labels = await read_labels(conn, engine, read_from, end, keys={column: [key]})
     rows, finals = engine.build(events, labels, {entity: start.get(entity, {})})
     return finals[entity][key], dict(zip(events.event_id.tolist(), rows[:, engine.slices[entity]]))

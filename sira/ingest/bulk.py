@@ -166,20 +166,25 @@ async def feature_sets_in_service(conn: asyncpg.Connection) -> list[FeatureSet]:
     return [FEATURE_SETS[key] for key in sorted(wanted) if key in FEATURE_SETS]
 
 
-async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]]) -> int:
-    """Store already-normalized (redacted) events and fold the new ones into features and snapshots.
+async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]],
+                            origin: str | None = None) -> int:
+    """Store already-normalized (redacted) events and fold the new ones into every feature set in service
+    (``fs``, the one they were scored with, among them).
 
-    The path of events a serving replica scored: they were validated and
-    redacted before scoring, so they are not normalized twice. Returns the
-    number of events that were new.
+    The path of events a serving replica scored (``origin``: the replica, named in the notifications of
+    v2 states it writes): they were validated and redacted before scoring, so they are not normalized
+    twice. Returns the number of events that were new.
     """
     new_ids = await insert_events(conn, rows)
     fresh = [r for r in rows if r["event_id"] in new_ids]
-    await fold_and_store(conn, fs, fresh)
+    if fresh:
+        for other in sorted({fs, *await feature_sets_in_service(conn)}, key=lambda f: (f.name, f.version)):
+            await fold_and_store(conn, other, fresh, origin=origin)
     return len(fresh)
 
 
-async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequence[dict[str, Any]]) -> tuple[int, int]:
+async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequence[dict[str, Any]],
+                         origin: str | None = None) -> tuple[int, int]:
     """New events into their entities' state: (feature rows written, states updated). Feature engine v2
     (``engine="tiles"``) folds them into the packed states and writes no per-event rows (a vector is
     reproducible from the log and the checkpoints; a scored one is in ``sira_predictions``); the history
@@ -189,7 +194,7 @@ async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequen
     if fs.engine == "tiles":
         from sira.features.states import fold_events
 
-        return 0, (await fold_events(conn, fs, fresh)).states
+        return 0, (await fold_events(conn, fs, fresh, origin)).states
     rows, updated = await fold_into_snapshots(conn, fs, fresh)
     return await feature_store.write_feature_rows(conn, fs, rows), updated
 

@@ -23,6 +23,7 @@ from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 from sira.serving.scoring import event_vectors
 from sira.serving.slots import ModelSlots
+from sira.serving.states import EntityStates
 
 
 @dataclass
@@ -71,19 +72,21 @@ def _redis_key(key: Key) -> str:
 class Histories:
     """The entity histories a replica scores events with (see the module docstring)."""
 
-    def __init__(self, replica: Replica, models: ModelSlots):
+    def __init__(self, replica: Replica, models: ModelSlots, origin: str):
         self.replica, self.models = replica, models
         self.cache = LRU(replica.config.cache_max_entries, replica.config.cache_ttl_s)
         self._invalidated: dict[Key, float] = {}
+        self.states = EntityStates(replica, origin)  # feature engine v2's (engine="tiles")
 
     async def batch_inputs(self, items: list[Item], out: list[Any], degraded: set[str]
-                           ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[Key, History]]:
-        """Each request's feature vector and flags (events: from the entities' histories), and the histories
-        folded with the batch's recorded events. A feature set that fails fails its requests only (``out[n]``
-        is set to the error)."""
+                           ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[Any, Any]]:
+        """Each request's feature vector and flags (events: from the entities' histories, or v2 states), and
+        the histories and states folded with the batch's recorded events (keyed (entity type, id) and (entity
+        type, id, feature set) respectively). A feature set that fails fails its requests only (``out[n]`` is
+        set to the error)."""
         vectors: dict[int, dict[str, Any]] = {}
         flags: dict[int, dict[str, Any]] = {}
-        folded: dict[Key, History] = {}
+        folded: dict[Any, Any] = {}
         by_fs: dict[FeatureSet, list[int]] = {}
         for n, item in enumerate(items):
             if item.runtime.feature_set is None:
@@ -93,7 +96,8 @@ class Histories:
                 by_fs.setdefault(item.runtime.feature_set, []).append(n)
         for fs, members in by_fs.items():
             try:
-                v, f, more = await self.event_inputs(fs, [items[n] for n in members], degraded)
+                inputs = self.states.event_inputs if fs.engine == "tiles" else self.event_inputs
+                v, f, more = await inputs(fs, [items[n] for n in members], degraded)
             except Exception as exc:  # noqa: BLE001 - one feature set failing must not fail the others
                 log.exception("feature assembly failed")
                 for n in members:
@@ -222,14 +226,19 @@ class Histories:
                 self.cache.put(key, found[key])
         return found, status
 
-    def keep(self, folded: dict[Key, History]) -> None:
-        """Histories this replica folded the batch's recorded events into."""
+    def keep(self, folded: dict[Any, Any]) -> None:
+        """Histories and v2 states this replica folded the batch's recorded events into."""
+        self.states.keep({k: v for k, v in folded.items() if len(k) == 3})
         for key, history in folded.items():
-            self.cache.put(key, CachedHistory(history))
+            if len(key) == 2:
+                self.cache.put(key, CachedHistory(history))
 
-    def queue(self, pipe: Any, folded: dict[Key, History]) -> None:
-        """The same into a Redis pipeline (sent after answering), as snapshot states."""
+    def queue(self, pipe: Any, folded: dict[Any, Any]) -> None:
+        """The histories into a Redis pipeline (sent after answering), as snapshot states (v2 states go to
+        Redis as they are read from PostgreSQL, with their revisions: see :mod:`sira.serving.states`)."""
         for key, history in folded.items():
+            if len(key) != 2:
+                continue
             spec = self.models.entity_spec(key[0])
             if spec is not None:
                 state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
@@ -237,7 +246,7 @@ class Histories:
                          ex=self.replica.config.redis_ttl_s)
 
     async def store_in_redis(self, answers: Any, answered: list[tuple[Item, dict[str, Any]]],
-                             folded: dict[Key, History]) -> None:
+                             folded: dict[Any, Any]) -> None:
         """Answers (for other replicas' idempotency: ``answers`` queues them) and folded histories into Redis,
         in one round trip after answering."""
         r = self.replica

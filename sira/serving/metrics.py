@@ -37,6 +37,9 @@ class ServingMetrics:
                                           tag_keys=("model", "role"))
         self.config_rejected = metrics.Counter("sira_config_rejected",
                                                "user_config updates refused (the replica kept its last good one).")
+        self.late = metrics.Counter("sira_late_events",
+                                    "Scored events older than their entity's newest state, answered from the log.",
+                                    tag_keys=("entity",))
         self.pending_labels = metrics.Counter("sira_feedback_pending_labels",
                                               "Labels recorded for an event not stored (yet).")
         self._counts: dict[tuple[Any, tuple[tuple[str, str], ...]], int] = {}

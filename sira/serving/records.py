@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -74,13 +74,13 @@ async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> No
         async with conn.transaction():
             if predictions:
                 await write_predictions(conn, predictions)
-            by_fs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            by_fs: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
             for r in events:
-                by_fs.setdefault((r["feature_set"], r["feature_set_version"]), []).append(r["row"])
-            for (name, version), rows in by_fs.items():
+                by_fs.setdefault((r["feature_set"], r["feature_set_version"], r.get("origin")), []).append(r["row"])
+            for (name, version, origin), rows in by_fs.items():
                 unique = list({r["event_id"]: {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"])}
                                for r in rows}.values())
-                await record_normalized(conn, get_feature_set(name, version), unique)
+                await record_normalized(conn, get_feature_set(name, version), unique, origin=origin)
 
 
 class Recorder:
@@ -181,6 +181,7 @@ class PredictionWriter:
         self.recorder: Any = None  # a Recorder actor (in a replica) or a Recorder on `self.writer`'s loop
         self.writer: BackgroundLoop | None = None
         self.lock = asyncio.Lock()
+        self.on_stored: Callable[[list[dict[str, Any]]], None] | None = None  # after records are stored
 
     def open(self, in_replica: bool) -> None:
         """Storing the spool is CPU work (folding recorded events into features): in a replica a process of
@@ -283,3 +284,5 @@ class PredictionWriter:
             await self.recorder.store.remote(records)
         else:
             await self.writer.run(self.recorder.store(records))
+        if self.on_stored is not None:
+            self.on_stored(records)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +41,7 @@ from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from sira.features import store as feature_store
+from sira.features.states import STATES_CHANNEL
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories, _touches
@@ -49,7 +51,7 @@ from sira.serving.metrics import ServingMetrics
 from sira.serving.notifications import Listener
 from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter
 from sira.serving.replica import Replica
-from sira.serving.resilience import _in_replica
+from sira.serving.resilience import _in_replica, _replica_name
 from sira.serving.schemas import Item, ScoreItem
 from sira.serving.slots import ModelSlots
 from sira.serving.spool import Spool
@@ -64,15 +66,18 @@ class ScoringService:
     def __init__(self, settings: Settings, config: ServingConfig):
         self.replica = Replica.of(settings, config)
         self.models = ModelSlots(self.replica)
-        self.history = Histories(self.replica, self.models)
+        self.origin = f"{_replica_name()}:{uuid.uuid4().hex[:8]}"  # names this replica's writes of v2 states
+        self.history = Histories(self.replica, self.models, self.origin)
         self.idempotency = Answers(self.replica)
         self.writer = PredictionWriter(self.replica, Spool(config.spool_dir or settings.workspace / "spool",
                                                            fsync=config.spool_fsync))
+        self.writer.on_stored = self.history.states.stored
         self.redactor: Any = None
         self.rejected_config: dict[str, str] | None = None  # the last user_config refused, while it stands
         self.started = False
         self.listener = Listener(self.replica, {"sira_registry": self._on_registry,
-                                                feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots},
+                                                feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots,
+                                                STATES_CHANNEL: self.history.states.on_states},
                                  self._reconnected)
         self._in_replica = _in_replica()
         self._batch_lock = asyncio.Lock()
@@ -190,7 +195,8 @@ class ScoringService:
         r.config = config
         self._batched.set_max_batch_size(config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self.histories.max_entries, self.histories.ttl_s = config.cache_max_entries, config.cache_ttl_s
+        for cache in (self.histories, self.history.states.cache):
+            cache.max_entries, cache.ttl_s = config.cache_max_entries, config.cache_ttl_s
         self.answers.ttl_s = config.idempotency_ttl_s
         self.spool.fsync = config.spool_fsync  # production.yaml turns it on in user_config
         r.pg.open_s = r.redis_breaker.open_s = config.breaker_open_s
@@ -209,6 +215,7 @@ class ScoringService:
     async def _reconnected(self) -> None:
         """The listener was away: registry and snapshot notifications may have been missed."""
         self.histories.clear()
+        self.history.states.clear()
         await self.models.refresh("reconnect")
 
     def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
@@ -272,6 +279,7 @@ class ScoringService:
                     out[n] = replay(prior, item)
                 except Conflict as exc:
                     out[n] = exc
+                self.history.states.forget(k for k in folded if len(k) == 3 and _touches(item, k))
                 folded = {k: v for k, v in folded.items() if not _touches(item, k)}
         todo = [n for n in range(len(items)) if out[n] is None]
         scored = score_items(items, todo, vectors, flags, degraded, reasons=r.config.reasons, shadow=r.config.shadow,
@@ -287,6 +295,7 @@ class ScoringService:
             if item.record and item.event is not None:
                 fs = item.runtime.feature_set
                 records.append({"kind": "event", "feature_set": fs.name, "feature_set_version": fs.version,
+                                "origin": self.origin,
                                 "row": {**item.event, "occurred_at": item.event["occurred_at"].isoformat()}})
         try:
             self.writer.spool.append(records)  # before answering: an answered prediction is never lost
@@ -296,6 +305,7 @@ class ScoringService:
             fresh = set(todo)
             return [failure if n in fresh else out[n] for n in range(len(items))]
         answered = [(items[n], out[n]) for n in todo]
+        self.history.states.recorded(records)
         self.history.keep(folded)
         self.idempotency.remember(answered)
         if r.redis_available:

@@ -1,0 +1,416 @@
+"""Feature engine v2's entity states as a replica reads, folds and caches them.
+
+A state comes from the replica's LRU, else Redis, else ``sira_entity_states``; an entity with none starts
+empty. A batch folds its events into copies (one compiled call per event and entity); the copies of the
+entities whose events are recorded replace the cached ones after the answer.
+
+Coherence. Every write of a state (a stream consumer, bulk ingest, ``sira features materialize``, a replica's
+recorder) bumps its revision and is notified on ``sira_states`` with the writer's origin
+(:func:`sira.features.states.write_states`). Each cached state remembers the stored revision it derives
+from. A write by this replica's own recorder on top of that revision holds nothing the cached state lacks
+(the recorder folded the events this replica folded, and maybe fewer): the entry is kept and now derives
+from the new revision. Any other newer write drops it, and Redis values older than it are ignored.
+
+Events this replica recorded that its recorder has not stored yet (the spool's flush confirms them) are
+folded again onto a state read from Redis or PostgreSQL, so a re-read loses none of them; if one no longer
+folds (the stored state has moved past it), the state serves that batch without being cached.
+
+Late events (older than the state's newest, or its newest scored again) are answered from the log: the
+entity's latest checkpoint before the event's day, the events stored since and the batch's events of that
+entity, folded by the offline path (:func:`sira.features.states.log_vectors`): the vector a training set
+gives the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sira.core import db
+from sira.features import states as stored_states
+from sira.features.definitions import FeatureSet, get_feature_set, parse_duration
+from sira.features.engine import Engine, engine_of
+from sira.features.hashing import MISSING, value_hash
+from sira.features.store import to_us
+from sira.serving.replica import Replica
+from sira.serving.resilience import LRU
+from sira.serving.schemas import Item
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (entity type, entity id)
+CacheKey = tuple[str, int, str, str]  # (feature set, version, entity type, entity id)
+MAX_UNSTORED = 200_000  # recorded events awaiting the spool's flush: beyond, forget them and the cache
+
+# SET a state only over an older one: values are b"<rank>|<wall time>|<packed state>", rank = 2 * revision + 1
+_SET_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local rank = tonumber(string.match(current, '^(%d+)|'))
+  if rank and rank >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+
+
+@dataclass
+class Entry:
+    state: np.ndarray  # unpacked, every event this replica folded into it
+    revision: int  # the stored revision it derives from (0: none stored)
+    read_at: float  # wall time its stored base was read
+
+
+@dataclass
+class FoldedState:
+    """A batch's fold of one entity (the key is (entity type, entity id, "name@version")) and the entry it
+    started from (whose revision this replica's own writes may advance meanwhile)."""
+
+    fs: FeatureSet
+    state: np.ndarray
+    base: Entry
+
+
+def _newest(entry: Entry) -> int | None:
+    newest = int(entry.state[0, 1])
+    return None if newest == MISSING else newest
+
+
+def _recorded_events(records: Iterable[dict[str, Any]]) -> Iterable[tuple[FeatureSet, Key, dict[str, Any]]]:
+    """(feature set, entity key, spooled event row) of each v2 entity of each recorded event."""
+    for record in records:
+        if record.get("kind") != "event":
+            continue
+        fs = get_feature_set(record["feature_set"], record["feature_set_version"])
+        if fs.engine == "tiles":
+            row = record["row"]
+            for spec in fs.entities:
+                if row.get(spec.key_column) is not None:
+                    yield fs, (spec.entity, row[spec.key_column]), row
+
+
+def _cache_key(fs: FeatureSet, key: Key) -> CacheKey:
+    return (fs.name, fs.version, key[0], key[1])
+
+
+
+
+class EntityStates:
+    """The v2 entity states one replica scores with (see the module docstring)."""
+
+    def __init__(self, replica: Replica, origin: str):
+        self.replica, self.origin = replica, origin
+        self.cache = LRU(replica.config.cache_max_entries, replica.config.cache_ttl_s)
+        self.unstored: dict[CacheKey, dict[str, dict[str, Any]]] = {}  # recorded, not yet stored: event id -> event
+        self.notified: dict[CacheKey, int] = {}  # the newest revision another writer was notified to write
+        self.cleared: dict[tuple[str, int, str], float] = {}  # (set, version, entity) -> when all changed
+        self.epoch = 0.0  # when every state may have changed unnoticed (notifications missed)
+        self.pending = 0  # events in `unstored`
+        self._set_newer: Any = None
+        # Redis keys name the database (a digest of its address): two installations sharing a Redis, or test
+        # databases, never read each other's states
+        self.namespace = hashlib.sha256(db.resolve_dsn(replica.settings).encode()).hexdigest()[:12]
+
+    def _redis_key(self, fs: FeatureSet, key: Key) -> str:
+        return f"sira:state:{self.namespace}:{fs.name}@{fs.version}:{key[0]}:{key[1]}"
+
+    # -- a batch ---------------------------------------------------------------------------------------------
+
+    async def event_inputs(self, fs: FeatureSet, items: list[Item], degraded: set[str]
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, str, str], Any]]:
+        """The batch's vectors and flags, and the folded states of its recorded entities (to :meth:`keep`)."""
+        engine = engine_of(fs)
+        events = [i.event for i in items]
+        keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
+                       if e.get(spec.key_column) is not None})
+        found, status, uncached = await self.lookup(fs, keys, degraded)
+        working = {k: entry.state.copy() for k, entry in found.items()}  # the cached ones stay as they were
+        rows = np.full((len(events), len(engine.names)), np.nan)
+        rebuilt: dict[Key, dict[str, np.ndarray] | None] = {}
+        for key in sorted(uncached):  # a recorded event the stored state moved past: the log, with it
+            rebuilt[key] = await self._from_log(engine, key, events, degraded)
+            if rebuilt[key] is None:
+                status[key] = "unavailable"
+        for i in sorted(range(len(events)), key=lambda i: (to_us(events[i]["occurred_at"]),
+                                                            value_hash(events[i]["event_id"]))):
+            event = events[i]
+            mine = {}
+            for spec in fs.entities:
+                key = (spec.entity, event.get(spec.key_column))
+                if key[1] is not None and key in working and key not in rebuilt:
+                    mine[spec.entity] = working[key]
+            rows[i], late = engine.event_vector(event, mine)
+            for entity in late:
+                key = (entity, event[fs.entity(entity).key_column])
+                rebuilt[key] = await self._from_log(engine, key, events, degraded)
+                if rebuilt[key] is None:
+                    status[key] = "unavailable"
+        vectors, flags = self._answers(engine, events, rows, found, status, rebuilt)
+        recorded = {(spec.entity, i.event[spec.key_column]) for i in items if i.record for spec in fs.entities
+                    if i.event.get(spec.key_column) is not None}
+        folded: dict[tuple[str, str, str], Any] = {}
+        for key in recorded:
+            if key in working and key not in rebuilt and key not in uncached and status.get(key) != "unavailable":
+                folded[(*key, f"{fs.name}@{fs.version}")] = FoldedState(fs, working[key], found[key])
+            else:
+                self.cache.pop(_cache_key(fs, key))  # its recorded events are not in the cached state
+        return vectors, flags, folded
+
+    @staticmethod
+    def _answers(engine: Engine, events: list[dict[str, Any]], rows: np.ndarray, found: Mapping[Key, Entry],
+                 status: Mapping[Key, str], rebuilt: Mapping[Key, dict[str, np.ndarray] | None]
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Vectors (None: undefined or unknown) and flags; "stale": the entity's newest known event is older
+        than the feature set's TTL at the event's time (windows are still exact; a source may be lagging)."""
+        vectors, flags = [], []
+        ttl_us = parse_duration(engine.fs.ttl) * 1_000_000
+        for i, event in enumerate(events):
+            flag: dict[str, list[str]] = {}
+            for spec in engine.fs.entities:
+                value = event.get(spec.key_column)
+                key = (spec.entity, value)
+                part = engine.slices[spec.entity]
+                if value is None:
+                    flag.setdefault("missing_entities", []).append(spec.entity)
+                elif status.get(key) == "unavailable":
+                    flag.setdefault("unavailable_entities", []).append(spec.entity)
+                    rows[i, part] = np.nan  # unknown history: missing, not "first event ever"
+                    continue
+                elif status.get(key) == "new":
+                    flag.setdefault("new_entities", []).append(spec.entity)
+                elif key in found and _newest(found[key]) is not None and \
+                        to_us(event["occurred_at"]) - _newest(found[key]) > ttl_us:  # type: ignore[operator]
+                    flag.setdefault("stale_entities", []).append(spec.entity)
+                from_log = rebuilt.get(key)
+                if from_log is not None:
+                    rows[i, part] = from_log[event["event_id"]]
+            flags.append(flag)
+            vectors.append({name: None if v != v else v for name, v in zip(engine.names, rows[i].tolist())})
+        return vectors, flags
+
+    async def _from_log(self, engine: Engine, key: Key, events: list[dict[str, Any]], degraded: set[str]
+                        ) -> dict[str, np.ndarray] | None:
+        """The entity's features of the batch's events, folded with the log and the events this replica recorded
+        that are not stored yet (None: PostgreSQL unavailable)."""
+        r = self.replica
+        column = engine.fs.entity(key[0]).key_column
+        mine = [e for e in events if e.get(column) == key[1]]
+        batch = {e["event_id"] for e in mine}
+        mine += [e for eid, e in self.unstored.get(_cache_key(engine.fs, key), {}).items() if eid not in batch]
+        if not r.pg.available:
+            degraded.add("database_unavailable")
+            return None
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                _, rows = await stored_states.log_vectors(conn, engine, key[0], key[1],
+                                                          min(e["occurred_at"] for e in mine), mine)
+            r.pg.succeeded()
+        except db.UNAVAILABLE as exc:
+            r.pg.failed(exc)
+            degraded.add("database_unavailable")
+            return None
+        r.count("late", len(mine), entity=key[0])
+        return rows
+
+    def keep(self, folded: Mapping[tuple[str, str, str], FoldedState]) -> None:
+        """States this replica folded the batch's recorded events into (unless written over meanwhile)."""
+        for (entity, entity_id, _), fold in folded.items():
+            self._put(fold.fs, (entity, entity_id), Entry(fold.state, fold.base.revision, fold.base.read_at))
+
+    def forget(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Folds not kept (the batch's request was a replay): the cached states lack recorded events."""
+        for entity, entity_id, tag in keys:
+            name, version = tag.split("@")
+            self.cache.pop((name, int(version), entity, entity_id))
+
+    def recorded(self, records: Iterable[dict[str, Any]]) -> None:
+        """Events just spooled to be recorded: folded again onto re-read states until their flush."""
+        for fs, key, event in _recorded_events(records):
+            pending = self.unstored.setdefault(_cache_key(fs, key), {})
+            if event["event_id"] not in pending:
+                pending[event["event_id"]] = {**event, "occurred_at": datetime.fromisoformat(event["occurred_at"])}
+                self.pending += 1
+        if self.pending > MAX_UNSTORED:  # PostgreSQL away for long
+            log.warning("more than %d recorded events not stored yet: states cached from before are dropped",
+                        MAX_UNSTORED)
+            self.unstored.clear()
+            self.pending = 0
+            self.cache.clear()
+            self.epoch = time.time()
+
+    def stored(self, records: Iterable[dict[str, Any]]) -> None:
+        """The spool's flush stored these records."""
+        for fs, key, event in _recorded_events(records):
+            pending = self.unstored.get(_cache_key(fs, key))
+            if pending is not None and pending.pop(event["event_id"], None) is not None:
+                self.pending -= 1
+                if not pending:
+                    del self.unstored[_cache_key(fs, key)]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def lookup(self, fs: FeatureSet, keys: list[Key], degraded: set[str]
+                     ) -> tuple[dict[Key, Entry], dict[Key, str], set[Key]]:
+        """Entries of ``keys`` (none when unavailable); "new" or "unavailable" for the keys that are; the keys
+        whose entries must not be cached (a recorded event no longer folds onto the stored state)."""
+        found: dict[Key, Entry] = {}
+        missing = []
+        for key in keys:
+            entry = self.cache.get(_cache_key(fs, key))
+            if entry is not None:
+                found[key] = entry
+            else:
+                missing.append(key)
+        self._count("memory", len(found), len(missing))
+        read: dict[Key, Entry] = {}
+        status: dict[Key, str] = {}
+        if missing and self.replica.redis is not None:
+            missing = await self._from_redis(fs, missing, read, degraded)
+        if missing:
+            await self._from_postgres(fs, missing, read, status, degraded)
+        engine = engine_of(fs)
+        uncached: set[Key] = set()
+        for key, entry in read.items():
+            if self._refold_unstored(engine, fs, key, entry):
+                self._put(fs, key, entry)
+            else:
+                uncached.add(key)
+        found.update(read)
+        return found, status, uncached
+
+    def _refold_unstored(self, engine: Engine, fs: FeatureSet, key: Key, entry: Entry) -> bool:
+        pending = self.unstored.get(_cache_key(fs, key))
+        if not pending:
+            return True
+        for event in sorted(pending.values(), key=lambda e: (to_us(e["occurred_at"]), value_hash(e["event_id"]))):
+            _, late = engine.event_vector(event, {key[0]: entry.state})
+            if late:
+                return False
+        return True
+
+    def _put(self, fs: FeatureSet, key: Key, entry: Entry) -> None:
+        cache_key = _cache_key(fs, key)
+        if self.notified.get(cache_key, 0) > entry.revision or self._cleared_at(cache_key) >= entry.read_at:
+            return  # written over since it was read
+        self.cache.put(cache_key, entry)
+
+    async def _from_redis(self, fs: FeatureSet, missing: list[Key], found: dict[Key, Entry], degraded: set[str]
+                          ) -> list[Key]:
+        r = self.replica
+        if not r.redis_breaker.available:
+            degraded.add("cache_unavailable")
+            return missing
+        try:
+            values = await r.redis.mget([self._redis_key(fs, k) for k in missing])
+            r.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            r.redis_breaker.failed(exc)
+            degraded.add("cache_unavailable")
+            return missing
+        engine = engine_of(fs)
+        still = []
+        for key, raw in zip(missing, values):
+            entry = None
+            if raw is not None:
+                rank, wall, packed = raw.split(b"|", 2)
+                revision, written = (int(rank) - 1) // 2, float(wall)
+                cache_key = _cache_key(fs, key)
+                if revision >= self.notified.get(cache_key, 0) and written > self._cleared_at(cache_key):
+                    entry = Entry(engine.decode(key[0], packed), revision, written)
+            if entry is None:
+                still.append(key)
+            else:
+                found[key] = entry
+        self._count("redis", len(missing) - len(still), len(still))
+        return still
+
+    async def _from_postgres(self, fs: FeatureSet, missing: list[Key], found: dict[Key, Entry],
+                             status: dict[Key, str], degraded: set[str]) -> None:
+        r = self.replica
+        if not r.pg.available:
+            degraded.add("database_unavailable")
+            status.update({k: "unavailable" for k in missing})
+            return
+        engine = engine_of(fs)
+        read_at = time.time()
+        packed: dict[Key, tuple[bytes, int]] = {}
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                for entity in sorted({k[0] for k in missing}):
+                    rows = await stored_states.read_stored(conn, fs, entity, [k[1] for k in missing if k[0] == entity])
+                    packed.update({(entity, k): v for k, v in rows.items()})
+            r.pg.succeeded()
+        except db.UNAVAILABLE as exc:
+            r.pg.failed(exc)
+            degraded.add("database_unavailable")
+            status.update({k: "unavailable" for k in missing})
+            return
+        for key in missing:
+            state, revision = packed.get(key, (None, 0))
+            found[key] = Entry(engine.decode(key[0], state), revision, read_at)
+            if state is None:
+                status[key] = "new"
+        if packed and r.redis_available:
+            r.spawn(self._to_redis(fs, packed, read_at), "redis-states")
+
+    async def _to_redis(self, fs: FeatureSet, packed: Mapping[Key, tuple[bytes, int]], read_at: float) -> None:
+        """States read from PostgreSQL, for the other replicas (never over a newer one)."""
+        r = self.replica
+        try:
+            if self._set_newer is None:
+                self._set_newer = r.redis.register_script(_SET_NEWER)
+            pipe = r.redis.pipeline(transaction=False)
+            for key, (state, revision) in packed.items():
+                if self.notified.get(_cache_key(fs, key), 0) <= revision:
+                    await self._set_newer(keys=[self._redis_key(fs, key)], client=pipe,
+                                          args=[2 * revision + 1, repr(read_at), state, r.config.redis_ttl_s])
+            await pipe.execute()
+            r.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            r.redis_breaker.failed(exc)
+
+    # -- notifications ---------------------------------------------------------------------------------------
+
+    def on_states(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """``NOTIFY`` of written states (see the module docstring)."""
+        try:
+            message = orjson.loads(payload)
+            kind = (message["f"], int(message["v"]), message["t"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return
+        if message.get("all"):
+            self.cleared[kind] = time.time()
+            self.cache.clear(lambda k: k[:3] == kind)
+            return
+        own = message.get("o") == self.origin
+        for entity_id, revision in message.get("e", []):
+            key = (*kind, entity_id)
+            self.notified[key] = max(self.notified.get(key, 0), revision)  # older states in Redis: stale
+            entry: Entry | None = self.cache.get(key, allow_expired=True)
+            if own and entry is not None and entry.revision == revision - 1:
+                entry.revision = revision  # this replica's recorder stored what the entry folded
+            elif entry is not None and entry.revision < revision:
+                self.cache.pop(key)
+        if len(self.notified) > 200_000:
+            self.notified.clear()  # what it protected against, forgotten: so is everything read before now
+            self.clear()
+
+    def clear(self) -> None:
+        """Notifications may have been missed (the listener reconnected)."""
+        self.cache.clear()
+        self.epoch = time.time()
+
+    def _cleared_at(self, key: CacheKey) -> float:
+        return max(self.cleared.get(key[:3], 0.0), self.epoch)
+
+    def _count(self, layer: str, hits: int, misses: int) -> None:
+        self.replica.count("cache", hits, layer=layer, outcome="hit")
+        self.replica.count("cache", misses, layer=layer, outcome="miss")

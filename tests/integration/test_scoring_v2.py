@@ -1,0 +1,224 @@
+"""Online scoring of a model trained on feature engine v2 (payments@2): the replica's states (cache, Redis,
+``sira_entity_states``) give every scored event the vector the offline build gives it, bit for bit, through
+ties, late events, re-scored events, other writers and the replica's own recorder lagging behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sira.features.columns import read_events, read_labels
+from sira.features.definitions import PAYMENTS_V2
+from sira.features.engine import EventColumns, engine_of
+from sira.http.app import create_app
+from sira.ingest.bulk import ingest_records
+from sira.serving.config import ServingConfig
+from sira.serving.service import ScoringService
+from tests.conftest import served_model
+
+EVER = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def model_v2(create_database, workspace, ray_session, tmp_path_factory):
+    return served_model(create_database, workspace, tmp_path_factory, name="sira_serving_v2", days=20,
+                        customers=300, feature_set_version=2,
+                        params={"num_boost_round": 40, "early_stopping_rounds": 10})
+
+
+@pytest.fixture(scope="module")
+async def served(model_v2, tmp_path_factory, redis_url):
+    """The application with a scoring service of its own, flushing only when told to (the tests decide when
+    the recorder catches up)."""
+    config = ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool-v2"), flush_interval_s=60,
+                           poll_interval_s=60)
+    service = ScoringService(model_v2.settings.model_copy(update={"redis_url": redis_url}), config)
+    app = create_app(model_v2.settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, service
+
+
+@pytest.fixture(scope="module")
+async def start(served):
+    _, service = served
+    newest = await service.pool.fetchval("SELECT max(occurred_at) FROM sira_events")
+    return newest + timedelta(days=1)
+
+
+async def eventually(predicate, what: str, timeout: float = 5.0) -> None:
+    """Wait on the event loop (notifications arrive on it) until ``predicate()``."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live(model, n: int, at: datetime, **overrides):
+    e = model.entities[n]
+    return {"event_id": f"live-{uuid.uuid4().hex[:12]}", "occurred_at": at.isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": e["amount"], "country": e["country"], "channel": e["channel"], **overrides}
+
+
+class Scored:
+    """What was scored, in order, and the vectors the replica answered with (from ``sira_predictions``)."""
+
+    def __init__(self, client, service, model):
+        self.client, self.service, self.model = client, service, model
+        self.steps: list[tuple[set[str], list[str], list[str]]] = []  # (ids scored so far, event ids, predictions)
+        self.seen: set[str] = set()
+
+    async def score(self, *events, request_ids=None):
+        headers = {"Authorization": f"Bearer {self.model.keys['service']}"}
+        if len(events) == 1:
+            body = {"model": "fraud", "event": events[0]}
+            if request_ids:
+                body["request_id"] = request_ids[0]
+            r = await self.client.post("/v1/score", json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            answers = [r.json()]
+        else:
+            r = await self.client.post("/v1/score/batch", json={"model": "fraud", "requests": [
+                {"event": e} for e in events]}, headers=headers)
+            assert r.status_code == 200, r.text
+            answers = r.json()["results"]
+        self.seen |= {e["event_id"] for e in events}
+        self.steps.append((set(self.seen), [e["event_id"] for e in events], [a["prediction_id"] for a in answers]))
+        return answers
+
+    def stored_elsewhere(self, event):
+        """An event another writer stored now (later steps' logs hold it, earlier ones' do not)."""
+        self.seen.add(event["event_id"])
+        self.steps.append((set(self.seen), [], []))
+        return event
+
+    async def check_against_offline(self):
+        """Every answer's vector is the offline build's over the log holding what was scored up to it."""
+        await self.service.flush()
+        engine = engine_of(PAYMENTS_V2)
+        async with self.service.pool.acquire() as conn:
+            log = await read_events(conn, engine, *EVER)
+            labels = await read_labels(conn, engine, *EVER)
+            stored = {r["prediction_id"]: r["features"] for r in await conn.fetch(
+                "SELECT prediction_id::text, features FROM sira_predictions WHERE role = 'production'"
+                " AND prediction_id = ANY($1::uuid[])", [p for _, _, ps in self.steps for p in ps])}
+        live_ids = self.seen
+        ids = log.event_id.tolist()
+        compared = 0
+        for known, event_ids, predictions in self.steps:
+            keep = np.array([eid not in live_ids or eid in known for eid in ids])
+            rows = pa.array(np.flatnonzero(keep), type=pa.int64())
+            events = EventColumns(log.ts[keep], log.amount[keep], log.event_id[keep],
+                                  {n: c.take(rows) for n, c in log.columns.items()})
+            vectors, _ = engine.build(events, labels, finals=False)
+            at = {eid: i for i, eid in enumerate(events.event_id.tolist())}
+            for eid, pid in zip(event_ids, predictions):
+                online = stored[pid]
+                offline = vectors[at[eid]]
+                for name, value in zip(engine.names, offline.tolist()):
+                    expected = None if value != value else value
+                    assert online[name] == expected, (len(known), eid, name, online[name], expected)
+                compared += 1
+        return compared
+
+
+async def test_online_vectors_are_the_offline_builds_through_ties_late_and_rescored_events(served, model_v2, start):
+    client, service = served
+    scored = Scored(client, service, model_v2)
+    t = start
+    first = live(model_v2, 1, t + timedelta(seconds=10))
+    await scored.score(first)
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=10)))  # a tie in time: ordered by the id's hash
+    await scored.score(live(model_v2, 2, t + timedelta(seconds=20), terminal_id=first["terminal_id"]))
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=30)), live(model_v2, 1, t + timedelta(seconds=31)),
+                       live(model_v2, 3, t + timedelta(seconds=30)))  # one batch, one customer twice
+    await service.flush()
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=15)))  # late: older than the customer's newest
+    await scored.score({**first})  # scored again (stored already): the log's copy is replaced by itself
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=40)))
+    key = ("payments", 2, "customer", first["customer_id"])
+    assert service.history.states.cache.get(key) is None  # folded from the log: not cached
+    await service.flush()
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=50)))  # stored state, cached again
+    assert service.history.states.cache.get(key) is not None
+    assert await scored.check_against_offline() == 10
+
+
+async def test_another_writers_event_drops_the_cached_state_and_unstored_events_are_folded_again(
+        served, model_v2, start):
+    client, service = served
+    scored = Scored(client, service, model_v2)
+    t = start + timedelta(hours=1)
+    mine = live(model_v2, 5, t + timedelta(seconds=10))
+    await scored.score(mine)  # recorded, not stored yet (the flusher waits)
+    key = ("payments", 2, "customer", mine["customer_id"])
+    assert service.history.states.cache.get(key) is not None
+    summary = await ingest_records(service.pool, [scored.stored_elsewhere(live(model_v2, 5, t + timedelta(seconds=5)))],
+                                   redactor=service.redactor, source="another-writer")
+    assert summary.accepted == 1
+    await eventually(lambda: service.history.states.cache.get(key) is None, what="the notification drops it")
+    # re-read from PostgreSQL, which lacks `mine` still: folded again on top of it
+    await scored.score(live(model_v2, 5, t + timedelta(seconds=20)))
+    # a newer event from another writer: `mine` no longer folds onto the stored state: the log, with it
+    await ingest_records(service.pool, [scored.stored_elsewhere(live(model_v2, 5, t + timedelta(seconds=30)))],
+                         redactor=service.redactor, source="another-writer")
+    await eventually(lambda: service.history.states.cache.get(key) is None, what="the notification drops it")
+    await scored.score(live(model_v2, 5, t + timedelta(seconds=40)))
+    assert await scored.check_against_offline() == 3
+
+
+async def test_the_replicas_own_recorder_keeps_its_cached_state(served, model_v2, start):
+    client, service = served
+    scored = Scored(client, service, model_v2)
+    t = start + timedelta(hours=2)
+    e = live(model_v2, 7, t)
+    await scored.score(e)
+    key = ("payments", 2, "customer", e["customer_id"])
+    before = service.history.states.cache.get(key)
+    await service.flush()
+    revision = await service.pool.fetchval(
+        "SELECT revision FROM sira_entity_states WHERE feature_set = 'payments' AND feature_set_version = 2"
+        " AND entity_type = 'customer' AND entity_id = $1", e["customer_id"])
+    await eventually(lambda: service.history.states.cache.get(key) is not None
+                     and service.history.states.cache.get(key).revision == revision,
+                     what="the entry follows its own recorder's write")
+    assert service.history.states.cache.get(key) is before  # kept, not re-read
+    await scored.score(live(model_v2, 7, t + timedelta(seconds=1)))
+    assert await scored.check_against_offline() == 2
+
+
+async def test_a_second_replica_reads_states_from_redis_never_an_older_revision(served, model_v2, start, tmp_path):
+    client, service = served
+    e = live(model_v2, 9, start + timedelta(hours=3))
+    await Scored(client, service, model_v2).score(e)  # read from PostgreSQL: put in Redis with its revision
+    redis_key = service.history.states._redis_key(PAYMENTS_V2, ("customer", e["customer_id"]))
+    config = ServingConfig(models=["fraud"], spool_dir=tmp_path / "spool", flush_interval_s=60, poll_interval_s=60)
+    for _ in range(100):
+        if await service.redis.exists(redis_key):
+            break
+        await asyncio.sleep(0.02)
+    assert await service.redis.exists(redis_key)
+    other = ScoringService(service.replica.settings, config)
+    started = time.time()
+    await other.start()
+    try:
+        found, status, _ = await other.history.states.lookup(PAYMENTS_V2, [("customer", e["customer_id"])], set())
+        assert status == {} and found[("customer", e["customer_id"])].revision >= 1
+        assert found[("customer", e["customer_id"])].read_at < started  # the first replica's read, via Redis
+        # told of a newer revision by another writer: the Redis value is older, not used
+        cache_key = ("payments", 2, "customer", e["customer_id"])
+        other.history.states.cache.pop(cache_key)
+        other.history.states.notified[cache_key] = found[("customer", e["customer_id"])].revision + 1
+        found_again, _, _ = await other.history.states.lookup(PAYMENTS_V2, [("customer", e["customer_id"])], set())
+        assert found_again[("customer", e["customer_id"])].read_at > started  # read again from PostgreSQL
+    finally:
+        await other.stop()
