@@ -315,7 +315,7 @@ def synthetic_matrix():
 
 def served_model(create_database, workspace: Path, tmp_path_factory: pytest.TempPathFactory, *, name: str,
                  days: int = 36, customers: int = 600, params: dict | None = None, shift_day: int | None = None,
-                 feature_set_version: int = 1):
+                 feature_set_version: int = 2):
     """A database of its own with simulated traffic, labels, features (v1: snapshots; v2: states and
     checkpoints), a trained ``fraud`` v1 on that feature set in production (no approvals needed) and API keys
     for every role."""
@@ -324,7 +324,7 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
     from sira.core.auth import Identity, create_key
     from sira.demo.simulate import SimulationConfig, simulate
     from sira.features.definitions import get_feature_set
-    from sira.features.store import materialize_all
+    from sira.features.states import refresh
     from sira.ingest import bulk as ingest
     from sira.ingest.labels import import_label_files
     from sira.registry import models as registry
@@ -342,24 +342,18 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
         fs = get_feature_set("payments", feature_set_version)
         await _asyncio.to_thread(ingest.ingest_files, settings, [sim.events_path], feature_sets=[fs], progress=False)
         await import_label_files(settings, [sim.labels_path], source="sim")
-        if fs.engine == "tiles":
-            from sira.features.states import advance_all
-
-            await advance_all(settings, fs)  # the labels into states and checkpoints
-        else:
-            await materialize_all(settings, fs=fs)
+        await refresh(settings, fs)  # the labels into the online state
         conn = await db.connect(dsn)
         try:  # planner statistics after the bulk load: the machine's PostgreSQL runs without autovacuum
             await conn.execute("ANALYZE")
         finally:
             await conn.close()
         admin = Identity("test-admin", frozenset({"admin"}))
-        if feature_set_version != 1:  # a model created on that feature set (run_training's default is v1)
-            async with db.open_pool(settings) as pool:
-                async with db.transaction(pool) as conn:
-                    await registry.create_model(conn, admin, "fraud", model_type="fraud_detection",
-                                                feature_set="payments", feature_set_version=feature_set_version,
-                                                label_maturity_days=10)
+        async with db.open_pool(settings) as pool:  # a model on that feature set
+            async with db.transaction(pool) as conn:
+                await registry.create_model(conn, admin, "fraud", model_type="fraud_detection",
+                                            feature_set="payments", feature_set_version=feature_set_version,
+                                            label_maturity_days=10)
         trained = await run_training(settings, TrainRequest(
             model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=2,
             params=params or {"num_boost_round": 200, "early_stopping_rounds": 40},

@@ -189,16 +189,11 @@ def features_materialize_cmd(
     """Refresh the online state of entities with new events or labels (operator or data scientist): the
     snapshots of a history-engine set, the states and daily checkpoints of a feature engine v2 set."""
     from sira.features.definitions import get_feature_set, parse_feature_set
-    from sira.features.store import materialize_all
+    from sira.features.states import refresh
 
     fs = parse_feature_set(feature_set) if feature_set else get_feature_set()
     asyncio.run(actor_for("features.materialize", api_key))
-    if fs.engine == "tiles":  # feature engine v2: states and daily checkpoints
-        from sira.features.states import advance_all
-
-        payload = asyncio.run(advance_all(get_settings(), fs, full=full))
-    else:
-        payload = asyncio.run(materialize_all(get_settings(), full=full, fs=fs))
+    payload = asyncio.run(refresh(get_settings(), fs, full=full))
     emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
 
 
@@ -251,21 +246,24 @@ def features_list_cmd(as_json: JsonOption = False) -> None:
 def features_show_cmd(
     entity_type: Annotated[str, typer.Argument(help="customer, card, terminal, ...")],
     entity_id: Annotated[str, typer.Argument(help="The entity's id (card: its token).")],
+    feature_set: Annotated[str | None, typer.Option("--feature-set", help="NAME@VERSION (default: the current "
+                                                    "version).")] = None,
     as_json: JsonOption = False,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Show one entity's online snapshot and how fresh it is (analyst or data scientist)."""
+    """Show one entity's online features and how fresh they are (analyst or data scientist)."""
     from sira.core import db
-    from sira.features.definitions import get_feature_set
-    from sira.features.store import read_snapshot
+    from sira.features.definitions import get_feature_set, parse_feature_set
+    from sira.features.states import online_features
 
     settings = get_settings()
+    fs = parse_feature_set(feature_set) if feature_set else get_feature_set()
     asyncio.run(actor_for("features.read", api_key))
 
     async def run():
         async with db.open_pool(settings) as pool:
             async with pool.acquire() as conn:
-                return await read_snapshot(conn, get_feature_set(), entity_type, entity_id)
+                return await online_features(conn, fs, entity_type, entity_id)
 
     snap = asyncio.run(run())
     payload = {"entity_type": snap.entity_type, "entity_id": snap.entity_id, "as_of": snap.as_of.isoformat(),

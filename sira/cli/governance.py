@@ -175,13 +175,19 @@ def models_update_cmd(
     required_approvals: ApprovalsOption = None, targets: TargetsOption = None, policy: PolicyOption = None,
     label_maturity: MaturityOption = None,
     description: Annotated[str | None, typer.Option("--description", help="What it is for.")] = None,
+    feature_set: Annotated[str | None, typer.Option(
+        "--feature-set", help="NAME@VERSION its next versions train on, e.g. payments@2 (versions already "
+        "registered keep theirs).")] = None,
     api_key: ApiKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Change a model's settings (admin)."""
+    from sira.features.definitions import parse_feature_set
     from sira.registry.models import update_model
 
     changes = _model_settings(targets, policy, required_approvals=required_approvals,
                               label_maturity_days=label_maturity, description=description)
+    if feature_set is not None:
+        changes["feature_set_version"] = parse_feature_set(feature_set).version
     row = governed(lambda conn, who: update_model(conn, who, name, **changes), api_key)
     emit(row, as_json, lambda: err.print(f"updated {name}: {', '.join(changes)}"))
 

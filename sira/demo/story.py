@@ -26,7 +26,7 @@ from sira.core.config import Settings
 from sira.core.ray_runtime import init_ray
 from sira.demo.simulate import SimulationConfig, simulate
 from sira.features.definitions import get_feature_set
-from sira.features.store import materialize_all, read_snapshot
+from sira.features.states import online_features, refresh
 from sira.ingest.bulk import ingest_files
 from sira.ingest.events import as_utc
 from sira.ingest.labels import import_label_files
@@ -152,15 +152,15 @@ async def run_demo(
         step("labels", started, inserted=report.labels["inserted"])
 
         started = time.perf_counter()
-        progress("materialize: refreshing online snapshots")
-        report.snapshots = await materialize_all(settings, fs=fs)
+        progress("materialize: folding the labels into the online state")
+        report.snapshots = await refresh(settings, fs)
         step("materialize", started, **report.snapshots["entities"])
 
         busiest = await conn.fetchval(
             "SELECT customer_id FROM sira_events GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 1"
         )
         if busiest is not None:
-            snap = await read_snapshot(conn, fs, "customer", busiest)
+            snap = await online_features(conn, fs, "customer", busiest)
             report.example_features = {"entity": f"customer {busiest}", "as_of": snap.as_of.isoformat(),
                                        "features": snap.features}
         started = time.perf_counter()

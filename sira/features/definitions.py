@@ -202,9 +202,10 @@ PAYMENTS_V1 = FeatureSet(
 PAYMENTS_V2 = dataclasses.replace(PAYMENTS_V1, version=2, engine="tiles")
 
 FEATURE_SETS = {(fs.name, fs.version): fs for fs in (PAYMENTS_V1, PAYMENTS_V2)}
-# The version ingest, the stream, training and serving use when none is named. v2 becomes current once every
-# path computes it (#21); until then it is built offline (`sira features rebuild`) and tested.
-CURRENT_VERSIONS = {"payments": 1}
+# The version ingest, the stream, training and new models use when none is named. v1 stays computable (kept up
+# to date while a production or staging version was trained on it: see sira.ingest.bulk.feature_sets_in_service)
+# until its last such version is retired; then it is read-only.
+CURRENT_VERSIONS = {"payments": 2}
 
 
 def get_feature_set(name: str = "payments", version: int | None = None) -> FeatureSet:

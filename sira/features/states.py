@@ -437,3 +437,44 @@ async def advance_all(settings: Any, fs: FeatureSet, *, full: bool = False) -> d
     return {"feature_set": fs.name, "version": fs.version, "entities": done.entities, "events": done.events,
             "labels": done.labels, "days": done.days, "checkpoints": done.checkpoints,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+# -- either engine ------------------------------------------------------------------------------------------
+
+
+async def refresh(settings: Any, fs: FeatureSet, *, full: bool = False) -> dict[str, Any]:
+    """``sira features materialize`` of any feature set: v2 states and checkpoints (:func:`advance_all`), or
+    the history engine's snapshots."""
+    if fs.engine == "tiles":
+        return await advance_all(settings, fs, full=full)
+    from sira.features.store import materialize_all
+
+    return await materialize_all(settings, full=full, fs=fs)
+
+
+async def online_features(conn: Connection, fs: FeatureSet, entity: str, entity_id: str,
+                          now: datetime | None = None) -> Any:
+    """One entity's online features and how fresh they are (``sira features show``), of either engine. A v2
+    state's are its windows at its newest event's time, that event included (novelty and amount ratios,
+    which need an event, are None)."""
+    from sira.core.errors import InvalidInput, NotFound
+    from sira.features.definitions import parse_duration
+    from sira.features.store import OnlineFeatures, read_snapshot
+
+    if fs.engine != "tiles":
+        return await read_snapshot(conn, fs, entity, entity_id, now=now)
+    if entity not in {spec.entity for spec in fs.entities}:
+        raise InvalidInput(f"feature set {fs.name} v{fs.version} has no entity {entity!r}",
+                           code="unknown_entity", details={"field": "entity_type"})
+    row = await conn.fetchrow(
+        "SELECT state, newest_at, revision FROM sira_entity_states WHERE feature_set = $1"
+        " AND feature_set_version = $2 AND entity_type = $3 AND entity_id = $4", fs.name, fs.version, entity,
+        entity_id)
+    if row is None:
+        raise NotFound(f"no {entity} state for {entity_id!r} in feature set {fs.name} v{fs.version}")
+    engine = engine_of(fs)
+    state = engine.decode(entity, row["state"])
+    age = ((now or datetime.now(timezone.utc)) - row["newest_at"]).total_seconds()
+    return OnlineFeatures(entity, entity_id, engine.features_at(entity, state, int(state[0, 1])), row["newest_at"],
+                          age, age > parse_duration(fs.ttl), {"revision": row["revision"], "bytes": len(row["state"])})
+

@@ -421,7 +421,7 @@ async def production_history(conn: Connection, model_name: str) -> list[dict[str
 # -- models and versions: reading and settings ----------------------------------------
 
 MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
-                  "required_approvals", "promotion_policy")
+                  "required_approvals", "promotion_policy", "feature_set_version")
 _GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets")
 _FREE_TEXT_SETTINGS = ("display_name", "description", "owner")  # stored with PII patterns redacted
 
@@ -435,9 +435,11 @@ def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
 
 async def create_model(conn: Connection, identity: Any, name: str, *, model_type: str,
                        entity_type: str = "customer", feature_set: str | None = "payments",
-                       feature_set_version: int | None = 1, **settings: Any) -> dict[str, Any]:
-    """A new model. Its governance settings (approvals, policy, targets) need an admin."""
+                       feature_set_version: int | None = None, **settings: Any) -> dict[str, Any]:
+    """A new model (on the feature set's current version unless told). Its governance settings (approvals,
+    policy, targets) need an admin."""
     from sira.core.auth import authorize
+    from sira.features.definitions import CURRENT_VERSIONS
     from sira.registry.targets import DecisionTargets
 
     authorize(identity, "models.write")
@@ -454,6 +456,8 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
         from sira.registry.policy import PromotionPolicy
 
         PromotionPolicy.from_mapping(settings["promotion_policy"])
+    if feature_set is not None and feature_set_version is None:
+        feature_set_version = CURRENT_VERSIONS.get(feature_set, 1)
     values = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
     columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
     args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
@@ -490,6 +494,13 @@ async def update_model(conn: Connection, identity: Any, name: str, **changes: An
 
         PromotionPolicy.from_mapping(changes["promotion_policy"])  # refused when set, not when a retrain reads it
     before = await get_model(conn, name)
+    if "feature_set_version" in changes:  # what its next versions train on; versions keep their own
+        from sira.features.definitions import FEATURE_SETS
+
+        if before["feature_set"] is None or (before["feature_set"], changes["feature_set_version"]) not in FEATURE_SETS:
+            raise InvalidInput(f"{name} has no feature set {before['feature_set']}@{changes['feature_set_version']}"
+                               " (a model trained on a table it brings has none)", code="unknown_feature_set",
+                               details={"field": "feature_set"})
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     try:
         row = await conn.fetchrow(f"UPDATE sira_models SET {sets} WHERE name = $1 RETURNING *", name, *changes.values())

@@ -26,6 +26,7 @@ from sira.core import artifacts, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
+from sira.features.definitions import CURRENT_VERSIONS
 from sira.registry import models as registry
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
@@ -198,7 +199,8 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         async with db.transaction(pool) as conn:
             model, created = await registry.ensure_model(
                 conn, req.model, actor=actor, model_type=req.model_type,
-                feature_set=None if req.data else "payments", feature_set_version=None if req.data else 1,
+                feature_set=None if req.data else "payments",
+                feature_set_version=None if req.data else CURRENT_VERSIONS["payments"],
                 label_maturity_days=req.label_maturity_days,
             )
             kind = "retrain" if req.retrain_key else "tune" if req.trials else "train"
