@@ -419,6 +419,13 @@ def fraud_model(create_database, workspace: Path, ray_session, tmp_path_factory:
     return served_model(create_database, workspace, tmp_path_factory, name="sira_serving")
 
 
+@pytest.fixture(scope="session")
+def fraud_model_v1(create_database, workspace: Path, ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """A model trained on feature set v1 (the history engine), still served until retired: small."""
+    return served_model(create_database, workspace, tmp_path_factory, name="sira_serving_v1", days=14,
+                        customers=150, feature_set_version=1, params={"num_boost_round": 40, "early_stopping_rounds": 10})
+
+
 # -- bad scoring requests: (change to a good body, HTTP status, error code, field named) -------------
 
 SCORE_BAD_INPUTS = [

@@ -38,7 +38,7 @@ async def test_batch_returns_per_event_results(client, clean_db):
     again = (await client.post("/v1/events", json={"events": [event(1)]})).json()
     assert (again["accepted"], again["duplicates"]) == (0, 1)
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 1
-    assert await clean_db.fetchval("SELECT count(*) FROM sira_feature_snapshots") == 1  # the customer, online
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_entity_states") == 1  # the customer, online
 
 
 async def test_an_unstorable_event_is_rejected_alone(client, clean_db):

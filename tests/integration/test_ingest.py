@@ -256,14 +256,14 @@ async def test_new_events_are_folded_into_every_feature_set_in_service(clean_db,
     from sira.features.definitions import PAYMENTS_V2
 
     async with clean_db.acquire() as conn:
-        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1]
+        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V2]
         model = await conn.fetchval(
             "INSERT INTO sira_models (name, model_type, feature_set, feature_set_version, created_by)"
-            " VALUES ('fraud', 'fraud_detection', 'payments', 2, 't') RETURNING id")
+            " VALUES ('fraud', 'fraud_detection', 'payments', 1, 't') RETURNING id")
         await conn.execute(
             "INSERT INTO sira_model_versions (model_id, version, status, artifact_uri, artifact_sha256,"
-            " feature_set_version, created_by) VALUES ($1, 1, 'candidate', 'x', $2, 2, 't')", model, "0" * 64)
-        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1]  # a candidate serves nothing
+            " feature_set_version, created_by) VALUES ($1, 1, 'candidate', 'x', $2, 1, 't')", model, "0" * 64)
+        assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V2]  # a candidate serves nothing
         await conn.execute("UPDATE sira_model_versions SET status = 'staging'")
         assert await ingest.feature_sets_in_service(conn) == [PAYMENTS_V1, PAYMENTS_V2]
     summary = await ingest.ingest_records(clean_db, [{"event_id": "e1", "occurred_at": "2026-09-01T10:00:00Z",

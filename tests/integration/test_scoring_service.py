@@ -417,7 +417,9 @@ async def test_redis_down_degrades_to_postgres(fraud_model, tmp_path):
                 "SELECT count(*) FROM sira_predictions WHERE request_id = 'redis-down' AND degraded") == 1
 
 
-async def test_redis_caches_histories_and_answers(fraud_model, tmp_path, redis_url, redis_client):
+async def test_redis_caches_histories_and_answers(fraud_model_v1, tmp_path, redis_url, redis_client):
+    """A model on feature set v1: its entity histories (v2 states: tests/integration/test_scoring_v2.py)."""
+    fraud_model = fraud_model_v1
     settings = fraud_model.settings.model_copy(update={"redis_url": redis_url})
     service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
     app = create_app(settings, scoring=service)
@@ -470,8 +472,21 @@ async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, 
                                                body["request_id"]) == 1
 
 
-async def test_a_changed_snapshot_invalidates_cached_histories(served, fraud_model):
-    client, service = served
+@pytest.fixture(scope="module")
+async def served_v1(fraud_model_v1, tmp_path_factory):
+    """A scoring service serving a model trained on feature set v1 (the history engine's snapshots)."""
+    config = ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool-v1"), flush_interval_s=0.05,
+                           poll_interval_s=1.0)
+    service = ScoringService(fraud_model_v1.settings, config)
+    app = create_app(fraud_model_v1.settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, service
+
+
+async def test_a_changed_snapshot_invalidates_cached_histories(served_v1, fraud_model_v1):
+    client, service = served_v1
+    fraud_model = fraud_model_v1
     e = event(fraud_model, 12)
     await score(client, fraud_model, {"model": "fraud", "event": e, "record": False})
     key = ("customer", e["customer_id"])

@@ -33,7 +33,29 @@ def publish(client, events, labels=()):
         client.xadd(STREAM, {"kind": "label", "data": json.dumps(label)})
 
 
+async def assert_folded_once_into_v2(pool, n=N):
+    """The current feature set's (v2) states equal a fold of the log: no event was folded twice or lost."""
+    from sira.features.columns import read_events
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.engine import engine_of
+    from sira.features.states import read_states
+
+    assert await pool.fetchval("SELECT count(*) FROM sira_events") == n
+    engine = engine_of(PAYMENTS_V2)
+    async with pool.acquire() as conn:
+        cols = await read_events(conn, engine, datetime(2000, 1, 1, tzinfo=timezone.utc),
+                                 datetime(2100, 1, 1, tzinfo=timezone.utc))
+        _, finals = engine.build(cols)
+        for entity, states in finals.items():
+            stored = await read_states(conn, PAYMENTS_V2, entity, list(states))
+            assert stored.keys() == states.keys()
+            for key, state in states.items():
+                assert engine.features_at(entity, engine.decode(entity, stored[key]), int(state[0, 1])) == \
+                    engine.features_at(entity, state, int(state[0, 1]))
+
+
 async def assert_exactly_once(pool, n=N):
+    """Feature set v1's rows and snapshots: one row per event and entity, snapshots as recomputed offline."""
     assert await pool.fetchval("SELECT count(*) FROM sira_events") == n
     assert await pool.fetchval("SELECT count(*) FROM sira_features") == 4 * n
     # Snapshots equal a clean offline recomputation: no event was folded twice.
@@ -119,7 +141,7 @@ async def test_killed_consumer_process_restarts_with_nothing_lost(clean_db, redi
     assert second.returncode == 0, err
     summary = json.loads(out)
     assert summary["accepted"] == N - loaded
-    await assert_exactly_once(clean_db)
+    await assert_folded_once_into_v2(clean_db)  # `sira ingest --stream` folds into the current set
 
 
 async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_client, redis_url, settings):
@@ -161,10 +183,7 @@ async def test_a_redelivered_batch_is_folded_once_into_feature_engine_v2_states(
                                                                                  settings):
     """Both feature sets in service during a migration: a batch committed but not acknowledged, then
     redelivered, leaves v1's snapshots and v2's states as the log gives them."""
-    from sira.features.columns import read_events
     from sira.features.definitions import PAYMENTS_V2
-    from sira.features.engine import engine_of
-    from sira.features.states import read_states
 
     both = [PAYMENTS_V1, PAYMENTS_V2]
     publish(redis_client, stream_events(40))
@@ -179,14 +198,4 @@ async def test_a_redelivered_batch_is_folded_once_into_feature_engine_v2_states(
     await restarted.close()
     assert (total.accepted, total.duplicates) == (15, 25)
     await assert_exactly_once(clean_db, 40)
-    engine = engine_of(PAYMENTS_V2)
-    async with clean_db.acquire() as conn:
-        cols = await read_events(conn, engine, datetime(2000, 1, 1, tzinfo=timezone.utc),
-                                 datetime(2100, 1, 1, tzinfo=timezone.utc))
-        _, finals = engine.build(cols)
-        for entity, states in finals.items():
-            stored = await read_states(conn, PAYMENTS_V2, entity, list(states))
-            assert stored.keys() == states.keys()
-            for key, state in states.items():
-                assert engine.features_at(entity, engine.decode(entity, stored[key]), int(state[0, 1])) == \
-                    engine.features_at(entity, state, int(state[0, 1]))
+    await assert_folded_once_into_v2(clean_db, 40)

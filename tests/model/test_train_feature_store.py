@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sira.demo.simulate import SimulationConfig, simulate
-from sira.features.definitions import PAYMENTS_V1
+from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
 from sira.ingest import bulk as ingest
 from sira.ingest.bulk import redactor_for
 from sira.ingest.labels import record_labels
@@ -114,7 +114,7 @@ async def test_feature_store_model_beats_a_rules_baseline(fraud_model):
     assert result["version"] == 1 and result["status"] == "candidate"
     windows = Windows(**{k: datetime.fromisoformat(v) if isinstance(v, str) else v
                          for k, v in result["windows"].items()})
-    ds, split = await asyncio.to_thread(build_feature_dataset, fraud_model.dsn, PAYMENTS_V1, windows)
+    ds, split = await asyncio.to_thread(build_feature_dataset, fraud_model.dsn, PAYMENTS_V2, windows)
     assert split.test.size == result["split"]["test"]  # the rows the run was tested on, none since
     names = ds.matrix.names
     X, y = ds.matrix.X[split.test], ds.matrix.y[split.test]
@@ -133,7 +133,7 @@ async def test_feature_store_model_beats_a_rules_baseline(fraud_model):
                                       "WHERE version = 1")
     finally:
         await conn.close()
-    assert version["feature_set_version"] == 1 and len(version["feature_schema"]) == len(PAYMENTS_V1.names())
+    assert version["feature_set_version"] == 2 and len(version["feature_schema"]) == len(PAYMENTS_V2.names())
 
 
 async def test_empty_or_immature_windows_are_clear_errors(loaded):
@@ -148,7 +148,7 @@ async def test_empty_or_immature_windows_are_clear_errors(loaded):
     w = await windows_for(loaded)
     bad = Windows(w.train_to, w.train_from, w.test_from, w.test_to, w.cutoff, 10)
     with pytest.raises(InvalidInput, match="train_from < train_to"):
-        build_feature_dataset("postgresql://unused/x", PAYMENTS_V1, bad)
+        build_feature_dataset("postgresql://unused/x", PAYMENTS_V2, bad)
 
 
 async def test_feature_engine_v2_training_sets_fold_the_log_as_columns(loaded, store, v1_built):
