@@ -5,10 +5,12 @@ ties, late events, re-scored events, other writers and the replica's own recorde
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import asyncpg
 import httpx
 import numpy as np
 import pyarrow as pa
@@ -222,3 +224,43 @@ async def test_a_second_replica_reads_states_from_redis_never_an_older_revision(
         assert found_again[("customer", e["customer_id"])].read_at > started  # read again from PostgreSQL
     finally:
         await other.stop()
+
+
+async def test_features_show_reads_a_v2_state_and_an_admin_moves_a_model_to_a_feature_set(
+        model_v2, monkeypatch, capsys):
+    """`sira features show` of the current set (v2) reads the packed state; `sira models update --feature-set`
+    names what the model's next versions train on, refusing a set that does not exist."""
+    from sira.cli.main import main
+    from sira.core.config import reset_settings
+    from sira.features.states import online_features
+
+    monkeypatch.setenv("SIRA_DATABASE_URL", model_v2.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(model_v2.settings.workspace))
+    reset_settings()
+    customer = model_v2.entities[0]["customer_id"]
+    code = await asyncio.to_thread(main, ["features", "show", "customer", customer, "--json",
+                                          "--api-key", model_v2.keys["analyst"]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    shown = json.loads(out)
+    conn = await asyncpg.connect(model_v2.dsn)
+    try:
+        direct = await online_features(conn, PAYMENTS_V2, "customer", customer)
+        assert shown["features"] == direct.features and shown["features"]["customer_count_30d"] >= 1
+        newest = await conn.fetchval("SELECT max(occurred_at) FROM sira_events WHERE customer_id = $1", customer)
+        assert direct.as_of == newest
+    finally:
+        await conn.close()
+    code = await asyncio.to_thread(main, ["features", "show", "customer", "nobody", "--api-key",
+                                          model_v2.keys["analyst"]])
+    assert code != 0 and "error: not_found: no customer state for 'nobody' in feature set payments v2" in \
+        capsys.readouterr().err
+
+    admin = ["--api-key", model_v2.keys["admin"]]
+    code = await asyncio.to_thread(main, ["models", "update", "fraud", "--feature-set", "payments@9", *admin])
+    assert code == 2 and "no version 9" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["models", "update", "fraud", "--feature-set", "payments@1", "--json", *admin])
+    assert code == 0 and json.loads(capsys.readouterr().out)["feature_set_version"] == 1
+    code = await asyncio.to_thread(main, ["models", "update", "fraud", "--feature-set", "payments@2", "--json", *admin])
+    assert code == 0 and json.loads(capsys.readouterr().out)["feature_set_version"] == 2
+    reset_settings()
