@@ -249,15 +249,11 @@ class Histories:
                              folded: dict[Any, Any]) -> None:
         """Answers (for other replicas' idempotency: ``answers`` queues them) and folded histories into Redis,
         in one round trip after answering."""
-        r = self.replica
-        try:
-            pipe = r.redis.pipeline(transaction=False)
+        async def queue(pipe: Any) -> None:
             answers.queue(pipe, answered)
             self.queue(pipe, folded)
-            await pipe.execute()
-            r.redis_breaker.succeeded()
-        except Exception as exc:  # noqa: BLE001
-            r.redis_breaker.failed(exc)
+
+        await self.replica.in_redis(queue)
 
     def on_snapshots(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         """``NOTIFY`` of changed snapshots: drop the cached histories that do not hold the new state."""

@@ -48,6 +48,17 @@ class Replica:
         if self.metrics is not None:
             self.metrics.count(getattr(self.metrics, counter), n, **tags)
 
+    async def in_redis(self, queue: Any) -> None:
+        """One Redis pipeline: ``await queue(pipe)`` fills it, then it is sent; the breaker is told how it
+        went (nothing raised: Redis is a cache)."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            await queue(pipe)
+            await pipe.execute()
+            self.redis_breaker.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            self.redis_breaker.failed(exc)
+
     @property
     def redis_available(self) -> bool:
         return self.redis is not None and self.redis_breaker.available

@@ -50,23 +50,30 @@ Key = tuple[str, str]  # (entity type, entity id)
 CacheKey = tuple[str, int, str, str]  # (feature set, version, entity type, entity id)
 MAX_UNSTORED = 200_000  # recorded events awaiting the spool's flush: beyond, forget them and the cache
 
-# SET a state only over an older one: values are b"<rank>|<wall time>|<packed state>", rank = 2 * revision + 1
+# SET a state unless a newer one is there (the same revision read again refreshes its time): values are b"<rank>|<wall time>|<packed state>", rank = 2 * revision + 1
 _SET_NEWER = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local rank = tonumber(string.match(current, '^(%d+)|'))
-  if rank and rank >= tonumber(ARGV[1]) then return 0 end
+  if rank and rank > tonumber(ARGV[1]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', ARGV[4])
 return 1
 """
 
 
+TAIL = 32  # events an entry keeps after its base: a late event within them folds exactly, in the replica
+
+
 @dataclass
 class Entry:
+    """A cached state: ``state`` = ``base`` (packed) with the ``tail`` events folded in, in (time, order)."""
+
     state: np.ndarray  # unpacked, every event this replica folded into it
     revision: int  # the stored revision it derives from (0: none stored)
     read_at: float  # wall time its stored base was read
+    base: bytes  # packed: the state before the tail
+    tail: list[dict[str, Any]]  # events folded since ``base``, in (time, order)
 
 
 @dataclass
@@ -75,7 +82,7 @@ class FoldedState:
     started from (whose revision this replica's own writes may advance meanwhile)."""
 
     fs: FeatureSet
-    state: np.ndarray
+    fold: Entry  # the state folded, its base and tail
     base: Entry
 
 
@@ -95,6 +102,47 @@ def _recorded_events(records: Iterable[dict[str, Any]]) -> Iterable[tuple[Featur
             for spec in fs.entities:
                 if row.get(spec.key_column) is not None:
                     yield fs, (spec.entity, row[spec.key_column]), row
+
+
+def _order(event: Mapping[str, Any]) -> tuple[int, int]:
+    return to_us(event["occurred_at"]), value_hash(event["event_id"])
+
+
+def _append(engine: Engine, entity: str, entry: Entry, event: dict[str, Any]) -> None:
+    """``event`` was just folded into ``entry.state``: it joins the tail; a tail longer than :data:`TAIL`
+    hands its older half to the base."""
+    entry.tail.append(event)
+    _trim(engine, entity, entry)
+
+
+def _trim(engine: Engine, entity: str, entry: Entry) -> None:
+    if len(entry.tail) > TAIL:
+        base = engine.decode(entity, entry.base)
+        older, entry.tail = entry.tail[:TAIL // 2], entry.tail[TAIL // 2:]
+        for e in older:
+            engine.event_vector(e, {entity: base})
+        entry.base = engine.encode(entity, base)
+
+
+def _fold_within_tail(engine: Engine, entity: str, entry: Entry, event: dict[str, Any]) -> np.ndarray | None:
+    """An event the state refused as late, folded exactly when it is newer than the entry's base: the base,
+    the tail's events before it, the event (its features: returned), then the tail's events after it; the
+    entry's state and tail then hold it. An event scored again replaces itself. None: older than the base."""
+    base = engine.decode(entity, entry.base)
+    at = _order(event)
+    if base[0, 1] != MISSING and at <= (int(base[0, 1]), int(base[0, 2])):
+        return None
+    tail = [e for e in entry.tail if e["event_id"] != event["event_id"]]
+    before = [e for e in tail if _order(e) < at]
+    for e in before:
+        engine.event_vector(e, {entity: base})
+    vector, _ = engine.event_vector(event, {entity: base})
+    after = tail[len(before):]
+    for e in after:
+        engine.event_vector(e, {entity: base})
+    entry.state, entry.tail = base, [*before, event, *after]
+    _trim(engine, entity, entry)
+    return vector[engine.slices[entity]]
 
 
 def _cache_key(fs: FeatureSet, key: Key) -> CacheKey:
@@ -132,7 +180,8 @@ class EntityStates:
         keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
                        if e.get(spec.key_column) is not None})
         found, status, uncached = await self.lookup(fs, keys, degraded)
-        working = {k: entry.state.copy() for k, entry in found.items()}  # the cached ones stay as they were
+        # copies: the cached entries stay as they are until :meth:`keep`
+        working = {k: Entry(e.state.copy(), e.revision, e.read_at, e.base, list(e.tail)) for k, e in found.items()}
         rows = np.full((len(events), len(engine.names)), np.nan)
         rebuilt: dict[Key, dict[str, np.ndarray] | None] = {}
         for key in sorted(uncached):  # a recorded event the stored state moved past: the log, with it
@@ -146,10 +195,18 @@ class EntityStates:
             for spec in fs.entities:
                 key = (spec.entity, event.get(spec.key_column))
                 if key[1] is not None and key in working and key not in rebuilt:
-                    mine[spec.entity] = working[key]
+                    mine[spec.entity] = working[key].state
             rows[i], late = engine.event_vector(event, mine)
+            for spec in fs.entities:
+                key = (spec.entity, event.get(spec.key_column))
+                if spec.entity in mine and spec.entity not in late:
+                    _append(engine, spec.entity, working[key], event)
             for entity in late:
                 key = (entity, event[fs.entity(entity).key_column])
+                part = _fold_within_tail(engine, entity, working[key], event)
+                if part is not None:
+                    rows[i, engine.slices[entity]] = part
+                    continue
                 rebuilt[key] = await self._from_log(engine, key, events, degraded)
                 if rebuilt[key] is None:
                     status[key] = "unavailable"
@@ -223,7 +280,9 @@ class EntityStates:
     def keep(self, folded: Mapping[tuple[str, str, str], FoldedState]) -> None:
         """States this replica folded the batch's recorded events into (unless written over meanwhile)."""
         for (entity, entity_id, _), fold in folded.items():
-            self._put(fold.fs, (entity, entity_id), Entry(fold.state, fold.base.revision, fold.base.read_at))
+            done = fold.fold
+            self._put(fold.fs, (entity, entity_id), Entry(done.state, fold.base.revision, fold.base.read_at,
+                                                          done.base, done.tail))
 
     def forget(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Folds not kept (the batch's request was a replay): the cached states lack recorded events."""
@@ -290,10 +349,11 @@ class EntityStates:
         pending = self.unstored.get(_cache_key(fs, key))
         if not pending:
             return True
-        for event in sorted(pending.values(), key=lambda e: (to_us(e["occurred_at"]), value_hash(e["event_id"]))):
+        for event in sorted(pending.values(), key=_order):
             _, late = engine.event_vector(event, {key[0]: entry.state})
             if late:
                 return False
+            _append(engine, key[0], entry, event)
         return True
 
     def _put(self, fs: FeatureSet, key: Key, entry: Entry) -> None:
@@ -324,7 +384,7 @@ class EntityStates:
                 revision, written = (int(rank) - 1) // 2, float(wall)
                 cache_key = _cache_key(fs, key)
                 if revision >= self.notified.get(cache_key, 0) and written > self._cleared_at(cache_key):
-                    entry = Entry(engine.decode(key[0], packed), revision, written)
+                    entry = Entry(engine.decode(key[0], packed), revision, written, packed, [])
             if entry is None:
                 still.append(key)
             else:
@@ -355,7 +415,8 @@ class EntityStates:
             return
         for key in missing:
             state, revision = packed.get(key, (None, 0))
-            found[key] = Entry(engine.decode(key[0], state), revision, read_at)
+            decoded = engine.decode(key[0], state)
+            found[key] = Entry(decoded, revision, read_at, state or engine.encode(key[0], decoded), [])
             if state is None:
                 status[key] = "new"
         if packed and r.redis_available:
@@ -364,18 +425,16 @@ class EntityStates:
     async def _to_redis(self, fs: FeatureSet, packed: Mapping[Key, tuple[bytes, int]], read_at: float) -> None:
         """States read from PostgreSQL, for the other replicas (never over a newer one)."""
         r = self.replica
-        try:
-            if self._set_newer is None:
-                self._set_newer = r.redis.register_script(_SET_NEWER)
-            pipe = r.redis.pipeline(transaction=False)
+        if self._set_newer is None:
+            self._set_newer = r.redis.register_script(_SET_NEWER)
+
+        async def queue(pipe: Any) -> None:
             for key, (state, revision) in packed.items():
                 if self.notified.get(_cache_key(fs, key), 0) <= revision:
                     await self._set_newer(keys=[self._redis_key(fs, key)], client=pipe,
                                           args=[2 * revision + 1, repr(read_at), state, r.config.redis_ttl_s])
-            await pipe.execute()
-            r.redis_breaker.succeeded()
-        except Exception as exc:  # noqa: BLE001
-            r.redis_breaker.failed(exc)
+
+        await r.in_redis(queue)
 
     # -- notifications ---------------------------------------------------------------------------------------
 
@@ -399,9 +458,9 @@ class EntityStates:
                 entry.revision = revision  # this replica's recorder stored what the entry folded
             elif entry is not None and entry.revision < revision:
                 self.cache.pop(key)
-        if len(self.notified) > 200_000:
-            self.notified.clear()  # what it protected against, forgotten: so is everything read before now
-            self.clear()
+        if len(self.notified) > 200_000:  # forgotten: reads and Redis values from before now are not trusted
+            self.notified.clear()  # (cached entries were checked when their writes were notified)
+            self.epoch = time.time()
 
     def clear(self) -> None:
         """Notifications may have been missed (the listener reconnected)."""

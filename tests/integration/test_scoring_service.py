@@ -4,6 +4,7 @@ trail, feedback, shadow scores, hot swap through the registry, caches, degraded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -30,16 +31,21 @@ def event(fraud_model, i: int, **overrides):
             "amount": e["amount"], "country": e["country"], "channel": e["channel"], **overrides}
 
 
-@pytest.fixture(scope="module")
-async def served(fraud_model, tmp_path_factory):
-    """The application with a scoring service of its own (spool in a temp folder)."""
-    config = ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool"), flush_interval_s=0.05,
-                           poll_interval_s=1.0)
-    service = ScoringService(fraud_model.settings, config)
-    app = create_app(fraud_model.settings, scoring=service)
+@contextlib.asynccontextmanager
+async def serving(model, spool_dir):
+    """The application with a scoring service of its own (spool in a temp folder): (HTTP client, service)."""
+    config = ServingConfig(models=["fraud"], spool_dir=spool_dir, flush_interval_s=0.05, poll_interval_s=1.0)
+    service = ScoringService(model.settings, config)
+    app = create_app(model.settings, scoring=service)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
             yield client, service
+
+
+@pytest.fixture(scope="module")
+async def served(fraud_model, tmp_path_factory):
+    async with serving(fraud_model, tmp_path_factory.mktemp("spool")) as both:
+        yield both
 
 
 def auth(fraud_model, role: str) -> dict[str, str]:
@@ -475,13 +481,8 @@ async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, 
 @pytest.fixture(scope="module")
 async def served_v1(fraud_model_v1, tmp_path_factory):
     """A scoring service serving a model trained on feature set v1 (the history engine's snapshots)."""
-    config = ServingConfig(models=["fraud"], spool_dir=tmp_path_factory.mktemp("spool-v1"), flush_interval_s=0.05,
-                           poll_interval_s=1.0)
-    service = ScoringService(fraud_model_v1.settings, config)
-    app = create_app(fraud_model_v1.settings, scoring=service)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            yield client, service
+    async with serving(fraud_model_v1, tmp_path_factory.mktemp("spool-v1")) as both:
+        yield both
 
 
 async def test_a_changed_snapshot_invalidates_cached_histories(served_v1, fraud_model_v1):

@@ -144,15 +144,24 @@ async def test_online_vectors_are_the_offline_builds_through_ties_late_and_resco
     await scored.score(live(model_v2, 1, t + timedelta(seconds=30)), live(model_v2, 1, t + timedelta(seconds=31)),
                        live(model_v2, 3, t + timedelta(seconds=30)))  # one batch, one customer twice
     await service.flush()
-    await scored.score(live(model_v2, 1, t + timedelta(seconds=15)))  # late: older than the customer's newest
-    await scored.score({**first})  # scored again (stored already): the log's copy is replaced by itself
-    await scored.score(live(model_v2, 1, t + timedelta(seconds=40)))
+    # late: older than the customer's newest, newer than the state the replica read (its base): folded in the
+    # replica from the base and the events it folded since (its tail)
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=15)))
+    await scored.score({**first})  # scored again (stored already): its earlier copy is replaced by itself
     key = ("payments", 2, "customer", first["customer_id"])
+    assert service.history.states.cache.get(key) is not None
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=40)))
+    # older than the base (before the customer's stored history ends): from the log
+    stored_newest = await service.pool.fetchval(
+        "SELECT max(occurred_at) FROM sira_events WHERE customer_id = $1 AND event_id NOT LIKE 'live-%'",
+        first["customer_id"])
+    await scored.score(live(model_v2, 1, stored_newest - timedelta(seconds=1)))
     assert service.history.states.cache.get(key) is None  # folded from the log: not cached
+    await scored.score(live(model_v2, 1, t + timedelta(seconds=45)))  # the log again: not stored yet
     await service.flush()
     await scored.score(live(model_v2, 1, t + timedelta(seconds=50)))  # stored state, cached again
     assert service.history.states.cache.get(key) is not None
-    assert await scored.check_against_offline() == 10
+    assert await scored.check_against_offline() == 12
 
 
 async def test_another_writers_event_drops_the_cached_state_and_unstored_events_are_folded_again(
