@@ -19,17 +19,22 @@ Measured with the same keep-alive HTTP client:
 - concurrency 8 and 32: requests/s and p99 of the no-op and of cached `/v1/score`;
 - the cached rows again with `record: false` (audited, not folded into the feature pipeline);
 - registry change -> every request answered by the new version (a promotion under load).
-Every score call carries a request id (idempotency) and is recorded in the audit trail.
+Every score call carries a request id (idempotency) and is recorded in the audit trail. Events are live:
+their times follow one clock from a minute after the newest stored event, a millisecond a request, so
+concurrent clients send them slightly out of order, as live traffic does (feature engine v2 folds an event
+older than its entity's newest from the events the replica folded since its stored state).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +119,16 @@ async def concurrent(url: str, bodies: list[dict], headers: dict, clients: int) 
             "p99_ms": round(percentile(samples, 0.99) * 1000, 3), "n": len(samples)}
 
 
+CLOCK = itertools.count()  # milliseconds after LIVE_FROM, one a request body
+
+
 def score_bodies(entities: list[dict], tag: str, n: int, record: bool = True) -> list[dict]:
     out = []
     for i in range(n):
         e = entities[i % len(entities)]
+        at = (datetime.fromisoformat(e["occurred_at"]) + timedelta(milliseconds=next(CLOCK))).isoformat()
         out.append({"model": "fraud", "request_id": f"{tag}-{i}", "record": record, "event": {
-            "event_id": f"{tag}-{i}", "occurred_at": e["occurred_at"], "customer_id": e["customer_id"],
+            "event_id": f"{tag}-{i}", "occurred_at": at, "customer_id": e["customer_id"],
             "card_token": e["card_token"], "terminal_id": e["terminal_id"], "amount": e["amount"],
             "country": e["country"], "channel": e["channel"]}})
     return out
@@ -139,7 +148,8 @@ async def prepare(settings: Settings, scale: float) -> tuple[str, list[dict]]:
                                       pepper=settings.secret("auth_secret"), creator=admin)
         rows = await pool.fetch(
             """SELECT DISTINCT ON (customer_id) customer_id, card_token, terminal_id, country, channel,
-                      amount::float8 AS amount, occurred_at + interval '1 minute' AS occurred_at
+                      amount::float8 AS amount, (SELECT max(occurred_at) FROM sira_events) + interval '1 minute'
+                      AS occurred_at
                  FROM sira_events ORDER BY customer_id, occurred_at DESC""")
     finally:
         await pool.close()
