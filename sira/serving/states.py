@@ -66,14 +66,32 @@ TAIL = 32  # events an entry keeps after its base: a late event within them fold
 
 
 @dataclass
-class Entry:
-    """A cached state: ``state`` = ``base`` (packed) with the ``tail`` events folded in, in (time, order)."""
+class Cached:
+    """A state in the replica's cache, packed (a terminal's is ~47 KB unpacked, a few KB packed): ``packed`` =
+    ``base`` with the ``tail`` events folded in, in (time, order)."""
 
-    state: np.ndarray  # unpacked, every event this replica folded into it
-    revision: int  # the stored revision it derives from (0: none stored)
+    packed: bytes  # every event this replica folded into it
+    revision: int  # the stored revision it derives from (0: none stored); advanced by its own recorder's writes
     read_at: float  # wall time its stored base was read
-    base: bytes  # packed: the state before the tail
+    base: bytes  # the state before the tail
     tail: list[dict[str, Any]]  # events folded since ``base``, in (time, order)
+
+
+@dataclass
+class Entry:
+    """A state a batch folds into: unpacked from a :class:`Cached` (``source``) or read from Redis or
+    PostgreSQL; the same parts."""
+
+    state: np.ndarray
+    revision: int
+    read_at: float
+    base: bytes
+    tail: list[dict[str, Any]]
+    source: Cached | None = None  # its revision follows this replica's own writes while the batch runs
+
+    @property
+    def derives_from(self) -> int:
+        return self.source.revision if self.source is not None else self.revision
 
 
 @dataclass
@@ -180,8 +198,8 @@ class EntityStates:
         keys = sorted({(spec.entity, e[spec.key_column]) for spec in fs.entities for e in events
                        if e.get(spec.key_column) is not None})
         found, status, uncached = await self.lookup(fs, keys, degraded)
-        # copies: the cached entries stay as they are until :meth:`keep`
-        working = {k: Entry(e.state.copy(), e.revision, e.read_at, e.base, list(e.tail)) for k, e in found.items()}
+        newest = {k: _newest(e) for k, e in found.items()}  # before this batch (staleness)
+        working = found  # unpacked for this batch: the cached entries stay as they are until :meth:`keep`
         rows = np.full((len(events), len(engine.names)), np.nan)
         rebuilt: dict[Key, dict[str, np.ndarray] | None] = {}
         for key in sorted(uncached):  # a recorded event the stored state moved past: the log, with it
@@ -210,7 +228,7 @@ class EntityStates:
                 rebuilt[key] = await self._from_log(engine, key, events, degraded)
                 if rebuilt[key] is None:
                     status[key] = "unavailable"
-        vectors, flags = self._answers(engine, events, rows, found, status, rebuilt)
+        vectors, flags = self._answers(engine, events, rows, newest, status, rebuilt)
         recorded = {(spec.entity, i.event[spec.key_column]) for i in items if i.record for spec in fs.entities
                     if i.event.get(spec.key_column) is not None}
         folded: dict[tuple[str, str, str], Any] = {}
@@ -222,7 +240,7 @@ class EntityStates:
         return vectors, flags, folded
 
     @staticmethod
-    def _answers(engine: Engine, events: list[dict[str, Any]], rows: np.ndarray, found: Mapping[Key, Entry],
+    def _answers(engine: Engine, events: list[dict[str, Any]], rows: np.ndarray, newest: Mapping[Key, int | None],
                  status: Mapping[Key, str], rebuilt: Mapping[Key, dict[str, np.ndarray] | None]
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Vectors (None: undefined or unknown) and flags; "stale": the entity's newest known event is older
@@ -243,8 +261,8 @@ class EntityStates:
                     continue
                 elif status.get(key) == "new":
                     flag.setdefault("new_entities", []).append(spec.entity)
-                elif key in found and _newest(found[key]) is not None and \
-                        to_us(event["occurred_at"]) - _newest(found[key]) > ttl_us:  # type: ignore[operator]
+                elif newest.get(key) is not None and \
+                        to_us(event["occurred_at"]) - newest[key] > ttl_us:  # type: ignore[operator]
                     flag.setdefault("stale_entities", []).append(spec.entity)
                 from_log = rebuilt.get(key)
                 if from_log is not None:
@@ -281,8 +299,8 @@ class EntityStates:
         """States this replica folded the batch's recorded events into (unless written over meanwhile)."""
         for (entity, entity_id, _), fold in folded.items():
             done = fold.fold
-            self._put(fold.fs, (entity, entity_id), Entry(done.state, fold.base.revision, fold.base.read_at,
-                                                          done.base, done.tail))
+            self._put(fold.fs, (entity, entity_id), Entry(done.state, fold.base.derives_from, fold.base.read_at,
+                                                          done.base, done.tail), packed=None)
 
     def forget(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Folds not kept (the batch's request was a replay): the cached states lack recorded events."""
@@ -320,12 +338,14 @@ class EntityStates:
                      ) -> tuple[dict[Key, Entry], dict[Key, str], set[Key]]:
         """Entries of ``keys`` (none when unavailable); "new" or "unavailable" for the keys that are; the keys
         whose entries must not be cached (a recorded event no longer folds onto the stored state)."""
+        engine = engine_of(fs)
         found: dict[Key, Entry] = {}
         missing = []
         for key in keys:
-            entry = self.cache.get(_cache_key(fs, key))
-            if entry is not None:
-                found[key] = entry
+            cached: Cached | None = self.cache.get(_cache_key(fs, key))
+            if cached is not None:
+                found[key] = Entry(engine.decode(key[0], cached.packed), cached.revision, cached.read_at,
+                                   cached.base, list(cached.tail), cached)
             else:
                 missing.append(key)
         self._count("memory", len(found), len(missing))
@@ -335,11 +355,10 @@ class EntityStates:
             missing = await self._from_redis(fs, missing, read, degraded)
         if missing:
             await self._from_postgres(fs, missing, read, status, degraded)
-        engine = engine_of(fs)
         uncached: set[Key] = set()
         for key, entry in read.items():
             if self._refold_unstored(engine, fs, key, entry):
-                self._put(fs, key, entry)
+                entry.source = self._put(fs, key, entry, packed=None if entry.tail else entry.base)
             else:
                 uncached.add(key)
         found.update(read)
@@ -356,11 +375,15 @@ class EntityStates:
             _append(engine, key[0], entry, event)
         return True
 
-    def _put(self, fs: FeatureSet, key: Key, entry: Entry) -> None:
+    def _put(self, fs: FeatureSet, key: Key, entry: Entry, packed: bytes | None) -> Cached | None:
+        """Cache ``entry`` (``packed``: its state's bytes, when known), unless written over since it was read."""
         cache_key = _cache_key(fs, key)
         if self.notified.get(cache_key, 0) > entry.revision or self._cleared_at(cache_key) >= entry.read_at:
-            return  # written over since it was read
-        self.cache.put(cache_key, entry)
+            return None
+        cached = Cached(packed or engine_of(fs).encode(key[0], entry.state), entry.revision, entry.read_at,
+                        entry.base, list(entry.tail))
+        self.cache.put(cache_key, cached)
+        return cached
 
     async def _from_redis(self, fs: FeatureSet, missing: list[Key], found: dict[Key, Entry], degraded: set[str]
                           ) -> list[Key]:
@@ -453,7 +476,7 @@ class EntityStates:
         for entity_id, revision in message.get("e", []):
             key = (*kind, entity_id)
             self.notified[key] = max(self.notified.get(key, 0), revision)  # older states in Redis: stale
-            entry: Entry | None = self.cache.get(key, allow_expired=True)
+            entry: Cached | None = self.cache.get(key, allow_expired=True)
             if own and entry is not None and entry.revision == revision - 1:
                 entry.revision = revision  # this replica's recorder stored what the entry folded
             elif entry is not None and entry.revision < revision:
