@@ -34,7 +34,7 @@ test-unit: $(STAMP)
 
 # The loop while working: every test but the Ray Serve applications and the end-to-end runs (tests/e2e).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not serve and not e2e"
+	$(BIN)/python -m pytest -m "not serve and not e2e and not slow"
 
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)

@@ -49,6 +49,7 @@ def _events_range(fraud_model):
     return run_sync(bounds())
 
 
+@pytest.mark.slow
 def test_scoring_stored_events_covers_every_event_in_time_order(fraud_model, history):
     first, _, _, out = history
     lo, hi, n = _events_range(fraud_model)
@@ -76,6 +77,7 @@ def test_the_same_input_gives_the_same_file_byte_for_byte(history):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_a_table_scores_like_the_runtime_and_reasons_follow_pred_contrib(fraud_model, history, tmp_path):
     _, _, _, scored_events = history
     features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version"])
@@ -162,6 +164,7 @@ def _cli(fraud_model, *args: str, role: str = "data_scientist") -> subprocess.Co
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history):
     _, _, _, scored_events = history
     empty = tmp_path / "empty.parquet"
@@ -249,6 +252,7 @@ def test_a_model_without_production_is_refused(fraud_model, tmp_path):
     assert caught.value.code == "no_production_version"
 
 
+@pytest.mark.slow
 def test_the_readmes_score_example_runs_verbatim(fraud_model, tmp_path):
     """The README's feature-table example, as a person pastes it (issue #19.8: its old example failed)."""
     from tests.conftest import assert_quiet, readme_block

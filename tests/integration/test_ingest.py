@@ -132,6 +132,7 @@ def damaged_parquet(path, n=2000, groups=4):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_cli_reports_a_file_damaged_past_its_footer_in_one_line(clean_db, settings, pg_dsn, tmp_path):
     bad = damaged_parquet(tmp_path / "damaged.parquet")
@@ -191,6 +192,7 @@ async def test_header_only_csv_is_a_clear_input_error(clean_db, settings, tmp_pa
     assert await count(clean_db, "sira_events") == 0
 
 
+@pytest.mark.slow
 async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings, tmp_path):
     """`sira ingest` acts as the key's owner, and the audit log says so (it resolved the key and then threw
     the identity away); before any key exists, the local user. File names are scrubbed as sources are."""

@@ -165,6 +165,7 @@ def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, se
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.slow
 def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model, monkeypatch, capsys):
     import os
     import subprocess

@@ -107,6 +107,7 @@ def _negatable(operation: schemathesis.APIOperation) -> bool:
         for p in operation.iter_parameters() if p.name.lower() != "authorization")
 
 
+@pytest.mark.slow
 def test_every_operation_answers_only_declared_statuses_and_schemas_and_never_5xx(live_api):
     # a loop of our own rather than schema.parametrize(): the schema is the live server's, known only
     # once the fixture runs, and schemathesis' lazy pytest loader does not run under pytest 9

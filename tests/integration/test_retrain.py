@@ -90,6 +90,7 @@ def test_a_winning_challenger_is_staged_and_the_same_inputs_register_nothing_mor
     assert plan["plan"].startswith("nothing") and plan["steps"] == []
 
 
+@pytest.mark.slow
 def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path):
     asyncio.run(_policy(model, {"min_ap_gain": 0.9}))
     params = tmp_path / "fast.yaml"
