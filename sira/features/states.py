@@ -60,13 +60,6 @@ async def lock_entities(conn: Connection, fs: FeatureSet, entities: Sequence[tup
             f"{fs.name}@{fs.version}", [t for t, _ in entities], [i for _, i in entities])
 
 
-async def read_states(conn: Connection, fs: FeatureSet, entity: str, keys: Sequence[str]) -> dict[str, bytes]:
-    rows = await conn.fetch(
-        "SELECT entity_id, state FROM sira_entity_states WHERE feature_set = $1 AND feature_set_version = $2"
-        " AND entity_type = $3 AND entity_id = ANY($4::text[])", fs.name, fs.version, entity, list(keys))
-    return {r["entity_id"]: r["state"] for r in rows}
-
-
 async def read_stored(conn: Connection, fs: FeatureSet, entity: str, keys: Sequence[str]
                       ) -> dict[str, tuple[bytes, int]]:
     """Stored states with their revisions (a serving replica's cache follows the revisions)."""
@@ -75,6 +68,10 @@ async def read_stored(conn: Connection, fs: FeatureSet, entity: str, keys: Seque
         " AND feature_set_version = $2 AND entity_type = $3 AND entity_id = ANY($4::text[])",
         fs.name, fs.version, entity, list(keys))
     return {r["entity_id"]: (r["state"], r["revision"]) for r in rows}
+
+
+async def read_states(conn: Connection, fs: FeatureSet, entity: str, keys: Sequence[str]) -> dict[str, bytes]:
+    return {k: state for k, (state, _) in (await read_stored(conn, fs, entity, keys)).items()}
 
 
 STATES_CHANNEL = "sira_states"

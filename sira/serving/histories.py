@@ -233,6 +233,13 @@ class Histories:
             if len(key) == 2:
                 self.cache.put(key, CachedHistory(history))
 
+    def discard(self, item: Item, folded: dict[Any, Any]) -> dict[Any, Any]:
+        """``folded`` without the folds of the entities ``item``'s event belongs to (it turned out to be a replay):
+        not kept, and a v2 state they came from no longer cached (it lacks the batch's other recorded events)."""
+        dropped = [k for k in folded if _touches(item, k)]
+        self.states.forget(k for k in dropped if len(k) == 3)
+        return {k: v for k, v in folded.items() if k not in dropped}
+
     def queue(self, pipe: Any, folded: dict[Any, Any]) -> None:
         """The histories into a Redis pipeline (sent after answering), as snapshot states (v2 states go to
         Redis as they are read from PostgreSQL, with their revisions: see :mod:`sira.serving.states`)."""

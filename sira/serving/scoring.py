@@ -149,10 +149,6 @@ class ModelRuntime:
             feature_set=fs,
         )
         runtime.predict(np.zeros((1, len(schema))))  # warm up before the first request sees it
-        if fs is not None and fs.engine == "tiles":
-            from sira.features.engine import warm
-
-            warm(fs)  # the compiled fold, from numba's cache on disk (compiled there the first time)
         return runtime
 
     # -- inputs ---------------------------------------------------------------------

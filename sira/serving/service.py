@@ -44,7 +44,7 @@ from sira.features import store as feature_store
 from sira.features.states import STATES_CHANNEL
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
-from sira.serving.histories import Histories, _touches
+from sira.serving.histories import Histories
 from sira.serving.idempotency import Answers, idempotency_epoch, replay
 from sira.serving.intake import prepare
 from sira.serving.metrics import ServingMetrics
@@ -279,8 +279,7 @@ class ScoringService:
                     out[n] = replay(prior, item)
                 except Conflict as exc:
                     out[n] = exc
-                self.history.states.forget(k for k in folded if len(k) == 3 and _touches(item, k))
-                folded = {k: v for k, v in folded.items() if not _touches(item, k)}
+                folded = self.history.discard(item, folded)
         todo = [n for n in range(len(items)) if out[n] is None]
         scored = score_items(items, todo, vectors, flags, degraded, reasons=r.config.reasons, shadow=r.config.shadow,
                              scored_at=datetime.now(timezone.utc).isoformat(),

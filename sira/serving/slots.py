@@ -20,6 +20,17 @@ from sira.serving.scoring import ModelRuntime
 log = logging.getLogger(__name__)
 
 
+def _load_for_traffic(settings: Any, row: dict[str, Any]) -> ModelRuntime:
+    """A version loaded to take requests: with a feature engine v2 set, its compiled fold warmed too (from
+    numba's cache on disk; compiled there the first time), before the first request needs it."""
+    runtime = ModelRuntime.load(settings, row)
+    if runtime.feature_set is not None and runtime.feature_set.engine == "tiles":
+        from sira.features.engine import warm
+
+        warm(runtime.feature_set)
+    return runtime
+
+
 @dataclass(frozen=True)
 class Slot:
     """What a model is served with right now (replaced as a whole on a registry change)."""
@@ -157,7 +168,7 @@ class ModelSlots:
         if same and time.monotonic() < failure.retry_at:
             return keep  # backing off
         try:
-            runtime = await asyncio.to_thread(ModelRuntime.load, self.replica.settings, row)
+            runtime = await asyncio.to_thread(_load_for_traffic, self.replica.settings, row)
         except Exception as exc:  # noqa: BLE001 - a version that cannot load must not take the replica down
             reason, message = _load_error(exc)
             self.replica.count("load_failures", model=name, role=role, reason=reason)

@@ -15,10 +15,12 @@ Events this replica recorded that its recorder has not stored yet (the spool's f
 folded again onto a state read from Redis or PostgreSQL, so a re-read loses none of them; if one no longer
 folds (the stored state has moved past it), the state serves that batch without being cached.
 
-Late events (older than the state's newest, or its newest scored again) are answered from the log: the
-entity's latest checkpoint before the event's day, the events stored since and the batch's events of that
-entity, folded by the offline path (:func:`sira.features.states.log_vectors`): the vector a training set
-gives the event.
+Late events (older than the state's newest, or its newest scored again): a cached state keeps the stored
+state it started from (its base, packed) and the events folded since (its tail, up to :data:`TAIL`); an
+event newer than the base is folded exactly from them. An older one is answered from the log: the entity's
+latest checkpoint before the event's day, the events stored since and the batch's events of that entity,
+folded by the offline path (:func:`sira.features.states.log_vectors`). Either way: the vector a training
+set gives the event.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ Key = tuple[str, str]  # (entity type, entity id)
 CacheKey = tuple[str, int, str, str]  # (feature set, version, entity type, entity id)
 MAX_UNSTORED = 200_000  # recorded events awaiting the spool's flush: beyond, forget them and the cache
 
-# SET a state unless a newer one is there (the same revision read again refreshes its time): values are b"<rank>|<wall time>|<packed state>", rank = 2 * revision + 1
+# SET a state unless a newer one is there (the same revision read again refreshes its time): values are
+# b"<rank>|<wall time>|<packed state>", rank = 2 * revision + 1
 _SET_NEWER = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -96,12 +99,10 @@ class Entry:
 
 @dataclass
 class FoldedState:
-    """A batch's fold of one entity (the key is (entity type, entity id, "name@version")) and the entry it
-    started from (whose revision this replica's own writes may advance meanwhile)."""
+    """A batch's fold of one entity (the key is (entity type, entity id, "name@version"))."""
 
     fs: FeatureSet
-    fold: Entry  # the state folded, its base and tail
-    base: Entry
+    entry: Entry
 
 
 def _newest(entry: Entry) -> int | None:
@@ -167,8 +168,6 @@ def _cache_key(fs: FeatureSet, key: Key) -> CacheKey:
     return (fs.name, fs.version, key[0], key[1])
 
 
-
-
 class EntityStates:
     """The v2 entity states one replica scores with (see the module docstring)."""
 
@@ -206,8 +205,7 @@ class EntityStates:
             rebuilt[key] = await self._from_log(engine, key, events, degraded)
             if rebuilt[key] is None:
                 status[key] = "unavailable"
-        for i in sorted(range(len(events)), key=lambda i: (to_us(events[i]["occurred_at"]),
-                                                            value_hash(events[i]["event_id"]))):
+        for i in sorted(range(len(events)), key=lambda i: _order(events[i])):
             event = events[i]
             mine = {}
             for spec in fs.entities:
@@ -234,7 +232,7 @@ class EntityStates:
         folded: dict[tuple[str, str, str], Any] = {}
         for key in recorded:
             if key in working and key not in rebuilt and key not in uncached and status.get(key) != "unavailable":
-                folded[(*key, f"{fs.name}@{fs.version}")] = FoldedState(fs, working[key], found[key])
+                folded[(*key, f"{fs.name}@{fs.version}")] = FoldedState(fs, working[key])
             else:
                 self.cache.pop(_cache_key(fs, key))  # its recorded events are not in the cached state
         return vectors, flags, folded
@@ -298,9 +296,9 @@ class EntityStates:
     def keep(self, folded: Mapping[tuple[str, str, str], FoldedState]) -> None:
         """States this replica folded the batch's recorded events into (unless written over meanwhile)."""
         for (entity, entity_id, _), fold in folded.items():
-            done = fold.fold
-            self._put(fold.fs, (entity, entity_id), Entry(done.state, fold.base.derives_from, fold.base.read_at,
-                                                          done.base, done.tail), packed=None)
+            done = fold.entry
+            self._put(fold.fs, (entity, entity_id), Entry(done.state, done.derives_from, done.read_at, done.base,
+                                                          done.tail), packed=None)
 
     def forget(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Folds not kept (the batch's request was a replay): the cached states lack recorded events."""
