@@ -7,8 +7,8 @@ import json
 import statistics
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +26,82 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(ordered) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class ProcessCpu:
+    """CPU seconds of this machine's processes between two readings, by role: a Serve replica by its
+    deployment's name, SIRA's recorder actor, Serve's proxy and controller, PostgreSQL's and Redis's
+    processes, this process (the benchmark's client), the rest of Ray. A process that ends between the
+    readings is not counted; one that starts counts from zero."""
+
+    ROLES = (("ServeReplica:sira", "replica"), ("ServeReplica:noop", "noop_replica"), ("Recorder", "recorder"),
+             ("ProxyActor", "proxy"), ("haproxy", "proxy"), ("ServeController", "controller"),
+             ("postgres", "postgres"), ("redis-server", "redis"), ("ray", "ray_other"))
+
+    def __init__(self) -> None:
+        import os
+
+        import psutil
+
+        self.psutil, self.me = psutil, os.getpid()
+        self.start = self.read()
+
+    def role(self, p) -> str | None:
+        if p.pid == self.me:
+            return "client"
+        text = " ".join(p.info["cmdline"] or ()) or (p.info["name"] or "")
+        for needle, role in self.ROLES:
+            if needle in text:
+                return role
+        return None
+
+    def read(self) -> dict[int, tuple[str, float]]:
+        out = {}
+        for p in self.psutil.process_iter(["name", "cmdline"]):
+            try:
+                role = self.role(p)
+                if role is not None:
+                    t = p.cpu_times()
+                    out[p.pid] = (role, t.user + t.system)
+            except self.psutil.Error:
+                continue
+        return out
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        """CPU milliseconds per request by role since this meter started."""
+        end, used = self.read(), {}
+        for pid, (role, seconds) in end.items():
+            used[role] = used.get(role, 0.0) + seconds - self.start.get(pid, (role, 0.0))[1]
+        return {role: round(s * 1000 / requests, 3) for role, s in sorted(used.items())}
+
+
+@contextmanager
+def profiled(folder: Path | None, name: str, roles: tuple[str, ...] = ("replica", "recorder")) -> Iterator[None]:
+    """py-spy's collapsed stacks (the thread holding the GIL: Python's CPU) of the processes in ``roles`` while the block runs,
+    written to ``folder/name-role-pid.txt`` (nothing when ``folder`` is None)."""
+    import shutil
+    import signal
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if folder is None or not Path(spy).exists():
+        if folder is not None:
+            print("py-spy is not installed (pip install py-spy): no profiles", file=sys.stderr)
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    cpu = ProcessCpu()
+    spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "250", "--gil", "--format", "raw",
+                               "--output", str(folder / f"{name}-{role}-{pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for pid, (role, _) in cpu.start.items() if role in roles]
+    try:
+        yield
+    finally:
+        for s in spies:
+            s.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        for s in spies:
+            s.wait(timeout=30)
 
 
 def summary_ms(samples_s: list[float]) -> dict[str, float]:

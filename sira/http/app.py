@@ -60,10 +60,10 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
 
     errors.install(app)
+    if scoring is not None:  # first: a request is matched against the routes in order, and scoring is the hot path
+        app.include_router(scoring_routes.router)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(registry.router)
     app.include_router(access.router)
-    if scoring is not None:
-        app.include_router(scoring_routes.router)
     return app

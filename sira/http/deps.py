@@ -113,20 +113,32 @@ async def in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[Any]], 
         return await fn(conn, *args, **kwargs)
 
 
+async def admit(request: Request, identity: Identity, action: str) -> Identity:
+    """``identity`` when its roles allow ``action``; a refusal is audited (403)."""
+    try:
+        authorize(identity, action)
+    except PermissionDenied as exc:
+        from sira.core import audit
+
+        await audit.record_denied(request.app.state.pool, identity.actor(), action, exc.message)
+        raise
+    return identity
+
+
 def require(action: str) -> Any:
     """A dependency that admits only identities allowed to perform ``action`` (403 otherwise)."""
 
     async def check(request: Request, identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
-        try:
-            authorize(identity, action)
-        except PermissionDenied as exc:
-            from sira.core import audit
-
-            await audit.record_denied(request.app.state.pool, identity.actor(), action, exc.message)
-            raise
-        return identity
+        return await admit(request, identity, action)
 
     return Depends(check)
+
+
+async def authorized(request: Request, action: str) -> Identity:
+    """:func:`require`'s check called directly, for a :mod:`sira.http.direct` route (no dependency solving)."""
+    identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
+                                      request.headers.get("authorization"))
+    return await admit(request, identity, action)
 
 
 def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:

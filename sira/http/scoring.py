@@ -9,13 +9,13 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from sira.core.auth import Identity
 from sira.core.errors import InvalidInput, NotFound, PayloadTooLarge
-from sira.http.deps import errors, require
+from sira.http.deps import authorized, errors, require
+from sira.http.direct import direct_route, json_answer, json_body
 from sira.serving.idempotency import answer_from_row, public
 from sira.serving.schemas import (
     BatchScoreAnswer,
@@ -37,10 +37,6 @@ async def _connection(service: ScoringService) -> Any:
         yield conn
 
 
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
 
@@ -56,25 +52,55 @@ def timed(service: ScoringService, route: str, model: str, started: float) -> No
         service.metrics.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route, "model": model})
 
 
-# 404: a model not served here; 409: one without a production version
-@router.post("/score", response_model=ScoreAnswer, responses=errors(404, 409, body=True),
-             summary="Score one event")
-async def score(body: ScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+# The two scoring routes are answered from request bytes to answer bytes (sira.http.direct): FastAPI documents
+# each from its endpoint's signature (`score`, `score_batch`) and hands its requests to the direct handler
+# (`_score`, `_score_batch`), which checks the same role and validates the same body model. 404: a model not
+# served here; 409: one without a production version.
+async def _score(request: Request) -> Response:
     started = time.perf_counter()
+    await authorized(request, "score")
+    return await _scored(request.app.state.scoring, json_body(request, await request.body(), ScoreRequest), started)
+
+
+async def score(body: ScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+    return await _scored(service, body, time.perf_counter())
+
+
+async def _scored(service: ScoringService, body: ScoreRequest, started: float) -> Response:
     answer = await service.score(service.prepare(body.model, body, started))
     timed(service, "score", body.model, started)
-    return _json(answer)
+    return json_answer(answer)
 
-@router.post("/score/batch", response_model=BatchScoreAnswer, responses=errors(404, 409, body=True), summary="Score many events in one call")
-async def score_batch(body: BatchScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+
+router.add_api_route("/score", score, methods=["POST"], response_model=ScoreAnswer, summary="Score one event",
+                     responses=errors(404, 409, body=True), route_class_override=direct_route(_score))
+
+
+async def _score_batch(request: Request) -> Response:
     started = time.perf_counter()
+    await authorized(request, "score")
+    body = json_body(request, await request.body(), BatchScoreRequest)
+    return await _batch_scored(request.app.state.scoring, body, started)
+
+
+async def score_batch(body: BatchScoreRequest, service: ScoringDep, who: Identity = require("score")) -> Any:
+    return await _batch_scored(service, body, time.perf_counter())
+
+
+async def _batch_scored(service: ScoringService, body: BatchScoreRequest, started: float) -> Response:
     if len(body.requests) > service.config.max_batch_rows:
         raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
                               f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
     items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
     answers = await asyncio.gather(*(service.score(i) for i in items))
     timed(service, "score_batch", body.model, started)
-    return _json({"model": body.model, "results": answers})
+    return json_answer({"model": body.model, "results": answers})
+
+
+router.add_api_route("/score/batch", score_batch, methods=["POST"], response_model=BatchScoreAnswer,
+                     summary="Score many events in one call", responses=errors(404, 409, body=True),
+                     route_class_override=direct_route(_score_batch))
+
 
 @router.get("/predictions/{prediction_id}", response_model=StoredPrediction, responses=errors(404),
             summary="A stored prediction and its explanation")
@@ -98,7 +124,7 @@ async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
         reasons = await asyncio.to_thread(service.explain, row["model_name"], row["version"], row["features"])
         if reasons is not None:
             answer.update(reasons=reasons, reasons_deferred=False)
-    return _json({**answer, "role": row["role"], "features": row["features"],
+    return json_answer({**answer, "role": row["role"], "features": row["features"],
                            "shadow": [dict(s) for s in shadows]})
 
 @router.post("/feedback", response_model=FeedbackAnswer, responses=errors(404, body=True), summary="Record a label for a prediction or an event")
@@ -130,7 +156,7 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
                 "SELECT label = $4 FROM sira_feedback WHERE event_id = $1 AND label_name = $2 AND source = $3",
                 event_id, body.label_name, service.redactor.scrub_text(source), body.label)  # stored redacted
             if same:
-                return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+                return json_answer({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                               "status": "unchanged"})
         async with conn.transaction():
             summary = await record_labels(
@@ -146,5 +172,5 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
     # pending_event: kept, and used once its event arrives (it expires if it never does)
     status = ("pending_event" if summary.pending_event else "recorded" if summary.inserted
               else "updated" if summary.updated else "unchanged")
-    return _json({"event_id": event_id, "label_name": body.label_name, "label": body.label,
+    return json_answer({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                            "status": status})
