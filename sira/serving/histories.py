@@ -256,11 +256,14 @@ class Histories:
                              folded: dict[Any, Any]) -> None:
         """Answers (for other replicas' idempotency: ``answers`` queues them) and folded histories into Redis,
         in one round trip after answering."""
+        covers = 0
+
         async def queue(pipe: Any) -> None:
-            answers.queue(pipe, answered)
+            nonlocal covers
+            covers = answers.queue(pipe, answered)
             self.queue(pipe, folded)
 
-        await self.replica.in_redis(queue)
+        answers.sent(answered, covers if await self.replica.in_redis(queue) else None)
 
     def on_snapshots(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         """``NOTIFY`` of changed snapshots: drop the cached histories that do not hold the new state."""

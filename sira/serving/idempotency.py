@@ -4,6 +4,7 @@ and an earlier answer replayed (or refused as a conflict)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -76,20 +77,45 @@ def answer_from_row(row: Any) -> dict[str, Any]:
     }
 
 
-def _answer_key(model: str, request_id: str) -> str:
-    return f"sira:answer:{model}:{request_id}"
+ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis
 
 
 class Answers:
     """The answers given to clients' request ids within the idempotency window: in this replica (an LRU,
     and the requests being scored now, so a retry waits for the first answer instead of scoring twice),
     in Redis (written as each answer is given: another replica sees a retry at once) and in
-    ``sira_predictions`` (what Redis lost)."""
+    ``sira_predictions`` (what Redis lost).
+
+    PostgreSQL is asked only when Redis cannot answer: it is unreachable, or it may have lost an answer
+    given within the window. Redis holds a marker, ``since``: every answer given from that time on was
+    written to Redis. A Redis that restarted or was flushed has no marker, and the first replica to see
+    that writes a new one; a replica that gave answers it could not write to Redis moves the marker to
+    the time it reaches Redis again (and tells the others at once by ``NOTIFY sira_answers``). A miss
+    in Redis is a new request only when nothing answered in the window can be missing from it: the
+    marker is older than the window, or PostgreSQL holds no answer of the model from the window's start
+    to the marker (asked once per marker and model, at least :data:`SETTLE_S` after the marker, when
+    the answers given before it have left the replicas' spools), and Redis does not evict keys (its
+    ``maxmemory_policy``). A request whose first answer is still in another replica's spool when the
+    retry arrives is caught, as before, by its prediction id (:func:`prediction_id_for`): the audit trail
+    keeps one row.
+    """
+
+    SETTLE_S = 10.0
 
     def __init__(self, replica: Replica):
         self.replica = replica
         self.recent = LRU(100_000, replica.config.idempotency_ttl_s)
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self.marker_key = f"sira:answers:{replica.namespace}:since"
+        self.gaps = 0  # answers this replica gave and could not write to Redis (counted; the marker moves next)
+        self._gaps_covered = 0  # ... the count the last marker move covered
+        self.distrust_until = 0.0  # another replica's answers missed Redis: PostgreSQL until the marker moves
+        self._trusted_from: dict[tuple[str, float], float] = {}  # (model, marker) -> when misses are new requests
+        self._checking: set[tuple[str, float]] = set()
+        self.evicting: bool | None = None  # Redis may evict answers (None: not known yet)
+
+    def _key(self, model: str, request_id: str) -> str:
+        return f"sira:answer:{self.replica.namespace}:{model}:{request_id}"
 
     async def once(self, item: Item, score: Any) -> dict[str, Any]:
         """``score(item)``'s answer, unless this replica has answered (or is answering) the request id."""
@@ -129,30 +155,111 @@ class Answers:
                 self._inflight.pop(key, None)
 
     async def earlier(self, items: list[Item], degraded: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Answers already given to these request ids by any replica: Redis and ``sira_predictions``, asked
-        at the same time."""
+        """Answers already given to these request ids by any replica: from Redis, and from
+        ``sira_predictions`` for what Redis cannot answer (see the class docstring)."""
         if not items:
             return {}
         r = self.replica
         keys = [(i.runtime.model_name, i.request_id) for i in items]
-        stored = asyncio.ensure_future(self._stored(keys))
         cached: dict[tuple[str, str], dict[str, Any]] | None = None
+        marker: bytes | None = None
         if r.redis is not None:
             if r.redis_breaker.available:
                 try:
-                    values = await r.redis.mget([_answer_key(m, q) for m, q in keys])
+                    values = await r.redis.mget([*(self._key(m, q) for m, q in keys), self.marker_key])
                     r.redis_breaker.succeeded()
+                    marker = values[-1]
                     cached = {k: orjson.loads(v) for k, v in zip(keys, values) if v is not None}
                 except Exception as exc:  # noqa: BLE001
                     r.redis_breaker.failed(exc)
             if cached is None:
                 degraded.add("cache_unavailable")
-        found = await stored
+        missed = [k for k in keys if cached is None or k not in cached]
+        if not missed or (cached is not None and self._complete(marker, {m for m, _ in missed})):
+            return cached or {}
+        found = await self._stored(missed)
         if found is None:
             if cached is None:  # neither could say: answered anyway (flagged)
                 degraded.add("database_unavailable")
             found = {}
         return {**found, **(cached or {})}
+
+    def _complete(self, marker: bytes | None, models: set[str]) -> bool:
+        """Whether Redis holds every answer of these models given within the window (its misses are new
+        requests); when not known yet, the check is started in the background and the answer is no."""
+        r = self.replica
+        if marker is None:
+            r.spawn(self._mark(nx=True), "answers-mark")  # a new Redis, or one that lost its keys
+            return False
+        now = time.time()
+        if self.evicting is None:
+            r.spawn(self._check_eviction(), "answers-eviction")
+        complete = not (self.gaps > self._gaps_covered or now < self.distrust_until or self.evicting is not False)
+        since = float(marker)
+        if now >= since + self.replica.config.idempotency_ttl_s:
+            return complete  # Redis has held every answer for longer than the window
+        for model in models:
+            trusted_from = self._trusted_from.get((model, since))
+            if trusted_from is None:
+                complete = False
+                if now >= since + self.SETTLE_S and (model, since) not in self._checking and not r.pg.failing:
+                    self._checking.add((model, since))
+                    r.spawn(self._check(model, since), "answers-check")
+            elif now < trusted_from:
+                complete = False
+        return complete
+
+    async def _check(self, model: str, since: float) -> None:
+        """When the misses of ``model`` become new requests under the marker ``since``: at once when
+        PostgreSQL holds none of its answers from the window's start to the marker, else when the newest
+        of those leaves the window."""
+        r = self.replica
+        ttl = float(r.config.idempotency_ttl_s)
+        await self._check_eviction()  # once per marker: a policy may have changed
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                newest = await conn.fetchval(
+                    """SELECT max(p.at) FROM sira_models m JOIN sira_model_versions v ON v.model_id = m.id
+                       CROSS JOIN LATERAL (
+                           SELECT max(scored_at) AS at FROM sira_predictions s
+                            WHERE s.model_name = m.name AND s.version = v.version AND s.role = 'production'
+                              AND s.scored_at >= to_timestamp($2) AND s.scored_at < to_timestamp($3)) p
+                      WHERE m.name = $1""",
+                    model, since - ttl, since, timeout=r.config.db_timeout_s)
+            self._trusted_from[(model, since)] = since if newest is None else newest.timestamp() + ttl
+            if len(self._trusted_from) > 10_000:
+                self._trusted_from.clear()
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL stays the answer until this succeeds
+            if db.is_unavailable(exc):
+                r.pg.failed(exc)
+            else:
+                log.exception("checking the answers missing from Redis failed")
+        finally:
+            self._checking.discard((model, since))
+
+    async def _check_eviction(self) -> None:
+        """Whether Redis may evict keys (a ``maxmemory`` with a policy other than ``noeviction``): then a
+        lost answer would go unnoticed, and its misses are never taken as new requests."""
+        r = self.replica
+        self.evicting = True  # until known otherwise (and no second check meanwhile)
+        try:
+            memory = await r.redis.info("memory")
+            self.evicting = int(memory.get("maxmemory", 0)) > 0 and memory.get("maxmemory_policy") != "noeviction"
+        except Exception as exc:  # noqa: BLE001 - checked again later
+            log.warning("cannot read Redis's eviction policy (%s): idempotency checks stay on PostgreSQL", exc)
+            self.evicting = None
+
+    async def _mark(self, nx: bool = False) -> None:
+        """The marker: now (``nx``: only where Redis has none)."""
+        r = self.replica
+        with contextlib.suppress(Exception):
+            await r.redis.set(self.marker_key, repr(time.time()), nx=nx)
+
+    def on_gap(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        """Another replica gave answers Redis does not hold: PostgreSQL is asked until the marker moves
+        (the replica moves it when it reaches Redis again, and the new marker is checked as any other)."""
+        self.distrust_until = time.time() + self.replica.config.idempotency_ttl_s
+        self._trusted_from.clear()
 
     async def _stored(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]] | None:
         """The production answers of these (model, request id) within the idempotency window in
@@ -187,9 +294,31 @@ class Answers:
             if item.client_request_id:
                 self.recent.put((item.runtime.model_name, item.request_id), answer)
 
-    def queue(self, pipe: Any, answered: list[tuple[Item, dict[str, Any]]]) -> None:
-        """The same into a Redis pipeline (sent after answering), for a retry reaching another replica."""
+    def queue(self, pipe: Any, answered: list[tuple[Item, dict[str, Any]]]) -> int:
+        """The same into a Redis pipeline (sent after answering), for a retry reaching another replica;
+        first the marker's move when this replica gave answers Redis does not hold. Returns the gaps
+        the pipeline covers, for :meth:`sent`."""
+        if self.gaps > self._gaps_covered:
+            pipe.set(self.marker_key, repr(time.time()))
         for item, answer in answered:
             if item.client_request_id:
-                pipe.set(_answer_key(item.runtime.model_name, item.request_id), orjson.dumps(answer),
+                pipe.set(self._key(item.runtime.model_name, item.request_id), orjson.dumps(answer),
                          ex=self.replica.config.idempotency_ttl_s, nx=True)
+        return self.gaps
+
+    def sent(self, answered: list[tuple[Item, dict[str, Any]]], covers: int | None) -> None:
+        """How writing ``answered`` to Redis went (``covers``: :meth:`queue`'s count when the pipeline was
+        stored, None when it was not): answers to clients' request ids that Redis does not hold are a gap,
+        announced to the other replicas."""
+        if covers is not None:
+            self._gaps_covered = max(self._gaps_covered, covers)
+            return
+        if any(item.client_request_id for item, _ in answered):
+            self.gaps += 1
+            self.replica.spawn(self._announce_gap(), "answers-gap")
+
+    async def _announce_gap(self) -> None:
+        r = self.replica
+        with contextlib.suppress(Exception):
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                await conn.execute("SELECT pg_notify($1, '')", ANSWERS_CHANNEL, timeout=r.config.db_timeout_s)

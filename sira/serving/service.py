@@ -45,7 +45,7 @@ from sira.features.states import STATES_CHANNEL
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories
-from sira.serving.idempotency import Answers, idempotency_epoch, replay
+from sira.serving.idempotency import ANSWERS_CHANNEL, Answers, idempotency_epoch, replay
 from sira.serving.intake import prepare
 from sira.serving.metrics import ServingMetrics
 from sira.serving.notifications import Listener
@@ -77,7 +77,8 @@ class ScoringService:
         self.started = False
         self.listener = Listener(self.replica, {"sira_registry": self._on_registry,
                                                 feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots,
-                                                STATES_CHANNEL: self.history.states.on_states},
+                                                STATES_CHANNEL: self.history.states.on_states,
+                                                ANSWERS_CHANNEL: self.idempotency.on_gap},
                                  self._reconnected)
         self._in_replica = _in_replica()
         self._batch_lock = asyncio.Lock()
@@ -309,6 +310,8 @@ class ScoringService:
         self.idempotency.remember(answered)
         if r.redis_available:
             r.spawn(self.history.store_in_redis(self.idempotency, answered, folded), "redis-store")
+        elif r.redis is not None:
+            self.idempotency.sent(answered, None)  # answers Redis will not hold: the marker moves when it is back
         if shadow_jobs:
             r.spawn(self._shadow(shadow_jobs), "shadow")
         for reason in degraded:

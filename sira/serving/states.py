@@ -25,7 +25,6 @@ set gives the event.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -180,9 +179,7 @@ class EntityStates:
         self.epoch = 0.0  # when every state may have changed unnoticed (notifications missed)
         self.pending = 0  # events in `unstored`
         self._set_newer: Any = None
-        # Redis keys name the database (a digest of its address): two installations sharing a Redis, or test
-        # databases, never read each other's states
-        self.namespace = hashlib.sha256(db.resolve_dsn(replica.settings).encode()).hexdigest()[:12]
+        self.namespace = replica.namespace
 
     def _redis_key(self, fs: FeatureSet, key: Key) -> str:
         return f"sira:state:{self.namespace}:{fs.name}@{fs.version}:{key[0]}:{key[1]}"

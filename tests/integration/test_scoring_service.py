@@ -435,7 +435,7 @@ async def test_redis_caches_histories_and_answers(fraud_model_v1, tmp_path, redi
             first = (await score(client, fraud_model, body)).json()
             assert not first["degraded"]
             for _ in range(50):
-                if redis_client.exists(f"sira:answer:fraud:{body['request_id']}"):
+                if redis_client.exists(service.idempotency._key("fraud", body["request_id"])):
                     break
                 await asyncio.sleep(0.05)
             service.answers.clear()
@@ -454,7 +454,7 @@ async def test_redis_caches_histories_and_answers(fraud_model_v1, tmp_path, redi
 
 
 async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, redis_url, redis_client):
-    """Redis restarted, evicted the key, or was down when the answer was given: the retry still gets
+    """Redis restarted or was flushed (its keys gone, the answers' marker with them): the retry still gets
     the first answer (from sira_predictions), not a second scoring."""
     settings = fraud_model.settings.model_copy(update={"redis_url": redis_url})
     service = ScoringService(settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
@@ -465,11 +465,12 @@ async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, 
                     "record": False}
             first = (await score(client, fraud_model, body)).json()
             await service.flush()
+            key = service.idempotency._key("fraud", body["request_id"])
             for _ in range(50):  # the answer reaches Redis after the response
-                if redis_client.exists(f"sira:answer:fraud:{body['request_id']}"):
+                if redis_client.exists(key):
                     break
                 await asyncio.sleep(0.05)
-            redis_client.delete(f"sira:answer:fraud:{body['request_id']}")
+            redis_client.delete(key, service.idempotency.marker_key)
             service.answers.clear()  # another replica, or this one restarted
             again = (await score(client, fraud_model, body)).json()
             assert again["replayed"] and not again["degraded"]
