@@ -93,14 +93,16 @@ class Answers:
     the time it reaches Redis again (and tells the others at once by ``NOTIFY sira_answers``). A miss
     in Redis is a new request only when nothing answered in the window can be missing from it: the
     marker is older than the window, or PostgreSQL holds no answer of the model from the window's start
-    to the marker (asked once per marker and model, at least :data:`SETTLE_S` after the marker, when
-    the answers given before it have left the replicas' spools), and Redis does not evict keys (its
+    to the marker (asked once per marker and model, once the answers given before the marker have left
+    the replicas' spools: :meth:`settle_s` after it), and Redis does not evict keys (its
     ``maxmemory_policy``). A request whose first answer is still in another replica's spool when the
     retry arrives is caught, as before, by its prediction id (:func:`prediction_id_for`): the audit trail
     keeps one row.
     """
 
-    SETTLE_S = 10.0
+    def settle_s(self) -> float:
+        """How long after a marker its check waits: a few of the spools' flush intervals, and a second."""
+        return 1.0 + 5 * self.replica.config.flush_interval_s
 
     def __init__(self, replica: Replica):
         self.replica = replica
@@ -202,7 +204,7 @@ class Answers:
             trusted_from = self._trusted_from.get((model, since))
             if trusted_from is None:
                 complete = False
-                if now >= since + self.SETTLE_S and (model, since) not in self._checking and not r.pg.failing:
+                if now >= since + self.settle_s() and (model, since) not in self._checking and not r.pg.failing:
                     self._checking.add((model, since))
                     r.spawn(self._check(model, since), "answers-check")
             elif now < trusted_from:

@@ -81,7 +81,7 @@ async def test_a_fresh_marker_is_trusted_once_postgres_holds_no_answer_before_it
                                                                                   redis_client, monkeypatch):
     """A new Redis (no marker): PostgreSQL is asked until it says no answer of the model was given in the window
     before the marker; a model with answers there keeps asking until the newest leaves the window."""
-    monkeypatch.setattr("sira.serving.idempotency.Answers.SETTLE_S", 0.0)
+    monkeypatch.setattr("sira.serving.idempotency.Answers.settle_s", lambda self: 0.0)
     async with replica(fraud_model, tmp_path, redis_url) as (client, service):
         answers = service.idempotency
         redis_client.delete(answers.marker_key)
