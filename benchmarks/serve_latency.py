@@ -314,6 +314,7 @@ def main(scale: float, requests: int, total: int, profile: Path | None = None) -
                             "c32_throughput_at_least_0_9x_plain": results["ratios"]["c32_throughput_over_plain"] >= 0.9,
                             "server_cpu_at_most_4ms": results["server_cpu_ms_per_request_c32"] <= 4.0}
         results["ingress"] = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
+        results["throughput_optimized"] = os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
         serve.shutdown()
         report("serve_latency", results)
 

@@ -30,7 +30,8 @@ WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__py
                         ".hypothesis/"]
 
 
-LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                   "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 # HAProxy's own listeners (Prometheus metrics, stats page) default to fixed ports: a second local Serve
 # on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them.
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
@@ -109,7 +110,9 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         cpus = num_cpus or settings.ray_num_cpus or os.cpu_count() or 1
         # Read by Serve's processes when they start, so set before the local cluster exists:
         # the HAProxy ingress (a no-op measured 2-3x faster than the default proxy, MEASURED.md),
-        # and a short drain of ingress replicas on shutdown (Serve's default, 30 s, made every
+        # Serve's throughput-optimised mode (user code on the replica's own loop, request-path logs
+        # buffered, no stderr copy of them: a SIRA replica's CPU per request 2.67 -> 1.71 ms, #22,
+        # docs/performance.md), and a short drain of ingress replicas on shutdown (Serve's default, 30 s, made every
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
             os.environ.setdefault(name, value)

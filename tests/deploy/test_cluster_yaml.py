@@ -175,7 +175,7 @@ def test_every_node_starts_ray_with_sira_settings():
     assert workspace.startswith("/")  # jobs run in a temporary working directory
     assert env["SIRA_ARTIFACT_URI"].startswith("s3://")
     assert env["SIRA_REDIS_URL"].split("://")[0] in ("redis", "rediss")
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["AWS_DEFAULT_REGION"] == config["provider"]["region"]
     assert all(z.startswith(config["provider"]["region"]) for z in config["provider"]["availability_zone"].split(","))
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
