@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     )
     ray_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Port of the private local Ray's Prometheus endpoint, where SIRA's metrics "
-        "(ray_sira_*) are exported. Unset: Ray picks a free one; `sira serve` prints it.",
+        "(ray_sira_*) are exported. Unset: 8090, or a free port when 8090 is taken; `sira serve` prints it.",
     )
     pii_key: SecretStr | None = Field(
         default=None,

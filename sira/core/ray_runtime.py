@@ -37,24 +37,28 @@ LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIM
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
 
 
-def haproxy_ports() -> dict[str, str]:
-    """HAProxy's default ports where they are free, else free ones (never overriding what is set)."""
+# The local Ray's Prometheus endpoint (SIRA's per-replica series, ray_sira_*), where it is free: a fixed
+# address a new user finds in the docs, not a random port found in Ray's session folder.
+METRICS_PORT = 8090
+
+
+def free_port(default: int) -> int:
+    """``default`` where nothing listens on it, else a free port."""
     import socket
 
-    out = {}
-    for name, default in HAPROXY_PORTS.items():
-        if name in os.environ:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("0.0.0.0", default))
-                port = default
-            except OSError:
-                probe.bind(("0.0.0.0", 0))
-                port = probe.getsockname()[1]
-        out[name] = str(port)
-    return out
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", default))
+            return default
+        except OSError:
+            probe.bind(("0.0.0.0", 0))
+            return probe.getsockname()[1]
+
+
+def haproxy_ports() -> dict[str, str]:
+    """HAProxy's default ports where they are free, else free ones (never overriding what is set)."""
+    return {name: str(free_port(default)) for name, default in HAPROXY_PORTS.items() if name not in os.environ}
 
 
 def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
@@ -116,8 +120,7 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
             os.environ.setdefault(name, value)
-        if settings.ray_metrics_port:
-            kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port)
+        kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port or free_port(METRICS_PORT))
         ray.init(
             address="local",
             num_cpus=cpus,

@@ -16,11 +16,12 @@ from sira import __version__
 from sira.core import db
 from sira.core.auth import JwtConfig
 from sira.core.config import Settings, get_settings
-from sira.http import access, errors, events, health, registry
+from sira.http import access, errors, events, health, metrics, registry
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
 from sira.http.middleware import BodySizeLimit
 from sira.ingest.bulk import redactor_for
+from sira.monitoring.exporter import Exporter
 
 
 @contextlib.asynccontextmanager
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     )
     app.state.settings = settings or get_settings()
     app.state.scoring = scoring
+    app.state.exporter = Exporter()
     # API keys a serving replica has checked, kept as its serving config says (none for `sira api` alone)
     app.state.identities = IdentityCache(lambda: scoring.config) if scoring is not None else None
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
@@ -66,4 +68,5 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     app.include_router(events.router)
     app.include_router(registry.router)
     app.include_router(access.router)
+    app.include_router(metrics.router)
     return app

@@ -135,6 +135,7 @@ def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, p
     url = f"http://{host}:{port}"
     progress(f"SIRA is serving at {url} (OpenAPI: {url}/docs)")
     metrics = metrics_url()
-    if metrics:  # not a route of the service: Ray's metrics agent exports the replicas' metrics, prefixed
-        progress(f"metrics: {metrics} (Prometheus text; SIRA's series are named ray_sira_*)")
+    if metrics:  # Ray's metrics agent exports the replicas' series, summed and prefixed with ray_
+        progress(f"metrics: {metrics} (the replicas' series, ray_sira_*) and {url}/metrics (models, drift, "
+                 "live performance, jobs: sira_*, with a viewer's key); docs/observability.md")
     return url

@@ -4,6 +4,7 @@ after answering, and a Postgres outage (on a Postgres instance of its own)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,8 @@ from sira.core.auth import Identity, create_key
 from sira.core.config import Settings
 from sira.registry import models as registry
 from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
@@ -205,6 +208,14 @@ def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
     assert not missing, missing
     latency = [line for line in body.splitlines() if line.startswith("ray_sira_request_latency_ms_count")]
     assert any('model="fraud"' in line and 'route="score"' in line for line in latency)
+    # the names docs/observability.md documents are the names scraped (those this traffic produced)
+    documented = set(re.findall(r"`(ray_sira_[a-z_]+)`", (ROOT / "docs" / "observability.md").read_text()))
+    exported = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line.startswith("ray_sira_")}
+    exported |= {name.rsplit("_", 1)[0] for name in exported if name.endswith(("_bucket", "_count", "_sum"))}
+    produced = {"ray_sira_request_latency_ms", "ray_sira_batch_size", "ray_sira_model_version_served",
+                "ray_sira_spool_pending_records"} | {n for n in exported if n.endswith("_total")}
+    assert produced <= documented, produced - documented
+    assert {n for n in documented if n in produced} <= exported
 
 
 def test_a_replica_killed_right_after_answering_loses_nothing(serving, fraud_model):

@@ -210,3 +210,57 @@ def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model
     assert done.stdout.count("\n") == 1 and json.loads(done.stdout)["window"]["rule"]
     assert_quiet(done.stderr)
 
+
+
+def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance_runs(fraud_model, served):
+    """``GET /metrics`` (a reading role): the same numbers as the JSON API, in Prometheus's format."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sira.http.app import create_app
+
+    asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions", days=3650)))
+    asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+        model="fraud", time_from=served["lo"], time_to=served["hi"], min_segment_size=50)))
+
+    async def read():
+        app = create_app(fraud_model.settings)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+                viewer = {"Authorization": f"Bearer {fraud_model.keys['viewer']}"}
+                return (await client.get("/metrics", headers=viewer),
+                        await client.get("/v1/models/fraud/drift", headers=viewer),
+                        await client.get("/v1/models/fraud/performance", headers=viewer),
+                        await client.get("/metrics"),
+                        await client.get("/metrics", headers={"Authorization": f"Bearer {fraud_model.keys['service']}"}))
+
+    metrics, drift, performance, anonymous, service = asyncio.run(read())
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert anonymous.status_code == 401 and service.status_code == 403
+    series = {}
+    for family in text_string_to_metric_families(metrics.text):
+        for sample in family.samples:
+            series.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+
+    def value(name, **labels):
+        return series[name][tuple(sorted((k, str(v)) for k, v in labels.items()))]
+
+    assert value("sira_model_version_info", model="fraud", model_type="fraud_detection", version=fraud_model.version,
+                 status="production") == 1
+    latest = drift.json()["latest"]
+    for f in latest["features"]:
+        if f["psi"] is not None:
+            assert value("sira_drift_psi", model="fraud", version=latest["version"], feature=f["feature"]) \
+                == pytest.approx(f["psi"])
+    assert value("sira_drift_severity", model="fraud", version=latest["version"], feature=DATASET) \
+        == {"ok": 0, "warn": 1, "alert": 2}[latest["verdict"]]
+    rows = [r for r in performance.json()["latest"]["rows"] if r["segment"] == "all"]
+    for role in ("production", "shadow"):
+        newest = max((r for r in rows if r["role"] == role), key=lambda r: r["window_end"])
+        labels = {"model": "fraud", "version": newest["version"], "role": role}
+        assert value("sira_live_average_precision", **labels) == pytest.approx(newest["average_precision"])
+        assert value("sira_live_window_predictions", **labels, label="1") == newest["n_positive"]
+        assert value("sira_live_performance_flagged", **labels) == float(newest["flagged"])
+    now = datetime.now(timezone.utc).timestamp()
+    for job in ("drift", "performance"):
+        assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", job=job) <= now + 1

@@ -93,3 +93,20 @@ def test_embedded_data_dir_is_outside_the_checkout_for_root(monkeypatch, tmp_pat
         assert settings.embedded_pg_data == tmp_path / "ws" / "postgres"
     monkeypatch.setenv("SIRA_EMBEDDED_PG_DIR", str(tmp_path / "pg"))
     assert Settings().embedded_pg_data == tmp_path / "pg"
+
+
+def test_the_local_rays_metrics_port_is_fixed_unless_taken():
+    import socket
+
+    from sira.core.ray_runtime import free_port
+
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        unused = probe.getsockname()[1]
+    assert free_port(unused) == unused
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = free_port(port)
+        assert other != port and other > 0

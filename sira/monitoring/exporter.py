@@ -1,0 +1,145 @@
+"""The series every replica answers alike, read from PostgreSQL: ``GET /metrics`` on the service port.
+
+Per-replica serving series (latency, decisions, degraded answers, caches, the spool) are counted in each
+replica and exported through Ray's metrics export, which sums the replicas (``ray_sira_*``: Ray prefixes
+``ray_``). What the database knows is the same from any replica and is served here, in Prometheus's text
+format, without Ray's prefix (``sira_*``; the table in ``docs/observability.md``):
+
+- the versions in production and staging per model;
+- the last drift run per model: PSI per feature (``__score__`` for the score) and its severity;
+- the last live-performance window per model, version and role: average precision, its labels, the flag;
+- when each kind of monitoring job last succeeded (drift, performance, retraining), per model.
+
+One scrape reads a handful of small aggregate queries (the newest run per model through the tables'
+``(model_id, ...)`` indexes); the answer is kept for ``cache_s`` so that several Prometheus servers, or a
+scrape through the load balancer of many replicas, cost the database one read per period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SEVERITY = {"ok": 0, "warn": 1, "alert": 2}
+
+_VERSIONS = """
+    SELECT m.name AS model, m.model_type, v.version, v.status
+      FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+     WHERE v.status IN ('production', 'staging')"""
+
+# the newest drift run of each model (one job writes every feature's row): its rows
+_DRIFT = """
+    WITH last AS (
+        SELECT DISTINCT ON (model_id) model_id, job_id, computed_at
+          FROM sira_data_drift ORDER BY model_id, computed_at DESC)
+    SELECT m.name AS model, d.version, d.feature, d.psi, d.severity, extract(epoch FROM last.computed_at) AS at
+      FROM last JOIN sira_data_drift d ON d.model_id = last.model_id
+           AND d.job_id IS NOT DISTINCT FROM last.job_id
+           AND (last.job_id IS NOT NULL OR d.computed_at = last.computed_at)
+      JOIN sira_models m ON m.id = last.model_id"""
+
+# the newest window of each (model, version, role), the whole population (segment 'all')
+_PERFORMANCE = """
+    SELECT DISTINCT ON (p.model_id, p.version, p.role)
+           m.name AS model, p.version, p.role, p.average_precision, p.n, p.n_positive, p.flagged,
+           extract(epoch FROM p.window_end) AS window_end
+      FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
+     WHERE p.segment = 'all'
+     ORDER BY p.model_id, p.version, p.role, p.window_end DESC, p.computed_at DESC"""
+
+_LAST_RUNS = """
+    SELECT m.name AS model, 'drift' AS kind, extract(epoch FROM max(d.computed_at)) AS at
+      FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id GROUP BY m.name
+    UNION ALL
+    SELECT m.name, 'performance', extract(epoch FROM max(p.computed_at))
+      FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id GROUP BY m.name
+    UNION ALL
+    SELECT m.name, 'retrain', extract(epoch FROM max(r.finished_at))
+      FROM sira_retrain_runs r JOIN sira_models m ON m.id = r.model_id
+     WHERE r.status = 'succeeded' GROUP BY m.name"""
+
+
+async def read(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
+    """What the exporter reports, read in one snapshot (a repeatable-read transaction)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return {"versions": await conn.fetch(_VERSIONS), "drift": await conn.fetch(_DRIFT),
+                "performance": await conn.fetch(_PERFORMANCE), "runs": await conn.fetch(_LAST_RUNS)}
+
+
+def families(rows: dict[str, list[Any]]) -> list[Metric]:
+    """The Prometheus metric families of :func:`read`'s rows."""
+    served = GaugeMetricFamily("sira_model_version_info", "A model version in production or staging (1).",
+                               labels=["model", "model_type", "version", "status"])
+    for r in rows["versions"]:
+        served.add_metric([r["model"], r["model_type"], str(r["version"]), r["status"]], 1)
+    psi = GaugeMetricFamily("sira_drift_psi", "PSI of a feature (__score__: the score) in the model's last drift run.",
+                            labels=["model", "version", "feature"])
+    severity = GaugeMetricFamily("sira_drift_severity", "Severity of a feature in the model's last drift run "
+                                 "(0 ok, 1 warn, 2 alert; __dataset__: the run's verdict).",
+                                 labels=["model", "version", "feature"])
+    for r in rows["drift"]:
+        labels = [r["model"], str(r["version"]), r["feature"]]
+        if r["psi"] is not None:
+            psi.add_metric(labels, float(r["psi"]))
+        severity.add_metric(labels, SEVERITY[r["severity"]])
+    ap = GaugeMetricFamily("sira_live_average_precision", "Average precision on the newest labelled window.",
+                           labels=["model", "version", "role"])
+    labelled = GaugeMetricFamily("sira_live_window_predictions", "Predictions in the newest labelled window, "
+                                 "and of them the positives (label=\"1\").", labels=["model", "version", "role", "label"])
+    flagged = GaugeMetricFamily("sira_live_performance_flagged", "1 when the newest window fell below the model's "
+                                "margin under its training AP.", labels=["model", "version", "role"])
+    window_end = GaugeMetricFamily("sira_live_window_end_timestamp_seconds", "End of the newest labelled window.",
+                                   labels=["model", "version", "role"])
+    for r in rows["performance"]:
+        labels = [r["model"], str(r["version"]), r["role"]]
+        if r["average_precision"] is not None:
+            ap.add_metric(labels, float(r["average_precision"]))
+        labelled.add_metric([*labels, "all"], float(r["n"]))
+        labelled.add_metric([*labels, "1"], float(r["n_positive"]))
+        flagged.add_metric(labels, 1.0 if r["flagged"] else 0.0)
+        window_end.add_metric(labels, float(r["window_end"]))
+    last = GaugeMetricFamily("sira_job_last_success_timestamp_seconds", "When a monitoring job last succeeded "
+                             "for the model (drift, performance, retrain).", labels=["model", "job"])
+    for r in rows["runs"]:
+        if r["at"] is not None:
+            last.add_metric([r["model"], r["kind"]], float(r["at"]))
+    return [served, psi, severity, ap, labelled, flagged, window_end, last]
+
+
+class _Fixed:
+    def __init__(self, found: Iterable[Metric]):
+        self.found = list(found)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.found
+
+
+def exposition(found: Iterable[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(found))
+    return generate_latest(registry)
+
+
+class Exporter:
+    """``GET /metrics``' answer, read at most once per ``cache_s`` (concurrent scrapes share one read)."""
+
+    def __init__(self, cache_s: float = 5.0):
+        self.cache_s = cache_s
+        self._answer: bytes | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def answer(self, pool: asyncpg.Pool) -> bytes:
+        async with self._lock:
+            if self._answer is None or time.monotonic() - self._at >= self.cache_s:
+                async with pool.acquire() as conn:
+                    self._answer = exposition(families(await read(conn)))
+                self._at = time.monotonic()
+            return self._answer
