@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sira-installed
 DEMO_SCALE ?= 1
 
-.PHONY: demo test test-fast test-unit lint bench venv clean
+.PHONY: demo test test-fast test-unit lint bench venv clean tools
 
 venv: $(STAMP)
 
@@ -20,8 +20,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	DEMO_SCALE=$(DEMO_SCALE) $(BIN)/sira demo
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest
+
+# Debian's Prometheus and Alertmanager (promtool, amtool: tests/deploy/test_observability.py checks the
+# alert rules, the Prometheus and Alertmanager configs with them). Installed where apt-get can (root);
+# elsewhere those tests skip and name the package.
+tools:
+	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager \
+	      >/dev/null 2>&1 && echo "installed Debian's prometheus and prometheus-alertmanager"; } || \
+	  echo "promtool/amtool unavailable (Debian packages prometheus, prometheus-alertmanager): their tests will skip"
 
 # Undefined and unused names, redefinitions, syntax errors (pyproject.toml's [tool.ruff]): seconds, first.
 # Then types in core, features and registry (pyproject.toml's [tool.mypy] names the files).

@@ -1,0 +1,76 @@
+"""The alert rules, the Prometheus and Alertmanager configs under deploy/, checked by the real tools
+(Debian's prometheus and prometheus-alertmanager: `make tools`), and held to the metrics SIRA exports."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager"
+DOC = ROOT / "docs" / "observability.md"
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not found: install Debian's {package} package (`make tools`)")
+    return path
+
+
+def run(*args: str, cwd: Path) -> str:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def rules() -> list[dict]:
+    groups = yaml.safe_load((PROMETHEUS / "sira-rules.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_the_alert_rules_pass_promtools_check_and_unit_tests():
+    promtool = tool("promtool", "prometheus")
+    assert "SUCCESS: 10 rules found" in run(promtool, "check", "rules", "sira-rules.yml", cwd=PROMETHEUS)
+    assert "SUCCESS" in run(promtool, "test", "rules", "sira-rules.test.yml", cwd=PROMETHEUS)
+
+
+def test_the_prometheus_config_is_valid():
+    promtool = tool("promtool", "prometheus")
+    # --syntax-only: the viewer key's file exists only where Prometheus runs
+    run(promtool, "check", "config", "--syntax-only", "prometheus.yml", cwd=PROMETHEUS)
+
+
+def test_the_alertmanager_config_is_valid_and_routes_pages_to_pagerduty_and_warnings_to_slack():
+    amtool = tool("amtool", "prometheus-alertmanager")
+    run(amtool, "check-config", "alertmanager.yml", cwd=ALERTMANAGER)
+    for labels, receiver in (("severity=page", "pagerduty"), ("severity=warning", "slack")):
+        routed = run(amtool, "config", "routes", "test", "--config.file=alertmanager.yml", labels, cwd=ALERTMANAGER)
+        assert routed.strip() == receiver, routed
+    config = yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+    text = (ALERTMANAGER / "alertmanager.yml").read_text()
+    assert "api_url_file" in text and "routing_key_file" in text  # secrets are files, never in the config
+    assert {r["name"] for r in config["receivers"]} == {"slack", "pagerduty"}
+
+
+def test_every_alert_uses_series_sira_exports_and_has_a_runbook():
+    doc = DOC.read_text()
+    documented = set(re.findall(r"`((?:ray_)?sira_[a-z_]+)`", doc))
+    headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.+)$", doc, flags=re.M)}
+    severities = set()
+    for rule in rules():
+        used = set(re.findall(r"\b((?:ray_)?sira_[a-z_]+)", rule["expr"]))
+        used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in used}
+        assert used <= documented, (rule["alert"], used - documented)
+        assert used or "up{" in rule["expr"], rule["alert"]
+        anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
+        assert rule["annotations"]["runbook_url"].startswith("docs/observability.md#") and anchor in headings, \
+            (rule["alert"], anchor)
+        severities.add(rule["labels"]["severity"])
+    assert severities == {"page", "warning"}
