@@ -4,8 +4,11 @@ routing's (404, 405), PostgreSQL's refusals (422) and absence (503), and request
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,13 +22,30 @@ from sira.ingest.events import FIELD_CODES, MISSING_CODES
 log = logging.getLogger(__name__)
 
 
+def counted(handler: Callable[[Request, Any], Awaitable[JSONResponse]]) -> Callable[[Request, Any], Awaitable[JSONResponse]]:
+    """``handler``, its error answers counted in a serving replica's metrics (``ray_sira_errors_total``, by the
+    route's path, the error code and the status): only error answers pay for it."""
+    async def answer(request: Request, exc: Any) -> JSONResponse:
+        response = await handler(request, exc)
+        scoring = getattr(request.app.state, "scoring", None)
+        if scoring is not None and scoring.metrics is not None:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            code = orjson.loads(response.body)["error"]["code"]
+            scoring.replica.count("errors", route=route, code=code, status=str(response.status_code))
+        return response
+
+    return answer
+
+
 def install(app: FastAPI) -> None:
-    """The application's exception handlers."""
+    """The application's exception handlers (each answer counted: :func:`counted`)."""
     @app.exception_handler(SiraError)
+    @counted
     async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
         return error_response(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(StarletteHTTPException)
+    @counted
     async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # routing's own answers (no such path, a method the path does not take) in SIRA's shape
         if exc.status_code == 405:
@@ -36,6 +56,7 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(asyncpg.DataError)
+    @counted
     async def _data_error(_request: Request, exc: asyncpg.DataError) -> JSONResponse:
         # A value PostgreSQL refuses that no request model caught (a NUL character in free text,
         # an integer beyond its column): the caller's input, not a server fault. Postgres's
@@ -52,9 +73,10 @@ def install(app: FastAPI) -> None:
         return error_response(503, "database_unavailable", f"the database is unavailable ({type(exc).__name__})", {})
 
     for unavailable in db.UNAVAILABLE:
-        app.add_exception_handler(unavailable, _database_unavailable)
+        app.add_exception_handler(unavailable, counted(_database_unavailable))
 
     @app.exception_handler(RequestValidationError)
+    @counted
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
         if first.get("type") == "json_invalid":  # its loc ends in a character offset, not a field

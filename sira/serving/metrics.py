@@ -40,6 +40,8 @@ class ServingMetrics:
         self.late = metrics.Counter("sira_late_events",
                                     "Scored events older than their entity's newest state, answered from the log.",
                                     tag_keys=("entity",))
+        self.errors = metrics.Counter("sira_errors", "Error answers of SIRA's routes, by route, code and status.",
+                                      tag_keys=("route", "code", "status"))
         self.pending_labels = metrics.Counter("sira_feedback_pending_labels",
                                               "Labels recorded for an event not stored (yet).")
         self._counts: dict[tuple[Any, tuple[tuple[str, str], ...]], int] = {}

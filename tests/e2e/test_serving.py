@@ -191,12 +191,15 @@ def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
         for i in range(5):
             assert client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, i), "record": False},
                                headers=headers(fraud_model)).status_code == 200
+        bad = {k: v for k, v in event(fraud_model, 9).items() if k != "amount"}
+        assert client.post("/v1/score", json={"model": "fraud", "event": bad, "record": False},
+                           headers=headers(fraud_model)).status_code == 422
     from sira.core.ray_runtime import metrics_url
 
     port = ray._private.worker.global_worker.node.metrics_export_port
     assert metrics_url().endswith(f":{port}/metrics")  # what `sira serve` prints
     wanted = ("ray_sira_request_latency_ms_bucket", "ray_sira_decisions", "ray_sira_batch_size_bucket",
-              "ray_sira_model_version_served", "ray_sira_feature_cache_lookups")
+              "ray_sira_model_version_served", "ray_sira_feature_cache_lookups", "ray_sira_errors_total")
     body = ""
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -208,6 +211,9 @@ def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
     assert not missing, missing
     latency = [line for line in body.splitlines() if line.startswith("ray_sira_request_latency_ms_count")]
     assert any('model="fraud"' in line and 'route="score"' in line for line in latency)
+    errors = [line for line in body.splitlines() if line.startswith("ray_sira_errors_total")]
+    assert any('code="missing_field"' in line and 'route="/v1/score"' in line and 'status="422"' in line
+               for line in errors), errors
     # the names docs/observability.md documents are the names scraped (those this traffic produced)
     documented = set(re.findall(r"`(ray_sira_[a-z_]+)`", (ROOT / "docs" / "observability.md").read_text()))
     exported = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line.startswith("ray_sira_")}
