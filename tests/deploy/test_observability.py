@@ -2,6 +2,7 @@
 (Debian's prometheus and prometheus-alertmanager: `make tools`), and held to the metrics SIRA exports."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -74,3 +75,19 @@ def test_every_alert_uses_series_sira_exports_and_has_a_runbook():
             (rule["alert"], anchor)
         severities.add(rule["labels"]["severity"])
     assert severities == {"page", "warning"}
+
+
+def test_the_dashboards_checked_in_are_what_the_code_builds_over_documented_series():
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "deploy" / "grafana" / "build.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    documented = set(re.findall(r"`((?:ray_)?sira_[a-z_]+)`", DOC.read_text()))
+    for path in sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        assert exprs, path.name
+        for expr in exprs:
+            used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\b((?:ray_)?sira_[a-z_]+)", expr)}
+            assert used and used <= documented, (path.name, expr, used - documented)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import runpy
 import shutil
 import socket
 import subprocess
@@ -140,8 +141,9 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
             await conn.execute(
                 """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, psi, severity,
                                                 job_id, computed_at)
-                   SELECT id, $1, '__dataset__', now() - interval '7 days', now(), NULL, $2, $3, now()
-                     FROM sira_models WHERE name = 'fraud'""",
+                   SELECT id, $1, f.feature, now() - interval '7 days', now(), f.psi, $2, $3, now()
+                     FROM sira_models, (VALUES ('__dataset__', NULL::float8), ('amount', 0.31)) AS f (feature, psi)
+                    WHERE name = 'fraud'""",
                 fraud_model.version, severity, f"alerting-test-{severity}")
         finally:
             await conn.close()
@@ -201,6 +203,17 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
         assert page["payload"]["custom_details"]["runbook"] == "docs/observability.md#siraliveperformancedrop"
         assert not delivered("/pagerduty", "SiraProductionModelDrift")  # a warning never pages
         assert not delivered("/slack", "SiraLivePerformanceDrop")  # a page goes one way
+
+        # every dashboard query is valid PromQL to this Prometheus; those over the database's series (all this
+        # Prometheus scrapes: no Serve replicas here) find the drift and performance rows above
+        dashboards = runpy.run_path(str(ROOT / "deploy/grafana/build.py"))
+        for name in dashboards["DASHBOARDS"]:
+            for expr in dashboards["queries"](name):
+                r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query",
+                              params={"query": expr.replace("$__rate_interval", "1m")}, timeout=10)
+                assert r.status_code == 200 and r.json()["status"] == "success", (name, expr, r.text)
+                if "ray_sira_" not in expr:
+                    assert r.json()["data"]["result"], (name, expr)
     finally:
         for proc in procs:
             proc.terminate()
