@@ -5,7 +5,7 @@
 
 Three dashboards over the series of docs/observability.md: *Serving* (the replicas' RED metrics through
 Ray's export), *Models* (drift, live performance, versions, shadow agreement, from ``GET /metrics``) and
-*Pipeline* (the audit spool, late events, monitoring jobs' recency). Grafana loads them from
+*Pipeline* (the audit spool, the event stream, monitoring jobs' recency). Grafana loads them from
 ``provisioning/`` (a file provider pointing at ``dashboards/``, a Prometheus datasource with uid
 ``prometheus``). Every query is listed by :func:`queries` for the end-to-end test, which runs each one
 against a real Prometheus after real traffic.
@@ -111,13 +111,21 @@ def models() -> Dashboard:
 
 
 def pipeline() -> Dashboard:
-    return (base("sira-pipeline", "SIRA / Pipeline", "The audit spool, late events, monitoring jobs' recency. "
-                 "The stream consumer's lag and dead letters are not exported yet (docs/observability.md).")
+    return (base("sira-pipeline", "SIRA / Pipeline", "The audit spool, the event stream (entries, the consumer "
+                 "group's lag, dead letters), monitoring jobs' recency.")
             .with_row(Row("Audit trail"))
             .with_panel(series("Answered predictions not yet in PostgreSQL", "short",
                                q("sum(ray_sira_spool_pending_records)", "pending")))
             .with_panel(series("Spooled records refused for good", "short",
                                q(f"sum(increase(ray_sira_spool_refused_records_total[{RATE}]))", "refused")))
+            .with_row(Row("Event stream"))
+            .with_panel(series("Stream entries per second by outcome", "reqps",
+                               q(f"sum by (outcome) (rate(sira_stream_entries_total[{RATE}]))", "{{outcome}}"), width=8))
+            .with_panel(series("Consumer group lag", "short",
+                               q("max by (stream, group) (sira_stream_lag_entries)", "{{group}}"), width=8))
+            .with_panel(series("Dead letters by reason", "reqps",
+                               q(f"sum by (reason) (rate(sira_stream_dead_letters_total[{RATE}]))", "{{reason}}"),
+                               width=8))
             .with_row(Row("Monitoring jobs"))
             .with_panel(series("Hours since the last successful run", "h",
                                q("(time() - sira_job_last_success_timestamp_seconds) / 3600", "{{model}} {{job}}"),

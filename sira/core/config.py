@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="CPUs for the private local Ray. Unset: all of the machine's."
     )
+    stream_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Port of the stream consumer's Prometheus endpoint (sira_stream_*). Unset: 8091, "
+        "or a free port when 8091 is taken; `sira ingest --stream` prints it.",
+    )
     ray_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Port of the private local Ray's Prometheus endpoint, where SIRA's metrics "
         "(ray_sira_*) are exported. Unset: 8090, or a free port when 8090 is taken; `sira serve` prints it.",

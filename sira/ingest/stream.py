@@ -32,9 +32,13 @@ from typing import Any, Protocol
 from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.core.ray_runtime import free_port
 from sira.features.definitions import FeatureSet
 from sira.ingest.bulk import IngestSummary, ingest_batch, redactor_for
 from sira.ingest.labels import record_labels
+from sira.ingest.stream_metrics import StreamMetrics
+
+STREAM_METRICS_PORT = 8091  # the consumer's Prometheus endpoint, unless taken (SIRA_STREAM_METRICS_PORT)
 
 STREAM = "sira:events"
 GROUP = "sira-ingest"
@@ -136,6 +140,16 @@ class RedisStreamSource:
             log.warning("cannot trim %s: %s", self.stream, exc)
             return 0
 
+    async def lag(self) -> int | None:
+        """Entries this group has not finished: not yet delivered (Redis 7's ``lag``), plus delivered and not
+        acknowledged; None when Redis cannot say (before 7.0, or after deletions it cannot count across)."""
+        for group in await self.redis.xinfo_groups(self.stream):
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == self.group:
+                undelivered = group.get("lag")
+                return None if undelivered is None else int(undelivered) + int(group["pending"])
+        return None
+
     async def close(self) -> None:
         await self.redis.aclose()
 
@@ -198,7 +212,7 @@ async def consume(
     source: EventSource, pool: Any, *, settings: Settings, mapping: Mapping[str, str] | None = None,
     feature_sets: Sequence[FeatureSet] | None = None, batch: int = 200, block_ms: int = 1_000,
     max_events: int | None = None, stop: asyncio.Event | None = None,
-    on_batch: Callable[[list[Entry], IngestSummary], None] | None = None,
+    on_batch: Callable[[list[Entry], IngestSummary], None] | None = None, metrics: StreamMetrics | None = None,
 ) -> IngestSummary:
     """Read, store, then acknowledge, until stopped or ``max_events`` entries were handled."""
     total = IngestSummary()
@@ -207,10 +221,15 @@ async def consume(
     while not stop.is_set() and (max_events is None or total.read < max_events):
         want = batch if max_events is None else min(batch, max_events - total.read)
         entries = await source.read(want, block_ms)
+        if metrics is not None:
+            await metrics.sample_lag(source)
         if not entries:
             continue
+        at = time.perf_counter()
         summary = await process_entries(pool, entries, settings=settings, mapping=mapping, feature_sets=feature_sets)
         await source.ack([e.id for e in entries])  # only after the commit
+        if metrics is not None:
+            metrics.batch(summary, time.perf_counter() - at)
         total.add(summary)
         if on_batch is not None:
             on_batch(entries, summary)
@@ -227,12 +246,16 @@ async def consume_forever(
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
     source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
     await source.start()
+    metrics = StreamMetrics(STREAM, GROUP)
+    port = settings.stream_metrics_port or free_port(STREAM_METRICS_PORT)
+    metrics.serve(port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if notify:
-        notify(f"consuming {STREAM} as {source.consumer} in group {GROUP} (Ctrl-C to stop)")
+        notify(f"consuming {STREAM} as {source.consumer} in group {GROUP} (Ctrl-C to stop); "
+               f"metrics: http://{socket.gethostname()}:{port}/metrics (sira_stream_*)")
 
     def report(entries: list[Entry], s: IngestSummary) -> None:
         if notify:
@@ -241,6 +264,6 @@ async def consume_forever(
     try:
         async with db.open_pool(settings) as pool:
             return await consume(source, pool, settings=settings, mapping=mapping, batch=batch,
-                                 max_events=max_events, stop=stop, on_batch=report)
+                                 max_events=max_events, stop=stop, on_batch=report, metrics=metrics)
     finally:
         await source.close()

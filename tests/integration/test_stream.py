@@ -199,3 +199,40 @@ async def test_a_redelivered_batch_is_folded_once_into_feature_engine_v2_states(
     assert (total.accepted, total.duplicates) == (15, 25)
     await assert_exactly_once(clean_db, 40)
     await assert_folded_once_into_v2(clean_db, 40)
+
+
+async def test_the_consumer_exports_its_entries_dead_letters_and_lag(clean_db, redis_client, redis_url, settings):
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sira.ingest.stream_metrics import StreamMetrics
+
+    publish(redis_client, stream_events(12) + stream_events(3))  # 3 duplicates
+    redis_client.xadd(STREAM, {"kind": "event", "data": "{not json"})
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({"event_id": "nope"})})  # no entity, no amount
+    metrics = StreamMetrics(STREAM, GROUP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics.serve(port, host="127.0.0.1")
+    source = RedisStreamSource(redis_url, consumer="m")
+    await source.start()
+    await metrics.sample_lag(source, every_s=0)
+    before = metrics.lag.labels(STREAM, GROUP)._value.get()
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=6, block_ms=50,
+                          max_events=17, metrics=metrics)
+    await metrics.sample_lag(source, every_s=0)
+    await source.close()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(body) for s in family.samples}
+    assert before == 17 and found[("sira_stream_lag_entries", (("group", GROUP), ("stream", STREAM)))] == 0
+    for outcome, n in (("accepted", total.accepted), ("duplicates", total.duplicates), ("rejected", total.rejected)):
+        assert found[("sira_stream_entries_total", (("outcome", outcome),))] == n
+    assert (total.accepted, total.duplicates, total.rejected) == (12, 3, 2)
+    reasons = {labels[0][1]: v for (name, labels), v in found.items() if name == "sira_stream_dead_letters_total"}
+    assert sum(reasons.values()) == 2 and reasons.get("undecodable") == 1
+    assert found[("sira_stream_batch_seconds_count", ())] == 3
+    assert time.time() - found[("sira_stream_last_commit_timestamp_seconds", ())] < 60

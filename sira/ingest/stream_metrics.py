@@ -1,0 +1,64 @@
+"""The stream consumer's own Prometheus endpoint (``prometheus_client``): it is a long-lived process of its
+own, outside Ray Serve, so its series are served by it (docs/observability.md).
+
+- ``sira_stream_entries_total{outcome}``: entries handled (accepted, duplicates, rejected);
+- ``sira_stream_dead_letters_total{reason}``: entries set aside in ``sira_rejected_events``, by reason;
+- ``sira_stream_batch_seconds``: one batch's store-and-commit time;
+- ``sira_stream_lag_entries{stream, group}``: entries the consumer group has not finished (not yet
+  delivered, and delivered but not acknowledged);
+- ``sira_stream_last_commit_timestamp_seconds``: when the consumer last committed a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+class StreamMetrics:
+    def __init__(self, stream: str, group: str) -> None:
+        self.registry = CollectorRegistry()
+        self.stream, self.group = stream, group
+        self.entries = Counter("sira_stream_entries", "Stream entries handled, by outcome.", ["outcome"],
+                               registry=self.registry)
+        self.dead_letters = Counter("sira_stream_dead_letters", "Stream entries set aside as dead letters, by reason.",
+                                    ["reason"], registry=self.registry)
+        self.batch_seconds = Histogram("sira_stream_batch_seconds", "Time to store and commit one batch.",
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                       registry=self.registry)
+        self.lag = Gauge("sira_stream_lag_entries", "Entries the consumer group has not finished: not yet delivered, "
+                         "or delivered and not acknowledged.", ["stream", "group"], registry=self.registry)
+        self.last_commit = Gauge("sira_stream_last_commit_timestamp_seconds", "When the consumer last committed "
+                                 "a batch.", registry=self.registry)
+        self._lag_at = 0.0
+
+    def batch(self, summary: Any, seconds: float) -> None:
+        """One committed batch (an :class:`~sira.ingest.bulk.IngestSummary`)."""
+        for outcome in ("accepted", "duplicates", "rejected"):
+            self.entries.labels(outcome).inc(getattr(summary, outcome))
+        for reason, n in summary.reasons.items():
+            self.dead_letters.labels(reason).inc(n)
+        self.batch_seconds.observe(seconds)
+        self.last_commit.set(time.time())
+
+    async def sample_lag(self, source: Any, every_s: float = 1.0) -> None:
+        """The group's lag, from the source (at most once per ``every_s``)."""
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
+            return
+        self._lag_at = now
+        try:
+            lag = await source.lag()
+        except Exception as exc:  # noqa: BLE001 - a metric never stops consuming
+            log.debug("stream lag unavailable: %s", exc)
+            return
+        if lag is not None:
+            self.lag.labels(self.stream, self.group).set(lag)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
