@@ -178,6 +178,9 @@ def models_update_cmd(
     feature_set: Annotated[str | None, typer.Option(
         "--feature-set", help="NAME@VERSION its next versions train on, e.g. payments@2 (versions already "
         "registered keep theirs).")] = None,
+    notify: Annotated[str | None, typer.Option(
+        "--notify", help="Receivers told of its governance events, comma-separated names from "
+        "SIRA_NOTIFY_RECEIVERS_FILE ('' for none).")] = None,
     api_key: ApiKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Change a model's settings (admin)."""
@@ -188,6 +191,19 @@ def models_update_cmd(
                               label_maturity_days=label_maturity, description=description)
     if feature_set is not None:
         changes["feature_set_version"] = parse_feature_set(feature_set).version
+    if notify is not None:
+        from sira.core.config import get_settings
+        from sira.core.errors import InvalidInput
+        from sira.registry import receivers
+
+        names = [n.strip() for n in notify.split(",") if n.strip()]
+        known = receivers.load(get_settings())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidInput(f"--notify: no receiver {', '.join(unknown)} in SIRA_NOTIFY_RECEIVERS_FILE"
+                               + ("" if known else " (unset or empty)"), code="unknown_receiver",
+                               details={"field": "notify"})
+        changes["notify"] = names
     row = governed(lambda conn, who: update_model(conn, who, name, **changes), api_key)
     emit(row, as_json, lambda: err.print(f"updated {name}: {', '.join(changes)}"))
 

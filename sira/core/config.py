@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC key that signs webhook bodies.")
     webhook_secret_file: Path | None = Field(default=None, description="File holding the webhook key.")
+    notify_receivers_file: Path | None = Field(
+        default=None, description="YAML naming the receivers a model's `notify` setting may list (Slack, PagerDuty "
+        "change events, signed SIRA webhooks), with the files that hold their URLs and keys.")
     webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
     webhook_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     pending_label_ttl_days: Annotated[float, Field(gt=0, le=3650)] = Field(
@@ -125,6 +128,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
 
     @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file",
+                     "notify_receivers_file",
                      "jwt_public_key_file", "jwt_jwks_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -39,6 +39,8 @@ class ModelUpdate(BaseModel):
     required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
     decision_targets: dict[str, float] | None = None
     promotion_policy: dict[str, Any] | None = None
+    notify: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]], Field(max_length=10)] | None \
+        = Field(None, description="Receivers told of its governance events (names from SIRA_NOTIFY_RECEIVERS_FILE)")
 
 
 class ModelCreate(ModelUpdate):

@@ -48,6 +48,8 @@ class Model(Strict):
     required_approvals: int
     promotion_policy: dict[str, Any]
     settings: dict[str, Any]
+    notify: list[str] = Field(default_factory=list, description="Receivers told of its governance events "
+                              "(names from SIRA_NOTIFY_RECEIVERS_FILE)")
     created_by: str
     created_at: str
     updated_at: str

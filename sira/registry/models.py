@@ -15,7 +15,7 @@ import asyncpg
 from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
-from sira.registry import webhooks
+from sira.registry import receivers, webhooks
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -421,8 +421,8 @@ async def production_history(conn: Connection, model_name: str) -> list[dict[str
 # -- models and versions: reading and settings ----------------------------------------
 
 MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
-                  "required_approvals", "promotion_policy", "feature_set_version")
-_GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets")
+                  "required_approvals", "promotion_policy", "feature_set_version", "notify")
+_GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets", "notify")
 _FREE_TEXT_SETTINGS = ("display_name", "description", "owner")  # stored with PII patterns redacted
 
 
@@ -456,6 +456,8 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
         from sira.registry.policy import PromotionPolicy
 
         PromotionPolicy.from_mapping(settings["promotion_policy"])
+    if settings.get("notify") is not None:
+        settings["notify"] = receivers.names(settings["notify"])
     if feature_set is not None and feature_set_version is None:
         feature_set_version = CURRENT_VERSIONS.get(feature_set, 1)
     values = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
@@ -494,6 +496,8 @@ async def update_model(conn: Connection, identity: Any, name: str, **changes: An
 
         PromotionPolicy.from_mapping(changes["promotion_policy"])  # refused when set, not when a retrain reads it
     before = await get_model(conn, name)
+    if "notify" in changes:
+        changes["notify"] = receivers.names(changes["notify"])
     if "feature_set_version" in changes:  # what its next versions train on; versions keep their own
         from sira.features.definitions import FEATURE_SETS
 

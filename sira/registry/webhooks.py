@@ -4,7 +4,9 @@ Promotion requests, approvals, rejections and every change of the production
 version are written to ``sira_webhook_outbox`` in the transaction that makes
 the change, so an event is announced exactly when the change commits. After
 the commit, :func:`deliver_due` POSTs each event to every URL of
-``SIRA_WEBHOOK_URLS``, signed with ``SIRA_WEBHOOK_SECRET``:
+``SIRA_WEBHOOK_URLS``, signed with ``SIRA_WEBHOOK_SECRET``, and to the receivers the model's ``notify``
+setting names, each in its own format (Slack, PagerDuty change events, this one:
+:mod:`sira.registry.receivers`):
 
     X-SIRA-Event: production.change
     X-SIRA-Delivery: <outbox id>          (receivers deduplicate on it)
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -68,35 +69,46 @@ def backoff_seconds(attempts: int) -> float:
 
 
 async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) -> dict[str, int]:
-    """Deliver the events that are due; returns counts of delivered, retried and failed events."""
+    """Deliver the events that are due, to ``SIRA_WEBHOOK_URLS`` (signed) and to the receivers the event's
+    model names in ``notify`` (each in its format: :mod:`sira.registry.receivers`); returns counts of
+    delivered, retried and failed events."""
     import httpx
 
+    from sira.registry import receivers
+
     urls = settings.webhook_url_list
+    named = receivers.load(settings)
     counts = {"delivered": 0, "retried": 0, "failed": 0}
-    if not urls:
-        return counts
-    secret = settings.secret("webhook_secret")
+    secret: str | None = None  # read (or generated) only when a signed delivery is made
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            """SELECT id, event, payload, attempts, delivered_to FROM sira_webhook_outbox
-                WHERE status = 'pending' AND next_attempt_at <= now()
-                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            """SELECT o.id, o.event, o.payload, o.attempts, o.delivered_to, coalesce(m.notify, '{}') AS notify
+                 FROM sira_webhook_outbox o LEFT JOIN sira_models m ON m.name = o.payload->>'model'
+                WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+                ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED""",
             limit,
         )
+        if not urls and not any(row["notify"] for row in rows):
+            return counts
         async with httpx.AsyncClient(timeout=settings.webhook_timeout_s) as client:
             for row in rows:
-                body = json.dumps(row["payload"], sort_keys=True, separators=(",", ":")).encode("utf-8")
-                delivered, errors = list(row["delivered_to"]), []
-                for url in urls:
-                    target = receiver_id(url)
-                    if target in delivered or url in delivered:  # (rows written before ids: full URLs)
+                targets = [(receiver_id(url), receivers.Receiver(receiver_id(url), "sira", url)) for url in urls]
+                missing = [n for n in row["notify"] if n not in named]
+                targets += [(f"notify:{n}", named[n]) for n in row["notify"] if n in named]
+                delivered = list(row["delivered_to"])
+                errors = [f"notify:{n}: no such receiver in SIRA_NOTIFY_RECEIVERS_FILE" for n in missing]
+                for target, receiver in targets:
+                    if target in delivered or receiver.url in delivered:  # (rows written before ids: full URLs)
                         continue
-                    timestamp = str(int(time.time()))
-                    headers = {"Content-Type": "application/json", "X-SIRA-Event": row["event"],
-                               "X-SIRA-Delivery": str(row["id"]), "X-SIRA-Timestamp": timestamp,
-                               "X-SIRA-Signature": sign(secret, timestamp, body)}
+                    body = receivers.body(receiver, row["event"], row["payload"], row["id"])
+                    headers = {"Content-Type": "application/json"}
+                    if receiver.format == "sira":
+                        secret = secret or settings.secret("webhook_secret")
+                        timestamp = str(int(time.time()))
+                        headers.update({"X-SIRA-Event": row["event"], "X-SIRA-Delivery": str(row["id"]),
+                                        "X-SIRA-Timestamp": timestamp, "X-SIRA-Signature": sign(secret, timestamp, body)})
                     try:
-                        response = await client.post(url, content=body, headers=headers)
+                        response = await client.post(receiver.url, content=body, headers=headers)
                         if 200 <= response.status_code < 300:
                             delivered.append(target)
                         else:

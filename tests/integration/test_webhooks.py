@@ -1,5 +1,6 @@
 """Signed webhooks of registry events, delivered to a local receiver, retried when it fails."""
 
+import functools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -111,3 +112,55 @@ def test_backoff_grows_and_is_capped():
 def test_a_receiver_is_named_without_its_credentials():
     rid = webhooks.receiver_id("https://user:pw@hooks.example.com:8443/services/T000/B000/XXXXsecret")
     assert rid.startswith("https://hooks.example.com:8443#") and "secret" not in rid and "pw" not in rid
+
+
+async def test_a_models_notify_receivers_get_slack_and_pagerduty_change_event_formats(clean_db, settings, receiver,
+                                                                                      tmp_path):
+    """Governance events (not alerts) in each receiver's own format; a SIRA_WEBHOOK_URLS receiver still gets
+    SIRA's signed JSON; the files hold the credentials, nothing else does."""
+    import yaml
+
+    from sira.core.auth import Identity
+    from sira.core.errors import InvalidInput
+    from sira.registry import receivers
+    from sira.registry.models import update_model
+
+    (tmp_path / "slack-url").write_text(receiver.url.replace("/hooks", "/slack") + "\n")
+    (tmp_path / "pd-key").write_text("R0UT1NGKEY0123456789abcdefABCDEF\n")
+    (tmp_path / "receivers.yml").write_text(yaml.safe_dump({
+        "ops-slack": {"format": "slack", "url_file": str(tmp_path / "slack-url")},
+        "risk-oncall": {"format": "pagerduty", "routing_key_file": str(tmp_path / "pd-key"),
+                        "url": receiver.url.replace("/hooks", "/pagerduty/v2/change/enqueue")}}))
+    hooked = settings.model_copy(update={"webhook_urls": receiver.url, "notify_receivers_file": tmp_path / "receivers.yml",
+                                         "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    assert "R0UT1NG" not in repr(receivers.load(hooked))  # a receiver's repr names it, never its key or URL
+    await make_version(clean_db, settings, 1)
+    admin = Identity("root", frozenset({"admin"}))
+    with pytest.raises(InvalidInput, match="notify"):
+        await run(clean_db, functools.partial(update_model, notify=["Not A Name"]), admin, "fraud")
+    row = await run(clean_db, functools.partial(update_model, notify=["risk-oncall", "ops-slack"]), admin, "fraud")
+    assert row["notify"] == ["ops-slack", "risk-oncall"]
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    await run(clean_db, decide, BOB, "fraud", 1, "approve")
+    counts = await webhooks.deliver_due(clean_db, hooked)
+    assert counts == {"delivered": 4, "retried": 0, "failed": 0}
+    slack = [json.loads(r["body"]) for r in receiver.received if "X-SIRA-Event" not in r["headers"]
+             and "blocks" in json.loads(r["body"])]
+    pagerduty = [json.loads(r["body"]) for r in receiver.received if "routing_key" in json.loads(r["body"])]
+    signed = [r for r in receiver.received if "X-SIRA-Signature" in r["headers"]]
+    assert len(slack) == len(pagerduty) == len(signed) == 4
+    assert slack[0]["text"] == "fraud v1: promotion requested by dana, waiting for 2 approval(s)"
+    assert slack[-1]["text"].startswith("fraud v1 is in production: approval by bob")
+    change = pagerduty[-1]
+    assert change["routing_key"] == "R0UT1NGKEY0123456789abcdefABCDEF" and change["payload"]["source"] == "sira"
+    assert change["payload"]["custom_details"]["event"] == "production.change"
+    assert change["payload"]["custom_details"]["to"] == 1
+    assert all("X-SIRA-Signature" not in r["headers"] for r in receiver.received if "routing_key" in r["body"].decode())
+    # a receiver the model names but the file does not define: the event is retried, the reason stored
+    await run(clean_db, functools.partial(update_model, notify=["gone"]), admin, "fraud")
+    await make_version(clean_db, settings, 2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 0, "retried": 1, "failed": 0}
+    error = await clean_db.fetchval("SELECT last_error FROM sira_webhook_outbox ORDER BY id DESC LIMIT 1")
+    assert error == "notify:gone: no such receiver in SIRA_NOTIFY_RECEIVERS_FILE"
