@@ -136,26 +136,35 @@ def test_monitoring_refuses_what_it_cannot_measure(fraud_model):
     assert "window" in caught.value.message
 
 
-def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, served):
-    import httpx
-
-    from sira.http.app import create_app
-
+def drift_and_performance(fraud_model, served):
+    """A drift run over the served predictions and a performance run over their matured labels."""
     drift = asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions",
                                                                      days=3650)))
     performance = asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
         model="fraud", time_from=served["lo"], time_to=served["hi"], min_segment_size=50)))
+    return drift, performance
+
+
+def get(fraud_model, *requests):
+    """``GET path`` with the key of ``role`` (None: no key) for each (path, role), from one application."""
+    import httpx
+
+    from sira.http.app import create_app
 
     async def read():
         app = create_app(fraud_model.settings)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-                viewer = {"Authorization": f"Bearer {fraud_model.keys['viewer']}"}
-                return (await client.get("/v1/models/fraud/drift", headers=viewer),
-                        await client.get("/v1/models/fraud/performance", headers=viewer),
-                        await client.get("/v1/models/nope/drift", headers=viewer))
+                return [await client.get(path, headers={"Authorization": f"Bearer {fraud_model.keys[role]}"}
+                                         if role else {}) for path, role in requests]
 
-    d, p, missing = asyncio.run(read())
+    return asyncio.run(read())
+
+
+def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, served):
+    drift, performance = drift_and_performance(fraud_model, served)
+    d, p, missing = get(fraud_model, ("/v1/models/fraud/drift", "viewer"), ("/v1/models/fraud/performance", "viewer"),
+                        ("/v1/models/nope/drift", "viewer"))
     assert d.status_code == 200 and p.status_code == 200
     assert d.json()["latest"]["job_id"] == drift["job_id"] and d.json()["latest"]["verdict"] == drift["verdict"]
     assert [f["feature"] for f in d.json()["latest"]["features"]] == [f["feature"] for f in drift["features"]]
@@ -214,27 +223,12 @@ def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model
 
 def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance_runs(fraud_model, served):
     """``GET /metrics`` (a reading role): the same numbers as the JSON API, in Prometheus's format."""
-    import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from sira.http.app import create_app
-
-    asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions", days=3650)))
-    asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
-        model="fraud", time_from=served["lo"], time_to=served["hi"], min_segment_size=50)))
-
-    async def read():
-        app = create_app(fraud_model.settings)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-                viewer = {"Authorization": f"Bearer {fraud_model.keys['viewer']}"}
-                return (await client.get("/metrics", headers=viewer),
-                        await client.get("/v1/models/fraud/drift", headers=viewer),
-                        await client.get("/v1/models/fraud/performance", headers=viewer),
-                        await client.get("/metrics"),
-                        await client.get("/metrics", headers={"Authorization": f"Bearer {fraud_model.keys['service']}"}))
-
-    metrics, drift, performance, anonymous, service = asyncio.run(read())
+    drift_and_performance(fraud_model, served)
+    metrics, drift, performance, anonymous, service = get(
+        fraud_model, ("/metrics", "viewer"), ("/v1/models/fraud/drift", "viewer"),
+        ("/v1/models/fraud/performance", "viewer"), ("/metrics", None), ("/metrics", "service"))
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert anonymous.status_code == 401 and service.status_code == 403
     series = {}
