@@ -27,6 +27,7 @@ from sira.http.schemas import (
     Version,
 )
 from sira.registry import models as registry
+from sira.registry import receivers
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -39,7 +40,7 @@ class ModelUpdate(BaseModel):
     required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
     decision_targets: dict[str, float] | None = None
     promotion_policy: dict[str, Any] | None = None
-    notify: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]], Field(max_length=10)] | None \
+    notify: Annotated[list[Annotated[str, Field(pattern=receivers.NAME.pattern)]], Field(max_length=10)] | None \
         = Field(None, description="Receivers told of its governance events (names from SIRA_NOTIFY_RECEIVERS_FILE)")
 
 

@@ -100,10 +100,6 @@ class Answers:
     keeps one row.
     """
 
-    def settle_s(self) -> float:
-        """How long after a marker its check waits: a few of the spools' flush intervals, and a second."""
-        return 1.0 + 5 * self.replica.config.flush_interval_s
-
     def __init__(self, replica: Replica):
         self.replica = replica
         self.recent = LRU(100_000, replica.config.idempotency_ttl_s)
@@ -118,6 +114,10 @@ class Answers:
 
     def _key(self, model: str, request_id: str) -> str:
         return f"sira:answer:{self.replica.namespace}:{model}:{request_id}"
+
+    def settle_s(self) -> float:
+        """How long after a marker its check waits: a few of the spools' flush intervals, and a second."""
+        return 1.0 + 5 * self.replica.config.flush_interval_s
 
     async def once(self, item: Item, score: Any) -> dict[str, Any]:
         """``score(item)``'s answer, unless this replica has answered (or is answering) the request id."""
@@ -191,7 +191,7 @@ class Answers:
         requests); when not known yet, the check is started in the background and the answer is no."""
         r = self.replica
         if marker is None:
-            r.spawn(self._mark(nx=True), "answers-mark")  # a new Redis, or one that lost its keys
+            r.spawn(self._mark(), "answers-mark")  # a new Redis, or one that lost its keys
             return False
         now = time.time()
         if self.evicting is None:
@@ -251,11 +251,10 @@ class Answers:
             log.warning("cannot read Redis's eviction policy (%s): idempotency checks stay on PostgreSQL", exc)
             self.evicting = None
 
-    async def _mark(self, nx: bool = False) -> None:
-        """The marker: now (``nx``: only where Redis has none)."""
-        r = self.replica
+    async def _mark(self) -> None:
+        """A marker where Redis has none: now (a replica's own marker move goes with its answers: :meth:`queue`)."""
         with contextlib.suppress(Exception):
-            await r.redis.set(self.marker_key, repr(time.time()), nx=nx)
+            await self.replica.redis.set(self.marker_key, repr(time.time()), nx=True)
 
     def on_gap(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         """Another replica gave answers Redis does not hold: PostgreSQL is asked until the marker moves
