@@ -5,8 +5,8 @@
 
 Three dashboards over the series of docs/observability.md: *Serving* (the replicas' RED metrics through
 Ray's export), *Models* (drift, live performance, versions, shadow agreement, from ``GET /metrics``) and
-*Pipeline* (the audit spool, the event stream, monitoring jobs' recency). Grafana loads them from
-``provisioning/`` (a file provider pointing at ``dashboards/``, a Prometheus datasource with uid
+*Pipeline* (the audit spool, ingest from every source, the event stream, monitoring jobs' recency). Grafana
+loads them from ``provisioning/`` (a file provider pointing at ``dashboards/``, a Prometheus datasource with uid
 ``prometheus``). Every query is listed by :func:`queries` for the end-to-end test, which runs each one
 against a real Prometheus after real traffic.
 """
@@ -111,13 +111,20 @@ def models() -> Dashboard:
 
 
 def pipeline() -> Dashboard:
-    return (base("sira-pipeline", "SIRA / Pipeline", "The audit spool, the event stream (entries, the consumer "
-                 "group's lag, dead letters), monitoring jobs' recency.")
+    return (base("sira-pipeline", "SIRA / Pipeline", "The audit spool, ingest from every source, the event "
+                 "stream (entries, the consumer group's lag, dead letters), monitoring jobs' recency.")
             .with_row(Row("Audit trail"))
             .with_panel(series("Answered predictions not yet in PostgreSQL", "short",
                                q("sum(ray_sira_spool_pending_records)", "pending")))
             .with_panel(series("Spooled records refused for good", "short",
                                q(f"sum(increase(ray_sira_spool_refused_records_total[{RATE}]))", "refused")))
+            .with_row(Row("Ingest, every source"))
+            .with_panel(series("Events stored per second", "reqps",
+                               q(f"sum(rate(sira_events_stored_total[{RATE}]))", "stored"), width=8))
+            .with_panel(series("Dead letters per second by source", "reqps",
+                               q(f"sum by (source) (rate(sira_events_rejected_total[{RATE}]))", "{{source}}"), width=8))
+            .with_panel(series("Hours since the last bulk load", "h",
+                               q("(time() - sira_ingest_last_load_timestamp_seconds) / 3600", "bulk load"), width=8))
             .with_row(Row("Event stream"))
             .with_panel(series("Stream entries per second by outcome", "reqps",
                                q(f"sum by (outcome) (rate(sira_stream_entries_total[{RATE}]))", "{{outcome}}"), width=8))
@@ -128,7 +135,7 @@ def pipeline() -> Dashboard:
                                width=8))
             .with_row(Row("Monitoring jobs"))
             .with_panel(series("Hours since the last successful run", "h",
-                               q("(time() - sira_job_last_success_timestamp_seconds) / 3600", "{{model}} {{job}}"),
+                               q("(time() - sira_job_last_success_timestamp_seconds) / 3600", "{{model}} {{kind}}"),
                                width=24)))
 
 

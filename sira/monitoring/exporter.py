@@ -8,7 +8,10 @@ format, without Ray's prefix (``sira_*``; the table in ``docs/observability.md``
 - the versions in production and staging per model;
 - the last drift run per model: PSI per feature (``__score__`` for the score) and its severity;
 - the last live-performance window per model, version and role: average precision, its labels, the flag;
-- when each kind of monitoring job last succeeded (drift, performance, retraining), per model.
+- when each kind of monitoring job last succeeded (drift, performance, retraining), per model;
+- ingest from every source: the event log's arrival counter (its ``seq`` high-water mark: ``rate()`` of it
+  is events stored per second, whichever path stored them: bulk files, the stream, the API), dead letters
+  by source, and the last bulk load (what the ``events.ingest`` audit record says it read and kept).
 
 One scrape reads a handful of small aggregate queries (the newest run per model through the tables'
 ``(model_id, ...)`` indexes); the answer is kept for ``cache_s`` so that several Prometheus servers, or a
@@ -24,7 +27,7 @@ from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITY = {"ok": 0, "warn": 1, "alert": 2}
@@ -66,11 +69,26 @@ _LAST_RUNS = """
      WHERE r.status = 'succeeded' GROUP BY m.name"""
 
 
+# the log's arrival counter (an identity: its newest value through the unique index, gaps left by rolled-back
+# inserts included, which a rate over minutes does not notice); dead letters by source (few rows, an index);
+# the newest bulk load's audit record (the audit log's (action) rows through its time index, newest first)
+_INGEST = """
+    SELECT 'stored' AS what, NULL AS source, coalesce((SELECT max(seq) FROM sira_events), 0)::float8 AS n,
+           NULL::float8 AS at
+    UNION ALL
+    SELECT 'rejected', source, count(*)::float8, NULL FROM sira_rejected_events GROUP BY source
+    UNION ALL
+    (SELECT 'bulk_load', target_id, NULL, extract(epoch FROM occurred_at)::float8
+       FROM sira_audit_log WHERE target_type = 'source' AND action = 'events.ingest' AND outcome = 'success'
+      ORDER BY occurred_at DESC LIMIT 1)"""
+
+
 async def read(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
     """What the exporter reports, read in one snapshot (a repeatable-read transaction)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         return {"versions": await conn.fetch(_VERSIONS), "drift": await conn.fetch(_DRIFT),
-                "performance": await conn.fetch(_PERFORMANCE), "runs": await conn.fetch(_LAST_RUNS)}
+                "performance": await conn.fetch(_PERFORMANCE), "runs": await conn.fetch(_LAST_RUNS),
+                "ingest": await conn.fetch(_INGEST)}
 
 
 def families(rows: dict[str, list[Any]]) -> list[Metric]:
@@ -106,11 +124,29 @@ def families(rows: dict[str, list[Any]]) -> list[Metric]:
         flagged.add_metric(labels, 1.0 if r["flagged"] else 0.0)
         window_end.add_metric(labels, float(r["window_end"]))
     last = GaugeMetricFamily("sira_job_last_success_timestamp_seconds", "When a monitoring job last succeeded "
-                             "for the model (drift, performance, retrain).", labels=["model", "job"])
+                             "for the model (kind: drift, performance, retrain; not `job`, the label Prometheus "
+                             "gives every target).", labels=["model", "kind"])
     for r in rows["runs"]:
         if r["at"] is not None:
             last.add_metric([r["model"], r["kind"]], float(r["at"]))
-    return [served, psi, severity, ap, labelled, flagged, window_end, last]
+    return [served, psi, severity, ap, labelled, flagged, window_end, last, *_ingest(rows["ingest"])]
+
+
+def _ingest(rows: list[Any]) -> list[Metric]:
+    stored = CounterMetricFamily("sira_events_stored", "Events stored in the event log, every source (the log's "
+                                 "arrival counter).")
+    rejected = CounterMetricFamily("sira_events_rejected", "Events set aside as dead letters in "
+                                   "sira_rejected_events, by source.", labels=["source"])
+    loaded = GaugeMetricFamily("sira_ingest_last_load_timestamp_seconds", "When the newest bulk load (sira ingest, "
+                               "a file) finished.")
+    for r in rows:
+        if r["what"] == "stored":
+            stored.add_metric([], r["n"])
+        elif r["what"] == "rejected":
+            rejected.add_metric([r["source"]], r["n"])
+        else:
+            loaded.add_metric([], r["at"])
+    return [stored, rejected, loaded]
 
 
 class _Fixed:

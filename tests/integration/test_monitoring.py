@@ -226,6 +226,16 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
     from prometheus_client.parser import text_string_to_metric_families
 
     drift_and_performance(fraud_model, served)
+
+    async def dead_letter() -> None:  # what a rejected event leaves (the ingest tests cover how it gets there)
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            await conn.execute("INSERT INTO sira_rejected_events (source, reason_code, reason) "
+                               "VALUES ('metrics-test', 'invalid_value', 'amount must be a number')")
+        finally:
+            await conn.close()
+
+    asyncio.run(dead_letter())
     metrics, drift, performance, anonymous, service = get(
         fraud_model, ("/metrics", "viewer"), ("/v1/models/fraud/drift", "viewer"),
         ("/v1/models/fraud/performance", "viewer"), ("/metrics", None), ("/metrics", "service"))
@@ -257,4 +267,14 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
         assert value("sira_live_performance_flagged", **labels) == float(newest["flagged"])
     now = datetime.now(timezone.utc).timestamp()
     for job in ("drift", "performance"):
-        assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", job=job) <= now + 1
+        assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", kind=job) <= now + 1
+    # ingest: the log's arrival counter, dead letters by source, the newest bulk load (the fixture loaded files)
+    (log,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT max(seq)::float8 AS seq FROM sira_events"))
+    assert value("sira_events_stored_total") == log["seq"] > 0
+    for r in asyncio.run(_fetch(fraud_model.dsn, "SELECT source, count(*)::float8 AS n FROM sira_rejected_events "
+                                                 "GROUP BY source")):
+        assert value("sira_events_rejected_total", source=r["source"]) == r["n"]
+    assert value("sira_events_rejected_total", source="metrics-test") >= 1
+    (load,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT extract(epoch FROM max(occurred_at))::float8 AS at "
+                                                  "FROM sira_audit_log WHERE action = 'events.ingest'"))
+    assert value("sira_ingest_last_load_timestamp_seconds") == pytest.approx(load["at"])
