@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import runpy
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,22 +16,10 @@ import pytest
 import yaml
 
 from sira.core import db
+from tests.promstack import Prometheus, binary, config, dashboard_queries, free_port, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def binary(*names: str, package: str) -> str:
-    for name in names:
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.skip(f"{names[0]} not found: install Debian's {package} package (`make tools`)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver(ThreadingHTTPServer):
@@ -87,20 +72,9 @@ def started(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_for(what: str, check, seconds: float = 90.0, logs: tuple[Path, ...] = ()):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
 def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model, tmp_path):
-    prometheus = binary("prometheus", package="prometheus")
     alertmanager = binary("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
+    binary("prometheus", package="prometheus")
     receiver = Receiver()
     secrets = tmp_path / "secrets"
     secrets.mkdir()
@@ -118,21 +92,9 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
             c["routing_key_file"] = str(secrets / "pagerduty")
             c["url"] = f"{receiver.url}/pagerduty/v2/enqueue"
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am))
-    rules = yaml.safe_load((ROOT / "deploy/prometheus/sira-rules.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("for", None)
-    (tmp_path / "sira-rules.yml").write_text(yaml.safe_dump(rules))
-    sira_port, am_port, prom_port = free_port(), free_port(), free_port()
-    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    prom["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    prom["rule_files"] = [str(tmp_path / "sira-rules.yml")]
-    prom["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{am_port}"]}]
-    platform = next(j for j in prom["scrape_configs"] if j["job_name"] == "sira-platform")
-    platform["static_configs"] = [{"targets": [f"127.0.0.1:{sira_port}"]}]
-    platform["authorization"]["credentials_file"] = str(secrets / "viewer.key")
-    prom["scrape_configs"] = [platform]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    sira_port, am_port = free_port(), free_port()
+    prom_config = config(tmp_path, {"sira-platform": f"127.0.0.1:{sira_port}"},
+                         credentials_file=secrets / "viewer.key", alertmanager=f"127.0.0.1:{am_port}")
 
     # a synthetic drift ALERT on the production version (what a drift run stores)
     async def drift(severity: str) -> None:
@@ -150,21 +112,12 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
 
     asyncio.run(drift("alert"))
     server, thread = serve_sira(fraud_model.settings, sira_port)
-    logs = (tmp_path / "prometheus.log", tmp_path / "alertmanager.log")
-    procs = [
-        started([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
-                 f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], logs[1]),
-        started([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"], logs[0]),
-    ]
+    am_log = tmp_path / "alertmanager.log"
+    manager = started([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+                       f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], am_log)
+    prom = Prometheus(tmp_path, prom_config)
+    logs, query = (prom.log, am_log), prom.query
     try:
-        def query(q: str) -> list:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": q}, timeout=5)
-                return r.json()["data"]["result"] if r.status_code == 200 else []
-            except httpx.HTTPError:
-                return []
-
         # Prometheus scrapes SIRA's series with the viewer's key
         found = wait_for("sira_model_version_info in Prometheus", lambda: query('sira_model_version_info{model="fraud"}'),
                          logs=logs)
@@ -204,24 +157,13 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
         assert not delivered("/pagerduty", "SiraProductionModelDrift")  # a warning never pages
         assert not delivered("/slack", "SiraLivePerformanceDrop")  # a page goes one way
 
-        # every dashboard query is valid PromQL to this Prometheus; those over the database's series (all this
-        # Prometheus scrapes: no Serve replicas or stream consumer here) find the drift and performance rows above
-        dashboards = runpy.run_path(str(ROOT / "deploy/grafana/build.py"))
-        for name in dashboards["DASHBOARDS"]:
-            for expr in dashboards["queries"](name):
-                r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query",
-                              params={"query": expr.replace("$__rate_interval", "1m")}, timeout=10)
-                assert r.status_code == 200 and r.json()["status"] == "success", (name, expr, r.text)
-                if "ray_sira_" not in expr and "sira_stream_" not in expr:  # the database's series
-                    assert r.json()["data"]["result"], (name, expr)
+        # every dashboard query is valid PromQL to this Prometheus (that each finds data after real traffic:
+        # test_serving.py's last test, where Prometheus scrapes a live Serve app and a stream consumer)
+        for _, expr in dashboard_queries():
+            prom.check(expr)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        prom.stop()
+        stop(manager)
         server.should_exit = True
         thread.join(timeout=10)
         receiver.shutdown()
@@ -235,3 +177,57 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
                 await conn.close()
 
         asyncio.run(clean())
+
+
+def test_make_observe_starts_prometheus_and_alertmanager_on_a_local_sira(tmp_path):
+    """deploy/observe.py (`make observe`): the checked-in jobs pointed at the local addresses, the rules loaded,
+    and an alert of each severity routed to the notification it makes, printed by its own receiver."""
+    import os
+    import signal
+    import sys
+    import uuid
+
+    binary("prometheus", package="prometheus")
+    binary("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
+    key = tmp_path / "viewer.key"
+    key.write_text("not-a-real-key")
+    prom_port, am_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_OBSERVE_")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/observe.py"), "--dir", str(tmp_path / "observe"),
+                             "--key-file", str(key), "--prometheus-port", str(prom_port), "--alertmanager-port",
+                             str(am_port), "--service", "127.0.0.1:18000"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for("observe's addresses", lambda: any(line.startswith("Grafana dashboards") for line in lines),
+                 seconds=60)
+        def scraped() -> dict[str, str]:
+            targets = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/targets", timeout=10).json()["data"]
+            return {t["labels"]["job"]: t["scrapeUrl"] for t in targets["activeTargets"]}
+
+        wait_for("Prometheus's targets", lambda: len(scraped()) == 3, seconds=30)
+        assert scraped() == {"sira-serving": "http://127.0.0.1:8090/metrics",
+                           "sira-platform": "http://127.0.0.1:18000/metrics",
+                           "sira-stream": "http://127.0.0.1:8091/metrics"}
+        groups = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        checked_in = yaml.safe_load((ROOT / "deploy/prometheus/sira-rules.yml").read_text())["groups"]
+        assert {r["name"] for g in groups for r in g["rules"]} == {r["alert"] for g in checked_in for r in g["rules"]}
+        run = uuid.uuid4().hex[:6]
+        alerts = [{"labels": {"alertname": f"ObserveTest{severity}{run}", "severity": severity, "model": "fraud"},
+                   "annotations": {"summary": f"{severity} from the observe test"}} for severity in ("warning", "page")]
+        assert httpx.post(f"http://127.0.0.1:{am_port}/api/v2/alerts", json=alerts, timeout=10).status_code == 200
+        wait_for("both notifications", lambda: any(line.startswith("[slack #sira-alerts] FIRING: ObserveTestwarning")
+                                                   for line in lines)
+                 and any(line.startswith("[pagerduty] trigger:") and f"ObserveTestpage{run}" in line for line in lines),
+                 seconds=60, logs=(tmp_path / "observe/alertmanager.log",))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -3,6 +3,7 @@ after answering, and a Postgres outage (on a Postgres instance of its own)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -451,3 +452,146 @@ def test_a_postgres_crash_and_restart_answers_no_500_and_loses_no_prediction(ser
             if t.is_alive():
                 t.join()
         serve.delete("crash")
+
+
+def test_every_dashboard_panel_and_alert_reads_series_of_the_live_platform(serving, fraud_model, redis_url, tmp_path):
+    """Prometheus, with deploy/prometheus/prometheus.yml's jobs, scrapes the replicas through Ray's metrics
+    export, the service's ``/metrics`` through Serve's ingress (a viewer's key) and a stream consumer; after
+    traffic that exercises each series (answers, a refused request, a late event, a shadow, answers degraded
+    by an unreachable Redis, stream entries and a dead letter, a drift and a performance run), every panel of
+    deploy/grafana and every series an alert rule of deploy/prometheus reads has data. Last in this module:
+    it stages a shadow version."""
+    import asyncio
+
+    import ray
+    from ray import serve
+
+    from sira.ingest.stream import GROUP, RedisStreamSource, consume
+    from sira.ingest.stream_metrics import StreamMetrics
+    from sira.training.runs import TrainRequest, run_training
+    from tests import promstack
+
+    url, spool = serving
+    secrets = tmp_path / "viewer.key"
+    secrets.write_text(fraud_model.keys["viewer"])
+    # a shadow: a small version in staging, scored beside production
+    shadow = run_sync(run_training(fraud_model.settings, TrainRequest(
+        model="fraud", label_maturity_days=10, label_delay_days=4, num_threads=1, seed=5,
+        params={"num_boost_round": 20, "num_leaves": 7})))["version"]
+
+    async def registry_and_runs(stage: bool) -> None:
+        pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                if stage:
+                    await registry.stage_version(conn, fraud_model.settings, ADMIN, "fraud", shadow, "metrics test")
+                    # what a drift and a performance run store (their jobs are tested in tests/integration)
+                    await conn.execute(
+                        """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, psi,
+                                                        severity, job_id, computed_at)
+                           SELECT id, $1, f.feature, now() - interval '7 days', now(), f.psi, f.severity,
+                                  'live-metrics-test', now()
+                             FROM sira_models, (VALUES ('__dataset__', NULL::float8, 'ok'), ('amount', 0.04, 'ok'))
+                                  AS f (feature, psi, severity) WHERE name = 'fraud'""", fraud_model.version)
+                    await conn.execute(
+                        """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, n,
+                                                               n_positive, average_precision, flagged, job_id)
+                           SELECT id, $1, 'production', now() - interval '7 days', now(), 500, 20, 0.6, false,
+                                  'live-metrics-test' FROM sira_models WHERE name = 'fraud'""", fraud_model.version)
+                else:  # back as it was for the tests after this one
+                    await conn.execute("""UPDATE sira_model_versions v SET status = 'validated' FROM sira_models m
+                                           WHERE m.id = v.model_id AND m.name = 'fraud' AND v.version = $1""", shadow)
+                    for table in ("sira_data_drift", "sira_model_performance"):
+                        await conn.execute(f"DELETE FROM {table} WHERE job_id = 'live-metrics-test'")
+        finally:
+            await pool.close()
+
+    run_sync(registry_and_runs(stage=True))
+    # answers degraded by a Redis nobody listens on (the replica answers from PostgreSQL, and says so)
+    deploy("degraded", "/degraded", fraud_model.settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}),
+           fraud_model.dsn, tmp_path / "degraded-spool")
+
+    # a stream consumer with its exporter, on a stream of this test's own
+    stream = f"sira:events:metrics-test-{uuid.uuid4().hex[:6]}"
+    consumer_port, stop = promstack.free_port(), threading.Event()
+
+    def consumer() -> None:
+        async def run() -> None:
+            metrics = StreamMetrics(stream, GROUP)
+            metrics.serve(consumer_port, host="127.0.0.1")
+            source = RedisStreamSource(redis_url, stream=stream, consumer="metrics-test")
+            await source.start()
+            await source.redis.xadd(stream, {"kind": "event", "data": "{not json"})
+            for i in range(20):
+                await source.redis.xadd(stream, {"kind": "event", "data": json.dumps(
+                    {"event_id": f"metrics-stream-{uuid.uuid4().hex[:8]}", "occurred_at": NOW.isoformat(),
+                     "customer_id": f"metrics-c{i % 3}", "card_number": "4111111111111111", "amount": 10 + i})})
+            pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
+            done = asyncio.Event()
+            try:
+                watcher = asyncio.ensure_future(asyncio.to_thread(stop.wait))
+                watcher.add_done_callback(lambda _: done.set())
+                await consume(source, pool, settings=fraud_model.settings, batch=5, block_ms=200, stop=done,
+                              metrics=metrics)
+            finally:
+                await source.redis.delete(stream)
+                await source.close()
+                await pool.close()
+
+        asyncio.run(run())
+
+    consuming = threading.Thread(target=consumer, daemon=True)
+    consuming.start()
+    ray_port = ray._private.worker.global_worker.node.metrics_export_port
+    prom = promstack.Prometheus(tmp_path, promstack.config(tmp_path, {
+        "sira-serving": f"127.0.0.1:{ray_port}", "sira-platform": url.removeprefix("http://"),
+        "sira-stream": f"127.0.0.1:{consumer_port}"}, credentials_file=secrets))
+    entity = fraud_model.entities[0]
+    newest = run_sync(stored(fraud_model.dsn, "SELECT max(occurred_at) FROM sira_events WHERE customer_id = $1",
+                             entity["customer_id"]))
+    late = {**event(fraud_model, 0), "occurred_at": (newest - timedelta(days=1)).isoformat()}
+    auth = headers(fraud_model)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.post("/v1/score", json={"model": "fraud", "event": late}, headers=auth).status_code == 200
+            assert client.post("/v1/score", json={"model": "fraud", "event": {"amount": 1}},
+                               headers=auth).status_code == 422
+            wait_until(lambda: client.post("/degraded/v1/score", json={"model": "fraud", "event": event(fraud_model, 1),
+                                                                       "record": False}, headers=auth).status_code
+                       == 200, timeout=120, what="the degraded app's replica")
+
+            def traffic_and_gaps() -> list[str]:
+                for i in range(10):
+                    for prefix in ("", "/degraded"):
+                        client.post(f"{prefix}/v1/score", json={"model": "fraud", "event": event(fraud_model, i),
+                                                                 "record": False}, headers=auth)
+                queries = [(f"{name} panel", expr) for name, expr in promstack.dashboard_queries()]
+                queries += [(f"{alert} alert", selector) for alert, selector in promstack.alert_selectors()]
+                return [f"{what}: {expr}" for what, expr in queries
+                        if not promstack.event_only(expr) and not prom.check(expr)]
+
+            gaps: list[str] = []
+
+            def complete() -> bool:
+                gaps[:] = traffic_and_gaps()
+                return not gaps
+
+            try:
+                wait_until(complete, timeout=120, interval=2.0)
+            except AssertionError:
+                raise AssertionError("no data after 120 s:\n" + "\n".join(gaps)) from None
+        degraded = prom.query("sum by (reason) (ray_sira_degraded_requests_total)")
+        assert {r["metric"]["reason"] for r in degraded} >= {"cache_unavailable"}, degraded
+        agreement = prom.query('sum by (model) (ray_sira_shadow_scores_total{model="fraud"})')
+        assert agreement and float(agreement[0]["value"][1]) > 0
+        assert prom.query('sira_model_version_info{status="staging"}')[0]["metric"]["version"] == str(shadow)
+        assert prom.query("sum(sira_stream_dead_letters_total)")
+    except AssertionError:
+        print(prom.log.read_text()[-3000:])
+        raise
+    finally:
+        prom.stop()
+        stop.set()
+        consuming.join(timeout=30)
+        serve.delete("degraded")
+        run_sync(registry_and_runs(stage=False))
