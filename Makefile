@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sira-installed
 DEMO_SCALE ?= 1
 
-.PHONY: demo test test-fast test-unit lint bench venv clean tools
+.PHONY: demo test test-fast test-unit lint bench venv clean tools observe
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	DEMO_SCALE=$(DEMO_SCALE) $(BIN)/sira demo
+
+# Prometheus and Alertmanager on a local SIRA (docs/observability.md): `sira demo --keep-serving` or
+# `sira serve` in another terminal; notifications are printed here unless SIRA_OBSERVE_* name real secrets.
+observe: $(STAMP) tools
+	$(BIN)/python deploy/observe.py $(OBSERVE_ARGS)
 
 test: lint tools
 	$(BIN)/python -m pytest

@@ -117,6 +117,9 @@ def demo_cmd(
                 "decisions": ", ".join(f"{k} {v:,}" for k, v in sorted(sv["decisions"].items())),
                 "versions": ", ".join(f"fraud v{v}" for v in sv["versions"]),
                 "OpenAPI": sv["docs"] + ("" if sv["still_serving"] else " (stopped; `sira serve` starts it)"),
+                "metrics": f"{sv['metrics']['platform']} (sira_*, the demo-prometheus key), "
+                           f"{sv['metrics']['replicas']} (ray_sira_*); `make observe`: Prometheus and Alertmanager "
+                           "on them (docs/observability.md)",
             }))
             for a in sv["examples"]:
                 reasons = "; ".join(r["text"] for r in a["reasons"]) or "(computed when the prediction is read)"

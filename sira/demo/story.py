@@ -292,7 +292,8 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
-             "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"]}
+             "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"],
+             "demo-prometheus": ["viewer"]}  # what Prometheus scrapes /metrics with (make observe)
 
 
 def read_demo_keys(path: Path) -> dict[str, str]:
@@ -478,8 +479,11 @@ async def serve_and_score(url: str, keys: dict[str, str], live: list[dict[str, A
                     break
                 await asyncio.sleep(0.25)
             feedback = r.json()
+    from sira.core.ray_runtime import metrics_url
+
     return {"url": url, "docs": f"{url}/docs", **run.summary(), "examples": _examples(run.answers),
-            "explained": explained, "feedback": feedback}
+            "explained": explained, "feedback": feedback,
+            "metrics": {"platform": f"{url}/metrics", "replicas": metrics_url()}}
 
 
 async def hot_swap(url: str, token: str, events: list[dict[str, Any]], version: int,
