@@ -133,8 +133,8 @@ def pipeline() -> Dashboard:
             .with_panel(series("Dead letters by reason", "reqps",
                                q(f"sum by (reason) (rate(sira_stream_dead_letters_total[{RATE}]))", "{{reason}}"),
                                width=8))
-            .with_row(Row("Monitoring jobs"))
-            .with_panel(series("Hours since the last successful run", "h",
+            .with_row(Row("Jobs"))
+            .with_panel(series("Hours since each job last succeeded (drift, performance, retrain, train, batch score)", "h",
                                q("(time() - sira_job_last_success_timestamp_seconds) / 3600", "{{model}} {{kind}}"),
                                width=24)))
 

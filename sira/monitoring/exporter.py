@@ -8,7 +8,7 @@ format, without Ray's prefix (``sira_*``; the table in ``docs/observability.md``
 - the versions in production and staging per model;
 - the last drift run per model: PSI per feature (``__score__`` for the score) and its severity;
 - the last live-performance window per model, version and role: average precision, its labels, the flag;
-- when each kind of monitoring job last succeeded (drift, performance, retraining), per model;
+- when each kind of job last succeeded (drift, performance, retraining, training, batch scoring), per model;
 - ingest from every source: the event log's arrival counter (its ``seq`` high-water mark: ``rate()`` of it
   is events stored per second, whichever path stored them: bulk files, the stream, the API), dead letters
   by source, and the last bulk load (what the ``events.ingest`` audit record says it read and kept).
@@ -66,7 +66,15 @@ _LAST_RUNS = """
     UNION ALL
     SELECT m.name, 'retrain', extract(epoch FROM max(r.finished_at))
       FROM sira_retrain_runs r JOIN sira_models m ON m.id = r.model_id
-     WHERE r.status = 'succeeded' GROUP BY m.name"""
+     WHERE r.status = 'succeeded' GROUP BY m.name
+    UNION ALL
+    SELECT m.name, 'train', extract(epoch FROM max(t.finished_at))
+      FROM sira_training_runs t JOIN sira_models m ON m.id = t.model_id
+     WHERE t.status = 'succeeded' GROUP BY m.name
+    UNION ALL
+    SELECT split_part(target_id, ':', 1), 'batch_score', extract(epoch FROM max(occurred_at))
+      FROM sira_audit_log WHERE target_type = 'model_version' AND action = 'batch.score' AND outcome = 'success'
+     GROUP BY 1"""
 
 
 # the log's arrival counter (an identity: its newest value through the unique index, gaps left by rolled-back
@@ -123,9 +131,9 @@ def families(rows: dict[str, list[Any]]) -> list[Metric]:
         labelled.add_metric([*labels, "1"], float(r["n_positive"]))
         flagged.add_metric(labels, 1.0 if r["flagged"] else 0.0)
         window_end.add_metric(labels, float(r["window_end"]))
-    last = GaugeMetricFamily("sira_job_last_success_timestamp_seconds", "When a monitoring job last succeeded "
-                             "for the model (kind: drift, performance, retrain; not `job`, the label Prometheus "
-                             "gives every target).", labels=["model", "kind"])
+    last = GaugeMetricFamily("sira_job_last_success_timestamp_seconds", "When a job last succeeded for the "
+                             "model (kind: drift, performance, retrain, train, batch_score; not `job`, "
+                             "the label Prometheus gives every target).", labels=["model", "kind"])
     for r in rows["runs"]:
         if r["at"] is not None:
             last.add_metric([r["model"], r["kind"]], float(r["at"]))

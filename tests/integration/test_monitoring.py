@@ -268,6 +268,14 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
     now = datetime.now(timezone.utc).timestamp()
     for job in ("drift", "performance"):
         assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", kind=job) <= now + 1
+    # training and batch scoring (the fixtures trained the model and batch-scored three weeks)
+    (runs,) = asyncio.run(_fetch(fraud_model.dsn, """
+        SELECT (SELECT extract(epoch FROM max(finished_at)) FROM sira_training_runs WHERE status = 'succeeded')::float8
+                   AS train,
+               (SELECT extract(epoch FROM max(occurred_at)) FROM sira_audit_log
+                 WHERE action = 'batch.score' AND target_id LIKE 'fraud:%')::float8 AS batch_score"""))
+    for kind in ("train", "batch_score"):
+        assert value("sira_job_last_success_timestamp_seconds", model="fraud", kind=kind) == pytest.approx(runs[kind])
     # ingest: the log's arrival counter, dead letters by source, the newest bulk load (the fixture loaded files)
     (log,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT max(seq)::float8 AS seq FROM sira_events"))
     assert value("sira_events_stored_total") == log["seq"] > 0
