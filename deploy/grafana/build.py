@@ -103,6 +103,9 @@ def models() -> Dashboard:
             .with_row(Row("Live performance"))
             .with_panel(series("Average precision, newest labelled window", "short",
                                q("sira_live_average_precision", "{{model}} v{{version}} {{role}}")))
+            .with_panel(series("Calibration, newest labelled window", "short",
+                               q("sira_live_calibration_error", "ECE {{model}} v{{version}} {{role}}"),
+                               q("sira_live_brier_score", "Brier {{model}} v{{version}} {{role}}", "B")))
             .with_panel(series("Labelled predictions in that window", "short",
                                q("sira_live_window_predictions", "{{model}} v{{version}} {{role}} {{label}}")))
             .with_panel(Stat().title("Below the AP margin").datasource(DATASOURCE).span(24).height(5)

@@ -7,7 +7,8 @@ format, without Ray's prefix (``sira_*``; the table in ``docs/observability.md``
 
 - the versions in production and staging per model;
 - the last drift run per model: PSI per feature (``__score__`` for the score) and its severity;
-- the last live-performance window per model, version and role: average precision, its labels, the flag;
+- the last live-performance window per model, version and role: average precision, calibration (expected
+  calibration error, Brier), its labels, the flag;
 - when each kind of job last succeeded (drift, performance, retraining, training, batch scoring), per model;
 - ingest from every source: the event log's arrival counter (its ``seq`` high-water mark: ``rate()`` of it
   is events stored per second, whichever path stored them: bulk files, the stream, the API), dead letters
@@ -52,6 +53,7 @@ _DRIFT = """
 _PERFORMANCE = """
     SELECT DISTINCT ON (p.model_id, p.version, p.role)
            m.name AS model, p.version, p.role, p.average_precision, p.n, p.n_positive, p.flagged,
+           (p.metrics->>'expected_calibration_error')::float8 AS ece, (p.metrics->>'brier')::float8 AS brier,
            extract(epoch FROM p.window_end) AS window_end
       FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
      WHERE p.segment = 'all'
@@ -121,6 +123,10 @@ def families(rows: dict[str, list[Any]]) -> list[Metric]:
                                  "and of them the positives (label=\"1\").", labels=["model", "version", "role", "label"])
     flagged = GaugeMetricFamily("sira_live_performance_flagged", "1 when the newest window fell below the model's "
                                 "margin under its training AP.", labels=["model", "version", "role"])
+    ece = GaugeMetricFamily("sira_live_calibration_error", "Expected calibration error on the newest labelled "
+                            "window (0: scores are the fraud rates they claim).", labels=["model", "version", "role"])
+    brier = GaugeMetricFamily("sira_live_brier_score", "Brier score on the newest labelled window.",
+                              labels=["model", "version", "role"])
     window_end = GaugeMetricFamily("sira_live_window_end_timestamp_seconds", "End of the newest labelled window.",
                                    labels=["model", "version", "role"])
     for r in rows["performance"]:
@@ -130,6 +136,10 @@ def families(rows: dict[str, list[Any]]) -> list[Metric]:
         labelled.add_metric([*labels, "all"], float(r["n"]))
         labelled.add_metric([*labels, "1"], float(r["n_positive"]))
         flagged.add_metric(labels, 1.0 if r["flagged"] else 0.0)
+        if r["ece"] is not None:
+            ece.add_metric(labels, r["ece"])
+        if r["brier"] is not None:
+            brier.add_metric(labels, r["brier"])
         window_end.add_metric(labels, float(r["window_end"]))
     last = GaugeMetricFamily("sira_job_last_success_timestamp_seconds", "When a job last succeeded for the "
                              "model (kind: drift, performance, retrain, train, batch_score; not `job`, "
@@ -137,7 +147,7 @@ def families(rows: dict[str, list[Any]]) -> list[Metric]:
     for r in rows["runs"]:
         if r["at"] is not None:
             last.add_metric([r["model"], r["kind"]], float(r["at"]))
-    return [served, psi, severity, ap, labelled, flagged, window_end, last, *_ingest(rows["ingest"])]
+    return [served, psi, severity, ap, labelled, flagged, ece, brier, window_end, last, *_ingest(rows["ingest"])]
 
 
 def _ingest(rows: list[Any]) -> list[Metric]:

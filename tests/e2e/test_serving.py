@@ -495,9 +495,10 @@ def test_every_dashboard_panel_and_alert_reads_series_of_the_live_platform(servi
                                   AS f (feature, psi, severity) WHERE name = 'fraud'""", fraud_model.version)
                     await conn.execute(
                         """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, n,
-                                                               n_positive, average_precision, flagged, job_id)
-                           SELECT id, $1, 'production', now() - interval '7 days', now(), 500, 20, 0.6, false,
-                                  'live-metrics-test' FROM sira_models WHERE name = 'fraud'""", fraud_model.version)
+                                                               n_positive, average_precision, metrics, flagged, job_id)
+                           SELECT id, $1, 'production', now() - interval '7 days', now(), 500, 20, 0.6,
+                                  '{"expected_calibration_error": 0.01, "brier": 0.03}', false, 'live-metrics-test'
+                             FROM sira_models WHERE name = 'fraud'""", fraud_model.version)
                 else:  # back as it was for the tests after this one
                     await conn.execute("""UPDATE sira_model_versions v SET status = 'validated' FROM sira_models m
                                            WHERE m.id = v.model_id AND m.name = 'fraud' AND v.version = $1""", shadow)

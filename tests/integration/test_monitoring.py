@@ -265,6 +265,10 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
         assert value("sira_live_average_precision", **labels) == pytest.approx(newest["average_precision"])
         assert value("sira_live_window_predictions", **labels, label="1") == newest["n_positive"]
         assert value("sira_live_performance_flagged", **labels) == float(newest["flagged"])
+        if role == "production" or newest["metrics"].get("expected_calibration_error") is not None:
+            assert value("sira_live_calibration_error", **labels) == pytest.approx(
+                newest["metrics"]["expected_calibration_error"])
+            assert value("sira_live_brier_score", **labels) == pytest.approx(newest["metrics"]["brier"])
     now = datetime.now(timezone.utc).timestamp()
     for job in ("drift", "performance"):
         assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", kind=job) <= now + 1
