@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from sira.core.auth import Identity, create_key, list_keys, revoke_key
-from sira.http.deps import PoolDep, errors, in_transaction, require
-from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked
+from sira.core.auth import PERMISSIONS, Identity, create_key, list_keys, may, revoke_key
+from sira.http.deps import PoolDep, current_identity, errors, in_transaction, require
+from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked, Me
 from sira.registry import models as registry
 
 router = APIRouter(prefix="/v1", tags=["access"])
@@ -19,6 +19,12 @@ class KeyCreate(BaseModel):
     name: str
     roles: list[str] = Field(..., min_length=1)
 
+
+@router.get("/me", response_model=Me, responses=errors())
+async def me(who: Annotated[Identity, Depends(current_identity)]) -> dict[str, Any]:
+    """Who the credentials are, and what their roles allow (any valid key or token): what a client shows."""
+    return {"name": who.name, "kind": who.kind, "roles": sorted(who.roles),
+            "may": {action: may(who, action) for action in sorted(PERMISSIONS)}}
 
 @router.get("/audit", response_model=AuditLog, responses=errors())
 async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,

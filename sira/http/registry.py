@@ -14,12 +14,13 @@ from sira.core.config import MAX_VERSION
 from sira.http.deps import PoolDep, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.schemas import (
+    ApprovalQueue,
     Comparison,
     Decided,
     History,
     Model,
     ModelDetail,
-    ModelList,
+    ModelOverviewList,
     MonitoringReport,
     PromotionRequested,
     RolledBack,
@@ -27,7 +28,7 @@ from sira.http.schemas import (
     Version,
 )
 from sira.registry import models as registry
-from sira.registry import receivers
+from sira.registry import receivers, views
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -72,9 +73,15 @@ def announce(background: BackgroundTasks, request: Request) -> None:
     background.add_task(webhooks.deliver_due, request.app.state.pool, request.app.state.settings)
 
 
-@router.get("/models", response_model=ModelList, responses=errors())
+@router.get("/models", response_model=ModelOverviewList, responses=errors())
 async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
-    return {"models": await in_transaction(pool, registry.list_models, who)}
+    """Every model: its versions, production's live AP against its training AP, drift, the last retraining."""
+    return {"models": await in_transaction(pool, views.models_overview, who)}
+
+@router.get("/approvals", response_model=ApprovalQueue, responses=errors())
+async def approvals(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
+    """The pending promotion requests, oldest first, with the evidence to decide and whether the caller may."""
+    return {"requests": await in_transaction(pool, views.approval_queue, who)}
 
 @router.post("/models", status_code=201, response_model=Model, responses=errors(409, body=True))
 async def models_create(body: ModelCreate, pool: PoolDep, who: Identity = require("models.write")) -> dict[str, Any]:

@@ -26,8 +26,59 @@ class ModelSummary(Strict):
     staging_version: int | None
 
 
-class ModelList(Strict):
-    models: list[ModelSummary]
+class ModelOverview(ModelSummary):
+    """A model as the dashboard lists it: its versions and how production does."""
+
+    description: str | None
+    training_ap: float | None = Field(description="The production version's test AP at training")
+    live_ap: float | None = Field(description="The production version's AP on its newest labelled window")
+    live_window_end: str | None
+    live_flagged: bool | None = Field(description="That window fell below the model's margin under training AP")
+    drift_verdict: Literal["ok", "warn", "alert"] | None = Field(description="The newest drift run's verdict")
+    drift_at: str | None
+    retrain_decision: Literal["stage", "reject", "hold"] | None
+    retrain_at: str | None
+    retrain_challenger: int | None
+
+
+class ModelOverviewList(Strict):
+    models: list[ModelOverview]
+
+
+class PendingRequest(Strict):
+    """A pending promotion request with what an approver decides on, and the caller's standing."""
+
+    request_id: int
+    model: str
+    model_type: str
+    version: int
+    created_by: str
+    requested_by: str
+    reason: str | None
+    created_at: str
+    required_approvals: int
+    challenger_ap: float | None = Field(description="This version's test AP")
+    production_version: int | None
+    champion_ap: float | None = Field(description="The production version's test AP")
+    decisions: list[dict[str, Any]]
+    drift_verdict: Literal["ok", "warn", "alert"] | None
+    policy: dict[str, Any] | None = Field(description="The retraining run that made this version, if one did: its "
+                                          "decision, champion against challenger on one window, reasons, blockers")
+    may_decide: bool
+    may_decide_reason: str | None = Field(description="Why the caller may not decide (None: it may)")
+
+
+class ApprovalQueue(Strict):
+    requests: list[PendingRequest]
+
+
+class Me(Strict):
+    """The caller: who it is, its roles, and every action with whether they allow it."""
+
+    name: str
+    kind: str
+    roles: list[str]
+    may: dict[str, bool]
 
 
 class Model(Strict):

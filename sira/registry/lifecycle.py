@@ -81,12 +81,14 @@ def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_s
 
 def check_approver(approver: str, roles: Iterable[str], *, creator: str, requester: str,
                    already: Iterable[str]) -> None:
-    """Raise unless ``approver`` may approve: holds the approver role, did not create the version, has not
-    approved this request before."""
+    """Raise unless ``approver`` may decide: holds the approver role, neither created the version nor
+    requested its promotion (four eyes), has not decided on this request before."""
     if "approver" not in set(roles) and "admin" not in set(roles):
         raise PermissionDenied(f"{approver} does not hold the approver role")
     if approver == creator:
         raise PermissionDenied("the creator of a version cannot approve it", code="self_approval")
+    if approver == requester:
+        raise PermissionDenied("the requester of a promotion cannot decide on it", code="self_approval")
     if approver in set(already):
         raise Conflict(f"{approver} has already decided on this request", code="already_decided")
 

@@ -96,6 +96,8 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
     # (400 and 413: a body that cannot be parsed, one too large)
     expected = {
         ("get", "/v1/models"): set(),
+        ("get", "/v1/approvals"): set(),
+        ("get", "/v1/me"): set(),
         ("post", "/v1/models"): {400, 409, 413},
         ("get", "/v1/models/{name}"): {404},
         ("patch", "/v1/models/{name}"): {400, 404, 413},

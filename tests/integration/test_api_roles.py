@@ -12,6 +12,7 @@ ENDPOINTS = [
     ("POST", "/v1/events", {"events": [{"event_id": "r1", "occurred_at": "2026-09-01T00:00:00Z", "customer_id": "c",
                                         "amount": 1}]}, "events.write"),
     ("GET", "/v1/models", None, "models.read"),
+    ("GET", "/v1/approvals", None, "models.read"),
     ("POST", "/v1/models", {"name": "m-{role}"}, "models.write"),
     ("GET", "/v1/models/fraud", None, "models.read"),
     ("PATCH", "/v1/models/fraud", {"description": "x"}, "models.settings"),
@@ -100,3 +101,14 @@ async def test_refused_attempts_are_audited(app_and_keys, clean_db):
                                   " WHERE outcome = 'denied'")
     assert (row["actor"], row["action"], row["outcome"], row["source_address"]) == (
         "as-viewer", "rollback", "denied", "127.0.0.1")
+
+
+async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys):
+    client, keys = app_and_keys
+    assert (await client.get("/v1/me")).status_code == 401
+    for role in ROLES:
+        r = await client.get("/v1/me", headers={"Authorization": f"Bearer {keys[role]}"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["name"], body["roles"], body["kind"]) == (f"as-{role}", [role], "api_key")
+        assert body["may"] == {action: may_role(role, action) for action in PERMISSIONS}

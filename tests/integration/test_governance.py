@@ -173,3 +173,40 @@ async def test_history_times_agree_with_its_order_when_changes_overlap(clean_db,
     assert [(h["from"], h["to"]) for h in history] == [(None, 1), (1, 2), (2, 1)]
     times = [datetime.fromisoformat(h["at"]) for h in history]
     assert times == sorted(times), times  # the row written last is not dated before the one it follows
+
+
+async def test_the_approval_queue_shows_the_evidence_and_who_may_decide(clean_db, settings):
+    """GET /v1/approvals' rows: the pending requests, champion against challenger, decisions so far, and for
+    the caller whether it may decide and why not (the rules decide() enforces: role, creator, requester, twice)."""
+    from sira.registry.views import approval_queue, models_overview
+
+    PAT = Identity("pat", frozenset({"approver", "data_scientist"}))
+    await make_version(clean_db, settings, 1, required=0)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first")  # no approvals needed
+    await make_version(clean_db, settings, 2, required=2, metrics={"validation": {"average_precision": 0.85},
+                                                                   "test": {"average_precision": 0.75}})
+    await run(clean_db, request_promotion, settings, PAT, "fraud", 2, "better <b>recall</b>")
+    await run(clean_db, decide, ANN, "fraud", 2, "approve", "fine")
+
+    async def queue(who):
+        async with clean_db.acquire() as conn:
+            return await approval_queue(conn, who)
+
+    (row,) = await queue(BOB)
+    assert (row["model"], row["version"], row["requested_by"], row["created_by"]) == ("fraud", 2, "pat", "dana")
+    assert (row["challenger_ap"], row["champion_ap"], row["production_version"]) == (0.75, 0.7, 1)
+    assert row["reason"] == "better <b>recall</b>" and row["required_approvals"] == 2
+    assert [(d["approver"], d["decision"], d["comment"]) for d in row["decisions"]] == [("ann", "approve", "fine")]
+    assert row["may_decide"] and row["may_decide_reason"] is None
+    standing = {who.name: (await queue(who))[0]["may_decide_reason"] for who in (ANN, PAT, DANA, OLI)}
+    assert "already decided" in standing["ann"]
+    assert "requester" in standing["pat"]
+    assert "approver role" in standing["dana"] and "approver role" in standing["oli"]
+    with pytest.raises(PermissionDenied, match="requester"):  # what the queue says is what decide() does
+        await run(clean_db, decide, PAT, "fraud", 2, "approve")
+    await run(clean_db, decide, BOB, "fraud", 2, "approve")
+    assert await queue(BOB) == []
+    async with clean_db.acquire() as conn:
+        (model,) = await models_overview(conn, OLI)
+    assert (model["production_version"], model["training_ap"], model["staging_version"]) == (2, 0.75, None)
+    assert model["live_ap"] is None and model["drift_verdict"] is None and model["retrain_decision"] is None

@@ -81,6 +81,9 @@ def test_approver_rules():
     with pytest.raises(PermissionDenied) as info:
         check_approver("dana", {"approver"}, creator="dana", requester="x", already=[])
     assert info.value.code == "self_approval"
+    with pytest.raises(PermissionDenied, match="requester") as info:  # four eyes: not the one who asked either
+        check_approver("olga", {"approver", "data_scientist"}, creator="dana", requester="olga", already=[])
+    assert info.value.code == "self_approval"
     with pytest.raises(Conflict):
         check_approver("ann", {"approver"}, creator="dana", requester="dana", already=["ann"])
 

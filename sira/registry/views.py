@@ -1,0 +1,90 @@
+"""What the ops dashboard (``/ui``) reads, one query each: the models with their production and staging
+versions, live against training average precision, the drift verdict and the last retraining decision; and
+the approvals queue, each request with the evidence an approver needs and whether the caller may decide
+on it (and if not, why: the same rules :func:`sira.registry.models.decide` enforces)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncpg import Connection
+
+from sira.core.auth import Identity, authorize, may
+from sira.core.errors import SiraError
+from sira.registry import lifecycle
+from sira.registry.models import _jsonable
+
+_OVERVIEW = """
+    SELECT m.name, m.model_type, m.description, m.required_approvals, m.updated_at,
+           (SELECT max(version) FROM sira_model_versions v WHERE v.model_id = m.id) AS latest_version,
+           p.version AS production_version, s.version AS staging_version,
+           (p.metrics->'test'->>'average_precision')::float8 AS training_ap,
+           live.average_precision AS live_ap, live.window_end AS live_window_end, live.flagged AS live_flagged,
+           drift.severity AS drift_verdict, drift.computed_at AS drift_at,
+           rr.decision AS retrain_decision, rr.finished_at AS retrain_at, rr.challenger_version AS retrain_challenger
+      FROM sira_models m
+      LEFT JOIN sira_model_versions p ON p.model_id = m.id AND p.status = 'production'
+      LEFT JOIN sira_model_versions s ON s.model_id = m.id AND s.status = 'staging'
+      LEFT JOIN LATERAL (
+           SELECT average_precision, window_end, flagged FROM sira_model_performance q
+            WHERE q.model_id = m.id AND q.version = p.version AND q.role = 'production' AND q.segment = 'all'
+            ORDER BY window_end DESC, computed_at DESC LIMIT 1) live ON true
+      LEFT JOIN LATERAL (
+           SELECT severity, computed_at FROM sira_data_drift d
+            WHERE d.model_id = m.id AND d.feature = '__dataset__' ORDER BY computed_at DESC LIMIT 1) drift ON true
+      LEFT JOIN LATERAL (
+           SELECT decision, finished_at, challenger_version FROM sira_retrain_runs r
+            WHERE r.model_id = m.id AND r.status = 'succeeded' ORDER BY finished_at DESC LIMIT 1) rr ON true
+     ORDER BY m.name"""
+
+_QUEUE = """
+    SELECT r.id AS request_id, m.name AS model, m.model_type, v.version, v.created_by, r.requested_by, r.reason,
+           r.created_at, r.required_approvals,
+           (v.metrics->'test'->>'average_precision')::float8 AS challenger_ap,
+           p.version AS production_version, (p.metrics->'test'->>'average_precision')::float8 AS champion_ap,
+           coalesce((SELECT jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
+                                                         'comment', a.comment, 'at', a.created_at) ORDER BY a.id)
+                       FROM sira_approvals a WHERE a.request_id = r.id), '[]') AS decisions,
+           (SELECT severity FROM sira_data_drift d WHERE d.model_id = m.id AND d.feature = '__dataset__'
+             ORDER BY computed_at DESC LIMIT 1) AS drift_verdict,
+           (SELECT jsonb_build_object('run', rr.id, 'decision', rr.decision, 'evaluation', rr.report->'evaluation',
+                                      'reasons', rr.report->'reasons', 'blockers', rr.report->'blockers')
+              FROM sira_retrain_runs rr WHERE rr.model_id = m.id AND rr.challenger_version = v.version
+               AND rr.status = 'succeeded' ORDER BY rr.finished_at DESC LIMIT 1) AS policy
+      FROM sira_promotion_requests r
+      JOIN sira_model_versions v ON v.id = r.version_id
+      JOIN sira_models m ON m.id = v.model_id
+      LEFT JOIN sira_model_versions p ON p.model_id = m.id AND p.status = 'production'
+     WHERE r.status = 'pending'
+     ORDER BY r.created_at, r.id"""
+
+
+async def models_overview(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
+    """Every model with what its row on the dashboard shows."""
+    authorize(identity, "models.read")
+    return [_jsonable(r) for r in await conn.fetch(_OVERVIEW)]
+
+
+def why_not(identity: Identity, *, creator: str, requester: str, already: list[str]) -> str | None:
+    """Why ``identity`` may not decide on a request (None: it may)."""
+    if not may(identity, "promotion.decide"):
+        return "deciding on a promotion needs the approver role"
+    try:
+        lifecycle.check_approver(identity.name, identity.roles, creator=creator, requester=requester,
+                                 already=already)
+    except SiraError as exc:
+        return str(exc)
+    return None
+
+
+async def approval_queue(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
+    """The pending promotion requests, oldest first, with the evidence and the caller's standing on each."""
+    authorize(identity, "models.read")
+    out = []
+    for row in await conn.fetch(_QUEUE):
+        item = _jsonable(row)
+        item["may_decide_reason"] = why_not(identity, creator=row["created_by"], requester=row["requested_by"],
+                                            already=[d["approver"] for d in item["decisions"]])
+        item["may_decide"] = item["may_decide_reason"] is None
+        out.append(item)
+    return out
