@@ -1,0 +1,57 @@
+import { AppShell, Badge, Button, Group, Loader, NavLink, Text, Title } from "@mantine/core";
+import { useEffect, useState } from "react";
+import { NavLink as RouterLink, Navigate, Route, Routes, useLocation } from "react-router";
+import { api, credential } from "./api";
+import type { Me } from "./types";
+import { ApprovalsView } from "./views/Approvals";
+import { ModelsView } from "./views/Models";
+import { SignIn } from "./views/SignIn";
+
+const VIEWS = [
+  { path: "/", label: "Models", element: <ModelsView /> },
+  { path: "/approvals", label: "Approvals", element: <ApprovalsView /> },
+];
+
+export function App() {
+  const [me, setMe] = useState<Me | null>(null);
+  const [checking, setChecking] = useState(credential.get() !== null);
+  const location = useLocation();
+
+  useEffect(() => {
+    if (!credential.get()) return;
+    api<Me>("/v1/me")
+      .then(setMe)
+      .catch(() => credential.clear())
+      .finally(() => setChecking(false));
+  }, []);
+
+  if (checking) return <Loader m="xl" aria-label="Checking your credentials" />;
+  if (!me) return <SignIn onSignedIn={setMe} />;
+
+  return (
+    <AppShell header={{ height: 56 }} navbar={{ width: 200, breakpoint: "sm" }} padding="md">
+      <AppShell.Header>
+        <Group h="100%" px="md" justify="space-between">
+          <Title order={1} size="h3">SIRA</Title>
+          <Group gap="xs">
+            <Text size="sm" data-field="signed-in-as">{me.name}</Text>
+            {me.roles.map((r) => <Badge key={r} variant="outline" size="sm">{r}</Badge>)}
+            <Button variant="subtle" size="xs" onClick={() => { credential.clear(); setMe(null); }}>Sign out</Button>
+          </Group>
+        </Group>
+      </AppShell.Header>
+      <AppShell.Navbar p="xs" component="nav" aria-label="Views">
+        {VIEWS.map((v) => (
+          <NavLink key={v.path} component={RouterLink} to={v.path} label={v.label} variant="filled"
+                   active={location.pathname === v.path} />
+        ))}
+      </AppShell.Navbar>
+      <AppShell.Main>
+        <Routes>
+          {VIEWS.map((v) => <Route key={v.path} path={v.path} element={v.element} />)}
+          <Route path="*" element={<Navigate to="/" replace />} />
+        </Routes>
+      </AppShell.Main>
+    </AppShell>
+  );
+}

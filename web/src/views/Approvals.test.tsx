@@ -1,0 +1,52 @@
+import { screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { describe, expect, it, vi } from "vitest";
+import { renderUi } from "../test/render";
+import type { PendingRequest } from "../types";
+import { ApprovalCard } from "./Approvals";
+
+const request = (over: Partial<PendingRequest>): PendingRequest => ({
+  request_id: 7, model: "fraud", model_type: "fraud_detection", version: 3, created_by: "dana", requested_by: "pat",
+  reason: "better recall", created_at: "2026-12-01T10:00:00Z", required_approvals: 2, challenger_ap: 0.61,
+  production_version: 2, champion_ap: 0.55, decisions: [], drift_verdict: "warn", policy: null, may_decide: true,
+  may_decide_reason: null, ...over,
+});
+
+describe("an approval card", () => {
+  it("shows champion against challenger and the approvals so far", () => {
+    renderUi(<ApprovalCard request={request({ decisions: [{ approver: "ann", decision: "approve", comment: "ok", at: "2026-12-01T11:00:00Z" }] })}
+                           onDecide={vi.fn()} />);
+    const evidence = screen.getByRole("table", { name: "Evidence for fraud v3" });
+    expect(evidence).toHaveTextContent("Champion v2");
+    expect(evidence).toHaveTextContent("0.550");
+    expect(evidence).toHaveTextContent("0.610");
+    expect(screen.getByText("1 / 2 approvals")).toBeInTheDocument();
+    expect(screen.getByText(/ann: approve/)).toHaveTextContent("— ok");
+  });
+
+  it("sends the decision with the comment and says what came of it", async () => {
+    const onDecide = vi.fn().mockResolvedValue({ model: "fraud", version: 3, outcome: "approved", approvals: 2, required_approvals: 2 });
+    renderUi(<ApprovalCard request={request({})} onDecide={onDecide} />);
+    await userEvent.type(screen.getByLabelText("Comment"), "checked the window");
+    await userEvent.click(screen.getByRole("button", { name: "Approve" }));
+    expect(onDecide).toHaveBeenCalledWith("approve", "checked the window");
+    await waitFor(() => expect(screen.getByRole("status")).toHaveTextContent("fraud v3 is now in production"));
+    expect(screen.getByRole("button", { name: "Approve" })).toBeDisabled();  // decided: once
+  });
+
+  it("disables both buttons for someone who may not decide, and says why", () => {
+    renderUi(<ApprovalCard request={request({ may_decide: false, may_decide_reason: "the requester of a promotion cannot decide on it" })}
+                           onDecide={vi.fn()} />);
+    expect(screen.getByRole("button", { name: "Approve" })).toBeDisabled();
+    expect(screen.getByRole("button", { name: "Reject" })).toBeDisabled();
+    expect(screen.getByText(/You cannot decide on this request: the requester of a promotion cannot decide on it/)).toBeInTheDocument();
+  });
+
+  it("renders a planted script in the reason and comments as text", () => {
+    const planted = "<script>window.pwned = true</script>";
+    const { container } = renderUi(<ApprovalCard request={request({ reason: planted, decisions: [
+      { approver: "ann", decision: "approve", comment: planted, at: "2026-12-01T11:00:00Z" }] })} onDecide={vi.fn()} />);
+    expect(container.querySelector("script")).toBeNull();
+    expect(screen.getByText(`Reason: ${planted}`)).toBeInTheDocument();
+  });
+});
