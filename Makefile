@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sira-installed
 DEMO_SCALE ?= 1
 
-.PHONY: demo test test-fast test-unit lint bench venv clean tools observe
+.PHONY: demo test test-fast test-unit lint bench venv clean tools observe web screenshots
 
 venv: $(STAMP)
 
@@ -17,26 +17,46 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) web
 	DEMO_SCALE=$(DEMO_SCALE) $(BIN)/sira demo
+
+# The ops dashboard (web/: React + TypeScript, Vite) built into sira/http/ui, where SIRA serves it at /ui.
+# npm ci only when package-lock.json changed; without Node.js 20.19+ it says so and the UI is absent.
+NODE_OK := node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a == 20 && b >= 19) ? 0 : 1)'
+web:
+	@if command -v npm >/dev/null && $(NODE_OK) 2>/dev/null; then \
+	  { [ web/node_modules/.sira-installed -nt web/package-lock.json ] || \
+	    { (cd web && npm ci --no-audit --no-fund --loglevel=error) && touch web/node_modules/.sira-installed; }; } && \
+	  (cd web && npm run --silent build >/dev/null) && echo "web UI built into sira/http/ui (served at /ui)"; \
+	else echo "Node.js 20.19+ with npm not found (Debian: nodejs, npm): the web UI (/ui) is not built and its tests skip"; fi
 
 # Prometheus and Alertmanager on a local SIRA (docs/observability.md): `sira demo --keep-serving` or
 # `sira serve` in another terminal; notifications are printed here unless SIRA_OBSERVE_* name real secrets.
 observe: $(STAMP) tools
 	$(BIN)/python deploy/observe.py $(OBSERVE_ARGS)
 
-test: lint tools
+test: lint tools web
 	$(BIN)/python -m pytest
 
+# The README's pictures of the UI (docs/images/ui-*.png), taken by its browser tests in Debian's Chromium.
+screenshots: $(STAMP) tools web
+	SIRA_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/e2e/test_ui.py
+
 # Debian's Prometheus and Alertmanager (promtool, amtool: tests/deploy/test_observability.py checks the
-# alert rules, the Prometheus and Alertmanager configs with them). Installed where apt-get can (root);
-# elsewhere those tests skip and name the package.
+# alert rules, the Prometheus and Alertmanager configs with them) and Chromium (the web UI's browser tests,
+# driven by Playwright: browsers are not downloadable here, Debian's is). Installed where apt-get can
+# (root); elsewhere those tests skip and name the package.
 tools:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager \
 	      >/dev/null 2>&1 && echo "installed Debian's prometheus and prometheus-alertmanager"; } || \
 	  echo "promtool/amtool unavailable (Debian packages prometheus, prometheus-alertmanager): their tests will skip"
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 && \
+	    echo "installed Debian's chromium"; } || \
+	  echo "chromium unavailable (Debian package chromium): the web UI's browser tests will skip"
 
 # Undefined and unused names, redefinitions, syntax errors (pyproject.toml's [tool.ruff]): seconds, first.
 # Then types in core, features and registry (pyproject.toml's [tool.mypy] names the files).

@@ -1,5 +1,6 @@
 """SIRA's HTTP API: one FastAPI application, built by :func:`create_app` from routers per resource
-(health, events, registry, access and, with a scoring service, scoring). The Serve ingress
+(health, events, registry, access, metrics, the ops dashboard at ``/ui`` and, with a scoring
+service, scoring). The Serve ingress
 (:mod:`sira.http.deployment`) mounts it in every replica; ``sira api`` runs it alone under uvicorn for
 development. Errors always have the shape ``{"error": {"code", "message", "details"}}`` with a stable code.
 """
@@ -16,7 +17,7 @@ from sira import __version__
 from sira.core import db
 from sira.core.auth import JwtConfig
 from sira.core.config import Settings, get_settings
-from sira.http import access, errors, events, health, metrics, registry
+from sira.http import access, errors, events, health, metrics, registry, ui
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
 from sira.http.middleware import BodySizeLimit
@@ -69,4 +70,5 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     app.include_router(registry.router)
     app.include_router(access.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)  # the ops dashboard at /ui (sira/http/ui.py)
     return app

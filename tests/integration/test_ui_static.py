@@ -1,0 +1,56 @@
+"""The ops dashboard's files at /ui from SIRA's own app: caching, the security headers, routes the browser
+owns, no way out of the folder, and a clear error where the UI was not built."""
+
+import httpx
+import pytest
+
+from sira.http import ui
+from sira.http.app import create_app
+
+pytestmark = pytest.mark.skipif(not (ui.UI_DIR / "index.html").is_file(),
+                                reason="the web UI is not built: `make web` (needs Debian's nodejs and npm, 20.19+)")
+
+
+@pytest.fixture
+async def client(settings):
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as c:
+            yield c
+
+
+async def test_the_page_and_its_assets_are_served_with_their_caching_and_security_headers(client):
+    r = await client.get("/ui", follow_redirects=False)
+    assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    page = await client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-cache"
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "'unsafe-eval'" not in csp and "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["x-frame-options"] == "DENY"
+    assets = [a.name for a in (ui.UI_DIR / "assets").iterdir()]
+    script = next(a for a in assets if a.endswith(".js"))
+    assert f"/ui/assets/{script}" in page.text and "<script>" not in page.text  # no inline script to allow
+    asset = await client.get(f"/ui/assets/{script}")
+    assert asset.status_code == 200 and asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert "javascript" in asset.headers["content-type"]
+
+
+async def test_paths_the_browser_routes_get_the_page_and_nothing_leaves_the_folder(client):
+    index = (ui.UI_DIR / "index.html").read_text()
+    for path in ("/ui/approvals", "/ui/models/fraud/versions/2"):
+        r = await client.get(path)
+        assert r.status_code == 200 and r.text == index, path
+    for path in ("/ui/..%2Fapp.py", "/ui/%2e%2e/deps.py", "/ui/..%2F..%2Fhttp%2Fui.py", "/ui/../deps.py"):
+        r = await client.get(path)
+        assert "import" not in r.text, path  # the page or a 404, never a file outside the UI's folder
+    missing = await client.get("/ui/assets/index-0000.js")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_an_installation_without_the_built_ui_says_how_to_build_it(client, monkeypatch, tmp_path):
+    monkeypatch.setattr(ui, "UI_DIR", tmp_path)  # an installation whose package has no ui/ folder
+    r = await client.get("/ui/")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "ui_not_built"
+    assert "make web" in r.json()["error"]["message"]
