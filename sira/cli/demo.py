@@ -51,6 +51,10 @@ def _story_table(report: Any) -> Table:
     return table
 
 
+def gov_keys(report: Any) -> str:
+    return (report.governance or {}).get("keys_file") or "<workspace>/secrets/demo_keys.json"
+
+
 @app.command("demo")
 def demo_cmd(
     scale: Annotated[
@@ -117,6 +121,8 @@ def demo_cmd(
                 "decisions": ", ".join(f"{k} {v:,}" for k, v in sorted(sv["decisions"].items())),
                 "versions": ", ".join(f"fraud v{v}" for v in sv["versions"]),
                 "OpenAPI": sv["docs"] + ("" if sv["still_serving"] else " (stopped; `sira serve` starts it)"),
+                "ops dashboard": f"{sv['url']}/ui/ (sign in with a key from {gov_keys(report)}; "
+                                 "demo-ann approves, demo-oli operates)",
                 "metrics": f"{sv['metrics']['platform']} (sira_*, the demo-prometheus key), "
                            f"{sv['metrics']['replicas']} (ray_sira_*); `make observe`: Prometheus and Alertmanager "
                            "on them (docs/observability.md)",

@@ -1,0 +1,246 @@
+"""The ops dashboard in a real browser: Debian's Chromium driven by Playwright against SIRA's own app (its
+/ui, its API, a database of this module's own), under the page's real Content-Security-Policy. An approver
+approves a pending promotion and sees the version become production; a viewer and the requester see the
+buttons disabled with the reason; a planted drift raises the banner; strings planted with markup stay text;
+axe-core finds no serious accessibility violation; a screenshot of each view goes to the test's folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sira.core import db
+from sira.core.auth import Identity, create_key
+from sira.core.config import Settings
+from sira.http import ui
+from sira.registry.models import request_promotion
+from tests.conftest import migrate_database, run_sync
+from tests.integration.test_governance import make_version
+from tests.promstack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+AXE = ROOT / "web/node_modules/axe-core/axe.min.js"
+# markup planted in every string a user writes (none in `make screenshots`' pictures for the README)
+PLANTED = "" if os.environ.get("SIRA_SCREENSHOTS") else '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+def planted(text: str) -> str:
+    return f"{text} {PLANTED}" if PLANTED else text
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("chromium not found: install Debian's chromium package (`make tools`)")
+    if not (ui.UI_DIR / "index.html").is_file():
+        pytest.skip("the web UI is not built: `make web` (needs Debian's nodejs and npm, 20.19+)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(create_database, tmp_path_factory):
+    """SIRA's app on a free port over a database with two models: fraud (v1 in production, v2 waiting for one
+    approval, requested by pat, created by dana) and churn (no version), and keys for ann (approver), vic
+    (viewer) and pat (data scientist and approver: the requester)."""
+    import uvicorn
+
+    from sira.http.app import create_app
+
+    executable = chromium()
+    dsn = create_database("sira_ui")
+    settings = Settings(database_url=dsn, workspace=tmp_path_factory.mktemp("ui-ws"))
+
+    async def seed() -> dict[str, str]:
+        await migrate_database(dsn)
+        pool = await db.create_pool(dsn, settings)
+        try:
+            await make_version(pool, settings, 1, required=0)
+            async with db.transaction(pool) as conn:
+                await request_promotion(conn, settings, Identity("dana", frozenset({"data_scientist"})), "fraud", 1,
+                                        "first model")
+            await make_version(pool, settings, 2, required=1, metrics={
+                "validation": {"average_precision": 0.84}, "test": {"average_precision": 0.74}})
+            async with db.transaction(pool) as conn:
+                await request_promotion(conn, settings, Identity("pat", frozenset({"data_scientist"})), "fraud", 2,
+                                        planted("better recall"))
+                await conn.execute("UPDATE sira_models SET description = $1 WHERE name = 'fraud'",
+                                   planted("card fraud: card-not-present and account takeover"))
+                await conn.execute("INSERT INTO sira_models (name, model_type, created_by) VALUES "
+                                   "('churn', 'churn', 'admin')")
+                # what a performance and a drift run of v1 stored (their jobs are tested in tests/integration)
+                await conn.execute("""INSERT INTO sira_model_performance (model_id, version, role, window_start,
+                                          window_end, n, n_positive, average_precision, flagged, job_id)
+                                      SELECT id, 1, 'production', now() - interval '7 days', now(), 900, 14, 0.66,
+                                             false, 'ui-test' FROM sira_models WHERE name = 'fraud'""")
+                await conn.execute("""INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end,
+                                                                   psi, severity, job_id, computed_at)
+                                      SELECT id, 1, '__dataset__', now() - interval '7 days', now(), NULL, 'ok',
+                                             'ui-test', now() - interval '1 hour' FROM sira_models
+                                       WHERE name = 'fraud'""")
+                pepper = settings.secret("auth_secret")
+                root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+                root = Identity("root", frozenset({"admin"}))
+                keys = {"root": root_key}
+                for name, roles in (("ann", ["approver"]), ("vic", ["viewer"]), ("pat", ["data_scientist", "approver"])):
+                    keys[name], _ = await create_key(conn, name=name, roles=roles, pepper=pepper, creator=root)
+            return keys
+        finally:
+            await pool.close()
+
+    keys = run_sync(seed())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "SIRA did not start"
+        time.sleep(0.05)
+    # the test's folder; `make screenshots` sets SIRA_SCREENSHOTS=docs/images for the README's pictures
+    shots = Path(os.environ.get("SIRA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {shots}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "dsn": dsn, "browser": browser, "shots": shots}
+        browser.close()
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+class Session:
+    """One signed-in browser tab, and what it saw go wrong (console errors, CSP reports, failed requests)."""
+
+    def __init__(self, site, who: str):
+        self.context = site["browser"].new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
+        self.page.on("pageerror", lambda e: self.problems.append(str(e)))
+        self.site = site
+        self.page.goto(f"{site['url']}/ui/")
+        self.page.get_by_label("API key or JWT").fill(site["keys"][who])
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.get_by_text(who, exact=True).wait_for()
+
+    def view(self, name: str) -> None:
+        self.page.get_by_role("navigation", name="Views").get_by_role("link", name=name).click()
+        self.page.get_by_role("heading", name=name, level=2).wait_for()
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.site["shots"] / f"{name}.png"), full_page=True)
+
+    def accessible(self) -> None:
+        found = self.serious_violations()
+        assert not found, "\n".join(f"{v['id']} ({v['impact']}): {v['help']}: {v['nodes']}" for v in found)
+
+    def serious_violations(self) -> list[dict]:
+        """axe-core over the page as it is (evaluated by the browser's debugging protocol, which the page's
+        CSP does not govern: the page itself still runs under it)."""
+        self.page.evaluate(AXE.read_text() + "\n;0")
+        found = self.page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']})).violations
+            .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))""")
+        return [v for v in found if v["impact"] in ("serious", "critical")]
+
+    def close(self) -> None:
+        stored = self.page.evaluate("() => [Object.keys(localStorage), document.cookie, location.href]")
+        assert stored[0] == [] and stored[1] == "" and "sira_" not in stored[2]  # the key: session storage only
+        assert self.page.evaluate("() => window.__xss") is None  # no planted markup ever ran
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+def test_a_wrong_key_is_refused_and_nothing_is_kept(site):
+    chromium()
+    context = site["browser"].new_context()
+    page = context.new_page()
+    page.goto(f"{site['url']}/ui/")
+    page.get_by_label("API key or JWT").fill("sira_000000000000_" + "x" * 40)
+    page.get_by_role("button", name="Sign in").click()
+    assert "not valid" in page.get_by_role("alert").inner_text()
+    assert page.evaluate("() => sessionStorage.length") == 0
+    context.close()
+
+
+def test_a_viewer_and_the_requester_see_the_buttons_disabled_with_the_reason(site):
+    for who, why in (("vic", "needs the approver role"), ("pat", "the requester of a promotion cannot decide on it")):
+        s = Session(site, who)
+        s.view("Approvals")
+        card = s.page.get_by_role("article", name="Promotion request: fraud v2")
+        assert card.get_by_role("button", name="Approve").is_disabled()
+        assert card.get_by_role("button", name="Reject").is_disabled()
+        assert why in card.inner_text(), card.inner_text()
+        assert planted("better recall") in card.inner_text()  # the reason, as text
+        if who == "vic":
+            s.shot("ui-approvals-viewer")
+            s.accessible()
+        s.close()
+
+
+def test_an_approver_approves_and_the_version_becomes_production(site):
+    s = Session(site, "ann")
+    table = s.page.get_by_role("table", name="Models")
+    assert table.locator("[data-model=fraud] [data-field=production]").inner_text() == "v1"
+    fraud = table.locator("[data-model=fraud]").inner_text()
+    assert "0.660" in fraud and "(-0.040)" in fraud and "OK" in fraud  # live AP against training AP; drift
+    assert planted("card fraud: card-not-present and account takeover") in table.inner_text()
+    s.page.locator("label").filter(has_text="Churn").click()  # the segmented control (its input is hidden)
+    assert "churn" in table.inner_text() and "fraud" not in table.inner_text()
+    s.page.locator("label").filter(has_text="All").click()
+    s.shot("ui-models")
+    s.accessible()
+    s.view("Approvals")
+    card = s.page.get_by_role("article", name="Promotion request: fraud v2")
+    evidence = card.get_by_role("table", name="Evidence for fraud v2").inner_text()
+    assert "Champion v1" in evidence and "0.700" in evidence and "0.740" in evidence
+    s.shot("ui-approvals")
+    s.accessible()
+    card.get_by_label("Comment").fill(planted("checked the window"))
+    card.get_by_role("button", name="Approve").click()
+    assert "fraud v2 is now in production" in card.get_by_role("status").inner_text()
+    row = run_sync(_fetch(site["dsn"], """SELECT v.status, a.comment FROM sira_model_versions v
+                                           JOIN sira_promotion_requests r ON r.version_id = v.id
+                                           JOIN sira_approvals a ON a.request_id = r.id WHERE v.version = 2"""))
+    assert (row["status"], row["comment"]) == ("production", planted("checked the window"))
+    s.view("Models")
+    s.page.locator("[data-model=fraud] [data-field=production]").filter(has_text="v2").wait_for()
+    s.close()
+
+
+def test_a_production_model_in_drift_alert_raises_the_banner(site):
+    run_sync(_execute(site["dsn"], """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end,
+                                                                 psi, severity, job_id)
+                                      SELECT id, 2, '__dataset__', now() - interval '7 days', now(), NULL, 'alert',
+                                             'ui-test' FROM sira_models WHERE name = 'fraud'"""))
+    s = Session(site, "vic")
+    banner = s.page.get_by_role("alert").filter(has_text="Drift ALERT")
+    assert "fraud v2" in banner.inner_text()
+    s.shot("ui-models-drift-alert")
+    s.accessible()
+    s.close()
+
+
+async def _fetch(dsn: str, sql: str):
+    conn = await db.connect(dsn)
+    try:
+        return await conn.fetchrow(sql)
+    finally:
+        await conn.close()
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await db.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
