@@ -156,14 +156,22 @@ def save_artifact(settings: Settings, key: str, files: dict[str, bytes], manifes
     return ArtifactRef(store.uri(folder), sha256(body))
 
 
-def load_artifact(settings: Settings, ref: ArtifactRef) -> LoadedArtifact:
-    """Read and verify an artifact: the manifest against the registered checksum, every file against the manifest."""
+def load_manifest(settings: Settings, ref: ArtifactRef) -> dict[str, Any]:
+    """An artifact's manifest (what it records of its training: importance, reference statistics, lineage),
+    verified against the registered checksum, without reading the model's files."""
     store, folder = store_for(ref.uri, settings)
     body = store.get(f"{folder}/{MANIFEST}")
     if sha256(body) != ref.sha256:
         raise ArtifactTampered(f"{ref.uri}/{MANIFEST} does not match its registered sha256; refusing to load it",
                                details={"uri": ref.uri})
-    manifest = json.loads(body)
+    manifest: dict[str, Any] = json.loads(body)
+    return manifest
+
+
+def load_artifact(settings: Settings, ref: ArtifactRef) -> LoadedArtifact:
+    """Read and verify an artifact: the manifest against the registered checksum, every file against the manifest."""
+    manifest = load_manifest(settings, ref)
+    store, folder = store_for(ref.uri, settings)
     contents = {}
     for name, meta in manifest.get("files", {}).items():
         data = store.get(f"{folder}/{name}")

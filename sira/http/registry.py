@@ -18,6 +18,7 @@ from sira.http.schemas import (
     Comparison,
     Decided,
     History,
+    Insights,
     Model,
     ModelDetail,
     ModelOverviewList,
@@ -102,6 +103,12 @@ async def models_update(name: str, body: ModelUpdate, pool: PoolDep,
 async def versions_show(name: str, version: VersionNumber, pool: PoolDep,
                         who: Identity = require("models.read")) -> dict[str, Any]:
     return await in_transaction(pool, registry.show_version, who, name, version)
+
+@router.get("/models/{name}/versions/{version}/insights", response_model=Insights, responses=errors(404, 409))
+async def versions_insights(name: str, version: VersionNumber, request: Request, pool: PoolDep,
+                            who: Identity = require("models.read")) -> dict[str, Any]:
+    """Global feature importance (mean |SHAP|) and lineage, from the verified artifact (409 when tampered)."""
+    return await in_transaction(pool, views.insights, request.app.state.settings, who, name, version)
 
 card_types = {"text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}
 

@@ -256,3 +256,13 @@ class KeyList(Strict):
 
 class KeyRevoked(Strict):
     revoked: str
+
+
+class Insights(Strict):
+    """A version's global importance and lineage, from its verified artifact."""
+
+    model: str
+    version: int
+    importance: list[dict[str, Any]] = Field(description="Features by mean |SHAP| on validation rows, largest first")
+    lineage: dict[str, Any] = Field(description="Training run, dataset fingerprint, code and library versions, "
+                                    "the artifact's checksum (verified on this read)")

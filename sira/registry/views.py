@@ -88,3 +88,33 @@ async def approval_queue(conn: Connection, identity: Identity) -> list[dict[str,
         item["may_decide"] = item["may_decide_reason"] is None
         out.append(item)
     return out
+
+
+async def insights(conn: Connection, settings: Any, identity: Identity, model_name: str, version: int
+                   ) -> dict[str, Any]:
+    """A version's global feature importance (mean |SHAP| on validation rows, as training measured it) and its
+    lineage (training run, dataset fingerprint, code and library versions, artifact checksum), from the
+    artifact's manifest verified against the registered checksum (409 when it does not match)."""
+    from sira.core.artifacts import ArtifactRef, load_manifest
+    from sira.registry.models import get_version
+
+    authorize(identity, "models.read")
+    row = await get_version(conn, model_name, version)
+    manifest = load_manifest(settings, ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
+    run = await conn.fetchrow(
+        """SELECT run_id, kind, status, started_by, started_at, finished_at, ray_job_id, code_version
+             FROM sira_training_runs WHERE run_id = $1""", row["run_id"]) if row["run_id"] else None
+    importance = (manifest.get("importance") or {}).get("mean_abs_shap") or {}
+    return {
+        "model": model_name, "version": version,
+        "importance": [{"feature": f, "mean_abs_shap": v}
+                       for f, v in sorted(importance.items(), key=lambda kv: (-abs(kv[1]), kv[0]))],
+        "lineage": {
+            "training_run": _jsonable(run) if run else None,
+            "dataset": manifest.get("dataset"),
+            "seed": manifest.get("seed"), "num_threads": manifest.get("num_threads"),
+            "code_version": manifest.get("code_version"), "lightgbm_version": manifest.get("lightgbm_version"),
+            "artifact": {"uri": row["artifact_uri"], "sha256": row["artifact_sha256"], "verified": True},
+            "created_by": row["created_by"], "created_at": row["created_at"].isoformat(),
+        },
+    }

@@ -48,7 +48,7 @@ def chromium() -> str:
 def site(create_database, tmp_path_factory):
     """SIRA's app on a free port over a database with two models: fraud (v1 in production, v2 waiting for one
     approval, requested by pat, created by dana) and churn (no version), and keys for ann (approver), vic
-    (viewer) and pat (data scientist and approver: the requester)."""
+    (viewer), pat (data scientist and approver: the requester) and oli (operator)."""
     import uvicorn
 
     from sira.http.app import create_app
@@ -88,7 +88,8 @@ def site(create_database, tmp_path_factory):
                 root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
                 root = Identity("root", frozenset({"admin"}))
                 keys = {"root": root_key}
-                for name, roles in (("ann", ["approver"]), ("vic", ["viewer"]), ("pat", ["data_scientist", "approver"])):
+                for name, roles in (("ann", ["approver"]), ("vic", ["viewer"]), ("pat", ["data_scientist", "approver"]),
+                                    ("oli", ["operator"])):
                     keys[name], _ = await create_key(conn, name=name, roles=roles, pepper=pepper, creator=root)
             return keys
         finally:
@@ -225,6 +226,39 @@ def test_a_production_model_in_drift_alert_raises_the_banner(site):
     banner = s.page.get_by_role("alert").filter(has_text="Drift ALERT")
     assert "fraud v2" in banner.inner_text()
     s.shot("ui-models-drift-alert")
+    s.accessible()
+    s.close()
+
+
+def test_an_operator_rolls_back_after_a_confirmation_naming_the_version_it_restores(site):
+    s = Session(site, "vic")  # a viewer sees the history, and the button disabled with the reason
+    s.page.get_by_role("link", name="fraud").click()
+    s.page.get_by_role("heading", name="fraud", level=2).wait_for()
+    assert "v1 → v2 (approval)" in s.page.get_by_text("v1 → v2").inner_text()
+    assert s.page.get_by_role("button", name="Roll back to v1").is_disabled()
+    assert "Rollback needs the operator role" in s.page.inner_text("main")
+    s.close()
+    s = Session(site, "oli")
+    s.page.get_by_role("link", name="fraud").click()
+    s.page.get_by_role("button", name="Roll back to v1").click()
+    dialog = s.page.get_by_role("dialog", name="Roll fraud back to v1?")
+    assert "makes v1 production again and archives v2" in dialog.inner_text()
+    confirm = dialog.get_by_role("button", name="Roll back to v1")
+    assert confirm.is_disabled()  # a reason first
+    dialog.get_by_label("Reason (required, kept in the audit log)").fill(planted("v2 blocks good customers"))
+    s.shot("ui-rollback-confirmation")
+    s.accessible()
+    confirm.click()
+    s.page.get_by_text("v2 → v1 (rollback)").wait_for()
+    status = run_sync(_fetch(site["dsn"], "SELECT status FROM sira_model_versions WHERE version = 1"))["status"]
+    assert status == "production"
+    # a version's page: metrics, thresholds, lineage with the verified checksum
+    s.page.get_by_role("link", name="v1", exact=True).click()
+    s.page.get_by_role("heading", name="fraud v1", level=2).wait_for()
+    metrics = s.page.get_by_role("table", name="Metrics").inner_text()
+    assert "validation" in metrics and "0.800" in metrics and "0.700" in metrics
+    s.page.get_by_text("checksum verified").wait_for()
+    s.shot("ui-version")
     s.accessible()
     s.close()
 

@@ -98,6 +98,7 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         ("get", "/v1/models"): set(),
         ("get", "/v1/approvals"): set(),
         ("get", "/v1/me"): set(),
+        ("get", "/v1/models/{name}/versions/{version}/insights"): {404, 409},
         ("post", "/v1/models"): {400, 409, 413},
         ("get", "/v1/models/{name}"): {404},
         ("patch", "/v1/models/{name}"): {400, 404, 413},

@@ -17,6 +17,7 @@ ENDPOINTS = [
     ("GET", "/v1/models/fraud", None, "models.read"),
     ("PATCH", "/v1/models/fraud", {"description": "x"}, "models.settings"),
     ("GET", "/v1/models/fraud/versions/1", None, "models.read"),
+    ("GET", "/v1/models/fraud/versions/1/insights", None, "models.read"),
     ("GET", "/v1/models/fraud/compare?a=1&b=1", None, "models.read"),
     ("GET", "/v1/models/fraud/versions/1/card", None, "models.read"),
     ("POST", "/v1/models/fraud/versions/1/promote", {}, "promotion.request"),

@@ -1,7 +1,10 @@
 """Model cards rendered for a real trained version."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from sira.core.auth import Identity
 from sira.registry.card import render_card
@@ -29,3 +32,22 @@ async def test_card_for_a_trained_version(clean_db, settings, tmp_path):
     assert "| average_precision |" in md and "mean |SHAP|" in md and "| amount |" in md
     assert "country" in md  # segments and features
     assert page.startswith("<!doctype html>") and 'src="data:image/png;base64,' in page
+    # what the dashboard's version view reads: importance and lineage, from the verified manifest
+    from sira.core.artifacts import MANIFEST, ArtifactTampered
+    from sira.registry.views import insights
+
+    async with clean_db.acquire() as conn:
+        found = await insights(conn, settings, VIEWER, "fraud", 1)
+        row = await conn.fetchrow("SELECT run_id, artifact_uri, artifact_sha256 FROM sira_model_versions")
+    names = [i["feature"] for i in found["importance"]]
+    values = [i["mean_abs_shap"] for i in found["importance"]]
+    assert set(names) >= {"amount"} and values == sorted(values, reverse=True) and values[0] > 0
+    lineage = found["lineage"]
+    assert lineage["training_run"]["run_id"] == str(row["run_id"]) and lineage["training_run"]["status"] == "succeeded"
+    assert lineage["artifact"] == {"uri": row["artifact_uri"], "sha256": row["artifact_sha256"], "verified": True}
+    assert lineage["dataset"]["split"] and lineage["seed"] is not None and lineage["lightgbm_version"]
+    manifest = Path(row["artifact_uri"].removeprefix("file://")) / MANIFEST  # the local artifact store
+    manifest.write_bytes(manifest.read_bytes().replace(b'"amount"', b'"amount" ', 1))
+    async with clean_db.acquire() as conn:
+        with pytest.raises(ArtifactTampered):  # a tampered manifest is refused, never shown
+            await insights(conn, settings, VIEWER, "fraud", 1)

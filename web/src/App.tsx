@@ -4,7 +4,10 @@ import { NavLink as RouterLink, Navigate, Route, Routes, useLocation } from "rea
 import { api, credential } from "./api";
 import type { Me } from "./types";
 import { ApprovalsView } from "./views/Approvals";
+import { MeContext } from "./me";
+import { ModelView } from "./views/Model";
 import { ModelsView } from "./views/Models";
+import { VersionView } from "./views/Version";
 import { SignIn } from "./views/SignIn";
 
 const VIEWS = [
@@ -29,6 +32,7 @@ export function App() {
   if (!me) return <SignIn onSignedIn={setMe} />;
 
   return (
+    <MeContext.Provider value={me}>
     <AppShell header={{ height: 56 }} navbar={{ width: 200, breakpoint: "sm" }} padding="md">
       <AppShell.Header>
         <Group h="100%" px="md" justify="space-between">
@@ -49,9 +53,12 @@ export function App() {
       <AppShell.Main>
         <Routes>
           {VIEWS.map((v) => <Route key={v.path} path={v.path} element={v.element} />)}
+          <Route path="/models/:name" element={<ModelView />} />
+          <Route path="/models/:name/versions/:version" element={<VersionView />} />
           <Route path="*" element={<Navigate to="/" replace />} />
         </Routes>
       </AppShell.Main>
     </AppShell>
+    </MeContext.Provider>
   );
 }

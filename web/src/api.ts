@@ -17,7 +17,16 @@ export class ApiError extends Error {
 }
 
 export async function api<T>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
-  const headers: Record<string, string> = { Accept: "application/json" };
+  return (await request(path, init, "application/json")).json() as Promise<T>;
+}
+
+/** A text answer (the model card's Markdown). */
+export async function apiText(path: string): Promise<string> {
+  return (await request(path, {}, "text/markdown, text/plain")).text();
+}
+
+async function request(path: string, init: { method?: string; body?: unknown }, accept: string): Promise<Response> {
+  const headers: Record<string, string> = { Accept: accept };
   const key = credential.get();
   if (key) headers.Authorization = `Bearer ${key}`;
   if (init.body !== undefined) headers["Content-Type"] = "application/json";
@@ -40,5 +49,5 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
     }
     throw new ApiError(response.status, code, message);
   }
-  return (await response.json()) as T;
+  return response;
 }

@@ -63,3 +63,75 @@ export type Decided = {
   approvals: number;
   required_approvals: number;
 };
+
+export type VersionSummary = {
+  version: number;
+  status: string;
+  created_by: string;
+  created_at: string;
+  artifact_sha256: string;
+  test_ap: string | null;
+  last_request: string | null;
+};
+
+export type ModelDetail = {
+  name: string;
+  model_type: string;
+  description: string | null;
+  required_approvals: number;
+  versions: VersionSummary[];
+};
+
+export type ProductionChange = {
+  at: string;
+  actor: string;
+  actor_kind: string;
+  from: number | null;
+  to: number | null;
+  via: string | null;
+  reason: string | null;
+};
+
+export type Metrics = {
+  n?: number;
+  positives?: number;
+  average_precision?: number | null;
+  roc_auc?: number | null;
+  recall_at_1pct_fpr?: number | null;
+  brier?: number | null;
+  expected_calibration_error?: number | null;
+  calibration?: { n: number; mean_score: number; observed_rate: number }[];
+  decisions?: Record<string, number | null>;
+  segments?: Record<string, Record<string, { n: number; positives: number; average_precision: number | null }>>;
+};
+
+export type Version = {
+  model_name: string;
+  version: number;
+  status: string;
+  run_id: string | null;
+  artifact_uri: string;
+  artifact_sha256: string;
+  feature_set: string | null;
+  feature_set_version: number | null;
+  metrics: Record<string, Metrics>;
+  thresholds: Record<string, number>;
+  created_by: string;
+  created_at: string;
+};
+
+export type Insights = {
+  model: string;
+  version: number;
+  importance: { feature: string; mean_abs_shap: number }[];
+  lineage: {
+    training_run: { run_id: string; kind: string; status: string; started_by: string; finished_at: string | null } | null;
+    dataset: Record<string, unknown> | null;
+    seed: number | null;
+    code_version: string | null;
+    lightgbm_version: string | null;
+    artifact: { uri: string; sha256: string; verified: boolean };
+    created_by: string;
+    created_at: string;
+  };
+};

@@ -1,5 +1,6 @@
-import { Alert, Badge, Group, SegmentedControl, Stack, Table, Text, Title } from "@mantine/core";
+import { Alert, Anchor, Badge, Group, SegmentedControl, Stack, Table, Text, Title } from "@mantine/core";
 import { useState } from "react";
+import { Link } from "react-router";
 import { ap, MODEL_TYPES, when } from "../format";
 import type { ModelOverview } from "../types";
 import { useApi } from "../useApi";
@@ -65,7 +66,7 @@ export function ModelsTable({ models }: { models: ModelOverview[] }) {
         {models.map((m) => (
           <Table.Tr key={m.name} data-model={m.name}>
             <Table.Td>
-              <Text fw={600} size="sm">{m.name}</Text>
+              <Anchor component={Link} to={`/models/${encodeURIComponent(m.name)}`} fw={600} size="sm">{m.name}</Anchor>
               {m.description && <Text size="xs" c="gray.7">{m.description}</Text>}
             </Table.Td>
             <Table.Td>{MODEL_TYPES[m.model_type] ?? m.model_type}</Table.Td>

@@ -1,0 +1,126 @@
+import { Alert, Anchor, Badge, Button, Group, Modal, Stack, Table, Text, Textarea, Timeline, Title, Tooltip } from "@mantine/core";
+import { useState } from "react";
+import { Link, useParams } from "react-router";
+import { api, ApiError } from "../api";
+import { MODEL_TYPES, when } from "../format";
+import { useMe } from "../me";
+import type { ModelDetail, ProductionChange } from "../types";
+import { useApi } from "../useApi";
+import { Failure } from "./Failure";
+
+/** The version a rollback restores, by the registry's rule (sira.registry.models.rollback): the version production
+ * came from when it last became the current one. */
+export function rollbackTarget(history: ProductionChange[], production: number | null): number | null {
+  if (production === null) return null;
+  const change = [...history].reverse().find((h) => h.to === production);
+  return change?.from ?? null;
+}
+
+export function HistoryTimeline({ history }: { history: ProductionChange[] }) {
+  if (history.length === 0) return <Text c="gray.7">No version has been in production yet.</Text>;
+  return (
+    <Timeline bulletSize={14} lineWidth={2} aria-label="Production history">
+      {[...history].reverse().map((h) => (
+        <Timeline.Item key={h.at + h.to} title={`${h.from === null ? "—" : `v${h.from}`} → v${h.to} (${h.via ?? "change"})`}>
+          <Text size="sm">{when(h.at)} by {h.actor}{h.actor_kind === "policy" ? " (policy)" : ""}</Text>
+          {h.reason && <Text size="sm" c="gray.7">{h.reason}</Text>}
+        </Timeline.Item>
+      ))}
+    </Timeline>
+  );
+}
+
+function Rollback({ model, production, target, onDone }: { model: string; production: number; target: number; onDone: () => void }) {
+  const me = useMe();
+  const [open, setOpen] = useState(false);
+  const [reason, setReason] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [failure, setFailure] = useState<ApiError | null>(null);
+  const allowed = me.may["rollback"];
+
+  async function confirm() {
+    setBusy(true);
+    setFailure(null);
+    try {
+      await api(`/v1/models/${encodeURIComponent(model)}/rollback`, {
+        method: "POST", body: { reason, expected_version: production },
+      });
+      setOpen(false);
+      onDone();
+    } catch (e) {
+      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const button = <Button color="red" variant="outline" disabled={!allowed} onClick={() => setOpen(true)}>Roll back to v{target}</Button>;
+  return (
+    <>
+      {allowed ? button : <Tooltip label="Rollback needs the operator role"><span>{button}</span></Tooltip>}
+      {!allowed && <Text size="sm" c="gray.7">Rollback needs the operator role.</Text>}
+      <Modal opened={open} onClose={() => setOpen(false)} title={`Roll ${model} back to v${target}?`}
+             closeButtonProps={{ "aria-label": "Close" }}>
+        <Stack>
+          <Text size="sm">
+            This makes <b>v{target}</b> production again and archives <b>v{production}</b>, in one step. Serving follows within seconds.
+          </Text>
+          <Textarea label="Reason (required, kept in the audit log)" value={reason} required maxLength={2000}
+                    onChange={(e) => setReason(e.currentTarget.value)} rows={3} />
+          {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+          <Group justify="flex-end">
+            <Button variant="default" onClick={() => setOpen(false)}>Cancel</Button>
+            <Button color="red" loading={busy} disabled={!reason.trim()} onClick={confirm}>Roll back to v{target}</Button>
+          </Group>
+        </Stack>
+      </Modal>
+    </>
+  );
+}
+
+export function ModelView() {
+  const { name = "" } = useParams();
+  const path = `/v1/models/${encodeURIComponent(name)}`;
+  const model = useApi<ModelDetail>(path);
+  const history = useApi<{ history: ProductionChange[] }>(`${path}/history`);
+  if (model.error) return <Failure error={model.error} what={`model ${name}`} />;
+  if (!model.data) return null;
+  const m = model.data;
+  const production = m.versions.find((v) => v.status === "production")?.version ?? null;
+  const target = rollbackTarget(history.data?.history ?? [], production);
+  return (
+    <Stack>
+      <Group>
+        <Title order={2}>{m.name}</Title>
+        <Badge variant="outline">{MODEL_TYPES[m.model_type] ?? m.model_type}</Badge>
+      </Group>
+      {m.description && <Text>{m.description}</Text>}
+      <Text size="sm">{m.required_approvals} approval(s) needed for production.</Text>
+      <Title order={3}>Versions</Title>
+      <Table striped aria-label="Versions">
+        <Table.Thead>
+          <Table.Tr>
+            <Table.Th>Version</Table.Th><Table.Th>Status</Table.Th><Table.Th>Test AP</Table.Th>
+            <Table.Th>Created</Table.Th><Table.Th>Last promotion request</Table.Th>
+          </Table.Tr>
+        </Table.Thead>
+        <Table.Tbody>
+          {[...m.versions].reverse().map((v) => (
+            <Table.Tr key={v.version}>
+              <Table.Td><Anchor component={Link} to={`/models/${encodeURIComponent(m.name)}/versions/${v.version}`}>v{v.version}</Anchor></Table.Td>
+              <Table.Td>{v.status}</Table.Td>
+              <Table.Td>{v.test_ap === null ? "—" : Number(v.test_ap).toFixed(3)}</Table.Td>
+              <Table.Td>{when(v.created_at)} by {v.created_by}</Table.Td>
+              <Table.Td>{v.last_request ?? "—"}</Table.Td>
+            </Table.Tr>
+          ))}
+        </Table.Tbody>
+      </Table>
+      <Title order={3}>Production history</Title>
+      {history.error ? <Failure error={history.error} what="the production history" /> : <HistoryTimeline history={history.data?.history ?? []} />}
+      {production !== null && target !== null && (
+        <Rollback model={m.name} production={production} target={target} onDone={() => { model.reload(); history.reload(); }} />
+      )}
+    </Stack>
+  );
+}
