@@ -17,15 +17,18 @@ from sira.http.schemas import (
     ApprovalQueue,
     Comparison,
     Decided,
+    DriftHistory,
     History,
     Insights,
     Model,
     ModelDetail,
     ModelOverviewList,
     MonitoringReport,
+    PerformanceHistory,
     PromotionRequested,
     RolledBack,
     Staged,
+    Traffic,
     Version,
 )
 from sira.registry import models as registry
@@ -185,3 +188,27 @@ async def performance(name: str, pool: PoolDep, who: Identity = require("models.
     from sira.monitoring.performance import latest_performance
 
     return await in_transaction(pool, latest_performance, name)
+
+@router.get("/models/{name}/drift/history", response_model=DriftHistory, responses=errors(404))
+async def drift_history(name: str, pool: PoolDep, who: Identity = require("models.read"),
+                        days: Annotated[int, Query(ge=1, le=366)] = 90) -> dict[str, Any]:
+    """Every drift run of the last ``days``: its verdict and PSI by feature (the dashboard's heat map)."""
+    from sira.monitoring import history as monitoring
+
+    return await in_transaction(pool, monitoring.drift_history, who, name, days)
+
+@router.get("/models/{name}/performance/history", response_model=PerformanceHistory, responses=errors(404))
+async def performance_history(name: str, pool: PoolDep, who: Identity = require("models.read"),
+                              days: Annotated[int, Query(ge=1, le=366)] = 90) -> dict[str, Any]:
+    """Every live-performance window of the last ``days``, production and shadow."""
+    from sira.monitoring import history as monitoring
+
+    return await in_transaction(pool, monitoring.performance_history, who, name, days)
+
+@router.get("/models/{name}/traffic", response_model=Traffic, responses=errors(404))
+async def traffic(name: str, pool: PoolDep, who: Identity = require("models.read"),
+                  minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
+    """Production's answers per minute over the last ``minutes``: decisions, degraded, latency percentiles."""
+    from sira.monitoring import history as monitoring
+
+    return await in_transaction(pool, monitoring.traffic, who, name, minutes)

@@ -266,3 +266,29 @@ class Insights(Strict):
     importance: list[dict[str, Any]] = Field(description="Features by mean |SHAP| on validation rows, largest first")
     lineage: dict[str, Any] = Field(description="Training run, dataset fingerprint, code and library versions, "
                                     "the artifact's checksum (verified on this read)")
+
+
+class DriftHistory(Strict):
+    """The model's drift runs of the last days, oldest first."""
+
+    model: str
+    days: int
+    runs: list[dict[str, Any]] = Field(description="run, at, version, verdict, features: {feature: {psi, severity}}")
+
+
+class PerformanceHistory(Strict):
+    """The model's live-performance windows of the last days, oldest first (production and shadow)."""
+
+    model: str
+    days: int
+    windows: list[dict[str, Any]] = Field(description="version, role, window_start, window_end, n, n_positive, "
+                                          "average_precision, ece, precision_flagged, recall_flagged, provisional, "
+                                          "flagged")
+
+
+class Traffic(Strict):
+    """Production's answers per minute: decisions, degraded answers, latency percentiles."""
+
+    model: str
+    minutes: int
+    per_minute: list[dict[str, Any]]

@@ -290,3 +290,30 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
     (load,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT extract(epoch FROM max(occurred_at))::float8 AS at "
                                                   "FROM sira_audit_log WHERE action = 'events.ingest'"))
     assert value("sira_ingest_last_load_timestamp_seconds") == pytest.approx(load["at"])
+
+
+def test_the_dashboards_histories_of_drift_performance_and_traffic(fraud_model, served):
+    """What the dashboard draws over time: each drift run's PSI by feature, each performance window, production's
+    answers per minute, from the rows the jobs and the replicas stored."""
+    drift, _ = drift_and_performance(fraud_model, served)
+    history, performance, traffic, refused = get(
+        fraud_model, ("/v1/models/fraud/drift/history?days=366", "viewer"),
+        ("/v1/models/fraud/performance/history?days=366", "viewer"), ("/v1/models/fraud/traffic?minutes=1440", "viewer"),
+        ("/v1/models/fraud/traffic?minutes=0", "viewer"))
+    run = next(r for r in history.json()["runs"] if r["run"] == drift["job_id"])
+    assert run["verdict"] == drift["verdict"] and run["version"] == fraud_model.version
+    psi = {f["feature"]: f["psi"] for f in drift["features"] if f["psi"] is not None}
+    assert psi and all(run["features"][name]["psi"] == pytest.approx(value) for name, value in psi.items())
+    windows = performance.json()["windows"]
+    stored = asyncio.run(_fetch(fraud_model.dsn, """SELECT DISTINCT version, role, window_start, window_end
+                                                     FROM sira_model_performance WHERE segment = 'all'"""))
+    assert len(windows) == len(stored) and {w["role"] for w in windows} == {"production", "shadow"}
+    assert [w["window_end"] for w in windows] == sorted(w["window_end"] for w in windows)
+    assert all(isinstance(w["provisional"], bool) for w in windows)
+    (answered,) = asyncio.run(_fetch(fraud_model.dsn, """SELECT count(*) AS n FROM sira_predictions WHERE model_name =
+                                     'fraud' AND role = 'production' AND scored_at >= now() - interval '1 day'"""))
+    minutes = traffic.json()["per_minute"]
+    assert answered["n"] > 0 and sum(m["answers"] for m in minutes) == answered["n"]
+    assert all(m["approve"] + m["review"] + m["block"] == m["answers"] for m in minutes)
+    assert all(m["p50_ms"] <= m["p95_ms"] <= m["p99_ms"] for m in minutes if m["p50_ms"] is not None)
+    assert refused.status_code == 422
