@@ -81,9 +81,23 @@ def site(create_database, tmp_path_factory):
                                              false, 'ui-test' FROM sira_models WHERE name = 'fraud'""")
                 await conn.execute("""INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end,
                                                                    psi, severity, job_id, computed_at)
-                                      SELECT id, 1, '__dataset__', now() - interval '7 days', now(), NULL, 'ok',
-                                             'ui-test', now() - interval '1 hour' FROM sira_models
+                                      SELECT id, 1, f.feature, now() - interval '7 days', now(), f.psi, f.severity,
+                                             'ui-test', now() - interval '1 hour'
+                                        FROM sira_models, (VALUES ('__dataset__', NULL, 'ok'), ('amount', 0.04, 'ok'),
+                                                                  ('channel', 0.12, 'warn')) AS f (feature, psi, severity)
                                        WHERE name = 'fraud'""")
+                # a shadow's provisional window, and production's answers of the last minutes
+                await conn.execute("""INSERT INTO sira_model_performance (model_id, version, role, window_start,
+                                          window_end, n, n_positive, average_precision, metrics, flagged, job_id)
+                                      SELECT id, 2, 'shadow', now() - interval '7 days', now(), 900, 14, 0.71,
+                                             '{"provisional": true}', false, 'ui-test' FROM sira_models
+                                       WHERE name = 'fraud'""")
+                await conn.execute("""INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name,
+                                          version, role, score, decision, degraded, latency_ms)
+                                      SELECT gen_random_uuid(), now() - (i % 5) * interval '1 minute', m.id, 'fraud', 1,
+                                             'production', 0.5, (ARRAY['approve', 'review', 'block'])[1 + i % 3],
+                                             i % 10 = 0, 2 + i % 7
+                                        FROM sira_models m, generate_series(1, 42) AS i WHERE m.name = 'fraud'""")
                 pepper = settings.secret("auth_secret")
                 root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
                 root = Identity("root", frozenset({"admin"}))
@@ -221,11 +235,47 @@ def test_a_production_model_in_drift_alert_raises_the_banner(site):
     run_sync(_execute(site["dsn"], """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end,
                                                                  psi, severity, job_id)
                                       SELECT id, 2, '__dataset__', now() - interval '7 days', now(), NULL, 'alert',
-                                             'ui-test' FROM sira_models WHERE name = 'fraud'"""))
+                                             'ui-test-alert' FROM sira_models WHERE name = 'fraud'"""))
     s = Session(site, "vic")
     banner = s.page.get_by_role("alert").filter(has_text="Drift ALERT")
     assert "fraud v2" in banner.inner_text()
     s.shot("ui-models-drift-alert")
+    s.accessible()
+    s.close()
+
+
+def test_the_monitoring_views_draw_drift_performance_traffic_and_the_audit_log(site):
+    s = Session(site, "ann")
+    assert "needs the admin role" in s.page.get_by_role("navigation", name="Views").inner_text()  # audit: hidden
+    s.page.goto(f"{site['url']}/ui/drift/fraud")
+    heat = s.page.get_by_role("table", name="PSI by feature and drift run")
+    heat.get_by_role("row").nth(2).wait_for()
+    rows = heat.get_by_role("row").all_inner_texts()
+    assert rows[1].startswith("channel") and "0.120" in rows[1] and rows[2].startswith("amount")  # worst first
+    s.shot("ui-drift")
+    s.accessible()
+    s.page.goto(f"{site['url']}/ui/performance/fraud")
+    s.page.get_by_role("table", name="Performance windows").wait_for()
+    windows = s.page.get_by_role("table", name="Performance windows").inner_text()
+    assert "shadow v2" in windows and "provisional" in windows.lower() and "0.710" in windows and "0.660" in windows
+    s.page.locator(".recharts-surface").first.wait_for()  # the chart was drawn
+    s.shot("ui-performance")
+    s.accessible()
+    s.page.goto(f"{site['url']}/ui/traffic/fraud")
+    s.page.locator("[data-field=answers]").filter(has_text="42").wait_for()
+    assert s.page.locator("[data-field=degraded]").inner_text() == "4"
+    s.shot("ui-traffic")
+    s.accessible()
+    s.close()
+    s = Session(site, "root")
+    s.view("Audit")
+    log = s.page.get_by_role("table", name="Audit log")
+    log.get_by_text("promotion.approve").first.wait_for()
+    s.page.get_by_label("Actor").fill("ann")
+    s.page.get_by_role("button", name="Filter").click()
+    s.page.wait_for_function("() => [...document.querySelectorAll('table[aria-label=\"Audit log\"] tbody tr')]"
+                             ".every(r => r.cells[1].innerText.startsWith('ann '))")
+    s.shot("ui-audit")
     s.accessible()
     s.close()
 

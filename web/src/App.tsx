@@ -4,15 +4,24 @@ import { NavLink as RouterLink, Navigate, Route, Routes, useLocation } from "rea
 import { api, credential } from "./api";
 import type { Me } from "./types";
 import { ApprovalsView } from "./views/Approvals";
+import { AuditView } from "./views/Audit";
+import { DriftView } from "./views/Drift";
+import { PerformanceView } from "./views/Performance";
+import { TrafficView } from "./views/Traffic";
 import { MeContext } from "./me";
 import { ModelView } from "./views/Model";
 import { ModelsView } from "./views/Models";
 import { VersionView } from "./views/Version";
 import { SignIn } from "./views/SignIn";
 
+// `needs`: the action a view reads with; without it the entry is disabled and says why (the API refuses anyway)
 const VIEWS = [
-  { path: "/", label: "Models", element: <ModelsView /> },
-  { path: "/approvals", label: "Approvals", element: <ApprovalsView /> },
+  { path: "/", label: "Models", element: <ModelsView />, needs: "models.read" },
+  { path: "/approvals", label: "Approvals", element: <ApprovalsView />, needs: "models.read" },
+  { path: "/drift", label: "Drift", element: <DriftView />, needs: "models.read", param: true },
+  { path: "/performance", label: "Performance", element: <PerformanceView />, needs: "models.read", param: true },
+  { path: "/traffic", label: "Traffic", element: <TrafficView />, needs: "models.read", param: true },
+  { path: "/audit", label: "Audit", element: <AuditView />, needs: "audit.read", why: "the audit log needs the admin role" },
 ];
 
 export function App() {
@@ -45,14 +54,20 @@ export function App() {
         </Group>
       </AppShell.Header>
       <AppShell.Navbar p="xs" component="nav" aria-label="Views">
-        {VIEWS.map((v) => (
+        {VIEWS.map((v) => me.may[v.needs] ? (
           <NavLink key={v.path} component={RouterLink} to={v.path} label={v.label} variant="filled"
-                   active={location.pathname === v.path} />
+                   active={v.path === "/" ? location.pathname === "/" || location.pathname.startsWith("/models")
+                                          : location.pathname.startsWith(v.path)} />
+        ) : (
+          <Text key={v.path} size="sm" px="sm" py={8} c="gray.7" aria-disabled="true">
+            {v.label}: {v.why ?? "your roles do not allow it"}
+          </Text>
         ))}
       </AppShell.Navbar>
       <AppShell.Main>
         <Routes>
           {VIEWS.map((v) => <Route key={v.path} path={v.path} element={v.element} />)}
+          {VIEWS.filter((v) => v.param).map((v) => <Route key={`${v.path}/:name`} path={`${v.path}/:name`} element={v.element} />)}
           <Route path="/models/:name" element={<ModelView />} />
           <Route path="/models/:name/versions/:version" element={<VersionView />} />
           <Route path="*" element={<Navigate to="/" replace />} />

@@ -135,3 +135,51 @@ export type Insights = {
     created_at: string;
   };
 };
+
+export type DriftRun = {
+  run: string;
+  at: string;
+  version: number;
+  verdict: Verdict | null;
+  features: Record<string, { psi: number | null; severity: Verdict }>;
+};
+
+export type PerformanceWindow = {
+  version: number;
+  role: "production" | "shadow";
+  window_start: string;
+  window_end: string;
+  n: number;
+  n_positive: number;
+  average_precision: number | null;
+  ece: number | null;
+  precision_flagged: number | null;
+  recall_flagged: number | null;
+  provisional: boolean;
+  flagged: boolean;
+};
+
+export type Minute = {
+  minute: string;
+  answers: number;
+  approve: number;
+  review: number;
+  block: number;
+  degraded: number;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+};
+
+export type AuditEntry = {
+  id: number;
+  occurred_at: string;
+  actor: string;
+  actor_kind: string;
+  action: string;
+  target_type: string | null;
+  target_id: string | null;
+  source_address: string | null;
+  outcome: string;
+  details: Record<string, unknown>;
+};

@@ -3,8 +3,8 @@ import { api, ApiError } from "./api";
 
 export type Loaded<T> = { data: T | null; error: ApiError | null; loading: boolean; reload: () => void };
 
-/** A GET of SIRA's API, reloaded on demand (and every `refreshMs` when given). */
-export function useApi<T>(path: string, refreshMs?: number): Loaded<T> {
+/** A GET of SIRA's API (none while `path` is null), reloaded on demand (and every `refreshMs` when given). */
+export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
   const [data, setData] = useState<T | null>(null);
   const [error, setError] = useState<ApiError | null>(null);
   const [loading, setLoading] = useState(true);
@@ -12,6 +12,7 @@ export function useApi<T>(path: string, refreshMs?: number): Loaded<T> {
   const reload = useCallback(() => setTick((t) => t + 1), []);
 
   useEffect(() => {
+    if (path === null) return;
     let live = true;
     setLoading(true);
     api<T>(path)
@@ -24,10 +25,10 @@ export function useApi<T>(path: string, refreshMs?: number): Loaded<T> {
   }, [path, tick]);
 
   useEffect(() => {
-    if (!refreshMs) return;
+    if (!refreshMs || path === null) return;
     const timer = setInterval(reload, refreshMs);
     return () => clearInterval(timer);
-  }, [refreshMs, reload]);
+  }, [refreshMs, reload, path]);
 
   return { data, error, loading, reload };
 }

@@ -1,0 +1,45 @@
+import { screen } from "@testing-library/react";
+import { describe, expect, it } from "vitest";
+import { renderUi } from "../test/render";
+import type { DriftRun, Minute, PerformanceWindow } from "../types";
+import { auditPath } from "./Audit";
+import { DriftHeatmap, heatmap } from "./Drift";
+import { performanceSeries } from "./Performance";
+import { totals } from "./Traffic";
+
+const run = (at: string, features: DriftRun["features"], verdict: DriftRun["verdict"] = "ok"): DriftRun => ({ run: at, at, version: 1, verdict, features });
+
+describe("monitoring views", () => {
+  it("puts the latest run's worst features first in the heat map", () => {
+    const runs = [
+      run("2026-11-01T00:00:00Z", { amount: { psi: 0.3, severity: "alert" }, channel: { psi: 0.01, severity: "ok" } }),
+      run("2026-11-08T00:00:00Z", { amount: { psi: 0.05, severity: "ok" }, channel: { psi: 0.15, severity: "warn" },
+                                    country: { psi: 0.02, severity: "ok" } }, "warn"),
+    ];
+    expect(heatmap(runs).features).toEqual(["channel", "amount", "country"]);
+    renderUi(<DriftHeatmap runs={runs} />);
+    const rows = screen.getAllByRole("row");
+    expect(rows[1]).toHaveTextContent("channel0.0100.150");
+    expect(rows[3]).toHaveTextContent("country—0.020");  // not measured in the first run
+  });
+
+  it("draws one series per role and version, one row per window", () => {
+    const w = (role: "production" | "shadow", version: number, end: string, ap: number): PerformanceWindow => ({
+      version, role, window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5, average_precision: ap,
+      ece: null, precision_flagged: null, recall_flagged: null, provisional: false, flagged: false });
+    const { rows, series } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
+                                                 w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
+    expect(series).toEqual(["production v1", "shadow v2"]);
+    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.5, "shadow v2": 0.6 }, { window: "2026-11-15", "production v1": 0.4 }]);
+  });
+
+  it("sums the last hour's answers", () => {
+    const m = (answers: number, block: number, degraded: number): Minute => ({ minute: "2026-12-01T10:00:00Z", answers, approve: answers - block,
+      review: 0, block, degraded, p50_ms: 1, p95_ms: 2, p99_ms: 3 });
+    expect(totals([m(10, 1, 0), m(5, 2, 3)])).toEqual({ answers: 15, degraded: 3, blocked: 3 });
+  });
+
+  it("asks the audit log only for the filters given, encoded", () => {
+    expect(auditPath({ actor: " ann ", action: "", target: "fraud:v2" })).toBe("/v1/audit?limit=200&actor=ann&target=fraud%3Av2");
+  });
+});
