@@ -310,6 +310,15 @@ def test_an_operator_rolls_back_after_a_confirmation_naming_the_version_it_resto
     s.page.get_by_text("checksum verified").wait_for()
     s.shot("ui-version")
     s.accessible()
+    # two versions side by side
+    s.page.go_back()
+    s.page.get_by_role("button", name="Compare").click()
+    compared = s.page.get_by_role("table", name="Metrics compared")
+    compared.wait_for()
+    test_ap = compared.get_by_role("row").filter(has_text="test").filter(has_text="average precision").inner_text()
+    assert "0.700" in test_ap and "0.740" in test_ap and "+0.040" in test_ap
+    s.shot("ui-compare")
+    s.accessible()
     s.close()
 
 

@@ -5,6 +5,7 @@ import { api, credential } from "./api";
 import type { Me } from "./types";
 import { ApprovalsView } from "./views/Approvals";
 import { AuditView } from "./views/Audit";
+import { CompareView } from "./views/Compare";
 import { DriftView } from "./views/Drift";
 import { PerformanceView } from "./views/Performance";
 import { TrafficView } from "./views/Traffic";
@@ -70,6 +71,7 @@ export function App() {
           {VIEWS.filter((v) => v.param).map((v) => <Route key={`${v.path}/:name`} path={`${v.path}/:name`} element={v.element} />)}
           <Route path="/models/:name" element={<ModelView />} />
           <Route path="/models/:name/versions/:version" element={<VersionView />} />
+          <Route path="/models/:name/compare/:a/:b" element={<CompareView />} />
           <Route path="*" element={<Navigate to="/" replace />} />
         </Routes>
       </AppShell.Main>

@@ -1,6 +1,6 @@
-import { Alert, Anchor, Badge, Button, Group, Modal, Stack, Table, Text, Textarea, Timeline, Title, Tooltip } from "@mantine/core";
+import { Alert, Anchor, Badge, Button, Group, Modal, Select, Stack, Table, Text, Textarea, Timeline, Title, Tooltip } from "@mantine/core";
 import { useState } from "react";
-import { Link, useParams } from "react-router";
+import { Link, useNavigate, useParams } from "react-router";
 import { api, ApiError } from "../api";
 import { MODEL_TYPES, when } from "../format";
 import { useMe } from "../me";
@@ -78,6 +78,22 @@ function Rollback({ model, production, target, onDone }: { model: string; produc
   );
 }
 
+function Compare({ model, versions }: { model: string; versions: number[] }) {
+  const navigate = useNavigate();
+  const [a, setA] = useState<string | null>(versions.length > 1 ? String(versions[versions.length - 2]) : null);
+  const [b, setB] = useState<string | null>(versions.length > 0 ? String(versions[versions.length - 1]) : null);
+  if (versions.length < 2) return null;
+  const data = versions.map(String);
+  return (
+    <Group align="flex-end">
+      <Select label="Compare" data={data} value={a} onChange={setA} w={120} allowDeselect={false} />
+      <Select label="with" data={data} value={b} onChange={setB} w={120} allowDeselect={false} />
+      <Button variant="default" disabled={!a || !b || a === b}
+              onClick={() => navigate(`/models/${encodeURIComponent(model)}/compare/${a}/${b}`)}>Compare</Button>
+    </Group>
+  );
+}
+
 export function ModelView() {
   const { name = "" } = useParams();
   const path = `/v1/models/${encodeURIComponent(name)}`;
@@ -116,6 +132,7 @@ export function ModelView() {
           ))}
         </Table.Tbody>
       </Table>
+      <Compare model={m.name} versions={m.versions.map((v) => v.version)} />
       <Title order={3}>Production history</Title>
       {history.error ? <Failure error={history.error} what="the production history" /> : <HistoryTimeline history={history.data?.history ?? []} />}
       {production !== null && target !== null && (

@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { renderUi } from "../test/render";
 import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
+import { importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap } from "./Drift";
 import { performanceSeries } from "./Performance";
 import { totals } from "./Traffic";
@@ -41,5 +42,15 @@ describe("monitoring views", () => {
 
   it("asks the audit log only for the filters given, encoded", () => {
     expect(auditPath({ actor: " ann ", action: "", target: "fraud:v2" })).toBe("/v1/audit?limit=200&actor=ann&target=fraud%3Av2");
+  });
+});
+
+
+describe("comparing two versions", () => {
+  it("lists each feature's importance change, the largest first, features of one version included", () => {
+    const a = [{ feature: "amount", mean_abs_shap: 0.5 }, { feature: "channel", mean_abs_shap: 0.2 }];
+    const b = [{ feature: "amount", mean_abs_shap: 0.45 }, { feature: "velocity", mean_abs_shap: 0.3 }];
+    expect(importanceDelta(a, b).map((d) => [d.feature, d.a, d.b, Number(d.change.toFixed(2))])).toEqual([
+      ["velocity", null, 0.3, 0.3], ["channel", 0.2, null, -0.2], ["amount", 0.5, 0.45, -0.05]]);
   });
 });
