@@ -1,0 +1,151 @@
+"""Subject access: everything SIRA stores about one person, as one bundle (``sira subject export``, admin).
+
+A person is named by the ``customer_id`` their events carry. The bundle holds their events, the events
+refused as dead letters, the per-event feature rows and the online feature state of the entities that are
+theirs, the predictions made on their events (score, decision, reasons: the stored explanation) and the
+labels recorded for them. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
+the list of token kinds present, since SIRA never holds the raw values.
+
+Which entities are "theirs": those whose key is one of the person's own identifiers (their customer id,
+account, card, device, IP and email tokens) as their events carry them. An identifier that another
+customer's events also carry (a shared card or device) is withheld, counted, not exported: its feature
+state aggregates someone else's payments too. Terminals and merchants are never the person's.
+
+Every export is recorded in the audit log; the subject is named there by a keyed hash of the id, never the
+id itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import json
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from asyncpg import Connection
+
+from sira.core import audit
+from sira.core.auth import Identity, authorize
+from sira.core.errors import InvalidInput
+
+# the event columns that identify the person or their instruments (tokens where they are PII)
+PERSONAL_COLUMNS = ("customer_id", "account_id", "card_token", "device_id", "ip_token", "email_token")
+TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token")
+SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
+            "predictions", "labels")
+
+
+def subject_ref(secret: str, customer_id: str) -> str:
+    """How the audit log names a subject: a keyed hash (the id cannot be read back, but the same id gives the
+    same name, so an export and a later erasure are seen together)."""
+    digest = hmac.new(secret.encode(), f"subject:{customer_id}".encode(), hashlib.sha256).hexdigest()
+    return f"subject-{digest[:32]}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _rows(records: list[Any]) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in dict(r).items()} for r in records]
+
+
+async def _entities(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
+    """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
+    shared with another customer."""
+    from sira.features.definitions import FEATURE_SETS
+
+    by_column: dict[str, set[str]] = {c: {e[c] for e in events if e[c]} for c in PERSONAL_COLUMNS}
+    shared: set[tuple[str, str]] = set()
+    for column, values in by_column.items():
+        if column == "customer_id" or not values:
+            continue
+        others = await conn.fetch(
+            f"SELECT DISTINCT {column} AS v FROM sira_events WHERE {column} = ANY($1::text[]) "  # noqa: S608 - a constant
+            "AND customer_id IS DISTINCT FROM $2", list(values), customer_id)
+        shared |= {(column, r["v"]) for r in others}
+    pairs = set()
+    for fs in FEATURE_SETS.values():
+        for spec in fs.entities:
+            for value in by_column.get(spec.key_column, set()):
+                if (spec.key_column, value) not in shared:
+                    pairs.add((spec.entity, value))
+    return sorted(pairs), len(shared)
+
+
+async def export_subject(conn: Connection, identity: Identity, customer_id: str, *, secret: str) -> dict[str, Any]:
+    """Everything stored about ``customer_id``, by section, with counts and the token kinds present."""
+    authorize(identity, "subject.access")
+    if not customer_id or len(customer_id) > 200:
+        raise InvalidInput("--customer must be a customer id of 1 to 200 characters", code="invalid_value",
+                           details={"field": "customer"})
+    events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
+                              customer_id)
+    ids = [e["event_id"] for e in events]
+    entities, withheld = await _entities(conn, customer_id, events)
+    types, keys = [t for t, _ in entities], [k for _, k in entities]
+    owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+    predictions = await conn.fetch("SELECT * FROM sira_predictions WHERE event_id = ANY($1::text[]) "
+                                   "ORDER BY scored_at", ids)
+    bundle: dict[str, Any] = {
+        "subject": {"customer_id": customer_id, "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                    "exported_by": identity.name},
+        "events": _rows(events),
+        "rejected_events": _rows(await conn.fetch(
+            "SELECT * FROM sira_rejected_events WHERE payload->>'customer_id' = $1 ORDER BY rejected_at", customer_id)),
+        "features": _rows(await conn.fetch(
+            f"SELECT * FROM sira_features WHERE event_id = ANY($3::text[]) AND {owned} ORDER BY as_of",  # noqa: S608
+            types, keys, ids)),
+        "feature_snapshots": _rows(await conn.fetch(
+            f"SELECT * FROM sira_feature_snapshots WHERE {owned}", types, keys)),  # noqa: S608 - constant text
+        "entity_states": _rows(await conn.fetch(
+            f"SELECT * FROM sira_entity_states WHERE {owned}", types, keys)),  # noqa: S608 - constant text
+        "state_checkpoints": _rows(await conn.fetch(
+            f"SELECT * FROM sira_state_checkpoints WHERE {owned} ORDER BY as_of", types, keys)),  # noqa: S608
+        "predictions": _rows(predictions),
+        "labels": _rows(await conn.fetch(
+            "SELECT * FROM sira_feedback WHERE event_id = ANY($1::text[]) OR prediction_id = ANY($2::uuid[]) "
+            "ORDER BY id", ids, [p["prediction_id"] for p in predictions])),
+    }
+    bundle["tokens"] = {
+        "note": "PII is held only as keyed tokens (HMAC): SIRA cannot turn them back into the values",
+        "kinds": sorted({c for c in TOKEN_COLUMNS for e in events if e[c]}),
+    }
+    bundle["counts"] = {s: len(bundle[s]) for s in SECTIONS}
+    bundle["withheld"] = {"shared_identifiers": withheld,
+                          "why": "a card, device, IP or email another customer's events also carry: its feature "
+                                 "state aggregates their payments too"}
+    await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
+                       target_id=subject_ref(secret, customer_id), details={"counts": bundle["counts"]})
+    return bundle
+
+
+def write_bundle(bundle: dict[str, Any], out: Path) -> Path:
+    """The bundle as one JSON file, or (``.zip``) one JSON file per section beside a manifest."""
+    if out.suffix == ".zip":
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            manifest = {k: v for k, v in bundle.items() if k not in SECTIONS}
+            archive.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+            for section in SECTIONS:
+                archive.writestr(f"{section}.json", json.dumps(bundle[section], indent=1, sort_keys=True))
+    else:
+        out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    return out

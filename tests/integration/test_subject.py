@@ -1,0 +1,108 @@
+"""Subject access: everything SIRA stores about one person, and nothing about another (issue #25.2)."""
+
+import asyncio
+import json
+import zipfile
+
+import pytest
+
+from sira.core import db
+from sira.core.auth import Identity
+from sira.monitoring.subject import SECTIONS, export_subject, subject_ref
+
+ADMIN = Identity("root", frozenset({"admin"}))
+
+
+async def _query(dsn, sql, *args):
+    conn = await db.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def test_an_export_holds_every_row_about_the_person_and_nothing_about_another(fraud_model):
+    a, b = fraud_model.entities[0]["customer_id"], fraud_model.entities[1]["customer_id"]
+    secret = fraud_model.settings.secret("auth_secret")
+
+    async def run():
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            async with conn.transaction():
+                return await export_subject(conn, ADMIN, a, secret=secret)
+        finally:
+            await conn.close()
+
+    bundle = asyncio.run(run())
+    events = asyncio.run(_query(fraud_model.dsn, "SELECT event_id FROM sira_events WHERE customer_id = $1", a))
+    ids = {e["event_id"] for e in events}
+    assert ids and {e["event_id"] for e in bundle["events"]} == ids
+    assert all(e["customer_id"] == a for e in bundle["events"])
+    predictions = asyncio.run(_query(fraud_model.dsn, "SELECT prediction_id FROM sira_predictions "
+                                                      "WHERE event_id = ANY($1::text[])", list(ids)))
+    assert {p["prediction_id"] for p in bundle["predictions"]} == {str(p["prediction_id"]) for p in predictions}
+    labels = asyncio.run(_query(fraud_model.dsn, "SELECT id FROM sira_feedback WHERE event_id = ANY($1::text[])",
+                                list(ids)))
+    assert {r["id"] for r in bundle["labels"]} >= {r["id"] for r in labels}
+    # their own entities: the customer's state, their cards' (unless another customer's events carry them too)
+    cards = {e["card_token"] for e in bundle["events"] if e["card_token"]}
+    owned = {(s["entity_type"], s["entity_id"]) for s in bundle["entity_states"]}
+    assert ("customer", a) in owned and {k for t, k in owned if t != "customer"} <= cards
+    assert all(f["entity_id"] in cards | {a} for f in bundle["features"])
+    assert "card_token" in bundle["tokens"]["kinds"]
+    assert bundle["counts"] == {s: len(bundle[s]) for s in SECTIONS}
+    # nothing about the other customer
+    other = asyncio.run(_query(fraud_model.dsn, "SELECT event_id FROM sira_events WHERE customer_id = $1", b))
+    text = json.dumps(bundle)
+    assert b not in text and not any(f'"{e["event_id"]}"' in text for e in other)
+    # audited, the subject named by a keyed hash only
+    (row,) = asyncio.run(_query(fraud_model.dsn, "SELECT target_id, details FROM sira_audit_log WHERE action = "
+                                                 "'subject.export' ORDER BY id DESC LIMIT 1"))
+    assert row["target_id"] == subject_ref(secret, a) and a not in json.dumps(row["details"])
+
+
+def test_the_cli_writes_a_zip_for_an_admin_and_refuses_anyone_else(fraud_model, tmp_path, monkeypatch, capsys):
+    from sira.cli.main import main
+    from sira.core.config import reset_settings
+
+    customer = fraud_model.entities[2]["customer_id"]
+    monkeypatch.setenv("SIRA_DATABASE_URL", fraud_model.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(fraud_model.settings.workspace))
+
+    def sira(role, *args):
+        monkeypatch.setenv("SIRA_API_KEY", fraud_model.keys[role])
+        reset_settings()
+        try:
+            return main(list(args)), capsys.readouterr()
+        finally:
+            reset_settings()
+
+    code, out = sira("admin", "subject", "export", "--customer", customer, "--out", str(tmp_path / "s.zip"), "--json")
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    with zipfile.ZipFile(tmp_path / "s.zip") as archive:
+        assert set(archive.namelist()) == {"manifest.json", *(f"{s}.json" for s in SECTIONS)}
+        events = json.loads(archive.read("events.json"))
+        manifest = json.loads(archive.read("manifest.json"))
+    assert len(events) == summary["counts"]["events"] > 0 and manifest["subject"]["customer_id"] == customer
+    for role in ("analyst", "operator", "viewer"):
+        code, out = sira(role, "subject", "export", "--customer", customer, "--out", str(tmp_path / "x.json"))
+        assert code == 2 and out.err.startswith("error: forbidden:"), out.err
+    code, out = sira("admin", "subject", "export", "--customer", customer, "--out", str(tmp_path / "x.csv"))
+    assert code == 2 and out.err.startswith("error: invalid_value: --out must end in .json or .zip")
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("customer", ["", "x" * 201])
+def test_a_bad_customer_id_is_refused(fraud_model, customer):
+    from sira.core.errors import InvalidInput
+
+    async def run():
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            return await export_subject(conn, ADMIN, customer, secret="s")
+        finally:
+            await conn.close()
+
+    with pytest.raises(InvalidInput, match="--customer"):
+        asyncio.run(run())
