@@ -1,4 +1,5 @@
-"""``sira subject``: what SIRA holds about one person (subject access), for an admin."""
+"""Decision transparency: ``sira subject`` (what SIRA holds about one person, for an admin) and
+``sira thresholds`` (what other thresholds would have done, for risk teams)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,20 @@ from typing import Annotated, Any
 
 import typer
 
-from sira.cli.common import ApiKeyOption, JsonOption, emit, err, governed, group, kv_table
-from sira.core.config import get_settings
+from sira.cli.common import (
+    ApiKeyOption,
+    DateOption,
+    JsonOption,
+    ModelOption,
+    app,
+    emit,
+    err,
+    governed,
+    group,
+    kv_table,
+    utc,
+)
+from sira.core.config import MAX_VERSION, get_settings
 
 subject_app = group("subject", "Data subjects: export everything stored about one person (admin).")
 
@@ -43,3 +56,45 @@ def subject_export_cmd(
         "token kinds": ", ".join(bundle["tokens"]["kinds"]) or "none",
         "withheld (shared with another customer)": str(bundle["withheld"]["shared_identifiers"]),
     })))
+
+
+def thresholds_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    from sira.cli.common import fmt
+
+    marks = {v: f"current {k}" for k, v in result["current"].items()}
+    marks.update({v: (marks.get(v, "") + " " if v in marks else "") + f"meets targets ({k})"
+                  for k, v in result["meets_targets"].items()})
+    table = Table(title=f"{result['model']} v{result['version']}: thresholds on {result['labelled']:,} labelled answers "
+                        f"({result['positives']:,} fraud), {result['window']['from'][:10]}..{result['window']['to'][:10]}",
+                  title_justify="left")
+    for column in ("threshold", "flagged", "precision", "recall", "fraud amount caught", "false alarms", "total cost", ""):
+        table.add_column(column, justify="left" if column == "" else "right")
+    for r in result["thresholds"]:
+        table.add_row(fmt(r["threshold"]), f"{r['flag_rate']:.2%}", fmt(r["precision"], 3), fmt(r["recall"], 3),
+                      f"{r['fraud_amount_caught']:,.0f} ({(r['fraud_amount_share'] or 0):.0%})", f"{r['false_alarms']:,}",
+                      f"{r['total_cost']:,.0f}", marks.get(r["threshold"], ""))
+    return table
+
+
+@app.command("thresholds")
+def thresholds_cmd(
+    model: ModelOption,
+    version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Default: production's.")] = None,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of matured labels (default window).")] = 28,
+    time_from: DateOption("--from", "Start of the window (event time).") = None,
+    time_to: DateOption("--to", "End of the window (exclusive).") = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What other review/block thresholds would have done on a labelled window: rates, precision, recall,
+    fraud amount caught, false alarms, costs; and the thresholds that meet the model's targets."""
+    from sira.monitoring.thresholds import what_if
+
+    async def run(conn: Any, who: Any) -> dict[str, Any]:
+        return await what_if(conn, who, model, version=version, time_from=utc(time_from), time_to=utc(time_to),
+                             days=days)
+
+    result = governed(run, api_key)
+    emit(result, as_json, lambda: err.print(thresholds_table(result)))

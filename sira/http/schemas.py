@@ -292,3 +292,20 @@ class Traffic(Strict):
     model: str
     minutes: int
     per_minute: list[dict[str, Any]]
+
+
+class ThresholdWhatIf(Strict):
+    """What each candidate threshold would have done on a labelled window of a version's production answers."""
+
+    model: str
+    version: int
+    window: dict[str, str]
+    labelled: int
+    positives: int
+    fraud_amount: float
+    targets: dict[str, float]
+    current: dict[str, float] = Field(description="The version's review and block thresholds")
+    meets_targets: dict[str, float] = Field(description="The thresholds the model's decision targets choose here")
+    thresholds: list[dict[str, Any]] = Field(description="threshold, flagged, flag_rate, precision, recall, "
+                                             "fraud_amount_caught, fraud_amount_share, false_alarms, missed_fraud, "
+                                             "false_alarm_cost, missed_fraud_cost, total_cost")

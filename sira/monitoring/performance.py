@@ -47,6 +47,7 @@ CURSOR_ROWS = 20_000  # rows fetched per round trip while streaming the predicti
 PREDICTIONS_SQL = """
 SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::text))
        p.version, p.role, p.score, coalesce(e.occurred_at, p.scored_at) AS occurred_at, e.country, e.channel,
+       e.amount::float8 AS amount,
        lab.positive_known_at, lab.negative_known
   FROM sira_predictions p
   LEFT JOIN sira_events e ON e.event_id = p.event_id

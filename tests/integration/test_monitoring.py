@@ -317,3 +317,45 @@ def test_the_dashboards_histories_of_drift_performance_and_traffic(fraud_model, 
     assert all(m["approve"] + m["review"] + m["block"] == m["answers"] for m in minutes)
     assert all(m["p50_ms"] <= m["p95_ms"] <= m["p99_ms"] for m in minutes if m["p50_ms"] is not None)
     assert refused.status_code == 422
+
+
+def test_threshold_what_if_matches_an_independent_recomputation(fraud_model, served):
+    """Each candidate threshold's numbers on the labelled window, against scikit-learn's on the same answers."""
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+
+    from sira.monitoring.thresholds import labelled_window
+
+    from urllib.parse import urlencode
+
+    query = urlencode({"version": fraud_model.version, "from": served["lo"].isoformat(), "to": served["hi"].isoformat()})
+    path = f"/v1/models/fraud/thresholds?{query}"
+    answer, refused = get(fraud_model, (path, "analyst"), (path, "service"))
+    assert answer.status_code == 200, answer.text
+    assert refused.status_code == 403
+    result = answer.json()
+
+    async def window():
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            model = await conn.fetchrow("SELECT label_name, label_maturity_days FROM sira_models WHERE name = 'fraud'")
+            return await labelled_window(conn, "fraud", fraud_model.version, served["lo"], served["hi"],
+                                         model["label_name"], datetime.now(timezone.utc),
+                                         float(model["label_maturity_days"]))
+        finally:
+            await conn.close()
+
+    y, p, amount = asyncio.run(window())
+    assert result["labelled"] == y.size > 0 and result["positives"] == int(y.sum()) > 0
+    thresholds = {r["threshold"] for r in result["thresholds"]}
+    assert set(result["current"].values()) <= thresholds and set(result["meets_targets"].values()) <= thresholds
+    assert len(result["thresholds"]) >= 8
+    for row in result["thresholds"]:
+        flagged = (p >= row["threshold"]).astype(int)
+        tn, fp, fn, tp = confusion_matrix(y, flagged, labels=[0, 1]).ravel()
+        assert row["flagged"] == tp + fp and row["false_alarms"] == fp and row["missed_fraud"] == fn
+        if tp + fp:
+            assert row["precision"] == pytest.approx(precision_score(y, flagged, zero_division=0))
+        assert row["recall"] == pytest.approx(recall_score(y, flagged))
+        assert row["fraud_amount_caught"] == pytest.approx(float(amount[(flagged == 1) & (y == 1)].sum()))
+        assert row["total_cost"] == pytest.approx(fp * result["targets"]["cost_false_alarm"]
+                                                  + fn * result["targets"]["cost_missed_fraud"])

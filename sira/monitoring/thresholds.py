@@ -1,0 +1,103 @@
+"""Threshold what-if: what other review and block thresholds would have done on a labelled window.
+
+On the production answers of a model version whose labels have matured (the stored predictions and the
+labels known now, by the same rule as live performance), for each candidate threshold ``t`` (a score at
+or above it is flagged): the share of traffic flagged, precision and recall, the fraud amount caught and
+its share, false alarms, and the cost of both kinds of error at the model's cost settings. Candidates are
+the version's thresholds, the thresholds the model's decision targets would choose on this window, and a
+grid of flag rates. Read-only: changing thresholds is a governed change of its own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+from asyncpg import Connection
+
+from sira.core.auth import Identity, authorize
+from sira.core.errors import InvalidInput
+from sira.monitoring.performance import PREDICTIONS_SQL
+from sira.registry import models as registry
+from sira.registry.targets import DecisionTargets
+from sira.training.evaluation import choose_thresholds
+from sira.training.windows import Windows, label_rule
+
+FLAG_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds: list[float],
+                   targets: DecisionTargets) -> list[dict[str, Any]]:
+    """For each threshold, what flagging every score at or above it gives (one sort, cumulative sums)."""
+    order = np.argsort(-p, kind="mergesort")
+    p_desc, y_desc, amount_desc = p[order], y[order], amount[order]
+    caught_count, caught_amount = np.cumsum(y_desc), np.cumsum(amount_desc * y_desc)
+    n, positives, fraud_amount = y.size, int(y.sum()), float((amount * y).sum())
+    rows = []
+    for t in sorted(set(thresholds)):
+        k = int(np.searchsorted(-p_desc, -t, side="right"))  # scores >= t
+        tp = int(caught_count[k - 1]) if k else 0
+        fp, missed = k - tp, positives - tp
+        caught = float(caught_amount[k - 1]) if k else 0.0
+        rows.append({
+            "threshold": t, "flagged": k, "flag_rate": k / n,
+            "precision": tp / k if k else None, "recall": tp / positives if positives else None,
+            "fraud_amount_caught": caught, "fraud_amount_share": caught / fraud_amount if fraud_amount else None,
+            "false_alarms": fp, "missed_fraud": missed,
+            "false_alarm_cost": fp * targets.cost_false_alarm, "missed_fraud_cost": missed * targets.cost_missed_fraud,
+            "total_cost": fp * targets.cost_false_alarm + missed * targets.cost_missed_fraud,
+        })
+    return rows
+
+
+async def labelled_window(conn: Connection, model: str, version: int, lo: datetime, hi: datetime, label_name: str,
+                          cutoff: datetime, maturity_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, scores, amounts) of the version's production answers in [lo, hi) whose label is usable."""
+    rule = Windows(None, None, None, None, cutoff, maturity_days)
+    y, p, amount = [], [], []
+    async with conn.transaction(readonly=True):
+        async for row in conn.cursor(PREDICTIONS_SQL, model, lo, hi, label_name, cutoff, version, prefetch=10_000):
+            if row["role"] != "production":
+                continue
+            label = label_rule(row["occurred_at"], row["positive_known_at"], row["negative_known"], rule)
+            if label is not None:
+                y.append(label)
+                p.append(row["score"])
+                amount.append(row["amount"] or 0.0)
+    return np.asarray(y, dtype=np.int8), np.asarray(p, dtype=np.float64), np.asarray(amount, dtype=np.float64)
+
+
+async def what_if(conn: Connection, identity: Identity, model_name: str, *, version: int | None = None,
+                  time_from: datetime | None = None, time_to: datetime | None = None, days: int = 28,
+                  now: datetime | None = None) -> dict[str, Any]:
+    """The what-if table of a version (production's by default) on a labelled window (the last ``days`` of
+    matured labels by default)."""
+    authorize(identity, "thresholds.read")
+    model = await registry.get_model(conn, model_name)
+    if version is None:
+        version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 "
+                                      "AND status = 'production'", model["id"])
+        if version is None:
+            raise InvalidInput(f"{model_name} has no production version: name one with --version",
+                               code="no_production_version")
+    row = await registry.get_version(conn, model_name, version)
+    cutoff = now or datetime.now(timezone.utc)
+    maturity = float(model["label_maturity_days"])
+    hi = time_to or cutoff - timedelta(days=maturity)
+    lo = time_from or hi - timedelta(days=days)
+    if hi <= lo:
+        raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
+    y, p, amount = await labelled_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
+    if y.size == 0 or y.min() == y.max():
+        raise InvalidInput(f"{model_name} v{version} has no labelled answers of both classes between "
+                           f"{lo:%Y-%m-%d} and {hi:%Y-%m-%d}: widen the window (--from/--to)", code="empty_window")
+    targets = DecisionTargets.from_dict(model["decision_targets"])
+    current = {k: float(v) for k, v in row["thresholds"].items()}
+    suggested = choose_thresholds(y, p, targets)
+    grid = [float(np.quantile(p, 1 - r)) for r in FLAG_RATES]
+    rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid], targets)
+    return {"model": model_name, "version": version, "window": {"from": lo.isoformat(), "to": hi.isoformat()},
+            "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
+            "targets": targets.__dict__, "current": current, "meets_targets": suggested,
+            "thresholds": rows}
