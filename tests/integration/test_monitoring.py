@@ -321,11 +321,11 @@ def test_the_dashboards_histories_of_drift_performance_and_traffic(fraud_model, 
 
 def test_threshold_what_if_matches_an_independent_recomputation(fraud_model, served):
     """Each candidate threshold's numbers on the labelled window, against scikit-learn's on the same answers."""
+    from urllib.parse import urlencode
+
     from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
     from sira.monitoring.thresholds import labelled_window
-
-    from urllib.parse import urlencode
 
     query = urlencode({"version": fraud_model.version, "from": served["lo"].isoformat(), "to": served["hi"].isoformat()})
     path = f"/v1/models/fraud/thresholds?{query}"
