@@ -1,5 +1,5 @@
-"""Decision transparency: ``sira subject`` (what SIRA holds about one person, for an admin) and
-``sira thresholds`` (what other thresholds would have done, for risk teams)."""
+"""Decision transparency: ``sira explain`` (one decision explained), ``sira subject`` (what SIRA holds about
+one person, for an admin) and ``sira thresholds`` (what other thresholds would have done, for risk teams)."""
 
 from __future__ import annotations
 
@@ -98,3 +98,35 @@ def thresholds_cmd(
 
     result = governed(run, api_key)
     emit(result, as_json, lambda: err.print(thresholds_table(result)))
+
+
+@app.command("explain")
+def explain_cmd(
+    prediction: Annotated[str, typer.Option("--prediction", help="The stored prediction's id.")],
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json.")] = "md",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the report here (default: stdout).")] = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """One decision explained for the person it was about: the factors ranked by their exact TreeSHAP
+    contribution, their values against typical ranges, the data used, human review (audited)."""
+    import json
+    import sys
+
+    from sira.core.errors import InvalidInput
+    from sira.monitoring.explanation import explain_prediction, to_html, to_markdown
+
+    if fmt not in ("md", "html", "json"):
+        raise InvalidInput("--format must be md, html or json", code="invalid_value", details={"field": "format"})
+    settings = get_settings()
+
+    async def run(conn: Any, who: Any) -> dict[str, Any]:
+        return await explain_prediction(conn, settings, who, prediction)
+
+    report = governed(run, api_key)
+    text = (to_markdown(report) if fmt == "md" else to_html(report) if fmt == "html"
+            else json.dumps(report, sort_keys=True, default=str) + "\n")
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        err.print(f"report {report['report_id']} → {out}")

@@ -252,7 +252,7 @@ class ModelRuntime:
             if values[j] <= 0:
                 break
             spec = self.schema[j]
-            value = _display_value(spec, x[j])
+            value = display_value(spec, x[j])
             out.append({
                 "code": reason_code(spec.name), "feature": spec.name, "value": value,
                 "contribution": round(float(values[j]), 6), "direction": "increases_risk",
@@ -261,7 +261,7 @@ class ModelRuntime:
         return out
 
 
-def _display_value(spec: FeatureSpec, x: float) -> Any:
+def display_value(spec: FeatureSpec, x: float) -> Any:
     if math.isnan(x):
         return None
     if spec.kind == "categorical":

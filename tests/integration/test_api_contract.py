@@ -103,6 +103,7 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         ("get", "/v1/models/{name}/performance/history"): {404},
         ("get", "/v1/models/{name}/traffic"): {404},
         ("get", "/v1/models/{name}/thresholds"): {404},
+        ("get", "/v1/predictions/{prediction_id}/explanation"): {404, 409},
         ("post", "/v1/models"): {400, 409, 413},
         ("get", "/v1/models/{name}"): {404},
         ("patch", "/v1/models/{name}"): {400, 404, 413},

@@ -1,0 +1,168 @@
+"""Explanation reports: one decision, for the person it was about, a support agent or a compliance officer.
+
+``sira explain --prediction ID`` and ``GET /v1/predictions/{id}/explanation``. From the stored prediction
+(the features it was scored with, its score and decision) and the version's verified artifact, the report
+gives: the decision and when; the model's purpose and version; every factor that moved the score, in plain
+language, ranked by its exact TreeSHAP contribution (LightGBM ``pred_contrib``, the same numbers the
+answer's reasons come from), with its direction and the person's value against the typical range of the
+training data (quantiles of the reference the version was trained on, never another person's row); the
+categories of data used; whether a person reviewed the decision and how to ask for one. The same
+prediction gives the same report (its ``report_id`` is a hash of everything but the issue time). Each report
+issued is recorded in the audit log. An analyst reads it whole; a ``service`` key (the product that shows
+it to its customer) gets the plain-language summary only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from asyncpg import Connection
+
+from sira.core import audit
+from sira.core.artifacts import ArtifactRef, load_manifest
+from sira.core.auth import Identity, authorize, may
+from sira.core.errors import InvalidInput, NotFound
+from sira.registry.models import get_model, get_version
+from sira.serving.scoring import ModelRuntime, describe, display_value
+
+PURPOSES = {"fraud_detection": "estimates the probability that a payment is fraudulent, so that it is approved, "
+                               "sent to a person for review, or blocked",
+            "churn": "estimates the probability that a customer will leave",
+            "anomaly": "flags unusual activity for a person to look at"}
+REVIEW_SOURCES = ("review", "analyst", "manual_review")
+
+
+def _typical(reference: dict[str, Any] | None) -> str | None:
+    """The middle half of the training data (numeric: between its 25th and 75th percentiles from the reference's
+    quantile bins) or its most common values (categorical)."""
+    if not reference:
+        return None
+    if reference.get("type") == "categorical":
+        common = sorted((reference.get("frequencies") or {}).items(), key=lambda kv: -kv[1])[:3]
+        return ", ".join(f"{c} ({f:.0%})" for c, f in common) or None
+    edges = reference.get("bin_edges") or []
+    if len(edges) < 3:
+        return None
+    lo, hi = edges[round((len(edges) - 1) * 0.25)], edges[round((len(edges) - 1) * 0.75)]
+    return f"{_num(lo)} to {_num(hi)}"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+
+
+def _categories(runtime: ModelRuntime) -> list[str]:
+    fs = runtime.feature_set
+    if fs is None:
+        return ["the columns of the table the model was trained on: " + ", ".join(runtime.names)]
+    out = ["this payment's details (" + ", ".join(fs.event_features) + ")"] if fs.event_features else []
+    for spec in fs.entities:
+        out.append(f"the recent history of the {spec.entity} (counts, amounts and novelty over time windows)")
+    return out
+
+
+async def explain_prediction(conn: Connection, settings: Any, identity: Identity, prediction_id: str) -> dict[str, Any]:
+    """The report of one stored prediction (the summary only for a caller that may score but not read
+    predictions)."""
+    full = may(identity, "predictions.read")
+    if not full:
+        authorize(identity, "score")  # a service shows its customer the summary
+    try:
+        key = uuid.UUID(str(prediction_id))
+    except ValueError:
+        raise InvalidInput("the prediction id must be a UUID", code="invalid_value",
+                           details={"field": "prediction_id"}) from None
+    row = await conn.fetchrow(
+        """SELECT prediction_id, model_name, version, role, event_id, features, score, decision, scored_at
+             FROM sira_predictions WHERE prediction_id = $1 ORDER BY scored_at DESC LIMIT 1""", key)
+    if row is None:
+        raise NotFound(f"no stored prediction {key}", code="unknown_prediction", details={"prediction_id": str(key)})
+    model = await get_model(conn, row["model_name"])
+    version = dict(await get_version(conn, row["model_name"], row["version"]))
+    version["model_name"], version["model_id"] = row["model_name"], model["id"]
+    runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)  # a verified artifact, read from disk
+    reference = (load_manifest(settings, ArtifactRef(version["artifact_uri"], version["artifact_sha256"]))
+                 .get("reference") or {}).get("features") or {}
+    x = runtime.matrix([row["features"]])
+    contributions = runtime.contributions(x)[0]
+    factors = []
+    for j in np.argsort(-np.abs(contributions[: len(runtime.schema)]), kind="stable").tolist():
+        c = float(contributions[j])
+        if c == 0.0:
+            continue
+        spec = runtime.schema[j]
+        value = display_value(spec, float(x[0, j]))
+        factors.append({"feature": spec.name, "value": value, "contribution": c,
+                        "direction": "increases_risk" if c > 0 else "decreases_risk",
+                        "text": describe(spec.name, value), "typical": _typical(reference.get(spec.name))})
+    reviews = await conn.fetch(
+        """SELECT source, label, known_at FROM sira_feedback
+            WHERE (prediction_id = $1 OR event_id = $2) AND source = ANY($3::text[]) ORDER BY known_at""",
+        key, row["event_id"], list(REVIEW_SOURCES))
+    decision = row["decision"]
+    summary = {
+        "prediction_id": str(key), "decision": decision, "decided_at": row["scored_at"].isoformat(),
+        "model": row["model_name"], "version": row["version"],
+        "purpose": PURPOSES.get(model["model_type"], model["model_type"]),
+        "main_factors": [f["text"] + (" (raised the risk)" if f["direction"] == "increases_risk" else
+                                      " (lowered the risk)") for f in factors[:4]],
+        "human_review": {"reviewed": bool(reviews),
+                         "how_to_ask": "Ask the company that took the payment for a review by a person, quoting "
+                                       f"reference {key}."},
+    }
+    report: dict[str, Any] = {"summary": summary}
+    if full:
+        report.update({
+            "score": row["score"], "role": row["role"],
+            "thresholds": runtime.thresholds, "description": model["description"],
+            "factors": factors, "expected_value": float(contributions[-1]),
+            "raw_score": float(contributions.sum()),
+            "data_categories": _categories(runtime),
+            "reviews": [{"source": r["source"], "label": r["label"], "at": r["known_at"].isoformat()} for r in reviews],
+        })
+    report["report_id"] = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    report["issued_at"] = datetime.now(timezone.utc).isoformat()
+    await audit.record(conn, identity.actor(), "explanation.issue", target_type="prediction", target_id=str(key),
+                       details={"report_id": report["report_id"], "summary_only": not full})
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [f"# Decision {s['decision'].upper()}: payment reference {s['prediction_id']}", "",
+             f"Decided {s['decided_at'][:19].replace('T', ' ')} UTC by {s['model']} v{s['version']}, a model that "
+             f"{s['purpose']}.", "", "## Main factors", ""]
+    if "factors" in report:
+        lines += [f"{i}. {f['text']}: {'raised' if f['direction'] == 'increases_risk' else 'lowered'} the risk "
+                  f"({f['contribution']:+.4f})" + (f"; typical: {f['typical']}" if f["typical"] else "")
+                  for i, f in enumerate(report["factors"][:10], 1)]
+        lines += ["", "## Data used", ""] + [f"- {c}" for c in report["data_categories"]]
+    else:
+        lines += [f"- {t}" for t in s["main_factors"]]
+    review = s["human_review"]
+    lines += ["", "## Review by a person", "",
+              ("A person has reviewed this decision." if review["reviewed"] else "No person has reviewed this "
+               "decision yet.") + " " + review["how_to_ask"], "", f"Report {report['report_id']}."]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(report: dict[str, Any]) -> str:
+    """The Markdown's content as a standalone page, every value escaped."""
+    body = []
+    for line in to_markdown(report).splitlines():
+        text = html.escape(line)
+        if line.startswith("# "):
+            body.append(f"<h1>{text[2:]}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{text[3:]}</h2>")
+        elif line:
+            body.append(f"<p>{text}</p>")
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Decision explanation</title>"
+            "</head><body>" + "".join(body) + "</body></html>\n")
