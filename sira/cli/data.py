@@ -122,6 +122,12 @@ def ingest_cmd(
         typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
                      "first finishes its own unacknowledged entries (default: host-pid)."),
     ] = None,
+    kafka: Annotated[str | None, typer.Option("--kafka", help="Consume Kafka until stopped: the brokers, "
+                                                "host:port[,host:port] (security: SIRA_KAFKA_* settings).")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="With --kafka: the events topic.")] = None,
+    labels_topic: Annotated[str | None, typer.Option("--labels-topic", help="With --kafka: a topic of labels "
+                                                     "(default: labels come on --topic with a kind: label header).")] = None,
+    group: Annotated[str, typer.Option("--group", help="With --kafka: the consumer group.")] = "sira-features",
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -130,7 +136,19 @@ def ingest_cmd(
 
     settings = get_settings()
     column_map = parse_mapping(mapping, map_file)
-    if stream:
+    if kafka is not None:
+        if paths or stream:
+            raise InvalidInput("give files, --stream or --kafka, one of them")
+        if not topic:
+            raise InvalidInput("--kafka needs --topic (the events topic)", code="missing_field", details={"field": "topic"})
+        asyncio.run(actor_for("events.write", api_key))
+        from sira.ingest.kafka import consume_kafka
+
+        summary = asyncio.run(consume_kafka(settings, kafka, topic, labels_topic=labels_topic, group=group,
+                                            mapping=column_map, max_events=max_events, batch=batch, consumer=consumer,
+                                            notify=None if as_json else err.print))
+        payload = summary.to_dict()
+    elif stream:
         if paths:
             raise InvalidInput("give files or --stream, not both")
         asyncio.run(actor_for("events.write", api_key))

@@ -11,7 +11,7 @@ import functools
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,21 @@ class Settings(BaseSettings):
     ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="CPUs for the private local Ray. Unset: all of the machine's."
     )
+    # Kafka (sira ingest --kafka; docs/features.md): the client's security, secrets from files only
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How the Kafka client talks to the brokers.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password_file: Path | None = Field(default=None, description="File holding the SASL password.")
+    kafka_ssl_ca_file: Path | None = Field(default=None, description="CA certificates (PEM) the brokers' are checked "
+                                           "against (SSL, SASL_SSL); unset: the system's.")
+    kafka_ssl_cert_file: Path | None = Field(default=None, description="Client certificate (PEM), for mutual TLS.")
+    kafka_ssl_key_file: Path | None = Field(default=None, description="Client key (PEM), for mutual TLS.")
+    kafka_ssl_key_password_file: Path | None = Field(default=None, description="File holding the client key's "
+                                                     "password.")
+    kafka_properties_file: Path | None = Field(default=None, description="A librdkafka properties file (key=value "
+                                               "lines) applied after the settings above; its secrets stay in the file.")
     stream_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Port of the stream consumer's Prometheus endpoint (sira_stream_*). Unset: 8091, "
         "or a free port when 8091 is taken; `sira ingest --stream` prints it.",

@@ -182,7 +182,7 @@ def _entry(raw_id: Any, fields: Mapping[bytes, bytes]) -> Entry:
 
 async def process_entries(
     pool: Any, entries: list[Entry], *, settings: Settings, mapping: Mapping[str, str] | None = None,
-    feature_sets: Sequence[FeatureSet] | None = None,
+    feature_sets: Sequence[FeatureSet] | None = None, source: str = "stream",
 ) -> IngestSummary:
     """Store one batch of entries (events, labels, dead letters) in one transaction, the events folded into
     the feature sets in service (``feature_sets`` when given)."""
@@ -191,14 +191,14 @@ async def process_entries(
     labels = [e.data for e in entries if e.kind == "label" and e.data is not None]
     broken = [e for e in entries if e.data is None or e.kind not in ("event", "label")]
     async with db.transaction(pool) as conn:
-        summary = await ingest_batch(conn, events, redactor=redactor, source="stream", mapping=mapping,
+        summary = await ingest_batch(conn, events, redactor=redactor, source=source, mapping=mapping,
                                      feature_sets=feature_sets)
         if labels:
-            await record_labels(conn, labels, redactor=redactor, source="stream", mapping=mapping)
+            await record_labels(conn, labels, redactor=redactor, source=source, mapping=mapping)
         if broken:
             await conn.copy_records_to_table(
                 "sira_rejected_events",
-                records=[(None, "stream", "undecodable" if e.data is None else "unknown_kind",
+                records=[(None, source, "undecodable" if e.data is None else "unknown_kind",
                           e.error or f"unknown entry kind {e.kind!r}", None, {"stream_id": e.id}) for e in broken],
                 columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
             )
@@ -226,7 +226,8 @@ async def consume(
         if not entries:
             continue
         at = time.perf_counter()
-        summary = await process_entries(pool, entries, settings=settings, mapping=mapping, feature_sets=feature_sets)
+        summary = await process_entries(pool, entries, settings=settings, mapping=mapping, feature_sets=feature_sets,
+                                        source=getattr(source, "source_name", "stream"))
         await source.ack([e.id for e in entries])  # only after the commit
         if metrics is not None:
             metrics.batch(summary, time.perf_counter() - at)
@@ -246,7 +247,16 @@ async def consume_forever(
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
     source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
     await source.start()
-    metrics = StreamMetrics(STREAM, GROUP)
+    return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
+                              describe=f"{STREAM} as {source.consumer} in group {GROUP}")
+
+
+async def serve_source(settings: Settings, source: Any, *, describe: str, mapping: Mapping[str, str] | None = None,
+                       max_events: int | None = None, batch: int = 200,
+                       notify: Callable[[str], None] | None = None) -> IngestSummary:
+    """Consume a started source until SIGINT/SIGTERM (or ``max_events``), its metrics on their own port; close
+    it at the end."""
+    metrics = StreamMetrics(source.stream, source.group)
     port = settings.stream_metrics_port or free_port(STREAM_METRICS_PORT)
     metrics.serve(port)
     stop = asyncio.Event()
@@ -254,7 +264,7 @@ async def consume_forever(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if notify:
-        notify(f"consuming {STREAM} as {source.consumer} in group {GROUP} (Ctrl-C to stop); "
+        notify(f"consuming {describe} (Ctrl-C to stop); "
                f"metrics: http://{socket.gethostname()}:{port}/metrics (sira_stream_*)")
 
     def report(entries: list[Entry], s: IngestSummary) -> None:

