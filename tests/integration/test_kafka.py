@@ -15,10 +15,10 @@ import pytest
 
 from sira.core.config import Settings
 from sira.core.errors import ConfigError
-from sira.features.definitions import PAYMENTS_V1
+from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
 from sira.ingest.kafka import KafkaSource, client_config, printable
 from sira.ingest.stream import consume, process_entries
-from tests.integration.test_stream import assert_exactly_once, stream_events
+from tests.integration.test_stream import assert_exactly_once, assert_folded_once_into_v2, stream_events
 
 
 def _tansu() -> Path:
@@ -167,3 +167,48 @@ def test_the_client_configuration_for_sasl_and_tls(tmp_path):
             client_config(settings, "b:9092", "g")
     with pytest.raises(ConfigError, match="host:port"):
         client_config(Settings(), "", "g")
+
+
+async def test_two_consumers_of_a_group_split_the_partitions_and_one_takes_over_when_the_other_leaves(
+        broker, clean_db, settings):
+    import asyncio
+
+    events_topic, _, group = names()
+    topics(broker, events_topic, partitions=2)
+    seen: dict[str, set] = {"a": set(), "b": set()}
+    consumers = {who: source(broker, events_topic, group) for who in seen}
+    stops = {who: asyncio.Event() for who in seen}
+    for c in consumers.values():
+        await c.start()
+
+    def recorder(who):
+        return lambda entries, _summary: seen[who].update(e.id.rsplit(":", 2)[1] for e in entries)
+
+    tasks = {who: asyncio.ensure_future(consume(consumers[who], clean_db, settings=settings, feature_sets=[PAYMENTS_V2],
+                                                batch=10, block_ms=300, stop=stops[who], on_batch=recorder(who)))
+             for who in seen}
+    deadline = time.monotonic() + 60  # both in the group, a partition each, before anything is produced
+    while not all(c.consumer.assignment() for c in consumers.values()):
+        assert time.monotonic() < deadline, "the group did not settle within 60 s"
+        await asyncio.sleep(0.2)
+    events = stream_events(60)
+    produce(broker, events_topic, events[:40])
+
+    async def stored(n):
+        deadline = time.monotonic() + 60
+        while await clean_db.fetchval("SELECT count(*) FROM sira_events") < n:
+            assert time.monotonic() < deadline, f"not {n} events stored within 60 s"
+            await asyncio.sleep(0.2)
+
+    await stored(40)
+    assert seen["a"] and seen["b"] and not seen["a"] & seen["b"]  # each partition to one consumer
+    stops["b"].set()
+    await tasks["b"]
+    await consumers["b"].close()  # leaves the group: its partition goes to a
+    produce(broker, events_topic, events[40:])
+    await stored(60)
+    stops["a"].set()
+    await tasks["a"]
+    await consumers["a"].close()
+    assert seen["a"] == {"0", "1"}  # a took over b's partition
+    await assert_folded_once_into_v2(clean_db, 60)  # the engine's per-entity locks: no fold lost or doubled
