@@ -50,8 +50,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "keys.manage": frozenset(),
     "models.settings": frozenset(),
     "audit.read": frozenset(),
-    "subject.access": frozenset(),
-    "thresholds.read": frozenset({"analyst", "data_scientist", "approver", "operator"}),  # threshold what-if  # everything stored about one person (sira subject export)
+    "subject.access": frozenset(),  # everything stored about one person (sira subject export)
 }
 _KEY = re.compile(r"^sira_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})$")
 

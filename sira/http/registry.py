@@ -216,7 +216,7 @@ async def traffic(name: str, pool: PoolDep, who: Identity = require("models.read
     return await in_transaction(pool, monitoring.traffic, who, name, minutes)
 
 @router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf, responses=errors(404))
-async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("thresholds.read"),
+async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
                              version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
                              days: Annotated[int, Query(ge=1, le=3650)] = 28,
                              time_from: Annotated[datetime | None, Query(alias="from")] = None,

@@ -73,7 +73,7 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
                   now: datetime | None = None) -> dict[str, Any]:
     """The what-if table of a version (production's by default) on a labelled window (the last ``days`` of
     matured labels by default)."""
-    authorize(identity, "thresholds.read")
+    authorize(identity, "models.read")  # aggregates, as the performance report
     model = await registry.get_model(conn, model_name)
     if version is None:
         version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 "

@@ -30,7 +30,7 @@ ENDPOINTS = [
     ("GET", "/v1/models/fraud/drift/history", None, "models.read"),
     ("GET", "/v1/models/fraud/performance/history", None, "models.read"),
     ("GET", "/v1/models/fraud/traffic", None, "models.read"),
-    ("GET", "/v1/models/fraud/thresholds", None, "thresholds.read"),
+    ("GET", "/v1/models/fraud/thresholds", None, "models.read"),
     ("GET", "/v1/audit", None, "audit.read"),
     ("GET", "/v1/keys", None, "keys.manage"),
     ("POST", "/v1/keys", {"name": "k-{role}", "roles": ["viewer"]}, "keys.manage"),
