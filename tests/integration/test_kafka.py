@@ -291,9 +291,8 @@ async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
     bootstrap = f"127.0.0.1:{proxy_port}"
     try:
         events_topic, _, group = names()
-        from confluent_kafka.admin import AdminClient, NewTopic
-
         from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
 
         tls_client = {"bootstrap.servers": bootstrap, "security.protocol": "SSL", "ssl.ca.location": str(ca_file)}
         admin = AdminClient(tls_client)  # the broker's address is the proxy's: every client speaks TLS to it
