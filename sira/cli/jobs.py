@@ -62,7 +62,7 @@ async def _revoke_job_key(settings: Any, acting_key: str | None, name: str) -> N
 
 @jobs_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def jobs_submit_cmd(
-    job: Annotated[str, typer.Argument(help="train, retrain, batch_score, drift, performance or materialize.")],
+    job: Annotated[str, typer.Argument(help="train, retrain, batch_score, drift, performance, materialize or stream.")],
     job_args: JobArgs = None,
     address: Annotated[str, typer.Option("--address", envvar="RAY_JOB_ADDRESS", show_envvar=True,
                                          help="Ray's job server (the dashboard's HTTP address).")

@@ -226,6 +226,7 @@ JOBS: dict[str, JobKind] = {
     "drift": JobKind("jobs/drift.py", ("monitoring.run",)),
     "performance": JobKind("jobs/performance.py", ("monitoring.run",)),
     "materialize": JobKind("jobs/materialize.py", ("features.materialize",)),
+    "stream": JobKind("jobs/stream.py", ("events.write",)),  # sira ingest --stream | --kafka, until stopped
 }
 DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
 
