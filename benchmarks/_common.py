@@ -6,10 +6,12 @@ import asyncio
 import json
 import statistics
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +162,47 @@ def report(name: str, result: dict) -> None:
 
 def run(coro) -> None:
     asyncio.run(coro)
+
+
+async def drain(source: Any, n: int, on_batch: Any, *, pool: Any = None, settings: Any = None,
+                fs: Any = None) -> float:
+    """Seconds to take ``n`` entries off a stream source: stored and folded into ``fs`` by SIRA's consumer, or
+    (``fs`` None: the baseline) only read and acknowledged; ``on_batch(entries, summary)`` sees each batch."""
+    from sira.ingest.stream import consume
+
+    started = time.perf_counter()
+    if fs is not None:
+        await consume(source, pool, settings=settings, feature_sets=[fs], batch=500, block_ms=5, max_events=n,
+                      on_batch=on_batch)
+    else:
+        seen = 0
+        while seen < n:
+            entries = await source.read(100, 5)
+            await source.ack([e.id for e in entries])
+            if entries:
+                on_batch(entries, None)
+            seen += len(entries)
+    return time.perf_counter() - started
+
+
+def stream_report(name: str, fs: Any, events: int, rate: float, floor: list[float], sira: list[float], seconds: float,
+                  sira_key: str, **extra: Any) -> None:
+    """A stream benchmark's line: SIRA's latencies (under ``sira_key``) against the baseline consumer's."""
+    floor_ms, sira_ms = summary_ms(floor), summary_ms(sira)
+    report(name, {
+        "feature_set": f"{fs.name}@{fs.version}", "events": events, "rate_per_s": rate, **extra,
+        "sira_sustained_events_per_s": round(events / seconds), "noop_consumer": floor_ms, sira_key: sira_ms,
+        "p95_vs_noop": round(sira_ms["p95_ms"] / max(floor_ms["p95_ms"], 0.001), 2),
+        "meets_seed_target_p95_under_100ms": sira_ms["p95_ms"] < 100,
+    })
+
+
+def stream_args(doc: str) -> Any:
+    """--events, --rate, --feature-set: the stream benchmarks' options."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--feature-set", default="payments@2", help="NAME@VERSION the events are folded into")
+    return parser.parse_args()

@@ -12,7 +12,6 @@ The Redis path's figures: benchmarks/stream_latency.py.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
@@ -23,13 +22,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from _common import report, scratch_database, summary_ms
+from _common import drain, scratch_database, stream_args, stream_report
 
 from sira.core import db
 from sira.core.config import Settings
 from sira.features.definitions import FeatureSet, parse_feature_set
 from sira.ingest.kafka import KafkaSource, client_config
-from sira.ingest.stream import consume
 
 
 def broker() -> tuple[subprocess.Popen, str]:
@@ -89,19 +87,7 @@ async def run_consumer(bootstrap: str, n: int, rate: float, pool, settings: Sett
     producer = multiprocessing.get_context("fork").Process(target=produce, args=(bootstrap, topic, n, rate, topic),
                                                            daemon=True)
     producer.start()
-    started = time.perf_counter()
-    if fs is not None:
-        await consume(source, pool, settings=settings, feature_sets=[fs], batch=500, block_ms=5, max_events=n,
-                      on_batch=on_batch)
-    else:
-        seen = 0
-        while seen < n:
-            entries = await source.read(100, 5)
-            await source.ack([e.id for e in entries])
-            if entries:
-                on_batch(entries, None)
-            seen += len(entries)
-    seconds = time.perf_counter() - started
+    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs)
     producer.join()
     await source.close()
     return latencies, seconds
@@ -122,20 +108,9 @@ async def main(events: int, rate: float, fs: FeatureSet) -> None:
             await pool.close()
     finally:
         proc.terminate()
-    floor_ms, sira_ms = summary_ms(floor), summary_ms(sira)
-    report("kafka_latency", {
-        "feature_set": f"{fs.name}@{fs.version}", "events": events, "rate_per_s": rate, "broker": "tansu",
-        "sira_sustained_events_per_s": round(events / seconds), "noop_consumer": floor_ms,
-        "sira_event_to_state": sira_ms,
-        "p95_vs_noop": round(sira_ms["p95_ms"] / max(floor_ms["p95_ms"], 0.001), 2),
-        "meets_seed_target_p95_under_100ms": sira_ms["p95_ms"] < 100,
-    })
+    stream_report("kafka_latency", fs, events, rate, floor, sira, seconds, "sira_event_to_state", broker="tansu")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2_000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--feature-set", default="payments@2", help="NAME@VERSION the events are folded into")
-    args = parser.parse_args()
+    args = stream_args(__doc__)
     asyncio.run(main(args.events, args.rate, parse_feature_set(args.feature_set)))

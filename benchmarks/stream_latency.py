@@ -13,7 +13,6 @@ Seed target: p95 < 100 ms. Redis: SIRA_REDIS_URL, else 127.0.0.1:6379 db 15.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
@@ -23,12 +22,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import redis
-from _common import report, scratch_database, summary_ms
+from _common import drain, scratch_database, stream_args, stream_report
 
 from sira.core import db
 from sira.core.config import Settings
 from sira.features.definitions import FeatureSet, parse_feature_set
-from sira.ingest.stream import RedisStreamSource, consume
+from sira.ingest.stream import RedisStreamSource
 
 URL = os.environ.get("SIRA_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -65,19 +64,7 @@ async def run_consumer(stream: str, n: int, rate: float, pool, settings: Setting
 
     producer = multiprocessing.get_context("fork").Process(target=produce, args=(stream, n, rate, stream), daemon=True)
     producer.start()
-    started = time.perf_counter()
-    if fs is not None:
-        await consume(source, pool, settings=settings, feature_sets=[fs], batch=500, block_ms=5, max_events=n,
-                      on_batch=on_batch)
-    else:
-        seen = 0
-        while seen < n:
-            entries = await source.read(100, 5)
-            await source.ack([e.id for e in entries])
-            if entries:
-                on_batch(entries, None)
-            seen += len(entries)
-    seconds = time.perf_counter() - started
+    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs)
     producer.join()
     await source.redis.delete(stream)
     await source.close()
@@ -95,20 +82,9 @@ async def main(events: int, rate: float, fs: FeatureSet) -> None:
         floor, _ = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, None, settings, None)
         sira, seconds = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, pool, settings, fs)
         await pool.close()
-    floor_ms, sira_ms = summary_ms(floor), summary_ms(sira)
-    report("stream_latency", {
-        "feature_set": f"{fs.name}@{fs.version}", "events": events, "rate_per_s": rate,
-        "sira_sustained_events_per_s": round(events / seconds), "noop_consumer": floor_ms,
-        "sira_event_to_snapshot": sira_ms,
-        "p95_vs_noop": round(sira_ms["p95_ms"] / max(floor_ms["p95_ms"], 0.001), 2),
-        "meets_seed_target_p95_under_100ms": sira_ms["p95_ms"] < 100,
-    })
+    stream_report("stream_latency", fs, events, rate, floor, sira, seconds, "sira_event_to_snapshot")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2_000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--feature-set", default="payments@2", help="NAME@VERSION the events are folded into")
-    args = parser.parse_args()
+    args = stream_args(__doc__)
     asyncio.run(main(args.events, args.rate, parse_feature_set(args.feature_set)))

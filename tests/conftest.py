@@ -92,6 +92,20 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
         time.sleep(interval)
 
 
+def uvicorn_thread(app, port: int):
+    """An ASGI app under uvicorn on 127.0.0.1:``port``, in a thread; (server, thread) once it accepts requests
+    (stop: ``server.should_exit = True``, then join the thread)."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=30, what="the app to start")
+    return server, thread
+
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

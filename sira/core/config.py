@@ -224,13 +224,7 @@ class Settings(BaseSettings):
             return value.get_secret_value()
         path: Path | None = getattr(self, f"{name}_file")
         if path is not None:
-            try:
-                text = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read SIRA_{name.upper()}_FILE: {exc.strerror}") from None
-            if not text:
-                raise ConfigError(f"SIRA_{name.upper()}_FILE is empty")
-            return text
+            return read_secret_file(path, f"SIRA_{name.upper()}_FILE")
         return _generated_secret(self.workspace / "secrets" / name)
 
 
@@ -240,6 +234,18 @@ def workspace_id(workspace: Path) -> str:
 
     digest = hashlib.sha256(str(workspace).encode()).hexdigest()[:12]
     return f"{workspace.name.strip('.') or 'ws'}-{digest}"
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (its surrounding whitespace dropped): a :class:`ConfigError` naming ``what``
+    when it cannot be read or is empty; the value never appears in a message."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or type(exc).__name__}") from None
+    if not text:
+        raise ConfigError(f"{what} is empty")
+    return text
 
 
 def _generated_secret(path: Path) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sira.core.config import Settings
+from sira.core.config import Settings, read_secret_file
 from sira.core.errors import ConfigError, ServiceUnavailable
 from sira.ingest.stream import Entry
 
@@ -32,16 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "sira-features"
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
-
-
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what}: {exc.strerror}") from None
-    if not value:
-        raise ConfigError(f"{what} is empty")
-    return value
 
 
 def _properties(path: Path) -> dict[str, str]:
@@ -80,7 +70,7 @@ def client_config(settings: Settings, bootstrap: str, group: str, client_id: str
                               "and SIRA_KAFKA_SASL_PASSWORD_FILE")
         config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
                        "sasl.username": settings.kafka_sasl_username,
-                       "sasl.password": _read_secret(settings.kafka_sasl_password_file,
+                       "sasl.password": read_secret_file(settings.kafka_sasl_password_file,
                                                      "SIRA_KAFKA_SASL_PASSWORD_FILE")})
     elif settings.kafka_sasl_mechanism:
         raise ConfigError(f"SIRA_KAFKA_SASL_MECHANISM needs security protocol SASL_PLAINTEXT or SASL_SSL, "
@@ -98,7 +88,7 @@ def client_config(settings: Settings, bootstrap: str, group: str, client_id: str
     if bool(settings.kafka_ssl_cert_file) != bool(settings.kafka_ssl_key_file):
         raise ConfigError("mutual TLS needs both SIRA_KAFKA_SSL_CERT_FILE and SIRA_KAFKA_SSL_KEY_FILE")
     if settings.kafka_ssl_key_password_file:
-        config["ssl.key.password"] = _read_secret(settings.kafka_ssl_key_password_file,
+        config["ssl.key.password"] = read_secret_file(settings.kafka_ssl_key_password_file,
                                                   "SIRA_KAFKA_SSL_KEY_PASSWORD_FILE")
     if settings.kafka_properties_file:
         config.update(_properties(settings.kafka_properties_file))

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from sira.core.config import read_secret_file
 from sira.core.errors import ConfigError
 
 FORMATS = ("slack", "pagerduty", "sira")
@@ -58,13 +59,7 @@ def names(value: Any) -> list[str]:
 
 
 def _secret(path: Any, name: str, field: str) -> str:
-    try:
-        value = Path(str(path)).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"notify receiver {name!r}: cannot read {field} ({type(exc).__name__})") from None
-    if not value:
-        raise ConfigError(f"notify receiver {name!r}: {field} is empty")
-    return value
+    return read_secret_file(Path(str(path)), f"notify receiver {name!r}: {field}")
 
 
 def load(settings: Any) -> dict[str, Receiver]:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from sira.core import db
+from tests.conftest import uvicorn_thread
 from tests.promstack import Prometheus, binary, config, dashboard_queries, free_port, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,18 +54,9 @@ class Receiver(ThreadingHTTPServer):
 
 def serve_sira(settings, port: int):
     """SIRA's application (no scoring service: /metrics needs none) under uvicorn, in a thread."""
-    import uvicorn
-
     from sira.http.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "SIRA did not start"
-        time.sleep(0.05)
-    return server, thread
+    return uvicorn_thread(create_app(settings), port)
 
 
 def started(args: list[str], log: Path) -> subprocess.Popen:

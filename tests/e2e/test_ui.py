@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from sira.core.auth import Identity, create_key
 from sira.core.config import Settings
 from sira.http import ui
 from sira.registry.models import request_promotion
-from tests.conftest import migrate_database, run_sync
+from tests.conftest import migrate_database, run_sync, uvicorn_thread
 from tests.integration.test_governance import make_version
 from tests.promstack import free_port
 
@@ -49,8 +47,6 @@ def site(create_database, tmp_path_factory):
     """SIRA's app on a free port over a database with two models: fraud (v1 in production, v2 waiting for one
     approval, requested by pat, created by dana) and churn (no version), and keys for ann (approver), vic
     (viewer), pat (data scientist and approver: the requester) and oli (operator)."""
-    import uvicorn
-
     from sira.http.app import create_app
 
     executable = chromium()
@@ -111,13 +107,7 @@ def site(create_database, tmp_path_factory):
 
     keys = run_sync(seed())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "SIRA did not start"
-        time.sleep(0.05)
+    server, thread = uvicorn_thread(create_app(settings), port)
     # the test's folder; `make screenshots` sets SIRA_SCREENSHOTS=docs/images for the README's pictures
     shots = Path(os.environ.get("SIRA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
