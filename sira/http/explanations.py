@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from sira.core.auth import Identity, may
 from sira.http.deps import PoolDep, admit, current_identity, errors, in_transaction
@@ -32,6 +32,4 @@ async def explanation(prediction_id: str, request: Request, pool: PoolDep,
         return PlainTextResponse(to_markdown(report), media_type="text/markdown")
     if format == "html":
         return HTMLResponse(to_html(report))
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(json_finite(report))

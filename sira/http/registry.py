@@ -3,7 +3,7 @@ performance reports, each behind its role. Changes announce themselves by webhoo
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -222,10 +222,9 @@ async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("
                              time_from: Annotated[datetime | None, Query(alias="from")] = None,
                              time_to: Annotated[datetime | None, Query(alias="to")] = None) -> dict[str, Any]:
     """What other thresholds would have done on a labelled window (read-only: no threshold changes)."""
+    from sira.ingest.events import as_utc
     from sira.monitoring.thresholds import what_if
 
-    return await in_transaction(pool, what_if, who, name, version=version, time_from=_utc(time_from),
-                                time_to=_utc(time_to), days=days)
-
-def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+    return await in_transaction(pool, what_if, who, name, version=version, days=days,
+                                time_from=as_utc(time_from) if time_from else None,
+                                time_to=as_utc(time_to) if time_to else None)

@@ -10,7 +10,7 @@ from asyncpg import Connection
 
 from sira.core.auth import Identity, authorize
 from sira.core.errors import InvalidInput
-from sira.registry.models import get_model
+from sira.registry.models import get_model, jsonable
 
 MAX_DAYS = 366
 MAX_MINUTES = 24 * 60
@@ -61,8 +61,7 @@ async def performance_history(conn: Connection, identity: Identity, model_name: 
             WHERE model_id = $1 AND segment = 'all' AND window_end >= now() - make_interval(days => $2)
             ORDER BY version, role, window_start, window_end, computed_at DESC""",
         model["id"], _bounded(days, MAX_DAYS, "days"))
-    windows = sorted(({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(r).items()}
-                      for r in rows), key=lambda w: (w["window_end"], w["role"], w["version"]))
+    windows = sorted((jsonable(r) for r in rows), key=lambda w: (w["window_end"], w["role"], w["version"]))
     return {"model": model_name, "days": days, "windows": windows}
 
 

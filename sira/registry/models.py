@@ -426,7 +426,7 @@ _GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets", "no
 _FREE_TEXT_SETTINGS = ("display_name", "description", "owner")  # stored with PII patterns redacted
 
 
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
+def jsonable(row: asyncpg.Record) -> dict[str, Any]:
     from datetime import datetime
 
     return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v)
@@ -476,7 +476,7 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
     await audit.record(conn, identity.actor(), "model.create", target_type="model", target_id=name,
                        details={k: v for k, v in values.items()})
     assert row is not None  # INSERT ... RETURNING returns the row it inserted
-    return _jsonable(row)
+    return jsonable(row)
 
 
 async def update_model(conn: Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
@@ -513,7 +513,7 @@ async def update_model(conn: Connection, identity: Any, name: str, **changes: An
     await audit.record(conn, identity.actor(), "model.update", target_type="model", target_id=name,
                        details={k: {"from": before[k], "to": v} for k, v in changes.items()})
     assert row is not None  # get_model found the model above (models are never deleted)
-    return _jsonable(row)
+    return jsonable(row)
 
 
 async def list_models(conn: Connection, identity: Any) -> list[dict[str, Any]]:
@@ -529,14 +529,14 @@ async def list_models(conn: Connection, identity: Any) -> list[dict[str, Any]]:
                       AS staging_version
              FROM sira_models m ORDER BY m.name"""
     )
-    return [_jsonable(r) for r in rows]
+    return [jsonable(r) for r in rows]
 
 
 async def show_model(conn: Connection, identity: Any, name: str) -> dict[str, Any]:
     from sira.core.auth import authorize
 
     authorize(identity, "models.read")
-    model = _jsonable(await get_model(conn, name))
+    model = jsonable(await get_model(conn, name))
     versions = await conn.fetch(
         """SELECT v.version, v.status, v.created_by, v.created_at, v.artifact_sha256,
                   v.metrics->'test'->>'average_precision' AS test_ap,
@@ -545,7 +545,7 @@ async def show_model(conn: Connection, identity: Any, name: str) -> dict[str, An
              FROM sira_model_versions v WHERE v.model_id = $1 ORDER BY v.version""",
         model["id"],
     )
-    model["versions"] = [_jsonable(v) for v in versions]
+    model["versions"] = [jsonable(v) for v in versions]
     return model
 
 
@@ -553,7 +553,7 @@ async def show_version(conn: Connection, identity: Any, name: str, version: int)
     from sira.core.auth import authorize
 
     authorize(identity, "models.read")
-    row = _jsonable(await get_version(conn, name, version))
+    row = jsonable(await get_version(conn, name, version))
     requests = await conn.fetch(
         """SELECT r.id, r.status, r.requested_by, r.created_at, r.decided_at,
                   coalesce(jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
@@ -563,7 +563,7 @@ async def show_version(conn: Connection, identity: Any, name: str, version: int)
             WHERE r.version_id = $1 GROUP BY r.id ORDER BY r.id""",
         row["id"],
     )
-    row["promotion_requests"] = [_jsonable(r) for r in requests]
+    row["promotion_requests"] = [jsonable(r) for r in requests]
     return row
 
 
@@ -595,4 +595,4 @@ async def read_audit(conn: Connection, identity: Any, *, target: str | None = No
             ORDER BY id DESC LIMIT $4""",
         target, actor, action, min(max(limit, 1), 10_000),
     )
-    return [_jsonable(r) for r in rows]
+    return [jsonable(r) for r in rows]

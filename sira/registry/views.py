@@ -12,7 +12,7 @@ from asyncpg import Connection
 from sira.core.auth import Identity, authorize, may
 from sira.core.errors import SiraError
 from sira.registry import lifecycle
-from sira.registry.models import _jsonable
+from sira.registry.models import jsonable
 
 _OVERVIEW = """
     SELECT m.name, m.model_type, m.description, m.required_approvals, m.updated_at,
@@ -62,7 +62,7 @@ _QUEUE = """
 async def models_overview(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
     """Every model with what its row on the dashboard shows."""
     authorize(identity, "models.read")
-    return [_jsonable(r) for r in await conn.fetch(_OVERVIEW)]
+    return [jsonable(r) for r in await conn.fetch(_OVERVIEW)]
 
 
 def why_not(identity: Identity, *, creator: str, requester: str, already: list[str]) -> str | None:
@@ -82,7 +82,7 @@ async def approval_queue(conn: Connection, identity: Identity) -> list[dict[str,
     authorize(identity, "models.read")
     out = []
     for row in await conn.fetch(_QUEUE):
-        item = _jsonable(row)
+        item = jsonable(row)
         item["may_decide_reason"] = why_not(identity, creator=row["created_by"], requester=row["requested_by"],
                                             already=[d["approver"] for d in item["decisions"]])
         item["may_decide"] = item["may_decide_reason"] is None
@@ -110,7 +110,7 @@ async def insights(conn: Connection, settings: Any, identity: Identity, model_na
         "importance": [{"feature": f, "mean_abs_shap": v}
                        for f, v in sorted(importance.items(), key=lambda kv: (-abs(kv[1]), kv[0]))],
         "lineage": {
-            "training_run": _jsonable(run) if run else None,
+            "training_run": jsonable(run) if run else None,
             "dataset": manifest.get("dataset"),
             "seed": manifest.get("seed"), "num_threads": manifest.get("num_threads"),
             "code_version": manifest.get("code_version"), "lightgbm_version": manifest.get("lightgbm_version"),
