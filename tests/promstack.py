@@ -40,7 +40,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, check, seconds: float = 90.0, logs: tuple[Path, ...] = ()):
+def wait_for(what: str, check, seconds: float = 90.0, logs: tuple[Path, ...] = (), explain=None):
+    """``check()`` until it is truthy; a timeout names ``what``, the tails of ``logs`` and ``explain()``."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         found = check()
@@ -48,7 +49,20 @@ def wait_for(what: str, check, seconds: float = 90.0, logs: tuple[Path, ...] = (
             return found
         time.sleep(0.5)
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+    raise AssertionError(f"timed out waiting for {what}\n{tails}\n{explain() if explain else ''}")
+
+
+def notification_counters(port: int) -> str:
+    """Alertmanager's own account of its notifications (sent, failed, by integration): what its info-level log
+    does not say while it retries."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        groups = httpx.get(f"http://127.0.0.1:{port}/api/v2/alerts/groups", timeout=5).text
+    except httpx.HTTPError as exc:
+        return f"Alertmanager's /metrics: {exc}"
+    wanted = [line for line in text.splitlines() if line.startswith(("alertmanager_notifications_",
+                                                                     "alertmanager_notification_requests_"))]
+    return "--- Alertmanager's notification counters\n" + "\n".join(wanted) + f"\n--- its groups\n{groups[:3000]}"
 
 
 def rules(folder: Path, *, immediate: bool = True) -> Path:

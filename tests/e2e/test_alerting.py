@@ -16,7 +16,16 @@ import yaml
 
 from sira.core import db
 from tests.conftest import uvicorn_thread
-from tests.promstack import Prometheus, binary, config, dashboard_queries, free_port, stop, wait_for
+from tests.promstack import (
+    Prometheus,
+    binary,
+    config,
+    dashboard_queries,
+    free_port,
+    notification_counters,
+    stop,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -209,6 +218,12 @@ def test_make_observe_starts_prometheus_and_alertmanager_on_a_local_sira(tmp_pat
         groups = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=10).json()["data"]["groups"]
         checked_in = yaml.safe_load((ROOT / "deploy/prometheus/sira-rules.yml").read_text())["groups"]
         assert {r["name"] for g in groups for r in g["rules"]} == {r["alert"] for g in checked_in for r in g["rules"]}
+        # the checked-in 30 s group wait, shortened through Alertmanager's own reload of observe's config
+        written = tmp_path / "observe/alertmanager.yml"
+        am = yaml.safe_load(written.read_text())
+        am["route"]["group_wait"] = "1s"
+        written.write_text(yaml.safe_dump(am))
+        assert httpx.post(f"http://127.0.0.1:{am_port}/-/reload", timeout=10).status_code == 200
         run = uuid.uuid4().hex[:6]
         alerts = [{"labels": {"alertname": f"ObserveTest{severity}{run}", "severity": severity, "model": "fraud"},
                    "annotations": {"summary": f"{severity} from the observe test"}} for severity in ("warning", "page")]
@@ -216,7 +231,8 @@ def test_make_observe_starts_prometheus_and_alertmanager_on_a_local_sira(tmp_pat
         wait_for("both notifications", lambda: any(line.startswith("[slack #sira-alerts] FIRING: ObserveTestwarning")
                                                    for line in lines)
                  and any(line.startswith("[pagerduty] trigger:") and f"ObserveTestpage{run}" in line for line in lines),
-                 seconds=60, logs=(tmp_path / "observe/alertmanager.log",))
+                 seconds=60, logs=(tmp_path / "observe/alertmanager.log",),
+                 explain=lambda: "observe printed:\n" + "".join(lines) + notification_counters(am_port))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
