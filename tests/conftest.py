@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import socket
 import tempfile
@@ -397,9 +398,11 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
     return run_sync(build())
 
 
-async def copy_production_model(source_dsn: str, version: int, dsn: str, settings: Settings, reason: str) -> None:
-    """Register ``fraud`` v``version`` of ``source_dsn`` (its artifact, schema, metrics) in ``dsn``'s
-    registry and put it in production there: a database of a test's own serving the session's model."""
+async def copy_production_model(source_dsn: str, version: int, dsn: str, settings: Settings, reason: str,
+                                name: str = "fraud") -> None:
+    """Register ``fraud`` v``version`` of ``source_dsn`` (its artifact, schema, metrics) as model ``name`` in
+    ``dsn``'s registry and put it in production there: a database (or a model) of a test's own serving the
+    session's model."""
     from sira.core.artifacts import ArtifactRef
     from sira.core.auth import Identity
     from sira.registry import models as registry
@@ -415,16 +418,34 @@ async def copy_production_model(source_dsn: str, version: int, dsn: str, setting
     pool = await db.create_pool(dsn, settings)
     try:
         async with db.transaction(pool) as conn:
-            model, _ = await registry.ensure_model(conn, "fraud", actor=admin.actor(), feature_set="payments",
+            model, _ = await registry.ensure_model(conn, name, actor=admin.actor(), feature_set="payments",
                                                    feature_set_version=1)
             copied = await registry.register_candidate(
                 conn, model, run_id=None, artifact=ArtifactRef(row["artifact_uri"], row["artifact_sha256"]),
                 feature_schema=row["feature_schema"], params=row["params"], metrics=row["metrics"],
                 thresholds=row["thresholds"], feature_set_version=1, actor=admin.actor())
-            await registry.update_model(conn, admin, "fraud", required_approvals=0)
-            await registry.request_promotion(conn, settings, admin, "fraud", copied, reason)
+            await registry.update_model(conn, admin, name, required_approvals=0)
+            await registry.request_promotion(conn, settings, admin, name, copied, reason)
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def scoring_client(model, spool_dir: Path, models: tuple[str, ...] = ("fraud",)):
+    """The application with a scoring service of its own (spool in ``spool_dir``) serving ``models`` of the
+    session's ``model`` database: (HTTP client, service)."""
+    import httpx
+
+    from sira.http.app import create_app
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
+
+    config = ServingConfig(models=list(models), spool_dir=spool_dir, flush_interval_s=0.05, poll_interval_s=1.0)
+    service = ScoringService(model.settings, config)
+    app = create_app(model.settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, service
 
 
 @pytest.fixture(scope="session")

@@ -59,27 +59,36 @@ def stage_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption =
         + (f"; v{result['replaced']} back to validated" if result["replaced"] else "")))
 
 
-def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool) -> None:
+def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool,
+            thresholds: bool) -> None:
     from sira.registry.models import decide
+    from sira.registry.thresholds import decide_change
 
-    result = governed(lambda conn, who: decide(conn, who, model, version, decision, comment), api_key, notify=True)
+    act = decide_change if thresholds else decide
+    what = "threshold change" if thresholds else "request"
+    result = governed(lambda conn, who: act(conn, who, model, version, decision, comment), api_key, notify=True)
     emit(result, as_json, lambda: err.print(
-        f"{model} v{version}: {decision} recorded; request {result['outcome']} "
+        f"{model} v{version}: {decision} recorded; {what} {result['outcome']} "
         f"({result['approvals']}/{result['required_approvals']} approvals)"))
+
+
+ThresholdsFlag = Annotated[bool, typer.Option("--thresholds", help="Decide the version's pending threshold change "
+                                              "(sira thresholds --apply), not its promotion.")]
 
 
 @app.command("approve")
 def approve_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
-                api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Approve a version's pending promotion request (the last required approval promotes it)."""
-    _decide("approve", model, version, comment, api_key, as_json)
+                thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Approve a version's pending promotion request (the last required approval promotes it), or with
+    --thresholds its pending threshold change (the last required approval activates it)."""
+    _decide("approve", model, version, comment, api_key, as_json, thresholds)
 
 
 @app.command("reject")
 def reject_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
-               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Reject a version's pending promotion request (closes it)."""
-    _decide("reject", model, version, comment, api_key, as_json)
+               thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+    """Reject a version's pending promotion request, or with --thresholds its pending threshold change."""
+    _decide("reject", model, version, comment, api_key, as_json, thresholds)
 
 
 @app.command("rollback")

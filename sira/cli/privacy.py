@@ -78,6 +78,20 @@ def thresholds_table(result: dict[str, Any]) -> Any:
     return table
 
 
+def threshold_sets_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']} v{result['version']}: threshold sets (active: {result['active']})",
+                  title_justify="left")
+    for column in ("revision", "review", "block", "status", "requested by", "decided", "reason"):
+        table.add_column(column)
+    for s in result["sets"]:
+        decided = ", ".join(f"{d['decision']} by {d['approver']}" for d in s["decisions"]) or (s["decided_at"] or "")[:19]
+        table.add_row(str(s["revision"]), f"{s['review']:.4f}", f"{s['block']:.4f}", s["status"], s["requested_by"],
+                      decided, s["reason"] or "")
+    return table
+
+
 @app.command("thresholds")
 def thresholds_cmd(
     model: ModelOption,
@@ -85,16 +99,43 @@ def thresholds_cmd(
     days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of matured labels (default window).")] = 28,
     time_from: DateOption("--from", "Start of the window (event time).") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Ask for --review/--block on the version: a threshold "
+                                        "change approved as a promotion is (sira approve --thresholds).")] = False,
+    review: Annotated[float | None, typer.Option("--review", min=0, max=1, help="With --apply: the review threshold.")] = None,
+    block: Annotated[float | None, typer.Option("--block", min=0, max=1, help="With --apply: the block threshold.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="With --apply: why (required).")] = None,
+    history: Annotated[bool, typer.Option("--history", help="The version's threshold sets, newest first.")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """What other review/block thresholds would have done on a labelled window: rates, precision, recall,
-    fraud amount caught, false alarms, costs; and the thresholds that meet the model's targets."""
-    from sira.monitoring.thresholds import what_if
+    fraud amount caught, false alarms, costs; and the thresholds that meet the model's targets. --apply asks
+    for new ones (governed); --history lists the version's threshold sets."""
+    from sira.core.errors import InvalidInput
+    from sira.monitoring import thresholds
+
+    if apply and (review is None or block is None or not reason):
+        raise InvalidInput("--apply needs --review, --block and --reason", code="missing_field")
+    if (apply or history) and version is None:
+        raise InvalidInput("--apply and --history need --version", code="missing_field")
+    if apply and version is not None and review is not None and block is not None and reason:
+        changed = governed(lambda conn, who: thresholds.apply(conn, who, model, version, review=review, block=block,
+                                                              reason=reason, time_from=utc(time_from),
+                                                              time_to=utc(time_to), days=days), api_key, notify=True)
+        emit(changed, as_json, lambda: err.print(
+            f"{model} v{version}: thresholds review {changed['review']}, block {changed['block']} "
+            + ("active (the model needs no approval)" if changed["status"] == "active" else
+               f"requested (revision {changed['revision']}), waiting for {changed['required_approvals']} "
+               f"approval(s): sira approve --model {model} --version {version} --thresholds")))
+        return
+    if history and version is not None:
+        sets = governed(lambda conn, who: thresholds.threshold_sets.history(conn, who, model, version), api_key)
+        emit(sets, as_json, lambda: err.print(threshold_sets_table(sets)))
+        return
 
     async def run(conn: Any, who: Any) -> dict[str, Any]:
-        return await what_if(conn, who, model, version=version, time_from=utc(time_from), time_to=utc(time_to),
-                             days=days)
+        return await thresholds.what_if(conn, who, model, version=version, time_from=utc(time_from),
+                                        time_to=utc(time_to), days=days)
 
     result = governed(run, api_key)
     emit(result, as_json, lambda: err.print(thresholds_table(result)))

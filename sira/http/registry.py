@@ -3,7 +3,6 @@ performance reports, each behind its role. Changes announce themselves by webhoo
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -29,7 +28,6 @@ from sira.http.schemas import (
     PromotionRequested,
     RolledBack,
     Staged,
-    ThresholdWhatIf,
     Traffic,
     Version,
 )
@@ -214,17 +212,3 @@ async def traffic(name: str, pool: PoolDep, who: Identity = require("models.read
     from sira.monitoring import history as monitoring
 
     return await in_transaction(pool, monitoring.traffic, who, name, minutes)
-
-@router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf, responses=errors(404))
-async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
-                             version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
-                             days: Annotated[int, Query(ge=1, le=3650)] = 28,
-                             time_from: Annotated[datetime | None, Query(alias="from")] = None,
-                             time_to: Annotated[datetime | None, Query(alias="to")] = None) -> dict[str, Any]:
-    """What other thresholds would have done on a labelled window (read-only: no threshold changes)."""
-    from sira.ingest.events import as_utc
-    from sira.monitoring.thresholds import what_if
-
-    return await in_transaction(pool, what_if, who, name, version=version, days=days,
-                                time_from=as_utc(time_from) if time_from else None,
-                                time_to=as_utc(time_to) if time_to else None)

@@ -309,3 +309,52 @@ class ThresholdWhatIf(Strict):
     thresholds: list[dict[str, Any]] = Field(description="threshold, flagged, flag_rate, precision, recall, "
                                              "fraud_amount_caught, fraud_amount_share, false_alarms, missed_fraud, "
                                              "false_alarm_cost, missed_fraud_cost, total_cost")
+
+
+class ThresholdSet(Strict):
+    id: int
+    revision: int
+    review: float
+    block: float
+    status: Literal["pending", "active", "superseded", "rejected", "cancelled"]
+    required_approvals: int
+    requested_by: str
+    reason: str | None
+    evidence: dict[str, Any] = Field(description="The what-if at these values when they were requested")
+    created_at: str
+    decided_at: str | None
+    activated_at: str | None
+    decisions: list[dict[str, Any]] = Field(description="approver, decision, comment, at")
+
+
+class ThresholdSets(Strict):
+    """A version's decision thresholds as a history: every prediction names the set that decided it."""
+
+    model: str
+    version: int
+    active: int | None = Field(description="The id of the set serving decides with")
+    sets: list[ThresholdSet]
+
+
+class ThresholdChanged(Strict):
+    model: str
+    version: int
+    set: int
+    revision: int
+    review: float
+    block: float
+    status: Literal["pending", "active"]
+    required_approvals: int
+    evidence: dict[str, Any]
+    from_: dict[str, float] = Field(alias="from", description="The thresholds in force when it was requested")
+
+
+class ThresholdDecided(Strict):
+    model: str
+    version: int
+    set: int
+    revision: int
+    outcome: RequestStatus
+    approvals: int
+    required_approvals: int
+    status: Literal["pending", "active", "rejected"]

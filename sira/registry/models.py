@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
 
 
-def _redacted(text: str | None) -> str | None:
+def redacted(text: str | None) -> str | None:
     """Governance text as stored (reasons, comments, descriptions, errors): card numbers, emails, phone numbers
     and IP addresses in it become tokens, keyed as the events' are; the rest stays readable."""
     if not text:
@@ -98,7 +98,7 @@ async def fail_run(conn: Connection, run_id: uuid.UUID, *, error: str, timings: 
     await conn.execute(
         """UPDATE sira_training_runs SET status = 'failed', error = $2, timings = $3, finished_at = now()
             WHERE run_id = $1 AND status = 'running'""",
-        run_id, (_redacted(error) or "")[:4000], timings,
+        run_id, (redacted(error) or "")[:4000], timings,
     )
 
 
@@ -160,7 +160,7 @@ def loadable(row: Any) -> dict[str, Any]:
     """What a job needs of a version row to load it (:meth:`sira.serving.scoring.ModelRuntime.load`), as a plain
     dict that travels to Ray workers."""
     return {k: row[k] for k in ("model_id", "model_name", "version", "artifact_uri", "artifact_sha256",
-                                "thresholds", "status")}
+                                "thresholds", "threshold_set", "status")}
 
 
 async def _set_status(conn: Connection, version_id: int, status: str) -> None:
@@ -236,7 +236,7 @@ async def stage_version(conn: Connection, settings: Any, identity: Any, model_na
     from sira.registry import lifecycle
 
     authorize(identity, "promotion.request")
-    reason = _redacted(reason)
+    reason = redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "staging":
         return {"model": model_name, "version": version, "status": "staging", "replaced": None}
@@ -267,7 +267,7 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
     from sira.registry import lifecycle
 
     authorize(identity, "promotion.request")
-    reason = _redacted(reason)
+    reason = redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "candidate":
         await validate_version(conn, settings, identity, model_name, version)
@@ -313,7 +313,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision must be approve or reject")
     authorize(identity, "promotion.decide")
-    comment = _redacted(comment)
+    comment = redacted(comment)
     row = await get_version(conn, model_name, version)
     request = await conn.fetchrow(
         "SELECT * FROM sira_promotion_requests WHERE version_id = $1 AND status = 'pending' FOR UPDATE", row["id"]
@@ -375,7 +375,7 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
     authorize(identity, "rollback")
     if not reason or not reason.strip():
         raise InvalidInput("a rollback needs a reason (--reason)", code="reason_required")
-    reason = _redacted(reason) or ""
+    reason = redacted(reason) or ""
     model = await get_model(conn, model_name)
     await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model["id"])
     current = await conn.fetchrow(
@@ -460,7 +460,7 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
         settings["notify"] = receivers.names(settings["notify"])
     if feature_set is not None and feature_set_version is None:
         feature_set_version = CURRENT_VERSIONS.get(feature_set, 1)
-    values = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
+    values = {k: redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
     columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
     args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
     placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
@@ -485,7 +485,7 @@ async def update_model(conn: Connection, identity: Any, name: str, **changes: An
     from sira.registry.targets import DecisionTargets
 
     authorize(identity, "models.settings")
-    changes = {k: _redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in changes.items() if v is not None}
+    changes = {k: redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in changes.items() if v is not None}
     unknown = set(changes) - set(MODEL_SETTINGS)
     if unknown or not changes:
         raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")

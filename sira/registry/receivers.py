@@ -114,6 +114,16 @@ def summary(event: str, p: dict[str, Any]) -> str:
         return f"{model} v{version}: {verb} by {p.get('by', '?')} (request {p.get('outcome', 'pending')})"
     if event == "version.stage":
         return f"{model} v{version} is in staging (shadow scoring)"
+    if event == "thresholds.request":
+        return (f"{model} v{version}: thresholds review {p.get('review')}, block {p.get('block')} requested by "
+                f"{p.get('requested_by', '?')}, waiting for {p.get('required_approvals', '?')} approval(s)")
+    if event in ("thresholds.approve", "thresholds.reject"):
+        verb = "approved" if event.endswith("approve") else "rejected"
+        return f"{model} v{version}: threshold change {verb} by {p.get('by', '?')} ({p.get('outcome', 'pending')})"
+    if event == "thresholds.change":
+        to = p.get("to") or {}
+        return (f"{model} v{version} decides with review {to.get('review')}, block {to.get('block')} "
+                f"(revision {p.get('revision')}): {p.get('via', 'a change')} by {p.get('actor', '?')}")
     return f"{model}: {event}"
 
 

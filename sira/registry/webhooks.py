@@ -30,7 +30,8 @@ import asyncpg
 if TYPE_CHECKING:
     from sira.core.db import Connection
 
-EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change", "version.stage")
+EVENTS = ("promotion.request", "promotion.approve", "promotion.reject", "production.change", "version.stage",
+          "thresholds.request", "thresholds.approve", "thresholds.reject", "thresholds.change")
 
 
 async def enqueue(conn: Connection, event: str, payload: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | No
     try:
         row = await conn.fetchrow(
             """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
-                      v.thresholds
+                      v.thresholds, v.threshold_set
                  FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
                 WHERE m.name = $1 AND v.version = $2""", model, version)
         return dict(row) if row is not None else None
@@ -113,7 +113,8 @@ def recorder_actor() -> Any:
 
 
 PREDICTION_COLUMNS = ("prediction_id", "scored_at", "request_id", "model_id", "model_name", "version", "role",
-                      "event_id", "features", "score", "decision", "reasons", "flags", "degraded", "latency_ms")
+                      "event_id", "features", "score", "decision", "reasons", "flags", "degraded", "latency_ms",
+                      "threshold_set")
 
 
 async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict[str, Any]]) -> int:
@@ -128,7 +129,7 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
         rows.append((uuid.UUID(p["prediction_id"]), datetime.fromisoformat(p["scored_at"]), p["request_id"],
                      p["model_id"], p["model_name"], p["version"], p["role"], p["event_id"], p["features"],
                      min(max(float(p["score"]), 0.0), 1.0), p["decision"], p["reasons"] or [], flags,
-                     bool(p["degraded"]), float(p["latency_ms"])))
+                     bool(p["degraded"]), float(p["latency_ms"]), p.get("threshold_set")))
     lo, hi = min(r[1] for r in rows), max(r[1] for r in rows)
     await conn.execute("SELECT sira_ensure_month_partitions('sira_predictions', $1, $2)", lo, hi)
     await conn.execute(
@@ -168,6 +169,7 @@ def prediction_record(answer: dict[str, Any], runtime: Any, vector: dict[str, An
         "flags": {**answer["flags"], DIGEST: answer[DIGEST]} if DIGEST in answer else answer["flags"],
         "degraded": answer["degraded"],
         "degraded_reasons": answer["degraded_reasons"], "latency_ms": answer["latency_ms"],
+        "threshold_set": runtime.threshold_set,
     }
 
 

@@ -120,6 +120,7 @@ class ModelRuntime:
     calibration: dict[str, Any]
     thresholds: dict[str, float]
     feature_set: FeatureSet | None  # None: a bring-your-own-table model (ready features)
+    threshold_set: int | None = None  # the sira_threshold_sets row ``thresholds`` come from (None: the manifest's)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -146,7 +147,7 @@ class ModelRuntime:
             version=int(version_row["version"]), artifact_sha256=version_row["artifact_sha256"], booster=booster,
             schema=schema, calibration=manifest["calibration"],
             thresholds={k: float(v) for k, v in (version_row.get("thresholds") or manifest["thresholds"]).items()},
-            feature_set=fs,
+            feature_set=fs, threshold_set=version_row.get("threshold_set"),
         )
         runtime.predict(np.zeros((1, len(schema))))  # warm up before the first request sees it
         return runtime

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -71,6 +71,17 @@ class LoadFailure:
                 "since": datetime.fromtimestamp(self.since, timezone.utc).isoformat()}
 
 
+def with_thresholds(runtime: ModelRuntime, row: dict[str, Any]) -> ModelRuntime:
+    """The loaded version deciding with its newly active threshold set (no reload: the artifact is the same)."""
+    return replace(runtime, thresholds={k: float(v) for k, v in row["thresholds"].items()},
+                   threshold_set=row["threshold_set"])
+
+
+def _threshold_sets(slot: Slot | None) -> tuple[int | None, int | None]:
+    runtimes = (slot.production, slot.shadow) if slot else (None, None)
+    return runtimes[0].threshold_set if runtimes[0] else None, runtimes[1].threshold_set if runtimes[1] else None
+
+
 def _load_error(exc: BaseException) -> tuple[str, str]:
     """A failed load's stable reason code and message."""
     if isinstance(exc, SiraError):
@@ -100,7 +111,7 @@ class ModelSlots:
             async with r.pool.acquire(timeout=5) as conn:
                 rows = await conn.fetch(
                     """SELECT m.id AS model_id, m.name AS model_name, m.entity_type, v.version, v.status,
-                              v.artifact_uri, v.artifact_sha256, v.thresholds
+                              v.artifact_uri, v.artifact_sha256, v.thresholds, v.threshold_set
                          FROM sira_models m
                          LEFT JOIN sira_model_versions v ON v.model_id = m.id AND v.status IN ('production', 'staging')
                         WHERE m.name = ANY($1::text[])""",
@@ -131,7 +142,7 @@ class ModelSlots:
             if row is None:
                 loaded[role] = None
             elif have is not None and (have.version, have.artifact_sha256) == (row["version"], row["artifact_sha256"]):
-                loaded[role] = have
+                loaded[role] = have if have.threshold_set == row["threshold_set"] else with_thresholds(have, row)
             else:
                 loaded[role] = await self._load(name, role, dict(row), have)
             failure = self.load_failures.get((name, role))
@@ -142,6 +153,7 @@ class ModelSlots:
         before = (current.production.version if current and current.production else None,
                   current.shadow.version if current and current.shadow else None)
         after = (slot.production.version if slot.production else None, slot.shadow.version if slot.shadow else None)
+        sets = [*_threshold_sets(current), *_threshold_sets(slot)]
         self.slots[name] = slot  # one assignment: a batch sees the old slot or the new one
         metrics = self.replica.metrics
         if metrics:
@@ -149,12 +161,13 @@ class ModelSlots:
             metrics.version.set(after[1] or 0, tags={"model": name, "role": "shadow"})
             for role in ("production", "shadow"):
                 metrics.load_failing.set(int((name, role) in self.load_failures), tags={"model": name, "role": role})
-        if before == after:
+        if before == after and sets[:2] == sets[2:]:
             return None
         change = {"model": name, "production": after[0], "shadow": after[1], "from": before[0], "reason": reason,
-                  "at": time.time()}
+                  "threshold_sets": sets[2:], "at": time.time()}
         self.swaps.append(change)
-        log.warning("serving %s: production v%s, shadow v%s (%s)", name, after[0], after[1], reason)
+        log.warning("serving %s: production v%s, shadow v%s, threshold sets %s (%s)", name, after[0], after[1],
+                    sets[2:], reason)
         return change
 
     async def _load(self, name: str, role: str, row: dict[str, Any], have: ModelRuntime | None) -> ModelRuntime | None:

@@ -4,7 +4,6 @@ trail, feedback, shadow scores, hot swap through the registry, caches, degraded 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,6 +18,7 @@ from sira.registry import models as registry
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
 from tests.conftest import SCORE_BAD_INPUTS
+from tests.conftest import scoring_client as serving
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 8, 12, tzinfo=timezone.utc)  # after the simulated history
@@ -29,17 +29,6 @@ def event(fraud_model, i: int, **overrides):
     return {"event_id": f"live-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(seconds=i)).isoformat(),
             "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
             "amount": e["amount"], "country": e["country"], "channel": e["channel"], **overrides}
-
-
-@contextlib.asynccontextmanager
-async def serving(model, spool_dir):
-    """The application with a scoring service of its own (spool in a temp folder): (HTTP client, service)."""
-    config = ServingConfig(models=["fraud"], spool_dir=spool_dir, flush_interval_s=0.05, poll_interval_s=1.0)
-    service = ScoringService(model.settings, config)
-    app = create_app(model.settings, scoring=service)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            yield client, service
 
 
 @pytest.fixture(scope="module")

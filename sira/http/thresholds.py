@@ -1,0 +1,86 @@
+"""Decision thresholds over HTTP: what other thresholds would have done (``GET /v1/models/{name}/thresholds``),
+a version's threshold sets, and a governed change of them: requested with a reason, approved or rejected as
+a promotion is (sira.registry.thresholds), then swapped into serving without a reload."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request
+from pydantic import BaseModel, Field
+
+from sira.core.auth import Identity
+from sira.core.config import MAX_VERSION
+from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import Version as VersionNumber
+from sira.http.registry import Comment, announce
+from sira.http.schemas import ThresholdChanged, ThresholdDecided, ThresholdSets, ThresholdWhatIf
+from sira.ingest.events import as_utc
+from sira.monitoring import thresholds
+
+router = APIRouter(prefix="/v1", tags=["thresholds"])
+
+
+class ThresholdChange(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    review: Annotated[float, Field(ge=0, le=1, description="Scores at or above it go to a person")]
+    block: Annotated[float, Field(ge=0, le=1, description="Scores at or above it are blocked (>= review)")]
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    days: Annotated[int, Field(ge=1, le=3650, description="Days of matured labels for the evidence")] = 28
+    time_from: Annotated[datetime | None, Field(alias="from")] = None
+    time_to: Annotated[datetime | None, Field(alias="to")] = None
+
+
+@router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf, responses=errors(404))
+async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
+                             version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
+                             days: Annotated[int, Query(ge=1, le=3650)] = 28,
+                             time_from: Annotated[datetime | None, Query(alias="from")] = None,
+                             time_to: Annotated[datetime | None, Query(alias="to")] = None) -> dict[str, Any]:
+    """What other thresholds would have done on a labelled window (read-only)."""
+    return await in_transaction(pool, thresholds.what_if, who, name, version=version, days=days,
+                                time_from=as_utc(time_from) if time_from else None,
+                                time_to=as_utc(time_to) if time_to else None)
+
+
+@router.get("/models/{name}/versions/{version}/thresholds", response_model=ThresholdSets, responses=errors(404))
+async def threshold_sets(name: str, version: VersionNumber, pool: PoolDep,
+                         who: Identity = require("models.read")) -> dict[str, Any]:
+    """The version's threshold sets, newest first: the active one, pending, superseded and rejected, with
+    who asked, why, on what evidence and who decided."""
+    return await in_transaction(pool, thresholds.threshold_sets.history, who, name, version)
+
+
+@router.post("/models/{name}/versions/{version}/thresholds", status_code=201, response_model=ThresholdChanged,
+             responses=errors(404, 409, body=True))
+async def request_thresholds(name: str, version: VersionNumber, body: ThresholdChange, request: Request,
+                             pool: PoolDep, background: BackgroundTasks,
+                             who: Identity = require("promotion.request")) -> dict[str, Any]:
+    """Ask for new review/block thresholds: pending until the model's required approvals (active at once
+    when it requires none), with the what-if at these values as the approvers' evidence."""
+    result = await in_transaction(pool, thresholds.apply, who, name, version, review=body.review, block=body.block,
+                                  reason=body.reason, days=body.days,
+                                  time_from=as_utc(body.time_from) if body.time_from else None,
+                                  time_to=as_utc(body.time_to) if body.time_to else None)
+    announce(background, request)
+    return result
+
+
+def decision_route(decision: Literal["approve", "reject"]) -> Any:
+    async def decide(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
+                     background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
+        result = await in_transaction(pool, thresholds.threshold_sets.decide_change, who, name, version, decision,
+                                      body.comment)
+        announce(background, request)
+        return result
+
+    return decide
+
+
+for decision in ("approve", "reject"):
+    router.add_api_route(f"/models/{{name}}/versions/{{version}}/thresholds/{decision}", decision_route(decision),
+                         methods=["POST"], name=f"thresholds_{decision}", response_model=ThresholdDecided,
+                         responses=errors(404, 409, body=True),
+                         summary=f"{decision.capitalize()} the version's pending threshold change")

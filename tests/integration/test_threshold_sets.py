@@ -1,0 +1,161 @@
+"""Decision thresholds as a governed history: a change is requested with its evidence, needs the model's
+approvals from people other than the requester, reaches serving without a reload, and every prediction
+names the set that decided it, so an old decision's explanation keeps its own thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sira.core import db
+from sira.core.auth import Identity
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.monitoring.explanation import explain_prediction
+from sira.registry import models as registry
+from sira.registry import thresholds as threshold_sets
+from tests.conftest import copy_production_model, scoring_client
+
+ADMIN = Identity("th-admin", frozenset({"admin"}))
+SCIENTIST = Identity("th-scientist", frozenset({"data_scientist"}))
+APPROVERS = [Identity(f"th-approver-{k}", frozenset({"approver"})) for k in "ab"]
+ANALYST = Identity("th-analyst", frozenset({"analyst"}))
+NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+async def model(fraud_model):
+    """A model of this module's own serving the session's artifact, two approvals required."""
+    name = f"fraud_th_{uuid.uuid4().hex[:6]}"
+    await copy_production_model(fraud_model.dsn, fraud_model.version, fraud_model.dsn, fraud_model.settings,
+                                "threshold tests", name=name)
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        async with conn.transaction():
+            await registry.update_model(conn, ADMIN, name, required_approvals=2)
+    finally:
+        await conn.close()
+    return name
+
+
+async def in_tx(fraud_model, fn, *args, **kwargs):
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        async with conn.transaction():
+            return await fn(conn, *args, **kwargs)
+    finally:
+        await conn.close()
+
+
+def payment(fraud_model, k: int) -> dict:
+    e = fraud_model.entities[k % len(fraud_model.entities)]
+    return {"event_id": f"th-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(seconds=k)).isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": e["amount"], "country": e["country"], "channel": e["channel"]}
+
+
+async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_each_prediction(
+        fraud_model, model, tmp_path):
+    headers = {role: {"Authorization": f"Bearer {fraud_model.keys[role]}"} for role in fraud_model.keys}
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        before = (await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, 1)},
+                                    headers=headers["service"])).json()
+        await service.flush()
+        version = await service.pool.fetchrow(
+            """SELECT v.version, v.thresholds, v.threshold_set FROM sira_model_versions v
+                 JOIN sira_models m ON m.id = v.model_id WHERE m.name = $1""", model)
+        original = dict(version["thresholds"])
+        assert await service.pool.fetchval("SELECT threshold_set FROM sira_predictions WHERE prediction_id = $1",
+                                           uuid.UUID(before["prediction_id"])) == version["threshold_set"]
+        report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
+        assert report["thresholds"] == original and report["threshold_set"]["revision"] == 1
+
+        # asked over HTTP by a data scientist (an analyst may not), with the what-if as evidence
+        path = f"/v1/models/{model}/versions/{version['version']}/thresholds"
+        body = {"review": 0.0, "block": 0.0, "reason": "block everything during an attack"}
+        refused = await client.post(path, json=body, headers=headers["analyst"])
+        assert refused.status_code == 403
+        bad = await client.post(path, json={**body, "review": 0.5, "block": 0.2}, headers=headers["data_scientist"])
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_value"
+        asked = await client.post(path, json=body, headers=headers["data_scientist"])
+        assert asked.status_code == 201, asked.text
+        change = asked.json()
+        assert change["status"] == "pending" and change["revision"] == 2 and change["from"] == original
+        assert change["evidence"]["window"] is None or change["evidence"]["requested"]["block"]["threshold"] == 0.0
+        again = await client.post(path, json=body, headers=headers["data_scientist"])
+        assert again.status_code == 409 and again.json()["error"]["code"] == "request_pending"
+
+        # four eyes: the requester may not decide; each approver once; two approvals activate it
+        requester = Identity("t-data_scientist", frozenset({"approver"}))
+        with pytest.raises(PermissionDenied):
+            await in_tx(fraud_model, threshold_sets.decide_change, requester, model, version["version"], "approve")
+        first = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version["version"],
+                            "approve", "seen the evidence")
+        assert first["outcome"] == "pending" and first["approvals"] == 1
+        with pytest.raises(Conflict):
+            await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version["version"], "approve")
+        assert (await service.pool.fetchval("SELECT thresholds FROM sira_model_versions WHERE threshold_set = $1",
+                                            version["threshold_set"])) == original  # nothing changed yet
+        done = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[1], model, version["version"],
+                           "approve")
+        assert done["outcome"] == "approved" and done["status"] == "active"
+
+        # serving hears of it (NOTIFY at commit) and decides with the new set, without reloading the artifact
+        loaded = service.models.slots[model].production
+        for _ in range(300):  # the listener runs on this loop: wait without blocking it
+            if service.models.slots[model].production.threshold_set == change["set"]:
+                break
+            await asyncio.sleep(0.05)
+        swapped = service.models.slots[model].production
+        assert swapped.booster is loaded.booster and swapped.thresholds == {"review": 0.0, "block": 0.0}
+        after = (await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, 2)},
+                                   headers=headers["service"])).json()
+        assert after["decision"] == "block"
+        await service.flush()
+        stored = await service.pool.fetchval("SELECT threshold_set FROM sira_predictions WHERE prediction_id = $1",
+                                             uuid.UUID(after["prediction_id"]))
+        assert stored == change["set"]
+
+    # the old decision's report is the same report: its own thresholds, not today's
+    again_report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
+    assert again_report["thresholds"] == original and again_report["report_id"] == report["report_id"]
+    new_report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, after["prediction_id"])
+    assert new_report["thresholds"] == {"review": 0.0, "block": 0.0} and new_report["threshold_set"]["revision"] == 2
+
+    # the history, the audit trail and the webhook outbox say who, when, why
+    history = await in_tx(fraud_model, threshold_sets.history, ANALYST, model, version["version"])
+    assert history["active"] == change["set"]
+    assert [(s["revision"], s["status"]) for s in history["sets"]] == [(2, "active"), (1, "superseded")]
+    assert {d["approver"] for d in history["sets"][0]["decisions"]} == {a.name for a in APPROVERS}
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        actions = [r["action"] for r in await conn.fetch(
+            "SELECT action FROM sira_audit_log WHERE target_id = $1 AND action LIKE 'thresholds.%' ORDER BY id",
+            f"{model}:v{version['version']}")]
+        outbox = await conn.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE event = 'thresholds.change' "
+                                     "AND payload->>'model' = $1", model)
+    finally:
+        await conn.close()
+    assert actions == ["thresholds.request", "thresholds.approve", "thresholds.approve", "thresholds.change"]
+    assert outbox == 1
+
+
+async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_model, model):
+    version = (await in_tx(fraud_model, threshold_sets.history, ANALYST, model, 1))["version"]
+    with pytest.raises(InvalidInput):
+        await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
+                    reason=" ")
+    with pytest.raises(PermissionDenied):
+        await in_tx(fraud_model, threshold_sets.request_change, ANALYST, model, version, review=0.2, block=0.9,
+                    reason="no role")
+    with pytest.raises(NotFound):
+        await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version, "approve")
+    asked = await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
+                        reason="calmer")
+    rejected = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version, "reject", "no")
+    assert rejected["outcome"] == "rejected" and rejected["status"] == "rejected"
+    history = await in_tx(fraud_model, threshold_sets.history, ANALYST, model, version)
+    assert history["active"] != asked["set"]
+    assert next(s for s in history["sets"] if s["id"] == asked["set"])["status"] == "rejected"
