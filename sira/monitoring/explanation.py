@@ -6,8 +6,10 @@ gives: the decision and when; the model's purpose and version; every factor that
 language, ranked by its exact TreeSHAP contribution (LightGBM ``pred_contrib``, the same numbers the
 answer's reasons come from), with its direction and the person's value against the typical range of the
 training data (quantiles of the reference the version was trained on, never another person's row); the
-categories of data used; whether a person reviewed the decision and how to ask for one. The same
-prediction gives the same report (its ``report_id`` is a hash of everything but the issue time). Each report
+categories of data used; whether a person reviewed the decision and how to ask for one; the thresholds of
+the set that decided it (:mod:`sira.registry.thresholds`); for a review or block, the smallest change in
+what the person controls that would have changed it, verified by re-scoring (:mod:`counterfactual`). The
+same prediction gives the same report (its ``report_id`` is a hash of everything but the issue time). Each report
 issued is recorded in the audit log. An analyst reads it whole; a ``service`` key (the product that shows
 it to its customer) gets the plain-language summary only.
 """
@@ -29,6 +31,7 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef, load_manifest
 from sira.core.auth import Identity, authorize, may
 from sira.core.errors import InvalidInput, NotFound
+from sira.monitoring import counterfactual
 from sira.registry.models import get_model, get_version
 from sira.serving.scoring import ModelRuntime, describe, display_value
 
@@ -68,6 +71,18 @@ def _categories(runtime: ModelRuntime) -> list[str]:
     return out
 
 
+async def deciding_set(conn: Connection, set_id: int | None, version_id: int) -> dict[str, Any]:
+    """The threshold set that decided a prediction: the one it names, else (stored before threshold sets
+    existed, when a version's thresholds never changed) the version's first."""
+    found = await conn.fetchrow("SELECT id, revision, review, block FROM sira_threshold_sets WHERE id = $1"
+                                if set_id is not None else
+                                "SELECT id, revision, review, block FROM sira_threshold_sets WHERE version_id = $1 "
+                                "AND revision = 1", set_id if set_id is not None else version_id)
+    if found is None:
+        raise NotFound("the thresholds that decided this prediction are not recorded", code="unknown_threshold_set")
+    return dict(found)
+
+
 async def explain_prediction(conn: Connection, settings: Any, identity: Identity, prediction_id: str) -> dict[str, Any]:
     """The report of one stored prediction (the summary only for a caller that may score but not read
     predictions)."""
@@ -80,7 +95,8 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         raise InvalidInput("the prediction id must be a UUID", code="invalid_value",
                            details={"field": "prediction_id"}) from None
     row = await conn.fetchrow(
-        """SELECT prediction_id, model_name, version, role, event_id, features, score, decision, scored_at
+        """SELECT prediction_id, model_name, version, role, event_id, features, score, decision, scored_at,
+                  threshold_set
              FROM sira_predictions WHERE prediction_id = $1 ORDER BY scored_at DESC LIMIT 1""", key)
     if row is None:
         raise NotFound(f"no stored prediction {key}", code="unknown_prediction", details={"prediction_id": str(key)})
@@ -90,6 +106,7 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)  # a verified artifact, read from disk
     reference = (load_manifest(settings, ArtifactRef(version["artifact_uri"], version["artifact_sha256"]))
                  .get("reference") or {}).get("features") or {}
+    decided_by = await deciding_set(conn, row["threshold_set"], version["id"])
     x = runtime.matrix([row["features"]])
     contributions = runtime.contributions(x)[0]
     factors = []
@@ -107,12 +124,15 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
             WHERE (prediction_id = $1 OR event_id = $2) AND source = ANY($3::text[]) ORDER BY known_at""",
         key, row["event_id"], list(REVIEW_SOURCES))
     decision = row["decision"]
+    thresholds = {"review": decided_by["review"], "block": decided_by["block"]}
+    counterfactual = await _counterfactual(conn, runtime, row, thresholds)
     summary = {
         "prediction_id": str(key), "decision": decision, "decided_at": row["scored_at"].isoformat(),
         "model": row["model_name"], "version": row["version"],
         "purpose": PURPOSES.get(model["model_type"], model["model_type"]),
         "main_factors": [f["text"] + (" (raised the risk)" if f["direction"] == "increases_risk" else
                                       " (lowered the risk)") for f in factors[:4]],
+        "what_would_change_it": _in_words(counterfactual),
         "human_review": {"reviewed": bool(reviews),
                          "how_to_ask": "Ask the company that took the payment for a review by a person, quoting "
                                        f"reference {key}."},
@@ -121,7 +141,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     if full:
         report.update({
             "score": row["score"], "role": row["role"],
-            "thresholds": runtime.thresholds, "description": model["description"],
+            "thresholds": thresholds, "counterfactual": counterfactual,
+            "threshold_set": {"id": decided_by["id"], "revision": decided_by["revision"]},
+            "description": model["description"],
             "factors": factors, "expected_value": float(contributions[-1]),
             "raw_score": float(contributions.sum()),
             "data_categories": _categories(runtime),
@@ -132,6 +154,28 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     await audit.record(conn, identity.actor(), "explanation.issue", target_type="prediction", target_id=str(key),
                        details={"report_id": report["report_id"], "summary_only": not full})
     return report
+
+
+async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float]
+                          ) -> dict[str, Any]:
+    event = await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", row["event_id"]) \
+        if row["event_id"] else None
+    if event is None:
+        return {"available": False, "why": "the payment itself is not stored (scored without recording)"}
+    return await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds, row["decision"])
+
+
+def _in_words(found: dict[str, Any]) -> str | None:
+    """The counterfactual as the person reads it."""
+    if not found.get("available"):
+        return None
+    change = found["change"]
+    if "amount" in change:
+        what = f"the amount had been {_num(change['amount']['to'])} instead of {_num(change['amount']['from'])}"
+    else:
+        what = (f"the payment had been made at {change['occurred_at']['to'][11:16]} UTC instead of "
+                f"{change['occurred_at']['from'][11:16]}")
+    return f"The decision would have been {found['decision']} if {what}, all else the same."
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -146,6 +190,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Data used", ""] + [f"- {c}" for c in report["data_categories"]]
     else:
         lines += [f"- {t}" for t in s["main_factors"]]
+    if s.get("what_would_change_it"):
+        lines += ["", "## What would have changed it", "", s["what_would_change_it"]]
     review = s["human_review"]
     lines += ["", "## Review by a person", "",
               ("A person has reviewed this decision." if review["reviewed"] else "No person has reviewed this "

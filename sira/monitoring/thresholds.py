@@ -5,7 +5,8 @@ labels known now, by the same rule as live performance), for each candidate thre
 or above it is flagged): the share of traffic flagged, precision and recall, the fraud amount caught and
 its share, false alarms, and the cost of both kinds of error at the model's cost settings. Candidates are
 the version's thresholds, the thresholds the model's decision targets would choose on this window, and a
-grid of flag rates. Read-only: changing thresholds is a governed change of its own.
+grid of flag rates. Read-only; :func:`apply` asks for a change (a threshold set, governed as a promotion
+is: :mod:`sira.registry.thresholds`) with the what-if at the new values as its evidence.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sira.core.auth import Identity, authorize
 from sira.core.errors import InvalidInput
 from sira.monitoring.performance import PREDICTIONS_SQL
 from sira.registry import models as registry
+from sira.registry import thresholds as threshold_sets
 from sira.registry.targets import DecisionTargets
 from sira.training.evaluation import choose_thresholds
 from sira.training.windows import Windows, label_rule
@@ -70,9 +72,9 @@ async def labelled_window(conn: Connection, model: str, version: int, lo: dateti
 
 async def what_if(conn: Connection, identity: Identity, model_name: str, *, version: int | None = None,
                   time_from: datetime | None = None, time_to: datetime | None = None, days: int = 28,
-                  now: datetime | None = None) -> dict[str, Any]:
+                  now: datetime | None = None, also: tuple[float, ...] = ()) -> dict[str, Any]:
     """The what-if table of a version (production's by default) on a labelled window (the last ``days`` of
-    matured labels by default)."""
+    matured labels by default); ``also``: more thresholds to evaluate."""
     authorize(identity, "models.read")  # aggregates, as the performance report
     model = await registry.get_model(conn, model_name)
     if version is None:
@@ -96,8 +98,32 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
     current = {k: float(v) for k, v in row["thresholds"].items()}
     suggested = choose_thresholds(y, p, targets)
     grid = [float(np.quantile(p, 1 - r)) for r in FLAG_RATES]
-    rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid], targets)
+    rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid, *also], targets)
     return {"model": model_name, "version": version, "window": {"from": lo.isoformat(), "to": hi.isoformat()},
             "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
             "targets": targets.__dict__, "current": current, "meets_targets": suggested,
             "thresholds": rows}
+
+
+async def apply(conn: Connection, identity: Identity, model_name: str, version: int, *, review: float, block: float,
+                reason: str, time_from: datetime | None = None, time_to: datetime | None = None, days: int = 28,
+                now: datetime | None = None) -> dict[str, Any]:
+    """Ask for ``review``/``block`` on a version: a pending threshold set whose evidence is what these values,
+    and the current ones, did on the labelled window (none when the window has no labelled answers of both
+    classes: the approvers are told so)."""
+    authorize(identity, "promotion.request")
+    r, b = threshold_sets.check_values(review, block)
+    try:
+        table = await what_if(conn, identity, model_name, version=version, time_from=time_from, time_to=time_to,
+                              days=days, now=now, also=(r, b))
+    except InvalidInput as exc:
+        if exc.code != "empty_window":
+            raise
+        evidence: dict[str, Any] = {"window": None, "note": exc.message}
+    else:
+        at = {row["threshold"]: row for row in table["thresholds"]}
+        evidence = {"window": table["window"], "labelled": table["labelled"], "positives": table["positives"],
+                    "requested": {"review": at[r], "block": at[b]},
+                    "current": {k: at[v] for k, v in table["current"].items()}, "meets_targets": table["meets_targets"]}
+    return await threshold_sets.request_change(conn, identity, model_name, version, review=r, block=b, reason=reason,
+                                               evidence=evidence) | {"evidence": evidence}

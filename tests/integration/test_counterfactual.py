@@ -1,0 +1,122 @@
+"""Counterfactuals in explanation reports, on a planted case: a blocked payment whose amount alone drives its
+score gets the nearest amount that changes the decision, verified by re-scoring through the serving path,
+changing only what the person controls."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sira.core import db
+from sira.core.auth import Identity
+from sira.monitoring.counterfactual import ACTIONABLE
+from sira.monitoring.explanation import explain_prediction, to_markdown
+from sira.registry import thresholds as threshold_sets
+from tests.conftest import copy_production_model, scoring_client
+
+SCIENTIST = Identity("cf-scientist", frozenset({"data_scientist"}))
+ANALYST = Identity("cf-analyst", frozenset({"analyst"}))
+NOW = datetime(2026, 10, 10, 12, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+async def model(fraud_model):
+    name = f"fraud_cf_{uuid.uuid4().hex[:6]}"  # no approvals needed: the planted thresholds apply at once
+    await copy_production_model(fraud_model.dsn, fraud_model.version, fraud_model.dsn, fraud_model.settings,
+                                "counterfactual tests", name=name)
+    return name
+
+
+async def in_tx(fraud_model, fn, *args, **kwargs):
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        async with conn.transaction():
+            return await fn(conn, *args, **kwargs)
+    finally:
+        await conn.close()
+
+
+async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfactual(fraud_model, model, tmp_path):
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    e = fraud_model.entities[7]
+    base = {"event_id": f"cf-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(minutes=7)).isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": 20.0, "country": e["country"], "channel": e["channel"]}
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        async def score(event, record=False):
+            answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
+                                                          "request_id": uuid.uuid4().hex}, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        # the plant: the same payment, only its amount larger, scores higher; the thresholds sit between
+        low = (await score(base))["score"]
+        for factor in (10, 50, 200, 1000):
+            high = (await score({**base, "amount": base["amount"] * factor}))["score"]
+            if high > low + 1e-3:
+                break
+        assert high > low + 1e-3, "the amount never raised this payment's score"
+        cut = (low + high) / 2
+        version = (await in_tx(fraud_model, threshold_sets.history, ANALYST, model, 1))["version"]
+        change = await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=cut,
+                             block=cut, reason="the counterfactual plant")
+        for _ in range(300):
+            if service.models.slots[model].production.threshold_set == change["set"]:
+                break
+            await asyncio.sleep(0.05)
+        big = {**base, "amount": base["amount"] * factor}
+        blocked = await score(big, record=True)
+        assert blocked["decision"] == "block"
+        await service.flush()
+
+        report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
+        cf = report["counterfactual"]
+        assert cf["available"] and cf["verified"], cf
+        assert set(cf["change"]) == {"amount"} <= set(ACTIONABLE)  # only what the person controls
+        to = cf["change"]["amount"]["to"]
+        assert cf["change"]["amount"]["from"] == big["amount"] and base["amount"] <= to < big["amount"]
+        assert cf["decision"] == "approve" and cf["score"] < cut
+        # the features that moved are the amount's own and its aggregates; history is untouched
+        assert "amount" in cf["features_changed"]
+        assert all("amount" in name for name in cf["features_changed"]), cf["features_changed"]
+
+        # re-scored by the serving path (the stored event replaced by the changed copy, folded from the log):
+        # the reported amount changes the decision, a cent more does not
+        rescored = await score({**big, "amount": to})
+        kept = await score({**big, "amount": round(to + 0.01, 2)})
+        assert rescored["decision"] == "approve" and rescored["score"] == pytest.approx(cf["score"], abs=1e-12)
+        assert kept["decision"] == "block"
+
+    summary = report["summary"]["what_would_change_it"]
+    assert f"{to:,.2f}" in summary and "approve" in summary
+    assert "## What would have changed it" in to_markdown(report)
+    again = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
+    assert again["report_id"] == report["report_id"]  # reproducible, counterfactual included
+
+
+async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payment(fraud_model, model, tmp_path):
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    e = fraud_model.entities[9]
+    event = {"event_id": f"cf-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(minutes=9)).isoformat(),
+             "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+             "amount": 12.5, "country": e["country"], "channel": e["channel"]}
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        answer = (await client.post("/v1/score", json={"model": model, "event": event}, headers=headers)).json()
+        await service.flush()
+    key = uuid.UUID(answer["prediction_id"])
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        await conn.execute("UPDATE sira_predictions SET decision = 'approve' WHERE prediction_id = $1", key)
+        report = await explain_prediction(conn, fraud_model.settings, ANALYST, answer["prediction_id"])
+        assert report["counterfactual"] == {"available": False,
+                                            "why": "the payment was approved: nothing needed to change"}
+        await conn.execute("UPDATE sira_predictions SET event_id = 'never-stored', decision = 'block' "
+                           "WHERE prediction_id = $1", key)
+    finally:
+        await conn.close()
+    report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, answer["prediction_id"])
+    assert report["counterfactual"]["available"] is False and "not stored" in report["counterfactual"]["why"]
+    assert report["summary"]["what_would_change_it"] is None
