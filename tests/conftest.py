@@ -430,6 +430,43 @@ async def copy_production_model(source_dsn: str, version: int, dsn: str, setting
         await pool.close()
 
 
+KEY_ROLES = {"admin": ["admin"], "admin-b": ["admin"], "service": ["service"], "analyst": ["analyst"],
+             "data_scientist": ["data_scientist"]}
+
+
+def private_installation(create_database, fraud_model, prefix: str, redis_url: str | None = None):
+    """A database of a test module's own with the session's ``fraud`` model in production (no approvals
+    needed), and keys named after ``KEY_ROLES`` (two admins): tests that change governance or erase data
+    leave the session's shared database alone. Shares the session's workspace (artifacts, secrets)."""
+    from types import SimpleNamespace
+
+    from sira.core.auth import authenticate, create_key
+
+    dsn = create_database(prefix)
+    run_sync(migrate_database(dsn))
+    settings = Settings(database_url=dsn, workspace=fraud_model.settings.workspace, redis_url=redis_url)
+
+    async def seed() -> dict[str, str]:
+        await copy_production_model(fraud_model.dsn, fraud_model.version, dsn, settings, f"{prefix} tests")
+        conn = await db.connect(dsn)
+        try:
+            pepper = settings.secret("auth_secret")
+            async with conn.transaction():
+                keys = {"admin": (await create_key(conn, name="k-admin", roles=["admin"], pepper=pepper,
+                                                   creator=None))[0]}
+                root = await authenticate(conn, keys["admin"], pepper=pepper)
+                for name, roles in KEY_ROLES.items():
+                    if name != "admin":
+                        keys[name], _ = await create_key(conn, name=f"k-{name}", roles=roles, pepper=pepper,
+                                                         creator=root)
+            return keys
+        finally:
+            await conn.close()
+
+    return SimpleNamespace(dsn=dsn, settings=settings, keys=run_sync(seed()), redis_url=redis_url,
+                           entities=fraud_model.entities)
+
+
 @contextlib.asynccontextmanager
 async def scoring_client(model, spool_dir: Path, models: tuple[str, ...] = ("fraud",)):
     """The application with a scoring service of its own (spool in ``spool_dir``) serving ``models`` of the

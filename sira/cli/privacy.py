@@ -23,7 +23,7 @@ from sira.cli.common import (
 )
 from sira.core.config import MAX_VERSION, get_settings
 
-subject_app = group("subject", "Data subjects: export everything stored about one person (admin).")
+subject_app = group("subject", "Data subjects: export or erase everything stored about one person (admin).")
 
 
 @subject_app.command("export")
@@ -55,6 +55,48 @@ def subject_export_cmd(
         **{k.replace("_", " "): f"{v:,}" for k, v in bundle["counts"].items()},
         "token kinds": ", ".join(bundle["tokens"]["kinds"]) or "none",
         "withheld (shared with another customer)": str(bundle["withheld"]["shared_identifiers"]),
+    })))
+
+
+@subject_app.command("forget")
+def subject_forget_cmd(
+    customer: Annotated[str, typer.Option("--customer", help="The person's customer id, as their events carry it.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (asking for an erasure).")] = None,
+    approve: Annotated[int | None, typer.Option("--approve", min=1, help="Carry out this pending request (a second "
+                                                "admin, not the one who asked).")] = None,
+    spool_dir: Annotated[list[Path] | None, typer.Option("--spool-dir", help="A serving spool folder on this "
+                                                         "machine (default: the workspace's).")] = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Erase one person: an admin asks with --reason; a second admin carries it out with --approve REQUEST.
+    Their events, dead letters, features, states, predictions and labels are deleted, and their entries in
+    Redis and this machine's spool; aggregates and models are kept; files written elsewhere are listed."""
+    import asyncio
+
+    from sira.core.errors import InvalidInput
+    from sira.monitoring.erasure import forget, forget_outside, record_outside, request_forget
+
+    settings = get_settings()
+    secret = settings.secret("auth_secret")
+    if (approve is None) == (reason is None):
+        raise InvalidInput("give --reason to ask for an erasure, or --approve REQUEST to carry one out",
+                           code="missing_field")
+    if approve is None:
+        asked = governed(lambda conn, who: request_forget(conn, who, customer, reason or "", secret=secret), api_key)
+        emit(asked, as_json, lambda: err.print(f"erasure request {asked['request_id']} ({asked['subject']}) waits "
+                                               f"for a second admin: {asked['next']}"))
+        return
+    done = governed(lambda conn, who: forget(conn, who, customer, approve, secret=secret), api_key)
+    outside = done.pop("_outside")
+    folders = spool_dir or [settings.workspace / "spool"]
+    removed = asyncio.run(forget_outside(settings.redis_url, folders, customer, outside))
+    governed(lambda conn, who: record_outside(conn, who, done["request_id"], removed), api_key)
+    done["counts"].update(removed)
+    emit(done, as_json, lambda: err.print(kv_table(f"Erasure {done['request_id']} ({done['subject']})", {
+        **{k.replace("_", " "): f"{v:,}" if isinstance(v, int) else str(v) for k, v in done["counts"].items()},
+        "files to look at": str(len(done["files"])),
+        "kept (shared with another customer)": str(done["withheld_shared_identifiers"]),
     })))
 
 
@@ -105,6 +147,8 @@ def thresholds_cmd(
     block: Annotated[float | None, typer.Option("--block", min=0, max=1, help="With --apply: the block threshold.")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="With --apply: why (required).")] = None,
     history: Annotated[bool, typer.Option("--history", help="The version's threshold sets, newest first.")] = False,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write the what-if as a page with its chart "
+                                                  "(precision, recall, share flagged by threshold).")] = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -116,6 +160,9 @@ def thresholds_cmd(
 
     if apply and (review is None or block is None or not reason):
         raise InvalidInput("--apply needs --review, --block and --reason", code="missing_field")
+    if html_out is not None and (html_out.suffix != ".html" or not html_out.parent.is_dir()):
+        raise InvalidInput("--html must name a .html file in an existing folder", code="invalid_value",
+                           details={"field": "html"})
     if (apply or history) and version is None:
         raise InvalidInput("--apply and --history need --version", code="missing_field")
     if apply and version is not None and review is not None and block is not None and reason:
@@ -138,6 +185,8 @@ def thresholds_cmd(
                                         time_to=utc(time_to), days=days)
 
     result = governed(run, api_key)
+    if html_out is not None:
+        html_out.write_text(thresholds.to_html(result))
     emit(result, as_json, lambda: err.print(thresholds_table(result)))
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity
@@ -33,16 +34,20 @@ class ThresholdChange(BaseModel):
     time_to: Annotated[datetime | None, Field(alias="to")] = None
 
 
-@router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf, responses=errors(404))
+@router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf,
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **errors(404)})
 async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
                              version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
                              days: Annotated[int, Query(ge=1, le=3650)] = 28,
                              time_from: Annotated[datetime | None, Query(alias="from")] = None,
-                             time_to: Annotated[datetime | None, Query(alias="to")] = None) -> dict[str, Any]:
-    """What other thresholds would have done on a labelled window (read-only)."""
-    return await in_transaction(pool, thresholds.what_if, who, name, version=version, days=days,
-                                time_from=as_utc(time_from) if time_from else None,
-                                time_to=as_utc(time_to) if time_to else None)
+                             time_to: Annotated[datetime | None, Query(alias="to")] = None,
+                             format: Literal["json", "html"] = "json") -> Any:  # noqa: A002 - the query's name
+    """What other thresholds would have done on a labelled window (read-only); ``format=html``: a page with
+    the chart of precision, recall and share flagged by threshold."""
+    result = await in_transaction(pool, thresholds.what_if, who, name, version=version, days=days,
+                                  time_from=as_utc(time_from) if time_from else None,
+                                  time_to=as_utc(time_to) if time_to else None)
+    return HTMLResponse(thresholds.to_html(result)) if format == "html" else result
 
 
 @router.get("/models/{name}/versions/{version}/thresholds", response_model=ThresholdSets, responses=errors(404))

@@ -129,7 +129,7 @@ async def store_events(
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert normalized event rows (bulk COPY through a staging table); returns the ids that were new."""
+    """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
     cols = ", ".join(EVENT_COLUMNS)
@@ -142,10 +142,13 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
         "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
         columns=list(EVENT_COLUMNS),
     )
-    return {
+    return {  # an erased person's events from before the erasure are never stored again (sql/017)
         r["event_id"]
         for r in await conn.fetch(
-            f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage"
+            f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage s"
+            " WHERE NOT EXISTS (SELECT 1 FROM sira_erased_subjects x, sira_erasure_salt k"
+            "                    WHERE x.digest = sha256(k.salt || convert_to(s.customer_id, 'UTF8'))"
+            "                      AND s.occurred_at < x.erased_at)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
     }

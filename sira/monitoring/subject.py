@@ -68,7 +68,7 @@ def _rows(records: list[Any]) -> list[dict[str, Any]]:
     return [{k: _plain(v) for k, v in dict(r).items()} for r in records]
 
 
-async def _entities(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
+async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
     """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
     shared with another customer."""
     from sira.features.definitions import FEATURE_SETS
@@ -91,16 +91,20 @@ async def _entities(conn: Connection, customer_id: str, events: list[Any]) -> tu
     return sorted(pairs), len(shared)
 
 
+def check_customer(customer_id: str) -> None:
+    if not customer_id or len(customer_id) > 200 or "\x00" in customer_id:
+        raise InvalidInput("--customer must be a customer id of 1 to 200 characters", code="invalid_value",
+                           details={"field": "customer"})
+
+
 async def export_subject(conn: Connection, identity: Identity, customer_id: str, *, secret: str) -> dict[str, Any]:
     """Everything stored about ``customer_id``, by section, with counts and the token kinds present."""
     authorize(identity, "subject.access")
-    if not customer_id or len(customer_id) > 200:
-        raise InvalidInput("--customer must be a customer id of 1 to 200 characters", code="invalid_value",
-                           details={"field": "customer"})
+    check_customer(customer_id)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
                               customer_id)
     ids = [e["event_id"] for e in events]
-    entities, withheld = await _entities(conn, customer_id, events)
+    entities, withheld = await entities_of(conn, customer_id, events)
     types, keys = [t for t, _ in entities], [k for _, k in entities]
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT * FROM sira_predictions WHERE event_id = ANY($1::text[]) "

@@ -127,3 +127,55 @@ async def apply(conn: Connection, identity: Identity, model_name: str, version: 
                     "current": {k: at[v] for k, v in table["current"].items()}, "meets_targets": table["meets_targets"]}
     return await threshold_sets.request_change(conn, identity, model_name, version, review=r, block=b, reason=reason,
                                                evidence=evidence) | {"evidence": evidence}
+
+
+def to_html(result: dict[str, Any]) -> str:
+    """The what-if as a standalone page: precision, recall and flag rate against the threshold (an inline SVG:
+    no script, no request), the current and target thresholds marked, and the table."""
+    import html
+
+    rows = sorted(result["thresholds"], key=lambda r: r["threshold"])
+    width, height, pad = 640, 300, 40
+
+    def x(t: float) -> float:
+        return pad + t * (width - 2 * pad)
+
+    def y(v: float) -> float:
+        return height - pad - v * (height - 2 * pad)
+
+    lines = []
+    for key, colour, label in (("precision", "#1c7ed6", "precision"), ("recall", "#e8590c", "recall"),
+                               ("flag_rate", "#2f9e44", "share flagged")):
+        points = " ".join(f"{x(r['threshold']):.1f},{y(r[key]):.1f}" for r in rows if r[key] is not None)
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+                     f'<text x="{width - pad + 4}" y="{y(next((r[key] for r in reversed(rows) if r[key] is not None), 0)):.1f}"'
+                     f' font-size="11" fill="{colour}">{label}</text>')
+    marks = [(v, f"current {k}", "#495057") for k, v in result["current"].items()]
+    marks += [(v, f"targets: {k}", "#9c36b5") for k, v in result["meets_targets"].items()]
+    for n, (value, label, colour) in enumerate(marks):
+        lines.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{pad}" y2="{height - pad}" stroke="{colour}"'
+                     f' stroke-dasharray="4 3"/><text x="{x(value) + 3:.1f}" y="{pad + 12 + 12 * n}" font-size="10"'
+                     f' fill="{colour}">{html.escape(label)} {value:.3f}</text>')
+    axes = (f'<line x1="{pad}" x2="{width - pad}" y1="{height - pad}" y2="{height - pad}" stroke="#868e96"/>'
+            f'<line x1="{pad}" x2="{pad}" y1="{pad}" y2="{height - pad}" stroke="#868e96"/>'
+            + "".join(f'<text x="{x(t):.1f}" y="{height - pad + 14}" font-size="10" text-anchor="middle">{t:.1f}</text>'
+                      for t in (0, 0.2, 0.4, 0.6, 0.8, 1.0))
+            + f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">threshold (score)</text>')
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+           f'aria-label="precision, recall and share flagged by threshold">{axes}{"".join(lines)}</svg>')
+
+    def cell(v: Any, digits: int = 3) -> str:
+        return "" if v is None else html.escape(f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}")
+
+    table = "".join(
+        f"<tr><td>{cell(r['threshold'], 4)}</td><td>{cell(r['flag_rate'] * 100, 2)}%</td><td>{cell(r['precision'])}</td>"
+        f"<td>{cell(r['recall'])}</td><td>{cell(r['fraud_amount_caught'], 0)}</td><td>{cell(r['false_alarms'])}</td>"
+        f"<td>{cell(r['total_cost'], 0)}</td></tr>" for r in rows)
+    title = html.escape(f"{result['model']} v{result['version']}: thresholds on {result['labelled']:,} labelled answers "
+                        f"({result['positives']:,} fraud), {result['window']['from'][:10]} to {result['window']['to'][:10]}")
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Threshold what-if</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:2px 8px;"
+            "border-bottom:1px solid #dee2e6;text-align:right}</style></head><body>"
+            f"<h1>{title}</h1>{svg}<table><thead><tr><th>threshold</th><th>flagged</th><th>precision</th>"
+            "<th>recall</th><th>fraud amount caught</th><th>false alarms</th><th>total cost</th></tr></thead>"
+            f"<tbody>{table}</tbody></table></body></html>\n")

@@ -72,8 +72,6 @@ async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> No
     events = [r for r in records if r.get("kind") == "event"]
     async with pool.acquire(timeout=5) as conn:
         async with conn.transaction():
-            if predictions:
-                await write_predictions(conn, predictions)
             by_fs: dict[tuple[str, int, str | None], list[dict[str, Any]]] = {}
             for r in events:
                 by_fs.setdefault((r["feature_set"], r["feature_set_version"], r.get("origin")), []).append(r["row"])
@@ -81,6 +79,15 @@ async def store_records(pool: asyncpg.Pool, records: list[dict[str, Any]]) -> No
                 unique = list({r["event_id"]: {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"])}
                                for r in rows}.values())
                 await record_normalized(conn, get_feature_set(name, version), unique, origin=origin)
+            if events:  # the answer to an event the erasure gate refused (its person erased since) goes too
+                gone = {r["event_id"] for r in await conn.fetch(
+                    """SELECT i.event_id FROM unnest($1::text[]) AS i (event_id)
+                        WHERE EXISTS (SELECT 1 FROM sira_erased_subjects)
+                          AND NOT EXISTS (SELECT 1 FROM sira_events e WHERE e.event_id = i.event_id)""",
+                    list({r["row"]["event_id"] for r in events}))}
+                predictions = [p for p in predictions if p.get("event_id") not in gone]
+            if predictions:
+                await write_predictions(conn, predictions)
 
 
 class Recorder:

@@ -15,7 +15,7 @@ from sira.core.auth import Identity
 from sira.monitoring.counterfactual import ACTIONABLE
 from sira.monitoring.explanation import explain_prediction, to_markdown
 from sira.registry import thresholds as threshold_sets
-from tests.conftest import copy_production_model, scoring_client
+from tests.conftest import private_installation, scoring_client
 
 SCIENTIST = Identity("cf-scientist", frozenset({"data_scientist"}))
 ANALYST = Identity("cf-analyst", frozenset({"analyst"}))
@@ -23,11 +23,15 @@ NOW = datetime(2026, 10, 10, 12, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-async def model(fraud_model):
-    name = f"fraud_cf_{uuid.uuid4().hex[:6]}"  # no approvals needed: the planted thresholds apply at once
-    await copy_production_model(fraud_model.dsn, fraud_model.version, fraud_model.dsn, fraud_model.settings,
-                                "counterfactual tests", name=name)
-    return name
+def fraud_model(create_database, fraud_model):
+    """A database of this module's own serving the session's model; no approvals needed: the planted
+    thresholds apply at once."""
+    return private_installation(create_database, fraud_model, "sira_counterfactual")
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return "fraud"
 
 
 async def in_tx(fraud_model, fn, *args, **kwargs):

@@ -332,3 +332,50 @@ async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
         loop.call_soon_threadsafe(loop.stop)
         broker_proc.terminate()
         broker_proc.wait(timeout=10)
+
+
+@pytest.mark.timeout(600)
+async def test_a_killed_consumer_process_resumes_from_its_last_commit_with_nothing_lost(broker, clean_db, settings,
+                                                                                        pg_dsn):
+    """`sira ingest --kafka` SIGKILLed mid-topic: its successor in the group starts at the last commit, so
+    every event is stored once (what the first stored and did not commit is absorbed by event_id)."""
+    import os
+    import signal
+    import sys
+
+    from tests.integration.test_stream import N
+
+    events_topic, _, group = names()
+    topics(broker, events_topic)
+    produce(broker, events_topic, stream_events())
+    env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace)}
+    cmd = [sys.executable, "-m", "sira", "ingest", "--kafka", broker, "--topic", events_topic, "--group", group,
+           "--batch", "10", "--json"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while await clean_db.fetchval("SELECT count(*) FROM sira_events") < 20:
+        assert time.monotonic() < deadline and first.poll() is None, first.stderr.read() if first.poll() else "slow"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # mid-topic: a batch may be stored and not committed
+    first.wait(30)
+    loaded = await clean_db.fetchval("SELECT count(*) FROM sira_events")
+    assert 20 <= loaded <= N
+
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while await clean_db.fetchval("SELECT count(*) FROM sira_events") < N:
+        assert time.monotonic() < deadline and second.poll() is None, second.stderr.read() if second.poll() else "slow"
+        time.sleep(0.1)
+    time.sleep(1.0)  # its last batch committed
+    second.send_signal(signal.SIGTERM)  # a graceful stop prints the summary
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["accepted"] == N - loaded
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == N
+    await assert_folded_once_into_v2(clean_db)  # `sira ingest --kafka` folds into the current set, once
+    # the group's commits now cover the topic: a new member finds nothing
+    again = source(broker, events_topic, group)
+    await again.start()
+    assert await again.read(50, 3000) == []
+    await again.close()

@@ -85,7 +85,8 @@ def test_drift_of_served_predictions_reads_what_production_answered(fraud_model,
     result = asyncio.run(run_drift(fraud_model.settings, request))
     assert result["n_current"] >= served["rows"]  # production's rows only, not the shadow's
     (stored,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT count(*) AS n FROM sira_predictions WHERE role = "
-                                                    "'production' AND version = $1", fraud_model.version))[0].values()
+                                                    "'production' AND model_name = 'fraud' AND version = $1",
+                                   fraud_model.version))[0].values()
     assert result["n_current"] == stored
     score = next(r for r in result["features"] if r["feature"] == SCORE)
     assert score["n_current"] == result["n_current"]
@@ -329,10 +330,13 @@ def test_threshold_what_if_matches_an_independent_recomputation(fraud_model, ser
 
     query = urlencode({"version": fraud_model.version, "from": served["lo"].isoformat(), "to": served["hi"].isoformat()})
     path = f"/v1/models/fraud/thresholds?{query}"
-    answer, refused = get(fraud_model, (path, "analyst"), (path, "service"))
+    answer, refused, page = get(fraud_model, (path, "analyst"), (path, "service"), (f"{path}&format=html", "viewer"))
     assert answer.status_code == 200, answer.text
     assert refused.status_code == 403
     result = answer.json()
+    # the page: one chart (precision, recall, share flagged; the current thresholds marked) and one row each
+    assert page.headers["content-type"].startswith("text/html") and page.text.count("<polyline") == 3
+    assert page.text.count("<tr><td>") == len(result["thresholds"]) and "current block" in page.text
 
     async def window():
         conn = await db.connect(fraud_model.dsn)

@@ -16,7 +16,7 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from sira.monitoring.explanation import explain_prediction
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
-from tests.conftest import copy_production_model, scoring_client
+from tests.conftest import private_installation, run_sync, scoring_client
 
 ADMIN = Identity("th-admin", frozenset({"admin"}))
 SCIENTIST = Identity("th-scientist", frozenset({"data_scientist"}))
@@ -26,18 +26,25 @@ NOW = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-async def model(fraud_model):
-    """A model of this module's own serving the session's artifact, two approvals required."""
-    name = f"fraud_th_{uuid.uuid4().hex[:6]}"
-    await copy_production_model(fraud_model.dsn, fraud_model.version, fraud_model.dsn, fraud_model.settings,
-                                "threshold tests", name=name)
-    conn = await db.connect(fraud_model.dsn)
-    try:
-        async with conn.transaction():
-            await registry.update_model(conn, ADMIN, name, required_approvals=2)
-    finally:
-        await conn.close()
-    return name
+def fraud_model(create_database, fraud_model):
+    """A database of this module's own serving the session's model, two approvals required."""
+    inst = private_installation(create_database, fraud_model, "sira_thresholds")
+
+    async def two_approvals():
+        conn = await db.connect(inst.dsn)
+        try:
+            async with conn.transaction():
+                await registry.update_model(conn, ADMIN, "fraud", required_approvals=2)
+        finally:
+            await conn.close()
+
+    run_sync(two_approvals())
+    return inst
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    return "fraud"
 
 
 async def in_tx(fraud_model, fn, *args, **kwargs):
@@ -88,7 +95,7 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
         assert again.status_code == 409 and again.json()["error"]["code"] == "request_pending"
 
         # four eyes: the requester may not decide; each approver once; two approvals activate it
-        requester = Identity("t-data_scientist", frozenset({"approver"}))
+        requester = Identity("k-data_scientist", frozenset({"approver"}))
         with pytest.raises(PermissionDenied):
             await in_tx(fraud_model, threshold_sets.decide_change, requester, model, version["version"], "approve")
         first = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version["version"],

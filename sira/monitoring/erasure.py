@@ -1,0 +1,337 @@
+"""Erasure: ``sira subject forget`` deletes what SIRA holds about one person, under a two-person rule.
+
+An admin asks (``--customer ID --reason ...``): a pending request that names the person only by the keyed
+hash the audit log uses (:func:`sira.monitoring.subject.subject_ref`), never the id. A second admin, not the
+requester, carries it out by typing the id again (``--approve REQUEST``): it must hash to the request's
+subject. Then, in one transaction: the person's events, the events refused as dead letters, the per-event
+feature rows, the states, snapshots and daily checkpoints of the entities that are theirs (as the export
+decides: their own identifiers, not one another customer's events also carry), the predictions made on
+their events (production and shadow, with their reasons and features) and the labels about them are
+deleted; the person's digest goes to the erasure gate (``sira_erased_subjects``: an event of theirs that
+happened before now is never stored again, whichever path brings it back: a replayed spool, a re-imported
+file, a late stream entry; a later one starts a fresh history); every replica drops its cached states of the
+entity types touched (``NOTIFY``, "all": no id in the payload). After the commit, what SIRA keeps outside
+PostgreSQL: the cached states, histories and answers in Redis, the Redis stream's entries still held, and
+the records of this machine's serving spool that a live replica does not hold (a live replica's records are
+stopped by the gate when it stores them). A tombstone stays: who asked, who carried it out, when, why, what
+counts. The audit log names the subject by its keyed hash only.
+
+Kept, on purpose: aggregates that name nobody (a terminal's or a shared card's state, which sums other
+people's payments too; drift and performance results; a model's reference quantiles), and model artifacts
+(a trained model holds no row of anyone: LightGBM keeps split thresholds and leaf values). Files SIRA wrote
+outside its stores (batch outputs, explanation reports) are listed for the operator, since SIRA cannot know
+where they went; so is a Kafka topic, which SIRA cannot rewrite.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from asyncpg import Connection
+
+from sira.core import audit
+from sira.core.auth import Identity, authorize
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.features.definitions import FEATURE_SETS
+from sira.features.states import STATES_CHANNEL
+from sira.features.store import SNAPSHOT_CHANNEL
+from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, subject_ref
+
+log = logging.getLogger(__name__)
+SPOOL_SUFFIX = ".spool"
+
+
+async def request_forget(conn: Connection, identity: Identity, customer_id: str, reason: str, *,
+                         secret: str) -> dict[str, Any]:
+    """The first admin's request: pending, the subject named by its keyed hash."""
+    authorize(identity, "subject.access")
+    check_customer(customer_id)
+    reason = (reason or "").strip()
+    if not reason or len(reason) > 2000:
+        raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
+    ref = subject_ref(secret, customer_id)
+    try:
+        async with conn.transaction():
+            request_id = await conn.fetchval(
+                "INSERT INTO sira_erasure_requests (subject_ref, reason, requested_by) VALUES ($1, $2, $3) "
+                "RETURNING id", ref, reason, identity.name)
+    except asyncpg.UniqueViolationError:
+        raise Conflict("an erasure of this person is already waiting for a second admin",
+                       code="request_pending") from None
+    await audit.record(conn, identity.actor(), "subject.forget.request", target_type="subject", target_id=ref,
+                       details={"request_id": request_id, "reason": reason})
+    return {"request_id": request_id, "subject": ref, "status": "pending",
+            "next": f"a second admin runs: sira subject forget --customer <id> --approve {request_id}"}
+
+
+async def forget(conn: Connection, identity: Identity, customer_id: str, request_id: int, *,
+                 secret: str) -> dict[str, Any]:
+    """The second admin's approval: delete everything of the person in PostgreSQL (call in a transaction).
+    Returns the counts and, for :func:`forget_outside` only, what to look for in Redis and the spool."""
+    authorize(identity, "subject.access")
+    check_customer(customer_id)
+    request = await conn.fetchrow("SELECT * FROM sira_erasure_requests WHERE id = $1 FOR UPDATE", request_id)
+    if request is None:
+        raise NotFound(f"no erasure request {request_id}", code="unknown_request")
+    if request["status"] != "pending":
+        raise Conflict(f"erasure request {request_id} is {request['status']}", code="request_closed")
+    ref = subject_ref(secret, customer_id)
+    if ref != request["subject_ref"]:
+        raise InvalidInput(f"--customer is not the person erasure request {request_id} names",
+                           code="subject_mismatch")
+    if identity.name == request["requested_by"]:
+        raise PermissionDenied("the admin who asked for an erasure cannot carry it out: a second admin must",
+                               code="self_approval")
+    events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
+    ids = [e["event_id"] for e in events]
+    entities, withheld = await entities_of(conn, customer_id, events)
+    types, keys = [t for t, _ in entities], [k for _, k in entities]
+    owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+    predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
+                                   "WHERE event_id = ANY($1::text[])", ids)
+    prediction_ids = [p["prediction_id"] for p in predictions]
+    await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
+    counts = {
+        "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "
+                                       "OR prediction_id = ANY($2::uuid[])", ids, prediction_ids),
+        "predictions": await _deleted(conn, "DELETE FROM sira_predictions WHERE event_id = ANY($1::text[])", ids),
+        "features": await _deleted(conn, f"DELETE FROM sira_features WHERE event_id = ANY($3::text[]) "  # noqa: S608
+                                         f"OR {owned}", types, keys, ids),
+        "feature_snapshots": await _deleted(conn, f"DELETE FROM sira_feature_snapshots WHERE {owned}", types, keys),  # noqa: S608
+        "entity_states": await _deleted(conn, f"DELETE FROM sira_entity_states WHERE {owned}", types, keys),  # noqa: S608
+        "state_checkpoints": await _deleted(conn, f"DELETE FROM sira_state_checkpoints WHERE {owned}",  # noqa: S608
+                                            types, keys),
+        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE payload->>'customer_id' = $1",
+                                          customer_id),
+        "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
+        "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
+    }
+    await conn.execute("SET LOCAL sira.erasure = 'off'")
+    await conn.execute(
+        """INSERT INTO sira_erased_subjects (digest, erased_at)
+           SELECT sha256(salt || convert_to($1, 'UTF8')), now() FROM sira_erasure_salt
+           ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", customer_id)
+    for entity in sorted(set(types)):  # replicas drop what they cached of these types; the payload names nobody
+        for fs in FEATURE_SETS.values():
+            if any(spec.entity == entity for spec in fs.entities):
+                await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
+                                   orjson.dumps({"f": fs.name, "v": fs.version, "t": entity, "all": True}).decode())
+        await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL,
+                           orjson.dumps({"t": entity, "all": True}).decode())
+    files = await _files(conn, events, prediction_ids)
+    await conn.execute(
+        """UPDATE sira_erasure_requests SET status = 'executed', decided_by = $2, decided_at = now(), counts = $3,
+                  files = $4 WHERE id = $1""", request_id, identity.name, counts, files)
+    await audit.record(conn, identity.actor(), "subject.forget", target_type="subject", target_id=ref,
+                       details={"request_id": request_id, "requested_by": request["requested_by"],
+                                "reason": request["reason"], "counts": counts,
+                                "withheld_shared_identifiers": withheld})
+    return {"request_id": request_id, "subject": ref, "status": "executed", "counts": counts, "files": files,
+            "withheld_shared_identifiers": withheld,
+            "_outside": {"entities": _touched(events), "event_ids": ids,
+                         "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}}
+
+
+def _identifiers(events: list[Any]) -> set[str]:
+    return {e[c] for e in events for c in PERSONAL_COLUMNS if e[c]}
+
+
+def _touched(events: list[Any]) -> list[tuple[str, str]]:
+    """Every (entity type, id) the person's events name, theirs or shared (a terminal): caches to drop."""
+    return sorted({(spec.entity, e[spec.key_column]) for fs in FEATURE_SETS.values() for spec in fs.entities
+                   for e in events if e.get(spec.key_column)})
+
+
+async def _deidentify_shared(conn: Connection, event_ids: set[str], identifiers: set[str]) -> int:
+    """Feature set v1's snapshot of an entity the person shares with others (a terminal, a shared card) keeps
+    its recent events as rows: the person's rows keep their time and amount (the entity's aggregates stay
+    right) but their event id and the person's identifiers become random placeholders (one per value, so
+    distinct counts stay right). Returns the snapshots rewritten."""
+    if not event_ids:
+        return 0
+    rows = await conn.fetch(
+        """SELECT entity_type, entity_id, feature_set, feature_set_version, state, last_event_id
+             FROM sira_feature_snapshots s
+            WHERE s.last_event_id = ANY($1::text[])
+               OR EXISTS (SELECT 1 FROM jsonb_array_elements(s.state->'rows') r WHERE r->>2 = ANY($1::text[]))""",
+        list(event_ids))
+    placeholders: dict[str, str] = {}
+
+    def placeholder(value: str) -> str:
+        return placeholders.setdefault(value, f"erased-{uuid.uuid4().hex}")
+
+    for row in rows:
+        state = row["state"] if isinstance(row["state"], dict) else orjson.loads(row["state"])
+        for r in state.get("rows") or []:
+            if len(r) > 2 and r[2] in event_ids:
+                r[2] = placeholder(r[2])
+                r[3:-1] = [placeholder(v) if isinstance(v, str) and v in identifiers else v for v in r[3:-1]]
+        last = row["last_event_id"]
+        await conn.execute(
+            """UPDATE sira_feature_snapshots SET state = $5, last_event_id = $6
+                WHERE entity_type = $1 AND entity_id = $2 AND feature_set = $3 AND feature_set_version = $4""",
+            row["entity_type"], row["entity_id"], row["feature_set"], row["feature_set_version"], state,
+            placeholder(last) if last in event_ids else last)
+    return len(rows)
+
+
+async def _deleted(conn: Connection, sql: str, *args: Any) -> int:
+    return int((await conn.execute(sql, *args)).split()[-1])
+
+
+async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any]) -> list[dict[str, Any]]:
+    """What SIRA wrote outside its stores that may hold the person's rows: batch outputs written since their
+    first event, explanation reports issued on their predictions."""
+    if not events:
+        return []
+    first = min(e["occurred_at"] for e in events)
+    batches = await conn.fetch(
+        """SELECT occurred_at AS at, details->>'out' AS out, details->>'input' AS input FROM sira_audit_log
+            WHERE action = 'batch.score' AND outcome = 'success' AND occurred_at >= $1 ORDER BY occurred_at""", first)
+    reports = await conn.fetch(
+        """SELECT occurred_at AS at, details->>'report_id' AS report_id FROM sira_audit_log
+            WHERE action = 'explanation.issue' AND target_id = ANY($1::text[]) ORDER BY occurred_at""",
+        [str(p) for p in prediction_ids])
+    return ([{"kind": "batch_output", "path": b["out"], "input": b["input"], "written_at": b["at"].isoformat()}
+             for b in batches]
+            + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat()}
+               for r in reports])
+
+
+async def record_outside(conn: Connection, identity: Identity, request_id: int, counts: dict[str, Any]) -> None:
+    """Add what :func:`forget_outside` removed to the erasure's tombstone."""
+    authorize(identity, "subject.access")
+    await conn.execute("UPDATE sira_erasure_requests SET counts = counts || $2 WHERE id = $1 AND status = 'executed'",
+                       request_id, counts)
+
+
+async def forget_outside(redis_url: str | None, spool_dirs: list[Path], customer_id: str,
+                         outside: dict[str, Any]) -> dict[str, Any]:
+    """After the commit: the person's entries in Redis (cached states, histories and answers; stream entries
+    still held) and in the records of the spool folders that no live replica holds."""
+    counts: dict[str, Any] = {}
+    if redis_url:
+        counts.update(await _forget_in_redis(redis_url, customer_id, outside))
+    else:
+        counts["redis"] = "not configured"
+    counts["spool_records"], counts["spool_segments_held_live"] = _forget_in_spools(
+        spool_dirs, customer_id, set(outside["event_ids"]))
+    return counts
+
+
+async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) -> dict[str, int]:
+    import redis.asyncio as aioredis
+
+    from sira.ingest.stream import STREAM
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        patterns = [f"sira:state:*:{entity}:{key}" for entity, key in outside["entities"]]
+        patterns += [f"sira:history:{entity}:{key}" for entity, key in outside["entities"]]
+        patterns += [f"sira:answer:*:{request_id}" for request_id in outside["request_ids"]]
+        cached = 0
+        for pattern in patterns:
+            found = [k async for k in client.scan_iter(match=_glob_escaped(pattern), count=1000)]
+            if found:
+                cached += await client.delete(*found)
+        stream = 0
+        if await client.exists(STREAM):
+            start = "-"
+            while True:
+                entries = await client.xrange(STREAM, min=start, max="+", count=1000)
+                mine = [entry_id for entry_id, fields in entries if _names(fields, customer_id, outside)]
+                if mine:
+                    stream += await client.xdel(STREAM, *mine)
+                if len(entries) < 1000:
+                    break
+                start = "(" + entries[-1][0].decode()
+        return {"redis_cached_entries": cached, "stream_entries": stream}
+    finally:
+        await client.aclose()
+
+
+def _glob_escaped(pattern: str) -> str:
+    """A SCAN pattern whose literal parts (ids may hold ``*?[]\\``) match only themselves."""
+    out = []
+    for part in pattern.split("*"):
+        out.append("".join("\\" + c if c in "?[]\\" else c for c in part))
+    return "*".join(out)
+
+
+def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]) -> bool:
+    """A stream entry about the person: an event of theirs, or a label of one of their events."""
+    raw = fields.get(b"data")
+    if not raw:
+        return False
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return customer_id.encode() in raw
+    return isinstance(data, dict) and (data.get("customer_id") == customer_id
+                                       or data.get("event_id") in outside["event_ids"])
+
+
+def _forget_in_spools(folders: list[Path], customer_id: str, event_ids: set[str]) -> tuple[int, int]:
+    """Rewrite each spool segment (and set-aside file) no live process holds without the person's records;
+    count the segments a live replica holds (its records meet the gate when stored)."""
+    removed = held = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted([*folder.glob(f"*{SPOOL_SUFFIX}"), *(folder / "refused").glob("*")]):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held += 1
+                    continue
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    lines = fh.read().splitlines(keepends=True)
+                theirs = event_ids | _spooled_events(lines, customer_id)  # events not stored yet, and answers
+                kept = [line for line in lines if not _spooled_about(line, customer_id, theirs)]
+                if len(kept) != len(lines):
+                    removed += len(lines) - len(kept)
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, b"".join(kept), 0)
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+    return removed, held
+
+
+def _spooled_events(lines: list[bytes], customer_id: str) -> set[str]:
+    """The ids of the person's events among spooled records (their answers name them)."""
+    found = set()
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        row = record.get("row") if isinstance(record, dict) else None
+        if isinstance(row, dict) and row.get("customer_id") == customer_id and row.get("event_id"):
+            found.add(row["event_id"])
+    return found
+
+
+def _spooled_about(line: bytes, customer_id: str, event_ids: set[str]) -> bool:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return customer_id.encode() in line  # a torn line: judged by its bytes
+    if not isinstance(record, dict):
+        return False
+    row = record.get("row") or {}
+    return row.get("customer_id") == customer_id or record.get("event_id") in event_ids \
+        or row.get("event_id") in event_ids
+

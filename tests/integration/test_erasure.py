@@ -1,0 +1,196 @@
+"""Erasure (``sira subject forget``): two admins, and afterwards nothing of the person anywhere SIRA writes:
+a ``pg_dump`` of the database, Redis (cached states, answers, the event stream), the serving spool, the
+logs. Another customer's data stays; the person's old events are never stored again, a new one starts a
+fresh history. A private database: the session's shared one is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sira.core import db
+from sira.core.config import reset_settings
+from tests.conftest import private_installation, scoring_client
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def installation(create_database, fraud_model, redis_url, tmp_path_factory):
+    """A database of its own (the session's model in production), Redis, two admins' keys, a spool folder."""
+    inst = private_installation(create_database, fraud_model, "sira_erasure", redis_url)
+    inst.spool = tmp_path_factory.mktemp("erasure-spool")
+    return inst
+
+
+def payment(customer: str, card: str, device: str, k: int, at: datetime | None = None) -> dict:
+    return {"event_id": f"ev-{customer}-{k}", "occurred_at": (at or NOW - timedelta(hours=5 - k)).isoformat(),
+            "customer_id": customer, "card_token": card, "device_id": device, "terminal_id": "t-erasure",
+            "amount": 30.0 + k, "country": "FR", "channel": "web"}
+
+
+def pg_dump(dsn: str) -> str:
+    import pgserver
+
+    binary = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump"
+    done = subprocess.run([str(binary), "--data-only", "--no-owner", dsn], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode("utf-8", "replace")
+
+
+def redis_text(url: str) -> bytes:
+    """Every key and value of the Redis database, as bytes."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out = []
+    try:
+        for key in client.scan_iter(count=1000):
+            out.append(key)
+            kind = client.type(key)
+            if kind == b"string":
+                out.append(client.get(key) or b"")
+            elif kind == b"hash":
+                out += [b"%s=%s" % kv for kv in client.hgetall(key).items()]
+            elif kind == b"stream":
+                out += [b"%s" % orjson.dumps({k.decode(): v.decode() for k, v in fields.items()})
+                        for _, fields in client.xrange(key)]
+            elif kind in (b"list",):
+                out += client.lrange(key, 0, -1)
+            elif kind in (b"set",):
+                out += list(client.smembers(key))
+            elif kind == b"zset":
+                out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+    finally:
+        client.close()
+    return b"\n".join(out)
+
+
+async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installation, monkeypatch, capsys, caplog,
+                                                                       tmp_path):
+    inst = installation
+    run = uuid.uuid4().hex[:8]
+    person, other = f"cus-forget-{run}", f"cus-stays-{run}"
+    card, device = f"tok_card_{run}", f"dev-{run}"
+    needles = [person, card, device, f"ev-{person}-"]
+    service_key = {"Authorization": f"Bearer {inst.keys['service']}"}
+
+    # what SIRA comes to hold about them: events (HTTP), scored payments (spool, Redis), a label, a dead letter
+    monkeypatch.setenv("SIRA_DATABASE_URL", inst.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(inst.settings.workspace))
+    monkeypatch.setenv("SIRA_REDIS_URL", inst.redis_url)
+    reset_settings()
+    async with scoring_client(inst, tmp_path / "live-spool") as (client, service):
+        stored = await client.post("/v1/events", json={"events": [
+            payment(person, card, device, 0), payment(person, card, device, 1),
+            payment(other, f"tok_other_{run}", f"dev-other-{run}", 0)]}, headers=service_key)
+        assert stored.status_code == 200, stored.text
+        bad = await client.post("/v1/events", json={"events": [{**payment(person, card, device, 9), "amount": -1}]},
+                                headers=service_key)
+        assert bad.json()["rejected"] == 1
+        answers = [(await client.post("/v1/score", json={"model": "fraud", "request_id": f"req-{run}-{k}",
+                                                          "event": payment(who, c, d, k + 2)}, headers=service_key)).json()
+                   for k, (who, c, d) in enumerate([(person, card, device), (person, card, device),
+                                                    (other, f"tok_other_{run}", f"dev-other-{run}")])]
+        assert all("prediction_id" in a for a in answers), answers
+        label = await client.post("/v1/feedback", json={"event_id": answers[0]["event_id"], "label": True,
+                                                        "source": "chargeback"}, headers=service_key)
+        assert label.status_code in (200, 201), label.text
+        await service.flush()
+    # a dead replica's spool segment, and a stream entry not consumed yet
+    inst.spool.joinpath("dead-00000001.spool").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [
+        {"kind": "event", "feature_set": "payments", "feature_set_version": 2,
+         "row": {**payment(person, card, device, 7), "event_id": f"ev-{person}-spooled"}},
+        {"kind": "prediction", "event_id": f"ev-{person}-spooled", "model_name": "fraud"},
+        {"kind": "event", "feature_set": "payments", "feature_set_version": 2, "row": payment(other, "x", "y", 7)}]))
+    import redis
+
+    r = redis.Redis.from_url(inst.redis_url)
+    r.xadd("sira:events", {"kind": "event", "data": json.dumps(payment(person, card, device, 8))})
+    r.xadd("sira:events", {"kind": "event", "data": json.dumps(payment(other, "x", "y", 8))})
+    r.close()
+    before = pg_dump(inst.dsn)
+    assert person in before and card in before and person.encode() in redis_text(inst.redis_url)
+
+    from sira.cli.main import main
+
+    async def sira(who: str, *args: str):
+        """The command line, in a thread (it runs its own event loop)."""
+        monkeypatch.setenv("SIRA_API_KEY", inst.keys[who])
+        reset_settings()
+        try:
+            return await asyncio.to_thread(main, list(args)), capsys.readouterr()
+        finally:
+            reset_settings()
+
+    caplog.set_level(logging.DEBUG)
+    code, out = await sira("analyst", "subject", "forget", "--customer", person, "--reason", "art. 17 request")
+    assert code == 2 and out.err.startswith("error: forbidden:"), out.err
+    code, out = await sira("admin", "subject", "forget", "--customer", person, "--reason", "art. 17 request", "--json")
+    assert code == 0, out.err
+    request = json.loads(out.out)
+    assert request["status"] == "pending" and person not in out.out
+    code, out = await sira("admin", "subject", "forget", "--customer", person, "--approve", str(request["request_id"]))
+    assert code == 2 and "self_approval" in out.err, out.err  # the requester cannot carry it out
+    code, out = await sira("admin-b", "subject", "forget", "--customer", other, "--approve", str(request["request_id"]))
+    assert code == 2 and "subject_mismatch" in out.err, out.err  # the id must be the one asked for
+    code, out = await sira("admin-b", "subject", "forget", "--customer", person, "--approve", str(request["request_id"]),
+                     "--spool-dir", str(inst.spool), "--json")
+    assert code == 0, out.err
+    done = json.loads(out.out)
+    counts = done["counts"]
+    assert counts["events"] == 4 and counts["predictions"] >= 2 and counts["labels"] == 1
+    # the customer's and their card's states; the terminal is not theirs
+    assert counts["rejected_events"] == 1 and counts["entity_states"] == 2 and counts["stream_entries"] == 1
+    assert counts["spool_records"] == 2 and counts["redis_cached_entries"] >= 1
+    logged = out.out + out.err + caplog.text
+
+    # nothing of the person anywhere SIRA writes; the other customer's data stays
+    after = pg_dump(inst.dsn)
+    for needle in needles:
+        assert needle not in after, f"{needle} is still in the database"
+        assert needle.encode() not in redis_text(inst.redis_url), f"{needle} is still in Redis"
+        assert all(needle.encode() not in p.read_bytes() for p in inst.spool.rglob("*") if p.is_file())
+        assert needle not in logged
+    assert other in after and other.encode() in inst.spool.joinpath("dead-00000001.spool").read_bytes()
+    tombstone = await _one(inst.dsn, "SELECT * FROM sira_erasure_requests WHERE id = $1", request["request_id"])
+    assert tombstone["status"] == "executed" and tombstone["requested_by"] == "k-admin"
+    assert tombstone["decided_by"] == "k-admin-b" and tombstone["reason"] == "art. 17 request"
+    assert tombstone["counts"]["events"] == 4 and tombstone["counts"]["stream_entries"] == 1
+    audit = await _one(inst.dsn, "SELECT target_id, details FROM sira_audit_log WHERE action = 'subject.forget'")
+    assert audit["target_id"] == done["subject"] == request["subject"]
+
+    # an old event of theirs is never stored again; a new one starts a fresh history
+    async with scoring_client(inst, tmp_path / "spool-2") as (client, service):
+        again = await client.post("/v1/events", json={"events": [payment(person, card, device, 0)]},
+                                  headers=service_key)
+        assert again.status_code == 200 and again.json()["accepted"] == 0
+        fresh = (await client.post("/v1/score", json={"model": "fraud", "event": {
+            **payment(person, card, device, 20, at=datetime.now(timezone.utc) + timedelta(seconds=5)),
+            "event_id": f"new-{run}"}}, headers=service_key)).json()
+        await service.flush()
+    assert await _one(inst.dsn, "SELECT count(*) AS n FROM sira_events WHERE customer_id = $1", person) == {"n": 1}
+    features = await _one(inst.dsn, "SELECT features FROM sira_predictions WHERE prediction_id = $1",
+                          uuid.UUID(fresh["prediction_id"]))
+    assert features["features"]["customer_count_30d"] == 1  # nothing of before
+    reset_settings()
+    os.environ.pop("SIRA_API_KEY", None)
+
+
+async def _one(dsn: str, sql: str, *args):
+    conn = await db.connect(dsn)
+    try:
+        row = await conn.fetchrow(sql, *args)
+        return {k: (json.loads(v) if k in ("counts", "details") and isinstance(v, str) else v)
+                for k, v in dict(row).items()} if row is not None else None
+    finally:
+        await conn.close()
