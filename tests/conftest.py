@@ -430,6 +430,16 @@ async def copy_production_model(source_dsn: str, version: int, dsn: str, setting
         await pool.close()
 
 
+async def run_in_transaction(dsn: str, fn, *args, **kwargs):
+    """``fn(conn, *args, **kwargs)`` in a transaction of a connection of its own to ``dsn``."""
+    conn = await db.connect(dsn)
+    try:
+        async with conn.transaction():
+            return await fn(conn, *args, **kwargs)
+    finally:
+        await conn.close()
+
+
 KEY_ROLES = {"admin": ["admin"], "admin-b": ["admin"], "service": ["service"], "analyst": ["analyst"],
              "data_scientist": ["data_scientist"]}
 

@@ -149,21 +149,27 @@ async def stage(name: str, version: VersionNumber, body: Reason, request: Reques
     announce(background, request)
     return result
 
-def decision_route(decision: Literal["approve", "reject"]) -> Any:
-    async def decide(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
-                     background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        result = await in_transaction(pool, registry.decide, who, name, version, decision, body.comment)
-        announce(background, request)
-        return result
+def add_decision_routes(target: APIRouter, tail: str, decide: Any, response_model: Any, what: str) -> None:
+    """``POST /models/{name}/versions/{version}/{tail}approve|reject``: an approver's decision on a pending
+    ``what``, by ``decide(conn, identity, name, version, decision, comment)``, announced by webhook. One
+    literal path per decision: a ``{decision}`` parameter also caught POST …/card (422, not 405)."""
+    def route(decision: Literal["approve", "reject"]) -> Any:
+        async def decided(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
+                          background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
+            result = await in_transaction(pool, decide, who, name, version, decision, body.comment)
+            announce(background, request)
+            return result
 
-    return decide
+        return decided
 
-# one literal path per decision: a `{decision}` parameter also caught POST …/card (422, not 405)
-for decision in ("approve", "reject"):
-    router.add_api_route(f"/models/{{name}}/versions/{{version}}/{decision}", decision_route(decision),
-                         methods=["POST"], name=f"versions_{decision}", response_model=Decided,
-                         responses=errors(404, 409, body=True),
-                         summary=f"{decision.capitalize()} the version's pending promotion request")
+    for decision in ("approve", "reject"):
+        target.add_api_route(f"/models/{{name}}/versions/{{version}}/{tail}{decision}", route(decision),
+                             methods=["POST"], name=f"{tail.strip('/') or 'versions'}_{decision}",
+                             response_model=response_model, responses=errors(404, 409, body=True),
+                             summary=f"{decision.capitalize()} the version's pending {what}")
+
+
+add_decision_routes(router, "", registry.decide, Decided, "promotion request")
 
 @router.post("/models/{name}/rollback", response_model=RolledBack, responses=errors(404, 409, body=True))
 async def rollback(name: str, body: RollbackRequest, request: Request, pool: PoolDep, background: BackgroundTasks,

@@ -15,7 +15,7 @@ from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
 from sira.http.deps import PoolDep, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
-from sira.http.registry import Comment, announce
+from sira.http.registry import add_decision_routes, announce
 from sira.http.schemas import ThresholdChanged, ThresholdDecided, ThresholdSets, ThresholdWhatIf
 from sira.ingest.events import as_utc
 from sira.monitoring import thresholds
@@ -73,19 +73,5 @@ async def request_thresholds(name: str, version: VersionNumber, body: ThresholdC
     return result
 
 
-def decision_route(decision: Literal["approve", "reject"]) -> Any:
-    async def decide(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
-                     background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
-        result = await in_transaction(pool, thresholds.threshold_sets.decide_change, who, name, version, decision,
-                                      body.comment)
-        announce(background, request)
-        return result
-
-    return decide
-
-
-for decision in ("approve", "reject"):
-    router.add_api_route(f"/models/{{name}}/versions/{{version}}/thresholds/{decision}", decision_route(decision),
-                         methods=["POST"], name=f"thresholds_{decision}", response_model=ThresholdDecided,
-                         responses=errors(404, 409, body=True),
-                         summary=f"{decision.capitalize()} the version's pending threshold change")
+add_decision_routes(router, "thresholds/", thresholds.threshold_sets.decide_change, ThresholdDecided,
+                    "threshold change")

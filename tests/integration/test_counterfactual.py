@@ -15,7 +15,7 @@ from sira.core.auth import Identity
 from sira.monitoring.counterfactual import ACTIONABLE
 from sira.monitoring.explanation import explain_prediction, to_markdown
 from sira.registry import thresholds as threshold_sets
-from tests.conftest import private_installation, scoring_client
+from tests.conftest import private_installation, run_in_transaction, scoring_client
 
 SCIENTIST = Identity("cf-scientist", frozenset({"data_scientist"}))
 ANALYST = Identity("cf-analyst", frozenset({"analyst"}))
@@ -34,21 +34,16 @@ def model() -> str:
     return "fraud"
 
 
-async def in_tx(fraud_model, fn, *args, **kwargs):
-    conn = await db.connect(fraud_model.dsn)
-    try:
-        async with conn.transaction():
-            return await fn(conn, *args, **kwargs)
-    finally:
-        await conn.close()
+def payment(fraud_model, k: int, amount: float) -> dict:
+    e = fraud_model.entities[k]
+    return {"event_id": f"cf-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(minutes=k)).isoformat(),
+            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+            "amount": amount, "country": e["country"], "channel": e["channel"]}
 
 
 async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfactual(fraud_model, model, tmp_path):
     headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
-    e = fraud_model.entities[7]
-    base = {"event_id": f"cf-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(minutes=7)).isoformat(),
-            "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
-            "amount": 20.0, "country": e["country"], "channel": e["channel"]}
+    base = payment(fraud_model, 7, 20.0)
     async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
         async def score(event, record=False):
             answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
@@ -64,8 +59,8 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
                 break
         assert high > low + 1e-3, "the amount never raised this payment's score"
         cut = (low + high) / 2
-        version = (await in_tx(fraud_model, threshold_sets.history, ANALYST, model, 1))["version"]
-        change = await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=cut,
+        version = (await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, 1))["version"]
+        change = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=cut,
                              block=cut, reason="the counterfactual plant")
         for _ in range(300):
             if service.models.slots[model].production.threshold_set == change["set"]:
@@ -76,7 +71,7 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
         assert blocked["decision"] == "block"
         await service.flush()
 
-        report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
+        report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
         cf = report["counterfactual"]
         assert cf["available"] and cf["verified"], cf
         assert set(cf["change"]) == {"amount"} <= set(ACTIONABLE)  # only what the person controls
@@ -97,16 +92,13 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
     summary = report["summary"]["what_would_change_it"]
     assert f"{to:,.2f}" in summary and "approve" in summary
     assert "## What would have changed it" in to_markdown(report)
-    again = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
+    again = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
     assert again["report_id"] == report["report_id"]  # reproducible, counterfactual included
 
 
 async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payment(fraud_model, model, tmp_path):
     headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
-    e = fraud_model.entities[9]
-    event = {"event_id": f"cf-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(minutes=9)).isoformat(),
-             "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
-             "amount": 12.5, "country": e["country"], "channel": e["channel"]}
+    event = payment(fraud_model, 9, 12.5)
     async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
         answer = (await client.post("/v1/score", json={"model": model, "event": event}, headers=headers)).json()
         await service.flush()
@@ -121,6 +113,6 @@ async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payme
                            "WHERE prediction_id = $1", key)
     finally:
         await conn.close()
-    report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, answer["prediction_id"])
+    report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, answer["prediction_id"])
     assert report["counterfactual"]["available"] is False and "not stored" in report["counterfactual"]["why"]
     assert report["summary"]["what_would_change_it"] is None

@@ -16,7 +16,7 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from sira.monitoring.explanation import explain_prediction
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
-from tests.conftest import private_installation, run_sync, scoring_client
+from tests.conftest import private_installation, run_in_transaction, run_sync, scoring_client
 
 ADMIN = Identity("th-admin", frozenset({"admin"}))
 SCIENTIST = Identity("th-scientist", frozenset({"data_scientist"}))
@@ -47,15 +47,6 @@ def model() -> str:
     return "fraud"
 
 
-async def in_tx(fraud_model, fn, *args, **kwargs):
-    conn = await db.connect(fraud_model.dsn)
-    try:
-        async with conn.transaction():
-            return await fn(conn, *args, **kwargs)
-    finally:
-        await conn.close()
-
-
 def payment(fraud_model, k: int) -> dict:
     e = fraud_model.entities[k % len(fraud_model.entities)]
     return {"event_id": f"th-{uuid.uuid4().hex[:12]}", "occurred_at": (NOW + timedelta(seconds=k)).isoformat(),
@@ -76,7 +67,7 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
         original = dict(version["thresholds"])
         assert await service.pool.fetchval("SELECT threshold_set FROM sira_predictions WHERE prediction_id = $1",
                                            uuid.UUID(before["prediction_id"])) == version["threshold_set"]
-        report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
+        report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
         assert report["thresholds"] == original and report["threshold_set"]["revision"] == 1
 
         # asked over HTTP by a data scientist (an analyst may not), with the what-if as evidence
@@ -97,15 +88,15 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
         # four eyes: the requester may not decide; each approver once; two approvals activate it
         requester = Identity("k-data_scientist", frozenset({"approver"}))
         with pytest.raises(PermissionDenied):
-            await in_tx(fraud_model, threshold_sets.decide_change, requester, model, version["version"], "approve")
-        first = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version["version"],
+            await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, requester, model, version["version"], "approve")
+        first = await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version["version"],
                             "approve", "seen the evidence")
         assert first["outcome"] == "pending" and first["approvals"] == 1
         with pytest.raises(Conflict):
-            await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version["version"], "approve")
+            await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version["version"], "approve")
         assert (await service.pool.fetchval("SELECT thresholds FROM sira_model_versions WHERE threshold_set = $1",
                                             version["threshold_set"])) == original  # nothing changed yet
-        done = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[1], model, version["version"],
+        done = await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[1], model, version["version"],
                            "approve")
         assert done["outcome"] == "approved" and done["status"] == "active"
 
@@ -126,13 +117,13 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
         assert stored == change["set"]
 
     # the old decision's report is the same report: its own thresholds, not today's
-    again_report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
+    again_report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, before["prediction_id"])
     assert again_report["thresholds"] == original and again_report["report_id"] == report["report_id"]
-    new_report = await in_tx(fraud_model, explain_prediction, fraud_model.settings, ANALYST, after["prediction_id"])
+    new_report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, after["prediction_id"])
     assert new_report["thresholds"] == {"review": 0.0, "block": 0.0} and new_report["threshold_set"]["revision"] == 2
 
     # the history, the audit trail and the webhook outbox say who, when, why
-    history = await in_tx(fraud_model, threshold_sets.history, ANALYST, model, version["version"])
+    history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version["version"])
     assert history["active"] == change["set"]
     assert [(s["revision"], s["status"]) for s in history["sets"]] == [(2, "active"), (1, "superseded")]
     assert {d["approver"] for d in history["sets"][0]["decisions"]} == {a.name for a in APPROVERS}
@@ -150,19 +141,19 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
 
 
 async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_model, model):
-    version = (await in_tx(fraud_model, threshold_sets.history, ANALYST, model, 1))["version"]
+    version = (await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, 1))["version"]
     with pytest.raises(InvalidInput):
-        await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
+        await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
                     reason=" ")
     with pytest.raises(PermissionDenied):
-        await in_tx(fraud_model, threshold_sets.request_change, ANALYST, model, version, review=0.2, block=0.9,
+        await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, ANALYST, model, version, review=0.2, block=0.9,
                     reason="no role")
     with pytest.raises(NotFound):
-        await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version, "approve")
-    asked = await in_tx(fraud_model, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
+        await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version, "approve")
+    asked = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
                         reason="calmer")
-    rejected = await in_tx(fraud_model, threshold_sets.decide_change, APPROVERS[0], model, version, "reject", "no")
+    rejected = await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version, "reject", "no")
     assert rejected["outcome"] == "rejected" and rejected["status"] == "rejected"
-    history = await in_tx(fraud_model, threshold_sets.history, ANALYST, model, version)
+    history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version)
     assert history["active"] != asked["set"]
     assert next(s for s in history["sets"] if s["id"] == asked["set"])["status"] == "rejected"
