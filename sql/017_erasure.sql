@@ -13,6 +13,7 @@ CREATE TABLE sira_erasure_requests (
     decided_at           timestamptz,
     counts               jsonb NOT NULL DEFAULT '{}'::jsonb,  -- what was deleted, per table and store
     files                jsonb NOT NULL DEFAULT '[]'::jsonb,  -- outputs outside the database to look at
+    cleanup              jsonb,  -- what Redis and the spool still hold of the person (their keys), until removed
     CONSTRAINT sira_erasure_requests_decided CHECK ((status = 'pending') = (decided_at IS NULL)),
     CONSTRAINT sira_erasure_requests_four_eyes CHECK (decided_by IS DISTINCT FROM requested_by)
 );

@@ -93,6 +93,13 @@ def subject_forget_cmd(
     removed = asyncio.run(forget_outside(settings.redis_url, folders, customer, outside))
     governed(lambda conn, who: record_outside(conn, who, done["request_id"], removed), api_key)
     done["counts"].update(removed)
+    failed = sorted(k for k, v in removed.items() if str(v).startswith("failed"))
+    if failed:
+        from sira.core.errors import SiraError
+
+        raise SiraError(f"erasure {done['request_id']}: the database part is done, {' and '.join(failed)} could "
+                        f"not be cleaned ({'; '.join(str(removed[k]) for k in failed)}): run the same --approve "
+                        "again to retry them", code="erasure_incomplete")
     emit(done, as_json, lambda: err.print(kv_table(f"Erasure {done['request_id']} ({done['subject']})", {
         **{k.replace("_", " "): f"{v:,}" if isinstance(v, int) else str(v) for k, v in done["counts"].items()},
         "files to look at": str(len(done["files"])),

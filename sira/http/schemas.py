@@ -146,7 +146,8 @@ class Version(Strict):
     feature_schema: list[dict[str, Any]]
     params: dict[str, Any]
     metrics: dict[str, Any]
-    thresholds: dict[str, Any]
+    thresholds: dict[str, Any] = Field(description="The active threshold set's review and block")
+    threshold_set: int | None = Field(description="The active threshold set (GET .../versions/{v}/thresholds)")
     description: str | None
     required_approvals: int
     created_by: str

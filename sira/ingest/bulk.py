@@ -1,7 +1,5 @@
-"""Ingestion: events in, validated, redacted, deduplicated, with their features.
-
-Two paths share :func:`store_events` (validation, redaction, idempotent
-insert by ``event_id``, dead letters):
+"""Ingestion: events in, validated, redacted, deduplicated, with their features. Two paths share
+:func:`store_events` (validation, redaction, idempotent insert by ``event_id``, dead letters):
 
 - files (:func:`ingest_files`): Ray Data reads the files and loads batches in
   parallel; then features of the new events are computed from the event log,
@@ -40,6 +38,7 @@ from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normaliz
 from sira.ingest.pii import Redactor
 
 FEATURE_SHARDS = 8
+ERASURE_LOCK = 7402  # an erasure holds it exclusively (sira.monitoring.erasure); each insert of events, shared
 
 
 @dataclass
@@ -137,7 +136,7 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
         "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
         f" AS SELECT {cols} FROM sira_events WITH NO DATA"
     )
-    await conn.execute("TRUNCATE sira_events_stage")
+    await conn.execute(f"TRUNCATE sira_events_stage; SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK})")
     await conn.copy_records_to_table(
         "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
         columns=list(EVENT_COLUMNS),

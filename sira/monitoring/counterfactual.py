@@ -21,6 +21,8 @@ against the nearest amount that did not change it. Hours are few: each is tried.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +41,11 @@ ACTIONABLE = {"amount": "the payment's amount", "occurred_at": "the hour of the 
 CENT = 0.01
 MAX_TRIES = 120  # re-scorings per report, whatever the model's size
 HOUR_WEIGHT = 12.0  # a shift of 12 hours costs as much as paying nothing: the person's change, as one number
+
+
+@functools.lru_cache(maxsize=16)
+def _split_points(artifact_sha256: str, booster: Any) -> dict[str, list[float]]:
+    return split_points(booster)
 
 
 def split_points(booster: Any) -> dict[str, list[float]]:
@@ -128,7 +135,7 @@ def amount_candidates(scorer: Scorer, amount: float, base: np.ndarray) -> list[f
     _, _, moved = scorer(amount=amount + 1.0)
     slopes = {n: float(moved[j] - base[j]) for j, n in enumerate(names)
               if np.isfinite(base[j]) and np.isfinite(moved[j]) and moved[j] != base[j]}
-    points = split_points(scorer.runtime.booster)
+    points = _split_points(scorer.runtime.artifact_sha256, scorer.runtime.booster)
     crossings = set()
     for name, slope in slopes.items():
         j = names.index(name)
@@ -176,9 +183,14 @@ async def find(conn: Connection, runtime: ModelRuntime, event: dict[str, Any], s
     fs = runtime.feature_set
     if fs is None or fs.engine != "tiles":
         return {"available": False, "why": "computed only for models on a feature set of the tiles engine"}
-    engine = engine_of(fs)
-    refold = await Refold.load(conn, engine, event)
-    scorer = Scorer(runtime, refold, thresholds)
+    refold = await Refold.load(conn, engine_of(fs), event)
+    # CPU work (up to MAX_TRIES folds and predictions): off the event loop, which may also be serving
+    return await asyncio.to_thread(search, Scorer(runtime, refold, thresholds), event, stored, decision)
+
+
+def search(scorer: Scorer, event: dict[str, Any], stored: dict[str, Any], decision: str) -> dict[str, Any]:
+    """Candidates nearest first, each re-scored; the cheapest change that improves the decision."""
+    engine = scorer.refold.engine
     _, _, base = scorer()
     stored_vector = np.array([np.nan if stored.get(n) is None else float(stored[n]) for n in engine.names])
     if not _same(base, stored_vector):
@@ -214,5 +226,5 @@ async def find(conn: Connection, runtime: ModelRuntime, event: dict[str, Any], s
     cost, change, (score, new_decision, vector) = min(found, key=lambda f: f[0])
     changed = [n for j, n in enumerate(engine.names) if not _same(vector[j:j + 1], base[j:j + 1])]
     return {"available": True, "change": change, "decision": new_decision, "score": score, "cost": cost,
-            "features_changed": changed, "verified": True, "tries": scorer.tries,
+            "features_changed": changed, "tries": scorer.tries,
             "actionable": ACTIONABLE}

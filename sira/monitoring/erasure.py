@@ -42,7 +42,9 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import STATES_CHANNEL
 from sira.features.store import SNAPSHOT_CHANNEL
+from sira.ingest.bulk import ERASURE_LOCK
 from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, subject_ref
+from sira.registry.models import redacted
 
 log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
@@ -57,6 +59,7 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
     if not reason or len(reason) > 2000:
         raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
     ref = subject_ref(secret, customer_id)
+    reason = (redacted(reason) or "").replace(customer_id, ref)  # the audit log is forever: no id, no PII
     try:
         async with conn.transaction():
             request_id = await conn.fetchval(
@@ -80,8 +83,6 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     request = await conn.fetchrow("SELECT * FROM sira_erasure_requests WHERE id = $1 FOR UPDATE", request_id)
     if request is None:
         raise NotFound(f"no erasure request {request_id}", code="unknown_request")
-    if request["status"] != "pending":
-        raise Conflict(f"erasure request {request_id} is {request['status']}", code="request_closed")
     ref = subject_ref(secret, customer_id)
     if ref != request["subject_ref"]:
         raise InvalidInput(f"--customer is not the person erasure request {request_id} names",
@@ -89,6 +90,16 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     if identity.name == request["requested_by"]:
         raise PermissionDenied("the admin who asked for an erasure cannot carry it out: a second admin must",
                                code="self_approval")
+    if request["status"] == "executed":  # the database part is done: Redis and the spool again
+        return {"request_id": request_id, "subject": ref, "status": "executed", "counts": {}, "files": [],
+                "withheld_shared_identifiers": 0, "retry": True,
+                "_outside": request["cleanup"] or {"entities": [["customer", customer_id]], "event_ids": [],
+                                                   "request_ids": []}}
+    if request["status"] != "pending":
+        raise Conflict(f"erasure request {request_id} is {request['status']}", code="request_closed")
+    # no ingest commits meanwhile: one storing the person's events after these deletes and before the gate
+    # is visible would bring them back (insert_events holds this lock shared)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
     ids = [e["event_id"] for e in events]
     entities, withheld = await entities_of(conn, customer_id, events)
@@ -118,7 +129,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         """INSERT INTO sira_erased_subjects (digest, erased_at)
            SELECT sha256(salt || convert_to($1, 'UTF8')), now() FROM sira_erasure_salt
            ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", customer_id)
-    for entity in sorted(set(types)):  # replicas drop what they cached of these types; the payload names nobody
+    for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
         for fs in FEATURE_SETS.values():
             if any(spec.entity == entity for spec in fs.entities):
                 await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
@@ -126,17 +137,18 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL,
                            orjson.dumps({"t": entity, "all": True}).decode())
     files = await _files(conn, events, prediction_ids)
-    await conn.execute(
+    outside = {"entities": _touched(events), "event_ids": ids,
+               "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
+    await conn.execute(  # `cleanup` keeps what Redis and the spool are to lose until they have (record_outside)
         """UPDATE sira_erasure_requests SET status = 'executed', decided_by = $2, decided_at = now(), counts = $3,
-                  files = $4 WHERE id = $1""", request_id, identity.name, counts, files)
+                  files = $4, cleanup = $5 WHERE id = $1""", request_id, identity.name, counts, files, outside)
     await audit.record(conn, identity.actor(), "subject.forget", target_type="subject", target_id=ref,
                        details={"request_id": request_id, "requested_by": request["requested_by"],
                                 "reason": request["reason"], "counts": counts,
                                 "withheld_shared_identifiers": withheld})
     return {"request_id": request_id, "subject": ref, "status": "executed", "counts": counts, "files": files,
             "withheld_shared_identifiers": withheld,
-            "_outside": {"entities": _touched(events), "event_ids": ids,
-                         "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}}
+            "_outside": outside}
 
 
 def _identifiers(events: list[Any]) -> set[str]:
@@ -206,23 +218,38 @@ async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any])
 
 
 async def record_outside(conn: Connection, identity: Identity, request_id: int, counts: dict[str, Any]) -> None:
-    """Add what :func:`forget_outside` removed to the erasure's tombstone."""
+    """Add what :func:`forget_outside` removed to the erasure's tombstone; once nothing failed, forget what
+    it was to remove (the person's keys)."""
     authorize(identity, "subject.access")
-    await conn.execute("UPDATE sira_erasure_requests SET counts = counts || $2 WHERE id = $1 AND status = 'executed'",
-                       request_id, counts)
+    done = not any(str(v).startswith("failed") for v in counts.values())
+    before = await conn.fetchval("SELECT counts FROM sira_erasure_requests WHERE id = $1 AND status = 'executed' "
+                                 "FOR UPDATE", request_id) or {}
+    merged = {**before, **{k: before[k] + v if isinstance(v, int) and isinstance(before.get(k), int) else v
+                           for k, v in counts.items()}}  # a retry adds to what the first run removed
+    await conn.execute("UPDATE sira_erasure_requests SET counts = $2, cleanup = CASE WHEN $3 THEN NULL "
+                       "ELSE cleanup END WHERE id = $1 AND status = 'executed'", request_id, merged, done)
 
 
 async def forget_outside(redis_url: str | None, spool_dirs: list[Path], customer_id: str,
                          outside: dict[str, Any]) -> dict[str, Any]:
     """After the commit: the person's entries in Redis (cached states, histories and answers; stream entries
     still held) and in the records of the spool folders that no live replica holds."""
+    import redis.exceptions
+
     counts: dict[str, Any] = {}
     if redis_url:
-        counts.update(await _forget_in_redis(redis_url, customer_id, outside))
+        try:
+            counts.update(await _forget_in_redis(redis_url, customer_id, outside), redis="cleaned")
+        except (redis.exceptions.RedisError, OSError) as exc:
+            counts["redis"] = f"failed: {type(exc).__name__}"
     else:
         counts["redis"] = "not configured"
-    counts["spool_records"], counts["spool_segments_held_live"] = _forget_in_spools(
-        spool_dirs, customer_id, set(outside["event_ids"]))
+    try:
+        counts["spool_records"], counts["spool_segments_held_live"] = _forget_in_spools(
+            spool_dirs, customer_id, set(outside["event_ids"]))
+        counts["spool"] = "cleaned"
+    except OSError as exc:
+        counts["spool"] = f"failed: {type(exc).__name__}"
     return counts
 
 
@@ -273,7 +300,7 @@ def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return customer_id.encode() in raw
+        return orjson.dumps(customer_id) in raw
     return isinstance(data, dict) and (data.get("customer_id") == customer_id
                                        or data.get("event_id") in outside["event_ids"])
 
@@ -300,11 +327,14 @@ def _forget_in_spools(folders: list[Path], customer_id: str, event_ids: set[str]
                     lines = fh.read().splitlines(keepends=True)
                 theirs = event_ids | _spooled_events(lines, customer_id)  # events not stored yet, and answers
                 kept = [line for line in lines if not _spooled_about(line, customer_id, theirs)]
-                if len(kept) != len(lines):
+                if len(kept) != len(lines):  # a new file in its place: a crash leaves the old one whole
                     removed += len(lines) - len(kept)
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, b"".join(kept), 0)
-                    os.fsync(fd)
+                    fresh = path.with_name(path.name + ".erasing")
+                    with open(fresh, "wb") as out:
+                        out.write(b"".join(kept))
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.replace(fresh, path)
             finally:
                 os.close(fd)
     return removed, held
@@ -328,7 +358,7 @@ def _spooled_about(line: bytes, customer_id: str, event_ids: set[str]) -> bool:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return customer_id.encode() in line  # a torn line: judged by its bytes
+        return orjson.dumps(customer_id) in line  # a torn line: by the id as a JSON string, quotes included
     if not isinstance(record, dict):
         return False
     row = record.get("row") or {}

@@ -145,6 +145,9 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     if pending is None:
         raise NotFound(f"{model_name} v{version} has no pending threshold change (sira thresholds --apply first)",
                        code="no_pending_request")
+    if row["status"] not in CHANGEABLE:  # archived or rejected since it was asked: no decision to make
+        raise lifecycle.IllegalTransition(f"{model_name} v{version} is {row['status']} now: its thresholds no "
+                                          "longer change", details={"status": row["status"]})
     previous = await conn.fetch("SELECT approver, decision FROM sira_threshold_approvals WHERE set_id = $1",
                                 pending["id"])
     lifecycle.check_approver(identity.name, identity.roles, creator=pending["requested_by"],

@@ -73,8 +73,12 @@ class LoadFailure:
 
 def with_thresholds(runtime: ModelRuntime, row: dict[str, Any]) -> ModelRuntime:
     """The loaded version deciding with its newly active threshold set (no reload: the artifact is the same)."""
-    return replace(runtime, thresholds={k: float(v) for k, v in row["thresholds"].items()},
-                   threshold_set=row["threshold_set"])
+    swapped = replace(runtime, thresholds={k: float(v) for k, v in row["thresholds"].items()},
+                      threshold_set=row["threshold_set"])
+    for cached in ("single_row", "category_codes"):  # the warmed predictor and codes: the same booster's
+        if cached in runtime.__dict__:
+            swapped.__dict__[cached] = runtime.__dict__[cached]
+    return swapped
 
 
 def _threshold_sets(slot: Slot | None) -> tuple[int | None, int | None]:

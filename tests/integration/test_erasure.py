@@ -81,7 +81,8 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
     run = uuid.uuid4().hex[:8]
     person, other = f"cus-forget-{run}", f"cus-stays-{run}"
     card, device = f"tok_card_{run}", f"dev-{run}"
-    needles = [person, card, device, f"ev-{person}-"]
+    email = f"jo-{run}@example.com"
+    needles = [person, card, device, f"ev-{person}-", email]
     service_key = {"Authorization": f"Bearer {inst.keys['service']}"}
 
     # what SIRA comes to hold about them: events (HTTP), scored payments (spool, Redis), a label, a dead letter
@@ -133,9 +134,10 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
             reset_settings()
 
     caplog.set_level(logging.DEBUG)
-    code, out = await sira("analyst", "subject", "forget", "--customer", person, "--reason", "art. 17 request")
+    reason = f"art. 17 request from {person}, reply to {email}"  # the id and an email: neither is kept
+    code, out = await sira("analyst", "subject", "forget", "--customer", person, "--reason", reason)
     assert code == 2 and out.err.startswith("error: forbidden:"), out.err
-    code, out = await sira("admin", "subject", "forget", "--customer", person, "--reason", "art. 17 request", "--json")
+    code, out = await sira("admin", "subject", "forget", "--customer", person, "--reason", reason, "--json")
     assert code == 0, out.err
     request = json.loads(out.out)
     assert request["status"] == "pending" and person not in out.out
@@ -143,16 +145,20 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
     assert code == 2 and "self_approval" in out.err, out.err  # the requester cannot carry it out
     code, out = await sira("admin-b", "subject", "forget", "--customer", other, "--approve", str(request["request_id"]))
     assert code == 2 and "subject_mismatch" in out.err, out.err  # the id must be the one asked for
-    code, out = await sira("admin-b", "subject", "forget", "--customer", person, "--approve", str(request["request_id"]),
-                     "--spool-dir", str(inst.spool), "--json")
+    # Redis unreachable: the database part is done, the command says what is left and fails
+    monkeypatch.setenv("SIRA_REDIS_URL", "redis://127.0.0.1:1/0")
+    approve = ("subject", "forget", "--customer", person, "--approve", str(request["request_id"]),
+               "--spool-dir", str(inst.spool), "--json")
+    code, first = await sira("admin-b", *approve)
+    assert code == 1 and first.err.startswith("error: erasure_incomplete:") and "run the same --approve" in first.err
+    # the same command again, Redis back: what it holds goes too
+    monkeypatch.setenv("SIRA_REDIS_URL", inst.redis_url)
+    code, out = await sira("admin-b", *approve)
     assert code == 0, out.err
     done = json.loads(out.out)
-    counts = done["counts"]
-    assert counts["events"] == 4 and counts["predictions"] >= 2 and counts["labels"] == 1
-    # the customer's and their card's states; the terminal is not theirs
-    assert counts["rejected_events"] == 1 and counts["entity_states"] == 2 and counts["stream_entries"] == 1
-    assert counts["spool_records"] == 2 and counts["redis_cached_entries"] >= 1
-    logged = out.out + out.err + caplog.text
+    assert done["retry"] and done["counts"]["redis"] == "cleaned" and done["counts"]["redis_cached_entries"] >= 1
+    assert done["counts"]["stream_entries"] == 1
+    logged = first.out + first.err + out.out + out.err + caplog.text
 
     # nothing of the person anywhere SIRA writes; the other customer's data stays
     after = pg_dump(inst.dsn)
@@ -164,8 +170,14 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
     assert other in after and other.encode() in inst.spool.joinpath("dead-00000001.spool").read_bytes()
     tombstone = await _one(inst.dsn, "SELECT * FROM sira_erasure_requests WHERE id = $1", request["request_id"])
     assert tombstone["status"] == "executed" and tombstone["requested_by"] == "k-admin"
-    assert tombstone["decided_by"] == "k-admin-b" and tombstone["reason"] == "art. 17 request"
-    assert tombstone["counts"]["events"] == 4 and tombstone["counts"]["stream_entries"] == 1
+    assert tombstone["decided_by"] == "k-admin-b" and tombstone["cleanup"] is None  # nothing left to clean
+    assert tombstone["reason"].startswith(f"art. 17 request from {done['subject']}, reply to tok_")
+    counts = tombstone["counts"]
+    assert counts["events"] == 4 and counts["predictions"] >= 2 and counts["labels"] == 1
+    # the customer's and their card's states; the terminal is not theirs
+    assert counts["rejected_events"] == 1 and counts["entity_states"] == 2 and counts["stream_entries"] == 1
+    assert counts["shared_histories_deidentified"] >= 1 and (counts["redis"], counts["spool"]) == ("cleaned", "cleaned")
+    assert counts["spool_records"] == 2  # the dead replica's event and its answer, on the first run
     audit = await _one(inst.dsn, "SELECT target_id, details FROM sira_audit_log WHERE action = 'subject.forget'")
     assert audit["target_id"] == done["subject"] == request["subject"]
 

@@ -365,6 +365,42 @@ def test_threshold_what_if_matches_an_independent_recomputation(fraud_model, ser
                                                   + fn * result["targets"]["cost_missed_fraud"])
 
 
+def test_a_threshold_change_carries_the_what_if_at_its_values_as_evidence(fraud_model, served):
+    """Asking for new thresholds stores what they, and the current ones, did on the labelled window: the same
+    rows as the what-if table at those values (asked in a transaction rolled back: the shared model's
+    thresholds stay)."""
+    from sira.core.auth import Identity
+    from sira.monitoring.thresholds import apply, what_if
+
+    scientist = Identity("monitoring-scientist", frozenset({"data_scientist"}))
+
+    class Undo(Exception):
+        pass
+
+    async def ask():
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            async with conn.transaction():
+                window = {"time_from": served["lo"], "time_to": served["hi"]}
+                table = await what_if(conn, scientist, "fraud", version=fraud_model.version, also=(0.2, 0.7),
+                                      **window)  # before: this model needs no approval, so asking applies them
+                asked = await apply(conn, scientist, "fraud", fraud_model.version, review=0.2, block=0.7,
+                                    reason="evidence test", **window)
+                raise Undo((asked, table))
+        except Undo as undo:
+            return undo.args[0]
+        finally:
+            await conn.close()
+
+    asked, table = asyncio.run(ask())
+    rows = {r["threshold"]: r for r in table["thresholds"]}
+    evidence = asked["evidence"]
+    assert evidence["labelled"] == table["labelled"] > 0 and evidence["window"] == table["window"]
+    assert evidence["requested"] == {"review": rows[0.2], "block": rows[0.7]}
+    assert evidence["current"] == {k: rows[v] for k, v in table["current"].items()}
+    assert asked["status"] == ("active" if asked["required_approvals"] == 0 else "pending")
+
+
 def test_an_explanation_report_ranks_the_exact_treeshap_contributions(fraud_model, served):
     """One decision explained: every factor is LightGBM's pred_contrib for the stored features, ranked by size;
     a service key gets the summary only, a viewer nothing; the same prediction gives the same report."""

@@ -106,6 +106,7 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
             if service.models.slots[model].production.threshold_set == change["set"]:
                 break
             await asyncio.sleep(0.05)
+        assert service.models.slots[model].production.threshold_set == change["set"], "no swap within 15 s"
         swapped = service.models.slots[model].production
         assert swapped.booster is loaded.booster and swapped.thresholds == {"review": 0.0, "block": 0.0}
         after = (await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, 2)},
@@ -125,6 +126,12 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
     # the history, the audit trail and the webhook outbox say who, when, why
     history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version["version"])
     assert history["active"] == change["set"]
+    async with scoring_client(fraud_model, tmp_path / "read") as (client, _):
+        shown = await client.get(f"/v1/models/{model}/versions/{version['version']}", headers=headers["analyst"])
+        listed = await client.get(path, headers=headers["analyst"])
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["threshold_set"] == change["set"] and shown.json()["thresholds"] == {"review": 0.0, "block": 0.0}
+    assert listed.status_code == 200 and [s["revision"] for s in listed.json()["sets"]] == [2, 1]
     assert [(s["revision"], s["status"]) for s in history["sets"]] == [(2, "active"), (1, "superseded")]
     assert {d["approver"] for d in history["sets"][0]["decisions"]} == {a.name for a in APPROVERS}
     conn = await db.connect(fraud_model.dsn)
