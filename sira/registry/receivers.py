@@ -109,17 +109,15 @@ def summary(event: str, p: dict[str, Any]) -> str:
     if event == "promotion.request":
         return (f"{model} v{version}: promotion requested by {p.get('requested_by', '?')}, waiting for "
                 f"{p.get('required_approvals', '?')} approval(s)")
-    if event in ("promotion.approve", "promotion.reject"):
+    if event.endswith((".approve", ".reject")):  # a promotion request's or a threshold change's decision
         verb = "approved" if event.endswith("approve") else "rejected"
-        return f"{model} v{version}: {verb} by {p.get('by', '?')} (request {p.get('outcome', 'pending')})"
+        what, status = ("threshold change ", "") if event.startswith("thresholds.") else ("", "request ")
+        return f"{model} v{version}: {what}{verb} by {p.get('by', '?')} ({status}{p.get('outcome', 'pending')})"
     if event == "version.stage":
         return f"{model} v{version} is in staging (shadow scoring)"
     if event == "thresholds.request":
         return (f"{model} v{version}: thresholds review {p.get('review')}, block {p.get('block')} requested by "
                 f"{p.get('requested_by', '?')}, waiting for {p.get('required_approvals', '?')} approval(s)")
-    if event in ("thresholds.approve", "thresholds.reject"):
-        verb = "approved" if event.endswith("approve") else "rejected"
-        return f"{model} v{version}: threshold change {verb} by {p.get('by', '?')} ({p.get('outcome', 'pending')})"
     if event == "thresholds.change":
         to = p.get("to") or {}
         return (f"{model} v{version} decides with review {to.get('review')}, block {to.get('block')} "
