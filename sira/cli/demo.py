@@ -134,6 +134,10 @@ def demo_cmd(
                 ex = sv["explained"]
                 err.print(f"  read back by an analyst ({ex['decision']}, score {ex['score']:.4f}): "
                            + ("; ".join(r["text"] for r in ex["reasons"]) or "no feature raised the score"))
+            if sv.get("report"):  # `sira explain --prediction ID` gives the whole report
+                rep = sv["report"]
+                err.print(f"  explained to the person ({rep['decision']}): " + "; ".join(rep["main_factors"][:2])
+                          + (f". {rep['what_would_change_it']}" if rep.get("what_would_change_it") else ""))
         if report.batch:
             err.print(batch_table(report.batch))
         if report.drift:

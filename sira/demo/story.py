@@ -469,7 +469,7 @@ async def serve_and_score(url: str, keys: dict[str, str], live: list[dict[str, A
                                  headers={"Authorization": f"Bearer {keys['demo-ana']}"})
             explained = r.json() if r.status_code == 200 else None
         # A chargeback arrives for the riskiest payment: the service posts it as feedback.
-        feedback = None
+        feedback = report = None
         if run.answers:
             riskiest = max(run.answers, key=lambda a: a["score"])
             for _ in range(20):  # another replica may still hold it in its spool (flushed within moments)
@@ -479,10 +479,14 @@ async def serve_and_score(url: str, keys: dict[str, str], live: list[dict[str, A
                     break
                 await asyncio.sleep(0.25)
             feedback = r.json()
+            # ...and the person it blocked (or sent to review) asks why: the report a support agent reads
+            r = await client.get(f"/v1/predictions/{riskiest['prediction_id']}/explanation",
+                                 headers={"Authorization": f"Bearer {keys['demo-ana']}"})
+            report = r.json()["summary"] if r.status_code == 200 else None
     from sira.core.ray_runtime import metrics_url
 
     return {"url": url, "docs": f"{url}/docs", **run.summary(), "examples": _examples(run.answers),
-            "explained": explained, "feedback": feedback,
+            "explained": explained, "feedback": feedback, "report": report,
             "metrics": {"platform": f"{url}/metrics", "replicas": metrics_url()}}
 
 

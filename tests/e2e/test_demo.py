@@ -53,6 +53,10 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
     assert report["tables"]["sira_predictions"] >= live  # + the staging version's shadow scores, if staged
     assert serving["feedback"]["status"] == "recorded" and serving["examples"]
     assert serving["explained"] is None or serving["explained"]["reasons_deferred"] is False
+    # the riskiest payment's explanation report, as its payer would read it (with what would have changed a
+    # review or block, when a change of amount or hour would have)
+    assert serving["report"]["main_factors"] and serving["report"]["human_review"]["how_to_ask"]
+    assert serving["report"]["decision"] != "approve" or serving["report"]["what_would_change_it"] is None
     # then the whole history is batch-scored, and drift and live performance are measured and stored
     batch = report["batch"]
     assert batch["rows"] == events.num_rows - later and batch["version"] == 1
