@@ -183,7 +183,9 @@ def thresholds_cmd(
                f"approval(s): sira approve --model {model} --version {version} --thresholds")))
         return
     if history and version is not None:
-        sets = governed(lambda conn, who: thresholds.threshold_sets.history(conn, who, model, version), api_key)
+        from sira.registry.thresholds import history as threshold_history
+
+        sets = governed(lambda conn, who: threshold_history(conn, who, model, version), api_key)
         emit(sets, as_json, lambda: err.print(threshold_sets_table(sets)))
         return
 

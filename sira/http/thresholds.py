@@ -19,6 +19,7 @@ from sira.http.registry import add_decision_routes, announce
 from sira.http.schemas import ThresholdChanged, ThresholdDecided, ThresholdSets, ThresholdWhatIf
 from sira.ingest.events import as_utc
 from sira.monitoring import thresholds
+from sira.registry import thresholds as registry_thresholds
 
 router = APIRouter(prefix="/v1", tags=["thresholds"])
 
@@ -55,7 +56,7 @@ async def threshold_sets(name: str, version: VersionNumber, pool: PoolDep,
                          who: Identity = require("models.read")) -> dict[str, Any]:
     """The version's threshold sets, newest first: the active one, pending, superseded and rejected, with
     who asked, why, on what evidence and who decided."""
-    return await in_transaction(pool, thresholds.threshold_sets.history, who, name, version)
+    return await in_transaction(pool, registry_thresholds.history, who, name, version)
 
 
 @router.post("/models/{name}/versions/{version}/thresholds", status_code=201, response_model=ThresholdChanged,
@@ -73,5 +74,5 @@ async def request_thresholds(name: str, version: VersionNumber, body: ThresholdC
     return result
 
 
-add_decision_routes(router, "thresholds/", thresholds.threshold_sets.decide_change, ThresholdDecided,
+add_decision_routes(router, "thresholds/", registry_thresholds.decide_change, ThresholdDecided,
                     "threshold change")

@@ -74,10 +74,8 @@ def _categories(runtime: ModelRuntime) -> list[str]:
 async def deciding_set(conn: Connection, set_id: int | None, version_id: int) -> dict[str, Any]:
     """The threshold set that decided a prediction: the one it names, else (stored before threshold sets
     existed, when a version's thresholds never changed) the version's first."""
-    found = await conn.fetchrow("SELECT id, revision, review, block FROM sira_threshold_sets WHERE id = $1"
-                                if set_id is not None else
-                                "SELECT id, revision, review, block FROM sira_threshold_sets WHERE version_id = $1 "
-                                "AND revision = 1", set_id if set_id is not None else version_id)
+    found = await conn.fetchrow("SELECT id, revision, review, block FROM sira_threshold_sets WHERE id = $1 "
+                                "OR ($1::bigint IS NULL AND version_id = $2 AND revision = 1)", set_id, version_id)
     if found is None:
         raise NotFound("the thresholds that decided this prediction are not recorded", code="unknown_threshold_set")
     return dict(found)

@@ -79,13 +79,14 @@ def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_s
     return GateResult(not failures, tuple(failures))
 
 
-def check_approver(approver: str, roles: Iterable[str], *, creator: str, requester: str,
+def check_approver(approver: str, roles: Iterable[str], *, creator: str | None, requester: str,
                    already: Iterable[str]) -> None:
-    """Raise unless ``approver`` may decide: holds the approver role, neither created the version nor
-    requested its promotion (four eyes), has not decided on this request before."""
+    """Raise unless ``approver`` may decide: holds the approver role, neither created the version (``creator``;
+    None: a change that does not bar it, such as new thresholds) nor requested the change (four eyes), has
+    not decided on this request before."""
     if "approver" not in set(roles) and "admin" not in set(roles):
         raise PermissionDenied(f"{approver} does not hold the approver role")
-    if approver == creator:
+    if creator is not None and approver == creator:
         raise PermissionDenied("the creator of a version cannot approve it", code="self_approval")
     if approver == requester:
         raise PermissionDenied("the requester of a promotion cannot decide on it", code="self_approval")

@@ -81,9 +81,11 @@ def with_thresholds(runtime: ModelRuntime, row: dict[str, Any]) -> ModelRuntime:
     return swapped
 
 
-def _threshold_sets(slot: Slot | None) -> tuple[int | None, int | None]:
-    runtimes = (slot.production, slot.shadow) if slot else (None, None)
-    return runtimes[0].threshold_set if runtimes[0] else None, runtimes[1].threshold_set if runtimes[1] else None
+def _served(slot: Slot | None) -> tuple[tuple[int | None, int | None], tuple[int | None, int | None]]:
+    """(production's and the shadow's version, their threshold sets) of a slot: what a change is told by."""
+    production, shadow = (slot.production, slot.shadow) if slot else (None, None)
+    return ((production.version if production else None, shadow.version if shadow else None),
+            (production.threshold_set if production else None, shadow.threshold_set if shadow else None))
 
 
 def _load_error(exc: BaseException) -> tuple[str, str]:
@@ -154,10 +156,7 @@ class ModelSlots:
                                         != (row["version"], row["artifact_sha256"])):
                 del self.load_failures[(name, role)]  # the registry moved on: nothing to retry
         slot = Slot(name, rows[0]["model_id"], rows[0]["entity_type"], loaded["production"], loaded["shadow"])
-        before = (current.production.version if current and current.production else None,
-                  current.shadow.version if current and current.shadow else None)
-        after = (slot.production.version if slot.production else None, slot.shadow.version if slot.shadow else None)
-        sets = [*_threshold_sets(current), *_threshold_sets(slot)]
+        (before, sets_before), (after, sets) = _served(current), _served(slot)
         self.slots[name] = slot  # one assignment: a batch sees the old slot or the new one
         metrics = self.replica.metrics
         if metrics:
@@ -165,13 +164,13 @@ class ModelSlots:
             metrics.version.set(after[1] or 0, tags={"model": name, "role": "shadow"})
             for role in ("production", "shadow"):
                 metrics.load_failing.set(int((name, role) in self.load_failures), tags={"model": name, "role": role})
-        if before == after and sets[:2] == sets[2:]:
+        if (before, sets_before) == (after, sets):
             return None
         change = {"model": name, "production": after[0], "shadow": after[1], "from": before[0], "reason": reason,
-                  "threshold_sets": sets[2:], "at": time.time()}
+                  "threshold_sets": list(sets), "at": time.time()}
         self.swaps.append(change)
         log.warning("serving %s: production v%s, shadow v%s, threshold sets %s (%s)", name, after[0], after[1],
-                    sets[2:], reason)
+                    list(sets), reason)
         return change
 
     async def _load(self, name: str, role: str, row: dict[str, Any], have: ModelRuntime | None) -> ModelRuntime | None:
