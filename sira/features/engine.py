@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sira.features import hashing, packing, tiles
+from sira.features import daily, hashing, packing, tiles
+from sira.features.daily import Checkpoints
 from sira.features.definitions import FeatureSet
 from sira.features.hashing import MISSING
 from sira.features.store import to_us
@@ -120,6 +121,62 @@ def _codes(keys: pa.Array) -> tuple[np.ndarray, list[str]]:
     encoded = cast(pa.DictionaryArray, pc.dictionary_encode(keys))
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, [str(k) for k in encoded.dictionary.to_pylist()]
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """One entity type's events and labels as the replay kernels take them: the rows with a key, sorted by
+    (entity, time, order), each entity's segment of them and of its labels (sorted by known_at, then event
+    time), and its starting state (0: the empty one)."""
+
+    entity_ids: list[str]
+    rows: np.ndarray
+    segments: np.ndarray
+    ts: np.ndarray
+    orders: np.ndarray
+    amounts: np.ndarray
+    values: np.ndarray
+    label_segments: np.ndarray
+    label_ts: np.ndarray
+    label_known: np.ndarray
+    starts: np.ndarray
+    start_of: np.ndarray
+    codes: np.ndarray
+    label_codes: np.ndarray
+
+    @classmethod
+    def of(cls, layout: Layout, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
+           orders: np.ndarray, hashed: dict[str, np.ndarray]) -> "_Segments":
+        column = layout.spec.key_column
+        keys = events.columns[column]
+        label_keys = labels.keys.get(column, pa.nulls(len(labels), pa.string()))
+        every, entity_ids = _codes(pa.concat_arrays([keys.cast(pa.string()), label_keys.cast(pa.string())]))
+        codes, l_codes = every[:len(events)], every[len(events):]
+        rows = np.flatnonzero(codes >= 0)
+        label_rows = np.flatnonzero(l_codes >= 0)
+        codes, l_codes = codes[rows], l_codes[label_rows]
+        order = np.lexsort((orders[rows], events.ts[rows], codes))
+        rows, codes = rows[order], codes[order]
+        segments = np.searchsorted(codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
+        values = np.zeros((rows.size, len(layout.columns)), dtype=np.int64)
+        for c, name in enumerate(layout.columns):
+            values[:, c] = hashed[name][rows]
+        # labels by (entity, known_at, event time); known before its event: taken as known at its time
+        l_ts = labels.event_ts[label_rows]
+        l_known = np.maximum(labels.known_at[label_rows], l_ts)
+        l_order = np.lexsort((l_ts, l_known, l_codes))
+        l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
+        label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
+        given = [key for key in entity_ids if key in start]
+        starts = np.stack([layout.empty(), *(start[key] for key in given)])  # 0: the empty state
+        index = {key: k + 1 for k, key in enumerate(given)}
+        start_of = np.array([index.get(key, 0) for key in entity_ids], dtype=np.int64)
+        return cls(entity_ids, rows, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
+                   np.ascontiguousarray(events.amount[rows]), values, label_segments, np.ascontiguousarray(l_ts),
+                   np.ascontiguousarray(l_known), starts, start_of, codes, l_codes)
+
+    def day_marks(self) -> int:
+        return daily.day_marks(self.codes, self.ts, self.label_codes, self.label_known)
 
 
 class Engine:
@@ -213,44 +270,45 @@ class Engine:
                       out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray], finals: bool,
                       ) -> dict[str, np.ndarray]:
         layout = self.layouts[entity]
-        column = layout.spec.key_column
-        keys = events.columns[column]
-        label_keys = labels.keys.get(column, pa.nulls(len(labels), pa.string()))
-        every, entity_ids = _codes(pa.concat_arrays([keys.cast(pa.string()), label_keys.cast(pa.string())]))
-        codes, l_codes = every[:len(events)], every[len(events):]
-        rows = np.flatnonzero(codes >= 0)
-        label_rows = np.flatnonzero(l_codes >= 0)
-        if not entity_ids:
+        seg = _Segments.of(layout, events, labels, start, orders, hashed)
+        if not seg.entity_ids:
             return {}
-        codes, l_codes = codes[rows], l_codes[label_rows]
-        order = np.lexsort((orders[rows], events.ts[rows], codes))
-        rows, codes = rows[order], codes[order]
-        segments = np.searchsorted(codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
-        values = np.zeros((rows.size, len(layout.columns)), dtype=np.int64)
-        for c, name in enumerate(layout.columns):
-            values[:, c] = hashed[name][rows]
-        # labels by (entity, known_at, event time); known before its event: taken as known at its time
-        l_ts = labels.event_ts[label_rows]
-        l_known = np.maximum(labels.known_at[label_rows], l_ts)
-        l_order = np.lexsort((l_ts, l_known, l_codes))
-        l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
-        label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
-        given = [key for key in entity_ids if key in start]
-        starts = np.stack([layout.empty(), *(start[key] for key in given)])  # 0: the empty state
-        start_of = np.zeros(len(entity_ids), dtype=np.int64)
-        index = {key: k + 1 for k, key in enumerate(given)}
-        for s, key in enumerate(entity_ids):
-            start_of[s] = index.get(key, 0)
-        states = np.empty((len(entity_ids) if finals else 1, layout.rows, 5), dtype=np.int64)
-        part = np.full((rows.size, len(layout.ops)), np.nan)
-        late = tiles._replay(states, starts, start_of, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
-                             np.ascontiguousarray(events.amount[rows]), values, label_segments,
-                             np.ascontiguousarray(l_ts), np.ascontiguousarray(l_known), layout.rings, layout.windows,
-                             layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
+        states = np.empty((len(seg.entity_ids) if finals else 1, layout.rows, 5), dtype=np.int64)
+        part = np.full((seg.rows.size, len(layout.ops)), np.nan)
+        late = tiles._replay(states, seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts,
+                             seg.values, seg.label_segments, seg.label_ts, seg.label_known, layout.rings,
+                             layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
         if late:
             raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
-        out[rows, self.slices[entity]] = part
-        return dict(zip(entity_ids, states)) if finals else {}
+        out[seg.rows, self.slices[entity]] = part
+        return dict(zip(seg.entity_ids, states)) if finals else {}
+
+    def checkpoints(self, events: EventColumns, labels: Labels | None = None,
+                    start: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict[str, Checkpoints]:
+        """Per entity type, the packed state of each entity at every UTC midnight after a day that changed it
+        (its events and the labels known that day), folding from ``start`` as :meth:`build` does, in one
+        replay per entity (:mod:`sira.features.daily`); no vectors."""
+        labels = labels or Labels.none()
+        orders = hashing.hash_strings(_strings(events.event_id.tolist()))
+        hashed = {c: hashing.hash_strings(events.columns[c]) for c in self.categorical}
+
+        def one(entity: str) -> Checkpoints:
+            layout = self.layouts[entity]
+            seg = _Segments.of(layout, events, labels, (start or {}).get(entity, {}), orders, hashed)
+            widths, bases, row_rings = packing.columns_of(layout)
+            late, m, owner, as_of, newest, data, offsets = daily.replay_days(
+                layout.empty(), seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts, seg.values,
+                seg.label_segments, seg.label_ts, seg.label_known, layout.rings, layout.windows, layout.maps,
+                layout.ops, layout.risk, layout.risk_windows, widths, bases, row_rings, seg.day_marks())
+            if late:
+                raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
+            return Checkpoints(seg.entity_ids, owner[:m], as_of[:m], newest[:m], data, offsets[:m + 1])
+
+        entities = [spec.entity for spec in self.fs.entities]
+        if len(events) < PARALLEL_FROM:
+            return {entity: one(entity) for entity in entities}
+        with ThreadPoolExecutor(max_workers=min(len(entities), os.cpu_count() or 1)) as pool:
+            return dict(zip(entities, pool.map(one, entities)))
 
     @property
     def horizon_us(self) -> int:

@@ -53,7 +53,7 @@ def columns_of(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def _live_rows(state, rings, windows, maps, risk, risk_windows, keep):  # pragma: no cover - compiled
+def live_rows(state, rings, windows, maps, risk, risk_windows, keep):  # pragma: no cover - compiled
     """Mark the rows a future read can still use (``keep``); returns how many."""
     newest = state[0, 1]
     if newest == MISSING:
@@ -138,10 +138,23 @@ def _relative(value, base, newest):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def room(n):  # pragma: no cover - compiled
+    """The most bytes a state with ``n`` kept rows packs into (10 per varint at most)."""
+    return 40 + 60 * n
+
+
+@njit(cache=True)
 def _pack(state, widths, bases, keep, n):  # pragma: no cover - compiled
-    buf = np.empty(40 + 60 * n, dtype=np.uint8)  # 10 bytes at most per varint
+    buf = np.empty(room(n), dtype=np.uint8)
+    return buf[:pack_at(state, widths, bases, keep, buf, 0)]
+
+
+@njit(cache=True)
+def pack_at(state, widths, bases, keep, buf, k):  # pragma: no cover - compiled
+    """Pack ``state`` (its ``keep`` rows, from :func:`live_rows`) into ``buf`` from ``k``, which has
+    :func:`room` for it; returns the position after it. The one writer of the stored form."""
     newest = state[0, 1]
-    k = _put(buf, 0, state[0, 0])
+    k = _put(buf, k, state[0, 0])
     k = _put(buf, k, state.shape[0])
     k = _put(buf, k, newest)
     k = _put(buf, k, state[0, 2])
@@ -153,7 +166,7 @@ def _pack(state, widths, bases, keep, n):  # pragma: no cover - compiled
             for c in range(widths[row]):
                 if bases[row, c] != SLOT:
                     k = _put(buf, k, _relative(state[row, c], bases[row, c], newest))
-    return buf[:k]
+    return k
 
 
 @njit(cache=True)
@@ -202,7 +215,7 @@ def encode(layout: Layout, state: np.ndarray) -> bytes:
     """The stored form of a state (PostgreSQL, Redis, a replica's cache)."""
     widths, bases, _ = columns_of(layout)
     keep = np.zeros(state.shape[0], dtype=np.bool_)
-    n = _live_rows(state, layout.rings, layout.windows, layout.maps, layout.risk, layout.risk_windows, keep)
+    n = live_rows(state, layout.rings, layout.windows, layout.maps, layout.risk, layout.risk_windows, keep)
     return _pack(state, widths, bases, keep, n).tobytes()
 
 

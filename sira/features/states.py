@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from sira.core import db
 from sira.features.columns import read_events, read_labels
-from sira.features.engine import Engine, EventColumns, Labels, engine_of
-from sira.features.hashing import MISSING, value_hash
+from sira.features.daily import Checkpoints
+from sira.features.engine import Engine, EventColumns, engine_of
+from sira.features.hashing import value_hash
 from sira.features.store import from_us, set_watermark
 
 if TYPE_CHECKING:
@@ -116,19 +115,29 @@ async def notify_states(conn: Connection, fs: FeatureSet, entity: str, changes: 
                            payload if len(payload.encode()) < 7_900 else everything)
 
 
-async def write_checkpoints(conn: Connection, fs: FeatureSet, entity: str, as_of: datetime,
-                            states: Mapping[str, bytes]) -> int:
-    """Checkpoints as of UTC midnight ``as_of`` (a rebuild writes them again: the newer replaces the older)."""
-    if not states:
-        return 0
-    await conn.execute("SELECT sira_ensure_month_partitions('sira_state_checkpoints', $1, $1)", as_of)
+async def write_checkpoints(conn: Connection, fs: FeatureSet, entity: str, marks: Checkpoints, keep: np.ndarray,
+                            *, replace_from: datetime, entities: Collection[str] | None) -> int:
+    """Replace the checkpoints as of ``replace_from`` and later of ``entities`` (None: every entity of the
+    type, a rebuild) with ``marks`` (those ``keep`` selects). A refold of more of the log marks every day the older one did, so nothing else is lost. The
+    rows go in by one binary ``COPY``."""
+    chosen = np.flatnonzero(keep)
+    ids = [marks.keys[e] for e in marks.entity[chosen].tolist()]
     await conn.execute(
-        """INSERT INTO sira_state_checkpoints (feature_set, feature_set_version, entity_type, entity_id, as_of, state)
-           SELECT $1, $2, $3, k, $4, s FROM unnest($5::text[], $6::bytea[]) AS u(k, s)
-           ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id, as_of) DO UPDATE
-              SET state = EXCLUDED.state, created_at = now()""",
-        fs.name, fs.version, entity, as_of, list(states), list(states.values()))
-    return len(states)
+        "DELETE FROM sira_state_checkpoints WHERE feature_set = $1 AND feature_set_version = $2 AND entity_type = $3"
+        " AND as_of >= $4 AND ($5 OR entity_id = ANY($6::text[]))",
+        fs.name, fs.version, entity, replace_from, entities is None, sorted(entities or ()))
+    if not chosen.size:
+        return 0
+    days = {int(t): from_us(int(t)) for t in np.unique(marks.as_of[chosen]).tolist()}
+    await conn.execute("SELECT sira_ensure_month_partitions('sira_state_checkpoints', $1, $2)", min(days.values()),
+                       max(days.values()))
+    head = (fs.name, fs.version, entity)
+    await conn.copy_records_to_table(
+        "sira_state_checkpoints", columns=["feature_set", "feature_set_version", "entity_type", "entity_id", "as_of",
+                                           "state"],
+        records=[(*head, key, days[t], marks.state(m)) for m, key, t in zip(chosen.tolist(), ids,
+                                                                             marks.as_of[chosen].tolist())])
+    return int(chosen.size)
 
 
 async def read_checkpoints(conn: Connection, fs: FeatureSet, entity: str, as_of: datetime,
@@ -207,9 +216,9 @@ class Rebuilt:
 
 
 async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True) -> Rebuilt:
-    """Every entity's state and daily checkpoints from the whole event log, one UTC day at a time (what
-    ``sira features rebuild`` runs so an installation can switch to ``fs``). States are kept packed between
-    days; only the entities a day touches are unpacked."""
+    """Every entity's state and daily checkpoints from the whole event log (what ``sira features rebuild``
+    runs so an installation can switch to ``fs``): one read of the log and one replay per entity, its state
+    packed at every midnight after a day that changed it (:mod:`sira.features.daily`)."""
     started = time.perf_counter()
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
     marks = await _log_marks(conn)  # what the checkpoints hold (see starting_states)
@@ -217,7 +226,7 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
     result = Rebuilt(fs.name, fs.version)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
     if lo is not None and hi is not None:
-        packed = await _fold_days(conn, engine_of(fs), day_of(lo), day_of(hi), packed, None, checkpoints, result)
+        packed = await _fold_range(conn, engine_of(fs), day_of(lo), day_of(hi), packed, None, checkpoints, result)
     await _finish(conn, fs, packed, marks if checkpoints else None, result)
     result.seconds = time.perf_counter() - started
     return result
@@ -261,7 +270,7 @@ async def advance(conn: Connection, fs: FeatureSet) -> Rebuilt:
         last = last or found["first"]  # never None: the log holds what was found new
         packed = {spec.entity: await read_checkpoints(conn, fs, spec.entity, first, touched[spec.key_column])
                   for spec in fs.entities}
-        packed = await _fold_days(conn, engine, first, day_of(last), packed, touched, True, result)
+        packed = await _fold_range(conn, engine, first, day_of(last), packed, touched, True, result)
         await _finish(conn, fs, packed, marks, result)
     else:
         await _finish(conn, fs, {spec.entity: {} for spec in fs.entities}, marks, result)
@@ -283,38 +292,34 @@ async def _log_marks(conn: Connection) -> dict[str, int]:
     return {"events": row["events"], "labels": row["labels"]} if row else {"events": 0, "labels": 0}
 
 
-async def _fold_days(conn: Connection, engine: Engine, first: datetime, last: datetime,
-                     packed: dict[str, dict[str, bytes]], keys: dict[str, Sequence[str]] | None, checkpoints: bool,
-                     result: Rebuilt) -> dict[str, dict[str, bytes]]:
-    """Fold the log's days ``first..last`` (UTC midnights) into ``packed`` (entity -> key -> state, updated
-    and returned), writing each day's checkpoints of the entities it changed. ``keys`` (key column -> ids):
-    only those entities are read, folded and kept (another entity an event names is folded from nothing
-    and dropped); None: every entity."""
+async def _fold_range(conn: Connection, engine: Engine, first: datetime, last: datetime,
+                      packed: dict[str, dict[str, bytes]], keys: dict[str, Sequence[str]] | None, checkpoints: bool,
+                      result: Rebuilt) -> dict[str, dict[str, bytes]]:
+    """Fold the log from UTC midnight ``first`` on (``last``: the last day it holds) into ``packed`` (entity ->
+    key -> starting state; updated and returned), writing the checkpoints of every day that changed an entity:
+    one read of the range and one replay per entity (:meth:`Engine.checkpoints`). ``keys`` (key column -> ids):
+    only those entities are read, folded and kept (another entity an event names is folded from what it
+    holds and dropped); None: every entity."""
     fs = engine.fs
+    end = datetime.max.replace(tzinfo=timezone.utc)
+    events = await read_events(conn, engine, first, end, keys)
+    labels = await read_labels(conn, engine, first, end, keys)
+    result.events += len(events)
+    result.labels += len(labels)
+    result.days += (last - first) // DAY + 1
     wanted = None if keys is None else {spec.entity: set(keys[spec.key_column]) for spec in fs.entities}
-    day = first
-    while day <= last:
-        events = await read_events(conn, engine, day, day + DAY, keys)
-        labels = await read_labels(conn, engine, day, day + DAY, keys)
-        result.events += len(events)
-        result.labels += len(labels)
-        touched = _touched(engine, events, labels)
-        if wanted is not None:
-            touched = {entity: found & wanted[entity] for entity, found in touched.items()}
-        start = {entity: {k: engine.decode(entity, packed[entity].get(k)) for k in found}
-                 for entity, found in touched.items()}
-        _, finals = engine.build(events, labels, start)
-        for entity, states in finals.items():
-            changed = {}
-            for key, state in states.items():
-                if key not in start.get(entity, {}) or state[0, 1] == MISSING:
-                    continue  # not asked for, or labels of an entity with no event: nothing to keep
-                changed[key] = packed[entity][key] = engine.encode(entity, state)
-                result.newest[(entity, key)] = int(state[0, 1])
-            if checkpoints:
-                result.checkpoints += await write_checkpoints(conn, fs, entity, day + DAY, changed)
-        result.days += 1
-        day += DAY
+    start = {entity: {k: engine.decode(entity, v) for k, v in states.items()} for entity, states in packed.items()}
+    for entity, marks in engine.checkpoints(events, labels, start).items():
+        keep = np.ones(len(marks), dtype=bool) if wanted is None else \
+            np.isin(np.array(marks.keys, dtype=object)[marks.entity], list(wanted[entity]))
+        if checkpoints:
+            result.checkpoints += await write_checkpoints(conn, fs, entity, marks, keep, replace_from=first + DAY,
+                                                          entities=None if wanted is None else wanted[entity])
+        for m in marks.last():
+            if keep[m]:
+                key = marks.keys[marks.entity[m]]
+                packed[entity][key] = marks.state(m)
+                result.newest[(entity, key)] = int(marks.newest[m])
     return packed
 
 
@@ -335,14 +340,6 @@ async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, 
     if marks is not None:
         for kind in ("events", "labels"):
             await set_watermark(conn, f"{_watermark_job(fs)}:{kind}", marks[kind])
-
-
-def _touched(engine: Engine, events: EventColumns, labels: Labels) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = defaultdict(set)
-    for spec in engine.fs.entities:
-        for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column, pa.nulls(0, pa.string()))):
-            out[spec.entity].update(v for v in pc.unique(values).to_pylist() if v is not None)
-    return out
 
 
 # -- folding new events ----------------------------------------------------------------------------------------

@@ -107,6 +107,56 @@ async def test_a_rebuild_writes_every_state_and_daily_checkpoints_a_window_can_s
         assert same(rows[i], expected[index[eid]]), eid
 
 
+def checkpoints_by_definition(events, labels):
+    """What the checkpoints are, computed the slow way: for each entity and UTC day with one of its events or a
+    label of one of its events known that day (a label known before its event counts at the event's time),
+    once it has an event, its state folded from every event before the next midnight and every label known
+    before it."""
+    day_us = 86_400_000_000
+    at = {e["event_id"]: ENGINE_US(e["occurred_at"]) for e in events}
+    known = [(eid, max(ENGINE_US(k), at[eid])) for eid, k in labels]
+    by_id = {e["event_id"]: e for e in events}
+    touched = {(spec.entity, e[spec.key_column], at[e["event_id"]] // day_us + 1) for e in events
+               for spec in PAYMENTS_V2.entities}
+    touched |= {(spec.entity, by_id[eid][spec.key_column], k // day_us + 1) for eid, k in known
+                for spec in PAYMENTS_V2.entities}
+    expected = {}
+    for midnight in sorted({d for _, _, d in touched}):
+        before = [e for e in events if at[e["event_id"]] < midnight * day_us]
+        cols = EventColumns.from_events(before, ENGINE.columns)
+        done = [(eid, k) for eid, k in known if k < midnight * day_us]
+        _, finals = ENGINE.build(cols, Labels.of_events(cols, [e for e, _ in done], [k for _, k in done]))
+        for entity, key, d in touched:
+            if d == midnight and key in finals[entity]:
+                expected[(entity, key, midnight * day_us)] = finals[entity][key]
+    return expected
+
+
+async def test_each_checkpoint_is_the_state_of_every_event_and_label_before_its_midnight(clean_db):
+    """The rebuild replays each entity once and packs its state at every midnight after a day that changed it;
+    each checkpoint must hold everything before that midnight (labels known late in a day after its last event
+    included) and nothing after: its newest event and its features then and later are those of the fold of
+    everything before the midnight — the definition a window starting from it relies on."""
+    events = payments(n=300, seed=41, days=9)
+    labels = positives(events)
+    labelled = {eid for eid, _ in labels}
+    labels += [(e["event_id"], e["occurred_at"] - timedelta(hours=2)) for e in events[5::37]  # "known" before it
+               if e["event_id"] not in labelled]
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events, labels)
+        result = await rebuild(conn, PAYMENTS_V2)
+        stored = {(r["entity_type"], r["entity_id"], ENGINE_US(r["as_of"])): r["state"] for r in await conn.fetch(
+            "SELECT entity_type, entity_id, as_of, state FROM sira_state_checkpoints")}
+    expected = checkpoints_by_definition(events, labels)
+    assert result.checkpoints == len(stored) and stored.keys() == expected.keys()
+    for (entity, key, midnight), state in expected.items():
+        read = ENGINE.decode(entity, stored[(entity, key, midnight)])
+        assert same(read[0], state[0])
+        for later in (0, 3_600_000_000, 3 * 86_400_000_000):
+            t = midnight + later
+            assert ENGINE.features_at(entity, read, t) == ENGINE.features_at(entity, state, t), (entity, key, t)
+
+
 async def test_online_folds_of_new_and_late_events_end_where_the_whole_log_does(clean_db):
     events = sorted(payments(seed=11), key=lambda e: e["occurred_at"])
     rnd = random.Random(5)
