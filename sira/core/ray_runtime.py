@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +176,43 @@ def quiet_ray_data() -> Any:
     for name in ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return ctx
+
+
+@contextmanager
+def ray_data_errors_unlogged() -> Iterator[None]:
+    """Ray Data logs a failed task's whole traceback (~150 lines) on the console before raising it;
+    the caller reports the error itself (the CLI in one line). ``--debug`` (root logger at DEBUG)
+    keeps Ray's console log; Ray Data's log file keeps it always."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    console = [h for h in logging.getLogger("ray.data").handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    drop = _BelowError()
+    for handler in console:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in console:
+            handler.removeFilter(drop)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def task_cause(exc: BaseException) -> BaseException:
+    """The SIRA error a Ray task raised, else the task's own exception (Ray wraps it), else ``exc``."""
+    from sira.core.errors import sira_cause
+
+    found = sira_cause(exc)
+    if found is not None:
+        return found
+    inner = getattr(exc, "cause", None)
+    return inner if isinstance(inner, BaseException) else exc
+
 
 
 def metrics_url() -> str | None:

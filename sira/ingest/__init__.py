@@ -1,3 +1,3 @@
 """Events in: validation, PII tokenisation, bulk loads on Ray, the stream consumers (Redis Streams, Kafka) and labels."""
 
-__all__ = ["events", "pii", "bulk", "stream", "kafka", "labels"]
+__all__ = ["events", "pii", "columnar", "bulk", "stream", "kafka", "labels"]

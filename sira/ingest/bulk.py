@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,11 +27,12 @@ import pyarrow as pa
 from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput, sira_cause
+from sira.core.errors import InvalidInput
 from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
+from sira.ingest.columnar import normalize_table
 from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normalize
 from sira.ingest.pii import Redactor
 
@@ -93,29 +92,44 @@ async def store_events(
     invalid records go to ``sira_rejected_events`` with their reason. ``numbers_as_text``: the
     records come from CSV, where a numeric string is a number (elsewhere it is refused).
     """
-    summary = IngestSummary(read=len(records))
     source = redactor.scrub_text(source)  # a name sent by the caller, or a file's: an email in it is redacted
+    results = [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
+    return await store_normalized(conn, results, source)
+
+
+async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str,
+                           *, fresh_rows: bool = True) -> tuple[IngestSummary, list[dict[str, Any]]]:
+    """Store what :func:`normalize` made of a batch (``source`` scrubbed): the rows, once per ``event_id``,
+    and the rejections as dead letters. ``fresh_rows=False`` (a file load, whose features come from the log):
+    the new rows are counted, not returned, and no per-event results are kept."""
+    summary = IngestSummary(read=len(results))
     rows: list[dict[str, Any]] = []
     rejections: list[Rejection] = []
     seen: set[str] = set()
-    for raw in records:
-        result = normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text)
+    for result in results:
         if isinstance(result, Rejection):
             rejections.append(result)
-            summary.results.append({"event_id": result.event_id, "status": "rejected",
-                                    "code": result.reason_code, "reason": result.reason})
+            if fresh_rows:
+                summary.results.append({"event_id": result.event_id, "status": "rejected",
+                                        "code": result.reason_code, "reason": result.reason})
         elif result["event_id"] in seen:
             summary.duplicates += 1
-            summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
+            if fresh_rows:
+                summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
         else:
             seen.add(result["event_id"])
             rows.append(result)
-    new_ids = await insert_events(conn, rows)
-    fresh = [r for r in rows if r["event_id"] in new_ids]
-    summary.accepted = len(fresh)
-    summary.duplicates += len(rows) - len(fresh)
-    for r in rows:
-        summary.results.append({"event_id": r["event_id"], "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+    fresh: list[dict[str, Any]] = []
+    if fresh_rows:
+        new_ids = await insert_events(conn, rows)
+        fresh = [r for r in rows if r["event_id"] in new_ids]
+        for r in rows:
+            summary.results.append({"event_id": r["event_id"],
+                                    "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+        summary.accepted = len(fresh)
+    else:
+        summary.accepted = await count_inserted(conn, rows)
+    summary.duplicates += len(rows) - summary.accepted
     if rejections:
         await conn.copy_records_to_table(
             "sira_rejected_events",
@@ -131,6 +145,18 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
     """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
+    return {r["event_id"] for r in await conn.fetch(await _staged_insert(conn, rows) + " RETURNING event_id")}
+
+
+async def count_inserted(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`insert_events` returning how many were stored, not their ids (a file load's millions)."""
+    if not rows:
+        return 0
+    return int((await conn.execute(await _staged_insert(conn, rows))).split()[-1])  # "INSERT 0 <rows>"
+
+
+async def _staged_insert(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> str:
+    """COPY the rows into a staging table; returns the statement that inserts the new ones."""
     cols = ", ".join(EVENT_COLUMNS)
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
@@ -141,16 +167,12 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
         "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
         columns=list(EVENT_COLUMNS),
     )
-    return {  # an erased person's events from before the erasure are never stored again (sql/017)
-        r["event_id"]
-        for r in await conn.fetch(
-            f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage s"
-            " WHERE NOT EXISTS (SELECT 1 FROM sira_erased_subjects x, sira_erasure_salt k"
-            "                    WHERE x.digest = sha256(k.salt || convert_to(s.customer_id, 'UTF8'))"
-            "                      AND s.occurred_at < x.erased_at)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-        )
-    }
+    return (  # an erased person's events from before the erasure are never stored again (sql/017)
+        f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage s"
+        " WHERE NOT EXISTS (SELECT 1 FROM sira_erased_subjects x, sira_erasure_salt k"
+        "                    WHERE x.digest = sha256(k.salt || convert_to(s.customer_id, 'UTF8'))"
+        "                      AND s.occurred_at < x.erased_at)"
+        " ON CONFLICT (event_id) DO NOTHING")
 
 
 async def feature_sets_in_service(conn: asyncpg.Connection) -> list[FeatureSet]:
@@ -335,20 +357,23 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str,
 
     settings = Settings()
     redactor = redactor_for(settings)
-    records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
+    scrubbed = redactor.scrub_text(source)
+    if file_format == "parquet":  # typed columns: validated and redacted as columns where plainly valid
+        results, broken = normalize_table(batch, redactor, scrubbed, mapping), []
+    else:
+        records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
+        results = [normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
+                   for raw in records]
 
     async def run() -> IngestSummary:
         conn = await db.connect(dsn)
         try:
             async with conn.transaction():
-                summary, _ = await store_events(
-                    conn, records, redactor=redactor, source=source, mapping=mapping,
-                    numbers_as_text=file_format == "csv",
-                )
+                summary, _ = await store_normalized(conn, results, scrubbed, fresh_rows=False)
                 if broken:
                     await conn.copy_records_to_table(
                         "sira_rejected_events",
-                        records=[(j.event_id, redactor.scrub_text(source), j.reason_code, j.reason, j.field,
+                        records=[(j.event_id, scrubbed, j.reason_code, j.reason, j.field,
                                   redactor.payload(j.payload)) for j in broken],  # names a file: redacted
                         columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
                     )
@@ -421,7 +446,7 @@ def ingest_files(
     import ray.data
 
     from sira.core.progress import bar
-    from sira.core.ray_runtime import init_ray, quiet_ray_data
+    from sira.core.ray_runtime import init_ray, quiet_ray_data, ray_data_errors_unlogged, task_cause
 
     started = time.perf_counter()
     mapping = mapping or {}
@@ -462,7 +487,7 @@ def ingest_files(
     # failed the file; integers became floats beside a fraction).
     total = sum(p["rows"] for p in parts) if all(p["rows"] >= 0 for p in parts) else None
     try:
-        with _ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
+        with ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
             counts = []
             for c in (
                 ray.data.from_items(parts, override_num_blocks=len(parts))
@@ -476,7 +501,7 @@ def ingest_files(
                 counts.append(c)
                 advance(int(c["read"]))
     except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
-        raise _cause(exc) from None
+        raise task_cause(exc) from None
     summary = IngestSummary()
     for c in counts:
         summary.read += int(c["read"])
@@ -542,40 +567,6 @@ async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, 
                                     "seq_from": seq_from, "seq_to": seq_to})
     finally:
         await conn.close()
-
-
-@contextmanager
-def _ray_data_errors_unlogged() -> Iterator[None]:
-    """Ray Data logs a failed task's whole traceback (~150 lines) on the console before raising it;
-    the caller reports the error itself (the CLI in one line). ``--debug`` (root logger at DEBUG)
-    keeps Ray's console log; Ray Data's log file keeps it always."""
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        yield
-        return
-    console = [h for h in logging.getLogger("ray.data").handlers
-               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
-    drop = _BelowError()
-    for handler in console:
-        handler.addFilter(drop)
-    try:
-        yield
-    finally:
-        for handler in console:
-            handler.removeFilter(drop)
-
-
-class _BelowError(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The SIRA error a Ray task raised, else the task's own exception (Ray wraps it), else ``exc``."""
-    found = sira_cause(exc)
-    if found is not None:
-        return found
-    inner = getattr(exc, "cause", None)
-    return inner if isinstance(inner, BaseException) else exc
 
 
 def _check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
