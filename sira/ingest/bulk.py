@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from sira.core.files import decode_json_line, find_files, read_part, read_parts,
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
-from sira.ingest.columnar import normalize_table
+from sira.ingest.columnar import Row, normalize_table
 from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normalize
 from sira.ingest.pii import Redactor
 
@@ -97,66 +97,81 @@ async def store_events(
     return await store_normalized(conn, results, source)
 
 
-async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str,
-                           *, fresh_rows: bool = True) -> tuple[IngestSummary, list[dict[str, Any]]]:
+async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str
+                           ) -> tuple[IngestSummary, list[dict[str, Any]]]:
     """Store what :func:`normalize` made of a batch (``source`` scrubbed): the rows, once per ``event_id``,
-    and the rejections as dead letters. ``fresh_rows=False`` (a file load, whose features come from the log):
-    the new rows are counted, not returned, and no per-event results are kept."""
+    and the rejections as dead letters; returns the summary (with each event's result) and the new rows."""
     summary = IngestSummary(read=len(results))
     rows: list[dict[str, Any]] = []
-    rejections: list[Rejection] = []
     seen: set[str] = set()
     for result in results:
         if isinstance(result, Rejection):
-            rejections.append(result)
-            if fresh_rows:
-                summary.results.append({"event_id": result.event_id, "status": "rejected",
-                                        "code": result.reason_code, "reason": result.reason})
+            summary.results.append({"event_id": result.event_id, "status": "rejected",
+                                    "code": result.reason_code, "reason": result.reason})
         elif result["event_id"] in seen:
             summary.duplicates += 1
-            if fresh_rows:
-                summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
+            summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
         else:
             seen.add(result["event_id"])
             rows.append(result)
-    fresh: list[dict[str, Any]] = []
-    if fresh_rows:
-        new_ids = await insert_events(conn, rows)
-        fresh = [r for r in rows if r["event_id"] in new_ids]
-        for r in rows:
-            summary.results.append({"event_id": r["event_id"],
-                                    "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
-        summary.accepted = len(fresh)
-    else:
-        summary.accepted = await count_inserted(conn, rows)
-    summary.duplicates += len(rows) - summary.accepted
+    new_ids = await insert_events(conn, rows)
+    fresh = [r for r in rows if r["event_id"] in new_ids]
+    summary.accepted = len(fresh)
+    summary.duplicates += len(rows) - len(fresh)
+    for r in rows:
+        summary.results.append({"event_id": r["event_id"], "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+    await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
+    return summary, fresh
+
+
+async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection], source: str) -> IngestSummary:
+    """:func:`store_normalized` for a file's batch, whose rows are tuples in :data:`EVENT_COLUMNS` order
+    (:func:`sira.ingest.columnar.normalize_table`): the new rows are counted, not returned (a file's features
+    come from the log)."""
+    summary = IngestSummary(read=len(results))
+    rows: dict[str, Row] = {}
+    for result in results:
+        if not isinstance(result, Rejection):
+            rows.setdefault(result[0], result)  # the first of an event_id wins, as above
+    summary.accepted = await count_inserted(conn, list(rows.values()))
+    rejections = [r for r in results if isinstance(r, Rejection)]
+    summary.duplicates = len(results) - len(rejections) - summary.accepted
+    await dead_letters(conn, rejections, source, summary)
+    return summary
+
+
+async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection], source: str,
+                       summary: IngestSummary) -> None:
+    """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``."""
     if rejections:
         await conn.copy_records_to_table(
             "sira_rejected_events",
             records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload) for j in rejections],
             columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
         )
-        summary.rejected = len(rejections)
+        summary.rejected += len(rejections)
         summary.reasons.update(j.reason_code for j in rejections)
-    return summary, fresh
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
     """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
-    return {r["event_id"] for r in await conn.fetch(await _staged_insert(conn, rows) + " RETURNING event_id")}
+    records = [tuple(r[c] for c in EVENT_COLUMNS) for r in rows]
+    return {r["event_id"] for r in await conn.fetch(await _staged_insert(conn, records) + " RETURNING event_id")}
 
 
-async def count_inserted(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> int:
-    """:func:`insert_events` returning how many were stored, not their ids (a file load's millions)."""
-    if not rows:
+async def count_inserted(conn: asyncpg.Connection, records: Sequence[Row]) -> int:
+    """:func:`insert_events` of rows as tuples in :data:`EVENT_COLUMNS` order, returning how many were stored,
+    not their ids (a file load's millions)."""
+    if not records:
         return 0
-    return int((await conn.execute(await _staged_insert(conn, rows))).split()[-1])  # "INSERT 0 <rows>"
+    return int((await conn.execute(await _staged_insert(conn, records))).split()[-1])  # "INSERT 0 <rows>"
 
 
-async def _staged_insert(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> str:
-    """COPY the rows into a staging table; returns the statement that inserts the new ones."""
+async def _staged_insert(conn: asyncpg.Connection, records: Sequence[Row]) -> str:
+    """COPY the rows (tuples in :data:`EVENT_COLUMNS` order) into a staging table; returns the statement that
+    inserts the new ones."""
     cols = ", ".join(EVENT_COLUMNS)
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
@@ -164,8 +179,7 @@ async def _staged_insert(conn: asyncpg.Connection, rows: Sequence[Mapping[str, A
     )
     await conn.execute(f"TRUNCATE sira_events_stage; SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK})")
     await conn.copy_records_to_table(
-        "sira_events_stage", records=[tuple(r[c] for c in EVENT_COLUMNS) for r in rows],
-        columns=list(EVENT_COLUMNS),
+        "sira_events_stage", records=records, columns=list(EVENT_COLUMNS),
     )
     return (  # an erased person's events from before the erasure are never stored again (sql/017)
         f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage s"
@@ -362,24 +376,18 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str,
         results, broken = normalize_table(batch, redactor, scrubbed, mapping), []
     else:
         records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
-        results = [normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
-                   for raw in records]
+        normalized = (normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
+                      for raw in records)
+        results = [r if isinstance(r, Rejection) else tuple(r[c] for c in EVENT_COLUMNS) for r in normalized]
 
     async def run() -> IngestSummary:
         conn = await db.connect(dsn)
         try:
             async with conn.transaction():
-                summary, _ = await store_normalized(conn, results, scrubbed, fresh_rows=False)
-                if broken:
-                    await conn.copy_records_to_table(
-                        "sira_rejected_events",
-                        records=[(j.event_id, scrubbed, j.reason_code, j.reason, j.field,
-                                  redactor.payload(j.payload)) for j in broken],  # names a file: redacted
-                        columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
-                    )
-                    summary.read += len(broken)
-                    summary.rejected += len(broken)
-                    summary.reasons.update(j.reason_code for j in broken)
+                summary = await store_rows(conn, results, scrubbed)
+                summary.read += len(broken)  # names a file and line: redacted
+                await dead_letters(conn, [replace(j, payload=redactor.payload(j.payload)) for j in broken], scrubbed,
+                                   summary)
             return summary
         finally:
             await conn.close()

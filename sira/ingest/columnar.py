@@ -16,7 +16,8 @@ values that repeat (cards, emails, devices, customers, terminals) or hold nothin
   find: ``\\d`` is ``[0-9]``, ``\\s`` a space, a letter ``[A-Za-z]``); otherwise the id is its own scrubbed
   value. A test holds both pre-checks to the redactor's on generated text.
 
-The rows come out in the table's order as :func:`normalize` would give them, rejections included.
+The rows come out in the table's order as :func:`normalize` would give them (as tuples in the insert's column
+order), rejections included.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sira.ingest.events import ENTITY_KEYS, MAX_EVENT_ID, Rejection, max_string_length, normalize
+from sira.ingest.events import ENTITY_KEYS, EVENT_COLUMNS, MAX_EVENT_ID, Rejection, max_string_length, normalize
 from sira.ingest.pii import Redactor
 
 # field -> longest value EventIn accepts (before the global max_string_length)
@@ -39,7 +40,7 @@ TEXT_FIELDS = {
     "ip_address": 64, "email": 320, "phone": 64, "channel": 32, "currency": 3, "country": 2, "event_type": 7,
 }
 KNOWN = {*TEXT_FIELDS, "occurred_at", "amount"}
-IDS = ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id")  # scrubbed as values
+IDS = ("event_id", "customer_id", "account_id", "merchant_id", "terminal_id")  # scrubbed as values (card_token too)
 TOKENS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token",
           "device_id": "device_id"}
 PRINTABLE = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, no space at either end
@@ -47,28 +48,27 @@ PRINTABLE = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, no 
 MAYBE_PII = r"@|:|\+[0-9]|[0-9]\.[0-9]|(?:[0-9][ -]?){12}[0-9]"
 FREE_TEXT = r"[A-Za-z]{2}\.? +[A-Za-z]"
 SHAPES = {"currency": r"^[A-Za-z]{3}$", "country": r"^[A-Za-z]{2}$", "event_type": r"^(?:payment|usage)$"}
+Row = tuple[Any, ...]  # a sira_events row in EVENT_COLUMNS order
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FIRST, _LAST = datetime(1990, 1, 1, tzinfo=timezone.utc), datetime(2201, 1, 1, tzinfo=timezone.utc)
 
 
 def normalize_table(table: pa.Table, redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None
-                    ) -> list[dict[str, Any] | Rejection]:
-    """Each row of ``table`` as :func:`normalize` gives it (``source``: already scrubbed), in order."""
+                    ) -> list[Row | Rejection]:
+    """Each row of ``table`` as :func:`normalize` gives it (``source``: already scrubbed), in order, a stored
+    row as a tuple in :data:`EVENT_COLUMNS` order (what the insert's COPY takes)."""
     mapped = _mapped(table, mapping or {})
-    if mapped is None or table.num_rows == 0:
-        return [normalize(raw, redactor, source, mapping) for raw in table.to_pylist()]
-    plain = _plain(mapped)
-    out: list[dict[str, Any] | Rejection | None] = [None] * table.num_rows
+    out: list[Row | Rejection | None] = [None] * table.num_rows
+    plain = _plain(mapped) if mapped is not None and table.num_rows else np.zeros(table.num_rows, dtype=bool)
     rows = np.flatnonzero(plain)
-    if rows.size:
-        taken = mapped.take(pa.array(rows))
-        for i, row in zip(rows.tolist(), _rows(taken, redactor, source)):
+    if rows.size and mapped is not None:
+        for i, row in zip(rows.tolist(), _rows(mapped.take(pa.array(rows)), redactor, source)):
             out[i] = row
-    other = np.flatnonzero(~plain)
-    other = np.union1d(other, [i for i in rows.tolist() if out[i] is None]).astype(np.int64)
+    other = np.flatnonzero([value is None for value in out])
     for i, raw in zip(other.tolist(), table.take(pa.array(other, type=pa.int64())).to_pylist()):
-        out[i] = normalize(raw, redactor, source, mapping)
-    return cast(list[dict[str, Any] | Rejection], out)
+        result = normalize(raw, redactor, source, mapping)
+        out[i] = result if isinstance(result, Rejection) else tuple(result[c] for c in EVENT_COLUMNS)
+    return cast(list[Row | Rejection], out)
 
 
 def _mapped(table: pa.Table, mapping: Mapping[str, str]) -> pa.Table | None:
@@ -154,34 +154,29 @@ def _scrubbed_ids(table: pa.Table, name: str, redactor: Redactor) -> list[Any]:
     return values
 
 
-def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[dict[str, Any] | None]:
+def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[Row | None]:
     """The stored rows of plain rows (None: the event id grew too long once redacted; normalize says so)."""
     n = table.num_rows
-    ids = {name: _scrubbed_ids(table, name, redactor) for name in IDS}
-    tokens = {column: _each_distinct(table, name, lambda v, name=name: redactor.field(name, v)[1])
-              for name, column in TOKENS.items()}
-    card_tokens = [given if given is not None else pan for given, pan in zip(ids["card_token"], tokens["card_token"])]
+    values: dict[str, list[Any]] = {name: _scrubbed_ids(table, name, redactor) for name in IDS}
+    values.update({column: _each_distinct(table, name, lambda v, name=name: redactor.field(name, v)[1])
+                   for name, column in TOKENS.items()})  # card_number's token goes in card_token...
+    values["card_token"] = [given if given is not None else pan  # ...unless a card token was given
+                            for given, pan in zip(_scrubbed_ids(table, "card_token", redactor), values["card_token"])]
     micros = pc.cast(pc.cast(table.column("occurred_at"), pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
-    at = [_EPOCH + timedelta(microseconds=us) for us in micros.tolist()]
-    amount = pc.cast(table.column("amount"), pa.float64()).to_pylist() if "amount" in table.column_names \
-        else [None] * n
-    kind = table.column("event_type").to_pylist() if "event_type" in table.column_names else ["payment"] * n
-    currency = _each_distinct(table, "currency", str.upper)
-    country = _each_distinct(table, "country", str.upper)
-    channel = _each_distinct(table, "channel", lambda v: redactor.scrub_text(v.lower()))
-    rows: list[dict[str, Any] | None] = []
-    for i in range(n):
-        if len(ids["event_id"][i]) > MAX_EVENT_ID:
-            rows.append(None)
-            continue
-        rows.append({
-            "source": source, "event_id": ids["event_id"][i], "customer_id": ids["customer_id"][i],
-            "account_id": ids["account_id"][i], "card_token": card_tokens[i], "merchant_id": ids["merchant_id"][i],
-            "terminal_id": ids["terminal_id"][i], "ip_token": tokens["ip_token"][i],
-            "email_token": tokens["email_token"][i], "phone_token": tokens["phone_token"][i],
-            "device_id": tokens["device_id"][i], "event_type": kind[i], "occurred_at": at[i], "amount": amount[i],
-            "currency": currency[i], "country": country[i], "channel": channel[i], "attributes": {},
-        })
+    values["occurred_at"] = [_EPOCH + timedelta(microseconds=us) for us in micros.tolist()]
+    values["amount"] = pc.cast(table.column("amount"), pa.float64(), safe=False).to_pylist() \
+        if "amount" in table.column_names else [None] * n
+    values["event_type"] = table.column("event_type").to_pylist() if "event_type" in table.column_names \
+        else ["payment"] * n
+    values["currency"] = _each_distinct(table, "currency", str.upper)
+    values["country"] = _each_distinct(table, "country", str.upper)
+    values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_text(v.lower()))
+    values["source"] = [source] * n
+    values["attributes"] = [{}] * n  # no column beyond the model's: no attributes (never mutated)
+    rows: list[Row | None] = list(zip(*(values[c] for c in EVENT_COLUMNS)))
+    for i, event_id in enumerate(values["event_id"]):
+        if len(event_id) > MAX_EVENT_ID:
+            rows[i] = None
     return rows
 
 
