@@ -27,16 +27,19 @@ import pyarrow as pa
 from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
 from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest.columnar import Row, normalize_table
-from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, normalize
+from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, check_sample_types, normalize
 from sira.ingest.pii import Redactor
 
 FEATURE_SHARDS = 8
+# Rows below which a file load runs in the caller's process: Ray Data's start (a local Ray, its executor,
+# a worker importing SIRA: ~2.5 s here) costs more than two parallel loaders save below ~2 x start / 30 µs
+# per row (docs/performance.md). Row counts are known for Parquet only; CSV and JSON Lines go through Ray.
+LOCAL_BELOW = 150_000
 ERASURE_LOCK = 7402  # an erasure holds it exclusively (sira.monitoring.erasure); each insert of events, shared
 
 
@@ -444,12 +447,13 @@ def ingest_files(
     batch_size: int = 10_000,
     notify: Callable[[str], None] = lambda _m: None,
     actor: Actor | None = None,
+    local_below: int = LOCAL_BELOW,
 ) -> IngestSummary:
-    """Load event files through Ray Data, then fold the new events into every feature set in service
-    (``feature_sets`` when given): the history engine's features as Ray Data tasks sharded by entity,
-    feature engine v2's states and checkpoints by :func:`sira.features.states.advance`. The load is
-    recorded in the audit log as ``events.ingest``, by ``actor`` (the key's owner; by default the local
-    user)."""
+    """Load event files through Ray Data (in this process when they hold fewer than ``local_below`` rows),
+    then fold the new events into every feature set in service (``feature_sets`` when given): the history
+    engine's features as Ray Data tasks sharded by entity, feature engine v2's states and checkpoints by
+    :func:`sira.features.states.advance`. The load is recorded in the audit log as ``events.ingest``, by
+    ``actor`` (the key's owner; by default the local user)."""
     import ray
     import ray.data
 
@@ -461,7 +465,7 @@ def ingest_files(
     files = find_files(paths)
     sample = read_sample(files)
     check_columns(sample.column_names, mapping)
-    _check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
+    check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
     parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)
@@ -485,25 +489,28 @@ def ingest_files(
 
     seq_from = asyncio.run(seq_now())
     feature_sets = list(feature_sets) if feature_sets is not None else asyncio.run(in_service())
-    init_ray(settings, dsn)
-    quiet_ray_data()
+    total = sum(p["rows"] for p in parts) if all(p["rows"] >= 0 for p in parts) else None
+    here = total is not None and total < local_below
+    if not here or any(fs.engine != "tiles" for fs in feature_sets):  # Ray Data loads, or v1's features
+        init_ray(settings, dsn)
+        quiet_ray_data()
     notify(f"loading {len(files.paths)} {files.format} file(s)")
     phase = time.perf_counter()
     # Our own reads, one part per row group or file, rather than read_parquet/read_csv/read_json:
     # their errors named no file, CSV types came from a file's first block (a value of another type
     # further on failed the whole file) and JSON through Arrow's types (one row of another type
     # failed the file; integers became floats beside a fraction).
-    total = sum(p["rows"] for p in parts) if all(p["rows"] >= 0 for p in parts) else None
+    load = {"mapping": mapping, "source": source, "dsn": dsn, "file_format": files.format}
     try:
         with ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
             counts = []
             for c in (
+                ({k: v[0] for k, v in _load_batch(t, **load).items()} for part in parts
+                 for t in read_part(part["path"], part["row_group"], files.format, batch_size)) if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
                 .map_batches(_read_parts, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size})
-                .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size,
-                             fn_kwargs={"mapping": mapping, "source": source, "dsn": dsn,
-                                        "file_format": files.format})
+                .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=load)
                 .iter_rows()
             ):
                 counts.append(c)
@@ -575,24 +582,3 @@ async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, 
                                     "seq_from": seq_from, "seq_to": seq_to})
     finally:
         await conn.close()
-
-
-def _check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
-    """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
-    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
-    if sample.num_rows == 0:
-        raise InvalidInput("the input has no rows")
-    redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
-    fields: Counter = Counter()
-    rows = sample.to_pylist()
-    for raw in rows:
-        result = normalize(raw, redactor, "sample", mapping, numbers_as_text=numbers_as_text)
-        if isinstance(result, Rejection) and result.field:
-            fields[result.field] += 1
-    for column, bad in fields.items():
-        if bad == len(rows):
-            source = mapping.get(column, column)
-            raise InvalidInput(
-                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
-                details={"column": source},
-            )

@@ -15,6 +15,7 @@ amount sent as a boolean or a string with ``invalid_number``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -340,3 +341,24 @@ def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
         raise InvalidInput(
             f"no entity key column: need one of {', '.join(ENTITY_KEYS)}", details={"columns": list(ENTITY_KEYS)}
         )
+
+
+def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
+    """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
+    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
+    if sample.num_rows == 0:
+        raise InvalidInput("the input has no rows")
+    redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
+    fields: Counter = Counter()
+    rows = sample.to_pylist()
+    for raw in rows:
+        result = normalize(raw, redactor, "sample", mapping, numbers_as_text=numbers_as_text)
+        if isinstance(result, Rejection) and result.field:
+            fields[result.field] += 1
+    for column, bad in fields.items():
+        if bad == len(rows):
+            source = mapping.get(column, column)
+            raise InvalidInput(
+                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
+                details={"column": source},
+            )

@@ -44,6 +44,36 @@ async def test_file_ingest_stores_events_and_features_and_is_idempotent(clean_db
     assert await count(clean_db, "sira_events") == n and await count(clean_db, "sira_features") == 4 * n
 
 
+async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_session, settings, small_sim,
+                                                                    tmp_path):
+    """Below ingest.LOCAL_BELOW rows a load runs in the caller's process (no Ray start); the same file through
+    Ray Data's tasks stores the same rows and dead letters, and says so in the same counts."""
+    import pyarrow as pa
+
+    table = pq.read_table(small_sim.events_path)
+    bad = table.slice(0, 40).set_column(table.schema.get_field_index("event_id"), "event_id",
+                                        pa.array([f"bad-{i}" for i in range(40)]))
+    bad = bad.set_column(bad.schema.get_field_index("amount"), "amount", pa.array([-1.0] * 40))
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.concat_tables([table, bad, table.slice(0, 25)]), path)  # 25 repeated events
+    select = ("SELECT event_id, event_type, occurred_at, source, customer_id, account_id, card_token, merchant_id,"
+              " terminal_id, device_id, ip_token, email_token, phone_token, amount, currency, country, channel,"
+              " attributes FROM sira_events ORDER BY event_id",
+              "SELECT event_id, source, reason_code, reason, field, payload FROM sira_rejected_events ORDER BY event_id")
+    seen = []
+    for local_below in (0, ingest.LOCAL_BELOW):  # Ray Data, then in this process
+        summary = await ingest_files(settings, [path], feature_sets=[], progress=False, local_below=local_below)
+        async with clean_db.acquire() as conn:
+            seen.append(([await conn.fetch(q) for q in select], summary.to_dict()))
+            await conn.execute("TRUNCATE sira_events, sira_rejected_events")
+    (rows, counts), (rows_here, counts_here) = seen
+    assert rows == rows_here and len(rows[0]) == table.num_rows and len(rows[1]) == 40
+    timings = ("seconds", "phases")
+    assert {k: v for k, v in counts.items() if k not in timings} == \
+        {k: v for k, v in counts_here.items() if k not in timings}
+    assert (counts["accepted"], counts["duplicates"], counts["rejected"]) == (table.num_rows, 25, 40)
+
+
 def write_csv(path, rows):
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
