@@ -31,8 +31,8 @@ from sira.core import db
 from sira.features.columns import read_events, read_labels
 from sira.features.daily import Checkpoints
 from sira.features.engine import Engine, EventColumns, engine_of
-from sira.features.hashing import value_hash
-from sira.features.store import from_us, set_watermark
+from sira.features.hashing import MISSING, value_hash
+from sira.features.store import from_us, set_watermark, to_us
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -369,6 +369,12 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
     for entity, wanted in keys.items():
         stored = await read_states(conn, fs, entity, wanted)
         states.update({(entity, k): engine.decode(entity, stored.get(k)) for k in wanted})
+    if not _any_late(engine, events, states):  # the common case: one compiled replay per entity type
+        vectors, finals = engine.build(EventColumns.from_events(events, engine.columns), None,
+                                       {entity: {k: states[(entity, k)] for k in wanted}
+                                        for entity, wanted in keys.items()})
+        states.update({(entity, k): state for entity, folded in finals.items() for k, state in folded.items()})
+        return Folded(vectors, 0, await _write_folded(conn, fs, engine, keys, states, origin))
     order = sorted(range(len(events)), key=lambda i: (events[i]["occurred_at"], value_hash(events[i]["event_id"])))
     vectors = np.full((len(events), len(engine.names)), np.nan)
     rebuilt: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # entity -> its rows from the log, by event id
@@ -388,12 +394,35 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
             if key is not None and (spec.entity, key) in rebuilt:
                 vector[engine.slices[spec.entity]] = rebuilt[(spec.entity, key)][e["event_id"]]
         vectors[i] = vector
+    return Folded(vectors, late, await _write_folded(conn, fs, engine, keys, states, origin))
+
+
+def _any_late(engine: Engine, events: Sequence[Mapping[str, Any]], states: Mapping[tuple[str, str], np.ndarray]
+              ) -> bool:
+    """Whether an event is not after its entity's newest folded event in (time, order), as ``_step`` judges."""
+    for e in events:
+        at, order = to_us(e["occurred_at"]), None
+        for spec in engine.fs.entities:
+            key = e.get(spec.key_column)
+            if key is None:
+                continue
+            newest, newest_order = int(states[(spec.entity, key)][0, 1]), int(states[(spec.entity, key)][0, 2])
+            if newest == MISSING or at > newest:
+                continue
+            order = value_hash(e["event_id"]) if order is None else order
+            if at < newest or order <= newest_order:
+                return True
+    return False
+
+
+async def _write_folded(conn: Connection, fs: FeatureSet, engine: Engine, keys: Mapping[str, Sequence[str]],
+                        states: Mapping[tuple[str, str], np.ndarray], origin: str | None) -> int:
     written = 0
     for entity, wanted in keys.items():
-        folded = {k: states[(entity, k)] for k in wanted}
-        written += await write_states(conn, fs, entity, {k: (engine.encode(entity, state), from_us(int(state[0, 1])))
-                                                         for k, state in folded.items()}, origin)
-    return Folded(vectors, late, written)
+        written += await write_states(conn, fs, entity, {k: (engine.encode(entity, states[(entity, k)]),
+                                                             from_us(int(states[(entity, k)][0, 1]))) for k in wanted},
+                                      origin)
+    return written
 
 
 async def log_vectors(conn: Connection, engine: Engine, entity: str, key: str, since: datetime,
