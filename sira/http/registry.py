@@ -84,8 +84,9 @@ async def models_list(pool: PoolDep, who: Identity = require("models.read")) -> 
 
 @router.get("/approvals", response_model=ApprovalQueue, responses=errors())
 async def approvals(pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
-    """The pending promotion requests, oldest first, with the evidence to decide and whether the caller may."""
-    return {"requests": await in_transaction(pool, views.approval_queue, who)}
+    """The pending promotion requests and threshold changes, oldest first, with the evidence to decide and
+    whether the caller may."""
+    return await in_transaction(pool, views.approvals, who)
 
 @router.post("/models", status_code=201, response_model=Model, responses=errors(409, body=True))
 async def models_create(body: ModelCreate, pool: PoolDep, who: Identity = require("models.write")) -> dict[str, Any]:

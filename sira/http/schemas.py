@@ -68,8 +68,32 @@ class PendingRequest(Strict):
     may_decide_reason: str | None = Field(description="Why the caller may not decide (None: it may)")
 
 
+class PendingThresholdChange(Strict):
+    """A pending threshold change with what an approver decides on, and the caller's standing."""
+
+    set_id: int
+    model: str
+    model_type: str
+    version: int
+    revision: int
+    review: float
+    block: float
+    current_review: float | None = Field(description="The review threshold in force")
+    current_block: float | None = Field(description="The block threshold in force")
+    requested_by: str
+    reason: str | None
+    created_at: str
+    required_approvals: int
+    evidence: dict[str, Any] = Field(description="The what-if at the requested and the current thresholds when it "
+                                     "was asked (window None: no labelled window, with a note)")
+    decisions: list[dict[str, Any]]
+    may_decide: bool
+    may_decide_reason: str | None = Field(description="Why the caller may not decide (None: it may)")
+
+
 class ApprovalQueue(Strict):
     requests: list[PendingRequest]
+    threshold_changes: list[PendingThresholdChange]
 
 
 class Me(Strict):

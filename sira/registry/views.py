@@ -1,7 +1,8 @@
 """What the ops dashboard (``/ui``) reads, one query each: the models with their production and staging
 versions, live against training average precision, the drift verdict and the last retraining decision; and
-the approvals queue, each request with the evidence an approver needs and whether the caller may decide
-on it (and if not, why: the same rules :func:`sira.registry.models.decide` enforces)."""
+the approvals queue (promotions and threshold changes), each request with the evidence an approver needs and
+whether the caller may decide on it (and if not, why: the same rules :func:`sira.registry.models.decide` and
+:func:`sira.registry.thresholds.decide_change` enforce)."""
 
 from __future__ import annotations
 
@@ -59,16 +60,32 @@ _QUEUE = """
      ORDER BY r.created_at, r.id"""
 
 
+_THRESHOLD_QUEUE = """
+    SELECT s.id AS set_id, m.name AS model, m.model_type, v.version, s.revision, s.review, s.block,
+           s.requested_by, s.reason, s.created_at, s.required_approvals, s.evidence,
+           a.review AS current_review, a.block AS current_block,
+           coalesce((SELECT jsonb_agg(jsonb_build_object('approver', t.approver, 'decision', t.decision,
+                                                         'comment', t.comment, 'at', t.created_at) ORDER BY t.id)
+                       FROM sira_threshold_approvals t WHERE t.set_id = s.id), '[]') AS decisions
+      FROM sira_threshold_sets s
+      JOIN sira_model_versions v ON v.id = s.version_id
+      JOIN sira_models m ON m.id = v.model_id
+      LEFT JOIN sira_threshold_sets a ON a.id = v.threshold_set
+     WHERE s.status = 'pending'
+     ORDER BY s.created_at, s.id"""
+
+
 async def models_overview(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
     """Every model with what its row on the dashboard shows."""
     authorize(identity, "models.read")
     return [jsonable(r) for r in await conn.fetch(_OVERVIEW)]
 
 
-def why_not(identity: Identity, *, creator: str, requester: str, already: list[str]) -> str | None:
-    """Why ``identity`` may not decide on a request (None: it may)."""
+def why_not(identity: Identity, *, creator: str | None, requester: str, already: list[str]) -> str | None:
+    """Why ``identity`` may not decide on a request (None: it may; ``creator`` None: a threshold change,
+    which the version's creator may decide on)."""
     if not may(identity, "promotion.decide"):
-        return "deciding on a promotion needs the approver role"
+        return "deciding on a promotion or a threshold change needs the approver role"
     try:
         lifecycle.check_approver(identity.name, identity.roles, creator=creator, requester=requester,
                                  already=already)
@@ -88,6 +105,26 @@ async def approval_queue(conn: Connection, identity: Identity) -> list[dict[str,
         item["may_decide"] = item["may_decide_reason"] is None
         out.append(item)
     return out
+
+
+async def threshold_queue(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
+    """The pending threshold changes, oldest first: the thresholds asked for against those in force, the
+    what-if evidence stored with the request, the decisions so far and the caller's standing (the rules
+    :func:`sira.registry.thresholds.decide_change` enforces)."""
+    authorize(identity, "models.read")
+    out = []
+    for row in await conn.fetch(_THRESHOLD_QUEUE):
+        item = jsonable(row)
+        item["may_decide_reason"] = why_not(identity, creator=None, requester=row["requested_by"],
+                                            already=[d["approver"] for d in item["decisions"]])
+        item["may_decide"] = item["may_decide_reason"] is None
+        out.append(item)
+    return out
+
+
+async def approvals(conn: Connection, identity: Identity) -> dict[str, list[dict[str, Any]]]:
+    """Both queues an approver works through, read in one transaction."""
+    return {"requests": await approval_queue(conn, identity), "threshold_changes": await threshold_queue(conn, identity)}
 
 
 async def insights(conn: Connection, settings: Any, identity: Identity, model_name: str, version: int

@@ -1,7 +1,8 @@
 """The ops dashboard in a real browser: Debian's Chromium driven by Playwright against SIRA's own app (its
 /ui, its API, a database of this module's own), under the page's real Content-Security-Policy. An approver
-approves a pending promotion and sees the version become production; a viewer and the requester see the
-buttons disabled with the reason; a planted drift raises the banner; strings planted with markup stay text;
+approves a pending promotion and sees the version become production; a data scientist asks for new
+thresholds on a version's page and an approver approves them in the queue; a viewer and the requester see
+the buttons disabled with the reason; a planted drift raises the banner; strings planted with markup stay text;
 axe-core finds no serious accessibility violation; a screenshot of each view goes to the test's folder."""
 
 from __future__ import annotations
@@ -309,6 +310,50 @@ def test_an_operator_rolls_back_after_a_confirmation_naming_the_version_it_resto
     assert "0.700" in test_ap and "0.740" in test_ap and "+0.040" in test_ap
     s.shot("ui-compare")
     s.accessible()
+    s.close()
+
+
+def test_new_thresholds_are_asked_for_on_a_version_page_and_approved_in_the_queue(site):
+    """A data scientist reads a version's threshold history and what-if, and asks for new thresholds with a
+    reason; the queue shows the change beside those in force, the requester cannot decide, an approver
+    approves, and the version decides with the new revision."""
+    s = Session(site, "pat")
+    s.page.goto(f"{site['url']}/ui/models/fraud/versions/1")
+    history = s.page.get_by_role("table", name="Threshold history")
+    history.get_by_text("active").wait_for()
+    s.page.get_by_role("button", name="Show the what-if on the last 28 days").click()
+    s.page.get_by_text("has no labelled answers", exact=False).first.wait_for()  # none in this database
+    s.problems.remove("Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)")
+    form = s.page.get_by_role("form", name="Ask for new thresholds")
+    form.get_by_label("Review from").fill("0.3")
+    form.get_by_label("Block from").fill("0.7")
+    form.get_by_label("Reason").fill(planted("attack on card-not-present"))
+    s.shot("ui-thresholds")
+    s.accessible()
+    form.get_by_role("button", name="Ask for approval").click()
+    assert "waits for 1 approval(s)" in form.get_by_role("status").inner_text()
+    history.get_by_text("pending").wait_for()
+    s.view("Approvals")
+    card = s.page.get_by_role("article", name="Threshold change: fraud v1")
+    assert card.get_by_role("button", name="Approve").is_disabled()
+    assert "the requester of a promotion cannot decide on it" in card.inner_text()
+    s.close()
+    s = Session(site, "ann")
+    s.view("Approvals")
+    card = s.page.get_by_role("article", name="Threshold change: fraud v1")
+    text = card.inner_text()
+    assert "→ 0.3" in text and "→ 0.7" in text and planted("attack on card-not-present") in text
+    assert "No labelled window when it was asked" in text
+    s.shot("ui-approvals-thresholds")
+    s.accessible()
+    card.get_by_label("Comment").fill("fine for the attack")
+    card.get_by_role("button", name="Approve").click()
+    assert "fraud v1 now decides with revision 2" in card.get_by_role("status").inner_text()
+    row = run_sync(_fetch(site["dsn"], """SELECT v.thresholds, s.revision FROM sira_model_versions v
+                                           JOIN sira_threshold_sets s ON s.id = v.threshold_set
+                                           JOIN sira_models m ON m.id = v.model_id
+                                          WHERE m.name = 'fraud' AND v.version = 1"""))
+    assert row["revision"] == 2 and row["thresholds"] == {"review": 0.3, "block": 0.7}
     s.close()
 
 

@@ -16,6 +16,7 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from sira.monitoring.explanation import explain_prediction
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
+from sira.registry.views import approvals
 from tests.conftest import private_installation, run_in_transaction, run_sync, scoring_client
 
 ADMIN = Identity("th-admin", frozenset({"admin"}))
@@ -159,8 +160,20 @@ async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_mo
         await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version, "approve")
     asked = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
                         reason="calmer")
+    # the approvals queue shows it, the thresholds in force beside it, and who may decide and why not
+    (queued,) = (await run_in_transaction(fraud_model.dsn, approvals, APPROVERS[0]))["threshold_changes"]
+    current = (await run_in_transaction(fraud_model.dsn, registry.get_version, model, version))["thresholds"]
+    assert (queued["set_id"], queued["model"], queued["version"], queued["review"], queued["block"]) == \
+        (asked["set"], model, version, 0.2, 0.9)
+    assert (queued["current_review"], queued["current_block"]) == (current["review"], current["block"])
+    assert queued["requested_by"] == SCIENTIST.name and queued["reason"] == "calmer" and queued["may_decide"]
+    standing = {who.name: (await run_in_transaction(fraud_model.dsn, approvals, who))["threshold_changes"][0]
+                for who in (APPROVERS[0], ANALYST, Identity(SCIENTIST.name, frozenset({"approver"})))}
+    assert "approver role" in standing[ANALYST.name]["may_decide_reason"]
+    assert "requester" in standing[SCIENTIST.name]["may_decide_reason"]  # what decide_change enforces
     rejected = await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version, "reject", "no")
     assert rejected["outcome"] == "rejected" and rejected["status"] == "rejected"
+    assert (await run_in_transaction(fraud_model.dsn, approvals, APPROVERS[1]))["threshold_changes"] == []
     history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version)
     assert history["active"] != asked["set"]
     assert next(s for s in history["sets"] if s["id"] == asked["set"])["status"] == "rejected"

@@ -183,3 +183,76 @@ export type AuditEntry = {
   outcome: string;
   details: Record<string, unknown>;
 };
+
+/** What flagging every score at or above a threshold did on a labelled window (sira.monitoring.thresholds). */
+export type ThresholdRow = {
+  threshold: number;
+  flagged: number;
+  flag_rate: number;
+  precision: number | null;
+  recall: number | null;
+  false_alarms?: number;
+  missed_fraud?: number;
+  total_cost?: number | null;
+};
+
+export type WhatIf = {
+  model: string;
+  version: number;
+  window: { from: string; to: string };
+  labelled: number;
+  positives: number;
+  current: Record<string, number>;
+  meets_targets: Record<string, number>;
+  thresholds: ThresholdRow[];
+};
+
+/** The what-if stored with a threshold change when it was asked (window null: none labelled, with a note). */
+export type ThresholdEvidence = {
+  window: { from: string; to: string } | null;
+  note?: string;
+  labelled?: number;
+  positives?: number;
+  requested?: { review: ThresholdRow; block: ThresholdRow };
+  current?: Record<string, ThresholdRow>;
+};
+
+export type ThresholdSet = {
+  id: number;
+  revision: number;
+  review: number;
+  block: number;
+  status: "pending" | "active" | "superseded" | "rejected" | "cancelled";
+  required_approvals: number;
+  requested_by: string;
+  reason: string | null;
+  evidence: ThresholdEvidence;
+  created_at: string;
+  decided_at: string | null;
+  activated_at: string | null;
+  decisions: Decision[];
+};
+
+export type ThresholdSets = { model: string; version: number; active: number | null; sets: ThresholdSet[] };
+
+export type PendingThresholdChange = {
+  set_id: number;
+  model: string;
+  model_type: string;
+  version: number;
+  revision: number;
+  review: number;
+  block: number;
+  current_review: number | null;
+  current_block: number | null;
+  requested_by: string;
+  reason: string | null;
+  created_at: string;
+  required_approvals: number;
+  evidence: ThresholdEvidence;
+  decisions: Decision[];
+  may_decide: boolean;
+  may_decide_reason: string | null;
+};
+
+export type ThresholdDecided = Decided & { set: number; revision: number; status: string };

@@ -2,7 +2,7 @@ import { Alert, Badge, Button, Card, Group, List, Stack, Table, Text, Textarea, 
 import { useState } from "react";
 import { api, ApiError } from "../api";
 import { ap, MODEL_TYPES, when } from "../format";
-import type { Decided, PendingRequest } from "../types";
+import type { Decided, Decision, PendingRequest, PendingThresholdChange, ThresholdDecided, ThresholdRow } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { VerdictBadge } from "./Verdict";
@@ -48,13 +48,20 @@ function Evidence({ request }: { request: PendingRequest }) {
   );
 }
 
-export function ApprovalCard({ request, onDecide }: { request: PendingRequest; onDecide: Decide }) {
+/** What an approver does on any request: the decisions so far, why the caller may not decide (if so), a
+ * comment, approve or reject once, and what came of it. */
+export function DecisionPanel<T extends Decided>({ mayDecide, whyNot, decisions, onDecide, outcome }: {
+  mayDecide: boolean;
+  whyNot: string | null;
+  decisions: Decision[];
+  onDecide: (decision: "approve" | "reject", comment: string) => Promise<T>;
+  outcome: (d: T) => string;
+}) {
   const [comment, setComment] = useState("");
   const [busy, setBusy] = useState(false);
-  const [result, setResult] = useState<Decided | null>(null);
+  const [result, setResult] = useState<T | null>(null);
   const [failure, setFailure] = useState<ApiError | null>(null);
-  const disabled = !request.may_decide || busy || result !== null;
-  const approvals = request.decisions.filter((d) => d.decision === "approve").length;
+  const disabled = !mayDecide || busy || result !== null;
 
   async function decide(decision: "approve" | "reject") {
     setBusy(true);
@@ -74,9 +81,43 @@ export function ApprovalCard({ request, onDecide }: { request: PendingRequest; o
         {label}
       </Button>
     );
-    return request.may_decide ? b : <Tooltip label={request.may_decide_reason}><span>{b}</span></Tooltip>;
+    return mayDecide ? b : <Tooltip label={whyNot}><span>{b}</span></Tooltip>;
   };
 
+  return (
+    <Stack gap="sm">
+      {decisions.length > 0 && (
+        <List size="sm" aria-label="Decisions so far">
+          {decisions.map((d) => (
+            <List.Item key={d.approver + d.at}>
+              {d.approver}: {d.decision} ({when(d.at)}){d.comment ? ` — ${d.comment}` : ""}
+            </List.Item>
+          ))}
+        </List>
+      )}
+      {!mayDecide && (
+        <Text size="sm" c="gray.7" data-field="why-not">You cannot decide on this request: {whyNot}</Text>
+      )}
+      <Textarea
+        label="Comment"
+        value={comment}
+        onChange={(e) => setComment(e.currentTarget.value)}
+        maxLength={2000}
+        disabled={disabled}
+        rows={3}
+      />
+      <Group>
+        {button("approve", "Approve", "teal")}
+        {button("reject", "Reject", "red")}
+      </Group>
+      {result && <Alert color="green" role="status">{outcome(result)}</Alert>}
+      {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+    </Stack>
+  );
+}
+
+export function ApprovalCard({ request, onDecide }: { request: PendingRequest; onDecide: Decide }) {
+  const approvals = request.decisions.filter((d) => d.decision === "approve").length;
   return (
     <Card withBorder padding="lg" component="article" aria-label={`Promotion request: ${request.model} v${request.version}`}>
       <Stack gap="sm">
@@ -108,58 +149,112 @@ export function ApprovalCard({ request, onDecide }: { request: PendingRequest; o
             </List>
           </Stack>
         )}
-        {request.decisions.length > 0 && (
-          <List size="sm" aria-label="Decisions so far">
-            {request.decisions.map((d) => (
-              <List.Item key={d.approver + d.at}>
-                {d.approver}: {d.decision} ({when(d.at)}){d.comment ? ` — ${d.comment}` : ""}
-              </List.Item>
-            ))}
-          </List>
-        )}
-        {!request.may_decide && (
-          <Text size="sm" c="gray.7" data-field="why-not">You cannot decide on this request: {request.may_decide_reason}</Text>
-        )}
-        <Textarea
-          label="Comment"
-          value={comment}
-          onChange={(e) => setComment(e.currentTarget.value)}
-          maxLength={2000}
-          disabled={disabled}
-          rows={3}
-        />
-        <Group>
-          {button("approve", "Approve", "teal")}
-          {button("reject", "Reject", "red")}
+        <DecisionPanel mayDecide={request.may_decide} whyNot={request.may_decide_reason} decisions={request.decisions}
+                       onDecide={onDecide} outcome={outcomeText} />
+      </Stack>
+    </Card>
+  );
+}
+
+const pct = (v: number | null | undefined): string => (typeof v === "number" ? `${(100 * v).toFixed(1)}%` : "—");
+
+/** The what-if stored with a threshold change: the thresholds asked for against those in force, on the window
+ * it was asked on. */
+export function ThresholdEvidenceTable({ change }: { change: PendingThresholdChange }) {
+  const e = change.evidence;
+  if (!e.window || !e.requested || !e.current) {
+    return <Text size="sm" c="gray.7">No labelled window when it was asked{e.note ? `: ${e.note}` : ""}.</Text>;
+  }
+  const columns: [string, ThresholdRow | undefined][] = [
+    [`review now (${change.current_review ?? "—"})`, e.current.review], [`review asked (${change.review})`, e.requested.review],
+    [`block now (${change.current_block ?? "—"})`, e.current.block], [`block asked (${change.block})`, e.requested.block],
+  ];
+  const rows: [string, (r: ThresholdRow) => string][] = [
+    ["share flagged", (r) => pct(r.flag_rate)], ["precision", (r) => pct(r.precision)], ["recall", (r) => pct(r.recall)],
+    ["false alarms", (r) => (r.false_alarms ?? "—").toLocaleString()], ["missed fraud", (r) => (r.missed_fraud ?? "—").toLocaleString()],
+  ];
+  return (
+    <Stack gap={4}>
+      <Text size="sm">
+        On {e.labelled?.toLocaleString()} labelled answers ({e.positives?.toLocaleString()} fraud), {e.window.from.slice(0, 10)}..{e.window.to.slice(0, 10)}:
+      </Text>
+      <Table withTableBorder aria-label={`Evidence for the thresholds of ${change.model} v${change.version}`}>
+        <Table.Thead>
+          <Table.Tr><Table.Th />{columns.map(([label]) => <Table.Th key={label}>{label}</Table.Th>)}</Table.Tr>
+        </Table.Thead>
+        <Table.Tbody>
+          {rows.map(([label, value]) => (
+            <Table.Tr key={label}>
+              <Table.Td>{label}</Table.Td>
+              {columns.map(([c, r]) => <Table.Td key={c}>{r ? value(r) : "—"}</Table.Td>)}
+            </Table.Tr>
+          ))}
+        </Table.Tbody>
+      </Table>
+    </Stack>
+  );
+}
+
+function thresholdOutcome(d: ThresholdDecided): string {
+  if (d.outcome === "approved") return `Approved: ${d.model} v${d.version} now decides with revision ${d.revision}.`;
+  if (d.outcome === "rejected") return `Rejected: the threshold change of ${d.model} v${d.version} is closed.`;
+  return `Recorded: ${d.approvals} of ${d.required_approvals} approvals.`;
+}
+
+export function ThresholdChangeCard({ change, onDecide }: {
+  change: PendingThresholdChange;
+  onDecide: (decision: "approve" | "reject", comment: string) => Promise<ThresholdDecided>;
+}) {
+  const approvals = change.decisions.filter((d) => d.decision === "approve").length;
+  return (
+    <Card withBorder padding="lg" component="article" aria-label={`Threshold change: ${change.model} v${change.version}`}>
+      <Stack gap="sm">
+        <Group justify="space-between">
+          <Title order={3}>{change.model} v{change.version}: thresholds, revision {change.revision}</Title>
+          <Badge color={approvals > 0 ? "blue" : "dark"} variant="light">
+            {approvals} / {change.required_approvals} approvals
+          </Badge>
         </Group>
-        {result && <Alert color="green" role="status">{outcomeText(result)}</Alert>}
-        {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+        <Text size="sm">
+          Review {change.current_review ?? "—"} → <b>{change.review}</b>, block {change.current_block ?? "—"} → <b>{change.block}</b>;
+          asked by <b>{change.requested_by}</b> on {when(change.created_at)}.
+        </Text>
+        {change.reason && <Text size="sm" data-field="reason">Reason: {change.reason}</Text>}
+        <ThresholdEvidenceTable change={change} />
+        <DecisionPanel mayDecide={change.may_decide} whyNot={change.may_decide_reason} decisions={change.decisions}
+                       onDecide={onDecide} outcome={thresholdOutcome} />
       </Stack>
     </Card>
   );
 }
 
 export function ApprovalsView() {
-  const { data, error, reload } = useApi<{ requests: PendingRequest[] }>("/v1/approvals", 30_000);
+  const { data, error, reload } = useApi<{ requests: PendingRequest[]; threshold_changes: PendingThresholdChange[] }>(
+    "/v1/approvals", 30_000);
   if (error) return <Failure error={error} what="the approvals queue" />;
   const requests = data?.requests ?? [];
+  const changes = data?.threshold_changes ?? [];
+  const decide = async <T,>(path: string, decision: "approve" | "reject", comment: string): Promise<T> => {
+    const done = await api<T>(`${path}/${decision}`, { method: "POST", body: { comment: comment || null } });
+    setTimeout(reload, 1500);
+    return done;
+  };
+  const versionPath = (model: string, version: number) => `/v1/models/${encodeURIComponent(model)}/versions/${version}`;
   return (
     <Stack>
       <Title order={2}>Approvals</Title>
+      <Title order={3}>Promotions</Title>
       {data && requests.length === 0 && <Text c="gray.7">No promotion request is waiting.</Text>}
       {requests.map((r) => (
-        <ApprovalCard
-          key={r.request_id}
-          request={r}
-          onDecide={async (decision, comment) => {
-            const done = await api<Decided>(`/v1/models/${encodeURIComponent(r.model)}/versions/${r.version}/${decision}`, {
-              method: "POST",
-              body: { comment: comment || null },
-            });
-            setTimeout(reload, 1500);
-            return done;
-          }}
-        />
+        <ApprovalCard key={r.request_id} request={r}
+                      onDecide={(decision, comment) => decide<Decided>(versionPath(r.model, r.version), decision, comment)} />
+      ))}
+      <Title order={3}>Threshold changes</Title>
+      {data && changes.length === 0 && <Text c="gray.7">No threshold change is waiting.</Text>}
+      {changes.map((c) => (
+        <ThresholdChangeCard key={c.set_id} change={c}
+                             onDecide={(decision, comment) => decide<ThresholdDecided>(
+                               `${versionPath(c.model, c.version)}/thresholds`, decision, comment)} />
       ))}
     </Stack>
   );

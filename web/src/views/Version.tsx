@@ -7,6 +7,7 @@ import { ap, when } from "../format";
 import type { Insights, Metrics, Version } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
+import { ThresholdsPanel } from "./Thresholds";
 
 const ROWS: [keyof Metrics, string][] = [
   ["average_precision", "average precision"], ["roc_auc", "ROC AUC"], ["recall_at_1pct_fpr", "recall at 1% FPR"],
@@ -140,6 +141,7 @@ export function VersionView() {
           <Reliability metrics={test} />
         </Stack>
       </SimpleGrid>
+      <ThresholdsPanel model={d.model_name} version={d.version} current={d.thresholds} />
       <Title order={3}>Feature importance (mean |SHAP| on validation rows)</Title>
       {insights.error ? <Failure error={insights.error} what="the importance and lineage" /> : <Importance importance={insights.data?.importance ?? []} />}
       <Segments metrics={test} />

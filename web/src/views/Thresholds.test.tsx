@@ -1,0 +1,94 @@
+import { screen, waitFor } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { renderUi, viewer } from "../test/render";
+import type { Me, PendingThresholdChange } from "../types";
+import { ThresholdChangeCard } from "./Approvals";
+import { ThresholdRequest, WhatIfChart } from "./Thresholds";
+
+const scientist: Me = { name: "sam", kind: "api_key", roles: ["data_scientist"], may: { "models.read": true, "promotion.request": true } };
+
+const row = (threshold: number, flag_rate: number, precision: number, recall: number) =>
+  ({ threshold, flagged: Math.round(flag_rate * 1000), flag_rate, precision, recall, false_alarms: 12, missed_fraud: 3 });
+
+const change = (over: Partial<PendingThresholdChange>): PendingThresholdChange => ({
+  set_id: 9, model: "fraud", model_type: "fraud_detection", version: 3, revision: 2, review: 0.4, block: 0.8,
+  current_review: 0.5, current_block: 0.9, requested_by: "sam", reason: "catch more during the attack",
+  created_at: "2026-12-01T10:00:00Z", required_approvals: 2, decisions: [], may_decide: true, may_decide_reason: null,
+  evidence: {
+    window: { from: "2026-11-01T00:00:00Z", to: "2026-11-29T00:00:00Z" }, labelled: 1000, positives: 40,
+    requested: { review: row(0.4, 0.06, 0.5, 0.8), block: row(0.8, 0.02, 0.9, 0.45) },
+    current: { review: row(0.5, 0.04, 0.6, 0.7), block: row(0.9, 0.01, 0.95, 0.3) },
+  },
+  ...over,
+});
+
+afterEach(() => vi.unstubAllGlobals());
+
+describe("a threshold change waiting for approval", () => {
+  it("shows the thresholds asked for against those in force, on the window it was asked on", () => {
+    renderUi(<ThresholdChangeCard change={change({})} onDecide={vi.fn()} />);
+    expect(screen.getByText(/Review 0.5 →/)).toHaveTextContent("Review 0.5 → 0.4, block 0.9 → 0.8");
+    const evidence = screen.getByRole("table", { name: "Evidence for the thresholds of fraud v3" });
+    expect(evidence).toHaveTextContent("review now (0.5)review asked (0.4)block now (0.9)block asked (0.8)");
+    expect(evidence).toHaveTextContent("recall70.0%80.0%30.0%45.0%");
+    expect(screen.getByText("0 / 2 approvals")).toBeInTheDocument();
+  });
+
+  it("says when there was no labelled window to judge by", () => {
+    renderUi(<ThresholdChangeCard change={change({ evidence: { window: null, note: "no labelled answers" } })} onDecide={vi.fn()} />);
+    expect(screen.getByText("No labelled window when it was asked: no labelled answers.")).toBeInTheDocument();
+  });
+
+  it("sends the decision and says what came of it; the requester sees the buttons disabled and why", async () => {
+    const onDecide = vi.fn().mockResolvedValue({ model: "fraud", version: 3, outcome: "approved", approvals: 2,
+                                                 required_approvals: 2, set: 9, revision: 2, status: "active" });
+    const { unmount } = renderUi(<ThresholdChangeCard change={change({})} onDecide={onDecide} />);
+    await userEvent.click(screen.getByRole("button", { name: "Approve" }));
+    expect(onDecide).toHaveBeenCalledWith("approve", "");
+    await waitFor(() => expect(screen.getByRole("status")).toHaveTextContent("fraud v3 now decides with revision 2"));
+    unmount();
+    renderUi(<ThresholdChangeCard change={change({ may_decide: false, may_decide_reason: "the requester cannot decide on it" })}
+                                  onDecide={vi.fn()} />);
+    expect(screen.getByRole("button", { name: "Reject" })).toBeDisabled();
+    expect(screen.getByText(/You cannot decide on this request: the requester cannot decide on it/)).toBeInTheDocument();
+  });
+});
+
+describe("asking for new thresholds", () => {
+  it("is disabled, with the reason, for a role that may not ask", () => {
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" current={{ review: 0.5, block: 0.9 }} onDone={vi.fn()} />, viewer);
+    expect(screen.getByRole("button", { name: "Ask for approval" })).toBeDisabled();
+    expect(screen.getByText("Asking for new thresholds needs the data scientist role.")).toBeInTheDocument();
+  });
+
+  it("posts the values and the reason, and says the request waits for approvals", async () => {
+    const fetch = vi.fn().mockResolvedValue(new Response(JSON.stringify({ revision: 2, status: "pending", required_approvals: 2 }),
+                                                         { status: 201, headers: { "Content-Type": "application/json" } }));
+    vi.stubGlobal("fetch", fetch);
+    const onDone = vi.fn();
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" current={{ review: 0.5, block: 0.9 }} onDone={onDone} />, scientist);
+    const review = screen.getByLabelText("Review from");
+    await userEvent.clear(review);
+    await userEvent.type(review, "0.4");
+    await userEvent.type(screen.getByLabelText(/Reason/), "the attack");
+    await userEvent.click(screen.getByRole("button", { name: "Ask for approval" }));
+    await waitFor(() => expect(screen.getByRole("status")).toHaveTextContent("Revision 2 asked for: it waits for 2 approval(s)"));
+    const [url, init] = fetch.mock.calls[0];
+    expect(url).toBe("/v1/models/fraud/versions/3/thresholds");
+    expect(JSON.parse(init.body)).toEqual({ review: 0.4, block: 0.9, reason: "the attack" });
+    expect(onDone).toHaveBeenCalled();
+  });
+});
+
+describe("the what-if", () => {
+  it("says what window it read and draws the thresholds in force", () => {
+    const { container } = renderUi(<WhatIfChart whatIf={{
+      model: "fraud", version: 3, window: { from: "2026-11-01T00:00:00Z", to: "2026-11-29T00:00:00Z" }, labelled: 1000,
+      positives: 40, current: { review: 0.5, block: 0.9 }, meets_targets: {},
+      thresholds: [row(0.9, 0.01, 0.95, 0.3), row(0.5, 0.04, 0.6, 0.7), row(0.1, 0.5, 0.08, 1)],
+    }} />);
+    expect(screen.getByText(/On 1,000 labelled answers \(40 fraud\) of v3, 2026-11-01..2026-11-29/)).toBeInTheDocument();
+    expect(container.querySelector("[aria-label='What-if by threshold']")).not.toBeNull();
+  });
+});

@@ -1,0 +1,137 @@
+import { LineChart } from "@mantine/charts";
+import { Alert, Badge, Button, Group, NumberInput, Stack, Table, Text, Textarea, Title } from "@mantine/core";
+import { useState } from "react";
+import { api, ApiError } from "../api";
+import { when } from "../format";
+import { useMe } from "../me";
+import type { ThresholdSets, WhatIf } from "../types";
+import { useApi } from "../useApi";
+import { Failure } from "./Failure";
+
+const STATUS_COLOUR: Record<string, string> = { active: "teal.9", pending: "blue.9", rejected: "red.9" };  // dark: readable on white
+
+/** What other thresholds would have done on the labelled window: precision, recall and the share flagged by
+ * threshold, with the thresholds in force marked (GET /v1/models/{name}/thresholds?version=v). */
+export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
+  const rows = [...whatIf.thresholds]
+    .sort((a, b) => a.threshold - b.threshold)
+    .map((r) => ({ threshold: r.threshold, precision: r.precision, recall: r.recall, "share flagged": r.flag_rate }));
+  return (
+    <Stack gap={4}>
+      <Text size="sm">
+        On {whatIf.labelled.toLocaleString()} labelled answers ({whatIf.positives.toLocaleString()} fraud) of v{whatIf.version},{" "}
+        {whatIf.window.from.slice(0, 10)}..{whatIf.window.to.slice(0, 10)}.
+      </Text>
+      <LineChart
+        h={260}
+        aria-label="What-if by threshold"
+        data={rows}
+        dataKey="threshold"
+        xAxisProps={{ type: "number", domain: [0, 1] }}
+        yAxisProps={{ domain: [0, 1] }}
+        series={[
+          { name: "precision", color: "blue.9" }, { name: "recall", color: "orange.9" }, { name: "share flagged", color: "teal.9" },
+        ]}
+        referenceLines={Object.entries(whatIf.current).map(([name, value]) => ({ x: value, label: `${name} ${value}`, color: "gray.7" }))}
+        connectNulls
+        withLegend
+        withDots={false}
+      />
+    </Stack>
+  );
+}
+
+/** A request for new thresholds (POST .../versions/{v}/thresholds): pending the model's approvals, with the
+ * what-if at the new values stored as the approvers' evidence. */
+export function ThresholdRequest({ path, current, onDone }: { path: string; current: Record<string, number>; onDone: () => void }) {
+  const me = useMe();
+  const allowed = me.may["promotion.request"] === true;
+  const [review, setReview] = useState<number | string>(current.review ?? "");
+  const [block, setBlock] = useState<number | string>(current.block ?? "");
+  const [reason, setReason] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [done, setDone] = useState<string | null>(null);
+  const [failure, setFailure] = useState<ApiError | null>(null);
+
+  async function submit() {
+    setBusy(true);
+    setFailure(null);
+    try {
+      const asked = await api<{ revision: number; status: string; required_approvals: number }>(`${path}/thresholds`, {
+        method: "POST", body: { review: Number(review), block: Number(block), reason },
+      });
+      setDone(asked.status === "active" ? `Revision ${asked.revision} is active.`
+        : `Revision ${asked.revision} asked for: it waits for ${asked.required_approvals} approval(s) in Approvals.`);
+      onDone();
+    } catch (e) {
+      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const disabled = !allowed || busy || done !== null;
+  return (
+    <Stack gap="xs" component="form" aria-label="Ask for new thresholds" onSubmit={(e) => { e.preventDefault(); submit(); }}>
+      {!allowed && <Text size="sm" c="gray.7" data-field="why-not">Asking for new thresholds needs the data scientist role.</Text>}
+      <Group grow>
+        <NumberInput label="Review from" min={0} max={1} step={0.01} decimalScale={4} value={review} onChange={setReview} disabled={disabled} />
+        <NumberInput label="Block from" min={0} max={1} step={0.01} decimalScale={4} value={block} onChange={setBlock} disabled={disabled} />
+      </Group>
+      <Textarea label="Reason" value={reason} onChange={(e) => setReason(e.currentTarget.value)} maxLength={2000} rows={2}
+                disabled={disabled} required />
+      <Group><Button type="submit" disabled={disabled || reason.trim() === ""} loading={busy}>Ask for approval</Button></Group>
+      {done && <Alert color="green" role="status">{done}</Alert>}
+      {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+    </Stack>
+  );
+}
+
+export function ThresholdHistory({ sets }: { sets: ThresholdSets }) {
+  return (
+    <Table withTableBorder aria-label="Threshold history">
+      <Table.Thead>
+        <Table.Tr>
+          <Table.Th>revision</Table.Th><Table.Th>review</Table.Th><Table.Th>block</Table.Th><Table.Th>status</Table.Th>
+          <Table.Th>asked by</Table.Th><Table.Th>reason</Table.Th><Table.Th>decided</Table.Th>
+        </Table.Tr>
+      </Table.Thead>
+      <Table.Tbody>
+        {sets.sets.map((s) => (
+          <Table.Tr key={s.id}>
+            <Table.Td>{s.revision}</Table.Td><Table.Td>{s.review}</Table.Td><Table.Td>{s.block}</Table.Td>
+            <Table.Td><Badge color={STATUS_COLOUR[s.status] ?? "gray.8"} variant="filled">{s.status}</Badge></Table.Td>
+            <Table.Td>{s.requested_by}</Table.Td><Table.Td>{s.reason ?? "—"}</Table.Td>
+            <Table.Td>
+              {s.decided_at ? when(s.decided_at) : "—"}
+              {s.decisions.length > 0 && ` (${s.decisions.map((d) => `${d.approver}: ${d.decision}`).join(", ")})`}
+            </Table.Td>
+          </Table.Tr>
+        ))}
+      </Table.Tbody>
+    </Table>
+  );
+}
+
+/** A version's thresholds as a governed history, what other values would have done, and a request for new ones. */
+export function ThresholdsPanel({ model, version, current }: { model: string; version: number; current: Record<string, number> }) {
+  const path = `/v1/models/${encodeURIComponent(model)}/versions/${version}`;
+  const sets = useApi<ThresholdSets>(`${path}/thresholds`);
+  const [asked, setAsked] = useState(false);  // on demand: it reads and sorts the labelled window's answers
+  const whatIf = useApi<WhatIf>(asked ? `/v1/models/${encodeURIComponent(model)}/thresholds?version=${version}` : null);
+  return (
+    <Stack>
+      <Title order={3}>Threshold history</Title>
+      {sets.error ? <Failure error={sets.error} what="the threshold history" /> : sets.data && <ThresholdHistory sets={sets.data} />}
+      <Title order={3}>What other thresholds would have done</Title>
+      {!asked && <Group><Button variant="light" color="blue.9" onClick={() => setAsked(true)}>Show the what-if on the last 28 days</Button></Group>}
+      {asked && whatIf.error
+        ? (whatIf.error.code === "empty_window"
+          ? <Text c="gray.7">{whatIf.error.message}</Text>
+          : <Failure error={whatIf.error} what="the what-if" />)
+        : asked && whatIf.data && <WhatIfChart whatIf={whatIf.data} />}
+      <Title order={3}>Ask for new thresholds</Title>
+      <ThresholdRequest path={path} current={current} onDone={sets.reload} />
+    </Stack>
+  );
+}
