@@ -80,16 +80,16 @@ def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_s
 
 
 def check_approver(approver: str, roles: Iterable[str], *, creator: str | None, requester: str,
-                   already: Iterable[str]) -> None:
-    """Raise unless ``approver`` may decide: holds the approver role, neither created the version (``creator``;
-    None: a change that does not bar it, such as new thresholds) nor requested the change (four eyes), has
-    not decided on this request before."""
+                   already: Iterable[str], what: str = "promotion") -> None:
+    """Raise unless ``approver`` may decide on a ``what`` (a promotion, a threshold change): holds the approver
+    role, neither created the version (``creator``; None: a change that does not bar it, such as new
+    thresholds) nor requested the change (four eyes), has not decided on this request before."""
     if "approver" not in set(roles) and "admin" not in set(roles):
         raise PermissionDenied(f"{approver} does not hold the approver role")
     if creator is not None and approver == creator:
         raise PermissionDenied("the creator of a version cannot approve it", code="self_approval")
     if approver == requester:
-        raise PermissionDenied("the requester of a promotion cannot decide on it", code="self_approval")
+        raise PermissionDenied(f"the requester of a {what} cannot decide on it", code="self_approval")
     if approver in set(already):
         raise Conflict(f"{approver} has already decided on this request", code="already_decided")
 

@@ -151,7 +151,7 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     previous = await conn.fetch("SELECT approver, decision FROM sira_threshold_approvals WHERE set_id = $1",
                                 pending["id"])
     lifecycle.check_approver(identity.name, identity.roles, creator=None, requester=pending["requested_by"],
-                             already=[p["approver"] for p in previous])
+                             already=[p["approver"] for p in previous], what="threshold change")
     await conn.execute("INSERT INTO sira_threshold_approvals (set_id, approver, decision, comment) "
                        "VALUES ($1, $2, $3, $4)", pending["id"], identity.name, decision, comment)
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]

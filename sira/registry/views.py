@@ -81,14 +81,15 @@ async def models_overview(conn: Connection, identity: Identity) -> list[dict[str
     return [jsonable(r) for r in await conn.fetch(_OVERVIEW)]
 
 
-def why_not(identity: Identity, *, creator: str | None, requester: str, already: list[str]) -> str | None:
-    """Why ``identity`` may not decide on a request (None: it may; ``creator`` None: a threshold change,
+def why_not(identity: Identity, *, creator: str | None, requester: str, already: list[str],
+            what: str = "promotion") -> str | None:
+    """Why ``identity`` may not decide on a ``what`` (None: it may; ``creator`` None: a threshold change,
     which the version's creator may decide on)."""
     if not may(identity, "promotion.decide"):
-        return "deciding on a promotion or a threshold change needs the approver role"
+        return f"deciding on a {what} needs the approver role"
     try:
         lifecycle.check_approver(identity.name, identity.roles, creator=creator, requester=requester,
-                                 already=already)
+                                 already=already, what=what)
     except SiraError as exc:
         return str(exc)
     return None
@@ -116,7 +117,7 @@ async def threshold_queue(conn: Connection, identity: Identity) -> list[dict[str
     for row in await conn.fetch(_THRESHOLD_QUEUE):
         item = jsonable(row)
         item["may_decide_reason"] = why_not(identity, creator=None, requester=row["requested_by"],
-                                            already=[d["approver"] for d in item["decisions"]])
+                                            already=[d["approver"] for d in item["decisions"]], what="threshold change")
         item["may_decide"] = item["may_decide_reason"] is None
         out.append(item)
     return out

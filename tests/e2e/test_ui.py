@@ -336,7 +336,7 @@ def test_new_thresholds_are_asked_for_on_a_version_page_and_approved_in_the_queu
     s.view("Approvals")
     card = s.page.get_by_role("article", name="Threshold change: fraud v1")
     assert card.get_by_role("button", name="Approve").is_disabled()
-    assert "the requester of a promotion cannot decide on it" in card.inner_text()
+    assert "the requester of a threshold change cannot decide on it" in card.inner_text()
     s.close()
     s = Session(site, "ann")
     s.view("Approvals")
