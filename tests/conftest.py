@@ -121,6 +121,31 @@ def run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def cli_in_process(monkeypatch, capsys, env: dict[str, str], *args: str):
+    """``sira ARGS`` in this process, with ``env``'s SIRA_ settings (the others unset, the settings read again),
+    as a CompletedProcess (its exit status, stdout, stderr): for a command whose test needs no process of its
+    own (a refusal, a report), without the seconds a Python start and SIRA's imports cost."""
+    import os
+    import subprocess
+
+    from sira.cli.main import main
+    from sira.core.config import reset_settings
+
+    for key in [k for k in os.environ if k.startswith("SIRA_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("SIRA_"):
+            monkeypatch.setenv(key, value)
+    reset_settings()
+    capsys.readouterr()  # what came before is not this command's
+    try:
+        code = main(list(args))
+    finally:
+        reset_settings()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 async def fetch_rows(dsn: str, sql: str, *args) -> list[dict]:
     """Rows of one query on a connection of its own (JSON columns come back as text)."""
     conn = await asyncpg.connect(dsn)

@@ -62,6 +62,11 @@ def same(a, b):
     return np.array_equal(a, b, equal_nan=True)
 
 
+def cli_env(dsn, settings):
+    """The SIRA_ settings a command run in this process reads: the test's database and workspace."""
+    return {"SIRA_DATABASE_URL": dsn, "SIRA_WORKSPACE": str(settings.workspace)}
+
+
 async def test_the_log_read_as_columns_gives_the_vectors_of_the_events_themselves(clean_db):
     events, labels = payments(), None
     labels = positives(events)
@@ -215,17 +220,16 @@ async def test_two_writers_folding_the_same_entities_at_once_lose_no_update(clea
     await assert_states_are(clean_db, finals)
 
 
-async def test_sira_features_rebuild_builds_what_a_switch_needs(clean_db):
+async def test_sira_features_rebuild_builds_what_a_switch_needs(clean_db, pg_dsn, settings, monkeypatch, capsys):
     import json
-    import subprocess
-    import sys
+
+    from tests.conftest import cli_in_process
 
     events = payments(n=120, seed=17, days=3)
     async with db.transaction(clean_db) as conn:
         await store(conn, events, positives(events))
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "features", "rebuild",
-                                                    "--feature-set", "payments@2", "--json"],
-                                   capture_output=True, text=True, timeout=300)
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, cli_env(pg_dsn, settings), "features", "rebuild",
+                                   "--feature-set", "payments@2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["feature_set"] == "payments@2" and report["events"] == len(events)
@@ -377,19 +381,19 @@ async def test_batch_scoring_and_drift_read_stored_events_with_the_vectors_of_th
         assert same(got, expected[[index[eid] for _, eid in wanted]])
 
 
-async def test_sira_features_materialize_of_a_v2_set_advances_its_states_and_checkpoints(clean_db, settings):
+async def test_sira_features_materialize_of_a_v2_set_advances_its_states_and_checkpoints(clean_db, pg_dsn, settings,
+                                                                                       monkeypatch, capsys):
     import json
-    import subprocess
-    import sys
+
+    from tests.conftest import cli_in_process
 
     events = payments(n=90, seed=47, days=3)
     async with db.transaction(clean_db) as conn:
         await store(conn, events[:60])
         await rebuild(conn, PAYMENTS_V2)
         await store(conn, events[60:], positives(events))
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "features", "materialize",
-                                                    "--feature-set", "payments@2", "--json"],
-                                   capture_output=True, text=True, timeout=300)
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, cli_env(pg_dsn, settings), "features", "materialize",
+                                   "--feature-set", "payments@2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["feature_set"], report["version"]) == ("payments", 2) and report["checkpoints"] > 0

@@ -181,24 +181,14 @@ def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model
     import subprocess
     import sys
 
-    from sira.cli.main import main
-    from sira.core.config import reset_settings
+    from tests.conftest import cli_in_process
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)})
 
     def sira(*args: str, role: str = "operator") -> subprocess.CompletedProcess:
         """In this process (refusals need no process of their own); the run that works below has one."""
-        for key, value in {**env, "SIRA_API_KEY": fraud_model.keys[role]}.items():
-            if key.startswith("SIRA_"):
-                monkeypatch.setenv(key, value)
-        reset_settings()
-        try:
-            code = main(list(args))
-        finally:
-            reset_settings()
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
+        return cli_in_process(monkeypatch, capsys, {**env, "SIRA_API_KEY": fraud_model.keys[role]}, *args)
 
     cases = [
         (("drift", "--model", "nope"), "error: not_found: unknown model 'nope'"),

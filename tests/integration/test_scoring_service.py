@@ -625,18 +625,14 @@ async def test_staleness_is_judged_at_the_events_time(served, fraud_model):
     assert "customer" in dormant["flags"]["stale_entities"]  # nothing for 40 days: more than the 1-day TTL
 
 
-def test_sira_stage_needs_a_role_and_refuses_an_illegal_transition(fraud_model):
-    import os
-    import subprocess
-    import sys
+def test_sira_stage_needs_a_role_and_refuses_an_illegal_transition(fraud_model, monkeypatch, capsys):
+    from tests.conftest import cli_in_process
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
-    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)})
+    env = {"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace)}
 
     def stage(role: str):
-        return subprocess.run([sys.executable, "-m", "sira", "stage", "--model", "fraud", "--version", "1"],
-                              env={**env, "SIRA_API_KEY": fraud_model.keys[role]}, capture_output=True, text=True,
-                              timeout=120)
+        return cli_in_process(monkeypatch, capsys, {**env, "SIRA_API_KEY": fraud_model.keys[role]},
+                              "stage", "--model", "fraud", "--version", "1")
 
     done = stage("viewer")
     assert done.returncode == 2 and done.stderr.startswith("error: forbidden:")

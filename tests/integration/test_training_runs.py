@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -133,11 +131,11 @@ def test_artifacts_on_s3_are_kms_encrypted_and_verified(tmp_path):
         (["--label", "is_fraud", "--time-col", "when"], "error: invalid_input: time column when is not in the table"),
     ],
 )
-def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args, message):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SIRA_")},
-           "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "sira", "train", "--model", "x", "--data",
-                           str(byo_table / "tx.parquet"), *args], env=env, capture_output=True, text=True, timeout=120)
+def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args, message, monkeypatch, capsys):
+    from tests.conftest import cli_in_process
+
+    done = cli_in_process(monkeypatch, capsys, {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)},
+                          "train", "--model", "x", "--data", str(byo_table / "tx.parquet"), *args)
     assert done.returncode == 2 and done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(message)
