@@ -159,8 +159,8 @@ def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[Row | None]:
     n = table.num_rows
     values: dict[str, list[Any]] = {name: _scrubbed_ids(table, name, redactor) for name in IDS}
     values.update({column: _each_distinct(table, name, lambda v, name=name: redactor.field(name, v)[1])
-                   for name, column in TOKENS.items()})  # card_number's token goes in card_token...
-    values["card_token"] = [given if given is not None else pan  # ...unless a card token was given
+                   for name, column in TOKENS.items()})  # card_number's token keys the card...
+    values["card_token"] = [pan if pan is not None else given  # ...else the card token sent, scrubbed
                             for given, pan in zip(_scrubbed_ids(table, "card_token", redactor), values["card_token"])]
     micros = pc.cast(pc.cast(table.column("occurred_at"), pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
     values["occurred_at"] = [_EPOCH + timedelta(microseconds=us) for us in micros.tolist()]

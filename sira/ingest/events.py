@@ -250,12 +250,11 @@ def event_row(
     if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
         return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
                          "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw))
+    given_card = row["card_token"]  # a card token as sent, scrubbed: a card number sent in it is tokenised
     for name, column in _TOKEN_COLUMNS.items():
         row[column] = redactor.field(name, data[name])[1]
-    if data["card_token"] is not None and row["card_token"] is None:
-        row["card_token"] = data["card_token"]
-    if row["card_token"] is None and data["card_number"] is not None:
-        row["card_token"] = redactor.field("card_number", data["card_number"])[1]
+    if row["card_token"] is None:  # the card number's token keys the card when both are sent
+        row["card_token"] = given_card
     row["device_id"] = redactor.field("device_id", data["device_id"])[1]
     row.update(
         event_type=data["event_type"], occurred_at=data["occurred_at"], amount=data["amount"],

@@ -36,6 +36,7 @@ VALID = {
     "amount": st.one_of(st.none(), st.floats(0, 1e15), st.sampled_from([0.0, -0.0, 12.5, 1e15])),
     "customer_id": st.one_of(st.none(), ids), "card_number": st.sampled_from(
         [None, "4111111111111111", "5500 0000 0000 0004", "tok_pan_0123456789abcdef01234567", "12"]),
+    "card_token": st.sampled_from([None, None, "ct-1", "4111 1111 1111 1111", "Jean Dupont", "tok_pan_0123456789abcdef01234567"]),
     "terminal_id": st.one_of(st.none(), ids), "merchant_id": st.one_of(st.none(), ids),
     "email": st.sampled_from([None, "a@b.io", "X.Y@EXAMPLE.COM"]), "phone": st.sampled_from([None, "+221771234567"]),
     "ip_address": st.sampled_from([None, "10.0.0.1", "::1", "999.1.1.1"]),

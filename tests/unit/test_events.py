@@ -38,6 +38,17 @@ def test_pii_fields_become_tokens_and_unknown_pii_is_scrubbed():
     assert "4111" not in row["attributes"]["note"] and row["attributes"]["mcc"] == 5411
 
 
+def test_a_card_number_sent_as_the_card_token_is_tokenised_and_the_card_numbers_token_keys_the_card():
+    """A source that puts the card number in card_token: it was stored as sent (the card's token is the scrubbed
+    value sent, never the raw one); when both are sent, the card number's token keys the card."""
+    sent = normalize({**BASE, "card_token": "4111 1111 1111 1111"}, R, "t")
+    assert sent["card_token"].startswith("tok_pan_") and "4111" not in sent["card_token"]
+    assert normalize({**BASE, "card_token": "Jean Dupont"}, R, "t")["card_token"].startswith("tok_text_")
+    assert normalize({**BASE, "card_token": "ct-1"}, R, "t")["card_token"] == "ct-1"  # a processor's token: kept
+    both = normalize({**BASE, "card_token": "ct-1", "card_number": "4111111111111111"}, R, "t")
+    assert both["card_token"] == normalize({**BASE, "card_number": "4111111111111111"}, R, "t")["card_token"]
+
+
 @pytest.mark.parametrize(
     "change, code, field",
     [
