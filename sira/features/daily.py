@@ -69,7 +69,7 @@ def replay_days(state, starts, start_of, segments, ts, orders, amounts, values, 
     as_of = np.empty(marks, dtype=np.int64)
     newest = np.empty(marks, dtype=np.int64)
     offsets = np.zeros(marks + 1, dtype=np.int64)
-    data = np.empty(max(1024, marks * 256), dtype=np.uint8)
+    data = np.empty(max(1024, marks * 64), dtype=np.uint8)  # grown by doubling
     keep = np.zeros(state.shape[0], dtype=np.bool_)
     out = np.empty(ops.shape[0])
     for s in range(segments.size - 1):

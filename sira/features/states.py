@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from sira.core import db
 from sira.features.columns import read_events, read_labels
@@ -115,19 +116,22 @@ async def notify_states(conn: Connection, fs: FeatureSet, entity: str, changes: 
                            payload if len(payload.encode()) < 7_900 else everything)
 
 
-async def write_checkpoints(conn: Connection, fs: FeatureSet, entity: str, marks: Checkpoints, keep: np.ndarray,
-                            *, replace_from: datetime, entities: Collection[str] | None) -> int:
-    """Replace the checkpoints as of ``replace_from`` and later of ``entities`` (None: every entity of the
-    type, a rebuild) with ``marks`` (those ``keep`` selects). A refold of more of the log marks every day the older one did, so nothing else is lost. The
-    rows go in by one binary ``COPY``."""
-    chosen = np.flatnonzero(keep)
-    ids = [marks.keys[e] for e in marks.entity[chosen].tolist()]
+async def clear_checkpoints(conn: Connection, fs: FeatureSet, entity: str, since: datetime,
+                            entities: Collection[str] | None) -> None:
+    """Delete the checkpoints as of ``since`` and later of ``entities`` (None: every entity of the type, a
+    rebuild): what a refold from ``since`` writes again."""
     await conn.execute(
         "DELETE FROM sira_state_checkpoints WHERE feature_set = $1 AND feature_set_version = $2 AND entity_type = $3"
         " AND as_of >= $4 AND ($5 OR entity_id = ANY($6::text[]))",
-        fs.name, fs.version, entity, replace_from, entities is None, sorted(entities or ()))
+        fs.name, fs.version, entity, since, entities is None, sorted(entities or ()))
+
+
+async def copy_checkpoints(conn: Connection, fs: FeatureSet, entity: str, marks: Checkpoints, keep: np.ndarray) -> int:
+    """Write ``marks`` (those ``keep`` selects) by one binary ``COPY`` (after :func:`clear_checkpoints`)."""
+    chosen = np.flatnonzero(keep)
     if not chosen.size:
         return 0
+    ids = [marks.keys[e] for e in marks.entity[chosen].tolist()]
     days = {int(t): from_us(int(t)) for t in np.unique(marks.as_of[chosen]).tolist()}
     await conn.execute("SELECT sira_ensure_month_partitions('sira_state_checkpoints', $1, $2)", min(days.values()),
                        max(days.values()))
@@ -292,35 +296,64 @@ async def _log_marks(conn: Connection) -> dict[str, int]:
     return {"events": row["events"], "labels": row["labels"]} if row else {"events": 0, "labels": 0}
 
 
+CHUNK_EVENTS = 2_000_000  # events read and replayed at once (whole days): bounds a rebuild's memory on a large log
+
+
 async def _fold_range(conn: Connection, engine: Engine, first: datetime, last: datetime,
                       packed: dict[str, dict[str, bytes]], keys: dict[str, Sequence[str]] | None, checkpoints: bool,
                       result: Rebuilt) -> dict[str, dict[str, bytes]]:
     """Fold the log from UTC midnight ``first`` on (``last``: the last day it holds) into ``packed`` (entity ->
     key -> starting state; updated and returned), writing the checkpoints of every day that changed an entity:
-    one read of the range and one replay per entity (:meth:`Engine.checkpoints`). ``keys`` (key column -> ids):
-    only those entities are read, folded and kept (another entity an event names is folded from what it
-    holds and dropped); None: every entity."""
+    the range read in spans of whole days of at most ~:data:`CHUNK_EVENTS` events, each entity replayed once per
+    span (:meth:`Engine.checkpoints`) from its state at the span's first midnight. ``keys`` (key column -> ids):
+    only those entities are read, folded and kept (another entity an event names is folded from what it holds
+    and dropped); None: every entity."""
     fs = engine.fs
-    end = datetime.max.replace(tzinfo=timezone.utc)
-    events = await read_events(conn, engine, first, end, keys)
-    labels = await read_labels(conn, engine, first, end, keys)
-    result.events += len(events)
-    result.labels += len(labels)
-    result.days += (last - first) // DAY + 1
     wanted = None if keys is None else {spec.entity: set(keys[spec.key_column]) for spec in fs.entities}
-    start = {entity: {k: engine.decode(entity, v) for k, v in states.items()} for entity, states in packed.items()}
-    for entity, marks in engine.checkpoints(events, labels, start).items():
-        keep = np.ones(len(marks), dtype=bool) if wanted is None else \
-            np.isin(np.array(marks.keys, dtype=object)[marks.entity], list(wanted[entity]))
-        if checkpoints:
-            result.checkpoints += await write_checkpoints(conn, fs, entity, marks, keep, replace_from=first + DAY,
-                                                          entities=None if wanted is None else wanted[entity])
-        for m in marks.last():
-            if keep[m]:
-                key = marks.keys[marks.entity[m]]
-                packed[entity][key] = marks.state(m)
-                result.newest[(entity, key)] = int(marks.newest[m])
+    if checkpoints:  # what the refold writes again (a longer log marks every day a shorter one did)
+        for spec in fs.entities:
+            await clear_checkpoints(conn, fs, spec.entity, first + DAY, None if wanted is None else wanted[spec.entity])
+    result.days += (last - first) // DAY + 1
+    for lo, hi in await _spans(conn, first):
+        events = await read_events(conn, engine, lo, hi, keys)
+        labels = await read_labels(conn, engine, lo, hi, keys)
+        result.events += len(events)
+        result.labels += len(labels)
+        start = {}
+        for spec in fs.entities:  # the states the span's events and labels need, decoded
+            found: set[str] = set()
+            for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column)):
+                if values is not None:
+                    found.update(v for v in pc.unique(values).to_pylist() if v is not None)
+            start[spec.entity] = {k: engine.decode(spec.entity, packed[spec.entity][k]) for k in found
+                                  if k in packed[spec.entity]}
+        for entity, marks in engine.checkpoints(events, labels, start).items():
+            keep = np.ones(len(marks), dtype=bool) if wanted is None else \
+                np.isin(np.array(marks.keys, dtype=object)[marks.entity], list(wanted[entity]))
+            if checkpoints:
+                result.checkpoints += await copy_checkpoints(conn, fs, entity, marks, keep)
+            for m in marks.last():
+                if keep[m]:
+                    key = marks.keys[marks.entity[m]]
+                    packed[entity][key] = marks.state(m)
+                    result.newest[(entity, key)] = int(marks.newest[m])
     return packed
+
+
+async def _spans(conn: Connection, first: datetime) -> list[tuple[datetime, datetime]]:
+    """Spans of whole UTC days from ``first`` to the end of time, each holding at most ~:data:`CHUNK_EVENTS`
+    events (one day more when a day alone holds more); the last is open-ended (labels known later)."""
+    days = await conn.fetch(
+        "SELECT date_trunc('day', occurred_at, 'UTC') AS day, count(*) AS n FROM sira_events"
+        " WHERE occurred_at >= $1 GROUP BY 1 ORDER BY 1", first)
+    cuts, held = [], 0
+    for row in days:
+        if held and held + row["n"] > CHUNK_EVENTS:
+            cuts.append(row["day"])
+            held = 0
+        held += row["n"]
+    bounds = [first, *cuts, datetime.max.replace(tzinfo=timezone.utc)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, bytes]],

@@ -162,6 +162,23 @@ async def test_each_checkpoint_is_the_state_of_every_event_and_label_before_its_
             assert ENGINE.features_at(entity, read, t) == ENGINE.features_at(entity, state, t), (entity, key, t)
 
 
+async def test_a_log_folded_in_spans_of_days_gives_the_bytes_of_one_span(clean_db, monkeypatch):
+    """A large log is read and replayed a few days at a time (memory); each span starts from the states packed
+    at its first midnight, which is what the one-span replay continues from too: the same bytes."""
+    import sira.features.states as states
+
+    events = payments(n=300, seed=53, days=9)
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events, positives(events))
+        await rebuild(conn, PAYMENTS_V2)
+        whole = await stored_states(conn)
+        monkeypatch.setattr(states, "CHUNK_EVENTS", 45)  # ~1.4 days a span
+        assert len(await states._spans(conn, day_of(T0))) >= 5
+        await conn.execute("TRUNCATE sira_entity_states, sira_state_checkpoints, sira_job_watermarks")
+        spans = await rebuild(conn, PAYMENTS_V2)
+        assert await stored_states(conn) == whole and spans.events == len(events)
+
+
 async def test_online_folds_of_new_and_late_events_end_where_the_whole_log_does(clean_db):
     events = sorted(payments(seed=11), key=lambda e: e["occurred_at"])
     rnd = random.Random(5)
