@@ -367,13 +367,13 @@ def _json_records(batch: pa.Table) -> tuple[list[dict[str, Any]], list[Rejection
     return records, broken
 
 
-def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str,
-                file_format: str) -> dict[str, np.ndarray]:
-    """Ray Data task: store one batch of file rows in the driver's database; returns its counts as one row."""
+def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, file_format: str,
+                redactor: Redactor | None = None) -> dict[str, np.ndarray]:
+    """Ray Data task (or a step of an in-process load, given the caller's ``redactor``): store one batch of
+    file rows in the driver's database; returns its counts as one row."""
     from sira.core.config import Settings
 
-    settings = Settings()
-    redactor = redactor_for(settings)
+    redactor = redactor or redactor_for(Settings())  # a Ray worker's settings: the driver's (worker_env)
     scrubbed = redactor.scrub_text(source)
     if file_format == "parquet":  # typed columns: validated and redacted as columns where plainly valid
         results, broken = normalize_table(batch, redactor, scrubbed, mapping), []
@@ -505,8 +505,9 @@ def ingest_files(
         with ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
             counts = []
             for c in (
-                ({k: v[0] for k, v in _load_batch(t, **load).items()} for part in parts
-                 for t in read_part(part["path"], part["row_group"], files.format, batch_size)) if here else
+                ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
+                 for part in parts for t in read_part(part["path"], part["row_group"], files.format, batch_size))
+                if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
                 .map_batches(_read_parts, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size})

@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -72,6 +73,23 @@ async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_
     assert {k: v for k, v in counts.items() if k not in timings} == \
         {k: v for k, v in counts_here.items() if k not in timings}
     assert (counts["accepted"], counts["duplicates"], counts["rejected"]) == (table.num_rows, 25, 40)
+
+
+async def test_an_in_process_load_tokenises_with_the_settings_it_was_given(clean_db, settings, tmp_path):
+    """The settings handed to ingest_files, not the process's environment, key the tokens of a load run in this
+    process (a Ray load hands them to its workers)."""
+    from pydantic import SecretStr
+
+    from sira.ingest.pii import Redactor
+
+    own = settings.model_copy(update={"pii_key": SecretStr("a-key-of-this-load-only-0123456789")})
+    at = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    pq.write_table(pa.Table.from_pylist([{"event_id": "k-1", "occurred_at": at, "amount": 5.0,
+                                          "card_number": "4111111111111111"}]), tmp_path / "one.parquet")
+    await ingest_files(own, [tmp_path / "one.parquet"], feature_sets=[], progress=False)
+    stored = await clean_db.fetchval("SELECT card_token FROM sira_events WHERE event_id = 'k-1'")
+    assert stored == Redactor.from_secret("a-key-of-this-load-only-0123456789").token("pan", "4111111111111111")
+    assert stored != Redactor.from_secret(settings.secret("pii_key")).token("pan", "4111111111111111")
 
 
 def write_csv(path, rows):

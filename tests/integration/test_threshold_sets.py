@@ -177,3 +177,24 @@ async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_mo
     history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version)
     assert history["active"] != asked["set"]
     assert next(s for s in history["sets"] if s["id"] == asked["set"])["status"] == "rejected"
+
+
+async def test_a_pending_change_of_a_version_that_leaves_service_is_cancelled(fraud_model, model):
+    """Archived (or rejected) while a change waits: the change is cancelled (decide_change could only refuse
+    it), so the approvals queue does not offer it for good. Rolled back: the module's version stays."""
+    conn = await db.connect(fraud_model.dsn)
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        version = (await threshold_sets.history(conn, ANALYST, model, 1))["version"]
+        asked = await threshold_sets.request_change(conn, SCIENTIST, model, version, review=0.3, block=0.8,
+                                                    reason="before the archive")
+        assert [c["set_id"] for c in (await approvals(conn, APPROVERS[0]))["threshold_changes"]] == [asked["set"]]
+        await conn.execute("UPDATE sira_model_versions v SET status = 'archived' FROM sira_models m"
+                           " WHERE m.id = v.model_id AND m.name = $1 AND v.version = $2", model, version)
+        row = await conn.fetchrow("SELECT status, decided_at FROM sira_threshold_sets WHERE id = $1", asked["set"])
+        assert row["status"] == "cancelled" and row["decided_at"] is not None
+        assert (await approvals(conn, APPROVERS[0]))["threshold_changes"] == []
+    finally:
+        await tr.rollback()
+        await conn.close()

@@ -56,10 +56,16 @@ describe("a threshold change waiting for approval", () => {
 });
 
 describe("asking for new thresholds", () => {
-  it("is disabled, with the reason, for a role that may not ask", () => {
-    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" current={{ review: 0.5, block: 0.9 }} onDone={vi.fn()} />, viewer);
+  it("is disabled, with the reason, for a role that may not ask and for a version that can no longer change", () => {
+    const { unmount } = renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" status="production"
+                                                   current={{ review: 0.5, block: 0.9 }} onDone={vi.fn()} />, viewer);
     expect(screen.getByRole("button", { name: "Ask for approval" })).toBeDisabled();
     expect(screen.getByText("Asking for new thresholds needs the data scientist role.")).toBeInTheDocument();
+    unmount();
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" status="archived" current={{ review: 0.5, block: 0.9 }}
+                               onDone={vi.fn()} />, scientist);
+    expect(screen.getByRole("button", { name: "Ask for approval" })).toBeDisabled();
+    expect(screen.getByText("This version is archived: its thresholds no longer change.")).toBeInTheDocument();
   });
 
   it("posts the values and the reason, and says the request waits for approvals", async () => {
@@ -67,7 +73,8 @@ describe("asking for new thresholds", () => {
                                                          { status: 201, headers: { "Content-Type": "application/json" } }));
     vi.stubGlobal("fetch", fetch);
     const onDone = vi.fn();
-    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" current={{ review: 0.5, block: 0.9 }} onDone={onDone} />, scientist);
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" status="production" current={{ review: 0.5, block: 0.9 }}
+                               onDone={onDone} />, scientist);
     const review = screen.getByLabelText("Review from");
     await userEvent.clear(review);
     await userEvent.type(review, "0.4");

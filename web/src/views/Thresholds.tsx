@@ -43,9 +43,18 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
 
 /** A request for new thresholds (POST .../versions/{v}/thresholds): pending the model's approvals, with the
  * what-if at the new values stored as the approvers' evidence. */
-export function ThresholdRequest({ path, current, onDone }: { path: string; current: Record<string, number>; onDone: () => void }) {
+const CHANGEABLE = ["validated", "staging", "production"];  // sira.registry.thresholds.CHANGEABLE
+
+export function ThresholdRequest({ path, status, current, onDone }: {
+  path: string;
+  status: string;
+  current: Record<string, number>;
+  onDone: () => void;
+}) {
   const me = useMe();
-  const allowed = me.may["promotion.request"] === true;
+  const why = me.may["promotion.request"] !== true ? "Asking for new thresholds needs the data scientist role."
+    : !CHANGEABLE.includes(status) ? `This version is ${status}: its thresholds no longer change.` : null;
+  const allowed = why === null;
   const [review, setReview] = useState<number | string>(current.review ?? "");
   const [block, setBlock] = useState<number | string>(current.block ?? "");
   const [reason, setReason] = useState("");
@@ -73,14 +82,18 @@ export function ThresholdRequest({ path, current, onDone }: { path: string; curr
   const disabled = !allowed || busy || done !== null;
   return (
     <Stack gap="xs" component="form" aria-label="Ask for new thresholds" onSubmit={(e) => { e.preventDefault(); submit(); }}>
-      {!allowed && <Text size="sm" c="gray.7" data-field="why-not">Asking for new thresholds needs the data scientist role.</Text>}
+      {why && <Text size="sm" c="gray.7" data-field="why-not">{why}</Text>}
       <Group grow>
         <NumberInput label="Review from" min={0} max={1} step={0.01} decimalScale={4} value={review} onChange={setReview} disabled={disabled} />
         <NumberInput label="Block from" min={0} max={1} step={0.01} decimalScale={4} value={block} onChange={setBlock} disabled={disabled} />
       </Group>
       <Textarea label="Reason" value={reason} onChange={(e) => setReason(e.currentTarget.value)} maxLength={2000} rows={2}
                 disabled={disabled} required />
-      <Group><Button type="submit" disabled={disabled || reason.trim() === ""} loading={busy}>Ask for approval</Button></Group>
+      <Group>
+        <Button type="submit" disabled={disabled || reason.trim() === "" || review === "" || block === ""} loading={busy}>
+          Ask for approval
+        </Button>
+      </Group>
       {done && <Alert color="green" role="status">{done}</Alert>}
       {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
     </Stack>
@@ -114,7 +127,12 @@ export function ThresholdHistory({ sets }: { sets: ThresholdSets }) {
 }
 
 /** A version's thresholds as a governed history, what other values would have done, and a request for new ones. */
-export function ThresholdsPanel({ model, version, current }: { model: string; version: number; current: Record<string, number> }) {
+export function ThresholdsPanel({ model, version, status, current }: {
+  model: string;
+  version: number;
+  status: string;
+  current: Record<string, number>;
+}) {
   const path = `/v1/models/${encodeURIComponent(model)}/versions/${version}`;
   const sets = useApi<ThresholdSets>(`${path}/thresholds`);
   const [asked, setAsked] = useState(false);  // on demand: it reads and sorts the labelled window's answers
@@ -131,7 +149,7 @@ export function ThresholdsPanel({ model, version, current }: { model: string; ve
           : <Failure error={whatIf.error} what="the what-if" />)
         : asked && whatIf.data && <WhatIfChart whatIf={whatIf.data} />}
       <Title order={3}>Ask for new thresholds</Title>
-      <ThresholdRequest path={path} current={current} onDone={sets.reload} />
+      <ThresholdRequest path={path} status={status} current={current} onDone={sets.reload} />
     </Stack>
   );
 }

@@ -141,7 +141,7 @@ export function VersionView() {
           <Reliability metrics={test} />
         </Stack>
       </SimpleGrid>
-      <ThresholdsPanel model={d.model_name} version={d.version} current={d.thresholds} />
+      <ThresholdsPanel model={d.model_name} version={d.version} status={d.status} current={d.thresholds} />
       <Title order={3}>Feature importance (mean |SHAP| on validation rows)</Title>
       {insights.error ? <Failure error={insights.error} what="the importance and lineage" /> : <Importance importance={insights.data?.importance ?? []} />}
       <Segments metrics={test} />
