@@ -44,6 +44,8 @@ def pii_events(prefix):
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
         })
+        if i % 5 == 0:  # a source that sends the card number as its card token
+            out[-1]["card_token"] = out[-1].pop("card_number")
     out.append({"event_id": f"{prefix}-bad", "email": EMAILS[0], "card_number": PANS[2], "amount": "n/a",
                 "phone": PHONES[0]})  # rejected: its payload is stored, redacted
     return out
