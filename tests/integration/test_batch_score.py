@@ -156,16 +156,16 @@ def test_no_free_cpu_for_a_scoring_actor_is_a_clear_error_not_a_hang(fraud_model
         ray.kill(holder)
 
 
-def _cli(fraud_model, *args: str, role: str = "data_scientist") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
-    env.update({"SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace),
-                "SIRA_API_KEY": fraud_model.keys[role]})
-    return subprocess.run([sys.executable, "-m", "sira", "score", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.slow
-def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history):
+def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history, monkeypatch, capsys):
+    from tests.conftest import cli_in_process
+
+    def _cli(fraud_model, *args: str, role: str = "data_scientist") -> subprocess.CompletedProcess:
+        """`sira score` in this process: each refusal comes before any scoring (no process of its own needed)."""
+        return cli_in_process(monkeypatch, capsys, {
+            "SIRA_DATABASE_URL": fraud_model.dsn, "SIRA_WORKSPACE": str(fraud_model.settings.workspace),
+            "SIRA_API_KEY": fraud_model.keys[role]}, "score", *args)
+
     _, _, _, scored_events = history
     empty = tmp_path / "empty.parquet"
     pq.write_table(pq.read_table(scored_events).slice(0, 0), empty)

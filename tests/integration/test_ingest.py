@@ -241,7 +241,7 @@ async def test_header_only_csv_is_a_clear_input_error(clean_db, settings, tmp_pa
 
 
 @pytest.mark.slow
-async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings, tmp_path):
+async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings, tmp_path, monkeypatch, capsys):
     """`sira ingest` acts as the key's owner, and the audit log says so (it resolved the key and then threw
     the identity away); before any key exists, the local user. File names are scrubbed as sources are."""
     from sira.core import db
@@ -257,11 +257,12 @@ async def test_a_file_load_records_who_loaded_it(clean_db, ray_session, settings
         admin = Identity("root", frozenset({"admin"}), "api_key")
         key, _ = await create_key(conn, name="loader-svc", roles=["service"], pepper=pepper, creator=admin)
     write_csv(tmp_path / "more.csv", handbook_rows(8))
-    env = {**os.environ, "SIRA_DATABASE_URL": settings.database_url.get_secret_value(),
-           "SIRA_WORKSPACE": str(settings.workspace), "SIRA_API_KEY": key}
+    from tests.conftest import cli_in_process
+
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_API_KEY": key}
     args = ["ingest", str(tmp_path / "more.csv"), "--json", "--map", ",".join(f"{k}={v}" for k, v in HANDBOOK_MAP.items())]
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", *args], env=env,
-                                   capture_output=True, text=True, timeout=300)
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, *args)  # the command, in this process
     assert done.returncode == 0, done.stderr
     rows = await clean_db.fetch("SELECT actor, actor_kind, target_id, details FROM sira_audit_log "
                                 "WHERE action = 'events.ingest' ORDER BY id")
