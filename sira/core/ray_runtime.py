@@ -214,7 +214,6 @@ def task_cause(exc: BaseException) -> BaseException:
     return inner if isinstance(inner, BaseException) else exc
 
 
-
 def metrics_url() -> str | None:
     """This node's Prometheus endpoint (Ray's metrics agent), where SIRA's metrics are exported with Ray's
     prefix (``ray_sira_*``); None before Ray is started here."""

@@ -115,4 +115,5 @@ def day_marks(codes: np.ndarray, ts: np.ndarray, label_codes: np.ndarray, label_
     pairs = np.concatenate([codes * (1 << 24) + ts // DAY_US, label_codes * (1 << 24) + label_known // DAY_US])
     return int(np.unique(pairs).size)
 
+
 __all__ = ["Checkpoints", "day_marks", "replay_days"]

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ from sira.features.hashing import MISSING
 from sira.features.store import to_us
 from sira.features.tiles import US, Layout
 
+T = TypeVar("T")
 PARALLEL_FROM = 20_000  # events: below this, a thread per entity type costs more than it saves
 
 
@@ -253,18 +254,23 @@ class Engine:
         labels = labels or Labels.none()
         out = np.full((len(events), len(self.names)), np.nan)
         tiles._event_rows(events.ts, events.amount, self.event_codes, *self.fs.night_hours, out)
-        orders = hashing.hash_strings(_strings(events.event_id.tolist()))  # ties in time: by the id's hash
-        hashed = {c: hashing.hash_strings(events.columns[c]) for c in self.categorical}
+        orders, hashed = self._hashes(events)
+        return out, self._each_type(len(events), lambda entity: self._build_entity(
+            entity, events, labels, (start or {}).get(entity, {}), out, orders, hashed, finals))
 
-        def one(entity: str) -> dict[str, np.ndarray]:
-            return self._build_entity(entity, events, labels, (start or {}).get(entity, {}), out, orders, hashed,
-                                      finals)
+    def _hashes(self, events: EventColumns) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The events' order among ties in time (their ids' hashes) and their categorical values' hashes."""
+        return (hashing.hash_strings(_strings(events.event_id.tolist())),
+                {c: hashing.hash_strings(events.columns[c]) for c in self.categorical})
 
+    def _each_type(self, n_events: int, one: Callable[[str], T]) -> dict[str, T]:
+        """``one(entity)`` for each entity type: a thread each when the events are many (the compiled replays
+        release the GIL), else one after another."""
         entities = [spec.entity for spec in self.fs.entities]
-        if len(events) < PARALLEL_FROM:
-            return out, {entity: one(entity) for entity in entities}
-        with ThreadPoolExecutor(max_workers=min(len(entities), os.cpu_count() or 1)) as pool:  # the replay
-            return out, dict(zip(entities, pool.map(one, entities)))  # releases the GIL: one thread per type
+        if n_events < PARALLEL_FROM:
+            return {entity: one(entity) for entity in entities}
+        with ThreadPoolExecutor(max_workers=min(len(entities), os.cpu_count() or 1)) as pool:
+            return dict(zip(entities, pool.map(one, entities)))
 
     def _build_entity(self, entity: str, events: EventColumns, labels: Labels, start: Mapping[str, np.ndarray],
                       out: np.ndarray, orders: np.ndarray, hashed: dict[str, np.ndarray], finals: bool,
@@ -278,8 +284,7 @@ class Engine:
         late = tiles._replay(states, seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts,
                              seg.values, seg.label_segments, seg.label_ts, seg.label_known, layout.rings,
                              layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
-        if late:
-            raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
+        _refuse_late(late, entity)
         out[seg.rows, self.slices[entity]] = part
         return dict(zip(seg.entity_ids, states)) if finals else {}
 
@@ -289,8 +294,7 @@ class Engine:
         (its events and the labels known that day), folding from ``start`` as :meth:`build` does, in one
         replay per entity (:mod:`sira.features.daily`); no vectors."""
         labels = labels or Labels.none()
-        orders = hashing.hash_strings(_strings(events.event_id.tolist()))
-        hashed = {c: hashing.hash_strings(events.columns[c]) for c in self.categorical}
+        orders, hashed = self._hashes(events)
 
         def one(entity: str) -> Checkpoints:
             layout = self.layouts[entity]
@@ -300,20 +304,20 @@ class Engine:
                 layout.empty(), seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts, seg.values,
                 seg.label_segments, seg.label_ts, seg.label_known, layout.rings, layout.windows, layout.maps,
                 layout.ops, layout.risk, layout.risk_windows, widths, bases, row_rings, seg.day_marks())
-            if late:
-                raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
+            _refuse_late(late, entity)
             return Checkpoints(seg.entity_ids, owner[:m], as_of[:m], newest[:m], data, offsets[:m + 1])
 
-        entities = [spec.entity for spec in self.fs.entities]
-        if len(events) < PARALLEL_FROM:
-            return {entity: one(entity) for entity in entities}
-        with ThreadPoolExecutor(max_workers=min(len(entities), os.cpu_count() or 1)) as pool:
-            return dict(zip(entities, pool.map(one, entities)))
+        return self._each_type(len(events), one)
 
     @property
     def horizon_us(self) -> int:
         """How far before a window the events must be read for its vectors to be exact."""
         return max(layout.horizon_us for layout in self.layouts.values())
+
+
+def _refuse_late(late: int, entity: str) -> None:
+    if late:
+        raise ValueError(f"{late} {entity} event(s) older than their starting state (a checkpoint after them)")
 
 
 @functools.lru_cache(maxsize=8)

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from sira.core import db
 from sira.features.columns import read_events, read_labels
@@ -319,14 +318,7 @@ async def _fold_range(conn: Connection, engine: Engine, first: datetime, last: d
         labels = await read_labels(conn, engine, lo, hi, keys)
         result.events += len(events)
         result.labels += len(labels)
-        start = {}
-        for spec in fs.entities:  # the states the span's events and labels need, decoded
-            found: set[str] = set()
-            for values in (events.columns[spec.key_column], labels.keys.get(spec.key_column)):
-                if values is not None:
-                    found.update(v for v in pc.unique(values).to_pylist() if v is not None)
-            start[spec.entity] = {k: engine.decode(spec.entity, packed[spec.entity][k]) for k in found
-                                  if k in packed[spec.entity]}
+        start = {entity: _Unpacked(engine, entity, held) for entity, held in packed.items()}
         for entity, marks in engine.checkpoints(events, labels, start).items():
             keep = np.ones(len(marks), dtype=bool) if wanted is None else \
                 np.isin(np.array(marks.keys, dtype=object)[marks.entity], list(wanted[entity]))
@@ -338,6 +330,25 @@ async def _fold_range(conn: Connection, engine: Engine, first: datetime, last: d
                     packed[entity][key] = marks.state(m)
                     result.newest[(entity, key)] = int(marks.newest[m])
     return packed
+
+
+class _Unpacked(Mapping[str, np.ndarray]):
+    """Packed states read as dense ones when a replay asks for one (only the entities a span names are)."""
+
+    def __init__(self, engine: Engine, entity: str, packed: Mapping[str, bytes]) -> None:
+        self.engine, self.entity, self.packed = engine, entity, packed
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.engine.decode(self.entity, self.packed[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.packed)
+
+    def __len__(self) -> int:
+        return len(self.packed)
 
 
 async def _spans(conn: Connection, first: datetime) -> list[tuple[datetime, datetime]]:

@@ -31,8 +31,8 @@ from sira.core.files import decode_json_line, find_files, read_part, read_parts,
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
-from sira.ingest.columnar import Row, normalize_table
-from sira.ingest.events import EVENT_COLUMNS, Rejection, check_columns, check_sample_types, normalize
+from sira.ingest.columnar import normalize_table
+from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, check_columns, check_sample_types, normalize, stored_row
 from sira.ingest.pii import Redactor
 
 FEATURE_SHARDS = 8
@@ -160,8 +160,8 @@ async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, An
     """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
-    records = [tuple(r[c] for c in EVENT_COLUMNS) for r in rows]
-    return {r["event_id"] for r in await conn.fetch(await _staged_insert(conn, records) + " RETURNING event_id")}
+    staged = await _staged_insert(conn, [stored_row(r) for r in rows])
+    return {r["event_id"] for r in await conn.fetch(staged + " RETURNING event_id")}
 
 
 async def count_inserted(conn: asyncpg.Connection, records: Sequence[Row]) -> int:
@@ -381,7 +381,7 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
         records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
         normalized = (normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
                       for raw in records)
-        results = [r if isinstance(r, Rejection) else tuple(r[c] for c in EVENT_COLUMNS) for r in normalized]
+        results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
 
     async def run() -> IngestSummary:
         conn = await db.connect(dsn)

@@ -30,7 +30,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sira.ingest.events import ENTITY_KEYS, EVENT_COLUMNS, MAX_EVENT_ID, Rejection, max_string_length, normalize
+from sira.ingest.events import (
+    ENTITY_KEYS,
+    EVENT_COLUMNS,
+    MAX_EVENT_ID,
+    Rejection,
+    Row,
+    max_string_length,
+    normalize,
+    stored_row,
+)
 from sira.ingest.pii import Redactor
 
 # field -> longest value EventIn accepts (before the global max_string_length)
@@ -48,7 +57,6 @@ PRINTABLE = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, no 
 MAYBE_PII = r"@|:|\+[0-9]|[0-9]\.[0-9]|(?:[0-9][ -]?){12}[0-9]"
 FREE_TEXT = r"[A-Za-z]{2}\.? +[A-Za-z]"
 SHAPES = {"currency": r"^[A-Za-z]{3}$", "country": r"^[A-Za-z]{2}$", "event_type": r"^(?:payment|usage)$"}
-Row = tuple[Any, ...]  # a sira_events row in EVENT_COLUMNS order
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FIRST, _LAST = datetime(1990, 1, 1, tzinfo=timezone.utc), datetime(2201, 1, 1, tzinfo=timezone.utc)
 
@@ -67,7 +75,7 @@ def normalize_table(table: pa.Table, redactor: Redactor, source: str, mapping: M
     other = np.flatnonzero([value is None for value in out])
     for i, raw in zip(other.tolist(), table.take(pa.array(other, type=pa.int64())).to_pylist()):
         result = normalize(raw, redactor, source, mapping)
-        out[i] = result if isinstance(result, Rejection) else tuple(result[c] for c in EVENT_COLUMNS)
+        out[i] = result if isinstance(result, Rejection) else stored_row(result)
     return cast(list[Row | Rejection], out)
 
 

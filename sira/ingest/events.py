@@ -35,6 +35,14 @@ EVENT_COLUMNS = (
     "terminal_id", "device_id", "ip_token", "email_token", "phone_token", "amount", "currency", "country",
     "channel", "attributes",
 )
+Row = tuple[Any, ...]  # a sira_events row in EVENT_COLUMNS order (what the insert's COPY takes)
+
+
+def stored_row(row: Mapping[str, Any]) -> Row:
+    """A normalized event (:func:`normalize`'s dict) as the insert takes it."""
+    return tuple(row[c] for c in EVENT_COLUMNS)
+
+
 # Input field -> canonical column it becomes after redaction.
 _TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token"}
 _MAX_ATTRIBUTES = 64

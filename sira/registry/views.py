@@ -97,27 +97,25 @@ def why_not(identity: Identity, *, creator: str | None, requester: str, already:
 
 async def approval_queue(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
     """The pending promotion requests, oldest first, with the evidence and the caller's standing on each."""
-    authorize(identity, "models.read")
-    out = []
-    for row in await conn.fetch(_QUEUE):
-        item = jsonable(row)
-        item["may_decide_reason"] = why_not(identity, creator=row["created_by"], requester=row["requested_by"],
-                                            already=[d["approver"] for d in item["decisions"]])
-        item["may_decide"] = item["may_decide_reason"] is None
-        out.append(item)
-    return out
+    return await _queue(conn, identity, _QUEUE, "promotion")
 
 
 async def threshold_queue(conn: Connection, identity: Identity) -> list[dict[str, Any]]:
     """The pending threshold changes, oldest first: the thresholds asked for against those in force, the
     what-if evidence stored with the request, the decisions so far and the caller's standing (the rules
     :func:`sira.registry.thresholds.decide_change` enforces)."""
+    return await _queue(conn, identity, _THRESHOLD_QUEUE, "threshold change")
+
+
+async def _queue(conn: Connection, identity: Identity, query: str, what: str) -> list[dict[str, Any]]:
+    """Each pending row of ``query`` with whether ``identity`` may decide on it, and if not why (a promotion's
+    row names the version's creator, who may not approve it; a threshold change bars only its requester)."""
     authorize(identity, "models.read")
     out = []
-    for row in await conn.fetch(_THRESHOLD_QUEUE):
+    for row in await conn.fetch(query):
         item = jsonable(row)
-        item["may_decide_reason"] = why_not(identity, creator=None, requester=row["requested_by"],
-                                            already=[d["approver"] for d in item["decisions"]], what="threshold change")
+        item["may_decide_reason"] = why_not(identity, creator=item.get("created_by"), requester=row["requested_by"],
+                                            already=[d["approver"] for d in item["decisions"]], what=what)
         item["may_decide"] = item["may_decide_reason"] is None
         out.append(item)
     return out
