@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.dir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
 
-    def say(line: str) -> None:
-        print(line, flush=True)
+    printing = threading.Lock()
+
+    def say(line: str) -> None:  # the receiver's threads answer at once: one whole line each, never interleaved
+        with printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     receiver = printing_receiver(say)
     key_file = viewer_key(args, folder)
