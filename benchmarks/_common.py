@@ -165,23 +165,37 @@ def run(coro) -> None:
 
 
 async def drain(source: Any, n: int, on_batch: Any, *, pool: Any = None, settings: Any = None,
-                fs: Any = None) -> float:
+                fs: Any = None, limit_s: float | None = None) -> float:
     """Seconds to take ``n`` entries off a stream source: stored and folded into ``fs`` by SIRA's consumer, or
-    (``fs`` None: the baseline) only read and acknowledged; ``on_batch(entries, summary)`` sees each batch."""
+    (``fs`` None: the baseline) only read and acknowledged; ``on_batch(entries, summary)`` sees each batch.
+    Past ``limit_s`` the run stops with how many entries had arrived (a stalled broker or consumer ends the
+    benchmark with a reason instead of waiting forever)."""
     from sira.ingest.stream import consume
 
-    started = time.perf_counter()
-    if fs is not None:
-        await consume(source, pool, settings=settings, feature_sets=[fs], batch=500, block_ms=5, max_events=n,
-                      on_batch=on_batch)
-    else:
-        seen = 0
+    seen = 0
+
+    def counted(entries: Any, summary: Any) -> None:
+        nonlocal seen
+        seen += len(entries)
+        on_batch(entries, summary)
+
+    async def run() -> None:
+        if fs is not None:
+            await consume(source, pool, settings=settings, feature_sets=[fs], batch=500, block_ms=5, max_events=n,
+                          on_batch=counted)
+            return
         while seen < n:
             entries = await source.read(100, 5)
             await source.ack([e.id for e in entries])
             if entries:
-                on_batch(entries, None)
-            seen += len(entries)
+                counted(entries, None)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(run(), limit_s)
+    except TimeoutError:
+        consumer = "SIRA's consumer" if fs is not None else "the no-op consumer"
+        raise SystemExit(f"stalled: {consumer} had taken {seen} of {n} entries after {limit_s:.0f} s") from None
     return time.perf_counter() - started
 
 
@@ -197,11 +211,13 @@ def stream_report(name: str, fs: Any, events: int, rate: float, floor: list[floa
     })
 
 
-def stream_args(doc: str) -> Any:
-    """--events, --rate, --feature-set: the stream benchmarks' options."""
+def stream_args(doc: str, *extra: tuple[str, dict[str, Any]]) -> Any:
+    """--events, --rate, --feature-set and a benchmark's ``extra`` (flag, argparse keywords) options."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
     parser.add_argument("--events", type=int, default=2_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--feature-set", default="payments@2", help="NAME@VERSION the events are folded into")

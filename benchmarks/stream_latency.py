@@ -64,7 +64,7 @@ async def run_consumer(stream: str, n: int, rate: float, pool, settings: Setting
 
     producer = multiprocessing.get_context("fork").Process(target=produce, args=(stream, n, rate, stream), daemon=True)
     producer.start()
-    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs)
+    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs, limit_s=n / rate + 60)
     producer.join()
     await source.redis.delete(stream)
     await source.close()
