@@ -51,6 +51,10 @@ set's peak (the largest of its runs) within 1.5x the small set's. The same
 sampling sums the CPU time (user + system) those processes used during the
 call: on a machine shared with other work, CPU seconds move much less than
 wall time, so they are reported beside the rates.
+
+In process (``in_process``): both sets scored once more with no Ray at all, as
+`sira score` does outside a Ray job for inputs under ``LOCAL_BELOW`` rows
+(here forced for the large set too), LightGBM on every CPU of the process.
 """
 
 from __future__ import annotations
@@ -226,15 +230,19 @@ def run_host(dsn: str, workspace: Path) -> None:
     ray.shutdown()
 
 
-def run_sira(data: Path, out: Path, dsn: str, workspace: Path, batch_size: int, address: str | None = None) -> dict:
+def run_sira(data: Path, out: Path, dsn: str, workspace: Path, batch_size: int, address: str | None = None,
+             local: bool = False) -> dict:
+    """``local``: scored in this process (what `sira score` does with a small input); else on Ray Data."""
     import ray
 
     from sira.core.ray_runtime import init_ray
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
     settings = Settings(database_url=dsn, workspace=workspace, ray_address=address)
-    init_ray(settings, dsn, num_cpus=THREADS)
-    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    session_dir = None
+    if not local:
+        init_ray(settings, dsn, num_cpus=THREADS)
+        session_dir = ray._private.worker._global_node.get_session_dir_path()
     first: list[tuple[float, int]] = []
 
     def on_rows(done: int, total: int | None) -> None:
@@ -244,12 +252,14 @@ def run_sira(data: Path, out: Path, dsn: str, workspace: Path, batch_size: int, 
     try:
         with PeakRss(session_dir) as memory:
             started = time.perf_counter()
-            result = asyncio.run(run_batch_score(settings, BatchRequest(model=MODEL, version=1, data=[data], out=out,
-                                                                        batch_size=batch_size), on_rows=on_rows))
+            request = BatchRequest(model=MODEL, version=1, data=[data], out=out, batch_size=batch_size,
+                                   local_below=10**12 if local else 0)
+            result = asyncio.run(run_batch_score(settings, request, on_rows=on_rows))
             seconds = time.perf_counter() - started
     finally:
-        ray.shutdown()
-    return {"rows": result["rows"], "seconds": seconds, "job_seconds": result["seconds"],
+        if not local:
+            ray.shutdown()
+    return {"rows": result["rows"], "engine": result["engine"], "seconds": seconds, "job_seconds": result["seconds"],
             "first_batch_seconds": first[0][0] - started, "first_batch_rows": first[0][1],
             "cpu_seconds": memory.cpu_seconds,
             "peak_bytes": memory.peak_bytes, "idle_bytes": memory.idle_bytes, "processes": memory.peak_processes,
@@ -303,6 +313,9 @@ async def main(rows: int, small: int, batch_size: int, repeat: int) -> None:
                                     str(tmp / "out.parquet"), *common))
             sira_small = child("--mode", "sira", "--data", str(tmp / "small"), "--out", str(tmp / "small.parquet"),
                                *common)
+            local_small, local_large = (  # `sira score`'s in-process path (taken below LOCAL_BELOW rows)
+                child("--mode", "sira", "--local", "--data", str(tmp / name), "--out", str(tmp / f"{name}-here.parquet"),
+                      *common) for name in ("small", "large"))
             # The cluster's own token (Ray 2.60 authenticates drivers that join): the host and its drivers use it.
             (tmp / "auth_token").write_text(secrets.token_hex(32))
             (tmp / "auth_token").chmod(0o600)
@@ -355,6 +368,10 @@ async def main(rows: int, small: int, batch_size: int, repeat: int) -> None:
         "sira_first_batch_seconds": round(sira_large["first_batch_seconds"], 3),
         "sira_after_first_batch_rows_per_s": round(after_first),
         "sira_small_rows_per_s": round(small / sira_small["seconds"]),
+        "in_process": {"small_rows_per_s": round(small / local_small["seconds"]),
+                       "large_rows_per_s": round(rows / local_large["seconds"]),
+                       "large_ratio_vs_raw": round(rows / local_large["seconds"] / raw_rate, 3),
+                       "peak_small_mib": mib(local_small["peak_bytes"]), "peak_large_mib": mib(local_large["peak_bytes"])},
         "running_cluster": {
             "raw_seconds_all": [round(r["seconds"], 2) for r in raws_running],
             "sira_seconds_all": [round(r["seconds"], 2) for r in runnings],
@@ -378,6 +395,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3, help="interleaved raw/sira runs on the large set; best kept")
     parser.add_argument("--mode", choices=["raw", "sira", "host"])
     parser.add_argument("--address", help="sira: join this running Ray cluster")
+    parser.add_argument("--local", action="store_true", help="sira: score in this process, not on Ray Data")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model-file", type=Path)
@@ -388,7 +406,8 @@ if __name__ == "__main__":
     if args.mode == "raw":
         print(json.dumps(run_raw(args.data, args.model_file, args.names.split(","))))
     elif args.mode == "sira":
-        print(json.dumps(run_sira(args.data, args.out, args.dsn, args.workspace, args.batch_size, args.address)))
+        print(json.dumps(run_sira(args.data, args.out, args.dsn, args.workspace, args.batch_size, args.address,
+                                  args.local)))
     elif args.mode == "host":
         run_host(args.dsn, args.workspace)
     else:

@@ -1,15 +1,18 @@
 """Tabular input files: Parquet, CSV or JSON Lines, one file or a folder of them.
 
 Shared by event ingestion, label import, bring-your-own-table training and
-batch scoring: finding the files, checking them before any work starts, and
-column mappings (``--map occurred_at=TX_DATETIME,...`` or a YAML file).
+batch scoring: finding the files, checking them before any work starts,
+column mappings (``--map occurred_at=TX_DATETIME,...`` or a YAML file), and
+writing a stream of Arrow tables to one Parquet file atomically.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +21,7 @@ import pyarrow as pa
 
 from sira.core.errors import InvalidInput, NotFound
 
+ROW_GROUP = 65_536  # rows per row group of a file SIRA writes (the last one shorter)
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 
 
@@ -289,3 +293,68 @@ def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[st
     if len(sources) != len(set(sources)):
         raise InvalidInput("--map uses a source column twice")
     return mapping
+
+
+def in_row_groups(batches: Any, rows: int = ROW_GROUP, passthrough: pa.Schema | None = None) -> Iterator[pa.Table]:
+    """The stream of Arrow tables re-cut into tables of exactly ``rows`` rows (the last one shorter), all
+    in the first table's schema (``passthrough``: those columns' types across every input file first):
+    a file's row groups do not depend on how the blocks were cut."""
+    pending: list[pa.Table] = []
+    held = 0
+    schema = None
+    for batch in batches:
+        if passthrough is not None:
+            for field in passthrough:
+                at = batch.schema.get_field_index(field.name)
+                if at >= 0 and batch.schema.field(at).type != field.type:
+                    batch = batch.set_column(at, field, batch.column(at).cast(field.type))
+        if schema is None:
+            schema = batch.schema
+        elif batch.schema != schema:
+            batch = batch.cast(schema)
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.concat_tables(pending)  # no copy: the chunks are kept
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.concat_tables(pending)
+
+
+def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None],
+                     passthrough: pa.Schema | None = None) -> str:
+    """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary
+    name, then rename; returns its sha256. ``on_batch`` sees each row group once written."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    writer = None
+    try:
+        for batch in in_row_groups(batches, passthrough=passthrough):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+            writer.write_table(batch, row_group_size=ROW_GROUP)
+            on_batch(batch)
+        if writer is None:
+            raise InvalidInput("the input has no rows", code="empty_input")
+        writer.close()
+        writer = None
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        os.replace(tmp, out)
+        directory = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return digest
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)

@@ -211,14 +211,15 @@ def served_as(version: dict[str, Any]) -> str:
 
 
 def _events_window(settings: Settings, version: dict[str, Any], fs: Any, label_name: str, lo: datetime,
-                   hi: datetime, rows: int) -> tuple[np.ndarray, np.ndarray]:
+                   hi: datetime, rows: int, here: bool) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
 
-    from sira.monitoring.batch import events_source, scored_batches
+    from sira.monitoring.batch import events_source, local_batches, scored_batches
     from sira.serving.scoring import ModelRuntime
 
     source = events_source(db.resolve_dsn(settings), fs, label_name, lo, hi, rows, keep_columns=True)
-    table = pa.concat_tables(list(scored_batches(version, source)))
+    batches = local_batches(settings, version, source) if here else scored_batches(version, source)
+    table = pa.concat_tables(list(batches))
     runtime = ModelRuntime.load(settings, version)
     return runtime.table_matrix(table), table.column("score").to_numpy()
 
@@ -255,6 +256,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
     from sira.core import audit
     from sira.core.ray_runtime import init_ray, job_id
     from sira.features.definitions import get_feature_set
+    from sira.monitoring.batch import in_process
 
     if req.source not in SOURCES:
         raise InvalidInput(f"--source must be one of {', '.join(SOURCES)}", code="invalid_input")
@@ -279,9 +281,11 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                                        f"at least {MIN_ROWS}: widen the window", code="insufficient_data")
                 model = await registry.get_model(conn, req.model)
                 fs = get_feature_set(row["feature_set"], row["feature_set_version"] or row["model_fs_version"])
-                init_ray(settings, db.resolve_dsn(settings))
+                here = in_process(n)  # a small window is scored in this process, as `sira score` does
+                if not here:
+                    init_ray(settings, db.resolve_dsn(settings))
                 X, scores = await asyncio.to_thread(_events_window, settings, version, fs, model["label_name"], lo, hi,
-                                                    n)
+                                                    n, here)
         if scores.size < MIN_ROWS:
             raise InvalidInput(f"{scores.size} {req.source} in the window; drift needs at least {MIN_ROWS}: widen it",
                                code="insufficient_data")

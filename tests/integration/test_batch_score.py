@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sira.core.errors import InvalidInput
-from sira.monitoring.batch import BatchRequest, run_batch_score
+from sira.monitoring.batch import EXPLAIN_COST, BatchRequest, run_batch_score
 from sira.serving.scoring import ModelRuntime
 
 
@@ -27,10 +27,11 @@ def score(fraud_model, **kwargs):
 
 @pytest.fixture(scope="module")
 def history(fraud_model, tmp_path_factory):
-    """Every stored event scored by the production version, twice (reproducibility)."""
+    """Every stored event scored by the production version, twice (reproducibility): on Ray Data, then
+    in this process (the path a small input takes outside a Ray job)."""
     out = tmp_path_factory.mktemp("batch") / "all.parquet"
     start = _events_range(fraud_model)[0]  # --from alone: up to the newest event
-    first = score(fraud_model, out=out, time_from=start, keep_columns=True)
+    first = score(fraud_model, out=out, time_from=start, keep_columns=True, local_below=0)
     digest = first["sha256"]
     again = score(fraud_model, out=out, time_from=start, keep_columns=True)
     return first, again, digest, out
@@ -71,6 +72,7 @@ def test_scoring_stored_events_covers_every_event_in_time_order(fraud_model, his
 
 def test_the_same_input_gives_the_same_file_byte_for_byte(history):
     first, again, digest, out = history
+    assert (first["engine"], again["engine"]) == ("ray data", "in process")
     assert first["sha256"] == again["sha256"] == digest
     import hashlib
 
@@ -88,8 +90,15 @@ def test_a_table_scores_like_the_runtime_and_reasons_follow_pred_contrib(fraud_m
     pq.write_table(features.slice(0, half), part / "a.parquet")
     pq.write_table(features.slice(half), part / "b.parquet")
     out = tmp_path / "scored.parquet"
-    result = score(fraud_model, out=out, data=[part], explain=True, batch_size=1000)
+    result = score(fraud_model, out=out, data=[part], explain=True, batch_size=1000, local_below=0)
+    assert result["engine"] == "ray data"
     table = pq.read_table(out)
+    # a small input is scored in the calling process: the same rows, scores and reasons
+    pq.write_table(features.slice(0, 300), tmp_path / "small.parquet")
+    here = score(fraud_model, out=tmp_path / "here.parquet", data=[tmp_path / "small.parquet"], explain=True,
+                 batch_size=1000, local_below=301 * EXPLAIN_COST)  # on every CPU
+    assert here["engine"] == "in process"
+    assert pq.read_table(tmp_path / "here.parquet").equals(table.slice(0, 300))
     assert table.column_names == ["event_id", "occurred_at", "score", "decision", "model", "version", "reasons",
                                   "reason_codes"]
     assert table.column("event_id").to_pylist() == features.column("event_id").to_pylist()
@@ -150,7 +159,7 @@ def test_no_free_cpu_for_a_scoring_actor_is_a_clear_error_not_a_hang(fraud_model
         ray.get(holder.ready.remote(), timeout=60)
         out = tmp_path / "out.parquet"
         with pytest.raises(ServiceUnavailable, match="no CPU free for a scoring actor after 3 s"):
-            score(fraud_model, out=out, data=[data], wait_for_cpus_s=3)
+            score(fraud_model, out=out, data=[data], wait_for_cpus_s=3, local_below=0)
         assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     finally:
         ray.kill(holder)

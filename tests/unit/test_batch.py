@@ -7,17 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sira.core.errors import InvalidInput
-from sira.core.files import row_group_parts
-from sira.monitoring.batch import (
-    READ_ROWS,
-    ROW_GROUP,
-    PoolShape,
-    ScoreTally,
-    in_row_groups,
-    pool_shape,
-    read_part,
-    write_atomically,
-)
+from sira.core.files import ROW_GROUP, in_row_groups, row_group_parts, write_atomically
+from sira.monitoring.batch import READ_ROWS, PoolShape, ScoreTally, pool_shape, read_part
 
 
 def test_a_large_row_group_is_read_in_bounded_slices_in_order(tmp_path):
