@@ -107,6 +107,37 @@ def subject_forget_cmd(
     })))
 
 
+pii_app = group("pii", "Personal data already stored: re-key what older versions kept as sent (admin).")
+
+
+@pii_app.command("rekey-cards")
+def pii_rekey_cards_cmd(
+    apply: Annotated[bool, typer.Option("--apply", help="Re-key and rebuild (default: only count).")] = False,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Card tokens stored as a source sent them (before 2026-12-06 a card number sent as `card_token` was
+    kept raw) become their keyed tokens in events, dead letters and feature rows; the feature sets with stored
+    state are rebuilt from the log; replicas and Redis drop the old keys. Audited."""
+    import asyncio
+
+    from sira.ingest.bulk import redactor_for
+    from sira.monitoring.rekey import forget_old_keys_in_redis, rekey_cards
+
+    settings = get_settings()
+    redactor = redactor_for(settings)
+    done = governed(lambda conn, who: rekey_cards(conn, who, redactor, apply=apply), api_key)
+    old = done.pop("_old")
+    if apply:
+        done["redis"] = asyncio.run(forget_old_keys_in_redis(settings.redis_url, old))
+    title = "Card tokens re-keyed" if apply else "Card tokens stored as sent (dry run: --apply to re-key)"
+    emit(done, as_json, lambda: err.print(kv_table(title, {
+        "card tokens": f"{done['card_tokens']:,}", "events": f"{done['events']:,}",
+        **({"dead letters": f"{done['dead_letters']:,}", "feature rows": f"{done['feature_rows']:,}",
+            "rebuilt": ", ".join(done["rebuilt"]) or "none", "redis": done["redis"]} if apply else {}),
+    })))
+
+
 def thresholds_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 

@@ -51,6 +51,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "models.settings": frozenset(),
     "audit.read": frozenset(),
     "subject.access": frozenset(),  # everything stored about one person (sira subject export)
+    "pii.rekey": frozenset(),  # re-key card tokens stored as sent (sira pii rekey-cards)
 }
 _KEY = re.compile(r"^sira_([0-9a-f]{12})_([A-Za-z0-9_-]{32,})$")
 

@@ -1,3 +1,4 @@
 """After deployment: batch scoring of history, drift, live performance and retraining."""
 
-__all__ = ["batch", "counterfactual", "drift", "explanation", "history", "performance", "retrain", "subject", "thresholds"]
+__all__ = ["batch", "counterfactual", "drift", "erasure", "explanation", "exporter", "history", "performance", "rekey",
+           "retrain", "subject", "thresholds"]
