@@ -261,8 +261,10 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
 
     client, service = served
     request_id = f"reused-{uuid.uuid4()}"
-    first = (await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
-                                               "event": event(fraud_model, 12)})).json()
+    r = await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
+                                          "event": event(fraud_model, 12)})
+    assert r.status_code == 200, r.text
+    first = r.json()
     await service.flush()
     # three days later: the stored answer is older than the window, and the clock is in a later window
     await service.pool.execute("UPDATE sira_predictions SET scored_at = scored_at - interval '3 days' "
@@ -270,8 +272,10 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
     service.answers.clear()
     later = sira.serving.service.idempotency_epoch(service.config.idempotency_ttl_s) + 3
     monkeypatch.setattr(sira.serving.service, "idempotency_epoch", lambda _ttl: later)
-    second = (await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
-                                                "event": event(fraud_model, 13)})).json()
+    r = await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
+                                          "event": event(fraud_model, 13)})
+    assert r.status_code == 200, r.text  # once, under a full run's load, this answer was not a score
+    second = r.json()
     assert not second["replayed"] and second["prediction_id"] != first["prediction_id"]
     await service.flush()
     stored = {str(r["prediction_id"]) for r in await service.pool.fetch(
