@@ -68,11 +68,15 @@ BLOCK_BYTES = 4 * 1024 * 1024
 OBJECT_STORE_BUDGET = 512 * 1024 * 1024
 SCORE_BINS = 20
 # Below this many input rows (with --explain, EXPLAIN_COST times fewer) and outside a Ray job, the
-# input is scored in the calling process on all its CPUs: starting a local Ray and its scoring actors
-# (~8-10 s here) costs more than the scoring (~16 us a row on one thread; ~3 ms with exact TreeSHAP
-# reasons: 5,281 explained rows took 19.4 s through a local Ray Data). The output is the same file.
-LOCAL_BELOW = 200_000
-EXPLAIN_COST = 32
+# input is scored in the calling process on all its CPUs, with the same reads, scoring calls and writer
+# (the same file). With no cluster configured, a local Ray would share this machine's CPUs and first
+# start its processes and actors (~7 s to the first scored batch here): `python benchmarks/batch_score.py`
+# (2026-12-06) scored 1M rows in process at 131k rows/s (0.76x a bare read + predict) against 72k on a
+# fresh local Ray Data and 110k on a running one (10M rows on a fresh Ray: 0.92x, so Ray pays above a few
+# million). With a cluster configured (SIRA_RAY_ADDRESS) its nodes take inputs above CLUSTER_LOCAL_BELOW.
+LOCAL_BELOW = 2_000_000
+CLUSTER_LOCAL_BELOW = 200_000
+EXPLAIN_COST = 32  # an explained row (exact TreeSHAP) costs ~30-90 plain ones
 DECISIONS = pa.array(list(evaluation.DECISIONS), pa.string())  # indexed by evaluation.decision_codes
 
 
@@ -91,7 +95,8 @@ class BatchRequest:
     batch_size: int = 8_192
     max_actors: int | None = None
     wait_for_cpus_s: float = 600.0  # when no scoring actor fits the free CPUs at the start
-    local_below: int = LOCAL_BELOW  # rows under which the calling process scores (0: always Ray Data)
+    local_below: int | None = None  # rows under which the calling process scores (0: always Ray Data; None:
+    # LOCAL_BELOW, or CLUSTER_LOCAL_BELOW when a Ray cluster is configured)
 
 
 @dataclass
@@ -201,11 +206,14 @@ def local_batches(settings: Settings, version: dict[str, Any], source: Source, *
                 yield scorer.score(table.slice(at, batch_size))
 
 
-def in_process(rows: int | None, *, explain: bool = False, local_below: int = LOCAL_BELOW) -> bool:
-    """Whether to score here rather than on Ray Data: a small input of known size, outside a Ray job (a
-    submitted job asked for the cluster; its driver may sit on a head node that offers no CPUs)."""
+def in_process(settings: Settings, rows: int | None, *, explain: bool = False, local_below: int | None = None) -> bool:
+    """Whether to score here rather than on Ray Data: an input of known size below the limit (see
+    :data:`LOCAL_BELOW`), outside a Ray job (a submitted job asked for the cluster; its driver may sit on a
+    head node that offers no CPUs)."""
     from sira.core.ray_runtime import in_ray_job
 
+    if local_below is None:
+        local_below = CLUSTER_LOCAL_BELOW if settings.ray_address else LOCAL_BELOW
     below = local_below // EXPLAIN_COST if explain else local_below
     return rows is not None and rows < below and not in_ray_job()
 
@@ -510,7 +518,7 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     actor = actor or Actor.local()
     version, source = await resolve_source(settings, req)
     started = time.perf_counter()
-    here = in_process(source.rows, explain=req.explain, local_below=req.local_below)
+    here = in_process(settings, source.rows, explain=req.explain, local_below=req.local_below)
     if not here:
         init_ray(settings, db.resolve_dsn(settings))
     tally = ScoreTally()

@@ -281,7 +281,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                                        f"at least {MIN_ROWS}: widen the window", code="insufficient_data")
                 model = await registry.get_model(conn, req.model)
                 fs = get_feature_set(row["feature_set"], row["feature_set_version"] or row["model_fs_version"])
-                here = in_process(n)  # a small window is scored in this process, as `sira score` does
+                here = in_process(settings, n)  # a small window is scored in this process, as `sira score` does
                 if not here:
                     init_ray(settings, db.resolve_dsn(settings))
                 X, scores = await asyncio.to_thread(_events_window, settings, version, fs, model["label_name"], lo, hi,

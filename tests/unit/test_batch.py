@@ -179,3 +179,19 @@ def test_file_checks_follow_the_feature_schema_kinds(tmp_path):
     with pytest.raises(InvalidInput, match="column amount must be numeric") as caught:
         file_source(find_files([bad]), schema, req)
     assert caught.value.code == "invalid_column"
+
+
+def test_a_small_input_is_scored_in_process_unless_a_cluster_or_a_ray_job_should_take_it(monkeypatch):
+    from sira.core.config import Settings
+    from sira.monitoring.batch import CLUSTER_LOCAL_BELOW, EXPLAIN_COST, LOCAL_BELOW, in_process
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    here, cluster = Settings(ray_address=None), Settings(ray_address="ray://head:10001")
+    assert in_process(here, LOCAL_BELOW - 1) and not in_process(here, LOCAL_BELOW)
+    assert in_process(cluster, CLUSTER_LOCAL_BELOW - 1) and not in_process(cluster, CLUSTER_LOCAL_BELOW)
+    assert not in_process(here, LOCAL_BELOW // EXPLAIN_COST, explain=True)
+    assert not in_process(here, None)  # a CSV input: its size is not known up front
+    assert not in_process(here, 10, local_below=0)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_1"}}')
+    assert not in_process(here, 10)  # a submitted job asked for the cluster
