@@ -165,18 +165,20 @@ def run(coro) -> None:
 
 
 async def drain(source: Any, n: int, on_batch: Any, *, pool: Any = None, settings: Any = None,
-                fs: Any = None, limit_s: float | None = None) -> float:
+                fs: Any = None, stall_s: float = 30.0) -> float:
     """Seconds to take ``n`` entries off a stream source: stored and folded into ``fs`` by SIRA's consumer, or
     (``fs`` None: the baseline) only read and acknowledged; ``on_batch(entries, summary)`` sees each batch.
-    Past ``limit_s`` the run stops with how many entries had arrived (a stalled broker or consumer ends the
-    benchmark with a reason instead of waiting forever)."""
+    When no entry arrives for ``stall_s`` the run stops with how many had (a stalled broker or consumer ends
+    the benchmark with a reason instead of waiting forever; a slow one that moves goes on)."""
     from sira.ingest.stream import consume
 
     seen = 0
+    moved = time.monotonic()
 
     def counted(entries: Any, summary: Any) -> None:
-        nonlocal seen
+        nonlocal seen, moved
         seen += len(entries)
+        moved = time.monotonic()
         on_batch(entries, summary)
 
     async def run() -> None:
@@ -191,11 +193,14 @@ async def drain(source: Any, n: int, on_batch: Any, *, pool: Any = None, setting
                 counted(entries, None)
 
     started = time.perf_counter()
-    try:
-        await asyncio.wait_for(run(), limit_s)
-    except TimeoutError:
-        consumer = "SIRA's consumer" if fs is not None else "the no-op consumer"
-        raise SystemExit(f"stalled: {consumer} had taken {seen} of {n} entries after {limit_s:.0f} s") from None
+    task = asyncio.ensure_future(run())
+    while not (await asyncio.wait({task}, timeout=1.0))[0]:
+        if time.monotonic() - moved > stall_s:
+            task.cancel()
+            consumer = "SIRA's consumer" if fs is not None else "the no-op consumer"
+            raise SystemExit(f"stalled: {consumer} had taken {seen} of {n} entries and none in the last "
+                             f"{stall_s:.0f} s")
+    task.result()
     return time.perf_counter() - started
 
 

@@ -92,7 +92,7 @@ async def run_consumer(bootstrap: str, n: int, rate: float, linger_ms: float, po
     producer = multiprocessing.get_context("fork").Process(target=produce, args=(bootstrap, topic, n, rate, topic, linger_ms),
                                                            daemon=True)
     producer.start()
-    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs, limit_s=n / rate + 60)
+    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs)
     producer.join()
     await source.close()
     return latencies, seconds
@@ -108,9 +108,11 @@ async def main(events: int, rate: float, fs: FeatureSet, linger_ms: float) -> No
         async with scratch_database(Settings()) as dsn:
             settings = Settings(database_url=dsn)
             pool = await db.create_pool(dsn, settings)
-            floor, _ = await run_consumer(bootstrap, events, rate, linger_ms, None, settings, None)
-            sira, seconds = await run_consumer(bootstrap, events, rate, linger_ms, pool, settings, fs)
-            await pool.close()
+            try:  # closed before the scratch database goes, also when a run stalls
+                floor, _ = await run_consumer(bootstrap, events, rate, linger_ms, None, settings, None)
+                sira, seconds = await run_consumer(bootstrap, events, rate, linger_ms, pool, settings, fs)
+            finally:
+                await pool.close()
     finally:
         proc.terminate()
     stream_report("kafka_latency", fs, events, rate, floor, sira, seconds, "sira_event_to_state", broker="tansu",

@@ -64,7 +64,7 @@ async def run_consumer(stream: str, n: int, rate: float, pool, settings: Setting
 
     producer = multiprocessing.get_context("fork").Process(target=produce, args=(stream, n, rate, stream), daemon=True)
     producer.start()
-    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs, limit_s=n / rate + 60)
+    seconds = await drain(source, n, on_batch, pool=pool, settings=settings, fs=fs)
     producer.join()
     await source.redis.delete(stream)
     await source.close()
@@ -79,9 +79,11 @@ async def main(events: int, rate: float, fs: FeatureSet) -> None:
     async with scratch_database(Settings()) as dsn:
         settings = Settings(database_url=dsn)
         pool = await db.create_pool(dsn, settings)
-        floor, _ = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, None, settings, None)
-        sira, seconds = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, pool, settings, fs)
-        await pool.close()
+        try:  # closed before the scratch database goes, also when a run stalls
+            floor, _ = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, None, settings, None)
+            sira, seconds = await run_consumer(f"sira:bench:{uuid.uuid4().hex[:6]}", events, rate, pool, settings, fs)
+        finally:
+            await pool.close()
     stream_report("stream_latency", fs, events, rate, floor, sira, seconds, "sira_event_to_snapshot")
 
 

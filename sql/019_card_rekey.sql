@@ -1,7 +1,8 @@
 -- 019: `sira pii rekey-cards` (sira.monitoring.rekey) replaces card tokens stored as a source sent them (a card
 -- number among them) by their keyed tokens, also as the entity id of feature set v1's per-event feature rows.
--- Those rows stay append-only but to that command (in its own transaction, under the insert lock) and to an
--- erasure; only the entity id may change. The audit log stays append-only whatever is set.
+-- Those rows stay append-only but to that command (in its own transaction, under the insert lock: a card's
+-- entity id may become a token, nothing else changes) and to an erasure. The audit log stays append-only
+-- whatever is set.
 CREATE OR REPLACE FUNCTION sira_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -12,6 +13,7 @@ BEGIN
         RETURN OLD;
     END IF;
     IF TG_OP = 'UPDATE' AND current_setting('sira.rekey', true) = 'on' AND TG_TABLE_NAME LIKE 'sira\_features%'
+       AND OLD.entity_type = 'card' AND NEW.entity_id ~ '^tok_[a-z]+_[0-9a-f]{24}$'
        AND (to_jsonb(NEW) - 'entity_id') = (to_jsonb(OLD) - 'entity_id') THEN
         RETURN NEW;
     END IF;

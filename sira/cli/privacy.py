@@ -118,18 +118,18 @@ def pii_rekey_cards_cmd(
 ) -> None:
     """Card tokens stored as a source sent them (before 2026-12-06 a card number sent as `card_token` was
     kept raw) become their keyed tokens in events, dead letters and feature rows; the feature sets with stored
-    state are rebuilt from the log; replicas and Redis drop the old keys. Audited."""
+    state are rebuilt from the log; replicas and Redis drop the old keys. Ingest waits while it applies.
+    Audited."""
     import asyncio
 
     from sira.ingest.bulk import redactor_for
-    from sira.monitoring.rekey import forget_old_keys_in_redis, rekey_cards
+    from sira.monitoring.rekey import clean_redis, rekey_cards
 
     settings = get_settings()
     redactor = redactor_for(settings)
     done = governed(lambda conn, who: rekey_cards(conn, who, redactor, apply=apply), api_key)
-    old = done.pop("_old")
     if apply:
-        done["redis"] = asyncio.run(forget_old_keys_in_redis(settings.redis_url, old))
+        done["redis"] = asyncio.run(clean_redis(settings.redis_url, redactor))
     title = "Card tokens re-keyed" if apply else "Card tokens stored as sent (dry run: --apply to re-key)"
     emit(done, as_json, lambda: err.print(kv_table(title, {
         "card tokens": f"{done['card_tokens']:,}", "events": f"{done['events']:,}",

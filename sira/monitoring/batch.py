@@ -195,7 +195,7 @@ def local_batches(settings: Settings, version: dict[str, Any], source: Source, *
     """The source's rows scored by the version in this process, in input order: what :func:`scored_batches`
     gives through Ray Data (the same reads and the same scoring calls, so the same file)."""
     scorer = PartScorer.bound(version, source.passthrough, explain, read=source.read, rows_per_call=batch_size,
-                              threads=len(os.sched_getaffinity(0)))(settings)
+                              threads=_cpus(settings))(settings)
     for part in source.parts:
         batch = {key: np.array([value]) for key, value in part.items()}
         if source.read_by_scorer:
@@ -204,6 +204,14 @@ def local_batches(settings: Settings, version: dict[str, Any], source: Source, *
             table = source.read(batch)
             for at in range(0, table.num_rows, batch_size):
                 yield scorer.score(table.slice(at, batch_size))
+
+
+def _cpus(settings: Settings) -> int:
+    """The CPUs this process may use (``SIRA_RAY_NUM_CPUS`` when set, as for a local Ray)."""
+    if settings.ray_num_cpus:
+        return settings.ray_num_cpus
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def in_process(settings: Settings, rows: int | None, *, explain: bool = False, local_below: int | None = None) -> bool:

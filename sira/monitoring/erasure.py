@@ -265,7 +265,7 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
         patterns += [f"sira:answer:*:{request_id}" for request_id in outside["request_ids"]]
         cached = 0
         for pattern in patterns:
-            found = [k async for k in client.scan_iter(match=glob_escaped(pattern), count=1000)]
+            found = [k async for k in client.scan_iter(match=_glob_escaped(pattern), count=1000)]
             if found:
                 cached += await client.delete(*found)
         stream = 0
@@ -284,7 +284,7 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
         await client.aclose()
 
 
-def glob_escaped(pattern: str) -> str:
+def _glob_escaped(pattern: str) -> str:
     """A SCAN pattern whose literal parts (ids may hold ``*?[]\\``) match only themselves."""
     out = []
     for part in pattern.split("*"):

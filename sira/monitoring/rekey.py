@@ -10,12 +10,13 @@ events takes shared (no ingest interleaves):
   keyed token, free text a token, an opaque id stays) is replaced in ``sira_events``, in dead letters'
   payloads and as the entity id of feature set v1's per-event feature rows;
 - what was derived under the old key is rebuilt from the log as it now reads: every feature set with
-  stored state is rebuilt (v2: states and checkpoints; v1: every snapshot), after the old keys' own
-  states, checkpoints and snapshots are deleted. A customer's distinct-card counts and novelty are then
-  right whether a card came as a number or as its token.
+  stored state is rebuilt (v2: states and checkpoints; v1: the snapshot of every entity with events), after
+  the old keys' own states, checkpoints and snapshots are deleted, so a card sent both ways is one card
+  again. Feature set v1's per-event feature rows keep the values computed when they were written (only
+  their entity id changes): they record what was served.
 
 Without ``apply`` nothing changes: the counts of what would. Replicas drop their cached states (notified);
-Redis entries under an old key are deleted after the commit.
+Redis entries under an old key are deleted after the commit (and by any later ``--apply``, if that failed).
 """
 
 from __future__ import annotations
@@ -54,38 +55,42 @@ async def stored_as_sent(conn: Connection, redactor: Redactor) -> dict[str, str]
 
 
 async def rekey_cards(conn: Connection, identity: Any, redactor: Redactor, *, apply: bool = False) -> dict[str, Any]:
-    """Re-key the card tokens stored as sent (see the module); ``apply`` False: only count."""
+    """Re-key the card tokens stored as sent (see the module); ``apply`` False: only count (taking no lock:
+    ingest goes on). The card numbers go to PostgreSQL through a temporary table (COPY), never as a
+    statement's parameters, which its logs may show."""
     authorize(identity, "pii.rekey")
     started = time.perf_counter()
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
+    in_use = [FEATURE_SETS[key] for key in sorted({(r["feature_set"], r["feature_set_version"]) for r in await conn.fetch(
+        """SELECT DISTINCT feature_set, feature_set_version FROM sira_entity_states
+           UNION SELECT DISTINCT feature_set, feature_set_version FROM sira_feature_snapshots""")}) if key in FEATURE_SETS]
+    if apply:
+        # no materialize or advance of a set runs meanwhile (one could write an old key back), then no insert
+        for fs in in_use:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"materialize:{fs.name}:{fs.version}")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
     mapping = await stored_as_sent(conn, redactor)
-    old, new = list(mapping), list(mapping.values())
-    events = await conn.fetchval("SELECT count(*) FROM sira_events WHERE card_token = ANY($1::text[])", old)
+    await conn.execute("CREATE TEMPORARY TABLE sira_rekey_map (old text PRIMARY KEY, new text NOT NULL) ON COMMIT DROP")
+    await conn.copy_records_to_table("sira_rekey_map", records=list(mapping.items()))
+    events = await conn.fetchval("SELECT count(*) FROM sira_events e JOIN sira_rekey_map m ON e.card_token = m.old")
     result: dict[str, Any] = {"applied": apply, "card_tokens": len(mapping), "events": events, "dead_letters": 0,
-                              "feature_rows": 0, "rebuilt": [], "_old": old}
+                              "feature_rows": 0, "rebuilt": []}
     if not apply or not mapping:
+        await conn.execute("DROP TABLE sira_rekey_map")
         return result
-    pairs = "unnest($1::text[], $2::text[]) AS m(old, new)"
     result["dead_letters"] = _count(await conn.execute(
-        f"""UPDATE sira_rejected_events r SET payload = jsonb_set(r.payload, '{{card_token}}', to_jsonb(m.new))
-              FROM {pairs} WHERE r.payload->>'card_token' = m.old""", old, new))  # noqa: S608
+        """UPDATE sira_rejected_events r SET payload = jsonb_set(r.payload, '{card_token}', to_jsonb(m.new))
+             FROM sira_rekey_map m WHERE r.payload->>'card_token' = m.old"""))
     await conn.execute("SET LOCAL sira.rekey = 'on'")  # sira_features is append-only but to this (019)
     result["feature_rows"] = _count(await conn.execute(
-        f"""UPDATE sira_features f SET entity_id = m.new FROM {pairs}
-             WHERE f.entity_type = $3 AND f.entity_id = m.old""", old, new, ENTITY))  # noqa: S608
+        "UPDATE sira_features f SET entity_id = m.new FROM sira_rekey_map m WHERE f.entity_type = $1 "
+        "AND f.entity_id = m.old", ENTITY))
     await conn.execute("SET LOCAL sira.rekey = 'off'")
-    await conn.execute(f"UPDATE sira_events e SET card_token = m.new FROM {pairs} WHERE e.card_token = m.old",  # noqa: S608
-                       old, new)
+    await conn.execute("UPDATE sira_events e SET card_token = m.new FROM sira_rekey_map m WHERE e.card_token = m.old")
     for table in ("sira_entity_states", "sira_state_checkpoints", "sira_feature_snapshots"):
-        await conn.execute(f"DELETE FROM {table} WHERE entity_type = $1 AND entity_id = ANY($2::text[])",  # noqa: S608
-                           ENTITY, old)
-    in_use = await conn.fetch(
-        """SELECT feature_set, feature_set_version FROM sira_entity_states
-           UNION SELECT feature_set, feature_set_version FROM sira_feature_snapshots""")
-    for row in sorted(in_use, key=lambda r: (r["feature_set"], r["feature_set_version"])):
-        fs = FEATURE_SETS.get((row["feature_set"], row["feature_set_version"]))
-        if fs is None:
-            continue
+        await conn.execute(f"DELETE FROM {table} t USING sira_rekey_map m "  # noqa: S608
+                           "WHERE t.entity_type = $1 AND t.entity_id = m.old", ENTITY)
+    for fs in in_use:
         if fs.engine == "tiles":
             await rebuild(conn, fs)
         else:
@@ -102,26 +107,33 @@ async def rekey_cards(conn: Connection, identity: Any, redactor: Redactor, *, ap
     return result
 
 
-async def forget_old_keys_in_redis(redis_url: str | None, old: list[str]) -> str:
-    """After the commit: cached states and histories under an old key (values that held a card number)."""
-    if not redis_url or not old:
-        return "not configured" if not redis_url else "nothing to clean"
+async def clean_redis(redis_url: str | None, redactor: Redactor) -> str:
+    """After the commit, on every ``--apply`` (so a run whose Redis step failed is retried by the next one,
+    which finds nothing left in PostgreSQL): cached card states and histories whose key holds a value the
+    redactor would change. One SCAN per kind of key."""
+    if not redis_url:
+        return "not configured"
     import redis.asyncio as aioredis
     import redis.exceptions
 
-    from sira.monitoring.erasure import glob_escaped
-
     client = aioredis.Redis.from_url(redis_url)
     try:
-        for key in old:
-            for pattern in (f"sira:state:*:{ENTITY}:{key}", f"sira:history:{ENTITY}:{key}"):
-                found = [k async for k in client.scan_iter(match=glob_escaped(pattern), count=1000)]
-                if found:
-                    await client.delete(*found)
-        return "cleaned"
+        removed = 0
+        # sira:state:{database}:{set}@{version}:card:{id} and sira:history:card:{id}
+        for pattern, parts in ((f"sira:state:*:*:{ENTITY}:*", 5), (f"sira:history:{ENTITY}:*", 3)):
+            stale = []
+            async for key in client.scan_iter(match=pattern, count=1000):
+                fields = key.decode("utf-8", "surrogateescape").split(":", parts)
+                if len(fields) == parts + 1 and fields[parts - 1] == ENTITY:
+                    value = fields[parts]
+                    if not is_token(value) and redactor.scrub_value(value) != value:
+                        stale.append(key)
+            if stale:
+                removed += await client.delete(*stale)
+        return f"cleaned ({removed} keys)"
     except (redis.exceptions.RedisError, OSError) as exc:
-        log.warning("Redis not cleaned after re-keying card tokens: %s", type(exc).__name__)
-        return f"failed: {type(exc).__name__}"
+        log.warning("Redis not cleaned after re-keying card tokens: %s (run the command again)", type(exc).__name__)
+        return f"failed: {type(exc).__name__} (run again)"
     finally:
         await client.aclose()
 
