@@ -295,6 +295,10 @@ def fetch(dsn: str, sql: str, *args) -> list[dict]:
 @pytest.fixture
 def job_env(create_database, tmp_path) -> SimpleNamespace:
     """A fresh migrated database and workspace; ``.env_vars`` is what a job's runtime_env carries."""
+    return make_job_env(create_database, tmp_path)
+
+
+def make_job_env(create_database, tmp_path: Path) -> SimpleNamespace:
     dsn = create_database("sira_jobs")
     workspace = tmp_path / "ws"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
@@ -328,9 +332,18 @@ def train_job(ray_head, job_env, table: Path, model: str = "churn-like") -> tupl
     )
 
 
-def test_train_job_submitted_to_a_ray_head_succeeds(ray_head, job_env):
+@pytest.fixture(scope="module")
+def trained_by_job(create_database, ray_head, tmp_path_factory) -> SimpleNamespace:
+    """One train job through the head on a small table of a database of its own: what the train job's test
+    checks and the batch-scoring job scores with."""
+    job_env = make_job_env(create_database, tmp_path_factory.mktemp("train-job"))
     table = write_table(job_env.tmp_path / "t.csv")  # absolute: the job runs in its own copy of the repo
     status, logs = train_job(ray_head, job_env, table)
+    return SimpleNamespace(env=job_env, table=table, status=status, logs=logs)
+
+
+def test_train_job_submitted_to_a_ray_head_succeeds(trained_by_job):
+    job_env, status, logs = trained_by_job.env, trained_by_job.status, trained_by_job.logs
     assert status == "SUCCEEDED", logs
     result = json_result(logs)
     assert result["model"] == "churn-like" and result["version"] == 1 and result["status"] == "candidate"
@@ -356,12 +369,11 @@ def test_a_failing_job_reports_failed_with_its_error(ray_head, job_env):
 
 
 
-def test_batch_score_job_submitted_to_a_ray_head_succeeds(ray_head, job_env):
+def test_batch_score_job_submitted_to_a_ray_head_succeeds(ray_head, trained_by_job):
     import pyarrow.parquet as pq
 
-    table = write_table(job_env.tmp_path / "t.csv")
-    status, logs = train_job(ray_head, job_env, table)
-    assert status == "SUCCEEDED", logs
+    job_env, table = trained_by_job.env, trained_by_job.table
+    assert trained_by_job.status == "SUCCEEDED", trained_by_job.logs
     out = job_env.tmp_path / "scores.parquet"
     status, logs = submit_and_wait(
         ray_head.client,
@@ -371,25 +383,12 @@ def test_batch_score_job_submitted_to_a_ray_head_succeeds(ray_head, job_env):
     assert status == "SUCCEEDED", logs
     result = json_result(logs)
     assert result["model"] == "churn-like" and result["version"] == 1 and result["status"] == "candidate"
+    assert result["engine"] == "ray data"  # a submitted job scores on the cluster, however small its input
     scored = pq.read_table(out)
     assert result["rows"] == scored.num_rows == 4000
     assert {"amount", "channel", "fraud", "score", "decision"} <= set(scored.column_names)
     audit = fetch(job_env.dsn, "SELECT details FROM sira_audit_log WHERE action = 'batch.score'")
     assert [json.loads(a["details"])["sha256"] for a in audit] == [result["sha256"]]
-
-
-def test_drift_job_submitted_to_a_ray_head_writes_its_rows(ray_head, fraud_model):
-    # Keys exist in this database: the job acts as an operator (monitoring.run), like any CLI command.
-    env_vars = {**worker_env(fraud_model.settings, fraud_model.dsn), "SIRA_API_KEY": fraud_model.keys["operator"]}
-    submission_id = f"sira-test-drift-{uuid.uuid4().hex[:8]}"
-    status, logs = submit_and_wait(ray_head.client, "python jobs/drift.py --model fraud --days 7 --json", env_vars,
-                                   submission_id=submission_id)
-    assert status == "SUCCEEDED", logs
-    result = json_result(logs)
-    assert result["job_id"] == submission_id  # rows carry the Ray job's submission id
-    rows = fetch(fraud_model.dsn, "SELECT feature, severity FROM sira_data_drift WHERE job_id = $1", submission_id)
-    assert len(rows) == len(result["features"]) + 1
-    assert {"__dataset__", "__score__"} <= {r["feature"] for r in rows}
 
 
 # -- the README's job commands, run as written ---------------------------------------------------------
@@ -438,6 +437,11 @@ def test_the_readmes_job_commands_run_verbatim_with_short_lived_keys(jobs_model,
         carried = (job.runtime_env or {}).get("env_vars") or {}
         assert carried.get("SIRA_API_KEY") not in (None, jobs_model.keys["admin"])
     assert not (tmp_path / ".sira").exists()  # nothing of SIRA's state where the commands ran
+    # the drift job's rows carry its Ray submission id (what `sira_data_drift.job_id` is for)
+    drift = [j for j in jobs if "jobs/drift.py" in j.entrypoint]
+    assert len(drift) == 1
+    rows = fetch(jobs_model.dsn, "SELECT feature FROM sira_data_drift WHERE job_id = $1", drift[0].submission_id)
+    assert {"__dataset__", "__score__"} <= {r["feature"] for r in rows} and len(rows) > 2
 
 
 def test_a_job_without_a_database_fails_at_once_and_starts_no_postgres(ray_head, tmp_path):
