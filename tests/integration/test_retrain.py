@@ -91,7 +91,9 @@ def test_a_winning_challenger_is_staged_and_the_same_inputs_register_nothing_mor
 
 
 @pytest.mark.slow
-def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path):
+def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path, monkeypatch, capsys):
+    from tests.conftest import cli_in_process
+
     asyncio.run(_policy(model, {"min_ap_gain": 0.9}))
     params = tmp_path / "fast.yaml"
     params.write_text("".join(f"{k}: {v}\n" for k, v in FAST.items()))
@@ -100,7 +102,7 @@ def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path):
                 "SIRA_API_KEY": model.keys["data_scientist"]})
     args = [sys.executable, "-m", "sira", "retrain", "--model", "fraud", "--trials", "0", "--seed", "3",
             "--params", str(params), "--threads", "2", "--json"]
-    plan = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    plan = cli_in_process(monkeypatch, capsys, env, *args[3:], "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["steps"] == list(STEPS)
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -115,7 +117,7 @@ def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # after the challenger is registered, before the run finishes
     process.wait()
     registered = versions(model)
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    done = cli_in_process(monkeypatch, capsys, env, *args[3:])  # the next run (in this process: no Ray start)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["attempts"] == 2 and report["challenger"] == steps["challenger"]["version"]
