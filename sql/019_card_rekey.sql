@@ -12,10 +12,12 @@ BEGIN
     IF TG_OP = 'DELETE' AND current_setting('sira.erasure', true) = 'on' AND TG_TABLE_NAME LIKE 'sira\_features%' THEN
         RETURN OLD;
     END IF;
-    IF TG_OP = 'UPDATE' AND current_setting('sira.rekey', true) = 'on' AND TG_TABLE_NAME LIKE 'sira\_features%'
-       AND OLD.entity_type = 'card' AND NEW.entity_id ~ '^tok_[a-z]+_[0-9a-f]{24}$'
-       AND (to_jsonb(NEW) - 'entity_id') = (to_jsonb(OLD) - 'entity_id') THEN
-        RETURN NEW;
+    IF TG_OP = 'UPDATE' AND current_setting('sira.rekey', true) = 'on' AND TG_TABLE_NAME LIKE 'sira\_features%' THEN
+        -- a nested IF: other tables' rows have no entity_type (PL/pgSQL does not short-circuit one condition)
+        IF OLD.entity_type = 'card' AND NEW.entity_id ~ '^tok_[a-z]+_[0-9a-f]{24}$'
+           AND (to_jsonb(NEW) - 'entity_id') = (to_jsonb(OLD) - 'entity_id') THEN
+            RETURN NEW;
+        END IF;
     END IF;
     RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';

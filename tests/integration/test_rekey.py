@@ -125,3 +125,31 @@ async def test_card_numbers_kept_as_card_tokens_are_rekeyed_and_what_derives_fro
     code, out = await sira("admin", "--apply", "--json")
     assert code == 0 and json.loads(out.out)["card_tokens"] == 0 and not cache.exists(stale[0])
     cache.close()
+
+
+async def test_a_feature_row_changes_only_by_a_card_becoming_its_token(clean_db):
+    """sql/019: under `sira.rekey` a v1 feature row's card id may become a token, nothing else; the audit log
+    and any other change stay refused."""
+    import asyncpg
+
+    await clean_db.execute(
+        "INSERT INTO sira_features (feature_set, feature_set_version, entity_type, entity_id, as_of, event_id, "
+        "features) VALUES ('payments', 1, 'card', $1, now(), 'e1', '{}'), "
+        "('payments', 1, 'customer', 'c1', now(), 'e1', '{}')", PAN)
+    await clean_db.execute("INSERT INTO sira_audit_log (actor, actor_kind, action) VALUES ('a', 'api_key', 'x')")
+    token = "tok_pan_" + "0" * 24
+    refused = ["UPDATE sira_features SET entity_id = 'not-a-token' WHERE entity_type = 'card'",
+               "UPDATE sira_features SET features = '{\"x\": 1}' WHERE entity_type = 'card'",
+               f"UPDATE sira_features SET entity_id = '{token}' WHERE entity_type = 'customer'",
+               "UPDATE sira_audit_log SET actor = 'mallory'"]
+    for sql in refused:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            async with db.transaction(clean_db) as conn:
+                await conn.execute("SET LOCAL sira.rekey = 'on'")
+                await conn.execute(sql)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # without the switch, not even a token
+        await clean_db.execute(f"UPDATE sira_features SET entity_id = '{token}' WHERE entity_type = 'card'")
+    async with db.transaction(clean_db) as conn:
+        await conn.execute("SET LOCAL sira.rekey = 'on'")
+        await conn.execute(f"UPDATE sira_features SET entity_id = '{token}' WHERE entity_type = 'card'")
+    assert await clean_db.fetchval("SELECT entity_id FROM sira_features WHERE entity_type = 'card'") == token
