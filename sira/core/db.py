@@ -271,6 +271,11 @@ async def create_pool(dsn: str, settings: Settings | None = None, *, min_size: i
     return pool
 
 
+def rows_affected(status: str) -> int:
+    """The row count of a command's status (``"INSERT 0 12"``, ``"DELETE 3"``, ``"UPDATE 5"``)."""
+    return int(status.split()[-1])
+
+
 def quote_ident(name: str) -> str:
     """An SQL identifier (a column, a table), quoted: for the names SIRA's definitions hold, never input."""
     return '"' + name.replace('"', '""') + '"'

@@ -115,6 +115,22 @@ async def notify_states(conn: Connection, fs: FeatureSet, entity: str, changes: 
                            payload if len(payload.encode()) < 7_900 else everything)
 
 
+async def drop_cached(conn: Connection, entity: str) -> None:
+    """Every replica drops what it cached of an entity type (its states in each feature set keyed on it, its
+    v1 histories) after a change that removed or rewrote them wholesale (an erasure, a re-keying); the
+    notifications name no entity."""
+    import orjson
+
+    from sira.features.definitions import FEATURE_SETS
+    from sira.features.store import SNAPSHOT_CHANNEL
+
+    for fs in FEATURE_SETS.values():
+        if any(spec.entity == entity for spec in fs.entities):
+            await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
+                               orjson.dumps({"f": fs.name, "v": fs.version, "t": entity, "all": True}).decode())
+    await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL, orjson.dumps({"t": entity, "all": True}).decode())
+
+
 async def clear_checkpoints(conn: Connection, fs: FeatureSet, entity: str, since: datetime,
                             entities: Collection[str] | None) -> None:
     """Delete the checkpoints as of ``since`` and later of ``entities`` (None: every entity of the type, a

@@ -204,7 +204,7 @@ async def write_feature_rows(conn: Connection, fs: FeatureSet, rows: Sequence[Fe
         f"""INSERT INTO sira_features ({", ".join(columns)}) SELECT {", ".join(columns)} FROM sira_features_stage
             ON CONFLICT DO NOTHING"""
     )
-    return int(status.split()[-1])
+    return db.rows_affected(status)
 
 
 # -- snapshots --------------------------------------------------------------------

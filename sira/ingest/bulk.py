@@ -169,7 +169,7 @@ async def count_inserted(conn: asyncpg.Connection, records: Sequence[Row]) -> in
     not their ids (a file load's millions)."""
     if not records:
         return 0
-    return int((await conn.execute(await _staged_insert(conn, records))).split()[-1])  # "INSERT 0 <rows>"
+    return db.rows_affected(await conn.execute(await _staged_insert(conn, records)))
 
 
 async def _staged_insert(conn: asyncpg.Connection, records: Sequence[Row]) -> str:

@@ -36,12 +36,11 @@ import asyncpg
 import orjson
 from asyncpg import Connection
 
-from sira.core import audit
+from sira.core import audit, db
 from sira.core.auth import Identity, authorize
 from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from sira.features.definitions import FEATURE_SETS
-from sira.features.states import STATES_CHANNEL
-from sira.features.store import SNAPSHOT_CHANNEL
+from sira.features.states import drop_cached
 from sira.ingest.bulk import ERASURE_LOCK
 from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, subject_ref
 from sira.registry.models import redacted
@@ -130,12 +129,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
            SELECT sha256(salt || convert_to($1, 'UTF8')), now() FROM sira_erasure_salt
            ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", customer_id)
     for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
-        for fs in FEATURE_SETS.values():
-            if any(spec.entity == entity for spec in fs.entities):
-                await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
-                                   orjson.dumps({"f": fs.name, "v": fs.version, "t": entity, "all": True}).decode())
-        await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL,
-                           orjson.dumps({"t": entity, "all": True}).decode())
+        await drop_cached(conn, entity)
     files = await _files(conn, events, prediction_ids)
     outside = {"entities": _touched(events), "event_ids": ids,
                "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
@@ -195,7 +189,7 @@ async def _deidentify_shared(conn: Connection, event_ids: set[str], identifiers:
 
 
 async def _deleted(conn: Connection, sql: str, *args: Any) -> int:
-    return int((await conn.execute(sql, *args)).split()[-1])
+    return db.rows_affected(await conn.execute(sql, *args))
 
 
 async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any]) -> list[dict[str, Any]]:

@@ -25,14 +25,13 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from asyncpg import Connection
 
-from sira.core import audit
+from sira.core import audit, db
 from sira.core.auth import authorize
 from sira.features.definitions import FEATURE_SETS
-from sira.features.states import STATES_CHANNEL, rebuild
-from sira.features.store import SNAPSHOT_CHANNEL, materialize
+from sira.features.states import drop_cached, rebuild
+from sira.features.store import materialize
 from sira.ingest.bulk import ERASURE_LOCK
 from sira.ingest.pii import Redactor, is_token
 
@@ -78,11 +77,11 @@ async def rekey_cards(conn: Connection, identity: Any, redactor: Redactor, *, ap
     if not apply or not mapping:
         await conn.execute("DROP TABLE sira_rekey_map")
         return result
-    result["dead_letters"] = _count(await conn.execute(
+    result["dead_letters"] = db.rows_affected(await conn.execute(
         """UPDATE sira_rejected_events r SET payload = jsonb_set(r.payload, '{card_token}', to_jsonb(m.new))
              FROM sira_rekey_map m WHERE r.payload->>'card_token' = m.old"""))
     await conn.execute("SET LOCAL sira.rekey = 'on'")  # sira_features is append-only but to this (019)
-    result["feature_rows"] = _count(await conn.execute(
+    result["feature_rows"] = db.rows_affected(await conn.execute(
         "UPDATE sira_features f SET entity_id = m.new FROM sira_rekey_map m WHERE f.entity_type = $1 "
         "AND f.entity_id = m.old", ENTITY))
     await conn.execute("SET LOCAL sira.rekey = 'off'")
@@ -95,11 +94,9 @@ async def rekey_cards(conn: Connection, identity: Any, redactor: Redactor, *, ap
             await rebuild(conn, fs)
         else:
             await materialize(conn, fs, full=True)
-        for spec in fs.entities:  # replicas drop what they cached (the rebuild notified the states it wrote)
-            await conn.execute("SELECT pg_notify($1, $2)", STATES_CHANNEL,
-                               orjson.dumps({"f": fs.name, "v": fs.version, "t": spec.entity, "all": True}).decode())
         result["rebuilt"].append(f"{fs.name}@{fs.version}")
-    await conn.execute("SELECT pg_notify($1, $2)", SNAPSHOT_CHANNEL, orjson.dumps({"t": ENTITY, "all": True}).decode())
+    for entity in sorted({spec.entity for fs in in_use for spec in fs.entities} | {ENTITY}):
+        await drop_cached(conn, entity)  # replicas drop what they cached (old keys among it)
     result["seconds"] = round(time.perf_counter() - started, 3)
     await audit.record(conn, identity.actor(), "pii.rekey_cards", target_type="events", target_id="card_token",
                        details={k: result[k] for k in ("card_tokens", "events", "dead_letters", "feature_rows",
@@ -136,7 +133,3 @@ async def clean_redis(redis_url: str | None, redactor: Redactor) -> str:
         return f"failed: {type(exc).__name__} (run again)"
     finally:
         await client.aclose()
-
-
-def _count(status: str) -> int:
-    return int(status.split()[-1])

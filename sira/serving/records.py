@@ -161,7 +161,7 @@ async def write_predictions(conn: asyncpg.Connection, predictions: Sequence[dict
              ORDER BY s.prediction_id, s.scored_at
             ON CONFLICT DO NOTHING"""
     )
-    return int(status.split()[-1])
+    return db.rows_affected(status)
 
 
 def prediction_record(answer: dict[str, Any], runtime: Any, vector: dict[str, Any], role: str) -> dict[str, Any]:
