@@ -18,7 +18,7 @@ import asyncpg
 from sira.core import db
 from sira.features.definitions import get_feature_set
 from sira.serving.idempotency import DIGEST
-from sira.serving.replica import Replica
+from sira.serving.replica import SERVING_SERVER_SETTINGS, Replica
 from sira.serving.resilience import BackgroundLoop
 from sira.serving.spool import Spool
 
@@ -26,27 +26,6 @@ log = logging.getLogger(__name__)
 
 # What PostgreSQL refuses for good: retrying the same record cannot help.
 REFUSED_FOR_GOOD = db.REFUSED
-
-
-# The hot-path lookups touch a partitioned table: planning a custom plan for every call cost
-# ~0.4 ms more than running the generic one (measured: 0.49 vs 0.18 ms per lookup). A start-up
-# parameter, not a SET: the pool's reset (``RESET ALL``) would undo a SET at the first release.
-SERVING_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
-
-
-class LookupConnection(asyncpg.Connection):  # type: ignore[misc]
-    """A connection of the scoring hot path's pool, returned to it without a reset round trip.
-
-    asyncpg resets a released connection with ``SELECT pg_advisory_unlock_all(); CLOSE ALL;
-    UNLISTEN *; RESET ALL`` (~0.3 ms, inside the request: measured 0.59 vs 0.29 ms per
-    acquire + ``SELECT 1`` + release). This pool runs lookups and the feedback route's one
-    transaction: no session state, cursor, advisory lock or LISTEN to undo (the registry
-    listener has a connection of its own). An open transaction is still rolled back and
-    listener callbacks dropped: asyncpg does that whatever this returns.
-    """
-
-    def get_reset_query(self) -> str:
-        return ""
 
 
 async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | None:

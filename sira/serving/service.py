@@ -31,13 +31,11 @@ costing every request a timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from sira.features import store as feature_store
@@ -47,9 +45,8 @@ from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories
 from sira.serving.idempotency import ANSWERS_CHANNEL, Answers, idempotency_epoch, replay
 from sira.serving.intake import prepare
-from sira.serving.metrics import ServingMetrics
 from sira.serving.notifications import Listener
-from sira.serving.records import SERVING_SERVER_SETTINGS, LookupConnection, PredictionWriter
+from sira.serving.records import PredictionWriter
 from sira.serving.replica import Replica
 from sira.serving.resilience import _in_replica, _replica_name
 from sira.serving.schemas import Item, ScoreItem
@@ -57,7 +54,6 @@ from sira.serving.slots import ModelSlots
 from sira.serving.spool import Spool
 
 log = logging.getLogger(__name__)
-
 
 
 class ScoringService:
@@ -131,49 +127,21 @@ class ScoringService:
     async def start(self) -> None:
         from sira.ingest.bulk import redactor_for
 
-        r = self.replica
-        self.redactor = redactor_for(r.settings)
-        r.pool = await db.create_pool(
-            db.resolve_dsn(r.settings), min_size=1, max_size=r.settings.db_pool_max,
-            command_timeout=max(r.config.db_timeout_s * 5, 5), timeout=10,
-            server_settings=SERVING_SERVER_SETTINGS, connection_class=LookupConnection,
-        )
-        if r.settings.redis_url:
-            import redis.asyncio as aioredis
-
-            r.redis = aioredis.Redis.from_url(r.settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
-        try:
-            import ray
-
-            if ray.is_initialized() and r.config.metrics:
-                r.metrics = ServingMetrics()
-        except Exception:  # noqa: BLE001 - metrics must never stop serving
-            log.exception("metrics unavailable")
+        self.redactor = redactor_for(self.replica.settings)
+        await self.replica.open()
         self.writer.open(self._in_replica)
         await self.models.refresh("start")
-        r.spawn(self.listener.listen_forever(), "listener")
-        r.spawn(self._poll_forever(), "poller")
-        r.spawn(self.writer.flush_forever(), "flusher")
+        self.replica.spawn(self.listener.listen_forever(), "listener")
+        self.replica.spawn(self._poll_forever(), "poller")
+        self.replica.spawn(self.writer.flush_forever(), "flusher")
         self.started = True
 
     async def stop(self) -> None:
-        r = self.replica
-        for task in list(r.tasks):
-            task.cancel()
-        for task in list(r.tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Background tasks first, then the spool's last flush, the listener, the connections."""
+        await self.replica.cancel_tasks()
         await self.writer.close()
-        if r.metrics:
-            with contextlib.suppress(Exception):
-                r.metrics.publish()
         await self.listener.close()
-        if r.redis is not None:
-            with contextlib.suppress(Exception):
-                await r.redis.aclose()
-        if r.pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(r.pool.close(), timeout=5)
+        await self.replica.close()
 
     async def reconfigure(self, data: dict[str, Any]) -> None:
         """Apply a new ``user_config`` (batching, caches, models) without a restart.
