@@ -334,6 +334,7 @@ async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
         broker_proc.wait(timeout=10)
 
 
+@pytest.mark.slow  # ~35 s: two processes and the killed member's session timeout (in process: the test above)
 @pytest.mark.timeout(600)
 async def test_a_killed_consumer_process_resumes_from_its_last_commit_with_nothing_lost(broker, clean_db, settings,
                                                                                         pg_dsn):
