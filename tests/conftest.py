@@ -557,6 +557,9 @@ SCORE_BAD_INPUTS = [
      "event.attributes"),
     (lambda b: {**b, "event": {**b["event"], "attributes": {"big": 2**70}}}, 422, "invalid_value",
      "event.attributes"),
+    # a time whose UTC falls outside the calendar (was a 500: OverflowError)
+    (lambda b: {**b, "event": {**b["event"], "occurred_at": "0001-01-01T00:00:00+01:00"}}, 422, "invalid_request",
+     "event.occurred_at"),
 ]
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +29,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "js
 class InputFiles:
     format: str  # parquet | csv | json
     paths: list[Path]
+    text: tuple[str, ...] = ()  # CSV columns read as text whatever they look like (ids: "007" stays "007")
 
     @property
     def strings(self) -> list[str]:
@@ -66,10 +67,18 @@ def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     return InputFiles(formats.pop(), [p.resolve() for p in found])
 
 
+def csv_options(text: Sequence[str] = ()) -> Any:
+    """How CSV columns are typed: inferred from the values, except ``text`` columns, always strings (an id
+    of digits inferred as a number loses its leading zeros: "007" and "7" would be one customer)."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types={name: pa.string() for name in text})
+
+
 def read_sample(files: InputFiles, rows: int = 1_000) -> pa.Table:
     """The first rows of the first file that has any, read the way the full load will read them."""
     for path in files.paths:
-        sample = _sample_of(path, files.format, rows)
+        sample = _sample_of(path, files.format, rows, files.text)
         if sample.num_rows:
             return sample
     if len(files.paths) > 1:
@@ -79,7 +88,7 @@ def read_sample(files: InputFiles, rows: int = 1_000) -> pa.Table:
                        details={"file": str(files.paths[0])})
 
 
-def _sample_of(path: Path, file_format: str, rows: int) -> pa.Table:
+def _sample_of(path: Path, file_format: str, rows: int, text: Sequence[str] = ()) -> pa.Table:
     try:
         if file_format == "parquet":
             import pyarrow.parquet as pq
@@ -90,7 +99,7 @@ def _sample_of(path: Path, file_format: str, rows: int) -> pa.Table:
         if file_format == "csv":
             import pyarrow.csv as pacsv
 
-            reader = pacsv.open_csv(path)
+            reader = pacsv.open_csv(path, convert_options=csv_options(text))
             batch = next(iter(reader), None)  # none: a header without rows
             return pa.Table.from_batches([batch]) if batch is not None else reader.schema.empty_table()
         first = next(json_lines(path, rows), None)
@@ -147,7 +156,7 @@ def row_group_parts(path: Path, footer: Any, part_rows: int) -> list[dict[str, A
 
 
 def read_part(path: str, row_group: int, file_format: str, rows: int, start: int = 0,
-              stop: int = -1) -> Iterator[pa.Table]:
+              stop: int = -1, text: Sequence[str] = ()) -> Iterator[pa.Table]:
     """One part's rows (of a Parquet row group: rows ``start``..``stop``, -1: its end), at most ``rows`` a
     table; damage found only now (a Parquet page past the footer, a malformed CSV line) is an input error
     naming the file.
@@ -174,7 +183,7 @@ def read_part(path: str, row_group: int, file_format: str, rows: int, start: int
         elif file_format == "csv":
             import pyarrow.csv as pacsv
 
-            table = pacsv.read_csv(path)
+            table = pacsv.read_csv(path, convert_options=csv_options(text))
             for offset in range(0, table.num_rows, rows):
                 yield table.slice(offset, rows)
         else:
@@ -258,7 +267,8 @@ def read_table(files: InputFiles) -> pa.Table:
         if files.format == "csv":
             import pyarrow.csv as pacsv
 
-            return pa.concat_tables([pacsv.read_csv(p) for p in files.paths], promote_options="permissive")
+            return pa.concat_tables([pacsv.read_csv(p, convert_options=csv_options(files.text)) for p in files.paths],
+                                    promote_options="permissive")
         import pyarrow.json as pajson
 
         return pa.concat_tables([pajson.read_json(p) for p in files.paths], promote_options="permissive")

@@ -206,6 +206,8 @@ FEATURE_SETS = {(fs.name, fs.version): fs for fs in (PAYMENTS_V1, PAYMENTS_V2)}
 # to date while a production or staging version was trained on it: see sira.ingest.bulk.feature_sets_in_service)
 # until its last such version is retired; then it is read-only.
 CURRENT_VERSIONS = {"payments": 2}
+# A label's name (fraud, chargeback, churn_90d): labels carry it, models train on one, training sets join it
+LABEL_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
 
 def get_feature_set(name: str = "payments", version: int | None = None) -> FeatureSet:

@@ -50,7 +50,7 @@ def json_body(request: Request, raw: bytes, model: type[M]) -> M:
         if found and found[0]["type"] == "json_invalid":
             try:  # FastAPI's message and character offset: the standard library's, on this error path only
                 json.loads(raw)
-            except ValueError as decode:
+            except (ValueError, RecursionError) as decode:  # nesting past the stack: json_invalid too
                 pos, msg = getattr(decode, "pos", 0), getattr(decode, "msg", str(decode))
                 raise RequestValidationError([{"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error",
                                                "input": {}, "ctx": {"error": msg}}]) from None

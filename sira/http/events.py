@@ -26,6 +26,7 @@ class EventsBatch(BaseModel):
 
 
 class EventResult(BaseModel):
+    index: int = Field(description="The event's position in the batch (results come in the batch's order)")
     event_id: str | None
     status: Literal["accepted", "duplicate", "rejected"]
     code: str | None = None

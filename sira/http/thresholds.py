@@ -4,7 +4,6 @@ a promotion is (sira.registry.thresholds), then swapped into serving without a r
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -17,7 +16,7 @@ from sira.http.deps import PoolDep, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.registry import add_decision_routes, announce
 from sira.http.schemas import ThresholdChanged, ThresholdDecided, ThresholdSets, ThresholdWhatIf
-from sira.ingest.events import as_utc
+from sira.ingest.events import UtcDatetime
 from sira.monitoring import thresholds
 from sira.registry import thresholds as registry_thresholds
 
@@ -31,8 +30,8 @@ class ThresholdChange(BaseModel):
     block: Annotated[float, Field(ge=0, le=1, description="Scores at or above it are blocked (>= review)")]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
     days: Annotated[int, Field(ge=1, le=3650, description="Days of matured labels for the evidence")] = 28
-    time_from: Annotated[datetime | None, Field(alias="from")] = None
-    time_to: Annotated[datetime | None, Field(alias="to")] = None
+    time_from: Annotated[UtcDatetime | None, Field(alias="from")] = None
+    time_to: Annotated[UtcDatetime | None, Field(alias="to")] = None
 
 
 @router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf,
@@ -40,14 +39,13 @@ class ThresholdChange(BaseModel):
 async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
                              version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
                              days: Annotated[int, Query(ge=1, le=3650)] = 28,
-                             time_from: Annotated[datetime | None, Query(alias="from")] = None,
-                             time_to: Annotated[datetime | None, Query(alias="to")] = None,
+                             time_from: Annotated[UtcDatetime | None, Query(alias="from")] = None,
+                             time_to: Annotated[UtcDatetime | None, Query(alias="to")] = None,
                              format: Literal["json", "html"] = "json") -> Any:  # noqa: A002 - the query's name
     """What other thresholds would have done on a labelled window (read-only); ``format=html``: a page with
     the chart of precision, recall and share flagged by threshold."""
     result = await in_transaction(pool, thresholds.what_if, who, name, version=version, days=days,
-                                  time_from=as_utc(time_from) if time_from else None,
-                                  time_to=as_utc(time_to) if time_to else None)
+                                  time_from=time_from, time_to=time_to)
     return HTMLResponse(thresholds.to_html(result)) if format == "html" else result
 
 
@@ -68,8 +66,7 @@ async def request_thresholds(name: str, version: VersionNumber, body: ThresholdC
     when it requires none), with the what-if at these values as the approvers' evidence."""
     result = await in_transaction(pool, thresholds.apply, who, name, version, review=body.review, block=body.block,
                                   reason=body.reason, days=body.days,
-                                  time_from=as_utc(body.time_from) if body.time_from else None,
-                                  time_to=as_utc(body.time_to) if body.time_to else None)
+                                  time_from=body.time_from, time_to=body.time_to)
     announce(background, request)
     return result
 

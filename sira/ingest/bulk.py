@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,17 @@ from sira.core.files import decode_json_line, find_files, read_part, read_parts,
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
-from sira.ingest.columnar import normalize_table
-from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, check_columns, check_sample_types, normalize, stored_row
+from sira.ingest.columnar import TEXT_FIELDS, normalize_table
+from sira.ingest.events import (
+    EVENT_COLUMNS,
+    IngestSummary,
+    Rejection,
+    Row,
+    check_columns,
+    check_sample_types,
+    normalize,
+    stored_row,
+)
 from sira.ingest.pii import Redactor
 
 FEATURE_SHARDS = 8
@@ -41,39 +49,6 @@ FEATURE_SHARDS = 8
 # per row (docs/performance.md). Row counts are known for Parquet only; CSV and JSON Lines go through Ray.
 LOCAL_BELOW = 150_000
 ERASURE_LOCK = 7402  # an erasure holds it exclusively (sira.monitoring.erasure); each insert of events, shared
-
-
-@dataclass
-class IngestSummary:
-    """What happened to a batch or a whole load."""
-
-    read: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    features_written: int = 0
-    snapshots_updated: int = 0
-    seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of a file load
-    results: list[dict[str, Any]] = field(default_factory=list)  # per event, for small batches
-
-    def add(self, other: "IngestSummary") -> None:
-        self.read += other.read
-        self.accepted += other.accepted
-        self.duplicates += other.duplicates
-        self.rejected += other.rejected
-        self.reasons.update(other.reasons)
-        self.features_written += other.features_written
-        self.snapshots_updated += other.snapshots_updated
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "read": self.read, "accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
-            "rejected_by_reason": dict(sorted(self.reasons.items())), "features_written": self.features_written,
-            "snapshots_updated": self.snapshots_updated, "seconds": round(self.seconds, 3),
-            **({"phases": {k: round(v, 3) for k, v in self.phases.items()}} if self.phases else {}),
-        }
 
 
 def redactor_for(settings: Settings) -> Redactor:
@@ -95,9 +70,17 @@ async def store_events(
     invalid records go to ``sira_rejected_events`` with their reason. ``numbers_as_text``: the
     records come from CSV, where a numeric string is a number (elsewhere it is refused).
     """
-    source = redactor.scrub_text(source)  # a name sent by the caller, or a file's: an email in it is redacted
-    results = [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
+    source, results = normalize_all(records, redactor, source, mapping, numbers_as_text=numbers_as_text)
     return await store_normalized(conn, results, source)
+
+
+def normalize_all(records: Sequence[Mapping[str, Any]], redactor: Redactor, source: str,
+                  mapping: Mapping[str, str] | None = None, *, numbers_as_text: bool = False
+                  ) -> tuple[str, list[dict[str, Any] | Rejection]]:
+    """The source's name scrubbed (a name sent by the caller, or a file's: an email in it is redacted) and what
+    :func:`normalize` makes of each record: no database, so it can run while another batch is stored."""
+    source = redactor.scrub_text(source)
+    return source, [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
 
 
 async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str
@@ -107,22 +90,24 @@ async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str,
     summary = IngestSummary(read=len(results))
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for result in results:
+    for i, result in enumerate(results):  # in the batch's order, each with its index
         if isinstance(result, Rejection):
-            summary.results.append({"event_id": result.event_id, "status": "rejected",
+            summary.results.append({"index": i, "event_id": result.event_id, "status": "rejected",
                                     "code": result.reason_code, "reason": result.reason})
         elif result["event_id"] in seen:
             summary.duplicates += 1
-            summary.results.append({"event_id": result["event_id"], "status": "duplicate"})
+            summary.results.append({"index": i, "event_id": result["event_id"], "status": "duplicate"})
         else:
             seen.add(result["event_id"])
             rows.append(result)
+            summary.results.append({"index": i, "event_id": result["event_id"], "status": "accepted"})
     new_ids = await insert_events(conn, rows)
     fresh = [r for r in rows if r["event_id"] in new_ids]
     summary.accepted = len(fresh)
     summary.duplicates += len(rows) - len(fresh)
-    for r in rows:
-        summary.results.append({"event_id": r["event_id"], "status": "accepted" if r["event_id"] in new_ids else "duplicate"})
+    for r in summary.results:
+        if r["status"] == "accepted" and r["event_id"] not in new_ids:
+            r["status"] = "duplicate"  # stored before this batch
     await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
     return summary, fresh
 
@@ -316,7 +301,13 @@ async def ingest_batch(
 ) -> IngestSummary:
     """Store a small batch and fold it into the state of every feature set in service (``feature_sets``
     when given), inside the caller's transaction."""
-    summary, fresh = await store_events(conn, records, redactor=redactor, source=source, mapping=mapping)
+    return await ingest_normalized(conn, *normalize_all(records, redactor, source, mapping), feature_sets)
+
+
+async def ingest_normalized(conn: asyncpg.Connection, source: str, results: Sequence[dict[str, Any] | Rejection],
+                            feature_sets: Sequence[FeatureSet] | None = None) -> IngestSummary:
+    """:func:`ingest_batch` of a batch :func:`normalize_all` already made."""
+    summary, fresh = await store_normalized(conn, results, source)
     if fresh:
         for fs in feature_sets if feature_sets is not None else await feature_sets_in_service(conn):
             written, updated = await fold_and_store(conn, fs, fresh)
@@ -346,10 +337,11 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
-def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int) -> Iterator[pa.Table]:
+def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int, text: tuple[str, ...]
+                ) -> Iterator[pa.Table]:
     """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
     for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
-        yield from read_part(path, group, file_format, rows)
+        yield from read_part(path, group, file_format, rows, text=text)
 
 
 def _json_records(batch: pa.Table) -> tuple[list[dict[str, Any]], list[Rejection]]:
@@ -462,7 +454,7 @@ def ingest_files(
 
     started = time.perf_counter()
     mapping = mapping or {}
-    files = find_files(paths)
+    files = replace(find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
     sample = read_sample(files)
     check_columns(sample.column_names, mapping)
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
@@ -506,11 +498,12 @@ def ingest_files(
             counts = []
             for c in (
                 ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
-                 for part in parts for t in read_part(part["path"], part["row_group"], files.format, batch_size))
+                 for part in parts
+                 for t in read_part(part["path"], part["row_group"], files.format, batch_size, text=files.text))
                 if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
                 .map_batches(_read_parts, batch_size=1, batch_format="numpy",
-                             fn_kwargs={"file_format": files.format, "rows": batch_size})
+                             fn_kwargs={"file_format": files.format, "rows": batch_size, "text": files.text})
                 .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=load)
                 .iter_rows()
             ):

@@ -17,11 +17,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from sira.core.config import get_settings
@@ -59,8 +68,15 @@ FIELD_CODES = (*VALUE_CODES, *MISSING_CODES)
 
 
 def as_utc(value: datetime) -> datetime:
-    """A timestamp in UTC; naive timestamps are taken as UTC."""
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    """A timestamp in UTC; naive timestamps are taken as UTC. ValueError (what pydantic reports as a validation
+    error) for a time whose UTC falls outside the calendar (year 1 ahead of UTC, 9999 behind it)."""
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("outside the dates a UTC time can hold (years 1 to 9999)") from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]  # a request's time: in UTC, or a 422
 
 
 def max_string_length() -> int:
@@ -84,6 +100,19 @@ class ValueProblem:
         return PydanticCustomError(self.code, "{problem}", {"problem": str(self), "path": self.path})
 
 
+def text_problem(value: str, path: str = "") -> ValueProblem | None:
+    """What PostgreSQL cannot store in a text: a NUL, or an unpaired surrogate (JSON's ``"\\ud800"`` decodes to
+    one; it has no UTF-8 form)."""
+    if "\x00" in value:
+        return ValueProblem("invalid_value", path, "must not contain NUL (\\u0000) characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ValueProblem("invalid_value", path, "must not contain unpaired surrogates (\\ud800-\\udfff)")
+    return None
+
+
 def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -> ValueProblem | None:
     """Why a JSON-like value cannot be accepted, naming where; None when it can.
 
@@ -95,9 +124,7 @@ def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -
     if isinstance(value, str):
         if len(value) > max_length:
             return ValueProblem("field_too_long", path, f"longer than {max_length} characters ({len(value)})")
-        if "\x00" in value:
-            return ValueProblem("invalid_value", path, "must not contain NUL (\\u0000) characters")
-        return None
+        return text_problem(value, path)
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         return ValueProblem("invalid_value", path, "integer out of the signed 64-bit range")
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
@@ -108,8 +135,9 @@ def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -
             if len(name) > max_length:
                 return ValueProblem("field_too_long", path, f"a field name is longer than {max_length} characters "
                                     f"({len(name)})")
-            if "\x00" in name:
-                return ValueProblem("invalid_value", path, "field names must not contain NUL (\\u0000) characters")
+            if text_problem(name, path):
+                return ValueProblem("invalid_value", path, "field names must not contain NUL (\\u0000) characters "
+                                    "or unpaired surrogates")
             problem = value_problem(item, max_length, f"{path}.{name}" if path else name, depth + 1)
             if problem:
                 return problem
@@ -209,6 +237,42 @@ class EventIn(BaseModel):
         return self
 
 
+@dataclass
+class IngestSummary:
+    """What happened to a batch or a whole load."""
+
+    read: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    features_written: int = 0
+    snapshots_updated: int = 0
+    labels: int = 0  # label entries of a stream stored (inserted, updated, or the same again)
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of a file load
+    results: list[dict[str, Any]] = field(default_factory=list)  # per event, for small batches
+
+    def add(self, other: "IngestSummary") -> None:
+        self.read += other.read
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+        self.features_written += other.features_written
+        self.snapshots_updated += other.snapshots_updated
+        self.labels += other.labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+            "rejected_by_reason": dict(sorted(self.reasons.items())), "features_written": self.features_written,
+            "snapshots_updated": self.snapshots_updated, **({"labels": self.labels} if self.labels else {}),
+            "seconds": round(self.seconds, 3),
+            **({"phases": {k: round(v, 3) for k, v in self.phases.items()}} if self.phases else {}),
+        }
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a record was not accepted, safe to store (payload redacted)."""
@@ -293,15 +357,27 @@ def _jsonable(value: Any, max_length: int) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         value = str(value)
     if isinstance(value, str):
-        return value if len(value) <= max_length else _too_long(value)
+        return storable_text(value) if len(value) <= max_length else _too_long(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {(name if len(name := str(k)) <= max_length else _too_long(name)): _jsonable(v, max_length)
+        return {(storable_text(name) if len(name := str(k)) <= max_length else _too_long(name)): _jsonable(v, max_length)
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, max_length) for v in value]
     return _jsonable(str(value), max_length)
+
+
+def bounded_json(value: Any) -> Any:
+    """A record as a dead letter may keep it (see :func:`_jsonable`), before redaction."""
+    return _jsonable(value, max_string_length())
+
+
+def storable_text(text: str) -> str:
+    """The text with what PostgreSQL cannot store (NUL, unpaired surrogates) replaced by U+FFFD."""
+    if text_problem(text) is None:
+        return text
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _too_long(text: str) -> str:
@@ -325,7 +401,8 @@ def _rejection(
         code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     raw_id = record.get("event_id")
     raw_id = "" if raw_id is None else str(raw_id)
-    event_id = redactor.scrub_value(raw_id)[:MAX_EVENT_ID] if 0 < len(raw_id) <= max_string_length() else None
+    event_id = storable_text(redactor.scrub_value(raw_id)[:MAX_EVENT_ID]) if 0 < len(raw_id) <= max_string_length() \
+        else None
     return Rejection(event_id, code, redactor.scrub_text(reason), loc, _payload(redactor, record, raw))
 
 

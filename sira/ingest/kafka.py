@@ -17,7 +17,6 @@ SCRAM-SHA-256/512; passwords are read from files, never from the command line, a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections.abc import Mapping
@@ -26,11 +25,16 @@ from typing import Any
 
 from sira.core.config import Settings, read_secret_file
 from sira.core.errors import ConfigError, ServiceUnavailable
-from sira.ingest.stream import Entry
+from sira.ingest.stream import Entry, decoded, text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "sira-features"
+OURS = ("enable.auto.commit", "enable.auto.offset.store")  # what a properties file may not turn on
+# A commit the group refuses because its partitions moved (a rebalance between the read and the commit): the
+# new owner reads again from the last commit, and the events are idempotent, so the consumer goes on.
+MOVED = ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FENCED_INSTANCE_ID",
+         "_ASSIGNMENT_LOST")
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
 
 
@@ -91,7 +95,12 @@ def client_config(settings: Settings, bootstrap: str, group: str, client_id: str
         config["ssl.key.password"] = read_secret_file(settings.kafka_ssl_key_password_file,
                                                   "SIRA_KAFKA_SSL_KEY_PASSWORD_FILE")
     if settings.kafka_properties_file:
-        config.update(_properties(settings.kafka_properties_file))
+        extra = _properties(settings.kafka_properties_file)
+        for key in OURS:
+            if key in extra and str(extra[key]).strip().lower() != str(config[key]).lower():
+                raise ConfigError(f"SIRA_KAFKA_PROPERTIES_FILE sets {key}={extra[key]}: SIRA commits offsets "
+                                  "itself, only after the database commit (at least once)")
+        config.update(extra)
     return config
 
 
@@ -119,23 +128,17 @@ class KafkaSource:
             raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
         self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
 
-    def _kind(self, message: Any) -> str:
+    def _kind(self, message: Any) -> str | None:
         if self.labels_topic and message.topic() == self.labels_topic:
             return "label"
         for key, value in message.headers() or []:
             if key == "kind":
-                return value.decode() if isinstance(value, bytes) else str(value)
-        return "event"
+                return text(value) if value is not None else ""  # a kind header with no value: no kind
+        return None
 
     def _entry(self, message: Any) -> Entry:
-        entry_id = f"{message.topic()}:{message.partition()}:{message.offset()}"
-        try:
-            data = json.loads(message.value())
-            if not isinstance(data, dict):
-                raise ValueError("the message is not a JSON object")
-        except (TypeError, ValueError) as exc:
-            return Entry(entry_id, self._kind(message), None, f"undecodable message: {exc}")
-        return Entry(entry_id, self._kind(message), data)
+        return decoded(f"{message.topic()}:{message.partition()}:{message.offset()}", self._kind(message),
+                       message.value())
 
     def _read(self, count: int, block_ms: int) -> list[Entry]:
         out = []
@@ -154,7 +157,7 @@ class KafkaSource:
 
     async def ack(self, ids: list[str]) -> None:
         """Commit past every entry of the batch (called after the batch's transaction committed)."""
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         newest: dict[tuple[str, int], int] = {}
         for entry_id in ids:
@@ -163,7 +166,13 @@ class KafkaSource:
             newest[key] = max(newest.get(key, -1), int(offset))
         if newest:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in newest.items()]
-            await asyncio.to_thread(self.consumer.commit, offsets=offsets, asynchronous=False)
+            try:
+                await asyncio.to_thread(self.consumer.commit, offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if not moved(exc):
+                    raise
+                log.warning("Kafka refused a commit after a rebalance (%s): the partitions' new owner reads "
+                            "from the last commit; the repeats are absorbed by event_id", exc.args[0].name())
 
     def _lag(self) -> int | None:
         assigned = self.consumer.assignment()
@@ -187,6 +196,12 @@ class KafkaSource:
         if self.consumer is not None:
             await asyncio.to_thread(self.consumer.close)
             self.consumer = None
+
+
+def moved(exc: Exception) -> bool:
+    """Whether a failed commit means the group moved the partitions (see :data:`MOVED`)."""
+    error = exc.args[0] if exc.args else None
+    return hasattr(error, "name") and error.name() in MOVED
 
 
 def _log_error(error: Any) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -26,7 +26,8 @@ import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from sira.core.errors import PermissionDenied
-from sira.ingest.events import apply_mapping, as_utc
+from sira.features.definitions import LABEL_NAME
+from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, text_problem
 from sira.ingest.pii import Redactor
 
 # The one label vocabulary: labels imported, sent over HTTP, and label columns of tables trained on.
@@ -54,7 +55,7 @@ def parse_label(value: Any) -> bool | None:
 
 # A label and its name (fraud, chargeback, churn_90d, ...): the same rules wherever a label comes in.
 Label = Annotated[bool, BeforeValidator(parse_label)]
-LabelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+LabelName = Annotated[str, Field(pattern=LABEL_NAME)]
 
 
 class FeedbackIn(BaseModel):
@@ -69,6 +70,14 @@ class FeedbackIn(BaseModel):
     source: Annotated[str, Field(min_length=1, max_length=100)] = "import"
     occurred_at: datetime | None = None
     prediction_id: UUID | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = text_problem(value) if isinstance(value, str) else None  # what PostgreSQL's text refuses
+        if problem:
+            raise problem.error()
+        return value
 
     @field_validator("known_at", "occurred_at")
     @classmethod
@@ -160,9 +169,11 @@ async def record_labels(
             loc = ".".join(str(p) for p in error["loc"]) or None
             code = "missing_field" if error["type"] == "missing" else "invalid_field"
             reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
-            payload = redactor.payload({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in raw.items()})
-            event_id = redactor.scrub_value(str(raw.get("event_id")))[:200] if raw.get("event_id") else None
-            rejected.append((event_id, redactor.scrub_text(f"feedback:{source}"), code, redactor.scrub_text(reason),
+            payload = redactor.payload(bounded_json(raw))
+            event_id = storable_text(redactor.scrub_value(str(raw.get("event_id")))[:200]) if raw.get("event_id") \
+                else None
+            rejected.append((event_id, storable_text(redactor.scrub_text(f"feedback:{source}")), code,
+                             redactor.scrub_text(reason),
                              loc, payload))
             continue
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
@@ -219,7 +230,8 @@ async def import_label_files(
     from sira.ingest.bulk import redactor_for
 
     mapping = dict(mapping or {})
-    table = read_table(find_files(paths))
+    text = tuple(mapping.get(c, c) for c in ("event_id", "label_name", "source", "prediction_id"))
+    table = read_table(replace(find_files(paths), text=text))  # an event id of digits keeps its zeros
     required = {mapping.get(c, c) for c in ("event_id", "label", "known_at")}
     missing = sorted(required - set(table.column_names))
     if missing:

@@ -32,9 +32,10 @@ async def test_batch_returns_per_event_results(client, clean_db):
     assert r.status_code == 200, r.text
     data = r.json()
     assert (data["accepted"], data["duplicates"], data["rejected"]) == (1, 1, 2)
-    by_status = sorted((x["status"], x.get("code")) for x in data["results"])
-    assert by_status == [("accepted", None), ("duplicate", None), ("rejected", "invalid_number"),
-                         ("rejected", "missing_field")]
+    # in the batch's order, each with its index (an event without an id is known by its index alone)
+    assert [(x["index"], x["event_id"], x["status"], x.get("code")) for x in data["results"]] == [
+        (0, "h1", "accepted", None), (1, "h2", "rejected", "invalid_number"), (2, "h1", "duplicate", None),
+        (3, None, "rejected", "missing_field")]
     again = (await client.post("/v1/events", json={"events": [event(1)]})).json()
     assert (again["accepted"], again["duplicates"]) == (0, 1)
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 1
@@ -49,6 +50,26 @@ async def test_an_unstorable_event_is_rejected_alone(client, clean_db):
     data = r.json()
     assert (data["accepted"], data["rejected"]) == (1, 2)
     assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 2
+
+
+async def test_an_unpaired_surrogate_or_a_time_beyond_the_calendar_is_a_dead_letter_not_a_500(client, clean_db):
+    """JSON's "\\ud800" decodes to a character with no UTF-8 form, and 0001-01-01 an hour ahead of UTC is no
+    UTC time: both made the whole batch a 500 (its good events lost). Now each is a rejection of its own."""
+    body = ('{"events": [' + ", ".join([
+        '{"event_id": "h1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "amount": 1}',
+        '{"event_id": "h\\ud800", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "amount": 1}',
+        '{"event_id": "h3", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "amount": 1, "n": "\\udc00"}',
+        '{"event_id": "h4", "occurred_at": "0001-01-01T00:00:00+01:00", "customer_id": "c1", "amount": 1}',
+    ]) + "]}")
+    r = await client.post("/v1/events", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (1, 3), data
+    assert sorted(x.get("code") for x in data["results"] if x["status"] == "rejected") == \
+        ["invalid_field", "invalid_value", "invalid_value"]
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 3
+    r = await client.get("/v1/models/fraud/thresholds", params={"from": "0001-01-01T00:00:00+01:00"})
+    assert r.status_code in (404, 422), r.text  # a 422 for the time (no model here: at worst a 404), never a 500
 
 
 

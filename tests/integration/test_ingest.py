@@ -343,3 +343,26 @@ async def test_bulk_loads_leave_the_planner_statistics_of_what_they_loaded(clean
     await import_label_files(settings, [small_sim.labels_path], source="sim")
     labels = await analyzed("sira_feedback")
     assert labels is not None and (before["sira_feedback"] is None or labels > before["sira_feedback"])
+
+
+async def test_csv_ids_of_digits_keep_their_leading_zeros(clean_db, settings, tmp_path):
+    """Arrow inferred a CSV column of digits as numbers: event ids 00123, 0123 and 123 became one (two counted
+    as duplicates, nothing dead-lettered), customers 007 and 0007 one customer, and a phone +33... a float.
+    Ids and the other text fields are now read as text; the amount and the time are still typed."""
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.ingest.labels import import_label_files
+
+    rows = [{"event_id": eid, "occurred_at": f"2026-09-01 10:0{i}:00", "customer_id": cid, "phone": "+33612345678",
+             "amount": "12.50"}
+            for i, (eid, cid) in enumerate([("00123", "007"), ("0123", "0007"), ("123", "7")])]
+    write_csv(tmp_path / "ids.csv", rows)
+    summary = await ingest_files(settings, [tmp_path / "ids.csv"], feature_sets=[PAYMENTS_V2], progress=False)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (3, 0, 0)
+    stored = await clean_db.fetch("SELECT event_id, customer_id, phone_token, amount FROM sira_events ORDER BY 1")
+    assert [(r["event_id"], r["customer_id"]) for r in stored] == [("00123", "007"), ("0123", "0007"), ("123", "7")]
+    assert len({r["phone_token"] for r in stored}) == 1 and float(stored[0]["amount"]) == 12.5
+    from sira.ingest.bulk import redactor_for  # the same phone sent as JSON gets the same token
+    assert stored[0]["phone_token"] == redactor_for(settings).field("phone", "+33612345678")[1]
+    write_csv(tmp_path / "labels.csv", [{"event_id": "0123", "label": 1, "known_at": "2026-09-20 00:00:00"}])
+    await import_label_files(settings, [tmp_path / "labels.csv"], source="bank")
+    assert await clean_db.fetchval("SELECT event_id FROM sira_feedback") == "0123"

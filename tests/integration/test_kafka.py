@@ -169,9 +169,27 @@ def test_the_client_configuration_for_sasl_and_tls(tmp_path):
         (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN", kafka_sasl_username="u",
                   kafka_sasl_password_file=tmp_path / "missing"), "cannot read SIRA_KAFKA_SASL_PASSWORD_FILE"),
     ]
+    auto = tmp_path / "auto.properties"  # would commit before the database commit: at most once
+    auto.write_text("enable.auto.commit=true\n")
+    refused.append((Settings(kafka_properties_file=auto), "SIRA commits offsets itself"))
     for settings, message in refused:
         with pytest.raises(ConfigError, match=message):
             client_config(settings, "b:9092", "g")
+
+
+def test_a_commit_refused_because_the_group_moved_the_partitions_is_not_fatal():
+    """After a rebalance between a batch's read and its commit, the group refuses the commit: the consumer
+    goes on (the partitions' new owner reads again from the last commit; event ids absorb the repeats).
+    Any other commit failure still stops it. (tansu accepts such commits, so this is checked on the errors.)"""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from sira.ingest.kafka import moved
+
+    for code in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                 KafkaError._ASSIGNMENT_LOST):
+        assert moved(KafkaException(KafkaError(code)))
+    for code in (KafkaError._MSG_TIMED_OUT, KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError._TRANSPORT):
+        assert not moved(KafkaException(KafkaError(code)))
     with pytest.raises(ConfigError, match="host:port"):
         client_config(Settings(), "", "g")
 

@@ -361,6 +361,22 @@ async def test_bad_input_gets_a_stable_code_naming_the_field(served, fraud_model
     assert r.json()["error"]["code"] == code and r.json()["error"]["details"].get("field") == field
 
 
+async def test_json_nested_past_the_stack_or_an_unpaired_surrogate_is_a_4xx_not_a_500(served, fraud_model):
+    client, _ = served
+    deep = b'{"model": "fraud", "event": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+    for path in ("/v1/score", "/v1/score/batch"):  # the standard library's parser raised RecursionError: a 500
+        r = await client.post(path, content=deep, headers={**auth(fraud_model, "service"),
+                                                           "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body", r.text
+    r = await client.post("/v1/feedback", content=b'{"event_id": "e\\ud800", "label": true}',
+                          headers={**auth(fraud_model, "service"), "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_value", r.text
+    r = await client.post("/v1/feedback", json={"event_id": "e1", "label": True,
+                                                "known_at": "9999-12-31T23:30:00-01:00"},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 422, r.text
+
+
 async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
     client, service = served
     ok = [{"event": event(fraud_model, 10 + i)} for i in range(5)]

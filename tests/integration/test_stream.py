@@ -236,3 +236,67 @@ async def test_the_consumer_exports_its_entries_dead_letters_and_lag(clean_db, r
     assert sum(reasons.values()) == 2 and reasons.get("undecodable") == 1
     assert found[("sira_stream_batch_seconds_count", ())] == 3
     assert time.time() - found[("sira_stream_last_commit_timestamp_seconds", ())] < 60
+
+
+async def test_entries_that_could_stop_the_consumer_are_dead_lettered_and_it_goes_on(clean_db, redis_client,
+                                                                                      redis_url, settings):
+    """Each of these stopped the consumer (every consumer of the group in turn, the same batch redelivered): a
+    time whose UTC leaves the calendar (an event's, a label's), an unpaired surrogate, bytes that are no UTF-8,
+    JSON nested past the stack, a NUL in a label's id, a kind that is no UTF-8. Now each is a dead letter, counted, and the good entries around them are
+    stored; an entry of an unknown kind keeps its data, redacted, so it can be sent again."""
+    good = stream_events(6)
+    poison = [{**good[0], "event_id": "late-utc", "occurred_at": "0001-01-01T00:00:00+01:00"},
+              {**good[0], "event_id": "early-utc", "occurred_at": "9999-12-31T23:30:00-01:00"}]
+    for e in good[:3] + poison:
+        redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps(e)})
+    redis_client.xadd(STREAM, {"kind": "event", "data": '{"event_id": "sur\\ud800", "occurred_at": '
+                                                         '"2026-09-01T00:00:00Z", "customer_id": "c1", "amount": 1}'})
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**good[0], "event_id": "attr", "note": "x"})
+                      .replace('"x"', '"\\udc00"')})
+    redis_client.xadd(STREAM, {"kind": "event", "data": b'{"event_id": "\xff\xfe"}'})
+    redis_client.xadd(STREAM, {"kind": b"\xff", "data": json.dumps(good[0])})
+    redis_client.xadd(STREAM, {"kind": "event", "data": "[" * 100_000})
+    redis_client.xadd(STREAM, {"kind": "label", "data": json.dumps({"event_id": "s0001\x00", "label": True,
+                                                                     "known_at": "2026-09-05T00:00:00Z"})})
+    redis_client.xadd(STREAM, {"kind": "label", "data": json.dumps({"event_id": "s0002", "label": True,
+                                                                     "known_at": "0001-01-01T00:00:00+01:00"})})
+    redis_client.xadd(STREAM, {"kind": "Event", "data": json.dumps({**good[1], "email": "ann@example.com"})})
+    for e in good[3:]:
+        redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps(e)})
+    source = RedisStreamSource(redis_url, consumer="x")
+    await source.start()
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
+                          max_events=16)
+    await source.close()
+    assert (total.read, total.accepted, total.rejected) == (16, 6, 10), total
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 6
+    dead = await clean_db.fetch("SELECT reason_code, reason, payload FROM sira_rejected_events")
+    assert len(dead) == 10 == sum(total.reasons.values())
+    unknown = [r for r in dead if r["reason_code"] == "unknown_kind"]
+    assert len(unknown) == 2  # b"\xff" and "Event"
+    kept = next(r["payload"] for r in unknown if r["payload"].get("kind") == "Event")
+    assert kept["kind"] == "Event" and kept["data"]["event_id"] == good[1]["event_id"]
+    assert "ann@example.com" not in json.dumps(kept) and kept["data"]["email"] != good[1].get("email")
+    assert "ann@example.com" not in " ".join(r["reason"] for r in dead)
+
+
+async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_of_its_batch_stored(clean_db, redis_client,
+                                                                                         redis_url, settings):
+    """The safety net under the checks above: a batch PostgreSQL refuses for good (here a real constraint that
+    refuses one event id) is stored one entry at a time; the entry refused again is dead-lettered as
+    unprocessable, its neighbours stored, the batch acknowledged."""
+    await clean_db.execute("ALTER TABLE sira_events ADD CONSTRAINT test_refuses_poison CHECK (event_id <> 's0003')"
+                           " NOT VALID")
+    try:
+        publish(redis_client, stream_events(8))
+        source = RedisStreamSource(redis_url, consumer="x")
+        await source.start()
+        total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
+                              max_events=8)
+        await source.close()
+    finally:
+        await clean_db.execute("ALTER TABLE sira_events DROP CONSTRAINT test_refuses_poison")
+    assert (total.read, total.accepted, total.rejected) == (8, 7, 1)
+    assert await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events") == "unprocessable"
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
