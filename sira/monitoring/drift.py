@@ -316,8 +316,13 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
 
 
 async def latest_drift(conn: Any, model_name: str, version: int | None = None) -> dict[str, Any]:
-    """The newest drift run of a model (or one version): its verdict and rows, most severe first."""
+    """The newest drift run of a model's production version (of ``version`` when named; of any version while
+    none is in production): its verdict and rows, most severe first. A challenger's drift run (a retrain
+    checks each challenger) is not the model's drift."""
     model = await registry.get_model(conn, model_name)
+    if version is None:
+        version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 AND "
+                                      "status = 'production'", model["id"])
     run = await conn.fetchrow(
         """SELECT job_id, version, window_start, window_end, severity, details, computed_at FROM sira_data_drift
             WHERE model_id = $1 AND ($2::int IS NULL OR version = $2) AND feature = $3

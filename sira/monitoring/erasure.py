@@ -43,7 +43,7 @@ from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
 from sira.ingest.bulk import ERASURE_LOCK
 from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, subject_ref
-from sira.registry.models import redacted
+from sira.registry.settings import redacted
 
 log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"

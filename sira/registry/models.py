@@ -15,23 +15,13 @@ import asyncpg
 from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
-from sira.registry import receivers, webhooks
+from sira.registry import webhooks
+from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, checked, redacted
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
 
 MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
-
-
-def redacted(text: str | None) -> str | None:
-    """Governance text as stored (reasons, comments, descriptions, errors): card numbers, emails, phone numbers
-    and IP addresses in it become tokens, keyed as the events' are; the rest stays readable."""
-    if not text:
-        return text
-    from sira.core.config import get_settings
-    from sira.ingest.pii import Redactor
-
-    return Redactor.from_secret(get_settings().secret("pii_key")).scrub_text(text)
 
 
 async def get_model(conn: Connection, name: str) -> asyncpg.Record:
@@ -420,12 +410,6 @@ async def production_history(conn: Connection, model_name: str) -> list[dict[str
 
 # -- models and versions: reading and settings ----------------------------------------
 
-MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
-                  "required_approvals", "promotion_policy", "feature_set_version", "notify")
-_GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets", "notify")
-_FREE_TEXT_SETTINGS = ("display_name", "description", "owner")  # stored with PII patterns redacted
-
-
 def jsonable(row: asyncpg.Record) -> dict[str, Any]:
     from datetime import datetime
 
@@ -439,28 +423,24 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
     """A new model (on the feature set's current version unless told). Its governance settings (approvals,
     policy, targets) need an admin."""
     from sira.core.auth import authorize
-    from sira.features.definitions import CURRENT_VERSIONS
-    from sira.registry.targets import DecisionTargets
+    from sira.features.definitions import CURRENT_VERSIONS, get_feature_set
 
     authorize(identity, "models.write")
     unknown = set(settings) - set(MODEL_SETTINGS)
     if unknown:
         raise InvalidInput(f"unknown model setting(s): {', '.join(sorted(unknown))}")
-    if any(settings.get(k) is not None for k in _GOVERNANCE):
+    if any(settings.get(k) is not None for k in GOVERNANCE):
         authorize(identity, "models.settings")
     if model_type not in MODEL_TYPES:
         raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
-    if settings.get("decision_targets") is not None:
-        DecisionTargets.from_dict(settings["decision_targets"])
-    if settings.get("promotion_policy") is not None:
-        from sira.registry.policy import PromotionPolicy
-
-        PromotionPolicy.from_mapping(settings["promotion_policy"])
-    if settings.get("notify") is not None:
-        settings["notify"] = receivers.names(settings["notify"])
     if feature_set is not None and feature_set_version is None:
         feature_set_version = CURRENT_VERSIONS.get(feature_set, 1)
-    values = {k: redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in settings.items() if v is not None}
+    if feature_set is not None:  # an entity the model's features are about
+        entities = [spec.entity for spec in get_feature_set(feature_set, feature_set_version).entities]
+        if entity_type not in entities:
+            raise InvalidInput(f"entity type must be one of {feature_set}'s: {', '.join(entities)}",
+                               details={"field": "entity_type"})
+    values = checked(settings)
     columns = ["name", "model_type", "entity_type", "feature_set", "feature_set_version", "created_by", *values]
     args = [name, model_type, entity_type, feature_set, feature_set_version, identity.name, *values.values()]
     placeholders = ", ".join(f"${i}" for i in range(1, len(args) + 1))
@@ -482,22 +462,13 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
 async def update_model(conn: Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
     """Change a model's settings (admin): approvals, policy, targets, maturity, descriptions."""
     from sira.core.auth import authorize
-    from sira.registry.targets import DecisionTargets
 
     authorize(identity, "models.settings")
-    changes = {k: redacted(v) if k in _FREE_TEXT_SETTINGS else v for k, v in changes.items() if v is not None}
     unknown = set(changes) - set(MODEL_SETTINGS)
-    if unknown or not changes:
+    if unknown or not any(v is not None for v in changes.values()):
         raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")
-    if "decision_targets" in changes:
-        DecisionTargets.from_dict(changes["decision_targets"])
-    if "promotion_policy" in changes:
-        from sira.registry.policy import PromotionPolicy
-
-        PromotionPolicy.from_mapping(changes["promotion_policy"])  # refused when set, not when a retrain reads it
+    changes = checked(changes)
     before = await get_model(conn, name)
-    if "notify" in changes:
-        changes["notify"] = receivers.names(changes["notify"])
     if "feature_set_version" in changes:  # what its next versions train on; versions keep their own
         from sira.features.definitions import FEATURE_SETS
 

@@ -21,7 +21,8 @@ from sira.core import audit
 from sira.core.auth import authorize
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import lifecycle, webhooks
-from sira.registry.models import get_model, get_version, redacted
+from sira.registry.models import get_model, get_version
+from sira.registry.settings import redacted
 
 if TYPE_CHECKING:
     from sira.core.db import Connection

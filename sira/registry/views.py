@@ -32,7 +32,8 @@ _OVERVIEW = """
             ORDER BY window_end DESC, computed_at DESC LIMIT 1) live ON true
       LEFT JOIN LATERAL (
            SELECT severity, computed_at FROM sira_data_drift d
-            WHERE d.model_id = m.id AND d.feature = '__dataset__' ORDER BY computed_at DESC LIMIT 1) drift ON true
+            WHERE d.model_id = m.id AND d.feature = '__dataset__' AND (p.version IS NULL OR d.version = p.version)
+            ORDER BY computed_at DESC LIMIT 1) drift ON true  -- production's, not a challenger's
       LEFT JOIN LATERAL (
            SELECT decision, finished_at, challenger_version FROM sira_retrain_runs r
             WHERE r.model_id = m.id AND r.status = 'succeeded' ORDER BY finished_at DESC LIMIT 1) rr ON true

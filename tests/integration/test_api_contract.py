@@ -156,3 +156,23 @@ async def test_a_body_without_its_json_content_type_or_malformed_says_what_is_wr
                           headers={**keys["admin"], "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body", r.text
     assert r.json()["error"]["details"]["field"] == "" and isinstance(r.json()["error"]["details"]["position"], int)
+
+
+async def test_a_model_is_refused_an_entity_its_features_lack_or_a_label_name_no_label_carries(client_and_keys,
+                                                                                                clean_db):
+    client, keys = client_and_keys
+    r = await client.post("/v1/models", json={"name": "odd", "entity_type": "zzz"}, headers=keys["admin"])
+    assert r.status_code == 422 and r.json()["error"]["details"] == {"field": "entity_type"}, r.text
+    assert "customer" in r.json()["error"]["message"]
+    r = await client.post("/v1/models", json={"name": "odd", "label_name": "Bad Name"}, headers=keys["admin"])
+    assert r.status_code == 422 and r.json()["error"]["details"] == {"field": "label_name"}, r.text
+    r = await client.post("/v1/models", json={"name": "odd", "entity_type": "terminal", "label_name": "chargeback"},
+                          headers=keys["admin"])
+    assert r.status_code == 201, r.text
+    from sira.core.auth import Identity
+    from sira.core.errors import InvalidInput
+    from sira.registry.models import update_model
+
+    async with db.transaction(clean_db) as conn:  # `sira models update` (no HTTP field)
+        with pytest.raises(InvalidInput, match="label name"):
+            await update_model(conn, Identity("root", frozenset({"admin"})), "odd", label_name="Bad Name")

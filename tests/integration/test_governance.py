@@ -210,3 +210,27 @@ async def test_the_approval_queue_shows_the_evidence_and_who_may_decide(clean_db
         (model,) = await models_overview(conn, OLI)
     assert (model["production_version"], model["training_ap"], model["staging_version"]) == (2, 0.75, None)
     assert model["live_ap"] is None and model["drift_verdict"] is None and model["retrain_decision"] is None
+
+
+async def test_a_models_drift_is_its_production_versions_not_a_rejected_challengers(clean_db, settings):
+    """A retrain checks each challenger's drift: the newest drift run may be a challenger's the retrain then
+    rejected. The overview and `GET /v1/models/{name}/drift` report production's (was: the newest of any)."""
+    from sira.monitoring.drift import latest_drift
+    from sira.registry.views import models_overview
+
+    await make_version(clean_db, settings, 1, required=0)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await make_version(clean_db, settings, 2, required=0)  # a challenger, never promoted
+    async with db.transaction(clean_db) as conn:
+        model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+        for version, severity, job, ago in ((1, "ok", "prod-run", 2), (2, "alert", "challenger-run", 1)):
+            await conn.execute(
+                """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, severity, job_id,
+                                                computed_at)
+                   VALUES ($1, $2, '__dataset__', now() - interval '8 days', now() - interval '1 day', $3, $4,
+                           now() - make_interval(hours => $5))""", model_id, version, severity, job, ago)
+    async with clean_db.acquire() as conn:
+        (model,) = await models_overview(conn, OLI)
+        assert (model["production_version"], model["drift_verdict"]) == (1, "ok")
+        assert (await latest_drift(conn, "fraud"))["latest"]["job_id"] == "prod-run"
+        assert (await latest_drift(conn, "fraud", 2))["latest"]["job_id"] == "challenger-run"  # when asked for

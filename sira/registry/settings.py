@@ -1,0 +1,47 @@
+"""A model's settings: which there are, which need an admin, and their checks (one set for creating a model
+and for changing one)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sira.core.errors import InvalidInput
+from sira.features.definitions import LABEL_NAME
+from sira.registry import receivers
+
+MODEL_SETTINGS = ("display_name", "description", "owner", "label_name", "label_maturity_days", "decision_targets",
+                  "required_approvals", "promotion_policy", "feature_set_version", "notify")
+GOVERNANCE = ("required_approvals", "promotion_policy", "decision_targets", "notify")  # an admin's
+FREE_TEXT = ("display_name", "description", "owner")  # stored with PII patterns redacted
+
+
+def redacted(text: str | None) -> str | None:
+    """Governance text as stored (reasons, comments, descriptions, errors): card numbers, emails, phone numbers
+    and IP addresses in it become tokens, keyed as the events' are; the rest stays readable."""
+    if not text:
+        return text
+    from sira.core.config import get_settings
+    from sira.ingest.pii import Redactor
+
+    return Redactor.from_secret(get_settings().secret("pii_key")).scrub_text(text)
+
+
+def checked(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings given (None: not given) as stored: each checked (a policy or targets are refused when set,
+    not when a retrain reads them), free text redacted, receivers named as the receivers file names them."""
+    from sira.registry.policy import PromotionPolicy
+    from sira.registry.targets import DecisionTargets
+
+    values: dict[str, Any] = {k: redacted(v) if k in FREE_TEXT else v for k, v in settings.items() if v is not None}
+    name = values.get("label_name")
+    if name is not None and not (isinstance(name, str) and re.fullmatch(LABEL_NAME, name)):
+        raise InvalidInput("label name: lower-case letters, digits and _, starting with a letter (as labels "
+                           "name it, e.g. fraud, chargeback, churn_90d)", details={"field": "label_name"})
+    if "decision_targets" in values:
+        DecisionTargets.from_dict(values["decision_targets"])
+    if "promotion_policy" in values:
+        PromotionPolicy.from_mapping(values["promotion_policy"])
+    if "notify" in values:
+        values["notify"] = receivers.names(values["notify"])
+    return values
