@@ -118,6 +118,9 @@ async def create_key(
 ) -> tuple[str, dict[str, Any]]:
     """A new key (returned once) for ``name``. Without a creator, only the bootstrap admin key is allowed."""
     roles = validate_roles(roles)
+    if name.startswith(JOB_KEY_PREFIX):  # a job's key acts for whoever minted it (sira_principal)
+        raise InvalidInput(f"key names starting with {JOB_KEY_PREFIX!r} are reserved for jobs' keys",
+                           details={"field": "name"})
     # Serialise key creation so two bootstrap attempts cannot both succeed.
     await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
     any_key = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_api_keys)")
@@ -187,6 +190,14 @@ async def create_job_key(conn: Connection, submitter: Identity, *, actions: tupl
     return await _insert_key(conn, name=f"{JOB_KEY_PREFIX}{job_name}"[:100], roles=[role], pepper=pepper,
                              creator=submitter, expires_at=expires_at,
                              details={"roles": [role], "job": job_name, "actions": list(actions)})
+
+
+async def principals(conn: Connection, *names: str) -> list[str]:
+    """Who acts behind each name (``sira_principal``, sql/020): a job's key acts for whoever minted it, so the
+    four-eyes rules compare people, not keys; any other name is itself."""
+    rows = await conn.fetch("SELECT sira_principal(n) AS who FROM unnest($1::text[]) WITH ORDINALITY AS t(n, i) "
+                            "ORDER BY i", list(names))
+    return [r["who"] for r in rows]
 
 
 async def revoke_job_key(conn: Connection, identity: Identity, name: str) -> bool:

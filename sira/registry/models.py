@@ -297,7 +297,7 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
 async def decide(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
                  comment: str | None = None) -> dict[str, Any]:
     """An approver's approve/reject on the version's pending request; the last required approval promotes."""
-    from sira.core.auth import authorize
+    from sira.core.auth import authorize, principals
     from sira.registry import lifecycle
 
     if decision not in ("approve", "reject"):
@@ -320,8 +320,9 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     if request["artifact_sha256"] != row["artifact_sha256"]:
         raise Conflict("the version's artifact changed since promotion was requested", code="artifact_changed")
     previous = await conn.fetch("SELECT approver, decision FROM sira_approvals WHERE request_id = $1", request["id"])
-    lifecycle.check_approver(identity.name, identity.roles, creator=row["created_by"], requester=request["requested_by"],
-                             already=[p["approver"] for p in previous])
+    approver, creator, requester, *already = await principals(
+        conn, identity.name, row["created_by"], request["requested_by"], *[p["approver"] for p in previous])
+    lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester, already=already)
     try:
         async with conn.transaction():
             await conn.execute(
@@ -379,11 +380,13 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
                        "(see its history)",
                        code="production_moved",
                        details={"expected_version": expected_version, "production_version": current["version"]})
-    # The version that was production before the current one became production.
+    # The version that was production before the current one was promoted (by approval or policy): a rollback
+    # that made it production again is no promotion, else a second rollback would go forward again, to the
+    # version just rolled back, with no approval.
     came_from = await conn.fetchval(
         """SELECT (details->>'from')::int FROM sira_audit_log
             WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
-              AND (details->>'to')::int = $2
+              AND (details->>'to')::int = $2 AND details->>'via' IS DISTINCT FROM 'rollback'
             ORDER BY id DESC LIMIT 1""",
         model_name, current["version"],
     )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from sira.core import audit
-from sira.core.auth import authorize
+from sira.core.auth import authorize, principals
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import lifecycle, webhooks
 from sira.registry.models import get_model, get_version
@@ -151,8 +151,10 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
                                           "longer change", details={"status": row["status"]})
     previous = await conn.fetch("SELECT approver, decision FROM sira_threshold_approvals WHERE set_id = $1",
                                 pending["id"])
-    lifecycle.check_approver(identity.name, identity.roles, creator=None, requester=pending["requested_by"],
-                             already=[p["approver"] for p in previous], what="threshold change")
+    approver, requester, *already = await principals(conn, identity.name, pending["requested_by"],
+                                                     *[p["approver"] for p in previous])
+    lifecycle.check_approver(approver, identity.roles, creator=None, requester=requester, already=already,
+                             what="threshold change")
     await conn.execute("INSERT INTO sira_threshold_approvals (set_id, approver, decision, comment) "
                        "VALUES ($1, $2, $3, $4)", pending["id"], identity.name, decision, comment)
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]

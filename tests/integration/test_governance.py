@@ -3,6 +3,7 @@
 import asyncio
 from datetime import datetime
 
+import asyncpg
 import pytest
 
 from sira.core import db
@@ -234,3 +235,54 @@ async def test_a_models_drift_is_its_production_versions_not_a_rejected_challeng
         assert (model["production_version"], model["drift_verdict"]) == (1, "ok")
         assert (await latest_drift(conn, "fraud"))["latest"]["job_id"] == "prod-run"
         assert (await latest_drift(conn, "fraud", 2))["latest"]["job_id"] == "challenger-run"  # when asked for
+
+
+async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_rolled_back(clean_db, settings):
+    """v1 → v2 → v3 by approval, rollback v3 → v2, rollback again: v1. It went to v3 (the newest change to v2
+    was the rollback itself, whose 'from' is v3): one operator put back the version just rolled back."""
+    for version in (1, 2, 3):
+        await make_version(clean_db, settings, version, required=0)
+        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+    first = await run(clean_db, rollback, OLI, "fraud", "v3 blocks good customers", 3)
+    assert (first["production"], first["archived"]) == (2, 3)
+    second = await run(clean_db, rollback, OLI, "fraud", "v2 too", 2)
+    assert (second["production"], second["archived"]) == (1, 2) and await status_of(clean_db, 3) != "production"
+    with pytest.raises(Conflict, match="no previous production version"):
+        await run(clean_db, rollback, OLI, "fraud", "and again", 1)
+
+
+async def test_a_job_key_acts_for_its_submitter_under_the_four_eyes_rules(clean_db, settings):
+    """Carol (data scientist and approver) mints a job key: the version her job registers, or the promotion
+    her job's key requests, is hers — she cannot approve it (the names differed: job-... against carol, so
+    her approval counted), neither in the application nor past it in the database."""
+    from datetime import timedelta
+
+    from sira.core.auth import authenticate, create_job_key, create_key
+    from sira.core.errors import InvalidInput, PermissionDenied
+    from sira.core.ray_runtime import JOBS
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        root = Identity("root", frozenset({"admin"}))
+        carol_key, _ = await create_key(conn, name="carol", roles=["data_scientist", "approver"], pepper=pepper,
+                                        creator=root)
+        carol = await authenticate(conn, carol_key, pepper=pepper)
+        job_key, info = await create_job_key(conn, carol, actions=JOBS["train"].actions, job_name="sira-train-9",
+                                             ttl=timedelta(hours=1), pepper=pepper)
+        job = await authenticate(conn, job_key, pepper=pepper)
+        with pytest.raises(InvalidInput, match="reserved for jobs"):  # no one may pose as a job
+            await create_key(conn, name="job-carol", roles=["approver"], pepper=pepper, creator=root)
+    await make_version(clean_db, settings, 1, creator=info["name"], required=2)  # registered by carol's job
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    with pytest.raises(PermissionDenied, match="creator of a version"):
+        await run(clean_db, decide, carol, "fraud", 1, "approve")
+    await make_version(clean_db, settings, 2, required=2)  # dana's; its promotion asked with carol's job key
+    await run(clean_db, request_promotion, settings, job, "fraud", 2)
+    with pytest.raises(PermissionDenied, match="requester of a promotion"):
+        await run(clean_db, decide, carol, "fraud", 2, "approve")
+    async with db.transaction(clean_db) as conn:  # the database holds the rule whatever the application does
+        request_id = await conn.fetchval("SELECT r.id FROM sira_promotion_requests r JOIN sira_model_versions v "
+                                         "ON v.id = r.version_id WHERE v.version = 1")
+        with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
+            await conn.execute("INSERT INTO sira_approvals (request_id, approver, decision) "
+                               "VALUES ($1, 'carol', 'approve')", request_id)
