@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for the online cache and event stream. Unset: no Redis."
     )
+    redis_password_file: Path | None = Field(
+        default=None, description="File holding the Redis password, for a URL written without it (a Ray job's "
+        "runtime env carries the URL without its password: the cluster's nodes name this file).")
     stream_retention_s: Annotated[float, Field(ge=0, le=31_536_000)] = Field(
         default=0.0, description="Seconds an event stays on the Redis stream sira:events after every consumer "
         "group has acknowledged it (for replay); 0: deleted as soon as all have. Entries hold the producers' raw "
@@ -168,6 +171,18 @@ class Settings(BaseSettings):
         if value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _redis_password(self) -> "Settings":
+        if self.redis_url and self.redis_password_file is not None:
+            from urllib.parse import quote, urlsplit, urlunsplit
+
+            parts = urlsplit(self.redis_url)
+            if parts.password is None and parts.scheme != "unix":
+                password = quote(read_secret_file(self.redis_password_file, "SIRA_REDIS_PASSWORD_FILE"), safe="")
+                self.redis_url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{password}@"
+                                                                  f"{parts.netloc.rpartition('@')[2]}"))
+        return self
 
     @field_validator("log_level")
     @classmethod

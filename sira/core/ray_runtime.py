@@ -78,7 +78,7 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
         env["SIRA_REDIS_URL"] = settings.redis_url
     if settings.s3_kms_key_id:
         env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
-    for name in ("pii_key_file", "auth_secret_file"):
+    for name in ("pii_key_file", "auth_secret_file", "redis_password_file"):
         path = getattr(settings, name)
         if path is not None:
             env[f"SIRA_{name.upper()}"] = str(path)
@@ -279,26 +279,30 @@ def job_kind(name: str) -> JobKind:
 
 
 def without_password(dsn: str) -> str:
-    """The DSN with its password removed (kept: user, host, port, database and query, e.g. a socket
+    """The URL (a PostgreSQL DSN, a Redis URL) with its password removed, in the user part or as a
+    ``password=`` query parameter (kept: user, host, port, database and the rest of the query, e.g. a socket
     ``host=``). A runtime env is readable by anyone who can list jobs: the cluster's nodes supply the
-    password themselves (``~/.pgpass`` or ``PGPASSWORD``)."""
-    from urllib.parse import urlsplit, urlunsplit
+    password themselves (``~/.pgpass`` or ``PGPASSWORD``; ``SIRA_REDIS_PASSWORD_FILE``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(dsn)
-    if parts.password is None:
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "password"]
+    if parts.password is None and len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
         return dsn
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")[2]
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
 def job_env_vars(settings: Settings, dsn: str, job_key: str | None) -> dict[str, str]:
     """What a submitted job's runtime env carries: SIRA's settings as for any worker (secrets as file
     paths), the DSN without its password, and the job's own short-lived key."""
     env = worker_env(settings, without_password(dsn))
+    if "SIRA_REDIS_URL" in env:  # its password too: SIRA_REDIS_PASSWORD_FILE on the nodes
+        env["SIRA_REDIS_URL"] = without_password(env["SIRA_REDIS_URL"])
     if job_key:
         env["SIRA_API_KEY"] = job_key
     return env

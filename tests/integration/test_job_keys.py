@@ -28,6 +28,19 @@ def test_the_runtime_env_carries_no_password_and_no_long_lived_key(tmp_path):
     assert env["SIRA_DATABASE_URL"] == "postgresql://sira@db.internal:5432/sira?sslmode=require"
     assert "s3cret" not in repr(env) and env["SIRA_API_KEY"] == "sira_job_key"
     assert without_password("postgresql://postgres@/x?host=/tmp/sock") == "postgresql://postgres@/x?host=/tmp/sock"
+    # a password as a query parameter, and Redis's (that Redis holds the raw event stream): none travels
+    secret = tmp_path / "redis-password"
+    secret.write_text("r3dis/Pass\n")
+    settings = Settings(workspace=tmp_path, redis_url="rediss://redis.internal:6380/0", redis_password_file=secret)
+    assert settings.redis_url == "rediss://:r3dis%2FPass@redis.internal:6380/0"  # what SIRA's clients connect with
+    env = job_env_vars(settings, "postgresql://sira@db.internal/sira?password=s3cretPG&sslmode=require", None)
+    assert env["SIRA_DATABASE_URL"] == "postgresql://sira@db.internal/sira?sslmode=require"
+    assert env["SIRA_REDIS_URL"] == "rediss://redis.internal:6380/0"
+    assert env["SIRA_REDIS_PASSWORD_FILE"] == str(secret)  # the nodes read the password there
+    assert "s3cretPG" not in repr(env) and "r3dis" not in repr(env)
+    inline = job_env_vars(Settings(workspace=tmp_path, redis_url="redis://:r3disPass@redis.internal:6379/0"),
+                          "postgresql://sira@db.internal/sira", None)
+    assert inline["SIRA_REDIS_URL"] == "redis://redis.internal:6379/0" and "r3disPass" not in repr(inline)
 
 
 async def test_minted_expiring_and_revoked_by_the_job_or_its_submitter(clean_db):
