@@ -107,6 +107,22 @@ class SingleRowPredictor:
         return float(out[0])
 
 
+def category_text(column: Any) -> Any:
+    """A categorical column as the text its vocabulary holds: training wrote each value with Python's ``str()``
+    (``True``, ``1.0``), so a column of other values is named the same way here, once per distinct value;
+    Arrow's own cast would write ``true`` and ``1``, which match nothing (every row then scored as missing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) \
+            or pa.types.is_dictionary(column.type):
+        return pc.cast(column, pa.string())
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(column)
+    names = pa.array([None if v is None else str(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(names, encoded.indices)
+
+
 @dataclass(frozen=True)
 class ModelRuntime:
     """One model version, loaded and verified, ready to score."""
@@ -207,7 +223,7 @@ class ModelRuntime:
         for j, spec in enumerate(self.schema):
             column = table.column(spec.name)
             if spec.kind == "categorical":
-                codes = pc.index_in(pc.cast(column, pa.string()), value_set=pa.array(spec.categories, pa.string()))
+                codes = pc.index_in(category_text(column), value_set=pa.array(spec.categories, pa.string()))
                 X[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)
             else:
                 if not is_numeric_type(column.type):

@@ -195,3 +195,22 @@ def test_a_small_input_is_scored_in_process_unless_a_cluster_or_a_ray_job_should
     assert not in_process(here, 10, local_below=0)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_1"}}')
     assert not in_process(here, 10)  # a submitted job asked for the cluster
+
+
+def test_batch_scoring_names_non_text_categories_as_training_did():
+    """Training writes a categorical column's vocabulary with str() (True, 1.0); batch scoring cast with Arrow
+    (true, 1), which matched nothing: every row of a boolean category was scored as missing. The matrix of a
+    table equals the training encoding of the same values, for booleans, floats, integers, text and nulls."""
+    from sira.serving.scoring import ModelRuntime
+    from sira.training.trainer import FeatureSpec, encode_columns
+
+    values = {"flag": [True, False, None, True], "rate": [1.0, 0.5, 1.0, None], "n": [1, 2, 3, 1],
+              "channel": ["pos", None, "ecom", "pos"]}
+    schema = [FeatureSpec(name, "categorical", tuple(sorted({str(v) for v in vs if v is not None})))
+              for name, vs in values.items()]
+    expected = encode_columns(values, schema)
+    runtime = ModelRuntime(model_name="t", model_id=1, version=1, artifact_sha256="0" * 64, booster=None,
+                           schema=tuple(schema), calibration=None, thresholds={}, feature_set=None)  # no predict
+    got = runtime.table_matrix(pa.table(values))
+    np.testing.assert_array_equal(got, expected)
+    assert not np.isnan(got[0]).any()  # the first row has every value: none scored as missing
