@@ -113,8 +113,10 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
         if spec.kind == "categorical":
             proportions = np.array([ref["frequencies"].get(c, 0.0) for c in spec.categories])
             counts = np.bincount(present.astype(np.int64), minlength=len(spec.categories)).astype(np.float64)
-            statistic, p_value = (stats.chi2_test(proportions, counts) if counts.sum() and len(counts) > 1
-                                  else (None, None))
+            # no test against a reference with no value (the feature was always missing in training): PSI on
+            # the missing bin says how it moved
+            statistic, p_value = (stats.chi2_test(proportions, counts)
+                                  if counts.sum() and len(counts) > 1 and proportions.sum() > 0 else (None, None))
             ref_counts = proportions * (n_ref_total or 1) * (1 - ref["missing_rate"])
             ref_bins = _missing_bin(ref_counts, (n_ref_total or 1) * ref["missing_rate"])
             cur_bins = _missing_bin(counts, missing_current)

@@ -84,3 +84,19 @@ def test_a_staging_versions_predictions_are_its_shadow_scores():
 
     assert served_as({"status": "staging"}) == "shadow"
     assert served_as({"status": "production"}) == served_as({"status": "archived"}) == "production"
+
+
+def test_a_category_always_missing_in_training_that_now_arrives_is_drift_not_a_crash(synthetic_matrix):
+    """A column filled only in later rows: a time split leaves it all missing in the training split, so its
+    reference frequencies are empty. The drift run raised 'reference_proportions sums to zero' and stored
+    nothing; the column's arrival is now an alert (PSI on the missing bin), with no chi-square."""
+    train = synthetic_matrix(5_000, 1)
+    X = train.X.copy()
+    X[:, 2] = np.nan  # "channel" never filled in training
+    blank = Matrix(X, train.y, train.schema)
+    scores = _score(X)
+    reference = Reference(tuple(blank.schema), reference_statistics(blank, scores), None)
+    current = synthetic_matrix(2_000, 9)
+    rows, verdict = compare(reference, current.X, _score(current.X))
+    channel = next(r for r in rows if r["feature"] == "channel")
+    assert channel["chi2_statistic"] is None and channel["severity"] == "alert" and verdict == "alert"
