@@ -236,6 +236,16 @@ SELECT max(coalesce(e.occurred_at, p.scored_at))
 """
 
 
+def default_range(cutoff: datetime, maturity_days: float, usable: datetime, days: float) -> tuple[datetime, datetime]:
+    """The range a run reads when none is given: ``days`` of matured events before the label maturity (their
+    windows can be flagged), then the provisional ones up to the newest usable event. The range used to be the
+    ``days`` before the newest usable event: a recent chargeback or review made that event recent, so with the
+    defaults (28 days, a 30-day maturity) every window was provisional and the alert could never fire."""
+    hi = usable + timedelta(microseconds=1)
+    mature_until = cutoff - timedelta(days=maturity_days)
+    return min(hi, mature_until) - timedelta(days=days), hi
+
+
 async def newest_predictions(conn: Any, model: str, version: int | None, label_name: str, cutoff: datetime,
                              maturity_days: float) -> tuple[datetime | None, datetime | None]:
     """(newest predicted event, newest predicted event with a usable label) of the model."""
@@ -274,8 +284,11 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
                         f"no prediction of {req.model} has a usable label yet: none has a label known by "
                         f"{cutoff:%Y-%m-%d %H:%M} and none is older than the label maturity ({maturity_days:g} days); "
                         "wait for labels or set --from/--to", code="empty_window")
-            hi = req.time_to or usable + timedelta(microseconds=1)
-            lo = req.time_from or hi - timedelta(days=req.days)
+            if req.time_to is None and req.time_from is None:
+                lo, hi = default_range(cutoff, maturity_days, usable, req.days)
+            else:
+                hi = req.time_to or usable + timedelta(microseconds=1)
+                lo = req.time_from or hi - timedelta(days=req.days)
             if hi <= lo:
                 raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
             read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,

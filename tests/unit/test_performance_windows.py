@@ -74,3 +74,23 @@ def test_predictions_are_kept_as_labelled_columns_grouped_by_version_and_role():
     assert evaluate_windows(shadow, lo=old, hi=CUTOFF, window_days=7, cutoff=CUTOFF, maturity_days=30,
                             thresholds={"review": 0.5, "block": 0.9}, train_ap=None, margin=0.1,
                             min_segment_size=1) == []
+
+
+def test_the_default_range_holds_matured_windows_that_can_be_flagged():
+    """With the defaults (28 days, a 30-day maturity) and a chargeback known yesterday, the range was the 28
+    days before yesterday: every window provisional, the alert never raised. It now holds 28 days of matured
+    events, then the provisional ones; a model ranking backwards is flagged there."""
+    from sira.monitoring.performance import default_range
+
+    usable = CUTOFF - timedelta(days=1)  # the newest event with a known label: a fast chargeback
+    lo, hi = default_range(CUTOFF, 30, usable, 28)
+    assert hi > usable and lo == CUTOFF - timedelta(days=30 + 28)
+    result = evaluate_windows(labelled(rows(lo, 400, 1) + rows(CUTOFF - timedelta(days=7), 400, 2)), lo=lo, hi=hi,
+                              window_days=7, cutoff=CUTOFF, maturity_days=30, thresholds={"review": 0.5, "block": 0.9},
+                              train_ap=0.8, margin=0.1, min_segment_size=50)
+    overall = [r for r in result if r["segment"] == "all"]
+    assert any(r["flagged"] and not r["provisional"] for r in overall)
+    assert any(r["provisional"] for r in overall)
+    older = CUTOFF - timedelta(days=40)  # nothing newer than the maturity: the 28 days before the newest event
+    assert default_range(CUTOFF, 30, older, 28) == (older - timedelta(days=28) + timedelta(microseconds=1),
+                                                    older + timedelta(microseconds=1))
