@@ -134,8 +134,9 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
     if rejections:
         await conn.copy_records_to_table(
             "sira_rejected_events",
-            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload) for j in rejections],
-            columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
+            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload, j.customer_id)
+                     for j in rejections],
+            columns=["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id"],
         )
         summary.rejected += len(rejections)
         summary.reasons.update(j.reason_code for j in rejections)

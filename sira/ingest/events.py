@@ -282,6 +282,7 @@ class Rejection:
     reason: str
     field: str | None
     payload: dict[str, Any]
+    customer_id: str | None = None  # as sira_events holds it (scrubbed): erasure and subject access find it
 
 
 def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
@@ -321,7 +322,8 @@ def event_row(
         row[name] = redactor.scrub_value(value) if value is not None else None
     if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
         return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
-                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw))
+                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw),
+                         row["customer_id"])
     given_card = row["card_token"]  # a card token as sent, scrubbed: a card number sent in it is tokenised
     for name, column in _TOKEN_COLUMNS.items():
         row[column] = redactor.field(name, data[name])[1]
@@ -336,7 +338,7 @@ def event_row(
     attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         _payload(redactor, data, raw))
+                         _payload(redactor, data, raw), row["customer_id"])
     row["attributes"] = attributes
     return row
 
@@ -399,11 +401,14 @@ def _rejection(
         code, reason = "invalid_event", error["msg"].removeprefix("Value error, ")
     else:
         code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
-    raw_id = record.get("event_id")
-    raw_id = "" if raw_id is None else str(raw_id)
-    event_id = storable_text(redactor.scrub_value(raw_id)[:MAX_EVENT_ID]) if 0 < len(raw_id) <= max_string_length() \
-        else None
-    return Rejection(event_id, code, redactor.scrub_text(reason), loc, _payload(redactor, record, raw))
+    return Rejection(stored_id(record.get("event_id"), redactor), code, redactor.scrub_text(reason), loc,
+                     _payload(redactor, record, raw), stored_id(record.get("customer_id"), redactor))
+
+
+def stored_id(value: Any, redactor: Redactor) -> str | None:
+    """An id of a refused record as a stored event's would be (scrubbed), when it is one that can be stored."""
+    text = "" if value is None else str(value)
+    return storable_text(redactor.scrub_value(text)[:MAX_EVENT_ID]) if 0 < len(text) <= max_string_length() else None
 
 
 def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:

@@ -35,7 +35,7 @@ from sira.core.files import decode_json_line
 from sira.core.ray_runtime import free_port
 from sira.features.definitions import FeatureSet
 from sira.ingest.bulk import dead_letters, ingest_normalized, normalize_all, redactor_for
-from sira.ingest.events import IngestSummary, Rejection, bounded_json
+from sira.ingest.events import IngestSummary, Rejection, apply_mapping, bounded_json, stored_id
 from sira.ingest.labels import record_labels
 from sira.ingest.pii import Redactor
 from sira.ingest.stream_metrics import StreamMetrics
@@ -206,16 +206,18 @@ def prepare(entries: list[Entry], redactor: Redactor, source: str, mapping: Mapp
     source, events = normalize_all([e.data for e in entries if e.kind == "event" and e.data is not None], redactor,
                                    source, mapping)
     return Batch(entries, source, events, [e.data for e in entries if e.kind == "label" and e.data is not None],
-                 [_dead_letter(e, redactor) for e in entries if e.data is None or e.kind not in ("event", "label")])
+                 [_dead_letter(e, redactor, mapping) for e in entries
+                  if e.data is None or e.kind not in ("event", "label")])
 
 
-def _dead_letter(entry: Entry, redactor: Redactor) -> Rejection:
+def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | None = None) -> Rejection:
     """An entry that is no event or label: the stream id, and the kind and data redacted as a rejected event's
     are (an entry of an unknown kind can be sent again from there; an undecodable one has no data to keep)."""
     if entry.data is None:
         return Rejection(None, "undecodable", entry.error or "undecodable entry", None, {"stream_id": entry.id})
     return Rejection(None, "unknown_kind", "unknown entry kind (expected event or label)", "kind",
-                     {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))})
+                     {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))},
+                     stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor))
 
 
 async def store(pool: Any, batch: Batch, *, redactor: Redactor, mapping: Mapping[str, str] | None = None,

@@ -118,7 +118,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "entity_states": await _deleted(conn, f"DELETE FROM sira_entity_states WHERE {owned}", types, keys),  # noqa: S608
         "state_checkpoints": await _deleted(conn, f"DELETE FROM sira_state_checkpoints WHERE {owned}",  # noqa: S608
                                             types, keys),
-        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE payload->>'customer_id' = $1",
+        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE customer_id = $1 "
+                                          "OR payload->>'customer_id' = $1",  # older rows: the payload
                                           customer_id),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),

@@ -114,7 +114,8 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
                     "exported_by": identity.name},
         "events": _rows(events),
         "rejected_events": _rows(await conn.fetch(
-            "SELECT * FROM sira_rejected_events WHERE payload->>'customer_id' = $1 ORDER BY rejected_at", customer_id)),
+            "SELECT * FROM sira_rejected_events WHERE customer_id = $1 OR payload->>'customer_id' = $1 "
+            "ORDER BY rejected_at", customer_id)),
         "features": _rows(await conn.fetch(
             f"SELECT * FROM sira_features WHERE event_id = ANY($3::text[]) AND {owned} ORDER BY as_of",  # noqa: S608
             types, keys, ids)),

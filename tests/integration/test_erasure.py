@@ -206,3 +206,33 @@ async def _one(dsn: str, sql: str, *args):
                 for k, v in dict(row).items()} if row is not None else None
     finally:
         await conn.close()
+
+
+async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(clean_db, settings):
+    """A dead letter keeps its record with the source's column names (for replay): a file mapped with --map
+    (CUST -> customer_id) stored the person's refused row under CUST, where neither the export nor the erasure
+    looked (payload->>'customer_id'): it survived the erasure with the person's id in it. Dead letters now
+    name the customer as sira_events does."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.monitoring.erasure import forget, request_forget
+    from sira.monitoring.subject import export_subject
+
+    rows = [{"TX": "m-1", "AT": "2026-09-01T10:00:00Z", "CUST": "C-777", "AMT": 12.0},
+            {"TX": "m-2", "AT": "2026-09-01T11:00:00Z", "CUST": "C-777", "AMT": -5.0},  # refused: negative
+            {"TX": "m-3", "AT": "2026-09-01T12:00:00Z", "CUST": "C-778", "AMT": -1.0}]  # another person's
+    mapping = {"event_id": "TX", "occurred_at": "AT", "customer_id": "CUST", "amount": "AMT"}
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor_for(settings), source="file", mapping=mapping)
+    assert (summary.accepted, summary.rejected) == (1, 2)
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        bundle = await export_subject(conn, ann, "C-777", secret=secret)
+    assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret)
+        done = await forget(conn, bob, "C-777", request["request_id"], secret=secret)
+    assert done["counts"]["rejected_events"] == 1
+    left = await clean_db.fetch("SELECT payload FROM sira_rejected_events")
+    assert len(left) == 1 and "C-777" not in json.dumps([r["payload"] for r in left])
