@@ -240,6 +240,7 @@ class Source:
     read: Callable[[dict[str, np.ndarray]], Iterator[pa.Table]]  # a batch of parts -> their rows, in order
     read_by_scorer: bool  # the scoring actors read the parts (files); else read tasks do (events)
     passthrough_schema: pa.Schema | None = None  # the passthrough columns' types across every input file
+    at_most: int | None = None  # rows there can be at most, when not known (a CSV's lines): where to score
 
 
 def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], role: str) -> str | None:
@@ -331,7 +332,17 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
     else:
         parts = [{"path": str(p), "row_group": -1, "start": 0, "stop": -1} for p in files.paths]
     return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,
-                  read_by_scorer=True, passthrough_schema=passthrough_schema)
+                  read_by_scorer=True, passthrough_schema=passthrough_schema,
+                  at_most=None if rows is not None else sum(_lines(p) for p in files.paths))
+
+
+def _lines(path: Path) -> int:
+    """A text file's line breaks: at least its rows (a quoted field may hold more), read at disk speed."""
+    count = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            count += chunk.count(b"\n")
+    return count + 1
 
 
 def _passthrough_schema(schemas: list[tuple[Path, pa.Schema]], passthrough: list[str]) -> pa.Schema:
@@ -526,7 +537,8 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     actor = actor or Actor.local()
     version, source = await resolve_source(settings, req)
     started = time.perf_counter()
-    here = in_process(settings, source.rows, explain=req.explain, local_below=req.local_below)
+    here = in_process(settings, source.rows if source.rows is not None else source.at_most, explain=req.explain,
+                      local_below=req.local_below)  # a small CSV too (it always started Ray)
     if not here:
         init_ray(settings, db.resolve_dsn(settings))
     tally = ScoreTally()
