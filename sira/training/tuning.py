@@ -59,12 +59,13 @@ def trial_params(config: dict[str, Any], y_train: np.ndarray) -> dict[str, Any]:
 
 def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, valid_X: np.ndarray,
            valid_y: np.ndarray, names: list[str], categorical: list[str], seed: int, rounds: int,
-           patience: int) -> None:
-    """One Ray Tune trial: train with early stopping, report validation AP every REPORT_EVERY rounds."""
+           patience: int, base: dict[str, Any]) -> None:
+    """One Ray Tune trial: train with early stopping, report validation AP every REPORT_EVERY rounds. The
+    caller's own parameters (``base``) apply as they will to the final model."""
     import lightgbm as lgb
     from ray import tune
 
-    params = resolve_params({**trial_params(config, train_y), "num_boost_round": rounds,
+    params = resolve_params({**base, **trial_params(config, train_y), "num_boost_round": rounds,
                              "early_stopping_rounds": patience}, seed=seed, num_threads=1)
     lgb_params = {k: v for k, v in params.items() if k not in ("num_boost_round", "early_stopping_rounds")}
     lgb_params["metric"] = METRIC
@@ -107,7 +108,7 @@ def tune_params(
         tune.with_parameters(
             _trial, train_X=train.X, train_y=train.y, valid_X=valid.X, valid_y=valid.y, names=train.names,
             categorical=[s.name for s in train.schema if s.kind == "categorical"], seed=seed, rounds=rounds,
-            patience=patience,
+            patience=patience, base=base,
         ),
         {"cpu": 1},
     )

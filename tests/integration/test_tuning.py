@@ -22,3 +22,15 @@ def test_trial_params_map_the_weight_power():
     assert trial_params({**base, "pos_weight_power": 0.0}, y)["scale_pos_weight"] == 1.0
     assert trial_params({**base, "pos_weight_power": 1.0}, y)["scale_pos_weight"] == 99.0
     assert isinstance(trial_params({**base, "pos_weight_power": 0.5}, y)["num_leaves"], int)
+
+
+def test_the_trials_train_with_the_callers_own_parameters(ray_session, tmp_path, synthetic_matrix):
+    """Parameters the caller fixes (here a coarse max_bin) went into the final model but not into the trials,
+    so the search chose settings under other conditions than the model it picked them for. The same seeded
+    search with and without them now finds different validation APs."""
+    train, valid = synthetic_matrix(4000, 1), synthetic_matrix(1500, 2)
+    runs = [tune_params(train, valid, trials=2, seed=3, storage=tmp_path / name, early_termination=False,
+                        base_params={"num_boost_round": 40, "early_stopping_rounds": 10, **extra})
+            for name, extra in (("plain", {}), ("coarse", {"max_bin": 3, "min_data_in_bin": 1}))]
+    assert runs[0]["summary"]["trial_aps"] != runs[1]["summary"]["trial_aps"]
+    assert runs[1]["params"]["max_bin"] == 3
