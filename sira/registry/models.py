@@ -332,7 +332,10 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     except asyncpg.UniqueViolationError:
         raise Conflict(f"{identity.name} has already decided on this request", code="already_decided") from None
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]
-    outcome = lifecycle.request_outcome(request["required_approvals"], decisions)
+    # an admin who raised the model's required approvals since the request raised them for it too (lowering
+    # them does not lower what a pending request was opened with)
+    required = max(request["required_approvals"], row["required_approvals"])
+    outcome = lifecycle.request_outcome(required, decisions)
     await audit.record(conn, identity.actor(), f"promotion.{decision}", target_type="model_version",
                        target_id=f"{model_name}:v{version}",
                        details={"request_id": request["id"], "comment": comment, "outcome": outcome})
@@ -350,8 +353,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
                            request["id"], outcome)
     approvals = sum(1 for _, d in decisions if d == "approve")
     return {"model": model_name, "version": version, "request_id": request["id"], "outcome": outcome,
-            "approvals": approvals, "required_approvals": request["required_approvals"],
-            "previous_production": previous_version}
+            "approvals": approvals, "required_approvals": required, "previous_production": previous_version}
 
 
 async def rollback(conn: Connection, identity: Any, model_name: str, reason: str,

@@ -286,3 +286,16 @@ async def test_a_job_key_acts_for_its_submitter_under_the_four_eyes_rules(clean_
         with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
             await conn.execute("INSERT INTO sira_approvals (request_id, approver, decision) "
                                "VALUES ($1, 'carol', 'approve')", request_id)
+
+
+async def test_required_approvals_raised_after_a_request_apply_to_it(clean_db, settings):
+    """An admin raises a model's required approvals from 2 to 3 while a promotion waits: two approvals no
+    longer promote it (the request kept the number it was opened with)."""
+    await make_version(clean_db, settings, 1, required=2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await clean_db.execute("UPDATE sira_models SET required_approvals = 3 WHERE name = 'fraud'")
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    second = await run(clean_db, decide, BOB, "fraud", 1, "approve")
+    assert (second["outcome"], second["required_approvals"]) == ("pending", 3)
+    third = await run(clean_db, decide, CAT, "fraud", 1, "approve")
+    assert third["outcome"] == "approved" and await status_of(clean_db, 1) == "production"
