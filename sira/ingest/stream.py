@@ -261,8 +261,10 @@ async def store_or_set_aside(pool: Any, entries: list[Entry], name: str, *, reda
         except REFUSED as exc:
             log.error("entry %s refused (%s): dead-lettered as unprocessable", entry.id, type(exc).__name__)
             reason = f"refused when stored ({type(exc).__name__})"
+            kept = {"kind": entry.kind, "data": entry.data}  # redacted, made storable: it can be sent again
             one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [
-                Rejection(None, "unprocessable", reason, None, {"stream_id": entry.id})]), redactor=redactor)
+                Rejection(None, "unprocessable", reason, None,
+                          {"stream_id": entry.id, **redactor.payload(bounded_json(kept))})]), redactor=redactor)
         total.add(one)
     return total
 

@@ -298,5 +298,8 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_of_its_batc
     finally:
         await clean_db.execute("ALTER TABLE sira_events DROP CONSTRAINT test_refuses_poison")
     assert (total.read, total.accepted, total.rejected) == (8, 7, 1)
-    assert await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events") == "unprocessable"
+    dead = await clean_db.fetchrow("SELECT reason_code, payload FROM sira_rejected_events")
+    assert dead["reason_code"] == "unprocessable"
+    assert dead["payload"]["data"]["event_id"] == "s0003"  # kept, redacted, to be sent again
+    assert "4111111111111111" not in json.dumps(dead["payload"])
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
