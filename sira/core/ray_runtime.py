@@ -286,8 +286,9 @@ def without_password(dsn: str) -> str:
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(dsn)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "password"]
-    if parts.password is None and len(query) == len(parse_qsl(parts.query, keep_blank_values=True)):
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in pairs if k.lower() != "password"]
+    if parts.password is None and len(query) == len(pairs):
         return dsn
     netloc = parts.netloc
     if parts.password is not None:

@@ -78,7 +78,7 @@ def normalize_all(records: Sequence[Mapping[str, Any]], redactor: Redactor, sour
                   mapping: Mapping[str, str] | None = None, *, numbers_as_text: bool = False
                   ) -> tuple[str, list[dict[str, Any] | Rejection]]:
     """The source's name scrubbed (a name sent by the caller, or a file's: an email in it is redacted) and what
-    :func:`normalize` makes of each record: no database, so it can run while another batch is stored."""
+    :func:`normalize` makes of each record (no database)."""
     source = redactor.scrub_text(source)
     return source, [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
-from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, text_problem
+from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
 from sira.ingest.pii import Redactor
 
 # The one label vocabulary: labels imported, sent over HTTP, and label columns of tables trained on.
@@ -170,11 +170,9 @@ async def record_labels(
             code = "missing_field" if error["type"] == "missing" else "invalid_field"
             reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
             payload = redactor.payload(bounded_json(raw))
-            event_id = storable_text(redactor.scrub_value(str(raw.get("event_id")))[:200]) if raw.get("event_id") \
-                else None
-            rejected.append((event_id, storable_text(redactor.scrub_text(f"feedback:{source}")), code,
-                             redactor.scrub_text(reason),
-                             loc, payload))
+            rejected.append((stored_id(raw.get("event_id"), redactor),
+                             storable_text(redactor.scrub_text(f"feedback:{source}")), code,
+                             redactor.scrub_text(reason), loc, payload))
             continue
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token

@@ -210,12 +210,15 @@ def prepare(entries: list[Entry], redactor: Redactor, source: str, mapping: Mapp
                   if e.data is None or e.kind not in ("event", "label")])
 
 
-def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | None = None) -> Rejection:
-    """An entry that is no event or label: the stream id, and the kind and data redacted as a rejected event's
-    are (an entry of an unknown kind can be sent again from there; an undecodable one has no data to keep)."""
+def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | None = None, *,
+                 code: str = "unknown_kind", reason: str = "unknown entry kind (expected event or label)",
+                 field: str | None = "kind") -> Rejection:
+    """An entry set aside (by default: of an unknown kind): its stream id, and its kind and data redacted as a
+    rejected event's are, with the customer it is about as events name it (it can be sent again from there,
+    and an erasure finds it); an undecodable entry has no data to keep."""
     if entry.data is None:
         return Rejection(None, "undecodable", entry.error or "undecodable entry", None, {"stream_id": entry.id})
-    return Rejection(None, "unknown_kind", "unknown entry kind (expected event or label)", "kind",
+    return Rejection(None, code, reason, field,
                      {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))},
                      stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor))
 
@@ -245,8 +248,8 @@ async def store_or_set_aside(pool: Any, entries: list[Entry], name: str, *, reda
                              mapping: Mapping[str, str] | None = None,
                              feature_sets: Sequence[FeatureSet] | None = None) -> IngestSummary:
     """:func:`prepare` and :func:`store` the entries; a batch refused for good is stored one entry at a time,
-    and an entry refused again goes to ``sira_rejected_events`` as ``unprocessable`` (its stream id): one bad
-    entry neither stops the consumer nor holds back the entries after it, nor is it dropped."""
+    and an entry refused again goes to ``sira_rejected_events`` as ``unprocessable`` (see :func:`_dead_letter`):
+    one bad entry neither stops the consumer nor holds back the entries after it, nor is it dropped."""
     try:
         return await store(pool, prepare(entries, redactor, name, mapping), redactor=redactor, mapping=mapping,
                            feature_sets=feature_sets)
@@ -260,11 +263,9 @@ async def store_or_set_aside(pool: Any, entries: list[Entry], name: str, *, reda
                               feature_sets=feature_sets)
         except REFUSED as exc:
             log.error("entry %s refused (%s): dead-lettered as unprocessable", entry.id, type(exc).__name__)
-            reason = f"refused when stored ({type(exc).__name__})"
-            kept = {"kind": entry.kind, "data": entry.data}  # redacted, made storable: it can be sent again
-            one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [
-                Rejection(None, "unprocessable", reason, None,
-                          {"stream_id": entry.id, **redactor.payload(bounded_json(kept))})]), redactor=redactor)
+            dead = _dead_letter(entry, redactor, mapping, code="unprocessable", field=None,
+                                reason=f"refused when stored ({type(exc).__name__})")
+            one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [dead]), redactor=redactor)
         total.add(one)
     return total
 
