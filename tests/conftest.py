@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -503,16 +504,17 @@ def private_installation(create_database, fraud_model, prefix: str, redis_url: s
 
 
 @contextlib.asynccontextmanager
-async def scoring_client(model, spool_dir: Path, models: tuple[str, ...] = ("fraud",)):
+async def scoring_client(model, spool_dir: Path, models: tuple[str, ...] = ("fraud",), **config: Any):
     """The application with a scoring service of its own (spool in ``spool_dir``) serving ``models`` of the
-    session's ``model`` database: (HTTP client, service)."""
+    session's ``model`` database (``config``: more of its ServingConfig): (HTTP client, service)."""
     import httpx
 
     from sira.http.app import create_app
     from sira.serving.config import ServingConfig
     from sira.serving.service import ScoringService
 
-    config = ServingConfig(models=list(models), spool_dir=spool_dir, flush_interval_s=0.05, poll_interval_s=1.0)
+    config = ServingConfig(models=list(models), spool_dir=spool_dir, flush_interval_s=0.05, poll_interval_s=1.0,
+                           **config)
     service = ScoringService(model.settings, config)
     app = create_app(model.settings, scoring=service)
     async with app.router.lifespan_context(app):

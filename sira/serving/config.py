@@ -37,6 +37,9 @@ class ServingConfig(BaseModel):
     poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     breaker_open_s: Annotated[float, Field(gt=0, le=300)] = 2.0
     db_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    store_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0, description="A spool segment's store that takes longer is abandoned (retried); a recorder that has "
+                          "failed this long is replaced by a fresh one (its own process and connections).")
     metrics: bool = Field(True, description="Export Ray metrics (latency, batch sizes, cache, decisions, ...).")
 
     @classmethod

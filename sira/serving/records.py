@@ -78,16 +78,23 @@ class Recorder:
         self.dsn = dsn
         self.pool: asyncpg.Pool | None = None
 
-    async def store(self, records: list[dict[str, Any]]) -> int:
-        if self.pool is None:
-            self.pool = await db.create_pool(self.dsn, min_size=1, max_size=2, server_settings=SERVING_SERVER_SETTINGS,
-                                             timeout=10, command_timeout=60)
-        await store_records(self.pool, records)
+    async def store(self, records: list[dict[str, Any]], timeout_s: float = 30.0) -> int:
+        """Store ``records``; a store that takes longer than ``timeout_s`` is abandoned (``TimeoutError``:
+        the spool keeps them)."""
+        async with asyncio.timeout(timeout_s):
+            if self.pool is None:
+                self.pool = await db.create_pool(self.dsn, min_size=1, max_size=2, timeout=10, command_timeout=60,
+                                                 server_settings=SERVING_SERVER_SETTINGS)
+            await store_records(self.pool, records)
         return len(records)
 
     async def close(self) -> None:
+        """Close the connections; those a wedged store still holds are cut."""
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+            except Exception:  # noqa: BLE001 - TimeoutError: connections never released
+                self.pool.terminate()
 
 
 @functools.cache
@@ -170,37 +177,53 @@ class PredictionWriter:
         self.writer: BackgroundLoop | None = None
         self.lock = asyncio.Lock()
         self.on_stored: Callable[[list[dict[str, Any]]], None] | None = None  # after records are stored
+        self.failing_since: float | None = None  # the first failed flush since the last good one
+        self.recorder_since = 0.0
+        self.replaced = 0  # recorders replaced
 
     def open(self, in_replica: bool) -> None:
         """Storing the spool is CPU work (folding recorded events into features): in a replica a process of
         its own does it; even a thread held the GIL the request loop needs."""
         self.spool.open()
-        dsn = db.resolve_dsn(self.replica.settings)
-        if in_replica:
-            self.recorder = recorder_actor().remote(dsn)
-        else:
+        if not in_replica:
             self.writer = BackgroundLoop("sira-writer")
-            self.recorder = Recorder(dsn)
+        self.recorder = self._new_recorder()
+
+    def _new_recorder(self) -> Any:
+        dsn = db.resolve_dsn(self.replica.settings)
+        self.recorder_since = time.monotonic()
+        return Recorder(dsn) if self.writer is not None else recorder_actor().remote(dsn)
+
+    async def _dispose(self, recorder: Any) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.run(recorder.close()), timeout=10)
+        elif recorder is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(recorder)
+
+    async def replace_recorder(self) -> None:
+        """A fresh recorder (in a replica: a new process) with connections of its own, for one whose stores
+        have failed for ``store_timeout_s`` and may be what is wrong (a wedged process, a pool whose
+        connections leaked). Whatever the old one was doing, the spool still holds its records."""
+        old, self.recorder = self.recorder, self._new_recorder()
+        self.replaced += 1
+        await self._dispose(old)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=10)
         self.spool.close()
+        await self._dispose(self.recorder)
         if self.writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.run(self.recorder.close()), timeout=5)
             self.writer.close()
-        elif self.recorder is not None:
-            import ray
-
-            with contextlib.suppress(Exception):
-                ray.kill(self.recorder)
 
     async def flush_forever(self) -> None:
         r = self.replica
         delay = 0.0  # at start, at once: replay what a dead replica left in the spool
         last_orphan_scan = 0.0
-        failing = False
         while True:
             await asyncio.sleep(delay)
             try:
@@ -210,19 +233,32 @@ class PredictionWriter:
                         r.pg.succeeded()
                     if scan:
                         last_orphan_scan = time.monotonic()
-                delay, failing = r.config.flush_interval_s, False
+                delay, self.failing_since = r.config.flush_interval_s, None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried with backoff; the spool keeps everything
-                if db.is_unavailable(exc):
-                    r.pg.failed(exc)
-                if not failing:
-                    log.warning("storing the spool failed (%s: %s); retrying with backoff", type(exc).__name__,
-                                " ".join(str(exc).split())[:300])
-                delay, failing = min(max(delay * 2, 0.5), 5.0), True
+                await self._failed(exc)
+                delay = min(max(delay * 2, 0.5), 5.0)
             if r.metrics:
                 r.metrics.spooled.set(self.spool.pending)
                 r.metrics.publish()
+
+    async def _failed(self, exc: Exception) -> None:
+        """A failed flush: PostgreSQL's breaker told, the first of a streak logged, and the recorder replaced
+        once the streak and the recorder are both older than ``store_timeout_s`` (so an outage costs one new
+        recorder per ``store_timeout_s``, not one per retry)."""
+        r, now = self.replica, time.monotonic()
+        if db.is_unavailable(exc):
+            r.pg.failed(exc)
+        if self.failing_since is None:
+            self.failing_since = now
+            log.warning("storing the spool failed (%s: %s); retrying with backoff", type(exc).__name__,
+                        " ".join(str(exc).split())[:300])
+        timeout_s = r.config.store_timeout_s
+        if now - self.failing_since >= timeout_s and now - self.recorder_since >= timeout_s:
+            log.warning("the spool recorder has failed for %.0fs (last: %s); replacing it",
+                        now - self.failing_since, type(exc).__name__)
+            await self.replace_recorder()
 
     async def flush(self) -> int:
         """Write every closed spool segment to Postgres (this replica's and any left by a dead one)."""
@@ -268,9 +304,11 @@ class PredictionWriter:
         return len(records) - len(refused)
 
     async def _write(self, records: list[dict[str, Any]]) -> None:
-        if self.writer is None:
-            await self.recorder.store.remote(records)
-        else:
-            await self.writer.run(self.recorder.store(records))
+        """Through the recorder, which gives up after ``store_timeout_s``; a recorder that has not answered
+        some time after that (a wedged process) is given up on here."""
+        timeout_s = self.replica.config.store_timeout_s
+        call = (self.recorder.store.remote(records, timeout_s) if self.writer is None
+                else self.writer.run(self.recorder.store(records, timeout_s)))
+        await asyncio.wait_for(call, timeout=timeout_s + min(timeout_s, 10))
         if self.on_stored is not None:
             self.on_stored(records)

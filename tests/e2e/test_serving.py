@@ -83,6 +83,19 @@ def headers(fraud_model, role="service"):
     return {"Authorization": f"Bearer {fraud_model.keys[role]}"}
 
 
+def replica_log(app: str, pattern: str, last: int = 40) -> str:
+    """The last lines of ``app``'s replica logs matching ``pattern``: what a failed fault test shows of what
+    the replicas did (their logs are in Ray's session folder, not in the test's output)."""
+    import re
+
+    import ray
+
+    folder = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    lines = [line for f in sorted(folder.glob(f"replica_{app}_*.log"))
+             for line in f.read_text(errors="replace").splitlines() if re.search(pattern, line)]
+    return "\n".join(["replica log:", *lines[-last:]])
+
+
 async def stored(dsn: str, sql: str, *args):
     conn = await db.connect(dsn)
     try:
@@ -385,7 +398,8 @@ def test_a_postgres_outage_loses_no_answered_prediction(serving, fraud_model, ow
                 except Exception:  # noqa: BLE001 - the server is coming back
                     pass
                 time.sleep(1)
-            assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE role = 'production'")) == total
+            assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE role = 'production'")) == total, \
+                replica_log("outage", "spool|recorder|PostgreSQL")
             assert run_sync(stored(dsn, "SELECT count(*) FROM sira_predictions WHERE degraded")) >= 9
     finally:
         serve.delete("outage")
@@ -445,7 +459,7 @@ def test_a_postgres_crash_and_restart_answers_no_500_and_loses_no_prediction(ser
             except Exception:  # noqa: BLE001 - the server is coming back
                 pass
             time.sleep(1)
-        assert run_sync(stored(dsn, count)) == len(answered)
+        assert run_sync(stored(dsn, count)) == len(answered), replica_log("crash", "spool|recorder|PostgreSQL")
     finally:
         stop.set()
         for t in threads:
