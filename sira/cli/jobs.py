@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from sira.cli.common import ApiKeyOption, JsonOption, acting, emit, err, group
 from sira.core.config import get_settings
 from sira.core.errors import EXIT_FAILURE, InvalidInput
 
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,89}")  # a key's name is job-<id>, at most 100
 jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster, each with a short-lived key of its own.")
 JobArgs = Annotated[list[str] | None, typer.Argument(help="The job's own options, after `--` (see "
                                                        "`python jobs/<job>.py --help`).")]
@@ -71,6 +73,10 @@ def jobs_submit_cmd(
                                                      "working dir (default: this checkout).")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job to its end (its logs on "
                                        "stderr) and exit with its status.")] = True,
+    submission_id: Annotated[str | None, typer.Option(
+        "--submission-id", help="The job's id (default: sira-<job>-<random>). Ray refuses an id it has seen, and "
+                                "so does the job's key (job-<id>): a schedule that names the day runs once a day.")
+    ] = None,
     key_ttl: KeyTtlOption = 6.0,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -88,11 +94,15 @@ def jobs_submit_cmd(
     from sira.core import db
     from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_client, job_env_vars, job_kind, submit_job
 
+    if submission_id is None:
+        submission_id = f"sira-{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    elif not SUBMISSION_ID.fullmatch(submission_id):
+        raise InvalidInput("--submission-id: 1 to 90 letters, digits, '.', '_' or '-', starting with a letter or "
+                           "digit", details={"field": "submission_id"})
     settings = get_settings()
     kind = job_kind(job)
     root = _job_root(working_dir)
     client = job_client(address)
-    submission_id = f"sira-{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     dsn = db.resolve_dsn(settings)
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
     entrypoint = shlex.join(["python", kind.script, *(job_args or [])])

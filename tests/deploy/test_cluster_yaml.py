@@ -258,8 +258,13 @@ def test_no_secret_values_in_the_file():
         assert not re.search(pattern, text), pattern
 
 
-def test_job_scripts_named_in_the_comments_exist():
+def test_jobs_named_in_the_comments_exist():
+    """The comments submit each job with `sira jobs submit JOB` (a key of its own: never the user's in a runtime
+    env), and each job names a script of jobs/."""
+    from sira.core.ray_runtime import job_kind
+
     comments = "\n".join(line for line in CLUSTER_YAML.read_text().splitlines() if line.lstrip().startswith("#"))
-    named = set(re.findall(r"\bjobs/(\w+\.py)\b", comments))
-    assert {"train.py", "materialize.py", "batch_score.py", "drift.py", "performance.py"} <= named
-    assert named <= {p.name for p in (ROOT / "jobs").glob("*.py")}
+    named = set(re.findall(r"\bsira jobs submit (?:--json )?(\w+)", comments))
+    assert {"train", "materialize", "batch_score", "drift", "performance"} <= named
+    assert {Path(job_kind(job).script).name for job in named} <= {p.name for p in (ROOT / "jobs").glob("*.py")}
+    assert "SIRA_API_KEY\\\": " not in comments  # no key in a runtime env

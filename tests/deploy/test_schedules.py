@@ -3,10 +3,11 @@
 Both are read the way their runners read them, without a cluster: cron's line format (five time
 fields, `%` escaped, NAME=value lines), Kubernetes' CronJob fields (checked against the API's field
 names; the `kubernetes` client is not a dependency) and the kubelet's `$(VAR)` expansion, the shell's
-syntax check (`sh -n`), and Ray's own `ray job submit` option parser. jobs/retrain.py need not exist.
+syntax check (`sh -n`), and `sira jobs submit`'s own option parser (the command mints the job a short-lived
+key: the scheduler's key never reaches the cluster, where a runtime env is readable by anyone who can list
+jobs). jobs/retrain.py need not exist.
 """
 
-import json
 import re
 import shlex
 import subprocess
@@ -16,13 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sira.core.ray_runtime import WORKING_DIR_EXCLUDES
-
 ROOT = Path(__file__).resolve().parents[2]
 CRONTAB = ROOT / "deploy" / "cron" / "sira-retrain.crontab"
 CRONJOB = ROOT / "deploy" / "k8s" / "retrain-cronjob.yaml"
 NIGHTLY = ["30", "2", "*", "*", "*"]
-ENTRYPOINT = ("python", "jobs/retrain.py", "--model", "fraud", "--json")
+JOB_ARGS = ["--model", "fraud", "--json"]
 API_KEY_SHAPE = re.compile(r"sira_[0-9a-f]{12}_")  # sira.core.auth's key format
 
 # --- cron fields -------------------------------------------------------------------------------
@@ -89,12 +88,17 @@ def test_the_cron_validator_rejects(schedule):
 # --- the submit command, shared by both files --------------------------------------------------
 
 def submit_params(command: str) -> dict:
-    """The options of the `ray job submit` in a shell command, as Ray's own CLI parses them."""
-    from ray.dashboard.modules.job.cli import submit
+    """The options of the `sira jobs submit` in a shell command, as SIRA's CLI parses them."""
+    import typer
+
+    from sira.cli.main import app
 
     words = shlex.split(command)
-    starts = [i for i in range(len(words) - 2) if words[i:i + 3] == ["ray", "job", "submit"]]
-    assert len(starts) == 1, f"expected one `ray job submit` in {command!r}"
+    assert not any(words[i:i + 3] == ["ray", "job", "submit"] for i in range(len(words))), \
+        "`ray job submit` would need the scheduler's own key in the job's runtime env"
+    starts = [i for i in range(len(words) - 2) if words[i:i + 3] == ["sira", "jobs", "submit"]]
+    assert len(starts) == 1, f"expected one `sira jobs submit` in {command!r}"
+    submit = typer.main.get_command(app).commands["jobs"].commands["submit"]
     return submit.make_context("submit", words[starts[0] + 3:]).params  # unknown options raise here
 
 
@@ -105,12 +109,11 @@ def shell_syntax_ok(shell: str, command: str) -> None:
 
 def check_submit(params: dict) -> None:
     assert params["address"] == "$RAY_ADDRESS"
-    assert params["entrypoint"] == ENTRYPOINT
-    assert params["working_dir"] == "/opt/sira"
+    assert (params["job"], params["job_args"]) == ("retrain", JOB_ARGS)
+    assert str(params["working_dir"]) == "/opt/sira"
+    assert params["wait"] is True  # follows the job: the scheduler sees its status
     assert re.fullmatch(r"retrain-fraud-\$\(date -u \+%Y%m%d\)", params["submission_id"])
-    runtime_env = json.loads(params["runtime_env_json"])
-    assert runtime_env["excludes"] == WORKING_DIR_EXCLUDES  # the same folders stay behind as everywhere
-    assert runtime_env["env_vars"] == {"SIRA_API_KEY": "$SIRA_API_KEY"}  # passed through, never written here
+    assert params["api_key"] is None  # SIRA_API_KEY from the environment, never written here
 
 
 def test_the_submission_id_is_the_utc_day():
@@ -218,6 +221,9 @@ FIELDS = {
     "SecurityContext": {"allowPrivilegeEscalation", "capabilities", "privileged", "readOnlyRootFilesystem",
                         "runAsGroup", "runAsNonRoot", "runAsUser", "seccompProfile"},
     "EnvVar": {"name", "value", "valueFrom"},
+    "EnvFromSource": {"configMapRef", "secretRef", "prefix"},
+    "LocalObjectReference": {"name", "optional"},
+    "SecretVolumeSource": {"secretName", "items", "defaultMode", "optional"},
     "EnvVarSource": {"configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef"},
     "KeySelector": {"name", "key", "optional"},
     "ResourceRequirements": {"requests", "limits"},
@@ -268,10 +274,17 @@ def unknown_fields(doc: dict) -> list[str]:
             for ref in ("configMapKeyRef", "secretKeyRef"):
                 if ref in source:
                     bad += only_known("KeySelector", source[ref], f"{at}.env[{j}].valueFrom.{ref}")
+        for j, source in enumerate(container.get("envFrom", [])):
+            bad += only_known("EnvFromSource", source, f"{at}.envFrom[{j}]")
+            for ref in ("configMapRef", "secretRef"):
+                if ref in source:
+                    bad += only_known("LocalObjectReference", source[ref], f"{at}.envFrom[{j}].{ref}")
         for j, mount in enumerate(container.get("volumeMounts", [])):
             bad += only_known("VolumeMount", mount, f"{at}.volumeMounts[{j}]")
     for j, volume in enumerate(pod.get("volumes", [])):
         bad += only_known("Volume", volume, f"{where}.volumes[{j}]")
+        if "secret" in volume:
+            bad += only_known("SecretVolumeSource", volume["secret"], f"{where}.volumes[{j}].secret")
     return bad
 
 
@@ -324,9 +337,14 @@ def test_cronjob_takes_the_address_from_a_configmap_and_the_key_from_a_secret():
         if re.search(r"KEY|SECRET|TOKEN|PASSWORD", var["name"]):
             assert "value" not in var, f"{var['name']} must come from a Secret"
     assert set(env["RAY_ADDRESS"]["valueFrom"]["configMapKeyRef"]) >= {"name", "key"}
-    secret = env["SIRA_API_KEY"]["valueFrom"]["secretKeyRef"]
-    assert set(secret) >= {"name", "key"} and not secret.get("optional", False)
+    for name in ("SIRA_API_KEY", "SIRA_DATABASE_URL"):  # a DSN may hold a password
+        secret = env[name]["valueFrom"]["secretKeyRef"]
+        assert set(secret) >= {"name", "key"} and not secret.get("optional", False)
     assert not API_KEY_SHAPE.search(CRONJOB.read_text())
+    # the secrets the settings name as files: a Secret volume, read-only
+    pod = pod_spec(cronjob())
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    assert [m["readOnly"] for m in container["volumeMounts"] if m["name"] in secret_volumes] == [True]
 
 
 def _quantity(text: str | int) -> float:

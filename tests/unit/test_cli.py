@@ -34,6 +34,8 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["simulate", "--fraud-rate", "abc"], "error: usage: sira simulate: Invalid value for '--fraud-rate'"),
         (["ingest", "/no/such/events.parquet"], "error: not_found: file not found: /no/such/events.parquet"),
         (["ingest"], "error: invalid_input: name at least one file or folder to ingest"),
+        (["jobs", "submit", "--submission-id", "retrain fraud; rm", "retrain"],
+         "error: invalid_input: --submission-id: 1 to 90 letters, digits"),
         (["ingest", "x.parquet", "--map", "occurred_at"], "error: invalid_input: invalid --map entry 'occurred_at'"),
         (["ingest", "x.parquet", "--map-file", "/no/map.yaml"], "error: not_found: file not found: /no/map.yaml"),
         (["feedback", "import", "/no/labels.csv"], "error: not_found: file not found: /no/labels.csv"),
