@@ -264,12 +264,13 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def clean_db(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    """The session database with every SIRA table emptied (the migrations ledger kept)."""
+    """The session database with every SIRA table emptied (the migrations ledger kept, and the erasure gate's
+    salt: a row a migration writes once, as the ledger's)."""
     names = await pool.fetch(
         """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = current_schema() AND c.relname LIKE 'sira\\_%'
-              AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> $1""",
-        migrations.LEDGER,
+              AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> ALL($1::text[])""",
+        [migrations.LEDGER, "sira_erasure_salt"],
     )
     if names:
         tables = ", ".join(f'"{r["relname"]}"' for r in names)

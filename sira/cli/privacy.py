@@ -42,10 +42,13 @@ def subject_export_cmd(
         raise InvalidInput("--out must end in .json or .zip", code="invalid_value", details={"field": "out"})
     if not out.parent.is_dir():
         raise InvalidInput(f"--out: folder {out.parent} does not exist", code="invalid_value", details={"field": "out"})
-    secret = get_settings().secret("auth_secret")
+    from sira.ingest.bulk import redactor_for
+
+    settings = get_settings()
+    secret, redactor = settings.secret("auth_secret"), redactor_for(settings)
 
     async def export(conn: Any, who: Any) -> dict[str, Any]:
-        return await export_subject(conn, who, customer, secret=secret)
+        return await export_subject(conn, who, customer, secret=secret, redactor=redactor)
 
     bundle = governed(export, api_key)
     write_bundle(bundle, out)
@@ -87,7 +90,10 @@ def subject_forget_cmd(
         emit(asked, as_json, lambda: err.print(f"erasure request {asked['request_id']} ({asked['subject']}) waits "
                                                f"for a second admin: {asked['next']}"))
         return
-    done = governed(lambda conn, who: forget(conn, who, customer, approve, secret=secret), api_key)
+    from sira.ingest.bulk import redactor_for
+
+    redactor = redactor_for(settings)
+    done = governed(lambda conn, who: forget(conn, who, customer, approve, secret=secret, redactor=redactor), api_key)
     outside = done.pop("_outside")
     folders = spool_dir or [settings.workspace / "spool"]
     removed = asyncio.run(forget_outside(settings.redis_url, folders, customer, outside))

@@ -235,6 +235,9 @@ class ProductionChange(Strict):
 class History(Strict):
     model: str
     history: list[ProductionChange]
+    production: int | None = Field(description="The production version now (null: none)")
+    rollback_to: int | None = Field(description="The version a rollback would restore now (null: none to go back "
+                                                "to); the same rule as POST /v1/models/{name}/rollback")
 
 
 class MonitoringReport(Strict):

@@ -48,6 +48,8 @@ async def ui(path: str) -> Response:
         return error_response(404, "ui_not_built", "the web UI is not built into this installation: run `make web` "
                               "(Node.js 20.19 or newer) and reinstall, or install a wheel that carries it")
     if path:
+        if "\x00" in path:  # percent-decoded from %00: no file is named so (and resolve() would raise)
+            return error_response(404, "not_found", "no such path")
         found = (UI_DIR / path).resolve()
         if found.is_relative_to(UI_DIR) and found.is_file():
             return _file(found, IMMUTABLE if path.startswith("assets/") else "no-cache")

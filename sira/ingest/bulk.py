@@ -130,16 +130,25 @@ async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection
 
 async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection], source: str,
                        summary: IngestSummary) -> None:
-    """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``."""
-    if rejections:
+    """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``.
+    A record of an erased person is counted (reason ``erased_subject``), never kept: a rejected record's time
+    cannot be trusted to tell an old one, which a re-imported file brings back, from a new one."""
+    if not rejections:
+        return
+    named = sorted({j.customer_id for j in rejections if j.customer_id})
+    erased = {r["id"] for r in await conn.fetch(
+        """SELECT i.id FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
+            WHERE EXISTS (SELECT 1 FROM sira_erased_subjects x WHERE x.digest = sha256(k.salt || convert_to(i.id, 'UTF8')))""",
+        named)} if named else set()
+    kept = [j for j in rejections if j.customer_id not in erased]
+    if kept:
         await conn.copy_records_to_table(
             "sira_rejected_events",
-            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload, j.customer_id)
-                     for j in rejections],
+            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload, j.customer_id) for j in kept],
             columns=["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id"],
         )
-        summary.rejected += len(rejections)
-        summary.reasons.update(j.reason_code for j in rejections)
+    summary.rejected += len(rejections)
+    summary.reasons.update(j.reason_code if j.customer_id not in erased else "erased_subject" for j in rejections)
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:

@@ -38,11 +38,11 @@ from asyncpg import Connection
 
 from sira.core import audit, db
 from sira.core.auth import Identity, authorize
-from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, SiraError
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
 from sira.ingest.bulk import ERASURE_LOCK
-from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, subject_ref
+from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, stored_customer, subject_ref
 from sira.registry.settings import redacted
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,13 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
 
 
 async def forget(conn: Connection, identity: Identity, customer_id: str, request_id: int, *,
-                 secret: str) -> dict[str, Any]:
+                 secret: str, redactor: Any) -> dict[str, Any]:
     """The second admin's approval: delete everything of the person in PostgreSQL (call in a transaction).
+    ``customer_id`` as the person gives it (``redactor``: the installation's, which ingestion scrubbed it with).
     Returns the counts and, for :func:`forget_outside` only, what to look for in Redis and the spool."""
     authorize(identity, "subject.access")
     check_customer(customer_id)
+    stored = stored_customer(redactor, customer_id)
     request = await conn.fetchrow("SELECT * FROM sira_erasure_requests WHERE id = $1 FOR UPDATE", request_id)
     if request is None:
         raise NotFound(f"no erasure request {request_id}", code="unknown_request")
@@ -92,13 +94,14 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     if request["status"] == "executed":  # the database part is done: Redis and the spool again
         return {"request_id": request_id, "subject": ref, "status": "executed", "counts": {}, "files": [],
                 "withheld_shared_identifiers": 0, "retry": True,
-                "_outside": request["cleanup"] or {"entities": [["customer", customer_id]], "event_ids": [],
-                                                   "request_ids": []}}
+                "_outside": request["cleanup"] or {"entities": [["customer", stored]], "event_ids": [],
+                                                   "request_ids": [], "customer_id": stored}}
     if request["status"] != "pending":
         raise Conflict(f"erasure request {request_id} is {request['status']}", code="request_closed")
     # no ingest commits meanwhile: one storing the person's events after these deletes and before the gate
     # is visible would bring them back (insert_events holds this lock shared)
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
+    customer_id = stored  # from here on, as the tables hold it (and as the gate compares stored ids)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
     ids = [e["event_id"] for e in events]
     entities, withheld = await entities_of(conn, customer_id, events)
@@ -107,10 +110,13 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
+    labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
+        "SELECT event_id FROM sira_rejected_events WHERE (customer_id = $1 OR payload->>'customer_id' = $1) "
+        "AND event_id IS NOT NULL", customer_id)]
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
         "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "
-                                       "OR prediction_id = ANY($2::uuid[])", ids, prediction_ids),
+                                       "OR prediction_id = ANY($2::uuid[])", labelled, prediction_ids),
         "predictions": await _deleted(conn, "DELETE FROM sira_predictions WHERE event_id = ANY($1::text[])", ids),
         "features": await _deleted(conn, f"DELETE FROM sira_features WHERE event_id = ANY($3::text[]) "  # noqa: S608
                                          f"OR {owned}", types, keys, ids),
@@ -125,14 +131,17 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
-    await conn.execute(
+    gated = await conn.execute(
         """INSERT INTO sira_erased_subjects (digest, erased_at)
            SELECT sha256(salt || convert_to($1, 'UTF8')), now() FROM sira_erasure_salt
            ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", customer_id)
+    if db.rows_affected(gated) != 1:  # no salt: the gate would let every old event of theirs back in
+        raise SiraError("the erasure gate has no salt (sira_erasure_salt is empty): nothing was erased; "
+                        "restore its row (sql/017) and run the --approve again", code="erasure_gate_unavailable")
     for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
         await drop_cached(conn, entity)
     files = await _files(conn, events, prediction_ids)
-    outside = {"entities": _touched(events), "event_ids": ids,
+    outside = {"entities": _touched(events), "event_ids": ids, "customer_id": customer_id,
                "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
     await conn.execute(  # `cleanup` keeps what Redis and the spool are to lose until they have (record_outside)
         """UPDATE sira_erasure_requests SET status = 'executed', decided_by = $2, decided_at = now(), counts = $3,
@@ -232,6 +241,7 @@ async def forget_outside(redis_url: str | None, spool_dirs: list[Path], customer
     import redis.exceptions
 
     counts: dict[str, Any] = {}
+    stored = outside.get("customer_id", customer_id)  # as the spool and Redis's caches hold it (scrubbed)
     if redis_url:
         try:
             counts.update(await _forget_in_redis(redis_url, customer_id, outside), redis="cleaned")
@@ -241,7 +251,7 @@ async def forget_outside(redis_url: str | None, spool_dirs: list[Path], customer
         counts["redis"] = "not configured"
     try:
         counts["spool_records"], counts["spool_segments_held_live"] = _forget_in_spools(
-            spool_dirs, customer_id, set(outside["event_ids"]))
+            spool_dirs, stored, set(outside["event_ids"]))
         counts["spool"] = "cleaned"
     except OSError as exc:
         counts["spool"] = f"failed: {type(exc).__name__}"
@@ -255,12 +265,13 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
 
     client = aioredis.Redis.from_url(url)
     try:
-        patterns = [f"sira:state:*:{entity}:{key}" for entity, key in outside["entities"]]
-        patterns += [f"sira:history:{entity}:{key}" for entity, key in outside["entities"]]
-        patterns += [f"sira:answer:*:{request_id}" for request_id in outside["request_ids"]]
+        entities = [(glob_literal(entity), glob_literal(key)) for entity, key in outside["entities"]]
+        patterns = [f"sira:state:*:{entity}:{key}" for entity, key in entities]
+        patterns += [f"sira:history:{entity}:{key}" for entity, key in entities]
+        patterns += [f"sira:answer:*:{glob_literal(request_id)}" for request_id in outside["request_ids"]]
         cached = 0
         for pattern in patterns:
-            found = [k async for k in client.scan_iter(match=_glob_escaped(pattern), count=1000)]
+            found = [k async for k in client.scan_iter(match=pattern, count=1000)]
             if found:
                 cached += await client.delete(*found)
         stream = 0
@@ -279,25 +290,23 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
         await client.aclose()
 
 
-def _glob_escaped(pattern: str) -> str:
-    """A SCAN pattern whose literal parts (ids may hold ``*?[]\\``) match only themselves."""
-    out = []
-    for part in pattern.split("*"):
-        out.append("".join("\\" + c if c in "?[]\\" else c for c in part))
-    return "*".join(out)
+def glob_literal(text: str) -> str:
+    """``text`` (an id: it may hold ``*?[]\\``) as a part of a SCAN pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]) -> bool:
-    """A stream entry about the person: an event of theirs, or a label of one of their events."""
+    """A stream entry about the person: an event of theirs (the stream holds them as sent, before scrubbing),
+    or a label of one of their events."""
     raw = fields.get(b"data")
     if not raw:
         return False
+    ids = {customer_id, outside.get("customer_id", customer_id)}
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return orjson.dumps(customer_id) in raw
-    return isinstance(data, dict) and (data.get("customer_id") == customer_id
-                                       or data.get("event_id") in outside["event_ids"])
+        return any(orjson.dumps(i) in raw for i in ids)
+    return isinstance(data, dict) and (data.get("customer_id") in ids or data.get("event_id") in outside["event_ids"])
 
 
 def _forget_in_spools(folders: list[Path], customer_id: str, event_ids: set[str]) -> tuple[int, int]:

@@ -43,17 +43,22 @@ REVIEW_SOURCES = ("review", "analyst", "manual_review")
 
 
 def _typical(reference: dict[str, Any] | None) -> str | None:
-    """The middle half of the training data (numeric: between its 25th and 75th percentiles from the reference's
-    quantile bins) or its most common values (categorical)."""
+    """The middle half of the training data (numeric: from the lower edge of the reference's bin that holds its
+    25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half) or
+    its most common values (categorical)."""
     if not reference:
         return None
     if reference.get("type") == "categorical":
         common = sorted((reference.get("frequencies") or {}).items(), key=lambda kv: -kv[1])[:3]
         return ", ".join(f"{c} ({f:.0%})" for c, f in common) or None
-    edges = reference.get("bin_edges") or []
-    if len(edges) < 3:
+    edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
+    if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts):
         return None
-    lo, hi = edges[round((len(edges) - 1) * 0.25)], edges[round((len(edges) - 1) * 0.75)]
+    # the bins holding the 25th and 75th percentiles, from their counts: the edges are quantiles with the
+    # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
+    share = np.cumsum(counts) / sum(counts)
+    lo = edges[int(np.searchsorted(share, 0.25))]
+    hi = edges[int(np.searchsorted(share, 0.75)) + 1]
     return f"{_num(lo)} to {_num(hi)}"
 
 
@@ -119,7 +124,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
                         "text": describe(spec.name, value), "typical": _typical(reference.get(spec.name))})
     reviews = await conn.fetch(
         """SELECT source, label, known_at FROM sira_feedback
-            WHERE (prediction_id = $1 OR event_id = $2) AND source = ANY($3::text[]) ORDER BY known_at""",
+            WHERE (prediction_id = $1 OR event_id = $2)
+              AND (source = ANY($3::text[]) OR source LIKE 'analyst:%')  -- a person's label (label_source)
+            ORDER BY known_at, source, id""",
         key, row["event_id"], list(REVIEW_SOURCES))
     decision = row["decision"]
     thresholds = {"review": decided_by["review"], "block": decided_by["block"]}

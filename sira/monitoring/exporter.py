@@ -38,33 +38,47 @@ _VERSIONS = """
       FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
      WHERE v.status IN ('production', 'staging')"""
 
-# the newest drift run of each model (one job writes every feature's row): its rows
-_DRIFT = """
+# the versions series are kept for: a retired version's drift and performance leave /metrics with it
+_SERVED = "SELECT model_id, version FROM sira_model_versions WHERE status IN ('production', 'staging')"
+
+# the newest drift run of each version in production or staging (one job writes every feature's row): its
+# rows. Per version: the nightly retrain checks its challenger's drift, which is not production's (the alert
+# on production's drift joins on the production version; the newest run of any version hid it)
+_DRIFT = f"""
     WITH last AS (
-        SELECT DISTINCT ON (model_id) model_id, job_id, computed_at
-          FROM sira_data_drift ORDER BY model_id, computed_at DESC)
+        SELECT DISTINCT ON (d.model_id, d.version) d.model_id, d.version, d.job_id, d.computed_at
+          FROM sira_data_drift d JOIN ({_SERVED}) s USING (model_id, version)
+         ORDER BY d.model_id, d.version, d.computed_at DESC)
     SELECT m.name AS model, d.version, d.feature, d.psi, d.severity, extract(epoch FROM last.computed_at) AS at
-      FROM last JOIN sira_data_drift d ON d.model_id = last.model_id
+      FROM last JOIN sira_data_drift d ON d.model_id = last.model_id AND d.version = last.version
            AND d.job_id IS NOT DISTINCT FROM last.job_id
            AND (last.job_id IS NOT NULL OR d.computed_at = last.computed_at)
       JOIN sira_models m ON m.id = last.model_id"""
 
-# the newest window of each (model, version, role), the whole population (segment 'all')
-_PERFORMANCE = """
+# the newest window of each (model, version, role) of a version in production or staging, the whole
+# population (segment 'all')
+_PERFORMANCE = f"""
     SELECT DISTINCT ON (p.model_id, p.version, p.role)
            m.name AS model, p.version, p.role, p.average_precision, p.n, p.n_positive, p.flagged,
            (p.metrics->>'expected_calibration_error')::float8 AS ece, (p.metrics->>'brier')::float8 AS brier,
            extract(epoch FROM p.window_end) AS window_end
-      FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
+      FROM sira_model_performance p JOIN ({_SERVED}) s USING (model_id, version)
+      JOIN sira_models m ON m.id = p.model_id
      WHERE p.segment = 'all'
      ORDER BY p.model_id, p.version, p.role, p.window_end DESC, p.computed_at DESC"""
 
+# drift and performance: the production version's runs (a challenger's, checked by a retrain, would hide that
+# production's stopped)
 _LAST_RUNS = """
     SELECT m.name AS model, 'drift' AS kind, extract(epoch FROM max(d.computed_at)) AS at
-      FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id GROUP BY m.name
+      FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id
+      JOIN sira_model_versions v ON v.model_id = d.model_id AND v.version = d.version AND v.status = 'production'
+     GROUP BY m.name
     UNION ALL
     SELECT m.name, 'performance', extract(epoch FROM max(p.computed_at))
-      FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id GROUP BY m.name
+      FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
+      JOIN sira_model_versions v ON v.model_id = p.model_id AND v.version = p.version AND v.status = 'production'
+     GROUP BY m.name
     UNION ALL
     SELECT m.name, 'retrain', extract(epoch FROM max(r.finished_at))
       FROM sira_retrain_runs r JOIN sira_models m ON m.id = r.model_id
@@ -80,13 +94,15 @@ _LAST_RUNS = """
 
 
 # the log's arrival counter (an identity: its newest value through the unique index, gaps left by rolled-back
-# inserts included, which a rate over minutes does not notice); dead letters by source (few rows, an index);
+# inserts included, which a rate over minutes does not notice); dead letters by the kind of their source (what
+# precedes a ':': a caller names an API batch's source, a file its own; one series per caller or file would
+# grow without end);
 # the newest bulk load's audit record (the audit log's (action) rows through its time index, newest first)
 _INGEST = """
     SELECT 'stored' AS what, NULL AS source, coalesce((SELECT max(seq) FROM sira_events), 0)::float8 AS n,
            NULL::float8 AS at
     UNION ALL
-    SELECT 'rejected', source, count(*)::float8, NULL FROM sira_rejected_events GROUP BY source
+    SELECT 'rejected', split_part(source, ':', 1), count(*)::float8, NULL FROM sira_rejected_events GROUP BY 2
     UNION ALL
     (SELECT 'bulk_load', target_id, NULL, extract(epoch FROM occurred_at)::float8
        FROM sira_audit_log WHERE target_type = 'source' AND action = 'events.ingest' AND outcome = 'success'
@@ -154,7 +170,8 @@ def _ingest(rows: list[Any]) -> list[Metric]:
     stored = CounterMetricFamily("sira_events_stored", "Events stored in the event log, every source (the log's "
                                  "arrival counter).")
     rejected = CounterMetricFamily("sira_events_rejected", "Events set aside as dead letters in "
-                                   "sira_rejected_events, by source.", labels=["source"])
+                                   "sira_rejected_events, by the kind of their source (api, file, stream, ...: what precedes a ':').",
+                                   labels=["source"])
     loaded = GaugeMetricFamily("sira_ingest_last_load_timestamp_seconds", "When the newest bulk load (sira ingest, "
                                "a file) finished.")
     for r in rows:

@@ -7,7 +7,7 @@ labels recorded for them. PII stays as SIRA holds it: tokens (keyed HMACs) that 
 the list of token kinds present, since SIRA never holds the raw values.
 
 Which entities are "theirs": those whose key is one of the person's own identifiers (their customer id,
-account, card, device, IP and email tokens) as their events carry them. An identifier that another
+account, card, device, IP, email and phone tokens) as their events carry them. An identifier that another
 customer's events also carry (a shared card or device) is withheld, counted, not exported: its feature
 state aggregates someone else's payments too. Terminals and merchants are never the person's.
 
@@ -35,8 +35,8 @@ from sira.core.auth import Identity, authorize
 from sira.core.errors import InvalidInput
 
 # the event columns that identify the person or their instruments (tokens where they are PII)
-PERSONAL_COLUMNS = ("customer_id", "account_id", "card_token", "device_id", "ip_token", "email_token")
-TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token")
+PERSONAL_COLUMNS = ("customer_id", "account_id", "card_token", "device_id", "ip_token", "email_token", "phone_token")
+TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token", "phone_token")
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
             "predictions", "labels")
 
@@ -97,10 +97,19 @@ def check_customer(customer_id: str) -> None:
                            details={"field": "customer"})
 
 
-async def export_subject(conn: Connection, identity: Identity, customer_id: str, *, secret: str) -> dict[str, Any]:
-    """Everything stored about ``customer_id``, by section, with counts and the token kinds present."""
+def stored_customer(redactor: Any, customer_id: str) -> str:
+    """The customer id as SIRA stores it: ingestion scrubs every id (an email, a phone number, a name as an id
+    become keyed tokens), so a person is looked up by their id scrubbed with the installation's key."""
+    return redactor.scrub_value(customer_id)
+
+
+async def export_subject(conn: Connection, identity: Identity, customer_id: str, *, secret: str,
+                         redactor: Any) -> dict[str, Any]:
+    """Everything stored about ``customer_id`` (as the person gives it; ``redactor``: the installation's, which
+    ingestion scrubbed it with), by section, with counts and the token kinds present."""
     authorize(identity, "subject.access")
     check_customer(customer_id)
+    asked, customer_id = customer_id, stored_customer(redactor, customer_id)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
                               customer_id)
     ids = [e["event_id"] for e in events]
@@ -109,13 +118,15 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT * FROM sira_predictions WHERE event_id = ANY($1::text[]) "
                                    "ORDER BY scored_at", ids)
+    rejected = await conn.fetch("SELECT * FROM sira_rejected_events WHERE customer_id = $1 "
+                                "OR payload->>'customer_id' = $1 ORDER BY rejected_at", customer_id)
+    # labels of their payments, stored or refused (a chargeback on a payment SIRA set aside is theirs too)
+    labelled = ids + [r["event_id"] for r in rejected if r["event_id"]]
     bundle: dict[str, Any] = {
         "subject": {"customer_id": customer_id, "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(),
                     "exported_by": identity.name},
         "events": _rows(events),
-        "rejected_events": _rows(await conn.fetch(
-            "SELECT * FROM sira_rejected_events WHERE customer_id = $1 OR payload->>'customer_id' = $1 "
-            "ORDER BY rejected_at", customer_id)),
+        "rejected_events": _rows(rejected),
         "features": _rows(await conn.fetch(
             f"SELECT * FROM sira_features WHERE event_id = ANY($3::text[]) AND {owned} ORDER BY as_of",  # noqa: S608
             types, keys, ids)),
@@ -128,7 +139,7 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
         "predictions": _rows(predictions),
         "labels": _rows(await conn.fetch(
             "SELECT * FROM sira_feedback WHERE event_id = ANY($1::text[]) OR prediction_id = ANY($2::uuid[]) "
-            "ORDER BY id", ids, [p["prediction_id"] for p in predictions])),
+            "ORDER BY id", labelled, [p["prediction_id"] for p in predictions])),
     }
     bundle["tokens"] = {
         "note": "PII is held only as keyed tokens (HMAC): SIRA cannot turn them back into the values",
@@ -136,10 +147,10 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
     }
     bundle["counts"] = {s: len(bundle[s]) for s in SECTIONS}
     bundle["withheld"] = {"shared_identifiers": withheld,
-                          "why": "a card, device, IP or email another customer's events also carry: its feature "
+                          "why": "a card, device, IP, email or phone another customer's events also carry: its feature "
                                  "state aggregates their payments too"}
     await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
-                       target_id=subject_ref(secret, customer_id), details={"counts": bundle["counts"]})
+                       target_id=subject_ref(secret, asked), details={"counts": bundle["counts"]})
     return bundle
 
 

@@ -86,8 +86,12 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
     row = await registry.get_version(conn, model_name, version)
     cutoff = now or datetime.now(timezone.utc)
     maturity = float(model["label_maturity_days"])
-    hi = time_to or cutoff - timedelta(days=maturity)
-    lo = time_from or hi - timedelta(days=days)
+    try:
+        hi = time_to or cutoff - timedelta(days=maturity)
+        lo = time_from or hi - timedelta(days=days)
+    except OverflowError:  # a --to near year 1: the window would start before the calendar
+        raise InvalidInput("the window starts before year 1 (move --to later or give --from)",
+                           code="invalid_field", details={"field": "to"}) from None
     if hi <= lo:
         raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
     y, p, amount = await labelled_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)

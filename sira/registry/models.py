@@ -212,6 +212,16 @@ async def _change_production(conn: Connection, actor: audit.Actor, model_id: int
               **(extra or {})}
     await audit.record(conn, actor, "production.change", target_type="model", target_id=model_name, details=change)
     await webhooks.enqueue(conn, "production.change", {"model": model_name, "actor": actor.name, **change})
+    if via != "rollback":  # an older version's pending request would archive this newer one on a late approval
+        for old in await conn.fetch(
+                """UPDATE sira_promotion_requests r SET status = 'superseded', decided_at = now()
+                     FROM sira_model_versions v
+                    WHERE r.version_id = v.id AND r.model_id = $1 AND r.status = 'pending'
+                      AND r.target_status = 'production' AND v.version < $2
+                RETURNING r.id, v.version""", model_id, target["version"]):
+            await audit.record(conn, actor, "promotion.superseded", target_type="model_version",
+                               target_id=f"{model_name}:v{old['version']}",
+                               details={"request_id": old["id"], "by_version": target["version"]})
     return current["version"] if current else None
 
 
@@ -382,22 +392,26 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
                        "(see its history)",
                        code="production_moved",
                        details={"expected_version": expected_version, "production_version": current["version"]})
-    # The version that was production before the current one was promoted (by approval or policy): a rollback
-    # that made it production again is no promotion, else a second rollback would go forward again, to the
-    # version just rolled back, with no approval.
-    came_from = await conn.fetchval(
-        """SELECT (details->>'from')::int FROM sira_audit_log
-            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
-              AND (details->>'to')::int = $2 AND details->>'via' IS DISTINCT FROM 'rollback'
-            ORDER BY id DESC LIMIT 1""",
-        model_name, current["version"],
-    )
+    came_from = await rollback_target(conn, model_name, current["version"])
     if came_from is None:
         raise Conflict(f"{model_name} v{current['version']} has no previous production version to roll back to",
                        code="no_previous_version")
     target = await get_version(conn, model_name, came_from, lock=True)
     await _change_production(conn, identity.actor(), model["id"], model_name, target, via="rollback", reason=reason)
     return {"model": model_name, "production": came_from, "archived": current["version"], "reason": reason}
+
+
+async def rollback_target(conn: Connection, model_name: str, production: int) -> int | None:
+    """The version a rollback of ``production`` restores: the one production was before ``production`` was
+    promoted (by approval or policy). A rollback that made it production again is no promotion, else a second
+    rollback would go forward again, to the version just rolled back, with no approval."""
+    return await conn.fetchval(
+        """SELECT (details->>'from')::int FROM sira_audit_log
+            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
+              AND (details->>'to')::int = $2 AND details->>'via' IS DISTINCT FROM 'rollback'
+            ORDER BY id DESC LIMIT 1""",
+        model_name, production,
+    )
 
 
 async def production_history(conn: Connection, model_name: str) -> list[dict[str, Any]]:

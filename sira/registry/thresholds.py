@@ -158,7 +158,9 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     await conn.execute("INSERT INTO sira_threshold_approvals (set_id, approver, decision, comment) "
                        "VALUES ($1, $2, $3, $4)", pending["id"], identity.name, decision, comment)
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]
-    outcome = lifecycle.request_outcome(pending["required_approvals"], decisions)
+    # raised on the model since the change was asked: raised for it too, as for a promotion (lowering does not lower)
+    required = max(pending["required_approvals"], row["required_approvals"])
+    outcome = lifecycle.request_outcome(required, decisions)
     await audit.record(conn, identity.actor(), f"thresholds.{decision}", target_type="model_version",
                        target_id=f"{model_name}:v{version}",
                        details={"set": pending["id"], "comment": comment, "outcome": outcome})
@@ -173,5 +175,5 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
                            pending["id"])
     return {"model": model_name, "version": version, "set": pending["id"], "revision": pending["revision"],
             "outcome": outcome, "approvals": sum(1 for _, d in decisions if d == "approve"),
-            "required_approvals": pending["required_approvals"],
+            "required_approvals": required,
             "status": {"approved": "active", "rejected": "rejected"}.get(outcome, "pending")}

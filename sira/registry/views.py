@@ -10,7 +10,7 @@ from typing import Any
 
 from asyncpg import Connection
 
-from sira.core.auth import Identity, authorize, may
+from sira.core.auth import Identity, authorize, may, principals
 from sira.core.errors import SiraError
 from sira.registry import lifecycle
 from sira.registry.models import jsonable
@@ -47,7 +47,8 @@ _QUEUE = """
            coalesce((SELECT jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
                                                          'comment', a.comment, 'at', a.created_at) ORDER BY a.id)
                        FROM sira_approvals a WHERE a.request_id = r.id), '[]') AS decisions,
-           (SELECT severity FROM sira_data_drift d WHERE d.model_id = m.id AND d.feature = '__dataset__'
+           (SELECT severity FROM sira_data_drift d  -- the version asked for (a retrain checks its challenger)
+             WHERE d.model_id = m.id AND d.version = v.version AND d.feature = '__dataset__'
              ORDER BY computed_at DESC LIMIT 1) AS drift_verdict,
            (SELECT jsonb_build_object('run', rr.id, 'decision', rr.decision, 'evaluation', rr.report->'evaluation',
                                       'reasons', rr.report->'reasons', 'blockers', rr.report->'blockers')
@@ -82,14 +83,18 @@ async def models_overview(conn: Connection, identity: Identity) -> list[dict[str
     return [jsonable(r) for r in await conn.fetch(_OVERVIEW)]
 
 
-def why_not(identity: Identity, *, creator: str | None, requester: str, already: list[str],
-            what: str = "promotion") -> str | None:
+async def why_not(conn: Connection, identity: Identity, *, creator: str | None, requester: str, already: list[str],
+                  what: str = "promotion") -> str | None:
     """Why ``identity`` may not decide on a ``what`` (None: it may; ``creator`` None: a threshold change,
-    which the version's creator may decide on)."""
+    which the version's creator may decide on): the rules the decision enforces, on the people behind the
+    names as it compares them (a job's key acts for its submitter: :func:`sira.core.auth.principals`)."""
     if not may(identity, "promotion.decide"):
         return f"deciding on a {what} needs the approver role"
+    people = await principals(conn, identity.name, requester, *([creator] if creator is not None else []), *already)
+    approver, requester, *rest = people
+    creator, already = (rest[0], rest[1:]) if creator is not None else (None, rest)
     try:
-        lifecycle.check_approver(identity.name, identity.roles, creator=creator, requester=requester,
+        lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester,
                                  already=already, what=what)
     except SiraError as exc:
         return str(exc)
@@ -115,8 +120,9 @@ async def _queue(conn: Connection, identity: Identity, query: str, what: str) ->
     out = []
     for row in await conn.fetch(query):
         item = jsonable(row)
-        item["may_decide_reason"] = why_not(identity, creator=item.get("created_by"), requester=row["requested_by"],
-                                            already=[d["approver"] for d in item["decisions"]], what=what)
+        item["may_decide_reason"] = await why_not(conn, identity, creator=item.get("created_by"),
+                                                  requester=row["requested_by"],
+                                                  already=[d["approver"] for d in item["decisions"]], what=what)
         item["may_decide"] = item["may_decide_reason"] is None
         out.append(item)
     return out

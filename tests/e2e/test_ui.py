@@ -8,6 +8,7 @@ axe-core finds no serious accessibility violation; a screenshot of each view goe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -291,6 +292,10 @@ def test_an_operator_rolls_back_after_a_confirmation_naming_the_version_it_resto
     s.accessible()
     confirm.click()
     s.page.get_by_text("v2 → v1 (rollback)").wait_for()
+    s.page.get_by_role("table", name="Versions").get_by_text("production").wait_for()
+    # v1 came first: nothing to roll back to (the button once offered v2, the version just rolled back, which
+    # the server would not have restored)
+    assert s.page.get_by_role("button", name=re.compile("Roll back to")).count() == 0
     status = run_sync(_fetch(site["dsn"], "SELECT status FROM sira_model_versions WHERE version = 1"))["status"]
     assert status == "production"
     # a version's page: metrics, thresholds, lineage with the verified checksum

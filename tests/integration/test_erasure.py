@@ -215,6 +215,7 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     name the customer as sira_events does."""
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
+    from sira.ingest.labels import record_labels
     from sira.monitoring.erasure import forget, request_forget
     from sira.monitoring.subject import export_subject
 
@@ -224,15 +225,103 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     mapping = {"event_id": "TX", "occurred_at": "AT", "customer_id": "CUST", "amount": "AMT"}
     async with db.transaction(clean_db) as conn:
         summary, _ = await store_events(conn, rows, redactor=redactor_for(settings), source="file", mapping=mapping)
+        # a chargeback on the payment SIRA refused: pending (no stored event), and the person's
+        await record_labels(conn, [{"event_id": "m-2", "label": True, "source": "chargeback",
+                                    "known_at": "2026-09-20T00:00:00Z"}], redactor=redactor_for(settings))
     assert (summary.accepted, summary.rejected) == (1, 2)
     secret = settings.secret("auth_secret")
     ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
-        bundle = await export_subject(conn, ann, "C-777", secret=secret)
+        bundle = await export_subject(conn, ann, "C-777", secret=secret, redactor=redactor_for(settings))
     assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
+    assert [r["event_id"] for r in bundle["labels"]] == ["m-2"]  # was left out (labels of stored events only)
     async with db.transaction(clean_db) as conn:
         request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret)
-        done = await forget(conn, bob, "C-777", request["request_id"], secret=secret)
-    assert done["counts"]["rejected_events"] == 1
+        done = await forget(conn, bob, "C-777", request["request_id"], secret=secret,
+                            redactor=redactor_for(settings))
+    assert done["counts"]["rejected_events"] == 1 and done["counts"]["labels"] == 1
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback") == 0
     left = await clean_db.fetch("SELECT payload FROM sira_rejected_events")
     assert len(left) == 1 and "C-777" not in json.dumps([r["payload"] for r in left])
+    # the same file again: their refused row is counted, not kept (it came back as a dead letter)
+    async with db.transaction(clean_db) as conn:
+        again, _ = await store_events(conn, rows, redactor=redactor_for(settings), source="file", mapping=mapping)
+    assert (again.accepted, again.rejected, again.reasons["erased_subject"]) == (0, 2, 1)
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE customer_id = 'C-777'") == 0
+
+
+async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_erased_and_gated(clean_db, settings):
+    """A customer id that is an email (or a phone number, a name) is stored as a keyed token: export and
+    erasure looked it up as given, found nothing (an empty bundle, an erasure deleting nothing marked
+    executed) and the gate's digest never matched a re-import. They now look it up as ingestion stored it."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.monitoring.erasure import forget, request_forget
+    from sira.monitoring.subject import export_subject
+
+    person, redactor = "jane.doe@example.com", redactor_for(settings)
+    rows = [{"event_id": f"tk-{k}", "occurred_at": f"2026-09-01T1{k}:00:00Z", "customer_id": person, "amount": 10.0,
+             "phone": "+44 7700 900123"} for k in range(2)]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor, source="file")
+    assert summary.accepted == 2
+    stored = await clean_db.fetchval("SELECT DISTINCT customer_id FROM sira_events")
+    assert stored != person and stored.startswith("tok_")  # what the lookups must use
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        bundle = await export_subject(conn, ann, person, secret=secret, redactor=redactor)
+    assert bundle["counts"]["events"] == 2 and "phone_token" in bundle["tokens"]["kinds"]  # phone was left out
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, person, "the person asked", secret=secret)
+        done = await forget(conn, bob, person, request["request_id"], secret=secret, redactor=redactor)
+    assert done["counts"]["events"] == 2 and done["_outside"]["customer_id"] == stored
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
+    async with db.transaction(clean_db) as conn:  # the same file again: the gate keeps them out
+        again, _ = await store_events(conn, rows, redactor=redactor, source="file")
+    assert again.accepted == 0 and await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
+
+
+def test_redis_patterns_of_an_erasure_match_only_the_persons_own_keys(redis_url):
+    """An id may hold glob characters: `a*b` must not match another customer's `axb` (it did: `*` was left
+    unescaped, and a customer id `*` matched every customer's cached state)."""
+    import redis
+
+    from sira.monitoring.erasure import glob_literal
+
+    run = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(redis_url)
+    keys = [f"sira:state:test-{run}:customer:{k}" for k in ("a*b?[c]", "axb?[c]", "a*bx[c]", "other")]
+    try:
+        for key in keys:
+            client.set(key, b"1")
+        for mine in ("a*b?[c]", "*"):
+            pattern = f"sira:state:*:customer:{glob_literal(mine)}"
+            found = {k.decode() for k in client.scan_iter(match=pattern, count=1000)} & set(keys)
+            assert found == ({keys[0]} if mine != "*" else set()), (mine, found)
+    finally:
+        client.delete(*keys)
+        client.close()
+
+
+async def test_an_erasure_without_the_gates_salt_fails_and_erases_nothing(clean_db, settings):
+    """The gate's digest is salted by the one row of sira_erasure_salt: without it the gate's insert wrote
+    nothing and the erasure still said `executed` (the test database's cleanup once emptied the table)."""
+    from sira.core.auth import Identity
+    from sira.core.errors import SiraError
+    from sira.ingest.bulk import redactor_for
+    from sira.monitoring.erasure import forget, request_forget
+
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    conn = await clean_db.acquire()
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        await conn.execute("DELETE FROM sira_erasure_salt")
+        request = await request_forget(conn, ann, "C-1", "asked", secret="s")
+        with pytest.raises(SiraError, match="no salt") as refused:
+            await forget(conn, bob, "C-1", request["request_id"], secret="s", redactor=redactor_for(settings))
+        assert refused.value.code == "erasure_gate_unavailable"
+    finally:
+        await tr.rollback()
+        await clean_db.release(conn)

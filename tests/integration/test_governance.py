@@ -10,7 +10,14 @@ from sira.core import db
 from sira.core.artifacts import save_artifact
 from sira.core.auth import Identity
 from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from sira.registry.models import decide, production_history, request_promotion, rollback, validate_version
+from sira.registry.models import (
+    decide,
+    production_history,
+    request_promotion,
+    rollback,
+    rollback_target,
+    validate_version,
+)
 
 DANA = Identity("dana", frozenset({"data_scientist"}))
 ANN, BOB, CAT = (Identity(n, frozenset({"approver"})) for n in ("ann", "bob", "cat"))
@@ -216,6 +223,7 @@ async def test_the_approval_queue_shows_the_evidence_and_who_may_decide(clean_db
 async def test_a_models_drift_is_its_production_versions_not_a_rejected_challengers(clean_db, settings):
     """A retrain checks each challenger's drift: the newest drift run may be a challenger's the retrain then
     rejected. The overview and `GET /v1/models/{name}/drift` report production's (was: the newest of any)."""
+    from sira.monitoring import exporter
     from sira.monitoring.drift import latest_drift
     from sira.registry.views import models_overview
 
@@ -235,6 +243,14 @@ async def test_a_models_drift_is_its_production_versions_not_a_rejected_challeng
         assert (model["production_version"], model["drift_verdict"]) == (1, "ok")
         assert (await latest_drift(conn, "fraud"))["latest"]["job_id"] == "prod-run"
         assert (await latest_drift(conn, "fraud", 2))["latest"]["job_id"] == "challenger-run"  # when asked for
+        # /metrics: production's run (the alert on production's drift joins on its version; the challenger's
+        # newer run once replaced it), and production's drift job as the one that last succeeded
+        rows = await exporter.read(conn)
+        runs = {r["kind"]: r["at"] for r in rows["runs"]}
+        prod_at = await conn.fetchval("SELECT extract(epoch FROM computed_at) FROM sira_data_drift "
+                                      "WHERE job_id = 'prod-run'")
+    assert {(r["version"], r["severity"]) for r in rows["drift"]} == {(1, "ok")}
+    assert runs["drift"] == prod_at
 
 
 async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_rolled_back(clean_db, settings):
@@ -245,6 +261,8 @@ async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_
         await run(clean_db, request_promotion, settings, DANA, "fraud", version)
     first = await run(clean_db, rollback, OLI, "fraud", "v3 blocks good customers", 3)
     assert (first["production"], first["archived"]) == (2, 3)
+    # what GET /v1/models/fraud/history says a rollback would restore (the UI's button names it): v1, not v3
+    assert await run(clean_db, rollback_target, "fraud", 2) == 1
     second = await run(clean_db, rollback, OLI, "fraud", "v2 too", 2)
     assert (second["production"], second["archived"]) == (1, 2) and await status_of(clean_db, 3) != "production"
     with pytest.raises(Conflict, match="no previous production version"):
@@ -260,6 +278,7 @@ async def test_a_job_key_acts_for_its_submitter_under_the_four_eyes_rules(clean_
     from sira.core.auth import authenticate, create_job_key, create_key
     from sira.core.errors import InvalidInput, PermissionDenied
     from sira.core.ray_runtime import JOBS
+    from sira.registry.views import approval_queue
 
     pepper = settings.secret("auth_secret")
     async with db.transaction(clean_db) as conn:
@@ -280,12 +299,34 @@ async def test_a_job_key_acts_for_its_submitter_under_the_four_eyes_rules(clean_
     await run(clean_db, request_promotion, settings, job, "fraud", 2)
     with pytest.raises(PermissionDenied, match="requester of a promotion"):
         await run(clean_db, decide, carol, "fraud", 2, "approve")
+    async with clean_db.acquire() as conn:  # the approval queue says so (it enabled her buttons: names differ)
+        standing = {r["version"]: r["may_decide_reason"] for r in await approval_queue(conn, carol)}
+    assert "creator of a version" in standing[1] and "requester of a promotion" in standing[2]
     async with db.transaction(clean_db) as conn:  # the database holds the rule whatever the application does
         request_id = await conn.fetchval("SELECT r.id FROM sira_promotion_requests r JOIN sira_model_versions v "
                                          "ON v.id = r.version_id WHERE v.version = 1")
         with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
             await conn.execute("INSERT INTO sira_approvals (request_id, approver, decision) "
                                "VALUES ($1, 'carol', 'approve')", request_id)
+
+
+async def test_promoting_a_version_supersedes_the_pending_requests_of_older_ones(clean_db, settings):
+    """v1 and v2 wait for approval; v2 reaches production first. A late approval of v1 archived the newer v2
+    (200, previous_production 2): v1's request is closed as superseded instead, and says so."""
+    for version in (1, 2):
+        await make_version(clean_db, settings, version, required=1)
+        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+    assert (await run(clean_db, decide, ANN, "fraud", 2, "approve"))["outcome"] == "approved"
+    with pytest.raises(Conflict, match="closed \\(superseded\\)"):
+        await run(clean_db, decide, BOB, "fraud", 1, "approve")
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("validated", "production")
+    details = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.superseded' "
+                                      "AND target_id = 'fraud:v1'")
+    assert details["by_version"] == 2
+    # a newer version's request stays open: it may still replace v2
+    await make_version(clean_db, settings, 3, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
+    assert (await run(clean_db, decide, ANN, "fraud", 3, "approve"))["previous_production"] == 2
 
 
 async def test_required_approvals_raised_after_a_request_apply_to_it(clean_db, settings):

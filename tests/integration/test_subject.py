@@ -8,6 +8,7 @@ import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
+from sira.ingest.bulk import redactor_for
 from sira.monitoring.subject import SECTIONS, export_subject, subject_ref
 
 ADMIN = Identity("root", frozenset({"admin"}))
@@ -29,7 +30,8 @@ def test_an_export_holds_every_row_about_the_person_and_nothing_about_another(fr
         conn = await db.connect(fraud_model.dsn)
         try:
             async with conn.transaction():
-                return await export_subject(conn, ADMIN, a, secret=secret)
+                return await export_subject(conn, ADMIN, a, secret=secret,
+                                            redactor=redactor_for(fraud_model.settings))
         finally:
             await conn.close()
 
@@ -100,7 +102,8 @@ def test_a_bad_customer_id_is_refused(fraud_model, customer):
     async def run():
         conn = await db.connect(fraud_model.dsn)
         try:
-            return await export_subject(conn, ADMIN, customer, secret="s")
+            return await export_subject(conn, ADMIN, customer, secret="s",
+                                            redactor=redactor_for(fraud_model.settings))
         finally:
             await conn.close()
 

@@ -147,6 +147,16 @@ async def test_a_threshold_change_is_governed_swapped_into_serving_and_named_by_
     assert actions == ["thresholds.request", "thresholds.approve", "thresholds.approve", "thresholds.change"]
     assert outbox == 1
 
+    # an analyst reviews the old decision (a label, recorded as analyst:<name>): the report says a person did
+    assert report["summary"]["human_review"]["reviewed"] is False
+    async with scoring_client(fraud_model, tmp_path / "review") as (client, _):
+        reviewed = await client.post("/v1/feedback", json={"prediction_id": before["prediction_id"], "label": False},
+                                     headers=headers["analyst"])
+    assert reviewed.status_code in (200, 201), reviewed.text
+    after_review = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                            before["prediction_id"])
+    assert after_review["summary"]["human_review"]["reviewed"] is True  # was False: only "analyst" matched
+
 
 async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_model, model):
     version = (await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, 1))["version"]
@@ -195,6 +205,24 @@ async def test_a_pending_change_of_a_version_that_leaves_service_is_cancelled(fr
         row = await conn.fetchrow("SELECT status, decided_at FROM sira_threshold_sets WHERE id = $1", asked["set"])
         assert row["status"] == "cancelled" and row["decided_at"] is not None
         assert (await approvals(conn, APPROVERS[0]))["threshold_changes"] == []
+    finally:
+        await tr.rollback()
+        await conn.close()
+
+
+async def test_required_approvals_raised_after_a_change_was_asked_apply_to_it(fraud_model, model):
+    """Raised from 2 to 3 while a change waits: two approvals no longer activate it (they did: a promotion
+    honoured the raise, a threshold change kept the number it was asked with). Rolled back."""
+    conn = await db.connect(fraud_model.dsn)
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        version = (await threshold_sets.history(conn, ANALYST, model, 1))["version"]
+        await threshold_sets.request_change(conn, SCIENTIST, model, version, review=0.3, block=0.8, reason="raise")
+        await registry.update_model(conn, ADMIN, model, required_approvals=3)
+        for approver in APPROVERS:
+            decided = await threshold_sets.decide_change(conn, approver, model, version, "approve")
+        assert (decided["outcome"], decided["approvals"], decided["required_approvals"]) == ("pending", 2, 3)
     finally:
         await tr.rollback()
         await conn.close()

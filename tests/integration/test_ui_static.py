@@ -45,6 +45,8 @@ async def test_paths_the_browser_routes_get_the_page_and_nothing_leaves_the_fold
     for path in ("/ui/..%2Fapp.py", "/ui/%2e%2e/deps.py", "/ui/..%2F..%2Fhttp%2Fui.py", "/ui/../deps.py"):
         r = await client.get(path)
         assert "import" not in r.text, path  # the page or a 404, never a file outside the UI's folder
+    nul = await client.get("/ui/%00")  # percent-decoded to a NUL, which no path may hold: was a 500
+    assert nul.status_code == 404 and nul.json()["error"]["code"] == "not_found"
     missing = await client.get("/ui/assets/index-0000.js")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 

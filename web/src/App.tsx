@@ -1,7 +1,7 @@
-import { AppShell, Badge, Button, Group, Loader, NavLink, Text, Title } from "@mantine/core";
-import { useEffect, useState } from "react";
+import { Alert, AppShell, Badge, Button, Group, Loader, NavLink, Stack, Text, Title } from "@mantine/core";
+import { useCallback, useEffect, useState } from "react";
 import { NavLink as RouterLink, Navigate, Route, Routes, useLocation } from "react-router";
-import { api, credential } from "./api";
+import { api, ApiError, credential } from "./api";
 import type { Me } from "./types";
 import { ApprovalsView } from "./views/Approvals";
 import { AuditView } from "./views/Audit";
@@ -28,17 +28,38 @@ const VIEWS = [
 export function App() {
   const [me, setMe] = useState<Me | null>(null);
   const [checking, setChecking] = useState(credential.get() !== null);
+  const [failure, setFailure] = useState<string | null>(null);
   const location = useLocation();
 
-  useEffect(() => {
-    if (!credential.get()) return;
+  // Only a refused credential (401) is forgotten: an outage or a network error keeps it, and says so.
+  const check = useCallback(() => {
+    setChecking(true);
+    setFailure(null);
     api<Me>("/v1/me")
       .then(setMe)
-      .catch(() => credential.clear())
+      .catch((e) => {
+        if (e instanceof ApiError && e.status === 401) credential.clear();
+        else setFailure(e instanceof ApiError ? `${e.message} (${e.code})` : String(e));
+      })
       .finally(() => setChecking(false));
   }, []);
 
+  useEffect(() => {
+    if (credential.get()) check();
+  }, [check]);
+
   if (checking) return <Loader m="xl" aria-label="Checking your credentials" />;
+  if (failure) {
+    return (
+      <Stack m="xl" maw={560}>
+        <Alert color="red" role="alert" title="SIRA could not check your credentials">{failure}</Alert>
+        <Group>
+          <Button onClick={check}>Try again</Button>
+          <Button variant="subtle" onClick={() => { credential.clear(); setFailure(null); }}>Sign in with another credential</Button>
+        </Group>
+      </Stack>
+    );
+  }
   if (!me) return <SignIn onSignedIn={setMe} />;
 
   return (

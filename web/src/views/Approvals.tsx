@@ -130,7 +130,7 @@ export function ApprovalCard({ request, onDecide }: { request: PendingRequest; o
             <Badge color={approvals > 0 ? "blue" : "dark"} variant="light">
               {approvals} / {request.required_approvals} approvals
             </Badge>
-            {request.drift_verdict && <VerdictBadge verdict={request.drift_verdict} prefix="drift " />}
+            {request.drift_verdict && <VerdictBadge verdict={request.drift_verdict} prefix={`v${request.version} drift `} />}
           </Group>
         </Group>
         <Text size="sm">

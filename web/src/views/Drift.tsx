@@ -51,6 +51,12 @@ export function DriftHeatmap({ runs }: { runs: DriftRun[] }) {
   );
 }
 
+/** The newest run of the production version (runs oldest first): the banner's. A retrain checks its challenger's
+ * drift too, a run of another version, which must neither raise the banner nor hide production's ALERT. */
+export function productionRun(runs: DriftRun[], production: number | null | undefined): DriftRun | undefined {
+  return production === null || production === undefined ? undefined : [...runs].reverse().find((r) => r.version === production);
+}
+
 export function DriftView() {
   const { name } = useParams();
   const { models, chosen, picker } = useModelChoice(name, "/drift");
@@ -58,14 +64,15 @@ export function DriftView() {
   const runs = chosen ? history.data?.runs ?? [] : [];
   const latest = runs[runs.length - 1];
   const production = models.find((m) => m.name === chosen)?.production_version;
+  const production_latest = productionRun(runs, production);
   return (
     <Stack>
       <Title order={2}>Drift</Title>
       {picker}
       {history.error && <Failure error={history.error} what="the drift history" />}
-      {latest?.verdict === "alert" && production !== null && production !== undefined && (
+      {production_latest?.verdict === "alert" && (
         <Alert color="red" role="alert" title="Drift ALERT on a production model">
-          {chosen} v{production}: the drift run of {when(latest.at)} says ALERT.
+          {chosen} v{production}: the drift run of {when(production_latest.at)} says ALERT.
         </Alert>
       )}
       {chosen && runs.length === 0 && !history.loading && <Text c="gray.7">No drift run in the last 90 days (sira drift --model {chosen}).</Text>}

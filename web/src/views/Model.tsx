@@ -8,14 +8,6 @@ import type { ModelDetail, ProductionChange } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 
-/** The version a rollback restores, by the registry's rule (sira.registry.models.rollback): the version production
- * came from when it last became the current one. */
-export function rollbackTarget(history: ProductionChange[], production: number | null): number | null {
-  if (production === null) return null;
-  const change = [...history].reverse().find((h) => h.to === production);
-  return change?.from ?? null;
-}
-
 export function HistoryTimeline({ history }: { history: ProductionChange[] }) {
   if (history.length === 0) return <Text c="gray.7">No version has been in production yet.</Text>;
   return (
@@ -98,12 +90,14 @@ export function ModelView() {
   const { name = "" } = useParams();
   const path = `/v1/models/${encodeURIComponent(name)}`;
   const model = useApi<ModelDetail>(path);
-  const history = useApi<{ history: ProductionChange[] }>(`${path}/history`);
+  // rollback_to: the version a rollback restores, by the registry's own rule (the server says; not worked out here)
+  const history = useApi<{ history: ProductionChange[]; production: number | null; rollback_to: number | null }>(`${path}/history`);
   if (model.error) return <Failure error={model.error} what={`model ${name}`} />;
   if (!model.data) return null;
   const m = model.data;
   const production = m.versions.find((v) => v.status === "production")?.version ?? null;
-  const target = rollbackTarget(history.data?.history ?? [], production);
+  // the history's answer for the production version shown (null while loading or if production moved meanwhile)
+  const target = history.data?.production === production ? history.data.rollback_to : null;
   return (
     <Stack>
       <Group>

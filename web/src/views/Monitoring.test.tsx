@@ -4,13 +4,21 @@ import { renderUi } from "../test/render";
 import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
 import { importanceDelta } from "./Compare";
-import { DriftHeatmap, heatmap } from "./Drift";
+import { DriftHeatmap, heatmap, productionRun } from "./Drift";
 import { performanceSeries } from "./Performance";
 import { totals } from "./Traffic";
 
 const run = (at: string, features: DriftRun["features"], verdict: DriftRun["verdict"] = "ok"): DriftRun => ({ run: at, at, version: 1, verdict, features });
 
 describe("monitoring views", () => {
+  it("takes the drift banner's run from the production version, not a retrain's challenger", () => {
+    const prod = { ...run("2026-12-01T00:00:00Z", {}, "alert"), version: 1 };
+    const challenger = { ...run("2026-12-02T00:00:00Z", {}, "ok"), version: 2 };
+    expect(productionRun([prod, challenger], 1)).toBe(prod);  // a newer challenger run hid production's ALERT
+    expect(productionRun([prod, { ...challenger, verdict: "alert" }], 3)).toBeUndefined();  // nor blames production
+    expect(productionRun([prod], null)).toBeUndefined();
+  });
+
   it("puts the latest run's worst features first in the heat map", () => {
     const runs = [
       run("2026-11-01T00:00:00Z", { amount: { psi: 0.3, severity: "alert" }, channel: { psi: 0.01, severity: "ok" } }),

@@ -1,0 +1,32 @@
+"""The "typical values" of a report: a range that holds the middle half of the training data, whatever its shape."""
+
+import numpy as np
+import pytest
+
+from sira.monitoring.explanation import _typical
+
+
+def reference(values: np.ndarray) -> dict:
+    """A numeric feature's reference as training stores it (sira.training.runs: quantile edges, duplicates
+    dropped, and the histogram over them)."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
+    return {"type": "numeric", "bin_edges": [float(e) for e in edges],
+            "histogram": [int(h) for h in np.histogram(values, bins=edges)[0]]}
+
+
+@pytest.mark.parametrize("values", [
+    np.concatenate([np.zeros(600), np.arange(1, 401) % 16]),  # a count, 60% zeros: was "0.4 to 15.00" (25 to 75: 0 to 8)
+    np.random.default_rng(3).lognormal(3, 1, 2_000),  # skewed
+    np.random.default_rng(4).normal(100, 15, 2_000),
+])
+def test_the_typical_range_holds_the_middle_half(values):
+    lo, hi = (float(v) for v in _typical(reference(values)).split(" to "))
+    assert lo <= np.percentile(values, 25) + 1e-9 and hi >= np.percentile(values, 75) - 1e-9
+    # and not much more: at most the two bins around each quartile
+    assert np.mean((values >= lo) & (values <= hi)) <= 0.5 + 2 * 0.1 + 1e-9 or lo == values.min()
+
+
+def test_a_reference_without_counts_or_values_has_no_range():
+    assert _typical({"type": "numeric", "bin_edges": [0.0, 1.0], "histogram": [0]}) is None
+    assert _typical({"type": "numeric", "bin_edges": [0.0, 1.0, 2.0]}) is None
+    assert _typical(None) is None
