@@ -42,13 +42,10 @@ def subject_export_cmd(
         raise InvalidInput("--out must end in .json or .zip", code="invalid_value", details={"field": "out"})
     if not out.parent.is_dir():
         raise InvalidInput(f"--out: folder {out.parent} does not exist", code="invalid_value", details={"field": "out"})
-    from sira.ingest.bulk import redactor_for
-
     settings = get_settings()
-    secret, redactor = settings.secret("auth_secret"), redactor_for(settings)
 
     async def export(conn: Any, who: Any) -> dict[str, Any]:
-        return await export_subject(conn, who, customer, secret=secret, redactor=redactor)
+        return await export_subject(conn, who, customer, settings)
 
     bundle = governed(export, api_key)
     write_bundle(bundle, out)

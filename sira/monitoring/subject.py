@@ -38,7 +38,7 @@ from sira.core.errors import InvalidInput
 PERSONAL_COLUMNS = ("customer_id", "account_id", "card_token", "device_id", "ip_token", "email_token", "phone_token")
 TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token", "phone_token")
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
-            "predictions", "labels")
+            "predictions", "explanations", "labels")
 
 
 def subject_ref(secret: str, customer_id: str) -> str:
@@ -103,13 +103,14 @@ def stored_customer(redactor: Any, customer_id: str) -> str:
     return redactor.scrub_value(customer_id)
 
 
-async def export_subject(conn: Connection, identity: Identity, customer_id: str, *, secret: str,
-                         redactor: Any) -> dict[str, Any]:
-    """Everything stored about ``customer_id`` (as the person gives it; ``redactor``: the installation's, which
-    ingestion scrubbed it with), by section, with counts and the token kinds present."""
+async def export_subject(conn: Connection, identity: Identity, customer_id: str, settings: Any) -> dict[str, Any]:
+    """Everything stored about ``customer_id`` (as the person gives it: looked up as ingestion stored it, scrubbed
+    with the installation's key), by section, with counts and the token kinds present."""
+    from sira.ingest.bulk import redactor_for
+
     authorize(identity, "subject.access")
     check_customer(customer_id)
-    asked, customer_id = customer_id, stored_customer(redactor, customer_id)
+    asked, customer_id = customer_id, stored_customer(redactor_for(settings), customer_id)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
                               customer_id)
     ids = [e["event_id"] for e in events]
@@ -136,7 +137,13 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
             f"SELECT * FROM sira_entity_states WHERE {owned}", types, keys)),  # noqa: S608 - constant text
         "state_checkpoints": _rows(await conn.fetch(
             f"SELECT * FROM sira_state_checkpoints WHERE {owned} ORDER BY as_of", types, keys)),  # noqa: S608
-        "predictions": _rows(predictions),
+        "predictions": await _with_reasons(conn, settings, _rows(predictions)),
+        # the explanation reports issued about their decisions: when, to whom, which report
+        "explanations": _rows(await conn.fetch(
+            """SELECT target_id AS prediction_id, occurred_at AS issued_at, actor AS issued_to,
+                      details->>'report_id' AS report_id, (details->>'summary_only')::boolean AS summary_only
+                 FROM sira_audit_log WHERE action = 'explanation.issue' AND target_type = 'prediction'
+                  AND target_id = ANY($1::text[]) ORDER BY id""", [str(p["prediction_id"]) for p in predictions])),
         "labels": _rows(await conn.fetch(
             "SELECT * FROM sira_feedback WHERE event_id = ANY($1::text[]) OR prediction_id = ANY($2::uuid[]) "
             "ORDER BY id", labelled, [p["prediction_id"] for p in predictions])),
@@ -150,8 +157,36 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
                           "why": "a card, device, IP, email or phone another customer's events also carry: its feature "
                                  "state aggregates their payments too"}
     await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
-                       target_id=subject_ref(secret, asked), details={"counts": bundle["counts"]})
+                       target_id=subject_ref(settings.secret("auth_secret"), asked),
+                       details={"counts": bundle["counts"]})
     return bundle
+
+
+async def _with_reasons(conn: Connection, settings: Any, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictions whose reasons serving deferred (an approval's, by default) with them: the exact ones, from
+    the stored features and the version that scored them, as ``GET /v1/predictions/{id}`` gives them."""
+    import asyncio
+
+    from sira.serving.scoring import ModelRuntime
+
+    runtimes: dict[tuple[str, int], Any] = {}
+    for p in predictions:
+        if p["reasons"] or not (p["flags"] or {}).get("reasons_deferred"):
+            continue
+        key = (p["model_name"], p["version"])
+        if key not in runtimes:
+            row = await conn.fetchrow(
+                """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
+                          v.thresholds, v.threshold_set
+                     FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+                    WHERE m.name = $1 AND v.version = $2""", *key)
+            runtimes[key] = None if row is None else await asyncio.to_thread(ModelRuntime.load, settings, dict(row))
+        runtime = runtimes[key]
+        if runtime is not None:
+            x = runtime.matrix([p["features"]])
+            p["reasons"] = runtime.reasons(x[0], runtime.contributions(x)[0])
+            p["reasons_computed_for_export"] = True
+    return predictions
 
 
 def write_bundle(bundle: dict[str, Any], out: Path) -> Path:

@@ -232,7 +232,7 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     secret = settings.secret("auth_secret")
     ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
-        bundle = await export_subject(conn, ann, "C-777", secret=secret, redactor=redactor_for(settings))
+        bundle = await export_subject(conn, ann, "C-777", settings)
     assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
     assert [r["event_id"] for r in bundle["labels"]] == ["m-2"]  # was left out (labels of stored events only)
     async with db.transaction(clean_db) as conn:
@@ -270,7 +270,7 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     secret = settings.secret("auth_secret")
     ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
-        bundle = await export_subject(conn, ann, person, secret=secret, redactor=redactor)
+        bundle = await export_subject(conn, ann, person, settings)
     assert bundle["counts"]["events"] == 2 and "phone_token" in bundle["tokens"]["kinds"]  # phone was left out
     async with db.transaction(clean_db) as conn:
         request = await request_forget(conn, ann, person, "the person asked", secret=secret)

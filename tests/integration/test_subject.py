@@ -8,7 +8,6 @@ import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
-from sira.ingest.bulk import redactor_for
 from sira.monitoring.subject import SECTIONS, export_subject, subject_ref
 
 ADMIN = Identity("root", frozenset({"admin"}))
@@ -22,20 +21,43 @@ async def _query(dsn, sql, *args):
         await conn.close()
 
 
-def test_an_export_holds_every_row_about_the_person_and_nothing_about_another(fraud_model):
+async def _scored(fraud_model, spool, n: int = 3) -> None:
+    """``n`` payments of the first entity scored and recorded by a serving service (approvals, mostly: their
+    reasons deferred), stored before it returns."""
+    from tests.conftest import scoring_client
+    from tests.integration.test_scoring_service import auth, event
+
+    async with scoring_client(fraud_model, spool) as (client, service):
+        for i in range(n):
+            r = await client.post("/v1/score", headers=auth(fraud_model, "service"),
+                                  json={"model": "fraud", "event": event(fraud_model, len(fraud_model.entities) * i)})
+            assert r.status_code == 200, r.text
+        await service.flush()
+
+
+def test_an_export_holds_every_row_about_the_person_and_nothing_about_another(fraud_model, tmp_path):
+    asyncio.run(_scored(fraud_model, tmp_path / "spool"))
     a, b = fraud_model.entities[0]["customer_id"], fraud_model.entities[1]["customer_id"]
     secret = fraud_model.settings.secret("auth_secret")
 
     async def run():
+        from sira.monitoring.explanation import explain_prediction
+
         conn = await db.connect(fraud_model.dsn)
         try:
+            async with conn.transaction():  # an explanation report issued about one of their decisions
+                explained = await conn.fetchval(
+                    "SELECT p.prediction_id FROM sira_predictions p JOIN sira_events e ON e.event_id = p.event_id "
+                    "WHERE e.customer_id = $1 LIMIT 1", a)
+                report = await explain_prediction(conn, fraud_model.settings, ADMIN, str(explained))
             async with conn.transaction():
-                return await export_subject(conn, ADMIN, a, secret=secret,
-                                            redactor=redactor_for(fraud_model.settings))
+                return report, await export_subject(conn, ADMIN, a, fraud_model.settings)
         finally:
             await conn.close()
 
-    bundle = asyncio.run(run())
+    report, bundle = asyncio.run(run())
+    assert {(x["prediction_id"], x["report_id"]) for x in bundle["explanations"]} >= {
+        (report["summary"]["prediction_id"], report["report_id"])}  # the reports issued about them were left out
     events = asyncio.run(_query(fraud_model.dsn, "SELECT event_id FROM sira_events WHERE customer_id = $1", a))
     ids = {e["event_id"] for e in events}
     assert ids and {e["event_id"] for e in bundle["events"]} == ids
@@ -43,6 +65,9 @@ def test_an_export_holds_every_row_about_the_person_and_nothing_about_another(fr
     predictions = asyncio.run(_query(fraud_model.dsn, "SELECT prediction_id FROM sira_predictions "
                                                       "WHERE event_id = ANY($1::text[])", list(ids)))
     assert {p["prediction_id"] for p in bundle["predictions"]} == {str(p["prediction_id"]) for p in predictions}
+    # an approval's reasons are deferred by serving: the export computes them (it gave `reasons: []`)
+    deferred = [p for p in bundle["predictions"] if p["flags"].get("reasons_deferred")]
+    assert deferred and all(p["reasons_computed_for_export"] and p["reasons"] for p in deferred)
     labels = asyncio.run(_query(fraud_model.dsn, "SELECT id FROM sira_feedback WHERE event_id = ANY($1::text[])",
                                 list(ids)))
     assert {r["id"] for r in bundle["labels"]} >= {r["id"] for r in labels}
@@ -102,8 +127,7 @@ def test_a_bad_customer_id_is_refused(fraud_model, customer):
     async def run():
         conn = await db.connect(fraud_model.dsn)
         try:
-            return await export_subject(conn, ADMIN, customer, secret="s",
-                                            redactor=redactor_for(fraud_model.settings))
+            return await export_subject(conn, ADMIN, customer, fraud_model.settings)
         finally:
             await conn.close()
 
