@@ -78,6 +78,8 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
         env["SIRA_REDIS_URL"] = settings.redis_url
     if settings.s3_kms_key_id:
         env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
+    if settings.s3_endpoint_url:  # an S3-compatible store (MinIO, ...): without it workers went to AWS
+        env["SIRA_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     for name in ("pii_key_file", "auth_secret_file", "redis_password_file"):
         path = getattr(settings, name)
         if path is not None:

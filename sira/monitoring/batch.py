@@ -40,7 +40,7 @@ from sira.core import db
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, ServiceUnavailable, sira_cause
-from sira.core.files import InputFiles, find_files, is_numeric_type, row_group_parts, write_atomically
+from sira.core.files import InputFiles, csv_options, find_files, is_numeric_type, row_group_parts, write_atomically
 from sira.core.files import read_part as read_file_part
 from sira.registry import models as registry
 from sira.training import evaluation
@@ -264,13 +264,16 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
     n = len(batch["path"])
     starts = batch["start"].tolist() if "start" in batch else [0] * n  # a whole row group
     stops = batch["stop"].tolist() if "stop" in batch else [-1] * n
-    for path, group, start, stop in zip(batch["path"].tolist(), batch["row_group"].tolist(), starts, stops):
-        yield from read_file_part(path, group, "parquet" if group >= 0 else "csv", READ_ROWS, start, stop)
+    texts = batch["text"].tolist() if "text" in batch else [""] * n  # CSV columns read as text, \x1f-joined
+    for path, group, start, stop, text in zip(batch["path"].tolist(), batch["row_group"].tolist(), starts, stops,
+                                              texts):
+        yield from read_file_part(path, group, "parquet" if group >= 0 else "csv", READ_ROWS, start, stop,
+                                  text=tuple(text.split("\x1f")) if text else ())
 
 
-def _file_schema(path: Path, file_format: str) -> tuple[pa.Schema, Any]:
+def _file_schema(path: Path, file_format: str, text: tuple[str, ...] = ()) -> tuple[pa.Schema, Any]:
     """A file's columns and types, from its footer (Parquet, returned too: rows and row groups) or its
-    first block (CSV, no footer: None)."""
+    first block (CSV, no footer: None; ``text`` columns as text)."""
     try:
         if file_format == "parquet":
             import pyarrow.parquet as pq
@@ -279,7 +282,7 @@ def _file_schema(path: Path, file_format: str) -> tuple[pa.Schema, Any]:
             return footer.schema_arrow, footer.metadata
         import pyarrow.csv as pacsv
 
-        return pacsv.open_csv(path).schema, None
+        return pacsv.open_csv(path, convert_options=csv_options(text)).schema, None
     except (pa.ArrowInvalid, OSError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InvalidInput(f"{path}: cannot read as {file_format}: {reason}", code="invalid_input",
@@ -318,8 +321,14 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
         rows = sum(footer.num_rows for _, footer in read.values())
         if rows == 0:
             raise InvalidInput(f"no rows in {', '.join(files.strings)}", code="empty_input")
-    key_columns = [c for c in (_pick(columns, req.id_col, ID_COLUMNS, "id"),
-                               _pick(columns, req.time_col, TIME_COLUMNS, "time")) if c]
+    id_col = _pick(columns, req.id_col, ID_COLUMNS, "id")
+    key_columns = [c for c in (id_col, _pick(columns, req.time_col, TIME_COLUMNS, "time")) if c]
+    text: tuple[str, ...] = ()
+    if files.format == "csv" and id_col and id_col not in feature_names:
+        # an id of digits is text: inferred as a number, "007" and "7" became one id in the output
+        text = (id_col,)
+        read = {p: _file_schema(p, files.format, text) for p in files.paths}
+        schemas = [(p, schema) for p, (schema, _) in read.items()]
     passthrough = [c for c in columns if c not in OUTPUT_COLUMNS] if req.keep_columns else key_columns
     passthrough_schema = _passthrough_schema(schemas, passthrough)
 
@@ -330,7 +339,8 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
         part_rows = EXPLAIN_PART_ROWS if req.explain else PART_ROWS
         parts = [part for p, (_, footer) in read.items() for part in row_group_parts(p, footer, part_rows)]
     else:
-        parts = [{"path": str(p), "row_group": -1, "start": 0, "stop": -1} for p in files.paths]
+        parts = [{"path": str(p), "row_group": -1, "start": 0, "stop": -1, "text": "\x1f".join(text)}
+                 for p in files.paths]
     return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,
                   read_by_scorer=True, passthrough_schema=passthrough_schema,
                   at_most=None if rows is not None else sum(_lines(p) for p in files.paths))

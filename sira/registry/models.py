@@ -78,7 +78,8 @@ async def finish_run(
 ) -> None:
     await conn.execute(
         """UPDATE sira_training_runs SET status = 'succeeded', metrics = $2, dataset_fingerprint = $3, timings = $4,
-                  params = coalesce($5, params), finished_at = now()
+                  params = CASE WHEN $5::jsonb IS NULL THEN params ELSE coalesce(params, '{}') || $5::jsonb END,
+                  finished_at = now()  -- merged: what the run started with (a retrain's key) stays
             WHERE run_id = $1""",
         run_id, metrics, fingerprint, timings, params,
     )

@@ -8,6 +8,7 @@ computed once, on a window the model and its thresholds never saw.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import subprocess
@@ -64,7 +65,7 @@ class TrainRequest:
     test_to: Any = None
     test_days: float | None = None  # the test window: these days up to the newest usable event
     train_days: float | None = None  # the training window: these days before the label-delay gap (default: all)
-    label_delay_days: float = 7.0
+    label_delay_days: float = 7.0  # DEFAULT_LABEL_DELAY_DAYS
     label_maturity_days: int | None = None  # for a model created by this run
     as_of: Any = None  # the label cut-off: labels known after it do not exist (default: now)
     dry_run: bool = False  # state the windows (and their counts) and stop
@@ -75,6 +76,7 @@ class TrainRequest:
     retrain_key: str | None = None
 
 
+DEFAULT_LABEL_DELAY_DAYS = TrainRequest.label_delay_days
 DEFAULT_LABEL_MATURITY_DAYS = 30  # sira_models.label_maturity_days's default (sql/003_registry.sql)
 
 
@@ -173,6 +175,26 @@ def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest,
     return result, metrics, thresholds
 
 
+def check_table_options(req: TrainRequest) -> None:
+    """Options of one source given with the other are refused, not ignored: a --test-from with --data was
+    dropped without a word, the test window silently the table's newest 15%."""
+    if req.data:
+        given = [name for name, value in (("--as-of", req.as_of), ("--train-days", req.train_days),
+                                          ("--test-days", req.test_days), ("--train-from", req.train_from),
+                                          ("--train-to", req.train_to), ("--test-from", req.test_from),
+                                          ("--test-to", req.test_to),
+                                          ("--label-delay", req.label_delay_days != DEFAULT_LABEL_DELAY_DAYS))
+                 if value]
+        if given:
+            raise InvalidInput(f"{', '.join(given)} apply to feature-store training (without --data); a table is "
+                               "split by its time column", code="invalid_option")
+    else:
+        given = [name for name, value in (("--label", req.label), ("--time-col", req.time_col),
+                                          ("--id-col", req.id_col), ("--positive", req.positive)) if value]
+        if given:
+            raise InvalidInput(f"{', '.join(given)} describe a table: give it with --data", code="invalid_option")
+
+
 async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
                        actor: Actor | None = None) -> dict[str, Any]:
     """`sira train`: one configuration, no search. Returns the CLI's JSON result."""
@@ -182,8 +204,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
     timings: dict[str, float] = {}
     started = time.perf_counter()
     table: tuple[Dataset, Split] | None = None
-    if req.data and (req.as_of or req.test_days or req.train_days):
-        raise InvalidInput("--as-of, --train-days and --test-days apply to feature-store training (without --data)")
+    check_table_options(req)
     if req.dry_run:
         return await plan_training(settings, req)
     if req.data:  # a table is checked before anything is created or recorded
@@ -209,6 +230,8 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                               code_version=code_version())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
+        if req.decision_targets is None and model["decision_targets"]:  # the model's, as the what-if reads them
+            req = dataclasses.replace(req, decision_targets=dict(model["decision_targets"]))
         try:
             ds, split, fs_version = await _dataset(settings, model, table, windows, progress)
             timings["dataset_s"] = time.perf_counter() - started
@@ -301,6 +324,7 @@ async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
 
 async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]:
     """`sira train --dry-run`: the windows a run would use and what they hold; nothing is created."""
+    check_table_options(req)
     if req.data:
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
                                          id_col=req.id_col, positive=req.positive)

@@ -245,6 +245,25 @@ def test_csv_files_whose_columns_type_differently_still_make_one_file(fraud_mode
     assert again["rows"] == first_run["rows"] and again["sha256"] == first_run["sha256"]
 
 
+def test_a_csv_id_of_digits_stays_text(fraud_model, history, tmp_path):
+    """"007" and "7" are two payments: inferred as numbers they came out as one id, 7 (ingest read ids as
+    text; batch scoring did not), in process and on Ray Data alike."""
+    import pyarrow.csv as pacsv
+
+    _, _, _, scored_events = history
+    features = pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version", "occurred_at"])
+    ids = ["007", "7", "0012"]
+    rows = features.slice(0, 3)
+    rows = rows.set_column(rows.schema.get_field_index("event_id"), "event_id", pa.array(ids))
+    pacsv.write_csv(rows, tmp_path / "ids.csv")
+    for local_below in (None, 0):
+        out = tmp_path / f"scored-{local_below}.parquet"
+        score(fraud_model, out=out, data=[tmp_path / "ids.csv"], **({} if local_below is None else
+                                                                     {"local_below": local_below}))
+        column = pq.read_table(out).column("event_id")
+        assert column.type == pa.string() and sorted(column.to_pylist()) == sorted(ids), local_below
+
+
 def test_a_model_without_production_is_refused(fraud_model, tmp_path):
     async def second_model():
         from sira.core import db

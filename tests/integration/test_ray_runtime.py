@@ -42,3 +42,13 @@ def test_worker_env_never_carries_secret_values(settings, monkeypatch, tmp_path)
     assert carried["SIRA_PII_KEY_FILE"] == str(key_file)
     assert "very-secret" not in " ".join(carried.values())
     assert not any(k in carried for k in ("SIRA_PII_KEY", "SIRA_AUTH_SECRET"))
+
+
+def test_worker_env_carries_the_artifact_stores_endpoint(settings):
+    """An S3-compatible store (MinIO, ...): its endpoint reaches workers and jobs with the bucket's URI (it did
+    not, and they went to AWS's default endpoint; .env, in .gitignore, is not uploaded with a working dir)."""
+    from sira.core.ray_runtime import job_env_vars
+
+    minio = settings.model_copy(update={"artifact_uri": "s3://models/sira", "s3_endpoint_url": "http://minio:9000"})
+    for env in (worker_env(minio, "postgresql://x@h/db"), job_env_vars(minio, "postgresql://x@h/db", None)):
+        assert (env["SIRA_ARTIFACT_URI"], env["SIRA_S3_ENDPOINT_URL"]) == ("s3://models/sira", "http://minio:9000")

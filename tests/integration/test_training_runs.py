@@ -72,6 +72,40 @@ async def test_same_inputs_give_the_same_model_file(clean_db, settings, byo_tabl
     assert model_a.encode() == model_b.encode()
 
 
+async def test_training_chooses_thresholds_for_the_models_own_decision_targets(clean_db, settings, byo_table):
+    """`sira models update --targets` is what training chooses a version's thresholds for (it always used the
+    defaults: a model asking for 99% block precision blocked at a threshold tuned for 80%)."""
+    from sira.core import db
+    from sira.core.auth import Identity
+    from sira.registry.models import ensure_model, update_model
+
+    targets = {"review_rate": 0.1, "block_precision": 0.99, "max_block_rate": 0.001}
+    admin = Identity("root", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        await ensure_model(conn, "targeted", actor=admin.actor())
+        await update_model(conn, admin, "targeted", decision_targets=targets)
+    done = await run_training(settings, TrainRequest(model="targeted", data=[byo_table / "tx.parquet"],
+                                                     label="is_fraud", time_col="ts", params=FAST, num_threads=1))
+    manifest = load_artifact(settings, ArtifactRef(done["artifact"]["uri"], done["artifact"]["sha256"])).manifest
+    assert {k: manifest["decision_targets"][k] for k in targets} == targets
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"test_from": "2026-01-20"}, "--test-from apply to feature-store training"),
+    ({"label_delay_days": 3.0}, "--label-delay apply to feature-store training"),
+])
+async def test_options_of_feature_store_training_are_refused_with_a_table(settings, byo_table, extra, message):
+    """They were dropped without a word: the test window silently the table's newest 15%."""
+    with pytest.raises(InvalidInput, match=message):
+        await run_training(settings, TrainRequest(model="x", data=[byo_table / "tx.parquet"], label="is_fraud",
+                                                  time_col="ts", **extra))
+
+
+async def test_options_of_a_table_are_refused_without_one(settings):
+    with pytest.raises(InvalidInput, match="--label, --time-col describe a table: give it with --data"):
+        await run_training(settings, TrainRequest(model="x", label="is_fraud", time_col="ts"))
+
+
 async def test_a_tampered_artifact_is_refused(clean_db, settings, byo_table, tmp_path):
     result = await run_training(settings, TrainRequest(model="tamper", data=[byo_table / "tx.parquet"],
                                                        label="is_fraud", params=FAST, num_threads=1))
@@ -140,3 +174,18 @@ def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(message)
     assert "Traceback" not in done.stderr
+
+
+async def test_a_finished_run_keeps_the_parameters_it_started_with(clean_db):
+    """A retrain's run starts with its key and finishes with the parameters it trained with: the key was
+    overwritten, so a retrain stopped after registering its challenger trained a second one when resumed."""
+    from sira.core import audit, db
+    from sira.registry.models import ensure_model, finish_run, start_run
+
+    async with db.transaction(clean_db) as conn:
+        model, _ = await ensure_model(conn, "keyed", actor=audit.Actor.local())
+        run_id = await start_run(conn, model["id"], kind="retrain", params={"retrain_key": "k-1", "num_leaves": 7},
+                                 actor=audit.Actor.local(), code_version=None)
+        await finish_run(conn, run_id, metrics={}, fingerprint={}, timings={}, params={"num_leaves": 15, "seed": 1})
+        params = await conn.fetchval("SELECT params FROM sira_training_runs WHERE run_id = $1", run_id)
+    assert params == {"retrain_key": "k-1", "num_leaves": 15, "seed": 1}
