@@ -42,7 +42,14 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied,
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
 from sira.ingest.bulk import ERASURE_LOCK
-from sira.monitoring.subject import PERSONAL_COLUMNS, check_customer, entities_of, stored_customer, subject_ref
+from sira.monitoring.subject import (
+    PERSONAL_COLUMNS,
+    REJECTED_OF,
+    check_customer,
+    entities_of,
+    stored_customer,
+    subject_ref,
+)
 from sira.registry.settings import redacted
 
 log = logging.getLogger(__name__)
@@ -111,8 +118,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
     labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
-        "SELECT event_id FROM sira_rejected_events WHERE (customer_id = $1 OR payload->>'customer_id' = $1) "
-        "AND event_id IS NOT NULL", customer_id)]
+        f"SELECT event_id FROM sira_rejected_events WHERE {REJECTED_OF} AND event_id IS NOT NULL", customer_id)]
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
         "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "
@@ -124,8 +130,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "entity_states": await _deleted(conn, f"DELETE FROM sira_entity_states WHERE {owned}", types, keys),  # noqa: S608
         "state_checkpoints": await _deleted(conn, f"DELETE FROM sira_state_checkpoints WHERE {owned}",  # noqa: S608
                                             types, keys),
-        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE customer_id = $1 "
-                                          "OR payload->>'customer_id' = $1",  # older rows: the payload
+        "rejected_events": await _deleted(conn, f"DELETE FROM sira_rejected_events WHERE {REJECTED_OF}",
                                           customer_id),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),

@@ -37,6 +37,9 @@ from sira.core.errors import InvalidInput
 # the event columns that identify the person or their instruments (tokens where they are PII)
 PERSONAL_COLUMNS = ("customer_id", "account_id", "card_token", "device_id", "ip_token", "email_token", "phone_token")
 TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token", "phone_token")
+# A person's dead letters: by the customer id each names as sira_events would (sql/021); older rows by a
+# payload field literally named customer_id.
+REJECTED_OF = "(customer_id = $1 OR payload->>'customer_id' = $1)"
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
             "predictions", "explanations", "labels")
 
@@ -119,8 +122,8 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT * FROM sira_predictions WHERE event_id = ANY($1::text[]) "
                                    "ORDER BY scored_at", ids)
-    rejected = await conn.fetch("SELECT * FROM sira_rejected_events WHERE customer_id = $1 "
-                                "OR payload->>'customer_id' = $1 ORDER BY rejected_at", customer_id)
+    rejected = await conn.fetch(f"SELECT * FROM sira_rejected_events WHERE {REJECTED_OF} ORDER BY rejected_at",
+                                customer_id)
     # labels of their payments, stored or refused (a chargeback on a payment SIRA set aside is theirs too)
     labelled = ids + [r["event_id"] for r in rejected if r["event_id"]]
     bundle: dict[str, Any] = {
@@ -167,6 +170,7 @@ async def _with_reasons(conn: Connection, settings: Any, predictions: list[dict[
     the stored features and the version that scored them, as ``GET /v1/predictions/{id}`` gives them."""
     import asyncio
 
+    from sira.serving.records import read_version_row
     from sira.serving.scoring import ModelRuntime
 
     runtimes: dict[tuple[str, int], Any] = {}
@@ -175,12 +179,8 @@ async def _with_reasons(conn: Connection, settings: Any, predictions: list[dict[
             continue
         key = (p["model_name"], p["version"])
         if key not in runtimes:
-            row = await conn.fetchrow(
-                """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
-                          v.thresholds, v.threshold_set
-                     FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                    WHERE m.name = $1 AND v.version = $2""", *key)
-            runtimes[key] = None if row is None else await asyncio.to_thread(ModelRuntime.load, settings, dict(row))
+            row = await read_version_row(conn, *key)
+            runtimes[key] = None if row is None else await asyncio.to_thread(ModelRuntime.load, settings, row)
         runtime = runtimes[key]
         if runtime is not None:
             x = runtime.matrix([p["features"]])

@@ -28,16 +28,21 @@ log = logging.getLogger(__name__)
 REFUSED_FOR_GOOD = db.REFUSED
 
 
-async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | None:
+async def read_version_row(conn: asyncpg.Connection, model: str, version: int) -> dict[str, Any] | None:
     """What :meth:`ModelRuntime.load` needs of a registered version (None: no such version)."""
+    row = await conn.fetchrow(
+        """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
+                  v.thresholds, v.threshold_set
+             FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+            WHERE m.name = $1 AND v.version = $2""", model, version)
+    return dict(row) if row is not None else None
+
+
+async def version_row(dsn: str, model: str, version: int) -> dict[str, Any] | None:
+    """:func:`read_version_row` on a connection of its own."""
     conn = await db.connect(dsn)
     try:
-        row = await conn.fetchrow(
-            """SELECT m.id AS model_id, m.name AS model_name, v.version, v.artifact_uri, v.artifact_sha256,
-                      v.thresholds, v.threshold_set
-                 FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                WHERE m.name = $1 AND v.version = $2""", model, version)
-        return dict(row) if row is not None else None
+        return await read_version_row(conn, model, version)
     finally:
         await conn.close()
 
