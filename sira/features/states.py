@@ -32,7 +32,7 @@ from sira.features.columns import read_events, read_labels
 from sira.features.daily import Checkpoints
 from sira.features.engine import Engine, EventColumns, engine_of
 from sira.features.hashing import MISSING, value_hash
-from sira.features.store import from_us, set_watermark, to_us
+from sira.features.store import from_us, log_positions, set_watermark, to_us
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -194,6 +194,14 @@ async def starting_states(conn: Connection, engine: Engine, day: datetime,
     return day - timedelta(microseconds=engine.horizon_us), {}
 
 
+# A label written since the checkpoints (``f.id`` past their watermark: an update takes a new id) that can change
+# a state: a positive from when it was known, or one updated since first written (it may have been positive, or
+# known at another time: from its event's time on).
+_CHANGED_LABEL = "(f.label OR f.updated_at IS NOT NULL)"
+_LABEL_FROM = ("CASE WHEN f.updated_at IS NULL THEN greatest(f.known_at, e.occurred_at)"
+               " ELSE e.occurred_at END")
+
+
 def _watermark_job(fs: FeatureSet) -> str:
     return f"checkpoints:{fs.name}@{fs.version}"
 
@@ -208,10 +216,10 @@ async def _checkpoints_stale(conn: Connection, fs: FeatureSet, day: datetime) ->
     if events is None or labels is None:
         return False  # never written: there are no checkpoints to trust or distrust
     return bool(await conn.fetchval(
-        """SELECT EXISTS (SELECT 1 FROM sira_events WHERE seq > $1 AND occurred_at < $3)
+        f"""SELECT EXISTS (SELECT 1 FROM sira_events WHERE seq > $1 AND occurred_at < $3)
                OR EXISTS (SELECT 1 FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id
-                           WHERE f.id > $2 AND f.label_name = $4 AND f.label
-                             AND greatest(f.known_at, e.occurred_at) < $3)""",
+                           WHERE f.id > $2 AND f.label_name = $4 AND {_CHANGED_LABEL}
+                             AND {_LABEL_FROM} < $3)""",
         events, labels, day, fs.label_name))
 
 
@@ -272,9 +280,9 @@ async def advance(conn: Connection, fs: FeatureSet) -> Rebuilt:
                 SELECT e.occurred_at AS at, {", ".join(f"e.{c}" for c in columns)} FROM sira_events e
                  WHERE e.seq > $1 AND e.seq <= $2
                 UNION ALL
-                SELECT greatest(f.known_at, e.occurred_at), {", ".join(f"e.{c}" for c in columns)}
+                SELECT {_LABEL_FROM}, {", ".join(f"e.{c}" for c in columns)}
                   FROM sira_feedback f JOIN sira_events e USING (event_id)
-                 WHERE f.id > $3 AND f.id <= $4 AND f.label_name = $5 AND f.label)
+                 WHERE f.id > $3 AND f.id <= $4 AND f.label_name = $5 AND {_CHANGED_LABEL})
             SELECT min(at) AS first,
                    {", ".join(f"coalesce(array_agg(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL), '{{}}')"
                               f" AS {c}" for c in columns)}
@@ -306,9 +314,8 @@ async def _log_span(conn: Connection, fs: FeatureSet) -> tuple[datetime | None, 
 
 
 async def _log_marks(conn: Connection) -> dict[str, int]:
-    row = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events) AS events,"
-                              " (SELECT coalesce(max(id), 0) FROM sira_feedback) AS labels")
-    return {"events": row["events"], "labels": row["labels"]} if row else {"events": 0, "labels": 0}
+    events, labels = await log_positions(conn)
+    return {"events": events, "labels": labels}
 
 
 CHUNK_EVENTS = 2_000_000  # events read and replayed at once (whole days): bounds a rebuild's memory on a large log

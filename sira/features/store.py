@@ -338,6 +338,31 @@ class MaterializeResult:
     labels_through: int
 
 
+LOG_LOCK = 7402
+"""Advisory lock (one bigint key) over the log's positions: every transaction storing events or labels holds it
+shared (:func:`writing_log`), an erasure exclusively, and :func:`log_positions` for the instant it reads them."""
+
+
+async def writing_log(conn: Connection) -> None:
+    """Hold :data:`LOG_LOCK` shared for the caller's transaction, before it stores events or labels."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", LOG_LOCK)
+
+
+async def log_positions(conn: Connection) -> tuple[int, int]:
+    """(events' ``seq``, labels' ``id``) up to which the log is complete: no transaction can still commit an
+    event or label at or below them. ``max(seq)`` alone is not that: a writer that took a sequence value before
+    another and commits after it lands below a watermark read meanwhile, and an incremental job would never
+    read it. So the read waits for the writers in flight (they hold :data:`LOG_LOCK` shared), takes the
+    positions, and lets writers go on: a session-level lock, released before the caller's transaction ends."""
+    await conn.execute("SELECT pg_advisory_lock($1)", LOG_LOCK)
+    try:
+        row = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events),"
+                                  " (SELECT coalesce(max(id), 0) FROM sira_feedback)")
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", LOG_LOCK)
+    return (row[0], row[1]) if row else (0, 0)
+
+
 async def watermark(conn: Connection, job: str) -> int:
     return await conn.fetchval("SELECT position FROM sira_job_watermarks WHERE job = $1", job) or 0
 
@@ -357,8 +382,7 @@ async def materialize(
     job = f"materialize:{fs.name}:v{fs.version}"
     ev_from = 0 if full else await watermark(conn, f"{job}:events")
     lab_from = 0 if full else await watermark(conn, f"{job}:labels")
-    ev_to = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
-    lab_to = await conn.fetchval("SELECT coalesce(max(id), 0) FROM sira_feedback")
+    ev_to, lab_to = await log_positions(conn)
     counts: dict[str, int] = {}
     for spec in fs.entities:
         key = db.quote_ident(spec.key_column)

@@ -48,7 +48,6 @@ FEATURE_SHARDS = 8
 # a worker importing SIRA: ~2.5 s here) costs more than two parallel loaders save below ~2 x start / 30 µs
 # per row (docs/performance.md). Row counts are known for Parquet only; CSV and JSON Lines go through Ray.
 LOCAL_BELOW = 150_000
-ERASURE_LOCK = 7402  # an erasure holds it exclusively (sira.monitoring.erasure); each insert of events, shared
 
 
 def redactor_for(settings: Settings) -> Redactor:
@@ -175,7 +174,8 @@ async def _staged_insert(conn: asyncpg.Connection, records: Sequence[Row]) -> st
         "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
         f" AS SELECT {cols} FROM sira_events WITH NO DATA"
     )
-    await conn.execute(f"TRUNCATE sira_events_stage; SELECT pg_advisory_xact_lock_shared({ERASURE_LOCK})")
+    await conn.execute("TRUNCATE sira_events_stage")
+    await feature_store.writing_log(conn)  # an erasure or a read of the log's positions waits for this insert
     await conn.copy_records_to_table(
         "sira_events_stage", records=records, columns=list(EVENT_COLUMNS),
     )

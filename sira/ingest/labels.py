@@ -27,6 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
+from sira.features.store import writing_log
 from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
 from sira.ingest.pii import Redactor
 
@@ -185,6 +186,7 @@ async def record_labels(
         summary.rejected = len(rejected)
         summary.reasons.update(r[2] for r in rejected)
     if good:
+        await writing_log(conn)  # see sira.features.store.log_positions
         rows = await conn.fetch(
             f"""INSERT INTO sira_feedback (event_id, label_name, label, source, known_at, occurred_at, prediction_id,
                                           created_by, pending_since)
@@ -195,6 +197,7 @@ async def record_labels(
                       AS u(event_id, label_name, label, source, known_at, occurred_at, prediction_id, created_by)
                ON CONFLICT (event_id, label_name, source) DO UPDATE
                   SET label = EXCLUDED.label, known_at = EXCLUDED.known_at,
+                      id = DEFAULT,  -- a new position: incremental jobs (watermarks on id) read the change
                       occurred_at = coalesce(EXCLUDED.occurred_at, sira_feedback.occurred_at),
                       prediction_id = coalesce(EXCLUDED.prediction_id, sira_feedback.prediction_id),
                       updated_by = EXCLUDED.created_by, updated_at = now(),

@@ -41,7 +41,7 @@ from sira.core.auth import Identity, authorize
 from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, SiraError
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
-from sira.ingest.bulk import ERASURE_LOCK
+from sira.features.store import LOG_LOCK
 from sira.monitoring.subject import (
     PERSONAL_COLUMNS,
     REJECTED_OF,
@@ -106,8 +106,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     if request["status"] != "pending":
         raise Conflict(f"erasure request {request_id} is {request['status']}", code="request_closed")
     # no ingest commits meanwhile: one storing the person's events after these deletes and before the gate
-    # is visible would bring them back (insert_events holds this lock shared)
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
+    # is visible would bring them back (every insert of events or labels holds this lock shared)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", LOG_LOCK)
     customer_id = stored  # from here on, as the tables hold it (and as the gate compares stored ids)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
     ids = [e["event_id"] for e in events]

@@ -31,8 +31,7 @@ from sira.core import audit, db
 from sira.core.auth import authorize
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached, rebuild
-from sira.features.store import materialize
-from sira.ingest.bulk import ERASURE_LOCK
+from sira.features.store import LOG_LOCK, materialize
 from sira.ingest.pii import Redactor, is_token
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ async def rekey_cards(conn: Connection, identity: Any, redactor: Redactor, *, ap
         for fs in in_use:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"materialize:{fs.name}:{fs.version}")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ERASURE_LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOG_LOCK)
     mapping = await stored_as_sent(conn, redactor)
     await conn.execute("CREATE TEMPORARY TABLE sira_rekey_map (old text PRIMARY KEY, new text NOT NULL) ON COMMIT DROP")
     await conn.copy_records_to_table("sira_rekey_map", records=list(mapping.items()))

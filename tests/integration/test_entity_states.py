@@ -417,3 +417,75 @@ async def test_sira_features_materialize_of_a_v2_set_advances_its_states_and_che
     assert report["events"] >= 30 and set(report["entities"]) == {"customer", "card", "terminal"}
     (_, finals), _ = offline(events, positives(events))
     await assert_states_are(clean_db, finals)
+
+
+async def test_an_event_committed_after_an_advance_read_the_log_is_folded_by_the_next_advance(clean_db):
+    """Two writers: the first takes its sequence values, the second takes later ones and commits first. An
+    advance that read the log in between must not move its watermark past the first writer's events (they
+    would never be read: states and checkpoints would lack them until a rebuild): it waits for it."""
+    from sira.features.states import advance
+    from sira.ingest.bulk import store_events
+    from sira.ingest.pii import Redactor
+
+    events = payments(n=120, seed=43, days=4)
+    first, slow, quick = events[:100], events[100:110], events[110:]
+
+    def sent(batch):
+        return [{**e, "occurred_at": e["occurred_at"].isoformat()} for e in batch]
+
+    async def advanced_alone():
+        async with db.transaction(clean_db) as conn:
+            return await advance(conn, PAYMENTS_V2)
+
+    async with db.transaction(clean_db) as conn:
+        await store(conn, first)
+        await rebuild(conn, PAYMENTS_V2)
+    redactor = Redactor(b"positions")
+    async with clean_db.acquire() as writer:
+        held = writer.transaction()
+        await held.start()
+        await store_events(writer, sent(slow), redactor=redactor, source="slow")  # uncommitted, lower seqs
+        async with db.transaction(clean_db) as conn:
+            await store_events(conn, sent(quick), redactor=redactor, source="quick")
+        running = asyncio.create_task(advanced_alone())
+        while not running.done() and not await clean_db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"):
+            await asyncio.sleep(0.02)
+        await held.commit()
+    await running
+    async with db.transaction(clean_db) as conn:
+        await advance(conn, PAYMENTS_V2)
+        advanced = await stored_states(conn)
+        await conn.execute("TRUNCATE sira_entity_states, sira_state_checkpoints, sira_job_watermarks")
+        await rebuild(conn, PAYMENTS_V2)
+        assert await stored_states(conn) == advanced
+
+
+async def test_a_label_changed_after_the_checkpoints_is_refolded_by_the_next_advance(clean_db):
+    """A chargeback withdrawn (positive to negative) and a review that found fraud (negative to positive),
+    both updates of labels written before the checkpoints: the next advance refolds what they change."""
+    from sira.features.states import advance
+    from sira.ingest.labels import record_labels
+    from sira.ingest.pii import Redactor
+
+    events = payments(n=150, seed=47, days=5)
+    labels = positives(events)
+    negative = events[1]
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events, labels)
+        await conn.execute("INSERT INTO sira_feedback (event_id, label_name, label, source, known_at)"
+                           " VALUES ($1, 'fraud', false, 't', $2)", negative["event_id"], negative["occurred_at"])
+        await rebuild(conn, PAYMENTS_V2)
+        withdrawn, known = labels[0]
+        changed = await record_labels(conn, [
+            {"event_id": withdrawn, "label": False, "known_at": (known + timedelta(days=3)).isoformat()},
+            {"event_id": negative["event_id"], "label": True,
+             "known_at": (negative["occurred_at"] + timedelta(hours=5)).isoformat()},
+        ], redactor=Redactor(b"labels"), source="t")
+        assert changed.updated == 2
+        done = await advance(conn, PAYMENTS_V2)
+        assert done.labels > 0
+        advanced = await stored_states(conn)
+        await conn.execute("TRUNCATE sira_entity_states, sira_state_checkpoints, sira_job_watermarks")
+        await rebuild(conn, PAYMENTS_V2)
+        assert await stored_states(conn) == advanced
