@@ -188,6 +188,13 @@ async def find(conn: Connection, runtime: ModelRuntime, event: dict[str, Any], s
     return await asyncio.to_thread(search, Scorer(runtime, refold, thresholds), event, stored, decision)
 
 
+def settled(found: dict[str, Any]) -> bool:
+    """Whether ``found`` was searched from a refold that reproduced the stored features (a change, or none
+    within the tries): the answer for this decision, kept (``sira_counterfactuals``) so that later events,
+    which change what a refold of the log gives, never change a report."""
+    return "tries" in found
+
+
 def search(scorer: Scorer, event: dict[str, Any], stored: dict[str, Any], decision: str) -> dict[str, Any]:
     """Candidates nearest first, each re-scored; the cheapest change that improves the decision."""
     engine = scorer.refold.engine

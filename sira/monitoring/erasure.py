@@ -124,6 +124,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "
                                        "OR prediction_id = ANY($2::uuid[])", labelled, prediction_ids),
         "predictions": await _deleted(conn, "DELETE FROM sira_predictions WHERE event_id = ANY($1::text[])", ids),
+        "counterfactuals": await _deleted(conn, "DELETE FROM sira_counterfactuals WHERE prediction_id = ANY($1::uuid[])",
+                                          prediction_ids),
         "features": await _deleted(conn, f"DELETE FROM sira_features WHERE event_id = ANY($3::text[]) "  # noqa: S608
                                          f"OR {owned}", types, keys, ids),
         "feature_snapshots": await _deleted(conn, f"DELETE FROM sira_feature_snapshots WHERE {owned}", types, keys),  # noqa: S608

@@ -163,11 +163,23 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
 
 async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float]
                           ) -> dict[str, Any]:
+    """The decision's counterfactual as first settled (see :func:`counterfactual.settled`), else computed:
+    a late event before the payment changes what a refold of the log gives, never the report."""
+    pinned = await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
+                                 row["prediction_id"])
+    if pinned is not None:
+        return dict(pinned)
     event = await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", row["event_id"]) \
         if row["event_id"] else None
     if event is None:
         return {"available": False, "why": "the payment itself is not stored (scored without recording)"}
-    return await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds, row["decision"])
+    found = await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds, row["decision"])
+    if counterfactual.settled(found):  # two reports at once: the first stored stands
+        await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
+                           " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
+        found = dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
+                                         row["prediction_id"]))
+    return found
 
 
 def _in_words(found: dict[str, Any]) -> str | None:

@@ -2,8 +2,8 @@
 
 A person is named by the ``customer_id`` their events carry. The bundle holds their events, the events
 refused as dead letters, the per-event feature rows and the online feature state of the entities that are
-theirs, the predictions made on their events (score, decision, reasons: the stored explanation) and the
-labels recorded for them. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
+theirs, the predictions made on their events (score, decision, reasons: the stored explanation), the
+explanation reports issued about them and the counterfactuals those settled, and the labels recorded for them. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
 the list of token kinds present, since SIRA never holds the raw values.
 
 Which entities are "theirs": those whose key is one of the person's own identifiers (their customer id,
@@ -41,7 +41,7 @@ TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token", "phone_to
 # payload field literally named customer_id.
 REJECTED_OF = "(customer_id = $1 OR payload->>'customer_id' = $1)"
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
-            "predictions", "explanations", "labels")
+            "predictions", "explanations", "counterfactuals", "labels")
 
 
 def subject_ref(secret: str, customer_id: str) -> str:
@@ -147,6 +147,9 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
                       details->>'report_id' AS report_id, (details->>'summary_only')::boolean AS summary_only
                  FROM sira_audit_log WHERE action = 'explanation.issue' AND target_type = 'prediction'
                   AND target_id = ANY($1::text[]) ORDER BY id""", [str(p["prediction_id"]) for p in predictions])),
+        "counterfactuals": _rows(await conn.fetch(
+            "SELECT * FROM sira_counterfactuals WHERE prediction_id = ANY($1::uuid[]) ORDER BY computed_at",
+            [p["prediction_id"] for p in predictions])),
         "labels": _rows(await conn.fetch(
             "SELECT * FROM sira_feedback WHERE event_id = ANY($1::text[]) OR prediction_id = ANY($2::uuid[]) "
             "ORDER BY id", labelled, [p["prediction_id"] for p in predictions])),

@@ -12,9 +12,13 @@ import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
+from sira.ingest.bulk import ingest_records, redactor_for
+from sira.monitoring import counterfactual
 from sira.monitoring.counterfactual import ACTIONABLE
-from sira.monitoring.explanation import explain_prediction, to_markdown
+from sira.monitoring.explanation import deciding_set, explain_prediction, to_markdown
 from sira.registry import thresholds as threshold_sets
+from sira.registry.models import get_version
+from sira.serving.scoring import ModelRuntime
 from tests.conftest import private_installation, run_in_transaction, scoring_client
 
 SCIENTIST = Identity("cf-scientist", frozenset({"data_scientist"}))
@@ -95,6 +99,30 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
     assert "## What would have changed it" in to_markdown(report)
     again = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
     assert again["report_id"] == report["report_id"]  # reproducible, counterfactual included
+
+    # a payment of the same person arriving late, made a minute before the blocked one: a refold of the log
+    # no longer gives the features the decision was scored with; the report it had is still the report
+    late = {**base, "event_id": f"cf-late-{uuid.uuid4().hex[:8]}", "amount": 912.0,
+            "occurred_at": (datetime.fromisoformat(big["occurred_at"]) - timedelta(minutes=1)).isoformat()}
+    async with db.open_pool(fraud_model.settings) as pool:
+        stored = await ingest_records(pool, [late], redactor=redactor_for(fraud_model.settings), source="late")
+    assert stored.accepted == 1
+    refold = await run_in_transaction(fraud_model.dsn, counterfactual_now, fraud_model.settings, blocked)
+    assert not refold["available"] and "no longer reproduces" in refold["why"]  # the late event counts now
+    after = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, blocked["prediction_id"])
+    assert after["counterfactual"] == cf and after["report_id"] == report["report_id"]
+
+
+async def counterfactual_now(conn, settings, answer):
+    """What a refold of the log gives for a prediction today (the search, without the stored answer)."""
+    row = await conn.fetchrow("SELECT * FROM sira_predictions WHERE prediction_id = $1", uuid.UUID(answer["prediction_id"]))
+    version = dict(await get_version(conn, row["model_name"], row["version"]))
+    version["model_name"] = row["model_name"]
+    runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)
+    decided = await deciding_set(conn, row["threshold_set"], version["id"])
+    event = await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", row["event_id"])
+    return await counterfactual.find(conn, runtime, dict(event), row["features"],
+                                     {"review": decided["review"], "block": decided["block"]}, row["decision"])
 
 
 async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payment(fraud_model, model, tmp_path):

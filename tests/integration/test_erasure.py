@@ -119,6 +119,9 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
     r.xadd("sira:events", {"kind": "event", "data": json.dumps(payment(person, card, device, 8))})
     r.xadd("sira:events", {"kind": "event", "data": json.dumps(payment(other, "x", "y", 8))})
     r.close()
+    # a counterfactual an explanation report settled for one of their decisions (sira_counterfactuals)
+    await _one(inst.dsn, "INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2) RETURNING 1",
+               uuid.UUID(answers[0]["prediction_id"]), {"available": True, "tries": 3, "change": {"amount": {}}})
     before = pg_dump(inst.dsn)
     assert person in before and card in before and person.encode() in redis_text(inst.redis_url)
 
@@ -174,6 +177,7 @@ async def test_forget_needs_two_admins_and_leaves_nothing_of_the_person(installa
     assert tombstone["reason"].startswith(f"art. 17 request from {done['subject']}, reply to tok_")
     counts = tombstone["counts"]
     assert counts["events"] == 4 and counts["predictions"] >= 2 and counts["labels"] == 1
+    assert counts["counterfactuals"] == 1
     # the customer's and their card's states; the terminal is not theirs
     assert counts["rejected_events"] == 1 and counts["entity_states"] == 2 and counts["stream_entries"] == 1
     assert counts["shared_histories_deidentified"] >= 1 and (counts["redis"], counts["spool"]) == ("cleaned", "cleaned")
