@@ -93,6 +93,8 @@ def train_cmd(
     ] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, max=10_000, help="Tune with this many trials first.")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = None,
+    wait_for_cpus: Annotated[float, typer.Option("--wait-for-cpus", min=1, max=86_400, help="Seconds to wait for a "
+                                                 "free CPU when none is free for a trial at the start.")] = 600.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="State the windows and what they hold; train nothing.")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -108,6 +110,7 @@ def train_cmd(
         params=load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
         train_from=utc(train_from), train_to=utc(train_to), test_from=utc(test_from), test_to=utc(test_to),
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
+        wait_for_cpus_s=wait_for_cpus,
         test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run,
         **({"num_threads": threads} if threads else {}),
     )

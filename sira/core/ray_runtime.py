@@ -205,6 +205,32 @@ class _BelowError(logging.Filter):
         return record.levelno < logging.ERROR
 
 
+def wait_for_cpus(need: float, wait_s: float, purpose: str) -> None:
+    """Return once ``need`` CPUs can be scheduled; else fail after ``wait_s`` with a clear reason. Ray Tune (like
+    Ray Data) would wait forever, silently, while Serve replicas or other jobs hold every CPU. The wait is a
+    task asking for those CPUs: pending demand, which an autoscaler answers by adding a node."""
+    import ray
+
+    from sira.core.errors import ServiceUnavailable
+
+    free = float(ray.available_resources().get("CPU", 0))
+    if free + 1e-9 >= need:
+        return
+    log.warning("%.2f CPUs free; %s needs %.2f: waiting up to %.0f s for CPUs", free, purpose, need, wait_s)
+    probe = ray.remote(num_cpus=need, max_retries=0)(_started).remote()
+    ready, _ = ray.wait([probe], timeout=wait_s)
+    if not ready:
+        ray.cancel(probe, force=True)
+        raise ServiceUnavailable(
+            f"no CPU free for {purpose} after {wait_s:.0f} s (the cluster has "
+            f"{ray.cluster_resources().get('CPU', 0):g} CPUs; Serve replicas or other jobs hold them): "
+            "free some, add a node or try later")
+
+
+def _started() -> bool:
+    return True
+
+
 def task_cause(exc: BaseException) -> BaseException:
     """The SIRA error a Ray task raised, else the task's own exception (Ray wraps it), else ``exc``."""
     from sira.core.errors import sira_cause

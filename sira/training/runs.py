@@ -72,6 +72,7 @@ class TrainRequest:
     # search: with trials, Ray Tune + Optuna picks the parameters first
     trials: int | None = None
     time_budget_s: float | None = None
+    wait_for_cpus_s: float = 600.0  # when no CPU is free for a trial at the start (Serve may hold them all)
     # set by the retraining pipeline: the run is a 'retrain' run, found again by this key when resumed
     retrain_key: str | None = None
 
@@ -289,7 +290,7 @@ def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) ->
 
     return tune_params(ds.matrix.rows(split.train), ds.matrix.rows(split.valid), trials=int(req.trials or 0),
                        seed=req.seed, storage=settings.workspace / "ray_results", time_budget_s=req.time_budget_s,
-                       base_params=req.params)
+                       base_params=req.params, wait_for_cpus_s=req.wait_for_cpus_s)
 
 
 async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] | None, windows: Windows | None,

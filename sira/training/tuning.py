@@ -86,9 +86,10 @@ def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, 
 
 def tune_params(
     train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
-    base_params: dict[str, Any] | None = None, early_termination: bool = True,
+    base_params: dict[str, Any] | None = None, early_termination: bool = True, wait_for_cpus_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Search on Ray Tune; returns the best parameters and a summary of the search."""
+    """Search on Ray Tune; returns the best parameters and a summary of the search. When no CPU is free for a
+    trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then fails."""
     import optuna
     import ray
     from ray import tune
@@ -100,6 +101,9 @@ def tune_params(
         raise InvalidInput("--trials must be at least 1")
     if not ray.is_initialized():
         raise InvalidInput("tuning needs Ray: start it with sira.core.ray_runtime.init_ray first")
+    from sira.core.ray_runtime import wait_for_cpus
+
+    wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
     base = {**(base_params or {})}
     rounds = int(base.pop("num_boost_round", 1000))
     patience = int(base.pop("early_stopping_rounds", 100))

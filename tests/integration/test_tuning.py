@@ -34,3 +34,39 @@ def test_the_trials_train_with_the_callers_own_parameters(ray_session, tmp_path,
             for name, extra in (("plain", {}), ("coarse", {"max_bin": 3, "min_data_in_bin": 1}))]
     assert runs[0]["summary"]["trial_aps"] != runs[1]["summary"]["trial_aps"]
     assert runs[1]["params"]["max_bin"] == 3
+
+
+def test_no_free_cpu_for_a_trial_is_said_and_bounded_not_a_silent_hang(ray_session, tmp_path, synthetic_matrix,
+                                                                         caplog):
+    """Serve replicas (here an actor) hold the CPUs: Ray Tune would wait forever without a word. The search
+    says it waits, fails after the bound with a one-line reason, and goes on when a CPU comes free in time."""
+    import threading
+
+    import pytest
+    import ray
+
+    from sira.core.errors import ServiceUnavailable
+
+    train, valid = synthetic_matrix(1000, 1), synthetic_matrix(500, 2)
+    hold = float(ray.available_resources().get("CPU", 0)) - 0.5  # leaves half a CPU: no trial fits
+
+    @ray.remote(num_cpus=hold)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    try:
+        ray.get(holder.ready.remote(), timeout=60)
+        with pytest.raises(ServiceUnavailable, match="no CPU free for a tuning trial after 2 s"):
+            tune_params(train, valid, trials=1, seed=3, storage=tmp_path / "held", wait_for_cpus_s=2,
+                        base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
+        assert "waiting up to 2 s for CPUs" in caplog.text
+        freed = threading.Timer(1.0, ray.kill, args=(holder,))  # a replica goes away while the search waits
+        freed.start()
+        out = tune_params(train, valid, trials=1, seed=3, storage=tmp_path / "freed", wait_for_cpus_s=120,
+                          base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
+        freed.join()
+        assert out["summary"]["completed"] == 1
+    finally:
+        ray.kill(holder)
