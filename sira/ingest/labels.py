@@ -185,8 +185,19 @@ async def record_labels(
         )
         summary.rejected = len(rejected)
         summary.reasons.update(r[2] for r in rejected)
+    if good:  # a label of an erased person's payment: counted, never kept (sql/023)
+        await writing_log(conn)  # before the check: an erasure commits before it or waits (sira.features.store)
+        erased = {r["id"] for r in await conn.fetch(
+            """SELECT i.id FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
+                WHERE EXISTS (SELECT 1 FROM sira_erased_events x WHERE x.digest = sha256(k.salt || convert_to(i.id, 'UTF8')))""",
+            sorted({g.event_id for g in good.values()}))}
+        if erased:
+            gone = [key for key, g in good.items() if g.event_id in erased]
+            for key in gone:
+                del good[key]
+            summary.rejected += len(gone)
+            summary.reasons["erased_subject"] += len(gone)
     if good:
-        await writing_log(conn)  # see sira.features.store.log_positions
         rows = await conn.fetch(
             f"""INSERT INTO sira_feedback (event_id, label_name, label, source, known_at, occurred_at, prediction_id,
                                           created_by, pending_since)

@@ -119,6 +119,10 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     prediction_ids = [p["prediction_id"] for p in predictions]
     labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
         f"SELECT event_id FROM sira_rejected_events WHERE {REJECTED_OF} AND event_id IS NOT NULL", customer_id)]
+    await conn.execute(  # their payments' labels arriving later are never kept (023)
+        """INSERT INTO sira_erased_events (digest, erased_at)
+           SELECT sha256(k.salt || convert_to(i.id, 'UTF8')), now() FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
+           ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", labelled)
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
         "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "

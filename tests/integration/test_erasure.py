@@ -260,6 +260,7 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     executed) and the gate's digest never matched a re-import. They now look it up as ingestion stored it."""
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
+    from sira.ingest.labels import record_labels
     from sira.monitoring.erasure import forget, request_forget
     from sira.monitoring.subject import export_subject
 
@@ -284,6 +285,16 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     async with db.transaction(clean_db) as conn:  # the same file again: the gate keeps them out
         again, _ = await store_events(conn, rows, redactor=redactor, source="file")
     assert again.accepted == 0 and await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
+    # a chargeback of one of their payments arriving after the erasure: counted, never kept (it was stored as a
+    # label pending its event, then a dead letter naming the payment)
+    async with db.transaction(clean_db) as conn:
+        late = await record_labels(conn, [{"event_id": "tk-1", "label": True, "known_at": "2026-10-01T00:00:00Z"},
+                                          {"event_id": "someone-else", "label": True,
+                                           "known_at": "2026-10-01T00:00:00Z"}],
+                                   redactor=redactor, source="chargeback", pending_ttl_days=0)
+    assert late.rejected == 1 and late.reasons == {"erased_subject": 1} and late.inserted == 1
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback WHERE event_id = 'tk-1'") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE event_id = 'tk-1'") == 0
 
 
 def test_redis_patterns_of_an_erasure_match_only_the_persons_own_keys(redis_url):
