@@ -67,12 +67,18 @@ def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     return InputFiles(formats.pop(), [p.resolve() for p in found])
 
 
+# Only an empty cell is a missing number (text columns keep it as ""): pyarrow's default list ("NA", "N/A", "null", "NaN", "None",
+# ...) read Namibia's country code "NA", a terminal "N/A" or a merchant called "None" as nothing.
+CSV_NULLS = [""]
+
+
 def csv_options(text: Sequence[str] = ()) -> Any:
     """How CSV columns are typed: inferred from the values, except ``text`` columns, always strings (an id
-    of digits inferred as a number loses its leading zeros: "007" and "7" would be one customer)."""
+    of digits inferred as a number loses its leading zeros: "007" and "7" would be one customer); only an
+    empty cell is missing (:data:`CSV_NULLS`)."""
     import pyarrow.csv as pacsv
 
-    return pacsv.ConvertOptions(column_types={name: pa.string() for name in text})
+    return pacsv.ConvertOptions(column_types={name: pa.string() for name in text}, null_values=CSV_NULLS)
 
 
 def read_sample(files: InputFiles, rows: int = 1_000) -> pa.Table:

@@ -32,8 +32,10 @@ async def copy_table(conn: Connection, query: str, args: Sequence[object], types
     if buffer.tell() == 0:
         return pa.table({name: pa.array([], type=kind) for name, kind in types.items()})
     buffer.seek(0)
+    # PostgreSQL writes NULL as an empty unquoted field, an empty string as "" and any other text unquoted:
+    # only the first is missing ("NA", Namibia's country code, is text)
     return csv.read_csv(buffer, convert_options=csv.ConvertOptions(
-        column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False))
+        column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False))
 
 
 def _key_filter(keys: dict[str, Sequence[str]] | None, first: int) -> tuple[str, list[object]]:

@@ -214,3 +214,16 @@ def test_batch_scoring_names_non_text_categories_as_training_did():
     got = runtime.table_matrix(pa.table(values))
     np.testing.assert_array_equal(got, expected)
     assert not np.isnan(got[0]).any()  # the first row has every value: none scored as missing
+
+
+def test_a_csv_cell_reading_like_a_missing_value_is_text_and_only_an_empty_cell_is_missing(tmp_path):
+    """pyarrow's default null markers ("NA", "N/A", "None", "null") turned a column of Namibian payments'
+    country code "NA" into nothing."""
+    from sira.core.files import find_files, read_table
+
+    path = tmp_path / "namibia.csv"
+    path.write_text("event_id,country,terminal_id,amount\ne1,NA,N/A,1.5\ne2,NA,None,\n")
+    table = read_table(find_files([path]))
+    assert table.column("country").to_pylist() == ["NA", "NA"]
+    assert table.column("terminal_id").to_pylist() == ["N/A", "None"]
+    assert table.column("amount").to_pylist() == [1.5, None]
