@@ -169,8 +169,8 @@ class ScoringService:
         self.answers.ttl_s = config.idempotency_ttl_s
         self.spool.fsync = config.spool_fsync  # production.yaml turns it on in user_config
         r.pg.open_s = r.redis_breaker.open_s = config.breaker_open_s
-        if models_changed and self.started:
-            await self.models.refresh("reconfigure")
+        if models_changed and self.started:  # never raises: Serve would restart the replica (the poller retries)
+            await self.models.refresh_quietly("reconfigure")
 
     # -- following the registry and the snapshots -------------------------------------
 

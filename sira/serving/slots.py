@@ -124,6 +124,8 @@ class ModelSlots:
                     r.config.models,
                 )
             changes = []
+            for name in [n for n in self.slots if n not in r.config.models]:  # no longer served here
+                self.slots.pop(name)
             for name in r.config.models:
                 mine = [row for row in rows if row["model_name"] == name]
                 if not mine:
@@ -243,8 +245,8 @@ class ModelSlots:
     def slot(self, model: str) -> Slot:
         """What ``model`` is served with; 404 ``unknown_model``, 409 ``no_production_version`` or 503
         ``model_unavailable`` (its production version cannot be loaded) when there is nothing to score with."""
-        slot = self.slots.get(model)
         served = self.replica.config.models
+        slot = self.slots.get(model) if model in served else None  # left `models`, not refreshed yet
         if slot is None:
             if model not in served:
                 raise NotFound(f"model {model!r} is not served here (served: {', '.join(served)})",

@@ -190,6 +190,41 @@ async def test_a_bad_user_config_is_refused_and_the_replica_keeps_serving(served
     assert "config" not in (await client.get("/readyz")).json()["checks"]
 
 
+async def test_a_change_of_served_models_in_a_database_outage_keeps_the_replica_and_drops_what_left(served,
+                                                                                                  fraud_model):
+    """A change of ``models`` loaded them at once and raised while PostgreSQL was away: Serve restarts such a
+    replica, which cannot start without PostgreSQL (a short outage took the service down). A model that left
+    ``models`` kept being answered with its last version, frozen; it is ``unknown_model`` now."""
+    import asyncpg
+
+    from tests.conftest import with_database
+
+    client, service = served
+    before = list(service.config.models)
+    name = fraud_model.dsn.rsplit("/", 1)[-1].split("?")[0]
+    admin = await asyncpg.connect(with_database(fraud_model.dsn, "postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        await service.reconfigure({"models": [*before, "churn"]})  # must not raise
+        assert service.config.models == [*before, "churn"]
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    try:
+        await service.reconfigure({"models": ["churn"]})
+        r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 3)})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model", r.text
+    finally:
+        await service.reconfigure({"models": before})
+    for _ in range(100):  # the pool reconnects (its connections were terminated)
+        r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 4)})
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status_code == 200, r.text
+
+
 async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
     """Once Postgres says a key is revoked, no cached copy may answer for it (not even in an outage)."""
     import time
