@@ -83,7 +83,14 @@ class FeedbackIn(BaseModel):
     @field_validator("known_at", "occurred_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        # as an event's time: a sentinel (9999-12-31) overflowed the checkpoints' midnights after it and
+        # failed every later fold of the log
+        if value is None:
+            return None
+        value = as_utc(value)
+        if not 1990 <= value.year <= 2200:
+            raise ValueError("must be between 1990 and 2200")
+        return value
 
 
 def label_source(who: Any, requested: str, named: bool) -> str:

@@ -29,3 +29,24 @@ async def test_labels_are_idempotent_updatable_and_validated(clean_db):
         dead = await conn.fetch("SELECT source, reason_code, field FROM sira_rejected_events ORDER BY event_id")
         assert [(d["source"], d["reason_code"], d["field"]) for d in dead] == [
             ("feedback:import", "invalid_field", "label"), ("feedback:import", "missing_field", "known_at")]
+
+
+async def test_a_sentinel_label_time_is_refused_not_folded(clean_db):
+    """known_at = 9999-12-31 (a file's "unknown"): stored, it overflowed the daily checkpoints' midnights after it,
+    and every later advance or rebuild of the feature states failed on it."""
+    from datetime import timedelta
+
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.states import rebuild
+
+    async with clean_db.acquire() as conn:
+        await conn.execute("INSERT INTO sira_events (event_id, occurred_at, amount, customer_id) VALUES"
+                           " ('s1', $1, 10, 'c1')", KNOWN - timedelta(days=1))
+        done = await record_labels(conn, [{"event_id": "s1", "label": True, "known_at": "9999-12-31T00:00:00Z"},
+                                          {"event_id": "s1", "label": True, "known_at": "1970-01-01",
+                                           "source": "review"}], redactor=R)
+        assert (done.inserted, done.rejected, dict(done.reasons)) == (0, 2, {"invalid_field": 2})
+        dead = await conn.fetch("SELECT field, reason FROM sira_rejected_events ORDER BY id")
+        assert [d["field"] for d in dead] == ["known_at", "known_at"] and "1990 and 2200" in dead[0]["reason"]
+        async with conn.transaction():
+            assert (await rebuild(conn, PAYMENTS_V2)).events == 1
