@@ -16,7 +16,9 @@ lookback is stored and used by offline computations only.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -348,13 +350,20 @@ async def writing_log(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", LOG_LOCK)
 
 
-async def log_positions(conn: Connection) -> tuple[int, int]:
+async def log_positions(conn: Connection, patience_s: float = 30.0) -> tuple[int, int]:
     """(events' ``seq``, labels' ``id``) up to which the log is complete: no transaction can still commit an
     event or label at or below them. ``max(seq)`` alone is not that: a writer that took a sequence value before
     another and commits after it lands below a watermark read meanwhile, and an incremental job would never
     read it. So the read waits for the writers in flight (they hold :data:`LOG_LOCK` shared), takes the
-    positions, and lets writers go on: a session-level lock, released before the caller's transaction ends."""
-    await conn.execute("SELECT pg_advisory_lock($1)", LOG_LOCK)
+    positions, and lets writers go on: a session-level lock, released before the caller's transaction ends.
+    It waits by trying, not in PostgreSQL's queue, where it would hold back every new writer behind the
+    slowest one in flight (a large label import); only after ``patience_s`` without a gap does it queue."""
+    deadline = time.monotonic() + patience_s
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOG_LOCK):
+        if time.monotonic() > deadline:
+            await conn.execute("SELECT pg_advisory_lock($1)", LOG_LOCK)
+            break
+        await asyncio.sleep(0.01)
     try:
         row = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events),"
                                   " (SELECT coalesce(max(id), 0) FROM sira_feedback)")

@@ -448,9 +448,8 @@ async def test_an_event_committed_after_an_advance_read_the_log_is_folded_by_the
         async with db.transaction(clean_db) as conn:
             await store_events(conn, sent(quick), redactor=redactor, source="quick")
         running = asyncio.create_task(advanced_alone())
-        while not running.done() and not await clean_db.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"):
-            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        assert not running.done()  # it waits for the first writer (it did not: it read the log without it)
         await held.commit()
     await running
     async with db.transaction(clean_db) as conn:
@@ -511,3 +510,25 @@ async def test_text_a_csv_reader_takes_for_missing_is_read_back_from_the_log_as_
     assert len(vectors) == sum(e["terminal_id"] == "N/A" for e in events)
     ((rows, finals), _) = offline(events, [])
     assert same(ENGINE.decode("terminal", ENGINE.encode("terminal", state)), finals["terminal"]["N/A"])
+
+
+async def test_reading_the_log_positions_holds_no_writer_back_behind_a_slow_one(clean_db):
+    """While a slow writer (a large label import) is in flight, the read of the positions waits for it without
+    queueing for the lock: in PostgreSQL's queue it held every new writer (the serving recorder, the stream)
+    back until the slow one committed."""
+    from sira.features.store import log_positions, writing_log
+
+    async with clean_db.acquire() as slow, clean_db.acquire() as reader, clean_db.acquire() as other:
+        held = slow.transaction()
+        await held.start()
+        await writing_log(slow)
+        reading = asyncio.create_task(log_positions(reader))
+        await asyncio.sleep(0.3)
+        assert not reading.done()  # it waits for the slow writer
+        async with other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '2s'")
+            await writing_log(other)  # not behind the reader: no lock_timeout
+            await other.execute("INSERT INTO sira_events (event_id, occurred_at, customer_id, amount) VALUES ('w1', $1, 'c', 1)",
+                                T0)
+        await held.commit()
+        assert await asyncio.wait_for(reading, 10) == (await clean_db.fetchval("SELECT max(seq) FROM sira_events"), 0)
