@@ -24,6 +24,7 @@ only what is safe to store anyway: tokens, and scrubbed values of at most
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -72,6 +73,36 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
     "expiry": ("drop", ""),
     "password": ("drop", ""),
 }
+
+# Field names as senders spell them (firstName, Date-Of-Birth, CVV2, billingAddress) are read as snake_case
+# words; a name matching no policy entry is matched by the words it contains.
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
+_CONTAINS: tuple[tuple[tuple[str, ...], tuple[Action, str]], ...] = (
+    (("email",), ("tokenize", "email")),
+    (("phone", "mobile", "msisdn"), ("tokenize", "phone")),
+    (("birth", "passport", "ssn", "national_id", "iban", "password", "expiry", "expiration", "address",
+      "street", "postal", "postcode", "zipcode", "zip_code", "first_name", "last_name", "full_name", "given_name",
+      "family_name", "surname", "holder_name", "maiden_name"), ("drop", "")),
+)
+_STARTS: tuple[tuple[str, ...], tuple[Action, str]] = (("cvv", "cvc"), ("drop", ""))  # cvv2, cvc_code
+
+
+@functools.lru_cache(maxsize=4096)
+def field_policy(name: str) -> tuple[Action, str] | None:
+    """What :data:`FIELD_POLICY` says of a field, by its name as any sender spells it (``firstName``,
+    ``date-of-birth``, ``CVV2``, ``billing_address``): None when it names nothing personal."""
+    key = "_".join(w for w in _WORD_BOUNDARY.split(name) if w).lower()
+    if key in FIELD_POLICY:
+        return FIELD_POLICY[key]
+    if key.endswith(("ip_address", "ip_addr")):
+        return FIELD_POLICY["ip_address"]
+    for words, policy in _CONTAINS:
+        if any(w in key for w in words):
+            return policy
+    if key.startswith(_STARTS[0]) or key in ("cid", "card_pin", "pin_code"):
+        return _STARTS[1]
+    return None
+
 
 TOKEN_PREFIX = "tok_"
 _TOKEN = re.compile(r"^tok_[a-z]+_[0-9a-f]{24}$")
@@ -182,7 +213,7 @@ class Redactor:
 
     def field(self, name: str, value: Any) -> tuple[bool, Any]:
         """Apply the policy to one top-level field: (keep?, redacted value)."""
-        policy = FIELD_POLICY.get(name.lower())
+        policy = field_policy(name)
         if value is None:
             return policy is None or policy[0] != "drop", None
         if policy is not None:

@@ -212,3 +212,18 @@ def test_scrubbing_is_idempotent_when_a_tokens_hex_looks_like_a_card_number():
     assert "tok_pan_4111111111111111abcdefab" in once and "a@b.co" not in once
     assert r.scrub_text(once) == once
     assert r.scrub_value(r.scrub_value("ref-4111 1111 1111 1111")) == r.scrub_value("ref-4111 1111 1111 1111")
+
+
+def test_personal_fields_are_known_by_their_name_however_a_sender_spells_it():
+    """Only exact snake_case names were known: {"firstName": "Alice", "dateOfBirth": ..., "cvv2": ...} were kept
+    as sent in attributes and dead letters (one-word values, which no pattern scan finds)."""
+    sent = {"firstName": "Alice", "dateOfBirth": "1985-03-02", "cvv2": 123, "postalCode": "10115",
+            "billingAddress": "Main", "ZIP_CODE": "75001", "cardExpiry": "12/29", "Surname": "Doe",
+            "deviceId": "abc-123", "mobileNumber": "0700900123", "contactEmail": "x", "clientIpAddress": "1",
+            "merchant_name": "Cafe", "pinpad_id": "p1", "cidade": "Dakar", "channel": "pos"}
+    kept = R.scrub(sent)
+    assert set(kept) == {"deviceId", "mobileNumber", "contactEmail", "clientIpAddress", "merchant_name",
+                         "pinpad_id", "cidade", "channel"}
+    assert all(is_token(kept[k]) for k in ("deviceId", "mobileNumber", "contactEmail", "clientIpAddress"))
+    assert kept["merchant_name"] == "Cafe" and kept["pinpad_id"] == "p1" and kept["channel"] == "pos"
+    assert kept["deviceId"] == R.scrub({"device_id": "abc-123"})["device_id"]  # one device, one token
