@@ -268,17 +268,19 @@ class PredictionWriter:
     async def flush(self) -> int:
         """Write every closed spool segment to Postgres (this replica's and any left by a dead one)."""
         async with self.lock:
-            self.spool.rotate()
             written = 0
-            for segment in self.spool.claim():
-                records = segment.read()
-                try:
-                    await self._write(records)
-                except REFUSED_FOR_GOOD:  # (through Ray, an instance of its cause too)
-                    written += await self._write_one_by_one(segment, records)
-                    continue
-                self.spool.done(segment)
-                written += len(records)
+            for attempt in range(2):  # then the current segment, which a backlog kept from rotating
+                if not self.spool.rotate() and attempt:
+                    break
+                for segment in self.spool.claim():
+                    records = segment.read()
+                    try:
+                        await self._write(records)
+                    except REFUSED_FOR_GOOD:  # (through Ray, an instance of its cause too)
+                        written += await self._write_one_by_one(segment, records)
+                        continue
+                    self.spool.done(segment)
+                    written += len(records)
             return written
 
     async def flush_quietly(self) -> int:

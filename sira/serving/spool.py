@@ -129,12 +129,17 @@ class Spool:
         """Records written and not yet flushed (this process's segments)."""
         return sum(s.records for s in self._closed) + (self._current.records if self._current else 0)
 
-    def rotate(self) -> None:
-        """Close the current segment (if it holds records) for flushing; new records go to a new one."""
-        if self._current is not None and self._current.records:
+    def rotate(self) -> bool:
+        """Close the current segment (if it holds records) for flushing; new records go to a new one. Not while
+        closed segments still wait to be stored (a database outage): each attempt closed one more, each kept
+        open (it holds its lock), until the process ran out of file descriptors and even the rotation failed,
+        after the outage too. Returns whether it rotated."""
+        if self._current is not None and self._current.records and not self._closed:
             fresh = self._new_segment()  # first: if it fails, nothing has moved
             self._closed.append(self._current)
             self._current = fresh
+            return True
+        return False
 
     def claim(self) -> list[Segment]:
         """Closed segments to flush, oldest first: this process's, then any left by dead processes."""

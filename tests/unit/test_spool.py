@@ -131,3 +131,28 @@ def test_a_rotation_that_fails_moves_nothing_and_the_next_one_flushes_each_recor
     spool.rotate()
     assert spool.claim() == [] and not list(tmp_path.glob("*.new"))
     spool.close()
+
+
+def test_segments_waiting_to_be_stored_keep_the_spool_from_opening_more(tmp_path):
+    """A database outage: every flush attempt rotated, and each closed segment stays open until stored (it holds
+    its lock): one more file descriptor per attempt, until the process ran out of them."""
+    import os
+
+    spool = Spool(tmp_path)
+    spool.open()
+    fds = len(os.listdir("/proc/self/fd"))
+    for n in range(50):  # traffic, and a flush attempt that stores nothing
+        spool.append([{"n": n}])
+        spool.rotate()
+        spool.claim()
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1 and len(list(tmp_path.glob("*.spool"))) == 2
+    stored = []
+    for segment in spool.claim():  # the outage ends: the waiting segment, then the one that kept growing
+        stored += [r["n"] for r in segment.read()]
+        spool.done(segment)
+    assert spool.rotate()
+    for segment in spool.claim():
+        stored += [r["n"] for r in segment.read()]
+        spool.done(segment)
+    assert stored == list(range(50)) and spool.pending == 0
+    spool.close()
