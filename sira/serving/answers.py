@@ -33,7 +33,8 @@ def shadow_answer(item: Item, runtime: Any, request_id: str, score: float, decis
                   scored_at: str, epoch: int) -> dict[str, Any]:
     """A staging version's score of the same request: stored beside production's, never returned."""
     return {
-        "prediction_id": prediction_id_for(runtime.model_name, f"{request_id}:shadow:v{runtime.version}",
+        # NUL separates: a request id cannot hold one, so no client request id names a shadow prediction
+        "prediction_id": prediction_id_for(runtime.model_name, f"{request_id}\x00shadow\x00v{runtime.version}",
                                            item.client_request_id, epoch),
         "scored_at": scored_at, "request_id": request_id, "event_id": item.event["event_id"] if item.event else None,
         "score": float(score), "decision": decision, "reasons": [], "reasons_deferred": True,

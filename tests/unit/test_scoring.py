@@ -191,3 +191,23 @@ def test_one_row_is_scored_through_lightgbms_single_row_api_bit_for_bit(runtime)
         assert runtime.predict(X[i:i + 1])[0] == batch[i]
     with pytest.raises(ValueError, match="features"):
         runtime.single_row.raw_score(X[0, :-1])
+
+
+def test_no_client_request_id_names_a_shadow_prediction():
+    """A shadow score's id was the production id of a request whose id is literally "<R>:shadow:v4": the second
+    of the two rows was skipped as a duplicate (an answered prediction never stored)."""
+    from types import SimpleNamespace
+
+    from sira.serving.answers import answer, shadow_answer
+    from sira.serving.schemas import Item
+
+    runtime = SimpleNamespace(model_name="fraud", version=4)
+
+    def item(request_id: str) -> Item:
+        return Item(runtime=runtime, shadow=None, request_id=request_id, client_request_id=True, event=None,
+                    features=None, record=True, explain=False, started=0.0)
+
+    shadow = shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", 7)
+    production = answer(item("R:shadow:v4"), runtime, 0.2, "approve", [], {}, set(), 1.0, "now", 7)
+    assert production["prediction_id"] != shadow["prediction_id"]
+    assert shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", 7) == shadow  # stable
