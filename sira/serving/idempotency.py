@@ -52,13 +52,14 @@ def public(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def replay(earlier: dict[str, Any], item: Item) -> dict[str, Any]:
-    """The earlier answer to the item's request id, unless the id was used for something else (409)."""
+    """The earlier answer to the item's request id, unless the id was used for something else (409); with the
+    request's digest (:func:`public` drops it before it is sent)."""
     if item.digest and earlier.get(DIGEST) and earlier[DIGEST] != item.digest:
         raise Conflict(f"request_id {item.request_id!r} was used for a different "
                        f"{'event' if item.event is not None else 'feature vector'} within the idempotency window; "
                        "send a new request_id for a new request", code="idempotency_conflict",
                        details={"field": "request_id"})
-    return {**public(earlier), "replayed": True}
+    return {**earlier, "replayed": True}  # the digest kept: a request waiting on this one checks it too
 
 
 def answer_from_row(row: Any) -> dict[str, Any]:
@@ -125,11 +126,11 @@ class Answers:
         if item.client_request_id:
             earlier = self.recent.get(key)
             if earlier is not None:
-                return replay(earlier, item)
+                return public(replay(earlier, item))
             pending = self._inflight.get(key)
             if pending is not None:
                 try:
-                    return replay(await asyncio.shield(pending), item)
+                    return public(replay(await asyncio.shield(pending), item))
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if not pending.cancelled() or (task is not None and task.cancelling()):

@@ -113,6 +113,12 @@ async def test_the_same_request_id_answers_once(served, fraud_model):
         r = await score(client, fraud_model, other)
         assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
         assert r.json()["error"]["details"]["field"] == "request_id"
+    # a retry and a conflicting reuse at once, the first answer found only in Postgres: the conflict waited for
+    # the retry's replay, which had lost the request's digest, and got the other event's answer with a 200
+    service.answers.clear()
+    retry, conflicting = await asyncio.gather(score(client, fraud_model, body), score(client, fraud_model, other))
+    assert retry.status_code == 200 and retry.json()["replayed"] and "request_sha256" not in retry.json()
+    assert conflicting.status_code == 409, conflicting.text
     # leaving occurred_at to the server is not a different request: a retry of one is a replay
     no_time = {**body, "request_id": f"idem-{uuid.uuid4()}",
                "event": {k: v for k, v in body["event"].items() if k != "occurred_at"}}
