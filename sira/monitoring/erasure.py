@@ -278,7 +278,8 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
     try:
         entities = [(glob_literal(entity), glob_literal(key)) for entity, key in outside["entities"]]
         patterns = [f"sira:state:*:{entity}:{key}" for entity, key in entities]
-        patterns += [f"sira:history:{entity}:{key}" for entity, key in entities]
+        patterns += [f"sira:history:*:{entity}:{key}" for entity, key in entities]
+        patterns += [f"sira:history:{entity}:{key}" for entity, key in entities]  # as written before 2026-12-06
         patterns += [f"sira:answer:*:{glob_literal(request_id)}" for request_id in outside["request_ids"]]
         cached = 0
         for pattern in patterns:

@@ -115,8 +115,10 @@ async def clean_redis(redis_url: str | None, redactor: Redactor) -> str:
     client = aioredis.Redis.from_url(redis_url)
     try:
         removed = 0
-        # sira:state:{database}:{set}@{version}:card:{id} and sira:history:card:{id}
-        for pattern, parts in ((f"sira:state:*:*:{ENTITY}:*", 5), (f"sira:history:{ENTITY}:*", 3)):
+        # sira:state:{database}:{set}@{version}:card:{id}, sira:history:{database}:card:{id} (and, as written
+        # before 2026-12-06, sira:history:card:{id})
+        for pattern, parts in ((f"sira:state:*:*:{ENTITY}:*", 5), (f"sira:history:*:{ENTITY}:*", 4),
+                               (f"sira:history:{ENTITY}:*", 3)):
             stale = []
             async for key in client.scan_iter(match=pattern, count=1000):
                 fields = key.decode("utf-8", "surrogateescape").split(":", parts)

@@ -65,8 +65,10 @@ Key = tuple[str, str]  # (entity type, entity id)
 log = logging.getLogger(__name__)
 
 
-def _redis_key(key: Key) -> str:
-    return f"sira:history:{key[0]}:{key[1]}"
+def _redis_key(namespace: str, key: Key) -> str:
+    """The installation's (its database's digest, as answers and states are keyed): installations sharing a
+    Redis never read each other's histories (they did: keys named only the entity)."""
+    return f"sira:history:{namespace}:{key[0]}:{key[1]}"
 
 
 class Histories:
@@ -164,7 +166,7 @@ class Histories:
             degraded.add("cache_unavailable")
             return missing
         try:
-            values = await r.redis.mget([_redis_key(k) for k in missing])
+            values = await r.redis.mget([_redis_key(r.namespace, k) for k in missing])
             r.redis_breaker.succeeded()
         except Exception as exc:  # noqa: BLE001
             r.redis_breaker.failed(exc)
@@ -249,7 +251,7 @@ class Histories:
             spec = self.models.entity_spec(key[0])
             if spec is not None:
                 state = feature_store.state_from_history(spec, history, int(history.ts[-1]))
-                pipe.set(_redis_key(key), orjson.dumps({"s": state, "w": time.time()}),
+                pipe.set(_redis_key(self.replica.namespace, key), orjson.dumps({"s": state, "w": time.time()}),
                          ex=self.replica.config.redis_ttl_s)
 
     async def store_in_redis(self, answers: Any, answered: list[tuple[Item, dict[str, Any]]],
@@ -296,7 +298,7 @@ class Histories:
 
     async def _forget_in_redis(self, keys: list[Key]) -> None:
         with contextlib.suppress(Exception):
-            await self.replica.redis.delete(*(_redis_key(k) for k in keys))
+            await self.replica.redis.delete(*(_redis_key(self.replica.namespace, k) for k in keys))
 
     def _count(self, layer: str, hits: int, misses: int) -> None:
         self.replica.count("cache", hits, layer=layer, outcome="hit")

@@ -72,7 +72,8 @@ async def test_card_numbers_kept_as_card_tokens_are_rekeyed_and_what_derives_fro
     token = await stored_as_older_versions_did(inst.dsn, inst.settings)
     assert token.startswith("tok_") and PAN in pg_dump(inst.dsn)
     cache = redis.Redis.from_url(inst.redis_url)
-    stale = [f"sira:state:0123abcd:payments@2:card:{PAN}", f"sira:history:card:{PAN}"]  # keys as replicas write
+    stale = [f"sira:state:0123abcd:payments@2:card:{PAN}", f"sira:history:0123abcd:card:{PAN}",  # as replicas write
+             f"sira:history:card:{PAN}"]  # as they wrote histories before 2026-12-06
     kept = ["sira:state:0123abcd:payments@2:card:card-opaque-77", f"sira:state:0123abcd:payments@2:card:{token}"]
     for key in stale + kept:
         cache.set(key, b"a cached state")
@@ -103,9 +104,9 @@ async def test_card_numbers_kept_as_card_tokens_are_rekeyed_and_what_derives_fro
     assert PAN not in out.out + out.err
     done = json.loads(out.out)
     assert (done["card_tokens"], done["events"], done["dead_letters"], done["feature_rows"]) == (1, 3, 1, 1)
-    assert done["rebuilt"] == ["payments@1", "payments@2"] and done["redis"] == "cleaned (2 keys)"
+    assert done["rebuilt"] == ["payments@1", "payments@2"] and done["redis"] == "cleaned (3 keys)"
     assert PAN not in pg_dump(inst.dsn)
-    assert [cache.exists(k) for k in stale + kept] == [0, 0, 1, 1]
+    assert [cache.exists(k) for k in stale + kept] == [0, 0, 0, 1, 1]
 
     pool = await db.create_pool(inst.dsn, inst.settings)
     try:

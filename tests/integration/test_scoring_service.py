@@ -495,8 +495,9 @@ async def test_redis_caches_histories_and_answers(fraud_model_v1, tmp_path, redi
             other = {**body, "event": {**body["event"], "amount": body["event"]["amount"] * 2}}
             r = await score(client, fraud_model, other)
             assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
-            key = f"sira:history:customer:{body['event']['customer_id']}"
-            assert redis_client.exists(key)
+            # the installation's own key: another installation sharing this Redis never reads it
+            key = f"sira:history:{service.replica.namespace}:customer:{body['event']['customer_id']}"
+            assert redis_client.exists(key) and not redis_client.exists(f"sira:history:customer:{body['event']['customer_id']}")
             service.histories.clear()  # a fresh replica: the history comes from Redis
             await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 11), "record": False})
             assert ("customer", body["event"]["customer_id"]) in service.histories._data
