@@ -36,8 +36,10 @@ a busy one's bounded by its windows.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import numpy as np
@@ -178,12 +180,20 @@ class Layout:  # cached_property needs a __dict__: not slots
 
 
 def fixed(amount: float | None) -> int:
-    """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as numeric does."""
+    """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as ``numeric(20,4)`` rounds
+    the exact value of the float it is sent (what the log holds and offline folds read). The float product
+    ``amount * 10000`` is itself rounded: 57.12345 is 57.1234499999... exactly, stored 57.1234, but its
+    product is 571234.5, which rounded to 57.1235 online. Near such a tie the exact value decides."""
     if amount is None or amount != amount:
         return int(MISSING)
     scaled = abs(amount) * SCALE
     units = int(scaled + 0.5)
+    if abs(scaled - math.floor(scaled) - 0.5) <= scaled * 1e-15 + 1e-12:  # within the product's rounding error
+        units = int(Decimal(abs(amount)).scaleb(4).quantize(_UNIT, rounding=ROUND_HALF_UP))
     return units if amount >= 0 else -units
+
+
+_UNIT = Decimal(1)
 
 
 # -- the kernels ---------------------------------------------------------------------------------------------

@@ -532,3 +532,23 @@ async def test_reading_the_log_positions_holds_no_writer_back_behind_a_slow_one(
                                 T0)
         await held.commit()
         assert await asyncio.wait_for(reading, 10) == (await clean_db.fetchval("SELECT max(seq) FROM sira_events"), 0)
+
+
+async def test_an_amount_folds_online_as_the_log_stores_it_whatever_its_decimals(clean_db):
+    """numeric(20,4) rounds the exact value of the float sent: 57.12345 is 57.1234499999... and is stored 57.1234,
+    while the online fold rounded the float product 571234.5 to 57.1235 (online and offline disagreed)."""
+    from sira.ingest.bulk import store_events
+    from sira.ingest.pii import Redactor
+
+    rnd = random.Random(59)
+    amounts = [57.12345, 123.45675, 1.03125, 2.00015, 5e-05, 999999.99995, 0.1, 12.345]
+    amounts += [round(rnd.uniform(0, 10_000), 5) for _ in range(400)] + [rnd.uniform(0, 1e6) for _ in range(200)]
+    events = [{"event_id": f"a{i}", "occurred_at": (T0 + timedelta(seconds=i)).isoformat(), "customer_id": "c",
+               "amount": a} for i, a in enumerate(amounts)]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, events, redactor=Redactor(b"amounts"), source="test")
+        assert summary.accepted == len(events)
+        stored = await read_events(conn, ENGINE, T0 - timedelta(days=1), FOREVER)
+    online = EventColumns.from_events([{**e, "occurred_at": T0} for e in events], ENGINE.columns)
+    by_id = dict(zip(stored.event_id.tolist(), stored.amount.tolist()))
+    assert [by_id[e] for e in online.event_id.tolist()] == online.amount.tolist()
