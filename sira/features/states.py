@@ -79,22 +79,29 @@ _NOTIFY_MAX = 5_000  # beyond this many, one "every state of this type changed" 
 
 
 async def write_states(conn: Connection, fs: FeatureSet, entity: str, states: Mapping[str, tuple[bytes, datetime]],
-                       origin: str | None = None) -> int:
+                       origin: str | None = None, unless_changed_since: Mapping[str, int] | None = None) -> int:
     """Upsert packed states (key -> (bytes, newest event time)); each write bumps the row's revision (1 when
     inserted) and is notified on :data:`STATES_CHANNEL` at commit, with ``origin`` (the writer: a serving
-    replica's recorder names its replica) so replicas caching states know which changed and by whom."""
+    replica's recorder names its replica) so replicas caching states know which changed and by whom.
+    ``unless_changed_since`` (key -> the revision read, absent: none was stored): a writer that holds no entity
+    lock (a rebuild) leaves a state another writer changed meanwhile; returns the states written."""
     if not states:
         return 0
+    keys = list(states)
+    guard, seen = "", []
+    if unless_changed_since is not None:  # on the row as it is when written (after any writer holding it)
+        guard = " WHERE t.revision IS NOT DISTINCT FROM ($7::jsonb ->> EXCLUDED.entity_id)::bigint"
+        seen = [{k: unless_changed_since[k] for k in keys if k in unless_changed_since}]
     rows = await conn.fetch(
-        """INSERT INTO sira_entity_states (feature_set, feature_set_version, entity_type, entity_id, state, newest_at)
-           SELECT $1, $2, $3, k, s, n FROM unnest($4::text[], $5::bytea[], $6::timestamptz[]) AS u(k, s, n)
-           ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id) DO UPDATE
-              SET state = EXCLUDED.state, newest_at = EXCLUDED.newest_at,
-                  revision = sira_entity_states.revision + 1
-           RETURNING entity_id, revision""",
-        fs.name, fs.version, entity, list(states), [s for s, _ in states.values()], [n for _, n in states.values()])
+        f"""INSERT INTO sira_entity_states AS t (feature_set, feature_set_version, entity_type, entity_id, state,
+                                                newest_at)
+            SELECT $1, $2, $3, k, s, n FROM unnest($4::text[], $5::bytea[], $6::timestamptz[]) AS u(k, s, n)
+            ON CONFLICT (feature_set, feature_set_version, entity_type, entity_id) DO UPDATE
+               SET state = EXCLUDED.state, newest_at = EXCLUDED.newest_at, revision = t.revision + 1{guard}
+            RETURNING entity_id, revision""",
+        fs.name, fs.version, entity, keys, [s for s, _ in states.values()], [n for _, n in states.values()], *seen)
     await notify_states(conn, fs, entity, [(r["entity_id"], r["revision"]) for r in rows], origin)
-    return len(states)
+    return len(rows)
 
 
 async def notify_states(conn: Connection, fs: FeatureSet, entity: str, changes: Sequence[tuple[str, int]],
@@ -249,12 +256,18 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
     started = time.perf_counter()
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
     marks = await _log_marks(conn)  # what the checkpoints hold (see starting_states)
+    # The states as they are now: an online writer (it holds the entity's lock, which a rebuild does not take)
+    # that folds an event into one after this point keeps its state, not overwritten by this fold read before
+    # its event; that event is past the marks, so the next advance refolds the entity.
+    seen = {spec.entity: {r["entity_id"]: r["revision"] for r in await conn.fetch(
+        "SELECT entity_id, revision FROM sira_entity_states WHERE feature_set = $1 AND feature_set_version = $2"
+        " AND entity_type = $3", fs.name, fs.version, spec.entity)} for spec in fs.entities}
     lo, hi = await _log_span(conn, fs)
     result = Rebuilt(fs.name, fs.version)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
     if lo is not None and hi is not None:
         packed = await _fold_range(conn, engine_of(fs), day_of(lo), day_of(hi), packed, None, checkpoints, result)
-    await _finish(conn, fs, packed, marks if checkpoints else None, result)
+    await _finish(conn, fs, packed, marks if checkpoints else None, result, seen)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -391,9 +404,11 @@ async def _spans(conn: Connection, first: datetime) -> list[tuple[datetime, date
 
 
 async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, bytes]],
-                  marks: dict[str, int] | None, result: Rebuilt) -> None:
+                  marks: dict[str, int] | None, result: Rebuilt,
+                  seen: dict[str, dict[str, int]] | None = None) -> None:
     """Write the folded states (their newest event time from the state) and, when checkpoints were
-    written, the log positions they hold."""
+    written, the log positions they hold. ``seen`` (entity -> key -> revision read before the fold, by a
+    writer holding no entity lock): states another writer changed since are left as it wrote them."""
     engine = engine_of(fs)
     for spec in fs.entities:
         states = {}
@@ -402,7 +417,8 @@ async def _finish(conn: Connection, fs: FeatureSet, packed: dict[str, dict[str, 
             if newest is None:  # a checkpoint nothing since changed
                 newest = int(engine.decode(spec.entity, value)[0, 1])
             states[key] = (value, from_us(newest))
-        await write_states(conn, fs, spec.entity, states)  # notified: every replica drops what it cached
+        await write_states(conn, fs, spec.entity, states,  # notified: every replica drops what it cached
+                           unless_changed_since=None if seen is None else seen[spec.entity])
         result.entities[spec.entity] = len(states)
     if marks is not None:
         for kind in ("events", "labels"):

@@ -552,3 +552,32 @@ async def test_an_amount_folds_online_as_the_log_stores_it_whatever_its_decimals
     online = EventColumns.from_events([{**e, "occurred_at": T0} for e in events], ENGINE.columns)
     by_id = dict(zip(stored.event_id.tolist(), stored.amount.tolist()))
     assert [by_id[e] for e in online.event_id.tolist()] == online.amount.tolist()
+
+
+async def test_a_state_an_online_writer_folds_into_during_a_rebuild_is_not_overwritten(clean_db, monkeypatch):
+    """A rebuild takes no entity lock: a payment folded online (committed) after the rebuild read the log was
+    overwritten by the rebuild's state, which lacks it, and later folds built on that."""
+    from sira.features import states as engine_states
+    from sira.ingest.bulk import ingest_records
+    from sira.ingest.pii import Redactor
+
+    events = sorted(payments(n=200, seed=61, days=4), key=lambda e: e["occurred_at"])
+    stored, live = events[:-1], events[-1]
+    async with db.transaction(clean_db) as conn:
+        await store(conn, stored)
+        await rebuild(conn, PAYMENTS_V2)
+    real = engine_states._fold_range
+
+    async def a_payment_arrives_meanwhile(*args, **kwargs):
+        folded = await real(*args, **kwargs)
+        summary = await ingest_records(clean_db, [{**live, "occurred_at": live["occurred_at"].isoformat()}],
+                                       redactor=Redactor(b"live"), source="live", feature_sets=[PAYMENTS_V2])
+        assert summary.accepted == 1 and summary.snapshots_updated == 3
+        return folded
+
+    monkeypatch.setattr(engine_states, "_fold_range", a_payment_arrives_meanwhile)
+    async with db.transaction(clean_db) as conn:
+        await rebuild(conn, PAYMENTS_V2)
+    monkeypatch.undo()
+    (_, finals), _ = offline(events, [])
+    await assert_states_are(clean_db, finals)
