@@ -80,6 +80,28 @@ def assert_quiet(stderr: str) -> None:
     assert not found, (found, stderr[-3000:])
 
 
+@contextlib.contextmanager
+def cpus_held(leaving: float):
+    """An actor holding all of the session Ray's CPUs but ``leaving`` (as Serve replicas or another job would),
+    killed at the end: yields the actor (``ray.kill`` it to free them early). Sized on the cluster's CPUs, not
+    on those free now: an earlier test's actors (Tune's, a job's) may still be letting theirs go, and the
+    holder starts once they have."""
+    import ray
+
+    @ray.remote(num_cpus=float(ray.cluster_resources().get("CPU", 0)) - leaving)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    try:
+        ready, _ = ray.wait([holder.ready.remote()], timeout=120)
+        assert ready, f"the session's CPUs were not free within 120 s: {ray.available_resources()}"
+        yield holder
+    finally:
+        ray.kill(holder)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str | None = None):
     """Poll ``predicate`` until it returns something truthy (and return that): synchronisation with a
     background process (a flusher, a listener, a replica), never a timing assertion. Fails naming

@@ -141,29 +141,17 @@ def test_a_failed_run_leaves_the_earlier_output_untouched(fraud_model, tmp_path)
 
 def test_no_free_cpu_for_a_scoring_actor_is_a_clear_error_not_a_hang(fraud_model, history, tmp_path):
     """Serve replicas or another job hold the CPUs: Ray Data would wait forever without a word."""
-    import ray
-
     from sira.core.errors import ServiceUnavailable
+    from tests.conftest import cpus_held
 
     _, _, _, scored_events = history
     data = tmp_path / "in.parquet"
     pq.write_table(pq.read_table(scored_events).drop_columns(["score", "decision", "model", "version"]), data)
-    hold = float(ray.available_resources().get("CPU", 0)) - 0.3  # leaves less than one actor's half CPU
-
-    @ray.remote(num_cpus=hold)
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
-    holder = Holder.remote()
-    try:
-        ray.get(holder.ready.remote(), timeout=60)
+    with cpus_held(leaving=0.3):  # less than one actor's half CPU
         out = tmp_path / "out.parquet"
         with pytest.raises(ServiceUnavailable, match="no CPU free for a scoring actor after 3 s"):
             score(fraud_model, out=out, data=[data], wait_for_cpus_s=3, local_below=0)
         assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    finally:
-        ray.kill(holder)
 
 
 @pytest.mark.slow

@@ -46,18 +46,10 @@ def test_no_free_cpu_for_a_trial_is_said_and_bounded_not_a_silent_hang(ray_sessi
     import ray
 
     from sira.core.errors import ServiceUnavailable
+    from tests.conftest import cpus_held
 
     train, valid = synthetic_matrix(1000, 1), synthetic_matrix(500, 2)
-    hold = float(ray.available_resources().get("CPU", 0)) - 0.5  # leaves half a CPU: no trial fits
-
-    @ray.remote(num_cpus=hold)
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
-    holder = Holder.remote()
-    try:
-        ray.get(holder.ready.remote(), timeout=60)
+    with cpus_held(leaving=0.5) as holder:  # half a CPU: no trial fits
         with pytest.raises(ServiceUnavailable, match="no CPU free for a tuning trial after 2 s"):
             tune_params(train, valid, trials=1, seed=3, storage=tmp_path / "held", wait_for_cpus_s=2,
                         base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
@@ -68,5 +60,3 @@ def test_no_free_cpu_for_a_trial_is_said_and_bounded_not_a_silent_hang(ray_sessi
                           base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
         freed.join()
         assert out["summary"]["completed"] == 1
-    finally:
-        ray.kill(holder)
