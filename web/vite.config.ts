@@ -23,5 +23,9 @@ export default defineConfig({
     globals: true,
     setupFiles: ["./src/test/setup.ts"],
     css: false,
+    // One module graph for every test file: Mantine, Recharts and jsdom load once (20 s -> 5 s on 2 cores);
+    // Testing Library unmounts after each test (setup.ts), so files do not see one another's DOM.
+    isolate: false,
+    unstubGlobals: true, // a stubbed fetch never reaches the next file
   },
 });
