@@ -30,6 +30,7 @@ from sira.core.files import decode_json_line, find_files, read_part, read_parts,
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
+from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
 from sira.ingest.events import (
     EVENT_COLUMNS,
@@ -134,11 +135,7 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
     cannot be trusted to tell an old one, which a re-imported file brings back, from a new one."""
     if not rejections:
         return
-    named = sorted({j.customer_id for j in rejections if j.customer_id})
-    erased = {r["id"] for r in await conn.fetch(
-        """SELECT i.id FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
-            WHERE EXISTS (SELECT 1 FROM sira_erased_subjects x WHERE x.digest = sha256(k.salt || convert_to(i.id, 'UTF8')))""",
-        named)} if named else set()
+    erased = await gate.erased(conn, "sira_erased_subjects", (j.customer_id for j in rejections if j.customer_id))
     kept = [j for j in rejections if j.customer_id not in erased]
     if kept:
         await conn.copy_records_to_table(
@@ -174,16 +171,16 @@ async def _staged_insert(conn: asyncpg.Connection, records: Sequence[Row]) -> st
         "CREATE TEMP TABLE IF NOT EXISTS sira_events_stage ON COMMIT DELETE ROWS"
         f" AS SELECT {cols} FROM sira_events WITH NO DATA"
     )
-    await conn.execute("TRUNCATE sira_events_stage")
-    await feature_store.writing_log(conn)  # an erasure or a read of the log's positions waits for this insert
+    # one round trip (the recorder's and the stream's path): an erasure or a read of the log's positions waits
+    # for this insert (sira.features.store.writing_log)
+    await conn.execute(f"TRUNCATE sira_events_stage; SELECT pg_advisory_xact_lock_shared({feature_store.LOG_LOCK})")
     await conn.copy_records_to_table(
         "sira_events_stage", records=records, columns=list(EVENT_COLUMNS),
     )
     return (  # an erased person's events from before the erasure are never stored again (sql/017)
         f"INSERT INTO sira_events ({cols}) SELECT {cols} FROM sira_events_stage s"
         " WHERE NOT EXISTS (SELECT 1 FROM sira_erased_subjects x, sira_erasure_salt k"
-        "                    WHERE x.digest = sha256(k.salt || convert_to(s.customer_id, 'UTF8'))"
-        "                      AND s.occurred_at < x.erased_at)"
+        f"                   WHERE x.digest = {gate.digest_of('s.customer_id')} AND s.occurred_at < x.erased_at)"
         " ON CONFLICT (event_id) DO NOTHING")
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
 from sira.features.store import writing_log
+from sira.ingest import gate
 from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
 from sira.ingest.pii import Redactor
 
@@ -194,10 +195,7 @@ async def record_labels(
         summary.reasons.update(r[2] for r in rejected)
     if good:  # a label of an erased person's payment: counted, never kept (sql/023)
         await writing_log(conn)  # before the check: an erasure commits before it or waits (sira.features.store)
-        erased = {r["id"] for r in await conn.fetch(
-            """SELECT i.id FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
-                WHERE EXISTS (SELECT 1 FROM sira_erased_events x WHERE x.digest = sha256(k.salt || convert_to(i.id, 'UTF8')))""",
-            sorted({g.event_id for g in good.values()}))}
+        erased = await gate.erased(conn, "sira_erased_events", (g.event_id for g in good.values()))
         if erased:
             gone = [key for key, g in good.items() if g.event_id in erased]
             for key in gone:

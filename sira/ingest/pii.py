@@ -72,6 +72,9 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
     "card_expiry": ("drop", ""),
     "expiry": ("drop", ""),
     "password": ("drop", ""),
+    "cid": ("drop", ""),
+    "card_pin": ("drop", ""),
+    "pin_code": ("drop", ""),
 }
 
 # Field names as senders spell them (firstName, Date-Of-Birth, CVV2, billingAddress) are read as snake_case
@@ -84,7 +87,6 @@ _CONTAINS: tuple[tuple[tuple[str, ...], tuple[Action, str]], ...] = (
       "street", "postal", "postcode", "zipcode", "zip_code", "first_name", "last_name", "full_name", "given_name",
       "family_name", "surname", "holder_name", "maiden_name"), ("drop", "")),
 )
-_STARTS: tuple[tuple[str, ...], tuple[Action, str]] = (("cvv", "cvc"), ("drop", ""))  # cvv2, cvc_code
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,8 +101,8 @@ def field_policy(name: str) -> tuple[Action, str] | None:
     for words, policy in _CONTAINS:
         if any(w in key for w in words):
             return policy
-    if key.startswith(_STARTS[0]) or key in ("cid", "card_pin", "pin_code"):
-        return _STARTS[1]
+    if key.startswith(("cvv", "cvc")):  # cvv2, cvc_code
+        return FIELD_POLICY["cvv"]
     return None
 
 

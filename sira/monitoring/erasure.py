@@ -42,6 +42,7 @@ from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied,
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
 from sira.features.store import LOG_LOCK
+from sira.ingest import gate
 from sira.monitoring.subject import (
     PERSONAL_COLUMNS,
     REJECTED_OF,
@@ -119,10 +120,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     prediction_ids = [p["prediction_id"] for p in predictions]
     labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
         f"SELECT event_id FROM sira_rejected_events WHERE {REJECTED_OF} AND event_id IS NOT NULL", customer_id)]
-    await conn.execute(  # their payments' labels arriving later are never kept (023)
-        """INSERT INTO sira_erased_events (digest, erased_at)
-           SELECT sha256(k.salt || convert_to(i.id, 'UTF8')), now() FROM unnest($1::text[]) AS i (id), sira_erasure_salt k
-           ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", labelled)
+    await gate.close(conn, "sira_erased_events", labelled)  # their payments' labels arriving later: never kept
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
         "labels": await _deleted(conn, "DELETE FROM sira_feedback WHERE event_id = ANY($1::text[]) "
@@ -142,11 +140,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
-    gated = await conn.execute(
-        """INSERT INTO sira_erased_subjects (digest, erased_at)
-           SELECT sha256(salt || convert_to($1, 'UTF8')), now() FROM sira_erasure_salt
-           ON CONFLICT (digest) DO UPDATE SET erased_at = excluded.erased_at""", customer_id)
-    if db.rows_affected(gated) != 1:  # no salt: the gate would let every old event of theirs back in
+    if await gate.close(conn, "sira_erased_subjects", [customer_id]) != 1:  # no salt: every old event back in
         raise SiraError("the erasure gate has no salt (sira_erasure_salt is empty): nothing was erased; "
                         "restore its row (sql/017) and run the --approve again", code="erasure_gate_unavailable")
     for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
