@@ -348,10 +348,11 @@ def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any]
     return redactor.payload(_jsonable(dict(data if raw is None else raw), max_string_length()))
 
 
-def _jsonable(value: Any, max_length: int) -> Any:
-    """A JSON value PostgreSQL can store: integers beyond 64 bits become their digits, and a string or
-    field name over ``max_length`` a marker of its length (a dead letter never holds the value itself,
-    nor makes the redactor scan it)."""
+def _jsonable(value: Any, max_length: int, depth: int = 0) -> Any:
+    """A JSON value PostgreSQL can store: integers beyond 64 bits become their digits, a string or field
+    name over ``max_length`` a marker of its length (a dead letter never holds the value itself, nor makes
+    the redactor scan it), and nesting cut at :data:`MAX_NESTING` levels (valid JSON can nest deeper than
+    Python's stack)."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
@@ -362,12 +363,14 @@ def _jsonable(value: Any, max_length: int) -> Any:
         return storable_text(value) if len(value) <= max_length else _too_long(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        return f"<nested more than {MAX_NESTING} levels deep>"
     if isinstance(value, Mapping):
-        return {(storable_text(name) if len(name := str(k)) <= max_length else _too_long(name)): _jsonable(v, max_length)
-                for k, v in value.items()}
+        return {(storable_text(name) if len(name := str(k)) <= max_length else _too_long(name)):
+                _jsonable(v, max_length, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, max_length) for v in value]
-    return _jsonable(str(value), max_length)
+        return [_jsonable(v, max_length, depth + 1) for v in value]
+    return _jsonable(str(value), max_length, depth)
 
 
 def bounded_json(value: Any) -> Any:

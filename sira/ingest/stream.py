@@ -263,9 +263,15 @@ async def store_or_set_aside(pool: Any, entries: list[Entry], name: str, *, reda
                               feature_sets=feature_sets)
         except REFUSED as exc:
             log.error("entry %s refused (%s): dead-lettered as unprocessable", entry.id, type(exc).__name__)
-            dead = _dead_letter(entry, redactor, mapping, code="unprocessable", field=None,
-                                reason=f"refused when stored ({type(exc).__name__})")
-            one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [dead]), redactor=redactor)
+            reason = f"refused when stored ({type(exc).__name__})"
+            try:
+                dead = _dead_letter(entry, redactor, mapping, code="unprocessable", field=None, reason=reason)
+                one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [dead]), redactor=redactor)
+            except REFUSED as again:  # the record cannot even be kept: its stream id is, so it is not lost
+                log.error("entry %s could not be kept as sent (%s): dead-lettered by its id", entry.id,
+                          type(again).__name__)
+                dead = Rejection(None, "unprocessable", reason, None, {"stream_id": entry.id})
+                one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [dead]), redactor=redactor)
         total.add(one)
     return total
 

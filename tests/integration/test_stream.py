@@ -303,3 +303,27 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_of_its_batc
     assert dead["payload"]["data"]["event_id"] == "s0003"  # kept, redacted, to be sent again
     assert "4111111111111111" not in json.dumps(dead["payload"])
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+
+
+async def test_an_entry_nested_deeper_than_the_stack_is_dead_lettered_and_the_consumer_goes_on(
+        clean_db, redis_client, redis_url, settings):
+    """Valid JSON nested 600 levels deep in a free-form field: the decoder takes it, the checks refuse it, and
+    the dead letter kept the record by recursing into it, past Python's stack: RecursionError left the
+    consumer before its acknowledgement, and every consumer of the group crashed on it in turn. Now the dead
+    letter cuts the nesting, as the stored attributes do."""
+    good = stream_events(3)
+    deep = json.dumps({**good[0], "event_id": "deep", "note": "x"}).replace('"x"', "[" * 600 + "]" * 600)
+    publish(redis_client, good[:1])
+    redis_client.xadd(STREAM, {"kind": "event", "data": deep})
+    publish(redis_client, good[1:])
+    source = RedisStreamSource(redis_url, consumer="x")
+    await source.start()
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
+                          max_events=4)
+    await source.close()
+    assert (total.read, total.accepted, total.rejected) == (4, 3, 1), total
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    dead = await clean_db.fetchrow("SELECT event_id, reason_code, payload FROM sira_rejected_events")
+    assert (dead["event_id"], dead["reason_code"]) == ("deep", "invalid_value")
+    assert dead["payload"]["event_id"] == "deep"  # kept, cut at the nesting bound, to be sent again
+    assert json.dumps(dead["payload"]).count("[") <= 16
