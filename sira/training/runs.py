@@ -314,7 +314,7 @@ async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
                           label_name: str) -> tuple[Windows, dict[str, Any]]:
     """The request's windows (docs/windows.md), counted and checked before anything expensive is read."""
     windows = await training_windows(
-        conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days, label_name=label_name,
+        conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days,
         cutoff=req.as_of, train_from=req.train_from, train_to=req.train_to, test_from=req.test_from,
         test_to=req.test_to, test_days=req.test_days, train_days=req.train_days,
     )

@@ -71,24 +71,22 @@ def now() -> datetime:
 
 # -- training ----------------------------------------------------------------------------------------
 
-async def usable_span(conn: Any, *, label_name: str, cutoff: datetime,
+async def usable_span(conn: Any, *, cutoff: datetime,
                       maturity_days: float) -> tuple[datetime | None, datetime | None, datetime | None]:
-    """(first event, newest usable event, newest event) of the event log at ``cutoff``."""
+    """(first event, newest mature event, newest event) of the event log at ``cutoff``. A default span ends
+    at the newest *mature* event: past it only the labelled events count, and the labels of young events are
+    mostly chargebacks (their legitimate neighbours are not known to be so yet), so a test window there
+    would be mostly frauds and its metrics flattering."""
     mature_until = cutoff - timedelta(days=maturity_days)
     first, newest, mature = await conn.fetchrow(
         """SELECT min(occurred_at), max(occurred_at),
                   (SELECT max(occurred_at) FROM sira_events WHERE occurred_at <= $1) FROM sira_events""",
         mature_until)
-    labelled = await conn.fetchval(
-        """SELECT max(e.occurred_at) FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id
-            WHERE f.label_name = $1 AND f.known_at <= $2 AND e.occurred_at > $3""",
-        label_name, cutoff, mature_until)
-    usable = max((t for t in (mature, labelled) if t is not None), default=None)
-    return first, usable, newest
+    return first, mature, newest
 
 
 async def training_windows(
-    conn: Any, *, maturity_days: float, label_delay_days: float, label_name: str = "fraud",
+    conn: Any, *, maturity_days: float, label_delay_days: float,
     cutoff: datetime | None = None, train_from: Any = None, train_to: Any = None, test_from: Any = None,
     test_to: Any = None, test_days: float | None = None, train_days: float | None = None,
 ) -> Windows:
@@ -96,7 +94,7 @@ async def training_windows(
     ``test_days``) for test, the label-delay gap before it, and (``train_days``) only that many days of
     training before the gap. Explicit values win."""
     cutoff = cutoff or now()
-    first, usable, newest = await usable_span(conn, label_name=label_name, cutoff=cutoff, maturity_days=maturity_days)
+    first, usable, newest = await usable_span(conn, cutoff=cutoff, maturity_days=maturity_days)
     if first is None:
         raise InvalidInput("the feature store has no events; run `sira ingest` first", code="empty_input")
     if first > cutoff:
@@ -104,9 +102,10 @@ async def training_windows(
                            "set a later one with --as-of", code="empty_window")
     if usable is None and test_to is None:
         raise InvalidInput(
-            f"no usable events: the events span {first:%Y-%m-%d}..{newest:%Y-%m-%d}, none has a label known by "
-            f"{cutoff:%Y-%m-%d %H:%M} and none is older than the label maturity ({maturity_days:g} days before it); "
-            f"bring labels, lower the model's label maturity, or set {TRAINING_FLAGS}", code="empty_window")
+            f"no mature events: the events span {first:%Y-%m-%d}..{newest:%Y-%m-%d} and none is older than the "
+            f"label maturity ({maturity_days:g} days before {cutoff:%Y-%m-%d %H:%M}), so an unlabelled one may "
+            f"still turn out to be fraud; lower the model's label maturity, or set {TRAINING_FLAGS}",
+            code="empty_window")
     end = test_to or usable + ONE_US
     start = train_from or first
     if end <= start:

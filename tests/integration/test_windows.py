@@ -76,6 +76,22 @@ async def test_labels_that_arrive_after_the_last_event_count_at_the_cut_off_of_n
     assert counts["test"]["positives"] == 0
 
 
+async def test_a_default_test_window_ends_at_the_newest_mature_event_not_in_the_young_chargebacks(clean_db):
+    """Past the label maturity only labelled events count, and a young event's label is mostly a chargeback:
+    its legitimate neighbours are not known to be so yet. The span ended at the newest labelled event, so a
+    cut-off a week after the last payment (chargebacks 3 days after theirs, maturity 7 days) put a default test
+    window where every row was a fraud. It ends at the newest mature event: the test rows hold the frauds at
+    the rate the history has them."""
+    h = await load_history(clean_db, label_delay_days=3, live=0)
+    cutoff = h["last"] + timedelta(hours=1)
+    async with clean_db.acquire() as conn:
+        w = await training_windows(conn, maturity_days=7, label_delay_days=2, cutoff=cutoff)
+        counts = await window_counts(conn, w, "fraud")
+    assert w.test_to <= w.mature_until + timedelta(microseconds=1)
+    assert counts["test"]["rows"] > 0 and counts["test"]["positives"] / counts["test"]["rows"] == pytest.approx(0.1,
+                                                                                                              abs=0.02)
+
+
 async def test_an_empty_window_fails_before_anything_is_created_or_read(clean_db, settings):
     h = await load_history(clean_db, label_delay_days=20, live=0)
     with pytest.raises(InvalidInput) as caught:

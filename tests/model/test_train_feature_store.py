@@ -142,7 +142,7 @@ async def test_empty_or_immature_windows_are_clear_errors(loaded):
     first = await loaded.fetchval("SELECT min(occurred_at) FROM sira_events")
     async with loaded.acquire() as conn:
         # a cut-off a day into the data: nothing mature, no label known yet
-        with pytest.raises(InvalidInput, match="no usable events") as caught:
+        with pytest.raises(InvalidInput, match="no mature events") as caught:
             await training_windows(conn, maturity_days=400, label_delay_days=4, cutoff=first + timedelta(days=1))
     assert caught.value.code == "empty_window" and "--as-of" in caught.value.message
     w = await windows_for(loaded)
