@@ -344,7 +344,8 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
 async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:
     """The checked windows of the model's training set (a model this run would create: its defaults)."""
     model = await conn.fetchrow("SELECT label_maturity_days, label_name FROM sira_models WHERE name = $1", req.model)
-    maturity = model["label_maturity_days"] if model else (req.label_maturity_days or DEFAULT_LABEL_MATURITY_DAYS)
+    maturity = model["label_maturity_days"] if model else (DEFAULT_LABEL_MATURITY_DAYS if req.label_maturity_days is None
+                                                       else req.label_maturity_days)
     return await checked_windows(conn, req, maturity, model["label_name"] if model else "fraud")
 
 

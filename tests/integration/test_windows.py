@@ -137,6 +137,11 @@ def test_train_and_retrain_dry_runs_state_their_windows(clean_db, settings, pg_d
     plan = json.loads(done.stdout)
     assert plan["dry_run"] and plan["windows"]["test_to"] == (h["last"] + timedelta(microseconds=1)).isoformat()
     assert plan["counts"]["train"]["positives"] > 0 and plan["counts"]["test"]["rows"] > 0
+    # a maturity of 0 (every label known at once) is the new model's, not the default's 30 days
+    day_after = (h["last"] + timedelta(days=1)).strftime("%Y-%m-%d")
+    done = runner.invoke(app, ["train", "--model", "fraud", "--label-maturity", "0", "--dry-run", "--json",
+                               "--as-of", day_after])
+    assert done.exit_code == 0 and json.loads(done.stdout)["windows"]["maturity_days"] == 0, done.output
     # a dry run creates nothing
     assert on_own_connection(pg_dsn, lambda conn: conn.fetchval("SELECT count(*) FROM sira_models")) == 0
     as_of = (h["last"] + timedelta(days=30)).strftime("%Y-%m-%d")
