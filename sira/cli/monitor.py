@@ -177,7 +177,7 @@ def retrain_cmd(
     model: ModelOption,
     trials: Annotated[int, typer.Option("--trials", min=0, max=10_000, help="Search trials (0: no search).")] = 16,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = 600.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the search and training.")] = 42,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the search and training.")] = 42,
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "

@@ -74,7 +74,7 @@ def train_cmd(
     id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (never a feature).")] = None,
     positive: Annotated[str | None, typer.Option("--positive", help="The label value that means positive.")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed: same data, params, seed and threads, same model file.")] = 42,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed: same data, params, seed and threads, same model file.")] = 42,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
     model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
     train_from: DateOption("--train-from", "Start of the training window.") = None,

@@ -106,11 +106,14 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
                       progress: Any = lambda _m: None) -> dict[str, Any]:
     """Run (or resume, or report) the retraining of ``req.model``; returns the report."""
     from sira.registry.policy import PromotionPolicy
+    from sira.training.runs import TrainRequest, check_request
 
     authorize(identity, "models.write")
     authorize(identity, "promotion.request")
     if req.trials < 0:
         raise InvalidInput("--trials must be 0 (no search) or more", code="invalid_input")
+    check_request(TrainRequest(model=req.model, seed=req.seed, test_days=req.test_days, train_days=req.train_days,
+                               label_delay_days=req.label_delay_days))  # before the drift step, not after it
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             model = dict(await registry.get_model(conn, req.model))
@@ -123,7 +126,7 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             row = await conn.fetchrow("SELECT * FROM sira_retrain_runs WHERE model_id = $1 AND input_key = $2",
                                       model["id"], key)
         if req.dry_run:
-            from sira.training.runs import TrainRequest, checked_windows
+            from sira.training.runs import checked_windows
 
             done = list(row["steps"]) if row else []
             plan = ("nothing: a run with these inputs finished" if row and row["status"] == "succeeded"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import math
 import os
 import subprocess
 import time
@@ -176,7 +177,25 @@ def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest,
     return result, metrics, thresholds
 
 
-def check_table_options(req: TrainRequest) -> None:
+MAX_SEED = 2**31 - 1  # LightGBM's seeds are 32-bit; NumPy's generators refuse negative ones
+MAX_WINDOW_DAYS = 36_500
+
+
+def check_request(req: TrainRequest) -> None:
+    """Bounds of the request's numbers, checked before anything is read: a --test-days of 1e6 or NaN failed
+    as `internal` deep in the window arithmetic, a negative --seed only after the whole run had trained."""
+    if not 0 <= req.seed <= MAX_SEED:
+        raise InvalidInput(f"--seed must be between 0 and {MAX_SEED} (got {req.seed})", code="invalid_option")
+    for flag, days, zero_allowed in (("--test-days", req.test_days, False), ("--train-days", req.train_days, False),
+                                     ("--label-delay", req.label_delay_days, True)):
+        if days is not None and not (math.isfinite(days) and (days >= 0 if zero_allowed else days > 0)
+                                     and days <= MAX_WINDOW_DAYS):
+            raise InvalidInput(f"{flag} must be a number of days {'from' if zero_allowed else 'above'} 0 to "
+                               f"{MAX_WINDOW_DAYS} (got {days})", code="invalid_option")
+    _check_table_options(req)
+
+
+def _check_table_options(req: TrainRequest) -> None:
     """Options of one source given with the other are refused, not ignored: a --test-from with --data was
     dropped without a word, the test window silently the table's newest 15%."""
     if req.data:
@@ -205,7 +224,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
     timings: dict[str, float] = {}
     started = time.perf_counter()
     table: tuple[Dataset, Split] | None = None
-    check_table_options(req)
+    check_request(req)
     if req.dry_run:
         return await plan_training(settings, req)
     if req.data:  # a table is checked before anything is created or recorded
@@ -325,7 +344,7 @@ async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
 
 async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]:
     """`sira train --dry-run`: the windows a run would use and what they hold; nothing is created."""
-    check_table_options(req)
+    check_request(req)
     if req.data:
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
                                          id_col=req.id_col, positive=req.positive)

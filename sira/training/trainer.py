@@ -140,6 +140,8 @@ def train_model(
 
     if valid.y.sum() == 0:
         raise InvalidInput("the validation window has no positive labels; widen the windows")
+    if valid.y.sum() == valid.y.size:
+        raise InvalidInput("the validation window has no negative labels; widen the windows")
     started = time.perf_counter()
     full = resolve_params(params, seed=seed, num_threads=num_threads)
     rounds = int(full["num_boost_round"])

@@ -130,6 +130,10 @@ def test_a_run_killed_part_way_resumes_after_its_last_step(model, tmp_path, monk
 def test_bad_retrain_input_is_refused(model):
     with pytest.raises(InvalidInput):
         retrain(model, seed=4, trials=-1)
+    for bad in ({"seed": -1}, {"seed": 7, "test_days": float("nan")}):  # refused before the drift step runs
+        with pytest.raises(InvalidInput) as caught:
+            retrain(model, **bad)
+        assert caught.value.code == "invalid_option"
     with pytest.raises(InvalidInput) as caught:  # a policy is checked when it is set, not when it is used
         asyncio.run(_policy(model, {"min_ap_gian": 0.1}))
     assert caught.value.code == "invalid_policy" and "min_ap_gian" in caught.value.message

@@ -101,6 +101,22 @@ async def test_options_of_feature_store_training_are_refused_with_a_table(settin
                                                   time_col="ts", **extra))
 
 
+@pytest.mark.parametrize("extra, message", [
+    ({"test_days": 1e6}, "--test-days must be a number of days above 0 to 36500"),
+    ({"test_days": float("nan")}, "--test-days must be"),
+    ({"train_days": float("inf")}, "--train-days must be"),
+    ({"label_delay_days": 1e9}, "--label-delay must be a number of days from 0"),
+    ({"seed": -1}, "--seed must be between 0 and 2147483647"),
+    ({"seed": 2**31}, "--seed must be between"),
+])
+async def test_numbers_out_of_bounds_are_refused_before_anything_is_read(settings, extra, message):
+    """They failed as `internal` (an OverflowError in the window arithmetic), or, a negative seed, only after
+    the whole run had read and trained (NumPy's generators refuse it)."""
+    with pytest.raises(InvalidInput, match=message) as caught:
+        await run_training(settings, TrainRequest(model="x", **extra))
+    assert caught.value.code == "invalid_option"
+
+
 async def test_options_of_a_table_are_refused_without_one(settings):
     with pytest.raises(InvalidInput, match="--label, --time-col describe a table: give it with --data"):
         await run_training(settings, TrainRequest(model="x", label="is_fraud", time_col="ts"))

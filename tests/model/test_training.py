@@ -62,6 +62,9 @@ def test_no_positives_is_a_clear_error(data):
     empty = Matrix(train.X, np.zeros_like(train.y), train.schema)
     with pytest.raises(InvalidInput, match="no positive labels"):
         train_model(empty, valid)
+    only_frauds = Matrix(valid.X, np.ones_like(valid.y), valid.schema)  # calibration would fail in scikit-learn
+    with pytest.raises(InvalidInput, match="the validation window has no negative labels"):
+        train_model(train, only_frauds)
     with pytest.raises(InvalidInput, match="learning_rate"):
         train_model(train, valid, {"learning_rate": -1})
 
