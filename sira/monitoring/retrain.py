@@ -256,12 +256,11 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
         runtimes[role] = await asyncio.to_thread(ModelRuntime.load, settings, {**dict(row), "model_name": req.model})
     from sira.core import artifacts
 
-    manifest = artifacts.load_artifact(settings, artifacts.ArtifactRef(rows["challenger"]["artifact_uri"],
-                                                                      rows["challenger"]["artifact_sha256"])).manifest
-    w = manifest["dataset"]["windows"]
-    w = w.get("train", w)  # the split records the windows it was built from under "train"
-    windows = Windows(*(datetime.fromisoformat(w[k]) for k in ("train_from", "train_to", "test_from", "test_to",
-                                                               "cutoff")), float(w["maturity_days"]))
+    manifests = {role: artifacts.load_artifact(settings, artifacts.ArtifactRef(row["artifact_uri"],
+                                                                              row["artifact_sha256"])).manifest
+                 for role, row in rows.items()}
+    windows = recorded_windows(manifests["challenger"])
+    assert windows is not None  # a retrain reads the feature store
     fs = get_feature_set(rows["challenger"]["feature_set"], rows["challenger"]["feature_set_version"])
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
@@ -279,8 +278,25 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
             "n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "brier",
             "expected_calibration_error", "decisions")}}
     out["score_psi"] = _score_psi(scores["challenger"], scores["champion"]) if "champion" in scores else None
+    champion_windows = recorded_windows(manifests["champion"]) if "champion" in manifests else None
+    if champion_windows is not None and champion_windows.train_to > windows.test_from:
+        out["champion_overlap"] = (f"v{runtimes['champion'].version} trained on events until "
+                                   f"{champion_windows.train_to:%Y-%m-%d %H:%M}, the window starts "
+                                   f"{windows.test_from:%Y-%m-%d %H:%M}; a shorter --test-days moves it past")
     out["live"] = await _live(pool, state.model, windows.test_from, windows.test_to, windows.cutoff)
     return out
+
+
+def recorded_windows(manifest: dict[str, Any]) -> Windows | None:
+    """The feature-store windows a version's run recorded in its manifest (None: trained on a table)."""
+    w = (manifest.get("dataset") or {}).get("windows")
+    if not w:
+        return None
+    w = w.get("train", w)  # the split records the windows it was built from under "train"
+    if "train_to" not in w:  # a table's split: event times, not windows
+        return None
+    return Windows(*(datetime.fromisoformat(w[k]) for k in ("train_from", "train_to", "test_from", "test_to",
+                                                            "cutoff")), float(w["maturity_days"]))
 
 
 async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime, now: datetime) -> list[dict[str, Any]]:
@@ -331,7 +347,8 @@ async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: 
     checks = tuple(f"feature {name} missing from the recent window" for name in drift.get("missing_features", []))
     decision = policy.decide(Evidence(challenger=evaluation["challenger"], champion=evaluation.get("champion"),
                                       score_psi=evaluation.get("score_psi"), drift_verdict=drift.get("verdict"),
-                                      failed_checks=checks, not_run=drift_not_run(drift)))
+                                      failed_checks=checks, not_run=drift_not_run(drift),
+                                      champion_overlap=evaluation.get("champion_overlap")))
     version = state.steps["challenger"]["version"]
     staged, promotion = False, None
     async with db.transaction(pool) as conn:

@@ -239,6 +239,9 @@ class PromotionPolicy:
                 missing.append("the champion's average_precision is missing or NaN")
             if _number(evidence.score_psi) is None:
                 missing.append("the score PSI against the champion is missing or NaN")
+            if evidence.champion_overlap:
+                missing.append(f"the champion was trained on part of the evaluation window "
+                               f"({evidence.champion_overlap}), which flatters it")
             sizes = (challenger.get("n"), champion.get("n"))
             if None not in sizes and sizes[0] != sizes[1]:
                 missing.append(f"challenger and champion were not evaluated on the same window "
@@ -268,6 +271,7 @@ class Evidence:
     drift_verdict: str | None  # the dataset's drift verdict ("ok"/"warn"/"alert"), None: not measured
     failed_checks: tuple[str, ...] = field(default=())  # names of failed data checks
     not_run: Mapping[str, str] = field(default_factory=dict)  # check that could not run -> why (e.g. "drift")
+    champion_overlap: str | None = None  # how the champion's training data reaches into the window (unfair)
 
     def __post_init__(self) -> None:
         if self.drift_verdict is not None and self.drift_verdict not in SEVERITIES:

@@ -139,6 +139,16 @@ def test_bad_retrain_input_is_refused(model):
     assert caught.value.code == "invalid_policy" and "min_ap_gian" in caught.value.message
 
 
+def test_a_champion_trained_on_part_of_the_held_out_window_is_no_fair_comparison(model):
+    """The champion was judged on rows it had trained on (nothing compared its training window with the
+    challenger's test window): its AP flattered, a better challenger rejected. A window reaching back into
+    the champion's training data now holds the decision and says how to move it past."""
+    asyncio.run(_policy(model, {"min_ap_gain": -1.0, "block_on_drift": "never"}))
+    report = retrain(model, seed=11, test_days=20)
+    assert report["decision"] == "hold" and report["evaluation"]["champion_overlap"], (report["reasons"], report["blockers"])
+    assert any("trained on part of the evaluation window" in r for r in report["reasons"]), report["reasons"]
+
+
 def test_the_held_out_window_can_be_the_newest_usable_days(model):
     asyncio.run(_policy(model, {"min_ap_gain": 0.9}))
     report = retrain(model, seed=5, test_days=5)
