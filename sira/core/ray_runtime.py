@@ -84,7 +84,19 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
         path = getattr(settings, name)
         if path is not None:
             env[f"SIRA_{name.upper()}"] = str(path)
+    for name in FORWARDED:  # a stream job's source settings (Kafka's secrets are file paths)
+        value, default = getattr(settings, name), type(settings).model_fields[name].default
+        if value is not None and value != default:
+            env[f"SIRA_{name.upper()}"] = str(value)
     return env
+
+
+# Settings a submitted stream consumer needs as its submitter has them: without them a job submitted with
+# SIRA_KAFKA_SECURITY_PROTOCOL=SASL_SSL set talked PLAINTEXT to the brokers, and a Redis consumer trimmed
+# acknowledged entries at once whatever the retention.
+FORWARDED = ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password_file",
+             "kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file", "kafka_ssl_key_password_file",
+             "kafka_properties_file", "stream_retention_s", "stream_metrics_port")
 
 
 def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwargs: Any) -> dict[str, Any]:

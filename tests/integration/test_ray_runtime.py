@@ -52,3 +52,25 @@ def test_worker_env_carries_the_artifact_stores_endpoint(settings):
     minio = settings.model_copy(update={"artifact_uri": "s3://models/sira", "s3_endpoint_url": "http://minio:9000"})
     for env in (worker_env(minio, "postgresql://x@h/db"), job_env_vars(minio, "postgresql://x@h/db", None)):
         assert (env["SIRA_ARTIFACT_URI"], env["SIRA_S3_ENDPOINT_URL"]) == ("s3://models/sira", "http://minio:9000")
+
+
+def test_a_submitted_stream_job_connects_as_its_submitter_configured(settings, tmp_path):
+    """The Kafka security settings and the stream's retention and metrics port did not reach a submitted job:
+    `sira jobs submit stream -- --kafka ...` with SASL_SSL configured talked PLAINTEXT to the brokers."""
+    from sira.core.ray_runtime import job_env_vars
+
+    password = tmp_path / "sasl"
+    password.write_text("kafka-s3cret")
+    configured = settings.model_copy(update={
+        "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": "sira",
+        "kafka_sasl_password_file": password, "stream_retention_s": 3600.0, "stream_metrics_port": 9191})
+    env = job_env_vars(configured, "postgresql://x@h/db", None)
+    assert (env["SIRA_KAFKA_SECURITY_PROTOCOL"], env["SIRA_KAFKA_SASL_MECHANISM"], env["SIRA_KAFKA_SASL_USERNAME"]) \
+        == ("SASL_SSL", "SCRAM-SHA-512", "sira")
+    assert env["SIRA_KAFKA_SASL_PASSWORD_FILE"] == str(password) and "kafka-s3cret" not in " ".join(env.values())
+    assert (env["SIRA_STREAM_RETENTION_S"], env["SIRA_STREAM_METRICS_PORT"]) == ("3600.0", "9191")
+    from sira.core.config import Settings
+
+    assert Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("SIRA_KAFKA")}).kafka_sasl_mechanism \
+        == "SCRAM-SHA-512"  # what the job's settings read back
+    assert "SIRA_KAFKA_SECURITY_PROTOCOL" not in job_env_vars(settings, "postgresql://x@h/db", None)  # defaults: unsaid
