@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError, DatabaseUnavailable, ServiceUnavailable
+from sira.core.errors import ConfigError, Conflict, DatabaseUnavailable, ServiceUnavailable
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -298,10 +298,16 @@ async def open_pool(settings: Settings, *, check_schema: bool = True) -> AsyncIt
 
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
-    """One unit of work: a connection whose statements commit together or not at all."""
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            yield conn
+    """One unit of work: a connection whose statements commit together or not at all. PostgreSQL aborting
+    it for a concurrent one (a deadlock, a serialization failure: nothing of it was kept) is a
+    :class:`Conflict` ``concurrent_change`` the caller may retry, not a server fault."""
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                yield conn
+    except asyncpg.TransactionRollbackError as exc:
+        raise Conflict(f"a concurrent change aborted this one ({type(exc).__name__}); nothing was changed: "
+                       "try again", code="concurrent_change") from None
 
 
 async def analyze(dsn: str, *tables: str) -> None:

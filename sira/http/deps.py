@@ -108,9 +108,19 @@ async def current_identity(request: Request, pool: PoolDep, identities: Identiti
 
 
 async def in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-    """``fn(conn, *args, **kwargs)`` in one transaction: a route's unit of work."""
-    async with db.transaction(pool) as conn:
-        return await fn(conn, *args, **kwargs)
+    """``fn(conn, *args, **kwargs)`` in one transaction: a route's unit of work. A refusal raised inside it
+    (a self-approval, governance settings without admin) is audited after the rollback, as the route's own
+    role check and the CLI's are: it left no trace over HTTP."""
+    try:
+        async with db.transaction(pool) as conn:
+            return await fn(conn, *args, **kwargs)
+    except PermissionDenied as exc:
+        who = next((a for a in args if isinstance(a, Identity)), None)
+        if who is not None:
+            from sira.core import audit
+
+            await audit.record_denied(pool, who.actor(), exc.details.get("action", fn.__name__), exc.message)
+        raise
 
 
 async def admit(request: Request, identity: Identity, action: str) -> Identity:

@@ -315,7 +315,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
         raise InvalidInput("decision must be approve or reject")
     authorize(identity, "promotion.decide")
     comment = redacted(comment)
-    row = await get_version(conn, model_name, version)
+    row = await get_version(conn, model_name, version, lock=True)  # the version, then the model: as staging does
     request = await conn.fetchrow(
         "SELECT * FROM sira_promotion_requests WHERE version_id = $1 AND status = 'pending' FOR UPDATE", row["id"]
     )

@@ -114,6 +114,17 @@ async def test_refused_attempts_are_audited(app_and_keys, clean_db):
         "as-viewer", "rollback", "denied", "127.0.0.1")
 
 
+async def test_refusals_inside_an_operation_are_audited_too(app_and_keys, clean_db):
+    """The route's role check audited its refusals; one raised inside the operation (here: governance settings
+    without admin; a self-approval alike) rolled back with its transaction and left no trace over HTTP."""
+    client, keys = app_and_keys
+    r = await client.post("/v1/models", json={"name": "quiet", "required_approvals": 0},
+                          headers={"Authorization": f"Bearer {keys['data_scientist']}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+    row = await clean_db.fetchrow("SELECT actor, outcome FROM sira_audit_log WHERE outcome = 'denied'")
+    assert row is not None and row["actor"] == "as-data_scientist"
+
+
 async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys):
     client, keys = app_and_keys
     assert (await client.get("/v1/me")).status_code == 401

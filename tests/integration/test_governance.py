@@ -141,6 +141,46 @@ async def test_concurrent_final_approvals_promote_exactly_once(clean_db, setting
     assert await clean_db.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'production.change'") == 1
 
 
+async def test_staging_a_version_while_its_last_approval_lands_is_no_deadlock(clean_db, settings):
+    """Staging locked the version, then the model; the final approval locked the model (to change
+    production), then the version: run together, PostgreSQL aborted one of them as a deadlock, an HTTP 500,
+    the approval lost. Both take the version first now: the approval waits, then promotes the staged version."""
+    from sira.registry.models import stage_version
+
+    await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    async with db.transaction(clean_db) as staging:
+        await staging.execute("SELECT 1 FROM sira_model_versions WHERE version = 1 FOR UPDATE")  # stage's first lock
+        approval = asyncio.create_task(run(clean_db, decide, ANN, "fraud", 1, "approve"))
+        for _ in range(200):  # until the approval waits on a lock
+            if await staging.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+                break
+            await asyncio.sleep(0.02)
+        staged = await stage_version(staging, settings, DANA, "fraud", 1, "shadow first")
+    assert staged["status"] == "staging"
+    assert (await approval)["outcome"] == "approved"
+    assert await status_of(clean_db, 1) == "production"
+
+
+async def test_a_transaction_postgresql_aborts_for_a_concurrent_one_is_a_conflict_to_retry(clean_db, settings):
+    """A deadlock (or a serialization failure) left the unit of work as asyncpg's error: HTTP 500, `internal`
+    on the command line. Nothing of it was kept, so it is a 409 ``concurrent_change`` the caller may retry."""
+    await make_version(clean_db, settings, 1, model="a")
+    await make_version(clean_db, settings, 1, model="b")
+    both_hold_one = asyncio.Barrier(2)
+
+    async def lock(first, second):
+        async with db.transaction(clean_db) as conn:
+            await conn.execute("SELECT 1 FROM sira_models WHERE name = $1 FOR UPDATE", first)
+            await both_hold_one.wait()
+            await conn.execute("SELECT 1 FROM sira_models WHERE name = $1 FOR UPDATE", second)
+        return "done"
+
+    outcomes = await asyncio.gather(lock("a", "b"), lock("b", "a"), return_exceptions=True)
+    assert sorted(o if isinstance(o, str) else type(o).__name__ for o in outcomes) == ["Conflict", "done"], outcomes
+    assert next(o for o in outcomes if isinstance(o, Conflict)).code == "concurrent_change"
+
+
 async def test_concurrent_rollbacks_expecting_the_same_version_step_back_once(clean_db, settings):
     for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
         await make_version(clean_db, settings, version, required=0)
