@@ -581,8 +581,8 @@ async def read_audit(conn: Connection, identity: Any, *, target: str | None = No
     rows = await conn.fetch(
         """SELECT id, occurred_at, actor, actor_kind, action, target_type, target_id, source_address, outcome, details
              FROM sira_audit_log
-            WHERE ($1::text IS NULL OR target_id = $1 OR target_id LIKE $1 || ':%')
-              AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action LIKE $3 || '%')
+            WHERE ($1::text IS NULL OR target_id = $1 OR starts_with(target_id, $1 || ':'))
+              AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR starts_with(action, $3))
             ORDER BY id DESC LIMIT $4""",
         target, actor, action, min(max(limit, 1), 10_000),
     )

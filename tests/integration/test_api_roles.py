@@ -125,6 +125,18 @@ async def test_refusals_inside_an_operation_are_audited_too(app_and_keys, clean_
     assert row is not None and row["actor"] == "as-data_scientist"
 
 
+async def test_the_audit_filters_take_names_literally(app_and_keys):
+    """`_` in a model name matched any character (LIKE): the log of fraud_eu showed fraud-eu's entries too."""
+    client, keys = app_and_keys
+    for name in ("fraud_eu", "fraud-eu"):
+        r = await client.post("/v1/models", json={"name": name}, headers={"Authorization": f"Bearer {keys['admin']}"})
+        assert r.status_code == 201, r.text
+    r = await client.get("/v1/audit", params={"target": "fraud_eu"}, headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert r.status_code == 200 and {e["target_id"] for e in r.json()["entries"]} == {"fraud_eu"}
+    r = await client.get("/v1/audit", params={"action": "model_"}, headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert r.status_code == 200 and r.json()["entries"] == []  # no action starts with "model_"
+
+
 async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys):
     client, keys = app_and_keys
     assert (await client.get("/v1/me")).status_code == 401
