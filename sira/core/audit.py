@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
+    from sira.core.errors import SiraError
+
+E = TypeVar("E", bound="SiraError")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,30 @@ async def record(
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         actor.name, actor.kind, action, target_type, target_id, actor.source_address, outcome, details or {},
     )
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A refusal's audit entry, written after its transaction rolled back (see :func:`denied`)."""
+
+    actor: Actor
+    action: str
+    target_type: str | None
+    target_id: str | None
+    details: dict[str, Any]
+
+
+def denied(exc: E, actor: Actor, action: str, *, target_type: str | None = None, target_id: str | None = None,
+           details: dict[str, Any] | None = None) -> E:
+    """``exc`` carrying its audit entry: :func:`sira.core.db.transaction` writes it after the rollback."""
+    exc.denial = Denial(actor, action, target_type, target_id, details or {})
+    return exc
+
+
+async def record_denial(pool: asyncpg.Pool, denial: Denial) -> None:
+    async with pool.acquire() as conn:
+        await record(conn, denial.actor, denial.action, target_type=denial.target_type, target_id=denial.target_id,
+                     outcome="denied", details=denial.details)
 
 
 async def record_denied(pool: asyncpg.Pool, actor: Actor, action: str, message: str) -> None:

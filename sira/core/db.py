@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError, Conflict, DatabaseUnavailable, ServiceUnavailable
+from sira.core.errors import ConfigError, Conflict, DatabaseUnavailable, ServiceUnavailable, SiraError
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -305,6 +305,12 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
         async with pool.acquire() as conn:
             async with conn.transaction():
                 yield conn
+    except SiraError as exc:
+        if exc.denial is not None:
+            from sira.core import audit
+
+            await audit.record_denial(pool, exc.denial)
+        raise
     except asyncpg.TransactionRollbackError as exc:
         raise Conflict(f"a concurrent change aborted this one ({type(exc).__name__}); nothing was changed: "
                        "try again", code="concurrent_change") from None

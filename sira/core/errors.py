@@ -30,6 +30,9 @@ class SiraError(Exception):
         if code is not None:
             self.code = code  # type: ignore[misc]  # instance override of the class default
         self.details = details or {}
+        # an audit entry to write once the refused unit of work has rolled back (sira.core.audit.Denial;
+        # written by sira.core.db.transaction): written inside it, it was rolled back with it
+        self.denial: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The HTTP error body."""

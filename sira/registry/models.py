@@ -178,12 +178,11 @@ async def validate_version(conn: Connection, settings: Any, identity: Any, model
         checksum_ok = False
     names = get_feature_set(row["feature_set"], row["model_fs_version"]).names() if row["feature_set"] else None
     gates = lifecycle.validation_gates(dict(row), checksum_ok=checksum_ok, feature_set_names=names)
-    if not gates.passed:
-        await audit.record(conn, identity.actor(), "version.validate", target_type="model_version",
-                           target_id=f"{model_name}:v{version}", outcome="denied",
-                           details={"failures": list(gates.failures)})
-        raise InvalidInput(f"{model_name} v{version} fails validation: " + "; ".join(gates.failures),
-                           code="validation_failed", details={"failures": list(gates.failures)})
+    if not gates.passed:  # audited once the transaction has rolled back (inside it, it was rolled back too)
+        raise audit.denied(InvalidInput(f"{model_name} v{version} fails validation: " + "; ".join(gates.failures),
+                                        code="validation_failed", details={"failures": list(gates.failures)}),
+                           identity.actor(), "version.validate", target_type="model_version",
+                           target_id=f"{model_name}:v{version}", details={"failures": list(gates.failures)})
     await _set_status(conn, row["id"], "validated")
     await audit.record(conn, identity.actor(), "version.validate", target_type="model_version",
                        target_id=f"{model_name}:v{version}", details={"from": row["status"], "to": "validated"})

@@ -114,6 +114,11 @@ async def test_validation_gates_and_rollback_without_history(clean_db, settings)
     with pytest.raises(InvalidInput, match="does not match its registered checksum"):
         await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
     assert await status_of(clean_db, 2) == "candidate"
+    # each refusal is in the audit log (its row was written inside the refused transaction, and rolled back)
+    denied = await clean_db.fetch("SELECT actor, target_id, details FROM sira_audit_log WHERE action = "
+                                  "'version.validate' AND outcome = 'denied' ORDER BY id")
+    assert [(r["actor"], r["target_id"]) for r in denied] == [("dana", "fraud:v1"), ("dana", "fraud:v2")]
+    assert any("checksum" in f for f in denied[1]["details"]["failures"])
     with pytest.raises(Conflict, match="no production version"):
         await run(clean_db, rollback, OLI, "fraud", "why not", 1)
     await make_version(clean_db, settings, 3, required=0)
