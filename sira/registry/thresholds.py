@@ -143,12 +143,15 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     row = dict(await get_version(conn, model_name, version, lock=True))
     pending = await conn.fetchrow("SELECT * FROM sira_threshold_sets WHERE version_id = $1 AND status = 'pending' "
                                   "FOR UPDATE", row["id"])
-    if pending is None:
-        raise NotFound(f"{model_name} v{version} has no pending threshold change (sira thresholds --apply first)",
-                       code="no_pending_request")
-    if row["status"] not in CHANGEABLE:  # archived or rejected since it was asked: no decision to make
-        raise lifecycle.IllegalTransition(f"{model_name} v{version} is {row['status']} now: its thresholds no "
-                                          "longer change", details={"status": row["status"]})
+    if pending is None:  # never asked (404), or decided, or cancelled with the version's move (409, as promotions)
+        last = await conn.fetchval("SELECT status FROM sira_threshold_sets WHERE version_id = $1 AND revision > 1 "
+                                   "ORDER BY revision DESC LIMIT 1", row["id"])  # revision 1: training's, not asked
+        if last is None:
+            raise NotFound(f"{model_name} v{version} has no pending threshold change (sira thresholds --apply first)",
+                           code="no_pending_request")
+        why = f", the version being {row['status']} now" if last == "cancelled" else ""
+        raise Conflict(f"the threshold change of {model_name} v{version} is closed ({last}{why})",
+                       code="request_closed", details={"status": last, "version_status": row["status"]})
     previous = await conn.fetch("SELECT approver, decision FROM sira_threshold_approvals WHERE set_id = $1",
                                 pending["id"])
     approver, requester, *already = await principals(conn, identity.name, pending["requested_by"],

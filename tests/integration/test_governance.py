@@ -119,6 +119,11 @@ async def test_validation_gates_and_rollback_without_history(clean_db, settings)
                                   "'version.validate' AND outcome = 'denied' ORDER BY id")
     assert [(r["actor"], r["target_id"]) for r in denied] == [("dana", "fraud:v1"), ("dana", "fraud:v2")]
     assert any("checksum" in f for f in denied[1]["details"]["failures"])
+    from sira.registry.thresholds import decide_change
+
+    with pytest.raises(NotFound) as never_asked:  # training's thresholds only: no change to decide on
+        await run(clean_db, decide_change, ANN, "fraud", 2, "approve")
+    assert never_asked.value.code == "no_pending_request"
     with pytest.raises(Conflict, match="no production version"):
         await run(clean_db, rollback, OLI, "fraud", "why not", 1)
     await make_version(clean_db, settings, 3, required=0)

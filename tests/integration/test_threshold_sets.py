@@ -12,7 +12,7 @@ import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
-from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from sira.core.errors import Conflict, InvalidInput, PermissionDenied
 from sira.monitoring.explanation import explain_prediction
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
@@ -166,7 +166,7 @@ async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_mo
     with pytest.raises(PermissionDenied):
         await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, ANALYST, model, version, review=0.2, block=0.9,
                     reason="no role")
-    with pytest.raises(NotFound):
+    with pytest.raises(Conflict, match=r"closed \(active\)"):  # the module's first test's change, approved
         await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[0], model, version, "approve")
     asked = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=0.2, block=0.9,
                         reason="calmer")
@@ -187,6 +187,10 @@ async def test_a_rejection_closes_a_change_and_bad_requests_are_refused(fraud_mo
     history = await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, version)
     assert history["active"] != asked["set"]
     assert next(s for s in history["sets"] if s["id"] == asked["set"])["status"] == "rejected"
+    # a second approver too late: the change is closed (409, as a promotion's), not "never asked" (404)
+    with pytest.raises(Conflict) as late:
+        await run_in_transaction(fraud_model.dsn, threshold_sets.decide_change, APPROVERS[1], model, version, "approve")
+    assert late.value.code == "request_closed" and late.value.details["status"] == "rejected"
 
 
 async def test_a_pending_change_of_a_version_that_leaves_service_is_cancelled(fraud_model, model):
@@ -205,6 +209,8 @@ async def test_a_pending_change_of_a_version_that_leaves_service_is_cancelled(fr
         row = await conn.fetchrow("SELECT status, decided_at FROM sira_threshold_sets WHERE id = $1", asked["set"])
         assert row["status"] == "cancelled" and row["decided_at"] is not None
         assert (await approvals(conn, APPROVERS[0]))["threshold_changes"] == []
+        with pytest.raises(Conflict, match=r"closed \(cancelled, the version being archived now\)"):
+            await threshold_sets.decide_change(conn, APPROVERS[0], model, version, "approve")
     finally:
         await tr.rollback()
         await conn.close()
