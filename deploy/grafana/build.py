@@ -132,7 +132,7 @@ def pipeline() -> Dashboard:
             .with_panel(series("Stream entries per second by outcome", "reqps",
                                q(f"sum by (outcome) (rate(sira_stream_entries_total[{RATE}]))", "{{outcome}}"), width=8))
             .with_panel(series("Consumer group lag", "short",
-                               q("max by (stream, group) (sira_stream_lag_entries)", "{{group}}"), width=8))
+                               q("sum by (stream, group) (max by (stream, group, partition) (sira_stream_lag_entries))", "{{group}}"), width=8))
             .with_panel(series("Dead letters by reason", "reqps",
                                q(f"sum by (reason) (rate(sira_stream_dead_letters_total[{RATE}]))", "{{reason}}"),
                                width=8))

@@ -174,22 +174,23 @@ class KafkaSource:
                 log.warning("Kafka refused a commit after a rebalance (%s): the partitions' new owner reads "
                             "from the last commit; the repeats are absorbed by event_id", exc.args[0].name())
 
-    def _lag(self) -> int | None:
+    def _lag(self) -> dict[str, int]:
         assigned = self.consumer.assignment()
         if not assigned:
-            return None
-        total = 0
+            return {}
+        out = {}
         position = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assigned)}
         for tp in self.consumer.committed(assigned, timeout=5):
             _low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses
             done = tp.offset if tp.offset >= 0 else position.get((tp.topic, tp.partition), -1)
             if high >= 0 and done >= 0:
-                total += max(0, high - done)
-        return total
+                out[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+        return out
 
-    async def lag(self) -> int | None:
-        """Messages of the assigned partitions the group has not committed past (high watermark minus the
-        committed offset; the position where nothing is committed yet)."""
+    async def lag(self) -> dict[str, int]:
+        """Messages of each assigned partition ("topic:partition") the group has not committed past (high
+        watermark minus the committed offset; the position where nothing is committed yet); {} when this
+        consumer holds none. The group's lag is the sum over its consumers' partitions."""
         return await asyncio.to_thread(self._lag)
 
     async def close(self) -> None:

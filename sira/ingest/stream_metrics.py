@@ -4,8 +4,10 @@ own, outside Ray Serve, so its series are served by it (docs/observability.md).
 - ``sira_stream_entries_total{outcome}``: entries handled (accepted, duplicates, rejected);
 - ``sira_stream_dead_letters_total{reason}``: entries set aside in ``sira_rejected_events``, by reason;
 - ``sira_stream_batch_seconds``: one batch's store-and-commit time;
-- ``sira_stream_lag_entries{stream, group}``: entries the consumer group has not finished (not yet
-  delivered, and delivered but not acknowledged);
+- ``sira_stream_lag_entries{stream, group, partition}``: entries the consumer group has not finished (not
+  yet delivered, and delivered but not acknowledged): on Redis the whole group's (``partition=""``, every
+  consumer says the same), on Kafka each partition's, said by the consumer that holds it; the group's lag
+  is ``sum by (stream, group) (max by (stream, group, partition) (...))``;
 - ``sira_stream_last_commit_timestamp_seconds``: when the consumer last committed a batch.
 """
 
@@ -32,7 +34,8 @@ class StreamMetrics:
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                        registry=self.registry)
         self.lag = Gauge("sira_stream_lag_entries", "Entries the consumer group has not finished: not yet delivered, "
-                         "or delivered and not acknowledged.", ["stream", "group"], registry=self.registry)
+                         "or delivered and not acknowledged.", ["stream", "group", "partition"],
+                         registry=self.registry)
         self.last_commit = Gauge("sira_stream_last_commit_timestamp_seconds", "When the consumer last committed "
                                  "a batch.", registry=self.registry)
         self._lag_at = 0.0
@@ -57,8 +60,12 @@ class StreamMetrics:
         except Exception as exc:  # noqa: BLE001 - a metric never stops consuming
             log.debug("stream lag unavailable: %s", exc)
             return
-        if lag is not None:
-            self.lag.labels(self.stream, self.group).set(lag)
+        if lag is None:  # the source cannot say: the last value stands
+            return
+        parts = lag if isinstance(lag, dict) else {"": lag}
+        self.lag.clear()  # partitions this consumer no longer holds: its successor says them (else max kept them)
+        for partition, n in parts.items():
+            self.lag.labels(self.stream, self.group, partition).set(n)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -108,7 +108,7 @@ async def test_events_labels_and_a_bad_message_are_stored_and_committed_past(bro
     dead = await clean_db.fetchrow("SELECT source, reason_code FROM sira_rejected_events")
     assert (dead["source"], dead["reason_code"]) == ("kafka", "undecodable")
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback WHERE source = 'chargeback'") == 1
-    assert lag == 0
+    assert lag and set(lag.values()) == {0}, lag  # each partition it holds, committed to its end
     # the group's commits cover every message: a new consumer of the group finds nothing left
     again = source(broker, events_topic, group, labels_topic)
     await again.start()
@@ -227,6 +227,11 @@ async def test_two_consumers_of_a_group_split_the_partitions_and_one_takes_over_
 
     await stored(40)
     assert seen["a"] and seen["b"] and not seen["a"] & seen["b"]  # each partition to one consumer
+    # each says the lag of the partition it holds (the sum is the group's): it summed its own partitions
+    # under one series, and the alerts' max over the group's consumers saw half of it
+    lags = {who: await consumers[who].lag() for who in seen}
+    assert len(lags["a"]) == len(lags["b"]) == 1 and set(lags["a"]) | set(lags["b"]) == {f"{events_topic}:0",
+                                                                                          f"{events_topic}:1"}
     stops["b"].set()
     await tasks["b"]
     await consumers["b"].close()  # leaves the group: its partition goes to a

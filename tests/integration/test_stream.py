@@ -220,7 +220,7 @@ async def test_the_consumer_exports_its_entries_dead_letters_and_lag(clean_db, r
     source = RedisStreamSource(redis_url, consumer="m")
     await source.start()
     await metrics.sample_lag(source, every_s=0)
-    before = metrics.lag.labels(STREAM, GROUP)._value.get()
+    before = metrics.lag.labels(STREAM, GROUP, "")._value.get()
     total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=6, block_ms=50,
                           max_events=17, metrics=metrics)
     await metrics.sample_lag(source, every_s=0)
@@ -228,7 +228,7 @@ async def test_the_consumer_exports_its_entries_dead_letters_and_lag(clean_db, r
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     found = {(s.name, tuple(sorted(s.labels.items()))): s.value
              for family in text_string_to_metric_families(body) for s in family.samples}
-    assert before == 17 and found[("sira_stream_lag_entries", (("group", GROUP), ("stream", STREAM)))] == 0
+    assert before == 17 and found[("sira_stream_lag_entries", (("group", GROUP), ("partition", ""), ("stream", STREAM)))] == 0
     for outcome, n in (("accepted", total.accepted), ("duplicates", total.duplicates), ("rejected", total.rejected)):
         assert found[("sira_stream_entries_total", (("outcome", outcome),))] == n
     assert (total.accepted, total.duplicates, total.rejected) == (12, 3, 2)
