@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ OURS = ("enable.auto.commit", "enable.auto.offset.store")  # what a properties f
 # new owner reads again from the last commit, and the events are idempotent, so the consumer goes on.
 MOVED = ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FENCED_INSTANCE_ID",
          "_ASSIGNMENT_LOST")
+# Errors librdkafka reports to the error callback and retries for ever: credentials or rights refused (no
+# retry fixes them), and every broker unreachable (checked again before it ends the consumer).
+REFUSALS = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
+            "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "_SSL")
+UNREACHABLE = ("_ALL_BROKERS_DOWN",)
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
 
 
@@ -112,8 +118,15 @@ def printable(config: Mapping[str, Any]) -> dict[str, Any]:
 class KafkaSource:
     """A consumer in a Kafka consumer group, reading the events topic (and the labels topic, when apart)."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str, labels_topic: str | None = None):
+    def __init__(self, config: Mapping[str, Any], topic: str, labels_topic: str | None = None, *,
+                 unreachable_after_s: float = 120.0):
         self.config = dict(config)
+        # librdkafka reports brokers down and refused credentials to its error callback only, retrying for
+        # ever: a wrong password or a broker address that never answers left the consumer running, reading
+        # nothing, exporting no lag, firing no alert. Refusals end it at once, unreachable brokers after this.
+        self.unreachable_after_s = unreachable_after_s
+        self._refused: str | None = None
+        self._down_since: float | None = None
         self.topic, self.labels_topic = topic, labels_topic
         self.stream, self.group = topic, str(config["group.id"])
         self.source_name = "kafka"  # what stored events and dead letters name as their source
@@ -123,7 +136,7 @@ class KafkaSource:
         from confluent_kafka import Consumer, KafkaException
 
         try:
-            self.consumer = Consumer({**self.config, "error_cb": _log_error})
+            self.consumer = Consumer({**self.config, "error_cb": self._client_error})
         except KafkaException as exc:
             raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
         self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
@@ -140,7 +153,31 @@ class KafkaSource:
         return decoded(f"{message.topic()}:{message.partition()}:{message.offset()}", self._kind(message),
                        message.value())
 
+    def _client_error(self, error: Any) -> None:
+        log.warning("Kafka client: %s", error.str())
+        if error.name() in REFUSALS:
+            self._refused = self._refused or error.str()
+        elif error.name() in UNREACHABLE and self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _check_client(self) -> None:
+        """Raise when the brokers refused this consumer, or none has answered for ``unreachable_after_s``
+        (checked by asking one for the topic's metadata: a reconnection is not reported)."""
+        from confluent_kafka import KafkaException
+
+        if self._refused:
+            raise ServiceUnavailable(f"Kafka refused this consumer: {self._refused}", code="kafka_unavailable")
+        if self._down_since is None or time.monotonic() - self._down_since < self.unreachable_after_s:
+            return
+        try:
+            self.consumer.list_topics(self.topic, timeout=5)
+        except KafkaException:
+            raise ServiceUnavailable(f"no Kafka broker reachable at {self.config['bootstrap.servers']} for "
+                                     f"{self.unreachable_after_s:g} s", code="kafka_unavailable") from None
+        self._down_since = None  # back: it had reconnected
+
     def _read(self, count: int, block_ms: int) -> list[Entry]:
+        self._check_client()
         out = []
         for message in self.consumer.consume(num_messages=count, timeout=block_ms / 1000):
             error = message.error()
@@ -203,10 +240,6 @@ def moved(exc: Exception) -> bool:
     """Whether a failed commit means the group moved the partitions (see :data:`MOVED`)."""
     error = exc.args[0] if exc.args else None
     return hasattr(error, "name") and error.name() in MOVED
-
-
-def _log_error(error: Any) -> None:
-    log.warning("Kafka client: %s", error.str())
 
 
 async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, labels_topic: str | None = None,

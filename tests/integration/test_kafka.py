@@ -4,6 +4,7 @@ topics and a consumer group of its own (a group left mid-join stays stuck in tan
 against tansu (PLAIN is not compiled in, its SCRAM store is a stub): the client configuration SIRA builds
 for it is tested below without a broker."""
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError
+from sira.core.errors import ConfigError, ServiceUnavailable
 from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
 from sira.ingest.kafka import KafkaSource, client_config, printable
 from sira.ingest.stream import consume, process_entries
@@ -177,6 +178,23 @@ def test_the_client_configuration_for_sasl_and_tls(tmp_path):
             client_config(settings, "b:9092", "g")
 
 
+async def test_a_consumer_whose_brokers_never_answer_stops_and_says_so(clean_db, settings):
+    """Every broker unreachable: librdkafka retries for ever and tells only its error callback, so the consumer
+    ran on, reading nothing, exporting no lag, firing no alert. After ``unreachable_after_s`` it asks a broker
+    for the topic once more, then stops with a one-line reason (a process manager restarts it, visibly)."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    consumer = KafkaSource({**client_config(Settings(), f"127.0.0.1:{port}", "nobody-home"),
+                            "reconnect.backoff.max.ms": 200}, "payments", unreachable_after_s=1.0)
+    await consumer.start()
+    try:
+        with pytest.raises(ServiceUnavailable, match=f"no Kafka broker reachable at 127.0.0.1:{port} for 1 s"):
+            await asyncio.wait_for(consume(consumer, clean_db, settings=settings, batch=10, block_ms=200), timeout=60)
+    finally:
+        await consumer.close()
+
+
 def test_a_commit_refused_because_the_group_moved_the_partitions_is_not_fatal():
     """After a rebalance between a batch's read and its commit, the group refuses the commit: the consumer
     goes on (the partitions' new owner reads again from the last commit; event ids absorb the repeats).
@@ -326,7 +344,7 @@ async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
             producer.produce(events_topic, json.dumps(e).encode())
         assert producer.flush(30) == 0
 
-        async def consume_with(ca: Path, seconds: float) -> int:
+        async def consume_with(ca: Path, seconds: float) -> int | str:
             tls = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=ca)
             consumer = KafkaSource({**client_config(tls, bootstrap, f"{group}-{ca.stem}"), "session.timeout.ms": 6000,
                                     "socket.timeout.ms": 5000}, events_topic)
@@ -337,10 +355,15 @@ async def test_tls_to_the_brokers_with_a_test_ca(clean_db, settings, tmp_path):
                 return total.accepted
             except TimeoutError:
                 return -1
+            except ServiceUnavailable as exc:
+                return exc.message
             finally:
                 await consumer.close()
 
-        assert await consume_with(other_file, 6) == -1  # a certificate the configured CA did not sign: nothing read
+        # a certificate the configured CA did not sign: nothing read, and the consumer says so and stops (it
+        # went on reading nothing, for ever: librdkafka retries and tells only its error callback)
+        refused = await consume_with(other_file, 30)
+        assert isinstance(refused, str) and refused.startswith("Kafka refused this consumer"), refused
         assert await consume_with(ca_file, 30) == 10
         assert await clean_db.fetchval("SELECT count(*) FROM sira_events WHERE source = 'kafka'") == 10
     finally:
