@@ -58,18 +58,16 @@ class Denial:
     target_id: str | None
     details: dict[str, Any]
 
+    async def write(self, conn: Connection) -> None:
+        await record(conn, self.actor, self.action, target_type=self.target_type, target_id=self.target_id,
+                     outcome="denied", details=self.details)
+
 
 def denied(exc: E, actor: Actor, action: str, *, target_type: str | None = None, target_id: str | None = None,
            details: dict[str, Any] | None = None) -> E:
     """``exc`` carrying its audit entry: :func:`sira.core.db.transaction` writes it after the rollback."""
     exc.denial = Denial(actor, action, target_type, target_id, details or {})
     return exc
-
-
-async def record_denial(pool: asyncpg.Pool, denial: Denial) -> None:
-    async with pool.acquire() as conn:
-        await record(conn, denial.actor, denial.action, target_type=denial.target_type, target_id=denial.target_id,
-                     outcome="denied", details=denial.details)
 
 
 async def record_denied(pool: asyncpg.Pool, actor: Actor, action: str, message: str) -> None:

@@ -306,10 +306,9 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
             async with conn.transaction():
                 yield conn
     except SiraError as exc:
-        if exc.denial is not None:
-            from sira.core import audit
-
-            await audit.record_denial(pool, exc.denial)
+        if exc.denial is not None:  # a sira.core.audit.Denial
+            async with pool.acquire() as conn:
+                await exc.denial.write(conn)
         raise
     except asyncpg.TransactionRollbackError as exc:
         raise Conflict(f"a concurrent change aborted this one ({type(exc).__name__}); nothing was changed: "

@@ -31,7 +31,7 @@ class SiraError(Exception):
             self.code = code  # type: ignore[misc]  # instance override of the class default
         self.details = details or {}
         # an audit entry to write once the refused unit of work has rolled back (sira.core.audit.Denial;
-        # written by sira.core.db.transaction): written inside it, it was rolled back with it
+        # its write(conn) called by sira.core.db.transaction): written inside it, it was rolled back with it
         self.denial: Any = None
 
     def to_dict(self) -> dict[str, Any]:

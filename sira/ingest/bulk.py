@@ -32,6 +32,7 @@ from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
+from sira.ingest.dead_letters import dead_letters
 from sira.ingest.events import (
     EVENT_COLUMNS,
     IngestSummary,
@@ -108,7 +109,7 @@ async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str,
     for r in summary.results:
         if r["status"] == "accepted" and r["event_id"] not in new_ids:
             r["status"] = "duplicate"  # stored before this batch
-    await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
+    summary.duplicates += await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
     return summary, fresh
 
 
@@ -126,25 +127,6 @@ async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection
     summary.duplicates = len(results) - len(rejections) - summary.accepted
     await dead_letters(conn, rejections, source, summary)
     return summary
-
-
-async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection], source: str,
-                       summary: IngestSummary) -> None:
-    """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``.
-    A record of an erased person is counted (reason ``erased_subject``), never kept: a rejected record's time
-    cannot be trusted to tell an old one, which a re-imported file brings back, from a new one."""
-    if not rejections:
-        return
-    erased = await gate.erased(conn, "sira_erased_subjects", (j.customer_id for j in rejections if j.customer_id))
-    kept = [j for j in rejections if j.customer_id not in erased]
-    if kept:
-        await conn.copy_records_to_table(
-            "sira_rejected_events",
-            records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload, j.customer_id) for j in kept],
-            columns=["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id"],
-        )
-    summary.rejected += len(rejections)
-    summary.reasons.update(j.reason_code if j.customer_id not in erased else "erased_subject" for j in rejections)
 
 
 async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:

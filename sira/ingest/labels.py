@@ -29,7 +29,8 @@ from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
 from sira.features.store import writing_log
 from sira.ingest import gate
-from sira.ingest.events import apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
+from sira.ingest.dead_letters import dead_letters
+from sira.ingest.events import Rejection, apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
 from sira.ingest.pii import Redactor
 
 # The one label vocabulary: labels imported, sent over HTTP, and label columns of tables trained on.
@@ -116,6 +117,7 @@ class FeedbackSummary:
     rejected: int = 0
     pending_event: int = 0  # written (inserted or updated) for an event not stored yet
     expired: int = 0  # pending labels whose event never came, moved to sira_rejected_events
+    repeated: int = 0  # rejected labels a stream delivered again, stored once (sira.ingest.dead_letters)
     reasons: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,13 +165,15 @@ async def record_labels(
     created_by: str | None = None,
     mapping: Mapping[str, str] | None = None,
     pending_ttl_days: float | None = None,
+    positions: Sequence[str] | None = None,
 ) -> FeedbackSummary:
-    """Validate and upsert labels; invalid rows go to ``sira_rejected_events`` with their reason. A label for
-    an event not known yet is stored pending; ``pending_ttl_days``: also expire labels pending longer."""
+    """Validate and upsert labels; invalid rows go to ``sira_rejected_events`` with their reason (once per
+    stream position, ``positions`` aligned with ``records``). A label for an event not known yet is stored
+    pending; ``pending_ttl_days``: also expire labels pending longer."""
     summary = FeedbackSummary(read=len(records))
     good: dict[tuple[str, str, str], FeedbackIn] = {}
-    rejected = []
-    for raw in records:
+    rejected: list[Rejection] = []
+    for i, raw in enumerate(records):
         record = {"source": source, **apply_mapping(raw, mapping or {})}
         try:
             item = FeedbackIn.model_validate(record)
@@ -179,20 +183,14 @@ async def record_labels(
             code = "missing_field" if error["type"] == "missing" else "invalid_field"
             reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
             payload = redactor.payload(bounded_json(raw))
-            rejected.append((stored_id(raw.get("event_id"), redactor),
-                             storable_text(redactor.scrub_text(f"feedback:{source}")), code,
-                             redactor.scrub_text(reason), loc, payload))
+            rejected.append(Rejection(stored_id(raw.get("event_id"), redactor), code, redactor.scrub_text(reason), loc,
+                                      payload, position=positions[i] if positions else None))
             continue
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token
         good[(item.event_id, item.label_name, item.source)] = item  # the last word of a file wins
-    if rejected:
-        await conn.copy_records_to_table(
-            "sira_rejected_events", records=rejected,
-            columns=["event_id", "source", "reason_code", "reason", "field", "payload"],
-        )
-        summary.rejected = len(rejected)
-        summary.reasons.update(r[2] for r in rejected)
+    summary.repeated = await dead_letters(conn, rejected, storable_text(redactor.scrub_text(f"feedback:{source}")),
+                                          summary)
     if good:  # a label of an erased person's payment: counted, never kept (sql/023)
         await writing_log(conn)  # before the check: an erasure commits before it or waits (sira.features.store)
         erased = await gate.erased(conn, "sira_erased_events", (g.event_id for g in good.values()))

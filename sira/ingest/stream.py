@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sira.core import db
@@ -34,7 +34,8 @@ from sira.core.errors import ConfigError, ServiceUnavailable
 from sira.core.files import decode_json_line
 from sira.core.ray_runtime import free_port
 from sira.features.definitions import FeatureSet
-from sira.ingest.bulk import dead_letters, ingest_normalized, normalize_all, redactor_for
+from sira.ingest.bulk import ingest_normalized, normalize_all, redactor_for
+from sira.ingest.dead_letters import dead_letters
 from sira.ingest.events import IngestSummary, Rejection, apply_mapping, bounded_json, stored_id
 from sira.ingest.labels import record_labels
 from sira.ingest.pii import Redactor
@@ -200,14 +201,18 @@ class Batch:
     events: list[dict[str, Any] | Rejection]  # what normalize made of each event entry
     labels: list[dict[str, Any]]
     dead: list[Rejection]  # entries that are no event or label: undecodable, or of an unknown kind
+    label_positions: list[str] = field(default_factory=list)  # the label entries' ids, in ``labels``' order
 
 
 def prepare(entries: list[Entry], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None) -> Batch:
-    source, events = normalize_all([e.data for e in entries if e.kind == "event" and e.data is not None], redactor,
-                                   source, mapping)
-    return Batch(entries, source, events, [e.data for e in entries if e.kind == "label" and e.data is not None],
+    """The entries normalized, each rejection with its stream position (read again, it is not stored twice)."""
+    event_entries = [e for e in entries if e.kind == "event" and e.data is not None]
+    source, events = normalize_all([e.data for e in event_entries], redactor, source, mapping)
+    events = [replace(r, position=e.id) if isinstance(r, Rejection) else r for e, r in zip(event_entries, events)]
+    labels = [e for e in entries if e.kind == "label" and e.data is not None]
+    return Batch(entries, source, events, [e.data for e in labels],
                  [_dead_letter(e, redactor, mapping) for e in entries
-                  if e.data is None or e.kind not in ("event", "label")])
+                  if e.data is None or e.kind not in ("event", "label")], [e.id for e in labels])
 
 
 def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | None = None, *,
@@ -217,10 +222,11 @@ def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | 
     rejected event's are, with the customer it is about as events name it (it can be sent again from there,
     and an erasure finds it); an undecodable entry has no data to keep."""
     if entry.data is None:
-        return Rejection(None, "undecodable", entry.error or "undecodable entry", None, {"stream_id": entry.id})
+        return Rejection(None, "undecodable", entry.error or "undecodable entry", None, {"stream_id": entry.id},
+                         position=entry.id)
     return Rejection(None, code, reason, field,
                      {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))},
-                     stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor))
+                     stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor), entry.id)
 
 
 async def store(pool: Any, batch: Batch, *, redactor: Redactor, mapping: Mapping[str, str] | None = None,
@@ -230,11 +236,13 @@ async def store(pool: Any, batch: Batch, *, redactor: Redactor, mapping: Mapping
     async with db.transaction(pool) as conn:
         summary = await ingest_normalized(conn, batch.source, batch.events, feature_sets)
         if batch.labels:
-            labels = await record_labels(conn, batch.labels, redactor=redactor, source=batch.source, mapping=mapping)
-            summary.labels += labels.read - labels.rejected
+            labels = await record_labels(conn, batch.labels, redactor=redactor, source=batch.source, mapping=mapping,
+                                         positions=batch.label_positions)
+            summary.labels += labels.read - labels.rejected - labels.repeated
+            summary.duplicates += labels.repeated
             summary.rejected += labels.rejected
             summary.reasons.update(labels.reasons)
-        await dead_letters(conn, batch.dead, batch.source, summary)
+        summary.duplicates += await dead_letters(conn, batch.dead, batch.source, summary)
     summary.read = len(batch.entries)
     return summary
 
@@ -270,7 +278,7 @@ async def store_or_set_aside(pool: Any, entries: list[Entry], name: str, *, reda
             except REFUSED as again:  # the record cannot even be kept: its stream id is, so it is not lost
                 log.error("entry %s could not be kept as sent (%s): dead-lettered by its id", entry.id,
                           type(again).__name__)
-                dead = Rejection(None, "unprocessable", reason, None, {"stream_id": entry.id})
+                dead = Rejection(None, "unprocessable", reason, None, {"stream_id": entry.id}, position=entry.id)
                 one = await store(pool, Batch([entry], redactor.scrub_text(name), [], [], [dead]), redactor=redactor)
         total.add(one)
     return total

@@ -89,6 +89,36 @@ async def test_batch_committed_but_not_acked_is_redelivered_without_double_count
     await assert_exactly_once(clean_db, 40)
 
 
+async def test_dead_letters_of_a_redelivered_batch_are_stored_once(clean_db, redis_client, redis_url, settings):
+    """A batch committed and not acknowledged is read again: its events were absorbed by event_id, but each
+    of its dead letters (an invalid event, an undecodable entry, an unknown kind, an invalid label) was
+    stored, and counted, once more at every redelivery. Now they are repeats, by their stream position."""
+    good = stream_events(4)
+    publish(redis_client, good[:2])
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({"event_id": "no-amount", "customer_id": "c1",
+                                                                     "occurred_at": "2026-09-01T00:00:00Z"})})
+    redis_client.xadd(STREAM, {"kind": "event", "data": "{not json"})
+    redis_client.xadd(STREAM, {"kind": "Event", "data": json.dumps(good[2])})
+    redis_client.xadd(STREAM, {"kind": "label", "data": json.dumps({"event_id": "s0001", "label": "perhaps"})})
+    publish(redis_client, good[3:])
+    crashed = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await crashed.start()
+    entries = await crashed.read(20, 100)
+    first = await process_entries(clean_db, entries, settings=settings, feature_sets=[PAYMENTS_V1])  # committed...
+    await crashed.close()  # ...and the process died before XACK
+    assert (first.accepted, first.rejected, first.duplicates) == (3, 4, 0), first
+    restarted = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await restarted.start()
+    again = await consume(restarted, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=20, block_ms=50,
+                          max_events=7)
+    await restarted.close()
+    assert (again.read, again.accepted, again.rejected, again.duplicates) == (7, 0, 0, 7), again
+    assert sum(again.reasons.values()) == 0  # the dead-letter metric counts them once
+    rows = await clean_db.fetch("SELECT reason_code, stream_position FROM sira_rejected_events ORDER BY id")
+    assert len(rows) == 4 and len({r["stream_position"] for r in rows}) == 4
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+
+
 async def test_another_consumer_claims_what_a_dead_one_left(clean_db, redis_client, redis_url, settings):
     publish(redis_client, stream_events(30))
     dead = RedisStreamSource(redis_url, consumer="dead", claim_idle_ms=0)
