@@ -317,8 +317,9 @@ async def consume(
         if not entries:
             continue
         at = time.perf_counter()
-        summary = await store_or_set_aside(pool, entries, name, redactor=redactor, mapping=mapping,
-                                           feature_sets=feature_sets)
+        summary = await _until_stored(
+            lambda: store_or_set_aside(pool, entries, name, redactor=redactor, mapping=mapping,
+                                       feature_sets=feature_sets), stop)
         await source.ack([e.id for e in entries])  # only after the commit
         if metrics is not None:
             metrics.batch(summary, time.perf_counter() - at)
@@ -327,6 +328,28 @@ async def consume(
             on_batch(entries, summary)
     total.seconds = time.perf_counter() - started
     return total
+
+
+async def _until_stored(store: Callable[[], Any], stop: asyncio.Event, *, first_s: float = 0.5,
+                        most_s: float = 30.0) -> IngestSummary:
+    """``store()``, again after a growing pause while PostgreSQL is unavailable (a failover, a restart): the
+    consumer ended at the first such error, and a consumer run as a Ray job is not restarted. Stopped
+    meanwhile: the error is raised (the batch, neither stored nor acknowledged, is read again)."""
+    pause = first_s
+    while True:
+        try:
+            return await store()
+        except Exception as exc:
+            if not db.is_unavailable(exc) or stop.is_set():
+                raise
+            log.warning("PostgreSQL is unavailable (%s): storing the batch again in %.1f s", type(exc).__name__,
+                        pause)
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
+            except TimeoutError:
+                pause = min(pause * 2, most_s)
+                continue
+            raise
 
 
 async def consume_forever(

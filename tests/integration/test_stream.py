@@ -357,3 +357,55 @@ async def test_an_entry_nested_deeper_than_the_stack_is_dead_lettered_and_the_co
     assert (dead["event_id"], dead["reason_code"]) == ("deep", "invalid_value")
     assert dead["payload"]["event_id"] == "deep"  # kept, cut at the nesting bound, to be sent again
     assert json.dumps(dead["payload"]).count("[") <= 16
+
+
+@pytest.mark.slow  # a PostgreSQL of its own, stopped and started (~10 s)
+async def test_a_consumer_waits_out_a_postgres_restart_and_stores_everything(redis_client, redis_url, tmp_path):
+    """PostgreSQL down (a failover, a restart) ended the consumer at its first error, and a consumer run as a
+    Ray job is not restarted: consuming stopped for good. It now stores the batch again after a growing
+    pause, and goes on when PostgreSQL is back."""
+    import asyncio
+
+    from sira.core import db
+    from sira.core.config import Settings
+    from tests.conftest import migrate_database
+
+    server = db.EmbeddedPostgres(Settings(workspace=tmp_path / "ws").embedded_pg_data)
+    dsn = server.start()
+    settings = Settings(database_url=dsn, workspace=tmp_path / "ws")
+    try:
+        await migrate_database(dsn)
+        pool = await db.create_pool(dsn, settings)
+        publish(redis_client, stream_events(20))
+        source = RedisStreamSource(redis_url, consumer="patient")
+        await source.start()
+        stop = asyncio.Event()
+        consuming = asyncio.ensure_future(consume(source, pool, settings=settings, feature_sets=[PAYMENTS_V1],
+                                                  batch=5, block_ms=100, stop=stop))
+
+        async def stored() -> int:
+            try:
+                return await pool.fetchval("SELECT count(*) FROM sira_events")
+            except Exception:  # noqa: BLE001 - down, or its connections not yet replaced
+                return -1
+
+        deadline = time.monotonic() + 60
+        while await stored() < 20:
+            assert time.monotonic() < deadline and not consuming.done()
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(server.stop, mode="immediate")
+        publish(redis_client, stream_events(40)[20:])
+        await asyncio.sleep(2.0)
+        assert not consuming.done(), consuming.exception()  # waiting, not ended
+        await asyncio.to_thread(server.start)
+        deadline = time.monotonic() + 90
+        while await stored() < 40:
+            assert time.monotonic() < deadline and not consuming.done()
+            await asyncio.sleep(0.2)
+        stop.set()
+        await consuming
+        await source.close()
+        await pool.close()
+        assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    finally:
+        server.stop()
