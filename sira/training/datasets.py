@@ -199,15 +199,28 @@ def tail_with_positives(order: np.ndarray, y: np.ndarray, share: float, min_posi
     return min(count, n - 1) if n > 1 else n
 
 
+def _time_boundary(times: np.ndarray, cut: int) -> int:
+    """``cut`` moved to where ``times`` (sorted) changes, so rows of one time are never on both sides of it:
+    back to the first row of its time (the later window takes the tie), else forward past the last."""
+    if cut <= 0 or cut >= times.size:
+        return cut
+    back = int(np.searchsorted(times, times[cut], "left"))
+    if back > 0:
+        return back
+    forward = int(np.searchsorted(times, times[cut], "right"))
+    return forward if forward < times.size else cut
+
+
 def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_share: float = 0.15) -> Split:
     """By time when the dataset has times (train < validation < test), else stratified and seeded."""
     n = ds.matrix.y.size
     if ds.times is not None:
         order = np.argsort(ds.times, kind="stable")
-        n_test = tail_with_positives(order, ds.matrix.y, test_share)
-        rest = order[: n - n_test]
-        n_valid = tail_with_positives(rest, ds.matrix.y, valid_share / (1 - test_share))
-        train, valid, test = rest[: rest.size - n_valid], rest[rest.size - n_valid:], order[n - n_test:]
+        times = ds.times[order]
+        cut = _time_boundary(times, n - tail_with_positives(order, ds.matrix.y, test_share))
+        rest = order[:cut]
+        v_cut = _time_boundary(times[:cut], cut - tail_with_positives(rest, ds.matrix.y, valid_share / (1 - test_share)))
+        train, valid, test = rest[:v_cut], rest[v_cut:], order[cut:]
         windows = {name: {"from": int(ds.times[idx].min()), "to": int(ds.times[idx].max())}
                    for name, idx in (("train", train), ("validation", valid), ("test", test)) if idx.size}
         split = Split(np.sort(train), np.sort(valid), np.sort(test), "time", windows)

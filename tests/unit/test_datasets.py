@@ -40,6 +40,17 @@ def test_time_split_keeps_the_future_out_of_training(tmp_path):
     assert ds.dropped["when"] == "time column" and ds.dropped["id"] == "id column"
 
 
+def test_rows_of_one_time_are_never_on_both_sides_of_a_cut(tmp_path):
+    """The cuts were row counts after a stable sort: with a day-resolution time column, one day's rows were
+    split between validation and test (the model validated on rows of the day it was then tested on)."""
+    days = table().set_column(1, "when", pa.array([datetime(2026, 1, 1) + timedelta(days=i // 40) for i in range(600)]))
+    pq.write_table(days, tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    split = split_dataset(ds, seed=1)
+    assert ds.times[split.train].max() < ds.times[split.valid].min() <= ds.times[split.valid].max() < ds.times[split.test].min()
+    assert split.train.size + split.valid.size + split.test.size == 600
+
+
 @pytest.mark.parametrize("values, read_as", [
     # seconds from the start of the data, as a float (the card-fraud data set's `Time`): refused before #19.5
     (lambda n: np.arange(n, dtype=np.float64) * 37.5, "seconds from the start of the data"),
