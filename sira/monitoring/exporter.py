@@ -55,8 +55,9 @@ _DRIFT = f"""
            AND (last.job_id IS NOT NULL OR d.computed_at = last.computed_at)
       JOIN sira_models m ON m.id = last.model_id"""
 
-# the newest window of each (model, version, role) of a version in production or staging, the whole
-# population (segment 'all')
+# the newest *mature* window of each (model, version, role) of a version in production or staging, the whole
+# population (segment 'all'): the newest window is mostly provisional (its young unlabelled events left out,
+# its chargebacks counted: AP flattering, never flagged), and exporting it kept the page alert silent
 _PERFORMANCE = f"""
     SELECT DISTINCT ON (p.model_id, p.version, p.role)
            m.name AS model, p.version, p.role, p.average_precision, p.n, p.n_positive, p.flagged,
@@ -64,7 +65,7 @@ _PERFORMANCE = f"""
            extract(epoch FROM p.window_end) AS window_end
       FROM sira_model_performance p JOIN ({_SERVED}) s USING (model_id, version)
       JOIN sira_models m ON m.id = p.model_id
-     WHERE p.segment = 'all'
+     WHERE p.segment = 'all' AND NOT coalesce((p.metrics->>'provisional')::boolean, false)
      ORDER BY p.model_id, p.version, p.role, p.window_end DESC, p.computed_at DESC"""
 
 # drift and performance: the production version's runs (a challenger's, checked by a retrain, would hide that

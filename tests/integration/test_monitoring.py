@@ -263,6 +263,34 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
     now = datetime.now(timezone.utc).timestamp()
     for job in ("drift", "performance"):
         assert now - 600 < value("sira_job_last_success_timestamp_seconds", model="fraud", kind=job) <= now + 1
+    # A newer window that is provisional (events younger than the label maturity: only their chargebacks
+    # count, AP flattering, never flagged) was what the series showed, so the page alert could not fire.
+    production = max((r for r in rows if r["role"] == "production"), key=lambda r: r["window_end"])
+
+    async def provisional(add: bool) -> None:
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            if add:
+                await conn.execute(
+                    """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, n,
+                                                           n_positive, average_precision, metrics, flagged, job_id)
+                       SELECT id, $1, 'production', $2::timestamptz, $2::timestamptz + interval '7 days', 10, 9, 0.99,
+                              '{"provisional": true}', false, 'provisional-test' FROM sira_models WHERE name = 'fraud'""",
+                    production["version"], datetime.fromisoformat(production["window_end"]))
+            else:
+                await conn.execute("DELETE FROM sira_model_performance WHERE job_id = 'provisional-test'")
+        finally:
+            await conn.close()
+
+    asyncio.run(provisional(True))
+    try:
+        (metrics,) = get(fraud_model, ("/metrics", "viewer"))
+        exported = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(metrics.text)
+                    for s in f.samples if s.name == "sira_live_average_precision"}
+        labels = {"model": "fraud", "version": str(production["version"]), "role": "production"}
+        assert exported[tuple(sorted(labels.items()))] == pytest.approx(production["average_precision"])
+    finally:
+        asyncio.run(provisional(False))
     # training and batch scoring (the fixtures trained the model and batch-scored three weeks)
     (runs,) = asyncio.run(_fetch(fraud_model.dsn, """
         SELECT (SELECT extract(epoch FROM max(finished_at)) FROM sira_training_runs WHERE status = 'succeeded')::float8
