@@ -262,6 +262,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
 
     if req.source not in SOURCES:
         raise InvalidInput(f"--source must be one of {', '.join(SOURCES)}", code="invalid_input")
+    windows.check_days("--days", req.days)
     actor = actor or Actor.local()
     started = time.perf_counter()
     async with db.open_pool(settings) as pool:

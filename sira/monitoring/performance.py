@@ -37,7 +37,9 @@ from sira.core.errors import InvalidInput
 from sira.core.ray_runtime import job_id
 from sira.features.store import to_us
 from sira.registry import models as registry
-from sira.training.windows import Windows, label_rule
+from sira.training.windows import Windows, check_days, label_rule
+
+MAX_WINDOWS = 1_000  # windows of one run: each is a pass over the run's predictions
 
 DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training
 MIN_POSITIVES_TO_FLAG = 10  # fewer positives than this: AP is too noisy to raise a flag
@@ -262,8 +264,11 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
 
     from sira.core import audit
 
-    if req.window_days <= 0 or req.days <= 0:
-        raise InvalidInput("--days and --window-days must be positive", code="invalid_input")
+    check_days("--days", req.days)
+    check_days("--window-days", req.window_days)
+    if req.days / req.window_days > MAX_WINDOWS:
+        raise InvalidInput(f"--days / --window-days must be at most {MAX_WINDOWS} windows (got "
+                           f"{req.days / req.window_days:.0f})", code="invalid_option")
     actor = actor or Actor.local()
     started = time.perf_counter()
     cutoff = req.as_of or datetime.now(timezone.utc)

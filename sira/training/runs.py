@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import math
 import os
 import subprocess
 import time
@@ -34,7 +33,7 @@ from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
 from sira.training.trainer import Matrix, TrainResult, apply_calibration, train_model
-from sira.training.windows import Windows, check_counts, training_windows, window_counts
+from sira.training.windows import Windows, check_counts, check_days, training_windows, window_counts
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
@@ -178,7 +177,6 @@ def fit_and_evaluate(ds: Dataset, split: Split, req: TrainRequest,
 
 
 MAX_SEED = 2**31 - 1  # LightGBM's seeds are 32-bit; NumPy's generators refuse negative ones
-MAX_WINDOW_DAYS = 36_500
 
 
 def check_request(req: TrainRequest) -> None:
@@ -186,12 +184,9 @@ def check_request(req: TrainRequest) -> None:
     as `internal` deep in the window arithmetic, a negative --seed only after the whole run had trained."""
     if not 0 <= req.seed <= MAX_SEED:
         raise InvalidInput(f"--seed must be between 0 and {MAX_SEED} (got {req.seed})", code="invalid_option")
-    for flag, days, zero_allowed in (("--test-days", req.test_days, False), ("--train-days", req.train_days, False),
-                                     ("--label-delay", req.label_delay_days, True)):
-        if days is not None and not (math.isfinite(days) and (days >= 0 if zero_allowed else days > 0)
-                                     and days <= MAX_WINDOW_DAYS):
-            raise InvalidInput(f"{flag} must be a number of days {'from' if zero_allowed else 'above'} 0 to "
-                               f"{MAX_WINDOW_DAYS} (got {days})", code="invalid_option")
+    check_days("--test-days", req.test_days)
+    check_days("--train-days", req.train_days)
+    check_days("--label-delay", req.label_delay_days, zero_allowed=True)
     _check_table_options(req)
 
 

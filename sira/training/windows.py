@@ -18,6 +18,7 @@ expensive read, naming the windows and the flags that set them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -54,6 +55,18 @@ class Windows:
 
 def _day(t: datetime) -> str:
     return f"{t:%Y-%m-%d %H:%M}" if (t.hour, t.minute) != (0, 0) else f"{t:%Y-%m-%d}"
+
+
+MAX_DAYS = 36_500  # a window's length, in days: a hundred years; more overflows the calendar
+
+
+def check_days(flag: str, days: float | None, *, zero_allowed: bool = False) -> None:
+    """A number of days an option gives: finite, above 0 (or from 0), at most :data:`MAX_DAYS` (``inf``, NaN or
+    1e9 reached ``timedelta`` and failed as ``internal``)."""
+    if days is not None and not (math.isfinite(days) and (days >= 0 if zero_allowed else days > 0)
+                                 and days <= MAX_DAYS):
+        raise InvalidInput(f"{flag} must be a number of days {'from' if zero_allowed else 'above'} 0 to "
+                           f"{MAX_DAYS} (got {days})", code="invalid_option")
 
 
 def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:

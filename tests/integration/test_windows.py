@@ -191,3 +191,24 @@ async def test_performance_range_ends_at_the_newest_prediction_with_a_usable_lab
                            "('live-0', true, now(), 'chargeback')")
         _, usable = await newest_predictions(conn, "fraud", None, "fraud", datetime.now(timezone.utc), 7)
         assert usable > h["last"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ("drift", {"days": float("inf")}, "--days must be a number of days above 0 to 36500"),
+    lambda: ("drift", {"days": 1e9}, "--days must be"),
+    lambda: ("performance", {"days": float("nan")}, "--days must be"),
+    lambda: ("performance", {"days": 3650, "window_days": 0.01}, "at most 1000 windows"),
+])
+async def test_window_lengths_out_of_bounds_are_refused_before_anything_is_read(settings, make):
+    """`--days inf` (or 1e9, or NaN) reached timedelta and failed as `internal`; 365,000 windows of a
+    performance run each scanned every prediction (an effective hang)."""
+    from sira.monitoring.drift import DriftRequest, run_drift
+    from sira.monitoring.performance import PerformanceRequest, run_performance
+
+    kind, fields, message = make()
+    with pytest.raises(InvalidInput, match=message) as caught:
+        if kind == "drift":
+            await run_drift(settings, DriftRequest(model="fraud", **fields))
+        else:
+            await run_performance(settings, PerformanceRequest(model="fraud", **fields))
+    assert caught.value.code == "invalid_option"
