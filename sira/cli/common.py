@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sira.core.config import MAX_VERSION, get_settings
-from sira.core.errors import InvalidInput, NotFound
+from sira.core.errors import InvalidInput
 
 app = typer.Typer(
     name="sira",
@@ -105,15 +105,21 @@ def _root(
 # -- simulate ----------------------------------------------------------------
 
 
-def load_yaml_mapping(path: Path) -> dict[str, Any]:
-    import yaml
+def writable_file(out: Path | None) -> None:
+    """Check an ``--out`` file before the command acts (a missing folder failed as ``internal`` after the work,
+    and after the audit entry of a report that was then never written)."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise InvalidInput(f"--out: {out} is a folder; name a file", code="invalid_value", details={"field": "out"})
+    if not out.parent.is_dir():
+        raise InvalidInput(f"--out: folder {out.parent} does not exist", code="invalid_value", details={"field": "out"})
 
-    if not path.is_file():
-        raise NotFound(f"file not found: {path}", details={"path": str(path)})
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    from sira.core.files import read_yaml
+
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: expected a mapping of settings at the top level")
     return data
@@ -134,6 +140,19 @@ async def actor_for(action: str, api_key: str | None) -> Any:
             identity = await acting(conn, api_key)
             authorize(identity, action)
             return identity.actor()
+
+
+async def audited(actor: Any, action: str, target_id: str, details: dict[str, Any]) -> None:
+    """An audit entry for work a command did outside a registry transaction (a state refresh, a rebuild): who
+    (None: the local user, before any key exists), what and its outcome."""
+    from sira.core import audit, db
+
+    conn = await db.connect(db.resolve_dsn(get_settings()))
+    try:
+        await audit.record(conn, actor or audit.Actor.local(), action, target_type="feature_set", target_id=target_id,
+                           details=details)
+    finally:
+        await conn.close()
 
 
 def DateOption(flag: str, help_text: str) -> Any:  # noqa: N802 - reads as a type in signatures
@@ -167,8 +186,9 @@ def governed(action: Callable[..., Any], api_key: str | None, *args: Any, notify
             try:
                 async with db.transaction(pool) as conn:
                     result = await action(conn, identity, *args)
-            except PermissionDenied as exc:
-                await audit.record_denied(pool, identity.actor(), exc.details.get("action", "cli"), exc.message)
+            except PermissionDenied as exc:  # the operation's own refusal (a self-approval): audited by main
+                if exc.denial is None and not exc.audited:
+                    audit.denied(exc, identity.actor(), exc.details.get("action", "cli"), details={"reason": exc.message})
                 raise
             if notify:  # after the commit; failures are retried by `sira webhooks deliver`
                 await webhooks.deliver_due(pool, settings)

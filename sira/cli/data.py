@@ -15,6 +15,7 @@ from sira.cli.common import (
     JsonOption,
     actor_for,
     app,
+    audited,
     emit,
     err,
     features_app,
@@ -66,9 +67,11 @@ def simulate_cmd(
             raise InvalidInput(f"start: expected YYYY-MM-DD, got {values['start']!r}") from None
     try:
         cfg = SimulationConfig(**values)
-    except TypeError as exc:
+    except (TypeError, AttributeError, ValueError) as exc:  # a setting of the wrong shape (a list for a mapping)
         raise InvalidInput(f"invalid simulation settings: {exc}") from None
     out_dir = (out or get_settings().workspace / "simulation").resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInput(f"--out: {out_dir} is a file; name a folder", code="invalid_value", details={"field": "out"})
     with err.status("simulating payments…"):
         result = simulate(cfg, out_dir)
     payload = {
@@ -116,7 +119,8 @@ def ingest_cmd(
     max_events: Annotated[
         int | None, typer.Option("--max-events", min=1, help="With --stream: stop after this many events.")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, max=10_000, help="With --stream: entries per transaction.")] = 200,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, max=10_000, help="With --stream or --kafka: entries "
+                                              "per transaction (default 200).")] = None,
     consumer: Annotated[
         str | None,
         typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
@@ -127,7 +131,8 @@ def ingest_cmd(
     topic: Annotated[str | None, typer.Option("--topic", help="With --kafka: the events topic.")] = None,
     labels_topic: Annotated[str | None, typer.Option("--labels-topic", help="With --kafka: a topic of labels "
                                                      "(default: labels come on --topic with a kind: label header).")] = None,
-    group: Annotated[str, typer.Option("--group", help="With --kafka: the consumer group.")] = "sira-features",
+    group: Annotated[str | None, typer.Option("--group", help="With --kafka: the consumer group (default "
+                                              "sira-features).")] = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -136,15 +141,26 @@ def ingest_cmd(
 
     settings = get_settings()
     column_map = parse_mapping(mapping, map_file)
+    mode = "--kafka" if kafka is not None else "--stream" if stream else "files"
+    applies = {"--source": ("files",), "--max-events": ("--stream", "--kafka"), "--batch": ("--stream", "--kafka"),
+               "--consumer": ("--stream", "--kafka"), "--topic": ("--kafka",), "--labels-topic": ("--kafka",),
+               "--group": ("--kafka",)}
+    given = {"--source": source, "--max-events": max_events, "--batch": batch, "--consumer": consumer, "--topic": topic,
+             "--labels-topic": labels_topic, "--group": group}
+    ignored = [flag for flag, value in given.items() if value is not None and mode not in applies[flag]]
+    if ignored:  # they were accepted and did nothing: `--max-events 10` ingested a whole file
+        raise InvalidInput(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply to "
+                           f"{'ingesting files' if mode == 'files' else mode}", code="invalid_option")
+    batch = batch or 200
     if kafka is not None:
         if paths or stream:
             raise InvalidInput("give files, --stream or --kafka, one of them")
         if not topic:
             raise InvalidInput("--kafka needs --topic (the events topic)", code="missing_field", details={"field": "topic"})
         asyncio.run(actor_for("events.write", api_key))
-        from sira.ingest.kafka import consume_kafka
+        from sira.ingest.kafka import DEFAULT_GROUP, consume_kafka
 
-        summary = asyncio.run(consume_kafka(settings, kafka, topic, labels_topic=labels_topic, group=group,
+        summary = asyncio.run(consume_kafka(settings, kafka, topic, labels_topic=labels_topic, group=group or DEFAULT_GROUP,
                                             mapping=column_map, max_events=max_events, batch=batch, consumer=consumer,
                                             notify=None if as_json else err.print))
         payload = summary.to_dict()
@@ -210,8 +226,10 @@ def features_materialize_cmd(
     from sira.features.states import refresh
 
     fs = parse_feature_set(feature_set) if feature_set else get_feature_set()
-    asyncio.run(actor_for("features.materialize", api_key))
+    actor = asyncio.run(actor_for("features.materialize", api_key))
     payload = asyncio.run(refresh(get_settings(), fs, full=full))
+    asyncio.run(audited(actor, "features.materialize", f"{fs.name}@{fs.version}",
+                        {"full": full, "entities": payload["entities"]}))
     emit(payload, as_json, lambda: err.print(kv_table("Snapshots refreshed", payload["entities"])))
 
 
@@ -233,8 +251,10 @@ def features_rebuild_cmd(
     if fs.engine != "tiles":
         raise InvalidInput(f"{fs.name}@{fs.version} keeps its snapshots with `sira features materialize`; "
                            "rebuild is for feature sets of feature engine v2 (e.g. payments@2)")
-    asyncio.run(actor_for("features.materialize", api_key))
+    actor = asyncio.run(actor_for("features.materialize", api_key))
     payload = asyncio.run(rebuild_all(get_settings(), fs, checkpoints=checkpoints))
+    asyncio.run(audited(actor, "features.rebuild", f"{fs.name}@{fs.version}",
+                        {k: payload[k] for k in ("entities", "events", "labels", "days", "checkpoints")}))
     emit(payload, as_json, lambda: err.print(kv_table(f"Rebuilt {payload['feature_set']}", {
         **payload["entities"], "events": payload["events"], "labels": payload["labels"], "days": payload["days"],
         "checkpoints": payload["checkpoints"], "seconds": payload["seconds"]})))

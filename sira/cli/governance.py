@@ -29,6 +29,7 @@ from sira.cli.common import (
     models_app,
     versions_app,
     webhooks_app,
+    writable_file,
 )
 from sira.core.config import MAX_VERSION, get_settings
 
@@ -270,8 +271,10 @@ def versions_show_cmd(model: ModelOption, version: VersionOption, api_key: ApiKe
 
 
 @versions_app.command("compare")
-def versions_compare_cmd(model: ModelOption, a: Annotated[int, typer.Argument(help="First version.")],
-                         b: Annotated[int, typer.Argument(help="Second version.")], api_key: ApiKeyOption = None,
+def versions_compare_cmd(model: ModelOption,
+                         a: Annotated[int, typer.Argument(min=1, max=MAX_VERSION, help="First version.")],
+                         b: Annotated[int, typer.Argument(min=1, max=MAX_VERSION, help="Second version.")],
+                         api_key: ApiKeyOption = None,
                          as_json: JsonOption = False) -> None:
     """Two versions' metrics side by side."""
     from sira.registry.models import compare_versions
@@ -300,6 +303,7 @@ def versions_card_cmd(
     """The version's model card (Markdown or self-contained HTML)."""
     from sira.registry.card import render_card
 
+    writable_file(out)
     text = governed(lambda conn, who: render_card(conn, get_settings(), who, model, version, fmt), api_key)
     if out is not None:
         out.write_text(text, encoding="utf-8")

@@ -35,6 +35,12 @@ def run_job(args: list[str]) -> int:
 
 
 
+def take_debug(args: list[str]) -> tuple[bool, list[str]]:
+    """SIRA's ``--debug`` taken out of ``args``; one after ``--`` is a job's own option, passed on to it."""
+    own = args[:args.index("--")] if "--" in args else args
+    return "--debug" in own, [a for a in own if a != "--debug"] + args[len(own):]
+
+
 def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     """Run the CLI; returns the exit status (the console script exits with it).
 
@@ -45,8 +51,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     own_args = args[:args.index("--")] if "--" in args else args  # after `--`: a job's own options
     if own_process and "--json" in own_args:
         reserve_stdout_for_json()
-    debug = "--debug" in args or os.environ.get("SIRA_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
+    asked, args = take_debug(args)
+    debug = asked or os.environ.get("SIRA_DEBUG") == "1"
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     except SiraError as exc:
         if debug:
             traceback.print_exc()
+        if exc.denial is not None:  # a refusal no transaction wrote: every refusal is audited
+            audit_refusal(exc)
         sys.stderr.write(exc.one_line() + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
@@ -85,6 +93,26 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"error: internal: {type(exc).__name__}: {message} (run with --debug for a traceback)\n")
         return EXIT_FAILURE
+
+
+def audit_refusal(exc: SiraError) -> None:
+    """Write a refusal's audit entry on a connection of its own (the database away: said, not raised)."""
+    import asyncio
+
+    from sira.core import db
+    from sira.core.config import get_settings
+
+    async def write() -> None:
+        conn = await db.connect(db.resolve_dsn(get_settings()))
+        try:
+            await exc.write_denial(conn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(write())
+    except Exception as failure:  # noqa: BLE001 - the refusal is still the outcome
+        sys.stderr.write(f"warning: the refusal could not be audited ({type(failure).__name__})\n")
 
 
 def run() -> None:

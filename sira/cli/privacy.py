@@ -20,6 +20,7 @@ from sira.cli.common import (
     group,
     kv_table,
     utc,
+    writable_file,
 )
 from sira.core.config import MAX_VERSION, get_settings
 
@@ -40,8 +41,7 @@ def subject_export_cmd(
 
     if out.suffix not in (".json", ".zip"):
         raise InvalidInput("--out must end in .json or .zip", code="invalid_value", details={"field": "out"})
-    if not out.parent.is_dir():
-        raise InvalidInput(f"--out: folder {out.parent} does not exist", code="invalid_value", details={"field": "out"})
+    writable_file(out)
     settings = get_settings()
 
     async def export(conn: Any, who: Any) -> dict[str, Any]:
@@ -250,6 +250,7 @@ def explain_cmd(
 
     if fmt not in ("md", "html", "json"):
         raise InvalidInput("--format must be md, html or json", code="invalid_value", details={"field": "format"})
+    writable_file(out)
     settings = get_settings()
 
     async def run(conn: Any, who: Any) -> dict[str, Any]:

@@ -10,8 +10,6 @@ import getpass
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
-
 if TYPE_CHECKING:
     from sira.core.db import Connection
     from sira.core.errors import SiraError
@@ -65,12 +63,9 @@ class Denial:
 
 def denied(exc: E, actor: Actor, action: str, *, target_type: str | None = None, target_id: str | None = None,
            details: dict[str, Any] | None = None) -> E:
-    """``exc`` carrying its audit entry: :func:`sira.core.db.transaction` writes it after the rollback."""
+    """``exc`` carrying its audit entry, written once whatever path the refusal takes out: after the rollback
+    by :func:`sira.core.db.transaction` when raised inside one, else by the CLI's ``main`` or the HTTP
+    error handler (:meth:`SiraError.write_denial`): every refusal is audited, over HTTP and on the command
+    line alike."""
     exc.denial = Denial(actor, action, target_type, target_id, details or {})
     return exc
-
-
-async def record_denied(pool: asyncpg.Pool, actor: Actor, action: str, message: str) -> None:
-    """Record a refused attempt in a transaction of its own (the refused one rolls back)."""
-    async with pool.acquire() as conn:
-        await record(conn, actor, action, outcome="denied", details={"reason": message})

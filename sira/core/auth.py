@@ -80,10 +80,9 @@ def authorize(identity: Identity, action: str) -> None:
     """Raise :class:`PermissionDenied` (403) unless the identity may perform the action."""
     if not may(identity, action):
         allowed = sorted(PERMISSIONS[action] | {"admin"})
-        raise PermissionDenied(
-            f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}",
-            details={"action": action, "roles": allowed},
-        )
+        message = f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}"
+        raise audit.denied(PermissionDenied(message, details={"action": action, "roles": allowed}),
+                           identity.actor(), action, details={"reason": message})
 
 
 def hash_key(pepper: str, key: str) -> str:

@@ -306,9 +306,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
             async with conn.transaction():
                 yield conn
     except SiraError as exc:
-        if exc.denial is not None:  # a sira.core.audit.Denial
-            async with pool.acquire() as conn:
-                await exc.denial.write(conn)
+        await exc.write_denial(pool)  # a refusal's audit entry, now that its transaction rolled back
         raise
     except asyncpg.TransactionRollbackError as exc:
         raise Conflict(f"a concurrent change aborted this one ({type(exc).__name__}); nothing was changed: "

@@ -30,9 +30,24 @@ class SiraError(Exception):
         if code is not None:
             self.code = code  # type: ignore[misc]  # instance override of the class default
         self.details = details or {}
-        # an audit entry to write once the refused unit of work has rolled back (sira.core.audit.Denial;
-        # its write(conn) called by sira.core.db.transaction): written inside it, it was rolled back with it
+        # an audit entry to write once the refused unit of work has rolled back (a sira.core.audit.Denial:
+        # written inside it, it was rolled back with it). Whoever writes it clears it: sira.core.db.transaction,
+        # else the CLI's main or the HTTP error handler (see sira.core.audit.denied)
         self.denial: Any = None
+        self.audited = False  # its denial was written
+
+    async def write_denial(self, where: Any) -> None:
+        """Write the pending audit entry, if any, on ``where`` (a pool: on a connection it lends; else a
+        connection) and clear it."""
+        denial, self.denial = self.denial, None
+        if denial is None:
+            return
+        self.audited = True
+        if hasattr(where, "acquire"):
+            async with where.acquire() as conn:
+                await denial.write(conn)
+        else:
+            await denial.write(where)
 
     def to_dict(self) -> dict[str, Any]:
         """The HTTP error body."""

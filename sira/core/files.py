@@ -282,18 +282,32 @@ def read_table(files: InputFiles) -> pa.Table:
         raise InvalidInput(f"cannot read {files.format} input: {' '.join(str(exc).split())[:300]}") from None
 
 
+def read_yaml(path: Path, *, code: str = "invalid_input") -> Any:
+    """A YAML file's content. A path that is no readable UTF-8 YAML file is a one-line error (a directory,
+    a file of another encoding or without read rights failed as ``internal``)."""
+    import yaml
+
+    if not path.exists():
+        raise NotFound(f"file not found: {path}", details={"path": str(path)})
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file", code=code)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text", code=code) from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be read ({exc.strerror})", code=code) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", code=code) from None
+
+
 def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[str, str]:
     """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file."""
     mapping: dict[str, str] = {}
     if mapping_file is not None:
-        import yaml
-
-        if not mapping_file.is_file():
-            raise NotFound(f"file not found: {mapping_file}", details={"path": str(mapping_file)})
-        try:
-            data: Any = yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"{mapping_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data: Any = read_yaml(mapping_file) or {}
         data = data.get("columns", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise InvalidInput(f"{mapping_file}: expected `columns:` mapping SIRA names to source column names")

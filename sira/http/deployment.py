@@ -12,7 +12,7 @@ from ray import serve
 
 from sira.core import db
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
+from sira.core.errors import InvalidInput, NotFound
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
 
@@ -72,29 +72,38 @@ class ServeSpec:
     @classmethod
     def from_file(cls, path: Path) -> "ServeSpec":
         """A Serve config file, checked as Ray Serve and SIRA read it (unknown options and settings refused)."""
-        import yaml
+        from sira.core.files import read_yaml
 
         try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
+            data = read_yaml(path, code="invalid_config") or {}
+        except NotFound:
             raise InvalidInput(f"no Serve config at {path}", code="invalid_config") from None
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"{path} is not valid YAML: {exc}", code="invalid_config") from None
-        apps = (data or {}).get("applications") or []
-        sira_apps = [a for a in apps if a.get("import_path") == "sira.http.deployment:build_app"]
+
+        def shaped(value: Any, kind: type, where: str) -> Any:  # a level of the file, of the type Serve reads
+            if not isinstance(value, kind):
+                raise InvalidInput(f"{path}: {where} must be a {'mapping' if kind is dict else 'list'}",
+                                   code="invalid_config")
+            return value
+
+        shaped(data, dict, "the file")
+        apps = shaped(data.get("applications") or [], list, "applications")
+        sira_apps = [a for a in apps if isinstance(a, dict) and a.get("import_path") == "sira.http.deployment:build_app"]
         if len(sira_apps) != 1:
             raise InvalidInput(f"{path}: expected one application with import_path sira.http.deployment:build_app",
                                code="invalid_config")
         app = sira_apps[0]
-        deployments = app.get("deployments") or [{}]
-        options = {k: v for k, v in deployments[0].items() if k != "name"}
+        deployments = shaped(app.get("deployments") or [{}], list, "deployments")
+        options = {k: v for k, v in shaped(deployments[0], dict, "a deployment").items() if k != "name"}
         unknown = sorted(set(options) - set(DEPLOYMENT_OPTIONS))
         if unknown:
             raise InvalidInput(f"{path}: unknown deployment option(s) {', '.join(unknown)}", code="invalid_config")
         ServingConfig.from_dict(app.get("args"))
         ServingConfig.from_dict(options.get("user_config"))
-        http = data.get("http_options") or {}
-        return cls(http.get("host", "127.0.0.1"), int(http.get("port", 8000)), dict(app.get("args") or {}), options,
+        http = shaped(data.get("http_options") or {}, dict, "http_options")
+        port = http.get("port", 8000)
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise InvalidInput(f"{path}: http_options.port must be a port number (got {port!r})", code="invalid_config")
+        return cls(http.get("host", "127.0.0.1"), port, dict(shaped(app.get("args") or {}, dict, "args")), options,
                    app.get("route_prefix", "/"))
 
     @classmethod

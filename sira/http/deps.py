@@ -116,10 +116,10 @@ async def in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[Any]], 
             return await fn(conn, *args, **kwargs)
     except PermissionDenied as exc:
         who = next((a for a in args if isinstance(a, Identity)), None)
-        if who is not None:
+        if who is not None and exc.denial is None and not exc.audited:  # the operation's own (a self-approval)
             from sira.core import audit
 
-            await audit.record_denied(pool, who.actor(), exc.details.get("action", fn.__name__), exc.message)
+            audit.denied(exc, who.actor(), exc.details.get("action", fn.__name__), details={"reason": exc.message})
         raise
 
 
@@ -128,9 +128,7 @@ async def admit(request: Request, identity: Identity, action: str) -> Identity:
     try:
         authorize(identity, action)
     except PermissionDenied as exc:
-        from sira.core import audit
-
-        await audit.record_denied(request.app.state.pool, identity.actor(), action, exc.message)
+        await exc.write_denial(request.app.state.pool)
         raise
     return identity
 

@@ -41,7 +41,12 @@ def install(app: FastAPI) -> None:
     """The application's exception handlers (each answer counted: :func:`counted`)."""
     @app.exception_handler(SiraError)
     @counted
-    async def _sira_error(_request: Request, exc: SiraError) -> JSONResponse:
+    async def _sira_error(request: Request, exc: SiraError) -> JSONResponse:
+        if exc.denial is not None:  # a refusal no transaction wrote: every refusal is audited
+            try:
+                await exc.write_denial(request.app.state.pool)
+            except Exception as failure:  # noqa: BLE001 - the refusal is still the answer
+                log.warning("a refusal could not be audited: %s", type(failure).__name__)
         return error_response(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(StarletteHTTPException)

@@ -137,6 +137,26 @@ async def test_the_audit_filters_take_names_literally(app_and_keys):
     assert r.status_code == 200 and r.json()["entries"] == []  # no action starts with "model_"
 
 
+async def test_refusals_on_the_command_line_are_audited_as_over_http(app_and_keys, clean_db, settings, monkeypatch,
+                                                                     capsys):
+    """Most commands checked the role and left no trace of a refusal (only the registry's did): a viewer's
+    `sira drift`, `sira keys list` or `sira keys create` was refused and never audited."""
+    import asyncio
+
+    from tests.conftest import cli_in_process
+
+    _client, keys = app_and_keys
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_API_KEY": keys["viewer"]}
+    for args in (["drift", "--model", "fraud"], ["keys", "list"], ["keys", "create", "--name", "mine", "--role",
+                                                                   "admin"]):
+        done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, *args)
+        assert done.returncode == 2 and done.stderr.startswith("error: forbidden"), (args, done.stderr)
+    rows = await clean_db.fetch("SELECT actor, action FROM sira_audit_log WHERE outcome = 'denied' ORDER BY id")
+    assert [(r["actor"], r["action"]) for r in rows] == [("as-viewer", "monitoring.run"), ("as-viewer", "keys.manage"),
+                                                         ("as-viewer", "keys.manage")]
+
+
 async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys):
     client, keys = app_and_keys
     assert (await client.get("/v1/me")).status_code == 401

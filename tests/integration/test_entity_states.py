@@ -417,6 +417,10 @@ async def test_sira_features_materialize_of_a_v2_set_advances_its_states_and_che
     assert report["events"] >= 30 and set(report["entities"]) == {"customer", "card", "terminal"}
     (_, finals), _ = offline(events, positives(events))
     await assert_states_are(clean_db, finals)
+    # who refreshed the states is audited (the command checked the role and kept no trace of the work)
+    entry = await clean_db.fetchrow("SELECT action, target_id, outcome, details FROM sira_audit_log "
+                                    "WHERE action = 'features.materialize'")
+    assert (entry["target_id"], entry["outcome"]) == ("payments@2", "success") and entry["details"]["entities"]
 
 
 async def test_an_event_committed_after_an_advance_read_the_log_is_folded_by_the_next_advance(clean_db):

@@ -45,6 +45,12 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["features", "rebuild", "--feature-set", "payments@1"], "error: invalid_input: payments@1 keeps its"),
         (["features", "rebuild"], "error: usage: sira features rebuild: Missing option '--feature-set'"),
         (["features", "materialize", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
+        # options of another mode were accepted and ignored (`--max-events 10` ingested the whole file)
+        (["ingest", "x.parquet", "--max-events", "10"], "error: invalid_option: --max-events does not apply to "
+                                                        "ingesting files"),
+        (["ingest", "--stream", "--source", "pos", "--topic", "t"], "error: invalid_option: --source, --topic do not "
+                                                                    "apply to --stream"),
+        (["ingest", "--kafka", "b:9092", "--topic", "t", "--source", "pos"], "error: invalid_option: --source does"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):
@@ -120,3 +126,61 @@ def test_serve_check_validates_a_config_before_serve_deploy(tmp_path, capsys):
     assert main(["serve", "check", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: invalid_config: serving config max_batch_size: Input should be greater than or equal to 1"
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"days: \xe9t\xe9\n", "not UTF-8 text"),  # Latin-1
+    (None, "is not a file"),  # a folder
+    (b"pre_shift_mix: [card_testing]\n", "invalid simulation settings"),  # a list where a mapping goes
+])
+def test_config_files_that_cannot_be_read_are_one_line_exit_2(capsys, tmp_path, content, needle):
+    """A non-UTF-8 file, a folder, a setting of the wrong shape: `error: internal` (UnicodeDecodeError,
+    IsADirectoryError, AttributeError), exit 1."""
+    path = tmp_path / "sim.yaml"
+    path.mkdir() if content is None else path.write_bytes(content)
+    code, out, err = run(capsys, "simulate", "--config", str(path))
+    assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("config, needle", [
+    ("- a list\n", "the file must be a mapping"),
+    ("applications: [1]\n", "expected one application"),
+    ("applications:\n- import_path: sira.http.deployment:build_app\n  deployments: [x]\n", "a deployment must be"),
+    ("http_options: {port: abc}\napplications:\n- import_path: sira.http.deployment:build_app\n",
+     "http_options.port must be a port number"),
+])
+def test_serve_check_says_what_is_malformed(capsys, tmp_path, config, needle):
+    """Each of these failed as `internal` (an attribute or value error deep in the check)."""
+    path = tmp_path / "serve.yaml"
+    path.write_text(config)
+    code, _, err = run(capsys, "serve", "check", str(path))
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: invalid_config:") and needle in err, err
+
+
+def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
+    """`simulate --out` an existing file failed after the whole simulation; `versions card --out` and
+    `explain --out` into a missing folder after the work (and the report's audit entry)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args, needle in ((["simulate", "--days", "2", "--customers", "10", "--out", str(afile)], "is a file"),
+                         (["versions", "card", "--model", "m", "--version", "1", "--out", "/no/such/dir/c.md"],
+                          "folder /no/such/dir does not exist"),
+                         (["explain", "--prediction", "p1", "--out", str(tmp_path)], "is a folder")):
+        code, out, err = run(capsys, *args)
+        assert (code, out) == (2, "") and needle in err, (args, err)
+
+
+def test_debug_after_the_double_dash_is_the_jobs_own(capsys):
+    """`sira jobs submit train -- --model fraud --debug`: the job's --debug was taken out of its options (and
+    debug turned on for the submitter)."""
+    from sira.cli.main import take_debug
+
+    assert take_debug(["jobs", "submit", "train", "--", "--model", "x", "--debug"]) == \
+        (False, ["jobs", "submit", "train", "--", "--model", "x", "--debug"])
+    assert take_debug(["--debug", "jobs", "submit", "train", "--", "--debug"]) == \
+        (True, ["jobs", "submit", "train", "--", "--debug"])
+
+
+def test_version_arguments_are_bounded_as_options_are(capsys):
+    code, _, err = run(capsys, "versions", "compare", "--model", "m", "1", "3000000000")
+    assert code == 2 and err.startswith("error: usage:") and "'b'" in err
