@@ -328,6 +328,9 @@ class ThresholdWhatIf(Strict):
     model: str
     version: int
     window: dict[str, str]
+    provisional: bool = Field(description="The window ends after the label maturity: its young payments' chargebacks "
+                              "count, their legitimate neighbours are left out (precision and recall read high)")
+    mature_until: str = Field(description="Events up to this time are mature (no label: legitimate)")
     labelled: int
     positives: int
     fraud_amount: float

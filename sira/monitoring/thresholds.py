@@ -103,7 +103,11 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
     suggested = choose_thresholds(y, p, targets)
     grid = [float(np.quantile(p, 1 - r)) for r in FLAG_RATES]
     rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid, *also], targets)
+    # a window past the label maturity counts the young events' chargebacks and leaves their legitimate
+    # neighbours out: precision and recall read high, and approvers took it as evidence unwarned
+    mature_until = cutoff - timedelta(days=maturity)
     return {"model": model_name, "version": version, "window": {"from": lo.isoformat(), "to": hi.isoformat()},
+            "provisional": hi > mature_until, "mature_until": mature_until.isoformat(),
             "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
             "targets": targets.__dict__, "current": current, "meets_targets": suggested,
             "thresholds": rows}
@@ -126,7 +130,8 @@ async def apply(conn: Connection, identity: Identity, model_name: str, version: 
         evidence: dict[str, Any] = {"window": None, "note": exc.message}
     else:
         at = {row["threshold"]: row for row in table["thresholds"]}
-        evidence = {"window": table["window"], "labelled": table["labelled"], "positives": table["positives"],
+        evidence = {"window": table["window"], "provisional": table["provisional"], "labelled": table["labelled"],
+                    "positives": table["positives"],
                     "requested": {"review": at[r], "block": at[b]},
                     "current": {k: at[v] for k, v in table["current"].items()}, "meets_targets": table["meets_targets"]}
     return await threshold_sets.request_change(conn, identity, model_name, version, review=r, block=b, reason=reason,
@@ -177,9 +182,12 @@ def to_html(result: dict[str, Any]) -> str:
         f"<td>{cell(r['total_cost'], 0)}</td></tr>" for r in rows)
     title = html.escape(f"{result['model']} v{result['version']}: thresholds on {result['labelled']:,} labelled answers "
                         f"({result['positives']:,} fraud), {result['window']['from'][:10]} to {result['window']['to'][:10]}")
+    warning = (f"<p><strong>Provisional:</strong> the window ends after {html.escape(result['mature_until'][:16])}, "
+               "the label maturity: its young payments' chargebacks count and their legitimate neighbours are left "
+               "out, so precision and recall read high.</p>" if result.get("provisional") else "")
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Threshold what-if</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:2px 8px;"
             "border-bottom:1px solid #dee2e6;text-align:right}</style></head><body>"
-            f"<h1>{title}</h1>{svg}<table><thead><tr><th>threshold</th><th>flagged</th><th>precision</th>"
+            f"<h1>{title}</h1>{warning}{svg}<table><thead><tr><th>threshold</th><th>flagged</th><th>precision</th>"
             "<th>recall</th><th>fraud amount caught</th><th>false alarms</th><th>total cost</th></tr></thead>"
             f"<tbody>{table}</tbody></table></body></html>\n")

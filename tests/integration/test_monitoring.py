@@ -418,6 +418,18 @@ def test_a_threshold_change_carries_the_what_if_at_its_values_as_evidence(fraud_
     rows = {r["threshold"]: r for r in table["thresholds"]}
     evidence = asked["evidence"]
     assert evidence["labelled"] == table["labelled"] > 0 and evidence["window"] == table["window"]
+    assert evidence["provisional"] is table["provisional"] is False  # the window's events are all mature
+
+    async def recent():  # the same window read a day after its end: its events are younger than the maturity
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            return await what_if(conn, scientist, "fraud", version=fraud_model.version, time_from=served["lo"],
+                                 time_to=served["hi"], now=served["hi"] + timedelta(days=1))
+        finally:
+            await conn.close()
+
+    young = asyncio.run(recent())
+    assert young["provisional"] is True and young["mature_until"] < young["window"]["to"]
     assert evidence["requested"] == {"review": rows[0.2], "block": rows[0.7]}
     assert evidence["current"] == {k: rows[v] for k, v in table["current"].items()}
     assert asked["status"] == ("active" if asked["required_approvals"] == 0 else "pending")

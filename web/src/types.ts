@@ -200,6 +200,8 @@ export type WhatIf = {
   model: string;
   version: number;
   window: { from: string; to: string };
+  provisional: boolean;  // the window ends after the label maturity: precision and recall read high
+  mature_until: string;
   labelled: number;
   positives: number;
   current: Record<string, number>;
@@ -210,6 +212,7 @@ export type WhatIf = {
 /** The what-if stored with a threshold change when it was asked (window null: none labelled, with a note). */
 export type ThresholdEvidence = {
   window: { from: string; to: string } | null;
+  provisional?: boolean;
   note?: string;
   labelled?: number;
   positives?: number;

@@ -5,6 +5,7 @@ import { ap, MODEL_TYPES, when } from "../format";
 import type { Decided, Decision, PendingRequest, PendingThresholdChange, ThresholdDecided, ThresholdRow } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
+import { ProvisionalNote } from "./Thresholds";
 import { VerdictBadge } from "./Verdict";
 
 export type Decide = (decision: "approve" | "reject", comment: string) => Promise<Decided>;
@@ -178,6 +179,7 @@ export function ThresholdEvidenceTable({ change }: { change: PendingThresholdCha
       <Text size="sm">
         On {e.labelled?.toLocaleString()} labelled answers ({e.positives?.toLocaleString()} fraud), {e.window.from.slice(0, 10)}..{e.window.to.slice(0, 10)}:
       </Text>
+      {e.provisional && <ProvisionalNote />}
       <Table withTableBorder aria-label={`Evidence for the thresholds of ${change.model} v${change.version}`}>
         <Table.Thead>
           <Table.Tr><Table.Th />{columns.map(([label]) => <Table.Th key={label}>{label}</Table.Th>)}</Table.Tr>

@@ -92,10 +92,21 @@ describe("the what-if", () => {
   it("says what window it read and draws the thresholds in force", () => {
     const { container } = renderUi(<WhatIfChart whatIf={{
       model: "fraud", version: 3, window: { from: "2026-11-01T00:00:00Z", to: "2026-11-29T00:00:00Z" }, labelled: 1000,
+      provisional: false, mature_until: "2026-12-01T00:00:00Z",
       positives: 40, current: { review: 0.5, block: 0.9 }, meets_targets: {},
       thresholds: [row(0.9, 0.01, 0.95, 0.3), row(0.5, 0.04, 0.6, 0.7), row(0.1, 0.5, 0.08, 1)],
     }} />);
     expect(screen.getByText(/On 1,000 labelled answers \(40 fraud\) of v3, 2026-11-01..2026-11-29/)).toBeInTheDocument();
     expect(container.querySelector("[aria-label='What-if by threshold']")).not.toBeNull();
+    expect(screen.queryByText("Provisional window")).toBeNull();
+  });
+
+  it("warns when the window reaches into the label maturity (recent chargebacks counted, their neighbours not)", () => {
+    renderUi(<WhatIfChart whatIf={{
+      model: "fraud", version: 3, window: { from: "2026-11-01T00:00:00Z", to: "2026-11-29T00:00:00Z" }, labelled: 1000,
+      provisional: true, mature_until: "2026-11-05T00:00:00Z", positives: 40, current: { review: 0.5, block: 0.9 },
+      meets_targets: {}, thresholds: [row(0.9, 0.01, 0.95, 0.3), row(0.5, 0.04, 0.6, 0.7)],
+    }} />);
+    expect(screen.getByText("Provisional window")).toBeInTheDocument();
   });
 });

@@ -10,6 +10,16 @@ import { Failure } from "./Failure";
 
 const STATUS_COLOUR: Record<string, string> = { active: "teal.9", pending: "blue.9", rejected: "red.9" };  // dark: readable on white
 
+/** A window past the label maturity: its young payments' chargebacks count, their legitimate neighbours do not. */
+export function ProvisionalNote() {
+  return (
+    <Alert color="yellow" title="Provisional window">
+      It reaches into the label maturity: recent chargebacks count while their legitimate neighbours are not known yet,
+      so precision and recall read higher than they will.
+    </Alert>
+  );
+}
+
 /** What other thresholds would have done on the labelled window: precision, recall and the share flagged by
  * threshold, with the thresholds in force marked (GET /v1/models/{name}/thresholds?version=v). */
 export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
@@ -22,6 +32,7 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
         On {whatIf.labelled.toLocaleString()} labelled answers ({whatIf.positives.toLocaleString()} fraud) of v{whatIf.version},{" "}
         {whatIf.window.from.slice(0, 10)}..{whatIf.window.to.slice(0, 10)}.
       </Text>
+      {whatIf.provisional && <ProvisionalNote />}
       <LineChart
         h={260}
         aria-label="What-if by threshold"
