@@ -261,20 +261,28 @@ async def _evaluate(settings: Settings, pool: Any, req: RetrainRequest, identity
                  for role, row in rows.items()}
     windows = recorded_windows(manifests["challenger"])
     assert windows is not None  # a retrain reads the feature store
-    fs = get_feature_set(rows["challenger"]["feature_set"], rows["challenger"]["feature_set_version"])
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
-    ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=state.model["label_name"],
-                                        test_only=True)  # the versions are compared on the held-out rows only
-    test = ds.matrix.rows(split.test)
-    table = pa.table({name: test.X[:, j] for j, name in enumerate(test.names)})
+    # the held-out rows in each version's own feature set: scored on the challenger's (payments@2), a champion
+    # trained on payments@1 was judged on features it had never seen, without a word
+    tests: dict[tuple[str, int], Any] = {}
+    for row in rows.values():
+        key = (row["feature_set"], row["feature_set_version"])
+        if key not in tests:
+            ds, split = await asyncio.to_thread(build_feature_dataset, dsn, get_feature_set(*key), windows,
+                                                label_name=state.model["label_name"], test_only=True)
+            tests[key] = ds.matrix.rows(split.test)
+    own_key = {role: (row["feature_set"], row["feature_set_version"]) for role, row in rows.items()}
+    own = {role: tests[key] for role, key in own_key.items()}
     out: dict[str, Any] = {"window": {"from": windows.test_from.isoformat(), "to": windows.test_to.isoformat()},
-                           "rows": int(test.y.size), "positives": int(test.y.sum())}
+                           "rows": int(own["challenger"].y.size), "positives": int(own["challenger"].y.sum())}
     scores = {}
     for role, runtime in runtimes.items():
+        test = own[role]
+        table = pa.table({name: test.X[:, j] for j, name in enumerate(test.names)})
         scores[role] = runtime.predict(runtime.table_matrix(table), threads=2)
         metrics = evaluate(test.y, scores[role], runtime.thresholds)
-        out[role] = {"version": runtime.version, **{k: metrics[k] for k in (
+        out[role] = {"version": runtime.version, "feature_set": "{}@{}".format(*own_key[role]), **{k: metrics[k] for k in (
             "n", "positives", "average_precision", "roc_auc", "recall_at_1pct_fpr", "brier",
             "expected_calibration_error", "decisions")}}
     out["score_psi"] = _score_psi(scores["challenger"], scores["champion"]) if "champion" in scores else None

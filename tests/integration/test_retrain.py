@@ -160,3 +160,66 @@ def test_the_held_out_window_can_be_the_newest_usable_days(model):
     assert datetime.fromisoformat(window["to"]) == end
     assert datetime.fromisoformat(window["from"]) == end - timedelta(days=5)
     assert report["inputs"]["test_days"] == 5
+
+
+@pytest.fixture(scope="module")
+def v1_model(create_database, workspace, ray_session, tmp_path_factory):
+    """A champion trained on payments@1 (the history engine) whose model has since moved to payments@2."""
+    built = served_model(create_database, workspace, tmp_path_factory, name="sira_retrain_v1", days=16, customers=200,
+                         params=FAST, feature_set_version=1)
+
+    async def move() -> None:
+        pool = await db.create_pool(built.dsn, built.settings)
+        try:
+            async with db.transaction(pool) as conn:
+                await registry.update_model(conn, Identity("t-admin", frozenset({"admin"})), "fraud",
+                                            feature_set_version=2, promotion_policy={"block_on_drift": "never"})
+        finally:
+            await pool.close()
+
+    asyncio.run(move())
+    return built
+
+
+def test_a_champion_on_another_feature_set_is_scored_on_its_own_features(v1_model):
+    """The held-out rows were built in the challenger's feature set only: a payments@1 champion was scored on
+    payments@2 features (same names, other window rules), a comparison of nothing, without a word."""
+    import pyarrow as pa
+
+    from sira.features.definitions import PAYMENTS_V1
+    from sira.monitoring.retrain import recorded_windows
+    from sira.serving.scoring import ModelRuntime
+    from sira.training.datasets import build_feature_dataset
+    from sira.training.evaluation import evaluate
+
+    request = RetrainRequest(model="fraud", trials=0, params=FAST, num_threads=2, seed=3)
+    report = asyncio.run(run_retrain(v1_model.settings, request, SCIENTIST))
+    champion = report["evaluation"]["champion"]
+    assert champion["version"] == v1_model.version
+
+    async def rows():
+        pool = await db.create_pool(v1_model.dsn, v1_model.settings)
+        try:
+            async with pool.acquire() as conn:
+                return {v: dict(await registry.get_version(conn, "fraud", v)) for v in (v1_model.version,
+                                                                                       report["challenger"])}
+        finally:
+            await pool.close()
+
+    versions = asyncio.run(rows())
+    from sira.core import artifacts
+
+    challenger = versions[report["challenger"]]
+    assert challenger["feature_set_version"] == 2 and versions[v1_model.version]["feature_set_version"] == 1
+    windows = recorded_windows(artifacts.load_artifact(v1_model.settings, artifacts.ArtifactRef(
+        challenger["artifact_uri"], challenger["artifact_sha256"])).manifest)
+    ds, split = build_feature_dataset(v1_model.dsn, PAYMENTS_V1, windows, test_only=True)
+    test = ds.matrix.rows(split.test)
+    runtime = ModelRuntime.load(v1_model.settings, {**versions[v1_model.version], "model_name": "fraud"})
+    scores = runtime.predict(runtime.table_matrix(pa.table({n: test.X[:, j] for j, n in enumerate(test.names)})))
+    expected = evaluate(test.y, scores, runtime.thresholds)
+    assert champion["n"] == expected["n"]
+    assert champion["average_precision"] == pytest.approx(expected["average_precision"])
+    # each read its own rows: this small champion happens to score the same on both sets' features (its trees
+    # split on none of the features the engines compute apart), so the record says which it read
+    assert (champion["feature_set"], report["evaluation"]["challenger"]["feature_set"]) == ("payments@1", "payments@2")
