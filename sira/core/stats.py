@@ -260,14 +260,23 @@ class DriftThresholds:
 
         A significant adjusted p-value alerts only together with a KS statistic
         of at least ``min_effect_ks``; without one (small effect, or no KS
-        statistic given, as for a categorical feature) it only warns.
+        statistic given, as for a categorical feature) it only warns, and only
+        when some effect is at least half its warning line (or none was
+        measured): at production sizes every negligible change is significant
+        (a channel mix of 50% against 50.5% over a million rows, p ~ 1e-23,
+        PSI 1e-4), and such warnings made every categorical feature warn on
+        every run and lent a lone alert the share that escalates a verdict.
         """
         significant = p_adjusted is not None and p_adjusted < self.p_value_alert
         large_effect = ks is not None and ks >= self.min_effect_ks
+        effects = [(ks, self.min_effect_ks), (psi, self.psi_warn), (js, self.js_warn)]
+        noticeable = any(e is not None and e >= line / 2 for e, line in effects)
+        measured = any(e is not None for e, _ in effects)
         if ((psi is not None and psi >= self.psi_alert) or (js is not None and js >= self.js_alert)
                 or (significant and large_effect)):
             return "alert"
-        if (psi is not None and psi >= self.psi_warn) or (js is not None and js >= self.js_warn) or significant:
+        if ((psi is not None and psi >= self.psi_warn) or (js is not None and js >= self.js_warn)
+                or (significant and (noticeable or not measured))):
             return "warn"
         return "ok"
 

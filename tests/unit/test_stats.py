@@ -255,6 +255,10 @@ def test_bh_property_matches_scipy_and_is_monotone(ps):
     ({"p_adjusted": 0.001, "ks": 0.05}, "warn"),  # significant but tiny: millions of rows
     ({"p_adjusted": 0.001, "ks": 0.1}, "alert"),
     ({"p_adjusted": 0.001}, "warn"),  # no effect size, no alert
+    # significant, every effect negligible (a million rows: 50% against 50.5% of a category): no warning
+    ({"p_adjusted": 1e-23, "psi": 1e-4, "js": 1e-5}, "ok"),
+    ({"p_adjusted": 1e-23, "ks": 0.01, "psi": 0.001}, "ok"),
+    ({"p_adjusted": 1e-23, "js": 0.03}, "warn"),  # half the JS warning line: noticeable
     ({"p_adjusted": 0.02, "ks": 0.5}, "ok"),  # a large KS without evidence is not flagged by KS
     ({"psi": 0.3, "p_adjusted": 0.9, "ks": 0.01}, "alert"),
     ({"psi": None, "js": None, "p_adjusted": None, "ks": None}, "ok"),
