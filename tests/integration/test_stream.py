@@ -33,6 +33,17 @@ def publish(client, events, labels=()):
         client.xadd(STREAM, {"kind": "label", "data": json.dumps(label)})
 
 
+async def consume_all(pool, redis_url, settings, n):
+    """``n`` entries consumed (feature set v1) by a consumer of their own, in batches of 50."""
+    source = RedisStreamSource(redis_url, consumer="x")
+    await source.start()
+    try:
+        return await consume(source, pool, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
+                             max_events=n)
+    finally:
+        await source.close()
+
+
 async def assert_folded_once_into_v2(pool, n=N):
     """The current feature set's (v2) states equal a fold of the log: no event was folded twice or lost."""
     from sira.features.columns import read_events
@@ -135,10 +146,7 @@ async def test_labels_and_broken_entries_on_the_stream(clean_db, redis_client, r
     publish(redis_client, stream_events(5), labels=[{"event_id": "s0001", "label": True,
                                                      "known_at": "2026-09-05T00:00:00Z"}])
     redis_client.xadd(STREAM, {"kind": "event", "data": "{not json"})
-    source = RedisStreamSource(redis_url, consumer="x")
-    await source.start()
-    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50, max_events=7)
-    await source.close()
+    total = await consume_all(clean_db, redis_url, settings, 7)
     assert (total.accepted, total.rejected) == (5, 1)
     assert await clean_db.fetchval("SELECT label FROM sira_feedback WHERE event_id = 's0001'") is True
     assert await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events") == "undecodable"
@@ -293,11 +301,7 @@ async def test_entries_that_could_stop_the_consumer_are_dead_lettered_and_it_goe
     redis_client.xadd(STREAM, {"kind": "Event", "data": json.dumps({**good[1], "email": "ann@example.com"})})
     for e in good[3:]:
         redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps(e)})
-    source = RedisStreamSource(redis_url, consumer="x")
-    await source.start()
-    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
-                          max_events=16)
-    await source.close()
+    total = await consume_all(clean_db, redis_url, settings, 16)
     assert (total.read, total.accepted, total.rejected) == (16, 6, 10), total
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 6
@@ -320,11 +324,7 @@ async def test_an_entry_postgresql_refuses_is_set_aside_and_the_rest_of_its_batc
                            " NOT VALID")
     try:
         publish(redis_client, stream_events(8))
-        source = RedisStreamSource(redis_url, consumer="x")
-        await source.start()
-        total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
-                              max_events=8)
-        await source.close()
+        total = await consume_all(clean_db, redis_url, settings, 8)
     finally:
         await clean_db.execute("ALTER TABLE sira_events DROP CONSTRAINT test_refuses_poison")
     assert (total.read, total.accepted, total.rejected) == (8, 7, 1)
@@ -346,11 +346,7 @@ async def test_an_entry_nested_deeper_than_the_stack_is_dead_lettered_and_the_co
     publish(redis_client, good[:1])
     redis_client.xadd(STREAM, {"kind": "event", "data": deep})
     publish(redis_client, good[1:])
-    source = RedisStreamSource(redis_url, consumer="x")
-    await source.start()
-    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=50, block_ms=50,
-                          max_events=4)
-    await source.close()
+    total = await consume_all(clean_db, redis_url, settings, 4)
     assert (total.read, total.accepted, total.rejected) == (4, 3, 1), total
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     dead = await clean_db.fetchrow("SELECT event_id, reason_code, payload FROM sira_rejected_events")
