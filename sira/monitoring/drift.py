@@ -171,7 +171,7 @@ def _score_row(reference: Reference, scores: np.ndarray) -> dict[str, Any]:
             "psi": stats.psi(hist, cur), "js_divergence": stats.js_divergence(hist, cur), "ks_statistic": ks,
             "p_value": p_value, "chi2_statistic": None,
             "details": {"mean_current": float(scores.mean()) if scores.size else None,
-                        "mean_reference": float(reference.sample[:, -1].mean()) if reference.sample is not None
+                        "mean_reference": float(np.nanmean(reference.sample[:, -1])) if reference.sample is not None
                         else None}}
 
 

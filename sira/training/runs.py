@@ -91,8 +91,10 @@ def code_version() -> str:
     return f"sira {__version__}" + (f" ({commit})" if commit else "")
 
 
-def reference_statistics(train: Matrix, train_scores: np.ndarray) -> dict[str, Any]:
-    """What drift detection compares live data with: per-feature bins and histograms, and the score's."""
+def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
+    """What drift detection compares live data with: per-feature bins and histograms of the training rows,
+    and the histogram of ``scores``, the out-of-sample (validation) scores: a model's scores of its own training
+    rows are more extreme than any it gives later, so a reference made of them read as score drift."""
     features: dict[str, Any] = {}
     for j, spec in enumerate(train.schema):
         column = train.X[:, j]
@@ -112,16 +114,20 @@ def reference_statistics(train: Matrix, train_scores: np.ndarray) -> dict[str, A
                                    "std": float(present.std()) if present.size else None}
     score_edges = np.linspace(0, 1, 21)
     return {"rows": int(train.X.shape[0]), "features": features, "score": {"bin_edges": [float(e) for e in score_edges],
-                                            "histogram": [int(h) for h in np.histogram(train_scores, score_edges)[0]]}}
+                                            "histogram": [int(h) for h in np.histogram(scores, score_edges)[0]]}}
 
 
-def reference_sample(train: Matrix, train_scores: np.ndarray, seed: int) -> bytes:
-    """A seeded sample of training rows and their scores, as ``.npy`` bytes (the same inputs, the same bytes)."""
+def reference_sample(train: Matrix, scores: np.ndarray, seed: int) -> bytes:
+    """A seeded sample of training rows, and in the last column a seeded sample of the out-of-sample
+    (validation) ``scores`` (NaN-padded when fewer), as ``.npy`` bytes (the same inputs, the same bytes)."""
     rng = np.random.default_rng(seed)
     n = train.X.shape[0]
     rows = np.sort(rng.choice(n, size=min(REFERENCE_SAMPLE_ROWS, n), replace=False))
+    picked = scores[np.sort(rng.choice(scores.size, size=min(rows.size, scores.size), replace=False))]
+    column = np.full(rows.size, np.nan)
+    column[:picked.size] = picked
     buffer = io.BytesIO()
-    np.save(buffer, np.column_stack([train.X[rows], train_scores[rows]]), allow_pickle=False)
+    np.save(buffer, np.column_stack([train.X[rows], column]), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -369,8 +375,6 @@ def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: S
 
     train = ds.matrix.rows(split.train)
     valid = ds.matrix.rows(split.valid)
-    booster = lgb.Booster(model_str=result.model_text)
-    train_scores = apply_calibration(result.calibration, booster.predict(train.X, raw_score=True))
     importance, plot = shap_importance(result.model_text, valid, req.seed)
     manifest = {
         "format": "sira-model/1", "model": req.model, "model_type": req.model_type, "run_id": str(run_id),
@@ -380,8 +384,8 @@ def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: S
         "metrics": metrics, "dataset": {**ds.fingerprint, "split": split.method, "windows": split.windows,
                                         "dropped_columns": ds.dropped},
         "code_version": code_version(), "lightgbm_version": lgb.__version__,
-        "reference": reference_statistics(train, train_scores), "importance": {"mean_abs_shap": importance},
+        "reference": reference_statistics(train, result.valid_scores), "importance": {"mean_abs_shap": importance},
     }
     files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot,
-             REFERENCE_SAMPLE_FILE: reference_sample(train, train_scores, req.seed)}
+             REFERENCE_SAMPLE_FILE: reference_sample(train, result.valid_scores, req.seed)}
     return artifacts.save_artifact(settings, f"{req.model}/runs/{run_id}", files, manifest)

@@ -61,6 +61,13 @@ async def test_training_registers_candidates_with_verified_artifacts(clean_db, s
     assert manifest["importance"]["mean_abs_shap"]["amount"] > 0
     assert "shap_summary.png" in manifest["files"]
     assert "pickle" not in json.dumps(manifest).lower()
+    # the score reference is out-of-sample: the validation rows' scores (a model's scores of its own training
+    # rows are more extreme than any it gives later, and read as score drift), in the histogram and the sample
+    assert sum(manifest["reference"]["score"]["histogram"]) == first["split"]["validation"]
+    import io
+
+    sample = np.load(io.BytesIO(loaded.files["reference_sample.npy"]), allow_pickle=False)
+    assert np.count_nonzero(~np.isnan(sample[:, -1])) == min(first["split"]["validation"], sample.shape[0])
 
 
 async def test_same_inputs_give_the_same_model_file(clean_db, settings, byo_table):
