@@ -24,6 +24,7 @@ import functools
 import io
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,8 +95,12 @@ def _missing_bin(counts: np.ndarray, missing: float) -> np.ndarray:
 
 
 def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
-            thresholds: stats.DriftThresholds = stats.DriftThresholds()) -> tuple[list[dict[str, Any]], str]:
-    """One row per feature and one for the score (most severe first), and the dataset's verdict."""
+            thresholds: stats.DriftThresholds = stats.DriftThresholds(),
+            nulls: Mapping[str, int] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """One row per feature and one for the score (most severe first), and the dataset's verdict. ``nulls``:
+    per categorical feature, the window's values that were absent; its other unencoded values are categories
+    training never saw, counted in a bin of their own (they were counted as missing: a category renamed
+    upstream read as a feature that stopped arriving, and a retrain's check blocked it as such)."""
     rows: list[dict[str, Any]] = []
     n_ref_total = reference.statistics.get("rows")
     for j, spec in enumerate(reference.schema):
@@ -106,7 +111,9 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
         present = column[~np.isnan(column)]
         if spec.kind != "categorical":
             present.sort()  # once, for the bin counts and for KS
-        missing_current = float(column.size - present.size)
+        unencoded = float(column.size - present.size)
+        unseen = max(0.0, unencoded - nulls[spec.name]) if nulls is not None and spec.name in nulls else 0.0
+        missing_current = unencoded - unseen
         row: dict[str, Any] = {"feature": spec.name, "kind": spec.kind, "n_current": int(column.size)}
         details: dict[str, Any] = {"missing_rate_reference": ref["missing_rate"],
                                    "missing_rate_current": missing_current / column.size if column.size else None}
@@ -120,6 +127,9 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
             ref_counts = proportions * (n_ref_total or 1) * (1 - ref["missing_rate"])
             ref_bins = _missing_bin(ref_counts, (n_ref_total or 1) * ref["missing_rate"])
             cur_bins = _missing_bin(counts, missing_current)
+            if unseen:  # a bin training never filled
+                ref_bins, cur_bins = np.append(ref_bins, 0.0), np.append(cur_bins, unseen)
+                details["unseen_rate_current"] = unseen / column.size
             current_freq = counts / counts.sum() if counts.sum() else counts
             details["largest_changes"] = {
                 spec.categories[k]: {"reference": float(proportions[k]), "current": float(current_freq[k])}
@@ -223,17 +233,19 @@ def _events_window(settings: Settings, version: dict[str, Any], fs: Any, label_n
     batches = local_batches(settings, version, source) if here else scored_batches(version, source)
     table = pa.concat_tables(list(batches))
     runtime = ModelRuntime.load(settings, version)
-    return runtime.table_matrix(table), table.column("score").to_numpy()
+    nulls = {s.name: table.column(s.name).null_count for s in runtime.schema if s.kind == "categorical"}
+    return runtime.table_matrix(table), table.column("score").to_numpy(), nulls
 
 
 async def _predictions_window(conn: Any, settings: Settings, version: dict[str, Any], lo: datetime,
-                              hi: datetime) -> tuple[np.ndarray, np.ndarray]:
+                              hi: datetime) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     import asyncio
 
     from sira.serving.scoring import ModelRuntime
 
     runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)
     blocks, scores = [], []
+    nulls = {s.name: 0 for s in runtime.schema if s.kind == "categorical"}
     async with conn.transaction():  # a server-side cursor: a week of production never sits in memory as records
         cursor = await conn.cursor(
             """SELECT features, score FROM sira_predictions
@@ -243,9 +255,11 @@ async def _predictions_window(conn: Any, settings: Settings, version: dict[str, 
         while chunk := await cursor.fetch(PREDICTION_CHUNK_ROWS):
             blocks.append(runtime.matrix([r["features"] for r in chunk]))  # each chunk's records freed after
             scores.append(np.array([r["score"] for r in chunk], dtype=np.float64))
+            for name in nulls:
+                nulls[name] += sum(1 for r in chunk if r["features"].get(name) is None)
     if not blocks:
-        return np.empty((0, len(runtime.schema))), np.empty(0)
-    return np.vstack(blocks), np.concatenate(scores)
+        return np.empty((0, len(runtime.schema))), np.empty(0), nulls
+    return np.vstack(blocks), np.concatenate(scores), nulls
 
 
 # -- the job --------------------------------------------------------------------------------------
@@ -272,7 +286,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
             lo, hi, rule = await _window(conn, req, version)
             reference = await asyncio.to_thread(Reference.load, settings, version)
             if req.source == "predictions":
-                X, scores = await _predictions_window(conn, settings, version, lo, hi)
+                X, scores, nulls = await _predictions_window(conn, settings, version, lo, hi)
             else:
                 if not row["feature_set"]:
                     raise InvalidInput(f"{req.model} was trained on a table of its own: use --source predictions",
@@ -287,12 +301,12 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                 here = in_process(settings, n)  # a small window is scored in this process, as `sira score` does
                 if not here:
                     init_ray(settings, db.resolve_dsn(settings))
-                X, scores = await asyncio.to_thread(_events_window, settings, version, fs, model["label_name"], lo, hi,
-                                                    n, here)
+                X, scores, nulls = await asyncio.to_thread(_events_window, settings, version, fs, model["label_name"],
+                                                           lo, hi, n, here)
         if scores.size < MIN_ROWS:
             raise InvalidInput(f"{scores.size} {req.source} in the window; drift needs at least {MIN_ROWS}: widen it",
                                code="insufficient_data")
-        rows, overall = await asyncio.to_thread(compare, reference, X, scores, req.thresholds)
+        rows, overall = await asyncio.to_thread(compare, reference, X, scores, req.thresholds, nulls)
         counts = {s: sum(1 for r in rows if r["severity"] == s) for s in SEVERITY_ORDER}
         run = job_id()
         async with db.transaction(pool) as conn:

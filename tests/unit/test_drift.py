@@ -62,6 +62,25 @@ def test_a_feature_that_stops_arriving_is_drift(synthetic_matrix):
     assert night["severity"] == "alert" and night["details"]["missing_rate_current"] == 1.0
 
 
+def test_a_category_training_never_saw_is_not_a_missing_value(synthetic_matrix):
+    """A channel renamed upstream ("ecom" now "ECOM") leaves the model's vocabulary: it was counted as missing,
+    read as a feature that stopped arriving, and a retrain's data check blocked the challenger for it. It is
+    drift in a bin of its own; absent values stay missing."""
+    reference, _, _ = _reference(synthetic_matrix)
+    current = synthetic_matrix(5_000, 9)
+    X = current.X.copy()
+    renamed = X[:, 2] == 1.0
+    X[renamed, 2] = np.nan  # unencodable: a category outside the vocabulary
+    rows, _ = compare(reference, X, _score(X), nulls={"channel": 0})
+    channel = next(r for r in rows if r["feature"] == "channel")
+    assert channel["details"]["missing_rate_current"] == 0.0
+    assert channel["details"]["unseen_rate_current"] == renamed.mean() > 0.2 and channel["severity"] == "alert"
+    X[:100, 2] = np.nan  # and some absent (null) too: those are missing
+    rows, _ = compare(reference, X, _score(X), nulls={"channel": int((~renamed[:100]).sum())})
+    channel = next(r for r in rows if r["feature"] == "channel")
+    assert channel["details"]["missing_rate_current"] == (~renamed[:100]).sum() / len(X)
+
+
 def test_without_a_reference_sample_ks_is_left_out(synthetic_matrix):
     reference, _, _ = _reference(synthetic_matrix)
     bare = Reference(reference.schema, reference.statistics, None)
