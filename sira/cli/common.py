@@ -177,19 +177,11 @@ def governed(action: Callable[..., Any], api_key: str | None, *args: Any, notify
     settings = get_settings()
 
     async def run() -> Any:
-        from sira.core import audit
-        from sira.core.errors import PermissionDenied
-
         async with db.open_pool(settings) as pool:
             async with pool.acquire() as conn:
                 identity = await acting(conn, api_key)
-            try:
-                async with db.transaction(pool) as conn:
-                    result = await action(conn, identity, *args)
-            except PermissionDenied as exc:  # the operation's own refusal (a self-approval): audited by main
-                if exc.denial is None and not exc.audited:
-                    audit.denied(exc, identity.actor(), exc.details.get("action", "cli"), details={"reason": exc.message})
-                raise
+            async with db.transaction(pool) as conn:  # a refusal inside it is audited after the rollback
+                result = await action(conn, identity, *args)
             if notify:  # after the commit; failures are retried by `sira webhooks deliver`
                 await webhooks.deliver_due(pool, settings)
             return result

@@ -67,5 +67,5 @@ def denied(exc: E, actor: Actor, action: str, *, target_type: str | None = None,
     by :func:`sira.core.db.transaction` when raised inside one, else by the CLI's ``main`` or the HTTP
     error handler (:meth:`SiraError.write_denial`): every refusal is audited, over HTTP and on the command
     line alike."""
-    exc.denial = Denial(actor, action, target_type, target_id, details or {})
+    exc.denial = Denial(actor, action, target_type, target_id, details or {"reason": exc.message})
     return exc

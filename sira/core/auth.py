@@ -80,9 +80,9 @@ def authorize(identity: Identity, action: str) -> None:
     """Raise :class:`PermissionDenied` (403) unless the identity may perform the action."""
     if not may(identity, action):
         allowed = sorted(PERMISSIONS[action] | {"admin"})
-        message = f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}"
-        raise audit.denied(PermissionDenied(message, details={"action": action, "roles": allowed}),
-                           identity.actor(), action, details={"reason": message})
+        raise audit.denied(PermissionDenied(f"{identity.name} may not {action}: it needs one of the roles "
+                                            f"{', '.join(allowed)}", details={"action": action, "roles": allowed}),
+                           identity.actor(), action)
 
 
 def hash_key(pepper: str, key: str) -> str:
@@ -208,8 +208,9 @@ async def revoke_job_key(conn: Connection, identity: Identity, name: str) -> boo
     if row is None:
         raise NotFound(f"no API key named {name!r}", details={"name": name})
     if identity.name not in (name, row["created_by"]) and not may(identity, "keys.manage"):
-        raise PermissionDenied(f"{identity.name} may not revoke the job key {name!r}: only the job or its "
-                               "submitter may", details={"action": "keys.manage"})
+        raise audit.denied(PermissionDenied(f"{identity.name} may not revoke the job key {name!r}: only the job or "
+                                            "its submitter may", details={"action": "keys.manage"}),
+                           identity.actor(), "keys.manage")
     revoked = await conn.fetchval(
         """UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2
             WHERE name = $1 AND revoked_at IS NULL RETURNING name""", name, identity.name)

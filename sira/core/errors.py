@@ -34,7 +34,6 @@ class SiraError(Exception):
         # written inside it, it was rolled back with it). Whoever writes it clears it: sira.core.db.transaction,
         # else the CLI's main or the HTTP error handler (see sira.core.audit.denied)
         self.denial: Any = None
-        self.audited = False  # its denial was written
 
     async def write_denial(self, where: Any) -> None:
         """Write the pending audit entry, if any, on ``where`` (a pool: on a connection it lends; else a
@@ -42,7 +41,6 @@ class SiraError(Exception):
         denial, self.denial = self.denial, None
         if denial is None:
             return
-        self.audited = True
         if hasattr(where, "acquire"):
             async with where.acquire() as conn:
                 await denial.write(conn)

@@ -108,19 +108,10 @@ async def current_identity(request: Request, pool: PoolDep, identities: Identiti
 
 
 async def in_transaction(pool: asyncpg.Pool, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-    """``fn(conn, *args, **kwargs)`` in one transaction: a route's unit of work. A refusal raised inside it
-    (a self-approval, governance settings without admin) is audited after the rollback, as the route's own
-    role check and the CLI's are: it left no trace over HTTP."""
-    try:
-        async with db.transaction(pool) as conn:
-            return await fn(conn, *args, **kwargs)
-    except PermissionDenied as exc:
-        who = next((a for a in args if isinstance(a, Identity)), None)
-        if who is not None and exc.denial is None and not exc.audited:  # the operation's own (a self-approval)
-            from sira.core import audit
-
-            audit.denied(exc, who.actor(), exc.details.get("action", fn.__name__), details={"reason": exc.message})
-        raise
+    """``fn(conn, *args, **kwargs)`` in one transaction: a route's unit of work (a refusal raised inside it is
+    audited after the rollback: :func:`sira.core.db.transaction`)."""
+    async with db.transaction(pool) as conn:
+        return await fn(conn, *args, **kwargs)
 
 
 async def admit(request: Request, identity: Identity, action: str) -> Identity:

@@ -25,6 +25,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from sira.core import audit
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
 from sira.features.store import writing_log
@@ -103,8 +104,9 @@ def label_source(who: Any, requested: str, named: bool) -> str:
         return requested
     own = f"analyst:{who.name}"[:100]
     if named and requested != own:
-        raise PermissionDenied("only service keys name the source of a label; an analyst's labels are "
-                               f"recorded as analyst:{who.name}", details={"field": "source"})
+        raise audit.denied(PermissionDenied("only service keys name the source of a label; an analyst's labels are "
+                                            f"recorded as analyst:{who.name}", details={"field": "source"}),
+                           who.actor(), "feedback.write")
     return own
 
 

@@ -97,8 +97,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         raise InvalidInput(f"--customer is not the person erasure request {request_id} names",
                            code="subject_mismatch")
     if identity.name == request["requested_by"]:
-        raise PermissionDenied("the admin who asked for an erasure cannot carry it out: a second admin must",
-                               code="self_approval")
+        raise audit.denied(PermissionDenied("the admin who asked for an erasure cannot carry it out: a second "
+                                            "admin must", code="self_approval"), identity.actor(), "subject.access")
     if request["status"] == "executed":  # the database part is done: Redis and the spool again
         return {"request_id": request_id, "subject": ref, "status": "executed", "counts": {}, "files": [],
                 "withheld_shared_identifiers": 0, "retry": True,

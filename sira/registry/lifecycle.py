@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sira.core import audit
 from sira.core.errors import Conflict, InvalidInput, PermissionDenied
 
 STATUSES = ("candidate", "validated", "staging", "production", "archived", "rejected")
@@ -80,16 +81,21 @@ def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_s
 
 
 def check_approver(approver: str, roles: Iterable[str], *, creator: str | None, requester: str,
-                   already: Iterable[str], what: str = "promotion") -> None:
+                   already: Iterable[str], what: str = "promotion", actor: audit.Actor | None = None) -> None:
     """Raise unless ``approver`` may decide on a ``what`` (a promotion, a threshold change): holds the approver
     role, neither created the version (``creator``; None: a change that does not bar it, such as new
-    thresholds) nor requested the change (four eyes), has not decided on this request before."""
+    thresholds) nor requested the change (four eyes), has not decided on this request before. ``actor``: who
+    asks, the refusal audited as theirs (None: a question, such as who may decide, not an attempt)."""
+    def refused(message: str, code: str | None = None) -> PermissionDenied:
+        exc = PermissionDenied(message, code=code, details={"action": "promotion.decide"})
+        return audit.denied(exc, actor, "promotion.decide") if actor is not None else exc
+
     if "approver" not in set(roles) and "admin" not in set(roles):
-        raise PermissionDenied(f"{approver} does not hold the approver role")
+        raise refused(f"{approver} does not hold the approver role")
     if creator is not None and approver == creator:
-        raise PermissionDenied("the creator of a version cannot approve it", code="self_approval")
+        raise refused("the creator of a version cannot approve it", code="self_approval")
     if approver == requester:
-        raise PermissionDenied(f"the requester of a {what} cannot decide on it", code="self_approval")
+        raise refused(f"the requester of a {what} cannot decide on it", code="self_approval")
     if approver in set(already):
         raise Conflict(f"{approver} has already decided on this request", code="already_decided")
 

@@ -332,7 +332,8 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     previous = await conn.fetch("SELECT approver, decision FROM sira_approvals WHERE request_id = $1", request["id"])
     approver, creator, requester, *already = await principals(
         conn, identity.name, row["created_by"], request["requested_by"], *[p["approver"] for p in previous])
-    lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester, already=already)
+    lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester, already=already,
+                             actor=identity.actor())
     try:
         async with conn.transaction():
             await conn.execute(
