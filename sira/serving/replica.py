@@ -85,11 +85,19 @@ class Replica:
             log.exception("metrics unavailable")
 
     async def cancel_tasks(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        for task in list(self.tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Cancel the background tasks and wait for them to end. A task still running a moment after its
+        cancellation is cancelled again: Python 3.11's ``asyncio.wait_for`` drops a cancellation that arrives
+        as its inner call completes (the flusher's write through the writer thread), and the flusher then
+        slept on while ``stop`` waited for it forever."""
+        tasks = set(self.tasks)
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.5)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: no "never retrieved" warning for a task that failed
 
     async def close(self) -> None:
         """Publish the last metrics, close Redis and the pool (each step whatever the others did)."""

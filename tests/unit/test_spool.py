@@ -156,3 +156,38 @@ def test_segments_waiting_to_be_stored_keep_the_spool_from_opening_more(tmp_path
         spool.done(segment)
     assert stored == list(range(50)) and spool.pending == 0
     spool.close()
+
+
+def test_stopping_a_replica_ends_a_task_that_lost_its_cancellation():
+    """Python 3.11's ``asyncio.wait_for`` drops a cancellation that arrives as its inner call completes (the
+    spool flusher's write through the writer thread): the flusher slept on and the replica's stop waited
+    forever. A task still running after its cancellation is cancelled again."""
+    import asyncio
+
+    from sira.core.config import Settings
+    from sira.serving.config import ServingConfig
+    from sira.serving.replica import Replica
+
+    async def flusher(cancels: list[int]) -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) == 1:
+                    asyncio.current_task().uncancel()  # what wait_for's lost race leaves behind
+                    continue
+                raise
+
+    async def main() -> list[int]:
+        replica = Replica.of(Settings(database_url="postgresql://nobody@127.0.0.1:1/none"),
+                             ServingConfig(models=["fraud"]))
+        cancels: list[int] = []
+        replica.spawn(flusher(cancels), "flusher")
+        await asyncio.sleep(0.02)
+        stopping = asyncio.ensure_future(replica.cancel_tasks())
+        done, _ = await asyncio.wait({stopping}, timeout=30)  # (cancelling the wait would end the task)
+        assert done, "the replica's stop waits forever on its background task"
+        return cancels
+
+    assert asyncio.run(main()) == [1, 1]
