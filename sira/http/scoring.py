@@ -92,6 +92,7 @@ async def _batch_scored(service: ScoringService, body: BatchScoreRequest, starte
         raise PayloadTooLarge(f"a batch holds at most {service.config.max_batch_rows} requests, "
                               f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
     items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
+    await service.idempotency.refuse_conflicts(items)
     answers = await asyncio.gather(*(service.score(i) for i in items))
     timed(service, "score_batch", body.model, started)
     return json_answer({"model": body.model, "results": answers})

@@ -187,6 +187,31 @@ class Answers:
             found = {}
         return {**found, **(cached or {})}
 
+    async def refuse_conflicts(self, items: list[Item], prefix: str = "requests.") -> None:
+        """Raise the 409 a batch's row would get for a request id used for something else (earlier, within
+        the window, or by another row of the batch) before any row is scored: a batch is answered whole or
+        refused whole. (A conflict arriving between this check and the scoring still fails the batch.)"""
+        first: dict[tuple[str, str], Item] = {}
+        for item in items:
+            if item.client_request_id:
+                first.setdefault((item.runtime.model_name, item.request_id), item)
+        if not first:
+            return
+        known = {k: a for k in first if (a := self.recent.get(k)) is not None}
+        unknown = [i for k, i in first.items() if k not in known]
+        known.update(await self.earlier(unknown, set()) if unknown else {})
+        for n, item in enumerate(items):
+            if not item.client_request_id:
+                continue
+            key = (item.runtime.model_name, item.request_id)
+            earlier = known.get(key) or ({DIGEST: first[key].digest} if first[key] is not item else None)
+            try:
+                if earlier is not None:
+                    replay(earlier, item)
+            except Conflict as exc:
+                exc.details["field"] = f"{prefix}{n}.request_id"
+                raise
+
     def _complete(self, marker: bytes | None, models: set[str]) -> bool:
         """Whether Redis holds every answer of these models given within the window (its misses are new
         requests); when not known yet, the check is started in the background and the answer is no."""

@@ -433,6 +433,37 @@ async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "requests.2.event.customer_id"
 
 
+async def test_a_batch_with_a_conflicting_request_id_is_refused_before_any_row_is_scored(served, fraud_model):
+    """One row's request id used for another event (earlier, or twice in the batch) refused the whole batch
+    with a 409 only after the other rows were scored and recorded: it is refused before any row is scored."""
+    client, service = served
+    taken = {"model": "fraud", "request_id": f"taken-{uuid.uuid4()}", "event": event(fraud_model, 40)}
+    assert (await score(client, fraud_model, taken)).status_code == 200
+    fresh = [{"request_id": f"fresh-{uuid.uuid4()}", "event": event(fraud_model, 41 + i)} for i in range(2)]
+    reused = {"request_id": taken["request_id"], "event": {**taken["event"], "amount": taken["event"]["amount"] + 1}}
+    twice = [{"request_id": f"twice-{uuid.uuid4()}", "event": event(fraud_model, 44)}]
+    twice.append({**twice[0], "event": {**twice[0]["event"], "amount": twice[0]["event"]["amount"] + 1}})
+    for forget in (False, True):
+        if forget:
+            await service.flush()
+            service.answers.clear()  # another replica: the earlier answer is found in PostgreSQL
+        for rows, field in ((fresh + [reused], "requests.2.request_id"), (fresh + twice, "requests.3.request_id")):
+            r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": rows},
+                                  headers=auth(fraud_model, "service"))
+            assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
+            assert r.json()["error"]["details"]["field"] == field
+    await service.flush()
+    ids = [row["request_id"] for row in fresh + twice]
+    assert await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE request_id = ANY($1)", ids) == 0
+    # the same request twice in a batch is one request: answered once, the second row its replay
+    same = [twice[0], twice[0]]
+    r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": same},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["prediction_id"] == second["prediction_id"] and second["replayed"]
+
+
 async def test_scoring_needs_the_service_role(served, fraud_model):
     client, _ = served
     body = {"model": "fraud", "event": event(fraud_model, 8)}
