@@ -128,8 +128,8 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
 # -- training ------------------------------------------------------------------
 
 
-async def actor_for(action: str, api_key: str | None) -> Any:
-    """Who acts: the key's owner, allowed to perform ``action``; before any key exists, the local user."""
+async def identity_for(action: str, api_key: str | None) -> Any:
+    """Who acts (an Identity), allowed to perform ``action``; None before any key exists (the local user)."""
     from sira.core import db
     from sira.core.auth import authorize
 
@@ -139,7 +139,13 @@ async def actor_for(action: str, api_key: str | None) -> Any:
                 return None  # a fresh installation: no keys yet, the local user acts
             identity = await acting(conn, api_key)
             authorize(identity, action)
-            return identity.actor()
+            return identity
+
+
+async def actor_for(action: str, api_key: str | None) -> Any:
+    """Who acts: the key's owner, allowed to perform ``action``; before any key exists, the local user (None)."""
+    identity = await identity_for(action, api_key)
+    return identity and identity.actor()
 
 
 async def audited(actor: Any, action: str, target_id: str, details: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from sira.cli.common import (
     err,
     features_app,
     feedback_app,
+    identity_for,
     kv_table,
     load_yaml_mapping,
 )
@@ -192,21 +193,22 @@ def feedback_import_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Label files or folders (.parquet, .csv, .jsonl).")],
     mapping: MapOption = None,
     map_file: MapFileOption = None,
-    source: Annotated[str, typer.Option("--source", help="Source of labels without a source column.")] = "import",
+    source: Annotated[str | None, typer.Option("--source", help="Source of labels without a source column "
+                                               "(default: import; an analyst's labels are analyst:<name>).")] = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import labels (event_id, label, known_at[, source, label_name, occurred_at])."""
+    """Import labels (event_id, label, known_at[, source, label_name, occurred_at]). Only service and admin
+    keys name a label's source (chargeback, review, ...); an analyst's labels are their own, as over HTTP."""
+    from sira.core.audit import Actor
     from sira.core.files import find_files, parse_mapping
     from sira.ingest.labels import import_label_files
 
     find_files(paths)  # a missing or unsupported file fails before anything else
-    from sira.core.audit import Actor
-
-    actor = asyncio.run(actor_for("feedback.write", api_key)) or Actor.local()
-
+    who = asyncio.run(identity_for("feedback.write", api_key))
     summary = asyncio.run(import_label_files(get_settings(), paths, mapping=parse_mapping(mapping, map_file),
-                                             source=source, created_by=actor.name))
+                                             source=source, who=who,
+                                             created_by=(who.name if who else Actor.local().name)))
     payload = summary.to_dict()
     emit(payload, as_json, lambda: err.print(_summary_table("Labels", payload)))
 

@@ -237,10 +237,12 @@ async def record_labels(
 
 
 async def import_label_files(
-    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str = "import",
-    created_by: str | None = None,
+    settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str | None = None,
+    created_by: str | None = None, who: Any = None,
 ) -> FeedbackSummary:
-    """``sira feedback import``: read label files (checked first) and record them in one transaction."""
+    """``sira feedback import``: read label files (checked first) and record them in one transaction.
+    ``source`` (None: ``import``) for rows without one; ``who`` (an Identity; None: the local user before
+    any key exists) may name sources only as :func:`label_source` allows, in ``source`` and in the file."""
     from sira.core import db
     from sira.core.errors import InvalidInput
     from sira.core.files import find_files, read_table
@@ -253,6 +255,13 @@ async def import_label_files(
     missing = sorted(required - set(table.column_names))
     if missing:
         raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
+    if who is not None:  # an analyst's labels are their own: never a chargeback's, a review's, ...
+        column = mapping.get("source", "source")
+        named = set(table.column(column).to_pylist()) - {None, ""} if column in table.column_names else set()
+        for requested in sorted(named, key=str):
+            label_source(who, str(requested), True)
+        source = label_source(who, source or "import", source is not None)
+    source = source or "import"
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
             summary = await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,

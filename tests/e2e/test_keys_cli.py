@@ -1,5 +1,6 @@
 """`sira keys` as an operator uses it: bootstrap, --json shape, one-line errors."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -148,6 +149,35 @@ def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_
     assert sira({**env, "SIRA_API_KEY": analyst}, "feedback", "import", str(tmp_path / "labels.parquet"))[0] == 0
     code, _, err = sira({**env, "SIRA_API_KEY": analyst}, "ingest", str(tmp_path / "labels.parquet"))
     assert code == 2 and "error: forbidden:" in err  # ingesting events needs a service key
+    # An analyst's labels are their own, as over HTTP: a file of theirs never overwrites a chargeback
+    # (named by --source or by the file's source column), nor passes for a review.
+    service = json.loads(sira(root, "keys", "create", "--role", "service", "--name", "psp", "--json")[1])["key"]
+    chargeback = tmp_path / "chargeback.parquet"
+    pq.write_table(pa.table({"event_id": ["l2"], "label": [True], "known_at": ["2026-09-02T00:00:00Z"]}), chargeback)
+    assert sira({**env, "SIRA_API_KEY": service}, "feedback", "import", str(chargeback), "--source", "chargeback")[0] == 0
+    flip = tmp_path / "flip.parquet"
+    pq.write_table(pa.table({"event_id": ["l2"], "label": [False], "known_at": ["2026-09-03T00:00:00Z"]}), flip)
+    flip_column = tmp_path / "flip-column.parquet"
+    pq.write_table(pa.table({"event_id": ["l2"], "label": [False], "known_at": ["2026-09-03T00:00:00Z"],
+                             "source": ["chargeback"]}), flip_column)
+    for args in ((str(flip), "--source", "chargeback"), (str(flip), "--source", "review"), (str(flip_column),)):
+        code, _, err = sira({**env, "SIRA_API_KEY": analyst}, "feedback", "import", *args)
+        assert code == 2 and err.startswith("error: forbidden: only service keys name the source"), (args, err)
+    assert sira({**env, "SIRA_API_KEY": analyst}, "feedback", "import", str(flip))[0] == 0  # recorded as theirs
+    code, out, _ = sira(root, "audit", "--actor", "a", "--json")
+    assert sum(e["outcome"] == "denied" and e["action"] == "feedback.write" for e in json.loads(out)["entries"]) == 3
+
+    async def labels() -> list[tuple]:
+        import asyncpg
+
+        conn = await asyncpg.connect(env["SIRA_DATABASE_URL"])
+        try:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT source, label, created_by FROM sira_feedback WHERE event_id = 'l2' ORDER BY source")]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(labels()) == [("analyst:a", False, "a"), ("chargeback", True, "psp")]
 
 
 def test_key_expiry_takes_iso_8601_with_offsets_and_refuses_the_past(create_database, tmp_path):
