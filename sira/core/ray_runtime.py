@@ -111,8 +111,10 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "joined": True}
-    runtime_env = {"env_vars": worker_env(settings, dsn)}
     address = settings.ray_address
+    # Joining a cluster (SIRA_RAY_ADDRESS): the driver's runtime env is listed to anyone who can list jobs
+    # (`ray list jobs --detail`, the dashboard), so it carries no password, as a submitted job's does
+    runtime_env = {"env_vars": shared_env(settings, dsn) if address else worker_env(settings, dsn)}
     # Ray 2.60 turns token auth on for a new local cluster (its token: ~/.ray/auth_token) and says
     # so at WARNING on every command; that is the secure default SIRA wants, not news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -327,7 +329,7 @@ def without_password(dsn: str) -> str:
 
     parts = urlsplit(dsn)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in pairs if k.lower() != "password"]
+    query = [(k, v) for k, v in pairs if k.lower() not in ("password", "sslpassword")]
     if parts.password is None and len(query) == len(pairs):
         return dsn
     netloc = parts.netloc
@@ -338,12 +340,18 @@ def without_password(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 
-def job_env_vars(settings: Settings, dsn: str, job_key: str | None) -> dict[str, str]:
-    """What a submitted job's runtime env carries: SIRA's settings as for any worker (secrets as file
-    paths), the DSN without its password, and the job's own short-lived key."""
+def shared_env(settings: Settings, dsn: str) -> dict[str, str]:
+    """:func:`worker_env` for a runtime env others can read (a submitted job's, a driver joining a
+    cluster's): SIRA's settings (secrets as file paths), the DSN and the Redis URL without their passwords."""
     env = worker_env(settings, without_password(dsn))
     if "SIRA_REDIS_URL" in env:  # its password too: SIRA_REDIS_PASSWORD_FILE on the nodes
         env["SIRA_REDIS_URL"] = without_password(env["SIRA_REDIS_URL"])
+    return env
+
+
+def job_env_vars(settings: Settings, dsn: str, job_key: str | None) -> dict[str, str]:
+    """What a submitted job's runtime env carries: :func:`shared_env` and the job's own short-lived key."""
+    env = shared_env(settings, dsn)
     if job_key:
         env["SIRA_API_KEY"] = job_key
     return env

@@ -74,3 +74,39 @@ def test_a_submitted_stream_job_connects_as_its_submitter_configured(settings, t
     assert Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("SIRA_KAFKA")}).kafka_sasl_mechanism \
         == "SCRAM-SHA-512"  # what the job's settings read back
     assert "SIRA_KAFKA_SECURITY_PROTOCOL" not in job_env_vars(settings, "postgresql://x@h/db", None)  # defaults: unsaid
+
+
+def test_a_driver_joining_a_cluster_lists_no_password(ray_session, tmp_path):
+    """`sira train --trials`, `sira ingest`, `sira score`, ... with SIRA_RAY_ADDRESS join a cluster as a driver
+    whose runtime env anyone who can list jobs reads (`ray list jobs --detail`, the dashboard): it carried
+    the database's and Redis's passwords (a submitted job's env never did)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    secret = tmp_path / "redis-password"
+    secret.write_text("R3disPw\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_") and k != "RAY_ADDRESS"}
+    env.update({"SIRA_RAY_ADDRESS": ray.get_runtime_context().gcs_address, "SIRA_WORKSPACE": str(tmp_path),
+                "SIRA_DATABASE_URL": "postgresql://sira:S3cretPw@db.internal:5432/sira?sslpassword=K3yPw",
+                "SIRA_REDIS_URL": "redis://redis.internal:6379/0", "SIRA_REDIS_PASSWORD_FILE": str(secret)})
+    driver = textwrap.dedent("""
+        import json, ray
+        from ray._private.worker import global_worker
+        from sira.core.config import get_settings
+        from sira.core.ray_runtime import init_ray
+        settings = get_settings()
+        init_ray(settings, settings.database_url.get_secret_value())
+        mine = ray.get_runtime_context().get_job_id()
+        # the job table in the GCS: what `ray list jobs --detail` and the dashboard show of a driver
+        jobs = global_worker.gcs_client.get_all_job_info()
+        listed = [j.config.runtime_env_info.serialized_runtime_env for i, j in jobs.items() if i.hex() == mine]
+        print(json.dumps({"listed": listed}))
+    """)
+    done = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = json.loads(done.stdout.strip().splitlines()[-1])["listed"]
+    assert listed and "sira@db.internal" in listed[0], listed  # the env is listed: without the passwords
+    assert not any(s in listed[0] for s in ("S3cretPw", "K3yPw", "R3disPw")), listed
