@@ -245,6 +245,39 @@ class Redactor:
             return scrubbed if scrubbed != digits else value
         return value
 
+    def feature(self, name: str, value: Any) -> tuple[bool, Any]:
+        """A bring-your-own feature's value as SIRA keeps it: (keep?, value). Text and values of a field the
+        policy names are redacted as an event's field of that name is (a category of e-mails becomes one of
+        tokens); other numbers and booleans are kept as they are."""
+        policy = field_policy(name)
+        if policy is None and (value is None or isinstance(value, (bool, int, float))):
+            return True, value
+        if policy is not None and policy[0] == "drop":
+            return False, None
+        return (True, None) if value is None else self.field(name, value if isinstance(value, str) else str(value))
+
+    def table(self, table: Any, exclude: set[str]) -> tuple[Any, dict[str, str]]:
+        """A bring-your-own table (pyarrow) with its personal data out, before anything reads its values:
+        columns the policy drops are removed (their reason returned), text columns and columns the policy
+        tokenizes are redacted value by value (:meth:`feature`); ``exclude``: columns kept as they are."""
+        import pyarrow as pa
+
+        dropped: dict[str, str] = {}
+        for name in list(table.column_names):
+            if name in exclude:
+                continue
+            policy = field_policy(name)
+            column = table.column(name)
+            if policy is not None and policy[0] == "drop":
+                table = table.drop_columns([name])
+                dropped[name] = "personal data (the PII policy drops this field)"
+            elif policy is not None or pa.types.is_string(column.type) or pa.types.is_large_string(column.type) \
+                    or pa.types.is_dictionary(column.type):
+                distinct = {v: self.feature(name, v)[1] for v in set(column.to_pylist()) if v is not None}
+                values = pa.array([None if v is None else distinct[v] for v in column.to_pylist()], pa.string())
+                table = table.set_column(table.column_names.index(name), name, values)
+        return table, dropped
+
     def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A whole raw record made safe to store (used for dead letters and logs): redacted, NUL
         characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels."""

@@ -3,20 +3,16 @@
     sira score --model fraud --data history/ --out scores.parquet [--version 3] [--explain] [--keep-columns]
     sira score --model fraud --from 2026-01-01 --to 2026-02-01 --out january.parquet
 
-The input streams through ``map_batches`` with an actor pool: each actor loads
-and verifies the version's artifact once (:class:`sira.serving.scoring.ModelRuntime`)
-and scores Arrow batches on one LightGBM thread, one actor per CPU. A file
-input's parts (Parquet row groups, CSV files) are read by the scoring actors
-themselves: only the scores travel through Ray's object store, not every
-feature column, and no read process competes with the scoring for the CPUs.
-Stored events are read by day in tasks of their own (Postgres round trips
-overlap the scoring); those tasks hold a quarter of a CPU, so on a small
-machine the pool never takes every CPU and starves them (MEASURED.md: that
-hangs with no error).
+The input streams through ``map_batches`` with an actor pool: each actor loads and verifies the version's artifact
+once (:class:`sira.serving.scoring.ModelRuntime`) and scores Arrow batches on one LightGBM thread, one actor per CPU.
+A file input's parts (Parquet row groups, CSV files) are read by the scoring actors themselves: only the scores travel
+through Ray's object store, not every feature column, and no read process competes with the scoring for the CPUs.
+Stored events are read by day in tasks of their own (Postgres round trips overlap the scoring); those tasks hold a
+quarter of a CPU, so on a small machine the pool never takes every CPU and starves them (MEASURED.md: that hangs with
+no error).
 
-The driver writes the scored batches to one Parquet file, in input order, in
-row groups of a fixed size, under a temporary name renamed into place when
-complete: the same input, version and options give the same file byte for byte,
+The driver writes the scored batches to one Parquet file, in input order, in row groups of a fixed size, under a
+temporary name renamed into place when complete: the same input, version and options give the same file byte for byte,
 and a failed or interrupted run leaves any earlier output untouched.
 """
 
@@ -142,9 +138,12 @@ class VersionScorer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         from sira.core.config import get_settings
+        from sira.ingest.pii import Redactor
         from sira.serving.scoring import ModelRuntime
 
-        self.runtime = ModelRuntime.load(settings or get_settings(), self.job["version"])
+        settings = settings or get_settings()
+        self.runtime, self.redactor = ModelRuntime.load(settings, self.job["version"]), Redactor.from_secret(
+            settings.secret("pii_key"))
         self.passthrough = self.job["passthrough"]
         self.explain = self.job["explain"]
 
@@ -154,7 +153,7 @@ class VersionScorer:
     def score(self, batch: pa.Table) -> pa.Table:
         # an actor scores on one LightGBM thread: it holds (at most) one CPU, see pool_shape
         return score_table(self.runtime, batch, self.passthrough, explain=self.explain,
-                           threads=self.job.get("threads", 1))
+                           threads=self.job.get("threads", 1), redactor=self.redactor)
 
 
 class PartScorer(VersionScorer):
@@ -170,11 +169,13 @@ class PartScorer(VersionScorer):
 
 
 def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
-                threads: int = 1) -> pa.Table:
-    """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns."""
+                threads: int = 1, redactor: Any = None) -> pa.Table:
+    """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns; the model's
+    categories read through ``redactor`` as its training table's were (tokens for e-mails, ...)."""
     import pyarrow.compute as pc
 
-    X = runtime.table_matrix(batch)
+    categorical = {s.name for s in runtime.schema if s.kind == "categorical"}
+    X = runtime.table_matrix(redactor.table(batch, set(batch.column_names) - categorical)[0] if redactor else batch)
     scores = runtime.predict(X, threads=threads)
     columns: dict[str, Any] = {name: batch.column(name) for name in passthrough}
     columns["score"] = pa.array(scores, pa.float64())

@@ -49,6 +49,10 @@ def prepare(slot: Slot, redactor: Any, model: str, body: ScoreItem, started: flo
         exc.message = prefix + exc.message
         exc.details = {"field": prefix + exc.details.get("field", "")}
         raise
-    return Item(runtime, slot.shadow, request_id, body.request_id is not None, None, dict(body.features), False,
+    # redacted as the model's table was at training (a category of e-mails is one of tokens): the values are
+    # stored with the prediction, in the spool and in Redis
+    features = ({name: redactor.feature(name, value)[1] for name, value in body.features.items()}
+                if redactor is not None else dict(body.features))
+    return Item(runtime, slot.shadow, request_id, body.request_id is not None, None, features, False,
                 body.explain, started, missing,
-                digest=request_digest(model, body.features) if body.request_id is not None else None)
+                digest=request_digest(model, features) if body.request_id is not None else None)

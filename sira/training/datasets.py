@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from sira.core.errors import InvalidInput
 from sira.core.files import find_files, read_table
 from sira.ingest.labels import LABEL_WORDS, parse_label
+from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
 from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
 
@@ -112,11 +113,16 @@ def infer_schema(table: pa.Table, exclude: set[str]) -> tuple[list[FeatureSpec],
 
 def load_table_dataset(
     paths: list[Path], *, label: str, time_col: str | None = None, id_col: str | None = None,
-    positive: str | None = None, schema: list[FeatureSpec] | None = None,
+    positive: str | None = None, schema: list[FeatureSpec] | None = None, redactor: Redactor | None = None,
 ) -> Dataset:
-    """A bring-your-own table as a labelled matrix (``schema`` given: reuse it, e.g. for scoring)."""
+    """A bring-your-own table as a labelled matrix (``schema`` given: reuse it, e.g. for scoring). With a
+    ``redactor`` (training does), the table's personal data is out before any value is read: a category's
+    values end up in the model's schema, its manifest and the registry, which any viewer reads."""
     files = find_files(paths)
     table = read_table(files)
+    pii_dropped: dict[str, str] = {}
+    if redactor is not None:
+        table, pii_dropped = redactor.table(table, {label, *(c for c in (time_col, id_col) if c)})
     for role, name in (("label", label), ("time", time_col), ("id", id_col)):
         if name is not None and name not in table.column_names:
             raise InvalidInput(f"{role} column {name} is not in the table (columns: {', '.join(table.column_names)})",
@@ -126,6 +132,7 @@ def load_table_dataset(
     y = _label_array(table.column(label), positive, label)
     exclude = {label, *(c for c in (time_col, id_col) if c)}
     dropped: dict[str, str] = {c: role for c, role in ((time_col, "time column"), (id_col, "id column")) if c}
+    dropped.update(pii_dropped)
     if schema is None:
         schema, why = infer_schema(table, exclude)
         dropped.update(why)

@@ -28,6 +28,7 @@ from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
 from sira.features.definitions import CURRENT_VERSIONS
+from sira.ingest.pii import Redactor
 from sira.registry import models as registry
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
@@ -231,7 +232,8 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
     if req.data:  # a table is checked before anything is created or recorded
         progress("reading the table")
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
-                                         id_col=req.id_col, positive=req.positive)
+                                         id_col=req.id_col, positive=req.positive,
+                                         redactor=Redactor.from_secret(settings.secret("pii_key")))
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
         windows = None
@@ -348,7 +350,8 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
     check_request(req)
     if req.data:
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
-                                         id_col=req.id_col, positive=req.positive)
+                                         id_col=req.id_col, positive=req.positive,
+                                         redactor=Redactor.from_secret(settings.secret("pii_key")))
         split = split_dataset(loaded, seed=req.seed)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),

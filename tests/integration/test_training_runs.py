@@ -70,6 +70,55 @@ async def test_training_registers_candidates_with_verified_artifacts(clean_db, s
     assert np.count_nonzero(~np.isnan(sample[:, -1])) == min(first["split"]["validation"], sample.shape[0])
 
 
+async def test_a_tables_personal_data_never_reaches_the_registry_or_the_artifact(clean_db, settings, tmp_path):
+    """A text column of few values became a categorical feature whose raw values (e-mails, card numbers) were
+    stored in the version's feature_schema and manifest, which any viewer reads. The table is redacted as
+    events are before anything reads it; scoring reads the same columns through the same redaction."""
+    import pyarrow as pa
+
+    from sira.ingest.pii import Redactor
+    from sira.monitoring.batch import score_table
+    from sira.serving.scoring import ModelRuntime
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    emails = [f"payer{i}@example.com" for i in range(40)]
+    cards = ["4111111111111111", "5555555555554444", "378282246310005"]
+    df = pd.DataFrame({
+        "amount": rng.lognormal(3, 1, n), "email": rng.choice(emails, n), "card_number": rng.choice(cards, n),
+        "holder_name": rng.choice(["Jane Doe", "Bob Roe"], n), "channel": rng.choice(["pos", "ecom"], n),
+        "memo": rng.choice([f"card {c}" for c in cards], n),
+    })
+    df["is_fraud"] = (rng.random(n) < np.where(df.email.isin(emails[:5]), 0.5, 0.03)).astype(int)
+    df.to_parquet(tmp_path / "byo.parquet", index=False)
+    done = await run_training(settings, TrainRequest(model="byo-pii", data=[tmp_path / "byo.parquet"],
+                                                     label="is_fraud", params=FAST, num_threads=1))
+    raw = [*emails, *cards, "Jane Doe", "Bob Roe"]
+    stored = json.dumps([dict(r) for r in await clean_db.fetch(
+        "SELECT v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id "
+        "WHERE m.name = 'byo-pii'")], default=str)
+    loaded = load_artifact(settings, ArtifactRef(done["artifact"]["uri"], done["artifact"]["sha256"]))
+    for where, text in (("registry", stored), ("manifest", json.dumps(loaded.manifest)),
+                        ("the run's answer", json.dumps(done, default=str))):
+        assert "tok_email_" in text or where == "the run's answer" and "email" in text
+        leaks = [v for v in raw if v in text]
+        assert not leaks, f"raw personal data in {where}: {leaks}"
+    assert "holder_name" not in {f["name"] for f in done["feature_schema"]}
+    # the scorer reads the raw table's columns as the model's (tokens): the e-mails are known categories
+    version = await clean_db.fetchrow(
+        "SELECT m.name AS model_name, v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id "
+        "WHERE m.name = 'byo-pii'")
+    runtime = ModelRuntime.load(settings, dict(version))
+    redactor = Redactor.from_secret(settings.secret("pii_key"))
+    table = pa.Table.from_pandas(df.head(200), preserve_index=False)
+    X = runtime.table_matrix(redactor.table(table, set(table.column_names) - {"email", "card_number", "memo"})[0])
+    email = [s.name for s in runtime.schema].index("email")
+    assert not np.isnan(X[:, email]).any()
+    scored = score_table(runtime, table, [], redactor=redactor).column("score").to_numpy()
+    assert np.allclose(scored, runtime.predict(X))
+    assert redactor.feature("email", emails[0])[1] in runtime.category_codes["email"]  # what /v1/score reads
+
+
 async def test_same_inputs_give_the_same_model_file(clean_db, settings, byo_table):
     req = TrainRequest(model="repro", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts",
                        params=FAST, num_threads=1)
