@@ -47,6 +47,9 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
     "email": ("tokenize", "email"),
     "phone": ("tokenize", "phone"),
     "phone_number": ("tokenize", "phone"),
+    "tel": ("tokenize", "phone"),
+    "contact_number": ("tokenize", "phone"),
+    "fax": ("tokenize", "phone"),
     "ip_address": ("tokenize", "ip"),
     "ip": ("tokenize", "ip"),
     "device_id": ("tokenize", "device"),
@@ -85,7 +88,9 @@ _CONTAINS: tuple[tuple[tuple[str, ...], tuple[Action, str]], ...] = (
     (("phone", "mobile", "msisdn"), ("tokenize", "phone")),
     (("birth", "passport", "ssn", "national_id", "iban", "password", "expiry", "expiration", "address",
       "street", "postal", "postcode", "zipcode", "zip_code", "first_name", "last_name", "full_name", "given_name",
-      "family_name", "surname", "holder_name", "maiden_name"), ("drop", "")),
+      "family_name", "surname", "holder_name", "maiden_name", "customer_name", "payer_name", "payee_name",
+      "account_name", "beneficiary_name", "sender_name", "recipient_name", "receiver_name", "user_name",
+      "username", "contact_name", "owner_name", "person_name", "client_name"), ("drop", "")),
 )
 
 
@@ -114,17 +119,17 @@ _EMBEDDED_TOKEN = re.compile(r"(?<![A-Za-z0-9])(tok_[a-z]{1,16}_[0-9a-f]{24})(?!
 # letters or more, then an optional dot, spaces and a letter; only the last two letters of the first
 # word are matched, so a long run of letters is not rescanned from each of its letters.)
 _FREE_TEXT = re.compile(r"[^\W\d_]{2}\.?\s+[^\W\d_]")
-_DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
+_DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")  # 4111 1111.., 4111-1111.., 4111.1111.., ...
 _DIGITS = re.compile(r"\d+")
 # Emails are what [A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,} finds (see _emails). The domain part alone is
 # linear: it starts only at an '@', and the runs after two '@' never overlap.
 _EMAIL_LOCAL = string.ascii_letters + string.digits + "._%+-"
 _EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")  # ends a sentence: "from 1.2.3.4."
 # Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
-# (single spaces or dashes between them allowed) holds none of the above.
-_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d[ -]?){12}\d")
+# (separators between them allowed) holds none of the above.
+_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
@@ -357,7 +362,8 @@ _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a digit doubled by the Luhn check
 
 
 def _replace_pans(text: str, token: Callable[[str], str]) -> str:
-    """Replace card numbers: 13-19 digits passing Luhn, in groups split by single spaces or dashes.
+    """Replace card numbers: 13-19 digits passing Luhn, in groups split by a dash, dot, slash, underscore or
+    up to three spaces.
 
     A candidate starts and ends on group boundaries, so "order-4111111111111111-2"
     and "ref 12 4111 1111 1111 1111" are both caught, and a longer number is

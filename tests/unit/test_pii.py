@@ -23,6 +23,11 @@ R = Redactor(b"test-key")
         ("mail jane.doe+x@example.org now", "jane.doe+x@example.org"),
         ("call +221 77 123 45 67", "+221 77 123 45 67"),
         ("from 203.0.113.7 via", "203.0.113.7"),
+        ("blocked 203.0.113.7.", "203.0.113.7"),  # at a sentence's end (the full stop kept it raw)
+        ("card 4111.1111.1111.1111 used", "4111.1111.1111.1111"),
+        ("card 4111/1111/1111/1111 used", "4111/1111/1111/1111"),
+        ("card 4111_1111_1111_1111 used", "4111_1111_1111_1111"),
+        ("card 4111  1111  1111  1111 used", "4111  1111  1111  1111"),
         ("v6 2001:db8::8a2e:370:7334 ok", "2001:db8::8a2e:370:7334"),
     ],
 )
@@ -32,7 +37,8 @@ def test_pii_inside_free_text_becomes_a_token(text, secret):
     assert "tok_" in scrubbed
 
 
-@pytest.mark.parametrize("text", ["order 1234567890123", "amount 12.50 EUR", "ref 2026-09-01", "999.1.2.3 x"])
+@pytest.mark.parametrize("text", ["order 1234567890123", "amount 12.50 EUR", "ref 2026-09-01", "999.1.2.3 x",
+                                  "version 1.2.3.4.5", "at 2026/09/01 10:00"])
 def test_ordinary_text_is_left_alone(text):
     assert R.scrub_text(text) == text
 
@@ -99,11 +105,11 @@ def test_adversarial_input_is_scrubbed_in_linear_time(text):
 # -- Same answers as the original (backtracking) implementation ----------------------------------------
 
 _OLD_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
-_OLD_DIGIT_RUNS = re.compile(r"\d+(?:[ -]\d+)*")
+_OLD_DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")
 _OLD_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _OLD_PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
-_OLD_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-_OLD_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d[ -]?){12}\d")
+_OLD_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
+_OLD_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
 _OLD_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
@@ -159,7 +165,7 @@ SMALL_TEXT = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join),
     st.text(alphabet="0123456789 -.@:+abAZé_%\t", max_size=48),
     st.lists(st.tuples(st.text(alphabet="0123456789", min_size=1, max_size=7),
-                       st.sampled_from([" ", "-", "  ", "x", "--"])), max_size=10).map(
+                       st.sampled_from([" ", "-", "  ", "x", "--", ".", "/", "_", "    "])), max_size=10).map(
         lambda groups: "".join(g + sep for g, sep in groups)),
 )
 
@@ -220,10 +226,12 @@ def test_personal_fields_are_known_by_their_name_however_a_sender_spells_it():
     sent = {"firstName": "Alice", "dateOfBirth": "1985-03-02", "cvv2": 123, "postalCode": "10115",
             "billingAddress": "Main", "ZIP_CODE": "75001", "cardExpiry": "12/29", "Surname": "Doe",
             "deviceId": "abc-123", "mobileNumber": "0700900123", "contactEmail": "x", "clientIpAddress": "1",
-            "merchant_name": "Cafe", "pinpad_id": "p1", "cidade": "Dakar", "channel": "pos"}
+            "merchant_name": "Cafe", "pinpad_id": "p1", "cidade": "Dakar", "channel": "pos",
+            "customer_name": "Jane", "payerName": "Bob", "tel": "0700900123", "contact_number": "415-555-0100"}
     kept = R.scrub(sent)
     assert set(kept) == {"deviceId", "mobileNumber", "contactEmail", "clientIpAddress", "merchant_name",
-                         "pinpad_id", "cidade", "channel"}
+                         "pinpad_id", "cidade", "channel", "tel", "contact_number"}
+    assert is_token(kept["tel"]) and is_token(kept["contact_number"])
     assert all(is_token(kept[k]) for k in ("deviceId", "mobileNumber", "contactEmail", "clientIpAddress"))
     assert kept["merchant_name"] == "Cafe" and kept["pinpad_id"] == "p1" and kept["channel"] == "pos"
     assert kept["deviceId"] == R.scrub({"device_id": "abc-123"})["device_id"]  # one device, one token
