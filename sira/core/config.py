@@ -201,9 +201,9 @@ class Settings(BaseSettings):
     @property
     def webhook_url_list(self) -> list[str]:
         urls = [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"SIRA_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        for n, url in enumerate(urls, 1):
+            if not url.startswith(("http://", "https://")):  # the URL itself is a credential: never shown
+                raise ConfigError(f"SIRA_WEBHOOK_URLS: entry {n} of {len(urls)} is not an http(s) URL")
         return urls
 
     # -- derived locations -------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -123,8 +124,15 @@ def _sample_of(path: Path, file_format: str, rows: int, text: Sequence[str] = ()
                            details={"file": str(path)}) from None
 
 
+# A reader's message quotes the input: the row a CSV parser choked on ("Expected 3 columns, got 5: 4,5,
+# 4111111111111111,jane@x.com"), the value a conversion refused ("invalid value 'jane@x.com'"). The file's
+# data never goes into an error, which reaches stderr, Ray's logs and job records.
+_QUOTED_INPUT = re.compile(r"(columns, got \d+)\s*:.*|(invalid value)\s*'.*?'(?=[\s,;)]|$)", re.S)
+
+
 def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+    text = _QUOTED_INPUT.sub(lambda m: m.group(1) or m.group(2), str(exc))
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 def read_parts(files: InputFiles) -> list[dict[str, Any]]:
@@ -279,7 +287,7 @@ def read_table(files: InputFiles) -> pa.Table:
 
         return pa.concat_tables([pajson.read_json(p) for p in files.paths], promote_options="permissive")
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInput(f"cannot read {files.format} input: {' '.join(str(exc).split())[:300]}") from None
+        raise InvalidInput(f"cannot read {files.format} input: {_reason(exc)}") from None
 
 
 def read_yaml(path: Path, *, code: str = "invalid_input") -> Any:

@@ -110,3 +110,24 @@ def test_the_local_rays_metrics_port_is_fixed_unless_taken():
         port = taken.getsockname()[1]
         other = free_port(port)
         assert other != port and other > 0
+
+
+def test_a_malformed_webhook_url_is_named_by_position_never_shown(monkeypatch):
+    """An incoming-webhook URL is a credential (its path is the token): a scheme-less one was echoed whole."""
+    monkeypatch.setenv("SIRA_WEBHOOK_URLS", "https://ok.example/h,hooks.slack.com/services/T0/B0/S3CRETTOKEN")
+    with pytest.raises(ConfigError) as caught:
+        get_settings().webhook_url_list
+    assert "entry 2 of 2" in str(caught.value) and "S3CRETTOKEN" not in str(caught.value)
+
+
+def test_a_file_that_cannot_be_read_is_reported_without_its_data(tmp_path):
+    """pyarrow's message quotes the row it choked on and the value it refused: a card number and an e-mail
+    went to stderr, Ray's logs and job records."""
+    from sira.core.errors import InvalidInput
+    from sira.core.files import find_files, read_table
+
+    (tmp_path / "rows.csv").write_text("a,b,c\n1,2,3\n4,5,6,4111111111111111,jane@x.com\n")
+    with pytest.raises(InvalidInput) as caught:
+        read_table(find_files([tmp_path / "rows.csv"]))
+    assert "Expected 3 columns, got 5" in caught.value.message
+    assert "4111111111111111" not in caught.value.message and "jane@x.com" not in caught.value.message
