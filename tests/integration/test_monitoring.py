@@ -92,6 +92,24 @@ def test_drift_of_served_predictions_reads_what_production_answered(fraud_model,
     assert score["n_current"] == result["n_current"]
 
 
+def test_a_window_longer_than_the_cap_is_compared_on_an_even_sample(fraud_model, served, monkeypatch):
+    """A window was held whole in the driver (a week of a busy production: GBs): beyond MAX_ROWS every k-th
+    row is kept, in stored order, so the same window gives the same sample and the same result."""
+    import sira.monitoring.drift
+
+    monkeypatch.setattr(sira.monitoring.drift, "MAX_ROWS", 150)
+    monkeypatch.setattr(sira.monitoring.drift, "PREDICTION_CHUNK_ROWS", 97)
+    for request in (DriftRequest(model="fraud", source="predictions", days=3650), DriftRequest(model="fraud", days=7)):
+        first, again = (asyncio.run(run_drift(fraud_model.settings, request)) for _ in range(2))
+        assert first["window_rows"] > 150 and 100 <= first["n_current"] <= 150, (request.source, first["window_rows"])
+        assert first["n_current"] == -(-first["window_rows"] // sira.monitoring.drift.every(first["window_rows"])) \
+            or request.source == "events"  # events: the stride is set by the window's event count
+        assert [(r["feature"], r["psi"]) for r in first["features"]] == [(r["feature"], r["psi"]) for r in again["features"]]
+    (stored,) = asyncio.run(_fetch(fraud_model.dsn, "SELECT details->>'window_rows' AS n FROM sira_data_drift "
+                                                    "WHERE job_id = $1 AND feature = $2", again["job_id"], DATASET))
+    assert int(stored["n"]) == again["window_rows"]
+
+
 def test_performance_joins_matured_labels_per_window_segment_and_role(fraud_model, served):
     request = PerformanceRequest(model="fraud", time_from=served["lo"], time_to=served["hi"], window_days=7,
                                  min_segment_size=50, ap_margin=0.5)
