@@ -59,6 +59,19 @@ def test_the_alertmanager_config_is_valid_and_routes_pages_to_pagerduty_and_warn
     assert {r["name"] for r in config["receivers"]} == {"slack", "pagerduty"}
 
 
+def test_only_a_production_version_that_cannot_load_silences_that_models_latency_alert():
+    # a shadow that cannot load changes nothing callers see: production's latency must still page
+    amtool = tool("amtool", "prometheus-alertmanager")
+    run(amtool, "check-config", "alertmanager.yml", cwd=ALERTMANAGER)
+    config = yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+    inhibiting = [rule for rule in config["inhibit_rules"]
+                  if 'alertname="SiraModelLoadFailing"' in rule["source_matchers"]]
+    assert inhibiting
+    for rule in inhibiting:
+        assert 'role="production"' in rule["source_matchers"], rule
+        assert rule["equal"] == ["model"], rule
+
+
 def test_every_alert_uses_series_sira_exports_and_has_a_runbook():
     doc = DOC.read_text()
     documented = set(re.findall(r"`((?:ray_)?sira_[a-z_]+)`", doc))
