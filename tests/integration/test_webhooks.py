@@ -191,3 +191,26 @@ async def test_events_with_no_receiver_do_not_starve_later_events_that_have_one(
     hooked = hooked.model_copy(update={"webhook_urls": receiver.url,
                                        "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
     assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 100, "retried": 0, "failed": 0}
+
+
+async def test_a_nightly_retrain_that_stages_its_challenger_delivers_the_events_it_wrote(clean_db, settings, receiver):
+    """The retrain's policy step stages (and may request the promotion of) its challenger in a transaction of its
+    own: its events are delivered after that commit, as the CLI's and the API's governed changes are, not left in
+    the outbox for a `sira webhooks deliver` nobody schedules."""
+    from types import SimpleNamespace
+
+    from sira.monitoring import retrain
+
+    hooked = settings.model_copy(update={"webhook_urls": receiver.url,
+                                         "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    await make_version(clean_db, settings, 1, required=0)
+    policy = SimpleNamespace(auto_stage=True, auto_promote=True, decide=lambda _evidence: SimpleNamespace(
+        outcome="stage", to_dict=lambda: {"outcome": "stage", "reasons": ["test"], "blockers": []}))
+    state = retrain.RunState(1, {"name": "fraud", "required_approvals": 0}, "key", {"champion": None},
+                             steps={"challenger": {"version": 1}, "drift": {"status": "not_run", "reason": "test"},
+                                    "evaluate": {"challenger": {}, "champion": None}})
+    step = await retrain._policy(hooked, clean_db, retrain.RetrainRequest(model="fraud"), DANA, policy, state)
+    assert step["staged"]
+    events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]
+    assert "version.stage" in events and "promotion.request" in events, events
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE status = 'pending'") == 0
