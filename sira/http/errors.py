@@ -1,5 +1,6 @@
 """Every error in SIRA's shape, ``{"error": {"code", "message", "details"}}`` with a stable code: SIRA's own,
-routing's (404, 405), PostgreSQL's refusals (422) and absence (503), and request validation (400, 422)."""
+routing's (404, 405), PostgreSQL's refusals (422) and absence (503), request validation (400, 422), and
+any other exception (500 ``internal``: logged with its traceback, its text never answered)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,15 @@ def install(app: FastAPI) -> None:
             raise exc  # not the database's absence: a server fault (500)
         log.info("request met an unavailable database: %s", type(exc).__name__)
         return error_response(503, "database_unavailable", f"the database is unavailable ({type(exc).__name__})", {})
+
+    @app.exception_handler(Exception)
+    @counted
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A fault nothing above handles (a bug, a model that raises): without this, Starlette's plain-text
+        # 500, never counted, so the error-ratio alert missed it. Its text may name paths or data: logged
+        # with its traceback, never answered. (Starlette re-raises it after this answer is sent.)
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal", "internal error; the server's log has the details", {})
 
     for unavailable in db.UNAVAILABLE:
         app.add_exception_handler(unavailable, counted(_database_unavailable))

@@ -8,7 +8,9 @@ own, outside Ray Serve, so its series are served by it (docs/observability.md).
   yet delivered, and delivered but not acknowledged): on Redis the whole group's (``partition=""``, every
   consumer says the same), on Kafka each partition's, said by the consumer that holds it; the group's lag
   is ``sum by (stream, group) (max by (stream, group, partition) (...))``;
-- ``sira_stream_last_commit_timestamp_seconds``: when the consumer last committed a batch.
+- ``sira_stream_last_commit_timestamp_seconds{stream, group}``: when the consumer last committed a batch of
+  that stream and group (0 until its first), so that the stall alert compares each consumer's commits
+  with the lag it holds (by stream, group and scrape target), never with another consumer's commits.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class StreamMetrics:
                          "or delivered and not acknowledged.", ["stream", "group", "partition"],
                          registry=self.registry)
         self.last_commit = Gauge("sira_stream_last_commit_timestamp_seconds", "When the consumer last committed "
-                                 "a batch.", registry=self.registry)
+                                 "a batch (0 until its first).", ["stream", "group"], registry=self.registry)
+        self.last_commit.labels(stream, group)  # exported from the start (0), as the stall alert needs
         self._lag_at = 0.0
 
     def batch(self, summary: Any, seconds: float) -> None:
@@ -47,7 +50,7 @@ class StreamMetrics:
         for reason, n in summary.reasons.items():
             self.dead_letters.labels(reason).inc(n)
         self.batch_seconds.observe(seconds)
-        self.last_commit.set(time.time())
+        self.last_commit.labels(self.stream, self.group).set(time.time())
 
     async def sample_lag(self, source: Any, every_s: float = 1.0) -> None:
         """The group's lag, from the source (at most once per ``every_s``)."""

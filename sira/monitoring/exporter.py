@@ -68,17 +68,30 @@ _PERFORMANCE = f"""
      WHERE p.segment = 'all' AND NOT coalesce((p.metrics->>'provisional')::boolean, false)
      ORDER BY p.model_id, p.version, p.role, p.window_end DESC, p.computed_at DESC"""
 
-# drift and performance: the production version's runs (a challenger's, checked by a retrain, would hide that
-# production's stopped)
+# drift and performance: when the model's job last ran for production, whichever version production was then
+# (the current production version's runs only: every promotion or rollback looked like a day without a run, and
+# the "no run in 26 hours" alerts fired). Drift: a run of the current production version, or of the version
+# production was when it ran (the registry's production.change records); a challenger's, checked by a
+# retrain before any promotion, would hide that production's stopped: never. Performance: the windows of
+# production's answers (role 'production'), whichever version gave them; a shadow's never.
 _LAST_RUNS = """
+    WITH spans AS (
+        SELECT a.target_id AS model, (a.details->>'to')::int AS version, a.occurred_at AS since,
+               lead(a.occurred_at) OVER (PARTITION BY a.target_id ORDER BY a.occurred_at, a.id) AS until
+          FROM sira_audit_log a JOIN sira_models m ON a.target_type = 'model' AND a.target_id = m.name
+         WHERE a.action = 'production.change')
     SELECT m.name AS model, 'drift' AS kind, extract(epoch FROM max(d.computed_at)) AS at
       FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id
-      JOIN sira_model_versions v ON v.model_id = d.model_id AND v.version = d.version AND v.status = 'production'
+     WHERE d.feature = '__dataset__'  -- one row per run: its verdict
+       AND (EXISTS (SELECT 1 FROM sira_model_versions v WHERE v.model_id = d.model_id AND v.version = d.version
+                       AND v.status = 'production')
+            OR EXISTS (SELECT 1 FROM spans s WHERE s.model = m.name AND s.version = d.version
+                          AND d.computed_at >= s.since AND (s.until IS NULL OR d.computed_at < s.until)))
      GROUP BY m.name
     UNION ALL
     SELECT m.name, 'performance', extract(epoch FROM max(p.computed_at))
       FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
-      JOIN sira_model_versions v ON v.model_id = p.model_id AND v.version = p.version AND v.status = 'production'
+     WHERE p.role = 'production'
      GROUP BY m.name
     UNION ALL
     SELECT m.name, 'retrain', extract(epoch FROM max(r.finished_at))

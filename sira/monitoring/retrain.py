@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,8 @@ from sira.core.errors import Conflict, InvalidInput
 from sira.ingest.pii import Redactor
 from sira.registry import models as registry
 from sira.training.windows import Windows
+
+log = logging.getLogger(__name__)
 
 STEPS = ("challenger", "evaluate", "drift", "policy", "report")
 LOCK_NAMESPACE = 7402  # advisory locks: one runner per (model, inputs) at a time
@@ -369,8 +372,22 @@ async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: 
             if state.model["required_approvals"] == 0 and policy.auto_promote:
                 promotion = await registry.request_promotion(conn, settings, identity, req.model, version,
                                                              reason=f"retrain run {state.id}: policy, no approvals")
+    if staged:  # its events (version.stage, promotion.request, production.change) were written to the outbox
+        await _deliver_events(pool, settings)
     return {**decision.to_dict(), "version": version, "staged": staged,
             "promotion": {k: promotion[k] for k in ("status",) if k in promotion} if promotion else None}
+
+
+async def _deliver_events(pool: Any, settings: Settings) -> None:
+    """Deliver the registry events the run committed, as the CLI's and the API's governed changes do after
+    theirs; a delivery that fails is retried by ``sira webhooks deliver`` (scheduled beside the retrain),
+    never fails the run."""
+    from sira.registry import webhooks
+
+    try:
+        await webhooks.deliver_due(pool, settings)
+    except Exception as exc:  # noqa: BLE001 - the change is committed; the outbox keeps the events
+        log.warning("retrain: webhook delivery failed (%s); `sira webhooks deliver` retries it", type(exc).__name__)
 
 
 def drift_not_run(drift: dict[str, Any]) -> dict[str, str]:

@@ -82,12 +82,15 @@ async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) ->
     counts = {"delivered": 0, "retried": 0, "failed": 0}
     secret: str | None = None  # read (or generated) only when a signed delivery is made
     async with pool.acquire() as conn, conn.transaction():
+        # only events with somewhere to go: with no SIRA_WEBHOOK_URLS, the events of models that name no
+        # receiver wait (sent once a URL is configured) without taking the batch from those that have one
         rows = await conn.fetch(
             """SELECT o.id, o.event, o.payload, o.attempts, o.delivered_to, coalesce(m.notify, '{}') AS notify
                  FROM sira_webhook_outbox o LEFT JOIN sira_models m ON m.name = o.payload->>'model'
                 WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+                  AND ($2 OR cardinality(coalesce(m.notify, '{}')) > 0)
                 ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED""",
-            limit,
+            limit, bool(urls),
         )
         if not urls and not any(row["notify"] for row in rows):
             return counts

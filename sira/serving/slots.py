@@ -124,12 +124,13 @@ class ModelSlots:
                     r.config.models,
                 )
             changes = []
-            for name in [n for n in self.slots if n not in r.config.models]:  # no longer served here
-                self.slots.pop(name)
+            gone = {n for n, _ in self.load_failures} | set(self.slots)
+            for name in [n for n in gone if n not in r.config.models]:  # no longer served here
+                self._forget(name)
             for name in r.config.models:
                 mine = [row for row in rows if row["model_name"] == name]
-                if not mine:
-                    self.slots.pop(name, None)
+                if not mine:  # not (or no longer) in the registry
+                    self._forget(name)
                     continue
                 change = await self._refresh_one(name, mine, reason)
                 if change is not None:
@@ -139,6 +140,19 @@ class ModelSlots:
             if self.load_failures and not r.running("load-retry"):
                 r.spawn(self._retry_loads(), "load-retry")
             return changes
+
+    def _forget(self, name: str) -> None:
+        """A model no longer served here: its slot, its load failures (else ``/readyz`` kept naming it and the
+        retry loop kept trying) and its gauges (else ``sira_model_load_failing`` stayed 1 and kept paging)."""
+        had = self.slots.pop(name, None) is not None
+        forgotten = [key for key in self.load_failures if key[0] == name]
+        for key in forgotten:
+            del self.load_failures[key]
+        metrics = self.replica.metrics
+        if metrics and (had or forgotten):  # a model never served here gets no series
+            for role in ("production", "shadow"):
+                metrics.version.set(0, tags={"model": name, "role": role})
+                metrics.load_failing.set(0, tags={"model": name, "role": role})
 
     async def _refresh_one(self, name: str, rows: list[Any], reason: str) -> dict[str, Any] | None:
         current = self.slots.get(name)

@@ -37,7 +37,7 @@ def rules() -> list[dict]:
 
 def test_the_alert_rules_pass_promtools_check_and_unit_tests():
     promtool = tool("promtool", "prometheus")
-    assert "SUCCESS: 13 rules found" in run(promtool, "check", "rules", "sira-rules.yml", cwd=PROMETHEUS)
+    assert "SUCCESS: 15 rules found" in run(promtool, "check", "rules", "sira-rules.yml", cwd=PROMETHEUS)
     assert "SUCCESS" in run(promtool, "test", "rules", "sira-rules.test.yml", cwd=PROMETHEUS)
 
 
@@ -57,6 +57,19 @@ def test_the_alertmanager_config_is_valid_and_routes_pages_to_pagerduty_and_warn
     text = (ALERTMANAGER / "alertmanager.yml").read_text()
     assert "api_url_file" in text and "routing_key_file" in text  # secrets are files, never in the config
     assert {r["name"] for r in config["receivers"]} == {"slack", "pagerduty"}
+
+
+def test_only_a_production_version_that_cannot_load_silences_that_models_latency_alert():
+    # a shadow that cannot load changes nothing callers see: production's latency must still page
+    amtool = tool("amtool", "prometheus-alertmanager")
+    run(amtool, "check-config", "alertmanager.yml", cwd=ALERTMANAGER)
+    config = yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+    inhibiting = [rule for rule in config["inhibit_rules"]
+                  if 'alertname="SiraModelLoadFailing"' in rule["source_matchers"]]
+    assert inhibiting
+    for rule in inhibiting:
+        assert 'role="production"' in rule["source_matchers"], rule
+        assert rule["equal"] == ["model"], rule
 
 
 def test_every_alert_uses_series_sira_exports_and_has_a_runbook():

@@ -20,6 +20,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CRONTAB = ROOT / "deploy" / "cron" / "sira-retrain.crontab"
 CRONJOB = ROOT / "deploy" / "k8s" / "retrain-cronjob.yaml"
+WEBHOOKS_CRONTAB = ROOT / "deploy" / "cron" / "sira-webhooks.crontab"
+WEBHOOKS_CRONJOB = ROOT / "deploy" / "k8s" / "webhooks-cronjob.yaml"
 NIGHTLY = ["30", "2", "*", "*", "*"]
 JOB_ARGS = ["--model", "fraud", "--json"]
 API_KEY_SHAPE = re.compile(r"sira_[0-9a-f]{12}_")  # sira.core.auth's key format
@@ -128,11 +130,11 @@ def test_the_submission_id_is_the_utc_day():
 ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 
-def crontab() -> tuple[dict[str, str], list[tuple[list[str], str]]]:
+def crontab(path: Path = CRONTAB) -> tuple[dict[str, str], list[tuple[list[str], str]]]:
     """(environment lines, [(five time fields, command)]) of the crontab, as cron reads it."""
     env: dict[str, str] = {}
     jobs: list[tuple[list[str], str]] = []
-    for number, line in enumerate(CRONTAB.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -236,8 +238,8 @@ UNITS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**1
          "Ti": 2**40}
 
 
-def cronjob() -> dict:
-    return yaml.safe_load(CRONJOB.read_text())  # one document, as `kubectl apply -f` reads it
+def cronjob(path: Path = CRONJOB) -> dict:
+    return yaml.safe_load(path.read_text())  # one document, as `kubectl apply -f` reads it
 
 
 def pod_spec(doc: dict) -> dict:
@@ -367,3 +369,29 @@ def test_cronjob_container_is_bounded_and_locked_down():
     volumes = {volume["name"] for volume in pod.get("volumes", [])}
     mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
     assert mounts.get("/tmp") in volumes
+
+
+# --- the webhook delivery schedule (retries; the retrain's events if its job could not deliver) ----------
+
+def test_webhook_delivery_is_scheduled_every_5_minutes_on_cron_and_kubernetes():
+    from typer.testing import CliRunner
+
+    from sira.cli.main import app
+
+    env, jobs = crontab(WEBHOOKS_CRONTAB)
+    assert env["SHELL"] == "/bin/bash" and env.get("CRON_TZ") == "UTC" and "SIRA_API_KEY" not in env
+    [(fields, command)] = jobs
+    assert schedule_ok(" ".join(fields)) and fields == ["*/5", "*", "*", "*", "*"]
+    shell_syntax_ok(env["SHELL"], cron_command(command))
+    assert "sira webhooks deliver --json" in command
+    assert not API_KEY_SHAPE.search(WEBHOOKS_CRONTAB.read_text())
+    doc = cronjob(WEBHOOKS_CRONJOB)
+    assert doc["apiVersion"] == "batch/v1" and doc["kind"] == "CronJob" and unknown_fields(doc) == []
+    assert DNS_LABEL.fullmatch(doc["metadata"]["name"]) and len(doc["metadata"]["name"]) <= 52
+    assert doc["spec"]["schedule"].split() == fields and doc["spec"]["concurrencyPolicy"] == "Forbid"
+    zoneinfo.ZoneInfo(doc["spec"]["timeZone"])
+    [container] = pod_spec(doc)["containers"]
+    assert container["command"] == ["sira", "webhooks", "deliver", "--json"]
+    assert {v["name"] for v in container["env"]} >= {"SIRA_DATABASE_URL", "SIRA_WEBHOOK_SECRET_FILE"}
+    # the command both run is one the CLI has, with these options
+    assert CliRunner().invoke(app, ["webhooks", "deliver", "--help"]).exit_code == 0

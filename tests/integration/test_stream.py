@@ -273,7 +273,7 @@ async def test_the_consumer_exports_its_entries_dead_letters_and_lag(clean_db, r
     reasons = {labels[0][1]: v for (name, labels), v in found.items() if name == "sira_stream_dead_letters_total"}
     assert sum(reasons.values()) == 2 and reasons.get("undecodable") == 1
     assert found[("sira_stream_batch_seconds_count", ())] == 3
-    assert time.time() - found[("sira_stream_last_commit_timestamp_seconds", ())] < 60
+    assert time.time() - found[("sira_stream_last_commit_timestamp_seconds", (("group", GROUP), ("stream", STREAM)))] < 60
 
 
 async def test_entries_that_could_stop_the_consumer_are_dead_lettered_and_it_goes_on(clean_db, redis_client,

@@ -164,3 +164,53 @@ async def test_a_models_notify_receivers_get_slack_and_pagerduty_change_event_fo
     assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 0, "retried": 1, "failed": 0}
     error = await clean_db.fetchval("SELECT last_error FROM sira_webhook_outbox ORDER BY id DESC LIMIT 1")
     assert error == "notify:gone: no such receiver in SIRA_NOTIFY_RECEIVERS_FILE"
+
+
+async def test_events_with_no_receiver_do_not_starve_later_events_that_have_one(clean_db, settings, receiver, tmp_path):
+    """No SIRA_WEBHOOK_URLS, and the oldest due events are a model's that names no receiver: they used to be
+    selected (the oldest 100) and left untouched on every pass, so a later event of a model that names one
+    was never sent."""
+    import yaml
+
+    (tmp_path / "slack-url").write_text(receiver.url.replace("/hooks", "/slack") + "\n")
+    (tmp_path / "receivers.yml").write_text(yaml.safe_dump(
+        {"ops-slack": {"format": "slack", "url_file": str(tmp_path / "slack-url")}}))
+    hooked = settings.model_copy(update={"webhook_urls": "", "notify_receivers_file": tmp_path / "receivers.yml"})
+    await clean_db.execute("INSERT INTO sira_models (name, model_type, created_by) VALUES ('churn', 'churn', 'x')")
+    await clean_db.execute("INSERT INTO sira_models (name, model_type, created_by, notify) "
+                           "VALUES ('fraud', 'fraud_detection', 'x', '{ops-slack}')")
+    async with clean_db.acquire() as conn:
+        for v in range(1, 101):
+            await webhooks.enqueue(conn, "version.stage", {"model": "churn", "version": v})
+        await webhooks.enqueue(conn, "production.change", {"model": "fraud", "to": 4, "from": 3, "via": "promotion",
+                                                           "actor": "alice"})
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 1, "retried": 0, "failed": 0}
+    assert [json.loads(r["body"])["text"].split(":")[0] for r in receiver.received] == ["fraud v4 is in production (was v3)"]
+    # the others wait for a receiver (a URL configured later still gets them), never in the way
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE status = 'pending'") == 100
+    hooked = hooked.model_copy(update={"webhook_urls": receiver.url,
+                                       "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 100, "retried": 0, "failed": 0}
+
+
+async def test_a_nightly_retrain_that_stages_its_challenger_delivers_the_events_it_wrote(clean_db, settings, receiver):
+    """The retrain's policy step stages (and may request the promotion of) its challenger in a transaction of its
+    own: its events are delivered after that commit, as the CLI's and the API's governed changes are, not left in
+    the outbox for a `sira webhooks deliver` nobody schedules."""
+    from types import SimpleNamespace
+
+    from sira.monitoring import retrain
+
+    hooked = settings.model_copy(update={"webhook_urls": receiver.url,
+                                         "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
+    await make_version(clean_db, settings, 1, required=0)
+    policy = SimpleNamespace(auto_stage=True, auto_promote=True, decide=lambda _evidence: SimpleNamespace(
+        outcome="stage", to_dict=lambda: {"outcome": "stage", "reasons": ["test"], "blockers": []}))
+    state = retrain.RunState(1, {"name": "fraud", "required_approvals": 0}, "key", {"champion": None},
+                             steps={"challenger": {"version": 1}, "drift": {"status": "not_run", "reason": "test"},
+                                    "evaluate": {"challenger": {}, "champion": None}})
+    step = await retrain._policy(hooked, clean_db, retrain.RetrainRequest(model="fraud"), DANA, policy, state)
+    assert step["staged"]
+    events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]
+    assert "version.stage" in events and "promotion.request" in events, events
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE status = 'pending'") == 0

@@ -1,0 +1,52 @@
+"""``sira_job_last_success_timestamp_seconds`` (sira/monitoring/exporter.py) across production changes: when the
+model's drift and performance jobs last ran, whichever version was in production then."""
+
+from test_governance import DANA, OLI, make_version, run  # noqa: F401  (shared helpers)
+
+from sira.core import db
+from sira.monitoring import exporter
+from sira.registry.models import request_promotion, rollback
+
+
+async def _drift(conn, model_id: int, version: int, job: str) -> float:
+    return await conn.fetchval(
+        """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, severity, job_id, computed_at)
+           VALUES ($1, $2, '__dataset__', now() - interval '8 days', now() - interval '1 day', 'ok', $3, clock_timestamp())
+           RETURNING extract(epoch FROM computed_at)::float8""", model_id, version, job)
+
+
+async def _performance(conn, model_id: int, version: int, role: str) -> float:
+    return await conn.fetchval(
+        """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, n, n_positive,
+                                               computed_at)
+           VALUES ($1, $2, $3, now() - interval '30 days', now() - interval '23 days', 100, 5, clock_timestamp())
+           RETURNING extract(epoch FROM computed_at)::float8""", model_id, version, role)
+
+
+async def _runs(pool) -> dict[str, float]:
+    async with pool.acquire() as conn:
+        return {r["kind"]: float(r["at"]) for r in (await exporter.read(conn))["runs"] if r["model"] == "fraud"}
+
+
+async def test_the_last_drift_and_performance_runs_survive_a_promotion_and_a_rollback(clean_db, settings):
+    """The jobs ran last night for v1, then v2 was promoted: v2 has no run yet, and the "no run in 26 hours"
+    alerts fired 30 minutes after every promotion (and after a rollback to a version whose runs are old)."""
+    await make_version(clean_db, settings, 1, required=0)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    model_id = await clean_db.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+    async with db.transaction(clean_db) as conn:
+        drift_v1 = await _drift(conn, model_id, 1, "nightly-v1")
+        performance_v1 = await _performance(conn, model_id, 1, "production")
+    await make_version(clean_db, settings, 2, required=0)
+    await make_version(clean_db, settings, 3, required=0)
+    async with db.transaction(clean_db) as conn:  # a retrain checks its challenger, serving shadow-scores it
+        await _drift(conn, model_id, 3, "challenger-v3")
+        await _performance(conn, model_id, 3, "shadow")
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    runs = await _runs(clean_db)
+    assert (runs["drift"], runs["performance"]) == (drift_v1, performance_v1)  # neither missing nor v3's
+    async with db.transaction(clean_db) as conn:
+        drift_v2 = await _drift(conn, model_id, 2, "nightly-v2")
+    await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)  # back to v1, whose own runs are older
+    runs = await _runs(clean_db)
+    assert (runs["drift"], runs["performance"]) == (drift_v2, performance_v1)
