@@ -96,21 +96,43 @@ class RedisStreamSource:
         # 1. entries this consumer read before a crash and never acknowledged
         if not self._own_pending_done:
             got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
-            entries = _decode(got)
-            if entries:
-                return entries
-            self._own_pending_done = True
+            items = [item for _stream, batch in got or [] for item in batch]
+            gone = [i for i, fields in items if not fields]  # deleted from the stream while pending
+            if gone:
+                await self._forget(gone)
+            if len(items) > len(gone):
+                return [_entry(i, f) for i, f in items if f]
+            if not gone:
+                self._own_pending_done = True
         # 2. entries a dead consumer left pending for too long
-        cursor, claimed, *_ = await self.redis.xautoclaim(
+        cursor, claimed, *cleared = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
         )
         self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        if cleared and cleared[0]:  # Redis 7: deleted entries it cleared from the pending list itself
+            self._lost([text(i) for i in cleared[0]])
+        if any(not c or c[1] is None for c in claimed):
+            # Redis before 7 claims an entry deleted from the stream without its id (Redis 7 clears it from the
+            # pending list): it is this consumer's now and was never acknowledged, so it stayed pending forever
+            # and held every later trim back. Read back through this consumer's own pending entries.
+            self._own_pending_done = False
         claimed = [c for c in claimed if c and c[1] is not None]
         if claimed:
             return [_entry(i, f) for i, f in claimed]
         # 3. new entries
         got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return _decode(got)
+
+    async def _forget(self, raw_ids: list[Any]) -> None:
+        """Acknowledge entries deleted from the stream before they were consumed (a producer's MAXLEN, an
+        XDEL): nothing is left to store; said in the log, since their events are lost."""
+        ids = [text(i) for i in raw_ids]
+        await self.redis.xack(self.stream, self.group, *ids)
+        self._lost(ids)
+
+    def _lost(self, ids: list[str]) -> None:
+        log.warning("%d entries of %s were deleted from the stream before %s consumed them (lost): %s",
+                    len(ids), self.stream, self.group, ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
 
     async def ack(self, ids: list[str]) -> None:
         if ids:

