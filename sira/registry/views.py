@@ -26,9 +26,10 @@ _OVERVIEW = """
       FROM sira_models m
       LEFT JOIN sira_model_versions p ON p.model_id = m.id AND p.status = 'production'
       LEFT JOIN sira_model_versions s ON s.model_id = m.id AND s.status = 'staging'
-      LEFT JOIN LATERAL (
+      LEFT JOIN LATERAL (  -- the newest *mature* window, as the exporter's: a provisional one flatters, never flags
            SELECT average_precision, window_end, flagged FROM sira_model_performance q
             WHERE q.model_id = m.id AND q.version = p.version AND q.role = 'production' AND q.segment = 'all'
+              AND NOT coalesce((q.metrics->>'provisional')::boolean, false)
             ORDER BY window_end DESC, computed_at DESC LIMIT 1) live ON true
       LEFT JOIN LATERAL (
            SELECT severity, computed_at FROM sira_data_drift d
