@@ -324,6 +324,36 @@ async def test_the_overview_reports_productions_newest_mature_window_not_a_provi
     assert (model["live_ap"], model["live_flagged"]) == (0.4, True)
 
 
+async def test_the_approval_queue_reports_the_approvals_a_decision_will_need(clean_db, settings):
+    """An admin raised the model's required approvals from 1 to 3 while a promotion and a threshold change
+    waited: decisions count max(the request's, the model's), the queue said 1 (what the request stored), so an
+    approver read "0 / 1 approvals" and saw the request stay pending after approving. Lowering it again does not
+    lower what a pending request needs."""
+    from sira.registry.models import update_model
+    from sira.registry.thresholds import decide_change, request_change
+    from sira.registry.views import approvals
+
+    admin = Identity("root", frozenset({"admin"}))
+    await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first")
+    async with db.transaction(clean_db) as conn:
+        await request_change(conn, DANA, "fraud", 1, review=0.3, block=0.8, reason="fewer false alarms")
+        await update_model(conn, admin, "fraud", required_approvals=3)
+    async with clean_db.acquire() as conn:
+        queues = await approvals(conn, BOB)
+    assert [r["required_approvals"] for r in queues["requests"]] == [3]
+    assert [c["required_approvals"] for c in queues["threshold_changes"]] == [3]
+    decided = await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    assert (decided["outcome"], decided["required_approvals"]) == ("pending", 3)  # what the queue now says
+    decided = await run(clean_db, decide_change, ANN, "fraud", 1, "approve")
+    assert (decided["outcome"], decided["required_approvals"]) == ("pending", 3)
+    async with db.transaction(clean_db) as conn:
+        await update_model(conn, admin, "fraud", required_approvals=0)
+    async with clean_db.acquire() as conn:
+        queues = await approvals(conn, BOB)
+    assert [r["required_approvals"] for r in queues["requests"] + queues["threshold_changes"]] == [1, 1]
+
+
 async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_rolled_back(clean_db, settings):
     """v1 → v2 → v3 by approval, rollback v3 → v2, rollback again: v1. It went to v3 (the newest change to v2
     was the rollback itself, whose 'from' is v3): one operator put back the version just rolled back."""
