@@ -184,6 +184,9 @@ export type AuditEntry = {
   details: Record<string, unknown>;
 };
 
+/** A page of the audit log, newest first: `next_before` the cursor of the older entries cut off (null: none). */
+export type AuditPage = { entries: AuditEntry[]; next_before: number | null };
+
 /** What flagging every score at or above a threshold did on a labelled window (sira.monitoring.thresholds). */
 export type ThresholdRow = {
   threshold: number;

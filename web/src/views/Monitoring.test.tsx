@@ -63,6 +63,7 @@ describe("monitoring views", () => {
 
   it("asks the audit log only for the filters given, encoded", () => {
     expect(auditPath({ actor: " ann ", action: "", target: "fraud:v2" })).toBe("/v1/audit?limit=200&actor=ann&target=fraud%3Av2");
+    expect(auditPath({ actor: "ann", action: "", target: "" }, 4711)).toBe("/v1/audit?limit=200&actor=ann&before=4711");
   });
 });
 
