@@ -79,6 +79,7 @@ export type ModelDetail = {
   model_type: string;
   description: string | null;
   required_approvals: number;
+  label_maturity_days: number;
   versions: VersionSummary[];
 };
 
