@@ -5,7 +5,7 @@ import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
 import { importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap, productionRun } from "./Drift";
-import { chartSeries, performanceSeries } from "./Performance";
+import { chartSeries, performanceSeries, provisionalDots } from "./Performance";
 import { totals } from "./Traffic";
 
 const run = (at: string, features: DriftRun["features"], verdict: DriftRun["verdict"] = "ok"): DriftRun => ({ run: at, at, version: 1, verdict, features });
@@ -53,6 +53,8 @@ describe("monitoring views", () => {
     expect(mature.strokeDasharray).toBeUndefined();
     expect(provisional.strokeDasharray).toBeTruthy();
     expect(provisional.color).toBe(mature.color);  // the same role and version: the same colour
+    expect(provisionalDots(mature)).toEqual({});
+    expect(provisionalDots(provisional).dot).toMatchObject({ fill: "var(--mantine-color-white)", stroke: "var(--mantine-color-blue-9)" });
   });
 
   it("sums the last hour's answers", () => {

@@ -35,6 +35,13 @@ export function chartSeries(series: string[]): { name: string; color: string; st
   }));
 }
 
+/** A provisional series' points are hollow (a lone provisional window has no line to be dashed). */
+export function provisionalDots(series: { name: string; color?: string }): { dot?: Record<string, string | number> } {
+  if (!series.name.endsWith(PROVISIONAL)) return {};
+  const color = `var(--mantine-color-${(series.color ?? COLORS[0]).replace(".", "-")})`;
+  return { dot: { r: 4, fill: "var(--mantine-color-white)", stroke: color, strokeWidth: 2, strokeDasharray: "0" } };
+}
+
 export function PerformanceView() {
   const { name } = useParams();
   const { chosen, picker } = useModelChoice(name, "/performance");
@@ -51,8 +58,8 @@ export function PerformanceView() {
         <>
           <Title order={3}>Average precision by window, production against shadow</Title>
           <LineChart h={280} data={rows} dataKey="window" aria-label="Average precision by window" connectNulls withLegend
-                     series={chartSeries(series)} />
-          <Text size="sm" c="gray.7">Dashed: provisional windows (labels not mature yet: their AP will change).</Text>
+                     series={chartSeries(series)} lineProps={provisionalDots} />
+          <Text size="sm" c="gray.7">Dashed, hollow points: provisional windows (labels not mature yet: their AP will change).</Text>
           <Table withTableBorder aria-label="Performance windows">
             <Table.Thead>
               <Table.Tr>
