@@ -260,6 +260,8 @@ class AuditEntry(Strict):
 
 class AuditLog(Strict):
     entries: list[AuditEntry]
+    next_before: int | None = Field(description="Older entries match but were cut off: pass this as `before` "
+                                                "for the next page (null: none is left)")
 
 
 class KeyCreated(Strict):

@@ -50,8 +50,12 @@ async def ui(path: str) -> Response:
     if path:
         if "\x00" in path:  # percent-decoded from %00: no file is named so (and resolve() would raise)
             return error_response(404, "not_found", "no such path")
-        found = (UI_DIR / path).resolve()
-        if found.is_relative_to(UI_DIR) and found.is_file():
+        try:
+            found = (UI_DIR / path).resolve()
+            is_file = found.is_relative_to(UI_DIR) and found.is_file()
+        except OSError:  # a part longer than the file system allows (ENAMETOOLONG): no file, no route is named so
+            return error_response(404, "not_found", "no such path")
+        if is_file:
             return _file(found, IMMUTABLE if path.startswith("assets/") else "no-cache")
         if path.startswith("assets/"):  # a stale page asking for an asset of an older build
             return error_response(404, "not_found", f"no such asset: {path}")

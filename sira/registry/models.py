@@ -573,8 +573,9 @@ async def compare_versions(conn: Connection, identity: Any, name: str, a: int, b
 
 
 async def read_audit(conn: Connection, identity: Any, *, target: str | None = None, actor: str | None = None,
-                     action: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The audit log, newest first, filtered by target id, actor or action (prefix)."""
+                     action: str | None = None, limit: int = 100, before: int | None = None) -> list[dict[str, Any]]:
+    """The audit log, newest first, filtered by target id, actor or action (prefix); ``before`` an entry's id:
+    only older entries (the keyset cursor of the next page)."""
     from sira.core.auth import authorize
 
     authorize(identity, "audit.read")
@@ -583,7 +584,8 @@ async def read_audit(conn: Connection, identity: Any, *, target: str | None = No
              FROM sira_audit_log
             WHERE ($1::text IS NULL OR target_id = $1 OR starts_with(target_id, $1 || ':'))
               AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR starts_with(action, $3))
+              AND ($5::bigint IS NULL OR id < $5)
             ORDER BY id DESC LIMIT $4""",
-        target, actor, action, min(max(limit, 1), 10_000),
+        target, actor, action, min(max(limit, 1), 10_001), before,  # 10,000 and one: whether a page is cut
     )
     return [jsonable(r) for r in rows]

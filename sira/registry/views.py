@@ -26,9 +26,10 @@ _OVERVIEW = """
       FROM sira_models m
       LEFT JOIN sira_model_versions p ON p.model_id = m.id AND p.status = 'production'
       LEFT JOIN sira_model_versions s ON s.model_id = m.id AND s.status = 'staging'
-      LEFT JOIN LATERAL (
+      LEFT JOIN LATERAL (  -- the newest *mature* window, as the exporter's: a provisional one flatters, never flags
            SELECT average_precision, window_end, flagged FROM sira_model_performance q
             WHERE q.model_id = m.id AND q.version = p.version AND q.role = 'production' AND q.segment = 'all'
+              AND NOT coalesce((q.metrics->>'provisional')::boolean, false)
             ORDER BY window_end DESC, computed_at DESC LIMIT 1) live ON true
       LEFT JOIN LATERAL (
            SELECT severity, computed_at FROM sira_data_drift d
@@ -41,7 +42,7 @@ _OVERVIEW = """
 
 _QUEUE = """
     SELECT r.id AS request_id, m.name AS model, m.model_type, v.version, v.created_by, r.requested_by, r.reason,
-           r.created_at, r.required_approvals,
+           r.created_at, greatest(r.required_approvals, m.required_approvals) AS required_approvals,  -- decide()'s
            (v.metrics->'test'->>'average_precision')::float8 AS challenger_ap,
            p.version AS production_version, (p.metrics->'test'->>'average_precision')::float8 AS champion_ap,
            coalesce((SELECT jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
@@ -64,7 +65,8 @@ _QUEUE = """
 
 _THRESHOLD_QUEUE = """
     SELECT s.id AS set_id, m.name AS model, m.model_type, v.version, s.revision, s.review, s.block,
-           s.requested_by, s.reason, s.created_at, s.required_approvals, s.evidence,
+           s.requested_by, s.reason, s.created_at, s.evidence,
+           greatest(s.required_approvals, m.required_approvals) AS required_approvals,  -- decide_change()'s
            a.review AS current_review, a.block AS current_block,
            coalesce((SELECT jsonb_agg(jsonb_build_object('approver', t.approver, 'decision', t.decision,
                                                          'comment', t.comment, 'at', t.created_at) ORDER BY t.id)

@@ -137,6 +137,34 @@ async def test_the_audit_filters_take_names_literally(app_and_keys):
     assert r.status_code == 200 and r.json()["entries"] == []  # no action starts with "model_"
 
 
+async def test_the_audit_log_pages_back_with_a_keyset_cursor_and_says_when_it_is_cut(app_and_keys):
+    """The UI read the newest 200 entries with no way back: `before=<an entry's id>` reads the older ones, and
+    `next_before` says whether older entries were cut off (null: the page reaches the oldest that match)."""
+    client, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    for k in range(5):
+        r = await client.post("/v1/models", json={"name": f"paged-{k}"}, headers=admin)
+        assert r.status_code == 201, r.text
+    everything = (await client.get("/v1/audit", params={"action": "model", "limit": 100}, headers=admin)).json()
+    ids = [e["id"] for e in everything["entries"]]
+    assert len(ids) == 5 and ids == sorted(ids, reverse=True) and everything["next_before"] is None
+    seen, before = [], None
+    while True:
+        params = {"action": "model", "limit": 2, **({"before": before} if before is not None else {})}
+        page = (await client.get("/v1/audit", params=params, headers=admin)).json()
+        seen += [e["id"] for e in page["entries"]]
+        assert page["next_before"] in (None, seen[-1])
+        if (before := page["next_before"]) is None:
+            break
+    assert seen == ids  # each entry once, newest first, none skipped
+    exact = (await client.get("/v1/audit", params={"action": "model", "limit": 5}, headers=admin)).json()
+    assert exact["next_before"] is None  # as many as the limit, none older: not cut
+    for bad in ("abc", "0", "-3", "1.5", "99999999999999999999", ""):
+        r = await client.get("/v1/audit", params={"before": bad}, headers=admin)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", (bad, r.text)
+        assert r.json()["error"]["details"] == {"field": "before"}
+
+
 async def test_refusals_on_the_command_line_are_audited_as_over_http(app_and_keys, clean_db, settings, monkeypatch,
                                                                      capsys):
     """Most commands checked the role and left no trace of a refusal (only the registry's did): a viewer's

@@ -303,6 +303,57 @@ async def test_a_models_drift_is_its_production_versions_not_a_rejected_challeng
     assert runs["drift"] == prod_at
 
 
+async def test_the_overview_reports_productions_newest_mature_window_not_a_provisional_one(clean_db, settings):
+    """The newest window is mostly provisional (young unlabelled events left out, chargebacks counted: AP
+    flattering, never flagged): the models overview showed its AP and hid the older mature window's "below
+    margin" flag. It reports the newest mature window, as the exporter does."""
+    from sira.registry.views import models_overview
+
+    await make_version(clean_db, settings, 1, required=0)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    async with db.transaction(clean_db) as conn:
+        model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+        for ends, ap, flagged, provisional in ((14, 0.4, True, False), (7, 0.95, False, True)):
+            await conn.execute(
+                """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, n, n_positive,
+                                                       average_precision, metrics, flagged)
+                   VALUES ($1, 1, 'production', now() - make_interval(days => $2 + 7), now() - make_interval(days => $2),
+                           100, 5, $3, $4, $5)""", model_id, ends, ap, {"provisional": provisional}, flagged)
+    async with clean_db.acquire() as conn:
+        (model,) = await models_overview(conn, OLI)
+    assert (model["live_ap"], model["live_flagged"]) == (0.4, True)
+
+
+async def test_the_approval_queue_reports_the_approvals_a_decision_will_need(clean_db, settings):
+    """An admin raised the model's required approvals from 1 to 3 while a promotion and a threshold change
+    waited: decisions count max(the request's, the model's), the queue said 1 (what the request stored), so an
+    approver read "0 / 1 approvals" and saw the request stay pending after approving. Lowering it again does not
+    lower what a pending request needs."""
+    from sira.registry.models import update_model
+    from sira.registry.thresholds import decide_change, request_change
+    from sira.registry.views import approvals
+
+    admin = Identity("root", frozenset({"admin"}))
+    await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first")
+    async with db.transaction(clean_db) as conn:
+        await request_change(conn, DANA, "fraud", 1, review=0.3, block=0.8, reason="fewer false alarms")
+        await update_model(conn, admin, "fraud", required_approvals=3)
+    async with clean_db.acquire() as conn:
+        queues = await approvals(conn, BOB)
+    assert [r["required_approvals"] for r in queues["requests"]] == [3]
+    assert [c["required_approvals"] for c in queues["threshold_changes"]] == [3]
+    decided = await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    assert (decided["outcome"], decided["required_approvals"]) == ("pending", 3)  # what the queue now says
+    decided = await run(clean_db, decide_change, ANN, "fraud", 1, "approve")
+    assert (decided["outcome"], decided["required_approvals"]) == ("pending", 3)
+    async with db.transaction(clean_db) as conn:
+        await update_model(conn, admin, "fraud", required_approvals=0)
+    async with clean_db.acquire() as conn:
+        queues = await approvals(conn, BOB)
+    assert [r["required_approvals"] for r in queues["requests"] + queues["threshold_changes"]] == [1, 1]
+
+
 async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_rolled_back(clean_db, settings):
     """v1 → v2 → v3 by approval, rollback v3 → v2, rollback again: v1. It went to v3 (the newest change to v2
     was the rollback itself, whose 'from' is v3): one operator put back the version just rolled back."""

@@ -79,6 +79,7 @@ export type ModelDetail = {
   model_type: string;
   description: string | null;
   required_approvals: number;
+  label_maturity_days: number;
   versions: VersionSummary[];
 };
 
@@ -183,6 +184,9 @@ export type AuditEntry = {
   outcome: string;
   details: Record<string, unknown>;
 };
+
+/** A page of the audit log, newest first: `next_before` the cursor of the older entries cut off (null: none). */
+export type AuditPage = { entries: AuditEntry[]; next_before: number | null };
 
 /** What flagging every score at or above a threshold did on a labelled window (sira.monitoring.thresholds). */
 export type ThresholdRow = {

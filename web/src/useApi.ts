@@ -3,10 +3,13 @@ import { api, ApiError } from "./api";
 
 export type Loaded<T> = { data: T | null; error: ApiError | null; loading: boolean; reload: () => void };
 
-/** A GET of SIRA's API (none while `path` is null), reloaded on demand (and every `refreshMs` when given). */
+type Answer<T> = { path: string | null; data: T | null; error: ApiError | null };
+
+/** A GET of SIRA's API (none while `path` is null), reloaded on demand (and every `refreshMs` when given).
+ * What it answers belongs to its path: a new path starts with no data and no error (another model's answer is
+ * never shown under this one's name); a failed reload of the same path keeps the last data beside the error. */
 export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
-  const [data, setData] = useState<T | null>(null);
-  const [error, setError] = useState<ApiError | null>(null);
+  const [answer, setAnswer] = useState<Answer<T>>({ path, data: null, error: null });
   const [loading, setLoading] = useState(true);
   const [tick, setTick] = useState(0);
   const reload = useCallback(() => setTick((t) => t + 1), []);
@@ -16,8 +19,11 @@ export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
     let live = true;
     setLoading(true);
     api<T>(path)
-      .then((body) => live && (setData(body), setError(null)))
-      .catch((e: unknown) => live && setError(e instanceof ApiError ? e : new ApiError(0, "network", String(e))))
+      .then((body) => live && setAnswer({ path, data: body, error: null }))
+      .catch((e: unknown) => live && setAnswer((last) => ({
+        path, data: last.path === path ? last.data : null,
+        error: e instanceof ApiError ? e : new ApiError(0, "network", String(e)),
+      })))
       .finally(() => live && setLoading(false));
     return () => {
       live = false;
@@ -30,5 +36,6 @@ export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
     return () => clearInterval(timer);
   }, [refreshMs, reload, path]);
 
-  return { data, error, loading, reload };
+  const current = answer.path === path;
+  return { data: current ? answer.data : null, error: current ? answer.error : null, loading: loading || !current, reload };
 }

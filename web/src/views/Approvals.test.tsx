@@ -1,9 +1,9 @@
-import { screen, waitFor } from "@testing-library/react";
+import { act, screen, waitFor } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
-import { describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { renderUi } from "../test/render";
 import type { PendingRequest } from "../types";
-import { ApprovalCard } from "./Approvals";
+import { ApprovalCard, ApprovalsView } from "./Approvals";
 
 const request = (over: Partial<PendingRequest>): PendingRequest => ({
   request_id: 7, model: "fraud", model_type: "fraud_detection", version: 3, created_by: "dana", requested_by: "pat",
@@ -48,5 +48,33 @@ describe("an approval card", () => {
       { approver: "ann", decision: "approve", comment: planted, at: "2026-12-01T11:00:00Z" }] })} onDecide={vi.fn()} />);
     expect(container.querySelector("script")).toBeNull();
     expect(screen.getByText(`Reason: ${planted}`)).toBeInTheDocument();
+  });
+});
+
+describe("the approvals queue", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+    vi.unstubAllGlobals();
+  });
+
+  it("keeps the cards, and a comment being typed, when a refresh fails, and warns", async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    const answers = [new Response(JSON.stringify({ requests: [request({})], threshold_changes: [] }), { status: 200 }),
+                     new Response(JSON.stringify({ error: { code: "database_unavailable", message: "PostgreSQL is unavailable" } }), { status: 503 })];
+    vi.stubGlobal("fetch", vi.fn(async () => answers.shift() ?? new Response("{}", { status: 500 })));
+    const user = userEvent.setup({ advanceTimers: vi.advanceTimersByTime });
+    renderUi(<ApprovalsView />);
+    await user.type(await screen.findByLabelText("Comment"), "checked the window");
+    await act(async () => { await vi.advanceTimersByTimeAsync(30_000); });  // the refresh, which fails
+    expect(await screen.findByRole("alert")).toHaveTextContent("PostgreSQL is unavailable (database_unavailable)");
+    expect(screen.getByRole("alert")).toHaveTextContent(/last answer/);
+    expect(screen.getByLabelText("Comment")).toHaveValue("checked the window");  // the card was unmounted: gone
+    expect(screen.getByRole("article", { name: "Promotion request: fraud v3" })).toBeInTheDocument();
+  });
+
+  it("says so when the first read fails", async () => {
+    vi.stubGlobal("fetch", vi.fn(async () => new Response(JSON.stringify({ error: { code: "forbidden", message: "no" } }), { status: 403 })));
+    renderUi(<ApprovalsView />);
+    expect(await screen.findByRole("alert")).toHaveTextContent("Your roles do not allow reading the approvals queue");
   });
 });

@@ -233,7 +233,8 @@ export function ThresholdChangeCard({ change, onDecide }: {
 export function ApprovalsView() {
   const { data, error, reload } = useApi<{ requests: PendingRequest[]; threshold_changes: PendingThresholdChange[] }>(
     "/v1/approvals", 30_000);
-  if (error) return <Failure error={error} what="the approvals queue" />;
+  // a failed refresh keeps the last answer on screen (its cards, a comment being typed) under a warning
+  if (error && !data) return <Failure error={error} what="the approvals queue" />;
   const requests = data?.requests ?? [];
   const changes = data?.threshold_changes ?? [];
   const decide = async <T,>(path: string, decision: "approve" | "reject", comment: string): Promise<T> => {
@@ -245,6 +246,12 @@ export function ApprovalsView() {
   return (
     <Stack>
       <Title order={2}>Approvals</Title>
+      {error && (
+        <Alert color="yellow" role="alert" title="Could not refresh the approvals queue">
+          {error.message} ({error.code}). Showing the last answer: a request may have been decided since; it
+          refreshes again within 30 s.
+        </Alert>
+      )}
       <Title order={3}>Promotions</Title>
       {data && requests.length === 0 && <Text c="gray.7">No promotion request is waiting.</Text>}
       {requests.map((r) => (

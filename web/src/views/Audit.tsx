@@ -1,14 +1,19 @@
 import { Button, Group, Stack, Table, Text, TextInput, Title } from "@mantine/core";
 import { useState } from "react";
+import { api, ApiError } from "../api";
 import { when } from "../format";
 import { useMe } from "../me";
-import type { AuditEntry } from "../types";
+import type { AuditEntry, AuditPage } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 
-export function auditPath(filters: { actor: string; action: string; target: string }): string {
-  const query = new URLSearchParams({ limit: "200" });
+export const PAGE = 200;
+
+/** A page of the audit log with only the filters given; `before`: the entries older than that id (the next page). */
+export function auditPath(filters: { actor: string; action: string; target: string }, before?: number | null): string {
+  const query = new URLSearchParams({ limit: String(PAGE) });
   for (const [key, value] of Object.entries(filters)) if (value.trim()) query.set(key, value.trim());
+  if (before) query.set("before", String(before));
   return `/v1/audit?${query}`;
 }
 
@@ -16,12 +21,34 @@ export function AuditView() {
   const me = useMe();
   const [draft, setDraft] = useState({ actor: "", action: "", target: "" });
   const [filters, setFilters] = useState(draft);
-  const log = useApi<{ entries: AuditEntry[] }>(me.may["audit.read"] ? auditPath(filters) : null);
+  const path = me.may["audit.read"] ? auditPath(filters) : null;
+  const log = useApi<AuditPage>(path);
+  // the older pages loaded for the first page at `path` (other filters: none of them apply)
+  const [older, setOlder] = useState<{ path: string | null; entries: AuditEntry[]; next: number | null }>({ path: null, entries: [], next: null });
+  const [busy, setBusy] = useState(false);
+  const [failure, setFailure] = useState<ApiError | null>(null);
   if (!me.may["audit.read"]) return <Text>The audit log needs the admin role.</Text>;
+  const mine = older.path === path && log.data !== null;
+  const entries = [...(log.data?.entries ?? []), ...(mine ? older.entries : [])];
+  const next = mine && older.entries.length > 0 ? older.next : log.data?.next_before ?? null;
+
+  async function loadOlder() {
+    setBusy(true);
+    setFailure(null);
+    try {
+      const page = await api<AuditPage>(auditPath(filters, next));
+      setOlder({ path, entries: [...(mine ? older.entries : []), ...page.entries], next: page.next_before });
+    } catch (e) {
+      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+    } finally {
+      setBusy(false);
+    }
+  }
+
   return (
     <Stack>
       <Title order={2}>Audit log</Title>
-      <form onSubmit={(e) => { e.preventDefault(); setFilters(draft); }}>
+      <form onSubmit={(e) => { e.preventDefault(); setFilters(draft); setFailure(null); }}>
         <Group align="flex-end">
           <TextInput label="Actor" value={draft.actor} onChange={(e) => setDraft({ ...draft, actor: e.currentTarget.value })} />
           <TextInput label="Action (prefix)" value={draft.action} onChange={(e) => setDraft({ ...draft, action: e.currentTarget.value })} />
@@ -38,7 +65,7 @@ export function AuditView() {
           </Table.Tr>
         </Table.Thead>
         <Table.Tbody>
-          {(log.data?.entries ?? []).map((e) => (
+          {entries.map((e) => (
             <Table.Tr key={e.id}>
               <Table.Td>{when(e.occurred_at)}</Table.Td>
               <Table.Td>{e.actor} ({e.actor_kind})</Table.Td>
@@ -50,6 +77,17 @@ export function AuditView() {
           ))}
         </Table.Tbody>
       </Table>
+      {log.data && (next !== null
+        ? (
+          <Group>
+            <Text size="sm" data-field="audit-cut">
+              The newest {entries.length.toLocaleString()} matching entries are shown; older ones match too.
+            </Text>
+            <Button variant="light" loading={busy} onClick={loadOlder}>Load older entries</Button>
+          </Group>
+        )
+        : <Text size="sm" c="gray.7" data-field="audit-cut">All {entries.length.toLocaleString()} matching entries are shown.</Text>)}
+      {failure && <Failure error={failure} what="older audit entries" />}
     </Stack>
   );
 }

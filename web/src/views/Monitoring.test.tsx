@@ -5,7 +5,7 @@ import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
 import { importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap, productionRun } from "./Drift";
-import { performanceSeries } from "./Performance";
+import { chartSeries, performanceSeries, provisionalDots } from "./Performance";
 import { totals } from "./Traffic";
 
 const run = (at: string, features: DriftRun["features"], verdict: DriftRun["verdict"] = "ok"): DriftRun => ({ run: at, at, version: 1, verdict, features });
@@ -42,6 +42,21 @@ describe("monitoring views", () => {
     expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.5, "shadow v2": 0.6 }, { window: "2026-11-15", "production v1": 0.4 }]);
   });
 
+  it("puts provisional windows on a dashed series of their own, never on one line with the mature ones", () => {
+    const w = (end: string, ap: number, provisional: boolean): PerformanceWindow => ({
+      version: 1, role: "production", window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5,
+      average_precision: ap, ece: null, precision_flagged: null, recall_flagged: null, provisional, flagged: false });
+    const { rows, series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
+    expect(series).toEqual(["production v1", "production v1 (provisional)"]);
+    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.4 }, { window: "2026-11-15", "production v1 (provisional)": 0.9 }]);
+    const [mature, provisional] = chartSeries(series);
+    expect(mature.strokeDasharray).toBeUndefined();
+    expect(provisional.strokeDasharray).toBeTruthy();
+    expect(provisional.color).toBe(mature.color);  // the same role and version: the same colour
+    expect(provisionalDots(mature)).toEqual({});
+    expect(provisionalDots(provisional).dot).toMatchObject({ fill: "var(--mantine-color-white)", stroke: "var(--mantine-color-blue-9)" });
+  });
+
   it("sums the last hour's answers", () => {
     const m = (answers: number, block: number, degraded: number): Minute => ({ minute: "2026-12-01T10:00:00Z", answers, approve: answers - block,
       review: 0, block, degraded, p50_ms: 1, p95_ms: 2, p99_ms: 3 });
@@ -50,6 +65,7 @@ describe("monitoring views", () => {
 
   it("asks the audit log only for the filters given, encoded", () => {
     expect(auditPath({ actor: " ann ", action: "", target: "fraud:v2" })).toBe("/v1/audit?limit=200&actor=ann&target=fraud%3Av2");
+    expect(auditPath({ actor: "ann", action: "", target: "" }, 4711)).toBe("/v1/audit?limit=200&actor=ann&before=4711");
   });
 });
 

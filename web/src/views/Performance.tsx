@@ -9,16 +9,37 @@ import { useModelChoice } from "./ModelPicker";
 
 const COLORS = ["blue.9", "orange.9", "grape.9", "teal.9", "red.9", "cyan.9"];
 
-/** One chart row per window end, one series per role and version ("production v3", "shadow v4"). */
+const PROVISIONAL = " (provisional)";
+
+/** One chart row per window end, one series per role and version ("production v3", "shadow v4"); a provisional
+ * window (labels not mature yet: its AP will change) goes on a series of its own ("production v3 (provisional)"),
+ * drawn dashed, so it is never on one line with the mature windows. */
 export function performanceSeries(windows: PerformanceWindow[]): { rows: Record<string, string | number | null>[]; series: string[] } {
-  const series = [...new Set(windows.map((w) => `${w.role} v${w.version}`))];
+  const key = (w: PerformanceWindow) => `${w.role} v${w.version}${w.provisional ? PROVISIONAL : ""}`;
+  const series = [...new Set(windows.map(key))];
   const byEnd = new Map<string, Record<string, string | number | null>>();
   for (const w of windows) {
     const row = byEnd.get(w.window_end) ?? { window: w.window_end.slice(0, 10) };
-    row[`${w.role} v${w.version}`] = w.average_precision;
+    row[key(w)] = w.average_precision;
     byEnd.set(w.window_end, row);
   }
   return { rows: [...byEnd.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([, r]) => r), series };
+}
+
+/** How each series is drawn: a role and version's colour, its provisional windows dashed in the same colour. */
+export function chartSeries(series: string[]): { name: string; color: string; strokeDasharray?: string }[] {
+  const bases = [...new Set(series.map((name) => name.replace(PROVISIONAL, "")))];
+  return series.map((name) => ({
+    name, color: COLORS[bases.indexOf(name.replace(PROVISIONAL, "")) % COLORS.length],
+    ...(name.endsWith(PROVISIONAL) ? { strokeDasharray: "6 4" } : {}),
+  }));
+}
+
+/** A provisional series' points are hollow (a lone provisional window has no line to be dashed). */
+export function provisionalDots(series: { name: string; color?: string }): { dot?: Record<string, string | number> } {
+  if (!series.name.endsWith(PROVISIONAL)) return {};
+  const color = `var(--mantine-color-${(series.color ?? COLORS[0]).replace(".", "-")})`;
+  return { dot: { r: 4, fill: "var(--mantine-color-white)", stroke: color, strokeWidth: 2, strokeDasharray: "0" } };
 }
 
 export function PerformanceView() {
@@ -37,7 +58,8 @@ export function PerformanceView() {
         <>
           <Title order={3}>Average precision by window, production against shadow</Title>
           <LineChart h={280} data={rows} dataKey="window" aria-label="Average precision by window" connectNulls withLegend
-                     series={series.map((name, i) => ({ name, color: COLORS[i % COLORS.length] }))} />
+                     series={chartSeries(series)} lineProps={provisionalDots} />
+          <Text size="sm" c="gray.7">Dashed, hollow points: provisional windows (labels not mature yet: their AP will change).</Text>
           <Table withTableBorder aria-label="Performance windows">
             <Table.Thead>
               <Table.Tr>

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { renderUi, viewer } from "../test/render";
 import type { Me, PendingThresholdChange } from "../types";
 import { ThresholdChangeCard } from "./Approvals";
-import { ThresholdRequest, WhatIfChart } from "./Thresholds";
+import { ThresholdRequest, ThresholdsPanel, WhatIfChart, whatIfLabel } from "./Thresholds";
 
 const scientist: Me = { name: "sam", kind: "api_key", roles: ["data_scientist"], may: { "models.read": true, "promotion.request": true } };
 
@@ -108,5 +108,24 @@ describe("the what-if", () => {
       meets_targets: {}, thresholds: [row(0.9, 0.01, 0.95, 0.3), row(0.5, 0.04, 0.6, 0.7)],
     }} />);
     expect(screen.getByText("Provisional window")).toBeInTheDocument();
+  });
+});
+
+describe("the what-if button", () => {
+  it("names the window the what-if reads: 28 days ending the model's label maturity ago, not the last 28 days", async () => {
+    vi.stubGlobal("fetch", vi.fn(async (url: string) => new Response(JSON.stringify(url.endsWith("/thresholds")
+      ? { model: "fraud", version: 3, active: null, sets: [] }
+      : { name: "fraud", model_type: "fraud_detection", description: null, required_approvals: 2, label_maturity_days: 30, versions: [] }),
+      { status: 200, headers: { "Content-Type": "application/json" } })));
+    renderUi(<ThresholdsPanel model="fraud" version={3} status="production" current={{ review: 0.5, block: 0.9 }} />);
+    expect(await screen.findByRole("button", { name: "Show the what-if on the 28 days ending 30 days ago (labels matured)" }))
+      .toBeInTheDocument();
+    expect(screen.queryByText(/last 28 days/)).toBeNull();
+  });
+
+  it("says so for any maturity, and before the model is read", () => {
+    expect(whatIfLabel(1)).toBe("Show the what-if on the 28 days ending 1 day ago (labels matured)");
+    expect(whatIfLabel(0)).toBe("Show the what-if on the last 28 days");
+    expect(whatIfLabel(undefined)).toBe("Show the what-if on 28 days of matured labels");
   });
 });

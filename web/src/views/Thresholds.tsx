@@ -4,7 +4,7 @@ import { useState } from "react";
 import { api, ApiError } from "../api";
 import { when } from "../format";
 import { useMe } from "../me";
-import type { ThresholdSets, WhatIf } from "../types";
+import type { ModelDetail, ThresholdSets, WhatIf } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 
@@ -18,6 +18,14 @@ export function ProvisionalNote() {
       so precision and recall read higher than they will.
     </Alert>
   );
+}
+
+/** The what-if button's words: the window GET /v1/models/{name}/thresholds reads by default, the 28 days ending the
+ * model's label maturity ago (younger answers' labels are not all in), not the last 28 days. */
+export function whatIfLabel(maturityDays: number | null | undefined): string {
+  if (maturityDays === null || maturityDays === undefined) return "Show the what-if on 28 days of matured labels";
+  if (maturityDays <= 0) return "Show the what-if on the last 28 days";
+  return `Show the what-if on the 28 days ending ${maturityDays} day${maturityDays === 1 ? "" : "s"} ago (labels matured)`;
 }
 
 /** What other thresholds would have done on the labelled window: precision, recall and the share flagged by
@@ -146,6 +154,7 @@ export function ThresholdsPanel({ model, version, status, current }: {
 }) {
   const path = `/v1/models/${encodeURIComponent(model)}/versions/${version}`;
   const sets = useApi<ThresholdSets>(`${path}/thresholds`);
+  const modelInfo = useApi<ModelDetail>(`/v1/models/${encodeURIComponent(model)}`);  // its label maturity
   const [asked, setAsked] = useState(false);  // on demand: it reads and sorts the labelled window's answers
   const whatIf = useApi<WhatIf>(asked ? `/v1/models/${encodeURIComponent(model)}/thresholds?version=${version}` : null);
   return (
@@ -153,7 +162,7 @@ export function ThresholdsPanel({ model, version, status, current }: {
       <Title order={3}>Threshold history</Title>
       {sets.error ? <Failure error={sets.error} what="the threshold history" /> : sets.data && <ThresholdHistory sets={sets.data} />}
       <Title order={3}>What other thresholds would have done</Title>
-      {!asked && <Group><Button variant="light" color="blue.9" onClick={() => setAsked(true)}>Show the what-if on the last 28 days</Button></Group>}
+      {!asked && <Group><Button variant="light" color="blue.9" onClick={() => setAsked(true)}>{whatIfLabel(modelInfo.data?.label_maturity_days)}</Button></Group>}
       {asked && whatIf.error
         ? (whatIf.error.code === "empty_window"
           ? <Text c="gray.7">{whatIf.error.message}</Text>
