@@ -334,13 +334,17 @@ def audit_cmd(
     actor: Annotated[str | None, typer.Option("--actor", help="Who acted.")] = None,
     action: Annotated[str | None, typer.Option("--action", help="Action prefix, e.g. promotion.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="Most rows to show.")] = 100,
+    before: Annotated[int | None, typer.Option("--before", min=1, help="Only entries older than this id (the "
+                                               "next page: the last answer's next_before).")] = None,
     api_key: ApiKeyOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Read the audit log, newest first (admin)."""
+    """Read the audit log, newest first, a page at a time (admin)."""
     from sira.registry.models import read_audit
 
-    rows = governed(lambda conn, who: read_audit(conn, who, target=target, actor=actor, action=action, limit=limit),
-                     api_key)
+    rows = governed(lambda conn, who: read_audit(conn, who, target=target, actor=actor, action=action,
+                                                 limit=limit + 1, before=before), api_key)
+    next_before = rows[limit - 1]["id"] if len(rows) > limit else None  # one more read: whether the page is cut
+    rows = rows[:limit]
 
     def render() -> None:
         table = Table(title="Audit log", title_justify="left")
@@ -349,8 +353,10 @@ def audit_cmd(
         for r in rows:
             table.add_row(r["occurred_at"], r["actor"], r["action"], r["target_id"] or "", r["outcome"])
         err.print(table)
+        if next_before is not None:
+            err.print(f"older entries: --before {next_before}")
 
-    emit({"entries": rows}, as_json, render)
+    emit({"entries": rows, "next_before": next_before}, as_json, render)
 
 
 @keys_app.command("create")
