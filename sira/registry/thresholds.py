@@ -64,8 +64,12 @@ async def history(conn: Connection, identity: Any, model_name: str, version: int
     approvals = await conn.fetch(
         """SELECT a.* FROM sira_threshold_approvals a JOIN sira_threshold_sets s ON s.id = a.set_id
             WHERE s.version_id = $1 ORDER BY a.id""", row["id"])
-    return {"model": model_name, "version": version, "active": row["threshold_set"],
-            "sets": [_set(s, list(approvals)) for s in sets]}
+    now_required = await conn.fetchval("SELECT required_approvals FROM sira_models WHERE name = $1", model_name)
+    out = [_set(s, list(approvals)) for s in sets]
+    for s in out:  # a pending change needs what decide_change will count: the model's number if raised since
+        if s["status"] == "pending":
+            s["required_approvals"] = max(s["required_approvals"], now_required)
+    return {"model": model_name, "version": version, "active": row["threshold_set"], "sets": out}
 
 
 async def get_set(conn: Connection, set_id: int) -> dict[str, Any] | None:

@@ -343,6 +343,11 @@ async def test_the_approval_queue_reports_the_approvals_a_decision_will_need(cle
         queues = await approvals(conn, BOB)
     assert [r["required_approvals"] for r in queues["requests"]] == [3]
     assert [c["required_approvals"] for c in queues["threshold_changes"]] == [3]
+    from sira.registry.thresholds import history
+
+    async with clean_db.acquire() as conn:  # the version's threshold history says the same of its pending change
+        sets = (await history(conn, BOB, "fraud", 1))["sets"]
+    assert [(s["status"], s["required_approvals"]) for s in sets if s["status"] == "pending"] == [("pending", 3)]
     decided = await run(clean_db, decide, ANN, "fraud", 1, "approve")
     assert (decided["outcome"], decided["required_approvals"]) == ("pending", 3)  # what the queue now says
     decided = await run(clean_db, decide_change, ANN, "fraud", 1, "approve")
