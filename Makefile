@@ -76,7 +76,10 @@ test-fast: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/online_features.py
 	$(BIN)/python benchmarks/feature_fold.py
+	$(BIN)/python benchmarks/fold_compile.py
+	$(BIN)/python benchmarks/feature_quality.py
 	$(BIN)/python benchmarks/stream_latency.py
+	$(BIN)/python benchmarks/kafka_latency.py
 	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/dataset_build.py
 	$(BIN)/python benchmarks/tune_speedup.py

@@ -118,14 +118,15 @@ def ingest_cmd(
     source: Annotated[str | None, typer.Option("--source", help="Name of the source system (default: the file).")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Consume the Redis stream sira:events until stopped.")] = False,
     max_events: Annotated[
-        int | None, typer.Option("--max-events", min=1, help="With --stream: stop after this many events.")
+        int | None, typer.Option("--max-events", min=1, help="With --stream or --kafka: stop after this many "
+                                                  "events.")
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", min=1, max=10_000, help="With --stream or --kafka: entries "
                                               "per transaction (default 200).")] = None,
     consumer: Annotated[
         str | None,
-        typer.Option("--consumer", help="With --stream: consumer name; a restarted consumer of the same name "
-                     "first finishes its own unacknowledged entries (default: host-pid)."),
+        typer.Option("--consumer", help="With --stream or --kafka: consumer name; a restarted Redis consumer of the "
+                     "same name first finishes its own unacknowledged entries (default: host-pid)."),
     ] = None,
     kafka: Annotated[str | None, typer.Option("--kafka", help="Consume Kafka until stopped: the brokers, "
                                                 "host:port[,host:port] (security: SIRA_KAFKA_* settings).")] = None,

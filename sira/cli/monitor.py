@@ -148,8 +148,9 @@ def performance_table(result: dict[str, Any]) -> Table:
 def performance_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
-    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days up to the newest prediction with a "
-                                        "usable label (docs/windows.md).")] = 28.0,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days of matured events, ending one label "
+                                        "maturity before now, then the provisional windows after them "
+                                        "(docs/windows.md).")] = 28.0,
     time_from: DateOption("--from", "Start of the range (event time).") = None,
     time_to: DateOption("--to", "End of the range (exclusive).") = None,
     window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,

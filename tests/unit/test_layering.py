@@ -91,3 +91,17 @@ def test_no_module_is_over_the_size_limit():
            if (n := len(p.read_text().splitlines())) > OVER_THE_LIMIT.get(name := str(p.relative_to(ROOT.parent)),
                                                                           MAX_LINES)}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+def test_the_readmes_package_map_names_every_module():
+    """README's package map (a newcomer's index of the code) lost nine modules as they were added."""
+    import re
+
+    readme = (ROOT.parent / "README.md").read_text()
+    for layer in LAYERS:
+        row = re.search(rf"^\| `sira/{layer}/` \| (.*?) \|", readme, re.M)
+        assert row, f"README's package map has no row for sira/{layer}/"
+        listed = set(re.findall(r"`(\w+)`", row.group(1)))
+        present = {p.stem for p in (ROOT / layer).glob("*.py") if p.stem != "__init__"}
+        assert listed == present, f"sira/{layer}/: README lists {sorted(listed - present)} that do not exist, " \
+                                  f"misses {sorted(present - listed)}"
