@@ -44,8 +44,9 @@ REVIEW_SOURCES = ("review", "analyst", "manual_review")
 
 def _typical(reference: dict[str, Any] | None) -> str | None:
     """The middle half of the training data (numeric: from the lower edge of the reference's bin that holds its
-    25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half) or
-    its most common values (categorical)."""
+    25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half;
+    open above, "X or more", when that edge would be the training maximum) or its most common values
+    (categorical)."""
     if not reference:
         return None
     if reference.get("type") == "categorical":
@@ -58,8 +59,13 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
     # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)
     lo = edges[int(np.searchsorted(share, 0.25))]
-    hi = edges[int(np.searchsorted(share, 0.75)) + 1]
-    return f"{_num(lo)} to {_num(hi)}"
+    top = int(np.searchsorted(share, 0.75)) + 1
+    if top == len(edges) - 1:
+        # the last edge is the training maximum, one row's value (someone's payment): never shown. (The first
+        # edge is the minimum, but it bounds the range only when its bin holds a quarter of the rows: then
+        # the 10th percentile is the minimum too, a value a tenth of the rows share.)
+        return f"{_num(lo)} or more"
+    return f"{_num(lo)} to {_num(edges[top])}"
 
 
 def _num(value: float) -> str:
