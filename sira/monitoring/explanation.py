@@ -72,6 +72,16 @@ def _num(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
 
 
+def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """One factor of a report: its words follow its direction (a factor that lowered the risk is never
+    described as what made it high)."""
+    value = display_value(spec, x)
+    raised = contribution > 0
+    return {"feature": spec.name, "value": value, "contribution": contribution,
+            "direction": "increases_risk" if raised else "decreases_risk",
+            "text": describe(spec.name, value, raised=raised), "typical": _typical(reference)}
+
+
 def _categories(runtime: ModelRuntime) -> list[str]:
     fs = runtime.feature_set
     if fs is None:
@@ -124,10 +134,7 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         if c == 0.0:
             continue
         spec = runtime.schema[j]
-        value = display_value(spec, float(x[0, j]))
-        factors.append({"feature": spec.name, "value": value, "contribution": c,
-                        "direction": "increases_risk" if c > 0 else "decreases_risk",
-                        "text": describe(spec.name, value), "typical": _typical(reference.get(spec.name))})
+        factors.append(factor(spec, float(x[0, j]), c, reference.get(spec.name)))
     reviews = await conn.fetch(
         """SELECT source, label, known_at FROM sira_feedback
             WHERE (prediction_id = $1 OR event_id = $2)
