@@ -16,7 +16,9 @@ one unit more, and each split threshold of the model on it is mapped to the amou
 crosses it (exact for the amount, its log, sums and means, which move linearly; a first guess for ratios
 and maxima). Between two crossings the score cannot change, so the crossings' two sides, nearest first,
 are the candidates; the first verified change of decision is then narrowed to the cent by bisection
-against the nearest amount that did not change it. Hours are few: each is tried.
+against the nearest amount that did not change it. Hours are few: each is tried, and a move counts only
+when it leaves every history feature as it was (folded at another time, the payment's windows would hold
+other past payments: the payer's history would change, which the person cannot do).
 """
 
 from __future__ import annotations
@@ -223,12 +225,16 @@ def search(scorer: Scorer, event: dict[str, Any], stored: dict[str, Any], decisi
                 break
             kept[side] = candidate
     t: datetime = event["occurred_at"]
+    history = slice(len(engine.fs.event_features), None)  # the entities' features follow the payment's own
     for hour in sorted(range(24), key=lambda h: (abs(h - t.hour), h)):
         if hour == t.hour or scorer.tries >= MAX_TRIES:
             continue
         moved = t.replace(hour=hour)
         result = scorer(occurred_at=moved)
-        if _better(result[1], decision):
+        # the moved copy is folded at its new time: its windows then hold other past payments (earlier, the
+        # payer's own payments made in between drop out). That changes the payer's history, which no one
+        # can change: only a move that leaves every history feature as it was counts
+        if _better(result[1], decision) and _same(result[2][history], base[history]):
             found.append((abs(hour - t.hour) / HOUR_WEIGHT, {"occurred_at": {"from": t.isoformat(),
                                                                               "to": moved.isoformat()}}, result))
             break
