@@ -45,9 +45,9 @@ from sira.features.store import LOG_LOCK
 from sira.ingest import gate
 from sira.monitoring.subject import (
     PERSONAL_COLUMNS,
-    REJECTED_OF,
     check_customer,
     entities_of,
+    rejected_of,
     stored_customer,
     subject_ref,
 )
@@ -118,8 +118,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
-    labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
-        f"SELECT event_id FROM sira_rejected_events WHERE {REJECTED_OF} AND event_id IS NOT NULL", customer_id)]
+    rejected = await rejected_of(conn, customer_id, ids)  # naming them, or only a payment of theirs
+    labelled = sorted(set(ids) | {r["event_id"] for r in rejected if r["event_id"]})  # and of payments refused
     await gate.close(conn, "sira_erased_events", labelled)  # their payments' labels arriving later: never kept
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
@@ -134,8 +134,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "entity_states": await _deleted(conn, f"DELETE FROM sira_entity_states WHERE {owned}", types, keys),  # noqa: S608
         "state_checkpoints": await _deleted(conn, f"DELETE FROM sira_state_checkpoints WHERE {owned}",  # noqa: S608
                                             types, keys),
-        "rejected_events": await _deleted(conn, f"DELETE FROM sira_rejected_events WHERE {REJECTED_OF}",
-                                          customer_id),
+        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE id = ANY($1::bigint[])",
+                                          [r["id"] for r in rejected]),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
     }

@@ -340,3 +340,54 @@ async def test_an_erasure_without_the_gates_salt_fails_and_erases_nothing(clean_
     finally:
         await tr.rollback()
         await clean_db.release(conn)
+
+
+async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stored_again(clean_db, settings):
+    """A label that fails validation, or a pending label that expires, is a dead letter naming only its
+    payment (event_id; no customer_id): the export left them out and the erasure kept them, and a malformed
+    label about an erased payment was stored again as a dead letter with its payload. They are now matched by
+    the person's payments' ids, and the erasure gate keeps such a record out."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.ingest.labels import expire_pending_labels, record_labels
+    from sira.monitoring.erasure import forget, request_forget
+    from sira.monitoring.subject import export_subject
+
+    redactor = redactor_for(settings)
+    rows = [{"event_id": "dl-1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "C-901", "amount": 12.0},
+            {"event_id": "dl-2", "occurred_at": "2026-09-01T11:00:00Z", "customer_id": "C-901", "amount": -5.0},
+            {"event_id": "dl-9", "occurred_at": "2026-09-01T12:00:00Z", "customer_id": "C-902", "amount": 7.0}]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor, source="file")
+        assert (summary.accepted, summary.rejected) == (2, 1)
+        # malformed labels of their stored payment and of another person's; a chargeback on their refused
+        # payment, pending (no stored event) until it expires
+        bad = await record_labels(conn, [{"event_id": "dl-1", "label": "maybe", "note": "card ending 4242"},
+                                         {"event_id": "dl-9", "label": "maybe"}], redactor=redactor)
+        assert bad.rejected == 2
+        await record_labels(conn, [{"event_id": "dl-2", "label": True, "known_at": "2026-09-20T00:00:00Z"}],
+                            redactor=redactor, source="chargeback")
+    async with db.transaction(clean_db) as conn:
+        assert await expire_pending_labels(conn, 0) == 1  # the pending one expires
+    letters = {(r["event_id"], r["reason_code"]) for r in await clean_db.fetch(
+        "SELECT event_id, reason_code FROM sira_rejected_events WHERE customer_id IS NULL")}
+    refused = await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events WHERE customer_id = 'C-901'")
+    assert {("dl-1", "invalid_field"), ("dl-2", "pending_label_expired"), ("dl-9", "invalid_field")} <= letters
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        bundle = await export_subject(conn, ann, "C-901", settings)
+    assert sorted((r["event_id"], r["reason_code"]) for r in bundle["rejected_events"]) == sorted(
+        [("dl-1", "invalid_field"), ("dl-2", refused), ("dl-2", "pending_label_expired")]), bundle["rejected_events"]
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, "C-901", "the person asked", secret=secret)
+        done = await forget(conn, bob, "C-901", request["request_id"], secret=secret, redactor=redactor)
+    assert done["counts"]["rejected_events"] == 3
+    left = await clean_db.fetch("SELECT event_id, payload FROM sira_rejected_events")
+    assert [r["event_id"] for r in left] == ["dl-9"]  # another person's stays
+    # a malformed label about their erased payment, later: counted, never kept
+    async with db.transaction(clean_db) as conn:
+        late = await record_labels(conn, [{"event_id": "dl-1", "label": "maybe", "note": "card ending 4242"}],
+                                   redactor=redactor)
+    assert late.rejected == 1 and late.reasons == {"erased_subject": 1}
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE event_id = 'dl-1'") == 0
