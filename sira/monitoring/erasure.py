@@ -48,6 +48,7 @@ from sira.monitoring.subject import (
     check_customer,
     entities_of,
     rejected_of,
+    shared_identifiers,
     stored_customer,
     subject_ref,
 )
@@ -113,6 +114,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
     ids = [e["event_id"] for e in events]
     entities, withheld = await entities_of(conn, customer_id, events)
+    # their identifiers no other customer's events carry: those a shared history loses (a shared card stays)
+    own = _identifiers(events) - {v for _, v in await shared_identifiers(conn, customer_id, events)}
     types, keys = [t for t, _ in entities], [k for _, k in entities]
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
@@ -137,7 +140,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE id = ANY($1::bigint[])",
                                           [r["id"] for r in rejected]),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
-        "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
+        "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), own),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
     if await gate.close(conn, "sira_erased_subjects", [customer_id]) != 1:  # no salt: every old event back in
@@ -173,8 +176,9 @@ def _touched(events: list[Any]) -> list[tuple[str, str]]:
 async def _deidentify_shared(conn: Connection, event_ids: set[str], identifiers: set[str]) -> int:
     """Feature set v1's snapshot of an entity the person shares with others (a terminal, a shared card) keeps
     its recent events as rows: the person's rows keep their time and amount (the entity's aggregates stay
-    right) but their event id and the person's identifiers become random placeholders (one per value, so
-    distinct counts stay right). Returns the snapshots rewritten."""
+    right) but their event id and the person's own identifiers (``identifiers``: not one another customer's
+    events carry too, which stays as it is) become random placeholders (one per value, so distinct counts
+    stay right). Returns the snapshots rewritten."""
     if not event_ids:
         return 0
     rows = await conn.fetch(

@@ -76,20 +76,27 @@ def _rows(records: list[Any]) -> list[dict[str, Any]]:
     return [{k: _plain(v) for k, v in dict(r).items()} for r in records]
 
 
-async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
-    """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
-    shared with another customer."""
-    from sira.features.definitions import FEATURE_SETS
-
-    by_column: dict[str, set[str]] = {c: {e[c] for e in events if e[c]} for c in PERSONAL_COLUMNS}
+async def shared_identifiers(conn: Connection, customer_id: str, events: list[Any]) -> set[tuple[str, str]]:
+    """The (column, value) identifiers of the person's events that another customer's events also carry."""
     shared: set[tuple[str, str]] = set()
-    for column, values in by_column.items():
+    for column in PERSONAL_COLUMNS:
+        values = {e[column] for e in events if e[column]}
         if column == "customer_id" or not values:
             continue
         others = await conn.fetch(
             f"SELECT DISTINCT {column} AS v FROM sira_events WHERE {column} = ANY($1::text[]) "  # noqa: S608 - a constant
             "AND customer_id IS DISTINCT FROM $2", list(values), customer_id)
         shared |= {(column, r["v"]) for r in others}
+    return shared
+
+
+async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
+    """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
+    shared with another customer."""
+    from sira.features.definitions import FEATURE_SETS
+
+    by_column: dict[str, set[str]] = {c: {e[c] for e in events if e[c]} for c in PERSONAL_COLUMNS}
+    shared = await shared_identifiers(conn, customer_id, events)
     pairs = set()
     for fs in FEATURE_SETS.values():
         for spec in fs.entities:

@@ -391,3 +391,42 @@ async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stor
                                    redactor=redactor)
     assert late.rejected == 1 and late.reasons == {"erased_subject": 1}
     assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE event_id = 'dl-1'") == 0
+
+
+async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a_shared_history(clean_db, settings):
+    """A v1 snapshot of a shared entity (a terminal counting its distinct cards) keeps the person's rows with
+    their identifiers replaced by placeholders. A card the person shares with another customer was replaced
+    too: the terminal then counted two cards where there is one. Shared identifiers stay, as the export
+    withholds them; the person's own ones still go."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.monitoring.erasure import forget, request_forget
+
+    redactor = redactor_for(settings)
+    rows = [{"event_id": f"sh-{who}", "occurred_at": f"2026-09-01T1{k}:00:00Z", "customer_id": who,
+             "card_token": "tok_card_shared", "device_id": f"dev-{who}", "terminal_id": "T-1", "amount": 10.0}
+            for k, who in enumerate(["C-931", "C-932"])]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor, source="file")
+    assert summary.accepted == 2
+    stored = await clean_db.fetch("SELECT event_id, card_token, device_id FROM sira_events ORDER BY event_id")
+    card = stored[0]["card_token"]
+    assert card == stored[1]["card_token"]  # one card, two customers
+    state = {"columns": ["ts", "amount", "event_id", "card_token", "device_id", "label_known_at"],
+             "rows": [[k, 10.0, r["event_id"], r["card_token"], r["device_id"], None] for k, r in enumerate(stored)]}
+    await clean_db.execute(
+        """INSERT INTO sira_feature_snapshots (entity_type, entity_id, feature_set, feature_set_version, features,
+                                               as_of, last_event_id, event_count, state)
+           VALUES ('terminal', 'T-1', 'payments', 1, '{}', now(), 'sh-C-932', 2, $1)""", state)
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, "C-931", "the person asked", secret=secret)
+        done = await forget(conn, bob, "C-931", request["request_id"], secret=secret, redactor=redactor)
+    assert done["counts"]["shared_histories_deidentified"] == 1
+    after = await clean_db.fetchval("SELECT state FROM sira_feature_snapshots WHERE entity_id = 'T-1'")
+    after = after if isinstance(after, dict) else json.loads(after)
+    mine, theirs = after["rows"]
+    assert mine[2].startswith("erased-") and mine[4].startswith("erased-")  # their event id, their own device
+    assert {mine[3], theirs[3]} == {card}  # the terminal still saw one card
+    assert theirs[2:5] == ["sh-C-932", card, stored[1]["device_id"]]
