@@ -199,6 +199,18 @@ def thresholds_cmd(
     from sira.core.errors import InvalidInput
     from sira.monitoring import thresholds
 
+    if apply and history:
+        raise InvalidInput("--apply and --history cannot be combined: one asks for new thresholds, the other lists "
+                           "the sets", code="invalid_option")
+    # accepted and ignored before: `--review 0.3 --block 0.8` without --apply showed the what-if, changed nothing
+    ignored = [flag for flag, value in (("--review", review), ("--block", block), ("--reason", reason))
+               if value is not None and not apply]
+    if ignored:
+        raise InvalidInput(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply without --apply "
+                           "(add --apply to ask for new thresholds)", code="invalid_option")
+    if html_out is not None and (apply or history):
+        raise InvalidInput(f"--html does not apply to {'--apply' if apply else '--history'}: it writes the what-if",
+                           code="invalid_option")
     if apply and (review is None or block is None or not reason):
         raise InvalidInput("--apply needs --review, --block and --reason", code="missing_field")
     if html_out is not None and (html_out.suffix != ".html" or not html_out.parent.is_dir()):
