@@ -45,6 +45,7 @@ from sira.features.store import LOG_LOCK
 from sira.ingest import gate
 from sira.monitoring.subject import (
     PERSONAL_COLUMNS,
+    REJECTED_OF,
     check_customer,
     entities_of,
     rejected_of,
@@ -58,14 +59,30 @@ log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
 
 
+async def holds_data(conn: Connection, stored: str) -> bool:
+    """Whether SIRA holds anything about the customer id ``stored`` (as ingestion stored it): an event, a
+    dead letter, their feature state."""
+    return bool(await conn.fetchval(
+        f"""SELECT EXISTS (SELECT 1 FROM sira_events WHERE customer_id = $1)
+                OR EXISTS (SELECT 1 FROM sira_rejected_events WHERE {REJECTED_OF})
+                OR EXISTS (SELECT 1 FROM sira_entity_states WHERE entity_type = 'customer' AND entity_id = $1)
+                OR EXISTS (SELECT 1 FROM sira_feature_snapshots WHERE entity_type = 'customer' AND entity_id = $1)""",  # noqa: S608
+        stored))
+
+
 async def request_forget(conn: Connection, identity: Identity, customer_id: str, reason: str, *,
-                         secret: str) -> dict[str, Any]:
-    """The first admin's request: pending, the subject named by its keyed hash."""
+                         secret: str, redactor: Any, force: bool = False) -> dict[str, Any]:
+    """The first admin's request: pending, the subject named by its keyed hash. Refused (``no_data``) when
+    SIRA holds nothing about the id, a mistyped one most likely, unless ``force`` (the gate then still keeps
+    the person's older events out, should they arrive)."""
     authorize(identity, "subject.access")
     check_customer(customer_id)
     reason = (reason or "").strip()
     if not reason or len(reason) > 2000:
         raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
+    if not force and not await holds_data(conn, stored_customer(redactor, customer_id)):
+        raise NotFound("SIRA holds nothing about this customer id (no event, dead letter or feature state): check "
+                       "the id, or give --force to ask for the erasure anyway", code="no_data")
     ref = subject_ref(secret, customer_id)
     reason = (redacted(reason) or "").replace(customer_id, ref)  # the audit log is forever: no id, no PII
     try:

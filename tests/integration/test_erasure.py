@@ -240,7 +240,8 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
     assert [r["event_id"] for r in bundle["labels"]] == ["m-2"]  # was left out (labels of stored events only)
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret)
+        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, "C-777", request["request_id"], secret=secret,
                             redactor=redactor_for(settings))
     assert done["counts"]["rejected_events"] == 1 and done["counts"]["labels"] == 1
@@ -278,7 +279,8 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
         bundle = await export_subject(conn, ann, person, settings)
     assert bundle["counts"]["events"] == 2 and "phone_token" in bundle["tokens"]["kinds"]  # phone was left out
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, person, "the person asked", secret=secret)
+        request = await request_forget(conn, ann, person, "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, person, request["request_id"], secret=secret, redactor=redactor)
     assert done["counts"]["events"] == 2 and done["_outside"]["customer_id"] == stored
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
@@ -333,7 +335,8 @@ async def test_an_erasure_without_the_gates_salt_fails_and_erases_nothing(clean_
     await tr.start()
     try:
         await conn.execute("DELETE FROM sira_erasure_salt")
-        request = await request_forget(conn, ann, "C-1", "asked", secret="s")
+        request = await request_forget(conn, ann, "C-1", "asked", secret="s", redactor=redactor_for(settings),
+                                        force=True)  # nothing stored about C-1
         with pytest.raises(SiraError, match="no salt") as refused:
             await forget(conn, bob, "C-1", request["request_id"], secret="s", redactor=redactor_for(settings))
         assert refused.value.code == "erasure_gate_unavailable"
@@ -380,7 +383,8 @@ async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stor
     assert sorted((r["event_id"], r["reason_code"]) for r in bundle["rejected_events"]) == sorted(
         [("dl-1", "invalid_field"), ("dl-2", refused), ("dl-2", "pending_label_expired")]), bundle["rejected_events"]
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-901", "the person asked", secret=secret)
+        request = await request_forget(conn, ann, "C-901", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, "C-901", request["request_id"], secret=secret, redactor=redactor)
     assert done["counts"]["rejected_events"] == 3
     left = await clean_db.fetch("SELECT event_id, payload FROM sira_rejected_events")
@@ -421,7 +425,8 @@ async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a
     secret = settings.secret("auth_secret")
     ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-931", "the person asked", secret=secret)
+        request = await request_forget(conn, ann, "C-931", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, "C-931", request["request_id"], secret=secret, redactor=redactor)
     assert done["counts"]["shared_histories_deidentified"] == 1
     after = await clean_db.fetchval("SELECT state FROM sira_feature_snapshots WHERE entity_id = 'T-1'")
@@ -430,3 +435,34 @@ async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a
     assert mine[2].startswith("erased-") and mine[4].startswith("erased-")  # their event id, their own device
     assert {mine[3], theirs[3]} == {card}  # the terminal still saw one card
     assert theirs[2:5] == ["sh-C-932", card, stored[1]["device_id"]]
+
+
+async def test_forget_or_export_of_an_id_sira_holds_nothing_about_says_so(installation, monkeypatch, capsys,
+                                                                          tmp_path):
+    """A mistyped id: `forget` asked for (and a second admin carried out) an erasure of no one and `export`
+    wrote an empty bundle, both quietly. The request is now refused unless --force, and the export says so."""
+    from sira.cli.main import main
+
+    inst, nobody = installation, f"cus-nobody-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SIRA_DATABASE_URL", inst.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(inst.settings.workspace))
+    monkeypatch.setenv("SIRA_API_KEY", inst.keys["admin"])
+
+    async def sira(*args: str):
+        reset_settings()
+        try:
+            return await asyncio.to_thread(main, list(args)), capsys.readouterr()
+        finally:
+            reset_settings()
+
+    code, out = await sira("subject", "forget", "--customer", nobody, "--reason", "the person asked")
+    assert code == 2 and out.out == "" and len(out.err.strip().splitlines()) == 1, out.err
+    assert out.err.startswith("error: no_data: SIRA holds nothing about this customer id") and nobody not in out.err
+    assert await _one(inst.dsn, "SELECT count(*) AS n FROM sira_erasure_requests WHERE status = 'pending'") == {"n": 0}
+    code, out = await sira("subject", "forget", "--customer", nobody, "--reason", "the person asked", "--force",
+                           "--json")
+    assert code == 0 and json.loads(out.out)["status"] == "pending", out.err
+    code, out = await sira("subject", "export", "--customer", nobody, "--out", str(tmp_path / "b.json"), "--json")
+    assert code == 0 and json.loads(out.out)["found"] is False
+    assert "nothing is stored about this customer id" in out.err
+    os.environ.pop("SIRA_API_KEY", None)
