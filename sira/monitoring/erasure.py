@@ -333,7 +333,16 @@ def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return any(orjson.dumps(i) in raw for i in ids)
-    return isinstance(data, dict) and (data.get("customer_id") in ids or data.get("event_id") in outside["event_ids"])
+    return isinstance(data, dict) and (_as_id(data.get("customer_id")) in ids
+                                       or _as_id(data.get("event_id")) in set(outside["event_ids"]))
+
+
+def _as_id(value: Any) -> str | None:
+    """An id as ingestion reads it (:class:`sira.ingest.events.EventIn`): a number is its text, spaces around
+    it are dropped; anything else (a list, an object, true) is no id."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value).strip()
 
 
 def _forget_in_spools(folders: list[Path], customer_id: str, event_ids: set[str]) -> tuple[int, int]:
