@@ -161,7 +161,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
             "score": row["score"], "role": row["role"],
             "thresholds": thresholds, "counterfactual": counterfactual,
             "threshold_set": {"id": decided_by["id"], "revision": decided_by["revision"]},
-            "description": model["description"],
+            # as the version was registered with it: the model's own an admin may edit, and the report id
+            # hashes it (versions registered before 2026-12-06 have none)
+            "description": version["description"],
             "factors": factors, "expected_value": float(contributions[-1]),
             "raw_score": float(contributions.sum()),
             "data_categories": _categories(runtime),

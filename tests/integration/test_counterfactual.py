@@ -193,3 +193,25 @@ async def test_moving_the_hour_never_changes_the_payers_history(fraud_model):
     history = set(engine.names) - set(engine.fs.event_features)
     assert not found["available"] or not history & set(found["features_changed"]), found
     assert not found["available"], found  # neither the amount nor the hour, as the person could change them
+
+
+async def test_editing_the_models_description_does_not_change_an_issued_report(fraud_model, model, tmp_path):
+    """The report's id hashed the model's description as the registry holds it now, which an admin may edit at
+    any time: the same prediction then gave another report. The report quotes the description the version was
+    registered with."""
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        answer = (await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, 13, 40.0)},
+                                    headers=headers)).json()
+        await service.flush()
+    first = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                     answer["prediction_id"])
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        before = await conn.fetchval("SELECT description FROM sira_models WHERE name = $1", model)
+        await conn.execute("UPDATE sira_models SET description = 'edited after the decision' WHERE name = $1", model)
+        again = await explain_prediction(conn, fraud_model.settings, ANALYST, answer["prediction_id"])
+    finally:
+        await conn.execute("UPDATE sira_models SET description = $2 WHERE name = $1", model, before)
+        await conn.close()
+    assert again["report_id"] == first["report_id"] and again["description"] == first["description"]
