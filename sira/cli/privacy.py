@@ -49,8 +49,12 @@ def subject_export_cmd(
 
     bundle = governed(export, api_key)
     write_bundle(bundle, out)
-    summary = {"out": str(out), "counts": bundle["counts"], "token_kinds": bundle["tokens"]["kinds"],
+    found = any(bundle["counts"].values()) or bool(bundle["withheld"]["shared_identifiers"])
+    summary = {"out": str(out), "found": found, "counts": bundle["counts"], "token_kinds": bundle["tokens"]["kinds"],
                "withheld_shared_identifiers": bundle["withheld"]["shared_identifiers"]}
+    if not found:  # an empty bundle read as "nothing about them" where the id was most likely mistyped
+        err.print("nothing is stored about this customer id (no event, dead letter, feature state, prediction or "
+                  "label): check the id; the bundle written is empty")
     emit(summary, as_json, lambda: err.print(kv_table(f"Subject export → {out}", {
         **{k.replace("_", " "): f"{v:,}" for k, v in bundle["counts"].items()},
         "token kinds": ", ".join(bundle["tokens"]["kinds"]) or "none",
@@ -66,6 +70,8 @@ def subject_forget_cmd(
                                                 "admin, not the one who asked).")] = None,
     spool_dir: Annotated[list[Path] | None, typer.Option("--spool-dir", help="A serving spool folder on this "
                                                          "machine (default: the workspace's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --reason: ask even though SIRA holds nothing about "
+                                        "the id (refused otherwise: a mistyped id, most likely).")] = False,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -82,14 +88,18 @@ def subject_forget_cmd(
     if (approve is None) == (reason is None):
         raise InvalidInput("give --reason to ask for an erasure, or --approve REQUEST to carry one out",
                            code="missing_field")
-    if approve is None:
-        asked = governed(lambda conn, who: request_forget(conn, who, customer, reason or "", secret=secret), api_key)
-        emit(asked, as_json, lambda: err.print(f"erasure request {asked['request_id']} ({asked['subject']}) waits "
-                                               f"for a second admin: {asked['next']}"))
-        return
+    if force and approve is not None:
+        raise InvalidInput("--force does not apply to --approve: it goes with the request (--reason)",
+                           code="invalid_option")
     from sira.ingest.bulk import redactor_for
 
     redactor = redactor_for(settings)
+    if approve is None:
+        asked = governed(lambda conn, who: request_forget(conn, who, customer, reason or "", secret=secret,
+                                                          redactor=redactor, force=force), api_key)
+        emit(asked, as_json, lambda: err.print(f"erasure request {asked['request_id']} ({asked['subject']}) waits "
+                                               f"for a second admin: {asked['next']}"))
+        return
     done = governed(lambda conn, who: forget(conn, who, customer, approve, secret=secret, redactor=redactor), api_key)
     outside = done.pop("_outside")
     folders = spool_dir or [settings.workspace / "spool"]
@@ -199,6 +209,18 @@ def thresholds_cmd(
     from sira.core.errors import InvalidInput
     from sira.monitoring import thresholds
 
+    if apply and history:
+        raise InvalidInput("--apply and --history cannot be combined: one asks for new thresholds, the other lists "
+                           "the sets", code="invalid_option")
+    # accepted and ignored before: `--review 0.3 --block 0.8` without --apply showed the what-if, changed nothing
+    ignored = [flag for flag, value in (("--review", review), ("--block", block), ("--reason", reason))
+               if value is not None and not apply]
+    if ignored:
+        raise InvalidInput(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply without --apply "
+                           "(add --apply to ask for new thresholds)", code="invalid_option")
+    if html_out is not None and (apply or history):
+        raise InvalidInput(f"--html does not apply to {'--apply' if apply else '--history'}: it writes the what-if",
+                           code="invalid_option")
     if apply and (review is None or block is None or not reason):
         raise InvalidInput("--apply needs --review, --block and --reason", code="missing_field")
     if html_out is not None and (html_out.suffix != ".html" or not html_out.parent.is_dir()):

@@ -22,8 +22,9 @@ COLUMNS = ["event_id", "source", "reason_code", "reason", "field", "payload", "c
 async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection], source: str, summary: Any) -> int:
     """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``
     (``rejected``, ``reasons``); returns the repeats left out (already stored from the same position). A
-    record of an erased person is counted (reason ``erased_subject``), never kept: a rejected record's time
-    cannot be trusted to tell an old one, which a re-imported file brings back, from a new one."""
+    record of an erased person, or naming one of their payments (a malformed label of it), is counted (reason
+    ``erased_subject``), never kept: a rejected record's time cannot be trusted to tell an old one, which a
+    re-imported file brings back, from a new one."""
     if not rejections:
         return 0
     positions = sorted({j.position for j in rejections if j.position is not None})
@@ -32,12 +33,18 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
         source, positions)}
     fresh = [j for j in rejections if j.position is None or j.position not in stored]
     erased = await gate.erased(conn, "sira_erased_subjects", (j.customer_id for j in fresh if j.customer_id))
-    kept = [j for j in fresh if j.customer_id not in erased]
+    # a record naming only an erased payment (a malformed label of it) is theirs too
+    payments = await gate.erased(conn, "sira_erased_events", (j.event_id for j in fresh if j.event_id))
+
+    def theirs(j: Rejection) -> bool:
+        return j.customer_id in erased or j.event_id in payments
+
+    kept = [j for j in fresh if not theirs(j)]
     if kept:
         await conn.copy_records_to_table(
             "sira_rejected_events", columns=COLUMNS,
             records=[(j.event_id, source, j.reason_code, j.reason, j.field, j.payload, j.customer_id, j.position)
                      for j in kept])
     summary.rejected += len(fresh)
-    summary.reasons.update(j.reason_code if j.customer_id not in erased else "erased_subject" for j in fresh)
+    summary.reasons.update("erased_subject" if theirs(j) else j.reason_code for j in fresh)
     return len(rejections) - len(fresh)

@@ -16,7 +16,9 @@ one unit more, and each split threshold of the model on it is mapped to the amou
 crosses it (exact for the amount, its log, sums and means, which move linearly; a first guess for ratios
 and maxima). Between two crossings the score cannot change, so the crossings' two sides, nearest first,
 are the candidates; the first verified change of decision is then narrowed to the cent by bisection
-against the nearest amount that did not change it. Hours are few: each is tried.
+against the nearest amount that did not change it. Hours are few: each is tried, and a move counts only
+when it leaves every history feature as it was (folded at another time, the payment's windows would hold
+other past payments: the payer's history would change, which the person cannot do).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sira.training.evaluation import DECISIONS, decide
 ACTIONABLE = {"amount": "the payment's amount", "occurred_at": "the hour of the day it was made (the same day)"}
 CENT = 0.01
 MAX_TRIES = 120  # re-scorings per report, whatever the model's size
+HOUR_TRIES = 23  # of which kept for the hours: every other hour of the day is always tried
 HOUR_WEIGHT = 12.0  # a shift of 12 hours costs as much as paying nothing: the person's change, as one number
 
 
@@ -158,11 +161,12 @@ def _better(decision: str, original: str) -> bool:
 
 
 def _narrow(scorer: Scorer, original: str, unchanged: float, flipped: float,
-            result: tuple[float, str, np.ndarray]) -> tuple[float, tuple[float, str, np.ndarray]]:
-    """Bisect (in cents) between an amount that keeps the decision and one that changes it."""
+            result: tuple[float, str, np.ndarray], budget: int) -> tuple[float, tuple[float, str, np.ndarray]]:
+    """Bisect (in cents) between an amount that keeps the decision and one that changes it, while fewer than
+    ``budget`` re-scorings were made."""
     best = (flipped, result)
     lo, hi = unchanged, flipped
-    while abs(hi - lo) > CENT + 1e-9 and scorer.tries < MAX_TRIES:
+    while abs(hi - lo) > CENT + 1e-9 and scorer.tries < budget:
         mid = round((lo + hi) / 2, 2)
         if mid in (lo, hi):
             break
@@ -192,7 +196,7 @@ def settled(found: dict[str, Any]) -> bool:
     """Whether ``found`` was searched from a refold that reproduced the stored features (a change, or none
     within the tries): the answer for this decision, kept (``sira_counterfactuals``) so that later events,
     which change what a refold of the log gives, never change a report."""
-    return "tries" in found
+    return "tries" in found  # never with a search cut short (the budget ran out): it proves nothing
 
 
 def search(scorer: Scorer, event: dict[str, Any], stored: dict[str, Any], decision: str) -> dict[str, Any]:
@@ -204,29 +208,39 @@ def search(scorer: Scorer, event: dict[str, Any], stored: dict[str, Any], decisi
         return {"available": False, "why": "the event log no longer reproduces the stored features exactly"}
     found: list[tuple[float, dict[str, Any], tuple[float, str, np.ndarray]]] = []
     amount = event.get("amount")
+    budget = MAX_TRIES - HOUR_TRIES  # the amounts' share: the hours are tried whatever the amounts took
+    cut_short = False
     if amount is not None and float(amount) > 0:
         amount = float(amount)
         kept = {True: amount, False: amount}  # per side (above, below): the nearest amount tried that kept it
         for candidate in amount_candidates(scorer, amount, base):
-            if scorer.tries >= MAX_TRIES:
+            if scorer.tries >= budget:
+                cut_short = True
                 break
             result = scorer(amount=candidate)
             side = candidate > amount
             if _better(result[1], decision):
-                value, result = _narrow(scorer, decision, kept[side], candidate, result)
+                value, result = _narrow(scorer, decision, kept[side], candidate, result, budget)
                 found.append((abs(value - amount) / amount, {"amount": {"from": amount, "to": value}}, result))
                 break
             kept[side] = candidate
     t: datetime = event["occurred_at"]
+    history = slice(len(engine.fs.event_features), None)  # the entities' features follow the payment's own
     for hour in sorted(range(24), key=lambda h: (abs(h - t.hour), h)):
         if hour == t.hour or scorer.tries >= MAX_TRIES:
             continue
         moved = t.replace(hour=hour)
         result = scorer(occurred_at=moved)
-        if _better(result[1], decision):
+        # the moved copy is folded at its new time: its windows then hold other past payments (earlier, the
+        # payer's own payments made in between drop out). That changes the payer's history, which no one
+        # can change: only a move that leaves every history feature as it was counts
+        if _better(result[1], decision) and _same(result[2][history], base[history]):
             found.append((abs(hour - t.hour) / HOUR_WEIGHT, {"occurred_at": {"from": t.isoformat(),
                                                                               "to": moved.isoformat()}}, result))
             break
+    if not found and cut_short:  # not settled (no "tries"): some amounts were never tried
+        return {"available": False, "why": f"the search budget ({MAX_TRIES} re-scorings) ran out before every "
+                                           "candidate amount was tried: no change was found within it"}
     if not found:
         return {"available": False, "tries": scorer.tries,
                 "why": "no change of the amount or of the hour alone changes this decision"}

@@ -48,6 +48,8 @@ from sira.monitoring.subject import (
     REJECTED_OF,
     check_customer,
     entities_of,
+    rejected_of,
+    shared_identifiers,
     stored_customer,
     subject_ref,
 )
@@ -57,14 +59,30 @@ log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
 
 
+async def holds_data(conn: Connection, stored: str) -> bool:
+    """Whether SIRA holds anything about the customer id ``stored`` (as ingestion stored it): an event, a
+    dead letter, their feature state."""
+    return bool(await conn.fetchval(
+        f"""SELECT EXISTS (SELECT 1 FROM sira_events WHERE customer_id = $1)
+                OR EXISTS (SELECT 1 FROM sira_rejected_events WHERE {REJECTED_OF})
+                OR EXISTS (SELECT 1 FROM sira_entity_states WHERE entity_type = 'customer' AND entity_id = $1)
+                OR EXISTS (SELECT 1 FROM sira_feature_snapshots WHERE entity_type = 'customer' AND entity_id = $1)""",  # noqa: S608
+        stored))
+
+
 async def request_forget(conn: Connection, identity: Identity, customer_id: str, reason: str, *,
-                         secret: str) -> dict[str, Any]:
-    """The first admin's request: pending, the subject named by its keyed hash."""
+                         secret: str, redactor: Any, force: bool = False) -> dict[str, Any]:
+    """The first admin's request: pending, the subject named by its keyed hash. Refused (``no_data``) when
+    SIRA holds nothing about the id, a mistyped one most likely, unless ``force`` (the gate then still keeps
+    the person's older events out, should they arrive)."""
     authorize(identity, "subject.access")
     check_customer(customer_id)
     reason = (reason or "").strip()
     if not reason or len(reason) > 2000:
         raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
+    if not force and not await holds_data(conn, stored_customer(redactor, customer_id)):
+        raise NotFound("SIRA holds nothing about this customer id (no event, dead letter or feature state): check "
+                       "the id, or give --force to ask for the erasure anyway", code="no_data")
     ref = subject_ref(secret, customer_id)
     reason = (redacted(reason) or "").replace(customer_id, ref)  # the audit log is forever: no id, no PII
     try:
@@ -113,13 +131,15 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1", customer_id)
     ids = [e["event_id"] for e in events]
     entities, withheld = await entities_of(conn, customer_id, events)
+    # their identifiers no other customer's events carry: those a shared history loses (a shared card stays)
+    own = _identifiers(events) - {v for _, v in await shared_identifiers(conn, customer_id, events)}
     types, keys = [t for t, _ in entities], [k for _, k in entities]
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
-    labelled = ids + [r["event_id"] for r in await conn.fetch(  # a label of a payment of theirs SIRA refused
-        f"SELECT event_id FROM sira_rejected_events WHERE {REJECTED_OF} AND event_id IS NOT NULL", customer_id)]
+    rejected = await rejected_of(conn, customer_id, ids)  # naming them, or only a payment of theirs
+    labelled = sorted(set(ids) | {r["event_id"] for r in rejected if r["event_id"]})  # and of payments refused
     await gate.close(conn, "sira_erased_events", labelled)  # their payments' labels arriving later: never kept
     await conn.execute("SET LOCAL sira.erasure = 'on'")  # sira_features is append-only but to an erasure (017)
     counts = {
@@ -134,10 +154,10 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "entity_states": await _deleted(conn, f"DELETE FROM sira_entity_states WHERE {owned}", types, keys),  # noqa: S608
         "state_checkpoints": await _deleted(conn, f"DELETE FROM sira_state_checkpoints WHERE {owned}",  # noqa: S608
                                             types, keys),
-        "rejected_events": await _deleted(conn, f"DELETE FROM sira_rejected_events WHERE {REJECTED_OF}",
-                                          customer_id),
+        "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE id = ANY($1::bigint[])",
+                                          [r["id"] for r in rejected]),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
-        "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), _identifiers(events)),
+        "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), own),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
     if await gate.close(conn, "sira_erased_subjects", [customer_id]) != 1:  # no salt: every old event back in
@@ -173,8 +193,9 @@ def _touched(events: list[Any]) -> list[tuple[str, str]]:
 async def _deidentify_shared(conn: Connection, event_ids: set[str], identifiers: set[str]) -> int:
     """Feature set v1's snapshot of an entity the person shares with others (a terminal, a shared card) keeps
     its recent events as rows: the person's rows keep their time and amount (the entity's aggregates stay
-    right) but their event id and the person's identifiers become random placeholders (one per value, so
-    distinct counts stay right). Returns the snapshots rewritten."""
+    right) but their event id and the person's own identifiers (``identifiers``: not one another customer's
+    events carry too, which stays as it is) become random placeholders (one per value, so distinct counts
+    stay right). Returns the snapshots rewritten."""
     if not event_ids:
         return 0
     rows = await conn.fetch(
@@ -312,7 +333,16 @@ def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return any(orjson.dumps(i) in raw for i in ids)
-    return isinstance(data, dict) and (data.get("customer_id") in ids or data.get("event_id") in outside["event_ids"])
+    return isinstance(data, dict) and (_as_id(data.get("customer_id")) in ids
+                                       or _as_id(data.get("event_id")) in set(outside["event_ids"]))
+
+
+def _as_id(value: Any) -> str | None:
+    """An id as ingestion reads it (:class:`sira.ingest.events.EventIn`): a number is its text, spaces around
+    it are dropped; anything else (a list, an object, true) is no id."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value).strip()
 
 
 def _forget_in_spools(folders: list[Path], customer_id: str, event_ids: set[str]) -> tuple[int, int]:

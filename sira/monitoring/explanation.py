@@ -44,8 +44,9 @@ REVIEW_SOURCES = ("review", "analyst", "manual_review")
 
 def _typical(reference: dict[str, Any] | None) -> str | None:
     """The middle half of the training data (numeric: from the lower edge of the reference's bin that holds its
-    25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half) or
-    its most common values (categorical)."""
+    25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half;
+    open above, "X or more", when that edge would be the training maximum) or its most common values
+    (categorical)."""
     if not reference:
         return None
     if reference.get("type") == "categorical":
@@ -58,12 +59,27 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
     # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)
     lo = edges[int(np.searchsorted(share, 0.25))]
-    hi = edges[int(np.searchsorted(share, 0.75)) + 1]
-    return f"{_num(lo)} to {_num(hi)}"
+    top = int(np.searchsorted(share, 0.75)) + 1
+    if top == len(edges) - 1:
+        # the last edge is the training maximum, one row's value (someone's payment): never shown. (The first
+        # edge is the minimum, but it bounds the range only when its bin holds a quarter of the rows: then
+        # the 10th percentile is the minimum too, a value a tenth of the rows share.)
+        return f"{_num(lo)} or more"
+    return f"{_num(lo)} to {_num(edges[top])}"
 
 
 def _num(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+
+
+def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """One factor of a report: its words follow its direction (a factor that lowered the risk is never
+    described as what made it high)."""
+    value = display_value(spec, x)
+    raised = contribution > 0
+    return {"feature": spec.name, "value": value, "contribution": contribution,
+            "direction": "increases_risk" if raised else "decreases_risk",
+            "text": describe(spec.name, value, raised=raised), "typical": _typical(reference)}
 
 
 def _categories(runtime: ModelRuntime) -> list[str]:
@@ -118,10 +134,7 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         if c == 0.0:
             continue
         spec = runtime.schema[j]
-        value = display_value(spec, float(x[0, j]))
-        factors.append({"feature": spec.name, "value": value, "contribution": c,
-                        "direction": "increases_risk" if c > 0 else "decreases_risk",
-                        "text": describe(spec.name, value), "typical": _typical(reference.get(spec.name))})
+        factors.append(factor(spec, float(x[0, j]), c, reference.get(spec.name)))
     reviews = await conn.fetch(
         """SELECT source, label, known_at FROM sira_feedback
             WHERE (prediction_id = $1 OR event_id = $2)
@@ -148,7 +161,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
             "score": row["score"], "role": row["role"],
             "thresholds": thresholds, "counterfactual": counterfactual,
             "threshold_set": {"id": decided_by["id"], "revision": decided_by["revision"]},
-            "description": model["description"],
+            # as the version was registered with it: the model's own an admin may edit, and the report id
+            # hashes it (versions registered before 2026-12-06 have none)
+            "description": version["description"],
             "factors": factors, "expected_value": float(contributions[-1]),
             "raw_score": float(contributions.sum()),
             "data_categories": _categories(runtime),

@@ -3,7 +3,9 @@
 A person is named by the ``customer_id`` their events carry. The bundle holds their events, the events
 refused as dead letters, the per-event feature rows and the online feature state of the entities that are
 theirs, the predictions made on their events (score, decision, reasons: the stored explanation), the
-explanation reports issued about them and the counterfactuals those settled, and the labels recorded for them. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
+explanation reports issued about them and the counterfactuals those settled, and the labels recorded for them.
+A dead letter that names no customer, only a payment (a label refused, or pending until it expired), is
+theirs when the payment is one of theirs, stored or refused. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
 the list of token kinds present, since SIRA never holds the raw values.
 
 Which entities are "theirs": those whose key is one of the person's own identifiers (their customer id,
@@ -40,6 +42,9 @@ TOKEN_COLUMNS = ("card_token", "device_id", "ip_token", "email_token", "phone_to
 # A person's dead letters: by the customer id each names as sira_events would (sql/021); older rows by a
 # payload field literally named customer_id.
 REJECTED_OF = "(customer_id = $1 OR payload->>'customer_id' = $1)"
+# and those that name no customer, only a payment of theirs: a label refused, or pending until it expired
+REJECTED_ABOUT = ("customer_id IS NULL AND payload->>'customer_id' IS NULL AND event_id = ANY($1::text[]) "
+                  "AND NOT id = ANY($2::bigint[])")
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
             "predictions", "explanations", "counterfactuals", "labels")
 
@@ -71,20 +76,27 @@ def _rows(records: list[Any]) -> list[dict[str, Any]]:
     return [{k: _plain(v) for k, v in dict(r).items()} for r in records]
 
 
-async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
-    """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
-    shared with another customer."""
-    from sira.features.definitions import FEATURE_SETS
-
-    by_column: dict[str, set[str]] = {c: {e[c] for e in events if e[c]} for c in PERSONAL_COLUMNS}
+async def shared_identifiers(conn: Connection, customer_id: str, events: list[Any]) -> set[tuple[str, str]]:
+    """The (column, value) identifiers of the person's events that another customer's events also carry."""
     shared: set[tuple[str, str]] = set()
-    for column, values in by_column.items():
+    for column in PERSONAL_COLUMNS:
+        values = {e[column] for e in events if e[column]}
         if column == "customer_id" or not values:
             continue
         others = await conn.fetch(
             f"SELECT DISTINCT {column} AS v FROM sira_events WHERE {column} = ANY($1::text[]) "  # noqa: S608 - a constant
             "AND customer_id IS DISTINCT FROM $2", list(values), customer_id)
         shared |= {(column, r["v"]) for r in others}
+    return shared
+
+
+async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> tuple[list[tuple[str, str]], int]:
+    """The (entity type, entity id) pairs that are the person's, and how many identifiers were withheld as
+    shared with another customer."""
+    from sira.features.definitions import FEATURE_SETS
+
+    by_column: dict[str, set[str]] = {c: {e[c] for e in events if e[c]} for c in PERSONAL_COLUMNS}
+    shared = await shared_identifiers(conn, customer_id, events)
     pairs = set()
     for fs in FEATURE_SETS.values():
         for spec in fs.entities:
@@ -92,6 +104,17 @@ async def entities_of(conn: Connection, customer_id: str, events: list[Any]) -> 
                 if (spec.key_column, value) not in shared:
                     pairs.add((spec.entity, value))
     return sorted(pairs), len(shared)
+
+
+async def rejected_of(conn: Connection, customer_id: str, event_ids: list[str]) -> list[Any]:
+    """The person's dead letters: those naming them, then those naming only one of their payments (stored,
+    or refused: a dead letter naming them)."""
+    rows = list(await conn.fetch(f"SELECT * FROM sira_rejected_events WHERE {REJECTED_OF}",  # noqa: S608
+                                 customer_id))
+    payments = sorted(set(event_ids) | {r["event_id"] for r in rows if r["event_id"]})
+    rows += await conn.fetch(f"SELECT * FROM sira_rejected_events WHERE {REJECTED_ABOUT}",  # noqa: S608
+                             payments, [r["id"] for r in rows])
+    return sorted(rows, key=lambda r: (r["rejected_at"], r["id"]))
 
 
 def check_customer(customer_id: str) -> None:
@@ -122,8 +145,7 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     predictions = await conn.fetch("SELECT * FROM sira_predictions WHERE event_id = ANY($1::text[]) "
                                    "ORDER BY scored_at", ids)
-    rejected = await conn.fetch(f"SELECT * FROM sira_rejected_events WHERE {REJECTED_OF} ORDER BY rejected_at",
-                                customer_id)
+    rejected = await rejected_of(conn, customer_id, ids)
     # labels of their payments, stored or refused (a chargeback on a payment SIRA set aside is theirs too)
     labelled = ids + [r["event_id"] for r in rejected if r["event_id"]]
     bundle: dict[str, Any] = {

@@ -105,8 +105,9 @@ async def register_candidate(
     )
     await conn.execute(
         """INSERT INTO sira_model_versions (model_id, version, run_id, artifact_uri, artifact_sha256,
-                                            feature_set_version, feature_schema, params, metrics, thresholds, created_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                                            feature_set_version, feature_schema, params, metrics, thresholds, created_by,
+                                            description)  -- the model's, as registered: explanation reports quote it
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT description FROM sira_models WHERE id = $1))""",
         model["id"], version, run_id, artifact.uri, artifact.sha256, feature_set_version, feature_schema, params,
         metrics, thresholds, actor.name,
     )

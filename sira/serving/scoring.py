@@ -312,8 +312,10 @@ def shown_number(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
-def describe(feature: str, value: Any) -> str:
-    """A plain sentence for a reason (feature names follow :mod:`sira.features.definitions`' patterns)."""
+def describe(feature: str, value: Any, *, raised: bool = True) -> str:
+    """A plain sentence for a factor (feature names follow :mod:`sira.features.definitions`' patterns): for
+    one that raised the risk (a reason), what was unusual ("Many payments by the card ..."); for one that
+    lowered it (``raised=False``), what the value was, in neutral words ("Payments by the card ... (0)")."""
     shown = "missing" if value is None else shown_number(value) if isinstance(value, float) else str(value)
     window = _WINDOW.search(feature)
     words = _window_words(window.group(1)) if window else ""
@@ -321,30 +323,41 @@ def describe(feature: str, value: Any) -> str:
     who = _ENTITY_WORDS.get(entity)
     if who and window:
         base = rest[: window.start() - len(entity) - 1]
-        templates = {
-            "count": f"Many payments by {who} in {words} ({shown})",
-            "sum_amount": f"High total amount for {who} in {words} ({shown})",
-            "mean_amount": f"Unusual average amount for {who} in {words} ({shown})",
-            "max_amount": f"High largest amount for {who} in {words} ({shown})",
-            "amount_ratio": f"Amount far above {who}'s average over {words} (ratio {shown})",
-            "risk": f"High fraud rate at {who} in {words} ({shown})",
-            "risk_count": f"Payments at {who} with known outcomes in {words} ({shown})",
-        }
+        if raised:
+            templates = {
+                "count": f"Many payments by {who} in {words} ({shown})",
+                "sum_amount": f"High total amount for {who} in {words} ({shown})",
+                "mean_amount": f"Unusual average amount for {who} in {words} ({shown})",
+                "max_amount": f"High largest amount for {who} in {words} ({shown})",
+                "amount_ratio": f"Amount far above {who}'s average over {words} (ratio {shown})",
+                "risk": f"High fraud rate at {who} in {words} ({shown})",
+            }
+        else:
+            templates = {
+                "count": f"Payments by {who} in {words} ({shown})",
+                "sum_amount": f"Total amount for {who} in {words} ({shown})",
+                "mean_amount": f"Average amount for {who} in {words} ({shown})",
+                "max_amount": f"Largest amount for {who} in {words} ({shown})",
+                "amount_ratio": f"Amount against {who}'s average over {words} (ratio {shown})",
+                "risk": f"Fraud rate at {who} in {words} ({shown})",
+            }
+        templates["risk_count"] = f"Payments at {who} with known outcomes in {words} ({shown})"
         if base in templates:
             return templates[base]
         if base.startswith("distinct_"):
             thing = base.removeprefix("distinct_")
             plural = thing[:-1] + "ies" if thing.endswith("y") else thing + "s"
-            return f"Many different {plural} used by {who} in {words} ({shown})"
+            return f"{'Many different' if raised else 'Different'} {plural} used by {who} in {words} ({shown})"
         if base.startswith("new_"):
             thing = base.removeprefix("new_")
             return f"A {thing} new for {who} in {words}" if value == 1 else f"{thing} seen before by {who} ({shown})"
     fixed = {"amount": f"Payment amount ({shown})", "log_amount": f"Payment amount (log {shown})",
              "hour_of_day": f"Time of day (hour {shown} UTC)", "is_weekend": f"Weekend payment ({shown})",
              "is_night": f"Night-time payment ({shown})"}
+    if not raised and value in (0, 1):
+        fixed.update(is_weekend="A weekend payment" if value == 1 else "A weekday payment",
+                     is_night="A night-time payment" if value == 1 else "A daytime payment")
     return fixed.get(feature, f"{feature.replace('_', ' ')} ({shown})")
-
-
 
 
 def empty_history(fs: FeatureSet, entity: str) -> History:

@@ -8,10 +8,12 @@ import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
+from sira.features.engine import engine_of
 from sira.ingest.bulk import ingest_records, redactor_for
 from sira.monitoring import counterfactual
 from sira.monitoring.counterfactual import ACTIONABLE
@@ -145,3 +147,71 @@ async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payme
     report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, answer["prediction_id"])
     assert report["counterfactual"]["available"] is False and "not stored" in report["counterfactual"]["why"]
     assert report["summary"]["what_would_change_it"] is None
+
+
+class Planted:
+    """A version's runtime whose scores come from ``predict`` instead of its trees."""
+
+    def __init__(self, runtime, predict):
+        self.runtime, self.predict = runtime, predict
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+
+async def velocity_counterfactual(conn, settings, event_id, count_feature):
+    """The counterfactual of a block that only the payer's recent payments explain: the model, planted, blocks
+    a payment when ``count_feature`` (the payer's payments in the last hour, itself included) is 4 or more."""
+    version = dict(await get_version(conn, "fraud", 1))
+    version["model_name"] = "fraud"
+    runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)
+    column = runtime.names.index(count_feature)
+    planted = Planted(runtime, lambda x: np.where(x[:, column] >= 4, 0.9, 0.1))
+    event = dict(await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", event_id))
+    refold = await counterfactual.Refold.load(conn, engine_of(runtime.feature_set), event)
+    scorer = counterfactual.Scorer(planted, refold, {"review": 0.5, "block": 0.5})
+    _, decision, vector = scorer()
+    assert decision == "block" and vector[refold.engine.names.index(count_feature)] >= 4
+    stored = {n: None if np.isnan(v) else float(v) for n, v in zip(refold.engine.names, vector.tolist())}
+    return await asyncio.to_thread(counterfactual.search, scorer, event, stored, decision), refold.engine
+
+
+async def test_moving_the_hour_never_changes_the_payers_history(fraud_model):
+    """A payment blocked for the payer's velocity: moved an hour earlier, the copy would come before the
+    payer's own payments of the last hour and its counts drop; that is no change the person could make."""
+    e = fraud_model.entities[11]
+    t = datetime(2026, 10, 10, 14, 0, tzinfo=timezone.utc)
+    tag = uuid.uuid4().hex[:8]
+    events = [{"event_id": f"cf-v{k}-{tag}", "occurred_at": (t - timedelta(minutes=10 * (5 - k))).isoformat(),
+               "customer_id": e["customer_id"], "card_token": e["card_token"], "terminal_id": e["terminal_id"],
+               "amount": 20.0 + k, "country": e["country"], "channel": e["channel"]} for k in range(6)]
+    async with db.open_pool(fraud_model.settings) as pool:
+        assert (await ingest_records(pool, events, redactor=redactor_for(fraud_model.settings),
+                                     source="velocity")).accepted == 6
+    found, engine = await run_in_transaction(fraud_model.dsn, velocity_counterfactual, fraud_model.settings,
+                                             events[-1]["event_id"], "customer_count_1h")
+    history = set(engine.names) - set(engine.fs.event_features)
+    assert not found["available"] or not history & set(found["features_changed"]), found
+    assert not found["available"], found  # neither the amount nor the hour, as the person could change them
+
+
+async def test_editing_the_models_description_does_not_change_an_issued_report(fraud_model, model, tmp_path):
+    """The report's id hashed the model's description as the registry holds it now, which an admin may edit at
+    any time: the same prediction then gave another report. The report quotes the description the version was
+    registered with."""
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        answer = (await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, 13, 40.0)},
+                                    headers=headers)).json()
+        await service.flush()
+    first = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                     answer["prediction_id"])
+    conn = await db.connect(fraud_model.dsn)
+    try:
+        before = await conn.fetchval("SELECT description FROM sira_models WHERE name = $1", model)
+        await conn.execute("UPDATE sira_models SET description = 'edited after the decision' WHERE name = $1", model)
+        again = await explain_prediction(conn, fraud_model.settings, ANALYST, answer["prediction_id"])
+    finally:
+        await conn.execute("UPDATE sira_models SET description = $2 WHERE name = $1", model, before)
+        await conn.close()
+    assert again["report_id"] == first["report_id"] and again["description"] == first["description"]

@@ -240,7 +240,8 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
     assert [r["event_id"] for r in bundle["labels"]] == ["m-2"]  # was left out (labels of stored events only)
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret)
+        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, "C-777", request["request_id"], secret=secret,
                             redactor=redactor_for(settings))
     assert done["counts"]["rejected_events"] == 1 and done["counts"]["labels"] == 1
@@ -278,7 +279,8 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
         bundle = await export_subject(conn, ann, person, settings)
     assert bundle["counts"]["events"] == 2 and "phone_token" in bundle["tokens"]["kinds"]  # phone was left out
     async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, person, "the person asked", secret=secret)
+        request = await request_forget(conn, ann, person, "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
         done = await forget(conn, bob, person, request["request_id"], secret=secret, redactor=redactor)
     assert done["counts"]["events"] == 2 and done["_outside"]["customer_id"] == stored
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
@@ -333,10 +335,134 @@ async def test_an_erasure_without_the_gates_salt_fails_and_erases_nothing(clean_
     await tr.start()
     try:
         await conn.execute("DELETE FROM sira_erasure_salt")
-        request = await request_forget(conn, ann, "C-1", "asked", secret="s")
+        request = await request_forget(conn, ann, "C-1", "asked", secret="s", redactor=redactor_for(settings),
+                                        force=True)  # nothing stored about C-1
         with pytest.raises(SiraError, match="no salt") as refused:
             await forget(conn, bob, "C-1", request["request_id"], secret="s", redactor=redactor_for(settings))
         assert refused.value.code == "erasure_gate_unavailable"
     finally:
         await tr.rollback()
         await clean_db.release(conn)
+
+
+async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stored_again(clean_db, settings):
+    """A label that fails validation, or a pending label that expires, is a dead letter naming only its
+    payment (event_id; no customer_id): the export left them out and the erasure kept them, and a malformed
+    label about an erased payment was stored again as a dead letter with its payload. They are now matched by
+    the person's payments' ids, and the erasure gate keeps such a record out."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.ingest.labels import expire_pending_labels, record_labels
+    from sira.monitoring.erasure import forget, request_forget
+    from sira.monitoring.subject import export_subject
+
+    redactor = redactor_for(settings)
+    rows = [{"event_id": "dl-1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "C-901", "amount": 12.0},
+            {"event_id": "dl-2", "occurred_at": "2026-09-01T11:00:00Z", "customer_id": "C-901", "amount": -5.0},
+            {"event_id": "dl-9", "occurred_at": "2026-09-01T12:00:00Z", "customer_id": "C-902", "amount": 7.0}]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor, source="file")
+        assert (summary.accepted, summary.rejected) == (2, 1)
+        # malformed labels of their stored payment and of another person's; a chargeback on their refused
+        # payment, pending (no stored event) until it expires
+        bad = await record_labels(conn, [{"event_id": "dl-1", "label": "maybe", "note": "card ending 4242"},
+                                         {"event_id": "dl-9", "label": "maybe"}], redactor=redactor)
+        assert bad.rejected == 2
+        await record_labels(conn, [{"event_id": "dl-2", "label": True, "known_at": "2026-09-20T00:00:00Z"}],
+                            redactor=redactor, source="chargeback")
+    async with db.transaction(clean_db) as conn:
+        assert await expire_pending_labels(conn, 0) == 1  # the pending one expires
+    letters = {(r["event_id"], r["reason_code"]) for r in await clean_db.fetch(
+        "SELECT event_id, reason_code FROM sira_rejected_events WHERE customer_id IS NULL")}
+    refused = await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events WHERE customer_id = 'C-901'")
+    assert {("dl-1", "invalid_field"), ("dl-2", "pending_label_expired"), ("dl-9", "invalid_field")} <= letters
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        bundle = await export_subject(conn, ann, "C-901", settings)
+    assert sorted((r["event_id"], r["reason_code"]) for r in bundle["rejected_events"]) == sorted(
+        [("dl-1", "invalid_field"), ("dl-2", refused), ("dl-2", "pending_label_expired")]), bundle["rejected_events"]
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, "C-901", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
+        done = await forget(conn, bob, "C-901", request["request_id"], secret=secret, redactor=redactor)
+    assert done["counts"]["rejected_events"] == 3
+    left = await clean_db.fetch("SELECT event_id, payload FROM sira_rejected_events")
+    assert [r["event_id"] for r in left] == ["dl-9"]  # another person's stays
+    # a malformed label about their erased payment, later: counted, never kept
+    async with db.transaction(clean_db) as conn:
+        late = await record_labels(conn, [{"event_id": "dl-1", "label": "maybe", "note": "card ending 4242"}],
+                                   redactor=redactor)
+    assert late.rejected == 1 and late.reasons == {"erased_subject": 1}
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE event_id = 'dl-1'") == 0
+
+
+async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a_shared_history(clean_db, settings):
+    """A v1 snapshot of a shared entity (a terminal counting its distinct cards) keeps the person's rows with
+    their identifiers replaced by placeholders. A card the person shares with another customer was replaced
+    too: the terminal then counted two cards where there is one. Shared identifiers stay, as the export
+    withholds them; the person's own ones still go."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.monitoring.erasure import forget, request_forget
+
+    redactor = redactor_for(settings)
+    rows = [{"event_id": f"sh-{who}", "occurred_at": f"2026-09-01T1{k}:00:00Z", "customer_id": who,
+             "card_token": "tok_card_shared", "device_id": f"dev-{who}", "terminal_id": "T-1", "amount": 10.0}
+            for k, who in enumerate(["C-931", "C-932"])]
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, rows, redactor=redactor, source="file")
+    assert summary.accepted == 2
+    stored = await clean_db.fetch("SELECT event_id, card_token, device_id FROM sira_events ORDER BY event_id")
+    card = stored[0]["card_token"]
+    assert card == stored[1]["card_token"]  # one card, two customers
+    state = {"columns": ["ts", "amount", "event_id", "card_token", "device_id", "label_known_at"],
+             "rows": [[k, 10.0, r["event_id"], r["card_token"], r["device_id"], None] for k, r in enumerate(stored)]}
+    await clean_db.execute(
+        """INSERT INTO sira_feature_snapshots (entity_type, entity_id, feature_set, feature_set_version, features,
+                                               as_of, last_event_id, event_count, state)
+           VALUES ('terminal', 'T-1', 'payments', 1, '{}', now(), 'sh-C-932', 2, $1)""", state)
+    secret = settings.secret("auth_secret")
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(clean_db) as conn:
+        request = await request_forget(conn, ann, "C-931", "the person asked", secret=secret,
+                                        redactor=redactor_for(settings))
+        done = await forget(conn, bob, "C-931", request["request_id"], secret=secret, redactor=redactor)
+    assert done["counts"]["shared_histories_deidentified"] == 1
+    after = await clean_db.fetchval("SELECT state FROM sira_feature_snapshots WHERE entity_id = 'T-1'")
+    after = after if isinstance(after, dict) else json.loads(after)
+    mine, theirs = after["rows"]
+    assert mine[2].startswith("erased-") and mine[4].startswith("erased-")  # their event id, their own device
+    assert {mine[3], theirs[3]} == {card}  # the terminal still saw one card
+    assert theirs[2:5] == ["sh-C-932", card, stored[1]["device_id"]]
+
+
+async def test_forget_or_export_of_an_id_sira_holds_nothing_about_says_so(installation, monkeypatch, capsys,
+                                                                          tmp_path):
+    """A mistyped id: `forget` asked for (and a second admin carried out) an erasure of no one and `export`
+    wrote an empty bundle, both quietly. The request is now refused unless --force, and the export says so."""
+    from sira.cli.main import main
+
+    inst, nobody = installation, f"cus-nobody-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SIRA_DATABASE_URL", inst.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(inst.settings.workspace))
+    monkeypatch.setenv("SIRA_API_KEY", inst.keys["admin"])
+
+    async def sira(*args: str):
+        reset_settings()
+        try:
+            return await asyncio.to_thread(main, list(args)), capsys.readouterr()
+        finally:
+            reset_settings()
+
+    code, out = await sira("subject", "forget", "--customer", nobody, "--reason", "the person asked")
+    assert code == 2 and out.out == "" and len(out.err.strip().splitlines()) == 1, out.err
+    assert out.err.startswith("error: no_data: SIRA holds nothing about this customer id") and nobody not in out.err
+    assert await _one(inst.dsn, "SELECT count(*) AS n FROM sira_erasure_requests WHERE status = 'pending'") == {"n": 0}
+    code, out = await sira("subject", "forget", "--customer", nobody, "--reason", "the person asked", "--force",
+                           "--json")
+    assert code == 0 and json.loads(out.out)["status"] == "pending", out.err
+    code, out = await sira("subject", "export", "--customer", nobody, "--out", str(tmp_path / "b.json"), "--json")
+    assert code == 0 and json.loads(out.out)["found"] is False
+    assert "nothing is stored about this customer id" in out.err
+    os.environ.pop("SIRA_API_KEY", None)

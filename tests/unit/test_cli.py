@@ -51,6 +51,14 @@ def test_help_lists_commands_with_descriptions(capsys):
         (["ingest", "--stream", "--source", "pos", "--topic", "t"], "error: invalid_option: --source, --topic do not "
                                                                     "apply to --stream"),
         (["ingest", "--kafka", "b:9092", "--topic", "t", "--source", "pos"], "error: invalid_option: --source does"),
+        # `sira thresholds` ran the what-if and ignored them
+        (["thresholds", "--model", "fraud", "--review", "0.3", "--block", "0.8"],
+         "error: invalid_option: --review, --block do not apply without --apply"),
+        (["thresholds", "--model", "fraud", "--reason", "why"], "error: invalid_option: --reason does not apply"),
+        (["thresholds", "--model", "fraud", "--version", "1", "--history", "--html", "/tmp/w.html"],
+         "error: invalid_option: --html does not apply to --history"),
+        (["thresholds", "--model", "fraud", "--version", "1", "--history", "--apply", "--review", "0.3", "--block",
+          "0.8", "--reason", "why"], "error: invalid_option: --apply and --history"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):

@@ -20,7 +20,8 @@ def reference(values: np.ndarray) -> dict:
     np.random.default_rng(4).normal(100, 15, 2_000),
 ])
 def test_the_typical_range_holds_the_middle_half(values):
-    lo, hi = (float(v) for v in _typical(reference(values)).split(" to "))
+    typical = _typical(reference(values))
+    lo, hi = (float(v) for v in typical.split(" to ")) if " to " in typical else (float(typical.split()[0]), np.inf)
     assert lo <= np.percentile(values, 25) + 1e-9 and hi >= np.percentile(values, 75) - 1e-9
     # and not much more: at most the two bins around each quartile
     assert np.mean((values >= lo) & (values <= hi)) <= 0.5 + 2 * 0.1 + 1e-9 or lo == values.min()
@@ -30,3 +31,18 @@ def test_a_reference_without_counts_or_values_has_no_range():
     assert _typical({"type": "numeric", "bin_edges": [0.0, 1.0], "histogram": [0]}) is None
     assert _typical({"type": "numeric", "bin_edges": [0.0, 1.0, 2.0]}) is None
     assert _typical(None) is None
+
+
+
+@pytest.mark.parametrize("values", [
+    np.concatenate([np.arange(700.0) / 14, np.full(300, 50.0), [987_654.32]]),  # 75th in the last bin: the max
+    np.concatenate([[-123_456.78], np.arange(680.0) + 1, np.full(320, 0.0)]),  # a lone minimum
+])
+def test_the_typical_range_never_shows_one_rows_value(values):
+    """The training maximum (and a lone minimum) is one row's value, someone's payment: a bound is an inner
+    bin edge or a value many rows share, else the range is left open ("50.00 or more")."""
+    typical = _typical(reference(values))
+    assert "987,654.32" not in typical and "-123,456.78" not in typical, typical
+    bounds = [float(v.replace(",", "")) for v in typical.replace(" or more", "").split(" to ")]
+    assert min(bounds) <= np.percentile(values, 25) + 1e-9
+    assert typical.endswith(" or more") or max(bounds) >= np.percentile(values, 75) - 1e-9
