@@ -211,6 +211,19 @@ async def _one(dsn: str, sql: str, *args):
     finally:
         await conn.close()
 
+async def _erase(pool, settings, customer: str) -> dict:
+    """One person erased as the two-admin flow does it: ann asks, bob carries it out; bob's answer."""
+    from sira.core.auth import Identity
+    from sira.ingest.bulk import redactor_for
+    from sira.monitoring.erasure import forget, request_forget
+
+    secret, redactor = settings.secret("auth_secret"), redactor_for(settings)
+    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    async with db.transaction(pool) as conn:
+        request = await request_forget(conn, ann, customer, "the person asked", secret=secret, redactor=redactor)
+        return await forget(conn, bob, customer, request["request_id"], secret=secret, redactor=redactor)
+
+
 
 async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(clean_db, settings):
     """A dead letter keeps its record with the source's column names (for replay): a file mapped with --map
@@ -220,7 +233,6 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
     from sira.ingest.labels import record_labels
-    from sira.monitoring.erasure import forget, request_forget
     from sira.monitoring.subject import export_subject
 
     rows = [{"TX": "m-1", "AT": "2026-09-01T10:00:00Z", "CUST": "C-777", "AMT": 12.0},
@@ -233,17 +245,12 @@ async def test_dead_letters_of_a_mapped_import_are_found_exported_and_erased(cle
         await record_labels(conn, [{"event_id": "m-2", "label": True, "source": "chargeback",
                                     "known_at": "2026-09-20T00:00:00Z"}], redactor=redactor_for(settings))
     assert (summary.accepted, summary.rejected) == (1, 2)
-    secret = settings.secret("auth_secret")
-    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    ann = Identity("ann", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
         bundle = await export_subject(conn, ann, "C-777", settings)
     assert [r["event_id"] for r in bundle["rejected_events"]] == ["m-2"]
     assert [r["event_id"] for r in bundle["labels"]] == ["m-2"]  # was left out (labels of stored events only)
-    async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-777", "the person asked", secret=secret,
-                                        redactor=redactor_for(settings))
-        done = await forget(conn, bob, "C-777", request["request_id"], secret=secret,
-                            redactor=redactor_for(settings))
+    done = await _erase(clean_db, settings, "C-777")
     assert done["counts"]["rejected_events"] == 1 and done["counts"]["labels"] == 1
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback") == 0
     left = await clean_db.fetch("SELECT payload FROM sira_rejected_events")
@@ -262,7 +269,6 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
     from sira.ingest.labels import record_labels
-    from sira.monitoring.erasure import forget, request_forget
     from sira.monitoring.subject import export_subject
 
     person, redactor = "jane.doe@example.com", redactor_for(settings)
@@ -273,15 +279,11 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     assert summary.accepted == 2
     stored = await clean_db.fetchval("SELECT DISTINCT customer_id FROM sira_events")
     assert stored != person and stored.startswith("tok_")  # what the lookups must use
-    secret = settings.secret("auth_secret")
-    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    ann = Identity("ann", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
         bundle = await export_subject(conn, ann, person, settings)
     assert bundle["counts"]["events"] == 2 and "phone_token" in bundle["tokens"]["kinds"]  # phone was left out
-    async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, person, "the person asked", secret=secret,
-                                        redactor=redactor_for(settings))
-        done = await forget(conn, bob, person, request["request_id"], secret=secret, redactor=redactor)
+    done = await _erase(clean_db, settings, person)
     assert done["counts"]["events"] == 2 and done["_outside"]["customer_id"] == stored
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 0
     async with db.transaction(clean_db) as conn:  # the same file again: the gate keeps them out
@@ -353,7 +355,6 @@ async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stor
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
     from sira.ingest.labels import expire_pending_labels, record_labels
-    from sira.monitoring.erasure import forget, request_forget
     from sira.monitoring.subject import export_subject
 
     redactor = redactor_for(settings)
@@ -376,16 +377,12 @@ async def test_dead_letters_of_a_persons_labels_are_exported_erased_and_not_stor
         "SELECT event_id, reason_code FROM sira_rejected_events WHERE customer_id IS NULL")}
     refused = await clean_db.fetchval("SELECT reason_code FROM sira_rejected_events WHERE customer_id = 'C-901'")
     assert {("dl-1", "invalid_field"), ("dl-2", "pending_label_expired"), ("dl-9", "invalid_field")} <= letters
-    secret = settings.secret("auth_secret")
-    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
+    ann = Identity("ann", frozenset({"admin"}))
     async with db.transaction(clean_db) as conn:
         bundle = await export_subject(conn, ann, "C-901", settings)
     assert sorted((r["event_id"], r["reason_code"]) for r in bundle["rejected_events"]) == sorted(
         [("dl-1", "invalid_field"), ("dl-2", refused), ("dl-2", "pending_label_expired")]), bundle["rejected_events"]
-    async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-901", "the person asked", secret=secret,
-                                        redactor=redactor_for(settings))
-        done = await forget(conn, bob, "C-901", request["request_id"], secret=secret, redactor=redactor)
+    done = await _erase(clean_db, settings, "C-901")
     assert done["counts"]["rejected_events"] == 3
     left = await clean_db.fetch("SELECT event_id, payload FROM sira_rejected_events")
     assert [r["event_id"] for r in left] == ["dl-9"]  # another person's stays
@@ -402,9 +399,7 @@ async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a
     their identifiers replaced by placeholders. A card the person shares with another customer was replaced
     too: the terminal then counted two cards where there is one. Shared identifiers stay, as the export
     withholds them; the person's own ones still go."""
-    from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for, store_events
-    from sira.monitoring.erasure import forget, request_forget
 
     redactor = redactor_for(settings)
     rows = [{"event_id": f"sh-{who}", "occurred_at": f"2026-09-01T1{k}:00:00Z", "customer_id": who,
@@ -422,12 +417,7 @@ async def test_an_erasure_leaves_an_identifier_shared_with_another_customer_in_a
         """INSERT INTO sira_feature_snapshots (entity_type, entity_id, feature_set, feature_set_version, features,
                                                as_of, last_event_id, event_count, state)
            VALUES ('terminal', 'T-1', 'payments', 1, '{}', now(), 'sh-C-932', 2, $1)""", state)
-    secret = settings.secret("auth_secret")
-    ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
-    async with db.transaction(clean_db) as conn:
-        request = await request_forget(conn, ann, "C-931", "the person asked", secret=secret,
-                                        redactor=redactor_for(settings))
-        done = await forget(conn, bob, "C-931", request["request_id"], secret=secret, redactor=redactor)
+    done = await _erase(clean_db, settings, "C-931")
     assert done["counts"]["shared_histories_deidentified"] == 1
     after = await clean_db.fetchval("SELECT state FROM sira_feature_snapshots WHERE entity_id = 'T-1'")
     after = after if isinstance(after, dict) else json.loads(after)
