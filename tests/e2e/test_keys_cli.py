@@ -129,16 +129,16 @@ def test_models_versions_and_audit_commands(create_database, tmp_path):
     # a page at a time: --before the last answer's next_before reads the older entries, none twice
     code, out, _ = sira(root, "audit", "--json")
     everything = [e["id"] for e in json.loads(out)["entries"]]
-    pages, before = [], None
+    pages, before, limit = [], None, str(len(everything) // 2 + 1)  # two pages: the second one not full
     while True:
-        code, out, err = sira(root, "audit", "--limit", "2", "--json", *(["--before", str(before)] if before else []))
+        code, out, err = sira(root, "audit", "--limit", limit, "--json", *(["--before", str(before)] if before else []))
         assert code == 0, err
         page = json.loads(out)
         pages += [e["id"] for e in page["entries"]]
         before = page["next_before"]
         if before is None:
             break
-    assert pages == everything and len(everything) > 2
+    assert pages == everything and len(everything) > 2 and len(pages) > int(limit)
 
 
 def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_path):
