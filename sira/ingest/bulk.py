@@ -43,17 +43,13 @@ from sira.ingest.events import (
     normalize,
     stored_row,
 )
-from sira.ingest.pii import Redactor
+from sira.ingest.pii import Redactor, redactor_for
 
 FEATURE_SHARDS = 8
 # Rows below which a file load runs in the caller's process: Ray Data's start (a local Ray, its executor,
 # a worker importing SIRA: ~2.5 s here) costs more than two parallel loaders save below ~2 x start / 30 µs
 # per row (docs/performance.md). Row counts are known for Parquet only; CSV and JSON Lines go through Ray.
 LOCAL_BELOW = 150_000
-
-
-def redactor_for(settings: Settings) -> Redactor:
-    return Redactor.from_secret(settings.secret("pii_key"))
 
 
 async def store_events(

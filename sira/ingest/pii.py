@@ -264,8 +264,9 @@ class Redactor:
     def table(self, table: Any, exclude: set[str]) -> tuple[Any, dict[str, str]]:
         """A bring-your-own table (pyarrow) with its personal data out, before anything reads its values:
         columns the policy drops are removed (their reason returned), text columns and columns the policy
-        tokenizes are redacted value by value (:meth:`feature`); ``exclude``: columns kept as they are."""
+        tokenizes are redacted, each distinct value once (:meth:`feature`); ``exclude``: columns kept as they are."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         dropped: dict[str, str] = {}
         for name in list(table.column_names):
@@ -278,8 +279,12 @@ class Redactor:
                 dropped[name] = "personal data (the PII policy drops this field)"
             elif policy is not None or pa.types.is_string(column.type) or pa.types.is_large_string(column.type) \
                     or pa.types.is_dictionary(column.type):
-                distinct = {v: self.feature(name, v)[1] for v in set(column.to_pylist()) if v is not None}
-                values = pa.array([None if v is None else distinct[v] for v in column.to_pylist()], pa.string())
+                if pa.types.is_dictionary(column.type):
+                    column = column.cast(column.type.value_type)
+                distinct = column.unique()
+                redacted = pa.array([None if v is None else self.feature(name, v)[1] for v in distinct.to_pylist()],
+                                    pa.string())
+                values = pc.take(redacted, pc.index_in(column, value_set=distinct))
                 table = table.set_column(table.column_names.index(name), name, values)
         return table, dropped
 
@@ -288,6 +293,11 @@ class Redactor:
         characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels."""
         return self.scrub(_storable(dict(record)))
 
+
+
+def redactor_for(settings: Any) -> Redactor:
+    """The installation's redactor (its PII key from the settings)."""
+    return Redactor.from_secret(settings.secret("pii_key"))
 
 MAX_NESTING = 16  # levels of objects/lists SIRA stores in free-form fields
 

@@ -138,12 +138,11 @@ class VersionScorer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         from sira.core.config import get_settings
-        from sira.ingest.pii import Redactor
+        from sira.ingest.pii import redactor_for
         from sira.serving.scoring import ModelRuntime
 
         settings = settings or get_settings()
-        self.runtime, self.redactor = ModelRuntime.load(settings, self.job["version"]), Redactor.from_secret(
-            settings.secret("pii_key"))
+        self.runtime, self.redactor = ModelRuntime.load(settings, self.job["version"]), redactor_for(settings)
         self.passthrough = self.job["passthrough"]
         self.explain = self.job["explain"]
 
@@ -174,8 +173,9 @@ def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explai
     categories read through ``redactor`` as its training table's were (tokens for e-mails, ...)."""
     import pyarrow.compute as pc
 
-    categorical = {s.name for s in runtime.schema if s.kind == "categorical"}
-    X = runtime.table_matrix(redactor.table(batch, set(batch.column_names) - categorical)[0] if redactor else batch)
+    categorical = {s.name for s in runtime.schema if s.kind == "categorical"}  # a table's model: redacted ones
+    redact = redactor is not None and runtime.feature_set is None and categorical
+    X = runtime.table_matrix(redactor.table(batch, set(batch.column_names) - categorical)[0] if redact else batch)
     scores = runtime.predict(X, threads=threads)
     columns: dict[str, Any] = {name: batch.column(name) for name in passthrough}
     columns["score"] = pa.array(scores, pa.float64())

@@ -28,7 +28,7 @@ from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
 from sira.features.definitions import CURRENT_VERSIONS
-from sira.ingest.pii import Redactor
+from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
@@ -233,7 +233,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         progress("reading the table")
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
                                          id_col=req.id_col, positive=req.positive,
-                                         redactor=Redactor.from_secret(settings.secret("pii_key")))
+                                         redactor=redactor_for(settings))
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
         windows = None
@@ -351,7 +351,7 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
     if req.data:
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
                                          id_col=req.id_col, positive=req.positive,
-                                         redactor=Redactor.from_secret(settings.secret("pii_key")))
+                                         redactor=redactor_for(settings))
         split = split_dataset(loaded, seed=req.seed)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),
