@@ -1,18 +1,29 @@
-"""`sira keys` as an operator uses it: bootstrap, --json shape, one-line errors."""
+"""`sira keys` as an operator uses it: bootstrap, --json shape, one-line errors.
+
+The commands run in this process (``cli_in_process``: the same ``main`` the console script runs, with only
+the given SIRA_ settings), as the ~60 commands here would cost over a second each in processes of their
+own; `python -m sira` as a process is what the demo's and the jobs' tests run.
+"""
 
 import asyncio
 import json
 import os
-import subprocess
-import sys
+
+import pytest
+
+from tests.conftest import cli_in_process
 
 
-def sira(env, *args):
-    done = subprocess.run([sys.executable, "-m", "sira", *args], env=env, capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout, done.stderr
+@pytest.fixture
+def sira(monkeypatch, capsys):
+    """``sira(env, *args)``: (exit status, stdout, stderr) of ``sira ARGS`` under ``env``'s SIRA_ settings."""
+    def run(env, *args):
+        done = cli_in_process(monkeypatch, capsys, env, *args)
+        return done.returncode, done.stdout, done.stderr
+    return run
 
 
-def test_keys_lifecycle_from_the_command_line(create_database, tmp_path):
+def test_keys_lifecycle_from_the_command_line(create_database, tmp_path, sira):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
     assert sira(env, "db", "migrate")[0] == 0
@@ -44,7 +55,7 @@ def test_keys_lifecycle_from_the_command_line(create_database, tmp_path):
     assert code == 0, err
 
 
-def test_promotion_flow_from_the_command_line(create_database, tmp_path):
+def test_promotion_flow_from_the_command_line(create_database, tmp_path, sira):
     import numpy as np
     import pandas as pd
 
@@ -96,7 +107,7 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path):
     assert code == 2 and err.strip().startswith("error: unauthenticated: missing credentials")
 
 
-def test_models_versions_and_audit_commands(create_database, tmp_path):
+def test_models_versions_and_audit_commands(create_database, tmp_path, sira):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
     assert sira(env, "db", "migrate")[0] == 0
@@ -141,7 +152,7 @@ def test_models_versions_and_audit_commands(create_database, tmp_path):
     assert pages == everything and len(everything) > 2 and len(pages) > int(limit)
 
 
-def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_path):
+def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_path, sira):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -193,7 +204,7 @@ def test_ingest_and_label_import_need_keys_once_keys_exist(create_database, tmp_
     assert asyncio.run(labels()) == [("analyst:a", False, "a"), ("chargeback", True, "psp")]
 
 
-def test_key_expiry_takes_iso_8601_with_offsets_and_refuses_the_past(create_database, tmp_path):
+def test_key_expiry_takes_iso_8601_with_offsets_and_refuses_the_past(create_database, tmp_path, sira):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
     assert sira(env, "db", "migrate")[0] == 0
