@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import orjson
+
 from sira.core import db
 from sira.core.config import Settings
 from sira.core.errors import ConfigError, ServiceUnavailable
@@ -44,6 +46,9 @@ from sira.ingest.stream_metrics import StreamMetrics
 STREAM_METRICS_PORT = 8091  # the consumer's Prometheus endpoint, unless taken (SIRA_STREAM_METRICS_PORT)
 
 STREAM = "sira:events"
+# The --map's consumers of the stream applied (JSON, one member each): an erasure finds a person's entries still
+# held in the stream under the source's own column names.
+MAPPINGS = f"{STREAM}:mappings"
 GROUP = "sira-ingest"
 
 log = logging.getLogger(__name__)
@@ -383,6 +388,8 @@ async def consume_forever(
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
     source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
     await source.start()
+    if mapping:
+        await source.redis.sadd(MAPPINGS, orjson.dumps(dict(sorted(mapping.items()))))
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"{STREAM} as {source.consumer} in group {GROUP}")
 

@@ -287,7 +287,7 @@ async def forget_outside(redis_url: str | None, spool_dirs: list[Path], customer
 async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) -> dict[str, int]:
     import redis.asyncio as aioredis
 
-    from sira.ingest.stream import STREAM
+    from sira.ingest.stream import MAPPINGS, STREAM
 
     client = aioredis.Redis.from_url(url)
     try:
@@ -303,10 +303,14 @@ async def _forget_in_redis(url: str, customer_id: str, outside: dict[str, Any]) 
                 cached += await client.delete(*found)
         stream = 0
         if await client.exists(STREAM):
+            # the ids under the source's own column names too, where a consumer renamed them (--map)
+            mappings = [orjson.loads(m) for m in await client.smembers(MAPPINGS)]
+            columns = {name: {name} | {m[name] for m in mappings if isinstance(m.get(name), str)}
+                       for name in ("customer_id", "event_id")}
             start = "-"
             while True:
                 entries = await client.xrange(STREAM, min=start, max="+", count=1000)
-                mine = [entry_id for entry_id, fields in entries if _names(fields, customer_id, outside)]
+                mine = [entry_id for entry_id, fields in entries if _names(fields, customer_id, outside, columns)]
                 if mine:
                     stream += await client.xdel(STREAM, *mine)
                 if len(entries) < 1000:
@@ -322,9 +326,11 @@ def glob_literal(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]) -> bool:
+def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any],
+           columns: dict[str, set[str]]) -> bool:
     """A stream entry about the person: an event of theirs (the stream holds them as sent, before scrubbing),
-    or a label of one of their events."""
+    or a label of one of their events; ``columns``: where an entry may hold the customer's id and the event's
+    (SIRA's names, and the source's a consumer mapped from)."""
     raw = fields.get(b"data")
     if not raw:
         return False
@@ -333,8 +339,11 @@ def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return any(orjson.dumps(i) in raw for i in ids)
-    return isinstance(data, dict) and (_as_id(data.get("customer_id")) in ids
-                                       or _as_id(data.get("event_id")) in set(outside["event_ids"]))
+    if not isinstance(data, dict):
+        return False
+    events = set(outside["event_ids"])
+    return (any(_as_id(data.get(c)) in ids for c in columns["customer_id"])
+            or any(_as_id(data.get(c)) in events for c in columns["event_id"]))
 
 
 def _as_id(value: Any) -> str | None:

@@ -38,7 +38,7 @@ from sira.core.artifacts import canonical_json, json_finite
 from sira.core.auth import Identity, authorize
 from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput
-from sira.ingest.pii import Redactor
+from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
 from sira.training.windows import Windows
 
@@ -192,7 +192,7 @@ async def _run_steps(settings: Settings, pool: Any, req: RetrainRequest, identit
         async with pool.acquire() as conn:
             await conn.execute("UPDATE sira_retrain_runs SET status = 'failed', error = $2, finished_at = now() "
                                "WHERE id = $1", state.id,
-                               Redactor.from_secret(settings.secret("pii_key")).scrub_text(
+                               redactor_for(settings).scrub_text(
                                    f"{type(exc).__name__}: {exc}"[:2000]))
         raise
     report = state.steps["report"]["report"]

@@ -22,9 +22,9 @@ def redacted(text: str | None) -> str | None:
     if not text:
         return text
     from sira.core.config import get_settings
-    from sira.ingest.pii import Redactor
+    from sira.ingest.pii import redactor_for
 
-    return Redactor.from_secret(get_settings().secret("pii_key")).scrub_text(text)
+    return redactor_for(get_settings()).scrub_text(text)
 
 
 def checked(settings: dict[str, Any]) -> dict[str, Any]:

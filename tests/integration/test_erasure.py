@@ -19,7 +19,7 @@ import pytest
 
 from sira.core import db
 from sira.core.config import reset_settings
-from tests.conftest import private_installation, scoring_client
+from tests.conftest import private_installation, run_sync, scoring_client
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -320,6 +320,44 @@ def test_redis_patterns_of_an_erasure_match_only_the_persons_own_keys(redis_url)
             assert found == ({keys[0]} if mine != "*" else set()), (mine, found)
     finally:
         client.delete(*keys)
+        client.close()
+
+
+def test_a_persons_entries_still_in_a_mapped_stream_are_erased(pg_dsn, workspace, redis_url, monkeypatch, capsys):
+    """A stream consumer run with --map reads the source's own column names: the person's entries not read yet
+    are found under them (they were kept: the erasure looked for `customer_id` and `event_id` only)."""
+    import redis
+
+    from sira.ingest.stream import MAPPINGS, STREAM
+    from sira.monitoring.erasure import forget_outside
+    from tests.conftest import cli_in_process
+
+    run = uuid.uuid4().hex[:8]
+    person, other = f"cus-mapped-{run}", f"cus-mapped-other-{run}"
+
+    def entry(customer: str, k: int) -> dict:
+        row = payment(customer, f"tok_{customer}", f"dev-{customer}", k)
+        return {"cust": row.pop("customer_id"), "txn": row.pop("event_id"), **row}
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(STREAM, MAPPINGS)  # what other tests left: this consumer's group reads from the start
+        client.xadd(STREAM, {"kind": "event", "data": json.dumps(entry(other, 0))})
+        done = cli_in_process(monkeypatch, capsys, {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(workspace),
+                                                    "SIRA_REDIS_URL": redis_url},
+                              "ingest", "--stream", "--map", "customer_id=cust,event_id=txn", "--max-events", "1",
+                              "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["accepted"] == 1
+        # sent after the consumer stopped: held in the stream, as the source wrote them
+        held = [client.xadd(STREAM, {"kind": "event", "data": json.dumps(entry(who, 1))}) for who in (person, other)]
+        outside = {"entities": [], "request_ids": [], "event_ids": [f"ev-{person}-0"]}
+        counts = run_sync(forget_outside(redis_url, [], person, outside))
+        assert counts["redis"] == "cleaned" and counts["stream_entries"] == 1
+        left = [entry_id for entry_id, _ in client.xrange(STREAM)]
+        assert held[0] not in left and held[1] in left  # the other customer's entry stays
+    finally:
+        client.delete(STREAM, MAPPINGS)
         client.close()
 
 
