@@ -18,12 +18,13 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from sira.core import audit
 from sira.core.errors import PermissionDenied
@@ -56,6 +57,13 @@ def parse_label(value: Any) -> bool | None:
         return False
     raise ValueError(f"expected a binary label ({LABEL_WORDS}), got a {type(value).__name__} that is none of them")
 
+
+# A label cannot be known later than now; this much clock skew between a source and SIRA is forgiven. A known_at
+# further ahead (a sentinel such as 2199-12-31) is refused as ``known_at_in_future``: stored, it would count as
+# known for every cut-off and make partitions for the years up to it.
+KNOWN_AT_SKEW = timedelta(days=1)
+# Codes of label problems that are the type of their pydantic error (others are invalid_field / missing_field).
+LABEL_CODES = ("known_at_in_future",)
 
 # A label and its name (fraud, chargeback, churn_90d, ...): the same rules wherever a label comes in.
 Label = Annotated[bool, BeforeValidator(parse_label)]
@@ -93,6 +101,15 @@ class FeedbackIn(BaseModel):
         value = as_utc(value)
         if not 1990 <= value.year <= 2200:
             raise ValueError("must be between 1990 and 2200")
+        return value
+
+    @field_validator("known_at")
+    @classmethod
+    def _not_ahead(cls, value: datetime) -> datetime:
+        if value > datetime.now(timezone.utc) + KNOWN_AT_SKEW:
+            raise PydanticCustomError("known_at_in_future", "is in the future (more than {skew} ahead of now): a "
+                                      "label cannot be known before it happens",
+                                      {"skew": f"{KNOWN_AT_SKEW.total_seconds() / 3600:g} hours"})
         return value
 
 
@@ -182,7 +199,8 @@ async def record_labels(
         except ValidationError as exc:
             error = exc.errors()[0]
             loc = ".".join(str(p) for p in error["loc"]) or None
-            code = "missing_field" if error["type"] == "missing" else "invalid_field"
+            code = (error["type"] if error["type"] in LABEL_CODES
+                    else "missing_field" if error["type"] == "missing" else "invalid_field")
             reason = f"{loc} is required" if code == "missing_field" else f"{loc}: {error['msg'].removeprefix('Value error, ')}"
             payload = redactor.payload(bounded_json(raw))
             rejected.append(Rejection(stored_id(raw.get("event_id"), redactor), code, redactor.scrub_text(reason), loc,

@@ -50,3 +50,27 @@ async def test_a_sentinel_label_time_is_refused_not_folded(clean_db):
         assert [d["field"] for d in dead] == ["known_at", "known_at"] and "1990 and 2200" in dead[0]["reason"]
         async with conn.transaction():
             assert (await rebuild(conn, PAYMENTS_V2)).events == 1
+
+
+async def test_a_label_known_in_the_future_is_refused(clean_db):
+    """known_at 2199-12-31 was accepted (the range check allows up to 2200); stored, it counts as known at every
+    cut-off, and the next ingest made monthly partitions up to it. A label cannot be known before now, give or
+    take the clock skew forgiven (KNOWN_AT_SKEW)."""
+    from datetime import timedelta
+
+    from sira.ingest.labels import KNOWN_AT_SKEW
+
+    now = datetime.now(timezone.utc)
+    async with clean_db.acquire() as conn:
+        done = await record_labels(conn, [
+            {"event_id": "f1", "label": True, "known_at": "2199-12-31T00:00:00Z", "source": "bank"},
+            {"event_id": "f2", "label": True, "known_at": now + KNOWN_AT_SKEW + timedelta(hours=1)},
+            {"event_id": "f3", "label": True, "known_at": now + KNOWN_AT_SKEW - timedelta(hours=1)},  # a skewed clock
+        ], redactor=R)
+        assert (done.inserted, done.rejected, dict(done.reasons)) == (1, 2, {"known_at_in_future": 2})
+        dead = await conn.fetch("SELECT event_id, reason_code, field, reason FROM sira_rejected_events ORDER BY id")
+        assert [(d["event_id"], d["reason_code"], d["field"]) for d in dead] == [
+            ("f1", "known_at_in_future", "known_at"), ("f2", "known_at_in_future", "known_at")]
+        assert "in the future" in dead[0]["reason"]
+        assert await conn.fetchval("SELECT event_id FROM sira_feedback") == "f3"
+
