@@ -137,11 +137,13 @@ class FeedbackSummary:
     pending_event: int = 0  # written (inserted or updated) for an event not stored yet
     expired: int = 0  # pending labels whose event never came, moved to sira_rejected_events
     repeated: int = 0  # rejected labels a stream delivered again, stored once (sira.ingest.dead_letters)
+    duplicates: int = 0  # rows a later row of the same input replaced (same event, label name and source)
     reasons: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {"read": self.read, "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
-                "rejected": self.rejected, "pending_event": self.pending_event, "expired": self.expired,
+                "duplicates": self.duplicates, "rejected": self.rejected, "pending_event": self.pending_event,
+                "expired": self.expired,
                 "rejected_by_reason": dict(sorted(self.reasons.items()))}
 
 
@@ -208,7 +210,10 @@ async def record_labels(
             continue
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token
-        good[(item.event_id, item.label_name, item.source)] = item  # the last word of a file wins
+        key = (item.event_id, item.label_name, item.source)
+        if key in good:
+            summary.duplicates += 1
+        good[key] = item  # the last word of a file wins
     summary.repeated = await dead_letters(conn, rejected, storable_text(redactor.scrub_text(f"feedback:{source}")),
                                           summary)
     if good:  # a label of an erased person's payment: counted, never kept (sql/023)

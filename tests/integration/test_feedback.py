@@ -52,6 +52,20 @@ async def test_a_sentinel_label_time_is_refused_not_folded(clean_db):
             assert (await rebuild(conn, PAYMENTS_V2)).events == 1
 
 
+async def test_every_row_read_is_counted_once_a_label_repeated_in_a_file_too(clean_db):
+    labels = [{"event_id": "d1", "label": 1, "known_at": KNOWN, "source": "bank"},
+              {"event_id": "d1", "label": 0, "known_at": KNOWN, "source": "bank"},  # the last word wins
+              {"event_id": "d2", "label": 1, "known_at": KNOWN, "source": "bank"},
+              {"event_id": "d3", "label": "maybe", "known_at": KNOWN, "source": "bank"}]
+    async with clean_db.acquire() as conn:
+        for expected in ((2, 0), (0, 2)):  # imported, then again
+            s = await record_labels(conn, labels, redactor=R)
+            assert (s.read, s.inserted, s.unchanged, s.duplicates, s.rejected) == (4, *expected, 1, 1)
+            assert s.read == s.inserted + s.updated + s.unchanged + s.duplicates + s.rejected
+            assert s.to_dict()["duplicates"] == 1
+        assert await conn.fetchval("SELECT label FROM sira_feedback WHERE event_id = 'd1'") is False
+
+
 async def test_a_label_known_in_the_future_is_refused(clean_db):
     """known_at 2199-12-31 was accepted (the range check allows up to 2200); stored, it counts as known at every
     cut-off, and the next ingest made monthly partitions up to it. A label cannot be known before now, give or

@@ -96,7 +96,8 @@ async def test_feedback_import_counts_pending_labels_and_expires_with_the_settin
     summary = await import_label_files(settings.model_copy(update={"pending_label_ttl_days": 2}), [labels],
                                        source="bank")
     assert summary.to_dict() | {"rejected_by_reason": {}} == {
-        "read": 2, "inserted": 2, "updated": 0, "unchanged": 0, "rejected": 0, "pending_event": 1, "expired": 1,
+        "read": 2, "inserted": 2, "updated": 0, "unchanged": 0, "duplicates": 0, "rejected": 0, "pending_event": 1,
+        "expired": 1,
         "rejected_by_reason": {}}
     assert {r["event_id"] for r in await clean_db.fetch("SELECT event_id FROM sira_feedback")} == {
         "imp-known", "imp-early"}
