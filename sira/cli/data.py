@@ -194,8 +194,9 @@ def feedback_import_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Label files or folders (.parquet, .csv, .jsonl).")],
     mapping: MapOption = None,
     map_file: MapFileOption = None,
-    source: Annotated[str | None, typer.Option("--source", help="Source of labels without a source column "
-                                               "(default: import; an analyst's labels are analyst:<name>).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Source of labels without one (no source column, "
+                                               "or an empty cell; default: import; an analyst's labels are "
+                                               "analyst:<name>).")] = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:

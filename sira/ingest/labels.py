@@ -58,6 +58,12 @@ def parse_label(value: Any) -> bool | None:
     raise ValueError(f"expected a binary label ({LABEL_WORDS}), got a {type(value).__name__} that is none of them")
 
 
+def is_missing(value: Any) -> bool:
+    """A value a source sends for "none": null, NaN, or a blank string (an empty CSV cell of a text column)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                              and not value.strip())
+
+
 # A label cannot be known later than now; this much clock skew between a source and SIRA is forgiven. A known_at
 # further ahead (a sentinel such as 2199-12-31) is refused as ``known_at_in_future``: stored, it would count as
 # known for every cut-off and make partitions for the years up to it.
@@ -111,6 +117,10 @@ class FeedbackIn(BaseModel):
                                       "label cannot be known before it happens",
                                       {"skew": f"{KNOWN_AT_SKEW.total_seconds() / 3600:g} hours"})
         return value
+
+
+# Fields a record may leave out (defaults apply): a null or blank value there is left out too.
+_OPTIONAL = frozenset(name for name, f in FeedbackIn.model_fields.items() if not f.is_required())
 
 
 def label_source(who: Any, requested: str, named: bool) -> str:
@@ -189,13 +199,15 @@ async def record_labels(
     positions: Sequence[str] | None = None,
 ) -> FeedbackSummary:
     """Validate and upsert labels; invalid rows go to ``sira_rejected_events`` with their reason (once per
-    stream position, ``positions`` aligned with ``records``). A label for an event not known yet is stored
-    pending; ``pending_ttl_days``: also expire labels pending longer."""
+    stream position, ``positions`` aligned with ``records``). A null or blank value of a field with a default
+    (``source``, ``label_name``) takes the default. A label for an event not known yet is stored pending;
+    ``pending_ttl_days``: also expire labels pending longer."""
     summary = FeedbackSummary(read=len(records))
     good: dict[tuple[str, str, str], FeedbackIn] = {}
     rejected: list[Rejection] = []
     for i, raw in enumerate(records):
-        record = {"source": source, **apply_mapping(raw, mapping or {})}
+        record = {"source": source, **{k: v for k, v in apply_mapping(raw, mapping or {}).items()
+                                       if k not in _OPTIONAL or not is_missing(v)}}
         try:
             item = FeedbackIn.model_validate(record)
         except ValidationError as exc:
@@ -280,9 +292,9 @@ async def import_label_files(
         raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
     if who is not None:  # an analyst's labels are their own: never a chargeback's, a review's, ...
         column = mapping.get("source", "source")
-        named = set(table.column(column).to_pylist()) - {None, ""} if column in table.column_names else set()
-        for requested in sorted(named, key=str):
-            label_source(who, str(requested), True)
+        values = table.column(column).to_pylist() if column in table.column_names else []
+        for requested in sorted({str(v).strip() for v in values if not is_missing(v)}):
+            label_source(who, requested, True)
         source = label_source(who, source or "import", source is not None)
     source = source or "import"
     async with db.open_pool(settings) as pool:

@@ -52,6 +52,33 @@ async def test_a_sentinel_label_time_is_refused_not_folded(clean_db):
             assert (await rebuild(conn, PAYMENTS_V2)).events == 1
 
 
+async def test_a_blank_source_or_label_name_takes_the_default(clean_db, settings, tmp_path):
+    """An empty source cell was refused (`source: String should have at least 1 character`), a null label_name
+    too (`Input should be a valid string`), though --source is for rows without a source and label_name has a
+    default: a null or blank value is no value."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sira.core.auth import Identity
+    from sira.ingest.labels import import_label_files
+
+    blank = tmp_path / "blank.csv"
+    blank.write_text("event_id,label,known_at,source,label_name\nb1,1,2026-03-01T00:00:00Z,,\n"
+                     "b2,1,2026-03-01T00:00:00Z, ,churn_90d\nb3,0,2026-03-01T00:00:00Z,review,\n")
+    summary = await import_label_files(settings, [blank], source="bank")
+    assert (summary.inserted, summary.rejected) == (3, 0), summary.to_dict()
+    nulls = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"event_id": ["p1"], "label": [True], "known_at": ["2026-03-01T00:00:00Z"],
+                             "label_name": pa.array([None], pa.string()), "source": pa.array([None], pa.string())}),
+                   nulls)
+    ana = Identity("ana", frozenset({"analyst"}))  # an unnamed source is theirs, not a refusal
+    summary = await import_label_files(settings, [nulls], who=ana, created_by="ana")
+    assert (summary.inserted, summary.rejected) == (1, 0), summary.to_dict()
+    rows = await clean_db.fetch("SELECT event_id, source, label_name FROM sira_feedback ORDER BY event_id")
+    assert [tuple(r) for r in rows] == [("b1", "bank", "fraud"), ("b2", "bank", "churn_90d"),
+                                        ("b3", "review", "fraud"), ("p1", "analyst:ana", "fraud")]
+
+
 async def test_every_row_read_is_counted_once_a_label_repeated_in_a_file_too(clean_db):
     labels = [{"event_id": "d1", "label": 1, "known_at": KNOWN, "source": "bank"},
               {"event_id": "d1", "label": 0, "known_at": KNOWN, "source": "bank"},  # the last word wins
