@@ -271,6 +271,25 @@ async def record_labels(
     return summary
 
 
+def check_label_columns(columns: Sequence[str], mapping: Mapping[str, str]) -> None:
+    """Fail before importing when a file's columns cannot make labels: a mapped column not in it, a mapped
+    name it also has as a column of its own (which of the two would be the label's?), a required one missing."""
+    from sira.core.errors import InvalidInput
+
+    absent = [c for c in mapping.values() if c not in columns]
+    if absent:
+        raise InvalidInput(f"mapped column(s) not in the file: {', '.join(absent)}", details={"columns": absent})
+    both = sorted(name for name, c in mapping.items() if name != c and name in columns and name not in mapping.values())
+    if both:
+        pairs = ", ".join(f"{name}={mapping[name]}" for name in both)
+        raise InvalidInput(f"--map {pairs}: the file has its own {', '.join(both)} column too; rename or drop one",
+                           details={"columns": both})
+    missing_columns = sorted({mapping.get(c, c) for c in ("event_id", "label", "known_at")} - set(columns))
+    if missing_columns:
+        raise InvalidInput(f"required column(s) missing: {', '.join(missing_columns)}",
+                           details={"columns": missing_columns})
+
+
 async def import_label_files(
     settings: Any, paths: list[Any], *, mapping: Mapping[str, str] | None = None, source: str | None = None,
     created_by: str | None = None, who: Any = None,
@@ -279,27 +298,25 @@ async def import_label_files(
     ``source`` (None: ``import``) for rows without one; ``who`` (an Identity; None: the local user before
     any key exists) may name sources only as :func:`label_source` allows, in ``source`` and in the file."""
     from sira.core import db
-    from sira.core.errors import InvalidInput
     from sira.core.files import find_files, read_table
     from sira.ingest.bulk import redactor_for
 
     mapping = dict(mapping or {})
     text = tuple(mapping.get(c, c) for c in ("event_id", "label_name", "source", "prediction_id"))
     table = read_table(replace(find_files(paths), text=text))  # an event id of digits keeps its zeros
-    required = {mapping.get(c, c) for c in ("event_id", "label", "known_at")}
-    missing = sorted(required - set(table.column_names))
-    if missing:
-        raise InvalidInput(f"required column(s) missing: {', '.join(missing)}", details={"columns": missing})
+    check_label_columns(table.column_names, mapping)
+    records = table.to_pylist()
     if who is not None:  # an analyst's labels are their own: never a chargeback's, a review's, ...
-        column = mapping.get("source", "source")
-        values = table.column(column).to_pylist() if column in table.column_names else []
-        for requested in sorted({str(v).strip() for v in values if not is_missing(v)}):
+        # every source a row would be recorded under, as record_labels reads it
+        sources = (apply_mapping(r, mapping).get("source") for r in records)
+        named = {str(v).strip() for v in sources if not is_missing(v)}
+        for requested in sorted(named):
             label_source(who, requested, True)
         source = label_source(who, source or "import", source is not None)
     source = source or "import"
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
-            summary = await record_labels(conn, table.to_pylist(), redactor=redactor_for(settings), source=source,
+            summary = await record_labels(conn, records, redactor=redactor_for(settings), source=source,
                                           mapping=mapping, created_by=created_by,
                                           pending_ttl_days=settings.pending_label_ttl_days)
     if summary.inserted or summary.updated:

@@ -52,6 +52,39 @@ async def test_a_sentinel_label_time_is_refused_not_folded(clean_db):
             assert (await rebuild(conn, PAYMENTS_V2)).events == 1
 
 
+async def test_an_analyst_cannot_reach_a_chargeback_through_a_column_mapping(clean_db, settings, tmp_path):
+    """`--map source=nosuchcol` left the file's own `source` column (chargeback) in place, and the analyst
+    check read only the mapped column: the analyst's import flipped the chargeback. Every source a row would
+    be recorded under is checked now, and a mapping naming a column not in the file, or one the file has its
+    own column for, is refused before anything is read into the database."""
+    import pytest
+
+    from sira.core.auth import Identity
+    from sira.core.errors import InvalidInput, PermissionDenied
+    from sira.ingest.labels import import_label_files
+
+    psp, ana = Identity("psp", frozenset({"service"})), Identity("ana", frozenset({"analyst"}))
+    chargeback = tmp_path / "chargeback.csv"
+    chargeback.write_text("event_id,label,known_at,source\nt1,1,2026-03-01T00:00:00Z,chargeback\n")
+    assert (await import_label_files(settings, [chargeback], who=psp, created_by="psp")).inserted == 1
+    flip = tmp_path / "flip.csv"
+    flip.write_text("event_id,label,known_at,source\nt1,0,2026-03-01T00:00:00Z,chargeback\n")
+    with pytest.raises(InvalidInput, match="mapped column.s. not in the file: nosuchcol"):
+        await import_label_files(settings, [flip], mapping={"source": "nosuchcol"}, who=ana, created_by="ana")
+    both = tmp_path / "both.csv"
+    both.write_text("event_id,label,known_at,source,x\nt1,0,2026-03-01T00:00:00Z,chargeback,analyst:ana\n")
+    with pytest.raises(InvalidInput, match="--map source=x: the file has its own source column too"):
+        await import_label_files(settings, [both], mapping={"source": "x"}, who=ana, created_by="ana")
+    with pytest.raises(InvalidInput, match="its own source column"):  # the same file from a service key alike
+        await import_label_files(settings, [both], mapping={"source": "x"}, who=psp, created_by="psp")
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("event_id,label,known_at,origin\nt1,0,2026-03-01T00:00:00Z,chargeback\n")
+    with pytest.raises(PermissionDenied, match="only service keys name the source"):
+        await import_label_files(settings, [renamed], mapping={"source": "origin"}, who=ana, created_by="ana")
+    rows = await clean_db.fetch("SELECT source, label, updated_by FROM sira_feedback WHERE event_id = 't1'")
+    assert [tuple(r) for r in rows] == [("chargeback", True, None)]
+
+
 async def test_a_blank_source_or_label_name_takes_the_default(clean_db, settings, tmp_path):
     """An empty source cell was refused (`source: String should have at least 1 character`), a null label_name
     too (`Input should be a valid string`), though --source is for rows without a source and label_name has a
