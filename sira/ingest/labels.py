@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 from uuid import UUID
 
 import asyncpg
@@ -34,6 +34,9 @@ from sira.ingest import gate
 from sira.ingest.dead_letters import dead_letters
 from sira.ingest.events import Rejection, apply_mapping, as_utc, bounded_json, storable_text, stored_id, text_problem
 from sira.ingest.pii import Redactor
+
+if TYPE_CHECKING:
+    from sira.core.files import InputFiles
 
 # The one label vocabulary: labels imported, sent over HTTP, and label columns of tables trained on.
 POSITIVE = frozenset({"1", "true", "t", "yes", "y", "fraud", "positive", "churned", "anomaly"})
@@ -197,14 +200,16 @@ async def record_labels(
     mapping: Mapping[str, str] | None = None,
     pending_ttl_days: float | None = None,
     positions: Sequence[str] | None = None,
+    broken: Sequence[Rejection] = (),
 ) -> FeedbackSummary:
     """Validate and upsert labels; invalid rows go to ``sira_rejected_events`` with their reason (once per
-    stream position, ``positions`` aligned with ``records``). A null or blank value of a field with a default
-    (``source``, ``label_name``) takes the default. A label for an event not known yet is stored pending;
-    ``pending_ttl_days``: also expire labels pending longer."""
-    summary = FeedbackSummary(read=len(records))
+    stream position, ``positions`` aligned with ``records``), and so do ``broken`` ones (lines of a file
+    that are no record). A null or blank value of a field with a default (``source``, ``label_name``) takes
+    the default. A label for an event not known yet is stored pending; ``pending_ttl_days``: also expire
+    labels pending longer."""
+    summary = FeedbackSummary(read=len(records) + len(broken))
     good: dict[tuple[str, str, str], FeedbackIn] = {}
-    rejected: list[Rejection] = []
+    rejected = [replace(j, payload=redactor.payload(j.payload)) for j in broken]
     for i, raw in enumerate(records):
         record = {"source": source, **{k: v for k, v in apply_mapping(raw, mapping or {}).items()
                                        if k not in _OPTIONAL or not is_missing(v)}}
@@ -271,6 +276,34 @@ async def record_labels(
     return summary
 
 
+def read_label_files(files: InputFiles) -> tuple[list[dict[str, Any]], list[Rejection], list[str]]:
+    """A label import's records, the lines that are not records, and the columns the records have. JSON
+    Lines are decoded line by line as event files are: a line that is no JSON object is a dead letter naming
+    its file and line (not its text), a field whose type changes from line to line is validated row by row."""
+    from sira.core.errors import InvalidInput
+    from sira.core.files import ROW_GROUP, decode_json_line, json_lines, read_table
+
+    if files.format != "json":
+        table = read_table(files)
+        return table.to_pylist(), [], table.column_names
+    records: list[dict[str, Any]] = []
+    broken: list[Rejection] = []
+    for path in files.paths:
+        for lines in json_lines(path, ROW_GROUP):
+            texts = cast("list[bytes]", lines.column("text").to_pylist())  # json_lines' text: bytes, no nulls
+            for number, text in zip(lines.column("line").to_pylist(), texts):
+                value = decode_json_line(text)
+                if isinstance(value, dict):
+                    records.append(value)
+                else:
+                    broken.append(Rejection(None, "undecodable", f"line {number}: {value}", None,
+                                            {"file": path.name, "line": number}))
+    if broken and not records:
+        raise InvalidInput(f"cannot read as json: none of the {len(broken)} lines is a JSON object",
+                           details={"files": files.strings})
+    return records, broken, list(dict.fromkeys(k for r in records for k in r))
+
+
 def check_label_columns(columns: Sequence[str], mapping: Mapping[str, str]) -> None:
     """Fail before importing when a file's columns cannot make labels: a mapped column not in it, a mapped
     name it also has as a column of its own (which of the two would be the label's?), a required one missing."""
@@ -298,14 +331,13 @@ async def import_label_files(
     ``source`` (None: ``import``) for rows without one; ``who`` (an Identity; None: the local user before
     any key exists) may name sources only as :func:`label_source` allows, in ``source`` and in the file."""
     from sira.core import db
-    from sira.core.files import find_files, read_table
+    from sira.core.files import find_files
     from sira.ingest.bulk import redactor_for
 
     mapping = dict(mapping or {})
     text = tuple(mapping.get(c, c) for c in ("event_id", "label_name", "source", "prediction_id"))
-    table = read_table(replace(find_files(paths), text=text))  # an event id of digits keeps its zeros
-    check_label_columns(table.column_names, mapping)
-    records = table.to_pylist()
+    records, broken, columns = read_label_files(replace(find_files(paths), text=text))  # "007" keeps its zeros
+    check_label_columns(columns, mapping)
     if who is not None:  # an analyst's labels are their own: never a chargeback's, a review's, ...
         # every source a row would be recorded under, as record_labels reads it
         sources = (apply_mapping(r, mapping).get("source") for r in records)
@@ -317,7 +349,7 @@ async def import_label_files(
     async with db.open_pool(settings) as pool:
         async with db.transaction(pool) as conn:
             summary = await record_labels(conn, records, redactor=redactor_for(settings), source=source,
-                                          mapping=mapping, created_by=created_by,
+                                          mapping=mapping, created_by=created_by, broken=broken,
                                           pending_ttl_days=settings.pending_label_ttl_days)
     if summary.inserted or summary.updated:
         await db.analyze(db.resolve_dsn(settings), "sira_feedback")  # a bulk load: statistics for the planner

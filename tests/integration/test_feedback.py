@@ -148,3 +148,33 @@ async def test_a_label_known_in_the_future_is_refused(clean_db):
         assert "in the future" in dead[0]["reason"]
         assert await conn.fetchval("SELECT event_id FROM sira_feedback") == "f3"
 
+
+async def test_a_bad_line_of_a_label_jsonl_file_is_a_dead_letter_not_a_failed_import(clean_db, settings, tmp_path):
+    """Label JSON Lines were read whole by pyarrow: one line that is no JSON, or an event_id that is text on one
+    line and a number on the next, failed the import (exit 2). They are read line by line as event files are."""
+    import pytest
+
+    from sira.core.errors import InvalidInput
+    from sira.ingest.labels import import_label_files
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"event_id": "j1", "label": 1, "known_at": "2026-03-01T00:00:00Z"}\n'
+                      '{"event_id": "j2", "label": 1, "known_at": \n'
+                      '\n'
+                      '{"event_id": 7, "label": true, "known_at": "2026-03-01T00:00:00Z", "source": "bank"}\n'
+                      '["not", "an", "object"]\n')
+    summary = await import_label_files(settings, [labels], source="review")
+    assert summary.to_dict() | {"pending_event": 0} == {
+        "read": 4, "inserted": 2, "updated": 0, "unchanged": 0, "duplicates": 0, "rejected": 2, "pending_event": 0,
+        "expired": 0, "rejected_by_reason": {"undecodable": 2}}
+    rows = await clean_db.fetch("SELECT event_id, source FROM sira_feedback ORDER BY event_id")
+    assert [tuple(r) for r in rows] == [("7", "bank"), ("j1", "review")]
+    dead = await clean_db.fetch("SELECT source, reason_code, reason, payload FROM sira_rejected_events ORDER BY id")
+    assert [(d["source"], d["reason_code"], d["payload"]) for d in dead] == [
+        ("feedback:review", "undecodable", {"file": "labels.jsonl", "line": 2}),
+        ("feedback:review", "undecodable", {"file": "labels.jsonl", "line": 5})]
+    assert dead[0]["reason"].startswith("line 2: not valid JSON") and "j2" not in dead[0]["reason"]
+    not_jsonl = tmp_path / "labels-csv.jsonl"  # no line a JSON object: the wrong file, refused as a whole
+    not_jsonl.write_text("event_id,label,known_at\nj9,1,2026-03-01\n")
+    with pytest.raises(InvalidInput, match="none of the 2 lines is a JSON object"):
+        await import_label_files(settings, [not_jsonl])
