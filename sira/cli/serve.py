@@ -9,6 +9,26 @@ import typer
 
 from sira.cli.common import JsonOption, app, emit, err
 from sira.core.config import get_settings
+from sira.core.errors import ConfigError
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before Ray starts or a model loads (else, a minute later,
+    HAProxy's or uvicorn's own failure, in their words)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{host}:{port} is in use (another sira serve or sira api?): stop it or pass "
+                                  "--port", code="port_in_use", details={"host": host, "port": port}) from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", code="port_unavailable",
+                              details={"host": host, "port": port}) from None
 
 
 @app.command("api")
@@ -26,9 +46,10 @@ def api_cmd(
     from sira.serving.service import ScoringService
 
     settings = get_settings()
+    host, port = host or settings.api_host, port or settings.api_port
+    ensure_port_free(host, port)
     service = ScoringService(settings, ServingConfig.from_dict({"models": models or ["fraud"]})) if scoring else None
-    uvicorn.run(create_app(settings, scoring=service), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="warning")
+    uvicorn.run(create_app(settings, scoring=service), host=host, port=port, log_level="warning")
 
 
 serve_app = typer.Typer(help="Online scoring on Ray Serve: run it locally, or check a config before "
@@ -55,6 +76,7 @@ def serve_cmd(
     from sira.http.deployment import ServeSpec, run_local
 
     spec = ServeSpec.from_file(config) if config else ServeSpec.local()
+    ensure_port_free(host or spec.host, port or spec.port)
     run_local(get_settings(), spec, host=host, port=port, progress=err.print)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

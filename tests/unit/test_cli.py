@@ -192,3 +192,18 @@ def test_debug_after_the_double_dash_is_the_jobs_own(capsys):
 def test_version_arguments_are_bounded_as_options_are(capsys):
     code, _, err = run(capsys, "versions", "compare", "--model", "m", "1", "3000000000")
     assert code == 2 and err.startswith("error: usage:") and "'b'" in err
+
+
+@pytest.mark.parametrize("command", [["api", "--no-scoring"], ["serve"]])
+def test_a_port_in_use_is_one_line_before_anything_starts(capsys, command):
+    """`sira api` on a busy port exited 3 with uvicorn's own log line; `sira serve` failed after ~40 s with Ray's
+    HAProxy traceback on one 1,900-character line. Now: refused before Ray or a model starts."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run(capsys, *command, "--host", "127.0.0.1", "--port", str(port))
+    assert (code, out) == (2, "") and err.startswith(f"error: port_in_use: 127.0.0.1:{port} is in use"), err
+    assert len(err.strip().splitlines()) == 1
