@@ -147,8 +147,11 @@ async def check(conn: _Connection, migrations: list[Migration] | None = None) ->
     migrations = discover() if migrations is None else migrations
     pending = _compare(migrations, await _ledger(conn))
     if pending:
-        names = ", ".join(m.filename for m in pending)
+        first, last = pending[0].filename, pending[-1].filename
+        which = first if len(pending) == 1 else f"{first} to {last}" if len(pending) == len(migrations) else (
+            f"{first} ... {last}")
         raise SchemaOutOfDate(
-            f"the database schema is out of date (pending: {names}): run `sira db migrate`",
+            f"the database schema is out of date: run `sira db migrate` ({len(pending)} pending: {which}; "
+            "`sira db status` lists them)",
             details={"pending": [m.version for m in pending]},
         )

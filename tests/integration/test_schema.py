@@ -48,6 +48,9 @@ async def test_out_of_date_schema_is_refused_with_the_fix(create_database):
         with pytest.raises(SchemaOutOfDate, match="run `sira db migrate`") as info:
             await migrations.check(conn, known)
         assert info.value.details["pending"] == [m.version for m in known[2:]]
+        # the fix first, and a short line however many are pending (it listed every file: ~700 characters)
+        assert info.value.message.startswith("the database schema is out of date: run `sira db migrate`")
+        assert len(info.value.one_line()) < 200 and known[2].filename in info.value.message
         # A database that is ahead of the code is refused too.
         with pytest.raises(SchemaOutOfDate, match="upgrade SIRA"):
             await migrations.check(conn, known[:1])
