@@ -253,7 +253,9 @@ def models_show_cmd(name: Annotated[str, typer.Argument(help="Model name.")], ap
         for column in ("version", "status", "test AP", "created by", "last request"):
             table.add_column(column)
         for v in model["versions"]:
-            table.add_row(str(v["version"]), v["status"], v["test_ap"] or "", v["created_by"], v["last_request"] or "")
+            ap = v["test_ap"]
+            table.add_row(str(v["version"]), v["status"], "" if ap is None else f"{float(ap):.4f}", v["created_by"],
+                          v["last_request"] or "")
         err.print(table)
 
     emit(model, as_json, render)

@@ -71,7 +71,8 @@ def score_cmd(
 def batch_table(result: dict[str, Any]) -> Table:
     return kv_table("Batch scoring", {
         "model": f"{result['model']} v{result['version']} ({result['status']})", "input": result["input"],
-        "rows": f"{result['rows']:,}", "seconds": result["seconds"], "rows/s": f"{result['rows_per_second']:,}",
+        "rows": f"{result['rows']:,}", "engine": result.get("engine", ""), "seconds": result["seconds"],
+        "rows/s": f"{result['rows_per_second']:,}",
         "mean score": f"{result['mean_score']:.4f}",
         "decisions": ", ".join(f"{k} {v:,}" for k, v in result["decisions"].items()),
         "output": result["out"], "sha256": result["sha256"]})

@@ -449,6 +449,7 @@ def markdown(report: dict[str, Any]) -> str:
     if ev.get("live"):
         lines += ["", "## What serving stored for the window", "", "| version | role | n | positives | AP |",
                   "|---:|---|---:|---:|---:|"]
-        lines += [f"| {x['version']} | {x['role']} | {x['n']} | {x['positives']} | {x['average_precision']} |"
+        lines += [f"| {x['version']} | {x['role']} | {x['n']} | {x['positives']} | "
+                  f"{'—' if x['average_precision'] is None else format(x['average_precision'], '.4f')} |"
                   for x in ev["live"]]
     return "\n".join(lines) + "\n"

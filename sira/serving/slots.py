@@ -185,8 +185,8 @@ class ModelSlots:
         change = {"model": name, "production": after[0], "shadow": after[1], "from": before[0], "reason": reason,
                   "threshold_sets": list(sets), "at": time.time()}
         self.swaps.append(change)
-        log.warning("serving %s: production v%s, shadow v%s, threshold sets %s (%s)", name, after[0], after[1],
-                    list(sets), reason)
+        log.info("serving %s: production v%s, shadow %s, threshold sets %s (%s)", name, after[0],
+                 f"v{after[1]}" if after[1] else "none", list(sets), reason)  # news, not a warning
         return change
 
     async def _load(self, name: str, role: str, row: dict[str, Any], have: ModelRuntime | None) -> ModelRuntime | None:

@@ -8,6 +8,7 @@ own; `python -m sira` as a process is what the demo's and the jobs' tests run.
 import asyncio
 import json
 import os
+import re
 
 import pytest
 
@@ -101,6 +102,8 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path, sira):
     compared = json.loads(out)
     assert code == 0 and {"window": "test", "metric": "average_precision"}.items() <= next(
         r for r in compared["metrics"] if r["window"] == "test" and r["metric"] == "average_precision").items()
+    code, _, err = sira(as_("ann"), "models", "show", "fraud")  # the table a person reads: AP to 4 places
+    assert code == 0 and re.search(r"│ 1 +│ \w+ +│ 0\.\d{4} +│", err), err
     code, out, _ = sira(as_("ann"), "history", "--model", "fraud", "--json")
     assert [(h["from"], h["to"]) for h in json.loads(out)["history"]] == [(None, 1), (1, 2), (2, 1)]
     code, _, err = sira(env, "history", "--model", "fraud")

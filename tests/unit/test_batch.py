@@ -227,3 +227,17 @@ def test_a_csv_cell_reading_like_a_missing_value_is_text_and_only_an_empty_cell_
     assert table.column("country").to_pylist() == ["NA", "NA"]
     assert table.column("terminal_id").to_pylist() == ["N/A", "None"]
     assert table.column("amount").to_pylist() == [1.5, None]
+
+
+def test_the_summary_a_person_reads_says_which_engine_scored():
+    """docs/monitoring.md promised the summary's `engine`; only --json had it."""
+    from rich.console import Console
+
+    from sira.cli.monitor import batch_table
+
+    result = {"model": "fraud", "version": 2, "status": "production", "input": "week.parquet", "rows": 1000,
+              "seconds": 1.5, "rows_per_second": 667, "mean_score": 0.0123, "decisions": {"approve": 990, "review": 10},
+              "out": "scores.parquet", "sha256": "ab" * 32, "engine": "in process"}
+    console = Console(width=200, record=True)
+    console.print(batch_table(result))
+    assert "engine" in console.export_text() and "in process" in console.export_text()
