@@ -240,4 +240,5 @@ def test_the_summary_a_person_reads_says_which_engine_scored():
               "out": "scores.parquet", "sha256": "ab" * 32, "engine": "in process"}
     console = Console(width=200, record=True)
     console.print(batch_table(result))
-    assert "engine" in console.export_text() and "in process" in console.export_text()
+    text = console.export_text()
+    assert "engine" in text and "in process" in text
