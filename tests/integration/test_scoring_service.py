@@ -433,6 +433,25 @@ async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "requests.2.event.customer_id"
 
 
+async def test_the_batch_body_docs_serving_shows_is_answered_in_its_rows_order(served, fraud_model):
+    """docs/serving.md's /v1/score/batch example, as written (ids made unique; the body was undocumented and the
+    natural guess, a model in each row, is refused)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    example = text[text.index("curl -s localhost:8000/v1/score/batch"):]
+    body = json.loads(re.search(r"-d '(.*?)'\n", example, re.S).group(1))
+    run = uuid.uuid4().hex[:8]
+    for n, row in enumerate(body["requests"]):
+        row["request_id"] += f"-{run}"
+        row["event"].update(event_id=f"{row['event']['event_id']}-{run}", occurred_at=(NOW + timedelta(minutes=n)).isoformat())
+    client, _ = served
+    r = await client.post("/v1/score/batch", json=body, headers=auth(fraud_model, "service"))
+    assert r.status_code == 200, r.text
+    assert [a["request_id"] for a in r.json()["results"]] == [row["request_id"] for row in body["requests"]]
+
+
 async def test_a_batch_with_a_conflicting_request_id_is_refused_before_any_row_is_scored(served, fraud_model):
     """One row's request id used for another event (earlier, or twice in the batch) refused the whole batch
     with a 409 only after the other rows were scored and recorded: it is refused before any row is scored."""
