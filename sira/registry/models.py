@@ -16,7 +16,7 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import webhooks
-from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, checked, redacted
+from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, checked, redacted, refused_setting
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -473,7 +473,7 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
     except asyncpg.UniqueViolationError:
         raise Conflict(f"model {name!r} exists already", code="model_exists") from None
     except asyncpg.CheckViolationError as exc:
-        raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
+        raise refused_setting(exc) from None
     await audit.record(conn, identity.actor(), "model.create", target_type="model", target_id=name,
                        details={k: v for k, v in values.items()})
     assert row is not None  # INSERT ... RETURNING returns the row it inserted
@@ -501,7 +501,7 @@ async def update_model(conn: Connection, identity: Any, name: str, **changes: An
     try:
         row = await conn.fetchrow(f"UPDATE sira_models SET {sets} WHERE name = $1 RETURNING *", name, *changes.values())
     except asyncpg.CheckViolationError as exc:
-        raise InvalidInput(f"invalid model settings: {exc.constraint_name or exc}") from None
+        raise refused_setting(exc) from None
     await audit.record(conn, identity.actor(), "model.update", target_type="model", target_id=name,
                        details={k: {"from": before[k], "to": v} for k, v in changes.items()})
     assert row is not None  # get_model found the model above (models are never deleted)

@@ -27,6 +27,24 @@ def redacted(text: str | None) -> str | None:
     return redactor_for(get_settings()).scrub_text(text)
 
 
+# sira_models' checks (sql/003_registry.sql), as a person reads them: field, and what it takes
+_MODEL_CHECKS = {
+    "sira_models_name_check": ("name", "lowercase letters, digits, '-' and '_', starting with a letter, at most 63"),
+    "sira_models_model_type_check": ("model_type", "one of fraud_detection, churn, anomaly"),
+    "sira_models_entity_type_check": ("entity_type", "lowercase letters, digits and '_', starting with a letter"),
+    "sira_models_feature_set_version_check": ("feature_set_version", "1 or more"),
+    "sira_models_label_maturity_days_check": ("label_maturity_days", "between 0 and 3650"),
+    "sira_models_required_approvals_check": ("required_approvals", "between 0 and 20"),
+}
+
+
+def refused_setting(exc: Any) -> InvalidInput:
+    """A model setting a check of ``sira_models`` refused (``exc``: asyncpg's CheckViolationError), named in
+    words, not by the constraint's name."""
+    field, takes = _MODEL_CHECKS.get(getattr(exc, "constraint_name", None) or "", ("settings", "as sira models --help describes"))
+    return InvalidInput(f"invalid model {field}: {takes}", details={"field": field})
+
+
 def checked(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings given (None: not given) as stored: each checked (a policy or targets are refused when set,
     not when a retrain reads them), free text redacted, receivers named as the receivers file names them."""

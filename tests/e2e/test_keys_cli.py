@@ -122,6 +122,9 @@ def test_models_versions_and_audit_commands(create_database, tmp_path, sira):
     assert code == 2 and "error: forbidden:" in err  # governance settings need an admin
     code, out, err = sira(ds, "models", "create", "churn", "--type", "churn", "--json")
     assert code == 0 and json.loads(out)["required_approvals"] == 2, err
+    code, _, err = sira(ds, "models", "create", "Churn2", "--type", "churn")  # said in words, not a constraint's name
+    assert code == 2 and err.strip() == ("error: invalid_input: invalid model name: lowercase letters, digits, '-' "
+                                         "and '_', starting with a letter, at most 63"), err
     targets = tmp_path / "targets.yaml"
     targets.write_text("review_rate: 0.05\nblock_precision: 0.9\n")
     code, out, _ = sira(root, "models", "update", "churn", "--required-approvals", "3", "--targets", str(targets),
