@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -104,8 +105,11 @@ def jobs_submit_cmd(
     root = _job_root(working_dir)
     client = job_client(address)
     dsn = db.resolve_dsn(settings)
+    job_args = list(job_args or [])
+    if as_json and wait and job != "stream" and "--json" not in job_args:
+        job_args.append("--json")  # the job's own result, one JSON object, comes back in the answer's `result`
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
-    entrypoint = shlex.join(["python", kind.script, *(job_args or [])])
+    entrypoint = shlex.join(["python", kind.script, *job_args])
     try:
         submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
             "working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
@@ -131,10 +135,26 @@ def jobs_submit_cmd(
             asyncio.run(_revoke_job_key(settings, api_key, key_name))
     info = client.get_job_info(submission_id)
     payload.update(status=str(status.value), driver_exit_code=info.driver_exit_code)
+    if "--json" in job_args:
+        payload["result"] = job_result(client.get_job_logs(submission_id))
     emit(payload, as_json, lambda: err.print(f"{submission_id}: {status.value}"))
     if status.value == "SUCCEEDED":
         return 0
     return info.driver_exit_code or EXIT_FAILURE
+
+
+def job_result(logs: str) -> dict[str, Any] | None:
+    """The one JSON object a ``--json`` job printed (its stdout, among its stderr lines in the job's logs): the
+    last line that is one; None when the job printed none (it failed before its result)."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
 
 
 def _print_new_logs(client: Any, submission_id: str, printed: int) -> int:

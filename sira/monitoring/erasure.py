@@ -327,7 +327,7 @@ def glob_literal(text: str) -> str:
 
 
 def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any],
-           columns: dict[str, set[str]]) -> bool:
+           columns: dict[str, set[str]] | None = None) -> bool:
     """A stream entry about the person: an event of theirs (the stream holds them as sent, before scrubbing),
     or a label of one of their events; ``columns``: where an entry may hold the customer's id and the event's
     (SIRA's names, and the source's a consumer mapped from)."""
@@ -341,6 +341,7 @@ def _names(fields: dict[bytes, bytes], customer_id: str, outside: dict[str, Any]
         return any(orjson.dumps(i) in raw for i in ids)
     if not isinstance(data, dict):
         return False
+    columns = columns or {"customer_id": {"customer_id"}, "event_id": {"event_id"}}
     events = set(outside["event_ids"])
     return (any(_as_id(data.get(c)) in ids for c in columns["customer_id"])
             or any(_as_id(data.get(c)) in events for c in columns["event_id"]))

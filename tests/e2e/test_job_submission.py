@@ -425,6 +425,8 @@ def test_the_readmes_job_commands_run_verbatim_with_short_lived_keys(jobs_model,
     assert all(j.status == "SUCCEEDED" for j in jobs), [(j.submission_id, j.status) for j in jobs]
     trained = json_result(done.stdout)  # `sira jobs submit ... --json`: the submission, on stdout
     assert trained["status"] == "SUCCEEDED" and trained["key"] == f"job-{trained['submission_id']}"
+    # ... and the job's own result: which version it registered (before, only its log said)
+    assert trained["result"]["model"] == "fraud" and trained["result"]["version"] == 2
     versions = fetch(jobs_model.dsn, """SELECT v.version FROM sira_model_versions v JOIN sira_models m
                                          ON m.id = v.model_id WHERE m.name = 'fraud' ORDER BY 1""")
     assert [v["version"] for v in versions] == [1, 2]  # the job trained a candidate

@@ -207,3 +207,14 @@ def test_a_port_in_use_is_one_line_before_anything_starts(capsys, command):
         code, out, err = run(capsys, *command, "--host", "127.0.0.1", "--port", str(port))
     assert (code, out) == (2, "") and err.startswith(f"error: port_in_use: 127.0.0.1:{port} is in use"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_jobs_result_is_the_last_json_object_of_its_logs():
+    from sira.cli.jobs import job_result
+
+    logs = ("2026-12-06 INFO something {not json\n"
+            '{"model": "fraud", "version": 2}\n'
+            "[1, 2]\n"
+            "done\n")
+    assert job_result(logs) == {"model": "fraud", "version": 2}
+    assert job_result("error: not_found: file not found\n") is None

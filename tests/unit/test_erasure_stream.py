@@ -27,3 +27,10 @@ def test_an_entry_about_the_person_is_found_whatever_json_type_its_ids_have(data
 ])
 def test_another_persons_entry_is_kept(data):
     assert not _names({b"data": orjson.dumps(data)}, "12345", OUTSIDE)
+
+
+def test_under_a_consumers_mapped_names_too():
+    columns = {"customer_id": {"customer_id", "cust"}, "event_id": {"event_id", "txn"}}
+    assert _names({b"data": orjson.dumps({"txn": "x-6", "cust": "12345"})}, "12345", OUTSIDE, columns)
+    assert _names({b"data": orjson.dumps({"txn": "ev-1", "label": True})}, "12345", OUTSIDE, columns)
+    assert not _names({b"data": orjson.dumps({"txn": "x-7", "cust": "999"})}, "12345", OUTSIDE, columns)
