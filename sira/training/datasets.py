@@ -131,6 +131,7 @@ def load_table_dataset(
         raise InvalidInput("the table has no rows")
     y = _label_array(table.column(label), positive, label)
     exclude = {label, *(c for c in (time_col, id_col) if c)}
+    table, infinite = infinite_as_missing(table, exclude)
     dropped: dict[str, str] = {c: role for c, role in ((time_col, "time column"), (id_col, "id column")) if c}
     dropped.update(pii_dropped)
     if schema is None:
@@ -148,9 +149,27 @@ def load_table_dataset(
         "source": [str(p) for p in files.paths], "rows": int(table.num_rows), "positives": int(y.sum()),
         "label": label, "time_col": time_col, "content_sha256": digest.hexdigest(),
         **({"time_column": {"name": time_col, "read_as": time_read}} if time_col else {}),
+        **({"infinite_values": infinite} if infinite else {}),
     }
     ids = table.column(id_col).to_pylist() if id_col else None
     return Dataset(Matrix(X, y, schema), times, ids, segments, dropped, fingerprint)
+
+
+def infinite_as_missing(table: pa.Table, exclude: set[str]) -> tuple[pa.Table, dict[str, int]]:
+    """The table with its features' infinite values (+inf, -inf) made missing, and how many each column had:
+    LightGBM reads them as values beyond every split, and drift's quantile bins and means of them are not
+    numbers (a version trained on one could not be compared). Batch scoring reads them as missing too."""
+    counts: dict[str, int] = {}
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if name in exclude or not pa.types.is_floating(column.type):
+            continue
+        infinite = pc.is_inf(column)
+        n = pc.sum(infinite).as_py() or 0
+        if n:
+            table = table.set_column(i, name, pc.if_else(infinite, pa.scalar(None, column.type), column))
+            counts[name] = int(n)
+    return table, counts
 
 
 # Numbers in a time column: epoch seconds or milliseconds when they fall in these ranges

@@ -99,7 +99,7 @@ def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
     features: dict[str, Any] = {}
     for j, spec in enumerate(train.schema):
         column = train.X[:, j]
-        present = column[~np.isnan(column)]
+        present = column[np.isfinite(column)]  # an infinite value is missing, as the table loader reads it
         missing = float(1 - present.size / column.size) if column.size else 0.0
         if spec.kind == "categorical":
             counts = np.bincount(present.astype(np.int64), minlength=len(spec.categories)) if present.size else []
@@ -302,6 +302,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                   "test": int(split.test.size)},
         "windows": ds.fingerprint.get("windows") or split.windows,
         **({"time_column": ds.fingerprint["time_column"]} if ds.fingerprint.get("time_column") else {}),
+        **({"infinite_values": ds.fingerprint["infinite_values"]} if ds.fingerprint.get("infinite_values") else {}),
         "model_created": created,
         **({"search": search["summary"]} if search else {}),
     }
@@ -355,6 +356,8 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
         split = split_dataset(loaded, seed=req.seed)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),
+                **({"infinite_values": loaded.fingerprint["infinite_values"]}
+                   if loaded.fingerprint.get("infinite_values") else {}),
                 "split": {"method": split.method, "train": int(split.train.size),
                           "validation": int(split.valid.size), "test": int(split.test.size)}}
     async with db.open_pool(settings) as pool:

@@ -261,3 +261,30 @@ async def test_a_finished_run_keeps_the_parameters_it_started_with(clean_db):
         await finish_run(conn, run_id, metrics={}, fingerprint={}, timings={}, params={"num_leaves": 15, "seed": 1})
         params = await conn.fetchval("SELECT params FROM sira_training_runs WHERE run_id = $1", run_id)
     assert params == {"retrain_key": "k-1", "num_leaves": 15, "seed": 1}
+
+
+async def test_infinite_values_mean_missing_in_training_and_in_batch_scoring(clean_db, settings, byo_table, tmp_path):
+    """Every 50th amount infinite: training took them as values (the reference's top bin edge and mean were
+    null in the manifest, and every drift run on the version failed); they are missing, reported, and batch
+    scoring reads the same value the same way (LightGBM would send an infinity beyond every split)."""
+    from sira.serving.scoring import ModelRuntime
+
+    df = pd.read_parquet(byo_table / "tx.parquet")
+    df.loc[::50, "amount"] = np.inf
+    df.to_parquet(tmp_path / "inf.parquet", index=False)
+    done = await run_training(settings, TrainRequest(model="inf", data=[tmp_path / "inf.parquet"], label="is_fraud",
+                                                     time_col="ts", id_col="tx_id", params=FAST, num_threads=1))
+    assert done["infinite_values"] == {"amount": 160}
+    manifest = load_artifact(settings, ArtifactRef(done["artifact"]["uri"], done["artifact"]["sha256"])).manifest
+    amount = manifest["reference"]["features"]["amount"]
+    assert None not in amount["bin_edges"] and amount["mean"] is not None and amount["missing_rate"] > 0
+    assert manifest["dataset"]["infinite_values"] == {"amount": 160}
+    version = await clean_db.fetchrow(
+        "SELECT m.name AS model_name, v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id "
+        "WHERE m.name = 'inf'")
+    runtime = ModelRuntime.load(settings, dict(version))
+    import pyarrow as pa
+
+    X = runtime.table_matrix(pa.Table.from_pandas(df.head(200), preserve_index=False))
+    column = X[:, [s.name for s in runtime.schema].index("amount")]
+    assert np.isnan(column[::50]).all() and np.isfinite(np.delete(column, np.s_[::50])).all()

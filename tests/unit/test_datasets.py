@@ -111,3 +111,20 @@ def test_labels_with_positive_value_and_missing_columns(tmp_path):
     assert ds.matrix.y.mean() == 0.25
     with pytest.raises(InvalidInput, match="label column is_fraud is not in the table"):
         load_table_dataset([tmp_path / "t.parquet"], label="is_fraud")
+
+
+def test_infinite_values_in_a_feature_are_missing_and_reported(tmp_path):
+    """An infinite value went into the matrix as it was: the reference's top bin edge and mean were infinite
+    (null in the manifest) and every later drift run on the version failed. It is missing, as for LightGBM's
+    NaN, and counted per column."""
+    amount = np.random.default_rng(1).random(600) * 100
+    amount[::50], amount[7] = np.inf, -np.inf
+    pq.write_table(table().set_column(2, "amount", pa.array(amount)), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    column = ds.matrix.X[:, ds.matrix.names.index("amount")]
+    assert np.isfinite(column).sum() == 587 and np.isnan(column).sum() == 13
+    assert ds.fingerprint["infinite_values"] == {"amount": 13}
+    everything = table().set_column(2, "amount", pa.array([np.inf] * 600))  # nothing else: a constant column
+    pq.write_table(everything, tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label")
+    assert ds.dropped["amount"] == "constant" and "amount" not in ds.matrix.names
