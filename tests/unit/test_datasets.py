@@ -128,3 +128,27 @@ def test_infinite_values_in_a_feature_are_missing_and_reported(tmp_path):
     pq.write_table(everything, tmp_path / "t.parquet")
     ds = load_table_dataset([tmp_path / "t.parquet"], label="label")
     assert ds.dropped["amount"] == "constant" and "amount" not in ds.matrix.names
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_folder_whose_files_have_different_columns_is_refused(tmp_path, fmt):
+    """A column missing from one file was filled with nulls without a word (a feature null in every validation
+    and test row) while `sira score` refused the same folder; the file and its columns are named."""
+    whole = table()
+    parts = {"a": whole.slice(0, 300), "b": whole.slice(300).drop_columns(["amount"]).append_column(
+        "note", pa.array(["x"] * 300))}
+    for name, part in parts.items():
+        if fmt == "parquet":
+            pq.write_table(part, tmp_path / f"{name}.parquet")
+        else:
+            part.to_pandas().to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(InvalidInput, match=rf"b\.{fmt}: lacks amount and has note too \(against a\.{fmt}\)") as caught:
+        load_table_dataset([tmp_path], label="label", time_col="when")
+    assert caught.value.code == "missing_columns"
+    (tmp_path / f"b.{fmt}").unlink()
+    reordered = whole.slice(300).select(list(reversed(whole.column_names)))  # the same columns in another order
+    if fmt == "parquet":
+        pq.write_table(reordered, tmp_path / "b.parquet")
+    else:
+        reordered.to_pandas().to_csv(tmp_path / "b.csv", index=False)
+    assert load_table_dataset([tmp_path], label="label", time_col="when").matrix.y.size == 600
