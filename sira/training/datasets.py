@@ -231,15 +231,22 @@ def read_time_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, st
         return np.round(values * scale).astype(np.int64), read_as
     read_as = "timestamps"
     if not pa.types.is_timestamp(column.type):
-        try:
-            column, read_as = pc.cast(column, pa.timestamp("us")), "timestamps (ISO 8601 text)"
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # ISO 8601 text: without a zone as it is (as today), with Z or an offset (+02:00) as that instant in UTC
+        for kind, read_as in ((pa.timestamp("us"), "timestamps (ISO 8601 text)"),
+                              (pa.timestamp("us", tz="UTC"), "timestamps (ISO 8601 text with a zone, in UTC)")):
+            try:
+                column = pc.cast(column, kind)
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        else:
             try:
                 column = pc.strptime(column, format="%Y-%m-%d %H:%M:%S", unit="us")
                 read_as = "timestamps (YYYY-MM-DD HH:MM:SS text)"
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise InvalidInput(f"time column {name} cannot be read as timestamps or numbers (epoch seconds, "
-                                   "milliseconds, or seconds from the start)", details={"column": name}) from None
+                                   "milliseconds, or seconds from the start; text with a zone on some values and "
+                                   "not others is not read either)", details={"column": name}) from None
     return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(), read_as
 
 

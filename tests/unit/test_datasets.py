@@ -152,3 +152,17 @@ def test_a_folder_whose_files_have_different_columns_is_refused(tmp_path, fmt):
     else:
         reordered.to_pandas().to_csv(tmp_path / "b.csv", index=False)
     assert load_table_dataset([tmp_path], label="label", time_col="when").matrix.y.size == 600
+
+
+@pytest.mark.parametrize("suffix, hours", [("Z", 0), ("+02:00", -2), ("-0530", 5.5), ("", 0)])
+def test_iso_text_with_a_zone_is_read_as_that_instant_in_utc(tmp_path, suffix, hours):
+    """Text such as 2026-01-01T00:00:00Z or ...+02:00 was refused ("cannot be read as timestamps"): it is the
+    instant it names, in UTC; text without a zone is read as it is, as before."""
+    start = datetime(2026, 1, 1)
+    text = [(start + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%S") + suffix for i in range(600)]
+    pq.write_table(table().set_column(1, "when", pa.array(text)), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    first = datetime(1970, 1, 1) + timedelta(microseconds=int(ds.times.min()))
+    assert first == start + timedelta(hours=hours) and np.all(np.diff(ds.times) == 3_600_000_000)
+    assert ds.fingerprint["time_column"]["read_as"].startswith("timestamps (ISO 8601 text")
+    assert ("in UTC" in ds.fingerprint["time_column"]["read_as"]) == bool(suffix)
