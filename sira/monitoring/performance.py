@@ -38,7 +38,7 @@ from sira.core.errors import InvalidInput
 from sira.core.ray_runtime import job_id
 from sira.features.store import to_us
 from sira.registry import models as registry
-from sira.training.windows import Windows, check_days, label_rule
+from sira.training.windows import Windows, check_as_of, check_days, label_rule
 
 MAX_WINDOWS = 1_000  # windows of one run: each is a pass over the run's predictions
 
@@ -276,6 +276,7 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
 
     check_days("--days", req.days)
     check_days("--window-days", req.window_days)
+    check_as_of(req.as_of)
     if req.time_from is None:  # the range is --days (ending at --to), or longer: refused before anything is read
         check_window_count(timedelta(days=req.days), req.window_days, f"--days {req.days:g}")
     actor = actor or Actor.local()
