@@ -30,6 +30,7 @@ from sira.core.errors import InvalidInput, SiraError
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
+from sira.registry.settings import check_source
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
@@ -237,6 +238,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                          redactor=redactor_for(settings))
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
+        await _check_model_source(pool, req)  # before the windows are read (ensure_model checks it again)
         windows = None
         if not req.data:  # the windows are checked before anything is created, recorded or read at length
             async with pool.acquire() as conn:
@@ -355,6 +357,8 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
                                          id_col=req.id_col, positive=req.positive,
                                          redactor=redactor_for(settings))
         split = split_dataset(loaded, seed=req.seed)
+        async with db.open_pool(settings) as pool:
+            await _check_model_source(pool, req)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),
                 **({"infinite_values": loaded.fingerprint["infinite_values"]}
@@ -362,10 +366,19 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
                 "split": {"method": split.method, "train": int(split.train.size),
                           "validation": int(split.valid.size), "test": int(split.test.size)}}
     async with db.open_pool(settings) as pool:
+        await _check_model_source(pool, req)
         async with pool.acquire() as conn:
             windows, counts = await _model_windows(conn, req)
     return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
             "counts": counts}
+
+
+async def _check_model_source(pool: Any, req: TrainRequest) -> None:
+    """A dry run refuses what the run would: a table for a feature-store model, or the other way round."""
+    model = await pool.fetchrow("SELECT name, feature_set, feature_set_version FROM sira_models WHERE name = $1",
+                                req.model)
+    if model is not None:
+        check_source(model, not req.data)
 
 
 async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:

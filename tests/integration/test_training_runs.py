@@ -288,3 +288,33 @@ async def test_infinite_values_mean_missing_in_training_and_in_batch_scoring(cle
     X = runtime.table_matrix(pa.Table.from_pandas(df.head(200), preserve_index=False))
     column = X[:, [s.name for s in runtime.schema].index("amount")]
     assert np.isnan(column[::50]).all() and np.isfinite(np.delete(column, np.s_[::50])).all()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_a_run_on_an_existing_model_reads_the_models_source(clean_db, settings, byo_table, dry_run):
+    """`sira train --data` on a feature-store model registered a version of the table's columns under it (its
+    scoring of stored events and drift then failed with missing_columns); a feature-store run on a table model
+    the other way round. Both are refused, naming the model's source, before anything is recorded."""
+    from sira.core import audit, db
+    from sira.core.errors import Conflict
+    from sira.registry.models import ensure_model
+
+    async with db.transaction(clean_db) as conn:
+        await ensure_model(conn, "fraud", actor=audit.Actor.local(), feature_set="payments", feature_set_version=2)
+        await ensure_model(conn, "tabular", actor=audit.Actor.local())
+    table = TrainRequest(model="fraud", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts",
+                         params=FAST, num_threads=1, dry_run=dry_run)
+    with pytest.raises(Conflict, match=r"model fraud trains on the feature store \(payments v2\): train it "
+                                       "without --data, or use another model name") as caught:
+        await run_training(settings, table)
+    assert caught.value.code == "model_source" and caught.value.exit_code == 2
+    with pytest.raises(Conflict, match="model tabular trains on tables of its own: train it with --data") as caught:
+        await run_training(settings, TrainRequest(model="tabular", dry_run=dry_run))
+    assert caught.value.code == "model_source"
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_training_runs") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_model_versions") == 0
+    async with db.transaction(clean_db) as conn:  # the registry's own check, whoever calls it
+        with pytest.raises(Conflict, match="model fraud trains on the feature store"):
+            await ensure_model(conn, "fraud", actor=audit.Actor.local())
+    # the model's own source is still fine
+    assert (await run_training(settings, TrainRequest(**{**table.__dict__, "model": "tabular"})))["model"] == "tabular"
