@@ -198,11 +198,10 @@ def infinite_as_missing(table: pa.Table, exclude: set[str]) -> tuple[pa.Table, d
         column = table.column(i)
         if name in exclude or not pa.types.is_floating(column.type):
             continue
-        infinite = pc.is_inf(column)
-        n = pc.sum(infinite).as_py() or 0
+        n = int(np.isinf(column.to_numpy()).sum())
         if n:
-            table = table.set_column(i, name, pc.if_else(infinite, pa.scalar(None, column.type), column))
-            counts[name] = int(n)
+            table = table.set_column(i, name, pc.if_else(pc.is_inf(column), pa.scalar(None, column.type), column))
+            counts[name] = n
     return table, counts
 
 
