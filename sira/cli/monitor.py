@@ -120,6 +120,8 @@ def drift_cmd(
         if result["window"].get("skipped_after"):
             err.print(f"window: {result['window']['rule']}; the {result['window']['skipped_after']:,} newer rows "
                        f"(up to {result['window']['newest'][:16]}) are too few to fill one")
+        for feature, why in (result.get("skipped") or {}).items():
+            err.print(f"not compared: {feature}: {why}")
 
     emit(result, as_json, render)
 

@@ -32,7 +32,10 @@ def plan_table(title: str, result: dict[str, Any]) -> Table:
                                                                    for k, v in result["split"].items()},
                                  **({"time column": f"{result['time_column']['name']} read as "
                                                     f"{result['time_column']['read_as']}"}
-                                    if result.get("time_column") else {})})
+                                    if result.get("time_column") else {}),
+                                 **({"infinite values (read as missing)": ", ".join(
+                                     f"{k} ({v:,})" for k, v in result["infinite_values"].items())}
+                                    if result.get("infinite_values") else {})})
     w, counts = result["windows"], result["counts"]
     return kv_table(title, {
         "train": f"{w['train_from'][:16]} .. {w['train_to'][:16]}: {counts['train']['rows']:,} labelled events, "
@@ -129,6 +132,9 @@ def train_cmd(
                        f"{s['best_validation_ap']:.4f}, {s['concurrency']} at a time")
         if result["dropped_columns"]:
             err.print("not features: " + ", ".join(f"{k} ({v})" for k, v in result["dropped_columns"].items()))
+        if result.get("infinite_values"):
+            err.print("infinite values read as missing: " + ", ".join(f"{k} ({v:,})" for k, v in
+                                                                      result["infinite_values"].items()))
         err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
 
     emit(result, as_json, render)

@@ -88,6 +88,17 @@ class Reference:
         return cls(schema, statistics, sample)
 
     @functools.cached_property
+    def skipped(self) -> dict[str, str]:
+        """Numeric features whose stored bins are not all numbers, each with why it is not compared: a version
+        trained before infinite values were read as missing stored an infinite edge (as null), and comparing
+        with it failed the whole run."""
+        return {name: "its training reference has bin edges that are not finite numbers (infinite values in the "
+                      "training data); retrain to compare it"
+                for name, ref in self.statistics["features"].items()
+                if ref.get("type") == "numeric" and not all(isinstance(e, (int, float)) and math.isfinite(e)
+                                                             for e in ref.get("bin_edges") or [])}
+
+    @functools.cached_property
     def sorted_sample(self) -> list[np.ndarray] | None:
         """Each column of the sample (the score last), NaN dropped, ascending: sorted once for every window."""
         if self.sample is None:
@@ -110,7 +121,7 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
     n_ref_total = reference.statistics.get("rows")
     for j, spec in enumerate(reference.schema):
         ref = reference.statistics["features"].get(spec.name)
-        if ref is None:
+        if ref is None or spec.name in reference.skipped:
             continue
         column = X[:, j]
         present = column[~np.isnan(column)]
@@ -342,7 +353,9 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                 + [(version["model_id"], version["version"], DATASET, lo, hi, None, int(scores.size), None, None,
                     None, None, None, None, overall, {"source": req.source, "severities": counts,
                                                       "thresholds": req.thresholds.__dict__,
-                                                      "window_rows": window_rows}, run)])
+                                                      "window_rows": window_rows,
+                                                      **({"skipped": reference.skipped} if reference.skipped
+                                                         else {})}, run)])
             await audit.record(conn, actor, "drift.run", target_type="model_version",
                                target_id=f"{req.model}:v{version['version']}",
                                details={"job_id": run, "verdict": overall, "source": req.source})
@@ -352,6 +365,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
         "window_rows": window_rows,  # n_current of them compared (every k-th beyond MAX_ROWS)
         "verdict": overall, "severities": counts, "reference_sample": reference.sample is not None,
         "seconds": round(time.perf_counter() - started, 3), "features": rows,
+        **({"skipped": reference.skipped} if reference.skipped else {}),
     }
 
 

@@ -53,8 +53,8 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
         common = sorted((reference.get("frequencies") or {}).items(), key=lambda kv: -kv[1])[:3]
         return ", ".join(f"{c} ({f:.0%})" for c, f in common) or None
     edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
-    if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts):
-        return None
+    if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts) or None in edges:
+        return None  # (an infinite edge, stored as null by versions trained before it was read as missing)
     # the bins holding the 25th and 75th percentiles, from their counts: the edges are quantiles with the
     # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)

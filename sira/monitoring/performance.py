@@ -20,6 +20,7 @@ below the version's test AP at training is flagged. Rows go to
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from collections.abc import Iterable
@@ -37,7 +38,7 @@ from sira.core.errors import InvalidInput
 from sira.core.ray_runtime import job_id
 from sira.features.store import to_us
 from sira.registry import models as registry
-from sira.training.windows import Windows, check_days, label_rule
+from sira.training.windows import Windows, check_as_of, check_days, label_rule
 
 MAX_WINDOWS = 1_000  # windows of one run: each is a pass over the run's predictions
 
@@ -257,6 +258,15 @@ async def newest_predictions(conn: Any, model: str, version: int | None, label_n
     return row["newest"], usable
 
 
+def check_window_count(span: timedelta, window_days: float, what: str) -> None:
+    """At most :data:`MAX_WINDOWS` windows in ``span``, the range the run reads (``what`` names it): --days
+    alone was checked, so a range of --from/--to was refused or allowed by a --days it does not use."""
+    windows = math.ceil(span / timedelta(days=window_days))
+    if windows > MAX_WINDOWS:
+        raise InvalidInput(f"{what} holds {windows:,} windows of --window-days {window_days:g}: at most "
+                           f"{MAX_WINDOWS} windows; widen them or shorten the range", code="invalid_option")
+
+
 async def run_performance(settings: Settings, req: PerformanceRequest, *,
                           actor: Actor | None = None) -> dict[str, Any]:
     """Evaluate the model's stored predictions against matured labels; store and return the rows."""
@@ -266,9 +276,9 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
 
     check_days("--days", req.days)
     check_days("--window-days", req.window_days)
-    if req.days / req.window_days > MAX_WINDOWS:
-        raise InvalidInput(f"--days / --window-days must be at most {MAX_WINDOWS} windows (got "
-                           f"{req.days / req.window_days:.0f})", code="invalid_option")
+    check_as_of(req.as_of)
+    if req.time_from is None:  # the range is --days (ending at --to), or longer: refused before anything is read
+        check_window_count(timedelta(days=req.days), req.window_days, f"--days {req.days:g}")
     actor = actor or Actor.local()
     started = time.perf_counter()
     cutoff = req.as_of or datetime.now(timezone.utc)
@@ -296,6 +306,7 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
                 lo = req.time_from or hi - timedelta(days=req.days)
             if hi <= lo:
                 raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
+            check_window_count(hi - lo, req.window_days, f"the range {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M}")
             read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,
                                        req.version)
             if not read.seen:

@@ -16,7 +16,7 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import webhooks
-from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, checked, redacted, refused_setting
+from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, check_source, checked, redacted, refused_setting
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -36,11 +36,13 @@ async def ensure_model(
     entity_type: str = "customer", feature_set: str | None = None, feature_set_version: int | None = None,
     label_maturity_days: int | None = None,
 ) -> tuple[asyncpg.Record, bool]:
-    """The model, created with defaults when it does not exist yet (returns whether it was created)."""
+    """The model, created with defaults when it does not exist yet (and whether it was); one that exists reads
+    the source this run reads (``feature_set``: the feature store; None: a table of its own)."""
     if model_type not in MODEL_TYPES:
         raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
     row = await conn.fetchrow("SELECT * FROM sira_models WHERE name = $1", name)
     if row is not None:
+        check_source(row, feature_set is not None)
         return row, False
     try:
         async with conn.transaction():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sira.core.errors import InvalidInput
+from sira.core.errors import Conflict, InvalidInput
 from sira.features.definitions import LABEL_NAME
 from sira.registry import receivers
 
@@ -63,3 +63,14 @@ def checked(settings: dict[str, Any]) -> dict[str, Any]:
     if "notify" in values:
         values["notify"] = receivers.names(values["notify"])
     return values
+
+
+def check_source(model: Any, feature_store: bool) -> None:
+    """A training run on an existing model reads the model's source (its feature set, or tables): a table's
+    version under a feature-store model failed its scoring of stored events and its drift with
+    missing_columns (and the other way round)."""
+    if (model["feature_set"] is not None) != feature_store:
+        source = (f"the feature store ({model['feature_set']} v{model['feature_set_version']}): train it without "
+                  "--data" if model["feature_set"] else "tables of its own: train it with --data")
+        raise Conflict(f"model {model['name']} trains on {source}, or use another model name", code="model_source",
+                       details={"model": model["name"], "feature_set": model["feature_set"]})

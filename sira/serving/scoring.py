@@ -230,6 +230,7 @@ class ModelRuntime:
                     raise InvalidInput(f"column {spec.name} must be numeric, not {column.type}",
                                        code="invalid_column", details={"column": spec.name})
                 X[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        X[np.isinf(X)] = np.nan  # missing, as training reads an infinite value (datasets.infinite_as_missing)
         return X
 
     # -- outputs --------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sira.core.errors import InvalidInput
-from sira.core.files import find_files, read_table
+from sira.core.files import InputFiles, csv_options, find_files, read_table
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
@@ -119,6 +119,7 @@ def load_table_dataset(
     ``redactor`` (training does), the table's personal data is out before any value is read: a category's
     values end up in the model's schema, its manifest and the registry, which any viewer reads."""
     files = find_files(paths)
+    check_same_columns(files)
     table = read_table(files)
     pii_dropped: dict[str, str] = {}
     if redactor is not None:
@@ -131,6 +132,7 @@ def load_table_dataset(
         raise InvalidInput("the table has no rows")
     y = _label_array(table.column(label), positive, label)
     exclude = {label, *(c for c in (time_col, id_col) if c)}
+    table, infinite = infinite_as_missing(table, exclude)
     dropped: dict[str, str] = {c: role for c, role in ((time_col, "time column"), (id_col, "id column")) if c}
     dropped.update(pii_dropped)
     if schema is None:
@@ -148,9 +150,59 @@ def load_table_dataset(
         "source": [str(p) for p in files.paths], "rows": int(table.num_rows), "positives": int(y.sum()),
         "label": label, "time_col": time_col, "content_sha256": digest.hexdigest(),
         **({"time_column": {"name": time_col, "read_as": time_read}} if time_col else {}),
+        **({"infinite_values": infinite} if infinite else {}),
     }
     ids = table.column(id_col).to_pylist() if id_col else None
     return Dataset(Matrix(X, y, schema), times, ids, segments, dropped, fingerprint)
+
+
+def check_same_columns(files: InputFiles) -> None:
+    """Every Parquet or CSV file of the table has the same columns (their footers or headers are read): a
+    column missing from one file was filled with nulls without a word, a feature null in every validation
+    and test row, while batch scoring refuses the same folder. (In JSON Lines a record may omit a field.)"""
+    if len(files.paths) < 2 or files.format == "json":
+        return
+    first, *others = files.paths
+    expected = _column_names(first, files.format)
+    for path in others:
+        names = _column_names(path, files.format)
+        missing, extra = [c for c in expected if c not in names], [c for c in names if c not in expected]
+        if missing or extra:
+            differ = " and ".join([*([f"lacks {', '.join(missing)}"] if missing else []),
+                                   *([f"has {', '.join(extra)} too"] if extra else [])])
+            raise InvalidInput(f"{path.name}: {differ} (against {first.name}); every file of a table needs the "
+                               "same columns", code="missing_columns",
+                               details={"file": str(path), "missing": missing, "extra": extra})
+
+
+def _column_names(path: Path, file_format: str) -> list[str]:
+    try:
+        if file_format == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pacsv
+
+        return list(pacsv.open_csv(path, convert_options=csv_options()).schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"{path}: cannot read as {file_format}: {' '.join(str(exc).split())[:300]}",
+                           details={"file": str(path)}) from None
+
+
+def infinite_as_missing(table: pa.Table, exclude: set[str]) -> tuple[pa.Table, dict[str, int]]:
+    """The table with its features' infinite values (+inf, -inf) made missing, and how many each column had:
+    LightGBM reads them as values beyond every split, and drift's quantile bins and means of them are not
+    numbers (a version trained on one could not be compared). Batch scoring reads them as missing too."""
+    counts: dict[str, int] = {}
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if name in exclude or not pa.types.is_floating(column.type):
+            continue
+        n = int(np.isinf(column.to_numpy()).sum())
+        if n:
+            table = table.set_column(i, name, pc.if_else(pc.is_inf(column), pa.scalar(None, column.type), column))
+            counts[name] = n
+    return table, counts
 
 
 # Numbers in a time column: epoch seconds or milliseconds when they fall in these ranges
@@ -178,15 +230,22 @@ def read_time_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, st
         return np.round(values * scale).astype(np.int64), read_as
     read_as = "timestamps"
     if not pa.types.is_timestamp(column.type):
-        try:
-            column, read_as = pc.cast(column, pa.timestamp("us")), "timestamps (ISO 8601 text)"
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # ISO 8601 text: without a zone as it is (as today), with Z or an offset (+02:00) as that instant in UTC
+        for kind, read_as in ((pa.timestamp("us"), "timestamps (ISO 8601 text)"),
+                              (pa.timestamp("us", tz="UTC"), "timestamps (ISO 8601 text with a zone, in UTC)")):
+            try:
+                column = pc.cast(column, kind)
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        else:
             try:
                 column = pc.strptime(column, format="%Y-%m-%d %H:%M:%S", unit="us")
                 read_as = "timestamps (YYYY-MM-DD HH:MM:SS text)"
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise InvalidInput(f"time column {name} cannot be read as timestamps or numbers (epoch seconds, "
-                                   "milliseconds, or seconds from the start)", details={"column": name}) from None
+                                   "milliseconds, or seconds from the start; text with a zone on some values and "
+                                   "not others is not read either)", details={"column": name}) from None
     return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(), read_as
 
 

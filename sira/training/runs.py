@@ -30,11 +30,12 @@ from sira.core.errors import InvalidInput, SiraError
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
+from sira.registry.settings import check_source
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
 from sira.training.trainer import Matrix, TrainResult, apply_calibration, train_model
-from sira.training.windows import Windows, check_counts, check_days, training_windows, window_counts
+from sira.training.windows import Windows, check_as_of, check_counts, check_days, training_windows, window_counts
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
@@ -99,7 +100,7 @@ def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
     features: dict[str, Any] = {}
     for j, spec in enumerate(train.schema):
         column = train.X[:, j]
-        present = column[~np.isnan(column)]
+        present = column[np.isfinite(column)]  # an infinite value is missing, as the table loader reads it
         missing = float(1 - present.size / column.size) if column.size else 0.0
         if spec.kind == "categorical":
             counts = np.bincount(present.astype(np.int64), minlength=len(spec.categories)) if present.size else []
@@ -195,6 +196,7 @@ def check_request(req: TrainRequest) -> None:
     check_days("--train-days", req.train_days)
     check_days("--label-delay", req.label_delay_days, zero_allowed=True)
     _check_table_options(req)
+    check_as_of(req.as_of)
 
 
 def _check_table_options(req: TrainRequest) -> None:
@@ -236,6 +238,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                          redactor=redactor_for(settings))
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
+        await _check_model_source(pool, req)  # before the windows are read (ensure_model checks it again)
         windows = None
         if not req.data:  # the windows are checked before anything is created, recorded or read at length
             async with pool.acquire() as conn:
@@ -302,6 +305,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                   "test": int(split.test.size)},
         "windows": ds.fingerprint.get("windows") or split.windows,
         **({"time_column": ds.fingerprint["time_column"]} if ds.fingerprint.get("time_column") else {}),
+        **({"infinite_values": ds.fingerprint["infinite_values"]} if ds.fingerprint.get("infinite_values") else {}),
         "model_created": created,
         **({"search": search["summary"]} if search else {}),
     }
@@ -353,15 +357,28 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
                                          id_col=req.id_col, positive=req.positive,
                                          redactor=redactor_for(settings))
         split = split_dataset(loaded, seed=req.seed)
+        async with db.open_pool(settings) as pool:
+            await _check_model_source(pool, req)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),
+                **({"infinite_values": loaded.fingerprint["infinite_values"]}
+                   if loaded.fingerprint.get("infinite_values") else {}),
                 "split": {"method": split.method, "train": int(split.train.size),
                           "validation": int(split.valid.size), "test": int(split.test.size)}}
     async with db.open_pool(settings) as pool:
+        await _check_model_source(pool, req)
         async with pool.acquire() as conn:
             windows, counts = await _model_windows(conn, req)
     return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
             "counts": counts}
+
+
+async def _check_model_source(pool: Any, req: TrainRequest) -> None:
+    """A dry run refuses what the run would: a table for a feature-store model, or the other way round."""
+    model = await pool.fetchrow("SELECT name, feature_set, feature_set_version FROM sira_models WHERE name = $1",
+                                req.model)
+    if model is not None:
+        check_source(model, not req.data)
 
 
 async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:

@@ -69,6 +69,14 @@ def check_days(flag: str, days: float | None, *, zero_allowed: bool = False) -> 
                            f"{MAX_DAYS} (got {days})", code="invalid_option")
 
 
+def check_as_of(as_of: datetime | None) -> None:
+    """A label cut-off (--as-of) is now or earlier: a later one made unlabelled events younger than the label
+    maturity count as mature negatives, and labels the future would bring as known (a backtest looks back)."""
+    if as_of is not None and (as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)) > now():
+        raise InvalidInput(f"--as-of {as_of:%Y-%m-%d %H:%M} is in the future (now {now():%Y-%m-%d %H:%M} UTC): labels "
+                           "known after now are not known yet; set now or earlier", code="invalid_option")
+
+
 def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:
     """1 if a positive label was known by the cut-off; 0 if the event is mature (or reviewed legit); None: left out."""
     if positive_known_at is not None and positive_known_at <= windows.cutoff:

@@ -155,6 +155,22 @@ def test_monitoring_refuses_what_it_cannot_measure(fraud_model):
     assert "window" in caught.value.message
 
 
+def test_the_window_limit_counts_the_windows_of_the_range_read(fraud_model, served):
+    """--days was checked even when --from/--to set the range: 100 windows of a day were refused ("got 2800",
+    from the default --days 28) and seven years of 0.01-day windows with --days 10 were allowed (255,000
+    windows, 2,263 rows written: past the limit)."""
+    lo = served["lo"]
+    day = asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+        model="fraud", time_from=lo, time_to=lo + timedelta(days=1), window_days=0.01, min_segment_size=50)))
+    assert 0 < len(day["results"][0]["windows"]) <= 100
+    with pytest.raises(InvalidInput, match=r"the range .* holds 255,\d{3} windows of --window-days 0.01: at most "
+                                           r"1000 windows") as caught:
+        asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+            model="fraud", time_from=datetime(2020, 1, 1, tzinfo=timezone.utc),
+            time_to=datetime(2027, 1, 1, tzinfo=timezone.utc), window_days=0.01, days=10)))
+    assert caught.value.code == "invalid_option"
+
+
 def drift_and_performance(fraud_model, served):
     """A drift run over the served predictions and a performance run over their matured labels."""
     drift = asyncio.run(run_drift(fraud_model.settings, DriftRequest(model="fraud", source="predictions",

@@ -261,3 +261,60 @@ async def test_a_finished_run_keeps_the_parameters_it_started_with(clean_db):
         await finish_run(conn, run_id, metrics={}, fingerprint={}, timings={}, params={"num_leaves": 15, "seed": 1})
         params = await conn.fetchval("SELECT params FROM sira_training_runs WHERE run_id = $1", run_id)
     assert params == {"retrain_key": "k-1", "num_leaves": 15, "seed": 1}
+
+
+async def test_infinite_values_mean_missing_in_training_and_in_batch_scoring(clean_db, settings, byo_table, tmp_path):
+    """Every 50th amount infinite: training took them as values (the reference's top bin edge and mean were
+    null in the manifest, and every drift run on the version failed); they are missing, reported, and batch
+    scoring reads the same value the same way (LightGBM would send an infinity beyond every split)."""
+    from sira.serving.scoring import ModelRuntime
+
+    df = pd.read_parquet(byo_table / "tx.parquet")
+    df.loc[::50, "amount"] = np.inf
+    df.to_parquet(tmp_path / "inf.parquet", index=False)
+    done = await run_training(settings, TrainRequest(model="inf", data=[tmp_path / "inf.parquet"], label="is_fraud",
+                                                     time_col="ts", id_col="tx_id", params=FAST, num_threads=1))
+    assert done["infinite_values"] == {"amount": 160}
+    manifest = load_artifact(settings, ArtifactRef(done["artifact"]["uri"], done["artifact"]["sha256"])).manifest
+    amount = manifest["reference"]["features"]["amount"]
+    assert None not in amount["bin_edges"] and amount["mean"] is not None and amount["missing_rate"] > 0
+    assert manifest["dataset"]["infinite_values"] == {"amount": 160}
+    version = await clean_db.fetchrow(
+        "SELECT m.name AS model_name, v.* FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id "
+        "WHERE m.name = 'inf'")
+    runtime = ModelRuntime.load(settings, dict(version))
+    import pyarrow as pa
+
+    X = runtime.table_matrix(pa.Table.from_pandas(df.head(200), preserve_index=False))
+    column = X[:, [s.name for s in runtime.schema].index("amount")]
+    assert np.isnan(column[::50]).all() and np.isfinite(np.delete(column, np.s_[::50])).all()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_a_run_on_an_existing_model_reads_the_models_source(clean_db, settings, byo_table, dry_run):
+    """`sira train --data` on a feature-store model registered a version of the table's columns under it (its
+    scoring of stored events and drift then failed with missing_columns); a feature-store run on a table model
+    the other way round. Both are refused, naming the model's source, before anything is recorded."""
+    from sira.core import audit, db
+    from sira.core.errors import Conflict
+    from sira.registry.models import ensure_model
+
+    async with db.transaction(clean_db) as conn:
+        await ensure_model(conn, "fraud", actor=audit.Actor.local(), feature_set="payments", feature_set_version=2)
+        await ensure_model(conn, "tabular", actor=audit.Actor.local())
+    table = TrainRequest(model="fraud", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts",
+                         params=FAST, num_threads=1, dry_run=dry_run)
+    with pytest.raises(Conflict, match=r"model fraud trains on the feature store \(payments v2\): train it "
+                                       "without --data, or use another model name") as caught:
+        await run_training(settings, table)
+    assert caught.value.code == "model_source" and caught.value.exit_code == 2
+    with pytest.raises(Conflict, match="model tabular trains on tables of its own: train it with --data") as caught:
+        await run_training(settings, TrainRequest(model="tabular", dry_run=dry_run))
+    assert caught.value.code == "model_source"
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_training_runs") == 0
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_model_versions") == 0
+    async with db.transaction(clean_db) as conn:  # the registry's own check, whoever calls it
+        with pytest.raises(Conflict, match="model fraud trains on the feature store"):
+            await ensure_model(conn, "fraud", actor=audit.Actor.local())
+    # the model's own source is still fine
+    assert (await run_training(settings, TrainRequest(**{**table.__dict__, "model": "tabular"})))["model"] == "tabular"

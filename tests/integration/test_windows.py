@@ -212,3 +212,30 @@ async def test_window_lengths_out_of_bounds_are_refused_before_anything_is_read(
         else:
             await run_performance(settings, PerformanceRequest(model="fraud", **fields))
     assert caught.value.code == "invalid_option"
+
+
+@pytest.mark.parametrize("kind", ["train", "train --dry-run", "performance", "retrain --dry-run"])
+async def test_a_label_cut_off_in_the_future_is_refused(clean_db, settings, kind):
+    """A future --as-of moved the test window forward: unlabelled events 1-15 days old counted as mature
+    negatives, and labels known only later were used. The cut-off is now or earlier (a backtest looks back)."""
+    from sira.core.auth import Identity
+    from sira.monitoring.performance import PerformanceRequest, run_performance
+    from sira.monitoring.retrain import RetrainRequest, run_retrain
+
+    await load_history(clean_db, label_delay_days=3)
+    async with clean_db.acquire() as conn:
+        await registry_model(conn)
+    future = datetime.now(timezone.utc) + timedelta(days=57)
+    with pytest.raises(InvalidInput, match=r"--as-of .* is in the future") as caught:
+        if kind.startswith("train"):
+            await run_training(settings, TrainRequest(model="fraud", as_of=future, dry_run="dry" in kind))
+        elif kind == "performance":
+            await run_performance(settings, PerformanceRequest(model="fraud", as_of=future))
+        else:
+            await run_retrain(settings, RetrainRequest(model="fraud", as_of=future, dry_run=True),
+                              Identity("root", frozenset({"admin"})))
+    assert caught.value.code == "invalid_option"
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_training_runs") == 0
+    # now (and a past cut-off) stays allowed
+    plan = await run_training(settings, TrainRequest(model="fraud", as_of=datetime.now(timezone.utc), dry_run=True))
+    assert plan["dry_run"]

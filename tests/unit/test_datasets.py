@@ -111,3 +111,58 @@ def test_labels_with_positive_value_and_missing_columns(tmp_path):
     assert ds.matrix.y.mean() == 0.25
     with pytest.raises(InvalidInput, match="label column is_fraud is not in the table"):
         load_table_dataset([tmp_path / "t.parquet"], label="is_fraud")
+
+
+def test_infinite_values_in_a_feature_are_missing_and_reported(tmp_path):
+    """An infinite value went into the matrix as it was: the reference's top bin edge and mean were infinite
+    (null in the manifest) and every later drift run on the version failed. It is missing, as for LightGBM's
+    NaN, and counted per column."""
+    amount = np.random.default_rng(1).random(600) * 100
+    amount[::50], amount[7] = np.inf, -np.inf
+    pq.write_table(table().set_column(2, "amount", pa.array(amount)), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    column = ds.matrix.X[:, ds.matrix.names.index("amount")]
+    assert np.isfinite(column).sum() == 587 and np.isnan(column).sum() == 13
+    assert ds.fingerprint["infinite_values"] == {"amount": 13}
+    everything = table().set_column(2, "amount", pa.array([np.inf] * 600))  # nothing else: a constant column
+    pq.write_table(everything, tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label")
+    assert ds.dropped["amount"] == "constant" and "amount" not in ds.matrix.names
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_folder_whose_files_have_different_columns_is_refused(tmp_path, fmt):
+    """A column missing from one file was filled with nulls without a word (a feature null in every validation
+    and test row) while `sira score` refused the same folder; the file and its columns are named."""
+    whole = table()
+    parts = {"a": whole.slice(0, 300), "b": whole.slice(300).drop_columns(["amount"]).append_column(
+        "note", pa.array(["x"] * 300))}
+    for name, part in parts.items():
+        if fmt == "parquet":
+            pq.write_table(part, tmp_path / f"{name}.parquet")
+        else:
+            part.to_pandas().to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(InvalidInput, match=rf"b\.{fmt}: lacks amount and has note too \(against a\.{fmt}\)") as caught:
+        load_table_dataset([tmp_path], label="label", time_col="when")
+    assert caught.value.code == "missing_columns"
+    (tmp_path / f"b.{fmt}").unlink()
+    reordered = whole.slice(300).select(list(reversed(whole.column_names)))  # the same columns in another order
+    if fmt == "parquet":
+        pq.write_table(reordered, tmp_path / "b.parquet")
+    else:
+        reordered.to_pandas().to_csv(tmp_path / "b.csv", index=False)
+    assert load_table_dataset([tmp_path], label="label", time_col="when").matrix.y.size == 600
+
+
+@pytest.mark.parametrize("suffix, hours", [("Z", 0), ("+02:00", -2), ("-0530", 5.5), ("", 0)])
+def test_iso_text_with_a_zone_is_read_as_that_instant_in_utc(tmp_path, suffix, hours):
+    """Text such as 2026-01-01T00:00:00Z or ...+02:00 was refused ("cannot be read as timestamps"): it is the
+    instant it names, in UTC; text without a zone is read as it is, as before."""
+    start = datetime(2026, 1, 1)
+    text = [(start + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%S") + suffix for i in range(600)]
+    pq.write_table(table().set_column(1, "when", pa.array(text)), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    first = datetime(1970, 1, 1) + timedelta(microseconds=int(ds.times.min()))
+    assert first == start + timedelta(hours=hours) and np.all(np.diff(ds.times) == 3_600_000_000)
+    assert ds.fingerprint["time_column"]["read_as"].startswith("timestamps (ISO 8601 text")
+    assert ("in UTC" in ds.fingerprint["time_column"]["read_as"]) == bool(suffix)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
+import pytest
 
 from sira.monitoring.drift import SCORE, Reference, compare
 from sira.training.runs import reference_sample, reference_statistics
@@ -119,3 +121,27 @@ def test_a_category_always_missing_in_training_that_now_arrives_is_drift_not_a_c
     rows, verdict = compare(reference, current.X, _score(current.X))
     channel = next(r for r in rows if r["feature"] == "channel")
     assert channel["chi2_statistic"] is None and channel["severity"] == "alert" and verdict == "alert"
+
+
+def test_infinite_training_values_make_no_bin_edge(synthetic_matrix):
+    """The reference's quantiles took them in: its top edge and the mean were infinite (null in the manifest)."""
+    train = synthetic_matrix(5_000, 1)
+    X = train.X.copy()
+    X[::50, 0] = np.inf
+    stats = reference_statistics(Matrix(X, train.y, train.schema), _score(train.X))["features"]["amount"]
+    assert np.isfinite(stats["bin_edges"]).all() and np.isfinite([stats["mean"], stats["std"]]).all()
+    assert stats["missing_rate"] == pytest.approx(0.02) and sum(stats["histogram"]) == 4_900
+
+
+def test_a_stored_reference_with_a_null_bin_edge_skips_its_feature_with_the_reason(synthetic_matrix):
+    """A version trained before infinite values were read as missing stored its top edge as null: every drift
+    run on it failed with `internal: ValueError: edges must be finite`. That feature is left out, saying why."""
+    reference, _, _ = _reference(synthetic_matrix)
+    statistics = json.loads(json.dumps(reference.statistics))
+    statistics["features"]["amount"].update(bin_edges=[*statistics["features"]["amount"]["bin_edges"][:-1], None],
+                                            mean=None, std=None)
+    old = Reference(reference.schema, statistics, reference.sample)
+    current = synthetic_matrix(2_000, 8)
+    rows, verdict = compare(old, current.X, _score(current.X))
+    assert "amount" not in {r["feature"] for r in rows} and {"night", "channel", SCORE} <= {r["feature"] for r in rows}
+    assert "not finite numbers" in old.skipped["amount"] and list(old.skipped) == ["amount"]
