@@ -137,9 +137,10 @@ def _reason(exc: BaseException) -> str:
 
 def read_parts(files: InputFiles) -> list[dict[str, Any]]:
     """What a load reads in parallel: Parquet row groups (from the footers, so a damaged footer
-    fails here, before anything is loaded), whole CSV and JSON Lines files."""
+    fails here, before anything is loaded), whole CSV and JSON Lines files; ``first``: the number of a
+    part's first row in its file (1: the file's first row of data)."""
     if files.format != "parquet":
-        return [{"path": str(p), "row_group": -1, "rows": -1} for p in files.paths]  # rows: not known before
+        return [{"path": str(p), "row_group": -1, "rows": -1, "first": 1} for p in files.paths]  # rows: not known
     import pyarrow.parquet as pq
 
     parts = []
@@ -149,8 +150,10 @@ def read_parts(files: InputFiles) -> list[dict[str, Any]]:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InvalidInput(f"{path}: cannot read as parquet: {_reason(exc)}",
                                details={"file": str(path)}) from None
-        parts += [{"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows}
-                  for g in range(meta.num_row_groups)]
+        first = 1
+        for g in range(meta.num_row_groups):
+            parts.append({"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows, "first": first})
+            first += meta.row_group(g).num_rows
     return parts
 
 

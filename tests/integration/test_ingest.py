@@ -56,11 +56,12 @@ async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_
                                         pa.array([f"bad-{i}" for i in range(40)]))
     bad = bad.set_column(bad.schema.get_field_index("amount"), "amount", pa.array([-1.0] * 40))
     path = tmp_path / "mixed.parquet"
-    pq.write_table(pa.concat_tables([table, bad, table.slice(0, 25)]), path)  # 25 repeated events
+    pq.write_table(pa.concat_tables([table, bad, table.slice(0, 25)]), path, row_group_size=1000)  # 25 repeated
     select = ("SELECT event_id, event_type, occurred_at, source, customer_id, account_id, card_token, merchant_id,"
               " terminal_id, device_id, ip_token, email_token, phone_token, amount, currency, country, channel,"
               " attributes FROM sira_events ORDER BY event_id",
-              "SELECT event_id, source, reason_code, reason, field, payload FROM sira_rejected_events ORDER BY event_id")
+              "SELECT event_id, source, reason_code, reason, field, payload, stream_position FROM sira_rejected_events"
+              " ORDER BY event_id")
     seen = []
     for local_below in (0, ingest.LOCAL_BELOW):  # Ray Data, then in this process
         summary = await ingest_files(settings, [path], feature_sets=[], progress=False, local_below=local_below)
@@ -69,6 +70,8 @@ async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_
             await conn.execute("TRUNCATE sira_events, sira_rejected_events")
     (rows, counts), (rows_here, counts_here) = seen
     assert rows == rows_here and len(rows[0]) == table.num_rows and len(rows[1]) == 40
+    assert sorted(r["stream_position"] for r in rows[1]) == sorted(f"mixed.parquet:{table.num_rows + 1 + i}"
+                                                                 for i in range(40))  # its row in the file
     timings = ("seconds", "phases")
     assert {k: v for k, v in counts.items() if k not in timings} == \
         {k: v for k, v in counts_here.items() if k not in timings}
@@ -146,6 +149,34 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     assert summary.accepted == 10
     row = await clean_db.fetchrow("SELECT * FROM sira_events WHERE event_id = 'j1-4'")
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
+
+
+async def test_ingesting_a_file_again_adds_no_dead_letter(clean_db, ray_session, settings, tmp_path):
+    """Re-ingesting a file changes nothing: its bad rows were dead-lettered again and counted as rejected again.
+    A file's dead letter is now idempotent like a stream's (its file's name and row number, and its payload): the
+    second load counts them as duplicates; a row changed since (another payload at that row) is a new one."""
+    at = "2026-05-01T10:00:00Z"
+    good = [{"event_id": f"f{i}", "occurred_at": at, "customer_id": "c1", "amount": 10 + i} for i in range(4)]
+    write_csv(tmp_path / "a.csv", [good[0], {**good[1], "amount": "-5"}, good[2]])
+    (tmp_path / "a.jsonl").write_text(json.dumps(good[3]) + "\n{not json\n" + json.dumps({**good[1], "amount": -7})
+                                      + "\n")
+    pq.write_table(pa.Table.from_pylist([{**good[0], "occurred_at": datetime(2026, 5, 1, tzinfo=timezone.utc),
+                                          "amount": amount, "event_id": f"p{i}"} for i, amount in enumerate((1.0, -1.0))]),
+                   tmp_path / "a.parquet")
+    for name, rows, rejected in (("a.csv", 3, 1), ("a.jsonl", 3, 2), ("a.parquet", 2, 1)):
+        first = await ingest_files(settings, [tmp_path / name], feature_sets=[], progress=False)
+        again = await ingest_files(settings, [tmp_path / name], feature_sets=[], progress=False)
+        assert (first.read, first.rejected) == (rows, rejected), (name, first)
+        assert (again.read, again.accepted, again.duplicates, again.rejected, again.reasons) == \
+            (rows, 0, rows, 0, {}), (name, again)
+    positions = await clean_db.fetch("SELECT source, stream_position, reason_code FROM sira_rejected_events ORDER BY id")
+    assert [tuple(r) for r in positions] == [
+        ("file:a.csv", "a.csv:2", "invalid_field"), ("file:a.jsonl", "a.jsonl:2", "undecodable"),
+        ("file:a.jsonl", "a.jsonl:3", "invalid_field"), ("file:a.parquet", "a.parquet:2", "invalid_field")]
+    write_csv(tmp_path / "a.csv", [good[0], {**good[1], "amount": "-6"}, good[2]])  # row 2 edited: still bad
+    edited = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert (edited.duplicates, edited.rejected) == (2, 1)
+    assert await count(clean_db, "sira_rejected_events") == 5
 
 
 async def test_unworkable_files_fail_before_loading_anything(clean_db, settings, tmp_path):
