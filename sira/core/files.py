@@ -135,6 +135,27 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:300] or type(exc).__name__
 
 
+def columns_of(files: InputFiles) -> list[tuple[Path, list[str]]]:
+    """Each Parquet or CSV file's columns, from its footer or header (no data read), so a load can check every
+    file's before it loads any; none for JSON Lines, whose records have no fixed columns (each is checked as
+    it is read)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if files.format == "json":
+        return []
+    out = []
+    for path in files.paths:
+        try:
+            schema = pq.read_schema(path) if files.format == "parquet" else \
+                pacsv.open_csv(path, convert_options=csv_options(files.text)).schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidInput(f"{path}: cannot read as {files.format}: {_reason(exc)}",
+                               details={"file": str(path)}) from None
+        out.append((path, schema.names))
+    return out
+
+
 def read_parts(files: InputFiles) -> list[dict[str, Any]]:
     """What a load reads in parallel: Parquet row groups (from the footers, so a damaged footer
     fails here, before anything is loaded), whole CSV and JSON Lines files; ``first``: the number of a

@@ -26,7 +26,8 @@ import pyarrow as pa
 from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
+from sira.core.errors import InvalidInput
+from sira.core.files import columns_of, decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
@@ -461,7 +462,13 @@ def ingest_files(
     mapping = mapping or {}
     files = replace(find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
     sample = read_sample(files)
-    check_columns(sample.column_names, mapping)
+    if files.format == "json":  # no fixed columns: the sample's
+        check_columns(sample.column_names, mapping)
+    for path, columns in columns_of(files):  # every file's, so one that cannot work fails before anything loads
+        try:
+            check_columns(columns, mapping)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
     parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"

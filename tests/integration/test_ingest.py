@@ -195,6 +195,25 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
 
 
+async def test_a_folder_whose_later_file_lacks_a_column_fails_before_loading_anything(clean_db, settings, tmp_path):
+    """Only the first file's columns were checked: a folder whose second Parquet file has no event_id loaded the
+    first and dead-lettered every row of the second (missing_field). Every file's columns are checked now, from
+    the Parquet footers and CSV headers, and the one-line error names the file."""
+    at = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    rows = [{"event_id": f"e{i}", "occurred_at": at, "customer_id": "c1", "amount": 5.0} for i in range(3)]
+    for ext, write in ((".parquet", lambda path, r: pq.write_table(pa.Table.from_pylist(r), path)),
+                       (".csv", lambda path, r: write_csv(path, [{**x, "occurred_at": at.isoformat()} for x in r]))):
+        folder = tmp_path / ext[1:]
+        folder.mkdir()
+        write(folder / f"a{ext}", rows)
+        write(folder / f"b{ext}", [{k: v for k, v in r.items() if k != "event_id"} for r in rows])
+        with pytest.raises(InvalidInput) as caught:
+            await ingest_files(settings, [folder], feature_sets=[PAYMENTS_V1], progress=False)
+        assert caught.value.one_line() == (f"error: invalid_input: {(folder / f'b{ext}').resolve()}: required column "
+                                           "event_id is missing (map one with --map event_id=SOURCE_COLUMN)")
+        assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
+
+
 def damaged_parquet(path, n=2000, groups=4):
     """Events in Parquet with the last row group's data page overwritten: the footer (and so the first
     rows a check reads) is intact, the damage shows only when that page is read."""
