@@ -13,7 +13,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -335,8 +335,11 @@ def read_yaml(path: Path, *, code: str = "invalid_input") -> Any:
         raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", code=code) from None
 
 
-def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[str, str]:
-    """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file."""
+def parse_mapping(spec: str | None, mapping_file: Path | None = None, *, fields: Collection[str] | None = None,
+                  what: str = "") -> dict[str, str]:
+    """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file. ``fields``: the SIRA
+    names the caller's records have (``what`` they are: event, label); another name is refused (a typo made
+    the mapping void, the column kept under its own name)."""
     mapping: dict[str, str] = {}
     if mapping_file is not None:
         data: Any = read_yaml(mapping_file) or {}
@@ -354,6 +357,10 @@ def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[st
     sources = list(mapping.values())
     if len(sources) != len(set(sources)):
         raise InvalidInput("--map uses a source column twice")
+    unknown = sorted(set(mapping) - set(fields)) if fields is not None else []
+    if unknown:
+        raise InvalidInput(f"--map {', '.join(unknown)}: not a SIRA {what} field (valid: {', '.join(sorted(fields or ()))})",
+                           details={"unknown": unknown, "valid": sorted(fields or ())})
     return mapping
 
 
