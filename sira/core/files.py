@@ -8,6 +8,7 @@ writing a stream of Arrow tables to one Parquet file atomically.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -231,11 +232,14 @@ def read_part(path: str, row_group: int, file_format: str, rows: int, start: int
 
 
 def json_lines(path: Path, rows: int) -> Iterator[pa.Table]:
-    """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text)."""
+    """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text); a UTF-8 byte order
+    mark opening the file is left out (as ``utf-8-sig`` reads it: there only)."""
     numbers: list[int] = []
     texts: list[bytes] = []
     with open(path, "rb") as handle:
         for number, text in enumerate(handle, 1):
+            if number == 1 and text.startswith(codecs.BOM_UTF8):
+                text = text[len(codecs.BOM_UTF8):]
             if text.strip():
                 numbers.append(number)
                 texts.append(text)

@@ -3,7 +3,7 @@
 import pytest
 
 from sira.core.errors import InvalidInput
-from sira.core.files import parse_mapping
+from sira.core.files import InputFiles, decode_json_line, json_lines, parse_mapping, read_sample
 
 EVENT = {"event_id", "occurred_at", "customer_id", "device_id"}
 
@@ -24,3 +24,17 @@ def test_a_mapping_names_only_the_fields_its_caller_knows(tmp_path):
     with pytest.raises(InvalidInput, match="--map custmer_id: not a SIRA label field"):
         parse_mapping(None, mapping_file, fields={"event_id", "label", "known_at"}, what="label")
     assert parse_mapping("anything=X") == {"anything": "X"}
+
+
+def test_a_json_lines_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    """A UTF-8 BOM (as Windows tools write) made line 1 undecodable. It is skipped at the start of the file
+    only, as utf-8-sig reads it; the same bytes further on are still not JSON."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"event_id": "a"}\n\xef\xbb\xbf{"event_id": "b"}\n{"event_id": "c"}\n')
+    (table,) = json_lines(path, 10)
+    assert table.column("line").to_pylist() == [1, 2, 3]
+    decoded = [decode_json_line(text) for text in table.column("text").to_pylist()]
+    assert decoded[0] == {"event_id": "a"} and decoded[2] == {"event_id": "c"}
+    assert decoded[1].startswith("not valid JSON")
+    sample = read_sample(InputFiles("json", [path]))
+    assert sample.column("event_id").to_pylist() == ["a", "c"]
