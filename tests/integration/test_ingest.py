@@ -264,6 +264,31 @@ async def test_jsonl_rows_are_checked_one_by_one_like_csv_rows(clean_db, ray_ses
     assert await count(clean_db, "sira_events") == 5
 
 
+async def test_an_infinite_attribute_is_a_dead_letter_not_a_null(clean_db, ray_session, settings, tmp_path):
+    """An infinite attribute (CSV `inf`, JSON `1e999` through POST /v1/events or the stream) was stored as null:
+    the value lost without a word. JSON has no infinity and an attribute is read as sent, so the event is
+    refused (invalid_number, naming the field) and its dead letter keeps the value as text; NaN stays a missing
+    value (pandas writes NaN for one)."""
+    write_csv(tmp_path / "inf.csv", [{"event_id": f"i{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1",
+                                      "amount": 5, "risk": risk} for i, risk in enumerate(("0.5", "inf", "-inf"))])
+    summary = await ingest_files(settings, [tmp_path / "inf.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected, summary.reasons) == (1, 2, {"invalid_number": 2})
+    sent = [{"event_id": f"h{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": 5,
+             "device": {"score": score}} for i, score in enumerate((float("inf"), float("nan")))]
+    online = await ingest.ingest_records(clean_db, sent, redactor=ingest.redactor_for(settings), source="api",
+                                         feature_sets=[])
+    assert (online.accepted, online.rejected) == (1, 1)
+    dead = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
+    assert {k: (r["reason_code"], r["field"], r["reason"]) for k, r in dead.items()} == {
+        "i1": ("invalid_number", "risk", "risk: must be a finite number (not infinity)"),
+        "i2": ("invalid_number", "risk", "risk: must be a finite number (not infinity)"),
+        "h0": ("invalid_number", "device.score", "device.score: must be a finite number (not infinity)")}
+    assert (dead["i1"]["payload"]["risk"], dead["i2"]["payload"]["risk"], dead["h0"]["payload"]["device"]) == \
+        ("inf", "-inf", {"score": "inf"})
+    stored = {r["event_id"]: r["attributes"] for r in await clean_db.fetch("SELECT event_id, attributes FROM sira_events")}
+    assert stored == {"i0": {"risk": 0.5}, "h1": {"device": {"score": None}}}
+
+
 async def test_jsonl_integers_in_extra_fields_stay_integers(clean_db, ray_session, settings, tmp_path):
     rows = [{"event_id": f"k{i}", "occurred_at": "2026-05-01T10:00:00Z", "account_id": "a1", "event_type": "usage",
              "api_calls": i, "ratio": 0.5} for i in range(4)]
