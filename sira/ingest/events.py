@@ -296,7 +296,7 @@ class Rejection:
     field: str | None
     payload: dict[str, Any]
     customer_id: str | None = None  # as sira_events holds it (scrubbed): erasure and subject access find it
-    position: str | None = None  # where a stream delivered it (sira.ingest.dead_letters): stored once
+    position: str | None = None  # where a stream delivered it, or its file:row (sira.ingest.dead_letters): stored once
 
 
 def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
