@@ -140,10 +140,15 @@ def ingest_cmd(
 ) -> None:
     """Ingest events: validate, redact PII, deduplicate, compute features."""
     from sira.core.files import parse_mapping
+    from sira.ingest.events import EventIn
+    from sira.ingest.labels import FeedbackIn
 
     settings = get_settings()
-    column_map = parse_mapping(mapping, map_file)
     mode = "--kafka" if kafka is not None else "--stream" if stream else "files"
+    # a stream's mapping applies to its label entries too
+    column_map = parse_mapping(mapping, map_file, fields=set(EventIn.model_fields) if mode == "files" else
+                               set(EventIn.model_fields) | set(FeedbackIn.model_fields),
+                               what="event" if mode == "files" else "event or label")
     applies = {"--source": ("files",), "--max-events": ("--stream", "--kafka"), "--batch": ("--stream", "--kafka"),
                "--consumer": ("--stream", "--kafka"), "--topic": ("--kafka",), "--labels-topic": ("--kafka",),
                "--group": ("--kafka",)}
@@ -204,11 +209,12 @@ def feedback_import_cmd(
     keys name a label's source (chargeback, review, ...); an analyst's labels are their own, as over HTTP."""
     from sira.core.audit import Actor
     from sira.core.files import find_files, parse_mapping
-    from sira.ingest.labels import import_label_files
+    from sira.ingest.labels import FeedbackIn, import_label_files
 
+    column_map = parse_mapping(mapping, map_file, fields=set(FeedbackIn.model_fields), what="label")
     find_files(paths)  # a missing or unsupported file fails before anything else
     who = asyncio.run(identity_for("feedback.write", api_key))
-    summary = asyncio.run(import_label_files(get_settings(), paths, mapping=parse_mapping(mapping, map_file),
+    summary = asyncio.run(import_label_files(get_settings(), paths, mapping=column_map,
                                              source=source, who=who,
                                              created_by=(who.name if who else Actor.local().name)))
     payload = summary.to_dict()

@@ -8,12 +8,13 @@ writing a stream of Arrow tables to one Parquet file atomically.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -135,11 +136,33 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:300] or type(exc).__name__
 
 
+def columns_of(files: InputFiles) -> list[tuple[Path, list[str]]]:
+    """Each Parquet or CSV file's columns, from its footer or header (no data read), so a load can check every
+    file's before it loads any; none for JSON Lines, whose records have no fixed columns (each is checked as
+    it is read)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if files.format == "json":
+        return []
+    out = []
+    for path in files.paths:
+        try:
+            schema = pq.read_schema(path) if files.format == "parquet" else \
+                pacsv.open_csv(path, convert_options=csv_options(files.text)).schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidInput(f"{path}: cannot read as {files.format}: {_reason(exc)}",
+                               details={"file": str(path)}) from None
+        out.append((path, schema.names))
+    return out
+
+
 def read_parts(files: InputFiles) -> list[dict[str, Any]]:
     """What a load reads in parallel: Parquet row groups (from the footers, so a damaged footer
-    fails here, before anything is loaded), whole CSV and JSON Lines files."""
+    fails here, before anything is loaded), whole CSV and JSON Lines files; ``first``: the number of a
+    part's first row in its file (1: the file's first row of data)."""
     if files.format != "parquet":
-        return [{"path": str(p), "row_group": -1, "rows": -1} for p in files.paths]  # rows: not known before
+        return [{"path": str(p), "row_group": -1, "rows": -1, "first": 1} for p in files.paths]  # rows: not known
     import pyarrow.parquet as pq
 
     parts = []
@@ -149,8 +172,10 @@ def read_parts(files: InputFiles) -> list[dict[str, Any]]:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InvalidInput(f"{path}: cannot read as parquet: {_reason(exc)}",
                                details={"file": str(path)}) from None
-        parts += [{"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows}
-                  for g in range(meta.num_row_groups)]
+        first = 1
+        for g in range(meta.num_row_groups):
+            parts.append({"path": str(path), "row_group": g, "rows": meta.row_group(g).num_rows, "first": first})
+            first += meta.row_group(g).num_rows
     return parts
 
 
@@ -207,11 +232,14 @@ def read_part(path: str, row_group: int, file_format: str, rows: int, start: int
 
 
 def json_lines(path: Path, rows: int) -> Iterator[pa.Table]:
-    """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text)."""
+    """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text); a UTF-8 byte order
+    mark opening the file is left out (as ``utf-8-sig`` reads it: there only)."""
     numbers: list[int] = []
     texts: list[bytes] = []
     with open(path, "rb") as handle:
         for number, text in enumerate(handle, 1):
+            if number == 1 and text.startswith(codecs.BOM_UTF8):
+                text = text[len(codecs.BOM_UTF8):]
             if text.strip():
                 numbers.append(number)
                 texts.append(text)
@@ -311,8 +339,11 @@ def read_yaml(path: Path, *, code: str = "invalid_input") -> Any:
         raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", code=code) from None
 
 
-def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[str, str]:
-    """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file."""
+def parse_mapping(spec: str | None, mapping_file: Path | None = None, *, fields: Collection[str] | None = None,
+                  what: str = "") -> dict[str, str]:
+    """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file. ``fields``: the SIRA
+    names the caller's records have (``what`` they are: event, label); another name is refused (a typo made
+    the mapping void, the column kept under its own name)."""
     mapping: dict[str, str] = {}
     if mapping_file is not None:
         data: Any = read_yaml(mapping_file) or {}
@@ -330,6 +361,10 @@ def parse_mapping(spec: str | None, mapping_file: Path | None = None) -> dict[st
     sources = list(mapping.values())
     if len(sources) != len(set(sources)):
         raise InvalidInput("--map uses a source column twice")
+    unknown = sorted(set(mapping) - set(fields)) if fields is not None else []
+    if unknown:
+        raise InvalidInput(f"--map {', '.join(unknown)}: not a SIRA {what} field (valid: {', '.join(sorted(fields or ()))})",
+                           details={"unknown": unknown, "valid": sorted(fields or ())})
     return mapping
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import numpy as np
@@ -26,7 +26,8 @@ import pyarrow as pa
 from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.files import decode_json_line, find_files, read_part, read_parts, read_sample
+from sira.core.errors import InvalidInput
+from sira.core.files import columns_of, decode_json_line, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
@@ -121,7 +122,7 @@ async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection
     summary.accepted = await count_inserted(conn, list(rows.values()))
     rejections = [r for r in results if isinstance(r, Rejection)]
     summary.duplicates = len(results) - len(rejections) - summary.accepted
-    await dead_letters(conn, rejections, source, summary)
+    summary.duplicates += await dead_letters(conn, rejections, source, summary)  # a file's rows ingested again
     return summary
 
 
@@ -322,53 +323,73 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
+# Columns the loader adds to a CSV or Parquet table it reads: each row's file and row number, which a dead letter
+# keeps as its position (a JSON Lines table has its own: file, line).
+FILE, ROW = "__sira_file", "__sira_row"
+
+
 def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int, text: tuple[str, ...]
                 ) -> Iterator[pa.Table]:
     """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
-    for path, group in zip(batch["path"].tolist(), batch["row_group"].tolist()):
-        yield from read_part(path, group, file_format, rows, text=text)
+    for path, group, first in zip(batch["path"].tolist(), batch["row_group"].tolist(), batch["first"].tolist()):
+        yield from _numbered(path, group, first, file_format, rows, text)
 
 
-def _json_records(batch: pa.Table) -> tuple[list[dict[str, Any]], list[Rejection]]:
+def _numbered(path: str, row_group: int, first: int, file_format: str, rows: int, text: tuple[str, ...]
+              ) -> Iterator[pa.Table]:
+    """:func:`read_part`'s tables of one part, whose first row is row ``first`` of its file, with :data:`FILE`
+    and :data:`ROW`."""
+    for table in read_part(path, row_group, file_format, rows, text=text):
+        if file_format != "json":
+            table = table.append_column(FILE, pa.repeat(path, table.num_rows)).append_column(
+                ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
+        first += table.num_rows
+        yield table
+
+
+def _json_records(batch: pa.Table, redactor: Redactor) -> list[dict[str, Any] | Rejection]:
     """JSON Lines decoded one line at a time: a line that is not a JSON object is a dead letter naming
     the file and line (not its text, which may hold personal data), as a CSV row that cannot be read."""
-    records: list[dict[str, Any]] = []
-    broken: list[Rejection] = []
+    out: list[dict[str, Any] | Rejection] = []
     for path, line, text in zip(*(batch.column(c).to_pylist() for c in ("file", "line", "text"))):
         value = decode_json_line(text)
-        if isinstance(value, dict):
-            records.append(value)
-        else:
-            broken.append(Rejection(None, "undecodable", f"line {line}: {value}", None,
-                                    {"file": Path(path).name, "line": line}))
-    return records, broken
+        out.append(value if isinstance(value, dict) else Rejection(
+            None, "undecodable", f"line {line}: {value}", None, redactor.payload({"file": Path(path).name, "line": line})))
+    return out
 
 
 def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, file_format: str,
                 redactor: Redactor | None = None) -> dict[str, np.ndarray]:
     """Ray Data task (or a step of an in-process load, given the caller's ``redactor``): store one batch of
-    file rows in the driver's database; returns its counts as one row."""
+    file rows in the driver's database; returns its counts as one row. A rejected row's dead letter keeps its
+    file's name and row number (``a.csv:7``; JSON Lines: the line) as its position: ingested again, it is a
+    repeat (:mod:`sira.ingest.dead_letters`)."""
     from sira.core.config import Settings
 
     redactor = redactor or redactor_for(Settings())  # a Ray worker's settings: the driver's (worker_env)
     scrubbed = redactor.scrub_text(source)
+    where = ("file", "line") if file_format == "json" else (FILE, ROW)
+    table = batch if file_format == "json" else batch.drop_columns(list(where))
     if file_format == "parquet":  # typed columns: validated and redacted as columns where plainly valid
-        results, broken = normalize_table(batch, redactor, scrubbed, mapping), []
+        results = normalize_table(table, redactor, scrubbed, mapping)
     else:
-        records, broken = _json_records(batch) if file_format == "json" else (batch.to_pylist(), [])
-        normalized = (normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
+        records = _json_records(table, redactor) if file_format == "json" else table.to_pylist()
+        normalized = (raw if isinstance(raw, Rejection) else
+                      normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
                       for raw in records)
         results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
+    bad = [i for i, r in enumerate(results) if isinstance(r, Rejection)]
+    if bad:
+        names: dict[str, str] = {}
+        for i, path, row in zip(bad, *(batch.column(c).take(pa.array(bad, pa.int64())).to_pylist() for c in where)):
+            name = names.get(path) or names.setdefault(path, redactor.scrub_text(Path(path).name))
+            results[i] = replace(cast(Rejection, results[i]), position=f"{name}:{row}")
 
     async def run() -> IngestSummary:
         conn = await db.connect(dsn)
         try:
             async with conn.transaction():
-                summary = await store_rows(conn, results, scrubbed)
-                summary.read += len(broken)  # names a file and line: redacted
-                await dead_letters(conn, [replace(j, payload=redactor.payload(j.payload)) for j in broken], scrubbed,
-                                   summary)
-            return summary
+                return await store_rows(conn, results, scrubbed)
         finally:
             await conn.close()
 
@@ -441,7 +462,13 @@ def ingest_files(
     mapping = mapping or {}
     files = replace(find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
     sample = read_sample(files)
-    check_columns(sample.column_names, mapping)
+    if files.format == "json":  # no fixed columns: the sample's
+        check_columns(sample.column_names, mapping)
+    for path, columns in columns_of(files):  # every file's, so one that cannot work fails before anything loads
+        try:
+            check_columns(columns, mapping)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
     parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
@@ -484,7 +511,8 @@ def ingest_files(
             for c in (
                 ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
                  for part in parts
-                 for t in read_part(part["path"], part["row_group"], files.format, batch_size, text=files.text))
+                 for t in _numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
+                                    files.text))
                 if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
                 .map_batches(_read_parts, batch_size=1, batch_format="numpy",

@@ -1,9 +1,12 @@
 """Dead letters: what ingestion set aside in ``sira_rejected_events``, with the reason, never dropped.
 
-A record read from a stream carries its position there (:attr:`Rejection.position`: a Redis entry id,
-Kafka's ``topic:partition:offset``). A batch is read again after a crash between its commit and its
-acknowledgement, a rebalance, or a claim by another consumer: its dead letters are then repeats, counted
-as duplicates and not stored twice (sql/024: one row per source and position).
+A record read from a stream or a file carries its position there (:attr:`Rejection.position`: a Redis entry
+id, Kafka's ``topic:partition:offset``, a file's name and row). A batch is read again after a crash between its
+commit and its acknowledgement, a rebalance, or a claim by another consumer, and a file is ingested again: its
+dead letters are then repeats, counted as duplicates and not stored twice. A repeat has the same position AND
+the same (redacted) payload (sql/025): positions come again with other records (a recreated Kafka topic or
+cluster starts at offset 0, a recreated stream can be given old ids, a file is edited), and such a record is
+a dead letter of its own.
 """
 
 from __future__ import annotations
@@ -21,17 +24,23 @@ COLUMNS = ["event_id", "source", "reason_code", "reason", "field", "payload", "c
 
 async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection], source: str, summary: Any) -> int:
     """Rejected records into ``sira_rejected_events`` (redacted already), counted by reason in ``summary``
-    (``rejected``, ``reasons``); returns the repeats left out (already stored from the same position). A
-    record of an erased person, or naming one of their payments (a malformed label of it), is counted (reason
-    ``erased_subject``), never kept: a rejected record's time cannot be trusted to tell an old one, which a
-    re-imported file brings back, from a new one."""
+    (``rejected``, ``reasons``); returns the repeats left out (already stored from the same position with the
+    same payload). A record of an erased person, or naming one of their payments (a malformed label of it), is
+    counted (reason ``erased_subject``), never kept: a rejected record's time cannot be trusted to tell an old
+    one, which a re-imported file brings back, from a new one."""
     if not rejections:
         return 0
-    positions = sorted({j.position for j in rejections if j.position is not None})
-    stored = set() if not positions else {r[0] for r in await conn.fetch(
-        "SELECT stream_position FROM sira_rejected_events WHERE source = $1 AND stream_position = ANY($2::text[])",
-        source, positions)}
-    fresh = [j for j in rejections if j.position is None or j.position not in stored]
+    placed = [j for j in rejections if j.position is not None]
+    # the repeats among them (1-based): stored before, or earlier in this batch (same position and payload)
+    repeats = set() if not placed else {r[0] for r in await conn.fetch(
+        """SELECT n FROM (SELECT *, row_number() OVER (PARTITION BY position, md5(payload::text) ORDER BY n) AS k
+                            FROM unnest($2::text[], $3::jsonb[]) WITH ORDINALITY AS r(position, payload, n)) r
+            WHERE k > 1 OR EXISTS (SELECT 1 FROM sira_rejected_events e
+                                    WHERE e.source = $1 AND e.stream_position = r.position
+                                      AND md5(e.payload::text) = md5(r.payload::text) AND e.payload = r.payload)""",
+        source, [j.position for j in placed], [j.payload for j in placed])}
+    left = {id(placed[n - 1]) for n in repeats}
+    fresh = [j for j in rejections if id(j) not in left]
     erased = await gate.erased(conn, "sira_erased_subjects", (j.customer_id for j in fresh if j.customer_id))
     # a record naming only an erased payment (a malformed label of it) is theirs too
     payments = await gate.erased(conn, "sira_erased_events", (j.event_id for j in fresh if j.event_id))

@@ -229,12 +229,25 @@ class EventIn(BaseModel):
         problem = value_problem(self.model_extra, max_string_length()) if self.model_extra else None
         if problem:
             raise problem.error()
+        infinite = _infinite(self.model_extra) if self.model_extra else None
+        if infinite is not None:  # was stored as null: the value lost without a word
+            raise PydanticCustomError("invalid_number", "{path}: must be a finite number (not infinity)",
+                                      {"path": infinite})
         if not any(getattr(self, k) for k in ENTITY_KEYS):
             raise PydanticCustomError("missing_entity_key", "needs at least one entity key ({keys})",
                                       {"keys": ", ".join(ENTITY_KEYS), "path": ""})
         if self.event_type == "payment" and self.amount is None:
             raise PydanticCustomError("missing_field", "amount is required for payment events", {"path": "amount"})
         return self
+
+
+def _infinite(value: Any, path: str = "") -> str | None:
+    """Where an infinite number is in a JSON-like value (checked by :func:`value_problem` first: not too deep).
+    NaN is a missing value (pandas writes one so), kept as null."""
+    if isinstance(value, float):
+        return path if math.isinf(value) else None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return next((p for k, v in items if (p := _infinite(v, f"{path}.{k}" if path else str(k))) is not None), None)
 
 
 @dataclass
@@ -283,7 +296,7 @@ class Rejection:
     field: str | None
     payload: dict[str, Any]
     customer_id: str | None = None  # as sira_events holds it (scrubbed): erasure and subject access find it
-    position: str | None = None  # where a stream delivered it (sira.ingest.dead_letters): stored once
+    position: str | None = None  # where a stream delivered it, or its file:row (sira.ingest.dead_letters): stored once
 
 
 def apply_mapping(record: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
@@ -357,7 +370,7 @@ def _jsonable(value: Any, max_length: int, depth: int = 0) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None if math.isnan(value) else str(value)  # a dead letter keeps an infinity as text
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         value = str(value)
     if isinstance(value, str):

@@ -60,6 +60,7 @@ class Entry:
     kind: str
     data: dict[str, Any] | None  # None: the entry could not be decoded
     error: str | None = None
+    raw: bytes | None = None  # an undecodable entry's bytes (its dead letter keeps their keyed digest)
 
 
 class EventSource(Protocol):
@@ -213,9 +214,10 @@ def decoded(entry_id: str, kind: Any, data: Any) -> Entry:
     kind = "event" if kind is None else text(kind)
     if data is None:
         return Entry(entry_id, kind, None, "undecodable entry: no data")
-    value = decode_json_line(data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogatepass"))
+    raw = data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogatepass")
+    value = decode_json_line(raw)
     if isinstance(value, str):
-        return Entry(entry_id, kind, None, f"undecodable entry: {value}")
+        return Entry(entry_id, kind, None, f"undecodable entry: {value}", raw)
     return Entry(entry_id, kind, value)
 
 
@@ -247,10 +249,12 @@ def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | 
                  field: str | None = "kind") -> Rejection:
     """An entry set aside (by default: of an unknown kind): its stream id, and its kind and data redacted as a
     rejected event's are, with the customer it is about as events name it (it can be sent again from there,
-    and an erasure finds it); an undecodable entry has no data to keep."""
+    and an erasure finds it); an undecodable entry has no data to keep, only a keyed digest of its bytes (a
+    new entry at an old position is told from a repeat)."""
     if entry.data is None:
-        return Rejection(None, "undecodable", entry.error or "undecodable entry", None, {"stream_id": entry.id},
-                         position=entry.id)
+        digest = {} if entry.raw is None else {"data_digest": redactor.token("data", entry.raw.hex())}
+        return Rejection(None, "undecodable", entry.error or "undecodable entry", None,
+                         {"stream_id": entry.id, **digest}, position=entry.id)
     return Rejection(None, code, reason, field,
                      {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))},
                      stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor), entry.id)

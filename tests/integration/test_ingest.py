@@ -56,11 +56,12 @@ async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_
                                         pa.array([f"bad-{i}" for i in range(40)]))
     bad = bad.set_column(bad.schema.get_field_index("amount"), "amount", pa.array([-1.0] * 40))
     path = tmp_path / "mixed.parquet"
-    pq.write_table(pa.concat_tables([table, bad, table.slice(0, 25)]), path)  # 25 repeated events
+    pq.write_table(pa.concat_tables([table, bad, table.slice(0, 25)]), path, row_group_size=1000)  # 25 repeated
     select = ("SELECT event_id, event_type, occurred_at, source, customer_id, account_id, card_token, merchant_id,"
               " terminal_id, device_id, ip_token, email_token, phone_token, amount, currency, country, channel,"
               " attributes FROM sira_events ORDER BY event_id",
-              "SELECT event_id, source, reason_code, reason, field, payload FROM sira_rejected_events ORDER BY event_id")
+              "SELECT event_id, source, reason_code, reason, field, payload, stream_position FROM sira_rejected_events"
+              " ORDER BY event_id")
     seen = []
     for local_below in (0, ingest.LOCAL_BELOW):  # Ray Data, then in this process
         summary = await ingest_files(settings, [path], feature_sets=[], progress=False, local_below=local_below)
@@ -69,6 +70,8 @@ async def test_a_small_file_loads_in_process_as_ray_data_loads_it(clean_db, ray_
             await conn.execute("TRUNCATE sira_events, sira_rejected_events")
     (rows, counts), (rows_here, counts_here) = seen
     assert rows == rows_here and len(rows[0]) == table.num_rows and len(rows[1]) == 40
+    assert sorted(r["stream_position"] for r in rows[1]) == sorted(f"mixed.parquet:{table.num_rows + 1 + i}"
+                                                                 for i in range(40))  # its row in the file
     timings = ("seconds", "phases")
     assert {k: v for k, v in counts.items() if k not in timings} == \
         {k: v for k, v in counts_here.items() if k not in timings}
@@ -148,6 +151,34 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
 
 
+async def test_ingesting_a_file_again_adds_no_dead_letter(clean_db, ray_session, settings, tmp_path):
+    """Re-ingesting a file changes nothing: its bad rows were dead-lettered again and counted as rejected again.
+    A file's dead letter is now idempotent like a stream's (its file's name and row number, and its payload): the
+    second load counts them as duplicates; a row changed since (another payload at that row) is a new one."""
+    at = "2026-05-01T10:00:00Z"
+    good = [{"event_id": f"f{i}", "occurred_at": at, "customer_id": "c1", "amount": 10 + i} for i in range(4)]
+    write_csv(tmp_path / "a.csv", [good[0], {**good[1], "amount": "-5"}, good[2]])
+    (tmp_path / "a.jsonl").write_text(json.dumps(good[3]) + "\n{not json\n" + json.dumps({**good[1], "amount": -7})
+                                      + "\n")
+    pq.write_table(pa.Table.from_pylist([{**good[0], "occurred_at": datetime(2026, 5, 1, tzinfo=timezone.utc),
+                                          "amount": amount, "event_id": f"p{i}"} for i, amount in enumerate((1.0, -1.0))]),
+                   tmp_path / "a.parquet")
+    for name, rows, rejected in (("a.csv", 3, 1), ("a.jsonl", 3, 2), ("a.parquet", 2, 1)):
+        first = await ingest_files(settings, [tmp_path / name], feature_sets=[], progress=False)
+        again = await ingest_files(settings, [tmp_path / name], feature_sets=[], progress=False)
+        assert (first.read, first.rejected) == (rows, rejected), (name, first)
+        assert (again.read, again.accepted, again.duplicates, again.rejected, again.reasons) == \
+            (rows, 0, rows, 0, {}), (name, again)
+    positions = await clean_db.fetch("SELECT source, stream_position, reason_code FROM sira_rejected_events ORDER BY id")
+    assert [tuple(r) for r in positions] == [
+        ("file:a.csv", "a.csv:2", "invalid_field"), ("file:a.jsonl", "a.jsonl:2", "undecodable"),
+        ("file:a.jsonl", "a.jsonl:3", "invalid_field"), ("file:a.parquet", "a.parquet:2", "invalid_field")]
+    write_csv(tmp_path / "a.csv", [good[0], {**good[1], "amount": "-6"}, good[2]])  # row 2 edited: still bad
+    edited = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert (edited.duplicates, edited.rejected) == (2, 1)
+    assert await count(clean_db, "sira_rejected_events") == 5
+
+
 async def test_unworkable_files_fail_before_loading_anything(clean_db, settings, tmp_path):
     rows = handbook_rows(5)
     write_csv(tmp_path / "no_time.csv", [{k: v for k, v in r.items() if k != "TX_DATETIME"} for r in rows])
@@ -162,6 +193,25 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     with pytest.raises(NotFound, match="file not found"):
         await ingest_files(settings, [tmp_path / "missing.parquet"], feature_sets=[PAYMENTS_V1], progress=False)
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
+
+
+async def test_a_folder_whose_later_file_lacks_a_column_fails_before_loading_anything(clean_db, settings, tmp_path):
+    """Only the first file's columns were checked: a folder whose second Parquet file has no event_id loaded the
+    first and dead-lettered every row of the second (missing_field). Every file's columns are checked now, from
+    the Parquet footers and CSV headers, and the one-line error names the file."""
+    at = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    rows = [{"event_id": f"e{i}", "occurred_at": at, "customer_id": "c1", "amount": 5.0} for i in range(3)]
+    for ext, write in ((".parquet", lambda path, r: pq.write_table(pa.Table.from_pylist(r), path)),
+                       (".csv", lambda path, r: write_csv(path, [{**x, "occurred_at": at.isoformat()} for x in r]))):
+        folder = tmp_path / ext[1:]
+        folder.mkdir()
+        write(folder / f"a{ext}", rows)
+        write(folder / f"b{ext}", [{k: v for k, v in r.items() if k != "event_id"} for r in rows])
+        with pytest.raises(InvalidInput) as caught:
+            await ingest_files(settings, [folder], feature_sets=[PAYMENTS_V1], progress=False)
+        assert caught.value.one_line() == (f"error: invalid_input: {(folder / f'b{ext}').resolve()}: required column "
+                                           "event_id is missing (map one with --map event_id=SOURCE_COLUMN)")
+        assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
 
 
 def damaged_parquet(path, n=2000, groups=4):
@@ -212,6 +262,31 @@ async def test_jsonl_rows_are_checked_one_by_one_like_csv_rows(clean_db, ray_ses
     assert sorted(r["payload"]["line"] for r in broken) == [7, 8]  # where to look, not the (unredacted) text
     assert {r["payload"]["file"] for r in broken} == {"mixed.jsonl"}
     assert await count(clean_db, "sira_events") == 5
+
+
+async def test_an_infinite_attribute_is_a_dead_letter_not_a_null(clean_db, ray_session, settings, tmp_path):
+    """An infinite attribute (CSV `inf`, JSON `1e999` through POST /v1/events or the stream) was stored as null:
+    the value lost without a word. JSON has no infinity and an attribute is read as sent, so the event is
+    refused (invalid_number, naming the field) and its dead letter keeps the value as text; NaN stays a missing
+    value (pandas writes NaN for one)."""
+    write_csv(tmp_path / "inf.csv", [{"event_id": f"i{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1",
+                                      "amount": 5, "risk": risk} for i, risk in enumerate(("0.5", "inf", "-inf"))])
+    summary = await ingest_files(settings, [tmp_path / "inf.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected, summary.reasons) == (1, 2, {"invalid_number": 2})
+    sent = [{"event_id": f"h{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": 5,
+             "device": {"score": score}} for i, score in enumerate((float("inf"), float("nan")))]
+    online = await ingest.ingest_records(clean_db, sent, redactor=ingest.redactor_for(settings), source="api",
+                                         feature_sets=[])
+    assert (online.accepted, online.rejected) == (1, 1)
+    dead = {r["event_id"]: r for r in await clean_db.fetch("SELECT * FROM sira_rejected_events")}
+    assert {k: (r["reason_code"], r["field"], r["reason"]) for k, r in dead.items()} == {
+        "i1": ("invalid_number", "risk", "risk: must be a finite number (not infinity)"),
+        "i2": ("invalid_number", "risk", "risk: must be a finite number (not infinity)"),
+        "h0": ("invalid_number", "device.score", "device.score: must be a finite number (not infinity)")}
+    assert (dead["i1"]["payload"]["risk"], dead["i2"]["payload"]["risk"], dead["h0"]["payload"]["device"]) == \
+        ("inf", "-inf", {"score": "inf"})
+    stored = {r["event_id"]: r["attributes"] for r in await clean_db.fetch("SELECT event_id, attributes FROM sira_events")}
+    assert stored == {"i0": {"risk": 0.5}, "h1": {"device": {"score": None}}}
 
 
 async def test_jsonl_integers_in_extra_fields_stay_integers(clean_db, ray_session, settings, tmp_path):

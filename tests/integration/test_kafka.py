@@ -139,6 +139,31 @@ async def test_a_consumer_that_dies_after_storing_loses_nothing_and_its_successo
     await assert_exactly_once(clean_db, 40)
 
 
+async def test_a_bad_message_at_an_offset_a_recreated_topic_used_before_is_a_dead_letter_of_its_own(
+        tmp_path, clean_db, settings):
+    """Offsets start again at 0 in a recreated topic or cluster: the dead-letter check took (source, position)
+    for unique, so the second run's bad message was counted a duplicate of the first's and kept nowhere. A dead
+    letter is a repeat only when its position and its (redacted) payload both match one stored."""
+    for run in ("kx1", "kx2"):
+        port = free_port()
+        proc = start_tansu(tmp_path / f"tansu-{run}.log", port)  # a new cluster: its memory storage is empty
+        try:
+            broker = f"127.0.0.1:{port}"
+            topics(broker, "payx", partitions=1)
+            produce(broker, "payx", [{"event_id": run, "customer_id": "c1", "occurred_at": "2026-09-01T00:00:00Z"}])
+            consumer = source(broker, "payx", "sira-test-payx")
+            await consumer.start()
+            total = await consume(consumer, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=8,
+                                  block_ms=500, max_events=1)
+            await consumer.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        assert (total.read, total.rejected, total.duplicates) == (1, 1, 0), (run, total)
+    rows = await clean_db.fetch("SELECT event_id, reason_code, stream_position FROM sira_rejected_events ORDER BY id")
+    assert [tuple(r) for r in rows] == [("kx1", "missing_field", "payx:0:0"), ("kx2", "missing_field", "payx:0:0")]
+
+
 def test_the_client_configuration_for_sasl_and_tls(tmp_path):
     password, ca, cert, key = (tmp_path / n for n in ("password", "ca.pem", "cert.pem", "key.pem"))
     password.write_text("s3cret\n")

@@ -130,6 +130,25 @@ async def test_dead_letters_of_a_redelivered_batch_are_stored_once(clean_db, red
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
+async def test_a_recreated_stream_s_bad_entries_at_old_ids_are_dead_letters_of_their_own(clean_db, redis_client,
+                                                                                           redis_url, settings):
+    """A stream deleted and recreated can be given its old ids again (a producer setting them): a dead letter is a
+    repeat only when its position and its (redacted) payload match one stored, so the new bad entries are kept,
+    an undecodable one told apart by a keyed digest of its bytes."""
+    for run, garbage in (("r1", b"{not json"), ("r2", b"\xff not json either")):
+        redis_client.delete(STREAM)
+        redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({"event_id": run, "customer_id": "c1"})}, id="1-1")
+        redis_client.xadd(STREAM, {"kind": "event", "data": garbage}, id="1-2")
+        total = await consume_all(clean_db, redis_url, settings, 2)
+        assert (total.read, total.rejected, total.duplicates) == (2, 2, 0), (run, total)
+    rows = await clean_db.fetch("SELECT event_id, reason_code, stream_position, payload FROM sira_rejected_events"
+                                " ORDER BY id")
+    assert [(r["event_id"], r["reason_code"], r["stream_position"]) for r in rows] == [
+        ("r1", "missing_field", "1-1"), (None, "undecodable", "1-2"), ("r2", "missing_field", "1-1"),
+        (None, "undecodable", "1-2")]
+    assert rows[1]["payload"]["data_digest"] != rows[3]["payload"]["data_digest"]
+
+
 async def test_another_consumer_claims_what_a_dead_one_left(clean_db, redis_client, redis_url, settings):
     publish(redis_client, stream_events(30))
     dead = RedisStreamSource(redis_url, consumer="dead", claim_idle_ms=0)

@@ -38,6 +38,12 @@ def test_help_lists_commands_with_descriptions(capsys):
          "error: invalid_input: --submission-id: 1 to 90 letters, digits"),
         (["ingest", "x.parquet", "--map", "occurred_at"], "error: invalid_input: invalid --map entry 'occurred_at'"),
         (["ingest", "x.parquet", "--map-file", "/no/map.yaml"], "error: not_found: file not found: /no/map.yaml"),
+        # a name that is no SIRA field was stored as an attribute of that name, the mapping silently void
+        (["ingest", "typo.parquet", "--map", "devce_id=DEV"], "error: invalid_input: --map devce_id: not a SIRA event "
+                                                               "field (valid: account_id, amount, card_number, "),
+        (["ingest", "x.parquet", "--map", "known_at=KNOWN"], "error: invalid_input: --map known_at: not a SIRA event"),
+        (["feedback", "import", "/no/labels.csv", "--map", "customer_id=C"], "error: invalid_input: --map "
+                                                                             "customer_id: not a SIRA label field"),
         (["feedback", "import", "/no/labels.csv"], "error: not_found: file not found: /no/labels.csv"),
         (["features", "show", "customer"], "error: usage: sira features show: Missing argument"),
         (["features", "rebuild", "--feature-set", "payments@two"], "error: invalid_input: invalid feature set"),
