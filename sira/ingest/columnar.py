@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from sira.ingest.events import (
     ENTITY_KEYS,
     EVENT_COLUMNS,
+    MAX_AMOUNT,
     MAX_EVENT_ID,
     Rejection,
     Row,
@@ -126,7 +127,7 @@ def _plain(table: pa.Table) -> np.ndarray:
         payment = pa.array(np.ones(table.num_rows, dtype=bool))
     if "amount" in table.column_names and not pa.types.is_null(table.column("amount").type):
         amount = pc.cast(table.column("amount"), pa.float64(), safe=False)  # beyond 2**53: not plain anyway
-        fine = pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, 1e15))  # NaN compares false
+        fine = pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, MAX_AMOUNT))  # NaN compares false
         ok = pc.and_(ok, pc.if_else(pc.is_null(amount), pc.invert(payment), fine))
     else:
         ok = pc.and_(ok, pc.invert(payment))

@@ -65,6 +65,10 @@ VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
 # errors whose type is SIRA's code and whose context names the place inside the field (``path``)
 MISSING_CODES = ("missing_field", "missing_entity_key")
 FIELD_CODES = (*VALUE_CODES, *MISSING_CODES)
+# The largest amount an event may carry, in its currency's unit (a trillion: some eleven million US
+# dollars in Lebanese pounds, sixty in Indonesian rupiah). Feature engine v2 holds amounts as int64 in
+# 1e-4 units (9.2e14 at most), so a window's sum has room for ~900 of them before it saturates.
+MAX_AMOUNT = 1e12
 
 
 def as_utc(value: datetime) -> datetime:
@@ -210,8 +214,8 @@ class EventIn(BaseModel):
     @field_validator("amount")
     @classmethod
     def _finite_amount(cls, value: float | None) -> float | None:
-        if value is not None and (math.isinf(value) or value < 0 or value > 1e15):
-            raise ValueError("must be a finite number between 0 and 1e15")
+        if value is not None and (math.isinf(value) or value < 0 or value > MAX_AMOUNT):
+            raise ValueError(f"must be a finite number between 0 and {MAX_AMOUNT:,.0f}")
         return value
 
     @field_validator("currency", "country")

@@ -585,3 +585,18 @@ async def test_a_state_an_online_writer_folds_into_during_a_rebuild_is_not_overw
     monkeypatch.undo()
     (_, finals), _ = offline(events, [])
     await assert_states_are(clean_db, finals)
+
+
+async def test_an_amount_the_log_holds_past_int64_units_saturates_instead_of_failing_every_refold(clean_db):
+    """Validation now refuses amounts over a trillion; a log may hold one from before (950,000,000,000,000:
+    past int64 in 1e-4 units). Read from the log it saturated nowhere: bigint out of range, in every later
+    advance. Now it folds as :func:`tiles.fixed` folds it online: saturated, and so does the window's sum."""
+    events = [{**e, "customer_id": "c0"} for e in payments(n=3)]
+    events[1]["amount"] = 950_000_000_000_000
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events)
+        await rebuild(conn, PAYMENTS_V2)
+    (_, finals), _ = offline(events, [])
+    await assert_states_are(clean_db, finals)
+    state = finals["customer"]["c0"]
+    assert ENGINE.features_at("customer", state, int(state[0, 1]))["customer_sum_amount_30d"] == (2**63 - 1) / 1e4

@@ -95,6 +95,22 @@ async def test_amounts_must_be_numbers_not_booleans_or_text(client, clean_db):
 
 
 @pytest.mark.timeout(120)
+async def test_an_amount_beyond_what_the_features_hold_rejects_its_event_alone(client, clean_db):
+    """950,000,000,000,000 passed validation and overflowed the feature engine's 1e-4 units: a 500 that
+    stored nothing. A trillion is the most an event may carry; beyond it, that event alone is refused."""
+    body = {"events": [event(1), event(2, amount=950_000_000_000_000), event(3, amount=1e12),
+                       event(4, amount=1e12 + 1)]}
+    r = await client.post("/v1/events", json=body)
+    assert r.status_code == 200, r.text[:500]
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (2, 2), data
+    rows = await rejected_rows(clean_db)
+    assert {k: (v["reason_code"], v["field"]) for k, v in rows.items()} == {
+        "b2": ("invalid_field", "amount"), "b4": ("invalid_field", "amount")}
+    assert await clean_db.fetchval("SELECT sum(amount) FROM sira_events") == 1e12 + 11
+
+
+@pytest.mark.timeout(120)
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(client, clean_db, settings):
     limit = settings.max_body_bytes
     big = json.dumps({"events": [event(i, note="z" * 4000) for i in range(limit // 4000 + 10)]}).encode()
@@ -136,6 +152,8 @@ def served(scoring_app, fraud_model):  # noqa: F811 - the imported fixture, by n
     # the README's codes: no entity key at all, a payment without its amount
     (lambda e: {k: v for k, v in e.items() if k not in ENTITY_KEYS}, "missing_entity_key", "event"),
     (lambda e: {k: v for k, v in e.items() if k != "amount"}, "missing_field", "event.amount"),
+    # beyond what the features hold (was a 500)
+    (lambda e: {**e, "amount": 950_000_000_000_000}, "invalid_request", "event.amount"),
 ])
 async def test_score_refuses_bad_values_with_a_stable_code(served, fraud_model, change, code, field):
     r = await served.post("/v1/score", json={"model": "fraud", "event": change(score_event(fraud_model, 1))})
