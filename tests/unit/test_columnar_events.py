@@ -114,6 +114,17 @@ def test_an_amount_past_what_the_features_hold_is_refused_on_both_paths():
         == ["e0", ("invalid_field", "amount"), ("invalid_field", "amount")]
 
 
+def test_a_time_ahead_of_the_clock_is_refused_on_both_paths():
+    """Up to 2200 used to pass both paths (and made a checkpoint partition for every month up to it)."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    table = pa.Table.from_pylist([{"event_id": f"e{i}", "occurred_at": at, "amount": 1.0, "customer_id": "c"}
+                                  for i, at in enumerate([now - timedelta(minutes=1), now + timedelta(hours=1),
+                                                          datetime(2200, 12, 31, tzinfo=timezone.utc)])])
+    same(table)
+    assert [(r.reason_code, r.field) if isinstance(r, Rejection) else r[0] for r in normalize_table(table, R, SOURCE)] \
+        == ["e0", ("future_time", "occurred_at"), ("future_time", "occurred_at")]
+
+
 def test_plain_rows_skip_the_per_record_model(monkeypatch):
     """The fast path is taken: plain rows never reach normalize (a suspect id still reaches the redactor)."""
     import sira.ingest.columnar as columnar
