@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,9 @@ async def run_demo(
         cfg = SimulationConfig(
             days=days, seed=seed, customers=max(50, int(DEMO_CUSTOMERS * scale)), shift_day=shift,
             fraud_rate=DEMO_FRAUD_RATE, label_delay_days=min(DEMO_LABEL_DELAY_DAYS, days / 4),
+            # the simulator's first day, or earlier when a long demo would run past today (events ahead of the
+            # clock are refused)
+            start=min(SimulationConfig.start, datetime.now(timezone.utc).date() - timedelta(days=days)),
         )
         result = simulate(cfg, out_dir)
         report.simulation = {

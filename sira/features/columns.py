@@ -19,6 +19,7 @@ from pyarrow import csv
 
 from sira.core import db
 from sira.features.engine import Engine, EventColumns, Labels
+from sira.features.tiles import SUM_CAP
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -57,7 +58,9 @@ async def read_events(conn: Connection, engine: Engine, start: datetime, end: da
     names = list(dict.fromkeys([*engine.columns, *also]))
     selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
     where, args = _key_filter(keys, 3)
-    query = (f"SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts, (e.amount * 10000)::int8 AS amount,"
+    # amounts saturate at int64 as tiles.fixed does (the log may hold one from before MAX_AMOUNT bounded them)
+    query = (f"SELECT e.event_id, {US_SQL.format('e.occurred_at')} AS ts,"
+             f" least(e.amount * 10000, {int(SUM_CAP)})::int8 AS amount,"
              f" {selected} FROM sira_events e WHERE e.occurred_at >= $1 AND e.occurred_at < $2{where}")
     table = await copy_table(conn, query, [start, end, *args],
                         {"event_id": pa.string(), "ts": pa.int64(), "amount": pa.int64(),

@@ -10,6 +10,10 @@ state is unpacked except a starting checkpoint, none is copied.
 
 A checkpoint as of midnight ``D`` holds every event before ``D`` and every label known before ``D``: at a
 day's end the labels known before the next midnight are applied, as the next event would have applied them.
+
+The replay folds with :func:`sira.features.tiles._step` itself. numba's disk cache keys a kernel on its own
+file only: a change to the kernels it calls in ``tiles.py`` (window sums saturating, not wrapping) must
+change this file too, or a cached replay keeps folding the old way.
 """
 
 from __future__ import annotations

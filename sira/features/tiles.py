@@ -8,7 +8,10 @@ offline); its semantics are pinned by property tests against independent impleme
 Semantics (``../shared/FEATURE-ENGINE.md``; they differ from feature set v1's exact windows, so they belong
 to a new feature-set version):
 - amounts are int64 fixed point in 1e-4 units (``numeric(20,4)`` exactly): counts, sums and maxima are
-  exact integers whatever the order of additions; a mean is one float division;
+  exact integers whatever the order of additions; a mean is one float division. A sum (or an amount) past
+  int64 stops at :data:`SUM_CAP` instead of wrapping: amounts are never negative, so a saturated sum is
+  ``min(exact sum, SUM_CAP)`` whatever the order and grouping of its additions (validation bounds an amount
+  at ``sira.ingest.events.MAX_AMOUNT``, ~900 of which fit under the cap);
 - a window W evaluated for an event at time t covers the events with
   ``ts >= floor((t - W) / hop) * hop`` up to and including the event itself: an exact head and a hopping
   tail, hop 5 minutes for windows under 12 hours, 1 hour under 12 days, 1 day above (Chronon's sizes);
@@ -52,6 +55,7 @@ US = 1_000_000
 DAY_US = 86_400 * US
 HOPS_US = (300 * US, 3_600 * US, DAY_US)
 SCALE = 10_000  # amounts in 1e-4 units
+SUM_CAP = np.int64(2**63 - 1)  # where an amount or a sum of amounts in 1e-4 units saturates
 FORMAT = 3  # the first number of a state's bytes (1: the first prototype's dense rows; 2: no daily risk ring)
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
@@ -187,9 +191,12 @@ def fixed(amount: float | None) -> int:
     if amount is None or amount != amount:
         return int(MISSING)
     scaled = abs(amount) * SCALE
-    units = int(scaled + 0.5)
-    if abs(scaled - math.floor(scaled) - 0.5) <= scaled * 1e-15 + 1e-12:  # within the product's rounding error
-        units = int(Decimal(abs(amount)).scaleb(4).quantize(_UNIT, rounding=ROUND_HALF_UP))
+    if scaled >= SUM_CAP:  # saturated as sums are (and as sira.features.columns reads the log)
+        units = int(SUM_CAP)
+    else:
+        units = int(scaled + 0.5)
+        if abs(scaled - math.floor(scaled) - 0.5) <= scaled * 1e-15 + 1e-12:  # within the product's rounding error
+            units = int(Decimal(abs(amount)).scaleb(4).quantize(_UNIT, rounding=ROUND_HALF_UP))
     return units if amount >= 0 else -units
 
 
@@ -213,6 +220,14 @@ def _start(t, window):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def _add(total, amount):  # pragma: no cover - compiled
+    """``total + amount``, at most :data:`SUM_CAP` (never wrapped past it)."""
+    if amount > 0 and total > SUM_CAP - amount:
+        return SUM_CAP
+    return total + amount
+
+
+@njit(cache=True)
 def _fold_rings(state, rings, ts, amount):  # pragma: no cover - compiled
     for level in range(rings.shape[0]):
         hop, first, size = rings[level, 0], rings[level, 1], rings[level, 2]
@@ -226,7 +241,7 @@ def _fold_rings(state, rings, ts, amount):  # pragma: no cover - compiled
             state[row, MAX] = MISSING
         state[row, COUNT] += 1
         if amount != MISSING:
-            state[row, SUM] += amount
+            state[row, SUM] = _add(state[row, SUM], amount)
             state[row, PRESENT] += 1
             if amount > state[row, MAX]:
                 state[row, MAX] = amount
@@ -239,7 +254,7 @@ def _buckets(state, first, size, lo, hi, agg, w):  # pragma: no cover - compiled
         row = first + bucket % size
         if state[row, BID] == bucket:
             agg[w, 0] += state[row, COUNT]
-            agg[w, 1] += state[row, SUM]
+            agg[w, 1] = _add(agg[w, 1], state[row, SUM])
             agg[w, 2] += state[row, PRESENT]
             if state[row, MAX] > agg[w, 3]:
                 agg[w, 3] = state[row, MAX]

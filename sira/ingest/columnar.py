@@ -33,6 +33,9 @@ import pyarrow.compute as pc
 from sira.ingest.events import (
     ENTITY_KEYS,
     EVENT_COLUMNS,
+    FIRST_YEAR,
+    MAX_AMOUNT,
+    MAX_CLOCK_SKEW,
     MAX_EVENT_ID,
     Rejection,
     Row,
@@ -58,7 +61,7 @@ MAYBE_PII = r"@|:|\+[0-9]|[0-9]\.[0-9]|(?:[0-9][ -]?){12}[0-9]"
 FREE_TEXT = r"[A-Za-z]{2}\.? +[A-Za-z]"
 SHAPES = {"currency": r"^[A-Za-z]{3}$", "country": r"^[A-Za-z]{2}$", "event_type": r"^(?:payment|usage)$"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_FIRST, _LAST = datetime(1990, 1, 1, tzinfo=timezone.utc), datetime(2201, 1, 1, tzinfo=timezone.utc)
+_FIRST = datetime(FIRST_YEAR, 1, 1, tzinfo=timezone.utc)
 
 
 def normalize_table(table: pa.Table, redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None
@@ -114,8 +117,9 @@ def _plain(table: pa.Table) -> np.ndarray:
                 good = pc.and_(good, pc.match_substring_regex(column, SHAPES[name]))
             ok = pc.and_(ok, pc.or_kleene(pc.is_null(column), good))  # null or anything: true
     at = pc.cast(table.column("occurred_at"), pa.timestamp("us", tz="UTC"))
+    last = datetime.now(timezone.utc) + MAX_CLOCK_SKEW  # the event model's bound now (a row past it: the model's)
     ok = pc.and_(ok, pc.and_(pc.greater_equal(at, pa.scalar(_FIRST, pa.timestamp("us", tz="UTC"))),
-                             pc.less(at, pa.scalar(_LAST, pa.timestamp("us", tz="UTC")))))
+                             pc.less_equal(at, pa.scalar(last, pa.timestamp("us", tz="UTC")))))
     if "event_type" in table.column_names:  # sent as null, it is no event type (only an absent column is)
         kinds = table.column("event_type")
         if pa.types.is_null(kinds.type):
@@ -126,7 +130,7 @@ def _plain(table: pa.Table) -> np.ndarray:
         payment = pa.array(np.ones(table.num_rows, dtype=bool))
     if "amount" in table.column_names and not pa.types.is_null(table.column("amount").type):
         amount = pc.cast(table.column("amount"), pa.float64(), safe=False)  # beyond 2**53: not plain anyway
-        fine = pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, 1e15))  # NaN compares false
+        fine = pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, MAX_AMOUNT))  # NaN compares false
         ok = pc.and_(ok, pc.if_else(pc.is_null(amount), pc.invert(payment), fine))
     else:
         ok = pc.and_(ok, pc.invert(payment))

@@ -18,7 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -64,7 +64,16 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the JSON encoder's and PostgreSQL 
 VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
 # errors whose type is SIRA's code and whose context names the place inside the field (``path``)
 MISSING_CODES = ("missing_field", "missing_entity_key")
-FIELD_CODES = (*VALUE_CODES, *MISSING_CODES)
+FUTURE_TIME = "future_time"  # a time more than MAX_CLOCK_SKEW ahead of the clock
+FIELD_CODES = (*VALUE_CODES, *MISSING_CODES, FUTURE_TIME)
+# The largest amount an event may carry, in its currency's unit (a trillion: some eleven million US
+# dollars in Lebanese pounds, sixty in Indonesian rupiah). Feature engine v2 holds amounts as int64 in
+# 1e-4 units (9.2e14 at most), so a window's sum has room for ~900 of them before it saturates.
+MAX_AMOUNT = 1e12
+FIRST_YEAR = 1990  # the earliest year of an event's time
+# How far ahead of this machine's clock an event's time may be (clocks drift); further, it is refused as
+# FUTURE_TIME: an event cannot have happened yet.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -77,6 +86,17 @@ def as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]  # a request's time: in UTC, or a 422
+
+
+def not_ahead_of_the_clock(value: datetime) -> datetime:
+    """A time (UTC) no more than :data:`MAX_CLOCK_SKEW` ahead of now, or a :data:`FUTURE_TIME` error: a time
+    that has not come yet is a sender's bug (a local time sent without its offset, a sentinel such as
+    9999-12-31), and, folded, it would leave every later event of its entities behind it."""
+    if value > datetime.now(timezone.utc) + MAX_CLOCK_SKEW:
+        raise PydanticCustomError(FUTURE_TIME, "{problem}", {"path": "", "problem": (
+            f"more than {MAX_CLOCK_SKEW.total_seconds() / 60:g} minutes ahead of the clock: it has not happened yet "
+            "(a time without an offset is UTC)")})
+    return value
 
 
 def max_string_length() -> int:
@@ -203,15 +223,15 @@ class EventIn(BaseModel):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         value = as_utc(value)
-        if not 1990 <= value.year <= 2200:
-            raise ValueError("must be between 1990 and 2200")
-        return value
+        if value.year < FIRST_YEAR:
+            raise ValueError(f"must be in {FIRST_YEAR} or later")
+        return not_ahead_of_the_clock(value)
 
     @field_validator("amount")
     @classmethod
     def _finite_amount(cls, value: float | None) -> float | None:
-        if value is not None and (math.isinf(value) or value < 0 or value > 1e15):
-            raise ValueError("must be a finite number between 0 and 1e15")
+        if value is not None and (math.isinf(value) or value < 0 or value > MAX_AMOUNT):
+            raise ValueError(f"must be a finite number between 0 and {MAX_AMOUNT:,.0f}")
         return value
 
     @field_validator("currency", "country")

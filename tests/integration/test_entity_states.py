@@ -585,3 +585,42 @@ async def test_a_state_an_online_writer_folds_into_during_a_rebuild_is_not_overw
     monkeypatch.undo()
     (_, finals), _ = offline(events, [])
     await assert_states_are(clean_db, finals)
+
+
+async def test_a_sparse_history_gets_checkpoint_partitions_only_for_the_months_it_has(clean_db):
+    """Events in 1990 and now: a rebuild made a partition for every month in between in one transaction (~440,
+    ten locks each; up to 2200, out of shared memory, and every later ingest failed the same way). Only the
+    months that get checkpoints get a partition now, and the checkpoints read back as the log folds."""
+    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    events = [{**e, "occurred_at": at, "customer_id": "c0"}
+              for e, at in zip(payments(n=3), (datetime(1990, 1, 15, tzinfo=timezone.utc), now - timedelta(days=1),
+                                               now))]
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events)
+        result = await rebuild(conn, PAYMENTS_V2)
+    months = [r["month"] for r in await clean_db.fetch(
+        """SELECT substring(c.relname FROM '_p(\\d{4}_\\d{2})$') AS month FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'sira_state_checkpoints'::regclass""")]
+    assert "1990_01" in months and not [m for m in months if m and "1990_02" <= m <= "2024_12"]
+    as_of = {r["as_of"] for r in await clean_db.fetch("SELECT as_of FROM sira_state_checkpoints")}
+    assert datetime(1990, 1, 16, tzinfo=timezone.utc) in as_of and len(as_of) == 3 == len(
+        {day_of(e["occurred_at"]) for e in events})
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_state_checkpoints") == result.checkpoints
+    assert await clean_db.fetchval("SELECT count(*) FROM ONLY sira_state_checkpoints_default") == 0
+    (_, finals), _ = offline(events, [])
+    await assert_states_are(clean_db, finals)
+
+
+async def test_an_amount_the_log_holds_past_int64_units_saturates_instead_of_failing_every_refold(clean_db):
+    """Validation now refuses amounts over a trillion; a log may hold one from before (950,000,000,000,000:
+    past int64 in 1e-4 units). Read from the log it saturated nowhere: bigint out of range, in every later
+    advance. Now it folds as :func:`tiles.fixed` folds it online: saturated, and so does the window's sum."""
+    events = [{**e, "customer_id": "c0"} for e in payments(n=3)]
+    events[1]["amount"] = 950_000_000_000_000
+    async with db.transaction(clean_db) as conn:
+        await store(conn, events)
+        await rebuild(conn, PAYMENTS_V2)
+    (_, finals), _ = offline(events, [])
+    await assert_states_are(clean_db, finals)
+    state = finals["customer"]["c0"]
+    assert ENGINE.features_at("customer", state, int(state[0, 1]))["customer_sum_amount_30d"] == (2**63 - 1) / 1e4

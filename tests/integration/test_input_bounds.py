@@ -8,7 +8,7 @@ import asyncio
 import csv
 import json
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -95,6 +95,40 @@ async def test_amounts_must_be_numbers_not_booleans_or_text(client, clean_db):
 
 
 @pytest.mark.timeout(120)
+async def test_an_amount_beyond_what_the_features_hold_rejects_its_event_alone(client, clean_db):
+    """950,000,000,000,000 passed validation and overflowed the feature engine's 1e-4 units: a 500 that
+    stored nothing. A trillion is the most an event may carry; beyond it, that event alone is refused."""
+    body = {"events": [event(1), event(2, amount=950_000_000_000_000), event(3, amount=1e12),
+                       event(4, amount=1e12 + 1)]}
+    r = await client.post("/v1/events", json=body)
+    assert r.status_code == 200, r.text[:500]
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (2, 2), data
+    rows = await rejected_rows(clean_db)
+    assert {k: (v["reason_code"], v["field"]) for k, v in rows.items()} == {
+        "b2": ("invalid_field", "amount"), "b4": ("invalid_field", "amount")}
+    assert await clean_db.fetchval("SELECT sum(amount) FROM sira_events") == 1e12 + 11
+
+
+@pytest.mark.timeout(120)
+async def test_an_event_ahead_of_the_clock_is_dead_lettered(client, clean_db):
+    """An event cannot have happened yet: ahead of the clock by more than its skew tolerance it is refused
+    (future_time), as far ahead as the old bound (2200) allowed or an hour; a minute ahead is clock skew."""
+    now = datetime.now(timezone.utc)
+    body = {"events": [event(1), event(2, occurred_at=(now + timedelta(hours=1)).isoformat()),
+                       event(3, occurred_at="2200-12-31T23:59:59Z"),
+                       event(4, occurred_at=(now + timedelta(minutes=1)).isoformat())]}
+    r = await client.post("/v1/events", json=body)
+    assert r.status_code == 200, r.text[:500]
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (2, 2), data
+    rows = await rejected_rows(clean_db)
+    assert {k: (v["reason_code"], v["field"]) for k, v in rows.items()} == {
+        "b2": ("future_time", "occurred_at"), "b3": ("future_time", "occurred_at")}
+    assert rows["b3"]["payload"]["occurred_at"] == "2200-12-31T23:59:59Z"  # kept as sent, to send again
+
+
+@pytest.mark.timeout(120)
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(client, clean_db, settings):
     limit = settings.max_body_bytes
     big = json.dumps({"events": [event(i, note="z" * 4000) for i in range(limit // 4000 + 10)]}).encode()
@@ -136,6 +170,9 @@ def served(scoring_app, fraud_model):  # noqa: F811 - the imported fixture, by n
     # the README's codes: no entity key at all, a payment without its amount
     (lambda e: {k: v for k, v in e.items() if k not in ENTITY_KEYS}, "missing_entity_key", "event"),
     (lambda e: {k: v for k, v in e.items() if k != "amount"}, "missing_field", "event.amount"),
+    # beyond what the features hold (was a 500), and a time ahead of the clock
+    (lambda e: {**e, "amount": 950_000_000_000_000}, "invalid_request", "event.amount"),
+    (lambda e: {**e, "occurred_at": "2200-12-31T23:59:59Z"}, "future_time", "event.occurred_at"),
 ])
 async def test_score_refuses_bad_values_with_a_stable_code(served, fraud_model, change, code, field):
     r = await served.post("/v1/score", json={"model": "fraud", "event": change(score_event(fraud_model, 1))})
@@ -188,3 +225,47 @@ async def test_file_ingest_dead_letters_an_over_long_field_and_loads_the_rest(cl
     rows = await rejected_rows(clean_db)
     assert rows["4"]["field"] == "DESCRIPTION" and rows["4"]["size"] < 10_000
     assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 19
+
+
+@pytest.mark.timeout(300)
+async def test_file_ingest_of_edge_times_and_amounts_loads_the_rest_and_leaves_later_ingests_working(
+        clean_db, ray_session, settings, tmp_path):
+    """A file from 1990 to 2200 failed after storing its events (out of shared memory: a partition per month
+    in between), and so did every later ingest; an amount past the engine's units did the same (bigint out of
+    range). Now: the future and the huge amount are dead letters, 1990 and now fold (their months alone get
+    partitions), and the next ingest works."""
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.engine import engine_of
+    from sira.features.states import read_states
+    from sira.ingest import bulk as ingest
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0) - timedelta(minutes=1)
+
+    def write(name, rows):
+        path = tmp_path / name
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["event_id", "occurred_at", "customer_id", "amount"])
+            writer.writeheader()
+            writer.writerows({"event_id": i, "occurred_at": at, "customer_id": "c1", "amount": amount}
+                             for i, at, amount in rows)
+        return path
+
+    def load(path):
+        return ingest.ingest_files(settings, [path], feature_sets=[PAYMENTS_V2], progress=False)
+
+    first = write("edges.csv", [("old", "1990-01-01 00:00:00", "10"), ("now", now.isoformat(), "20"),
+                                ("far", "2200-12-31 23:59:59", "30"), ("huge", now.isoformat(), "950000000000000")])
+    summary = await asyncio.to_thread(load, first)
+    assert (summary.accepted, dict(summary.reasons)) == (2, {"future_time": 1, "invalid_field": 1})
+    between = await clean_db.fetchval(
+        """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = 'sira_state_checkpoints'::regclass AND c.relname BETWEEN
+                  'sira_state_checkpoints_p1990_03' AND 'sira_state_checkpoints_p2024_12'""")
+    assert between == 0
+    later = write("later.csv", [("next", (now + timedelta(seconds=30)).isoformat(), "5")])
+    assert (await asyncio.to_thread(load, later)).accepted == 1
+    async with clean_db.acquire() as conn:
+        stored = (await read_states(conn, PAYMENTS_V2, "customer", ["c1"]))["c1"]
+    engine = engine_of(PAYMENTS_V2)
+    state = engine.decode("customer", stored)
+    assert engine.features_at("customer", state, int(state[0, 1]))["customer_sum_amount_30d"] == 25.0  # now's two

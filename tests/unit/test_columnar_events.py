@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sira.ingest.columnar import FREE_TEXT, MAYBE_PII, normalize_table
-from sira.ingest.events import EVENT_COLUMNS, Rejection, normalize
+from sira.ingest.events import EVENT_COLUMNS, MAX_AMOUNT, Rejection, normalize
 from sira.ingest.pii import Redactor
 
 R = Redactor(b"columnar-test-key")
@@ -25,7 +25,7 @@ text = st.one_of(st.none(), st.sampled_from(PIECES),
                  st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map("".join),
                  st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=12))
 amounts = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([0.0, -0.0, 12.5, 1e15, 1e15 + 1, -1.0]))
+                    st.sampled_from([0.0, -0.0, 12.5, MAX_AMOUNT, math.nextafter(MAX_AMOUNT, math.inf), 1e15, -1.0]))
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 times = st.one_of(st.none(), st.integers(-40 * 365, 200 * 365).map(lambda d: T0 + timedelta(days=d, seconds=7)))
 
@@ -33,7 +33,7 @@ times = st.one_of(st.none(), st.integers(-40 * 365, 200 * 365).map(lambda d: T0 
 ids = st.text(alphabet="abcXYZ019-_. @:+", min_size=1, max_size=10)  # shapes the redactor looks at, too
 VALID = {
     "event_id": ids, "occurred_at": st.integers(0, 5_000_000).map(lambda s: T0 + timedelta(seconds=s)),
-    "amount": st.one_of(st.none(), st.floats(0, 1e15), st.sampled_from([0.0, -0.0, 12.5, 1e15])),
+    "amount": st.one_of(st.none(), st.floats(0, MAX_AMOUNT), st.sampled_from([0.0, -0.0, 12.5, MAX_AMOUNT])),
     "customer_id": st.one_of(st.none(), ids), "card_number": st.sampled_from(
         [None, "4111111111111111", "5500 0000 0000 0004", "tok_pan_0123456789abcdef01234567", "12"]),
     "card_token": st.sampled_from([None, None, "ct-1", "4111 1111 1111 1111", "Jean Dupont", "tok_pan_0123456789abcdef01234567"]),
@@ -102,6 +102,27 @@ def test_a_mapping_extra_columns_and_other_types_are_read_as_the_normalizer_read
                                 "terminal_id": None}]))  # no entity key
     same(pa.Table.from_pylist([{"event_id": "e1", "occurred_at": at, "event_type": None, "amount": 1.0,
                                 "customer_id": "c"}]))  # null event type column
+
+
+def test_an_amount_past_what_the_features_hold_is_refused_on_both_paths():
+    """Up to 1e15 used to pass both paths, and overflowed the feature engine's 1e-4 units."""
+    at = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    table = pa.Table.from_pylist([{"event_id": f"e{i}", "occurred_at": at, "amount": amount, "customer_id": "c"}
+                                  for i, amount in enumerate([MAX_AMOUNT, 950_000_000_000_000.0, 1e15])])
+    same(table)
+    assert [(r.reason_code, r.field) if isinstance(r, Rejection) else r[0] for r in normalize_table(table, R, SOURCE)] \
+        == ["e0", ("invalid_field", "amount"), ("invalid_field", "amount")]
+
+
+def test_a_time_ahead_of_the_clock_is_refused_on_both_paths():
+    """Up to 2200 used to pass both paths (and made a checkpoint partition for every month up to it)."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    table = pa.Table.from_pylist([{"event_id": f"e{i}", "occurred_at": at, "amount": 1.0, "customer_id": "c"}
+                                  for i, at in enumerate([now - timedelta(minutes=1), now + timedelta(hours=1),
+                                                          datetime(2200, 12, 31, tzinfo=timezone.utc)])])
+    same(table)
+    assert [(r.reason_code, r.field) if isinstance(r, Rejection) else r[0] for r in normalize_table(table, R, SOURCE)] \
+        == ["e0", ("future_time", "occurred_at"), ("future_time", "occurred_at")]
 
 
 def test_plain_rows_skip_the_per_record_model(monkeypatch):

@@ -87,6 +87,38 @@ def test_the_fold_equals_the_brute_force_windows_after_every_event(spec_index, s
                 expected_features(spec, reference(spec, seen, ts))
 
 
+SUM_CAP = 2**63 - 1  # int64's largest: a window's sum in 1e-4 units stops there
+huge = st.one_of(st.none(), st.sampled_from([0.0, 12.5, 1e12, 3e14, 5e14, 9e14]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec_index=st.integers(0, len(SPECS) - 1), stream=st.lists(st.tuples(gaps, huge), min_size=1, max_size=40))
+@example(spec_index=0, stream=[(0, 5e14), (1, 5e14)])  # the review's customer: a 1h sum of -8.4e14 (wrapped)
+def test_window_sums_saturate_at_the_int64_maximum_and_never_wrap(spec_index, stream):
+    """Amounts are never negative, so a sum that stops at the cap is min(true sum, cap) whatever the order and
+    grouping of its additions (an hourly window's full days are read from the day ring): every fold, online or
+    offline, gives the same saturated sum."""
+    spec = SPECS[spec_index]
+    layout = tiles.Layout.of(spec)
+    state = layout.empty()
+    ts, seen = T0, []
+    for gap, amount in stream:
+        ts += gap * tiles.US
+        units = tiles.fixed(amount)
+        status, vector = tiles.step(layout, state, ts, units)
+        assert status == tiles.OK
+        seen.append((ts, units))
+        # past 2**53 the kernel's divisions take the int64s as floats first (Python's int / int is exact)
+        capped = [(n, float(min(total, SUM_CAP)), present, peak if peak == tiles.MISSING else float(peak))
+                  for n, total, present, peak in reference(spec, seen, ts)]
+        assert window_values(spec, tiles.named(layout, vector)) == expected_features(spec, capped)
+        assert all(v >= 0 for v in part(layout, vector, tiles.OP_SUM) + part(layout, vector, tiles.OP_MEAN) if v)
+
+
+def test_an_amount_beyond_int64_units_saturates_too():
+    assert tiles.fixed(1e12) == 10**16 and tiles.fixed(1e15) == SUM_CAP and tiles.fixed(1e300) == SUM_CAP
+
+
 def test_features_come_from_the_integers_in_one_division():
     spec = PAYMENTS_V1.entity("customer")
     layout = tiles.Layout.of(spec)
