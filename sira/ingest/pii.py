@@ -118,7 +118,8 @@ _EMBEDDED_TOKEN = re.compile(r"(?<![A-Za-z0-9])(tok_[a-z]{1,16}_[0-9a-f]{24})(?!
 # Two alphabetic words in a row: prose, which may name a person or an address. (A word of two
 # letters or more, then an optional dot, spaces and a letter; only the last two letters of the first
 # word are matched, so a long run of letters is not rescanned from each of its letters.)
-_FREE_TEXT = re.compile(r"[^\W\d_]{2}\.?\s+[^\W\d_]")
+FREE_TEXT = r"[^\W\d_]{2}\.?\s+[^\W\d_]"
+_FREE_TEXT = re.compile(FREE_TEXT)
 _DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")  # 4111 1111.., 4111-1111.., 4111.1111.., ...
 _DIGITS = re.compile(r"\d+")
 # Emails are what [A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,} finds (see _emails). The domain part alone is
@@ -129,7 +130,10 @@ _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")  # ends a sentence: "from 1.2.3.4."
 # Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
 # (separators between them allowed) holds none of the above.
-_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
+MAYBE_PII = r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d"
+_MAYBE_PII = re.compile(MAYBE_PII)
+# MAYBE_PII and FREE_TEXT are also run by Arrow (RE2) on printable ASCII in sira.ingest.columnar, where both
+# engines read them alike (\d is [0-9], \s a space, [^\W\d_] a letter): keep them in the syntax both share.
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
