@@ -239,12 +239,7 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub_value(value)
         if isinstance(value, Mapping):
-            out = {}
-            for k, v in value.items():
-                keep, redacted = self.field(str(k), v)
-                if keep:
-                    out[self.scrub_text(str(k))] = redacted
-            return out
+            return self._fields(value, {})
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer():
@@ -292,10 +287,21 @@ class Redactor:
                 table = table.set_column(table.column_names.index(name), name, values)
         return table, dropped
 
-    def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    def _fields(self, value: Mapping[Any, Any], names: Mapping[str, str]) -> dict[str, Any]:
+        """An object's fields, each redacted as the field ``names`` maps its name to (else its own name)."""
+        out = {}
+        for k, v in value.items():
+            keep, redacted = self.field(names.get(str(k), str(k)), v)
+            if keep:
+                out[self.scrub_text(str(k))] = redacted
+        return out
+
+    def payload(self, record: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A whole raw record made safe to store (used for dead letters and logs): redacted, NUL
-        characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels."""
-        return self.scrub(_storable(dict(record)))
+        characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels.
+        ``mapping`` (SIRA's field name -> source column, as ``--map`` gives it): a mapped column is redacted
+        as the field it is mapped to, and keeps its source name (the record can be sent again as it was)."""
+        return self._fields(_storable(dict(record)), {source: name for name, source in (mapping or {}).items()})
 
 
 

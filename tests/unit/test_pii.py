@@ -235,3 +235,14 @@ def test_personal_fields_are_known_by_their_name_however_a_sender_spells_it():
     assert all(is_token(kept[k]) for k in ("deviceId", "mobileNumber", "contactEmail", "clientIpAddress"))
     assert kept["merchant_name"] == "Cafe" and kept["pinpad_id"] == "p1" and kept["channel"] == "pos"
     assert kept["deviceId"] == R.scrub({"device_id": "abc-123"})["device_id"]  # one device, one token
+
+
+def test_a_payload_redacts_mapped_columns_as_the_fields_they_are_mapped_to():
+    """Dead letters are kept under the source's column names; those names told the policy nothing (DEV, TELNO
+    kept as sent) or the wrong thing (a column "name" mapped to customer_id was dropped: the record lost its
+    customer)."""
+    raw = {"ID": "e1", "DEV": "dev-SECRET99", "TELNO": "0687654321", "name": "c1", "note": "n"}
+    kept = R.payload(raw, {"event_id": "ID", "device_id": "DEV", "phone": "TELNO", "customer_id": "name"})
+    assert kept == {"ID": "e1", "DEV": R.field("device_id", "dev-SECRET99")[1],
+                    "TELNO": R.field("phone", "0687654321")[1], "name": "c1", "note": "n"}
+    assert R.payload({"DEV": "x"}) == {"DEV": "x"}  # unmapped: by its own name, as before
