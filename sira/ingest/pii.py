@@ -78,19 +78,28 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
     "cid": ("drop", ""),
     "card_pin": ("drop", ""),
     "pin_code": ("drop", ""),
+    "bank_account": ("drop", ""),
 }
 
 # Field names as senders spell them (firstName, Date-Of-Birth, CVV2, billingAddress) are read as snake_case
-# words; a name matching no policy entry is matched by the words it contains.
+# words; a name matching no policy entry is matched by the words it contains (a short or common word, such as
+# name, tin or account, only where it is a word of its own, so merchant_name, distinct_terminals or account_id
+# are not taken for a person's name, a tax id or an account number).
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
-_CONTAINS: tuple[tuple[tuple[str, ...], tuple[Action, str]], ...] = (
-    (("email",), ("tokenize", "email")),
-    (("phone", "mobile", "msisdn"), ("tokenize", "phone")),
-    (("birth", "passport", "ssn", "national_id", "iban", "password", "expiry", "expiration", "address",
-      "street", "postal", "postcode", "zipcode", "zip_code", "first_name", "last_name", "full_name", "given_name",
-      "family_name", "surname", "holder_name", "maiden_name", "customer_name", "payer_name", "payee_name",
-      "account_name", "beneficiary_name", "sender_name", "recipient_name", "receiver_name", "user_name",
-      "username", "contact_name", "owner_name", "person_name", "client_name"), ("drop", "")),
+_PERSON = ("first|last|full|given|family|middle|maiden|fore|sur|nick|user|holder|customer|payer|payee|account|"
+           "beneficiary|sender|recipient|receiver|contact|owner|person|client|card|billing|shipping|buyer|shopper|"
+           "consumer|member")
+_CONTAINS: tuple[tuple[re.Pattern[str], tuple[Action, str]], ...] = (
+    (re.compile("email"), ("tokenize", "email")),
+    (re.compile("phone|mobile|msisdn"), ("tokenize", "phone")),
+    (re.compile("|".join((
+        r"cvv|cvc|security_?code|(?:^|_)card_?code$",  # card codes: cvv2, card_cvv, cardCvc, securityCode
+        r"birth|passport|ssn|national_?id|iban|password|expiry|expiration|address|street|postal|postcode|"
+        r"zip_?code",
+        rf"(?:{_PERSON})_?name|^name_on(?:_|$)|(?:^|_)(?:card|account)_?holder$",  # firstname, payerName, nameOnCard
+        r"(?:^|_)(?:tax(?:payer)?_?(?:id|identification|identifier|number|num|no|nr)|tin)(?:_|$)",  # taxId, TIN
+        r"(?:^|_)acc(?:oun)?t_?(?:number|num|no|nr)(?:_|$)",  # account_number, acctNo
+    ))), ("drop", "")),
 )
 
 
@@ -104,10 +113,8 @@ def field_policy(name: str) -> tuple[Action, str] | None:
     if key.endswith(("ip_address", "ip_addr")):
         return FIELD_POLICY["ip_address"]
     for words, policy in _CONTAINS:
-        if any(w in key for w in words):
+        if words.search(key):
             return policy
-    if key.startswith(("cvv", "cvc")):  # cvv2, cvc_code
-        return FIELD_POLICY["cvv"]
     return None
 
 

@@ -29,7 +29,9 @@ EMAILS = ["jane.doe@example.com", "bob+fraud@example.org"]
 PHONES = ["+221771234567", "+33 6 12 34 56 78"]
 IPS = ["198.51.100.23", "2001:db8::1"]
 NAMES = ["Jane Q. Cardholder"]
-SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, *PHONES, *IPS, *NAMES]
+# one-word values no pattern finds, known only by their field's name (the CVV's key must not be stored either)
+BY_NAME = {"card_cvv": "7391", "nameOnCard": "Zebediah", "taxId": "123-45-6789", "account_number": "00012345678"}
+SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, *PHONES, *IPS, *NAMES, *list(BY_NAME.values())[1:], "card_cvv"]
 
 
 def pii_events(prefix):
@@ -43,6 +45,7 @@ def pii_events(prefix):
             "email": EMAILS[i % 2], "phone": PHONES[i % 2], "ip_address": IPS[i % 2],
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
+            **BY_NAME,
         })
         if i % 5 == 0:  # a source that sends the card number as its card token
             out[-1]["card_token"] = out[-1].pop("card_number")

@@ -246,3 +246,32 @@ def test_a_payload_redacts_mapped_columns_as_the_fields_they_are_mapped_to():
     assert kept == {"ID": "e1", "DEV": R.field("device_id", "dev-SECRET99")[1],
                     "TELNO": R.field("phone", "0687654321")[1], "name": "c1", "note": "n"}
     assert R.payload({"DEV": "x"}) == {"DEV": "x"}  # unmapped: by its own name, as before
+
+
+def test_card_codes_names_tax_ids_and_account_numbers_are_dropped_wherever_their_word_is_in_the_name():
+    """card_cvv, cardCvc, security_code, firstname, lastname, nameOnCard, taxId and account_number were kept as
+    sent in attributes (cvv/cvc were known only at the start of a name; names only as first_name-like pairs).
+    Each is dropped, like the policy's other fields of its kind (cvv, first_name, national_id, iban): a CVV may
+    not be stored at all, and a token of a name would still link a person's events."""
+    dropped = {"card_cvv": "123", "cardCvc": "456", "CVV2": "789", "security_code": "321", "cardSecurityCode": "1",
+               "cardCode": "2", "firstname": "Jane", "lastname": "Doe", "fullname": "Jane", "MiddleName": "Q",
+               "forename": "J", "nickname": "JJ", "nameOnCard": "JANE", "name_on_account": "J", "cardName": "JANE",
+               "billingName": "J", "shipping_name": "J", "cardholder": "Jane", "AccountHolder": "Jane",
+               "username": "jdoe", "taxId": "123-45-6789", "TIN": "1", "taxpayer_number": "2",
+               "tax_identification_number": "3", "account_number": "00012345678", "accountNo": "1", "acct_num": "2",
+               "bank_account": "3", "customer": {"name": "Jane", "taxId": "4"}}
+    kept = {"terminal_name": "T1", "merchant_name": "Cafe", "product_name": "Gift", "bank_name": "BNP",
+            "channel": "web", "country": "SN", "tax_amount": 1.5, "tax_code": "txcd_1", "tax_rate": 0.2,
+            "account_id": "a1", "account_type": "savings", "cardholder_present": True, "name_match": "Y",
+            "syntax_id": "s1", "distinct_terminals": 3, "pinned": True, "security_level": "high"}
+    scrubbed = R.scrub({**dropped, **kept})
+    assert scrubbed == {**kept, "customer": {}}
+    assert all(R.feature(name, "x") == (False, None) for name in dropped if name != "customer")  # a table column too
+
+
+def test_no_feature_of_sira_is_named_like_personal_data():
+    """Feature names go through the same policy when a table comes with them: none of SIRA's own is caught."""
+    from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
+    from sira.ingest.pii import field_policy
+
+    assert [n for fs in (PAYMENTS_V1, PAYMENTS_V2) for n in fs.names() if field_policy(n)] == []
