@@ -175,7 +175,7 @@ def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[Row | None]:
         else ["payment"] * n
     values["currency"] = _each_distinct(table, "currency", str.upper)
     values["country"] = _each_distinct(table, "country", str.upper)
-    values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_text(v.lower()))
+    values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_value(v.lower()))
     values["source"] = [source] * n
     values["attributes"] = [{}] * n  # no column beyond the model's: no attributes (never mutated)
     rows: list[Row | None] = list(zip(*(values[c] for c in EVENT_COLUMNS)))

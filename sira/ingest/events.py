@@ -336,7 +336,7 @@ def event_row(
     row.update(
         event_type=data["event_type"], occurred_at=data["occurred_at"], amount=data["amount"],
         currency=data["currency"], country=data["country"],
-        channel=redactor.scrub_text(data["channel"]) if data["channel"] else None,
+        channel=redactor.scrub_value(data["channel"]) if data["channel"] else None,  # a code, or prose: a token
     )
     attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
     if len(attributes) > _MAX_ATTRIBUTES:

@@ -295,12 +295,15 @@ class Redactor:
         return table, dropped
 
     def _fields(self, value: Mapping[Any, Any], names: Mapping[str, str]) -> dict[str, Any]:
-        """An object's fields, each redacted as the field ``names`` maps its name to (else its own name)."""
+        """An object's fields, each redacted as the field ``names`` maps its name to (else its own name). A
+        field's name is scrubbed as a value is (a name written as prose, which may be a person's, becomes a
+        token), but for a name ``names`` holds: the source's own column name, kept for replay."""
         out = {}
         for k, v in value.items():
-            keep, redacted = self.field(names.get(str(k), str(k)), v)
+            name = str(k)
+            keep, redacted = self.field(names.get(name, name), v)
             if keep:
-                out[self.scrub_text(str(k))] = redacted
+                out[self.scrub_text(name) if name in names else self.scrub_value(name)] = redacted
         return out
 
     def payload(self, record: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def pii_events(prefix):
             "email": EMAILS[i % 2], "phone": PHONES[i % 2], "ip_address": IPS[i % 2],
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
-            **BY_NAME,
+            **BY_NAME, "channel": NAMES[0] if i % 2 else "web", f"{NAMES[0]} lives at 5 Elm St": i,  # free text
         })
         if i % 5 == 0:  # a source that sends the card number as its card token
             out[-1]["card_token"] = out[-1].pop("card_number")

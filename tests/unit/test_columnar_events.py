@@ -45,7 +45,7 @@ VALID = {
     "email": st.sampled_from([None, "a@b.io", "X.Y@EXAMPLE.COM"]), "phone": st.sampled_from([None, "+221771234567"]),
     "ip_address": st.sampled_from([None, "10.0.0.1", "::1", "999.1.1.1"]),
     "device_id": st.sampled_from([None, "dev-1", "Dev 2"]), "currency": st.sampled_from([None, "EUR", "eur", "XOF"]),
-    "country": st.sampled_from([None, "SN", "fr"]), "channel": st.sampled_from([None, "web", "POS", "app x@y.io"]),
+    "country": st.sampled_from([None, "SN", "fr"]), "channel": st.sampled_from([None, "web", "POS", "app x@y.io", "Jane Doe", "in store"]),
 }
 
 
@@ -117,6 +117,20 @@ def test_card_numbers_in_event_ids_are_tokens_whatever_separates_their_groups():
     stored = [row[EVENT_COLUMNS.index("event_id")] for row in normalize_table(table, R, SOURCE)]
     assert stored == [normalize(raw, R, SOURCE)["event_id"] for raw in table.to_pylist()]
     assert not any("4111" in i for i in stored)
+    same(table)
+
+
+def test_free_text_in_a_channel_or_a_field_name_becomes_a_token_on_both_paths():
+    """channel "Jane Doe" and attribute keys "John Smith", "Mary Major lives at 5 Elm St" were stored as sent
+    (channels and field names were only scanned for card numbers, emails, phones and IPs)."""
+    at = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    event = {"event_id": "e1", "occurred_at": at, "amount": 1.0, "customer_id": "c", "channel": "Jane Doe"}
+    row = normalize({**event, "John Smith": 1, "Mary Major lives at 5 Elm St": "x", "card_type": "debit"}, R, SOURCE)
+    assert row["channel"] == R.token("text", "jane doe")
+    assert row["attributes"] == {R.token("text", "John Smith"): 1, R.token("text", "Mary Major lives at 5 Elm St"): "x",
+                                 "card_type": "debit"}
+    table = pa.Table.from_pylist([event, {**event, "event_id": "e2", "channel": "web"}])
+    assert [r[EVENT_COLUMNS.index("channel")] for r in normalize_table(table, R, SOURCE)] == [row["channel"], "web"]
     same(table)
 
 

@@ -246,6 +246,9 @@ def test_a_payload_redacts_mapped_columns_as_the_fields_they_are_mapped_to():
     assert kept == {"ID": "e1", "DEV": R.field("device_id", "dev-SECRET99")[1],
                     "TELNO": R.field("phone", "0687654321")[1], "name": "c1", "note": "n"}
     assert R.payload({"DEV": "x"}) == {"DEV": "x"}  # unmapped: by its own name, as before
+    # a column name written as words is kept when the mapping names it (its record can be sent again as it was)
+    assert R.payload({"Device Id": "d1", "Shop Name": "x"}, {"device_id": "Device Id"}) == {
+        "Device Id": R.field("device_id", "d1")[1], R.token("text", "Shop Name"): "x"}
 
 
 def test_card_codes_names_tax_ids_and_account_numbers_are_dropped_wherever_their_word_is_in_the_name():
