@@ -31,6 +31,7 @@ import ipaddress
 import re
 import string
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -129,9 +130,10 @@ FREE_TEXT = r"[^\W\d_]{2}\.?\s+[^\W\d_]"
 _FREE_TEXT = re.compile(FREE_TEXT)
 _DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")  # 4111 1111.., 4111-1111.., 4111.1111.., ...
 _DIGITS = re.compile(r"\d+")
-# Emails are what [A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,} finds (see _emails). The domain part alone is
+# Emails: a local part of ASCII letters, digits and ._%+-, or of letters, digits and combining marks beyond
+# ASCII (josé@, Ünal.Öz@: RFC 6531), then @[A-Za-z0-9.-]+\.[A-Za-z]{2,} (see _emails). The domain part alone is
 # linear: it starts only at an '@', and the runs after two '@' never overlap.
-_EMAIL_LOCAL = string.ascii_letters + string.digits + "._%+-"
+_EMAIL_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
 _EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")  # ends a sentence: "from 1.2.3.4."
@@ -361,17 +363,27 @@ _TOKENS = _DigestCache(262_144)  # digest of (kind, normalised value) -> token
 _SCRUBBED = _DigestCache(262_144)  # digest of a value -> Redactor.scrub_value of it
 
 
+def _in_local_part(char: str) -> bool:
+    """Whether a character may be part of an email's local part (ASCII's few, and beyond ASCII any letter,
+    digit or combining mark)."""
+    return char in _EMAIL_LOCAL or not char.isascii() and (char.isalnum() or unicodedata.category(char)[0] == "M")
+
+
 def _emails(text: str) -> Iterator[tuple[int, int]]:
-    """Spans of the emails in text: what ``[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\\.[A-Za-z]{2,}`` finds with
-    ``finditer``, in linear time (that regex rescans a long run of local-part characters from each of them).
+    """Spans of the emails in text: what a regex of a local part (:func:`_in_local_part`), '@' and a domain
+    (``[A-Za-z0-9.-]+\\.[A-Za-z]{2,}``) finds with ``finditer``, in linear time (such a regex rescans a long
+    run of local-part characters from each of them).
 
     Only an '@' followed by a domain is looked at; its local part is the run of local-part characters
-    before it, not reaching back past the previous email or an earlier '@'.
+    before it, not reaching back past the previous email or an earlier '@' (so each character is looked
+    at once).
     """
     pos = 0
     for domain in _EMAIL_DOMAIN.finditer(text):
         at = domain.start()
-        start = pos + len(text[pos:at].rstrip(_EMAIL_LOCAL))
+        start = at
+        while start > pos and _in_local_part(text[start - 1]):
+            start -= 1
         if start < at:
             yield start, domain.end()
             pos = domain.end()

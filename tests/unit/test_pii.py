@@ -21,6 +21,10 @@ R = Redactor(b"test-key")
         ("pan=4111-1111-1111-1111;", "4111-1111-1111-1111"),
         ("4000056655665556", "4000056655665556"),
         ("mail jane.doe+x@example.org now", "jane.doe+x@example.org"),
+        ("mail josé@gmail.com now", "josé@gmail.com"),  # a local part beyond ASCII (was kept as sent)
+        ("from Ünal.Öz@firma.de", "Ünal.Öz@firma.de"),
+        ("jose\u0301@example.org", "jose\u0301@example.org"),  # é as e and a combining accent
+        ("用户@例子.cn x 李@example.cn", "李@example.cn"),
         ("call +221 77 123 45 67", "+221 77 123 45 67"),
         ("from 203.0.113.7 via", "203.0.113.7"),
         ("blocked 203.0.113.7.", "203.0.113.7"),  # at a sentence's end (the full stop kept it raw)
@@ -77,6 +81,8 @@ MILLION = 1_000_000
 ADVERSARIAL = {
     "letters": "a" * MILLION,  # free-text prose check
     "letters then @": "a" * MILLION + "@",  # email local part
+    "accented letters then an email's domain": "é" * MILLION + "@x.io",
+    "accented emails": "é@x.io " * (MILLION // 7),
     "@ then dotted letters": "@" + "a." * (MILLION // 2),
     "dotted letters then @": "a." * (MILLION // 2) + "@",
     "email then dotted letters": "x@" + "a." * (MILLION // 2),
@@ -106,7 +112,8 @@ def test_adversarial_input_is_scrubbed_in_linear_time(text):
 
 _OLD_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
 _OLD_DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")
-_OLD_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# (its local part since widened to letters, digits and combining marks beyond ASCII: josé@gmail.com)
+_OLD_EMAIL = re.compile(r"(?:[A-Za-z0-9._%+-]|[^\x00-\x7f](?<=[^\W_])|[\u0300-\u036f])+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _OLD_PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _OLD_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _OLD_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
@@ -158,12 +165,12 @@ def _old_scrub_value(text):
     return R.token("text", text) if _OLD_FREE_TEXT.search(text) else text
 
 
-FRAGMENTS = ["a", "Zé", "b.", ".co", ".", "@", "@ex", "x.y@", "@a.co", "%", "_", "-", " ", "  ", "\t", "1", "42",
+FRAGMENTS = ["a", "Zé", "e\u0301", "李", "Ω", "¿", "b.", ".co", ".", "@", "@ex", "x.y@", "@a.co", "%", "_", "-", " ", "  ", "\t", "1", "42",
              "4111", "1111", "5556", "4000056655665556", "+33", "+", "(", ")", ":", "::", "ff", "10.0.0.1", "x y",
              "Mr. X", "tok_pan_"]
 SMALL_TEXT = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join),
-    st.text(alphabet="0123456789 -.@:+abAZé_%\t", max_size=48),
+    st.text(alphabet="0123456789 -.@:+abAZé_%\t\u0301李¿", max_size=48),
     st.lists(st.tuples(st.text(alphabet="0123456789", min_size=1, max_size=7),
                        st.sampled_from([" ", "-", "  ", "x", "--", ".", "/", "_", "    "])), max_size=10).map(
         lambda groups: "".join(g + sep for g, sep in groups)),
@@ -278,3 +285,12 @@ def test_no_feature_of_sira_is_named_like_personal_data():
     from sira.ingest.pii import field_policy
 
     assert [n for fs in (PAYMENTS_V1, PAYMENTS_V2) for n in fs.names() if field_policy(n)] == []
+
+
+def test_an_email_whose_local_part_is_not_ascii_is_a_token_in_ids_and_attributes():
+    """josé@gmail.com was not taken for an email (the local part was read as ASCII only): stored as sent in
+    ids and attributes."""
+    token = R.token("email", "josé@gmail.com")
+    assert R.scrub_value("josé@gmail.com") == token == R.token("email", "José@Gmail.com")
+    assert R.scrub({"ref": "josé@gmail.com", "customer": {"id": "order/josé@gmail.com"}}) == {
+        "ref": token, "customer": {"id": f"order/{token}"}}
