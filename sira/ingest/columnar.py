@@ -11,10 +11,10 @@ values that repeat (cards, emails, devices, customers, terminals) or hold nothin
   row — and every row of a table this cannot read — goes through :func:`normalize` unchanged, so a rejection
   keeps its exact code and message;
 - tokens are computed once per distinct value by :meth:`Redactor.field` itself;
-- an id is scrubbed by :meth:`Redactor.scrub_value` only when the redactor's own pre-checks, written for
-  Arrow's regex engine, could find something in it (for printable ASCII they match exactly what Python's
-  find: ``\\d`` is ``[0-9]``, ``\\s`` a space, a letter ``[A-Za-z]``); otherwise the id is its own scrubbed
-  value. A test holds both pre-checks to the redactor's on generated text.
+- an id is scrubbed by :meth:`Redactor.scrub_value` only when the redactor's own pre-checks (the same patterns,
+  run by Arrow's regex engine, which on printable ASCII reads them as Python does: ``\\d`` is ``[0-9]``,
+  ``\\s`` a space, a letter ``[A-Za-z]``) could find something in it; otherwise the id is its own scrubbed
+  value. A test holds Arrow's answers to Python's on generated text.
 
 The rows come out in the table's order as :func:`normalize` would give them (as tuples in the insert's column
 order), rejections included.
@@ -43,7 +43,7 @@ from sira.ingest.events import (
     normalize,
     stored_row,
 )
-from sira.ingest.pii import Redactor
+from sira.ingest.pii import FREE_TEXT, MAYBE_PII, Redactor  # the redactor's own pre-checks
 
 # field -> longest value EventIn accepts (before the global max_string_length)
 TEXT_FIELDS = {
@@ -56,9 +56,6 @@ IDS = ("event_id", "customer_id", "account_id", "merchant_id", "terminal_id")  #
 TOKENS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token",
           "device_id": "device_id"}
 PRINTABLE = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, no space at either end
-# The redactor's pre-checks (sira.ingest.pii._MAYBE_PII, _FREE_TEXT) on printable ASCII, in RE2's syntax
-MAYBE_PII = r"@|:|\+[0-9]|[0-9]\.[0-9]|(?:[0-9][ -]?){12}[0-9]"
-FREE_TEXT = r"[A-Za-z]{2}\.? +[A-Za-z]"
 SHAPES = {"currency": r"^[A-Za-z]{3}$", "country": r"^[A-Za-z]{2}$", "event_type": r"^(?:payment|usage)$"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FIRST = datetime(FIRST_YEAR, 1, 1, tzinfo=timezone.utc)
@@ -182,7 +179,7 @@ def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[Row | None]:
         else ["payment"] * n
     values["currency"] = _each_distinct(table, "currency", str.upper)
     values["country"] = _each_distinct(table, "country", str.upper)
-    values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_text(v.lower()))
+    values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_value(v.lower()))
     values["source"] = [source] * n
     values["attributes"] = [{}] * n  # no column beyond the model's: no attributes (never mutated)
     rows: list[Row | None] = list(zip(*(values[c] for c in EVENT_COLUMNS)))

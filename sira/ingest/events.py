@@ -340,15 +340,17 @@ def normalize(
     try:
         event = EventIn.model_validate(record, context={"numbers_as_text": numbers_as_text})
     except ValidationError as exc:
-        return _rejection(record, raw, exc, redactor)
-    return event_row(event, redactor, source, event.model_extra or {}, raw)
+        return _rejection(record, raw, exc, redactor, mapping)
+    return event_row(event, redactor, source, event.model_extra or {}, raw, mapping)
 
 
 def event_row(
-    event: EventIn, redactor: Redactor, source: str, extra: Mapping[str, Any], raw: Mapping[str, Any] | None = None
+    event: EventIn, redactor: Redactor, source: str, extra: Mapping[str, Any], raw: Mapping[str, Any] | None = None,
+    mapping: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | Rejection:
     """A validated event as its redacted ``sira_events`` row (``extra``: fields kept as attributes;
-    ``raw``: the record as sent, kept redacted in a rejection, else the event's own fields)."""
+    ``raw``: the record as sent, with its source column names (``mapping``), kept redacted in a rejection,
+    else the event's own fields)."""
     data = event.model_dump(exclude_none=False)
     row: dict[str, Any] = {"source": source}
     for name in ("event_id", "customer_id", "account_id", "card_token", "merchant_id", "terminal_id"):
@@ -356,7 +358,7 @@ def event_row(
         row[name] = redactor.scrub_value(value) if value is not None else None
     if len(row["event_id"]) > MAX_EVENT_ID:  # tokens are longer than what they replace
         return Rejection(None, "invalid_field", f"event_id: longer than {MAX_EVENT_ID} characters once the "
-                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw),
+                         "personal data in it is replaced by tokens", "event_id", _payload(redactor, data, raw, mapping),
                          row["customer_id"])
     given_card = row["card_token"]  # a card token as sent, scrubbed: a card number sent in it is tokenised
     for name, column in _TOKEN_COLUMNS.items():
@@ -367,19 +369,23 @@ def event_row(
     row.update(
         event_type=data["event_type"], occurred_at=data["occurred_at"], amount=data["amount"],
         currency=data["currency"], country=data["country"],
-        channel=redactor.scrub_text(data["channel"]) if data["channel"] else None,
+        channel=redactor.scrub_value(data["channel"]) if data["channel"] else None,  # a code, or prose: a token
     )
     attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
     if len(attributes) > _MAX_ATTRIBUTES:
         return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         _payload(redactor, data, raw), row["customer_id"])
+                         _payload(redactor, data, raw, mapping), row["customer_id"])
     row["attributes"] = attributes
     return row
 
 
-def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """What a rejection keeps: the record as sent (else the event's fields), bounded and redacted."""
-    return redactor.payload(_jsonable(dict(data if raw is None else raw), max_string_length()))
+def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any] | None,
+             mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a rejection keeps: the record as sent (else the event's fields), bounded and redacted, each mapped
+    column as the field it is mapped to (under its source name, for replay)."""
+    if raw is None:
+        return redactor.payload(_jsonable(dict(data), max_string_length()))
+    return redactor.payload(_jsonable(dict(raw), max_string_length()), mapping)
 
 
 def _jsonable(value: Any, max_length: int, depth: int = 0) -> Any:
@@ -424,7 +430,8 @@ def _too_long(text: str) -> str:
 
 
 def _rejection(
-    record: Mapping[str, Any], raw: Mapping[str, Any], exc: ValidationError, redactor: Redactor
+    record: Mapping[str, Any], raw: Mapping[str, Any], exc: ValidationError, redactor: Redactor,
+    mapping: Mapping[str, str] | None,
 ) -> Rejection:
     error = exc.errors()[0]
     loc = ".".join(str(p) for p in error["loc"]) or None
@@ -439,7 +446,7 @@ def _rejection(
     else:
         code, reason = "invalid_field", f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     return Rejection(stored_id(record.get("event_id"), redactor), code, redactor.scrub_text(reason), loc,
-                     _payload(redactor, record, raw), stored_id(record.get("customer_id"), redactor))
+                     _payload(redactor, record, raw, mapping), stored_id(record.get("customer_id"), redactor))
 
 
 def stored_id(value: Any, redactor: Redactor) -> str | None:

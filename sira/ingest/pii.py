@@ -31,6 +31,7 @@ import ipaddress
 import re
 import string
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -78,19 +79,28 @@ FIELD_POLICY: dict[str, tuple[Action, str]] = {
     "cid": ("drop", ""),
     "card_pin": ("drop", ""),
     "pin_code": ("drop", ""),
+    "bank_account": ("drop", ""),
 }
 
 # Field names as senders spell them (firstName, Date-Of-Birth, CVV2, billingAddress) are read as snake_case
-# words; a name matching no policy entry is matched by the words it contains.
+# words; a name matching no policy entry is matched by the words it contains (a short or common word, such as
+# name, tin or account, only where it is a word of its own, so merchant_name, distinct_terminals or account_id
+# are not taken for a person's name, a tax id or an account number).
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
-_CONTAINS: tuple[tuple[tuple[str, ...], tuple[Action, str]], ...] = (
-    (("email",), ("tokenize", "email")),
-    (("phone", "mobile", "msisdn"), ("tokenize", "phone")),
-    (("birth", "passport", "ssn", "national_id", "iban", "password", "expiry", "expiration", "address",
-      "street", "postal", "postcode", "zipcode", "zip_code", "first_name", "last_name", "full_name", "given_name",
-      "family_name", "surname", "holder_name", "maiden_name", "customer_name", "payer_name", "payee_name",
-      "account_name", "beneficiary_name", "sender_name", "recipient_name", "receiver_name", "user_name",
-      "username", "contact_name", "owner_name", "person_name", "client_name"), ("drop", "")),
+_PERSON = ("first|last|full|given|family|middle|maiden|fore|sur|nick|user|holder|customer|payer|payee|account|"
+           "beneficiary|sender|recipient|receiver|contact|owner|person|client|card|billing|shipping|buyer|shopper|"
+           "consumer|member")
+_CONTAINS: tuple[tuple[re.Pattern[str], tuple[Action, str]], ...] = (
+    (re.compile("email"), ("tokenize", "email")),
+    (re.compile("phone|mobile|msisdn"), ("tokenize", "phone")),
+    (re.compile("|".join((
+        r"cvv|cvc|security_?code|(?:^|_)card_?code$",  # card codes: cvv2, card_cvv, cardCvc, securityCode
+        r"birth|passport|ssn|national_?id|iban|password|expiry|expiration|address|street|postal|postcode|"
+        r"zip_?code",
+        rf"(?:{_PERSON})_?name|^name_on(?:_|$)|(?:^|_)(?:card|account)_?holder$",  # firstname, payerName, nameOnCard
+        r"(?:^|_)(?:tax(?:payer)?_?(?:id|identification|identifier|number|num|no|nr)|tin)(?:_|$)",  # taxId, TIN
+        r"(?:^|_)acc(?:oun)?t_?(?:number|num|no|nr)(?:_|$)",  # account_number, acctNo
+    ))), ("drop", "")),
 )
 
 
@@ -104,10 +114,8 @@ def field_policy(name: str) -> tuple[Action, str] | None:
     if key.endswith(("ip_address", "ip_addr")):
         return FIELD_POLICY["ip_address"]
     for words, policy in _CONTAINS:
-        if any(w in key for w in words):
+        if words.search(key):
             return policy
-    if key.startswith(("cvv", "cvc")):  # cvv2, cvc_code
-        return FIELD_POLICY["cvv"]
     return None
 
 
@@ -118,18 +126,23 @@ _EMBEDDED_TOKEN = re.compile(r"(?<![A-Za-z0-9])(tok_[a-z]{1,16}_[0-9a-f]{24})(?!
 # Two alphabetic words in a row: prose, which may name a person or an address. (A word of two
 # letters or more, then an optional dot, spaces and a letter; only the last two letters of the first
 # word are matched, so a long run of letters is not rescanned from each of its letters.)
-_FREE_TEXT = re.compile(r"[^\W\d_]{2}\.?\s+[^\W\d_]")
+FREE_TEXT = r"[^\W\d_]{2}\.?\s+[^\W\d_]"
+_FREE_TEXT = re.compile(FREE_TEXT)
 _DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")  # 4111 1111.., 4111-1111.., 4111.1111.., ...
 _DIGITS = re.compile(r"\d+")
-# Emails are what [A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,} finds (see _emails). The domain part alone is
+# Emails: a local part of ASCII letters, digits and ._%+-, or of letters, digits and combining marks beyond
+# ASCII (josé@, Ünal.Öz@: RFC 6531), then @[A-Za-z0-9.-]+\.[A-Za-z]{2,} (see _emails). The domain part alone is
 # linear: it starts only at an '@', and the runs after two '@' never overlap.
-_EMAIL_LOCAL = string.ascii_letters + string.digits + "._%+-"
+_EMAIL_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
 _EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")  # ends a sentence: "from 1.2.3.4."
 # Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
 # (separators between them allowed) holds none of the above.
-_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
+MAYBE_PII = r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d"
+_MAYBE_PII = re.compile(MAYBE_PII)
+# MAYBE_PII and FREE_TEXT are also run by Arrow (RE2) on printable ASCII in sira.ingest.columnar, where both
+# engines read them alike (\d is [0-9], \s a space, [^\W\d_] a letter): keep them in the syntax both share.
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 
 
@@ -235,12 +248,7 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub_value(value)
         if isinstance(value, Mapping):
-            out = {}
-            for k, v in value.items():
-                keep, redacted = self.field(str(k), v)
-                if keep:
-                    out[self.scrub_text(str(k))] = redacted
-            return out
+            return self._fields(value, {})
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer():
@@ -288,10 +296,24 @@ class Redactor:
                 table = table.set_column(table.column_names.index(name), name, values)
         return table, dropped
 
-    def payload(self, record: Mapping[str, Any]) -> dict[str, Any]:
+    def _fields(self, value: Mapping[Any, Any], names: Mapping[str, str]) -> dict[str, Any]:
+        """An object's fields, each redacted as the field ``names`` maps its name to (else its own name). A
+        field's name is scrubbed as a value is (a name written as prose, which may be a person's, becomes a
+        token), but for a name ``names`` holds: the source's own column name, kept for replay."""
+        out = {}
+        for k, v in value.items():
+            name = str(k)
+            keep, redacted = self.field(names.get(name, name), v)
+            if keep:
+                out[self.scrub_text(name) if name in names else self.scrub_value(name)] = redacted
+        return out
+
+    def payload(self, record: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A whole raw record made safe to store (used for dead letters and logs): redacted, NUL
-        characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels."""
-        return self.scrub(_storable(dict(record)))
+        characters (which PostgreSQL refuses) replaced, nesting cut at :data:`MAX_NESTING` levels.
+        ``mapping`` (SIRA's field name -> source column, as ``--map`` gives it): a mapped column is redacted
+        as the field it is mapped to, and keeps its source name (the record can be sent again as it was)."""
+        return self._fields(_storable(dict(record)), {source: name for name, source in (mapping or {}).items()})
 
 
 
@@ -341,17 +363,27 @@ _TOKENS = _DigestCache(262_144)  # digest of (kind, normalised value) -> token
 _SCRUBBED = _DigestCache(262_144)  # digest of a value -> Redactor.scrub_value of it
 
 
+def _in_local_part(char: str) -> bool:
+    """Whether a character may be part of an email's local part (ASCII's few, and beyond ASCII any letter,
+    digit or combining mark)."""
+    return char in _EMAIL_LOCAL or not char.isascii() and (char.isalnum() or unicodedata.category(char)[0] == "M")
+
+
 def _emails(text: str) -> Iterator[tuple[int, int]]:
-    """Spans of the emails in text: what ``[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\\.[A-Za-z]{2,}`` finds with
-    ``finditer``, in linear time (that regex rescans a long run of local-part characters from each of them).
+    """Spans of the emails in text: what a regex of a local part (:func:`_in_local_part`), '@' and a domain
+    (``[A-Za-z0-9.-]+\\.[A-Za-z]{2,}``) finds with ``finditer``, in linear time (such a regex rescans a long
+    run of local-part characters from each of them).
 
     Only an '@' followed by a domain is looked at; its local part is the run of local-part characters
-    before it, not reaching back past the previous email or an earlier '@'.
+    before it, not reaching back past the previous email or an earlier '@' (so each character is looked
+    at once).
     """
     pos = 0
     for domain in _EMAIL_DOMAIN.finditer(text):
         at = domain.start()
-        start = pos + len(text[pos:at].rstrip(_EMAIL_LOCAL))
+        start = at
+        while start > pos and _in_local_part(text[start - 1]):
+            start -= 1
         if start < at:
             yield start, domain.end()
             pos = domain.end()

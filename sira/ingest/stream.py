@@ -248,15 +248,18 @@ def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | 
                  code: str = "unknown_kind", reason: str = "unknown entry kind (expected event or label)",
                  field: str | None = "kind") -> Rejection:
     """An entry set aside (by default: of an unknown kind): its stream id, and its kind and data redacted as a
-    rejected event's are, with the customer it is about as events name it (it can be sent again from there,
-    and an erasure finds it); an undecodable entry has no data to keep, only a keyed digest of its bytes (a
-    new entry at an old position is told from a repeat)."""
+    rejected event's are (a field the consumer maps as the field it is mapped to, under its own name), with the
+    customer it is about as events name it (it can be sent again from there, and an erasure finds it); an
+    undecodable entry has no data to keep, only a keyed digest of its bytes (a new entry at an old position is
+    told from a repeat)."""
     if entry.data is None:
         digest = {} if entry.raw is None else {"data_digest": redactor.token("data", entry.raw.hex())}
         return Rejection(None, "undecodable", entry.error or "undecodable entry", None,
                          {"stream_id": entry.id, **digest}, position=entry.id)
+    kept = bounded_json({"kind": entry.kind, "data": entry.data})
     return Rejection(None, code, reason, field,
-                     {"stream_id": entry.id, **redactor.payload(bounded_json({"kind": entry.kind, "data": entry.data}))},
+                     {"stream_id": entry.id, "kind": redactor.scrub(kept["kind"]),
+                      "data": redactor.payload(kept["data"], mapping)},
                      stored_id(apply_mapping(entry.data, mapping or {}).get("customer_id"), redactor), entry.id)
 
 

@@ -441,3 +441,28 @@ async def test_csv_ids_of_digits_keep_their_leading_zeros(clean_db, settings, tm
     write_csv(tmp_path / "labels.csv", [{"event_id": "0123", "label": 1, "known_at": "2026-09-20 00:00:00"}])
     await import_label_files(settings, [tmp_path / "labels.csv"], source="bank")
     assert await clean_db.fetchval("SELECT event_id FROM sira_feedback") == "0123"
+
+
+async def test_mapped_columns_are_redacted_in_dead_letters_as_the_fields_they_are_mapped_to(clean_db, settings,
+                                                                                            tmp_path):
+    """A rejected row's payload was redacted by its source column names, which the policy does not know: with
+    --map device_id=DEV,phone=TELNO the dead letter kept "DEV": "dev-SECRET99" and "TELNO": "0687654321". Each
+    mapped column is now redacted as its SIRA field is (the token the stored events hold), under its source
+    name so the record can be sent again with the same mapping."""
+    from sira.ingest.bulk import redactor_for
+
+    mapping = {"event_id": "ID", "occurred_at": "WHEN", "customer_id": "CUST", "device_id": "DEV", "phone": "TELNO"}
+    rows = [{"ID": f"m{i}", "WHEN": "2026-09-01 10:00:00", "CUST": "c1", "DEV": "dev-SECRET99", "TELNO": "0687654321",
+             "amount": "abc" if i == 1 else "12.50"} for i in range(2)]
+    write_csv(tmp_path / "mapped.csv", rows)
+    summary = await ingest_files(settings, [tmp_path / "mapped.csv"], feature_sets=[PAYMENTS_V1], mapping=mapping,
+                                 progress=False)
+    assert (summary.accepted, summary.rejected) == (1, 1)
+    payload = await clean_db.fetchval("SELECT payload FROM sira_rejected_events WHERE event_id = 'm1'")
+    stored = await clean_db.fetchrow("SELECT device_id, phone_token FROM sira_events WHERE event_id = 'm0'")
+    assert payload["DEV"] == stored["device_id"] == redactor_for(settings).field("device_id", "dev-SECRET99")[1]
+    assert payload["TELNO"] == stored["phone_token"]
+    assert (payload["ID"], payload["CUST"], payload["amount"]) == ("m1", "c1", "abc")  # the rest, for replay
+    stored_text = await clean_db.fetchval("SELECT (SELECT string_agg(e::text, ' ') FROM sira_events e) || "
+                                          "(SELECT string_agg(r::text, ' ') FROM sira_rejected_events r)")
+    assert "SECRET99" not in stored_text and "0687654321" not in stored_text

@@ -26,10 +26,14 @@ from sira.registry import models as registry
 
 PANS = ["4111111111111111", "5555555555554444", "378282246310005"]
 EMAILS = ["jane.doe@example.com", "bob+fraud@example.org"]
+ACCENTED_EMAIL = "núñez.josé@example.es"  # a local part beyond ASCII
 PHONES = ["+221771234567", "+33 6 12 34 56 78"]
 IPS = ["198.51.100.23", "2001:db8::1"]
 NAMES = ["Jane Q. Cardholder"]
-SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, *PHONES, *IPS, *NAMES]
+# one-word values no pattern finds, known only by their field's name (the CVV's key must not be stored either)
+BY_NAME = {"card_cvv": "7391", "nameOnCard": "Zebediah", "taxId": "123-45-6789", "account_number": "00012345678"}
+SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, ACCENTED_EMAIL, "núñez", *PHONES, *IPS, *NAMES,
+           *list(BY_NAME.values())[1:], "card_cvv"]
 
 
 def pii_events(prefix):
@@ -38,11 +42,12 @@ def pii_events(prefix):
         out.append({
             "event_id": f"{prefix}-{i}" if i % 4 else f"{prefix}-order-{PANS[0]}-{i}",
             "occurred_at": f"2026-09-0{1 + i % 9}T1{i % 10}:00:00Z",
-            "customer_id": EMAILS[i % 2] if i % 3 == 0 else f"cust-{i % 3}",
+            "customer_id": EMAILS[i % 2] if i % 3 == 0 else ACCENTED_EMAIL if i % 3 == 2 else "cust-1",
             "card_number": PANS[i % 3], "terminal_id": f"t{i % 2}", "amount": 10.0 + i,
             "email": EMAILS[i % 2], "phone": PHONES[i % 2], "ip_address": IPS[i % 2],
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
+            **BY_NAME, "channel": NAMES[0] if i % 2 else "web", f"{NAMES[0]} lives at 5 Elm St": i,  # free text
         })
         if i % 5 == 0:  # a source that sends the card number as its card token
             out[-1]["card_token"] = out[-1].pop("card_number")

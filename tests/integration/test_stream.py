@@ -464,3 +464,32 @@ async def test_an_entry_deleted_while_pending_is_released_and_trimming_goes_on(c
     assert client.xlen(STREAM) == 0  # every entry acknowledged: trimmed
     assert "deleted from the stream before" in caplog.text
     client.delete(STREAM)
+
+
+async def test_mapped_fields_of_dead_letters_are_redacted_as_the_fields_they_are_mapped_to(clean_db, redis_client,
+                                                                                           redis_url, settings):
+    """A consumer started with --map device_id=DEV: an event it refused and an entry of an unknown kind kept
+    "DEV": "dev-SECRET99" as sent (the payload was redacted by its source names). Now DEV is redacted as
+    device_id is, and keeps its name, so the entry can be sent again to the same consumer."""
+    from sira.ingest.bulk import redactor_for
+
+    event = {"event_id": "m1", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1", "DEV": "dev-SECRET99",
+             "amount": 12.5}
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**event, "amount": "n/a"})})
+    redis_client.xadd(STREAM, {"kind": "Event", "data": json.dumps(event)})
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**event, "event_id": "m2"})})
+    source = RedisStreamSource(redis_url, consumer="x")
+    await source.start()
+    try:
+        total = await consume(source, clean_db, settings=settings, mapping={"device_id": "DEV"}, block_ms=50,
+                              max_events=3)
+    finally:
+        await source.close()
+    assert (total.accepted, total.rejected) == (1, 2)
+    token = redactor_for(settings).field("device_id", "dev-SECRET99")[1]
+    assert await clean_db.fetchval("SELECT device_id FROM sira_events WHERE event_id = 'm2'") == token
+    dead = {r["reason_code"]: r["payload"] for r in await clean_db.fetch(
+        "SELECT reason_code, payload FROM sira_rejected_events")}
+    assert dead["invalid_number"]["DEV"] == token and dead["unknown_kind"]["data"]["DEV"] == token
+    assert dead["unknown_kind"]["kind"] == "Event" and dead["unknown_kind"]["data"]["event_id"] == "m1"
+    assert "SECRET99" not in json.dumps(dead)

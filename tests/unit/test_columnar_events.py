@@ -10,9 +10,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sira.ingest.columnar import FREE_TEXT, MAYBE_PII, normalize_table
+from sira.ingest.columnar import normalize_table
 from sira.ingest.events import EVENT_COLUMNS, MAX_AMOUNT, Rejection, normalize
-from sira.ingest.pii import Redactor
+from sira.ingest.pii import FREE_TEXT, MAYBE_PII, Redactor
 
 R = Redactor(b"columnar-test-key")
 SOURCE = "file:test.parquet"
@@ -20,7 +20,8 @@ SOURCE = "file:test.parquet"
 # text that exercises every rule: ids, PII shapes inside ids, prose, blanks, edges, non-ASCII, NUL, long
 PIECES = ["c1", "T-9", "ab", "Jean Dupont", "x@y.io", "4111 1111 1111 1111", "+221 77 123 45 67", "10.0.0.1",
           "::1", "a:b", "tok_pan_0123456789abcdef01234567", " lead", "trail ", "", " ", "\t", "é", "Ωmega", "\x00",
-          "1.5", "q" * 70, "9" * 13, "EUR", "eur", "EU", "SN", "s", "payment", "usage", "PAYMENT", "Web", "x" * 201]
+          "1.5", "q" * 70, "9" * 13, "EUR", "eur", "EU", "SN", "s", "payment", "usage", "PAYMENT", "Web", "x" * 201,
+          *(sep.join(["4111"] * 4) for sep in (".", "/", "_", "  ", "   "))]  # every separator the redactor knows
 text = st.one_of(st.none(), st.sampled_from(PIECES),
                  st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map("".join),
                  st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=12))
@@ -31,8 +32,11 @@ times = st.one_of(st.none(), st.integers(-40 * 365, 200 * 365).map(lambda d: T0 
 
 
 ids = st.text(alphabet="abcXYZ019-_. @:+", min_size=1, max_size=10)  # shapes the redactor looks at, too
+# card numbers split by each separator the redactor knows, alone or inside an id
+PAN_IDS = st.tuples(st.sampled_from(["", "ord/", "x-"]), st.sampled_from(["-", " ", ".", "/", "_", "  ", "   "])).map(
+    lambda p: p[0] + p[1].join(["4111", "1111", "1111", "1111"]))
 VALID = {
-    "event_id": ids, "occurred_at": st.integers(0, 5_000_000).map(lambda s: T0 + timedelta(seconds=s)),
+    "event_id": st.one_of(ids, PAN_IDS), "occurred_at": st.integers(0, 5_000_000).map(lambda s: T0 + timedelta(seconds=s)),
     "amount": st.one_of(st.none(), st.floats(0, MAX_AMOUNT), st.sampled_from([0.0, -0.0, 12.5, MAX_AMOUNT])),
     "customer_id": st.one_of(st.none(), ids), "card_number": st.sampled_from(
         [None, "4111111111111111", "5500 0000 0000 0004", "tok_pan_0123456789abcdef01234567", "12"]),
@@ -41,7 +45,7 @@ VALID = {
     "email": st.sampled_from([None, "a@b.io", "X.Y@EXAMPLE.COM"]), "phone": st.sampled_from([None, "+221771234567"]),
     "ip_address": st.sampled_from([None, "10.0.0.1", "::1", "999.1.1.1"]),
     "device_id": st.sampled_from([None, "dev-1", "Dev 2"]), "currency": st.sampled_from([None, "EUR", "eur", "XOF"]),
-    "country": st.sampled_from([None, "SN", "fr"]), "channel": st.sampled_from([None, "web", "POS", "app x@y.io"]),
+    "country": st.sampled_from([None, "SN", "fr"]), "channel": st.sampled_from([None, "web", "POS", "app x@y.io", "Jane Doe", "in store"]),
 }
 
 
@@ -123,6 +127,32 @@ def test_a_time_ahead_of_the_clock_is_refused_on_both_paths():
     same(table)
     assert [(r.reason_code, r.field) if isinstance(r, Rejection) else r[0] for r in normalize_table(table, R, SOURCE)] \
         == ["e0", ("future_time", "occurred_at"), ("future_time", "occurred_at")]
+
+
+def test_card_numbers_in_event_ids_are_tokens_whatever_separates_their_groups():
+    """The fast path's pre-check knew only spaces and dashes: these ids were stored as sent from Parquet, and as
+    tokens over POST /v1/events (one event stored twice, its labels never joined)."""
+    at = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    ids = ["4111_1111_1111_1111", "ord/4111/1111/1111/1111", "4111  1111  1111  1111", "4111.1111.1111.1111"]
+    table = pa.Table.from_pylist([{"event_id": i, "occurred_at": at, "amount": 1.0, "customer_id": "c"} for i in ids])
+    stored = [row[EVENT_COLUMNS.index("event_id")] for row in normalize_table(table, R, SOURCE)]
+    assert stored == [normalize(raw, R, SOURCE)["event_id"] for raw in table.to_pylist()]
+    assert not any("4111" in i for i in stored)
+    same(table)
+
+
+def test_free_text_in_a_channel_or_a_field_name_becomes_a_token_on_both_paths():
+    """channel "Jane Doe" and attribute keys "John Smith", "Mary Major lives at 5 Elm St" were stored as sent
+    (channels and field names were only scanned for card numbers, emails, phones and IPs)."""
+    at = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    event = {"event_id": "e1", "occurred_at": at, "amount": 1.0, "customer_id": "c", "channel": "Jane Doe"}
+    row = normalize({**event, "John Smith": 1, "Mary Major lives at 5 Elm St": "x", "card_type": "debit"}, R, SOURCE)
+    assert row["channel"] == R.token("text", "jane doe")
+    assert row["attributes"] == {R.token("text", "John Smith"): 1, R.token("text", "Mary Major lives at 5 Elm St"): "x",
+                                 "card_type": "debit"}
+    table = pa.Table.from_pylist([event, {**event, "event_id": "e2", "channel": "web"}])
+    assert [r[EVENT_COLUMNS.index("channel")] for r in normalize_table(table, R, SOURCE)] == [row["channel"], "web"]
+    same(table)
 
 
 def test_plain_rows_skip_the_per_record_model(monkeypatch):

@@ -21,6 +21,10 @@ R = Redactor(b"test-key")
         ("pan=4111-1111-1111-1111;", "4111-1111-1111-1111"),
         ("4000056655665556", "4000056655665556"),
         ("mail jane.doe+x@example.org now", "jane.doe+x@example.org"),
+        ("mail josé@gmail.com now", "josé@gmail.com"),  # a local part beyond ASCII (was kept as sent)
+        ("from Ünal.Öz@firma.de", "Ünal.Öz@firma.de"),
+        ("jose\u0301@example.org", "jose\u0301@example.org"),  # é as e and a combining accent
+        ("用户@例子.cn x 李@example.cn", "李@example.cn"),
         ("call +221 77 123 45 67", "+221 77 123 45 67"),
         ("from 203.0.113.7 via", "203.0.113.7"),
         ("blocked 203.0.113.7.", "203.0.113.7"),  # at a sentence's end (the full stop kept it raw)
@@ -77,6 +81,8 @@ MILLION = 1_000_000
 ADVERSARIAL = {
     "letters": "a" * MILLION,  # free-text prose check
     "letters then @": "a" * MILLION + "@",  # email local part
+    "accented letters then an email's domain": "é" * MILLION + "@x.io",
+    "accented emails": "é@x.io " * (MILLION // 7),
     "@ then dotted letters": "@" + "a." * (MILLION // 2),
     "dotted letters then @": "a." * (MILLION // 2) + "@",
     "email then dotted letters": "x@" + "a." * (MILLION // 2),
@@ -106,7 +112,8 @@ def test_adversarial_input_is_scrubbed_in_linear_time(text):
 
 _OLD_FREE_TEXT = re.compile(r"[^\W\d_]{2,}\.?\s+[^\W\d_]{1,}")
 _OLD_DIGIT_RUNS = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")
-_OLD_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# (its local part since widened to letters, digits and combining marks beyond ASCII: josé@gmail.com)
+_OLD_EMAIL = re.compile(r"(?:[A-Za-z0-9._%+-]|[^\x00-\x7f](?<=[^\W_])|[\u0300-\u036f])+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _OLD_PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _OLD_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _OLD_MAYBE_PII = re.compile(r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d")
@@ -158,12 +165,12 @@ def _old_scrub_value(text):
     return R.token("text", text) if _OLD_FREE_TEXT.search(text) else text
 
 
-FRAGMENTS = ["a", "Zé", "b.", ".co", ".", "@", "@ex", "x.y@", "@a.co", "%", "_", "-", " ", "  ", "\t", "1", "42",
+FRAGMENTS = ["a", "Zé", "e\u0301", "李", "Ω", "¿", "b.", ".co", ".", "@", "@ex", "x.y@", "@a.co", "%", "_", "-", " ", "  ", "\t", "1", "42",
              "4111", "1111", "5556", "4000056655665556", "+33", "+", "(", ")", ":", "::", "ff", "10.0.0.1", "x y",
              "Mr. X", "tok_pan_"]
 SMALL_TEXT = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=16).map("".join),
-    st.text(alphabet="0123456789 -.@:+abAZé_%\t", max_size=48),
+    st.text(alphabet="0123456789 -.@:+abAZé_%\t\u0301李¿", max_size=48),
     st.lists(st.tuples(st.text(alphabet="0123456789", min_size=1, max_size=7),
                        st.sampled_from([" ", "-", "  ", "x", "--", ".", "/", "_", "    "])), max_size=10).map(
         lambda groups: "".join(g + sep for g, sep in groups)),
@@ -235,3 +242,55 @@ def test_personal_fields_are_known_by_their_name_however_a_sender_spells_it():
     assert all(is_token(kept[k]) for k in ("deviceId", "mobileNumber", "contactEmail", "clientIpAddress"))
     assert kept["merchant_name"] == "Cafe" and kept["pinpad_id"] == "p1" and kept["channel"] == "pos"
     assert kept["deviceId"] == R.scrub({"device_id": "abc-123"})["device_id"]  # one device, one token
+
+
+def test_a_payload_redacts_mapped_columns_as_the_fields_they_are_mapped_to():
+    """Dead letters are kept under the source's column names; those names told the policy nothing (DEV, TELNO
+    kept as sent) or the wrong thing (a column "name" mapped to customer_id was dropped: the record lost its
+    customer)."""
+    raw = {"ID": "e1", "DEV": "dev-SECRET99", "TELNO": "0687654321", "name": "c1", "note": "n"}
+    kept = R.payload(raw, {"event_id": "ID", "device_id": "DEV", "phone": "TELNO", "customer_id": "name"})
+    assert kept == {"ID": "e1", "DEV": R.field("device_id", "dev-SECRET99")[1],
+                    "TELNO": R.field("phone", "0687654321")[1], "name": "c1", "note": "n"}
+    assert R.payload({"DEV": "x"}) == {"DEV": "x"}  # unmapped: by its own name, as before
+    # a column name written as words is kept when the mapping names it (its record can be sent again as it was)
+    assert R.payload({"Device Id": "d1", "Shop Name": "x"}, {"device_id": "Device Id"}) == {
+        "Device Id": R.field("device_id", "d1")[1], R.token("text", "Shop Name"): "x"}
+
+
+def test_card_codes_names_tax_ids_and_account_numbers_are_dropped_wherever_their_word_is_in_the_name():
+    """card_cvv, cardCvc, security_code, firstname, lastname, nameOnCard, taxId and account_number were kept as
+    sent in attributes (cvv/cvc were known only at the start of a name; names only as first_name-like pairs).
+    Each is dropped, like the policy's other fields of its kind (cvv, first_name, national_id, iban): a CVV may
+    not be stored at all, and a token of a name would still link a person's events."""
+    dropped = {"card_cvv": "123", "cardCvc": "456", "CVV2": "789", "security_code": "321", "cardSecurityCode": "1",
+               "cardCode": "2", "firstname": "Jane", "lastname": "Doe", "fullname": "Jane", "MiddleName": "Q",
+               "forename": "J", "nickname": "JJ", "nameOnCard": "JANE", "name_on_account": "J", "cardName": "JANE",
+               "billingName": "J", "shipping_name": "J", "cardholder": "Jane", "AccountHolder": "Jane",
+               "username": "jdoe", "taxId": "123-45-6789", "TIN": "1", "taxpayer_number": "2",
+               "tax_identification_number": "3", "account_number": "00012345678", "accountNo": "1", "acct_num": "2",
+               "bank_account": "3", "customer": {"name": "Jane", "taxId": "4"}}
+    kept = {"terminal_name": "T1", "merchant_name": "Cafe", "product_name": "Gift", "bank_name": "BNP",
+            "channel": "web", "country": "SN", "tax_amount": 1.5, "tax_code": "txcd_1", "tax_rate": 0.2,
+            "account_id": "a1", "account_type": "savings", "cardholder_present": True, "name_match": "Y",
+            "syntax_id": "s1", "distinct_terminals": 3, "pinned": True, "security_level": "high"}
+    scrubbed = R.scrub({**dropped, **kept})
+    assert scrubbed == {**kept, "customer": {}}
+    assert all(R.feature(name, "x") == (False, None) for name in dropped if name != "customer")  # a table column too
+
+
+def test_no_feature_of_sira_is_named_like_personal_data():
+    """Feature names go through the same policy when a table comes with them: none of SIRA's own is caught."""
+    from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
+    from sira.ingest.pii import field_policy
+
+    assert [n for fs in (PAYMENTS_V1, PAYMENTS_V2) for n in fs.names() if field_policy(n)] == []
+
+
+def test_an_email_whose_local_part_is_not_ascii_is_a_token_in_ids_and_attributes():
+    """josé@gmail.com was not taken for an email (the local part was read as ASCII only): stored as sent in
+    ids and attributes."""
+    token = R.token("email", "josé@gmail.com")
+    assert R.scrub_value("josé@gmail.com") == token == R.token("email", "José@Gmail.com")
+    assert R.scrub({"ref": "josé@gmail.com", "customer": {"id": "order/josé@gmail.com"}}) == {
+        "ref": token, "customer": {"id": f"order/{token}"}}
