@@ -33,7 +33,7 @@ from sira.registry import models as registry
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
-from sira.training.trainer import Matrix, TrainResult, apply_calibration, train_model
+from sira.training.trainer import Matrix, TrainResult, apply_calibration, check_params, train_model
 from sira.training.windows import Windows, check_counts, check_days, training_windows, window_counts
 
 SHAP_ROWS = 2_000
@@ -195,6 +195,7 @@ def check_request(req: TrainRequest) -> None:
     check_days("--train-days", req.train_days)
     check_days("--label-delay", req.label_delay_days, zero_allowed=True)
     _check_table_options(req)
+    check_params(req.params)  # a typo, a NaN, a value LightGBM refuses: before anything is created
 
 
 def _check_table_options(req: TrainRequest) -> None:

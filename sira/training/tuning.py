@@ -15,13 +15,14 @@ import contextlib
 import io
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sira.core.errors import InvalidInput
-from sira.training.trainer import Matrix, resolve_params
+from sira.training.trainer import Matrix, check_params, normalize_params, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def tune_params(
         raise InvalidInput("tuning needs Ray: start it with sira.core.ray_runtime.init_ray first")
     from sira.core.ray_runtime import wait_for_cpus
 
+    check_params(base_params, train)  # LightGBM's refusals once, here, not in every trial
     wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
-    base = {**(base_params or {})}
+    base = normalize_params(base_params)
     rounds = int(base.pop("num_boost_round", 1000))
     patience = int(base.pop("early_stopping_rounds", 100))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -130,14 +132,16 @@ def tune_params(
     # Tune prints its own tables on stdout even at verbose=0 (the experiment's box, where its files are, a
     # TensorBoard hint into Ray's temporary folder): stdout belongs to the command's result (--json), and
     # none of it is for the person running `sira tune`, so it goes to the debug log.
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    # Its logs (a failed trial's traceback, "Failed to fetch metrics" of trials a time budget stopped before
+    # their first report) would bury the command's one-line error on stderr: the debug log has them.
+    with contextlib.redirect_stdout(io.StringIO()) as printed, _tune_logs_to_debug():
         results = tuner.fit()
+        finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
+        if not finished:
+            errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None][:1]
+            raise InvalidInput("every tuning trial failed" + (f": {errors[0]}" if errors else ""))
+        best = results.get_best_result(metric=METRIC, mode="max", scope="all")
     log.debug("Ray Tune printed: %s", printed.getvalue())
-    finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
-    if not finished:
-        errors = [str(r.error).splitlines()[-1] for r in results if r.error is not None][:1]
-        raise InvalidInput("every tuning trial failed" + (f": {errors[0]}" if errors else ""))
-    best = results.get_best_result(metric=METRIC, mode="max", scope="all")
     best_ap = float(best.metrics_dataframe[METRIC].max())
     params = {**base, **trial_params(best.config, train.y), "num_boost_round": rounds,
               "early_stopping_rounds": patience}
@@ -147,3 +151,23 @@ def tune_params(
                     "concurrency": cpus, "trial_aps": sorted((float(r.metrics_dataframe[METRIC].max())
                                                               for r in finished), reverse=True)},
     }
+
+
+class _ToDebugLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("Ray Tune: %s", self.format(record))
+
+
+@contextlib.contextmanager
+def _tune_logs_to_debug() -> Iterator[None]:
+    """Ray Tune's log records go to this module's debug log instead of Ray's stderr handler."""
+    tune_log = logging.getLogger("ray.tune")
+    handler = _ToDebugLog()
+    saved = tune_log.propagate
+    tune_log.addHandler(handler)
+    tune_log.propagate = False
+    try:
+        yield
+    finally:
+        tune_log.propagate = saved
+        tune_log.removeHandler(handler)

@@ -60,3 +60,16 @@ def test_no_free_cpu_for_a_trial_is_said_and_bounded_not_a_silent_hang(ray_sessi
                           base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
         freed.join()
         assert out["summary"]["completed"] == 1
+
+
+def test_bad_parameters_are_refused_before_any_trial(ray_session, tmp_path, synthetic_matrix, capfd):
+    """`max_bin: -5` failed in every trial: Ray Tune's tracebacks (a hundred lines) on stderr, then the error."""
+    import pytest
+
+    from sira.core.errors import InvalidInput
+
+    train, valid = synthetic_matrix(1000, 1), synthetic_matrix(500, 2)
+    capfd.readouterr()
+    with pytest.raises(InvalidInput, match="LightGBM refuses the parameters: max_bin must be > 1"):
+        tune_params(train, valid, trials=2, seed=3, storage=tmp_path, base_params={"max_bin": -5})
+    assert capfd.readouterr().err == ""
