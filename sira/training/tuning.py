@@ -136,12 +136,17 @@ def tune_params(
     # their first report) would bury the command's one-line error on stderr: the debug log has them.
     with contextlib.redirect_stdout(io.StringIO()) as printed, _tune_logs_to_debug():
         results = tuner.fit()
+        errors = [r.error for r in results if r.error is not None]
         finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
-        if not finished:
-            errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None][:1]
-            raise InvalidInput("every tuning trial failed" + (f": {errors[0]}" if errors else ""))
-        best = results.get_best_result(metric=METRIC, mode="max", scope="all")
+        best = results.get_best_result(metric=METRIC, mode="max", scope="all") if finished else None
     log.debug("Ray Tune printed: %s", printed.getvalue())
+    if best is None:
+        if errors:
+            raise InvalidInput(f"every tuning trial failed: {str(errors[0]).strip().splitlines()[-1]}")
+        if time_budget_s is not None:  # stopped by the budget before a first report: none failed
+            raise InvalidInput(f"no tuning trial finished within --time-budget {time_budget_s:g} s: give the "
+                               "search more time", code="time_budget_exceeded")
+        raise InvalidInput("no tuning trial reported a result")
     best_ap = float(best.metrics_dataframe[METRIC].max())
     params = {**base, **trial_params(best.config, train.y), "num_boost_round": rounds,
               "early_stopping_rounds": patience}

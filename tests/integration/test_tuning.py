@@ -73,3 +73,21 @@ def test_bad_parameters_are_refused_before_any_trial(ray_session, tmp_path, synt
     with pytest.raises(InvalidInput, match="LightGBM refuses the parameters: max_bin must be > 1"):
         tune_params(train, valid, trials=2, seed=3, storage=tmp_path, base_params={"max_bin": -5})
     assert capfd.readouterr().err == ""
+
+
+def test_a_time_budget_no_trial_finishes_in_is_said_as_such(ray_session, tmp_path, synthetic_matrix, caplog):
+    """Trials stopped by --time-budget before their first report were reported as "every tuning trial failed",
+    after a multi-line Ray warning ("Failed to fetch metrics") on stderr: no trial had failed. Ray Tune's
+    records now go to the debug log, not to the `ray` logger whose handler writes on stderr."""
+    import logging
+
+    import pytest
+
+    from sira.core.errors import InvalidInput
+
+    train, valid = synthetic_matrix(1000, 1), synthetic_matrix(500, 2)
+    with pytest.raises(InvalidInput, match="no tuning trial finished within --time-budget 0.5 s") as caught:
+        tune_params(train, valid, trials=3, seed=3, storage=tmp_path, time_budget_s=0.5,
+                    base_params={"num_boost_round": 60, "early_stopping_rounds": 5})
+    assert caught.value.code == "time_budget_exceeded"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("ray") and r.levelno >= logging.WARNING] == []
