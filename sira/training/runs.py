@@ -286,7 +286,9 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                 )
                 timings["total_s"] = time.perf_counter() - started
                 await registry.finish_run(conn, run_id, metrics={k: _metrics_block(v) for k, v in metrics.items()},
-                                          fingerprint=ds.fingerprint, timings=timings, params=result.params)
+                                          fingerprint=ds.fingerprint, timings=timings,
+                                          params={**result.params, **({"search": {k: search["summary"][k] for k in (
+                                              "searched", "fixed")}} if search else {})})
         except BaseException as exc:
             timings["total_s"] = time.perf_counter() - started
             message = exc.one_line() if isinstance(exc, SiraError) else f"{type(exc).__name__}: {exc}"

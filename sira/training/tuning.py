@@ -15,7 +15,7 @@ import contextlib
 import io
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ REPORT_EVERY = 10
 METRIC = "average_precision"
 
 
-def search_space() -> dict[str, Any]:
-    """Ranges that suit rare positives: small-to-medium trees, enough data per leaf, regularisation."""
+def search_space(fixed: Collection[str] = ()) -> dict[str, Any]:
+    """Ranges that suit rare positives: small-to-medium trees, enough data per leaf, regularisation. Without the
+    parameters the caller ``fixed`` (LightGBM's names): the search tunes the others around them."""
     from ray import tune
 
-    return {
+    space = {
         "learning_rate": tune.loguniform(0.01, 0.2),
         "num_leaves": tune.randint(8, 128),
         "min_data_in_leaf": tune.randint(10, 400),
@@ -45,16 +46,24 @@ def search_space() -> dict[str, Any]:
         # weight of the positive class as a power of the imbalance: 0 = none, 1 = fully balanced
         "pos_weight_power": tune.uniform(0.0, 1.0),
     }
+    return {k: v for k, v in space.items() if _searched_name(k) not in fixed}
+
+
+def _searched_name(key: str) -> str:
+    """The LightGBM parameter a search dimension sets."""
+    return "scale_pos_weight" if key == "pos_weight_power" else key
 
 
 def trial_params(config: dict[str, Any], y_train: np.ndarray) -> dict[str, Any]:
     """LightGBM parameters of one trial's configuration."""
     params = {k: v for k, v in config.items() if k != "pos_weight_power"}
-    pos = float(y_train.sum())
-    imbalance = (y_train.size - pos) / max(pos, 1.0)
-    params["scale_pos_weight"] = float(min(imbalance ** config.get("pos_weight_power", 0.5), 1000.0))
-    params["num_leaves"] = int(params["num_leaves"])
-    params["min_data_in_leaf"] = int(params["min_data_in_leaf"])
+    if "pos_weight_power" in config:
+        pos = float(y_train.sum())
+        imbalance = (y_train.size - pos) / max(pos, 1.0)
+        params["scale_pos_weight"] = float(min(imbalance ** config["pos_weight_power"], 1000.0))
+    for key in ("num_leaves", "min_data_in_leaf"):
+        if key in params:
+            params[key] = int(params[key])
     return params
 
 
@@ -66,7 +75,7 @@ def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, 
     import lightgbm as lgb
     from ray import tune
 
-    params = resolve_params({**base, **trial_params(config, train_y), "num_boost_round": rounds,
+    params = resolve_params({**trial_params(config, train_y), **base, "num_boost_round": rounds,
                              "early_stopping_rounds": patience}, seed=seed, num_threads=1)
     lgb_params = {k: v for k, v in params.items() if k not in ("num_boost_round", "early_stopping_rounds")}
     lgb_params["metric"] = METRIC
@@ -89,8 +98,10 @@ def tune_params(
     train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
     base_params: dict[str, Any] | None = None, early_termination: bool = True, wait_for_cpus_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Search on Ray Tune; returns the best parameters and a summary of the search. When no CPU is free for a
-    trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then fails."""
+    """Search on Ray Tune; returns the best parameters and a summary of the search. The caller's parameters
+    (``base_params``) are fixed: the search tunes only the others, and the summary says which were which. When
+    no CPU is free for a trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then
+    fails."""
     import optuna
     import ray
     from ray import tune
@@ -105,8 +116,13 @@ def tune_params(
     from sira.core.ray_runtime import wait_for_cpus
 
     check_params(base_params, train)  # LightGBM's refusals once, here, not in every trial
-    wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
     base = normalize_params(base_params)
+    space = search_space(fixed=base)
+    if not space:
+        raise InvalidInput(f"--params fixes every parameter the search tunes ({', '.join(sorted(base))}): "
+                           "nothing is left to search; train without --trials")
+    wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
+    fixed = sorted(base)
     rounds = int(base.pop("num_boost_round", 1000))
     patience = int(base.pop("early_stopping_rounds", 100))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -120,7 +136,7 @@ def tune_params(
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", search_alg=OptunaSearch(seed=seed), num_samples=trials,
             scheduler=ASHAScheduler(max_t=max(1, math.ceil(rounds / REPORT_EVERY)), grace_period=5,
@@ -148,13 +164,14 @@ def tune_params(
                                "search more time", code="time_budget_exceeded")
         raise InvalidInput("no tuning trial reported a result")
     best_ap = float(best.metrics_dataframe[METRIC].max())
-    params = {**base, **trial_params(best.config, train.y), "num_boost_round": rounds,
+    params = {**trial_params(best.config, train.y), **base, "num_boost_round": rounds,
               "early_stopping_rounds": patience}
     return {
         "params": params,
         "summary": {"trials": len(results), "completed": len(finished), "best_validation_ap": best_ap,
                     "concurrency": cpus, "trial_aps": sorted((float(r.metrics_dataframe[METRIC].max())
-                                                              for r in finished), reverse=True)},
+                                                              for r in finished), reverse=True),
+                    "searched": sorted(_searched_name(k) for k in space), "fixed": fixed},
     }
 
 
