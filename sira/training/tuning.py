@@ -126,6 +126,7 @@ def tune_params(
     rounds = int(base.pop("num_boost_round", 1000))
     patience = int(base.pop("early_stopping_rounds", 100))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    max_t = max(1, math.ceil(rounds / REPORT_EVERY))  # in reports: ASHA's grace period may not exceed it
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, train_X=train.X, train_y=train.y, valid_X=valid.X, valid_y=valid.y, names=train.names,
@@ -139,8 +140,8 @@ def tune_params(
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", search_alg=OptunaSearch(seed=seed), num_samples=trials,
-            scheduler=ASHAScheduler(max_t=max(1, math.ceil(rounds / REPORT_EVERY)), grace_period=5,
-                                    reduction_factor=3) if early_termination else None,
+            scheduler=ASHAScheduler(max_t=max_t, grace_period=min(5, max_t), reduction_factor=3)
+            if early_termination else None,
             max_concurrent_trials=cpus, reuse_actors=True, time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),

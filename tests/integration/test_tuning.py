@@ -121,6 +121,15 @@ def test_bad_parameters_are_refused_before_any_trial(ray_session, tmp_path, synt
     assert capfd.readouterr().err == ""
 
 
+def test_a_search_with_fewer_rounds_than_asha_waits_for(ray_session, tmp_path, synthetic_matrix):
+    """Under 50 rounds ASHA's grace period (5 reports) exceeded its last milestone: `internal: AssertionError:
+    grace_period must be <= max_t!`."""
+    train, valid = synthetic_matrix(1000, 1), synthetic_matrix(500, 2)
+    out = tune_params(train, valid, trials=1, seed=3, storage=tmp_path,
+                      base_params={"num_boost_round": 20, "early_stopping_rounds": 5})
+    assert out["summary"]["completed"] == 1
+
+
 def test_a_time_budget_no_trial_finishes_in_is_said_as_such(ray_session, tmp_path, synthetic_matrix, caplog):
     """Trials stopped by --time-budget before their first report were reported as "every tuning trial failed",
     after a multi-line Ray warning ("Failed to fetch metrics") on stderr: no trial had failed. Ray Tune's
