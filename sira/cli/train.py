@@ -76,7 +76,9 @@ def train_cmd(
     time_col: Annotated[str | None, typer.Option("--time-col", help="Time column: split by time.")] = None,
     id_col: Annotated[str | None, typer.Option("--id-col", help="Id column (never a feature).")] = None,
     positive: Annotated[str | None, typer.Option("--positive", help="The label value that means positive.")] = None,
-    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters (and "
+                                                                  "num_boost_round, early_stopping_rounds, calibration); "
+                                                                  "with --trials they are fixed, the search tunes the others.")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed: same data, params, seed and threads, same model file.")] = 42,
     threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
     model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
@@ -129,7 +131,9 @@ def train_cmd(
         if result.get("search"):
             s = result["search"]
             err.print(f"search: {s['completed']}/{s['trials']} trials, best validation AP "
-                       f"{s['best_validation_ap']:.4f}, {s['concurrency']} at a time")
+                       f"{s['best_validation_ap']:.4f}, {s['concurrency']} at a time; searched "
+                       f"{', '.join(s['searched'])}" + (f"; fixed by --params: {', '.join(s['fixed'])}"
+                                                         if s["fixed"] else ""))
         if result["dropped_columns"]:
             err.print("not features: " + ", ".join(f"{k} ({v})" for k, v in result["dropped_columns"].items()))
         if result.get("infinite_values"):

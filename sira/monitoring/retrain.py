@@ -116,7 +116,8 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
     if req.trials < 0:
         raise InvalidInput("--trials must be 0 (no search) or more", code="invalid_input")
     check_request(TrainRequest(model=req.model, seed=req.seed, test_days=req.test_days, train_days=req.train_days,
-                               label_delay_days=req.label_delay_days, as_of=req.as_of))  # before the drift step
+                               label_delay_days=req.label_delay_days, as_of=req.as_of,
+                               params=req.params))  # before the drift step
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             model = dict(await registry.get_model(conn, req.model))

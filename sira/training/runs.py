@@ -34,7 +34,7 @@ from sira.registry.settings import check_source
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
-from sira.training.trainer import Matrix, TrainResult, apply_calibration, train_model
+from sira.training.trainer import Matrix, TrainResult, apply_calibration, check_params, train_model
 from sira.training.windows import Windows, check_as_of, check_counts, check_days, training_windows, window_counts
 
 SHAP_ROWS = 2_000
@@ -197,6 +197,7 @@ def check_request(req: TrainRequest) -> None:
     check_days("--label-delay", req.label_delay_days, zero_allowed=True)
     _check_table_options(req)
     check_as_of(req.as_of)
+    check_params(req.params)  # a typo, a NaN, a value LightGBM refuses: before anything is created
 
 
 def _check_table_options(req: TrainRequest) -> None:
@@ -288,7 +289,9 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                 )
                 timings["total_s"] = time.perf_counter() - started
                 await registry.finish_run(conn, run_id, metrics={k: _metrics_block(v) for k, v in metrics.items()},
-                                          fingerprint=ds.fingerprint, timings=timings, params=result.params)
+                                          fingerprint=ds.fingerprint, timings=timings,
+                                          params={**result.params, **({"search": {k: search["summary"][k] for k in (
+                                              "searched", "fixed")}} if search else {})})
         except BaseException as exc:
             timings["total_s"] = time.perf_counter() - started
             message = exc.one_line() if isinstance(exc, SiraError) else f"{type(exc).__name__}: {exc}"

@@ -11,9 +11,16 @@ vocabulary is stored with the model.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import functools
+import io
 import math
+import os
+import re
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +46,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "early_stopping_rounds": 100,
 }
 _OWN_KEYS = {"num_boost_round", "early_stopping_rounds", "calibration"}
+CALIBRATIONS = ("auto", "isotonic", "platt")
+# LightGBM's names for SIRA's own keys: their aliases (n_estimators, early_stopping_round, ...) mean SIRA's.
+_OWN_NAMES = {"num_iterations": "num_boost_round", "early_stopping_round": "early_stopping_rounds"}
+# Parameters that describe the data's columns: only checkable against the data itself.
+_COLUMN_KEYS = {"monotone_constraints", "feature_contri", "max_bin_by_feature", "interaction_constraints",
+                "categorical_feature", "cegb_penalty_feature_lazy", "cegb_penalty_feature_coupled"}
+_CHECK_ROWS = 64
 # Isotonic regression needs many positives to be reliable; with fewer, Platt scaling.
 MIN_POSITIVES_FOR_ISOTONIC = 1_000
 # Isotonic calibration is a step function: scores in one step would tie and lose the
@@ -110,10 +124,122 @@ class TrainResult:
     evals: dict[str, list[float]] = field(default_factory=dict)
 
 
+@functools.cache
+def parameter_names() -> dict[str, str]:
+    """Every parameter name a caller may use -> the one it means: LightGBM's parameters and their aliases
+    (from the library itself: ``LGBM_DumpParamAliases``), and SIRA's own keys."""
+    from lightgbm.basic import _ConfigAliases
+
+    names = {key: key for key in _OWN_KEYS}
+    for name, aliases in _ConfigAliases._get_all_param_aliases().items():  # name -> [name, *aliases]
+        names.update((alias, _OWN_NAMES.get(name, name)) for alias in aliases)
+    return names
+
+
+def normalize_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's parameters, each under the one name it means (LightGBM's, or SIRA's num_boost_round,
+    early_stopping_rounds and calibration), their values checked. An unknown name (a typo) was ignored by
+    LightGBM yet recorded in the run and the manifest as if used; an alias lost to a default given under the
+    main name; a NaN, a fraction of a round or a word where a number belongs failed late, as `internal`."""
+    names = parameter_names()
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in (params or {}).items():
+        name = names.get(str(key))
+        if name is None:
+            near = difflib.get_close_matches(str(key), list(names), n=1)
+            raise InvalidInput(f"unknown parameter {key}: not a LightGBM parameter nor one of SIRA's "
+                               f"({', '.join(sorted(_OWN_KEYS))})" + (f"; did you mean {near[0]}?" if near else ""),
+                               details={"parameter": str(key)})
+        if name in given:
+            raise InvalidInput(f"parameter {name} is given twice (as {given[name]} and {key})",
+                               details={"parameter": name})
+        given[name] = str(key)
+        out[name] = _checked_value(name, value)
+    return out
+
+
+def _checked_value(name: str, value: Any) -> Any:
+    if name in ("num_boost_round", "early_stopping_rounds"):
+        least = 1 if name == "num_boost_round" else 0  # early_stopping_rounds 0: no early stopping
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidInput(f"parameter {name} must be a whole number of at least {least} (got {value!r})",
+                               details={"parameter": name})
+    elif name == "calibration":
+        if value not in CALIBRATIONS:
+            raise InvalidInput(f"parameter calibration must be auto, isotonic or platt (got {value!r})",
+                               details={"parameter": name})
+    else:
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, list):
+                pending.extend(item)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise InvalidInput(f"parameter {name} must be a finite number (got {item})", details={"parameter": name})
+            elif not isinstance(item, (str, int, float)):
+                raise InvalidInput(f"parameter {name} must be a number, a word or a list of them (got {item!r})",
+                                   details={"parameter": name})
+    return value
+
+
+def check_params(params: Mapping[str, Any] | None, sample: Matrix | None = None) -> None:
+    """Refuse, before anything is stored or trained, parameters that training would refuse: ours
+    (``normalize_params``), then LightGBM's own, from a booster built on a few rows: ``sample``'s, else made-up
+    rows (and then without the parameters that describe the data's columns)."""
+    import lightgbm as lgb
+
+    lgb_params = {k: v for k, v in resolve_params(params, seed=0, num_threads=1).items() if k not in _OWN_KEYS}
+    lgb_params.setdefault("scale_pos_weight", 2.0)  # training always sets one (not LightGBM's 1, its "none")
+    lgb_params["metric"] = "average_precision"
+    if sample is None:
+        lgb_params = {k: v for k, v in lgb_params.items() if k not in _COLUMN_KEYS}
+        sample = Matrix(np.random.default_rng(0).random((_CHECK_ROWS, 2)), np.arange(_CHECK_ROWS) % 2.0,
+                        [FeatureSpec("a", "numeric"), FeatureSpec("b", "numeric")])
+    categorical = [s.name for s in sample.schema if s.kind == "categorical"]
+    try:
+        with _native_output_silenced():
+            lgb.Booster(lgb_params, lgb.Dataset(sample.X[:_CHECK_ROWS], label=sample.y[:_CHECK_ROWS],
+                                                feature_name=sample.names, categorical_feature=categorical or "auto",
+                                                params={"verbosity": -1}))
+    except (lgb.basic.LightGBMError, ValueError) as exc:
+        raise InvalidInput(f"LightGBM refuses the parameters: {_lightgbm_reason(exc)}") from None
+
+
+def _lightgbm_reason(exc: Exception) -> str:
+    """LightGBM's message without its source location: `Check failed: (max_bin) > (1) at /.../config_auto.cpp,
+    line 527 .` -> `max_bin must be > 1`."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    check = re.fullmatch(r"Check failed: \((\w+)\) (\S+) \((.+?)\) at .*", message)
+    if check:
+        return f"{check[1]} must be {check[2]} {check[3]}"
+    sized = re.search(r"num_total_features\(\)\)\) == \(config->(\w+)\.size\(\)\)", message)
+    if sized:
+        return f"{sized[1]} must have one value per feature"
+    return re.sub(r" at \S+, line \d+ \.?$", "", message)
+
+
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """LightGBM writes its fatal errors on the process's stderr (fd 2), whatever its verbosity, and its log
+    through Python's stdout: a refusal is raised as one line instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def resolve_params(params: Mapping[str, Any] | None, *, seed: int, num_threads: int) -> dict[str, Any]:
     """Defaults, the caller's overrides, and the settings that make training reproducible."""
-    merged = {**DEFAULT_PARAMS, **(params or {})}
-    for key in ("learning_rate", "num_leaves", "num_boost_round"):
+    merged = {**DEFAULT_PARAMS, **normalize_params(params)}
+    for key in ("learning_rate", "num_leaves"):
         if not isinstance(merged[key], (int, float)) or merged[key] <= 0:
             raise InvalidInput(f"parameter {key} must be a positive number")
     merged.update(seed=seed, deterministic=True, force_row_wise=True, num_threads=num_threads, verbosity=-1,
@@ -143,6 +269,7 @@ def train_model(
     if valid.y.sum() == valid.y.size:
         raise InvalidInput("the validation window has no negative labels; widen the windows")
     started = time.perf_counter()
+    check_params(params, train)
     full = resolve_params(params, seed=seed, num_threads=num_threads)
     rounds = int(full["num_boost_round"])
     patience = int(full["early_stopping_rounds"])
@@ -173,7 +300,7 @@ def train_model(
 
 def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str = "auto") -> dict[str, Any]:
     """Map raw margins to probabilities: isotonic (enough positives) or Platt; stored as plain numbers."""
-    if method not in ("auto", "isotonic", "platt"):
+    if method not in CALIBRATIONS:
         raise InvalidInput("calibration must be auto, isotonic or platt")
     if method == "auto":
         method = "isotonic" if y.sum() >= MIN_POSITIVES_FOR_ISOTONIC else "platt"

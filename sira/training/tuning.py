@@ -15,13 +15,14 @@ import contextlib
 import io
 import logging
 import math
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sira.core.errors import InvalidInput
-from sira.training.trainer import Matrix, resolve_params
+from sira.training.trainer import Matrix, check_params, normalize_params, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,12 @@ REPORT_EVERY = 10
 METRIC = "average_precision"
 
 
-def search_space() -> dict[str, Any]:
-    """Ranges that suit rare positives: small-to-medium trees, enough data per leaf, regularisation."""
+def search_space(fixed: Collection[str] = ()) -> dict[str, Any]:
+    """Ranges that suit rare positives: small-to-medium trees, enough data per leaf, regularisation. Without the
+    parameters the caller ``fixed`` (LightGBM's names): the search tunes the others around them."""
     from ray import tune
 
-    return {
+    space = {
         "learning_rate": tune.loguniform(0.01, 0.2),
         "num_leaves": tune.randint(8, 128),
         "min_data_in_leaf": tune.randint(10, 400),
@@ -44,16 +46,24 @@ def search_space() -> dict[str, Any]:
         # weight of the positive class as a power of the imbalance: 0 = none, 1 = fully balanced
         "pos_weight_power": tune.uniform(0.0, 1.0),
     }
+    return {k: v for k, v in space.items() if _searched_name(k) not in fixed}
+
+
+def _searched_name(key: str) -> str:
+    """The LightGBM parameter a search dimension sets."""
+    return "scale_pos_weight" if key == "pos_weight_power" else key
 
 
 def trial_params(config: dict[str, Any], y_train: np.ndarray) -> dict[str, Any]:
     """LightGBM parameters of one trial's configuration."""
     params = {k: v for k, v in config.items() if k != "pos_weight_power"}
-    pos = float(y_train.sum())
-    imbalance = (y_train.size - pos) / max(pos, 1.0)
-    params["scale_pos_weight"] = float(min(imbalance ** config.get("pos_weight_power", 0.5), 1000.0))
-    params["num_leaves"] = int(params["num_leaves"])
-    params["min_data_in_leaf"] = int(params["min_data_in_leaf"])
+    if "pos_weight_power" in config:
+        pos = float(y_train.sum())
+        imbalance = (y_train.size - pos) / max(pos, 1.0)
+        params["scale_pos_weight"] = float(min(imbalance ** config["pos_weight_power"], 1000.0))
+    for key in ("num_leaves", "min_data_in_leaf"):
+        if key in params:
+            params[key] = int(params[key])
     return params
 
 
@@ -65,7 +75,7 @@ def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, 
     import lightgbm as lgb
     from ray import tune
 
-    params = resolve_params({**base, **trial_params(config, train_y), "num_boost_round": rounds,
+    params = resolve_params({**trial_params(config, train_y), **base, "num_boost_round": rounds,
                              "early_stopping_rounds": patience}, seed=seed, num_threads=1)
     lgb_params = {k: v for k, v in params.items() if k not in ("num_boost_round", "early_stopping_rounds")}
     lgb_params["metric"] = METRIC
@@ -88,8 +98,10 @@ def tune_params(
     train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
     base_params: dict[str, Any] | None = None, early_termination: bool = True, wait_for_cpus_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Search on Ray Tune; returns the best parameters and a summary of the search. When no CPU is free for a
-    trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then fails."""
+    """Search on Ray Tune; returns the best parameters and a summary of the search. The caller's parameters
+    (``base_params``) are fixed: the search tunes only the others, and the summary says which were which. When
+    no CPU is free for a trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then
+    fails."""
     import optuna
     import ray
     from ray import tune
@@ -103,11 +115,18 @@ def tune_params(
         raise InvalidInput("tuning needs Ray: start it with sira.core.ray_runtime.init_ray first")
     from sira.core.ray_runtime import wait_for_cpus
 
+    check_params(base_params, train)  # LightGBM's refusals once, here, not in every trial
+    base = normalize_params(base_params)
+    space = search_space(fixed=base)
+    if not space:
+        raise InvalidInput(f"--params fixes every parameter the search tunes ({', '.join(sorted(base))}): "
+                           "nothing is left to search; train without --trials")
     wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
-    base = {**(base_params or {})}
+    fixed = sorted(base)
     rounds = int(base.pop("num_boost_round", 1000))
     patience = int(base.pop("early_stopping_rounds", 100))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    max_t = max(1, math.ceil(rounds / REPORT_EVERY))  # in reports: ASHA's grace period may not exceed it
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, train_X=train.X, train_y=train.y, valid_X=valid.X, valid_y=valid.y, names=train.names,
@@ -118,11 +137,11 @@ def tune_params(
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", search_alg=OptunaSearch(seed=seed), num_samples=trials,
-            scheduler=ASHAScheduler(max_t=max(1, math.ceil(rounds / REPORT_EVERY)), grace_period=5,
-                                    reduction_factor=3) if early_termination else None,
+            scheduler=ASHAScheduler(max_t=max_t, grace_period=min(5, max_t), reduction_factor=3)
+            if early_termination else None,
             max_concurrent_trials=cpus, reuse_actors=True, time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),
@@ -130,20 +149,48 @@ def tune_params(
     # Tune prints its own tables on stdout even at verbose=0 (the experiment's box, where its files are, a
     # TensorBoard hint into Ray's temporary folder): stdout belongs to the command's result (--json), and
     # none of it is for the person running `sira tune`, so it goes to the debug log.
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    # Its logs (a failed trial's traceback, "Failed to fetch metrics" of trials a time budget stopped before
+    # their first report) would bury the command's one-line error on stderr: the debug log has them.
+    with contextlib.redirect_stdout(io.StringIO()) as printed, _tune_logs_to_debug():
         results = tuner.fit()
+        errors = [r.error for r in results if r.error is not None]
+        finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
+        best = results.get_best_result(metric=METRIC, mode="max", scope="all") if finished else None
     log.debug("Ray Tune printed: %s", printed.getvalue())
-    finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
-    if not finished:
-        errors = [str(r.error).splitlines()[-1] for r in results if r.error is not None][:1]
-        raise InvalidInput("every tuning trial failed" + (f": {errors[0]}" if errors else ""))
-    best = results.get_best_result(metric=METRIC, mode="max", scope="all")
+    if best is None:
+        if errors:
+            raise InvalidInput(f"every tuning trial failed: {str(errors[0]).strip().splitlines()[-1]}")
+        if time_budget_s is not None:  # stopped by the budget before a first report: none failed
+            raise InvalidInput(f"no tuning trial finished within --time-budget {time_budget_s:g} s: give the "
+                               "search more time", code="time_budget_exceeded")
+        raise InvalidInput("no tuning trial reported a result")
     best_ap = float(best.metrics_dataframe[METRIC].max())
-    params = {**base, **trial_params(best.config, train.y), "num_boost_round": rounds,
+    params = {**trial_params(best.config, train.y), **base, "num_boost_round": rounds,
               "early_stopping_rounds": patience}
     return {
         "params": params,
         "summary": {"trials": len(results), "completed": len(finished), "best_validation_ap": best_ap,
                     "concurrency": cpus, "trial_aps": sorted((float(r.metrics_dataframe[METRIC].max())
-                                                              for r in finished), reverse=True)},
+                                                              for r in finished), reverse=True),
+                    "searched": sorted(_searched_name(k) for k in space), "fixed": fixed},
     }
+
+
+class _ToDebugLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("Ray Tune: %s", self.format(record))
+
+
+@contextlib.contextmanager
+def _tune_logs_to_debug() -> Iterator[None]:
+    """Ray Tune's log records go to this module's debug log instead of Ray's stderr handler."""
+    tune_log = logging.getLogger("ray.tune")
+    handler = _ToDebugLog()
+    saved = tune_log.propagate
+    tune_log.addHandler(handler)
+    tune_log.propagate = False
+    try:
+        yield
+    finally:
+        tune_log.propagate = saved
+        tune_log.removeHandler(handler)

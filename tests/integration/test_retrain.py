@@ -134,6 +134,10 @@ def test_bad_retrain_input_is_refused(model):
         with pytest.raises(InvalidInput) as caught:
             retrain(model, **bad)
         assert caught.value.code == "invalid_option"
+    runs = asyncio.run(_fetch(model.dsn, "SELECT id FROM sira_retrain_runs"))
+    with pytest.raises(InvalidInput, match="unknown parameter num_leave"):  # was trained as if it were not there
+        retrain(model, seed=8, params={**FAST, "num_leave": 2})
+    assert asyncio.run(_fetch(model.dsn, "SELECT id FROM sira_retrain_runs")) == runs  # refused before the drift step
     with pytest.raises(InvalidInput) as caught:  # a policy is checked when it is set, not when it is used
         asyncio.run(_policy(model, {"min_ap_gian": 0.1}))
     assert caught.value.code == "invalid_policy" and "min_ap_gian" in caught.value.message

@@ -192,12 +192,13 @@ async def test_a_tampered_artifact_is_refused(clean_db, settings, byo_table, tmp
 
 
 async def test_a_failing_run_is_recorded_not_lost(clean_db, settings, byo_table):
+    # one constraint for a table of several features: only the data tells, once the run has started
     req = TrainRequest(model="broken", data=[byo_table / "tx.parquet"], label="is_fraud",
-                       params={"learning_rate": -0.1}, num_threads=1)
-    with pytest.raises(InvalidInput, match="learning_rate"):
+                       params={"monotone_constraints": [1]}, num_threads=1)
+    with pytest.raises(InvalidInput, match="monotone_constraints"):
         await run_training(settings, req)
     run = await clean_db.fetchrow("SELECT status, error, finished_at FROM sira_training_runs")
-    assert run["status"] == "failed" and "learning_rate" in run["error"] and run["finished_at"] is not None
+    assert run["status"] == "failed" and "monotone_constraints" in run["error"] and run["finished_at"] is not None
     assert await clean_db.fetchval("SELECT count(*) FROM sira_model_versions") == 0
 
 
@@ -318,3 +319,27 @@ async def test_a_run_on_an_existing_model_reads_the_models_source(clean_db, sett
             await ensure_model(conn, "fraud", actor=audit.Actor.local())
     # the model's own source is still fine
     assert (await run_training(settings, TrainRequest(**{**table.__dict__, "model": "tabular"})))["model"] == "tabular"
+
+
+@pytest.mark.parametrize("params, message", [
+    ("num_leave: 2", "error: invalid_input: unknown parameter num_leave"),
+    ("learning_rate: .nan", "error: invalid_input: parameter learning_rate must be a finite number"),
+    ("early_stopping_rounds: ten", "error: invalid_input: parameter early_stopping_rounds must be a whole number"),
+    ("bagging_fraction: 1.5", "error: invalid_input: LightGBM refuses the parameters: bagging_fraction must be"),
+    ("calibration: sigmoid", "error: invalid_input: parameter calibration must be auto, isotonic or platt"),
+])
+def test_bad_parameters_are_one_line_exit_2_before_anything_is_created(byo_table, pg_dsn, tmp_path, params, message,
+                                                                       monkeypatch, capsys):
+    """A typo was ignored yet recorded in the run and the manifest; a bad value failed as `internal` (exit 1,
+    LightGBM's fatal line on stderr) after the model and its run had been created."""
+    import asyncio
+
+    from tests.conftest import cli_in_process, fetch_rows
+
+    (tmp_path / "p.yaml").write_text(f"num_boost_round: 20\n{params}\n")
+    done = cli_in_process(monkeypatch, capsys, {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)},
+                          "train", "--model", "bad_params", "--data", str(byo_table / "tx.parquet"), "--label",
+                          "is_fraud", "--params", str(tmp_path / "p.yaml"), "--threads", "1", "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
+    assert asyncio.run(fetch_rows(pg_dsn, "SELECT name FROM sira_models WHERE name = 'bad_params'")) == []

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from sira.core.errors import InvalidInput
-from sira.training.trainer import Matrix, apply_calibration, encode_columns, fit_calibration, train_model
+from sira.training.trainer import (
+    Matrix,
+    apply_calibration,
+    check_params,
+    encode_columns,
+    fit_calibration,
+    normalize_params,
+    train_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +104,60 @@ def test_defaults_do_not_collapse_on_very_rare_positives():
     plain_ap = average_precision(test.y, plain.predict(test.X))
     oracle_ap = average_precision(test.y, logit[48_000:])  # the true log-odds: the best any model can do
     assert ap > 3 * plain_ap and ap > 0.3 * oracle_ap, (ap, plain_ap, oracle_ap)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"num_leave": 2}, "unknown parameter num_leave: not a LightGBM parameter .*; did you mean num_leaves?"),
+    ({"foo_bar": 3}, "unknown parameter foo_bar"),
+    ({"eta": 0.3, "learning_rate": 0.1}, "parameter learning_rate is given twice"),
+    ({"early_stopping_rounds": "ten"}, "early_stopping_rounds must be a whole number of at least 0"),
+    ({"early_stopping_rounds": -1}, "early_stopping_rounds must be a whole number of at least 0"),
+    ({"num_boost_round": 0.5}, "num_boost_round must be a whole number"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ({"lambda_l2": [1.0, float("inf")]}, "lambda_l2 must be a finite number"),
+    ({"num_leaves": None}, "num_leaves must be a number"),
+    ({"calibration": "sigmoid"}, "calibration must be auto, isotonic or platt"),
+    ({"bagging_fraction": 1.5}, "LightGBM refuses the parameters: bagging_fraction must be <= 1.0"),
+    ({"min_data_in_leaf": -4}, "min_data_in_leaf must be >= 0"),
+    ({"subsample": 0}, "bagging_fraction must be > 0.0"),  # an alias: checked under LightGBM's name
+    ({"objective": "nonsense"}, "Unknown objective type name: nonsense"),
+    ({"is_unbalance": True}, "Cannot set is_unbalance and scale_pos_weight"),  # training always sets the weight
+])
+def test_parameters_training_would_ignore_or_refuse_are_refused_up_front(params, message, capfd):
+    """A typo was ignored by LightGBM yet recorded as used (the model byte-identical), a bad value failed as
+    `internal` only once training ran (NaN passed the > 0 check, `calibration: sigmoid` after the boosting):
+    without the data, before anything is created, one reason, and nothing of LightGBM's on stderr."""
+    with pytest.raises(InvalidInput, match=message):
+        check_params(params)
+    assert "LightGBM" not in capfd.readouterr().err
+
+
+def test_a_typo_in_the_parameters_fails_training_instead_of_being_recorded(data):
+    train, valid = data
+    with pytest.raises(InvalidInput, match="unknown parameter num_leave"):
+        train_model(train, valid, {"num_boost_round": 20, "num_leave": 2})
+    with pytest.raises(InvalidInput, match="calibration must be"):
+        train_model(train, valid, {"num_boost_round": 20, "calibration": "sigmoid"})
+
+
+def test_parameters_that_describe_the_columns_are_checked_against_the_data(data, capfd):
+    train, valid = data  # three features
+    check_params({"monotone_constraints": [1, 0]})  # without the data: not checkable
+    with pytest.raises(InvalidInput, match="monotone_constraints must have one value per feature"):
+        train_model(train, valid, {"num_boost_round": 20, "monotone_constraints": [1, 0]})
+    assert "LightGBM" not in capfd.readouterr().err
+    result = train_model(train, valid, {"num_boost_round": 20, "monotone_constraints": [1, 0, 0]})
+    assert result.params["monotone_constraints"] == [1, 0, 0]
+
+
+def test_aliases_mean_their_parameter(data):
+    """`eta` lost to the default learning_rate (LightGBM prefers the main name), `n_estimators` overrode the
+    rounds SIRA passed: each now means its parameter, and the run records it under that name."""
+    train, valid = data
+    by_alias = train_model(train, valid, {"n_estimators": 20, "eta": 0.3, "early_stopping_round": 5}, seed=1)
+    by_name = train_model(train, valid, {"num_boost_round": 20, "learning_rate": 0.3, "early_stopping_rounds": 5},
+                          seed=1)
+    assert by_alias.model_text == by_name.model_text
+    assert by_alias.params["learning_rate"] == 0.3 and "eta" not in by_alias.params
+    assert normalize_params({"colsample_bytree": 0.5}) == {"feature_fraction": 0.5}
+    assert train_model(train, valid, {"num_boost_round": 15, "early_stopping_rounds": 0}).best_iteration == 15
