@@ -110,6 +110,12 @@ def _summary_table(title: str, summary: dict[str, Any]) -> Table:
     return kv_table(title, rows)
 
 
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    err.print(_summary_table(title, summary))
+    if summary.get("rejected"):
+        err.print("what was set aside, and why: sira rejected (newest first; --json for the records)")
+
+
 @app.command("ingest")
 def ingest_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(help="Event files or folders (.parquet, .csv, .jsonl).")] = None,
@@ -191,7 +197,48 @@ def ingest_cmd(
         summary = ingest_files(settings, paths, mapping=column_map, source=source, actor=actor,
                                progress=not as_json, notify=(lambda _m: None) if as_json else err.print)
         payload = summary.to_dict()
-    emit(payload, as_json, lambda: err.print(_summary_table("Ingest", payload)))
+    emit(payload, as_json, lambda: _print_summary("Ingest", payload))
+
+
+@app.command("rejected")
+def rejected_cmd(
+    source: Annotated[str | None, typer.Option("--source", help="Those whose source starts with this (file:NAME, "
+                                               "api:, stream, kafka).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="A reason code (invalid_field, missing_field, "
+                                               "undecodable, future_time, ...).")] = None,
+    before: Annotated[int | None, typer.Option("--before", min=1, help="Older than this id: the next page "
+                                               "(the last answer's next_before).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many.")] = 50,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the records ingestion set aside (dead letters), newest first, with why (service, operator or data
+    scientist). Payloads are shown redacted, as stored; --json carries them."""
+    from sira.core import db
+    from sira.ingest.dead_letters import list_dead_letters
+
+    settings = get_settings()
+    asyncio.run(actor_for("rejected.read", api_key))
+
+    async def run() -> dict[str, Any]:
+        async with db.open_pool(settings) as pool:
+            async with pool.acquire() as conn:
+                return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)
+
+    payload = asyncio.run(run())
+
+    def render() -> None:
+        table = Table(title=f"Dead letters ({len(payload['entries'])}, newest first)", title_justify="left")
+        for column in ("id", "rejected at", "source", "position", "event id", "reason", "field", "why"):
+            table.add_column(column)
+        for e in payload["entries"]:
+            table.add_row(str(e["id"]), e["rejected_at"][:19], e["source"], e["position"] or "", e["event_id"] or "",
+                          e["reason_code"], e["field"] or "", e["reason"])
+        err.print(table)
+        if payload["next_before"]:
+            err.print(f"older ones: --before {payload['next_before']}")
+
+    emit(payload, as_json, render)
 
 
 @feedback_app.command("import")
@@ -218,7 +265,7 @@ def feedback_import_cmd(
                                              source=source, who=who,
                                              created_by=(who.name if who else Actor.local().name)))
     payload = summary.to_dict()
-    emit(payload, as_json, lambda: err.print(_summary_table("Labels", payload)))
+    emit(payload, as_json, lambda: _print_summary("Labels", payload))
 
 
 @features_app.command("materialize")

@@ -44,7 +44,8 @@ def promote_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption
                        notify=True)
     emit(result, as_json, lambda: err.print(
         f"{model} v{version}: promotion request {result['request_id']} {result['status']}"
-        + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")))
+        + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")
+        + _verdict_note(result)))
 
 
 @app.command("stage")
@@ -57,7 +58,18 @@ def stage_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption =
                        notify=True)
     emit(result, as_json, lambda: err.print(
         f"{model} v{version}: staging (shadow scoring)"
-        + (f"; v{result['replaced']} back to validated" if result["replaced"] else "")))
+        + (f"; v{result['replaced']} back to validated" if result["replaced"] else "") + _verdict_note(result)))
+
+
+def _verdict_note(result: dict[str, Any]) -> str:
+    """A version the retraining policy judged and did not stage: the person acting on it is told (the audit entry
+    and the approvers' evidence keep it too)."""
+    verdict = result.get("retrain_verdict")
+    if not verdict:
+        return ""
+    why = "; ".join(verdict["reasons"][:2])
+    return (f"\nnote: retrain run {verdict['run']}'s policy decided {verdict['decision'].upper()} for this version"
+            + (f" ({why})" if why else ""))
 
 
 def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool,
@@ -250,12 +262,12 @@ def models_show_cmd(name: Annotated[str, typer.Argument(help="Model name.")], ap
             "model_type", "entity_type", "feature_set", "label_name", "label_maturity_days", "required_approvals",
             "decision_targets", "promotion_policy", "created_by")}))
         table = Table(title="Versions", title_justify="left")
-        for column in ("version", "status", "test AP", "created by", "last request"):
+        for column in ("version", "status", "test AP", "created by", "last request", "retrain policy"):
             table.add_column(column)
         for v in model["versions"]:
             ap = v["test_ap"]
             table.add_row(str(v["version"]), v["status"], "" if ap is None else f"{float(ap):.4f}", v["created_by"],
-                          v["last_request"] or "")
+                          v["last_request"] or "", v["retrain_decision"] or "")
         err.print(table)
 
     emit(model, as_json, render)

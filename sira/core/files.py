@@ -339,6 +339,19 @@ def read_yaml(path: Path, *, code: str = "invalid_input") -> Any:
         raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", code=code) from None
 
 
+def check_mapped(columns: Collection[str], mapping: dict[str, str] | Any) -> None:
+    """A mapping's source columns must be in the file, and a name it maps to must not be one of the file's own
+    columns too (which of the two would be the field? the renamed one silently replaced the other)."""
+    absent = [c for c in mapping.values() if c not in columns]
+    if absent:
+        raise InvalidInput(f"mapped column(s) not in the file: {', '.join(absent)}", details={"columns": absent})
+    both = sorted(name for name, c in mapping.items() if name != c and name in columns and name not in mapping.values())
+    if both:
+        pairs = ", ".join(f"{name}={mapping[name]}" for name in both)
+        raise InvalidInput(f"--map {pairs}: the file has its own {', '.join(both)} column too; rename or drop one",
+                           details={"columns": both})
+
+
 def parse_mapping(spec: str | None, mapping_file: Path | None = None, *, fields: Collection[str] | None = None,
                   what: str = "") -> dict[str, str]:
     """A column mapping (SIRA name -> source column) from ``a=B,c=D`` and/or a YAML file. ``fields``: the SIRA

@@ -1,17 +1,18 @@
 """``POST /v1/events``: a batch of events, each validated on its own (one bad event never fails the others;
-rejected ones go to the dead-letter table)."""
+rejected ones go to the dead-letter table); ``GET /v1/events/rejected``: that table, newest first."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
 from sira.http.deps import PoolDep, errors, require
 from sira.ingest.bulk import ingest_records
+from sira.ingest.dead_letters import list_dead_letters
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -51,3 +52,33 @@ async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
                                    source=f"api:{batch.source}")
     return EventsResponse(accepted=summary.accepted, duplicates=summary.duplicates, rejected=summary.rejected,
                           results=[EventResult(**r) for r in summary.results])
+
+
+class RejectedEvent(BaseModel):
+    id: int
+    rejected_at: str
+    source: str
+    position: str | None = Field(description="Where in its source: a stream entry id, Kafka's topic:partition:offset, "
+                                             "a file's name:row")
+    event_id: str | None
+    reason_code: str
+    field: str | None
+    reason: str
+    payload: dict[str, Any] = Field(description="The record as sent, redacted as stored (a mapped source's own "
+                                                "column names)")
+
+
+class RejectedPage(BaseModel):
+    entries: list[RejectedEvent]
+    next_before: int | None = Field(description="Pass as `before` for older ones; null: no more")
+
+
+@router.get("/events/rejected", response_model=RejectedPage, responses=errors(),
+            summary="The records ingestion set aside (dead letters), newest first")
+async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.read"),
+                       source: Annotated[str | None, Query(max_length=300, description="Source starts with")] = None,
+                       reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
+                       before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
+    async with pool.acquire() as conn:
+        return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)

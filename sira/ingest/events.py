@@ -457,13 +457,10 @@ def stored_id(value: Any, redactor: Redactor) -> str | None:
 
 def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
     """Fail before loading when a file's columns cannot make events (names the column)."""
+    from sira.core.files import check_mapped
+
+    check_mapped(columns, mapping)
     present = set(apply_mapping({c: None for c in columns}, mapping))
-    missing_mapped = [source for source in mapping.values() if source not in columns]
-    if missing_mapped:
-        raise InvalidInput(
-            f"mapped column(s) not in the file: {', '.join(missing_mapped)}",
-            details={"columns": missing_mapped},
-        )
     for required in ("event_id", "occurred_at"):
         if required not in present:
             raise InvalidInput(

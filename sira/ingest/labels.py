@@ -308,15 +308,9 @@ def check_label_columns(columns: Sequence[str], mapping: Mapping[str, str]) -> N
     """Fail before importing when a file's columns cannot make labels: a mapped column not in it, a mapped
     name it also has as a column of its own (which of the two would be the label's?), a required one missing."""
     from sira.core.errors import InvalidInput
+    from sira.core.files import check_mapped
 
-    absent = [c for c in mapping.values() if c not in columns]
-    if absent:
-        raise InvalidInput(f"mapped column(s) not in the file: {', '.join(absent)}", details={"columns": absent})
-    both = sorted(name for name, c in mapping.items() if name != c and name in columns and name not in mapping.values())
-    if both:
-        pairs = ", ".join(f"{name}={mapping[name]}" for name in both)
-        raise InvalidInput(f"--map {pairs}: the file has its own {', '.join(both)} column too; rename or drop one",
-                           details={"columns": both})
+    check_mapped(columns, mapping)
     missing_columns = sorted({mapping.get(c, c) for c in ("event_id", "label", "known_at")} - set(columns))
     if missing_columns:
         raise InvalidInput(f"required column(s) missing: {', '.join(missing_columns)}",

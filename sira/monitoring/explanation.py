@@ -55,6 +55,13 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
     edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
     if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts) or None in edges:
         return None  # (an infinite edge, stored as null by versions trained before it was read as missing)
+    mean, std = reference.get("mean"), reference.get("std")
+    if (edges[0] >= 0 and edges[-1] <= 1 and isinstance(mean, (int, float)) and isinstance(std, (int, float))
+            and abs(std * std - mean * (1 - mean)) <= 1e-9):
+        # a yes/no feature (a country new for the customer): values in [0, 1] whose variance is mean * (1 - mean)
+        # are all 0 or 1. Its range read "0.00 or more", as if a person's 1 were typical
+        usual, other, share = ("no", "yes", mean) if mean < 0.5 else ("yes", "no", 1 - mean)
+        return f"{usual} ({other} in {f'{share:.0%}' if share >= 0.005 else 'under 1%'} of the training data)"
     # the bins holding the 25th and 75th percentiles, from their counts: the edges are quantiles with the
     # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)

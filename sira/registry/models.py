@@ -17,6 +17,7 @@ from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import webhooks
 from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, check_source, checked, redacted, refused_setting
+from sira.registry.verdicts import retrain_verdict
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -256,11 +257,13 @@ async def stage_version(conn: Connection, settings: Any, identity: Any, model_na
         await _set_status(conn, previous["id"], "validated")
     await _set_status(conn, row["id"], "staging")
     details = {"from": row["status"], "to": "staging", "reason": reason,
-               "replaced": previous["version"] if previous else None}
+               "replaced": previous["version"] if previous else None,
+               "retrain_verdict": await retrain_verdict(conn, row["model_id"], version)}
     await audit.record(conn, identity.actor(), "version.stage", target_type="model_version",
                        target_id=f"{model_name}:v{version}", details=details)
     await webhooks.enqueue(conn, "version.stage", {"model": model_name, "version": version, **details})
-    return {"model": model_name, "version": version, "status": "staging", "replaced": details["replaced"]}
+    return {"model": model_name, "version": version, "status": "staging", "replaced": details["replaced"],
+            "retrain_verdict": details["retrain_verdict"]}
 
 
 async def request_promotion(conn: Connection, settings: Any, identity: Any, model_name: str, version: int,
@@ -289,9 +292,9 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
     except asyncpg.UniqueViolationError:
         raise Conflict(f"{model_name} v{version} already has a pending promotion request",
                        code="request_pending") from None
-    await audit.record(conn, identity.actor(), "promotion.request", target_type="model_version",
-                       target_id=f"{model_name}:v{version}",
-                       details={"request_id": request_id, "required_approvals": row["required_approvals"]})
+    verdict = await retrain_verdict(conn, row["model_id"], version)  # the policy rejected (or held) it: said
+    await audit.record(conn, identity.actor(), "promotion.request", target_type="model_version", target_id=f"{model_name}:v{version}",
+                       details={"request_id": request_id, "required_approvals": row["required_approvals"], "retrain_verdict": verdict})
     await webhooks.enqueue(conn, "promotion.request", {
         "model": model_name, "version": version, "request_id": request_id, "requested_by": identity.name,
         "reason": reason, "required_approvals": row["required_approvals"]})
@@ -304,7 +307,7 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
                            request_id)
         status = "approved"
     return {"model": model_name, "version": version, "request_id": request_id, "status": status,
-            "required_approvals": row["required_approvals"]}
+            "required_approvals": row["required_approvals"], "retrain_verdict": verdict}
 
 
 async def decide(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
@@ -535,7 +538,9 @@ async def show_model(conn: Connection, identity: Any, name: str) -> dict[str, An
         """SELECT v.version, v.status, v.created_by, v.created_at, v.artifact_sha256,
                   v.metrics->'test'->>'average_precision' AS test_ap,
                   (SELECT status FROM sira_promotion_requests r WHERE r.version_id = v.id ORDER BY id DESC LIMIT 1)
-                      AS last_request
+                      AS last_request,
+                  (SELECT decision FROM sira_retrain_runs t WHERE t.model_id = v.model_id AND t.status = 'succeeded'
+                      AND t.challenger_version = v.version ORDER BY id DESC LIMIT 1) AS retrain_decision
              FROM sira_model_versions v WHERE v.model_id = $1 ORDER BY v.version""",
         model["id"],
     )

@@ -127,6 +127,7 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         ("get", "/v1/keys"): set(),
         ("delete", "/v1/keys/{name}"): {404, 409},
         ("post", "/v1/events"): {400, 413},
+        ("get", "/v1/events/rejected"): set(),
         ("post", "/v1/score"): {400, 404, 409, 413},
         ("post", "/v1/score/batch"): {400, 404, 409, 413},
         ("get", "/v1/predictions/{prediction_id}"): {404},

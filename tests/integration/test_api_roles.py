@@ -11,6 +11,7 @@ from sira.http.app import create_app
 ENDPOINTS = [
     ("POST", "/v1/events", {"events": [{"event_id": "r1", "occurred_at": "2026-09-01T00:00:00Z", "customer_id": "c",
                                         "amount": 1}]}, "events.write"),
+    ("GET", "/v1/events/rejected", None, "rejected.read"),
     ("GET", "/v1/models", None, "models.read"),
     ("GET", "/v1/approvals", None, "models.read"),
     ("POST", "/v1/models", {"name": "m-{role}"}, "models.write"),

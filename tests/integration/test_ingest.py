@@ -137,6 +137,65 @@ async def test_csv_with_column_mapping_loads_good_rows_and_dead_letters_the_rest
     assert await count(clean_db, "sira_features") == 26 * 3
 
 
+async def test_the_dead_letters_are_listed_newest_first_by_the_cli_and_over_http(clean_db, ray_session, settings,
+                                                                                  tmp_path, monkeypatch, capsys):
+    """A file's rejected rows could be seen only with psql: `sira ingest` said "rejected 3", and nothing in the
+    CLI or the API read sira_rejected_events."""
+    import httpx
+
+    from sira.core import db
+    from sira.core.auth import Identity, create_key
+    from sira.http.app import create_app
+    from tests.conftest import cli_in_process
+
+    rows = handbook_rows(12)
+    rows[3]["TX_AMOUNT"] = "abc"
+    rows[5]["TX_DATETIME"] = "not a date"
+    rows[7]["CUSTOMER_ID"] = ""
+    rows[7]["TERMINAL_ID"] = ""
+    write_csv(tmp_path / "tx.csv", rows)
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace)}
+    mapping = ",".join(f"{k}={v}" for k, v in HANDBOOK_MAP.items())
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "ingest", str(tmp_path / "tx.csv"),
+                                   "--map", mapping)
+    assert done.returncode == 0 and "what was set aside, and why: sira rejected" in done.stderr, done.stderr
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected", "--json")
+    assert done.returncode == 0, done.stderr
+    page = json.loads(done.stdout)
+    assert [(e["event_id"], e["reason_code"], e["field"], e["position"]) for e in page["entries"]] == [
+        ("7", "missing_entity_key", None, "tx.csv:8"), ("5", "invalid_field", "occurred_at", "tx.csv:6"),
+        ("3", "invalid_field", "amount", "tx.csv:4")]
+    assert page["entries"][2]["payload"]["TX_AMOUNT"] == "abc" and page["next_before"] is None
+    assert {e["source"] for e in page["entries"]} == {"file:tx.csv"}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected", "--reason", "invalid_field",
+                                   "--limit", "1", "--json")
+    first = json.loads(done.stdout)
+    assert [e["event_id"] for e in first["entries"]] == ["5"] and first["next_before"] == first["entries"][0]["id"]
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected", "--reason", "invalid_field",
+                                   "--before", str(first["next_before"]), "--json")
+    assert [e["event_id"] for e in json.loads(done.stdout)["entries"]] == ["3"]
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected")  # the table a person reads
+    assert done.returncode == 0 and "missing_entity_key" in done.stderr and "tx.csv:8" in done.stderr
+    # over HTTP, with a role that may read them
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        admin = Identity("root", frozenset({"admin"}), "api_key")
+        operator, _ = await create_key(conn, name="ops", roles=["operator"], pepper=pepper, creator=admin)
+        viewer, _ = await create_key(conn, name="viv", roles=["viewer"], pepper=pepper, creator=admin)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            r = await client.get("/v1/events/rejected", params={"source": "file:tx", "limit": 2},
+                                 headers={"Authorization": f"Bearer {operator}"})
+            assert r.status_code == 200, r.text
+            assert [e["event_id"] for e in r.json()["entries"]] == ["7", "5"] and r.json()["next_before"]
+            r = await client.get("/v1/events/rejected", headers={"Authorization": f"Bearer {viewer}"})
+            assert r.status_code == 403
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected")  # keys exist now
+    assert done.returncode == 2 and done.stderr.startswith("error: unauthenticated"), done.stderr
+
+
 async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -64,6 +64,30 @@ def test_a_losing_challenger_is_not_staged(model):
     assert any("AP gain" in r for r in report["reasons"])
     assert versions(model)[-1] == (report["challenger"], "candidate")
     assert dict(versions(model))[model.version] == "production"
+    # whoever stages or promotes it later is told what the policy said (it stayed a candidate, silently)
+    asyncio.run(_acting_on_a_rejected_challenger(model, report))
+
+
+async def _acting_on_a_rejected_challenger(model, report) -> None:
+    class Undo(Exception):
+        pass
+
+    conn = await db.connect(model.dsn)
+    try:
+        shown = await registry.show_model(conn, SCIENTIST, "fraud")
+        assert {v["version"]: v["retrain_decision"] for v in shown["versions"]}[report["challenger"]] == "reject"
+        for act in (registry.stage_version, registry.request_promotion):
+            try:
+                async with conn.transaction():  # undone: the tests after this one see the versions as they were
+                    done = await act(conn, model.settings, SCIENTIST, "fraud", report["challenger"], "try it anyway")
+                    verdict = done["retrain_verdict"]
+                    assert (verdict["run"], verdict["decision"]) == (report["run"], "reject"), done
+                    assert verdict["reasons"] == report["reasons"]
+                    raise Undo
+            except Undo:
+                pass
+    finally:
+        await conn.close()
 
 
 def test_a_winning_challenger_is_staged_and_the_same_inputs_register_nothing_more(model):

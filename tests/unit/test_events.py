@@ -88,6 +88,9 @@ def test_mapping_and_column_checks():
         check_columns(["event_id", "occurred_at", "amount"], {})
     with pytest.raises(InvalidInput, match="mapped column.*NOPE"):
         check_columns(["event_id", "occurred_at", "customer_id"], {"amount": "NOPE"})
+    # a name mapped to that the file has as a column of its own too: the renamed column silently replaced it
+    with pytest.raises(InvalidInput, match="--map amount=TX_AMOUNT: the file has its own amount column too"):
+        check_columns(["event_id", "occurred_at", "customer_id", "amount", "TX_AMOUNT"], {"amount": "TX_AMOUNT"})
 
 
 def test_a_rejected_record_is_storable_and_names_the_problem():

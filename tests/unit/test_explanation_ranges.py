@@ -46,3 +46,19 @@ def test_the_typical_range_never_shows_one_rows_value(values):
     bounds = [float(v.replace(",", "")) for v in typical.replace(" or more", "").split(" to ")]
     assert min(bounds) <= np.percentile(values, 25) + 1e-9
     assert typical.endswith(" or more") or max(bounds) >= np.percentile(values, 75) - 1e-9
+
+
+@pytest.mark.parametrize("ones, typical", [(0.04, "no (yes in 4% of the training data)"),
+                                           (0.9, "yes (no in 10% of the training data)"),
+                                           (0.001, "no (yes in under 1% of the training data)")])
+def test_a_yes_no_feature_is_typically_yes_or_no_with_its_share(ones, typical):
+    """A 0/1 feature's quantiles are all 0 or 1: its range read "0.00 or more", as if a person's 1 were typical."""
+    values = (np.arange(10_000) < ones * 10_000).astype(float)
+    ref = {**reference(values), "mean": float(values.mean()), "std": float(values.std())}
+    assert _typical(ref) == typical
+
+
+def test_a_share_between_0_and_1_is_no_yes_no_feature():
+    values = np.random.default_rng(5).beta(2, 5, 2_000)
+    ref = {**reference(values), "mean": float(values.mean()), "std": float(values.std())}
+    assert " to " in _typical(ref) or _typical(ref).endswith(" or more")
