@@ -212,8 +212,8 @@ def rejected_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the records ingestion set aside (dead letters), newest first, with why (service, operator or data
-    scientist). Payloads are shown redacted, as stored; --json carries them."""
+    """Show the records ingestion set aside (dead letters), newest first, with why (a service key, as ingestion
+    takes, or admin). Payloads are shown redacted, as stored; --json carries them."""
     from sira.core import db
     from sira.ingest.dead_letters import list_dead_letters
 

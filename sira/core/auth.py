@@ -35,8 +35,8 @@ _READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "score": frozenset({"service"}),
     "events.write": frozenset({"service"}),
-    # the records ingestion set aside and why (redacted as stored): who sends events, and who runs ingestion
-    "rejected.read": frozenset({"service", "operator", "data_scientist"}),
+    # what of the events it posted was set aside, and why (redacted as stored): part of posting events
+    "rejected.read": frozenset({"service"}),
     "feedback.write": frozenset({"service", "analyst"}),
     "models.read": frozenset(_READERS),
     "predictions.read": frozenset({"analyst"}),

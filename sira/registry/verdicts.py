@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncpg import Connection
 
-
-async def retrain_verdict(conn: Connection, model_id: int, version: int) -> dict[str, Any] | None:
+async def retrain_verdict(conn: Any, model_id: int, version: int) -> dict[str, Any] | None:
     """The last finished retraining run that judged ``version`` as its challenger and did not stage it: its
     id, decision (``reject`` or ``hold``) and reasons; None when no run did."""
     row = await conn.fetchrow(

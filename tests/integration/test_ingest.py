@@ -181,13 +181,13 @@ async def test_the_dead_letters_are_listed_newest_first_by_the_cli_and_over_http
     async with db.transaction(clean_db) as conn:
         await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
         admin = Identity("root", frozenset({"admin"}), "api_key")
-        operator, _ = await create_key(conn, name="ops", roles=["operator"], pepper=pepper, creator=admin)
+        service, _ = await create_key(conn, name="psp", roles=["service"], pepper=pepper, creator=admin)
         viewer, _ = await create_key(conn, name="viv", roles=["viewer"], pepper=pepper, creator=admin)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
             r = await client.get("/v1/events/rejected", params={"source": "file:tx", "limit": 2},
-                                 headers={"Authorization": f"Bearer {operator}"})
+                                 headers={"Authorization": f"Bearer {service}"})
             assert r.status_code == 200, r.text
             assert [e["event_id"] for e in r.json()["entries"]] == ["7", "5"] and r.json()["next_before"]
             r = await client.get("/v1/events/rejected", headers={"Authorization": f"Bearer {viewer}"})

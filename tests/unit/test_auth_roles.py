@@ -10,7 +10,7 @@ def who(*roles):
 
 # The role table of CONVENTIONS.md, written out: (role, actions it may take).
 EXPECTED = {
-    "service": {"score", "events.write", "feedback.write"},
+    "service": {"score", "events.write", "feedback.write", "rejected.read"},  # rejected: what it posted
     "viewer": {"models.read"},
     "analyst": {"models.read", "predictions.read", "feedback.write", "features.read"},
     "data_scientist": {"models.read", "models.write", "promotion.request", "batch.score", "features.read",
