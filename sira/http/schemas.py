@@ -138,6 +138,8 @@ class VersionSummary(Strict):
     artifact_sha256: str
     test_ap: str | None = Field(description="The test window's average precision, as stored")
     last_request: RequestStatus | None
+    retrain_decision: Literal["stage", "reject", "hold"] | None = Field(
+        description="The last retraining policy decision on this version as its challenger (null: none judged it)")
 
 
 class ModelDetail(Model):
@@ -190,12 +192,20 @@ class Comparison(Strict):
     metrics: list[dict[str, Any]] = Field(description="One row per window and metric: v<a>, v<b>, difference")
 
 
+class RetrainVerdict(Strict):
+    run: int = Field(description="The retraining run (sira_retrain_runs.id)")
+    decision: Literal["reject", "hold"]
+    reasons: list[str]
+
+
 class PromotionRequested(Strict):
     model: str
     version: int
     request_id: int
     status: RequestStatus
     required_approvals: int
+    retrain_verdict: RetrainVerdict | None = Field(
+        description="Set when a retraining policy judged this version as its challenger and did not stage it")
 
 
 class Staged(Strict):
@@ -203,6 +213,8 @@ class Staged(Strict):
     version: int
     status: Literal["staging"]
     replaced: int | None
+    retrain_verdict: RetrainVerdict | None = Field(
+        description="Set when a retraining policy judged this version as its challenger and did not stage it")
 
 
 class Decided(Strict):

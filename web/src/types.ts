@@ -72,6 +72,7 @@ export type VersionSummary = {
   artifact_sha256: string;
   test_ap: string | null;
   last_request: string | null;
+  retrain_decision: "stage" | "reject" | "hold" | null;
 };
 
 export type ModelDetail = {
