@@ -27,7 +27,7 @@ from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput
-from sira.core.files import columns_of, decode_json_line, find_files, read_part, read_parts, read_sample
+from sira.core.files import columns_of, find_files, read_part, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
@@ -41,6 +41,7 @@ from sira.ingest.events import (
     Row,
     check_columns,
     check_sample_types,
+    json_records,
     normalize,
     stored_row,
 )
@@ -348,14 +349,8 @@ def _numbered(path: str, row_group: int, first: int, file_format: str, rows: int
 
 
 def _json_records(batch: pa.Table, redactor: Redactor) -> list[dict[str, Any] | Rejection]:
-    """JSON Lines decoded one line at a time: a line that is not a JSON object is a dead letter naming
-    the file and line (not its text, which may hold personal data), as a CSV row that cannot be read."""
-    out: list[dict[str, Any] | Rejection] = []
-    for path, line, text in zip(*(batch.column(c).to_pylist() for c in ("file", "line", "text"))):
-        value = decode_json_line(text)
-        out.append(value if isinstance(value, dict) else Rejection(
-            None, "undecodable", f"line {line}: {value}", None, redactor.payload({"file": Path(path).name, "line": line})))
-    return out
+    """JSON Lines decoded one line at a time (:func:`json_records`), a broken line's file name redacted."""
+    return [r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload)) for r in json_records(batch)]
 
 
 def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, file_format: str,

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import asyncpg
@@ -281,7 +281,8 @@ def read_label_files(files: InputFiles) -> tuple[list[dict[str, Any]], list[Reje
     Lines are decoded line by line as event files are: a line that is no JSON object is a dead letter naming
     its file and line (not its text), a field whose type changes from line to line is validated row by row."""
     from sira.core.errors import InvalidInput
-    from sira.core.files import ROW_GROUP, decode_json_line, json_lines, read_table
+    from sira.core.files import ROW_GROUP, json_lines, read_table
+    from sira.ingest.events import json_records
 
     if files.format != "json":
         table = read_table(files)
@@ -290,14 +291,11 @@ def read_label_files(files: InputFiles) -> tuple[list[dict[str, Any]], list[Reje
     broken: list[Rejection] = []
     for path in files.paths:
         for lines in json_lines(path, ROW_GROUP):
-            texts = cast("list[bytes]", lines.column("text").to_pylist())  # json_lines' text: bytes, no nulls
-            for number, text in zip(lines.column("line").to_pylist(), texts):
-                value = decode_json_line(text)
-                if isinstance(value, dict):
-                    records.append(value)
+            for r in json_records(lines):
+                if isinstance(r, Rejection):
+                    broken.append(r)
                 else:
-                    broken.append(Rejection(None, "undecodable", f"line {number}: {value}", None,
-                                            {"file": path.name, "line": number}))
+                    records.append(r)
     if broken and not records:
         raise InvalidInput(f"cannot read as json: none of the {len(broken)} lines is a JSON object",
                            details={"files": files.strings})

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sira.core.errors import InvalidInput
-from sira.core.files import InputFiles, csv_options, find_files, read_table
+from sira.core.files import InputFiles, columns_of, find_files, read_table
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
@@ -160,12 +160,11 @@ def check_same_columns(files: InputFiles) -> None:
     """Every Parquet or CSV file of the table has the same columns (their footers or headers are read): a
     column missing from one file was filled with nulls without a word, a feature null in every validation
     and test row, while batch scoring refuses the same folder. (In JSON Lines a record may omit a field.)"""
-    if len(files.paths) < 2 or files.format == "json":
+    found = columns_of(files)  # none for JSON Lines
+    if len(found) < 2:
         return
-    first, *others = files.paths
-    expected = _column_names(first, files.format)
-    for path in others:
-        names = _column_names(path, files.format)
+    (first, expected), *others = found
+    for path, names in others:
         missing, extra = [c for c in expected if c not in names], [c for c in names if c not in expected]
         if missing or extra:
             differ = " and ".join([*([f"lacks {', '.join(missing)}"] if missing else []),
@@ -173,20 +172,6 @@ def check_same_columns(files: InputFiles) -> None:
             raise InvalidInput(f"{path.name}: {differ} (against {first.name}); every file of a table needs the "
                                "same columns", code="missing_columns",
                                details={"file": str(path), "missing": missing, "extra": extra})
-
-
-def _column_names(path: Path, file_format: str) -> list[str]:
-    try:
-        if file_format == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        import pyarrow.csv as pacsv
-
-        return list(pacsv.open_csv(path, convert_options=csv_options()).schema.names)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInput(f"{path}: cannot read as {file_format}: {' '.join(str(exc).split())[:300]}",
-                           details={"file": str(path)}) from None
 
 
 def infinite_as_missing(table: pa.Table, exclude: set[str]) -> tuple[pa.Table, dict[str, int]]:
