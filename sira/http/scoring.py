@@ -131,7 +131,7 @@ async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
 @router.post("/feedback", response_model=FeedbackAnswer, responses=errors(404, body=True), summary="Record a label for a prediction or an event")
 async def feedback(body: FeedbackRequest, service: ScoringDep,
                    who: Identity = require("feedback.write")) -> Any:
-    from sira.ingest.labels import label_source, record_labels
+    from sira.ingest.labels import LABEL_CODES, label_source, record_labels
 
     source = label_source(who, body.source, "source" in body.model_fields_set)
     event_id = body.event_id and service.redactor.scrub_value(body.event_id)
@@ -167,7 +167,10 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
                 redactor=service.redactor, source=source, created_by=who.name,
                 pending_ttl_days=service.settings.pending_label_ttl_days)
     if summary.rejected:
-        raise InvalidInput(f"label rejected: {', '.join(summary.reasons)}", code="invalid_feedback")
+        # one label, so one reason: its own code (as a file load counts it), the generic one for field errors
+        reason = next(iter(summary.reasons))
+        raise InvalidInput(f"label rejected: {reason}",
+                           code=reason if reason in LABEL_CODES else "invalid_feedback")
     if summary.pending_event and service.metrics:
         service.metrics.count(service.metrics.pending_labels)
     # pending_event: kept, and used once its event arrives (it expires if it never does)

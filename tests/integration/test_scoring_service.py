@@ -419,6 +419,11 @@ async def test_json_nested_past_the_stack_or_an_unpaired_surrogate_is_a_4xx_not_
                                                 "known_at": "9999-12-31T23:30:00-01:00"},
                           headers=auth(fraud_model, "service"))
     assert r.status_code == 422, r.text
+    # a label known days from now: the same code a file load counts it under, not a generic one
+    ahead = (datetime.now(timezone.utc) + timedelta(days=3)).isoformat()
+    r = await client.post("/v1/feedback", json={"event_id": "e1", "label": True, "known_at": ahead},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "known_at_in_future", r.text
 
 
 async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
