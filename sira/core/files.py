@@ -32,10 +32,17 @@ class InputFiles:
     format: str  # parquet | csv | json
     paths: list[Path]
     text: tuple[str, ...] = ()  # CSV columns read as text whatever they look like (ids: "007" stays "007")
+    # each file as a person names it: its path inside the folder given (``dt=2026-05-01/part-0.parquet``: a
+    # partitioned folder repeats file names), or its own name when the file itself was given
+    names: tuple[str, ...] = ()
 
     @property
     def strings(self) -> list[str]:
         return [str(p) for p in self.paths]
+
+    def named(self) -> dict[str, str]:
+        """Each file's path (as :attr:`strings` has it) -> its name (:attr:`names`)."""
+        return dict(zip(self.strings, self.names or [p.name for p in self.paths]))
 
 
 def is_numeric_type(t: pa.DataType) -> bool:
@@ -49,24 +56,28 @@ def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one
     format, at least one."""
     found: list[Path] = []
+    names: list[str] = []
     skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if not path.exists():
             raise NotFound(f"file not found: {path}", details={"path": str(path)})
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS
                             and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
                             and p.resolve() != skip)
+            found += inside
+            names += [p.relative_to(path).as_posix() for p in inside]
         else:
             if path.suffix.lower() not in FORMATS:
                 raise InvalidInput(f"{path}: unsupported file type {path.suffix or '(none)'}; use .parquet, .csv or .jsonl")
             found.append(path)
+            names.append(path.name)
     if not found:
         raise InvalidInput(f"no .parquet, .csv or .jsonl files in {', '.join(map(str, paths))}")
     formats = {FORMATS[p.suffix.lower()] for p in found}
     if len(formats) > 1:
         raise InvalidInput(f"mixed file formats ({', '.join(sorted(formats))}): ingest one format at a time")
-    return InputFiles(formats.pop(), [p.resolve() for p in found])
+    return InputFiles(formats.pop(), [p.resolve() for p in found], names=tuple(names))
 
 
 # Only an empty cell is a missing number (text columns keep it as ""): pyarrow's default list ("NA", "N/A", "null", "NaN", "None",

@@ -348,17 +348,19 @@ def _numbered(path: str, row_group: int, first: int, file_format: str, rows: int
         yield table
 
 
-def _json_records(batch: pa.Table, redactor: Redactor) -> list[dict[str, Any] | Rejection]:
+def _json_records(batch: pa.Table, redactor: Redactor, names: Mapping[str, str]) -> list[dict[str, Any] | Rejection]:
     """JSON Lines decoded one line at a time (:func:`json_records`), a broken line's file name redacted."""
-    return [r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload)) for r in json_records(batch)]
+    return [r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload))
+            for r in json_records(batch, names)]
 
 
 def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, file_format: str,
-                redactor: Redactor | None = None) -> dict[str, np.ndarray]:
+                names: Mapping[str, str], redactor: Redactor | None = None) -> dict[str, np.ndarray]:
     """Ray Data task (or a step of an in-process load, given the caller's ``redactor``): store one batch of
     file rows in the driver's database; returns its counts as one row. A rejected row's dead letter keeps its
-    file's name and row number (``a.csv:7``; JSON Lines: the line) as its position: ingested again, it is a
-    repeat (:mod:`sira.ingest.dead_letters`)."""
+    file's name (``names``: its path inside the folder loaded) and row number (``a.csv:7``,
+    ``2026-05/a.csv:7``; JSON Lines: the line) as its position: ingested again, it is a repeat
+    (:mod:`sira.ingest.dead_letters`)."""
     from sira.core.config import Settings
 
     redactor = redactor or redactor_for(Settings())  # a Ray worker's settings: the driver's (worker_env)
@@ -368,16 +370,17 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
     if file_format == "parquet":  # typed columns: validated and redacted as columns where plainly valid
         results = normalize_table(table, redactor, scrubbed, mapping)
     else:
-        records = _json_records(table, redactor) if file_format == "json" else table.to_pylist()
+        records = _json_records(table, redactor, names) if file_format == "json" else table.to_pylist()
         normalized = (raw if isinstance(raw, Rejection) else
                       normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
                       for raw in records)
         results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
     bad = [i for i, r in enumerate(results) if isinstance(r, Rejection)]
     if bad:
-        names: dict[str, str] = {}
+        scrubbed_names: dict[str, str] = {}
         for i, path, row in zip(bad, *(batch.column(c).take(pa.array(bad, pa.int64())).to_pylist() for c in where)):
-            name = names.get(path) or names.setdefault(path, redactor.scrub_text(Path(path).name))
+            name = scrubbed_names.get(path) or scrubbed_names.setdefault(
+                path, redactor.scrub_text(names.get(path) or Path(path).name))
             results[i] = replace(cast(Rejection, results[i]), position=f"{name}:{row}")
 
     async def run() -> IngestSummary:
@@ -499,7 +502,7 @@ def ingest_files(
     # their errors named no file, CSV types came from a file's first block (a value of another type
     # further on failed the whole file) and JSON through Arrow's types (one row of another type
     # failed the file; integers became floats beside a fraction).
-    load = {"mapping": mapping, "source": source, "dsn": dsn, "file_format": files.format}
+    load = {"mapping": mapping, "source": source, "dsn": dsn, "file_format": files.format, "names": files.named()}
     try:
         with ray_data_errors_unlogged(), bar("ingest: loading events", total, show=progress) as advance:
             counts = []

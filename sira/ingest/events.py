@@ -455,10 +455,11 @@ def stored_id(value: Any, redactor: Redactor) -> str | None:
     return storable_text(redactor.scrub_value(text)[:MAX_EVENT_ID]) if 0 < len(text) <= max_string_length() else None
 
 
-def json_records(lines: Any) -> list[dict[str, Any] | Rejection]:
+def json_records(lines: Any, names: Mapping[str, str] | None = None) -> list[dict[str, Any] | Rejection]:
     """A table of JSON Lines (:func:`sira.core.files.json_lines`: file, line, text) decoded one line at a time:
-    a line that is no JSON object is a dead letter naming its file and line, not its text (which may hold
-    personal data); its payload is the caller's to redact."""
+    a line that is no JSON object is a dead letter naming its file (``names``: path -> the name a person
+    knows it by; else its own name) and line, not its text (which may hold personal data); its payload is the
+    caller's to redact."""
     from pathlib import Path
 
     from sira.core.files import decode_json_line
@@ -467,7 +468,8 @@ def json_records(lines: Any) -> list[dict[str, Any] | Rejection]:
     for path, line, text in zip(*(lines.column(c).to_pylist() for c in ("file", "line", "text"))):
         value = decode_json_line(text)
         out.append(value if isinstance(value, dict) else Rejection(
-            None, "undecodable", f"line {line}: {value}", None, {"file": Path(path).name, "line": line}))
+            None, "undecodable", f"line {line}: {value}", None,
+            {"file": (names or {}).get(path) or Path(path).name, "line": line}))
     return out
 
 

@@ -210,6 +210,28 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
 
 
+async def test_a_partitioned_folder_s_dead_letters_name_each_file_by_its_path_inside_the_folder(
+        clean_db, ray_session, settings, tmp_path):
+    """A Hive-style folder (``dt=.../part-0.csv``) repeats file names: every dead letter's position was
+    ``part-0.csv:2``, naming no file a person could find, and the same bad row in two partitions was stored once
+    (the second counted as a repeat of the first: one lost)."""
+    bad = {"event_id": "x", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": "-5"}
+    for day in ("dt=2026-05-01", "dt=2026-05-02"):
+        for suffix in ("csv", "jsonl"):
+            (tmp_path / suffix / day).mkdir(parents=True)
+        write_csv(tmp_path / "csv" / day / "part-0.csv", [{**bad, "event_id": day, "amount": 5}, bad])
+        (tmp_path / "jsonl" / day / "part-0.jsonl").write_text(json.dumps({**bad, "event_id": day, "amount": 5})
+                                                                + "\n{not json\n")
+    for suffix in ("csv", "jsonl"):
+        done = await ingest_files(settings, [tmp_path / suffix], feature_sets=[], progress=False)
+        assert (done.read, done.accepted, done.rejected) == (4, 2 if suffix == "csv" else 0, 2), (suffix, done)
+    rows = await clean_db.fetch("SELECT stream_position, payload->>'file' AS file FROM sira_rejected_events ORDER BY id")
+    assert [r["stream_position"] for r in rows] == [
+        "dt=2026-05-01/part-0.csv:2", "dt=2026-05-02/part-0.csv:2",
+        "dt=2026-05-01/part-0.jsonl:2", "dt=2026-05-02/part-0.jsonl:2"]
+    assert rows[3]["file"] == "dt=2026-05-02/part-0.jsonl"
+
+
 async def test_ingesting_a_file_again_adds_no_dead_letter(clean_db, ray_session, settings, tmp_path):
     """Re-ingesting a file changes nothing: its bad rows were dead-lettered again and counted as rejected again.
     A file's dead letter is now idempotent like a stream's (its file's name and row number, and its payload): the
