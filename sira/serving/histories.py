@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,7 +24,7 @@ from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 from sira.serving.scoring import event_vectors
 from sira.serving.slots import ModelSlots
-from sira.serving.states import EntityStates
+from sira.serving.states import CLOCK_SKEW_S, EntityStates
 
 
 @dataclass
@@ -78,7 +79,16 @@ class Histories:
         self.replica, self.models = replica, models
         self.cache = LRU(replica.config.cache_max_entries, replica.config.cache_ttl_s)
         self._invalidated: dict[Key, float] = {}
+        # when this process began hearing of snapshot writes: a Redis value written before may have been
+        # written over meanwhile unnoticed (another process's, or this one's before a restart)
+        self.listening_since = math.inf
         self.states = EntityStates(replica, origin)  # feature engine v2's (engine="tiles")
+
+    def listening(self) -> None:
+        """Notifications are followed (again) from now: values read or written from now on can be trusted
+        until a notification says otherwise."""
+        self.listening_since = time.time()
+        self.states.listening()
 
     async def batch_inputs(self, items: list[Item], out: list[Any], degraded: set[str]
                            ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[Any, Any]]:
@@ -175,7 +185,7 @@ class Histories:
         still = []
         for key, raw in zip(missing, values):
             entry = orjson.loads(raw) if raw is not None else None
-            if entry is not None and entry["w"] > self._invalidated_at(key):
+            if entry is not None and entry["w"] > self._invalidated_at(key) + CLOCK_SKEW_S:
                 found[key] = CachedHistory(feature_store.history_from_state(fs.entity(key[0]), entry["s"]))
                 self.cache.put(key, found[key])
             else:
@@ -305,7 +315,7 @@ class Histories:
         self.replica.count("cache", misses, layer=layer, outcome="miss")
 
     def _invalidated_at(self, key: Key) -> float:
-        return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0))
+        return max(self._invalidated.get(key, 0.0), self._invalidated.get((key[0], "*"), 0.0), self.listening_since)
 
 
 def _stale(cached: CachedHistory | None, occurred_at: datetime, fs: FeatureSet) -> bool:

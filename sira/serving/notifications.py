@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 
 class Listener:
     def __init__(self, replica: Replica, channels: dict[str, Callable[..., Any]],
-                 on_reconnect: Callable[[], Awaitable[None]]):
+                 on_reconnect: Callable[[], Awaitable[None]], on_listening: Callable[[], None] = lambda: None):
+        """``on_listening``: called each time the notifications are followed again (the first time too):
+        from then on every write is heard of; ``on_reconnect``: after a connection that was lost."""
         self.replica, self.channels, self.on_reconnect = replica, channels, on_reconnect
+        self.on_listening = on_listening
         self.conn: asyncpg.Connection | None = None
+        self.listening = asyncio.Event()  # set once notifications are followed (the first time)
 
     async def listen_forever(self) -> None:
         r = self.replica
@@ -35,6 +39,8 @@ class Listener:
                 for channel, callback in self.channels.items():
                     await conn.add_listener(channel, callback)
                 conn.add_termination_listener(self._lost)
+                self.on_listening()
+                self.listening.set()
                 r.pg.succeeded()
                 if delay > 0.5:  # we were disconnected: notifications may have been missed
                     await self.on_reconnect()

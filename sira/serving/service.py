@@ -31,6 +31,7 @@ costing every request a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -75,7 +76,7 @@ class ScoringService:
                                                 feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots,
                                                 STATES_CHANNEL: self.history.states.on_states,
                                                 ANSWERS_CHANNEL: self.idempotency.on_gap},
-                                 self._reconnected)
+                                 self._reconnected, self.history.listening)
         self._in_replica = _in_replica()
         self._batch_lock = asyncio.Lock()
         self._batched = self._batcher(config)
@@ -132,6 +133,10 @@ class ScoringService:
         self.writer.open(self._in_replica)
         await self.models.refresh("start")
         self.replica.spawn(self.listener.listen_forever(), "listener")
+        # caches are kept only while writes are heard of: answer the first requests with them when PostgreSQL
+        # is there (without, they read past the caches until the listener connects)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.listener.listening.wait(), timeout=max(2.0, 2 * self.replica.config.db_timeout_s))
         self.replica.spawn(self._poll_forever(), "poller")
         self.replica.spawn(self.writer.flush_forever(), "flusher")
         self.started = True

@@ -9,7 +9,9 @@ recorder) bumps its revision and is notified on ``sira_states`` with the writer'
 (:func:`sira.features.states.write_states`). Each cached state remembers the stored revision it derives
 from. A write by this replica's own recorder on top of that revision holds nothing the cached state lacks
 (the recorder folded the events this replica folded, and maybe fewer): the entry is kept and now derives
-from the new revision. Any other newer write drops it, and Redis values older than it are ignored.
+from the new revision. Any other newer write drops it, and Redis values older than it are ignored. A process
+trusts no Redis value read before it began listening (nor caches a state until then): a restarted or added
+replica has been told of no write yet, and a value read before it started may have been written over since.
 
 Events this replica recorded that its recorder has not stored yet (the spool's flush confirms them) are
 folded again onto a state read from Redis or PostgreSQL, so a re-read loses none of them; if one no longer
@@ -26,6 +28,7 @@ set gives the event.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -63,6 +66,11 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', AR
 return 1
 """
 
+
+# Redis values carry the wall time of the PostgreSQL read they come from (v1 histories: of their write), by another
+# process's clock maybe, on another host: one from up to this much before a process began listening (or before
+# a state was written over) is not trusted as newer
+CLOCK_SKEW_S = 0.5
 
 TAIL = 32  # events an entry keeps after its base: a late event within them folds exactly, in the replica
 
@@ -176,7 +184,9 @@ class EntityStates:
         self.unstored: dict[CacheKey, dict[str, dict[str, Any]]] = {}  # recorded, not yet stored: event id -> event
         self.notified: dict[CacheKey, int] = {}  # the newest revision another writer was notified to write
         self.cleared: dict[tuple[str, int, str], float] = {}  # (set, version, entity) -> when all changed
-        self.epoch = 0.0  # when every state may have changed unnoticed (notifications missed)
+        # when every state may have changed unnoticed (notifications missed, or not followed yet: a new
+        # process trusts no Redis value read before it listened, nor caches a state, until it listens)
+        self.epoch = math.inf
         self.pending = 0  # events in `unstored`
         self._set_newer: Any = None
         self.namespace = replica.namespace
@@ -401,7 +411,8 @@ class EntityStates:
                 rank, wall, packed = raw.split(b"|", 2)
                 revision, written = (int(rank) - 1) // 2, float(wall)
                 cache_key = _cache_key(fs, key)
-                if revision >= self.notified.get(cache_key, 0) and written > self._cleared_at(cache_key):
+                if (revision >= self.notified.get(cache_key, 0)
+                        and written > self._cleared_at(cache_key) + CLOCK_SKEW_S):
                     entry = Entry(engine.decode(key[0], packed), revision, written, packed, [])
             if entry is None:
                 still.append(key)
@@ -483,6 +494,10 @@ class EntityStates:
     def clear(self) -> None:
         """Notifications may have been missed (the listener reconnected)."""
         self.cache.clear()
+        self.epoch = time.time()
+
+    def listening(self) -> None:
+        """Notifications are followed from now (see :meth:`Histories.listening`)."""
         self.epoch = time.time()
 
     def _cleared_at(self, key: CacheKey) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import math
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -23,6 +23,7 @@ from sira.http.app import create_app
 from sira.ingest.bulk import ingest_records
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
+from sira.serving.states import CLOCK_SKEW_S
 from tests.conftest import served_model
 
 EVER = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
@@ -207,30 +208,53 @@ async def test_the_replicas_own_recorder_keeps_its_cached_state(served, model_v2
     assert await scored.check_against_offline() == 2
 
 
-async def test_a_second_replica_reads_states_from_redis_never_an_older_revision(served, model_v2, start, tmp_path):
+async def test_a_new_replica_trusts_only_redis_states_read_after_it_listened(served, model_v2, start, tmp_path):
+    """A new process (a restart, a scale-up) took any Redis value at least as new as the revisions it had been
+    told of: none yet, so a state read before it started, and written over since unnoticed, was served (a
+    restarted API answered a terminal's third payment with a count of 1, its two first ones stored). It trusts a
+    Redis value only if read after it began listening to state writes; those it shares as before, and a
+    notification of a newer revision still rules one out."""
     client, service = served
+    scored = Scored(client, service, model_v2)
     e = live(model_v2, 9, start + timedelta(hours=3))
-    await Scored(client, service, model_v2).score(e)  # read from PostgreSQL: put in Redis with its revision
-    redis_key = service.history.states._redis_key(PAYMENTS_V2, ("customer", e["customer_id"]))
-    config = ServingConfig(models=["fraud"], spool_dir=tmp_path / "spool", flush_interval_s=60, poll_interval_s=60)
+    await scored.score(e)  # read from PostgreSQL: put in Redis with its revision
+    customer = ("customer", e["customer_id"])
+    redis_key = service.history.states._redis_key(PAYMENTS_V2, customer)
     for _ in range(100):
         if await service.redis.exists(redis_key):
             break
         await asyncio.sleep(0.02)
-    assert await service.redis.exists(redis_key)
+    in_redis = int((await service.redis.get(redis_key)).split(b"|", 1)[0]) // 2
+    await scored.score(live(model_v2, 9, start + timedelta(hours=3, seconds=1)))
+    await service.flush()  # its own recorder stores both: a newer revision, the older one left in Redis
+    stored = await service.pool.fetchval(
+        "SELECT revision FROM sira_entity_states WHERE feature_set = 'payments' AND feature_set_version = 2"
+        " AND entity_type = 'customer' AND entity_id = $1", e["customer_id"])
+    assert stored > in_redis
+    config = ServingConfig(models=["fraud"], spool_dir=tmp_path / "spool", flush_interval_s=60, poll_interval_s=60)
     other = ScoringService(service.replica.settings, config)
-    started = time.time()
     await other.start()
     try:
-        found, status, _ = await other.history.states.lookup(PAYMENTS_V2, [("customer", e["customer_id"])], set())
-        assert status == {} and found[("customer", e["customer_id"])].revision >= 1
-        assert found[("customer", e["customer_id"])].read_at < started  # the first replica's read, via Redis
+        states = other.history.states
+        await eventually(lambda: states.epoch < math.inf, what="the new replica listens")
+        await asyncio.sleep(CLOCK_SKEW_S)  # reads from now on are newer than its listening by any clock
+        found, status, _ = await states.lookup(PAYMENTS_V2, [customer], set())
+        assert status == {} and found[customer].revision == stored  # not Redis's older value
+        read_at = found[customer].read_at
+        # that read went to Redis, after it listened: shared (here, with itself once its own cache drops it)
+        for _ in range(100):
+            if int((await other.redis.get(redis_key)).split(b"|", 1)[0]) // 2 == stored:
+                break
+            await asyncio.sleep(0.02)
+        cache_key = ("payments", 2, *customer)
+        states.cache.pop(cache_key)
+        again, _, _ = await states.lookup(PAYMENTS_V2, [customer], set())
+        assert (again[customer].revision, again[customer].read_at) == (stored, read_at)  # from Redis
         # told of a newer revision by another writer: the Redis value is older, not used
-        cache_key = ("payments", 2, "customer", e["customer_id"])
-        other.history.states.cache.pop(cache_key)
-        other.history.states.notified[cache_key] = found[("customer", e["customer_id"])].revision + 1
-        found_again, _, _ = await other.history.states.lookup(PAYMENTS_V2, [("customer", e["customer_id"])], set())
-        assert found_again[("customer", e["customer_id"])].read_at > started  # read again from PostgreSQL
+        states.cache.pop(cache_key)
+        states.notified[cache_key] = stored + 1
+        third, _, _ = await states.lookup(PAYMENTS_V2, [customer], set())
+        assert third[customer].read_at > read_at  # read again from PostgreSQL
     finally:
         await other.stop()
 
