@@ -27,6 +27,7 @@ from sira.serving.schemas import (
     StoredPrediction,
 )
 from sira.serving.service import ScoringService
+from sira.serving.states import fold_order
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +94,12 @@ async def _batch_scored(service: ScoringService, body: BatchScoreRequest, starte
                               f"got {len(body.requests)}", details={"max": service.config.max_batch_rows})
     items = [service.prepare(body.model, r, started, prefix=f"requests.{i}.") for i, r in enumerate(body.requests)]
     await service.idempotency.refuse_conflicts(items)
-    answers = await asyncio.gather(*(service.score(i) for i in items))
+    # scored in the order the events fold in (time, then the id's hash: how the offline build orders a tie),
+    # so two payments of one entity in the same second see each other as a training set has them
+    order = sorted(range(len(items)), key=lambda n: fold_order(items[n].event))
+    answers: list[Any] = [None] * len(items)
+    for n, answer in zip(order, await asyncio.gather(*(service.score(items[n]) for n in order))):
+        answers[n] = answer
     timed(service, "score_batch", body.model, started)
     return json_answer({"model": body.model, "results": answers})
 

@@ -134,6 +134,11 @@ def _order(event: Mapping[str, Any]) -> tuple[int, int]:
     return to_us(event["occurred_at"]), value_hash(event["event_id"])
 
 
+def fold_order(event: Mapping[str, Any] | None) -> tuple[int, int]:
+    """Where an event folds among others (time, then its id's hash; no event: first)."""
+    return _order(event) if event and event.get("occurred_at") is not None and "event_id" in event else (0, 0)
+
+
 def _append(engine: Engine, entity: str, entry: Entry, event: dict[str, Any]) -> None:
     """``event`` was just folded into ``entry.state``: it joins the tail; a tail longer than :data:`TAIL`
     hands its older half to the base."""
