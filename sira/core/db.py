@@ -174,6 +174,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57...: admin or crash shutdown, "the database system is
     # starting up" / "in recovery mode" (CannotConnectNowError), a statement cancelled or timed out
     asyncpg.exceptions.InsufficientResourcesError,  # 53...: too many connections, out of memory, disk full
+    # 55...: a state that passes: the database "is not currently accepting connections" (ALLOW_CONNECTIONS
+    # false, during maintenance or a restore), a lock not available now, an object in use
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
     # the client's protocol state broken, as when a server going away reaches an idle connection before
     # its socket closes ("cannot switch to state 11; another operation (2) is in progress"): another
     # connection may work

@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -106,6 +107,43 @@ async def test_every_route_answers_503_database_unavailable_while_postgres_is_st
                 await asyncio.sleep(0.1)
             assert (await client.get("/v1/models", headers=auth)).status_code == 200
             assert (await client.get(f"/v1/predictions/{uuid.uuid4()}", headers=auth)).status_code == 404
+
+
+async def test_a_database_refusing_connections_answers_503_not_500(private_postgres, tmp_path):
+    """``ALTER DATABASE ... ALLOW_CONNECTIONS false`` (maintenance; a restore) makes a new connection fail with
+    SQLSTATE 55000 "not currently accepting connections": scoring and every other route answered 500."""
+    pg = private_postgres
+    dsn = urllib.parse.urlsplit(pg.dsn)
+    name = dsn.path.lstrip("/")
+    other = urllib.parse.urlunsplit(dsn._replace(path="/template1"))
+    service = ScoringService(pg.settings, ServingConfig(models=["fraud"], spool_dir=tmp_path))
+    app = create_app(pg.settings, scoring=service)
+    auth = {"Authorization": f"Bearer {pg.key}"}
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(other)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async with app.router.lifespan_context(app):
+        async with app_client(app) as client:
+            assert (await client.get("/v1/models", headers=auth)).status_code == 200  # the replica knows the key
+            await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                await admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                for method, path, body in [("GET", "/v1/models", None), ("GET", "/readyz", None),
+                                           ("GET", f"/v1/predictions/{uuid.uuid4()}", None),
+                                           ("POST", "/v1/feedback", {"event_id": "outage-e1", "label": True})]:
+                    assert_database_unavailable(await client.request(method, path, json=body, headers=auth), pg)
+            finally:
+                await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            for _ in range(100):  # the pool reconnects by itself
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.get("/v1/models", headers=auth)).status_code == 200
 
 
 def _probe(dsn: str, stop: threading.Event, seen: list[str | None]) -> None:
