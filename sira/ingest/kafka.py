@@ -41,6 +41,8 @@ MOVED = ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FE
 REFUSALS = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
             "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "_SSL")
 UNREACHABLE = ("_ALL_BROKERS_DOWN",)
+# How often a partition whose watermarks librdkafka has not cached (not fetched yet) is asked of its leader
+WATERMARKS_EVERY_S = 5.0
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
 
 
@@ -131,6 +133,7 @@ class KafkaSource:
         self.stream, self.group = topic, str(config["group.id"])
         self.source_name = "kafka"  # what stored events and dead letters name as their source
         self.consumer: Any = None
+        self._asked: dict[tuple[str, int], tuple[float, tuple[int, int]]] = {}  # watermarks asked, and when
 
     async def start(self) -> None:
         from confluent_kafka import Consumer, KafkaException
@@ -211,23 +214,48 @@ class KafkaSource:
                 log.warning("Kafka refused a commit after a rebalance (%s): the partitions' new owner reads "
                             "from the last commit; the repeats are absorbed by event_id", exc.args[0].name())
 
+    def _watermarks(self, tp: Any, need_low: bool) -> tuple[int, int]:
+        """A partition's (low, high) watermarks: the high one librdkafka caches from fetch responses, else (a
+        partition not fetched yet, or the low side wanted: cached only with statistics on) asked of its
+        leader, at most once per :data:`WATERMARKS_EVERY_S` per partition (the answer kept meanwhile)."""
+        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and (low >= 0 or not need_low):
+            return low, high
+        key, now = (tp.topic, tp.partition), time.monotonic()
+        at, asked = self._asked.get(key, (float("-inf"), (-1, -1)))
+        if now - at >= WATERMARKS_EVERY_S:
+            try:
+                asked = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False) or (-1, -1)
+            except Exception as exc:  # noqa: BLE001 - a metric never stops consuming
+                log.debug("Kafka watermarks of %s:%d unavailable: %s", tp.topic, tp.partition, exc)
+            self._asked[key] = (now, asked)
+        return (low if low >= 0 else asked[0]), (high if high >= 0 else asked[1])
+
     def _lag(self) -> dict[str, int]:
         assigned = self.consumer.assignment()
         if not assigned:
             return {}
         out = {}
         position = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assigned)}
+        latest = str(self.config.get("auto.offset.reset", "earliest")).lower() in ("latest", "largest", "end")
         for tp in self.consumer.committed(assigned, timeout=5):
-            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses
             done = tp.offset if tp.offset >= 0 else position.get((tp.topic, tp.partition), -1)
-            if high >= 0 and done >= 0:
+            low, high = self._watermarks(tp, need_low=done < 0)
+            if high < 0:
+                continue  # its leader did not answer either: no number rather than a wrong one
+            if done < 0:  # nothing committed, nothing fetched: the group starts where auto.offset.reset says
+                done = high if latest else low
+            if done >= 0:
                 out[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+        self._asked = {k: v for k, v in self._asked.items() if k in position}  # partitions no longer held
         return out
 
     async def lag(self) -> dict[str, int]:
         """Messages of each assigned partition ("topic:partition") the group has not committed past (high
-        watermark minus the committed offset; the position where nothing is committed yet); {} when this
-        consumer holds none. The group's lag is the sum over its consumers' partitions."""
+        watermark minus the committed offset; else the position; else, before the first fetch, where the
+        group starts: the low watermark, or the high one with auto.offset.reset=latest); {} when this
+        consumer holds none. The group's lag is the sum over its consumers' partitions. Every assigned
+        partition is said from its assignment: one left out until fetched hid a consumer stuck before it."""
         return await asyncio.to_thread(self._lag)
 
     async def close(self) -> None:

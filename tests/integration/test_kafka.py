@@ -70,13 +70,17 @@ def topics(broker: str, *names: str, partitions: int = 2) -> None:
         future.result(timeout=30)
 
 
-def produce(broker: str, topic: str, values: list, headers: dict | None = None) -> None:
+def produce(broker: str, topic: str, values: list, headers: dict | None = None, one_by_one: bool = False) -> None:
+    """``one_by_one``: a record batch per message (tansu answers a ListOffsets for the latest offset with the
+    last batch's base offset + 1, right only for batches of one)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": broker})
     for i, value in enumerate(values):
         payload = value if isinstance(value, bytes) else json.dumps(value).encode()
         producer.produce(topic, payload, key=str(i).encode(), headers=list((headers or {}).items()))
+        if one_by_one:
+            assert producer.flush(30) == 0
     assert producer.flush(30) == 0
 
 
@@ -115,6 +119,33 @@ async def test_events_labels_and_a_bad_message_are_stored_and_committed_past(bro
     await again.start()
     assert await again.read(50, 3000) == []
     await again.close()
+
+
+async def test_lag_counts_every_assigned_partition_before_its_first_fetch(broker):
+    """The lag came from the watermarks librdkafka caches from fetch responses: a partition not fetched yet
+    had none and was left out (a new group with a backlog exported one partition's lag, or none until it was
+    0), so a consumer stuck before its first fetch could not fire the lag alerts. Here the partitions are
+    assigned and paused (no fetch ever): each is exported with its whole backlog."""
+    events_topic, _, group = names()
+    topics(broker, events_topic, partitions=2)
+    produce(broker, events_topic, stream_events(30), one_by_one=True)
+    consumer = source(broker, events_topic, group)
+    await consumer.start()
+
+    def assign_paused(c, partitions):
+        c.assign(partitions)
+        c.pause(partitions)
+
+    consumer.consumer.subscribe([events_topic], on_assign=assign_paused)
+    try:
+        deadline = time.monotonic() + 60
+        while len(consumer.consumer.assignment()) < 2:
+            assert time.monotonic() < deadline, "no assignment within 60 s"
+            assert await consumer.read(10, 200) == []  # paused: nothing fetched
+        lag = await consumer.lag()
+        assert set(lag) == {f"{events_topic}:0", f"{events_topic}:1"} and sum(lag.values()) == 30, lag
+    finally:
+        await consumer.close()
 
 
 async def test_a_consumer_that_dies_after_storing_loses_nothing_and_its_successor_absorbs_the_repeats(
