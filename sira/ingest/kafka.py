@@ -26,9 +26,12 @@ from typing import Any
 
 from sira.core.config import Settings, read_secret_file
 from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.ingest.log_limits import limit
 from sira.ingest.stream import Entry, decoded, text
 
 log = logging.getLogger(__name__)
+# librdkafka's own log (its `logger` setting), through SIRA's logging rather than raw stderr
+CLIENT_LOG = logging.getLogger(f"{__name__}.client")
 
 DEFAULT_GROUP = "sira-features"
 OURS = ("enable.auto.commit", "enable.auto.offset.store")  # what a properties file may not turn on
@@ -138,8 +141,10 @@ class KafkaSource:
     async def start(self) -> None:
         from confluent_kafka import Consumer, KafkaException
 
+        _Quiet.secrets.update(str(self.config[k]) for k, v in printable(self.config).items()
+                              if v == "***" and len(str(self.config[k])) >= 4)
         try:
-            self.consumer = Consumer({**self.config, "error_cb": self._client_error})
+            self.consumer = Consumer({**self.config, "error_cb": self._client_error, "logger": CLIENT_LOG})
         except KafkaException as exc:
             raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
         self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
@@ -157,7 +162,7 @@ class KafkaSource:
                        message.value())
 
     def _client_error(self, error: Any) -> None:
-        log.warning("Kafka client: %s", error.str())
+        log.warning("Kafka client: %s", _masked(error.str()))
         if error.name() in REFUSALS:
             self._refused = self._refused or error.str()
         elif error.name() in UNREACHABLE and self._down_since is None:
@@ -264,6 +269,26 @@ class KafkaSource:
             self.consumer = None
 
 
+class _Quiet(logging.Filter):
+    """librdkafka's own records: its FAIL lines repeat what the error callback says (logged above), so they
+    show with --debug only; the secrets of every configuration a consumer was started with masked."""
+
+    secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if args[:1] == ("FAIL",) and not CLIENT_LOG.isEnabledFor(logging.DEBUG):
+            return False
+        record.msg, record.args = _masked(record.getMessage()), ()
+        return True
+
+
+def _masked(message: str) -> str:
+    for secret in _Quiet.secrets:
+        message = message.replace(secret, "***")
+    return message
+
+
 def moved(exc: Exception) -> bool:
     """Whether a failed commit means the group moved the partitions (see :data:`MOVED`)."""
     error = exc.args[0] if exc.args else None
@@ -277,8 +302,13 @@ async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, label
     """``sira ingest --kafka``: consume ``topic`` (and ``labels_topic``) in ``group`` until SIGINT/SIGTERM."""
     from sira.ingest.stream import serve_source
 
-    source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic)
+    source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic,
+                         unreachable_after_s=settings.kafka_unreachable_s)
     await source.start()
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"Kafka topic {topic}" + (f" and {labels_topic}" if labels_topic else "")
                                        + f" at {bootstrap} in group {group}")
+
+
+CLIENT_LOG.addFilter(_Quiet())
+limit(__name__, CLIENT_LOG.name)  # a failure retried for ever: once, then a count every minute
