@@ -93,6 +93,9 @@ class Settings(BaseSettings):
                                                      "password.")
     kafka_properties_file: Path | None = Field(default=None, description="A librdkafka properties file (key=value "
                                                "lines) applied after the settings above; its secrets stay in the file.")
+    kafka_unreachable_s: Annotated[float, Field(gt=0)] = Field(
+        default=120.0, description="sira ingest --kafka stops (kafka_unavailable) when no broker has answered "
+        "for this long.")
     stream_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Port of the stream consumer's Prometheus endpoint (sira_stream_*). Unset: 8091, "
         "or a free port when 8091 is taken; `sira ingest --stream` prints it.",

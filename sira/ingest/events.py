@@ -261,6 +261,10 @@ class EventIn(BaseModel):
         return self
 
 
+# the fields an event cannot be without: absent, null or blank, each is a missing_field
+REQUIRED = frozenset(name for name, field in EventIn.model_fields.items() if field.is_required())
+
+
 def _infinite(value: Any, path: str = "") -> str | None:
     """Where an infinite number is in a JSON-like value (checked by :func:`value_problem` first: not too deep).
     NaN is a missing value (pandas writes one so), kept as null."""
@@ -439,7 +443,8 @@ def _rejection(
     if kind in FIELD_CODES:  # the message names the place inside the field; the field names both
         where = ".".join(p for p in (loc, (error.get("ctx") or {}).get("path")) if p) or None
         code, reason, loc = kind, f"{loc}: {error['msg']}" if loc else error["msg"], where
-    elif kind == "missing":
+    elif kind == "missing" or (error.get("input") is None and loc in REQUIRED):
+        # absent, null or blank (a CSV's empty cell, a Parquet null): all the same to a reader of dead letters
         code, reason = "missing_field", f"{loc} is required"
     elif loc is None:
         code, reason = "invalid_event", error["msg"].removeprefix("Value error, ")

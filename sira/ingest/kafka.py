@@ -26,9 +26,12 @@ from typing import Any
 
 from sira.core.config import Settings, read_secret_file
 from sira.core.errors import ConfigError, ServiceUnavailable
+from sira.ingest.log_limits import limit
 from sira.ingest.stream import Entry, decoded, text
 
 log = logging.getLogger(__name__)
+# librdkafka's own log (its `logger` setting), through SIRA's logging rather than raw stderr
+CLIENT_LOG = logging.getLogger(f"{__name__}.client")
 
 DEFAULT_GROUP = "sira-features"
 OURS = ("enable.auto.commit", "enable.auto.offset.store")  # what a properties file may not turn on
@@ -41,6 +44,8 @@ MOVED = ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FE
 REFUSALS = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
             "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "_SSL")
 UNREACHABLE = ("_ALL_BROKERS_DOWN",)
+# How often a partition whose watermarks librdkafka has not cached (not fetched yet) is asked of its leader
+WATERMARKS_EVERY_S = 5.0
 SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
 
 
@@ -131,12 +136,15 @@ class KafkaSource:
         self.stream, self.group = topic, str(config["group.id"])
         self.source_name = "kafka"  # what stored events and dead letters name as their source
         self.consumer: Any = None
+        self._asked: dict[tuple[str, int], tuple[float, tuple[int, int]]] = {}  # watermarks asked, and when
 
     async def start(self) -> None:
         from confluent_kafka import Consumer, KafkaException
 
+        _Quiet.secrets.update(str(self.config[k]) for k, v in printable(self.config).items()
+                              if v == "***" and len(str(self.config[k])) >= 4)
         try:
-            self.consumer = Consumer({**self.config, "error_cb": self._client_error})
+            self.consumer = Consumer({**self.config, "error_cb": self._client_error, "logger": CLIENT_LOG})
         except KafkaException as exc:
             raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
         self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
@@ -154,7 +162,7 @@ class KafkaSource:
                        message.value())
 
     def _client_error(self, error: Any) -> None:
-        log.warning("Kafka client: %s", error.str())
+        log.warning("Kafka client: %s", _masked(error.str()))
         if error.name() in REFUSALS:
             self._refused = self._refused or error.str()
         elif error.name() in UNREACHABLE and self._down_since is None:
@@ -211,29 +219,74 @@ class KafkaSource:
                 log.warning("Kafka refused a commit after a rebalance (%s): the partitions' new owner reads "
                             "from the last commit; the repeats are absorbed by event_id", exc.args[0].name())
 
+    def _watermarks(self, tp: Any, need_low: bool) -> tuple[int, int]:
+        """A partition's (low, high) watermarks: the high one librdkafka caches from fetch responses, else (a
+        partition not fetched yet, or the low side wanted: cached only with statistics on) asked of its
+        leader, at most once per :data:`WATERMARKS_EVERY_S` per partition (the answer kept meanwhile)."""
+        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and (low >= 0 or not need_low):
+            return low, high
+        key, now = (tp.topic, tp.partition), time.monotonic()
+        at, asked = self._asked.get(key, (float("-inf"), (-1, -1)))
+        if now - at >= WATERMARKS_EVERY_S:
+            try:
+                asked = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False) or (-1, -1)
+            except Exception as exc:  # noqa: BLE001 - a metric never stops consuming
+                log.debug("Kafka watermarks of %s:%d unavailable: %s", tp.topic, tp.partition, exc)
+            self._asked[key] = (now, asked)
+        return (low if low >= 0 else asked[0]), (high if high >= 0 else asked[1])
+
     def _lag(self) -> dict[str, int]:
         assigned = self.consumer.assignment()
         if not assigned:
             return {}
         out = {}
         position = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assigned)}
+        latest = str(self.config.get("auto.offset.reset", "earliest")).lower() in ("latest", "largest", "end")
         for tp in self.consumer.committed(assigned, timeout=5):
-            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetch responses
             done = tp.offset if tp.offset >= 0 else position.get((tp.topic, tp.partition), -1)
-            if high >= 0 and done >= 0:
+            low, high = self._watermarks(tp, need_low=done < 0)
+            if high < 0:
+                continue  # its leader did not answer either: no number rather than a wrong one
+            if done < 0:  # nothing committed, nothing fetched: the group starts where auto.offset.reset says
+                done = high if latest else low
+            if done >= 0:
                 out[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+        self._asked = {k: v for k, v in self._asked.items() if k in position}  # partitions no longer held
         return out
 
     async def lag(self) -> dict[str, int]:
         """Messages of each assigned partition ("topic:partition") the group has not committed past (high
-        watermark minus the committed offset; the position where nothing is committed yet); {} when this
-        consumer holds none. The group's lag is the sum over its consumers' partitions."""
+        watermark minus the committed offset; else the position; else, before the first fetch, where the
+        group starts: the low watermark, or the high one with auto.offset.reset=latest); {} when this
+        consumer holds none. The group's lag is the sum over its consumers' partitions. Every assigned
+        partition is said from its assignment: one left out until fetched hid a consumer stuck before it."""
         return await asyncio.to_thread(self._lag)
 
     async def close(self) -> None:
         if self.consumer is not None:
             await asyncio.to_thread(self.consumer.close)
             self.consumer = None
+
+
+class _Quiet(logging.Filter):
+    """librdkafka's own records: its FAIL lines repeat what the error callback says (logged above), so they
+    show with --debug only; the secrets of every configuration a consumer was started with masked."""
+
+    secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if args[:1] == ("FAIL",) and not CLIENT_LOG.isEnabledFor(logging.DEBUG):
+            return False
+        record.msg, record.args = _masked(record.getMessage()), ()
+        return True
+
+
+def _masked(message: str) -> str:
+    for secret in _Quiet.secrets:
+        message = message.replace(secret, "***")
+    return message
 
 
 def moved(exc: Exception) -> bool:
@@ -249,8 +302,13 @@ async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, label
     """``sira ingest --kafka``: consume ``topic`` (and ``labels_topic``) in ``group`` until SIGINT/SIGTERM."""
     from sira.ingest.stream import serve_source
 
-    source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic)
+    source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic,
+                         unreachable_after_s=settings.kafka_unreachable_s)
     await source.start()
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"Kafka topic {topic}" + (f" and {labels_topic}" if labels_topic else "")
                                        + f" at {bootstrap} in group {group}")
+
+
+CLIENT_LOG.addFilter(_Quiet())
+limit(__name__, CLIENT_LOG.name)  # a failure retried for ever: once, then a count every minute

@@ -40,6 +40,7 @@ from sira.ingest.bulk import ingest_normalized, normalize_all, redactor_for
 from sira.ingest.dead_letters import dead_letters
 from sira.ingest.events import IngestSummary, Rejection, apply_mapping, bounded_json, stored_id
 from sira.ingest.labels import record_labels
+from sira.ingest.log_limits import limit
 from sira.ingest.pii import Redactor
 from sira.ingest.stream_metrics import StreamMetrics
 
@@ -406,6 +407,8 @@ async def serve_source(settings: Settings, source: Any, *, describe: str, mappin
                        notify: Callable[[str], None] | None = None) -> IngestSummary:
     """Consume a started source until SIGINT/SIGTERM (or ``max_events``), its metrics on their own port; close
     it at the end."""
+    # asyncpg's pool, while PostgreSQL is away, logged a traceback per attempt to restore its floor: one line
+    limit("asyncpg.pool")
     metrics = StreamMetrics(source.stream, source.group)
     port = settings.stream_metrics_port or free_port(STREAM_METRICS_PORT)
     metrics.serve(port)

@@ -70,13 +70,17 @@ def topics(broker: str, *names: str, partitions: int = 2) -> None:
         future.result(timeout=30)
 
 
-def produce(broker: str, topic: str, values: list, headers: dict | None = None) -> None:
+def produce(broker: str, topic: str, values: list, headers: dict | None = None, one_by_one: bool = False) -> None:
+    """``one_by_one``: a record batch per message (tansu answers a ListOffsets for the latest offset with the
+    last batch's base offset + 1, right only for batches of one)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": broker})
     for i, value in enumerate(values):
         payload = value if isinstance(value, bytes) else json.dumps(value).encode()
         producer.produce(topic, payload, key=str(i).encode(), headers=list((headers or {}).items()))
+        if one_by_one:
+            assert producer.flush(30) == 0
     assert producer.flush(30) == 0
 
 
@@ -115,6 +119,33 @@ async def test_events_labels_and_a_bad_message_are_stored_and_committed_past(bro
     await again.start()
     assert await again.read(50, 3000) == []
     await again.close()
+
+
+async def test_lag_counts_every_assigned_partition_before_its_first_fetch(broker):
+    """The lag came from the watermarks librdkafka caches from fetch responses: a partition not fetched yet
+    had none and was left out (a new group with a backlog exported one partition's lag, or none until it was
+    0), so a consumer stuck before its first fetch could not fire the lag alerts. Here the partitions are
+    assigned and paused (no fetch ever): each is exported with its whole backlog."""
+    events_topic, _, group = names()
+    topics(broker, events_topic, partitions=2)
+    produce(broker, events_topic, stream_events(30), one_by_one=True)
+    consumer = source(broker, events_topic, group)
+    await consumer.start()
+
+    def assign_paused(c, partitions):
+        c.assign(partitions)
+        c.pause(partitions)
+
+    consumer.consumer.subscribe([events_topic], on_assign=assign_paused)
+    try:
+        deadline = time.monotonic() + 60
+        while len(consumer.consumer.assignment()) < 2:
+            assert time.monotonic() < deadline, "no assignment within 60 s"
+            assert await consumer.read(10, 200) == []  # paused: nothing fetched
+        lag = await consumer.lag()
+        assert set(lag) == {f"{events_topic}:0", f"{events_topic}:1"} and sum(lag.values()) == 30, lag
+    finally:
+        await consumer.close()
 
 
 async def test_a_consumer_that_dies_after_storing_loses_nothing_and_its_successor_absorbs_the_repeats(
@@ -218,6 +249,95 @@ async def test_a_consumer_whose_brokers_never_answer_stops_and_says_so(clean_db,
             await asyncio.wait_for(consume(consumer, clean_db, settings=settings, batch=10, block_ms=200), timeout=60)
     finally:
         await consumer.close()
+
+
+def test_brokers_down_is_a_line_per_distinct_failure_not_a_line_per_retry(clean_db, settings, pg_dsn):
+    """`sira ingest --kafka` at a port nobody listens on wrote 4,785 stderr lines in 126 s before giving up:
+    librdkafka's own `%3|...|FAIL|` line per reconnection, raw on stderr, and SIRA's copy of it from the error
+    callback. Now librdkafka's log goes through SIRA's logging (its FAIL lines, which the callback repeats,
+    with --debug only) and each distinct failure is one line, then a count every minute."""
+    import os
+    import sys
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_KAFKA_UNREACHABLE_S": "3"}
+    env.pop("SIRA_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "sira", "ingest", "--kafka", f"127.0.0.1:{port}", "--topic", "x",
+                           "--group", "nobody-home"], env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert lines[-1] == f"error: kafka_unavailable: no Kafka broker reachable at 127.0.0.1:{port} for 3 s", lines
+    assert not [line for line in lines if line.startswith("%")], lines  # nothing raw from librdkafka
+    failures = [line for line in lines if "WARNING" in line]
+    assert len(failures) == len({line.split(": ", 1)[1] for line in failures}) <= 3, lines  # each once
+    assert len(lines) <= 5, lines  # consuming..., the failures, the error
+
+
+def test_a_postgres_outage_under_the_consumer_is_one_line_per_failure_not_a_traceback(broker, clean_db, settings,
+                                                                                      pg_dsn):
+    """PostgreSQL away under `sira ingest --kafka` (its connections cut, then refused): asyncpg's pool wrote a
+    full traceback to stderr at each attempt to restore its connection floor. Now one line, once a minute."""
+    import os
+    import signal
+    import sys
+    import threading
+    from urllib.parse import urlsplit, urlunsplit
+
+    events_topic, _, group = names()
+    topics(broker, events_topic)
+    dsn = urlsplit(pg_dsn)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    connections = []
+
+    async def handle(client_reader, client_writer):
+        connections.append(client_writer)
+        backend_reader, backend_writer = await asyncio.open_connection(dsn.hostname, dsn.port or 5432)
+        await asyncio.gather(pipe(client_reader, backend_writer), pipe(backend_reader, client_writer))
+
+    async def outage() -> None:  # nothing listens any more, and every connection is cut
+        server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(handle, "127.0.0.1", 0), loop).result(timeout=10)
+    port = server.sockets[0].getsockname()[1]
+    netloc = dsn.netloc.rsplit("@", 1)[0] + "@" if "@" in dsn.netloc else ""
+    proxied = urlunsplit(dsn._replace(netloc=f"{netloc}127.0.0.1:{port}"))
+    env = {**os.environ, "SIRA_DATABASE_URL": proxied, "SIRA_WORKSPACE": str(settings.workspace)}
+    env.pop("SIRA_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sira", "ingest", "--kafka", broker, "--topic", events_topic,
+                             "--group", group], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not connections:
+            assert time.monotonic() < deadline and proc.poll() is None, "the consumer never connected"
+            time.sleep(0.1)
+        time.sleep(2)  # its pool open and its schema checked
+        asyncio.run_coroutine_threadsafe(outage(), loop).result(timeout=10)
+        time.sleep(8)  # the pool tries to restore its floor after 1, 2 and 4 s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+    floor = [line for line in err.splitlines() if "Failed to restore the pool connection floor" in line]
+    assert len(floor) == 1 and "Traceback" not in err, err  # one line, once a minute
+    assert "ConnectionRefusedError" in floor[0], floor  # what failed, on that line
 
 
 def test_a_commit_refused_because_the_group_moved_the_partitions_is_not_fatal():

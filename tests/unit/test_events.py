@@ -1,9 +1,11 @@
 from datetime import datetime, timezone
 
+import pyarrow as pa
 import pytest
 
 from sira.core.config import get_settings
 from sira.core.errors import InvalidInput
+from sira.ingest.columnar import normalize_table
 from sira.ingest.events import Rejection, apply_mapping, check_columns, normalize
 from sira.ingest.pii import Redactor
 
@@ -70,6 +72,23 @@ def test_bad_records_are_rejected_with_a_reason(change, code, field):
     result = normalize(record, R, "t")
     assert isinstance(result, Rejection)
     assert (result.reason_code, result.field) == (code, field)
+
+
+@pytest.mark.parametrize("field", ["event_id", "occurred_at"])
+@pytest.mark.parametrize("value", ["", "  ", None, float("nan")])
+def test_a_required_field_sent_empty_or_null_is_a_missing_field_as_an_absent_one_is(field, value):
+    """A CSV's empty cell, JSON's null, a Parquet null (NaN in a float column): the event has no such field, as
+    when the column or key is absent. An empty occurred_at was invalid_field ("Input should be a valid
+    datetime"), so `sira rejected --reason missing_field` missed the CSV rows that lacked it."""
+    for numbers_as_text in (False, True):  # JSON Lines / the API / streams, and CSV
+        result = normalize({**BASE, field: value}, R, "t", numbers_as_text=numbers_as_text)
+        assert isinstance(result, Rejection)
+        assert (result.reason_code, result.field, result.reason) == ("missing_field", field, f"{field} is required")
+    table = pa.table({**{k: [v] for k, v in BASE.items()}, field: pa.array([None], pa.string())})
+    (parquet,) = normalize_table(table, R, "t")  # a Parquet file's null
+    assert isinstance(parquet, Rejection) and (parquet.reason_code, parquet.field) == ("missing_field", field)
+    # a field with a default (event_type) sent null is still no event type: invalid, not missing
+    assert normalize({**BASE, "event_type": None}, R, "t").reason_code == "invalid_field"
 
 
 def test_rejection_payload_is_redacted():
