@@ -279,6 +279,9 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
             last = exc                                             # another family than the token's algorithm
     else:
         raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.strip():  # "jwt:" would make every such token one person
+        raise Unauthenticated("invalid token: its subject (sub) is empty")
     raw = claims.get(config.roles_claim) or []
     if isinstance(raw, str):
         raw = [raw]
