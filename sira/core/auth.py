@@ -91,17 +91,18 @@ def hash_key(pepper: str, key: str) -> str:
     return hmac.new(pepper.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+def parse_expiry(text: str, *, now: datetime | None = None, label: str = "--expires") -> datetime:
     """When a new key stops working, from ISO 8601 (``2030-01-31``, ``…T18:00:00Z``, ``…+02:00``; no offset:
-    UTC). A time already past is refused: the key would be born expired."""
+    UTC). A time already past is refused: the key would be born expired. ``label`` names the input in the
+    message (the CLI's option; over HTTP, the body's field)."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput(f"--expires: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
-                           f"such as +02:00), got {text!r}", details={"field": "expires"}) from None
+        raise InvalidInput(f"{label}: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
+                           f"such as +02:00), got {text[:60]!r}", details={"field": "expires"}) from None
     when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     if when <= (now or datetime.now(timezone.utc)):
-        raise InvalidInput(f"--expires {when.isoformat()} is in the past: a key would be born expired",
+        raise InvalidInput(f"{label} {when.isoformat()} is in the past: a key would be born expired",
                            details={"field": "expires"})
     return when
 

@@ -195,3 +195,26 @@ async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys
         body = r.json()
         assert (body["name"], body["roles"], body["kind"]) == (f"as-{role}", [role], "api_key")
         assert body["may"] == {action: may_role(role, action) for action in PERMISSIONS}
+
+
+async def test_a_key_created_over_http_takes_the_expiry_the_cli_takes(app_and_keys):
+    """POST /v1/keys ignored `expires` (and `expires_at`): a key asked to expire in 2020 was created, never to
+    expire. It takes ISO 8601 as `sira keys create --expires` does, refuses the past and nonsense with the
+    CLI's code, and refuses fields it does not know."""
+    client, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    for expires in ("2020-01-01", "tomorrow", "2099-13-01"):
+        r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expires": expires}, headers=admin)
+        assert r.status_code == 422, (expires, r.text)
+        assert r.json()["error"]["code"] == "invalid_input" and r.json()["error"]["details"] == {"field": "expires"}
+    r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expires_at": "2020-01-01"},
+                          headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", r.text
+    r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expiry": "2099-01-01"}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_field", r.text
+    assert r.json()["error"]["details"] == {"field": "expiry"}
+    for name, field, given in (("tmp3", "expires", "2099-01-01T02:00:00+02:00"), ("tmp4", "expires_at", "2099-01-01")):
+        r = await client.post("/v1/keys", json={"name": name, "roles": ["viewer"], field: given}, headers=admin)
+        assert r.status_code == 201, r.text
+    listed = {k["name"]: k["expires_at"] for k in (await client.get("/v1/keys", headers=admin)).json()["keys"]}
+    assert listed["tmp3"] == listed["tmp4"] == "2099-01-01T00:00:00+00:00" and "tmp2" not in listed
