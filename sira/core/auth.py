@@ -340,7 +340,20 @@ async def list_keys(conn: Connection, identity: Identity) -> list[dict[str, Any]
 
 
 async def revoke_key(conn: Connection, identity: Identity, name: str) -> None:
+    """Revoke a key. The last admin key that still works is kept (409 ``last_admin``): a revoked key still
+    counts as "keys exist", so without a working admin key nothing could manage keys again but SQL."""
     authorize(identity, "keys.manage")
+    # Serialise with key creation and other revocations: two admins revoking each other must not both succeed.
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    last = await conn.fetchval(
+        """SELECT 'admin' = ANY(roles) AND NOT EXISTS (
+                  SELECT 1 FROM sira_api_keys o WHERE o.name <> k.name AND 'admin' = ANY(o.roles)
+                     AND o.revoked_at IS NULL AND (o.expires_at IS NULL OR o.expires_at > now()))
+             FROM sira_api_keys k WHERE name = $1 AND revoked_at IS NULL
+              AND (expires_at IS NULL OR expires_at > now())""", name)
+    if last:
+        raise Conflict(f"{name!r} is the last admin key that works: revoking it would leave no one to manage "
+                       "keys (create another admin key first)", code="last_admin", details={"name": name})
     revoked = await conn.fetchval(
         "UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING name",
         name, identity.name,

@@ -218,3 +218,12 @@ async def test_a_key_created_over_http_takes_the_expiry_the_cli_takes(app_and_ke
         assert r.status_code == 201, r.text
     listed = {k["name"]: k["expires_at"] for k in (await client.get("/v1/keys", headers=admin)).json()["keys"]}
     assert listed["tmp3"] == listed["tmp4"] == "2099-01-01T00:00:00+00:00" and "tmp2" not in listed
+
+
+async def test_the_last_admin_key_cannot_be_revoked_over_http(app_and_keys):
+    client, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    assert (await client.delete("/v1/keys/root", headers=admin)).status_code == 200  # as-admin remains
+    r = await client.delete("/v1/keys/as-admin", headers=admin)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin", r.text
+    assert (await client.get("/v1/keys", headers=admin)).status_code == 200  # the key still works
