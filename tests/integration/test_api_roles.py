@@ -227,3 +227,28 @@ async def test_the_last_admin_key_cannot_be_revoked_over_http(app_and_keys):
     r = await client.delete("/v1/keys/as-admin", headers=admin)
     assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin", r.text
     assert (await client.get("/v1/keys", headers=admin)).status_code == 200  # the key still works
+
+
+async def test_a_refused_explanation_names_the_permission_it_needs(app_and_keys, settings, monkeypatch, capsys):
+    """A viewer refused an explanation was told it may not *score* and needs admin or service: the roles of
+    the summary a service key gets, not of the report. The refusal names predictions.read and its roles."""
+    import asyncio
+
+    from tests.conftest import cli_in_process
+
+    client, keys = app_and_keys
+    path = "/v1/predictions/00000000-0000-4000-8000-000000000000/explanation"
+    r = await client.get(path, headers={"Authorization": f"Bearer {keys['viewer']}"})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["message"] == ("as-viewer may not predictions.read: it needs one of the roles admin, "
+                                            "analyst")
+    assert r.json()["error"]["details"] == {"action": "predictions.read", "roles": ["admin", "analyst"]}
+    for role in ("service", "analyst"):  # the summary, the whole report: past the role check (no such prediction)
+        r = await client.get(path, headers={"Authorization": f"Bearer {keys[role]}"})
+        assert r.status_code == 404, (role, r.text)
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_API_KEY": keys["viewer"]}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "explain", "--prediction",
+                                   "00000000-0000-4000-8000-000000000000")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: forbidden: as-viewer may not predictions.read: it needs one of the roles admin, analyst"), done.stderr
