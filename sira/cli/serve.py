@@ -1,4 +1,5 @@
-"""Online: ``sira serve`` (Ray Serve), ``sira serve check``, ``sira api`` (the HTTP API alone)."""
+"""Online: ``sira serve`` (Ray Serve), ``sira serve check``, ``sira serve reload``, ``sira api`` (the HTTP API
+alone)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sira.cli.common import JsonOption, app, emit, err
+from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed
 from sira.core.config import get_settings
 from sira.core.errors import ConfigError
 
@@ -103,3 +104,17 @@ def serve_check_cmd(
                "options": sorted(spec.options)}
     emit(payload, as_json, lambda: err.print(f"{config}: valid (models {', '.join(payload['models'])}; "
                                                f"deployment options {', '.join(payload['options']) or 'none'})"))
+
+
+@serve_app.command("reload")
+def serve_reload_cmd(
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (stored in the audit log).")] = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Tell every serving replica to re-read the registry now (operator or admin; audited), as
+    POST /v1/serving/reload does. Replicas also hear of registry changes as they commit, and poll."""
+    from sira.serving.notifications import request_reload
+
+    governed(lambda conn, who: request_reload(conn, who, reason), api_key)
+    emit({"notified": True}, as_json, lambda: err.print("every serving replica was told to re-read the registry"))

@@ -91,17 +91,18 @@ def hash_key(pepper: str, key: str) -> str:
     return hmac.new(pepper.encode("utf-8"), key.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+def parse_expiry(text: str, *, now: datetime | None = None, label: str = "--expires") -> datetime:
     """When a new key stops working, from ISO 8601 (``2030-01-31``, ``…T18:00:00Z``, ``…+02:00``; no offset:
-    UTC). A time already past is refused: the key would be born expired."""
+    UTC). A time already past is refused: the key would be born expired. ``label`` names the input in the
+    message (the CLI's option; over HTTP, the body's field)."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput(f"--expires: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
-                           f"such as +02:00), got {text!r}", details={"field": "expires"}) from None
+        raise InvalidInput(f"{label}: ISO 8601 expected (2030-01-31, 2030-01-31T18:00:00Z or with an offset "
+                           f"such as +02:00), got {text[:60]!r}", details={"field": "expires"}) from None
     when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     if when <= (now or datetime.now(timezone.utc)):
-        raise InvalidInput(f"--expires {when.isoformat()} is in the past: a key would be born expired",
+        raise InvalidInput(f"{label} {when.isoformat()} is in the past: a key would be born expired",
                            details={"field": "expires"})
     return when
 
@@ -279,6 +280,9 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
             last = exc                                             # another family than the token's algorithm
     else:
         raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.strip():  # "jwt:" would make every such token one person
+        raise Unauthenticated("invalid token: its subject (sub) is empty")
     raw = claims.get(config.roles_claim) or []
     if isinstance(raw, str):
         raw = [raw]
@@ -336,7 +340,20 @@ async def list_keys(conn: Connection, identity: Identity) -> list[dict[str, Any]
 
 
 async def revoke_key(conn: Connection, identity: Identity, name: str) -> None:
+    """Revoke a key. The last admin key that still works is kept (409 ``last_admin``): a revoked key still
+    counts as "keys exist", so without a working admin key nothing could manage keys again but SQL."""
     authorize(identity, "keys.manage")
+    # Serialise with key creation and other revocations: two admins revoking each other must not both succeed.
+    await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
+    last = await conn.fetchval(
+        """SELECT 'admin' = ANY(roles) AND NOT EXISTS (
+                  SELECT 1 FROM sira_api_keys o WHERE o.name <> k.name AND 'admin' = ANY(o.roles)
+                     AND o.revoked_at IS NULL AND (o.expires_at IS NULL OR o.expires_at > now()))
+             FROM sira_api_keys k WHERE name = $1 AND revoked_at IS NULL
+              AND (expires_at IS NULL OR expires_at > now())""", name)
+    if last:
+        raise Conflict(f"{name!r} is the last admin key that works: revoking it would leave no one to manage "
+                       "keys (create another admin key first)", code="last_admin", details={"name": name})
     revoked = await conn.fetchval(
         "UPDATE sira_api_keys SET revoked_at = now(), revoked_by = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING name",
         name, identity.name,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from sira.core.auth import PERMISSIONS, Identity, create_key, list_keys, may, revoke_key
+from sira.core.auth import PERMISSIONS, Identity, create_key, list_keys, may, parse_expiry, revoke_key
 from sira.core.errors import InvalidInput
 from sira.http.deps import PoolDep, current_identity, errors, in_transaction, require
 from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked, Me
@@ -17,8 +17,14 @@ router = APIRouter(prefix="/v1", tags=["access"])
 
 
 class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field (an expiry) is refused, never ignored
+
     name: str
     roles: list[str] = Field(..., min_length=1)
+    expires: str | None = Field(None, max_length=100, validation_alias=AliasChoices("expires", "expires_at"),
+                                description="When the key stops working, ISO 8601 as `sira keys create --expires` "
+                                "takes it (2030-01-31, 2030-01-31T18:00:00Z, ...+02:00; no offset: UTC); not in "
+                                "the past. Also accepted as `expires_at`, the name GET /v1/keys answers with.")
 
 
 @router.get("/me", response_model=Me, responses=errors())
@@ -49,8 +55,9 @@ async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target
 @router.post("/keys", status_code=201, response_model=KeyCreated, responses=errors(409, body=True))
 async def keys_create(body: KeyCreate, request: Request, pool: PoolDep,
                       who: Identity = require("keys.manage")) -> dict[str, Any]:
+    expires_at = parse_expiry(body.expires, label="expires") if body.expires is not None else None
     key, info = await in_transaction(pool, create_key, name=body.name, roles=body.roles, pepper=request.app.state.pepper,
-                           creator=who)
+                                     creator=who, expires_at=expires_at)
     return {"name": info["name"], "roles": info["roles"], "key": key}
 
 @router.get("/keys", response_model=KeyList, responses=errors())

@@ -17,7 +17,7 @@ from sira import __version__
 from sira.core import db
 from sira.core.auth import JwtConfig
 from sira.core.config import Settings, get_settings
-from sira.http import access, errors, events, explanations, health, metrics, registry, thresholds, ui
+from sira.http import access, errors, events, explanations, health, metrics, registry, reload, thresholds, ui
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
 from sira.http.middleware import BodySizeLimit
@@ -72,5 +72,6 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     app.include_router(explanations.router)
     app.include_router(thresholds.router)
     app.include_router(metrics.router)
+    app.include_router(reload.router)
     app.include_router(ui.router)  # the ops dashboard at /ui (sira/http/ui.py)
     return app

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from sira.core.auth import Identity, may
+from sira.core.auth import Identity
 from sira.http.deps import PoolDep, admit, current_identity, errors, in_transaction
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
@@ -24,9 +24,9 @@ async def explanation(prediction_id: str, request: Request, pool: PoolDep,
     against typical ranges, data used, human review (analyst: the whole report; a service key: the
     plain-language summary, for the product to show its customer). Audited."""
     from sira.core.artifacts import json_finite
-    from sira.monitoring.explanation import explain_prediction, to_html, to_markdown
+    from sira.monitoring.explanation import explain_prediction, report_action, to_html, to_markdown
 
-    await admit(request, who, "predictions.read" if may(who, "predictions.read") else "score")
+    await admit(request, who, report_action(who))
     report = await in_transaction(pool, explain_prediction, request.app.state.settings, who, prediction_id)
     if format == "md":
         return PlainTextResponse(to_markdown(report), media_type="text/markdown")

@@ -1,20 +1,21 @@
 """``GET /metrics``: the series read from PostgreSQL, the same from every replica (:mod:`sira.monitoring.exporter`),
-in Prometheus's text format. Reading them is reading models (``models.read``: a ``viewer`` key is enough), and
-Prometheus scrapes with such a key (``authorization: {credentials_file: ...}`` in its scrape config)."""
+in Prometheus's text format. Open without a key, as ``/healthz`` is (CONVENTIONS): the series carry model names,
+versions, feature names, roles, source kinds, counts and times, no personal data; a key sent is ignored (a
+Prometheus configured with one keeps working). A scrape is cheap whoever sends it: the exporter reads the
+database at most once per ``cache_s`` (5 s), concurrent scrapes sharing that read."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from sira.core.auth import Identity
-from sira.http.deps import errors, require
+from sira.http.deps import errors
 from sira.monitoring.exporter import CONTENT_TYPE, Exporter
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", response_class=Response, responses={**errors(), 200: {"content": {CONTENT_TYPE: {}}}},
-            summary="SIRA's series from the database, for Prometheus")
-async def metrics(request: Request, who: Identity = require("models.read")) -> Response:
+@router.get("/metrics", response_class=Response, responses={503: errors()[503], 200: {"content": {CONTENT_TYPE: {}}}},
+            summary="SIRA's series from the database, for Prometheus (open without a key)")
+async def metrics(request: Request) -> Response:
     exporter: Exporter = request.app.state.exporter
     return Response(await exporter.answer(request.app.state.pool), media_type=CONTENT_TYPE)

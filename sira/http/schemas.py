@@ -296,6 +296,17 @@ class KeyList(Strict):
     keys: list[KeyView]
 
 
+class ServedVersions(Strict):
+    production: int | None
+    shadow: int | None
+
+
+class ServingReloaded(Strict):
+    notified: bool = Field(description="Every replica was told to re-read the registry (at commit)")
+    serving: dict[str, ServedVersions] | None = Field(
+        description="What the answering replica serves after re-reading it, per model; null when it does not score")
+
+
 class KeyRevoked(Strict):
     revoked: str
 

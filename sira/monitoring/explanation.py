@@ -109,12 +109,18 @@ async def deciding_set(conn: Connection, set_id: int | None, version_id: int) ->
     return dict(found)
 
 
+def report_action(identity: Identity) -> str:
+    """What an explanation is read as: ``predictions.read`` (the whole report), else ``score`` for a caller that
+    may score (a service shows its customer the summary). A caller allowed neither is refused as for
+    ``predictions.read``, the report's own permission (not the summary's ``score``)."""
+    return "score" if not may(identity, "predictions.read") and may(identity, "score") else "predictions.read"
+
+
 async def explain_prediction(conn: Connection, settings: Any, identity: Identity, prediction_id: str) -> dict[str, Any]:
     """The report of one stored prediction (the summary only for a caller that may score but not read
     predictions)."""
     full = may(identity, "predictions.read")
-    if not full:
-        authorize(identity, "score")  # a service shows its customer the summary
+    authorize(identity, report_action(identity))
     try:
         key = uuid.UUID(str(prediction_id))
     except ValueError:

@@ -1,21 +1,37 @@
 """PostgreSQL notifications a replica follows: ``LISTEN`` on a connection of its own, reconnected with backoff
 after an outage (when it may have missed some: ``on_reconnect``), and its loss reported to the database
-breaker (the first sign of an outage even when every request is served from caches)."""
+breaker (the first sign of an outage even when every request is served from caches); and an operator's
+reload (:func:`request_reload`): a notification on the registry's channel, which every replica follows."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
-from sira.core import db
+from sira.core import audit, db
+from sira.core.auth import Identity, authorize
 from sira.serving.replica import Replica
 
 log = logging.getLogger(__name__)
+
+# the registry's changes (sql/008's and sql/016's triggers) and an operator's reload: every replica re-reads it
+REGISTRY_CHANNEL = "sira_registry"
+
+
+async def request_reload(conn: Any, identity: Identity, reason: str | None = None) -> None:
+    """Tell every serving replica to re-read the registry now (``serving.reload``: operator, admin), audited.
+    Delivered when ``conn``'s transaction commits, to each replica's listener (a replica away from PostgreSQL
+    meanwhile re-reads it when it reconnects, and every replica polls as well)."""
+    authorize(identity, "serving.reload")
+    await conn.execute("SELECT pg_notify($1, $2)", REGISTRY_CHANNEL, json.dumps({"reload": True, "by": identity.name}))
+    await audit.record(conn, identity.actor(), "serving.reload", target_type="serving",
+                       details={"reason": reason} if reason else {})
 
 
 class Listener:

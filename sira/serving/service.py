@@ -17,7 +17,7 @@ reproducible from the stored features and version: reading the prediction
 computes them (``pred_contrib`` costs ~180x a predict; serving does not pay it). Shadow (staging) versions score
 the same inputs after the answer.
 
-Models follow the registry: ``LISTEN sira_registry`` (the migration's trigger)
+Models follow the registry: ``LISTEN sira_registry`` (the migration's trigger, and an operator's reload)
 and polling as a fallback; a replica loads and verifies the new artifact and
 swaps a single reference, so a batch is scored by exactly one version.
 
@@ -46,7 +46,7 @@ from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories
 from sira.serving.idempotency import ANSWERS_CHANNEL, Answers, idempotency_epoch, replay
 from sira.serving.intake import prepare
-from sira.serving.notifications import Listener
+from sira.serving.notifications import REGISTRY_CHANNEL, Listener
 from sira.serving.records import PredictionWriter
 from sira.serving.replica import Replica
 from sira.serving.resilience import _in_replica, _replica_name
@@ -72,7 +72,7 @@ class ScoringService:
         self.redactor: Any = None
         self.rejected_config: dict[str, str] | None = None  # the last user_config refused, while it stands
         self.started = False
-        self.listener = Listener(self.replica, {"sira_registry": self._on_registry,
+        self.listener = Listener(self.replica, {REGISTRY_CHANNEL: self._on_registry,
                                                 feature_store.SNAPSHOT_CHANNEL: self.history.on_snapshots,
                                                 STATES_CHANNEL: self.history.states.on_states,
                                                 ANSWERS_CHANNEL: self.idempotency.on_gap},
@@ -182,6 +182,13 @@ class ScoringService:
     async def refresh_models(self, reason: str) -> list[dict[str, Any]]:
         """Load what the registry says each served model runs now; swap what changed."""
         return await self.models.refresh(reason)
+
+    async def reload(self) -> dict[str, dict[str, int | None]]:
+        """Re-read the registry now (an operator's reload); what this replica serves then, per model."""
+        await self.models.refresh("reload")
+        return {name: {"production": slot.production.version if slot.production else None,
+                       "shadow": slot.shadow.version if slot.shadow else None}
+                for name, slot in sorted(self.models.slots.items())}
 
     def unavailable_models(self) -> dict[str, dict[str, Any]]:
         return self.models.unavailable()

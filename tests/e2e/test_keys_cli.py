@@ -231,3 +231,16 @@ def test_key_expiry_takes_iso_8601_with_offsets_and_refuses_the_past(create_data
         code, out, err = sira(admin, "keys", "create", "--role", "viewer", "--name", "bad", "--expires", bad)
         assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1, (bad, err)
         assert err.startswith("error: invalid_input: --expires: ISO 8601 expected"), (bad, err)
+
+
+def test_the_last_admin_key_cannot_revoke_itself_from_the_command_line(create_database, tmp_path, sira):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path)})
+    assert sira(env, "db", "migrate")[0] == 0
+    code, out, err = sira(env, "keys", "create", "--role", "admin", "--name", "root", "--json")
+    assert code == 0, err
+    admin = {**env, "SIRA_API_KEY": json.loads(out)["key"]}
+    code, out, err = sira(admin, "keys", "revoke", "root")
+    assert code == 2 and out == "" and err.strip().startswith("error: last_admin: "), err
+    code, out, _ = sira(admin, "keys", "list", "--json")
+    assert [k["revoked_at"] for k in json.loads(out)["keys"]] == [None]  # the key still works

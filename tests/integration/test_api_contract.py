@@ -132,6 +132,7 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         ("post", "/v1/score/batch"): {400, 404, 409, 413},
         ("get", "/v1/predictions/{prediction_id}"): {404},
         ("post", "/v1/feedback"): {400, 404, 413},
+        ("post", "/v1/serving/reload"): {400, 413},
     }
     operations = {(m, p): op for p, item in spec["paths"].items() if p.startswith("/v1/") for m, op in item.items()}
     assert set(operations) == set(expected)

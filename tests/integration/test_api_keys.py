@@ -75,3 +75,28 @@ async def test_invalid_revoked_and_expired_keys_are_refused(clean_db):
     async with clean_db.acquire() as conn:
         with pytest.raises(Unauthenticated, match="revoked"):
             await authenticate(conn, svc_key, pepper=PEPPER)
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked(clean_db):
+    """The only admin could revoke its own key, and nothing could recover without SQL: a revoked key still
+    counts as "keys exist", which closes the bootstrap. Revoking the last admin key that still works (not
+    revoked, not expired) is refused with 409 last_admin; with another working admin key it goes through."""
+    async with db.transaction(clean_db) as conn:
+        root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=PEPPER, creator=None)
+        root = await authenticate(conn, root_key, pepper=PEPPER)
+        await create_key(conn, name="old-admin", roles=["admin", "viewer"], pepper=PEPPER, creator=root,
+                         expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+        await create_key(conn, name="svc", roles=["service"], pepper=PEPPER, creator=root)
+    for name in ("root",):
+        async with db.transaction(clean_db) as conn:
+            with pytest.raises(Conflict, match="last admin key") as refused:
+                await revoke_key(conn, root, name)
+        assert refused.value.code == "last_admin" and refused.value.http_status == 409
+    async with db.transaction(clean_db) as conn:
+        await revoke_key(conn, root, "old-admin")  # expired already: not a working admin key
+        await revoke_key(conn, root, "svc")
+        await create_key(conn, name="second", roles=["admin"], pepper=PEPPER, creator=root)
+    async with db.transaction(clean_db) as conn:
+        await revoke_key(conn, root, "root")  # another admin key works: allowed
+    async with clean_db.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sira_api_keys WHERE revoked_at IS NULL") == 1

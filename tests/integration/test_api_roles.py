@@ -41,6 +41,7 @@ ENDPOINTS = [
     ("GET", "/v1/keys", None, "keys.manage"),
     ("POST", "/v1/keys", {"name": "k-{role}", "roles": ["viewer"]}, "keys.manage"),
     ("DELETE", "/v1/keys/nobody", None, "keys.manage"),
+    ("POST", "/v1/serving/reload", {"reason": "r"}, "serving.reload"),
 ]
 
 
@@ -66,8 +67,7 @@ async def app_and_keys(clean_db, settings):
 
 def test_the_matrix_covers_every_action_that_has_an_endpoint():
     covered = {action for *_, action in ENDPOINTS}
-    assert covered >= set(PERMISSIONS) - {"score", "feedback.write", "predictions.read", "serving.reload",
-                                          "monitoring.run", "batch.score",  # endpoints of later stages
+    assert covered >= set(PERMISSIONS) - {"score", "feedback.write", "predictions.read", "monitoring.run", "batch.score",  # endpoints of later stages
                                           "features.read", "features.materialize", "subject.access",
                                           "pii.rekey"}  # CLI commands only
 
@@ -195,3 +195,138 @@ async def test_me_says_who_the_credentials_are_and_what_they_may_do(app_and_keys
         body = r.json()
         assert (body["name"], body["roles"], body["kind"]) == (f"as-{role}", [role], "api_key")
         assert body["may"] == {action: may_role(role, action) for action in PERMISSIONS}
+
+
+async def test_a_key_created_over_http_takes_the_expiry_the_cli_takes(app_and_keys):
+    """POST /v1/keys ignored `expires` (and `expires_at`): a key asked to expire in 2020 was created, never to
+    expire. It takes ISO 8601 as `sira keys create --expires` does, refuses the past and nonsense with the
+    CLI's code, and refuses fields it does not know."""
+    client, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    for expires in ("2020-01-01", "tomorrow", "2099-13-01"):
+        r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expires": expires}, headers=admin)
+        assert r.status_code == 422, (expires, r.text)
+        assert r.json()["error"]["code"] == "invalid_input" and r.json()["error"]["details"] == {"field": "expires"}
+    r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expires_at": "2020-01-01"},
+                          headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", r.text
+    r = await client.post("/v1/keys", json={"name": "tmp2", "roles": ["viewer"], "expiry": "2099-01-01"}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_field", r.text
+    assert r.json()["error"]["details"] == {"field": "expiry"}
+    for name, field, given in (("tmp3", "expires", "2099-01-01T02:00:00+02:00"), ("tmp4", "expires_at", "2099-01-01")):
+        r = await client.post("/v1/keys", json={"name": name, "roles": ["viewer"], field: given}, headers=admin)
+        assert r.status_code == 201, r.text
+    listed = {k["name"]: k["expires_at"] for k in (await client.get("/v1/keys", headers=admin)).json()["keys"]}
+    assert listed["tmp3"] == listed["tmp4"] == "2099-01-01T00:00:00+00:00" and "tmp2" not in listed
+
+
+async def test_the_last_admin_key_cannot_be_revoked_over_http(app_and_keys):
+    client, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    assert (await client.delete("/v1/keys/root", headers=admin)).status_code == 200  # as-admin remains
+    r = await client.delete("/v1/keys/as-admin", headers=admin)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin", r.text
+    assert (await client.get("/v1/keys", headers=admin)).status_code == 200  # the key still works
+
+
+async def test_a_refused_explanation_names_the_permission_it_needs(app_and_keys, settings, monkeypatch, capsys):
+    """A viewer refused an explanation was told it may not *score* and needs admin or service: the roles of
+    the summary a service key gets, not of the report. The refusal names predictions.read and its roles."""
+    import asyncio
+
+    from tests.conftest import cli_in_process
+
+    client, keys = app_and_keys
+    path = "/v1/predictions/00000000-0000-4000-8000-000000000000/explanation"
+    r = await client.get(path, headers={"Authorization": f"Bearer {keys['viewer']}"})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["message"] == ("as-viewer may not predictions.read: it needs one of the roles admin, "
+                                            "analyst")
+    assert r.json()["error"]["details"] == {"action": "predictions.read", "roles": ["admin", "analyst"]}
+    for role in ("service", "analyst"):  # the summary, the whole report: past the role check (no such prediction)
+        r = await client.get(path, headers={"Authorization": f"Bearer {keys[role]}"})
+        assert r.status_code == 404, (role, r.text)
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_API_KEY": keys["viewer"]}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "explain", "--prediction",
+                                   "00000000-0000-4000-8000-000000000000")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: forbidden: as-viewer may not predictions.read: it needs one of the roles admin, analyst"), done.stderr
+
+
+
+async def test_prometheus_metrics_are_open_without_a_key(app_and_keys):
+    """CONVENTIONS: Prometheus metrics are open without a key (no personal data in them); GET /metrics answered
+    401 without one. A key sent, any role's or none that works, changes nothing (a scrape config with one)."""
+    client, keys = app_and_keys
+    anonymous = await client.get("/metrics")
+    assert anonymous.status_code == 200, anonymous.text
+    assert anonymous.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "sira_events_stored" in anonymous.text
+    for key in (keys["viewer"], keys["service"], "sira_000000000000_not-a-key-at-all-not-a-key-at-all-x"):
+        r = await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.text == anonymous.text  # one read per period: the same answer
+
+
+async def test_an_operator_reloads_every_serving_replica(app_and_keys, clean_db, settings, monkeypatch, capsys):
+    """`serving.reload` (operator) had no route nor command: POST /v1/serving/reload and `sira serve reload`
+    tell every replica (a notification on the registry channel they listen to), audited."""
+    import asyncio
+    import json
+
+    from tests.conftest import cli_in_process
+
+    client, keys = app_and_keys
+    heard: asyncio.Queue = asyncio.Queue()
+    listener = await db.connect(settings.database_url.get_secret_value())
+    try:
+        await listener.add_listener("sira_registry", lambda *args: heard.put_nowait(args[-1]))
+        r = await client.post("/v1/serving/reload", json={"reason": "v3 stuck on replica 2"},
+                              headers={"Authorization": f"Bearer {keys['operator']}"})
+        assert r.status_code == 200 and r.json() == {"notified": True, "serving": None}, r.text  # serves nothing
+        assert json.loads(await asyncio.wait_for(heard.get(), 30)) == {"reload": True, "by": "as-operator"}
+        r = await client.post("/v1/serving/reload", json={"because": "x"},
+                              headers={"Authorization": f"Bearer {keys['operator']}"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_field", r.text
+        env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(),
+               "SIRA_WORKSPACE": str(settings.workspace), "SIRA_API_KEY": keys["admin"]}
+        done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "serve", "reload", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout) == {"notified": True}, done.stderr
+        assert json.loads(await asyncio.wait_for(heard.get(), 30)) == {"reload": True, "by": "as-admin"}
+        done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, {**env, "SIRA_API_KEY": keys["viewer"]},
+                                       "serve", "reload")
+        assert done.returncode == 2 and done.stderr.startswith("error: forbidden: as-viewer may not serving.reload")
+    finally:
+        await listener.close()
+    rows = await clean_db.fetch("SELECT actor, target_type, outcome, details FROM sira_audit_log "
+                                "WHERE action = 'serving.reload' ORDER BY id")
+    assert [(r["actor"], r["target_type"], r["outcome"]) for r in rows] == [
+        ("as-operator", "serving", "success"), ("as-admin", "serving", "success"), ("as-viewer", None, "denied")]
+    assert rows[0]["details"] == {"reason": "v3 stuck on replica 2"}
+
+
+async def test_the_replica_that_answers_a_reload_rereads_the_registry_before_answering(clean_db, settings, tmp_path):
+    """The answering replica does not wait for the notification (nor its poll): it re-reads the registry, and
+    says what it serves then."""
+    from sira.core.auth import authenticate
+    from sira.serving.config import ServingConfig
+    from sira.serving.service import ScoringService
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        operator_key, _ = await create_key(conn, name="ops", roles=["operator"], pepper=pepper,
+                                           creator=await authenticate(conn, root_key, pepper=pepper))
+    # polling once an hour: within the test, only a notification or the reload itself re-reads the registry
+    service = ScoringService(settings, ServingConfig(models=["fraud", "churn"], spool_dir=tmp_path / "spool",
+                                                     poll_interval_s=3600.0))
+    app = create_app(settings, scoring=service)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            assert service.slots == {}  # neither model is registered yet
+            # a model row notifies nobody (the registry's trigger is on versions): only the reload can see it
+            await clean_db.execute("INSERT INTO sira_models (name, model_type, created_by) VALUES ('fraud', "
+                                   "'fraud_detection', 'root')")
+            r = await client.post("/v1/serving/reload", headers={"Authorization": f"Bearer {operator_key}"})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"notified": True, "serving": {"fraud": {"production": None, "shadow": None}}}

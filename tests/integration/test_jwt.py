@@ -79,3 +79,16 @@ async def test_jwt_over_http(clean_db, jwt_settings, keypair):
             expired = await client.get("/v1/models", headers={
                 "Authorization": f"Bearer {token(keypair[0], exp=int(time.time()) - 5)}"})
             assert expired.status_code == 401 and json.loads(expired.text)["error"]["code"] == "unauthenticated"
+
+
+def test_a_token_with_an_empty_subject_is_refused_like_one_without(jwt_settings, keypair):
+    """An empty ``sub`` was accepted as the identity "jwt:": every such token one person, in the audit log and
+    to four-eyes rules alike."""
+    private, _ = keypair
+    config = JwtConfig.from_settings(jwt_settings)
+    for sub in ("", "   "):
+        with pytest.raises(Unauthenticated, match="subject"):
+            identity_from_jwt(token(private, sub=sub), config)
+    with pytest.raises(Unauthenticated, match="invalid token"):  # no sub at all: PyJWT's required claims
+        identity_from_jwt(jwt.encode({"iss": "https://id.molam.test", "aud": "sira", "exp": int(time.time()) + 60,
+                                      "roles": ["admin"]}, private, algorithm="RS256"), config)

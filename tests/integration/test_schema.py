@@ -221,6 +221,23 @@ async def test_append_only_tables_refuse_changes(clean_db):
         await clean_db.execute("DELETE FROM sira_audit_log")
 
 
+async def test_append_only_tables_refuse_truncate_too(clean_db):
+    """UPDATE and DELETE were refused row by row, but TRUNCATE fires no row trigger: the audit log (which
+    production history and rollback read) and the per-event feature rows could be emptied in one statement.
+    So could one partition of the feature rows, the parent's statement trigger not firing for it."""
+    await clean_db.execute(
+        "INSERT INTO sira_audit_log (actor, actor_kind, action) VALUES ('alice', 'api_key', 'model.create')"
+    )
+    await clean_db.fetchval("SELECT sira_ensure_month_partitions('sira_features', '2034-03-01', '2034-03-01')")
+    partitions = [r["name"] for r in await clean_db.fetch(
+        "SELECT inhrelid::regclass::text AS name FROM pg_inherits WHERE inhparent = 'sira_features'::regclass")]
+    assert {"sira_features_default", "sira_features_p2034_03"} <= set(partitions)
+    for table in ("sira_audit_log", "sira_features", *partitions, "sira_audit_log, sira_api_keys"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only: TRUNCATE refused"):
+            await clean_db.execute(f"TRUNCATE {table}")
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_audit_log") == 1
+
+
 async def test_updated_at_follows_changes(clean_db):
     model = await _model(clean_db)
     before = await clean_db.fetchval("SELECT updated_at FROM sira_models WHERE id = $1", model)
