@@ -122,6 +122,8 @@ def drift_cmd(
                        f"(up to {result['window']['newest'][:16]}) are too few to fill one")
         for feature, why in (result.get("skipped") or {}).items():
             err.print(f"not compared: {feature}: {why}")
+        for feature, why in (result.get("few_bins") or {}).items():
+            err.print(f"too few bins: {feature}: {why}")
 
     emit(result, as_json, render)
 
