@@ -401,9 +401,12 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
 async def latest_drift(conn: Any, model_name: str, version: int | None = None) -> dict[str, Any]:
     """The newest drift run of a model's production version (of ``version`` when named; of any version while
     none is in production): its verdict and rows, most severe first. A challenger's drift run (a retrain
-    checks each challenger) is not the model's drift."""
+    checks each challenger) is not the model's drift. ``version`` names a version the model has, else
+    ``NotFound``."""
     model = await registry.get_model(conn, model_name)
-    if version is None:
+    if version is not None:  # a version the model never had is not found, as `sira drift --version` says
+        await registry.get_version(conn, model_name, version)
+    else:
         version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 AND "
                                       "status = 'production'", model["id"])
     run = await conn.fetchrow(
