@@ -121,3 +121,42 @@ async def test_drift_of_a_version_the_model_never_had_is_not_found(crafted):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
     r = await crafted.client.get("/v1/models/crafted/drift?version=1", headers=crafted.headers["viewer"])
     assert r.status_code == 200 and r.json() == {"model": "crafted", "latest": None}
+
+
+async def test_the_performance_viewers_read_is_the_current_run_and_says_which_run_it_is(crafted, tmp_path):
+    """After `sira performance --as-of ...` (a backtest, its windows provisional) GET /v1/models/{name}/performance
+    and the history showed that run's windows as the model's performance, with no as_of and no range. The
+    answer names its run, and prefers the newest run that is no backtest."""
+    await score_and_label(crafted, tmp_path)
+    then = datetime.now(timezone.utc)  # after the labels: a backtest as of then still sees them
+
+    async def latest() -> dict:
+        r = await crafted.client.get("/v1/models/crafted/performance", headers=crafted.headers["viewer"])
+        assert r.status_code == 200, r.text
+        return r.json()["latest"]
+
+    async def history() -> list[dict]:
+        r = await crafted.client.get("/v1/models/crafted/performance/history", headers=crafted.headers["viewer"])
+        assert r.status_code == 200, r.text
+        return r.json()["windows"]
+
+    first = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
+    assert first["backtest"] is True
+    shown = await latest()  # only a backtest so far: it, marked so
+    assert shown["job_id"] == first["job_id"] and shown["backtest"] is True and shown["as_of"] == then.isoformat()
+    assert shown["range"] == first["range"]
+    current = await run_performance(crafted.settings, PerformanceRequest(model="crafted"))
+    assert current["backtest"] is False
+    again = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
+    shown = await latest()
+    assert shown["job_id"] == current["job_id"] != again["job_id"]
+    assert (shown["backtest"], shown["as_of"], shown["range"]) == (False, current["as_of"], current["range"])
+    # the backtest's window (its range ends earlier) is there, marked; the current run's is not hidden by it
+    assert sorted((w["backtest"], w["as_of"]) for w in await history()) == [(False, current["as_of"]),
+                                                                           (True, then.isoformat())]
+    # the same windows from a current run and a newer backtest: the window shown is the current run's
+    span = {"time_from": datetime.fromisoformat(current["range"]["from"]),
+            "time_to": datetime.fromisoformat(current["range"]["to"])}
+    await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then, **span))
+    assert sorted((w["backtest"], w["as_of"]) for w in await history()) == [(False, current["as_of"]),
+                                                                           (True, then.isoformat())]
