@@ -62,6 +62,13 @@ SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::tex
           FROM (SELECT label, known_at FROM sira_feedback WHERE event_id = p.event_id AND label_name = $4
                 UNION ALL
                 SELECT label, known_at FROM sira_feedback WHERE prediction_id = p.prediction_id AND label_name = $4
+                UNION ALL
+                -- a shadow score of ready features (no event): the labels of production's answer to its request
+                SELECT f.label, f.known_at FROM sira_predictions q
+                  JOIN sira_feedback f ON f.prediction_id = q.prediction_id AND f.label_name = $4
+                 WHERE p.event_id IS NULL AND p.role = 'shadow' AND q.model_name = p.model_name
+                   AND q.request_id = p.request_id AND q.role = 'production'
+                   AND q.scored_at BETWEEN p.scored_at - interval '1 hour' AND p.scored_at + interval '1 hour'
                ) fb) lab ON true
  WHERE p.model_name = $1 AND coalesce(e.occurred_at, p.scored_at) >= $2 AND coalesce(e.occurred_at, p.scored_at) < $3
        AND ($6::int IS NULL OR p.version = $6)
@@ -233,7 +240,13 @@ SELECT max(coalesce(e.occurred_at, p.scored_at))
          WHERE f.label_name = $3 AND f.known_at <= $4
         UNION ALL
         SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.prediction_id = f.prediction_id
-         WHERE f.label_name = $3 AND f.known_at <= $4) p
+         WHERE f.label_name = $3 AND f.known_at <= $4
+        UNION ALL
+        SELECT s.* FROM sira_feedback f JOIN sira_predictions q ON q.prediction_id = f.prediction_id
+          JOIN sira_predictions s ON s.model_name = q.model_name AND s.request_id = q.request_id
+               AND s.role = 'shadow' AND s.event_id IS NULL
+               AND s.scored_at BETWEEN q.scored_at - interval '1 hour' AND q.scored_at + interval '1 hour'
+         WHERE f.label_name = $3 AND f.known_at <= $4 AND q.event_id IS NULL AND q.role = 'production') p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
  WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
 """

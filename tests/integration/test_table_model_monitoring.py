@@ -160,3 +160,29 @@ async def test_the_performance_viewers_read_is_the_current_run_and_says_which_ru
     await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then, **span))
     assert sorted((w["backtest"], w["as_of"]) for w in await history()) == [(False, current["as_of"]),
                                                                            (True, then.isoformat())]
+
+
+async def test_a_staging_versions_shadow_scores_are_measured_by_the_labels_of_productions_answers(crafted, tmp_path):
+    """A shadow score of ready features has no event to share labels by: it takes those of production's answer
+    to the same request, so a table-trained challenger is measured too."""
+    import asyncio
+
+    from sira.core import db
+
+    rows(3_000, 2).to_csv(tmp_path / "newer.csv", index=False)
+    v2 = await run_training(crafted.settings, TrainRequest(model="crafted", data=[tmp_path / "newer.csv"],
+                                                           label="fraud", num_threads=1, seed=7,
+                                                           params={"num_boost_round": 30, "early_stopping_rounds": 10}))
+    async with db.transaction(crafted.pool) as conn:
+        await registry.stage_version(conn, crafted.settings, ADMIN, "crafted", v2["version"], "shadow it")
+    for _ in range(250):  # LISTEN/NOTIFY: the replica loads it
+        if crafted.service.slots["crafted"].shadow is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert crafted.service.slots["crafted"].shadow.version == v2["version"]
+    ids, labels = await score_and_label(crafted, tmp_path)
+    result = await run_performance(crafted.settings, PerformanceRequest(model="crafted"))
+    by_role = {(r["role"], r["version"]): r for r in result["results"]}
+    (shadow,) = by_role[("shadow", v2["version"])]["windows"]
+    assert shadow["n"] == len(ids) and shadow["n_positive"] == labels.sum()
+    assert shadow["average_precision"] > labels.mean()
