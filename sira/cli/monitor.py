@@ -129,8 +129,9 @@ def drift_cmd(
 
 
 def performance_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
-                        f"AP margin {result['ap_margin']:.2f})", title_justify="left")
+    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}"
+                        f"{', a backtest' if result.get('backtest') else ''}, AP margin {result['ap_margin']:.2f})",
+                  title_justify="left")
     for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
                    "recall", "ECE", "flag"):
         table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")
