@@ -140,13 +140,19 @@ async def test_the_performance_viewers_read_is_the_current_run_and_says_which_ru
         assert r.status_code == 200, r.text
         return r.json()["windows"]
 
+    async def performance_job_ran() -> bool:  # what Prometheus says of the job (sira_job_last_success_...)
+        from sira.monitoring.exporter import read
+
+        async with crafted.pool.acquire() as conn:
+            return any(r["model"] == "crafted" and r["kind"] == "performance" for r in (await read(conn))["runs"])
+
     first = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
-    assert first["backtest"] is True
+    assert first["backtest"] is True and not await performance_job_ran()  # a backtest is not the job running
     shown = await latest()  # only a backtest so far: it, marked so
     assert shown["job_id"] == first["job_id"] and shown["backtest"] is True and shown["as_of"] == then.isoformat()
     assert shown["range"] == first["range"]
     current = await run_performance(crafted.settings, PerformanceRequest(model="crafted"))
-    assert current["backtest"] is False
+    assert current["backtest"] is False and await performance_job_ran()
     again = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
     shown = await latest()
     assert shown["job_id"] == current["job_id"] != again["job_id"]
