@@ -122,13 +122,16 @@ def drift_cmd(
                        f"(up to {result['window']['newest'][:16]}) are too few to fill one")
         for feature, why in (result.get("skipped") or {}).items():
             err.print(f"not compared: {feature}: {why}")
+        for feature, why in (result.get("few_bins") or {}).items():
+            err.print(f"too few bins: {feature}: {why}")
 
     emit(result, as_json, render)
 
 
 def performance_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}, "
-                        f"AP margin {result['ap_margin']:.2f})", title_justify="left")
+    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}"
+                        f"{', a backtest' if result.get('backtest') else ''}, AP margin {result['ap_margin']:.2f})",
+                  title_justify="left")
     for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
                    "recall", "ECE", "flag"):
         table.add_column(column, justify="left" if column in ("role", "window", "flag") else "right")

@@ -5,7 +5,7 @@ training time (quantile bin edges and counts, category frequencies) and, for
 KS, a sample of the training values kept with it. Of each recent window the
 drift job asks:
 
-- **PSI** (population stability index) on the reference's quantile bins, for
+- **PSI** (population stability index) on the reference's value bins, for
   numeric features and the score: ``sum((c - r) * ln(c / r))`` over bin
   proportions. The industry convention reads PSI < 0.1 as stable, 0.1-0.25 as
   a moderate shift worth a look, and >= 0.25 as a major shift.
@@ -40,7 +40,8 @@ from scipy import special
 from scipy import stats as _sps
 
 __all__ = [
-    "DriftThresholds", "benjamini_hochberg", "bin_counts", "chi2_test", "js_divergence", "ks_2samp", "psi", "verdict",
+    "DriftThresholds", "benjamini_hochberg", "bin_counts", "chi2_test", "js_divergence", "ks_2samp", "psi",
+    "reference_bin_edges", "verdict",
 ]
 
 SEVERITIES = ("ok", "warn", "alert")
@@ -102,6 +103,33 @@ def bin_counts(values: np.ndarray, edges: Sequence[float], *, assume_sorted: boo
     cumulative = np.concatenate((np.searchsorted(clipped, edge_array[:-1], side="left"),
                                  np.searchsorted(clipped, edge_array[-1:], side="right")))
     return np.diff(cumulative).astype(np.int64)
+
+
+def reference_bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin edges (``np.histogram``'s: ``[e0, e1), ..., [e_k-1, e_k]``) of a numeric feature's training values
+    (NaN-free) for drift: about ``bins`` bins of equal share that never put two distinct values on one side of
+    a heavy one.
+
+    Every edge lies halfway between two neighbouring distinct values, so no value is split across bins. A
+    feature with at most ``bins`` distinct values (a 0/1 flag, a count of a few) gets a bin per value. Beyond
+    that, a value held by at least 1/``bins`` of the rows (a point mass: the zeros of a mostly-zero amount)
+    is a bin of its own, and the other edges are the boundaries nearest the quantiles 1/bins, 2/bins, ...
+    Quantile edges with the repeated ones dropped made a 0/1 flag one closed bin [0, 1] and a mostly-zero
+    feature a bin holding the zeros with everything else: PSI and JS were 0 whatever moved. The first and
+    last edges are the minimum and maximum (one edge: a single value, one bin).
+    """
+    distinct, counts = np.unique(values, return_counts=True)
+    if distinct.size <= 1:
+        return distinct.astype(np.float64)
+    halfway = distinct[:-1] + (distinct[1:] - distinct[:-1]) / 2  # boundary i: between distinct[i] and [i + 1]
+    if distinct.size <= bins:
+        cuts = np.arange(halfway.size)
+    else:
+        share = np.cumsum(counts)[:-1] / counts.sum()  # of the rows at or below each boundary
+        heavy = counts >= counts.sum() / bins
+        nearest = [int(np.argmin(np.abs(share - q))) for q in np.arange(1, bins) / bins]
+        cuts = np.union1d(np.flatnonzero(heavy[:-1] | heavy[1:]), nearest)  # both sides of each heavy value
+    return np.concatenate(([distinct[0]], halfway[cuts], [distinct[-1]])).astype(np.float64)
 
 
 def psi(reference_counts: Sequence[float] | np.ndarray, current_counts: Sequence[float] | np.ndarray,

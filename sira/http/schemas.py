@@ -252,9 +252,38 @@ class History(Strict):
                                                 "to); the same rule as POST /v1/models/{name}/rollback")
 
 
+class DriftReport(Strict):
+    """A drift run (``GET /v1/models/{name}/drift``)."""
+
+    job_id: str | None
+    version: int
+    verdict: Literal["ok", "warn", "alert"]
+    window: dict[str, str]
+    computed_at: str
+    summary: dict[str, Any] = Field(description="source, severities, thresholds, window_rows; skipped and few_bins "
+                                    "name the features not compared or whose bins cannot show how they moved")
+    features: list[dict[str, Any]]
+
+
+class PerformanceReport(Strict):
+    """A live-performance run (``GET /v1/models/{name}/performance``): the newest that is no backtest, else the
+    newest backtest."""
+
+    job_id: str | None
+    computed_at: str
+    as_of: str | None = Field(description="The run's label cut-off (null: a run stored before runs said so)")
+    range: dict[str, str] = Field(description="from, to: the range of events the run read")
+    backtest: bool | None = Field(description="A run with --as-of: labels as they were known then, its young "
+                                  "windows provisional (null: a run stored before runs said so)")
+    flagged: bool
+    rows: list[dict[str, Any]]
+
+
 class MonitoringReport(Strict):
     model: str
-    latest: dict[str, Any] | None = Field(description="The newest stored report, or null before the first run")
+    latest: DriftReport | PerformanceReport | None = Field(
+        description="The newest stored report (performance: the newest that is no backtest), or null before the "
+                    "first run")
 
 
 class AuditEntry(Strict):
@@ -336,7 +365,8 @@ class PerformanceHistory(Strict):
     days: int
     windows: list[dict[str, Any]] = Field(description="version, role, window_start, window_end, n, n_positive, "
                                           "average_precision, ece, precision_flagged, recall_flagged, provisional, "
-                                          "flagged")
+                                          "flagged, backtest (the run had --as-of), as_of (its label cut-off); "
+                                          "a window's current run is preferred to a backtest's")
 
 
 class Traffic(Strict):

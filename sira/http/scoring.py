@@ -137,26 +137,31 @@ async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
 @router.post("/feedback", response_model=FeedbackAnswer, responses=errors(404, body=True), summary="Record a label for a prediction or an event")
 async def feedback(body: FeedbackRequest, service: ScoringDep,
                    who: Identity = require("feedback.write")) -> Any:
-    from sira.ingest.labels import LABEL_CODES, label_source, record_labels
+    from sira.ingest.labels import LABEL_CODES, label_source, prediction_key, record_labels
 
     source = label_source(who, body.source, "source" in body.model_fields_set)
     event_id = body.event_id and service.redactor.scrub_value(body.event_id)
     if body.prediction_id is not None:
         lookup = "SELECT event_id FROM sira_predictions WHERE prediction_id = $1"
         async with _connection(service) as conn:
-            stored = await conn.fetchval(lookup, body.prediction_id)
+            stored = await conn.fetchrow(lookup, body.prediction_id)
         # answered moments ago and still in this replica's spool (group commit): store it now, holding
         # no connection of the scoring pool meanwhile
         if stored is None and service.spool.pending and await service.flush_quietly():
             async with _connection(service) as conn:
-                stored = await conn.fetchval(lookup, body.prediction_id)
+                stored = await conn.fetchrow(lookup, body.prediction_id)
         if stored is None:
             raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
                            details={"field": "prediction_id"})
-        if event_id is not None and event_id != stored:
+        if stored["event_id"] is None and event_id is not None:
+            raise InvalidInput("the prediction was scored from ready features, with no event: name it alone",
+                               code="invalid_field", details={"field": "event_id"})
+        if event_id is not None and event_id != stored["event_id"]:
             raise InvalidInput("event_id does not match the prediction's event", code="invalid_field",
                                details={"field": "event_id"})
-        event_id = stored
+        # a prediction scored without an event (a model trained on a table): its label is keyed by the
+        # prediction, and live performance joins it by prediction_id
+        event_id = stored["event_id"] or service.redactor.scrub_value(prediction_key(body.prediction_id))
     async with _connection(service) as conn:
         if body.known_at is None:  # a resent label keeps the time it first became known
             same = await conn.fetchval(

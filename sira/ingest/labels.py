@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Annotated, Any
@@ -210,9 +210,15 @@ async def record_labels(
     summary = FeedbackSummary(read=len(records) + len(broken))
     good: dict[tuple[str, str, str], FeedbackIn] = {}
     rejected = [replace(j, payload=redactor.payload(j.payload)) for j in broken]
+    labelled_by_prediction = await prediction_events(conn, (apply_mapping(r, mapping or {}) for r in records))
     for i, raw in enumerate(records):
         record = {"source": source, **{k: v for k, v in apply_mapping(raw, mapping or {}).items()
                                        if k not in _OPTIONAL or not is_missing(v)}}
+        unknown = by_prediction(record, labelled_by_prediction)
+        if unknown:
+            rejected.append(Rejection(None, "unknown_prediction", unknown, "prediction_id",
+                                      redactor.payload(bounded_json(raw)), position=positions[i] if positions else None))
+            continue
         try:
             item = FeedbackIn.model_validate(record)
         except ValidationError as exc:
@@ -309,7 +315,10 @@ def check_label_columns(columns: Sequence[str], mapping: Mapping[str, str]) -> N
     from sira.core.files import check_mapped
 
     check_mapped(columns, mapping)
-    missing_columns = sorted({mapping.get(c, c) for c in ("event_id", "label", "known_at")} - set(columns))
+    # a label names its event, or a stored prediction (sira.ingest.labels.prediction_events)
+    required = ("label", "known_at") + (("event_id",) if mapping.get("prediction_id", "prediction_id") not in columns
+                                        else ())
+    missing_columns = sorted({mapping.get(c, c) for c in required} - set(columns))
     if missing_columns:
         raise InvalidInput(f"required column(s) missing: {', '.join(missing_columns)}",
                            details={"columns": missing_columns})
@@ -346,3 +355,44 @@ async def import_label_files(
     if summary.inserted or summary.updated:
         await db.analyze(db.resolve_dsn(settings), "sira_feedback")  # a bulk load: statistics for the planner
     return summary
+
+
+# -- labels by prediction ---------------------------------------------------------------------------
+
+
+def prediction_key(prediction_id: UUID | str) -> str:
+    """The event_id a label of a prediction scored without an event (ready ``features``: a model trained on a
+    table) is stored under. Labels are keyed by event; live performance joins them by ``prediction_id`` too."""
+    return f"prediction:{prediction_id}"
+
+
+async def prediction_events(conn: asyncpg.Connection, records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """For the records that name a ``prediction_id`` and no ``event_id``: the event each prediction scored, or
+    :func:`prediction_key` for one scored from ready features, by prediction id (unknown ones left out)."""
+    ids = set()
+    for r in records:
+        if is_missing(r.get("event_id")) and not is_missing(r.get("prediction_id")):
+            try:
+                ids.add(UUID(str(r["prediction_id"]).strip()))
+            except ValueError:
+                pass  # validation names it
+    if not ids:
+        return {}
+    rows = await conn.fetch("SELECT prediction_id, event_id FROM sira_predictions WHERE prediction_id = ANY($1::uuid[])",
+                            list(ids))
+    return {str(r["prediction_id"]): r["event_id"] or prediction_key(r["prediction_id"]) for r in rows}
+
+
+def by_prediction(record: dict[str, Any], events: Mapping[str, str]) -> str | None:
+    """Fill in the event of a record naming only its prediction (from :func:`prediction_events`); the reason
+    when no stored prediction has that id (None: nothing to do, or done)."""
+    if not is_missing(record.get("event_id")) or is_missing(record.get("prediction_id")):
+        return None
+    try:
+        key = str(UUID(str(record["prediction_id"]).strip()))
+    except ValueError:
+        return None  # validation names it
+    if key not in events:
+        return f"no stored prediction {key}"
+    record["event_id"] = events[key]
+    return None

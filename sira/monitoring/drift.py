@@ -9,7 +9,7 @@ with their point-in-time features, scored by the version through the batch-scori
 pipeline (``events``), or the features and scores production actually served
 (``predictions``, from ``sira_predictions``).
 
-Per feature and for the score: PSI on the reference's quantile bins plus a bin
+Per feature and for the score: PSI on the reference's value bins plus a bin
 for missing values (a feature that stops arriving is drift too), Jensen-Shannon
 divergence on the same bins, Kolmogorov-Smirnov against the reference sample for
 numeric features, chi-square for categorical ones; p-values adjusted with
@@ -98,6 +98,32 @@ class Reference:
                 if ref.get("type") == "numeric" and not all(isinstance(e, (int, float)) and math.isfinite(e)
                                                              for e in ref.get("bin_edges") or [])}
 
+    def value_bins(self, j: int, ref: dict[str, Any]) -> tuple[list[float], np.ndarray, str | None, str | None]:
+        """The bins a numeric feature's values are compared on: (edges, reference counts, where they come from
+        when not the stored reference, a note when they cannot show how its values moved). A version trained
+        before bins kept distinct values apart (no ``binning`` in its reference) stored quantile edges with the
+        repeats dropped: a 0/1 flag was one closed bin [0, 1] and its PSI 0 whatever moved. Fewer bins than
+        asked for means such a merge; the feature is then rebinned from the reference sample (training rows)
+        when there is one, else compared as stored with the note."""
+        from sira.training.runs import REFERENCE_BINS
+
+        edges, hist = list(ref["bin_edges"]), np.asarray(ref["histogram"], dtype=np.float64)
+        old = not self.statistics.get("binning")
+        if old and 0 < len(edges) <= REFERENCE_BINS and self.sorted_sample is not None:
+            values = self.sorted_sample[j][np.isfinite(self.sorted_sample[j])]
+            rebinned = stats.reference_bin_edges(values, REFERENCE_BINS)
+            if rebinned.size > len(edges):
+                counts = stats.bin_counts(values, rebinned, assume_sorted=True).astype(np.float64)
+                return [float(e) for e in rebinned], counts, "reference_sample", None
+        retrain = "; retrain to measure it" if old else ""
+        if len(edges) in (1, 2):
+            return edges, hist, None, ("one bin of values in the training reference: PSI and JS measure only its "
+                                       f"missing rate{retrain}")
+        if old and 0 < len(edges) <= REFERENCE_BINS:
+            return edges, hist, None, ("its training bins merge repeated values: PSI and JS understate a change in "
+                                       f"how often it takes them{retrain}")
+        return edges, hist, None, None
+
     @functools.cached_property
     def sorted_sample(self) -> list[np.ndarray] | None:
         """Each column of the sample (the score last), NaN dropped, ascending: sorted once for every window."""
@@ -152,8 +178,9 @@ def compare(reference: Reference, X: np.ndarray, scores: np.ndarray,
                 for k in np.argsort(-np.abs(current_freq - proportions))[:3].tolist()}
             row.update(chi2_statistic=statistic, p_value=p_value, ks_statistic=None)
         else:
-            edges = ref["bin_edges"]
-            hist = np.asarray(ref["histogram"], dtype=np.float64)
+            edges, hist, rebinned, note = reference.value_bins(j, ref)
+            details.update(value_bins=max(len(edges) - 1, 1) if edges else 0,
+                           **({"bins_from": rebinned} if rebinned else {}), **({"few_bins": note} if note else {}))
             if not edges:  # the feature was always missing in training
                 hist, cur = np.zeros(1), np.array([float(present.size)])
             else:
@@ -340,6 +367,8 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                                code="insufficient_data")
         rows, overall = await asyncio.to_thread(compare, reference, X, scores, req.thresholds, nulls)
         counts = {s: sum(1 for r in rows if r["severity"] == s) for s in SEVERITY_ORDER}
+        # features whose bins cannot show how their values moved (a PSI of 0 there is no evidence of stability)
+        few = {r["feature"]: r["details"]["few_bins"] for r in rows if r["details"].get("few_bins")}
         run = job_id()
         async with db.transaction(pool) as conn:
             await conn.executemany(
@@ -355,7 +384,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                                                       "thresholds": req.thresholds.__dict__,
                                                       "window_rows": window_rows,
                                                       **({"skipped": reference.skipped} if reference.skipped
-                                                         else {})}, run)])
+                                                         else {}), **({"few_bins": few} if few else {})}, run)])
             await audit.record(conn, actor, "drift.run", target_type="model_version",
                                target_id=f"{req.model}:v{version['version']}",
                                details={"job_id": run, "verdict": overall, "source": req.source})
@@ -365,16 +394,19 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
         "window_rows": window_rows,  # n_current of them compared (every k-th beyond MAX_ROWS)
         "verdict": overall, "severities": counts, "reference_sample": reference.sample is not None,
         "seconds": round(time.perf_counter() - started, 3), "features": rows,
-        **({"skipped": reference.skipped} if reference.skipped else {}),
+        **({"skipped": reference.skipped} if reference.skipped else {}), **({"few_bins": few} if few else {}),
     }
 
 
 async def latest_drift(conn: Any, model_name: str, version: int | None = None) -> dict[str, Any]:
     """The newest drift run of a model's production version (of ``version`` when named; of any version while
     none is in production): its verdict and rows, most severe first. A challenger's drift run (a retrain
-    checks each challenger) is not the model's drift."""
+    checks each challenger) is not the model's drift. ``version`` names a version the model has, else
+    ``NotFound``."""
     model = await registry.get_model(conn, model_name)
-    if version is None:
+    if version is not None:  # a version the model never had is not found, as `sira drift --version` says
+        await registry.get_version(conn, model_name, version)
+    else:
         version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 AND "
                                       "status = 'production'", model["id"])
     run = await conn.fetchrow(

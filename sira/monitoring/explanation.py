@@ -42,6 +42,9 @@ PURPOSES = {"fraud_detection": "estimates the probability that a payment is frau
 REVIEW_SOURCES = ("review", "analyst", "manual_review")
 
 
+TYPICAL_FEW_ROWS, TYPICAL_FEW_SHARE = 10, 0.01  # rows beyond a range's bound that would make it tell theirs
+
+
 def _typical(reference: dict[str, Any] | None) -> str | None:
     """The middle half of the training data (numeric: from the lower edge of the reference's bin that holds its
     25th percentile to the upper edge of the one that holds its 75th: a range that holds the middle half;
@@ -62,17 +65,24 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
         # are all 0 or 1. Its range read "0.00 or more", as if a person's 1 were typical
         usual, other, share = ("no", "yes", mean) if mean < 0.5 else ("yes", "no", 1 - mean)
         return f"{usual} ({other} in {f'{share:.0%}' if share >= 0.005 else 'under 1%'} of the training data)"
-    # the bins holding the 25th and 75th percentiles, from their counts: the edges are quantiles with the
-    # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
+    # the bins holding the 25th and 75th percentiles, from their counts: bins are not of equal share (a value
+    # many rows share is a bin of its own, sira.core.stats.reference_bin_edges), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)
-    lo = edges[int(np.searchsorted(share, 0.25))]
-    top = int(np.searchsorted(share, 0.75)) + 1
-    if top == len(edges) - 1:
-        # the last edge is the training maximum, one row's value (someone's payment): never shown. (The first
-        # edge is the minimum, but it bounds the range only when its bin holds a quarter of the rows: then
-        # the 10th percentile is the minimum too, a value a tenth of the rows share.)
-        return f"{_num(lo)} or more"
-    return f"{_num(lo)} to {_num(edges[top])}"
+    bottom, top = int(np.searchsorted(share, 0.25)), int(np.searchsorted(share, 0.75)) + 1
+    # An edge is halfway between two training values: one with only a few rows beyond it (a lone maximum
+    # or minimum, someone's payment, next to a value many rows share) would tell that row's value, and the
+    # last edge is the training maximum: the range is left open there. (The first edge is the minimum, but
+    # it bounds the range only when its bin holds a quarter of the rows: a value many rows share.)
+    few = max(TYPICAL_FEW_ROWS, TYPICAL_FEW_SHARE * sum(counts))
+    open_above = top == len(edges) - 1 or sum(counts[top:]) < few
+    open_below = bottom > 0 and sum(counts[:bottom]) < few
+    if open_above and open_below:
+        return None
+    if open_above:
+        return f"{_num(edges[bottom])} or more"
+    if open_below:
+        return f"{_num(edges[top])} or less"
+    return f"{_num(edges[bottom])} to {_num(edges[top])}"
 
 
 def _num(value: float) -> str:

@@ -55,6 +55,10 @@ _DRIFT = f"""
            AND (last.job_id IS NOT NULL OR d.computed_at = last.computed_at)
       JOIN sira_models m ON m.id = last.model_id"""
 
+# a performance run with --as-of (labels as known then): not the model's current performance, nor its job
+# running (sira.monitoring.performance.BACKTEST_SQL, on the rows' alias)
+_BACKTEST = "coalesce((p.metrics->'run'->>'backtest')::boolean, false)"
+
 # the newest *mature* window of each (model, version, role) of a version in production or staging, the whole
 # population (segment 'all'): the newest window is mostly provisional (its young unlabelled events left out,
 # its chargebacks counted: AP flattering, never flagged), and exporting it kept the page alert silent
@@ -66,7 +70,8 @@ _PERFORMANCE = f"""
       FROM sira_model_performance p JOIN ({_SERVED}) s USING (model_id, version)
       JOIN sira_models m ON m.id = p.model_id
      WHERE p.segment = 'all' AND NOT coalesce((p.metrics->>'provisional')::boolean, false)
-     ORDER BY p.model_id, p.version, p.role, p.window_end DESC, p.computed_at DESC"""
+     ORDER BY p.model_id, p.version, p.role, p.window_end DESC, {_BACKTEST},
+              p.computed_at DESC"""
 
 # drift and performance: when the model's job last ran for production, whichever version production was then
 # (the current production version's runs only: every promotion or rollback looked like a day without a run, and
@@ -74,7 +79,7 @@ _PERFORMANCE = f"""
 # production was when it ran (the registry's production.change records); a challenger's, checked by a
 # retrain before any promotion, would hide that production's stopped: never. Performance: the windows of
 # production's answers (role 'production'), whichever version gave them; a shadow's never.
-_LAST_RUNS = """
+_LAST_RUNS = f"""
     WITH spans AS (
         SELECT a.target_id AS model, (a.details->>'to')::int AS version, a.occurred_at AS since,
                lead(a.occurred_at) OVER (PARTITION BY a.target_id ORDER BY a.occurred_at, a.id) AS until
@@ -91,7 +96,7 @@ _LAST_RUNS = """
     UNION ALL
     SELECT m.name, 'performance', extract(epoch FROM max(p.computed_at))
       FROM sira_model_performance p JOIN sira_models m ON m.id = p.model_id
-     WHERE p.role = 'production'
+     WHERE p.role = 'production' AND NOT {_BACKTEST}
      GROUP BY m.name
     UNION ALL
     SELECT m.name, 'retrain', extract(epoch FROM max(r.finished_at))

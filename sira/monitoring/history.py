@@ -47,19 +47,24 @@ async def drift_history(conn: Connection, identity: Identity, model_name: str, d
 async def performance_history(conn: Connection, identity: Identity, model_name: str, days: int = 90
                               ) -> dict[str, Any]:
     """Every live-performance window of the last ``days`` (the whole population), oldest first, production
-    and shadow: AP, calibration, precision and recall of the flagged, and whether the labels were mature."""
+    and shadow: AP, calibration, precision and recall of the flagged, whether the labels were mature, and the
+    run's label cut-off and whether it was a backtest (a current run's window is preferred to a backtest's)."""
+    from sira.monitoring.performance import BACKTEST_SQL
+
     authorize(identity, "models.read")
     model = await get_model(conn, model_name)
+    # a window's newest current run, else its newest backtest (--as-of: labels as known then), marked so
     rows = await conn.fetch(
-        """SELECT DISTINCT ON (version, role, window_start, window_end)
+        f"""SELECT DISTINCT ON (version, role, window_start, window_end)
                   version, role, window_start, window_end, n, n_positive, average_precision, flagged,
                   (metrics->>'expected_calibration_error')::float8 AS ece,
                   (metrics->'decisions'->>'precision_flagged')::float8 AS precision_flagged,
                   (metrics->'decisions'->>'recall_flagged')::float8 AS recall_flagged,
-                  coalesce((metrics->>'provisional')::boolean, false) AS provisional, computed_at
+                  coalesce((metrics->>'provisional')::boolean, false) AS provisional,
+                  {BACKTEST_SQL} AS backtest, metrics->'run'->>'as_of' AS as_of, computed_at
              FROM sira_model_performance
             WHERE model_id = $1 AND segment = 'all' AND window_end >= now() - make_interval(days => $2)
-            ORDER BY version, role, window_start, window_end, computed_at DESC""",
+            ORDER BY version, role, window_start, window_end, {BACKTEST_SQL}, computed_at DESC""",  # noqa: S608
         model["id"], _bounded(days, MAX_DAYS, "days"))
     windows = sorted((jsonable(r) for r in rows), key=lambda w: (w["window_end"], w["role"], w["version"]))
     return {"model": model_name, "days": days, "windows": windows}

@@ -62,6 +62,13 @@ SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::tex
           FROM (SELECT label, known_at FROM sira_feedback WHERE event_id = p.event_id AND label_name = $4
                 UNION ALL
                 SELECT label, known_at FROM sira_feedback WHERE prediction_id = p.prediction_id AND label_name = $4
+                UNION ALL
+                -- a shadow score of ready features (no event): the labels of production's answer to its request
+                SELECT f.label, f.known_at FROM sira_predictions q
+                  JOIN sira_feedback f ON f.prediction_id = q.prediction_id AND f.label_name = $4
+                 WHERE p.event_id IS NULL AND p.role = 'shadow' AND q.model_name = p.model_name
+                   AND q.request_id = p.request_id AND q.role = 'production'
+                   AND q.scored_at BETWEEN p.scored_at - interval '1 hour' AND p.scored_at + interval '1 hour'
                ) fb) lab ON true
  WHERE p.model_name = $1 AND coalesce(e.occurred_at, p.scored_at) >= $2 AND coalesce(e.occurred_at, p.scored_at) < $3
        AND ($6::int IS NULL OR p.version = $6)
@@ -233,7 +240,13 @@ SELECT max(coalesce(e.occurred_at, p.scored_at))
          WHERE f.label_name = $3 AND f.known_at <= $4
         UNION ALL
         SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.prediction_id = f.prediction_id
-         WHERE f.label_name = $3 AND f.known_at <= $4) p
+         WHERE f.label_name = $3 AND f.known_at <= $4
+        UNION ALL
+        SELECT s.* FROM sira_feedback f JOIN sira_predictions q ON q.prediction_id = f.prediction_id
+          JOIN sira_predictions s ON s.model_name = q.model_name AND s.request_id = q.request_id
+               AND s.role = 'shadow' AND s.event_id IS NULL
+               AND s.scored_at BETWEEN q.scored_at - interval '1 hour' AND q.scored_at + interval '1 hour'
+         WHERE f.label_name = $3 AND f.known_at <= $4 AND q.event_id IS NULL AND q.role = 'production') p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
  WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
 """
@@ -328,6 +341,9 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
             results.append({"version": version, "role": role, "model_id": row["model_id"],
                             "training_ap": test_metrics.get("average_precision"), "rows": evaluated})
         run = job_id()
+        # which run the rows are: a viewer of the newest rows told a backtest's provisional windows from the
+        # current ones by nothing (latest_performance prefers a run that is no backtest)
+        about = run_info(cutoff, lo, hi, backtest=req.as_of is not None)
         async with db.transaction(pool) as conn:
             await conn.executemany(
                 """INSERT INTO sira_model_performance (model_id, version, role, window_start, window_end, segment,
@@ -335,7 +351,7 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
                 [(res["model_id"], res["version"], res["role"], r["window_start"], r["window_end"], r["segment"],
                   str(r["segment_value"]), r["n"], r["n_positive"], json_finite(r["average_precision"]),
-                  json_finite(r["roc_auc"]), json_finite(r["metrics"]), r["flagged"], run)
+                  json_finite(r["roc_auc"]), json_finite({**r["metrics"], "run": about}), r["flagged"], run)
                  for res in results for r in res["rows"]])
             flagged = any(r["flagged"] for res in results for r in res["rows"])
             await audit.record(conn, actor, "performance.run", target_type="model", target_id=req.model,
@@ -352,16 +368,30 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
                                      if r["segment"] != "all" and r["flagged"]]}
                for res in results]
     return {"model": req.model, "job_id": run, "range": {"from": lo.isoformat(), "to": hi.isoformat()},
-            "as_of": cutoff.isoformat(), "ap_margin": margin, "flagged": flagged, "results": summary,
+            "as_of": cutoff.isoformat(), "backtest": about["backtest"], "ap_margin": margin, "flagged": flagged, "results": summary,
             "seconds": round(time.perf_counter() - started, 3)}
 
 
+def run_info(cutoff: datetime, lo: datetime, hi: datetime, *, backtest: bool) -> dict[str, Any]:
+    """What a run's rows carry of the run (``metrics.run``): its label cut-off, the range it read, and whether
+    it is a backtest (``--as-of``: labels as they were known then, so its young windows are provisional)."""
+    return {"as_of": cutoff.isoformat(), "from": lo.isoformat(), "to": hi.isoformat(), "backtest": backtest}
+
+
+# A run is a backtest by its rows' metrics.run (runs stored before it was written: not known, taken as current)
+BACKTEST_SQL = "coalesce((metrics->'run'->>'backtest')::boolean, false)"
+
+
 async def latest_performance(conn: Any, model_name: str) -> dict[str, Any]:
-    """The newest performance run of a model: every version, role, window and segment it wrote."""
+    """The current performance run of a model, every version, role, window and segment it wrote: the newest
+    run that is no backtest (a run with ``--as-of`` reads labels as they were then), else the newest backtest,
+    marked so. The answer names the run's label cut-off (``as_of``), ``range`` and ``backtest``."""
     model = await registry.get_model(conn, model_name)
-    job = await conn.fetchval(
-        "SELECT job_id FROM sira_model_performance WHERE model_id = $1 ORDER BY computed_at DESC, id DESC LIMIT 1",
-        model["id"])
+    newest = ("SELECT job_id FROM sira_model_performance WHERE model_id = $1 {} "
+              "ORDER BY computed_at DESC, id DESC LIMIT 1")
+    job = await conn.fetchval(newest.format(f"AND NOT {BACKTEST_SQL}"), model["id"])
+    if job is None:
+        job = await conn.fetchval(newest.format(""), model["id"])
     if job is None:
         return {"model": model_name, "latest": None}
     rows = await conn.fetch(
@@ -369,8 +399,14 @@ async def latest_performance(conn: Any, model_name: str) -> dict[str, Any]:
                   roc_auc, flagged, metrics, computed_at
              FROM sira_model_performance WHERE model_id = $1 AND job_id = $2
             ORDER BY version, role, window_start, segment, segment_value""", model["id"], job)
+    about = (rows[0]["metrics"] or {}).get("run") or {}
+    span = {"from": about.get("from") or min(r["window_start"] for r in rows).isoformat(),
+            "to": about.get("to") or max(r["window_end"] for r in rows).isoformat()}
     return {"model": model_name, "latest": {
-        "job_id": job, "computed_at": rows[0]["computed_at"].isoformat(),
+        "job_id": job, "computed_at": rows[0]["computed_at"].isoformat(), "as_of": about.get("as_of"),
+        "range": span, "backtest": about.get("backtest"),
         "flagged": any(r["flagged"] for r in rows),
         "rows": json_finite([{**{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(r).items()
-                                 if k != "computed_at"}} for r in rows])}}
+                                 if k != "computed_at"},
+                              "metrics": {k: v for k, v in (r["metrics"] or {}).items() if k != "run"}}
+                             for r in rows])}}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sira import __version__
-from sira.core import artifacts, db
+from sira.core import artifacts, db, stats
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
@@ -39,6 +39,10 @@ from sira.training.windows import Windows, check_as_of, check_counts, check_days
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
+# How the reference's numeric bins were made: 2, a bin per distinct value when there are few and never a heavy
+# value merged with others (sira.core.stats.reference_bin_edges); absent, quantile edges with repeats dropped
+# (a 0/1 flag was one bin; sira.monitoring.drift rebins such a feature from the reference sample)
+REFERENCE_BINNING = 2
 # Drift's Kolmogorov-Smirnov tests compare live values with a sample of the training rows, stored in
 # the artifact beside the model (NumPy's format, read without pickle): features in schema order, then the score.
 REFERENCE_SAMPLE_FILE = "reference_sample.npy"
@@ -108,14 +112,14 @@ def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
                                    "frequencies": {c: float(n / max(present.size, 1))
                                                    for c, n in zip(spec.categories, list(counts))}}
         else:
-            edges = np.unique(np.quantile(present, np.linspace(0, 1, REFERENCE_BINS + 1))) if present.size else []
+            edges = stats.reference_bin_edges(present, REFERENCE_BINS)  # a bin per value of a 0/1 flag
             hist = np.histogram(present, bins=edges)[0] if len(edges) > 1 else np.array([present.size])
             features[spec.name] = {"type": "numeric", "missing_rate": missing, "bin_edges": [float(e) for e in edges],
                                    "histogram": [int(h) for h in hist],
                                    "mean": float(present.mean()) if present.size else None,
                                    "std": float(present.std()) if present.size else None}
     score_edges = np.linspace(0, 1, 21)
-    return {"rows": int(train.X.shape[0]), "features": features, "score": {"bin_edges": [float(e) for e in score_edges],
+    return {"rows": int(train.X.shape[0]), "binning": REFERENCE_BINNING, "features": features, "score": {"bin_edges": [float(e) for e in score_edges],
                                             "histogram": [int(h) for h in np.histogram(scores, score_edges)[0]]}}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -145,3 +146,62 @@ def test_a_stored_reference_with_a_null_bin_edge_skips_its_feature_with_the_reas
     rows, verdict = compare(old, current.X, _score(current.X))
     assert "amount" not in {r["feature"] for r in rows} and {"night", "channel", SCORE} <= {r["feature"] for r in rows}
     assert "not finite numbers" in old.skipped["amount"] and list(old.skipped) == ["amount"]
+
+
+def _two_bin_psi(ref_ones: float, cur_ones: float) -> float:
+    """PSI of a 0/1 feature by hand: sum over its two values of (current - reference) * ln(current / reference)."""
+    return sum((c - r) * math.log(c / r) for r, c in ((1 - ref_ones, 1 - cur_ones), (ref_ones, cur_ones)))
+
+
+def test_a_yes_no_feature_moving_is_measured_on_a_bin_per_value(synthetic_matrix):
+    """Quantile edges with the repeats dropped made "night" (0/1, 20% ones) one closed bin [0, 1]: its PSI and JS
+    were 0 however often it was 1 later. Each of its values is a bin: PSI is the two-bin PSI by hand."""
+    reference, train, _ = _reference(synthetic_matrix)
+    night = reference.statistics["features"]["night"]
+    assert night["bin_edges"] == [0.0, 0.5, 1.0] and sum(night["histogram"]) == 20_000
+    current = synthetic_matrix(5_000, 11)
+    X = current.X.copy()
+    X[:, 1] = (np.random.default_rng(3).random(len(X)) < 0.6).astype(float)  # 20% -> 60% at night
+    rows, _ = compare(reference, X, _score(X))
+    row = next(r for r in rows if r["feature"] == "night")
+    by_hand = _two_bin_psi(train.X[:, 1].mean(), X[:, 1].mean())
+    assert by_hand > 0.5 and row["psi"] == pytest.approx(by_hand, rel=1e-9)  # the missing bin is empty on both sides
+    assert row["js_divergence"] > 0.1 and row["severity"] == "alert" and "few_bins" not in row["details"]
+
+
+def test_a_mostly_zero_feature_keeps_its_zeros_in_a_bin_of_their_own(synthetic_matrix):
+    """95% zeros: every quantile up to the 90th was 0, so the edges were [0, max], one bin with all of it."""
+    train = synthetic_matrix(20_000, 1)
+    X = train.X.copy()
+    rng = np.random.default_rng(4)
+    X[:, 0] = np.where(rng.random(len(X)) < 0.95, 0.0, X[:, 0])
+    reference = Reference(tuple(train.schema), reference_statistics(Matrix(X, train.y, train.schema), _score(X)), None)
+    amount = reference.statistics["features"]["amount"]
+    assert amount["bin_edges"][0] == 0.0 and 0 < amount["bin_edges"][1] < X[X[:, 0] > 0, 0].min()
+    assert amount["histogram"][0] == (X[:, 0] == 0).sum()
+    current = X[:5_000].copy()
+    current[:, 0] = np.where(rng.random(5_000) < 0.7, 0.0, synthetic_matrix(5_000, 12).X[:, 0])  # 5% -> 30% non-zero
+    row = next(r for r in compare(reference, current, _score(current))[0] if r["feature"] == "amount")
+    assert row["psi"] > 0.25 and row["severity"] == "alert"
+
+
+def test_an_older_reference_with_merged_bins_is_rebinned_from_its_sample_or_says_it_cannot_measure(synthetic_matrix):
+    """A version trained before: its stored "night" is one bin [0, 1]. Its reference sample (training rows)
+    rebins it; without a sample the row says it has too few bins rather than a silent PSI 0."""
+    reference, train, _ = _reference(synthetic_matrix)
+    statistics = json.loads(json.dumps(reference.statistics))
+    statistics.pop("binning", None)  # what an older version stored
+    statistics["features"]["night"].update(bin_edges=[0.0, 1.0], histogram=[20_000])
+    current = synthetic_matrix(5_000, 11)
+    X = current.X.copy()
+    X[:, 1] = (np.random.default_rng(3).random(len(X)) < 0.6).astype(float)
+    rows, _ = compare(Reference(reference.schema, statistics, reference.sample), X, _score(X))
+    night = next(r for r in rows if r["feature"] == "night")
+    sample_ones = np.nanmean(reference.sample[:, 1])
+    assert night["details"]["bins_from"] == "reference_sample" and night["details"]["value_bins"] == 2
+    assert night["psi"] == pytest.approx(_two_bin_psi(sample_ones, X[:, 1].mean()), rel=1e-9)
+    assert night["n_reference"] == 5_000 and "few_bins" not in night["details"]
+    rows, _ = compare(Reference(reference.schema, statistics, None), X, _score(X))
+    night = next(r for r in rows if r["feature"] == "night")
+    assert night["psi"] == 0.0 and "only its missing rate" in night["details"]["few_bins"]
+    assert "retrain" in night["details"]["few_bins"]

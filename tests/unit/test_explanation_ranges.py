@@ -3,13 +3,15 @@
 import numpy as np
 import pytest
 
+from sira.core.stats import reference_bin_edges
 from sira.monitoring.explanation import _typical
+from sira.training.runs import REFERENCE_BINS
 
 
 def reference(values: np.ndarray) -> dict:
-    """A numeric feature's reference as training stores it (sira.training.runs: quantile edges, duplicates
-    dropped, and the histogram over them)."""
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
+    """A numeric feature's reference as training stores it (sira.training.runs: value bins, and the histogram
+    over them)."""
+    edges = reference_bin_edges(values, REFERENCE_BINS)
     return {"type": "numeric", "bin_edges": [float(e) for e in edges],
             "histogram": [int(h) for h in np.histogram(values, bins=edges)[0]]}
 
@@ -43,8 +45,10 @@ def test_the_typical_range_never_shows_one_rows_value(values):
     bin edge or a value many rows share, else the range is left open ("50.00 or more")."""
     typical = _typical(reference(values))
     assert "987,654.32" not in typical and "-123,456.78" not in typical, typical
-    bounds = [float(v.replace(",", "")) for v in typical.replace(" or more", "").split(" to ")]
-    assert min(bounds) <= np.percentile(values, 25) + 1e-9
+    bounds = [float(v.replace(",", "")) for v in typical.replace(" or more", "").replace(" or less", "").split(" to ")]
+    # nor halfway between it and a value many rows share (a bin edge next to it): no bound far out
+    assert all(np.percentile(values, 1) <= b <= np.percentile(values, 99) for b in bounds), typical
+    assert typical.endswith(" or less") or min(bounds) <= np.percentile(values, 25) + 1e-9
     assert typical.endswith(" or more") or max(bounds) >= np.percentile(values, 75) - 1e-9
 
 

@@ -290,3 +290,18 @@ def test_verdict_truth_table(severities, expected):
 def test_verdict_rejects_unknown_severity():
     with pytest.raises(ValueError, match="unknown severity 'critical'"):
         verdict(["ok", "critical"])
+
+
+def test_reference_bins_keep_distinct_values_apart_and_heavy_values_alone():
+    from sira.core.stats import reference_bin_edges
+
+    flag = np.array([0.0] * 70 + [1.0] * 30)
+    assert reference_bin_edges(flag, 10).tolist() == [0.0, 0.5, 1.0]
+    assert np.histogram(flag, reference_bin_edges(flag, 10))[0].tolist() == [70, 30]
+    assert reference_bin_edges(np.array([3.0, 3.0]), 10).tolist() == [3.0]  # one value: one bin
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=1_000), np.ones(500)])  # a third of the rows at exactly 1
+    edges = reference_bin_edges(values, 10)
+    counts = np.histogram(values, edges)[0]
+    assert 500 in counts.tolist() and len(counts) >= 8  # 1 alone in its bin, the rest in about equal shares
+    assert not np.isin(edges[1:-1], values).any()  # no edge on a value: none is split across two bins

@@ -159,6 +159,10 @@ export type PerformanceWindow = {
   recall_flagged: number | null;
   provisional: boolean;
   flagged: boolean;
+  /** the run had --as-of: labels as they were known then (a current run's window is preferred to it) */
+  backtest: boolean;
+  /** the run's label cut-off (null: a run stored before runs said so) */
+  as_of: string | null;
 };
 
 export type Minute = {

@@ -1,11 +1,11 @@
 import { screen } from "@testing-library/react";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { renderUi } from "../test/render";
 import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
 import { importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap, productionRun } from "./Drift";
-import { chartSeries, performanceSeries, provisionalDots } from "./Performance";
+import { chartSeries, PerformanceView, performanceSeries, provisionalDots } from "./Performance";
 import { totals } from "./Traffic";
 
 const run = (at: string, features: DriftRun["features"], verdict: DriftRun["verdict"] = "ok"): DriftRun => ({ run: at, at, version: 1, verdict, features });
@@ -35,7 +35,7 @@ describe("monitoring views", () => {
   it("draws one series per role and version, one row per window", () => {
     const w = (role: "production" | "shadow", version: number, end: string, ap: number): PerformanceWindow => ({
       version, role, window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5, average_precision: ap,
-      ece: null, precision_flagged: null, recall_flagged: null, provisional: false, flagged: false });
+      ece: null, precision_flagged: null, recall_flagged: null, provisional: false, flagged: false, backtest: false, as_of: null });
     const { rows, series } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
                                                  w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
     expect(series).toEqual(["production v1", "shadow v2"]);
@@ -45,7 +45,8 @@ describe("monitoring views", () => {
   it("puts provisional windows on a dashed series of their own, never on one line with the mature ones", () => {
     const w = (end: string, ap: number, provisional: boolean): PerformanceWindow => ({
       version: 1, role: "production", window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5,
-      average_precision: ap, ece: null, precision_flagged: null, recall_flagged: null, provisional, flagged: false });
+      average_precision: ap, ece: null, precision_flagged: null, recall_flagged: null, provisional, flagged: false, backtest: false,
+      as_of: null });
     const { rows, series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
     expect(series).toEqual(["production v1", "production v1 (provisional)"]);
     expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.4 }, { window: "2026-11-15", "production v1 (provisional)": 0.9 }]);
@@ -55,6 +56,19 @@ describe("monitoring views", () => {
     expect(provisional.color).toBe(mature.color);  // the same role and version: the same colour
     expect(provisionalDots(mature)).toEqual({});
     expect(provisionalDots(provisional).dot).toMatchObject({ fill: "var(--mantine-color-white)", stroke: "var(--mantine-color-blue-9)" });
+  });
+
+  it("marks a backtest's window (labels as known on an earlier date) as a backtest", async () => {
+    const window: PerformanceWindow = {
+      version: 1, role: "production", window_start: "2026-10-01T00:00:00Z", window_end: "2026-10-08T00:00:00Z", n: 100,
+      n_positive: 5, average_precision: 0.5, ece: null, precision_flagged: null, recall_flagged: null, provisional: true,
+      flagged: false, backtest: true, as_of: "2026-10-20T00:00:00Z" };
+    vi.stubGlobal("fetch", vi.fn(async (url: string) => new Response(JSON.stringify(url.includes("/performance/history")
+      ? { model: "fraud", days: 90, windows: [window] } : { models: [{ name: "fraud" }] }),
+      { status: 200, headers: { "Content-Type": "application/json" } })));
+    renderUi(<PerformanceView />);
+    expect(await screen.findByText("backtest")).toBeInTheDocument();
+    expect(screen.getByText("backtest").closest("[title]")?.getAttribute("title")).toContain("labels as known on");
   });
 
   it("sums the last hour's answers", () => {

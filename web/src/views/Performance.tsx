@@ -78,6 +78,7 @@ export function PerformanceView() {
                   <Table.Td>{ap(w.ece)}</Table.Td>
                   <Table.Td>
                     {w.provisional && <Badge color="yellow" title="labels not mature yet: AP will change">provisional</Badge>}
+                    {w.backtest && <Badge color="gray" title={`a backtest: labels as known on ${w.as_of ? when(w.as_of) : "an earlier date"}`}>backtest</Badge>}
                     {w.flagged && <Badge color="red">below margin</Badge>}
                   </Table.Td>
                 </Table.Tr>
