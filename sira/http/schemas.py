@@ -307,7 +307,8 @@ class Insights(Strict):
     version: int
     importance: list[dict[str, Any]] = Field(description="Features by mean |SHAP| on validation rows, largest first")
     lineage: dict[str, Any] = Field(description="Training run, dataset fingerprint, code and library versions, "
-                                    "the artifact's checksum (verified on this read)")
+                                    "the artifact's checksum (artifact.verified: its manifest and every file it "
+                                    "lists match the registered checksum on this read)")
 
 
 class DriftHistory(Strict):

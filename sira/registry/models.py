@@ -193,12 +193,26 @@ async def validate_version(conn: Connection, settings: Any, identity: Any, model
     return {"model": model_name, "version": version, "status": "validated"}
 
 
+def verify_artifact(actor: audit.Actor, model_name: str, row: Any) -> None:
+    """Refuse (409 artifact_checksum_mismatch, audited) a version whose artifact files no longer match the
+    registered checksum, as validation checks them: what production would load must be what was approved."""
+    from sira.core import artifacts
+    from sira.core.config import get_settings
+
+    try:
+        artifacts.load_artifact(get_settings(), artifacts.ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
+    except artifacts.ArtifactTampered as exc:
+        raise audit.denied(exc, actor, "production.change", target_type="model_version",
+                           target_id=f"{model_name}:v{row['version']}", details={"reason": exc.message}) from None
+
+
 async def _change_production(conn: Connection, actor: audit.Actor, model_id: int, model_name: str,
                              target: asyncpg.Record, *, via: str, reason: str | None,
                              extra: dict[str, Any] | None = None) -> int | None:
     """Make ``target`` the production version (the current one is archived), with a history row."""
     from sira.registry import lifecycle
 
+    verify_artifact(actor, model_name, target)
     await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model_id)
     current = await conn.fetchrow(
         "SELECT id, version FROM sira_model_versions WHERE model_id = $1 AND status = 'production' FOR UPDATE",

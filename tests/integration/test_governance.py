@@ -446,3 +446,42 @@ async def test_required_approvals_raised_after_a_request_apply_to_it(clean_db, s
     assert (second["outcome"], second["required_approvals"]) == ("pending", 3)
     third = await run(clean_db, decide, CAT, "fraud", 1, "approve")
     assert third["outcome"] == "approved" and await status_of(clean_db, 1) == "production"
+
+
+async def test_a_tampered_artifact_never_reaches_production_by_approval_rollback_or_policy(clean_db, settings):
+    from sira.core.artifacts import ArtifactTampered
+
+    ref1 = await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    ref2 = await make_version(clean_db, settings, 2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2, "better")
+    await run(clean_db, decide, ANN, "fraud", 2, "approve")
+    with open(f"{ref2.uri}/model.txt", "ab") as handle:  # after the request, before the last approval
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered) as refused:
+        await run(clean_db, decide, BOB, "fraud", 2, "approve")
+    assert refused.value.code == "artifact_checksum_mismatch" and refused.value.http_status == 409
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("production", "validated")
+    denied = await clean_db.fetchrow("SELECT actor, target_id FROM sira_audit_log WHERE action = 'production.change'"
+                                     " AND outcome = 'denied'")
+    assert (denied["actor"], denied["target_id"]) == ("bob", "fraud:v2")
+
+    with open(f"{ref2.uri}/model.txt", "rb") as handle:  # restored: the approval goes through
+        restored = handle.read()[:-1]
+    with open(f"{ref2.uri}/model.txt", "wb") as handle:
+        handle.write(restored)
+    await run(clean_db, decide, BOB, "fraud", 2, "approve")
+    with open(f"{ref1.uri}/model.txt", "ab") as handle:  # the version a rollback would restore
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered):
+        await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("archived", "production")
+
+    ref3 = await make_version(clean_db, settings, 3, required=0)
+    await run(clean_db, validate_version, settings, DANA, "fraud", 3)
+    with open(f"{ref3.uri}/model.txt", "ab") as handle:  # validated, then changed: the policy refuses it too
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered):
+        await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
+    assert await status_of(clean_db, 3) == "validated" and await status_of(clean_db, 2) == "production"
