@@ -181,15 +181,11 @@ async def rollback(name: str, body: RollbackRequest, request: Request, pool: Poo
 
 @router.get("/models/{name}/history", response_model=History, responses=errors(404))
 async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
-    async def read(conn: Any) -> dict[str, Any]:
-        changes = await registry.production_history(conn, name)
-        production = await conn.fetchval(
-            """SELECT v.version FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                WHERE m.name = $1 AND v.status = 'production'""", name)
-        target = await registry.rollback_target(conn, name, production) if production is not None else None
-        return {"model": name, "history": changes, "production": production, "rollback_to": target}
+    """Every change of the production pointer, the production version now and the version a rollback would
+    restore (``sira history --json`` answers the same)."""
+    from sira.registry.history import history as read
 
-    return await in_transaction(pool, read)
+    return await in_transaction(pool, read, who, name)
 
 @router.get("/models/{name}/drift", response_model=MonitoringReport, responses=errors(404))
 async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),

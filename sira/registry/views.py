@@ -42,7 +42,7 @@ _OVERVIEW = """
 
 _QUEUE = """
     SELECT r.id AS request_id, m.name AS model, m.model_type, v.version, v.created_by, r.requested_by, r.reason,
-           r.created_at, greatest(r.required_approvals, m.required_approvals) AS required_approvals,  -- decide()'s
+           r.created_at, greatest(r.required_approvals, m.required_approvals, 1) AS required_approvals,  -- decide()'s
            (v.metrics->'test'->>'average_precision')::float8 AS challenger_ap,
            p.version AS production_version, (p.metrics->'test'->>'average_precision')::float8 AS champion_ap,
            coalesce((SELECT jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,

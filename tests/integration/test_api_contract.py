@@ -10,7 +10,7 @@ from sira.core import db
 from sira.core.auth import authenticate, create_key
 from sira.http.app import create_app
 from sira.registry.models import request_promotion
-from tests.integration.test_governance import DANA, make_version, run, status_of
+from tests.integration.test_governance import DANA, make_version, promote_by_policy, run, status_of
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ async def test_a_rollback_names_the_production_version_it_replaces(client_and_ke
     client, keys = client_and_keys
     for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
         await make_version(clean_db, settings, version, required=0)
-        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+        await promote_by_policy(clean_db, settings, version)
     r = await client.post("/v1/models/fraud/rollback", json={"reason": "bad day"}, headers=keys["operator"])
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
     assert r.json()["error"]["details"] == {"field": "expected_version"}

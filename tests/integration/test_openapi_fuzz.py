@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
-from tests.conftest import migrate_database, run_sync
+from tests.conftest import migrate_database, promote_for_tests, run_sync
 
 # the calls a service key makes; every other operation is made with the admin key
 SERVICE_PATHS = {"/v1/score", "/v1/score/batch", "/v1/events", "/v1/feedback"}
@@ -58,8 +58,7 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
         try:
             async with db.transaction(pool) as conn:
                 admin = Identity("fuzz-setup", frozenset({"admin"}))
-                await registry.update_model(conn, admin, "fraud", required_approvals=0)
-                await registry.request_promotion(conn, settings, admin, "fraud", trained["version"], "fuzzing")
+                await promote_for_tests(conn, settings, "fraud", trained["version"], "fuzzing")
                 pepper = settings.secret("auth_secret")
                 keys = {"admin": (await create_key(conn, name="fuzz-admin", roles=["admin"], pepper=pepper,
                                                    creator=None))[0]}
