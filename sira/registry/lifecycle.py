@@ -93,7 +93,7 @@ def check_approver(approver: str, roles: Iterable[str], *, creator: str | None, 
     if "approver" not in set(roles) and "admin" not in set(roles):
         raise refused(f"{approver} does not hold the approver role")
     if creator is not None and approver == creator:
-        raise refused("the creator of a version cannot approve it", code="self_approval")
+        raise refused(f"the creator of a version cannot approve or reject its {what}", code="self_approval")
     if approver == requester:
         raise refused(f"the requester of a {what} cannot decide on it", code="self_approval")
     if approver in set(already):

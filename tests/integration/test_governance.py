@@ -115,8 +115,10 @@ async def test_two_distinct_approvers_promote_then_rollback_is_one_step(clean_db
 async def test_rejection_closes_the_request_and_self_approval_is_refused(clean_db, settings):
     await make_version(clean_db, settings, 1, creator="ann")  # an approver who trained the version
     await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
-    with pytest.raises(PermissionDenied, match="creator of a version cannot approve"):
+    with pytest.raises(PermissionDenied, match="creator of a version cannot approve or reject its promotion"):
         await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    with pytest.raises(PermissionDenied, match="creator of a version cannot approve or reject"):  # not "approve"
+        await run(clean_db, decide, ANN, "fraud", 1, "reject", "my own, withdrawn")
     outcome = await run(clean_db, decide, CAT, "fraud", 1, "reject", "calibration is off")
     assert outcome["outcome"] == "rejected" and await status_of(clean_db, 1) == "validated"
     with pytest.raises(Conflict, match="closed \\(rejected\\)"):
@@ -554,3 +556,37 @@ async def test_a_model_that_requires_no_approvals_promotes_only_when_its_policy_
     asked = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.request'"
                                     " AND target_id = 'fraud:v2'")
     assert asked["reason"] == "slightly better" and asked["policy"]["outcome"] == "reject"
+
+
+async def test_a_jwt_and_a_key_of_the_same_person_are_one_person_under_the_four_eyes_rules(clean_db, settings):
+    """Key ds2 asks for production; a JWT whose sub is ds2 (named jwt:ds2) approved it (200): the names
+    differed. People are compared, in the application and in the database."""
+    from sira.registry.views import approval_queue
+
+    ds2 = Identity("ds2", frozenset({"data_scientist"}))
+    ds2_jwt, ann_jwt = (Identity(f"jwt:{n}", frozenset({"approver"}), "jwt") for n in ("ds2", "ann"))
+    await make_version(clean_db, settings, 1, required=2)
+    await run(clean_db, request_promotion, settings, ds2, "fraud", 1)
+    with pytest.raises(PermissionDenied, match="requester of a promotion"):
+        await run(clean_db, decide, ds2_jwt, "fraud", 1, "approve")
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    with pytest.raises(Conflict, match="already decided") as twice:  # ann's key, then ann's JWT
+        await run(clean_db, decide, ann_jwt, "fraud", 1, "approve")
+    assert twice.value.code == "already_decided"
+    await make_version(clean_db, settings, 2, creator="ds2", required=2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    with pytest.raises(PermissionDenied, match="creator of a version"):
+        await run(clean_db, decide, ds2_jwt, "fraud", 2, "approve")
+    async with clean_db.acquire() as conn:  # the queue says what decide() does
+        standing = {r["version"]: r["may_decide_reason"] for r in await approval_queue(conn, ds2_jwt)}
+    assert "requester of a promotion" in standing[1] and "creator of a version" in standing[2]
+    requests = dict(await clean_db.fetch("SELECT v.version, r.id FROM sira_promotion_requests r"
+                                         " JOIN sira_model_versions v ON v.id = r.version_id"))
+    insert = "INSERT INTO sira_approvals (request_id, approver, decision) VALUES ($1, $2, 'approve')"
+    with pytest.raises(asyncpg.CheckViolationError, match="requester of a promotion"):  # past the application
+        await clean_db.execute(insert, requests[1], "jwt:ds2")
+    with pytest.raises(asyncpg.UniqueViolationError, match="ann has already decided"):
+        await clean_db.execute(insert, requests[1], "jwt:ann")
+    with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
+        await clean_db.execute(insert, requests[2], "jwt:ds2")
+    await clean_db.execute(insert, requests[1], "jwt:cat")  # another person still may
