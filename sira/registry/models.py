@@ -361,7 +361,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     approver, creator, requester, *already = await principals(
         conn, identity.name, row["created_by"], request["requested_by"], *[p["approver"] for p in previous])
     lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester, already=already,
-                             actor=identity.actor())
+                             actor=identity.actor(), target=f"{model_name}:v{version}")
     try:
         async with conn.transaction():
             await conn.execute(

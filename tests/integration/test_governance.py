@@ -590,3 +590,17 @@ async def test_a_jwt_and_a_key_of_the_same_person_are_one_person_under_the_four_
     with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
         await clean_db.execute(insert, requests[2], "jwt:ds2")
     await clean_db.execute(insert, requests[1], "jwt:cat")  # another person still may
+
+
+async def test_audit_rows_say_why_and_what_a_request_or_a_refusal_was_about(clean_db, settings):
+    """promotion.request rows carried no reason; a refused decision's row named no version (target null)."""
+    await make_version(clean_db, settings, 1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "recall up 4 points")
+    asked = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.request'")
+    assert asked["reason"] == "recall up 4 points"
+    with pytest.raises(PermissionDenied):
+        await run(clean_db, decide, Identity("dana", frozenset({"approver"})), "fraud", 1, "approve")
+    denied = await clean_db.fetchrow("SELECT target_type, target_id, details FROM sira_audit_log"
+                                     " WHERE action = 'promotion.decide' AND outcome = 'denied'")
+    assert (denied["target_type"], denied["target_id"]) == ("model_version", "fraud:v1")
+    assert denied["details"]["code"] == "self_approval" and "creator of a version" in denied["details"]["reason"]
