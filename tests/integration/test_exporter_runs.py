@@ -5,7 +5,7 @@ from test_governance import DANA, OLI, make_version, promote_by_policy, run  # n
 
 from sira.core import db
 from sira.monitoring import exporter
-from sira.registry.models import request_promotion, rollback
+from sira.registry.models import rollback
 
 
 async def _drift(conn, model_id: int, version: int, job: str) -> float:

@@ -37,9 +37,8 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
     import pandas as pd
 
     from sira.core import db
-    from sira.core.auth import Identity, authenticate, create_key
+    from sira.core.auth import authenticate, create_key
     from sira.core.config import Settings
-    from sira.registry import models as registry
     from sira.training.runs import TrainRequest, run_training
 
     dsn = create_database("sira_fuzz")
@@ -57,7 +56,6 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
         pool = await db.create_pool(dsn, settings)
         try:
             async with db.transaction(pool) as conn:
-                admin = Identity("fuzz-setup", frozenset({"admin"}))
                 await promote_for_tests(conn, settings, "fraud", trained["version"], "fuzzing")
                 pepper = settings.secret("auth_secret")
                 keys = {"admin": (await create_key(conn, name="fuzz-admin", roles=["admin"], pepper=pepper,
