@@ -430,8 +430,7 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
         pool = await db.create_pool(dsn, settings)
         try:
             async with db.transaction(pool) as conn:
-                await registry.update_model(conn, admin, "fraud", required_approvals=0)
-                await registry.request_promotion(conn, settings, admin, "fraud", trained["version"], "tests")
+                await promote_for_tests(conn, settings, "fraud", trained["version"], "tests")
             keys = {}
             async with db.transaction(pool) as conn:
                 keys["admin"], _ = await create_key(conn, name="t-admin", roles=["admin"],
@@ -449,6 +448,18 @@ def served_model(create_database, workspace: Path, tmp_path_factory: pytest.Temp
                                entities=[dict(e) for e in events], trained=trained)
 
     return run_sync(build())
+
+
+async def promote_for_tests(conn: Any, settings: Settings, model: str, version: int, reason: str) -> None:
+    """Production for a test's version: a model that requires no approvals, its promotion requested by an admin
+    and approved by one approver (its policy promotes on its own only on a retraining run's evidence)."""
+    from sira.core.auth import Identity
+    from sira.registry import models as registry
+
+    admin = Identity("test-admin", frozenset({"admin"}))
+    await registry.update_model(conn, admin, model, required_approvals=0)
+    if (await registry.request_promotion(conn, settings, admin, model, version, reason))["status"] == "pending":
+        await registry.decide(conn, Identity("test-approver", frozenset({"approver"})), model, version, "approve")
 
 
 async def copy_production_model(source_dsn: str, version: int, dsn: str, settings: Settings, reason: str,
@@ -477,8 +488,7 @@ async def copy_production_model(source_dsn: str, version: int, dsn: str, setting
                 conn, model, run_id=None, artifact=ArtifactRef(row["artifact_uri"], row["artifact_sha256"]),
                 feature_schema=row["feature_schema"], params=row["params"], metrics=row["metrics"],
                 thresholds=row["thresholds"], feature_set_version=1, actor=admin.actor())
-            await registry.update_model(conn, admin, name, required_approvals=0)
-            await registry.request_promotion(conn, settings, admin, name, copied, reason)
+            await promote_for_tests(conn, settings, name, copied, reason)
     finally:
         await pool.close()
 

@@ -44,8 +44,17 @@ def promote_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption
                        notify=True)
     emit(result, as_json, lambda: err.print(
         f"{model} v{version}: promotion request {result['request_id']} {result['status']}"
-        + (f", needs {result['required_approvals']} approval(s)" if result["status"] == "pending" else "")
-        + _verdict_note(result)))
+        + (f", needs {max(result['required_approvals'], 1)} approval(s)" if result["status"] == "pending" else "")
+        + _verdict_note(result) + _policy_note(result)))
+
+
+def _policy_note(result: dict[str, Any]) -> str:
+    """A model that requires no approvals: what its promotion policy said, and why it did not promote."""
+    said = result.get("policy")
+    if not said:
+        return ""
+    verb = "promoted it" if said["promotes"] else f"did not promote it ({said['outcome']})"
+    return f"\npolicy: {verb}: " + "; ".join(said["reasons"][:3])
 
 
 @app.command("stage")
@@ -131,25 +140,25 @@ def rollback_cmd(model: ModelOption,
 
 @app.command("history")
 def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Every change of the production version: when, who, from, to, how and why."""
-    from sira.core.auth import authorize
-    from sira.registry.models import production_history
+    """Every change of the production version: when, who, from, to, how, why and who asked; with --json the
+    answer of GET /v1/models/{name}/history (with the production version and the one a rollback restores)."""
+    from sira.registry.history import history
 
-    async def action(conn: Any, who: Any) -> list[dict[str, Any]]:
-        authorize(who, "models.read")
-        return await production_history(conn, model)
-
-    rows = governed(action, api_key)
+    result = governed(lambda conn, who: history(conn, who, model), api_key)
 
     def render() -> None:
         table = Table(title=f"Production history of {model}", title_justify="left")
-        for column in ("at", "from", "to", "via", "actor", "reason"):
+        for column in ("at", "from", "to", "via", "actor", "requested by", "reason"):
             table.add_column(column)
-        for r in rows:
-            table.add_row(r["at"], str(r["from"] or ""), str(r["to"]), r["via"] or "", r["actor"], r["reason"] or "")
+        for r in result["history"]:
+            table.add_row(r["at"], str(r["from"] or ""), str(r["to"]), r["via"] or "", r["actor"],
+                          r["requested_by"] or "", r["reason"] or "")
         err.print(table)
+        if result["production"] is not None:
+            err.print(f"production: v{result['production']}; a rollback restores "
+                      + (f"v{result['rollback_to']}" if result["rollback_to"] is not None else "nothing"))
 
-    emit({"model": model, "history": rows}, as_json, render)
+    emit(result, as_json, render)
 
 
 def _model_settings(targets: Path | None, policy: Path | None, **values: Any) -> dict[str, Any]:

@@ -108,7 +108,25 @@ def install(app: FastAPI) -> None:
         # a missing field named inside the event (amount): the field names it; the other codes name the
         # field sent and say in the message where inside it the problem is
         inside = (first.get("ctx") or {}).get("path") if first.get("type") in MISSING_CODES else None
+        if first.get("type") == "extra_forbidden":  # every unknown field named, and what the body takes
+            unknown = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors()
+                       if e.get("type") == "extra_forbidden"]
+            accepted = _body_fields(request) if all("." not in u for u in unknown) else []
+            return error_response(422, "unknown_field", f"unknown field(s) {', '.join(unknown)}"
+                                  + (f"; this request accepts: {', '.join(accepted)}" if accepted else ""),
+                                  {"field": where, "unknown": unknown, **({"accepted": accepted} if accepted else {})})
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
                 **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
+
+
+def _body_fields(request: Request) -> list[str]:
+    """The fields the route's JSON body takes (its model's, by the names a client sends), or [] when unknown."""
+    from pydantic import BaseModel
+
+    field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [info.alias or name for name, info in model.model_fields.items()]

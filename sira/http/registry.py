@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
@@ -38,10 +38,20 @@ router = APIRouter(prefix="/v1", tags=["registry"])
 
 
 class ModelUpdate(BaseModel):
-    """A model's settings that may change after it is created."""
+    """A model's settings that may change after it is created: every one `sira models create|update` sets
+    (:data:`sira.registry.settings.MODEL_SETTINGS`); an unknown field is refused (422 unknown_field), never
+    dropped."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = None
     description: str | None = None
+    owner: str | None = None
+    label_name: str | None = Field(None, description="The label its training and monitoring read (default fraud)")
     label_maturity_days: Annotated[int, Field(ge=0, le=3650)] | None = None
+    feature_set_version: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="The version of its feature set its next versions train on (`sira models update "
+        "--feature-set NAME@VERSION`); versions already registered keep theirs")
     required_approvals: Annotated[int, Field(ge=0, le=20)] | None = None
     decision_targets: dict[str, float] | None = None
     promotion_policy: dict[str, Any] | None = None
@@ -53,7 +63,6 @@ class ModelCreate(ModelUpdate):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
     model_type: Literal["fraud_detection", "churn", "anomaly"] = "fraud_detection"
     entity_type: str = "customer"
-    label_name: str | None = None
 
 
 class Reason(BaseModel):
@@ -181,15 +190,11 @@ async def rollback(name: str, body: RollbackRequest, request: Request, pool: Poo
 
 @router.get("/models/{name}/history", response_model=History, responses=errors(404))
 async def history(name: str, pool: PoolDep, who: Identity = require("models.read")) -> dict[str, Any]:
-    async def read(conn: Any) -> dict[str, Any]:
-        changes = await registry.production_history(conn, name)
-        production = await conn.fetchval(
-            """SELECT v.version FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-                WHERE m.name = $1 AND v.status = 'production'""", name)
-        target = await registry.rollback_target(conn, name, production) if production is not None else None
-        return {"model": name, "history": changes, "production": production, "rollback_to": target}
+    """Every change of the production pointer, the production version now and the version a rollback would
+    restore (``sira history --json`` answers the same)."""
+    from sira.registry.history import history as read
 
-    return await in_transaction(pool, read)
+    return await in_transaction(pool, read, who, name)
 
 @router.get("/models/{name}/drift", response_model=MonitoringReport, responses=errors(404))
 async def drift(name: str, pool: PoolDep, who: Identity = require("models.read"),

@@ -198,6 +198,13 @@ class RetrainVerdict(Strict):
     reasons: list[str]
 
 
+class PolicySaid(Strict):
+    promotes: bool = Field(description="Whether the policy promoted the version on its own")
+    outcome: Literal["stage", "reject", "hold"] = Field(description="The policy's verdict on the evidence of the "
+                                                        "last retraining run that judged this version")
+    reasons: list[str]
+
+
 class PromotionRequested(Strict):
     model: str
     version: int
@@ -206,6 +213,9 @@ class PromotionRequested(Strict):
     required_approvals: int
     retrain_verdict: RetrainVerdict | None = Field(
         description="Set when a retraining policy judged this version as its challenger and did not stage it")
+    policy: PolicySaid | None = Field(
+        None, description="A model that requires no approvals: what its promotion policy said (not promoted: the "
+        "request waits for one approver)")
 
 
 class Staged(Strict):
@@ -242,6 +252,8 @@ class ProductionChange(Strict):
     to: int | None
     via: str | None
     reason: str | None
+    requested_by: str | None = Field(description="Who asked for it: a promotion's requester (the actor of a "
+                                                 "policy's promotion is the policy); null for a rollback")
 
 
 class History(Strict):
@@ -347,7 +359,8 @@ class Insights(Strict):
     version: int
     importance: list[dict[str, Any]] = Field(description="Features by mean |SHAP| on validation rows, largest first")
     lineage: dict[str, Any] = Field(description="Training run, dataset fingerprint, code and library versions, "
-                                    "the artifact's checksum (verified on this read)")
+                                    "the artifact's checksum (artifact.verified: its manifest and every file it "
+                                    "lists match the registered checksum on this read)")
 
 
 class DriftHistory(Strict):

@@ -40,6 +40,7 @@ from sira.core.config import Settings
 from sira.core.errors import Conflict, InvalidInput
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
+from sira.registry.policy import drift_not_run
 from sira.training.windows import Windows
 
 log = logging.getLogger(__name__)
@@ -353,14 +354,9 @@ async def _drift(settings: Settings, pool: Any, req: RetrainRequest, identity: I
 
 async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: Identity, policy: Any,
                   state: RunState) -> dict[str, Any]:
-    from sira.registry.policy import Evidence
+    from sira.registry.policy import evidence_of
 
-    evaluation, drift = state.steps["evaluate"], state.steps["drift"]
-    checks = tuple(f"feature {name} missing from the recent window" for name in drift.get("missing_features", []))
-    decision = policy.decide(Evidence(challenger=evaluation["challenger"], champion=evaluation.get("champion"),
-                                      score_psi=evaluation.get("score_psi"), drift_verdict=drift.get("verdict"),
-                                      failed_checks=checks, not_run=drift_not_run(drift),
-                                      champion_overlap=evaluation.get("champion_overlap")))
+    decision = policy.decide(evidence_of(state.steps["evaluate"], state.steps["drift"]))
     version = state.steps["challenger"]["version"]
     staged, promotion = False, None
     async with db.transaction(pool) as conn:
@@ -370,9 +366,11 @@ async def _policy(settings: Settings, pool: Any, req: RetrainRequest, identity: 
             await registry.stage_version(conn, settings, identity, req.model, version,
                                          reason=f"retrain run {state.id}: the promotion policy passed")
             staged = True
-            if state.model["required_approvals"] == 0 and policy.auto_promote:
+            if "production" in policy.auto_statuses(decision, required_approvals=state.model["required_approvals"]):
+                # request_promotion asks the model's policy again (this decision, its current settings)
                 promotion = await registry.request_promotion(conn, settings, identity, req.model, version,
-                                                             reason=f"retrain run {state.id}: policy, no approvals")
+                                                             reason=f"retrain run {state.id}: policy, no approvals",
+                                                             decision=decision)
     if staged:  # its events (version.stage, promotion.request, production.change) were written to the outbox
         await _deliver_events(pool, settings)
     return {**decision.to_dict(), "version": version, "staged": staged,
@@ -389,14 +387,6 @@ async def _deliver_events(pool: Any, settings: Settings) -> None:
         await webhooks.deliver_due(pool, settings)
     except Exception as exc:  # noqa: BLE001 - the change is committed; the outbox keeps the events
         log.warning("retrain: webhook delivery failed (%s); `sira webhooks deliver` retries it", type(exc).__name__)
-
-
-def drift_not_run(drift: dict[str, Any]) -> dict[str, str]:
-    """The drift step as the policy's ``not_run`` evidence (steps recorded before ``status`` existed held a
-    ``note`` and no verdict when the check could not run)."""
-    if drift.get("status") == "not_run" or (drift.get("verdict") is None and "note" in drift):
-        return {"drift": drift.get("reason") or drift.get("note") or "no reason recorded"}
-    return {}
 
 
 def _drift_line(drift: dict[str, Any]) -> str:

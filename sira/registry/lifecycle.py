@@ -81,19 +81,24 @@ def validation_gates(version: Mapping[str, Any], *, checksum_ok: bool, feature_s
 
 
 def check_approver(approver: str, roles: Iterable[str], *, creator: str | None, requester: str,
-                   already: Iterable[str], what: str = "promotion", actor: audit.Actor | None = None) -> None:
+                   already: Iterable[str], what: str = "promotion", actor: audit.Actor | None = None,
+                   target: str | None = None) -> None:
     """Raise unless ``approver`` may decide on a ``what`` (a promotion, a threshold change): holds the approver
     role, neither created the version (``creator``; None: a change that does not bar it, such as new
     thresholds) nor requested the change (four eyes), has not decided on this request before. ``actor``: who
-    asks, the refusal audited as theirs (None: a question, such as who may decide, not an attempt)."""
+    asks, the refusal audited as theirs (None: a question, such as who may decide, not an attempt), naming the
+    version (``target``, "model:vN") and the decision's request."""
     def refused(message: str, code: str | None = None) -> PermissionDenied:
         exc = PermissionDenied(message, code=code, details={"action": "promotion.decide"})
-        return audit.denied(exc, actor, "promotion.decide") if actor is not None else exc
+        if actor is None:
+            return exc
+        return audit.denied(exc, actor, "promotion.decide", target_type="model_version" if target else None,
+                            target_id=target, details={"reason": message, "what": what, "code": code})
 
     if "approver" not in set(roles) and "admin" not in set(roles):
         raise refused(f"{approver} does not hold the approver role")
     if creator is not None and approver == creator:
-        raise refused("the creator of a version cannot approve it", code="self_approval")
+        raise refused(f"the creator of a version cannot approve or reject its {what}", code="self_approval")
     if approver == requester:
         raise refused(f"the requester of a {what} cannot decide on it", code="self_approval")
     if approver in set(already):

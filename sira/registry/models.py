@@ -16,8 +16,10 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NotFound
 from sira.registry import webhooks
+from sira.registry.history import production_history as production_history  # re-exported: readers import it here
+from sira.registry.history import rollback_target
 from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, check_source, checked, redacted, refused_setting
-from sira.registry.verdicts import retrain_verdict
+from sira.registry.verdicts import policy_says, retrain_verdict
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -193,12 +195,26 @@ async def validate_version(conn: Connection, settings: Any, identity: Any, model
     return {"model": model_name, "version": version, "status": "validated"}
 
 
+def verify_artifact(actor: audit.Actor, model_name: str, row: Any) -> None:
+    """Refuse (409 artifact_checksum_mismatch, audited) a version whose artifact files no longer match the
+    registered checksum, as validation checks them: what production would load must be what was approved."""
+    from sira.core import artifacts
+    from sira.core.config import get_settings
+
+    try:
+        artifacts.load_artifact(get_settings(), artifacts.ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
+    except artifacts.ArtifactTampered as exc:
+        raise audit.denied(exc, actor, "production.change", target_type="model_version",
+                           target_id=f"{model_name}:v{row['version']}", details={"reason": exc.message}) from None
+
+
 async def _change_production(conn: Connection, actor: audit.Actor, model_id: int, model_name: str,
                              target: asyncpg.Record, *, via: str, reason: str | None,
                              extra: dict[str, Any] | None = None) -> int | None:
     """Make ``target`` the production version (the current one is archived), with a history row."""
     from sira.registry import lifecycle
 
+    verify_artifact(actor, model_name, target)
     await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model_id)
     current = await conn.fetchrow(
         "SELECT id, version FROM sira_model_versions WHERE model_id = $1 AND status = 'production' FOR UPDATE",
@@ -267,8 +283,11 @@ async def stage_version(conn: Connection, settings: Any, identity: Any, model_na
 
 
 async def request_promotion(conn: Connection, settings: Any, identity: Any, model_name: str, version: int,
-                            reason: str | None = None) -> dict[str, Any]:
-    """Ask for production. A candidate is validated first; the request is bound to the artifact checksum."""
+                            reason: str | None = None, decision: Any = None) -> dict[str, Any]:
+    """Ask for production. A candidate is validated first; the request is bound to the artifact checksum. A
+    model that requires no approvals asks its promotion policy (``decision``: the one a retraining run just
+    made, else :func:`~sira.registry.verdicts.policy_decision`): it promotes when the policy says so, else the
+    request waits for an approver, with the policy's reasons."""
     from sira.core.auth import authorize
     from sira.registry import lifecycle
 
@@ -293,21 +312,24 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
         raise Conflict(f"{model_name} v{version} already has a pending promotion request",
                        code="request_pending") from None
     verdict = await retrain_verdict(conn, row["model_id"], version)  # the policy rejected (or held) it: said
+    said = await policy_says(conn, row, decision) if row["required_approvals"] == 0 else None
     await audit.record(conn, identity.actor(), "promotion.request", target_type="model_version", target_id=f"{model_name}:v{version}",
-                       details={"request_id": request_id, "required_approvals": row["required_approvals"], "retrain_verdict": verdict})
+                       details={"request_id": request_id, "reason": reason, "required_approvals": row["required_approvals"],
+                                "retrain_verdict": verdict, "policy": said})
     await webhooks.enqueue(conn, "promotion.request", {
         "model": model_name, "version": version, "request_id": request_id, "requested_by": identity.name,
         "reason": reason, "required_approvals": row["required_approvals"]})
     status = "pending"
-    if row["required_approvals"] == 0:  # the only way a policy promotes on its own
+    if said is not None and said["promotes"]:  # the only way a policy promotes on its own
         policy = audit.Actor(f"policy:{model_name}", "policy")
         await _change_production(conn, policy, row["model_id"], model_name, row, via="policy", reason=reason,
-                                 extra={"request_id": request_id})
+                                 extra={"request_id": request_id, "requested_by": identity.name,
+                                        "policy_reasons": said["reasons"]})
         await conn.execute("UPDATE sira_promotion_requests SET status = 'approved', decided_at = now() WHERE id = $1",
                            request_id)
         status = "approved"
     return {"model": model_name, "version": version, "request_id": request_id, "status": status,
-            "required_approvals": row["required_approvals"], "retrain_verdict": verdict}
+            "required_approvals": row["required_approvals"], "retrain_verdict": verdict, "policy": said}
 
 
 async def decide(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
@@ -339,7 +361,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     approver, creator, requester, *already = await principals(
         conn, identity.name, row["created_by"], request["requested_by"], *[p["approver"] for p in previous])
     lifecycle.check_approver(approver, identity.roles, creator=creator, requester=requester, already=already,
-                             actor=identity.actor())
+                             actor=identity.actor(), target=f"{model_name}:v{version}")
     try:
         async with conn.transaction():
             await conn.execute(
@@ -350,8 +372,8 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
         raise Conflict(f"{identity.name} has already decided on this request", code="already_decided") from None
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]
     # an admin who raised the model's required approvals since the request raised them for it too (lowering
-    # them does not lower what a pending request was opened with)
-    required = max(request["required_approvals"], row["required_approvals"])
+    # them does not lower what a pending request was opened with); one the policy left pending needs one
+    required = max(request["required_approvals"], row["required_approvals"], 1)
     outcome = lifecycle.request_outcome(required, decisions)
     await audit.record(conn, identity.actor(), f"promotion.{decision}", target_type="model_version",
                        target_id=f"{model_name}:v{version}",
@@ -363,7 +385,8 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     if outcome == "approved":
         previous_version = await _change_production(
             conn, identity.actor(), row["model_id"], model_name, row, via="approval", reason=request["reason"],
-            extra={"request_id": request["id"], "approvers": sorted(w for w, d in decisions if d == "approve")},
+            extra={"request_id": request["id"], "requested_by": request["requested_by"],
+                   "approvers": sorted(w for w, d in decisions if d == "approve")},
         )
     if outcome != "pending":
         await conn.execute("UPDATE sira_promotion_requests SET status = $2, decided_at = now() WHERE id = $1",
@@ -406,32 +429,6 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
     target = await get_version(conn, model_name, came_from, lock=True)
     await _change_production(conn, identity.actor(), model["id"], model_name, target, via="rollback", reason=reason)
     return {"model": model_name, "production": came_from, "archived": current["version"], "reason": reason}
-
-
-async def rollback_target(conn: Connection, model_name: str, production: int) -> int | None:
-    """The version a rollback of ``production`` restores: the one production was before ``production`` was
-    promoted (by approval or policy). A rollback that made it production again is no promotion, else a second
-    rollback would go forward again, to the version just rolled back, with no approval."""
-    return await conn.fetchval(
-        """SELECT (details->>'from')::int FROM sira_audit_log
-            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
-              AND (details->>'to')::int = $2 AND details->>'via' IS DISTINCT FROM 'rollback'
-            ORDER BY id DESC LIMIT 1""",
-        model_name, production,
-    )
-
-
-async def production_history(conn: Connection, model_name: str) -> list[dict[str, Any]]:
-    """Every change of the production pointer: when, who, from, to, how and why."""
-    await get_model(conn, model_name)
-    rows = await conn.fetch(
-        """SELECT occurred_at, actor, actor_kind, details FROM sira_audit_log
-            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1 ORDER BY id""",
-        model_name,
-    )
-    return [{"at": r["occurred_at"].isoformat(), "actor": r["actor"], "actor_kind": r["actor_kind"],
-             "from": r["details"].get("from"), "to": r["details"].get("to"), "via": r["details"].get("via"),
-             "reason": r["details"].get("reason")} for r in rows]
 
 
 # -- models and versions: reading and settings ----------------------------------------

@@ -48,7 +48,7 @@ from typing import Any
 from sira.core.errors import InvalidInput
 from sira.core.stats import SEVERITIES
 
-__all__ = ["DRIFT_BLOCK_LEVELS", "Decision", "Evidence", "PromotionPolicy"]
+__all__ = ["DRIFT_BLOCK_LEVELS", "Decision", "Evidence", "PromotionPolicy", "drift_not_run", "evidence_of"]
 
 DRIFT_BLOCK_LEVELS = ("alert", "warn", "never")
 ON_MISSING_CHECK = ("block", "warn")
@@ -297,3 +297,21 @@ class Decision:
         return {"outcome": self.outcome, "reasons": list(self.reasons), "blockers": list(self.blockers),
                 "checks": dict(self.checks)}
 
+
+
+def drift_not_run(drift: Mapping[str, Any]) -> dict[str, str]:
+    """A retraining run's drift step as the policy's ``not_run`` evidence (steps recorded before ``status``
+    existed held a ``note`` and no verdict when the check could not run)."""
+    if drift.get("status") == "not_run" or (drift.get("verdict") is None and "note" in drift):
+        return {"drift": drift.get("reason") or drift.get("note") or "no reason recorded"}
+    return {}
+
+
+def evidence_of(evaluation: Mapping[str, Any], drift: Mapping[str, Any]) -> Evidence:
+    """The evidence a retraining run's ``evaluate`` and ``drift`` steps hold (as the run stores them), for the
+    policy to decide on: by the run itself, or later on a person's promotion request."""
+    checks = tuple(f"feature {name} missing from the recent window" for name in drift.get("missing_features", []))
+    return Evidence(challenger=evaluation["challenger"], champion=evaluation.get("champion"),
+                    score_psi=evaluation.get("score_psi"), drift_verdict=drift.get("verdict"),
+                    failed_checks=checks, not_run=drift_not_run(drift),
+                    champion_overlap=evaluation.get("champion_overlap"))

@@ -161,7 +161,7 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     approver, requester, *already = await principals(conn, identity.name, pending["requested_by"],
                                                      *[p["approver"] for p in previous])
     lifecycle.check_approver(approver, identity.roles, creator=None, requester=requester, already=already,
-                             what="threshold change", actor=identity.actor())
+                             what="threshold change", actor=identity.actor(), target=f"{model_name}:v{version}")
     await conn.execute("INSERT INTO sira_threshold_approvals (set_id, approver, decision, comment) "
                        "VALUES ($1, $2, $3, $4)", pending["id"], identity.name, decision, comment)
     decisions = [(p["approver"], p["decision"]) for p in previous] + [(identity.name, decision)]

@@ -1,5 +1,6 @@
 """What the retraining policy said of a version it judged as a challenger: a person who stages or promotes a
-version the policy rejected (or held) is told so, and the audit entry and the approvers' evidence keep it."""
+version the policy rejected (or held) is told so, and the audit entry and the approvers' evidence keep it; and
+what the model's policy says of a promotion request when the model requires no approvals."""
 
 from __future__ import annotations
 
@@ -17,3 +18,45 @@ async def retrain_verdict(conn: Any, model_id: int, version: int) -> dict[str, A
         return None
     reasons = row["reasons"]
     return {"run": row["id"], "decision": row["decision"], "reasons": reasons if isinstance(reasons, list) else []}
+
+
+async def policy_decision(conn: Any, policy: Any, model_id: int, version: int) -> Any:
+    """The model's promotion policy (its settings now) on the evidence of the last finished retraining run that
+    judged ``version`` against the production version now (:class:`sira.registry.policy.Decision`): what decides
+    whether a promotion request of a model that requires no approvals promotes on its own. No such run (a
+    version a person trained, or one judged against another champion): "hold", the rules unchecked."""
+    from sira.registry.policy import Decision, evidence_of
+
+    production = await conn.fetchval(
+        "SELECT version FROM sira_model_versions WHERE model_id = $1 AND status = 'production'", model_id)
+    run = await conn.fetchrow(
+        """SELECT id, champion_version, steps FROM sira_retrain_runs
+            WHERE model_id = $1 AND challenger_version = $2 AND status = 'succeeded'
+              AND steps ? 'evaluate' AND steps ? 'drift'
+            ORDER BY id DESC LIMIT 1""", model_id, version)
+    if run is None:
+        why = (f"no retraining run evaluated v{version} against the production version on a recent window: the "
+               "policy's rules (AP gain, calibration, score drift, blockers) cannot be checked")
+        return Decision("hold", (why,), (), {"evidence": False})
+    if run["champion_version"] != production:
+        seen = f"v{run['champion_version']}" if run["champion_version"] is not None else "no production version"
+        now = f"v{production}" if production is not None else "none"
+        return Decision("hold", (f"retrain run {run['id']} evaluated v{version} against {seen}; production is {now} "
+                                 "now: the evidence no longer applies",), (), {"evidence": False})
+    steps = run["steps"]
+    return policy.decide(evidence_of(steps["evaluate"], steps["drift"]))
+
+
+async def policy_says(conn: Any, row: Any, decision: Any) -> dict[str, Any]:
+    """Whether the model's policy promotes ``row`` on its own (the rule the nightly retrain applies:
+    :meth:`~sira.registry.policy.PromotionPolicy.auto_statuses`), its verdict and reasons."""
+    from sira.registry.policy import PromotionPolicy
+
+    policy = PromotionPolicy.from_mapping(
+        await conn.fetchval("SELECT promotion_policy FROM sira_models WHERE id = $1", row["model_id"]))
+    decision = decision or await policy_decision(conn, policy, row["model_id"], row["version"])
+    promotes = "production" in policy.auto_statuses(decision, required_approvals=row["required_approvals"])
+    reasons = list(decision.reasons)
+    if not promotes and decision.outcome == "stage":
+        reasons.append("the policy does not promote on its own (auto_promote or auto_stage is off)")
+    return {"promotes": promotes, "outcome": decision.outcome, "reasons": reasons}

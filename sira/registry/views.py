@@ -42,7 +42,7 @@ _OVERVIEW = """
 
 _QUEUE = """
     SELECT r.id AS request_id, m.name AS model, m.model_type, v.version, v.created_by, r.requested_by, r.reason,
-           r.created_at, greatest(r.required_approvals, m.required_approvals) AS required_approvals,  -- decide()'s
+           r.created_at, greatest(r.required_approvals, m.required_approvals, 1) AS required_approvals,  -- decide()'s
            (v.metrics->'test'->>'average_precision')::float8 AS challenger_ap,
            p.version AS production_version, (p.metrics->'test'->>'average_precision')::float8 AS champion_ap,
            coalesce((SELECT jsonb_agg(jsonb_build_object('approver', a.approver, 'decision', a.decision,
@@ -139,13 +139,19 @@ async def insights(conn: Connection, settings: Any, identity: Identity, model_na
                    ) -> dict[str, Any]:
     """A version's global feature importance (mean |SHAP| on validation rows, as training measured it) and its
     lineage (training run, dataset fingerprint, code and library versions, artifact checksum), from the
-    artifact's manifest verified against the registered checksum (409 when it does not match)."""
-    from sira.core.artifacts import ArtifactRef, load_manifest
+    artifact's manifest verified against the registered checksum (409 when it does not match); ``verified``
+    says whether every file the manifest lists matches it too (false: a card or a rollout refuses it)."""
+    from sira.core.artifacts import ArtifactRef, ArtifactTampered, load_artifact, load_manifest
     from sira.registry.models import get_version
 
     authorize(identity, "models.read")
     row = await get_version(conn, model_name, version)
-    manifest = load_manifest(settings, ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
+    ref = ArtifactRef(row["artifact_uri"], row["artifact_sha256"])
+    manifest = load_manifest(settings, ref)
+    try:  # the manifest matched: do the files it lists (the model a rollout would load)?
+        verified = load_artifact(settings, ref) is not None
+    except ArtifactTampered:
+        verified = False
     run = await conn.fetchrow(
         """SELECT run_id, kind, status, started_by, started_at, finished_at, ray_job_id, code_version
              FROM sira_training_runs WHERE run_id = $1""", row["run_id"]) if row["run_id"] else None
@@ -159,7 +165,7 @@ async def insights(conn: Connection, settings: Any, identity: Identity, model_na
             "dataset": manifest.get("dataset"),
             "seed": manifest.get("seed"), "num_threads": manifest.get("num_threads"),
             "code_version": manifest.get("code_version"), "lightgbm_version": manifest.get("lightgbm_version"),
-            "artifact": {"uri": row["artifact_uri"], "sha256": row["artifact_sha256"], "verified": True},
+            "artifact": {"uri": row["artifact_uri"], "sha256": row["artifact_sha256"], "verified": verified},
             "created_by": row["created_by"], "created_at": row["created_at"].isoformat(),
         },
     }

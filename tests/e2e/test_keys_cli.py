@@ -106,6 +106,12 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path, sira):
     assert code == 0 and re.search(r"│ 1 +│ \w+ +│ 0\.\d{4} +│", err), err
     code, out, _ = sira(as_("ann"), "history", "--model", "fraud", "--json")
     assert [(h["from"], h["to"]) for h in json.loads(out)["history"]] == [(None, 1), (1, 2), (2, 1)]
+    from sira.http.schemas import History  # GET /v1/models/fraud/history's answer, with nothing more or less
+
+    answer = json.loads(out)
+    assert History.model_validate(answer).model_dump(by_alias=True) == answer
+    assert (answer["production"], answer["rollback_to"]) == (1, None)  # v1 was first: nothing before it
+    assert [h["requested_by"] for h in answer["history"]] == ["dana", "dana", None]
     code, _, err = sira(env, "history", "--model", "fraud")
     assert code == 2 and err.strip().startswith("error: unauthenticated: missing credentials")
 

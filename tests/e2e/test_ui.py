@@ -20,7 +20,7 @@ from sira.core.config import Settings
 from sira.http import ui
 from sira.registry.models import request_promotion
 from tests.conftest import migrate_database, run_sync, uvicorn_thread
-from tests.integration.test_governance import make_version
+from tests.integration.test_governance import make_version, promote_by_policy
 from tests.promstack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +60,7 @@ def site(create_database, tmp_path_factory):
         pool = await db.create_pool(dsn, settings)
         try:
             await make_version(pool, settings, 1, required=0)
-            async with db.transaction(pool) as conn:
-                await request_promotion(conn, settings, Identity("dana", frozenset({"data_scientist"})), "fraud", 1,
-                                        "first model")
+            await promote_by_policy(pool, settings, 1, "first model")
             await make_version(pool, settings, 2, required=1, metrics={
                 "validation": {"average_precision": 0.84}, "test": {"average_precision": 0.74}})
             async with db.transaction(pool) as conn:

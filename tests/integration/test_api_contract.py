@@ -9,8 +9,7 @@ import pytest
 from sira.core import db
 from sira.core.auth import authenticate, create_key
 from sira.http.app import create_app
-from sira.registry.models import request_promotion
-from tests.integration.test_governance import DANA, make_version, run, status_of
+from tests.integration.test_governance import DANA, make_version, promote_by_policy, status_of
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ async def test_a_rollback_names_the_production_version_it_replaces(client_and_ke
     client, keys = client_and_keys
     for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
         await make_version(clean_db, settings, version, required=0)
-        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+        await promote_by_policy(clean_db, settings, version)
     r = await client.post("/v1/models/fraud/rollback", json={"reason": "bad day"}, headers=keys["operator"])
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
     assert r.json()["error"]["details"] == {"field": "expected_version"}
@@ -178,3 +177,45 @@ async def test_a_model_is_refused_an_entity_its_features_lack_or_a_label_name_no
     async with db.transaction(clean_db) as conn:  # `sira models update` (no HTTP field)
         with pytest.raises(InvalidInput, match="label name"):
             await update_model(conn, Identity("root", frozenset({"admin"})), "odd", label_name="Bad Name")
+
+
+async def test_model_settings_over_http_are_the_clis_and_an_unknown_field_is_refused_by_name(client_and_keys,
+                                                                                              clean_db):
+    """PATCH {"owner": "x"} answered 422 listing settings HTTP could not set; POST with a typo
+    (required_aprovals) created the model with the field silently dropped."""
+    from sira.http.registry import ModelCreate, ModelUpdate
+    from sira.registry.settings import MODEL_SETTINGS
+
+    assert set(MODEL_SETTINGS) <= set(ModelUpdate.model_fields) and set(MODEL_SETTINGS) <= set(ModelCreate.model_fields)
+    client, keys = client_and_keys
+    r = await client.post("/v1/models", json={"name": "zz5", "required_aprovals": 5, "colour": "red", "owner": "risk"},
+                          headers=keys["admin"])
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_field" and error["details"]["unknown"] == ["required_aprovals", "colour"]
+    assert "required_aprovals, colour" in error["message"] and "required_approvals" in error["details"]["accepted"]
+    assert "this request accepts: " in error["message"] and "owner" in error["message"]
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_models WHERE name = 'zz5'") == 0
+    r = await client.post("/v1/models", json={"name": "zz5", "required_approvals": 5, "owner": "risk",
+                                              "display_name": "Churn 5"}, headers=keys["admin"])
+    assert r.status_code == 201 and (r.json()["owner"], r.json()["required_approvals"]) == ("risk", 5), r.text
+    r = await client.patch("/v1/models/zz5", json={"owner": "x", "display_name": "Z", "feature_set_version": 1},
+                           headers=keys["admin"])
+    assert r.status_code == 200 and (r.json()["owner"], r.json()["display_name"]) == ("x", "Z"), r.text
+    r = await client.patch("/v1/models/zz5", json={"ownr": "y"}, headers=keys["admin"])
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "ownr", r.text
+
+
+async def test_the_history_over_http_is_sira_history_json(client_and_keys, clean_db, settings):
+    from sira.http.schemas import History
+    from sira.registry.history import history
+
+    client, keys = client_and_keys
+    for version in (1, 2):
+        await make_version(clean_db, settings, version, required=0)
+        await promote_by_policy(clean_db, settings, version)
+    r = await client.get("/v1/models/fraud/history", headers=keys["operator"])
+    assert r.status_code == 200 and (r.json()["production"], r.json()["rollback_to"]) == (2, 1)
+    async with clean_db.acquire() as conn:
+        assert History.model_validate(await history(conn, DANA, "fraud")).model_dump(by_alias=True) == r.json()
+    assert [h["requested_by"] for h in r.json()["history"]] == ["dana", "dana"]

@@ -1,11 +1,11 @@
 """``sira_job_last_success_timestamp_seconds`` (sira/monitoring/exporter.py) across production changes: when the
 model's drift and performance jobs last ran, whichever version was in production then."""
 
-from test_governance import DANA, OLI, make_version, run  # noqa: F401  (shared helpers)
+from test_governance import DANA, OLI, make_version, promote_by_policy, run  # noqa: F401  (shared helpers)
 
 from sira.core import db
 from sira.monitoring import exporter
-from sira.registry.models import request_promotion, rollback
+from sira.registry.models import rollback
 
 
 async def _drift(conn, model_id: int, version: int, job: str) -> float:
@@ -32,7 +32,7 @@ async def test_the_last_drift_and_performance_runs_survive_a_promotion_and_a_rol
     """The jobs ran last night for v1, then v2 was promoted: v2 has no run yet, and the "no run in 26 hours"
     alerts fired 30 minutes after every promotion (and after a rollback to a version whose runs are old)."""
     await make_version(clean_db, settings, 1, required=0)
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await promote_by_policy(clean_db, settings, 1)
     model_id = await clean_db.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
     async with db.transaction(clean_db) as conn:
         drift_v1 = await _drift(conn, model_id, 1, "nightly-v1")
@@ -42,7 +42,7 @@ async def test_the_last_drift_and_performance_runs_survive_a_promotion_and_a_rol
     async with db.transaction(clean_db) as conn:  # a retrain checks its challenger, serving shadow-scores it
         await _drift(conn, model_id, 3, "challenger-v3")
         await _performance(conn, model_id, 3, "shadow")
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    await promote_by_policy(clean_db, settings, 2)
     runs = await _runs(clean_db)
     assert (runs["drift"], runs["performance"]) == (drift_v1, performance_v1)  # neither missing nor v3's
     async with db.transaction(clean_db) as conn:

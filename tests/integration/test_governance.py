@@ -43,6 +43,29 @@ async def make_version(pool, settings, version, *, model="fraud", creator="dana"
     return ref
 
 
+async def judged(pool, version, *, model="fraud", champion=None, ap=0.8, champion_ap=0.7):
+    """A finished retraining run that judged ``version`` against ``champion`` (its evaluate and drift steps, as
+    the run stores them): the evidence a model's policy decides a promotion on."""
+    challenger = {"n": 500, "positives": 40, "average_precision": ap, "expected_calibration_error": 0.01}
+    evaluation = {"challenger": challenger, "score_psi": 0.01 if champion else None,
+                  "champion": {**challenger, "average_precision": champion_ap} if champion else None}
+    await pool.execute(
+        """INSERT INTO sira_retrain_runs (model_id, input_key, inputs, status, steps, champion_version,
+                                          challenger_version, decision, started_by, finished_at)
+           SELECT id, $2, '{}', 'succeeded', $3, $4, $5, 'stage', 'ops', now() FROM sira_models WHERE name = $1""",
+        model, f"{version:064x}", {"evaluate": evaluation, "drift": {"status": "ran", "verdict": "ok"}}, champion,
+        version)
+
+
+async def promote_by_policy(pool, settings, version, reason=None, *, model="fraud"):
+    """``version``'s promotion request, of a model that requires no approvals, with a retraining run's evidence
+    against production now that the default policy passes: the policy promotes it on its own."""
+    production = await pool.fetchval("SELECT v.version FROM sira_model_versions v JOIN sira_models m ON m.id ="
+                                     " v.model_id WHERE m.name = $1 AND v.status = 'production'", model)
+    await judged(pool, version, model=model, champion=production)
+    return await run(pool, request_promotion, settings, DANA, model, version, reason)
+
+
 async def status_of(pool, version, model="fraud"):
     return await pool.fetchval(
         "SELECT v.status FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id"
@@ -92,8 +115,10 @@ async def test_two_distinct_approvers_promote_then_rollback_is_one_step(clean_db
 async def test_rejection_closes_the_request_and_self_approval_is_refused(clean_db, settings):
     await make_version(clean_db, settings, 1, creator="ann")  # an approver who trained the version
     await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
-    with pytest.raises(PermissionDenied, match="creator of a version cannot approve"):
+    with pytest.raises(PermissionDenied, match="creator of a version cannot approve or reject its promotion"):
         await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    with pytest.raises(PermissionDenied, match="creator of a version cannot approve or reject"):  # not "approve"
+        await run(clean_db, decide, ANN, "fraud", 1, "reject", "my own, withdrawn")
     outcome = await run(clean_db, decide, CAT, "fraud", 1, "reject", "calibration is off")
     assert outcome["outcome"] == "rejected" and await status_of(clean_db, 1) == "validated"
     with pytest.raises(Conflict, match="closed \\(rejected\\)"):
@@ -127,6 +152,7 @@ async def test_validation_gates_and_rollback_without_history(clean_db, settings)
     with pytest.raises(Conflict, match="no production version"):
         await run(clean_db, rollback, OLI, "fraud", "why not", 1)
     await make_version(clean_db, settings, 3, required=0)
+    await judged(clean_db, 3)  # a retraining run's evidence the policy passes
     auto = await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
     assert auto["status"] == "approved" and await status_of(clean_db, 3) == "production"
     actor = await clean_db.fetchval("SELECT actor FROM sira_audit_log WHERE action = 'production.change'")
@@ -194,7 +220,7 @@ async def test_a_transaction_postgresql_aborts_for_a_concurrent_one_is_a_conflic
 async def test_concurrent_rollbacks_expecting_the_same_version_step_back_once(clean_db, settings):
     for version in (1, 2, 3):  # required_approvals = 0: each becomes production on request
         await make_version(clean_db, settings, version, required=0)
-        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+        await promote_by_policy(clean_db, settings, version)
     assert await status_of(clean_db, 3) == "production"
 
     async def attempt():
@@ -218,12 +244,12 @@ async def test_concurrent_rollbacks_expecting_the_same_version_step_back_once(cl
 async def test_history_times_agree_with_its_order_when_changes_overlap(clean_db, settings):
     for version in (1, 2):
         await make_version(clean_db, settings, version, required=0)
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await promote_by_policy(clean_db, settings, 1)
     async with clean_db.acquire() as slow:
         async with slow.transaction():  # begins first, changes production last
             await slow.execute("SELECT 1")
             await asyncio.sleep(0.05)
-            await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+            await promote_by_policy(clean_db, settings, 2)
             await asyncio.sleep(0.05)
             await rollback(slow, OLI, "fraud", "overlapping change", 2)
     async with clean_db.acquire() as conn:
@@ -240,7 +266,7 @@ async def test_the_approval_queue_shows_the_evidence_and_who_may_decide(clean_db
 
     PAT = Identity("pat", frozenset({"approver", "data_scientist"}))
     await make_version(clean_db, settings, 1, required=0)
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first")  # no approvals needed
+    await promote_by_policy(clean_db, settings, 1, "first")  # no approvals needed
     await make_version(clean_db, settings, 2, required=2, metrics={"validation": {"average_precision": 0.85},
                                                                    "test": {"average_precision": 0.75}})
     await run(clean_db, request_promotion, settings, PAT, "fraud", 2, "better <b>recall</b>")
@@ -267,7 +293,8 @@ async def test_the_approval_queue_shows_the_evidence_and_who_may_decide(clean_db
     async with clean_db.acquire() as conn:
         (model,) = await models_overview(conn, OLI)
     assert (model["production_version"], model["training_ap"], model["staging_version"]) == (2, 0.75, None)
-    assert model["live_ap"] is None and model["drift_verdict"] is None and model["retrain_decision"] is None
+    assert model["live_ap"] is None and model["drift_verdict"] is None
+    assert model["retrain_decision"] == "stage"  # the retraining run whose evidence the policy promoted v1 on
 
 
 async def test_a_models_drift_is_its_production_versions_not_a_rejected_challengers(clean_db, settings):
@@ -278,7 +305,7 @@ async def test_a_models_drift_is_its_production_versions_not_a_rejected_challeng
     from sira.registry.views import models_overview
 
     await make_version(clean_db, settings, 1, required=0)
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await promote_by_policy(clean_db, settings, 1)
     await make_version(clean_db, settings, 2, required=0)  # a challenger, never promoted
     async with db.transaction(clean_db) as conn:
         model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
@@ -310,7 +337,7 @@ async def test_the_overview_reports_productions_newest_mature_window_not_a_provi
     from sira.registry.views import models_overview
 
     await make_version(clean_db, settings, 1, required=0)
-    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await promote_by_policy(clean_db, settings, 1)
     async with db.transaction(clean_db) as conn:
         model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
         for ends, ap, flagged, provisional in ((14, 0.4, True, False), (7, 0.95, False, True)):
@@ -364,7 +391,7 @@ async def test_a_second_rollback_goes_further_back_never_forward_to_the_version_
     was the rollback itself, whose 'from' is v3): one operator put back the version just rolled back."""
     for version in (1, 2, 3):
         await make_version(clean_db, settings, version, required=0)
-        await run(clean_db, request_promotion, settings, DANA, "fraud", version)
+        await promote_by_policy(clean_db, settings, version)
     first = await run(clean_db, rollback, OLI, "fraud", "v3 blocks good customers", 3)
     assert (first["production"], first["archived"]) == (2, 3)
     # what GET /v1/models/fraud/history says a rollback would restore (the UI's button names it): v1, not v3
@@ -446,3 +473,134 @@ async def test_required_approvals_raised_after_a_request_apply_to_it(clean_db, s
     assert (second["outcome"], second["required_approvals"]) == ("pending", 3)
     third = await run(clean_db, decide, CAT, "fraud", 1, "approve")
     assert third["outcome"] == "approved" and await status_of(clean_db, 1) == "production"
+
+
+async def test_a_tampered_artifact_never_reaches_production_by_approval_rollback_or_policy(clean_db, settings):
+    from sira.core.artifacts import ArtifactTampered
+
+    ref1 = await make_version(clean_db, settings, 1, required=1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1)
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    ref2 = await make_version(clean_db, settings, 2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2, "better")
+    await run(clean_db, decide, ANN, "fraud", 2, "approve")
+    with open(f"{ref2.uri}/model.txt", "ab") as handle:  # after the request, before the last approval
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered) as refused:
+        await run(clean_db, decide, BOB, "fraud", 2, "approve")
+    assert refused.value.code == "artifact_checksum_mismatch" and refused.value.http_status == 409
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("production", "validated")
+    denied = await clean_db.fetchrow("SELECT actor, target_id FROM sira_audit_log WHERE action = 'production.change'"
+                                     " AND outcome = 'denied'")
+    assert (denied["actor"], denied["target_id"]) == ("bob", "fraud:v2")
+
+    with open(f"{ref2.uri}/model.txt", "rb") as handle:  # restored: the approval goes through
+        restored = handle.read()[:-1]
+    with open(f"{ref2.uri}/model.txt", "wb") as handle:
+        handle.write(restored)
+    await run(clean_db, decide, BOB, "fraud", 2, "approve")
+    with open(f"{ref1.uri}/model.txt", "ab") as handle:  # the version a rollback would restore
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered):
+        await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)
+    assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("archived", "production")
+
+    ref3 = await make_version(clean_db, settings, 3, required=0)
+    await judged(clean_db, 3, champion=2)
+    await run(clean_db, validate_version, settings, DANA, "fraud", 3)
+    with open(f"{ref3.uri}/model.txt", "ab") as handle:  # validated, then changed: the policy refuses it too
+        handle.write(b"!")
+    with pytest.raises(ArtifactTampered):
+        await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
+    assert await status_of(clean_db, 3) == "validated" and await status_of(clean_db, 2) == "production"
+
+
+async def test_a_model_that_requires_no_approvals_promotes_only_when_its_policy_says_so(clean_db, settings):
+    await make_version(clean_db, settings, 1, required=0)
+    await judged(clean_db, 1)
+    first = await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "first model")
+    assert first["status"] == "approved" and first["policy"]["promotes"] and await status_of(clean_db, 1) == "production"
+    change = await clean_db.fetchrow("SELECT actor, actor_kind, details FROM sira_audit_log"
+                                     " WHERE action = 'production.change'")
+    assert (change["actor"], change["actor_kind"], change["details"]["requested_by"]) == ("policy:fraud", "policy",
+                                                                                           "dana")
+    assert any("AP-gain rule passes" in r for r in change["details"]["policy_reasons"])
+    async with clean_db.acquire() as conn:
+        assert (await production_history(conn, "fraud"))[0]["requested_by"] == "dana"
+
+    # the admin asks for a large AP gain: v2's +0.05 over v1 falls short, so the policy leaves it to a person
+    await clean_db.execute("UPDATE sira_models SET promotion_policy = $1 WHERE name = 'fraud'", {"min_ap_gain": 0.5})
+    await make_version(clean_db, settings, 2, required=0)
+    await judged(clean_db, 2, champion=1, ap=0.75)
+    second = await run(clean_db, request_promotion, settings, DANA, "fraud", 2, "slightly better")
+    assert second["status"] == "pending" and second["policy"]["outcome"] == "reject"
+    assert any("is below the minimum +0.500" in r for r in second["policy"]["reasons"])
+    assert await status_of(clean_db, 2) == "validated" and await status_of(clean_db, 1) == "production"
+    decided = await run(clean_db, decide, ANN, "fraud", 2, "approve", "worth it anyway")  # one person suffices
+    assert (decided["outcome"], decided["required_approvals"]) == ("approved", 1)
+    assert await status_of(clean_db, 2) == "production"
+
+    # auto_promote off: the policy passes v3 but does not promote it on its own
+    await clean_db.execute("UPDATE sira_models SET promotion_policy = $1 WHERE name = 'fraud'", {"auto_promote": False})
+    await make_version(clean_db, settings, 3, required=0)
+    await judged(clean_db, 3, champion=2, ap=0.9, champion_ap=0.75)
+    third = await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
+    assert third["status"] == "pending" and third["policy"]["outcome"] == "stage" and not third["policy"]["promotes"]
+    assert "does not promote on its own" in third["policy"]["reasons"][-1]
+    # no retraining run judged v4 against production: the policy's rules cannot be checked
+    await clean_db.execute("UPDATE sira_models SET promotion_policy = '{}' WHERE name = 'fraud'")
+    await make_version(clean_db, settings, 4, required=0)
+    fourth = await run(clean_db, request_promotion, settings, DANA, "fraud", 4)
+    assert fourth["status"] == "pending" and fourth["policy"]["outcome"] == "hold"
+    assert await status_of(clean_db, 2) == "production"
+    asked = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.request'"
+                                    " AND target_id = 'fraud:v2'")
+    assert asked["reason"] == "slightly better" and asked["policy"]["outcome"] == "reject"
+
+
+async def test_a_jwt_and_a_key_of_the_same_person_are_one_person_under_the_four_eyes_rules(clean_db, settings):
+    """Key ds2 asks for production; a JWT whose sub is ds2 (named jwt:ds2) approved it (200): the names
+    differed. People are compared, in the application and in the database."""
+    from sira.registry.views import approval_queue
+
+    ds2 = Identity("ds2", frozenset({"data_scientist"}))
+    ds2_jwt, ann_jwt = (Identity(f"jwt:{n}", frozenset({"approver"}), "jwt") for n in ("ds2", "ann"))
+    await make_version(clean_db, settings, 1, required=2)
+    await run(clean_db, request_promotion, settings, ds2, "fraud", 1)
+    with pytest.raises(PermissionDenied, match="requester of a promotion"):
+        await run(clean_db, decide, ds2_jwt, "fraud", 1, "approve")
+    await run(clean_db, decide, ANN, "fraud", 1, "approve")
+    with pytest.raises(Conflict, match="already decided") as twice:  # ann's key, then ann's JWT
+        await run(clean_db, decide, ann_jwt, "fraud", 1, "approve")
+    assert twice.value.code == "already_decided"
+    await make_version(clean_db, settings, 2, creator="ds2", required=2)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 2)
+    with pytest.raises(PermissionDenied, match="creator of a version"):
+        await run(clean_db, decide, ds2_jwt, "fraud", 2, "approve")
+    async with clean_db.acquire() as conn:  # the queue says what decide() does
+        standing = {r["version"]: r["may_decide_reason"] for r in await approval_queue(conn, ds2_jwt)}
+    assert "requester of a promotion" in standing[1] and "creator of a version" in standing[2]
+    requests = dict(await clean_db.fetch("SELECT v.version, r.id FROM sira_promotion_requests r"
+                                         " JOIN sira_model_versions v ON v.id = r.version_id"))
+    insert = "INSERT INTO sira_approvals (request_id, approver, decision) VALUES ($1, $2, 'approve')"
+    with pytest.raises(asyncpg.CheckViolationError, match="requester of a promotion"):  # past the application
+        await clean_db.execute(insert, requests[1], "jwt:ds2")
+    with pytest.raises(asyncpg.UniqueViolationError, match="ann has already decided"):
+        await clean_db.execute(insert, requests[1], "jwt:ann")
+    with pytest.raises(asyncpg.CheckViolationError, match="creator of a version"):
+        await clean_db.execute(insert, requests[2], "jwt:ds2")
+    await clean_db.execute(insert, requests[1], "jwt:cat")  # another person still may
+
+
+async def test_audit_rows_say_why_and_what_a_request_or_a_refusal_was_about(clean_db, settings):
+    """promotion.request rows carried no reason; a refused decision's row named no version (target null)."""
+    await make_version(clean_db, settings, 1)
+    await run(clean_db, request_promotion, settings, DANA, "fraud", 1, "recall up 4 points")
+    asked = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.request'")
+    assert asked["reason"] == "recall up 4 points"
+    with pytest.raises(PermissionDenied):
+        await run(clean_db, decide, Identity("dana", frozenset({"approver"})), "fraud", 1, "approve")
+    denied = await clean_db.fetchrow("SELECT target_type, target_id, details FROM sira_audit_log"
+                                     " WHERE action = 'promotion.decide' AND outcome = 'denied'")
+    assert (denied["target_type"], denied["target_id"]) == ("model_version", "fraud:v1")
+    assert denied["details"]["code"] == "self_approval" and "creator of a version" in denied["details"]["reason"]

@@ -46,6 +46,10 @@ async def test_card_for_a_trained_version(clean_db, settings, tmp_path):
     assert lineage["training_run"]["run_id"] == str(row["run_id"]) and lineage["training_run"]["status"] == "succeeded"
     assert lineage["artifact"] == {"uri": row["artifact_uri"], "sha256": row["artifact_sha256"], "verified": True}
     assert lineage["dataset"]["split"] and lineage["seed"] is not None and lineage["lightgbm_version"]
+    model_file = Path(row["artifact_uri"].removeprefix("file://")) / "model.txt"  # a file the manifest lists
+    model_file.write_bytes(model_file.read_bytes() + b" ")
+    async with clean_db.acquire() as conn:  # the manifest still matches: shown, but not said to be verified
+        assert (await insights(conn, settings, VIEWER, "fraud", 1))["lineage"]["artifact"]["verified"] is False
     manifest = Path(row["artifact_uri"].removeprefix("file://")) / MANIFEST  # the local artifact store
     manifest.write_bytes(manifest.read_bytes().replace(b'"amount"', b'"amount" ', 1))
     async with clean_db.acquire() as conn:

@@ -20,6 +20,7 @@ from sira.http.app import create_app
 from sira.registry import models as registry
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
+from tests.conftest import promote_for_tests
 from tests.integration.test_scoring_service import event, score
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
@@ -125,8 +126,15 @@ async def test_a_new_version_that_cannot_load_leaves_the_old_one_serving_until_i
             good = (copy / "model.txt").read_bytes()
             (copy / "model.txt").write_bytes(good + b"\n# tampered\n")  # after validation, before production
             try:
-                async with db.transaction(service.pool) as conn:
-                    await registry.request_promotion(conn, fraud_model.settings, ADMIN, "fraud", new, "load test")
+                from sira.core.artifacts import ArtifactTampered
+
+                with pytest.raises(ArtifactTampered):  # the registry re-verifies the files before production
+                    async with db.transaction(service.pool) as conn:
+                        await promote_for_tests(conn, fraud_model.settings, "fraud", new, "load test")
+                async with db.transaction(service.pool) as conn:  # past the registry: what a replica still guards
+                    await conn.execute("UPDATE sira_model_versions SET status = 'archived' WHERE id = $1", old["id"])
+                    await conn.execute("UPDATE sira_model_versions SET status = 'production' WHERE model_id = $1"
+                                       " AND version = $2", old["model_id"], new)
 
                 async def refused() -> bool:
                     failure = service.load_failures.get(("fraud", "production"))
@@ -146,5 +154,7 @@ async def test_a_new_version_that_cannot_load_leaves_the_old_one_serving_until_i
                 assert r.status_code == 200 and r.json()["version"] == new
                 assert not service.load_failures
             finally:
-                async with db.transaction(service.pool) as conn:
-                    await registry.rollback(conn, ADMIN, "fraud", "end of the load failure test", new)
+                async with db.transaction(service.pool) as conn:  # as it was, past the registry as it was changed
+                    await conn.execute("UPDATE sira_model_versions SET status = 'archived' WHERE model_id = $1"
+                                       " AND version = $2", old["model_id"], new)
+                    await conn.execute("UPDATE sira_model_versions SET status = 'production' WHERE id = $1", old["id"])

@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
-from tests.conftest import migrate_database, run_sync
+from tests.conftest import migrate_database, promote_for_tests, run_sync
 
 # the calls a service key makes; every other operation is made with the admin key
 SERVICE_PATHS = {"/v1/score", "/v1/score/batch", "/v1/events", "/v1/feedback"}
@@ -37,9 +37,8 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
     import pandas as pd
 
     from sira.core import db
-    from sira.core.auth import Identity, authenticate, create_key
+    from sira.core.auth import authenticate, create_key
     from sira.core.config import Settings
-    from sira.registry import models as registry
     from sira.training.runs import TrainRequest, run_training
 
     dsn = create_database("sira_fuzz")
@@ -57,9 +56,7 @@ def _byo_model(create_database, workspace, folder) -> SimpleNamespace:
         pool = await db.create_pool(dsn, settings)
         try:
             async with db.transaction(pool) as conn:
-                admin = Identity("fuzz-setup", frozenset({"admin"}))
-                await registry.update_model(conn, admin, "fraud", required_approvals=0)
-                await registry.request_promotion(conn, settings, admin, "fraud", trained["version"], "fuzzing")
+                await promote_for_tests(conn, settings, "fraud", trained["version"], "fuzzing")
                 pepper = settings.secret("auth_secret")
                 keys = {"admin": (await create_key(conn, name="fuzz-admin", roles=["admin"], pepper=pepper,
                                                    creator=None))[0]}

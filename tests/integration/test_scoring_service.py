@@ -17,7 +17,7 @@ from sira.http.app import create_app
 from sira.registry import models as registry
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
-from tests.conftest import SCORE_BAD_INPUTS
+from tests.conftest import SCORE_BAD_INPUTS, promote_for_tests
 from tests.conftest import scoring_client as serving
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
@@ -667,7 +667,7 @@ async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_
     assert r.json()["shadow"][0]["version"] == version
     # promotion: the staging version becomes production in every replica, the old one leaves
     async with db.transaction(service.pool) as conn:
-        await registry.request_promotion(conn, fraud_model.settings, ADMIN, "fraud", version, "better")
+        await promote_for_tests(conn, fraud_model.settings, "fraud", version, "better")
     for _ in range(200):
         if service.slots["fraud"].production.version == version:
             break

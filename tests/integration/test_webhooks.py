@@ -197,20 +197,19 @@ async def test_a_nightly_retrain_that_stages_its_challenger_delivers_the_events_
     """The retrain's policy step stages (and may request the promotion of) its challenger in a transaction of its
     own: its events are delivered after that commit, as the CLI's and the API's governed changes are, not left in
     the outbox for a `sira webhooks deliver` nobody schedules."""
-    from types import SimpleNamespace
-
     from sira.monitoring import retrain
+    from sira.registry.policy import PromotionPolicy
 
     hooked = settings.model_copy(update={"webhook_urls": receiver.url,
                                          "webhook_secret": __import__("pydantic").SecretStr(SECRET)})
     await make_version(clean_db, settings, 1, required=0)
-    policy = SimpleNamespace(auto_stage=True, auto_promote=True, decide=lambda _evidence: SimpleNamespace(
-        outcome="stage", to_dict=lambda: {"outcome": "stage", "reasons": ["test"], "blockers": []}))
+    challenger = {"n": 500, "positives": 40, "average_precision": 0.8, "expected_calibration_error": 0.01}
     state = retrain.RunState(1, {"name": "fraud", "required_approvals": 0}, "key", {"champion": None},
-                             steps={"challenger": {"version": 1}, "drift": {"status": "not_run", "reason": "test"},
-                                    "evaluate": {"challenger": {}, "champion": None}})
-    step = await retrain._policy(hooked, clean_db, retrain.RetrainRequest(model="fraud"), DANA, policy, state)
-    assert step["staged"]
+                             steps={"challenger": {"version": 1}, "drift": {"status": "ran", "verdict": "ok"},
+                                    "evaluate": {"challenger": challenger, "champion": None}})
+    step = await retrain._policy(hooked, clean_db, retrain.RetrainRequest(model="fraud"), DANA, PromotionPolicy(),
+                                 state)
+    assert step["staged"] and step["promotion"] == {"status": "approved"}  # the run's decision, passed on
     events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]
     assert "version.stage" in events and "promotion.request" in events, events
     assert await clean_db.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE status = 'pending'") == 0

@@ -92,6 +92,7 @@ export type ProductionChange = {
   to: number | null;
   via: string | null;
   reason: string | null;
+  requested_by?: string | null; // a promotion's requester (the actor of a policy's promotion is the policy)
 };
 
 export type Metrics = {

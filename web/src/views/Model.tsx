@@ -14,7 +14,7 @@ export function HistoryTimeline({ history }: { history: ProductionChange[] }) {
     <Timeline bulletSize={14} lineWidth={2} aria-label="Production history">
       {[...history].reverse().map((h) => (
         <Timeline.Item key={h.at + h.to} title={`${h.from === null ? "—" : `v${h.from}`} → v${h.to} (${h.via ?? "change"})`}>
-          <Text size="sm">{when(h.at)} by {h.actor}{h.actor_kind === "policy" ? " (policy)" : ""}</Text>
+          <Text size="sm">{when(h.at)} by {h.actor}{h.actor_kind === "policy" ? " (policy)" : ""}{h.requested_by && h.requested_by !== h.actor ? `, asked by ${h.requested_by}` : ""}</Text>
           {h.reason && <Text size="sm" c="gray.7">{h.reason}</Text>}
         </Timeline.Item>
       ))}

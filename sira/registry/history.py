@@ -1,0 +1,54 @@
+"""The production pointer's history: every change (when, who, from, to, how, why, at whose request) and the
+version a rollback would restore now: one answer for ``sira history --json`` and ``GET …/history``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sira.core.errors import NotFound
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
+
+
+async def rollback_target(conn: Connection, model_name: str, production: int) -> int | None:
+    """The version a rollback of ``production`` restores: the one production was before ``production`` was
+    promoted (by approval or policy). A rollback that made it production again is no promotion, else a second
+    rollback would go forward again, to the version just rolled back, with no approval."""
+    return await conn.fetchval(
+        """SELECT (details->>'from')::int FROM sira_audit_log
+            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
+              AND (details->>'to')::int = $2 AND details->>'via' IS DISTINCT FROM 'rollback'
+            ORDER BY id DESC LIMIT 1""",
+        model_name, production,
+    )
+
+
+async def production_history(conn: Connection, model_name: str) -> list[dict[str, Any]]:
+    """Every change of the production pointer: when, who, from, to, how, why and who asked for it (a
+    promotion's requester; the actor of a policy's promotion is the policy)."""
+    if await conn.fetchval("SELECT id FROM sira_models WHERE name = $1", model_name) is None:
+        raise NotFound(f"unknown model {model_name!r}", details={"model": model_name})
+    rows = await conn.fetch(
+        """SELECT occurred_at, actor, actor_kind, details FROM sira_audit_log
+            WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1
+              AND outcome = 'success' ORDER BY id""",
+        model_name,
+    )
+    return [{"at": r["occurred_at"].isoformat(), "actor": r["actor"], "actor_kind": r["actor_kind"],
+             "from": r["details"].get("from"), "to": r["details"].get("to"), "via": r["details"].get("via"),
+             "reason": r["details"].get("reason"), "requested_by": r["details"].get("requested_by")} for r in rows]
+
+
+async def history(conn: Connection, identity: Any, model_name: str) -> dict[str, Any]:
+    """The history, the production version now and the version a rollback would restore now (``rollback_to``,
+    by the rule the rollback applies)."""
+    from sira.core.auth import authorize
+
+    authorize(identity, "models.read")
+    changes = await production_history(conn, model_name)
+    production = await conn.fetchval(
+        """SELECT v.version FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+            WHERE m.name = $1 AND v.status = 'production'""", model_name)
+    target = await rollback_target(conn, model_name, production) if production is not None else None
+    return {"model": model_name, "history": changes, "production": production, "rollback_to": target}
