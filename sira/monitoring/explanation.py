@@ -33,7 +33,7 @@ from sira.core.auth import Identity, authorize, may
 from sira.core.errors import InvalidInput, NotFound
 from sira.monitoring import counterfactual
 from sira.registry.models import get_model, get_version
-from sira.serving.scoring import ModelRuntime, describe, display_value
+from sira.serving.scoring import ModelRuntime, describe, display_value, middle_half, value_side
 
 PURPOSES = {"fraud_detection": "estimates the probability that a payment is fraudulent, so that it is approved, "
                                "sent to a person for review, or blocked",
@@ -62,17 +62,16 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
         # are all 0 or 1. Its range read "0.00 or more", as if a person's 1 were typical
         usual, other, share = ("no", "yes", mean) if mean < 0.5 else ("yes", "no", 1 - mean)
         return f"{usual} ({other} in {f'{share:.0%}' if share >= 0.005 else 'under 1%'} of the training data)"
-    # the bins holding the 25th and 75th percentiles, from their counts: the edges are quantiles with the
-    # repeated ones dropped (a value most rows share is one edge), so their positions say nothing
-    share = np.cumsum(counts) / sum(counts)
-    lo = edges[int(np.searchsorted(share, 0.25))]
-    top = int(np.searchsorted(share, 0.75)) + 1
-    if top == len(edges) - 1:
+    middle = middle_half(reference)
+    if middle is None:
+        return None
+    lo, hi = middle
+    if hi == edges[-1]:
         # the last edge is the training maximum, one row's value (someone's payment): never shown. (The first
         # edge is the minimum, but it bounds the range only when its bin holds a quarter of the rows: then
         # the 10th percentile is the minimum too, a value a tenth of the rows share.)
         return f"{_num(lo)} or more"
-    return f"{_num(lo)} to {_num(edges[top])}"
+    return f"{_num(lo)} to {_num(hi)}"
 
 
 def _num(value: float) -> str:
@@ -80,13 +79,14 @@ def _num(value: float) -> str:
 
 
 def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None) -> dict[str, Any]:
-    """One factor of a report: its words follow its direction (a factor that lowered the risk is never
-    described as what made it high)."""
+    """One factor of a report: its words follow where its value lies against the typical range (a high
+    count is "many payments", a low one "few", one within the range or against no range in neutral
+    words), never the factor's direction: a small amount that raised the risk is still a small amount."""
     value = display_value(spec, x)
-    raised = contribution > 0
     return {"feature": spec.name, "value": value, "contribution": contribution,
-            "direction": "increases_risk" if raised else "decreases_risk",
-            "text": describe(spec.name, value, raised=raised), "typical": _typical(reference)}
+            "direction": "increases_risk" if contribution > 0 else "decreases_risk",
+            "text": describe(spec.name, value, value_side(middle_half(reference), value)),
+            "typical": _typical(reference)}
 
 
 def _categories(runtime: ModelRuntime) -> list[str]:
