@@ -109,6 +109,6 @@ def install(app: FastAPI) -> None:
         # field sent and say in the message where inside it the problem is
         inside = (first.get("ctx") or {}).get("path") if first.get("type") in MISSING_CODES else None
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
-                **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
+                "too_many_fields": "too_many_fields", **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
