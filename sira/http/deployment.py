@@ -59,6 +59,34 @@ DEPLOYMENT_OPTIONS = ("num_replicas", "autoscaling_config", "max_ongoing_request
                       "health_check_period_s", "health_check_timeout_s", "logging_config")
 
 
+def check_options(path: Path, options: dict[str, Any]) -> None:
+    """The deployment options' values, checked with Ray Serve's own schema (``DeploymentSchema``, which holds
+    ``autoscaling_config`` as a mapping, and ``AutoscalingConfig`` for that mapping), without starting Ray: a
+    file Serve would refuse (max_replicas under min_replicas, a negative target, num_cpus "lots") is
+    invalid_config here, naming the option, not a failure of ``sira serve`` once Ray is up."""
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import DeploymentSchema
+
+    checks: list[tuple[str, Any, dict[str, Any]]] = [("", DeploymentSchema, {"name": "sira", **options})]
+    if isinstance(options.get("autoscaling_config"), dict):
+        checks.append(("autoscaling_config", AutoscalingConfig, options["autoscaling_config"]))
+    for where, schema, given in checks:
+        try:
+            schema.model_validate(given)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            parts, node = [where] if where else [], given
+            for key in error["loc"]:  # the keys the file has (not pydantic's union branch tags)
+                if not isinstance(node, dict) or key not in node:
+                    break
+                parts.append(str(key))
+                node = node[key]
+            name = ".".join(parts) or "the deployment"
+            raise InvalidInput(f"{path}: deployment option {name}: {error['msg'].removeprefix('Value error, ')}",
+                               code="invalid_config", details={"field": name}) from None
+
+
 @dataclass(frozen=True)
 class ServeSpec:
     """What a serve_configs/*.yaml file asks for, checked."""
@@ -97,6 +125,7 @@ class ServeSpec:
         unknown = sorted(set(options) - set(DEPLOYMENT_OPTIONS))
         if unknown:
             raise InvalidInput(f"{path}: unknown deployment option(s) {', '.join(unknown)}", code="invalid_config")
+        check_options(path, options)
         ServingConfig.from_dict(app.get("args"))
         ServingConfig.from_dict(options.get("user_config"))
         http = shaped(data.get("http_options") or {}, dict, "http_options")

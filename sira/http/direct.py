@@ -49,12 +49,58 @@ def json_body(request: Request, raw: bytes, model: type[M]) -> M:
         found = exc.errors(include_url=False)
         if found and found[0]["type"] == "json_invalid":
             try:  # FastAPI's message and character offset: the standard library's, on this error path only
-                json.loads(raw)
+                decoded = json.loads(raw)
             except (ValueError, RecursionError) as decode:  # nesting past the stack: json_invalid too
                 pos, msg = getattr(decode, "pos", 0), getattr(decode, "msg", str(decode))
                 raise RequestValidationError([{"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error",
                                                "input": {}, "ctx": {"error": msg}}]) from None
+            # JSON the standard library reads and pydantic's parser does not: an unpaired surrogate ("\ud800",
+            # which has no UTF-8 form). Validated as FastAPI validates a body it decoded itself, so the field
+            # that holds it is refused under its code (invalid_value), as on every other route
+            return validated(model, decoded)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in found]) from None
+
+
+def validated(model: type[M], decoded: Any) -> M:
+    """A decoded body as ``model``; a value pydantic accepts that holds an unpaired surrogate anyway (a field
+    no validator checks) is refused as invalid_value, naming where: nothing downstream can encode it."""
+    try:
+        body = model.model_validate(decoded)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False)]) from None
+    problem = _surrogate(decoded)
+    if problem is not None:
+        raise RequestValidationError([{"type": "invalid_value", "loc": ("body", *problem), "input": None,
+                                       "msg": "must not contain unpaired surrogates (\\ud800-\\udfff)"}])
+    return body
+
+
+def _surrogate(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in a decoded JSON value a string (or a field name) holds an unpaired surrogate; None: nowhere."""
+    if isinstance(value, str):
+        return None if value.isascii() or not _unencodable(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _unencodable(key):
+                return path
+            found = _surrogate(item, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _surrogate(item, (*path, str(i)))
+            if found is not None:
+                return found
+    return None
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def json_answer(body: Any) -> Response:

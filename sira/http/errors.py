@@ -116,7 +116,7 @@ def install(app: FastAPI) -> None:
                                   + (f"; this request accepts: {', '.join(accepted)}" if accepted else ""),
                                   {"field": where, "unknown": unknown, **({"accepted": accepted} if accepted else {})})
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
-                **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
+                "too_many_fields": "too_many_fields", **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
         message = first["msg"].removeprefix("Value error, ")
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
 

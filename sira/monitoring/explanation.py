@@ -33,7 +33,7 @@ from sira.core.auth import Identity, authorize, may
 from sira.core.errors import InvalidInput, NotFound
 from sira.monitoring import counterfactual
 from sira.registry.models import get_model, get_version
-from sira.serving.scoring import ModelRuntime, describe, display_value
+from sira.serving.scoring import ModelRuntime, describe, display_value, middle_half, value_side
 
 PURPOSES = {"fraud_detection": "estimates the probability that a payment is fraudulent, so that it is approved, "
                                "sent to a person for review, or blocked",
@@ -65,8 +65,10 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
         # are all 0 or 1. Its range read "0.00 or more", as if a person's 1 were typical
         usual, other, share = ("no", "yes", mean) if mean < 0.5 else ("yes", "no", 1 - mean)
         return f"{usual} ({other} in {f'{share:.0%}' if share >= 0.005 else 'under 1%'} of the training data)"
-    # the bins holding the 25th and 75th percentiles, from their counts: bins are not of equal share (a value
-    # many rows share is a bin of its own, sira.core.stats.reference_bin_edges), so their positions say nothing
+    if middle_half(reference) is None:  # the range reasons' words are measured against (shared)
+        return None
+    # the bins holding the 25th and 75th percentiles (as middle_half), from their counts: bins are not of equal
+    # share (a value many rows share is a bin of its own, sira.core.stats.reference_bin_edges)
     share = np.cumsum(counts) / sum(counts)
     bottom, top = int(np.searchsorted(share, 0.25)), int(np.searchsorted(share, 0.75)) + 1
     # An edge is halfway between two training values: one with only a few rows beyond it (a lone maximum
@@ -90,13 +92,14 @@ def _num(value: float) -> str:
 
 
 def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None) -> dict[str, Any]:
-    """One factor of a report: its words follow its direction (a factor that lowered the risk is never
-    described as what made it high)."""
+    """One factor of a report: its words follow where its value lies against the typical range (a high
+    count is "many payments", a low one "few", one within the range or against no range in neutral
+    words), never the factor's direction: a small amount that raised the risk is still a small amount."""
     value = display_value(spec, x)
-    raised = contribution > 0
     return {"feature": spec.name, "value": value, "contribution": contribution,
-            "direction": "increases_risk" if raised else "decreases_risk",
-            "text": describe(spec.name, value, raised=raised), "typical": _typical(reference)}
+            "direction": "increases_risk" if contribution > 0 else "decreases_risk",
+            "text": describe(spec.name, value, value_side(middle_half(reference), value)),
+            "typical": _typical(reference)}
 
 
 def _categories(runtime: ModelRuntime) -> list[str]:

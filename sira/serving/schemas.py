@@ -42,17 +42,23 @@ def _reject_non_finite(value: Any, path: str = "") -> Any:
     return value
 
 
+MAX_ATTRIBUTES = 64  # extra fields per event, as an ingested event keeps them (docs/security.md's limits)
+
+
 class ScoreEvent(EventIn):
     """The event to score: the fields of an ingested event; anything else goes in ``attributes``."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    attributes: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    attributes: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
 
     @field_validator("amount", "attributes", mode="before")
     @classmethod
     def _finite(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) > MAX_ATTRIBUTES:  # before anything scans them
+            raise PydanticCustomError("too_many_fields", "more than {limit} extra fields ({count})",
+                                      {"limit": MAX_ATTRIBUTES, "count": len(value)})
         return _reject_unstorable(value)
 
 
@@ -63,8 +69,9 @@ class ScoreItem(BaseModel):
         None, description="Idempotency key: the same request id returns the same answer without scoring again.")
     event: ScoreEvent | None = None
     features: dict[str, Any] | None = Field(None, description="Ready features (bring-your-own-table models).")
-    record: bool = Field(True, description="Also record the event in the feature pipeline.")
-    explain: bool = Field(False, description="Reason codes inline whatever the decision.")
+    # strict: JSON true or false only ("no" or 0 was read as a yes/no and quietly stopped the recording)
+    record: bool = Field(True, strict=True, description="Also record the event in the feature pipeline.")
+    explain: bool = Field(False, strict=True, description="Reason codes inline whatever the decision.")
 
     @field_validator("features", mode="before")
     @classmethod

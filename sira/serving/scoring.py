@@ -137,6 +137,8 @@ class ModelRuntime:
     thresholds: dict[str, float]
     feature_set: FeatureSet | None  # None: a bring-your-own-table model (ready features)
     threshold_set: int | None = None  # the sira_threshold_sets row ``thresholds`` come from (None: the manifest's)
+    # per feature, the training data's statistics (the manifest's reference): where a reason's value lies
+    reference: Mapping[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -164,6 +166,7 @@ class ModelRuntime:
             schema=schema, calibration=manifest["calibration"],
             thresholds={k: float(v) for k, v in (version_row.get("thresholds") or manifest["thresholds"]).items()},
             feature_set=fs, threshold_set=version_row.get("threshold_set"),
+            reference=(manifest.get("reference") or {}).get("features") or {},
         )
         runtime.predict(np.zeros((1, len(schema))))  # warm up before the first request sees it
         return runtime
@@ -240,6 +243,12 @@ class ModelRuntime:
         return SingleRowPredictor(self.booster, len(self.schema))
 
     @cached_property
+    def middle_halves(self) -> dict[str, tuple[float, float] | None]:
+        """Per feature, the middle half of its training data (:func:`middle_half`): what a reason's words
+        compare its value with."""
+        return {s.name: middle_half(self.reference.get(s.name)) for s in self.schema}
+
+    @cached_property
     def category_codes(self) -> dict[str, dict[str, float]]:
         """Per categorical feature: category -> its code (the index in the vocabulary)."""
         return {s.name: {c: float(i) for i, c in enumerate(s.categories)} for s in self.schema
@@ -274,7 +283,7 @@ class ModelRuntime:
             out.append({
                 "code": reason_code(spec.name), "feature": spec.name, "value": value,
                 "contribution": round(float(values[j]), 6), "direction": "increases_risk",
-                "text": describe(spec.name, value),
+                "text": describe(spec.name, value, value_side(self.middle_halves.get(spec.name), value)),
             })
         return out
 
@@ -313,49 +322,80 @@ def shown_number(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
-def describe(feature: str, value: Any, *, raised: bool = True) -> str:
-    """A plain sentence for a factor (feature names follow :mod:`sira.features.definitions`' patterns): for
-    one that raised the risk (a reason), what was unusual ("Many payments by the card ..."); for one that
-    lowered it (``raised=False``), what the value was, in neutral words ("Payments by the card ... (0)")."""
+def middle_half(reference: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The range holding the middle half of a numeric feature's training data, from its reference statistics
+    (the version's manifest): from the lower edge of the reference's bin that holds the 25th percentile to the
+    upper edge of the one that holds the 75th (that upper edge is the training maximum when the 75th
+    percentile lies in the last bin). None: no usable statistics, a categorical feature, or a yes/no one (values
+    in [0, 1] whose variance is mean * (1 - mean): all 0 or 1)."""
+    if not reference or reference.get("type") == "categorical":
+        return None
+    edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
+    if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts) or None in edges:
+        return None  # (an infinite edge, stored as null by versions trained before it was read as missing)
+    mean, std = reference.get("mean"), reference.get("std")
+    if (edges[0] >= 0 and edges[-1] <= 1 and isinstance(mean, (int, float)) and isinstance(std, (int, float))
+            and abs(std * std - mean * (1 - mean)) <= 1e-9):
+        return None
+    # the bins holding the 25th and 75th percentiles, from their counts: bins are not of equal share (a value
+    # many rows share is a bin of its own: sira.core.stats.reference_bin_edges), so their positions say nothing
+    share = np.cumsum(counts) / sum(counts)
+    lo = edges[int(np.searchsorted(share, 0.25))]
+    return float(lo), float(edges[int(np.searchsorted(share, 0.75)) + 1])
+
+
+def value_side(middle: tuple[float, float] | None, value: Any) -> str | None:
+    """Where a value lies against its feature's training data: ``"high"`` above the middle half
+    (``middle``, from :func:`middle_half`), ``"low"`` below it, None within it or when unknown (no
+    statistics, a missing or categorical value)."""
+    if middle is None or not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    return "high" if value > middle[1] else "low" if value < middle[0] else None
+
+
+def describe(feature: str, value: Any, side: str | None = None) -> str:
+    """A plain sentence for a factor (feature names follow :mod:`sira.features.definitions`' patterns). Its
+    words follow ``side``, where the value lies against the training data (:func:`value_side`): "Many
+    payments by the card ..." for a high count, "Few ..." for a low one, and neutral words ("Payments by the
+    card ... (3)") within the usual range or when that is unknown. Never the direction of the factor's
+    contribution: a small amount can raise the risk, and is still described as small."""
     shown = "missing" if value is None else shown_number(value) if isinstance(value, float) else str(value)
+    high, low = side == "high", side == "low"
     window = _WINDOW.search(feature)
     words = _window_words(window.group(1)) if window else ""
     entity, _, rest = feature.partition("_")
     who = _ENTITY_WORDS.get(entity)
     if who and window:
         base = rest[: window.start() - len(entity) - 1]
-        if raised:
-            templates = {
-                "count": f"Many payments by {who} in {words} ({shown})",
-                "sum_amount": f"High total amount for {who} in {words} ({shown})",
-                "mean_amount": f"Unusual average amount for {who} in {words} ({shown})",
-                "max_amount": f"High largest amount for {who} in {words} ({shown})",
-                "amount_ratio": f"Amount far above {who}'s average over {words} (ratio {shown})",
-                "risk": f"High fraud rate at {who} in {words} ({shown})",
-            }
-        else:
-            templates = {
-                "count": f"Payments by {who} in {words} ({shown})",
-                "sum_amount": f"Total amount for {who} in {words} ({shown})",
-                "mean_amount": f"Average amount for {who} in {words} ({shown})",
-                "max_amount": f"Largest amount for {who} in {words} ({shown})",
-                "amount_ratio": f"Amount against {who}'s average over {words} (ratio {shown})",
-                "risk": f"Fraud rate at {who} in {words} ({shown})",
-            }
-        templates["risk_count"] = f"Payments at {who} with known outcomes in {words} ({shown})"
-        if base in templates:
-            return templates[base]
+        level = "High " if high else "Low " if low else ""
+        amounts = {"sum_amount": "total amount", "mean_amount": "average amount", "max_amount": "largest amount"}
+        if base in amounts:
+            text = f"{level}{amounts[base]} for {who} in {words} ({shown})"
+            return text[0].upper() + text[1:]
+        if base == "count":
+            return f"{'Many p' if high else 'Few p' if low else 'P'}ayments by {who} in {words} ({shown})"
+        if base == "amount_ratio":  # the amount over the entity's average: above it when over 1
+            above = high and isinstance(value, (int, float)) and value > 1
+            below = low and isinstance(value, (int, float)) and value < 1
+            how = "well above" if above else "well below" if below else "against"
+            return f"Amount {how} {who}'s average over {words} (ratio {shown})"
+        if base == "risk":
+            return f"{level}{'f' if level else 'F'}raud rate at {who} in {words} ({shown})"
+        if base == "risk_count":
+            return f"Payments at {who} with known outcomes in {words} ({shown})"
         if base.startswith("distinct_"):
             thing = base.removeprefix("distinct_")
             plural = thing[:-1] + "ies" if thing.endswith("y") else thing + "s"
-            return f"{'Many different' if raised else 'Different'} {plural} used by {who} in {words} ({shown})"
+            many = "Many different" if high else "Few different" if low else "Different"
+            return f"{many} {plural} used by {who} in {words} ({shown})"
         if base.startswith("new_"):
             thing = base.removeprefix("new_")
             return f"A {thing} new for {who} in {words}" if value == 1 else f"{thing} seen before by {who} ({shown})"
-    fixed = {"amount": f"Payment amount ({shown})", "log_amount": f"Payment amount (log {shown})",
+    size = "High payment amount" if high else "Low payment amount" if low else "Payment amount"
+    fixed = {"amount": f"{size} ({shown})", "log_amount": f"{size} (log {shown})",
              "hour_of_day": f"Time of day (hour {shown} UTC)", "is_weekend": f"Weekend payment ({shown})",
              "is_night": f"Night-time payment ({shown})"}
-    if not raised and value in (0, 1):
+    if value in (0, 1):
         fixed.update(is_weekend="A weekend payment" if value == 1 else "A weekday payment",
                      is_night="A night-time payment" if value == 1 else "A daytime payment")
     return fixed.get(feature, f"{feature.replace('_', ' ')} ({shown})")

@@ -426,6 +426,74 @@ async def test_json_nested_past_the_stack_or_an_unpaired_surrogate_is_a_4xx_not_
     assert r.status_code == 422 and r.json()["error"]["code"] == "known_at_in_future", r.text
 
 
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch"])
+async def test_an_unpaired_surrogate_in_a_scoring_request_is_invalid_value_naming_the_field(served, fraud_model, path):
+    """Pydantic's JSON parser refuses "\\ud800" where the standard library reads it: the request was a 400
+    malformed_body "(at character body): unexpected end of hex escape" with no field; security.md (and
+    /v1/feedback) say 422 invalid_value."""
+    client, _ = served
+    item = {"request_id": "v1@", "event": event(fraud_model, 7)}
+    body = {"model": "fraud", **item} if path == "/v1/score" else {"model": "fraud", "requests": [item]}
+    raw = json.dumps(body).replace("v1@", "v1\\ud800").encode()
+    r = await client.post(path, content=raw, headers={**auth(fraud_model, "service"),
+                                                      "content-type": "application/json"})
+    field = "request_id" if path == "/v1/score" else "requests.0.request_id"
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_value" and r.json()["error"]["details"]["field"] == field, r.text
+
+
+@pytest.mark.parametrize("change, code, field", [
+    # 65 extra fields: security.md's limit says too_many_fields (was invalid_request)
+    ({"event": {"attributes": {f"a{i}": i for i in range(65)}}}, "too_many_fields", "event.attributes"),
+    # yes/no fields take JSON true or false only ("record": "no" quietly stopped the recording)
+    ({"explain": "yes"}, "invalid_request", "explain"),
+    ({"explain": 1}, "invalid_request", "explain"),
+    ({"record": "no"}, "invalid_request", "record"),
+    ({"record": 0}, "invalid_request", "record"),
+])
+async def test_too_many_attributes_and_yes_no_fields_of_another_type_are_refused(served, fraud_model, change,
+                                                                                 code, field):
+    client, _ = served
+    body = {"model": "fraud", "event": event(fraud_model, 7)}
+    for key, value in change.items():
+        body[key] = {**body[key], **value} if key == "event" else value
+    r = await score(client, fraud_model, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["details"]["field"] == field, r.text
+    assert field in r.json()["error"]["message"]
+    r = await client.post("/v1/score/batch", json={"model": "fraud", "requests": [
+                              {k: v for k, v in body.items() if k != "model"}]},
+                          headers=auth(fraud_model, "service"))
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == f"requests.0.{field}", r.text
+    ok = await score(client, fraud_model, {"model": "fraud", "event": {**event(fraud_model, 8), "attributes": {
+        f"a{i}": i for i in range(64)}}, "explain": True, "record": False})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_a_small_payments_reasons_never_call_its_values_high(served, fraud_model):
+    """Amount 1 with explain: the answer read "Amount far above the customer's average ... (ratio 0.00135)"
+    and "High largest amount for the customer in the last hour (1)". Each reason's words follow where its
+    value lies against the version's training data (the reference statistics the runtime loaded)."""
+    from sira.serving.scoring import describe, value_side
+
+    client, service = served
+    runtime = service.slots["fraud"].production
+    assert runtime.reference and any(runtime.middle_halves.values())  # loaded from the version's manifest
+    r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 9, amount=1),
+                                          "explain": True})
+    assert r.status_code == 200, r.text
+    reasons = r.json()["reasons"]
+    assert reasons
+    for reason in reasons:
+        side = value_side(runtime.middle_halves[reason["feature"]], reason["value"])
+        assert reason["text"] == describe(reason["feature"], reason["value"], side)
+        if side != "high":
+            assert not reason["text"].startswith(("High ", "Many ", "Amount well above")), reason
+    amount = next((x for x in reasons if x["feature"] == "amount"), None)
+    if amount is not None:
+        assert amount["text"] == "Low payment amount (1)"
+
+
 async def test_batches_are_bounded_and_bad_rows_are_named(served, fraud_model):
     client, service = served
     ok = [{"event": event(fraud_model, 10 + i)} for i in range(5)]

@@ -171,6 +171,26 @@ def test_serve_check_says_what_is_malformed(capsys, tmp_path, config, needle):
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: invalid_config:") and needle in err, err
 
 
+@pytest.mark.parametrize("old, new, option", [
+    ("min_replicas: 1", "min_replicas: 3", "autoscaling_config"),  # above max_replicas 2
+    ("target_ongoing_requests: 16", "target_ongoing_requests: -3", "autoscaling_config.target_ongoing_requests"),
+    ("num_cpus: 0.5", "num_cpus: lots", "ray_actor_options.num_cpus"),
+    ("max_ongoing_requests: 64", "max_ongoing_requests: 0", "max_ongoing_requests"),
+])
+def test_serve_check_refuses_deployment_options_serve_refuses(capsys, tmp_path, old, new, option):
+    """These printed "valid", exit 0, and `sira serve --config` with the file then failed `error: internal:
+    ValidationError`, exit 1, once Ray was up: Ray Serve's own schema checks them now, without Ray."""
+    from pathlib import Path
+
+    local = (Path(__file__).resolve().parents[2] / "serve_configs" / "local.yaml").read_text()
+    assert old in local
+    path = tmp_path / "serve.yaml"
+    path.write_text(local.replace(old, new, 1))
+    code, out, err = run(capsys, "serve", "check", str(path))
+    last = err.strip().splitlines()[-1]
+    assert (code, out) == (2, "") and last.startswith(f"error: invalid_config: {path}: deployment option {option}: "), err
+
+
 def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
     """`simulate --out` an existing file failed after the whole simulation; `versions card --out` and
     `explain --out` into a missing folder after the work (and the report's audit entry)."""

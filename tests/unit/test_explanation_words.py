@@ -1,5 +1,7 @@
-"""The plain-language factors of a report say what the value was in words that match its direction: a factor
-that lowered the risk is never described as what made it high."""
+"""The plain-language factors of a report say what the value was in words that match where it lies against the
+training data's typical range (high, low, or neutral words within it or without statistics), never its
+direction alone: a factor that lowered the risk is never described as what made it high, and a small value
+that raised it is never called high."""
 
 import pytest
 
@@ -27,7 +29,21 @@ def test_a_factor_that_lowered_the_risk_is_described_neutrally(name, value, text
     assert lowered["text"] == text
 
 
-def test_a_factor_that_raised_the_risk_keeps_its_reason_words():
-    raised = factor(FeatureSpec("customer_count_24h", "numeric"), 9.0, 0.4, None)
+# the reference statistics of a count whose middle half is 1 to 3 (the 25th percentile in the bin from 1, the 75th in the one up to 3) (as training stores them)
+COUNTS = {"type": "numeric", "missing_rate": 0.0, "bin_edges": [0.0, 1.0, 2.0, 3.0, 12.0],
+          "histogram": [100, 300, 400, 200], "mean": 2.1, "std": 1.4}
+
+
+def test_a_factor_says_which_side_of_the_typical_range_its_value_lies():
+    raised = factor(FeatureSpec("customer_count_24h", "numeric"), 9.0, 0.4, COUNTS)
     assert raised["direction"] == "increases_risk"
     assert raised["text"] == "Many payments by the customer in the last 24 hours (9)"
+    # a value below the typical range that raised the risk was called "Many payments ... (0)"
+    few = factor(FeatureSpec("customer_count_24h", "numeric"), 0.0, 0.4, COUNTS)
+    assert few["typical"] == "1.00 to 3.00"
+    assert few["text"] == "Few payments by the customer in the last 24 hours (0)"
+    assert not any(w in few["text"] for w in RAISING_WORDS), few["text"]
+    within = factor(FeatureSpec("customer_count_24h", "numeric"), 2.0, 0.4, COUNTS)
+    assert within["text"] == "Payments by the customer in the last 24 hours (2)"
+    unknown = factor(FeatureSpec("customer_count_24h", "numeric"), 9.0, 0.4, None)
+    assert unknown["text"] == "Payments by the customer in the last 24 hours (9)"

@@ -12,7 +12,7 @@ from sira.features.definitions import PAYMENTS_V1
 from sira.features.history import History, entity_features, event_features
 from sira.features.store import fold_events, to_us
 from sira.serving.scoring import ModelRuntime, append_event, describe, event_vectors, reason_code
-from sira.training.trainer import train_model
+from sira.training.trainer import FeatureSpec, train_model
 
 T0 = datetime(2026, 9, 7, 12, tzinfo=timezone.utc)
 
@@ -77,16 +77,70 @@ def test_unknown_categories_and_missing_values_become_nan(runtime):
 
 
 def test_reason_texts_read_as_sentences():
-    assert describe("card_count_1h", 7.0) == "Many payments by the card in the last hour (7)"
+    assert describe("card_count_1h", 7.0, "high") == "Many payments by the card in the last hour (7)"
     assert describe("customer_new_country_30d", 1.0) == "A country new for the customer in the last 30 days"
-    assert describe("terminal_risk_7d", 0.25) == "High fraud rate at the terminal in the last 7 days (0.25)"
-    assert describe("customer_distinct_terminal_1d", 4.0).startswith("Many different terminals")
-    assert describe("is_night", 1.0) == "Night-time payment (1)"
+    assert describe("terminal_risk_7d", 0.25, "high") == "High fraud rate at the terminal in the last 7 days (0.25)"
+    assert describe("customer_distinct_terminal_1d", 4.0, "high").startswith("Many different terminals")
+    assert describe("is_night", 1.0) == "A night-time payment"
     assert describe("something_else", None) == "something else (missing)"
     # numbers as a person reads them, not at full precision (issue #19.17)
     assert describe("customer_amount_ratio_30d", 4.41545).endswith("(ratio 4.42)")
     assert describe("customer_sum_amount_1d", 1234.5678).endswith("(1,234.57)")
     assert describe("terminal_risk_7d", 0.0123456).endswith("(0.0123)")
+
+
+def _reference(values):
+    from sira.training.runs import reference_statistics
+    from sira.training.trainer import FeatureSpec, Matrix
+
+    schema = [FeatureSpec(name, "numeric") for name in values]
+    X = np.column_stack([np.asarray(v, dtype=float) for v in values.values()])
+    return reference_statistics(Matrix(X, np.zeros(len(X)), schema), np.zeros(len(X)))["features"]
+
+
+@pytest.mark.parametrize(("name", "value", "text"), [
+    # an amount 700 times below the customer's average read "Amount far above ... (ratio 0.00135)"
+    ("customer_amount_ratio_30d", 0.001345, "Amount well below the customer's average over the last 30 days "
+                                            "(ratio 0.00135)"),
+    ("customer_amount_ratio_30d", 9.0, "Amount well above the customer's average over the last 30 days (ratio 9)"),
+    ("customer_amount_ratio_30d", 1.1, "Amount against the customer's average over the last 30 days (ratio 1.10)"),
+    # and a largest amount of 1 in the last hour "High largest amount for the customer ... (1)"
+    ("customer_max_amount_1h", 1.0, "Low largest amount for the customer in the last hour (1)"),
+    ("customer_max_amount_1h", 5_000.0, "High largest amount for the customer in the last hour (5,000)"),
+    ("customer_max_amount_1h", 60.0, "Largest amount for the customer in the last hour (60)"),
+    ("card_count_1h", 0.0, "Few payments by the card in the last hour (0)"),
+    ("card_count_1h", 40.0, "Many payments by the card in the last hour (40)"),
+    ("amount", 1.0, "Low payment amount (1)"),
+    ("is_night", 0.0, "A daytime payment"),
+])
+def test_a_reason_says_which_side_of_the_usual_range_its_value_lies(name, value, text):
+    """A reason's words follow where its value lies against the version's training data (its reference
+    statistics), not the mere fact that it raised the risk: a small amount can raise it."""
+    rng = np.random.default_rng(0)
+    reference = _reference({
+        "customer_amount_ratio_30d": rng.lognormal(0, 0.3, 2_000),  # middle half around 1
+        "customer_max_amount_1h": rng.lognormal(4, 0.5, 2_000),  # around 55
+        "card_count_1h": rng.integers(1, 6, 2_000),
+        "amount": rng.lognormal(4, 0.5, 2_000),
+        "is_night": (rng.random(2_000) < 0.2).astype(float),
+    })
+    schema = tuple(FeatureSpec(n, "numeric") for n in reference)
+    runtime = ModelRuntime(model_name="f", model_id=1, version=1, artifact_sha256="0" * 64, booster=None,
+                           schema=schema, calibration={}, thresholds={"review": 0.5, "block": 0.9},
+                           feature_set=None, reference=reference)
+    x = np.full(len(schema), np.nan)
+    j = [s.name for s in schema].index(name)
+    x[j] = value
+    contrib = np.zeros(len(schema) + 1)
+    contrib[j] = 0.7  # it raised the risk
+    (reason,) = runtime.reasons(x, contrib)
+    assert reason["direction"] == "increases_risk" and reason["text"] == text
+
+
+def test_a_reason_without_reference_statistics_is_worded_neutrally():
+    assert describe("customer_max_amount_1h", 1.0) == "Largest amount for the customer in the last hour (1)"
+    assert describe("customer_amount_ratio_30d", 0.001345).startswith("Amount against the customer's average")
+    assert describe("card_count_1h", 7.0) == "Payments by the card in the last hour (7)"
 
 
 def _event(i, minutes, amount, **keys):
