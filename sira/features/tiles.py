@@ -49,7 +49,7 @@ import numpy as np
 from numba import njit
 
 from sira.features.definitions import DISTINCT_VALUES, EntityFeatures, parse_duration
-from sira.features.hashing import MISSING, SCALE, SUM_CAP, fixed, value_hash
+from sira.features.hashing import MISSING, SCALE, SUM_CAP, fixed, value_hash  # noqa: F401 (tiles.fixed)
 
 US = 1_000_000
 DAY_US = 86_400 * US
