@@ -1,28 +1,28 @@
 """Labels folded into feature engine v2's stored states as they are written, so a served vector counts them.
 
 A delayed-label risk feature (``terminal_risk_7d``: the share of an entity's events whose positive label was
-known before t) reads the positives its entity's state holds. Offline, a label counts from its ``known_at``
-(the first positive one of an event, :func:`sira.features.columns.read_labels`); online, every writer of a
+known before t) reads the positives its entity's state holds. Offline, an event counts as positive from
+when a source first said so until no source says so any more, each at its ``known_at``
+(:func:`sira.features.columns.read_labels`, from ``sira_feedback_history``); online, every writer of a
 label (``POST /v1/feedback``, ``sira feedback import``, stream and Kafka label entries: all through
 :func:`sira.ingest.labels.record_labels`) calls :func:`fold_label_changes` in its transaction: what the
-write changed in each event's effective ``known_at`` becomes signed label changes (+1 from the new known_at,
--1 from the old one: a label withdrawn, reversed or known earlier), folded under the entities' write locks
-into the states of the feature sets in service that read that label, written back with a bumped revision
-and notified with no origin, so every replica drops its cached copy (:mod:`sira.serving.states`). The cost:
-two indexed reads of the events' labels, and per entity one state read, a compiled call per change and one
-write. A label whose event is not stored yet is folded right after that event (:func:`fold_stored_labels`).
+write changed in the events' histories becomes signed changes (+1 positive from a known_at, -1 no longer
+from one: a chargeback reversed), folded under the entities' write locks into the states of the feature sets
+in service that read that label, written back with a bumped revision and notified with no origin, so every
+replica drops its cached copy (:mod:`sira.serving.states`). The cost: two indexed reads of the events'
+label histories, and per entity one state read, a compiled call per change and one write. A label whose event is not stored yet is folded right after that event (:func:`fold_stored_labels`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sira.core import db
+from sira.features.columns import history_query, transitions
 from sira.features.engine import Engine, engine_of
 from sira.features.states import lock_entities, read_states, write_states
 from sira.features.store import from_us, to_us
@@ -31,15 +31,16 @@ if TYPE_CHECKING:
     from sira.core.db import Connection
     from sira.features.definitions import FeatureSet
 
-Known = dict[str, datetime]  # event id -> when its first positive label became known (absent: none positive)
+Changes = Counter  # (event id, known_at µs, +1 / -1) -> how many: an event's label history as changes
 
 
-async def effective_known(conn: Connection, label_name: str, event_ids: Iterable[str]) -> Known:
-    """Per event, the ``known_at`` its label counts from offline: its earliest positive label's (of any source)."""
-    rows = await conn.fetch(
-        "SELECT event_id, min(known_at) AS known FROM sira_feedback WHERE event_id = ANY($1::text[])"
-        " AND label_name = $2 AND label GROUP BY event_id", sorted(set(event_ids)), label_name)
-    return {r["event_id"]: r["known"] for r in rows}
+async def label_changes(conn: Connection, label_name: str, event_ids: Iterable[str]) -> Changes:
+    """The events' label history as the changes the features count (:func:`sira.features.columns.transitions`:
+    positive from when a source first says so, until no source does)."""
+    rows = await conn.fetch(history_query([], " AND h.event_id = ANY($2::text[])"), label_name, sorted(set(event_ids)))
+    chosen, signs = transitions([r["event_id"] for r in rows], [r["known_at"] for r in rows],
+                                [r["source"] for r in rows], [r["label"] for r in rows])
+    return Counter((rows[i]["event_id"], rows[i]["known_at"], sign) for i, sign in zip(chosen, signs))
 
 
 def tiles_reading(feature_sets: Iterable[FeatureSet], label_name: str) -> list[FeatureSet]:
@@ -49,15 +50,12 @@ def tiles_reading(feature_sets: Iterable[FeatureSet], label_name: str) -> list[F
 
 
 async def fold_label_changes(conn: Connection, feature_sets: Sequence[FeatureSet], label_name: str,
-                             before: Known, after: Known) -> int:
-    """Fold what changed between ``before`` and ``after`` (:func:`effective_known` around a label write) into
-    ``feature_sets``' states; returns the states written."""
-    changes: list[tuple[str, datetime, int]] = []
-    for event_id in sorted(set(before) | set(after)):
-        old, new = before.get(event_id), after.get(event_id)
-        if old != new:
-            changes += [(event_id, old, -1)] if old is not None else []
-            changes += [(event_id, new, 1)] if new is not None else []
+                             before: Changes, after: Changes) -> int:
+    """Fold what a label write changed (:func:`label_changes` before and after it) into ``feature_sets``'
+    states: a change it added, and the opposite of one it took away (a history row deleted); returns the
+    states written."""
+    changes = [(e, k, sign) for (e, k, sign), n in (after - before).items() for _ in range(n)]
+    changes += [(e, k, -sign) for (e, k, sign), n in (before - after).items() for _ in range(n)]
     if not changes or not feature_sets:
         return 0
     return await _fold(conn, feature_sets, changes, None)
@@ -70,13 +68,13 @@ async def fold_stored_labels(conn: Connection, fs: FeatureSet, event_ids: Sequen
     labels already). Returns the states written."""
     if not tiles_reading([fs], fs.label_name):
         return 0
-    known = await effective_known(conn, fs.label_name, event_ids)
+    known = await label_changes(conn, fs.label_name, event_ids)
     if not known:
         return 0
-    return await _fold(conn, [fs], [(event_id, at, 1) for event_id, at in sorted(known.items())], None, skip)
+    return await _fold(conn, [fs], [c for c, n in sorted(known.items()) for _ in range(n)], None, skip)
 
 
-def _apply(engine: Engine, changes: Sequence[tuple[str, datetime, int]],
+def _apply(engine: Engine, changes: Sequence[tuple[str, int, int]],
            events: Mapping[str, tuple[int, Mapping[str, object]]], states: dict[tuple[str, str], np.ndarray],
            skip: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """Each change into the state of each risk entity of its event that ``states`` holds, in known_at order."""
@@ -88,12 +86,12 @@ def _apply(engine: Engine, changes: Sequence[tuple[str, datetime, int]],
         for spec in engine.fs.entities:
             key = (spec.entity, event.get(spec.key_column))
             if spec.risk_windows and key in states and key not in skip:
-                engine.label(spec.entity, states[key], ts, to_us(known_at), delta)
+                engine.label(spec.entity, states[key], ts, known_at, delta)
                 changed.add(key)
     return changed
 
 
-async def _fold(conn: Connection, feature_sets: Sequence[FeatureSet], changes: Sequence[tuple[str, datetime, int]],
+async def _fold(conn: Connection, feature_sets: Sequence[FeatureSet], changes: Sequence[tuple[str, int, int]],
                 origin: str | None, skip: Collection[tuple[str, str]] = ()) -> int:
     columns = sorted({spec.key_column for fs in feature_sets for spec in fs.entities if spec.risk_windows})
     rows = await conn.fetch(
@@ -121,4 +119,4 @@ async def _fold(conn: Connection, feature_sets: Sequence[FeatureSet], changes: S
     return written
 
 
-__all__ = ["effective_known", "fold_label_changes", "fold_stored_labels", "tiles_reading"]
+__all__ = ["fold_label_changes", "fold_stored_labels", "label_changes", "tiles_reading"]

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from sira.core import audit
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
-from sira.features.label_states import effective_known, fold_label_changes, tiles_reading
+from sira.features.label_states import fold_label_changes, label_changes, tiles_reading
 from sira.features.store import writing_log
 from sira.ingest import gate
 from sira.ingest.dead_letters import dead_letters
@@ -276,7 +276,7 @@ async def record_labels(
         summary.unchanged = len(good) - len(rows)
         summary.pending_event = sum(1 for r in rows if r["pending"])
         for name, sets in folding.items():  # into the entities' states now: a served vector counts them (#21)
-            after = await effective_known(conn, name, (g.event_id for g in good.values() if g.label_name == name))
+            after = await label_changes(conn, name, (g.event_id for g in good.values() if g.label_name == name))
             await fold_label_changes(conn, sets, name, before[name], after)
     if pending_ttl_days is not None:
         summary.expired = await expire_pending_labels(conn, pending_ttl_days)
@@ -291,7 +291,7 @@ async def _before_write(conn: asyncpg.Connection, good: Any) -> tuple[dict[str, 
     names = {g.label_name for g in good}
     in_service = await feature_sets_in_service(conn)
     folding = {name: sets for name in sorted(names) if (sets := tiles_reading(in_service, name))}
-    return folding, {name: await effective_known(conn, name, (g.event_id for g in good if g.label_name == name))
+    return folding, {name: await label_changes(conn, name, (g.event_id for g in good if g.label_name == name))
                      for name in folding}
 
 
