@@ -348,3 +348,38 @@ def test_a_label_taken_back_before_the_next_event_counts_nothing():
     assert ENGINE.label("terminal", state, first, known + 5, -1) == tiles.OK  # the first one taken back
     vector, _ = ENGINE.event_vector(later, {"terminal": state})
     assert terminal_risk(vector)["1d"] == (0.1, 10.0)
+
+
+def test_a_state_stored_in_format_3_is_read_with_its_waiting_labels():
+    """States stored before pending labels were grouped (format 3: up to 64 rows of one label each) still
+    decode, their waiting labels counted, and fold on as the same state in format 4 does."""
+    from sira.features import packing
+
+    layout = ENGINE.layouts["terminal"]
+    day, later, labels = burst(30, 20)
+    state = layout.empty()
+    for e in day:
+        ENGINE.event_vector(e, {"terminal": state})
+    for event_id, known in labels:
+        ENGINE.label("terminal", state, us(next(e for e in day if e["event_id"] == event_id)["occurred_at"]), known)
+    widths, bases, _ = packing.columns_of(layout)
+    keep = np.zeros(layout.rows, dtype=np.bool_)
+    packing.live_rows(state, layout.rings, layout.windows, layout.maps, layout.risk, layout.risk_windows, keep)
+    old_rows = layout.rows - tiles.PENDING_CAP + 64
+    old = state[:old_rows].copy()  # format 3 kept one label a row: spread the groups back out
+    pending = layout.pending_rows.start
+    groups = [tuple(r) for r in state[pending:layout.rows, :3] if r[0] >= 0]
+    old[pending:] = [-1, 0, 0, 0, 0]
+    ones = [(b, k) for b, k, n in groups for _ in range(n)]
+    for i, (b, k) in enumerate(ones):
+        old[pending + 2 * i] = [b, k, 0, 0, 0]  # with free rows between, as format 3 left them
+    keep = np.concatenate([keep[:pending], old[pending:, 0] >= 0])
+    legacy = widths[:old_rows].copy()
+    legacy[pending:] = 2
+    old[0, 0] = 3
+    buf = np.empty(packing.room(int(keep.sum())), dtype=np.uint8)
+    data = buf[:packing.pack_at(old, legacy, bases[:old_rows], keep, buf, 0)].tobytes()
+    read = ENGINE.decode("terminal", data)
+    expected, _ = ENGINE.event_vector(later, {"terminal": state.copy()})
+    vector, _ = ENGINE.event_vector(later, {"terminal": read})
+    assert same(vector, expected) and terminal_risk(vector)["1d"] == (20 / 30, 30.0)
