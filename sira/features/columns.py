@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ from pyarrow import csv
 
 from sira.core import db
 from sira.features.engine import Engine, EventColumns, Labels
+from sira.features.store import to_us
 from sira.features.tiles import SUM_CAP
 
 if TYPE_CHECKING:
@@ -68,25 +69,59 @@ async def read_events(conn: Connection, engine: Engine, start: datetime, end: da
     return EventColumns.from_arrow(table, names)
 
 
+def transitions(event_ids: Sequence[Any], known: Sequence[Any], sources: Sequence[Any], labels: Sequence[Any]
+                ) -> tuple[list[int], list[int]]:
+    """A label's history (rows sorted by event, known_at, then as written) as changes of the event being
+    positive: a source's label is the last it said, an event is positive while any source says so; returns
+    the rows where that flips and the sign of each (+1 positive from that row's known_at on, -1 no longer)."""
+    rows: list[int] = []
+    signs: list[int] = []
+    said: dict[str, int] = {}
+    for i, event_id in enumerate(event_ids):
+        if i == 0 or event_id != event_ids[i - 1]:
+            said = {}
+        was = any(said.values())
+        said[sources[i]] = labels[i]
+        now = any(said.values())
+        if now != was:
+            rows.append(i)
+            signs.append(1 if now else -1)
+    return rows, signs
+
+
+def history_query(names: Sequence[str], where: str) -> str:
+    """The label history of events with a positive label once (``$1`` the label name), in transition order."""
+    selected = "".join(f", e.{db.quote_ident(c)}" for c in names)
+    return (f"SELECT e.event_id, {US_SQL.format('greatest(h.known_at, e.occurred_at)')} AS known_at,"
+            f" {US_SQL.format('e.occurred_at')} AS ts, h.source, h.label::int AS label{selected}"
+            " FROM sira_feedback_history h JOIN sira_events e ON e.event_id = h.event_id"
+            f" WHERE h.label_name = $1{where} AND EXISTS (SELECT 1 FROM sira_feedback_history p"
+            "  WHERE p.event_id = h.event_id AND p.label_name = $1 AND p.label)"
+            " ORDER BY e.event_id, greatest(h.known_at, e.occurred_at), h.id")
+
+
 async def read_labels(conn: Connection, engine: Engine, known_from: datetime, known_to: datetime,
                       keys: dict[str, Sequence[str]] | None = None) -> Labels:
-    """Positive labels of the feature set's label that became known in ``[known_from, known_to)`` (a label
-    "known" before its event counts as known at the event's time; the first positive one of an event
-    counts; of the entities in ``keys`` when given), with their event's time and entity keys."""
+    """Changes of the feature set's label that became known in ``[known_from, known_to)`` (a label "known"
+    before its event counts as known at the event's time; of the entities in ``keys`` when given), read from
+    its history (``sira_feedback_history``): an event becomes positive when a source first says so, and stops
+    when no source does any more (a chargeback reversed), each at the known_at it was said: a vector never
+    reads what was said after its time. With their event's time and entity keys, and the sign of each."""
     names = engine.key_columns
-    selected = ", ".join(f"e.{db.quote_ident(c)}" for c in names)
-    where, args = _key_filter(keys, 4)
-    query = (f"SELECT e.event_id, {US_SQL.format('greatest(min(f.known_at), e.occurred_at)')} AS known_at,"
-             f" {US_SQL.format('e.occurred_at')} AS ts, {selected}"
-             " FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id"
-             f" WHERE f.label_name = $1 AND f.label{where}"
-             f" GROUP BY e.event_id, e.occurred_at, {selected}"
-             " HAVING greatest(min(f.known_at), e.occurred_at) >= $2"
-             " AND greatest(min(f.known_at), e.occurred_at) < $3")
-    table = await copy_table(conn, query, [engine.fs.label_name, known_from, known_to, *args],
-                        {"event_id": pa.string(), "known_at": pa.int64(), "ts": pa.int64(),
-                         **{c: pa.string() for c in names}})
-    return Labels(np.array(table.column("event_id").to_pylist(), dtype=object),
-                  np.ascontiguousarray(table.column("known_at").to_numpy(), dtype=np.int64),
-                  np.ascontiguousarray(table.column("ts").to_numpy(), dtype=np.int64),
-                  {c: table.column(c).combine_chunks() for c in names})
+    where, args = _key_filter(keys, 2)
+    table = await copy_table(conn, history_query(names, where), [engine.fs.label_name, *args],
+                             {"event_id": pa.string(), "known_at": pa.int64(), "ts": pa.int64(),
+                              "source": pa.string(), "label": pa.int64(), **{c: pa.string() for c in names}})
+    known = table.column("known_at").to_numpy()
+    rows, signs = transitions(table.column("event_id").to_pylist(), known.tolist(),
+                              table.column("source").to_pylist(), table.column("label").to_pylist())
+    chosen = np.array(rows, dtype=np.int64)
+    inside = (known[chosen] >= to_us(known_from)) & (known[chosen] < to_us(known_to)) if rows else \
+        np.zeros(0, dtype=bool)
+    chosen = chosen[inside]
+    take = pa.array(chosen, type=pa.int64())
+    return Labels(np.array(table.column("event_id").take(take).to_pylist(), dtype=object),
+                  np.ascontiguousarray(known[chosen], dtype=np.int64),
+                  np.ascontiguousarray(table.column("ts").to_numpy()[chosen], dtype=np.int64),
+                  {c: table.column(c).take(take).combine_chunks() for c in names},
+                  np.ascontiguousarray(np.array(signs, dtype=np.int64)[inside], dtype=np.int64))

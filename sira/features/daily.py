@@ -12,8 +12,8 @@ A checkpoint as of midnight ``D`` holds every event before ``D`` and every label
 day's end the labels known before the next midnight are applied, as the next event would have applied them.
 
 The replay folds with :func:`sira.features.tiles._step` itself. numba's disk cache keys a kernel on its own
-file only: a change to the kernels it calls in ``tiles.py`` (window sums saturating, not wrapping) must
-change this file too, or a cached replay keeps folding the old way.
+file only: a change to the kernels it calls in ``tiles.py`` (window sums saturating, not wrapping; pending
+labels grouped with counts, signed) must change this file too, or a cached replay keeps folding the old way.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from numba import njit
 
 from sira.features.hashing import MISSING
 from sira.features.packing import _unpack, live_rows, pack_at, room
-from sira.features.tiles import DAY_US, _label, _pack_maps, _step
+from sira.features.tiles import DAY_US, FULL, _label, _pack_maps, _step
 
 NEVER = np.int64(2**63 - 1)  # after any time
 
@@ -58,16 +58,18 @@ class Checkpoints:
 
 @njit(cache=True, nogil=True)
 def replay_days(state, starts, start_of, segments, ts, orders, amounts, values, label_segments, label_ts,
-                label_known, rings, windows, maps, ops, risk, risk_windows, widths, bases, row_rings, marks):
+                label_known, label_delta, rings, windows, maps, ops, risk, risk_windows, widths, bases, row_rings, marks):
     # pragma: no cover - compiled
     """Fold each entity (segment ``s``: events ``segments[s]:segments[s + 1]`` sorted by time and order,
     labels ``label_segments[s]:...`` sorted by known_at) from ``starts[start_of[s]]`` into ``state`` (one
     buffer, reused), packing it at the end of every day that changed it (an entity with no event yet is
     not kept) and going on from the packed state read back (``starts[0]``: the empty state), so the bytes
     are those of a fold that starts from any of these checkpoints. ``widths``, ``bases``, ``row_rings``:
-    :func:`packing.columns_of`. ``marks``: at least the number of (entity, day) pairs. Returns (events refused as late,
-    marks written, mark entity, as_of, newest, bytes, offsets)."""
+    :func:`packing.columns_of`. ``marks``: at least the number of (entity, day) pairs. ``label_delta``: +1 a
+    positive, -1 one taken back. Returns (events refused as late, labels left out (:data:`tiles.FULL`), marks
+    written, mark entity, as_of, newest, bytes, offsets)."""
     late = 0
+    full = 0
     m = 0
     entity = np.empty(marks, dtype=np.int64)
     as_of = np.empty(marks, dtype=np.int64)
@@ -86,13 +88,13 @@ def replay_days(state, starts, start_of, segments, ts, orders, amounts, values, 
             midnight = (min(next_event, next_label) // DAY_US + 1) * DAY_US
             while i < i_end and ts[i] < midnight:
                 while j < j_end and label_known[j] < ts[i]:
-                    _label(state, risk, label_ts[j], label_known[j])
+                    full += _label(state, risk, label_ts[j], label_known[j], label_delta[j], ts[i]) // FULL
                     j += 1
                 late += _step(state, rings, windows, maps, ops, risk, risk_windows, ts[i], orders[i], amounts[i],
                               values[i], out)
                 i += 1
-            while j < j_end and label_known[j] < midnight:
-                _label(state, risk, label_ts[j], label_known[j])
+            while j < j_end and label_known[j] < midnight:  # a checkpoint keeps them waiting, as a state does
+                full += _label(state, risk, label_ts[j], label_known[j], label_delta[j], 0) // FULL
                 j += 1
             if state[0, 1] == MISSING:
                 continue  # labels of an entity with no event yet: nothing to keep
@@ -111,7 +113,7 @@ def replay_days(state, starts, start_of, segments, ts, orders, amounts, values, 
             as_of[m] = midnight
             newest[m] = state[0, 1]
             m += 1
-    return late, m, entity, as_of, newest, data, offsets
+    return late, full, m, entity, as_of, newest, data, offsets
 
 
 def day_marks(codes: np.ndarray, ts: np.ndarray, label_codes: np.ndarray, label_known: np.ndarray) -> int:

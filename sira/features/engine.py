@@ -19,6 +19,7 @@ event's time).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from sira.features.store import to_us
 from sira.features.tiles import US, Layout
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 PARALLEL_FROM = 20_000  # events: below this, a thread per entity type costs more than it saves
 
 
@@ -99,9 +101,13 @@ class Labels:
     known_at: np.ndarray  # int64
     event_ts: np.ndarray  # int64
     keys: dict[str, pa.Array]  # key column -> Arrow strings
+    delta: np.ndarray | None = None  # int64 per label: +1 positive from known_at on, -1 taken back (None: all +1)
 
     def __len__(self) -> int:
         return int(self.known_at.size)
+
+    def deltas(self) -> np.ndarray:
+        return np.ones(len(self), dtype=np.int64) if self.delta is None else self.delta
 
     @classmethod
     def none(cls) -> "Labels":
@@ -140,6 +146,7 @@ class _Segments:
     label_segments: np.ndarray
     label_ts: np.ndarray
     label_known: np.ndarray
+    label_delta: np.ndarray
     starts: np.ndarray
     start_of: np.ndarray
     codes: np.ndarray
@@ -167,6 +174,7 @@ class _Segments:
         l_known = np.maximum(labels.known_at[label_rows], l_ts)
         l_order = np.lexsort((l_ts, l_known, l_codes))
         l_codes, l_ts, l_known = l_codes[l_order], l_ts[l_order], l_known[l_order]
+        l_delta = labels.deltas()[label_rows][l_order]
         label_segments = np.searchsorted(l_codes, np.arange(len(entity_ids) + 1)).astype(np.int64)
         given = [key for key in entity_ids if key in start]
         starts = np.stack([layout.empty(), *(start[key] for key in given)])  # 0: the empty state
@@ -174,7 +182,7 @@ class _Segments:
         start_of = np.array([index.get(key, 0) for key in entity_ids], dtype=np.int64)
         return cls(entity_ids, rows, segments, np.ascontiguousarray(events.ts[rows]), orders[rows],
                    np.ascontiguousarray(events.amount[rows]), values, label_segments, np.ascontiguousarray(l_ts),
-                   np.ascontiguousarray(l_known), starts, start_of, codes, l_codes)
+                   np.ascontiguousarray(l_known), np.ascontiguousarray(l_delta), starts, start_of, codes, l_codes)
 
     def day_marks(self) -> int:
         return daily.day_marks(self.codes, self.ts, self.label_codes, self.label_known)
@@ -187,6 +195,7 @@ class Engine:
         if fs.engine != "tiles":
             raise ValueError(f"feature set {fs.name} v{fs.version} is computed by the {fs.engine!r} engine")
         self.fs = fs
+        self.labels_left_out = 0
         self.layouts = {spec.entity: Layout.of(spec) for spec in fs.entities}
         self.names = fs.names()
         self.event_codes = np.array([tiles.EVENT_CODES[f] for f in fs.event_features], dtype=np.int64)
@@ -227,8 +236,18 @@ class Engine:
                 late.append(spec.entity)
         return vector, late
 
-    def label(self, entity: str, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
-        return tiles.label(self.layouts[entity], state, event_ts_us, known_at_us)
+    def label(self, entity: str, state: np.ndarray, event_ts_us: int, known_at_us: int, delta: int = 1) -> int:
+        full = tiles.label(self.layouts[entity], state, event_ts_us, known_at_us, delta) == tiles.FULL
+        self.left_out(int(full), entity)
+        return tiles.FULL if full else tiles.OK
+
+    def left_out(self, labels: int, entity: str) -> None:
+        """Count (:attr:`labels_left_out`) and log labels a state had no room to keep waiting
+        (:data:`tiles.PENDING_CAP` groups waiting for its next event already): never silently."""
+        if labels:
+            self.labels_left_out += labels
+            log.warning("%d label(s) left out of %s %s states: more than %d (hour, known_at) groups waiting for "
+                        "the next event (the bound: PENDING_CAP)", labels, self.fs.name, entity, tiles.PENDING_CAP)
 
     def features_at(self, entity: str, state: np.ndarray, t_us: int) -> dict[str, float | None]:
         """An entity's features at a time with no event (windows age; novelty and amount ratio None)."""
@@ -281,10 +300,12 @@ class Engine:
             return {}
         states = np.empty((len(seg.entity_ids) if finals else 1, layout.rows, 5), dtype=np.int64)
         part = np.full((seg.rows.size, len(layout.ops)), np.nan)
-        late = tiles._replay(states, seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts,
-                             seg.values, seg.label_segments, seg.label_ts, seg.label_known, layout.rings,
-                             layout.windows, layout.maps, layout.ops, layout.risk, layout.risk_windows, part)
+        late, full = tiles._replay(states, seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts,
+                                   seg.values, seg.label_segments, seg.label_ts, seg.label_known, seg.label_delta,
+                                   layout.rings, layout.windows, layout.maps, layout.ops, layout.risk,
+                                   layout.risk_windows, part)
         _refuse_late(late, entity)
+        self.left_out(full, entity)
         out[seg.rows, self.slices[entity]] = part
         return dict(zip(seg.entity_ids, states)) if finals else {}
 
@@ -300,11 +321,12 @@ class Engine:
             layout = self.layouts[entity]
             seg = _Segments.of(layout, events, labels, (start or {}).get(entity, {}), orders, hashed)
             widths, bases, row_rings = packing.columns_of(layout)
-            late, m, owner, as_of, newest, data, offsets = daily.replay_days(
+            late, full, m, owner, as_of, newest, data, offsets = daily.replay_days(
                 layout.empty(), seg.starts, seg.start_of, seg.segments, seg.ts, seg.orders, seg.amounts, seg.values,
-                seg.label_segments, seg.label_ts, seg.label_known, layout.rings, layout.windows, layout.maps,
+                seg.label_segments, seg.label_ts, seg.label_known, seg.label_delta, layout.rings, layout.windows, layout.maps,
                 layout.ops, layout.risk, layout.risk_windows, widths, bases, row_rings, seg.day_marks())
             _refuse_late(late, entity)
+            self.left_out(full, entity)
             return Checkpoints(seg.entity_ids, owner[:m], as_of[:m], newest[:m], data, offsets[:m + 1])
 
         return self._each_type(len(events), one)

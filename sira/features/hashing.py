@@ -6,11 +6,16 @@ for a whole Arrow string column offline, straight from its buffers (no Python ob
 
 from __future__ import annotations
 
+import math
+from decimal import ROUND_HALF_UP, Decimal
+
 import numpy as np
 import pyarrow as pa
 from numba import njit
 
 MISSING = np.int64(np.iinfo(np.int64).min)  # no value (and, in a state: an absent amount, no event yet)
+SCALE = 10_000  # amounts in 1e-4 units (sira.features.tiles)
+SUM_CAP = np.int64(2**63 - 1)  # where an amount or a sum of amounts in 1e-4 units saturates
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 
 
@@ -55,3 +60,23 @@ def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     valid = array.is_valid().to_numpy(zero_copy_only=False)
     _fnv1a_all(data, offsets, valid, out)
     return out
+
+
+def fixed(amount: float | None) -> int:
+    """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as ``numeric(20,4)`` rounds
+    the exact value of the float it is sent (what the log holds and offline folds read). The float product
+    ``amount * 10000`` is itself rounded: 57.12345 is 57.1234499999... exactly, stored 57.1234, but its
+    product is 571234.5, which rounded to 57.1235 online. Near such a tie the exact value decides."""
+    if amount is None or amount != amount:
+        return int(MISSING)
+    scaled = abs(amount) * SCALE
+    if scaled >= SUM_CAP:  # saturated as sums are (and as sira.features.columns reads the log)
+        units = int(SUM_CAP)
+    else:
+        units = int(scaled + 0.5)
+        if abs(scaled - math.floor(scaled) - 0.5) <= scaled * 1e-15 + 1e-12:  # within the product's rounding error
+            units = int(Decimal(abs(amount)).scaleb(4).quantize(_UNIT, rounding=ROUND_HALF_UP))
+    return units if amount >= 0 else -units
+
+
+_UNIT = Decimal(1)

@@ -28,7 +28,7 @@ RAW, TIME, SLOT = 0, -1, -2  # stored as is; as its distance from the newest eve
 
 @functools.lru_cache(maxsize=64)
 def columns_of(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: the columns it uses (buckets 5, maps 2, risk buckets 3, pending labels 2), per column how it
+    """Per row: the columns it uses (buckets 5, maps 2, risk buckets 3, pending labels 3), per column how it
     is stored (:data:`RAW`, :data:`TIME`, :data:`SLOT`, or the hop of the bucket id it holds), and per
     bucket row its ring (hop, first row, rows)."""
     widths = np.full(layout.rows, 5, dtype=np.int64)
@@ -46,7 +46,7 @@ def columns_of(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     widths[layout.risk_day_rows] = 3
     bases[layout.risk_day_rows, 0] = SLOT
     rings[layout.risk_day_rows] = RISK_DAY_US, layout.risk_day_rows.start, layout.risk[6]
-    widths[layout.pending_rows] = 2
+    widths[layout.pending_rows] = 3  # bucket, known_at, count (format 3 stored no count: each one label)
     bases[layout.pending_rows, 0] = RISK_HOP_US
     bases[layout.pending_rows, 1] = TIME
     return widths, bases, rings
@@ -170,10 +170,10 @@ def pack_at(state, widths, bases, keep, buf, k):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _unpack(buf, widths, bases, rings, state):  # pragma: no cover - compiled
+def _unpack(buf, widths, bases, rings, state, expect=FORMAT):  # pragma: no cover - compiled
     """Fill ``state`` (an empty one) from ``buf``; False when the bytes are not a state of this layout."""
     version, k = _get(buf, 0)
-    if k < 0 or version != FORMAT:
+    if k < 0 or version != expect:
         return False
     rows, k = _get(buf, k)
     if k < 0 or rows != state.shape[0]:
@@ -225,7 +225,29 @@ def decode(layout: Layout, data: bytes | None) -> np.ndarray:
     if data is None:
         return state
     widths, bases, rings = columns_of(layout)
-    if not _unpack(np.frombuffer(data, dtype=np.uint8), widths, bases, rings, state):
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if not _unpack(buf, widths, bases, rings, state) and not _format_3(layout, buf, widths, bases, rings, state):
         raise ValueError("an entity state of another format or layout")
     _pack_maps(state, layout.maps)
     return state
+
+
+def _format_3(layout: Layout, buf: np.ndarray, widths: np.ndarray, bases: np.ndarray, rings: np.ndarray,
+              state: np.ndarray) -> bool:
+    """Bytes of format 3 (states stored before pending labels were grouped): at most 64 pending rows of one
+    label each, anywhere among them; read into ``state`` with its pending labels counted and moved to the front."""
+    if not buf.size or buf[0] != 6:  # 3 as a zigzag varint
+        return False
+    pending = layout.pending_rows
+    rows = layout.rows - (pending.stop - pending.start) + (64 if pending.stop > pending.start else 0)
+    old = layout.empty()[:rows].copy()
+    legacy = widths[:rows].copy()
+    legacy[pending.start:rows] = 2
+    if not _unpack(buf, legacy, bases[:rows], rings[:rows], old, 3):
+        return False
+    waiting = old[pending.start:rows]
+    waiting = waiting[waiting[:, 0] >= 0]
+    state[:pending.start] = old[:pending.start]
+    state[pending.start:pending.start + len(waiting), :3] = np.column_stack(
+        [waiting[:, 0], waiting[:, 1], np.ones(len(waiting), dtype=np.int64)])
+    return True

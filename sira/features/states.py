@@ -436,6 +436,7 @@ class Folded:
     vectors: np.ndarray  # one row per event, in the order given
     late: int  # events folded by rebuilding their entity from the log
     states: int  # entity states written
+    rebuilt: frozenset[tuple[str, str]] = frozenset()  # (entity, key) folded from the log, its labels with it
 
 
 async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping[str, Any]],
@@ -480,7 +481,7 @@ async def fold_events(conn: Connection, fs: FeatureSet, events: Sequence[Mapping
             if key is not None and (spec.entity, key) in rebuilt:
                 vector[engine.slices[spec.entity]] = rebuilt[(spec.entity, key)][e["event_id"]]
         vectors[i] = vector
-    return Folded(vectors, late, await _write_folded(conn, fs, engine, keys, states, origin))
+    return Folded(vectors, late, await _write_folded(conn, fs, engine, keys, states, origin), frozenset(rebuilt))
 
 
 def _any_late(engine: Engine, events: Sequence[Mapping[str, Any]], states: Mapping[tuple[str, str], np.ndarray]

@@ -23,9 +23,11 @@ to a new feature-set version):
   within the window counts as new (Fennel's advice: distinct counts are for small cardinalities);
 - a delayed-label risk window W with delay D at t covers the hourly buckets from ``floor((t - D - W) / 1h)``
   to ``floor((t - D) / 1h)`` (both edges at an hour: snapping them to days cost 3.7% AP when measured):
-  ``risk_count`` its events, ``risk`` the share of them with a positive label known before t. A positive
-  label is kept as (its event's bucket, known_at) until an event folded after its known_at settles it into
-  the bucket, so the list stays short (:data:`PENDING_CAP`);
+  ``risk_count`` its events, ``risk`` the share of them with a positive label known before t. Labels known
+  after the newest event wait, grouped by (hour, known_at) with a count (a daily chargeback batch shares one
+  known_at), until an event after that known_at settles them into their buckets: at most :data:`PENDING_CAP`
+  groups wait (one beyond is :data:`FULL`, counted by the callers); a replay counts a label known before its
+  next event at once (that event would settle it: the same counts), so only a state's tail ever waits;
 - events are folded in time order (ties in the order of their event id's :func:`value_hash`); an event older than the state's newest is
   refused (:data:`LATE`): the engine rebuilds that entity from the log instead, so a late event gives the
   vector the offline path gives. Labels are applied in the order they became known, each before the first
@@ -39,31 +41,27 @@ a busy one's bounded by its windows.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import numpy as np
 from numba import njit
 
 from sira.features.definitions import DISTINCT_VALUES, EntityFeatures, parse_duration
-from sira.features.hashing import MISSING, value_hash
+from sira.features.hashing import MISSING, SCALE, SUM_CAP, fixed, value_hash  # noqa: F401 (tiles.fixed)
 
 US = 1_000_000
 DAY_US = 86_400 * US
 HOPS_US = (300 * US, 3_600 * US, DAY_US)
-SCALE = 10_000  # amounts in 1e-4 units
-SUM_CAP = np.int64(2**63 - 1)  # where an amount or a sum of amounts in 1e-4 units saturates
-FORMAT = 3  # the first number of a state's bytes (1: the first prototype's dense rows; 2: no daily risk ring)
+FORMAT = 4  # a state's bytes' first number (1: the prototype's dense rows; 2: no daily risk ring; 3: pending uncounted)
 # the columns of a bucket
 BID, COUNT, SUM, PRESENT, MAX = range(5)
 OK, LATE, FULL = 0, 1, 2
 DISTINCT_CAP = DISTINCT_VALUES  # values remembered per categorical column
 RISK_HOP_US = 3_600 * US  # both edges of a delayed-label window, at an hour (FEATURE-ENGINE.md: never days)
 RISK_DAY_US = 24 * RISK_HOP_US  # the same buckets summed per day, for the full days inside a window
-PENDING_CAP = 64  # positive labels known after the newest folded event, waiting for the next event
+PENDING_CAP = 256  # groups (hour, known_at, count) of labels known after the newest event, awaiting the next
 # what each feature of an entity is, in its spec's name order: (op, a, b)
 OP_COUNT, OP_SUM, OP_MEAN, OP_MAX, OP_DISTINCT, OP_NEW, OP_RATIO, OP_RISK, OP_RISK_COUNT = range(9)
 
@@ -183,24 +181,6 @@ class Layout:  # cached_property needs a __dict__: not slots
         return state
 
 
-def fixed(amount: float | None) -> int:
-    """An amount in 1e-4 units (``MISSING`` when absent), rounded half away from zero as ``numeric(20,4)`` rounds
-    the exact value of the float it is sent (what the log holds and offline folds read). The float product
-    ``amount * 10000`` is itself rounded: 57.12345 is 57.1234499999... exactly, stored 57.1234, but its
-    product is 571234.5, which rounded to 57.1235 online. Near such a tie the exact value decides."""
-    if amount is None or amount != amount:
-        return int(MISSING)
-    scaled = abs(amount) * SCALE
-    if scaled >= SUM_CAP:  # saturated as sums are (and as sira.features.columns reads the log)
-        units = int(SUM_CAP)
-    else:
-        units = int(scaled + 0.5)
-        if abs(scaled - math.floor(scaled) - 0.5) <= scaled * 1e-15 + 1e-12:  # within the product's rounding error
-            units = int(Decimal(abs(amount)).scaleb(4).quantize(_UNIT, rounding=ROUND_HALF_UP))
-    return units if amount >= 0 else -units
-
-
-_UNIT = Decimal(1)
 
 
 # -- the kernels ---------------------------------------------------------------------------------------------
@@ -371,18 +351,27 @@ def _risk_count(state, risk, bucket, events, positives):  # pragma: no cover - c
 
 @njit(cache=True)
 def _risk_fold(state, risk, ts):  # pragma: no cover - compiled
-    pending, n_pending = risk[2], risk[3]
     _risk_count(state, risk, ts // RISK_HOP_US, 1, 0)
-    for i in range(pending, pending + n_pending):  # what became known before this event: settled
-        b = state[i, 0]
-        if b >= 0 and state[i, 1] < ts:
-            _risk_count(state, risk, b, 0, 1)
-            state[i, 0] = -1
-            state[i, 1] = 0
+    kept = risk[2]
+    for i in range(risk[2], risk[2] + risk[3]):  # what became known before this event: settled; the rest kept
+        if state[i, 0] < 0:  # pending groups are kept at the front: the first free row ends them
+            break
+        if state[i, 1] < ts:
+            _risk_count(state, risk, state[i, 0], 0, state[i, 2])
+        else:
+            state[kept, 0], state[kept, 1], state[kept, 2] = state[i, 0], state[i, 1], state[i, 2]
+            kept += 1
+    for i in range(kept, risk[2] + risk[3]):
+        if state[i, 0] < 0:
+            break
+        state[i, 0], state[i, 1], state[i, 2] = -1, 0, 0
 
 
 @njit(cache=True)
-def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
+def _label(state, risk, event_ts, known_at, delta, soon):  # pragma: no cover - compiled
+    """``delta`` (+1 a positive label, -1 one taken back) for the event at ``event_ts`` from ``known_at`` on:
+    counted now if known before the newest event or ``soon`` (the next event a replay folds, which would settle
+    it: the same counts), else kept pending, grouped by (bucket, known_at); :data:`FULL`: no room, not kept."""
     size, pending, n_pending = risk[1], risk[2], risk[3]
     if size == 0:
         return OK
@@ -390,13 +379,15 @@ def _label(state, risk, event_ts, known_at):  # pragma: no cover - compiled
     bucket = event_ts // RISK_HOP_US
     if newest == MISSING or bucket <= newest // RISK_HOP_US - size:
         return OK  # before anything this state holds: in no future window
-    if known_at < newest:  # known before the newest event: every later window counts it
-        _risk_count(state, risk, bucket, 0, 1)
+    if known_at < newest or known_at < soon:  # every later window counts it
+        _risk_count(state, risk, bucket, 0, delta)
         return OK
     for i in range(pending, pending + n_pending):
+        if state[i, 0] == bucket and state[i, 1] == known_at:
+            state[i, 2] += delta  # (a group back at 0 stays until settled: it adds nothing)
+            return OK
         if state[i, 0] < 0:
-            state[i, 0] = bucket
-            state[i, 1] = known_at
+            state[i, 0], state[i, 1], state[i, 2] = bucket, known_at, delta
             return OK
     return FULL
 
@@ -434,10 +425,12 @@ def _risk_read(state, risk, risk_windows, t, out):  # pragma: no cover - compile
             _hours(state, first, size, (last_day + 1) * 24, hi, out, w)
     for i in range(pending, pending + n_pending):
         b = state[i, 0]
-        if 0 <= b <= hi and state[i, 1] < t:
+        if b < 0:
+            break
+        if b <= hi and state[i, 1] < t:
             for w in range(risk_windows.size):
                 if b >= (t - delay - risk_windows[w]) // RISK_HOP_US:
-                    out[w, 1] += 1
+                    out[w, 1] += state[i, 2]
 
 
 @njit(cache=True)
@@ -530,29 +523,30 @@ def _event_rows(ts, amounts, codes, night_start, night_end, out):  # pragma: no 
 
 @njit(cache=True, nogil=True)  # entity types replay in parallel threads (Engine.build)
 def _replay(states, starts, start_of, segments, ts, orders, amounts, values, label_segments, label_ts, label_known,
-            rings, windows, maps, ops, risk, risk_windows, out):  # pragma: no cover - compiled
+            label_delta, rings, windows, maps, ops, risk, risk_windows, out):  # pragma: no cover - compiled
     """The offline fold: for each entity (segment s: its events ``segments[s]:segments[s + 1]`` sorted by
     time and order, its labels ``label_segments[s]:...`` sorted by known_at), start from
     ``starts[start_of[s]]``, fold its events with :func:`_step`, each label applied before the first event
     after its known_at, the rest at the end; every event's features into its row of ``out``. The state ends
     in ``states[s]``, or, with one state given, that one is reused for every entity (a training build keeps
-    no state: one buffer stays in cache). Returns the events refused as late (none when the input is
-    sorted)."""
+    no state: one buffer stays in cache). ``label_delta``: +1 a positive, -1 one taken back. Returns the
+    events refused as late (none when the input is sorted) and the labels left out (:data:`FULL`)."""
     late = 0
+    full = 0
     for s in range(segments.size - 1):
         state = states[s if states.shape[0] > 1 else 0]
         state[:] = starts[start_of[s]]
         j = label_segments[s]
         for i in range(segments[s], segments[s + 1]):
             while j < label_segments[s + 1] and label_known[j] < ts[i]:
-                _label(state, risk, label_ts[j], label_known[j])
+                full += _label(state, risk, label_ts[j], label_known[j], label_delta[j], ts[i]) // FULL
                 j += 1
             late += _step(state, rings, windows, maps, ops, risk, risk_windows, ts[i], orders[i], amounts[i],
                           values[i], out[i])
         while j < label_segments[s + 1]:
-            _label(state, risk, label_ts[j], label_known[j])
+            full += _label(state, risk, label_ts[j], label_known[j], label_delta[j], 0) // FULL
             j += 1
-    return late
+    return late, full
 
 
 # -- one entity, from Python ------------------------------------------------------------------------------------
@@ -588,10 +582,11 @@ def read(layout: Layout, state: np.ndarray, t_us: int) -> np.ndarray:
     return out
 
 
-def label(layout: Layout, state: np.ndarray, event_ts_us: int, known_at_us: int) -> int:
-    """A positive label for an event already folded (its time, and when the label became known): :data:`OK`,
-    or :data:`FULL` when :data:`PENDING_CAP` labels wait for an event already (the label is not kept)."""
-    return int(_label(state, layout.risk, event_ts_us, max(known_at_us, event_ts_us)))
+def label(layout: Layout, state: np.ndarray, event_ts_us: int, known_at_us: int, delta: int = 1) -> int:
+    """A positive label (``delta`` 1; -1: one taken back) for an event already folded (its time, and when the
+    label became known): :data:`OK`, or :data:`FULL` when :data:`PENDING_CAP` groups of labels (same hour,
+    same known_at) wait for an event already (the label is not kept)."""
+    return int(_label(state, layout.risk, event_ts_us, max(known_at_us, event_ts_us), delta, 0))
 
 
 def named(layout: Layout, vector: np.ndarray) -> dict[str, float | None]:

@@ -205,9 +205,12 @@ async def fold_and_store(conn: asyncpg.Connection, fs: FeatureSet, fresh: Sequen
     if not fresh:
         return 0, 0
     if fs.engine == "tiles":
+        from sira.features.label_states import fold_stored_labels
         from sira.features.states import fold_events
 
-        return 0, (await fold_events(conn, fs, fresh, origin)).states
+        folded = await fold_events(conn, fs, fresh, origin)  # then labels stored before their events (notified
+        # with no origin: a replica that folded these events lacks them)
+        return 0, folded.states + await fold_stored_labels(conn, fs, [e["event_id"] for e in fresh], folded.rebuilt)
     rows, updated = await fold_into_snapshots(conn, fs, fresh)
     return await feature_store.write_feature_rows(conn, fs, rows), updated
 

@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 from sira.core import audit
 from sira.core.errors import PermissionDenied
 from sira.features.definitions import LABEL_NAME
+from sira.features.label_states import fold_label_changes, label_changes, tiles_reading
 from sira.features.store import writing_log
 from sira.ingest import gate
 from sira.ingest.dead_letters import dead_letters
@@ -248,7 +249,10 @@ async def record_labels(
                 del good[key]
             summary.rejected += len(gone)
             summary.reasons["erased_subject"] += len(gone)
+    folding: dict[str, list[Any]] = {}  # label name -> the v2 feature sets in service reading it
+    before: dict[str, Any] = {}
     if good:
+        folding, before = await _before_write(conn, good.values())
         rows = await conn.fetch(
             f"""INSERT INTO sira_feedback (event_id, label_name, label, source, known_at, occurred_at, prediction_id,
                                           created_by, pending_since)
@@ -277,9 +281,24 @@ async def record_labels(
         summary.updated = len(rows) - summary.inserted
         summary.unchanged = len(good) - len(rows)
         summary.pending_event = sum(1 for r in rows if r["pending"])
+        for name, sets in folding.items():  # into the entities' states now: a served vector counts them (#21)
+            after = await label_changes(conn, name, (g.event_id for g in good.values() if g.label_name == name))
+            await fold_label_changes(conn, sets, name, before[name], after)
     if pending_ttl_days is not None:
         summary.expired = await expire_pending_labels(conn, pending_ttl_days)
     return summary
+
+
+async def _before_write(conn: asyncpg.Connection, good: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The feature sets in service whose states read each label name written, and the events' effective
+    known_at before the write (what :func:`fold_label_changes` compares the write with)."""
+    from sira.ingest.bulk import feature_sets_in_service
+
+    names = {g.label_name for g in good}
+    in_service = await feature_sets_in_service(conn)
+    folding = {name: sets for name in sorted(names) if (sets := tiles_reading(in_service, name))}
+    return folding, {name: await label_changes(conn, name, (g.event_id for g in good if g.label_name == name))
+                     for name in folding}
 
 
 def read_label_files(files: InputFiles) -> tuple[list[dict[str, Any]], list[Rejection], list[str]]:

@@ -17,6 +17,7 @@ from sira.features.states import day_of, fold_events, read_states, rebuild, star
 ENGINE = engine_of(PAYMENTS_V2)
 T0 = datetime(2026, 9, 1, 3, tzinfo=timezone.utc)
 FOREVER = datetime(9999, 1, 1, tzinfo=timezone.utc)
+UTC = timezone.utc
 
 
 def payments(n=400, seed=7, days=12):
@@ -624,3 +625,46 @@ async def test_an_amount_the_log_holds_past_int64_units_saturates_instead_of_fai
     await assert_states_are(clean_db, finals)
     state = finals["customer"]["c0"]
     assert ENGINE.features_at("customer", state, int(state[0, 1]))["customer_sum_amount_30d"] == (2**63 - 1) / 1e4
+
+
+async def test_a_reversed_label_counts_until_its_reversal_was_known_not_before(clean_db):
+    """Finding: a reversal (the same source, label false, known 11-20) overwrote the label row, and the features
+    read only its current value: an 11-10 payment's terminal_risk_7d, 1.0 with the positive known since 11-03,
+    became 0.0 offline, a fact of 11-20 used for 11-10. The label's history is kept (sql/029) and read: positive
+    from 11-03 until 11-20, online and offline alike."""
+    from sira.ingest.bulk import ingest_records
+    from sira.ingest.labels import record_labels
+    from sira.ingest.pii import Redactor
+
+    day = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+    base = {"customer_id": "c-rev", "card_token": "k-rev", "terminal_id": "t-rev", "amount": 10.0,
+            "country": "SN", "device_id": "d"}
+    x, y, z = ({**base, "event_id": f"rev-{n}", "occurred_at": at} for n, at in
+               (("x", day), ("y", day + timedelta(days=9)), ("z", day + timedelta(days=20))))
+    redactor = Redactor(b"states")
+    def raw(e):
+        return {**e, "occurred_at": e["occurred_at"].isoformat()}
+
+    await ingest_records(clean_db, [raw(x), raw(y)], redactor=redactor, source="test")  # folded online too
+    async with db.transaction(clean_db) as conn:
+        await record_labels(conn, [{"event_id": "rev-x", "label": True, "known_at": datetime(2026, 11, 3, tzinfo=UTC),
+                                    "source": "bank"}], redactor=redactor)
+    async with db.transaction(clean_db) as conn:
+        await record_labels(conn, [{"event_id": "rev-x", "label": False,
+                                    "known_at": datetime(2026, 11, 20, tzinfo=UTC), "source": "bank"}],
+                            redactor=redactor)
+    await ingest_records(clean_db, [raw(z)], redactor=redactor, source="test")
+    async with clean_db.acquire() as conn:
+        events = await read_events(conn, ENGINE, T0 - timedelta(days=400), FOREVER)
+        labels = await read_labels(conn, ENGINE, T0 - timedelta(days=400), FOREVER)
+        stored = await read_states(conn, PAYMENTS_V2, "terminal", ["t-rev"])
+    vectors, finals = ENGINE.build(events, labels)
+    at = {eid: i for i, eid in enumerate(events.event_id.tolist())}
+    names = ENGINE.names
+    assert vectors[at["rev-y"], names.index("terminal_risk_7d")] == 1.0  # the positive known on 11-03
+    assert vectors[at["rev-z"], names.index("terminal_risk_30d")] == 0.0  # reversed on 11-20: x no longer
+    assert vectors[at["rev-z"], names.index("terminal_risk_count_30d")] == 2.0
+    later = ENGINE_US(day + timedelta(days=28))  # the online state (labels folded as written) reads the same
+    online = ENGINE.features_at("terminal", ENGINE.decode("terminal", stored["t-rev"]), later)
+    assert online == ENGINE.features_at("terminal", finals["terminal"]["t-rev"], later)
+    assert online["terminal_risk_count_30d"] == 3.0

@@ -310,3 +310,58 @@ async def test_features_show_reads_a_v2_state_and_an_admin_moves_a_model_to_a_fe
     code = await asyncio.to_thread(main, ["models", "update", "fraud", "--feature-set", "payments@2", "--json", *admin])
     assert code == 0 and json.loads(capsys.readouterr().out)["feature_set_version"] == 2
     reset_settings()
+
+
+async def test_labels_written_between_two_scored_events_reach_the_served_vectors_by_every_path(
+        served, model_v2, start, tmp_path):
+    """Finding: labels reached the online states only when someone ran ``sira features materialize``, so an event
+    scored after a label (known before it) was served terminal_risk 0.0 where the training set gives it more.
+    A label written by POST /v1/feedback, ``sira feedback import`` or a stream label entry is folded into the
+    states at once, and a label taken back (a source changing its mind) is taken out."""
+    from sira.ingest.labels import import_label_files
+    from sira.ingest.stream import Entry, process_entries
+
+    client, service = served
+    scored = Scored(client, service, model_v2)
+    t = start + timedelta(days=3)
+    paths = ["http", "import", "stream", "withdrawn", "unstored"]
+    terminals = {p: f"term-labels-{p}-{uuid.uuid4().hex[:6]}" for p in paths}
+    firsts = {p: live(model_v2, 11 + k, t + timedelta(minutes=k), terminal_id=terminals[p])
+              for k, p in enumerate(paths)}
+    for p in paths:
+        await scored.score(firsts[p])
+        await scored.score(live(model_v2, 21, t + timedelta(minutes=30), terminal_id=terminals[p]))
+    known = (t + timedelta(hours=2)).isoformat()
+    headers = {"Authorization": f"Bearer {model_v2.keys['service']}"}
+    r = await client.post("/v1/feedback", headers=headers, json={  # its event not stored yet: folded with it
+        "event_id": firsts["unstored"]["event_id"], "label": True, "known_at": known})
+    assert r.status_code == 200 and r.json()["status"] in ("recorded", "pending_event"), r.text
+    await service.flush()  # stored: the labels' events are in the log
+    for p in ("http", "withdrawn"):
+        r = await client.post("/v1/feedback", headers=headers, json={
+            "event_id": firsts[p]["event_id"], "label": True, "known_at": known, "source": "chargebacks"})
+        assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
+    r = await client.post("/v1/feedback", headers=headers, json={  # the bank takes it back before the next event
+        "event_id": firsts["withdrawn"]["event_id"], "label": False, "known_at": (t + timedelta(hours=3)).isoformat(),
+        "source": "chargebacks"})
+    assert r.status_code == 200 and r.json()["status"] == "updated", r.text
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"event_id,label,known_at\n{firsts['import']['event_id']},1,{known}\n")
+    assert (await import_label_files(model_v2.settings, [labels], source="bank-file")).inserted == 1
+    await process_entries(service.pool, [Entry("1-0", "label", {
+        "event_id": firsts["stream"]["event_id"], "label": True, "known_at": known})], settings=model_v2.settings)
+    revisions = dict(await service.pool.fetch(
+        "SELECT entity_id, revision FROM sira_entity_states WHERE feature_set = 'payments' AND feature_set_version = 2"
+        " AND entity_type = 'terminal' AND entity_id = ANY($1::text[])", list(terminals.values())))
+    notified = service.history.states.notified
+    await eventually(lambda: all(notified.get(("payments", 2, "terminal", k)) == r for k, r in revisions.items()),
+                     what="the replica is told of the newest state writes")
+    later = t + timedelta(days=7, hours=4)  # the first events are in its delayed risk windows
+    answers = [await scored.score(live(model_v2, 31, later, terminal_id=terminals[p])) for p in paths]
+    assert await scored.check_against_offline() == 3 * len(paths)
+    async with service.pool.acquire() as conn:
+        features = {p: await conn.fetchval("SELECT features FROM sira_predictions WHERE prediction_id = $1::uuid",
+                                           a[0]["prediction_id"]) for p, a in zip(paths, answers)}
+    for p in paths:
+        stored = features[p] if isinstance(features[p], dict) else json.loads(features[p])
+        assert stored["terminal_risk_1d"] == (0.0 if p == "withdrawn" else 0.5), (p, stored)

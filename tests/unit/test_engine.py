@@ -280,3 +280,106 @@ def test_warming_up_leaves_nothing_for_traffic_to_compile():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
     warmed, compiled_later = done.stdout.strip().split(" ", 1)
     assert int(warmed) >= 10 and compiled_later == "[]", done.stdout
+
+
+def burst(n_events, n_labels):
+    """``n_events`` payments at one terminal over one day (each hour), the first ``n_labels`` of them
+    chargebacks known together 4 days later (one daily batch), and one payment 8 days after the day."""
+    day = [{"event_id": f"b{i:03d}", "occurred_at": T0 + timedelta(minutes=14 * i), "terminal_id": "t-busy",
+            "customer_id": f"c{i}", "card_token": f"k{i}", "amount": 10.0, "country": "SN", "device_id": "d0"}
+           for i in range(n_events)]
+    known = us(T0 + timedelta(days=4, hours=3))
+    later = {**day[0], "event_id": "later", "occurred_at": T0 + timedelta(days=8, minutes=1)}
+    return day, later, [(e["event_id"], known) for e in day[:n_labels]]
+
+
+def terminal_risk(vector):
+    names = ENGINE.names
+    return {w: (vector[names.index(f"terminal_risk_{w}")], vector[names.index(f"terminal_risk_count_{w}")])
+            for w in ("1d", "7d", "30d")}
+
+
+def test_a_burst_of_positive_labels_known_together_counts_every_one_online_offline_and_from_a_checkpoint():
+    """Finding: at most 64 pending positives per entity; the 65th and later were dropped silently (risk 0.64 for
+    100 chargebacks of 100 payments). Labels now wait grouped by (hour, known_at) with a count, and a replay
+    counts a label known before its next event at once."""
+    day, later, labels = burst(100, 100)
+    expected = {"1d": (1.0, 100.0), "7d": (1.0, 100.0), "30d": (1.0, 100.0)}
+    rows, _ = offline([*day, later], labels)  # the labels between two events of the replay
+    assert terminal_risk(rows[-1]) == expected
+    _, finals = offline(day, labels)  # the labels after the last event: waiting in the final state
+    for stored in (finals, {"terminal": {"t-busy": ENGINE.decode("terminal", ENGINE.encode("terminal",
+                                                                                            finals["terminal"]["t-busy"]))}}):
+        state = stored["terminal"]["t-busy"].copy()
+        vector, late = ENGINE.event_vector(later, {"terminal": state})
+        assert not late and terminal_risk(vector) == expected
+    cols = EventColumns.from_events(day, ENGINE.columns)  # a materialize: the day's checkpoint holds them waiting
+    marks = ENGINE.checkpoints(cols, Labels.of_events(cols, [e for e, _ in labels], [k for _, k in labels]))
+    terminal = marks["terminal"]
+    state = ENGINE.decode("terminal", terminal.state(int(terminal.last()[0])))
+    vector, _ = ENGINE.event_vector(later, {"terminal": state})
+    assert terminal_risk(vector) == expected
+    assert ENGINE.labels_left_out == 0
+
+
+def test_labels_beyond_the_bound_are_counted_not_silently_dropped():
+    layout = ENGINE.layouts["terminal"]
+    state = layout.empty()
+    t = us(T0)
+    for h in range(tiles.PENDING_CAP + 1):  # one event an hour, each labelled, each label known at its own time
+        tiles.step(layout, state, t + h * 3_600 * US, tiles.fixed(1.0))
+    before = ENGINE.labels_left_out
+    newest = int(state[0, 1])
+    statuses = [ENGINE.label("terminal", state, t + h * 3_600 * US, newest + 1 + h)
+                for h in range(tiles.PENDING_CAP + 1)]
+    assert statuses.count(tiles.FULL) == 1 and ENGINE.labels_left_out == before + 1
+
+
+def test_a_label_taken_back_before_the_next_event_counts_nothing():
+    layout = ENGINE.layouts["terminal"]
+    day, later, _ = burst(10, 0)
+    state = layout.empty()
+    for e in day:
+        ENGINE.event_vector(e, {"terminal": state})
+    known = us(T0 + timedelta(days=4))
+    first = us(day[0]["occurred_at"])
+    assert ENGINE.label("terminal", state, first, known) == tiles.OK
+    assert ENGINE.label("terminal", state, us(day[1]["occurred_at"]), known) == tiles.OK
+    assert ENGINE.label("terminal", state, first, known + 5, -1) == tiles.OK  # the first one taken back
+    vector, _ = ENGINE.event_vector(later, {"terminal": state})
+    assert terminal_risk(vector)["1d"] == (0.1, 10.0)
+
+
+def test_a_state_stored_in_format_3_is_read_with_its_waiting_labels():
+    """States stored before pending labels were grouped (format 3: up to 64 rows of one label each) still
+    decode, their waiting labels counted, and fold on as the same state in format 4 does."""
+    from sira.features import packing
+
+    layout = ENGINE.layouts["terminal"]
+    day, later, labels = burst(30, 20)
+    state = layout.empty()
+    for e in day:
+        ENGINE.event_vector(e, {"terminal": state})
+    for event_id, known in labels:
+        ENGINE.label("terminal", state, us(next(e for e in day if e["event_id"] == event_id)["occurred_at"]), known)
+    widths, bases, _ = packing.columns_of(layout)
+    keep = np.zeros(layout.rows, dtype=np.bool_)
+    packing.live_rows(state, layout.rings, layout.windows, layout.maps, layout.risk, layout.risk_windows, keep)
+    old_rows = layout.rows - tiles.PENDING_CAP + 64
+    old = state[:old_rows].copy()  # format 3 kept one label a row: spread the groups back out
+    pending = layout.pending_rows.start
+    groups = [tuple(r) for r in state[pending:layout.rows, :3] if r[0] >= 0]
+    old[pending:] = [-1, 0, 0, 0, 0]
+    ones = [(b, k) for b, k, n in groups for _ in range(n)]
+    for i, (b, k) in enumerate(ones):
+        old[pending + 2 * i] = [b, k, 0, 0, 0]  # with free rows between, as format 3 left them
+    keep = np.concatenate([keep[:pending], old[pending:, 0] >= 0])
+    legacy = widths[:old_rows].copy()
+    legacy[pending:] = 2
+    old[0, 0] = 3
+    buf = np.empty(packing.room(int(keep.sum())), dtype=np.uint8)
+    data = buf[:packing.pack_at(old, legacy, bases[:old_rows], keep, buf, 0)].tobytes()
+    read = ENGINE.decode("terminal", data)
+    expected, _ = ENGINE.event_vector(later, {"terminal": state.copy()})
+    vector, _ = ENGINE.event_vector(later, {"terminal": read})
+    assert same(vector, expected) and terminal_risk(vector)["1d"] == (20 / 30, 30.0)
