@@ -187,8 +187,9 @@ class Answers:
         return f"sira:claim:{self.replica.namespace}:{model}:{request_id}"
 
     def claim_s(self) -> float:
-        """How long a claim stands without an answer (its replica presumed gone after): twice :meth:`settle_s`."""
-        return 2 * self.settle_s()
+        """How long a claim stands without an answer (its replica presumed gone after): twice the wait for
+        another replica's answer (:meth:`settle_s`, the spools' flush included)."""
+        return 2 * (1.0 + 5 * self.replica.config.flush_interval_s)
 
     def settle_s(self) -> float:
         """How long after a marker its check waits: a few of the spools' flush intervals, and a second."""
