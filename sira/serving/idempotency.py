@@ -136,7 +136,9 @@ SELECT q.request_id, mine.request_id IS NOT NULL AS ours, c.digest AS claim_dige
        s.prediction_id, s.model_name, s.version, s.event_id, s.score, s.decision, s.reasons, s.flags,
        s.degraded, s.latency_ms, s.scored_at
   FROM q LEFT JOIN mine USING (request_id)
-  LEFT JOIN sira_request_claims c ON c.model_name = $1 AND c.request_id = q.request_id
+  LEFT JOIN LATERAL (  -- (LIMIT: an index probe per id; a join's generic plan read every claim of the model)
+      SELECT digest, claimant FROM sira_request_claims k
+       WHERE k.model_name = $1 AND k.request_id = q.request_id LIMIT 1) c ON true
   LEFT JOIN LATERAL (
       SELECT * FROM sira_predictions p
        WHERE p.model_name = $1 AND p.request_id = q.request_id AND p.role = 'production'
