@@ -51,14 +51,24 @@ def public(answer: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in answer.items() if k != DIGEST} if DIGEST in answer else answer
 
 
+CLAIMED = "claimed_by"  # an "earlier answer" that is another replica's claim: it is scoring the request now
+
+
+class ClaimedElsewhere(Exception):
+    """The request id is being scored by another replica (its claim, same request): wait for its answer."""
+
+
 def replay(earlier: dict[str, Any], item: Item) -> dict[str, Any]:
     """The earlier answer to the item's request id, unless the id was used for something else (409); with the
-    request's digest (:func:`public` drops it before it is sent)."""
+    request's digest (:func:`public` drops it before it is sent). Another replica's claim of the same request
+    raises :class:`ClaimedElsewhere`."""
     if item.digest and earlier.get(DIGEST) and earlier[DIGEST] != item.digest:
         raise Conflict(f"request_id {item.request_id!r} was used for a different "
                        f"{'event' if item.event is not None else 'feature vector'} within the idempotency window; "
                        "send a new request_id for a new request", code="idempotency_conflict",
                        details={"field": "request_id"})
+    if CLAIMED in earlier:
+        raise ClaimedElsewhere(earlier[CLAIMED])
     return {**earlier, "replayed": True}  # the digest kept: a request waiting on this one checks it too
 
 
@@ -78,7 +88,63 @@ def answer_from_row(row: Any) -> dict[str, Any]:
     }
 
 
+def _cached(value: bytes) -> dict[str, Any]:
+    """A value of the claim script: an answer, or another replica's claim (``claim|<claimant>|<digest>``)."""
+    if value.startswith(b"claim|"):
+        _, claimant, digest = value.decode().split("|", 2)
+        return {CLAIMED: claimant, **({DIGEST: digest} if digest else {})}
+    return orjson.loads(value)  # type: ignore[no-any-return]
+
+
 ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis
+
+# Per request id: its answer if Redis holds one, else the claim on it (``claim|<claimant>|<digest>``) if another
+# replica holds one, else (when ARGV[2] is "1") a claim of our own, set, and false; then the marker.
+_CLAIM_LUA = """
+local n, out = tonumber(ARGV[1]), {}
+for i = 1, n do
+  local answer = redis.call('GET', KEYS[i])
+  if answer then out[i] = answer else
+    local claim = redis.call('GET', KEYS[n + i])
+    if claim and claim ~= ARGV[3 + i] then out[i] = 'claim|' .. claim
+    else
+      if ARGV[2] == '1' then redis.call('SET', KEYS[n + i], ARGV[3 + i], 'PX', ARGV[3]) end
+      out[i] = false
+    end
+  end
+end
+out[n + 1] = redis.call('GET', KEYS[2 * n + 1]) or false
+return out
+"""
+
+# The same in PostgreSQL (one statement, in place of a lookup of sira_predictions): a claim is ours when
+# there was none, it is older than the window, or it is of the same request and ours or stale (its replica
+# presumed gone); with each id's stored answer within the window and the claim standing when not ours.
+_CLAIM_SQL = """
+WITH q AS (SELECT DISTINCT ON (request_id) request_id, digest
+             FROM unnest($2::text[], $3::text[]) AS q (request_id, digest) ORDER BY request_id),
+     mine AS (
+         INSERT INTO sira_request_claims AS c (model_name, request_id, digest, claimant, claimed_at)
+         SELECT $1, request_id, digest, $4, now() FROM q
+         ON CONFLICT (model_name, request_id) DO UPDATE
+            SET digest = EXCLUDED.digest, claimant = EXCLUDED.claimant, claimed_at = EXCLUDED.claimed_at
+          WHERE c.claimed_at < now() - make_interval(secs => $5)
+             OR (c.digest = EXCLUDED.digest
+                 AND (c.claimant = EXCLUDED.claimant OR c.claimed_at < now() - make_interval(secs => $6)))
+         RETURNING request_id)
+SELECT q.request_id, mine.request_id IS NOT NULL AS ours, c.digest AS claim_digest, c.claimant,
+       s.prediction_id, s.model_name, s.version, s.event_id, s.score, s.decision, s.reasons, s.flags,
+       s.degraded, s.latency_ms, s.scored_at
+  FROM q LEFT JOIN mine USING (request_id)
+  LEFT JOIN LATERAL (  -- (LIMIT: an index probe per id; a join's generic plan read every claim of the model)
+      SELECT digest, claimant FROM sira_request_claims k
+       WHERE k.model_name = $1 AND k.request_id = q.request_id LIMIT 1) c ON true
+  LEFT JOIN LATERAL (
+      SELECT * FROM sira_predictions p
+       WHERE p.model_name = $1 AND p.request_id = q.request_id AND p.role = 'production'
+         AND p.scored_at > now() - make_interval(secs => $5)
+       ORDER BY p.scored_at LIMIT 1) s ON true
+"""
 
 
 class Answers:
@@ -112,9 +178,20 @@ class Answers:
         self._trusted_from: dict[tuple[str, float], float] = {}  # (model, marker) -> when misses are new requests
         self._checking: set[tuple[str, float]] = set()
         self.evicting: bool | None = None  # Redis may evict answers (None: not known yet)
+        self.claimant = uuid.uuid4().hex[:16]  # names this replica's claims of request ids
+        self._claim_script: Any = None
+        self._swept = 0.0  # when expired claims were last deleted (monotonic)
 
     def _key(self, model: str, request_id: str) -> str:
         return f"sira:answer:{self.replica.namespace}:{model}:{request_id}"
+
+    def _claim_key(self, model: str, request_id: str) -> str:
+        return f"sira:claim:{self.replica.namespace}:{model}:{request_id}"
+
+    def claim_s(self) -> float:
+        """How long a claim stands without an answer (its replica presumed gone after): twice the wait for
+        another replica's answer (:meth:`settle_s`, the spools' flush included)."""
+        return 2 * (1.0 + 5 * self.replica.config.flush_interval_s)
 
     def settle_s(self) -> float:
         """How long after a marker its check waits: a few of the spools' flush intervals, and a second."""
@@ -141,9 +218,7 @@ class Answers:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await score(item)
-            if isinstance(result, BaseException):
-                raise result
+            result = await self._after_claims(item, score)
             future.set_result(result)
             return public(result)
         except asyncio.CancelledError:
@@ -157,22 +232,52 @@ class Answers:
             if self._inflight.get(key) is future:
                 self._inflight.pop(key, None)
 
-    async def earlier(self, items: list[Item], degraded: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Answers already given to these request ids by any replica: from Redis, and from
-        ``sira_predictions`` for what Redis cannot answer (see the class docstring)."""
+    async def _after_claims(self, item: Item, score: Any) -> dict[str, Any]:
+        """``score(item)``; while another replica holds a claim on the same request, asked again (backing off)
+        until its answer is there to replay, for :meth:`settle_s` at most: then 409 ``request_in_progress``."""
+        deadline, delay = None, 0.02
+        while True:
+            try:
+                result = await score(item)
+                if isinstance(result, BaseException):
+                    raise result
+                return result  # type: ignore[no-any-return]
+            except ClaimedElsewhere:
+                now = time.monotonic()
+                deadline = deadline or now + self.settle_s()
+                if now >= deadline:
+                    raise Conflict(f"request_id {item.request_id!r} is being answered by another replica; retry "
+                                   "the same request later for its answer", code="request_in_progress",
+                                   details={"field": "request_id"}) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    async def earlier(self, items: list[Item], degraded: set[str],
+                      claim: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
+        """Answers already given to these request ids by any replica, from Redis, and from ``sira_predictions``
+        for what Redis cannot answer (see the class docstring); in the same round trips, each id not answered
+        is claimed (``claim``) or found claimed by another replica (then its entry holds :data:`CLAIMED`
+        and that request's digest: :func:`replay` raises a conflict or :class:`ClaimedElsewhere`)."""
         if not items:
             return {}
         r = self.replica
-        keys = [(i.runtime.model_name, i.request_id) for i in items]
+        digests = {(i.runtime.model_name, i.request_id): i.digest or "" for i in reversed(items)}  # the first's
+        keys = list(digests)
         cached: dict[tuple[str, str], dict[str, Any]] | None = None
         marker: bytes | None = None
         if r.redis is not None:
             if r.redis_breaker.available:
                 try:
-                    values = await r.redis.mget([*(self._key(m, q) for m, q in keys), self.marker_key])
+                    if self._claim_script is None:
+                        self._claim_script = r.redis.register_script(_CLAIM_LUA)
+                    values = await self._claim_script(
+                        keys=[*(self._key(m, q) for m, q in keys), *(self._claim_key(m, q) for m, q in keys),
+                              self.marker_key],
+                        args=[len(keys), "1" if claim else "0", int(self.claim_s() * 1000),
+                              *(f"{self.claimant}|{digests[k]}" for k in keys)])
                     r.redis_breaker.succeeded()
-                    marker = values[-1]
-                    cached = {k: orjson.loads(v) for k, v in zip(keys, values) if v is not None}
+                    marker = values[-1] or None
+                    cached = {k: _cached(v) for k, v in zip(keys, values) if v}
                 except Exception as exc:  # noqa: BLE001
                     r.redis_breaker.failed(exc)
             if cached is None:
@@ -180,12 +285,51 @@ class Answers:
         missed = [k for k in keys if cached is None or k not in cached]
         if not missed or (cached is not None and self._complete(marker, {m for m, _ in missed})):
             return cached or {}
-        found = await self._stored(missed)
+        found = await (self._claim_stored(missed, digests) if claim else self._stored(missed))
         if found is None:
             if cached is None:  # neither could say: answered anyway (flagged)
-                degraded.add("database_unavailable")
+                degraded.update(("database_unavailable", "idempotency_unchecked"))
             found = {}
         return {**found, **(cached or {})}
+
+    async def _claim_stored(self, keys: list[tuple[str, str]],
+                            digests: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]] | None:
+        """:meth:`_stored`, claiming in ``sira_request_claims`` each id with no stored answer (one statement per
+        model); another replica's claim is returned as such. None when Postgres is unavailable."""
+        r = self.replica
+        if not r.pg.available:
+            return None
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                for model in sorted({m for m, _ in keys}):
+                    ids = [q for m, q in keys if m == model]
+                    rows = await conn.fetch(_CLAIM_SQL, model, ids, [digests[(model, q)] for q in ids],
+                                            self.claimant, float(r.config.idempotency_ttl_s), self.claim_s(),
+                                            timeout=r.config.db_timeout_s)
+                    for row in rows:
+                        if row["prediction_id"] is not None:
+                            found[(model, row["request_id"])] = answer_from_row(row)
+                        elif not row["ours"]:  # (a claim committed during the statement is not seen: no digest)
+                            found[(model, row["request_id"])] = {
+                                CLAIMED: row["claimant"] or "?",
+                                **({DIGEST: row["claim_digest"]} if row["claim_digest"] else {})}
+            r.pg.succeeded()
+        except db.UNAVAILABLE as exc:
+            r.pg.failed(exc)
+            return None
+        if time.monotonic() - self._swept > 60:
+            self._swept = time.monotonic()
+            r.spawn(self._sweep(), "claims-sweep")
+        return found
+
+    async def _sweep(self) -> None:
+        """Delete the claims older than the idempotency window (off the request path)."""
+        r = self.replica
+        with contextlib.suppress(Exception):
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                await conn.execute("DELETE FROM sira_request_claims WHERE claimed_at < now() - make_interval(secs => $1)",
+                                   float(r.config.idempotency_ttl_s))
 
     async def refuse_conflicts(self, items: list[Item], prefix: str = "requests.") -> None:
         """Raise the 409 a batch's row would get for a request id used for something else (earlier, within
@@ -199,7 +343,7 @@ class Answers:
             return
         known = {k: a for k in first if (a := self.recent.get(k)) is not None}
         unknown = [i for k, i in first.items() if k not in known]
-        known.update(await self.earlier(unknown, set()) if unknown else {})
+        known.update(await self.earlier(unknown, set(), claim=False) if unknown else {})
         for n, item in enumerate(items):
             if not item.client_request_id:
                 continue
@@ -208,6 +352,8 @@ class Answers:
             try:
                 if earlier is not None:
                     replay(earlier, item)
+            except ClaimedElsewhere:
+                pass  # the same request, being answered elsewhere: this row waits for that answer
             except Conflict as exc:
                 exc.details["field"] = f"{prefix}{n}.request_id"
                 raise

@@ -44,7 +44,7 @@ from sira.features.states import STATES_CHANNEL
 from sira.serving.answers import ShadowJob, score_items, score_shadows
 from sira.serving.config import ServingConfig
 from sira.serving.histories import Histories
-from sira.serving.idempotency import ANSWERS_CHANNEL, Answers, idempotency_epoch, replay
+from sira.serving.idempotency import ANSWERS_CHANNEL, Answers, ClaimedElsewhere, idempotency_epoch, replay
 from sira.serving.intake import prepare
 from sira.serving.notifications import REGISTRY_CHANNEL, Listener
 from sira.serving.records import PredictionWriter
@@ -258,7 +258,7 @@ class ScoringService:
             if prior is not None:
                 try:
                     out[n] = replay(prior, item)
-                except Conflict as exc:
+                except (Conflict, ClaimedElsewhere) as exc:  # (being scored elsewhere: `once` waits for it)
                     out[n] = exc
                 folded = self.history.discard(item, folded)
         todo = [n for n in range(len(items)) if out[n] is None]

@@ -246,11 +246,12 @@ async def test_an_answer_from_cached_histories_says_the_database_is_unavailable(
     auth = {"Authorization": f"Bearer {pg.key}"}
     answers = []
 
-    async def score(i: int) -> dict:
+    async def score(i: int, **extra: str) -> dict:
         # entities of this test's own: the others stored later events of theirs (a v2 state answers an
         # event older than its newest from the log, which an outage makes unavailable)
         r = await client.post("/v1/score", json={"model": "fraud", "event": event(
-            i, customer="cached-c1", card="tok_cached1", terminal="t-cached1"), "record": False}, headers=auth)
+            i, customer="cached-c1", card="tok_cached1", terminal="t-cached1"), "record": False, **extra},
+            headers=auth)
         assert r.status_code == 200, r.text
         answers.append(r.json())
         return r.json()
@@ -263,11 +264,14 @@ async def test_an_answer_from_cached_histories_says_the_database_is_unavailable(
             try:
                 await asyncio.sleep(0.5)  # what a replica serving traffic has had time to notice
                 down = [await score(i) for i in range(2, 8)]
+                # a client's request id that could not be looked up (no Redis here, PostgreSQL down): said so
+                unchecked = await score(8, request_id=f"unchecked-{uuid.uuid4().hex[:8]}")
             finally:
                 pg.server.start()
             for a in down:
                 assert "unavailable_entities" not in a["flags"]  # scored from cached histories...
                 assert a["degraded"] and a["degraded_reasons"] == ["database_unavailable"], a  # ...and says so
+            assert unchecked["degraded_reasons"] == ["database_unavailable", "idempotency_unchecked"], unchecked
             deadline = time.monotonic() + 60
             while (await score(len(answers)))["degraded"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)

@@ -28,15 +28,16 @@ async def replica(fraud_model, tmp_path, redis_url, **config):
 
 
 def count_lookups(service: ScoringService) -> list[int]:
-    """Calls of the PostgreSQL lookup of earlier answers (the real one, counted)."""
+    """Calls of the PostgreSQL lookup of earlier answers (the real one, counted): the scoring path's, which
+    claims the ids it does not find."""
     calls = [0]
-    real = service.idempotency._stored
+    real = service.idempotency._claim_stored
 
-    async def counted(keys):
+    async def counted(keys, digests):
         calls[0] += 1
-        return await real(keys)
+        return await real(keys, digests)
 
-    service.idempotency._stored = counted
+    service.idempotency._claim_stored = counted
     return calls
 
 

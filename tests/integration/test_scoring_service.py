@@ -313,6 +313,8 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
     # three days later: the stored answer is older than the window, and the clock is in a later window
     await service.pool.execute("UPDATE sira_predictions SET scored_at = scored_at - interval '3 days' "
                                "WHERE request_id = $1", request_id)
+    await service.pool.execute("UPDATE sira_request_claims SET claimed_at = claimed_at - interval '3 days' "
+                               "WHERE request_id = $1", request_id)  # (the claim the first request took)
     service.answers.clear()
     later = sira.serving.service.idempotency_epoch(service.config.idempotency_ttl_s) + 3
     monkeypatch.setattr(sira.serving.service, "idempotency_epoch", lambda _ttl: later)
