@@ -19,6 +19,7 @@ from sira.registry import models as registry
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
 from sira.training.runs import TrainRequest, run_training
+from tests.conftest import promote_for_tests
 
 ADMIN = Identity("t-admin", frozenset({"admin"}))
 SERVICE = Identity("t-service", frozenset({"service"}))
@@ -42,8 +43,7 @@ async def crafted(clean_db, settings, tmp_path):
                                                         params={"num_boost_round": 30, "early_stopping_rounds": 10}))
     async with clean_db.acquire() as conn:
         async with conn.transaction():
-            await registry.update_model(conn, ADMIN, "crafted", required_approvals=0)
-            await registry.request_promotion(conn, settings, ADMIN, "crafted", trained["version"], "monitoring tests")
+            await promote_for_tests(conn, settings, "crafted", trained["version"], "monitoring tests")
             pepper = settings.secret("auth_secret")
             keys = {"admin": (await create_key(conn, name="t-admin", roles=["admin"], pepper=pepper, creator=None))[0]}
             root = await authenticate(conn, keys["admin"], pepper=pepper)
