@@ -23,7 +23,14 @@ from sira.core import db
 from sira.core.auth import Identity, create_key
 from sira.core.config import Settings
 from sira.registry import models as registry
-from tests.conftest import SCORE_BAD_INPUTS, copy_production_model, migrate_database, run_sync, wait_until
+from tests.conftest import (
+    SCORE_BAD_INPUTS,
+    copy_production_model,
+    migrate_database,
+    promote_for_tests,
+    run_sync,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,7 +309,7 @@ def test_hot_swap_under_load_fails_no_request_and_each_answer_names_its_version(
         pool = await db.create_pool(fraud_model.dsn, fraud_model.settings)
         try:
             async with db.transaction(pool) as conn:
-                await registry.request_promotion(conn, fraud_model.settings, ADMIN, "fraud", new, "hot swap test")
+                await promote_for_tests(conn, fraud_model.settings, "fraud", new, "hot swap test")
             return time.time()
         finally:
             await pool.close()
