@@ -33,7 +33,15 @@ from sira.core.auth import Identity, authorize, may
 from sira.core.errors import InvalidInput, NotFound
 from sira.monitoring import counterfactual
 from sira.registry.models import get_model, get_version
-from sira.serving.scoring import ModelRuntime, describe, display_value, middle_half, value_side
+from sira.serving.scoring import (
+    ModelRuntime,
+    describe,
+    display_value,
+    middle_half,
+    reference_bins,
+    value_side,
+    yes_no_share,
+)
 
 PURPOSES = {"fraud_detection": "estimates the probability that a payment is fraudulent, so that it is approved, "
                                "sent to a person for review, or blocked",
@@ -55,18 +63,16 @@ def _typical(reference: dict[str, Any] | None) -> str | None:
     if reference.get("type") == "categorical":
         common = sorted((reference.get("frequencies") or {}).items(), key=lambda kv: -kv[1])[:3]
         return ", ".join(f"{c} ({f:.0%})" for c, f in common) or None
-    edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
-    if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts) or None in edges:
-        return None  # (an infinite edge, stored as null by versions trained before it was read as missing)
-    mean, std = reference.get("mean"), reference.get("std")
-    if (edges[0] >= 0 and edges[-1] <= 1 and isinstance(mean, (int, float)) and isinstance(std, (int, float))
-            and abs(std * std - mean * (1 - mean)) <= 1e-9):
-        # a yes/no feature (a country new for the customer): values in [0, 1] whose variance is mean * (1 - mean)
-        # are all 0 or 1. Its range read "0.00 or more", as if a person's 1 were typical
+    bins = reference_bins(reference)
+    if bins is None:
+        return None
+    edges, counts = bins
+    mean = yes_no_share(reference, edges)
+    if mean is not None:
+        # a yes/no feature (a country new for the customer): its range read "0.00 or more", as if a person's 1
+        # were typical
         usual, other, share = ("no", "yes", mean) if mean < 0.5 else ("yes", "no", 1 - mean)
         return f"{usual} ({other} in {f'{share:.0%}' if share >= 0.005 else 'under 1%'} of the training data)"
-    if middle_half(reference) is None:  # the range reasons' words are measured against (shared)
-        return None
     # the bins holding the 25th and 75th percentiles (as middle_half), from their counts: bins are not of equal
     # share (a value many rows share is a bin of its own, sira.core.stats.reference_bin_edges)
     share = np.cumsum(counts) / sum(counts)

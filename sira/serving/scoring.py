@@ -322,21 +322,37 @@ def shown_number(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
-def middle_half(reference: Mapping[str, Any] | None) -> tuple[float, float] | None:
-    """The range holding the middle half of a numeric feature's training data, from its reference statistics
-    (the version's manifest): from the lower edge of the reference's bin that holds the 25th percentile to the
-    upper edge of the one that holds the 75th (that upper edge is the training maximum when the 75th
-    percentile lies in the last bin). None: no usable statistics, a categorical feature, or a yes/no one (values
-    in [0, 1] whose variance is mean * (1 - mean): all 0 or 1)."""
+def reference_bins(reference: Mapping[str, Any] | None) -> tuple[list[float], list[int]] | None:
+    """A numeric feature's reference histogram (bin edges, counts) from the version's manifest; None: none
+    usable (no statistics, a categorical feature, an infinite edge stored as null by versions trained before
+    it was read as missing)."""
     if not reference or reference.get("type") == "categorical":
         return None
     edges, counts = reference.get("bin_edges") or [], reference.get("histogram") or []
     if len(edges) < 2 or len(counts) != len(edges) - 1 or not sum(counts) or None in edges:
-        return None  # (an infinite edge, stored as null by versions trained before it was read as missing)
+        return None
+    return edges, counts
+
+
+def yes_no_share(reference: Mapping[str, Any], edges: list[float]) -> float | None:
+    """The share of ones of a yes/no feature (values in [0, 1] whose variance is mean * (1 - mean): all 0 or 1);
+    None for any other."""
     mean, std = reference.get("mean"), reference.get("std")
     if (edges[0] >= 0 and edges[-1] <= 1 and isinstance(mean, (int, float)) and isinstance(std, (int, float))
             and abs(std * std - mean * (1 - mean)) <= 1e-9):
+        return float(mean)
+    return None
+
+
+def middle_half(reference: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The range holding the middle half of a numeric feature's training data, from its reference statistics
+    (the version's manifest): from the lower edge of the reference's bin that holds the 25th percentile to the
+    upper edge of the one that holds the 75th (that upper edge is the training maximum when the 75th
+    percentile lies in the last bin). None: no usable statistics (:func:`reference_bins`) or a yes/no feature."""
+    bins = reference_bins(reference)
+    if bins is None or yes_no_share(reference or {}, bins[0]) is not None:
         return None
+    edges, counts = bins
     # the bins holding the 25th and 75th percentiles, from their counts: bins are not of equal share (a value
     # many rows share is a bin of its own: sira.core.stats.reference_bin_edges), so their positions say nothing
     share = np.cumsum(counts) / sum(counts)
