@@ -36,8 +36,13 @@ web:
 observe: $(STAMP) tools
 	$(BIN)/python deploy/observe.py $(OBSERVE_ARGS)
 
+# Two pytest-xdist workers: one holds the session's local Ray and every test of it, the other takes the
+# rest a module at a time (tests/conftest.py: worker_group). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+
 test: lint tools web
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # The README's pictures of the UI (docs/images/ui-*.png), taken by its browser tests in Debian's Chromium.
 screenshots: $(STAMP) tools web
@@ -70,7 +75,7 @@ test-unit: $(STAMP)
 
 # The loop while working: every test but the Ray Serve applications and the end-to-end runs (tests/e2e).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not serve and not e2e and not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not serve and not e2e and not slow"
 
 # Benchmarks print one JSON line each: ratios against a baseline measured in the same run.
 bench: $(STAMP)

