@@ -391,7 +391,9 @@ class Traffic(Strict):
 
     model: str
     minutes: int
-    per_minute: list[dict[str, Any]]
+    per_minute: list[dict[str, Any]] = Field(description="Every minute from the one `minutes` ago up to the current "
+                                             "one, oldest first: minute, answers, approve, review, block, degraded, "
+                                             "p50_ms, p95_ms, p99_ms (a minute without answers: zeros, latency null)")
 
 
 class ThresholdWhatIf(Strict):
