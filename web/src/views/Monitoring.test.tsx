@@ -28,18 +28,21 @@ describe("monitoring views", () => {
     expect(heatmap(runs).features).toEqual(["channel", "amount", "country"]);
     renderUi(<DriftHeatmap runs={runs} />);
     const rows = screen.getAllByRole("row");
-    expect(rows[1]).toHaveTextContent("channel0.0100.150");
-    expect(rows[3]).toHaveTextContent("country—0.020");  // not measured in the first run
+    expect(rows[1]).toHaveTextContent("channel0.1500.010");  // the newest run first
+    expect(rows[3]).toHaveTextContent("country0.020—");  // not measured in the first run
   });
 
-  it("draws one series per role and version, one row per window", () => {
+  it("draws one series per role and version, each window at its end's time", () => {
     const w = (role: "production" | "shadow", version: number, end: string, ap: number): PerformanceWindow => ({
       version, role, window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5, average_precision: ap,
       ece: null, precision_flagged: null, recall_flagged: null, provisional: false, flagged: false, backtest: false, as_of: null });
-    const { rows, series } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
-                                                 w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
-    expect(series).toEqual(["production v1", "shadow v2"]);
-    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.5, "shadow v2": 0.6 }, { window: "2026-11-15", "production v1": 0.4 }]);
+    const { series, domain } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
+                                                  w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
+    const [nov8, nov15] = [Date.parse("2026-11-08T00:00:00Z"), Date.parse("2026-11-15T00:00:00Z")];
+    expect(series).toEqual([
+      { name: "production v1", points: [{ at: nov8, "production v1": 0.5 }, { at: nov15, "production v1": 0.4 }] },
+      { name: "shadow v2", points: [{ at: nov8, "shadow v2": 0.6 }] }]);
+    expect(domain).toEqual([nov8, nov15]);
   });
 
   it("puts provisional windows on a dashed series of their own, never on one line with the mature ones", () => {
@@ -47,10 +50,11 @@ describe("monitoring views", () => {
       version: 1, role: "production", window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5,
       average_precision: ap, ece: null, precision_flagged: null, recall_flagged: null, provisional, flagged: false, backtest: false,
       as_of: null });
-    const { rows, series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
-    expect(series).toEqual(["production v1", "production v1 (provisional)"]);
-    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.4 }, { window: "2026-11-15", "production v1 (provisional)": 0.9 }]);
-    const [mature, provisional] = chartSeries(series);
+    const { series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
+    expect(series.map((s) => s.name)).toEqual(["production v1", "production v1 (provisional)"]);
+    expect(series.map((s) => s.points)).toEqual([[{ at: Date.parse("2026-11-08T00:00:00Z"), "production v1": 0.4 }],
+                                                 [{ at: Date.parse("2026-11-15T00:00:00Z"), "production v1 (provisional)": 0.9 }]]);
+    const [mature, provisional] = chartSeries(series.map((s) => s.name));
     expect(mature.strokeDasharray).toBeUndefined();
     expect(provisional.strokeDasharray).toBeTruthy();
     expect(provisional.color).toBe(mature.color);  // the same role and version: the same colour
