@@ -1,9 +1,9 @@
 import { screen } from "@testing-library/react";
 import { describe, expect, it, vi } from "vitest";
-import { renderUi } from "../test/render";
+import { answering, renderUi } from "../test/render";
 import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
-import { importanceDelta } from "./Compare";
+import { CompareView, importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap, productionRun } from "./Drift";
 import { chartSeries, PerformanceView, performanceSeries, provisionalDots } from "./Performance";
 import { totals } from "./Traffic";
@@ -94,5 +94,19 @@ describe("comparing two versions", () => {
     const b = [{ feature: "amount", mean_abs_shap: 0.45 }, { feature: "velocity", mean_abs_shap: 0.3 }];
     expect(importanceDelta(a, b).map((d) => [d.feature, d.a, d.b, Number(d.change.toFixed(2))])).toEqual([
       ["velocity", null, 0.3, 0.3], ["channel", 0.2, null, -0.2], ["amount", 0.5, 0.45, -0.05]]);
+  });
+});
+
+describe("the comparison's numbers", () => {
+  it("shows a metric of exactly 1 as a rate and counts as whole numbers", async () => {
+    vi.stubGlobal("fetch", vi.fn(answering({
+      "/v1/models/fraud/compare": { model: "fraud", a: 1, b: 2, status: { v1: "archived", v2: "production" }, metrics: [
+        { window: "test", metric: "roc_auc", v1: 0.98, v2: 1, difference: 0.02 },
+        { window: "test", metric: "n", v1: 1200, v2: 1250, difference: 50 }] },
+      "/v1/models/fraud/versions/1/insights": { importance: [] }, "/v1/models/fraud/versions/2/insights": { importance: [] } })));
+    renderUi(<CompareView />, undefined, { path: "/models/:name/compare/:a/:b", at: "/models/fraud/compare/1/2" });
+    const table = await screen.findByRole("table", { name: "Metrics compared" });
+    expect(table).toHaveTextContent("testroc auc0.9801.000+0.020");  // was "1", like a count
+    expect(table).toHaveTextContent("testn1,2001,250+50");
   });
 });
