@@ -55,7 +55,7 @@ export function CompareView() {
       {deltas.length === 0 && left.data && right.data && <Text c="gray.7">Neither version recorded its importance.</Text>}
       {deltas.length > 0 && (
         <>
-          <BarChart h={Math.max(200, Math.min(deltas.length, 15) * 26)} aria-label="Importance change" orientation="vertical"
+          <BarChart h={Math.max(200, Math.min(deltas.length, 15) * 26)} role="figure" aria-label="Importance change" orientation="vertical"
                     data={deltas.slice(0, 15).map((d) => ({ feature: d.feature, [`v${b} − v${a}`]: Number(d.change.toFixed(4)) }))}
                     dataKey="feature" yAxisProps={{ width: 170 }} series={[{ name: `v${b} − v${a}`, color: "blue.9" }]} />
           <Table withTableBorder aria-label="Importance compared">

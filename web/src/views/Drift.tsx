@@ -97,6 +97,7 @@ export function DriftView() {
           <Title order={3}>
             The latest run{latest.version === production ? " of production" : ""} ({when(latest.at)}, v{latest.version}), worst first
           </Title>
+          {Object.keys(latest.features).length === 0 ? <Text c="gray.7">This run stored its verdict only, no feature.</Text> : (
           <Table withTableBorder aria-label="Latest drift run">
             <Table.Thead><Table.Tr><Table.Th>feature</Table.Th><Table.Th>PSI</Table.Th><Table.Th>severity</Table.Th></Table.Tr></Table.Thead>
             <Table.Tbody>
@@ -109,6 +110,7 @@ export function DriftView() {
               ))}
             </Table.Tbody>
           </Table>
+          )}
         </>
       )}
     </Stack>

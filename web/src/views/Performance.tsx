@@ -23,7 +23,7 @@ export function performanceSeries(windows: PerformanceWindow[]): { series: { nam
   const key = (w: PerformanceWindow) => `${w.role} v${w.version}${w.provisional ? PROVISIONAL : ""}`;
   const byKey = new Map<string, PerformanceWindow[]>();
   for (const w of [...windows].sort((a, b) => a.window_end.localeCompare(b.window_end))) {
-    byKey.set(key(w), [...(byKey.get(key(w)) ?? []), w]);
+    byKey.set(key(w), (byKey.get(key(w)) ?? []).concat(w));
   }
   const series = [...byKey.entries()].map(([name, ws]) => ({
     name,
@@ -74,9 +74,9 @@ export function PerformanceView() {
       {windows.length > 0 && (
         <>
           <Title order={3}>Average precision by window end, production against shadow</Title>
-          <LineChart h={280} data={[]} dataKey="at" aria-label="Average precision by window" connectNulls={false} withLegend
+          <LineChart h={280} data={[]} dataKey="at" role="figure" aria-label="Average precision by window" connectNulls={false} withLegend
                      curveType="linear" series={chartSeries(series.map((s) => s.name))}
-                     xAxisProps={{ type: "number", scale: "time", domain, tickFormatter: day, allowDuplicatedCategory: false }}
+                     xAxisProps={{ type: "number", scale: "time", domain, tickFormatter: day, allowDuplicatedCategory: false, padding: { left: 16, right: 16 } }}
                      tooltipProps={{ labelFormatter: (at) => `window ending ${day(Number(at))}` }}
                      lineProps={(s) => ({ data: points.get(s.name), ...provisionalDots(s) })} />
           <Text size="sm" c="gray.7">Dashed, hollow points: provisional windows (labels not mature yet: their AP will change).</Text>

@@ -43,6 +43,7 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
       {whatIf.provisional && <ProvisionalNote />}
       <LineChart
         h={260}
+        role="figure"
         aria-label="What-if by threshold"
         data={rows}
         dataKey="threshold"

@@ -41,10 +41,10 @@ export function TrafficView() {
       {traffic.data && t.answers > 0 && (
         <>
           <Title order={3}>Decisions per minute (UTC)</Title>
-          <BarChart h={240} data={rows} dataKey="time" type="stacked" aria-label="Decisions per minute" withLegend
+          <BarChart h={240} data={rows} dataKey="time" type="stacked" role="figure" aria-label="Decisions per minute" withLegend
                     series={[{ name: "approve", color: "teal.9" }, { name: "review", color: "yellow.6" }, { name: "block", color: "red.9" }]} />
           <Title order={3}>Server-side latency (ms; no line where no answer was given)</Title>
-          <LineChart h={240} data={rows} dataKey="time" aria-label="Latency percentiles" withLegend connectNulls={false}
+          <LineChart h={240} data={rows} dataKey="time" role="figure" aria-label="Latency percentiles" withLegend connectNulls={false}
                      curveType="linear"
                      series={[{ name: "p50_ms", color: "blue.9" }, { name: "p95_ms", color: "orange.9" }, { name: "p99_ms", color: "red.9" }]} />
         </>

@@ -52,6 +52,7 @@ export function Reliability({ evaluation }: { evaluation: Evaluation | undefined
   return (
     <ScatterChart
       h={260}
+      role="figure"
       aria-label="Reliability diagram"
       data={[
         { color: "blue.9", name: "bins (mean score, observed rate)", data: bins.map((b) => ({ mean_score: b.mean_score, observed_rate: b.observed_rate })) },
@@ -69,6 +70,7 @@ export function Importance({ importance }: { importance: Insights["importance"] 
   return (
     <BarChart
       h={Math.max(200, top.length * 26)}
+      role="figure"
       aria-label="Feature importance"
       data={top.map((i) => ({ feature: i.feature, "mean |SHAP|": Number(i.mean_abs_shap.toFixed(4)) }))}
       dataKey="feature" orientation="vertical" yAxisProps={{ width: 170 }}
