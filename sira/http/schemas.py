@@ -353,11 +353,15 @@ class KeyRevoked(Strict):
 
 
 class Insights(Strict):
-    """A version's global importance and lineage, from its verified artifact."""
+    """A version's global importance, evaluation and lineage, from its verified artifact."""
 
     model: str
     version: int
     importance: list[dict[str, Any]] = Field(description="Features by mean |SHAP| on validation rows, largest first")
+    evaluation: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per window (validation, test), what training measured beyond the "
+        "version's metrics: calibration (the reliability table: n, mean_score, observed_rate per bin), decisions "
+        "and cost at the thresholds, segments ({segment: {value: n, positives, average_precision, roc_auc}})")
     lineage: dict[str, Any] = Field(description="Training run, dataset fingerprint, code and library versions, "
                                     "the artifact's checksum (artifact.verified: its manifest and every file it "
                                     "lists match the registered checksum on this read)")
@@ -387,7 +391,9 @@ class Traffic(Strict):
 
     model: str
     minutes: int
-    per_minute: list[dict[str, Any]]
+    per_minute: list[dict[str, Any]] = Field(description="Every minute from the one `minutes` ago up to the current "
+                                             "one, oldest first: minute, answers, approve, review, block, degraded, "
+                                             "p50_ms, p95_ms, p99_ms (a minute without answers: zeros, latency null)")
 
 
 class ThresholdWhatIf(Strict):

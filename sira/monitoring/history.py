@@ -71,22 +71,32 @@ async def performance_history(conn: Connection, identity: Identity, model_name: 
 
 
 async def traffic(conn: Connection, identity: Identity, model_name: str, minutes: int = 60) -> dict[str, Any]:
-    """The answers production gave in the last ``minutes``, per minute: decisions, degraded answers and
-    server-side latency percentiles (from the prediction records: answers not yet flushed from a replica's
-    spool arrive within its flush interval)."""
+    """The answers production gave in the last ``minutes``, per minute, every minute from the one ``minutes``
+    ago up to the current one (both partial): decisions, degraded answers and server-side latency percentiles
+    (from the prediction records: answers not yet flushed from a replica's spool arrive within its flush
+    interval). A minute without an answer is there with zero counts and no latency (null): a chart spaces
+    minutes as time passed and draws no latency that was not measured."""
     authorize(identity, "models.read")
     await get_model(conn, model_name)
     rows = await conn.fetch(
-        """SELECT date_trunc('minute', scored_at) AS minute, count(*) AS answers,
-                  count(*) FILTER (WHERE decision = 'approve') AS approve,
-                  count(*) FILTER (WHERE decision = 'review') AS review,
-                  count(*) FILTER (WHERE decision = 'block') AS block,
-                  count(*) FILTER (WHERE degraded) AS degraded,
-                  percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms,
-                  percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms,
-                  percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms
-             FROM sira_predictions
-            WHERE model_name = $1 AND role = 'production' AND scored_at >= now() - make_interval(mins => $2)
-            GROUP BY 1 ORDER BY 1""", model_name, _bounded(minutes, MAX_MINUTES, "minutes"))
+        """WITH answered AS (
+               SELECT date_trunc('minute', scored_at) AS minute, count(*) AS answers,
+                      count(*) FILTER (WHERE decision = 'approve') AS approve,
+                      count(*) FILTER (WHERE decision = 'review') AS review,
+                      count(*) FILTER (WHERE decision = 'block') AS block,
+                      count(*) FILTER (WHERE degraded) AS degraded,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms
+                 FROM sira_predictions
+                WHERE model_name = $1 AND role = 'production' AND scored_at >= now() - make_interval(mins => $2)
+                GROUP BY 1)
+           SELECT m.minute, coalesce(a.answers, 0) AS answers, coalesce(a.approve, 0) AS approve,
+                  coalesce(a.review, 0) AS review, coalesce(a.block, 0) AS block, coalesce(a.degraded, 0) AS degraded,
+                  a.p50_ms, a.p95_ms, a.p99_ms
+             FROM generate_series(date_trunc('minute', now() - make_interval(mins => $2)),
+                                  date_trunc('minute', now()), interval '1 minute') AS m (minute)
+             LEFT JOIN answered a ON a.minute = m.minute
+            ORDER BY m.minute""", model_name, _bounded(minutes, MAX_MINUTES, "minutes"))
     return {"model": model_name, "minutes": minutes,
             "per_minute": [{**dict(r), "minute": r["minute"].isoformat()} for r in rows]}

@@ -135,12 +135,25 @@ async def approvals(conn: Connection, identity: Identity) -> dict[str, list[dict
     return {"requests": await approval_queue(conn, identity), "threshold_changes": await threshold_queue(conn, identity)}
 
 
+# What training measured per window beyond the registry's scalar metrics: the reliability table, the decisions
+# and their cost at the thresholds, metrics by segment. The manifest keeps them (the registry's row does not),
+# so every version with an artifact has them, however long ago it was registered.
+EVALUATION_KEYS = ("calibration", "decisions", "cost", "segments")
+
+
+def evaluation(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per window (validation, test), what :data:`EVALUATION_KEYS` the manifest's metrics hold."""
+    return {window: {k: m[k] for k in EVALUATION_KEYS if k in m}
+            for window, m in (manifest.get("metrics") or {}).items() if isinstance(m, dict)}
+
+
 async def insights(conn: Connection, settings: Any, identity: Identity, model_name: str, version: int
                    ) -> dict[str, Any]:
-    """A version's global feature importance (mean |SHAP| on validation rows, as training measured it) and its
-    lineage (training run, dataset fingerprint, code and library versions, artifact checksum), from the
-    artifact's manifest verified against the registered checksum (409 when it does not match); ``verified``
-    says whether every file the manifest lists matches it too (false: a card or a rollout refuses it)."""
+    """A version's global feature importance (mean |SHAP| on validation rows, as training measured it), its
+    evaluation per window (reliability table, decisions, cost, metrics by segment) and its lineage (training
+    run, dataset fingerprint, code and library versions, artifact checksum), from the artifact's manifest
+    verified against the registered checksum (409 when it does not match); ``verified`` says whether every
+    file the manifest lists matches it too (false: a card or a rollout refuses it)."""
     from sira.core.artifacts import ArtifactRef, ArtifactTampered, load_artifact, load_manifest
     from sira.registry.models import get_version
 
@@ -160,6 +173,7 @@ async def insights(conn: Connection, settings: Any, identity: Identity, model_na
         "model": model_name, "version": version,
         "importance": [{"feature": f, "mean_abs_shap": v}
                        for f, v in sorted(importance.items(), key=lambda kv: (-abs(kv[1]), kv[0]))],
+        "evaluation": evaluation(manifest),
         "lineage": {
             "training_run": jsonable(run) if run else None,
             "dataset": manifest.get("dataset"),

@@ -3,7 +3,9 @@
 approves a pending promotion and sees the version become production; a data scientist asks for new
 thresholds on a version's page and an approver approves them in the queue; a viewer and the requester see
 the buttons disabled with the reason; a planted drift raises the banner; strings planted with markup stay text;
-axe-core finds no serious accessibility violation; a screenshot of each view goes to the test's folder."""
+a really trained model's version page draws its reliability diagram and metrics by segment; sixty drift runs
+scroll inside the heat map, not the page; the script arrives compressed; axe-core finds no serious
+accessibility violation; a screenshot of each view goes to the test's folder."""
 
 from __future__ import annotations
 
@@ -268,6 +270,81 @@ def test_the_monitoring_views_draw_drift_performance_traffic_and_the_audit_log(s
     s.shot("ui-audit")
     s.accessible()
     s.close()
+
+
+def test_the_script_arrives_compressed(site):
+    """1.1 MB of script went out raw; the browser asks for gzip (and Brotli over https) and gets it."""
+    chromium()
+    context = site["browser"].new_context()
+    page = context.new_page()
+    scripts = []
+    page.on("response", lambda r: r.url.endswith(".js") and scripts.append(r))
+    page.goto(f"{site['url']}/ui/")
+    page.get_by_label("API key or JWT").wait_for()
+    assert scripts and all(r.status == 200 and r.headers.get("content-encoding") in ("gzip", "br") for r in scripts)
+    assert all(int(r.headers["content-length"]) < 500_000 for r in scripts), [r.headers for r in scripts]
+    context.close()
+
+
+def test_sixty_drift_runs_scroll_inside_the_heat_map_newest_first(site):
+    """The heat map was 4,799 px wide with 60 runs, the page with it, oldest first: the newest off-screen."""
+    run_sync(_execute(site["dsn"], """
+        INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, psi, severity, job_id,
+                                     computed_at)
+        SELECT m.id, 1, f.feature, now() - interval '7 days', now(), f.psi, 'ok', 'ui-wide-' || d,
+               now() - (d + 1) * interval '1 day'
+          FROM sira_models m, generate_series(1, 60) AS d,
+               (VALUES ('__dataset__', NULL), ('amount', 0.01), ('channel', 0.02)) AS f (feature, psi)
+         WHERE m.name = 'fraud'"""))
+    try:
+        s = Session(site, "vic")
+        s.page.goto(f"{site['url']}/ui/drift/fraud")
+        heat = s.page.get_by_role("table", name="PSI by feature and drift run")
+        heat.get_by_role("row").nth(2).wait_for()
+        assert heat.get_by_role("columnheader").count() >= 62
+        width = s.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], width  # the page does not scroll sideways
+        scroller = s.page.get_by_role("region", name=re.compile("Drift runs"))
+        assert scroller.evaluate("e => e.scrollWidth > e.clientWidth")  # the heat map does
+        newest = heat.get_by_role("columnheader").nth(1).bounding_box()
+        assert newest is not None and newest["x"] + newest["width"] <= width[1]  # the newest run is in view
+        newest_at = run_sync(_fetch(site["dsn"], """
+            SELECT to_char(min(computed_at) AT TIME ZONE 'UTC', 'MM-DD HH24:MI') AS at FROM sira_data_drift
+             GROUP BY coalesce(job_id, computed_at::text) ORDER BY min(computed_at) DESC LIMIT 1"""))["at"]
+        assert heat.get_by_role("columnheader").nth(1).inner_text().startswith(newest_at)
+        scroller.evaluate("e => { e.scrollLeft = e.scrollWidth }")
+        feature = heat.get_by_role("rowheader").first.bounding_box()
+        assert feature is not None and feature["x"] >= scroller.bounding_box()["x"] - 1  # held in place
+        s.shot("ui-drift-sixty-runs")
+        s.accessible()
+        s.close()
+    finally:
+        run_sync(_execute(site["dsn"], "DELETE FROM sira_data_drift WHERE job_id LIKE 'ui-wide-%'"))
+
+
+def test_a_trained_versions_page_draws_its_reliability_diagram_and_segments(site, fraud_model):
+    """A version trained on the feature store: the page said "No calibration table" and showed no segment."""
+    from sira.http.app import create_app
+
+    port = free_port()
+    server, thread = uvicorn_thread(create_app(fraud_model.settings), port)
+    try:
+        s = Session({**site, "url": f"http://127.0.0.1:{port}", "keys": {"t-viewer": fraud_model.keys["viewer"]}},
+                    "t-viewer")
+        s.page.goto(f"http://127.0.0.1:{port}/ui/models/fraud/versions/{fraud_model.version}")
+        diagram = s.page.get_by_label("Reliability diagram")
+        diagram.locator(".recharts-scatter-symbol").first.wait_for()
+        assert diagram.locator(".recharts-scatter-symbol").count() >= 10  # ten bins and the diagonal's ends
+        segments = s.page.get_by_role("table", name="Metrics by segment")
+        values = [r.split("\t")[0] for r in segments.locator("tbody tr").all_inner_texts()]
+        assert {"channel", "country"} <= set(values), values
+        assert "No calibration table" not in s.page.inner_text("main")
+        s.shot("ui-version-trained")
+        s.accessible()
+        s.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_an_operator_rolls_back_after_a_confirmation_naming_the_version_it_restores(site):

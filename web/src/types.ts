@@ -103,9 +103,14 @@ export type Metrics = {
   recall_at_1pct_fpr?: number | null;
   brier?: number | null;
   expected_calibration_error?: number | null;
+};
+
+/** What training measured on a window beyond the registry's metrics, read from the version's artifact. */
+export type Evaluation = {
   calibration?: { n: number; mean_score: number; observed_rate: number }[];
   decisions?: Record<string, number | null>;
-  segments?: Record<string, Record<string, { n: number; positives: number; average_precision: number | null }>>;
+  cost?: Record<string, number | null>;
+  segments?: Record<string, Record<string, { n: number; positives: number; average_precision: number | null; roc_auc?: number | null }>>;
 };
 
 export type Version = {
@@ -127,6 +132,8 @@ export type Insights = {
   model: string;
   version: number;
   importance: { feature: string; mean_abs_shap: number }[];
+  /** per window (validation, test): the reliability table, decisions, cost, metrics by segment */
+  evaluation?: Record<string, Evaluation>;
   lineage: {
     training_run: { run_id: string; kind: string; status: string; started_by: string; finished_at: string | null } | null;
     dataset: Record<string, unknown> | null;

@@ -28,4 +28,11 @@ describe("useApi", () => {
     rerender({ path: "/v1/models/b/drift" });
     expect(result.current.error).toBeNull();  // c's error is not b's
   });
+
+  it("is not loading when there is nothing to ask", () => {
+    vi.stubGlobal("fetch", vi.fn());
+    const { result } = renderHook(() => useApi<unknown>(null));
+    expect(result.current.loading).toBe(false);  // a view waiting on it waited for ever
+    expect(fetch).not.toHaveBeenCalled();
+  });
 });

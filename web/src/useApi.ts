@@ -37,5 +37,7 @@ export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
   }, [refreshMs, reload, path]);
 
   const current = answer.path === path;
-  return { data: current ? answer.data : null, error: current ? answer.error : null, loading: loading || !current, reload };
+  // no path, nothing asked: not loading (a view waiting on it would wait for ever)
+  return { data: current ? answer.data : null, error: current ? answer.error : null,
+           loading: path !== null && (loading || !current), reload };
 }

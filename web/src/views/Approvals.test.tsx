@@ -77,4 +77,43 @@ describe("the approvals queue", () => {
     renderUi(<ApprovalsView />);
     expect(await screen.findByRole("alert")).toHaveTextContent("Your roles do not allow reading the approvals queue");
   });
+
+  it("keeps saying what the final approval did once the request has left the queue", async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    let pending = [request({ required_approvals: 1 })];
+    const fetch = vi.fn(async (_url: string, init?: RequestInit) => {
+      if (init?.method === "POST") {
+        pending = [];
+        return new Response(JSON.stringify({ model: "fraud", version: 3, outcome: "approved", approvals: 1, required_approvals: 1 }), { status: 200 });
+      }
+      return new Response(JSON.stringify({ requests: pending, threshold_changes: [] }), { status: 200 });
+    });
+    vi.stubGlobal("fetch", fetch);
+    const user = userEvent.setup({ advanceTimers: vi.advanceTimersByTime });
+    renderUi(<ApprovalsView />);
+    await user.click(await screen.findByRole("button", { name: "Approve" }));
+    await act(async () => { await vi.advanceTimersByTimeAsync(1500); });  // the queue's reload
+    await waitFor(() => expect(screen.queryByRole("article")).toBeNull());
+    expect(screen.getByText("No promotion request is waiting.")).toBeInTheDocument();
+    expect(screen.getByRole("status")).toHaveTextContent("Approved: fraud v3 is now in production.");  // vanished with the card
+  });
+
+  it("reloads the queue at once when someone else closed the request first", async () => {
+    let pending = [request({})];
+    const fetch = vi.fn(async (_url: string, init?: RequestInit) => {
+      if (init?.method === "POST") {
+        pending = [];  // ann approved it a moment ago
+        return new Response(JSON.stringify({ error: { code: "request_closed", message: "the promotion request of fraud v3 is closed (approved)" } }),
+                            { status: 409 });
+      }
+      return new Response(JSON.stringify({ requests: pending, threshold_changes: [] }), { status: 200 });
+    });
+    vi.stubGlobal("fetch", fetch);
+    renderUi(<ApprovalsView />);
+    await userEvent.click(await screen.findByRole("button", { name: "Reject" }));
+    // the closed card with its buttons enabled stayed until the 30 s refresh
+    await waitFor(() => expect(screen.queryByRole("article")).toBeNull());
+    expect(screen.getByRole("status")).toHaveTextContent("The promotion of fraud v3: the promotion request of fraud v3 is closed (approved)");
+    expect(fetch.mock.calls.filter(([, init]) => !init?.method || init.method === "GET")).toHaveLength(2);
+  });
 });

@@ -1,7 +1,7 @@
 import { Alert, Badge, Button, Card, Group, List, Stack, Table, Text, Textarea, Title, Tooltip } from "@mantine/core";
 import { useState } from "react";
 import { api, ApiError } from "../api";
-import { ap, MODEL_TYPES, when } from "../format";
+import { ap, MODEL_TYPES, threshold, when } from "../format";
 import type { Decided, Decision, PendingRequest, PendingThresholdChange, ThresholdDecided, ThresholdRow } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
@@ -167,8 +167,8 @@ export function ThresholdEvidenceTable({ change }: { change: PendingThresholdCha
     return <Text size="sm" c="gray.7">No labelled window when it was asked{e.note ? `: ${e.note}` : ""}.</Text>;
   }
   const columns: [string, ThresholdRow | undefined][] = [
-    [`review now (${change.current_review ?? "—"})`, e.current.review], [`review asked (${change.review})`, e.requested.review],
-    [`block now (${change.current_block ?? "—"})`, e.current.block], [`block asked (${change.block})`, e.requested.block],
+    [`review now (${threshold(change.current_review)})`, e.current.review], [`review asked (${threshold(change.review)})`, e.requested.review],
+    [`block now (${threshold(change.current_block)})`, e.current.block], [`block asked (${threshold(change.block)})`, e.requested.block],
   ];
   const rows: [string, (r: ThresholdRow) => string][] = [
     ["share flagged", (r) => pct(r.flag_rate)], ["precision", (r) => pct(r.precision)], ["recall", (r) => pct(r.recall)],
@@ -218,7 +218,7 @@ export function ThresholdChangeCard({ change, onDecide }: {
           </Badge>
         </Group>
         <Text size="sm">
-          Review {change.current_review ?? "—"} → <b>{change.review}</b>, block {change.current_block ?? "—"} → <b>{change.block}</b>;
+          Review {threshold(change.current_review)} → <b>{threshold(change.review)}</b>, block {threshold(change.current_block)} → <b>{threshold(change.block)}</b>;
           asked by <b>{change.requested_by}</b> on {when(change.created_at)}.
         </Text>
         {change.reason && <Text size="sm" data-field="reason">Reason: {change.reason}</Text>}
@@ -230,22 +230,46 @@ export function ThresholdChangeCard({ change, onDecide }: {
   );
 }
 
+type Notice = { id: number; color: "green" | "yellow"; text: string };
+
+/** A closing answer's words, or a request closed under the caller (by someone else, or by a version that moved):
+ * the queue reloads without its card, so what came of it is said above the queue until dismissed. */
+const CLOSED = new Set(["request_closed", "no_pending_request"]);
+
 export function ApprovalsView() {
   const { data, error, reload } = useApi<{ requests: PendingRequest[]; threshold_changes: PendingThresholdChange[] }>(
     "/v1/approvals", 30_000);
+  const [notices, setNotices] = useState<Notice[]>([]);
   // a failed refresh keeps the last answer on screen (its cards, a comment being typed) under a warning
   if (error && !data) return <Failure error={error} what="the approvals queue" />;
   const requests = data?.requests ?? [];
   const changes = data?.threshold_changes ?? [];
-  const decide = async <T,>(path: string, decision: "approve" | "reject", comment: string): Promise<T> => {
-    const done = await api<T>(`${path}/${decision}`, { method: "POST", body: { comment: comment || null } });
-    setTimeout(reload, 1500);
-    return done;
+  const notify = (color: Notice["color"], text: string) => setNotices((n) => [{ id: Date.now() + Math.random(), color, text }, ...n]);
+  const decide = async <T extends Decided,>(path: string, what: string, outcome: (d: T) => string,
+                                            decision: "approve" | "reject", comment: string): Promise<T> => {
+    try {
+      const done = await api<T>(`${path}/${decision}`, { method: "POST", body: { comment: comment || null } });
+      if (done.outcome !== "pending") notify("green", outcome(done));  // its card leaves the queue on the reload
+      setTimeout(reload, 1500);
+      return done;
+    } catch (e) {
+      if (e instanceof ApiError && CLOSED.has(e.code)) {  // the card is stale: the queue without it, at once
+        notify("yellow", `${what}: ${e.message}`);
+        reload();
+      }
+      throw e;
+    }
   };
   const versionPath = (model: string, version: number) => `/v1/models/${encodeURIComponent(model)}/versions/${version}`;
   return (
     <Stack>
       <Title order={2}>Approvals</Title>
+      {notices.map((n) => (
+        <Alert key={n.id} color={n.color} role="status" withCloseButton closeButtonLabel="Dismiss"
+               onClose={() => setNotices((all) => all.filter((m) => m.id !== n.id))}>
+          {n.text}
+        </Alert>
+      ))}
       {error && (
         <Alert color="yellow" role="alert" title="Could not refresh the approvals queue">
           {error.message} ({error.code}). Showing the last answer: a request may have been decided since; it
@@ -256,14 +280,16 @@ export function ApprovalsView() {
       {data && requests.length === 0 && <Text c="gray.7">No promotion request is waiting.</Text>}
       {requests.map((r) => (
         <ApprovalCard key={r.request_id} request={r}
-                      onDecide={(decision, comment) => decide<Decided>(versionPath(r.model, r.version), decision, comment)} />
+                      onDecide={(decision, comment) => decide<Decided>(versionPath(r.model, r.version),
+                        `The promotion of ${r.model} v${r.version}`, outcomeText, decision, comment)} />
       ))}
       <Title order={3}>Threshold changes</Title>
       {data && changes.length === 0 && <Text c="gray.7">No threshold change is waiting.</Text>}
       {changes.map((c) => (
         <ThresholdChangeCard key={c.set_id} change={c}
                              onDecide={(decision, comment) => decide<ThresholdDecided>(
-                               `${versionPath(c.model, c.version)}/thresholds`, decision, comment)} />
+                               `${versionPath(c.model, c.version)}/thresholds`,
+                               `The threshold change of ${c.model} v${c.version}`, thresholdOutcome, decision, comment)} />
       ))}
     </Stack>
   );

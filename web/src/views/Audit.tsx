@@ -8,6 +8,7 @@ import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 
 export const PAGE = 200;
+const REFRESH_MS = 30_000;
 
 /** A page of the audit log with only the filters given; `before`: the entries older than that id (the next page). */
 export function auditPath(filters: { actor: string; action: string; target: string }, before?: number | null): string {
@@ -22,9 +23,12 @@ export function AuditView() {
   const [draft, setDraft] = useState({ actor: "", action: "", target: "" });
   const [filters, setFilters] = useState(draft);
   const path = me.may["audit.read"] ? auditPath(filters) : null;
-  const log = useApi<AuditPage>(path);
   // the older pages loaded for the first page at `path` (other filters: none of them apply)
   const [older, setOlder] = useState<{ path: string | null; entries: AuditEntry[]; next: number | null }>({ path: null, entries: [], next: null });
+  // the newest page refreshes every 30 s while it is all that is shown; once older pages are loaded the list
+  // holds still (a refresh would leave a gap between the new first page and them) until Filter starts over
+  const paging = older.path === path && older.entries.length > 0;
+  const log = useApi<AuditPage>(path, paging ? undefined : REFRESH_MS);
   const [busy, setBusy] = useState(false);
   const [failure, setFailure] = useState<ApiError | null>(null);
   if (!me.may["audit.read"]) return <Text>The audit log needs the admin role.</Text>;
@@ -48,7 +52,8 @@ export function AuditView() {
   return (
     <Stack>
       <Title order={2}>Audit log</Title>
-      <form onSubmit={(e) => { e.preventDefault(); setFilters(draft); setFailure(null); }}>
+      {/* Filter reads again, the same filters too: what happened since is shown */}
+      <form onSubmit={(e) => { e.preventDefault(); setFilters(draft); setOlder({ path: null, entries: [], next: null }); setFailure(null); log.reload(); }}>
         <Group align="flex-end">
           <TextInput label="Actor" value={draft.actor} onChange={(e) => setDraft({ ...draft, actor: e.currentTarget.value })} />
           <TextInput label="Action (prefix)" value={draft.action} onChange={(e) => setDraft({ ...draft, action: e.currentTarget.value })} />

@@ -1,7 +1,7 @@
 import { BarChart } from "@mantine/charts";
 import { Stack, Table, Text, Title } from "@mantine/core";
 import { useParams } from "react-router";
-import { ap } from "../format";
+import { metric } from "../format";
 import type { Insights } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
@@ -17,8 +17,6 @@ export function importanceDelta(a: Insights["importance"], b: Insights["importan
                          change: (right.get(feature) ?? 0) - (left.get(feature) ?? 0) }))
     .sort((x, y) => Math.abs(y.change) - Math.abs(x.change) || x.feature.localeCompare(y.feature));
 }
-
-const num = (v: unknown): string => (typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : ap(v)) : "—");
 
 export function CompareView() {
   const { name = "", a = "", b = "" } = useParams();
@@ -45,8 +43,8 @@ export function CompareView() {
             {rows.map((r) => (
               <Table.Tr key={`${r.window}${r.metric}`}>
                 <Table.Td>{String(r.window)}</Table.Td><Table.Td>{String(r.metric).replaceAll("_", " ")}</Table.Td>
-                <Table.Td>{num(r[`v${a}`])}</Table.Td><Table.Td>{num(r[`v${b}`])}</Table.Td>
-                <Table.Td>{typeof r.difference === "number" ? `${r.difference >= 0 ? "+" : ""}${num(r.difference)}` : "—"}</Table.Td>
+                <Table.Td>{metric(String(r.metric), r[`v${a}`])}</Table.Td><Table.Td>{metric(String(r.metric), r[`v${b}`])}</Table.Td>
+                <Table.Td>{typeof r.difference === "number" ? `${r.difference >= 0 ? "+" : ""}${metric(String(r.metric), r.difference)}` : "—"}</Table.Td>
               </Table.Tr>
             ))}
           </Table.Tbody>
@@ -57,7 +55,7 @@ export function CompareView() {
       {deltas.length === 0 && left.data && right.data && <Text c="gray.7">Neither version recorded its importance.</Text>}
       {deltas.length > 0 && (
         <>
-          <BarChart h={Math.max(200, Math.min(deltas.length, 15) * 26)} aria-label="Importance change" orientation="vertical"
+          <BarChart h={Math.max(200, Math.min(deltas.length, 15) * 26)} role="figure" aria-label="Importance change" orientation="vertical"
                     data={deltas.slice(0, 15).map((d) => ({ feature: d.feature, [`v${b} − v${a}`]: Number(d.change.toFixed(4)) }))}
                     dataKey="feature" yAxisProps={{ width: 170 }} series={[{ name: `v${b} − v${a}`, color: "blue.9" }]} />
           <Table withTableBorder aria-label="Importance compared">

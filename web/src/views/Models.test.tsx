@@ -1,8 +1,8 @@
 import { screen } from "@testing-library/react";
-import { describe, expect, it } from "vitest";
-import { renderUi } from "../test/render";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { answering, renderUi } from "../test/render";
 import type { ModelOverview } from "../types";
-import { DriftBanner, driftAlerts, filterModels, ModelsTable } from "./Models";
+import { DriftBanner, driftAlerts, filterModels, ModelsTable, ModelsView } from "./Models";
 
 const model = (over: Partial<ModelOverview>): ModelOverview => ({
   name: "fraud", model_type: "fraud_detection", description: null, required_approvals: 2, updated_at: "2026-12-01T00:00:00Z",
@@ -43,4 +43,21 @@ describe("models view", () => {
     expect(container.querySelector("img, script")).toBeNull();
     expect(screen.getByText('<img src=x onerror="alert(1)"><script>alert(2)</script>')).toBeInTheDocument();
   });
+
+  it("says there is no model yet under All, and names the type when a filter leaves none", () => {
+    const { unmount } = renderUi(<ModelsTable models={[]} type="all" />);
+    expect(screen.getByText(/No model yet/)).toBeInTheDocument();  // was "No models of this type." under All
+    unmount();
+    renderUi(<ModelsTable models={[]} type="churn" />);
+    expect(screen.getByText("No churn model.")).toBeInTheDocument();
+  });
+
+  it("says the models could not be read, never that there are none", async () => {
+    vi.stubGlobal("fetch", vi.fn(answering({ "/v1/models": [503, { error: { code: "database_unavailable", message: "PostgreSQL is unavailable" } }] })));
+    renderUi(<ModelsView />);
+    expect(await screen.findByRole("alert")).toHaveTextContent("Could not load the models");
+    expect(screen.queryByText(/No model/)).toBeNull();
+  });
 });
+
+afterEach(() => vi.unstubAllGlobals());

@@ -46,8 +46,11 @@ function LiveAp({ model }: { model: ModelOverview }) {
   );
 }
 
-export function ModelsTable({ models }: { models: ModelOverview[] }) {
-  if (models.length === 0) return <Text c="gray.7">No models of this type.</Text>;
+export function ModelsTable({ models, type = "all" }: { models: ModelOverview[]; type?: string }) {
+  if (models.length === 0) {
+    return <Text c="gray.7">{type === "all" ? "No model yet: training one creates it (sira train --model NAME)."
+                                            : `No ${MODEL_TYPES[type]?.toLowerCase() ?? type} model.`}</Text>;
+  }
   return (
     <Table striped highlightOnHover aria-label="Models">
       <Table.Thead>
@@ -107,7 +110,7 @@ export function ModelsView() {
         data={[{ value: "all", label: "All" }, ...Object.entries(MODEL_TYPES).map(([value, label]) => ({ value, label }))]}
         w="fit-content"
       />
-      {data && <ModelsTable models={filterModels(models, type)} />}
+      {data && <ModelsTable models={filterModels(models, type)} type={type} />}
     </Stack>
   );
 }

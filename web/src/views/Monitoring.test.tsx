@@ -1,9 +1,9 @@
 import { screen } from "@testing-library/react";
 import { describe, expect, it, vi } from "vitest";
-import { renderUi } from "../test/render";
+import { answering, renderUi } from "../test/render";
 import type { DriftRun, Minute, PerformanceWindow } from "../types";
 import { auditPath } from "./Audit";
-import { importanceDelta } from "./Compare";
+import { CompareView, importanceDelta } from "./Compare";
 import { DriftHeatmap, heatmap, productionRun } from "./Drift";
 import { chartSeries, PerformanceView, performanceSeries, provisionalDots } from "./Performance";
 import { totals } from "./Traffic";
@@ -28,18 +28,21 @@ describe("monitoring views", () => {
     expect(heatmap(runs).features).toEqual(["channel", "amount", "country"]);
     renderUi(<DriftHeatmap runs={runs} />);
     const rows = screen.getAllByRole("row");
-    expect(rows[1]).toHaveTextContent("channel0.0100.150");
-    expect(rows[3]).toHaveTextContent("country—0.020");  // not measured in the first run
+    expect(rows[1]).toHaveTextContent("channel0.1500.010");  // the newest run first
+    expect(rows[3]).toHaveTextContent("country0.020—");  // not measured in the first run
   });
 
-  it("draws one series per role and version, one row per window", () => {
+  it("draws one series per role and version, each window at its end's time", () => {
     const w = (role: "production" | "shadow", version: number, end: string, ap: number): PerformanceWindow => ({
       version, role, window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5, average_precision: ap,
       ece: null, precision_flagged: null, recall_flagged: null, provisional: false, flagged: false, backtest: false, as_of: null });
-    const { rows, series } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
-                                                 w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
-    expect(series).toEqual(["production v1", "shadow v2"]);
-    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.5, "shadow v2": 0.6 }, { window: "2026-11-15", "production v1": 0.4 }]);
+    const { series, domain } = performanceSeries([w("production", 1, "2026-11-08T00:00:00Z", 0.5), w("shadow", 2, "2026-11-08T00:00:00Z", 0.6),
+                                                  w("production", 1, "2026-11-15T00:00:00Z", 0.4)]);
+    const [nov8, nov15] = [Date.parse("2026-11-08T00:00:00Z"), Date.parse("2026-11-15T00:00:00Z")];
+    expect(series).toEqual([
+      { name: "production v1", points: [{ at: nov8, "production v1": 0.5 }, { at: nov15, "production v1": 0.4 }] },
+      { name: "shadow v2", points: [{ at: nov8, "shadow v2": 0.6 }] }]);
+    expect(domain).toEqual([nov8, nov15]);
   });
 
   it("puts provisional windows on a dashed series of their own, never on one line with the mature ones", () => {
@@ -47,10 +50,11 @@ describe("monitoring views", () => {
       version: 1, role: "production", window_start: "2026-11-01T00:00:00Z", window_end: end, n: 100, n_positive: 5,
       average_precision: ap, ece: null, precision_flagged: null, recall_flagged: null, provisional, flagged: false, backtest: false,
       as_of: null });
-    const { rows, series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
-    expect(series).toEqual(["production v1", "production v1 (provisional)"]);
-    expect(rows).toEqual([{ window: "2026-11-08", "production v1": 0.4 }, { window: "2026-11-15", "production v1 (provisional)": 0.9 }]);
-    const [mature, provisional] = chartSeries(series);
+    const { series } = performanceSeries([w("2026-11-08T00:00:00Z", 0.4, false), w("2026-11-15T00:00:00Z", 0.9, true)]);
+    expect(series.map((s) => s.name)).toEqual(["production v1", "production v1 (provisional)"]);
+    expect(series.map((s) => s.points)).toEqual([[{ at: Date.parse("2026-11-08T00:00:00Z"), "production v1": 0.4 }],
+                                                 [{ at: Date.parse("2026-11-15T00:00:00Z"), "production v1 (provisional)": 0.9 }]]);
+    const [mature, provisional] = chartSeries(series.map((s) => s.name));
     expect(mature.strokeDasharray).toBeUndefined();
     expect(provisional.strokeDasharray).toBeTruthy();
     expect(provisional.color).toBe(mature.color);  // the same role and version: the same colour
@@ -90,5 +94,19 @@ describe("comparing two versions", () => {
     const b = [{ feature: "amount", mean_abs_shap: 0.45 }, { feature: "velocity", mean_abs_shap: 0.3 }];
     expect(importanceDelta(a, b).map((d) => [d.feature, d.a, d.b, Number(d.change.toFixed(2))])).toEqual([
       ["velocity", null, 0.3, 0.3], ["channel", 0.2, null, -0.2], ["amount", 0.5, 0.45, -0.05]]);
+  });
+});
+
+describe("the comparison's numbers", () => {
+  it("shows a metric of exactly 1 as a rate and counts as whole numbers", async () => {
+    vi.stubGlobal("fetch", vi.fn(answering({
+      "/v1/models/fraud/compare": { model: "fraud", a: 1, b: 2, status: { v1: "archived", v2: "production" }, metrics: [
+        { window: "test", metric: "roc_auc", v1: 0.98, v2: 1, difference: 0.02 },
+        { window: "test", metric: "n", v1: 1200, v2: 1250, difference: 50 }] },
+      "/v1/models/fraud/versions/1/insights": { importance: [] }, "/v1/models/fraud/versions/2/insights": { importance: [] } })));
+    renderUi(<CompareView />, undefined, { path: "/models/:name/compare/:a/:b", at: "/models/fraud/compare/1/2" });
+    const table = await screen.findByRole("table", { name: "Metrics compared" });
+    expect(table).toHaveTextContent("testroc auc0.9801.000+0.020");  // was "1", like a count
+    expect(table).toHaveTextContent("testn1,2001,250+50");
   });
 });

@@ -11,20 +11,36 @@ const COLORS = ["blue.9", "orange.9", "grape.9", "teal.9", "red.9", "cyan.9"];
 
 const PROVISIONAL = " (provisional)";
 
-/** One chart row per window end, one series per role and version ("production v3", "shadow v4"); a provisional
- * window (labels not mature yet: its AP will change) goes on a series of its own ("production v3 (provisional)"),
- * drawn dashed, so it is never on one line with the mature windows. */
-export function performanceSeries(windows: PerformanceWindow[]): { rows: Record<string, string | number | null>[]; series: string[] } {
+type Point = Record<string, number | null>;
+const DAY = 86_400_000;
+
+/** One series per role and version ("production v3", "shadow v4"), each its own points on a time axis (`at`: the
+ * window's end, ms): windows are as far apart as the time between them. A provisional window (labels not mature
+ * yet: its AP will change) goes on a series of its own ("production v3 (provisional)"), drawn dashed, never on
+ * one line with the mature windows. Where a series skipped time (a window starts after the previous one ended)
+ * a null point breaks its line: the chart shows the gap, it does not draw a line across it. */
+export function performanceSeries(windows: PerformanceWindow[]): { series: { name: string; points: Point[] }[]; domain: [number, number] } {
   const key = (w: PerformanceWindow) => `${w.role} v${w.version}${w.provisional ? PROVISIONAL : ""}`;
-  const series = [...new Set(windows.map(key))];
-  const byEnd = new Map<string, Record<string, string | number | null>>();
-  for (const w of windows) {
-    const row = byEnd.get(w.window_end) ?? { window: w.window_end.slice(0, 10) };
-    row[key(w)] = w.average_precision;
-    byEnd.set(w.window_end, row);
+  const byKey = new Map<string, PerformanceWindow[]>();
+  for (const w of [...windows].sort((a, b) => a.window_end.localeCompare(b.window_end))) {
+    byKey.set(key(w), (byKey.get(key(w)) ?? []).concat(w));
   }
-  return { rows: [...byEnd.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([, r]) => r), series };
+  const series = [...byKey.entries()].map(([name, ws]) => ({
+    name,
+    points: ws.flatMap((w, i): Point[] => {
+      const point = { at: Date.parse(w.window_end), [name]: w.average_precision };
+      const previous = ws[i - 1];
+      if (!previous || Date.parse(w.window_start) <= Date.parse(previous.window_end)) return [point];
+      return [{ at: (Date.parse(previous.window_end) + Date.parse(w.window_start)) / 2, [name]: null }, point];
+    }),
+  }));
+  const ends = windows.map((w) => Date.parse(w.window_end));
+  const [first, last] = [Math.min(...ends), Math.max(...ends)];
+  return { series, domain: first === last ? [first - DAY, last + DAY] : [first, last] };
 }
+
+// a window's end as a day (the tooltip asks with no label while it is hidden)
+const day = (at: number): string => (Number.isFinite(at) ? new Date(at).toISOString().slice(0, 10) : "");
 
 /** How each series is drawn: a role and version's colour, its provisional windows dashed in the same colour. */
 export function chartSeries(series: string[]): { name: string; color: string; strokeDasharray?: string }[] {
@@ -47,7 +63,8 @@ export function PerformanceView() {
   const { chosen, picker } = useModelChoice(name, "/performance");
   const history = useApi<{ windows: PerformanceWindow[] }>(chosen ? `/v1/models/${encodeURIComponent(chosen)}/performance/history?days=90` : null);
   const windows = history.data?.windows ?? [];
-  const { rows, series } = performanceSeries(windows);
+  const { series, domain } = performanceSeries(windows);
+  const points = new Map(series.map((s) => [s.name, s.points]));
   return (
     <Stack>
       <Title order={2}>Live performance</Title>
@@ -56,9 +73,12 @@ export function PerformanceView() {
       {chosen && windows.length === 0 && !history.loading && <Text c="gray.7">No labelled window in the last 90 days (sira performance --model {chosen}).</Text>}
       {windows.length > 0 && (
         <>
-          <Title order={3}>Average precision by window, production against shadow</Title>
-          <LineChart h={280} data={rows} dataKey="window" aria-label="Average precision by window" connectNulls withLegend
-                     series={chartSeries(series)} lineProps={provisionalDots} />
+          <Title order={3}>Average precision by window end, production against shadow</Title>
+          <LineChart h={280} data={[]} dataKey="at" role="figure" aria-label="Average precision by window" connectNulls={false} withLegend
+                     curveType="linear" series={chartSeries(series.map((s) => s.name))}
+                     xAxisProps={{ type: "number", scale: "time", domain, tickFormatter: day, allowDuplicatedCategory: false, padding: { left: 16, right: 16 } }}
+                     tooltipProps={{ labelFormatter: (at) => `window ending ${day(Number(at))}` }}
+                     lineProps={(s) => ({ data: points.get(s.name), ...provisionalDots(s) })} />
           <Text size="sm" c="gray.7">Dashed, hollow points: provisional windows (labels not mature yet: their AP will change).</Text>
           <Table withTableBorder aria-label="Performance windows">
             <Table.Thead>

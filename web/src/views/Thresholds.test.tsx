@@ -35,6 +35,12 @@ describe("a threshold change waiting for approval", () => {
     expect(screen.getByText("0 / 2 approvals")).toBeInTheDocument();
   });
 
+  it("shows thresholds chosen on validation scores to 4 significant digits", () => {
+    renderUi(<ThresholdChangeCard change={change({ current_review: 0.04421874195424622, current_block: 0.9312345678912 })} onDecide={vi.fn()} />);
+    expect(screen.getByText(/Review 0.04422 →/)).toHaveTextContent("Review 0.04422 → 0.4, block 0.9312 → 0.8");  // was 17 digits
+    expect(screen.getByRole("table", { name: "Evidence for the thresholds of fraud v3" })).toHaveTextContent("review now (0.04422)");
+  });
+
   it("says when there was no labelled window to judge by", () => {
     renderUi(<ThresholdChangeCard change={change({ evidence: { window: null, note: "no labelled answers" } })} onDecide={vi.fn()} />);
     expect(screen.getByText("No labelled window when it was asked: no labelled answers.")).toBeInTheDocument();

@@ -2,7 +2,7 @@ import { LineChart } from "@mantine/charts";
 import { Alert, Badge, Button, Group, NumberInput, Stack, Table, Text, Textarea, Title } from "@mantine/core";
 import { useState } from "react";
 import { api, ApiError } from "../api";
-import { when } from "../format";
+import { threshold, when } from "../format";
 import { useMe } from "../me";
 import type { ModelDetail, ThresholdSets, WhatIf } from "../types";
 import { useApi } from "../useApi";
@@ -43,6 +43,7 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
       {whatIf.provisional && <ProvisionalNote />}
       <LineChart
         h={260}
+        role="figure"
         aria-label="What-if by threshold"
         data={rows}
         dataKey="threshold"
@@ -51,7 +52,7 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
         series={[
           { name: "precision", color: "blue.9" }, { name: "recall", color: "orange.9" }, { name: "share flagged", color: "teal.9" },
         ]}
-        referenceLines={Object.entries(whatIf.current).map(([name, value]) => ({ x: value, label: `${name} ${value}`, color: "gray.7" }))}
+        referenceLines={Object.entries(whatIf.current).map(([name, value]) => ({ x: value, label: `${name} ${threshold(value)}`, color: "gray.7" }))}
         connectNulls
         withLegend
         withDots={false}
@@ -131,7 +132,7 @@ export function ThresholdHistory({ sets }: { sets: ThresholdSets }) {
       <Table.Tbody>
         {sets.sets.map((s) => (
           <Table.Tr key={s.id}>
-            <Table.Td>{s.revision}</Table.Td><Table.Td>{s.review}</Table.Td><Table.Td>{s.block}</Table.Td>
+            <Table.Td>{s.revision}</Table.Td><Table.Td>{threshold(s.review)}</Table.Td><Table.Td>{threshold(s.block)}</Table.Td>
             <Table.Td><Badge color={STATUS_COLOUR[s.status] ?? "gray.8"} variant="filled">{s.status}</Badge></Table.Td>
             <Table.Td>{s.requested_by}</Table.Td><Table.Td>{s.reason ?? "—"}</Table.Td>
             <Table.Td>

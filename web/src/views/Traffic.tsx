@@ -11,31 +11,41 @@ export function totals(minutes: Minute[]): { answers: number; degraded: number; 
                         { answers: 0, degraded: 0, blocked: 0 });
 }
 
+/** The charts' rows: every minute of the window up to now, as the API answers them (a silent minute is a row of
+ * zero answers with no latency), labelled HH:MM UTC. */
+export function minuteRows(minutes: Minute[]): (Minute & { time: string })[] {
+  return minutes.map((m) => ({ ...m, time: m.minute.slice(11, 16) }));
+}
+
 export function TrafficView() {
   const { name } = useParams();
   const { chosen, picker } = useModelChoice(name, "/traffic");
   // refreshed every 10 s, without reloading the page
   const traffic = useApi<{ per_minute: Minute[] }>(chosen ? `/v1/models/${encodeURIComponent(chosen)}/traffic?minutes=60` : null, 10_000);
-  const minutes = (traffic.data?.per_minute ?? []).map((m) => ({ ...m, minute: m.minute.slice(11, 16) }));
+  const rows = minuteRows(traffic.data?.per_minute ?? []);
   const t = totals(traffic.data?.per_minute ?? []);
   return (
     <Stack>
       <Title order={2}>Live traffic</Title>
       {picker}
       {traffic.error && <Failure error={traffic.error} what="the live traffic" />}
-      <Group aria-label="The last hour">
-        <Text>Last hour: <b data-field="answers">{t.answers.toLocaleString()}</b> answers</Text>
-        <Text><b>{t.blocked.toLocaleString()}</b> blocked</Text>
-        <Text c={t.degraded ? "red.9" : undefined}><b data-field="degraded">{t.degraded.toLocaleString()}</b> degraded</Text>
-      </Group>
-      {minutes.length === 0 && !traffic.loading && <Text c="gray.7">No answer recorded in the last hour.</Text>}
-      {minutes.length > 0 && (
+      {/* only what was measured: no answer counted is not zero answers (a failed read showed "0 answers") */}
+      {traffic.data && (
+        <Group aria-label="The last hour">
+          <Text>Last hour: <b data-field="answers">{t.answers.toLocaleString()}</b> answers</Text>
+          <Text><b>{t.blocked.toLocaleString()}</b> blocked</Text>
+          <Text c={t.degraded ? "red.9" : undefined}><b data-field="degraded">{t.degraded.toLocaleString()}</b> degraded</Text>
+        </Group>
+      )}
+      {traffic.data && t.answers === 0 && <Text c="gray.7">No answer recorded in the last hour.</Text>}
+      {traffic.data && t.answers > 0 && (
         <>
-          <Title order={3}>Decisions per minute</Title>
-          <BarChart h={240} data={minutes} dataKey="minute" type="stacked" aria-label="Decisions per minute" withLegend
+          <Title order={3}>Decisions per minute (UTC)</Title>
+          <BarChart h={240} data={rows} dataKey="time" type="stacked" role="figure" aria-label="Decisions per minute" withLegend
                     series={[{ name: "approve", color: "teal.9" }, { name: "review", color: "yellow.6" }, { name: "block", color: "red.9" }]} />
-          <Title order={3}>Server-side latency (ms)</Title>
-          <LineChart h={240} data={minutes} dataKey="minute" aria-label="Latency percentiles" withLegend connectNulls
+          <Title order={3}>Server-side latency (ms; no line where no answer was given)</Title>
+          <LineChart h={240} data={rows} dataKey="time" role="figure" aria-label="Latency percentiles" withLegend connectNulls={false}
+                     curveType="linear"
                      series={[{ name: "p50_ms", color: "blue.9" }, { name: "p95_ms", color: "orange.9" }, { name: "p99_ms", color: "red.9" }]} />
         </>
       )}

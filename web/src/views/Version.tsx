@@ -3,8 +3,8 @@ import { Badge, Code, Group, SimpleGrid, Stack, Table, Text, Title } from "@mant
 import { useEffect, useState } from "react";
 import { useParams } from "react-router";
 import { apiText } from "../api";
-import { ap, when } from "../format";
-import type { Insights, Metrics, Version } from "../types";
+import { ap, metric, threshold, when } from "../format";
+import type { Evaluation, Insights, Metrics, Version } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { ThresholdsPanel } from "./Thresholds";
@@ -35,8 +35,7 @@ export function MetricsTable({ metrics }: { metrics: Record<string, Metrics> }) 
           <Table.Tr key={key}>
             <Table.Td>{label}</Table.Td>
             {names.map((w) => {
-              const v = metrics[w][key];
-              return <Table.Td key={w}>{typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : ap(v)) : "—"}</Table.Td>;
+              return <Table.Td key={w}>{metric(key, metrics[w][key])}</Table.Td>;
             })}
           </Table.Tr>
         ))}
@@ -45,13 +44,15 @@ export function MetricsTable({ metrics }: { metrics: Record<string, Metrics> }) 
   );
 }
 
-export function Reliability({ metrics }: { metrics: Metrics }) {
-  const bins = metrics.calibration ?? [];
-  if (bins.length === 0) return <Text c="gray.7">No calibration table.</Text>;
+/** The reliability diagram of a window: each bin's mean score against its observed rate, and the diagonal. */
+export function Reliability({ evaluation }: { evaluation: Evaluation | undefined }) {
+  const bins = evaluation?.calibration ?? [];
+  if (bins.length === 0) return <Text c="gray.7">No calibration table (the version's artifact has none for this window).</Text>;
   const top = Math.max(...bins.map((b) => Math.max(b.mean_score, b.observed_rate)), 0.01);
   return (
     <ScatterChart
       h={260}
+      role="figure"
       aria-label="Reliability diagram"
       data={[
         { color: "blue.9", name: "bins (mean score, observed rate)", data: bins.map((b) => ({ mean_score: b.mean_score, observed_rate: b.observed_rate })) },
@@ -69,6 +70,7 @@ export function Importance({ importance }: { importance: Insights["importance"] 
   return (
     <BarChart
       h={Math.max(200, top.length * 26)}
+      role="figure"
       aria-label="Feature importance"
       data={top.map((i) => ({ feature: i.feature, "mean |SHAP|": Number(i.mean_abs_shap.toFixed(4)) }))}
       dataKey="feature" orientation="vertical" yAxisProps={{ width: 170 }}
@@ -77,9 +79,10 @@ export function Importance({ importance }: { importance: Insights["importance"] 
   );
 }
 
-function Segments({ metrics }: { metrics: Metrics }) {
-  const segments = Object.entries(metrics.segments ?? {});
-  if (segments.length === 0) return null;
+/** The window's metrics by segment (channel, country: each value with at least 200 rows), as training measured them. */
+export function Segments({ evaluation }: { evaluation: Evaluation | undefined }) {
+  const segments = Object.entries(evaluation?.segments ?? {});
+  if (segments.length === 0) return <Text c="gray.7">No segment had enough rows to be measured on its own.</Text>;
   return (
     <Table withTableBorder aria-label="Metrics by segment">
       <Table.Thead>
@@ -89,7 +92,7 @@ function Segments({ metrics }: { metrics: Metrics }) {
         {segments.flatMap(([name, values]) => Object.entries(values).map(([value, m]) => (
           <Table.Tr key={name + value}>
             <Table.Td>{name}</Table.Td><Table.Td>{value}</Table.Td><Table.Td>{m.n.toLocaleString()}</Table.Td>
-            <Table.Td>{m.positives}</Table.Td><Table.Td>{ap(m.average_precision)}</Table.Td>
+            <Table.Td>{m.positives.toLocaleString()}</Table.Td><Table.Td>{ap(m.average_precision)}</Table.Td>
           </Table.Tr>
         )))}
       </Table.Tbody>
@@ -114,7 +117,9 @@ export function VersionView() {
   if (v.error) return <Failure error={v.error} what={`${name} v${version}`} />;
   if (!v.data) return null;
   const d = v.data;
-  const test = d.metrics.test ?? d.metrics[windows(d.metrics)[0]] ?? {};
+  // the reliability table and the segments come with the importance, from the version's verified artifact
+  const window = "test" in d.metrics ? "test" : windows(d.metrics)[0];
+  const evaluation = insights.data?.evaluation?.[window];
   const lineage = insights.data?.lineage;
   return (
     <Stack>
@@ -130,21 +135,23 @@ export function VersionView() {
           <Title order={3}>Thresholds and decision bands</Title>
           <Table withTableBorder aria-label="Thresholds">
             <Table.Tbody>
-              <Table.Tr><Table.Td>approve</Table.Td><Table.Td>score below {d.thresholds.review ?? "—"}</Table.Td></Table.Tr>
-              <Table.Tr><Table.Td>review</Table.Td><Table.Td>from {d.thresholds.review ?? "—"} to below {d.thresholds.block ?? "—"}</Table.Td></Table.Tr>
-              <Table.Tr><Table.Td>block</Table.Td><Table.Td>from {d.thresholds.block ?? "—"}</Table.Td></Table.Tr>
+              <Table.Tr><Table.Td>approve</Table.Td><Table.Td>score below {threshold(d.thresholds.review)}</Table.Td></Table.Tr>
+              <Table.Tr><Table.Td>review</Table.Td><Table.Td>from {threshold(d.thresholds.review)} to below {threshold(d.thresholds.block)}</Table.Td></Table.Tr>
+              <Table.Tr><Table.Td>block</Table.Td><Table.Td>from {threshold(d.thresholds.block)}</Table.Td></Table.Tr>
             </Table.Tbody>
           </Table>
         </Stack>
         <Stack>
-          <Title order={3}>Calibration (test window)</Title>
-          <Reliability metrics={test} />
+          <Title order={3}>Calibration ({window ?? "test"} window)</Title>
+          {insights.error ? <Text c="gray.7">The version's artifact could not be read (see below).</Text>
+            : insights.data && <Reliability evaluation={evaluation} />}
         </Stack>
       </SimpleGrid>
       <ThresholdsPanel model={d.model_name} version={d.version} status={d.status} current={d.thresholds} />
       <Title order={3}>Feature importance (mean |SHAP| on validation rows)</Title>
-      {insights.error ? <Failure error={insights.error} what="the importance and lineage" /> : <Importance importance={insights.data?.importance ?? []} />}
-      <Segments metrics={test} />
+      {insights.error ? <Failure error={insights.error} what="the version's artifact (importance, reliability table, segments, lineage)" /> : <Importance importance={insights.data?.importance ?? []} />}
+      <Title order={3}>Metrics by segment ({window ?? "test"} window)</Title>
+      {insights.data && <Segments evaluation={evaluation} />}
       <Title order={3}>Model card</Title>
       <Card path={path} />
       <Title order={3}>Lineage</Title>
