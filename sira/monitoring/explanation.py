@@ -210,8 +210,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
 
 async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float]
                           ) -> dict[str, Any]:
-    """The decision's counterfactual as first settled (see :func:`counterfactual.settled`), else computed:
-    a late event before the payment changes what a refold of the log gives, never the report."""
+    """The decision's counterfactual as its first report gave it, whatever it said (``sira_counterfactuals``),
+    else computed and kept: a late event before the payment, or the payment stored after a report, changes
+    what a refold of the log gives, never the report (a prediction's threshold set never changes either)."""
     pinned = await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
                                  row["prediction_id"])
     if pinned is not None:
@@ -219,14 +220,16 @@ async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thr
     event = await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", row["event_id"]) \
         if row["event_id"] else None
     if event is None:
-        return {"available": False, "why": "the payment itself is not stored (scored without recording)"}
-    found = await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds, row["decision"])
-    if counterfactual.settled(found):  # two reports at once: the first stored stands
-        await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
-                           " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
-        found = dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
-                                         row["prediction_id"]))
-    return found
+        found = {"available": False, "why": "the payment itself was not stored when the decision was first "
+                                            "explained (scored without recording)"}
+    else:
+        found = await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds,
+                                          row["decision"])
+    # two reports at once: the first stored stands
+    await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
+                       " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
+    return dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
+                                    row["prediction_id"]))
 
 
 def _in_words(found: dict[str, Any]) -> str | None:
