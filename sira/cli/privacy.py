@@ -255,10 +255,14 @@ def thresholds_cmd(
     emit(result, as_json, lambda: err.print(thresholds_table(result)))
 
 
+REPORT_SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".json": "json"}
+
+
 @app.command("explain")
 def explain_cmd(
     prediction: Annotated[str, typer.Option("--prediction", help="The stored prediction's id.")],
-    fmt: Annotated[str, typer.Option("--format", help="md, html or json.")] = "md",
+    fmt: Annotated[str | None, typer.Option("--format", help="md, html or json (default: the --out file's suffix, "
+                                                             "else md).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the report here (default: stdout).")] = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -270,8 +274,13 @@ def explain_cmd(
     from sira.core.errors import InvalidInput
     from sira.monitoring.explanation import explain_prediction, to_html, to_markdown
 
-    if fmt not in ("md", "html", "json"):
+    if fmt is not None and fmt not in ("md", "html", "json"):
         raise InvalidInput("--format must be md, html or json", code="invalid_value", details={"field": "format"})
+    implied = REPORT_SUFFIXES.get(out.suffix.lower()) if out is not None else None
+    if fmt is not None and out is not None and implied not in (None, fmt):  # report.html of Markdown: refused
+        raise InvalidInput(f"--format {fmt} contradicts --out {out.name} (a {implied} file): give "
+                           "one of them, or both alike", code="invalid_option", details={"field": "format"})
+    fmt = fmt or implied or "md"
     writable_file(out)
     settings = get_settings()
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import orjson
 from asyncpg import Connection
 
 from sira.core import audit, db
-from sira.core.auth import Identity, authorize
+from sira.core.auth import Identity, authorize, principals
 from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, SiraError
 from sira.features.definitions import FEATURE_SETS
 from sira.features.states import drop_cached
@@ -53,7 +54,6 @@ from sira.monitoring.subject import (
     stored_customer,
     subject_ref,
 )
-from sira.registry.settings import redacted
 
 log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
@@ -80,11 +80,12 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
     reason = (reason or "").strip()
     if not reason or len(reason) > 2000:
         raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
-    if not force and not await holds_data(conn, stored_customer(redactor, customer_id)):
+    stored = stored_customer(redactor, customer_id)
+    if not force and not await holds_data(conn, stored):
         raise NotFound("SIRA holds nothing about this customer id (no event, dead letter or feature state): check "
                        "the id, or give --force to ask for the erasure anyway", code="no_data")
     ref = subject_ref(secret, customer_id)
-    reason = (redacted(reason) or "").replace(customer_id, ref)  # the audit log is forever: no id, no PII
+    reason = without_subject(reason, customer_id, stored, ref, redactor)
     try:
         async with conn.transaction():
             request_id = await conn.fetchval(
@@ -97,6 +98,19 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
                        details={"request_id": request_id, "reason": reason})
     return {"request_id": request_id, "subject": ref, "status": "pending",
             "next": f"a second admin runs: sira subject forget --customer <id> --approve {request_id}"}
+
+
+def without_subject(text: str, customer_id: str, stored: str, ref: str, redactor: Any) -> str:
+    """``text`` as the audit log and the tombstone keep it, which is forever: PII redacted (``redactor``:
+    the installation's, which ingestion scrubbed the id with) and the person's id replaced by ``ref`` (their
+    keyed hash) however it is written there: as given, in another case, or as redaction turns it into the
+    token their rows were stored under (``stored``: an id that is an email or a phone number)."""
+    mark = "\ue000"  # a character no redaction pattern touches, where the id was, until the hash goes in
+    text = re.sub(re.escape(customer_id), mark, text, flags=re.IGNORECASE)
+    text = redactor.scrub_text(text)
+    for form in (stored, customer_id):
+        text = re.sub(re.escape(form), mark, text, flags=re.IGNORECASE)
+    return text.replace(mark, ref)
 
 
 async def forget(conn: Connection, identity: Identity, customer_id: str, request_id: int, *,
@@ -114,7 +128,8 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     if ref != request["subject_ref"]:
         raise InvalidInput(f"--customer is not the person erasure request {request_id} names",
                            code="subject_mismatch")
-    if identity.name == request["requested_by"]:
+    asker, approver = await principals(conn, request["requested_by"], identity.name)
+    if asker == approver:  # people, not names: a key's owner and their JWT (jwt:<sub>), a job's key and its minter
         raise audit.denied(PermissionDenied("the admin who asked for an erasure cannot carry it out: a second "
                                             "admin must", code="self_approval"), identity.actor(), "subject.access")
     if request["status"] == "executed":  # the database part is done: Redis and the spool again

@@ -97,15 +97,52 @@ def _num(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
 
 
-def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None) -> dict[str, Any]:
+def factor(spec: Any, x: float, contribution: float, reference: dict[str, Any] | None, *,
+           others: bool = False) -> dict[str, Any]:
     """One factor of a report: its words follow where its value lies against the typical range (a high
     count is "many payments", a low one "few", one within the range or against no range in neutral
-    words), never the factor's direction: a small amount that raised the risk is still a small amount."""
+    words), never the factor's direction: a small amount that raised the risk is still a small amount.
+    ``others``: a feature whose value counts other people's payments too (:func:`others_features`): its
+    value is shown only as the range of the training data's reference bins that holds it."""
     value = display_value(spec, x)
-    return {"feature": spec.name, "value": value, "contribution": contribution,
+    shown = value
+    if others and value is not None:
+        shown = value_range(reference, value) or NOT_SHOWN
+    return {"feature": spec.name, "value": shown, "contribution": contribution,
             "direction": "increases_risk" if contribution > 0 else "decreases_risk",
-            "text": describe(spec.name, value, value_side(middle_half(reference), value)),
-            "typical": _typical(reference)}
+            "text": describe(spec.name, shown, value_side(middle_half(reference), value)),
+            "typical": _typical(reference), **({"exact": False} if shown is not value else {})}
+
+
+OWN_ENTITY = "customer"  # the entity that is the person a decision is about: its history is theirs alone
+NOT_SHOWN = "not shown: other people's payments count in it"
+
+
+def others_features(runtime: ModelRuntime) -> frozenset[str]:
+    """The features whose values may count other people's payments: every entity's but the customer's (a card
+    or a device may be shared, a terminal or a merchant always is). A report shows them as ranges only."""
+    fs = runtime.feature_set
+    if fs is None:
+        return frozenset()
+    return frozenset(n for spec in fs.entities if spec.entity != OWN_ENTITY for n in spec.names())
+
+
+def value_range(reference: dict[str, Any] | None, value: Any) -> str | None:
+    """The range of the training data's reference bins (about ten, of equal share) that holds ``value``, in
+    words: "X to Y", open at the first and last bins ("X or less", "X or more": their outer edges are the
+    training minimum and maximum, one row's value); None without usable statistics."""
+    bins = reference_bins(reference)
+    if bins is None or not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None
+    edges = bins[0]
+    if len(edges) < 3:  # one bin: its edges are the minimum and the maximum
+        return None
+    k = min(max(int(np.searchsorted(edges, value, side="right")) - 1, 0), len(edges) - 2)
+    if k == len(edges) - 2:
+        return f"{_num(edges[k])} or more"
+    if k == 0:
+        return f"{_num(edges[1])} or less"
+    return f"{_num(edges[k])} to {_num(edges[k + 1])}"
 
 
 def _categories(runtime: ModelRuntime) -> list[str]:
@@ -161,12 +198,13 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     x = runtime.matrix([row["features"]])
     contributions = runtime.contributions(x)[0]
     factors = []
+    others = others_features(runtime)
     for j in np.argsort(-np.abs(contributions[: len(runtime.schema)]), kind="stable").tolist():
         c = float(contributions[j])
         if c == 0.0:
             continue
         spec = runtime.schema[j]
-        factors.append(factor(spec, float(x[0, j]), c, reference.get(spec.name)))
+        factors.append(factor(spec, float(x[0, j]), c, reference.get(spec.name), others=spec.name in others))
     reviews = await conn.fetch(
         """SELECT source, label, known_at FROM sira_feedback
             WHERE (prediction_id = $1 OR event_id = $2)
@@ -210,8 +248,9 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
 
 async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float]
                           ) -> dict[str, Any]:
-    """The decision's counterfactual as first settled (see :func:`counterfactual.settled`), else computed:
-    a late event before the payment changes what a refold of the log gives, never the report."""
+    """The decision's counterfactual as its first report gave it, whatever it said (``sira_counterfactuals``),
+    else computed and kept: a late event before the payment, or the payment stored after a report, changes
+    what a refold of the log gives, never the report (a prediction's threshold set never changes either)."""
     pinned = await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
                                  row["prediction_id"])
     if pinned is not None:
@@ -219,14 +258,16 @@ async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thr
     event = await conn.fetchrow("SELECT * FROM sira_events WHERE event_id = $1", row["event_id"]) \
         if row["event_id"] else None
     if event is None:
-        return {"available": False, "why": "the payment itself is not stored (scored without recording)"}
-    found = await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds, row["decision"])
-    if counterfactual.settled(found):  # two reports at once: the first stored stands
-        await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
-                           " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
-        found = dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
-                                         row["prediction_id"]))
-    return found
+        found = {"available": False, "why": "the payment itself was not stored when the decision was first "
+                                            "explained (scored without recording)"}
+    else:
+        found = await counterfactual.find(conn, runtime, dict(event), row["features"], thresholds,
+                                          row["decision"])
+    # two reports at once: the first stored stands
+    await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
+                       " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
+    return dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
+                                    row["prediction_id"]))
 
 
 def _in_words(found: dict[str, Any]) -> str | None:

@@ -3,7 +3,8 @@
 A person is named by the ``customer_id`` their events carry. The bundle holds their events, the events
 refused as dead letters, the per-event feature rows and the online feature state of the entities that are
 theirs, the predictions made on their events (score, decision, reasons: the stored explanation), the
-explanation reports issued about them and the counterfactuals those settled, and the labels recorded for them.
+explanation reports issued about them and the counterfactuals those gave, and the labels recorded for them
+with every value each has had (``sira_feedback_history``).
 A dead letter that names no customer, only a payment (a label refused, or pending until it expired), is
 theirs when the payment is one of theirs, stored or refused. PII stays as SIRA holds it: tokens (keyed HMACs) that SIRA cannot reverse, with
 the list of token kinds present, since SIRA never holds the raw values.
@@ -11,7 +12,9 @@ the list of token kinds present, since SIRA never holds the raw values.
 Which entities are "theirs": those whose key is one of the person's own identifiers (their customer id,
 account, card, device, IP, email and phone tokens) as their events carry them. An identifier that another
 customer's events also carry (a shared card or device) is withheld, counted, not exported: its feature
-state aggregates someone else's payments too. Terminals and merchants are never the person's.
+state aggregates someone else's payments too. Terminals and merchants are never the person's. So a
+prediction's features of an entity that is not theirs (its terminal's, a shared card's) count other people's
+payments: their values, and those of the reasons about them, are left out, and named.
 
 Every export is recorded in the audit log; the subject is named there by a keyed hash of the id, never the
 id itself.
@@ -46,7 +49,8 @@ REJECTED_OF = "(customer_id = $1 OR payload->>'customer_id' = $1)"
 REJECTED_ABOUT = ("customer_id IS NULL AND payload->>'customer_id' IS NULL AND event_id = ANY($1::text[]) "
                   "AND NOT id = ANY($2::bigint[])")
 SECTIONS = ("events", "rejected_events", "features", "feature_snapshots", "entity_states", "state_checkpoints",
-            "predictions", "explanations", "counterfactuals", "labels")
+            "predictions", "explanations", "counterfactuals", "labels", "label_history")
+WITHHELD_VALUE = "withheld: other people's payments count in it"
 
 
 def subject_ref(secret: str, customer_id: str) -> str:
@@ -162,7 +166,7 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
             f"SELECT * FROM sira_entity_states WHERE {owned}", types, keys)),  # noqa: S608 - constant text
         "state_checkpoints": _rows(await conn.fetch(
             f"SELECT * FROM sira_state_checkpoints WHERE {owned} ORDER BY as_of", types, keys)),  # noqa: S608
-        "predictions": await _with_reasons(conn, settings, _rows(predictions)),
+        "predictions": _withheld(await _with_reasons(conn, settings, _rows(predictions)), events, entities),
         # the explanation reports issued about their decisions: when, to whom, which report
         "explanations": _rows(await conn.fetch(
             """SELECT target_id AS prediction_id, occurred_at AS issued_at, actor AS issued_to,
@@ -176,6 +180,10 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
             "SELECT * FROM sira_feedback WHERE event_id = ANY($1::text[]) OR prediction_id = ANY($2::uuid[]) "
             "ORDER BY id", labelled, [p["prediction_id"] for p in predictions])),
     }
+    # every value each label has had and from when (sql/029: a chargeback reversed keeps what it said before)
+    bundle["label_history"] = _rows(await conn.fetch(
+        "SELECT * FROM sira_feedback_history WHERE event_id = ANY($1::text[]) ORDER BY id",
+        sorted(set(labelled) | {r["event_id"] for r in bundle["labels"]})))
     bundle["tokens"] = {
         "note": "PII is held only as keyed tokens (HMAC): SIRA cannot turn them back into the values",
         "kinds": sorted({c for c in TOKEN_COLUMNS for e in events if e[c]}),
@@ -183,7 +191,12 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
     bundle["counts"] = {s: len(bundle[s]) for s in SECTIONS}
     bundle["withheld"] = {"shared_identifiers": withheld,
                           "why": "a card, device, IP, email or phone another customer's events also carry: its feature "
-                                 "state aggregates their payments too"}
+                                 "state aggregates their payments too",
+                          "prediction_features": sum(len(p.get("features_withheld", ())) for p in bundle["predictions"]),
+                          "prediction_features_why": "a prediction's features of a terminal, a merchant or an identifier "
+                                                     "another customer's events also carry count other people's "
+                                                     "payments: their values (and their reasons' values) are left out; "
+                                                     "the explanation report shows them as ranges"}
     await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
                        target_id=subject_ref(settings.secret("auth_secret"), asked),
                        details={"counts": bundle["counts"]})
@@ -211,6 +224,33 @@ async def _with_reasons(conn: Connection, settings: Any, predictions: list[dict[
             x = runtime.matrix([p["features"]])
             p["reasons"] = runtime.reasons(x[0], runtime.contributions(x)[0])
             p["reasons_computed_for_export"] = True
+    return predictions
+
+
+def _withheld(predictions: list[dict[str, Any]], events: list[Any], entities: list[tuple[str, str]]
+              ) -> list[dict[str, Any]]:
+    """Predictions without the values of their features that count other people's payments (each prediction
+    names them in ``features_withheld``), and without those values in their reasons: the features of every
+    entity of the payment that is not the person's own (:func:`entities_of`: a terminal, a merchant, a card
+    or device another customer's events also carry)."""
+    from sira.features.definitions import FEATURE_SETS
+    from sira.serving.scoring import describe
+
+    owned = set(entities)
+    by_event = {e["event_id"]: e for e in events}
+    specs = {spec.entity: spec for fs in FEATURE_SETS.values() for spec in fs.entities}
+    for p in predictions:
+        event = by_event.get(p["event_id"]) or {}
+        others = {name for entity, spec in specs.items() if event.get(spec.key_column) is not None
+                  and (entity, event[spec.key_column]) not in owned for name in spec.names()}
+        features = p.get("features") or {}
+        hidden = sorted(others & set(features))
+        if not hidden:
+            continue
+        p["features"] = {k: v for k, v in features.items() if k not in others}
+        p["features_withheld"] = hidden
+        p["reasons"] = [{**r, "value": None, "text": describe(r["feature"], WITHHELD_VALUE)}
+                        if r.get("feature") in others else r for r in p.get("reasons") or []]
     return predictions
 
 

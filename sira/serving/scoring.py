@@ -406,6 +406,8 @@ def describe(feature: str, value: Any, side: str | None = None) -> str:
             return f"{many} {plural} used by {who} in {words} ({shown})"
         if base.startswith("new_"):
             thing = base.removeprefix("new_")
+            if value is None:  # the payment named none: neither new nor seen before
+                return f"No {thing} given: whether it was new for {who} is unknown (missing)"
             return f"A {thing} new for {who} in {words}" if value == 1 else f"{thing} seen before by {who} ({shown})"
     size = "High payment amount" if high else "Low payment amount" if low else "Payment amount"
     fixed = {"amount": f"{size} ({shown})", "log_amount": f"{size} (log {shown})",

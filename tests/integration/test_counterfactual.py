@@ -13,6 +13,7 @@ import pytest
 
 from sira.core import db
 from sira.core.auth import Identity
+from sira.core.errors import Conflict
 from sira.features.engine import engine_of
 from sira.ingest.bulk import ingest_records, redactor_for
 from sira.monitoring import counterfactual
@@ -65,14 +66,7 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
                 break
         assert high > low + 1e-3, "the amount never raised this payment's score"
         cut = (low + high) / 2
-        version = (await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, 1))["version"]
-        change = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version, review=cut,
-                             block=cut, reason="the counterfactual plant")
-        for _ in range(300):
-            if service.models.slots[model].production.threshold_set == change["set"]:
-                break
-            await asyncio.sleep(0.05)
-        assert service.models.slots[model].production.threshold_set == change["set"], "no swap within 15 s"
+        await plant(fraud_model, service, model, review=cut, block=cut)
         big = {**base, "amount": base["amount"] * factor}
         blocked = await score(big, record=True)
         assert blocked["decision"] == "block"
@@ -115,6 +109,111 @@ async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfac
     assert after["counterfactual"] == cf and after["report_id"] == report["report_id"]
 
 
+async def plant(fraud_model, service, model, *, review, block):
+    """Thresholds of the test's choosing, in force in ``service`` (the model needs no approvals)."""
+    version = (await run_in_transaction(fraud_model.dsn, threshold_sets.history, ANALYST, model, 1))["version"]
+    try:
+        change = await run_in_transaction(fraud_model.dsn, threshold_sets.request_change, SCIENTIST, model, version,
+                                          review=review, block=block, reason="the counterfactual plant")
+    except Conflict as exc:  # planted by an earlier test already: in force in this service since it started
+        assert exc.code == "no_change", exc
+        return
+    for _ in range(300):
+        if service.models.slots[model].production.threshold_set == change["set"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no swap within 15 s")
+
+
+async def test_the_nearest_amount_that_changes_a_decision_is_found_however_many_ranges_lie_between(
+        fraud_model, model, tmp_path):
+    """Every amount is covered: the thresholds are planted so that only amounts far from the paid one (with
+    many of the trees' amount ranges between) approve. Before, the search tried 97 amounts nearest first
+    and said its budget ran out; now it finds the nearest approving amount, which the serving path
+    confirms, and no amount of a grid nearer to the paid one approves."""
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    paid = payment(fraud_model, 17, 300.0)
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        async def score(event, record=False):
+            answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
+                                                          "request_id": uuid.uuid4().hex}, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        grid = sorted({*np.geomspace(0.5, 20_000, 90).round(2).tolist(), 300.0}, key=lambda a: abs(a - 300.0))
+        scores = {a: (await score({**paid, "amount": a}))["score"] for a in grid}
+        # the farthest grid amount scoring below every amount nearer to the paid one: the review threshold just
+        # above it leaves it (and amounts like it) the only approvals
+        target = next(a for a in reversed(grid[1:]) if scores[a] < min(scores[b] for b in grid[:grid.index(a)]))
+        nearer = min(scores[b] for b in grid[:grid.index(target)])
+        review = (scores[target] + nearer) / 2
+        await plant(fraud_model, service, model, review=review, block=1.0)
+        decided = await score(paid, record=True)
+        assert decided["decision"] == "review"
+        await service.flush()
+
+        report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                          decided["prediction_id"])
+        cf = report["counterfactual"]
+        assert cf["available"], cf
+        to = cf["change"]["amount"]["to"]
+        assert abs(to - 300.0) <= abs(target - 300.0) and cf["decision"] == "approve"
+        assert all(scores[a] >= review for a in grid if abs(a - 300.0) < abs(to - 300.0))
+        rescored = await score({**paid, "amount": to})
+        assert rescored["decision"] == "approve" and rescored["score"] == pytest.approx(cf["score"], abs=1e-12)
+        toward = round(to + (0.01 if to < 300.0 else -0.01), 2)  # a cent nearer the paid amount: still a review
+        assert (await score({**paid, "amount": toward}))["decision"] == "review"
+
+
+async def test_that_no_amount_changes_a_decision_is_concluded_and_the_report_stays(fraud_model, model, tmp_path):
+    """Under a review threshold of 0 every payment is a review: no amount and no hour approves it. The search
+    concludes so (before: "the search budget ran out", never that), and that answer is the report's from then
+    on, a late payment of the same customer notwithstanding (before: the report changed with it)."""
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    paid = payment(fraud_model, 19, 1000.0)
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        await plant(fraud_model, service, model, review=0.0, block=1.0)
+        decided = (await client.post("/v1/score", json={"model": model, "event": paid, "request_id": uuid.uuid4().hex},
+                                     headers=headers)).json()
+        assert decided["decision"] == "review"
+        await service.flush()
+    report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                      decided["prediction_id"])
+    cf = report["counterfactual"]
+    assert not cf["available"] and cf["why"].startswith("no amount from 0.01 to 1,000,000,000,000 and no other hour")
+    assert cf["amount_ranges"] > 100, cf  # every range of amounts the trees tell apart was scored
+    late = {**paid, "event_id": f"cf-late-{uuid.uuid4().hex[:8]}", "amount": 12.0,
+            "occurred_at": (datetime.fromisoformat(paid["occurred_at"]) - timedelta(minutes=2)).isoformat()}
+    async with db.open_pool(fraud_model.settings) as pool:
+        assert (await ingest_records(pool, [late], redactor=redactor_for(fraud_model.settings),
+                                     source="late")).accepted == 1
+    again = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                     decided["prediction_id"])
+    assert again["counterfactual"] == cf and again["report_id"] == report["report_id"]
+
+
+async def test_the_first_answer_stands_when_the_payment_is_stored_after_the_first_report(fraud_model, model, tmp_path):
+    """A payment scored without recording, explained, then stored (the product's event stream brings it): the
+    first report said there was no counterfactual; it stays the report (it was recomputed, and changed, before:
+    only an answer with re-scorings was kept)."""
+    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
+    paid = payment(fraud_model, 23, 640.0)
+    async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
+        await plant(fraud_model, service, model, review=0.0, block=1.0)
+        decided = (await client.post("/v1/score", json={"model": model, "event": paid, "record": False,
+                                                        "request_id": uuid.uuid4().hex}, headers=headers)).json()
+        await service.flush()
+    first = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                     decided["prediction_id"])
+    assert "not stored" in first["counterfactual"]["why"]
+    async with db.open_pool(fraud_model.settings) as pool:
+        assert (await ingest_records(pool, [paid], redactor=redactor_for(fraud_model.settings),
+                                     source="stream")).accepted == 1
+    again = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST,
+                                     decided["prediction_id"])
+    assert again["counterfactual"] == first["counterfactual"] and again["report_id"] == first["report_id"]
+
+
 async def counterfactual_now(conn, settings, answer):
     """What a refold of the log gives for a prediction today (the search, without the stored answer)."""
     row = await conn.fetchrow("SELECT * FROM sira_predictions WHERE prediction_id = $1", uuid.UUID(answer["prediction_id"]))
@@ -129,22 +228,22 @@ async def counterfactual_now(conn, settings, answer):
 
 async def test_no_counterfactual_is_claimed_for_an_approval_or_an_unstored_payment(fraud_model, model, tmp_path):
     headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
-    event = payment(fraud_model, 9, 12.5)
     async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
-        answer = (await client.post("/v1/score", json={"model": model, "event": event}, headers=headers)).json()
+        answers = [(await client.post("/v1/score", json={"model": model, "event": payment(fraud_model, k, 12.5)},
+                                      headers=headers)).json() for k in (9, 10)]
         await service.flush()
-    key = uuid.UUID(answer["prediction_id"])
+    approved, unstored = (uuid.UUID(a["prediction_id"]) for a in answers)
     conn = await db.connect(fraud_model.dsn)
     try:
-        await conn.execute("UPDATE sira_predictions SET decision = 'approve' WHERE prediction_id = $1", key)
-        report = await explain_prediction(conn, fraud_model.settings, ANALYST, answer["prediction_id"])
+        await conn.execute("UPDATE sira_predictions SET decision = 'approve' WHERE prediction_id = $1", approved)
+        report = await explain_prediction(conn, fraud_model.settings, ANALYST, str(approved))
         assert report["counterfactual"] == {"available": False,
                                             "why": "the payment was approved: nothing needed to change"}
         await conn.execute("UPDATE sira_predictions SET event_id = 'never-stored', decision = 'block' "
-                           "WHERE prediction_id = $1", key)
+                           "WHERE prediction_id = $1", unstored)
     finally:
         await conn.close()
-    report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, answer["prediction_id"])
+    report = await run_in_transaction(fraud_model.dsn, explain_prediction, fraud_model.settings, ANALYST, str(unstored))
     assert report["counterfactual"]["available"] is False and "not stored" in report["counterfactual"]["why"]
     assert report["summary"]["what_would_change_it"] is None
 

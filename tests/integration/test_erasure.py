@@ -211,7 +211,7 @@ async def _one(dsn: str, sql: str, *args):
     finally:
         await conn.close()
 
-async def _erase(pool, settings, customer: str) -> dict:
+async def _erase(pool, settings, customer: str, reason: str = "the person asked") -> dict:
     """One person erased as the two-admin flow does it: ann asks, bob carries it out; bob's answer."""
     from sira.core.auth import Identity
     from sira.ingest.bulk import redactor_for
@@ -220,7 +220,7 @@ async def _erase(pool, settings, customer: str) -> dict:
     secret, redactor = settings.secret("auth_secret"), redactor_for(settings)
     ann, bob = Identity("ann", frozenset({"admin"})), Identity("bob", frozenset({"admin"}))
     async with db.transaction(pool) as conn:
-        request = await request_forget(conn, ann, customer, "the person asked", secret=secret, redactor=redactor)
+        request = await request_forget(conn, ann, customer, reason, secret=secret, redactor=redactor)
         return await forget(conn, bob, customer, request["request_id"], secret=secret, redactor=redactor)
 
 
@@ -299,6 +299,61 @@ async def test_a_person_whose_customer_id_ingestion_tokenised_is_found_exported_
     assert late.rejected == 1 and late.reasons == {"erased_subject": 1} and late.inserted == 1
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback WHERE event_id = 'tk-1'") == 0
     assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events WHERE event_id = 'tk-1'") == 0
+
+
+async def test_the_reason_keeps_no_form_of_the_persons_id(clean_db, settings):
+    """The reason is redacted, then the id was replaced as typed: an id that is an email had become its token
+    by then, the very token the person's rows were stored under, and stayed in the tombstone and the audit
+    log (3 times in a pg_dump); an id written in another case stayed as written. Every form goes now."""
+    from sira.ingest.bulk import redactor_for, store_events
+
+    redactor = redactor_for(settings)
+    people = {"john.roe@example.org": "Erasure request received by email from John.Roe@Example.org, who wrote "
+                                      "from john.roe@example.org too",
+              "cus-0000081": "ticket CUS-0000081: the person (cus-0000081) asked by phone"}
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, [
+            {"event_id": f"rs-{k}", "occurred_at": "2026-09-01T10:00:00Z", "customer_id": who, "amount": 10.0}
+            for k, who in enumerate(people)], redactor=redactor, source="file")
+    assert summary.accepted == 2
+    subjects = [(await _erase(clean_db, settings, person, reason=reason))["subject"]
+                for person, reason in people.items()]
+    # (`cleanup` holds the stored id until Redis and the spool are cleaned, then is emptied: not run here)
+    kept = [r[0] for r in await clean_db.fetch("SELECT (to_jsonb(t) - 'cleanup')::text FROM sira_erasure_requests t")]
+    kept += [r[0] for r in await clean_db.fetch("SELECT t::text FROM sira_audit_log t WHERE action LIKE 'subject.forget%'")]
+    assert all(sum(subject in text for text in kept) == 3 for subject in subjects)  # tombstone, request, execution
+    forms = [form.lower() for person in people for form in (person, redactor.scrub_value(person))]
+    assert all(form not in text.lower() for form in forms for text in kept), kept
+    reasons = [r[0] for r in await clean_db.fetch("SELECT reason FROM sira_erasure_requests ORDER BY id")]
+    assert reasons[0].startswith("Erasure request received by email from subject-")
+    assert reasons[1].startswith("ticket subject-")
+
+
+async def test_the_admin_who_asked_cannot_carry_it_out_under_another_name(clean_db, settings):
+    """The two-person rule compared names: ann, who asked with her key, carried the erasure out as jwt:ann
+    (her JWT). It compares people now, as promotions do: in the application and in the database."""
+    import asyncpg
+
+    from sira.core.auth import Identity
+    from sira.core.errors import PermissionDenied
+    from sira.ingest.bulk import redactor_for, store_events
+    from sira.monitoring.erasure import forget, request_forget
+
+    secret, redactor = settings.secret("auth_secret"), redactor_for(settings)
+    async with db.transaction(clean_db) as conn:
+        await store_events(conn, [{"event_id": "fe-1", "occurred_at": "2026-09-01T10:00:00Z",
+                                   "customer_id": "C-4711", "amount": 10.0}], redactor=redactor, source="file")
+        request = await request_forget(conn, Identity("ann", frozenset({"admin"})), "C-4711", "the person asked",
+                                       secret=secret, redactor=redactor)
+    with pytest.raises(PermissionDenied) as refused:
+        async with db.transaction(clean_db) as conn:
+            await forget(conn, Identity("jwt:ann", frozenset({"admin"})), "C-4711", request["request_id"],
+                         secret=secret, redactor=redactor)
+    assert refused.value.code == "self_approval"
+    with pytest.raises(asyncpg.CheckViolationError, match="cannot carry it out"):  # whoever writes the table
+        await clean_db.execute("UPDATE sira_erasure_requests SET status = 'executed', decided_by = 'jwt:ann', "
+                               "decided_at = now() WHERE id = $1", request["request_id"])
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_events") == 1
 
 
 def test_redis_patterns_of_an_erasure_match_only_the_persons_own_keys(redis_url):

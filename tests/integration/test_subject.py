@@ -133,3 +133,83 @@ def test_a_bad_customer_id_is_refused(fraud_model, customer):
 
     with pytest.raises(InvalidInput, match="--customer"):
         asyncio.run(run())
+
+
+
+@pytest.fixture(scope="module")
+def shared_card(fraud_model, tmp_path_factory):
+    """A person pays 12.00 with a card another customer paid 1,000.00 with ten minutes before, at a terminal
+    they share; a chargeback of the person's payment is recorded, then reversed. The person's export, and the
+    report of their decision."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from sira.monitoring.explanation import explain_prediction
+    from tests.conftest import scoring_client
+    from tests.integration.test_scoring_service import auth
+
+    run = uuid4().hex[:8]
+    a, b = f"cus-share-a-{run}", f"cus-share-b-{run}"
+    t = datetime(2026, 10, 11, 9, tzinfo=timezone.utc)
+    common = {"card_token": f"tok_pan_share_{run}", "terminal_id": f"ter-share-{run}", "country": "GB", "channel": "pos"}
+    theirs = {"event_id": f"share-b-{run}", "occurred_at": (t - timedelta(minutes=10)).isoformat(), "customer_id": b,
+              "amount": 1000.0, **common}
+    mine = {"event_id": f"share-a-{run}", "occurred_at": t.isoformat(), "customer_id": a, "amount": 12.0, **common}
+
+    async def build():
+        async with scoring_client(fraud_model, tmp_path_factory.mktemp("shared-card")) as (client, service):
+            answers = []
+            for event in (theirs, mine):
+                r = await client.post("/v1/score", headers=auth(fraud_model, "service"),
+                                      json={"model": "fraud", "event": event, "explain": True})
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+            await service.flush()
+            for label in (True, False):  # a chargeback, then reversed
+                r = await client.post("/v1/feedback", headers=auth(fraud_model, "service"),
+                                      json={"event_id": mine["event_id"], "label": label, "source": "chargeback"})
+                assert r.status_code in (200, 201), r.text
+        conn = await db.connect(fraud_model.dsn)
+        try:
+            async with conn.transaction():
+                report = await explain_prediction(conn, fraud_model.settings, ADMIN, answers[1]["prediction_id"])
+                return report, await export_subject(conn, ADMIN, a, fraud_model.settings)
+        finally:
+            await conn.close()
+
+    report, bundle = asyncio.run(build())
+    return SimpleNamespace(event=mine, report=report, bundle=bundle)
+
+
+def test_an_export_and_a_report_show_nothing_of_another_persons_payments(shared_card):
+    """The prediction's card and terminal features count the other customer's payment: the export carried
+    them whole (card_max_amount_1d 1000.0, card_sum_amount_1d 1012.0) and the report printed "Largest amount
+    for the card in the last day (1,000)". The export now leaves their values out and names them; the report
+    shows them as ranges of the training data."""
+    bundle, report = shared_card.bundle, shared_card.report
+    (p,) = bundle["predictions"]
+    assert p["features"]["amount"] == 12.0 and p["features"]["customer_sum_amount_1d"] == 12.0  # theirs: exact
+    assert not any(k.startswith(("card_", "terminal_")) for k in p["features"])
+    assert {"card_max_amount_1d", "card_sum_amount_1d", "terminal_mean_amount_1d"} <= set(p["features_withheld"])
+    assert bundle["withheld"]["prediction_features"] == len(p["features_withheld"])
+    for reason in p["reasons"]:
+        if reason["feature"].startswith(("card_", "terminal_")):
+            assert reason["value"] is None and "withheld" in reason["text"], reason
+    text = json.dumps(p)
+    assert not any(v in text for v in ("1000.0", "1012.0", "506.0", "1,000", "1,012")), text
+
+    shared = [f for f in report["factors"] if f["feature"].startswith(("card_", "terminal_"))]
+    assert shared, report["factors"]
+    for f in shared:  # a range of the training data, never the other customer's sums
+        assert not isinstance(f["value"], float) and f["exact"] is False, f
+        assert not any(v in f["text"] for v in ("(1,000)", "(1,012)", "(506)")), f["text"]
+    own = [f for f in report["factors"] if f["feature"] == "amount"]
+    assert all(f["value"] == 12.0 and "exact" not in f for f in own)
+
+
+def test_an_export_holds_every_value_each_label_had(shared_card):
+    """The label history (sql/029) was left out: a chargeback reversed showed only its last word."""
+    history = [(h["event_id"], h["label"]) for h in shared_card.bundle["label_history"]]
+    assert history == [(shared_card.event["event_id"], True), (shared_card.event["event_id"], False)]
+    assert shared_card.bundle["counts"]["label_history"] == 2

@@ -47,3 +47,14 @@ def test_a_factor_says_which_side_of_the_typical_range_its_value_lies():
     assert within["text"] == "Payments by the customer in the last 24 hours (2)"
     unknown = factor(FeatureSpec("customer_count_24h", "numeric"), 9.0, 0.4, None)
     assert unknown["text"] == "Payments by the customer in the last 24 hours (9)"
+
+
+@pytest.mark.parametrize(("name", "thing"), [("customer_new_device_30d", "device"),
+                                            ("customer_new_country_30d", "country")])
+def test_a_novelty_the_payment_gave_no_value_for_reads_as_missing(name, thing):
+    """A payment without a device (device_id NULL) read "device seen before by the customer (missing)": a
+    missing value is neither new nor seen before."""
+    missing = factor(FeatureSpec(name, "numeric"), float("nan"), -0.2, None)
+    assert missing["text"] == f"No {thing} given: whether it was new for the customer is unknown (missing)"
+    assert factor(FeatureSpec(name, "numeric"), 0.0, -0.2, None)["text"] == f"{thing} seen before by the customer (0)"
+    assert factor(FeatureSpec(name, "numeric"), 1.0, 0.2, None)["text"] == f"A {thing} new for the customer in the last 30 days"
