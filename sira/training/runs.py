@@ -27,6 +27,7 @@ from sira.core import artifacts, db, stats
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
+from sira.core.ray_runtime import job_id
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
@@ -95,6 +96,13 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"sira {__version__}" + (f" ({commit})" if commit else "")
+
+
+def submission_id() -> str | None:
+    """The Ray job's submission id when this run is one (`sira jobs submit train`, `ray job submit`), so the
+    run's row names the job that made it; None for a run started in a process of its own."""
+    submitted = job_id()
+    return None if submitted.startswith("local-") else submitted
 
 
 def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
@@ -258,7 +266,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
             kind = "retrain" if req.retrain_key else "tune" if req.trials else "train"
             run_params = {**(req.params or {}), **({"retrain_key": req.retrain_key} if req.retrain_key else {})}
             run_id = await registry.start_run(conn, model["id"], kind=kind, params=run_params, actor=actor,
-                                              code_version=code_version())
+                                              code_version=code_version(), ray_job_id=submission_id())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
         if req.decision_targets is None and model["decision_targets"]:  # the model's, as the what-if reads them

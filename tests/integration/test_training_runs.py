@@ -54,6 +54,8 @@ async def test_training_registers_candidates_with_verified_artifacts(clean_db, s
     audit = await clean_db.fetch("SELECT action FROM sira_audit_log ORDER BY id")
     assert [a["action"] for a in audit] == ["model.create", "version.register", "version.register"]
 
+    assert run["ray_job_id"] is None  # a run of this process, not a submitted job
+
     loaded = load_artifact(settings, ArtifactRef(first["artifact"]["uri"], first["artifact"]["sha256"]))
     manifest = loaded.manifest
     assert manifest["feature_schema"] == first["feature_schema"] and manifest["seed"] == 42
@@ -343,3 +345,13 @@ def test_bad_parameters_are_one_line_exit_2_before_anything_is_created(byo_table
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
     assert asyncio.run(fetch_rows(pg_dsn, "SELECT name FROM sira_models WHERE name = 'bad_params'")) == []
+
+
+async def test_a_run_submitted_as_a_ray_job_names_its_submission(clean_db, settings, byo_table, monkeypatch):
+    """docs/cluster.md: the rows a job writes carry its submission id (training runs' did not: NULL)."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"metadata": {"job_submission_id": "sira-train-0a1b2c3d"}}))
+    req = TrainRequest(model="byo", data=[byo_table / "tx.parquet"], label="is_fraud", time_col="ts", id_col="tx_id",
+                       params=FAST, num_threads=1)
+    result = await run_training(settings, req)
+    assert await clean_db.fetchval("SELECT ray_job_id FROM sira_training_runs WHERE run_id = $1::uuid",
+                                   result["run_id"]) == "sira-train-0a1b2c3d"
