@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import migrate_database, run_sync
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_materialize_job_prints_one_json_object(pg_dsn, tmp_path):
+def test_materialize_job_prints_one_json_object(create_database, tmp_path):
+    # a database of its own: an installation with no API key yet, whichever tests ran before in this process
+    # (with keys, a job must be given one: tests/e2e/test_job_submission.py)
+    dsn = create_database()
+    run_sync(migrate_database(dsn))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
-    env.update({"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)})
+    env.update({"SIRA_DATABASE_URL": dsn, "SIRA_WORKSPACE": str(tmp_path)})
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "materialize.py")], env=env, capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
