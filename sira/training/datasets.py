@@ -24,7 +24,7 @@ from sira.core.files import InputFiles, columns_of, find_files, read_table
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
-from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
+from sira.training.windows import TRAINING_FLAGS, Windows, label_rule, labels_said_by
 
 MAX_CATEGORIES = 100
 
@@ -297,7 +297,9 @@ def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_sha
 
 # -- from the feature store -------------------------------------------------------
 
-SHARD_SQL = """
+# An event's vectors (its feature rows, one per entity) and its labels as known at the cut-off ($5): what each
+# source last said by then (a reversal known later does not exist for this set)
+SHARD_SQL = f"""
 SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_token, e.terminal_id,
        e.amount::float8 AS amount,
        (SELECT jsonb_object_agg(f.entity_type, f.features) FROM sira_features f
@@ -305,10 +307,9 @@ SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_to
        lab.positive_known_at, lab.negative_known
   FROM sira_events e
   LEFT JOIN LATERAL (
-        SELECT min(fb.known_at) FILTER (WHERE fb.label) AS positive_known_at,
-               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
-          FROM sira_feedback fb
-         WHERE fb.event_id = e.event_id AND fb.label_name = $6) lab ON true
+        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
+               coalesce(bool_or(NOT said.label), false) AS negative_known
+          FROM ({labels_said_by("$5", "$6", " AND h.event_id = e.event_id")}) said) lab ON true
  WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 """
 
