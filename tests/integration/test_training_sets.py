@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
 from sira.features.definitions import PAYMENTS_V1, PAYMENTS_V2
 from sira.training.columnar import tiles_rows
 from sira.training.datasets import read_feature_shard
@@ -32,12 +34,12 @@ async def load_payments(pool) -> list[str]:
             i = day * PER_DAY + k
             eid = f"p-{i:05d}"
             events.append((eid, START + timedelta(days=day, hours=k), f"c{i % 6}", f"k{i % 4}", f"t{i % 3}",
-                           10.0 + (i % 17), "SN" if i % 5 else "FR", "pos" if i % 2 else "ecom"))
+                           10.0 + (i % 17), "SN" if i % 5 else "FR", "pos" if i % 2 else "ecom", f"d{i % 7}"))
             if i % 10 == 3:
                 frauds.append(eid)
     await pool.executemany(
         """INSERT INTO sira_events (event_id, occurred_at, customer_id, card_token, terminal_id, amount, country,
-                                    channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""", events)
+                                    channel, device_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""", events)
     await pool.executemany(
         """INSERT INTO sira_feedback (event_id, label, known_at, source)
            SELECT $1, true, occurred_at + interval '2 days', 'chargeback' FROM sira_events WHERE event_id = $1""",
@@ -82,3 +84,59 @@ async def test_a_label_reversed_after_the_cut_off_leaves_a_backtest_unchanged(cl
     assert moved["train"]["positives"] == counts["train"]["positives"] - 1
     assert moved["test"]["positives"] == counts["test"]["positives"] - 1
 
+
+async def test_feature_set_v1_events_without_a_stored_row_get_their_vectors_from_the_event_log(clean_db, pg_dsn):
+    """Feature set v1 stores a row per event only while it is in service: an event without one was a row of
+    missing values (a model on payments@1 trained on 41 of 53 features missing, and was registered). Its
+    vector is computed from the event log now, the one ingest would have stored, and the row says so."""
+    from sira.core import db
+    from sira.features import store
+
+    await load_payments(clean_db)
+    lo, hi = START + timedelta(days=9), START + timedelta(days=11)
+    computed = await asyncio.to_thread(read_feature_shard, pg_dsn, "payments", 1, lo, hi, None, "fraud")
+    assert len(computed) == 2 * PER_DAY
+    names = PAYMENTS_V1.names()
+    for name in ("amount", "customer_count_1d", "card_count_7d", "terminal_count_30d", "customer_amount_ratio_30d"):
+        assert all(r[name] is not None for r in computed), name
+    assert all(r["from_log"] for r in computed)
+    # what ingest stores for the same events (the offline path, written as ingest writes it)
+    conn = await db.connect(pg_dsn)
+    try:
+        events = [dict(r) for r in await conn.fetch(
+            """SELECT event_id, occurred_at, customer_id, card_token, terminal_id, amount::float8 AS amount
+                 FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2""", lo, hi)]
+        async with conn.transaction():
+            await store.write_feature_rows(conn, PAYMENTS_V1, await store.compute_event_features(conn, PAYMENTS_V1,
+                                                                                                events))
+    finally:
+        await conn.close()
+    read = await asyncio.to_thread(read_feature_shard, pg_dsn, "payments", 1, lo, hi, None, "fraud")
+    assert not any(r["from_log"] for r in read)
+    assert np.array_equal(np.array([[r[n] for n in names] for r in read], dtype=float),
+                          np.array([[r[n] for n in names] for r in computed], dtype=float), equal_nan=True)
+
+
+async def test_a_model_on_a_feature_set_out_of_service_trains_on_real_vectors(clean_db, settings, ray_session):
+    """`sira models update fraudv1 --feature-set payments@1` then `sira train`: the set had no stored rows,
+    and the candidate was registered on features missing for every row. Now its vectors come from the event
+    log: no feature of the reference is missing everywhere, and the run records how many were computed."""
+    from sira.core.artifacts import ArtifactRef, load_artifact
+    from sira.core.auth import Identity
+    from sira.registry import models as registry
+    from sira.training.runs import TrainRequest, run_training
+
+    await load_payments(clean_db)
+    async with clean_db.acquire() as conn:
+        await registry.create_model(conn, Identity("t-admin", frozenset({"admin"})), "fraudv1",
+                                    model_type="fraud_detection", feature_set="payments", feature_set_version=1,
+                                    label_maturity_days=5)
+    result = await run_training(settings, TrainRequest(model="fraudv1", label_delay_days=1, num_threads=1,
+                                                       params={"num_boost_round": 30, "min_data_in_leaf": 5}))
+    run = await clean_db.fetchrow("SELECT dataset_fingerprint FROM sira_training_runs WHERE run_id = $1::uuid",
+                                  result["run_id"])
+    rows = run["dataset_fingerprint"]["rows"]
+    assert rows > 300 and run["dataset_fingerprint"]["features_from_log"] == rows
+    manifest = load_artifact(settings, ArtifactRef(result["artifact"]["uri"], result["artifact"]["sha256"])).manifest
+    missing = {name: f["missing_rate"] for name, f in manifest["reference"]["features"].items()}
+    assert not [name for name, rate in missing.items() if rate == 1.0], missing
