@@ -16,9 +16,10 @@ Steps, each recorded in ``sira_retrain_runs`` as it completes:
    needs the model's approvals unless ``required_approvals`` is 0;
 5. ``report``: Markdown and JSON in ``<workspace>/reports/``.
 
-The inputs (model, champion, data and labels cut-off, search settings) make a
-key: a re-run with the same inputs reports the finished run instead of training
-again, and a run that stopped part-way resumes after its last completed step.
+The inputs (model and the settings that decide its training and policy, champion,
+events, the label history up to the cut-off, search settings) make a key: a re-run
+with the same inputs reports the finished run instead of training again, and a run
+that stopped part-way resumes after its last completed step.
 """
 
 from __future__ import annotations
@@ -87,13 +88,24 @@ async def _inputs(conn: Any, model: Any, req: RetrainRequest) -> dict[str, Any]:
         raise InvalidInput("the feature store has no events; run `sira ingest` first", code="empty_input")
     labels = await conn.fetchrow(
         "SELECT count(*) AS n, max(known_at) AS until FROM sira_feedback WHERE label_name = $1", model["label_name"])
+    # Every label a training set may read, as the history holds it (sql/029): a label written, changed (a
+    # reversal, even one dated before the newest known_at) or erased moves the count or the newest id, which
+    # sira_feedback's count and newest known_at did not. With --as-of, only what was known by then counts.
+    said = await conn.fetchrow(
+        """SELECT count(*) AS n, coalesce(max(id), 0) AS last FROM sira_feedback_history
+            WHERE label_name = $1 AND ($2::timestamptz IS NULL OR known_at <= $2)""", model["label_name"], req.as_of)
     return {
         "model": model["name"], "champion": champion["version"] if champion else None,
         "champion_sha256": champion["artifact_sha256"] if champion else None,
         "events": events["n"], "events_until": events["until"].isoformat(),
         "labels": labels["n"], "labels_until": labels["until"].isoformat() if labels["until"] else None,
+        "label_history": {"rows": said["n"], "last_id": said["last"]},
         "feature_set": model["feature_set"], "feature_set_version": model["feature_set_version"],
+        # the model's settings that decide the challenger (its labels, thresholds) and the policy's outcome
+        "label_name": model["label_name"], "label_maturity_days": model["label_maturity_days"],
+        "decision_targets": model["decision_targets"] or {}, "required_approvals": model["required_approvals"],
         "trials": req.trials, "time_budget_s": req.time_budget_s, "seed": req.seed, "params": req.params or {},
+        **({"num_threads": req.num_threads} if req.num_threads else {}),
         "label_delay_days": req.label_delay_days, "test_days": req.test_days,
         **({"train_days": req.train_days} if req.train_days else {}),
         "policy": model["promotion_policy"] or {},
