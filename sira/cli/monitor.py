@@ -184,9 +184,11 @@ def retrain_cmd(
     model: ModelOption,
     trials: Annotated[int, typer.Option("--trials", min=0, max=10_000, help="Search trials (0: no search).")] = 16,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = 600.0,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the search and training.")] = 42,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the search and training "
+                                             "(default: the --params file's, else 42).")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: the "
+                                                "--params file's, else all CPUs).")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
                                                     "up to the newest usable event (default: the newest quarter).")] = None,
     train_days: Annotated[float | None, typer.Option("--train-days", min=1, help="Training window: these many days "

@@ -24,6 +24,7 @@ that stopped part-way resumes after its last completed step.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,10 +56,10 @@ class RetrainRequest:
     model: str
     trials: int = 16  # 0: no search, train the given (or default) parameters
     time_budget_s: float | None = 600.0
-    seed: int = 42
+    seed: int | None = None  # None: the params' seed, else 42 (sira.training.trainer.seed_and_threads)
     params: dict[str, Any] | None = None
     label_delay_days: float = 7.0
-    num_threads: int | None = None
+    num_threads: int | None = None  # None: the params', else every CPU
     drift_days: float = 7.0
     # the held-out window: these many days up to the newest usable events (None: the training default,
     # the newest quarter of the usable history; docs/windows.md)
@@ -123,11 +124,15 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
     """Run (or resume, or report) the retraining of ``req.model``; returns the report."""
     from sira.registry.policy import PromotionPolicy
     from sira.training.runs import TrainRequest, check_request
+    from sira.training.trainer import seed_and_threads
 
     authorize(identity, "models.write")
     authorize(identity, "promotion.request")
     if req.trials < 0:
         raise InvalidInput("--trials must be 0 (no search) or more", code="invalid_input")
+    chosen = seed_and_threads(req.params, seed=req.seed, num_threads=req.num_threads)
+    req = dataclasses.replace(req, seed=chosen.seed, num_threads=chosen.num_threads)
+    progress(f"retrain: {chosen.describe()}")
     check_request(TrainRequest(model=req.model, seed=req.seed, test_days=req.test_days, train_days=req.train_days,
                                label_delay_days=req.label_delay_days, as_of=req.as_of,
                                params=req.params))  # before the drift step

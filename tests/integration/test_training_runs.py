@@ -343,3 +343,40 @@ def test_bad_parameters_are_one_line_exit_2_before_anything_is_created(byo_table
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
     assert asyncio.run(fetch_rows(pg_dsn, "SELECT name FROM sira_models WHERE name = 'bad_params'")) == []
+
+
+def test_a_params_files_seed_and_threads_are_used_unless_an_option_says_otherwise(byo_table, pg_dsn, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A tuned version's params (its manifest's, seed 7 and one thread among them) retrained without --seed or
+    --threads gave another model: the defaults (42, every CPU) silently replaced the file's. The file wins
+    over the defaults, an option over the file, and the answer says which was used."""
+    from tests.conftest import cli_in_process
+
+    env = {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)}
+    (tmp_path / "tuned.yaml").write_text("num_boost_round: 40\nearly_stopping_rounds: 10\nseed: 7\nnum_threads: 1\n"
+                                         "bagging_seed: 7\nfeature_fraction_seed: 7\n")
+    (tmp_path / "plain.yaml").write_text("num_boost_round: 40\nearly_stopping_rounds: 10\n")
+
+    def train(*args: str) -> dict:
+        done = cli_in_process(monkeypatch, capsys, env, "train", "--model", "tuned_params", "--data",
+                              str(byo_table / "tx.parquet"), "--label", "is_fraud", "--time-col", "ts", *args,
+                              "--json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        manifest = load_artifact(Settings(database_url=pg_dsn, workspace=tmp_path),
+                                 ArtifactRef(result["artifact"]["uri"], result["artifact"]["sha256"]))
+        return {**result.get("seed_and_threads", {}), "model": manifest.model_text,
+                "manifest_seed": manifest.manifest["seed"], "manifest_threads": manifest.manifest["num_threads"]}
+
+    from_file = train("--params", str(tmp_path / "tuned.yaml"))
+    assert (from_file["manifest_seed"], from_file["manifest_threads"]) == (7, 1)
+    assert (from_file["seed"], from_file["num_threads"]) == (7, 1)
+    assert from_file["from"] == {"seed": "--params", "num_threads": "--params"}
+    by_options = train("--params", str(tmp_path / "plain.yaml"), "--seed", "7", "--threads", "1")
+    assert by_options["from"] == {"seed": "--seed", "num_threads": "--threads"}
+    assert by_options["model"] == from_file["model"]  # the same seed and threads, the same model file
+    overridden = train("--params", str(tmp_path / "tuned.yaml"), "--seed", "9")
+    assert (overridden["seed"], overridden["manifest_seed"], overridden["from"]["seed"]) == (9, 9, "--seed")
+    assert overridden["from"]["num_threads"] == "--params" and overridden["model"] != from_file["model"]
+    default = train("--params", str(tmp_path / "plain.yaml"))
+    assert (default["seed"], default["from"]) == (42, {"seed": "default", "num_threads": "default"})
