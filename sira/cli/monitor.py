@@ -31,7 +31,8 @@ from sira.core.config import MAX_VERSION, get_settings
 @app.command("score")
 def score_cmd(
     model: ModelOption,
-    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically).")],
+    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically; not an input nor "
+                                      "inside an input folder; absolute in a Ray job).")],
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     data: Annotated[list[Path] | None, typer.Option("--data", help="Parquet/CSV file or folder with the model's "
                                                     "features as columns.")] = None,
@@ -49,9 +50,11 @@ def score_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
+    from sira.core.files import output_file
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
-    request = BatchRequest(model=model, out=out.resolve(), version=version, data=data, time_from=utc(time_from),
+    out = output_file(out, data or [])  # before anything is read: not an input, not inside one, not a URL
+    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=utc(time_from),
                            time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,
                            wait_for_cpus_s=wait_for_cpus)

@@ -236,6 +236,9 @@ def test_artifacts_on_s3_are_kms_encrypted_and_verified(tmp_path):
         (["--label", "nope"], "error: invalid_input: label column nope is not in the table"),
         (["--label", "channel"], "error: invalid_input: label column channel is not binary"),
         (["--label", "is_fraud", "--time-col", "when"], "error: invalid_input: time column when is not in the table"),
+        # read as the local path s3:/bucket/tx.parquet: `not_found`
+        (["--label", "is_fraud", "--data", "s3://bucket/tx.parquet"], "error: unsupported: s3://bucket/tx.parquet: "
+                                                                      "s3:// URLs are not supported"),
     ],
 )
 def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args, message, monkeypatch, capsys):
