@@ -3,7 +3,9 @@
     sira jobs submit train -- --model fraud --trials 32 --json
     sira jobs submit train -- --model churn --data data/churn.parquet --label churned
 
-(--data names files in the job's working dir, uploaded with it; not s3:// URLs.)
+(A relative --data or --params names a file of the job's working dir: `sira jobs submit` uploads it with
+the working dir, even under data/ or as *.parquet, up to 100 MiB in all; a larger table goes by an absolute
+path the cluster's nodes mount. Not s3:// URLs. The job's driver reserves a CPU: --entrypoint-num-cpus 1.)
 
 Takes exactly the options of `sira train` (see `python jobs/train.py --help`); the job's
 driver joins the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`).
