@@ -1,7 +1,7 @@
 """The retraining pipeline: a challenger trained on the latest data, judged against the champion, staged by policy.
 
     sira retrain --model fraud [--trials 16] [--time-budget 600] [--dry-run]
-    ray job submit --working-dir . -- python jobs/retrain.py --model fraud --json
+    sira jobs submit retrain -- --model fraud --json      (a Ray job: docs/cluster.md)
 
 Steps, each recorded in ``sira_retrain_runs`` as it completes:
 
