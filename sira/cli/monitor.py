@@ -51,9 +51,10 @@ def score_cmd(
 ) -> None:
     """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
     from sira.core.files import output_file
+    from sira.core.ray_runtime import in_ray_job
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
-    out = output_file(out, data or [])  # before anything is read: not an input, not inside one, not a URL
+    out = output_file(out, data or [], in_job=in_ray_job())  # before anything is read: not an input, nor in one
     request = BatchRequest(model=model, out=out, version=version, data=data, time_from=utc(time_from),
                            time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,

@@ -67,17 +67,15 @@ def refuse_url(path: Path | str) -> None:
                            details={"path": url})
 
 
-def output_file(out: Path, inputs: Sequence[Path], option: str = "--out") -> Path:
+def output_file(out: Path, inputs: Sequence[Path], *, in_job: bool, option: str = "--out") -> Path:
     """A Parquet output (``--out``) made absolute, refused first when it cannot be right: not a .parquet file, a
-    URL, relative inside a Ray job (it would land in the job's temporary copy of its working dir, deleted with
-    it), a folder, one of the ``inputs`` (replaced by what was made of it) or inside an input folder (read back
-    as input by the next run, and by anything else that reads the folder)."""
-    from sira.core.ray_runtime import in_ray_job
-
+    URL, relative inside a Ray job (``in_job``: it would land in the job's temporary copy of its working dir,
+    deleted with it), a folder, one of the ``inputs`` (replaced by what was made of it) or inside an input folder
+    (read back as input by the next run, and by anything else that reads the folder)."""
     refuse_url(out)
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise InvalidInput(f"{option} must name a .parquet file, not {out}", code="invalid_output")
-    if not out.is_absolute() and in_ray_job():
+    if not out.is_absolute() and in_job:
         raise InvalidInput(f"{option} {out} is a relative path: in a Ray job it would be written into the job's "
                            "temporary copy of its working dir, deleted with it; name an absolute path on storage the "
                            "job's node writes (a shared mount)", code="invalid_output")

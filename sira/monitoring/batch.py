@@ -540,10 +540,10 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     import asyncio
 
     from sira.core import audit
-    from sira.core.ray_runtime import init_ray, job_id
+    from sira.core.ray_runtime import in_ray_job, init_ray, job_id
 
     actor = actor or Actor.local()
-    req = dataclasses.replace(req, out=input_files.output_file(req.out, req.data or []))
+    req = dataclasses.replace(req, out=input_files.output_file(req.out, req.data or [], in_job=in_ray_job()))
     version, source = await resolve_source(settings, req)
     started = time.perf_counter()
     here = in_process(settings, source.rows if source.rows is not None else source.at_most, explain=req.explain,
