@@ -43,7 +43,19 @@ def plan_table(title: str, result: dict[str, Any]) -> Table:
         "test": f"{w['test_from'][:16]} .. {w['test_to'][:16]}: {counts['test']['rows']:,} labelled events, "
                 f"{counts['test']['positives']:,} positive",
         "labels known by": f"{w['cutoff'][:16]} (--as-of)", "label maturity": f"{w['maturity_days']:g} days",
+        **({"feature rows": f"{rows['feature_set']} stores none for {rows['events_without_feature_rows']:,} events: "
+                            "their vectors will be computed from the event log (slower)"}
+           if (rows := result.get("feature_rows")) and rows["events_without_feature_rows"] else {}),
     })
+
+
+async def _feature_rows(model: str, windows: dict[str, Any]) -> dict[str, Any] | None:
+    from sira.core import db
+    from sira.training.datasets import events_without_vectors
+
+    async with db.open_pool(get_settings()) as pool:
+        async with pool.acquire() as conn:
+            return await events_without_vectors(conn, model, windows)
 
 
 def training_table(result: dict[str, Any]) -> Table:
@@ -130,6 +142,8 @@ def train_cmd(
     used = SeedAndThreads(request.seed, request.num_threads, chosen.origin)  # the default threads: this machine's
     if not result.get("dry_run"):
         result = {**result, "seed_and_threads": used.to_dict()}
+    elif result.get("source") == "feature_store":
+        result = {**result, "feature_rows": asyncio.run(_feature_rows(model, result["windows"]))}
 
     def render() -> None:
         if result.get("dry_run"):

@@ -148,6 +148,7 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             row = await conn.fetchrow("SELECT * FROM sira_retrain_runs WHERE model_id = $1 AND input_key = $2",
                                       model["id"], key)
         if req.dry_run:
+            from sira.training.datasets import events_without_vectors
             from sira.training.runs import checked_windows
 
             done = list(row["steps"]) if row else []
@@ -158,9 +159,11 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
                     conn, TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
                                        train_days=req.train_days, as_of=req.as_of),
                     model["label_maturity_days"], model["label_name"])
+                feature_rows = await events_without_vectors(conn, req.model, windows.to_dict())
             return {"model": req.model, "dry_run": True, "input_key": key, "inputs": inputs, "plan": plan,
                     "steps": [s for s in STEPS if s not in done], "policy": policy.to_dict(),
-                    "windows": windows.to_dict(), "counts": counts, "previous_run": row["id"] if row else None}
+                    "windows": windows.to_dict(), "counts": counts, "feature_rows": feature_rows,
+                    "previous_run": row["id"] if row else None}
         if row is not None and row["status"] == "succeeded":
             progress(f"retrain: run {row['id']} already finished with these inputs; nothing to do")
             return {**row["report"], "reused": True}

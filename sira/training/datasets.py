@@ -475,3 +475,27 @@ def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, tim
             raise InvalidInput(f"the {name} window has no positive labels ({windows.describe()}); widen it with "
                                f"{TRAINING_FLAGS}, or lower the label maturity", code="empty_window")
     return ds, split
+
+
+async def events_without_vectors(conn: Any, model_name: str, windows: dict[str, Any]) -> dict[str, Any] | None:
+    """What a dry run says of a model's feature rows: its feature set and how many events of the train and test
+    ``windows`` (as a plan states them: ISO times) it stored no row for, whose vectors the build computes from the
+    event log (slower); None for a set that stores none (feature engine v2) or a model not created yet."""
+    from datetime import datetime
+
+    from sira.features.definitions import get_feature_set
+
+    model = await conn.fetchrow("SELECT feature_set, feature_set_version FROM sira_models WHERE name = $1", model_name)
+    if model is None or not model["feature_set"]:
+        return None
+    fs = get_feature_set(model["feature_set"], model["feature_set_version"])
+    if fs.engine == "tiles":
+        return None
+    missing = 0
+    for lo, hi in (("train_from", "train_to"), ("test_from", "test_to")):
+        missing += await conn.fetchval(
+            """SELECT count(*) FROM sira_events e WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+                  AND NOT EXISTS (SELECT 1 FROM sira_features f WHERE f.event_id = e.event_id
+                                     AND f.as_of = e.occurred_at AND f.feature_set = $3 AND f.feature_set_version = $4)""",
+            datetime.fromisoformat(windows[lo]), datetime.fromisoformat(windows[hi]), fs.name, fs.version)
+    return {"feature_set": f"{fs.name}@{fs.version}", "events_without_feature_rows": int(missing)}

@@ -267,7 +267,7 @@ def test_a_model_without_production_is_refused(fraud_model, tmp_path):
     run_sync(second_model())
     with pytest.raises(InvalidInput) as caught:
         run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="unserved", out=tmp_path / "x.parquet",
-                                                                    data=[tmp_path])))
+                                                                    data=[tmp_path / "in"])))
     assert caught.value.code == "no_production_version"
 
 

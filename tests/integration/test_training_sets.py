@@ -8,6 +8,7 @@ label history, sql/029); the shard reader and the v2 fold are called in this pro
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -123,6 +124,7 @@ async def test_a_model_on_a_feature_set_out_of_service_trains_on_real_vectors(cl
     log: no feature of the reference is missing everywhere, and the run records how many were computed."""
     from sira.core.artifacts import ArtifactRef, load_artifact
     from sira.core.auth import Identity
+    from sira.monitoring.retrain import RetrainRequest, run_retrain
     from sira.registry import models as registry
     from sira.training.runs import TrainRequest, run_training
 
@@ -131,6 +133,11 @@ async def test_a_model_on_a_feature_set_out_of_service_trains_on_real_vectors(cl
         await registry.create_model(conn, Identity("t-admin", frozenset({"admin"})), "fraudv1",
                                     model_type="fraud_detection", feature_set="payments", feature_set_version=1,
                                     label_maturity_days=5)
+    # a dry run says so first (sira retrain --dry-run here; sira train --dry-run calls the same)
+    plan = await run_retrain(settings, RetrainRequest(model="fraudv1", trials=0, label_delay_days=1, dry_run=True),
+                             Identity("t-data_scientist", frozenset({"data_scientist"})))
+    windowed = plan["counts"]["train"]["rows"] + plan["counts"]["test"]["rows"]  # every event is mature
+    assert plan["feature_rows"] == {"feature_set": "payments@1", "events_without_feature_rows": windowed}
     result = await run_training(settings, TrainRequest(model="fraudv1", label_delay_days=1, num_threads=1,
                                                        params={"num_boost_round": 30, "min_data_in_leaf": 5}))
     run = await clean_db.fetchrow("SELECT dataset_fingerprint FROM sira_training_runs WHERE run_id = $1::uuid",
@@ -140,3 +147,36 @@ async def test_a_model_on_a_feature_set_out_of_service_trains_on_real_vectors(cl
     manifest = load_artifact(settings, ArtifactRef(result["artifact"]["uri"], result["artifact"]["sha256"])).manifest
     missing = {name: f["missing_rate"] for name, f in manifest["reference"]["features"].items()}
     assert not [name for name, rate in missing.items() if rate == 1.0], missing
+
+
+def test_sira_train_dry_run_says_which_vectors_will_come_from_the_event_log(create_database, tmp_path, monkeypatch,
+                                                                            capsys):
+    from sira.core import db
+    from sira.core.auth import Identity
+    from sira.registry import models as registry
+    from tests.conftest import cli_in_process, migrate_database, run_sync
+
+    dsn = create_database("sira_v1_plan")
+
+    async def load() -> None:
+        await migrate_database(dsn)
+        pool = await db.create_pool(dsn)
+        try:
+            await load_payments(pool)
+            async with db.transaction(pool) as conn:
+                await registry.create_model(conn, Identity("t-admin", frozenset({"admin"})), "fraudv1",
+                                            model_type="fraud_detection", feature_set="payments",
+                                            feature_set_version=1, label_maturity_days=5)
+        finally:
+            await pool.close()
+
+    run_sync(load())
+    env = {"SIRA_DATABASE_URL": dsn, "SIRA_WORKSPACE": str(tmp_path)}
+    args = ["train", "--model", "fraudv1", "--label-delay", "1", "--dry-run"]
+    done = cli_in_process(monkeypatch, capsys, env, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    windowed = plan["counts"]["train"]["rows"] + plan["counts"]["test"]["rows"]  # every event is mature
+    assert plan["feature_rows"] == {"feature_set": "payments@1", "events_without_feature_rows": windowed}
+    said = cli_in_process(monkeypatch, capsys, env, *args)
+    assert said.returncode == 0 and f"payments@1 stores none for {windowed:,} events" in " ".join(said.stderr.split())
