@@ -165,8 +165,8 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
     if dataset.get("feature_set"):
         training.paragraphs.append(feature_set_line(dataset["feature_set"], dataset.get("feature_set_version")))
     if dataset.get("features_from_log"):
-        training.paragraphs.append(f"The vectors of {dataset['features_from_log']:,} of the {dataset.get('rows')} rows "
-                                   "were computed from the event log: the feature set stored no row for them.")
+        training.paragraphs.append(f"The vectors of {dataset['features_from_log']:,} of the {dataset.get('rows', 0):,} "
+                                   "rows were computed from the event log: the feature set stored no row for them.")
     if dataset.get("dropped_columns"):
         training.tables.append(Table(["column not used", "why"], [[k, v] for k, v in dataset["dropped_columns"].items()]))
     analyses = Section("Quantitative analyses")
