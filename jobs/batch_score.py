@@ -1,9 +1,13 @@
 """Ray job: batch-score a table or a time range of stored events with a model version.
 
-    ray job submit --working-dir . -- python jobs/batch_score.py --model fraud --data /mnt/history/ \
-        --out /mnt/scores/history.parquet --json
-    ray job submit --working-dir . -- python jobs/batch_score.py --model fraud --from 2026-01-01 --to 2026-02-01 \
-        --out /mnt/scores/january.parquet --explain
+    sira jobs submit batch_score -- --model fraud --data /mnt/history/ --out /mnt/scores/history.parquet --json
+    sira jobs runtime-env batch_score > batch-job.yaml
+    ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env batch-job.yaml -- python jobs/batch_score.py \
+        --model fraud --from 2026-01-01 --to 2026-02-01 --out /mnt/scores/january.parquet --explain
+
+(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
+with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
+submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
 
 Takes exactly the options of `sira score` (see `python jobs/batch_score.py --help`); the job's
 driver joins the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`).

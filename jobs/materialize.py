@@ -1,7 +1,13 @@
 """Ray job: refresh the online feature snapshots incrementally.
 
     sira jobs submit materialize -- [--full]
-    ray job submit --working-dir . --runtime-env job.yaml -- python jobs/materialize.py [--full]
+    sira jobs runtime-env materialize > materialize-job.yaml
+    ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env materialize-job.yaml -- python jobs/materialize.py \
+        [--full]
+
+(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
+with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
+submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
 
 Takes the options of `sira features materialize` (an operator's or data scientist's key once keys
 exist, as for the CLI) and prints its result as one JSON object, as it always has.

@@ -1,6 +1,13 @@
 """Ray job: `sira performance` as a job on a cluster.
 
-    ray job submit --working-dir . -- python jobs/performance.py --model fraud --json
+    sira jobs submit performance -- --model fraud --json
+    sira jobs runtime-env performance > performance-job.yaml
+    ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env performance-job.yaml -- python jobs/performance.py \
+        --model fraud --json
+
+(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
+with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
+submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
 
 Takes exactly the options of `sira performance` (see `python jobs/performance.py --help`); the job's driver joins
 the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`), and the rows it writes carry

@@ -1,6 +1,13 @@
 """Ray job: the retraining pipeline (`sira retrain`) as a job on a cluster, started by any scheduler.
 
-    ray job submit --working-dir . -- python jobs/retrain.py --model fraud --trials 32 --json
+    sira jobs submit retrain -- --model fraud --trials 32 --json
+    sira jobs runtime-env retrain > retrain-job.yaml
+    ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env retrain-job.yaml --entrypoint-num-cpus 1 -- \
+        python jobs/retrain.py --model fraud --trials 32 --json
+
+(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
+with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
+submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
 
 Takes exactly the options of `sira retrain` (see `python jobs/retrain.py --help`); the job's driver
 joins the cluster it was submitted to. A second submission with the same inputs reports the first

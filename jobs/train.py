@@ -2,8 +2,17 @@
 
     sira jobs submit train -- --model fraud --trials 32 --json
     sira jobs submit train -- --model churn --data data/churn.parquet --label churned
+    sira jobs runtime-env train > train-job.yaml
+    ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env train-job.yaml --entrypoint-num-cpus 1 -- \
+        python jobs/train.py --model fraud --trials 32 --json
 
-(--data names files in the job's working dir, uploaded with it; not s3:// URLs.)
+(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
+with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
+submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
+
+(A relative --data or --params names a file of the job's working dir: `sira jobs submit` uploads it with
+the working dir, even under data/ or as *.parquet, up to 100 MiB in all; a larger table goes by an absolute
+path the cluster's nodes mount. Not s3:// URLs. The job's driver reserves a CPU: --entrypoint-num-cpus 1.)
 
 Takes exactly the options of `sira train` (see `python jobs/train.py --help`); the job's
 driver joins the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`).

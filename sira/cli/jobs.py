@@ -78,6 +78,10 @@ def jobs_submit_cmd(
         "--submission-id", help="The job's id (default: sira-<job>-<random>). Ray refuses an id it has seen, and "
                                 "so does the job's key (job-<id>): a schedule that names the day runs once a day.")
     ] = None,
+    entrypoint_num_cpus: Annotated[float | None, typer.Option(
+        "--entrypoint-num-cpus", min=0, max=1024, help="CPUs reserved for the job's driver (default: 1 for train "
+                                                       "and retrain, whose driver trains; 0 for the others).")
+    ] = None,
     key_ttl: KeyTtlOption = 6.0,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -87,13 +91,22 @@ def jobs_submit_cmd(
     The job acts with a key minted for it: one role that the job needs and you hold, named
     job-<submission id>, revoked when the job ends (or at --key-ttl at the latest). Your own key
     never reaches the cluster: runtime envs are visible in `ray job list` and the dashboard.
+    Files its options name by a relative path (--data, --params) travel with the working dir, even
+    where it leaves out data/ and *.parquet (at most 100 MiB); --out must be absolute.
     """
     import shlex
     import time
     import uuid
 
     from sira.core import db
-    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_client, job_env_vars, job_kind, submit_job
+    from sira.core.ray_runtime import (
+        job_client,
+        job_env_vars,
+        job_files,
+        job_kind,
+        submit_job,
+        working_dir_excludes,
+    )
 
     if submission_id is None:
         submission_id = f"sira-{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
@@ -108,19 +121,25 @@ def jobs_submit_cmd(
     job_args = list(job_args or [])
     if as_json and wait and job != "stream" and "--json" not in job_args:
         job_args.append("--json")  # the job's own result, one JSON object, comes back in the answer's `result`
+    uploads = job_files(root, job_args)  # before a key is minted: a job that cannot find its input
+    cpus = kind.driver_cpus if entrypoint_num_cpus is None else entrypoint_num_cpus
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
     entrypoint = shlex.join(["python", kind.script, *job_args])
     try:
         submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
-            "working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
-            "env_vars": job_env_vars(settings, dsn, key)})
+            "working_dir": str(root), "excludes": working_dir_excludes(root, uploads),
+            "env_vars": job_env_vars(settings, dsn, key)}, read_gitignore=not uploads,
+            **({"entrypoint_num_cpus": cpus} if cpus else {}))
     except BaseException:
         if key_name:
             asyncio.run(_revoke_job_key(settings, api_key, key_name))
         raise
-    err.print(f"submitted {submission_id}: {entrypoint}" + (f" (acting as {key_name})" if key_name else ""))
+    err.print(f"submitted {submission_id}: {entrypoint}" + (f" (acting as {key_name})" if key_name else "")
+              + (f"; its driver holds {cpus:g} CPU" if cpus else "")
+              + (f"; uploaded with it: {', '.join(uploads)}" if uploads else ""))
     payload: dict[str, Any] = {"submission_id": submission_id, "job": job, "entrypoint": entrypoint,
-                               "address": address, "key": key_name, "status": "PENDING"}
+                               "address": address, "key": key_name, "status": "PENDING",
+                               "entrypoint_num_cpus": cpus, "uploaded": uploads}
     if not wait:
         emit(payload, as_json, lambda: err.print(f"follow it with: ray job logs --follow {submission_id}"))
         return 0

@@ -31,7 +31,8 @@ from sira.core.config import MAX_VERSION, get_settings
 @app.command("score")
 def score_cmd(
     model: ModelOption,
-    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically).")],
+    out: Annotated[Path, typer.Option("--out", help="The output .parquet file (replaced atomically; not an input nor "
+                                      "inside an input folder; absolute in a Ray job).")],
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     data: Annotated[list[Path] | None, typer.Option("--data", help="Parquet/CSV file or folder with the model's "
                                                     "features as columns.")] = None,
@@ -49,9 +50,12 @@ def score_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
+    from sira.core.files import output_file
+    from sira.core.ray_runtime import in_ray_job
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
-    request = BatchRequest(model=model, out=out.resolve(), version=version, data=data, time_from=utc(time_from),
+    out = output_file(out, data or [], in_job=in_ray_job())  # before anything is read: not an input, nor in one
+    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=utc(time_from),
                            time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,
                            wait_for_cpus_s=wait_for_cpus)
@@ -184,9 +188,11 @@ def retrain_cmd(
     model: ModelOption,
     trials: Annotated[int, typer.Option("--trials", min=0, max=10_000, help="Search trials (0: no search).")] = 16,
     time_budget: Annotated[float | None, typer.Option("--time-budget", min=1, help="Seconds the search may take.")] = 600.0,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the search and training.")] = 42,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the search and training "
+                                             "(default: the --params file's, else 42).")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: the "
+                                                "--params file's, else all CPUs).")] = None,
     test_days: Annotated[float | None, typer.Option("--test-days", min=1, help="Held-out window: these many days "
                                                     "up to the newest usable event (default: the newest quarter).")] = None,
     train_days: Annotated[float | None, typer.Option("--train-days", min=1, help="Training window: these many days "

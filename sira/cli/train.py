@@ -43,7 +43,19 @@ def plan_table(title: str, result: dict[str, Any]) -> Table:
         "test": f"{w['test_from'][:16]} .. {w['test_to'][:16]}: {counts['test']['rows']:,} labelled events, "
                 f"{counts['test']['positives']:,} positive",
         "labels known by": f"{w['cutoff'][:16]} (--as-of)", "label maturity": f"{w['maturity_days']:g} days",
+        **({"feature rows": f"{rows['feature_set']} stores none for {rows['events_without_feature_rows']:,} events: "
+                            "their vectors will be computed from the event log (slower)"}
+           if (rows := result.get("feature_rows")) and rows["events_without_feature_rows"] else {}),
     })
+
+
+async def _feature_rows(model: str, windows: dict[str, Any]) -> dict[str, Any] | None:
+    from sira.core import db
+    from sira.training.datasets import events_without_vectors
+
+    async with db.open_pool(get_settings()) as pool:
+        async with pool.acquire() as conn:
+            return await events_without_vectors(conn, model, windows)
 
 
 def training_table(result: dict[str, Any]) -> Table:
@@ -79,8 +91,10 @@ def train_cmd(
     params: Annotated[Path | None, typer.Option("--params", help="YAML file of LightGBM parameters (and "
                                                                   "num_boost_round, early_stopping_rounds, calibration); "
                                                                   "with --trials they are fixed, the search tunes the others.")] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed: same data, params, seed and threads, same model file.")] = 42,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: all CPUs).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed: same data, params, seed and "
+                                             "threads, same model file (default: the --params file's, else 42).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=256, help="LightGBM threads (default: the "
+                                                "--params file's, else all CPUs).")] = None,
     model_type: Annotated[str, typer.Option("--type", help="fraud_detection, churn or anomaly (new models).")] = "fraud_detection",
     train_from: DateOption("--train-from", "Start of the training window.") = None,
     train_to: DateOption("--train-to", "End of the training window (exclusive).") = None,
@@ -109,19 +123,27 @@ def train_cmd(
     Without --data, the training set comes from the feature store (sira ingest); its default windows
     come from where the usable events are (docs/windows.md)."""
     from sira.training.runs import TrainRequest, run_training
+    from sira.training.trainer import SeedAndThreads, seed_and_threads
 
+    lightgbm = load_yaml_mapping(params) if params else None
+    chosen = seed_and_threads(lightgbm, seed=seed, num_threads=threads)  # the option, the file's, the default
     request = TrainRequest(
         model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
-        params=load_yaml_mapping(params) if params else None, seed=seed, model_type=model_type,
+        params=lightgbm, seed=chosen.seed, model_type=model_type,
         train_from=utc(train_from), train_to=utc(train_to), test_from=utc(test_from), test_to=utc(test_to),
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
         wait_for_cpus_s=wait_for_cpus,
         test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run,
-        **({"num_threads": threads} if threads else {}),
+        **({"num_threads": chosen.num_threads} if chosen.num_threads else {}),
     )
     actor = asyncio.run(actor_for("models.write", api_key))
     result = asyncio.run(run_training(get_settings(), request, actor=actor,
                                       progress=(lambda _m: None) if as_json else err.print))
+    used = SeedAndThreads(request.seed, request.num_threads, chosen.origin)  # the default threads: this machine's
+    if not result.get("dry_run"):
+        result = {**result, "seed_and_threads": used.to_dict()}
+    elif result.get("source") == "feature_store":
+        result = {**result, "feature_rows": asyncio.run(_feature_rows(model, result["windows"]))}
 
     def render() -> None:
         if result.get("dry_run"):
@@ -139,6 +161,7 @@ def train_cmd(
         if result.get("infinite_values"):
             err.print("infinite values read as missing: " + ", ".join(f"{k} ({v:,})" for k, v in
                                                                       result["infinite_values"].items()))
+        err.print(used.describe())
         err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
 
     emit(result, as_json, render)

@@ -51,6 +51,49 @@ def is_numeric_type(t: pa.DataType) -> bool:
             or pa.types.is_decimal(t))
 
 
+# A URL given where a path goes: `s3://bucket/x.parquet` (a Path keeps `s3:/bucket/x.parquet` of it)
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+(.*)")
+
+
+def refuse_url(path: Path | str) -> None:
+    """Refuse a URL (``s3://...``, ``gs://...``, ``https://...``) given as a file: SIRA reads and writes local
+    files (on a cluster, paths its nodes mount); it was read as a local path and not found (``s3:/bucket/...``),
+    or, as an output, written into a local folder named ``s3:``."""
+    match = _URL.fullmatch(str(path))
+    if match:
+        url = f"{match[1]}://{match[2]}"
+        raise InvalidInput(f"{url}: {match[1]}:// URLs are not supported; give a local file or folder (on a "
+                           "cluster, a path its nodes mount), e.g. after `aws s3 cp`", code="unsupported",
+                           details={"path": url})
+
+
+def output_file(out: Path, inputs: Sequence[Path], *, in_job: bool, option: str = "--out") -> Path:
+    """A Parquet output (``--out``) made absolute, refused first when it cannot be right: not a .parquet file, a
+    URL, relative inside a Ray job (``in_job``: it would land in the job's temporary copy of its working dir,
+    deleted with it), a folder, one of the ``inputs`` (replaced by what was made of it) or inside an input folder
+    (read back as input by the next run, and by anything else that reads the folder)."""
+    refuse_url(out)
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise InvalidInput(f"{option} must name a .parquet file, not {out}", code="invalid_output")
+    if not out.is_absolute() and in_job:
+        raise InvalidInput(f"{option} {out} is a relative path: in a Ray job it would be written into the job's "
+                           "temporary copy of its working dir, deleted with it; name an absolute path on storage the "
+                           "job's node writes (a shared mount)", code="invalid_output")
+    out = out.resolve()
+    if out.is_dir():
+        raise InvalidInput(f"{option} {out} is a folder; name a .parquet file", code="invalid_output")
+    for given in inputs:
+        refuse_url(given)
+        path = given.resolve()
+        if path == out:
+            raise InvalidInput(f"{option} {out} is the input itself: it would be overwritten; write elsewhere",
+                               code="invalid_output")
+        if path.is_dir() and out.is_relative_to(path):
+            raise InvalidInput(f"{option} {out} is inside the input folder {path}: the next run (or anything reading "
+                               "the folder) would read it as input; write elsewhere", code="invalid_output")
+    return out
+
+
 def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     """The data files named (folders expanded, leaving out hidden and ``_``-prefixed files and folders
     such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one
@@ -59,6 +102,7 @@ def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
     names: list[str] = []
     skip = exclude.resolve() if exclude is not None else None
     for path in paths:
+        refuse_url(path)
         if not path.exists():
             raise NotFound(f"file not found: {path}", details={"path": str(path)})
         if path.is_dir():

@@ -18,6 +18,7 @@ and a failed or interrupted run leaves any earlier output untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,11 +34,10 @@ import numpy as np
 import pyarrow as pa
 
 from sira.core import db
+from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, ServiceUnavailable, sira_cause
-from sira.core.files import InputFiles, csv_options, find_files, is_numeric_type, row_group_parts, write_atomically
-from sira.core.files import read_part as read_file_part
 from sira.registry import models as registry
 from sira.training import evaluation
 
@@ -268,7 +268,7 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
     texts = batch["text"].tolist() if "text" in batch else [""] * n  # CSV columns read as text, \x1f-joined
     for path, group, start, stop, text in zip(batch["path"].tolist(), batch["row_group"].tolist(), starts, stops,
                                               texts):
-        yield from read_file_part(path, group, "parquet" if group >= 0 else "csv", READ_ROWS, start, stop,
+        yield from input_files.read_part(path, group, "parquet" if group >= 0 else "csv", READ_ROWS, start, stop,
                                   text=tuple(text.split("\x1f")) if text else ())
 
 
@@ -283,14 +283,14 @@ def _file_schema(path: Path, file_format: str, text: tuple[str, ...] = ()) -> tu
             return footer.schema_arrow, footer.metadata
         import pyarrow.csv as pacsv
 
-        return pacsv.open_csv(path, convert_options=csv_options(text)).schema, None
+        return pacsv.open_csv(path, convert_options=input_files.csv_options(text)).schema, None
     except (pa.ArrowInvalid, OSError) as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InvalidInput(f"{path}: cannot read as {file_format}: {reason}", code="invalid_input",
                            details={"file": str(path)}) from None
 
 
-def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: BatchRequest) -> Source:
+def file_source(files: input_files.InputFiles, feature_schema: list[dict[str, Any]], req: BatchRequest) -> Source:
     """A Parquet or CSV table that carries the model's features as columns; every file is checked before
     any scoring starts (readable, the features present and numeric where the model wants numbers, the
     columns that travel to the output of one type across files)."""
@@ -313,7 +313,7 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
                                code="missing_columns", details={"columns": missing, "file": str(path)})
         for f in feature_schema:
             kind, t = f.get("type", "numeric"), schema.field(f["name"]).type  # FeatureSpec.to_dict's keys
-            if kind != "categorical" and not is_numeric_type(t):
+            if kind != "categorical" and not input_files.is_numeric_type(t):
                 raise InvalidInput(f"{path.name}: column {f['name']} must be numeric, not {t}", code="invalid_column",
                                    details={"column": f["name"], "file": str(path)})
     columns = schemas[0][1].names
@@ -338,7 +338,7 @@ def file_source(files: InputFiles, feature_schema: list[dict[str, Any]], req: Ba
     # actor on 2 CPUs it never gets one (the job hangs without an error).
     if files.format == "parquet":
         part_rows = EXPLAIN_PART_ROWS if req.explain else PART_ROWS
-        parts = [part for p, (_, footer) in read.items() for part in row_group_parts(p, footer, part_rows)]
+        parts = [part for p, (_, footer) in read.items() for part in input_files.row_group_parts(p, footer, part_rows)]
     else:
         parts = [{"path": str(p), "row_group": -1, "start": 0, "stop": -1, "text": "\x1f".join(text)}
                  for p in files.paths]
@@ -497,24 +497,21 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
                                   batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True, **pool)
     # Blocks as the actors made them, each fetched when the writer asks: re-cutting them into batches
     # of a size here (and prefetching) held the first rows back until several blocks had arrived
-    # (2-3 s on a 1M-row job); write_atomically cuts the row groups.
+    # (2-3 s on a 1M-row job); input_files.write_atomically cuts the row groups.
     return scored.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 
 async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[str, Any], Source]:
-    """The version to score with and the input, checked before any Ray work starts."""
+    """The version to score with and the input, checked before any Ray work starts (``req.out`` checked by
+    :func:`sira.core.files.output_file`)."""
     if (req.data is None) == (req.time_from is None and req.time_to is None):
         raise InvalidInput("give either --data or a time range (--from/--to) of stored events", code="invalid_input")
-    if req.out.suffix.lower() not in (".parquet", ".pq"):
-        raise InvalidInput(f"--out must name a .parquet file, not {req.out}", code="invalid_output")
-    if req.out.is_dir():
-        raise InvalidInput(f"--out {req.out} is a folder; name a .parquet file", code="invalid_output")
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             row = await registry.version_in_use(conn, req.model, req.version)
             version = registry.loadable(row)
             if req.data is not None:
-                files = find_files(req.data, exclude=req.out)  # a re-run writing into its input folder
+                files = input_files.find_files(req.data)
                 return version, file_source(files, list(row["feature_schema"]), req)
             if not row["feature_set"]:
                 raise InvalidInput(f"{req.model} was trained on a table of its own; score a table with --data",
@@ -543,9 +540,10 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     import asyncio
 
     from sira.core import audit
-    from sira.core.ray_runtime import init_ray, job_id
+    from sira.core.ray_runtime import in_ray_job, init_ray, job_id
 
     actor = actor or Actor.local()
+    req = dataclasses.replace(req, out=input_files.output_file(req.out, req.data or [], in_job=in_ray_job()))
     version, source = await resolve_source(settings, req)
     started = time.perf_counter()
     here = in_process(settings, source.rows if source.rows is not None else source.at_most, explain=req.explain,
@@ -562,13 +560,13 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     def run() -> str:
         if here:
             batches = local_batches(settings, version, source, explain=req.explain, batch_size=req.batch_size)
-            return write_atomically(batches, req.out, count, source.passthrough_schema)
+            return input_files.write_atomically(batches, req.out, count, source.passthrough_schema)
         import ray
 
         batches = scored_batches(version, source, explain=req.explain, batch_size=req.batch_size,
                                  max_actors=req.max_actors, wait_for_cpus_s=req.wait_for_cpus_s)
         try:
-            return write_atomically(batches, req.out, count, source.passthrough_schema)
+            return input_files.write_atomically(batches, req.out, count, source.passthrough_schema)
         except ray.exceptions.GetTimeoutError:
             raise ServiceUnavailable(
                 f"no CPU free for a scoring actor after {req.wait_for_cpus_s:.0f} s (the cluster has "

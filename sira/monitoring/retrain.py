@@ -1,7 +1,7 @@
 """The retraining pipeline: a challenger trained on the latest data, judged against the champion, staged by policy.
 
     sira retrain --model fraud [--trials 16] [--time-budget 600] [--dry-run]
-    ray job submit --working-dir . -- python jobs/retrain.py --model fraud --json
+    sira jobs submit retrain -- --model fraud --json      (a Ray job: docs/cluster.md)
 
 Steps, each recorded in ``sira_retrain_runs`` as it completes:
 
@@ -16,13 +16,15 @@ Steps, each recorded in ``sira_retrain_runs`` as it completes:
    needs the model's approvals unless ``required_approvals`` is 0;
 5. ``report``: Markdown and JSON in ``<workspace>/reports/``.
 
-The inputs (model, champion, data and labels cut-off, search settings) make a
-key: a re-run with the same inputs reports the finished run instead of training
-again, and a run that stopped part-way resumes after its last completed step.
+The inputs (model and the settings that decide its training and policy, champion,
+events, the label history up to the cut-off, search settings) make a key: a re-run
+with the same inputs reports the finished run instead of training again, and a run
+that stopped part-way resumes after its last completed step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,10 +56,10 @@ class RetrainRequest:
     model: str
     trials: int = 16  # 0: no search, train the given (or default) parameters
     time_budget_s: float | None = 600.0
-    seed: int = 42
+    seed: int | None = None  # None: the params' seed, else 42 (sira.training.trainer.seed_and_threads)
     params: dict[str, Any] | None = None
     label_delay_days: float = 7.0
-    num_threads: int | None = None
+    num_threads: int | None = None  # None: the params', else every CPU
     drift_days: float = 7.0
     # the held-out window: these many days up to the newest usable events (None: the training default,
     # the newest quarter of the usable history; docs/windows.md)
@@ -87,13 +89,24 @@ async def _inputs(conn: Any, model: Any, req: RetrainRequest) -> dict[str, Any]:
         raise InvalidInput("the feature store has no events; run `sira ingest` first", code="empty_input")
     labels = await conn.fetchrow(
         "SELECT count(*) AS n, max(known_at) AS until FROM sira_feedback WHERE label_name = $1", model["label_name"])
+    # Every label a training set may read, as the history holds it (sql/029): a label written, changed (a
+    # reversal, even one dated before the newest known_at) or erased moves the count or the newest id, which
+    # sira_feedback's count and newest known_at did not. With --as-of, only what was known by then counts.
+    said = await conn.fetchrow(
+        """SELECT count(*) AS n, coalesce(max(id), 0) AS last FROM sira_feedback_history
+            WHERE label_name = $1 AND ($2::timestamptz IS NULL OR known_at <= $2)""", model["label_name"], req.as_of)
     return {
         "model": model["name"], "champion": champion["version"] if champion else None,
         "champion_sha256": champion["artifact_sha256"] if champion else None,
         "events": events["n"], "events_until": events["until"].isoformat(),
         "labels": labels["n"], "labels_until": labels["until"].isoformat() if labels["until"] else None,
+        "label_history": {"rows": said["n"], "last_id": said["last"]},
         "feature_set": model["feature_set"], "feature_set_version": model["feature_set_version"],
+        # the model's settings that decide the challenger (its labels, thresholds) and the policy's outcome
+        "label_name": model["label_name"], "label_maturity_days": model["label_maturity_days"],
+        "decision_targets": model["decision_targets"] or {}, "required_approvals": model["required_approvals"],
         "trials": req.trials, "time_budget_s": req.time_budget_s, "seed": req.seed, "params": req.params or {},
+        **({"num_threads": req.num_threads} if req.num_threads else {}),
         "label_delay_days": req.label_delay_days, "test_days": req.test_days,
         **({"train_days": req.train_days} if req.train_days else {}),
         "policy": model["promotion_policy"] or {},
@@ -111,11 +124,15 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
     """Run (or resume, or report) the retraining of ``req.model``; returns the report."""
     from sira.registry.policy import PromotionPolicy
     from sira.training.runs import TrainRequest, check_request
+    from sira.training.trainer import seed_and_threads
 
     authorize(identity, "models.write")
     authorize(identity, "promotion.request")
     if req.trials < 0:
         raise InvalidInput("--trials must be 0 (no search) or more", code="invalid_input")
+    chosen = seed_and_threads(req.params, seed=req.seed, num_threads=req.num_threads)
+    req = dataclasses.replace(req, seed=chosen.seed, num_threads=chosen.num_threads)
+    progress(f"retrain: {chosen.describe()}")
     check_request(TrainRequest(model=req.model, seed=req.seed, test_days=req.test_days, train_days=req.train_days,
                                label_delay_days=req.label_delay_days, as_of=req.as_of,
                                params=req.params))  # before the drift step
@@ -131,6 +148,7 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             row = await conn.fetchrow("SELECT * FROM sira_retrain_runs WHERE model_id = $1 AND input_key = $2",
                                       model["id"], key)
         if req.dry_run:
+            from sira.training.datasets import events_without_vectors
             from sira.training.runs import checked_windows
 
             done = list(row["steps"]) if row else []
@@ -141,9 +159,11 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
                     conn, TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
                                        train_days=req.train_days, as_of=req.as_of),
                     model["label_maturity_days"], model["label_name"])
+                feature_rows = await events_without_vectors(conn, req.model, windows.to_dict())
             return {"model": req.model, "dry_run": True, "input_key": key, "inputs": inputs, "plan": plan,
                     "steps": [s for s in STEPS if s not in done], "policy": policy.to_dict(),
-                    "windows": windows.to_dict(), "counts": counts, "previous_run": row["id"] if row else None}
+                    "windows": windows.to_dict(), "counts": counts, "feature_rows": feature_rows,
+                    "previous_run": row["id"] if row else None}
         if row is not None and row["status"] == "succeeded":
             progress(f"retrain: run {row['id']} already finished with these inputs; nothing to do")
             return {**row["report"], "reused": True}

@@ -52,16 +52,37 @@ def _fmt(value: Any) -> str:
 
 
 def _fmt_bound(value: Any) -> str:
-    """A window bound as a person reads it: split windows hold microseconds since the epoch (UTC)."""
+    """A window bound as a person reads it: a table's split windows hold microseconds since the epoch (UTC),
+    a feature-store set's ISO 8601 times."""
     if value is None:
         return "—"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return (at.astimezone(timezone.utc) if at.tzinfo else at).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 
+FEATURE_STORE_WINDOW_KEYS = ("train_from", "train_to", "test_from", "test_to", "cutoff")
+
+
 def format_windows(windows: dict[str, Any]) -> str:
-    """``train 2026-01-01 00:00:00 UTC → …; validation …`` instead of a dict's repr."""
+    """``train 2026-01-01 00:00:00 UTC → …; test …`` instead of a dict's repr: a table's split windows
+    ({name: {from, to}}), or a feature-store training set's (sira.training.windows.Windows: train and test
+    windows, the label cut-off and maturity, recorded as {"train": {...}} or on their own)."""
+    recorded = windows.get("train") if isinstance(windows.get("train"), dict) else None
+    store = recorded if recorded is not None and "train_from" in recorded else windows
+    if all(k in store for k in FEATURE_STORE_WINDOW_KEYS):
+        maturity = store.get("maturity_days")
+        return "; ".join([
+            f"train {_fmt_bound(store['train_from'])} → {_fmt_bound(store['train_to'])} (validation: its latest "
+            "part)", f"test {_fmt_bound(store['test_from'])} → {_fmt_bound(store['test_to'])}",
+            f"labels as known at {_fmt_bound(store['cutoff'])}",
+            *([f"label maturity {maturity:g} days"] if isinstance(maturity, (int, float)) else [])])
     parts = []
     for name, window in windows.items():
         if isinstance(window, dict):
@@ -143,6 +164,9 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
     ])
     if dataset.get("feature_set"):
         training.paragraphs.append(feature_set_line(dataset["feature_set"], dataset.get("feature_set_version")))
+    if dataset.get("features_from_log"):
+        training.paragraphs.append(f"The vectors of {dataset['features_from_log']:,} of the {dataset.get('rows', 0):,} "
+                                   "rows were computed from the event log: the feature set stored no row for them.")
     if dataset.get("dropped_columns"):
         training.tables.append(Table(["column not used", "why"], [[k, v] for k, v in dataset["dropped_columns"].items()]))
     analyses = Section("Quantitative analyses")

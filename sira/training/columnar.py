@@ -22,14 +22,15 @@ from sira.features.columns import US_SQL, copy_table, read_events, read_labels
 from sira.features.engine import EventColumns, Labels, engine_of
 from sira.features.states import day_of, starting_states
 from sira.features.store import to_us
-from sira.training.windows import Windows
+from sira.training.windows import Windows, labels_said_by
 
-# What the label rule needs per labelled event: its first positive label's known_at, and whether a negative one
-# was known by the cut-off (one pass over the labels, joined to the events by id in memory).
+# What the label rule needs per labelled event, as its labels stood at the cut-off (what each source last said
+# by then): when a source saying fraud said so (NULL: none does), and whether one says legitimate (one pass
+# over the label history, joined to the events by id in memory).
 FEEDBACK_SQL = f"""
 SELECT event_id, {US_SQL.format('min(known_at) FILTER (WHERE label)')} AS positive_known_at,
-       coalesce(bool_or(NOT label AND known_at <= $1), false)::int AS negative_known
-  FROM sira_feedback WHERE label_name = $2 GROUP BY event_id
+       coalesce(bool_or(NOT label), false)::int AS negative_known
+  FROM ({labels_said_by("$1", "$2")}) said GROUP BY event_id
 """
 FEEDBACK_TYPES = {"event_id": pa.string(), "positive_known_at": pa.int64(), "negative_known": pa.int64()}
 SEGMENTS = ("country", "channel")

@@ -11,6 +11,7 @@ given (train, then validation, then test), else stratified and seeded.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from sira.core.files import InputFiles, columns_of, find_files, read_table
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
-from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
+from sira.training.windows import TRAINING_FLAGS, Windows, label_rule, labels_said_by
+
+log = logging.getLogger(__name__)
 
 MAX_CATEGORIES = 100
 
@@ -297,7 +300,9 @@ def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_sha
 
 # -- from the feature store -------------------------------------------------------
 
-SHARD_SQL = """
+# An event's vectors (its feature rows, one per entity) and its labels as known at the cut-off ($5): what each
+# source last said by then (a reversal known later does not exist for this set)
+SHARD_SQL = f"""
 SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_token, e.terminal_id,
        e.amount::float8 AS amount,
        (SELECT jsonb_object_agg(f.entity_type, f.features) FROM sira_features f
@@ -305,10 +310,9 @@ SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_to
        lab.positive_known_at, lab.negative_known
   FROM sira_events e
   LEFT JOIN LATERAL (
-        SELECT min(fb.known_at) FILTER (WHERE fb.label) AS positive_known_at,
-               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
-          FROM sira_feedback fb
-         WHERE fb.event_id = e.event_id AND fb.label_name = $6) lab ON true
+        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
+               coalesce(bool_or(NOT said.label), false) AS negative_known
+          FROM ({labels_said_by("$5", "$6", " AND h.event_id = e.event_id")}) said) lab ON true
  WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 """
 
@@ -320,7 +324,10 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
     dropped); without, every event, unlabelled (batch scoring, drift).
 
     Label-derived features are recomputed here as of each event from the event log and
-    the labels known before it, whatever was known when the event was ingested.
+    the labels known before it, whatever was known when the event was ingested. An event with no
+    stored feature row of the set (feature set v1 stores them only while the set is in service:
+    docs/features.md) gets its whole vector computed here from the event log, by the same maths,
+    and says so (``from_log``): it never becomes a row of missing values.
     """
     import asyncio
 
@@ -337,34 +344,43 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
             rows = await conn.fetch(SHARD_SQL, lo, hi, fs.name, fs.version, windows.cutoff if windows else hi,
                                     label_name)
             events = sorted((dict(r) for r in rows), key=lambda e: (e["occurred_at"], e["event_id"]))
-            recomputed: dict[tuple[str, str], dict[str, Any]] = {}
-            if label_specs and events:
-                for row in await feature_store.compute_event_features(
-                    conn, fs, events, entities=label_specs, include_event_level=False
-                ):
-                    recomputed[(row.event_id, row.entity_type)] = row.features
-            return [_shard_row(e, fs, windows, recomputed) for e in events]
+            if windows is not None:  # the events the label rule leaves out need no vector
+                events = [e for e in events if _label(e, windows) is not None]
+            stored = [e for e in events if e["vectors"] is not None]
+            missing = [e for e in events if e["vectors"] is None]
+            recomputed: dict[str, dict[str, Any]] = {}
+
+            async def compute(part: list[dict[str, Any]], entities: list[str] | None) -> None:
+                for row in await feature_store.compute_event_features(conn, fs, part, entities=entities,
+                                                                      include_event_level=entities is None):
+                    recomputed.setdefault(row.event_id, {}).update(row.features)
+
+            if label_specs and stored:
+                await compute(stored, label_specs)
+            if missing:
+                await compute(missing, None)  # every entity's features and the event's own
+            return [_shard_row(e, fs, windows, recomputed.get(e["event_id"], {})) for e in events]
         finally:
             await conn.close()
 
-    return [r for r in asyncio.run(run()) if r is not None]
+    return asyncio.run(run())
 
 
-def _shard_row(e: dict[str, Any], fs: Any, windows: Windows | None, recomputed: dict) -> dict[str, Any] | None:
+def _label(e: dict[str, Any], windows: Windows) -> float | None:
+    return label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows)
+
+
+def _shard_row(e: dict[str, Any], fs: Any, windows: Windows | None, recomputed: dict[str, Any]) -> dict[str, Any]:
     from sira.features.store import to_us
 
-    y = label_rule(e["occurred_at"], e["positive_known_at"], e["negative_known"], windows) if windows else None
-    if windows is not None and y is None:
-        return None
     vector: dict[str, Any] = {}
-    for entity, values in (e["vectors"] or {}).items():
+    for values in (e["vectors"] or {}).values():
         vector.update(values)
-    for spec in fs.entities:
-        if (e["event_id"], spec.entity) in recomputed:
-            vector.update(recomputed[(e["event_id"], spec.entity)])
-    labelled = {"label": y} if windows is not None else {}
+    vector.update(recomputed)
+    labelled = {"label": _label(e, windows)} if windows is not None else {}
     return {"event_id": e["event_id"], "ts": to_us(e["occurred_at"]), "country": e["country"],
-            "channel": e["channel"], **labelled, **{n: vector.get(n) for n in fs.names()}}
+            "channel": e["channel"], "from_log": e["vectors"] is None, **labelled,
+            **{n: vector.get(n) for n in fs.names()}}
 
 
 def build_feature_dataset(
@@ -410,6 +426,11 @@ def build_feature_dataset(
         raise InvalidInput(f"no labelled events in the windows ({windows.describe()}); set {TRAINING_FLAGS}",
                            code="empty_window")
     rows.sort(key=lambda r: (r["ts"], r["event_id"]))
+    from_log = sum(1 for r in rows if r["from_log"])
+    if from_log:
+        log.warning("%s@%s stores no feature row for %s of the %s events of the training set (the set was not in "
+                    "service when they were ingested): their vectors were computed from the event log",
+                    fs.name, fs.version, f"{from_log:,}", f"{len(rows):,}")
     schema = [FeatureSpec(n, "numeric") for n in fs.names()]
     X = encode_columns({n: [r[n] for r in rows] for n in fs.names()}, schema)
     return feature_dataset(
@@ -417,7 +438,8 @@ def build_feature_dataset(
         np.array([r["ts"] for r in rows], dtype=np.int64), [r["event_id"] for r in rows],
         {"country": np.array([r["country"] for r in rows], dtype=object),
          "channel": np.array([r["channel"] for r in rows], dtype=object)},
-        {"query": " ".join(SHARD_SQL.split()), "shards": len(shards)}, test_only=test_only)
+        {"query": " ".join(SHARD_SQL.split()), "shards": len(shards), "features_from_log": from_log},
+        test_only=test_only)
 
 
 def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, times: np.ndarray, ids: list[Any],
@@ -453,3 +475,27 @@ def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, tim
             raise InvalidInput(f"the {name} window has no positive labels ({windows.describe()}); widen it with "
                                f"{TRAINING_FLAGS}, or lower the label maturity", code="empty_window")
     return ds, split
+
+
+async def events_without_vectors(conn: Any, model_name: str, windows: dict[str, Any]) -> dict[str, Any] | None:
+    """What a dry run says of a model's feature rows: its feature set and how many events of the train and test
+    ``windows`` (as a plan states them: ISO times) it stored no row for, whose vectors the build computes from the
+    event log (slower); None for a set that stores none (feature engine v2) or a model not created yet."""
+    from datetime import datetime
+
+    from sira.features.definitions import get_feature_set
+
+    model = await conn.fetchrow("SELECT feature_set, feature_set_version FROM sira_models WHERE name = $1", model_name)
+    if model is None or not model["feature_set"]:
+        return None
+    fs = get_feature_set(model["feature_set"], model["feature_set_version"])
+    if fs.engine == "tiles":
+        return None
+    missing = 0
+    for lo, hi in (("train_from", "train_to"), ("test_from", "test_to")):
+        missing += await conn.fetchval(
+            """SELECT count(*) FROM sira_events e WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+                  AND NOT EXISTS (SELECT 1 FROM sira_features f WHERE f.event_id = e.event_id
+                                     AND f.as_of = e.occurred_at AND f.feature_set = $3 AND f.feature_set_version = $4)""",
+            datetime.fromisoformat(windows[lo]), datetime.fromisoformat(windows[hi]), fs.name, fs.version)
+    return {"feature_set": f"{fs.name}@{fs.version}", "events_without_feature_rows": int(missing)}

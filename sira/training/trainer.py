@@ -236,6 +236,53 @@ def _native_output_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+DEFAULT_SEED = 42
+MAX_SEED = 2**31 - 1  # LightGBM's seeds are 32-bit; NumPy's generators refuse negative ones
+MAX_THREADS = 256  # as --threads
+
+
+@dataclass(frozen=True)
+class SeedAndThreads:
+    """The seed and LightGBM thread count a run uses, and where each came from (``--seed``/``--threads``,
+    ``--params``, or the default); ``num_threads`` None: every CPU."""
+
+    seed: int
+    num_threads: int | None
+    origin: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "num_threads": self.num_threads, "from": dict(self.origin)}
+
+    def describe(self) -> str:
+        threads = "every CPU" if self.num_threads is None else f"{self.num_threads} thread(s)"
+        return f"seed {self.seed} ({self.origin['seed']}), {threads} ({self.origin['num_threads']})"
+
+
+def seed_and_threads(params: Mapping[str, Any] | None, *, seed: int | None = None,
+                     num_threads: int | None = None) -> SeedAndThreads:
+    """An option given wins (``seed``, ``num_threads``), then the parameters file's (under any of LightGBM's
+    names: ``random_state``, ``n_jobs``, ...), then the default: seed 42 and every CPU. A tuned version's
+    manifest params carry both, so retraining them gives the same model file; :func:`resolve_params` writes the
+    chosen pair over whatever the file says, so the choice is made here (it silently took the defaults)."""
+    given = normalize_params(params)
+    origin = {"seed": "--seed" if seed is not None else "--params" if "seed" in given else "default",
+              "num_threads": "--threads" if num_threads is not None else "--params" if "num_threads" in given
+              else "default"}
+    if seed is None:
+        seed = _whole(given, "seed", 0, MAX_SEED) if "seed" in given else DEFAULT_SEED
+    if num_threads is None and "num_threads" in given:
+        num_threads = _whole(given, "num_threads", 1, MAX_THREADS)
+    return SeedAndThreads(seed, num_threads, origin)
+
+
+def _whole(params: Mapping[str, Any], name: str, least: int, most: int) -> int:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise InvalidInput(f"parameter {name} must be a whole number from {least} to {most} (got {value!r})",
+                           details={"parameter": name})
+    return value
+
+
 def resolve_params(params: Mapping[str, Any] | None, *, seed: int, num_threads: int) -> dict[str, Any]:
     """Defaults, the caller's overrides, and the settings that make training reproducible."""
     merged = {**DEFAULT_PARAMS, **normalize_params(params)}

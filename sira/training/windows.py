@@ -77,6 +77,17 @@ def check_as_of(as_of: datetime | None) -> None:
                            "known after now are not known yet; set now or earlier", code="invalid_option")
 
 
+def labels_said_by(cutoff: str, label_name: str, where: str = "") -> str:
+    """SQL: what each source last said of each event's label by the cut-off (``cutoff`` and ``label_name`` are
+    placeholders such as ``$5``; ``where`` narrows it, e.g. to one event), as rows (event_id, label, known_at).
+    Read from the label history (``sira_feedback_history``, sql/029), not from ``sira_feedback``, whose row a
+    source's later word overwrites: a chargeback reversed after the cut-off is still a fraud at the cut-off,
+    so a backtest with ``--as-of`` gives the same training set whatever was said since."""
+    return ("SELECT DISTINCT ON (h.event_id, h.source) h.event_id, h.label, h.known_at FROM sira_feedback_history h"
+            f" WHERE h.label_name = {label_name} AND h.known_at <= {cutoff}{where}"
+            " ORDER BY h.event_id, h.source, h.known_at DESC, h.id DESC")
+
+
 def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:
     """1 if a positive label was known by the cut-off; 0 if the event is mature (or reviewed legit); None: left out."""
     if positive_known_at is not None and positive_known_at <= windows.cutoff:
@@ -147,11 +158,11 @@ async def training_windows(
 # Rows a window holds by the label rule, and its positives: index range counts for the mature part,
 # the labels (few) for the young part. Cheap next to reading the feature vectors.
 _MATURE_COUNT_SQL = "SELECT count(*) FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2"
-_LABELLED_COUNT_SQL = """
+_LABELLED_COUNT_SQL = f"""
 SELECT count(DISTINCT e.event_id) FILTER (WHERE e.occurred_at > $3) AS young,
-       count(DISTINCT e.event_id) FILTER (WHERE f.label) AS positives
-  FROM sira_feedback f JOIN sira_events e ON e.event_id = f.event_id
- WHERE f.label_name = $4 AND f.known_at <= $5 AND e.occurred_at >= $1 AND e.occurred_at < $2
+       count(DISTINCT e.event_id) FILTER (WHERE said.label) AS positives
+  FROM ({labels_said_by("$5", "$4")}) said JOIN sira_events e ON e.event_id = said.event_id
+ WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 """
 
 

@@ -391,6 +391,45 @@ def test_batch_score_job_submitted_to_a_ray_head_succeeds(ray_head, trained_by_j
     assert [json.loads(a["details"])["sha256"] for a in audit] == [result["sha256"]]
 
 
+def test_sira_jobs_submit_uploads_the_table_a_train_job_names_and_reserves_its_drivers_cpu(ray_head, job_env):
+    """jobs/train.py's own example, `sira jobs submit train -- --model churn --data data/churn.parquet --label
+    churned`, failed with `not_found: file not found: data/churn.parquet`: the upload leaves out data/ and
+    *.parquet (and a checkout's .gitignore leaves out data/). And the driver, which trains, reserved no CPU,
+    although cluster.yaml says train needs one (`--entrypoint-num-cpus 1`)."""
+    wd = job_env.tmp_path / "checkout"
+    (wd / "jobs").mkdir(parents=True)
+    for script in (ROOT / "jobs").glob("*.py"):
+        shutil.copy(script, wd / "jobs")
+    shutil.copy(ROOT / ".gitignore", wd / ".gitignore")  # SIRA's: data/ is left out
+    shutil.copy(ROOT / "tests" / "e2e" / "fast_params.yaml", wd / "fast.yaml")
+    (wd / "data").mkdir()
+    table = write_table(wd / "data" / "t.csv")
+    pd.read_csv(table).rename(columns={"fraud": "churned"}).to_parquet(wd / "data" / "churn.parquet", index=False)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SIRA_", "RAY_AUTH")) and k not in ("RAY_ADDRESS", "RAY_JOB_ADDRESS")}
+    env.update({"SIRA_DATABASE_URL": job_env.dsn, "SIRA_WORKSPACE": str(job_env.workspace),
+                "RAY_JOB_ADDRESS": ray_head.url, "RAY_AUTH_TOKEN_PATH": str(Path(ray_head.temp_dir) / "auth_token")})
+    done = subprocess.run([sys.executable, "-m", "sira", "jobs", "submit", "--working-dir", str(wd), "--json", "train",
+                           "--", "--model", "churn", "--type", "churn", "--data", "data/churn.parquet", "--label",
+                           "churned", "--params", "fast.yaml", "--threads", "1"],
+                          cwd=job_env.tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + "\n--- stderr:\n" + done.stderr[-3000:]
+    submitted = json.loads(done.stdout)
+    assert submitted["status"] == "SUCCEEDED" and submitted["uploaded"] == ["data/churn.parquet", "fast.yaml"]
+    assert submitted["result"]["model"] == "churn" and submitted["result"]["version"] == 1
+    assert submitted["result"]["split"]["train"] > 0
+    # the job's supervisor (its driver's host) as Ray's state API lists it: what it reserved
+    import requests
+
+    token = (Path(ray_head.temp_dir) / "auth_token").read_text()
+    actors = requests.get(f"{ray_head.url}/api/v0/actors", headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                          params={"detail": "1", "filter_keys": "class_name", "filter_predicates": "=",
+                                  "filter_values": "JobSupervisor"}).json()["data"]["result"]["result"]
+    supervisor = [a for a in actors if a["name"].endswith(submitted["submission_id"])]
+    assert [a["required_resources"] for a in supervisor] == [{"CPU": 1.0}], actors
+    assert submitted["entrypoint_num_cpus"] == 1
+
+
 # -- the README's job commands, run as written ---------------------------------------------------------
 
 

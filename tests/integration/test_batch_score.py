@@ -207,8 +207,7 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
 
 def test_csv_files_whose_columns_type_differently_still_make_one_file(fraud_model, history, tmp_path):
     """A kept column empty in one file and text in the next, an id of digits then of letters: CSV types are
-    inferred per file; the output takes one type per column. A header-only file scores nothing. The output
-    written into the input folder is not read back as input by a re-run."""
+    inferred per file; the output takes one type per column. A header-only file scores nothing."""
     import pyarrow.csv as pacsv
 
     _, _, _, scored_events = history
@@ -221,13 +220,13 @@ def test_csv_files_whose_columns_type_differently_still_make_one_file(fraud_mode
     pacsv.write_csv(first.slice(0, 0), folder / "0-header-only.csv")
     pacsv.write_csv(first, folder / "a.csv")
     pacsv.write_csv(later, folder / "b.csv")
-    out = folder / "scored.parquet"
+    out = tmp_path / "scored.parquet"  # not inside the input folder: that is refused (tests/unit/test_cli.py)
     first_run = score(fraud_model, out=out, data=[folder], keep_columns=True)
     table = pq.read_table(out)
     assert table.num_rows == features.num_rows and table.schema.field("note").type == pa.string()
     assert table.column("note").to_pylist()[-1] == "late"
     # a small CSV is scored in this process (it always started Ray: a CSV's rows are not known up front, its
-    # lines are counted instead); on Ray Data the same file comes out; scored.parquet is not read as an input
+    # lines are counted instead); on Ray Data the same file comes out
     again = score(fraud_model, out=out, data=[folder], keep_columns=True, local_below=0)
     assert (first_run["engine"], again["engine"]) == ("in process", "ray data")
     assert again["rows"] == first_run["rows"] and again["sha256"] == first_run["sha256"]
@@ -268,7 +267,7 @@ def test_a_model_without_production_is_refused(fraud_model, tmp_path):
     run_sync(second_model())
     with pytest.raises(InvalidInput) as caught:
         run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="unserved", out=tmp_path / "x.parquet",
-                                                                    data=[tmp_path])))
+                                                                    data=[tmp_path / "in"])))
     assert caught.value.code == "no_production_version"
 
 

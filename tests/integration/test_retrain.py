@@ -251,3 +251,40 @@ def test_a_champion_on_another_feature_set_is_scored_on_its_own_features(v1_mode
     # each read its own rows: this small champion happens to score the same on both sets' features (its trees
     # split on none of the features the engines compute apart), so the record says which it read
     assert (champion["feature_set"], report["evaluation"]["challenger"]["feature_set"]) == ("payments@1", "payments@2")
+
+
+async def test_the_input_key_moves_with_labels_targets_and_maturity(clean_db, settings):
+    """A retrain answered an earlier run's report after a label was reversed (with a known_at older than the
+    newest: neither the labels' count nor their newest known_at moved), the model's decision targets changed
+    (they choose the thresholds) or its label maturity (it decides which events are labelled)."""
+    from datetime import timezone
+
+    admin = Identity("t-admin", frozenset({"admin"}))
+    start = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    events = [(f"k-{i}", start + timedelta(hours=i), f"c{i % 5}", 10.0 + i % 13) for i in range(24 * 30)]
+    await clean_db.executemany("INSERT INTO sira_events (event_id, occurred_at, customer_id, amount) "
+                               "VALUES ($1, $2, $3, $4)", events)
+    await clean_db.executemany("INSERT INTO sira_feedback (event_id, label, known_at, source) "
+                               "VALUES ($1, true, $2, 'chargeback')",
+                               [(e, at + timedelta(days=3)) for e, at, _, _ in events[3::10]])
+    async with db.transaction(clean_db) as conn:
+        await registry.create_model(conn, admin, "fraud", model_type="fraud_detection", label_maturity_days=10)
+
+    async def key() -> str:
+        plan = await run_retrain(settings, RetrainRequest(model="fraud", trials=0, dry_run=True), SCIENTIST)
+        return plan["input_key"]
+
+    first = await key()
+    assert await key() == first  # the same inputs, the same key
+    reversed_event, _, _, _ = events[3]  # its positive was known on day 3, long before the newest label
+    await clean_db.execute("UPDATE sira_feedback SET label = false, known_at = $2 WHERE event_id = $1",
+                           reversed_event, start + timedelta(days=4))
+    after_reversal = await key()
+    assert after_reversal != first
+    async with db.transaction(clean_db) as conn:
+        await registry.update_model(conn, admin, "fraud", decision_targets={"review_rate": 0.05})
+    after_targets = await key()
+    assert after_targets != after_reversal
+    async with db.transaction(clean_db) as conn:
+        await registry.update_model(conn, admin, "fraud", label_maturity_days=12)
+    assert await key() != after_targets

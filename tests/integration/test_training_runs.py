@@ -238,6 +238,9 @@ def test_artifacts_on_s3_are_kms_encrypted_and_verified(tmp_path):
         (["--label", "nope"], "error: invalid_input: label column nope is not in the table"),
         (["--label", "channel"], "error: invalid_input: label column channel is not binary"),
         (["--label", "is_fraud", "--time-col", "when"], "error: invalid_input: time column when is not in the table"),
+        # read as the local path s3:/bucket/tx.parquet: `not_found`
+        (["--label", "is_fraud", "--data", "s3://bucket/tx.parquet"], "error: unsupported: s3://bucket/tx.parquet: "
+                                                                      "s3:// URLs are not supported"),
     ],
 )
 def test_bad_training_input_is_one_line_exit_2(byo_table, pg_dsn, tmp_path, args, message, monkeypatch, capsys):
@@ -355,3 +358,40 @@ async def test_a_run_submitted_as_a_ray_job_names_its_submission(clean_db, setti
     result = await run_training(settings, req)
     assert await clean_db.fetchval("SELECT ray_job_id FROM sira_training_runs WHERE run_id = $1::uuid",
                                    result["run_id"]) == "sira-train-0a1b2c3d"
+
+
+def test_a_params_files_seed_and_threads_are_used_unless_an_option_says_otherwise(byo_table, pg_dsn, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A tuned version's params (its manifest's, seed 7 and one thread among them) retrained without --seed or
+    --threads gave another model: the defaults (42, every CPU) silently replaced the file's. The file wins
+    over the defaults, an option over the file, and the answer says which was used."""
+    from tests.conftest import cli_in_process
+
+    env = {"SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(tmp_path)}
+    (tmp_path / "tuned.yaml").write_text("num_boost_round: 40\nearly_stopping_rounds: 10\nseed: 7\nnum_threads: 1\n"
+                                         "bagging_seed: 7\nfeature_fraction_seed: 7\n")
+    (tmp_path / "plain.yaml").write_text("num_boost_round: 40\nearly_stopping_rounds: 10\n")
+
+    def train(*args: str) -> dict:
+        done = cli_in_process(monkeypatch, capsys, env, "train", "--model", "tuned_params", "--data",
+                              str(byo_table / "tx.parquet"), "--label", "is_fraud", "--time-col", "ts", *args,
+                              "--json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        manifest = load_artifact(Settings(database_url=pg_dsn, workspace=tmp_path),
+                                 ArtifactRef(result["artifact"]["uri"], result["artifact"]["sha256"]))
+        return {**result.get("seed_and_threads", {}), "model": manifest.model_text,
+                "manifest_seed": manifest.manifest["seed"], "manifest_threads": manifest.manifest["num_threads"]}
+
+    from_file = train("--params", str(tmp_path / "tuned.yaml"))
+    assert (from_file["manifest_seed"], from_file["manifest_threads"]) == (7, 1)
+    assert (from_file["seed"], from_file["num_threads"]) == (7, 1)
+    assert from_file["from"] == {"seed": "--params", "num_threads": "--params"}
+    by_options = train("--params", str(tmp_path / "plain.yaml"), "--seed", "7", "--threads", "1")
+    assert by_options["from"] == {"seed": "--seed", "num_threads": "--threads"}
+    assert by_options["model"] == from_file["model"]  # the same seed and threads, the same model file
+    overridden = train("--params", str(tmp_path / "tuned.yaml"), "--seed", "9")
+    assert (overridden["seed"], overridden["manifest_seed"], overridden["from"]["seed"]) == (9, 9, "--seed")
+    assert overridden["from"]["num_threads"] == "--params" and overridden["model"] != from_file["model"]
+    default = train("--params", str(tmp_path / "plain.yaml"))
+    assert (default["seed"], default["from"]) == (42, {"seed": "default", "num_threads": "default"})

@@ -43,6 +43,23 @@ def test_windows_read_as_dates_not_a_dict():
     assert format_windows({"test": {"from": None, "to": None}}) == "test — → —"
 
 
+def test_a_feature_store_versions_card_shows_its_windows_cut_off_and_maturity():
+    """A feature-store run records its windows as {"train": {train_from, ..., cutoff, maturity_days}}: the card
+    printed "Windows: train — → —." for every such version."""
+    windows = {"train": {"train_from": "2026-09-01T00:23:54+00:00", "train_to": "2026-09-24T00:05:57.750001+00:00",
+                         "test_from": "2026-09-28T00:05:57.750001+00:00", "test_to": "2026-10-06T23:59:59.000001+00:00",
+                         "cutoff": "2026-11-01T00:00:00+00:00", "maturity_days": 10}}
+    manifest = {**MANIFEST, "dataset": {"split": "time", "windows": windows, "feature_set": "payments",
+                                        "feature_set_version": 2}}
+    md = to_markdown("fraud v2", build_card(MODEL, VERSION, manifest, [], None))
+    assert "— → —" not in md
+    assert ("Windows: train 2026-09-01 00:23:54 UTC → 2026-09-24 00:05:57 UTC (validation: its latest part); "
+            "test 2026-09-28 00:05:57 UTC → 2026-10-06 23:59:59 UTC; labels as known at 2026-11-01 00:00:00 UTC; "
+            "label maturity 10 days.") in md
+    assert format_windows(windows["train"]) == format_windows(windows)  # the fingerprint's own shape
+    assert "labels as known at 2026-11-01" in to_html("fraud v2", build_card(MODEL, VERSION, manifest, [], None))
+
+
 def test_the_card_names_the_feature_set_and_its_window_semantics():
     for version, engine, words in ((1, "history", "(t - W, t]"), (2, "tiles", "floor((t - W) / hop) * hop")):
         manifest = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "feature_set": "payments",

@@ -244,3 +244,38 @@ def test_a_jobs_result_is_the_last_json_object_of_its_logs():
             "done\n")
     assert job_result(logs) == {"model": "fraud", "version": 2}
     assert job_result("error: not_found: file not found\n") is None
+
+
+def test_batch_scoring_refuses_an_output_it_would_lose_or_read_back(monkeypatch, capsys, tmp_path):
+    """`sira score --data X.parquet --out X.parquet` replaced its input with its scores; an output inside the input
+    folder was read back by anything reading the folder; a relative --out in a Ray job landed in the job's temporary
+    working dir; an s3:// input was read as the local path s3:/bucket/... Each is one line, exit 2, before any
+    database or model is touched (this one is unreachable)."""
+    from tests.conftest import cli_in_process
+
+    monkeypatch.chdir(tmp_path)  # where a relative path would land
+    folder = tmp_path / "history"
+    folder.mkdir()
+    (folder / "week.parquet").write_bytes(b"PAR1")
+    env = {"SIRA_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none", "SIRA_WORKSPACE": str(tmp_path / "ws")}
+    cases = [
+        (["--data", str(folder / "week.parquet"), "--out", str(folder / "week.parquet")], "invalid_output",
+         "is the input itself"),
+        (["--data", str(folder), "--out", str(folder / "scores" / "week.parquet")], "invalid_output",
+         f"is inside the input folder {folder}"),
+        (["--data", "s3://bucket/week.parquet", "--out", str(tmp_path / "o.parquet")], "unsupported",
+         "s3://bucket/week.parquet: s3:// URLs are not supported"),
+        (["--data", str(folder), "--out", "s3://bucket/o.parquet"], "unsupported", "s3://bucket/o.parquet"),
+    ]
+    for args, code, words in cases:
+        done = cli_in_process(monkeypatch, capsys, env, "score", "--model", "fraud", *args)
+        assert (done.returncode, done.stdout) == (2, ""), (args, done.stderr)
+        assert done.stderr.startswith(f"error: {code}:") and words in done.stderr, (args, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "s3:").exists()
+    # in a Ray job (Ray sets this in every job's driver), a relative --out is refused; an absolute one is not
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "t"}}')
+    done = cli_in_process(monkeypatch, capsys, env, "score", "--model", "fraud", "--data", str(folder), "--out",
+                          "week-scores.parquet")
+    assert done.returncode == 2 and done.stderr.startswith("error: invalid_output: --out week-scores.parquet is a "
+                                                           "relative path: in a Ray job"), done.stderr
