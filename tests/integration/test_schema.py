@@ -197,6 +197,32 @@ async def test_partitions_exist_for_a_requested_range(clean_db):
     ) == 0
 
 
+async def test_a_caller_that_waited_for_another_making_the_same_partition_finds_it_made(clean_db):
+    """Bulk ingest's shards make sure of their months' partitions at once. One that looked for a month's
+    partition before another created it, then waited on the creator's lock, looked again after it in its
+    catalog cache (an advisory lock does not refresh it), still saw none and failed on CREATE TABLE:
+    'relation "sira_features_p2026_09" already exists', which ended the whole ingest."""
+    ensure = "SELECT sira_ensure_month_partitions('sira_features', $1, $1)"
+    march = datetime(2034, 3, 5, tzinfo=timezone.utc)
+    first, second = await clean_db.acquire(), await clean_db.acquire()
+    try:
+        one = first.transaction()
+        await one.start()
+        # the first caller is about to make March (it holds the month's lock, has not created it yet)
+        await first.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sira_features_p2034_03'))")
+        waiting = asyncio.ensure_future(second.fetchval(ensure, march))  # looks, finds none, waits
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        assert await first.fetchval(ensure, march) == 1
+        await one.commit()
+        assert await waiting == 0  # made by the first
+    finally:
+        await clean_db.release(first)
+        await clean_db.release(second)
+    assert await clean_db.fetchval("SELECT count(*) FROM pg_inherits WHERE inhrelid = "
+                                   "to_regclass('sira_features_p2034_03')") == 1
+
+
 async def test_insert_into_a_month_without_partition_works_and_moves_later(clean_db):
     when = datetime(2033, 7, 9, 12, tzinfo=timezone.utc)
     await clean_db.execute(
