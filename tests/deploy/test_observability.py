@@ -39,7 +39,7 @@ def rules() -> list[dict]:
 
 def test_the_alert_rules_pass_promtools_check_and_unit_tests():
     promtool = tool("promtool", "prometheus")
-    assert "SUCCESS: 15 rules found" in run(promtool, "check", "rules", "sira-rules.yml", cwd=PROMETHEUS)
+    assert "SUCCESS: 16 rules found" in run(promtool, "check", "rules", "sira-rules.yml", cwd=PROMETHEUS)
     assert "SUCCESS" in run(promtool, "test", "rules", "sira-rules.test.yml", cwd=PROMETHEUS)
 
 
@@ -89,6 +89,37 @@ def test_the_alertmanager_config_is_valid_and_routes_pages_to_pagerduty_and_warn
     text = (ALERTMANAGER / "alertmanager.yml").read_text()
     assert "api_url_file" in text and "routing_key_file" in text  # secrets are files, never in the config
     assert {r["name"] for r in config["receivers"]} == {"slack", "pagerduty"}
+
+
+def render(amtool: str, text: str, alerts: list[dict], tmp_path: Path) -> str:
+    """``text`` as Alertmanager renders it for a notification of ``alerts`` (one group)."""
+    common_labels = dict(set.intersection(*(set(a["labels"].items()) for a in alerts)))
+    common_annotations = dict(set.intersection(*(set(a["annotations"].items()) for a in alerts)))
+    data = {"receiver": "pagerduty", "status": "firing", "externalURL": "http://alertmanager:9093",
+            "alerts": [{"status": "firing", **a} for a in alerts],
+            "groupLabels": {k: v for k, v in common_labels.items() if k in ("alertname", "model")},
+            "commonLabels": common_labels, "commonAnnotations": common_annotations}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    (tmp_path / "none.tmpl").write_text("")
+    return run(amtool, "template", "render", f"--template.glob={tmp_path / 'none.tmpl'}",
+               f"--template.data={tmp_path / 'data.json'}", f"--template.text={text}", cwd=tmp_path).strip()
+
+
+def test_the_pagerduty_description_names_each_alerts_summary_when_they_differ(tmp_path):
+    amtool = tool("amtool", "prometheus-alertmanager")
+    config = yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+    pagerduty = next(r for r in config["receivers"] if r["name"] == "pagerduty")
+    description = pagerduty["pagerduty_configs"][0]["description"]
+    runbook = "docs/observability.md#sirametricsdown"
+    one = [{"labels": {"alertname": "SiraMetricsDown", "instance": "a:8000", "severity": "page"},
+            "annotations": {"summary": "Prometheus cannot scrape SIRA's /metrics on a:8000", "runbook_url": runbook}}]
+    assert render(amtool, description, one, tmp_path) == \
+        "SiraMetricsDown: Prometheus cannot scrape SIRA's /metrics on a:8000"
+    two = one + [{"labels": {"alertname": "SiraMetricsDown", "instance": "b:8000", "severity": "page"},
+                  "annotations": {"summary": "Prometheus cannot scrape SIRA's /metrics on b:8000",
+                                  "runbook_url": runbook}}]
+    assert render(amtool, description, two, tmp_path) == ("SiraMetricsDown: Prometheus cannot scrape SIRA's /metrics "
+                                                          "on a:8000; Prometheus cannot scrape SIRA's /metrics on b:8000")
 
 
 def test_only_a_production_version_that_cannot_load_silences_that_models_latency_alert():
