@@ -167,3 +167,29 @@ def test_the_dashboards_checked_in_are_what_the_code_builds_over_documented_seri
         for expr in exprs:
             used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\b((?:ray_)?sira_[a-z_]+)", expr)}
             assert used and used <= documented, (path.name, expr, used - documented)
+
+
+def test_the_panels_the_doc_names_for_event_only_series_exist():
+    # docs/observability.md#dashboards: panels for model load failures, refused user_config updates and spooled
+    # records refused for good (no data until their first event), and the load-failing gauge beside them
+    from tests import promstack
+
+    exprs = [t["expr"] for path in (ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")
+             for p in json.loads(path.read_text())["panels"] for t in p.get("targets", [])]
+    for name in sorted(promstack.EVENT_ONLY | {"ray_sira_model_load_failing"}):
+        assert any(re.search(rf"\b{name}\b", expr) for expr in exprs), name
+
+
+def test_the_docs_serving_table_gives_each_replica_series_the_labels_the_code_exports():
+    code = (ROOT / "sira" / "serving" / "metrics.py").read_text()
+    exported = {}
+    for kind, name, rest in re.findall(r"metrics\.(Counter|Gauge|Histogram)\(\s*\"(sira_[a-z_]+)\"(.*?)\)\n", code,
+                                       flags=re.S):
+        keys = re.search(r"tag_keys=\(([^)]*)\)", rest)
+        suffix = "_total" if kind == "Counter" else ""
+        exported[f"ray_{name}{suffix}"] = set(re.findall(r"\"([a-z_]+)\"", keys.group(1))) if keys else set()
+    assert "ray_sira_model_load_failing" in exported
+    rows = re.findall(r"^\| `(ray_sira_[a-z_]+)` \| [a-z]+ \|([^|]*)\|", DOC.read_text(), flags=re.M)
+    documented = {name: set(re.findall(r"`([a-z_]+)`", labels)) for name, labels in rows}
+    for name, labels in exported.items():
+        assert documented.get(name) == labels, (name, documented.get(name), labels)
