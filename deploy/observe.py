@@ -1,8 +1,8 @@
 """`make observe`: Debian's Prometheus and Alertmanager pointed at a local SIRA (the demo's, `sira serve`'s).
 
 Prometheus scrapes the three addresses of docs/observability.md (the replicas through Ray's metrics export,
-the service's ``/metrics`` with a viewer's key, the stream consumer) with the checked-in scrape jobs and
-alert rules; Alertmanager routes with the checked-in routing. Notifications go to a receiver in this
+the service's ``/metrics``, open, with a viewer's key only when ``--key-file`` names one, the stream
+consumer) with the checked-in scrape jobs and alert rules; Alertmanager routes with the checked-in routing. Notifications go to a receiver in this
 process that prints each one as it arrives (what Slack's webhook and PagerDuty's Events API would be
 sent), unless ``SIRA_OBSERVE_SLACK_URL_FILE`` / ``SIRA_OBSERVE_PAGERDUTY_KEY_FILE`` name real secrets.
 Runs until Ctrl-C; everything it writes is under ``--dir``.
@@ -56,7 +56,7 @@ def printing_receiver(say) -> ThreadingHTTPServer:
     return server
 
 
-def prometheus_config(folder: Path, args: argparse.Namespace, key_file: Path) -> dict:
+def prometheus_config(folder: Path, args: argparse.Namespace) -> dict:
     prom = yaml.safe_load((HERE / "prometheus/prometheus.yml").read_text())
     shutil.copy(HERE / "prometheus/sira-rules.yml", folder / "sira-rules.yml")
     prom["rule_files"] = [str(folder / "sira-rules.yml")]
@@ -64,8 +64,8 @@ def prometheus_config(folder: Path, args: argparse.Namespace, key_file: Path) ->
     targets = {"sira-serving": args.replicas, "sira-platform": args.service, "sira-stream": args.stream}
     for job in prom["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-        if "authorization" in job:
-            job["authorization"]["credentials_file"] = str(key_file)
+        if job["job_name"] == "sira-platform" and args.key_file:  # /metrics is open: a key only when asked
+            job["authorization"] = {"type": "Bearer", "credentials_file": str(args.key_file.resolve())}
     return prom
 
 
@@ -92,24 +92,6 @@ def alertmanager_config(folder: Path, receiver: str) -> tuple[dict, list[str]]:
     return am, where
 
 
-def viewer_key(args: argparse.Namespace, folder: Path) -> Path:
-    """--key-file, else the demo's ``demo-prometheus`` key (kept 0600 beside the configs)."""
-    if args.key_file:
-        return args.key_file
-    from sira.core.config import get_settings
-    from sira.demo.story import read_demo_keys
-
-    key = read_demo_keys(get_settings().workspace / "secrets" / "demo_keys.json").get("demo-prometheus")
-    if not key:
-        raise SystemExit("error: no viewer key for /metrics: run `make demo` first (it creates demo-prometheus), or "
-                         "pass --key-file with one (`sira keys create --name prometheus --role viewer`)")
-    path = folder / "viewer.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return path
-
-
 def ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -123,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", default="127.0.0.1:8000", help="SIRA's service (GET /metrics)")
     parser.add_argument("--replicas", default="127.0.0.1:8090", help="Ray's metrics export (the replicas' series)")
     parser.add_argument("--stream", default="127.0.0.1:8091", help="the stream consumer's exporter")
-    parser.add_argument("--key-file", type=Path, help="a viewer's API key (default: the demo's demo-prometheus)")
+    parser.add_argument("--key-file", type=Path,
+                        help="a viewer's API key sent to /metrics (default: none, /metrics is open; for a proxy "
+                             "of yours in front of it that checks one)")
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--alertmanager-port", type=int, default=9093)
     parser.add_argument("--dir", type=Path, default=Path(".sira/observe"), help="configs, storage and logs")
@@ -146,10 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
 
     receiver = printing_receiver(say)
-    key_file = viewer_key(args, folder)
     am, where = alertmanager_config(folder, f"http://127.0.0.1:{receiver.server_address[1]}")
     (folder / "alertmanager.yml").write_text(yaml.safe_dump(am))
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(folder, args, key_file)))
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(folder, args)))
     procs = [
         subprocess.Popen([binaries["prometheus-alertmanager"], f"--config.file={folder / 'alertmanager.yml'}",
                           f"--storage.path={folder / 'alertmanager'}", "--cluster.listen-address=",

@@ -81,7 +81,14 @@ def serving() -> Dashboard:
             .with_panel(Table().title("Version served, by model and role").datasource(DATASOURCE).span(18).height(6)
                         .with_target(q("max by (model, role) (ray_sira_model_version_served)", instant=True)))
             .with_panel(series("Late events answered from the log", "reqps",
-                               q(f"sum by (entity) (rate(ray_sira_late_events_total[{RATE}]))", "{{entity}}"))))
+                               q(f"sum by (entity) (rate(ray_sira_late_events_total[{RATE}]))", "{{entity}}")))
+            .with_row(Row("Model loads and configuration"))
+            .with_panel(series("Versions that cannot be loaded (1: the registry's version is not served)", "short",
+                               q("max by (model, role) (ray_sira_model_load_failing)", "{{model}} {{role}}"),
+                               q(f"sum by (model, role, reason) (increase(ray_sira_model_load_failures_total[{RATE}]))",
+                                 "failed loads {{model}} {{role}} {{reason}}", "B"), width=16))
+            .with_panel(series("Refused user_config updates", "short",
+                               q(f"sum(increase(ray_sira_config_rejected_total[{RATE}]))", "refused"), width=8)))
 
 
 def models() -> Dashboard:

@@ -91,15 +91,49 @@ class RedisStreamSource:
         import redis
 
         try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            await self._create_group()
         except (redis.ConnectionError, OSError) as exc:
             raise ServiceUnavailable(f"cannot reach Redis for the event stream: {exc}") from None
         await self.trim()  # what was acknowledged before this consumer (or an older SIRA) ran
 
+    async def _create_group(self) -> bool:
+        """The stream and its group (XGROUP CREATE ... MKSTREAM, from the stream's first entry); False when the
+        group was there already."""
+        import redis
+
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return False
+        return True
+
     async def read(self, count: int, block_ms: int) -> list[Entry]:
+        """The next entries; none when the stream or its group had gone (a FLUSHDB, a DEL of the key, a Redis
+        restarted without persistence): they are created again and consuming goes on."""
+        import redis
+
+        try:
+            return await self._read(count, block_ms)
+        except redis.ResponseError as exc:
+            # NOGROUP: no such key or group; UNBLOCKED: the key or the group went while XREADGROUP blocked
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                raise
+            await self._recreate(exc)
+            return []
+
+    async def _recreate(self, exc: Exception) -> None:
+        created = await self._create_group()
+        self._own_pending_done, self._claim_cursor = False, "0-0"  # a new group: nothing of its past is pending
+        if created:
+            log.warning("%s or its group %s no longer existed (%s): recreated them, consuming goes on; entries it "
+                        "held that SIRA had not read yet are lost (never acknowledged by SIRA: only their producer "
+                        "can send them again)", self.stream, self.group, exc)
+        else:
+            log.info("%s and its group %s were recreated by another consumer (%s)", self.stream, self.group, exc)
+
+    async def _read(self, count: int, block_ms: int) -> list[Entry]:
         # 1. entries this consumer read before a crash and never acknowledged
         if not self._own_pending_done:
             got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)

@@ -118,7 +118,7 @@ def test_a_drift_alert_reaches_slack_and_pagerduty_format_receivers(fraud_model,
     prom = Prometheus(tmp_path, prom_config)
     logs, query = (prom.log, am_log), prom.query
     try:
-        # Prometheus scrapes SIRA's series with the viewer's key
+        # Prometheus scrapes SIRA's series (no key: /metrics is open)
         found = wait_for("sira_model_version_info in Prometheus", lambda: query('sira_model_version_info{model="fraud"}'),
                          logs=logs)
         assert found[0]["metric"]["status"] == "production"
@@ -189,12 +189,12 @@ def test_make_observe_starts_prometheus_and_alertmanager_on_a_local_sira(tmp_pat
 
     binary("prometheus", package="prometheus")
     binary("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
-    key = tmp_path / "viewer.key"
-    key.write_text("not-a-real-key")
     prom_port, am_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_OBSERVE_")}
+    # no viewer key, and a workspace without the demo's: /metrics is open, `make observe` needs none
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_OBSERVE_")} | {
+        "SIRA_WORKSPACE": str(tmp_path / "workspace")}
     proc = subprocess.Popen([sys.executable, str(ROOT / "deploy/observe.py"), "--dir", str(tmp_path / "observe"),
-                             "--key-file", str(key), "--prometheus-port", str(prom_port), "--alertmanager-port",
+                             "--prometheus-port", str(prom_port), "--alertmanager-port",
                              str(am_port), "--service", "127.0.0.1:18000"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

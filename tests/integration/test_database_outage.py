@@ -25,6 +25,7 @@ from sira.core.auth import Identity, create_key
 from sira.core.config import Settings
 from sira.http.app import create_app
 from sira.serving.config import ServingConfig
+from sira.serving.metrics import ServingMetrics
 from sira.serving.service import ScoringService
 from tests.conftest import copy_production_model, migrate_database, run_sync
 
@@ -234,6 +235,27 @@ async def seed_fraud(pg: SimpleNamespace, fraud_model) -> None:
     await copy_production_model(fraud_model.dsn, fraud_model.version, pg.dsn, pg.settings, "outage tests")
 
 
+class KeptMetrics(ServingMetrics):
+    """The replica's metrics, whose counts handed to Ray (every flush) are kept here too: Ray is not running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: Counter = Counter()
+
+    def publish(self) -> None:
+        self.published.update(self._counts)
+        super().publish()
+
+    def total(self, counter: object) -> Counter:
+        """A counter's counts so far, by its tags' values joined."""
+        out: Counter = Counter()
+        for source in (self.published, self._counts):
+            for (c, tags), n in source.items():
+                if c is counter:
+                    out["+".join(v for _k, v in tags)] += n
+        return out
+
+
 async def test_an_answer_from_cached_histories_says_the_database_is_unavailable(private_postgres, fraud_model,
                                                                                  tmp_path):
     """Every entity of the request is in the replica's cache, so scoring needs no Postgres; the answer is
@@ -257,6 +279,7 @@ async def test_an_answer_from_cached_histories_says_the_database_is_unavailable(
         return r.json()
 
     async with app.router.lifespan_context(app):
+        service.replica.metrics = metrics = KeptMetrics()  # what a replica under Ray exports
         async with app_client(app) as client:
             first, cached = await score(0), await score(1)  # the second from the replica's cache
             assert not first["degraded"] and not cached["degraded"]
@@ -276,6 +299,11 @@ async def test_an_answer_from_cached_histories_says_the_database_is_unavailable(
             while (await score(len(answers)))["degraded"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert not answers[-1]["degraded"]
+            # ray_sira_degraded_requests_total counts answers degraded, each once (the SiraDegradedAnswers alert
+            # divides it by the answers): the answer with two reasons was counted under each (before 2026-12-07)
+            by_reasons = Counter("+".join(a["degraded_reasons"]) for a in answers if a["degraded"])
+            assert metrics.total(metrics.degraded) == by_reasons, (metrics.total(metrics.degraded), by_reasons)
+            assert by_reasons["database_unavailable+idempotency_unchecked"] == 1
             await service.flush()
             ids = [uuid.UUID(a["prediction_id"]) for a in answers]
             assert await service.pool.fetchval(

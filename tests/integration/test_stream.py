@@ -493,3 +493,42 @@ async def test_mapped_fields_of_dead_letters_are_redacted_as_the_fields_they_are
     assert dead["invalid_number"]["DEV"] == token and dead["unknown_kind"]["data"]["DEV"] == token
     assert dead["unknown_kind"]["kind"] == "Event" and dead["unknown_kind"]["data"]["event_id"] == "m1"
     assert "SECRET99" not in json.dumps(dead)
+
+
+async def test_a_consumer_recreates_its_stream_deleted_while_it_blocks_and_goes_on(clean_db, any_redis, settings,
+                                                                                    caplog):
+    """The stream's key deleted (a FLUSHDB of its Redis db) while the consumer blocks on it: Redis 7 ends the
+    XREADGROUP with ``UNBLOCKED the stream key no longer exists``, and 6.2's next read finds no group (NOGROUP).
+    The consumer ended with that error; it recreates the stream and its group, says so once, and goes on."""
+    import asyncio
+    import logging
+
+    import redis
+
+    client = redis.Redis.from_url(any_redis)
+    client.delete(STREAM)
+    source = RedisStreamSource(any_redis, consumer="survivor")
+    await source.start()
+    caplog.set_level(logging.INFO, logger="sira.ingest.stream")
+    consuming = asyncio.create_task(consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1],
+                                            batch=10, block_ms=1_000, max_events=4))
+    try:
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        while not any(c["cmd"] == "xreadgroup" and "b" in c["flags"] and int(c["db"]) == db
+                      for c in client.client_list()):  # the consumer waits in XREADGROUP
+            assert not consuming.done(), consuming
+            await asyncio.sleep(0.01)
+        client.delete(STREAM)
+        while client.exists(STREAM) == 0:  # the consumer's group again
+            assert not consuming.done(), consuming
+            await asyncio.sleep(0.01)
+        publish(client, stream_events(4))
+        total = await asyncio.wait_for(consuming, 60)
+    finally:
+        consuming.cancel()
+        await source.close()
+    assert total.accepted == 4
+    assert [g["name"] for g in client.xinfo_groups(STREAM)] == [GROUP.encode()]
+    recreated = [r for r in caplog.records if "recreated them" in r.getMessage()]
+    assert len(recreated) == 1 and "lost" in recreated[0].getMessage()
+    client.delete(STREAM)
