@@ -5,9 +5,7 @@
     ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env batch-job.yaml -- python jobs/batch_score.py \
         --model fraud --from 2026-01-01 --to 2026-02-01 --out /mnt/scores/january.parquet --explain
 
-(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
-with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
-submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
+(Why not a plain `ray job submit --working-dir .`: docs/cluster.md, "Ray jobs".)
 
 Takes exactly the options of `sira score` (see `python jobs/batch_score.py --help`); the job's
 driver joins the cluster it was submitted to (RAY_ADDRESS is set by `ray job submit`).

@@ -5,9 +5,7 @@
     ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env materialize-job.yaml -- python jobs/materialize.py \
         [--full]
 
-(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
-with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
-submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
+(Why not a plain `ray job submit --working-dir .`: docs/cluster.md, "Ray jobs".)
 
 Takes the options of `sira features materialize` (an operator's or data scientist's key once keys
 exist, as for the CLI) and prints its result as one JSON object, as it always has.

@@ -5,9 +5,7 @@
     ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env retrain-job.yaml --entrypoint-num-cpus 1 -- \
         python jobs/retrain.py --model fraud --trials 32 --json
 
-(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
-with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
-submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
+(Why not a plain `ray job submit --working-dir .`: docs/cluster.md, "Ray jobs".)
 
 Takes exactly the options of `sira retrain` (see `python jobs/retrain.py --help`); the job's driver
 joins the cluster it was submitted to. A second submission with the same inputs reports the first

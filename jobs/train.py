@@ -6,9 +6,7 @@
     ray job submit --address "$RAY_JOB_ADDRESS" --runtime-env train-job.yaml --entrypoint-num-cpus 1 -- \
         python jobs/train.py --model fraud --trials 32 --json
 
-(Ray's own `ray job submit --working-dir .` carries no key: on an installation with API keys the job fails
-with `unauthenticated: missing credentials`. `sira jobs submit` mints the job a key of its own; for `ray job
-submit`, `sira jobs runtime-env JOB` writes the runtime env with the settings, the working dir and such a key.)
+(Why not a plain `ray job submit --working-dir .`: docs/cluster.md, "Ray jobs".)
 
 (A relative --data or --params names a file of the job's working dir: `sira jobs submit` uploads it with
 the working dir, even under data/ or as *.parquet, up to 100 MiB in all; a larger table goes by an absolute

@@ -5,6 +5,7 @@ changing only what the person controls."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -48,15 +49,19 @@ def payment(fraud_model, k: int, amount: float) -> dict:
             "amount": amount, "country": e["country"], "channel": e["channel"]}
 
 
+async def score_payment(client, fraud_model, model: str, event: dict, record: bool = False) -> dict:
+    """The answer of `/v1/score` to ``event``, as the service scores it (a fresh request id each time)."""
+    answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
+                                                  "request_id": uuid.uuid4().hex},
+                               headers={"Authorization": f"Bearer {fraud_model.keys['service']}"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
 async def test_a_blocked_payment_driven_by_its_amount_gets_a_verified_counterfactual(fraud_model, model, tmp_path):
-    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
     base = payment(fraud_model, 7, 20.0)
     async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
-        async def score(event, record=False):
-            answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
-                                                          "request_id": uuid.uuid4().hex}, headers=headers)
-            assert answer.status_code == 200, answer.text
-            return answer.json()
+        score = functools.partial(score_payment, client, fraud_model, model)
 
         # the plant: the same payment, only its amount larger, scores higher; the thresholds sit between
         low = (await score(base))["score"]
@@ -131,14 +136,9 @@ async def test_the_nearest_amount_that_changes_a_decision_is_found_however_many_
     many of the trees' amount ranges between) approve. Before, the search tried 97 amounts nearest first
     and said its budget ran out; now it finds the nearest approving amount, which the serving path
     confirms, and no amount of a grid nearer to the paid one approves."""
-    headers = {"Authorization": f"Bearer {fraud_model.keys['service']}"}
     paid = payment(fraud_model, 17, 300.0)
     async with scoring_client(fraud_model, tmp_path, models=(model,)) as (client, service):
-        async def score(event, record=False):
-            answer = await client.post("/v1/score", json={"model": model, "event": event, "record": record,
-                                                          "request_id": uuid.uuid4().hex}, headers=headers)
-            assert answer.status_code == 200, answer.text
-            return answer.json()
+        score = functools.partial(score_payment, client, fraud_model, model)
 
         grid = sorted({*np.geomspace(0.5, 20_000, 90).round(2).tolist(), 300.0}, key=lambda a: abs(a - 300.0))
         scores = {a: (await score({**paid, "amount": a}))["score"] for a in grid}
