@@ -270,12 +270,16 @@ def metrics_url() -> str | None:
     return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
 
 
-def job_id() -> str:
-    """The Ray job's submission id when running as one (``ray job submit`` puts it in the driver's
-    job config), else a fresh local id."""
+def submission_id() -> str | None:
+    """The Ray job's submission id when running as one (``ray job submit`` puts it in the driver's job
+    config); None in a process of its own."""
     config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    submitted = (config.get("metadata") or {}).get("job_submission_id")
-    return submitted or f"local-{uuid.uuid4().hex[:12]}"
+    return (config.get("metadata") or {}).get("job_submission_id") or None
+
+
+def job_id() -> str:
+    """The Ray job's submission id when running as one, else a fresh local id."""
+    return submission_id() or f"local-{uuid.uuid4().hex[:12]}"
 
 
 # -- inside Ray ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sira.core import artifacts, db, stats
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
-from sira.core.ray_runtime import job_id
+from sira.core.ray_runtime import submission_id
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
@@ -96,13 +96,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"sira {__version__}" + (f" ({commit})" if commit else "")
-
-
-def submission_id() -> str | None:
-    """The Ray job's submission id when this run is one (`sira jobs submit train`, `ray job submit`), so the
-    run's row names the job that made it; None for a run started in a process of its own."""
-    submitted = job_id()
-    return None if submitted.startswith("local-") else submitted
 
 
 def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
