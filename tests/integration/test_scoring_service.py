@@ -226,12 +226,16 @@ async def test_a_change_of_served_models_in_a_database_outage_keeps_the_replica_
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model", r.text
     finally:
         await service.reconfigure({"models": before})
-    for _ in range(100):  # the pool reconnects (its connections were terminated)
-        r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 4)})
-        if r.status_code == 200:
+    # the replica recovers on its own: once PostgreSQL is back and the breaker's window has passed, answers are
+    # whole again. (Waiting only for a 200 left the module's shared service answering degraded, features unknown,
+    # to the next tests for up to ``breaker_open_s``: the velocity test after this one failed whenever it ran in
+    # that window.)
+    for _ in range(100):
+        r = await score(client, fraud_model, {"model": "fraud", "event": event(fraud_model, 4), "record": False})
+        if r.status_code == 200 and not r.json()["degraded"]:
             break
         await asyncio.sleep(0.1)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and not r.json()["degraded"], r.text
 
 
 async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
@@ -728,7 +732,10 @@ async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_
     body = {"model": "fraud", "request_id": f"sh-{uuid.uuid4()}", "event": event(fraud_model, 13)}
     answer = (await score(client, fraud_model, body)).json()
     assert answer["version"] == fraud_model.version  # production answers; the shadow never does
-    await asyncio.sleep(0.1)
+    for _ in range(500):  # the shadow scores after the answer, in a task of its own (under load, not within 0.1 s)
+        if not service.replica.running("shadow"):
+            break
+        await asyncio.sleep(0.01)
     await service.flush()
     rows = await service.pool.fetch("SELECT role, version, score FROM sira_predictions WHERE request_id = $1 ORDER BY role",
                                     body["request_id"])
