@@ -73,14 +73,16 @@ class EventSource(Protocol):
 
 
 class RedisStreamSource:
-    """A consumer in a Redis Streams consumer group."""
+    """A consumer in a Redis Streams consumer group; ``mapping``: the --map it applies, recorded beside the stream
+    (``MAPPINGS`` for ``sira:events``)."""
 
     def __init__(self, url: str, *, stream: str = STREAM, group: str = GROUP, consumer: str | None = None,
-                 claim_idle_ms: int = 30_000, retention_s: float = 0.0):
+                 claim_idle_ms: int = 30_000, retention_s: float = 0.0, mapping: Mapping[str, str] | None = None):
         import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(url)
         self.stream, self.group = stream, group
+        self.mapping = dict(sorted(mapping.items())) if mapping else None
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms
         self.retention_s = retention_s
@@ -94,6 +96,7 @@ class RedisStreamSource:
             await self._create_group()
         except (redis.ConnectionError, OSError) as exc:
             raise ServiceUnavailable(f"cannot reach Redis for the event stream: {exc}") from None
+        await self._record_mapping()
         await self.trim()  # what was acknowledged before this consumer (or an older SIRA) ran
 
     async def _create_group(self) -> bool:
@@ -108,6 +111,13 @@ class RedisStreamSource:
                 raise
             return False
         return True
+
+    async def _record_mapping(self) -> None:
+        """This consumer's --map in ``<stream>:mappings`` (an erasure finds a person's entries under the source's
+        column names there); recorded again whenever the stream is recreated, since a FLUSHDB removes the set with
+        it and an erasure afterwards looked for SIRA's names only."""
+        if self.mapping:
+            await self.redis.sadd(f"{self.stream}:mappings", orjson.dumps(self.mapping))
 
     async def read(self, count: int, block_ms: int) -> list[Entry]:
         """The next entries; none when the stream or its group had gone (a FLUSHDB, a DEL of the key, a Redis
@@ -125,6 +135,7 @@ class RedisStreamSource:
 
     async def _recreate(self, exc: Exception) -> None:
         created = await self._create_group()
+        await self._record_mapping()
         self._own_pending_done, self._claim_cursor = False, "0-0"  # a new group: nothing of its past is pending
         if created:
             log.warning("%s or its group %s no longer existed (%s): recreated them, consuming goes on; entries it "
@@ -428,10 +439,9 @@ async def consume_forever(
     """``sira ingest --stream``: consume ``sira:events`` until SIGINT/SIGTERM (or ``max_events``)."""
     if not settings.redis_url:
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
-    source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s)
+    source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s,
+                               mapping=mapping)
     await source.start()
-    if mapping:
-        await source.redis.sadd(MAPPINGS, orjson.dumps(dict(sorted(mapping.items()))))
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"{STREAM} as {source.consumer} in group {GROUP}")
 

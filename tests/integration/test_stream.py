@@ -532,3 +532,48 @@ async def test_a_consumer_recreates_its_stream_deleted_while_it_blocks_and_goes_
     recreated = [r for r in caplog.records if "recreated them" in r.getMessage()]
     assert len(recreated) == 1 and "lost" in recreated[0].getMessage()
     client.delete(STREAM)
+
+
+async def test_a_mapped_consumer_records_its_mapping_again_after_a_flushdb(clean_db, any_redis, settings):
+    """A consumer run with --map records its mapping in ``sira:events:mappings`` (an erasure reads it to find a
+    person's entries under the source's column names). A FLUSHDB of its Redis db mid-run removed the set with the
+    stream: the consumer recreated the stream and its group, not the set, and an erasure afterwards left the
+    person's entries under the mapped names in the stream."""
+    import asyncio
+
+    import redis
+
+    from sira.ingest.stream import MAPPINGS, consume_forever
+    from sira.monitoring.erasure import forget_outside
+
+    def entry(customer: str, k: int) -> dict:
+        return {"kind": "event", "data": json.dumps({"txn": f"ev-{customer}-{k}", "cust": customer,
+                                                     "occurred_at": "2026-09-01T10:00:00Z", "amount": 10 + k})}
+
+    client = redis.Redis.from_url(any_redis)
+    client.delete(STREAM, MAPPINGS)
+    consuming = asyncio.create_task(consume_forever(
+        settings.model_copy(update={"redis_url": any_redis}), mapping={"customer_id": "cust", "event_id": "txn"},
+        max_events=1, consumer="mapped"))
+    try:
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        while not any(c["cmd"] == "xreadgroup" and "b" in c["flags"] and int(c["db"]) == db
+                      for c in client.client_list()):  # the consumer waits in XREADGROUP
+            assert not consuming.done(), consuming
+            await asyncio.sleep(0.01)
+        assert client.scard(MAPPINGS) == 1
+        client.flushdb()
+        while client.exists(STREAM) == 0:  # the consumer's group again
+            assert not consuming.done(), consuming
+            await asyncio.sleep(0.01)
+        client.xadd(STREAM, entry("cus-other", 0))
+        assert (await asyncio.wait_for(consuming, 60)).accepted == 1
+    finally:
+        consuming.cancel()
+    held = [client.xadd(STREAM, entry(who, 1)) for who in ("cus-gone", "cus-other")]  # after the consumer ended
+    counts = await forget_outside(any_redis, [], "cus-gone", {"entities": [], "request_ids": [],
+                                                              "event_ids": ["ev-cus-gone-1"]})
+    assert counts["stream_entries"] == 1
+    assert [i for i, _ in client.xrange(STREAM)] == [held[1]]
+    client.delete(STREAM, MAPPINGS)
+    client.close()
