@@ -135,6 +135,18 @@ def test_only_a_production_version_that_cannot_load_silences_that_models_latency
         assert rule["equal"] == ["model"], rule
 
 
+def test_a_large_stuck_spool_backlog_pages_once():
+    # SiraSpoolBacklogGrowing (the sum over 1,000, not draining) and SiraSpoolBacklogStuck (a replica's backlog
+    # not one fewer for 30 minutes) both fire for one PostgreSQL that stores nothing: the first silences the second
+    amtool = tool("amtool", "prometheus-alertmanager")
+    run(amtool, "check-config", "alertmanager.yml", cwd=ALERTMANAGER)
+    config = yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+    (rule,) = [rule for rule in config["inhibit_rules"]
+               if rule["target_matchers"] == ['alertname="SiraSpoolBacklogStuck"']]
+    assert rule["source_matchers"] == ['alertname="SiraSpoolBacklogGrowing"'] and not rule.get("equal")
+    assert {r["alert"] for r in rules()} >= {"SiraSpoolBacklogGrowing", "SiraSpoolBacklogStuck"}
+
+
 def test_every_alert_uses_series_sira_exports_and_has_a_runbook():
     doc = DOC.read_text()
     documented = set(re.findall(r"`((?:ray_)?sira_[a-z_]+)`", doc))
