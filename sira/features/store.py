@@ -63,6 +63,17 @@ def from_us(value: int) -> datetime:
 # -- histories from the event log ------------------------------------------------
 
 
+def labels_said_by(cutoff: str, label_name: str, where: str = "") -> str:
+    """SQL: what each source last said of each event's label by the cut-off (``cutoff`` and ``label_name`` are
+    placeholders such as ``$5``; ``where`` narrows it, e.g. to one event), as rows (event_id, label, known_at).
+    Read from the label history (``sira_feedback_history``, sql/029), not from ``sira_feedback``, whose row a
+    source's later word overwrites: a chargeback reversed after the cut-off is still a fraud at the cut-off,
+    so a backtest with ``--as-of`` gives the same training set whatever was said since."""
+    return ("SELECT DISTINCT ON (h.event_id, h.source) h.event_id, h.label, h.known_at FROM sira_feedback_history h"
+            f" WHERE h.label_name = {label_name} AND h.known_at <= {cutoff}{where}"
+            " ORDER BY h.event_id, h.source, h.known_at DESC, h.id DESC")
+
+
 async def load_histories(
     conn: Connection,
     spec: EntityFeatures,
@@ -70,8 +81,16 @@ async def load_histories(
     start: datetime,
     end: datetime,
     label_name: str,
+    label_cutoff: datetime | None = None,
 ) -> dict[str, History]:
-    """Each entity's events with ``start < occurred_at <= end`` (and positive labels' known_at)."""
+    """Each entity's events with ``start < occurred_at <= end`` (and positive labels' known_at).
+
+    A positive label's known_at is the earliest of the sources saying positive: as they say now
+    (``sira_feedback``, what serving and ingest fold), or with ``label_cutoff`` as they had said by then
+    (:func:`labels_said_by`, the reading of a training set's label column): a source's later word
+    overwrites its ``sira_feedback`` row, and a chargeback withdrawn after a backtest's cut-off moved the
+    risk features of its terminal's later events in that backtest.
+    """
     if not entity_ids:
         return {}
     for column in spec.categorical_columns:
@@ -79,12 +98,16 @@ async def load_histories(
             raise InvalidInput(f"{column} is not an event column features can use")
     cats = "".join(f", e.{db.quote_ident(c)}" for c in spec.categorical_columns)
     key = db.quote_ident(spec.key_column)
-    if spec.label_delay:
+    if spec.label_delay and label_cutoff is not None:
+        label_sql = (f"(SELECT min(said.known_at) FROM ({labels_said_by('$5', '$4', ' AND h.event_id = e.event_id')})"
+                     " said WHERE said.label)")
+        args: tuple[Any, ...] = (list(entity_ids), start, end, label_name, label_cutoff)
+    elif spec.label_delay:
         label_sql = (
             "(SELECT min(f.known_at) FROM sira_feedback f"
             " WHERE f.event_id = e.event_id AND f.label_name = $4 AND f.label)"
         )
-        args: tuple[Any, ...] = (list(entity_ids), start, end, label_name)
+        args = (list(entity_ids), start, end, label_name)
     else:
         label_sql, args = "NULL::timestamptz", (list(entity_ids), start, end)
     rows = await conn.fetch(
@@ -159,9 +182,10 @@ def rows_for_events(
 
 async def compute_event_features(
     conn: Connection, fs: FeatureSet, events: Sequence[dict[str, Any]],
-    entities: Sequence[str] | None = None, include_event_level: bool = True,
+    entities: Sequence[str] | None = None, include_event_level: bool = True, label_cutoff: datetime | None = None,
 ) -> list[FeatureRow]:
-    """Feature rows for stored events, from the event log (the offline path)."""
+    """Feature rows for stored events, from the event log (the offline path); ``label_cutoff``: labels as they
+    stood then (a training set's cut-off), else as they stand now (:func:`load_histories`)."""
     rows = event_level_rows(fs, events) if include_event_level else []
     if not events:
         return rows
@@ -172,7 +196,7 @@ async def compute_event_features(
             continue
         ids = sorted({e[spec.key_column] for e in events if e.get(spec.key_column) is not None})
         start = t_min - timedelta(seconds=spec.lookback_seconds)
-        histories = await load_histories(conn, spec, ids, start, t_max, fs.label_name)
+        histories = await load_histories(conn, spec, ids, start, t_max, fs.label_name, label_cutoff)
         rows += rows_for_events(spec, histories, events)
     return rows
 

@@ -4,11 +4,12 @@
 
 Every stored prediction of the model (``sira_predictions``: production and the
 staging version's shadow scores alike) with an event is joined with its labels
-(``sira_feedback``) by the convention of training (CONVENTIONS.md): positive when
-a fraud label was known by the cut-off, negative when the event is older than the
-model's label-maturity window with no positive label (or a known legitimate
-outcome), left out otherwise. The same event scored twice by one version counts
-once (its latest answer).
+by the convention of training (CONVENTIONS.md): positive when a fraud label was
+known by the cut-off, negative when the event is older than the model's
+label-maturity window with no positive label (or a known legitimate outcome),
+left out otherwise. Labels are what each source had said by the cut-off (the
+label history), so a backtest (``--as-of``) run again gives the same windows.
+The same event scored twice by one version counts once (its latest answer).
 
 Per version and role, and per window of event time: average precision, ROC AUC,
 precision and recall at the version's decision thresholds, calibration (Brier,
@@ -36,7 +37,7 @@ from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput
 from sira.core.ray_runtime import job_id
-from sira.features.store import to_us
+from sira.features.store import labels_said_by, to_us
 from sira.registry import models as registry
 from sira.training.windows import Windows, check_as_of, check_days, label_rule
 
@@ -47,7 +48,10 @@ MIN_POSITIVES_TO_FLAG = 10  # fewer positives than this: AP is too noisy to rais
 SEGMENTS = ("country", "channel")
 CURSOR_ROWS = 20_000  # rows fetched per round trip while streaming the predictions
 
-PREDICTIONS_SQL = """
+# The labels of a prediction as they stood at the cut-off ($5): which labels are its comes from sira_feedback,
+# what each source had said of them by then from their history (a source's later word overwrites its
+# sira_feedback row: a chargeback withdrawn after a backtest's cut-off was a fraud at it, not no label)
+PREDICTIONS_SQL = f"""
 SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::text))
        p.version, p.role, p.score, coalesce(e.occurred_at, p.scored_at) AS occurred_at, e.country, e.channel,
        e.amount::float8 AS amount,
@@ -55,21 +59,23 @@ SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::tex
   FROM sira_predictions p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
   LEFT JOIN LATERAL (
-        -- the labels of the event or of the prediction: two index lookups (an OR of both
-        -- conditions made PostgreSQL read every label of the model once per prediction)
-        SELECT min(fb.known_at) FILTER (WHERE fb.label AND fb.known_at <= $5) AS positive_known_at,
-               coalesce(bool_or(NOT fb.label AND fb.known_at <= $5), false) AS negative_known
-          FROM (SELECT label, known_at FROM sira_feedback WHERE event_id = p.event_id AND label_name = $4
+        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
+               coalesce(bool_or(NOT said.label), false) AS negative_known
+          -- the labels of the event or of the prediction: two index lookups (an OR of both
+          -- conditions made PostgreSQL read every label of the model once per prediction)
+          FROM (SELECT event_id, source FROM sira_feedback WHERE event_id = p.event_id AND label_name = $4
                 UNION ALL
-                SELECT label, known_at FROM sira_feedback WHERE prediction_id = p.prediction_id AND label_name = $4
+                SELECT event_id, source FROM sira_feedback WHERE prediction_id = p.prediction_id AND label_name = $4
                 UNION ALL
                 -- a shadow score of ready features (no event): the labels of production's answer to its request
-                SELECT f.label, f.known_at FROM sira_predictions q
+                SELECT f.event_id, f.source FROM sira_predictions q
                   JOIN sira_feedback f ON f.prediction_id = q.prediction_id AND f.label_name = $4
                  WHERE p.event_id IS NULL AND p.role = 'shadow' AND q.model_name = p.model_name
                    AND q.request_id = p.request_id AND q.role = 'production'
                    AND q.scored_at BETWEEN p.scored_at - interval '1 hour' AND p.scored_at + interval '1 hour'
-               ) fb) lab ON true
+               ) fb
+         CROSS JOIN LATERAL ({labels_said_by("$5", "$4", " AND h.event_id = fb.event_id AND h.source = fb.source")}) said
+       ) lab ON true
  WHERE p.model_name = $1 AND coalesce(e.occurred_at, p.scored_at) >= $2 AND coalesce(e.occurred_at, p.scored_at) < $3
        AND ($6::int IS NULL OR p.version = $6)
  ORDER BY p.version, p.role, coalesce(p.event_id, p.prediction_id::text), p.scored_at DESC
@@ -227,26 +233,28 @@ def evaluate_windows(data: Labelled, *, lo: datetime, hi: datetime, window_days:
 
 
 # The newest predicted event, and the newest whose label is usable (docs/windows.md): mature, or labelled by
-# the cut-off (by event or by prediction).
+# the cut-off (by event or by prediction): a source had said something of it by then (its label history).
 NEWEST_SQL = """
 SELECT max(coalesce(e.occurred_at, p.scored_at)) AS newest,
        max(coalesce(e.occurred_at, p.scored_at)) FILTER (WHERE coalesce(e.occurred_at, p.scored_at) <= $3) AS mature
   FROM sira_predictions p LEFT JOIN sira_events e ON e.event_id = p.event_id
  WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
 """
-NEWEST_LABELLED_SQL = """
+_SAID_BY = """EXISTS (SELECT 1 FROM sira_feedback_history h WHERE h.event_id = f.event_id
+                      AND h.label_name = f.label_name AND h.source = f.source AND h.known_at <= $4)"""
+NEWEST_LABELLED_SQL = f"""
 SELECT max(coalesce(e.occurred_at, p.scored_at))
   FROM (SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.event_id = f.event_id
-         WHERE f.label_name = $3 AND f.known_at <= $4
+         WHERE f.label_name = $3 AND {_SAID_BY}
         UNION ALL
         SELECT p.* FROM sira_feedback f JOIN sira_predictions p ON p.prediction_id = f.prediction_id
-         WHERE f.label_name = $3 AND f.known_at <= $4
+         WHERE f.label_name = $3 AND {_SAID_BY}
         UNION ALL
         SELECT s.* FROM sira_feedback f JOIN sira_predictions q ON q.prediction_id = f.prediction_id
           JOIN sira_predictions s ON s.model_name = q.model_name AND s.request_id = q.request_id
                AND s.role = 'shadow' AND s.event_id IS NULL
                AND s.scored_at BETWEEN q.scored_at - interval '1 hour' AND q.scored_at + interval '1 hour'
-         WHERE f.label_name = $3 AND f.known_at <= $4 AND q.event_id IS NULL AND q.role = 'production') p
+         WHERE f.label_name = $3 AND {_SAID_BY} AND q.event_id IS NULL AND q.role = 'production') p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
  WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
 """

@@ -21,8 +21,8 @@ from sira.core import db
 from sira.features.columns import US_SQL, copy_table, read_events, read_labels
 from sira.features.engine import EventColumns, Labels, engine_of
 from sira.features.states import day_of, starting_states
-from sira.features.store import to_us
-from sira.training.windows import Windows, labels_said_by
+from sira.features.store import labels_said_by, to_us
+from sira.training.windows import Windows
 
 # What the label rule needs per labelled event, as its labels stood at the cut-off (what each source last said
 # by then): when a source saying fraud said so (NULL: none does), and whether one says legitimate (one pass

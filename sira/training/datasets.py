@@ -22,10 +22,11 @@ import pyarrow.compute as pc
 
 from sira.core.errors import InvalidInput
 from sira.core.files import InputFiles, columns_of, find_files, read_table
+from sira.features.store import labels_said_by
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
-from sira.training.windows import TRAINING_FLAGS, Windows, label_rule, labels_said_by
+from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,9 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
     dropped); without, every event, unlabelled (batch scoring, drift).
 
     Label-derived features are recomputed here as of each event from the event log and
-    the labels known before it, whatever was known when the event was ingested. An event with no
+    the labels known before it, whatever was known when the event was ingested; with ``windows``, the labels
+    as they stood at its cut-off, as the label column reads them (a reversal known later does not exist
+    for this set). An event with no
     stored feature row of the set (feature set v1 stores them only while the set is in service:
     docs/features.md) gets its whole vector computed here from the event log, by the same maths,
     and says so (``from_log``): it never becomes a row of missing values.
@@ -351,8 +354,9 @@ def read_feature_shard(dsn: str, fs_name: str, fs_version: int, lo: Any, hi: Any
             recomputed: dict[str, dict[str, Any]] = {}
 
             async def compute(part: list[dict[str, Any]], entities: list[str] | None) -> None:
-                for row in await feature_store.compute_event_features(conn, fs, part, entities=entities,
-                                                                      include_event_level=entities is None):
+                for row in await feature_store.compute_event_features(
+                        conn, fs, part, entities=entities, include_event_level=entities is None,
+                        label_cutoff=windows.cutoff if windows else None):
                     recomputed.setdefault(row.event_id, {}).update(row.features)
 
             if label_specs and stored:

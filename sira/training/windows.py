@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sira.core.errors import InvalidInput
+from sira.features.store import labels_said_by
 
 ONE_US = timedelta(microseconds=1)
 TRAINING_FLAGS = "--train-from/--train-to/--test-from/--test-to (or --train-days/--test-days), the cut-off with --as-of"
@@ -75,17 +76,6 @@ def check_as_of(as_of: datetime | None) -> None:
     if as_of is not None and (as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)) > now():
         raise InvalidInput(f"--as-of {as_of:%Y-%m-%d %H:%M} is in the future (now {now():%Y-%m-%d %H:%M} UTC): labels "
                            "known after now are not known yet; set now or earlier", code="invalid_option")
-
-
-def labels_said_by(cutoff: str, label_name: str, where: str = "") -> str:
-    """SQL: what each source last said of each event's label by the cut-off (``cutoff`` and ``label_name`` are
-    placeholders such as ``$5``; ``where`` narrows it, e.g. to one event), as rows (event_id, label, known_at).
-    Read from the label history (``sira_feedback_history``, sql/029), not from ``sira_feedback``, whose row a
-    source's later word overwrites: a chargeback reversed after the cut-off is still a fraud at the cut-off,
-    so a backtest with ``--as-of`` gives the same training set whatever was said since."""
-    return ("SELECT DISTINCT ON (h.event_id, h.source) h.event_id, h.label, h.known_at FROM sira_feedback_history h"
-            f" WHERE h.label_name = {label_name} AND h.known_at <= {cutoff}{where}"
-            " ORDER BY h.event_id, h.source, h.known_at DESC, h.id DESC")
 
 
 def label_rule(occurred_at: Any, positive_known_at: Any, negative_known: bool, windows: Windows) -> float | None:

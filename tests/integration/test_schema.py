@@ -317,3 +317,4 @@ async def test_the_performance_join_finds_labels_through_indexes(clean_db):
     assert "Filter: ((event_id = p.event_id) OR" not in plan, plan
     assert all("Index" in line or "Bitmap" in line for line in plan.splitlines()
                if "on sira_feedback" in line), plan
+    assert "Index Scan using sira_feedback_history_event" in plan, plan  # what each source said by the cut-off

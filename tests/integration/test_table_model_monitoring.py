@@ -192,3 +192,39 @@ async def test_a_staging_versions_shadow_scores_are_measured_by_the_labels_of_pr
     (shadow,) = by_role[("shadow", v2["version"])]["windows"]
     assert shadow["n"] == len(ids) and shadow["n_positive"] == labels.sum()
     assert shadow["average_precision"] > labels.mean()
+
+
+async def test_a_backtest_run_again_after_labels_changed_since_its_cut_off_gives_the_same_windows(crafted, tmp_path):
+    """Finding: live performance read sira_feedback, whose row a source's later word overwrites. A chargeback
+    withdrawn after a backtest's --as-of left no label at all at that cut-off (its row's known_at was now after
+    it), so the same backtest run again lost those predictions, and a legitimate one later called fraud too.
+    A backtest reads what each source had said by its cut-off (the label history, as a training set does); a
+    run without --as-of reads the latest word."""
+    from datetime import timedelta
+
+    ids, labels = await score_and_label(crafted, tmp_path)
+    then = datetime.now(timezone.utc)
+
+    def windows(result: dict) -> list:
+        return [(r["role"], r["version"], w["window_start"], w["window_end"], w["n"], w["n_positive"],
+                 w["average_precision"], w["roc_auc"]) for r in result["results"] for w in r["windows"]]
+
+    first = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
+    frauds = [i for i, fraud in zip(ids, labels) if fraud][:5]
+    legit = [i for i, fraud in zip(ids, labels) if not fraud][:3]
+    for prediction_id, label in [*((i, False) for i in frauds), *((i, True) for i in legit)]:
+        r = await crafted.client.post("/v1/feedback", headers=crafted.headers["service"],
+                                      json={"prediction_id": prediction_id, "label": label, "source": "chargeback",
+                                            "known_at": (then + timedelta(microseconds=1)).isoformat()})
+        assert r.status_code == 200 and r.json()["status"] == "updated", r.text
+    again = await run_performance(crafted.settings, PerformanceRequest(model="crafted", as_of=then))
+    assert again["range"] == first["range"] and windows(again) == windows(first)
+    stored = await crafted.pool.fetch(
+        """SELECT job_id, n, n_positive, average_precision FROM sira_model_performance
+            WHERE segment = 'all' ORDER BY computed_at, id""")
+    assert [tuple(r)[1:] for r in stored if r["job_id"] == again["job_id"]] == \
+           [tuple(r)[1:] for r in stored if r["job_id"] == first["job_id"]]
+    # the latest word, without --as-of: five frauds fewer, three more
+    (window,) = next(r for r in (await run_performance(crafted.settings, PerformanceRequest(model="crafted")))["results"]
+                     if r["role"] == "production")["windows"]
+    assert (window["n"], window["n_positive"]) == (len(ids), labels.sum() - 5 + 3)

@@ -86,6 +86,42 @@ async def test_a_label_reversed_after_the_cut_off_leaves_a_backtest_unchanged(cl
     assert moved["test"]["positives"] == counts["test"]["positives"] - 1
 
 
+def v1_vectors(dsn: str, windows: Windows) -> dict:
+    """Feature set v1's rows of a training set (its shard reader): {event id: row}."""
+    return {r["event_id"]: r for lo, hi in ((windows.train_from, windows.train_to), (windows.test_from, windows.test_to))
+            for r in read_feature_shard(dsn, PAYMENTS_V1.name, PAYMENTS_V1.version, lo, hi, windows, "fraud")}
+
+
+async def test_a_label_reversed_after_the_cut_off_leaves_v1_label_features_unchanged(clean_db, pg_dsn):
+    """Finding: feature set v1's label-derived features (terminal_risk_*) of a training set were recomputed
+    from sira_feedback as it is now, so a chargeback withdrawn after the cut-off moved the risk of the later
+    events of its terminal: the same --as-of backtest gave other vectors (its labels did not move). They now
+    read the labels as they stood at the cut-off, as the label column does; a withdrawal known by the cut-off
+    still counts."""
+    frauds = await load_payments(clean_db)
+    risk = [n for n in PAYMENTS_V1.names() if "_risk_" in n]
+    before = await asyncio.to_thread(v1_vectors, pg_dsn, WINDOWS)
+    reversed_ = [frauds[2], frauds[3]]  # of the training window: the later events of their terminals count them
+    await clean_db.executemany("UPDATE sira_feedback SET label = false, known_at = $2 WHERE event_id = $1",
+                               [(e, CUTOFF + timedelta(days=3)) for e in reversed_])
+    after = await asyncio.to_thread(v1_vectors, pg_dsn, WINDOWS)
+    moved = {(e, n) for e in before for n in risk if before[e][n] != after[e][n]}
+    assert not moved, sorted(moved)[:5]
+    assert after == before
+    # a cut-off after the withdrawals: they are known, and the terminals' later risk drops
+    later = Windows(*(getattr(WINDOWS, k) for k in ("train_from", "train_to", "test_from", "test_to")),
+                    CUTOFF + timedelta(days=4), 5.0)
+    now = await asyncio.to_thread(v1_vectors, pg_dsn, later)
+    assert now.keys() == before.keys()
+    lower = [e for e in now if now[e]["terminal_risk_30d"] < before[e]["terminal_risk_30d"]]
+    assert len(lower) > 20 and all(now[e]["terminal_risk_30d"] <= before[e]["terminal_risk_30d"] for e in now)
+    # once every word is known by the cut-off, the labels as they stood then are sira_feedback's: what ingest,
+    # serving and a read without a cut-off (batch scoring, drift) count
+    current = {r["event_id"]: r for lo, hi in ((START, START + timedelta(days=DAYS)),)
+               for r in await asyncio.to_thread(read_feature_shard, pg_dsn, "payments", 1, lo, hi, None, "fraud")}
+    assert {e: [now[e][n] for n in risk] for e in now} == {e: [current[e][n] for n in risk] for e in now}
+
+
 async def test_feature_set_v1_events_without_a_stored_row_get_their_vectors_from_the_event_log(clean_db, pg_dsn):
     """Feature set v1 stores a row per event only while it is in service: an event without one was a row of
     missing values (a model on payments@1 trained on 41 of 53 features missing, and was registered). Its

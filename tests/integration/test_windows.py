@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sira.core.audit import Actor
 from sira.core.errors import InvalidInput
-from sira.monitoring.performance import newest_predictions
+from sira.monitoring.performance import newest_predictions, read_labelled
 from sira.registry import models as registry
 from sira.training.runs import TrainRequest, run_training
 from sira.training.windows import dense_window, training_windows, window_counts
@@ -191,6 +191,37 @@ async def test_performance_range_ends_at_the_newest_prediction_with_a_usable_lab
                            "('live-0', true, now(), 'chargeback')")
         _, usable = await newest_predictions(conn, "fraud", None, "fraud", datetime.now(timezone.utc), 7)
         assert usable > h["last"]
+
+
+async def test_a_backtests_range_and_labels_stay_when_labels_are_reversed_after_its_cut_off(clean_db):
+    """Live performance read sira_feedback, whose row a source's later word overwrites: every chargeback
+    withdrawn after a backtest's cut-off was no label at that cut-off, so its default range ended a week
+    earlier and its frauds were gone. It reads what each source had said by the cut-off, as training does."""
+    h = await load_history(clean_db, label_delay_days=3)
+    async with clean_db.acquire() as conn:
+        await registry_model(conn)
+    model_id = await clean_db.fetchval("SELECT id FROM sira_models")
+    rows = await clean_db.fetch("SELECT event_id, occurred_at FROM sira_events")
+    await clean_db.executemany(
+        """INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name, version, event_id, score,
+                                         decision) VALUES ($1, $2, $3, 'fraud', 1, $4, 0.5, 'review')""",
+        [(uuid.uuid4(), r["occurred_at"], model_id, r["event_id"]) for r in rows])
+    cutoff = h["last"]
+
+    async def backtest() -> tuple:
+        async with clean_db.acquire() as conn:
+            _, usable = await newest_predictions(conn, "fraud", None, "fraud", cutoff, 7)
+            read = await read_labelled(conn, "fraud", START, h["last"], "fraud", cutoff, 7)
+        (labelled,) = read.groups.values()
+        return usable, list(labelled.at_us), list(labelled.y)
+
+    before = await backtest()
+    assert before[0] > h["last"] - timedelta(days=4) and sum(before[2]) > 100
+    await clean_db.execute("UPDATE sira_feedback SET label = NOT label, known_at = now()")
+    assert await backtest() == before
+    # at a cut-off after the reversals they are known: no fraud is left
+    cutoff = datetime.now(timezone.utc)
+    assert sum((await backtest())[2]) == 0
 
 
 @pytest.mark.parametrize("make", [
