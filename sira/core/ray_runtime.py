@@ -86,6 +86,8 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
     }
     if settings.redis_url:
         env["SIRA_REDIS_URL"] = settings.redis_url
+    if settings.trusted_proxies:  # a Serve replica's HTTP server believes X-Forwarded-For from these only
+        env["SIRA_TRUSTED_PROXIES"] = settings.trusted_proxies
     if settings.s3_kms_key_id:
         env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
     if settings.s3_endpoint_url:  # an S3-compatible store (MinIO, ...): without it workers went to AWS
@@ -151,8 +153,10 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port or free_port(METRICS_PORT))
         # The ports chosen here are this Ray's: its processes inherit them as Ray starts, and they leave this
         # process's environment after, so a SIRA started from it (a child `sira serve`) chooses its own rather
-        # than taking them for the operator's.
-        with _environ(haproxy_ports()):
+        # than taking them for the operator's. Serve's proxies (the fallback one) run uvicorn, which believes
+        # X-Forwarded-For from 127.0.0.1 by default, where HAProxy passes a client's own header on: they
+        # believe the proxies SIRA_TRUSTED_PROXIES names only (SiraIngress tells its replica's server the same).
+        with _environ({**haproxy_ports(), "FORWARDED_ALLOW_IPS": settings.trusted_proxies}):
             ray.init(
                 address="local",
                 num_cpus=cpus,
@@ -167,13 +171,17 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
 
 @contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in this process's environment for the block (they were unset: see :func:`haproxy_ports`)."""
+    """``values`` in this process's environment for the block, what was there before after it."""
+    before = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
         yield
     finally:
-        for name in values:
-            os.environ.pop(name, None)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _log_driver_messages() -> None:
