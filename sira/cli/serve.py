@@ -50,7 +50,10 @@ def api_cmd(
     host, port = host or settings.api_host, port or settings.api_port
     ensure_port_free(host, port)
     service = ScoringService(settings, ServingConfig.from_dict({"models": models or ["fraud"]})) if scoring else None
-    uvicorn.run(create_app(settings, scoring=service), host=host, port=port, log_level="warning")
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local client named its own
+    # address for the audit log. Only the proxies the operator names are believed (none by default).
+    uvicorn.run(create_app(settings, scoring=service), host=host, port=port, log_level="warning",
+                proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies)
 
 
 serve_app = typer.Typer(help="Online scoring on Ray Serve: run it locally, or check a config before "

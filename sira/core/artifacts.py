@@ -63,14 +63,19 @@ class Store(Protocol):
 
 
 class LocalStore:
+    """A folder of artifacts, readable by their owner only: files 0600 and the folders it makes 0700, as the
+    workspace's secrets and spool are (an artifact holds training rows: ``reference_sample.npy``)."""
+
     def __init__(self, root: Path):
         self.root = root
 
     def put(self, key: str, data: bytes) -> None:
         path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # a leftover temporary file of an earlier run keeps its own mode
+            handle.write(data)
         tmp.replace(path)  # atomic: readers see the old file or the new one
 
     def get(self, key: str) -> bytes:
@@ -81,6 +86,16 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return str(self.root / key)
+
+
+def _make_folders(folder: Path) -> None:
+    """``folder`` and its missing parents, each 0700 (``mkdir(parents=True)`` gives the parents the umask's mode)."""
+    for part in reversed([p for p in (folder, *folder.parents) if not p.is_dir()]):
+        try:
+            part.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another writer
+            continue
+        os.chmod(part, 0o700)  # mkdir's mode passes through the umask
 
 
 class _Encryption(TypedDict, total=False):

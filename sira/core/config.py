@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address `sira api` listens on.")
     api_port: Annotated[int, Field(ge=1, le=65_535)] = Field(default=8000, description="Port of `sira api`.")
+    trusted_proxies: str = Field(
+        default="", description="Comma-separated addresses or networks (10.0.0.5, 10.0.0.0/8) of the proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed: the client address the audit log keeps. Unset: none "
+        "(a client's own header is never taken for its address).")
     jwt_issuer: str | None = Field(default=None, description="Accept JWT bearer tokens from this issuer (iss).")
     jwt_audience: str | None = Field(default=None, description="The audience (aud) JWTs must name.")
     jwt_public_key_file: Path | None = Field(default=None, description="PEM public key that signs the JWTs.")
@@ -186,6 +190,19 @@ class Settings(BaseSettings):
                 self.redis_url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{password}@"
                                                                   f"{parts.netloc.rpartition('@')[2]}"))
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:  # uvicorn would take a typo for a host name that never matches, silently
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return ",".join(entries)
 
     @field_validator("log_level")
     @classmethod

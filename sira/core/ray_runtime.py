@@ -39,6 +39,12 @@ LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIM
 # HAProxy's own listeners (Prometheus metrics, stats page) default to fixed ports: a second local Serve
 # on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them.
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
+# HAProxy's backup server, Serve's fallback proxy (it answers while no replica is ready: a replica starting,
+# scaled to zero), listens on a fixed port too (8500, gRPC 9500), and with SO_REUSEPORT: every local Serve on
+# the machine bound it at once, the kernel spread the connections among them, and one SIRA answered another's
+# callers (their bearer keys included). It has no reason to be a known port: each local Ray takes ones the
+# kernel hands out, not a default that is free now and bound by another SIRA a moment later.
+FALLBACK_PROXY_PORTS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
 
 
 # The local Ray's Prometheus endpoint (SIRA's per-replica series, ray_sira_*), where it is free: a fixed
@@ -47,22 +53,24 @@ METRICS_PORT = 8090
 
 
 def free_port(default: int) -> int:
-    """``default`` where nothing listens on it, else a free port."""
+    """``default`` where nothing listens on it, else a free port (``0``: a port the kernel hands out)."""
     import socket
 
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", default))
-            return default
         except OSError:
             probe.bind(("0.0.0.0", 0))
-            return probe.getsockname()[1]
+        return probe.getsockname()[1]
 
 
 def haproxy_ports() -> dict[str, str]:
-    """HAProxy's default ports where they are free, else free ones (never overriding what is set)."""
-    return {name: str(free_port(default)) for name, default in HAPROXY_PORTS.items() if name not in os.environ}
+    """The ports of a local Serve's HAProxy: its listeners' defaults where free, else free ones; its backup
+    server's (the fallback proxy), ports of this Ray's own. What is set in the environment is left alone."""
+    ports = {name: str(free_port(default)) for name, default in HAPROXY_PORTS.items()}
+    ports.update({name: str(free_port(0)) for name in FALLBACK_PROXY_PORTS})
+    return {name: port for name, port in ports.items() if name not in os.environ}
 
 
 def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
@@ -78,6 +86,8 @@ def worker_env(settings: Settings, dsn: str) -> dict[str, str]:
     }
     if settings.redis_url:
         env["SIRA_REDIS_URL"] = settings.redis_url
+    if settings.trusted_proxies:  # a Serve replica's HTTP server believes X-Forwarded-For from these only
+        env["SIRA_TRUSTED_PROXIES"] = settings.trusted_proxies
     if settings.s3_kms_key_id:
         env["SIRA_S3_KMS_KEY_ID"] = settings.s3_kms_key_id
     if settings.s3_endpoint_url:  # an S3-compatible store (MinIO, ...): without it workers went to AWS
@@ -138,19 +148,40 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # buffered, no stderr copy of them: a SIRA replica's CPU per request 2.67 -> 1.71 ms, #22,
         # docs/performance.md), and a short drain of ingress replicas on shutdown (Serve's default, 30 s, made every
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
-        for name, value in {**LOCAL_SERVE_ENV, **haproxy_ports()}.items():
+        for name, value in LOCAL_SERVE_ENV.items():
             os.environ.setdefault(name, value)
         kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port or free_port(METRICS_PORT))
-        ray.init(
-            address="local",
-            num_cpus=cpus,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            **kwargs,
-        )
+        # The ports chosen here are this Ray's: its processes inherit them as Ray starts, and they leave this
+        # process's environment after, so a SIRA started from it (a child `sira serve`) chooses its own rather
+        # than taking them for the operator's. Serve's proxies (the fallback one) run uvicorn, which believes
+        # X-Forwarded-For from 127.0.0.1 by default, where HAProxy passes a client's own header on: they
+        # believe the proxies SIRA_TRUSTED_PROXIES names only (SiraIngress tells its replica's server the same).
+        with _environ({**haproxy_ports(), "FORWARDED_ALLOW_IPS": settings.trusted_proxies}):
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                **kwargs,
+            )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block, what was there before after it."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _log_driver_messages() -> None:

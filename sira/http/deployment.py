@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ class SiraIngress:
         # thread waiting for the GIL get it within 1 ms rather than Python's default 5 ms.
         sys.setswitchinterval(0.001)
         self.settings = get_settings()
+        # Serve starts this replica's own HTTP server (HAProxy's target) after this constructor, under uvicorn's
+        # defaults, which believe X-Forwarded-For from 127.0.0.1: HAProxy, on the same node, passes a client's
+        # header on, so any client chose the source address of the audit log. Only the proxies
+        # SIRA_TRUSTED_PROXIES names are believed (none by default).
+        os.environ["FORWARDED_ALLOW_IPS"] = self.settings.trusted_proxies
         self.service = ScoringService(self.settings, ServingConfig.from_dict(config))
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -175,5 +181,5 @@ def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, p
     metrics = metrics_url()
     if metrics:  # Ray's metrics agent exports the replicas' series, summed and prefixed with ray_
         progress(f"metrics: {metrics} (the replicas' series, ray_sira_*) and {url}/metrics (models, drift, "
-                 "live performance, jobs: sira_*, with a viewer's key); docs/observability.md")
+                 "live performance, jobs: sira_*, open as /healthz is); docs/observability.md")
     return url

@@ -104,6 +104,8 @@ async def current_identity(request: Request, pool: PoolDep, identities: Identiti
         else:
             if cache is not None:
                 cache.put(key, identity)
+    # the peer's address, or the client a proxy named in SIRA_TRUSTED_PROXIES forwarded for (the server, `sira
+    # api`'s uvicorn or a Serve replica's, believes X-Forwarded-For from those only: sira.cli.serve, SiraIngress)
     return dataclasses.replace(identity, source_address=request.client.host if request.client else None)
 
 

@@ -91,6 +91,34 @@ def test_the_deployment_itself_sets_no_option_the_configs_set():
     assert SiraIngress.ray_actor_options == Bare.ray_actor_options
 
 
+def test_each_local_serve_has_a_fallback_proxy_port_of_its_own(monkeypatch):
+    """HAProxy's backup server, Serve's fallback proxy, listened on 8500 with SO_REUSEPORT in every local Serve:
+    two `sira serve` on one machine shared it, and one answered the other's callers (bearer keys included)
+    while its own replica was starting. Each local Ray now takes ports the kernel hands out; set ones stay."""
+    import socket
+
+    from sira.core.ray_runtime import FALLBACK_PROXY_PORTS, haproxy_ports
+
+    for name in FALLBACK_PROXY_PORTS:
+        monkeypatch.delenv(name, raising=False)
+    # another local Serve's fallback proxy, bound as Serve binds it (SO_REUSEPORT: a second bind would share it)
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("0.0.0.0", 0))
+    other.listen()
+    try:
+        first, second = haproxy_ports(), haproxy_ports()  # two SIRAs starting their Rays
+        for name in FALLBACK_PROXY_PORTS:
+            ports = {int(first[name]), int(second[name])}
+            assert len(ports) == 2 and not ports & {8500, 9500, other.getsockname()[1]}
+            with socket.socket() as probe:  # free when chosen
+                probe.bind(("0.0.0.0", int(first[name])))
+    finally:
+        other.close()
+    monkeypatch.setenv("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "12345")
+    assert "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT" not in haproxy_ports()  # what the operator set is Ray's
+
+
 def test_haproxy_listeners_move_off_taken_ports(monkeypatch):
     import socket
 

@@ -203,6 +203,21 @@ def test_feedback_and_the_stored_explanation_over_http(serving, fraud_model):
         assert r.status_code == 200 and r.json()["status"] == "recorded"
 
 
+def test_a_clients_forwarded_for_is_not_taken_for_its_address_through_haproxy(serving, fraud_model):
+    """A replica's own HTTP server (HAProxy's target) believed X-Forwarded-For from 127.0.0.1, uvicorn's default,
+    and HAProxy passes a client's header on: any client chose the source address the audit log keeps. It
+    believes the proxies SIRA_TRUSTED_PROXIES names only, none here."""
+    import ipaddress
+
+    url, _ = serving
+    r = httpx.post(f"{url}/v1/serving/reload", json={"reason": "forwarded-for through haproxy"}, timeout=30,
+                   headers={**headers(fraud_model, "operator"), "X-Forwarded-For": "6.6.6.6"})
+    assert r.status_code == 200, r.text
+    source = run_sync(stored(fraud_model.dsn, "SELECT source_address FROM sira_audit_log WHERE action = "
+                             "'serving.reload' AND details->>'reason' = 'forwarded-for through haproxy'"))
+    assert source != "6.6.6.6" and ipaddress.ip_address(source).is_private  # the peer: HAProxy, on this node
+
+
 def test_metrics_reach_rays_prometheus_endpoint(serving, fraud_model):
     """Replicas' metrics are exported by the node's Ray metrics agent (aggregated by Prometheus, not a route)."""
     import ray

@@ -268,6 +268,59 @@ async def test_prometheus_metrics_are_open_without_a_key(app_and_keys):
         assert r.status_code == 200 and r.text == anonymous.text  # one read per period: the same answer
 
 
+def _sira_api(settings, port: int, **env: str):
+    """`sira api --no-scoring` on 127.0.0.1:``port``, a process of its own (uvicorn as the command starts it)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_until
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_") and k != "FORWARDED_ALLOW_IPS"}
+    environ.update({"SIRA_DATABASE_URL": settings.database_url.get_secret_value(),
+                    "SIRA_WORKSPACE": str(settings.workspace), **env})
+    server = subprocess.Popen([sys.executable, "-m", "sira", "api", "--no-scoring", "--port", str(port)],
+                              env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def ready() -> bool:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=60, what="sira api to answer")
+    return server
+
+
+async def test_a_clients_forwarded_for_reaches_the_audit_log_only_through_a_trusted_proxy(clean_db, settings):
+    """`sira api` (uvicorn's defaults) honoured X-Forwarded-For from 127.0.0.1, so a local client (or one behind a
+    local proxy that passes the header on, as Serve's HAProxy does) set the source address the audit log keeps.
+    Forwarding headers are honoured only from the proxies SIRA_TRUSTED_PROXIES names (none by default)."""
+    from sira.core.auth import authenticate
+    from tests.conftest import ephemeral_port
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        root = await authenticate(conn, root_key, pepper=pepper)
+        operator, _ = await create_key(conn, name="ops", roles=["operator"], pepper=pepper, creator=root)
+    sent = {"Authorization": f"Bearer {operator}", "X-Forwarded-For": "6.6.6.6"}
+    for trusted, expected in ((None, "127.0.0.1"), ("127.0.0.1,10.0.0.0/8", "6.6.6.6")):
+        port = ephemeral_port()
+        server = _sira_api(settings, port, **({"SIRA_TRUSTED_PROXIES": trusted} if trusted else {}))
+        try:
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/serving/reload", json={"reason": str(trusted)},
+                           headers=sent, timeout=30)
+            assert r.status_code == 200, r.text
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        stored = await clean_db.fetchval("SELECT source_address FROM sira_audit_log WHERE action = 'serving.reload' "
+                                         "AND details->>'reason' = $1", str(trusted))
+        assert stored == expected, (trusted, stored)
+
+
 async def test_an_operator_reloads_every_serving_replica(app_and_keys, clean_db, settings, monkeypatch, capsys):
     """`serving.reload` (operator) had no route nor command: POST /v1/serving/reload and `sira serve reload`
     tell every replica (a notification on the registry channel they listen to), audited."""

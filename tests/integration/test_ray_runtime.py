@@ -35,6 +35,45 @@ def test_workers_share_the_drivers_database_and_workspace(ray_session, settings)
     assert view["schema_version"] >= 5
 
 
+@ray.remote(num_cpus=0.1)
+def _serve_ports() -> dict:
+    import os
+
+    return {name: os.environ.get(name) for name in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                                                    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")}
+
+
+def test_the_local_rays_fallback_proxy_port_is_its_own(ray_session):
+    """The processes of the local Ray (Serve's controller among them) have the fallback proxy's ports init_ray
+    chose, not Serve's 8500 and 9500 that every local Serve shared, and Serve's fallback proxy listens there;
+    this process keeps none of them, so a SIRA started from it (a child `sira serve`) chooses its own rather
+    than taking them for set ones."""
+    import os
+    import socket
+
+    from ray import serve
+
+    from tests.conftest import ephemeral_port, wait_until
+
+    ports = ray.get(_serve_ports.remote(), timeout=120)
+    assert all(port and int(port) not in (8500, 9500) for port in ports.values()), ports
+    assert not set(ports) & set(os.environ)
+
+    def listening(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    serve.start(http_options={"host": "127.0.0.1", "port": ephemeral_port()})
+    try:
+        wait_until(lambda: listening(int(ports["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"])), timeout=60,
+                   what="Serve's fallback proxy on the port chosen for it")
+    finally:
+        serve.shutdown()
+
+
 def test_worker_env_never_carries_secret_values(settings, monkeypatch, tmp_path):
     key_file = tmp_path / "pii"
     key_file.write_text("very-secret")

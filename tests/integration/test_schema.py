@@ -247,6 +247,63 @@ async def test_append_only_tables_refuse_changes(clean_db):
         await clean_db.execute("DELETE FROM sira_audit_log")
 
 
+async def test_only_the_tables_owner_may_switch_append_only_off(create_database):
+    """The switches that let rows of the audit log and the per-event feature rows change (partition
+    maintenance, an erasure, a card rekey) were custom settings any session may make: a role granted only
+    DML deleted and rewrote audit rows with `SET LOCAL sira.partition_maintenance = 'on'`. sql/032 honours
+    them only for a role that owns the table (which could drop the trigger anyway): SIRA's own role, which
+    ran the migrations; its maintenance works as before."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, app = f"sira_owner_{suffix}", f"sira_app_{suffix}"
+    dsn = create_database()
+    conn = await db.connect(dsn)
+    try:
+        await conn.execute(f'CREATE ROLE "{owner}" NOLOGIN; CREATE ROLE "{app}" NOLOGIN; '
+                           f'GRANT CREATE ON SCHEMA public TO "{owner}"')
+        await conn.execute(f'SET ROLE "{owner}"')  # SIRA's role (no superuser) migrates and owns the tables
+        await migrations.migrate(conn)
+        await conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{app}"; '
+                           f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{app}"')
+        await conn.execute("INSERT INTO sira_audit_log (actor, actor_kind, action) "
+                           "VALUES ('alice', 'api_key', 'serving.reload')")
+        march = datetime(2035, 3, 9, tzinfo=timezone.utc)  # no partition yet: the row waits in the default one
+        await conn.execute(
+            "INSERT INTO sira_features (feature_set, feature_set_version, entity_type, entity_id, as_of, event_id,"
+            " features) VALUES ('payments', 1, 'card', '4111111111111111', $1, 'e1', '{}')", march)
+        token = "tok_pan_" + "0" * 24
+        attempts = [
+            ("sira.partition_maintenance", "DELETE FROM sira_audit_log WHERE action = 'serving.reload'"),
+            ("sira.partition_maintenance", "UPDATE sira_audit_log SET actor = 'someone-else'"),
+            ("sira.partition_maintenance", "DELETE FROM sira_features"),
+            ("sira.erasure", "DELETE FROM sira_features"),
+            ("sira.rekey", f"UPDATE sira_features SET entity_id = '{token}' WHERE entity_type = 'card'"),
+        ]
+        for setting, sql in attempts:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL ROLE "{app}"')
+                    await conn.execute(f"SET LOCAL {setting} = 'on'")
+                    await conn.execute(sql)
+        assert await conn.fetchval("SELECT actor FROM sira_audit_log WHERE action = 'serving.reload'") == "alice"
+        assert await conn.fetchval("SELECT entity_id FROM sira_features") == "4111111111111111"
+
+        # the owner's maintenance: a late partition takes the default partition's row, a rekey, an erasure
+        assert await conn.fetchval("SELECT sira_ensure_month_partitions('sira_features', $1, $1)", march) == 1
+        assert await conn.fetchval("SELECT tableoid::regclass::text FROM sira_features") == "sira_features_p2035_03"
+        for setting, sql in attempts[4:2:-1]:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL {setting} = 'on'")
+                await conn.execute(sql)
+        assert await conn.fetchval("SELECT count(*) FROM sira_features") == 0
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):  # nor by the owner unswitched
+            await conn.execute("DELETE FROM sira_audit_log")
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute(f'DROP OWNED BY "{owner}", "{app}" CASCADE')
+        await conn.execute(f'DROP ROLE "{owner}"; DROP ROLE "{app}"')
+        await conn.close()
+
+
 async def test_append_only_tables_refuse_truncate_too(clean_db):
     """UPDATE and DELETE were refused row by row, but TRUNCATE fires no row trigger: the audit log (which
     production history and rollback read) and the per-event feature rows could be emptied in one statement.

@@ -204,6 +204,29 @@ async def test_a_failing_run_is_recorded_not_lost(clean_db, settings, byo_table)
     assert await clean_db.fetchval("SELECT count(*) FROM sira_model_versions") == 0
 
 
+def test_local_artifacts_are_readable_by_their_owner_only(tmp_path):
+    """An artifact holds training rows (reference_sample.npy) and the model; its files were written 0644 and its
+    folders 0755 (any user of the machine read them) while the workspace's secrets and spool are 0700. The local
+    store writes files 0600 and the folders it makes 0700, whatever the umask, a file replaced included."""
+    import stat
+    from pathlib import Path
+
+    settings = Settings(workspace=tmp_path / "ws")
+    files = {"model.txt": b"tree\n", "reference_sample.npy": b"training rows"}
+    old = os.umask(0o002)  # a permissive umask (a shared group's): what the store writes must not depend on it
+    try:
+        save_artifact(settings, "fraud/runs/r1", files, {"format": "sira-model/1"})
+        ref = save_artifact(settings, "fraud/runs/r1", {**files, "model.txt": b"tree 2\n"}, {"format": "sira-model/1"})
+    finally:
+        os.umask(old)
+    root = Path(settings.artifact_location)
+    made = [tmp_path / "ws", root, *root.rglob("*")]
+    assert {p.name for p in made if p.is_file()} == {"model.txt", "reference_sample.npy", "manifest.json"}
+    assert {p: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
+        p: ("0o700" if p.is_dir() else "0o600") for p in made}
+    assert load_artifact(settings, ref).model_text == "tree 2\n"
+
+
 def test_artifacts_on_s3_are_kms_encrypted_and_verified(tmp_path):
     from moto.server import ThreadedMotoServer
 

@@ -61,6 +61,20 @@ def test_invalid_redis_url_is_one_clear_error(monkeypatch):
         get_settings()
 
 
+def test_trusted_proxies_are_addresses_or_networks_and_none_by_default(monkeypatch):
+    """uvicorn takes an entry that is not an address for a host name that never matches: a typo would silently
+    trust nobody (or, `*`, everybody). SIRA refuses it by name."""
+    assert get_settings().trusted_proxies == ""
+    reset_settings()
+    monkeypatch.setenv("SIRA_TRUSTED_PROXIES", " 10.0.0.5, 10.1.0.0/16,::1 ")
+    assert get_settings().trusted_proxies == "10.0.0.5,10.1.0.0/16,::1"
+    for bad in ("*", "10.0.0.300", "proxy.internal"):
+        reset_settings()
+        monkeypatch.setenv("SIRA_TRUSTED_PROXIES", f"10.0.0.5,{bad}")
+        with pytest.raises(ConfigError, match=f"SIRA_TRUSTED_PROXIES: .*{bad.replace('*', '[*]')}"):
+            get_settings()
+
+
 def test_secret_from_env_then_file_then_generated(monkeypatch, tmp_path):
     monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "ws"))
     generated = Settings().secret("pii_key")
