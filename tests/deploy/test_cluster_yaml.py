@@ -176,6 +176,8 @@ def test_every_node_starts_ray_with_sira_settings():
     assert env["SIRA_ARTIFACT_URI"].startswith("s3://")
     assert env["SIRA_REDIS_URL"].split("://")[0] in ("redis", "rediss")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    # Serve's proxies believe no X-Forwarded-For (uvicorn's default trusts 127.0.0.1, where HAProxy passes it on)
+    assert env["FORWARDED_ALLOW_IPS"] == ""
     assert env["AWS_DEFAULT_REGION"] == config["provider"]["region"]
     assert all(z.startswith(config["provider"]["region"]) for z in config["provider"]["availability_zone"].split(","))
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
