@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from sira.ingest.events import EventIn, max_string_length, value_problem
+from sira.ingest.events import MAX_ATTRIBUTES, EventIn, max_string_length, value_problem
 from sira.ingest.labels import Label, LabelName
 from sira.serving.scoring import ModelRuntime
 
@@ -40,9 +40,6 @@ def _reject_non_finite(value: Any, path: str = "") -> Any:
         for i, v in enumerate(value):
             _reject_non_finite(v, f"{path}.{i}" if path else str(i))
     return value
-
-
-MAX_ATTRIBUTES = 64  # extra fields per event, as an ingested event keeps them (docs/security.md's limits)
 
 
 class ScoreEvent(EventIn):
