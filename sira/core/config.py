@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     jwt_jwks_file: Path | None = Field(default=None, description="JWKS file with the keys that sign the JWTs.")
     jwt_roles_claim: str = Field(default="roles", description="The claim that lists a token's SIRA roles.")
     jwt_algorithms: str = Field(default="RS256,ES256", description="Accepted JWT signature algorithms.")
+    jwt_leeway_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=30.0, description="Seconds of clock skew allowed between SIRA and the identity service when a JWT's "
+        "exp, nbf and iat are checked.")
+    jwt_max_lifetime_s: Annotated[float, Field(gt=0, le=31_536_000)] = Field(
+        default=86_400.0, description="Longest a JWT may live (exp - iat, or exp - now without iat); longer: "
+        "refused (401), as a leaked token would work for as long.")
     webhook_urls: str | None = Field(
         default=None, description="Comma-separated URLs told of promotion requests, decisions and production changes."
     )
