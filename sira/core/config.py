@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     pii_key_file: Path | None = Field(default=None, description="File holding the PII HMAC key.")
     auth_secret: SecretStr | None = Field(
         default=None,
-        description="Server-side pepper for API key hashes. Unset: generated once into <workspace>/secrets/.",
+        description="Server-side pepper for API key hashes, and the key of prediction ids. Unset: generated once "
+        "into <workspace>/secrets/.",
     )
     auth_secret_file: Path | None = Field(default=None, description="File holding the auth pepper.")
     events_max_batch: Annotated[int, Field(ge=1, le=100_000)] = Field(
