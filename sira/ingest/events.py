@@ -180,12 +180,20 @@ def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -
     return None
 
 
-def size_problem(record: Mapping[str, Any], known: Collection[str]) -> ValueProblem | None:
-    """Why an event is too big to look at (more than :data:`MAX_ATTRIBUTES` fields beyond ``known``, more than
-    :data:`MAX_VALUES` values in all), found by counting in time bounded by those limits; None when it is not."""
+def extra_fields_problem(record: Mapping[str, Any], known: Collection[str]) -> ValueProblem | None:
+    """More than :data:`MAX_ATTRIBUTES` fields beyond ``known`` (counted in time bounded by ``known``), or None."""
     extra = len(record) - sum(1 for name in known if name in record)
     if extra > MAX_ATTRIBUTES:
         return ValueProblem(TOO_MANY, "", f"more than {MAX_ATTRIBUTES} extra fields ({extra})")
+    return None
+
+
+def size_problem(record: Mapping[str, Any], known: Collection[str]) -> ValueProblem | None:
+    """Why an event is too big to look at (more than :data:`MAX_ATTRIBUTES` fields beyond ``known``, more than
+    :data:`MAX_VALUES` values in all), found by counting in time bounded by those limits; None when it is not."""
+    problem = extra_fields_problem(record, known)
+    if problem:
+        return problem
     if _values_left(record.values(), MAX_VALUES) < 0:
         return ValueProblem(TOO_MANY, "", f"more than {MAX_VALUES} values in all (fields, nested fields and list "
                             "items)")

@@ -89,6 +89,11 @@ def test_an_event_with_200000_unknown_fields_gets_one_small_answer_without_the_n
     error = response.json()["error"]
     assert (error["code"], error["details"]["field"]) == ("too_many_fields", "event")
     assert len(response.content) < 2_000 and "quux7" not in response.text
+    # beside the event, at the request's top level: refused before pydantic makes an error of each
+    beside = {EMAIL_NAME: 1, **{f"key_{i}": i for i in range(200_000)}}
+    response = client.post("/v1/score", json={"model": "fraud", **beside, "event": EVENT})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "too_many_fields", response.text[:500]
+    assert len(response.content) < 2_000 and "quux7" not in response.text
 
 
 def test_unknown_fields_are_listed_bounded_and_redacted() -> None:
