@@ -232,6 +232,8 @@ class JwtConfig:
     keys: tuple[Any, ...]  # public keys
     roles_claim: str = "roles"
     algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway_s: float = 30.0  # clock skew allowed on exp, nbf and iat (the identity service's clock is not ours)
+    max_lifetime_s: float = 86_400.0  # exp - iat (exp - now without iat) at most: a leaked token dies soon
 
     @classmethod
     def from_settings(cls, settings: Any) -> "JwtConfig | None":
@@ -261,18 +263,23 @@ class JwtConfig:
         unknown = set(algorithms) - set(get_default_algorithms())
         if unknown or "none" in {a.lower() for a in algorithms}:
             raise ConfigError(f"SIRA_JWT_ALGORITHMS: unsupported {', '.join(sorted(unknown)) or 'none'}")
-        return cls(settings.jwt_issuer, settings.jwt_audience, tuple(keys), settings.jwt_roles_claim, algorithms)
+        return cls(settings.jwt_issuer, settings.jwt_audience, tuple(keys), settings.jwt_roles_claim, algorithms,
+                   settings.jwt_leeway_s, settings.jwt_max_lifetime_s)
 
 
 def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
-    """The identity of a verified JWT: ``sub`` as the name, SIRA roles from the roles claim."""
+    """The identity of a verified JWT: ``sub`` as the name, SIRA roles from the roles claim. Its times are checked
+    with ``config.leeway_s`` of clock skew, and it may live ``config.max_lifetime_s`` at most."""
+    import time
+
     import jwt
 
     last: Exception | None = None
     for key in config.keys:
         try:
             claims = jwt.decode(token, key=key, algorithms=list(config.algorithms), audience=config.audience,
-                                issuer=config.issuer, options={"require": ["exp", "iss", "aud", "sub"]})
+                                issuer=config.issuer, options={"require": ["exp", "iss", "aud", "sub"]},
+                                leeway=config.leeway_s)
             break
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired") from None
@@ -280,6 +287,13 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
             last = exc                                             # another family than the token's algorithm
     else:
         raise Unauthenticated(f"invalid token ({type(last).__name__ if last else 'no key'})")
+    # PyJWT has read exp and iat as integers (as int() does), iat no later than now with the leeway: an iat in the
+    # future cannot stretch the life allowed
+    issued = int(claims["iat"]) if "iat" in claims else time.time()
+    if int(claims["exp"]) - issued > config.max_lifetime_s:
+        raise Unauthenticated(f"the token lives longer than SIRA accepts (at most {_duration(config.max_lifetime_s)} "
+                              f"from {'its iat' if 'iat' in claims else 'now'}): ask the identity service for a "
+                              "shorter-lived one")
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():  # "jwt:" would make every such token one person
         raise Unauthenticated("invalid token: its subject (sub) is empty")
@@ -292,6 +306,14 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
     if not roles:
         raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
     return Identity(f"jwt:{claims['sub']}", roles, "jwt")
+
+
+def _duration(seconds: float) -> str:
+    """A length of time as a person reads it: 24 h, 10 min, 90 s."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def is_jwt(key: str, jwt_config: JwtConfig | None) -> bool:

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     pii_key_file: Path | None = Field(default=None, description="File holding the PII HMAC key.")
     auth_secret: SecretStr | None = Field(
         default=None,
-        description="Server-side pepper for API key hashes. Unset: generated once into <workspace>/secrets/.",
+        description="Server-side pepper for API key hashes, and the key of prediction ids. Unset: generated once "
+        "into <workspace>/secrets/.",
     )
     auth_secret_file: Path | None = Field(default=None, description="File holding the auth pepper.")
     events_max_batch: Annotated[int, Field(ge=1, le=100_000)] = Field(
@@ -137,6 +138,12 @@ class Settings(BaseSettings):
     jwt_jwks_file: Path | None = Field(default=None, description="JWKS file with the keys that sign the JWTs.")
     jwt_roles_claim: str = Field(default="roles", description="The claim that lists a token's SIRA roles.")
     jwt_algorithms: str = Field(default="RS256,ES256", description="Accepted JWT signature algorithms.")
+    jwt_leeway_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=30.0, description="Seconds of clock skew allowed between SIRA and the identity service when a JWT's "
+        "exp, nbf and iat are checked.")
+    jwt_max_lifetime_s: Annotated[float, Field(gt=0, le=31_536_000)] = Field(
+        default=86_400.0, description="Longest a JWT may live (exp - iat, or exp - now without iat); longer: "
+        "refused (401), as a leaked token would work for as long.")
     webhook_urls: str | None = Field(
         default=None, description="Comma-separated URLs told of promotion requests, decisions and production changes."
     )

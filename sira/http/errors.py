@@ -1,10 +1,15 @@
 """Every error in SIRA's shape, ``{"error": {"code", "message", "details"}}`` with a stable code: SIRA's own,
 routing's (404, 405), PostgreSQL's refusals (422) and absence (503), request validation (400, 422), and
-any other exception (500 ``internal``: logged with its traceback, its text never answered)."""
+any other exception (500 ``internal``: logged with its traceback, its text never answered).
+
+A request's field names are the sender's data (an e-mail address can be one): a validation error names at most
+:data:`MAX_LISTED` of them, redacted as a dead letter's are."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,8 +24,10 @@ from sira.core import db
 from sira.core.errors import SiraError
 from sira.http.deps import allowed_methods, error_response
 from sira.ingest.events import FIELD_CODES, MISSING_CODES
+from sira.ingest.pii import Redactor
 
 log = logging.getLogger(__name__)
+MAX_LISTED = 10  # unknown fields a validation error names (the count says how many there were)
 
 
 def counted(handler: Callable[[Request, Any], Awaitable[JSONResponse]]) -> Callable[[Request, Any], Awaitable[JSONResponse]]:
@@ -104,22 +111,42 @@ def install(app: FastAPI) -> None:
             # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
             return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
-        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        redactor = _redactor(request)
+        where = _name(redactor, first["loc"])
         # a missing field named inside the event (amount): the field names it; the other codes name the
         # field sent and say in the message where inside it the problem is
         inside = (first.get("ctx") or {}).get("path") if first.get("type") in MISSING_CODES else None
-        if first.get("type") == "extra_forbidden":  # every unknown field named, and what the body takes
-            unknown = [".".join(str(p) for p in e["loc"] if p != "body") for e in exc.errors()
-                       if e.get("type") == "extra_forbidden"]
-            accepted = _body_fields(request) if all("." not in u for u in unknown) else []
-            return error_response(422, "unknown_field", f"unknown field(s) {', '.join(unknown)}"
+        if first.get("type") == "extra_forbidden":  # the unknown fields named (a few), and what the body takes
+            found = [e["loc"] for e in exc.errors() if e.get("type") == "extra_forbidden"]
+            unknown = [_name(redactor, loc) for loc in found[:MAX_LISTED]]
+            more = f" and {len(found) - len(unknown)} more" if len(found) > len(unknown) else ""
+            accepted = _body_fields(request) if all(len(loc) <= 2 for loc in found) else []
+            return error_response(422, "unknown_field", f"unknown field(s) {', '.join(unknown)}{more}"
                                   + (f"; this request accepts: {', '.join(accepted)}" if accepted else ""),
-                                  {"field": where, "unknown": unknown, **({"accepted": accepted} if accepted else {})})
+                                  {"field": where, "unknown": unknown, "unknown_count": len(found),
+                                   **({"accepted": accepted} if accepted else {})})
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
                 "too_many_fields": "too_many_fields", **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
-        message = first["msg"].removeprefix("Value error, ")
+        # the message may name a place inside a free-form field (its field names): redacted as they are
+        message = redactor.scrub_text(first["msg"].removeprefix("Value error, "))
+        inside = redactor.scrub_text(inside) if inside else None
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
 
+
+def _redactor(request: Request) -> Redactor:
+    """The application's redactor (its tokens are those the dead letters hold), or, for an application built
+    without one (a test's), one of a random key: a name is never answered as sent either way."""
+    return getattr(request.app.state, "redactor", None) or _ephemeral_redactor()
+
+
+@functools.cache
+def _ephemeral_redactor() -> Redactor:
+    return Redactor(secrets.token_bytes(32))
+
+
+def _name(redactor: Redactor, loc: Any) -> str:
+    """A validation error's place as a dotted name, each part redacted as a stored field name is."""
+    return ".".join(redactor.scrub_value(str(p)) for p in loc if p != "body")
 
 def _body_fields(request: Request) -> list[str]:
     """The fields the route's JSON body takes (its model's, by the names a client sends), or [] when unknown."""

@@ -6,17 +6,20 @@ goes through :func:`normalize`: column mapping, validation against
 ``sira_events``. A record that fails becomes a :class:`Rejection` with a
 stable reason code and the field at fault; its payload is redacted too.
 
-Free-form input is bounded before any redaction: a string (or field name) longer
-than ``max_string_length`` is refused with ``field_too_long``, an integer beyond
-signed 64 bits, a NUL character or deep nesting with ``invalid_value``, and an
-amount sent as a boolean or a string with ``invalid_number``.
+Free-form input is bounded before any redaction: an event with more than
+:data:`MAX_ATTRIBUTES` extra fields or :data:`MAX_VALUES` values in all is refused
+with ``too_many_fields`` (counted before anything else looks at it), a string (or
+field name) longer than ``max_string_length`` with ``field_too_long``, an integer
+beyond signed 64 bits, a NUL character or deep nesting with ``invalid_value``, and
+an amount sent as a boolean or a string with ``invalid_number``. A dead letter keeps
+at most :data:`MAX_VALUES` values of what was sent, and says what it cut (:data:`CUT`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
@@ -54,7 +57,15 @@ def stored_row(row: Mapping[str, Any]) -> Row:
 
 # Input field -> canonical column it becomes after redaction.
 _TOKEN_COLUMNS = {"card_number": "card_token", "ip_address": "ip_token", "email": "email_token", "phone": "phone_token"}
-_MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTES = 64  # extra fields per event (its attributes)
+# Values one event may hold in all: its fields, and every field and list item nested in them. Both limits are
+# counted before anything validates, scans or redacts an event, in time bounded by the limits, not by what was
+# sent: 200,000 extra fields cost 6 s of redaction before the limit above refused them (2026-12).
+MAX_VALUES = 1_024
+TOO_MANY = "too_many_fields"
+# A dead letter keeps at most MAX_VALUES values of the record sent; an object cut short holds this field with
+# the number of its fields not kept, a list cut short ends with "<cut N items>".
+CUT = "<cut>"
 
 MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
 Text = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID)]
@@ -65,7 +76,7 @@ VALUE_CODES = ("field_too_long", "invalid_value", "invalid_number")
 # errors whose type is SIRA's code and whose context names the place inside the field (``path``)
 MISSING_CODES = ("missing_field", "missing_entity_key")
 FUTURE_TIME = "future_time"  # a time more than MAX_CLOCK_SKEW ahead of the clock
-FIELD_CODES = (*VALUE_CODES, *MISSING_CODES, FUTURE_TIME)
+FIELD_CODES = (*VALUE_CODES, *MISSING_CODES, FUTURE_TIME, TOO_MANY)
 # The largest amount an event may carry, in its currency's unit (a trillion: some eleven million US
 # dollars in Lebanese pounds, sixty in Indonesian rupiah). Feature engine v2 holds amounts as int64 in
 # 1e-4 units (9.2e14 at most), so a window's sum has room for ~900 of them before it saturates.
@@ -169,6 +180,38 @@ def value_problem(value: Any, max_length: int, path: str = "", depth: int = 0) -
     return None
 
 
+def extra_fields_problem(record: Mapping[str, Any], known: Collection[str]) -> ValueProblem | None:
+    """More than :data:`MAX_ATTRIBUTES` fields beyond ``known`` (counted in time bounded by ``known``), or None."""
+    extra = len(record) - sum(1 for name in known if name in record)
+    if extra > MAX_ATTRIBUTES:
+        return ValueProblem(TOO_MANY, "", f"more than {MAX_ATTRIBUTES} extra fields ({extra})")
+    return None
+
+
+def size_problem(record: Mapping[str, Any], known: Collection[str]) -> ValueProblem | None:
+    """Why an event is too big to look at (more than :data:`MAX_ATTRIBUTES` fields beyond ``known``, more than
+    :data:`MAX_VALUES` values in all), found by counting in time bounded by those limits; None when it is not."""
+    problem = extra_fields_problem(record, known)
+    if problem:
+        return problem
+    if _values_left(record.values(), MAX_VALUES) < 0:
+        return ValueProblem(TOO_MANY, "", f"more than {MAX_VALUES} values in all (fields, nested fields and list "
+                            "items)")
+    return None
+
+
+def _values_left(items: Iterable[Any], budget: int, depth: int = 0) -> int:
+    """``budget`` less the values in ``items`` and nested in them, counted until it is spent (then negative).
+    Nesting past :data:`MAX_NESTING` is not counted: :func:`value_problem` refuses it without looking inside."""
+    for item in items:
+        budget -= 1
+        if budget >= 0 and depth < MAX_NESTING and isinstance(item, (Mapping, list, tuple)):
+            budget = _values_left(item.values() if isinstance(item, Mapping) else item, budget, depth + 1)
+        if budget < 0:
+            return budget
+    return budget
+
+
 class EventIn(BaseModel):
     """A payment or usage event as sources send it (before redaction).
 
@@ -178,6 +221,15 @@ class EventIn(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many_fields(cls, data: Any) -> Any:
+        # first: every later step (pydantic's own, the bounds below, redaction) costs a time per field
+        problem = size_problem(data, cls.model_fields) if isinstance(data, Mapping) else None
+        if problem:
+            raise problem.error()
+        return data
 
     event_id: Text
     occurred_at: datetime
@@ -375,11 +427,7 @@ def event_row(
         currency=data["currency"], country=data["country"],
         channel=redactor.scrub_value(data["channel"]) if data["channel"] else None,  # a code, or prose: a token
     )
-    attributes = redactor.scrub(_jsonable(dict(extra), max_string_length()))
-    if len(attributes) > _MAX_ATTRIBUTES:
-        return Rejection(row["event_id"], "too_many_fields", f"more than {_MAX_ATTRIBUTES} extra fields", None,
-                         _payload(redactor, data, raw, mapping), row["customer_id"])
-    row["attributes"] = attributes
+    row["attributes"] = redactor.scrub(_jsonable(dict(extra), max_string_length()))  # counted: EventIn
     return row
 
 
@@ -392,11 +440,20 @@ def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any]
     return redactor.payload(_jsonable(dict(raw), max_string_length()), mapping)
 
 
-def _jsonable(value: Any, max_length: int, depth: int = 0) -> Any:
+@dataclass
+class _Budget:
+    """Values a dead letter may still keep."""
+
+    left: int = MAX_VALUES
+
+
+def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | None = None) -> Any:
     """A JSON value PostgreSQL can store: integers beyond 64 bits become their digits, a string or field
     name over ``max_length`` a marker of its length (a dead letter never holds the value itself, nor makes
-    the redactor scan it), and nesting cut at :data:`MAX_NESTING` levels (valid JSON can nest deeper than
-    Python's stack)."""
+    the redactor scan it), nesting cut at :data:`MAX_NESTING` levels (valid JSON can nest deeper than
+    Python's stack), and fields and list items past ``budget`` (:data:`MAX_VALUES` in all) cut, what was cut
+    counted (:data:`CUT`): the redactor scans what is kept only."""
+    budget = budget or _Budget()
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
@@ -410,11 +467,26 @@ def _jsonable(value: Any, max_length: int, depth: int = 0) -> Any:
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
         return f"<nested more than {MAX_NESTING} levels deep>"
     if isinstance(value, Mapping):
-        return {(storable_text(name) if len(name := str(k)) <= max_length else _too_long(name)):
-                _jsonable(v, max_length, depth + 1) for k, v in value.items()}
+        fields: dict[str, Any] = {}
+        for kept, (k, v) in enumerate(value.items()):
+            if budget.left <= 0:
+                fields[CUT] = len(value) - kept
+                break
+            budget.left -= 1
+            name = str(k)
+            fields[storable_text(name) if len(name) <= max_length else _too_long(name)] = \
+                _jsonable(v, max_length, depth + 1, budget)
+        return fields
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, max_length, depth + 1) for v in value]
-    return _jsonable(str(value), max_length, depth)
+        items: list[Any] = []
+        for kept, v in enumerate(value):
+            if budget.left <= 0:
+                items.append(f"<cut {len(value) - kept} items>")  # no two words in a row: the redactor keeps it
+                break
+            budget.left -= 1
+            items.append(_jsonable(v, max_length, depth + 1, budget))
+        return items
+    return _jsonable(str(value), max_length, depth, budget)
 
 
 def bounded_json(value: Any) -> Any:

@@ -168,7 +168,9 @@ async def deciding_set(conn: Connection, set_id: int | None, version_id: int) ->
 def report_action(identity: Identity) -> str:
     """What an explanation is read as: ``predictions.read`` (the whole report), else ``score`` for a caller that
     may score (a service shows its customer the summary). A caller allowed neither is refused as for
-    ``predictions.read``, the report's own permission (not the summary's ``score``)."""
+    ``predictions.read``, the report's own permission (not the summary's ``score``). Which key scored a
+    prediction is not recorded: a service reads the summary of any prediction whose id it holds, and the id is
+    what guards it (random, or keyed by the installation's secret: :func:`sira.serving.idempotency.prediction_namespace`)."""
     return "score" if not may(identity, "predictions.read") and may(identity, "score") else "predictions.read"
 
 

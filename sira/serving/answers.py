@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sira.serving.idempotency import DIGEST, prediction_id_for
+from sira.serving.idempotency import DIGEST, PredictionIds
 from sira.serving.records import prediction_record
 from sira.serving.schemas import Item
 
@@ -16,10 +16,11 @@ ShadowJob = tuple[Item, dict[str, Any], str, str]  # the request, its vector, pr
 
 
 def answer(item: Item, runtime: Any, score: float, decision: str, reasons: list[dict[str, Any]] | None,
-           flags: dict[str, Any], degraded: set[str], latency_ms: float, scored_at: str, epoch: int) -> dict[str, Any]:
+           flags: dict[str, Any], degraded: set[str], latency_ms: float, scored_at: str, ids: PredictionIds
+           ) -> dict[str, Any]:
     """The answer to one request (``reasons`` None: deferred, computed when the prediction is read)."""
     return {
-        "prediction_id": prediction_id_for(runtime.model_name, item.request_id, item.client_request_id, epoch),
+        "prediction_id": ids.of(runtime.model_name, item.request_id, item.client_request_id),
         "request_id": item.request_id, "model": runtime.model_name, "version": runtime.version,
         "score": float(score), "decision": decision, "reasons": reasons or [], "reasons_deferred": reasons is None,
         "flags": flags, "degraded": bool(degraded), "degraded_reasons": sorted(degraded),
@@ -30,12 +31,12 @@ def answer(item: Item, runtime: Any, score: float, decision: str, reasons: list[
 
 
 def shadow_answer(item: Item, runtime: Any, request_id: str, score: float, decision: str, production_decision: str,
-                  scored_at: str, epoch: int) -> dict[str, Any]:
+                  scored_at: str, ids: PredictionIds) -> dict[str, Any]:
     """A staging version's score of the same request: stored beside production's, never returned."""
     return {
         # NUL separates: a request id cannot hold one, so no client request id names a shadow prediction
-        "prediction_id": prediction_id_for(runtime.model_name, f"{request_id}\x00shadow\x00v{runtime.version}",
-                                           item.client_request_id, epoch),
+        "prediction_id": ids.of(runtime.model_name, f"{request_id}\x00shadow\x00v{runtime.version}",
+                                item.client_request_id),
         "scored_at": scored_at, "request_id": request_id, "event_id": item.event["event_id"] if item.event else None,
         "score": float(score), "decision": decision, "reasons": [], "reasons_deferred": True,
         "flags": {"production_decision": production_decision}, "degraded": False, "degraded_reasons": [],
@@ -56,7 +57,7 @@ class Scored:
 
 def score_items(items: list[Item], todo: list[int], vectors: dict[int, dict[str, Any]],
                 flags: dict[int, dict[str, Any]], degraded: set[str], *, reasons: str, shadow: bool, scored_at: str,
-                epoch: int) -> Scored:
+                ids: PredictionIds) -> Scored:
     """One ``predict`` per model version for the requests ``todo``; reasons inline for review and block (all
     with ``reasons="all"``, and on request); each request's latency runs from its arrival to its answer."""
     by_runtime: dict[int, list[int]] = {}
@@ -78,7 +79,7 @@ def score_items(items: list[Item], todo: list[int], vectors: dict[int, dict[str,
             item = items[n]
             latency = (time.perf_counter() - item.started) * 1000
             out.answers[n] = answer(item, runtime, scores[j], decisions[j], explained.get(j), flags[n], degraded,
-                                    latency, scored_at, epoch)
+                                    latency, scored_at, ids)
             out.records.append(prediction_record(out.answers[n], runtime, vectors[n], "production"))
             out.decisions[(runtime.model_name, decisions[j])] += 1
             if item.shadow is not None and shadow:
@@ -86,7 +87,7 @@ def score_items(items: list[Item], todo: list[int], vectors: dict[int, dict[str,
     return out
 
 
-def score_shadows(jobs: list[ShadowJob], *, scored_at: str, epoch: int) -> tuple[list[dict[str, Any]], Counter]:
+def score_shadows(jobs: list[ShadowJob], *, scored_at: str, ids: PredictionIds) -> tuple[list[dict[str, Any]], Counter]:
     """The staging versions' scores of the same inputs, as spool records, and their agreement with production
     by (model, same|differs)."""
     by_runtime: dict[int, list[ShadowJob]] = {}
@@ -100,7 +101,7 @@ def score_shadows(jobs: list[ShadowJob], *, scored_at: str, epoch: int) -> tuple
         scores = runtime.predict(X)
         decisions = runtime.decide(scores)
         for (item, vector, production, request_id), score, decision in zip(group, scores.tolist(), decisions):
-            stored = shadow_answer(item, runtime, request_id, score, decision, production, scored_at, epoch)
+            stored = shadow_answer(item, runtime, request_id, score, decision, production, scored_at, ids)
             records.append(prediction_record(stored, runtime, vector, "shadow"))
             agreement[(runtime.model_name, "same" if decision == production else "differs")] += 1
     return records, agreement

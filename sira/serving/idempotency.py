@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import hmac
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,17 +24,35 @@ from sira.serving.schemas import Item
 
 log = logging.getLogger(__name__)
 
-_PREDICTION_IDS = uuid.UUID("5b0f5d2e-6c1e-4b8e-9a57-2f0c3d4e5a61")
+def prediction_namespace(secret: str) -> uuid.UUID:
+    """The namespace of the prediction ids that clients' request ids name, keyed by the installation's secret
+    (the API-key pepper, ``SIRA_AUTH_SECRET``: every replica of one installation holds the same): replicas
+    name a retry's prediction alike, and no one without the secret computes the id a request id names. (A
+    constant namespace in the source made any caller able to compute another client's prediction id from its
+    request id, often an order number, and read its explanation's summary, until 2026-12-07.)"""
+    return uuid.UUID(bytes=hmac.new(secret.encode("utf-8"), b"sira:prediction-ids", hashlib.sha256).digest()[:16])
 
 
-def prediction_id_for(model: str, request_id: str, client_chosen: bool, epoch: int = 0) -> str:
+def prediction_id_for(namespace: uuid.UUID, model: str, request_id: str, client_chosen: bool, epoch: int = 0) -> str:
     """A client's request id names the same prediction id within an idempotency window (``epoch``: which
-    one, :func:`idempotency_epoch`): two replicas racing on a retry (before either answer is stored) give
-    the same answer, and the audit trail keeps one row. A request id reused after the window names
-    another prediction (stored, not dropped as a duplicate of the old one)."""
+    one, :func:`idempotency_epoch`) in one installation (``namespace``: :func:`prediction_namespace`): two
+    replicas racing on a retry (before either answer is stored) give the same answer, and the audit trail keeps
+    one row. A request id reused after the window names another prediction (stored, not dropped as a duplicate
+    of the old one). Without a client's request id, a random one."""
     if not client_chosen:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_PREDICTION_IDS, f"{model}\x00{request_id}\x00{epoch}"))
+    return str(uuid.uuid5(namespace, f"{model}\x00{request_id}\x00{epoch}"))
+
+
+@dataclass(frozen=True)
+class PredictionIds:
+    """How the predictions of one idempotency window are named (:func:`prediction_id_for`)."""
+
+    namespace: uuid.UUID
+    epoch: int
+
+    def of(self, model: str, request_id: str, client_chosen: bool) -> str:
+        return prediction_id_for(self.namespace, model, request_id, client_chosen, self.epoch)
 
 
 def idempotency_epoch(ttl_s: float) -> int:
@@ -181,6 +202,16 @@ class Answers:
         self.claimant = uuid.uuid4().hex[:16]  # names this replica's claims of request ids
         self._claim_script: Any = None
         self._swept = 0.0  # when expired claims were last deleted (monotonic)
+
+    @functools.cached_property
+    def ids_namespace(self) -> uuid.UUID:
+        """The installation's namespace of prediction ids (:func:`prediction_namespace`), read when first needed
+        (the secret may be generated into the workspace then)."""
+        return prediction_namespace(self.replica.settings.secret("auth_secret"))
+
+    def ids(self, epoch: int) -> PredictionIds:
+        """How the predictions of the idempotency window ``epoch`` are named."""
+        return PredictionIds(self.ids_namespace, epoch)
 
     def _key(self, model: str, request_id: str) -> str:
         return f"sira:answer:{self.replica.namespace}:{model}:{request_id}"

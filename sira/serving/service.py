@@ -264,7 +264,7 @@ class ScoringService:
         todo = [n for n in range(len(items)) if out[n] is None]
         scored = score_items(items, todo, vectors, flags, degraded, reasons=r.config.reasons, shadow=r.config.shadow,
                              scored_at=datetime.now(timezone.utc).isoformat(),
-                             epoch=idempotency_epoch(r.config.idempotency_ttl_s))
+                             ids=self.idempotency.ids(idempotency_epoch(r.config.idempotency_ttl_s)))
         for n, given in scored.answers.items():
             out[n] = given
         for (model, decision), count in scored.decisions.items():
@@ -304,7 +304,8 @@ class ScoringService:
         """Staging versions score the same inputs after the answer; stored beside production's, never returned."""
         try:
             records, agreement = score_shadows(jobs, scored_at=datetime.now(timezone.utc).isoformat(),
-                                               epoch=idempotency_epoch(self.replica.config.idempotency_ttl_s))
+                                               ids=self.idempotency.ids(
+                                                   idempotency_epoch(self.replica.config.idempotency_ttl_s)))
             for (model, same), n in agreement.items():
                 self.replica.count("shadow", n, model=model, agreement=same)
             self.writer.spool.append(records)

@@ -169,3 +169,24 @@ async def test_a_redis_that_may_evict_keys_is_never_taken_as_complete(fraud_mode
     finally:
         redis_client.config_set("maxmemory", config.get("maxmemory", "0"))
         redis_client.config_set("maxmemory-policy", config.get("maxmemory-policy", "noeviction"))
+
+
+async def test_a_prediction_id_cannot_be_computed_without_the_installations_secret(fraud_model, tmp_path,
+                                                                                    redis_url):
+    """The id a client's request id names was uuid5 of a namespace written in SIRA's source, the model, the
+    request id and the day: any other service key could compute it from an order number and read that
+    prediction's explanation summary. Keyed by the installation's secret, every replica still names it alike."""
+    from sira.serving.idempotency import idempotency_epoch, prediction_id_for, prediction_namespace
+
+    request_id = f"order-{uuid.uuid4().hex[:8]}"
+    async with replica(fraud_model, tmp_path, redis_url) as (client, service):
+        windows = {idempotency_epoch(service.config.idempotency_ttl_s)}
+        r = await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
+                                              "event": event(fraud_model, 41)})
+        windows.add(idempotency_epoch(service.config.idempotency_ttl_s))
+    assert r.status_code == 200, r.text
+    given = r.json()["prediction_id"]
+    in_the_source = uuid.UUID("5b0f5d2e-6c1e-4b8e-9a57-2f0c3d4e5a61")
+    assert given not in {str(uuid.uuid5(in_the_source, f"fraud\x00{request_id}\x00{w}")) for w in windows}
+    namespace = prediction_namespace(fraud_model.settings.secret("auth_secret"))
+    assert given in {prediction_id_for(namespace, "fraud", request_id, True, w) for w in windows}

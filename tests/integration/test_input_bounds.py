@@ -68,6 +68,32 @@ async def test_an_over_long_string_rejects_its_event_alone_and_its_dead_letter_i
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("fields", [
+    lambda n: {f"k{i}": i for i in range(n)},  # the limit of 64 was counted after redacting all of them
+    lambda n: {"meta": {f"k{i}": i for i in range(n)}},  # nested in one field: never counted
+])
+async def test_an_event_with_150000_fields_is_refused_alone_and_its_dead_letter_is_bounded(client, clean_db, fields):
+    """One event with 200,000 extra fields (2.3 MB) took 6 s, holding up the event loop (a /healthz meanwhile
+    took 4.7 s), and its dead letter kept a 2.7 MB payload with every field."""
+    from sira.ingest.events import CUT, MAX_VALUES
+
+    spam = {"zelda.quux7@example.org": "x", **fields(150_000)}  # an e-mail in a field's name: redacted
+    r = await client.post("/v1/events", json={"events": [event(1), event(2, **spam)]})
+    assert r.status_code == 200, r.text[:500]
+    data = r.json()
+    assert (data["accepted"], data["rejected"]) == (1, 1) and data["results"][1]["code"] == "too_many_fields", data
+    assert len(r.content) < 2_000 and "quux7" not in r.text
+    rows = await rejected_rows(clean_db)
+    assert set(rows) == {"b2"} and rows["b2"]["reason_code"] == "too_many_fields"
+    stored = json.dumps(rows["b2"]["payload"])
+    assert rows["b2"]["size"] < 30 * MAX_VALUES and "quux7" not in stored and "tok_email_" in stored
+    kept = rows["b2"]["payload"] if "meta" not in spam else rows["b2"]["payload"]["meta"]
+    assert kept[CUT] + len(kept) - 1 > 150_000 - MAX_VALUES  # what was cut is counted
+    r = await client.get("/v1/events/rejected")
+    assert r.status_code == 200 and len(r.content) < 30 * MAX_VALUES and "quux7" not in r.text
+
+
+@pytest.mark.timeout(120)
 async def test_an_integer_beyond_64_bits_rejects_its_event_alone(client, clean_db):
     body = {"events": [event(1), event(2, amount=2**70), event(3, big=2**64), event(4, meta={"n": [-(2**63) - 1]}),
                        event(5, big=2**63 - 1)]}
@@ -172,6 +198,9 @@ def served(scoring_app, fraud_model):  # noqa: F811 - the imported fixture, by n
     # beyond what the features hold (was a 500), and a time ahead of the clock
     (lambda e: {**e, "amount": 950_000_000_000_000}, "invalid_request", "event.amount"),
     (lambda e: {**e, "occurred_at": "2200-12-31T23:59:59Z"}, "future_time", "event.occurred_at"),
+    # 150,000 unknown fields: a 6 MB answer naming each twice, after 2-3 s; as many nested in attributes
+    (lambda e: {**e, **{f"k{i}": i for i in range(150_000)}}, "too_many_fields", "event"),
+    (lambda e: {**e, "attributes": {"meta": list(range(150_000))}}, "too_many_fields", "event"),
 ])
 async def test_score_refuses_bad_values_with_a_stable_code(served, fraud_model, change, code, field):
     r = await served.post("/v1/score", json={"model": "fraud", "event": change(score_event(fraud_model, 1))})

@@ -43,7 +43,7 @@ def test_tokens_map_to_roles_and_bad_ones_are_refused(jwt_settings, keypair):
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     for bad, message in ((token(private, aud="elsewhere"), "invalid token"),
                          (token(private, iss="https://evil.test"), "invalid token"),
-                         (token(private, exp=int(time.time()) - 10), "expired"),
+                         (token(private, exp=int(time.time()) - 90), "expired"),  # beyond the 30 s leeway
                          (token(other), "invalid token"),
                          (token(private, roles=["superuser"]), "no SIRA role"),
                          (jwt.encode({"iss": "https://id.molam.test", "aud": "sira", "sub": "x", "roles": ["admin"],
@@ -77,8 +77,12 @@ async def test_jwt_over_http(clean_db, jwt_settings, keypair):
             denied = await client.get("/v1/audit", headers={"Authorization": f"Bearer {token(keypair[0])}"})
             assert denied.status_code == 403
             expired = await client.get("/v1/models", headers={
-                "Authorization": f"Bearer {token(keypair[0], exp=int(time.time()) - 5)}"})
+                "Authorization": f"Bearer {token(keypair[0], exp=int(time.time()) - 90)}"})
             assert expired.status_code == 401 and json.loads(expired.text)["error"]["code"] == "unauthenticated"
+            forever = await client.get("/v1/models", headers={
+                "Authorization": f"Bearer {token(keypair[0], exp=int(time.time()) + 10 * 365 * 86_400)}"})
+            assert forever.status_code == 401 and forever.json()["error"]["code"] == "unauthenticated"
+            assert "at most 24 h" in forever.json()["error"]["message"], forever.text
 
 
 def test_a_token_with_an_empty_subject_is_refused_like_one_without(jwt_settings, keypair):
@@ -92,3 +96,29 @@ def test_a_token_with_an_empty_subject_is_refused_like_one_without(jwt_settings,
     with pytest.raises(Unauthenticated, match="invalid token"):  # no sub at all: PyJWT's required claims
         identity_from_jwt(jwt.encode({"iss": "https://id.molam.test", "aud": "sira", "exp": int(time.time()) + 60,
                                       "roles": ["admin"]}, private, algorithm="RS256"), config)
+
+
+def test_a_clock_a_little_ahead_is_allowed_and_a_token_may_not_live_for_years(jwt_settings, keypair):
+    """A token from an identity service whose clock ran 3 s ahead (iat, nbf) was refused as not yet valid; one
+    that expired in ten years was accepted: a leaked token worked for as long."""
+    private, _ = keypair
+    config = JwtConfig.from_settings(jwt_settings)
+    assert (config.leeway_s, config.max_lifetime_s) == (30, 86_400)  # the defaults
+    now = int(time.time())
+    assert identity_from_jwt(token(private, iat=now + 3, nbf=now + 3), config).name == "jwt:amina"
+    assert identity_from_jwt(token(private, exp=now - 10), config).name == "jwt:amina"  # expired within the leeway
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        identity_from_jwt(token(private, iat=now + 120, exp=now + 600), config)  # further ahead than the leeway
+    # the longest life: exp - iat, or exp - now without iat
+    assert identity_from_jwt(token(private, iat=now, exp=now + 86_400), config).name == "jwt:amina"
+    assert identity_from_jwt(token(private, exp=now + 86_000), config).name == "jwt:amina"
+    for claims in ({"exp": now + 10 * 365 * 86_400}, {"iat": now, "exp": now + 10 * 365 * 86_400},
+                   {"iat": now - 3 * 86_400, "exp": now + 3_600}, {"iat": now, "exp": now + 86_401}):
+        with pytest.raises(Unauthenticated, match=r"lives longer than SIRA accepts \(at most 24 h"):
+            identity_from_jwt(token(private, **claims), config)
+    strict = JwtConfig.from_settings(jwt_settings.model_copy(update={"jwt_leeway_s": 0, "jwt_max_lifetime_s": 600}))
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        identity_from_jwt(token(private, iat=now + 3), strict)
+    with pytest.raises(Unauthenticated, match=r"at most 10 min"):
+        identity_from_jwt(token(private, exp=now + 3_600), strict)
+    assert identity_from_jwt(token(private, exp=now + 300), strict).name == "jwt:amina"

@@ -334,11 +334,14 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
 
 
 def test_a_request_id_names_one_prediction_within_a_window():
-    from sira.serving.idempotency import prediction_id_for
+    from sira.serving.idempotency import prediction_id_for, prediction_namespace
 
-    assert prediction_id_for("fraud", "r1", True, 7) == prediction_id_for("fraud", "r1", True, 7)
-    assert prediction_id_for("fraud", "r1", True, 7) != prediction_id_for("fraud", "r1", True, 8)
-    assert prediction_id_for("fraud", "r1", False, 7) != prediction_id_for("fraud", "r1", False, 7)
+    ns = prediction_namespace("an installation's secret")
+    assert prediction_id_for(ns, "fraud", "r1", True, 7) == prediction_id_for(ns, "fraud", "r1", True, 7)
+    assert prediction_id_for(ns, "fraud", "r1", True, 7) != prediction_id_for(ns, "fraud", "r1", True, 8)
+    assert prediction_id_for(ns, "fraud", "r1", False, 7) != prediction_id_for(ns, "fraud", "r1", False, 7)
+    other = prediction_namespace("another installation's secret")
+    assert prediction_id_for(ns, "fraud", "r1", True, 7) != prediction_id_for(other, "fraud", "r1", True, 7)
 
 
 async def test_scored_events_are_recorded_and_velocity_sees_them(served, fraud_model):

@@ -197,3 +197,59 @@ def test_numbers_from_csv_text_and_decimals_are_amounts():
     assert normalize({**BASE, "amount": 12}, R, "t")["amount"] == 12.0
     rejected = normalize({**BASE, "amount": True}, R, "t", numbers_as_text=True)
     assert isinstance(rejected, Rejection) and rejected.reason_code == "invalid_number"
+
+
+def _scrubs(monkeypatch) -> list[int]:
+    """Calls of the redactor's value scrubber (the real one, counted): the work an event costs."""
+    calls = [0]
+    real = Redactor.scrub_value
+
+    def counted(self, text):
+        calls[0] += 1
+        return real(self, text)
+
+    monkeypatch.setattr(Redactor, "scrub_value", counted)
+    return calls
+
+
+SPAM = 200_000
+
+
+@pytest.mark.parametrize("change", [
+    {f"key_{i}": i for i in range(SPAM)},  # extra fields: the limit was counted after redacting all of them
+    {"meta": {f"key_{i}": i for i in range(SPAM)}},  # in one field: nothing counted them
+    {"meta": [{"n": i} for i in range(SPAM)]},
+])
+def test_an_event_with_too_many_fields_is_refused_before_anything_scans_it_and_its_dead_letter_is_bounded(
+        monkeypatch, change):
+    """200,000 extra fields (2.3 MB) cost 6 s of redaction before the limit of 64 refused them, and the dead letter
+    kept all of them (2.7 MB, every name scrubbed); fields nested in one were never counted (3 s, 4 MB stored)."""
+    import orjson
+
+    from sira.ingest.events import CUT, MAX_ATTRIBUTES, MAX_VALUES
+
+    scrubs = _scrubs(monkeypatch)
+    # a field name holding an e-mail address, first: kept in the dead letter, redacted
+    result = normalize({**BASE, "zelda.quux7@example.org": "x", **change}, R, "t")
+    assert isinstance(result, Rejection) and result.reason_code == "too_many_fields", result
+    assert result.event_id == "e1" and "quux7" not in result.reason
+    assert f"more than {MAX_ATTRIBUTES} extra fields" in result.reason or f"{MAX_VALUES} values" in result.reason
+    assert scrubs[0] < 3 * MAX_VALUES  # the payload it keeps, not the 400,000 names and values sent
+    stored = orjson.dumps(result.payload).decode()
+    assert len(stored) < 50_000 and "quux7@example.org" not in stored and "tok_email_" in stored
+    kept = result.payload if len(change) > 1 else result.payload["meta"]
+    cut = kept[CUT] if isinstance(kept, dict) else int(kept[-1].split()[1])  # "<cut N items>" ends a list
+    assert len(kept) - 1 + cut >= SPAM - MAX_VALUES  # what was not kept is counted, not dropped silently
+
+
+def test_an_event_at_the_field_limits_is_accepted_whole():
+    from sira.ingest.events import MAX_ATTRIBUTES, MAX_VALUES
+
+    extra = {f"k{i}": i for i in range(MAX_ATTRIBUTES - 1)}
+    nested = {"meta": [i for i in range(MAX_VALUES - len(BASE) - MAX_ATTRIBUTES)]}
+    row = normalize({**BASE, **extra, **nested}, R, "t")
+    assert not isinstance(row, Rejection), row
+    assert len(row["attributes"]) == MAX_ATTRIBUTES and len(row["attributes"]["meta"]) == len(nested["meta"])
+    over = normalize({**BASE, **extra, "meta": [*nested["meta"], 0]}, R, "t")
+    assert isinstance(over, Rejection) and over.reason_code == "too_many_fields"
+    assert isinstance(normalize({**BASE, **extra, "one": 1, "two": 2}, R, "t"), Rejection)

@@ -253,6 +253,7 @@ def test_no_client_request_id_names_a_shadow_prediction():
     from types import SimpleNamespace
 
     from sira.serving.answers import answer, shadow_answer
+    from sira.serving.idempotency import PredictionIds, prediction_namespace
     from sira.serving.schemas import Item
 
     runtime = SimpleNamespace(model_name="fraud", version=4)
@@ -261,7 +262,8 @@ def test_no_client_request_id_names_a_shadow_prediction():
         return Item(runtime=runtime, shadow=None, request_id=request_id, client_request_id=True, event=None,
                     features=None, record=True, explain=False, started=0.0)
 
-    shadow = shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", 7)
-    production = answer(item("R:shadow:v4"), runtime, 0.2, "approve", [], {}, set(), 1.0, "now", 7)
+    ids = PredictionIds(prediction_namespace("an installation's secret"), 7)
+    shadow = shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", ids)
+    production = answer(item("R:shadow:v4"), runtime, 0.2, "approve", [], {}, set(), 1.0, "now", ids)
     assert production["prediction_id"] != shadow["prediction_id"]
-    assert shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", 7) == shadow  # stable
+    assert shadow_answer(item("R"), runtime, "R", 0.2, "approve", "approve", "now", ids) == shadow  # stable
