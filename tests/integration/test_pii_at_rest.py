@@ -202,6 +202,7 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
             again = await call("svc", "POST", "/v1/feedback", {"event_id": "gov-e1", "label": True,
                                                               "source": f"crm {GOV_EMAIL} {GOV_IP}"})
             assert again["status"] == "unchanged"  # the resend is recognised by its redacted source
+            await call("oli", "POST", "/v1/serving/reload", {"reason": prose("reload")})  # was stored as sent
 
     async with db.transaction(clean_db) as conn:  # settings with no HTTP route, and a failed run's error
         await registry.update_model(conn, ROOT, "pii-gov", display_name=prose("display"), owner=GOV_EMAIL)
@@ -216,7 +217,8 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
     without_source.write_text("event_id,label,known_at\ngov-e1,0,2026-09-21T00:00:00Z\ngov-e2,maybe,2026-09-21\n")
     cli_output = [sira_cli(settings, keys["svc"], "feedback", "import", str(with_source), "--json"),
                   sira_cli(settings, keys["svc"], "feedback", "import", str(without_source), "--json",
-                           "--source", f"desk {GOV_EMAIL} {GOV_PAN}")]
+                           "--source", f"desk {GOV_EMAIL} {GOV_PAN}"),
+                  sira_cli(settings, keys["oli"], "serve", "reload", "--reason", prose("cli reload"))]
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback") == 3
     assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 1
 
@@ -228,5 +230,6 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
     leaks = {where: [s for s in GOV_SECRETS if s in text] for where, text in places.items()}
     assert not any(leaks.values()), f"raw PII at rest: {leaks}"
     for readable in ("promote v1: write to tok_email_", "roll back: write to tok_email_", "crm tok_email_",
-                     "desk tok_email_", "bank tok_phone_", "model: write to", "display: write to", "pos tok_email_"):
+                     "desk tok_email_", "bank tok_phone_", "model: write to", "display: write to", "pos tok_email_",
+                     "reload: write to tok_email_", "cli reload: write to tok_email_"):
         assert readable in dump, f"{readable!r} not stored"  # kept, readable, redacted
