@@ -32,8 +32,14 @@ IPS = ["198.51.100.23", "2001:db8::1"]
 NAMES = ["Jane Q. Cardholder"]
 # one-word values no pattern finds, known only by their field's name (the CVV's key must not be stored either)
 BY_NAME = {"card_cvv": "7391", "nameOnCard": "Zebediah", "taxId": "123-45-6789", "account_number": "00012345678"}
+# payment identifiers: IBANs (found by value), bank, address and national-id fields (by name), track data
+IBAN, IBAN_PRINTED, IBAN_DE = "GB82WEST12345698765432", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000"
+TRACK2, TRACK1 = ";4111111111111111=29121010000000000000?", "%B5555555555554444^ZEBEDIAH/Q^29121010000000000000000?"
+BANKING = {"payee_account": "00734519", "sort_code": "60-16-13", "social": "078051120", "billing_zip": "SW1A 2AA",
+           "home_city": "Ouagadougou", "latitude": "12.3714277", "card_exp": "12/29", "track2": TRACK2}
 SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, ACCENTED_EMAIL, "núñez", *PHONES, *IPS, *NAMES,
-           *list(BY_NAME.values())[1:], "card_cvv"]
+           *list(BY_NAME.values())[1:], "card_cvv", IBAN, IBAN.lower(), IBAN_PRINTED, IBAN_DE, "WEST1234",
+           "29121010000000000000", "ZEBEDIAH/Q", *list(BANKING.values())[:-2]]
 
 
 def pii_events(prefix):
@@ -48,11 +54,17 @@ def pii_events(prefix):
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
             **BY_NAME, "channel": NAMES[0] if i % 2 else "web", f"{NAMES[0]} lives at 5 Elm St": i,  # free text
+            **BANKING, "ref": IBAN.lower(), "memo": f"refund to {IBAN_PRINTED}", "swipe": TRACK1 if i % 2 else TRACK2,
+            "refs": [IBAN_DE, {"deep": [TRACK2]}],
         })
         if i % 5 == 0:  # a source that sends the card number as its card token
             out[-1]["card_token"] = out[-1].pop("card_number")
+        if i % 4 == 1:  # an IBAN in the ids
+            out[-1].update(event_id=f"{prefix}-pay-{IBAN}-{i}", customer_id=IBAN_DE, terminal_id=f"t/{IBAN}")
+        if i == 3:
+            out[-1]["card_token"] = IBAN
     out.append({"event_id": f"{prefix}-bad", "email": EMAILS[0], "card_number": PANS[2], "amount": "n/a",
-                "phone": PHONES[0]})  # rejected: its payload is stored, redacted
+                "phone": PHONES[0], "customer_id": IBAN, "memo": TRACK2})  # rejected: stored, redacted
     return out
 
 
@@ -109,6 +121,7 @@ async def test_no_raw_pii_in_any_table_or_log(clean_db, ray_session, settings, t
 
     everything = await dump_all_tables(clean_db)
     assert "tok_pan_" in everything and "tok_email_" in everything  # tokens are there...
+    assert "-pay-tok_iban_" in everything and "t/tok_iban_" in everything  # IBANs in ids: tokens, the rest kept
     leaks = [s for s in SECRETS if s in everything]
     assert not leaks, f"raw PII at rest: {leaks}"  # ...the values are not
     dump = await asyncio.to_thread(pg_dump, settings)
