@@ -138,12 +138,13 @@ async def test_no_raw_pii_in_any_table_or_log(clean_db, ray_session, settings, t
 # -- governance text and label sources ---------------------------------------------------------------
 
 GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP = "dana.owner@example.net", "6011111111111117", "+44 20 7946 0958", "192.0.2.44"
-GOV_SECRETS = [GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP]
+GOV_IBAN = "FR1420041010050500013M02606"
+GOV_SECRETS = [GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP, GOV_IBAN]
 ROOT = Identity("root", frozenset({"admin"}))
 
 
 def prose(where: str) -> str:
-    return f"{where}: write to {GOV_EMAIL} or call {GOV_PHONE}; card {GOV_PAN} seen from {GOV_IP}"
+    return f"{where}: write to {GOV_EMAIL} or call {GOV_PHONE}; card {GOV_PAN} seen from {GOV_IP}, paid to {GOV_IBAN}"
 
 
 async def add_version(pool, settings, model: str, version: int) -> None:
