@@ -3,16 +3,23 @@
 Known fields follow :data:`FIELD_POLICY`: card numbers, emails, phones, IPs
 and device ids become keyed HMAC tokens (equal inputs give equal tokens, so
 features like "new device" still work, but a token cannot be reversed without
-the key); names, addresses, national ids, CVVs and the like are dropped.
+the key); names, addresses (down to a ZIP code or a home city), coordinates,
+national ids, bank details (IBAN, account number, sort code, routing number),
+CVVs, card expiry dates, track data and the like are dropped.
 Every other string anywhere in the payload (unknown fields, ids) is scanned:
-Luhn-valid card numbers, emails, phone numbers and IP addresses inside it are
-replaced by tokens, and free text (two or more words, where a name or an
-address could hide) becomes a token as a whole.
+Luhn-valid card numbers, IBANs (a registered country, its length, the mod-97
+check), emails, phone numbers and IP addresses inside it are replaced by
+tokens; a card's track data (track 1, track 2, EMV's track 2 equivalent) by
+its card number's token, the rest of it (expiry, service code, discretionary
+data, a name) never stored nor hashed, as PCI DSS requires after
+authorisation; and free text (two or more words, where a name or an address
+could hide) becomes a token as a whole.
 
 Every scan is linear in the length of its input: no pattern here can retry a
 long run from each of its starting points (emails are found by a scanner
-anchored on each '@', card numbers by a window of at most 19 digits), so a
-megabyte of crafted text costs a second or two, not hours.
+anchored on each '@', card numbers by a window of at most 19 digits, IBANs
+and track data by patterns of bounded length), so a megabyte of crafted text
+costs a second or two, not hours.
 
 Two caches save repeated work (ids, cards and emails recur across events), and
 neither keeps a raw value: both are keyed by a keyed BLAKE2b digest of the
@@ -90,16 +97,32 @@ _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
 _PERSON = ("first|last|full|given|family|middle|maiden|fore|sur|nick|user|holder|customer|payer|payee|account|"
            "beneficiary|sender|recipient|receiver|contact|owner|person|client|card|billing|shipping|buyer|shopper|"
            "consumer|member")
+_NUMBER = "(?:number|num|no|nr|code)"
 _CONTAINS: tuple[tuple[re.Pattern[str], tuple[Action, str]], ...] = (
     (re.compile("email"), ("tokenize", "email")),
     (re.compile("phone|mobile|msisdn"), ("tokenize", "phone")),
     (re.compile("|".join((
         r"cvv|cvc|security_?code|(?:^|_)card_?code$",  # card codes: cvv2, card_cvv, cardCvc, securityCode
-        r"birth|passport|ssn|national_?id|iban|password|expiry|expiration|address|street|postal|postcode|"
-        r"zip_?code",
+        r"birth|passport|ssn|national_?id|iban|password|expiry|expiration|address|street|postal|post_?code|"
+        r"zip_?code|(?:^|_)(?:zip|pin_?code)(?:_|$)",  # billing_zip, shippingZip
+        rf"(?:^|_)(?:{_PERSON}|home|mailing|delivery|residen(?:ce|tial)|domicile)_?"
+        r"(?:city|town|village|suburb|district|county|neighbou?rhood)(?:_|$)",  # home_city, billingCity
+        r"(?:^|_)(?:lat|lon|lng|latitude|longitude|geo_?location|geo_?point|coords|coordinates|gps)(?:_|$)",
         rf"(?:{_PERSON})_?name|^name_on(?:_|$)|(?:^|_)(?:card|account)_?holder$",  # firstname, payerName, nameOnCard
         r"(?:^|_)(?:tax(?:payer)?_?(?:id|identification|identifier|number|num|no|nr)|tin)(?:_|$)",  # taxId, TIN
-        r"(?:^|_)acc(?:oun)?t_?(?:number|num|no|nr)(?:_|$)",  # account_number, acctNo
+        # national ids by their local names (an SSN sent as "social", without its dashes: nine plain digits)
+        r"(?:^|_)social(?:_?(?:sec(?:urity)?|ins(?:urance)?)(?:_|$)|$)|"
+        rf"(?:^|_)(?:nino?|cpf|aadhaa?r|pesel|curp|nric|dni|nie|nif|bsn|tfn|hkid|personnummer|sin_?{_NUMBER})(?:_|$)",
+        # bank details: account_number, acctNo, acct, payee_account, sort_code, routing_number, ABA, BSB
+        rf"(?:^|_)acc(?:oun)?t_?{_NUMBER}(?:_|$)|^acct$|"
+        rf"(?:^|_)(?:{_PERSON}|bank|debtor|creditor|counterparty|destination|dest|source|src|from|to)_?acc(?:oun)?t$|"
+        rf"(?:^|_)(?:sort_?code|routing_?{_NUMBER}|(?:aba|bsb)(?:_?{_NUMBER})?)(?:_|$)",
+        # card expiry dates (expiry and expiration above): card_exp, exp_date, cardExp, expMonth, validThru
+        r"(?:^|_)exp_?(?:date|dt|month|year|mo|yr|mm|yy|yyyy|mmyy|yymm)(?:_|$)|(?:^|_)(?:card|cc)_?exp(?:_|$)|"
+        r"^exp$|valid_?thr(?:u|ough)",
+        # track data (magnetic stripe, EMV tag 57): never stored after authorisation (PCI DSS)
+        r"(?:^|_)track_?[123](?:_|$)|(?:^|_)track_?(?:[123]_?)?(?:data|equiv)|(?:^|_)(?:emv_?)?tag_?57(?:_|$)|"
+        r"mag(?:netic)?_?stripe",
     ))), ("drop", "")),
 )
 
@@ -137,13 +160,45 @@ _EMAIL_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
 _EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d(?!\d)")
 _IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")  # ends a sentence: "from 1.2.3.4."
-# Cheap pre-check: text without '@', ':', '+digit', a dotted number or 13 digits
-# (separators between them allowed) holds none of the above.
-MAYBE_PII = r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d"
+# IBANs (ISO 13616): a registered country's code, two check digits, and the rest to that country's length (the
+# SWIFT IBAN registry's); in one run or printed in groups of four, a whole word (no letter or digit either side).
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29,
+    "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24,
+    "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "YE": 30,
+}
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}"
+                   r"(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,8}(?: [A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])")
+# A card's track data, after authorisation never to be stored (PCI DSS), from its card number on (group 1; the
+# start sentinel before it, ';' or '%B', is taken with it by _replace_tracks): track 2 (PAN=YYMM, service code,
+# discretionary data?), EMV's track 2 equivalent (tag 57: D for =, padded with F) and track 1 (PAN^NAME^YYMM...?).
+_TRACK = re.compile(r"(\d{13,19})(?:[=Dd](?:\d{4}|=)(?:\d{3}|=)\d{0,40}[Ff]?"
+                    r"|\^[^^?\n]{0,26}\^(?:\d{4}|\^)(?:\d{3}|\^)[0-9 ]{0,79})\??")
+# Cheap pre-check: text without '@', ':', '+digit', a dotted number, 13 digits (separators between them
+# allowed) or an IBAN's start (two letters, two digits, eleven letters or digits, single spaces between them)
+# holds none of the above.
+MAYBE_PII = r"@|:|\+\d|\d\.\d|(?:\d(?:[./_-]| {1,3})?){12}\d|[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11}"
 _MAYBE_PII = re.compile(MAYBE_PII)
 # MAYBE_PII and FREE_TEXT are also run by Arrow (RE2) on printable ASCII in sira.ingest.columnar, where both
 # engines read them alike (\d is [0-9], \s a space, [^\W\d_] a letter): keep them in the syntax both share.
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
+
+
+def iban_valid(text: str) -> bool:
+    """True when ``text`` (letters and digits, no spaces) is an IBAN: a registered country's code, that country's
+    length, and the mod-97 check (ISO 7064) passing."""
+    if IBAN_LENGTHS.get(text[:2].upper()) != len(text) or not (text.isascii() and text.isalnum()):
+        return False
+    total = 0
+    for ch in text[4:] + text[:4]:  # letters count as two digits (A = 10 ... Z = 35)
+        total = (total * (100 if ch.isalpha() else 10) + int(ch, 36)) % 97
+    return total == 1
 
 
 def luhn_valid(digits: str) -> bool:
@@ -186,8 +241,9 @@ class Redactor:
         return token
 
     def scrub_text(self, text: str) -> str:
-        """Replace card numbers, emails, phones and IPs inside free text by tokens. Idempotent: tokens
-        already in the text are kept as they are (a token's hex digits can look like a card number)."""
+        """Replace card numbers (and track data), IBANs, emails, phones and IPs inside free text by tokens.
+        Idempotent: tokens already in the text are kept as they are (a token's hex digits can look like a card
+        number)."""
         if not text or is_token(text) or not _MAYBE_PII.search(text):
             return text
         if TOKEN_PREFIX in text:
@@ -198,6 +254,8 @@ class Redactor:
     def _scrub_plain(self, text: str) -> str:
         if not text or not _MAYBE_PII.search(text):
             return text
+        text = _replace_ibans(text, lambda iban: self.token("iban", iban))
+        text = _replace_tracks(text, lambda pan: self.token("pan", pan))
         text = _replace_emails(text, lambda email: self.token("email", email))
         text = _replace_pans(text, lambda digits: self.token("pan", digits))
         text = _PHONE.sub(lambda m: self.token("phone", m.group(0)), text)
@@ -449,14 +507,66 @@ def _replace_pans(text: str, token: Callable[[str], str]) -> str:
     return "".join(out)
 
 
+def _replace_tracks(text: str, token: Callable[[str], str]) -> str:
+    """Replace track data (see :data:`_TRACK`), its sentinels included, by its card number's token: a card
+    number (a whole run of digits passing Luhn) followed by the rest of a track."""
+    out, last = [], 0
+    for track in _TRACK.finditer(text):
+        start, pan = track.start(), track.group(1)
+        if start > last and text[start - 1].isdigit() or not luhn_valid(pan):
+            continue
+        if text[track.end(1)] == "^":  # track 1: its format code, then its start sentinel
+            start -= start > last and text[start - 1] == "B"
+            start -= start > last and text[start - 1] == "%" and text[start] == "B"
+        else:  # track 2
+            start -= start > last and text[start - 1] == ";"
+        out += [text[last:start], token(pan)]
+        last = track.end()
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _replace_ibans(text: str, token: Callable[[str], str]) -> str:
+    """Replace IBANs (see :data:`_IBAN`). A candidate that is none may hold one from one of its groups on
+    (``XX12 GB82 WEST ...``): the search goes on from its next character, each try reading at most 40."""
+    out, last, pos = [], 0, 0
+    while (found := _IBAN.search(text, pos)) is not None:
+        length = _iban_length(found.group(0))
+        if length is None:
+            pos = found.start() + 1
+            continue
+        out += [text[last: found.start()], token(text[found.start(): found.start() + length])]
+        last = pos = found.start() + length
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _iban_length(candidate: str) -> int | None:
+    """How many characters of a candidate are an IBAN (None: none): all of it written in one run; printed in
+    groups, as many groups as make its country's length (a word may follow)."""
+    length = IBAN_LENGTHS.get(candidate[:2].upper())
+    if length is None or " " not in candidate:
+        return length if length is not None and iban_valid(candidate) else None
+    seen = 0
+    for i, ch in enumerate(candidate):
+        seen += ch != " "
+        if seen == length:
+            ends_group = i + 1 == len(candidate) or candidate[i + 1] == " "
+            return i + 1 if ends_group and iban_valid(candidate[: i + 1].replace(" ", "")) else None
+    return None
+
+
 def is_token(value: str) -> bool:
     return bool(_TOKEN.match(value))
 
 
 def _normalize(kind: str, value: str) -> str:
     value = value.strip()
-    if kind == "pan":
-        return re.sub(r"\D", "", value)
+    if kind == "pan":  # a card number, or its track data: the card's own number either way
+        track = _TRACK.search(value)
+        return track.group(1) if track else re.sub(r"\D", "", value)
+    if kind == "iban":
+        return re.sub(r"\s", "", value).upper()
     if kind == "email":
         return value.lower()
     if kind == "phone":

@@ -17,8 +17,9 @@ FREE_TEXT = ("display_name", "description", "owner")  # stored with PII patterns
 
 
 def redacted(text: str | None) -> str | None:
-    """Governance text as stored (reasons, comments, descriptions, errors): card numbers, emails, phone numbers
-    and IP addresses in it become tokens, keyed as the events' are; the rest stays readable."""
+    """Governance text as stored (reasons, comments, descriptions, errors): card numbers (and track data), IBANs,
+    emails, phone numbers and IP addresses in it become tokens, keyed as the events' are; the rest stays
+    readable."""
     if not text:
         return text
     from sira.core.config import get_settings

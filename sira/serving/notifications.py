@@ -16,6 +16,7 @@ import asyncpg
 
 from sira.core import audit, db
 from sira.core.auth import Identity, authorize
+from sira.registry.settings import redacted
 from sira.serving.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,11 @@ REGISTRY_CHANNEL = "sira_registry"
 async def request_reload(conn: Any, identity: Identity, reason: str | None = None) -> None:
     """Tell every serving replica to re-read the registry now (``serving.reload``: operator, admin), audited.
     Delivered when ``conn``'s transaction commits, to each replica's listener (a replica away from PostgreSQL
-    meanwhile re-reads it when it reconnects, and every replica polls as well)."""
+    meanwhile re-reads it when it reconnects, and every replica polls as well). ``reason`` is stored as all
+    governance text is (:func:`~sira.registry.settings.redacted`): the audit log keeps it for good, and an
+    erasure does not reach it."""
     authorize(identity, "serving.reload")
+    reason = redacted((reason or "").strip()[:2000])  # as long as POST /v1/serving/reload takes
     await conn.execute("SELECT pg_notify($1, $2)", REGISTRY_CHANNEL, json.dumps({"reload": True, "by": identity.name}))
     await audit.record(conn, identity.actor(), "serving.reload", target_type="serving",
                        details={"reason": reason} if reason else {})

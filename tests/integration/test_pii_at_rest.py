@@ -32,8 +32,14 @@ IPS = ["198.51.100.23", "2001:db8::1"]
 NAMES = ["Jane Q. Cardholder"]
 # one-word values no pattern finds, known only by their field's name (the CVV's key must not be stored either)
 BY_NAME = {"card_cvv": "7391", "nameOnCard": "Zebediah", "taxId": "123-45-6789", "account_number": "00012345678"}
+# payment identifiers: IBANs (found by value), bank, address and national-id fields (by name), track data
+IBAN, IBAN_PRINTED, IBAN_DE = "GB82WEST12345698765432", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000"
+TRACK2, TRACK1 = ";4111111111111111=29121010000000000000?", "%B5555555555554444^ZEBEDIAH/Q^29121010000000000000000?"
+BANKING = {"payee_account": "00734519", "sort_code": "60-16-13", "social": "078051120", "billing_zip": "SW1A 2AA",
+           "home_city": "Ouagadougou", "latitude": "12.3714277", "card_exp": "12/29", "track2": TRACK2}
 SECRETS = [*PANS, "4111 1111 1111 1111", *EMAILS, ACCENTED_EMAIL, "núñez", *PHONES, *IPS, *NAMES,
-           *list(BY_NAME.values())[1:], "card_cvv"]
+           *list(BY_NAME.values())[1:], "card_cvv", IBAN, IBAN.lower(), IBAN_PRINTED, IBAN_DE, "WEST1234",
+           "29121010000000000000", "ZEBEDIAH/Q", *list(BANKING.values())[:-2]]
 
 
 def pii_events(prefix):
@@ -48,11 +54,17 @@ def pii_events(prefix):
             "cardholder_name": NAMES[0], "device_id": f"device-of-{EMAILS[0]}",
             "note": f"customer {NAMES[0]} paid with {PANS[1][:4]} {PANS[1][4:8]} {PANS[1][8:12]} {PANS[1][12:]}",
             **BY_NAME, "channel": NAMES[0] if i % 2 else "web", f"{NAMES[0]} lives at 5 Elm St": i,  # free text
+            **BANKING, "ref": IBAN.lower(), "memo": f"refund to {IBAN_PRINTED}", "swipe": TRACK1 if i % 2 else TRACK2,
+            "refs": [IBAN_DE, {"deep": [TRACK2]}],
         })
         if i % 5 == 0:  # a source that sends the card number as its card token
             out[-1]["card_token"] = out[-1].pop("card_number")
+        if i % 4 == 1:  # an IBAN in the ids
+            out[-1].update(event_id=f"{prefix}-pay-{IBAN}-{i}", customer_id=IBAN_DE, terminal_id=f"t/{IBAN}")
+        if i == 3:
+            out[-1]["card_token"] = IBAN
     out.append({"event_id": f"{prefix}-bad", "email": EMAILS[0], "card_number": PANS[2], "amount": "n/a",
-                "phone": PHONES[0]})  # rejected: its payload is stored, redacted
+                "phone": PHONES[0], "customer_id": IBAN, "memo": TRACK2})  # rejected: stored, redacted
     return out
 
 
@@ -109,6 +121,7 @@ async def test_no_raw_pii_in_any_table_or_log(clean_db, ray_session, settings, t
 
     everything = await dump_all_tables(clean_db)
     assert "tok_pan_" in everything and "tok_email_" in everything  # tokens are there...
+    assert "-pay-tok_iban_" in everything and "t/tok_iban_" in everything  # IBANs in ids: tokens, the rest kept
     leaks = [s for s in SECRETS if s in everything]
     assert not leaks, f"raw PII at rest: {leaks}"  # ...the values are not
     dump = await asyncio.to_thread(pg_dump, settings)
@@ -125,12 +138,13 @@ async def test_no_raw_pii_in_any_table_or_log(clean_db, ray_session, settings, t
 # -- governance text and label sources ---------------------------------------------------------------
 
 GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP = "dana.owner@example.net", "6011111111111117", "+44 20 7946 0958", "192.0.2.44"
-GOV_SECRETS = [GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP]
+GOV_IBAN = "FR1420041010050500013M02606"
+GOV_SECRETS = [GOV_EMAIL, GOV_PAN, GOV_PHONE, GOV_IP, GOV_IBAN]
 ROOT = Identity("root", frozenset({"admin"}))
 
 
 def prose(where: str) -> str:
-    return f"{where}: write to {GOV_EMAIL} or call {GOV_PHONE}; card {GOV_PAN} seen from {GOV_IP}"
+    return f"{where}: write to {GOV_EMAIL} or call {GOV_PHONE}; card {GOV_PAN} seen from {GOV_IP}, paid to {GOV_IBAN}"
 
 
 async def add_version(pool, settings, model: str, version: int) -> None:
@@ -202,6 +216,7 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
             again = await call("svc", "POST", "/v1/feedback", {"event_id": "gov-e1", "label": True,
                                                               "source": f"crm {GOV_EMAIL} {GOV_IP}"})
             assert again["status"] == "unchanged"  # the resend is recognised by its redacted source
+            await call("oli", "POST", "/v1/serving/reload", {"reason": prose("reload")})  # was stored as sent
 
     async with db.transaction(clean_db) as conn:  # settings with no HTTP route, and a failed run's error
         await registry.update_model(conn, ROOT, "pii-gov", display_name=prose("display"), owner=GOV_EMAIL)
@@ -216,7 +231,8 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
     without_source.write_text("event_id,label,known_at\ngov-e1,0,2026-09-21T00:00:00Z\ngov-e2,maybe,2026-09-21\n")
     cli_output = [sira_cli(settings, keys["svc"], "feedback", "import", str(with_source), "--json"),
                   sira_cli(settings, keys["svc"], "feedback", "import", str(without_source), "--json",
-                           "--source", f"desk {GOV_EMAIL} {GOV_PAN}")]
+                           "--source", f"desk {GOV_EMAIL} {GOV_PAN}"),
+                  sira_cli(settings, keys["oli"], "serve", "reload", "--reason", prose("cli reload"))]
     assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback") == 3
     assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 1
 
@@ -228,5 +244,6 @@ async def test_governance_text_and_label_sources_are_stored_redacted(clean_db, s
     leaks = {where: [s for s in GOV_SECRETS if s in text] for where, text in places.items()}
     assert not any(leaks.values()), f"raw PII at rest: {leaks}"
     for readable in ("promote v1: write to tok_email_", "roll back: write to tok_email_", "crm tok_email_",
-                     "desk tok_email_", "bank tok_phone_", "model: write to", "display: write to", "pos tok_email_"):
+                     "desk tok_email_", "bank tok_phone_", "model: write to", "display: write to", "pos tok_email_",
+                     "reload: write to tok_email_", "cli reload: write to tok_email_"):
         assert readable in dump, f"{readable!r} not stored"  # kept, readable, redacted

@@ -21,7 +21,9 @@ SOURCE = "file:test.parquet"
 PIECES = ["c1", "T-9", "ab", "Jean Dupont", "x@y.io", "4111 1111 1111 1111", "+221 77 123 45 67", "10.0.0.1",
           "::1", "a:b", "tok_pan_0123456789abcdef01234567", " lead", "trail ", "", " ", "\t", "é", "Ωmega", "\x00",
           "1.5", "q" * 70, "9" * 13, "EUR", "eur", "EU", "SN", "s", "payment", "usage", "PAYMENT", "Web", "x" * 201,
-          *(sep.join(["4111"] * 4) for sep in (".", "/", "_", "  ", "   "))]  # every separator the redactor knows
+          *(sep.join(["4111"] * 4) for sep in (".", "/", "_", "  ", "   ")),  # every separator the redactor knows
+          "GB82WEST12345698765432", "GB82 WEST 1234 5698 7654 32", "gb82", "NO93 8601 1117 947",  # IBANs
+          ";4111111111111111=29121010000000000000?", "%B4111111111111111^DOE/J^2912101?", "D2912101"]  # tracks
 text = st.one_of(st.none(), st.sampled_from(PIECES),
                  st.lists(st.sampled_from(PIECES), min_size=1, max_size=3).map("".join),
                  st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x17F), max_size=12))
@@ -35,13 +37,17 @@ ids = st.text(alphabet="abcXYZ019-_. @:+", min_size=1, max_size=10)  # shapes th
 # card numbers split by each separator the redactor knows, alone or inside an id
 PAN_IDS = st.tuples(st.sampled_from(["", "ord/", "x-"]), st.sampled_from(["-", " ", ".", "/", "_", "  ", "   "])).map(
     lambda p: p[0] + p[1].join(["4111", "1111", "1111", "1111"]))
+# IBANs and track data, whole or inside an id (the pre-check must send each to the redactor)
+PAYMENT_IDS = st.sampled_from(["pay-GB82WEST12345698765432", "NL91ABNA0417164300", "GB82 WEST 1234 5698 7654 32",
+                               ";4111111111111111=29121010000000000000?", "x/4111111111111111D2912101F"])
 VALID = {
-    "event_id": st.one_of(ids, PAN_IDS), "occurred_at": st.integers(0, 5_000_000).map(lambda s: T0 + timedelta(seconds=s)),
+    "event_id": st.one_of(ids, PAN_IDS, PAYMENT_IDS), "occurred_at": st.integers(0, 5_000_000).map(lambda s: T0 + timedelta(seconds=s)),
     "amount": st.one_of(st.none(), st.floats(0, MAX_AMOUNT), st.sampled_from([0.0, -0.0, 12.5, MAX_AMOUNT])),
     "customer_id": st.one_of(st.none(), ids), "card_number": st.sampled_from(
         [None, "4111111111111111", "5500 0000 0000 0004", "tok_pan_0123456789abcdef01234567", "12"]),
-    "card_token": st.sampled_from([None, None, "ct-1", "4111 1111 1111 1111", "Jean Dupont", "tok_pan_0123456789abcdef01234567"]),
-    "terminal_id": st.one_of(st.none(), ids), "merchant_id": st.one_of(st.none(), ids),
+    "card_token": st.sampled_from([None, None, "ct-1", "4111 1111 1111 1111", "Jean Dupont", "tok_pan_0123456789abcdef01234567",
+                                   "GB82WEST12345698765432"]),
+    "terminal_id": st.one_of(st.none(), ids, PAYMENT_IDS), "merchant_id": st.one_of(st.none(), ids),
     "email": st.sampled_from([None, "a@b.io", "X.Y@EXAMPLE.COM"]), "phone": st.sampled_from([None, "+221771234567"]),
     "ip_address": st.sampled_from([None, "10.0.0.1", "::1", "999.1.1.1"]),
     "device_id": st.sampled_from([None, "dev-1", "Dev 2"]), "currency": st.sampled_from([None, "EUR", "eur", "XOF"]),

@@ -97,6 +97,13 @@ ADVERSARIAL = {
     "phone prefixes": "+1 " * (MILLION // 3),  # phones
     "letters then spaces": "ab" + " " * MILLION + "1",
     "words": "ab " * (MILLION // 3),
+    "IBAN starts": "AB12" * (MILLION // 4),  # IBANs
+    "IBAN starts in groups": "GB82 " * (MILLION // 5),
+    "IBAN groups after a start": "GB82" + " WEST" * (MILLION // 5),
+    "track 2 starts": ";4111111111111111=" * (MILLION // 18),  # track data
+    "track 2 then digits": ";4111111111111111=2912101" + "1" * MILLION,
+    "track 1 starts": "%B4111111111111111^" * (MILLION // 19),
+    "track 1 then a long name": "%B4111111111111111^" + "A" * MILLION,
 }
 
 
@@ -294,3 +301,121 @@ def test_an_email_whose_local_part_is_not_ascii_is_a_token_in_ids_and_attributes
     assert R.scrub_value("josé@gmail.com") == token == R.token("email", "José@Gmail.com")
     assert R.scrub({"ref": "josé@gmail.com", "customer": {"id": "order/josé@gmail.com"}}) == {
         "ref": token, "customer": {"id": f"order/{token}"}}
+
+
+# -- Payment identifiers: IBANs by value, bank and card fields by name, track data -----------------------
+
+IBAN = "GB82WEST12345698765432"  # the IBAN registry's example for GB: mod-97 valid
+IBANS = [IBAN, "DE89370400440532013000", "FR1420041010050500013M02606", "NL91ABNA0417164300",
+         "NO9386011117947", "MT84MALT011000012345MTLCAST001S", "LC55HEMM000100010012001200023015"]
+
+
+def test_an_iban_is_a_token_wherever_it_is_sent():
+    """An IBAN was known only in a field named iban (dropped): sent in ids, a card token, free attributes, nested
+    lists or prose, it was stored as sent. It is now recognised by its value (a registered country, that
+    country's length, the mod-97 check), in one run or printed in groups of four, and tokenised as a card
+    number inside an id is: the rest of the id stays readable, and one account is one token."""
+    token = R.token("iban", IBAN)
+    assert is_token(token) and token.startswith("tok_iban_")
+    assert token == R.token("iban", "gb82 west 1234 5698 7654 32")  # normalised: case and spaces
+    for iban in IBANS:
+        assert R.scrub_value(iban) == R.token("iban", iban), iban
+    event = {"event_id": f"evt-{IBAN}", "customer_id": IBAN, "terminal_id": f"t/{IBAN}", "card_token": IBAN,
+             "ref": IBAN.lower(), "memo": "refund to GB82 WEST 1234 5698 7654 32 please",
+             "payee": {"refs": [f"{IBANS[1]},{IBANS[2]}", {"x": IBANS[3]}]}, "request_id": f"req_{IBAN}"}
+    scrubbed = R.scrub(event)
+    flat = repr(scrubbed)
+    assert not [i for i in IBANS[:4] if i in flat or i.lower() in flat], flat
+    assert "GB82" not in flat and "WEST" not in flat and "5698" not in flat
+    assert scrubbed["event_id"] == f"evt-{token}" and scrubbed["customer_id"] == scrubbed["card_token"] == token
+    assert scrubbed["terminal_id"] == f"t/{token}" and scrubbed["ref"] == token
+    assert scrubbed["request_id"] == f"req_{token}"
+    assert scrubbed["payee"]["refs"][0] == f"{R.token('iban', IBANS[1])},{R.token('iban', IBANS[2])}"
+    assert R.scrub_text(f"IBAN: {IBAN}.") == f"IBAN: {token}."
+    assert R.scrub({"iban": IBAN, "IBAN_number": IBAN}) == {}  # by its field's name: dropped, as before
+    assert R.payload({"ID": IBAN}) == {"ID": token}  # a dead letter's payload
+
+
+@pytest.mark.parametrize("text", [
+    "GB82WEST12345698765433",  # one digit off: the mod-97 check fails
+    "GB82WEST1234569876543",  # a digit short of GB's length
+    "XX82WEST12345698765432",  # no such country
+    "AB12CDEF3456789012",
+    "GB82WEST12345698765432X",  # part of a longer word
+    "refGB82WEST12345698765432",
+    "cust_000123", "evt-20260901-000042", "ord_AB12CD34EF56GH78", "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+    "3F2504E04F8911D39A0C0305E82C3301", "5f2b8c1e9a7d4e3b2c1a0f9e", "SN2026090100000042", "TX20260901123456",
+    "DE12 3456", "FR14 2004 1010", "amount 1234.56 EUR", "terminal T-0042-DAKAR", "BE68 5390 0754 7035 paid",
+])
+def test_ids_and_amounts_that_only_look_like_an_iban_are_kept(text):
+    assert R.scrub_text(text) == text
+
+
+def test_few_iban_shaped_ids_pass_the_check():
+    """Ordinary ids of an IBAN's shape (a country, two digits, the country's length) are caught only when the
+    mod-97 check passes by chance: about 1 in 97, as 1 in 10 random 16-digit numbers pass Luhn."""
+    rng = random.Random(7)
+    ids = [f"DE{rng.randrange(100):02d}{rng.randrange(10**18):018d}" for _ in range(5000)]
+    caught = sum(R.scrub_value(i) != i for i in ids)
+    assert 0 < caught < 5000 / 97 * 1.6
+
+
+def test_an_iban_printed_in_groups_ends_where_its_country_says():
+    """Groups of four end the IBAN at its country's length: a word after it is not part of it."""
+    token = R.token("iban", "BE68539007547034")
+    assert R.scrub_text("to BE68 5390 0754 7034 from Jan") == f"to {token} from Jan"
+    assert R.scrub_text("NO93 8601 1117 947 ok") == f"{R.token('iban', 'NO9386011117947')} ok"
+    assert R.scrub_text("x DE12 GB82 WEST 1234 5698 7654 32") == f"x DE12 {R.token('iban', IBAN)}"
+
+
+TRACK2 = ";4111111111111111=29121010000000000000?"
+TRACK1 = "%B4111111111111111^DOE/JOHN Q^29121010000000000000000000000?"
+EMV57 = "4111111111111111D29121010000000000000F"  # EMV tag 57, track 2 equivalent data
+
+
+@pytest.mark.parametrize("track", [TRACK2, TRACK1, EMV57, "4111111111111111=2912101123", ";4111111111111111==101?"])
+def test_track_data_is_never_kept_only_its_cards_token(track):
+    """Track data (the magnetic stripe's, or EMV's track 2 equivalent) had its card number tokenised and the
+    rest kept: expiry, service code, discretionary data (and track 1's name), which PCI DSS forbids storing
+    after authorisation. The whole track is replaced by the card's token, so the card is still known."""
+    pan = R.token("pan", "4111111111111111")
+    assert R.scrub_value(track) == pan
+    assert R.scrub_text(f"swiped {track} at pos") == f"swiped {pan} at pos"
+    assert R.scrub({"ref": [f"ord-{track}"]}) == {"ref": [f"ord-{pan}"]}
+    assert R.field("card_number", track) == (True, pan)  # the card's field sent the track: the card's token
+    assert R.scrub({"pan_emv": track}) == {"pan_emv": pan}
+
+
+def test_track_data_fields_are_dropped_by_name():
+    sent = {"track2": TRACK2, "Track1": TRACK1, "track_2": "x", "trackData": "x", "track2_equivalent": "x",
+            "track2Equivalent": "x", "emvTag57": EMV57, "tag_57": "x", "magstripe": "x", "magneticStripe": "x",
+            "track_id": "t1", "tracking_number": "1Z999", "order_tracking": "x"}
+    assert R.scrub(sent) == {"track_id": "t1", "tracking_number": "1Z999", "order_tracking": "x"}
+
+
+def test_bank_details_national_ids_addresses_places_and_expiry_dates_are_dropped_by_name():
+    """Each was kept as sent in attributes and dead letters: bank account numbers and codes, national ids by
+    their local names (an SSN without its dashes is a plain 9-digit number no pattern finds), parts of an
+    address (ZIP codes however prefixed, a home city), coordinates, and card expiry dates. Each is dropped, like
+    the policy's fields of its kind (bank_account, national_id, address, card_expiry)."""
+    dropped = {"acct": "12345678", "payee_account": "12345678", "payerAccount": "1", "beneficiary_acct": "2",
+               "bank_account_number": "3", "sort_code": "20-00-00", "sortCode": "200000", "routing_number": "021000021",
+               "routingNumber": "1", "aba_number": "2", "bsb": "062-000", "social": "078051120",
+               "social_security_number": "078051120", "socialSecurity": "1", "nin": "QQ123456C", "nino": "QQ1",
+               "cpf": "123.456.789-09", "aadhaar": "2345 6789 0123", "aadhar_number": "1", "dni": "1", "nric": "S1",
+               "sin_number": "046 454 286",
+               "billing_zip": "10115", "shippingZip": "75001", "zip": "1", "post_code": "SW1A 1AA",
+               "home_city": "Thiès", "billingCity": "Lyon", "shipping_town": "Kaolack", "customer_district": "x",
+               "lat": 14.69, "lon": -17.44, "lng": 1.0, "latitude": 1.0, "geoLocation": "14.6,-17.4",
+               "card_exp": "12/29", "exp_date": "1229", "cardExp": "12/29", "expMonth": 12, "exp_year": 2029,
+               "ccexp": "1229", "exp": "12/29", "validThru": "12/29",
+               "geo": {"lat": 14.69, "lon": -17.44}, "customer": {"sortCode": "1", "home_city": "x"}}
+    kept = {"account_id": "a1", "account_type": "savings", "account": "acc-1", "routing": "visa", "city": "Dakar",
+            "merchant_city": "Dakar", "country": "SN", "billing_country": "SN", "latency_ms": 3, "social_score": 1,
+            "exp_id": "e7", "experiment": "b", "expected_loss": 1.0, "export_date": "2026-09-01", "hour_sin": 0.5,
+            "zipped": True, "flat_fee": 1.0, "slat": 1, "geo_country": "SN",
+            "card_expired": False, "cnp": True, "bank_name": "BNP", "bic": "BNPAFRPP", "nonce": "n1",
+            "photo_acct": "p1", "velocity_1h": 3, "exp_mode": "b"}
+    scrubbed = R.scrub({**dropped, **kept})
+    assert scrubbed == {**kept, "geo": {}, "customer": {}}
+    assert all(R.feature(name, "x") == (False, None) for name in dropped if name not in ("geo", "customer"))
