@@ -38,6 +38,7 @@ from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, ServiceUnavailable, sira_cause
+from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
 from sira.training import evaluation
 
@@ -589,10 +590,11 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
         "seconds": round(seconds, 3), "rows_per_second": round(tally.rows / seconds, 1) if seconds else None,
         **tally.summary(),
     }
+    scrub = redactor_for(settings).scrub_text  # paths as given, as ingest's file names: the audit log is append-only
+    details = {**{k: result[k] for k in ("sha256", "rows", "decisions", "job_id")},
+               "input": scrub(result["input"]), "out": scrub(result["out"])}
     async with db.open_pool(settings) as pool:
         async with pool.acquire() as conn:
             await audit.record(conn, actor, "batch.score", target_type="model_version",
-                               target_id=f"{version['model_name']}:v{version['version']}",
-                               details={k: result[k] for k in ("input", "out", "sha256", "rows", "decisions",
-                                                                "job_id")})
+                               target_id=f"{version['model_name']}:v{version['version']}", details=details)
     return result

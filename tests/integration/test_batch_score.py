@@ -127,6 +127,28 @@ def test_a_time_range_scores_only_its_events(fraud_model, tmp_path):
     assert times and min(times) >= start and max(times) < end and result["rows"] == len(times)
 
 
+def test_the_audit_record_of_a_run_keeps_no_email_or_card_number_of_its_paths(fraud_model, tmp_path):
+    """The output's path as the caller gave it went into the append-only audit log (erasure never reaches it)."""
+    import asyncpg
+
+    lo, _, _ = _events_range(fraud_model)
+    folder = tmp_path / "jane.doe@example.com" / "4539578763621486"
+    folder.mkdir(parents=True)
+    score(fraud_model, out=folder / "day.parquet", time_from=lo, time_to=lo + timedelta(hours=6))
+
+    async def last_record():
+        conn = await asyncpg.connect(fraud_model.dsn)
+        try:
+            return await conn.fetchval("SELECT details::text FROM sira_audit_log WHERE action = 'batch.score' "
+                                       "ORDER BY id DESC LIMIT 1")
+        finally:
+            await conn.close()
+
+    details = run_sync(last_record())
+    assert "day.parquet" in details and "tok_" in details
+    assert "jane.doe@example.com" not in details and "4539578763621486" not in details
+
+
 def test_a_failed_run_leaves_the_earlier_output_untouched(fraud_model, tmp_path):
     out = tmp_path / "keep.parquet"
     table = pa.table({"event_id": ["a"], "amount": [1.0]})
