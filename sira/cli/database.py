@@ -18,7 +18,7 @@ def db_migrate(as_json: JsonOption = False) -> None:
     settings = get_settings()
 
     async def run() -> tuple[str, list[migrations.Migration], int]:
-        dsn = db.resolve_dsn(settings)
+        dsn = db.resolve_dsn(settings, create=True)  # migrating makes a workspace
         conn = await db.connect(dsn)
         try:
             applied = await migrations.migrate(conn)
@@ -93,6 +93,8 @@ def db_status(as_json: JsonOption = False) -> None:
         rows["schema"] = (
             "up to date" if payload["up_to_date"]
             else ("pending: " + ", ".join(payload["pending"]) + " (run `sira db migrate`)") if states
+            else "none: no database in this workspace yet (`sira db migrate` or `sira demo` creates it)"
+            if embedded is not None and not embedded.initialized
             else "unknown (database not running)"
         )
         err.print(kv_table("SIRA database", rows))

@@ -106,7 +106,7 @@ async def run_demo(
 
     started = time.perf_counter()
     progress("database: starting and migrating")
-    dsn = db.resolve_dsn(settings)
+    dsn = db.resolve_dsn(settings, create=True)  # the demo makes the workspace it fills
     conn = await db.connect(dsn)
     try:
         applied = await migrations.migrate(conn)
