@@ -53,8 +53,9 @@ def _policy_note(result: dict[str, Any]) -> str:
     said = result.get("policy")
     if not said:
         return ""
-    verb = "promoted it" if said["promotes"] else f"did not promote it ({said['outcome']})"
-    return f"\npolicy: {verb}: " + "; ".join(said["reasons"][:3])
+    if said["promotes"]:
+        return "\npolicy: promoted it"
+    return f"\npolicy: did not promote it ({said['outcome']}): " + "; ".join(said["deciding"])
 
 
 @app.command("stage")
@@ -76,7 +77,7 @@ def _verdict_note(result: dict[str, Any]) -> str:
     verdict = result.get("retrain_verdict")
     if not verdict:
         return ""
-    why = "; ".join(verdict["reasons"][:2])
+    why = "; ".join(verdict["deciding"])  # the rules that failed: the first reasons are mostly ones that passed
     return (f"\nnote: retrain run {verdict['run']}'s policy decided {verdict['decision'].upper()} for this version"
             + (f" ({why})" if why else ""))
 
