@@ -189,7 +189,8 @@ def threshold_sets_table(result: dict[str, Any]) -> Any:
 def thresholds_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Default: production's.")] = None,
-    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of matured labels (default window).")] = 28,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of the default window, which ends at "
+                                      "the version's newest labelled answer.")] = 28,
     time_from: DateOption("--from", "Start of the window (event time).") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     apply: Annotated[bool, typer.Option("--apply", help="Ask for --review/--block on the version: a threshold "
