@@ -123,7 +123,7 @@ def demo_cmd(
                 "OpenAPI": sv["docs"] + ("" if sv["still_serving"] else " (stopped; `sira serve` starts it)"),
                 "ops dashboard": f"{sv['url']}/ui/ (sign in with a key from {gov_keys(report)}; "
                                  "demo-ann approves, demo-oli operates)",
-                "metrics": f"{sv['metrics']['platform']} (sira_*, the demo-prometheus key), "
+                "metrics": f"{sv['metrics']['platform']} (sira_*; open, no key), "
                            f"{sv['metrics']['replicas']} (ray_sira_*); `make observe`: Prometheus and Alertmanager "
                            "on them (docs/observability.md)",
             }))

@@ -296,7 +296,8 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
              "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"],
-             "demo-prometheus": ["viewer"]}  # what Prometheus scrapes /metrics with (make observe)
+             "demo-prometheus": ["viewer"]}  # read-only: for a proxy in front of /metrics that checks a key
+# (`make observe OBSERVE_ARGS="--key-file FILE"`); SIRA's /metrics itself is open
 
 
 def read_demo_keys(path: Path) -> dict[str, str]:
