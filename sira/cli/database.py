@@ -104,7 +104,9 @@ def db_status(as_json: JsonOption = False) -> None:
 
 @db_app.command("start")
 def db_start(as_json: JsonOption = False) -> None:
-    """Start the workspace's embedded PostgreSQL (it keeps running until `sira db stop`)."""
+    """Start the workspace's embedded PostgreSQL.
+
+    It keeps running until `sira db stop`."""
     from sira.core import db
 
     settings = get_settings()
