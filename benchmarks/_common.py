@@ -115,7 +115,7 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
 @asynccontextmanager
 async def scratch_database(settings: Settings) -> AsyncIterator[str]:
     """A fresh, migrated database on the configured server (SIRA_DATABASE_URL or the embedded one)."""
-    server = db.resolve_dsn(settings)
+    server = db.resolve_dsn(settings, create=True)  # its own databases: the server may be new
     name = f"sira_bench_{uuid.uuid4().hex[:8]}"
     admin = await db.connect(server)
     await admin.execute(f'CREATE DATABASE "{name}"')

@@ -81,6 +81,20 @@ def reserve_stdout_for_json() -> None:
     _JSON_STDOUT = os.fdopen(saved, "w", closefd=True)
 
 
+def wait_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM: a service on the private local Ray lives as long as this process."""
+    import signal
+    import time
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
 def kv_table(title: str, rows: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")

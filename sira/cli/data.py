@@ -49,7 +49,9 @@ def simulate_cmd(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Simulate payments, fraud and delayed labels into events.parquet and labels.parquet."""
+    """Simulate payments, fraud and delayed labels.
+
+    Writes events.parquet, labels.parquet and simulation.json (the configuration and a summary)."""
     from sira.demo.simulate import SimulationConfig, simulate
 
     values: dict[str, Any] = load_yaml_mapping(config) if config else {}
@@ -144,7 +146,9 @@ def ingest_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Ingest events: validate, redact PII, deduplicate, compute features."""
+    """Ingest events from files, the Redis stream or Kafka.
+
+    Each event is validated, its PII redacted, a duplicate dropped, and its features computed."""
     from sira.core.files import parse_mapping
     from sira.ingest.events import EventIn
     from sira.ingest.labels import FeedbackIn
@@ -212,8 +216,10 @@ def rejected_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the records ingestion set aside (dead letters), newest first, with why (a service key, as ingestion
-    takes, or admin). Payloads are shown redacted, as stored; --json carries them."""
+    """Show the records ingestion set aside (dead letters).
+
+    Newest first, with why (a service key, as ingestion takes, or admin). Payloads are shown redacted, as
+    stored; --json carries them."""
     from sira.core import db
     from sira.ingest.dead_letters import list_dead_letters
 
@@ -252,8 +258,10 @@ def feedback_import_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import labels (event_id, label, known_at[, source, label_name, occurred_at]). Only service and admin
-    keys name a label's source (chargeback, review, ...); an analyst's labels are their own, as over HTTP."""
+    """Import labels: chargebacks, reviews, outcomes.
+
+    Columns event_id, label, known_at[, source, label_name, occurred_at]. Only service and admin keys name
+    a label's source (chargeback, review, ...); an analyst's labels are their own, as over HTTP."""
     from sira.core.audit import Actor
     from sira.core.files import find_files, parse_mapping
     from sira.ingest.labels import FeedbackIn, import_label_files
@@ -277,8 +285,10 @@ def features_materialize_cmd(
     as_json: JsonOption = False,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Refresh the online state of entities with new events or labels (operator or data scientist): the
-    snapshots of a history-engine set, the states and daily checkpoints of a feature engine v2 set."""
+    """Bring entities' online state up to date with new events.
+
+    New events and labels (operator or data scientist): the snapshots of a history-engine set, the states
+    and daily checkpoints of a feature engine v2 set."""
     from sira.features.definitions import get_feature_set, parse_feature_set
     from sira.features.states import refresh
 
@@ -299,8 +309,10 @@ def features_rebuild_cmd(
     as_json: JsonOption = False,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Build every entity's state (and daily checkpoints) of a feature set from the event log, so an
-    installation can switch to it (operator or data scientist)."""
+    """Build every entity's state of a feature set from the log.
+
+    States and daily checkpoints, from the event log, so an installation can switch to the set (operator or
+    data scientist)."""
     from sira.features.definitions import parse_feature_set
     from sira.features.states import rebuild_all
 
@@ -346,7 +358,9 @@ def features_show_cmd(
     as_json: JsonOption = False,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Show one entity's online features and how fresh they are (analyst or data scientist)."""
+    """Show one entity's online features and how fresh they are.
+
+    An analyst or data scientist key."""
     from sira.core import db
     from sira.features.definitions import get_feature_set, parse_feature_set
     from sira.features.states import online_features

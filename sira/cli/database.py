@@ -18,7 +18,7 @@ def db_migrate(as_json: JsonOption = False) -> None:
     settings = get_settings()
 
     async def run() -> tuple[str, list[migrations.Migration], int]:
-        dsn = db.resolve_dsn(settings)
+        dsn = db.resolve_dsn(settings, create=True)  # migrating makes a workspace
         conn = await db.connect(dsn)
         try:
             applied = await migrations.migrate(conn)
@@ -93,6 +93,8 @@ def db_status(as_json: JsonOption = False) -> None:
         rows["schema"] = (
             "up to date" if payload["up_to_date"]
             else ("pending: " + ", ".join(payload["pending"]) + " (run `sira db migrate`)") if states
+            else "none: no database in this workspace yet (`sira db migrate` or `sira demo` creates it)"
+            if embedded is not None and not embedded.initialized
             else "unknown (database not running)"
         )
         err.print(kv_table("SIRA database", rows))
@@ -102,7 +104,9 @@ def db_status(as_json: JsonOption = False) -> None:
 
 @db_app.command("start")
 def db_start(as_json: JsonOption = False) -> None:
-    """Start the workspace's embedded PostgreSQL (it keeps running until `sira db stop`)."""
+    """Start the workspace's embedded PostgreSQL.
+
+    It keeps running until `sira db stop`."""
     from sira.core import db
 
     settings = get_settings()

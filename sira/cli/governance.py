@@ -37,7 +37,9 @@ from sira.core.config import MAX_VERSION, get_settings
 @app.command("promote")
 def promote_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
                 api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Request production for a version (validates a candidate first); approvals complete it."""
+    """Request production for a version; approvals complete it.
+
+    A candidate is validated first."""
     from sira.registry.models import request_promotion
 
     result = governed(lambda conn, who: request_promotion(conn, get_settings(), who, model, version, reason), api_key,
@@ -53,14 +55,17 @@ def _policy_note(result: dict[str, Any]) -> str:
     said = result.get("policy")
     if not said:
         return ""
-    verb = "promoted it" if said["promotes"] else f"did not promote it ({said['outcome']})"
-    return f"\npolicy: {verb}: " + "; ".join(said["reasons"][:3])
+    if said["promotes"]:
+        return "\npolicy: promoted it"
+    return f"\npolicy: did not promote it ({said['outcome']}): " + "; ".join(said["deciding"])
 
 
 @app.command("stage")
 def stage_cmd(model: ModelOption, version: VersionOption, reason: ReasonOption = None,
               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Put a version in staging: serving scores it in shadow beside production (validates a candidate first)."""
+    """Put a version in staging: scored in shadow beside production.
+
+    A candidate is validated first."""
     from sira.registry.models import stage_version
 
     result = governed(lambda conn, who: stage_version(conn, get_settings(), who, model, version, reason), api_key,
@@ -76,7 +81,7 @@ def _verdict_note(result: dict[str, Any]) -> str:
     verdict = result.get("retrain_verdict")
     if not verdict:
         return ""
-    why = "; ".join(verdict["reasons"][:2])
+    why = "; ".join(verdict["deciding"])  # the rules that failed: the first reasons are mostly ones that passed
     return (f"\nnote: retrain run {verdict['run']}'s policy decided {verdict['decision'].upper()} for this version"
             + (f" ({why})" if why else ""))
 
@@ -101,15 +106,19 @@ ThresholdsFlag = Annotated[bool, typer.Option("--thresholds", help="Decide the v
 @app.command("approve")
 def approve_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
                 thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Approve a version's pending promotion request (the last required approval promotes it), or with
-    --thresholds its pending threshold change (the last required approval activates it)."""
+    """Approve a version's promotion or threshold change.
+
+    The pending promotion request (the last required approval promotes it), or with --thresholds the
+    pending threshold change (the last required approval activates it)."""
     _decide("approve", model, version, comment, api_key, as_json, thresholds)
 
 
 @app.command("reject")
 def reject_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
                thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Reject a version's pending promotion request, or with --thresholds its pending threshold change."""
+    """Reject a version's promotion or threshold change.
+
+    The pending promotion request, or with --thresholds the pending threshold change."""
     _decide("reject", model, version, comment, api_key, as_json, thresholds)
 
 
@@ -121,7 +130,7 @@ def rollback_cmd(model: ModelOption,
                      help="The production version to replace (default: the one production is as the command "
                           "starts); refused if production is another.")] = None,
                  api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Make the previous production version production again, in one step.
+    """Make the previous production version production again.
 
     The command names the version it replaces, so two rollbacks started together step back once."""
     from sira.registry.models import rollback, show_model
@@ -140,8 +149,10 @@ def rollback_cmd(model: ModelOption,
 
 @app.command("history")
 def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Every change of the production version: when, who, from, to, how, why and who asked; with --json the
-    answer of GET /v1/models/{name}/history (with the production version and the one a rollback restores)."""
+    """Every change of a model's production version.
+
+    When, who, from, to, how, why and who asked; with --json the answer of GET /v1/models/{name}/history
+    (with the production version and the one a rollback restores)."""
     from sira.registry.history import history
 
     result = governed(lambda conn, who: history(conn, who, model), api_key)
@@ -285,12 +296,22 @@ def models_show_cmd(name: Annotated[str, typer.Argument(help="Model name.")], ap
 @versions_app.command("show")
 def versions_show_cmd(model: ModelOption, version: VersionOption, api_key: ApiKeyOption = None,
                       as_json: JsonOption = False) -> None:
-    """Show one version: status, metrics, thresholds, artifact, promotion requests."""
+    """Show one version: status, metrics, thresholds, artifact.
+
+    And its promotion requests; --json adds everything the registry keeps of it."""
+    from sira.cli.train import metrics_table
     from sira.registry.models import show_version
 
     row = governed(lambda conn, who: show_version(conn, who, model, version), api_key)
-    emit(row, as_json, lambda: err.print(kv_table(f"{model} v{version}", {k: row[k] for k in (
-        "status", "created_by", "created_at", "artifact_uri", "artifact_sha256", "thresholds", "promotion_requests")})))
+
+    def render() -> None:
+        err.print(kv_table(f"{model} v{version}", {k: row[k] for k in (
+            "status", "created_by", "created_at", "artifact_uri", "artifact_sha256", "thresholds",
+            "promotion_requests")}))
+        if row.get("metrics"):  # the help promised metrics; only --json had them
+            err.print(metrics_table(f"{model} v{version}: metrics at training", row["metrics"]))
+
+    emit(row, as_json, render)
 
 
 @versions_app.command("compare")
@@ -337,7 +358,9 @@ def versions_card_cmd(
 
 @webhooks_app.command("deliver")
 def webhooks_deliver_cmd(as_json: JsonOption = False) -> None:
-    """Deliver pending webhook events now (retries; run it from cron or a scheduler)."""
+    """Deliver pending webhook events now, with retries.
+
+    Run it from cron or a scheduler."""
     from sira.core import db
     from sira.registry import webhooks
 

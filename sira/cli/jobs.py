@@ -18,7 +18,7 @@ from sira.core.config import get_settings
 from sira.core.errors import EXIT_FAILURE, InvalidInput
 
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,89}")  # a key's name is job-<id>, at most 100
-jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster, each with a short-lived key of its own.")
+jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster.\n\nEach job acts with a short-lived key of its own.")
 JobArgs = Annotated[list[str] | None, typer.Argument(help="The job's own options, after `--` (see "
                                                        "`python jobs/<job>.py --help`).")]
 KeyTtlOption = Annotated[float, typer.Option("--key-ttl", min=0.01, max=168,
@@ -86,7 +86,9 @@ def jobs_submit_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> int:
-    """Submit a job with the current settings (database, workspace, artifacts) in its runtime env.
+    """Submit a job to Ray with the current settings.
+
+    The settings (database, workspace, artifacts) go in its runtime env.
 
     The job acts with a key minted for it: one role that the job needs and you hold, named
     job-<submission id>, revoked when the job ends (or at --key-ttl at the latest). Your own key
@@ -190,8 +192,9 @@ def jobs_runtime_env_cmd(
     key_ttl: KeyTtlOption = 6.0,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Print a runtime-env YAML for `ray job submit --runtime-env FILE` with the current settings and a
-    key minted for one job (it expires after --key-ttl hours; the job revokes it when it ends)."""
+    """Print a runtime env for `ray job submit --runtime-env`.
+
+    A YAML file with the current settings and a key minted for one job (it expires after --key-ttl hours; the job revokes it when it ends)."""
     import uuid
 
     import yaml

@@ -49,7 +49,9 @@ def score_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Batch-score a table or a time range of stored events with a model version (Ray Data)."""
+    """Batch-score a table or stored events with a model version.
+
+    A table of your own, or a time range of stored events; on Ray Data."""
     from sira.core.files import output_file
     from sira.core.ray_runtime import in_ray_job
     from sira.monitoring.batch import BatchRequest, run_batch_score
@@ -111,7 +113,9 @@ def drift_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Compare a recent window with the version's training reference (PSI, KS, chi-square, JS); store it."""
+    """Compare recent data with the training reference; store it.
+
+    A recent window against the version's training reference: PSI, KS, chi-square, JS."""
     from sira.monitoring.drift import DriftRequest, run_drift
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
@@ -171,7 +175,9 @@ def performance_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate stored predictions (production and shadow) against matured labels; store it."""
+    """Evaluate stored predictions against matured labels.
+
+    Production's and the shadow's; the result is stored."""
     from sira.monitoring.performance import PerformanceRequest, run_performance
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
@@ -202,7 +208,10 @@ def retrain_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Retrain: challenger on the latest data, judged against the champion, staged by the model's policy."""
+    """Retrain a challenger and judge it against the champion.
+
+    A challenger on the latest data, judged against the champion on a recent window, staged (or not) by
+    the model's promotion policy."""
     from sira.core import db
     from sira.core.auth import Identity
     from sira.monitoring.retrain import RetrainRequest, run_retrain

@@ -24,7 +24,8 @@ from sira.cli.common import (
 )
 from sira.core.config import MAX_VERSION, get_settings
 
-subject_app = group("subject", "Data subjects: export or erase everything stored about one person (admin).")
+subject_app = group("subject", "Data subjects: export or erase one person's data.\n\nEverything stored about one "
+                   "person (admin).")
 
 
 @subject_app.command("export")
@@ -34,8 +35,10 @@ def subject_export_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every stored event, dead letter, feature row and state, prediction (with its reasons) and label about
-    one person, PII left as the tokens SIRA holds; audited, the subject named by a keyed hash."""
+    """Export everything stored about one person.
+
+    Every stored event, dead letter, feature row and state, prediction (with its reasons) and label, PII
+    left as the tokens SIRA holds; audited, the subject named by a keyed hash."""
     from sira.core.errors import InvalidInput
     from sira.monitoring.subject import export_subject, write_bundle
 
@@ -75,8 +78,9 @@ def subject_forget_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Erase one person: an admin asks with --reason; a second admin carries it out with --approve REQUEST.
-    Their events, dead letters, features, states, predictions and labels are deleted, and their entries in
+    """Erase one person, asked by one admin, done by a second.
+
+    An admin asks with --reason; a second admin carries it out with --approve REQUEST. Their events, dead letters, features, states, predictions and labels are deleted, and their entries in
     Redis and this machine's spool; aggregates and models are kept; files written elsewhere are listed."""
     import asyncio
 
@@ -120,7 +124,7 @@ def subject_forget_cmd(
     })))
 
 
-pii_app = group("pii", "Personal data already stored: re-key what older versions kept as sent (admin).")
+pii_app = group("pii", "Personal data already stored: re-key it (admin).\n\nWhat older versions kept as sent.")
 
 
 @pii_app.command("rekey-cards")
@@ -129,7 +133,9 @@ def pii_rekey_cards_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Card tokens stored as a source sent them (before 2026-12-06 a card number sent as `card_token` was
+    """Re-key card tokens stored as a source sent them.
+
+    Card tokens stored as a source sent them (before 2026-12-06 a card number sent as `card_token` was
     kept raw) become their keyed tokens in events, dead letters and feature rows; the feature sets with stored
     state are rebuilt from the log; replicas and Redis drop the old keys. Ingest waits while it applies.
     Audited."""
@@ -189,7 +195,8 @@ def threshold_sets_table(result: dict[str, Any]) -> Any:
 def thresholds_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Default: production's.")] = None,
-    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of matured labels (default window).")] = 28,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of the default window, which ends at "
+                                      "the version's newest labelled answer.")] = 28,
     time_from: DateOption("--from", "Start of the window (event time).") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     apply: Annotated[bool, typer.Option("--apply", help="Ask for --review/--block on the version: a threshold "
@@ -203,9 +210,11 @@ def thresholds_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """What other review/block thresholds would have done on a labelled window: rates, precision, recall,
-    fraud amount caught, false alarms, costs; and the thresholds that meet the model's targets. --apply asks
-    for new ones (governed); --history lists the version's threshold sets."""
+    """What other review/block thresholds would have done.
+
+    On a labelled window: rates, precision, recall, fraud amount caught, false alarms, costs; and the
+    thresholds that meet the model's targets. --apply asks for new ones (governed); --history lists the
+    version's threshold sets."""
     from sira.core.errors import InvalidInput
     from sira.monitoring import thresholds
 
@@ -266,8 +275,10 @@ def explain_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Write the report here (default: stdout).")] = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """One decision explained for the person it was about: the factors ranked by their exact TreeSHAP
-    contribution, their values against typical ranges, the data used, human review (audited)."""
+    """Explain one decision to the person it was about.
+
+    The factors ranked by their exact TreeSHAP contribution, their values against typical ranges, the data
+    used, human review (audited)."""
     import json
     import sys
 

@@ -58,9 +58,9 @@ async def _feature_rows(model: str, windows: dict[str, Any]) -> dict[str, Any] |
             return await events_without_vectors(conn, model, windows)
 
 
-def training_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
-                  title_justify="left")
+def metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    """A version's metrics at training, validation beside test."""
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("validation", justify="right")
     table.add_column("test", justify="right")
@@ -68,9 +68,15 @@ def training_table(result: dict[str, Any]) -> Table:
                 "brier", "log_loss", "expected_calibration_error"):
         cells = []
         for part in ("validation", "test"):
-            value = result["metrics"][part].get(key)
+            value = (metrics.get(part) or {}).get(key)
             cells.append(f"{value:,}" if isinstance(value, int) else f"{value:.4f}" if value is not None else "")
         table.add_row(key.replace("_", " "), *cells)
+    return table
+
+
+def training_table(result: dict[str, Any]) -> Table:
+    table = metrics_table(f"{result['model']} v{result['version']} ({result['status']}), run {result['run_id']}",
+                          result["metrics"])
     w = result.get("windows") or {}
     if "cutoff" in w:
         table.caption = (f"windows: train {w['train_from'][:16]}..{w['train_to'][:16]}, test {w['test_from'][:16]}.."
@@ -118,9 +124,9 @@ def train_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train (or, with --trials, tune then train) and register a candidate version.
+    """Train a model and register a candidate version.
 
-    Without --data, the training set comes from the feature store (sira ingest); its default windows
+    With --trials, tune first, then train the best configuration. Without --data, the training set comes from the feature store (sira ingest); its default windows
     come from where the usable events are (docs/windows.md)."""
     from sira.training.runs import TrainRequest, run_training
     from sira.training.trainer import SeedAndThreads, seed_and_threads
@@ -168,9 +174,9 @@ def train_cmd(
 
 
 def tune_cmd(**options: Any) -> None:
-    """Tune with Ray Tune + Optuna (default 32 trials), then train the best configuration and register it.
+    """Tune with Ray Tune and Optuna, then train the best.
 
-    Takes every `sira train` option; without --data the training set comes from the feature store."""
+    32 trials by default; the best configuration is trained and registered as a candidate. Takes every `sira train` option; without --data the training set comes from the feature store."""
     train_cmd(**options)
 
 

@@ -4,7 +4,10 @@ Postgres is SIRA's system of record. With ``SIRA_DATABASE_URL`` set SIRA uses
 that server; without it, it runs its own private PostgreSQL from the
 ``pgserver`` wheel. The embedded server belongs to the workspace: the first
 command that needs it starts it, it keeps running across commands, and only
-``sira db stop`` stops it. Its DSN (a Unix socket) is what Ray workers and
+``sira db stop`` stops it. Only the commands that create a workspace (``sira db
+migrate``, ``sira db start``, ``sira demo``) create its database: any other, run
+where no workspace is (outside the checkout), would have started a second, empty
+server and advised migrating it. Its DSN (a Unix socket) is what Ray workers and
 Serve replicas receive, so every process of one installation talks to the
 same database.
 """
@@ -56,11 +59,16 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
 
+    @property
+    def initialized(self) -> bool:
+        """Whether the data folder holds a database cluster (initdb ran)."""
+        return (self.data_dir / "PG_VERSION").exists()
+
     def status(self) -> EmbeddedStatus:
         """Whether the server is initialised and running, without starting it."""
         PostmasterInfo = _pgserver().utils.PostmasterInfo
 
-        initialized = (self.data_dir / "PG_VERSION").exists()
+        initialized = self.initialized
         info = PostmasterInfo.read_from_pgdata(self.data_dir) if initialized else None
         running = bool(info is not None and info.is_running() and info.status == "ready")
         return EmbeddedStatus(
@@ -134,8 +142,10 @@ def embedded_server(settings: Settings) -> EmbeddedPostgres:
     return EmbeddedPostgres(settings.embedded_pg_data)
 
 
-def resolve_dsn(settings: Settings) -> str:
-    """The DSN to use: ``SIRA_DATABASE_URL``, else the embedded server's (started on demand)."""
+def resolve_dsn(settings: Settings, *, create: bool = False) -> str:
+    """The DSN to use: ``SIRA_DATABASE_URL``, else the embedded server's (started on demand). ``create``: the
+    command makes a workspace (``sira db migrate``, ``sira demo``), so it may initialise a database that does
+    not exist yet; any other command is refused there, with where it looked."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     from sira.core.ray_runtime import in_ray_job
@@ -146,7 +156,14 @@ def resolve_dsn(settings: Settings) -> str:
             "PostgreSQL of its own (it would be empty); submit with `sira jobs submit`, which passes the "
             "current database, or set SIRA_DATABASE_URL in the runtime env's env_vars",
             code="database_not_configured")
-    return embedded_server(settings).start()
+    server = embedded_server(settings)
+    if not create and not server.initialized:
+        raise ConfigError(
+            f"no SIRA workspace at {settings.workspace} (no embedded database in {server.data_dir}): cd into your "
+            "SIRA checkout, or set SIRA_WORKSPACE to its .sira folder or SIRA_DATABASE_URL to your PostgreSQL; "
+            "`sira db migrate` would start a new, empty one here",
+            code="no_workspace", details={"workspace": str(settings.workspace), "data_dir": str(server.data_dir)})
+    return server.start()
 
 
 def describe_dsn(dsn: str) -> str:

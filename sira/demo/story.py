@@ -106,7 +106,7 @@ async def run_demo(
 
     started = time.perf_counter()
     progress("database: starting and migrating")
-    dsn = db.resolve_dsn(settings)
+    dsn = db.resolve_dsn(settings, create=True)  # the demo makes the workspace it fills
     conn = await db.connect(dsn)
     try:
         applied = await migrations.migrate(conn)
@@ -137,6 +137,7 @@ async def run_demo(
         # The newest events are held back: they arrive later as live scoring requests.
         history_path, live = hold_back(result.events_path, out_dir / "history",
                                        max(DEMO_MIN_LIVE, int(DEMO_LIVE_EVENTS * scale)) if serve else 0)
+        report.simulation["held_back_for_serving"] = len(live)
         step("simulate", started, events=result.summary["events"], held_back_for_serving=len(live))
 
         fs = get_feature_set()
@@ -146,7 +147,10 @@ async def run_demo(
         summary = await asyncio.to_thread(
             ingest_files, settings, [history_path], source="demo", progress=False
         )
-        report.ingest = summary.to_dict()
+        # feature set v2 keeps no row per event (one packed state per entity, daily checkpoints): the summary
+        # says which, so "0 feature rows" beside the entity counts reads as the design, not a failure
+        report.ingest = {**summary.to_dict(), "feature_set": {"name": fs.name, "version": fs.version,
+                                                               "engine": fs.engine}}
         step("ingest", started, accepted=summary.accepted, duplicates=summary.duplicates)
 
         started = time.perf_counter()
@@ -195,8 +199,8 @@ async def run_demo(
                 started = time.perf_counter()
                 progress(f"serve: Ray Serve (HAProxy ingress); scoring {len(first_live)} live payments over HTTP")
                 keys = await demo_keys(conn, settings)
-                url = await asyncio.to_thread(start_serving, settings, progress)
-                report.serving = await serve_and_score(url, keys, first_live)
+                url, configured = await asyncio.to_thread(start_serving, settings, progress)
+                report.serving = {**await serve_and_score(url, keys, first_live), "configured_url": configured}
                 step("serve_and_score", started, scored=report.serving["scored"])
 
             await monitor(settings, conn, keys, report, out_dir, progress=progress, step=step)
@@ -296,7 +300,8 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
              "demo-bob": ["approver"], "demo-oli": ["operator"], "demo-svc": ["service"], "demo-ana": ["analyst"],
-             "demo-prometheus": ["viewer"]}  # what Prometheus scrapes /metrics with (make observe)
+             "demo-prometheus": ["viewer"]}  # read-only: for a proxy in front of /metrics that checks a key
+# (`make observe OBSERVE_ARGS="--key-file FILE"`); SIRA's /metrics itself is open
 
 
 def read_demo_keys(path: Path) -> dict[str, str]:
@@ -381,8 +386,9 @@ def hold_back(events_path: Path, out_dir: Path, n: int) -> tuple[Path, list[dict
     return path, live.to_pylist()
 
 
-def start_serving(settings: Settings, progress: Callable[[str], None]) -> str:
-    """Online scoring on Ray Serve (serve_configs/local.yaml), on its port or any free one; returns its URL."""
+def start_serving(settings: Settings, progress: Callable[[str], None]) -> tuple[str, str]:
+    """Online scoring on Ray Serve (serve_configs/local.yaml), on its port or, when another process holds it,
+    any free one (said: `sira serve` later uses the configured port); returns (its URL, the configured URL)."""
     import socket
 
     from sira.http.deployment import ServeSpec, run_local
@@ -395,7 +401,9 @@ def start_serving(settings: Settings, progress: Callable[[str], None]) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    return run_local(settings, spec, port=port, progress=progress)
+        progress(f"serve: port {spec.port} (serve_configs/local.yaml) is taken by another process: the demo serves "
+                 f"on {port}; `sira serve` uses {spec.port} (free it, or `sira serve --port N`)")
+    return run_local(settings, spec, port=port, progress=progress), f"http://{spec.host}:{spec.port}"
 
 
 @dataclass

@@ -181,5 +181,5 @@ def run_local(settings: Settings, spec: ServeSpec, *, host: str | None = None, p
     metrics = metrics_url()
     if metrics:  # Ray's metrics agent exports the replicas' series, summed and prefixed with ray_
         progress(f"metrics: {metrics} (the replicas' series, ray_sira_*) and {url}/metrics (models, drift, "
-                 "live performance, jobs: sira_*, open as /healthz is); docs/observability.md")
+                 "live performance, jobs: sira_*; open, no key, as /healthz); docs/observability.md")
     return url

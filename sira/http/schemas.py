@@ -196,6 +196,7 @@ class RetrainVerdict(Strict):
     run: int = Field(description="The retraining run (sira_retrain_runs.id)")
     decision: Literal["reject", "hold"]
     reasons: list[str]
+    deciding: list[str] = Field(description="Of the reasons, those of the rules that failed: why it was not staged")
 
 
 class PolicySaid(Strict):
@@ -203,6 +204,7 @@ class PolicySaid(Strict):
     outcome: Literal["stage", "reject", "hold"] = Field(description="The policy's verdict on the evidence of the "
                                                         "last retraining run that judged this version")
     reasons: list[str]
+    deciding: list[str] = Field(description="Of the reasons, those that kept it from promoting (none when it did)")
 
 
 class PromotionRequested(Strict):

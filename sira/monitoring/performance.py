@@ -234,11 +234,12 @@ def evaluate_windows(data: Labelled, *, lo: datetime, hi: datetime, window_days:
 
 # The newest predicted event, and the newest whose label is usable (docs/windows.md): mature, or labelled by
 # the cut-off (by event or by prediction): a source had said something of it by then (its label history).
+# $4 in NEWEST_SQL, $5 in NEWEST_LABELLED_SQL: one role's answers only (NULL: every role's).
 NEWEST_SQL = """
 SELECT max(coalesce(e.occurred_at, p.scored_at)) AS newest,
        max(coalesce(e.occurred_at, p.scored_at)) FILTER (WHERE coalesce(e.occurred_at, p.scored_at) <= $3) AS mature
   FROM sira_predictions p LEFT JOIN sira_events e ON e.event_id = p.event_id
- WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
+ WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2) AND ($4::text IS NULL OR p.role = $4)
 """
 _SAID_BY = """EXISTS (SELECT 1 FROM sira_feedback_history h WHERE h.event_id = f.event_id
                       AND h.label_name = f.label_name AND h.source = f.source AND h.known_at <= $4)"""
@@ -256,7 +257,7 @@ SELECT max(coalesce(e.occurred_at, p.scored_at))
                AND s.scored_at BETWEEN q.scored_at - interval '1 hour' AND q.scored_at + interval '1 hour'
          WHERE f.label_name = $3 AND {_SAID_BY} AND q.event_id IS NULL AND q.role = 'production') p
   LEFT JOIN sira_events e ON e.event_id = p.event_id
- WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)
+ WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2) AND ($5::text IS NULL OR p.role = $5)
 """
 
 
@@ -271,10 +272,11 @@ def default_range(cutoff: datetime, maturity_days: float, usable: datetime, days
 
 
 async def newest_predictions(conn: Any, model: str, version: int | None, label_name: str, cutoff: datetime,
-                             maturity_days: float) -> tuple[datetime | None, datetime | None]:
-    """(newest predicted event, newest predicted event with a usable label) of the model."""
-    row = await conn.fetchrow(NEWEST_SQL, model, version, cutoff - timedelta(days=maturity_days))
-    labelled = await conn.fetchval(NEWEST_LABELLED_SQL, model, version, label_name, cutoff)
+                             maturity_days: float, role: str | None = None) -> tuple[datetime | None, datetime | None]:
+    """(newest predicted event, newest predicted event with a usable label) of the model (of one role's
+    answers when ``role`` is given)."""
+    row = await conn.fetchrow(NEWEST_SQL, model, version, cutoff - timedelta(days=maturity_days), role)
+    labelled = await conn.fetchval(NEWEST_LABELLED_SQL, model, version, label_name, cutoff, role)
     usable = max((t for t in (row["mature"], labelled) if t is not None), default=None)
     return row["newest"], usable
 

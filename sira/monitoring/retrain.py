@@ -421,6 +421,7 @@ async def _report(settings: Settings, pool: Any, req: RetrainRequest, identity: 
         "champion": state.inputs["champion"], "challenger": state.steps["challenger"]["version"],
         "decision": state.steps["policy"]["outcome"], "staged": state.steps["policy"]["staged"],
         "reasons": state.steps["policy"]["reasons"], "blockers": state.steps["policy"]["blockers"],
+        "deciding": state.steps["policy"].get("deciding", []),
         "evaluation": state.steps["evaluate"], "drift": state.steps["drift"], "policy": policy.to_dict(),
         "inputs": state.inputs,
     })

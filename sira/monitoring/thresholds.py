@@ -19,7 +19,7 @@ from asyncpg import Connection
 
 from sira.core.auth import Identity, authorize
 from sira.core.errors import InvalidInput
-from sira.monitoring.performance import PREDICTIONS_SQL
+from sira.monitoring.performance import PREDICTIONS_SQL, default_range, newest_predictions
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
 from sira.registry.targets import DecisionTargets
@@ -27,6 +27,18 @@ from sira.training.evaluation import choose_thresholds
 from sira.training.windows import Windows, label_rule
 
 FLAG_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+# Per version, its production answers that have a usable label (the rule of :func:`label_rule`, in SQL): how
+# many, how many fraud, and the span of their events; $7 is the label maturity's bound (mature_until).
+LABELLED_BY_VERSION_SQL = f"""
+SELECT version, count(*) FILTER (WHERE positive_known_at IS NOT NULL) AS positives,
+       count(*) FILTER (WHERE positive_known_at IS NOT NULL OR occurred_at <= $7 OR negative_known) AS labelled,
+       min(occurred_at) FILTER (WHERE positive_known_at IS NOT NULL OR occurred_at <= $7 OR negative_known) AS first,
+       max(occurred_at) FILTER (WHERE positive_known_at IS NOT NULL OR occurred_at <= $7 OR negative_known) AS last
+  FROM ({PREDICTIONS_SQL}) answers
+ WHERE role = 'production'
+ GROUP BY version ORDER BY version DESC
+"""
 
 
 def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds: list[float],
@@ -86,9 +98,18 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
     row = await registry.get_version(conn, model_name, version)
     cutoff = now or datetime.now(timezone.utc)
     maturity = float(model["label_maturity_days"])
+    # By default the window ends at the version's newest labelled answer, as live performance's does: counted
+    # back from now it missed every answer older than the label maturity plus ``days`` (the demo's, after it).
+    usable = None
+    if time_to is None:
+        _, usable = await newest_predictions(conn, model_name, version, model["label_name"], cutoff, maturity,
+                                             role="production")
     try:
-        hi = time_to or cutoff - timedelta(days=maturity)
-        lo = time_from or hi - timedelta(days=days)
+        if usable is not None and time_from is None:
+            lo, hi = default_range(cutoff, maturity, usable, days)
+        else:
+            hi = time_to or (usable + timedelta(microseconds=1) if usable else cutoff - timedelta(days=maturity))
+            lo = time_from or hi - timedelta(days=days)
     except OverflowError:  # a --to near year 1: the window would start before the calendar
         raise InvalidInput("the window starts before year 1 (move --to later or give --from)",
                            code="invalid_field", details={"field": "to"}) from None
@@ -96,8 +117,7 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
         raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
     y, p, amount = await labelled_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
     if y.size == 0 or y.min() == y.max():
-        raise InvalidInput(f"{model_name} v{version} has no labelled answers of both classes between "
-                           f"{lo:%Y-%m-%d} and {hi:%Y-%m-%d}: widen the window (--from/--to)", code="empty_window")
+        raise await _no_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
     targets = DecisionTargets.from_dict(model["decision_targets"])
     current = {k: float(v) for k, v in row["thresholds"].items()}
     suggested = choose_thresholds(y, p, targets)
@@ -111,6 +131,36 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
             "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
             "targets": targets.__dict__, "current": current, "meets_targets": suggested,
             "thresholds": rows}
+
+
+async def _no_window(conn: Connection, model_name: str, version: int, lo: datetime, hi: datetime, label_name: str,
+                     cutoff: datetime, maturity: float) -> InvalidInput:
+    """The ``empty_window`` refusal, saying what would work: the window where the version's labelled answers
+    are, or else the versions whose labelled answers hold both classes (a version freshly in production has
+    few: the demo's v2 had 7, none fraud)."""
+    mature_until = cutoff - timedelta(days=maturity)
+    rows = {r["version"]: r for r in await conn.fetch(
+        LABELLED_BY_VERSION_SQL, model_name, datetime(1, 1, 2, tzinfo=timezone.utc),
+        datetime(9999, 12, 30, tzinfo=timezone.utc), label_name, cutoff, None, mature_until)}
+    both = {v: r for v, r in rows.items() if 0 < r["positives"] < r["labelled"]}
+
+    def span(r: Any) -> str:
+        return f"between {r['first']:%Y-%m-%d} and {r['last']:%Y-%m-%d}"
+
+    if version in both:
+        r = both[version]
+        return InvalidInput(
+            f"{model_name} v{version} has no labelled answers of both classes between {lo:%Y-%m-%d} and "
+            f"{hi:%Y-%m-%d}; its {r['labelled']:,} ({r['positives']:,} fraud) are {span(r)}: --from "
+            f"{r['first']:%Y-%m-%d} --to {r['last'] + timedelta(days=1):%Y-%m-%d}", code="empty_window")
+    mine = rows.get(version)
+    said = (f"{model_name} v{version} has {mine['labelled']:,} labelled answers, {mine['positives']:,} of them fraud"
+            if mine is not None else f"{model_name} v{version} has no labelled answers")
+    others = [f"v{v} has {r['labelled']:,} ({r['positives']:,} fraud) {span(r)}: --version {v}"
+              for v, r in both.items()][:3]
+    return InvalidInput(f"{said}: both classes are needed; " + ("; ".join(others) if others else
+                        "no version of the model has labelled answers of both classes yet: wait for labels or "
+                        "import them (sira feedback import)"), code="empty_window")
 
 
 async def apply(conn: Connection, identity: Identity, model_name: str, version: int, *, review: float, block: float,

@@ -132,10 +132,17 @@ class PromotionPolicy:
         return asdict(self)
 
     def decide(self, evidence: Evidence) -> Decision:
-        """Stage, reject or hold the challenger, with one reason per rule checked."""
+        """Stage, reject or hold the challenger, with one reason per rule checked, and apart the reasons of the
+        rules that decided a reject or a hold (most rules pass: the first reasons are mostly passes)."""
         reasons: list[str] = []
         blockers: list[str] = []
+        deciding: list[str] = []
         checks: dict[str, bool] = {}
+
+        def said(reason: str, *, passed: bool = True) -> None:
+            reasons.append(reason)
+            if not passed:
+                deciding.append(reason)
 
         failed = ", ".join(evidence.failed_checks)
         if not evidence.failed_checks:
@@ -144,7 +151,7 @@ class PromotionPolicy:
         elif self.block_on_failed_checks:
             checks["data_checks"] = False
             blockers.append(f"data checks failed: {failed}")
-            reasons.append(f"data checks failed ({failed}): promotion is blocked")
+            said(f"data checks failed ({failed}): promotion is blocked", passed=False)
         else:
             checks["data_checks"] = True
             reasons.append(f"data checks failed ({failed}), but this policy does not block on failed checks")
@@ -153,8 +160,8 @@ class PromotionPolicy:
             if self.on_missing_check == "block":
                 checks[check] = False
                 blockers.append(f"{check} check not run")
-                reasons.append(f"the {check} check could not run ({why}): promotion is blocked "
-                               "(on_missing_check: block)")
+                said(f"the {check} check could not run ({why}): promotion is blocked (on_missing_check: block)",
+                     passed=False)
             else:
                 checks[check] = True
                 reasons.append(f"the {check} check could not run ({why}); this policy warns only "
@@ -172,8 +179,8 @@ class PromotionPolicy:
         elif SEVERITIES.index(verdict) >= SEVERITIES.index(self.block_on_drift):
             checks["drift"] = False
             blockers.append(f"dataset drift {verdict!r}")
-            reasons.append(f"dataset drift verdict {verdict!r} is at or above {self.block_on_drift!r}: "
-                           "promotion is blocked")
+            said(f"dataset drift verdict {verdict!r} is at or above {self.block_on_drift!r}: promotion is blocked",
+                 passed=False)
         else:
             checks["drift"] = True
             reasons.append(f"dataset drift verdict {verdict!r} is below {self.block_on_drift!r}")
@@ -181,9 +188,10 @@ class PromotionPolicy:
         missing = self._missing_evidence(evidence)
         checks["evidence"] = not missing
         if missing:
-            reasons.extend(missing)
+            for reason in missing:
+                said(reason, passed=False)
             outcome = "reject" if blockers else "hold"
-            return Decision(outcome, tuple(reasons), tuple(blockers), checks)
+            return Decision(outcome, tuple(reasons), tuple(blockers), checks, tuple(deciding))
         positives = int(evidence.challenger["positives"])
         reasons.append(f"the evaluation window holds {positives} positives (minimum {self.min_positives})")
 
@@ -199,14 +207,15 @@ class PromotionPolicy:
             gain = challenger_ap - champion_ap
             checks["ap_gain"] = gain >= self.min_ap_gain - _TOLERANCE
             verb = "meets" if checks["ap_gain"] else "is below"
-            reasons.append(f"AP gain {gain:+.3f} over the champion ({champion_ap:.3f} → {challenger_ap:.3f}) "
-                           f"{verb} the minimum {self.min_ap_gain:+.3f}")
+            said(f"AP gain {gain:+.3f} over the champion ({champion_ap:.3f} → {challenger_ap:.3f}) {verb} the minimum "
+                 f"{self.min_ap_gain:+.3f}", passed=checks["ap_gain"])
 
         ece = _number(evidence.challenger["expected_calibration_error"])
         assert ece is not None
         checks["calibration"] = ece <= self.max_calibration_error + _TOLERANCE
         verb = "is within" if checks["calibration"] else "exceeds"
-        reasons.append(f"expected calibration error {ece:.3f} {verb} the maximum {self.max_calibration_error:.3f}")
+        said(f"expected calibration error {ece:.3f} {verb} the maximum {self.max_calibration_error:.3f}",
+             passed=checks["calibration"])
 
         if evidence.champion is None:
             checks["score_psi"] = True
@@ -216,11 +225,11 @@ class PromotionPolicy:
             assert psi is not None
             checks["score_psi"] = psi <= self.max_score_psi + _TOLERANCE
             verb = "is within" if checks["score_psi"] else "exceeds"
-            reasons.append(f"score PSI {psi:.3f} against the champion's scores {verb} "
-                           f"the maximum {self.max_score_psi:.3f}")
+            said(f"score PSI {psi:.3f} against the champion's scores {verb} the maximum {self.max_score_psi:.3f}",
+                 passed=checks["score_psi"])
 
         outcome = "stage" if all(checks.values()) else "reject"
-        return Decision(outcome, tuple(reasons), tuple(blockers), checks)
+        return Decision(outcome, tuple(reasons), tuple(blockers), checks, tuple(deciding))
 
     def _missing_evidence(self, evidence: Evidence) -> list[str]:
         """Why the evidence cannot support a decision (empty when it can)."""
@@ -291,11 +300,12 @@ class Decision:
     reasons: tuple[str, ...]
     blockers: tuple[str, ...]
     checks: dict[str, bool]  # rule name → passed, for the rules that were checked
+    deciding: tuple[str, ...] = ()  # of ``reasons``, those of the rules that failed: why a reject or a hold
 
     def to_dict(self) -> dict[str, Any]:
         """For the audit log and the report."""
         return {"outcome": self.outcome, "reasons": list(self.reasons), "blockers": list(self.blockers),
-                "checks": dict(self.checks)}
+                "checks": dict(self.checks), "deciding": list(self.deciding)}
 
 
 

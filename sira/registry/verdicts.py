@@ -9,15 +9,18 @@ from typing import Any
 
 async def retrain_verdict(conn: Any, model_id: int, version: int) -> dict[str, Any] | None:
     """The last finished retraining run that judged ``version`` as its challenger and did not stage it: its
-    id, decision (``reject`` or ``hold``) and reasons; None when no run did."""
+    id, decision (``reject`` or ``hold``), reasons, and of them those that decided it (a run reported before
+    they were kept apart: all its reasons); None when no run did."""
     row = await conn.fetchrow(
-        """SELECT id, decision, coalesce(report->'reasons', '[]'::jsonb) AS reasons FROM sira_retrain_runs
+        """SELECT id, decision, coalesce(report->'reasons', '[]'::jsonb) AS reasons,
+                  report->'deciding' AS deciding FROM sira_retrain_runs
             WHERE model_id = $1 AND challenger_version = $2 AND status = 'succeeded'
             ORDER BY id DESC LIMIT 1""", model_id, version)
     if row is None or row["decision"] == "stage":
         return None
-    reasons = row["reasons"]
-    return {"run": row["id"], "decision": row["decision"], "reasons": reasons if isinstance(reasons, list) else []}
+    reasons = row["reasons"] if isinstance(row["reasons"], list) else []
+    deciding = row["deciding"] if isinstance(row["deciding"], list) else reasons
+    return {"run": row["id"], "decision": row["decision"], "reasons": reasons, "deciding": deciding}
 
 
 async def policy_decision(conn: Any, policy: Any, model_id: int, version: int) -> Any:
@@ -37,12 +40,13 @@ async def policy_decision(conn: Any, policy: Any, model_id: int, version: int) -
     if run is None:
         why = (f"no retraining run evaluated v{version} against the production version on a recent window: the "
                "policy's rules (AP gain, calibration, score drift, blockers) cannot be checked")
-        return Decision("hold", (why,), (), {"evidence": False})
+        return Decision("hold", (why,), (), {"evidence": False}, (why,))
     if run["champion_version"] != production:
         seen = f"v{run['champion_version']}" if run["champion_version"] is not None else "no production version"
         now = f"v{production}" if production is not None else "none"
-        return Decision("hold", (f"retrain run {run['id']} evaluated v{version} against {seen}; production is {now} "
-                                 "now: the evidence no longer applies",), (), {"evidence": False})
+        why = f"retrain run {run['id']} evaluated v{version} against {seen}; production is {now} now: the evidence " \
+              "no longer applies"
+        return Decision("hold", (why,), (), {"evidence": False}, (why,))
     steps = run["steps"]
     return policy.decide(evidence_of(steps["evaluate"], steps["drift"]))
 
@@ -56,7 +60,8 @@ async def policy_says(conn: Any, row: Any, decision: Any) -> dict[str, Any]:
         await conn.fetchval("SELECT promotion_policy FROM sira_models WHERE id = $1", row["model_id"]))
     decision = decision or await policy_decision(conn, policy, row["model_id"], row["version"])
     promotes = "production" in policy.auto_statuses(decision, required_approvals=row["required_approvals"])
-    reasons = list(decision.reasons)
+    reasons, deciding = list(decision.reasons), list(decision.deciding)
     if not promotes and decision.outcome == "stage":
         reasons.append("the policy does not promote on its own (auto_promote or auto_stage is off)")
-    return {"promotes": promotes, "outcome": decision.outcome, "reasons": reasons}
+        deciding.append(reasons[-1])
+    return {"promotes": promotes, "outcome": decision.outcome, "reasons": reasons, "deciding": deciding}

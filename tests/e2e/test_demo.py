@@ -2,25 +2,45 @@
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 
+import httpx
 import pyarrow.parquet as pq
 
+from sira.cli.common import err
+from sira.cli.demo import render
+from sira.demo.story import DemoReport
 from tests.conftest import assert_quiet
 
 
 def test_short_demo_runs_end_to_end(create_database, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
     env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path / "ws"), "DEMO_SCALE": "0.15"})
-    done = subprocess.run(
-        [sys.executable, "-m", "sira", "demo", "--days", "12", "--json"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("\n") == 1, f"stdout must be one JSON line: {done.stdout[:2000]!r}"
-    assert_quiet(done.stderr)  # no Ray Data progress log, Tune box, Optuna or Serve chatter
-    report = json.loads(done.stdout)
+    # --keep-serving: the service stays up after the report until the demo is stopped (the process exited
+    # at once, and its local Ray and the service with it)
+    with open(tmp_path / "stderr", "w+") as stderr:
+        demo = subprocess.Popen([sys.executable, "-m", "sira", "demo", "--days", "12", "--keep-serving", "--json"],
+                                env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            ready, _, _ = select.select([demo.stdout], [], [], 600)
+            line = demo.stdout.readline() if ready else ""
+            assert line, f"no report after 600 s: {(tmp_path / 'stderr').read_text()[-3000:]}"
+            report = json.loads(line)
+            assert demo.poll() is None and httpx.get(f"{report['serving']['url']}/healthz", timeout=30).status_code \
+                == 200, "the service did not stay up"
+        finally:
+            demo.send_signal(signal.SIGTERM)
+            rest, _ = demo.communicate(timeout=120)
+        stderr.seek(0)
+        said = stderr.read()
+    assert demo.returncode == 0, said
+    assert rest == "", f"stdout must be one JSON line: {rest[:2000]!r}"
+    assert_quiet(said)  # no Ray Data progress log, Tune box, Optuna or Serve chatter
+    assert said.rstrip().endswith("stopping SIRA serving")
+    assert_the_report_reads_as_it_should(report)
     assert [s["step"] for s in report["steps"]][:5] == ["migrate", "simulate", "ingest", "labels", "materialize"]
     assert report["database"]["schema_version"] >= 5
     events = pq.read_table(report["simulation"]["events_path"])
@@ -107,3 +127,19 @@ def test_short_demo_runs_end_to_end(create_database, tmp_path):
         assert expected  # at least the posted chargeback: a comparison saying "0 fraud" fails here
     for result in report["performance"]["results"]:
         assert sum(w["n_positive"] for w in result["windows"]) == len(expected), (result, len(expected))
+
+
+def assert_the_report_reads_as_it_should(report):
+    """What the demo's human report says of this run: the held-back payments, a feature set that keeps no row
+    per event, and, last, what to do next (it ended on a table of row counts)."""
+    with err.capture() as captured:
+        render(DemoReport(**report))
+    text = " ".join(captured.get().split())  # as one line: rich folds table cells
+    held = report["simulation"]["held_back_for_serving"]
+    assert held > 0 and f"the newest {held:,} of the {report['simulation']['events']:,} simulated are held back" in text
+    assert "feature rows │ none: feature set payments@2 keeps one packed state per entity" in text
+    ending = captured.get().rstrip().split("\nNext ", 1)[1].splitlines()
+    assert ending[0].startswith("(the README's five-minute tour")
+    assert any(line.strip().startswith("export SIRA_API_KEY=") and "demo_keys.json" in line for line in ending)
+    assert any(f"stays up at {report['serving']['url']}" in line for line in ending)
+    assert not any("sira db stop" in line for line in ending)  # an external database: not the demo's to stop

@@ -102,6 +102,9 @@ def test_promotion_flow_from_the_command_line(create_database, tmp_path, sira):
     compared = json.loads(out)
     assert code == 0 and {"window": "test", "metric": "average_precision"}.items() <= next(
         r for r in compared["metrics"] if r["window"] == "test" and r["metric"] == "average_precision").items()
+    test_ap = next(r for r in compared["metrics"] if r["window"] == "test" and r["metric"] == "average_precision")
+    code, _, err = sira(as_("ann"), "versions", "show", "--model", "fraud", "--version", "2")  # metrics, as promised
+    assert code == 0 and re.search(rf"│ average precision +│ +0\.\d{{4}} │ +{test_ap['v2']:.4f} │", err), err
     code, _, err = sira(as_("ann"), "models", "show", "fraud")  # the table a person reads: AP to 4 places
     assert code == 0 and re.search(r"│ 1 +│ \w+ +│ 0\.\d{4} +│", err), err
     code, out, _ = sira(as_("ann"), "history", "--model", "fraud", "--json")

@@ -83,3 +83,38 @@ def test_unreachable_database_is_a_one_line_system_error(embedded_env):
     assert code == 1
     assert err.startswith("error: unavailable: cannot reach PostgreSQL at postgresql://postgres@127.0.0.1:1/none")
     assert "s3cret" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def elsewhere(tmp_path):
+    """A folder that is no SIRA workspace, and the environment of a shell opened there (no SIRA_* set)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    settings = Settings(workspace=tmp_path / ".sira")
+    yield tmp_path, env, settings
+    db.EmbeddedPostgres(settings.embedded_pg_data).stop()
+    if os.geteuid() == 0:
+        shutil.rmtree(settings.embedded_pg_data.parent, ignore_errors=True)
+
+
+def test_a_command_outside_any_workspace_starts_no_empty_database(elsewhere):
+    """`sira models list` run outside the checkout ran initdb, left a second (empty) PostgreSQL running and
+    answered `schema_out_of_date: ... run sira db migrate`: following that advice migrated the wrong database.
+    Only the commands that create a workspace create its database; the others say where they looked."""
+    folder, env, settings = elsewhere
+    done = subprocess.run([*SIRA, "models", "list"], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: no_workspace: ") and str(folder / ".sira") in line
+    assert "SIRA_WORKSPACE" in line and "SIRA_DATABASE_URL" in line and "sira db migrate" in line
+    assert not (settings.embedded_pg_data / "PG_VERSION").exists()  # no initdb, no server left running
+    assert not db.EmbeddedPostgres(settings.embedded_pg_data).status().running
+
+    # `sira db status` looks without creating; `sira db migrate` is what creates a workspace's database
+    code, out, err = sira(env | {"SIRA_WORKSPACE": str(folder / ".sira")}, "db", "status", "--json")
+    assert code == 0 and json.loads(out)["embedded"]["initialized"] is False, err
+    code, out, err = sira(env | {"SIRA_WORKSPACE": str(folder / ".sira")}, "db", "migrate", "--json")
+    assert code == 0 and json.loads(out)["applied"], err
+    done = subprocess.run([*SIRA, "models", "list"], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert "no_workspace" not in done.stderr and "schema_out_of_date" not in done.stderr  # it is a workspace now

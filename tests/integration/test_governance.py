@@ -6,6 +6,7 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from sira.cli.governance import _policy_note
 from sira.core import db
 from sira.core.artifacts import save_artifact
 from sira.core.auth import Identity
@@ -535,6 +536,12 @@ async def test_a_model_that_requires_no_approvals_promotes_only_when_its_policy_
     second = await run(clean_db, request_promotion, settings, DANA, "fraud", 2, "slightly better")
     assert second["status"] == "pending" and second["policy"]["outcome"] == "reject"
     assert any("is below the minimum +0.500" in r for r in second["policy"]["reasons"])
+    # what decided it is the rule that failed, and that is what `sira promote` quotes (it quoted the first
+    # reasons, rules that had passed)
+    assert second["policy"]["deciding"] == ["AP gain +0.050 over the champion (0.700 → 0.750) is below the minimum "
+                                            "+0.500"]
+    assert _policy_note(second) == ("\npolicy: did not promote it (reject): AP gain +0.050 over the champion "
+                                    "(0.700 → 0.750) is below the minimum +0.500")
     assert await status_of(clean_db, 2) == "validated" and await status_of(clean_db, 1) == "production"
     decided = await run(clean_db, decide, ANN, "fraud", 2, "approve", "worth it anyway")  # one person suffices
     assert (decided["outcome"], decided["required_approvals"]) == ("approved", 1)
@@ -547,11 +554,14 @@ async def test_a_model_that_requires_no_approvals_promotes_only_when_its_policy_
     third = await run(clean_db, request_promotion, settings, DANA, "fraud", 3)
     assert third["status"] == "pending" and third["policy"]["outcome"] == "stage" and not third["policy"]["promotes"]
     assert "does not promote on its own" in third["policy"]["reasons"][-1]
+    assert third["policy"]["deciding"] == [third["policy"]["reasons"][-1]]
     # no retraining run judged v4 against production: the policy's rules cannot be checked
     await clean_db.execute("UPDATE sira_models SET promotion_policy = '{}' WHERE name = 'fraud'")
     await make_version(clean_db, settings, 4, required=0)
     fourth = await run(clean_db, request_promotion, settings, DANA, "fraud", 4)
     assert fourth["status"] == "pending" and fourth["policy"]["outcome"] == "hold"
+    assert fourth["policy"]["deciding"] == fourth["policy"]["reasons"] and "no retraining run evaluated v4" in \
+        _policy_note(fourth)
     assert await status_of(clean_db, 2) == "production"
     asked = await clean_db.fetchval("SELECT details FROM sira_audit_log WHERE action = 'promotion.request'"
                                     " AND target_id = 'fraud:v2'")

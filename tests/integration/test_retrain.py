@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sira.cli.governance import _verdict_note
 from sira.core import db
 from sira.core.auth import Identity
 from sira.core.errors import InvalidInput
@@ -83,6 +84,11 @@ async def _acting_on_a_rejected_challenger(model, report) -> None:
                     verdict = done["retrain_verdict"]
                     assert (verdict["run"], verdict["decision"]) == (report["run"], "reject"), done
                     assert verdict["reasons"] == report["reasons"]
+                    # the person is told the rule that failed, not the first reasons (rules that passed)
+                    assert verdict["deciding"] == report["deciding"]
+                    assert any("AP gain" in r and "is below the minimum +0.900" in r for r in verdict["deciding"])
+                    note = _verdict_note(done)
+                    assert all(r in note for r in verdict["deciding"]) and "no data check failed" not in note
                     raise Undo
             except Undo:
                 pass

@@ -88,6 +88,26 @@ def test_gain_below_the_minimum_rejects():
     assert "AP gain +0.031 over the champion (0.512 → 0.543) is below the minimum +0.050" in decision.reasons
 
 
+def test_the_rules_that_decided_are_kept_apart_from_those_that_passed():
+    """`sira promote` quoted a rejected version's first two reasons, "no data check failed" and "dataset drift
+    verdict 'alert': this policy never blocks on drift": both rules had passed, the AP gain that decided it was
+    left out. The demo's policy and run 2's numbers."""
+    policy = PromotionPolicy.from_mapping({"min_ap_gain": 0.02, "block_on_drift": "never"})
+    rejected = policy.decide(evidence(challenger=metrics(ap=0.8363), champion=metrics(ap=0.9006), score_psi=0.0061,
+                                      drift_verdict="alert"))
+    assert rejected.outcome == "reject" and rejected.reasons[:2] == (
+        "no data check failed", "dataset drift verdict 'alert': this policy never blocks on drift")
+    assert rejected.deciding == ("AP gain -0.064 over the champion (0.901 → 0.836) is below the minimum +0.020",)
+    assert rejected.to_dict()["deciding"] == list(rejected.deciding)
+    assert policy.decide(evidence()).deciding == ()  # staged: nothing held it back
+    held = policy.decide(evidence(challenger=metrics(positives=3)))
+    assert held.outcome == "hold" and held.deciding == (
+        "the evaluation window holds 3 positives, fewer than the 20 needed for a decision: insufficient evidence",)
+    blocked = PromotionPolicy(block_on_drift="warn", max_score_psi=0.01).decide(evidence(drift_verdict="alert"))
+    assert blocked.deciding == ("dataset drift verdict 'alert' is at or above 'warn': promotion is blocked",
+                                "score PSI 0.050 against the champion's scores exceeds the maximum 0.010")
+
+
 def test_a_worse_challenger_is_rejected_by_the_default_policy():
     decision = PromotionPolicy().decide(evidence(challenger=metrics(ap=0.48)))
     assert decision.outcome == "reject"
@@ -258,7 +278,8 @@ def test_the_outcome_follows_the_checks(ev, gain, ece, psi, drift):
     decision = PromotionPolicy(min_ap_gain=gain, max_calibration_error=ece, max_score_psi=psi,
                                block_on_drift=drift).decide(ev)
     assert decision.outcome in ("stage", "reject", "hold")
-    assert (decision.outcome == "stage") == all(decision.checks.values())
+    assert (decision.outcome == "stage") == all(decision.checks.values()) == (not decision.deciding)
+    assert set(decision.deciding) <= set(decision.reasons)
     assert (decision.outcome == "hold") == (not decision.checks["evidence"] and not decision.blockers)
     if decision.blockers:
         assert decision.outcome == "reject"
