@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed
+from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed, wait_until_stopped
 from sira.core.config import get_settings
 from sira.core.errors import ConfigError
 
@@ -39,7 +39,7 @@ def api_cmd(
     models: Annotated[list[str] | None, typer.Option("--model", help="A model to score (repeat; default fraud).")] = None,
     scoring: Annotated[bool, typer.Option("--scoring/--no-scoring", help="Serve /v1/score too.")] = True,
 ) -> None:
-    """Run the HTTP API alone under uvicorn (development: scoring without Serve's batching and replicas)."""
+    """Run the HTTP API alone under uvicorn. For development: scoring without Serve's batching and replicas."""
     import uvicorn
 
     from sira.http.app import create_app
@@ -56,7 +56,7 @@ def api_cmd(
                 proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies)
 
 
-serve_app = typer.Typer(help="Online scoring on Ray Serve: run it locally, or check a config before "
+serve_app = typer.Typer(help="Online scoring on Ray Serve. Run it locally, or check a config before "
                                "`serve deploy`.", invoke_without_command=True)
 app.add_typer(serve_app, name="serve")
 
@@ -72,9 +72,6 @@ def serve_cmd(
     """Run online scoring on Ray Serve locally (the same application `serve deploy` runs); Ctrl-C stops it."""
     if ctx.invoked_subcommand is not None:
         return
-    import signal
-    import time
-
     from ray import serve
 
     from sira.http.deployment import ServeSpec, run_local
@@ -82,13 +79,7 @@ def serve_cmd(
     spec = ServeSpec.from_file(config) if config else ServeSpec.local()
     ensure_port_free(host or spec.host, port or spec.port)
     run_local(get_settings(), spec, host=host, port=port, progress=err.print)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"]:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    wait_until_stopped()
     err.print("stopping SIRA serving")
     serve.shutdown()
 
@@ -98,7 +89,7 @@ def serve_check_cmd(
     config: Annotated[Path, typer.Argument(help="The serve_configs/*.yaml file `serve deploy` will be given.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Validate a Serve config before `serve deploy`: the application, its deployment options, its args and
+    """Validate a Serve config before `serve deploy`. The application, its deployment options, its args and
     user_config (a bad user_config would be refused by every replica, which keeps its last good one)."""
     from sira.http.deployment import ServeSpec
 
@@ -115,7 +106,7 @@ def serve_reload_cmd(
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Tell every serving replica to re-read the registry now (operator or admin; audited), as
+    """Tell every serving replica to re-read the registry now. Operator or admin; audited; as
     POST /v1/serving/reload does. Replicas also hear of registry changes as they commit, and poll."""
     from sira.serving.notifications import request_reload
 
