@@ -282,7 +282,11 @@ class EventIn(BaseModel):
     @field_validator("amount")
     @classmethod
     def _finite_amount(cls, value: float | None) -> float | None:
-        if value is not None and (math.isinf(value) or value < 0 or value > MAX_AMOUNT):
+        if value is not None and math.isnan(value):
+            # parsed from text ("nan", "NaN": a CSV column read as text) or a Decimal: a missing value, as a
+            # float NaN is (it was stored, and a customer's 30-day sum read 922337203685477.6)
+            return None
+        if value is not None and (not math.isfinite(value) or value < 0 or value > MAX_AMOUNT):
             raise ValueError(f"must be a finite number between 0 and {MAX_AMOUNT:,.0f}")
         return value
 

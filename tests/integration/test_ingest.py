@@ -276,6 +276,23 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
 
 
+async def test_a_csv_nan_amount_is_a_missing_value_not_a_stored_nan(clean_db, settings, tmp_path):
+    """An amount column with one cell that is no number is read as text: its "nan" was stored as amount NaN
+    (PostgreSQL's numeric holds one), and the customer's 30-day sum read 922337203685477.6. It is a missing
+    value, as NaN is in a numeric column: the payment is dead-lettered missing_field; "inf" is refused."""
+    at = "2026-05-01T10:00:00Z"
+    amounts = ["10", "twelve", "nan", "NaN", "inf", "11.5"]
+    write_csv(tmp_path / "a.csv", [{"event_id": f"b{i}", "occurred_at": at, "customer_id": "c2", "amount": a}
+                                   for i, a in enumerate(amounts)])
+    summary = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected) == (2, 4), summary
+    assert await count(clean_db, "sira_events", "amount = 'NaN'") == 0
+    assert [tuple(r) for r in await clean_db.fetch(
+        "SELECT stream_position, reason_code, field FROM sira_rejected_events ORDER BY stream_position")] == [
+        ("a.csv:2", "invalid_field", "amount"), ("a.csv:3", "missing_field", "amount"),
+        ("a.csv:4", "missing_field", "amount"), ("a.csv:5", "invalid_field", "amount")]
+
+
 async def test_a_folder_whose_later_file_lacks_a_column_fails_before_loading_anything(clean_db, settings, tmp_path):
     """Only the first file's columns were checked: a folder whose second Parquet file has no event_id loaded the
     first and dead-lettered every row of the second (missing_field). Every file's columns are checked now, from

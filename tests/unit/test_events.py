@@ -91,6 +91,31 @@ def test_a_required_field_sent_empty_or_null_is_a_missing_field_as_an_absent_one
     assert normalize({**BASE, "event_type": None}, R, "t").reason_code == "invalid_field"
 
 
+@pytest.mark.parametrize("text", ["nan", "NaN", "-nan", "+NaN", " NAN "])
+def test_a_nan_amount_sent_as_text_is_a_missing_value_as_a_numeric_nan_is(text):
+    """A CSV amount column read as text (one cell in it is no number) passed "nan" on as a number: the event was
+    stored with amount NaN, and its customer's 30-day sum read 922337203685477.6. NaN is a missing value
+    wherever it comes from: a payment without an amount is missing_field, a usage event has none."""
+    for sent in (text, float("nan")):
+        result = normalize({**BASE, "amount": sent}, R, "t", numbers_as_text=True)
+        assert isinstance(result, Rejection), result
+        assert (result.reason_code, result.field) == ("missing_field", "amount")
+        usage = normalize({**BASE, "amount": sent, "event_type": "usage"}, R, "t", numbers_as_text=True)
+        assert not isinstance(usage, Rejection) and usage["amount"] is None, usage
+    http = normalize({**BASE, "amount": float("nan")}, R, "t")  # JSON's NaN (the API's parser takes it)
+    assert isinstance(http, Rejection) and (http.reason_code, http.field) == ("missing_field", "amount")
+    assert normalize({**BASE, "amount": text}, R, "t").reason_code == "invalid_number"  # JSON text: no number
+
+
+@pytest.mark.parametrize("text", ["inf", "+inf", "-inf", "Infinity", "-Infinity", "INF", "1e999"])
+def test_an_infinite_amount_sent_as_text_is_refused_as_a_numeric_one_is(text):
+    for sent in (text, float(text)):
+        result = normalize({**BASE, "amount": sent}, R, "t", numbers_as_text=True)
+        assert isinstance(result, Rejection), result
+        assert (result.reason_code, result.field) == ("invalid_field", "amount")
+        assert "must be a finite number" in result.reason
+
+
 def test_rejection_payload_is_redacted():
     result = normalize({"event_id": "e9", "email": "victim@example.com", "card_number": "4111111111111111"}, R, "t")
     assert isinstance(result, Rejection)
