@@ -34,7 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from sira.core.config import get_settings
 from sira.core.errors import InvalidInput
@@ -251,14 +251,16 @@ class EventIn(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _bounded_and_blank_is_missing(cls, value: Any) -> Any:
+    def _bounded_and_blank_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         problem = value_problem(value, max_string_length())
         if problem:
             raise problem.error()
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, float) and math.isnan(value):
-            return None
+        if value is None or isinstance(value, str) and not value.strip() or isinstance(value, float) and math.isnan(value):
+            # no value (a CSV's empty cell, a Parquet null, pandas' NaN) is an absent field: its default, else
+            # None (a required field: missing_field). A null event_type was refused, and with it a JSON Lines
+            # file where some lines had none (the sample check reads absent keys as nulls)
+            spec = cls.model_fields.get(info.field_name or "")
+            return spec.default if spec is not None and spec.default is not PydanticUndefined else None
         return value
 
     @field_validator("amount", mode="before")

@@ -73,11 +73,13 @@ async def test_an_unpaired_surrogate_or_a_time_beyond_the_calendar_is_a_dead_let
 
 
 
-async def test_a_nan_amount_is_a_missing_one_and_text_no_number(client, clean_db):
-    """JSON's NaN (the parser takes it) is a missing amount, as in a file; text is no number here."""
+async def test_a_null_event_type_is_a_payment_and_a_nan_amount_a_missing_one(client, clean_db):
+    """``"event_type": null`` was refused (invalid_field: "Input should be 'payment' or 'usage'") where every other
+    optional field takes null; JSON's NaN (the parser takes it) is a missing amount, as in a file; text is no
+    number here."""
     at = '"occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1"'
     body = ('{"events": [' + ", ".join([
-        '{"event_id": "h1", "amount": 1, ' + at + "}",
+        '{"event_id": "h1", "event_type": null, "amount": 1, ' + at + "}",
         '{"event_id": "h2", "amount": NaN, ' + at + "}",
         '{"event_id": "h3", "event_type": "usage", "amount": NaN, ' + at + "}",
         '{"event_id": "h4", "amount": "nan", ' + at + "}",

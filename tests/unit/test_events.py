@@ -6,7 +6,7 @@ import pytest
 from sira.core.config import get_settings
 from sira.core.errors import InvalidInput
 from sira.ingest.columnar import normalize_table
-from sira.ingest.events import Rejection, apply_mapping, check_columns, normalize
+from sira.ingest.events import EVENT_COLUMNS, Rejection, apply_mapping, check_columns, normalize
 from sira.ingest.pii import Redactor
 
 R = Redactor(b"k")
@@ -87,8 +87,23 @@ def test_a_required_field_sent_empty_or_null_is_a_missing_field_as_an_absent_one
     table = pa.table({**{k: [v] for k, v in BASE.items()}, field: pa.array([None], pa.string())})
     (parquet,) = normalize_table(table, R, "t")  # a Parquet file's null
     assert isinstance(parquet, Rejection) and (parquet.reason_code, parquet.field) == ("missing_field", field)
-    # a field with a default (event_type) sent null is still no event type: invalid, not missing
-    assert normalize({**BASE, "event_type": None}, R, "t").reason_code == "invalid_field"
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_an_event_type_sent_empty_or_null_is_a_payment_as_an_absent_one_is(value):
+    """A CSV's empty cell, JSON's null, a Parquet null: the default, as every other optional field takes its own.
+    It was invalid_field ("Input should be 'payment' or 'usage'"), and a JSON Lines file where only some lines
+    carried an event_type was refused whole by the sample check (the sample's absent keys are nulls)."""
+    for numbers_as_text in (False, True):  # JSON Lines / the API / streams, and CSV
+        row = normalize({**BASE, "event_type": value}, R, "t", numbers_as_text=numbers_as_text)
+        assert not isinstance(row, Rejection), row
+        assert row["event_type"] == "payment"
+    no_amount = normalize({k: v for k, v in {**BASE, "event_type": value}.items() if k != "amount"}, R, "t")
+    assert isinstance(no_amount, Rejection) and (no_amount.reason_code, no_amount.field) == ("missing_field", "amount")
+    table = pa.table({**{k: [v, v] for k, v in BASE.items()}, "event_id": ["e1", "e2"],
+                      "event_type": pa.array([value, "usage"], pa.string())})
+    parquet = normalize_table(table, R, "t")  # a Parquet file's null
+    assert [r[EVENT_COLUMNS.index("event_type")] for r in parquet] == ["payment", "usage"], parquet
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "-nan", "+NaN", " NAN "])
