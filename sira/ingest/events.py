@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -543,8 +544,6 @@ def json_records(lines: Any, names: Mapping[str, str] | None = None) -> list[dic
     a line that is no JSON object is a dead letter naming its file (``names``: path -> the name a person
     knows it by; else its own name) and line, not its text (which may hold personal data); its payload is the
     caller's to redact."""
-    from pathlib import Path
-
     from sira.core.files import decode_json_line
 
     out: list[dict[str, Any] | Rejection] = []
@@ -574,9 +573,11 @@ def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
         )
 
 
-def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
+def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool,
+                       file: Path | str | None = None) -> None:
     """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
-    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
+    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text), naming
+    ``file`` (the sample's) when given, as every other refusal of a file does."""
     if sample.num_rows == 0:
         raise InvalidInput("the input has no rows")
     redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
@@ -590,6 +591,6 @@ def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_te
         if bad == len(rows):
             source = mapping.get(column, column)
             raise InvalidInput(
-                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
-                details={"column": source},
+                f"{f'{file}: ' if file else ''}column {source} cannot be read as {column} in any of the first "
+                f"{len(rows)} rows", details={"column": source, **({"file": str(file)} if file else {})},
             )

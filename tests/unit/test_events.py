@@ -131,6 +131,25 @@ def test_an_infinite_amount_sent_as_text_is_refused_as_a_numeric_one_is(text):
         assert "must be a finite number" in result.reason
 
 
+def test_the_sample_check_refuses_a_column_bad_in_every_row_only_and_names_the_file():
+    """A JSON Lines sample is a table whose absent keys are nulls: a file where one line of three carried an event
+    type, a bad one, was refused whole ("column event_type cannot be read as event_type in any of the first 3
+    rows") when its bad line is a dead letter of its own. A column bad throughout is still refused, naming the
+    file the sample came from when the caller says which."""
+    from sira.core.files import json_table
+    from sira.ingest.events import check_sample_types
+
+    lines = [{**BASE, "event_id": "j1"}, {**BASE, "event_id": "j2", "event_type": "refund"},
+             {**BASE, "event_id": "j3", "event_type": None}]
+    check_sample_types(json_table(lines), {}, numbers_as_text=True)
+    bad = json_table([{**line, "event_type": "refund"} for line in lines])
+    with pytest.raises(InvalidInput) as caught:
+        check_sample_types(bad, {}, numbers_as_text=True, file="in/a.jsonl")
+    assert caught.value.one_line() == ("error: invalid_input: in/a.jsonl: column event_type cannot be read as "
+                                       "event_type in any of the first 3 rows")
+    assert caught.value.details == {"column": "event_type", "file": "in/a.jsonl"}
+
+
 def test_rejection_payload_is_redacted():
     result = normalize({"event_id": "e9", "email": "victim@example.com", "card_number": "4111111111111111"}, R, "t")
     assert isinstance(result, Rejection)
