@@ -7,9 +7,9 @@ values that repeat (cards, emails, devices, customers, terminals) or hold nothin
 - a row is *plain* when Arrow's kernels show, column by column, that :class:`EventIn` accepts it as it is:
   typed columns (text as strings, a timestamp, a number), every text value printable ASCII with no space at
   either end and within its field's bounds, a time in range, a finite amount in range (required for
-  payments), codes of the right shape, an entity key; no column beyond the model's (attributes). Any other
-  row — and every row of a table this cannot read — goes through :func:`normalize` unchanged, so a rejection
-  keeps its exact code and message;
+  payments), codes of the right shape (a null event type: a payment), an entity key; no column beyond the
+  model's (attributes). Any other row — and every row of a table this cannot read — goes through
+  :func:`normalize` unchanged, so a rejection keeps its exact code and message;
 - tokens are computed once per distinct value by :meth:`Redactor.field` itself;
 - an id is scrubbed by :meth:`Redactor.scrub_value` only when the redactor's own pre-checks (the same patterns,
   run by Arrow's regex engine, which on printable ASCII reads them as Python does: ``\\d`` is ``[0-9]``,
@@ -117,12 +117,8 @@ def _plain(table: pa.Table) -> np.ndarray:
     last = datetime.now(timezone.utc) + MAX_CLOCK_SKEW  # the event model's bound now (a row past it: the model's)
     ok = pc.and_(ok, pc.and_(pc.greater_equal(at, pa.scalar(_FIRST, pa.timestamp("us", tz="UTC"))),
                              pc.less_equal(at, pa.scalar(last, pa.timestamp("us", tz="UTC")))))
-    if "event_type" in table.column_names:  # sent as null, it is no event type (only an absent column is)
-        kinds = table.column("event_type")
-        if pa.types.is_null(kinds.type):
-            return np.zeros(table.num_rows, dtype=bool)
-        ok = pc.and_(ok, pc.is_valid(kinds))
-        payment = pc.equal(kinds, "payment")
+    if "event_type" in table.column_names and not pa.types.is_null(table.column("event_type").type):
+        payment = pc.fill_null(pc.equal(table.column("event_type"), "payment"), True)  # null: the default
     else:
         payment = pa.array(np.ones(table.num_rows, dtype=bool))
     if "amount" in table.column_names and not pa.types.is_null(table.column("amount").type):
@@ -175,8 +171,8 @@ def _rows(table: pa.Table, redactor: Redactor, source: str) -> list[Row | None]:
     values["occurred_at"] = [_EPOCH + timedelta(microseconds=us) for us in micros.tolist()]
     values["amount"] = pc.cast(table.column("amount"), pa.float64(), safe=False).to_pylist() \
         if "amount" in table.column_names else [None] * n
-    values["event_type"] = table.column("event_type").to_pylist() if "event_type" in table.column_names \
-        else ["payment"] * n
+    values["event_type"] = [kind or "payment" for kind in table.column("event_type").to_pylist()] \
+        if "event_type" in table.column_names else ["payment"] * n
     values["currency"] = _each_distinct(table, "currency", str.upper)
     values["country"] = _each_distinct(table, "country", str.upper)
     values["channel"] = _each_distinct(table, "channel", lambda v: redactor.scrub_value(v.lower()))

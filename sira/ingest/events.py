@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,7 +35,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from sira.core.config import get_settings
 from sira.core.errors import InvalidInput
@@ -251,14 +252,16 @@ class EventIn(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _bounded_and_blank_is_missing(cls, value: Any) -> Any:
+    def _bounded_and_blank_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         problem = value_problem(value, max_string_length())
         if problem:
             raise problem.error()
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, float) and math.isnan(value):
-            return None
+        if value is None or isinstance(value, str) and not value.strip() or isinstance(value, float) and math.isnan(value):
+            # no value (a CSV's empty cell, a Parquet null, pandas' NaN) is an absent field: its default, else
+            # None (a required field: missing_field). A null event_type was refused, and with it a JSON Lines
+            # file where some lines had none (the sample check reads absent keys as nulls)
+            spec = cls.model_fields.get(info.field_name or "")
+            return spec.default if spec is not None and spec.default is not PydanticUndefined else None
         return value
 
     @field_validator("amount", mode="before")
@@ -282,7 +285,11 @@ class EventIn(BaseModel):
     @field_validator("amount")
     @classmethod
     def _finite_amount(cls, value: float | None) -> float | None:
-        if value is not None and (math.isinf(value) or value < 0 or value > MAX_AMOUNT):
+        if value is not None and math.isnan(value):
+            # parsed from text ("nan", "NaN": a CSV column read as text) or a Decimal: a missing value, as a
+            # float NaN is (it was stored, and a customer's 30-day sum read 922337203685477.6)
+            return None
+        if value is not None and (not math.isfinite(value) or value < 0 or value > MAX_AMOUNT):
             raise ValueError(f"must be a finite number between 0 and {MAX_AMOUNT:,.0f}")
         return value
 
@@ -537,8 +544,6 @@ def json_records(lines: Any, names: Mapping[str, str] | None = None) -> list[dic
     a line that is no JSON object is a dead letter naming its file (``names``: path -> the name a person
     knows it by; else its own name) and line, not its text (which may hold personal data); its payload is the
     caller's to redact."""
-    from pathlib import Path
-
     from sira.core.files import decode_json_line
 
     out: list[dict[str, Any] | Rejection] = []
@@ -568,9 +573,11 @@ def check_columns(columns: list[str], mapping: Mapping[str, str]) -> None:
         )
 
 
-def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool) -> None:
+def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_text: bool,
+                       file: Path | str | None = None) -> None:
     """Fail before loading when a column is of the wrong type throughout the sample (``numbers_as_text``:
-    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text)."""
+    the sample's types are not the file's own, CSV or JSON Lines a sample table turned to text), naming
+    ``file`` (the sample's) when given, as every other refusal of a file does."""
     if sample.num_rows == 0:
         raise InvalidInput("the input has no rows")
     redactor = Redactor(b"sample-check")  # nothing is stored: any key will do
@@ -584,6 +591,6 @@ def check_sample_types(sample: Any, mapping: Mapping[str, str], *, numbers_as_te
         if bad == len(rows):
             source = mapping.get(column, column)
             raise InvalidInput(
-                f"column {source} cannot be read as {column} in any of the first {len(rows)} rows",
-                details={"column": source},
+                f"{f'{file}: ' if file else ''}column {source} cannot be read as {column} in any of the first "
+                f"{len(rows)} rows", details={"column": source, **({"file": str(file)} if file else {})},
             )

@@ -73,6 +73,27 @@ async def test_an_unpaired_surrogate_or_a_time_beyond_the_calendar_is_a_dead_let
 
 
 
+async def test_a_null_event_type_is_a_payment_and_a_nan_amount_a_missing_one(client, clean_db):
+    """``"event_type": null`` was refused (invalid_field: "Input should be 'payment' or 'usage'") where every other
+    optional field takes null; JSON's NaN (the parser takes it) is a missing amount, as in a file; text is no
+    number here."""
+    at = '"occurred_at": "2026-09-01T10:00:00Z", "customer_id": "c1"'
+    body = ('{"events": [' + ", ".join([
+        '{"event_id": "h1", "event_type": null, "amount": 1, ' + at + "}",
+        '{"event_id": "h2", "amount": NaN, ' + at + "}",
+        '{"event_id": "h3", "event_type": "usage", "amount": NaN, ' + at + "}",
+        '{"event_id": "h4", "amount": "nan", ' + at + "}",
+        '{"event_id": "h5", "amount": Infinity, ' + at + "}",
+    ]) + "]}")
+    r = await client.post("/v1/events", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [(x["event_id"], x["status"], x.get("code")) for x in r.json()["results"]] == [
+        ("h1", "accepted", None), ("h2", "rejected", "missing_field"), ("h3", "accepted", None),
+        ("h4", "rejected", "invalid_number"), ("h5", "rejected", "invalid_field")]
+    assert [tuple(r) for r in await clean_db.fetch("SELECT event_id, event_type, amount FROM sira_events ORDER BY 1")] \
+        == [("h1", "payment", 1), ("h3", "usage", None)]
+
+
 async def test_a_value_postgres_refuses_is_a_422_not_a_500(client, clean_db):
     from sira.core import db
     from sira.core.auth import Identity

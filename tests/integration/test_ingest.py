@@ -276,6 +276,40 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0
 
 
+async def test_a_csv_nan_amount_is_a_missing_value_not_a_stored_nan(clean_db, settings, tmp_path):
+    """An amount column with one cell that is no number is read as text: its "nan" was stored as amount NaN
+    (PostgreSQL's numeric holds one), and the customer's 30-day sum read 922337203685477.6. It is a missing
+    value, as NaN is in a numeric column: the payment is dead-lettered missing_field; "inf" is refused."""
+    at = "2026-05-01T10:00:00Z"
+    amounts = ["10", "twelve", "nan", "NaN", "inf", "11.5"]
+    write_csv(tmp_path / "a.csv", [{"event_id": f"b{i}", "occurred_at": at, "customer_id": "c2", "amount": a}
+                                   for i, a in enumerate(amounts)])
+    summary = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected) == (2, 4), summary
+    assert await count(clean_db, "sira_events", "amount = 'NaN'") == 0
+    assert [tuple(r) for r in await clean_db.fetch(
+        "SELECT stream_position, reason_code, field FROM sira_rejected_events ORDER BY stream_position")] == [
+        ("a.csv:2", "invalid_field", "amount"), ("a.csv:3", "missing_field", "amount"),
+        ("a.csv:4", "missing_field", "amount"), ("a.csv:5", "invalid_field", "amount")]
+
+
+async def test_a_jsonl_file_with_one_bad_event_type_dead_letters_that_line_only(clean_db, settings, tmp_path):
+    """The sample check reads JSON Lines as a table whose absent keys are nulls, and a null event type was refused:
+    a file where only one line of three carried an event type (a bad one) failed whole ("column event_type cannot
+    be read as event_type in any of the first 3 rows"). Now an absent or null event type is a payment."""
+    at = "2026-05-01T10:00:00Z"
+    lines = [{"event_id": "j1", "occurred_at": at, "customer_id": "c1", "amount": 5},
+             {"event_id": "j2", "occurred_at": at, "customer_id": "c1", "amount": 5, "event_type": "refund"},
+             {"event_id": "j3", "occurred_at": at, "customer_id": "c1", "amount": 5, "event_type": None}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = await ingest_files(settings, [tmp_path / "a.jsonl"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected) == (2, 1), summary
+    assert [tuple(r) for r in await clean_db.fetch("SELECT event_id, event_type FROM sira_events ORDER BY 1")] == [
+        ("j1", "payment"), ("j3", "payment")]
+    assert tuple(await clean_db.fetchrow("SELECT stream_position, reason_code, field FROM sira_rejected_events")) == \
+        ("a.jsonl:2", "invalid_field", "event_type")
+
+
 async def test_a_folder_whose_later_file_lacks_a_column_fails_before_loading_anything(clean_db, settings, tmp_path):
     """Only the first file's columns were checked: a folder whose second Parquet file has no event_id loaded the
     first and dead-lettered every row of the second (missing_field). Every file's columns are checked now, from

@@ -130,6 +130,26 @@ async def test_dead_letters_of_a_redelivered_batch_are_stored_once(clean_db, red
     assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
+async def test_a_null_event_type_on_the_stream_is_a_payment(clean_db, redis_client, redis_url, settings):
+    """An entry with ``"event_type": null`` was dead-lettered invalid_field; it is a payment, as an absent one is.
+    A NaN amount cannot come this way (the entry's parser refuses NaN: undecodable), nor text as a number."""
+    event, = stream_events(1)
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**event, "event_type": None})})
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**event, "event_id": "nan", "amount": "nan"})})
+    redis_client.xadd(STREAM, {"kind": "event", "data": json.dumps({**event, "event_id": "NaN", "amount": float("nan")})})
+    source = RedisStreamSource(redis_url, consumer="x")
+    await source.start()
+    try:
+        summary = await consume(source, clean_db, settings=settings, feature_sets=[], batch=10, block_ms=50,
+                                max_events=3)
+    finally:
+        await source.close()
+    assert (summary.accepted, summary.rejected) == (1, 2), summary
+    assert tuple(await clean_db.fetchrow("SELECT event_id, event_type FROM sira_events")) == ("s0000", "payment")
+    assert [tuple(r) for r in await clean_db.fetch("SELECT event_id, reason_code FROM sira_rejected_events ORDER BY 1")
+            ] == [("nan", "invalid_number"), (None, "undecodable")]  # nulls last
+
+
 async def test_a_recreated_stream_s_bad_entries_at_old_ids_are_dead_letters_of_their_own(clean_db, redis_client,
                                                                                            redis_url, settings):
     """A stream deleted and recreated can be given its old ids again (a producer setting them): a dead letter is a

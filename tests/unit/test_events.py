@@ -6,7 +6,7 @@ import pytest
 from sira.core.config import get_settings
 from sira.core.errors import InvalidInput
 from sira.ingest.columnar import normalize_table
-from sira.ingest.events import Rejection, apply_mapping, check_columns, normalize
+from sira.ingest.events import EVENT_COLUMNS, Rejection, apply_mapping, check_columns, normalize
 from sira.ingest.pii import Redactor
 
 R = Redactor(b"k")
@@ -87,8 +87,67 @@ def test_a_required_field_sent_empty_or_null_is_a_missing_field_as_an_absent_one
     table = pa.table({**{k: [v] for k, v in BASE.items()}, field: pa.array([None], pa.string())})
     (parquet,) = normalize_table(table, R, "t")  # a Parquet file's null
     assert isinstance(parquet, Rejection) and (parquet.reason_code, parquet.field) == ("missing_field", field)
-    # a field with a default (event_type) sent null is still no event type: invalid, not missing
-    assert normalize({**BASE, "event_type": None}, R, "t").reason_code == "invalid_field"
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_an_event_type_sent_empty_or_null_is_a_payment_as_an_absent_one_is(value):
+    """A CSV's empty cell, JSON's null, a Parquet null: the default, as every other optional field takes its own.
+    It was invalid_field ("Input should be 'payment' or 'usage'"), and a JSON Lines file where only some lines
+    carried an event_type was refused whole by the sample check (the sample's absent keys are nulls)."""
+    for numbers_as_text in (False, True):  # JSON Lines / the API / streams, and CSV
+        row = normalize({**BASE, "event_type": value}, R, "t", numbers_as_text=numbers_as_text)
+        assert not isinstance(row, Rejection), row
+        assert row["event_type"] == "payment"
+    no_amount = normalize({k: v for k, v in {**BASE, "event_type": value}.items() if k != "amount"}, R, "t")
+    assert isinstance(no_amount, Rejection) and (no_amount.reason_code, no_amount.field) == ("missing_field", "amount")
+    table = pa.table({**{k: [v, v] for k, v in BASE.items()}, "event_id": ["e1", "e2"],
+                      "event_type": pa.array([value, "usage"], pa.string())})
+    parquet = normalize_table(table, R, "t")  # a Parquet file's null
+    assert [r[EVENT_COLUMNS.index("event_type")] for r in parquet] == ["payment", "usage"], parquet
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "-nan", "+NaN", " NAN "])
+def test_a_nan_amount_sent_as_text_is_a_missing_value_as_a_numeric_nan_is(text):
+    """A CSV amount column read as text (one cell in it is no number) passed "nan" on as a number: the event was
+    stored with amount NaN, and its customer's 30-day sum read 922337203685477.6. NaN is a missing value
+    wherever it comes from: a payment without an amount is missing_field, a usage event has none."""
+    for sent in (text, float("nan")):
+        result = normalize({**BASE, "amount": sent}, R, "t", numbers_as_text=True)
+        assert isinstance(result, Rejection), result
+        assert (result.reason_code, result.field) == ("missing_field", "amount")
+        usage = normalize({**BASE, "amount": sent, "event_type": "usage"}, R, "t", numbers_as_text=True)
+        assert not isinstance(usage, Rejection) and usage["amount"] is None, usage
+    http = normalize({**BASE, "amount": float("nan")}, R, "t")  # JSON's NaN (the API's parser takes it)
+    assert isinstance(http, Rejection) and (http.reason_code, http.field) == ("missing_field", "amount")
+    assert normalize({**BASE, "amount": text}, R, "t").reason_code == "invalid_number"  # JSON text: no number
+
+
+@pytest.mark.parametrize("text", ["inf", "+inf", "-inf", "Infinity", "-Infinity", "INF", "1e999"])
+def test_an_infinite_amount_sent_as_text_is_refused_as_a_numeric_one_is(text):
+    for sent in (text, float(text)):
+        result = normalize({**BASE, "amount": sent}, R, "t", numbers_as_text=True)
+        assert isinstance(result, Rejection), result
+        assert (result.reason_code, result.field) == ("invalid_field", "amount")
+        assert "must be a finite number" in result.reason
+
+
+def test_the_sample_check_refuses_a_column_bad_in_every_row_only_and_names_the_file():
+    """A JSON Lines sample is a table whose absent keys are nulls: a file where one line of three carried an event
+    type, a bad one, was refused whole ("column event_type cannot be read as event_type in any of the first 3
+    rows") when its bad line is a dead letter of its own. A column bad throughout is still refused, naming the
+    file the sample came from when the caller says which."""
+    from sira.core.files import json_table
+    from sira.ingest.events import check_sample_types
+
+    lines = [{**BASE, "event_id": "j1"}, {**BASE, "event_id": "j2", "event_type": "refund"},
+             {**BASE, "event_id": "j3", "event_type": None}]
+    check_sample_types(json_table(lines), {}, numbers_as_text=True)
+    bad = json_table([{**line, "event_type": "refund"} for line in lines])
+    with pytest.raises(InvalidInput) as caught:
+        check_sample_types(bad, {}, numbers_as_text=True, file="in/a.jsonl")
+    assert caught.value.one_line() == ("error: invalid_input: in/a.jsonl: column event_type cannot be read as "
+                                       "event_type in any of the first 3 rows")
+    assert caught.value.details == {"column": "event_type", "file": "in/a.jsonl"}
 
 
 def test_rejection_payload_is_redacted():
