@@ -286,6 +286,30 @@ def read_part(path: str, row_group: int, file_format: str, rows: int, start: int
         raise InvalidInput(f"{path}: cannot read as {file_format}: {_reason(exc)}", details={"file": path}) from None
 
 
+# Columns a numbered read (:func:`numbered`) adds to a CSV or Parquet table: each row's file and row number, which
+# a dead letter keeps as its position (a JSON Lines table has its own: file, line).
+FILE, ROW = "__sira_file", "__sira_row"
+
+
+def read_numbered(batch: dict[str, Any], *, file_format: str, rows: int, text: tuple[str, ...]) -> Iterator[pa.Table]:
+    """Ray Data task: the rows of parts of the input (:func:`read_parts`: a Parquet row group, a CSV or JSON Lines
+    file), :func:`numbered`."""
+    for path, group, first in zip(batch["path"].tolist(), batch["row_group"].tolist(), batch["first"].tolist()):
+        yield from numbered(path, group, first, file_format, rows, text)
+
+
+def numbered(path: str, row_group: int, first: int, file_format: str, rows: int, text: tuple[str, ...]
+             ) -> Iterator[pa.Table]:
+    """:func:`read_part`'s tables of one part, whose first row is row ``first`` of its file, with :data:`FILE`
+    and :data:`ROW`."""
+    for table in read_part(path, row_group, file_format, rows, text=text):
+        if file_format != "json":
+            table = table.append_column(FILE, pa.repeat(path, table.num_rows)).append_column(
+                ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
+        first += table.num_rows
+        yield table
+
+
 def json_lines(path: Path, rows: int) -> Iterator[pa.Table]:
     """A JSON Lines file's non-blank lines, undecoded, in tables of (file, line number, text); a UTF-8 byte order
     mark opening the file is left out (as ``utf-8-sig`` reads it: there only)."""

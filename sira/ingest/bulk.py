@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +28,8 @@ import pyarrow as pa
 from sira.core import audit, db
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
-from sira.core.files import columns_of, find_files, read_part, read_parts, read_sample
+from sira.core.errors import InvalidInput, SiraError
+from sira.core.files import FILE, ROW, columns_of, find_files, numbered, read_numbered, read_parts, read_sample
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
@@ -331,30 +333,6 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
-# Columns the loader adds to a CSV or Parquet table it reads: each row's file and row number, which a dead letter
-# keeps as its position (a JSON Lines table has its own: file, line).
-FILE, ROW = "__sira_file", "__sira_row"
-
-
-def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int, text: tuple[str, ...]
-                ) -> Iterator[pa.Table]:
-    """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
-    for path, group, first in zip(batch["path"].tolist(), batch["row_group"].tolist(), batch["first"].tolist()):
-        yield from _numbered(path, group, first, file_format, rows, text)
-
-
-def _numbered(path: str, row_group: int, first: int, file_format: str, rows: int, text: tuple[str, ...]
-              ) -> Iterator[pa.Table]:
-    """:func:`read_part`'s tables of one part, whose first row is row ``first`` of its file, with :data:`FILE`
-    and :data:`ROW`."""
-    for table in read_part(path, row_group, file_format, rows, text=text):
-        if file_format != "json":
-            table = table.append_column(FILE, pa.repeat(path, table.num_rows)).append_column(
-                ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
-        first += table.num_rows
-        yield table
-
-
 def _json_records(batch: pa.Table, redactor: Redactor, names: Mapping[str, str]) -> list[dict[str, Any] | Rejection]:
     """JSON Lines decoded one line at a time (:func:`json_records`), a broken line's file name redacted."""
     return [r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload))
@@ -391,17 +369,14 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
             results[i] = replace(cast(Rejection, results[i]), position=f"{name}:{row}")
 
     async def run() -> IngestSummary:
-        conn = await db.connect(dsn)
-        try:
-            async with conn.transaction():
-                return await store_rows(conn, results, scrubbed)
-        finally:
-            await conn.close()
+        async with _connected(dsn) as conn, conn.transaction():
+            return await store_rows(conn, results, scrubbed)
 
     s = asyncio.run(run())
-    return {
+    return {  # the reasons as JSON text: as a dict, Ray Data merged the batches' into one struct of every reason,
+        # None where a batch had none (and adding them up failed once every event was stored)
         "read": np.array([s.read]), "accepted": np.array([s.accepted]), "duplicates": np.array([s.duplicates]),
-        "rejected": np.array([s.rejected]), "reasons": np.array([dict(s.reasons)], dtype=object),
+        "rejected": np.array([s.rejected]), "reasons": np.array([json.dumps(dict(s.reasons))]),
     }
 
 
@@ -414,8 +389,7 @@ def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: in
     written = []
     for entity, shard in zip(batch["entity"].tolist(), batch["shard"].tolist()):
         async def run(entity: str = entity, shard: int = shard) -> int:
-            conn = await db.connect(dsn)
-            try:
+            async with _connected(dsn) as conn:
                 key = "event_id" if entity == feature_store.EVENT_ENTITY else fs.entity(entity).key_column
                 keys = ", ".join(sorted({f'"{s.key_column}"' for s in fs.entities}))
                 events = [dict(r) for r in await conn.fetch(
@@ -432,8 +406,6 @@ def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: in
                     )
                 async with conn.transaction():
                     return await feature_store.write_feature_rows(conn, fs, rows)
-            finally:
-                await conn.close()
 
         written.append(asyncio.run(run()))
     return {"written": np.array(written, dtype=np.int64)}
@@ -480,21 +452,15 @@ def ingest_files(
     dsn = db.resolve_dsn(settings)
 
     async def seq_now() -> int:
-        conn = await db.connect(dsn)
-        try:
-            from sira.core import migrations
+        from sira.core import migrations
 
+        async with _connected(dsn) as conn:
             await migrations.check(conn)
             return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
-        finally:
-            await conn.close()
 
     async def in_service() -> list[FeatureSet]:
-        conn = await db.connect(dsn)
-        try:
+        async with _connected(dsn) as conn:
             return await feature_sets_in_service(conn)
-        finally:
-            await conn.close()
 
     seq_from = asyncio.run(seq_now())
     feature_sets = list(feature_sets) if feature_sets is not None else asyncio.run(in_service())
@@ -516,11 +482,11 @@ def ingest_files(
             for c in (
                 ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
                  for part in parts
-                 for t in _numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
-                                    files.text))
+                 for t in numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
+                                   files.text))
                 if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
-                .map_batches(_read_parts, batch_size=1, batch_format="numpy",
+                .map_batches(read_numbered, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size, "text": files.text})
                 .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=load)
                 .iter_rows()
@@ -528,19 +494,22 @@ def ingest_files(
                 counts.append(c)
                 advance(int(c["read"]))
     except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
-        raise task_cause(exc) from None
+        cause = task_cause(exc)
+        raise (error := _stopped(cause, seq_now, seq_from)) from (None if error is cause else cause)
     summary = IngestSummary()
     for c in counts:
         summary.read += int(c["read"])
         summary.accepted += int(c["accepted"])
         summary.duplicates += int(c["duplicates"])
         summary.rejected += int(c["rejected"])
-        summary.reasons.update(c["reasons"])
+        summary.reasons.update(json.loads(c["reasons"]))
     seq_to = asyncio.run(seq_now())
     if summary.accepted:
         asyncio.run(db.analyze(dsn, "sira_events"))
     summary.phases["load"] = time.perf_counter() - phase
-    for fs in feature_sets if seq_to > seq_from else []:
+    # v2 states advance from what their last fold saw (sira.features.states.advance), so a load whose events were
+    # all stored before folds those a load that stopped before folding left out (nothing when there are none)
+    for fs in [f for f in feature_sets if seq_to > seq_from or f.engine == "tiles" and summary.duplicates]:
         phase = time.perf_counter()
         notify(f"folding {summary.accepted:,} new events into {fs.name}@{fs.version}")
         if fs.engine == "tiles":
@@ -570,27 +539,44 @@ def ingest_files(
     return summary
 
 
+def _stopped(cause: BaseException, seq_now: Callable[[], Any], seq_from: int) -> BaseException:
+    """What stopped a load, saying what to run when some of its events were stored already: a run again found
+    them all duplicates and folded nothing (the database gone too: the cause says so)."""
+    with contextlib.suppress(Exception):
+        if (stored := asyncio.run(seq_now()) - seq_from) > 0:
+            note = (f" ({stored:,} events of this load were stored before it stopped, not yet folded into the "
+                    "features: `sira features materialize` folds them; so does loading the files again)")
+            if not isinstance(cause, SiraError):
+                return SiraError(f"{type(cause).__name__}: {cause}{note}")
+            cause.message += note
+            cause.args = (cause.message,)
+    return cause
+
+
+@contextlib.asynccontextmanager
+async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own: the driver's steps and Ray Data's tasks each run in an event loop of their own."""
+    conn = await db.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def _advance_states(dsn: str, fs: FeatureSet) -> Any:
     from sira.features.states import advance
 
-    conn = await db.connect(dsn)
-    try:
-        async with conn.transaction():
-            return await advance(conn, fs)
-    finally:
-        await conn.close()
+    async with _connected(dsn) as conn, conn.transaction():
+        return await advance(conn, fs)
 
 
 async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, files: Any, summary: IngestSummary,
                        seq_from: int, seq_to: int) -> None:
     """Who loaded which files, and what came of it (file names only, scrubbed as sources are: a name may
     hold an email)."""
-    conn = await db.connect(dsn)
-    try:
+    async with _connected(dsn) as conn:
         await audit.record(conn, actor, "events.ingest", target_type="source", target_id=redactor.scrub_text(source),
                            details={"files": [redactor.scrub_text(p.name) for p in files.paths][:100],
                                     "n_files": len(files.paths), "read": summary.read, "accepted": summary.accepted,
                                     "duplicates": summary.duplicates, "rejected": summary.rejected,
                                     "seq_from": seq_from, "seq_to": seq_to})
-    finally:
-        await conn.close()

@@ -547,3 +547,44 @@ async def test_mapped_columns_are_redacted_in_dead_letters_as_the_fields_they_ar
     stored_text = await clean_db.fetchval("SELECT (SELECT string_agg(e::text, ' ') FROM sira_events e) || "
                                           "(SELECT string_agg(r::text, ' ') FROM sira_rejected_events r)")
     assert "SECRET99" not in stored_text and "0687654321" not in stored_text
+
+
+async def test_a_ray_data_load_with_bad_rows_in_some_batches_only_adds_its_counts_up(clean_db, ray_session, settings,
+                                                                                    tmp_path):
+    """Each Ray Data batch returned its rejections by reason as a dict; Ray Data merged them into one struct with
+    every reason, a batch without one had None there, and adding the counts up failed (`NoneType + int`) once
+    every event was stored: no states folded, no summary, no audit record, and a run again folded nothing (its
+    events were all duplicates). Now the counts add up, and a load whose events were stored before folds those
+    no fold has seen."""
+    from sira.features.definitions import PAYMENTS_V2
+
+    rows = handbook_rows(30)
+    rows[5]["TX_AMOUNT"] = "-1"  # in the first batch of ten only
+    write_csv(tmp_path / "mid.csv", rows)
+    load = {"mapping": dict(HANDBOOK_MAP), "progress": False, "batch_size": 10}
+    summary = await ingest_files(settings, [tmp_path / "mid.csv"], feature_sets=[], **load)  # stored, not folded
+    assert (summary.read, summary.accepted, summary.rejected, dict(summary.reasons)) == (30, 29, 1, {"invalid_field": 1})
+    assert await count(clean_db, "sira_audit_log", "action = 'events.ingest'") == 1
+    assert await count(clean_db, "sira_entity_states") == 0
+    again = await ingest_files(settings, [tmp_path / "mid.csv"], feature_sets=[PAYMENTS_V2], **load)
+    assert (again.accepted, again.duplicates) == (0, 30)
+    assert await count(clean_db, "sira_entity_states") == 4 + 3  # its customers' and terminals'
+
+
+async def test_a_load_that_stops_after_storing_events_says_what_folds_them(clean_db, settings, tmp_path):
+    """A file damaged past its footer stops the load after the row groups before the damage were stored: the
+    error says so and what folds them, and loading the files again (repaired) does."""
+    from sira.features.definitions import PAYMENTS_V2
+
+    bad = damaged_parquet(tmp_path / "damaged.parquet")
+    with pytest.raises(InvalidInput) as caught:
+        await ingest_files(settings, [bad], feature_sets=[PAYMENTS_V2], progress=False)
+    assert "1,500 events of this load were stored" in caught.value.message
+    assert "sira features materialize" in caught.value.message and caught.value.message.startswith(f"{bad}: cannot")
+    assert (await count(clean_db, "sira_events"), await count(clean_db, "sira_entity_states")) == (1500, 0)
+    table = pa.table({"event_id": [f"p{i}" for i in range(1500)],
+                      "occurred_at": [f"2026-05-01T10:{i % 60:02d}:00Z" for i in range(1500)],
+                      "customer_id": [f"c{i % 10}" for i in range(1500)], "amount": [float(i) for i in range(1500)]})
+    pq.write_table(table, tmp_path / "repaired.parquet")
+    again = await ingest_files(settings, [tmp_path / "repaired.parquet"], feature_sets=[PAYMENTS_V2], progress=False)
+    assert (again.accepted, again.duplicates) == (0, 1500) and await count(clean_db, "sira_entity_states") == 10
