@@ -35,7 +35,7 @@ from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
-from sira.ingest.dead_letters import dead_letters
+from sira.ingest.dead_letters import IDENTITY, contradicted, dead_letters, identity, reused_copy
 from sira.ingest.events import (
     EVENT_COLUMNS,
     IngestSummary,
@@ -84,56 +84,72 @@ def normalize_all(records: Sequence[Mapping[str, Any]], redactor: Redactor, sour
     return source, [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
 
 
-async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str
-                           ) -> tuple[IngestSummary, list[dict[str, Any]]]:
-    """Store what :func:`normalize` made of a batch (``source`` scrubbed): the rows, once per ``event_id``,
-    and the rejections as dead letters; returns the summary (with each event's result) and the new rows."""
-    summary = IngestSummary(read=len(results))
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str,
+                           positions: Sequence[str | None] | None = None) -> tuple[IngestSummary, list[dict[str, Any]]]:
+    """Store what :func:`normalize` made of a batch (``source`` scrubbed) as :func:`store_rows` does (``positions``:
+    where each record came from); returns the summary (with each event's result) and the new rows."""
+    summary, new_ids, aside = await store_rows(conn, [r if isinstance(r, Rejection) else stored_row(r) for r in results],
+                                               source, lambda at: [positions[i] if positions else None for i in at],
+                                               ids=True)
+    fresh: list[dict[str, Any]] = []
     for i, result in enumerate(results):  # in the batch's order, each with its index
-        if isinstance(result, Rejection):
-            summary.results.append({"index": i, "event_id": result.event_id, "status": "rejected",
-                                    "code": result.reason_code, "reason": result.reason})
-        elif result["event_id"] in seen:
-            summary.duplicates += 1
-            summary.results.append({"index": i, "event_id": result["event_id"], "status": "duplicate"})
+        if isinstance(result, Rejection) or i in aside:
+            summary.results.append({"index": i, "event_id": aside[i].event_id, "status": "rejected",
+                                    "code": aside[i].reason_code, "reason": aside[i].reason})
         else:
-            seen.add(result["event_id"])
-            rows.append(result)
-            summary.results.append({"index": i, "event_id": result["event_id"], "status": "accepted"})
-    new_ids = await insert_events(conn, rows)
-    fresh = [r for r in rows if r["event_id"] in new_ids]
-    summary.accepted = len(fresh)
-    summary.duplicates += len(rows) - len(fresh)
-    for r in summary.results:
-        if r["status"] == "accepted" and r["event_id"] not in new_ids:
-            r["status"] = "duplicate"  # stored before this batch
-    summary.duplicates += await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
+            new = result["event_id"] in new_ids
+            new_ids.discard(result["event_id"])  # a later copy is a duplicate
+            fresh += [result] if new else []
+            summary.results.append({"index": i, "event_id": result["event_id"],
+                                    "status": "accepted" if new else "duplicate"})
     return summary, fresh
 
 
-async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection], source: str) -> IngestSummary:
-    """:func:`store_normalized` for a file's batch, whose rows are tuples in :data:`EVENT_COLUMNS` order
-    (:func:`sira.ingest.columnar.normalize_table`): the new rows are counted, not returned (a file's features
-    come from the log)."""
+async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection], source: str,
+                     where: Callable[[list[int]], Sequence[str | None]] = lambda at: [None] * len(at), *,
+                     ids: bool = False) -> tuple[IngestSummary, set[str], dict[int, Rejection]]:
+    """Store a batch's rows (tuples in :data:`EVENT_COLUMNS` order), the first copy of each ``event_id``, and its
+    rejections as dead letters. A copy of an event_id that contradicts its first copy, or the event stored under
+    it before (:data:`IDENTITY`), is another event under a reused id: set aside as ``event_id_reused`` (``where``:
+    the positions of rows by index, which its dead letter keeps: loaded again, it is a repeat); another copy is a
+    duplicate. Returns the summary, the ids stored (``ids``; else they are counted: a file load's millions) and the
+    records set aside by index."""
     summary = IngestSummary(read=len(results))
-    rows: dict[str, Row] = {}
-    for result in results:
-        if not isinstance(result, Rejection):
-            rows.setdefault(result[0], result)  # the first of an event_id wins, as above
-    summary.accepted = await count_inserted(conn, list(rows.values()))
-    rejections = [r for r in results if isinstance(r, Rejection)]
-    summary.duplicates = len(results) - len(rejections) - summary.accepted
-    summary.duplicates += await dead_letters(conn, rejections, source, summary)  # a file's rows ingested again
-    return summary
+    rows = {i: r for i, r in enumerate(results) if not isinstance(r, Rejection)}
+    first: dict[str, int] = {}
+    for i, row in rows.items():
+        first.setdefault(row[0], i)
+    kept = [rows[i] for i in first.values()]
+    new_ids = await insert_events(conn, kept) if ids else set()
+    summary.accepted = len(new_ids) if ids else await count_inserted(conn, kept)
+    # each copy compared with the event its id names: the one stored before (looked up only when some were), or
+    # the batch's first copy
+    stored = await _stored_otherwise(conn) if summary.accepted < len(kept) else {}
+    reused = {i: fields for i, row in rows.items() if (i != first[row[0]] or row[0] in stored) and (
+        fields := contradicted(stored.get(row[0]) or identity(rows[first[row[0]]]), row))}
+    aside = {i: r for i, r in enumerate(results) if isinstance(r, Rejection)}
+    for i, position in zip(sorted(reused), where(sorted(reused))):
+        aside[i] = reused_copy(rows[i], reused[i], position)
+    summary.duplicates = len(results) - summary.accepted - len(aside)
+    summary.duplicates += await dead_letters(conn, [aside[i] for i in sorted(aside)], source, summary)
+    return summary, new_ids, aside
 
 
-async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
+async def _stored_otherwise(conn: asyncpg.Connection) -> dict[str, tuple[Any, ...]]:
+    """The :func:`identity` of each event stored under the id of a staged row (:func:`_staged_insert`) that differs
+    from it there."""
+    rows = await conn.fetch(
+        f"SELECT e.event_id, {', '.join(f'e.{c}' for c in IDENTITY)} FROM sira_events_stage s JOIN sira_events e"
+        f" ON e.event_id = s.event_id WHERE ({', '.join(f's.{c}' for c in IDENTITY)}) IS DISTINCT FROM"
+        f" ({', '.join(f'e.{c}' for c in IDENTITY)})")
+    return {r[0]: tuple(r)[1:] for r in rows}
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+    """Insert event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
-    staged = await _staged_insert(conn, [stored_row(r) for r in rows])
+    staged = await _staged_insert(conn, rows)
     return {r["event_id"] for r in await conn.fetch(staged + " RETURNING event_id")}
 
 
@@ -194,7 +210,7 @@ async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequ
     v2 states it writes): they were validated and redacted before scoring, so they are not normalized
     twice. Returns the number of events that were new.
     """
-    new_ids = await insert_events(conn, rows)
+    new_ids = await insert_events(conn, [stored_row(r) for r in rows])
     fresh = [r for r in rows if r["event_id"] in new_ids]
     if fresh:
         for other in sorted({fs, *await feature_sets_in_service(conn)}, key=lambda f: (f.name, f.version)):
@@ -286,24 +302,13 @@ async def fold_into_snapshots(
     return rows, updated
 
 
-async def ingest_batch(
-    conn: asyncpg.Connection,
-    records: Sequence[Mapping[str, Any]],
-    *,
-    redactor: Redactor,
-    source: str,
-    mapping: Mapping[str, str] | None = None,
-    feature_sets: Sequence[FeatureSet] | None = None,
-) -> IngestSummary:
-    """Store a small batch and fold it into the state of every feature set in service (``feature_sets``
-    when given), inside the caller's transaction."""
-    return await ingest_normalized(conn, *normalize_all(records, redactor, source, mapping), feature_sets)
-
-
 async def ingest_normalized(conn: asyncpg.Connection, source: str, results: Sequence[dict[str, Any] | Rejection],
-                            feature_sets: Sequence[FeatureSet] | None = None) -> IngestSummary:
-    """:func:`ingest_batch` of a batch :func:`normalize_all` already made."""
-    summary, fresh = await store_normalized(conn, results, source)
+                            feature_sets: Sequence[FeatureSet] | None = None,
+                            positions: Sequence[str | None] | None = None) -> IngestSummary:
+    """Store a batch :func:`normalize_all` made and fold its new events into the state of every feature set in
+    service (``feature_sets`` when given), inside the caller's transaction (``positions``: where each record came
+    from, which a dead letter keeps)."""
+    summary, fresh = await store_normalized(conn, results, source, positions)
     if fresh:
         for fs in feature_sets if feature_sets is not None else await feature_sets_in_service(conn):
             written, updated = await fold_and_store(conn, fs, fresh)
@@ -320,12 +325,17 @@ async def ingest_records(
     source: str,
     mapping: Mapping[str, str] | None = None,
     feature_sets: Sequence[FeatureSet] | None = None,
+    position: str | None = None,
 ) -> IngestSummary:
-    """:func:`ingest_batch` in a transaction of its own (``POST /v1/events``)."""
+    """:func:`ingest_normalized` of the records in a transaction of its own (``POST /v1/events``). ``position``: where the records came
+    from (the API's endpoint), which their dead letters keep: a retry's are repeats, stored once, as a stream's."""
     started = time.perf_counter()
+    source, results = normalize_all(records, redactor, source, mapping)
+    if position is not None:
+        results = [replace(r, position=position) if isinstance(r, Rejection) else r for r in results]
     async with db.transaction(pool) as conn:
-        summary = await ingest_batch(conn, records, redactor=redactor, source=source, mapping=mapping,
-                                     feature_sets=feature_sets)
+        summary = await ingest_normalized(conn, source, results, feature_sets,
+                                          None if position is None else [position] * len(results))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -360,17 +370,20 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
                       normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
                       for raw in records)
         results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
+    named: dict[str, str] = {}  # path -> its name, scrubbed (a file's name may hold an email)
+
+    def positions(at: list[int]) -> list[str]:
+        """Rows' positions (by index in the batch): their file's name and row."""
+        places = zip(*(batch.column(c).take(pa.array(at, pa.int64())).to_pylist() for c in where))
+        return [f"{named.setdefault(p, redactor.scrub_text(names.get(p) or Path(p).name))}:{row}" for p, row in places]
+
     bad = [i for i, r in enumerate(results) if isinstance(r, Rejection)]
-    if bad:
-        scrubbed_names: dict[str, str] = {}
-        for i, path, row in zip(bad, *(batch.column(c).take(pa.array(bad, pa.int64())).to_pylist() for c in where)):
-            name = scrubbed_names.get(path) or scrubbed_names.setdefault(
-                path, redactor.scrub_text(names.get(path) or Path(path).name))
-            results[i] = replace(cast(Rejection, results[i]), position=f"{name}:{row}")
+    for i, position in zip(bad, positions(bad) if bad else []):
+        results[i] = replace(cast(Rejection, results[i]), position=position)
 
     async def run() -> IngestSummary:
         async with _connected(dsn) as conn, conn.transaction():
-            return await store_rows(conn, results, scrubbed)
+            return (await store_rows(conn, results, scrubbed, positions))[0]
 
     s = asyncio.run(run())
     return {  # the reasons as JSON text: as a dict, Ray Data merged the batches' into one struct of every reason,

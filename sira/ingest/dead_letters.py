@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from sira.ingest import gate
-from sira.ingest.events import Rejection
+from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, bounded_json
 
 COLUMNS = ["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id", "stream_position"]
 
@@ -57,6 +57,34 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
     summary.rejected += len(fresh)
     summary.reasons.update("erased_subject" if theirs(j) else j.reason_code for j in fresh)
     return len(rejections) - len(fresh)
+
+
+# What says which payment an event is: a copy of an event_id that contradicts the event stored under it in one
+# of them (both have a value, and they differ) is another event under a reused id, not a duplicate (a copy from
+# another source may have fewer fields, or other attributes: a payment scored online, then loaded from an export).
+IDENTITY = ("event_type", "occurred_at", "amount", "currency", "customer_id", "account_id", "card_token",
+            "merchant_id", "terminal_id")
+_AT = [EVENT_COLUMNS.index(c) for c in IDENTITY]
+
+
+def identity(row: Row) -> tuple[Any, ...]:
+    """A row's :data:`IDENTITY` values."""
+    return tuple(row[i] for i in _AT)
+
+
+def contradicted(event: Sequence[Any], copy: Row) -> list[str]:
+    """The :data:`IDENTITY` fields in which a copy of an event_id contradicts the event (its :func:`identity`;
+    amounts as stored: to 4 decimals)."""
+    return [c for c, a, i in zip(IDENTITY, event, _AT) if a is not None and copy[i] is not None
+            and (round(float(a), 4) != round(float(copy[i]), 4) if c == "amount" else a != copy[i])]
+
+
+def reused_copy(row: Row, fields: Sequence[str], position: str | None) -> Rejection:
+    """The dead letter of a copy of an event_id that names another event (its row as it would be stored)."""
+    record = {c: v for c, v in zip(EVENT_COLUMNS, row) if c != "source"}
+    return Rejection(record["event_id"], "event_id_reused", f"event_id already names another event (its "
+                     f"{', '.join(fields)} differ): this copy was set aside, the first kept", "event_id",
+                     bounded_json(record), record["customer_id"], position)
 
 
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,

@@ -210,6 +210,33 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
 
 
+async def test_an_event_id_reused_for_another_payment_is_set_aside_with_its_file_and_row(clean_db, ray_session,
+                                                                                         settings, tmp_path):
+    """x2 with amount 6 in a.csv and 999 in b.csv was "duplicates": 1, the first kept, an upstream reusing ids
+    invisible (and within one file alike). A copy that contradicts the event its id names is now rejected as
+    event_id_reused, dead-lettered at its file and row (loaded again, a repeat); a copy alike is a duplicate."""
+    def row(i, amount):
+        return {"event_id": f"x{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": amount}
+
+    write_csv(tmp_path / "a.csv", [row(1, 5), row(2, 6), row(2, "6.00"), row(3, 7), row(3, 70)])
+    write_csv(tmp_path / "b.csv", [row(2, 999), row(1, 5)])
+    first = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert first.to_dict() | {"seconds": 0, "phases": {}} == {
+        "read": 5, "accepted": 3, "duplicates": 1, "rejected": 1, "rejected_by_reason": {"event_id_reused": 1},
+        "features_written": 0, "snapshots_updated": 0, "seconds": 0, "phases": {}}
+    second = await ingest_files(settings, [tmp_path / "b.csv"], feature_sets=[], progress=False)
+    assert (second.accepted, second.duplicates, second.rejected) == (0, 1, 1)
+    again = await ingest_files(settings, [tmp_path / "b.csv"], feature_sets=[], progress=False)
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 2, 0)
+    rows = await clean_db.fetch("SELECT source, stream_position, event_id, reason_code, reason, payload"
+                                " FROM sira_rejected_events ORDER BY id")
+    assert [(r["source"], r["stream_position"], r["event_id"], r["reason_code"], r["payload"]["amount"])
+            for r in rows] == [("file:a.csv", "a.csv:5", "x3", "event_id_reused", 70.0),
+                               ("file:b.csv", "b.csv:1", "x2", "event_id_reused", 999.0)]
+    assert "amount differ" in rows[1]["reason"]
+    assert await clean_db.fetchval("SELECT amount FROM sira_events WHERE event_id = 'x2'") == 6
+
+
 async def test_a_partitioned_folder_s_dead_letters_name_each_file_by_its_path_inside_the_folder(
         clean_db, ray_session, settings, tmp_path):
     """A Hive-style folder (``dt=.../part-0.csv``) repeats file names: every dead letter's position was

@@ -223,6 +223,27 @@ async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_clie
     assert redis_client.xlen(STREAM) == 1  # the newest entry: still pending for audit
 
 
+async def test_an_event_id_reused_on_the_stream_is_set_aside_once_at_its_entry(clean_db, redis_client, redis_url,
+                                                                               settings):
+    """An entry with a stored event's id and another amount is another payment under a reused id: set aside as
+    event_id_reused at its entry's id (not counted as a duplicate), and stored once when its batch is read again."""
+    good = stream_events(2)
+    publish(redis_client, [*good, {**good[0], "amount": 999}])
+    crashed = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await crashed.start()
+    entries = await crashed.read(20, 100)
+    first = await process_entries(clean_db, entries, settings=settings, feature_sets=[])  # committed...
+    await crashed.close()  # ...and the process died before XACK
+    assert (first.accepted, first.duplicates, first.rejected, dict(first.reasons)) == (2, 0, 1, {"event_id_reused": 1})
+    restarted = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await restarted.start()
+    again = await consume(restarted, clean_db, settings=settings, feature_sets=[], batch=20, block_ms=50, max_events=3)
+    await restarted.close()
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 3, 0), again
+    rows = await clean_db.fetch("SELECT event_id, reason_code, stream_position FROM sira_rejected_events")
+    assert [tuple(r) for r in rows] == [("s0000", "event_id_reused", entries[2].id)]
+
+
 async def test_stream_retention_keeps_acknowledged_entries_for_replay(clean_db, redis_client, redis_url, settings):
     events = stream_events(10)
     for i, e in enumerate(events[:4]):  # explicit ids from 1970: entries that old
