@@ -56,7 +56,8 @@ async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
                                    source=f"api:{batch.source}", position=POSITION)
     # counted from the results: a retry's rejected event is rejected again, its dead letter (a repeat) stored once
     statuses = Counter(r["status"] for r in summary.results)
-    return EventsResponse(accepted=statuses["accepted"], duplicates=statuses["duplicate"], rejected=statuses["rejected"],
+    return EventsResponse(accepted=statuses["accepted"], duplicates=statuses["duplicate"],
+                          rejected=statuses["rejected"],
                           results=[EventResult(**r) for r in summary.results])
 
 

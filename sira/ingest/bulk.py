@@ -26,16 +26,17 @@ import numpy as np
 import pyarrow as pa
 
 from sira.core import audit, db
+from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, SiraError
-from sira.core.files import FILE, ROW, columns_of, find_files, numbered, read_numbered, read_parts, read_sample
+from sira.core.files import FILE, ROW, UNDECODABLE
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
-from sira.ingest.dead_letters import IDENTITY, contradicted, dead_letters, identity, reused_copy
+from sira.ingest.dead_letters import IDENTITY, contradicted, dead_letters, identity, reused_copy, undecodable_row
 from sira.ingest.events import (
     EVENT_COLUMNS,
     IngestSummary,
@@ -88,9 +89,9 @@ async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str,
                            positions: Sequence[str | None] | None = None) -> tuple[IngestSummary, list[dict[str, Any]]]:
     """Store what :func:`normalize` made of a batch (``source`` scrubbed) as :func:`store_rows` does (``positions``:
     where each record came from); returns the summary (with each event's result) and the new rows."""
-    summary, new_ids, aside = await store_rows(conn, [r if isinstance(r, Rejection) else stored_row(r) for r in results],
-                                               source, lambda at: [positions[i] if positions else None for i in at],
-                                               ids=True)
+    rows = [r if isinstance(r, Rejection) else stored_row(r) for r in results]
+    summary, new_ids, aside = await store_rows(conn, rows, source, lambda at: [positions[i] if positions else None
+                                                                               for i in at], ids=True)
     fresh: list[dict[str, Any]] = []
     for i, result in enumerate(results):  # in the batch's order, each with its index
         if isinstance(result, Rejection) or i in aside:
@@ -327,8 +328,9 @@ async def ingest_records(
     feature_sets: Sequence[FeatureSet] | None = None,
     position: str | None = None,
 ) -> IngestSummary:
-    """:func:`ingest_normalized` of the records in a transaction of its own (``POST /v1/events``). ``position``: where the records came
-    from (the API's endpoint), which their dead letters keep: a retry's are repeats, stored once, as a stream's."""
+    """:func:`ingest_normalized` of the records in a transaction of its own (``POST /v1/events``). ``position``:
+    where the records came from (the API's endpoint), which their dead letters keep: a retry's are repeats, stored
+    once, as a stream's."""
     started = time.perf_counter()
     source, results = normalize_all(records, redactor, source, mapping)
     if position is not None:
@@ -366,9 +368,12 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
         results = normalize_table(table, redactor, scrubbed, mapping)
     else:
         records = _json_records(table, redactor, names) if file_format == "json" else table.to_pylist()
-        normalized = (raw if isinstance(raw, Rejection) else
-                      normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
-                      for raw in records)
+        # a CSV row with bytes that are no UTF-8 (sira.core.files.as_text): set aside, nothing of it lost
+        undecodable = [r.pop(UNDECODABLE) if file_format == "csv" else None  # type: ignore[union-attr]
+                       for r in records]
+        normalized = (raw if isinstance(raw, Rejection) else undecodable_row(raw, column, redactor, mapping) if column
+                      else normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
+                      for raw, column in zip(records, undecodable))
         results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
     named: dict[str, str] = {}  # path -> its name, scrubbed (a file's name may hold an email)
 
@@ -450,17 +455,17 @@ def ingest_files(
 
     started = time.perf_counter()
     mapping = mapping or {}
-    files = replace(find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
-    sample = read_sample(files)
+    files = replace(input_files.find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
+    sample = input_files.read_sample(files)
     if files.format == "json":  # no fixed columns: the sample's
         check_columns(sample.column_names, mapping)
-    for path, columns in columns_of(files):  # every file's, so one that cannot work fails before anything loads
+    for path, columns in input_files.columns_of(files):  # every file's: one that cannot work fails before any loads
         try:
             check_columns(columns, mapping)
         except InvalidInput as exc:
             raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
-    parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
+    parts = input_files.read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)
 
@@ -495,11 +500,11 @@ def ingest_files(
             for c in (
                 ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
                  for part in parts
-                 for t in numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
+                 for t in input_files.numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
                                    files.text))
                 if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
-                .map_batches(read_numbered, batch_size=1, batch_format="numpy",
+                .map_batches(input_files.read_numbered, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size, "text": files.text})
                 .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=load)
                 .iter_rows()

@@ -11,13 +11,14 @@ a dead letter of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from sira.ingest import gate
-from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, bounded_json
+from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, apply_mapping, bounded_json, stored_id
+from sira.ingest.pii import Redactor
 
 COLUMNS = ["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id", "stream_position"]
 
@@ -85,6 +86,17 @@ def reused_copy(row: Row, fields: Sequence[str], position: str | None) -> Reject
     return Rejection(record["event_id"], "event_id_reused", f"event_id already names another event (its "
                      f"{', '.join(fields)} differ): this copy was set aside, the first kept", "event_id",
                      bounded_json(record), record["customer_id"], position)
+
+
+def undecodable_row(raw: Mapping[str, Any], column: str, redactor: Redactor, mapping: Mapping[str, str]) -> Rejection:
+    """The dead letter of a file's row with bytes that are no UTF-8 in ``column`` (the first such), its payload the
+    row with U+FFFD in their place, redacted. Set aside rather than stored with U+FFFD: that would lose the bytes
+    for good (mended, the row loaded again would be a duplicate of its event_id); its file and row name it."""
+    record = apply_mapping(raw, mapping)
+    field = next((name for name, source in mapping.items() if source == column), column)
+    return Rejection(stored_id(record.get("event_id"), redactor), "undecodable",
+                     f"{field}: not UTF-8 text (its bytes that are none show as U+FFFD here)", field,
+                     redactor.payload(bounded_json(dict(raw)), mapping), stored_id(record.get("customer_id"), redactor))
 
 
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,

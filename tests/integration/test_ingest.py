@@ -615,3 +615,21 @@ async def test_a_load_that_stops_after_storing_events_says_what_folds_them(clean
     pq.write_table(table, tmp_path / "repaired.parquet")
     again = await ingest_files(settings, [tmp_path / "repaired.parquet"], feature_sets=[PAYMENTS_V2], progress=False)
     assert (again.accepted, again.duplicates) == (0, 1500) and await count(clean_db, "sira_entity_states") == 10
+
+
+async def test_bytes_that_are_no_utf8_in_an_extra_csv_column_set_their_row_aside_not_every_row_s_value(
+        clean_db, ray_session, settings, tmp_path):
+    """One latin-1 byte in a memo column made Arrow read the column as binary, and every row's memo was stored as
+    a Python bytes repr ("b'hello'", "b'caf\\\\xe9'"), nothing dead-lettered. The column is now text; the row whose
+    value is no UTF-8 is a dead letter (undecodable, naming the column and its file and row), so nothing is lost."""
+    (tmp_path / "latin1.csv").write_bytes(b"\n".join([
+        b"event_id,occurred_at,customer_id,amount,memo", b"l1,2026-05-01T10:00:00Z,c1,5,hello",
+        b"l2,2026-05-01T11:00:00Z,c1,6,caf\xe9", b"l3,2026-05-01T12:00:00Z,c1,7,caf\xc3\xa9", b""]))
+    summary = await ingest_files(settings, [tmp_path / "latin1.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected, dict(summary.reasons)) == (2, 1, {"undecodable": 1})
+    stored = await clean_db.fetch("SELECT event_id, attributes FROM sira_events ORDER BY event_id")
+    assert [(r["event_id"], r["attributes"]) for r in stored] == [("l1", {"memo": "hello"}), ("l3", {"memo": "café"})]
+    dead = await clean_db.fetchrow("SELECT * FROM sira_rejected_events")
+    assert (dead["event_id"], dead["reason_code"], dead["field"], dead["stream_position"]) == \
+        ("l2", "undecodable", "memo", "latin1.csv:2")
+    assert dead["payload"]["memo"] == "caf\ufffd" and dead["customer_id"] == "c1"
