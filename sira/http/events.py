@@ -83,7 +83,8 @@ class RejectedPage(BaseModel):
 @router.get("/events/rejected", response_model=RejectedPage, responses=errors(),
             summary="The records ingestion set aside (dead letters), newest first")
 async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.read"),
-                       source: Annotated[str | None, Query(max_length=300, description="Source starts with")] = None,
+                       source: Annotated[str | None, Query(max_length=300, description="Source starts with (its rejected labels, "
+                                                                          "feedback:<source>, too)")] = None,
                        reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
                        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:

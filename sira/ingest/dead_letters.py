@@ -102,12 +102,14 @@ def undecodable_row(raw: Mapping[str, Any], column: str, redactor: Redactor, map
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,
                             before: int | None = None, limit: int = 50) -> dict[str, Any]:
     """The dead letters, newest first (``source``: those whose source starts with it, e.g. ``file:`` or
-    ``kafka``; ``reason``: a reason code; ``before``: an id, for the next page), as stored: redacted; with
-    ``next_before`` when there may be more."""
+    ``kafka``, and the rejected labels of such a source, stored under ``feedback:<source>``: ``kafka`` lists
+    Kafka's rejected events and labels, ``feedback:`` every rejected label; ``reason``: a reason code;
+    ``before``: an id, for the next page), as stored: redacted; with ``next_before`` when there may be more."""
     rows = await conn.fetch(
         """SELECT id, rejected_at, source, stream_position, event_id, reason_code, field, reason, payload
              FROM sira_rejected_events
-            WHERE ($1::text IS NULL OR starts_with(source, $1)) AND ($2::text IS NULL OR reason_code = $2)
+            WHERE ($1::text IS NULL OR starts_with(source, $1) OR starts_with(source, 'feedback:' || $1))
+              AND ($2::text IS NULL OR reason_code = $2)
               AND ($3::bigint IS NULL OR id < $3)
             ORDER BY id DESC LIMIT $4""", source, reason, before, limit)
     entries = [{**dict(r), "rejected_at": r["rejected_at"].isoformat(), "position": r["stream_position"]}

@@ -1,5 +1,6 @@
 """The Redis Streams consumer: at-least-once delivery, nothing lost or counted twice across crashes."""
 
+import asyncio
 import json
 import os
 import signal
@@ -147,6 +148,31 @@ async def test_a_recreated_stream_s_bad_entries_at_old_ids_are_dead_letters_of_t
         ("r1", "missing_field", "1-1"), (None, "undecodable", "1-2"), ("r2", "missing_field", "1-1"),
         (None, "undecodable", "1-2")]
     assert rows[1]["payload"]["data_digest"] != rows[3]["payload"]["data_digest"]
+
+
+async def test_a_source_s_rejected_labels_are_listed_with_its_rejected_events(clean_db, settings, monkeypatch,
+                                                                              capsys):
+    """A consumer's rejected labels are stored under feedback:<source> (feedback:kafka): `sira rejected --source
+    kafka`, which its help suggested, listed the events only. A source filter now matches the source's labels
+    too; feedback: still lists every rejected label."""
+    from sira.ingest.dead_letters import list_dead_letters
+    from sira.ingest.stream import Entry
+    from tests.conftest import cli_in_process
+
+    await process_entries(clean_db, [
+        Entry("payments:0:7", "event", {"event_id": "k1", "customer_id": "c1", "occurred_at": "2026-09-01T00:00:00Z"}),
+        Entry("payments:0:8", "label", {"event_id": "k1", "label": "perhaps", "known_at": "2026-09-02T00:00:00Z"}),
+    ], settings=settings, feature_sets=[], source="kafka")
+    async with clean_db.acquire() as conn:
+        assert (await list_dead_letters(conn, source="kafka"))["entries"][0]["source"] == "feedback:kafka"
+        assert [e["source"] for e in (await list_dead_letters(conn, source="feedback:"))["entries"]] == \
+            ["feedback:kafka"]
+        assert not (await list_dead_letters(conn, source="stream"))["entries"]
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace)}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected", "--source", "kafka", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [(e["source"], e["position"]) for e in json.loads(done.stdout)["entries"]] == [
+        ("feedback:kafka", "payments:0:8"), ("kafka", "payments:0:7")]
 
 
 async def test_another_consumer_claims_what_a_dead_one_left(clean_db, redis_client, redis_url, settings):
