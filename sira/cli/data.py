@@ -207,7 +207,8 @@ def ingest_cmd(
 @app.command("rejected")
 def rejected_cmd(
     source: Annotated[str | None, typer.Option("--source", help="Those whose source starts with this (file:NAME, "
-                                               "api:, stream, kafka).")] = None,
+                                               "api:, stream, kafka), and that source's rejected labels "
+                                               "(feedback:SOURCE; feedback: for every rejected label).")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="A reason code (invalid_field, missing_field, "
                                                "undecodable, future_time, ...).")] = None,
     before: Annotated[int | None, typer.Option("--before", min=1, help="Older than this id: the next page "

@@ -164,7 +164,7 @@ def _sample_of(path: Path, file_format: str, rows: int, text: Sequence[str] = ()
 
             reader = pacsv.open_csv(path, convert_options=csv_options(text))
             batch = next(iter(reader), None)  # none: a header without rows
-            return pa.Table.from_batches([batch]) if batch is not None else reader.schema.empty_table()
+            return as_text(pa.Table.from_batches([batch]))[0] if batch is not None else reader.schema.empty_table()
         first = next(json_lines(path, rows), None)
         if first is None:
             return pa.table({})
@@ -284,6 +284,56 @@ def read_part(path: str, row_group: int, file_format: str, rows: int, start: int
             yield from json_lines(Path(path), rows)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput(f"{path}: cannot read as {file_format}: {_reason(exc)}", details={"file": path}) from None
+
+
+# Columns a numbered read (:func:`numbered`) adds to a CSV or Parquet table: each row's file and row number, which
+# a dead letter keeps as its position (a JSON Lines table has its own: file, line); and to a CSV table, the first
+# column of each row whose value is no UTF-8 text (:func:`as_text`; null: none).
+FILE, ROW, UNDECODABLE = "__sira_file", "__sira_row", "__sira_undecodable"
+
+
+def read_numbered(batch: dict[str, Any], *, file_format: str, rows: int, text: tuple[str, ...]) -> Iterator[pa.Table]:
+    """Ray Data task: the rows of parts of the input (:func:`read_parts`: a Parquet row group, a CSV or JSON Lines
+    file), :func:`numbered`."""
+    for path, group, first in zip(batch["path"].tolist(), batch["row_group"].tolist(), batch["first"].tolist()):
+        yield from numbered(path, group, first, file_format, rows, text)
+
+
+def numbered(path: str, row_group: int, first: int, file_format: str, rows: int, text: tuple[str, ...]
+             ) -> Iterator[pa.Table]:
+    """:func:`read_part`'s tables of one part, whose first row is row ``first`` of its file, with :data:`FILE`
+    and :data:`ROW`."""
+    for table in read_part(path, row_group, file_format, rows, text=text):
+        if file_format == "csv":
+            table, undecodable = as_text(table)
+            table = table.append_column(UNDECODABLE, pa.array(undecodable or [None] * table.num_rows, pa.string()))
+        if file_format != "json":
+            table = table.append_column(FILE, pa.repeat(path, table.num_rows)).append_column(
+                ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
+        first += table.num_rows
+        yield table
+
+
+def as_text(table: pa.Table) -> tuple[pa.Table, list[str | None] | None]:
+    """A CSV table whose binary columns are text, and the first column of each row that held bytes that are no
+    UTF-8 (None: no such row). Arrow reads a column with one such value as binary, and every value of it was
+    stored as a Python bytes repr (``"b'caf\\xe9'"``); each is now decoded, undecodable bytes as U+FFFD, and
+    the rows with any are named for the loader to set aside."""
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if not binary:
+        return table, None
+    undecodable: list[str | None] = [None] * table.num_rows
+    for name in binary:
+        values = table.column(name).to_pylist()
+        for row, value in enumerate(values):
+            if value is not None:
+                try:
+                    values[row] = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    values[row] = value.decode("utf-8", "replace")
+                    undecodable[row] = undecodable[row] or name
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return table, undecodable
 
 
 def json_lines(path: Path, rows: int) -> Iterator[pa.Table]:

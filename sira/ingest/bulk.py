@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -24,16 +26,17 @@ import numpy as np
 import pyarrow as pa
 
 from sira.core import audit, db
+from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
-from sira.core.files import columns_of, find_files, read_part, read_parts, read_sample
+from sira.core.errors import InvalidInput, SiraError
+from sira.core.files import FILE, ROW, UNDECODABLE
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
 from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
-from sira.ingest.dead_letters import dead_letters
+from sira.ingest.dead_letters import IDENTITY, contradicted, dead_letters, identity, reused_copy, undecodable_row
 from sira.ingest.events import (
     EVENT_COLUMNS,
     IngestSummary,
@@ -82,56 +85,72 @@ def normalize_all(records: Sequence[Mapping[str, Any]], redactor: Redactor, sour
     return source, [normalize(raw, redactor, source, mapping, numbers_as_text=numbers_as_text) for raw in records]
 
 
-async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str
-                           ) -> tuple[IngestSummary, list[dict[str, Any]]]:
-    """Store what :func:`normalize` made of a batch (``source`` scrubbed): the rows, once per ``event_id``,
-    and the rejections as dead letters; returns the summary (with each event's result) and the new rows."""
-    summary = IngestSummary(read=len(results))
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+async def store_normalized(conn: asyncpg.Connection, results: Sequence[dict[str, Any] | Rejection], source: str,
+                           positions: Sequence[str | None] | None = None) -> tuple[IngestSummary, list[dict[str, Any]]]:
+    """Store what :func:`normalize` made of a batch (``source`` scrubbed) as :func:`store_rows` does (``positions``:
+    where each record came from); returns the summary (with each event's result) and the new rows."""
+    rows = [r if isinstance(r, Rejection) else stored_row(r) for r in results]
+    summary, new_ids, aside = await store_rows(conn, rows, source, lambda at: [positions[i] if positions else None
+                                                                               for i in at], ids=True)
+    fresh: list[dict[str, Any]] = []
     for i, result in enumerate(results):  # in the batch's order, each with its index
-        if isinstance(result, Rejection):
-            summary.results.append({"index": i, "event_id": result.event_id, "status": "rejected",
-                                    "code": result.reason_code, "reason": result.reason})
-        elif result["event_id"] in seen:
-            summary.duplicates += 1
-            summary.results.append({"index": i, "event_id": result["event_id"], "status": "duplicate"})
+        if isinstance(result, Rejection) or i in aside:
+            summary.results.append({"index": i, "event_id": aside[i].event_id, "status": "rejected",
+                                    "code": aside[i].reason_code, "reason": aside[i].reason})
         else:
-            seen.add(result["event_id"])
-            rows.append(result)
-            summary.results.append({"index": i, "event_id": result["event_id"], "status": "accepted"})
-    new_ids = await insert_events(conn, rows)
-    fresh = [r for r in rows if r["event_id"] in new_ids]
-    summary.accepted = len(fresh)
-    summary.duplicates += len(rows) - len(fresh)
-    for r in summary.results:
-        if r["status"] == "accepted" and r["event_id"] not in new_ids:
-            r["status"] = "duplicate"  # stored before this batch
-    summary.duplicates += await dead_letters(conn, [r for r in results if isinstance(r, Rejection)], source, summary)
+            new = result["event_id"] in new_ids
+            new_ids.discard(result["event_id"])  # a later copy is a duplicate
+            fresh += [result] if new else []
+            summary.results.append({"index": i, "event_id": result["event_id"],
+                                    "status": "accepted" if new else "duplicate"})
     return summary, fresh
 
 
-async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection], source: str) -> IngestSummary:
-    """:func:`store_normalized` for a file's batch, whose rows are tuples in :data:`EVENT_COLUMNS` order
-    (:func:`sira.ingest.columnar.normalize_table`): the new rows are counted, not returned (a file's features
-    come from the log)."""
+async def store_rows(conn: asyncpg.Connection, results: Sequence[Row | Rejection], source: str,
+                     where: Callable[[list[int]], Sequence[str | None]] = lambda at: [None] * len(at), *,
+                     ids: bool = False) -> tuple[IngestSummary, set[str], dict[int, Rejection]]:
+    """Store a batch's rows (tuples in :data:`EVENT_COLUMNS` order), the first copy of each ``event_id``, and its
+    rejections as dead letters. A copy of an event_id that contradicts its first copy, or the event stored under
+    it before (:data:`IDENTITY`), is another event under a reused id: set aside as ``event_id_reused`` (``where``:
+    the positions of rows by index, which its dead letter keeps: loaded again, it is a repeat); another copy is a
+    duplicate. Returns the summary, the ids stored (``ids``; else they are counted: a file load's millions) and the
+    records set aside by index."""
     summary = IngestSummary(read=len(results))
-    rows: dict[str, Row] = {}
-    for result in results:
-        if not isinstance(result, Rejection):
-            rows.setdefault(result[0], result)  # the first of an event_id wins, as above
-    summary.accepted = await count_inserted(conn, list(rows.values()))
-    rejections = [r for r in results if isinstance(r, Rejection)]
-    summary.duplicates = len(results) - len(rejections) - summary.accepted
-    summary.duplicates += await dead_letters(conn, rejections, source, summary)  # a file's rows ingested again
-    return summary
+    rows = {i: r for i, r in enumerate(results) if not isinstance(r, Rejection)}
+    first: dict[str, int] = {}
+    for i, row in rows.items():
+        first.setdefault(row[0], i)
+    kept = [rows[i] for i in first.values()]
+    new_ids = await insert_events(conn, kept) if ids else set()
+    summary.accepted = len(new_ids) if ids else await count_inserted(conn, kept)
+    # each copy compared with the event its id names: the one stored before (looked up only when some were), or
+    # the batch's first copy
+    stored = await _stored_otherwise(conn) if summary.accepted < len(kept) else {}
+    reused = {i: fields for i, row in rows.items() if (i != first[row[0]] or row[0] in stored) and (
+        fields := contradicted(stored.get(row[0]) or identity(rows[first[row[0]]]), row))}
+    aside = {i: r for i, r in enumerate(results) if isinstance(r, Rejection)}
+    for i, position in zip(sorted(reused), where(sorted(reused))):
+        aside[i] = reused_copy(rows[i], reused[i], position)
+    summary.duplicates = len(results) - summary.accepted - len(aside)
+    summary.duplicates += await dead_letters(conn, [aside[i] for i in sorted(aside)], source, summary)
+    return summary, new_ids, aside
 
 
-async def insert_events(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert normalized event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
+async def _stored_otherwise(conn: asyncpg.Connection) -> dict[str, tuple[Any, ...]]:
+    """The :func:`identity` of each event stored under the id of a staged row (:func:`_staged_insert`) that differs
+    from it there."""
+    rows = await conn.fetch(
+        f"SELECT e.event_id, {', '.join(f'e.{c}' for c in IDENTITY)} FROM sira_events_stage s JOIN sira_events e"
+        f" ON e.event_id = s.event_id WHERE ({', '.join(f's.{c}' for c in IDENTITY)}) IS DISTINCT FROM"
+        f" ({', '.join(f'e.{c}' for c in IDENTITY)})")
+    return {r[0]: tuple(r)[1:] for r in rows}
+
+
+async def insert_events(conn: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+    """Insert event rows (COPY through a staging table); returns the ids stored (new, not erased)."""
     if not rows:
         return set()
-    staged = await _staged_insert(conn, [stored_row(r) for r in rows])
+    staged = await _staged_insert(conn, rows)
     return {r["event_id"] for r in await conn.fetch(staged + " RETURNING event_id")}
 
 
@@ -192,7 +211,7 @@ async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequ
     v2 states it writes): they were validated and redacted before scoring, so they are not normalized
     twice. Returns the number of events that were new.
     """
-    new_ids = await insert_events(conn, rows)
+    new_ids = await insert_events(conn, [stored_row(r) for r in rows])
     fresh = [r for r in rows if r["event_id"] in new_ids]
     if fresh:
         for other in sorted({fs, *await feature_sets_in_service(conn)}, key=lambda f: (f.name, f.version)):
@@ -284,24 +303,13 @@ async def fold_into_snapshots(
     return rows, updated
 
 
-async def ingest_batch(
-    conn: asyncpg.Connection,
-    records: Sequence[Mapping[str, Any]],
-    *,
-    redactor: Redactor,
-    source: str,
-    mapping: Mapping[str, str] | None = None,
-    feature_sets: Sequence[FeatureSet] | None = None,
-) -> IngestSummary:
-    """Store a small batch and fold it into the state of every feature set in service (``feature_sets``
-    when given), inside the caller's transaction."""
-    return await ingest_normalized(conn, *normalize_all(records, redactor, source, mapping), feature_sets)
-
-
 async def ingest_normalized(conn: asyncpg.Connection, source: str, results: Sequence[dict[str, Any] | Rejection],
-                            feature_sets: Sequence[FeatureSet] | None = None) -> IngestSummary:
-    """:func:`ingest_batch` of a batch :func:`normalize_all` already made."""
-    summary, fresh = await store_normalized(conn, results, source)
+                            feature_sets: Sequence[FeatureSet] | None = None,
+                            positions: Sequence[str | None] | None = None) -> IngestSummary:
+    """Store a batch :func:`normalize_all` made and fold its new events into the state of every feature set in
+    service (``feature_sets`` when given), inside the caller's transaction (``positions``: where each record came
+    from, which a dead letter keeps)."""
+    summary, fresh = await store_normalized(conn, results, source, positions)
     if fresh:
         for fs in feature_sets if feature_sets is not None else await feature_sets_in_service(conn):
             written, updated = await fold_and_store(conn, fs, fresh)
@@ -318,41 +326,23 @@ async def ingest_records(
     source: str,
     mapping: Mapping[str, str] | None = None,
     feature_sets: Sequence[FeatureSet] | None = None,
+    position: str | None = None,
 ) -> IngestSummary:
-    """:func:`ingest_batch` in a transaction of its own (``POST /v1/events``)."""
+    """:func:`ingest_normalized` of the records in a transaction of its own (``POST /v1/events``). ``position``:
+    where the records came from (the API's endpoint), which their dead letters keep: a retry's are repeats, stored
+    once, as a stream's."""
     started = time.perf_counter()
+    source, results = normalize_all(records, redactor, source, mapping)
+    if position is not None:
+        results = [replace(r, position=position) if isinstance(r, Rejection) else r for r in results]
     async with db.transaction(pool) as conn:
-        summary = await ingest_batch(conn, records, redactor=redactor, source=source, mapping=mapping,
-                                     feature_sets=feature_sets)
+        summary = await ingest_normalized(conn, source, results, feature_sets,
+                                          None if position is None else [position] * len(results))
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 # -- the file path (Ray Data) ------------------------------------------------------
-
-
-# Columns the loader adds to a CSV or Parquet table it reads: each row's file and row number, which a dead letter
-# keeps as its position (a JSON Lines table has its own: file, line).
-FILE, ROW = "__sira_file", "__sira_row"
-
-
-def _read_parts(batch: dict[str, np.ndarray], *, file_format: str, rows: int, text: tuple[str, ...]
-                ) -> Iterator[pa.Table]:
-    """Ray Data task: the rows of one part of the input (a Parquet row group, a CSV or JSON Lines file)."""
-    for path, group, first in zip(batch["path"].tolist(), batch["row_group"].tolist(), batch["first"].tolist()):
-        yield from _numbered(path, group, first, file_format, rows, text)
-
-
-def _numbered(path: str, row_group: int, first: int, file_format: str, rows: int, text: tuple[str, ...]
-              ) -> Iterator[pa.Table]:
-    """:func:`read_part`'s tables of one part, whose first row is row ``first`` of its file, with :data:`FILE`
-    and :data:`ROW`."""
-    for table in read_part(path, row_group, file_format, rows, text=text):
-        if file_format != "json":
-            table = table.append_column(FILE, pa.repeat(path, table.num_rows)).append_column(
-                ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
-        first += table.num_rows
-        yield table
 
 
 def _json_records(batch: pa.Table, redactor: Redactor, names: Mapping[str, str]) -> list[dict[str, Any] | Rejection]:
@@ -378,30 +368,33 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
         results = normalize_table(table, redactor, scrubbed, mapping)
     else:
         records = _json_records(table, redactor, names) if file_format == "json" else table.to_pylist()
-        normalized = (raw if isinstance(raw, Rejection) else
-                      normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
-                      for raw in records)
+        # a CSV row with bytes that are no UTF-8 (sira.core.files.as_text): set aside, nothing of it lost
+        undecodable = [r.pop(UNDECODABLE) if file_format == "csv" else None  # type: ignore[union-attr]
+                       for r in records]
+        normalized = (raw if isinstance(raw, Rejection) else undecodable_row(raw, column, redactor, mapping) if column
+                      else normalize(raw, redactor, scrubbed, mapping, numbers_as_text=file_format == "csv")
+                      for raw, column in zip(records, undecodable))
         results = [r if isinstance(r, Rejection) else stored_row(r) for r in normalized]
+    named: dict[str, str] = {}  # path -> its name, scrubbed (a file's name may hold an email)
+
+    def positions(at: list[int]) -> list[str]:
+        """Rows' positions (by index in the batch): their file's name and row."""
+        places = zip(*(batch.column(c).take(pa.array(at, pa.int64())).to_pylist() for c in where))
+        return [f"{named.setdefault(p, redactor.scrub_text(names.get(p) or Path(p).name))}:{row}" for p, row in places]
+
     bad = [i for i, r in enumerate(results) if isinstance(r, Rejection)]
-    if bad:
-        scrubbed_names: dict[str, str] = {}
-        for i, path, row in zip(bad, *(batch.column(c).take(pa.array(bad, pa.int64())).to_pylist() for c in where)):
-            name = scrubbed_names.get(path) or scrubbed_names.setdefault(
-                path, redactor.scrub_text(names.get(path) or Path(path).name))
-            results[i] = replace(cast(Rejection, results[i]), position=f"{name}:{row}")
+    for i, position in zip(bad, positions(bad) if bad else []):
+        results[i] = replace(cast(Rejection, results[i]), position=position)
 
     async def run() -> IngestSummary:
-        conn = await db.connect(dsn)
-        try:
-            async with conn.transaction():
-                return await store_rows(conn, results, scrubbed)
-        finally:
-            await conn.close()
+        async with _connected(dsn) as conn, conn.transaction():
+            return (await store_rows(conn, results, scrubbed, positions))[0]
 
     s = asyncio.run(run())
-    return {
+    return {  # the reasons as JSON text: as a dict, Ray Data merged the batches' into one struct of every reason,
+        # None where a batch had none (and adding them up failed once every event was stored)
         "read": np.array([s.read]), "accepted": np.array([s.accepted]), "duplicates": np.array([s.duplicates]),
-        "rejected": np.array([s.rejected]), "reasons": np.array([dict(s.reasons)], dtype=object),
+        "rejected": np.array([s.rejected]), "reasons": np.array([json.dumps(dict(s.reasons))]),
     }
 
 
@@ -414,8 +407,7 @@ def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: in
     written = []
     for entity, shard in zip(batch["entity"].tolist(), batch["shard"].tolist()):
         async def run(entity: str = entity, shard: int = shard) -> int:
-            conn = await db.connect(dsn)
-            try:
+            async with _connected(dsn) as conn:
                 key = "event_id" if entity == feature_store.EVENT_ENTITY else fs.entity(entity).key_column
                 keys = ", ".join(sorted({f'"{s.key_column}"' for s in fs.entities}))
                 events = [dict(r) for r in await conn.fetch(
@@ -432,8 +424,6 @@ def _feature_shard(batch: dict[str, np.ndarray], *, fs_name: str, fs_version: in
                     )
                 async with conn.transaction():
                     return await feature_store.write_feature_rows(conn, fs, rows)
-            finally:
-                await conn.close()
 
         written.append(asyncio.run(run()))
     return {"written": np.array(written, dtype=np.int64)}
@@ -465,36 +455,30 @@ def ingest_files(
 
     started = time.perf_counter()
     mapping = mapping or {}
-    files = replace(find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
-    sample = read_sample(files)
+    files = replace(input_files.find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
+    sample = input_files.read_sample(files)
     if files.format == "json":  # no fixed columns: the sample's
         check_columns(sample.column_names, mapping)
-    for path, columns in columns_of(files):  # every file's, so one that cannot work fails before anything loads
+    for path, columns in input_files.columns_of(files):  # every file's: one that cannot work fails before any loads
         try:
             check_columns(columns, mapping)
         except InvalidInput as exc:
             raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
-    parts = read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
+    parts = input_files.read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)
 
     async def seq_now() -> int:
-        conn = await db.connect(dsn)
-        try:
-            from sira.core import migrations
+        from sira.core import migrations
 
+        async with _connected(dsn) as conn:
             await migrations.check(conn)
             return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM sira_events")
-        finally:
-            await conn.close()
 
     async def in_service() -> list[FeatureSet]:
-        conn = await db.connect(dsn)
-        try:
+        async with _connected(dsn) as conn:
             return await feature_sets_in_service(conn)
-        finally:
-            await conn.close()
 
     seq_from = asyncio.run(seq_now())
     feature_sets = list(feature_sets) if feature_sets is not None else asyncio.run(in_service())
@@ -516,11 +500,11 @@ def ingest_files(
             for c in (
                 ({k: v[0] for k, v in _load_batch(t, **load, redactor=redactor_for(settings)).items()}
                  for part in parts
-                 for t in _numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
-                                    files.text))
+                 for t in input_files.numbered(part["path"], part["row_group"], part["first"], files.format, batch_size,
+                                   files.text))
                 if here else
                 ray.data.from_items(parts, override_num_blocks=len(parts))
-                .map_batches(_read_parts, batch_size=1, batch_format="numpy",
+                .map_batches(input_files.read_numbered, batch_size=1, batch_format="numpy",
                              fn_kwargs={"file_format": files.format, "rows": batch_size, "text": files.text})
                 .map_batches(_load_batch, batch_format="pyarrow", batch_size=batch_size, fn_kwargs=load)
                 .iter_rows()
@@ -528,19 +512,22 @@ def ingest_files(
                 counts.append(c)
                 advance(int(c["read"]))
     except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
-        raise task_cause(exc) from None
+        cause = task_cause(exc)
+        raise (error := _stopped(cause, seq_now, seq_from)) from (None if error is cause else cause)
     summary = IngestSummary()
     for c in counts:
         summary.read += int(c["read"])
         summary.accepted += int(c["accepted"])
         summary.duplicates += int(c["duplicates"])
         summary.rejected += int(c["rejected"])
-        summary.reasons.update(c["reasons"])
+        summary.reasons.update(json.loads(c["reasons"]))
     seq_to = asyncio.run(seq_now())
     if summary.accepted:
         asyncio.run(db.analyze(dsn, "sira_events"))
     summary.phases["load"] = time.perf_counter() - phase
-    for fs in feature_sets if seq_to > seq_from else []:
+    # v2 states advance from what their last fold saw (sira.features.states.advance), so a load whose events were
+    # all stored before folds those a load that stopped before folding left out (nothing when there are none)
+    for fs in [f for f in feature_sets if seq_to > seq_from or f.engine == "tiles" and summary.duplicates]:
         phase = time.perf_counter()
         notify(f"folding {summary.accepted:,} new events into {fs.name}@{fs.version}")
         if fs.engine == "tiles":
@@ -570,27 +557,44 @@ def ingest_files(
     return summary
 
 
+def _stopped(cause: BaseException, seq_now: Callable[[], Any], seq_from: int) -> BaseException:
+    """What stopped a load, saying what to run when some of its events were stored already: a run again found
+    them all duplicates and folded nothing (the database gone too: the cause says so)."""
+    with contextlib.suppress(Exception):
+        if (stored := asyncio.run(seq_now()) - seq_from) > 0:
+            note = (f" ({stored:,} events of this load were stored before it stopped, not yet folded into the "
+                    "features: `sira features materialize` folds them; so does loading the files again)")
+            if not isinstance(cause, SiraError):
+                return SiraError(f"{type(cause).__name__}: {cause}{note}")
+            cause.message += note
+            cause.args = (cause.message,)
+    return cause
+
+
+@contextlib.asynccontextmanager
+async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own: the driver's steps and Ray Data's tasks each run in an event loop of their own."""
+    conn = await db.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def _advance_states(dsn: str, fs: FeatureSet) -> Any:
     from sira.features.states import advance
 
-    conn = await db.connect(dsn)
-    try:
-        async with conn.transaction():
-            return await advance(conn, fs)
-    finally:
-        await conn.close()
+    async with _connected(dsn) as conn, conn.transaction():
+        return await advance(conn, fs)
 
 
 async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, files: Any, summary: IngestSummary,
                        seq_from: int, seq_to: int) -> None:
     """Who loaded which files, and what came of it (file names only, scrubbed as sources are: a name may
     hold an email)."""
-    conn = await db.connect(dsn)
-    try:
+    async with _connected(dsn) as conn:
         await audit.record(conn, actor, "events.ingest", target_type="source", target_id=redactor.scrub_text(source),
                            details={"files": [redactor.scrub_text(p.name) for p in files.paths][:100],
                                     "n_files": len(files.paths), "read": summary.read, "accepted": summary.accepted,
                                     "duplicates": summary.duplicates, "rejected": summary.rejected,
                                     "seq_from": seq_from, "seq_to": seq_to})
-    finally:
-        await conn.close()

@@ -11,13 +11,14 @@ a dead letter of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from sira.ingest import gate
-from sira.ingest.events import Rejection
+from sira.ingest.events import EVENT_COLUMNS, Rejection, Row, apply_mapping, bounded_json, stored_id
+from sira.ingest.pii import Redactor
 
 COLUMNS = ["event_id", "source", "reason_code", "reason", "field", "payload", "customer_id", "stream_position"]
 
@@ -59,15 +60,56 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
     return len(rejections) - len(fresh)
 
 
+# What says which payment an event is: a copy of an event_id that contradicts the event stored under it in one
+# of them (both have a value, and they differ) is another event under a reused id, not a duplicate (a copy from
+# another source may have fewer fields, or other attributes: a payment scored online, then loaded from an export).
+IDENTITY = ("event_type", "occurred_at", "amount", "currency", "customer_id", "account_id", "card_token",
+            "merchant_id", "terminal_id")
+_AT = [EVENT_COLUMNS.index(c) for c in IDENTITY]
+
+
+def identity(row: Row) -> tuple[Any, ...]:
+    """A row's :data:`IDENTITY` values."""
+    return tuple(row[i] for i in _AT)
+
+
+def contradicted(event: Sequence[Any], copy: Row) -> list[str]:
+    """The :data:`IDENTITY` fields in which a copy of an event_id contradicts the event (its :func:`identity`;
+    amounts as stored: to 4 decimals)."""
+    return [c for c, a, i in zip(IDENTITY, event, _AT) if a is not None and copy[i] is not None
+            and (round(float(a), 4) != round(float(copy[i]), 4) if c == "amount" else a != copy[i])]
+
+
+def reused_copy(row: Row, fields: Sequence[str], position: str | None) -> Rejection:
+    """The dead letter of a copy of an event_id that names another event (its row as it would be stored)."""
+    record = {c: v for c, v in zip(EVENT_COLUMNS, row) if c != "source"}
+    return Rejection(record["event_id"], "event_id_reused", f"event_id already names another event (its "
+                     f"{', '.join(fields)} differ): this copy was set aside, the first kept", "event_id",
+                     bounded_json(record), record["customer_id"], position)
+
+
+def undecodable_row(raw: Mapping[str, Any], column: str, redactor: Redactor, mapping: Mapping[str, str]) -> Rejection:
+    """The dead letter of a file's row with bytes that are no UTF-8 in ``column`` (the first such), its payload the
+    row with U+FFFD in their place, redacted. Set aside rather than stored with U+FFFD: that would lose the bytes
+    for good (mended, the row loaded again would be a duplicate of its event_id); its file and row name it."""
+    record = apply_mapping(raw, mapping)
+    field = next((name for name, source in mapping.items() if source == column), column)
+    return Rejection(stored_id(record.get("event_id"), redactor), "undecodable",
+                     f"{field}: not UTF-8 text (its bytes that are none show as U+FFFD here)", field,
+                     redactor.payload(bounded_json(dict(raw)), mapping), stored_id(record.get("customer_id"), redactor))
+
+
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,
                             before: int | None = None, limit: int = 50) -> dict[str, Any]:
     """The dead letters, newest first (``source``: those whose source starts with it, e.g. ``file:`` or
-    ``kafka``; ``reason``: a reason code; ``before``: an id, for the next page), as stored: redacted; with
-    ``next_before`` when there may be more."""
+    ``kafka``, and the rejected labels of such a source, stored under ``feedback:<source>``: ``kafka`` lists
+    Kafka's rejected events and labels, ``feedback:`` every rejected label; ``reason``: a reason code;
+    ``before``: an id, for the next page), as stored: redacted; with ``next_before`` when there may be more."""
     rows = await conn.fetch(
         """SELECT id, rejected_at, source, stream_position, event_id, reason_code, field, reason, payload
              FROM sira_rejected_events
-            WHERE ($1::text IS NULL OR starts_with(source, $1)) AND ($2::text IS NULL OR reason_code = $2)
+            WHERE ($1::text IS NULL OR starts_with(source, $1) OR starts_with(source, 'feedback:' || $1))
+              AND ($2::text IS NULL OR reason_code = $2)
               AND ($3::bigint IS NULL OR id < $3)
             ORDER BY id DESC LIMIT $4""", source, reason, before, limit)
     entries = [{**dict(r), "rejected_at": r["rejected_at"].isoformat(), "position": r["stream_position"]}

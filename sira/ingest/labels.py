@@ -2,7 +2,9 @@
 
 Labels arrive late and from several systems. A label is keyed by (event,
 label name, source): importing the same file twice changes nothing; a source
-that changes its mind (a chargeback reversed) updates its own label.
+that changes its mind (a chargeback reversed) updates its own label, which is
+its newest word by ``known_at`` whatever order the words arrive in, every word
+kept in the label's history.
 
 A label may also arrive before its event (a chargeback feed faster than the
 event export): it is kept, marked pending and answered ``pending_event``.
@@ -151,13 +153,14 @@ class FeedbackSummary:
     pending_event: int = 0  # written (inserted or updated) for an event not stored yet
     expired: int = 0  # pending labels whose event never came, moved to sira_rejected_events
     repeated: int = 0  # rejected labels a stream delivered again, stored once (sira.ingest.dead_letters)
-    duplicates: int = 0  # rows a later row of the same input replaced (same event, label name and source)
+    duplicates: int = 0  # rows of the same input a newer one (same event, label name and source) superseded
+    earlier: int = 0  # words older than what their source says now (arrived late): kept in the label's history only
     reasons: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {"read": self.read, "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
-                "duplicates": self.duplicates, "rejected": self.rejected, "pending_event": self.pending_event,
-                "expired": self.expired,
+                **({"earlier": self.earlier} if self.earlier else {}), "duplicates": self.duplicates,
+                "rejected": self.rejected, "pending_event": self.pending_event, "expired": self.expired,
                 "rejected_by_reason": dict(sorted(self.reasons.items()))}
 
 
@@ -207,9 +210,14 @@ async def record_labels(
     stream position, ``positions`` aligned with ``records``), and so do ``broken`` ones (lines of a file
     that are no record). A null or blank value of a field with a default (``source``, ``label_name``) takes
     the default. A label for an event not known yet is stored pending; ``pending_ttl_days``: also expire
-    labels pending longer."""
+    labels pending longer.
+
+    A source's label is its newest word by ``known_at`` (on a tie, the last of the input, or of the inputs, to
+    come): a chargeback arriving after its reversal, in the same input or a later one, leaves the reversal the
+    label; every word is kept in its history (``sira_feedback_history``), which training and feature set v2
+    read, so what is stored does not depend on the order the words came in, nor on how they were batched."""
     summary = FeedbackSummary(read=len(records) + len(broken))
-    good: dict[tuple[str, str, str], FeedbackIn] = {}
+    said: dict[tuple[str, str, str], list[FeedbackIn]] = {}
     rejected = [replace(j, payload=redactor.payload(j.payload)) for j in broken]
     labelled_by_prediction = await prediction_events(conn, (apply_mapping(r, mapping or {}) for r in records))
     for i, raw in enumerate(records):
@@ -234,10 +242,11 @@ async def record_labels(
             continue
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token
-        key = (item.event_id, item.label_name, item.source)
-        if key in good:
-            summary.duplicates += 1
-        good[key] = item  # the last word of a file wins
+        said.setdefault((item.event_id, item.label_name, item.source), []).append(item)
+    for words in said.values():
+        words.sort(key=lambda g: g.known_at)  # stable: the input's order on a tie
+        summary.duplicates += len(words) - 1
+    good = {key: words[-1] for key, words in said.items()}  # each source's newest word
     summary.repeated = await dead_letters(conn, rejected, storable_text(redactor.scrub_text(f"feedback:{source}")),
                                           summary)
     if good:  # a label of an erased person's payment: counted, never kept (sql/023)
@@ -246,21 +255,27 @@ async def record_labels(
         if erased:
             gone = [key for key, g in good.items() if g.event_id in erased]
             for key in gone:
-                del good[key]
+                del good[key], said[key]
             summary.rejected += len(gone)
             summary.reasons["erased_subject"] += len(gone)
     folding: dict[str, list[Any]] = {}  # label name -> the v2 feature sets in service reading it
     before: dict[str, Any] = {}
     if good:
         folding, before = await _before_write(conn, good.values())
+        # the older words first (known_at order): on a tie with the current one, the history reads the current last
+        kept = await _keep_said(conn, [g for words in said.values() for g in words[:-1]])
         rows = await conn.fetch(
             f"""INSERT INTO sira_feedback (event_id, label_name, label, source, known_at, occurred_at, prediction_id,
-                                          created_by, pending_since)
-               SELECT u.*, CASE WHEN u.prediction_id IS NOT NULL OR {_EVENT_KNOWN.format("u.event_id")}
-                                THEN NULL ELSE now() END
+                                          created_by, pending_since, updated_by, updated_at)
+               SELECT u.event_id, u.label_name, u.label, u.source, u.known_at, u.occurred_at, u.prediction_id,
+                      u.created_by, CASE WHEN u.prediction_id IS NOT NULL OR {_EVENT_KNOWN.format("u.event_id")}
+                                         THEN NULL ELSE now() END,
+                      -- said otherwise before, in this input: changed, as an update is (its event refolded)
+                      CASE WHEN u.changed THEN u.created_by END, CASE WHEN u.changed THEN now() END
                  FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::timestamptz[],
-                             $6::timestamptz[], $7::uuid[], $8::text[])
-                      AS u(event_id, label_name, label, source, known_at, occurred_at, prediction_id, created_by)
+                             $6::timestamptz[], $7::uuid[], $8::text[], $9::bool[])
+                      AS u(event_id, label_name, label, source, known_at, occurred_at, prediction_id, created_by,
+                           changed)
                ON CONFLICT (event_id, label_name, source) DO UPDATE
                   SET label = EXCLUDED.label, known_at = EXCLUDED.known_at,
                       id = DEFAULT,  -- a new position: incremental jobs (watermarks on id) read the change
@@ -271,15 +286,20 @@ async def record_labels(
                       pending_since = CASE WHEN EXCLUDED.pending_since IS NOT NULL
                                            THEN coalesce(sira_feedback.pending_since, EXCLUDED.pending_since) END
                 WHERE (sira_feedback.label, sira_feedback.known_at) IS DISTINCT FROM (EXCLUDED.label, EXCLUDED.known_at)
-               RETURNING (xmax = 0) AS inserted, pending_since IS NOT NULL AS pending""",
+                  AND EXCLUDED.known_at >= sira_feedback.known_at  -- an older word does not replace a newer one
+               RETURNING event_id, label_name, source, (xmax = 0) AS inserted, pending_since IS NOT NULL AS pending""",
             [g.event_id for g in good.values()], [g.label_name for g in good.values()],
             [g.label for g in good.values()], [g.source for g in good.values()],
             [g.known_at for g in good.values()], [g.occurred_at for g in good.values()],
-            [g.prediction_id for g in good.values()], [created_by] * len(good),
+            [g.prediction_id for g in good.values()], [created_by] * len(good), [key in kept for key in good],
         )
+        written = {(r["event_id"], r["label_name"], r["source"]) for r in rows}
+        late = await _keep_said(conn, [g for key, g in good.items() if key not in written])  # older than stored
+        await _changed(conn, (kept | late) - written, created_by)
         summary.inserted = sum(1 for r in rows if r["inserted"])
         summary.updated = len(rows) - summary.inserted
-        summary.unchanged = len(good) - len(rows)
+        summary.earlier = len(late)
+        summary.unchanged = len(good) - len(rows) - len(late)
         summary.pending_event = sum(1 for r in rows if r["pending"])
         for name, sets in folding.items():  # into the entities' states now: a served vector counts them (#21)
             after = await label_changes(conn, name, (g.event_id for g in good.values() if g.label_name == name))
@@ -287,6 +307,36 @@ async def record_labels(
     if pending_ttl_days is not None:
         summary.expired = await expire_pending_labels(conn, pending_ttl_days)
     return summary
+
+
+async def _keep_said(conn: asyncpg.Connection, words: Sequence[FeedbackIn]) -> set[tuple[str, str, str]]:
+    """Words that are not their source's current one (older), each kept once in the label's history, in the
+    order given; returns the (event, label name, source) of those new there."""
+    new = list(dict.fromkeys((g.event_id, g.label_name, g.source, g.label, g.known_at) for g in words))
+    if not new:
+        return set()
+    rows = await conn.fetch(
+        """INSERT INTO sira_feedback_history (event_id, label_name, source, label, known_at)
+           SELECT u.event_id, u.label_name, u.source, u.label, u.known_at
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[]) WITH ORDINALITY
+                  AS u(event_id, label_name, source, label, known_at, n)
+            WHERE NOT EXISTS (SELECT 1 FROM sira_feedback_history h
+                               WHERE (h.event_id, h.label_name, h.source, h.label, h.known_at)
+                                   = (u.event_id, u.label_name, u.source, u.label, u.known_at))
+            ORDER BY u.n
+           RETURNING event_id, label_name, source""", *(list(c) for c in zip(*new)))
+    return {(r["event_id"], r["label_name"], r["source"]) for r in rows}
+
+
+async def _changed(conn: asyncpg.Connection, keys: set[tuple[str, str, str]], by: str | None) -> None:
+    """Labels whose history changed and not their current word: a new position (``id``) and ``updated_at``, as an
+    update gets, so the incremental jobs and feature set v2's checkpoints (sira.features.states.advance) read it."""
+    if keys:
+        await conn.execute(
+            """UPDATE sira_feedback f SET id = DEFAULT, updated_by = $4, updated_at = now()
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS k(event_id, label_name, source)
+                WHERE (f.event_id, f.label_name, f.source) = (k.event_id, k.label_name, k.source)""",
+            *(list(c) for c in zip(*sorted(keys))), by)
 
 
 async def _before_write(conn: asyncpg.Connection, good: Any) -> tuple[dict[str, list[Any]], dict[str, Any]]:

@@ -277,6 +277,7 @@ class Batch:
     labels: list[dict[str, Any]]
     dead: list[Rejection]  # entries that are no event or label: undecodable, or of an unknown kind
     label_positions: list[str] = field(default_factory=list)  # the label entries' ids, in ``labels``' order
+    event_positions: list[str] = field(default_factory=list)  # the event entries' ids, in ``events``' order
 
 
 def prepare(entries: list[Entry], redactor: Redactor, source: str, mapping: Mapping[str, str] | None = None) -> Batch:
@@ -287,7 +288,8 @@ def prepare(entries: list[Entry], redactor: Redactor, source: str, mapping: Mapp
     labels = [e for e in entries if e.kind == "label" and e.data is not None]
     return Batch(entries, source, events, [e.data for e in labels],
                  [_dead_letter(e, redactor, mapping) for e in entries
-                  if e.data is None or e.kind not in ("event", "label")], [e.id for e in labels])
+                  if e.data is None or e.kind not in ("event", "label")], [e.id for e in labels],
+                 [e.id for e in event_entries])
 
 
 def _dead_letter(entry: Entry, redactor: Redactor, mapping: Mapping[str, str] | None = None, *,
@@ -314,7 +316,7 @@ async def store(pool: Any, batch: Batch, *, redactor: Redactor, mapping: Mapping
     """One batch's events, labels and dead letters in one transaction, the events folded into the feature sets
     in service (``feature_sets`` when given); the summary counts the labels' outcomes too."""
     async with db.transaction(pool) as conn:
-        summary = await ingest_normalized(conn, batch.source, batch.events, feature_sets)
+        summary = await ingest_normalized(conn, batch.source, batch.events, feature_sets, batch.event_positions)
         if batch.labels:
             labels = await record_labels(conn, batch.labels, redactor=redactor, source=batch.source, mapping=mapping,
                                          positions=batch.label_positions)

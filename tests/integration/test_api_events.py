@@ -42,6 +42,39 @@ async def test_batch_returns_per_event_results(client, clean_db):
     assert await clean_db.fetchval("SELECT count(*) FROM sira_entity_states") == 1  # the customer, online
 
 
+async def test_a_retried_invalid_event_is_rejected_again_and_dead_lettered_once(client, clean_db):
+    """Each retry of the same invalid event added a dead letter (4 posts, 4 rows), where a file, the stream and
+    Kafka store one once. Now the API's dead letters are keyed as theirs are (source, position, payload): a retry
+    is answered as the first post was, and its dead letter is a repeat; another invalid event is one of its own."""
+    for _ in range(4):
+        data = (await client.post("/v1/events", json={"events": [event(2, amount=-1)]})).json()
+        assert (data["accepted"], data["duplicates"], data["rejected"], data["results"][0]["code"]) == \
+            (0, 0, 1, "invalid_field"), data
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 1
+    await client.post("/v1/events", json={"events": [event(2, amount=-2)]})
+    assert await clean_db.fetch("SELECT stream_position, payload->>'amount' AS amount FROM sira_rejected_events"
+                                " ORDER BY id") == [("POST /v1/events", "-1"), ("POST /v1/events", "-2")]
+
+
+async def test_an_event_id_sent_again_for_another_payment_is_set_aside_not_a_duplicate(client, clean_db):
+    """A copy of an event_id whose time, amount, currency, type or entity keys contradict the first copy's (in
+    the batch, or stored) is another payment under a reused id: it was counted as a plain duplicate and dropped.
+    Now it is rejected as event_id_reused and dead-lettered; a copy that only adds a field is a duplicate."""
+    await client.post("/v1/events", json={"events": [event(1)]})
+    data = (await client.post("/v1/events", json={"events": [
+        event(1, amount=999), event(1, terminal_id="t9"), event(5), event(5, customer_id="c2")]})).json()
+    assert [(x["status"], x.get("code")) for x in data["results"]] == [
+        ("rejected", "event_id_reused"), ("duplicate", None), ("accepted", None), ("rejected", "event_id_reused")]
+    assert (data["accepted"], data["duplicates"], data["rejected"]) == (1, 1, 2)
+    assert "amount differ" in data["results"][0]["reason"] and "customer_id differ" in data["results"][3]["reason"]
+    stored = await clean_db.fetch("SELECT event_id, reason_code, payload FROM sira_rejected_events ORDER BY id")
+    assert [(r["event_id"], r["reason_code"], r["payload"]["amount"]) for r in stored] == [
+        ("h1", "event_id_reused", 999.0), ("h5", "event_id_reused", 15.0)]
+    assert await clean_db.fetchval("SELECT amount FROM sira_events WHERE event_id = 'h1'") == 11  # the first kept
+    await client.post("/v1/events", json={"events": [event(1, amount=999)]})  # retried: the same dead letter
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_rejected_events") == 2
+
+
 async def test_an_unstorable_event_is_rejected_alone(client, clean_db):
     """A NUL character (PostgreSQL refuses it) in one event: that event is a dead letter, the others land."""
     body = {"events": [event(1), event(2, customer_id="c\x00"), event(3, note="x\x00")]}

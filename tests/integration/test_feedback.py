@@ -178,3 +178,59 @@ async def test_a_bad_line_of_a_label_jsonl_file_is_a_dead_letter_not_a_failed_im
     not_jsonl.write_text("event_id,label,known_at\nj9,1,2026-03-01\n")
     with pytest.raises(InvalidInput, match="none of the 2 lines is a JSON object"):
         await import_label_files(settings, [not_jsonl])
+
+
+async def test_a_label_is_its_source_s_newest_word_whatever_order_or_batches_the_words_came_in(clean_db, settings):
+    """A reversal (not fraud, known 09-01) arriving before its chargeback (fraud, known 08-03) left sira_feedback
+    saying fraud, whoever came last winning, while training read the history by known_at (not fraud); and the two
+    in one batch kept only the last, the history losing the month it was fraud (the terminal's 7-day risk at
+    08-10 was 0 or 0.5 depending on the consumer's --batch). Now the newest word by known_at is the label, every
+    word is in the history, and the same words give the same label, history and features in any order."""
+    from sira.core import db
+    from sira.features.definitions import PAYMENTS_V2
+    from sira.features.states import online_features
+    from sira.ingest.bulk import ingest_records
+
+    chargeback = {"event_id": "k1", "label": 1, "known_at": "2026-08-03T00:00:00Z", "source": "bank"}
+    reversal = {**chargeback, "label": 0, "known_at": "2026-09-01T00:00:00Z"}
+    events = [{"event_id": f"k{i}", "occurred_at": f"2026-08-{day:02d}T10:00:00Z", "terminal_id": "t1", "amount": 5}
+              for i, day in ((1, 1), (2, 2), (3, 10))]
+    outcomes = []
+    for batches in ([[chargeback, reversal]], [[reversal, chargeback]], [[chargeback], [reversal]],
+                    [[reversal], [chargeback]]):
+        await clean_db.execute("TRUNCATE sira_events, sira_feedback, sira_feedback_history, sira_entity_states,"
+                               " sira_state_checkpoints, sira_job_watermarks")
+        await ingest_records(clean_db, events, redactor=R, source="test", feature_sets=[PAYMENTS_V2])
+        for labels in batches:
+            async with db.transaction(clean_db) as conn:
+                done = await record_labels(conn, labels, redactor=R)
+                assert done.read == done.inserted + done.updated + done.unchanged + done.earlier + done.duplicates
+        async with clean_db.acquire() as conn:
+            current = tuple(await conn.fetchrow("SELECT label, known_at FROM sira_feedback"))
+            history = [tuple(r) for r in await conn.fetch("SELECT label, known_at FROM sira_feedback_history"
+                                                          " ORDER BY known_at, id")]
+            risk = (await online_features(conn, PAYMENTS_V2, "terminal", "t1")).features["terminal_risk_7d"]
+        outcomes.append((current, history, risk))
+    chargeback_at, reversal_at = (datetime.fromisoformat(x["known_at"]) for x in (chargeback, reversal))
+    assert outcomes == [((False, reversal_at), [(True, chargeback_at), (False, reversal_at)], 0.5)] * 4, outcomes
+    assert done.to_dict()["earlier"] == 1  # the chargeback, last to come: kept in the history only
+
+
+async def test_an_older_word_arriving_late_is_kept_once_and_refolds_its_event(clean_db):
+    """A chargeback arriving after its reversal is counted as `earlier`, kept in the history once (imported again:
+    unchanged), and gives its label a new position and updated_at, as an update does, so incremental jobs and
+    feature set v2's checkpoints read it."""
+    reversal = {"event_id": "o1", "label": 0, "known_at": "2026-09-01T00:00:00Z", "source": "bank"}
+    chargeback = {**reversal, "label": 1, "known_at": "2026-08-03T00:00:00Z"}
+    async with clean_db.acquire() as conn:
+        await record_labels(conn, [reversal], redactor=R)
+        before = await conn.fetchrow("SELECT id, updated_at FROM sira_feedback")
+        late = await record_labels(conn, [chargeback], redactor=R)
+        assert (late.inserted, late.updated, late.earlier, late.unchanged) == (0, 0, 1, 0)
+        after = await conn.fetchrow("SELECT id, label, updated_at FROM sira_feedback")
+        assert after["id"] > before["id"] and after["label"] is False
+        assert before["updated_at"] is None and after["updated_at"] is not None
+        again = await record_labels(conn, [chargeback, reversal], redactor=R)
+        assert (again.earlier, again.unchanged, again.duplicates) == (0, 1, 1)
+        assert await conn.fetchval("SELECT count(*) FROM sira_feedback_history") == 2
+        assert await conn.fetchval("SELECT id FROM sira_feedback") == after["id"]  # nothing new: no new position

@@ -210,6 +210,33 @@ async def test_jsonl_and_folders(clean_db, ray_session, settings, tmp_path):
     assert row["event_type"] == "usage" and row["attributes"] == {"api_calls": 4} and row["amount"] is None
 
 
+async def test_an_event_id_reused_for_another_payment_is_set_aside_with_its_file_and_row(clean_db, ray_session,
+                                                                                         settings, tmp_path):
+    """x2 with amount 6 in a.csv and 999 in b.csv was "duplicates": 1, the first kept, an upstream reusing ids
+    invisible (and within one file alike). A copy that contradicts the event its id names is now rejected as
+    event_id_reused, dead-lettered at its file and row (loaded again, a repeat); a copy alike is a duplicate."""
+    def row(i, amount):
+        return {"event_id": f"x{i}", "occurred_at": "2026-05-01T10:00:00Z", "customer_id": "c1", "amount": amount}
+
+    write_csv(tmp_path / "a.csv", [row(1, 5), row(2, 6), row(2, "6.00"), row(3, 7), row(3, 70)])
+    write_csv(tmp_path / "b.csv", [row(2, 999), row(1, 5)])
+    first = await ingest_files(settings, [tmp_path / "a.csv"], feature_sets=[], progress=False)
+    assert first.to_dict() | {"seconds": 0, "phases": {}} == {
+        "read": 5, "accepted": 3, "duplicates": 1, "rejected": 1, "rejected_by_reason": {"event_id_reused": 1},
+        "features_written": 0, "snapshots_updated": 0, "seconds": 0, "phases": {}}
+    second = await ingest_files(settings, [tmp_path / "b.csv"], feature_sets=[], progress=False)
+    assert (second.accepted, second.duplicates, second.rejected) == (0, 1, 1)
+    again = await ingest_files(settings, [tmp_path / "b.csv"], feature_sets=[], progress=False)
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 2, 0)
+    rows = await clean_db.fetch("SELECT source, stream_position, event_id, reason_code, reason, payload"
+                                " FROM sira_rejected_events ORDER BY id")
+    assert [(r["source"], r["stream_position"], r["event_id"], r["reason_code"], r["payload"]["amount"])
+            for r in rows] == [("file:a.csv", "a.csv:5", "x3", "event_id_reused", 70.0),
+                               ("file:b.csv", "b.csv:1", "x2", "event_id_reused", 999.0)]
+    assert "amount differ" in rows[1]["reason"]
+    assert await clean_db.fetchval("SELECT amount FROM sira_events WHERE event_id = 'x2'") == 6
+
+
 async def test_a_partitioned_folder_s_dead_letters_name_each_file_by_its_path_inside_the_folder(
         clean_db, ray_session, settings, tmp_path):
     """A Hive-style folder (``dt=.../part-0.csv``) repeats file names: every dead letter's position was
@@ -581,3 +608,62 @@ async def test_mapped_columns_are_redacted_in_dead_letters_as_the_fields_they_ar
     stored_text = await clean_db.fetchval("SELECT (SELECT string_agg(e::text, ' ') FROM sira_events e) || "
                                           "(SELECT string_agg(r::text, ' ') FROM sira_rejected_events r)")
     assert "SECRET99" not in stored_text and "0687654321" not in stored_text
+
+
+async def test_a_ray_data_load_with_bad_rows_in_some_batches_only_adds_its_counts_up(clean_db, ray_session, settings,
+                                                                                    tmp_path):
+    """Each Ray Data batch returned its rejections by reason as a dict; Ray Data merged them into one struct with
+    every reason, a batch without one had None there, and adding the counts up failed (`NoneType + int`) once
+    every event was stored: no states folded, no summary, no audit record, and a run again folded nothing (its
+    events were all duplicates). Now the counts add up, and a load whose events were stored before folds those
+    no fold has seen."""
+    from sira.features.definitions import PAYMENTS_V2
+
+    rows = handbook_rows(30)
+    rows[5]["TX_AMOUNT"] = "-1"  # in the first batch of ten only
+    write_csv(tmp_path / "mid.csv", rows)
+    load = {"mapping": dict(HANDBOOK_MAP), "progress": False, "batch_size": 10}
+    summary = await ingest_files(settings, [tmp_path / "mid.csv"], feature_sets=[], **load)  # stored, not folded
+    assert (summary.read, summary.accepted, summary.rejected, dict(summary.reasons)) == (30, 29, 1, {"invalid_field": 1})
+    assert await count(clean_db, "sira_audit_log", "action = 'events.ingest'") == 1
+    assert await count(clean_db, "sira_entity_states") == 0
+    again = await ingest_files(settings, [tmp_path / "mid.csv"], feature_sets=[PAYMENTS_V2], **load)
+    assert (again.accepted, again.duplicates) == (0, 30)
+    assert await count(clean_db, "sira_entity_states") == 4 + 3  # its customers' and terminals'
+
+
+async def test_a_load_that_stops_after_storing_events_says_what_folds_them(clean_db, settings, tmp_path):
+    """A file damaged past its footer stops the load after the row groups before the damage were stored: the
+    error says so and what folds them, and loading the files again (repaired) does."""
+    from sira.features.definitions import PAYMENTS_V2
+
+    bad = damaged_parquet(tmp_path / "damaged.parquet")
+    with pytest.raises(InvalidInput) as caught:
+        await ingest_files(settings, [bad], feature_sets=[PAYMENTS_V2], progress=False)
+    assert "1,500 events of this load were stored" in caught.value.message
+    assert "sira features materialize" in caught.value.message and caught.value.message.startswith(f"{bad}: cannot")
+    assert (await count(clean_db, "sira_events"), await count(clean_db, "sira_entity_states")) == (1500, 0)
+    table = pa.table({"event_id": [f"p{i}" for i in range(1500)],
+                      "occurred_at": [f"2026-05-01T10:{i % 60:02d}:00Z" for i in range(1500)],
+                      "customer_id": [f"c{i % 10}" for i in range(1500)], "amount": [float(i) for i in range(1500)]})
+    pq.write_table(table, tmp_path / "repaired.parquet")
+    again = await ingest_files(settings, [tmp_path / "repaired.parquet"], feature_sets=[PAYMENTS_V2], progress=False)
+    assert (again.accepted, again.duplicates) == (0, 1500) and await count(clean_db, "sira_entity_states") == 10
+
+
+async def test_bytes_that_are_no_utf8_in_an_extra_csv_column_set_their_row_aside_not_every_row_s_value(
+        clean_db, ray_session, settings, tmp_path):
+    """One latin-1 byte in a memo column made Arrow read the column as binary, and every row's memo was stored as
+    a Python bytes repr ("b'hello'", "b'caf\\\\xe9'"), nothing dead-lettered. The column is now text; the row whose
+    value is no UTF-8 is a dead letter (undecodable, naming the column and its file and row), so nothing is lost."""
+    (tmp_path / "latin1.csv").write_bytes(b"\n".join([
+        b"event_id,occurred_at,customer_id,amount,memo", b"l1,2026-05-01T10:00:00Z,c1,5,hello",
+        b"l2,2026-05-01T11:00:00Z,c1,6,caf\xe9", b"l3,2026-05-01T12:00:00Z,c1,7,caf\xc3\xa9", b""]))
+    summary = await ingest_files(settings, [tmp_path / "latin1.csv"], feature_sets=[], progress=False)
+    assert (summary.accepted, summary.rejected, dict(summary.reasons)) == (2, 1, {"undecodable": 1})
+    stored = await clean_db.fetch("SELECT event_id, attributes FROM sira_events ORDER BY event_id")
+    assert [(r["event_id"], r["attributes"]) for r in stored] == [("l1", {"memo": "hello"}), ("l3", {"memo": "café"})]
+    dead = await clean_db.fetchrow("SELECT * FROM sira_rejected_events")
+    assert (dead["event_id"], dead["reason_code"], dead["field"], dead["stream_position"]) == \
+        ("l2", "undecodable", "memo", "latin1.csv:2")
+    assert dead["payload"]["memo"] == "caf\ufffd" and dead["customer_id"] == "c1"

@@ -1,5 +1,6 @@
 """The Redis Streams consumer: at-least-once delivery, nothing lost or counted twice across crashes."""
 
+import asyncio
 import json
 import os
 import signal
@@ -169,6 +170,31 @@ async def test_a_recreated_stream_s_bad_entries_at_old_ids_are_dead_letters_of_t
     assert rows[1]["payload"]["data_digest"] != rows[3]["payload"]["data_digest"]
 
 
+async def test_a_source_s_rejected_labels_are_listed_with_its_rejected_events(clean_db, settings, monkeypatch,
+                                                                              capsys):
+    """A consumer's rejected labels are stored under feedback:<source> (feedback:kafka): `sira rejected --source
+    kafka`, which its help suggested, listed the events only. A source filter now matches the source's labels
+    too; feedback: still lists every rejected label."""
+    from sira.ingest.dead_letters import list_dead_letters
+    from sira.ingest.stream import Entry
+    from tests.conftest import cli_in_process
+
+    await process_entries(clean_db, [
+        Entry("payments:0:7", "event", {"event_id": "k1", "customer_id": "c1", "occurred_at": "2026-09-01T00:00:00Z"}),
+        Entry("payments:0:8", "label", {"event_id": "k1", "label": "perhaps", "known_at": "2026-09-02T00:00:00Z"}),
+    ], settings=settings, feature_sets=[], source="kafka")
+    async with clean_db.acquire() as conn:
+        assert (await list_dead_letters(conn, source="kafka"))["entries"][0]["source"] == "feedback:kafka"
+        assert [e["source"] for e in (await list_dead_letters(conn, source="feedback:"))["entries"]] == \
+            ["feedback:kafka"]
+        assert not (await list_dead_letters(conn, source="stream"))["entries"]
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace)}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected", "--source", "kafka", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [(e["source"], e["position"]) for e in json.loads(done.stdout)["entries"]] == [
+        ("feedback:kafka", "payments:0:8"), ("kafka", "payments:0:7")]
+
+
 async def test_another_consumer_claims_what_a_dead_one_left(clean_db, redis_client, redis_url, settings):
     publish(redis_client, stream_events(30))
     dead = RedisStreamSource(redis_url, consumer="dead", claim_idle_ms=0)
@@ -241,6 +267,27 @@ async def test_entries_every_group_acknowledged_are_trimmed(clean_db, redis_clie
     await consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=8, block_ms=50, max_events=1)
     await source.close()
     assert redis_client.xlen(STREAM) == 1  # the newest entry: still pending for audit
+
+
+async def test_an_event_id_reused_on_the_stream_is_set_aside_once_at_its_entry(clean_db, redis_client, redis_url,
+                                                                               settings):
+    """An entry with a stored event's id and another amount is another payment under a reused id: set aside as
+    event_id_reused at its entry's id (not counted as a duplicate), and stored once when its batch is read again."""
+    good = stream_events(2)
+    publish(redis_client, [*good, {**good[0], "amount": 999}])
+    crashed = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await crashed.start()
+    entries = await crashed.read(20, 100)
+    first = await process_entries(clean_db, entries, settings=settings, feature_sets=[])  # committed...
+    await crashed.close()  # ...and the process died before XACK
+    assert (first.accepted, first.duplicates, first.rejected, dict(first.reasons)) == (2, 0, 1, {"event_id_reused": 1})
+    restarted = RedisStreamSource(redis_url, consumer="worker-a", claim_idle_ms=0)
+    await restarted.start()
+    again = await consume(restarted, clean_db, settings=settings, feature_sets=[], batch=20, block_ms=50, max_events=3)
+    await restarted.close()
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 3, 0), again
+    rows = await clean_db.fetch("SELECT event_id, reason_code, stream_position FROM sira_rejected_events")
+    assert [tuple(r) for r in rows] == [("s0000", "event_id_reused", entries[2].id)]
 
 
 async def test_stream_retention_keeps_acknowledged_entries_for_replay(clean_db, redis_client, redis_url, settings):

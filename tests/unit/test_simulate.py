@@ -29,6 +29,21 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert c.events_path.read_bytes() != a.events_path.read_bytes()
 
 
+def test_payment_ids_belong_to_their_simulation(tmp_path):
+    """Ids were the seed and the row number: the demo run again at another scale into the same workspace had its
+    payments taken for duplicates and its fraud labels attached to the first run's payments. They now carry a
+    digest of the whole configuration: the same configuration, the same ids; any other, none in common."""
+    def ids(path):
+        return set(pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist())
+
+    base = simulate(SimulationConfig(**SMALL), tmp_path / "base")
+    assert ids(base.events_path) == ids(simulate(SimulationConfig(**SMALL), tmp_path / "again").events_path)
+    for i, change in enumerate([{"customers": 200}, {"days": 21}, {"shift_day": 10}, {"fraud_rate": 0.02}]):
+        other = simulate(SimulationConfig(**{**SMALL, **change}), tmp_path / str(i))
+        assert not ids(other.events_path) & ids(base.events_path), change
+        assert set(pq.read_table(other.labels_path).column("event_id").to_pylist()) <= ids(other.events_path)
+
+
 def test_fraud_rate_matches_configuration(shifted):
     cfg, result, events, labels = shifted
     positives = labels.filter(pc.field("label"))
