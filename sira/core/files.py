@@ -138,12 +138,12 @@ def csv_options(text: Sequence[str] = ()) -> Any:
     return pacsv.ConvertOptions(column_types={name: pa.string() for name in text}, null_values=CSV_NULLS)
 
 
-def read_sample(files: InputFiles, rows: int = 1_000) -> pa.Table:
-    """The first rows of the first file that has any, read the way the full load will read them."""
+def read_sample(files: InputFiles, rows: int = 1_000) -> tuple[Path, pa.Table]:
+    """The first file that has rows, and its first rows, read the way the full load will read them."""
     for path in files.paths:
         sample = _sample_of(path, files.format, rows, files.text)
         if sample.num_rows:
-            return sample
+            return path, sample
     if len(files.paths) > 1:
         raise InvalidInput(f"no rows in any of the {len(files.paths)} files", code="empty_input")
     header = " (only a header)" if files.format == "csv" and sample.num_columns else ""

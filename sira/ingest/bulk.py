@@ -456,15 +456,14 @@ def ingest_files(
     started = time.perf_counter()
     mapping = mapping or {}
     files = replace(input_files.find_files(paths), text=tuple(mapping.get(name, name) for name in TEXT_FIELDS))
-    sample = input_files.read_sample(files)
-    if files.format == "json":  # no fixed columns: the sample's
-        check_columns(sample.column_names, mapping)
-    for path, columns in input_files.columns_of(files):  # every file's: one that cannot work fails before any loads
+    sampled, sample = input_files.read_sample(files)
+    json_columns = [(sampled, sample.column_names)] if files.format == "json" else []  # no fixed columns: the sample's
+    for path, columns in [*json_columns, *input_files.columns_of(files)]:  # one that cannot work fails before any loads
         try:
             check_columns(columns, mapping)
         except InvalidInput as exc:
             raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
-    check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet")
+    check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet", file=sampled)
     parts = input_files.read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
     source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
     dsn = db.resolve_dsn(settings)

@@ -294,10 +294,18 @@ async def test_unworkable_files_fail_before_loading_anything(clean_db, settings,
         await ingest_files(settings, [tmp_path / "no_time.csv"], feature_sets=[PAYMENTS_V1],
                      mapping={"event_id": "TRANSACTION_ID", "customer_id": "CUSTOMER_ID"}, progress=False)
     write_csv(tmp_path / "words.csv", [{**r, "TX_AMOUNT": "lots"} for r in rows])
-    with pytest.raises(InvalidInput, match="column TX_AMOUNT cannot be read as amount"):
+    with pytest.raises(InvalidInput, match="column TX_AMOUNT cannot be read as amount") as caught:
         await ingest_files(settings, [tmp_path / "words.csv"], feature_sets=[PAYMENTS_V1],
                      mapping={"event_id": "TRANSACTION_ID", "occurred_at": "TX_DATETIME",
                               "customer_id": "CUSTOMER_ID", "amount": "TX_AMOUNT"}, progress=False)
+    # each refusal names the file (of a folder: the one refused), as the docs say; these two did not
+    assert caught.value.details["file"].endswith("words.csv") and "words.csv: column" in caught.value.message
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "a.jsonl").write_text("")
+    (tmp_path / "lines" / "b.jsonl").write_text('{"event_id": "j1", "customer_id": "c1", "amount": 3}\n')
+    with pytest.raises(InvalidInput, match="required column occurred_at is missing") as caught:
+        await ingest_files(settings, [tmp_path / "lines"], feature_sets=[PAYMENTS_V1], progress=False)
+    assert caught.value.details["file"].endswith("b.jsonl") and "b.jsonl: required column" in caught.value.message
     with pytest.raises(NotFound, match="file not found"):
         await ingest_files(settings, [tmp_path / "missing.parquet"], feature_sets=[PAYMENTS_V1], progress=False)
     assert await count(clean_db, "sira_events") == 0 and await count(clean_db, "sira_rejected_events") == 0

@@ -36,5 +36,6 @@ def test_a_json_lines_file_starting_with_a_byte_order_mark_is_read(tmp_path):
     decoded = [decode_json_line(text) for text in table.column("text").to_pylist()]
     assert decoded[0] == {"event_id": "a"} and decoded[2] == {"event_id": "c"}
     assert decoded[1].startswith("not valid JSON")
-    sample = read_sample(InputFiles("json", [path]))
+    sampled, sample = read_sample(InputFiles("json", [path]))
+    assert sampled == path
     assert sample.column("event_id").to_pylist() == ["a", "c"]
