@@ -186,6 +186,6 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
         service.metrics.count(service.metrics.pending_labels)
     # pending_event: kept, and used once its event arrives (it expires if it never does)
     status = ("pending_event" if summary.pending_event else "recorded" if summary.inserted
-              else "updated" if summary.updated else "unchanged")
+              else "updated" if summary.updated else "superseded" if summary.earlier else "unchanged")
     return json_answer({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                            "status": status})

@@ -182,7 +182,8 @@ class FeedbackAnswer(BaseModel):
     event_id: str
     label_name: str
     label: bool
-    status: Literal["recorded", "updated", "unchanged", "pending_event"]
+    # superseded: older (by known_at) than what its source says now: kept in the label's history only
+    status: Literal["recorded", "updated", "unchanged", "pending_event", "superseded"]
 
 
 class FeedbackRequest(BaseModel):

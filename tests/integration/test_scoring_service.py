@@ -393,6 +393,13 @@ async def test_feedback_is_recorded_idempotently(served, fraud_model):
     changed = await service.pool.fetchrow("SELECT label, created_by, updated_by FROM sira_feedback "
                                           "WHERE event_id = $1 AND source = 'chargeback'", answer["event_id"])
     assert changed["label"] is False and changed["updated_by"] == "t-service"
+    # a word of that source older than its last one arrives late: kept in the history, the newer word stands
+    # (it was answered "unchanged", as if it had been the same word)
+    late = {**body, "known_at": (datetime.now(timezone.utc) - timedelta(days=30)).isoformat()}
+    r = await client.post("/v1/feedback", json=late, headers=auth(fraud_model, "service"))
+    assert r.status_code == 200 and r.json()["status"] == "superseded", r.text
+    assert await service.pool.fetchval("SELECT label FROM sira_feedback WHERE event_id = $1 AND source = 'chargeback'",
+                                       answer["event_id"]) is False
     r = await client.post("/v1/feedback", json={"prediction_id": str(uuid.uuid4()), "label": True},
                           headers=auth(fraud_model, "service"))
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_prediction"
