@@ -155,7 +155,7 @@ async def _no_window(conn: Connection, model_name: str, version: int, lo: dateti
             f"{r['first']:%Y-%m-%d} --to {r['last'] + timedelta(days=1):%Y-%m-%d}", code="empty_window")
     mine = rows.get(version)
     said = (f"{model_name} v{version} has {mine['labelled']:,} labelled answers, {mine['positives']:,} of them fraud"
-            if mine is not None else f"{model_name} v{version} has no labelled answers")
+            if mine is not None and mine["labelled"] else f"{model_name} v{version} has no labelled answers")
     others = [f"v{v} has {r['labelled']:,} ({r['positives']:,} fraud) {span(r)}: --version {v}"
               for v, r in both.items()][:3]
     return InvalidInput(f"{said}: both classes are needed; " + ("; ".join(others) if others else

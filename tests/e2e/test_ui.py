@@ -401,8 +401,9 @@ def test_new_thresholds_are_asked_for_on_a_version_page_and_approved_in_the_queu
     s.page.goto(f"{site['url']}/ui/models/fraud/versions/1")
     history = s.page.get_by_role("table", name="Threshold history")
     history.get_by_text("active").wait_for()
-    # the window ends the label maturity ago (was labelled "the last 28 days"); the button names it once the model is read
-    s.page.get_by_role("button", name=re.compile(r"^Show the what-if on the 28 days ending \d+ days? ago")).click()
+    # the window ends at the newest matured labelled answer (was labelled "the last 28 days", then "ending the maturity
+    # ago"); the button names it once the model is read
+    s.page.get_by_role("button", name=re.compile(r"^Show the what-if on the 28 days up to the newest answer whose label matured")).click()
     s.page.get_by_text("has no labelled answers", exact=False).first.wait_for()  # none in this database
     s.problems.remove("Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)")
     form = s.page.get_by_role("form", name="Ask for new thresholds")

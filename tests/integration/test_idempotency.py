@@ -14,6 +14,7 @@ import pytest
 from sira.http.app import create_app
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
+from tests.conftest import unique_id
 from tests.integration.test_scoring_service import event, score
 
 
@@ -62,11 +63,11 @@ async def test_a_redis_holding_the_whole_window_answers_without_postgres(fraud_m
         ttl = service.config.idempotency_ttl_s
         redis_client.set(answers.marker_key, repr(time.time() - ttl - 1))  # a Redis up for longer than the window
         lookups = count_lookups(service)
-        warm = {"model": "fraud", "request_id": f"w-{uuid.uuid4()}", "event": event(fraud_model, 21), "record": False}
+        warm = {"model": "fraud", "request_id": unique_id("w"), "event": event(fraud_model, 21), "record": False}
         assert (await score(client, fraud_model, warm)).status_code == 200
         await until(lambda: answers.evicting is False)  # the machine's Redis evicts nothing
         before = lookups[0]
-        body = {"model": "fraud", "request_id": f"new-{uuid.uuid4()}", "event": event(fraud_model, 22), "record": False}
+        body = {"model": "fraud", "request_id": unique_id("new"), "event": event(fraud_model, 22), "record": False}
         first = (await score(client, fraud_model, body)).json()
         assert not first["replayed"] and not first["degraded"]
         assert lookups[0] == before  # a miss in a complete Redis is a new request
@@ -89,12 +90,12 @@ async def test_a_fresh_marker_is_trusted_once_postgres_holds_no_answer_before_it
         answers = service.idempotency
         redis_client.delete(answers.marker_key)
         lookups = count_lookups(service)
-        body = {"model": "fraud", "request_id": f"f-{uuid.uuid4()}", "event": event(fraud_model, 23), "record": False}
+        body = {"model": "fraud", "request_id": unique_id("f"), "event": event(fraud_model, 23), "record": False}
         await score(client, fraud_model, body)
         assert lookups[0] == 1  # no marker: PostgreSQL, and the marker is written
         await until(lambda: redis_client.exists(answers.marker_key))
         since = float(redis_client.get(answers.marker_key))
-        await score(client, fraud_model, {**body, "request_id": f"f-{uuid.uuid4()}"})
+        await score(client, fraud_model, {**body, "request_id": unique_id("f")})
         await until(lambda: ("fraud", since) in answers._trusted_from)
         newest = await service.pool.fetchval(
             "SELECT max(scored_at) FROM sira_predictions WHERE model_name = 'fraud' AND role = 'production' "
@@ -102,7 +103,7 @@ async def test_a_fresh_marker_is_trusted_once_postgres_holds_no_answer_before_it
         expected = since if newest is None else newest.timestamp() + service.config.idempotency_ttl_s
         assert answers._trusted_from[("fraud", since)] == pytest.approx(expected)
         before = lookups[0]
-        await score(client, fraud_model, {**body, "request_id": f"f-{uuid.uuid4()}"})
+        await score(client, fraud_model, {**body, "request_id": unique_id("f")})
         assert (lookups[0] == before) == (expected <= time.time())
 
 
@@ -113,7 +114,7 @@ async def test_answers_redis_did_not_take_move_the_marker_and_are_found_in_postg
     async with replica(fraud_model, tmp_path, redis_url) as (client, service):
         answers = service.idempotency
         redis_client.set(answers.marker_key, repr(time.time() - service.config.idempotency_ttl_s - 1))
-        body = {"model": "fraud", "request_id": f"gap-{uuid.uuid4()}", "event": event(fraud_model, 24), "record": False}
+        body = {"model": "fraud", "request_id": unique_id("gap"), "event": event(fraud_model, 24), "record": False}
         breaker = service.replica.redis_breaker
         for _ in range(10):
             breaker.failed(ConnectionError("test: Redis unreachable"))
@@ -124,7 +125,7 @@ async def test_answers_redis_did_not_take_move_the_marker_and_are_found_in_postg
         await service.flush()
         breaker.succeeded()
         moved_from = time.time()
-        other = {"model": "fraud", "request_id": f"next-{uuid.uuid4()}", "event": event(fraud_model, 25), "record": False}
+        other = {"model": "fraud", "request_id": unique_id("next"), "event": event(fraud_model, 25), "record": False}
         await score(client, fraud_model, other)  # its answer's pipeline moves the marker first
         await answered_in_redis(service, redis_client, other["request_id"])
         assert float(redis_client.get(answers.marker_key)) >= moved_from
@@ -145,7 +146,7 @@ async def test_a_replica_that_could_not_write_its_answers_tells_the_others(fraud
         redis_client.set(service.idempotency.marker_key, repr(time.time() - service.config.idempotency_ttl_s - 1))
         for _ in range(10):
             service.replica.redis_breaker.failed(ConnectionError("test: Redis unreachable from this replica"))
-        body = {"model": "fraud", "request_id": f"told-{uuid.uuid4()}", "event": event(fraud_model, 26),
+        body = {"model": "fraud", "request_id": unique_id("told"), "event": event(fraud_model, 26),
                 "record": False}
         await score(client, fraud_model, body)
         await until(lambda: other.idempotency.distrust_until > time.time())  # NOTIFY sira_answers

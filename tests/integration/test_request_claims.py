@@ -15,9 +15,9 @@ from sira.core.errors import Conflict
 from sira.serving.config import ServingConfig
 from sira.serving.schemas import ScoreRequest
 from sira.serving.service import ScoringService
+from tests.conftest import unique_id
 
 NOW = datetime(2026, 10, 8, 12, tzinfo=timezone.utc)
-NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")  # a uuid's digits can pass for a card number (scrubbed)
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens
 
 
@@ -58,7 +58,7 @@ async def test_one_request_id_sent_to_two_replicas_at_once_is_answered_once(frau
     one of them in the audit table."""
     async with replicas(fraud_model, tmp_path, redis_url if redis == "up" else DEAD_REDIS) as (a, b):
         for n in range(4):
-            request_id = f"twice-{uuid.uuid4().hex.translate(NO_DIGITS)}"
+            request_id = unique_id("twice")
             e = event(fraud_model, 20 + n)
             small = {"model": "fraud", "request_id": request_id, "record": False, "event": {**e, "amount": 50.0}}
             large = {**small, "event": {**e, "amount": 5000.0}}
@@ -82,7 +82,7 @@ async def test_one_request_id_sent_to_two_replicas_at_once_is_answered_once(frau
             assert [(str(r["prediction_id"]), r["score"]) for r in rows] == [
                 (answers[0]["prediction_id"], answers[0]["score"])]
         # one request sent to both at once: one scoring, the other replica replays it
-        body = {"model": "fraud", "request_id": f"same-{uuid.uuid4().hex.translate(NO_DIGITS)}", "record": False,
+        body = {"model": "fraud", "request_id": unique_id("same"), "record": False,
                 "event": event(fraud_model, 30)}
         first, second = await asyncio.gather(outcome(a, body), outcome(b, body))
         assert isinstance(first, dict) and isinstance(second, dict), (first, second)

@@ -17,14 +17,11 @@ from sira.http.app import create_app
 from sira.registry import models as registry
 from sira.serving.config import ServingConfig
 from sira.serving.service import ScoringService
-from tests.conftest import SCORE_BAD_INPUTS, promote_for_tests
+from tests.conftest import SCORE_BAD_INPUTS, promote_for_tests, unique_id
 from tests.conftest import scoring_client as serving
 
 ADMIN = Identity("test-admin", frozenset({"admin"}))
 NOW = datetime(2026, 10, 8, 12, tzinfo=timezone.utc)  # after the simulated history
-# a random id of letters: a uuid's digit groups (4935-9958-96902...) can pass for a card number, which ids are
-# scrubbed of, and the answer then names the tokenized id
-NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
 
 
 def event(fraud_model, i: int, **overrides):
@@ -50,7 +47,7 @@ async def score(client, fraud_model, body, role="service"):
 
 async def test_a_score_comes_with_decision_reasons_version_and_an_audit_row(served, fraud_model):
     client, service = served
-    body = {"model": "fraud", "request_id": f"r-{uuid.uuid4()}", "event": event(fraud_model, 1), "explain": True}
+    body = {"model": "fraud", "request_id": unique_id("r"), "event": event(fraud_model, 1), "explain": True}
     r = await score(client, fraud_model, body)
     assert r.status_code == 200, r.text
     answer = r.json()
@@ -94,7 +91,7 @@ async def test_reasons_follow_pred_contrib_and_deferred_ones_are_computed_on_rea
 
 async def test_the_same_request_id_answers_once(served, fraud_model):
     client, service = served
-    body = {"model": "fraud", "request_id": f"idem-{uuid.uuid4()}", "event": event(fraud_model, 3)}
+    body = {"model": "fraud", "request_id": unique_id("idem"), "event": event(fraud_model, 3)}
     first, second = await asyncio.gather(score(client, fraud_model, body), score(client, fraud_model, body))
     assert first.json()["prediction_id"] == second.json()["prediction_id"]
     await service.flush()
@@ -123,7 +120,7 @@ async def test_the_same_request_id_answers_once(served, fraud_model):
     assert retry.status_code == 200 and retry.json()["replayed"] and "request_sha256" not in retry.json()
     assert conflicting.status_code == 409, conflicting.text
     # leaving occurred_at to the server is not a different request: a retry of one is a replay
-    no_time = {**body, "request_id": f"idem-{uuid.uuid4()}",
+    no_time = {**body, "request_id": unique_id("idem"),
                "event": {k: v for k, v in body["event"].items() if k != "occurred_at"}}
     assert not (await score(client, fraud_model, no_time)).json()["replayed"]
     assert (await score(client, fraud_model, no_time)).json()["replayed"]
@@ -152,7 +149,7 @@ async def test_a_spooled_record_postgres_refuses_is_set_aside_and_the_others_sto
     import orjson
 
     client, service = served
-    body = {"model": "fraud", "request_id": f"ok-{uuid.uuid4()}", "event": event(fraud_model, 7), "record": False}
+    body = {"model": "fraud", "request_id": unique_id("ok"), "event": event(fraud_model, 7), "record": False}
     async with service.writer.lock:  # the flusher waits: the answer stays in the current segment
         r = await score(client, fraud_model, body)
         assert r.status_code == 200, r.text
@@ -248,7 +245,7 @@ async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
     async with db.transaction(service.pool) as conn:
         key, _ = await create_key(conn, name=f"t-short-{uuid.uuid4().hex[:6]}", roles=["service"],
                                   pepper=fraud_model.settings.secret("auth_secret"), creator=ADMIN)
-    body = {"model": "fraud", "request_id": f"rk-{uuid.uuid4()}", "event": event(fraud_model, 9), "record": False}
+    body = {"model": "fraud", "request_id": unique_id("rk"), "event": event(fraud_model, 9), "record": False}
     assert (await client.post("/v1/score", json=body, headers={"Authorization": f"Bearer {key}"})).status_code == 200
     cache = client._transport.app.state.identities.lru  # the application's, injected into its routes
     assert cache.get(key) is not None
@@ -256,7 +253,7 @@ async def test_a_revoked_key_leaves_the_identity_cache(served, fraud_model):
         await revoke_key(conn, ADMIN, _["name"])
     expires, identity = cache._data[key]
     cache._data[key] = (time.monotonic() - 1, identity)  # its cache entry expired: asked again
-    r = await client.post("/v1/score", json={**body, "request_id": f"rk-{uuid.uuid4()}"},
+    r = await client.post("/v1/score", json={**body, "request_id": unique_id("rk")},
                           headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 401
     assert cache.get(key, allow_expired=True) is None
@@ -287,7 +284,7 @@ async def test_a_waiting_duplicate_is_answered_when_the_first_caller_goes_away(s
         await asyncio.sleep(0.3)
         return {"prediction_id": "p", "request_id": item.request_id, "score": 0.1}
 
-    body = ScoreRequest.model_validate({"model": "fraud", "request_id": f"gone-{uuid.uuid4().hex.translate(NO_DIGITS)}",
+    body = ScoreRequest.model_validate({"model": "fraud", "request_id": unique_id("gone"),
                                         "event": event(fraud_model, 11), "record": False})
     service._batched = slow
     try:
@@ -308,7 +305,7 @@ async def test_a_request_id_reused_after_the_window_is_stored(served, fraud_mode
     import sira.serving.service
 
     client, service = served
-    request_id = f"reused-{uuid.uuid4()}"
+    request_id = unique_id("reused")
     r = await score(client, fraud_model, {"model": "fraud", "request_id": request_id, "record": False,
                                           "event": event(fraud_model, 12)})
     assert r.status_code == 200, r.text
@@ -548,11 +545,11 @@ async def test_a_batch_with_a_conflicting_request_id_is_refused_before_any_row_i
     """One row's request id used for another event (earlier, or twice in the batch) refused the whole batch
     with a 409 only after the other rows were scored and recorded: it is refused before any row is scored."""
     client, service = served
-    taken = {"model": "fraud", "request_id": f"taken-{uuid.uuid4()}", "event": event(fraud_model, 40)}
+    taken = {"model": "fraud", "request_id": unique_id("taken"), "event": event(fraud_model, 40)}
     assert (await score(client, fraud_model, taken)).status_code == 200
-    fresh = [{"request_id": f"fresh-{uuid.uuid4()}", "event": event(fraud_model, 41 + i)} for i in range(2)]
+    fresh = [{"request_id": unique_id("fresh"), "event": event(fraud_model, 41 + i)} for i in range(2)]
     reused = {"request_id": taken["request_id"], "event": {**taken["event"], "amount": taken["event"]["amount"] + 1}}
-    twice = [{"request_id": f"twice-{uuid.uuid4()}", "event": event(fraud_model, 44)}]
+    twice = [{"request_id": unique_id("twice"), "event": event(fraud_model, 44)}]
     twice.append({**twice[0], "event": {**twice[0]["event"], "amount": twice[0]["event"]["amount"] + 1}})
     for forget in (False, True):
         if forget:
@@ -623,7 +620,7 @@ async def test_redis_caches_histories_and_answers(fraud_model_v1, tmp_path, redi
     app = create_app(settings, scoring=service)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            body = {"model": "fraud", "request_id": f"rc-{uuid.uuid4()}", "event": event(fraud_model, 11)}
+            body = {"model": "fraud", "request_id": unique_id("rc"), "event": event(fraud_model, 11)}
             first = (await score(client, fraud_model, body)).json()
             assert not first["degraded"]
             for _ in range(50):
@@ -654,7 +651,7 @@ async def test_an_answer_redis_lost_is_found_in_postgres(fraud_model, tmp_path, 
     app = create_app(settings, scoring=service)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            body = {"model": "fraud", "request_id": f"lost-{uuid.uuid4()}", "event": event(fraud_model, 15),
+            body = {"model": "fraud", "request_id": unique_id("lost"), "event": event(fraud_model, 15),
                     "record": False}
             first = (await score(client, fraud_model, body)).json()
             await service.flush()
@@ -739,7 +736,7 @@ async def test_shadow_scores_are_stored_never_returned_and_hot_swap_follows_the_
             break
         await asyncio.sleep(0.02)
     assert service.slots["fraud"].shadow.version == version
-    body = {"model": "fraud", "request_id": f"sh-{uuid.uuid4()}", "event": event(fraud_model, 13)}
+    body = {"model": "fraud", "request_id": unique_id("sh"), "event": event(fraud_model, 13)}
     answer = (await score(client, fraud_model, body)).json()
     assert answer["version"] == fraud_model.version  # production answers; the shadow never does
     for _ in range(500):  # the shadow scores after the answer, in a task of its own (under load, not within 0.1 s)
@@ -894,9 +891,9 @@ async def test_the_answers_bytes_are_what_openapi_declares(served, fraud_model):
         return response.json()
 
     explained = check("/v1/score", "post", await score(client, fraud_model, {
-        "model": "fraud", "request_id": f"s-{uuid.uuid4()}", "event": event(fraud_model, 1), "explain": True}))
+        "model": "fraud", "request_id": unique_id("s"), "event": event(fraud_model, 1), "explain": True}))
     assert explained["reasons"] and not explained["reasons_deferred"]
-    body = {"model": "fraud", "request_id": f"s-{uuid.uuid4()}", "event": event(fraud_model, 2)}
+    body = {"model": "fraud", "request_id": unique_id("s"), "event": event(fraud_model, 2)}
     plain = check("/v1/score", "post", await score(client, fraud_model, body))
     assert check("/v1/score", "post", await score(client, fraud_model, body))["replayed"] is True
     batch = check("/v1/score/batch", "post", await client.post("/v1/score/batch", headers=auth(fraud_model, "service"),

@@ -16,7 +16,7 @@ from sira.serving.config import ServingConfig
 from sira.serving.records import PredictionWriter
 from sira.serving.replica import Replica
 from sira.serving.spool import Spool
-from tests.conftest import scoring_client
+from tests.conftest import scoring_client, unique_id
 from tests.integration.test_scoring_service import auth, event
 
 
@@ -32,7 +32,7 @@ async def test_a_recorder_whose_connections_leaked_is_replaced_and_the_answers_s
     async with scoring_client(fraud_model, tmp_path / "spool", store_timeout_s=1.0) as (client, service):
         async def scored(i: int) -> str:
             r = await client.post("/v1/score", headers=auth(fraud_model, "service"),
-                                  json={"model": "fraud", "request_id": f"leak-{uuid.uuid4()}",
+                                  json={"model": "fraud", "request_id": unique_id("leak"),
                                         "event": event(fraud_model, i)})
             assert r.status_code == 200, r.text
             return r.json()["prediction_id"]

@@ -118,20 +118,20 @@ describe("the what-if", () => {
 });
 
 describe("the what-if button", () => {
-  it("names the window the what-if reads: 28 days ending the model's label maturity ago, not the last 28 days", async () => {
+  it("names the window the what-if reads: 28 days up to the newest matured labelled answer, not the last 28 days", async () => {
     vi.stubGlobal("fetch", vi.fn(async (url: string) => new Response(JSON.stringify(url.endsWith("/thresholds")
       ? { model: "fraud", version: 3, active: null, sets: [] }
       : { name: "fraud", model_type: "fraud_detection", description: null, required_approvals: 2, label_maturity_days: 30, versions: [] }),
       { status: 200, headers: { "Content-Type": "application/json" } })));
     renderUi(<ThresholdsPanel model="fraud" version={3} status="production" current={{ review: 0.5, block: 0.9 }} />);
-    expect(await screen.findByRole("button", { name: "Show the what-if on the 28 days ending 30 days ago (labels matured)" }))
+    expect(await screen.findByRole("button", { name: "Show the what-if on the 28 days up to the newest answer whose label matured (30 days)" }))
       .toBeInTheDocument();
     expect(screen.queryByText(/last 28 days/)).toBeNull();
   });
 
   it("says so for any maturity, and before the model is read", () => {
-    expect(whatIfLabel(1)).toBe("Show the what-if on the 28 days ending 1 day ago (labels matured)");
-    expect(whatIfLabel(0)).toBe("Show the what-if on the last 28 days");
+    expect(whatIfLabel(1)).toBe("Show the what-if on the 28 days up to the newest answer whose label matured (1 day)");
+    expect(whatIfLabel(0)).toBe("Show the what-if on the 28 days up to the newest labelled answer");
     expect(whatIfLabel(undefined)).toBe("Show the what-if on 28 days of matured labels");
   });
 });

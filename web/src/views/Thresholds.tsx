@@ -20,12 +20,13 @@ export function ProvisionalNote() {
   );
 }
 
-/** The what-if button's words: the window GET /v1/models/{name}/thresholds reads by default, the 28 days ending the
- * model's label maturity ago (younger answers' labels are not all in), not the last 28 days. */
+/** The what-if button's words: the window GET /v1/models/{name}/thresholds reads by default, the 28 days up to the
+ * version's newest labelled answer whose label has matured (younger answers' labels are not all in), not the last
+ * 28 days (nor, since 2026-12-07, the 28 days ending the maturity ago, which missed answers older than that). */
 export function whatIfLabel(maturityDays: number | null | undefined): string {
   if (maturityDays === null || maturityDays === undefined) return "Show the what-if on 28 days of matured labels";
-  if (maturityDays <= 0) return "Show the what-if on the last 28 days";
-  return `Show the what-if on the 28 days ending ${maturityDays} day${maturityDays === 1 ? "" : "s"} ago (labels matured)`;
+  if (maturityDays <= 0) return "Show the what-if on the 28 days up to the newest labelled answer";
+  return `Show the what-if on the 28 days up to the newest answer whose label matured (${maturityDays} day${maturityDays === 1 ? "" : "s"})`;
 }
 
 /** What other thresholds would have done on the labelled window: precision, recall and the share flagged by
