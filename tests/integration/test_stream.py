@@ -45,6 +45,16 @@ async def consume_all(pool, redis_url, settings, n):
         await source.close()
 
 
+async def waiting_in_xreadgroup(client, consuming) -> None:
+    """Until the consumer task waits in a blocking XREADGROUP on ``client``'s database (it has made its group)."""
+    import asyncio
+
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    while not any(c["cmd"] == "xreadgroup" and "b" in c["flags"] and int(c["db"]) == db for c in client.client_list()):
+        assert not consuming.done(), consuming
+        await asyncio.sleep(0.01)
+
+
 async def assert_folded_once_into_v2(pool, n=N):
     """The current feature set's (v2) states equal a fold of the log: no event was folded twice or lost."""
     from sira.features.columns import read_events
@@ -580,11 +590,7 @@ async def test_a_consumer_recreates_its_stream_deleted_while_it_blocks_and_goes_
     consuming = asyncio.create_task(consume(source, clean_db, settings=settings, feature_sets=[PAYMENTS_V1],
                                             batch=10, block_ms=1_000, max_events=4))
     try:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        while not any(c["cmd"] == "xreadgroup" and "b" in c["flags"] and int(c["db"]) == db
-                      for c in client.client_list()):  # the consumer waits in XREADGROUP
-            assert not consuming.done(), consuming
-            await asyncio.sleep(0.01)
+        await waiting_in_xreadgroup(client, consuming)
         client.delete(STREAM)
         while client.exists(STREAM) == 0:  # the consumer's group again
             assert not consuming.done(), consuming
@@ -623,11 +629,7 @@ async def test_a_mapped_consumer_records_its_mapping_again_after_a_flushdb(clean
         settings.model_copy(update={"redis_url": any_redis}), mapping={"customer_id": "cust", "event_id": "txn"},
         max_events=1, consumer="mapped"))
     try:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        while not any(c["cmd"] == "xreadgroup" and "b" in c["flags"] and int(c["db"]) == db
-                      for c in client.client_list()):  # the consumer waits in XREADGROUP
-            assert not consuming.done(), consuming
-            await asyncio.sleep(0.01)
+        await waiting_in_xreadgroup(client, consuming)
         assert client.scard(MAPPINGS) == 1
         client.flushdb()
         while client.exists(STREAM) == 0:  # the consumer's group again

@@ -173,16 +173,22 @@ async def test_drift_window_walks_back_over_sparse_days(clean_db):
         assert caught.value.code == "insufficient_data"
 
 
-async def test_performance_range_ends_at_the_newest_prediction_with_a_usable_label(clean_db):
-    h = await load_history(clean_db, label_delay_days=3)
-    async with clean_db.acquire() as conn:
+async def history_with_predictions(pool) -> dict:
+    """The simulated history (labels 3 days late), a fraud model, and a prediction of version 1 for every event."""
+    h = await load_history(pool, label_delay_days=3)
+    async with pool.acquire() as conn:
         await registry_model(conn)
-    model_id = await clean_db.fetchval("SELECT id FROM sira_models")
-    rows = await clean_db.fetch("SELECT event_id, occurred_at FROM sira_events")
-    await clean_db.executemany(
+    model_id = await pool.fetchval("SELECT id FROM sira_models")
+    rows = await pool.fetch("SELECT event_id, occurred_at FROM sira_events")
+    await pool.executemany(
         """INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name, version, event_id, score,
                                          decision) VALUES ($1, $2, $3, 'fraud', 1, $4, 0.5, 'review')""",
         [(uuid.uuid4(), r["occurred_at"], model_id, r["event_id"]) for r in rows])
+    return h
+
+
+async def test_performance_range_ends_at_the_newest_prediction_with_a_usable_label(clean_db):
+    h = await history_with_predictions(clean_db)
     async with clean_db.acquire() as conn:
         newest, usable = await newest_predictions(conn, "fraud", None, "fraud", h["now"], 7)
         assert newest > h["last"] and usable == h["last"]
@@ -197,15 +203,7 @@ async def test_a_backtests_range_and_labels_stay_when_labels_are_reversed_after_
     """Live performance read sira_feedback, whose row a source's later word overwrites: every chargeback
     withdrawn after a backtest's cut-off was no label at that cut-off, so its default range ended a week
     earlier and its frauds were gone. It reads what each source had said by the cut-off, as training does."""
-    h = await load_history(clean_db, label_delay_days=3)
-    async with clean_db.acquire() as conn:
-        await registry_model(conn)
-    model_id = await clean_db.fetchval("SELECT id FROM sira_models")
-    rows = await clean_db.fetch("SELECT event_id, occurred_at FROM sira_events")
-    await clean_db.executemany(
-        """INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name, version, event_id, score,
-                                         decision) VALUES ($1, $2, $3, 'fraud', 1, $4, 0.5, 'review')""",
-        [(uuid.uuid4(), r["occurred_at"], model_id, r["event_id"]) for r in rows])
+    h = await history_with_predictions(clean_db)
     cutoff = h["last"]
 
     async def backtest() -> tuple:
