@@ -205,13 +205,13 @@ async def feature_sets_in_service(conn: asyncpg.Connection) -> list[FeatureSet]:
 async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]],
                             origin: str | None = None) -> int:
     """Store already-normalized (redacted) events and fold the new ones into every feature set in service
-    (``fs``, the one they were scored with, among them).
-
-    The path of events a serving replica scored (``origin``: the replica, named in the notifications of
-    v2 states it writes): they were validated and redacted before scoring, so they are not normalized
-    twice. Returns the number of events that were new.
+    (``fs``, the one they were scored with, among them). The path of events a serving replica scored (``origin``: the replica, named in the notifications of v2 states it
+    writes): validated and redacted before scoring, not normalized twice. A scored event whose id names another
+    stored event is set aside as ``event_id_reused`` (source ``serving``), as on every other path (it was dropped
+    unseen). Returns the number of events that were new.
     """
-    new_ids = await insert_events(conn, [stored_row(r) for r in rows])
+    _, new_ids, _ = await store_rows(conn, [stored_row(r) for r in rows], "serving", ids=True,
+                                     where=lambda at: [f"scored {rows[i]['event_id']}" for i in at])
     fresh = [r for r in rows if r["event_id"] in new_ids]
     if fresh:
         for other in sorted({fs, *await feature_sets_in_service(conn)}, key=lambda f: (f.name, f.version)):

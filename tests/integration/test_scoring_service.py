@@ -572,6 +572,26 @@ async def test_a_batch_with_a_conflicting_request_id_is_refused_before_any_row_i
     assert first["prediction_id"] == second["prediction_id"] and second["replayed"]
 
 
+async def test_a_scored_event_whose_id_names_another_stored_event_is_a_dead_letter(served, fraud_model):
+    """Files, the API, the stream and Kafka set aside a copy of an event_id that contradicts the stored event
+    (event_id_reused); a scored event recorded by the replica was dropped unseen (ON CONFLICT), its answer kept."""
+    client, service = served
+    stored = event(fraud_model, 16)
+    r = await client.post("/v1/events", json={"events": [stored]}, headers=auth(fraud_model, "service"))
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    scored = {**stored, "amount": stored["amount"] + 100}  # another payment under the same id
+    r = await score(client, fraud_model, {"model": "fraud", "event": scored})
+    assert r.status_code == 200, r.text
+    await service.flush()
+    rows = await service.pool.fetch("SELECT source, reason_code, stream_position FROM sira_rejected_events "
+                                    "WHERE event_id = $1", stored["event_id"])
+    assert [tuple(r) for r in rows] == [("serving", "event_id_reused", f"scored {stored['event_id']}")]
+    amount = await service.pool.fetchval("SELECT amount FROM sira_events WHERE event_id = $1", stored["event_id"])
+    assert float(amount) == pytest.approx(stored["amount"])  # the first kept
+    assert await service.pool.fetchval("SELECT count(*) FROM sira_predictions WHERE prediction_id = $1",
+                                       uuid.UUID(r.json()["prediction_id"])) == 1  # what was answered is audited
+
+
 async def test_scoring_needs_the_service_role(served, fraud_model):
     client, _ = served
     body = {"model": "fraud", "event": event(fraud_model, 8)}
