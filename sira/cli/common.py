@@ -81,10 +81,13 @@ def reserve_stdout_for_json() -> None:
     _JSON_STDOUT = os.fdopen(saved, "w", closefd=True)
 
 
-def wait_until_stopped() -> None:
-    """Block until Ctrl-C or SIGTERM: a service on the private local Ray lives as long as this process."""
+def serve_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM, then shut Serve down: a service on the private local Ray lives as long as
+    this process (``sira serve``, ``sira demo --keep-serving``)."""
     import signal
     import time
+
+    from ray import serve
 
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -93,6 +96,8 @@ def wait_until_stopped() -> None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    err.print("stopping SIRA serving")
+    serve.shutdown()
 
 
 def kv_table(title: str, rows: dict[str, Any]) -> Table:

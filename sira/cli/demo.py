@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sira.cli.common import JsonOption, app, emit, err, fmt, kv_table, wait_until_stopped
+from sira.cli.common import JsonOption, app, emit, err, fmt, kv_table, serve_until_stopped
 from sira.cli.monitor import batch_table, drift_table, performance_table
 from sira.cli.train import training_table
 from sira.core.config import get_settings
@@ -78,11 +78,7 @@ def demo_cmd(
     if keep_serving and report.serving:
         # the local Ray, and the service on it, live as long as this process: it exited here, and with it
         # the service --keep-serving promised to leave up
-        from ray import serve as ray_serve
-
-        wait_until_stopped()
-        err.print("stopping SIRA serving")
-        ray_serve.shutdown()
+        serve_until_stopped()
 
 
 def render(report: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed, wait_until_stopped
+from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed, serve_until_stopped
 from sira.core.config import get_settings
 from sira.core.errors import ConfigError
 
@@ -72,16 +72,12 @@ def serve_cmd(
     """Run online scoring on Ray Serve locally (the same application `serve deploy` runs); Ctrl-C stops it."""
     if ctx.invoked_subcommand is not None:
         return
-    from ray import serve
-
     from sira.http.deployment import ServeSpec, run_local
 
     spec = ServeSpec.from_file(config) if config else ServeSpec.local()
     ensure_port_free(host or spec.host, port or spec.port)
     run_local(get_settings(), spec, host=host, port=port, progress=err.print)
-    wait_until_stopped()
-    err.print("stopping SIRA serving")
-    serve.shutdown()
+    serve_until_stopped()
 
 
 @serve_app.command("check")
