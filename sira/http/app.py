@@ -7,6 +7,7 @@ development. Errors always have the shape ``{"error": {"code", "message", "detai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from sira import __version__
 from sira.core import db
 from sira.core.auth import JwtConfig
 from sira.core.config import Settings, get_settings
+from sira.features.engine import warm_current
 from sira.http import access, errors, events, explanations, health, metrics, registry, reload, thresholds, ui
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
@@ -32,6 +34,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redactor = redactor_for(settings)
     app.state.pepper = settings.secret("auth_secret")
     app.state.jwt_config = JwtConfig.from_settings(settings)
+    # POST /v1/events folds events into the feature engine's states: its kernels ready before the first batch,
+    # which otherwise compiled or loaded them on the event loop (~25 s the first time on a machine, 1-2 s after)
+    await asyncio.to_thread(warm_current)
     scoring = getattr(app.state, "scoring", None)
     try:
         if scoring is not None:
