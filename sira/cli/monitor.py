@@ -22,7 +22,6 @@ from sira.cli.common import (
     fmt,
     kv_table,
     load_yaml_mapping,
-    utc,
 )
 from sira.cli.train import plan_table
 from sira.core.config import MAX_VERSION, get_settings
@@ -57,8 +56,8 @@ def score_cmd(
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
     out = output_file(out, data or [], in_job=in_ray_job())  # before anything is read: not an input, nor in one
-    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=utc(time_from),
-                           time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
+    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=time_from,
+                           time_to=time_to, keep_columns=keep_columns, explain=explain, id_col=id_col,
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,
                            wait_for_cpus_s=wait_for_cpus)
     actor = asyncio.run(actor_for("batch.score", api_key))
@@ -119,8 +118,8 @@ def drift_cmd(
     from sira.monitoring.drift import DriftRequest, run_drift
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
-    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=utc(time_from),
-                           time_to=utc(time_to))
+    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=time_from,
+                           time_to=time_to)
     result = asyncio.run(run_drift(get_settings(), request, actor=actor))
 
     def render() -> None:
@@ -181,9 +180,9 @@ def performance_cmd(
     from sira.monitoring.performance import PerformanceRequest, run_performance
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
-    request = PerformanceRequest(model=model, version=version, days=days, time_from=utc(time_from),
-                                 time_to=utc(time_to), window_days=window_days, ap_margin=ap_margin,
-                                 min_segment_size=min_segment, as_of=utc(as_of))
+    request = PerformanceRequest(model=model, version=version, days=days, time_from=time_from,
+                                 time_to=time_to, window_days=window_days, ap_margin=ap_margin,
+                                 min_segment_size=min_segment, as_of=as_of)
     result = asyncio.run(run_performance(get_settings(), request, actor=actor))
 
     emit(result, as_json, lambda: err.print(performance_table(result)))
@@ -230,7 +229,7 @@ def retrain_cmd(
                     identity = await acting(conn, api_key)
         request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
                                  params=load_yaml_mapping(params) if params else None, num_threads=threads,
-                                 test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run)
+                                 test_days=test_days, train_days=train_days, as_of=as_of, dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else err.print)
 
     result = asyncio.run(run())

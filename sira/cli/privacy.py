@@ -19,7 +19,6 @@ from sira.cli.common import (
     governed,
     group,
     kv_table,
-    utc,
     writable_file,
 )
 from sira.core.config import MAX_VERSION, get_settings
@@ -239,8 +238,8 @@ def thresholds_cmd(
         raise InvalidInput("--apply and --history need --version", code="missing_field")
     if apply and version is not None and review is not None and block is not None and reason:
         changed = governed(lambda conn, who: thresholds.apply(conn, who, model, version, review=review, block=block,
-                                                              reason=reason, time_from=utc(time_from),
-                                                              time_to=utc(time_to), days=days), api_key, notify=True)
+                                                              reason=reason, time_from=time_from,
+                                                              time_to=time_to, days=days), api_key, notify=True)
         emit(changed, as_json, lambda: err.print(
             f"{model} v{version}: thresholds review {changed['review']}, block {changed['block']} "
             + ("active (the model needs no approval)" if changed["status"] == "active" else
@@ -255,8 +254,8 @@ def thresholds_cmd(
         return
 
     async def run(conn: Any, who: Any) -> dict[str, Any]:
-        return await thresholds.what_if(conn, who, model, version=version, time_from=utc(time_from),
-                                        time_to=utc(time_to), days=days)
+        return await thresholds.what_if(conn, who, model, version=version, time_from=time_from,
+                                        time_to=time_to, days=days)
 
     result = governed(run, api_key)
     if html_out is not None:
