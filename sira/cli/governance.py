@@ -229,13 +229,17 @@ def models_update_cmd(
     api_key: ApiKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Change a model's settings (admin)."""
-    from sira.features.definitions import parse_feature_set
+    from sira.features.definitions import FEATURE_SETS, parse_feature_set
     from sira.registry.models import update_model
 
     changes = _model_settings(targets, policy, required_approvals=required_approvals,
                               label_maturity_days=label_maturity, description=description)
     if feature_set is not None:
-        changes["feature_set_version"] = parse_feature_set(feature_set).version
+        named, _, number = feature_set.strip().partition("@")
+        if number.isdigit() and any(n == named for n, _ in FEATURE_SETS):  # an unknown version: the registry's answer
+            changes["feature_set_version"] = int(number)  # (unknown_feature_set, as over HTTP)
+        else:
+            changes["feature_set_version"] = parse_feature_set(feature_set).version
     if notify is not None:
         from sira.core.config import get_settings
         from sira.core.errors import InvalidInput

@@ -105,8 +105,9 @@ def drift_cmd(
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
                                         "(what production served).")] = "events",
-    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data "
-                                        "that fills one, walking back over sparse days (docs/windows.md).")] = 7.0,
+    days: Annotated[float | None, typer.Option("--days", min=0.01, help="The window: this many days (default 7) up "
+                                               "to the newest data that fills one, walking back over sparse days; "
+                                               "after --from or before --to (not with both: docs/windows.md).")] = None,
     time_from: DateOption("--from", "Start of the window.") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     api_key: ApiKeyOption = None,
@@ -161,9 +162,10 @@ def performance_table(result: dict[str, Any]) -> Table:
 def performance_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
-    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days of matured events, ending one label "
-                                        "maturity before now, then the provisional windows after them "
-                                        "(docs/windows.md).")] = 28.0,
+    days: Annotated[float | None, typer.Option("--days", min=0.01, help="This many days (default 28) of matured "
+                                               "events, ending one label maturity before now (or before --to; not "
+                                               "with --from), then the provisional windows after them "
+                                               "(docs/windows.md).")] = None,
     time_from: DateOption("--from", "Start of the range (event time).") = None,
     time_to: DateOption("--to", "End of the range (exclusive).") = None,
     window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,
