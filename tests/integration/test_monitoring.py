@@ -167,8 +167,12 @@ def test_the_window_limit_counts_the_windows_of_the_range_read(fraud_model, serv
                                            r"1000 windows") as caught:
         asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
             model="fraud", time_from=datetime(2020, 1, 1, tzinfo=timezone.utc),
-            time_to=datetime(2027, 1, 1, tzinfo=timezone.utc), window_days=0.01, days=10)))
+            time_to=datetime(2027, 1, 1, tzinfo=timezone.utc), window_days=0.01)))
     assert caught.value.code == "invalid_option"
+    with pytest.raises(InvalidInput, match="days cannot be given with from and to") as caught:  # set twice
+        asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+            model="fraud", time_from=lo, time_to=lo + timedelta(days=1), days=10)))
+    assert caught.value.code == "invalid_window" and caught.value.details["field"] == "days"
 
 
 def drift_and_performance(fraud_model, served):
