@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -180,15 +180,23 @@ async def audited(actor: Any, action: str, target_id: str, details: dict[str, An
         await conn.close()
 
 
+def iso_datetime(text: str) -> datetime:
+    """The CLI's one type of date and time (every date option takes it): ISO 8601, a date (``2026-09-01``:
+    midnight) or a time to the minute or finer (``2026-09-01T12:30``, ``...:00Z``, ``...+02:00``), as an aware
+    datetime in UTC (without an offset: UTC). As the HTTP API's ``from``/``to`` and ``--expires`` take them."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+        return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it out of the calendar
+        raise typer.BadParameter(f"{text[:60]!r} is not an ISO 8601 date or time ({DATE_FORMS})") from None
+
+
+DATE_FORMS = "2026-09-01, 2026-09-01T12:30, 2026-09-01T12:30:00Z or with an offset such as +02:00; without one, UTC"
+
+
 def DateOption(flag: str, help_text: str) -> Any:  # noqa: N802 - reads as a type in signatures
-    return Annotated[datetime | None, typer.Option(flag, formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
-                                                   help=f"{help_text} YYYY-MM-DD, UTC.")]
-
-
-def utc(value: datetime | None) -> datetime | None:
-    from sira.ingest.events import as_utc
-
-    return None if value is None else as_utc(value)
+    return Annotated[datetime | None, typer.Option(flag, parser=iso_datetime, metavar="WHEN",
+                                                   help=f"{help_text} ISO 8601: {DATE_FORMS}.")]
 
 
 # -- governance --------------------------------------------------------------------

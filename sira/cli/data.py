@@ -21,6 +21,7 @@ from sira.cli.common import (
     features_app,
     feedback_app,
     identity_for,
+    iso_datetime,
     kv_table,
     load_yaml_mapping,
 )
@@ -34,7 +35,8 @@ def simulate_cmd(
     days: Annotated[int | None, typer.Option("--days", help="Days of traffic (default 30).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same files.")] = None,
     start: Annotated[
-        datetime | None, typer.Option("--start", formats=["%Y-%m-%d"], help="First day, YYYY-MM-DD (default 2026-09-01).")
+        datetime | None, typer.Option("--start", parser=iso_datetime, metavar="DAY",
+                                      help="First day, ISO 8601: 2026-09-01 (default 2026-09-01), UTC.")
     ] = None,
     customers: Annotated[int | None, typer.Option("--customers", help="Number of customers (default 2000).")] = None,
     fraud_rate: Annotated[float | None, typer.Option("--fraud-rate", help="Share of fraudulent events (default 0.01).")] = None,
@@ -58,6 +60,9 @@ def simulate_cmd(
     unknown = set(values) - set(SimulationConfig.__dataclass_fields__)
     if unknown:
         raise InvalidInput(f"{config}: unknown setting(s) {', '.join(sorted(unknown))}")
+    if start is not None and start.time() != datetime.min.time():  # a day, not a time: none dropped unsaid
+        raise InvalidInput(f"--start: a day (2026-09-01), not a time of day ({start.isoformat()} in UTC)",
+                           code="invalid_value", details={"field": "start"})
     overrides = {
         "days": days, "seed": seed, "start": start.date() if start else None, "customers": customers,
         "fraud_rate": fraud_rate, "shift_day": shift_day, "label_delay_days": label_delay_days,

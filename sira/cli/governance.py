@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from sira.cli.common import (
+    DATE_FORMS,
     ApiKeyOption,
     CommentOption,
     JsonOption,
@@ -23,6 +25,7 @@ from sira.cli.common import (
     emit,
     err,
     governed,
+    iso_datetime,
     keys_app,
     kv_table,
     load_yaml_mapping,
@@ -226,13 +229,17 @@ def models_update_cmd(
     api_key: ApiKeyOption = None, as_json: JsonOption = False,
 ) -> None:
     """Change a model's settings (admin)."""
-    from sira.features.definitions import parse_feature_set
+    from sira.features.definitions import FEATURE_SETS, parse_feature_set
     from sira.registry.models import update_model
 
     changes = _model_settings(targets, policy, required_approvals=required_approvals,
                               label_maturity_days=label_maturity, description=description)
     if feature_set is not None:
-        changes["feature_set_version"] = parse_feature_set(feature_set).version
+        named, _, number = feature_set.strip().partition("@")
+        if number.isdigit() and any(n == named for n, _ in FEATURE_SETS):  # an unknown version: the registry's answer
+            changes["feature_set_version"] = int(number)  # (unknown_feature_set, as over HTTP)
+        else:
+            changes["feature_set_version"] = parse_feature_set(feature_set).version
     if notify is not None:
         from sira.core.config import get_settings
         from sira.core.errors import InvalidInput
@@ -410,9 +417,9 @@ def keys_create_cmd(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
     role: Annotated[list[str], typer.Option("--role", help="A role (repeat for several): " + ", ".join(
         ("service", "viewer", "analyst", "data_scientist", "approver", "operator", "admin")))],
-    expires: Annotated[str | None, typer.Option(
-        "--expires", help="When the key stops working, ISO 8601: 2030-01-31, 2030-01-31T18:00:00Z or with an offset "
-        "(+02:00); without one, UTC. Not in the past.")] = None,
+    expires: Annotated[datetime | None, typer.Option(
+        "--expires", parser=iso_datetime, metavar="WHEN", help=f"When the key stops working, ISO 8601: {DATE_FORMS}. "
+        "Not in the past.")] = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -421,7 +428,7 @@ def keys_create_cmd(
     from sira.core.auth import create_key, parse_expiry
 
     settings = get_settings()
-    expires_at = parse_expiry(expires) if expires is not None else None
+    expires_at = parse_expiry(expires.isoformat()) if expires is not None else None  # refuses the past
 
     async def run() -> tuple[str, dict[str, Any]]:
         async with db.open_pool(settings) as pool:

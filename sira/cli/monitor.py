@@ -22,7 +22,6 @@ from sira.cli.common import (
     fmt,
     kv_table,
     load_yaml_mapping,
-    utc,
 )
 from sira.cli.train import plan_table
 from sira.core.config import MAX_VERSION, get_settings
@@ -57,8 +56,8 @@ def score_cmd(
     from sira.monitoring.batch import BatchRequest, run_batch_score
 
     out = output_file(out, data or [], in_job=in_ray_job())  # before anything is read: not an input, nor in one
-    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=utc(time_from),
-                           time_to=utc(time_to), keep_columns=keep_columns, explain=explain, id_col=id_col,
+    request = BatchRequest(model=model, out=out, version=version, data=data, time_from=time_from,
+                           time_to=time_to, keep_columns=keep_columns, explain=explain, id_col=id_col,
                            time_col=time_col, batch_size=batch_size, max_actors=max_actors,
                            wait_for_cpus_s=wait_for_cpus)
     actor = asyncio.run(actor_for("batch.score", api_key))
@@ -106,8 +105,9 @@ def drift_cmd(
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
     source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
                                         "(what production served).")] = "events",
-    days: Annotated[float, typer.Option("--days", min=0.01, help="The window: this many days up to the newest data "
-                                        "that fills one, walking back over sparse days (docs/windows.md).")] = 7.0,
+    days: Annotated[float | None, typer.Option("--days", min=0.01, help="The window: this many days (default 7) up "
+                                               "to the newest data that fills one, walking back over sparse days; "
+                                               "after --from or before --to (not with both: docs/windows.md).")] = None,
     time_from: DateOption("--from", "Start of the window.") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     api_key: ApiKeyOption = None,
@@ -119,8 +119,8 @@ def drift_cmd(
     from sira.monitoring.drift import DriftRequest, run_drift
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
-    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=utc(time_from),
-                           time_to=utc(time_to))
+    request = DriftRequest(model=model, version=version, source=source, days=days, time_from=time_from,
+                           time_to=time_to)
     result = asyncio.run(run_drift(get_settings(), request, actor=actor))
 
     def render() -> None:
@@ -162,9 +162,10 @@ def performance_table(result: dict[str, Any]) -> Table:
 def performance_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Only this version (default: all).")] = None,
-    days: Annotated[float, typer.Option("--days", min=0.01, help="This many days of matured events, ending one label "
-                                        "maturity before now, then the provisional windows after them "
-                                        "(docs/windows.md).")] = 28.0,
+    days: Annotated[float | None, typer.Option("--days", min=0.01, help="This many days (default 28) of matured "
+                                               "events, ending one label maturity before now (or before --to; not "
+                                               "with --from), then the provisional windows after them "
+                                               "(docs/windows.md).")] = None,
     time_from: DateOption("--from", "Start of the range (event time).") = None,
     time_to: DateOption("--to", "End of the range (exclusive).") = None,
     window_days: Annotated[float, typer.Option("--window-days", min=0.01, help="Days per window.")] = 7.0,
@@ -181,9 +182,9 @@ def performance_cmd(
     from sira.monitoring.performance import PerformanceRequest, run_performance
 
     actor = asyncio.run(actor_for("monitoring.run", api_key))
-    request = PerformanceRequest(model=model, version=version, days=days, time_from=utc(time_from),
-                                 time_to=utc(time_to), window_days=window_days, ap_margin=ap_margin,
-                                 min_segment_size=min_segment, as_of=utc(as_of))
+    request = PerformanceRequest(model=model, version=version, days=days, time_from=time_from,
+                                 time_to=time_to, window_days=window_days, ap_margin=ap_margin,
+                                 min_segment_size=min_segment, as_of=as_of)
     result = asyncio.run(run_performance(get_settings(), request, actor=actor))
 
     emit(result, as_json, lambda: err.print(performance_table(result)))
@@ -230,7 +231,7 @@ def retrain_cmd(
                     identity = await acting(conn, api_key)
         request = RetrainRequest(model=model, trials=trials, time_budget_s=time_budget, seed=seed,
                                  params=load_yaml_mapping(params) if params else None, num_threads=threads,
-                                 test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run)
+                                 test_days=test_days, train_days=train_days, as_of=as_of, dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else err.print)
 
     result = asyncio.run(run())

@@ -19,7 +19,6 @@ from sira.cli.common import (
     governed,
     group,
     kv_table,
-    utc,
     writable_file,
 )
 from sira.core.config import MAX_VERSION, get_settings
@@ -195,8 +194,9 @@ def threshold_sets_table(result: dict[str, Any]) -> Any:
 def thresholds_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Default: production's.")] = None,
-    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Days of the default window, which ends at "
-                                      "the version's newest labelled answer.")] = 28,
+    days: Annotated[int | None, typer.Option("--days", min=1, max=3650, help="Days of the window (default 28), which "
+                                             "ends at --to or the version's newest labelled answer (not with "
+                                             "--from: docs/windows.md).")] = None,
     time_from: DateOption("--from", "Start of the window (event time).") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     apply: Annotated[bool, typer.Option("--apply", help="Ask for --review/--block on the version: a threshold "
@@ -215,9 +215,11 @@ def thresholds_cmd(
     On a labelled window: rates, precision, recall, fraud amount caught, false alarms, costs; and the
     thresholds that meet the model's targets. --apply asks for new ones (governed); --history lists the
     version's threshold sets."""
-    from sira.core.errors import InvalidInput
+    from sira.core.errors import InvalidInput, check_window_options
     from sira.monitoring import thresholds
 
+    check_window_options(time_from, time_to, days, days_after_from=False)
+    days = thresholds.DEFAULT_DAYS if days is None else days
     if apply and history:
         raise InvalidInput("--apply and --history cannot be combined: one asks for new thresholds, the other lists "
                            "the sets", code="invalid_option")
@@ -239,8 +241,8 @@ def thresholds_cmd(
         raise InvalidInput("--apply and --history need --version", code="missing_field")
     if apply and version is not None and review is not None and block is not None and reason:
         changed = governed(lambda conn, who: thresholds.apply(conn, who, model, version, review=review, block=block,
-                                                              reason=reason, time_from=utc(time_from),
-                                                              time_to=utc(time_to), days=days), api_key, notify=True)
+                                                              reason=reason, time_from=time_from,
+                                                              time_to=time_to, days=days), api_key, notify=True)
         emit(changed, as_json, lambda: err.print(
             f"{model} v{version}: thresholds review {changed['review']}, block {changed['block']} "
             + ("active (the model needs no approval)" if changed["status"] == "active" else
@@ -255,8 +257,8 @@ def thresholds_cmd(
         return
 
     async def run(conn: Any, who: Any) -> dict[str, Any]:
-        return await thresholds.what_if(conn, who, model, version=version, time_from=utc(time_from),
-                                        time_to=utc(time_to), days=days)
+        return await thresholds.what_if(conn, who, model, version=version, time_from=time_from,
+                                        time_to=time_to, days=days)
 
     result = governed(run, api_key)
     if html_out is not None:
@@ -282,11 +284,11 @@ def explain_cmd(
     import json
     import sys
 
-    from sira.core.errors import InvalidInput
+    from sira.core.errors import InvalidInput, invalid_format
     from sira.monitoring.explanation import explain_prediction, to_html, to_markdown
 
     if fmt is not None and fmt not in ("md", "html", "json"):
-        raise InvalidInput("--format must be md, html or json", code="invalid_value", details={"field": "format"})
+        raise invalid_format(fmt, ("md", "html", "json"))
     implied = REPORT_SUFFIXES.get(out.suffix.lower()) if out is not None else None
     if fmt is not None and out is not None and implied not in (None, fmt):  # report.html of Markdown: refused
         raise InvalidInput(f"--format {fmt} contradicts --out {out.name} (a {implied} file): give "

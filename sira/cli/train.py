@@ -20,7 +20,6 @@ from sira.cli.common import (
     err,
     kv_table,
     load_yaml_mapping,
-    utc,
 )
 from sira.core.config import get_settings
 
@@ -136,10 +135,10 @@ def train_cmd(
     request = TrainRequest(
         model=model, data=data, label=label, time_col=time_col, id_col=id_col, positive=positive,
         params=lightgbm, seed=chosen.seed, model_type=model_type,
-        train_from=utc(train_from), train_to=utc(train_to), test_from=utc(test_from), test_to=utc(test_to),
+        train_from=train_from, train_to=train_to, test_from=test_from, test_to=test_to,
         label_delay_days=label_delay, label_maturity_days=label_maturity, trials=trials, time_budget_s=time_budget,
         wait_for_cpus_s=wait_for_cpus,
-        test_days=test_days, train_days=train_days, as_of=utc(as_of), dry_run=dry_run,
+        test_days=test_days, train_days=train_days, as_of=as_of, dry_run=dry_run,
         **({"num_threads": chosen.num_threads} if chosen.num_threads else {}),
     )
     actor = asyncio.run(actor_for("models.write", api_key))

@@ -11,6 +11,7 @@ knowing the domain:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 EXIT_BAD_INPUT = 2
@@ -65,6 +66,33 @@ class InvalidInput(SiraError):
     exit_code = EXIT_BAD_INPUT
 
 
+def invalid_format(given: str, formats: tuple[str, ...]) -> InvalidInput:
+    """A ``format`` (``--format``) a report is not written in: 422 ``invalid_request`` naming the field, as the
+    HTTP API answers ``format=pdf`` on every route that takes one."""
+    return InvalidInput(f"format must be {', '.join(formats[:-1])} or {formats[-1]} (got {given[:40]!r})",
+                        code="invalid_request", details={"field": "format"})
+
+
+def inverted_window(lo: datetime, hi: datetime) -> InvalidInput:
+    """A window whose start is not before its end: 422 ``invalid_window`` naming ``to`` (the CLI's ``--to``).
+    (``empty_window`` is a window that is well formed but holds nothing usable.)"""
+    return InvalidInput(f"the window {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} is empty: from must be before to",
+                        code="invalid_window", details={"field": "to", "from": lo.isoformat(), "to": hi.isoformat()})
+
+
+def check_window_options(time_from: datetime | None, time_to: datetime | None, days: float | None, *,
+                         days_after_from: bool = True) -> None:
+    """A window is set once: ``days`` given with both ``from`` and ``to`` (or, where ``days`` only counts back
+    from ``to`` or the newest data, ``days_after_from=False``, with ``from`` at all) is 422
+    ``invalid_window`` naming ``days``, not silently ignored. ``days`` None: not given."""
+    if days is None or time_from is None or (time_to is None and days_after_from):
+        return
+    takes = "from and to, or days with from or with to" if days_after_from else "from (and to), or days with to"
+    raise InvalidInput(f"days cannot be given with from{' and to' if time_to is not None else ''}: they set the "
+                       f"same window twice; give {takes}, or days alone", code="invalid_window",
+                       details={"field": "days", "given": ["from", *(["to"] if time_to is not None else []), "days"]})
+
+
 class PayloadTooLarge(InvalidInput):
     """A batch or body beyond the configured limit."""
 
@@ -80,12 +108,33 @@ class NotFound(SiraError):
     exit_code = EXIT_BAD_INPUT
 
 
+class UnknownModel(NotFound):
+    """A model name the registry does not hold (a serving replica: a model it does not serve): one code, 404
+    ``unknown_model`` naming the ``model``, wherever the name came from (a path, a body, an option)."""
+
+    code = "unknown_model"
+
+    def __init__(self, model: str, message: str | None = None):
+        super().__init__(message or f"unknown model {model!r}", details={"field": "model", "model": model})
+
+
 class Conflict(SiraError):
     """The request is valid but clashes with the current state (a concurrent change, a duplicate)."""
 
     code = "conflict"
     http_status = 409
     exit_code = EXIT_BAD_INPUT
+
+
+class NoProductionVersion(Conflict):
+    """The model has no production version and none was named: 409 ``no_production_version`` wherever it is
+    asked (scoring, a what-if, a batch or drift job), naming the ``model``; ``hint``: what the caller may do."""
+
+    code = "no_production_version"
+
+    def __init__(self, model: str, hint: str | None = None):
+        super().__init__(f"model {model!r} has no production version" + (f": {hint}" if hint else ""),
+                         details={"model": model})
 
 
 class Unauthenticated(SiraError):

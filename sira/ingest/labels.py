@@ -29,7 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from sira.core import audit
-from sira.core.errors import PermissionDenied
+from sira.core.errors import InvalidInput, PermissionDenied
 from sira.features.definitions import LABEL_NAME
 from sira.features.label_states import fold_label_changes, label_changes, tiles_reading
 from sira.features.store import writing_log
@@ -156,6 +156,18 @@ class FeedbackSummary:
     duplicates: int = 0  # rows of the same input a newer one (same event, label name and source) superseded
     earlier: int = 0  # words older than what their source says now (arrived late): kept in the label's history only
     reasons: Counter = field(default_factory=Counter)
+    refused: Rejection | None = None  # the first label refused: its code, field and reason (a caller of one answers it)
+
+    def refusal(self) -> InvalidInput | None:
+        """What a caller that sent one label (``POST /v1/feedback``) answers when it was refused: 422 under its
+        own code (``known_at_in_future``; a field's problem: ``invalid_feedback``), naming the field and saying
+        why, as a file load's dead letter does; None when nothing was refused."""
+        if not self.rejected:
+            return None
+        code = self.refused.reason_code if self.refused else next(iter(self.reasons), "rejected")
+        reason = self.refused.reason if self.refused else code
+        return InvalidInput(f"label rejected: {reason}", code=code if code in LABEL_CODES else "invalid_feedback",
+                            details={"field": self.refused.field} if self.refused and self.refused.field else {})
 
     def to_dict(self) -> dict[str, Any]:
         return {"read": self.read, "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
@@ -243,6 +255,7 @@ async def record_labels(
         item.event_id = redactor.scrub_value(item.event_id)  # ids are scrubbed exactly as events' are
         item.source = redactor.scrub_text(item.source)  # a name, readable, but an email in it becomes a token
         said.setdefault((item.event_id, item.label_name, item.source), []).append(item)
+    summary.refused = rejected[0] if rejected else None
     for words in said.values():
         words.sort(key=lambda g: g.known_at)  # stable: the input's order on a tie
         summary.duplicates += len(words) - 1

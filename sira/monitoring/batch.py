@@ -37,7 +37,7 @@ from sira.core import db
 from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput, ServiceUnavailable, sira_cause
+from sira.core.errors import InvalidInput, ServiceUnavailable, inverted_window, sira_cause
 from sira.ingest.pii import redactor_for
 from sira.registry import models as registry
 from sira.training import evaluation
@@ -521,8 +521,8 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
             if lo is None or hi is None:
                 first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
                 lo, hi = lo or first, hi or (last + timedelta(microseconds=1) if last else None)
-            if lo is None or hi is None or hi <= lo:
-                raise InvalidInput("the time range is empty (--from must be before --to)", code="empty_input")
+            if lo is None or hi is None or hi <= lo:  # no stored event at all, or a window ending before it starts
+                raise inverted_window(lo, hi) if lo and hi else InvalidInput("no stored events", code="empty_input")
             n = await conn.fetchval("SELECT count(*) FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2",
                                     lo, hi)
             if not n:

@@ -20,6 +20,7 @@ for the score, ``__dataset__`` for the verdict) with the job's id.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -35,7 +36,7 @@ from sira.core import db, stats
 from sira.core.artifacts import json_finite
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
+from sira.core.errors import InvalidInput, check_window_options, inverted_window
 from sira.registry import models as registry
 from sira.training import windows
 from sira.training.trainer import FeatureSpec
@@ -44,6 +45,7 @@ SCORE = "__score__"
 DATASET = "__dataset__"
 SOURCES = ("events", "predictions")
 MIN_ROWS = 100
+DEFAULT_DAYS = 7.0  # the window's days when none are given
 # Rows of a window compared at most: a longer window is read whole (streamed) and every k-th row kept, in its
 # stored order (the same window gives the same sample). 500,000 rows of 60 features: 240 MB in the driver; a
 # week of a busy production (10 M predictions) held whole was 4.8 GB. PSI and KS on 500,000 rows move by
@@ -57,7 +59,7 @@ class DriftRequest:
     model: str
     version: int | None = None
     source: str = "events"
-    days: float = 7.0
+    days: float | None = None  # None: DEFAULT_DAYS (given with both time_from and time_to: refused)
     time_from: datetime | None = None
     time_to: datetime | None = None
     thresholds: stats.DriftThresholds = stats.DriftThresholds()
@@ -253,7 +255,7 @@ async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tupl
         rule = {"rule": f"the {req.days:g} days up to the newest {req.source} filling a window of {MIN_ROWS}",
                 "newest": found.newest.isoformat(), "skipped_after": found.skipped}
     if hi <= lo:
-        raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
+        raise inverted_window(lo, hi)
     return lo, hi, rule
 
 
@@ -335,6 +337,8 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
 
     if req.source not in SOURCES:
         raise InvalidInput(f"--source must be one of {', '.join(SOURCES)}", code="invalid_input")
+    check_window_options(req.time_from, req.time_to, req.days)
+    req = dataclasses.replace(req, days=DEFAULT_DAYS if req.days is None else req.days)
     windows.check_days("--days", req.days)
     actor = actor or Actor.local()
     started = time.perf_counter()

@@ -78,8 +78,10 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
     authorize(identity, "subject.access")
     check_customer(customer_id)
     reason = (reason or "").strip()
-    if not reason or len(reason) > 2000:
-        raise InvalidInput("--reason must say why, in at most 2000 characters", code="missing_reason")
+    if not reason:
+        raise InvalidInput("--reason: say why", code="missing_field", details={"field": "reason"})
+    if len(reason) > 2000:
+        raise InvalidInput("--reason: at most 2000 characters", code="field_too_long", details={"field": "reason"})
     stored = stored_customer(redactor, customer_id)
     if not force and not await holds_data(conn, stored):
         raise NotFound("SIRA holds nothing about this customer id (no event, dead letter or feature state): check "

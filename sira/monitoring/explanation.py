@@ -182,14 +182,16 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     try:
         key = uuid.UUID(str(prediction_id))
     except ValueError:
-        raise InvalidInput("the prediction id must be a UUID", code="invalid_value",
+        # as the HTTP API answers a prediction id that is no UUID (GET /v1/predictions/x)
+        raise InvalidInput("prediction_id must be a UUID", code="invalid_request",
                            details={"field": "prediction_id"}) from None
     row = await conn.fetchrow(
         """SELECT prediction_id, model_name, version, role, event_id, features, score, decision, scored_at,
                   threshold_set
              FROM sira_predictions WHERE prediction_id = $1 ORDER BY scored_at DESC LIMIT 1""", key)
     if row is None:
-        raise NotFound(f"no stored prediction {key}", code="unknown_prediction", details={"prediction_id": str(key)})
+        raise NotFound(f"no stored prediction {key}", code="unknown_prediction",
+                       details={"field": "prediction_id", "prediction_id": str(key)})
     model = await get_model(conn, row["model_name"])
     version = dict(await get_version(conn, row["model_name"], row["version"]))
     version["model_name"], version["model_id"] = row["model_name"], model["id"]

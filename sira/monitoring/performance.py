@@ -21,6 +21,7 @@ below the version's test AP at training is flagged. Rows go to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from array import array
@@ -35,12 +36,13 @@ from sira.core import db
 from sira.core.artifacts import json_finite
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput
+from sira.core.errors import InvalidInput, check_window_options, inverted_window
 from sira.core.ray_runtime import job_id
 from sira.features.store import labels_said_by, to_us
 from sira.registry import models as registry
 from sira.training.windows import Windows, check_as_of, check_days, label_rule
 
+DEFAULT_DAYS = 28.0  # days of matured events when none are given
 MAX_WINDOWS = 1_000  # windows of one run: each is a pass over the run's predictions
 
 DEFAULT_AP_MARGIN = 0.10  # absolute AP points below the version's test AP at training
@@ -86,7 +88,7 @@ SELECT DISTINCT ON (p.version, p.role, coalesce(p.event_id, p.prediction_id::tex
 class PerformanceRequest:
     model: str
     version: int | None = None  # None: every version with predictions in the range
-    days: float = 28.0
+    days: float | None = None  # None: DEFAULT_DAYS; counts back from time_to (given with time_from: refused)
     time_from: datetime | None = None
     time_to: datetime | None = None
     window_days: float = 7.0
@@ -297,6 +299,8 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
 
     from sira.core import audit
 
+    check_window_options(req.time_from, req.time_to, req.days, days_after_from=False)
+    req = dataclasses.replace(req, days=DEFAULT_DAYS if req.days is None else req.days)
     check_days("--days", req.days)
     check_days("--window-days", req.window_days)
     check_as_of(req.as_of)
@@ -328,7 +332,7 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
                 hi = req.time_to or usable + timedelta(microseconds=1)
                 lo = req.time_from or hi - timedelta(days=req.days)
             if hi <= lo:
-                raise InvalidInput("the range is empty (--from must be before --to)", code="empty_input")
+                raise inverted_window(lo, hi)
             check_window_count(hi - lo, req.window_days, f"the range {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M}")
             read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,
                                        req.version)

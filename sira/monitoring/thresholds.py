@@ -18,7 +18,7 @@ import numpy as np
 from asyncpg import Connection
 
 from sira.core.auth import Identity, authorize
-from sira.core.errors import InvalidInput
+from sira.core.errors import InvalidInput, NoProductionVersion, inverted_window
 from sira.monitoring.performance import PREDICTIONS_SQL, default_range, newest_predictions
 from sira.registry import models as registry
 from sira.registry import thresholds as threshold_sets
@@ -26,6 +26,7 @@ from sira.registry.targets import DecisionTargets
 from sira.training.evaluation import choose_thresholds
 from sira.training.windows import Windows, label_rule
 
+DEFAULT_DAYS = 28  # days of the what-if's window when none are given (days counts back from its end)
 FLAG_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 # Per version, its production answers that have a usable label (the rule of :func:`label_rule`, in SQL): how
@@ -83,7 +84,7 @@ async def labelled_window(conn: Connection, model: str, version: int, lo: dateti
 
 
 async def what_if(conn: Connection, identity: Identity, model_name: str, *, version: int | None = None,
-                  time_from: datetime | None = None, time_to: datetime | None = None, days: int = 28,
+                  time_from: datetime | None = None, time_to: datetime | None = None, days: int = DEFAULT_DAYS,
                   now: datetime | None = None, also: tuple[float, ...] = ()) -> dict[str, Any]:
     """The what-if table of a version (production's by default) on a labelled window (the last ``days`` of
     matured labels by default); ``also``: more thresholds to evaluate."""
@@ -93,8 +94,7 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
         version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 "
                                       "AND status = 'production'", model["id"])
         if version is None:
-            raise InvalidInput(f"{model_name} has no production version: name one with --version",
-                               code="no_production_version")
+            raise NoProductionVersion(model_name, "name a version")
     row = await registry.get_version(conn, model_name, version)
     cutoff = now or datetime.now(timezone.utc)
     maturity = float(model["label_maturity_days"])
@@ -110,11 +110,11 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
         else:
             hi = time_to or (usable + timedelta(microseconds=1) if usable else cutoff - timedelta(days=maturity))
             lo = time_from or hi - timedelta(days=days)
-    except OverflowError:  # a --to near year 1: the window would start before the calendar
-        raise InvalidInput("the window starts before year 1 (move --to later or give --from)",
+    except OverflowError:  # a `to` near year 1: the window would start before the calendar
+        raise InvalidInput("the window starts before year 1: move to later, or give from",
                            code="invalid_field", details={"field": "to"}) from None
     if hi <= lo:
-        raise InvalidInput("the window is empty (--from must be before --to)", code="empty_input")
+        raise inverted_window(lo, hi)
     y, p, amount = await labelled_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
     if y.size == 0 or y.min() == y.max():
         raise await _no_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
@@ -147,24 +147,30 @@ async def _no_window(conn: Connection, model_name: str, version: int, lo: dateti
     def span(r: Any) -> str:
         return f"between {r['first']:%Y-%m-%d} and {r['last']:%Y-%m-%d}"
 
+    # what the caller may change, named as the HTTP API's parameters and the CLI's options are (from, version)
+    details: dict[str, Any] = {"model": model_name, "version": version,
+                               "window": {"from": lo.isoformat(), "to": hi.isoformat()}}
     if version in both:
         r = both[version]
+        since, until = f"{r['first']:%Y-%m-%d}", f"{r['last'] + timedelta(days=1):%Y-%m-%d}"
         return InvalidInput(
             f"{model_name} v{version} has no labelled answers of both classes between {lo:%Y-%m-%d} and "
-            f"{hi:%Y-%m-%d}; its {r['labelled']:,} ({r['positives']:,} fraud) are {span(r)}: --from "
-            f"{r['first']:%Y-%m-%d} --to {r['last'] + timedelta(days=1):%Y-%m-%d}", code="empty_window")
+            f"{hi:%Y-%m-%d}; its {r['labelled']:,} ({r['positives']:,} fraud) are {span(r)}: from {since} to {until}",
+            code="empty_window", details={"field": "from", **details, "suggested": {"from": since, "to": until}})
     mine = rows.get(version)
     said = (f"{model_name} v{version} has {mine['labelled']:,} labelled answers, {mine['positives']:,} of them fraud"
             if mine is not None and mine["labelled"] else f"{model_name} v{version} has no labelled answers")
-    others = [f"v{v} has {r['labelled']:,} ({r['positives']:,} fraud) {span(r)}: --version {v}"
+    others = [f"v{v} has {r['labelled']:,} ({r['positives']:,} fraud) {span(r)}: version {v}"
               for v, r in both.items()][:3]
     return InvalidInput(f"{said}: both classes are needed; " + ("; ".join(others) if others else
                         "no version of the model has labelled answers of both classes yet: wait for labels or "
-                        "import them (sira feedback import)"), code="empty_window")
+                        "import them"), code="empty_window",
+                        details={"field": "version" if others else "from", **details, "versions": list(both)[:3]})
 
 
 async def apply(conn: Connection, identity: Identity, model_name: str, version: int, *, review: float, block: float,
-                reason: str, time_from: datetime | None = None, time_to: datetime | None = None, days: int = 28,
+                reason: str, time_from: datetime | None = None, time_to: datetime | None = None,
+                days: int = DEFAULT_DAYS,
                 now: datetime | None = None) -> dict[str, Any]:
     """Ask for ``review``/``block`` on a version: a pending threshold set whose evidence is what these values,
     and the current ones, did on the labelled window (none when the window has no labelled answers of both

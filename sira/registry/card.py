@@ -250,11 +250,11 @@ async def render_card(conn: Any, settings: Any, identity: Any, model_name: str, 
     """The card of a version, read from the registry and its verified artifact."""
     from sira.core.artifacts import ArtifactRef, load_artifact
     from sira.core.auth import authorize
-    from sira.core.errors import InvalidInput
+    from sira.core.errors import invalid_format
     from sira.registry import models as registry
 
     if fmt not in ("md", "html"):
-        raise InvalidInput("card format must be md or html")
+        raise invalid_format(fmt, ("md", "html"))
     authorize(identity, "models.read")
     row = await registry.get_version(conn, model_name, version)
     model = dict(await registry.get_model(conn, model_name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sira.core.errors import NotFound
+from sira.core.errors import UnknownModel
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -28,7 +28,7 @@ async def production_history(conn: Connection, model_name: str) -> list[dict[str
     """Every change of the production pointer: when, who, from, to, how, why and who asked for it (a
     promotion's requester; the actor of a policy's promotion is the policy)."""
     if await conn.fetchval("SELECT id FROM sira_models WHERE name = $1", model_name) is None:
-        raise NotFound(f"unknown model {model_name!r}", details={"model": model_name})
+        raise UnknownModel(model_name)
     rows = await conn.fetch(
         """SELECT occurred_at, actor, actor_kind, details FROM sira_audit_log
             WHERE action = 'production.change' AND target_type = 'model' AND target_id = $1

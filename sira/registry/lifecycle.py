@@ -42,7 +42,7 @@ def check_transition(current: str, target: str, *, via: str = "direct") -> None:
         raise IllegalTransition(f"a {current} version cannot become {target}",
                                 details={"from": current, "to": target})
     if target == "production" and via not in ("approval", "rollback", "policy"):
-        raise IllegalTransition("production is reached through approvals (sira promote + sira approve) or a rollback",
+        raise IllegalTransition("production is reached through a promotion request and its approvals, or a rollback",
                                 details={"from": current, "to": target})
     if current == "archived" and via != "rollback":
         raise IllegalTransition("an archived version returns to production only by a rollback",

@@ -14,7 +14,7 @@ import asyncpg
 
 from sira.core import audit
 from sira.core.artifacts import ArtifactRef
-from sira.core.errors import Conflict, InvalidInput, NotFound
+from sira.core.errors import Conflict, InvalidInput, NoProductionVersion, NotFound, UnknownModel
 from sira.registry import webhooks
 from sira.registry.history import production_history as production_history  # re-exported: readers import it here
 from sira.registry.history import rollback_target
@@ -30,7 +30,7 @@ MODEL_TYPES = ("fraud_detection", "churn", "anomaly")
 async def get_model(conn: Connection, name: str) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT * FROM sira_models WHERE name = $1", name)
     if row is None:
-        raise NotFound(f"unknown model {name!r}", details={"model": name})
+        raise UnknownModel(name)
     return row
 
 
@@ -42,7 +42,7 @@ async def ensure_model(
     """The model, created with defaults when it does not exist yet (and whether it was); one that exists reads
     the source this run reads (``feature_set``: the feature store; None: a table of its own)."""
     if model_type not in MODEL_TYPES:
-        raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
+        raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}", details={"field": "model_type"})
     row = await conn.fetchrow("SELECT * FROM sira_models WHERE name = $1", name)
     if row is not None:
         check_source(row, feature_set is not None)
@@ -56,9 +56,8 @@ async def ensure_model(
                 name, model_type, entity_type, feature_set, feature_set_version, actor.name, label_maturity_days,
             )
     except asyncpg.CheckViolationError:
-        raise InvalidInput(
-            f"invalid model name {name!r}: lowercase letters, digits, '-' and '_', starting with a letter"
-        ) from None
+        raise InvalidInput(f"invalid model name {name!r}: lowercase letters, digits, '-' and '_', starting with a "
+                           "letter", details={"field": "model"}) from None
     if row is None:  # created concurrently
         return await get_model(conn, name), False
     await audit.record(conn, actor, "model.create", target_type="model", target_id=name,
@@ -135,7 +134,8 @@ async def get_version(conn: Connection, model_name: str, version: int, *, lock: 
     )
     if row is None:
         await get_model(conn, model_name)  # unknown model: say so
-        raise NotFound(f"model {model_name!r} has no version {version}", details={"model": model_name, "version": version})
+        raise NotFound(f"model {model_name!r} has no version {version}",
+                       details={"field": "version", "model": model_name, "version": version})
     return row
 
 
@@ -148,9 +148,9 @@ async def version_in_use(conn: Connection, model_name: str, version: int | None 
         "SELECT version FROM sira_model_versions WHERE model_id = $1 AND status = 'production'", model["id"]
     )
     if row is None:
-        raise InvalidInput(f"model {model_name!r} has no production version; name one with --version",
-                           code="no_production_version", details={"model": model_name})
+        raise NoProductionVersion(model_name, "name a version")
     return await get_version(conn, model_name, row)
+
 
 
 def loadable(row: Any) -> dict[str, Any]:
@@ -353,8 +353,8 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
         if last is not None:
             raise Conflict(f"the promotion request of {model_name} v{version} is closed ({last})",
                            code="request_closed", details={"status": last})
-        raise NotFound(f"{model_name} v{version} has no pending promotion request (sira promote first)",
-                       code="no_pending_request")
+        raise NotFound(f"{model_name} v{version} has no pending promotion request: request its promotion first",
+                       code="no_pending_request", details={"model": model_name, "version": version})
     if request["artifact_sha256"] != row["artifact_sha256"]:
         raise Conflict("the version's artifact changed since promotion was requested", code="artifact_changed")
     previous = await conn.fetch("SELECT approver, decision FROM sira_approvals WHERE request_id = $1", request["id"])
@@ -407,7 +407,7 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
 
     authorize(identity, "rollback")
     if not reason or not reason.strip():
-        raise InvalidInput("a rollback needs a reason (--reason)", code="reason_required")
+        raise InvalidInput("reason: a rollback needs one", code="missing_field", details={"field": "reason"})
     reason = redacted(reason) or ""
     model = await get_model(conn, model_name)
     await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model["id"])
@@ -447,18 +447,21 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
     policy, targets) need an admin."""
     from sira.core.auth import authorize
     from sira.features.definitions import CURRENT_VERSIONS, get_feature_set
+    from sira.registry.settings import check_feature_set
 
     authorize(identity, "models.write")
     unknown = set(settings) - set(MODEL_SETTINGS)
     if unknown:
-        raise InvalidInput(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+        raise InvalidInput(f"unknown model setting(s): {', '.join(sorted(unknown))}", code="unknown_field",
+                           details={"field": min(unknown), "unknown": sorted(unknown), "accepted": list(MODEL_SETTINGS)})
     if any(settings.get(k) is not None for k in GOVERNANCE):
         authorize(identity, "models.settings")
     if model_type not in MODEL_TYPES:
-        raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}")
+        raise InvalidInput(f"model type must be one of {', '.join(MODEL_TYPES)}", details={"field": "model_type"})
     if feature_set is not None and feature_set_version is None:
         feature_set_version = CURRENT_VERSIONS.get(feature_set, 1)
     if feature_set is not None:  # an entity the model's features are about
+        check_feature_set(name, feature_set, feature_set_version)
         entities = [spec.entity for spec in get_feature_set(feature_set, feature_set_version).entities]
         if entity_type not in entities:
             raise InvalidInput(f"entity type must be one of {feature_set}'s: {', '.join(entities)}",
@@ -485,20 +488,17 @@ async def create_model(conn: Connection, identity: Any, name: str, *, model_type
 async def update_model(conn: Connection, identity: Any, name: str, **changes: Any) -> dict[str, Any]:
     """Change a model's settings (admin): approvals, policy, targets, maturity, descriptions."""
     from sira.core.auth import authorize
+    from sira.registry.settings import check_feature_set
 
     authorize(identity, "models.settings")
     unknown = set(changes) - set(MODEL_SETTINGS)
     if unknown or not any(v is not None for v in changes.values()):
-        raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}")
+        raise InvalidInput(f"settings to change: {', '.join(MODEL_SETTINGS)}", code="unknown_field" if unknown else
+                           "missing_field", details={"field": min(unknown, default=""), "accepted": list(MODEL_SETTINGS)})
     changes = checked(changes)
     before = await get_model(conn, name)
     if "feature_set_version" in changes:  # what its next versions train on; versions keep their own
-        from sira.features.definitions import FEATURE_SETS
-
-        if before["feature_set"] is None or (before["feature_set"], changes["feature_set_version"]) not in FEATURE_SETS:
-            raise InvalidInput(f"{name} has no feature set {before['feature_set']}@{changes['feature_set_version']}"
-                               " (a model trained on a table it brings has none)", code="unknown_feature_set",
-                               details={"field": "feature_set"})
+        check_feature_set(name, before["feature_set"], changes["feature_set_version"])
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     try:
         row = await conn.fetchrow(f"UPDATE sira_models SET {sets} WHERE name = $1 RETURNING *", name, *changes.values())

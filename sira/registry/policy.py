@@ -58,8 +58,9 @@ _TOLERANCE = 1e-12
 
 
 def _invalid(field_name: str, message: str) -> InvalidInput:
+    # the field as the HTTP body and the policy file nest it (promotion_policy.min_ap_gain)
     return InvalidInput(f"promotion policy {field_name}: {message}", code="invalid_policy",
-                        details={"field": field_name})
+                        details={"field": f"promotion_policy.{field_name}"})
 
 
 def _number(value: Any) -> float | None:
@@ -119,12 +120,12 @@ class PromotionPolicy:
             return cls()
         if not isinstance(data, Mapping):
             raise InvalidInput(f"a promotion policy is a mapping of settings, got {type(data).__name__}",
-                               code="invalid_policy", details={"field": None})
+                               code="invalid_policy", details={"field": "promotion_policy"})
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
                 raise InvalidInput(f"unknown promotion policy setting {key!r}; valid settings: {', '.join(known)}",
-                                   code="invalid_policy", details={"field": key, "valid": known})
+                                   code="invalid_policy", details={"field": f"promotion_policy.{key}", "valid": known})
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

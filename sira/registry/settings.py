@@ -42,7 +42,7 @@ _MODEL_CHECKS = {
 def refused_setting(exc: Any) -> InvalidInput:
     """A model setting a check of ``sira_models`` refused (``exc``: asyncpg's CheckViolationError), named in
     words, not by the constraint's name."""
-    field, takes = _MODEL_CHECKS.get(getattr(exc, "constraint_name", None) or "", ("settings", "as sira models --help describes"))
+    field, takes = _MODEL_CHECKS.get(getattr(exc, "constraint_name", None) or "", ("settings", "as docs/governance.md describes"))
     return InvalidInput(f"invalid model {field}: {takes}", details={"field": field})
 
 
@@ -64,6 +64,23 @@ def checked(settings: dict[str, Any]) -> dict[str, Any]:
     if "notify" in values:
         values["notify"] = receivers.names(values["notify"])
     return values
+
+
+def check_feature_set(model: str, feature_set: str | None, version: int | None) -> None:
+    """A feature set version a model (``model``) may train on: a registered version of its feature set, else
+    422 ``unknown_feature_set`` naming the field and the versions there are (a model trained on a table it
+    brings has no feature set)."""
+    from sira.features.definitions import FEATURE_SETS
+
+    if feature_set is None:
+        raise InvalidInput(f"{model} is trained on a table it brings: it has no feature set, so no "
+                           "feature_set_version", code="unknown_feature_set", details={"field": "feature_set_version"})
+    if (feature_set, version) not in FEATURE_SETS:
+        versions = sorted(v for n, v in FEATURE_SETS if n == feature_set)
+        raise InvalidInput(f"feature set {feature_set} has no version {version}"
+                           + (f" (versions: {', '.join(map(str, versions))})" if versions else ""),
+                           code="unknown_feature_set",
+                           details={"field": "feature_set_version", "feature_set": feature_set, "versions": versions})
 
 
 def check_source(model: Any, feature_store: bool) -> None:

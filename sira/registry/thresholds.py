@@ -32,13 +32,18 @@ CHANGEABLE = ("validated", "staging", "production")  # what serving or a promoti
 
 def check_values(review: Any, block: Any) -> tuple[float, float]:
     """Two thresholds as floats with 0 <= review <= block <= 1, else a specific error."""
-    try:
-        r, b = float(review), float(block)
-    except (TypeError, ValueError):
-        raise InvalidInput("review and block thresholds must be numbers", code="invalid_value") from None
+    def number(value: Any, field: str) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{field}: a threshold is a number", code="invalid_value",
+                               details={"field": field}) from None
+
+    r, b = number(review, "review"), number(block, "block")
     if not (math.isfinite(r) and math.isfinite(b) and 0 <= r <= b <= 1):
+        field = "review" if not (math.isfinite(r) and 0 <= r <= 1) else "block"  # block: out of range, or below review
         raise InvalidInput(f"thresholds must satisfy 0 <= review <= block <= 1 (got review {r}, block {b})",
-                           code="invalid_value", details={"review": r, "block": b})
+                           code="invalid_value", details={"field": field, "review": r, "block": b})
     return r, b
 
 
@@ -100,7 +105,7 @@ async def request_change(conn: Connection, identity: Any, model_name: str, versi
     authorize(identity, "promotion.request")
     r, b = check_values(review, block)
     if not (reason or "").strip():
-        raise InvalidInput("a threshold change needs a reason", code="missing_reason")
+        raise InvalidInput("reason: a threshold change needs one", code="missing_field", details={"field": "reason"})
     reason = redacted(reason.strip()[:2000]) or ""
     model = await get_model(conn, model_name)
     row = dict(await get_version(conn, model_name, version, lock=True))
@@ -151,8 +156,8 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
         last = await conn.fetchval("SELECT status FROM sira_threshold_sets WHERE version_id = $1 AND revision > 1 "
                                    "ORDER BY revision DESC LIMIT 1", row["id"])  # revision 1: training's, not asked
         if last is None:
-            raise NotFound(f"{model_name} v{version} has no pending threshold change (sira thresholds --apply first)",
-                           code="no_pending_request")
+            raise NotFound(f"{model_name} v{version} has no pending threshold change: ask for new thresholds first",
+                           code="no_pending_request", details={"model": model_name, "version": version})
         why = f", the version being {row['status']} now" if last == "cancelled" else ""
         raise Conflict(f"the threshold change of {model_name} v{version} is closed ({last}{why})",
                        code="request_closed", details={"status": last, "version_status": row["status"]})

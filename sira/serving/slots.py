@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sira.core import audit, db
-from sira.core.errors import Conflict, NotFound, ServiceUnavailable, SiraError
+from sira.core.errors import NoProductionVersion, ServiceUnavailable, SiraError, UnknownModel
 from sira.features.definitions import EntityFeatures
 from sira.serving.records import version_row
 from sira.serving.replica import Replica
@@ -263,9 +263,8 @@ class ModelSlots:
         slot = self.slots.get(model) if model in served else None  # left `models`, not refreshed yet
         if slot is None:
             if model not in served:
-                raise NotFound(f"model {model!r} is not served here (served: {', '.join(served)})",
-                               code="unknown_model", details={"field": "model", "model": model})
-            raise NotFound(f"unknown model {model!r}", code="unknown_model", details={"field": "model"})
+                raise UnknownModel(model, f"model {model!r} is not served here (served: {', '.join(served)})")
+            raise UnknownModel(model)
         if slot.production is None:
             failure = self.load_failures.get((model, "production"))
             if failure is not None:
@@ -273,8 +272,7 @@ class ModelSlots:
                     f"model {model!r} is unavailable: its production version v{failure.version} cannot be loaded "
                     f"({failure.reason}); this replica retries by itself", code="model_unavailable",
                     details={"model": model, **failure.public()})
-            raise Conflict(f"model {model!r} has no production version", code="no_production_version",
-                           details={"model": model})
+            raise NoProductionVersion(model)
         return slot
 
     def entity_spec(self, entity_type: str) -> EntityFeatures | None:

@@ -56,7 +56,7 @@ async def test_posting_to_a_card_is_405_not_an_unknown_decision(client_and_keys)
     assert r.json()["error"]["code"] == "method_not_allowed"
     for decision in ("approve", "reject"):  # the decisions still route
         r = await client.post(f"/v1/models/fraud/versions/1/{decision}", json={}, headers=keys["admin"])
-        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model", r.text
 
 
 @pytest.mark.parametrize("method, path, allowed", [

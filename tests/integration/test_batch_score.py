@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sira.core.errors import InvalidInput
+from sira.core.errors import Conflict, InvalidInput
 from sira.monitoring.batch import EXPLAIN_COST, BatchRequest, run_batch_score
 from sira.serving.scoring import ModelRuntime
 
@@ -208,7 +208,7 @@ def test_bad_batch_inputs_get_one_line_and_exit_2(fraud_model, tmp_path, history
         (["--model", "fraud", "--data", str(damaged), "--out", out], "invalid_input", "b.parquet: cannot read"),
         (["--model", "fraud", "--data", str(short), "--out", out], "missing_columns", "(b.parquet): customer_count_1d"),
         (["--model", "fraud", "--data", str(mixed), "--out", out], "invalid_column", "column event_id has different"),
-        (["--model", "nope", "--data", str(empty), "--out", out], "not_found", "nope"),
+        (["--model", "nope", "--data", str(empty), "--out", out], "unknown_model", "nope"),
         (["--model", "fraud", "--version", "99", "--data", str(empty), "--out", out], "not_found", "no version 99"),
         (["--model", "fraud", "--data", str(empty), "--out", out], "empty_input", "no rows"),
         (["--model", "fraud", "--data", str(lacking), "--out", out], "missing_columns", "log_amount"),
@@ -287,10 +287,10 @@ def test_a_model_without_production_is_refused(fraud_model, tmp_path):
             await pool.close()
 
     run_sync(second_model())
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Conflict) as caught:
         run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="unserved", out=tmp_path / "x.parquet",
                                                                     data=[tmp_path / "in"])))
-    assert caught.value.code == "no_production_version"
+    assert caught.value.code == "no_production_version" and caught.value.http_status == 409  # as serving says it
 
 
 @pytest.mark.slow

@@ -98,8 +98,9 @@ async def test_two_distinct_approvers_promote_then_rollback_is_one_step(clean_db
     assert done["previous_production"] == 1
     assert (await status_of(clean_db, 1), await status_of(clean_db, 2)) == ("archived", "production")
 
-    with pytest.raises(InvalidInput, match="needs a reason"):
+    with pytest.raises(InvalidInput, match="^reason: a rollback needs one$") as blank:
         await run(clean_db, rollback, OLI, "fraud", " ", 2)
+    assert blank.value.code == "missing_field" and blank.value.details == {"field": "reason"}  # as HTTP names fields
     with pytest.raises(PermissionDenied):
         await run(clean_db, rollback, DANA, "fraud", "oops", 2)
     back = await run(clean_db, rollback, OLI, "fraud", "v2 blocks good customers", 2)

@@ -167,8 +167,12 @@ def test_the_window_limit_counts_the_windows_of_the_range_read(fraud_model, serv
                                            r"1000 windows") as caught:
         asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
             model="fraud", time_from=datetime(2020, 1, 1, tzinfo=timezone.utc),
-            time_to=datetime(2027, 1, 1, tzinfo=timezone.utc), window_days=0.01, days=10)))
+            time_to=datetime(2027, 1, 1, tzinfo=timezone.utc), window_days=0.01)))
     assert caught.value.code == "invalid_option"
+    with pytest.raises(InvalidInput, match="days cannot be given with from and to") as caught:  # set twice
+        asyncio.run(run_performance(fraud_model.settings, PerformanceRequest(
+            model="fraud", time_from=lo, time_to=lo + timedelta(days=1), days=10)))
+    assert caught.value.code == "invalid_window" and caught.value.details["field"] == "days"
 
 
 def drift_and_performance(fraud_model, served):
@@ -206,7 +210,7 @@ def test_viewers_read_the_latest_drift_and_performance_over_http(fraud_model, se
     latest = p.json()["latest"]
     assert latest["job_id"] == performance["job_id"] and latest["flagged"] == performance["flagged"]
     assert {(r["role"], r["segment"]) for r in latest["rows"]} >= {("production", "all"), ("shadow", "all")}
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"  # as POST /v1/score says
 
 
 @pytest.mark.slow
@@ -225,8 +229,8 @@ def test_monitoring_commands_need_an_operator_and_name_what_is_wrong(fraud_model
         return cli_in_process(monkeypatch, capsys, {**env, "SIRA_API_KEY": fraud_model.keys[role]}, *args)
 
     cases = [
-        (("drift", "--model", "nope"), "error: not_found: unknown model 'nope'"),
-        (("performance", "--model", "nope"), "error: not_found: unknown model 'nope'"),
+        (("drift", "--model", "nope"), "error: unknown_model: unknown model 'nope'"),
+        (("performance", "--model", "nope"), "error: unknown_model: unknown model 'nope'"),
         (("drift", "--model", "fraud", "--version", "99"), "error: not_found: model 'fraud' has no version 99"),
         (("drift", "--model", "fraud", "--source", "files"), "error: invalid_input: --source must be one of"),
         (("drift", "--model", "fraud", "--from", "2001-01-01", "--to", "2001-01-02"), "error: insufficient_data:"),

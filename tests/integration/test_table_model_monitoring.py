@@ -119,6 +119,7 @@ async def test_drift_of_a_version_the_model_never_had_is_not_found(crafted):
     """GET /v1/models/crafted/drift?version=99 answered 200 {"latest": null} while the CLI said not_found."""
     r = await crafted.client.get("/v1/models/crafted/drift?version=99", headers=crafted.headers["viewer"])
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert r.json()["error"]["details"] == {"field": "version", "model": "crafted", "version": 99}
     r = await crafted.client.get("/v1/models/crafted/drift?version=1", headers=crafted.headers["viewer"])
     assert r.status_code == 200 and r.json() == {"model": "crafted", "latest": None}
 

@@ -75,8 +75,9 @@ async def test_a_version_without_both_classes_is_told_which_version_has_them(cle
     assert caught.value.code == "empty_window"
     message = caught.value.message
     assert message.startswith("fraud v2 has 5 labelled answers, 0 of them fraud: both classes are needed")
-    assert (f"v1 has 60 (6 fraud) between {answered[0]:%Y-%m-%d} and {answered[-1]:%Y-%m-%d}: --version 1"
-            in message)
+    assert (f"v1 has 60 (6 fraud) between {answered[0]:%Y-%m-%d} and {answered[-1]:%Y-%m-%d}: version 1"
+            in message)  # the parameter as both the CLI (--version) and the API (?version=) name it
+    assert caught.value.details["field"] == "version" and caught.value.details["versions"] == [1]
 
 
 async def test_a_window_without_both_classes_is_told_where_the_versions_labelled_answers_are(clean_db, answered):
@@ -86,7 +87,9 @@ async def test_a_window_without_both_classes_is_told_where_the_versions_labelled
     assert caught.value.code == "empty_window" and "fraud v1 has no labelled answers of both classes between" in message
     until = answered[-1] + timedelta(days=1)
     assert f"its 60 (6 fraud) are between {answered[0]:%Y-%m-%d} and {answered[-1]:%Y-%m-%d}: " \
-           f"--from {answered[0]:%Y-%m-%d} --to {until:%Y-%m-%d}" in message
+           f"from {answered[0]:%Y-%m-%d} to {until:%Y-%m-%d}" in message
+    assert caught.value.details["field"] == "from"
+    assert caught.value.details["suggested"] == {"from": f"{answered[0]:%Y-%m-%d}", "to": f"{until:%Y-%m-%d}"}
     result = await ask(clean_db, version=1, time_from=answered[0].replace(hour=0, minute=0, second=0),
                        time_to=until.replace(hour=0, minute=0, second=0))
     assert (result["labelled"], result["positives"]) == (60, 6)  # the window it named works

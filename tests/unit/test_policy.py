@@ -42,7 +42,7 @@ def test_unknown_key_is_named_with_the_valid_ones():
     with pytest.raises(InvalidInput, match="min_ap_gian") as raised:
         PromotionPolicy.from_mapping({"min_ap_gian": 0.01})
     assert raised.value.code == "invalid_policy"
-    assert raised.value.details["field"] == "min_ap_gian"
+    assert raised.value.details["field"] == "promotion_policy.min_ap_gian"  # nested as the HTTP body is
     assert "min_ap_gain" in raised.value.message  # the valid settings are listed
 
 
@@ -59,14 +59,14 @@ def test_bad_values_name_their_field(field, value):
     with pytest.raises(InvalidInput) as raised:
         PromotionPolicy.from_mapping({field: value})
     assert raised.value.code == "invalid_policy"
-    assert raised.value.details == {"field": field}
+    assert raised.value.details == {"field": f"promotion_policy.{field}"}
     assert field in raised.value.message
 
 
 def test_a_policy_that_is_not_a_mapping():
     with pytest.raises(InvalidInput) as raised:
         PromotionPolicy.from_mapping(["min_ap_gain", 0.1])  # type: ignore[arg-type]
-    assert raised.value.code == "invalid_policy"
+    assert raised.value.code == "invalid_policy" and raised.value.details == {"field": "promotion_policy"}
 
 
 def test_a_better_calibrated_challenger_is_staged_with_the_numbers():
