@@ -1,5 +1,6 @@
 """A database migrated at any commit of SIRA's history upgrades to today's schema with its rows kept, and ends with
-the schema a fresh install has (pg_dump -s)."""
+the schema a fresh install has (pg_dump -s, and sira.core.migrations.drift); the tables themselves are compared
+with what the migrations build (`sira db check`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from sira.core import db, migrations
-from tests.conftest import run_sync
+from sira.core.errors import SchemaOutOfDate
+from tests.conftest import cli_in_process, run_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 HISTORY = ROOT / "tests" / "integration" / "migration_history"
@@ -128,7 +131,8 @@ async def _empty(dsn: str) -> asyncpg.Connection:
     """A connection to the module's database, its schema emptied (quicker than a database each: dropping one
     waits for a checkpoint)."""
     conn = await db.connect(dsn)
-    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner; "
+                       "GRANT USAGE ON SCHEMA public TO PUBLIC")  # as CREATE DATABASE makes it
     return conn
 
 
@@ -175,6 +179,7 @@ async def test_a_database_migrated_at_an_earlier_commit_upgrades_to_a_fresh_inst
         assert [(s.version, s.name) for s in await migrations.status(conn)] == [
             (m.version, m.name) for m in migrations.discover()
         ]
+        assert await migrations.drift(conn) == []
         after = await _rows(conn)
         server_major = int(await conn.fetchval("SHOW server_version_num")) // 10000
     finally:
@@ -237,3 +242,149 @@ def _batch(git: list[str], names: list[str], raw: bool = False) -> dict:
             i = nul + 21
         found[name] = entries
     return found
+
+
+def test_db_check_reports_each_change_made_by_hand_and_no_monthly_partition(scratch_dsn, monkeypatch, capsys):
+    async def setup() -> None:
+        conn = await _empty(scratch_dsn)
+        try:
+            await migrations.migrate(conn)
+            for table in ("sira_features", "sira_predictions", "sira_state_checkpoints"):  # months of 2025
+                await conn.execute("SELECT sira_ensure_month_partitions($1, '2025-01-01', '2025-03-01')", table)
+        finally:
+            await conn.close()
+
+    async def change() -> None:
+        conn = await db.connect(scratch_dsn)
+        try:
+            await conn.execute("""
+                DROP TRIGGER sira_audit_log_append_only ON sira_audit_log;
+                ALTER TABLE sira_erasure_requests DROP COLUMN cleanup;
+                DROP INDEX sira_events_customer;
+            """)
+        finally:
+            await conn.close()
+
+    run_sync(setup())
+    env = {"SIRA_DATABASE_URL": scratch_dsn}
+    clean = cli_in_process(monkeypatch, capsys, env, "db", "check")
+    assert clean.returncode == 0, clean.stderr
+    assert "the ledger and the tables match what migrations 001-" in clean.stderr
+
+    run_sync(change())
+    # the ledger still says every migration was applied; status says the tables differ
+    status = cli_in_process(monkeypatch, capsys, env, "db", "status", "--json")
+    assert json.loads(status.stdout)["up_to_date"] is True and len(json.loads(status.stdout)["drift"]) == 3
+    assert "the tables differ in 3 places" in cli_in_process(monkeypatch, capsys, env, "db", "status").stderr
+
+    drifted = cli_in_process(monkeypatch, capsys, env, "db", "check")
+    assert drifted.returncode == 1
+    lines = drifted.stderr.strip().splitlines()
+    assert lines[:3] == [
+        "missing column sira_erasure_requests.cleanup: jsonb",
+        "missing index sira_events_customer on sira_events: CREATE INDEX sira_events_customer ON sira_events USING "
+        "btree (customer_id, occurred_at) WHERE (customer_id IS NOT NULL)",
+        "missing trigger sira_audit_log_append_only on sira_audit_log: CREATE TRIGGER sira_audit_log_append_only "
+        "BEFORE DELETE OR UPDATE ON sira_audit_log FOR EACH ROW EXECUTE FUNCTION sira_refuse_change()",
+    ]
+    assert lines[3].startswith("error: schema_drift: ") and len(lines) == 4
+    as_json = cli_in_process(monkeypatch, capsys, env, "db", "check", "--json")
+    assert as_json.returncode == 1
+    assert [(d["problem"], d["kind"], d["name"], d["on"]) for d in json.loads(as_json.stdout)["drift"]] == [
+        ("missing", "column", "cleanup", "sira_erasure_requests"),
+        ("missing", "index", "sira_events_customer", "sira_events"),
+        ("missing", "trigger", "sira_audit_log_append_only", "sira_audit_log"),
+    ]
+    # migrate has nothing to apply, and says the tables are not what it would have made
+    migrated = cli_in_process(monkeypatch, capsys, env, "db", "migrate")
+    assert migrated.returncode == 1
+    assert "schema is up to date" in migrated.stderr and "error: schema_drift: " in migrated.stderr
+
+
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        ("ALTER TABLE sira_models ALTER COLUMN created_by TYPE varchar(50)",
+         "differs column sira_models.created_by: expected text not null; found character varying(50) not null"),
+        ("ALTER TABLE sira_events ALTER COLUMN source DROP NOT NULL",
+         "differs column sira_events.source: expected text not null default 'unknown'::text; "
+         "found text default 'unknown'::text"),
+        ("CREATE TABLE sira_extra (a int)", "extra table sira_extra: table"),
+        ("DROP TABLE sira_counterfactuals", "missing table sira_counterfactuals: table"),
+        ("ALTER TABLE sira_threshold_sets DROP CONSTRAINT sira_threshold_sets_order",
+         "missing constraint sira_threshold_sets_order on sira_threshold_sets: CHECK "),
+        ("ALTER TABLE sira_audit_log DISABLE TRIGGER sira_audit_log_no_truncate",
+         "differs trigger sira_audit_log_no_truncate on sira_audit_log: expected CREATE TRIGGER"),
+        ("CREATE OR REPLACE FUNCTION sira_refuse_truncate() RETURNS trigger LANGUAGE plpgsql "
+         "AS $$ BEGIN RETURN NULL; END $$", "differs function sira_refuse_truncate(): expected returns trigger"),
+        ("CREATE INDEX sira_features_entity ON sira_features (entity_id)",
+         "extra index sira_features_entity on sira_features: CREATE INDEX sira_features_entity ON ONLY sira_features"),
+        # a monthly partition (made as rows arrive) is held to what every one carries
+        ("SELECT sira_ensure_month_partitions('sira_features', '2025-02-01', '2025-02-01');"
+         "DROP TRIGGER sira_features_no_truncate ON sira_features_p2025_02",
+         "missing trigger sira_features_no_truncate on sira_features_p2025_02: CREATE TRIGGER "
+         "sira_features_no_truncate BEFORE TRUNCATE ON sira_features_p2025_02 FOR EACH STATEMENT EXECUTE FUNCTION "
+         "sira_refuse_truncate()"),
+        ("CREATE TABLE other_app (a int)", None),  # not SIRA's
+        ("SELECT sira_ensure_month_partitions('sira_state_checkpoints', '2024-01-01', '2024-03-01')", None),
+    ],
+)
+async def test_drift_names_what_changed(fresh, change, line):
+    conn = await db.connect(fresh[0])
+    try:
+        async with conn.transaction():  # undone: the next case starts from a fresh install again
+            await conn.execute(change)
+            found = [d.line() for d in await migrations.drift(conn)]
+            raise _Undo
+    except _Undo:
+        pass
+    finally:
+        await conn.close()
+    if line is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(line), found
+
+
+class _Undo(Exception):
+    pass
+
+
+def test_a_role_that_may_not_create_a_schema_is_told_what_the_check_needs(scratch_dsn, monkeypatch, capsys):
+    """The check builds the expected schema in a scratch schema: a role with CREATE on the schema only (enough to
+    migrate and own the tables) is told so in one line, rather than given a half comparison; migrate and status
+    say the tables were not compared."""
+    role = f"sira_role_{uuid.uuid4().hex[:8]}"
+
+    async def setup() -> None:
+        conn = await _empty(scratch_dsn)
+        try:
+            await conn.execute(f'CREATE ROLE "{role}" NOLOGIN; GRANT CREATE ON SCHEMA public TO "{role}"')
+            await conn.execute(f'SET ROLE "{role}"')  # SIRA's role migrates and owns the tables
+            await migrations.migrate(conn)
+            with pytest.raises(SchemaOutOfDate, match="may not create a scratch schema") as info:
+                await migrations.drift(conn)
+            assert info.value.code == "schema_check_refused" and "GRANT CREATE ON DATABASE" in info.value.one_line()
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await db.connect(scratch_dsn)
+        try:
+            await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+        finally:
+            await conn.close()
+
+    try:
+        run_sync(setup())
+        env = {"SIRA_DATABASE_URL": f"{scratch_dsn}?role={role}"}  # the session's role, set as it starts
+        check = cli_in_process(monkeypatch, capsys, env, "db", "check")
+        assert check.returncode == 1 and check.stderr.startswith("error: schema_check_refused: "), check.stderr
+        migrated = cli_in_process(monkeypatch, capsys, env, "db", "migrate", "--json")
+        assert migrated.returncode == 0, migrated.stderr
+        assert json.loads(migrated.stdout)["drift"] is None and json.loads(migrated.stdout)["drift_not_checked"]
+        status = cli_in_process(monkeypatch, capsys, env, "db", "status")
+        assert "not compared: cannot compare" in status.stderr, status.stderr
+        assert "the tables differ" not in status.stderr, status.stderr
+    finally:
+        run_sync(drop())
