@@ -40,7 +40,6 @@ STATES: dict[str, list[int | str]] = {
     "50a360a": [*range(1, 26), "026_label_history.sql@50a360a"],  # 029 today
     "a92e040": [*range(1, 28), 29],
 }
-SLOW = {"8e65e5b", "4f39016", "964b3f7", "0555b19", "a92e040"}  # like another state, one difference more
 
 # Rows of the oldest tables, written with the columns they had at 6624de8 (each where its table exists).
 SEED = {
@@ -158,9 +157,7 @@ def fresh(create_database) -> tuple[str, str | None]:
     return dsn, _pg_dump(dsn, major)
 
 
-@pytest.mark.parametrize(
-    "commit", [pytest.param(c, marks=[pytest.mark.slow] if c in SLOW else []) for c in STATES]
-)
+@pytest.mark.parametrize("commit", list(STATES))
 async def test_a_database_migrated_at_an_earlier_commit_upgrades_to_a_fresh_installs_schema(
     scratch_dsn, fresh, commit
 ):
