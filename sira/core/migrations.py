@@ -405,17 +405,18 @@ async def _expected_schema(conn: _Connection, migrations: list[Migration]) -> _S
     transaction = conn.transaction()
     await transaction.start()
     try:
-        await conn.execute(f"CREATE SCHEMA {scratch}")
+        try:
+            await conn.execute(f"CREATE SCHEMA {scratch}")
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise SchemaOutOfDate(
+                f"cannot compare the schema: the database role may not create a scratch schema ({exc}); the check "
+                "builds the schema the migrations make in one, in a transaction it rolls back "
+                "(GRANT CREATE ON DATABASE to SIRA's role)", code="schema_check_refused",
+            ) from exc
         for migration in migrations:
             await conn.execute("SELECT set_config('search_path', $1, true)", scratch)
             await conn.execute(migration.sql)
         return await _read_schema(conn, scratch)
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise SchemaOutOfDate(
-            f"cannot compare the schema: the database role may not create a scratch schema ({exc}); the check "
-            "builds the schema the migrations make in one, in a transaction it rolls back "
-            "(GRANT CREATE ON DATABASE to SIRA's role)", code="schema_check_refused",
-        ) from exc
     finally:
         await transaction.rollback()
 
