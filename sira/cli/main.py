@@ -18,7 +18,7 @@ from typer.exceptions import Exit as TyperExit
 from typer.exceptions import TyperException
 
 # Each command module adds its commands to `app` when imported: in the order `sira --help` lists them.
-from sira.cli import database, data, train, governance, monitor, privacy, serve, demo, jobs  # noqa: F401  # isort: skip
+from sira.cli import database, data, train, governance, monitor, privacy, retention, serve, demo, jobs  # noqa: F401  # isort: skip
 from sira.cli.common import app, reserve_stdout_for_json
 from sira.cli.jobs import release_job_key
 from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError

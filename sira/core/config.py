@@ -158,6 +158,30 @@ class Settings(BaseSettings):
         default=30.0, description="Days a label for an event not (yet) stored waits for its event; after that it "
         "expires into sira_rejected_events (reason pending_label_expired).")
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
+    # Data retention (`sira retention plan|apply`, docs/security.md#retention): days each kind of row is kept.
+    retention_events_days: Annotated[int, Field(ge=60, le=36_500)] = Field(
+        default=400, description="Days events are kept (by event time), and with them their per-event feature "
+        "rows; feature states and checkpoints reach the feature sets' longest lookback further back.")
+    retention_labels_days: Annotated[int, Field(ge=60, le=36_500)] = Field(
+        default=400, description="Days a label is kept, by when it became known, once neither its event nor its "
+        "prediction is stored any more (a label of a stored event or prediction is kept with it).")
+    retention_predictions_days: Annotated[int, Field(ge=30, le=36_500)] = Field(
+        default=400, description="Days predictions are kept (by when they were scored): a monthly partition goes "
+        "whole once its month ended that long ago.")
+    retention_dead_letters_days: Annotated[int, Field(ge=7, le=36_500)] = Field(
+        default=90, description="Days dead letters (sira_rejected_events) and a spool's refused records are kept.")
+    retention_request_claims_days: Annotated[int, Field(ge=31, le=3_650)] = Field(
+        default=31, description="Days serving's request claims are kept (never less than the longest "
+        "idempotency window a serving config accepts, 30 days).")
+    retention_audit_log_days: Annotated[int, Field(ge=365, le=36_500)] = Field(
+        default=2_557, description="Days audit entries are kept (7 years); older ones leave only through "
+        "`sira retention apply --archive-audit`, into a JSON Lines file in the workspace.")
+    retention_retired_feature_sets_days: Annotated[int, Field(ge=0, le=36_500)] = Field(
+        default=90, description="Days after its last model version was archived that a feature set no model "
+        "uses keeps its feature rows, states and checkpoints (a rollback to that version needs them).")
+    retention_monitoring_days: Annotated[int, Field(ge=0, le=3_650)] = Field(
+        default=90, description="Days before a production or staging version's newest prediction, beyond its "
+        "model's label maturity, whose events, labels and predictions are kept whatever the settings above.")
 
     @field_validator("workspace", "embedded_pg_dir", "pii_key_file", "auth_secret_file", "webhook_secret_file",
                      "notify_receivers_file",
