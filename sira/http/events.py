@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
@@ -22,7 +22,10 @@ POSITION = "POST /v1/events"
 
 
 class EventsBatch(BaseModel):
-    """A batch of events. Each is validated on its own: one bad event never fails the others."""
+    """A batch of events. Each is validated on its own: one bad event never fails the others. A field of the
+    batch it does not take is refused (422 unknown_field): a misspelt ``sourc`` stored the batch as ``api``'s."""
+
+    model_config = ConfigDict(extra="forbid")
 
     events: list[dict[str, Any]] = Field(
         ..., min_length=1, description="Events in the shape of EventIn (fields beyond it are kept as attributes)."

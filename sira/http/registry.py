@@ -65,7 +65,11 @@ class ModelCreate(ModelUpdate):
     entity_type: str = "customer"
 
 
+# Every governance body refuses a field it does not take (422 unknown_field), as ModelUpdate does: a misspelt
+# "reasons" or "coment" was dropped, the request granted, and the audit log kept no reason.
 class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
@@ -76,6 +80,8 @@ class RollbackRequest(Reason):
 
 
 class Comment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
 
