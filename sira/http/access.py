@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from sira.core.auth import PERMISSIONS, Identity, create_key, list_keys, may, parse_expiry, revoke_key
+from sira.core.auth import PERMISSIONS, ROLES, Identity, create_key, list_keys, may, parse_expiry, revoke_key
 from sira.core.errors import InvalidInput
 from sira.http.deps import PoolDep, current_identity, errors, in_transaction, require
 from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked, Me
@@ -19,8 +19,9 @@ router = APIRouter(prefix="/v1", tags=["access"])
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field (an expiry) is refused, never ignored
 
-    name: str
-    roles: list[str] = Field(..., min_length=1)
+    # what sira_api_keys' CHECK takes (sql/005): a name it refuses was 422 invalid_input naming no field
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$", max_length=100)
+    roles: list[Literal[ROLES]] = Field(..., min_length=1)  # type: ignore[valid-type] - the tuple's names
     expires: str | None = Field(None, max_length=100, validation_alias=AliasChoices("expires", "expires_at"),
                                 description="When the key stops working, ISO 8601 as `sira keys create --expires` "
                                 "takes it (2030-01-31, 2030-01-31T18:00:00Z, ...+02:00; no offset: UTC); not in "

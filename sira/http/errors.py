@@ -28,6 +28,8 @@ from sira.ingest.pii import Redactor
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 10  # unknown fields a validation error names (the count says how many there were)
+# Codes of the request models' own validators in sira.http: their pydantic error's type is the code
+REQUEST_CODES = ("reason_required",)
 
 
 def counted(handler: Callable[[Request, Any], Awaitable[JSONResponse]]) -> Callable[[Request, Any], Awaitable[JSONResponse]]:
@@ -126,7 +128,7 @@ def install(app: FastAPI) -> None:
                                   {"field": where, "unknown": unknown, "unknown_count": len(found),
                                    **({"accepted": accepted} if accepted else {})})
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
-                "too_many_fields": "too_many_fields", **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
+                "too_many_fields": "too_many_fields", **{c: c for c in (*FIELD_CODES, *REQUEST_CODES)}}.get(first.get("type"), "invalid_request")
         # the message may name a place inside a free-form field (its field names): redacted as they are
         message = redactor.scrub_text(first["msg"].removeprefix("Value error, "))
         inside = redactor.scrub_text(inside) if inside else None

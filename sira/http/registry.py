@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
@@ -73,7 +74,17 @@ class Reason(BaseModel):
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
-class RollbackRequest(Reason):
+def _said(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("reason_required", "a rollback needs a reason: say why production steps back")
+    return value
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, BeforeValidator(_said), Field(
+        min_length=1, max_length=2000, description="Why production steps back (blank: 422 reason_required)")]
     expected_version: Annotated[int, Field(
         ge=1, le=MAX_VERSION, description="The production version this rollback replaces, as the caller read it: "
         "refused with 409 production_moved when production changed since (two rollbacks never undo each other).")]
@@ -190,7 +201,7 @@ add_decision_routes(router, "", registry.decide, Decided, "promotion request")
 @router.post("/models/{name}/rollback", response_model=RolledBack, responses=errors(404, 409, body=True))
 async def rollback(name: str, body: RollbackRequest, request: Request, pool: PoolDep, background: BackgroundTasks,
                    who: Identity = require("rollback")) -> dict[str, Any]:
-    result = await in_transaction(pool, registry.rollback, who, name, body.reason or "", body.expected_version)
+    result = await in_transaction(pool, registry.rollback, who, name, body.reason, body.expected_version)
     announce(background, request)
     return result
 

@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
 from sira.core import db
-from sira.core.auth import authenticate, create_key
+from sira.core.auth import ROLES, authenticate, create_key
 from sira.http.app import create_app
 from tests.integration.test_governance import make_version
 
@@ -96,3 +96,51 @@ def test_every_request_body_refuses_fields_it_does_not_declare(settings, tmp_pat
     assert len(bodies) >= 15
     lenient = {route: model.__name__ for route, model in bodies.items() if model.model_config.get("extra") != "forbid"}
     assert not lenient
+
+
+# -- what the OpenAPI document declares ---------------------------------------------------------------------
+
+
+async def test_a_rollback_needs_a_reason_as_its_schema_says_and_the_refusal_names_it(client_and_keys):
+    client, keys, app = client_and_keys
+    schema = app.openapi()["components"]["schemas"]["RollbackRequest"]
+    assert "reason" in schema["required"] and schema["properties"]["reason"]["minLength"] == 1
+    path = "/v1/models/fraud/rollback"
+    error = _error(await client.post(path, json={"expected_version": 1}, headers=keys["admin"]), 422, "missing_field")
+    assert error["details"] == {"field": "reason"}
+    for blank in ("", "   "):  # was reason_required with details {}, the schema calling the reason optional
+        error = _error(await client.post(path, json={"reason": blank, "expected_version": 1}, headers=keys["admin"]),
+                       422, "reason_required")
+        assert error["details"] == {"field": "reason"} and error["message"].startswith("reason: ")
+
+
+async def test_the_schema_declares_key_roles_and_names_a_uuid_and_the_labels_feedback_takes(client_and_keys,
+                                                                                           clean_db):
+    client, keys, app = client_and_keys
+    spec = app.openapi()
+    key_create = spec["components"]["schemas"]["KeyCreate"]["properties"]
+    assert key_create["roles"]["items"]["enum"] == list(ROLES)
+    assert key_create["name"]["pattern"] and key_create["name"]["maxLength"] == 100
+    error = _error(await client.post("/v1/keys", json={"name": "k1", "roles": ["wizard"]}, headers=keys["admin"]),
+                   422, "invalid_request")
+    assert error["details"] == {"field": "roles.0"}  # was invalid_input, details {}
+    error = _error(await client.post("/v1/keys", json={"name": "a b/c?", "roles": ["viewer"]}, headers=keys["admin"]),
+                   422, "invalid_request")
+    assert error["details"] == {"field": "name"}
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_api_keys WHERE name IN ('k1', 'a b/c?')") == 0
+
+    # both routes of a prediction declare its id a UUID, and refuse another alike
+    for path in ("/v1/predictions/{prediction_id}", "/v1/predictions/{prediction_id}/explanation"):
+        (parameter,) = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "prediction_id"]
+        assert parameter["schema"]["format"] == "uuid", path
+    answers = [await client.get(p, headers=keys["admin"]) for p in ("/v1/predictions/x", "/v1/predictions/x/explanation")]
+    assert [a.status_code for a in answers] == [422, 422]
+    assert answers[0].json()["error"]["details"] == answers[1].json()["error"]["details"]
+
+    label = spec["components"]["schemas"]["FeedbackRequest"]["properties"]["label"]
+    kinds = {choice["type"]: choice for choice in label["anyOf"]}
+    assert set(kinds) == {"boolean", "integer", "string"} and kinds["integer"]["enum"] == [0, 1]
+    assert {"fraud", "legit", "true", "false"} <= set(kinds["string"]["enum"])
+    for sent in (1, "legit"):  # what the schema now says is accepted, as the docs always did
+        r = await client.post("/v1/feedback", json={"event_id": f"ev-{sent}", "label": sent}, headers=keys["service"])
+        assert r.status_code == 200 and r.json()["label"] is (sent == 1), r.text
