@@ -1,5 +1,5 @@
 """What every route shares: the error body, the acting identity and its roles (``require``), the
-database pool, and the OpenAPI description of a route's errors."""
+database pool, and the OpenAPI description of a route's errors and credentials."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.routing import get_route_path
 
@@ -21,6 +22,11 @@ from sira.core.errors import PermissionDenied, ServiceUnavailable, Unauthenticat
 from sira.serving.resilience import LRU
 
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+# The credentials every /v1 route asks for, declared to OpenAPI as one bearer scheme (its document's Authorize
+# button); an API key or, with SIRA_JWT_ISSUER set, a JWT. Never refuses by itself: a missing or invalid
+# credential is refused by current_identity (401 unauthenticated, `WWW-Authenticate: Bearer`).
+bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description=(
+    "An API key (`sira keys create`) or, when SIRA_JWT_ISSUER is set, a JWT of the identity service"))
 
 
 class ErrorBody(BaseModel):
@@ -75,12 +81,10 @@ IdentitiesDep = Annotated[IdentityCache | None, Depends(get_identities)]
 
 
 async def current_identity(request: Request, pool: PoolDep, identities: IdentitiesDep,
-                           authorization: Annotated[str | None, Header()] = None) -> Identity:
+                           credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+                           ) -> Identity:
     """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
-    key = None
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
+    key = credentials.credentials if credentials is not None else None
     cache = identities if identities is not None and identities.enabled and key else None
     identity = cache.get(key) if cache is not None else None
     if identity is None and key and is_jwt(key, request.app.state.jwt_config):
@@ -138,7 +142,7 @@ def require(action: str) -> Any:
 async def authorized(request: Request, action: str) -> Identity:
     """:func:`require`'s check called directly, for a :mod:`sira.http.direct` route (no dependency solving)."""
     identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
-                                      request.headers.get("authorization"))
+                                      await bearer(request))
     return await admit(request, identity, action)
 
 
@@ -164,3 +168,4 @@ def allowed_methods(request: Request) -> list[str]:
         if route.methods and route.path_regex is not None and route.path_regex.match(path):
             allowed |= route.methods
     return sorted(allowed)
+

@@ -57,7 +57,9 @@ def install(app: FastAPI) -> None:
                 await exc.write_denial(request.app.state.pool)
             except Exception as failure:  # noqa: BLE001 - the refusal is still the answer
                 log.warning("a refusal could not be audited: %s", type(failure).__name__)
-        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+        # a 401 names the scheme to authenticate with (RFC 9110, 11.6.1), as the OpenAPI document does
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return error_response(exc.http_status, exc.code, exc.message, exc.details, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     @counted

@@ -144,3 +144,29 @@ async def test_the_schema_declares_key_roles_and_names_a_uuid_and_the_labels_fee
     for sent in (1, "legit"):  # what the schema now says is accepted, as the docs always did
         r = await client.post("/v1/feedback", json={"event_id": f"ev-{sent}", "label": sent}, headers=keys["service"])
         assert r.status_code == 200 and r.json()["label"] is (sent == 1), r.text
+
+
+# -- authentication in the document and in answers ---------------------------------------------------------
+
+
+async def test_openapi_declares_the_bearer_scheme_and_a_401_names_it(client_and_keys):
+    client, keys, app = client_and_keys
+    spec = app.openapi()
+    schemes = spec["components"]["securitySchemes"]
+    assert [s for s in schemes.values() if s["type"] == "http" and s["scheme"] == "bearer"] == list(schemes.values())
+    (scheme,) = schemes
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            secured = operation.get("security") == [{scheme: []}]
+            assert secured == path.startswith("/v1/"), (method, path)
+            # the credential is the scheme's, not a header parameter of each operation
+            assert not [p for p in operation.get("parameters", []) if p["name"].lower() == "authorization"]
+    for headers in ({}, {"Authorization": "Bearer sira_nope_nope"}, {"Authorization": "Basic eDp5"}):
+        r = await client.get("/v1/models", headers=headers)
+        _error(r, 401, "unauthenticated")
+        assert r.headers["www-authenticate"] == "Bearer"
+    r = await client.post("/v1/score", json={"model": "fraud", "event": EVENT})  # the hot path's own handler
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "www-authenticate" not in _error(await client.get("/v1/keys", headers=keys["viewer"]), 403,
+                                            "forbidden")
+    assert (await client.get("/v1/models", headers=keys["viewer"])).status_code == 200
