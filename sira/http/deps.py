@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from email.message import Message
 from typing import Annotated, Any
 
 import asyncpg
@@ -144,6 +145,17 @@ async def authorized(request: Request, action: str) -> Identity:
     identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
                                       await bearer(request))
     return await admit(request, identity, action)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a ``Content-Type`` names JSON (``application/json``, ``application/*+json``, with any parameters):
+    FastAPI's rule for parsing a body, applied by the direct routes too (text/json was parsed on /v1/score only)."""
+    if not content_type:
+        return False
+    message = Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:

@@ -23,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
+from sira.http.deps import is_json
+
 Handler = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,7 +43,7 @@ def json_body(request: Request, raw: bytes, model: type[M]) -> M:
     """``raw`` as ``model`` (pydantic's own JSON parser: integers of any size reach the validators, which
     refuse what storage cannot hold), with the errors FastAPI raises for a declared body of that model."""
     content_type = request.headers.get("content-type", "")
-    if not raw or "json" not in content_type.lower():
+    if not raw or not is_json(content_type):
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
         return model.model_validate_json(raw)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sira.core import db
 from sira.core.errors import SiraError
-from sira.http.deps import allowed_methods, error_response
+from sira.http.deps import allowed_methods, error_response, is_json
 from sira.ingest.events import FIELD_CODES, MISSING_CODES
 from sira.ingest.pii import Redactor
 
@@ -111,8 +111,8 @@ def install(app: FastAPI) -> None:
             return error_response(400, "malformed_body", f"the body is not valid JSON (at character {position}): {reason}",
                           {"field": "", "position": position})
         content_type = request.headers.get("content-type", "")
-        if tuple(first["loc"]) == ("body",) and "json" not in content_type.lower():
-            # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
+        if tuple(first["loc"]) == ("body",) and not is_json(content_type):
+            # curl -d sends application/x-www-form-urlencoded (others text/json): the JSON was never read as JSON
             return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
         redactor = _redactor(request)

@@ -170,3 +170,24 @@ async def test_openapi_declares_the_bearer_scheme_and_a_401_names_it(client_and_
     assert "www-authenticate" not in _error(await client.get("/v1/keys", headers=keys["viewer"]), 403,
                                             "forbidden")
     assert (await client.get("/v1/models", headers=keys["viewer"])).status_code == 200
+
+
+# -- content types ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/score", {"model": "fraud", "event": EVENT}),
+    ("/v1/keys", {"name": "k4", "roles": ["viewer"]}),
+    ("/v1/feedback", {"event_id": "ev-1", "label": True}),
+])
+async def test_a_json_body_needs_a_json_media_type_on_every_route(client_and_keys, path, body):
+    """text/json was parsed by /v1/score and answered "body: Input should be a valid dictionary" elsewhere."""
+    import json
+
+    client, keys, _ = client_and_keys
+    who = keys["admin"]
+    for media_type in ("text/json", "text/plain", "application/x-www-form-urlencoded"):
+        r = await client.post(path, content=json.dumps(body), headers={**who, "Content-Type": media_type})
+        error = _error(r, 422, "invalid_request")
+        assert "must be JSON sent with Content-Type: application/json" in error["message"], (media_type, r.text)
+        assert error["details"] == {"field": "", "content_type": media_type}
