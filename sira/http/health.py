@@ -1,4 +1,5 @@
-"""``/healthz`` (alive) and ``/readyz`` (database reachable, schema current, served models loadable)."""
+"""``/healthz`` (alive) and ``/readyz`` (database reachable, schema current, served models loadable), to GET or
+HEAD (load balancers check with HEAD: it was 405)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
+# HEAD too (load balancers check with it): the same status, no body; no operation of its own in OpenAPI
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
     return Health(status="ok", version=__version__)
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request, pool: PoolDep) -> Health:
     async with pool.acquire(timeout=2) as conn:  # unreachable: 503 database_unavailable (the handler above)

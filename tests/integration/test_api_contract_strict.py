@@ -3,6 +3,7 @@ take is refused by name (422 ``unknown_field``), never dropped; credentials are 
 the request says is judged; the OpenAPI document declares what the server requires (required fields, enums,
 formats, the bearer scheme) and 401s say which scheme to use."""
 
+import re
 
 import httpx
 import pytest
@@ -191,3 +192,18 @@ async def test_a_json_body_needs_a_json_media_type_on_every_route(client_and_key
         error = _error(r, 422, "invalid_request")
         assert "must be JSON sent with Content-Type: application/json" in error["message"], (media_type, r.text)
         assert error["details"] == {"field": "", "content_type": media_type}
+
+
+# -- health and metrics -------------------------------------------------------------------------------------
+
+
+async def test_health_checks_answer_head_and_metrics_declare_their_media_type(client_and_keys):
+    client, _, app = client_and_keys
+    for path in ("/healthz", "/readyz"):  # load balancers check with HEAD (was 405)
+        r = await client.head(path)
+        assert r.status_code == 200, (path, r.text)
+    assert (await client.get("/healthz")).json()["status"] == "ok"
+    content = app.openapi()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/plain"]  # a media type, not a Content-Type header's value with its parameters
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and re.match(r"text/plain;", r.headers["content-type"])
