@@ -9,11 +9,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sira.core.auth import PERMISSIONS, ROLES, Identity, create_key, list_keys, may, parse_expiry, revoke_key
 from sira.core.errors import InvalidInput
-from sira.http.deps import PoolDep, current_identity, errors, in_transaction, require
+from sira.http.deps import PoolDep, StrictRoute, current_identity, errors, in_transaction, require
 from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked, Me
 from sira.registry import models as registry
 
-router = APIRouter(prefix="/v1", tags=["access"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["access"])
 
 
 class KeyCreate(BaseModel):

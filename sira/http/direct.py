@@ -14,26 +14,26 @@ their codes), and the answer written by ``orjson``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from sira.http.deps import is_json
+from sira.http.deps import Handler, StrictRoute, is_json
 
-Handler = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 
 
-def direct_route(handler: Handler) -> type[APIRoute]:
-    """An :class:`APIRoute` class whose requests ``handler`` answers (pass it as ``route_class_override``)."""
+def direct_route(handler: Handler) -> type[StrictRoute]:
+    """A route class whose requests ``handler`` answers (pass it as ``route_class_override``); its query is
+    checked as every route's is (:class:`~sira.http.deps.StrictRoute`)."""
 
-    class DirectRoute(APIRoute):
-        def get_route_handler(self) -> Handler:
+    class DirectRoute(StrictRoute):
+        credentials_before_body = True  # ``handler`` checks them, then reads the body
+
+        def answering_handler(self) -> Handler:
             return handler
 
     return DirectRoute

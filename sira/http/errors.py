@@ -7,9 +7,7 @@ A request's field names are the sender's data (an e-mail address can be one): a 
 
 from __future__ import annotations
 
-import functools
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,12 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sira.core import db
 from sira.core.errors import SiraError
-from sira.http.deps import allowed_methods, error_response, is_json
+from sira.http.deps import MAX_LISTED, allowed_methods, error_response, is_json, redactor_of
 from sira.ingest.events import FIELD_CODES, MISSING_CODES
 from sira.ingest.pii import Redactor
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 10  # unknown fields a validation error names (the count says how many there were)
 # Codes of the request models' own validators in sira.http: their pydantic error's type is the code
 REQUEST_CODES = ("reason_required",)
 
@@ -115,7 +112,7 @@ def install(app: FastAPI) -> None:
             # curl -d sends application/x-www-form-urlencoded (others text/json): the JSON was never read as JSON
             return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
-        redactor = _redactor(request)
+        redactor = redactor_of(request)
         where = _name(redactor, first["loc"])
         # a missing field named inside the event (amount): the field names it; the other codes name the
         # field sent and say in the message where inside it the problem is
@@ -135,17 +132,6 @@ def install(app: FastAPI) -> None:
         message = redactor.scrub_text(first["msg"].removeprefix("Value error, "))
         inside = redactor.scrub_text(inside) if inside else None
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
-
-
-def _redactor(request: Request) -> Redactor:
-    """The application's redactor (its tokens are those the dead letters hold), or, for an application built
-    without one (a test's), one of a random key: a name is never answered as sent either way."""
-    return getattr(request.app.state, "redactor", None) or _ephemeral_redactor()
-
-
-@functools.cache
-def _ephemeral_redactor() -> Redactor:
-    return Redactor(secrets.token_bytes(32))
 
 
 def _name(redactor: Redactor, loc: Any) -> str:

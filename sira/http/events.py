@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
-from sira.http.deps import PoolDep, errors, require
+from sira.http.deps import PoolDep, StrictRoute, errors, require
 from sira.ingest.bulk import ingest_records
 from sira.ingest.dead_letters import list_dead_letters
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["events"])
 # The position a rejected event's dead letter keeps (the API has no offsets): with its source and payload, the key
 # that makes a retried batch's dead letters repeats, stored once (sira.ingest.dead_letters)
 POSITION = "POST /v1/events"

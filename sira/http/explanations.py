@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from sira.core.auth import Identity
-from sira.http.deps import PoolDep, admit, current_identity, errors, in_transaction
+from sira.http.deps import PoolDep, StrictRoute, admit, current_identity, errors, in_transaction
 
-router = APIRouter(prefix="/v1", tags=["predictions"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["predictions"])
 report_types = {"application/json": {}, "text/markdown": {"schema": {"type": "string"}},
                 "text/html": {"schema": {"type": "string"}}}
 

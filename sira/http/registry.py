@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
-from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import PoolDep, StrictRoute, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.schemas import (
     ApprovalQueue,
@@ -35,7 +35,7 @@ from sira.http.schemas import (
 from sira.registry import models as registry
 from sira.registry import receivers, views
 
-router = APIRouter(prefix="/v1", tags=["registry"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["registry"])
 
 
 class ModelUpdate(BaseModel):

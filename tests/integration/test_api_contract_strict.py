@@ -4,6 +4,7 @@ the request says is judged; the OpenAPI document declares what the server requir
 formats, the bearer scheme) and 401s say which scheme to use."""
 
 import re
+import uuid
 
 import httpx
 import pytest
@@ -145,6 +146,67 @@ async def test_the_schema_declares_key_roles_and_names_a_uuid_and_the_labels_fee
     for sent in (1, "legit"):  # what the schema now says is accepted, as the docs always did
         r = await client.post("/v1/feedback", json={"event_id": f"ev-{sent}", "label": sent}, headers=keys["service"])
         assert r.status_code == 200 and r.json()["label"] is (sent == 1), r.text
+
+
+# -- unknown query parameters -------------------------------------------------------------------------------
+
+
+def _concrete(path: str) -> str:
+    return (path.replace("{name}", "fraud").replace("{version}", "1")
+            .replace("{prediction_id}", str(uuid.uuid4())))
+
+
+async def test_an_unknown_query_parameter_is_refused_by_name_on_every_route(client_and_keys):
+    """GET /v1/audit?actr=adm answered the whole log; ?days=7 on drift, ?fmt=md on a card were ignored."""
+    client, keys, app = client_and_keys
+    spec = app.openapi()["paths"]
+    gets = [r for r in _routes(app) if "GET" in r.methods]
+    checked = [r for r in gets if not r.path.startswith("/ui")]
+    assert {r.path for r in gets} - {r.path for r in checked} == {"/ui", "/ui/{path:path}"}  # static files only
+    assert len(checked) >= 20
+    for route in checked:
+        path = _concrete(route.path)
+        r = await client.get(path, params={"zz_typo": "1"}, headers=keys["admin"])
+        error = _error(r, 422, "unknown_field")
+        assert error["details"]["unknown"] == ["zz_typo"] and error["details"]["field"] == "zz_typo", path
+        declared = [p["name"] for p in spec[route.path]["get"].get("parameters", []) if p["in"] == "query"]
+        assert error["details"]["accepted"] == declared, path  # what the document lists, in its order
+        refusal = spec[route.path]["get"]["responses"]["422"]["content"]["application/json"]["schema"]
+        assert refusal == {"$ref": "#/components/schemas/ErrorResponse"}, path  # and the refusal it declares
+    # the review's three, and a declared parameter beside an unknown one
+    for path, unknown in (("/v1/audit?actr=adm", "actr"), ("/v1/models/fraud/drift?days=7", "days"),
+                          ("/v1/models/fraud/versions/1/card?fmt=md", "fmt"),
+                          ("/v1/audit?limit=5&actr=adm&actr=x", "actr")):
+        error = _error(await client.get(path, headers=keys["admin"]), 422, "unknown_field")
+        assert error["details"]["unknown"] == [unknown] and unknown in error["message"], path
+    error = _error(await client.get("/v1/audit?actr=adm", headers=keys["admin"]), 422, "unknown_field")
+    assert set(error["details"]["accepted"]) == {"target", "actor", "action", "limit", "before"}
+    # the declared ones still work, aliases included
+    assert (await client.get("/v1/audit?actor=root&limit=5", headers=keys["admin"])).status_code == 200
+    r = await client.get("/v1/models/fraud/thresholds?from=2026-09-01&to=2026-09-20", headers=keys["admin"])
+    assert r.json()["error"]["code"] != "unknown_field", r.text
+    # other methods too: nothing is done
+    r = await client.post("/v1/keys?dry_run=1", json={"name": "k2", "roles": ["viewer"]}, headers=keys["admin"])
+    assert _error(r, 422, "unknown_field")["details"]["unknown"] == ["dry_run"]
+    r = await client.get("/v1/keys", headers=keys["admin"])
+    assert "k2" not in [k["name"] for k in r.json()["keys"]]
+    r = await client.post("/v1/score?explain=1", json={"model": "fraud", "event": EVENT}, headers=keys["service"])
+    assert _error(r, 422, "unknown_field")["details"]["unknown"] == ["explain"]
+
+
+async def test_credentials_are_checked_before_a_query_or_a_body_is_judged(client_and_keys):
+    """A body that was not JSON was 400 before a missing key was 401; every other validation comes after."""
+    client, keys, _ = client_and_keys
+    assert _error(await client.get("/v1/audit?actr=adm"), 401, "unauthenticated")
+    assert _error(await client.get("/v1/audit?actr=adm", headers=keys["viewer"]), 403, "forbidden")
+    assert _error(await client.get("/healthz?x=1"), 422, "unknown_field")  # open routes: judged at once
+    for body in (b'{"name": "k3",}', b"\xff\xfeq"):
+        for who, status, code in ((None, 401, "unauthenticated"), ("viewer", 403, "forbidden"),
+                                  ("admin", 400, "malformed_body")):
+            headers = {"Content-Type": "application/json", **(keys[who] if who else {})}
+            _error(await client.post("/v1/keys", content=body, headers=headers), status, code)
+        _error(await client.post("/v1/score", content=body, headers={"Content-Type": "application/json"}), 401,
+               "unauthenticated")
 
 
 # -- authentication in the document and in answers ---------------------------------------------------------
