@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sira.core.auth import PERMISSIONS, ROLES, Identity, create_key, list_keys, may, parse_expiry, revoke_key
-from sira.core.errors import InvalidInput
-from sira.http.deps import PoolDep, StrictRoute, current_identity, errors, in_transaction, require
+from sira.http.deps import Cursor, PoolDep, StrictRoute, current_identity, errors, in_transaction, require
 from sira.http.schemas import AuditLog, KeyCreated, KeyList, KeyRevoked, Me
 from sira.registry import models as registry
 
@@ -38,19 +37,11 @@ async def me(who: Annotated[Identity, Depends(current_identity)]) -> dict[str, A
 async def audit_log(pool: PoolDep, who: Identity = require("audit.read"), target: str | None = None,
                     actor: str | None = None, action: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-                    before: Annotated[str | None, Query(description="An entry's id: only older entries (the "
-                                                        "next page: the last answer's next_before)")] = None,
-                    ) -> dict[str, Any]:
+                    before: Cursor = None) -> dict[str, Any]:
     """The audit log, newest first, a page of ``limit`` entries; ``next_before`` is the cursor of the older
     ones, null when none is left (the page is not cut)."""
-    cursor = None
-    if before is not None:
-        cursor = int(before) if before.isascii() and before.isdecimal() and len(before) < 20 else 0
-        if not 0 < cursor < 2**63:  # an id is a positive bigint
-            raise InvalidInput(f"before must be an audit entry's id (a positive integer), not {before[:40]!r}",
-                               code="invalid_cursor", details={"field": "before"})
     rows = await in_transaction(pool, registry.read_audit, who, target=target, actor=actor, action=action,
-                                limit=limit + 1, before=cursor)  # one more than asked: whether the page is cut
+                                limit=limit + 1, before=before)  # one more than asked: whether the page is cut
     return {"entries": rows[:limit], "next_before": rows[limit - 1]["id"] if len(rows) > limit else None}
 
 @router.post("/keys", status_code=201, response_model=KeyCreated, responses=errors(409, body=True))

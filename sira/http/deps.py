@@ -1,5 +1,5 @@
 """What every route shares: the error body, the acting identity and its roles (``require``), the
-database pool, the OpenAPI description of a route's errors and credentials, and the route
+database pool, a page's cursor, the OpenAPI description of a route's errors and credentials, and the route
 class (:class:`StrictRoute`: a query parameter no route declares is refused, credentials checked first)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from email.message import Message
 from typing import Annotated, Any, ClassVar
 
 import asyncpg
-from fastapi import Depends, Path, Request, Response, Security
+from fastapi import Depends, Path, Query, Request, Response, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +31,11 @@ from sira.serving.resilience import LRU
 
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 MAX_LISTED = 10  # unknown fields or parameters a refusal names (the count says how many there were)
+# A page's cursor (/v1/audit, /v1/events/rejected): an entry's id, as the last page's next_before gave it. Any
+# refusal of it is 422 invalid_cursor naming it (sira.http.errors), whatever pydantic found wrong.
+CURSOR = "before"
+Cursor = Annotated[int | None, Query(alias=CURSOR, ge=1, le=2**63 - 1, description=(
+    "An entry's id: only older entries (the next page: the last answer's next_before)"))]
 # The credentials every /v1 route asks for, declared to OpenAPI as one bearer scheme (its document's Authorize
 # button); an API key or, with SIRA_JWT_ISSUER set, a JWT. Never refuses by itself: a missing or invalid
 # credential is refused by current_identity (401 unauthenticated, `WWW-Authenticate: Bearer`).

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sira.core import db
 from sira.core.errors import SiraError
-from sira.http.deps import MAX_LISTED, allowed_methods, error_response, is_json, redactor_of
+from sira.http.deps import CURSOR, MAX_LISTED, allowed_methods, error_response, is_json, redactor_of
 from sira.ingest.events import FIELD_CODES, MISSING_CODES
 from sira.ingest.pii import Redactor
 
@@ -112,6 +112,9 @@ def install(app: FastAPI) -> None:
             # curl -d sends application/x-www-form-urlencoded (others text/json): the JSON was never read as JSON
             return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
+        if tuple(first["loc"]) == ("query", CURSOR):  # not a number, or no id there can be: named as sent
+            return error_response(422, "invalid_cursor", f"{CURSOR}: must be an entry's id (a positive integer), "
+                                  "as the last page's next_before gave it", {"field": CURSOR})
         redactor = redactor_of(request)
         where = _name(redactor, first["loc"])
         # a missing field named inside the event (amount): the field names it; the other codes name the

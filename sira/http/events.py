@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
-from sira.http.deps import PoolDep, StrictRoute, errors, require
+from sira.http.deps import Cursor, PoolDep, StrictRoute, errors, require
 from sira.ingest.bulk import ingest_records
 from sira.ingest.dead_letters import list_dead_letters
 
@@ -89,7 +89,7 @@ async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.rea
                        source: Annotated[str | None, Query(max_length=300, description="Source starts with (its rejected labels, "
                                                                           "feedback:<source>, too)")] = None,
                        reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
-                       before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+                       before: Cursor = None,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
     async with pool.acquire() as conn:
         return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)

@@ -209,6 +209,26 @@ async def test_credentials_are_checked_before_a_query_or_a_body_is_judged(client
                "unauthenticated")
 
 
+# -- cursors ------------------------------------------------------------------------------------------------
+
+
+async def test_a_bad_cursor_is_refused_alike_on_both_paged_routes(client_and_keys):
+    """/v1/audit?before=abc was invalid_cursor naming `before`, /v1/events/rejected?before=abc invalid_request
+    naming `query.before`."""
+    client, keys, app = client_and_keys
+    spec = app.openapi()["paths"]
+    for path in ("/v1/audit", "/v1/events/rejected"):
+        (before,) = [p for p in spec[path]["get"]["parameters"] if p["name"] == "before"]
+        (integer,) = [s for s in before["schema"]["anyOf"] if s["type"] == "integer"]
+        assert integer["minimum"] == 1, path
+        for bad in ("abc", "0", "-3", "1.5", "99999999999999999999", ""):
+            error = _error(await client.get(path, params={"before": bad}, headers=keys["admin"]), 422,
+                           "invalid_cursor")
+            assert error["details"] == {"field": "before"}, (path, bad)
+            assert error["message"].startswith("before: "), error
+        assert (await client.get(path, params={"before": "12"}, headers=keys["admin"])).status_code == 200
+
+
 # -- authentication in the document and in answers ---------------------------------------------------------
 
 
