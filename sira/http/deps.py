@@ -1,26 +1,46 @@
 """What every route shares: the error body, the acting identity and its roles (``require``), the
-database pool, and the OpenAPI description of a route's errors."""
+database pool, a page's cursor, the OpenAPI description of a route's errors and credentials, and the route
+class (:class:`StrictRoute`: a query parameter no route declares is refused, credentials checked first)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+import functools
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from email.message import Message
+from typing import Annotated, Any, ClassVar
 
 import asyncpg
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Query, Request, Response, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from starlette.routing import get_route_path
 
 from sira.core import db
 from sira.core.auth import Identity, authenticate, authorize, identity_from_jwt, is_jwt
 from sira.core.config import MAX_VERSION
-from sira.core.errors import PermissionDenied, ServiceUnavailable, Unauthenticated
+from sira.core.errors import InvalidInput, PermissionDenied, ServiceUnavailable, Unauthenticated
+from sira.ingest.pii import Redactor
 from sira.serving.resilience import LRU
 
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+MAX_LISTED = 10  # unknown fields or parameters a refusal names (the count says how many there were)
+# A page's cursor (/v1/audit, /v1/events/rejected): an entry's id, as the last page's next_before gave it. Any
+# refusal of it is 422 invalid_cursor naming it (sira.http.errors), whatever pydantic found wrong.
+CURSOR = "before"
+Cursor = Annotated[int | None, Query(alias=CURSOR, ge=1, le=2**63 - 1, description=(
+    "An entry's id: only older entries (the next page: the last answer's next_before)"))]
+# The credentials every /v1 route asks for, declared to OpenAPI as one bearer scheme (its document's Authorize
+# button); an API key or, with SIRA_JWT_ISSUER set, a JWT. Never refuses by itself: a missing or invalid
+# credential is refused by current_identity (401 unauthenticated, `WWW-Authenticate: Bearer`).
+bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description=(
+    "An API key (`sira keys create`) or, when SIRA_JWT_ISSUER is set, a JWT of the identity service"))
 
 
 class ErrorBody(BaseModel):
@@ -75,12 +95,10 @@ IdentitiesDep = Annotated[IdentityCache | None, Depends(get_identities)]
 
 
 async def current_identity(request: Request, pool: PoolDep, identities: IdentitiesDep,
-                           authorization: Annotated[str | None, Header()] = None) -> Identity:
+                           credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+                           ) -> Identity:
     """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
-    key = None
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
+    key = credentials.credentials if credentials is not None else None
     cache = identities if identities is not None and identities.enabled and key else None
     identity = cache.get(key) if cache is not None else None
     if identity is None and key and is_jwt(key, request.app.state.jwt_config):
@@ -126,20 +144,41 @@ async def admit(request: Request, identity: Identity, action: str) -> Identity:
     return identity
 
 
+class Require:
+    """The dependency :func:`require` makes: it admits only identities allowed to perform ``action``."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    async def __call__(self, request: Request, identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
+        return await admit(request, identity, self.action)
+
+
 def require(action: str) -> Any:
     """A dependency that admits only identities allowed to perform ``action`` (403 otherwise)."""
+    return Depends(Require(action))
 
-    async def check(request: Request, identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
-        return await admit(request, identity, action)
 
-    return Depends(check)
+async def identified(request: Request) -> Identity:
+    """:func:`current_identity` called directly (no dependency solving)."""
+    return await current_identity(request, request.app.state.pool, request.app.state.identities,
+                                  await bearer(request))
 
 
 async def authorized(request: Request, action: str) -> Identity:
     """:func:`require`'s check called directly, for a :mod:`sira.http.direct` route (no dependency solving)."""
-    identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
-                                      request.headers.get("authorization"))
-    return await admit(request, identity, action)
+    return await admit(request, await identified(request), action)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a ``Content-Type`` names JSON (``application/json``, ``application/*+json``, with any parameters):
+    FastAPI's rule for parsing a body, applied by the direct routes too (text/json was parsed on /v1/score only)."""
+    if not content_type:
+        return False
+    message = Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -164,3 +203,113 @@ def allowed_methods(request: Request) -> list[str]:
         if route.methods and route.path_regex is not None and route.path_regex.match(path):
             allowed |= route.methods
     return sorted(allowed)
+
+
+def redactor_of(request: Request) -> Redactor:
+    """The application's redactor (its tokens are those the dead letters hold), or, for an application built
+    without one (a test's), one of a random key: a name is never answered as sent either way."""
+    return getattr(request.app.state, "redactor", None) or _ephemeral_redactor()
+
+
+@functools.cache
+def _ephemeral_redactor() -> Redactor:
+    return Redactor(secrets.token_bytes(32))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class StrictRoute(APIRoute):
+    """The route class of every API route (each router's ``route_class``): a query parameter the route does not
+    declare is refused, and the credentials are checked before anything the request says is judged.
+
+    A misspelt query parameter was ignored: ``GET /v1/audit?actr=adm`` answered the whole log, ``?fmt=md`` on
+    a card the HTML one, each answer looking like the one asked for. The request's query is compared with the
+    parameters the endpoint and its dependencies declare (what OpenAPI lists); the others are refused, 422
+    ``unknown_field`` as an unknown body field is: ``details.unknown`` names them, ``details.accepted`` lists
+    what the route takes.
+
+    Order: missing or wrong credentials are 401, the wrong role 403, before the query or the body is judged.
+    FastAPI validates both after the dependencies (the credentials) but parses the body before them: a body
+    that was not JSON was 400 ahead of the 401. Both refusals here (an unknown parameter, a body that cannot be
+    parsed) run the route's own credentials check first (:func:`credentials_check`).
+
+    The web UI's static files (``/ui``, :mod:`sira.http.ui`) are files, not API operations: their router keeps
+    FastAPI's plain route, and a page or an asset is served whatever query a link carries."""
+
+    # The handler checks the credentials before it reads the body (sira.http.direct): nothing to check again.
+    credentials_before_body: ClassVar[bool] = False
+
+    def get_route_handler(self) -> Handler:
+        handler = self.answering_handler()
+        accepted = declared_query(self.dependant)
+        known = frozenset(accepted)
+        credentials = credentials_check(self.dependant)
+        check_after_body = not self.credentials_before_body
+
+        async def strict(request: Request) -> Response:
+            if request.scope.get("query_string"):  # most requests have none: nothing to look at
+                unknown = list(dict.fromkeys(k for k in request.query_params.keys() if k not in known))
+                if unknown:
+                    await credentials(request)
+                    raise unknown_parameters(request, unknown, accepted)
+            try:
+                return await handler(request)
+            except (RequestValidationError, HTTPException) as exc:
+                if check_after_body and unreadable_body(exc):
+                    await credentials(request)  # 401/403 when they fail; else the body's own refusal
+                raise
+
+        return strict
+
+    def answering_handler(self) -> Handler:
+        """What answers a request once its query is known to be declared (FastAPI's own handler)."""
+        return super().get_route_handler()
+
+
+def unknown_parameters(request: Request, unknown: list[str], accepted: list[str]) -> InvalidInput:
+    """The refusal of ``unknown`` query parameters, named as a body's unknown fields are (redacted, a few)."""
+    redactor = redactor_of(request)
+    named = [redactor.scrub_value(name) for name in unknown[:MAX_LISTED]]
+    more = f" and {len(unknown) - len(named)} more" if len(unknown) > len(named) else ""
+    takes = f"this request accepts: {', '.join(accepted)}" if accepted else "this request takes no query parameters"
+    return InvalidInput(f"unknown query parameter(s) {', '.join(named)}{more}; {takes}", code="unknown_field",
+                        details={"field": named[0], "unknown": named, "unknown_count": len(unknown),
+                                 "accepted": accepted})
+
+
+def unreadable_body(exc: Exception) -> bool:
+    """FastAPI's refusals of a body it could not parse (JSON that is not, bytes that are not UTF-8): raised
+    before the dependencies ran."""
+    if isinstance(exc, RequestValidationError):
+        found = exc.errors()
+        return bool(found) and found[0].get("type") == "json_invalid"
+    return isinstance(exc, HTTPException) and exc.status_code == 400
+
+
+def declared_query(dependant: Dependant) -> list[str]:
+    """The query parameters a route declares (its endpoint's and its dependencies'), by the names sent."""
+    found = [*dependant.query_params, *(p for sub in _dependants(dependant) for p in sub.query_params)]
+    return list(dict.fromkeys(p.alias for p in found))
+
+
+def credentials_check(dependant: Dependant) -> Callable[[Request], Awaitable[Any]]:
+    """The route's credentials check, called on its own: its :class:`Require` (the role), or
+    :func:`current_identity` (credentials only), or nothing (an open route: /healthz, /metrics)."""
+    calls = [sub.call for sub in _dependants(dependant)]
+    action = next((call.action for call in calls if isinstance(call, Require)), None)
+    if action is not None:
+        return lambda request: authorized(request, action)
+    if current_identity in calls:
+        return identified
+    return _open
+
+
+async def _open(_request: Request) -> None:
+    return None
+
+
+def _dependants(dependant: Dependant) -> Iterator[Dependant]:
+    for sub in dependant.dependencies:
+        yield sub
+        yield from _dependants(sub)

@@ -14,24 +14,26 @@ their codes), and the answer written by ``orjson``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-Handler = Callable[[Request], Awaitable[Response]]
+from sira.http.deps import Handler, StrictRoute, is_json
+
 M = TypeVar("M", bound=BaseModel)
 
 
-def direct_route(handler: Handler) -> type[APIRoute]:
-    """An :class:`APIRoute` class whose requests ``handler`` answers (pass it as ``route_class_override``)."""
+def direct_route(handler: Handler) -> type[StrictRoute]:
+    """A route class whose requests ``handler`` answers (pass it as ``route_class_override``); its query is
+    checked as every route's is (:class:`~sira.http.deps.StrictRoute`)."""
 
-    class DirectRoute(APIRoute):
-        def get_route_handler(self) -> Handler:
+    class DirectRoute(StrictRoute):
+        credentials_before_body = True  # ``handler`` checks them, then reads the body
+
+        def answering_handler(self) -> Handler:
             return handler
 
     return DirectRoute
@@ -41,7 +43,7 @@ def json_body(request: Request, raw: bytes, model: type[M]) -> M:
     """``raw`` as ``model`` (pydantic's own JSON parser: integers of any size reach the validators, which
     refuse what storage cannot hold), with the errors FastAPI raises for a declared body of that model."""
     content_type = request.headers.get("content-type", "")
-    if not raw or "json" not in content_type.lower():
+    if not raw or not is_json(content_type):
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
         return model.model_validate_json(raw)

@@ -7,9 +7,7 @@ A request's field names are the sender's data (an e-mail address can be one): a 
 
 from __future__ import annotations
 
-import functools
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,12 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sira.core import db
 from sira.core.errors import SiraError
-from sira.http.deps import allowed_methods, error_response
+from sira.http.deps import CURSOR, MAX_LISTED, allowed_methods, error_response, is_json, redactor_of
 from sira.ingest.events import FIELD_CODES, MISSING_CODES
 from sira.ingest.pii import Redactor
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 10  # unknown fields a validation error names (the count says how many there were)
+# Codes of the request models' own validators in sira.http: their pydantic error's type is the code
+REQUEST_CODES = ("reason_required",)
 
 
 def counted(handler: Callable[[Request, Any], Awaitable[JSONResponse]]) -> Callable[[Request, Any], Awaitable[JSONResponse]]:
@@ -55,7 +54,9 @@ def install(app: FastAPI) -> None:
                 await exc.write_denial(request.app.state.pool)
             except Exception as failure:  # noqa: BLE001 - the refusal is still the answer
                 log.warning("a refusal could not be audited: %s", type(failure).__name__)
-        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+        # a 401 names the scheme to authenticate with (RFC 9110, 11.6.1), as the OpenAPI document does
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return error_response(exc.http_status, exc.code, exc.message, exc.details, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     @counted
@@ -107,11 +108,14 @@ def install(app: FastAPI) -> None:
             return error_response(400, "malformed_body", f"the body is not valid JSON (at character {position}): {reason}",
                           {"field": "", "position": position})
         content_type = request.headers.get("content-type", "")
-        if tuple(first["loc"]) == ("body",) and "json" not in content_type.lower():
-            # curl -d sends application/x-www-form-urlencoded: the JSON was never read as JSON
+        if tuple(first["loc"]) == ("body",) and not is_json(content_type):
+            # curl -d sends application/x-www-form-urlencoded (others text/json): the JSON was never read as JSON
             return error_response(422, "invalid_request", "the body must be JSON sent with Content-Type: application/json "
                           f"(got {content_type or 'no Content-Type'})", {"field": "", "content_type": content_type})
-        redactor = _redactor(request)
+        if tuple(first["loc"]) == ("query", CURSOR):  # not a number, or no id there can be: named as sent
+            return error_response(422, "invalid_cursor", f"{CURSOR}: must be an entry's id (a positive integer), "
+                                  "as the last page's next_before gave it", {"field": CURSOR})
+        redactor = redactor_of(request)
         where = _name(redactor, first["loc"])
         # a missing field named inside the event (amount): the field names it; the other codes name the
         # field sent and say in the message where inside it the problem is
@@ -126,22 +130,11 @@ def install(app: FastAPI) -> None:
                                   {"field": where, "unknown": unknown, "unknown_count": len(found),
                                    **({"accepted": accepted} if accepted else {})})
         code = {"extra_forbidden": "unknown_field", "missing": "missing_field", "non_finite": "invalid_number",
-                "too_many_fields": "too_many_fields", **{c: c for c in FIELD_CODES}}.get(first.get("type"), "invalid_request")
+                "too_many_fields": "too_many_fields", **{c: c for c in (*FIELD_CODES, *REQUEST_CODES)}}.get(first.get("type"), "invalid_request")
         # the message may name a place inside a free-form field (its field names): redacted as they are
         message = redactor.scrub_text(first["msg"].removeprefix("Value error, "))
         inside = redactor.scrub_text(inside) if inside else None
         return error_response(422, code, f"{where or 'body'}: {message}", {"field": ".".join(p for p in (where, inside) if p)})
-
-
-def _redactor(request: Request) -> Redactor:
-    """The application's redactor (its tokens are those the dead letters hold), or, for an application built
-    without one (a test's), one of a random key: a name is never answered as sent either way."""
-    return getattr(request.app.state, "redactor", None) or _ephemeral_redactor()
-
-
-@functools.cache
-def _ephemeral_redactor() -> Redactor:
-    return Redactor(secrets.token_bytes(32))
 
 
 def _name(redactor: Redactor, loc: Any) -> str:

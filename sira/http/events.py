@@ -7,22 +7,25 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
-from sira.http.deps import PoolDep, errors, require
+from sira.http.deps import Cursor, PoolDep, StrictRoute, errors, require
 from sira.ingest.bulk import ingest_records
 from sira.ingest.dead_letters import list_dead_letters
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["events"])
 # The position a rejected event's dead letter keeps (the API has no offsets): with its source and payload, the key
 # that makes a retried batch's dead letters repeats, stored once (sira.ingest.dead_letters)
 POSITION = "POST /v1/events"
 
 
 class EventsBatch(BaseModel):
-    """A batch of events. Each is validated on its own: one bad event never fails the others."""
+    """A batch of events. Each is validated on its own: one bad event never fails the others. A field of the
+    batch it does not take is refused (422 unknown_field): a misspelt ``sourc`` stored the batch as ``api``'s."""
+
+    model_config = ConfigDict(extra="forbid")
 
     events: list[dict[str, Any]] = Field(
         ..., min_length=1, description="Events in the shape of EventIn (fields beyond it are kept as attributes)."
@@ -86,7 +89,7 @@ async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.rea
                        source: Annotated[str | None, Query(max_length=300, description="Source starts with (its rejected labels, "
                                                                           "feedback:<source>, too)")] = None,
                        reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
-                       before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+                       before: Cursor = None,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
     async with pool.acquire() as conn:
         return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)

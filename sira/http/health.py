@@ -1,4 +1,5 @@
-"""``/healthz`` (alive) and ``/readyz`` (database reachable, schema current, served models loadable)."""
+"""``/healthz`` (alive) and ``/readyz`` (database reachable, schema current, served models loadable), to GET or
+HEAD (load balancers check with HEAD: it was 405)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pydantic import BaseModel
 from sira import __version__
 from sira.core import migrations
 from sira.core.errors import ServiceUnavailable
-from sira.http.deps import ErrorResponse, PoolDep
+from sira.http.deps import ErrorResponse, PoolDep, StrictRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictRoute, tags=["health"])
+# open routes take no query either: an unknown parameter is 422 unknown_field here too (StrictRoute)
+QUERY_REFUSED = {422: {"model": ErrorResponse}}
 
 
 class Health(BaseModel):
@@ -19,11 +22,14 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
-@router.get("/healthz", response_model=Health)
+# HEAD too (load balancers check with it): the same status, no body; no operation of its own in OpenAPI
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", response_model=Health, responses=QUERY_REFUSED)
 async def healthz() -> Health:
     return Health(status="ok", version=__version__)
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", response_model=Health, responses={**QUERY_REFUSED, 503: {"model": ErrorResponse}})
 async def readyz(request: Request, pool: PoolDep) -> Health:
     async with pool.acquire(timeout=2) as conn:  # unreachable: 503 database_unavailable (the handler above)
         await migrations.check(conn)  # out of date: 503 schema_out_of_date

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from sira.http.deps import errors
+from sira.http.deps import StrictRoute, errors
 from sira.monitoring.exporter import CONTENT_TYPE, Exporter
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictRoute, tags=["health"])
 
 
-@router.get("/metrics", response_class=Response, responses={503: errors()[503], 200: {"content": {CONTENT_TYPE: {}}}},
-            summary="SIRA's series from the database, for Prometheus (open without a key)")
+# declared by its media type (a Content-Type's parameters are no part of one: validators found text/plain
+# undeclared); the parameters are the format's version, said in the description
+@router.get("/metrics", response_class=Response, summary="SIRA's series from the database, for Prometheus (open "
+            "without a key)", responses={422: errors()[422], 503: errors()[503], 200: {
+                "description": f"Prometheus's text format (Content-Type: {CONTENT_TYPE})",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request) -> Response:
     exporter: Exporter = request.app.state.exporter
     return Response(await exporter.answer(request.app.state.pool), media_type=CONTENT_TYPE)

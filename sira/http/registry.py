@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
-from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import PoolDep, StrictRoute, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.schemas import (
     ApprovalQueue,
@@ -34,7 +35,7 @@ from sira.http.schemas import (
 from sira.registry import models as registry
 from sira.registry import receivers, views
 
-router = APIRouter(prefix="/v1", tags=["registry"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["registry"])
 
 
 class ModelUpdate(BaseModel):
@@ -65,17 +66,33 @@ class ModelCreate(ModelUpdate):
     entity_type: str = "customer"
 
 
+# Every governance body refuses a field it does not take (422 unknown_field), as ModelUpdate does: a misspelt
+# "reasons" or "coment" was dropped, the request granted, and the audit log kept no reason.
 class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
-class RollbackRequest(Reason):
+def _said(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("reason_required", "a rollback needs a reason: say why production steps back")
+    return value
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, BeforeValidator(_said), Field(
+        min_length=1, max_length=2000, description="Why production steps back (blank: 422 reason_required)")]
     expected_version: Annotated[int, Field(
         ge=1, le=MAX_VERSION, description="The production version this rollback replaces, as the caller read it: "
         "refused with 409 production_moved when production changed since (two rollbacks never undo each other).")]
 
 
 class Comment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
 
@@ -184,7 +201,7 @@ add_decision_routes(router, "", registry.decide, Decided, "promotion request")
 @router.post("/models/{name}/rollback", response_model=RolledBack, responses=errors(404, 409, body=True))
 async def rollback(name: str, body: RollbackRequest, request: Request, pool: PoolDep, background: BackgroundTasks,
                    who: Identity = require("rollback")) -> dict[str, Any]:
-    result = await in_transaction(pool, registry.rollback, who, name, body.reason or "", body.expected_version)
+    result = await in_transaction(pool, registry.rollback, who, name, body.reason, body.expected_version)
     announce(background, request)
     return result
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sira.core.auth import Identity
-from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import PoolDep, StrictRoute, errors, in_transaction, require
 from sira.http.schemas import ServingReloaded
 from sira.serving.notifications import request_reload
 
-router = APIRouter(prefix="/v1", tags=["serving"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["serving"])
 
 
 class ReloadRequest(BaseModel):

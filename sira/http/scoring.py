@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from sira.core.auth import Identity
 from sira.core.errors import InvalidInput, NotFound, PayloadTooLarge
-from sira.http.deps import authorized, errors, require
+from sira.http.deps import StrictRoute, authorized, errors, require
 from sira.http.direct import direct_route, json_answer, json_body
 from sira.serving.idempotency import answer_from_row, public
 from sira.serving.schemas import (
@@ -38,7 +38,7 @@ async def _connection(service: ScoringService) -> Any:
         yield conn
 
 
-router = APIRouter(prefix="/v1", tags=["scoring"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["scoring"])
 
 
 async def get_scoring(request: Request) -> ScoringService:

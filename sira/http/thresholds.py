@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
-from sira.http.deps import PoolDep, errors, in_transaction, require
+from sira.http.deps import PoolDep, StrictRoute, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.registry import add_decision_routes, announce
 from sira.http.schemas import ThresholdChanged, ThresholdDecided, ThresholdSets, ThresholdWhatIf
@@ -20,7 +20,7 @@ from sira.ingest.events import UtcDatetime
 from sira.monitoring import thresholds
 from sira.registry import thresholds as registry_thresholds
 
-router = APIRouter(prefix="/v1", tags=["thresholds"])
+router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["thresholds"])
 
 
 class ThresholdChange(BaseModel):

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from sira.ingest.events import MAX_ATTRIBUTES, EventIn, extra_fields_problem, max_string_length, value_problem
-from sira.ingest.labels import Label, LabelName
+from sira.ingest.labels import LABEL_WORDS, NEGATIVE, POSITIVE, Label, LabelName
 from sira.serving.scoring import ModelRuntime
 
 
@@ -191,7 +191,11 @@ class FeedbackRequest(BaseModel):
 
     prediction_id: uuid.UUID | None = None
     event_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    label: Label
+    # what parse_label takes, as the schema says it (it said boolean only; any case and spacing of a word too)
+    label: Annotated[Label, WithJsonSchema({
+        "anyOf": [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]},
+                  {"type": "string", "enum": sorted(POSITIVE | NEGATIVE)}],
+        "description": f"The label: {LABEL_WORDS} (true: the positive class)"})]
     label_name: LabelName = "fraud"
     known_at: datetime | None = None
     source: Annotated[str, Field(min_length=1, max_length=100)] = "api"
