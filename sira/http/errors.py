@@ -26,7 +26,7 @@ from sira.ingest.pii import Redactor
 
 log = logging.getLogger(__name__)
 # Codes of the request models' own validators in sira.http: their pydantic error's type is the code
-REQUEST_CODES = ("reason_required",)
+REQUEST_CODES = ("missing_field",)  # a blank rollback reason, as a missing one
 
 
 def counted(handler: Callable[[Request, Any], Awaitable[JSONResponse]]) -> Callable[[Request, Any], Awaitable[JSONResponse]]:

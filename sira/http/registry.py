@@ -76,7 +76,7 @@ class Reason(BaseModel):
 
 def _said(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
-        raise PydanticCustomError("reason_required", "a rollback needs a reason: say why production steps back")
+        raise PydanticCustomError("missing_field", "a rollback needs one")
     return value
 
 
@@ -84,7 +84,7 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Annotated[str, BeforeValidator(_said), Field(
-        min_length=1, max_length=2000, description="Why production steps back (blank: 422 reason_required)")]
+        min_length=1, max_length=2000, description="Why production steps back (missing or blank: 422 missing_field)")]
     expected_version: Annotated[int, Field(
         ge=1, le=MAX_VERSION, description="The production version this rollback replaces, as the caller read it: "
         "refused with 409 production_moved when production changed since (two rollbacks never undo each other).")]

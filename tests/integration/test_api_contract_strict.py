@@ -110,9 +110,10 @@ async def test_a_rollback_needs_a_reason_as_its_schema_says_and_the_refusal_name
     path = "/v1/models/fraud/rollback"
     error = _error(await client.post(path, json={"expected_version": 1}, headers=keys["admin"]), 422, "missing_field")
     assert error["details"] == {"field": "reason"}
-    for blank in ("", "   "):  # was reason_required with details {}, the schema calling the reason optional
+    for blank in ("", "   "):  # was reason_required with details {}, the schema calling the reason optional; a
+        # blank reason is a missing one, as everywhere (docs/errors.md)
         error = _error(await client.post(path, json={"reason": blank, "expected_version": 1}, headers=keys["admin"]),
-                       422, "reason_required")
+                       422, "missing_field")
         assert error["details"] == {"field": "reason"} and error["message"].startswith("reason: ")
 
 
