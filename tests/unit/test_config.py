@@ -143,7 +143,7 @@ def test_a_secret_generated_beside_an_external_database_is_said(monkeypatch, tmp
         generated = Settings().secret("auth_secret")
         assert Settings().secret("auth_secret") == generated  # once: the workspace has it now
     [said] = caplog.records
-    assert "generating a new auth_secret" in said.getMessage() and "SIRA_AUTH_SECRET_FILE" in said.getMessage()
+    assert "generating a new auth secret" in said.getMessage() and "SIRA_AUTH_SECRET_FILE" in said.getMessage()
     assert "invalid API key" in said.getMessage() and generated not in said.getMessage()
 
 
