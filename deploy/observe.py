@@ -61,6 +61,8 @@ def prometheus_config(folder: Path, args: argparse.Namespace) -> dict:
     shutil.copy(HERE / "prometheus/sira-rules.yml", folder / "sira-rules.yml")
     prom["rule_files"] = [str(folder / "sira-rules.yml")]
     prom["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{args.alertmanager_port}"]}]
+    # the runbooks of this checkout, openable on this machine (the checked-in address is a placeholder)
+    prom["global"]["external_labels"]["sira_runbooks"] = (HERE.parent / "docs" / "observability.md").as_uri()
     targets = {"sira-serving": args.replicas, "sira-platform": args.service, "sira-stream": args.stream}
     for job in prom["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]

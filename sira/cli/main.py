@@ -35,6 +35,17 @@ def run_job(args: list[str]) -> int:
 
 
 
+def log_level() -> str:
+    """``SIRA_LOG_LEVEL`` (documented, and validated, but until 2026-12-07 applied to nothing: every command
+    logged at WARNING). Settings that cannot be read: WARNING here, and the command reports them."""
+    from sira.core.config import get_settings
+
+    try:
+        return get_settings().log_level
+    except SiraError:
+        return "WARNING"
+
+
 def take_debug(args: list[str]) -> tuple[bool, list[str]]:
     """SIRA's ``--debug`` taken out of ``args``; one after ``--`` is a job's own option, passed on to it."""
     own = args[:args.index("--")] if "--" in args else args
@@ -58,6 +69,8 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # SIRA's own loggers at SIRA_LOG_LEVEL (the others stay at WARNING); --debug shows everything at DEBUG
+    logging.getLogger("sira").setLevel(logging.DEBUG if debug else log_level())
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="sira", standalone_mode=False)

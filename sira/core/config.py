@@ -8,6 +8,7 @@ here touches the disk, the network or the database at import time.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -18,9 +19,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sira.core.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 MAX_VERSION = 2**31 - 1  # sira_model_versions.version is a PostgreSQL integer
 
 SECRET_NAMES = ("pii_key", "auth_secret", "webhook_secret")
+# The shortest key SIRA accepts (UTF-8 bytes, surrounding whitespace not counted), given or in a file: an HMAC key
+# of a few characters (or none: an empty SIRA_PII_KEY tokenised with HMAC(b"", ...)) can be guessed. SIRA's own
+# generated secrets are 43 characters.
+MIN_SECRET_BYTES = 16
 
 
 class Settings(BaseSettings):
@@ -191,6 +198,15 @@ class Settings(BaseSettings):
         # Ray workers run in other folders: every path a worker may receive is absolute.
         return None if value is None else value.expanduser().resolve()
 
+    @field_validator("pii_key", "auth_secret", "webhook_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # set, even to "" or " ", a value is the key (it wins over the *_FILE setting): never a blank or short one
+        problem = None if value is None else secret_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(f"set, but {problem}; or unset it")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_dsn(cls, value: SecretStr | None) -> SecretStr | None:
@@ -290,8 +306,29 @@ class Settings(BaseSettings):
             return value.get_secret_value()
         path: Path | None = getattr(self, f"{name}_file")
         if path is not None:
-            return read_secret_file(path, f"SIRA_{name.upper()}_FILE")
-        return _generated_secret(self.workspace / "secrets" / name)
+            text = read_secret_file(path, f"SIRA_{name.upper()}_FILE")
+            problem = secret_problem(text)
+            if problem:
+                raise ConfigError(f"SIRA_{name.upper()}_FILE: the key in {path} is {problem}")
+            return text
+        path = self.workspace / "secrets" / name
+        if name == "auth_secret" and self.database_url is not None and not path.exists():
+            # A process with a workspace of its own (a container's emptyDir, a new host) beside a database another
+            # process already uses: keys made there were hashed with another pepper, and "invalid API key" reads as
+            # a bad key. Said where it happens. (A PII key generated so tokenises differently: docs/configuration.md)
+            log.warning("SIRA_AUTH_SECRET and SIRA_AUTH_SECRET_FILE are unset: generating a new auth secret into %s, "
+                        "while SIRA_DATABASE_URL names a database other processes may use: API keys made by them will "
+                        "not match here (`invalid API key`); give every process the installation's "
+                        "SIRA_AUTH_SECRET_FILE (docs/configuration.md#secrets)", path)
+        return _generated_secret(path)
+
+    def check_secrets(self) -> None:
+        """Read every secret the settings name (a value, a file), as a process that serves needs them: a
+        :class:`ConfigError` now, before it starts, for a file that cannot be read or a key too short. One left
+        unset is generated when first used."""
+        for name in SECRET_NAMES:
+            if getattr(self, name) is not None or getattr(self, f"{name}_file") is not None:
+                self.secret(name)
 
 
 def workspace_id(workspace: Path) -> str:
@@ -312,6 +349,16 @@ def read_secret_file(path: Path, what: str) -> str:
     if not text:
         raise ConfigError(f"{what} is empty")
     return text
+
+
+def secret_problem(value: str) -> str | None:
+    """What is wrong with a secret's value, if anything: blank, or under :data:`MIN_SECRET_BYTES` (whitespace
+    around it not counted). Never the value itself."""
+    length = len(value.strip().encode())
+    if length >= MIN_SECRET_BYTES:
+        return None
+    return (f"{'empty' if not length else f'{length} bytes long'}: a key needs at least {MIN_SECRET_BYTES} bytes "
+            "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'` makes one)")
 
 
 def _generated_secret(path: Path) -> str:
@@ -340,7 +387,7 @@ def get_settings() -> Settings:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "settings"
-            raise ConfigError(f"SIRA_{field.upper()}: {first['msg']}") from None
+            raise ConfigError(f"SIRA_{field.upper()}: {first['msg'].removeprefix('Value error, ')}") from None
         raise
 
 

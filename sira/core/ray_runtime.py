@@ -138,8 +138,9 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
         given = job.get("env_vars") or {}
         runtime_env = {"env_vars": {k: v for k, v in runtime_env["env_vars"].items() if k not in given}}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
-                 **kwargs)
+        with _sigterm_handler_kept():
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING,
+                     **kwargs)
     else:
         cpus = num_cpus or settings.ray_num_cpus or os.cpu_count() or 1
         # Read by Serve's processes when they start, so set before the local cluster exists:
@@ -156,7 +157,7 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # than taking them for the operator's. Serve's proxies (the fallback one) run uvicorn, which believes
         # X-Forwarded-For from 127.0.0.1 by default, where HAProxy passes a client's own header on: they
         # believe the proxies SIRA_TRUSTED_PROXIES names only (SiraIngress tells its replica's server the same).
-        with _environ({**haproxy_ports(), "FORWARDED_ALLOW_IPS": settings.trusted_proxies}):
+        with _environ({**haproxy_ports(), "FORWARDED_ALLOW_IPS": settings.trusted_proxies}), _sigterm_handler_kept():
             ray.init(
                 address="local",
                 num_cpus=cpus,
@@ -167,6 +168,32 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
                 **kwargs,
             )
     return {"address": ray.get_runtime_context().gcs_address, "joined": bool(address)}
+
+
+@contextmanager
+def _sigterm_handler_kept() -> Iterator[None]:
+    """A SIGTERM handler the caller set (``sira serve``'s: stop Serve, say so, exit 0) kept while Ray starts,
+    and put back once it has. ``ray.init`` replaces it with Ray's own (``sys.exit(15)``: a SIGTERM in the
+    seconds after it ended ``sira serve`` with status 15, nothing said and Serve not shut down), and the driver's
+    C++ core worker installs a crash handler for SIGTERM that prints a stack trace before passing it on (134
+    under load); setting the handler again after ``ray.init`` removes that one. Without a handler of the
+    caller's (Python's default), Ray's are left alone."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ray._private import utils as ray_utils
+
+    replace = ray_utils.set_sigterm_handler  # looked up by ray.init at its call (Ray 2.60)
+    ray_utils.set_sigterm_handler = lambda _handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = replace
+        signal.signal(signal.SIGTERM, handler)
 
 
 @contextmanager
@@ -314,6 +341,19 @@ def job_id() -> str:
 
 
 # -- inside Ray ---------------------------------------------------------------------------
+
+
+def replica_logging(level: str) -> None:
+    """SIRA's loggers in a Serve replica at ``level`` (``SIRA_LOG_LEVEL``), written where Serve writes the
+    replica's own log (its file under the session's ``logs/serve/``, with the request id; stderr too where Serve
+    writes there). A worker's root logger has no handler: until 2026-12-07 an INFO or DEBUG line of SIRA's in a
+    replica went nowhere whatever SIRA_LOG_LEVEL said, and a warning reached the log as unformatted stderr."""
+    sira_log = logging.getLogger("sira")
+    sira_log.setLevel(level)
+    for handler in logging.getLogger("ray.serve").handlers:
+        if handler not in sira_log.handlers:
+            sira_log.addHandler(handler)
+    sira_log.propagate = not sira_log.handlers  # Serve's handlers, or (outside a replica) the root's
 
 
 def in_ray_job() -> bool:

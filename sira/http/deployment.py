@@ -29,11 +29,13 @@ class SiraIngress:
         import sys
 
         from sira.core.config import get_settings
+        from sira.core.ray_runtime import replica_logging
 
         # A replica runs Serve's loop and the user-code loop in two threads of one process: let a
         # thread waiting for the GIL get it within 1 ms rather than Python's default 5 ms.
         sys.setswitchinterval(0.001)
         self.settings = get_settings()
+        replica_logging(self.settings.log_level)  # SIRA_LOG_LEVEL, into the replica's log
         # Serve starts this replica's own HTTP server (HAProxy's target) after this constructor, under uvicorn's
         # defaults, which believe X-Forwarded-For from 127.0.0.1: HAProxy, on the same node, passes a client's
         # header on, so any client chose the source address of the audit log. Only the proxies

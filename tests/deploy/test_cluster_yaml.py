@@ -225,7 +225,8 @@ def test_fetched_secrets_become_the_settings_sira_reads(monkeypatch, tmp_path):
     dsn = "postgresql://sira:it's $ecret@db.internal:5432/sira"
     with mock_aws():
         boto3.client("secretsmanager").create_secret(Name=env["CLUSTER_SECRET_ID"], SecretString=json.dumps(
-            {"database_url": dsn, "pii_key": "pii-1", "auth_secret": "auth-2", "webhook_secret": "hook-3"}))
+            {"database_url": dsn, "pii_key": "pii-key-1-0123456789", "auth_secret": "auth-secret-2-0123456789",
+             "webhook_secret": "hook-secret-3-0123456789"}))
         exec(compile(code, "fetch_secrets", "exec"), {})
     assert (home / ".sira" / "secrets.env").stat().st_mode & 0o077 == 0
     assert (home / ".sira" / "secrets" / "pii_key").stat().st_mode & 0o077 == 0
@@ -239,7 +240,8 @@ def test_fetched_secrets_become_the_settings_sira_reads(monkeypatch, tmp_path):
     settings = Settings()
     assert settings.database_url.get_secret_value() == dsn
     assert settings.workspace == home / ".sira" and settings.artifact_location == env["SIRA_ARTIFACT_URI"]
-    assert [settings.secret(name) for name in SECRET_FILES] == ["pii-1", "auth-2", "hook-3"]
+    assert [settings.secret(name) for name in SECRET_FILES] == ["pii-key-1-0123456789", "auth-secret-2-0123456789",
+                                                            "hook-secret-3-0123456789"]
 
 
 def test_no_secret_values_in_the_file():

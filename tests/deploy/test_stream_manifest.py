@@ -92,7 +92,7 @@ def test_its_settings_build_the_sasl_ssl_client_with_the_password_from_the_mount
             mount = next(m for path, m in mounts.items() if var["value"].startswith(path + "/"))
             assert mount.get("readOnly") is True
             volume = volumes[mount["name"]]
-            kind = "secret" if re.search("PASSWORD|KEY", var["name"]) else "configMap"
+            kind = "secret" if re.search("PASSWORD|KEY|SECRET", var["name"]) else "configMap"
             assert kind in volume, f"{var['name']} must be mounted from a {kind}"
             local = tmp_path / var["value"].lstrip("/")
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,7 @@ def test_its_settings_build_the_sasl_ssl_client_with_the_password_from_the_mount
     assert config["sasl.password"] == "contents of SIRA_KAFKA_SASL_PASSWORD_FILE"
     assert config["ssl.ca.location"] == str(files["SIRA_KAFKA_SSL_CA_FILE"])
     assert settings.secret("pii_key") == "contents of SIRA_PII_KEY_FILE"
+    assert settings.secret("auth_secret") == "contents of SIRA_AUTH_SECRET_FILE"  # the installation's pepper
     reset_settings()
 
 

@@ -84,12 +84,67 @@ def test_secret_from_env_then_file_then_generated(monkeypatch, tmp_path):
     assert Settings().secret("pii_key") == generated  # stable across processes
 
     key_file = tmp_path / "key.txt"
-    key_file.write_text("from-a-file\n")
+    key_file.write_text("from-a-file-0123456789\n")
     monkeypatch.setenv("SIRA_PII_KEY_FILE", str(key_file))
-    assert Settings().secret("pii_key") == "from-a-file"
-    monkeypatch.setenv("SIRA_PII_KEY", "from-env")
-    assert Settings().secret("pii_key") == "from-env"
+    assert Settings().secret("pii_key") == "from-a-file-0123456789"
+    monkeypatch.setenv("SIRA_PII_KEY", "from-env-0123456789")
+    assert Settings().secret("pii_key") == "from-env-0123456789"
     assert "from-env" not in repr(Settings())
+
+
+@pytest.mark.parametrize("name", ["PII_KEY", "AUTH_SECRET", "WEBHOOK_SECRET"])
+@pytest.mark.parametrize("value", ["", " ", "\t\n", "fifteen-bytes!!"])
+def test_a_blank_or_short_secret_value_is_refused_in_one_line_naming_it(monkeypatch, tmp_path, name, value):
+    """`SIRA_PII_KEY= sira ingest` tokenised with HMAC(b"", ...), and SIRA_AUTH_SECRET=" " was the pepper " ":
+    an empty value was taken for a key, over a *_FILE set beside it. Now refused (at least 16 bytes), never
+    shown."""
+    good = tmp_path / "key"
+    good.write_text("a-good-key-from-a-file-0123456789")
+    monkeypatch.setenv(f"SIRA_{name}_FILE", str(good))  # a blank value wins over the file: refused all the same
+    monkeypatch.setenv(f"SIRA_{name}", value)
+    with pytest.raises(ConfigError) as refused:
+        get_settings()
+    message = refused.value.one_line()
+    assert message.startswith(f"error: config: SIRA_{name}: set, but ") and "at least 16 bytes" in message
+    assert "\n" not in message and (not value.strip() or value not in message)
+    monkeypatch.setenv(f"SIRA_{name}", "sixteen-bytes!!!")
+    reset_settings()
+    assert get_settings().secret(name.lower()) == "sixteen-bytes!!!"
+
+
+@pytest.mark.parametrize("name", ["pii_key", "auth_secret", "webhook_secret"])
+def test_a_short_secret_file_is_refused_and_check_secrets_reads_every_named_one(monkeypatch, tmp_path, name):
+    short = tmp_path / "short"
+    short.write_text("pii-1\n")
+    monkeypatch.setenv(f"SIRA_{name.upper()}_FILE", str(short))
+    monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "ws"))
+    settings = Settings()
+    with pytest.raises(ConfigError, match=f"SIRA_{name.upper()}_FILE: the key in .* is 5 bytes long") as refused:
+        settings.check_secrets()
+    assert "pii-1" not in str(refused.value)
+    monkeypatch.setenv(f"SIRA_{name.upper()}_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=f"cannot read SIRA_{name.upper()}_FILE"):
+        Settings().check_secrets()
+    monkeypatch.delenv(f"SIRA_{name.upper()}_FILE")
+    Settings().check_secrets()  # nothing named: nothing read, nothing generated yet
+    assert not (tmp_path / "ws" / "secrets").exists()
+
+
+def test_a_secret_generated_beside_an_external_database_is_said(monkeypatch, tmp_path, caplog):
+    """A pod with an emptyDir workspace and no SIRA_AUTH_SECRET_FILE made a pepper of its own: every key of the
+    installation failed as `invalid API key`. The generation is said, naming the setting to give."""
+    monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "ws"))
+    with caplog.at_level("WARNING", logger="sira.core.config"):
+        Settings().secret("auth_secret")  # the embedded database's own workspace: nothing to say
+    assert not caplog.records
+    monkeypatch.setenv("SIRA_WORKSPACE", str(tmp_path / "pod"))
+    monkeypatch.setenv("SIRA_DATABASE_URL", "postgresql://sira@db.internal/sira")
+    with caplog.at_level("WARNING", logger="sira.core.config"):
+        generated = Settings().secret("auth_secret")
+        assert Settings().secret("auth_secret") == generated  # once: the workspace has it now
+    [said] = caplog.records
+    assert "generating a new auth secret" in said.getMessage() and "SIRA_AUTH_SECRET_FILE" in said.getMessage()
+    assert "invalid API key" in said.getMessage() and generated not in said.getMessage()
 
 
 def test_unreadable_secret_file_is_a_config_error(monkeypatch, tmp_path):
