@@ -110,7 +110,8 @@ def parse_expiry(text: str, *, now: datetime | None = None, label: str = "--expi
 def validate_roles(roles: list[str]) -> list[str]:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
-        raise InvalidInput(f"roles must be among {', '.join(ROLES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        raise InvalidInput(f"roles must be among {', '.join(ROLES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                           details={"field": "roles", "allowed": list(ROLES)})
     return sorted(set(roles), key=ROLES.index)
 
 
@@ -149,9 +150,11 @@ async def _insert_key(conn: Connection, *, name: str, roles: list[str], pepper: 
             name, prefix, hash_key(pepper, key), roles, creator.name, expires_at,
         )
     except asyncpg.UniqueViolationError:
-        raise Conflict(f"a key named {name!r} exists already", details={"name": name}) from None
+        raise Conflict(f"a key named {name!r} exists already", code="key_exists",
+                       details={"field": "name", "name": name}) from None
     except asyncpg.CheckViolationError:
-        raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)") from None
+        raise InvalidInput(f"invalid key name {name!r}: letters, digits and . _ @ - (at most 100)",
+                           details={"field": "name"}) from None
     await audit.record(conn, creator.actor(), "key.create", target_type="api_key", target_id=name, details=details)
     assert row is not None  # INSERT ... RETURNING returns the row it inserted
     return key, {"name": row["name"], "roles": list(row["roles"]), "created_at": row["created_at"].isoformat(),

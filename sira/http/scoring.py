@@ -120,7 +120,8 @@ async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
                  FROM sira_predictions WHERE prediction_id = $1""", prediction_id)
         if row is None:
             raise NotFound(f"no stored prediction {prediction_id} (predictions are stored within a second)",
-                           code="unknown_prediction", details={"prediction_id": str(prediction_id)})
+                           code="unknown_prediction",
+                           details={"field": "prediction_id", "prediction_id": str(prediction_id)})
         shadows = await conn.fetch(
             """SELECT version, score, decision FROM sira_predictions
                 WHERE model_name = $1 AND request_id = $2 AND role = 'shadow' AND scored_at BETWEEN $3::timestamptz - interval '1 hour'
@@ -137,7 +138,7 @@ async def get_prediction(prediction_id: uuid.UUID, service: ScoringDep,
 @router.post("/feedback", response_model=FeedbackAnswer, responses=errors(404, body=True), summary="Record a label for a prediction or an event")
 async def feedback(body: FeedbackRequest, service: ScoringDep,
                    who: Identity = require("feedback.write")) -> Any:
-    from sira.ingest.labels import LABEL_CODES, label_source, prediction_key, record_labels
+    from sira.ingest.labels import label_source, prediction_key, record_labels
 
     source = label_source(who, body.source, "source" in body.model_fields_set)
     event_id = body.event_id and service.redactor.scrub_value(body.event_id)
@@ -152,7 +153,7 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
                 stored = await conn.fetchrow(lookup, body.prediction_id)
         if stored is None:
             raise NotFound(f"no stored prediction {body.prediction_id}", code="unknown_prediction",
-                           details={"field": "prediction_id"})
+                           details={"field": "prediction_id", "prediction_id": str(body.prediction_id)})
         if stored["event_id"] is None and event_id is not None:
             raise InvalidInput("the prediction was scored from ready features, with no event: name it alone",
                                code="invalid_field", details={"field": "event_id"})
@@ -177,11 +178,9 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
                         "prediction_id": str(body.prediction_id) if body.prediction_id else None}],
                 redactor=service.redactor, source=source, created_by=who.name,
                 pending_ttl_days=service.settings.pending_label_ttl_days)
-    if summary.rejected:
-        # one label, so one reason: its own code (as a file load counts it), the generic one for field errors
-        reason = next(iter(summary.reasons))
-        raise InvalidInput(f"label rejected: {reason}",
-                           code=reason if reason in LABEL_CODES else "invalid_feedback")
+    refusal = summary.refusal()  # one label, so one reason: its own code (as a file load counts it), the generic
+    if refusal is not None:      # one for field errors, naming the field and saying why
+        raise refusal
     if summary.pending_event and service.metrics:
         service.metrics.count(service.metrics.pending_labels)
     # pending_event: kept, and used once its event arrives (it expires if it never does)

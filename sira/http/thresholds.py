@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from sira.core.auth import Identity
 from sira.core.config import MAX_VERSION
+from sira.core.errors import check_window_options
 from sira.http.deps import PoolDep, StrictRoute, errors, in_transaction, require
 from sira.http.deps import Version as VersionNumber
 from sira.http.registry import add_decision_routes, announce
@@ -29,22 +30,25 @@ class ThresholdChange(BaseModel):
     review: Annotated[float, Field(ge=0, le=1, description="Scores at or above it go to a person")]
     block: Annotated[float, Field(ge=0, le=1, description="Scores at or above it are blocked (>= review)")]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    days: Annotated[int, Field(ge=1, le=3650, description="Days of matured labels for the evidence")] = 28
+    days: Annotated[int | None, Field(ge=1, le=3650, description="Days of matured labels for the evidence, "
+                                     "counted back from `to` (default 28; not with `from`)")] = None
     time_from: Annotated[UtcDatetime | None, Field(alias="from")] = None
     time_to: Annotated[UtcDatetime | None, Field(alias="to")] = None
 
 
 @router.get("/models/{name}/thresholds", response_model=ThresholdWhatIf,
-            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **errors(404)})
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **errors(404, 409)})
 async def thresholds_what_if(name: str, pool: PoolDep, who: Identity = require("models.read"),
                              version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
-                             days: Annotated[int, Query(ge=1, le=3650)] = 28,
+                             days: Annotated[int | None, Query(ge=1, le=3650)] = None,
                              time_from: Annotated[UtcDatetime | None, Query(alias="from")] = None,
                              time_to: Annotated[UtcDatetime | None, Query(alias="to")] = None,
                              format: Literal["json", "html"] = "json") -> Any:  # noqa: A002 - the query's name
     """What other thresholds would have done on a labelled window (read-only); ``format=html``: a page with
     the chart of precision, recall and share flagged by threshold."""
-    result = await in_transaction(pool, thresholds.what_if, who, name, version=version, days=days,
+    check_window_options(time_from, time_to, days, days_after_from=False)  # a window set once
+    result = await in_transaction(pool, thresholds.what_if, who, name, version=version,
+                                  days=thresholds.DEFAULT_DAYS if days is None else days,
                                   time_from=time_from, time_to=time_to)
     return HTMLResponse(thresholds.to_html(result)) if format == "html" else result
 
@@ -64,8 +68,9 @@ async def request_thresholds(name: str, version: VersionNumber, body: ThresholdC
                              who: Identity = require("promotion.request")) -> dict[str, Any]:
     """Ask for new review/block thresholds: pending until the model's required approvals (active at once
     when it requires none), with the what-if at these values as the approvers' evidence."""
+    check_window_options(body.time_from, body.time_to, body.days, days_after_from=False)
     result = await in_transaction(pool, thresholds.apply, who, name, version, review=body.review, block=body.block,
-                                  reason=body.reason, days=body.days,
+                                  reason=body.reason, days=thresholds.DEFAULT_DAYS if body.days is None else body.days,
                                   time_from=body.time_from, time_to=body.time_to)
     announce(background, request)
     return result

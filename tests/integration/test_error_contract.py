@@ -214,3 +214,31 @@ async def test_a_refused_label_names_its_field_and_says_why(clean_db, settings):
     assert (refusal.code, refusal.http_status, refusal.details) == ("known_at_in_future", 422, {"field": "known_at"})
     assert refusal.message.startswith("label rejected: known_at: is in the future (more than 24 hours ahead of now)")
     assert ok.refusal() is None
+
+
+async def test_a_key_name_taken_or_a_role_unknown_is_named_alike_over_http_and_the_cli(api, monkeypatch, capsys):
+    """A taken key name was 409 `conflict` where a taken model name is `model_exists`; an unknown role and a bad
+    key name were `invalid_input` naming no field on the CLI (HTTP's schema now refuses them by field)."""
+    client, keys, env = api
+    body = {"name": "ops-bot", "roles": ["operator"]}
+    assert (await client.post("/v1/keys", json=body, headers=keys["admin"])).status_code == 201
+    e = error(await client.post("/v1/keys", json=body, headers=keys["admin"]), 409)
+    assert (e["code"], e["details"]) == ("key_exists", {"field": "name", "name": "ops-bot"}), e
+    done = await sira(monkeypatch, capsys, env, "keys", "create", "--name", "ops-bot", "--role", "operator")
+    assert (done.returncode, done.stderr.splitlines()[0].split(":")[:2]) == (2, ["error", " key_exists"]), done
+    done = await sira(monkeypatch, capsys, env, "keys", "create", "--name", "bot2", "--role", "wizard", "--json")
+    assert done.returncode == 2 and "invalid_input" in done.stderr and "wizard" in done.stderr, done
+    e = error(await client.post("/v1/keys", json={"name": "a b/c?", "roles": ["operator"]}, headers=keys["admin"]), 422)
+    assert e["details"]["field"] == "name", e
+
+
+async def test_a_what_if_window_set_twice_over_http_is_refused_naming_days(api, clean_db, settings):
+    """`days=7&from=…&to=…` was answered on from/to, days silently ignored (the CLI refused it already)."""
+    client, keys, _ = api
+    await make_version(clean_db, settings, 1)
+    for query in ("days=7&from=2026-09-01&to=2026-09-20", "days=7&from=2026-09-01"):
+        e = error(await client.get(f"/v1/models/fraud/thresholds?version=1&{query}", headers=keys["admin"]), 422)
+        assert (e["code"], e["details"]["field"]) == ("invalid_window", "days"), e
+    e = error(await client.post("/v1/models/fraud/versions/1/thresholds", headers=keys["admin"], json={
+        "review": 0.4, "block": 0.8, "reason": "x", "days": 7, "from": "2026-09-01T00:00:00Z"}), 422)
+    assert (e["code"], e["details"]["field"]) == ("invalid_window", "days"), e

@@ -437,6 +437,9 @@ async def test_json_nested_past_the_stack_or_an_unpaired_surrogate_is_a_4xx_not_
     r = await client.post("/v1/feedback", json={"event_id": "e1", "label": True, "known_at": ahead},
                           headers=auth(fraud_model, "service"))
     assert r.status_code == 422 and r.json()["error"]["code"] == "known_at_in_future", r.text
+    # naming the field and saying why (was `label rejected: known_at_in_future`, no field)
+    assert r.json()["error"]["details"] == {"field": "known_at"}, r.text
+    assert r.json()["error"]["message"].startswith("label rejected: known_at: is in the future"), r.text
 
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch"])

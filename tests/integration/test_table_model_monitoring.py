@@ -102,6 +102,9 @@ async def test_labels_of_predictions_scored_from_ready_features_make_live_perfor
     unknown = await crafted.client.post("/v1/feedback", headers=crafted.headers["service"],
                                         json={"prediction_id": "00000000-0000-4000-8000-000000000000", "label": True})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_prediction"
+    # the same details as GET /v1/predictions/{id} and the explanation (the field, and which id)
+    assert unknown.json()["error"]["details"] == {"field": "prediction_id",
+                                                 "prediction_id": "00000000-0000-4000-8000-000000000000"}
     (tmp_path / "stray.csv").write_text("prediction_id,label,known_at\n"
                                         "00000000-0000-4000-8000-000000000000,1,2026-12-01T00:00:00Z\n")
     stray = await import_label_files(crafted.settings, [tmp_path / "stray.csv"], who=SERVICE, created_by="t-service")
