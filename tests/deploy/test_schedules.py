@@ -336,8 +336,9 @@ def test_cronjob_takes_the_address_from_a_configmap_and_the_key_from_a_secret():
     env = {var["name"]: var for var in container["env"]}
     for var in env.values():
         assert ("value" in var) != ("valueFrom" in var), var["name"]
-        if re.search(r"KEY|SECRET|TOKEN|PASSWORD", var["name"]) and not var["name"].endswith("_FILE"):
-            assert "value" not in var, f"{var['name']} must come from a Secret"  # a *_FILE: tests/deploy/test_deploy_secrets.py
+        if re.search(r"KEY|SECRET|TOKEN|PASSWORD", var["name"]) and not var["name"].endswith(("_FILE", "_PATH")):
+            # a *_FILE or *_PATH names a file of a mounted Secret: tests/deploy/test_deploy_secrets.py
+            assert "value" not in var, f"{var['name']} must come from a Secret"
     assert set(env["RAY_ADDRESS"]["valueFrom"]["configMapKeyRef"]) >= {"name", "key"}
     for name in ("SIRA_API_KEY", "SIRA_DATABASE_URL"):  # a DSN may hold a password
         secret = env[name]["valueFrom"]["secretKeyRef"]
