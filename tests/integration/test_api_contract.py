@@ -101,7 +101,7 @@ def test_openapi_declares_the_errors_each_route_can_answer(settings, tmp_path):
         ("get", "/v1/models/{name}/drift/history"): {404},
         ("get", "/v1/models/{name}/performance/history"): {404},
         ("get", "/v1/models/{name}/traffic"): {404},
-        ("get", "/v1/models/{name}/thresholds"): {404},
+        ("get", "/v1/models/{name}/thresholds"): {404, 409},  # no production version and none named
         ("get", "/v1/models/{name}/versions/{version}/thresholds"): {404},
         ("post", "/v1/models/{name}/versions/{version}/thresholds"): {400, 404, 409, 413},
         ("post", "/v1/models/{name}/versions/{version}/thresholds/approve"): {400, 404, 409, 413},
