@@ -97,7 +97,7 @@ def output_file(out: Path, inputs: Sequence[Path], *, in_job: bool, option: str 
                                "the folder) would read it as input; write elsewhere", code="invalid_output")
     try:  # its folder made, and written to: one that cannot be was found after 65,536 rows were scored, as `internal`
         out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()  # a file without a name where the system can, else removed
+        tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.").close()  # nameless where it can be, else removed
     except OSError as exc:
         raise _unwritable(out, exc, option) from None
     return out
