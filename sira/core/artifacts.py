@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError, NotFound, SiraError
+from sira.core.errors import ConfigError, NotFound, ServiceUnavailable, SiraError
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.txt"
@@ -120,17 +122,61 @@ class S3Store:
         extra: _Encryption = {"ServerSideEncryption": "aws:kms"}
         if self.kms_key_id:
             extra["SSEKMSKeyId"] = self.kms_key_id
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        with _s3_errors(self.uri(key)):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
 
     def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            with _s3_errors(self.uri(key)):
+                body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+                return body
         except self.client.exceptions.NoSuchKey:
             raise NotFound(f"artifact file not found: s3://{self.bucket}/{self._key(key)}",
                            code="artifact_missing") from None
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+
+# S3's answers that say this process may not read or write the store (its credentials: none, wrong, expired), and
+# those that say the store is away for now (besides no answer at all)
+_S3_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+              "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403"}
+_S3_AWAY = {"ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout", "500", "502", "503", "504"}
+_CREDENTIALS_HELP = ("give this process AWS credentials that may read and write it (on a cluster, each node: an "
+                     "instance profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; docs/cluster.md)")
+
+
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    """botocore's failures as SIRA's errors (they were ``internal`` with the exception's name): no or refused
+    credentials ``artifact_store_denied`` (exit 2: a setting to fix), a bucket that does not exist ``config``,
+    no answer or a server error ``artifact_store_unavailable`` (exit 1: try again). NoSuchKey is left to the
+    caller."""
+    from botocore import exceptions as boto
+
+    try:
+        yield
+    except (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError,
+            boto.UnknownCredentialError) as exc:
+        raise ConfigError(f"no AWS credentials to reach the artifact store ({uri}): {exc}; {_CREDENTIALS_HELP}",
+                          code="artifact_store_denied", details={"uri": uri}) from None
+    except (boto.ConnectionError, boto.HTTPClientError) as exc:
+        raise ServiceUnavailable(f"the artifact store does not answer ({uri}): {exc}",
+                                 code="artifact_store_unavailable", details={"uri": uri}) from None
+    except boto.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, status = str(error.get("Code", "")), str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        if code in _S3_DENIED or status == "403":
+            raise ConfigError(f"the artifact store refused this process's AWS credentials ({uri}): {code}; "
+                              f"{_CREDENTIALS_HELP}", code="artifact_store_denied", details={"uri": uri}) from None
+        if code == "NoSuchBucket":
+            raise ConfigError(f"the artifact store's bucket does not exist ({uri}): check SIRA_ARTIFACT_URI",
+                              details={"uri": uri}) from None
+        if code in _S3_AWAY or status in _S3_AWAY:
+            raise ServiceUnavailable(f"the artifact store failed to answer ({uri}): {code}",
+                                     code="artifact_store_unavailable", details={"uri": uri}) from None
+        raise
 
 
 def store_for(location: str, settings: Settings) -> tuple[Store, str]:

@@ -184,7 +184,9 @@ class DatabaseUnavailable(ServiceUnavailable):
 
 def sira_cause(exc: BaseException) -> SiraError | None:
     """The SIRA error (bad input found inside a Ray task or actor) within an exception Ray raised, if any:
-    Ray wraps it in RayTaskError, Ray Data in its user-code and system exceptions."""
+    Ray wraps it in RayTaskError, Ray Data in its user-code and system exceptions, and an actor whose
+    ``__init__`` raised it in ActorDiedError, which keeps the creation task's RayTaskError only as its
+    argument."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -195,5 +197,6 @@ def sira_cause(exc: BaseException) -> SiraError | None:
         inner = getattr(current, "cause", None)  # a RayTaskError (itself an instance of its cause's class)
         if isinstance(current, SiraError) and not isinstance(inner, BaseException):
             return current
-        stack += [current.__context__, current.__cause__, inner]  # popped last first: the cause first
+        wrapped = [a for a in current.args if isinstance(a, BaseException)]  # ActorDiedError(creation task error)
+        stack += [current.__context__, current.__cause__, *wrapped, inner]  # popped last first: the cause first
     return None

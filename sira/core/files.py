@@ -9,10 +9,14 @@ writing a stream of Arrow tables to one Parquet file atomically.
 from __future__ import annotations
 
 import codecs
+import glob
 import json
 import math
 import os
 import re
+import socket
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,7 +95,44 @@ def output_file(out: Path, inputs: Sequence[Path], *, in_job: bool, option: str 
         if path.is_dir() and out.is_relative_to(path):
             raise InvalidInput(f"{option} {out} is inside the input folder {path}: the next run (or anything reading "
                                "the folder) would read it as input; write elsewhere", code="invalid_output")
+    try:  # its folder made, and written to: one that cannot be was found after 65,536 rows were scored, as `internal`
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.").close()  # nameless where it can be, else removed
+    except OSError as exc:
+        raise _unwritable(out, exc, option) from None
     return out
+
+
+def _unwritable(out: Path, exc: OSError, option: str = "--out") -> InvalidInput:
+    reason = os.strerror(exc.errno) if exc.errno else exc.strerror  # pyarrow's strerror repeats the path
+    return InvalidInput(f"{option} {out}: cannot write in {out.parent} ({reason})", code="invalid_output")
+
+
+def partial_name(out: Path) -> Path:
+    """Where :func:`write_atomically` writes ``out`` until it is complete: ``.NAME.PID@HOST.RANDOM.tmp`` beside it."""
+    return out.with_name(f".{out.name}.{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex}.tmp")
+
+
+def sweep_partial(out: Path, stale_s: float = 2 * 86_400) -> None:
+    """Remove the partial outputs of ``out`` no writer will finish: this host's whose process is gone
+    (SIGKILL: nothing cleaned up); another host's (a shared mount) or an older release's, unchanged for ``stale_s``."""
+    host, now = socket.gethostname(), time.time()
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid, at, where = path.name[len(out.name) + 2:-len(".tmp")].rpartition(".")[0].partition("@")
+        try:
+            if at and where == host and pid.isdigit() and not _alive(int(pid)) or \
+                    now - path.stat().st_mtime > stale_s:  # a writer adds a row group every few minutes
+                path.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # PermissionError (another user's process): the sweep keeps its file
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
@@ -515,26 +556,32 @@ def in_row_groups(batches: Any, rows: int = ROW_GROUP, passthrough: pa.Schema | 
 
 
 def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], None],
-                     passthrough: pa.Schema | None = None) -> str:
-    """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary
-    name, then rename; returns its sha256. ``on_batch`` sees each row group once written."""
+                     passthrough: pa.Schema | None = None, *, tmp: Path | None = None) -> str:
+    """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary name
+    (``tmp``, else :func:`partial_name`; made before the first batch is asked for, else ``invalid_output``), then
+    rename; returns its sha256. ``on_batch`` sees each row group once written."""
     import hashlib
 
     import pyarrow.parquet as pq
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    tmp = tmp or partial_name(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sink = pa.OSFile(str(tmp), "wb")
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     writer = None
     try:
         for batch in in_row_groups(batches, passthrough=passthrough):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+                writer = pq.ParquetWriter(sink, batch.schema, compression="zstd")
             writer.write_table(batch, row_group_size=ROW_GROUP)
             on_batch(batch)
         if writer is None:
             raise InvalidInput("the input has no rows", code="empty_input")
         writer.close()
         writer = None
+        sink.close()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -548,4 +595,5 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
     finally:
         if writer is not None:
             writer.close()
+        sink.close()
         tmp.unlink(missing_ok=True)

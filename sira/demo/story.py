@@ -231,7 +231,7 @@ async def monitor(settings: Settings, conn: Any, keys: dict[str, str], report: D
     dana = (await authenticate(conn, keys["demo-dana"], pepper=pepper)).actor()
     oli = (await authenticate(conn, keys["demo-oli"], pepper=pepper)).actor()
     started = time.perf_counter()
-    progress("batch: scoring every stored payment with the production version (Ray Data actor pool)")
+    progress("batch: scoring every stored payment with the production version")  # the summary says where
     first = await conn.fetchval("SELECT min(occurred_at) FROM sira_events")
     report.batch = await run_batch_score(settings, BatchRequest(model="fraud", out=out_dir / "scores.parquet",
                                                                 time_from=first), actor=dana)
