@@ -49,6 +49,21 @@ _OWN_KEYS = {"num_boost_round", "early_stopping_rounds", "calibration"}
 CALIBRATIONS = ("auto", "isotonic", "platt")
 # LightGBM's names for SIRA's own keys: their aliases (n_estimators, early_stopping_round, ...) mean SIRA's.
 _OWN_NAMES = {"num_iterations": "num_boost_round", "early_stopping_round": "early_stopping_rounds"}
+# LightGBM parameters SIRA sets itself: the value it uses, and why. Given with that value (a manifest's params fed
+# back) they are accepted; with another, refused naming SIRA's setting: `metric: auc` was recorded as if used
+# (early stopping watched AP all the same), `deterministic: false` silently made true, `is_unbalance: true`
+# refused by LightGBM as if the user had set scale_pos_weight, `force_col_wise: true` with a message about
+# force_row_wise.
+_SIRA_SETS: dict[str, tuple[Any, str]] = {
+    "metric": ("average_precision", "early stopping, tuning and the thresholds watch validation average precision"),
+    "deterministic": (True, "the same data, parameters, seed and threads give the same model file"),
+    "force_row_wise": (True, "row-wise histograms, for the same model file on every run"),
+    "force_col_wise": (False, "SIRA trains with force_row_wise=true (row-wise histograms, for the same model file "
+                              "on every run)"),
+    "is_unbalance": (False, "SIRA weights the positive class itself (the square root of the imbalance); set "
+                            "scale_pos_weight to choose another weight"),
+    "verbosity": (-1, "LightGBM stays quiet, so --json prints one JSON object (--debug shows SIRA's own log)"),
+}
 # Parameters that describe the data's columns: only checkable against the data itself.
 _COLUMN_KEYS = {"monotone_constraints", "feature_contri", "max_bin_by_feature", "interaction_constraints",
                 "categorical_feature", "cegb_penalty_feature_lazy", "cegb_penalty_feature_coupled"}
@@ -165,6 +180,11 @@ def _checked_value(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InvalidInput(f"parameter {name} must be a whole number of at least {least} (got {value!r})",
                                details={"parameter": name})
+    elif name in _SIRA_SETS:
+        own, why = _SIRA_SETS[name]
+        if value != own and value != [own]:
+            raise InvalidInput(f"parameter {name} is set by SIRA ({name}: {_yaml(own)}): {why}; leave it out of "
+                               f"--params (got {_yaml(value)})", details={"parameter": name})
     elif name == "calibration":
         if value not in CALIBRATIONS:
             raise InvalidInput(f"parameter calibration must be auto, isotonic or platt (got {value!r})",
@@ -181,6 +201,10 @@ def _checked_value(name: str, value: Any) -> Any:
                 raise InvalidInput(f"parameter {name} must be a number, a word or a list of them (got {item!r})",
                                    details={"parameter": name})
     return value
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_params(params: Mapping[str, Any] | None, sample: Matrix | None = None) -> None:
