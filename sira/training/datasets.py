@@ -422,10 +422,18 @@ def build_feature_dataset(
         return read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard["lo"]),
                                   datetime.fromisoformat(shard["hi"]), windows, label_name)
 
-    from sira.core.ray_runtime import quiet_ray_data
+    if ray.is_initialized() and float(ray.available_resources().get("CPU", 0)) < 1:
+        # Ray Data's read tasks need a CPU each and would wait for one forever, without a word (a job's driver
+        # holding a 1-CPU head's only CPU, Serve replicas holding the rest): this process reads them instead
+        log.warning("no CPU free for Ray Data's read tasks (the cluster's %g CPUs are held: this job's driver, "
+                    "Serve replicas or other jobs): reading the %d shards of the training set in this process",
+                    float(ray.cluster_resources().get("CPU", 0)), len(shards))
+        rows = [row for shard in shards for row in read(shard)]
+    else:
+        from sira.core.ray_runtime import quiet_ray_data
 
-    quiet_ray_data()
-    rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
+        quiet_ray_data()
+        rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
     if not rows:
         raise InvalidInput(f"no labelled events in the windows ({windows.describe()}); set {TRAINING_FLAGS}",
                            code="empty_window")
