@@ -14,18 +14,24 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import io
 import math
 import os
+import platform
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sira import __version__
 from sira.core.errors import InvalidInput
 
 # Robust defaults for rare positives: LightGBM's own defaults can collapse on
@@ -396,3 +402,65 @@ def apply_calibration(calibration: Mapping[str, Any], raw: np.ndarray) -> np.nda
     if calibration["method"] == "platt":
         return 1.0 / (1.0 + np.exp(-(calibration["a"] * raw + calibration["b"])))
     raise InvalidInput(f"unknown calibration method {calibration['method']!r}")
+
+
+# -- what trained a version: the code and the libraries (the manifest's lineage) --------------------------------
+# A run in a checkout asks git. A Ray job's working dir is uploaded without ``.git``, so `sira jobs submit` resolves
+# the version where the checkout is and passes it in the job's runtime env (CODE_VERSION_ENV), which code_version()
+# prefers: a job's runs recorded "sira 0.1.0" alone, and a run from a checkout with uncommitted changes recorded
+# the commit as if it were the code.
+
+CODE_VERSION_ENV = "SIRA_CODE_VERSION"
+PACKAGE = Path(__file__).resolve().parents[1]  # sira/
+
+
+def code_version() -> str:
+    """The code of this run: :data:`CODE_VERSION_ENV` when set (a submitted job's, resolved where it was
+    submitted), else what :func:`resolve_code_version` finds for this installed package."""
+    given = os.environ.get(CODE_VERSION_ENV, "").strip()
+    return given or resolve_code_version(PACKAGE.parent)
+
+
+def resolve_code_version(root: Path) -> str:
+    """``sira 0.1.0 (<commit>)`` for a git checkout at ``root``, ``(<commit>, uncommitted changes <sha256 of the
+    diff>)`` when tracked files differ from it; outside git, ``(package sha256 <digest of root/sira's .py files>)``:
+    what was run, in every case, not only which release."""
+    commit = _git(root, "rev-parse", "--short=12", "HEAD") if (root / ".git").exists() else ""  # its own checkout
+    if commit:
+        diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--binary", strip=False)
+        if diff:
+            return f"sira {__version__} ({commit}, uncommitted changes {_sha(diff.encode())[:12]})"
+        return f"sira {__version__} ({commit})"
+    files = sorted((root / "sira").rglob("*.py"))
+    if not files:
+        return f"sira {__version__}"
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"sira {__version__} (package sha256 {digest.hexdigest()[:12]})"
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and the numerical libraries' versions: the same model file needs the same LightGBM, and the
+    calibration and metrics the same NumPy and scikit-learn."""
+    versions = {"python": platform.python_version()}
+    for name in ("lightgbm", "numpy", "scikit-learn", "scipy", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _git(root: Path, *args: str, strip: bool = True) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if done.returncode != 0:
+        return ""
+    return done.stdout.strip() if strip else done.stdout
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
