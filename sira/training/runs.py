@@ -350,7 +350,7 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
             timings["dataset_s"] = time.perf_counter() - started
             warnings_said = _warnings(ds, split, windows)
             if warnings_said:
-                ds.fingerprint["warnings"] = warnings_said  # in the run's row and the manifest (the model card)
+                ds.fingerprint["warnings"] = warnings_said  # in the run's row and the manifest (dataset.warnings)
             for said in warnings_said:
                 progress(f"warning: {said}")
             params, search = req.params, None
