@@ -60,10 +60,18 @@ _JSON_STDOUT: Any = None
 
 
 def emit(payload: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
-    """Print a command's result: one JSON object on stdout, or a human rendering on stderr."""
+    """Print a command's result: one JSON object on stdout, or a human rendering on stderr. NaN and infinities
+    are null, as the registry stores them: `NaN` is no JSON (`"roc_auc": NaN` of a test window without negatives
+    broke every JSON reader)."""
     if as_json:
+        try:
+            text = json.dumps(payload, default=str, sort_keys=True, allow_nan=False)
+        except ValueError:  # a NaN or an infinity in it
+            from sira.core.artifacts import json_finite
+
+            text = json.dumps(json_finite(payload), default=str, sort_keys=True, allow_nan=False)
         out = _JSON_STDOUT or sys.stdout
-        out.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
+        out.write(text + "\n")
         out.flush()
     else:
         render()

@@ -36,6 +36,14 @@ def _job_root(working_dir: Path | None) -> Path:
     return root.resolve()
 
 
+def code_env(env: dict[str, str], root: Path) -> dict[str, str]:
+    """A job's env vars with the version of the code it runs (``SIRA_CODE_VERSION``), resolved here, where the
+    checkout is: the working dir is uploaded without ``.git``, and the job's runs recorded "sira 0.1.0" alone."""
+    from sira.training.trainer import CODE_VERSION_ENV, resolve_code_version
+
+    return {**env, CODE_VERSION_ENV: resolve_code_version(root)}
+
+
 async def _mint_job_key(settings: Any, api_key: str | None, actions: tuple[str, ...], job_name: str,
                         ttl_hours: float) -> tuple[str | None, str | None]:
     """(key, its name) for one job; (None, None) on an installation with no keys yet (the local user acts)."""
@@ -130,7 +138,7 @@ def jobs_submit_cmd(
     try:
         submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
             "working_dir": str(root), "excludes": working_dir_excludes(root, uploads),
-            "env_vars": job_env_vars(settings, dsn, key)}, read_gitignore=not uploads,
+            "env_vars": code_env(job_env_vars(settings, dsn, key), root)}, read_gitignore=not uploads,
             **({"entrypoint_num_cpus": cpus} if cpus else {}))
     except BaseException:
         if key_name:
@@ -206,8 +214,9 @@ def jobs_runtime_env_cmd(
     kind = job_kind(job)
     name = f"{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, name, key_ttl))
-    env = {"working_dir": str(_job_root(None)), "excludes": WORKING_DIR_EXCLUDES,
-           "env_vars": job_env_vars(settings, db.resolve_dsn(settings), key)}
+    root = _job_root(None)
+    env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
+           "env_vars": code_env(job_env_vars(settings, db.resolve_dsn(settings), key), root)}
     sys.stdout.write(f"# runtime env for one `{job}` job" + (f", acting as {key_name}" if key_name else "")
                      + "; made by `sira jobs runtime-env`\n" + yaml.safe_dump(env, sort_keys=True))
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
+import os
+import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +25,7 @@ from sira.cli.common import (
     kv_table,
     load_yaml_mapping,
 )
+from sira.cli.jobs import release_job_key
 from sira.core.config import get_settings
 
 
@@ -36,16 +41,27 @@ def plan_table(title: str, result: dict[str, Any]) -> Table:
                                      f"{k} ({v:,})" for k, v in result["infinite_values"].items())}
                                     if result.get("infinite_values") else {})})
     w, counts = result["windows"], result["counts"]
+    # retrain's plan says --as-of among its inputs
+    cutoff_by = result.get("cutoff_set_by") or ("--as-of" if (result.get("inputs") or {}).get("as_of") else "now")
+    gap = result.get("gap")
     return kv_table(title, {
         "train": f"{w['train_from'][:16]} .. {w['train_to'][:16]}: {counts['train']['rows']:,} labelled events, "
                  f"{counts['train']['positives']:,} positive",
+        **({"gap": f"{_days(gap['days'])} ({gap['set_by']})"} if gap else {}),
         "test": f"{w['test_from'][:16]} .. {w['test_to'][:16]}: {counts['test']['rows']:,} labelled events, "
                 f"{counts['test']['positives']:,} positive",
-        "labels known by": f"{w['cutoff'][:16]} (--as-of)", "label maturity": f"{w['maturity_days']:g} days",
+        "labels known by": f"{w['cutoff'][:16]} ({'--as-of' if cutoff_by == '--as-of' else 'now: no --as-of'})",
+        "label maturity": f"{w['maturity_days']:g} days",
+        **{("warning" if i == 0 else f"warning {i + 1}"): said for i, said in enumerate(result.get("warnings") or [])},
         **({"feature rows": f"{rows['feature_set']} stores none for {rows['events_without_feature_rows']:,} events: "
                             "their vectors will be computed from the event log (slower)"}
            if (rows := result.get("feature_rows")) and rows["events_without_feature_rows"] else {}),
     })
+
+
+def _days(days: float) -> str:
+    whole, rest = divmod(round(days * 1440), 1440)  # minutes
+    return f"{whole} day{'' if whole == 1 else 's'}" + (f" {rest // 60:02d}:{rest % 60:02d}" if rest else "")
 
 
 async def _feature_rows(model: str, windows: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,6 +103,7 @@ def training_table(result: dict[str, Any]) -> Table:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", help="Model name (created with defaults if new).")],
     data: Annotated[list[Path] | None, typer.Option("--data", help="Bring-your-own table: Parquet/CSV file or folder.")] = None,
     label: Annotated[str | None, typer.Option("--label", help="Label column of the table.")] = None,
@@ -141,9 +158,13 @@ def train_cmd(
         test_days=test_days, train_days=train_days, as_of=as_of, dry_run=dry_run,
         **({"num_threads": chosen.num_threads} if chosen.num_threads else {}),
     )
+    # --type and --label-delay given, not their defaults: a type for a model that exists is refused when it differs
+    # (it was ignored), and a gap given is kept as it is (the default one is at most an eighth of the span)
+    request = dataclasses.replace(request, model_type=model_type if _given(ctx, "model_type") else None,
+                                  label_delay_given=_given(ctx, "label_delay"))
     actor = asyncio.run(actor_for("models.write", api_key))
-    result = asyncio.run(run_training(get_settings(), request, actor=actor,
-                                      progress=(lambda _m: None) if as_json else err.print))
+    result = run_until_terminated(run_training(get_settings(), request, actor=actor,
+                                               progress=(lambda _m: None) if as_json else err.print))
     used = SeedAndThreads(request.seed, request.num_threads, chosen.origin)  # the default threads: this machine's
     if not result.get("dry_run"):
         result = {**result, "seed_and_threads": used.to_dict()}
@@ -170,6 +191,42 @@ def train_cmd(
         err.print(f"artifact {result['artifact']['uri']} sha256 {result['artifact']['sha256']}")
 
     emit(result, as_json, render)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was given (on the command line or by its environment variable), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def run_until_terminated(work: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run(work)``; when SIGTERM stops it (``ray job stop``, Kubernetes), once the run is recorded:
+    this job's key revoked, the Ray this process started shut down (its agents were left running, orphaned),
+    one line on stderr, and the process ends at once (exit 143): a LightGBM round or a Ray Data read in a worker
+    thread cannot be interrupted, and waiting for it outlives the grace period before SIGKILL."""
+    from sira.training.runs import Terminated
+
+    async def run() -> Any:
+        try:
+            return await work
+        except Terminated as exc:
+            for cleanup, bound in ((release_job_key, 10.0), (_shutdown_ray, 20.0)):
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(cleanup), bound)
+                except Exception:  # noqa: BLE001 - ending now matters more; the key expires at its TTL anyway
+                    pass
+            sys.stderr.write(exc.one_line() + "\n")
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
+
+    return asyncio.run(run())
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def tune_cmd(**options: Any) -> None:

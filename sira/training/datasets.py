@@ -26,7 +26,14 @@ from sira.features.store import labels_said_by
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
-from sira.training.windows import TRAINING_FLAGS, Windows, label_rule
+from sira.training.windows import (
+    MIN_EVAL_ROWS,
+    MIN_VALID_POSITIVES,
+    TRAINING_FLAGS,
+    VALID_SHARE,
+    Windows,
+    label_rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +245,6 @@ def read_time_column(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, st
     return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy(), read_as
 
 
-MIN_VALID_POSITIVES = 20
-
-
 def tail_with_positives(order: np.ndarray, y: np.ndarray, share: float, min_positives: int = MIN_VALID_POSITIVES) -> int:
     """How many of the latest rows (``order`` is by time) make a window of at least ``share`` of them that
     also holds ``min_positives`` positives, when the rows before it keep at least as many."""
@@ -266,7 +270,7 @@ def _time_boundary(times: np.ndarray, cut: int) -> int:
     return forward if forward < times.size else cut
 
 
-def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_share: float = 0.15) -> Split:
+def split_dataset(ds: Dataset, *, seed: int, valid_share: float = VALID_SHARE, test_share: float = 0.15) -> Split:
     """By time when the dataset has times (train < validation < test), else stratified and seeded."""
     n = ds.matrix.y.size
     if ds.times is not None:
@@ -294,9 +298,21 @@ def split_dataset(ds: Dataset, *, seed: int, valid_share: float = 0.15, test_sha
     for name, idx in (("training", split.train), ("validation", split.valid), ("test", split.test)):
         if idx.size == 0:
             raise InvalidInput(f"the {name} window is empty; bring more rows")
-        if ds.matrix.y[idx].sum() == 0:
-            raise InvalidInput(f"the {name} window has no positive labels; bring more positives or widen it")
+        check_window(name, ds.matrix.y[idx], "bring more rows, or more of both labels", code="invalid_input")
     return split
+
+
+def check_window(name: str, y: np.ndarray, fix: str, *, code: str = "empty_window") -> None:
+    """A window's labels: positives and negatives both, and (validation, test) enough rows to evaluate on."""
+    positives = int(y.sum())
+    if positives == 0:
+        raise InvalidInput(f"the {name} window has no positive labels; {fix}", code=code)
+    if positives == y.size:
+        raise InvalidInput(f"the {name} window has no negative labels: its {y.size:,} rows are all positive; {fix}",
+                           code=code)
+    if name != "training" and y.size < MIN_EVAL_ROWS:
+        raise InvalidInput(f"the {name} window holds {y.size:,} rows: too few to evaluate on (at least "
+                           f"{MIN_EVAL_ROWS}); {fix}", code=code)
 
 
 # -- from the feature store -------------------------------------------------------
@@ -422,10 +438,18 @@ def build_feature_dataset(
         return read_feature_shard(dsn, fs.name, fs.version, datetime.fromisoformat(shard["lo"]),
                                   datetime.fromisoformat(shard["hi"]), windows, label_name)
 
-    from sira.core.ray_runtime import quiet_ray_data
+    if ray.is_initialized() and float(ray.available_resources().get("CPU", 0)) < 1:
+        # Ray Data's read tasks need a CPU each and would wait for one forever, without a word (a job's driver
+        # holding a 1-CPU head's only CPU, Serve replicas holding the rest): this process reads them instead
+        log.warning("no CPU free for Ray Data's read tasks (the cluster's %g CPUs are held: this job's driver, "
+                    "Serve replicas or other jobs): reading the %d shards of the training set in this process",
+                    float(ray.cluster_resources().get("CPU", 0)), len(shards))
+        rows = [row for shard in shards for row in read(shard)]
+    else:
+        from sira.core.ray_runtime import quiet_ray_data
 
-    quiet_ray_data()
-    rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
+        quiet_ray_data()
+        rows = ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(read).take_all()
     if not rows:
         raise InvalidInput(f"no labelled events in the windows ({windows.describe()}); set {TRAINING_FLAGS}",
                            code="empty_window")
@@ -457,7 +481,7 @@ def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, tim
     train_to_us, test_from_us = to_us(windows.train_to), to_us(windows.test_from)
     in_train = np.flatnonzero(times < train_to_us)
     test = np.flatnonzero(times >= test_from_us)
-    n_valid = tail_with_positives(in_train, y, 0.15) if in_train.size else 0
+    n_valid = tail_with_positives(in_train, y, VALID_SHARE) if in_train.size else 0
     train, valid = in_train[: in_train.size - n_valid], in_train[in_train.size - n_valid:]
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(X).tobytes())
@@ -475,9 +499,8 @@ def feature_dataset(fs: Any, windows: Windows, X: np.ndarray, y: np.ndarray, tim
         if idx.size == 0:
             raise InvalidInput(f"the {name} window is empty ({windows.describe()}); set {TRAINING_FLAGS}",
                                code="empty_window")
-        if y[idx].sum() == 0:
-            raise InvalidInput(f"the {name} window has no positive labels ({windows.describe()}); widen it with "
-                               f"{TRAINING_FLAGS}, or lower the label maturity", code="empty_window")
+        check_window(name, y[idx], f"widen it with {TRAINING_FLAGS}, or lower the label maturity "
+                                   f"({windows.describe()})")
     return ds, split
 
 

@@ -8,25 +8,26 @@ computed once, on a window the model and its thresholds never saw.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import os
-import subprocess
+import signal
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sira import __version__
 from sira.core import artifacts, db, stats
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput, SiraError
+from sira.core.errors import Conflict, InvalidInput, SiraError
 from sira.core.ray_runtime import submission_id
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
@@ -35,8 +36,25 @@ from sira.registry.settings import check_source
 from sira.registry.targets import DecisionTargets
 from sira.training.datasets import Dataset, Split, build_feature_dataset, load_table_dataset, split_dataset
 from sira.training.evaluation import choose_thresholds, evaluate
-from sira.training.trainer import Matrix, TrainResult, apply_calibration, check_params, train_model
-from sira.training.windows import Windows, check_as_of, check_counts, check_days, training_windows, window_counts
+from sira.training.trainer import (
+    Matrix,
+    TrainResult,
+    apply_calibration,
+    check_params,
+    code_version,
+    library_versions,
+    train_model,
+)
+from sira.training.windows import (
+    Windows,
+    check_as_of,
+    check_counts,
+    check_days,
+    check_validation,
+    training_windows,
+    window_counts,
+    window_warnings,
+)
 
 SHAP_ROWS = 2_000
 REFERENCE_BINS = 10
@@ -63,7 +81,7 @@ class TrainRequest:
     params: dict[str, Any] | None = None
     seed: int = 42
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    model_type: str = "fraud_detection"
+    model_type: str | None = None  # for a model this run creates (default fraud_detection); an existing one's is kept
     decision_targets: dict[str, Any] | None = None
     # feature-store training (no --data): explicit windows, else derived from the data and the model
     train_from: Any = None
@@ -72,8 +90,9 @@ class TrainRequest:
     test_to: Any = None
     test_days: float | None = None  # the test window: these days up to the newest usable event
     train_days: float | None = None  # the training window: these days before the label-delay gap (default: all)
-    label_delay_days: float = 7.0  # DEFAULT_LABEL_DELAY_DAYS
-    label_maturity_days: int | None = None  # for a model created by this run
+    label_delay_days: float = 7.0  # DEFAULT_LABEL_DELAY_DAYS, at most an eighth of the span unless given
+    label_delay_given: bool = False  # --label-delay given: the gap is that, never capped (refused when too long)
+    label_maturity_days: int | None = None  # for a model created by this run (an existing one's must match)
     as_of: Any = None  # the label cut-off: labels known after it do not exist (default: now)
     dry_run: bool = False  # state the windows (and their counts) and stop
     # search: with trials, Ray Tune + Optuna picks the parameters first
@@ -86,16 +105,7 @@ class TrainRequest:
 
 DEFAULT_LABEL_DELAY_DAYS = TrainRequest.label_delay_days
 DEFAULT_LABEL_MATURITY_DAYS = 30  # sira_models.label_maturity_days's default (sql/003_registry.sql)
-
-
-def code_version() -> str:
-    """SIRA's version and, in a git checkout, the commit."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"sira {__version__}" + (f" ({commit})" if commit else "")
+DEFAULT_MODEL_TYPE = "fraud_detection"
 
 
 def reference_statistics(train: Matrix, scores: np.ndarray) -> dict[str, Any]:
@@ -203,6 +213,10 @@ def check_request(req: TrainRequest) -> None:
     _check_table_options(req)
     check_as_of(req.as_of)
     check_params(req.params)  # a typo, a NaN, a value LightGBM refuses: before anything is created
+    if req.trials:
+        from sira.training.tuning import check_something_to_search
+
+        check_something_to_search(req.params)
 
 
 def _check_table_options(req: TrainRequest) -> None:
@@ -213,7 +227,8 @@ def _check_table_options(req: TrainRequest) -> None:
                                           ("--test-days", req.test_days), ("--train-from", req.train_from),
                                           ("--train-to", req.train_to), ("--test-from", req.test_from),
                                           ("--test-to", req.test_to),
-                                          ("--label-delay", req.label_delay_days != DEFAULT_LABEL_DELAY_DAYS))
+                                          ("--label-delay", req.label_delay_given
+                                           or req.label_delay_days != DEFAULT_LABEL_DELAY_DAYS))
                  if value]
         if given:
             raise InvalidInput(f"{', '.join(given)} apply to feature-store training (without --data); a table is "
@@ -225,18 +240,83 @@ def _check_table_options(req: TrainRequest) -> None:
             raise InvalidInput(f"{', '.join(given)} describe a table: give it with --data", code="invalid_option")
 
 
+# -- stopped by SIGTERM ----------------------------------------------------------------------------------
+# `ray job stop`, Kubernetes and systemd end a process with SIGTERM. Ray's driver handler (set by ray.init) called
+# sys.exit inside the event loop, which cancelled the run with no reason (its row read "CancelledError: "), and
+# Ray's core worker printed a C++ stack for the signal. While sigterm_cancels is active, SIGTERM cancels the run's
+# task with TERMINATED as the reason, which the run records before Terminated is raised; rearm() puts the handler
+# back once ray.init has replaced it (a Python handler set after Ray's replaces its core worker's too).
+
+TERMINATED = "terminated by SIGTERM"
+
+
+class Terminated(SiraError):
+    """The process was asked to stop (SIGTERM) while a run was under way."""
+
+    code = "terminated"
+    http_status = 503
+    exit_code = 128 + signal.SIGTERM  # 143: what a shell reports for a process SIGTERM ended
+
+
+_sigterm_handlers: list[Callable[[int, Any], None]] = []  # the handler of the run under way (innermost last)
+
+
+def terminated(exc: BaseException) -> bool:
+    """Whether ``exc`` is the cancellation SIGTERM caused."""
+    return isinstance(exc, asyncio.CancelledError) and exc.args[:1] == (TERMINATED,)
+
+
+@contextlib.contextmanager
+def sigterm_cancels(what: str) -> Iterator[None]:
+    """While the block runs in the main thread's event loop, SIGTERM cancels the current task with
+    :data:`TERMINATED`; a cancellation that leaves the block unhandled becomes :class:`Terminated` (``what``: the
+    work, for its message). Elsewhere (a worker thread's loop) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+
+    def handler(_signum: int, _frame: Any) -> None:
+        loop.call_soon_threadsafe(task.cancel, TERMINATED)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    _sigterm_handlers.append(handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except asyncio.CancelledError as exc:
+        if terminated(exc):
+            raise Terminated(f"{what} stopped by SIGTERM before anything was recorded") from None
+        raise
+    finally:
+        _sigterm_handlers.remove(handler)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def rearm() -> None:
+    """Put the run's SIGTERM handler back (``ray.init`` replaces it with its own, which exits the process)."""
+    if _sigterm_handlers and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_handlers[-1])
+
+
 async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
                        actor: Actor | None = None) -> dict[str, Any]:
-    """`sira train`: one configuration, no search. Returns the CLI's JSON result."""
-    actor = actor or Actor.local()
+    """`sira train`: one configuration, no search. Returns the CLI's JSON result. SIGTERM (in the main thread)
+    stops it: the run is recorded as failed, "terminated by SIGTERM", and :class:`Terminated` raised."""
     if req.data and not req.label:
         raise InvalidInput("--label names the label column of the table")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    table: tuple[Dataset, Split] | None = None
     check_request(req)
     if req.dry_run:
         return await plan_training(settings, req)
+    with sigterm_cancels(f"training {req.model}"):
+        return await _run(settings, req, progress, actor or Actor.local())
+
+
+async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], None], actor: Actor) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    table: tuple[Dataset, Split] | None = None
     if req.data:  # a table is checked before anything is created or recorded
         progress("reading the table")
         loaded = await asyncio.to_thread(load_table_dataset, req.data, label=req.label, time_col=req.time_col,
@@ -244,14 +324,14 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                          redactor=redactor_for(settings))
         table = (loaded, split_dataset(loaded, seed=req.seed))
     async with db.open_pool(settings) as pool:
-        await _check_model_source(pool, req)  # before the windows are read (ensure_model checks it again)
+        await _check_existing_model(pool, req)  # before the windows are read (ensure_model checks it again)
         windows = None
         if not req.data:  # the windows are checked before anything is created, recorded or read at length
             async with pool.acquire() as conn:
                 windows, _counts = await _model_windows(conn, req)
         async with db.transaction(pool) as conn:
             model, created = await registry.ensure_model(
-                conn, req.model, actor=actor, model_type=req.model_type,
+                conn, req.model, actor=actor, model_type=req.model_type or DEFAULT_MODEL_TYPE,
                 feature_set=None if req.data else "payments",
                 feature_set_version=None if req.data else CURRENT_VERSIONS["payments"],
                 label_maturity_days=req.label_maturity_days,
@@ -262,11 +342,17 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                               code_version=code_version(), ray_job_id=submission_id())
         if created:
             progress(f"model {req.model} did not exist: created it with default settings")
+        req = dataclasses.replace(req, model_type=model["model_type"])  # the manifest's: the model's own
         if req.decision_targets is None and model["decision_targets"]:  # the model's, as the what-if reads them
             req = dataclasses.replace(req, decision_targets=dict(model["decision_targets"]))
         try:
             ds, split, fs_version = await _dataset(settings, model, table, windows, progress)
             timings["dataset_s"] = time.perf_counter() - started
+            warnings_said = _warnings(ds, split, windows)
+            if warnings_said:
+                ds.fingerprint["warnings"] = warnings_said  # in the run's row and the manifest (dataset.warnings)
+            for said in warnings_said:
+                progress(f"warning: {said}")
             params, search = req.params, None
             if req.trials:
                 phase = time.perf_counter()
@@ -274,6 +360,7 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                 from sira.core.ray_runtime import init_ray
 
                 init_ray(settings, db.resolve_dsn(settings))  # in the main thread: Ray's driver lives there
+                rearm()  # ray.init replaced the SIGTERM handler
                 search = await asyncio.to_thread(_search, settings, ds, split, req)
                 params = search["params"]
                 timings["tune_s"] = time.perf_counter() - phase
@@ -299,9 +386,12 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
                                               "searched", "fixed")}} if search else {})})
         except BaseException as exc:
             timings["total_s"] = time.perf_counter() - started
-            message = exc.one_line() if isinstance(exc, SiraError) else f"{type(exc).__name__}: {exc}"
             async with db.transaction(pool) as conn:
-                await registry.fail_run(conn, run_id, error=message, timings=timings)
+                await registry.fail_run(conn, run_id, error=_failure(exc), timings=timings)
+            if terminated(exc):
+                raise Terminated(f"training {req.model} stopped by SIGTERM: run {run_id} is recorded as failed "
+                                 f"({TERMINATED}); no version was registered", details={"run_id": str(run_id)}
+                                 ) from None
             raise
     return {
         "model": req.model, "version": version, "run_id": str(run_id), "status": "candidate",
@@ -316,7 +406,34 @@ async def run_training(settings: Settings, req: TrainRequest, *, progress: Calla
         **({"infinite_values": ds.fingerprint["infinite_values"]} if ds.fingerprint.get("infinite_values") else {}),
         "model_created": created,
         **({"search": search["summary"]} if search else {}),
+        **({"warnings": ds.fingerprint["warnings"]} if ds.fingerprint.get("warnings") else {}),
     }
+
+
+def _failure(exc: BaseException) -> str:
+    """What a failed run's row says of its cause (a cancellation said "CancelledError: ", with no reason)."""
+    if isinstance(exc, SiraError):
+        return exc.one_line()
+    if terminated(exc):
+        return TERMINATED
+    if isinstance(exc, asyncio.CancelledError):
+        return f"cancelled: {exc}" if str(exc) else "cancelled (interrupted)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _warnings(ds: Dataset, split: Split, windows: Windows | None) -> list[str]:
+    """What the run says of its windows: a test window far richer in positives than the rows it trained on."""
+    y = ds.matrix.y
+    fit = np.concatenate([split.train, split.valid])
+    counts = {"train": {"rows": int(fit.size), "positives": int(y[fit].sum())},
+              "test": {"rows": int(split.test.size), "positives": int(y[split.test].sum())}}
+    if windows is not None:
+        return window_warnings(windows, counts)
+    from sira.training.windows import rate_warning
+
+    said = rate_warning(counts["train"]["rows"], counts["train"]["positives"], counts["test"]["rows"],
+                        counts["test"]["positives"])
+    return [said] if said else []
 
 
 def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
@@ -340,6 +457,7 @@ async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] 
     progress(f"building the training set from the feature store ({windows.describe()})")
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
+    rearm()  # ray.init replaced the SIGTERM handler
     ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=model["label_name"])
     return ds, split, fs.version
 
@@ -351,9 +469,11 @@ async def checked_windows(conn: Any, req: TrainRequest, maturity_days: float,
         conn, maturity_days=maturity_days, label_delay_days=req.label_delay_days,
         cutoff=req.as_of, train_from=req.train_from, train_to=req.train_to, test_from=req.test_from,
         test_to=req.test_to, test_days=req.test_days, train_days=req.train_days,
+        explicit_label_delay=req.label_delay_given,
     )
     counts = await window_counts(conn, windows, label_name)
     check_counts(windows, counts)
+    await check_validation(conn, windows, counts, label_name)
     return windows, counts
 
 
@@ -366,7 +486,7 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
                                          redactor=redactor_for(settings))
         split = split_dataset(loaded, seed=req.seed)
         async with db.open_pool(settings) as pool:
-            await _check_model_source(pool, req)
+            await _check_existing_model(pool, req)
         return {"model": req.model, "dry_run": True, "source": "table", "rows": int(loaded.matrix.y.size),
                 "time_column": loaded.fingerprint.get("time_column"),
                 **({"infinite_values": loaded.fingerprint["infinite_values"]}
@@ -374,19 +494,41 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
                 "split": {"method": split.method, "train": int(split.train.size),
                           "validation": int(split.valid.size), "test": int(split.test.size)}}
     async with db.open_pool(settings) as pool:
-        await _check_model_source(pool, req)
+        await _check_existing_model(pool, req)
         async with pool.acquire() as conn:
             windows, counts = await _model_windows(conn, req)
     return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
-            "counts": counts}
+            "counts": counts, "gap": _gap(req, windows), "cutoff_set_by": "--as-of" if req.as_of else "now",
+            "warnings": window_warnings(windows, counts)}
 
 
-async def _check_model_source(pool: Any, req: TrainRequest) -> None:
-    """A dry run refuses what the run would: a table for a feature-store model, or the other way round."""
-    model = await pool.fetchrow("SELECT name, feature_set, feature_set_version FROM sira_models WHERE name = $1",
-                                req.model)
-    if model is not None:
-        check_source(model, not req.data)
+def _gap(req: TrainRequest, windows: Windows) -> dict[str, Any]:
+    """The gap between the training and test windows, and what set it."""
+    from datetime import timedelta
+
+    set_by = ("--train-to" if req.train_to else f"--label-delay {req.label_delay_days:g}" if req.label_delay_given
+              else f"default: {req.label_delay_days:g} days, at most an eighth of the span")
+    return {"days": round((windows.test_from - windows.train_to) / timedelta(days=1), 6), "set_by": set_by}
+
+
+async def _check_existing_model(pool: Any, req: TrainRequest) -> None:
+    """A run (and its dry run) on a model that exists refuses what the model decides otherwise: the other source
+    (a table for a feature-store model, or the other way round), and a model setting given for a model this run
+    would create (--label-maturity, --type) that differs from the model's: it was silently ignored."""
+    model = await pool.fetchrow("""SELECT name, feature_set, feature_set_version, label_maturity_days, model_type
+                                     FROM sira_models WHERE name = $1""", req.model)
+    if model is None:
+        return
+    check_source(model, not req.data)
+    if req.label_maturity_days is not None and req.label_maturity_days != model["label_maturity_days"]:
+        raise Conflict(f"model {req.model} exists, with a label maturity of {model['label_maturity_days']} days: "
+                       f"--label-maturity sets it for a model this run creates; change the model's with `sira models "
+                       f"update {req.model} --label-maturity {req.label_maturity_days}`, or leave it out",
+                       code="model_setting", details={"model": req.model, "setting": "label_maturity_days"})
+    if req.model_type is not None and req.model_type != model["model_type"]:
+        raise Conflict(f"model {req.model} exists, as a {model['model_type']} model: --type sets the type of a model "
+                       "this run creates, and a model's type does not change; leave it out, or use another model name",
+                       code="model_setting", details={"model": req.model, "setting": "model_type"})
 
 
 async def _model_windows(conn: Any, req: TrainRequest) -> tuple[Windows, dict[str, Any]]:
@@ -411,7 +553,7 @@ def _write_artifact(settings: Settings, req: TrainRequest, ds: Dataset, split: S
         "thresholds": thresholds, "decision_targets": DecisionTargets.from_dict(req.decision_targets).__dict__,
         "metrics": metrics, "dataset": {**ds.fingerprint, "split": split.method, "windows": split.windows,
                                         "dropped_columns": ds.dropped},
-        "code_version": code_version(), "lightgbm_version": lgb.__version__,
+        "code_version": code_version(), "lightgbm_version": lgb.__version__, "versions": library_versions(),
         "reference": reference_statistics(train, result.valid_scores), "importance": {"mean_abs_shap": importance},
     }
     files = {artifacts.MODEL_FILE: result.model_text.encode("utf-8"), "shap_summary.png": plot,

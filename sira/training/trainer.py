@@ -14,18 +14,24 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import io
 import math
 import os
+import platform
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sira import __version__
 from sira.core.errors import InvalidInput
 
 # Robust defaults for rare positives: LightGBM's own defaults can collapse on
@@ -49,6 +55,21 @@ _OWN_KEYS = {"num_boost_round", "early_stopping_rounds", "calibration"}
 CALIBRATIONS = ("auto", "isotonic", "platt")
 # LightGBM's names for SIRA's own keys: their aliases (n_estimators, early_stopping_round, ...) mean SIRA's.
 _OWN_NAMES = {"num_iterations": "num_boost_round", "early_stopping_round": "early_stopping_rounds"}
+# LightGBM parameters SIRA sets itself: the value it uses, and why. Given with that value (a manifest's params fed
+# back) they are accepted; with another, refused naming SIRA's setting: `metric: auc` was recorded as if used
+# (early stopping watched AP all the same), `deterministic: false` silently made true, `is_unbalance: true`
+# refused by LightGBM as if the user had set scale_pos_weight, `force_col_wise: true` with a message about
+# force_row_wise.
+_SIRA_SETS: dict[str, tuple[Any, str]] = {
+    "metric": ("average_precision", "early stopping, tuning and the thresholds watch validation average precision"),
+    "deterministic": (True, "the same data, parameters, seed and threads give the same model file"),
+    "force_row_wise": (True, "row-wise histograms, for the same model file on every run"),
+    "force_col_wise": (False, "SIRA trains with force_row_wise=true (row-wise histograms, for the same model file "
+                              "on every run)"),
+    "is_unbalance": (False, "SIRA weights the positive class itself (the square root of the imbalance); set "
+                            "scale_pos_weight to choose another weight"),
+    "verbosity": (-1, "LightGBM stays quiet, so --json prints one JSON object (--debug shows SIRA's own log)"),
+}
 # Parameters that describe the data's columns: only checkable against the data itself.
 _COLUMN_KEYS = {"monotone_constraints", "feature_contri", "max_bin_by_feature", "interaction_constraints",
                 "categorical_feature", "cegb_penalty_feature_lazy", "cegb_penalty_feature_coupled"}
@@ -165,6 +186,11 @@ def _checked_value(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InvalidInput(f"parameter {name} must be a whole number of at least {least} (got {value!r})",
                                details={"parameter": name})
+    elif name in _SIRA_SETS:
+        own, why = _SIRA_SETS[name]
+        if value != own and value != [own]:
+            raise InvalidInput(f"parameter {name} is set by SIRA ({name}: {_yaml(own)}): {why}; leave it out of "
+                               f"--params (got {_yaml(value)})", details={"parameter": name})
     elif name == "calibration":
         if value not in CALIBRATIONS:
             raise InvalidInput(f"parameter calibration must be auto, isotonic or platt (got {value!r})",
@@ -181,6 +207,10 @@ def _checked_value(name: str, value: Any) -> Any:
                 raise InvalidInput(f"parameter {name} must be a number, a word or a list of them (got {item!r})",
                                    details={"parameter": name})
     return value
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_params(params: Mapping[str, Any] | None, sample: Matrix | None = None) -> None:
@@ -372,3 +402,65 @@ def apply_calibration(calibration: Mapping[str, Any], raw: np.ndarray) -> np.nda
     if calibration["method"] == "platt":
         return 1.0 / (1.0 + np.exp(-(calibration["a"] * raw + calibration["b"])))
     raise InvalidInput(f"unknown calibration method {calibration['method']!r}")
+
+
+# -- what trained a version: the code and the libraries (the manifest's lineage) --------------------------------
+# A run in a checkout asks git. A Ray job's working dir is uploaded without ``.git``, so `sira jobs submit` resolves
+# the version where the checkout is and passes it in the job's runtime env (CODE_VERSION_ENV), which code_version()
+# prefers: a job's runs recorded "sira 0.1.0" alone, and a run from a checkout with uncommitted changes recorded
+# the commit as if it were the code.
+
+CODE_VERSION_ENV = "SIRA_CODE_VERSION"
+PACKAGE = Path(__file__).resolve().parents[1]  # sira/
+
+
+def code_version() -> str:
+    """The code of this run: :data:`CODE_VERSION_ENV` when set (a submitted job's, resolved where it was
+    submitted), else what :func:`resolve_code_version` finds for this installed package."""
+    given = os.environ.get(CODE_VERSION_ENV, "").strip()
+    return given or resolve_code_version(PACKAGE.parent)
+
+
+def resolve_code_version(root: Path) -> str:
+    """``sira 0.1.0 (<commit>)`` for a git checkout at ``root``, ``(<commit>, uncommitted changes <sha256 of the
+    diff>)`` when tracked files differ from it; outside git, ``(package sha256 <digest of root/sira's .py files>)``:
+    what was run, in every case, not only which release."""
+    commit = _git(root, "rev-parse", "--short=12", "HEAD") if (root / ".git").exists() else ""  # its own checkout
+    if commit:
+        diff = _git(root, "diff", "HEAD", "--no-ext-diff", "--binary", strip=False)
+        if diff:
+            return f"sira {__version__} ({commit}, uncommitted changes {_sha(diff.encode())[:12]})"
+        return f"sira {__version__} ({commit})"
+    files = sorted((root / "sira").rglob("*.py"))
+    if not files:
+        return f"sira {__version__}"
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"sira {__version__} (package sha256 {digest.hexdigest()[:12]})"
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and the numerical libraries' versions: the same model file needs the same LightGBM, and the
+    calibration and metrics the same NumPy and scikit-learn."""
+    versions = {"python": platform.python_version()}
+    for name in ("lightgbm", "numpy", "scikit-learn", "scipy", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _git(root: Path, *args: str, strip: bool = True) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if done.returncode != 0:
+        return ""
+    return done.stdout.strip() if strip else done.stdout
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -49,9 +49,23 @@ def search_space(fixed: Collection[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in space.items() if _searched_name(k) not in fixed}
 
 
+# The LightGBM parameters the search tunes (search_space's dimensions, by the parameter each sets)
+SEARCHED = ("learning_rate", "num_leaves", "min_data_in_leaf", "min_sum_hessian_in_leaf", "feature_fraction",
+            "bagging_fraction", "lambda_l2", "scale_pos_weight")
+
+
 def _searched_name(key: str) -> str:
     """The LightGBM parameter a search dimension sets."""
     return "scale_pos_weight" if key == "pos_weight_power" else key
+
+
+def check_something_to_search(params: dict[str, Any] | None) -> None:
+    """Refuse a search whose parameters (``--params``) fix every one it tunes: checked before anything is created
+    or read (it was refused only after the model was created and the training set built)."""
+    fixed = normalize_params(params)
+    if all(name in fixed for name in SEARCHED):
+        raise InvalidInput(f"--params fixes every parameter the search tunes ({', '.join(sorted(SEARCHED))}): "
+                           "nothing is left to search; train without --trials")
 
 
 def trial_params(config: dict[str, Any], y_train: np.ndarray) -> dict[str, Any]:
@@ -116,11 +130,9 @@ def tune_params(
     from sira.core.ray_runtime import wait_for_cpus
 
     check_params(base_params, train)  # LightGBM's refusals once, here, not in every trial
+    check_something_to_search(base_params)
     base = normalize_params(base_params)
     space = search_space(fixed=base)
-    if not space:
-        raise InvalidInput(f"--params fixes every parameter the search tunes ({', '.join(sorted(base))}): "
-                           "nothing is left to search; train without --trials")
     wait_for_cpus(1, wait_for_cpus_s, "a tuning trial")
     fixed = sorted(base)
     rounds = int(base.pop("num_boost_round", 1000))

@@ -111,10 +111,13 @@ async def training_windows(
     conn: Any, *, maturity_days: float, label_delay_days: float,
     cutoff: datetime | None = None, train_from: Any = None, train_to: Any = None, test_from: Any = None,
     test_to: Any = None, test_days: float | None = None, train_days: float | None = None,
+    explicit_label_delay: bool = False,
 ) -> Windows:
     """The windows of a feature-store training set: the usable events, the newest quarter (or
     ``test_days``) for test, the label-delay gap before it, and (``train_days``) only that many days of
-    training before the gap. Explicit values win."""
+    training before the gap. Explicit values win: the default gap is at most an eighth of the span, a gap the
+    caller set (``explicit_label_delay``: --label-delay) is kept as it is, or refused when it leaves no training
+    window (it was capped without a word)."""
     cutoff = cutoff or now()
     first, usable, newest = await usable_span(conn, cutoff=cutoff, maturity_days=maturity_days)
     if first is None:
@@ -135,7 +138,15 @@ async def training_windows(
                            f"{end:%Y-%m-%d}; set {TRAINING_FLAGS}", code="empty_window")
     span = end - start
     t_from = test_from or (end - timedelta(days=test_days) if test_days else end - span / 4)
-    tr_to = train_to or (t_from - min(timedelta(days=label_delay_days), span / 8))
+    if train_to is not None and explicit_label_delay:
+        raise InvalidInput("--label-delay sets the gap before the test window when --train-to does not: with "
+                           "--train-to the gap is --train-to..--test-from; give one of them", code="invalid_option")
+    gap = timedelta(days=label_delay_days)
+    tr_to = train_to or (t_from - (gap if explicit_label_delay else min(gap, span / 8)))
+    if explicit_label_delay and train_to is None and tr_to <= start:
+        raise InvalidInput(f"--label-delay {label_delay_days:g} days leaves no training window: the test window "
+                           f"starts {_day(t_from)} and training {_day(start)}; set a shorter --label-delay, or "
+                           f"{TRAINING_FLAGS}", code="empty_window")
     if train_days and not train_from:
         start = max(start, tr_to - timedelta(days=train_days))
     windows = Windows(start, tr_to, t_from, end, cutoff, maturity_days)
@@ -168,18 +179,108 @@ async def window_counts(conn: Any, windows: Windows, label_name: str) -> dict[st
     return out
 
 
+# Evaluation windows (test, validation) hold at least this many labelled rows, negatives among them: a test
+# window of 2 frauds registered a version with AP 1.0 and ROC AUC NaN, thresholds chosen on a handful of rows.
+MIN_EVAL_ROWS = 30
+VALID_SHARE = 0.15  # validation: the newest share of the training rows (more when it needs positives)
+MIN_VALID_POSITIVES = 20
+# The test window's positive rate this many times the training window's, beyond chance, is said (a warning)
+RATE_WARNING_RATIO = 3.0
+
+
+def validation_size(train_rows: int, share: float = VALID_SHARE) -> int:
+    """The rows of the validation window before it is widened to hold positives (at most all but one)."""
+    return min(max(1, int(round(train_rows * share))), max(train_rows - 1, 0)) if train_rows > 1 else train_rows
+
+
 def check_counts(windows: Windows, counts: dict[str, dict[str, int]]) -> None:
-    """Fail, before the expensive read, when a window has no labelled rows or no positives."""
+    """Fail, before the expensive read, when a window has no labelled rows, no positives or no negatives, or
+    when the test window or the validation part of the training window holds too few rows to evaluate on."""
+    details = {"windows": windows.to_dict(), "counts": counts}
     for name, label in (("train", "training"), ("test", "test")):
         lo, hi = (windows.train_from, windows.train_to) if name == "train" else (windows.test_from, windows.test_to)
-        if counts[name]["rows"] == 0:
+        rows, positives = counts[name]["rows"], counts[name]["positives"]
+        if rows == 0:
             raise InvalidInput(f"the {label} window {_day(lo)}..{_day(hi)} has no usable events ({windows.describe()});"
-                               f" set {TRAINING_FLAGS}", code="empty_window",
-                               details={"windows": windows.to_dict(), "counts": counts})
-        if counts[name]["positives"] == 0:
+                               f" set {TRAINING_FLAGS}", code="empty_window", details=details)
+        if positives == 0:
             raise InvalidInput(f"the {label} window {_day(lo)}..{_day(hi)} has no positive labels known by the cut-off "
                                f"({windows.describe()}); widen it with {TRAINING_FLAGS}, or lower the label maturity",
-                               code="empty_window", details={"windows": windows.to_dict(), "counts": counts})
+                               code="empty_window", details=details)
+        if positives == rows:
+            raise InvalidInput(f"the {label} window {_day(lo)}..{_day(hi)} has no negative labels: its {rows:,} usable "
+                               f"events are all positive ({_young_hint(windows)}); set {TRAINING_FLAGS}",
+                               code="empty_window", details=details)
+        evaluated = rows if name == "test" else validation_size(rows)
+        if evaluated < MIN_EVAL_ROWS:
+            part = (f"the test window {_day(lo)}..{_day(hi)} holds {rows:,} usable events:" if name == "test" else
+                    f"the training window {_day(lo)}..{_day(hi)} holds {rows:,} usable events, so its validation part "
+                    f"(the newest {VALID_SHARE:.0%}: {evaluated:,}) is")
+            raise InvalidInput(f"{part} too few to evaluate on (at least {MIN_EVAL_ROWS}); widen it with "
+                               f"{TRAINING_FLAGS}", code="empty_window", details=details)
+
+
+def _young_hint(windows: Windows) -> str:
+    return (f"past the label maturity ({_day(windows.mature_until)}) an event counts only once labelled, and "
+            "those labels are mostly chargebacks")
+
+
+def rate_warning(train_rows: int, train_positives: int, test_rows: int, test_positives: int,
+                 hint: str = "") -> str | None:
+    """A warning when the test window's positive rate is far above the training window's (at least
+    :data:`RATE_WARNING_RATIO` times, and beyond chance): its metrics flatter the model (AP grows with the
+    positive rate), as a test window of young events, labelled only when they are chargebacks, does."""
+    if not (train_rows and test_rows and train_positives):
+        return None
+    p0, p1 = train_positives / train_rows, test_positives / test_rows
+    if p1 < RATE_WARNING_RATIO * p0 or (p1 - p0) < 3 * math.sqrt(p0 * (1 - p0) / test_rows):
+        return None
+    return (f"the test window's positive rate ({p1:.1%}: {test_positives:,} of {test_rows:,}) is {p1 / p0:.0f} times "
+            f"the training window's ({p0:.1%}): its metrics flatter the model" + (f"; {hint}" if hint else ""))
+
+
+def window_warnings(windows: Windows, counts: dict[str, dict[str, int]]) -> list[str]:
+    """What a dry run and a run say of the windows' counts (a test window far richer in positives)."""
+    said = rate_warning(counts["train"]["rows"], counts["train"]["positives"], counts["test"]["rows"],
+                        counts["test"]["positives"],
+                        f"{_young_hint(windows)}: end the test window by then, or lower the label maturity"
+                        if windows.test_to > windows.mature_until + ONE_US else "")
+    return [said] if said else []
+
+
+# The newest events of the training window, newest first, with their labels at the cut-off ($3, label $4)
+_NEWEST_SQL = f"""
+SELECT e.occurred_at, lab.positive_known_at, lab.negative_known
+  FROM sira_events e
+  LEFT JOIN LATERAL (
+        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
+               coalesce(bool_or(NOT said.label), false) AS negative_known
+          FROM ({labels_said_by("$3", "$4", " AND h.event_id = e.event_id")}) said) lab ON true
+ WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+ ORDER BY e.occurred_at DESC, e.event_id COLLATE "C" DESC
+"""
+
+
+async def check_validation(conn: Any, windows: Windows, counts: dict[str, dict[str, int]], label_name: str) -> None:
+    """Fail, before anything is created, when the validation window (the newest labelled events of the training
+    window, :data:`VALID_SHARE` of them or more to hold positives, as the split takes them) has no negative
+    label: read newest first, it stops at the first negative, or once the window is known to hold none."""
+    rows, positives = counts["train"]["rows"], counts["train"]["positives"]
+    size = min(max(validation_size(rows), min(MIN_VALID_POSITIVES, positives // 2)), rows - 1)
+    seen = 0
+    async with conn.transaction():  # a cursor lives in a transaction
+        async for row in conn.cursor(_NEWEST_SQL, windows.train_from, windows.train_to, windows.cutoff, label_name,
+                                     prefetch=256):
+            label = label_rule(row["occurred_at"], row["positive_known_at"], row["negative_known"], windows)
+            if label == 0.0:
+                return
+            seen += label is not None
+            if seen >= size:
+                break
+    raise InvalidInput(f"the validation window (the newest {size:,} usable events of the training window, up to "
+                       f"{_day(windows.train_to)}) has no negative labels ({_young_hint(windows)}); end the training "
+                       f"window earlier with --train-to, or lower the label maturity", code="empty_window",
+                       details={"windows": windows.to_dict(), "counts": counts})
 
 
 # -- drift ---------------------------------------------------------------------------------------------

@@ -355,6 +355,9 @@ async def test_a_run_on_an_existing_model_reads_the_models_source(clean_db, sett
     ("early_stopping_rounds: ten", "error: invalid_input: parameter early_stopping_rounds must be a whole number"),
     ("bagging_fraction: 1.5", "error: invalid_input: LightGBM refuses the parameters: bagging_fraction must be"),
     ("calibration: sigmoid", "error: invalid_input: parameter calibration must be auto, isotonic or platt"),
+    # SIRA's own settings: recorded as if used (metric), or refused by LightGBM about another parameter
+    ("metric: auc", "error: invalid_input: parameter metric is set by SIRA (metric: average_precision)"),
+    ("is_unbalance: true", "error: invalid_input: parameter is_unbalance is set by SIRA (is_unbalance: false)"),
 ])
 def test_bad_parameters_are_one_line_exit_2_before_anything_is_created(byo_table, pg_dsn, tmp_path, params, message,
                                                                        monkeypatch, capsys):

@@ -216,3 +216,20 @@ def test_sira_train_dry_run_says_which_vectors_will_come_from_the_event_log(crea
     assert plan["feature_rows"] == {"feature_set": "payments@1", "events_without_feature_rows": windowed}
     said = cli_in_process(monkeypatch, capsys, env, *args)
     assert said.returncode == 0 and f"payments@1 stores none for {windowed:,} events" in " ".join(said.stderr.split())
+
+
+async def test_a_v1_training_set_is_read_when_no_cpu_is_free(clean_db, pg_dsn, ray_session, caplog):
+    """A feature set v1 training job on a 1-CPU head hung at "building the training set..." forever: its driver
+    held the only CPU and Ray Data's read tasks waited for one without a word. With no CPU free, this process
+    reads the shards itself, says so, and builds the same set."""
+    from sira.training.datasets import build_feature_dataset
+    from tests.conftest import cpus_held
+
+    await load_payments(clean_db)
+    with cpus_held(leaving=0):
+        held, held_split = await asyncio.wait_for(
+            asyncio.to_thread(build_feature_dataset, pg_dsn, PAYMENTS_V1, WINDOWS), timeout=120)
+    assert "no CPU free for Ray Data's read tasks" in caplog.text
+    assert held.fingerprint["rows"] == held_split.train.size + held_split.valid.size + held_split.test.size > 300
+    free, _ = await asyncio.to_thread(build_feature_dataset, pg_dsn, PAYMENTS_V1, WINDOWS)  # Ray Data's tasks
+    assert free.fingerprint["content_sha256"] == held.fingerprint["content_sha256"]

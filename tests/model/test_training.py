@@ -121,7 +121,9 @@ def test_defaults_do_not_collapse_on_very_rare_positives():
     ({"min_data_in_leaf": -4}, "min_data_in_leaf must be >= 0"),
     ({"subsample": 0}, "bagging_fraction must be > 0.0"),  # an alias: checked under LightGBM's name
     ({"objective": "nonsense"}, "Unknown objective type name: nonsense"),
-    ({"is_unbalance": True}, "Cannot set is_unbalance and scale_pos_weight"),  # training always sets the weight
+    # training always sets the weight: refused naming SIRA's (LightGBM said "Cannot set is_unbalance and
+    # scale_pos_weight at the same time" to a user who had set no scale_pos_weight)
+    ({"is_unbalance": True}, "parameter is_unbalance is set by SIRA"),
 ])
 def test_parameters_training_would_ignore_or_refuse_are_refused_up_front(params, message, capfd):
     """A typo was ignored by LightGBM yet recorded as used (the model byte-identical), a bad value failed as

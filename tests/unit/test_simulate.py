@@ -117,3 +117,30 @@ def test_luhn_check():
 def test_invalid_configuration_is_refused(bad):
     with pytest.raises(InvalidInput):
         SimulationConfig(**bad)
+
+
+def test_no_payment_id_of_any_simulation_holds_a_card_number():
+    """Ids were tx<hex digest>-<row>: the digest's digits, joined to the row by '-', made runs of 13+ digits the
+    PII scrubber reads as card numbers when they pass Luhn ("txad3ab64397-00000007": stored as
+    "txad3abtok_pan_...", one payment in ten). The digest is spelled in letters: over many configurations and
+    rows (up to a trillion), no id holds a run of 13 digits, separators included, and every id is stored as
+    it is."""
+    import re
+
+    from sira.demo.simulate import payment_id
+    from sira.ingest.pii import Redactor
+
+    redactor = Redactor.from_secret("property")
+    runs = re.compile(r"\d+(?:(?:[./_-]| {1,3})\d+)*")  # digit groups the scrubber joins into one number
+    rng = np.random.default_rng(0)
+    configs = [SimulationConfig(days=int(d), customers=int(c), seed=int(s), fraud_rate=float(f))
+               for s, d, c, f in zip(range(3_000), rng.integers(1, 120, 3_000), rng.integers(50, 50_000, 3_000),
+                                     rng.choice([0.002, 0.01, 0.02, 0.05], 3_000))]
+    digests = {cfg.digest for cfg in configs}
+    assert len(digests) == len(configs) and not any(ch.isdigit() for d in digests for ch in d)
+    rows = [0, 7, 99_999_999, 100_000_000, 10**12 - 1, *rng.integers(0, 10**9, 40).tolist()]
+    for digest in digests:
+        for row in rows:
+            event_id = payment_id(digest, int(row))
+            assert max(len(re.sub(r"\D", "", m)) for m in runs.findall(event_id)) < 13, event_id
+            assert redactor.scrub_value(event_id) == event_id, event_id
