@@ -253,7 +253,7 @@ TERMINATED = "terminated by SIGTERM"
 class Terminated(SiraError):
     """The process was asked to stop (SIGTERM) while a run was under way."""
 
-    code = "terminated"
+    code = "interrupted"  # as a batch scoring run stopped by a signal (sira.monitoring.batch_stop)
     http_status = 503
     exit_code = 128 + signal.SIGTERM  # 143: what a shell reports for a process SIGTERM ended
 

@@ -74,7 +74,7 @@ def test_sigterm_while_training_records_the_run_and_ends_in_one_line(create_data
     reader.join(timeout=10)
     after = "".join(lines[said:])
     assert after.count("\n") == 1 and after.startswith(
-        "error: terminated: training fraudv1 stopped by SIGTERM: run "), after
+        "error: interrupted: training fraudv1 stopped by SIGTERM: run "), after
     assert after.rstrip().endswith("is recorded as failed (terminated by SIGTERM); no version was registered"), after
     assert "SIGTERM received" not in "".join(lines) and "Traceback" not in "".join(lines)
     (run,) = run_sync(fetch_rows(dsn, "SELECT status, error, finished_at FROM sira_training_runs"))

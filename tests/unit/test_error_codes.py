@@ -24,7 +24,8 @@ DOC = ROOT / "docs" / "errors.md"
 ERROR_CLASSES = {c.__name__: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.SiraError)}
 ERROR_CLASSES.update(IllegalTransition=IllegalTransition, ArtifactTampered=ArtifactTampered)
 # functions that raise (or return) an error of this class with the ``code`` they are given
-ERROR_FACTORIES = {"refused": errors.PermissionDenied, "read_yaml": errors.InvalidInput}
+ERROR_FACTORIES = {"refused": errors.PermissionDenied, "read_yaml": errors.InvalidInput,
+                   "check_window": errors.InvalidInput}  # sira.training.datasets: a window's labels
 # calls taking a ``code`` that is no error's: a dead letter's reason (``sira rejected``, docs/features.md)
 NOT_ERRORS = {"_dead_letter"}
 CLI_LINE = re.compile(r"^error: ([a-z_]+): ")
