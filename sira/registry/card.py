@@ -155,7 +155,9 @@ def build_card(model: dict[str, Any], version: dict[str, Any], manifest: dict[st
         f"A held-out test window the model and its thresholds never saw ({dataset.get('split')} split): "
         f"{_fmt((metrics.get('test') or {}).get('n'))} events, {_fmt((metrics.get('test') or {}).get('positives'))} "
         "positive. It was evaluated once.",
-    ] + ([f"Windows: {format_windows(windows)}."] if windows else []))
+    ] + ([f"Windows: {format_windows(windows)}."] if windows else [])
+      # what the run said of its windows (a test window far richer in positives than training: flattering metrics)
+      + [f"Warning, said when it was trained: {said}" for said in dataset.get("warnings") or []])
     training = Section("Training data", [
         f"Source: {dataset.get('source')}; {dataset.get('rows')} labelled rows, {dataset.get('positives')} positive; "
         f"content sha256 {dataset.get('content_sha256')}.",

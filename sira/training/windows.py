@@ -152,7 +152,8 @@ async def training_windows(
     windows = Windows(start, tr_to, t_from, end, cutoff, maturity_days)
     if not (windows.train_from < windows.train_to <= windows.test_from < windows.test_to):
         raise InvalidInput(f"the windows are out of order ({windows.describe()}); they must satisfy "
-                           f"train_from < train_to <= test_from < test_to: set {TRAINING_FLAGS}", code="empty_window")
+                           f"train_from < train_to <= test_from < test_to: set {TRAINING_FLAGS}", code="invalid_window",
+                           details={"windows": windows.describe()})
     return windows
 
 

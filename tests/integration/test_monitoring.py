@@ -335,7 +335,8 @@ def test_prometheus_reads_the_served_versions_and_the_last_drift_and_performance
         SELECT (SELECT extract(epoch FROM max(finished_at)) FROM sira_training_runs WHERE status = 'succeeded')::float8
                    AS train,
                (SELECT extract(epoch FROM max(occurred_at)) FROM sira_audit_log
-                 WHERE action = 'batch.score' AND target_id LIKE 'fraud:%')::float8 AS batch_score"""))
+                 WHERE action = 'batch.score' AND target_id LIKE 'fraud:%'
+                   AND outcome = 'success')::float8 AS batch_score"""))
     for kind in ("train", "batch_score"):
         assert value("sira_job_last_success_timestamp_seconds", model="fraud", kind=kind) == pytest.approx(runs[kind])
     # ingest: the log's arrival counter, dead letters by source, the newest bulk load (the fixture loaded files)

@@ -268,3 +268,17 @@ async def test_a_label_cut_off_in_the_future_is_refused(clean_db, settings, kind
     # now (and a past cut-off) stays allowed
     plan = await run_training(settings, TrainRequest(model="fraud", as_of=datetime.now(timezone.utc), dry_run=True))
     assert plan["dry_run"]
+
+
+async def test_windows_out_of_order_are_set_wrongly_not_empty(clean_db, settings):
+    """A test window that starts before training ends was `empty_window` (a window that holds nothing usable),
+    where every other window set wrongly is `invalid_window` (docs/errors.md)."""
+    h = await load_history(clean_db, label_delay_days=20, live=0)
+    start = h["last"] - timedelta(days=20)
+    with pytest.raises(InvalidInput) as caught:
+        await run_training(settings, TrainRequest(model="fraud", label_maturity_days=7, train_from=start,
+                                                  train_to=start + timedelta(days=10),
+                                                  test_from=start + timedelta(days=5),
+                                                  test_to=start + timedelta(days=12)))
+    assert caught.value.code == "invalid_window" and "out of order" in caught.value.message
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_models") == 0

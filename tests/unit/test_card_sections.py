@@ -69,3 +69,14 @@ def test_the_card_names_the_feature_set_and_its_window_semantics():
         assert f"feature set payments v{version} ({engine} engine)" in training and words in training
     gone = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "feature_set": "payments", "feature_set_version": 9}}
     assert "no longer defined" in to_markdown("fraud v2", build_card(MODEL, VERSION, gone, [], None))
+
+
+def test_the_warnings_said_of_a_runs_windows_are_on_its_card():
+    """A run whose test window was far richer in positives than its training window records a warning in its
+    manifest (dataset.warnings); the card, what approvers read, did not show it."""
+    said = "the test window is 9.1x richer in positives than training: its metrics may flatter the model"
+    manifest = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "warnings": [said]}}
+    md = to_markdown("fraud v2", build_card(MODEL, VERSION, manifest, [], None))
+    evaluation = md.split("## Evaluation data")[1].split("## ")[0]
+    assert f"Warning, said when it was trained: {said}" in evaluation
+    assert "Warning" not in to_markdown("fraud v2", build_card(MODEL, VERSION, MANIFEST, [], None))
