@@ -690,3 +690,24 @@ def _nested(levels: int) -> list:
     for _ in range(levels):
         value = [value]
     return value
+
+
+@pytest.fixture
+async def client_and_keys(clean_db, settings):
+    """The HTTP API (no scoring) with an admin key (`root`) and an operator key (`oli`): (client, headers by
+    role)."""
+    import httpx
+
+    from sira.core.auth import authenticate, create_key
+    from sira.http.app import create_app
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        admin, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        root = await authenticate(conn, admin, pepper=pepper)
+        operator, _ = await create_key(conn, name="oli", roles=["operator"], pepper=pepper, creator=root)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            yield client, {"admin": {"Authorization": f"Bearer {admin}"},
+                           "operator": {"Authorization": f"Bearer {operator}"}}

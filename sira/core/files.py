@@ -9,15 +9,11 @@ writing a stream of Arrow tables to one Parquet file atomically.
 from __future__ import annotations
 
 import codecs
-import glob
 import json
 import math
 import os
 import re
-import socket
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,7 @@ from typing import Any, cast
 import pyarrow as pa
 
 from sira.core.errors import InvalidInput, NotFound
+from sira.core.outputs import partial_name, publish
 
 ROW_GROUP = 65_536  # rows per row group of a file SIRA writes (the last one shorter)
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
@@ -106,33 +103,6 @@ def output_file(out: Path, inputs: Sequence[Path], *, in_job: bool, option: str 
 def _unwritable(out: Path, exc: OSError, option: str = "--out") -> InvalidInput:
     reason = os.strerror(exc.errno) if exc.errno else exc.strerror  # pyarrow's strerror repeats the path
     return InvalidInput(f"{option} {out}: cannot write in {out.parent} ({reason})", code="invalid_output")
-
-
-def partial_name(out: Path) -> Path:
-    """Where :func:`write_atomically` writes ``out`` until it is complete: ``.NAME.PID@HOST.RANDOM.tmp`` beside it."""
-    return out.with_name(f".{out.name}.{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex}.tmp")
-
-
-def sweep_partial(out: Path, stale_s: float = 2 * 86_400) -> None:
-    """Remove the partial outputs of ``out`` no writer will finish: this host's whose process is gone
-    (SIGKILL: nothing cleaned up); another host's (a shared mount) or an older release's, unchanged for ``stale_s``."""
-    host, now = socket.gethostname(), time.time()
-    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        pid, at, where = path.name[len(out.name) + 2:-len(".tmp")].rpartition(".")[0].partition("@")
-        try:
-            if at and where == host and pid.isdigit() and not _alive(int(pid)) or \
-                    now - path.stat().st_mtime > stale_s:  # a writer adds a row group every few minutes
-                path.unlink()
-        except OSError:  # gone meanwhile, or not ours to remove
-            continue
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # PermissionError (another user's process): the sweep keeps its file
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
@@ -585,12 +555,7 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        os.replace(tmp, out)
-        directory = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        publish(tmp, out)
         return digest
     finally:
         if writer is not None:

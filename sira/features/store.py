@@ -74,6 +74,16 @@ def labels_said_by(cutoff: str, label_name: str, where: str = "") -> str:
             " ORDER BY h.event_id, h.source, h.known_at DESC, h.id DESC")
 
 
+def event_label_join(cutoff: str, label_name: str) -> str:
+    """SQL: ``LEFT JOIN LATERAL`` of an event ``e``'s label as the sources had said it by the cut-off
+    (:func:`labels_said_by`), as ``lab.positive_known_at`` (when the first source said positive; NULL: none did)
+    and ``lab.negative_known`` (a source said negative)."""
+    return f"""LEFT JOIN LATERAL (
+        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
+               coalesce(bool_or(NOT said.label), false) AS negative_known
+          FROM ({labels_said_by(cutoff, label_name, " AND h.event_id = e.event_id")}) said) lab ON true"""
+
+
 async def load_histories(
     conn: Connection,
     spec: EntityFeatures,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sira.core import db
+from sira.core import db, outputs
 from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
@@ -308,9 +308,9 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     actor = actor or Actor.local()
     req = dataclasses.replace(req, out=input_files.output_file(req.out, req.data or [], in_job=in_ray_job()))
     version, source = await resolve_source(settings, req)
-    input_files.sweep_partial(req.out)  # what killed runs of this output left
+    outputs.sweep_partial(req.out)  # what killed runs of this output left
     tally = ScoreTally()
-    run = {"version": version, "source": source, "job_id": job_id(), "tmp": input_files.partial_name(req.out)}
+    run = {"version": version, "source": source, "job_id": job_id(), "tmp": outputs.partial_name(req.out)}
     signals = StopSignals()
     signals.arm()
     started = time.perf_counter()

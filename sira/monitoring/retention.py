@@ -43,6 +43,7 @@ import orjson
 from sira.core import audit, db
 from sira.core.auth import Identity
 from sira.core.errors import Conflict, InvalidInput, PermissionDenied, SiraError
+from sira.core.outputs import publish
 from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
 from sira.monitoring.subject import subject_ref
 
@@ -549,7 +550,7 @@ async def archive_audit_log(pool: Any, identity: Identity, run: Run, run_id: str
                             code="not_table_owner") from None
         raise
     # any other failure (the connection lost at the commit): the .partial stays for the next run to settle
-    _publish(partial, path)
+    publish(partial, path)
     return {**out, "removed": {"sira_audit_log": written}, "archive": {"file": str(path), "sha256": digest}}
 
 
@@ -570,15 +571,6 @@ async def _write_archive(pool: Any, partial: Path, where: str, args: Sequence[An
     return written, digest.hexdigest()
 
 
-def _publish(partial: Path, path: Path) -> None:
-    os.replace(partial, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 async def _settle(conn: Any, folder: Path) -> list[str]:
     """Finish what a stopped archive left: a ``.partial`` whose deletion committed (its archive is in the audit
     log) takes its name; one whose deletion did not is removed (its entries are still in the table)."""
@@ -587,7 +579,7 @@ async def _settle(conn: Any, folder: Path) -> list[str]:
         path = partial.with_name(partial.name.removesuffix(".partial"))
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_audit_log WHERE action = $1 AND details->>'file' = $2)",
                                ARCHIVED, str(path)):
-            _publish(partial, path)
+            publish(partial, path)
             settled.append(str(path))
         else:
             partial.unlink(missing_ok=True)

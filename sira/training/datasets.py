@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from sira.core.errors import InvalidInput
 from sira.core.files import InputFiles, columns_of, find_files, read_table
-from sira.features.store import labels_said_by
+from sira.features.store import event_label_join
 from sira.ingest.labels import LABEL_WORDS, parse_label
 from sira.ingest.pii import Redactor
 from sira.training.trainer import FeatureSpec, Matrix, encode_columns
@@ -326,10 +326,7 @@ SELECT e.event_id, e.occurred_at, e.country, e.channel, e.customer_id, e.card_to
          WHERE f.event_id = e.event_id AND f.feature_set = $3 AND f.feature_set_version = $4) AS vectors,
        lab.positive_known_at, lab.negative_known
   FROM sira_events e
-  LEFT JOIN LATERAL (
-        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
-               coalesce(bool_or(NOT said.label), false) AS negative_known
-          FROM ({labels_said_by("$5", "$6", " AND h.event_id = e.event_id")}) said) lab ON true
+  {event_label_join("$5", "$6")}
  WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 """
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sira.core.errors import InvalidInput
-from sira.features.store import labels_said_by
+from sira.features.store import event_label_join, labels_said_by
 
 ONE_US = timedelta(microseconds=1)
 TRAINING_FLAGS = "--train-from/--train-to/--test-from/--test-to (or --train-days/--test-days), the cut-off with --as-of"
@@ -253,10 +253,7 @@ def window_warnings(windows: Windows, counts: dict[str, dict[str, int]]) -> list
 _NEWEST_SQL = f"""
 SELECT e.occurred_at, lab.positive_known_at, lab.negative_known
   FROM sira_events e
-  LEFT JOIN LATERAL (
-        SELECT min(said.known_at) FILTER (WHERE said.label) AS positive_known_at,
-               coalesce(bool_or(NOT said.label), false) AS negative_known
-          FROM ({labels_said_by("$3", "$4", " AND h.event_id = e.event_id")}) said) lab ON true
+  {event_label_join("$3", "$4")}
  WHERE e.occurred_at >= $1 AND e.occurred_at < $2
  ORDER BY e.occurred_at DESC, e.event_id COLLATE "C" DESC
 """

@@ -3,27 +3,11 @@ OpenAPI document declares the error answers each route can give."""
 
 import asyncio
 
-import httpx
 import pytest
 
 from sira.core import db
-from sira.core.auth import authenticate, create_key
 from sira.http.app import create_app
 from tests.integration.test_governance import DANA, make_version, promote_by_policy, status_of
-
-
-@pytest.fixture
-async def client_and_keys(clean_db, settings):
-    pepper = settings.secret("auth_secret")
-    async with db.transaction(clean_db) as conn:
-        admin, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
-        root = await authenticate(conn, admin, pepper=pepper)
-        operator, _ = await create_key(conn, name="oli", roles=["operator"], pepper=pepper, creator=root)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            yield client, {"admin": {"Authorization": f"Bearer {admin}"},
-                           "operator": {"Authorization": f"Bearer {operator}"}}
 
 
 async def test_a_rollback_names_the_production_version_it_replaces(client_and_keys, clean_db, settings):

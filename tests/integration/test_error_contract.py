@@ -15,8 +15,6 @@ import httpx
 import pytest
 
 from sira.core import db
-from sira.core.auth import authenticate, create_key
-from sira.http.app import create_app
 from tests.conftest import cli_in_process
 from tests.integration.test_governance import make_version
 
@@ -24,20 +22,12 @@ UNKNOWN_MODEL = {"field": "model", "model": "nope"}
 
 
 @pytest.fixture
-async def api(clean_db, settings):
+async def api(client_and_keys, settings):
     """The HTTP API with an admin and an operator key, and the CLI's environment acting as the admin."""
-    pepper = settings.secret("auth_secret")
-    async with db.transaction(clean_db) as conn:
-        admin, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
-        root = await authenticate(conn, admin, pepper=pepper)
-        operator, _ = await create_key(conn, name="oli", roles=["operator"], pepper=pepper, creator=root)
+    client, keys = client_and_keys
     env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace),
-           "SIRA_API_KEY": admin}
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
-            yield client, {"admin": {"Authorization": f"Bearer {admin}"},
-                           "operator": {"Authorization": f"Bearer {operator}"}}, env
+           "SIRA_API_KEY": keys["admin"]["Authorization"].removeprefix("Bearer ")}
+    return client, keys, env
 
 
 def error(r: httpx.Response, status: int) -> dict:
