@@ -40,12 +40,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a file created or renamed in it survives a crash)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish(partial: Path, path: Path) -> None:
     """``partial`` (written and flushed) renamed to ``path``, the rename itself made durable (its folder synced):
     a reader sees the old file or the whole new one, after a crash too."""
     os.replace(partial, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    sync_folder(path.parent)

@@ -27,13 +27,12 @@ audit log, ``sira_features``) refuse DELETE but to a role that owns them inside
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import hashlib
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,91 +44,26 @@ from sira.core.auth import Identity
 from sira.core.errors import Conflict, InvalidInput, PermissionDenied, SiraError
 from sira.core.outputs import publish
 from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
-from sira.monitoring.subject import subject_ref
+from sira.monitoring.audit_archive import ARCHIVED, archive_folder, settle, write_archive
+from sira.monitoring.retention_rules import (  # noqa: F401  # LOOKBACK, DAY: callers read them here
+    DAY,
+    LOOKBACK,
+    TIMEOUT_S,
+    Floor,
+    Held,
+    cutoffs,
+    held_for_erasure,
+    monitoring_floors,
+)
 
-DAY = timedelta(days=1)
-# how far before an event a feature state must have seen events: the longest lookback of any feature set (37 days
-# for payments: the terminal's 30-day risk window after its 7-day label delay), and two days for the daily hops
-# of the longest windows and the checkpoints' days
-LOOKBACK = timedelta(seconds=max(s.lookback_seconds for fs in FEATURE_SETS.values() for s in fs.entities)) + 2 * DAY
-STEPS = ("events", "predictions", "labels", "features", "feature_state", "retired_feature_sets", "dead_letters",
+# predictions before events: an event a kept prediction names is kept (see _events)
+STEPS = ("predictions", "events", "labels", "features", "feature_state", "retired_feature_sets", "dead_letters",
          "request_claims", "spool", "audit_log")
 LIVE_STATUSES = ("candidate", "validated", "staging", "production")
 KEPT_ACTIONS = ["production.change"]  # the production history: `sira history` and rollback read it
-ARCHIVED = "retention.audit_archived"
-TIMEOUT_S = 3_600.0  # one step's statement: longer than the pool's command timeout, on a big first run
+DETACH_WAIT, DETACH_PAUSE_S, DETACH_TRIES = "200ms", 0.5, 20  # a partition's detach: short waits, tried again
 LOCK_TIMEOUT = "10s"  # detaching a partition waits this long for scoring's inserts, then the step is retried
 NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)  # "nothing counts as removed by an earlier step" (apply)
-
-
-@dataclass(frozen=True)
-class Floor:
-    """A production or staging version's monitoring: its rows from ``keeps_from`` on are kept."""
-
-    model: str
-    version: int
-    status: str
-    keeps_from: datetime
-
-
-def cutoffs(settings: Any, now: datetime, floors: Sequence[Floor]) -> dict[str, datetime]:
-    """Each step's cut-off: rows older are removed (pure; the floors move events, labels and predictions back)."""
-    def ago(days: int) -> datetime:
-        return now - timedelta(days=days)
-
-    keep = min((f.keeps_from for f in floors), default=now)
-    events = min(ago(settings.retention_events_days), keep)
-    dead = ago(settings.retention_dead_letters_days)
-    return {"events": events, "predictions": min(ago(settings.retention_predictions_days), keep),
-            "labels": min(ago(settings.retention_labels_days), keep), "features": events,
-            "feature_state": events - LOOKBACK, "retired_feature_sets": ago(settings.retention_retired_feature_sets_days),
-            "dead_letters": dead, "request_claims": ago(settings.retention_request_claims_days), "spool": dead,
-            "audit_log": ago(settings.retention_audit_log_days)}
-
-
-async def monitoring_floors(conn: Any, settings: Any, now: datetime) -> list[Floor]:
-    """Where each production and staging version's monitoring (performance, drift, the threshold what-if) needs
-    rows from: its newest prediction (now, without one) less its model's label maturity and the margin."""
-    rows = await conn.fetch(
-        """SELECT m.name, v.version, v.status, m.label_maturity_days AS maturity,
-                  (SELECT max(p.scored_at) FROM sira_predictions p WHERE p.model_name = m.name AND p.version = v.version)
-                  AS newest
-             FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
-            WHERE v.status IN ('production', 'staging') ORDER BY m.name, v.version""")
-    return [Floor(r["name"], r["version"], r["status"], min(r["newest"] or now, now)
-                  - timedelta(days=r["maturity"] + settings.retention_monitoring_days)) for r in rows]
-
-
-@dataclass
-class Held:
-    """What pending erasures need kept: their subjects' stored customer ids and those customers' event ids."""
-
-    pending: int = 0
-    customers: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, int]:
-        return {"pending_erasures": self.pending, "customers": len(self.customers), "events": len(self.events)} \
-            if self.pending else {}
-
-
-async def held_for_erasure(conn: Any, secret: str, cut: dict[str, datetime]) -> Held:
-    """The customers a pending erasure names, among those whose rows this run would remove: a request names
-    its subject by a keyed hash of the id (:func:`sira.monitoring.subject.subject_ref`), so each candidate's
-    is computed (a customer id stored as a token, an e-mail address, is not recognised: its raw id is gone)."""
-    refs = {r["subject_ref"] for r in await conn.fetch(
-        "SELECT subject_ref FROM sira_erasure_requests WHERE status = 'pending'")}
-    if not refs:
-        return Held()
-    rows = await conn.fetch(
-        """SELECT DISTINCT customer_id AS c FROM sira_events WHERE occurred_at < $1 AND customer_id IS NOT NULL
-           UNION SELECT customer_id FROM sira_rejected_events WHERE rejected_at < $2
-           UNION SELECT payload->>'customer_id' FROM sira_rejected_events WHERE rejected_at < $2""",
-        max(cut["events"], cut["predictions"]) + DAY, cut["dead_letters"], timeout=TIMEOUT_S)
-    customers = sorted(r["c"] for r in rows if isinstance(r["c"], str) and subject_ref(secret, r["c"]) in refs)
-    events = [r["event_id"] for r in await conn.fetch(
-        "SELECT event_id FROM sira_events WHERE customer_id = ANY($1::text[])", customers)] if customers else []
-    return Held(len(refs), customers, events)
 
 
 @dataclass
@@ -216,8 +150,26 @@ async def _drop(conn: Any, run: Run, months: dict[str, Any]) -> None:
     since detaching holds the table's strongest lock (scoring's inserts wait) until the step commits."""
     if run.apply:
         for name in months["partitions_dropped"]:
-            await conn.execute(f"ALTER TABLE {months['_parent']} DETACH PARTITION {name}")
+            await _detach(conn, months["_parent"], name)
             await conn.execute(f"DROP TABLE {name}")
+
+
+async def _detach(conn: Any, parent: str, name: str) -> None:
+    """``DETACH PARTITION``, waiting at most :data:`DETACH_WAIT` at a time behind other transactions (a long read,
+    an insert in flight) and trying again after a pause: while it waits in PostgreSQL's lock queue, every
+    scoring insert into ``parent`` waits behind it. (It waited up to 10 s at once: a report running for 14 s
+    held scoring's inserts for 8.7 s.) After :data:`DETACH_TRIES` the step is ``table_busy``."""
+    for attempt in range(DETACH_TRIES):
+        try:
+            async with conn.transaction():  # a savepoint: a timed-out attempt leaves the step's work intact
+                await conn.execute(f"SET LOCAL lock_timeout = '{DETACH_WAIT}'")
+                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {name}")
+            break
+        except asyncpg.LockNotAvailableError:
+            if attempt == DETACH_TRIES - 1:
+                raise
+            await asyncio.sleep(DETACH_PAUSE_S)
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
 
 async def _oldest_kept(conn: Any, run: Run, parts: Sequence[Any], dropped: Sequence[Any], trimmed: Sequence[Any],
@@ -244,8 +196,12 @@ async def _oldest_kept(conn: Any, run: Run, parts: Sequence[Any], dropped: Seque
 
 async def _events(conn: Any, run: Run) -> dict[str, Any]:
     held, cut = await run.hold(conn), run.cut["events"]
-    where = "occurred_at < $1 AND NOT coalesce(customer_id = ANY($2::text[]), false)"
-    removed = await _rows(conn, run, "sira_events", where, cut, held.customers)
+    # an event a kept prediction names stays until that prediction goes (its month's partition, the predictions
+    # step, which runs first): an erasure finds a person's predictions and labels through their events, and an
+    # event removed before them left them where `sira subject forget` could not reach them
+    where = ("occurred_at < $1 AND NOT coalesce(customer_id = ANY($2::text[]), false) AND "
+             + no_prediction_kept("sira_events.event_id", 3))
+    removed = await _rows(conn, run, "sira_events", where, cut, held.customers, *_gone_predictions(run))
     oldest = await conn.fetchval(
         """SELECT least((SELECT min(occurred_at) FROM sira_events WHERE occurred_at >= $1),
                         (SELECT min(occurred_at) FROM sira_events WHERE customer_id = ANY($2::text[])))""",
@@ -255,12 +211,22 @@ async def _events(conn: Any, run: Run) -> dict[str, Any]:
     return {"removed": {"sira_events": removed}, "oldest_kept": oldest, "held": held.summary()}
 
 
-def prediction_kept(ref: str, n: int) -> str:
-    """SQL: a stored prediction with id ``ref`` that this run keeps; ``$n``..``$n+3``: what a plan's predictions
-    step would remove (its dropped and its trimmed partitions, its cut-off, its held events; nothing applying,
-    as :func:`_gone_predictions` gives them)."""
-    return (f"p.prediction_id = {ref} AND NOT (p.tableoid = ANY(${n}::oid[]) OR (p.tableoid = ANY(${n + 1}::oid[])"
+def _kept(n: int) -> str:
+    """SQL: a stored prediction ``p`` this run keeps; ``$n``..``$n+3``: what a plan's predictions step would
+    remove (its dropped and its trimmed partitions, its cut-off, its held events; nothing applying, as
+    :func:`_gone_predictions` gives them)."""
+    return (f"NOT (p.tableoid = ANY(${n}::oid[]) OR (p.tableoid = ANY(${n + 1}::oid[])"
             f" AND p.scored_at < ${n + 2} AND NOT coalesce(p.event_id = ANY(${n + 3}::text[]), false)))")
+
+
+def prediction_kept(ref: str, n: int) -> str:
+    """SQL: a stored prediction with id ``ref`` that this run keeps (``$n``..: :func:`_kept`)."""
+    return f"p.prediction_id = {ref} AND {_kept(n)}"
+
+
+def no_prediction_kept(event: str, n: int) -> str:
+    """SQL: no prediction this run keeps names the event ``event`` (``$n``..: :func:`_kept`)."""
+    return f"NOT EXISTS (SELECT 1 FROM sira_predictions p WHERE p.event_id = {event} AND {_kept(n)})"
 
 
 def _gone_predictions(run: Run) -> tuple[Any, ...]:
@@ -285,8 +251,9 @@ async def _predictions(conn: Any, run: Run) -> dict[str, Any]:
 # a label this run removes: known (and written) before the cut-off ($1), neither its event nor its prediction
 # kept (a plan: $2 the events step's cut-off and $3 its held customers, $4..$7 what its predictions step removes)
 LABEL_GONE = ("f.known_at < $1 AND f.created_at < $1"
-              " AND NOT EXISTS (SELECT 1 FROM sira_events e WHERE e.event_id = f.event_id"
-              "  AND NOT (e.occurred_at < $2 AND NOT coalesce(e.customer_id = ANY($3::text[]), false)))"
+              " AND NOT EXISTS (SELECT 1 FROM sira_events WHERE sira_events.event_id = f.event_id"
+              "  AND NOT (sira_events.occurred_at < $2 AND NOT coalesce(sira_events.customer_id = ANY($3::text[]),"
+              " false) AND " + no_prediction_kept("sira_events.event_id", 4) + "))"
               " AND (f.prediction_id IS NULL OR NOT EXISTS (SELECT 1 FROM sira_predictions p WHERE "
               + prediction_kept("f.prediction_id", 4) + "))")
 
@@ -474,6 +441,19 @@ async def apply(pool: Any, identity: Identity, settings: Any, *, secret: str, sp
     if unknown:
         raise InvalidInput(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEPS)}", code="invalid_value")
     run = await _start(pool, identity, settings, secret, spool_dirs, now, True, "retention.apply")
+    async with pool.acquire() as lock:  # one apply at a time: two archives of the audit log at once removed
+        # each other's file mid-write and published a file the other wrote
+        if not await lock.fetchval("SELECT pg_try_advisory_lock(hashtext('sira retention apply'))"):
+            raise Conflict("another `sira retention apply` is running on this database: wait for it to end",
+                           code="retention_running")
+        try:
+            return await _apply_steps(pool, identity, run, only, archive_audit)
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock(hashtext('sira retention apply'))")
+
+
+async def _apply_steps(pool: Any, identity: Identity, run: Run, only: Sequence[str] | None,
+                       archive_audit: bool) -> dict[str, Any]:
     run_id, steps = uuid.uuid4().hex[:12], []
     for step in [s for s in STEPS if not only or s in only]:
         if step == "audit_log":
@@ -488,7 +468,8 @@ async def apply(pool: Any, identity: Identity, settings: Any, *, secret: str, sp
                 await audit.record(conn, identity.actor(), "retention.apply", target_type="retention_step",
                                    target_id=step, details={"run_id": run_id, **orjson.loads(orjson.dumps(done))})
         except asyncpg.LockNotAvailableError:
-            raise Conflict(f"retention step {step}: a table stayed busy for {LOCK_TIMEOUT} (scoring writes to it); "
+            raise Conflict(f"retention step {step}: a table stayed busy (another transaction held it: scoring's "
+                           "inserts, or a long read such as a report); "
                            f"nothing of this step was removed, the steps before it were: run apply again",
                            code="table_busy", details={"done": [s["step"] for s in steps]}) from None
         except asyncpg.InsufficientPrivilegeError as exc:
@@ -501,10 +482,6 @@ async def apply(pool: Any, identity: Identity, settings: Any, *, secret: str, sp
 # -- the audit log's archive --------------------------------------------------------------------------------
 
 
-def archive_folder(settings: Any) -> Path:
-    return settings.workspace / "archive" / "audit-log"
-
-
 async def archive_audit_log(pool: Any, identity: Identity, run: Run, run_id: str) -> dict[str, Any]:
     """Write the audit entries past the cut-off to ``<workspace>/archive/audit-log/audit-log-FIRST-LAST.jsonl``
     (fsynced, as ``.partial``), then delete exactly those in one transaction that records the archive
@@ -513,7 +490,7 @@ async def archive_audit_log(pool: Any, identity: Identity, run: Run, run_id: str
     folder = archive_folder(run.settings)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     async with db.transaction(pool) as conn:
-        settled = await _settle(conn, folder)
+        settled = await settle(conn, folder)
         found = await _audit_log(conn, run)
     rows, out = found.pop("_range"), _public("audit_log", run, found)
     out["settled_files"] = settled
@@ -524,7 +501,7 @@ async def archive_audit_log(pool: Any, identity: Identity, run: Run, run_id: str
     where = "occurred_at < $1 AND NOT action = ANY($2::text[]) AND id BETWEEN $3 AND $4"
     args = (run.cut["audit_log"], KEPT_ACTIONS, rows["first"], rows["last"])
     try:
-        written, digest = await _write_archive(pool, partial, where, args)
+        written, digest = await write_archive(pool, partial, where, args)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -552,35 +529,3 @@ async def archive_audit_log(pool: Any, identity: Identity, run: Run, run_id: str
     # any other failure (the connection lost at the commit): the .partial stays for the next run to settle
     publish(partial, path)
     return {**out, "removed": {"sira_audit_log": written}, "archive": {"file": str(path), "sha256": digest}}
-
-
-async def _write_archive(pool: Any, partial: Path, where: str, args: Sequence[Any]) -> tuple[int, str]:
-    """The entries, one JSON object a line in id order, into ``partial`` (mode 0600, fsynced): (rows, sha256)."""
-    digest, written = hashlib.sha256(), 0
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            async for row in conn.cursor(f"SELECT * FROM sira_audit_log WHERE {where} ORDER BY id", *args,
-                                         prefetch=1000):
-                line = orjson.dumps(dict(row), default=str) + b"\n"
-                digest.update(line)
-                out.write(line)
-                written += 1
-        out.flush()
-        os.fsync(out.fileno())
-    return written, digest.hexdigest()
-
-
-async def _settle(conn: Any, folder: Path) -> list[str]:
-    """Finish what a stopped archive left: a ``.partial`` whose deletion committed (its archive is in the audit
-    log) takes its name; one whose deletion did not is removed (its entries are still in the table)."""
-    settled = []
-    for partial in sorted(folder.glob("*.jsonl.partial")):
-        path = partial.with_name(partial.name.removesuffix(".partial"))
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sira_audit_log WHERE action = $1 AND details->>'file' = $2)",
-                               ARCHIVED, str(path)):
-            publish(partial, path)
-            settled.append(str(path))
-        else:
-            partial.unlink(missing_ok=True)
-    return settled

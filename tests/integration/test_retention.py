@@ -231,7 +231,7 @@ async def test_each_table_loses_only_what_is_past_its_cut_off_and_a_partition_go
                                "ORDER BY id")
     assert [e["target_id"] for e in entries] == [s for s in retention.STEPS if s != "audit_log"]
     assert {e["actor"] for e in entries} == {"k-admin"} and {e["details"]["run_id"] for e in entries} == {done["run_id"]}
-    assert entries[0]["details"]["removed"] == {"sira_events": 1}
+    assert next(e for e in entries if e["target_id"] == "events")["details"]["removed"] == {"sira_events": 1}
 
     again = await run(fresh, settings, "apply")  # idempotent: nothing more to remove
     assert all(not any(s["removed"].values()) for s in again["steps"]), again["steps"]
@@ -259,7 +259,10 @@ async def test_a_production_versions_monitoring_and_a_pending_erasure_keep_their
 
     floor = newest - timedelta(days=30 + 90)
     done = await run(fresh, settings, "apply", archive_audit=True)
-    assert done["kept_for_monitoring"] == [{"model": "fraud", "version": 1, "status": "production", "keeps_from": floor}]
+    assert done["kept_for_monitoring"] == [
+        {"model": "fraud", "version": 1, "status": "production", "keeps_from": floor},
+        # and its training: events whose labels matured (30 days) of 60 days more (retention_rules.TRAINING_DAYS)
+        {"model": "fraud", "version": 0, "status": "training", "keeps_from": NOW - timedelta(days=30 + 60)}]
     assert step(done, "events")["cutoff"] == floor and step(done, "predictions")["cutoff"] == floor
     assert await ids(fresh, "SELECT event_id FROM sira_events") == {"ev-watched", "ev-held"}
     assert await ids(fresh, "SELECT prediction_id FROM sira_predictions") >= {watched, held_prediction}
@@ -391,3 +394,91 @@ def test_the_retention_section_documents_every_setting_and_its_default():
     for step_name in retention.STEPS:
         assert f"`{step_name}`" in section, step_name
     assert "sira retention" in (DOCS / "cli.md").read_text()
+
+
+# -- found by an outside review (2026-12-07) ----------------------------------------------------------------
+
+
+async def test_an_event_stays_while_a_prediction_names_it_so_an_erasure_still_reaches_both(installation, fresh):
+    """The events step removed an event at its cut-off while its prediction (and the label kept with it) stayed
+    until their month's partition went: `sira subject forget` finds predictions and labels through the person's
+    events, and said `no_data` about a customer whose prediction, features included, was still stored. Now an
+    event a kept prediction names stays with it (and goes in the run that drops its prediction's partition)."""
+    settings = settings_with(installation, events=60, predictions=400, labels=60)
+    async with fresh.acquire() as conn:
+        fraud = await model(conn)
+        await event(conn, "ev-scored", NOW - timedelta(days=200), "cus-scored")
+        scored = await prediction(conn, fraud, NOW - timedelta(days=200), "ev-scored")
+        await label(conn, "ev-scored", NOW - timedelta(days=190), scored)
+        await event(conn, "ev-unscored", NOW - timedelta(days=200))
+        await event(conn, "ev-old", NOW - timedelta(days=500), "cus-old")  # its prediction's month goes this run
+        await prediction(conn, fraud, NOW - timedelta(days=500), "ev-old")
+    plan = await run(fresh, settings, "plan")
+    done = await run(fresh, settings, "apply")
+    assert removed(plan, "events") == removed(done, "events") == {"sira_events": 2}
+    assert await ids(fresh, "SELECT event_id FROM sira_events") == {"ev-scored"}
+    assert await ids(fresh, "SELECT prediction_id FROM sira_predictions") == {scored}
+    assert await ids(fresh, "SELECT event_id FROM sira_feedback") == {"ev-scored"}
+
+
+async def test_a_models_training_keeps_the_events_beyond_its_label_maturity(installation, fresh):
+    """SIRA_RETENTION_EVENTS_DAYS=60 removed every event a model with a 120-day label maturity could learn from
+    (no version in production yet, so no monitoring floor): the events of 60 days beyond its maturity stay."""
+    settings = settings_with(installation, events=60, labels=60)
+    async with fresh.acquire() as conn:
+        await model(conn, "churn", maturity=120)  # no version yet
+        await event(conn, "ev-matured", NOW - timedelta(days=150))
+        await event(conn, "ev-too-old", NOW - timedelta(days=200))
+    done = await run(fresh, settings, "apply")
+    assert step(done, "events")["cutoff"] == NOW - timedelta(days=120 + 60)
+    assert await ids(fresh, "SELECT event_id FROM sira_events") == {"ev-matured"}
+
+
+async def test_one_apply_at_a_time(installation, fresh):
+    """Two `apply --archive-audit` at once: one removed the other's archive file mid-write and the other
+    published a file it had not written. Now a second apply is refused while one runs."""
+    async with fresh.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock(hashtext('sira retention apply'))")  # as a running apply
+        try:
+            with pytest.raises(Exception) as caught:
+                await run(fresh, installation.settings, "apply")
+            assert getattr(caught.value, "code", None) == "retention_running", caught.value
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(hashtext('sira retention apply'))")
+    assert (await run(fresh, installation.settings, "apply"))["steps"]  # and runs once the other ended
+
+
+async def test_a_partitions_detach_does_not_hold_scorings_inserts_behind_a_long_read(installation, fresh,
+                                                                                     monkeypatch):
+    """DETACH PARTITION waited up to 10 s behind a long read (a report), and every scoring insert queued behind
+    it: 8.7 s for one. Now it waits 200 ms at a time and tries again: an insert that waits at most 2 s gets in,
+    and a read that outlasts the tries ends the step as table_busy, nothing of it removed."""
+    monkeypatch.setattr(retention, "DETACH_TRIES", 4)
+    async with fresh.acquire() as conn:
+        fraud = await model(conn)
+        await prediction(conn, fraud, NOW - timedelta(days=500))
+        await prediction(conn, fraud, NOW - timedelta(days=1))  # its month's partition exists for the insert
+    reader, writer = await fresh.acquire(), await fresh.acquire()
+    try:
+        read = reader.transaction()
+        await read.start()
+        await reader.fetchval("SELECT count(*) FROM sira_predictions")  # a report's read, held open
+        applying = asyncio.ensure_future(run(fresh, installation.settings, "apply", only=["predictions"]))
+        for _ in range(200):  # until the detach waits in the lock queue
+            if await fresh.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND query LIKE '%DETACH PARTITION%'"):
+                break
+            await asyncio.sleep(0.02)
+        async with writer.transaction():
+            await writer.execute("SET LOCAL lock_timeout = '2s'")
+            await writer.execute(
+                "INSERT INTO sira_predictions (prediction_id, scored_at, model_id, model_name, version, score, "
+                "decision) VALUES ($1, $2, $3, 'fraud', 1, 0.1, 'approve')", uuid.uuid4(), NOW, fraud)
+        with pytest.raises(Exception) as caught:
+            await applying
+        assert getattr(caught.value, "code", None) == "table_busy", caught.value
+        await read.rollback()
+    finally:
+        await fresh.release(reader)
+        await fresh.release(writer)
+    assert await fresh.fetchval("SELECT count(*) FROM sira_predictions") == 3  # the step rolled back whole
