@@ -675,3 +675,27 @@ async def test_bytes_that_are_no_utf8_in_an_extra_csv_column_set_their_row_aside
     assert (dead["event_id"], dead["reason_code"], dead["field"], dead["stream_position"]) == \
         ("l2", "undecodable", "memo", "latin1.csv:2")
     assert dead["payload"]["memo"] == "caf\ufffd" and dead["customer_id"] == "c1"
+
+
+def test_a_small_csv_loads_in_process_without_starting_ray(settings, clean_db, tmp_path):
+    """A CSV's row count was unknown, so every CSV or JSON Lines load started a local Ray (seconds; on a loaded
+    machine a raylet that did not come up in 30 s failed a 6-row load). A small file's lines are counted: under
+    the in-process bound it loads here, as a small Parquet file does. Checked in a process of its own (this
+    one may hold a Ray already)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    write_csv(tmp_path / "a.csv", [{"event_id": f"small{i}", "occurred_at": "2026-05-01T10:00:00Z",
+                                    "customer_id": "c1", "amount": 10} for i in range(5)])
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import asyncio, ray
+        from pathlib import Path
+        from sira.core.config import Settings
+        from sira.ingest.bulk import ingest_files
+        summary = ingest_files(Settings(), [Path({str(tmp_path / "a.csv")!r})], progress=False)
+        summary = asyncio.run(summary) if asyncio.iscoroutine(summary) else summary
+        print(summary.accepted, ray.is_initialized())
+    """)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["5", "False"], done.stdout
