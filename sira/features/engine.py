@@ -347,12 +347,18 @@ def engine_of(fs: FeatureSet) -> Engine:
     return Engine(fs)
 
 
+_WARMED: set[tuple[str, int]] = set()  # the feature sets this process has warmed
+
+
 def warm(fs: FeatureSet) -> float:
     """Compile every kernel of the fold (or load it from numba's cache on disk) before traffic: one event and
     one label through the online and offline paths and a state's bytes both ways. Returns the seconds it took
-    (a few seconds the first time on a machine, well under one once cached)."""
+    (a few seconds the first time on a machine, well under one once cached; 0 for a set this process warmed
+    already: the kernels stay compiled, and a replica loading a version warms its set again)."""
     import time
 
+    if (fs.name, fs.version) in _WARMED:
+        return 0.0
     started = time.perf_counter()
     engine = engine_of(fs)
     at = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -367,6 +373,7 @@ def warm(fs: FeatureSet) -> float:
     engine.build(events, Labels.of_events(events, ["warm-up"], [ts + 1]))
     many = [{**event, "event_id": f"warm-up-{i}"} for i in range(PARALLEL_FROM)]  # the threaded path
     engine.build(EventColumns.from_events(many, engine.columns), finals=False)
+    _WARMED.add((fs.name, fs.version))
     return time.perf_counter() - started
 
 
@@ -374,19 +381,13 @@ def warm_current() -> float:
     """:func:`warm` for each current feature set of engine v2, the ones every new event is folded into: what a
     process that stores events (``sira api``, a stream or Kafka consumer) runs before it takes any, so that its
     first batch does not wait for the kernels (~25 s compiled the first time on a machine, 1-2 s loaded from
-    numba's cache; either way on the event loop, holding every other request). The kernels stay compiled for
-    the process: once per process (0 s after)."""
+    numba's cache; either way on the event loop, holding every other request); 0 s once done in the process."""
     from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
 
-    cold = [FEATURE_SETS[key] for key in sorted(CURRENT_VERSIONS.items())
-            if FEATURE_SETS[key].engine == "tiles" and key not in _WARMED]
-    took = sum(warm(fs) for fs in cold)
-    if cold:
-        _WARMED.update((fs.name, fs.version) for fs in cold)
+    took = sum(warm(FEATURE_SETS[key]) for key in sorted(CURRENT_VERSIONS.items())
+               if FEATURE_SETS[key].engine == "tiles")
+    if took:
         log.info("feature engine ready in %.1f s", took)
     return took
-
-
-_WARMED: set[tuple[str, int]] = set()
 
 __all__ = ["Engine", "EventColumns", "Labels", "engine_of", "warm", "warm_current", "US"]

@@ -244,8 +244,8 @@ def _check_table_options(req: TrainRequest) -> None:
 # `ray job stop`, Kubernetes and systemd end a process with SIGTERM. Ray's driver handler (set by ray.init) called
 # sys.exit inside the event loop, which cancelled the run with no reason (its row read "CancelledError: "), and
 # Ray's core worker printed a C++ stack for the signal. While sigterm_cancels is active, SIGTERM cancels the run's
-# task with TERMINATED as the reason, which the run records before Terminated is raised; rearm() puts the handler
-# back once ray.init has replaced it (a Python handler set after Ray's replaces its core worker's too).
+# task with TERMINATED as the reason, which the run records before Terminated is raised; init_ray keeps the handler
+# over ray.init's (sira.core.ray_runtime: a Python handler set after Ray's replaces its core worker's too).
 
 TERMINATED = "terminated by SIGTERM"
 
@@ -292,12 +292,6 @@ def sigterm_cancels(what: str) -> Iterator[None]:
     finally:
         _sigterm_handlers.remove(handler)
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def rearm() -> None:
-    """Put the run's SIGTERM handler back (``ray.init`` replaces it with its own, which exits the process)."""
-    if _sigterm_handlers and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm_handlers[-1])
 
 
 async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
@@ -360,7 +354,6 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
                 from sira.core.ray_runtime import init_ray
 
                 init_ray(settings, db.resolve_dsn(settings))  # in the main thread: Ray's driver lives there
-                rearm()  # ray.init replaced the SIGTERM handler
                 search = await asyncio.to_thread(_search, settings, ds, split, req)
                 params = search["params"]
                 timings["tune_s"] = time.perf_counter() - phase
@@ -457,7 +450,6 @@ async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] 
     progress(f"building the training set from the feature store ({windows.describe()})")
     dsn = db.resolve_dsn(settings)
     init_ray(settings, dsn)
-    rearm()  # ray.init replaced the SIGTERM handler
     ds, split = await asyncio.to_thread(build_feature_dataset, dsn, fs, windows, label_name=model["label_name"])
     return ds, split, fs.version
 
