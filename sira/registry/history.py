@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sira.core.errors import UnknownModel
+from sira.core.errors import Conflict, UnknownModel
 
 if TYPE_CHECKING:
     from sira.core.db import Connection
@@ -52,3 +52,33 @@ async def history(conn: Connection, identity: Any, model_name: str) -> dict[str,
             WHERE m.name = $1 AND v.status = 'production'""", model_name)
     target = await rollback_target(conn, model_name, production) if production is not None else None
     return {"model": model_name, "history": changes, "production": production, "rollback_to": target}
+
+
+async def check_features_kept(conn: Connection, model_name: str, feature_set: str | None, row: Any) -> None:
+    """Refuse (409 ``feature_set_retired``) to make ``row`` production when data retention removed the stored
+    states of the feature set it reads (``sira retention apply``: a set no live version used) and nothing rebuilt
+    them since: it would score every entity as if it had no history, with nothing to say so."""
+    if feature_set is None or row["feature_set_version"] is None:
+        return  # trained on a table: it reads no stored state
+    name = f"{feature_set}@{row['feature_set_version']}"
+    retired = await conn.fetchrow(
+        """SELECT occurred_at, details->>'run_id' AS run_id FROM sira_audit_log
+            WHERE action = 'retention.apply' AND target_id = 'retired_feature_sets' AND outcome = 'success'
+              AND details->'feature_sets' ? $1
+              AND occurred_at > coalesce((SELECT max(occurred_at) FROM sira_audit_log
+                                           WHERE target_id = $1 AND outcome = 'success'
+                                             AND (action = 'features.rebuild' OR (action = 'features.materialize'
+                                                  AND (details->>'full')::boolean))), '-infinity')
+            ORDER BY id DESC LIMIT 1""", name)
+    if retired is None:
+        return
+    from sira.features.definitions import FEATURE_SETS
+
+    fs = FEATURE_SETS.get((feature_set, row["feature_set_version"]))
+    how = (f"sira features rebuild --feature-set {name}" if fs is not None and fs.engine == "tiles"
+           else f"sira features materialize --full --feature-set {name}")
+    raise Conflict(f"{model_name} v{row['version']} reads feature set {name}, whose stored states data retention "
+                   f"removed on {retired['occurred_at']:%Y-%m-%d} (run {retired['run_id']}): it would score every "
+                   f"entity as if it had no history. Rebuild them first (`{how}`), then try again",
+                   code="feature_set_retired",
+                   details={"feature_set": name, "version": row["version"], "retention_run": retired["run_id"]})

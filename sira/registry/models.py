@@ -16,8 +16,8 @@ from sira.core import audit
 from sira.core.artifacts import ArtifactRef
 from sira.core.errors import Conflict, InvalidInput, NoProductionVersion, NotFound, UnknownModel
 from sira.registry import webhooks
+from sira.registry.history import check_features_kept, rollback_target
 from sira.registry.history import production_history as production_history  # re-exported: readers import it here
-from sira.registry.history import rollback_target
 from sira.registry.settings import GOVERNANCE, MODEL_SETTINGS, check_source, checked, redacted, refused_setting
 from sira.registry.verdicts import policy_says, retrain_verdict
 
@@ -214,8 +214,9 @@ async def _change_production(conn: Connection, actor: audit.Actor, model_id: int
     """Make ``target`` the production version (the current one is archived), with a history row."""
     from sira.registry import lifecycle
 
+    await check_features_kept(conn, model_name, await conn.fetchval(
+        "SELECT feature_set FROM sira_models WHERE id = $1 FOR UPDATE", model_id), target)
     verify_artifact(actor, model_name, target)
-    await conn.execute("SELECT 1 FROM sira_models WHERE id = $1 FOR UPDATE", model_id)
     current = await conn.fetchrow(
         "SELECT id, version FROM sira_model_versions WHERE model_id = $1 AND status = 'production' FOR UPDATE",
         model_id,
