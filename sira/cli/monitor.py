@@ -23,7 +23,7 @@ from sira.cli.common import (
     kv_table,
     load_yaml_mapping,
 )
-from sira.cli.train import plan_table
+from sira.cli.train import plan_table, run_until_terminated
 from sira.core.config import MAX_VERSION, get_settings
 
 
@@ -234,7 +234,7 @@ def retrain_cmd(
                                  test_days=test_days, train_days=train_days, as_of=as_of, dry_run=dry_run)
         return await run_retrain(settings, request, identity, progress=(lambda _m: None) if as_json else err.print)
 
-    result = asyncio.run(run())
+    result = run_until_terminated(run())  # SIGTERM: the run recorded, the job's key revoked, its Ray shut down
 
     def render() -> None:
         if result.get("dry_run"):

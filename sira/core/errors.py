@@ -11,6 +11,7 @@ knowing the domain:
 
 from __future__ import annotations
 
+import signal
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -175,6 +176,19 @@ class ServiceUnavailable(SiraError):
     code = "unavailable"
     http_status = 503
     exit_code = EXIT_FAILURE
+
+
+class Interrupted(SiraError):
+    """Work stopped by a signal (Ctrl-C, ``kill``, ``ray job stop``, Kubernetes): what it had done is recorded,
+    nothing half-written is left. The exit status is the shell's for a process the signal ended (130, 143)."""
+
+    code = "interrupted"
+    http_status = 503
+    exit_code = 128 + signal.SIGTERM  # 143; 130 for Ctrl-C (SIGINT)
+
+    def __init__(self, message: str, *, signum: int = signal.SIGTERM, details: dict[str, Any] | None = None):
+        super().__init__(message, details={"signal": signal.Signals(signum).name, **(details or {})})
+        self.exit_code = 128 + signum  # type: ignore[misc]
 
 
 class DatabaseUnavailable(ServiceUnavailable):

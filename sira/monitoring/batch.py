@@ -37,7 +37,7 @@ from sira.core import db, outputs
 from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import ServiceUnavailable, SiraError, sira_cause
+from sira.core.errors import Interrupted, ServiceUnavailable, SiraError, sira_cause
 from sira.ingest.pii import redactor_for
 from sira.monitoring.batch_source import (  # noqa: F401  # the input's names, as callers import them from here
     EVENT_COLUMNS,
@@ -54,7 +54,7 @@ from sira.monitoring.batch_source import (  # noqa: F401  # the input's names, a
     read_part,
     resolve_source,
 )
-from sira.monitoring.batch_stop import Interrupted, Stopped, StopSignals, in_thread, stop_callback, writer_stopped
+from sira.monitoring.batch_stop import Stopped, StopSignals, in_thread, stop_callback, writer_stopped
 from sira.training import evaluation
 
 log = logging.getLogger(__name__)

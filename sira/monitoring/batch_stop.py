@@ -14,19 +14,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sira.core.errors import SiraError
-
-
-class Interrupted(SiraError):
-    """A run stopped by a signal (Ctrl-C, ``kill``, ``ray job stop``): its temporary file removed, nothing written."""
-
-    code = "interrupted"
-    http_status = 503
-
-    def __init__(self, message: str, *, signum: int):
-        super().__init__(message, details={"signal": signal.Signals(signum).name})
-        self.exit_code = 128 + signum  # type: ignore[misc]  # the shell's status of a process a signal ended
-
 
 class Stopped(Exception):
     """Raised in the writer's thread once the run is stopping: its file is removed as it unwinds."""

@@ -149,20 +149,20 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
                                       model["id"], key)
         if req.dry_run:
             from sira.training.datasets import events_without_vectors
-            from sira.training.runs import checked_windows
+            from sira.training.runs import checked_windows, gap_of
 
             done = list(row["steps"]) if row else []
             plan = ("nothing: a run with these inputs finished" if row and row["status"] == "succeeded"
                     else f"resume after {done[-1]}" if done else "run every step")
+            train = TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
+                                 train_days=req.train_days, as_of=req.as_of)
             async with pool.acquire() as conn:
-                windows, counts = await checked_windows(
-                    conn, TrainRequest(model=req.model, label_delay_days=req.label_delay_days, test_days=req.test_days,
-                                       train_days=req.train_days, as_of=req.as_of),
-                    model["label_maturity_days"], model["label_name"])
+                windows, counts = await checked_windows(conn, train, model["label_maturity_days"], model["label_name"])
                 feature_rows = await events_without_vectors(conn, req.model, windows.to_dict())
             return {"model": req.model, "dry_run": True, "input_key": key, "inputs": inputs, "plan": plan,
                     "steps": [s for s in STEPS if s not in done], "policy": policy.to_dict(),
-                    "windows": windows.to_dict(), "counts": counts, "feature_rows": feature_rows,
+                    "windows": windows.to_dict(), "counts": counts, "gap": gap_of(train, windows),
+                    "feature_rows": feature_rows,
                     "previous_run": row["id"] if row else None}
         if row is not None and row["status"] == "succeeded":
             progress(f"retrain: run {row['id']} already finished with these inputs; nothing to do")
@@ -171,8 +171,11 @@ async def run_retrain(settings: Settings, req: RetrainRequest, identity: Identit
             if not await lock.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_NAMESPACE, key):
                 raise Conflict(f"a retrain of {req.model} with the same inputs is running now", code="retrain_running")
             try:
+                from sira.training.runs import sigterm_cancels
+
                 state = await _claim(pool, model, key, inputs, identity)
-                return await _run_steps(settings, pool, req, identity, policy, state, progress)
+                with sigterm_cancels(f"retrain of {req.model}"):
+                    return await _run_steps(settings, pool, req, identity, policy, state, progress)
             finally:
                 await lock.execute("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_NAMESPACE, key)
 
@@ -195,8 +198,11 @@ async def _claim(pool: Any, model: dict[str, Any], key: str, inputs: dict[str, A
 
 async def _run_steps(settings: Settings, pool: Any, req: RetrainRequest, identity: Identity, policy: Any,
                      state: RunState, progress: Any) -> dict[str, Any]:
+    from sira.training.runs import TERMINATED, Terminated, terminated
+
     handlers = {"challenger": _challenger, "evaluate": _evaluate, "drift": _drift, "policy": _policy,
                 "report": _report}
+    step = STEPS[0]
     try:
         for step in STEPS:
             if step in state.steps:
@@ -211,11 +217,15 @@ async def _run_steps(settings: Settings, pool: Any, req: RetrainRequest, identit
                 await conn.execute("UPDATE sira_retrain_runs SET steps = $2, challenger_version = $3 WHERE id = $1",
                                    state.id, state.steps, (state.steps.get("challenger") or {}).get("version"))
     except BaseException as exc:
+        stopped = terminated(exc) or isinstance(exc, Terminated)  # between steps, or in the challenger's training
         async with pool.acquire() as conn:
             await conn.execute("UPDATE sira_retrain_runs SET status = 'failed', error = $2, finished_at = now() "
-                               "WHERE id = $1", state.id,
-                               redactor_for(settings).scrub_text(
-                                   f"{type(exc).__name__}: {exc}"[:2000]))
+                               "WHERE id = $1", state.id, TERMINATED if stopped else
+                               redactor_for(settings).scrub_text(f"{type(exc).__name__}: {exc}"[:2000]))
+        if stopped:
+            raise Terminated(f"retrain of {req.model} stopped by SIGTERM during its {step} step: run {state.id} is "
+                             f"recorded as failed ({TERMINATED}); run it again to resume from that step",
+                             details={"run": state.id, "step": step}) from None
         raise
     report = state.steps["report"]["report"]
     async with pool.acquire() as conn:

@@ -27,7 +27,7 @@ import numpy as np
 from sira.core import artifacts, db, stats
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import Conflict, InvalidInput, SiraError
+from sira.core.errors import Conflict, Interrupted, InvalidInput, SiraError
 from sira.core.ray_runtime import submission_id
 from sira.features.definitions import CURRENT_VERSIONS
 from sira.ingest.pii import redactor_for
@@ -250,12 +250,8 @@ def _check_table_options(req: TrainRequest) -> None:
 TERMINATED = "terminated by SIGTERM"
 
 
-class Terminated(SiraError):
-    """The process was asked to stop (SIGTERM) while a run was under way."""
-
-    code = "interrupted"  # as a batch scoring run stopped by a signal (sira.monitoring.batch_stop)
-    http_status = 503
-    exit_code = 128 + signal.SIGTERM  # 143: what a shell reports for a process SIGTERM ended
+class Terminated(Interrupted):
+    """The process was asked to stop (SIGTERM) while a run was under way (exit 143)."""
 
 
 _sigterm_handlers: list[Callable[[int, Any], None]] = []  # the handler of the run under way (innermost last)
@@ -490,11 +486,11 @@ async def plan_training(settings: Settings, req: TrainRequest) -> dict[str, Any]
         async with pool.acquire() as conn:
             windows, counts = await _model_windows(conn, req)
     return {"model": req.model, "dry_run": True, "source": "feature_store", "windows": windows.to_dict(),
-            "counts": counts, "gap": _gap(req, windows), "cutoff_set_by": "--as-of" if req.as_of else "now",
+            "counts": counts, "gap": gap_of(req, windows), "cutoff_set_by": "--as-of" if req.as_of else "now",
             "warnings": window_warnings(windows, counts)}
 
 
-def _gap(req: TrainRequest, windows: Windows) -> dict[str, Any]:
+def gap_of(req: TrainRequest, windows: Windows) -> dict[str, Any]:
     """The gap between the training and test windows, and what set it."""
     from datetime import timedelta
 

@@ -294,3 +294,44 @@ async def test_the_input_key_moves_with_labels_targets_and_maturity(clean_db, se
     async with db.transaction(clean_db) as conn:
         await registry.update_model(conn, admin, "fraud", label_maturity_days=12)
     assert await key() != after_targets
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_challenger_trains_records_both_runs_and_ends_in_one_line(model, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """`sira retrain` ended by SIGTERM (`ray job stop`, Kubernetes) died with Python's default action: its retrain
+    run and the challenger's training run both stayed "running" for ever, with no line saying why. Its dry run
+    did not show the gap between the training and held-out windows that `sira train --dry-run` shows."""
+    from tests.conftest import cli_in_process
+
+    slow = tmp_path / "slow.yaml"  # still training when the signal comes
+    slow.write_text("num_boost_round: 1000000\nearly_stopping_rounds: 0\nlearning_rate: 0.0001\nnum_leaves: 63\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIRA_")}
+    env.update({"SIRA_DATABASE_URL": model.dsn, "SIRA_WORKSPACE": str(model.settings.workspace),
+                "SIRA_API_KEY": model.keys["data_scientist"], "SIRA_RAY_NUM_CPUS": "1"})
+    args = [sys.executable, "-m", "sira", "retrain", "--model", "fraud", "--trials", "0", "--seed", "13",
+            "--params", str(slow), "--threads", "1"]
+    plan = cli_in_process(monkeypatch, capsys, env, *args[3:], "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["gap"]["set_by"].startswith("default: 7 days"), plan.stdout
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not asyncio.run(_fetch(model.dsn, "SELECT 1 FROM sira_training_runs WHERE status = 'running'")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        time.sleep(1.5)  # inside LightGBM's rounds
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted: retrain of fraud stopped by SIGTERM during its challenger step: "
+                           "run ") and last.endswith("run it again to resume from that step"), stderr
+    assert "Traceback" not in stderr, stderr
+    (run,) = asyncio.run(_fetch(model.dsn, "SELECT status, error, finished_at FROM sira_retrain_runs "
+                                           "WHERE inputs->>'seed' = '13'"))
+    assert (run["status"], run["error"]) == ("failed", "terminated by SIGTERM") and run["finished_at"], run
+    assert not asyncio.run(_fetch(model.dsn, "SELECT 1 FROM sira_training_runs WHERE status = 'running'"))
