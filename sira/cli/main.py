@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
+from typing import Any
 
 import typer
 from typer.exceptions import Exit as TyperExit
@@ -24,11 +26,27 @@ from sira.cli.jobs import release_job_key
 from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
 
 
+class _Stopped(BaseException):
+    """SIGTERM in a job whose command set no handler of its own: a BaseException, so no ``except Exception``
+    on the way takes it for a failure to carry on from."""
+
+
 def run_job(args: list[str]) -> int:
     """A Ray job's entry point (``jobs/*.py``): the CLI command, then the job's own key revoked, so it is
-    worth nothing once the job has ended, whoever submitted it and however."""
+    worth nothing once the job has ended, whoever submitted it and however. SIGTERM (``ray job stop``,
+    Kubernetes) ends the command with exit 143 and one line; until 2026-12-07 it killed the process where it
+    stood (Python's default action), the key left valid until its TTL. Commands that record their runs
+    (train, retrain, score) set handlers of their own while they run."""
+    def stop(_signum: int, _frame: Any) -> None:
+        raise _Stopped()
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, stop)
     try:
         return main(args, own_process=True)
+    except _Stopped:
+        sys.stderr.write(f"error: interrupted: {args[0] if args else 'the job'} stopped by SIGTERM\n")
+        return 128 + signal.SIGTERM
     finally:
         release_job_key()
 

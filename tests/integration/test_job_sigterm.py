@@ -1,0 +1,65 @@
+"""A Ray job's driver (`jobs/*.py`, `run_job`) stopped by SIGTERM (`ray job stop`, Kubernetes) in a command that
+sets no handler of its own: it ends with one line and exit 143, and its job key is revoked on the way out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+from sira.core import db
+from sira.core.auth import Identity, create_job_key
+from sira.core.config import Settings
+from sira.core.ray_runtime import JOBS
+from tests.conftest import fetch_rows, migrate_database, run_sync
+
+# a command that waits, as a long drift or materialize run does, registered on the real CLI in the job's process
+DRIVER = """
+import sys, time
+from sira.cli.common import app
+from sira.cli.main import run_job
+
+@app.command("wait-a-while")
+def wait_a_while() -> None:
+    print("waiting", file=sys.stderr, flush=True)
+    time.sleep(120)
+
+sys.exit(run_job(["wait-a-while"]))
+"""
+
+
+def test_sigterm_ends_a_job_in_one_line_and_revokes_its_key(create_database, tmp_path):
+    """The process died where it stood (Python's default action): `run_job`'s finally never ran, and the job's
+    key stayed valid for the rest of its TTL (6 hours by default)."""
+    dsn = create_database("sira_job_sigterm")
+    settings = Settings(database_url=dsn, workspace=tmp_path)
+
+    async def mint() -> str:
+        await migrate_database(dsn)
+        pool = await db.create_pool(dsn)
+        try:
+            async with db.transaction(pool) as conn:
+                key, _ = await create_job_key(conn, Identity("t-admin", frozenset({"admin"})),
+                                              actions=JOBS["drift"].actions, job_name="sira-drift-term",
+                                              ttl=timedelta(hours=6), pepper=settings.secret("auth_secret"))
+            return key
+        finally:
+            await pool.close()
+
+    key = run_sync(mint())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIRA_", "RAY_"))}
+    env.update({"SIRA_DATABASE_URL": dsn, "SIRA_WORKSPACE": str(tmp_path), "SIRA_API_KEY": key})
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline() == "waiting\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        said = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert said == "error: interrupted: wait-a-while stopped by SIGTERM\n", said
+    (row,) = run_sync(fetch_rows(dsn, "SELECT revoked_at FROM sira_api_keys WHERE name = 'job-sira-drift-term'"))
+    assert row["revoked_at"] is not None
