@@ -27,30 +27,22 @@ from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
 
 
 class _Stopped(BaseException):
-    """SIGTERM in a job whose command set no handler of its own: a BaseException, so no ``except Exception``
-    on the way takes it for a failure to carry on from."""
+    """SIGTERM in a command that set no handler of its own: a BaseException, so no ``except Exception`` on the
+    way takes it for a failure to carry on from, and every ``finally`` and ``async with`` on the way runs."""
+
+
+def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise _Stopped()
 
 
 def run_job(args: list[str]) -> int:
     """A Ray job's entry point (``jobs/*.py``): the CLI command, then the job's own key revoked, so it is
-    worth nothing once the job has ended, whoever submitted it and however. SIGTERM (``ray job stop``,
-    Kubernetes) ends the command with exit 143 and one line; until 2026-12-07 it killed the process where it
-    stood (Python's default action), the key left valid until its TTL. Commands that record their runs
-    (train, retrain, score) set handlers of their own while they run."""
-    def stop(_signum: int, _frame: Any) -> None:
-        raise _Stopped()
-
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, stop)
+    worth nothing once the job has ended, whoever submitted it and however (``ray job stop`` included: see
+    :func:`main`)."""
     try:
         return main(args, own_process=True)
-    except _Stopped:
-        sys.stderr.write(f"error: interrupted: {args[0] if args else 'the job'} stopped by SIGTERM\n")
-        return 128 + signal.SIGTERM
     finally:
         release_job_key()
-
-
 
 
 def log_level() -> str:
@@ -90,6 +82,12 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     # SIRA's own loggers at SIRA_LOG_LEVEL (the others stay at WARNING); --debug shows everything at DEBUG
     logging.getLogger("sira").setLevel(logging.DEBUG if debug else log_level())
     command = typer.main.get_command(app)
+    # SIGTERM (`ray job stop`, Kubernetes, systemd, `kill`) unwinds the command (its Ray, embedded PostgreSQL and
+    # a job's key released on the way out), then one line and exit 143; until 2026-12-07 it killed the process
+    # where it stood (Python's default action). Commands that record their runs (train, retrain, score) and the
+    # servers set handlers of their own while they run.
+    if own_process and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = command.main(args=args, prog_name="sira", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -118,6 +116,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
+    except _Stopped:
+        name = next((a for a in args if not a.startswith("-")), "the command")
+        sys.stderr.write(f"error: interrupted: {name} stopped by SIGTERM\n")
+        return 128 + signal.SIGTERM
     except Exception as exc:  # a bug or an unexpected failure of a dependency
         if debug:
             traceback.print_exc()

@@ -143,3 +143,36 @@ def assert_the_report_reads_as_it_should(report):
     assert any(line.strip().startswith("export SIRA_API_KEY=") and "demo_keys.json" in line for line in ending)
     assert any(f"stays up at {report['serving']['url']}" in line for line in ending)
     assert not any("sira db stop" in line for line in ending)  # an external database: not the demo's to stop
+
+
+def test_a_sigterm_part_way_through_ends_the_demo_in_one_line_and_leaves_no_process(create_database, tmp_path):
+    """`sira demo` (or any command that sets no handler of its own) stopped by SIGTERM while it tunes died
+    with Python's default action: Ray's core worker printed a C++ stack, and nothing it had started was shut
+    down in order. Now the command unwinds (its Ray shut down) and says so in one line, exit 143."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIRA_", "RAY_"))}
+    env.update({"SIRA_DATABASE_URL": create_database(), "SIRA_WORKSPACE": str(tmp_path / "ws"),
+                "SIRA_RAY_NUM_CPUS": "1"})
+    demo = subprocess.Popen([sys.executable, "-m", "sira", "demo", "--scale", "0.05", "--days", "12", "--no-serve"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said = []
+    try:
+        for line in demo.stderr:
+            said.append(line)
+            if line.startswith("tune:"):
+                break
+        assert demo.poll() is None, "".join(said)
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert children, "no Ray started"
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=120) == 128 + signal.SIGTERM, "".join(said)
+        rest = demo.stderr.read()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert rest.endswith("\nerror: interrupted: demo stopped by SIGTERM\n") or \
+        rest == "error: interrupted: demo stopped by SIGTERM\n", rest[-3000:]
+    assert "Traceback" not in rest and "SIGTERM received" not in rest, rest[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [(p.pid, p.name()) for p in alive]
