@@ -264,6 +264,9 @@ class History(Strict):
     production: int | None = Field(description="The production version now (null: none)")
     rollback_to: int | None = Field(description="The version a rollback would restore now (null: none to go back "
                                                 "to); the same rule as POST /v1/models/{name}/rollback")
+    rollback_blocked: dict[str, str] | None = Field(
+        description="Why that rollback would be refused now ({code, message}; e.g. feature_set_retired: data "
+                    "retention removed the states its feature set reads), null when nothing stands in its way")
 
 
 class DriftReport(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sira.core import audit
 from sira.core.errors import Conflict, UnknownModel
 
 if TYPE_CHECKING:
@@ -51,15 +52,32 @@ async def history(conn: Connection, identity: Any, model_name: str) -> dict[str,
         """SELECT v.version FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
             WHERE m.name = $1 AND v.status = 'production'""", model_name)
     target = await rollback_target(conn, model_name, production) if production is not None else None
-    return {"model": model_name, "history": changes, "production": production, "rollback_to": target}
+    blocked = None
+    if target is not None:  # what the rollback would refuse now, said before anyone tries it
+        row = await conn.fetchrow(
+            """SELECT m.feature_set, v.version, v.feature_set_version FROM sira_model_versions v
+                 JOIN sira_models m ON m.id = v.model_id WHERE m.name = $1 AND v.version = $2""", model_name, target)
+        refusal = await features_refusal(conn, model_name, row["feature_set"], row) if row is not None else None
+        blocked = {"code": refusal.code, "message": refusal.message} if refusal is not None else None
+    return {"model": model_name, "history": changes, "production": production, "rollback_to": target,
+            "rollback_blocked": blocked}
 
 
-async def check_features_kept(conn: Connection, model_name: str, feature_set: str | None, row: Any) -> None:
-    """Refuse (409 ``feature_set_retired``) to make ``row`` production when data retention removed the stored
-    states of the feature set it reads (``sira retention apply``: a set no live version used) and nothing rebuilt
-    them since: it would score every entity as if it had no history, with nothing to say so."""
+async def check_features_kept(conn: Connection, actor: Any, model_name: str, feature_set: str | None,
+                              row: Any) -> None:
+    """Refuse (409 ``feature_set_retired``, audited) to make ``row`` production when data retention removed the
+    stored states of the feature set it reads (``sira retention apply``: a set no live version used) and nothing
+    rebuilt them since: it would score every entity as if it had no history, with nothing to say so."""
+    refusal = await features_refusal(conn, model_name, feature_set, row)
+    if refusal is not None:
+        raise audit.denied(refusal, actor, "production.change", target_type="model_version",
+                           target_id=f"{model_name}:v{row['version']}")
+
+
+async def features_refusal(conn: Connection, model_name: str, feature_set: str | None, row: Any) -> Conflict | None:
+    """The refusal :func:`check_features_kept` raises for ``row``, if any."""
     if feature_set is None or row["feature_set_version"] is None:
-        return  # trained on a table: it reads no stored state
+        return None  # trained on a table: it reads no stored state
     name = f"{feature_set}@{row['feature_set_version']}"
     retired = await conn.fetchrow(
         """SELECT occurred_at, details->>'run_id' AS run_id FROM sira_audit_log
@@ -71,14 +89,14 @@ async def check_features_kept(conn: Connection, model_name: str, feature_set: st
                                                   AND (details->>'full')::boolean))), '-infinity')
             ORDER BY id DESC LIMIT 1""", name)
     if retired is None:
-        return
+        return None
     from sira.features.definitions import FEATURE_SETS
 
     fs = FEATURE_SETS.get((feature_set, row["feature_set_version"]))
     how = (f"sira features rebuild --feature-set {name}" if fs is not None and fs.engine == "tiles"
            else f"sira features materialize --full --feature-set {name}")
-    raise Conflict(f"{model_name} v{row['version']} reads feature set {name}, whose stored states data retention "
-                   f"removed on {retired['occurred_at']:%Y-%m-%d} (run {retired['run_id']}): it would score every "
-                   f"entity as if it had no history. Rebuild them first (`{how}`), then try again",
-                   code="feature_set_retired",
-                   details={"feature_set": name, "version": row["version"], "retention_run": retired["run_id"]})
+    return Conflict(
+        f"{model_name} v{row['version']} reads feature set {name}, whose stored states data retention removed on "
+        f"{retired['occurred_at']:%Y-%m-%d} (run {retired['run_id']}): it would score every entity as if it had no "
+        f"history. Rebuild them first (`{how}`), then try again", code="feature_set_retired",
+        details={"feature_set": name, "version": row["version"], "retention_run": retired["run_id"]})

@@ -203,7 +203,7 @@ def verify_artifact(actor: audit.Actor, model_name: str, row: Any) -> None:
 
     try:
         artifacts.load_artifact(get_settings(), artifacts.ArtifactRef(row["artifact_uri"], row["artifact_sha256"]))
-    except artifacts.ArtifactTampered as exc:
+    except (artifacts.ArtifactTampered, NotFound) as exc:  # tampered, or gone from the store (artifact_missing)
         raise audit.denied(exc, actor, "production.change", target_type="model_version",
                            target_id=f"{model_name}:v{row['version']}", details={"reason": exc.message}) from None
 
@@ -214,7 +214,7 @@ async def _change_production(conn: Connection, actor: audit.Actor, model_id: int
     """Make ``target`` the production version (the current one is archived), with a history row."""
     from sira.registry import lifecycle
 
-    await check_features_kept(conn, model_name, await conn.fetchval(
+    await check_features_kept(conn, actor, model_name, await conn.fetchval(
         "SELECT feature_set FROM sira_models WHERE id = $1 FOR UPDATE", model_id), target)
     verify_artifact(actor, model_name, target)
     current = await conn.fetchrow(

@@ -506,6 +506,11 @@ async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_re
     assert step(done, "retired_feature_sets")["feature_sets"] == ["payments@1"]
 
     operator = Identity("k-ops", frozenset({"operator"}))
+    from sira.registry.history import history
+
+    async with fresh.acquire() as conn:  # the history says so before anyone tries (it offered v1 as is)
+        said = await history(conn, operator, "old-fraud")
+    assert said["rollback_to"] == 1 and said["rollback_blocked"]["code"] == "feature_set_retired"
     with pytest.raises(SiraError) as refused:
         async with db.transaction(fresh) as conn:
             await registry.rollback(conn, operator, "old-fraud", "v2 misbehaves", expected_version=2)
@@ -513,6 +518,9 @@ async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_re
     assert "sira features materialize --full --feature-set payments@1" in refused.value.message
     assert refused.value.details["retention_run"] == done["run_id"]
     assert await fresh.fetchval("SELECT status FROM sira_model_versions WHERE version = 2") == "production"
+    (denied,) = await fresh.fetch("SELECT target_type, target_id, outcome FROM sira_audit_log "
+                                  "WHERE action = 'production.change' AND outcome <> 'success'")
+    assert tuple(denied) == ("model_version", "old-fraud:v1", "denied")  # refused, and audited (it was not)
 
     # rebuilt since: the check lets it through (to the artifact's, which this test's file:///m fails)
     await fresh.execute("INSERT INTO sira_audit_log (actor, actor_kind, action, target_type, target_id, details) "
@@ -521,4 +529,8 @@ async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_re
     with pytest.raises(SiraError) as other:
         async with db.transaction(fresh) as conn:
             await registry.rollback(conn, operator, "old-fraud", "v2 misbehaves", expected_version=2)
-    assert other.value.code != "feature_set_retired", other.value.message
+    assert other.value.code == "artifact_missing", other.value.message
+    assert await fresh.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'production.change' "
+                                "AND outcome = 'denied'") == 2  # a missing artifact's refusal audited too
+    async with fresh.acquire() as conn:
+        assert (await history(conn, operator, "old-fraud"))["rollback_blocked"] is None
