@@ -54,6 +54,7 @@ from sira.monitoring.subject import (
     stored_customer,
     subject_ref,
 )
+from sira.serving.idempotency import ANSWERS_CHANNEL, FORGET_ANSWERS
 
 log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
@@ -152,7 +153,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     own = _identifiers(events) - {v for _, v in await shared_identifiers(conn, customer_id, events)}
     types, keys = [t for t, _ in entities], [k for _, k in entities]
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-    predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
+    predictions = await conn.fetch("SELECT prediction_id, request_id, model_name FROM sira_predictions "
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
     rejected = await rejected_of(conn, customer_id, ids)  # naming them, or only a payment of theirs
@@ -174,6 +175,12 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE id = ANY($1::bigint[])",
                                           [r["id"] for r in rejected]),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
+        # (model, request id, digest of their request) was kept until the claims' sweep, up to the window later
+        "request_claims": await _deleted(
+            conn, "DELETE FROM sira_request_claims WHERE (model_name, request_id) IN "
+                  "(SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p["model_name"] for p in predictions if p["request_id"]],
+            [p["request_id"] for p in predictions if p["request_id"]]),
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), own),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
@@ -182,6 +189,9 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
                         "restore its row (sql/017) and run the --approve again", code="erasure_gate_unavailable")
     for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
         await drop_cached(conn, entity)
+    # and every answer they hold in memory: a retry of the person's request id was answered from there with
+    # their old answer (until 2026-12-07); now it is scored afresh
+    await conn.execute("SELECT pg_notify($1, $2)", ANSWERS_CHANNEL, FORGET_ANSWERS)
     files = await _files(conn, events, prediction_ids)
     outside = {"entities": _touched(events), "event_ids": ids, "customer_id": customer_id,
                "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
