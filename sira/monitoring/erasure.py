@@ -17,10 +17,14 @@ stopped by the gate when it stores them). A tombstone stays: who asked, who carr
 counts. The audit log names the subject by its keyed hash only.
 
 Kept, on purpose: aggregates that name nobody (a terminal's or a shared card's state, which sums other
-people's payments too; drift and performance results; a model's reference quantiles), and model artifacts
-(a trained model holds no row of anyone: LightGBM keeps split thresholds and leaf values). Files SIRA wrote
-outside its stores (batch outputs, explanation reports) are listed for the operator, since SIRA cannot know
-where they went; so is a Kafka topic, which SIRA cannot rewrite.
+people's payments too; drift and performance results; a model's reference quantiles). Model artifacts are
+not rewritten (their checksums are what the registry verifies and governance approved) but they are not
+free of the person: ``reference_sample.npy`` holds a sample of the training matrix, rows of people, and
+LightGBM's split thresholds are values of the training rows. The artifacts of the versions trained on a
+window that holds one of the person's events are listed in the erasure's ``files`` (until 2026-12-07 the
+docs said an artifact held "no row of anyone"), for the operator to retire and retrain. Files SIRA wrote
+outside its stores (batch outputs, explanation reports, subject exports) are listed for the operator, since
+SIRA cannot know where they went; so is a Kafka topic, which SIRA cannot rewrite.
 """
 
 from __future__ import annotations
@@ -271,7 +275,34 @@ async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any])
     return ([{"kind": "batch_output", "path": b["out"], "input": b["input"], "written_at": b["at"].isoformat()}
              for b in batches]
             + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat()}
-               for r in reports])
+               for r in reports]
+            + await _artifacts(conn, [e["occurred_at"] for e in events]))
+
+
+TRAINING_ROW_FILES = ("reference_sample.npy", "model.txt")  # rows of the training matrix; values of them
+
+
+async def _artifacts(conn: Connection, times: list[Any]) -> list[dict[str, Any]]:
+    """The model versions trained on the feature store over a window holding one of the person's events (its
+    ``train_from``..``train_to``, as the run recorded it): their artifacts hold rows of the training matrix
+    (``reference_sample.npy``) and split values taken from them (``model.txt``). Listed, not rewritten:
+    the checksums are what the registry verifies."""
+    rows = await conn.fetch(
+        """SELECT m.name, v.version, v.status, v.artifact_uri,
+                  (r.dataset_fingerprint->'windows'->>'train_from')::timestamptz AS train_from,
+                  (r.dataset_fingerprint->'windows'->>'train_to')::timestamptz AS train_to
+             FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+             JOIN sira_training_runs r ON r.run_id = v.run_id
+            WHERE r.dataset_fingerprint->>'source' = 'feature_store'
+              AND r.dataset_fingerprint->'windows'->>'train_from' IS NOT NULL
+              AND r.dataset_fingerprint->'windows'->>'train_to' IS NOT NULL
+            ORDER BY m.name, v.version""")
+    return [{"kind": "model_artifact", "model": r["name"], "version": r["version"], "status": r["status"],
+             "path": r["artifact_uri"], "files": list(TRAINING_ROW_FILES),
+             "trained_on": {"from": r["train_from"].isoformat(), "to": r["train_to"].isoformat()},
+             "note": "training rows of the person may be in it: retire the version and retrain without them "
+                     "(SIRA does not rewrite an artifact: its checksums are governance's)"}
+            for r in rows if any(r["train_from"] <= t < r["train_to"] for t in times)]
 
 
 async def record_outside(conn: Connection, identity: Identity, request_id: int, counts: dict[str, Any]) -> None:
