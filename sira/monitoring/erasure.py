@@ -107,16 +107,25 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
             "next": f"a second admin runs: sira subject forget --customer <id> --approve {request_id}"}
 
 
+# a PII token inside text (sira.ingest.pii's form: tok_<kind>_<24 hex>), and the placeholder it becomes
+_TOKEN_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])tok_([a-z]{1,16})_[0-9a-f]{24}(?![0-9A-Za-z])")
+PLACEHOLDERS = {"pan": "card", "email": "email", "phone": "phone", "ip": "ip", "iban": "iban"}
+
+
 def without_subject(text: str, customer_id: str, stored: str, ref: str, redactor: Any) -> str:
-    """``text`` as the audit log and the tombstone keep it, which is forever: PII redacted (``redactor``:
-    the installation's, which ingestion scrubbed the id with) and the person's id replaced by ``ref`` (their
-    keyed hash) however it is written there: as given, in another case, or as redaction turns it into the
-    token their rows were stored under (``stored``: an id that is an email or a phone number)."""
+    """``text`` as the audit log and the tombstone keep it, which is forever: the person's id replaced by
+    ``ref`` (their keyed hash) however it is written there: as given, in another case, or as redaction turns
+    it into the token their rows were stored under (``stored``: an id that is an email or a phone number);
+    other personal data (an email, a phone or card number...: what ``redactor``, the installation's, finds)
+    and any token already in it by a placeholder of its kind (``[email]``, ``[phone]``, ``[card]``): a token
+    is the installation's own, the one the person's events carry, and linked the reason to them (until
+    2026-12-07)."""
     mark = "\ue000"  # a character no redaction pattern touches, where the id was, until the hash goes in
     text = re.sub(re.escape(customer_id), mark, text, flags=re.IGNORECASE)
     text = redactor.scrub_text(text)
     for form in (stored, customer_id):
         text = re.sub(re.escape(form), mark, text, flags=re.IGNORECASE)
+    text = _TOKEN_IN_TEXT.sub(lambda m: f"[{PLACEHOLDERS.get(m.group(1), 'personal data')}]", text)
     return text.replace(mark, ref)
 
 
@@ -196,7 +205,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     # and every answer they hold in memory: a retry of the person's request id was answered from there with
     # their old answer (until 2026-12-07); now it is scored afresh
     await conn.execute("SELECT pg_notify($1, $2)", ANSWERS_CHANNEL, FORGET_ANSWERS)
-    files = await _files(conn, events, prediction_ids)
+    files = await _files(conn, events, prediction_ids, ref)
     outside = {"entities": _touched(events), "event_ids": ids, "customer_id": customer_id,
                "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
     await conn.execute(  # `cleanup` keeps what Redis and the spool are to lose until they have (record_outside)
@@ -259,23 +268,29 @@ async def _deleted(conn: Connection, sql: str, *args: Any) -> int:
     return db.rows_affected(await conn.execute(sql, *args))
 
 
-async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any]) -> list[dict[str, Any]]:
-    """What SIRA wrote outside its stores that may hold the person's rows: batch outputs written since their
-    first event, explanation reports issued on their predictions."""
+async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any], ref: str) -> list[dict[str, Any]]:
+    """What SIRA wrote outside its stores that may hold the person's rows: subject exports of them (``ref``:
+    their keyed hash) and explanation reports issued on their predictions (with the file each was written to,
+    ``--out``), batch outputs written since their first event, model artifacts trained on their events."""
+    exports = await conn.fetch(
+        """SELECT occurred_at AS at, details->>'out' AS out FROM sira_audit_log
+            WHERE action = 'subject.export' AND target_type = 'subject' AND target_id = $1 ORDER BY occurred_at""",
+        ref)
+    listed = [{"kind": "subject_export", "path": e["out"], "written_at": e["at"].isoformat()} for e in exports]
     if not events:
-        return []
+        return listed
     first = min(e["occurred_at"] for e in events)
     batches = await conn.fetch(
         """SELECT occurred_at AS at, details->>'out' AS out, details->>'input' AS input FROM sira_audit_log
             WHERE action = 'batch.score' AND outcome = 'success' AND occurred_at >= $1 ORDER BY occurred_at""", first)
     reports = await conn.fetch(
-        """SELECT occurred_at AS at, details->>'report_id' AS report_id FROM sira_audit_log
+        """SELECT occurred_at AS at, details->>'report_id' AS report_id, details->>'out' AS out FROM sira_audit_log
             WHERE action = 'explanation.issue' AND target_id = ANY($1::text[]) ORDER BY occurred_at""",
         [str(p) for p in prediction_ids])
-    return ([{"kind": "batch_output", "path": b["out"], "input": b["input"], "written_at": b["at"].isoformat()}
-             for b in batches]
-            + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat()}
-               for r in reports]
+    return (listed + [{"kind": "batch_output", "path": b["out"], "input": b["input"],
+                       "written_at": b["at"].isoformat()} for b in batches]
+            + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat(),
+                **({"path": r["out"]} if r["out"] else {})} for r in reports]
             + await _artifacts(conn, [e["occurred_at"] for e in events]))
 
 

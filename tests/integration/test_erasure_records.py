@@ -68,3 +68,27 @@ async def test_the_artifacts_of_versions_trained_on_the_persons_events_are_liste
     assert "reference_sample.npy" in listed[0]["files"] and listed[0]["path"].startswith("file:///artifacts/")
     stored = await clean_db.fetchval("SELECT files FROM sira_erasure_requests WHERE id = $1", done["request_id"])
     assert any(f.get("kind") == "model_artifact" for f in stored)
+
+
+async def test_the_reasons_personal_data_becomes_placeholders_not_the_installations_tokens(clean_db, settings):
+    """The reason was redacted into the installation's own PII tokens, the very ones the person's events carry
+    (their email's, their phone's): kept forever in the tombstone and the audit log, they linked the erasure to
+    the person's other records. Placeholders of the kind now."""
+    from sira.ingest.bulk import redactor_for, store_events
+
+    redactor = redactor_for(settings)
+    person, email, phone = "cus-reason-1", "ann.other@example.com", "+44 7700 900457"
+    async with db.transaction(clean_db) as conn:
+        summary, _ = await store_events(conn, [{"event_id": "rs-1", "occurred_at": "2026-09-01T10:00:00Z",
+                                                "customer_id": person, "amount": 10.0, "email": email,
+                                                "phone": phone}], redactor=redactor, source="file")
+    assert summary.accepted == 1
+    reason = f"asked by {email}, call back on {phone}; card 4111 1111 1111 1111 on file"
+    done = await _erase(clean_db, settings, person, reason=reason)
+    kept = [await clean_db.fetchval("SELECT reason FROM sira_erasure_requests WHERE id = $1", done["request_id"])]
+    kept += [r[0] for r in await clean_db.fetch("SELECT details::text FROM sira_audit_log "
+                                                "WHERE action LIKE 'subject.forget%'")]
+    assert kept[0] == "asked by [email], call back on [phone]; card [card] on file", kept[0]
+    tokens = [redactor.token("email", email), redactor.token("phone", phone), "tok_"]
+    assert len(kept) == 3 and all(t not in text for t in tokens for text in kept), kept
+    assert all("[email]" in text for text in kept)
