@@ -10,7 +10,8 @@ their events (production and shadow, with their reasons and features) and the la
 deleted; the person's digest goes to the erasure gate (``sira_erased_subjects``: an event of theirs that
 happened before now is never stored again, whichever path brings it back: a replayed spool, a re-imported
 file, a late stream entry; a later one starts a fresh history); every replica drops its cached states of the
-entity types touched (``NOTIFY``, "all": no id in the payload). After the commit, what SIRA keeps outside
+entity types touched and every answer it holds in memory (``NOTIFY``, "all": no id in the payload), and the
+claims of their request ids are deleted. After the commit, what SIRA keeps outside
 PostgreSQL: the cached states, histories and answers in Redis, the Redis stream's entries still held, and
 the records of this machine's serving spool that a live replica does not hold (a live replica's records are
 stopped by the gate when it stores them). A tombstone stays: who asked, who carried it out, when, why, what

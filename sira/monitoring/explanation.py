@@ -281,6 +281,13 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         })
     report["report_id"] = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()[:32]
     report["issued_at"] = datetime.now(timezone.utc).isoformat()
+    if out:  # where it was written, for a later erasure to list (the person's id in it not kept)
+        from sira.ingest.bulk import redactor_for
+        from sira.monitoring.subject import recorded_path
+
+        customer = await conn.fetchval("SELECT customer_id FROM sira_events WHERE event_id = $1", row["event_id"]) \
+            if row["event_id"] else None
+        out = recorded_path(out, redactor_for(settings), customer)
     await audit.record(conn, identity.actor(), "explanation.issue", target_type="prediction", target_id=str(key),
                        details={"report_id": report["report_id"], "summary_only": not full,
                                 **({"out": out} if out else {})})

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import uuid
 import zipfile
 from pathlib import Path
@@ -143,7 +144,8 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
 
     authorize(identity, "subject.access")
     check_customer(customer_id)
-    asked, customer_id = customer_id, stored_customer(redactor_for(settings), customer_id)
+    redactor = redactor_for(settings)
+    asked, customer_id = customer_id, stored_customer(redactor, customer_id)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
                               customer_id)
     ids = [e["event_id"] for e in events]
@@ -202,7 +204,8 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
                                                      "the explanation report shows them as ranges"}
     await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
                        target_id=subject_ref(settings.secret("auth_secret"), asked),
-                       details={"counts": bundle["counts"], **({"out": out} if out else {})})
+                       details={"counts": bundle["counts"],
+                                **({"out": recorded_path(out, redactor, asked, customer_id)} if out else {})})
     return bundle
 
 
@@ -255,6 +258,21 @@ def _withheld(predictions: list[dict[str, Any]], events: list[Any], entities: li
         p["reasons"] = [{**r, "value": None, "text": describe(r["feature"], WITHHELD_VALUE)}
                         if r.get("feature") in others else r for r in p.get("reasons") or []]
     return predictions
+
+
+CUSTOMER_IN_PATH = "[customer]"
+
+
+def recorded_path(out: str, redactor: Any, *ids: str | None) -> str:
+    """A file's path as the audit log keeps it, which is forever: PII in it redacted (``redactor``: the
+    installation's) and the person's id (``ids``: as given and as stored) written :data:`CUSTOMER_IN_PATH`
+    (an export named after the customer would have kept their id in the log)."""
+    for form in (i for i in ids if i):
+        out = re.sub(re.escape(form), CUSTOMER_IN_PATH, out, flags=re.IGNORECASE)
+    out = redactor.scrub_text(out)
+    for form in (i for i in ids if i):
+        out = re.sub(re.escape(form), CUSTOMER_IN_PATH, out, flags=re.IGNORECASE)
+    return out
 
 
 def private_file(out: Path) -> BinaryIO:
