@@ -47,7 +47,7 @@ def subject_export_cmd(
     settings = get_settings()
 
     async def export(conn: Any, who: Any) -> dict[str, Any]:
-        return await export_subject(conn, who, customer, settings)
+        return await export_subject(conn, who, customer, settings, out=str(out.resolve()))
 
     bundle = governed(export, api_key)
     write_bundle(bundle, out)
@@ -160,6 +160,7 @@ def thresholds_table(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
     from sira.cli.common import fmt
+    from sira.monitoring.thresholds import caught_in_words
 
     marks = {v: f"current {k}" for k, v in result["current"].items()}
     marks.update({v: (marks.get(v, "") + " " if v in marks else "") + f"meets targets ({k})"
@@ -171,7 +172,7 @@ def thresholds_table(result: dict[str, Any]) -> Any:
         table.add_column(column, justify="left" if column == "" else "right")
     for r in result["thresholds"]:
         table.add_row(fmt(r["threshold"]), f"{r['flag_rate']:.2%}", fmt(r["precision"], 3), fmt(r["recall"], 3),
-                      f"{r['fraud_amount_caught']:,.0f} ({(r['fraud_amount_share'] or 0):.0%})", f"{r['false_alarms']:,}",
+                      caught_in_words(r), f"{r['false_alarms']:,}",
                       f"{r['total_cost']:,.0f}", marks.get(r["threshold"], ""))
     return table
 
@@ -286,6 +287,7 @@ def explain_cmd(
 
     from sira.core.errors import InvalidInput, invalid_format
     from sira.monitoring.explanation import explain_prediction, to_html, to_markdown
+    from sira.monitoring.subject import private_file
 
     if fmt is not None and fmt not in ("md", "html", "json"):
         raise invalid_format(fmt, ("md", "html", "json"))
@@ -298,7 +300,8 @@ def explain_cmd(
     settings = get_settings()
 
     async def run(conn: Any, who: Any) -> dict[str, Any]:
-        return await explain_prediction(conn, settings, who, prediction)
+        return await explain_prediction(conn, settings, who, prediction,
+                                        out=str(out.resolve()) if out is not None else None)
 
     report = governed(run, api_key)
     text = (to_markdown(report) if fmt == "md" else to_html(report) if fmt == "html"
@@ -306,5 +309,6 @@ def explain_cmd(
     if out is None:
         sys.stdout.write(text)
     else:
-        out.write_text(text)
+        with private_file(out) as fh:  # 0600: the report is about a person (0644 until 2026-12-07)
+            fh.write(text.encode())
         err.print(f"report {report['report_id']} → {out}")

@@ -10,17 +10,22 @@ their events (production and shadow, with their reasons and features) and the la
 deleted; the person's digest goes to the erasure gate (``sira_erased_subjects``: an event of theirs that
 happened before now is never stored again, whichever path brings it back: a replayed spool, a re-imported
 file, a late stream entry; a later one starts a fresh history); every replica drops its cached states of the
-entity types touched (``NOTIFY``, "all": no id in the payload). After the commit, what SIRA keeps outside
+entity types touched and every answer it holds in memory (``NOTIFY``, "all": no id in the payload), and the
+claims of their request ids are deleted. After the commit, what SIRA keeps outside
 PostgreSQL: the cached states, histories and answers in Redis, the Redis stream's entries still held, and
 the records of this machine's serving spool that a live replica does not hold (a live replica's records are
 stopped by the gate when it stores them). A tombstone stays: who asked, who carried it out, when, why, what
 counts. The audit log names the subject by its keyed hash only.
 
 Kept, on purpose: aggregates that name nobody (a terminal's or a shared card's state, which sums other
-people's payments too; drift and performance results; a model's reference quantiles), and model artifacts
-(a trained model holds no row of anyone: LightGBM keeps split thresholds and leaf values). Files SIRA wrote
-outside its stores (batch outputs, explanation reports) are listed for the operator, since SIRA cannot know
-where they went; so is a Kafka topic, which SIRA cannot rewrite.
+people's payments too; drift and performance results; a model's reference quantiles). Model artifacts are
+not rewritten (their checksums are what the registry verifies and governance approved) but they are not
+free of the person: ``reference_sample.npy`` holds a sample of the training matrix, rows of people, and
+LightGBM's split thresholds are values of the training rows. The artifacts of the versions trained on a
+window that holds one of the person's events are listed in the erasure's ``files`` (until 2026-12-07 the
+docs said an artifact held "no row of anyone"), for the operator to retire and retrain. Files SIRA wrote
+outside its stores (batch outputs, explanation reports, subject exports) are listed for the operator, since
+SIRA cannot know where they went; so is a Kafka topic, which SIRA cannot rewrite.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from sira.monitoring.subject import (
     stored_customer,
     subject_ref,
 )
+from sira.serving.idempotency import ANSWERS_CHANNEL, FORGET_ANSWERS
 
 log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".spool"
@@ -102,16 +108,25 @@ async def request_forget(conn: Connection, identity: Identity, customer_id: str,
             "next": f"a second admin runs: sira subject forget --customer <id> --approve {request_id}"}
 
 
+# a PII token inside text (sira.ingest.pii's form: tok_<kind>_<24 hex>), and the placeholder it becomes
+_TOKEN_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])tok_([a-z]{1,16})_[0-9a-f]{24}(?![0-9A-Za-z])")
+PLACEHOLDERS = {"pan": "card", "email": "email", "phone": "phone", "ip": "ip", "iban": "iban"}
+
+
 def without_subject(text: str, customer_id: str, stored: str, ref: str, redactor: Any) -> str:
-    """``text`` as the audit log and the tombstone keep it, which is forever: PII redacted (``redactor``:
-    the installation's, which ingestion scrubbed the id with) and the person's id replaced by ``ref`` (their
-    keyed hash) however it is written there: as given, in another case, or as redaction turns it into the
-    token their rows were stored under (``stored``: an id that is an email or a phone number)."""
+    """``text`` as the audit log and the tombstone keep it, which is forever: the person's id replaced by
+    ``ref`` (their keyed hash) however it is written there: as given, in another case, or as redaction turns
+    it into the token their rows were stored under (``stored``: an id that is an email or a phone number);
+    other personal data (an email, a phone or card number...: what ``redactor``, the installation's, finds)
+    and any token already in it by a placeholder of its kind (``[email]``, ``[phone]``, ``[card]``): a token
+    is the installation's own, the one the person's events carry, and linked the reason to them (until
+    2026-12-07)."""
     mark = "\ue000"  # a character no redaction pattern touches, where the id was, until the hash goes in
     text = re.sub(re.escape(customer_id), mark, text, flags=re.IGNORECASE)
     text = redactor.scrub_text(text)
     for form in (stored, customer_id):
         text = re.sub(re.escape(form), mark, text, flags=re.IGNORECASE)
+    text = _TOKEN_IN_TEXT.sub(lambda m: f"[{PLACEHOLDERS.get(m.group(1), 'personal data')}]", text)
     return text.replace(mark, ref)
 
 
@@ -152,7 +167,7 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
     own = _identifiers(events) - {v for _, v in await shared_identifiers(conn, customer_id, events)}
     types, keys = [t for t, _ in entities], [k for _, k in entities]
     owned = "(entity_type, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-    predictions = await conn.fetch("SELECT prediction_id, request_id FROM sira_predictions "
+    predictions = await conn.fetch("SELECT prediction_id, request_id, model_name FROM sira_predictions "
                                    "WHERE event_id = ANY($1::text[])", ids)
     prediction_ids = [p["prediction_id"] for p in predictions]
     rejected = await rejected_of(conn, customer_id, ids)  # naming them, or only a payment of theirs
@@ -174,6 +189,12 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
         "rejected_events": await _deleted(conn, "DELETE FROM sira_rejected_events WHERE id = ANY($1::bigint[])",
                                           [r["id"] for r in rejected]),
         "events": await _deleted(conn, "DELETE FROM sira_events WHERE customer_id = $1", customer_id),
+        # (model, request id, digest of their request) was kept until the claims' sweep, up to the window later
+        "request_claims": await _deleted(
+            conn, "DELETE FROM sira_request_claims WHERE (model_name, request_id) IN "
+                  "(SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p["model_name"] for p in predictions if p["request_id"]],
+            [p["request_id"] for p in predictions if p["request_id"]]),
         "shared_histories_deidentified": await _deidentify_shared(conn, set(ids), own),
     }
     await conn.execute("SET LOCAL sira.erasure = 'off'")
@@ -182,7 +203,10 @@ async def forget(conn: Connection, identity: Identity, customer_id: str, request
                         "restore its row (sql/017) and run the --approve again", code="erasure_gate_unavailable")
     for entity in sorted({t for t, _ in _touched(events)}):  # replicas drop what they cached; names nobody
         await drop_cached(conn, entity)
-    files = await _files(conn, events, prediction_ids)
+    # and every answer they hold in memory: a retry of the person's request id was answered from there with
+    # their old answer (until 2026-12-07); now it is scored afresh
+    await conn.execute("SELECT pg_notify($1, $2)", ANSWERS_CHANNEL, FORGET_ANSWERS)
+    files = await _files(conn, events, prediction_ids, ref)
     outside = {"entities": _touched(events), "event_ids": ids, "customer_id": customer_id,
                "request_ids": sorted({p["request_id"] for p in predictions if p["request_id"]})}
     await conn.execute(  # `cleanup` keeps what Redis and the spool are to lose until they have (record_outside)
@@ -245,23 +269,56 @@ async def _deleted(conn: Connection, sql: str, *args: Any) -> int:
     return db.rows_affected(await conn.execute(sql, *args))
 
 
-async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any]) -> list[dict[str, Any]]:
-    """What SIRA wrote outside its stores that may hold the person's rows: batch outputs written since their
-    first event, explanation reports issued on their predictions."""
+async def _files(conn: Connection, events: list[Any], prediction_ids: list[Any], ref: str) -> list[dict[str, Any]]:
+    """What SIRA wrote outside its stores that may hold the person's rows: subject exports of them (``ref``:
+    their keyed hash) and explanation reports issued on their predictions (with the file each was written to,
+    ``--out``), batch outputs written since their first event, model artifacts trained on their events."""
+    exports = await conn.fetch(
+        """SELECT occurred_at AS at, details->>'out' AS out FROM sira_audit_log
+            WHERE action = 'subject.export' AND target_type = 'subject' AND target_id = $1 ORDER BY occurred_at""",
+        ref)
+    listed = [{"kind": "subject_export", "path": e["out"], "written_at": e["at"].isoformat()} for e in exports]
     if not events:
-        return []
+        return listed
     first = min(e["occurred_at"] for e in events)
     batches = await conn.fetch(
         """SELECT occurred_at AS at, details->>'out' AS out, details->>'input' AS input FROM sira_audit_log
             WHERE action = 'batch.score' AND outcome = 'success' AND occurred_at >= $1 ORDER BY occurred_at""", first)
     reports = await conn.fetch(
-        """SELECT occurred_at AS at, details->>'report_id' AS report_id FROM sira_audit_log
+        """SELECT occurred_at AS at, details->>'report_id' AS report_id, details->>'out' AS out FROM sira_audit_log
             WHERE action = 'explanation.issue' AND target_id = ANY($1::text[]) ORDER BY occurred_at""",
         [str(p) for p in prediction_ids])
-    return ([{"kind": "batch_output", "path": b["out"], "input": b["input"], "written_at": b["at"].isoformat()}
-             for b in batches]
-            + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat()}
-               for r in reports])
+    return (listed + [{"kind": "batch_output", "path": b["out"], "input": b["input"],
+                       "written_at": b["at"].isoformat()} for b in batches]
+            + [{"kind": "explanation_report", "report_id": r["report_id"], "issued_at": r["at"].isoformat(),
+                **({"path": r["out"]} if r["out"] else {})} for r in reports]
+            + await _artifacts(conn, [e["occurred_at"] for e in events]))
+
+
+TRAINING_ROW_FILES = ("reference_sample.npy", "model.txt")  # rows of the training matrix; values of them
+
+
+async def _artifacts(conn: Connection, times: list[Any]) -> list[dict[str, Any]]:
+    """The model versions trained on the feature store over a window holding one of the person's events (its
+    ``train_from``..``train_to``, as the run recorded it): their artifacts hold rows of the training matrix
+    (``reference_sample.npy``) and split values taken from them (``model.txt``). Listed, not rewritten:
+    the checksums are what the registry verifies."""
+    rows = await conn.fetch(
+        """SELECT m.name, v.version, v.status, v.artifact_uri,
+                  (r.dataset_fingerprint->'windows'->>'train_from')::timestamptz AS train_from,
+                  (r.dataset_fingerprint->'windows'->>'train_to')::timestamptz AS train_to
+             FROM sira_model_versions v JOIN sira_models m ON m.id = v.model_id
+             JOIN sira_training_runs r ON r.run_id = v.run_id
+            WHERE r.dataset_fingerprint->>'source' = 'feature_store'
+              AND r.dataset_fingerprint->'windows'->>'train_from' IS NOT NULL
+              AND r.dataset_fingerprint->'windows'->>'train_to' IS NOT NULL
+            ORDER BY m.name, v.version""")
+    return [{"kind": "model_artifact", "model": r["name"], "version": r["version"], "status": r["status"],
+             "path": r["artifact_uri"], "files": list(TRAINING_ROW_FILES),
+             "trained_on": {"from": r["train_from"].isoformat(), "to": r["train_to"].isoformat()},
+             "note": "training rows of the person may be in it: retire the version and retrain without them "
+                     "(SIRA does not rewrite an artifact: its checksums are governance's)"}
+            for r in rows if any(r["train_from"] <= t < r["train_to"] for t in times)]
 
 
 async def record_outside(conn: Connection, identity: Identity, request_id: int, counts: dict[str, Any]) -> None:

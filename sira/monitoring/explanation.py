@@ -30,7 +30,7 @@ from asyncpg import Connection
 from sira.core import audit
 from sira.core.artifacts import ArtifactRef, load_manifest
 from sira.core.auth import Identity, authorize, may
-from sira.core.errors import InvalidInput, NotFound
+from sira.core.errors import InvalidInput, NotFound, ServiceUnavailable
 from sira.monitoring import counterfactual
 from sira.registry.models import get_model, get_version
 from sira.serving.scoring import (
@@ -174,9 +174,18 @@ def report_action(identity: Identity) -> str:
     return "score" if not may(identity, "predictions.read") and may(identity, "score") else "predictions.read"
 
 
-async def explain_prediction(conn: Connection, settings: Any, identity: Identity, prediction_id: str) -> dict[str, Any]:
+AMOUNT_FEATURES = ("amount",)  # the payment's own amount, in its own currency
+SHADOW_NOTE = ("This model only scored the payment in shadow, beside the model in production: its score decided "
+               "nothing.")
+
+
+async def explain_prediction(conn: Connection, settings: Any, identity: Identity, prediction_id: str,
+                             out: str | None = None) -> dict[str, Any]:
     """The report of one stored prediction (the summary only for a caller that may score but not read
-    predictions)."""
+    predictions); ``out``: the file it is written to (``sira explain --out``), kept in the audit entry so a
+    later erasure lists it. A shadow prediction is reported as what it is: a score that decided nothing,
+    beside the decision production made, with no counterfactual (until 2026-12-07 it read "Decision REVIEW
+    ... by fraud v3" where production had approved)."""
     full = may(identity, "predictions.read")
     authorize(identity, report_action(identity))
     try:
@@ -186,8 +195,8 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         raise InvalidInput("prediction_id must be a UUID", code="invalid_request",
                            details={"field": "prediction_id"}) from None
     row = await conn.fetchrow(
-        """SELECT prediction_id, model_name, version, role, event_id, features, score, decision, scored_at,
-                  threshold_set
+        """SELECT prediction_id, model_name, version, role, event_id, request_id, features, score, decision,
+                  scored_at, threshold_set
              FROM sira_predictions WHERE prediction_id = $1 ORDER BY scored_at DESC LIMIT 1""", key)
     if row is None:
         raise NotFound(f"no stored prediction {key}", code="unknown_prediction",
@@ -195,12 +204,34 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
     model = await get_model(conn, row["model_name"])
     version = dict(await get_version(conn, row["model_name"], row["version"]))
     version["model_name"], version["model_id"] = row["model_name"], model["id"]
-    runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)  # a verified artifact, read from disk
-    reference = (load_manifest(settings, ArtifactRef(version["artifact_uri"], version["artifact_sha256"]))
-                 .get("reference") or {}).get("features") or {}
+    try:
+        runtime = await asyncio.to_thread(ModelRuntime.load, settings, version)  # a verified artifact, from disk
+        reference = (load_manifest(settings, ArtifactRef(version["artifact_uri"], version["artifact_sha256"]))
+                     .get("reference") or {}).get("features") or {}
+    except NotFound as exc:
+        if exc.code != "artifact_missing":
+            raise
+        # the server's state, not the caller's mistake, and said without the server's file path (it was a 404
+        # artifact_missing naming the path until 2026-12-07)
+        raise ServiceUnavailable(f"{row['model_name']} v{row['version']} cannot be loaded on this server (its "
+                                 "artifact is missing): the report cannot be computed now", code="model_unavailable",
+                                 details={"model": row["model_name"], "version": row["version"]}) from None
     decided_by = await deciding_set(conn, row["threshold_set"], version["id"])
     x = runtime.matrix([row["features"]])
     contributions = runtime.contributions(x)[0]
+    thresholds = {"review": decided_by["review"], "block": decided_by["block"]}
+    shadow = row["role"] == "shadow"
+    stored = await conn.fetchrow("SELECT occurred_at, amount, currency FROM sira_events WHERE event_id = $1",
+                                 row["event_id"]) if row["event_id"] else None
+    payment = None if stored is None else {"occurred_at": stored["occurred_at"].isoformat(),
+                                           "amount": _amount(stored["amount"]), "currency": stored["currency"]}
+    if shadow:
+        counterfactual = {"available": False, "why": "scored in shadow: the model decided nothing, there is no "
+                          "decision to change"}
+    else:  # the payment as the first report read it, kept with its counterfactual: the report stays the same
+        counterfactual = await _counterfactual(conn, runtime, row, thresholds, payment)
+        payment = counterfactual.pop("payment", payment)  # (none kept by a report before 2026-12-07)
+    currency = payment["currency"] if payment is not None else None
     factors = []
     others = others_features(runtime)
     for j in np.argsort(-np.abs(contributions[: len(runtime.schema)]), kind="stable").tolist():
@@ -208,7 +239,10 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
         if c == 0.0:
             continue
         spec = runtime.schema[j]
-        factors.append(factor(spec, float(x[0, j]), c, reference.get(spec.name), others=spec.name in others))
+        found = factor(spec, float(x[0, j]), c, reference.get(spec.name), others=spec.name in others)
+        if currency and spec.name in AMOUNT_FEATURES and found["text"].endswith(")"):
+            found = {**found, "currency": currency, "text": found["text"][:-1] + f" {currency})"}
+        factors.append(found)
     reviews = await conn.fetch(
         """SELECT source, label, known_at FROM sira_feedback
             WHERE (prediction_id = $1 OR event_id = $2)
@@ -216,15 +250,17 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
             ORDER BY known_at, source, id""",
         key, row["event_id"], list(REVIEW_SOURCES))
     decision = row["decision"]
-    thresholds = {"review": decided_by["review"], "block": decided_by["block"]}
-    counterfactual = await _counterfactual(conn, runtime, row, thresholds)
     summary = {
-        "prediction_id": str(key), "decision": decision, "decided_at": row["scored_at"].isoformat(),
+        "prediction_id": str(key), "decision": None if shadow else decision,
+        "decided_at": row["scored_at"].isoformat(),
         "model": row["model_name"], "version": row["version"],
         "purpose": PURPOSES.get(model["model_type"], model["model_type"]),
+        **({"scored_in_shadow": True, "note": SHADOW_NOTE, "shadow_decision": decision,
+            "production_decision": await _production_decision(conn, row)} if shadow else {}),
+        "payment": payment,
         "main_factors": [f["text"] + (" (raised the risk)" if f["direction"] == "increases_risk" else
                                       " (lowered the risk)") for f in factors[:4]],
-        "what_would_change_it": _in_words(counterfactual),
+        "what_would_change_it": _in_words(counterfactual, currency),
         "human_review": {"reviewed": bool(reviews),
                          "how_to_ask": "Ask the company that took the payment for a review by a person, quoting "
                                        f"reference {key}."},
@@ -238,23 +274,47 @@ async def explain_prediction(conn: Connection, settings: Any, identity: Identity
             # as the version was registered with it: the model's own an admin may edit, and the report id
             # hashes it (versions registered before 2026-12-06 have none)
             "description": version["description"],
-            "factors": factors, "expected_value": float(contributions[-1]),
+            "factors": factors, "contribution_unit": "log-odds", "expected_value": float(contributions[-1]),
             "raw_score": float(contributions.sum()),
             "data_categories": _categories(runtime),
             "reviews": [{"source": r["source"], "label": r["label"], "at": r["known_at"].isoformat()} for r in reviews],
         })
     report["report_id"] = hashlib.sha256(json.dumps(report, sort_keys=True, default=str).encode()).hexdigest()[:32]
     report["issued_at"] = datetime.now(timezone.utc).isoformat()
+    if out:  # where it was written, for a later erasure to list (the person's id in it not kept)
+        from sira.ingest.bulk import redactor_for
+        from sira.monitoring.subject import recorded_path
+
+        customer = await conn.fetchval("SELECT customer_id FROM sira_events WHERE event_id = $1", row["event_id"]) \
+            if row["event_id"] else None
+        out = recorded_path(out, redactor_for(settings), customer)
     await audit.record(conn, identity.actor(), "explanation.issue", target_type="prediction", target_id=str(key),
-                       details={"report_id": report["report_id"], "summary_only": not full})
+                       details={"report_id": report["report_id"], "summary_only": not full,
+                                **({"out": out} if out else {})})
     return report
 
 
-async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float]
-                          ) -> dict[str, Any]:
+def _amount(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+async def _production_decision(conn: Connection, row: Any) -> dict[str, Any] | None:
+    """What production decided on the payment a shadow prediction scored (its event, else its request id)."""
+    found = await conn.fetchrow(
+        """SELECT decision, model_name, version FROM sira_predictions
+            WHERE role = 'production' AND model_name = $1
+              AND (event_id = $2 OR ($2::text IS NULL AND request_id = $3))
+            ORDER BY scored_at LIMIT 1""", row["model_name"], row["event_id"], row["request_id"])
+    return None if found is None else {"decision": found["decision"], "model": found["model_name"],
+                                       "version": found["version"]}
+
+
+async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thresholds: dict[str, float],
+                          payment: dict[str, Any] | None) -> dict[str, Any]:
     """The decision's counterfactual as its first report gave it, whatever it said (``sira_counterfactuals``),
     else computed and kept: a late event before the payment, or the payment stored after a report, changes
-    what a refold of the log gives, never the report (a prediction's threshold set never changes either)."""
+    what a refold of the log gives, never the report (a prediction's threshold set never changes either).
+    Kept with it, under ``payment``: the payment's time, amount and currency as that report read them."""
     pinned = await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
                                  row["prediction_id"])
     if pinned is not None:
@@ -269,33 +329,67 @@ async def _counterfactual(conn: Connection, runtime: ModelRuntime, row: Any, thr
                                           row["decision"])
     # two reports at once: the first stored stands
     await conn.execute("INSERT INTO sira_counterfactuals (prediction_id, result) VALUES ($1, $2)"
-                       " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], found)
+                       " ON CONFLICT (prediction_id) DO NOTHING", row["prediction_id"], {**found, "payment": payment})
     return dict(await conn.fetchval("SELECT result FROM sira_counterfactuals WHERE prediction_id = $1",
                                     row["prediction_id"]))
 
 
-def _in_words(found: dict[str, Any]) -> str | None:
-    """The counterfactual as the person reads it."""
+def _in_words(found: dict[str, Any], currency: str | None = None) -> str | None:
+    """The counterfactual as the person reads it (amounts in the payment's ``currency``)."""
     if not found.get("available"):
         return None
     change = found["change"]
     if "amount" in change:
-        what = f"the amount had been {_num(change['amount']['to'])} instead of {_num(change['amount']['from'])}"
+        unit = f" {currency}" if currency else ""
+        what = (f"the amount had been {_num(change['amount']['to'])}{unit} instead of "
+                f"{_num(change['amount']['from'])}{unit}")
     else:
         what = (f"the payment had been made at {change['occurred_at']['to'][11:16]} UTC instead of "
                 f"{change['occurred_at']['from'][11:16]}")
     return f"The decision would have been {found['decision']} if {what}, all else the same."
 
 
+def _when(iso: str) -> str:
+    return iso[:19].replace("T", " ") + " UTC"
+
+
+def _payment_line(s: dict[str, Any]) -> list[str]:
+    p = s.get("payment")
+    if not p:
+        return []
+    amount = "" if p["amount"] is None else f" of {_num(p['amount'])}" + (f" {p['currency']}" if p["currency"] else "")
+    said = [f"The payment{amount} was made {_when(p['occurred_at'])}."]
+    if p["currency"]:
+        said.append(f"Amounts are in {p['currency']}, this payment's currency (a history's totals and averages add "
+                    "its payments' amounts as they were sent).")
+    return [" ".join(said), ""]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
-    lines = [f"# Decision {s['decision'].upper()}: payment reference {s['prediction_id']}", "",
-             f"Decided {s['decided_at'][:19].replace('T', ' ')} UTC by {s['model']} v{s['version']}, a model that "
-             f"{s['purpose']}.", "", "## Main factors", ""]
+    at = _when(s["decided_at"])
+    if s.get("scored_in_shadow"):
+        made = s.get("production_decision")
+        lines = [f"# Shadow score, not a decision: payment reference {s['prediction_id']}", "",
+                 f"Scored {at} by {s['model']} v{s['version']}, a model that {s['purpose']}. {s['note']} Under its "
+                 f"thresholds it would have meant {s['shadow_decision'].upper()}; "
+                 + (f"the decision on this payment was {made['decision'].upper()}, by {made['model']} "
+                    f"v{made['version']}." if made else "the decision on this payment is not recorded here."), ""]
+    else:
+        lines = [f"# Decision {s['decision'].upper()}: payment reference {s['prediction_id']}", "",
+                 f"Decided {at} by {s['model']} v{s['version']}, a model that {s['purpose']}.", ""]
+    lines += _payment_line(s)
+    if "score" in report:
+        t, ts = report["thresholds"], report["threshold_set"]
+        lines += [f"Score {report['score']:.4f}; thresholds: review at {t['review']:.4f} or more, block at "
+                  f"{t['block']:.4f} or more (threshold set {ts['id']}, revision {ts['revision']}).", ""]
+    lines += ["## Main factors", ""]
     if "factors" in report:
+        lines += ["Every factor that moved the score, largest first; each contribution is in log-odds (of the "
+                  "model's raw score, before calibration: positive raised the risk, negative lowered it).", ""]
         lines += [f"{i}. {f['text']}: {'raised' if f['direction'] == 'increases_risk' else 'lowered'} the risk "
                   f"({f['contribution']:+.4f})" + (f"; typical: {f['typical']}" if f["typical"] else "")
-                  for i, f in enumerate(report["factors"][:10], 1)]
+                  for i, f in enumerate(report["factors"], 1)]
         lines += ["", "## Data used", ""] + [f"- {c}" for c in report["data_categories"]]
     else:
         lines += [f"- {t}" for t in s["main_factors"]]

@@ -28,10 +28,12 @@ import decimal
 import hashlib
 import hmac
 import json
+import os
+import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from asyncpg import Connection
 
@@ -133,14 +135,17 @@ def stored_customer(redactor: Any, customer_id: str) -> str:
     return redactor.scrub_value(customer_id)
 
 
-async def export_subject(conn: Connection, identity: Identity, customer_id: str, settings: Any) -> dict[str, Any]:
+async def export_subject(conn: Connection, identity: Identity, customer_id: str, settings: Any,
+                         out: str | None = None) -> dict[str, Any]:
     """Everything stored about ``customer_id`` (as the person gives it: looked up as ingestion stored it, scrubbed
-    with the installation's key), by section, with counts and the token kinds present."""
+    with the installation's key), by section, with counts and the token kinds present; ``out``: the file it is
+    written to, kept in the audit entry (a later erasure of the person lists it)."""
     from sira.ingest.bulk import redactor_for
 
     authorize(identity, "subject.access")
     check_customer(customer_id)
-    asked, customer_id = customer_id, stored_customer(redactor_for(settings), customer_id)
+    redactor = redactor_for(settings)
+    asked, customer_id = customer_id, stored_customer(redactor, customer_id)
     events = await conn.fetch("SELECT * FROM sira_events WHERE customer_id = $1 ORDER BY occurred_at, seq",
                               customer_id)
     ids = [e["event_id"] for e in events]
@@ -199,7 +204,8 @@ async def export_subject(conn: Connection, identity: Identity, customer_id: str,
                                                      "the explanation report shows them as ranges"}
     await audit.record(conn, identity.actor(), "subject.export", target_type="subject",
                        target_id=subject_ref(settings.secret("auth_secret"), asked),
-                       details={"counts": bundle["counts"]})
+                       details={"counts": bundle["counts"],
+                                **({"out": recorded_path(out, redactor, asked, customer_id)} if out else {})})
     return bundle
 
 
@@ -254,14 +260,43 @@ def _withheld(predictions: list[dict[str, Any]], events: list[Any], entities: li
     return predictions
 
 
+CUSTOMER_IN_PATH = "[customer]"
+
+
+def recorded_path(out: str, redactor: Any, *ids: str | None) -> str:
+    """A file's path as the audit log keeps it, which is forever: PII in it redacted (``redactor``: the
+    installation's) and the person's id (``ids``: as given and as stored) written :data:`CUSTOMER_IN_PATH`
+    (an export named after the customer would have kept their id in the log)."""
+    for form in (i for i in ids if i):
+        out = re.sub(re.escape(form), CUSTOMER_IN_PATH, out, flags=re.IGNORECASE)
+    out = redactor.scrub_text(out)
+    for form in (i for i in ids if i):
+        out = re.sub(re.escape(form), CUSTOMER_IN_PATH, out, flags=re.IGNORECASE)
+    return out
+
+
+def private_file(out: Path) -> BinaryIO:
+    """``out`` opened for writing, readable by its owner only (0600, as artifacts and the workspace's secrets
+    are), an existing file's mode included: a subject export or an explanation report holds a person's data
+    (they were written 0644, world-readable, until 2026-12-07)."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
 def write_bundle(bundle: dict[str, Any], out: Path) -> Path:
-    """The bundle as one JSON file, or (``.zip``) one JSON file per section beside a manifest."""
-    if out.suffix == ".zip":
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            manifest = {k: v for k, v in bundle.items() if k not in SECTIONS}
-            archive.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-            for section in SECTIONS:
-                archive.writestr(f"{section}.json", json.dumps(bundle[section], indent=1, sort_keys=True))
-    else:
-        out.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    """The bundle as one JSON file, or (``.zip``) one JSON file per section beside a manifest (0600)."""
+    with private_file(out) as fh:
+        if out.suffix == ".zip":
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                manifest = {k: v for k, v in bundle.items() if k not in SECTIONS}
+                archive.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+                for section in SECTIONS:
+                    archive.writestr(f"{section}.json", json.dumps(bundle[section], indent=1, sort_keys=True))
+        else:
+            fh.write((json.dumps(bundle, indent=1, sort_keys=True) + "\n").encode())
     return out

@@ -42,23 +42,44 @@ SELECT version, count(*) FILTER (WHERE positive_known_at IS NOT NULL) AS positiv
 """
 
 
+UNKNOWN_CURRENCY = "unknown"  # a payment stored without its currency
+
+# The answers of the what-if, with each payment's currency (PREDICTIONS_SQL's, plus the event's currency):
+# amounts are totalled per currency, never across (the fraud amount caught summed EUR and JPY until 2026-12-07)
+_WITH_CURRENCY = PREDICTIONS_SQL.replace("e.amount::float8 AS amount,", "e.amount::float8 AS amount, e.currency,")
+assert _WITH_CURRENCY != PREDICTIONS_SQL, "PREDICTIONS_SQL no longer selects e.amount as written here"
+
+
 def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds: list[float],
-                   targets: DecisionTargets) -> list[dict[str, Any]]:
-    """For each threshold, what flagging every score at or above it gives (one sort, cumulative sums)."""
+                   targets: DecisionTargets, currency: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """For each threshold, what flagging every score at or above it gives (one sort, cumulative sums). Amounts
+    per ``currency`` (each answer's, :data:`UNKNOWN_CURRENCY` without one): ``fraud_amount_caught_by_currency``
+    and its share of the window's fraud amount in that currency, what the CLI's table and the page show.
+    ``fraud_amount_caught`` and its share stay the sum of the raw amounts, for the readers of the HTTP
+    schema: meaningful only in a window of one currency."""
+    if currency is None:
+        currency = np.full(y.size, UNKNOWN_CURRENCY, dtype=object)
     order = np.argsort(-p, kind="mergesort")
-    p_desc, y_desc, amount_desc = p[order], y[order], amount[order]
-    caught_count, caught_amount = np.cumsum(y_desc), np.cumsum(amount_desc * y_desc)
+    p_desc, y_desc, amount_desc, currency_desc = p[order], y[order], amount[order], currency[order]
+    caught_count = np.cumsum(y_desc)
+    codes = sorted(set(currency_desc[y_desc == 1].tolist()))  # the currencies of the fraud
+    caught_in = {c: np.cumsum(amount_desc * y_desc * (currency_desc == c)) for c in codes}
+    fraud_in = {c: float(caught_in[c][-1]) for c in codes}
+    caught_amount = np.cumsum(amount_desc * y_desc)
     n, positives, fraud_amount = y.size, int(y.sum()), float((amount * y).sum())
     rows = []
     for t in sorted(set(thresholds)):
         k = int(np.searchsorted(-p_desc, -t, side="right"))  # scores >= t
         tp = int(caught_count[k - 1]) if k else 0
         fp, missed = k - tp, positives - tp
+        by_currency = {c: float(caught_in[c][k - 1]) if k else 0.0 for c in codes}
+        shares = {c: by_currency[c] / fraud_in[c] if fraud_in[c] else None for c in codes}
         caught = float(caught_amount[k - 1]) if k else 0.0
         rows.append({
             "threshold": t, "flagged": k, "flag_rate": k / n,
             "precision": tp / k if k else None, "recall": tp / positives if positives else None,
             "fraud_amount_caught": caught, "fraud_amount_share": caught / fraud_amount if fraud_amount else None,
+            "fraud_amount_caught_by_currency": by_currency, "fraud_amount_share_by_currency": shares,
             "false_alarms": fp, "missed_fraud": missed,
             "false_alarm_cost": fp * targets.cost_false_alarm, "missed_fraud_cost": missed * targets.cost_missed_fraud,
             "total_cost": fp * targets.cost_false_alarm + missed * targets.cost_missed_fraud,
@@ -69,10 +90,17 @@ def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds:
 async def labelled_window(conn: Connection, model: str, version: int, lo: datetime, hi: datetime, label_name: str,
                           cutoff: datetime, maturity_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, scores, amounts) of the version's production answers in [lo, hi) whose label is usable."""
+    return (await labelled_rows(conn, model, version, lo, hi, label_name, cutoff, maturity_days))[:3]
+
+
+async def labelled_rows(conn: Connection, model: str, version: int, lo: datetime, hi: datetime, label_name: str,
+                        cutoff: datetime, maturity_days: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`labelled_window`, with each answer's currency (:data:`UNKNOWN_CURRENCY` without one)."""
     rule = Windows(None, None, None, None, cutoff, maturity_days)
-    y, p, amount = [], [], []
+    y, p, amount, currency = [], [], [], []
     async with conn.transaction(readonly=True):
-        async for row in conn.cursor(PREDICTIONS_SQL, model, lo, hi, label_name, cutoff, version, prefetch=10_000):
+        async for row in conn.cursor(_WITH_CURRENCY, model, lo, hi, label_name, cutoff, version, prefetch=10_000):
             if row["role"] != "production":
                 continue
             label = label_rule(row["occurred_at"], row["positive_known_at"], row["negative_known"], rule)
@@ -80,7 +108,9 @@ async def labelled_window(conn: Connection, model: str, version: int, lo: dateti
                 y.append(label)
                 p.append(row["score"])
                 amount.append(row["amount"] or 0.0)
-    return np.asarray(y, dtype=np.int8), np.asarray(p, dtype=np.float64), np.asarray(amount, dtype=np.float64)
+                currency.append(row["currency"] or UNKNOWN_CURRENCY)
+    return (np.asarray(y, dtype=np.int8), np.asarray(p, dtype=np.float64), np.asarray(amount, dtype=np.float64),
+            np.asarray(currency, dtype=object))
 
 
 async def what_if(conn: Connection, identity: Identity, model_name: str, *, version: int | None = None,
@@ -115,19 +145,22 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
                            code="invalid_field", details={"field": "to"}) from None
     if hi <= lo:
         raise inverted_window(lo, hi)
-    y, p, amount = await labelled_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
+    y, p, amount, currency = await labelled_rows(conn, model_name, version, lo, hi, model["label_name"], cutoff,
+                                                 maturity)
     if y.size == 0 or y.min() == y.max():
         raise await _no_window(conn, model_name, version, lo, hi, model["label_name"], cutoff, maturity)
     targets = DecisionTargets.from_dict(model["decision_targets"])
     current = {k: float(v) for k, v in row["thresholds"].items()}
     suggested = choose_thresholds(y, p, targets)
     grid = [float(np.quantile(p, 1 - r)) for r in FLAG_RATES]
-    rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid, *also], targets)
+    rows = threshold_rows(y, p, amount, [*current.values(), *suggested.values(), *grid, *also], targets, currency)
     # a window past the label maturity counts the young events' chargebacks and leaves their legitimate
     # neighbours out: precision and recall read high, and approvers took it as evidence unwarned
     mature_until = cutoff - timedelta(days=maturity)
     return {"model": model_name, "version": version, "window": {"from": lo.isoformat(), "to": hi.isoformat()},
             "provisional": hi > mature_until, "mature_until": mature_until.isoformat(),
+            # (one currency: its total; several: still their sum, for the HTTP schema's float: read the rows'
+            # fraud_amount_caught_by_currency, the totals per currency)
             "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
             "targets": targets.__dict__, "current": current, "meets_targets": suggested,
             "thresholds": rows}
@@ -194,6 +227,17 @@ async def apply(conn: Connection, identity: Identity, model_name: str, version: 
                                                evidence=evidence) | {"evidence": evidence}
 
 
+def caught_in_words(row: dict[str, Any]) -> str:
+    """A row's fraud amount caught, per currency with its share of the window's fraud in that currency
+    ("1,234 EUR (40%), 500 USD (20%)"); a currency unknown (payments stored without one) is not named."""
+    by = row.get("fraud_amount_caught_by_currency")
+    if by is None:  # a what-if stored before 2026-12-07 (a threshold set's evidence)
+        return f"{row['fraud_amount_caught'] or 0:,.0f} ({(row['fraud_amount_share'] or 0):.0%})"
+    shares = row.get("fraud_amount_share_by_currency") or {}
+    return ", ".join(f"{v:,.0f}{'' if c == UNKNOWN_CURRENCY else ' ' + c} ({(shares.get(c) or 0):.0%})"
+                     for c, v in sorted(by.items())) or "0"
+
+
 def to_html(result: dict[str, Any]) -> str:
     """The what-if as a standalone page: precision, recall and flag rate against the threshold (an inline SVG:
     no script, no request), the current and target thresholds marked, and the table."""
@@ -234,7 +278,7 @@ def to_html(result: dict[str, Any]) -> str:
 
     table = "".join(
         f"<tr><td>{cell(r['threshold'], 4)}</td><td>{cell(r['flag_rate'] * 100, 2)}%</td><td>{cell(r['precision'])}</td>"
-        f"<td>{cell(r['recall'])}</td><td>{cell(r['fraud_amount_caught'], 0)}</td><td>{cell(r['false_alarms'])}</td>"
+        f"<td>{cell(r['recall'])}</td><td>{html.escape(caught_in_words(r))}</td><td>{cell(r['false_alarms'])}</td>"
         f"<td>{cell(r['total_cost'], 0)}</td></tr>" for r in rows)
     title = html.escape(f"{result['model']} v{result['version']}: thresholds on {result['labelled']:,} labelled answers "
                         f"({result['positives']:,} fraud), {result['window']['from'][:10]} to {result['window']['to'][:10]}")

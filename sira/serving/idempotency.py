@@ -117,7 +117,12 @@ def _cached(value: bytes) -> dict[str, Any]:
     return orjson.loads(value)  # type: ignore[no-any-return]
 
 
-ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis
+ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis, or ...
+# ... an erasure: every replica drops every answer it holds in memory (:meth:`Answers.on_gap`). All, not the
+# person's: the payload names nobody (as the erasure's other notifications), and an answer of theirs still
+# in a replica's spool is not known to the erasure by its request id; a replica only asks Redis (and
+# PostgreSQL, whose rows of theirs are gone) again for the others' retries.
+FORGET_ANSWERS = '{"forget": "all"}'
 
 # Per request id: its answer if Redis holds one, else the claim on it (``claim|<claimant>|<digest>``) if another
 # replica holds one, else (when ARGV[2] is "1") a claim of our own, set, and false; then the marker.
@@ -459,9 +464,14 @@ class Answers:
         with contextlib.suppress(Exception):
             await self.replica.redis.set(self.marker_key, repr(time.time()), nx=True)
 
-    def on_gap(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+    def on_gap(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         """Another replica gave answers Redis does not hold: PostgreSQL is asked until the marker moves
-        (the replica moves it when it reaches Redis again, and the new marker is checked as any other)."""
+        (the replica moves it when it reaches Redis again, and the new marker is checked as any other).
+        :data:`FORGET_ANSWERS` instead: a person was erased, and the answers this replica holds in memory
+        go (a retry of their request id was answered with their old answer from here until 2026-12-07)."""
+        if payload == FORGET_ANSWERS:
+            self.recent.clear()
+            return
         self.distrust_until = time.time() + self.replica.config.idempotency_ttl_s
         self._trusted_from.clear()
 

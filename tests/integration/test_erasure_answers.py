@@ -1,0 +1,105 @@
+"""After an erasure nothing answers for the person from before: a live replica's in-memory answer cache, the
+claims of their request ids (``sira_request_claims``), the model files trained on their events (listed), the
+reason's personal data. A private database: the session's shared one is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sira.core import db
+from sira.core.config import reset_settings
+from tests.conftest import private_installation, scoring_client
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def installation(create_database, fraud_model, redis_url):
+    return private_installation(create_database, fraud_model, "sira_erasure_answers", redis_url)
+
+
+def payment(customer: str, k: int) -> dict:
+    return {"event_id": f"ev-{customer}-{k}", "occurred_at": (NOW - timedelta(hours=5 - k)).isoformat(),
+            "customer_id": customer, "card_token": f"tok_{customer}", "device_id": f"dev-{customer}",
+            "terminal_id": "t-answers", "amount": 40.0 + k, "currency": "EUR", "country": "FR", "channel": "web"}
+
+
+async def _fetch(dsn: str, sql: str, *args):
+    conn = await db.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def sira(installation, monkeypatch, capsys):
+    """The command line as one of the installation's keys, in a thread (it runs its own event loop)."""
+    from sira.cli.main import main
+
+    monkeypatch.setenv("SIRA_DATABASE_URL", installation.dsn)
+    monkeypatch.setenv("SIRA_WORKSPACE", str(installation.settings.workspace))
+    monkeypatch.setenv("SIRA_REDIS_URL", installation.redis_url)
+
+    async def run(who: str, *args: str):
+        monkeypatch.setenv("SIRA_API_KEY", installation.keys[who])
+        reset_settings()
+        try:
+            return await asyncio.to_thread(main, list(args)), capsys.readouterr()
+        finally:
+            reset_settings()
+
+    yield run
+    reset_settings()
+    os.environ.pop("SIRA_API_KEY", None)
+
+
+async def _forget(sira, customer: str, reason: str, spool) -> dict:
+    code, out = await sira("admin", "subject", "forget", "--customer", customer, "--reason", reason, "--json")
+    assert code == 0, out.err
+    request = json.loads(out.out)
+    code, out = await sira("admin-b", "subject", "forget", "--customer", customer, "--approve",
+                           str(request["request_id"]), "--spool-dir", str(spool), "--json")
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+async def test_a_replayed_request_id_of_an_erased_person_is_not_answered_from_before(installation, sira, tmp_path):
+    """The serving replica kept the person's answer in memory (its LRU, for the idempotency window) and gave it
+    again to a replay of the request id after the erasure; the claim of the request id (model, request id,
+    digest of their request) stayed in sira_request_claims until its sweep. Both go now: the replay is scored
+    afresh."""
+    inst = installation
+    run = uuid.uuid4().hex[:8]
+    person = f"cus-answers-{run}"
+    headers = {"Authorization": f"Bearer {inst.keys['service']}"}
+    async with scoring_client(inst, tmp_path / "spool") as (client, service):
+        stored = await client.post("/v1/events", json={"events": [payment(person, 0), payment(person, 1)]},
+                                   headers=headers)
+        assert stored.status_code == 200, stored.text
+        request = {"model": "fraud", "request_id": f"req-{run}", "event": payment(person, 2)}
+        first = (await client.post("/v1/score", json=request, headers=headers)).json()
+        assert "prediction_id" in first, first
+        again = (await client.post("/v1/score", json=request, headers=headers)).json()
+        assert again["replayed"] is True and again["scored_at"] == first["scored_at"]
+        await service.flush()
+        # a claim of the request id, when the lookup went to PostgreSQL (a Redis marker not trusted yet)
+        claimed = await _fetch(inst.dsn, "SELECT 1 FROM sira_request_claims WHERE request_id = $1", f"req-{run}")
+        assert claimed  # (the test relies on it)
+
+        done = await _forget(sira, person, "the person asked", tmp_path / "spool")
+        assert done["counts"]["predictions"] >= 1 and done["counts"]["request_claims"] == len(claimed)
+        assert not await _fetch(inst.dsn, "SELECT 1 FROM sira_request_claims WHERE request_id = $1", f"req-{run}")
+        for _ in range(200):  # the erasure's notification reaches the replica's listener
+            if not len(service.answers):
+                break
+            await asyncio.sleep(0.05)
+        replayed = (await client.post("/v1/score", json=request, headers=headers)).json()
+    assert "prediction_id" in replayed, replayed
+    assert replayed["replayed"] is False and replayed["scored_at"] != first["scored_at"]
