@@ -194,9 +194,10 @@ class ScoringService:
         return self.models.unavailable()
 
     async def _reconnected(self) -> None:
-        """The listener was away: registry and snapshot notifications may have been missed."""
+        """The listener was away: registry, snapshot and erasure notifications may have been missed."""
         self.histories.clear()
         self.history.states.clear()
+        self.answers.clear()  # an erasure's: its person's answers must not be given again from here
         await self.models.refresh("reconnect")
 
     def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:

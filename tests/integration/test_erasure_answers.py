@@ -103,3 +103,35 @@ async def test_a_replayed_request_id_of_an_erased_person_is_not_answered_from_be
         replayed = (await client.post("/v1/score", json=request, headers=headers)).json()
     assert "prediction_id" in replayed, replayed
     assert replayed["replayed"] is False and replayed["scored_at"] != first["scored_at"]
+
+
+async def test_a_replica_that_lost_its_notifications_forgets_the_answers_it_holds(installation, tmp_path):
+    """An erasure's notification sent while a replica's listener was away never reached it: it kept the person's
+    answers in memory for the idempotency window (it dropped its cached histories and states on reconnecting,
+    not its answers)."""
+    import asyncpg
+
+    from tests.conftest import with_database
+
+    inst = installation
+    run = uuid.uuid4().hex[:8]
+    headers = {"Authorization": f"Bearer {inst.keys['service']}"}
+    async with scoring_client(inst, tmp_path / "spool") as (client, service):
+        request = {"model": "fraud", "request_id": f"req-lost-{run}", "event": payment(f"cus-lost-{run}", 0)}
+        assert (await client.post("/v1/score", json=request, headers=headers)).status_code == 200
+        assert len(service.answers)
+        for _ in range(100):  # the listener is up
+            if service.listener.conn is not None and not service.listener.conn.is_closed():
+                break
+            await asyncio.sleep(0.05)
+        old = service.listener.conn
+        admin = await asyncpg.connect(with_database(inst.dsn, "postgres"))
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", old.get_server_pid())
+        finally:
+            await admin.close()
+        for _ in range(400):  # it reconnects (after its back-off) and catches up
+            if service.listener.conn is not old and service.listener.conn is not None and not len(service.answers):
+                break
+            await asyncio.sleep(0.05)
+        assert service.listener.conn is not old and not len(service.answers)
