@@ -95,7 +95,7 @@ async def test_a_stale_threshold_card_does_not_approve_other_thresholds(client_a
            "SIRA_API_KEY": keys["cat"]}
     done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "approve", "--model", "fraud",
                                    "--version", "1", "--thresholds", "--request", str(seen))
-    assert done.returncode == 1 and done.stderr.startswith("error: request_closed: "), done.stderr
+    assert done.returncode == 2 and done.stderr.startswith("error: request_closed: "), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     thresholds = await clean_db.fetchval("SELECT thresholds FROM sira_model_versions WHERE version = 1")
     assert thresholds == {"review": 0.2, "block": 0.9}  # neither the rejected nor the unread revision
