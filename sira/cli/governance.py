@@ -90,13 +90,13 @@ def _verdict_note(result: dict[str, Any]) -> str:
 
 
 def _decide(decision: str, model: str, version: int, comment: str | None, api_key: str | None, as_json: bool,
-            thresholds: bool) -> None:
+            thresholds: bool, asked: int | None = None) -> None:
     from sira.registry.models import decide
     from sira.registry.thresholds import decide_change
 
     act = decide_change if thresholds else decide
     what = "threshold change" if thresholds else "request"
-    result = governed(lambda conn, who: act(conn, who, model, version, decision, comment), api_key, notify=True)
+    result = governed(lambda conn, who: act(conn, who, model, version, decision, comment, asked), api_key, notify=True)
     emit(result, as_json, lambda: err.print(
         f"{model} v{version}: {decision} recorded; {what} {result['outcome']} "
         f"({result['approvals']}/{result['required_approvals']} approvals)"))
@@ -104,25 +104,31 @@ def _decide(decision: str, model: str, version: int, comment: str | None, api_ke
 
 ThresholdsFlag = Annotated[bool, typer.Option("--thresholds", help="Decide the version's pending threshold change "
                                               "(sira thresholds --apply), not its promotion.")]
+RequestOption = Annotated[int | None, typer.Option(
+    "--request", min=1, max=2**63 - 1, metavar="ID",
+    help="The request you read: the promotion request's id (sira versions show), with --thresholds the "
+         "threshold set's (sira thresholds --history --json); refused (request_closed) unless still pending.")]
 
 
 @app.command("approve")
 def approve_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
-                thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+                thresholds: ThresholdsFlag = False, request: RequestOption = None, api_key: ApiKeyOption = None,
+                as_json: JsonOption = False) -> None:
     """Approve a version's promotion or threshold change.
 
     The pending promotion request (the last required approval promotes it), or with --thresholds the
     pending threshold change (the last required approval activates it)."""
-    _decide("approve", model, version, comment, api_key, as_json, thresholds)
+    _decide("approve", model, version, comment, api_key, as_json, thresholds, request)
 
 
 @app.command("reject")
 def reject_cmd(model: ModelOption, version: VersionOption, comment: CommentOption = None,
-               thresholds: ThresholdsFlag = False, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
+               thresholds: ThresholdsFlag = False, request: RequestOption = None, api_key: ApiKeyOption = None,
+               as_json: JsonOption = False) -> None:
     """Reject a version's promotion or threshold change.
 
     The pending promotion request, or with --thresholds the pending threshold change."""
-    _decide("reject", model, version, comment, api_key, as_json, thresholds)
+    _decide("reject", model, version, comment, api_key, as_json, thresholds, request)
 
 
 @app.command("rollback")
@@ -328,8 +334,12 @@ def versions_compare_cmd(model: ModelOption,
                          api_key: ApiKeyOption = None,
                          as_json: JsonOption = False) -> None:
     """Two versions' metrics side by side."""
+    from sira.core.errors import InvalidInput
     from sira.registry.models import compare_versions
 
+    if a == b:  # as GET /v1/models/{name}/compare: one column, every difference zero
+        raise InvalidInput(f"compare two different versions (a and b are both {a})", code="invalid_value",
+                           details={"field": "b"})
     result = governed(lambda conn, who: compare_versions(conn, who, model, a, b), api_key)
 
     def render() -> None:

@@ -96,6 +96,20 @@ class Comment(BaseModel):
     comment: Annotated[str, Field(max_length=2000)] | None = None
 
 
+_READ = ("as the approver read it: refused with 409 request_closed unless it is still the pending one (a new "
+         "request for the same version is never decided unread). Optional: without it, whichever is pending.")
+
+
+class PromotionDecision(Comment):
+    request_id: Annotated[int, Field(ge=1, le=2**63 - 1, description=f"The promotion request decided, {_READ}")] \
+        | None = None
+
+
+class ThresholdDecision(Comment):
+    set_id: Annotated[int, Field(ge=1, le=2**63 - 1, description=f"The threshold change (set) decided, {_READ}")] \
+        | None = None
+
+
 def announce(background: BackgroundTasks, request: Request) -> None:
     """Deliver webhooks after the response (failures are retried by `sira webhooks deliver`)."""
     from sira.registry import webhooks
@@ -157,6 +171,13 @@ async def versions_card(name: str, version: VersionNumber, request: Request, poo
 @router.get("/models/{name}/compare", response_model=Comparison, responses=errors(404))
 async def versions_compare(name: str, pool: PoolDep, a: Annotated[int, Query(ge=1, le=MAX_VERSION)],
                            b: Annotated[int, Query(ge=1, le=MAX_VERSION)], who: Identity = require("models.read")) -> dict[str, Any]:
+    """Two versions' metrics side by side; a version against itself is refused (422 invalid_value: its columns
+    were one, its differences all zero)."""
+    from sira.core.errors import InvalidInput
+
+    if a == b:
+        raise InvalidInput(f"compare two different versions (a and b are both {a})", code="invalid_value",
+                           details={"field": "b"})
     return await in_transaction(pool, registry.compare_versions, who, name, a, b)
 
 @router.post("/models/{name}/versions/{version}/promote", status_code=201, response_model=PromotionRequested,
@@ -178,15 +199,24 @@ async def stage(name: str, version: VersionNumber, body: Reason, request: Reques
 
 def add_decision_routes(target: APIRouter, tail: str, decide: Any, response_model: Any, what: str) -> None:
     """``POST /models/{name}/versions/{version}/{tail}approve|reject``: an approver's decision on a pending
-    ``what``, by ``decide(conn, identity, name, version, decision, comment)``, announced by webhook. One
-    literal path per decision: a ``{decision}`` parameter also caught POST …/card (422, not 405)."""
+    ``what``, by ``decide(conn, identity, name, version, decision, comment, <id>)``, announced by webhook; the
+    body names the request read by the id ``decide`` takes (``set_id``: a threshold change, else
+    ``request_id``). One literal path per decision: a ``{decision}`` parameter also caught POST …/card (422,
+    not 405)."""
+    import inspect
+
+    body_model, key = ((ThresholdDecision, "set_id") if "set_id" in inspect.signature(decide).parameters
+                       else (PromotionDecision, "request_id"))
+
     def route(decision: Literal["approve", "reject"]) -> Any:
         async def decided(name: str, version: VersionNumber, body: Comment, request: Request, pool: PoolDep,
                           background: BackgroundTasks, who: Identity = require("promotion.decide")) -> dict[str, Any]:
-            result = await in_transaction(pool, decide, who, name, version, decision, body.comment)
+            result = await in_transaction(pool, decide, who, name, version, decision, body.comment,
+                                          getattr(body, key))
             announce(background, request)
             return result
 
+        decided.__annotations__["body"] = body_model  # the body this decision takes (annotations are strings here)
         return decided
 
     for decision in ("approve", "reject"):

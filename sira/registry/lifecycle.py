@@ -1,4 +1,5 @@
-"""The version lifecycle and approval rules, as pure functions (no I/O).
+"""The version lifecycle and approval rules, as pure functions (no I/O; one exception, :func:`check_asked`,
+reads the status of the request an approver named).
 
 candidate → validated → staging → production → archived, or rejected.
 ``production`` is reached only when a promotion request gathers the model's
@@ -11,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sira.core import audit
-from sira.core.errors import Conflict, InvalidInput, PermissionDenied
+from sira.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
 
 STATUSES = ("candidate", "validated", "staging", "production", "archived", "rejected")
 # Direct transitions; production is entered only through approve_request / rollback.
@@ -111,3 +115,28 @@ def request_outcome(required: int, decisions: Sequence[tuple[str, str]]) -> str:
         return "rejected"
     approvers = {who for who, decision in decisions if decision == "approve"}
     return "approved" if len(approvers) >= required else "pending"
+
+
+# A decision names the request the approver read, by its table: (the word for it, the name of its id)
+ASKED = {"sira_promotion_requests": ("promotion request", "request_id"),
+         "sira_threshold_sets": ("threshold change", "set_id")}
+
+
+async def check_asked(conn: Connection, table: str, asked: int | None, pending: Any, version_id: int,
+                      target: str) -> None:
+    """Refuse a decision on ``asked`` (the id of the request the caller read, a promotion's or a threshold
+    change's; None: whichever is pending) unless it is ``pending`` (the version's pending row of ``table``, or
+    None): 404 not_found when the version has no such request, else 409 request_closed with its status and the
+    one pending now. Decisions are addressed by version: an approval sent from a stale card (its request
+    rejected, a new one asked with another reason or other thresholds) decided the new request unread."""
+    if asked is None or (pending is not None and pending["id"] == asked):
+        return
+    what, key = ASKED[table]
+    status = await conn.fetchval(f"SELECT status FROM {table} WHERE id = $1 AND version_id = $2",
+                                 asked, version_id)  # table: one of ASKED, never the caller's
+    if status is None:
+        raise NotFound(f"{target} has no {what} {asked}", details={"field": key, key: asked})
+    now = pending["id"] if pending is not None else None
+    raise Conflict(f"the {what} {asked} of {target} is closed ({status})"
+                   + (f"; {what} {now} is pending now: read it before deciding" if now is not None else ""),
+                   code="request_closed", details={"status": status, key: asked, "pending": now})

@@ -334,8 +334,8 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
 
 
 async def decide(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
-                 comment: str | None = None) -> dict[str, Any]:
-    """An approver's approve/reject on the version's pending request; the last required approval promotes."""
+                 comment: str | None = None, request_id: int | None = None) -> dict[str, Any]:
+    """An approver's approve/reject on the pending request (``request_id``: the one read); the last promotes."""
     from sira.core.auth import authorize, principals
     from sira.registry import lifecycle
 
@@ -347,6 +347,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
     request = await conn.fetchrow(
         "SELECT * FROM sira_promotion_requests WHERE version_id = $1 AND status = 'pending' FOR UPDATE", row["id"]
     )
+    await lifecycle.check_asked(conn, "sira_promotion_requests", request_id, request, row["id"], f"{model_name} v{version}")
     if request is None:
         last = await conn.fetchval(
             "SELECT status FROM sira_promotion_requests WHERE version_id = $1 ORDER BY id DESC LIMIT 1", row["id"]

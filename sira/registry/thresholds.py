@@ -142,9 +142,10 @@ async def request_change(conn: Connection, identity: Any, model_name: str, versi
 
 
 async def decide_change(conn: Connection, identity: Any, model_name: str, version: int, decision: str,
-                        comment: str | None = None) -> dict[str, Any]:
+                        comment: str | None = None, set_id: int | None = None) -> dict[str, Any]:
     """An approver's approve/reject on a version's pending threshold change (call inside a transaction);
-    the last required approval activates it."""
+    the last required approval activates it. ``set_id``: the change the approver read, refused (409
+    request_closed) unless it is the one pending (:func:`~sira.registry.lifecycle.check_asked`)."""
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision must be approve or reject")
     authorize(identity, "promotion.decide")
@@ -152,6 +153,7 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     row = dict(await get_version(conn, model_name, version, lock=True))
     pending = await conn.fetchrow("SELECT * FROM sira_threshold_sets WHERE version_id = $1 AND status = 'pending' "
                                   "FOR UPDATE", row["id"])
+    await lifecycle.check_asked(conn, "sira_threshold_sets", set_id, pending, row["id"], f"{model_name} v{version}")
     if pending is None:  # never asked (404), or decided, or cancelled with the version's move (409, as promotions)
         last = await conn.fetchval("SELECT status FROM sira_threshold_sets WHERE version_id = $1 AND revision > 1 "
                                    "ORDER BY revision DESC LIMIT 1", row["id"])  # revision 1: training's, not asked

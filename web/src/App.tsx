@@ -1,7 +1,7 @@
 import { Alert, AppShell, Badge, Button, Group, Loader, NavLink, Stack, Text, Title } from "@mantine/core";
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { NavLink as RouterLink, Navigate, Route, Routes, useLocation } from "react-router";
-import { api, ApiError, credential } from "./api";
+import { api, ApiError, credential, describe, onCredentialRefused } from "./api";
 import type { Me } from "./types";
 import { ApprovalsView } from "./views/Approvals";
 import { AuditView } from "./views/Audit";
@@ -29,17 +29,21 @@ export function App() {
   const [me, setMe] = useState<Me | null>(null);
   const [checking, setChecking] = useState(credential.get() !== null);
   const [failure, setFailure] = useState<string | null>(null);
+  // why the credential was dropped (the server's words: revoked, expired), said on the sign-in page
+  const [signedOut, setSignedOut] = useState<string | null>(null);
   const location = useLocation();
+  const signedIn = useRef(false);
+  signedIn.current = me !== null;
 
-  // Only a refused credential (401) is forgotten: an outage or a network error keeps it, and says so.
+  // Only a refused credential (401) is forgotten (api() does it): an outage or a network error keeps it, and says so.
   const check = useCallback(() => {
     setChecking(true);
     setFailure(null);
     api<Me>("/v1/me")
       .then(setMe)
       .catch((e) => {
-        if (e instanceof ApiError && e.status === 401) credential.clear();
-        else setFailure(e instanceof ApiError ? `${e.message} (${e.code})` : String(e));
+        if (e instanceof ApiError && e.status === 401) setSignedOut(e.message);
+        else setFailure(e instanceof ApiError ? describe(e) : String(e));
       })
       .finally(() => setChecking(false));
   }, []);
@@ -47,6 +51,17 @@ export function App() {
   useEffect(() => {
     if (credential.get()) check();
   }, [check]);
+
+  // any call refused with 401 mid-session (the key revoked or expired): back to sign-in, saying why
+  useEffect(() => onCredentialRefused((message) => {
+    if (!signedIn.current) return;  // the sign-in form's own attempt: it says so itself
+    setSignedOut(message);
+    setMe(null);
+  }), []);
+
+  useEffect(() => {
+    if (!me) document.title = "Sign in · SIRA";
+  }, [me]);
 
   if (checking) return <Loader m="xl" aria-label="Checking your credentials" />;
   if (failure) {
@@ -60,7 +75,7 @@ export function App() {
       </Stack>
     );
   }
-  if (!me) return <SignIn onSignedIn={setMe} />;
+  if (!me) return <SignIn onSignedIn={(who) => { setSignedOut(null); setMe(who); }} signedOut={signedOut} />;
 
   return (
     <MeContext.Provider value={me}>
@@ -71,7 +86,7 @@ export function App() {
           <Group gap="xs">
             <Text size="sm" data-field="signed-in-as">{me.name}</Text>
             {me.roles.map((r) => <Badge key={r} variant="outline" size="sm">{r}</Badge>)}
-            <Button variant="subtle" size="xs" onClick={() => { credential.clear(); setMe(null); }}>Sign out</Button>
+            <Button variant="subtle" size="xs" onClick={() => { credential.clear(); setSignedOut(null); setMe(null); }}>Sign out</Button>
           </Group>
         </Group>
       </AppShell.Header>

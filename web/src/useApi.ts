@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useState } from "react";
-import { api, ApiError } from "./api";
+import { api, ApiError, asApiError } from "./api";
 
 export type Loaded<T> = { data: T | null; error: ApiError | null; loading: boolean; reload: () => void };
 
@@ -22,7 +22,7 @@ export function useApi<T>(path: string | null, refreshMs?: number): Loaded<T> {
       .then((body) => live && setAnswer({ path, data: body, error: null }))
       .catch((e: unknown) => live && setAnswer((last) => ({
         path, data: last.path === path ? last.data : null,
-        error: e instanceof ApiError ? e : new ApiError(0, "network", String(e)),
+        error: asApiError(e),
       })))
       .finally(() => live && setLoading(false));
     return () => {

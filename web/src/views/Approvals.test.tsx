@@ -98,6 +98,25 @@ describe("the approvals queue", () => {
     expect(screen.getByRole("status")).toHaveTextContent("Approved: fraud v3 is now in production.");  // vanished with the card
   });
 
+  it("names the request and the threshold change each card shows, so a newer one is never decided unread", async () => {
+    const fetch = vi.fn(async (_url: string, init?: RequestInit) => init?.method === "POST"
+      ? new Response(JSON.stringify({ model: "fraud", version: 3, outcome: "pending", approvals: 1, required_approvals: 2 }), { status: 200 })
+      : new Response(JSON.stringify({ requests: [request({})], threshold_changes: [{
+          set_id: 12, model: "fraud", model_type: "fraud_detection", version: 3, revision: 3, review: 0.01, block: 0.02,
+          current_review: 0.5, current_block: 0.9, requested_by: "sam", reason: "attack", created_at: "2026-12-01T10:00:00Z",
+          required_approvals: 2, decisions: [], may_decide: true, may_decide_reason: null, evidence: { window: null } }] }), { status: 200 }));
+    vi.stubGlobal("fetch", fetch);
+    renderUi(<ApprovalsView />);
+    expect(await screen.findByText(/Request 7, asked by/)).toBeInTheDocument();
+    const [promotion, thresholds] = await screen.findAllByRole("button", { name: "Approve" });
+    await userEvent.click(promotion);
+    await userEvent.click(thresholds);
+    const posts = fetch.mock.calls.filter(([, init]) => init?.method === "POST");
+    expect(posts.map(([url, init]) => [url, JSON.parse(String(init?.body))])).toEqual([
+      ["/v1/models/fraud/versions/3/approve", { comment: null, request_id: 7 }],
+      ["/v1/models/fraud/versions/3/thresholds/approve", { comment: null, set_id: 12 }]]);
+  });
+
   it("reloads the queue at once when someone else closed the request first", async () => {
     let pending = [request({})];
     const fetch = vi.fn(async (_url: string, init?: RequestInit) => {

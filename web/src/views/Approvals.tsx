@@ -1,12 +1,13 @@
 import { Alert, Badge, Button, Card, Group, List, Stack, Table, Text, Textarea, Title, Tooltip } from "@mantine/core";
 import { useState } from "react";
-import { api, ApiError } from "../api";
+import { api, ApiError, asApiError, describe } from "../api";
 import { ap, MODEL_TYPES, threshold, when } from "../format";
 import type { Decided, Decision, PendingRequest, PendingThresholdChange, ThresholdDecided, ThresholdRow } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { ProvisionalNote } from "./Thresholds";
 import { VerdictBadge } from "./Verdict";
+import { useTitle } from "../title";
 
 export type Decide = (decision: "approve" | "reject", comment: string) => Promise<Decided>;
 
@@ -70,7 +71,7 @@ export function DecisionPanel<T extends Decided>({ mayDecide, whyNot, decisions,
     try {
       setResult(await onDecide(decision, comment));
     } catch (e) {
-      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+      setFailure(asApiError(e));
     } finally {
       setBusy(false);
     }
@@ -112,7 +113,7 @@ export function DecisionPanel<T extends Decided>({ mayDecide, whyNot, decisions,
         {button("reject", "Reject", "red")}
       </Group>
       {result && <Alert color="green" role="status">{outcome(result)}</Alert>}
-      {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+      {failure && <Alert color="red" role="alert">{describe(failure)}</Alert>}
     </Stack>
   );
 }
@@ -135,7 +136,7 @@ export function ApprovalCard({ request, onDecide }: { request: PendingRequest; o
           </Group>
         </Group>
         <Text size="sm">
-          Requested by <b>{request.requested_by}</b> on {when(request.created_at)}; version created by <b>{request.created_by}</b>.
+          Request {request.request_id}, asked by <b>{request.requested_by}</b> on {when(request.created_at)}; version created by <b>{request.created_by}</b>.
         </Text>
         {request.reason && <Text size="sm" data-field="reason">Reason: {request.reason}</Text>}
         <Evidence request={request} />
@@ -237,6 +238,7 @@ type Notice = { id: number; color: "green" | "yellow"; text: string };
 const CLOSED = new Set(["request_closed", "no_pending_request"]);
 
 export function ApprovalsView() {
+  useTitle("Approvals");
   const { data, error, reload } = useApi<{ requests: PendingRequest[]; threshold_changes: PendingThresholdChange[] }>(
     "/v1/approvals", 30_000);
   const [notices, setNotices] = useState<Notice[]>([]);
@@ -245,10 +247,11 @@ export function ApprovalsView() {
   const requests = data?.requests ?? [];
   const changes = data?.threshold_changes ?? [];
   const notify = (color: Notice["color"], text: string) => setNotices((n) => [{ id: Date.now() + Math.random(), color, text }, ...n]);
-  const decide = async <T extends Decided,>(path: string, what: string, outcome: (d: T) => string,
-                                            decision: "approve" | "reject", comment: string): Promise<T> => {
+  const decide = async <T extends Decided,>(path: string, asked: { request_id: number } | { set_id: number }, what: string,
+                                            outcome: (d: T) => string, decision: "approve" | "reject", comment: string): Promise<T> => {
     try {
-      const done = await api<T>(`${path}/${decision}`, { method: "POST", body: { comment: comment || null } });
+      // the request this card shows, by its id: a new request for the version is never decided unread (409)
+      const done = await api<T>(`${path}/${decision}`, { method: "POST", body: { comment: comment || null, ...asked } });
       if (done.outcome !== "pending") notify("green", outcome(done));  // its card leaves the queue on the reload
       setTimeout(reload, 1500);
       return done;
@@ -272,7 +275,7 @@ export function ApprovalsView() {
       ))}
       {error && (
         <Alert color="yellow" role="alert" title="Could not refresh the approvals queue">
-          {error.message} ({error.code}). Showing the last answer: a request may have been decided since; it
+          {describe(error)}. Showing the last answer: a request may have been decided since; it
           refreshes again within 30 s.
         </Alert>
       )}
@@ -281,14 +284,14 @@ export function ApprovalsView() {
       {requests.map((r) => (
         <ApprovalCard key={r.request_id} request={r}
                       onDecide={(decision, comment) => decide<Decided>(versionPath(r.model, r.version),
-                        `The promotion of ${r.model} v${r.version}`, outcomeText, decision, comment)} />
+                        { request_id: r.request_id }, `The promotion of ${r.model} v${r.version}`, outcomeText, decision, comment)} />
       ))}
       <Title order={3}>Threshold changes</Title>
       {data && changes.length === 0 && <Text c="gray.7">No threshold change is waiting.</Text>}
       {changes.map((c) => (
         <ThresholdChangeCard key={c.set_id} change={c}
                              onDecide={(decision, comment) => decide<ThresholdDecided>(
-                               `${versionPath(c.model, c.version)}/thresholds`,
+                               `${versionPath(c.model, c.version)}/thresholds`, { set_id: c.set_id },
                                `The threshold change of ${c.model} v${c.version}`, thresholdOutcome, decision, comment)} />
       ))}
     </Stack>

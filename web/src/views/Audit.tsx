@@ -1,11 +1,12 @@
 import { Button, Group, Stack, Table, Text, TextInput, Title } from "@mantine/core";
 import { useState } from "react";
-import { api, ApiError } from "../api";
+import { api, ApiError, asApiError } from "../api";
 import { when } from "../format";
 import { useMe } from "../me";
 import type { AuditEntry, AuditPage } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
+import { useTitle } from "../title";
 
 export const PAGE = 200;
 const REFRESH_MS = 30_000;
@@ -20,6 +21,7 @@ export function auditPath(filters: { actor: string; action: string; target: stri
 
 export function AuditView() {
   const me = useMe();
+  useTitle("Audit log");
   const [draft, setDraft] = useState({ actor: "", action: "", target: "" });
   const [filters, setFilters] = useState(draft);
   const path = me.may["audit.read"] ? auditPath(filters) : null;
@@ -43,7 +45,7 @@ export function AuditView() {
       const page = await api<AuditPage>(auditPath(filters, next));
       setOlder({ path, entries: [...(mine ? older.entries : []), ...page.entries], next: page.next_before });
     } catch (e) {
-      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+      setFailure(asApiError(e));
     } finally {
       setBusy(false);
     }

@@ -1,10 +1,11 @@
 import { BarChart } from "@mantine/charts";
-import { Stack, Table, Text, Title } from "@mantine/core";
-import { useParams } from "react-router";
+import { Anchor, Stack, Table, Text, Title } from "@mantine/core";
+import { Link, useParams } from "react-router";
 import { metric } from "../format";
 import type { Insights } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
+import { useTitle } from "../title";
 
 type Comparison = { model: string; a: number; b: number; status: Record<string, string>; metrics: Record<string, unknown>[] };
 
@@ -20,10 +21,21 @@ export function importanceDelta(a: Insights["importance"], b: Insights["importan
 
 export function CompareView() {
   const { name = "", a = "", b = "" } = useParams();
+  useTitle(`${name} v${a} against v${b}`);
   const base = `/v1/models/${encodeURIComponent(name)}`;
-  const comparison = useApi<Comparison>(`${base}/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
-  const left = useApi<Insights>(`${base}/versions/${encodeURIComponent(a)}/insights`);
-  const right = useApi<Insights>(`${base}/versions/${encodeURIComponent(b)}/insights`);
+  const same = a === b;  // one version against itself: nothing to compare (the API refuses it too)
+  const comparison = useApi<Comparison>(same ? null : `${base}/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
+  const left = useApi<Insights>(same ? null : `${base}/versions/${encodeURIComponent(a)}/insights`);
+  const right = useApi<Insights>(same ? null : `${base}/versions/${encodeURIComponent(b)}/insights`);
+  if (same) {
+    return (
+      <Stack>
+        <Title order={2}>{name}: v{a} against v{b}</Title>
+        <Text role="alert">A version is not compared with itself: choose two different versions on the{" "}
+          <Anchor component={Link} to={`/models/${encodeURIComponent(name)}`}>model's page</Anchor>.</Text>
+      </Stack>
+    );
+  }
   if (comparison.error) return <Failure error={comparison.error} what={`${name} v${a} against v${b}`} />;
   const rows = (comparison.data?.metrics ?? []).filter((r) => typeof r[`v${a}`] === "number" || typeof r[`v${b}`] === "number");
   const deltas = left.data && right.data ? importanceDelta(left.data.importance, right.data.importance) : [];

@@ -41,6 +41,15 @@ describe("the drift view", () => {
     expect(screen.getByText(/The latest run of production \(2026-11-01 00:00 UTC, v1\)/)).toBeInTheDocument();
   });
 
+  it("never says there is no drift run when the runs could not be read", async () => {
+    vi.stubGlobal("fetch", vi.fn(answering({
+      "/v1/models": { models: [{ name: "fraud", production_version: 1, staging_version: null } as ModelOverview] },
+      "/v1/models/fraud/drift/history": [503, { error: { code: "database_unavailable", message: "PostgreSQL is unavailable" } }] })));
+    renderUi(<DriftView />, undefined, at);
+    expect(await screen.findByText(/Could not load the drift history/)).toBeInTheDocument();
+    expect(screen.queryByText(/No drift run/)).toBeNull();  // was shown under the error
+  });
+
   it("says the models could not be read", async () => {
     vi.stubGlobal("fetch", vi.fn(answering({ "/v1/models": [401, { error: { code: "unauthenticated", message: "the API key was revoked" } }] })));
     renderUi(<DriftView />, undefined, at);

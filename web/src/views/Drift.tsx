@@ -6,6 +6,7 @@ import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { useModelChoice } from "./ModelPicker";
 import { VerdictBadge } from "./Verdict";
+import { useTitle } from "../title";
 
 const RANK: Record<Verdict, number> = { alert: 0, warn: 1, ok: 2 };
 // light cell backgrounds, dark text: readable (WCAG AA) and telling at a glance
@@ -67,6 +68,7 @@ export function productionRun(runs: DriftRun[], production: number | null | unde
 
 export function DriftView() {
   const { name } = useParams();
+  useTitle(name ? `Drift of ${name}` : "Drift");
   const { models, chosen, picker } = useModelChoice(name, "/drift");
   const history = useApi<{ runs: DriftRun[] }>(chosen ? `/v1/models/${encodeURIComponent(chosen)}/drift/history?days=90` : null);
   const runs = chosen ? history.data?.runs ?? [] : [];
@@ -84,7 +86,8 @@ export function DriftView() {
           {chosen} v{production}: the drift run of {when(production_latest.at)} says ALERT.
         </Alert>
       )}
-      {chosen && runs.length === 0 && !history.loading && <Text c="gray.7">No drift run in the last 90 days (sira drift --model {chosen}).</Text>}
+      {/* said only of a read that answered: under a failed one, "no drift run" was a claim nobody checked */}
+      {chosen && history.data && !history.error && runs.length === 0 && !history.loading && <Text c="gray.7">No drift run in the last 90 days (sira drift --model {chosen}).</Text>}
       {runs.length > 0 && (
         <>
           <Title order={3}>PSI by feature over the last 90 days, newest run first</Title>

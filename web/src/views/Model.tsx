@@ -1,10 +1,11 @@
 import { Alert, Anchor, Badge, Button, Group, Modal, Select, Stack, Table, Text, Textarea, Timeline, Title, Tooltip } from "@mantine/core";
 import { useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
-import { api, ApiError } from "../api";
+import { api, ApiError, asApiError, describe } from "../api";
 import { MODEL_TYPES, when } from "../format";
 import { useMe } from "../me";
 import type { ModelDetail, ProductionChange } from "../types";
+import { useTitle } from "../title";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 
@@ -22,7 +23,11 @@ export function HistoryTimeline({ history }: { history: ProductionChange[] }) {
   );
 }
 
-function Rollback({ model, production, target, onDone }: { model: string; production: number; target: number; onDone: () => void }) {
+/** Production moved since the page was read (409 production_moved: another rollback or a promotion came first):
+ * this page reloads the model and its history, and the dialog offers nothing stale. */
+function Rollback({ model, production, target, onDone, onMoved }: {
+  model: string; production: number; target: number; onDone: () => void; onMoved: (message: string) => void;
+}) {
   const me = useMe();
   const [open, setOpen] = useState(false);
   const [reason, setReason] = useState("");
@@ -40,7 +45,12 @@ function Rollback({ model, production, target, onDone }: { model: string; produc
       setOpen(false);
       onDone();
     } catch (e) {
-      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+      const error = asApiError(e);
+      if (error.code === "production_moved") {  // the same rollback offered again would be refused again
+        setOpen(false);
+        onMoved(error.message);
+        onDone();
+      } else setFailure(error);
     } finally {
       setBusy(false);
     }
@@ -57,9 +67,9 @@ function Rollback({ model, production, target, onDone }: { model: string; produc
           <Text size="sm">
             This makes <b>v{target}</b> production again and archives <b>v{production}</b>, in one step. Serving follows within seconds.
           </Text>
-          <Textarea label="Reason (required, kept in the audit log)" value={reason} required maxLength={2000}
+          <Textarea label="Reason (required, kept in the audit log)" value={reason} required maxLength={2000} data-autofocus
                     onChange={(e) => setReason(e.currentTarget.value)} rows={3} />
-          {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+          {failure && <Alert color="red" role="alert">{describe(failure)}</Alert>}
           <Group justify="flex-end">
             <Button variant="default" onClick={() => setOpen(false)}>Cancel</Button>
             <Button color="red" loading={busy} disabled={!reason.trim()} onClick={confirm}>Roll back to v{target}</Button>
@@ -92,6 +102,8 @@ export function ModelView() {
   const model = useApi<ModelDetail>(path);
   // rollback_to: the version a rollback restores, by the registry's own rule (the server says; not worked out here)
   const history = useApi<{ history: ProductionChange[]; production: number | null; rollback_to: number | null }>(`${path}/history`);
+  const [moved, setMoved] = useState<string | null>(null);
+  useTitle(`Model ${name}`);
   if (model.error) return <Failure error={model.error} what={`model ${name}`} />;
   if (!model.data) return null;
   const m = model.data;
@@ -129,8 +141,15 @@ export function ModelView() {
       <Compare model={m.name} versions={m.versions.map((v) => v.version)} />
       <Title order={3}>Production history</Title>
       {history.error ? <Failure error={history.error} what="the production history" /> : <HistoryTimeline history={history.data?.history ?? []} />}
+      {moved && (
+        <Alert color="yellow" role="alert" title="Not rolled back: production moved" withCloseButton closeButtonLabel="Dismiss"
+               onClose={() => setMoved(null)}>
+          {moved}. The versions and history above are read again: check them before rolling back.
+        </Alert>
+      )}
       {production !== null && target !== null && (
-        <Rollback model={m.name} production={production} target={target} onDone={() => { model.reload(); history.reload(); }} />
+        <Rollback key={`${production}-${target}`} model={m.name} production={production} target={target}
+                  onDone={() => { model.reload(); history.reload(); }} onMoved={setMoved} />
       )}
     </Stack>
   );

@@ -1,4 +1,4 @@
-import { screen } from "@testing-library/react";
+import { act, screen } from "@testing-library/react";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { answering, renderUi } from "../test/render";
 import type { ModelOverview } from "../types";
@@ -50,6 +50,25 @@ describe("models view", () => {
     unmount();
     renderUi(<ModelsTable models={[]} type="churn" />);
     expect(screen.getByText("No churn model.")).toBeInTheDocument();
+  });
+
+  it("keeps the table and the drift ALERT under a warning when a refresh fails, in words for no answer", async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    let up = true;
+    vi.stubGlobal("fetch", vi.fn(async () => {
+      if (!up) throw new TypeError("Failed to fetch");
+      return new Response(JSON.stringify({ models: [model({ drift_verdict: "alert" })] }), { status: 200 });
+    }));
+    renderUi(<ModelsView />);
+    expect(await screen.findByRole("table", { name: "Models" })).toBeInTheDocument();
+    up = false;
+    await act(async () => { await vi.advanceTimersByTimeAsync(30_000); });  // the refresh, which gets no answer
+    expect(await screen.findByText("Could not refresh the models")).toBeInTheDocument();
+    expect(screen.getByText(/SIRA did not answer/)).toBeInTheDocument();
+    expect(screen.queryByText(/TypeError|Failed to fetch/)).toBeNull();
+    expect(screen.getByRole("table", { name: "Models" })).toBeInTheDocument();  // was dropped with the banner
+    expect(screen.getByText(/Drift ALERT on a production model/)).toBeInTheDocument();
+    vi.useRealTimers();
   });
 
   it("says the models could not be read, never that there are none", async () => {

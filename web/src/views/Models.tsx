@@ -1,11 +1,13 @@
 import { Alert, Anchor, Badge, Group, SegmentedControl, Stack, Table, Text, Title } from "@mantine/core";
 import { useState } from "react";
 import { Link } from "react-router";
+import { describe } from "../api";
 import { ap, MODEL_TYPES, when } from "../format";
 import type { ModelOverview } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { VerdictBadge } from "./Verdict";
+import { useTitle } from "../title";
 
 /** Production models whose newest drift run says ALERT: the banner's lines. */
 export function driftAlerts(models: ModelOverview[]): ModelOverview[] {
@@ -95,13 +97,21 @@ export function ModelsTable({ models, type = "all" }: { models: ModelOverview[];
 }
 
 export function ModelsView() {
+  useTitle("Models");
   const [type, setType] = useState("all");
   const { data, error } = useApi<{ models: ModelOverview[] }>("/v1/models", 30_000);
-  if (error) return <Failure error={error} what="the models" />;
+  // a failed refresh keeps the last answer (the table, a drift ALERT banner) under a warning, as Approvals does:
+  // one slow answer hid an ALERT until the next refresh
+  if (error && !data) return <Failure error={error} what="the models" />;
   const models = data?.models ?? [];
   return (
     <Stack>
       <Title order={2}>Models</Title>
+      {error && (
+        <Alert color="yellow" role="alert" title="Could not refresh the models">
+          {describe(error)}. Showing the last answer, which may be out of date; it refreshes again within 30 s.
+        </Alert>
+      )}
       <DriftBanner models={models} />
       <SegmentedControl
         aria-label="Model type"

@@ -44,3 +44,14 @@ describe("the performance view", () => {
     expect(await screen.findByRole("alert")).toHaveTextContent("Could not load the models");
   });
 });
+
+describe("a failed read of the performance history", () => {
+  it("is said, without claiming there is no labelled window", async () => {
+    vi.stubGlobal("fetch", vi.fn(answering({
+      "/v1/models": { models: [{ name: "fraud", production_version: 1 }] },
+      "/v1/models/fraud/performance/history": [503, { error: { code: "database_unavailable", message: "PostgreSQL is unavailable" } }] })));
+    renderUi(<PerformanceView />, undefined, at);
+    expect(await screen.findByText(/Could not load the performance history/)).toBeInTheDocument();
+    expect(screen.queryByText(/No labelled window/)).toBeNull();
+  });
+});

@@ -6,6 +6,7 @@ import type { PerformanceWindow } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { useModelChoice } from "./ModelPicker";
+import { useTitle } from "../title";
 
 const COLORS = ["blue.9", "orange.9", "grape.9", "teal.9", "red.9", "cyan.9"];
 
@@ -60,6 +61,7 @@ export function provisionalDots(series: { name: string; color?: string }): { dot
 
 export function PerformanceView() {
   const { name } = useParams();
+  useTitle(name ? `Live performance of ${name}` : "Live performance");
   const { chosen, picker } = useModelChoice(name, "/performance");
   const history = useApi<{ windows: PerformanceWindow[] }>(chosen ? `/v1/models/${encodeURIComponent(chosen)}/performance/history?days=90` : null);
   const windows = history.data?.windows ?? [];
@@ -70,7 +72,8 @@ export function PerformanceView() {
       <Title order={2}>Live performance</Title>
       {picker}
       {history.error && <Failure error={history.error} what="the performance history" />}
-      {chosen && windows.length === 0 && !history.loading && <Text c="gray.7">No labelled window in the last 90 days (sira performance --model {chosen}).</Text>}
+      {/* said only of a read that answered (under a failed one it was a claim nobody checked) */}
+      {chosen && history.data && !history.error && windows.length === 0 && !history.loading && <Text c="gray.7">No labelled window in the last 90 days (sira performance --model {chosen}).</Text>}
       {windows.length > 0 && (
         <>
           <Title order={3}>Average precision by window end, production against shadow</Title>

@@ -1,10 +1,11 @@
 import { Alert, Button, Card, PasswordInput, Stack, Text, Title } from "@mantine/core";
 import { useState } from "react";
-import { api, ApiError, credential } from "../api";
+import { api, ApiError, credential, describe } from "../api";
 import type { Me } from "../types";
 
-/** An API key or a JWT, kept in this tab's session storage only (gone when the tab closes). */
-export function SignIn({ onSignedIn }: { onSignedIn: (me: Me) => void }) {
+/** An API key or a JWT, kept in this tab's session storage only (gone when the tab closes). `signedOut`: why the
+ * last credential was dropped (the server's reason: revoked, expired), if it was. */
+export function SignIn({ onSignedIn, signedOut = null }: { onSignedIn: (me: Me) => void; signedOut?: string | null }) {
   const [value, setValue] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
@@ -18,7 +19,9 @@ export function SignIn({ onSignedIn }: { onSignedIn: (me: Me) => void }) {
       onSignedIn(await api<Me>("/v1/me"));
     } catch (e) {
       credential.clear();
-      setError(e instanceof ApiError && e.status === 401 ? "This key or token is not valid (or has expired)." : String(e));
+      // the API's reason (invalid, revoked, expired), not a guess
+      setError(!(e instanceof ApiError) ? String(e)
+        : e.status === 401 ? `This key or token is not valid: ${e.message}.` : describe(e));
     } finally {
       setBusy(false);
     }
@@ -34,6 +37,11 @@ export function SignIn({ onSignedIn }: { onSignedIn: (me: Me) => void }) {
           </Text>
           <PasswordInput label="API key or JWT" value={value} onChange={(e) => setValue(e.currentTarget.value)}
                          autoComplete="off" required />
+          {signedOut && !error && (
+            <Alert color="yellow" role="alert" title="You were signed out" data-field="signed-out">
+              SIRA refused your credential: {signedOut}. Sign in again with a valid key or token.
+            </Alert>
+          )}
           {error && <Alert color="red" role="alert">{error}</Alert>}
           <Button type="submit" loading={busy} disabled={!value.trim()}>Sign in</Button>
         </Stack>

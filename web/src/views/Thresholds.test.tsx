@@ -94,6 +94,44 @@ describe("asking for new thresholds", () => {
   });
 });
 
+describe("the threshold form keeps what was typed", () => {
+  it("neither clamps nor rounds a value: it says what is wrong and sends nothing until it is right", async () => {
+    const fetch = vi.fn().mockResolvedValue(new Response(JSON.stringify({ revision: 2, status: "pending", required_approvals: 1 }),
+                                                         { status: 201, headers: { "Content-Type": "application/json" } }));
+    vi.stubGlobal("fetch", fetch);
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" status="production" current={{ review: 0.5, block: 0.9 }}
+                               onDone={vi.fn()} />, scientist);
+    const review = screen.getByLabelText("Review from");
+    const block = screen.getByLabelText("Block from");
+    await userEvent.type(screen.getByLabelText(/Reason/), "the attack");
+    await userEvent.clear(block);
+    await userEvent.type(block, "1.5");
+    await userEvent.tab();  // blur: Mantine clamped it to 1 here
+    expect(block).toHaveValue("1.5");
+    expect(screen.getByText("A threshold is from 0 to 1: 1.5 is outside")).toBeInTheDocument();
+    expect(screen.getByRole("button", { name: "Ask for approval" })).toBeDisabled();
+    await userEvent.clear(block);
+    await userEvent.type(block, "0.3");
+    await userEvent.tab();
+    expect(screen.getByText("Block cannot be below review")).toBeInTheDocument();
+    await userEvent.clear(review);
+    await userEvent.type(review, "0.00005");
+    await userEvent.tab();  // was rounded to 0 (4 decimals)
+    expect(review).toHaveValue("0.00005");
+    expect(screen.queryByText(/A threshold is|cannot be below/)).toBeNull();
+    await userEvent.click(screen.getByRole("button", { name: "Ask for approval" }));
+    await waitFor(() => expect(fetch).toHaveBeenCalled());
+    expect(JSON.parse(fetch.mock.calls[0][1].body)).toEqual({ review: 0.00005, block: 0.3, reason: "the attack" });
+  });
+
+  it("tells a candidate's thresholds change once it is validated, not that they no longer change", () => {
+    renderUi(<ThresholdRequest path="/v1/models/fraud/versions/3" status="candidate" current={{ review: 0.5, block: 0.9 }}
+                               onDone={vi.fn()} />, scientist);
+    expect(screen.getByText(/not validated yet/)).toBeInTheDocument();
+    expect(screen.queryByText(/no longer change/)).toBeNull();
+  });
+});
+
 describe("the what-if", () => {
   it("says what window it read and draws the thresholds in force", () => {
     const { container } = renderUi(<WhatIfChart whatIf={{

@@ -1,7 +1,7 @@
 import { LineChart } from "@mantine/charts";
 import { Alert, Badge, Button, Group, NumberInput, Stack, Table, Text, Textarea, Title } from "@mantine/core";
 import { useState } from "react";
-import { api, ApiError } from "../api";
+import { api, ApiError, asApiError, describe } from "../api";
 import { threshold, when } from "../format";
 import { useMe } from "../me";
 import type { ModelDetail, ThresholdSets, WhatIf } from "../types";
@@ -62,6 +62,14 @@ export function WhatIfChart({ whatIf }: { whatIf: WhatIf }) {
   );
 }
 
+/** Why a threshold as typed is not one (a number from 0 to 1), or null; empty: nothing to say yet. */
+export function thresholdError(value: number | string): string | null {
+  if (value === "") return null;
+  const n = Number(value);
+  if (!Number.isFinite(n)) return "A threshold is a number from 0 to 1";
+  return n < 0 || n > 1 ? `A threshold is from 0 to 1: ${value} is outside` : null;
+}
+
 /** A request for new thresholds (POST .../versions/{v}/thresholds): pending the model's approvals, with the
  * what-if at the new values stored as the approvers' evidence. */
 const CHANGEABLE = ["validated", "staging", "production"];  // sira.registry.thresholds.CHANGEABLE
@@ -74,6 +82,8 @@ export function ThresholdRequest({ path, status, current, onDone }: {
 }) {
   const me = useMe();
   const why = me.may["promotion.request"] !== true ? "Asking for new thresholds needs the data scientist role."
+    : status === "candidate" ? "This version is a candidate, not validated yet: its thresholds change once it is "
+      + "validated (staging it or asking for its promotion validates it)."
     : !CHANGEABLE.includes(status) ? `This version is ${status}: its thresholds no longer change.` : null;
   const allowed = why === null;
   const [review, setReview] = useState<number | string>(current.review ?? "");
@@ -94,29 +104,38 @@ export function ThresholdRequest({ path, status, current, onDone }: {
         : `Revision ${asked.revision} asked for: it waits for ${asked.required_approvals} approval(s) in Approvals.`);
       onDone();
     } catch (e) {
-      setFailure(e instanceof ApiError ? e : new ApiError(0, "network", String(e)));
+      setFailure(asApiError(e));
     } finally {
       setBusy(false);
     }
   }
 
   const disabled = !allowed || busy || done !== null;
+  // what the API takes (0 <= review <= block <= 1), said as the value is typed; never clamped nor rounded (1.5 became
+  // 1 on blur, 0.00005 became 0: a change the person never asked for)
+  const reviewError = thresholdError(review);
+  const blockError = thresholdError(block)
+    ?? (reviewError === null && review !== "" && block !== "" && Number(block) < Number(review)
+      ? "Block cannot be below review" : null);
   return (
     <Stack gap="xs" component="form" aria-label="Ask for new thresholds" onSubmit={(e) => { e.preventDefault(); submit(); }}>
       {why && <Text size="sm" c="gray.7" data-field="why-not">{why}</Text>}
       <Group grow>
-        <NumberInput label="Review from" min={0} max={1} step={0.01} decimalScale={4} value={review} onChange={setReview} disabled={disabled} />
-        <NumberInput label="Block from" min={0} max={1} step={0.01} decimalScale={4} value={block} onChange={setBlock} disabled={disabled} />
+        <NumberInput label="Review from" min={0} max={1} step={0.01} clampBehavior="none" value={review} onChange={setReview}
+                     disabled={disabled} error={reviewError} />
+        <NumberInput label="Block from" min={0} max={1} step={0.01} clampBehavior="none" value={block} onChange={setBlock}
+                     disabled={disabled} error={blockError} />
       </Group>
       <Textarea label="Reason" value={reason} onChange={(e) => setReason(e.currentTarget.value)} maxLength={2000} rows={2}
                 disabled={disabled} required />
       <Group>
-        <Button type="submit" disabled={disabled || reason.trim() === "" || review === "" || block === ""} loading={busy}>
+        <Button type="submit" loading={busy}
+                disabled={disabled || reason.trim() === "" || review === "" || block === "" || reviewError !== null || blockError !== null}>
           Ask for approval
         </Button>
       </Group>
       {done && <Alert color="green" role="status">{done}</Alert>}
-      {failure && <Alert color="red" role="alert">{failure.message} ({failure.code})</Alert>}
+      {failure && <Alert color="red" role="alert">{describe(failure)}</Alert>}
     </Stack>
   );
 }

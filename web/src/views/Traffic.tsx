@@ -5,6 +5,7 @@ import type { Minute } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { useModelChoice } from "./ModelPicker";
+import { useTitle } from "../title";
 
 export function totals(minutes: Minute[]): { answers: number; degraded: number; blocked: number } {
   return minutes.reduce((t, m) => ({ answers: t.answers + m.answers, degraded: t.degraded + m.degraded, blocked: t.blocked + m.block }),
@@ -19,6 +20,7 @@ export function minuteRows(minutes: Minute[]): (Minute & { time: string })[] {
 
 export function TrafficView() {
   const { name } = useParams();
+  useTitle(name ? `Traffic of ${name}` : "Traffic");
   const { chosen, picker } = useModelChoice(name, "/traffic");
   // refreshed every 10 s, without reloading the page
   const traffic = useApi<{ per_minute: Minute[] }>(chosen ? `/v1/models/${encodeURIComponent(chosen)}/traffic?minutes=60` : null, 10_000);

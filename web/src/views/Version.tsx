@@ -8,6 +8,7 @@ import type { Evaluation, Insights, Metrics, Version } from "../types";
 import { useApi } from "../useApi";
 import { Failure } from "./Failure";
 import { ThresholdsPanel } from "./Thresholds";
+import { useTitle } from "../title";
 
 const ROWS: [keyof Metrics, string][] = [
   ["average_precision", "average precision"], ["roc_auc", "ROC AUC"], ["recall_at_1pct_fpr", "recall at 1% FPR"],
@@ -111,6 +112,7 @@ function Card({ path }: { path: string }) {
 
 export function VersionView() {
   const { name = "", version = "" } = useParams();
+  useTitle(`${name} v${version}`);
   const path = `/v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`;
   const v = useApi<Version>(path);
   const insights = useApi<Insights>(`${path}/insights`);
