@@ -78,13 +78,16 @@ def may(identity: Identity, action: str) -> bool:
     return "admin" in identity.roles or bool(identity.roles & PERMISSIONS[action])
 
 
-def authorize(identity: Identity, action: str) -> None:
-    """Raise :class:`PermissionDenied` (403) unless the identity may perform the action."""
+def authorize(identity: Identity, action: str, *, target_type: str | None = None,
+              target_id: str | None = None) -> None:
+    """Raise :class:`PermissionDenied` (403) unless the identity may perform the action; the refusal is audited,
+    naming what it was about (``target_type``, ``target_id``) and its code."""
     if not may(identity, action):
         allowed = sorted(PERMISSIONS[action] | {"admin"})
-        raise audit.denied(PermissionDenied(f"{identity.name} may not {action}: it needs one of the roles "
-                                            f"{', '.join(allowed)}", details={"action": action, "roles": allowed}),
-                           identity.actor(), action)
+        message = f"{identity.name} may not {action}: it needs one of the roles {', '.join(allowed)}"
+        raise audit.denied(PermissionDenied(message, details={"action": action, "roles": allowed}),
+                           identity.actor(), action, target_type=target_type, target_id=target_id,
+                           details={"reason": message, "code": PermissionDenied.code})
 
 
 def hash_key(pepper: str, key: str) -> str:

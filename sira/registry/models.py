@@ -256,7 +256,7 @@ async def stage_version(conn: Connection, settings: Any, identity: Any, model_na
     from sira.core.auth import authorize
     from sira.registry import lifecycle
 
-    authorize(identity, "promotion.request")
+    authorize(identity, "promotion.request", target_type="model_version", target_id=f"{model_name}:v{version}")
     reason = redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "staging":
@@ -292,7 +292,7 @@ async def request_promotion(conn: Connection, settings: Any, identity: Any, mode
     from sira.core.auth import authorize
     from sira.registry import lifecycle
 
-    authorize(identity, "promotion.request")
+    authorize(identity, "promotion.request", target_type="model_version", target_id=f"{model_name}:v{version}")
     reason = redacted(reason)
     row = await get_version(conn, model_name, version, lock=True)
     if row["status"] == "candidate":
@@ -341,7 +341,7 @@ async def decide(conn: Connection, identity: Any, model_name: str, version: int,
 
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision must be approve or reject")
-    authorize(identity, "promotion.decide")
+    authorize(identity, "promotion.decide", target_type="model_version", target_id=f"{model_name}:v{version}")
     comment = redacted(comment)
     row = await get_version(conn, model_name, version, lock=True)  # the version, then the model: as staging does
     request = await conn.fetchrow(
@@ -407,7 +407,7 @@ async def rollback(conn: Connection, identity: Any, model_name: str, reason: str
     """
     from sira.core.auth import authorize
 
-    authorize(identity, "rollback")
+    authorize(identity, "rollback", target_type="model", target_id=model_name)
     if not reason or not reason.strip():
         raise InvalidInput("reason: a rollback needs one", code="missing_field", details={"field": "reason"})
     reason = redacted(reason) or ""

@@ -102,7 +102,7 @@ async def request_change(conn: Connection, identity: Any, model_name: str, versi
                          block: Any, reason: str, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ask for new thresholds on a version (call inside a transaction): a pending set that approvals activate;
     with ``required_approvals = 0`` the policy activates it at once."""
-    authorize(identity, "promotion.request")
+    authorize(identity, "promotion.request", target_type="model_version", target_id=f"{model_name}:v{version}")
     r, b = check_values(review, block)
     if not (reason or "").strip():
         raise InvalidInput("reason: a threshold change needs one", code="missing_field", details={"field": "reason"})
@@ -148,7 +148,7 @@ async def decide_change(conn: Connection, identity: Any, model_name: str, versio
     request_closed) unless it is the one pending (:func:`~sira.registry.lifecycle.check_asked`)."""
     if decision not in ("approve", "reject"):
         raise InvalidInput("decision must be approve or reject")
-    authorize(identity, "promotion.decide")
+    authorize(identity, "promotion.decide", target_type="model_version", target_id=f"{model_name}:v{version}")
     comment = redacted(comment)
     row = dict(await get_version(conn, model_name, version, lock=True))
     pending = await conn.fetchrow("SELECT * FROM sira_threshold_sets WHERE version_id = $1 AND status = 'pending' "

@@ -615,3 +615,25 @@ async def test_audit_rows_say_why_and_what_a_request_or_a_refusal_was_about(clea
                                      " WHERE action = 'promotion.decide' AND outcome = 'denied'")
     assert (denied["target_type"], denied["target_id"]) == ("model_version", "fraud:v1")
     assert denied["details"]["code"] == "self_approval" and "creator of a version" in denied["details"]["reason"]
+
+
+async def test_a_refusal_for_want_of_a_role_names_what_it_was_about_and_its_code(clean_db, settings):
+    """A decision, request or rollback refused for want of the role wrote a row with no target and no code
+    (docs/governance.md says a refused decision names the version it was about and the refusal's code)."""
+    from sira.registry.models import rollback
+
+    await make_version(clean_db, settings, 1)
+    viewer = Identity("vic", frozenset({"viewer"}))
+    for call, args in ((decide, ("fraud", 1, "approve")), (request_promotion, (settings, "fraud", 1, "why")),
+                       (rollback, ("fraud", "why", 1))):
+        with pytest.raises(PermissionDenied):
+            if call is request_promotion:
+                await run(clean_db, call, args[0], viewer, *args[1:])
+            else:
+                await run(clean_db, call, viewer, *args)
+    rows = await clean_db.fetch("SELECT action, target_type, target_id, details FROM sira_audit_log "
+                                "WHERE outcome = 'denied' AND actor = 'vic' ORDER BY id")
+    assert [(r["action"], r["target_type"], r["target_id"]) for r in rows] == [
+        ("promotion.decide", "model_version", "fraud:v1"), ("promotion.request", "model_version", "fraud:v1"),
+        ("rollback", "model", "fraud")]
+    assert all(r["details"]["code"] == "forbidden" for r in rows), rows
