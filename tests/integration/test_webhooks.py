@@ -266,3 +266,25 @@ async def test_a_pagerduty_change_event_carries_the_time_of_the_change_not_of_it
     assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 1, "retried": 0, "failed": 0}
     (change,) = [json.loads(r["body"]) for r in receiver.received]
     assert datetime.fromisoformat(change["payload"]["timestamp"]) == created
+
+
+async def test_debug_logging_never_prints_a_receivers_secret_url(clean_db, settings, pg_dsn, receiver):
+    """`sira --debug` set the root logger to DEBUG, and httpx logs each request's full URL at INFO: an
+    incoming webhook's URL (its token in the path) reached stderr. httpx and httpcore stay at WARNING."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    secret_url = receiver.url + "/T0000/B0000/XXXXsecrettoken"
+    async with clean_db.acquire() as conn:
+        await webhooks.enqueue(conn, "version.stage", {"model": "fraud", "version": 1})
+    env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_WEBHOOK_URLS": secret_url, "SIRA_WEBHOOK_SECRET": "a-webhook-signing-key-of-32-bytes"}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "--debug", "webhooks", "deliver",
+                                                    "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["delivered"] == 1
+    assert len(receiver.received) == 1  # it was called, at that URL
+    assert "DEBUG" in done.stderr  # --debug took effect
+    assert "XXXXsecrettoken" not in done.stderr and "XXXXsecrettoken" not in done.stdout, done.stderr[-3000:]
