@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     )
     # SIRA's own loggers at SIRA_LOG_LEVEL (the others stay at WARNING); --debug shows everything at DEBUG
     logging.getLogger("sira").setLevel(logging.DEBUG if debug else log_level())
+    # httpx logs each request's full URL at INFO, httpcore its connections at DEBUG: an incoming webhook's
+    # URL is a credential (a token in its path). They stay at WARNING under --debug (until 2026-12-07
+    # `sira --debug webhooks deliver` printed the secret URLs).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     command = typer.main.get_command(app)
     # SIGTERM (`ray job stop`, Kubernetes, systemd, `kill`) unwinds the command (its Ray, embedded PostgreSQL and
     # a job's key released on the way out), then one line and exit 143; until 2026-12-07 it killed the process

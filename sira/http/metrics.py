@@ -6,7 +6,9 @@ database at most once per ``cache_s`` (5 s), concurrent scrapes sharing that rea
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from sira.http.deps import StrictRoute, errors
 from sira.monitoring.exporter import CONTENT_TYPE, Exporter
@@ -20,6 +22,10 @@ router = APIRouter(route_class=StrictRoute, tags=["health"])
             "without a key)", responses={422: errors()[422], 503: errors()[503], 200: {
                 "description": f"Prometheus's text format (Content-Type: {CONTENT_TYPE})",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, names: Annotated[list[str] | None, Query(
+        alias="name[]", description="Prometheus's `name[]` (a scrape job's `params`, as a federation job "
+        "sends): accepted and ignored, every series is answered")] = None) -> Response:
+    # declared, so that a scrape job with params is not refused 422 unknown_field (until 2026-12-07 it was:
+    # its target down); any other unknown parameter still is (StrictRoute)
     exporter: Exporter = request.app.state.exporter
     return Response(await exporter.answer(request.app.state.pool), media_type=CONTENT_TYPE)

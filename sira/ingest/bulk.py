@@ -465,7 +465,8 @@ def ingest_files(
             raise InvalidInput(f"{path}: {exc.message}", details={**exc.details, "file": str(path)}) from None
     check_sample_types(sample, mapping, numbers_as_text=files.format != "parquet", file=sampled)
     parts = input_files.read_parts(files)  # every Parquet footer: one damaged fails here, before anything is loaded
-    source = source or f"file:{files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name}"
+    named = source or (files.paths[0].name if len(files.paths) == 1 else files.paths[0].parent.name)
+    source = named if named.startswith("file:") else f"file:{named}"  # the kind first, as the API's api:NAME
     dsn = db.resolve_dsn(settings)
 
     async def seq_now() -> int:

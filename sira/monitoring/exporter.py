@@ -75,9 +75,10 @@ _PERFORMANCE = f"""
 
 # drift and performance: when the model's job last ran for production, whichever version production was then
 # (the current production version's runs only: every promotion or rollback looked like a day without a run, and
-# the "no run in 26 hours" alerts fired). Drift: a run of the current production version, or of the version
-# production was when it ran (the registry's production.change records); a challenger's, checked by a
-# retrain before any promotion, would hide that production's stopped: never. Performance: the windows of
+# the "no run in 26 hours" alerts fired). Drift: a run of the version production was when it ran (the
+# registry's production.change records); a challenger's, checked by a retrain before its promotion, would hide
+# that production's stopped: never (until 2026-12-07 it counted once the challenger was promoted, and the
+# time went backwards on a rollback). Performance: the windows of
 # production's answers (role 'production'), whichever version gave them; a shadow's never.
 _LAST_RUNS = f"""
     WITH spans AS (
@@ -88,10 +89,13 @@ _LAST_RUNS = f"""
     SELECT m.name AS model, 'drift' AS kind, extract(epoch FROM max(d.computed_at)) AS at
       FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id
      WHERE d.feature = '__dataset__'  -- one row per run: its verdict
-       AND (EXISTS (SELECT 1 FROM sira_model_versions v WHERE v.model_id = d.model_id AND v.version = d.version
-                       AND v.status = 'production')
-            OR EXISTS (SELECT 1 FROM spans s WHERE s.model = m.name AND s.version = d.version
-                          AND d.computed_at >= s.since AND (s.until IS NULL OR d.computed_at < s.until)))
+       AND (EXISTS (SELECT 1 FROM spans s WHERE s.model = m.name AND s.version = d.version
+                       AND d.computed_at >= s.since AND (s.until IS NULL OR d.computed_at < s.until))
+            -- a production version the registry has no production.change of (made so before they were
+            -- recorded): its runs, having no time to bound them by
+            OR (EXISTS (SELECT 1 FROM sira_model_versions v WHERE v.model_id = d.model_id AND v.version = d.version
+                           AND v.status = 'production')
+                AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.model = m.name AND s.version = d.version)))
      GROUP BY m.name
     UNION ALL
     SELECT m.name, 'performance', extract(epoch FROM max(p.computed_at))

@@ -125,20 +125,31 @@ def summary(event: str, p: dict[str, Any]) -> str:
     return f"{model}: {event}"
 
 
-def body(receiver: Receiver, event: str, payload: dict[str, Any], delivery: int) -> bytes:
-    """What ``receiver`` is sent for an event (SIRA's own format: the canonical JSON that is signed)."""
+def slack_escaped(text: str) -> str:
+    """``text`` as Slack shows it literally: ``&``, ``<`` and ``>`` are its control characters (``<!channel>``,
+    ``<https://...|a label>``), escaped as Slack asks. A reason or a name is typed by a user: unescaped, a
+    promotion's reason could notify a whole channel or show a link under any label."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def body(receiver: Receiver, event: str, payload: dict[str, Any], delivery: int,
+         created_at: datetime | None = None) -> bytes:
+    """What ``receiver`` is sent for an event (SIRA's own format: the canonical JSON that is signed);
+    ``created_at``: when the change was made (the outbox row's time), not when it is delivered."""
     text = summary(event, payload)
     if receiver.format == "slack":
+        shown = slack_escaped(text)
         return orjson.dumps({
-            "text": text,
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
+            "text": shown,
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{shown}*"}},
                        {"type": "context", "elements": [{"type": "mrkdwn",
                                                          "text": f"SIRA `{event}` · delivery {delivery}"}]}],
         })
     if receiver.format == "pagerduty":
+        when = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
         return orjson.dumps({
             "routing_key": receiver.routing_key,
-            "payload": {"summary": text[:1024], "source": "sira", "timestamp": datetime.now(timezone.utc).isoformat(),
+            "payload": {"summary": text[:1024], "source": "sira", "timestamp": when.isoformat(),
                         "custom_details": {"event": event, "delivery": delivery, **payload}},
         })
     return canonical(payload)

@@ -85,7 +85,7 @@ async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) ->
         # only events with somewhere to go: with no SIRA_WEBHOOK_URLS, the events of models that name no
         # receiver wait (sent once a URL is configured) without taking the batch from those that have one
         rows = await conn.fetch(
-            """SELECT o.id, o.event, o.payload, o.attempts, o.delivered_to, coalesce(m.notify, '{}') AS notify
+            """SELECT o.id, o.event, o.payload, o.attempts, o.delivered_to, o.created_at, coalesce(m.notify, '{}') AS notify
                  FROM sira_webhook_outbox o LEFT JOIN sira_models m ON m.name = o.payload->>'model'
                 WHERE o.status = 'pending' AND o.next_attempt_at <= now()
                   AND ($2 OR cardinality(coalesce(m.notify, '{}')) > 0)
@@ -104,7 +104,7 @@ async def deliver_due(pool: asyncpg.Pool, settings: Any, *, limit: int = 100) ->
                 for target, receiver in targets:
                     if target in delivered or receiver.url in delivered:  # (rows written before ids: full URLs)
                         continue
-                    body = receivers.body(receiver, row["event"], row["payload"], row["id"])
+                    body = receivers.body(receiver, row["event"], row["payload"], row["id"], row["created_at"])
                     headers = {"Content-Type": "application/json"}
                     if receiver.format == "sira":
                         secret = secret or settings.secret("webhook_secret")

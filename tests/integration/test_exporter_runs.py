@@ -50,3 +50,25 @@ async def test_the_last_drift_and_performance_runs_survive_a_promotion_and_a_rol
     await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)  # back to v1, whose own runs are older
     runs = await _runs(clean_db)
     assert (runs["drift"], runs["performance"]) == (drift_v2, performance_v1)
+
+
+async def test_a_challengers_check_never_counts_as_a_drift_run_even_once_it_is_promoted(clean_db, settings):
+    """The last drift run counted every run of the current production version, whenever it ran: a retrain's
+    check of its challenger (before the promotion) counted once the challenger was promoted, and the time went
+    backwards when it was rolled back. Only runs made while the version was production count."""
+    await make_version(clean_db, settings, 1, required=0)
+    await promote_by_policy(clean_db, settings, 1)
+    model_id = await clean_db.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+    async with db.transaction(clean_db) as conn:
+        nightly_v1 = await _drift(conn, model_id, 1, "nightly-v1")
+    await make_version(clean_db, settings, 2, required=0)
+    async with db.transaction(clean_db) as conn:  # the retrain checks its challenger, after v1's nightly run
+        challenger = await _drift(conn, model_id, 2, "challenger-v2")
+    assert challenger > nightly_v1
+    await promote_by_policy(clean_db, settings, 2)
+    assert (await _runs(clean_db))["drift"] == nightly_v1  # production's last run: v1's, not the challenger's
+    async with db.transaction(clean_db) as conn:
+        nightly_v2 = await _drift(conn, model_id, 2, "nightly-v2")
+    assert (await _runs(clean_db))["drift"] == nightly_v2
+    await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)
+    assert (await _runs(clean_db))["drift"] == nightly_v2  # v2's run while it was production still counts

@@ -213,3 +213,78 @@ async def test_a_nightly_retrain_that_stages_its_challenger_delivers_the_events_
     events = [r["headers"]["X-SIRA-Event"] for r in receiver.received]
     assert "version.stage" in events and "promotion.request" in events, events
     assert await clean_db.fetchval("SELECT count(*) FROM sira_webhook_outbox WHERE status = 'pending'") == 0
+
+
+def _receivers_file(tmp_path, receiver) -> object:
+    import yaml
+
+    (tmp_path / "slack-url").write_text(receiver.url.replace("/hooks", "/slack") + "\n")
+    (tmp_path / "pd-key").write_text("R0UT1NGKEY0123456789abcdefABCDEF\n")
+    (tmp_path / "receivers.yml").write_text(yaml.safe_dump({
+        "ops-slack": {"format": "slack", "url_file": str(tmp_path / "slack-url")},
+        "risk-oncall": {"format": "pagerduty", "routing_key_file": str(tmp_path / "pd-key"),
+                        "url": receiver.url.replace("/hooks", "/pagerduty/v2/change/enqueue")}}))
+    return tmp_path / "receivers.yml"
+
+
+async def test_a_slack_message_shows_a_users_reason_literally_never_as_a_mention_or_a_link(clean_db, settings,
+                                                                                         receiver, tmp_path):
+    """A promotion's reason reached Slack verbatim: `<!channel>` notified the whole channel and `<url|label>`
+    showed a link under any label. Slack's control characters (&, <, >) are escaped."""
+    hooked = settings.model_copy(update={"notify_receivers_file": _receivers_file(tmp_path, receiver)})
+    await clean_db.execute("INSERT INTO sira_models (name, model_type, created_by, notify) "
+                           "VALUES ('fraud', 'fraud_detection', 'x', '{ops-slack}')")
+    reason = "<!channel> urgent: approve at <https://evil.example/login|SIRA console> & thanks"
+    async with clean_db.acquire() as conn:
+        await webhooks.enqueue(conn, "production.change", {"model": "fraud", "to": 4, "from": 3, "via": "approval",
+                                                           "actor": "dana", "reason": reason})
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 1, "retried": 0, "failed": 0}
+    (message,) = [json.loads(r["body"]) for r in receiver.received]
+    shown = [message["text"], message["blocks"][0]["text"]["text"]]
+    for text in shown:
+        assert "<" not in text and ">" not in text, text
+        assert ("&lt;!channel&gt; urgent: approve at &lt;https://evil.example/login|SIRA console&gt; &amp; thanks"
+                in text), text
+    assert message["text"].startswith("fraud v4 is in production (was v3): approval by dana")
+
+
+async def test_a_pagerduty_change_event_carries_the_time_of_the_change_not_of_its_delivery(clean_db, settings,
+                                                                                         receiver, tmp_path):
+    """The change event's timestamp was the delivery's (datetime.now()): a delivery retried for two hours put
+    the production change two hours late on the service's timeline. It is the outbox row's creation time."""
+    from datetime import datetime
+
+    hooked = settings.model_copy(update={"notify_receivers_file": _receivers_file(tmp_path, receiver)})
+    await clean_db.execute("INSERT INTO sira_models (name, model_type, created_by, notify) "
+                           "VALUES ('fraud', 'fraud_detection', 'x', '{risk-oncall}')")
+    async with clean_db.acquire() as conn:
+        await webhooks.enqueue(conn, "production.change", {"model": "fraud", "to": 4, "from": 3, "via": "promotion",
+                                                           "actor": "alice"})
+    # the receiver was unreachable for two hours: the change was made then, it is delivered now
+    created = await clean_db.fetchval("UPDATE sira_webhook_outbox SET created_at = now() - interval '2 hours' "
+                                      "RETURNING created_at")
+    assert await webhooks.deliver_due(clean_db, hooked) == {"delivered": 1, "retried": 0, "failed": 0}
+    (change,) = [json.loads(r["body"]) for r in receiver.received]
+    assert datetime.fromisoformat(change["payload"]["timestamp"]) == created
+
+
+async def test_debug_logging_never_prints_a_receivers_secret_url(clean_db, settings, pg_dsn, receiver):
+    """`sira --debug` set the root logger to DEBUG, and httpx logs each request's full URL at INFO: an
+    incoming webhook's URL (its token in the path) reached stderr. httpx and httpcore stay at WARNING."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    secret_url = receiver.url + "/T0000/B0000/XXXXsecrettoken"
+    async with clean_db.acquire() as conn:
+        await webhooks.enqueue(conn, "version.stage", {"model": "fraud", "version": 1})
+    env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace),
+           "SIRA_WEBHOOK_URLS": secret_url, "SIRA_WEBHOOK_SECRET": "a-webhook-signing-key-of-32-bytes"}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "sira", "--debug", "webhooks", "deliver",
+                                                    "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["delivered"] == 1
+    assert len(receiver.received) == 1  # it was called, at that URL
+    assert "DEBUG" in done.stderr  # --debug took effect
+    assert "XXXXsecrettoken" not in done.stderr and "XXXXsecrettoken" not in done.stdout, done.stderr[-3000:]
