@@ -128,7 +128,7 @@ def ingest_cmd(
     paths: Annotated[list[Path] | None, typer.Argument(help="Event files or folders (.parquet, .csv, .jsonl).")] = None,
     mapping: MapOption = None,
     map_file: MapFileOption = None,
-    source: Annotated[str | None, typer.Option("--source", help="Name of the source system (default: the file).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Name of the source system, stored as file:NAME (default: the file).")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Consume the Redis stream sira:events until stopped.")] = False,
     max_events: Annotated[
         int | None, typer.Option("--max-events", min=1, help="With --stream or --kafka: stop after this many "
