@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 from sira.cli import database, data, train, governance, monitor, privacy, retention, serve, demo, jobs  # noqa: F401  # isort: skip
 from sira.cli.common import app, reserve_stdout_for_json
 from sira.cli.jobs import release_job_key
+from sira.core import logs
 from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
 
 
@@ -45,15 +46,17 @@ def run_job(args: list[str]) -> int:
         release_job_key()
 
 
-def log_level() -> str:
+def log_settings() -> tuple[str, str]:
     """``SIRA_LOG_LEVEL`` (documented, and validated, but until 2026-12-07 applied to nothing: every command
-    logged at WARNING). Settings that cannot be read: WARNING here, and the command reports them."""
+    logged at WARNING) and ``SIRA_LOG_FORMAT``. Settings that cannot be read: WARNING and text here, and the
+    command reports them."""
     from sira.core.config import get_settings
 
     try:
-        return get_settings().log_level
+        settings = get_settings()
     except SiraError:
-        return "WARNING"
+        return "WARNING", "text"
+    return settings.log_level, settings.log_format
 
 
 def take_debug(args: list[str]) -> tuple[bool, list[str]]:
@@ -74,13 +77,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         reserve_stdout_for_json()
     asked, args = take_debug(args)
     debug = asked or os.environ.get("SIRA_DEBUG") == "1"
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level, fmt = log_settings()
+    logs.configure(logging.DEBUG if debug else logging.WARNING, fmt)  # text or JSON lines (SIRA_LOG_FORMAT)
     # SIRA's own loggers at SIRA_LOG_LEVEL (the others stay at WARNING); --debug shows everything at DEBUG
-    logging.getLogger("sira").setLevel(logging.DEBUG if debug else log_level())
+    logging.getLogger("sira").setLevel(logging.DEBUG if debug else level)
     # httpx logs each request's full URL at INFO, httpcore its connections at DEBUG: an incoming webhook's
     # URL is a credential (a token in its path). They stay at WARNING under --debug (until 2026-12-07
     # `sira --debug webhooks deliver` printed the secret URLs).

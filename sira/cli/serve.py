@@ -112,19 +112,22 @@ def api_cmd(
     # address for the audit log. Only the proxies the operator names are believed (none by default). Its log at
     # SIRA_LOG_LEVEL, as SIRA's (INFO: its start, and an access log line per request; it was always "warning").
     uvicorn.run(create_app(settings, scoring=service), host=host, port=port, log_level=settings.log_level.lower(),
-                log_config=uvicorn_log_config(), proxy_headers=bool(settings.trusted_proxies),
+                log_config=uvicorn_log_config(settings.log_format), proxy_headers=bool(settings.trusted_proxies),
                 forwarded_allow_ips=settings.trusted_proxies)
 
 
-def uvicorn_log_config() -> dict:
-    """uvicorn's own logging config, its access log on stderr with every other log line (its default is stdout)."""
+def uvicorn_log_config(fmt: str = "text") -> dict:
+    """uvicorn's own logging config, its access log on stderr with every other log line (its default is stdout),
+    in SIRA's format (``SIRA_LOG_FORMAT``: text or JSON lines), each line naming its request (X-Request-ID)."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
+    from sira.core.logs import uvicorn_config
+
     config = copy.deepcopy(LOGGING_CONFIG)
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
-    return config
+    return uvicorn_config(config, fmt)
 
 
 serve_app = typer.Typer(help="Online scoring on Ray Serve. Run it locally, or check a config before "

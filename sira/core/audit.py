@@ -39,10 +39,14 @@ async def record(
     conn: Connection, actor: Actor, action: str, *, target_type: str | None = None,
     target_id: str | None = None, outcome: str = "success", details: dict[str, Any] | None = None,
 ) -> None:
+    from sira.core.logs import REQUEST_ID
+
+    request_id = REQUEST_ID.get()  # written for an HTTP request: its id, as in its log lines and answer
     await conn.execute(
         """INSERT INTO sira_audit_log (actor, actor_kind, action, target_type, target_id, source_address, outcome, details)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        actor.name, actor.kind, action, target_type, target_id, actor.source_address, outcome, details or {},
+        actor.name, actor.kind, action, target_type, target_id, actor.source_address, outcome,
+        {**(details or {}), "request_id": request_id} if request_id else details or {},
     )
 
 

@@ -165,6 +165,10 @@ class Settings(BaseSettings):
         default=30.0, description="Days a label for an event not (yet) stored waits for its event; after that it "
         "expires into sira_rejected_events (reason pending_label_expired).")
     log_level: str = Field(default="WARNING", description="Python log level for SIRA's loggers.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines of the CLI, jobs and `sira api`: text, or one JSON object a line "
+        "(ts, level, logger, message, request_id, exception). Serve replicas log in Serve's format: set "
+        "`logging_config: {encoding: JSON}` in the serve config for JSON there.")
     # Data retention (`sira retention plan|apply`, docs/security.md#retention): days each kind of row is kept.
     retention_events_days: Annotated[int, Field(ge=60, le=36_500)] = Field(
         default=400, description="Days events are kept (by event time), and with them their per-event feature "

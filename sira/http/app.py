@@ -23,6 +23,7 @@ from sira.http import access, errors, events, explanations, health, metrics, reg
 from sira.http import scoring as scoring_routes
 from sira.http.deps import IdentityCache
 from sira.http.middleware import BodySizeLimit
+from sira.http.request_ids import RequestIds
 from sira.ingest.bulk import redactor_for
 from sira.monitoring.exporter import Exporter
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, scoring: Any = None) -> FastAPI
     # API keys a serving replica has checked, kept as its serving config says (none for `sira api` alone)
     app.state.identities = IdentityCache(lambda: scoring.config) if scoring is not None else None
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
+    app.add_middleware(RequestIds)  # outermost: the body limit's 413 carries the id too
 
     errors.install(app)
     if scoring is not None:  # first: a request is matched against the routes in order, and scoring is the hot path
