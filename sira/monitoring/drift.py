@@ -280,7 +280,8 @@ async def data_span(conn: Any, source: str, version: dict[str, Any]) -> str:
             "AND role = $3", version["model_name"], version["version"], served_as(version))
         what = f"{version['model_name']} v{version['version']}'s {served_as(version)} predictions"
     if first is None:
-        return f"there are no {what.removeprefix('the ')}"
+        return ("no events are stored" if source == "events" else
+                f"{version['model_name']} v{version['version']} has no stored {served_as(version)} predictions")
     return (f"{what} span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}"
             + (" (scoring time)" if source == "predictions" else " (event time)"))
 
