@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,9 +84,25 @@ def batch_table(result: dict[str, Any]) -> Table:
         "output": result["out"], "sha256": result["sha256"]})
 
 
+def minute(iso: str) -> str:
+    """A window's bound to the minute (2026-10-12T23:59), as the tables show it: a default window ends 1 µs after
+    the newest event, so its dates alone named another window than the one measured."""
+    return iso[:16]
+
+
+def exact_range(lo: str, hi: str) -> str | None:
+    """The bounds to pass again to read the same rows, when the minutes shown are not them (a default window
+    ends 1 µs after the newest event: cut to its minute, it leaves that event out)."""
+    if all(datetime.fromisoformat(t).second == 0 and datetime.fromisoformat(t).microsecond == 0 for t in (lo, hi)):
+        return None
+    short = [t.replace("+00:00", "Z") for t in (lo, hi)]
+    return f"exactly --from {short[0]} --to {short[1]} (the same rows again)"
+
+
 def drift_table(result: dict[str, Any], limit: int | None = None) -> Table:
-    table = Table(title=f"Drift of {result['model']} v{result['version']} ({result['source']}, "
-                        f"{result['window']['from'][:16]}..{result['window']['to'][:16]}, "
+    source = "predictions by scoring time" if result["source"] == "predictions" else result["source"]
+    table = Table(title=f"Drift of {result['model']} v{result['version']} ({source}, "
+                        f"{minute(result['window']['from'])}..{minute(result['window']['to'])}, "
                         f"{result['n_current']:,} rows): {result['verdict'].upper()}", title_justify="left")
     for column in ("feature", "severity", "PSI", "KS", "JS", "chi2", "p adj", "missing ref→now"):
         table.add_column(column, justify="left" if column in ("feature", "severity") else "right")
@@ -103,12 +120,13 @@ def drift_table(result: dict[str, Any], limit: int | None = None) -> Table:
 def drift_cmd(
     model: ModelOption,
     version: Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERSION, help="Version (default: production).")] = None,
-    source: Annotated[str, typer.Option("--source", help="events (stored events, scored now) or predictions "
-                                        "(what production served).")] = "events",
+    source: Annotated[str, typer.Option("--source", help="events (stored events by event time, scored now) or "
+                                        "predictions (what the version served, by when it scored them; `sira "
+                                        "performance` windows by event time).")] = "events",
     days: Annotated[float | None, typer.Option("--days", min=0.01, help="The window: this many days (default 7) up "
                                                "to the newest data that fills one, walking back over sparse days; "
                                                "after --from or before --to (not with both: docs/windows.md).")] = None,
-    time_from: DateOption("--from", "Start of the window.") = None,
+    time_from: DateOption("--from", "Start of the window (event time; scoring time with --source predictions).") = None,
     time_to: DateOption("--to", "End of the window (exclusive).") = None,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -125,9 +143,11 @@ def drift_cmd(
 
     def render() -> None:
         err.print(drift_table(result))
+        if exact := exact_range(result["window"]["from"], result["window"]["to"]):
+            err.print(f"window {exact}")
         if result["window"].get("skipped_after"):
             err.print(f"window: {result['window']['rule']}; the {result['window']['skipped_after']:,} newer rows "
-                       f"(up to {result['window']['newest'][:16]}) are too few to fill one")
+                       f"(up to {minute(result['window']['newest'])}) are too few to fill one")
         for feature, why in (result.get("skipped") or {}).items():
             err.print(f"not compared: {feature}: {why}")
         for feature, why in (result.get("few_bins") or {}).items():
@@ -137,7 +157,7 @@ def drift_cmd(
 
 
 def performance_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"Performance of {result['model']} (labels as of {result['as_of'][:16]}"
+    table = Table(title=f"Performance of {result['model']} (labels as of {minute(result['as_of'])}"
                         f"{', a backtest' if result.get('backtest') else ''}, AP margin {result['ap_margin']:.2f})",
                   title_justify="left")
     for column in ("version", "role", "window", "n", "positives", "AP", "train AP", "ROC AUC", "precision",
@@ -146,15 +166,17 @@ def performance_table(result: dict[str, Any]) -> Table:
     for res in result["results"]:
         for w in res["windows"]:
             decisions = w.get("decisions") or {}
-            table.add_row(str(res["version"]), res["role"], f"{w['window_start'][:10]}..{w['window_end'][:10]}",
+            table.add_row(str(res["version"]), res["role"], f"{minute(w['window_start'])}..{minute(w['window_end'])}",
                           f"{w['n']:,}", f"{w['n_positive']:,}", fmt(w["average_precision"]),
                           fmt(res["training_ap"]), fmt(w["roc_auc"]), fmt(decisions.get("precision_flagged")),
                           fmt(decisions.get("recall_flagged")), fmt(w.get("expected_calibration_error")),
                           "FLAGGED" if w["flagged"] else "provisional" if w.get("provisional") else "")
     flagged = [f"v{res['version']} {res['role']}: {', '.join(res['flagged_segments'])}" for res in result["results"]
                if res["flagged_segments"]]
-    if flagged:
-        table.caption = "flagged segments: " + "; ".join(flagged)
+    notes = ([f"range {exact}"] if (exact := exact_range(result["range"]["from"], result["range"]["to"])) else []) + \
+        (["flagged segments: " + "; ".join(flagged)] if flagged else [])
+    if notes:
+        table.caption, table.caption_justify = "\n".join(notes), "left"
     return table
 
 

@@ -65,8 +65,10 @@ def _table(result: dict[str, Any], title: str) -> Any:
 def _render(result: dict[str, Any], title: str) -> None:
     err.print(_table(result, title))
     for floor in result["kept_for_monitoring"]:
-        err.print(f"kept for monitoring {floor['model']} v{floor['version']} ({floor['status']}): rows from "
-                  f"{floor['keeps_from']:%Y-%m-%d} on")
+        # a model's training floor is no version's (it printed "fraud v0 (training)")
+        what = (f"{floor['model']} (training window)" if floor["status"] == "training" or floor["version"] is None
+                else f"monitoring {floor['model']} v{floor['version']} ({floor['status']})")
+        err.print(f"kept for {what}: rows from {floor['keeps_from']:%Y-%m-%d} on")
 
 
 @retention_app.callback(invoke_without_command=True)

@@ -63,6 +63,9 @@ class DriftRequest:
     time_from: datetime | None = None
     time_to: datetime | None = None
     thresholds: stats.DriftThresholds = stats.DriftThresholds()
+    # nothing at or after this is read (a retrain's --as-of): the default window is the newest data before it,
+    # an explicit one ends there at the latest
+    until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -243,20 +246,44 @@ async def _window(conn: Any, req: DriftRequest, version: dict[str, Any]) -> tupl
         hi = req.time_to or req.time_from + timedelta(days=req.days)
         rule = {"rule": "--from/--to with --days"}
     else:
+        before = "" if req.until is None else f" before {req.until:%Y-%m-%d %H:%M}"
         if req.source == "events":
-            found = await windows.dense_window(conn, source="sira_events", where="true", args=(),
-                                               column="occurred_at", days=req.days, min_rows=MIN_ROWS)
+            found = await windows.dense_window(conn, source="sira_events", where="($1::timestamptz IS NULL OR "
+                                               "occurred_at < $1)", args=(req.until,), column="occurred_at",
+                                               days=req.days, min_rows=MIN_ROWS)
         else:
             found = await windows.dense_window(
-                conn, source="sira_predictions", where="model_name = $1 AND version = $2 AND role = $3",
-                args=(version["model_name"], version["version"], served_as(version)), column="scored_at",
+                conn, source="sira_predictions", where="model_name = $1 AND version = $2 AND role = $3 AND "
+                "($4::timestamptz IS NULL OR scored_at < $4)",
+                args=(version["model_name"], version["version"], served_as(version), req.until), column="scored_at",
                 days=req.days, min_rows=MIN_ROWS)
         lo, hi = found.lo, found.hi
-        rule = {"rule": f"the {req.days:g} days up to the newest {req.source} filling a window of {MIN_ROWS}",
+        what = "events (event time)" if req.source == "events" else "predictions (scoring time)"
+        rule = {"rule": f"the {req.days:g} days up to the newest {what}{before} filling a window of {MIN_ROWS}",
                 "newest": found.newest.isoformat(), "skipped_after": found.skipped}
+    if req.until is not None and hi > req.until:  # a backtest reads nothing after its cut-off
+        hi, rule = req.until, {**rule, "until": req.until.isoformat()}
     if hi <= lo:
         raise inverted_window(lo, hi)
     return lo, hi, rule
+
+
+async def data_span(conn: Any, source: str, version: dict[str, Any]) -> str:
+    """Where the source's data is, for a window that holds too little: the oldest and newest stored event
+    (event time), or the version's oldest and newest stored prediction (scoring time)."""
+    if source == "events":
+        first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
+        what = "the stored events"
+    else:
+        first, last = await conn.fetchrow(
+            "SELECT min(scored_at), max(scored_at) FROM sira_predictions WHERE model_name = $1 AND version = $2 "
+            "AND role = $3", version["model_name"], version["version"], served_as(version))
+        what = f"{version['model_name']} v{version['version']}'s {served_as(version)} predictions"
+    if first is None:
+        return ("no events are stored" if source == "events" else
+                f"{version['model_name']} v{version['version']} has no stored {served_as(version)} predictions")
+    return (f"{what} span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}"
+            + (" (scoring time)" if source == "predictions" else " (event time)"))
 
 
 PREDICTION_CHUNK_ROWS = 50_000  # stored predictions read per round trip, as a float matrix at once
@@ -357,8 +384,9 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                 n = await conn.fetchval(
                     "SELECT count(*) FROM sira_events WHERE occurred_at >= $1 AND occurred_at < $2", lo, hi)
                 if n < MIN_ROWS:
-                    raise InvalidInput(f"{n} events between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M}; drift needs "
-                                       f"at least {MIN_ROWS}: widen the window", code="insufficient_data")
+                    raise InvalidInput(f"{n} events between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M} (event "
+                                       f"time); drift needs at least {MIN_ROWS}: widen or move the window "
+                                       f"({await data_span(conn, req.source, version)})", code="insufficient_data")
                 model = await registry.get_model(conn, req.model)
                 fs = get_feature_set(row["feature_set"], row["feature_set_version"] or row["model_fs_version"])
                 here = in_process(settings, n)  # a small window is scored in this process, as `sira score` does
@@ -366,9 +394,14 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                     init_ray(settings, db.resolve_dsn(settings))
                 X, scores, nulls, window_rows = await asyncio.to_thread(
                     _events_window, settings, version, fs, model["label_name"], lo, hi, n, here)
-        if scores.size < MIN_ROWS:
-            raise InvalidInput(f"{scores.size} {req.source} in the window; drift needs at least {MIN_ROWS}: widen it",
-                               code="insufficient_data")
+            if scores.size < MIN_ROWS:
+                # --source predictions: a window of scoring time (`sira performance` windows by event time)
+                scored = ((f" of {req.model} v{version['version']} ({served_as(version)}) scored", "scoring time, "
+                           "not event time") if req.source == "predictions" else ("", "event time"))
+                raise InvalidInput(
+                    f"{scores.size} {req.source}{scored[0]} between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M} "
+                    f"({scored[1]}); drift needs at least {MIN_ROWS}: widen or move the window "
+                    f"({await data_span(conn, req.source, version)})", code="insufficient_data")
         rows, overall = await asyncio.to_thread(compare, reference, X, scores, req.thresholds, nulls)
         counts = {s: sum(1 for r in rows if r["severity"] == s) for s in SEVERITY_ORDER}
         # features whose bins cannot show how their values moved (a PSI of 0 there is no evidence of stability)

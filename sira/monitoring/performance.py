@@ -283,6 +283,19 @@ async def newest_predictions(conn: Any, model: str, version: int | None, label_n
     return row["newest"], usable
 
 
+async def predicted_span(conn: Any, model: str, version: int | None) -> str:
+    """Where a model's (a version's) stored predictions are, by the event time performance windows by (the
+    scoring time of a prediction without an event), for a range that holds none of them."""
+    first, last = await conn.fetchrow(
+        """SELECT min(coalesce(e.occurred_at, p.scored_at)), max(coalesce(e.occurred_at, p.scored_at))
+             FROM sira_predictions p LEFT JOIN sira_events e ON e.event_id = p.event_id
+            WHERE p.model_name = $1 AND ($2::int IS NULL OR p.version = $2)""", model, version)
+    of = model + (f" v{version}" if version else "")
+    if first is None:
+        return f"{of} has no stored predictions"
+    return f"the predicted events of {of} span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}"
+
+
 def check_window_count(span: timedelta, window_days: float, what: str) -> None:
     """At most :data:`MAX_WINDOWS` windows in ``span``, the range the run reads (``what`` names it): --days
     alone was checked, so a range of --from/--to was refused or allowed by a --days it does not use."""
@@ -337,7 +350,9 @@ async def run_performance(settings: Settings, req: PerformanceRequest, *,
             read = await read_labelled(conn, req.model, lo, hi, model["label_name"], cutoff, maturity_days,
                                        req.version)
             if not read.seen:
-                raise InvalidInput(f"no predictions of {req.model} between {lo:%Y-%m-%d} and {hi:%Y-%m-%d}",
+                of = f"{req.model}" + (f" v{req.version}" if req.version else "")
+                raise InvalidInput(f"no predictions of {of} between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M} "
+                                   f"(event time); {await predicted_span(conn, req.model, req.version)}",
                                    code="empty_input")
             versions = {v: await registry.get_version(conn, req.model, v) for v in sorted({v for v, _ in read.groups})}
         margin = req.ap_margin

@@ -23,11 +23,12 @@ TIMEOUT_S = 3_600.0  # one step's statement: longer than the pool's command time
 
 @dataclass(frozen=True)
 class Floor:
-    """A production or staging version's monitoring, or a model's training (``status`` "training", version 0:
-    its label maturity and :data:`TRAINING_DAYS`): its rows from ``keeps_from`` on are kept."""
+    """A production or staging version's monitoring, or a model's training window (``status`` "training",
+    ``version`` None: no version, the model's; its label maturity and :data:`TRAINING_DAYS`): its rows from
+    ``keeps_from`` on are kept. (A training floor said version 0, which no model has.)"""
 
     model: str
-    version: int
+    version: int | None
     status: str
     keeps_from: datetime
 
@@ -66,7 +67,7 @@ async def monitoring_floors(conn: Any, settings: Any, now: datetime) -> list[Flo
                 WHERE NOT EXISTS (SELECT 1 FROM sira_model_versions v WHERE v.model_id = m.id)
                    OR EXISTS (SELECT 1 FROM sira_model_versions v WHERE v.model_id = m.id AND v.status <> 'archived')
                 ORDER BY m.name"""):
-        floors.append(Floor(r["name"], 0, "training", now - timedelta(days=r["maturity"] + TRAINING_DAYS)))
+        floors.append(Floor(r["name"], None, "training", now - timedelta(days=r["maturity"] + TRAINING_DAYS)))
     return floors
 
 

@@ -10,7 +10,7 @@ Steps, each recorded in ``sira_retrain_runs`` as it completes:
 2. ``evaluate``: challenger and champion (the production version) scored on the
    same, most recent held-out window (the challenger's test window), plus what
    serving stored for that window (production and shadow predictions);
-3. ``drift``: the last week against the challenger's training reference;
+3. ``drift``: the last week (before the cut-off, with ``as_of``) against the challenger's training reference;
 4. ``policy``: the model's promotion policy (:mod:`sira.registry.policy`) decides; a
    challenger that passes goes to ``staging`` (shadow scoring); production still
    needs the model's approvals unless ``required_approvals`` is 0;
@@ -367,17 +367,21 @@ async def _live(pool: Any, m: dict[str, Any], lo: datetime, hi: datetime, now: d
 
 async def _drift(settings: Settings, pool: Any, req: RetrainRequest, identity: Identity, policy: Any,
                  state: RunState) -> dict[str, Any]:
+    """The newest ``drift_days`` of events before the cut-off against the challenger's reference: a backtest
+    (``--as-of``) judged drift on the newest events, after its cut-off, and the policy blocked on them."""
     from sira.monitoring.drift import DriftRequest, run_drift
 
     try:
         result = await run_drift(settings, DriftRequest(model=req.model, version=state.steps["challenger"]["version"],
-                                                        days=req.drift_days), actor=identity.actor())
+                                                        days=req.drift_days, until=req.as_of), actor=identity.actor())
     except InvalidInput as exc:
-        if exc.code != "insufficient_data":
+        if exc.code not in ("insufficient_data", "empty_input"):
             raise
-        return {"status": "not_run", "verdict": None, "reason": exc.message}
+        return {"status": "not_run", "verdict": None, "reason": exc.message,
+                **({"until": req.as_of.isoformat()} if req.as_of else {})}
     missing = [r["feature"] for r in result["features"] if (r["details"] or {}).get("missing_rate_current") == 1.0]
     return {"status": "ran", "verdict": result["verdict"], "job_id": result["job_id"], "severities": result["severities"],
+            "window": {k: result["window"][k] for k in ("from", "to", "rule")},
             "worst": [{k: r[k] for k in ("feature", "severity", "psi")} for r in result["features"][:5]],
             "missing_features": missing}
 
@@ -420,8 +424,16 @@ async def _deliver_events(pool: Any, settings: Settings) -> None:
 
 
 def _drift_line(drift: dict[str, Any]) -> str:
+    """The report's line on drift, naming the window it measured (before the cut-off with --as-of)."""
     not_run = drift_not_run(drift)
-    return f"not run: {not_run['drift']}" if not_run else str(drift.get("verdict"))
+    verdict = f"not run: {not_run['drift']}" if not_run else str(drift.get("verdict"))
+    window = drift.get("window")
+    if window:
+        return f"Drift of {window['from'][:16]}..{window['to'][:16]} against the challenger's reference: {verdict}"
+    if drift.get("until"):
+        return f"Drift of the days before the cut-off {drift['until'][:16]} against the challenger's reference: {verdict}"
+    # runs recorded before the step kept its window
+    return f"Drift of the last days against the challenger's reference: {verdict}"
 
 
 async def _report(settings: Settings, pool: Any, req: RetrainRequest, identity: Identity, policy: Any,
@@ -456,7 +468,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"**Decision: {report['decision'].upper()}** — challenger v{report['challenger']}"
              + (f" against champion v{report['champion']}" if report["champion"] else " (no champion)")
              + (", staged for shadow scoring" if report["staged"] else ""), "",
-             f"Held-out window {ev['window']['from'][:10]} .. {ev['window']['to'][:10]}: {ev['rows']:,} events, "
+             f"Held-out window {ev['window']['from'][:16]} .. {ev['window']['to'][:16]}: {ev['rows']:,} events, "
              f"{ev['positives']:,} positives.", "",
              "| metric | champion | challenger |", "|---|---:|---:|"]
     for key in ("average_precision", "roc_auc", "recall_at_1pct_fpr", "brier", "expected_calibration_error"):
@@ -464,7 +476,7 @@ def markdown(report: dict[str, Any]) -> str:
     psi = ev.get("score_psi")
     lines += ["", "Score PSI (challenger vs champion on the window): "
               + (f"{psi:.4f}" if isinstance(psi, float) else "not computed (no champion scores)"),
-              f"Drift of the last days against the challenger's reference: {_drift_line(report['drift'])}", "",
+              _drift_line(report["drift"]), "",
               "## Reasons", ""] + [f"- {r}" for r in report["reasons"]]
     if report["blockers"]:
         lines += ["", "## Blockers", ""] + [f"- {b}" for b in report["blockers"]]

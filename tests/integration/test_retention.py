@@ -262,7 +262,8 @@ async def test_a_production_versions_monitoring_and_a_pending_erasure_keep_their
     assert done["kept_for_monitoring"] == [
         {"model": "fraud", "version": 1, "status": "production", "keeps_from": floor},
         # and its training: events whose labels matured (30 days) of 60 days more (retention_rules.TRAINING_DAYS)
-        {"model": "fraud", "version": 0, "status": "training", "keeps_from": NOW - timedelta(days=30 + 60)}]
+        # (version None: the model's, no version's; it said version 0, which no model has)
+        {"model": "fraud", "version": None, "status": "training", "keeps_from": NOW - timedelta(days=30 + 60)}]
     assert step(done, "events")["cutoff"] == floor and step(done, "predictions")["cutoff"] == floor
     assert await ids(fresh, "SELECT event_id FROM sira_events") == {"ev-watched", "ev-held"}
     assert await ids(fresh, "SELECT prediction_id FROM sira_predictions") >= {watched, held_prediction}
@@ -380,6 +381,24 @@ async def test_only_an_admin_may_plan_or_apply_retention(installation, fresh, mo
     assert await fresh.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'models.create'") == 1
     unknown = await sira(installation, monkeypatch, capsys, "admin", "retention", "apply", "--only", "everything")
     assert unknown.returncode == 2 and "unknown step(s) everything" in unknown.stderr
+
+
+async def test_the_plan_names_a_models_training_window_by_no_version(installation, fresh, monkeypatch, capsys):
+    """`sira retention plan` printed a model's training floor as "kept for monitoring fraud v0 (training)": there
+    is no v0. It names the model's training window; a version's monitoring floor still names its version."""
+    async with fresh.acquire() as conn:
+        await model(conn, version_status="production")
+        await model(conn, "churn", maturity=120)  # no version yet: its training floor only
+    plan = await sira(installation, monkeypatch, capsys, "admin", "retention", "plan")
+    assert plan.returncode == 0, plan.stderr
+    said = [line for line in plan.stderr.splitlines() if line.startswith("kept for ")]
+    assert [line.split(":")[0] for line in said] == ["kept for monitoring fraud v1 (production)",
+                                                     "kept for churn (training window)",
+                                                     "kept for fraud (training window)"], plan.stderr
+    assert " v0" not in plan.stderr
+    floors = json.loads((await sira(installation, monkeypatch, capsys, "admin", "retention", "plan", "--json")).stdout)
+    assert [(f["model"], f["version"], f["status"]) for f in floors["kept_for_monitoring"]] == [
+        ("fraud", 1, "production"), ("churn", None, "training"), ("fraud", None, "training")]
 
 
 def test_the_retention_section_documents_every_setting_and_its_default():

@@ -196,6 +196,30 @@ def test_the_held_out_window_can_be_the_newest_usable_days(model):
     assert report["inputs"]["test_days"] == 5
 
 
+def test_a_backtests_drift_reads_nothing_after_its_cut_off(model):
+    """`sira retrain --as-of` evaluated on a window before its cut-off, but its drift step measured the newest
+    week of events, after it, and that verdict went into the policy. The drift window now ends by the cut-off,
+    and the step and the report name it."""
+    asyncio.run(_policy(model, {"min_ap_gain": 0.9, "block_on_drift": "alert"}))
+    (newest,) = asyncio.run(_fetch(model.dsn, "SELECT max(occurred_at) AS t FROM sira_events"))[0].values()
+    as_of = newest - timedelta(days=6)
+    report = retrain(model, seed=17, as_of=as_of)
+    drift = report["drift"]
+    assert drift["status"] == "ran", drift
+    stored = asyncio.run(_fetch(model.dsn, "SELECT DISTINCT window_start, window_end FROM sira_data_drift "
+                                           "WHERE job_id = $1", drift["job_id"]))
+    assert len(stored) == 1 and stored[0]["window_end"] <= as_of, (stored, as_of)
+    assert stored[0]["window_end"] - stored[0]["window_start"] == timedelta(days=7)
+    window = drift["window"]
+    assert [datetime.fromisoformat(window[k]) for k in ("from", "to")] == [stored[0]["window_start"],
+                                                                          stored[0]["window_end"]]
+    assert f"before {as_of:%Y-%m-%d %H:%M}" in window["rule"], window
+    md = Path(report["files"]["markdown"]).read_text()
+    assert (f"Drift of {window['from'][:16]}..{window['to'][:16]} against the challenger's reference: "
+            f"{drift['verdict']}") in md, md
+    assert datetime.fromisoformat(report["evaluation"]["window"]["to"]) <= as_of
+
+
 @pytest.fixture(scope="module")
 def v1_model(create_database, workspace, ray_session, tmp_path_factory):
     """A champion trained on payments@1 (the history engine) whose model has since moved to payments@2."""
