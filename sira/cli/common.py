@@ -250,3 +250,13 @@ async def acting(conn: Any, key: str | None, *, required: bool = True) -> Any:
 
 def fmt(value: Any, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+class Stopped(BaseException):
+    """SIGTERM in a command that set no handler of its own (:func:`sira.cli.main.main`): a BaseException, so no
+    ``except Exception`` on the way takes it for a failure to carry on from, and every ``finally`` and
+    ``async with`` on the way runs."""
+
+
+def stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Stopped()

@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
 
 import typer
 from typer.exceptions import Exit as TyperExit
@@ -21,19 +20,10 @@ from typer.exceptions import TyperException
 
 # Each command module adds its commands to `app` when imported: in the order `sira --help` lists them.
 from sira.cli import database, data, train, governance, monitor, privacy, retention, serve, demo, jobs  # noqa: F401  # isort: skip
-from sira.cli.common import app, reserve_stdout_for_json
+from sira.cli.common import Stopped, app, reserve_stdout_for_json, stop_on_sigterm
 from sira.cli.jobs import release_job_key
 from sira.core import logs
 from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
-
-
-class _Stopped(BaseException):
-    """SIGTERM in a command that set no handler of its own: a BaseException, so no ``except Exception`` on the
-    way takes it for a failure to carry on from, and every ``finally`` and ``async with`` on the way runs."""
-
-
-def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
-    raise _Stopped()
 
 
 def run_job(args: list[str]) -> int:
@@ -92,7 +82,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     # where it stood (Python's default action). Commands that record their runs (train, retrain, score) and the
     # servers set handlers of their own while they run.
     if own_process and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         result = command.main(args=args, prog_name="sira", standalone_mode=False)
         return result if isinstance(result, int) else 0
@@ -121,7 +111,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
-    except _Stopped:
+    except Stopped:
         name = next((a for a in args if not a.startswith("-")), "the command")
         sys.stderr.write(f"error: interrupted: {name} stopped by SIGTERM\n")
         return 128 + signal.SIGTERM

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from sira.cli.common import ApiKeyOption, JsonOption, app, emit, err, governed, serve_until_stopped
+from sira.cli.common import ApiKeyOption, JsonOption, Stopped, app, emit, err, governed, serve_until_stopped
 from sira.core.config import Settings, get_settings
 from sira.core.errors import ConfigError
 
@@ -111,9 +111,12 @@ def api_cmd(
     # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local client named its own
     # address for the audit log. Only the proxies the operator names are believed (none by default). Its log at
     # SIRA_LOG_LEVEL, as SIRA's (INFO: its start, and an access log line per request; it was always "warning").
-    uvicorn.run(create_app(settings, scoring=service), host=host, port=port, log_level=settings.log_level.lower(),
-                log_config=uvicorn_log_config(settings.log_format), proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=settings.trusted_proxies)
+    try:
+        uvicorn.run(create_app(settings, scoring=service), host=host, port=port,
+                    log_level=settings.log_level.lower(), log_config=uvicorn_log_config(settings.log_format),
+                    proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies)
+    except Stopped:  # SIGTERM: uvicorn shut down gracefully, then raised it again to the handler it found (ours)
+        pass
 
 
 def uvicorn_log_config(fmt: str = "text") -> dict:
