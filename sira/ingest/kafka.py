@@ -418,7 +418,6 @@ async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, label
 
     source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic,
                          unreachable_after_s=settings.kafka_unreachable_s)
-    await source.start()
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"Kafka topic {topic}" + (f" and {labels_topic}" if labels_topic else "")
                                        + f" at {bootstrap} in group {group}")

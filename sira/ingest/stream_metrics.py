@@ -1,7 +1,8 @@
 """The stream consumer's own Prometheus endpoint (``prometheus_client``): it is a long-lived process of its
 own, outside Ray Serve, so its series are served by it (docs/observability.md).
 
-- ``sira_stream_entries_total{outcome}``: entries handled (accepted, duplicates, rejected);
+- ``sira_stream_entries_total{outcome}``: entries handled: events ``accepted``, ``labels`` stored (new or
+  changed), ``duplicates`` (events and labels already stored), ``rejected`` (events and labels; dead letters);
 - ``sira_stream_dead_letters_total{reason}``: entries set aside in ``sira_rejected_events``, by reason;
 - ``sira_stream_batch_seconds``: one batch's store-and-commit time;
 - ``sira_stream_lag_entries{stream, group, partition}``: entries the consumer group has not finished (not
@@ -42,10 +43,11 @@ class StreamMetrics:
                                  "a batch (0 until its first).", ["stream", "group"], registry=self.registry)
         self.last_commit.labels(stream, group)  # exported from the start (0), as the stall alert needs
         self._lag_at = 0.0
+        self._server: Any = None  # (server, thread) while serving
 
     def batch(self, summary: Any, seconds: float) -> None:
         """One committed batch (an :class:`~sira.ingest.bulk.IngestSummary`)."""
-        for outcome in ("accepted", "duplicates", "rejected"):
+        for outcome in ("accepted", "labels", "duplicates", "rejected"):  # label entries counted too (in none)
             self.entries.labels(outcome).inc(getattr(summary, outcome))
         for reason, n in summary.reasons.items():
             self.dead_letters.labels(reason).inc(n)
@@ -71,4 +73,12 @@ class StreamMetrics:
             self.lag.labels(self.stream, self.group, partition).set(n)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        """Serve the series on ``port`` (an ``OSError`` when it is taken)."""
+        self._server = start_http_server(port, addr=host, registry=self.registry)
+
+    def shutdown(self) -> None:
+        """Stop serving (the port free again)."""
+        if self._server is not None:
+            self._server[0].shutdown()
+            self._server[0].server_close()
+            self._server = None

@@ -222,3 +222,52 @@ def test_the_secrets_of_a_properties_file_reach_neither_the_log_nor_the_error_li
 
     assert "s3cr3t-1" in secret_values(config)
 
+
+async def test_labels_delivered_again_are_duplicates_and_every_entry_is_in_an_outcome(broker, clean_db, settings):
+    """A second consumer group over the same messages reported "labels": 3 with no new row (labels the same again
+    were counted as new), and label entries appeared in no outcome of sira_stream_entries_total. Now a label is
+    counted stored only when new or changed (else a duplicate), and the outcomes add up to the entries read."""
+    from sira.ingest.stream_metrics import StreamMetrics
+
+    events_topic, labels_topic, group = names()
+    topics(broker, events_topic, labels_topic, partitions=1)
+    events = stream_events(3)
+    produce(broker, events_topic, events)
+    produce(broker, labels_topic, [{"event_id": e["event_id"], "label": True, "known_at": "2026-09-30T00:00:00Z",
+                                    "source": "chargeback"} for e in events])
+    runs = []
+    for run in ("first", "second"):  # two groups: each reads every message
+        consumer = KafkaSource(client_config(Settings(), broker, f"{group}-{run}"), events_topic, labels_topic)
+        metrics = StreamMetrics(events_topic, f"{group}-{run}")
+        await consumer.start()
+        try:
+            total = await asyncio.wait_for(consume(consumer, clean_db, settings=settings, batch=10, block_ms=300,
+                                                   max_events=6, metrics=metrics), timeout=60)
+        finally:
+            await consumer.close()
+        outcomes = {o: metrics.registry.get_sample_value("sira_stream_entries_total", {"outcome": o}) or 0
+                    for o in ("accepted", "labels", "duplicates", "rejected")}
+        runs.append(((total.read, total.accepted, total.labels, total.duplicates, total.rejected), outcomes))
+    assert runs[0] == ((6, 3, 3, 0, 0), {"accepted": 3, "labels": 3, "duplicates": 0, "rejected": 0}), runs
+    assert runs[1] == ((6, 0, 0, 6, 0), {"accepted": 0, "labels": 0, "duplicates": 6, "rejected": 0}), runs
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_feedback") == 3
+
+
+def test_a_taken_metrics_port_is_a_one_line_config_error_before_the_consumer_starts(broker, settings, pg_dsn):
+    """SIRA_STREAM_METRICS_PORT taken: `error: internal: OSError: [Errno 98] Address already in use`, the port
+    bound after the Kafka consumer had started and joined its group, which was never closed. Now the port is
+    bound first, and a taken one is a one-line config error naming the setting."""
+    events_topic, _, group = names()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "SIRA_DATABASE_URL": pg_dsn, "SIRA_WORKSPACE": str(settings.workspace),
+               "SIRA_STREAM_METRICS_PORT": str(port)}
+        env.pop("SIRA_DEBUG", None)
+        done = subprocess.run([sys.executable, "-m", "sira", "ingest", "--kafka", broker, "--topic", events_topic,
+                               "--group", group], env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and lines[-1].startswith(
+        f"error: config: SIRA_STREAM_METRICS_PORT: cannot serve the consumer's metrics on port {port}"), done.stderr
+    assert "Traceback" not in done.stderr and "consuming" not in done.stdout + done.stderr, done.stderr
