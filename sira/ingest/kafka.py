@@ -372,6 +372,10 @@ class KafkaSource:
         partition is said from its assignment: one left out until fetched hid a consumer stuck before it."""
         return await asyncio.to_thread(self._lag)
 
+    async def assigned(self) -> int:
+        """How many partitions this consumer holds (none during an outage past the session timeout)."""
+        return len(await asyncio.to_thread(self.consumer.assignment))
+
     async def close(self) -> None:
         if self.consumer is not None:
             if self._uncommitted:  # once more, best effort: else the next member reads them again (absorbed)

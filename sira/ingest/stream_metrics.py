@@ -9,6 +9,9 @@ own, outside Ray Serve, so its series are served by it (docs/observability.md).
   yet delivered, and delivered but not acknowledged): on Redis the whole group's (``partition=""``, every
   consumer says the same), on Kafka each partition's, said by the consumer that holds it; the group's lag
   is ``sum by (stream, group) (max by (stream, group, partition) (...))``;
+- ``sira_stream_assigned_partitions{stream, group}``: on Kafka, the partitions this consumer holds (0 while
+  the group has none for it: a broker outage past the session timeout, a topic gone, more consumers than
+  partitions), sampled with the lag, which keeps its last value while the brokers cannot say it;
 - ``sira_stream_last_commit_timestamp_seconds{stream, group}``: when the consumer last committed a batch of
   that stream and group (0 until its first), so that the stall alert compares each consumer's commits
   with the lag it holds (by stream, group and scrape target), never with another consumer's commits.
@@ -39,6 +42,8 @@ class StreamMetrics:
         self.lag = Gauge("sira_stream_lag_entries", "Entries the consumer group has not finished: not yet delivered, "
                          "or delivered and not acknowledged.", ["stream", "group", "partition"],
                          registry=self.registry)
+        self.assigned = Gauge("sira_stream_assigned_partitions", "Partitions this consumer holds (Kafka).",
+                              ["stream", "group"], registry=self.registry)
         self.last_commit = Gauge("sira_stream_last_commit_timestamp_seconds", "When the consumer last committed "
                                  "a batch (0 until its first).", ["stream", "group"], registry=self.registry)
         self.last_commit.labels(stream, group)  # exported from the start (0), as the stall alert needs
@@ -60,6 +65,11 @@ class StreamMetrics:
         if now - self._lag_at < every_s:
             return
         self._lag_at = now
+        if hasattr(source, "assigned"):
+            try:
+                self.assigned.labels(self.stream, self.group).set(await source.assigned())
+            except Exception as exc:  # noqa: BLE001 - a metric never stops consuming
+                log.debug("stream assignment unavailable: %s", exc)
         try:
             lag = await source.lag()
         except Exception as exc:  # noqa: BLE001 - a metric never stops consuming

@@ -21,6 +21,7 @@ from sira.core.errors import ServiceUnavailable
 from sira.features.definitions import PAYMENTS_V1
 from sira.ingest.kafka import KafkaSource, client_config, printable
 from sira.ingest.stream import consume
+from sira.ingest.stream_metrics import StreamMetrics
 from tests.integration.test_kafka import free_port, names, produce, start_tansu, topics
 from tests.integration.test_stream import assert_exactly_once, stream_events
 
@@ -133,6 +134,16 @@ async def test_a_broker_outage_shorter_than_the_bound_is_ridden_out_with_every_e
                            unreachable_after_s=60)
     await consumer.start()
     stop = asyncio.Event()
+    metrics = StreamMetrics(events_topic, group)
+    held: list = []  # the assigned-partitions gauge as it went: 2, 0 while the group had dropped it, 2 again
+
+    async def watch_assignment():
+        while True:
+            value = metrics.registry.get_sample_value("sira_stream_assigned_partitions",
+                                                      {"stream": events_topic, "group": group})
+            if value is not None and (not held or held[-1] != value):
+                held.append(value)
+            await asyncio.sleep(0.1)
 
     async def until_all_stored():
         deadline = time.monotonic() + 120
@@ -141,14 +152,19 @@ async def test_a_broker_outage_shorter_than_the_bound_is_ridden_out_with_every_e
         await asyncio.sleep(1.0)  # the last batch acknowledged
         stop.set()
 
-    watcher = asyncio.ensure_future(until_all_stored())
+    watcher, assignment = asyncio.ensure_future(until_all_stored()), asyncio.ensure_future(watch_assignment())
     try:
         await asyncio.wait_for(consume(consumer, clean_db, settings=settings, feature_sets=[PAYMENTS_V1], batch=20,
-                                       block_ms=300, stop=stop, on_batch=_outage_after(3, proxy, 14.0)), timeout=180)
+                                       block_ms=300, stop=stop, on_batch=_outage_after(3, proxy, 14.0),
+                                       metrics=metrics), timeout=180)
     finally:
         watcher.cancel()
+        assignment.cancel()
         await consumer.close()
     await assert_exactly_once(clean_db, n)
+    # the lag keeps its last value while the brokers are away: the partitions held say the consumer lost them
+    held_then = held[held.index(2):] if 2 in held else []
+    assert 0 in held_then and 2 in held_then[held_then.index(0):], held
     # the commits caught up once the broker was back: a new member of the group finds nothing left
     again = KafkaSource(client_config(Settings(), bootstrap, group, "test-again"), events_topic)
     await again.start()
@@ -227,8 +243,6 @@ async def test_labels_delivered_again_are_duplicates_and_every_entry_is_in_an_ou
     """A second consumer group over the same messages reported "labels": 3 with no new row (labels the same again
     were counted as new), and label entries appeared in no outcome of sira_stream_entries_total. Now a label is
     counted stored only when new or changed (else a duplicate), and the outcomes add up to the entries read."""
-    from sira.ingest.stream_metrics import StreamMetrics
-
     events_topic, labels_topic, group = names()
     topics(broker, events_topic, labels_topic, partitions=1)
     events = stream_events(3)
