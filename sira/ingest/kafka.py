@@ -44,9 +44,22 @@ MOVED = ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FE
 REFUSALS = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED",
             "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "_SSL")
 UNREACHABLE = ("_ALL_BROKERS_DOWN",)
+# A commit that failed because the group coordinator or the brokers are away for now (a broker restarting, a
+# network cut): kept and tried again before each read (the next batch's commit covers it anyway; the events are
+# idempotent by event_id), for at most ``unreachable_after_s``. A ~10 s outage ended the consumer (exit 1).
+TRANSIENT = ("_WAIT_COORD", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_TIMED_OUT_QUEUE", "REQUEST_TIMED_OUT",
+             "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "NETWORK_EXCEPTION",
+             "_RESOLVE", "_WAIT_CACHE", "_IN_PROGRESS")
 # How often a partition whose watermarks librdkafka has not cached (not fetched yet) is asked of its leader
 WATERMARKS_EVERY_S = 5.0
-SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret")
+# How often the topics are looked up while this consumer holds no partition or the client said one is unknown
+TOPICS_EVERY_S = 5.0
+# Settings whose values are secrets (masked wherever the configuration is shown, and in every log line and error):
+# these, and any whose name says password, secret, passphrase, credential or token, or a private key's text
+SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret",
+               "sasl.oauthbearer.config", "ssl.key.pem", "sasl.oauthbearer.assertion.private.key.pem",
+               "sasl.oauthbearer.assertion.private.key.passphrase", "sasl.kerberos.keytab")
+SECRET_WORDS = ("password", "secret", "passphrase", "credential", "token", "private.key", "key.pem")
 
 
 def _properties(path: Path) -> dict[str, str]:
@@ -117,7 +130,29 @@ def client_config(settings: Settings, bootstrap: str, group: str, client_id: str
 
 def printable(config: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration as it may be shown or logged: secrets masked."""
-    return {k: ("***" if k in SECRET_KEYS or "password" in k or "secret" in k else v) for k, v in config.items()}
+    return {k: ("***" if secret(k) else v) for k, v in config.items()}
+
+
+def secret(key: str) -> bool:
+    """Whether a librdkafka setting's value is a secret (:data:`SECRET_KEYS`, :data:`SECRET_WORDS`)."""
+    key = key.strip().lower()
+    return key in SECRET_KEYS or any(word in key for word in SECRET_WORDS)
+
+
+def secret_values(config: Mapping[str, Any]) -> set[str]:
+    """The secret values of a configuration as they may appear in a message: each whole, and the value of each
+    secret-named ``k=v`` part of one (``sasl.oauthbearer.config=clientId=a clientSecret=X``: librdkafka quotes
+    ``clientSecret=X ...`` alone)."""
+    out = set()
+    for key, value in config.items():
+        if not secret(key) or value is None:
+            continue
+        out.add(str(value))
+        for part in str(value).replace(",", " ").split():
+            name, sep, inner = part.partition("=")
+            if sep and (secret(name) or any(w in name.lower() for w in ("secret", "key", "assertion"))):
+                out.add(inner)
+    return {v for v in out if len(v) >= 4}
 
 
 class KafkaSource:
@@ -137,16 +172,22 @@ class KafkaSource:
         self.source_name = "kafka"  # what stored events and dead letters name as their source
         self.consumer: Any = None
         self._asked: dict[tuple[str, int], tuple[float, tuple[int, int]]] = {}  # watermarks asked, and when
+        # offsets stored in the database whose commit failed for now (TRANSIENT), and since when commits fail
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._commit_failing_since: float | None = None
+        # a subscribed topic the brokers do not know (a typo, a deleted topic): since when, and when last looked up
+        self._topic_doubt = False
+        self._missing_since: float | None = None
+        self._topics_at = float("-inf")
 
     async def start(self) -> None:
         from confluent_kafka import Consumer, KafkaException
 
-        _Quiet.secrets.update(str(self.config[k]) for k, v in printable(self.config).items()
-                              if v == "***" and len(str(self.config[k])) >= 4)
+        _Quiet.secrets.update(secret_values(self.config))
         try:
             self.consumer = Consumer({**self.config, "error_cb": self._client_error, "logger": CLIENT_LOG})
         except KafkaException as exc:
-            raise ConfigError(f"Kafka client configuration refused: {exc.args[0].str()}") from None
+            raise ConfigError(f"Kafka client configuration refused: {_masked(exc.args[0].str())}") from None
         self.consumer.subscribe([t for t in (self.topic, self.labels_topic) if t])
 
     def _kind(self, message: Any) -> str | None:
@@ -163,6 +204,8 @@ class KafkaSource:
 
     def _client_error(self, error: Any) -> None:
         log.warning("Kafka client: %s", _masked(error.str()))
+        if error.name() == "UNKNOWN_TOPIC_OR_PART":
+            self._topic_doubt = True
         if error.name() in REFUSALS:
             self._refused = self._refused or error.str()
         elif error.name() in UNREACHABLE and self._down_since is None:
@@ -174,7 +217,7 @@ class KafkaSource:
         from confluent_kafka import KafkaException
 
         if self._refused:
-            raise ServiceUnavailable(f"Kafka refused this consumer: {self._refused}", code="kafka_unavailable")
+            raise ServiceUnavailable(f"Kafka refused this consumer: {_masked(self._refused)}", code="kafka_unavailable")
         if self._down_since is None or time.monotonic() - self._down_since < self.unreachable_after_s:
             return
         try:
@@ -184,17 +227,54 @@ class KafkaSource:
                                      f"{self.unreachable_after_s:g} s", code="kafka_unavailable") from None
         self._down_since = None  # back: it had reconnected
 
+    def _check_topics(self) -> None:
+        """Raise when a subscribed topic has been unknown to the brokers for ``unreachable_after_s``: librdkafka
+        says so once, as a warning, and the consumer idled for ever (no partition, so no lag series and no
+        alert). Looked up while this consumer holds no partition or the client said a topic is unknown, at most
+        every :data:`TOPICS_EVERY_S`; brokers that do not answer are :meth:`_check_client`'s."""
+        from confluent_kafka import KafkaException
+
+        now = time.monotonic()
+        if (self.consumer.assignment() and not self._topic_doubt) or now - self._topics_at < TOPICS_EVERY_S:
+            return
+        self._topics_at, self._topic_doubt = now, False
+        missing = []
+        for topic in (t for t in (self.topic, self.labels_topic) if t):
+            try:
+                found = self.consumer.list_topics(topic, timeout=5).topics.get(topic)
+            except KafkaException:
+                return  # no answer: not a verdict on the topic
+            if found is None or (found.error is not None and found.error.name() == "UNKNOWN_TOPIC_OR_PART"):
+                missing.append(topic)
+        if not missing:
+            self._missing_since = None
+            return
+        self._topic_doubt = True  # looked up again until it exists
+        self._missing_since = self._missing_since or now
+        if now - self._missing_since >= self.unreachable_after_s:
+            raise ServiceUnavailable(f"Kafka topic {', '.join(missing)} does not exist at "
+                                     f"{self.config['bootstrap.servers']} (looked up for {self.unreachable_after_s:g} s): "
+                                     "check --topic/--labels-topic, or create it", code="kafka_unavailable")
+        log.warning("Kafka topic %s does not exist (yet) at %s: the consumer stops if it still does not in %.0f s",
+                    ", ".join(missing), self.config["bootstrap.servers"],
+                    self.unreachable_after_s - (now - self._missing_since))
+
     def _read(self, count: int, block_ms: int) -> list[Entry]:
         self._check_client()
+        if self._uncommitted:
+            self._commit(dict(self._uncommitted))
         out = []
         for message in self.consumer.consume(num_messages=count, timeout=block_ms / 1000):
             error = message.error()
             if error is None:
                 out.append(self._entry(message))
             elif error.fatal():
-                raise ServiceUnavailable(f"Kafka consumer failed: {error.str()}", code="kafka_unavailable")
+                raise ServiceUnavailable(f"Kafka consumer failed: {_masked(error.str())}", code="kafka_unavailable")
             else:
-                log.warning("Kafka: %s", error.str())
+                if error.name() == "UNKNOWN_TOPIC_OR_PART":
+                    self._topic_doubt = True
+                log.warning("Kafka: %s", _masked(error.str()))
+        self._check_topics()
         return out
 
     async def read(self, count: int, block_ms: int) -> list[Entry]:
@@ -202,22 +282,51 @@ class KafkaSource:
 
     async def ack(self, ids: list[str]) -> None:
         """Commit past every entry of the batch (called after the batch's transaction committed)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
         newest: dict[tuple[str, int], int] = {}
         for entry_id in ids:
             topic, partition, offset = entry_id.rsplit(":", 2)
             key = (topic, int(partition))
             newest[key] = max(newest.get(key, -1), int(offset))
         if newest:
-            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in newest.items()]
-            try:
-                await asyncio.to_thread(self.consumer.commit, offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                if not moved(exc):
-                    raise
+            for key, offset in self._uncommitted.items():  # a commit that failed for now: this one covers it
+                newest[key] = max(newest.get(key, -1), offset)
+            await asyncio.to_thread(self._commit, newest)
+
+    def _commit(self, newest: dict[tuple[str, int], int]) -> None:
+        """Commit past ``newest`` (each partition's last offset done). A commit refused after a rebalance is let
+        go (:data:`MOVED`); one failed for now (:data:`TRANSIENT`: the coordinator or the brokers away) is kept
+        and tried again before the next read, the consumer going on, until commits have failed for
+        ``unreachable_after_s``; any other failure ends the consumer (``kafka_unavailable``)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in newest.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            name = error.name() if hasattr(error, "name") else type(error).__name__
+            message = _masked(error.str() if hasattr(error, "str") else str(exc))
+            self._uncommitted = {}
+            if moved(exc):
+                self._commit_failing_since = None
                 log.warning("Kafka refused a commit after a rebalance (%s): the partitions' new owner reads "
-                            "from the last commit; the repeats are absorbed by event_id", exc.args[0].name())
+                            "from the last commit; the repeats are absorbed by event_id", name)
+                return
+            if name not in TRANSIENT:
+                raise ServiceUnavailable(f"Kafka refused the consumer's commit: {message}",
+                                         code="kafka_unavailable") from None
+            now = time.monotonic()
+            self._commit_failing_since = self._commit_failing_since or now
+            if now - self._commit_failing_since >= self.unreachable_after_s:
+                raise ServiceUnavailable(f"Kafka has not accepted a commit at {self.config['bootstrap.servers']} for "
+                                         f"{self.unreachable_after_s:g} s: {message}",
+                                         code="kafka_unavailable") from None
+            self._uncommitted = newest
+            log.warning("Kafka commit failed for now (%s): tried again before the next read, for up to %g s; the "
+                        "batch is stored, and read again only if the consumer stops meanwhile", name,
+                        self.unreachable_after_s)
+            return
+        self._uncommitted, self._commit_failing_since = {}, None
 
     def _watermarks(self, tp: Any, need_low: bool) -> tuple[int, int]:
         """A partition's (low, high) watermarks: the high one librdkafka caches from fetch responses, else (a
@@ -263,8 +372,17 @@ class KafkaSource:
         partition is said from its assignment: one left out until fetched hid a consumer stuck before it."""
         return await asyncio.to_thread(self._lag)
 
+    async def assigned(self) -> int:
+        """How many partitions this consumer holds (none during an outage past the session timeout)."""
+        return len(await asyncio.to_thread(self.consumer.assignment))
+
     async def close(self) -> None:
         if self.consumer is not None:
+            if self._uncommitted:  # once more, best effort: else the next member reads them again (absorbed)
+                try:
+                    await asyncio.to_thread(self._commit, dict(self._uncommitted))
+                except ServiceUnavailable as exc:
+                    log.warning("%s", exc.message)
             await asyncio.to_thread(self.consumer.close)
             self.consumer = None
 
@@ -304,7 +422,6 @@ async def consume_kafka(settings: Settings, bootstrap: str, topic: str, *, label
 
     source = KafkaSource(client_config(settings, bootstrap, group, consumer), topic, labels_topic,
                          unreachable_after_s=settings.kafka_unreachable_s)
-    await source.start()
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"Kafka topic {topic}" + (f" and {labels_topic}" if labels_topic else "")
                                        + f" at {bootstrap} in group {group}")

@@ -321,8 +321,10 @@ async def store(pool: Any, batch: Batch, *, redactor: Redactor, mapping: Mapping
         if batch.labels:
             labels = await record_labels(conn, batch.labels, redactor=redactor, source=batch.source, mapping=mapping,
                                          positions=batch.label_positions)
-            summary.labels += labels.read - labels.rejected - labels.repeated
-            summary.duplicates += labels.repeated
+            # new or changed labels only: one delivered again (a second group, a redelivery) is a duplicate, as an
+            # event is, and so is one a newer word of the same batch superseded (it counted as a new label)
+            summary.labels += labels.read - labels.rejected - labels.repeated - labels.unchanged - labels.duplicates
+            summary.duplicates += labels.repeated + labels.unchanged + labels.duplicates
             summary.rejected += labels.rejected
             summary.reasons.update(labels.reasons)
         summary.duplicates += await dead_letters(conn, batch.dead, batch.source, summary)
@@ -447,7 +449,6 @@ async def consume_forever(
         raise ConfigError("--stream needs SIRA_REDIS_URL (the Redis that holds the sira:events stream)")
     source = RedisStreamSource(settings.redis_url, consumer=consumer, retention_s=settings.stream_retention_s,
                                mapping=mapping)
-    await source.start()
     return await serve_source(settings, source, mapping=mapping, max_events=max_events, batch=batch, notify=notify,
                               describe=f"{STREAM} as {source.consumer} in group {GROUP}")
 
@@ -455,13 +456,33 @@ async def consume_forever(
 async def serve_source(settings: Settings, source: Any, *, describe: str, mapping: Mapping[str, str] | None = None,
                        max_events: int | None = None, batch: int = 200,
                        notify: Callable[[str], None] | None = None) -> IngestSummary:
-    """Consume a started source until SIGINT/SIGTERM (or ``max_events``), its metrics on their own port; close
-    it at the end."""
+    """Start the source and consume it until SIGINT/SIGTERM (or ``max_events``), its metrics on their own port
+    (bound first: a port taken is a one-line ``config`` error, before any consumer joins its group); close it
+    at the end, however it ends."""
     # asyncpg's pool, while PostgreSQL is away, logged a traceback per attempt to restore its floor: one line
     limit("asyncpg.pool")
     metrics = StreamMetrics(source.stream, source.group)
     port = settings.stream_metrics_port or free_port(STREAM_METRICS_PORT)
-    metrics.serve(port)
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise ConfigError(f"SIRA_STREAM_METRICS_PORT: cannot serve the consumer's metrics on port {port}: "
+                          f"{exc.strerror or exc} (set SIRA_STREAM_METRICS_PORT to a free port, or unset it)") from None
+    try:
+        return await _serve(settings, source, metrics, port, describe=describe, mapping=mapping,
+                            max_events=max_events, batch=batch, notify=notify)
+    finally:
+        metrics.shutdown()
+
+
+async def _serve(settings: Settings, source: Any, metrics: StreamMetrics, port: int, *, describe: str,
+                 mapping: Mapping[str, str] | None, max_events: int | None, batch: int,
+                 notify: Callable[[str], None] | None) -> IngestSummary:
+    try:
+        await source.start()
+    except BaseException:
+        await source.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -472,7 +493,8 @@ async def serve_source(settings: Settings, source: Any, *, describe: str, mappin
 
     def report(entries: list[Entry], s: IngestSummary) -> None:
         if notify:
-            notify(f"{len(entries)} entries: {s.accepted} accepted, {s.duplicates} duplicates, {s.rejected} rejected")
+            notify(f"{len(entries)} entries: {s.accepted} accepted, " + (f"{s.labels} labels, " if s.labels else "")
+                   + f"{s.duplicates} duplicates, {s.rejected} rejected")
 
     try:
         async with db.open_pool(settings) as pool:
