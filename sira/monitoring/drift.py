@@ -418,6 +418,7 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
                   r["p_value_adjusted"], r["severity"], {"kind": r["kind"], **r["details"]}, run) for r in rows]
                 + [(version["model_id"], version["version"], DATASET, lo, hi, None, int(scores.size), None, None,
                     None, None, None, None, overall, {"source": req.source, "severities": counts,
+                                                      "ad_hoc": ad_hoc(req),
                                                       "thresholds": req.thresholds.__dict__,
                                                       "window_rows": window_rows,
                                                       **({"skipped": reference.skipped} if reference.skipped
@@ -435,11 +436,22 @@ async def run_drift(settings: Settings, req: DriftRequest, *, actor: Actor | Non
     }
 
 
+# a drift run over a window someone chose (--from/--to) or before a cut-off (a backtest retrain's): a look at
+# another time, not the model's drift now, nor its nightly job running (a run's __dataset__ row's details)
+AD_HOC_SQL = "coalesce((details->>'ad_hoc')::boolean, false)"
+
+
+def ad_hoc(req: DriftRequest) -> bool:
+    """Whether the run looks at a window of someone's choosing (:data:`AD_HOC_SQL`)."""
+    return req.time_from is not None or req.time_to is not None or req.until is not None
+
+
 async def latest_drift(conn: Any, model_name: str, version: int | None = None) -> dict[str, Any]:
     """The newest drift run of a model's production version (of ``version`` when named; of any version while
     none is in production): its verdict and rows, most severe first. A challenger's drift run (a retrain
-    checks each challenger) is not the model's drift. ``version`` names a version the model has, else
-    ``NotFound``."""
+    checks each challenger) is not the model's drift, nor is a run over a window someone chose (``ad_hoc``)
+    while a run over the default window exists (a look back at the training period replaced production's
+    drift until 2026-12-07). ``version`` names a version the model has, else ``NotFound``."""
     model = await registry.get_model(conn, model_name)
     if version is not None:  # a version the model never had is not found, as `sira drift --version` says
         await registry.get_version(conn, model_name, version)
@@ -447,9 +459,9 @@ async def latest_drift(conn: Any, model_name: str, version: int | None = None) -
         version = await conn.fetchval("SELECT version FROM sira_model_versions WHERE model_id = $1 AND "
                                       "status = 'production'", model["id"])
     run = await conn.fetchrow(
-        """SELECT job_id, version, window_start, window_end, severity, details, computed_at FROM sira_data_drift
+        f"""SELECT job_id, version, window_start, window_end, severity, details, computed_at FROM sira_data_drift
             WHERE model_id = $1 AND ($2::int IS NULL OR version = $2) AND feature = $3
-            ORDER BY computed_at DESC, id DESC LIMIT 1""", model["id"], version, DATASET)
+            ORDER BY {AD_HOC_SQL}, computed_at DESC, id DESC LIMIT 1""", model["id"], version, DATASET)
     if run is None:
         return {"model": model_name, "latest": None}
     rows = await conn.fetch(

@@ -30,6 +30,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from sira.monitoring.drift import AD_HOC_SQL
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITY = {"ok": 0, "warn": 1, "alert": 2}
 
@@ -48,7 +50,8 @@ _DRIFT = f"""
     WITH last AS (
         SELECT DISTINCT ON (d.model_id, d.version) d.model_id, d.version, d.job_id, d.computed_at
           FROM sira_data_drift d JOIN ({_SERVED}) s USING (model_id, version)
-         ORDER BY d.model_id, d.version, d.computed_at DESC)
+         WHERE d.feature = '__dataset__'  -- one row per run: whether its window was chosen (AD_HOC_SQL)
+         ORDER BY d.model_id, d.version, {AD_HOC_SQL.replace("details", "d.details")}, d.computed_at DESC)
     SELECT m.name AS model, d.version, d.feature, d.psi, d.severity, extract(epoch FROM last.computed_at) AS at
       FROM last JOIN sira_data_drift d ON d.model_id = last.model_id AND d.version = last.version
            AND d.job_id IS NOT DISTINCT FROM last.job_id
@@ -89,6 +92,7 @@ _LAST_RUNS = f"""
     SELECT m.name AS model, 'drift' AS kind, extract(epoch FROM max(d.computed_at)) AS at
       FROM sira_data_drift d JOIN sira_models m ON m.id = d.model_id
      WHERE d.feature = '__dataset__'  -- one row per run: its verdict
+       AND NOT {AD_HOC_SQL.replace("details", "d.details")}  -- a look at a chosen window is no job running
        AND (EXISTS (SELECT 1 FROM spans s WHERE s.model = m.name AND s.version = d.version
                        AND d.computed_at >= s.since AND (s.until IS NULL OR d.computed_at < s.until))
             -- a production version the registry has no production.change of (made so before they were

@@ -72,3 +72,33 @@ async def test_a_challengers_check_never_counts_as_a_drift_run_even_once_it_is_p
     assert (await _runs(clean_db))["drift"] == nightly_v2
     await run(clean_db, rollback, OLI, "fraud", "v2 misbehaves", 2)
     assert (await _runs(clean_db))["drift"] == nightly_v2  # v2's run while it was production still counts
+
+
+async def test_a_look_at_a_chosen_window_neither_replaces_productions_drift_nor_counts_as_its_job(clean_db, settings):
+    """`sira drift --from 2026-09-18 --to 2026-10-02` (a look back at the training period) became the model's
+    drift: its WARN replaced last night's ALERT in sira_drift_severity (silencing the alert), in GET …/drift's
+    `latest`, and in the job's last-run time (hiding a nightly job that had stopped)."""
+    from sira.monitoring.drift import latest_drift
+
+    await make_version(clean_db, settings, 1, required=0)
+    await promote_by_policy(clean_db, settings, 1)
+    model_id = await clean_db.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
+    async with db.transaction(clean_db) as conn:
+        nightly = await _drift(conn, model_id, 1, "nightly")
+        await conn.execute("UPDATE sira_data_drift SET severity = 'alert', details = '{\"ad_hoc\": false}' "
+                           "WHERE job_id = 'nightly'")
+        await conn.execute(  # the look back, made after it
+            """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, severity, job_id,
+                                            details, computed_at)
+               VALUES ($1, 1, '__dataset__', now() - interval '80 days', now() - interval '66 days', 'warn',
+                       'look-back', '{"ad_hoc": true}', clock_timestamp())""", model_id)
+    async with clean_db.acquire() as conn:
+        rows = await exporter.read(conn)
+        latest = await latest_drift(conn, "fraud")
+    assert [(r["feature"], r["severity"]) for r in rows["drift"]] == [("__dataset__", "alert")]
+    assert _runs_of(rows)["drift"] == nightly
+    assert latest["latest"]["job_id"] == "nightly" and latest["latest"]["verdict"] == "alert"
+
+
+def _runs_of(rows) -> dict[str, float]:
+    return {r["kind"]: float(r["at"]) for r in rows["runs"] if r["model"] == "fraud"}

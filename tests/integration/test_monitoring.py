@@ -75,6 +75,14 @@ def test_drift_of_recent_events_is_stored_with_the_job_and_a_verdict(fraud_model
     assert len(stored) == len(features) + 1
     dataset = next(r for r in stored if r["feature"] == DATASET)
     assert dataset["severity"] == result["verdict"] and dataset["span"] == timedelta(days=7)
+    # a window someone chose is marked so: it is not the model's drift now (sira.monitoring.drift.AD_HOC_SQL)
+    window = result["window"]
+    chosen = asyncio.run(run_drift(fraud_model.settings, DriftRequest(
+        model="fraud", time_from=datetime.fromisoformat(window["from"]), time_to=datetime.fromisoformat(window["to"]))))
+    marks = asyncio.run(_fetch(fraud_model.dsn, "SELECT job_id, (details->>'ad_hoc')::boolean AS ad_hoc FROM sira_data_drift "
+                                                "WHERE feature = $1 AND job_id = ANY($2::text[])", DATASET,
+                               [result["job_id"], chosen["job_id"]]))
+    assert {r["job_id"]: r["ad_hoc"] for r in marks} == {result["job_id"]: False, chosen["job_id"]: True}
 
 
 def test_drift_of_served_predictions_reads_what_production_answered(fraud_model, served, monkeypatch):
