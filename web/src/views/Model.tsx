@@ -25,8 +25,11 @@ export function HistoryTimeline({ history }: { history: ProductionChange[] }) {
 
 /** Production moved since the page was read (409 production_moved: another rollback or a promotion came first):
  * this page reloads the model and its history, and the dialog offers nothing stale. */
-function Rollback({ model, production, target, onDone, onMoved }: {
-  model: string; production: number; target: number; onDone: () => void; onMoved: (message: string) => void;
+/** `blocked`: why the registry would refuse this rollback now (the history's `rollback_blocked`, e.g.
+ * feature_set_retired): the button stays disabled and says so, rather than offering a rollback that fails. */
+export function Rollback({ model, production, target, blocked = null, onDone, onMoved }: {
+  model: string; production: number; target: number; blocked?: { code: string; message: string } | null;
+  onDone: () => void; onMoved: (message: string) => void;
 }) {
   const me = useMe();
   const [open, setOpen] = useState(false);
@@ -56,11 +59,12 @@ function Rollback({ model, production, target, onDone, onMoved }: {
     }
   }
 
-  const button = <Button color="red" variant="outline" disabled={!allowed} onClick={() => setOpen(true)}>Roll back to v{target}</Button>;
+  const button = <Button color="red" variant="outline" disabled={!allowed || blocked !== null} onClick={() => setOpen(true)}>Roll back to v{target}</Button>;
   return (
     <>
       {allowed ? button : <Tooltip label="Rollback needs the operator role"><span>{button}</span></Tooltip>}
       {!allowed && <Text size="sm" c="gray.7">Rollback needs the operator role.</Text>}
+      {allowed && blocked && <Text size="sm" c="red.8" role="note">Rollback to v{target} would be refused now ({blocked.code}): {blocked.message}</Text>}
       <Modal opened={open} onClose={() => setOpen(false)} title={`Roll ${model} back to v${target}?`}
              closeButtonProps={{ "aria-label": "Close" }}>
         <Stack>
@@ -101,7 +105,8 @@ export function ModelView() {
   const path = `/v1/models/${encodeURIComponent(name)}`;
   const model = useApi<ModelDetail>(path);
   // rollback_to: the version a rollback restores, by the registry's own rule (the server says; not worked out here)
-  const history = useApi<{ history: ProductionChange[]; production: number | null; rollback_to: number | null }>(`${path}/history`);
+  const history = useApi<{ history: ProductionChange[]; production: number | null; rollback_to: number | null;
+                           rollback_blocked?: { code: string; message: string } | null }>(`${path}/history`);
   const [moved, setMoved] = useState<string | null>(null);
   useTitle(`Model ${name}`);
   if (model.error) return <Failure error={model.error} what={`model ${name}`} />;
@@ -149,7 +154,7 @@ export function ModelView() {
       )}
       {production !== null && target !== null && (
         <Rollback key={`${production}-${target}`} model={m.name} production={production} target={target}
-                  onDone={() => { model.reload(); history.reload(); }} onMoved={setMoved} />
+                  blocked={history.data?.rollback_blocked ?? null} onDone={() => { model.reload(); history.reload(); }} onMoved={setMoved} />
       )}
     </Stack>
   );
