@@ -177,6 +177,9 @@ def history_cmd(model: ModelOption, api_key: ApiKeyOption = None, as_json: JsonO
         if result["production"] is not None:
             err.print(f"production: v{result['production']}; a rollback restores "
                       + (f"v{result['rollback_to']}" if result["rollback_to"] is not None else "nothing"))
+        if result.get("rollback_blocked"):
+            blocked = result["rollback_blocked"]
+            err.print(f"that rollback would be refused now ({blocked['code']}): {blocked['message']}")
 
     emit(result, as_json, render)
 

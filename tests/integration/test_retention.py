@@ -503,8 +503,8 @@ async def test_a_partitions_detach_does_not_hold_scorings_inserts_behind_a_long_
     assert await fresh.fetchval("SELECT count(*) FROM sira_predictions") == 3  # the step rolled back whole
 
 
-async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_refused_until_rebuilt(installation,
-                                                                                                   fresh):
+async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_refused_until_rebuilt(
+        installation, fresh, monkeypatch, capsys):
     """Retention removes the states of a feature set no live version uses, a version archived long ago included;
     a rollback to that version was then accepted, and it served every entity as if it had no history."""
     from sira.core.errors import SiraError
@@ -530,6 +530,9 @@ async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_re
     async with fresh.acquire() as conn:  # the history says so before anyone tries (it offered v1 as is)
         said = await history(conn, operator, "old-fraud")
     assert said["rollback_to"] == 1 and said["rollback_blocked"]["code"] == "feature_set_retired"
+    shown = await sira(installation, monkeypatch, capsys, "admin", "history", "--model", "old-fraud")
+    assert shown.returncode == 0 and "that rollback would be refused now (feature_set_retired)" in " ".join(
+        shown.stderr.split()), shown.stderr
     with pytest.raises(SiraError) as refused:
         async with db.transaction(fresh) as conn:
             await registry.rollback(conn, operator, "old-fraud", "v2 misbehaves", expected_version=2)
