@@ -412,12 +412,16 @@ class ThresholdWhatIf(Strict):
     mature_until: str = Field(description="Events up to this time are mature (no label: legitimate)")
     labelled: int
     positives: int
-    fraud_amount: float
+    fraud_amount: float | None = Field(description="The window's fraud amount in its one currency; null when its "
+                                       "fraud is in several (a sum across currencies means nothing)")
+    fraud_amount_by_currency: dict[str, float] = Field(description="The window's fraud amount per currency")
     targets: dict[str, float]
     current: dict[str, float] = Field(description="The version's review and block thresholds")
     meets_targets: dict[str, float] = Field(description="The thresholds the model's decision targets choose here")
     thresholds: list[dict[str, Any]] = Field(description="threshold, flagged, flag_rate, precision, recall, "
-                                             "fraud_amount_caught, fraud_amount_share, false_alarms, missed_fraud, "
+                                             "fraud_amount_caught, fraud_amount_share (null when the fraud is in "
+                                             "several currencies), fraud_amount_caught_by_currency, "
+                                             "fraud_amount_share_by_currency, false_alarms, missed_fraud, "
                                              "false_alarm_cost, missed_fraud_cost, total_cost")
 
 

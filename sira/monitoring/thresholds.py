@@ -55,8 +55,8 @@ def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds:
     """For each threshold, what flagging every score at or above it gives (one sort, cumulative sums). Amounts
     per ``currency`` (each answer's, :data:`UNKNOWN_CURRENCY` without one): ``fraud_amount_caught_by_currency``
     and its share of the window's fraud amount in that currency, what the CLI's table and the page show.
-    ``fraud_amount_caught`` and its share stay the sum of the raw amounts, for the readers of the HTTP
-    schema: meaningful only in a window of one currency."""
+    ``fraud_amount_caught`` and its share: the amount in the window's one currency, null when its fraud is in
+    several (a sum of EUR and JPY amounts means nothing)."""
     if currency is None:
         currency = np.full(y.size, UNKNOWN_CURRENCY, dtype=object)
     order = np.argsort(-p, kind="mergesort")
@@ -74,17 +74,27 @@ def threshold_rows(y: np.ndarray, p: np.ndarray, amount: np.ndarray, thresholds:
         fp, missed = k - tp, positives - tp
         by_currency = {c: float(caught_in[c][k - 1]) if k else 0.0 for c in codes}
         shares = {c: by_currency[c] / fraud_in[c] if fraud_in[c] else None for c in codes}
-        caught = float(caught_amount[k - 1]) if k else 0.0
+        caught = None if len(codes) > 1 else float(caught_amount[k - 1]) if k else 0.0
         rows.append({
             "threshold": t, "flagged": k, "flag_rate": k / n,
             "precision": tp / k if k else None, "recall": tp / positives if positives else None,
-            "fraud_amount_caught": caught, "fraud_amount_share": caught / fraud_amount if fraud_amount else None,
+            "fraud_amount_caught": caught,
+            "fraud_amount_share": caught / fraud_amount if fraud_amount and caught is not None else None,
             "fraud_amount_caught_by_currency": by_currency, "fraud_amount_share_by_currency": shares,
             "false_alarms": fp, "missed_fraud": missed,
             "false_alarm_cost": fp * targets.cost_false_alarm, "missed_fraud_cost": missed * targets.cost_missed_fraud,
             "total_cost": fp * targets.cost_false_alarm + missed * targets.cost_missed_fraud,
         })
     return rows
+
+
+def fraud_amounts(y: np.ndarray, amount: np.ndarray, currency: np.ndarray | None) -> dict[str, Any]:
+    """The window's fraud amount per currency, and in all (null when its fraud is in several currencies)."""
+    fraud = y == 1
+    codes = np.full(y.size, UNKNOWN_CURRENCY, dtype=object) if currency is None else currency
+    by_currency = {c: float(amount[fraud & (codes == c)].sum()) for c in sorted(set(codes[fraud].tolist()))}
+    return {"fraud_amount": None if len(by_currency) > 1 else float((amount * y).sum()),
+            "fraud_amount_by_currency": by_currency}
 
 
 async def labelled_window(conn: Connection, model: str, version: int, lo: datetime, hi: datetime, label_name: str,
@@ -159,9 +169,9 @@ async def what_if(conn: Connection, identity: Identity, model_name: str, *, vers
     mature_until = cutoff - timedelta(days=maturity)
     return {"model": model_name, "version": version, "window": {"from": lo.isoformat(), "to": hi.isoformat()},
             "provisional": hi > mature_until, "mature_until": mature_until.isoformat(),
-            # (one currency: its total; several: still their sum, for the HTTP schema's float: read the rows'
-            # fraud_amount_caught_by_currency, the totals per currency)
-            "labelled": int(y.size), "positives": int(y.sum()), "fraud_amount": float((amount * y).sum()),
+            # fraud_amount: the window's fraud amount in its one currency, null when in several (per currency:
+            # fraud_amount_by_currency, and each row's fraud_amount_caught_by_currency)
+            "labelled": int(y.size), "positives": int(y.sum()), **fraud_amounts(y, amount, currency),
             "targets": targets.__dict__, "current": current, "meets_targets": suggested,
             "thresholds": rows}
 
