@@ -23,6 +23,7 @@ from typing import Any
 from sira.core import db, migrations
 from sira.core.auth import authenticate, create_key
 from sira.core.config import Settings
+from sira.core.errors import ServiceUnavailable
 from sira.core.ray_runtime import init_ray
 from sira.demo.simulate import SimulationConfig, simulate
 from sira.features.definitions import get_feature_set
@@ -293,9 +294,23 @@ async def retrain_and_swap(settings: Settings, conn: Any, keys: dict[str, str], 
     progress("performance: champion (production) and challenger (shadow) on the same live payments")
     oli = await authenticate(conn, keys["demo-oli"], pepper=pepper)
     since = as_utc(min(e["occurred_at"] for e in later_live))  # the payments both scored
+    await stored(conn, [e["event_id"] for e in later_live])
     report.performance = await run_performance(settings, PerformanceRequest(
         model="fraud", min_segment_size=50, time_from=since), actor=oli.actor())
     step("performance_after", started, flagged=report.performance["flagged"])
+
+
+async def stored(conn: Any, event_ids: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until production's answers to these events are in sira_predictions: a replica flushes its spool
+    every moment, and a performance run right after the last answer read the range without them (its end
+    before its start: `invalid_window`, seen once in the full suite)."""
+    deadline = time.monotonic() + timeout_s
+    while await conn.fetchval("SELECT count(DISTINCT event_id) FROM sira_predictions WHERE event_id = ANY($1::text[])"
+                              " AND role = 'production'", event_ids) < len(event_ids):
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"the live answers were not stored within {timeout_s:g} s (a replica's spool "
+                                     "did not flush: see the replicas' logs)")
+        await asyncio.sleep(0.2)
 
 
 DEMO_KEYS = {"demo-admin": ["admin"], "demo-dana": ["data_scientist"], "demo-ann": ["approver"],
