@@ -37,7 +37,9 @@ WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__py
 LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 # HAProxy's own listeners (Prometheus metrics, stats page) default to fixed ports: a second local Serve
-# on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them.
+# on the machine (`sira serve` beside `make demo`, or a test run) failed to start on them. Taking the defaults
+# where free when Ray starts was not enough: Serve starts HAProxy later (a demo's ingest and tuning first), and
+# another local Serve bound them meanwhile ("cannot bind socket ... [0.0.0.0:9101]", seen in the full suite).
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
 # HAProxy's backup server, Serve's fallback proxy (it answers while no replica is ready: a replica starting,
 # scaled to zero), listens on a fixed port too (8500, gRPC 9500), and with SO_REUSEPORT: every local Serve on
@@ -66,10 +68,10 @@ def free_port(default: int) -> int:
 
 
 def haproxy_ports() -> dict[str, str]:
-    """The ports of a local Serve's HAProxy: its listeners' defaults where free, else free ones; its backup
-    server's (the fallback proxy), ports of this Ray's own. What is set in the environment is left alone."""
-    ports = {name: str(free_port(default)) for name, default in HAPROXY_PORTS.items()}
-    ports.update({name: str(free_port(0)) for name in FALLBACK_PROXY_PORTS})
+    """The ports of a local Serve's HAProxy listeners and of its backup server (the fallback proxy): ports the
+    kernel hands to this Ray, never the defaults another local Serve may bind first. What is set in the
+    environment is left alone."""
+    ports = {name: str(free_port(0)) for name in (*HAPROXY_PORTS, *FALLBACK_PROXY_PORTS)}
     return {name: port for name, port in ports.items() if name not in os.environ}
 
 

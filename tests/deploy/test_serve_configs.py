@@ -119,6 +119,18 @@ def test_each_local_serve_has_a_fallback_proxy_port_of_its_own(monkeypatch):
     assert "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT" not in haproxy_ports()  # what the operator set is Ray's
 
 
+def test_haproxy_listeners_never_take_their_fixed_defaults(monkeypatch):
+    """Free when Ray started, 9101 was bound by another local Serve before this one's HAProxy started (a demo
+    tunes first): HAProxy crashed on start. A local Ray's listeners take ports the kernel hands out."""
+    from sira.core.ray_runtime import HAPROXY_PORTS, haproxy_ports
+
+    for name in HAPROXY_PORTS:
+        monkeypatch.delenv(name, raising=False)
+    for _ in range(3):
+        ports = haproxy_ports()
+        assert {ports[name] for name in HAPROXY_PORTS}.isdisjoint({str(p) for p in HAPROXY_PORTS.values()}), ports
+
+
 def test_haproxy_listeners_move_off_taken_ports(monkeypatch):
     import socket
 

@@ -311,12 +311,14 @@ async def test_a_models_drift_is_its_production_versions_not_a_rejected_challeng
     await make_version(clean_db, settings, 2, required=0)  # a challenger, never promoted
     async with db.transaction(clean_db) as conn:
         model_id = await conn.fetchval("SELECT id FROM sira_models WHERE name = 'fraud'")
-        for version, severity, job, ago in ((1, "ok", "prod-run", 2), (2, "alert", "challenger-run", 1)):
+        # both after v1's promotion (a run before it would be a challenger's check: never production's), the
+        # challenger's the newer
+        for version, severity, job in ((1, "ok", "prod-run"), (2, "alert", "challenger-run")):
             await conn.execute(
                 """INSERT INTO sira_data_drift (model_id, version, feature, window_start, window_end, severity, job_id,
                                                 computed_at)
                    VALUES ($1, $2, '__dataset__', now() - interval '8 days', now() - interval '1 day', $3, $4,
-                           now() - make_interval(hours => $5))""", model_id, version, severity, job, ago)
+                           clock_timestamp())""", model_id, version, severity, job)
     async with clean_db.acquire() as conn:
         (model,) = await models_overview(conn, OLI)
         assert (model["production_version"], model["drift_verdict"]) == (1, "ok")
