@@ -97,7 +97,11 @@ IdentitiesDep = Annotated[IdentityCache | None, Depends(get_identities)]
 async def current_identity(request: Request, pool: PoolDep, identities: IdentitiesDep,
                            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
                            ) -> Identity:
-    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
+    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid); the one
+    :class:`StrictRoute` found before it read the request's body, when it did."""
+    checked = request.scope.get(CHECKED_IDENTITY)
+    if checked is not None:
+        return checked
     key = credentials.credentials if credentials is not None else None
     cache = identities if identities is not None and identities.enabled and key else None
     identity = cache.get(key) if cache is not None else None
@@ -159,10 +163,17 @@ def require(action: str) -> Any:
     return Depends(Require(action))
 
 
+# where StrictRoute keeps the identity it checked before the body was read, for the route's own dependency
+CHECKED_IDENTITY = "sira.identity"
+
+
 async def identified(request: Request) -> Identity:
-    """:func:`current_identity` called directly (no dependency solving)."""
-    return await current_identity(request, request.app.state.pool, request.app.state.identities,
-                                  await bearer(request))
+    """:func:`current_identity` called directly (no dependency solving); the identity is kept in the request's
+    scope (:data:`CHECKED_IDENTITY`): the route's :func:`current_identity` answers it without checking again."""
+    identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
+                                      await bearer(request))
+    request.scope[CHECKED_IDENTITY] = identity
+    return identity
 
 
 async def authorized(request: Request, action: str) -> Identity:
@@ -230,9 +241,11 @@ class StrictRoute(APIRoute):
     what the route takes.
 
     Order: missing or wrong credentials are 401, the wrong role 403, before the query or the body is judged.
-    FastAPI validates both after the dependencies (the credentials) but parses the body before them: a body
-    that was not JSON was 400 ahead of the 401. Both refusals here (an unknown parameter, a body that cannot be
-    parsed) run the route's own credentials check first (:func:`credentials_check`).
+    FastAPI validates both after the dependencies (the credentials) but reads and parses the body before them,
+    on the event loop: an anonymous caller's body of megabytes took seconds to parse before its 401, stalling
+    every other request (until 2026-12-07). A route that takes a body runs its own credentials check
+    (:func:`credentials_check`) before FastAPI's handler reads a byte of it; the identity it found is the
+    route's (:data:`CHECKED_IDENTITY`). An unknown query parameter is refused after the same check.
 
     The web UI's static files (``/ui``, :mod:`sira.http.ui`) are files, not API operations: their router keeps
     FastAPI's plain route, and a page or an asset is served whatever query a link carries."""
@@ -245,7 +258,9 @@ class StrictRoute(APIRoute):
         accepted = declared_query(self.dependant)
         known = frozenset(accepted)
         credentials = credentials_check(self.dependant)
-        check_after_body = not self.credentials_before_body
+        # FastAPI's handler reads the body before the dependencies run: check the credentials first
+        check_before_body = bool(self.dependant.body_params) and not self.credentials_before_body
+        check_after_body = not self.credentials_before_body and not check_before_body
 
         async def strict(request: Request) -> Response:
             if request.scope.get("query_string"):  # most requests have none: nothing to look at
@@ -253,6 +268,8 @@ class StrictRoute(APIRoute):
                 if unknown:
                     await credentials(request)
                     raise unknown_parameters(request, unknown, accepted)
+            if check_before_body:
+                await credentials(request)  # 401/403 with the body unread
             try:
                 return await handler(request)
             except (RequestValidationError, HTTPException) as exc:
