@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timezone
 from email.message import Message
 from typing import Annotated, Any, ClassVar
 
@@ -64,7 +65,9 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 class IdentityCache:
     """API keys a serving replica has checked, for ``auth_cache_ttl_s`` of its serving config (read at each
     use: a reconfigure applies at once); while PostgreSQL is away, a key checked within
-    ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once."""
+    ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once; one
+    whose expiry (:attr:`Identity.expires_at`) has passed is never answered from it, not even in an outage
+    (until 2026-12-07 an expired key kept working for up to the cache's time)."""
 
     def __init__(self, config: Callable[[], Any]):
         self.config = config
@@ -77,7 +80,11 @@ class IdentityCache:
     def get(self, key: str, *, outage: bool = False) -> Identity | None:
         config = self.config()
         self.lru.ttl_s = config.auth_cache_ttl_s
-        return self.lru.get(key, stale_for=config.auth_outage_grace_s if outage else 0.0)
+        identity: Identity | None = self.lru.get(key, stale_for=config.auth_outage_grace_s if outage else 0.0)
+        if identity is not None and identity.expires_at is not None and identity.expires_at <= datetime.now(timezone.utc):
+            self.lru.pop(key)  # expired: PostgreSQL answers (401)
+            return None
+        return identity
 
     def put(self, key: str, identity: Identity) -> None:
         self.lru.ttl_s = self.config().auth_cache_ttl_s
