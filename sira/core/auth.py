@@ -299,6 +299,8 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
 
     import jwt
 
+    if len(token) > MAX_JWT_BYTES:  # verified before anything else: a signature check of megabytes costs the loop
+        raise Unauthenticated(f"invalid token: larger than {MAX_JWT_BYTES // 1024} KiB")
     last: Exception | None = None
     for key in config.keys:
         try:
@@ -322,6 +324,9 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():  # "jwt:" would make every such token one person
         raise Unauthenticated("invalid token: its subject (sub) is empty")
+    if not _SUBJECT.fullmatch(subject):  # it names the caller in the audit log and in the four-eyes rules
+        raise Unauthenticated(f"invalid token: its subject (sub) must be at most {MAX_SUBJECT} printable ASCII "
+                              "characters without spaces")
     raw = claims.get(config.roles_claim) or []
     if isinstance(raw, str):
         raw = [raw]
@@ -332,6 +337,11 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
         raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
     return Identity(f"jwt:{claims['sub']}", roles, "jwt",
                     expires_at=datetime.fromtimestamp(int(claims["exp"]) + config.leeway_s, timezone.utc))
+
+
+MAX_JWT_BYTES = 8192  # a token is a few hundred bytes to a couple of KiB
+MAX_SUBJECT = 200
+_SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_SUBJECT}}}")
 
 
 def _duration(seconds: float) -> str:

@@ -278,11 +278,15 @@ class StrictRoute(APIRoute):
             if check_before_body:
                 await credentials(request)  # 401/403 with the body unread
             try:
-                return await handler(request)
+                response = await handler(request)
             except (RequestValidationError, HTTPException) as exc:
                 if check_after_body and unreadable_body(exc):
                     await credentials(request)  # 401/403 when they fail; else the body's own refusal
                 raise
+            # an API answer may carry a key (POST /v1/keys), a score or a person's data: no cache keeps it
+            if "cache-control" not in response.headers:
+                response.headers["cache-control"] = "no-store"
+            return response
 
         return strict
 

@@ -61,6 +61,7 @@ async def test_a_body_is_still_read_and_judged_after_the_credentials(client_and_
     assert answer.status_code in (400, 422) and answer.json()["error"]["code"] != "unauthenticated"
     answer = await client.post("/v1/keys", json={"name": "svc", "roles": ["service"]}, headers=keys["admin"])
     assert answer.status_code == 201 and answer.json()["key"].startswith("sira_")
+    assert answer.headers["cache-control"] == "no-store"  # it carries a key: no cache keeps it
     # the identity checked before the body is the route's: the key it made is recorded as root's
     row = await client._transport.app.state.pool.fetchrow("SELECT created_by FROM sira_api_keys WHERE name = 'svc'")
     assert row["created_by"] == "root"
