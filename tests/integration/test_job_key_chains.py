@@ -100,3 +100,30 @@ async def test_a_chain_minted_before_resolves_to_its_person_and_is_refused(clean
     async with clean_db.acquire() as conn:
         with pytest.raises(Unauthenticated, match="minted by another job's key"):
             await authenticate(conn, chained, pepper=PEPPER)
+
+
+async def test_the_cli_refuses_a_runtime_env_asked_with_a_job_key(clean_db, settings, monkeypatch, capsys):
+    """The review's reproduction: `sira jobs runtime-env train --key-ttl 1` run with the previous job's key minted
+    another 7-day key, without end. Now one line, exit 2."""
+    import asyncio
+    from pathlib import Path
+
+    import yaml
+
+    from tests.conftest import cli_in_process
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        root = await authenticate(conn, root_key, pepper=pepper)
+        dana_key, _ = await create_key(conn, name="dana", roles=["data_scientist"], pepper=pepper, creator=root)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    env = {"SIRA_DATABASE_URL": settings.database_url.get_secret_value(), "SIRA_WORKSPACE": str(settings.workspace)}
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, {**env, "SIRA_API_KEY": dana_key},
+                                   "jobs", "runtime-env", "train", "--key-ttl", "1")
+    assert done.returncode == 0, done.stderr
+    job_key = yaml.safe_load(done.stdout)["env_vars"]["SIRA_API_KEY"]
+    done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, {**env, "SIRA_API_KEY": job_key},
+                                   "jobs", "runtime-env", "train", "--key-ttl", "168")
+    assert done.returncode == 2 and done.stderr.startswith("error: job_key_cannot_mint: "), done.stderr
+    assert await clean_db.fetchval("SELECT count(*) FROM sira_api_keys WHERE name LIKE 'job-%'") == 1
