@@ -65,3 +65,22 @@ async def test_a_body_is_still_read_and_judged_after_the_credentials(client_and_
     # the identity checked before the body is the route's: the key it made is recorded as root's
     row = await client._transport.app.state.pool.fetchrow("SELECT created_by FROM sira_api_keys WHERE name = 'svc'")
     assert row["created_by"] == "root"
+
+
+async def test_a_scoring_replicas_body_routes_read_no_anonymous_body(fraud_model, tmp_path):
+    """The serving application's routes (/v1/feedback; /v1/score reads its own body after its check), and every
+    answer marked no-store (a score, a person's prediction)."""
+    from tests.conftest import scoring_client
+
+    async with scoring_client(fraud_model, tmp_path / "spool") as (client, _):
+        routes = _body_routes(client._transport.app)
+        assert ("POST", "/v1/feedback") in routes
+        for method, path in [*routes, ("POST", "/v1/score")]:
+            body = Body(b'{"label": true, "pad": "' + b"x" * 1000, 10)
+            answer = await client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 401 and not body.read, (method, path, answer.text)
+        from tests.integration.test_scoring_service import event
+
+        answer = await client.post("/v1/score", json={"model": "fraud", "event": event(fraud_model, 1), "record": False},
+                                   headers={"Authorization": f"Bearer {fraud_model.keys['service']}"})
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store", answer.text
