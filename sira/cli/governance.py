@@ -489,7 +489,10 @@ def keys_list_cmd(api_key: ApiKeyOption = None, as_json: JsonOption = False) -> 
 @keys_app.command("revoke")
 def keys_revoke_cmd(name: Annotated[str, typer.Argument(help="The key's name.")], api_key: ApiKeyOption = None,
                     as_json: JsonOption = False) -> None:
-    """Revoke an API key (it stops working at once)."""
+    """Revoke an API key.
+
+    It stops working at once for the API server and the CLI; a serving replica may still accept it for up to
+    its auth_cache_ttl_s (10 s)."""
     from sira.core import db
     from sira.core.auth import revoke_key
 

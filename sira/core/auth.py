@@ -35,7 +35,8 @@ _READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "score": frozenset({"service"}),
     "events.write": frozenset({"service"}),
-    # what of the events it posted was set aside, and why (redacted as stored): part of posting events
+    # what of the events it posted was set aside, and why (redacted as stored), with what no API caller posted (a
+    # stream's, a file's): never another API caller's (posted_by, sql/035; sira.http.events)
     "rejected.read": frozenset({"service"}),
     "feedback.write": frozenset({"service", "analyst"}),
     "models.read": frozenset(_READERS),
@@ -66,6 +67,13 @@ class Identity:
     roles: frozenset[str]
     kind: str = "api_key"  # api_key | jwt | bootstrap
     source_address: str | None = None  # where the call came from (HTTP), for the audit log
+    # when the credentials stop working (a key's expires_at, a job key's no later than its submitter's; a JWT's
+    # exp): a cached identity is never answered past it (sira.http.deps.IdentityCache)
+    expires_at: datetime | None = None
+
+    @property
+    def is_job_key(self) -> bool:
+        return self.kind == "api_key" and self.name.startswith(JOB_KEY_PREFIX)
 
     def actor(self) -> audit.Actor:
         return audit.Actor(self.name, self.kind, self.source_address)
@@ -192,9 +200,20 @@ async def create_job_key(conn: Connection, submitter: Identity, *, actions: tupl
     if not timedelta(0) < ttl <= MAX_JOB_KEY_TTL:
         raise InvalidInput(f"a job key lives between 1 second and {MAX_JOB_KEY_TTL.days} days, got {ttl}",
                            details={"field": "key_ttl"})
+    if submitter.is_job_key:  # a chain of job keys outlived its people and hid them from the four-eyes rules
+        message = (f"{submitter.name} is a job's key: a job's key cannot mint another job's key (submit the job "
+                   "with your own key or token)")
+        raise audit.denied(PermissionDenied(message, code="job_key_cannot_mint", details={"action": "jobs.submit"}),
+                           submitter.actor(), "key.create", target_type="api_key",
+                           details={"reason": message, "code": "job_key_cannot_mint"})
     role = job_role(submitter, actions)
     await conn.execute("LOCK TABLE sira_api_keys IN SHARE ROW EXCLUSIVE MODE")
-    expires_at = await conn.fetchval("SELECT now() + $1::interval", ttl)
+    # never longer than the submitter's own credentials: its key's expiry (read now: a key's expiry can only be
+    # what it was created with), a JWT's exp
+    own = submitter.expires_at
+    if submitter.kind == "api_key":
+        own = await conn.fetchval("SELECT expires_at FROM sira_api_keys WHERE name = $1", submitter.name)
+    expires_at = await conn.fetchval("SELECT LEAST(now() + $1::interval, $2::timestamptz)", ttl, own)
     return await _insert_key(conn, name=f"{JOB_KEY_PREFIX}{job_name}"[:100], roles=[role], pepper=pepper,
                              creator=submitter, expires_at=expires_at,
                              details={"roles": [role], "job": job_name, "actions": list(actions)})
@@ -280,6 +299,8 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
 
     import jwt
 
+    if len(token) > MAX_JWT_BYTES:  # verified before anything else: a signature check of megabytes costs the loop
+        raise Unauthenticated(f"invalid token: larger than {MAX_JWT_BYTES // 1024} KiB")
     last: Exception | None = None
     for key in config.keys:
         try:
@@ -303,6 +324,9 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():  # "jwt:" would make every such token one person
         raise Unauthenticated("invalid token: its subject (sub) is empty")
+    if not _SUBJECT.fullmatch(subject):  # it names the caller in the audit log and in the four-eyes rules
+        raise Unauthenticated(f"invalid token: its subject (sub) must be at most {MAX_SUBJECT} printable ASCII "
+                              "characters without spaces")
     raw = claims.get(config.roles_claim) or []
     if isinstance(raw, str):
         raw = [raw]
@@ -311,7 +335,13 @@ def identity_from_jwt(token: str, config: JwtConfig) -> Identity:
     roles = frozenset(r for r in raw if r in ROLES)
     if not roles:
         raise Unauthenticated(f"the token grants no SIRA role (claim {config.roles_claim!r})")
-    return Identity(f"jwt:{claims['sub']}", roles, "jwt")
+    return Identity(f"jwt:{claims['sub']}", roles, "jwt",
+                    expires_at=datetime.fromtimestamp(int(claims["exp"]) + config.leeway_s, timezone.utc))
+
+
+MAX_JWT_BYTES = 8192  # a token is a few hundred bytes to a couple of KiB
+MAX_SUBJECT = 200
+_SUBJECT = re.compile(rf"[\x21-\x7e]{{1,{MAX_SUBJECT}}}")
 
 
 def _duration(seconds: float) -> str:
@@ -338,9 +368,15 @@ async def authenticate(conn: Connection, key: str | None, *, pepper: str,
     match = _KEY.match(key.strip())
     if match is None:
         raise Unauthenticated("invalid API key")
+    # a job's key (job-...) works only while its submitter's key does: s, the submitter's row (none for a JWT's)
     row = await conn.fetchrow(
-        """SELECT name, roles, key_hash, revoked_at, expires_at, (expires_at IS NOT NULL AND expires_at <= now()) AS expired
-             FROM sira_api_keys WHERE key_prefix = $1""",
+        """SELECT k.name, k.roles, k.key_hash, k.revoked_at, k.expires_at,
+                  (k.expires_at IS NOT NULL AND k.expires_at <= now()) AS expired,
+                  s.name AS submitter, s.revoked_at AS submitter_revoked_at, s.expires_at AS submitter_expires_at,
+                  (s.expires_at IS NOT NULL AND s.expires_at <= now()) AS submitter_expired
+             FROM sira_api_keys k
+             LEFT JOIN sira_api_keys s ON k.name LIKE 'job-%' AND s.name = k.created_by
+            WHERE k.key_prefix = $1""",
         match.group(1),
     )
     if row is None or not hmac.compare_digest(row["key_hash"], hash_key(pepper, key.strip())):
@@ -349,13 +385,23 @@ async def authenticate(conn: Connection, key: str | None, *, pepper: str,
         raise Unauthenticated("this API key was revoked")
     if row["expired"]:
         raise Unauthenticated("this API key has expired")
+    expires_at = row["expires_at"]
+    if row["submitter"] is not None:
+        if row["submitter"].startswith(JOB_KEY_PREFIX):  # minted by a job's key before that was refused
+            raise Unauthenticated("this job's key was minted by another job's key: it is no longer accepted")
+        if row["submitter_revoked_at"] is not None:
+            raise Unauthenticated(f"this job's key acts for {row['submitter']}, whose key was revoked")
+        if row["submitter_expired"]:
+            raise Unauthenticated(f"this job's key acts for {row['submitter']}, whose key has expired")
+        if row["submitter_expires_at"] is not None:
+            expires_at = min(expires_at or row["submitter_expires_at"], row["submitter_expires_at"])
     # Record use at most once a minute per key: a scoring service must not write on every call.
     await conn.execute(
         """UPDATE sira_api_keys SET last_used_at = now()
             WHERE key_prefix = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
         match.group(1),
     )
-    return Identity(row["name"], frozenset(row["roles"]))
+    return Identity(row["name"], frozenset(row["roles"]), expires_at=expires_at)
 
 
 async def list_keys(conn: Connection, identity: Identity) -> list[dict[str, Any]]:

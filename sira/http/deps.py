@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timezone
 from email.message import Message
 from typing import Annotated, Any, ClassVar
 
@@ -64,7 +65,9 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 class IdentityCache:
     """API keys a serving replica has checked, for ``auth_cache_ttl_s`` of its serving config (read at each
     use: a reconfigure applies at once); while PostgreSQL is away, a key checked within
-    ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once."""
+    ``auth_outage_grace_s`` still admits its caller. A key PostgreSQL says is revoked leaves it at once; one
+    whose expiry (:attr:`Identity.expires_at`) has passed is never answered from it, not even in an outage
+    (until 2026-12-07 an expired key kept working for up to the cache's time)."""
 
     def __init__(self, config: Callable[[], Any]):
         self.config = config
@@ -77,7 +80,11 @@ class IdentityCache:
     def get(self, key: str, *, outage: bool = False) -> Identity | None:
         config = self.config()
         self.lru.ttl_s = config.auth_cache_ttl_s
-        return self.lru.get(key, stale_for=config.auth_outage_grace_s if outage else 0.0)
+        identity: Identity | None = self.lru.get(key, stale_for=config.auth_outage_grace_s if outage else 0.0)
+        if identity is not None and identity.expires_at is not None and identity.expires_at <= datetime.now(timezone.utc):
+            self.lru.pop(key)  # expired: PostgreSQL answers (401)
+            return None
+        return identity
 
     def put(self, key: str, identity: Identity) -> None:
         self.lru.ttl_s = self.config().auth_cache_ttl_s
@@ -97,7 +104,11 @@ IdentitiesDep = Annotated[IdentityCache | None, Depends(get_identities)]
 async def current_identity(request: Request, pool: PoolDep, identities: IdentitiesDep,
                            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
                            ) -> Identity:
-    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid)."""
+    """The caller behind ``Authorization: Bearer <key>`` (401 when missing or invalid); the one
+    :class:`StrictRoute` found before it read the request's body, when it did."""
+    checked = request.scope.get(CHECKED_IDENTITY)
+    if checked is not None:
+        return checked
     key = credentials.credentials if credentials is not None else None
     cache = identities if identities is not None and identities.enabled and key else None
     identity = cache.get(key) if cache is not None else None
@@ -159,10 +170,17 @@ def require(action: str) -> Any:
     return Depends(Require(action))
 
 
+# where StrictRoute keeps the identity it checked before the body was read, for the route's own dependency
+CHECKED_IDENTITY = "sira.identity"
+
+
 async def identified(request: Request) -> Identity:
-    """:func:`current_identity` called directly (no dependency solving)."""
-    return await current_identity(request, request.app.state.pool, request.app.state.identities,
-                                  await bearer(request))
+    """:func:`current_identity` called directly (no dependency solving); the identity is kept in the request's
+    scope (:data:`CHECKED_IDENTITY`): the route's :func:`current_identity` answers it without checking again."""
+    identity = await current_identity(request, request.app.state.pool, request.app.state.identities,
+                                      await bearer(request))
+    request.scope[CHECKED_IDENTITY] = identity
+    return identity
 
 
 async def authorized(request: Request, action: str) -> Identity:
@@ -230,9 +248,11 @@ class StrictRoute(APIRoute):
     what the route takes.
 
     Order: missing or wrong credentials are 401, the wrong role 403, before the query or the body is judged.
-    FastAPI validates both after the dependencies (the credentials) but parses the body before them: a body
-    that was not JSON was 400 ahead of the 401. Both refusals here (an unknown parameter, a body that cannot be
-    parsed) run the route's own credentials check first (:func:`credentials_check`).
+    FastAPI validates both after the dependencies (the credentials) but reads and parses the body before them,
+    on the event loop: an anonymous caller's body of megabytes took seconds to parse before its 401, stalling
+    every other request (until 2026-12-07). A route that takes a body runs its own credentials check
+    (:func:`credentials_check`) before FastAPI's handler reads a byte of it; the identity it found is the
+    route's (:data:`CHECKED_IDENTITY`). An unknown query parameter is refused after the same check.
 
     The web UI's static files (``/ui``, :mod:`sira.http.ui`) are files, not API operations: their router keeps
     FastAPI's plain route, and a page or an asset is served whatever query a link carries."""
@@ -245,7 +265,9 @@ class StrictRoute(APIRoute):
         accepted = declared_query(self.dependant)
         known = frozenset(accepted)
         credentials = credentials_check(self.dependant)
-        check_after_body = not self.credentials_before_body
+        # FastAPI's handler reads the body before the dependencies run: check the credentials first
+        check_before_body = bool(self.dependant.body_params) and not self.credentials_before_body
+        check_after_body = not self.credentials_before_body and not check_before_body
 
         async def strict(request: Request) -> Response:
             if request.scope.get("query_string"):  # most requests have none: nothing to look at
@@ -253,12 +275,18 @@ class StrictRoute(APIRoute):
                 if unknown:
                     await credentials(request)
                     raise unknown_parameters(request, unknown, accepted)
+            if check_before_body:
+                await credentials(request)  # 401/403 with the body unread
             try:
-                return await handler(request)
+                response = await handler(request)
             except (RequestValidationError, HTTPException) as exc:
                 if check_after_body and unreadable_body(exc):
                     await credentials(request)  # 401/403 when they fail; else the body's own refusal
                 raise
+            # an API answer may carry a key (POST /v1/keys), a score or a person's data: no cache keeps it
+            if "cache-control" not in response.headers:
+                response.headers["cache-control"] = "no-store"
+            return response
 
         return strict
 

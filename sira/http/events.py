@@ -4,21 +4,25 @@ rejected ones go to the dead-letter table); ``GET /v1/events/rejected``: that ta
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from sira.core import db
 from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
 from sira.http.deps import Cursor, PoolDep, StrictRoute, errors, require
-from sira.ingest.bulk import ingest_records
+from sira.ingest.bulk import ingest_normalized, normalize_all
 from sira.ingest.dead_letters import list_dead_letters
+from sira.ingest.events import Rejection
 
 router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["events"])
 # The position a rejected event's dead letter keeps (the API has no offsets): with its source and payload, the key
 # that makes a retried batch's dead letters repeats, stored once (sira.ingest.dead_letters)
 POSITION = "POST /v1/events"
+SEE_ALL = frozenset({"admin", "operator"})  # who reads every dead letter, other API callers' too
 
 
 class EventsBatch(BaseModel):
@@ -55,8 +59,13 @@ async def post_events(batch: EventsBatch, request: Request, pool: PoolDep,
     if len(batch.events) > settings.events_max_batch:
         raise PayloadTooLarge(f"a batch holds at most {settings.events_max_batch} events, got {len(batch.events)}",
                               details={"max": settings.events_max_batch})
-    summary = await ingest_records(pool, batch.events, redactor=request.app.state.redactor,
-                                   source=f"api:{batch.source}", position=POSITION)
+    # ingest_records' steps, in a transaction that names the poster: its dead letters keep it (posted_by's
+    # default, sql/035), so a service key reads those it posted, never another service's
+    source, results = normalize_all(batch.events, request.app.state.redactor, f"api:{batch.source}")
+    results = [replace(r, position=POSITION) if isinstance(r, Rejection) else r for r in results]
+    async with db.transaction(pool) as conn:
+        await conn.execute("SELECT set_config('sira.posted_by', $1, true)", identity.name)
+        summary = await ingest_normalized(conn, source, results, None, [POSITION] * len(results))
     # counted from the results: a retry's rejected event is rejected again, its dead letter (a repeat) stored once
     statuses = Counter(r["status"] for r in summary.results)
     return EventsResponse(accepted=statuses["accepted"], duplicates=statuses["duplicate"],
@@ -91,5 +100,9 @@ async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.rea
                        reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
                        before: Cursor = None,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
+    """A service key reads the dead letters of the events it posted and those no API caller posted (a stream's,
+    a file's), never another API caller's (until 2026-12-07 it read those too); admin and operator read all."""
+    poster = None if identity.roles & SEE_ALL else identity.name
     async with pool.acquire() as conn:
-        return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)
+        return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit,
+                                       poster=poster)

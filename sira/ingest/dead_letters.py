@@ -38,7 +38,10 @@ async def dead_letters(conn: asyncpg.Connection, rejections: Sequence[Rejection]
                             FROM unnest($2::text[], $3::jsonb[]) WITH ORDINALITY AS r(position, payload, n)) r
             WHERE k > 1 OR EXISTS (SELECT 1 FROM sira_rejected_events e
                                     WHERE e.source = $1 AND e.stream_position = r.position
-                                      AND md5(e.payload::text) = md5(r.payload::text) AND e.payload = r.payload)""",
+                                      AND md5(e.payload::text) = md5(r.payload::text) AND e.payload = r.payload
+                                      -- another API caller's record is its own (sql/035)
+                                      AND coalesce(e.posted_by, '')
+                                          = coalesce(current_setting('sira.posted_by', true), ''))""",
         source, [j.position for j in placed], [j.payload for j in placed])}
     left = {id(placed[n - 1]) for n in repeats}
     fresh = [j for j in rejections if id(j) not in left]
@@ -100,18 +103,21 @@ def undecodable_row(raw: Mapping[str, Any], column: str, redactor: Redactor, map
 
 
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,
-                            before: int | None = None, limit: int = 50) -> dict[str, Any]:
+                            before: int | None = None, limit: int = 50,
+                            poster: str | None = None) -> dict[str, Any]:
     """The dead letters, newest first (``source``: those whose source starts with it, e.g. ``file:`` or
     ``kafka``, and the rejected labels of such a source, stored under ``feedback:<source>``: ``kafka`` lists
     Kafka's rejected events and labels, ``feedback:`` every rejected label; ``reason``: a reason code;
-    ``before``: an id, for the next page), as stored: redacted; with ``next_before`` when there may be more."""
+    ``before``: an id, for the next page; ``poster``: never those of the records another API caller posted, sql/035),
+    as stored: redacted; with ``next_before`` when there may be more."""
     rows = await conn.fetch(
         """SELECT id, rejected_at, source, stream_position, event_id, reason_code, field, reason, payload
              FROM sira_rejected_events
             WHERE ($1::text IS NULL OR starts_with(source, $1) OR starts_with(source, 'feedback:' || $1))
               AND ($2::text IS NULL OR reason_code = $2)
               AND ($3::bigint IS NULL OR id < $3)
-            ORDER BY id DESC LIMIT $4""", source, reason, before, limit)
+              AND ($5::text IS NULL OR posted_by IS NULL OR posted_by = $5)
+            ORDER BY id DESC LIMIT $4""", source, reason, before, limit, poster)
     entries = [{**dict(r), "rejected_at": r["rejected_at"].isoformat(), "position": r["stream_position"]}
                for r in rows]
     for entry in entries:
