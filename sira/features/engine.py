@@ -350,6 +350,11 @@ def engine_of(fs: FeatureSet) -> Engine:
 _WARMED: set[tuple[str, int]] = set()  # the feature sets this process has warmed
 
 
+def prepare_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` (:data:`sira.core.ray_runtime.WORKER_SETUP_HOOK`): loading it imported
+    this module, and numba with it, in the worker's main thread before any task."""
+
+
 def warm(fs: FeatureSet) -> float:
     """Compile every kernel of the fold (or load it from numba's cache on disk) before traffic: one event and
     one label through the online and offline paths and a state's bytes both ways. Returns the seconds it took
