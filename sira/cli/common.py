@@ -258,5 +258,18 @@ class Stopped(BaseException):
     ``async with`` on the way runs."""
 
 
+SIGTERM_RECEIVED: list[bool] = []  # set once the handler below ran: a cancellation that ends the command is it
+
+
 def stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    """Raise :class:`Stopped` where the main thread is; but where it is between an event loop's tasks (in its
+    selector, or in a transport's callback, where an exception broke a database connection and the command
+    ended with "internal: connection was closed in the middle of operation"), cancel the loop's tasks instead:
+    each unwinds at its next await."""
+    SIGTERM_RECEIVED.append(True)
+    loop = asyncio._get_running_loop()
+    if loop is not None and asyncio.current_task(loop) is None:
+        for task in asyncio.all_tasks(loop):
+            task.cancel("stopped by SIGTERM")
+        return
     raise Stopped()

@@ -8,6 +8,7 @@ of the system; a traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from typer.exceptions import TyperException
 
 # Each command module adds its commands to `app` when imported: in the order `sira --help` lists them.
 from sira.cli import database, data, train, governance, monitor, privacy, retention, serve, demo, jobs  # noqa: F401  # isort: skip
-from sira.cli.common import Stopped, app, reserve_stdout_for_json, stop_on_sigterm
+from sira.cli.common import SIGTERM_RECEIVED, Stopped, app, reserve_stdout_for_json, stop_on_sigterm
 from sira.cli.jobs import release_job_key
 from sira.core import logs
 from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
-    except Stopped:
+    except (Stopped, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and not SIGTERM_RECEIVED:
+            raise
         name = next((a for a in args if not a.startswith("-")), "the command")
         sys.stderr.write(f"error: interrupted: {name} stopped by SIGTERM\n")
         return 128 + signal.SIGTERM

@@ -166,8 +166,9 @@ def test_a_sigterm_part_way_through_ends_the_demo_in_one_line_and_leaves_no_proc
         children = psutil.Process(demo.pid).children(recursive=True)
         assert children, "no Ray started"
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(timeout=120) == 128 + signal.SIGTERM, "".join(said)
+        code = demo.wait(timeout=120)
         rest = demo.stderr.read()
+        assert code == 128 + signal.SIGTERM, "".join(said) + rest
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -63,3 +63,57 @@ def test_sigterm_ends_a_job_in_one_line_and_revokes_its_key(create_database, tmp
     assert said == "error: interrupted: wait-a-while stopped by SIGTERM\n", said
     (row,) = run_sync(fetch_rows(dsn, "SELECT revoked_at FROM sira_api_keys WHERE name = 'job-sira-drift-term'"))
     assert row["revoked_at"] is not None
+
+
+# a command whose event loop is inside a transport's callback when the signal comes (as asyncpg's protocol is
+# while it parses a large answer): the callback reads slowly, and the task waits for what it reads
+BETWEEN_TASKS = """
+import asyncio, socket, sys, time
+from sira.cli.common import app
+from sira.cli.main import main
+
+class Slow(asyncio.Protocol):
+    def __init__(self, done):
+        self.done = done
+    def data_received(self, data):
+        print("reading", file=sys.stderr, flush=True)
+        time.sleep(3)  # the signal arrives here, between the loop's tasks
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(ConnectionResetError("connection was closed in the middle of operation"))
+
+@app.command("read-slowly")
+def read_slowly() -> None:
+    async def run() -> None:
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        await loop.create_connection(lambda: Slow(done), sock=ours)
+        theirs.send(b"x" * 100)
+        try:
+            await done
+        finally:
+            print("unwound", file=sys.stderr, flush=True)
+    asyncio.run(run())
+
+sys.exit(main(["read-slowly"], own_process=True))
+"""
+
+
+def test_sigterm_between_an_event_loops_tasks_cancels_them_and_ends_in_one_line(tmp_path):
+    """The handler raised where the main thread was: inside a transport's callback (asyncpg's, parsing an
+    answer) that broke the connection, and the command ended `error: internal: ConnectionDoesNotExistError:
+    connection was closed in the middle of operation` (exit 1; `sira demo` once in the full suite). Between
+    tasks it cancels them: each unwinds at its next await, and the command says it was stopped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIRA_", "RAY_"))}
+    env.update({"SIRA_WORKSPACE": str(tmp_path)})
+    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_TASKS], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline() == "reading\n"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        said = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (code, said) == (128 + signal.SIGTERM, "unwound\nerror: interrupted: read-slowly stopped by SIGTERM\n"), said
