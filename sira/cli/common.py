@@ -261,14 +261,21 @@ class Stopped(BaseException):
 SIGTERM_RECEIVED: list[bool] = []  # set once the handler below ran: a cancellation that ends the command is it
 
 
-def stop_on_sigterm(_signum: int, _frame: Any) -> None:
-    """Raise :class:`Stopped` where the main thread is; but where it is between an event loop's tasks (in its
-    selector, or in a transport's callback, where an exception broke a database connection and the command
-    ended with "internal: connection was closed in the middle of operation"), cancel the loop's tasks instead:
-    each unwinds at its next await."""
+# Where an exception raised by the handler breaks what it interrupts: an event loop's and its transports' code
+# (a transport turns any exception in its callbacks and writes into a fatal error and closes its connection)
+_IO_CODE = ("asyncio", "asyncpg", "selectors", "ssl", "socket", "redis", "uvloop")
+
+
+def stop_on_sigterm(_signum: int, frame: Any) -> None:
+    """Raise :class:`Stopped` where the main thread is (SIRA's code, Ray Tune's loop, a LightGBM round); but
+    where it is in an event loop's or a transport's code (its selector, a protocol's callback, a socket write
+    inside a task: an exception there broke a database connection, and the command ended "internal: connection
+    was closed in the middle of operation", exit 1), cancel the loop's tasks instead: each unwinds at its next
+    await."""
     SIGTERM_RECEIVED.append(True)
     loop = asyncio._get_running_loop()
-    if loop is not None and asyncio.current_task(loop) is None:
+    where = frame.f_globals.get("__name__", "") if frame is not None else ""
+    if loop is not None and (asyncio.current_task(loop) is None or where.split(".")[0] in _IO_CODE):
         for task in asyncio.all_tasks(loop):
             task.cancel("stopped by SIGTERM")
         return

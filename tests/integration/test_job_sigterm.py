@@ -117,3 +117,34 @@ def test_sigterm_between_an_event_loops_tasks_cancels_them_and_ends_in_one_line(
         if proc.poll() is None:
             proc.kill()
     assert (code, said) == (128 + signal.SIGTERM, "unwound\nerror: interrupted: read-slowly stopped by SIGTERM\n"), said
+
+
+def test_sigterm_inside_a_tasks_socket_write_cancels_rather_than_raising_there():
+    """In the full suite the signal landed in asyncio's socket write, called by asyncpg inside a task: raised
+    there, the transport took it for a fatal error and closed the database connection (exit 1, `internal`).
+    Where the interrupted code is the loop's or a transport's, the handler cancels the tasks; in SIRA's own code
+    inside a task it raises."""
+    import asyncio
+    import types
+
+    from sira.cli.common import SIGTERM_RECEIVED, Stopped, stop_on_sigterm
+
+    def frame_of(module: str):
+        return types.SimpleNamespace(f_globals={"__name__": module})
+
+    async def interrupted(module: str) -> str:
+        try:
+            stop_on_sigterm(signal.SIGTERM, frame_of(module))
+            await asyncio.sleep(5)
+            return "carried on"
+        except asyncio.CancelledError:
+            return "cancelled"
+        except Stopped:
+            return "raised"
+
+    try:
+        assert asyncio.run(interrupted("asyncio.selector_events")) == "cancelled"
+        assert asyncio.run(interrupted("asyncpg.connection")) == "cancelled"
+        assert asyncio.run(interrupted("sira.training.runs")) == "raised"
+    finally:
+        SIGTERM_RECEIVED.clear()
