@@ -122,3 +122,28 @@ def test_a_clock_a_little_ahead_is_allowed_and_a_token_may_not_live_for_years(jw
     with pytest.raises(Unauthenticated, match=r"at most 10 min"):
         identity_from_jwt(token(private, exp=now + 3_600), strict)
     assert identity_from_jwt(token(private, exp=now + 300), strict).name == "jwt:amina"
+
+
+# A JWT is bounded before its signature is checked (8 KiB), and its ``sub``, which names the caller in the audit
+# log and to the four-eyes rules, is at most 200 printable ASCII characters (2026-12-07 review).
+def test_a_huge_token_or_an_odd_subject_is_refused(jwt_settings, keypair):
+    private, _ = keypair
+    config = JwtConfig.from_settings(jwt_settings)
+    assert identity_from_jwt(token(private, sub="auth0|5f3c@molam.test"), config).name == "jwt:auth0|5f3c@molam.test"
+    assert identity_from_jwt(token(private), config).expires_at is not None  # its exp: no cache answers it past
+    with pytest.raises(Unauthenticated, match="larger than 8 KiB"):  # a valid signature, a padded claim
+        identity_from_jwt(token(private, pad="x" * 9000), config)
+    for sub in ("a" * 201, "amina\n", "ami na", "amina\x00", "émilie"):
+        with pytest.raises(Unauthenticated, match="subject"):
+            identity_from_jwt(token(private, sub=sub), config)
+
+
+async def test_over_http_a_huge_token_is_a_401_and_answers_are_not_cached(clean_db, jwt_settings, keypair):
+    private, _ = keypair
+    app = create_app(jwt_settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
+            huge = await client.get("/v1/me", headers={"Authorization": f"Bearer {token(private, pad='x' * 9000)}"})
+            assert huge.status_code == 401 and "8 KiB" in huge.json()["error"]["message"]
+            me = await client.get("/v1/me", headers={"Authorization": f"Bearer {token(private)}"})
+            assert me.status_code == 200 and me.headers["cache-control"] == "no-store"
