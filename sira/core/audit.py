@@ -10,6 +10,8 @@ import getpass
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sira.core.logs import REQUEST_ID
+
 if TYPE_CHECKING:
     from sira.core.db import Connection
     from sira.core.errors import SiraError
@@ -39,8 +41,6 @@ async def record(
     conn: Connection, actor: Actor, action: str, *, target_type: str | None = None,
     target_id: str | None = None, outcome: str = "success", details: dict[str, Any] | None = None,
 ) -> None:
-    from sira.core.logs import REQUEST_ID
-
     request_id = REQUEST_ID.get()  # written for an HTTP request: its id, as in its log lines and answer
     await conn.execute(
         """INSERT INTO sira_audit_log (actor, actor_kind, action, target_type, target_id, source_address, outcome, details)
