@@ -209,8 +209,9 @@ def errors(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
+    # a refusal may quote the caller's input or name a person's prediction: no cache keeps it either
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "details": details or {}}},
-                        headers=headers)
+                        headers={"cache-control": "no-store", **(headers or {})})
 
 
 def allowed_methods(request: Request) -> list[str]:

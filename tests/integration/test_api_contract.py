@@ -203,3 +203,18 @@ async def test_the_history_over_http_is_sira_history_json(client_and_keys, clean
     async with clean_db.acquire() as conn:
         assert History.model_validate(await history(conn, DANA, "fraud")).model_dump(by_alias=True) == r.json()
     assert [h["requested_by"] for h in r.json()["history"]] == ["dana", "dana"]
+
+
+async def test_every_error_answer_is_marked_no_store(client_and_keys):
+    """A refusal can quote the caller's input or name a person's prediction: no cache keeps it (only 2xx answers
+    were marked no-store: a 404 for a prediction id, a 422 quoting a body, a 401 went out cacheable)."""
+    client, keys = client_and_keys
+    answers = [
+        await client.get("/v1/models"),  # 401
+        await client.get("/v1/predictions/00000000-0000-0000-0000-000000000000", headers=keys["admin"]),  # 404
+        await client.post("/v1/keys", json={"name": "x", "roles": ["nobody"]}, headers=keys["admin"]),  # 422
+        await client.get("/v1/no-such-route"),  # routing's 404
+        await client.delete("/v1/keys"),  # 405
+    ]
+    for answer in answers:
+        assert answer.status_code >= 400 and answer.headers["cache-control"] == "no-store", (answer.status_code, answer.text)
