@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("sira_request_id", default=None)
+# The request's path as its access log line names it (sira.http.request_ids.logged_path), set when it is answered
+LOGGED_PATH: ContextVar[str | None] = ContextVar("sira_logged_path", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -26,6 +28,18 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = REQUEST_ID.get()
+        return True
+
+
+class AccessPathFilter(logging.Filter):
+    """uvicorn's access log line with the path as :data:`LOGGED_PATH` gives it: a path no route takes and a
+    query's undeclared parameters are the caller's text (an e-mail address can be one), not written to a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = LOGGED_PATH.get()
+        args = record.args
+        if path is not None and isinstance(args, tuple) and len(args) == 5:  # client, method, path, http, status
+            record.args = (args[0], args[1], path, *args[3:])
         return True
 
 
@@ -74,6 +88,8 @@ def uvicorn_config(base: dict[str, Any], fmt: str) -> dict[str, Any]:
     config = {**base, "formatters": {**base.get("formatters", {}),
                                       "sira": {"()": f"{__name__}.{type(formatter(fmt)).__name__}"}},
               "filters": {"request_id": {"()": f"{__name__}.RequestIdFilter"}}}
-    config["handlers"] = {name: {**handler, "formatter": "sira", "filters": ["request_id"]}
+    config["filters"]["access_path"] = {"()": f"{__name__}.AccessPathFilter"}
+    config["handlers"] = {name: {**handler, "formatter": "sira",
+                                 "filters": ["request_id", *(["access_path"] if name == "access" else [])]}
                           for name, handler in base.get("handlers", {}).items()}
     return config

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-from sira.core.logs import REQUEST_ID
+from sira.core.logs import LOGGED_PATH, REQUEST_ID
+from sira.http.deps import declared_query
 
 USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 HEADER = b"x-request-id"
@@ -38,9 +40,29 @@ class RequestIds:
                 headers = message.setdefault("headers", [])
                 if not any(k.lower() == HEADER for k, _ in headers):
                     message["headers"] = [*headers, (HEADER, request_id.encode())]
+                LOGGED_PATH.set(logged_path(scope))  # uvicorn logs the request as it sends this (not Serve's proxy)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
+
+
+def logged_path(scope: Any) -> str:
+    """The request's path as a log may keep it: a route's path (its parameters are model names, versions and
+    ids) with the query parameters the route declares; a parameter it does not declare is counted, not named,
+    and a path no route takes is its length. Both are the caller's text: an e-mail address can be either."""
+    path = scope.get("root_path", "") + scope["path"]
+    route = scope.get("route")
+    if route is None:
+        return f"(a path no route takes, {len(path)} characters)"
+    query = scope.get("query_string") or b""
+    if not query:
+        return path
+    dependant = getattr(route, "dependant", None)
+    declared = set(declared_query(dependant)) if dependant is not None else set()
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k in declared]
+    unknown = len(pairs) - len(kept)
+    return path + "?" + urlencode(kept) + (f"{'&' if kept else ''}(+{unknown} undeclared)" if unknown else "")

@@ -64,3 +64,30 @@ async def test_sira_api_logs_json_lines_naming_the_request(clean_db, settings):
     assert access and access[0]["request_id"] == "json-log-1" and access[0]["level"] == "INFO", lines
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     assert root_key not in said
+
+
+async def test_sira_apis_access_log_keeps_no_callers_text_from_the_path(clean_db, settings):
+    """uvicorn's access log wrote every request's raw path and query: `GET /v1/someone@example.com` or
+    `?email=...` put a person's address in the log. Now a path no route takes is logged as its length, and a
+    query's undeclared parameters are counted; a route's own path and declared parameters are kept."""
+    from tests.conftest import ephemeral_port
+
+    pepper = settings.secret("auth_secret")
+    async with db.transaction(clean_db) as conn:
+        root_key, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        await authenticate(conn, root_key, pepper=pepper)
+    port = ephemeral_port()
+    server = _sira_api(settings, port, SIRA_LOG_LEVEL="INFO")
+    auth = {"Authorization": f"Bearer {root_key}"}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as http:
+            assert http.get("/v1/customers/jane.doe@example.com").status_code == 404
+            assert http.get("/v1/audit", params={"limit": 5, "email": "jane.doe@example.com"}).status_code == 422
+            assert http.get("/v1/audit", params={"limit": 5}).status_code == 200
+    finally:
+        server.terminate()
+        said = server.communicate(timeout=30)[1]
+    assert "jane.doe" not in said and "example.com" not in said, said
+    assert '"GET (a path no route takes, 35 characters) HTTP/1.1" 404' in said, said
+    assert '"GET /v1/audit?limit=5&(+1 undeclared) HTTP/1.1" 422' in said, said
+    assert '"GET /v1/audit?limit=5 HTTP/1.1" 200' in said, said
