@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 from sira.core.config import Settings
-from sira.core.errors import ConfigError, NotFound, ServiceUnavailable, SiraError
+from sira.core.errors import EXIT_FAILURE, ConfigError, NotFound, ServiceUnavailable, SiraError
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.txt"
@@ -32,6 +32,20 @@ class ArtifactTampered(SiraError):
 
     code = "artifact_checksum_mismatch"
     http_status = 409
+
+
+class ArtifactMissing(NotFound):
+    """A registered version's artifact file is gone from the store: the system lost what it registered, not the
+    caller's mistake (exit 1, not 2). 409: the version cannot be loaded, promoted or rolled back to until the file
+    is restored. Named by its key in the store, not the server's path."""
+
+    code = "artifact_missing"
+    http_status = 409
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, key: str):
+        super().__init__(f"artifact file {key} is missing from the artifact store (SIRA_ARTIFACT_URI)",
+                         details={"file": key})
 
 
 def sha256(data: bytes) -> str:
@@ -83,7 +97,7 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         path = self.root / key
         if not path.is_file():
-            raise NotFound(f"artifact file not found: {path}", code="artifact_missing")
+            raise ArtifactMissing(key)
         return path.read_bytes()
 
     def uri(self, key: str) -> str:
@@ -131,8 +145,7 @@ class S3Store:
                 body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
                 return body
         except self.client.exceptions.NoSuchKey:
-            raise NotFound(f"artifact file not found: s3://{self.bucket}/{self._key(key)}",
-                           code="artifact_missing") from None
+            raise ArtifactMissing(key) from None
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -552,6 +552,10 @@ async def test_a_rollback_to_a_version_whose_feature_set_retention_removed_is_re
         async with db.transaction(fresh) as conn:
             await registry.rollback(conn, operator, "old-fraud", "v2 misbehaves", expected_version=2)
     assert other.value.code == "artifact_missing", other.value.message
+    # the store lost a file it registered: a failure of the system (exit 1, was 2), a 409 (was 404) that names the
+    # file by its key in the store, not the server's path
+    assert (other.value.exit_code, other.value.http_status) == (1, 409)
+    assert other.value.details == {"file": "m/manifest.json"}, other.value.details
     assert await fresh.fetchval("SELECT count(*) FROM sira_audit_log WHERE action = 'production.change' "
                                 "AND outcome = 'denied'") == 2  # a missing artifact's refusal audited too
     async with fresh.acquire() as conn:
