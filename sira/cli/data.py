@@ -224,18 +224,19 @@ def rejected_cmd(
 ) -> None:
     """Show the records ingestion set aside (dead letters).
 
-    Newest first, with why (a service key, as ingestion takes, or admin). Payloads are shown redacted, as
-    stored; --json carries them."""
+    Newest first, with why (admin: every one; a service key: those of the events it posted). Payloads are shown
+    redacted, as stored; --json carries them."""
     from sira.core import db
-    from sira.ingest.dead_letters import list_dead_letters
+    from sira.ingest.dead_letters import list_dead_letters, poster_of
 
     settings = get_settings()
-    asyncio.run(actor_for("rejected.read", api_key))
+    poster = poster_of(asyncio.run(identity_for("rejected.read", api_key)))  # a service key: what it posted
 
     async def run() -> dict[str, Any]:
         async with db.open_pool(settings) as pool:
             async with pool.acquire() as conn:
-                return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit)
+                return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit,
+                                               poster=poster)
 
     payload = asyncio.run(run())
 

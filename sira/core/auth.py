@@ -35,8 +35,8 @@ _READERS = {"viewer", "analyst", "data_scientist", "approver", "operator"}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "score": frozenset({"service"}),
     "events.write": frozenset({"service"}),
-    # what of the events it posted was set aside, and why (redacted as stored), with what no API caller posted (a
-    # stream's, a file's): never another API caller's (posted_by, sql/035; sira.http.events)
+    # what of the events and labels it posted was set aside, and why (redacted as stored): never another caller's,
+    # a stream's or a file's (posted_by, sql/035; sira.ingest.dead_letters.poster_of)
     "rejected.read": frozenset({"service"}),
     "feedback.write": frozenset({"service", "analyst"}),
     "models.read": frozenset(_READERS),

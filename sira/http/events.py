@@ -15,14 +15,13 @@ from sira.core.auth import Identity
 from sira.core.errors import PayloadTooLarge
 from sira.http.deps import Cursor, PoolDep, StrictRoute, errors, require
 from sira.ingest.bulk import ingest_normalized, normalize_all
-from sira.ingest.dead_letters import list_dead_letters
+from sira.ingest.dead_letters import list_dead_letters, poster_of
 from sira.ingest.events import Rejection
 
 router = APIRouter(route_class=StrictRoute, prefix="/v1", tags=["events"])
 # The position a rejected event's dead letter keeps (the API has no offsets): with its source and payload, the key
 # that makes a retried batch's dead letters repeats, stored once (sira.ingest.dead_letters)
 POSITION = "POST /v1/events"
-SEE_ALL = frozenset({"admin", "operator"})  # who reads every dead letter, other API callers' too
 
 
 class EventsBatch(BaseModel):
@@ -100,9 +99,8 @@ async def get_rejected(pool: PoolDep, identity: Identity = require("rejected.rea
                        reason: Annotated[str | None, Query(max_length=100, description="A reason code")] = None,
                        before: Cursor = None,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
-    """A service key reads the dead letters of the events it posted and those no API caller posted (a stream's,
-    a file's), never another API caller's (until 2026-12-07 it read those too); admin and operator read all."""
-    poster = None if identity.roles & SEE_ALL else identity.name
+    """A service key reads the dead letters of the events it posted, never another caller's nor a stream's or a
+    file's (:func:`~sira.ingest.dead_letters.poster_of`); admin reads all."""
     async with pool.acquire() as conn:
         return await list_dead_letters(conn, source=source, reason=reason, before=before, limit=limit,
-                                       poster=poster)
+                                       poster=poster_of(identity))

@@ -172,6 +172,8 @@ async def feedback(body: FeedbackRequest, service: ScoringDep,
                 return json_answer({"event_id": event_id, "label_name": body.label_name, "label": body.label,
                               "status": "unchanged"})
         async with conn.transaction():
+            # a refused label's dead letter names who posted it (sql/035): that service reads it, no other
+            await conn.execute("SELECT set_config('sira.posted_by', $1, true)", who.name)
             summary = await record_labels(
                 conn, [{"event_id": event_id, "label": body.label, "label_name": body.label_name,
                         "known_at": body.known_at or datetime.now(timezone.utc), "source": source,

@@ -102,21 +102,29 @@ def undecodable_row(raw: Mapping[str, Any], column: str, redactor: Redactor, map
                      redactor.payload(bounded_json(dict(raw)), mapping), stored_id(record.get("customer_id"), redactor))
 
 
+def poster_of(identity: Any) -> str | None:
+    """Whose dead letters ``identity`` (an :class:`~sira.core.auth.Identity`, or None: the local user before any
+    key exists) may read: None for every one (admin, the local user), else its own name: a service key reads the
+    dead letters of the records it posted, never another caller's nor a stream's or a file's (other producers'
+    records; it read those until 2026-12-08, and `sira rejected` with a service key read every one)."""
+    return None if identity is None or "admin" in identity.roles else identity.name
+
+
 async def list_dead_letters(conn: asyncpg.Connection, *, source: str | None = None, reason: str | None = None,
                             before: int | None = None, limit: int = 50,
                             poster: str | None = None) -> dict[str, Any]:
     """The dead letters, newest first (``source``: those whose source starts with it, e.g. ``file:`` or
     ``kafka``, and the rejected labels of such a source, stored under ``feedback:<source>``: ``kafka`` lists
     Kafka's rejected events and labels, ``feedback:`` every rejected label; ``reason``: a reason code;
-    ``before``: an id, for the next page; ``poster``: never those of the records another API caller posted, sql/035),
-    as stored: redacted; with ``next_before`` when there may be more."""
+    ``before``: an id, for the next page; ``poster``: only those of the records that API caller posted, sql/035;
+    :func:`poster_of` says whose a reader may see), as stored: redacted; with ``next_before`` when there may be more."""
     rows = await conn.fetch(
         """SELECT id, rejected_at, source, stream_position, event_id, reason_code, field, reason, payload
              FROM sira_rejected_events
             WHERE ($1::text IS NULL OR starts_with(source, $1) OR starts_with(source, 'feedback:' || $1))
               AND ($2::text IS NULL OR reason_code = $2)
               AND ($3::bigint IS NULL OR id < $3)
-              AND ($5::text IS NULL OR posted_by IS NULL OR posted_by = $5)
+              AND ($5::text IS NULL OR posted_by = $5)
             ORDER BY id DESC LIMIT $4""", source, reason, before, limit, poster)
     entries = [{**dict(r), "rejected_at": r["rejected_at"].isoformat(), "position": r["stream_position"]}
                for r in rows]

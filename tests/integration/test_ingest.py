@@ -179,7 +179,7 @@ async def test_the_dead_letters_are_listed_newest_first_by_the_cli_and_over_http
     # over HTTP, with a role that may read them
     pepper = settings.secret("auth_secret")
     async with db.transaction(clean_db) as conn:
-        await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
+        root, _ = await create_key(conn, name="root", roles=["admin"], pepper=pepper, creator=None)
         admin = Identity("root", frozenset({"admin"}), "api_key")
         service, _ = await create_key(conn, name="psp", roles=["service"], pepper=pepper, creator=admin)
         viewer, _ = await create_key(conn, name="viv", roles=["viewer"], pepper=pepper, creator=admin)
@@ -187,9 +187,11 @@ async def test_the_dead_letters_are_listed_newest_first_by_the_cli_and_over_http
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
             r = await client.get("/v1/events/rejected", params={"source": "file:tx", "limit": 2},
-                                 headers={"Authorization": f"Bearer {service}"})
+                                 headers={"Authorization": f"Bearer {root}"})
             assert r.status_code == 200, r.text
             assert [e["event_id"] for e in r.json()["entries"]] == ["7", "5"] and r.json()["next_before"]
+            r = await client.get("/v1/events/rejected", headers={"Authorization": f"Bearer {service}"})
+            assert r.status_code == 200 and r.json()["entries"] == [], r.text  # a file's: not a service's to read
             r = await client.get("/v1/events/rejected", headers={"Authorization": f"Bearer {viewer}"})
             assert r.status_code == 403
     done = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "rejected")  # keys exist now
