@@ -67,6 +67,9 @@ TOO_MANY = "too_many_fields"
 # A dead letter keeps at most MAX_VALUES values of the record sent; an object cut short holds this field with
 # the number of its fields not kept, a list cut short ends with "<cut N items>".
 CUT = "<cut>"
+# ... and at most MAX_KEPT_CHARACTERS characters of its strings (names and values) in all: past them, a string is
+# "<cut N characters>". A thousand values of SIRA_MAX_STRING_LENGTH each kept ~4 MB of one rejected record.
+MAX_KEPT_CHARACTERS = 65_536
 
 MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
 Text = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_ID)]
@@ -452,6 +455,16 @@ class _Budget:
     """Values a dead letter may still keep."""
 
     left: int = MAX_VALUES
+    characters: int = MAX_KEPT_CHARACTERS
+
+    def text(self, value: str, max_length: int) -> str:
+        """``value`` as a dead letter keeps it: whole while the characters last, else a marker of its length."""
+        if len(value) > max_length:
+            return _too_long(value)
+        if len(value) > self.characters:
+            return f"<cut {len(value)} characters>"  # no two words in a row: the redactor keeps it
+        self.characters -= len(value)
+        return storable_text(value)
 
 
 def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | None = None) -> Any:
@@ -459,7 +472,8 @@ def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | Non
     name over ``max_length`` a marker of its length (a dead letter never holds the value itself, nor makes
     the redactor scan it), nesting cut at :data:`MAX_NESTING` levels (valid JSON can nest deeper than
     Python's stack), and fields and list items past ``budget`` (:data:`MAX_VALUES` in all) cut, what was cut
-    counted (:data:`CUT`): the redactor scans what is kept only."""
+    counted (:data:`CUT`), strings past :data:`MAX_KEPT_CHARACTERS` in all a marker of their length: the
+    redactor scans what is kept only."""
     budget = budget or _Budget()
     if isinstance(value, datetime):
         return value.isoformat()
@@ -468,7 +482,7 @@ def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | Non
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
         value = str(value)
     if isinstance(value, str):
-        return storable_text(value) if len(value) <= max_length else _too_long(value)
+        return budget.text(value, max_length)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
@@ -480,9 +494,7 @@ def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | Non
                 fields[CUT] = len(value) - kept
                 break
             budget.left -= 1
-            name = str(k)
-            fields[storable_text(name) if len(name) <= max_length else _too_long(name)] = \
-                _jsonable(v, max_length, depth + 1, budget)
+            fields[budget.text(str(k), max_length)] = _jsonable(v, max_length, depth + 1, budget)
         return fields
     if isinstance(value, (list, tuple)):
         items: list[Any] = []

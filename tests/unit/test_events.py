@@ -312,3 +312,18 @@ def test_an_event_at_the_field_limits_is_accepted_whole():
     over = normalize({**BASE, **extra, "meta": [*nested["meta"], 0]}, R, "t")
     assert isinstance(over, Rejection) and over.reason_code == "too_many_fields"
     assert isinstance(normalize({**BASE, **extra, "one": 1, "two": 2}, R, "t"), Rejection)
+
+
+def test_a_dead_letter_keeps_a_bounded_number_of_characters():
+    """A record of a thousand strings each just under SIRA_MAX_STRING_LENGTH (a ~4 MB message) was kept whole in
+    its dead letter; now its strings stop at MAX_KEPT_CHARACTERS in all, each one not kept a marker of its length."""
+    import orjson
+
+    from sira.ingest.events import MAX_KEPT_CHARACTERS, bounded_json
+
+    record = {**BASE, "meta": [f"{i:04d}" + "y" * 4_000 for i in range(1_000)]}
+    kept = bounded_json(record)
+    stored = orjson.dumps(kept)
+    assert len(stored) < MAX_KEPT_CHARACTERS + 50_000, len(stored)
+    assert kept["event_id"] == BASE["event_id"] and kept["meta"][0].startswith("0000")  # the start is kept whole
+    assert kept["meta"][-1] == "<cut 4004 characters>"
