@@ -12,13 +12,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from sira.core import db
 from sira.core.errors import Conflict
-from sira.serving.replica import Replica
+from sira.serving.replica import CLOCK_SKEW_S, Replica
 from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 
@@ -117,6 +118,14 @@ def _cached(value: bytes) -> dict[str, Any]:
     return orjson.loads(value)  # type: ignore[no-any-return]
 
 
+def _given_at(answer: dict[str, Any]) -> float:
+    """When an answer was given (its ``scored_at``), in seconds since the epoch; 0 when it does not say."""
+    try:
+        return datetime.fromisoformat(answer["scored_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
 ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis, or ...
 # ... an erasure: every replica drops every answer it holds in memory (:meth:`Answers.on_gap`). All, not the
 # person's: the payload names nobody (as the erasure's other notifications), and an answer of theirs still
@@ -201,6 +210,9 @@ class Answers:
         self.gaps = 0  # answers this replica gave and could not write to Redis (counted; the marker moves next)
         self._gaps_covered = 0  # ... the count the last marker move covered
         self.distrust_until = 0.0  # another replica's answers missed Redis: PostgreSQL until the marker moves
+        # when an erasure was last notified: an answer Redis holds from before it is asked of PostgreSQL instead
+        # (the erasure deletes the person's from Redis after its commit, and not at all while Redis is down)
+        self.forgotten_at = 0.0
         self._trusted_from: dict[tuple[str, float], float] = {}  # (model, marker) -> when misses are new requests
         self._checking: set[tuple[str, float]] = set()
         self.evicting: bool | None = None  # Redis may evict answers (None: not known yet)
@@ -318,8 +330,12 @@ class Answers:
                     r.redis_breaker.failed(exc)
             if cached is None:
                 degraded.add("cache_unavailable")
+        before_erasure = self._before_erasure(cached) if cached else []
+        for key in before_erasure:
+            del cached[key]  # type: ignore[union-attr]
         missed = [k for k in keys if cached is None or k not in cached]
-        if not missed or (cached is not None and self._complete(marker, {m for m, _ in missed})):
+        if not missed or (cached is not None and not before_erasure
+                          and self._complete(marker, {m for m, _ in missed})):
             return cached or {}
         found = await (self._claim_stored(missed, digests) if claim else self._stored(missed))
         if found is None:
@@ -327,6 +343,16 @@ class Answers:
                 degraded.update(("database_unavailable", "idempotency_unchecked"))
             found = {}
         return {**found, **(cached or {})}
+
+    def _before_erasure(self, cached: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str]]:
+        """The answers Redis gave that were given before the last erasure (or may have been: the clocks'
+        skew): PostgreSQL, whose rows of the person are gone, answers for them (a retry of an erased person's
+        request was answered from Redis until its keys were deleted after the commit, or for the idempotency
+        window when Redis was down then)."""
+        if not self.forgotten_at:
+            return []
+        until = self.forgotten_at + CLOCK_SKEW_S
+        return [key for key, answer in cached.items() if CLAIMED not in answer and _given_at(answer) <= until]
 
     async def _claim_stored(self, keys: list[tuple[str, str]],
                             digests: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]] | None:
@@ -470,10 +496,16 @@ class Answers:
         :data:`FORGET_ANSWERS` instead: a person was erased, and the answers this replica holds in memory
         go (a retry of their request id was answered with their old answer from here until 2026-12-07)."""
         if payload == FORGET_ANSWERS:
-            self.recent.clear()
+            self.forget()
             return
         self.distrust_until = time.time() + self.replica.config.idempotency_ttl_s
         self._trusted_from.clear()
+
+    def forget(self) -> None:
+        """A person was erased (or may have been, unnoticed): no answer given before now is replayed from this
+        replica's memory or from Redis without PostgreSQL's word (:meth:`_before_erasure`)."""
+        self.recent.clear()
+        self.forgotten_at = time.time()
 
     async def _stored(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]] | None:
         """The production answers of these (model, request id) within the idempotency window in

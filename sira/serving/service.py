@@ -197,7 +197,7 @@ class ScoringService:
         """The listener was away: registry, snapshot and erasure notifications may have been missed."""
         self.histories.clear()
         self.history.states.clear()
-        self.answers.clear()  # an erasure's: its person's answers must not be given again from here
+        self.idempotency.forget()  # an erasure's: its person's answers must not be given again (memory, Redis)
         await self.models.refresh("reconnect")
 
     def _on_registry(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:

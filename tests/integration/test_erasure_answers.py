@@ -135,3 +135,39 @@ async def test_a_replica_that_lost_its_notifications_forgets_the_answers_it_hold
                 break
             await asyncio.sleep(0.05)
         assert service.listener.conn is not old and not len(service.answers)
+
+
+async def test_an_answer_redis_holds_from_before_an_erasure_is_not_replayed(installation, sira, tmp_path, monkeypatch):
+    """The erasure deletes the person's answers from Redis after its commit, and not at all while Redis is down
+    (`erasure_incomplete`, retried later): meanwhile a retry of their request id was answered from Redis with the
+    old answer. A replica now asks PostgreSQL for an answer Redis gives from before the erasure's notification."""
+    from sira.monitoring import erasure
+
+    inst = installation
+    run = uuid.uuid4().hex[:8]
+    person = f"cus-window-{run}"
+    headers = {"Authorization": f"Bearer {inst.keys['service']}"}
+
+    async def redis_down(redis_url, spool_dirs, customer_id, outside):  # the spool is cleaned, Redis is not
+        return {"redis": "failed: ConnectionError", "spool": "cleaned"}
+
+    async with scoring_client(inst, tmp_path / "spool") as (client, service):
+        assert service.replica.redis is not None  # (the test relies on it)
+        request = {"model": "fraud", "request_id": f"req-window-{run}", "event": payment(person, 2)}
+        first = (await client.post("/v1/score", json=request, headers=headers)).json()
+        assert "prediction_id" in first, first
+        await service.flush()
+        code, out = await sira("admin", "subject", "forget", "--customer", person, "--reason", "asked", "--json")
+        assert code == 0, out.err
+        monkeypatch.setattr(erasure, "forget_outside", redis_down)
+        code, out = await sira("admin-b", "subject", "forget", "--customer", person, "--approve",
+                               str(json.loads(out.out)["request_id"]), "--json")
+        assert code == 1 and "erasure_incomplete" in out.err, out.err
+        for _ in range(200):  # the erasure's notification reaches the replica's listener
+            if not len(service.answers):
+                break
+            await asyncio.sleep(0.05)
+        assert not len(service.answers)
+        replayed = (await client.post("/v1/score", json=request, headers=headers)).json()
+    assert "prediction_id" in replayed, replayed
+    assert replayed["replayed"] is False and replayed["scored_at"] != first["scored_at"]
