@@ -106,7 +106,7 @@ def poster_of(identity: Any) -> str | None:
     """Whose dead letters ``identity`` (an :class:`~sira.core.auth.Identity`, or None: the local user before any
     key exists) may read: None for every one (admin, the local user), else its own name: a service key reads the
     dead letters of the records it posted, never another caller's nor a stream's or a file's (other producers'
-    records; it read those until 2026-12-08, and `sira rejected` with a service key read every one)."""
+    records; it read those until 2026-12-07, and `sira rejected` with a service key read every one)."""
     return None if identity is None or "admin" in identity.roles else identity.name
 
 

@@ -1,6 +1,6 @@
 """GET /v1/events/rejected and `sira rejected` answer a service key the dead letters of the events and labels it
 posted, never another API caller's (they were answered until 2026-12-07) nor a stream's or a file's (other
-producers' records: answered until 2026-12-08, and `sira rejected` with a service key listed every one); admin
+producers' records: answered until 2026-12-07, and `sira rejected` with a service key listed every one); admin
 reads them all (sql/035)."""
 
 import asyncio
