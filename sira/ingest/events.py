@@ -67,8 +67,7 @@ TOO_MANY = "too_many_fields"
 # A dead letter keeps at most MAX_VALUES values of the record sent; an object cut short holds this field with
 # the number of its fields not kept, a list cut short ends with "<cut N items>".
 CUT = "<cut>"
-# ... and at most MAX_KEPT_CHARACTERS characters of its strings (names and values) in all: past them, a string is
-# "<cut N characters>". A thousand values of SIRA_MAX_STRING_LENGTH each kept ~4 MB of one rejected record.
+# ... and MAX_KEPT_CHARACTERS of its strings in all, each one past them "<cut N characters>" (it kept up to ~4 MB)
 MAX_KEPT_CHARACTERS = 65_536
 
 MAX_EVENT_ID = 200  # sira_events.event_id's CHECK (ids of other entities alike)
@@ -445,9 +444,7 @@ def _payload(redactor: Redactor, data: Mapping[str, Any], raw: Mapping[str, Any]
              mapping: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What a rejection keeps: the record as sent (else the event's fields), bounded and redacted, each mapped
     column as the field it is mapped to (under its source name, for replay)."""
-    if raw is None:
-        return redactor.payload(_jsonable(dict(data), max_string_length()))
-    return redactor.payload(_jsonable(dict(raw), max_string_length()), mapping)
+    return redactor.payload(bounded_json(dict(data if raw is None else raw)), None if raw is None else mapping)
 
 
 @dataclass
@@ -455,14 +452,14 @@ class _Budget:
     """Values a dead letter may still keep."""
 
     left: int = MAX_VALUES
-    characters: int = MAX_KEPT_CHARACTERS
+    characters: float = math.inf  # a dead letter's: MAX_KEPT_CHARACTERS (an accepted event's are bounded before)
 
     def text(self, value: str, max_length: int) -> str:
-        """``value`` as a dead letter keeps it: whole while the characters last, else a marker of its length."""
-        if len(value) > max_length:
-            return _too_long(value)
+        """``value`` as kept: whole while the characters last, else a marker of its length."""
+        if len(value) > max_length:  # no two words in a row: the redactor keeps the markers
+            return f"<field_too_long {len(value)} characters>"
         if len(value) > self.characters:
-            return f"<cut {len(value)} characters>"  # no two words in a row: the redactor keeps it
+            return f"<cut {len(value)} characters>"
         self.characters -= len(value)
         return storable_text(value)
 
@@ -472,8 +469,7 @@ def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | Non
     name over ``max_length`` a marker of its length (a dead letter never holds the value itself, nor makes
     the redactor scan it), nesting cut at :data:`MAX_NESTING` levels (valid JSON can nest deeper than
     Python's stack), and fields and list items past ``budget`` (:data:`MAX_VALUES` in all) cut, what was cut
-    counted (:data:`CUT`), strings past :data:`MAX_KEPT_CHARACTERS` in all a marker of their length: the
-    redactor scans what is kept only."""
+    counted (:data:`CUT`), strings past the budget's characters a marker: the redactor scans what is kept."""
     budget = budget or _Budget()
     if isinstance(value, datetime):
         return value.isoformat()
@@ -510,7 +506,7 @@ def _jsonable(value: Any, max_length: int, depth: int = 0, budget: _Budget | Non
 
 def bounded_json(value: Any) -> Any:
     """A record as a dead letter may keep it (see :func:`_jsonable`), before redaction."""
-    return _jsonable(value, max_string_length())
+    return _jsonable(value, max_string_length(), budget=_Budget(characters=MAX_KEPT_CHARACTERS))
 
 
 def storable_text(text: str) -> str:
@@ -518,10 +514,6 @@ def storable_text(text: str) -> str:
     if text_problem(text) is None:
         return text
     return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in text)
-
-
-def _too_long(text: str) -> str:
-    return f"<field_too_long {len(text)} characters>"  # no two words in a row: the redactor keeps it
 
 
 def _rejection(

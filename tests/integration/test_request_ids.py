@@ -88,6 +88,6 @@ async def test_sira_apis_access_log_keeps_no_callers_text_from_the_path(clean_db
         server.terminate()
         said = server.communicate(timeout=30)[1]
     assert "jane.doe" not in said and "example.com" not in said, said
-    assert '"GET (a path no route takes, 35 characters) HTTP/1.1" 404' in said, said
+    assert '"GET (a path no route takes, 34 characters) HTTP/1.1" 404' in said, said
     assert '"GET /v1/audit?limit=5&(+1 undeclared) HTTP/1.1" 422' in said, said
     assert '"GET /v1/audit?limit=5 HTTP/1.1" 200' in said, said

@@ -327,3 +327,15 @@ def test_a_dead_letter_keeps_a_bounded_number_of_characters():
     assert len(stored) < MAX_KEPT_CHARACTERS + 50_000, len(stored)
     assert kept["event_id"] == BASE["event_id"] and kept["meta"][0].startswith("0000")  # the start is kept whole
     assert kept["meta"][-1] == "<cut 4004 characters>"
+
+
+def test_an_accepted_events_attributes_are_kept_whole_whatever_their_length_in_all():
+    """The dead letters' character budget is theirs: 64 attributes of 4,000 characters each (256,000 in all) are
+    an accepted event's data, kept whole."""
+    from sira.ingest.events import MAX_KEPT_CHARACTERS
+
+    extra = {f"note{i}": f"{i:02d}" + "z" * 3_998 for i in range(64)}
+    assert sum(map(len, extra.values())) > MAX_KEPT_CHARACTERS
+    row = normalize({**BASE, **extra}, R, "t")
+    assert not isinstance(row, Rejection), row
+    assert row["attributes"]["note63"] == "63" + "z" * 3_998
