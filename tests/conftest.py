@@ -711,3 +711,16 @@ async def client_and_keys(clean_db, settings):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sira") as client:
             yield client, {"admin": {"Authorization": f"Bearer {admin}"},
                            "operator": {"Authorization": f"Bearer {operator}"}}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """A Kafka-protocol broker (tansu, tests/integration/test_kafka.py) on a free port, for a module's tests (its
+    Kafka and Kafka-fault tests): its bootstrap address. Skips, naming the package, where it is not installed."""
+    from tests.integration.test_kafka import free_port, start_tansu
+
+    port = free_port()
+    proc = start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log", port)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -52,15 +52,6 @@ def start_tansu(log: Path, port: int, advertised: int | None = None) -> subproce
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    port = free_port()
-    proc = start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log", port)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def topics(broker: str, *names: str, partitions: int = 2) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 

@@ -80,15 +80,6 @@ class Proxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    port = free_port()
-    proc = start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log", port)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 @pytest.fixture
 def proxied(tmp_path):
     """tansu behind a :class:`Proxy` (the address it advertises is the proxy's): (bootstrap, proxy)."""
