@@ -12,14 +12,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 
 from sira.core import db
 from sira.core.errors import Conflict
-from sira.serving.replica import CLOCK_SKEW_S, Replica
+from sira.serving.replica import Replica
 from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 
@@ -118,14 +117,6 @@ def _cached(value: bytes) -> dict[str, Any]:
     return orjson.loads(value)  # type: ignore[no-any-return]
 
 
-def _given_at(answer: dict[str, Any]) -> float:
-    """When an answer was given (its ``scored_at``), in seconds since the epoch; 0 when it does not say."""
-    try:
-        return datetime.fromisoformat(answer["scored_at"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return 0.0
-
-
 ANSWERS_CHANNEL = "sira_answers"  # NOTIFY: a replica gave answers it could not write to Redis, or ...
 # ... an erasure: every replica drops every answer it holds in memory (:meth:`Answers.on_gap`). All, not the
 # person's: the payload names nobody (as the erasure's other notifications), and an answer of theirs still
@@ -210,9 +201,10 @@ class Answers:
         self.gaps = 0  # answers this replica gave and could not write to Redis (counted; the marker moves next)
         self._gaps_covered = 0  # ... the count the last marker move covered
         self.distrust_until = 0.0  # another replica's answers missed Redis: PostgreSQL until the marker moves
-        # when an erasure was last notified: an answer Redis holds from before it is asked of PostgreSQL instead
-        # (the erasure deletes the person's from Redis after its commit, and not at all while Redis is down)
-        self.forgotten_at = 0.0
+        # the request ids of erased people whose answers Redis may still hold (the erasure deletes them after its
+        # commit, and not at all while Redis is down: `cleanup`, until it has), read on each erasure's notification
+        self.forgotten: frozenset[str] = frozenset()
+        self._forgetting: asyncio.Task | None = None
         self._trusted_from: dict[tuple[str, float], float] = {}  # (model, marker) -> when misses are new requests
         self._checking: set[tuple[str, float]] = set()
         self.evicting: bool | None = None  # Redis may evict answers (None: not known yet)
@@ -330,12 +322,11 @@ class Answers:
                     r.redis_breaker.failed(exc)
             if cached is None:
                 degraded.add("cache_unavailable")
-        before_erasure = self._before_erasure(cached) if cached else []
-        for key in before_erasure:
+        erased = await self._erased(cached) if cached else []
+        for key in erased:
             del cached[key]  # type: ignore[union-attr]
         missed = [k for k in keys if cached is None or k not in cached]
-        if not missed or (cached is not None and not before_erasure
-                          and self._complete(marker, {m for m, _ in missed})):
+        if not missed or (cached is not None and not erased and self._complete(marker, {m for m, _ in missed})):
             return cached or {}
         found = await (self._claim_stored(missed, digests) if claim else self._stored(missed))
         if found is None:
@@ -344,15 +335,17 @@ class Answers:
             found = {}
         return {**found, **(cached or {})}
 
-    def _before_erasure(self, cached: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str]]:
-        """The answers Redis gave that were given before the last erasure (or may have been: the clocks'
-        skew): PostgreSQL, whose rows of the person are gone, answers for them (a retry of an erased person's
-        request was answered from Redis until its keys were deleted after the commit, or for the idempotency
-        window when Redis was down then)."""
-        if not self.forgotten_at:
+    async def _erased(self, cached: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str]]:
+        """The answers Redis gave of an erased person's request ids (:attr:`forgotten`, waited for while they are
+        read): PostgreSQL, whose rows of theirs are gone, answers for them (a retry of their request id was
+        replayed from Redis until the erasure deleted the keys after its commit, or for the idempotency window
+        when Redis was down then). Only theirs: another answer may still be in a replica's spool only."""
+        if self._forgetting is not None and not self._forgetting.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._forgetting), self.replica.config.db_timeout_s)
+        if not self.forgotten:
             return []
-        until = self.forgotten_at + CLOCK_SKEW_S
-        return [key for key, answer in cached.items() if CLAIMED not in answer and _given_at(answer) <= until]
+        return [key for key, answer in cached.items() if CLAIMED not in answer and key[1] in self.forgotten]
 
     async def _claim_stored(self, keys: list[tuple[str, str]],
                             digests: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]] | None:
@@ -502,10 +495,24 @@ class Answers:
         self._trusted_from.clear()
 
     def forget(self) -> None:
-        """A person was erased (or may have been, unnoticed): no answer given before now is replayed from this
-        replica's memory or from Redis without PostgreSQL's word (:meth:`_before_erasure`)."""
+        """A person was erased (or may have been, unnoticed: the listener was away): no answer this replica holds
+        in memory is replayed, nor one Redis holds of a request id an erasure has not removed from it yet."""
         self.recent.clear()
-        self.forgotten_at = time.time()
+        self._forgetting = self.replica.spawn(self._read_forgotten(), "answers-forgotten")
+
+    async def _read_forgotten(self) -> None:
+        """:attr:`forgotten`: the request ids the executed erasures have still to remove from Redis (kept as
+        they were unless PostgreSQL answers)."""
+        r = self.replica
+        try:
+            async with r.pool.acquire(timeout=r.config.db_timeout_s) as conn:
+                ids = await conn.fetchval(
+                    """SELECT coalesce(array_agg(DISTINCT r.request_id), '{}') FROM sira_erasure_requests e,
+                              jsonb_array_elements_text(e.cleanup->'request_ids') AS r(request_id)
+                        WHERE e.status = 'executed' AND e.cleanup IS NOT NULL""", timeout=r.config.db_timeout_s)
+            self.forgotten = frozenset(ids)
+        except Exception as exc:  # noqa: BLE001 - an outage: the next notification or reconnect reads them
+            log.warning("the erased request ids could not be read: %s", type(exc).__name__)
 
     async def _stored(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]] | None:
         """The production answers of these (model, request id) within the idempotency window in
