@@ -213,11 +213,14 @@ LABEL_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 def get_feature_set(name: str = "payments", version: int | None = None) -> FeatureSet:
     """A registered feature set (its current version when none is given)."""
     versions = sorted(v for n, v in FEATURE_SETS if n == name)
-    if not versions:
-        raise InvalidInput(f"unknown feature set {name!r}")
+    if not versions:  # one code for a name and a version there is not (an unknown name was invalid_input)
+        known = sorted({n for n, _ in FEATURE_SETS})
+        raise InvalidInput(f"unknown feature set {name!r} (feature sets: {', '.join(known)})",
+                           code="unknown_feature_set", details={"feature_set": name, "feature_sets": known})
     version = CURRENT_VERSIONS.get(name, versions[-1]) if version is None else version
     if (name, version) not in FEATURE_SETS:
-        raise InvalidInput(f"feature set {name!r} has no version {version}")
+        raise InvalidInput(f"feature set {name} has no version {version} (versions: {', '.join(map(str, versions))})",
+                           code="unknown_feature_set", details={"feature_set": name, "versions": versions})
     return FEATURE_SETS[(name, version)]
 
 

@@ -90,6 +90,19 @@ async def test_an_unknown_feature_set_version_is_one_code_naming_the_body_field(
     assert e["code"] == "unknown_feature_set" and e["details"]["field"] == "feature_set_version", e  # not feature_set
 
 
+async def test_an_unknown_feature_set_name_is_the_same_code_as_an_unknown_version_in_the_cli(api, monkeypatch, capsys):
+    """`--feature-set nosuch@1` was invalid_input, `--feature-set payments@9` unknown_feature_set: a script could not
+    rely on one code for "no such feature set" (2026-12-07 training review)."""
+    client, keys, env = api
+    assert (await client.post("/v1/models", json={"name": "m11"}, headers=keys["admin"])).status_code == 201
+    for named, says in (("payments@9", "feature set payments has no version 9 (versions: 1, 2)"),
+                        ("nosuch@1", "unknown feature set 'nosuch' (feature sets: payments)")):
+        done = await sira(monkeypatch, capsys, env, "models", "update", "m11", "--feature-set", named)
+        assert (done.returncode, done.stderr) == (2, f"error: unknown_feature_set: {says}\n"), named
+    done = await sira(monkeypatch, capsys, env, "features", "show", "customer", "c1", "--feature-set", "nosuch")
+    assert done.stderr.startswith("error: unknown_feature_set: unknown feature set 'nosuch'"), done.stderr
+
+
 async def test_a_bad_format_is_invalid_request_over_http_and_in_the_cli(api, clean_db, settings, monkeypatch, capsys):
     client, keys, env = api
     await make_version(clean_db, settings, 1)
