@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,9 @@ def tail_with_positives(order: np.ndarray, y: np.ndarray, share: float, min_posi
     return min(count, n - 1) if n > 1 else n
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _time_boundary(times: np.ndarray, cut: int) -> int:
     """``cut`` moved to where ``times`` (sorted) changes, so rows of one time are never on both sides of it:
     back to the first row of its time (the later window takes the tie), else forward past the last."""
@@ -280,7 +284,11 @@ def split_dataset(ds: Dataset, *, seed: int, valid_share: float = VALID_SHARE, t
         rest = order[:cut]
         v_cut = _time_boundary(times[:cut], cut - tail_with_positives(rest, ds.matrix.y, valid_share / (1 - test_share)))
         train, valid, test = rest[:v_cut], rest[v_cut:], order[cut:]
-        windows = {name: {"from": int(ds.times[idx].min()), "to": int(ds.times[idx].max())}
+        # times of the epoch (a timestamp column, epoch seconds or milliseconds) as ISO 8601, as a feature-store
+        # run's windows (they were microseconds since the epoch); an ordering from the data's start as it is
+        epoch = str((ds.fingerprint.get("time_column") or {}).get("read_as", "")).startswith(("epoch", "timestamps"))
+        bound = (lambda us: (EPOCH + timedelta(microseconds=int(us))).isoformat()) if epoch else int
+        windows = {name: {"from": bound(ds.times[idx].min()), "to": bound(ds.times[idx].max())}
                    for name, idx in (("train", train), ("validation", valid), ("test", test)) if idx.size}
         split = Split(np.sort(train), np.sort(valid), np.sort(test), "time", windows)
     else:

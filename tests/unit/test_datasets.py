@@ -74,6 +74,22 @@ def test_a_numeric_time_column_orders_the_time_split(tmp_path, values, read_as):
     assert set(split.test.tolist()) == set(order[-split.test.size:].tolist())
     if read_as == "epoch seconds":
         assert datetime.utcfromtimestamp(ds.times.min() / 1e6) == datetime(2026, 8, 29, 10, 40)
+    # the split's windows as a person reads them: ISO 8601 for times of the epoch (they were microseconds since
+    # it, 1789452000000000), the column's own ordering for seconds from the data's start
+    first = split.windows["train"]["from"]
+    if read_as.startswith("epoch"):
+        assert first == "2026-08-29T10:40:00+00:00", split.windows
+    else:
+        assert first == 0, split.windows
+
+
+def test_a_timestamp_columns_windows_are_iso_8601(tmp_path):
+    pq.write_table(table(), tmp_path / "t.parquet")
+    ds = load_table_dataset([tmp_path / "t.parquet"], label="label", time_col="when", id_col="id")
+    windows = split_dataset(ds, seed=1).windows
+    assert windows["train"]["from"] == "2026-01-01T00:00:00+00:00"
+    assert {tuple(w) for w in windows.values()} == {("from", "to")} and all(
+        isinstance(v, str) for w in windows.values() for v in w.values())
 
 
 def test_a_time_column_that_is_neither_time_nor_number_is_refused(tmp_path):
