@@ -138,6 +138,11 @@ async def training_windows(
                            f"{end:%Y-%m-%d}; set {TRAINING_FLAGS}", code="empty_window")
     span = end - start
     t_from = test_from or (end - timedelta(days=test_days) if test_days else end - span / 4)
+    if test_days and not test_from and t_from <= start:  # said as such (it was "the windows are out of order")
+        raise InvalidInput(f"--test-days {test_days:g} leaves no training window: the usable events span "
+                           f"{_day(start)}..{_day(end)} ({span.total_seconds() / 86_400:.1f} days); set fewer "
+                           f"--test-days, or {TRAINING_FLAGS}", code="empty_window",
+                           details={"field": "test_days", "span_days": round(span.total_seconds() / 86_400, 1)})
     if train_to is not None and explicit_label_delay:
         raise InvalidInput("--label-delay sets the gap before the test window when --train-to does not: with "
                            "--train-to the gap is --train-to..--test-from; give one of them", code="invalid_option")

@@ -195,3 +195,14 @@ def test_an_explicit_label_delay_is_the_gap_and_the_dry_run_says_what_set_it(cle
                            "--dry-run", "--as-of", "2026-10-11")
     assert "2026-10-11T00:00 (--as-of)" in " ".join(dated.stderr.split()), dated.stderr
     assert run_sync(fetch_rows(pg_dsn, "SELECT name FROM sira_models")) == []
+
+
+async def test_more_test_days_than_the_data_holds_is_said_as_such(clean_db, settings):
+    """`sira train --dry-run --test-days 40` on 35 days of data said "the windows are out of order (train
+    2026-09-01 00:01..2026-08-22 15:00, ...)": not that the test window is longer than the data (training review)."""
+    await load_payments(clean_db)
+    with pytest.raises(InvalidInput) as caught:
+        await run_training(settings, TrainRequest(model="longtest", label_maturity_days=5, as_of=CUTOFF,
+                                                  num_threads=1, test_days=400, dry_run=True))
+    assert caught.value.code == "empty_window" and caught.value.details["field"] == "test_days"
+    assert caught.value.message.startswith("--test-days 400 leaves no training window: the usable events span ")
