@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import typer
 from sira.cli.common import ApiKeyOption, JsonOption, acting, emit, err, group
 from sira.core.config import get_settings
 from sira.core.errors import EXIT_FAILURE, InvalidInput
+from sira.core.ray_runtime import IGNORE_GITIGNORE, MAX_UPLOAD_BYTES
 
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,89}")  # a key's name is job-<id>, at most 100
 jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster.\n\nEach job acts with a short-lived key of its own.")
@@ -126,18 +128,21 @@ def jobs_submit_cmd(
     settings = get_settings()
     kind = job_kind(job)
     root = _job_root(working_dir)
-    client = job_client(address)
-    dsn = db.resolve_dsn(settings)
     job_args = list(job_args or [])
     if as_json and wait and job != "stream" and "--json" not in job_args:
         job_args.append("--json")  # the job's own result, one JSON object, comes back in the answer's `result`
-    uploads = job_files(root, job_args)  # before a key is minted: a job that cannot find its input
+    # before Ray is asked or a key minted: a job that cannot find its input, an upload Ray would refuse
+    uploads = job_files(root, job_args)
+    excludes = working_dir_excludes(root, uploads)
+    check_upload(root, excludes, read_gitignore=not uploads)
+    client = job_client(address)
+    dsn = db.resolve_dsn(settings)
     cpus = kind.driver_cpus if entrypoint_num_cpus is None else entrypoint_num_cpus
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
     entrypoint = shlex.join(["python", kind.script, *job_args])
     try:
         submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
-            "working_dir": str(root), "excludes": working_dir_excludes(root, uploads),
+            "working_dir": str(root), "excludes": excludes,
             "env_vars": code_env(job_env_vars(settings, dsn, key), root)}, read_gitignore=not uploads,
             **({"entrypoint_num_cpus": cpus} if cpus else {}))
     except BaseException:
@@ -170,6 +175,68 @@ def jobs_submit_cmd(
     if status.value == "SUCCEEDED":
         return 0
     return info.driver_exit_code or EXIT_FAILURE
+
+
+def upload_files(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> Iterator[tuple[str, int]]:
+    """The files Ray packages from a job's working dir ``root`` (its path relative to ``root``, its bytes), one at a
+    time as found: what ``excludes`` (gitignore patterns relative to ``root``), each folder's ``.rayignore`` and, with
+    ``read_gitignore``, each folder's ``.gitignore`` leave, decided as Ray's packaging decides (a path matched is
+    left out, a folder matched is not entered, symbolic links are followed)."""
+    from pathspec import PathSpec
+
+    names = ((".gitignore",) if read_gitignore and os.environ.get(IGNORE_GITIGNORE, "0") != "1" else ()) + (".rayignore",)
+
+    def walk(folder: Path, rules: list[tuple[Path, PathSpec]], seen: frozenset[tuple[int, int]]
+             ) -> Iterator[tuple[str, int]]:
+        for name in names:
+            if (folder / name).is_file():
+                lines = (folder / name).read_text(errors="replace").splitlines()
+                rules = [*rules, (folder, PathSpec.from_lines("gitwildmatch", lines))]
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if any(spec.match_file(str(path.relative_to(base))) for base, spec in rules):
+                continue
+            try:
+                if entry.is_dir():
+                    node = (entry.stat().st_dev, entry.stat().st_ino)
+                    if node not in seen:  # a link back up the tree: Ray would loop, the walk does not
+                        yield from walk(path, rules, seen | {node})
+                elif entry.is_file():
+                    yield str(path.relative_to(root)), entry.stat().st_size
+            except OSError:  # gone meanwhile, unreadable: Ray's packaging says so itself
+                continue
+
+    yield from walk(root, [(root, PathSpec.from_lines("gitwildmatch", excludes))], frozenset())
+
+
+def check_upload(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> None:
+    """Refuse a working dir Ray would refuse (its job server takes at most :data:`MAX_UPLOAD_BYTES`; until
+    2026-12-07 a large untracked file failed the submission as ``internal`` after the job's key was minted): one
+    line, ``upload_too_large``, naming the largest files found and how to leave them out. The walk stops as soon
+    as the files found hold more than the limit (their size before Ray compresses them)."""
+    import heapq
+
+    total, largest = 0, list[tuple[int, str]]()
+    for path, size in upload_files(root, excludes, read_gitignore=read_gitignore):
+        total += size
+        heapq.heappush(largest, (size, path))
+        if len(largest) > 3:
+            heapq.heappop(largest)
+        if total > MAX_UPLOAD_BYTES:
+            break
+    if total <= MAX_UPLOAD_BYTES:
+        return
+    named = sorted(largest, reverse=True)
+    files = ", ".join(f"{path} ({size / 2**20:,.1f} MiB)" for size, path in named)
+    raise InvalidInput(f"the job's working dir {root} holds over {MAX_UPLOAD_BYTES // 2**20} MiB to upload (Ray takes "
+                       f"at most that), largest: {files}; leave them out with a line each in {root}/.rayignore "
+                       f"(e.g. {named[0][1]}), or pass a smaller --working-dir", code="upload_too_large",
+                       details={"bytes_found": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})
 
 
 def job_result(logs: str) -> dict[str, Any] | None:
@@ -208,14 +275,14 @@ def jobs_runtime_env_cmd(
     import yaml
 
     from sira.core import db
-    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_env_vars, job_kind
+    from sira.core.ray_runtime import job_env_vars, job_kind, working_dir_excludes
 
     settings = get_settings()
     kind = job_kind(job)
     name = f"{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, name, key_ttl))
     root = _job_root(None)
-    env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
+    env = {"working_dir": str(root), "excludes": working_dir_excludes(root),
            "env_vars": code_env(job_env_vars(settings, db.resolve_dsn(settings), key), root)}
     sys.stdout.write(f"# runtime env for one `{job}` job" + (f", acting as {key_name}" if key_name else "")
                      + "; made by `sira jobs runtime-env`\n" + yaml.safe_dump(env, sort_keys=True))

@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 # attribute 'core'": the training set and batch scoring in the full suite). ~0.3 s per worker process.
 WORKER_SETUP_HOOK = "sira.features.engine.prepare_worker"
 
-# Folders that never travel with `--working-dir` uploads.
+# Folders that never travel with `--working-dir` uploads (cluster.yaml's rsync_exclude holds them too).
 WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/",
                         ".hypothesis/"]
+# Tools' caches, left out too whether or not a .gitignore is read: a 145 MB .mypy_cache made Ray refuse the upload
+# (413) after the job's key was minted.
+CACHE_EXCLUDES = [".mypy_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/"]
 
 
 LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -569,16 +572,16 @@ def job_files(root: Path, args: Sequence[str]) -> list[str]:
 
 
 def working_dir_excludes(root: Path, included: Sequence[str] = ()) -> list[str]:
-    """What a job's working-dir upload leaves out: :data:`WORKING_DIR_EXCLUDES`, except the ``included`` files
-    (:func:`job_files`). Ray reads the working dir's ``.gitignore`` on its own, and nothing in ``excludes`` can
+    """What a job's working-dir upload leaves out: :data:`WORKING_DIR_EXCLUDES` and :data:`CACHE_EXCLUDES`, except
+    the ``included`` files (:func:`job_files`). Ray reads the working dir's ``.gitignore`` on its own, and nothing in ``excludes`` can
     take back what it leaves out (SIRA's leaves out data/): with files to include, its patterns come first here
     and :func:`submit_job` (``read_gitignore=False``) tells Ray not to read it."""
     if not included:
-        return list(WORKING_DIR_EXCLUDES)
+        return [*WORKING_DIR_EXCLUDES, *CACHE_EXCLUDES]
     ignore = root / ".gitignore"
     lines = ignore.read_text(errors="replace").splitlines() if ignore.is_file() else []
     own = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [*own, *WORKING_DIR_EXCLUDES, *(f"!/{_literal(p)}" for p in included)]
+    return [*own, *WORKING_DIR_EXCLUDES, *CACHE_EXCLUDES, *(f"!/{_literal(p)}" for p in included)]
 
 
 def _literal(path: str) -> str:
