@@ -236,7 +236,7 @@ def check_upload(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -
     raise InvalidInput(f"the job's working dir {root} holds over {MAX_UPLOAD_BYTES // 2**20} MiB to upload (Ray takes "
                        f"at most that), largest: {files}; leave them out with a line each in {root}/.rayignore "
                        f"(e.g. {named[0][1]}), or pass a smaller --working-dir", code="upload_too_large",
-                       details={"bytes_found": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})
+                       details={"bytes": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})
 
 
 def job_result(logs: str) -> dict[str, Any] | None:
