@@ -4,15 +4,9 @@ outputs, URLs, paths outside the working dir and oversized uploads are refused w
 
 import pytest
 
+from sira.cli.jobs import MAX_UPLOAD_BYTES, job_files, working_dir_excludes
 from sira.core.errors import InvalidInput, NotFound
-from sira.core.ray_runtime import (
-    CACHE_EXCLUDES,
-    JOBS,
-    MAX_UPLOAD_BYTES,
-    WORKING_DIR_EXCLUDES,
-    job_files,
-    working_dir_excludes,
-)
+from sira.core.ray_runtime import CACHE_EXCLUDES, JOBS, WORKING_DIR_EXCLUDES
 
 
 def checkout(tmp_path):

@@ -4,8 +4,7 @@ submission after the job's key was made, `error: internal: RuntimeError: ... 413
 
 from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 
-from sira.cli.jobs import upload_files
-from sira.core.ray_runtime import MAX_UPLOAD_BYTES, working_dir_excludes
+from sira.cli.jobs import MAX_UPLOAD_BYTES, upload_files, working_dir_excludes
 
 
 def tree(root, files):
