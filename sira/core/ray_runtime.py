@@ -76,6 +76,30 @@ def free_port(default: int) -> int:
         return probe.getsockname()[1]
 
 
+def metrics_port(given: int | None) -> int:
+    """The local Ray's metrics port: ``SIRA_RAY_METRICS_PORT`` (``given``), refused at once when taken (Ray waited
+    ~40 s for its agent and failed, "The current node timed out during startup", exit 1, until 2026-12-07),
+    else :data:`METRICS_PORT` where free, else one the kernel hands out."""
+    import errno
+    import socket
+
+    from sira.core.errors import ConfigError
+
+    if given is None:
+        return free_port(METRICS_PORT)
+    with socket.socket() as probe:  # as `sira serve` checks its port (sira.cli.serve.ensure_port_free)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", given))
+        except OSError as exc:
+            used = exc.errno == errno.EADDRINUSE
+            raise ConfigError(f"SIRA_RAY_METRICS_PORT {given} " + ("is in use (another SIRA's Ray, or another program)"
+                              if used else f"cannot be listened on ({exc.strerror})") + ": free it, name another "
+                              "port, or unset it (8090, else a free port)", code="port_in_use" if used
+                              else "port_unavailable", details={"host": "0.0.0.0", "port": given}) from None
+    return given
+
+
 def haproxy_ports() -> dict[str, str]:
     """The ports of a local Serve's HAProxy listeners and of its backup server (the fallback proxy): ports the
     kernel hands to this Ray, never the defaults another local Serve may bind first. What is set in the
@@ -164,7 +188,8 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in LOCAL_SERVE_ENV.items():
             os.environ.setdefault(name, value)
-        kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port or free_port(METRICS_PORT))
+        if "_metrics_export_port" not in kwargs:
+            kwargs["_metrics_export_port"] = metrics_port(settings.ray_metrics_port)
         # The ports chosen here are this Ray's: its processes inherit them as Ray starts, and they leave this
         # process's environment after, so a SIRA started from it (a child `sira serve`) chooses its own rather
         # than taking them for the operator's. Serve's proxies (the fallback one) run uvicorn, which believes
