@@ -170,68 +170,6 @@ def jobs_submit_cmd(
     return info.driver_exit_code or EXIT_FAILURE
 
 
-def upload_files(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> Iterator[tuple[str, int]]:
-    """The files Ray packages from a job's working dir ``root`` (its path relative to ``root``, its bytes), one at a
-    time as found: what ``excludes`` (gitignore patterns relative to ``root``), each folder's ``.rayignore`` and, with
-    ``read_gitignore``, each folder's ``.gitignore`` leave, decided as Ray's packaging decides (a path matched is
-    left out, a folder matched is not entered, symbolic links are followed)."""
-    from pathspec import PathSpec
-
-    names = ((".gitignore",) if read_gitignore and os.environ.get(IGNORE_GITIGNORE, "0") != "1" else ()) + (".rayignore",)
-
-    def walk(folder: Path, rules: list[tuple[Path, PathSpec]], seen: frozenset[tuple[int, int]]
-             ) -> Iterator[tuple[str, int]]:
-        for name in names:
-            if (folder / name).is_file():
-                lines = (folder / name).read_text(errors="replace").splitlines()
-                rules = [*rules, (folder, PathSpec.from_lines("gitwildmatch", lines))]
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError:
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            if any(spec.match_file(str(path.relative_to(base))) for base, spec in rules):
-                continue
-            try:
-                if entry.is_dir():
-                    node = (entry.stat().st_dev, entry.stat().st_ino)
-                    if node not in seen:  # a link back up the tree: Ray would loop, the walk does not
-                        yield from walk(path, rules, seen | {node})
-                elif entry.is_file():
-                    yield str(path.relative_to(root)), entry.stat().st_size
-            except OSError:  # gone meanwhile, unreadable: Ray's packaging says so itself
-                continue
-
-    yield from walk(root, [(root, PathSpec.from_lines("gitwildmatch", excludes))], frozenset())
-
-
-def check_upload(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> None:
-    """Refuse a working dir Ray would refuse (its job server takes at most :data:`MAX_UPLOAD_BYTES`; until
-    2026-12-07 a large untracked file failed the submission as ``internal`` after the job's key was minted): one
-    line, ``upload_too_large``, naming the largest files found and how to leave them out. The walk stops as soon
-    as the files found hold more than the limit (their size before Ray compresses them)."""
-    import heapq
-
-    total, largest = 0, list[tuple[int, str]]()
-    for path, size in upload_files(root, excludes, read_gitignore=read_gitignore):
-        total += size
-        heapq.heappush(largest, (size, path))
-        if len(largest) > 3:
-            heapq.heappop(largest)
-        if total > MAX_UPLOAD_BYTES:
-            break
-    if total <= MAX_UPLOAD_BYTES:
-        return
-    named = sorted(largest, reverse=True)
-    files = ", ".join(f"{path} ({size / 2**20:,.1f} MiB)" for size, path in named)
-    raise InvalidInput(f"the job's working dir {root} holds over {MAX_UPLOAD_BYTES // 2**20} MiB to upload (Ray takes "
-                       f"at most that), largest: {files}; leave them out with a line each in {root}/.rayignore "
-                       f"(e.g. {named[0][1]}), or pass a smaller --working-dir", code="upload_too_large",
-                       details={"bytes": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})
-
-
 def job_result(logs: str) -> dict[str, Any] | None:
     """The one JSON object a ``--json`` job printed (its stdout, among its stderr lines in the job's logs): the
     last line that is one; None when the job printed none (it failed before its result)."""
@@ -383,3 +321,65 @@ def working_dir_excludes(root: Path, included: Sequence[str] = ()) -> list[str]:
 def _literal(path: str) -> str:
     """A path as a gitignore pattern that matches it alone: its wildcard characters escaped."""
     return re.sub(r"([][*?!#\\])", r"\\\1", path)
+
+
+def upload_files(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> Iterator[tuple[str, int]]:
+    """The files Ray packages from a job's working dir ``root`` (its path relative to ``root``, its bytes), one at a
+    time as found: what ``excludes`` (gitignore patterns relative to ``root``), each folder's ``.rayignore`` and, with
+    ``read_gitignore``, each folder's ``.gitignore`` leave, decided as Ray's packaging decides (a path matched is
+    left out, a folder matched is not entered, symbolic links are followed)."""
+    from pathspec import PathSpec
+
+    names = ((".gitignore",) if read_gitignore and os.environ.get(IGNORE_GITIGNORE, "0") != "1" else ()) + (".rayignore",)
+
+    def walk(folder: Path, rules: list[tuple[Path, PathSpec]], seen: frozenset[tuple[int, int]]
+             ) -> Iterator[tuple[str, int]]:
+        for name in names:
+            if (folder / name).is_file():
+                lines = (folder / name).read_text(errors="replace").splitlines()
+                rules = [*rules, (folder, PathSpec.from_lines("gitwildmatch", lines))]
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if any(spec.match_file(str(path.relative_to(base))) for base, spec in rules):
+                continue
+            try:
+                if entry.is_dir():
+                    node = (entry.stat().st_dev, entry.stat().st_ino)
+                    if node not in seen:  # a link back up the tree: Ray would loop, the walk does not
+                        yield from walk(path, rules, seen | {node})
+                elif entry.is_file():
+                    yield str(path.relative_to(root)), entry.stat().st_size
+            except OSError:  # gone meanwhile, unreadable: Ray's packaging says so itself
+                continue
+
+    yield from walk(root, [(root, PathSpec.from_lines("gitwildmatch", excludes))], frozenset())
+
+
+def check_upload(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> None:
+    """Refuse a working dir Ray would refuse (its job server takes at most :data:`MAX_UPLOAD_BYTES`; until
+    2026-12-07 a large untracked file failed the submission as ``internal`` after the job's key was minted): one
+    line, ``upload_too_large``, naming the largest files found and how to leave them out. The walk stops as soon
+    as the files found hold more than the limit (their size before Ray compresses them)."""
+    import heapq
+
+    total, largest = 0, list[tuple[int, str]]()
+    for path, size in upload_files(root, excludes, read_gitignore=read_gitignore):
+        total += size
+        heapq.heappush(largest, (size, path))
+        if len(largest) > 3:
+            heapq.heappop(largest)
+        if total > MAX_UPLOAD_BYTES:
+            break
+    if total <= MAX_UPLOAD_BYTES:
+        return
+    named = sorted(largest, reverse=True)
+    files = ", ".join(f"{path} ({size / 2**20:,.1f} MiB)" for size, path in named)
+    raise InvalidInput(f"the job's working dir {root} holds over {MAX_UPLOAD_BYTES // 2**20} MiB to upload (Ray takes "
+                       f"at most that), largest: {files}; leave them out with a line each in {root}/.rayignore "
+                       f"(e.g. {named[0][1]}), or pass a smaller --working-dir", code="upload_too_large",
+                       details={"bytes": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})

@@ -508,7 +508,7 @@ def submit_job(client: Any, *, agent_wait_s: float = 90.0, read_gitignore: bool 
     """``client.submit_job(**job)``, waiting out a head that has just started (its job agent not up yet:
     Ray answers 500 "No available agent") instead of failing; Ray's packaging chatter kept off stderr.
     ``read_gitignore`` False: Ray leaves the working dir's ``.gitignore`` unread while it packages it (its
-    patterns are in ``excludes`` already: :func:`working_dir_excludes`)."""
+    patterns are in ``excludes`` already: :func:`sira.cli.jobs.working_dir_excludes`)."""
     import time
 
     quiet = logging.getLogger("ray")
