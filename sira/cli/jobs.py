@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import typer
 from sira.cli.common import ApiKeyOption, JsonOption, acting, emit, err, group
 from sira.core.config import get_settings
 from sira.core.errors import EXIT_FAILURE, InvalidInput
+from sira.core.ray_runtime import CACHE_EXCLUDES, IGNORE_GITIGNORE, WORKING_DIR_EXCLUDES
 
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,89}")  # a key's name is job-<id>, at most 100
 jobs_app = group("jobs", "Submit SIRA's Ray jobs to a cluster.\n\nEach job acts with a short-lived key of its own.")
@@ -109,14 +111,7 @@ def jobs_submit_cmd(
     import uuid
 
     from sira.core import db
-    from sira.core.ray_runtime import (
-        job_client,
-        job_env_vars,
-        job_files,
-        job_kind,
-        submit_job,
-        working_dir_excludes,
-    )
+    from sira.core.ray_runtime import job_client, job_env_vars, job_kind, submit_job
 
     if submission_id is None:
         submission_id = f"sira-{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
@@ -126,18 +121,21 @@ def jobs_submit_cmd(
     settings = get_settings()
     kind = job_kind(job)
     root = _job_root(working_dir)
-    client = job_client(address)
-    dsn = db.resolve_dsn(settings)
     job_args = list(job_args or [])
     if as_json and wait and job != "stream" and "--json" not in job_args:
         job_args.append("--json")  # the job's own result, one JSON object, comes back in the answer's `result`
-    uploads = job_files(root, job_args)  # before a key is minted: a job that cannot find its input
+    # before Ray is asked or a key minted: a job that cannot find its input, an upload Ray would refuse
+    uploads = job_files(root, job_args)
+    excludes = working_dir_excludes(root, uploads)
+    check_upload(root, excludes, read_gitignore=not uploads)
+    client = job_client(address)
+    dsn = db.resolve_dsn(settings)
     cpus = kind.driver_cpus if entrypoint_num_cpus is None else entrypoint_num_cpus
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, submission_id, key_ttl))
     entrypoint = shlex.join(["python", kind.script, *job_args])
     try:
         submit_job(client, entrypoint=entrypoint, submission_id=submission_id, runtime_env={
-            "working_dir": str(root), "excludes": working_dir_excludes(root, uploads),
+            "working_dir": str(root), "excludes": excludes,
             "env_vars": code_env(job_env_vars(settings, dsn, key), root)}, read_gitignore=not uploads,
             **({"entrypoint_num_cpus": cpus} if cpus else {}))
     except BaseException:
@@ -208,14 +206,14 @@ def jobs_runtime_env_cmd(
     import yaml
 
     from sira.core import db
-    from sira.core.ray_runtime import WORKING_DIR_EXCLUDES, job_env_vars, job_kind
+    from sira.core.ray_runtime import job_env_vars, job_kind
 
     settings = get_settings()
     kind = job_kind(job)
     name = f"{job.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     key, key_name = asyncio.run(_mint_job_key(settings, api_key, kind.actions, name, key_ttl))
     root = _job_root(None)
-    env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
+    env = {"working_dir": str(root), "excludes": working_dir_excludes(root),
            "env_vars": code_env(job_env_vars(settings, db.resolve_dsn(settings), key), root)}
     sys.stdout.write(f"# runtime env for one `{job}` job" + (f", acting as {key_name}" if key_name else "")
                      + "; made by `sira jobs runtime-env`\n" + yaml.safe_dump(env, sort_keys=True))
@@ -244,3 +242,144 @@ def release_job_key() -> None:
     except Exception as exc:  # noqa: BLE001 - the key still expires at its TTL; say so, do not fail the job
         logging.getLogger(__name__).warning("could not revoke this job's key (%s); it expires at its TTL",
                                             type(exc).__name__)
+
+
+# -- the files a job's options name ---------------------------------------------------------------
+
+# Options of SIRA's jobs that name files. The job runs in its copy of the working dir: a relative input travels
+# with it (uploaded even where WORKING_DIR_EXCLUDES or .gitignore would leave it out), an output must be absolute
+# (a relative one lands in that temporary copy, deleted with it); an absolute path is the nodes' own (a mount).
+INPUT_OPTIONS = ("--data", "--params")
+OUTPUT_OPTIONS = ("--out",)
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # the most Ray's job server takes (a working dir, the files named in it)
+
+
+def option_values(args: Sequence[str], option: str) -> list[str]:
+    """The values a job's options give ``option`` (``--data X`` or ``--data=X``, as often as given)."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            values.append(args[i + 1])
+        elif arg.startswith(f"{option}="):
+            values.append(arg[len(option) + 1:])
+    return values
+
+
+def job_files(root: Path, args: Sequence[str]) -> list[str]:
+    """The inputs a job's options (``args``) name by a relative path, which must travel with its working dir
+    ``root``: as POSIX paths relative to it (a folder with a trailing /), checked first (inside ``root``,
+    present, at most :data:`MAX_UPLOAD_BYTES` in all). A relative output and a URL are refused."""
+    from sira.core.errors import InvalidInput, NotFound
+    from sira.core.files import refuse_url
+
+    for option in OUTPUT_OPTIONS:
+        for value in option_values(args, option):
+            refuse_url(value)
+            if not Path(value).is_absolute():
+                raise InvalidInput(f"{option} {value} is a relative path: the job would write it into its temporary "
+                                   "copy of the working dir, deleted with it; name an absolute path on storage the "
+                                   "cluster's nodes share", code="invalid_output")
+    named: list[str] = []
+    total = 0
+    for option in INPUT_OPTIONS:
+        for value in option_values(args, option):
+            refuse_url(value)
+            if Path(value).is_absolute():
+                continue
+            path = (root / value).resolve()
+            if not path.is_relative_to(root):
+                raise InvalidInput(f"{option} {value} is outside the job's working dir {root}: a relative path names "
+                                   "a file uploaded with it; give one inside it, or an absolute path the cluster's "
+                                   "nodes mount", details={"path": value})
+            if not path.exists():
+                raise NotFound(f"{option} {value}: no such file in the job's working dir {root} (a relative path names "
+                               "a file uploaded with it)", details={"path": value})
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            total += sum(p.stat().st_size for p in files)
+            named.append(path.relative_to(root).as_posix() + ("/" if path.is_dir() else ""))
+    if total > MAX_UPLOAD_BYTES:
+        raise InvalidInput(f"the files named by the job's options ({', '.join(named)}) hold {total / 2**20:,.0f} MiB; "
+                           f"at most {MAX_UPLOAD_BYTES // 2**20} MiB travel with a job's working dir: give larger inputs "
+                           "as absolute paths the cluster's nodes mount", code="upload_too_large",
+                           details={"bytes": total, "limit": MAX_UPLOAD_BYTES})
+    return named
+
+
+def working_dir_excludes(root: Path, included: Sequence[str] = ()) -> list[str]:
+    """What a job's working-dir upload leaves out: :data:`WORKING_DIR_EXCLUDES` and :data:`CACHE_EXCLUDES`, except
+    the ``included`` files (:func:`job_files`). Ray reads the working dir's ``.gitignore`` on its own, and nothing in ``excludes`` can
+    take back what it leaves out (SIRA's leaves out data/): with files to include, its patterns come first here
+    and :func:`submit_job` (``read_gitignore=False``) tells Ray not to read it."""
+    if not included:
+        return [*WORKING_DIR_EXCLUDES, *CACHE_EXCLUDES]
+    ignore = root / ".gitignore"
+    lines = ignore.read_text(errors="replace").splitlines() if ignore.is_file() else []
+    own = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [*own, *WORKING_DIR_EXCLUDES, *CACHE_EXCLUDES, *(f"!/{_literal(p)}" for p in included)]
+
+
+def _literal(path: str) -> str:
+    """A path as a gitignore pattern that matches it alone: its wildcard characters escaped."""
+    return re.sub(r"([][*?!#\\])", r"\\\1", path)
+
+
+def upload_files(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> Iterator[tuple[str, int]]:
+    """The files Ray packages from a job's working dir ``root`` (its path relative to ``root``, its bytes), one at a
+    time as found: what ``excludes`` (gitignore patterns relative to ``root``), each folder's ``.rayignore`` and, with
+    ``read_gitignore``, each folder's ``.gitignore`` leave, decided as Ray's packaging decides (a path matched is
+    left out, a folder matched is not entered, symbolic links are followed)."""
+    from pathspec import PathSpec
+
+    names = ((".gitignore",) if read_gitignore and os.environ.get(IGNORE_GITIGNORE, "0") != "1" else ()) + (".rayignore",)
+
+    def walk(folder: Path, rules: list[tuple[Path, PathSpec]], seen: frozenset[tuple[int, int]]
+             ) -> Iterator[tuple[str, int]]:
+        for name in names:
+            if (folder / name).is_file():
+                lines = (folder / name).read_text(errors="replace").splitlines()
+                rules = [*rules, (folder, PathSpec.from_lines("gitwildmatch", lines))]
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if any(spec.match_file(str(path.relative_to(base))) for base, spec in rules):
+                continue
+            try:
+                if entry.is_dir():
+                    node = (entry.stat().st_dev, entry.stat().st_ino)
+                    if node not in seen:  # a link back up the tree: Ray would loop, the walk does not
+                        yield from walk(path, rules, seen | {node})
+                elif entry.is_file():
+                    yield str(path.relative_to(root)), entry.stat().st_size
+            except OSError:  # gone meanwhile, unreadable: Ray's packaging says so itself
+                continue
+
+    yield from walk(root, [(root, PathSpec.from_lines("gitwildmatch", excludes))], frozenset())
+
+
+def check_upload(root: Path, excludes: Sequence[str], *, read_gitignore: bool) -> None:
+    """Refuse a working dir Ray would refuse (its job server takes at most :data:`MAX_UPLOAD_BYTES`; until
+    2026-12-07 a large untracked file failed the submission as ``internal`` after the job's key was minted): one
+    line, ``upload_too_large``, naming the largest files found and how to leave them out. The walk stops as soon
+    as the files found hold more than the limit (their size before Ray compresses them)."""
+    import heapq
+
+    total, largest = 0, list[tuple[int, str]]()
+    for path, size in upload_files(root, excludes, read_gitignore=read_gitignore):
+        total += size
+        heapq.heappush(largest, (size, path))
+        if len(largest) > 3:
+            heapq.heappop(largest)
+        if total > MAX_UPLOAD_BYTES:
+            break
+    if total <= MAX_UPLOAD_BYTES:
+        return
+    named = sorted(largest, reverse=True)
+    files = ", ".join(f"{path} ({size / 2**20:,.1f} MiB)" for size, path in named)
+    raise InvalidInput(f"the job's working dir {root} holds over {MAX_UPLOAD_BYTES // 2**20} MiB to upload (Ray takes "
+                       f"at most that), largest: {files}; leave them out with a line each in {root}/.rayignore "
+                       f"(e.g. {named[0][1]}), or pass a smaller --working-dir", code="upload_too_large",
+                       details={"bytes": total, "limit": MAX_UPLOAD_BYTES, "largest": [p for _, p in named]})

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -316,15 +317,17 @@ class Settings(BaseSettings):
                 raise ConfigError(f"SIRA_{name.upper()}_FILE: the key in {path} is {problem}")
             return text
         path = self.workspace / "secrets" / name
-        if name == "auth_secret" and self.database_url is not None and not path.exists():
-            # A process with a workspace of its own (a container's emptyDir, a new host) beside a database another
-            # process already uses: keys made there were hashed with another pepper, and "invalid API key" reads as
-            # a bad key. Said where it happens. (A PII key generated so tokenises differently: docs/configuration.md)
-            log.warning("SIRA_AUTH_SECRET and SIRA_AUTH_SECRET_FILE are unset: generating a new auth secret into %s, "
-                        "while SIRA_DATABASE_URL names a database other processes may use: API keys made by them will "
-                        "not match here (`invalid API key`); give every process the installation's "
-                        "SIRA_AUTH_SECRET_FILE (docs/configuration.md#secrets)", path)
-        return _generated_secret(path)
+        if name != "auth_secret" or self.database_url is None:
+            return _generated_secret(path, self.workspace)
+        # A process with a workspace of its own (a container's emptyDir, a new host) beside a database another
+        # process already uses: keys made there were hashed with another pepper, and "invalid API key" reads as
+        # a bad key. Said where it happens, once the secret is written. (A PII key generated so tokenises
+        # differently: docs/configuration.md)
+        return _generated_secret(path, self.workspace, lambda: log.warning(
+            "SIRA_AUTH_SECRET and SIRA_AUTH_SECRET_FILE are unset: generating a new auth secret into %s, while "
+            "SIRA_DATABASE_URL names a database other processes may use: API keys made by them will not match here "
+            "(`invalid API key`); give every process the installation's SIRA_AUTH_SECRET_FILE "
+            "(docs/configuration.md#secrets)", path))
 
     def check_secrets(self) -> None:
         """Read every secret the settings name (a value, a file), as a process that serves needs them: a
@@ -365,18 +368,28 @@ def secret_problem(value: str) -> str | None:
             "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'` makes one)")
 
 
-def _generated_secret(path: Path) -> str:
-    """Read a workspace secret, creating it (mode 0600) the first time it is needed."""
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(32)
+def _generated_secret(path: Path, workspace: Path, created: Callable[[], None] | None = None) -> str:
+    """Read a workspace secret, creating it (mode 0600) the first time it is needed (then ``created()``). A workspace
+    that cannot hold it (a file on its path, a read-only or virtual file system) is a :class:`ConfigError` naming
+    SIRA_WORKSPACE; until 2026-12-07 it was ``internal: NotADirectoryError``, exit 1, after the warning that a
+    secret was being generated."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its secret
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token)
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its secret
+            return path.read_text(encoding="utf-8").strip()
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"SIRA_WORKSPACE {workspace} cannot be written ({reason})",
+                          details={"path": str(exc.filename or path)}) from None
+    if created is not None:
+        created()
     return token
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,12 @@ log = logging.getLogger(__name__)
 # attribute 'core'": the training set and batch scoring in the full suite). ~0.3 s per worker process.
 WORKER_SETUP_HOOK = "sira.features.engine.prepare_worker"
 
-# Folders that never travel with `--working-dir` uploads.
+# Folders that never travel with `--working-dir` uploads (cluster.yaml's rsync_exclude holds them too).
 WORKING_DIR_EXCLUDES = [".venv/", ".sira/", "data/", "*.parquet", ".git/", "__pycache__/", ".pytest_cache/",
                         ".hypothesis/"]
+# Tools' caches, left out too whether or not a .gitignore is read: a 145 MB .mypy_cache made Ray refuse the upload
+# (413) after the job's key was minted.
+CACHE_EXCLUDES = [".mypy_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/"]
 
 
 LOCAL_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -72,6 +74,30 @@ def free_port(default: int) -> int:
         except OSError:
             probe.bind(("0.0.0.0", 0))
         return probe.getsockname()[1]
+
+
+def metrics_port(given: int | None) -> int:
+    """The local Ray's metrics port: ``SIRA_RAY_METRICS_PORT`` (``given``), refused at once when taken (Ray waited
+    ~40 s for its agent and failed, "The current node timed out during startup", exit 1, until 2026-12-07),
+    else :data:`METRICS_PORT` where free, else one the kernel hands out."""
+    import errno
+    import socket
+
+    from sira.core.errors import ConfigError
+
+    if given is None:
+        return free_port(METRICS_PORT)
+    with socket.socket() as probe:  # as `sira serve` checks its port (sira.cli.serve.ensure_port_free)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", given))
+        except OSError as exc:
+            used = exc.errno == errno.EADDRINUSE
+            raise ConfigError(f"SIRA_RAY_METRICS_PORT {given} " + ("is in use (another SIRA's Ray, or another program)"
+                              if used else f"cannot be listened on ({exc.strerror})") + ": free it, name another "
+                              "port, or unset it (8090, else a free port)", code="port_in_use" if used
+                              else "port_unavailable", details={"host": "0.0.0.0", "port": given}) from None
+    return given
 
 
 def haproxy_ports() -> dict[str, str]:
@@ -162,7 +188,8 @@ def init_ray(settings: Settings, dsn: str, *, num_cpus: int | None = None, **kwa
         # `serve.shutdown()` of a local run wait 30 s). A cluster's own environment decides there.
         for name, value in LOCAL_SERVE_ENV.items():
             os.environ.setdefault(name, value)
-        kwargs.setdefault("_metrics_export_port", settings.ray_metrics_port or free_port(METRICS_PORT))
+        if "_metrics_export_port" not in kwargs:
+            kwargs["_metrics_export_port"] = metrics_port(settings.ray_metrics_port)
         # The ports chosen here are this Ray's: its processes inherit them as Ray starts, and they leave this
         # process's environment after, so a SIRA started from it (a child `sira serve`) chooses its own rather
         # than taking them for the operator's. Serve's proxies (the fallback one) run uvicorn, which believes
@@ -401,6 +428,7 @@ JOBS: dict[str, JobKind] = {
     "stream": JobKind("jobs/stream.py", ("events.write",)),  # sira ingest --stream | --kafka, until stopped
 }
 DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
+IGNORE_GITIGNORE = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"  # ray._private.ray_constants
 
 
 def job_kind(name: str) -> JobKind:
@@ -480,7 +508,7 @@ def submit_job(client: Any, *, agent_wait_s: float = 90.0, read_gitignore: bool 
     """``client.submit_job(**job)``, waiting out a head that has just started (its job agent not up yet:
     Ray answers 500 "No available agent") instead of failing; Ray's packaging chatter kept off stderr.
     ``read_gitignore`` False: Ray leaves the working dir's ``.gitignore`` unread while it packages it (its
-    patterns are in ``excludes`` already: :func:`working_dir_excludes`)."""
+    patterns are in ``excludes`` already: :func:`sira.cli.jobs.working_dir_excludes`)."""
     import time
 
     quiet = logging.getLogger("ray")
@@ -504,83 +532,3 @@ def submit_job(client: Any, *, agent_wait_s: float = 90.0, read_gitignore: bool 
             os.environ.pop(IGNORE_GITIGNORE, None)
         else:
             os.environ[IGNORE_GITIGNORE] = saved
-
-
-# -- the files a job's options name ---------------------------------------------------------------
-
-# Options of SIRA's jobs that name files. The job runs in its copy of the working dir: a relative input travels
-# with it (uploaded even where WORKING_DIR_EXCLUDES or .gitignore would leave it out), an output must be absolute
-# (a relative one lands in that temporary copy, deleted with it); an absolute path is the nodes' own (a mount).
-INPUT_OPTIONS = ("--data", "--params")
-OUTPUT_OPTIONS = ("--out",)
-MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # files named by a job's options that travel with its working dir, in all
-IGNORE_GITIGNORE = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"  # ray._private.ray_constants
-
-
-def option_values(args: Sequence[str], option: str) -> list[str]:
-    """The values a job's options give ``option`` (``--data X`` or ``--data=X``, as often as given)."""
-    values = []
-    for i, arg in enumerate(args):
-        if arg == option and i + 1 < len(args):
-            values.append(args[i + 1])
-        elif arg.startswith(f"{option}="):
-            values.append(arg[len(option) + 1:])
-    return values
-
-
-def job_files(root: Path, args: Sequence[str]) -> list[str]:
-    """The inputs a job's options (``args``) name by a relative path, which must travel with its working dir
-    ``root``: as POSIX paths relative to it (a folder with a trailing /), checked first (inside ``root``,
-    present, at most :data:`MAX_UPLOAD_BYTES` in all). A relative output and a URL are refused."""
-    from sira.core.errors import InvalidInput, NotFound
-    from sira.core.files import refuse_url
-
-    for option in OUTPUT_OPTIONS:
-        for value in option_values(args, option):
-            refuse_url(value)
-            if not Path(value).is_absolute():
-                raise InvalidInput(f"{option} {value} is a relative path: the job would write it into its temporary "
-                                   "copy of the working dir, deleted with it; name an absolute path on storage the "
-                                   "cluster's nodes share", code="invalid_output")
-    named: list[str] = []
-    total = 0
-    for option in INPUT_OPTIONS:
-        for value in option_values(args, option):
-            refuse_url(value)
-            if Path(value).is_absolute():
-                continue
-            path = (root / value).resolve()
-            if not path.is_relative_to(root):
-                raise InvalidInput(f"{option} {value} is outside the job's working dir {root}: a relative path names "
-                                   "a file uploaded with it; give one inside it, or an absolute path the cluster's "
-                                   "nodes mount", details={"path": value})
-            if not path.exists():
-                raise NotFound(f"{option} {value}: no such file in the job's working dir {root} (a relative path names "
-                               "a file uploaded with it)", details={"path": value})
-            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-            total += sum(p.stat().st_size for p in files)
-            named.append(path.relative_to(root).as_posix() + ("/" if path.is_dir() else ""))
-    if total > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"the files named by the job's options ({', '.join(named)}) hold {total / 2**20:,.0f} MiB; "
-                           f"at most {MAX_UPLOAD_BYTES // 2**20} MiB travel with a job's working dir: give larger inputs "
-                           "as absolute paths the cluster's nodes mount", code="upload_too_large",
-                           details={"bytes": total, "limit": MAX_UPLOAD_BYTES})
-    return named
-
-
-def working_dir_excludes(root: Path, included: Sequence[str] = ()) -> list[str]:
-    """What a job's working-dir upload leaves out: :data:`WORKING_DIR_EXCLUDES`, except the ``included`` files
-    (:func:`job_files`). Ray reads the working dir's ``.gitignore`` on its own, and nothing in ``excludes`` can
-    take back what it leaves out (SIRA's leaves out data/): with files to include, its patterns come first here
-    and :func:`submit_job` (``read_gitignore=False``) tells Ray not to read it."""
-    if not included:
-        return list(WORKING_DIR_EXCLUDES)
-    ignore = root / ".gitignore"
-    lines = ignore.read_text(errors="replace").splitlines() if ignore.is_file() else []
-    own = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [*own, *WORKING_DIR_EXCLUDES, *(f"!/{_literal(p)}" for p in included)]
-
-
-def _literal(path: str) -> str:
-    """A path as a gitignore pattern that matches it alone: its wildcard characters escaped."""
-    return re.sub(r"([][*?!#\\])", r"\\\1", path)

@@ -447,8 +447,26 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp.replace(path)  # readers never see a half-written file
 
 
+def writable_folder(out_dir: Path, option: str = "--out") -> None:
+    """Make ``out_dir`` and write in it once, or refuse it as ``sira score`` refuses an ``--out`` it cannot write
+    (``invalid_output``, exit 2). Until 2026-12-07 a folder under a file (or a read-only one) was found once the
+    payments were simulated: ``internal: NotADirectoryError``, exit 1."""
+    import os
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir, prefix=".sira-").close()  # nameless where it can be, else removed
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise InvalidInput(f"{option} {out_dir}: cannot write in {out_dir} ({reason})", code="invalid_output",
+                           details={"field": option.lstrip("-")}) from None
+
+
 def simulate(cfg: SimulationConfig, out_dir: Path) -> SimulationResult:
-    """Simulate ``cfg.days`` of payments and write events, labels and a manifest into ``out_dir``."""
+    """Simulate ``cfg.days`` of payments and write events, labels and a manifest into ``out_dir`` (checked first:
+    :func:`writable_folder`)."""
+    writable_folder(out_dir)
     rng = np.random.default_rng(cfg.seed)
     world = _build_world(cfg, rng)
     legit = _legit(cfg, world, rng)

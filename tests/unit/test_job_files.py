@@ -4,8 +4,9 @@ outputs, URLs, paths outside the working dir and oversized uploads are refused w
 
 import pytest
 
+from sira.cli.jobs import MAX_UPLOAD_BYTES, job_files, working_dir_excludes
 from sira.core.errors import InvalidInput, NotFound
-from sira.core.ray_runtime import JOBS, MAX_UPLOAD_BYTES, WORKING_DIR_EXCLUDES, job_files, working_dir_excludes
+from sira.core.ray_runtime import CACHE_EXCLUDES, JOBS, WORKING_DIR_EXCLUDES
 
 
 def checkout(tmp_path):
@@ -26,7 +27,7 @@ def test_relative_inputs_are_named_for_the_upload_and_absolute_ones_left_to_the_
     assert job_files(root, args) == ["data/churn.parquet", "data/history/", "p.yaml"]
     assert job_files(root, ["--data", "/mnt/history/x.parquet", "--model", "m"]) == []
     # nothing named: the upload leaves out what it always did, and Ray reads the .gitignore itself
-    assert working_dir_excludes(root) == WORKING_DIR_EXCLUDES
+    assert working_dir_excludes(root) == [*WORKING_DIR_EXCLUDES, *CACHE_EXCLUDES]
     excludes = working_dir_excludes(root, ["data/churn.parquet", "data/h[1]/"])
     assert excludes[:2] == [".env", "data/"]  # the .gitignore's patterns first (Ray is told not to read it)
     assert excludes[-2:] == ["!/data/churn.parquet", "!/data/h\\[1\\]/"]
