@@ -297,14 +297,19 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
 
 
 async def _time_range(conn: Any, lo: datetime | None, hi: datetime | None) -> tuple[datetime, datetime]:
-    """``--from``..``--to``, an open end up to the newest stored event (included) or from the oldest."""
-    if lo is not None and hi is not None:
-        if hi <= lo:
-            raise inverted_window(lo, hi)
-        return lo, hi
+    """``--from``..``--to``, an open end up to the newest stored event (included) or from the oldest; a start
+    before the oldest stored event starts there (the same rows: ``--from 0001-01-01``, which PostgreSQL's driver
+    sends as -infinity, failed the day count as ``internal``)."""
+    if lo is not None and hi is not None and hi <= lo:
+        raise inverted_window(lo, hi)
     first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
     if first is None:
         raise InvalidInput("no stored events to score (ingest some first: sira ingest)", code="empty_input")
+    if lo is not None and hi is not None:
+        if hi <= first or lo > last:
+            raise InvalidInput(f"no stored events between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M}",
+                               code="empty_input")
+        return max(lo, first), hi
     if lo is not None and lo > last:
         raise InvalidInput(f"no stored events after {lo:%Y-%m-%d %H:%M} (the newest stored event is from "
                            f"{last:%Y-%m-%d %H:%M}); "
@@ -313,4 +318,4 @@ async def _time_range(conn: Any, lo: datetime | None, hi: datetime | None) -> tu
         raise InvalidInput(f"no stored events before {hi:%Y-%m-%d %H:%M} (the oldest stored event is from "
                            f"{first:%Y-%m-%d %H:%M}); "
                            "give a later --to", code="empty_input")
-    return lo or first, hi or last + timedelta(microseconds=1)
+    return max(lo, first) if lo is not None else first, hi or last + timedelta(microseconds=1)
