@@ -105,10 +105,10 @@ def _unwritable(out: Path, exc: OSError, option: str = "--out") -> InvalidInput:
     return InvalidInput(f"{option} {out}: cannot write in {out.parent} ({reason})", code="invalid_output")
 
 
-def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
+def find_files(paths: list[Path], *, exclude: Path | None = None, verb: str = "ingest") -> InputFiles:
     """The data files named (folders expanded, leaving out hidden and ``_``-prefixed files and folders
     such as ``_temporary/`` or ``.ipynb_checkpoints/``, and ``exclude``: a job's own output); all of one
-    format, at least one."""
+    format, at least one (``verb``: what the command does with them, as a refusal of mixed formats says it)."""
     found: list[Path] = []
     names: list[str] = []
     skip = exclude.resolve() if exclude is not None else None
@@ -131,7 +131,7 @@ def find_files(paths: list[Path], *, exclude: Path | None = None) -> InputFiles:
         raise InvalidInput(f"no .parquet, .csv or .jsonl files in {', '.join(map(str, paths))}")
     formats = {FORMATS[p.suffix.lower()] for p in found}
     if len(formats) > 1:
-        raise InvalidInput(f"mixed file formats ({', '.join(sorted(formats))}): ingest one format at a time")
+        raise InvalidInput(f"mixed file formats ({', '.join(sorted(formats))}): {verb} one format at a time")
     return InputFiles(formats.pop(), [p.resolve() for p in found], names=tuple(names))
 
 
@@ -542,7 +542,8 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
                      passthrough: pa.Schema | None = None, *, tmp: Path | None = None) -> str:
     """Write Arrow batches to one Parquet file, in row groups of :data:`ROW_GROUP` rows, under a temporary name
     (``tmp``, else :func:`partial_name`; made before the first batch is asked for, else ``invalid_output``), then
-    rename; returns its sha256. ``on_batch`` sees each row group once written."""
+    rename; returns its sha256. ``on_batch`` sees each row group once written. The file is its owner's alone
+    (0600, as model artifacts are): scores, ids and what ``--keep-columns`` copies are about people."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -550,7 +551,12 @@ def write_atomically(batches: Any, out: Path, on_batch: Callable[[pa.Table], Non
     tmp = tmp or partial_name(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        sink = pa.OSFile(str(tmp), "wb")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask, and a leftover file of the same name its mode
+        finally:
+            os.close(fd)
+        sink = pa.OSFile(str(tmp), "wb")  # truncates it, keeping its mode
     except OSError as exc:
         raise _unwritable(out, exc) from None
     writer = None

@@ -52,6 +52,7 @@ from sira.monitoring.batch_source import (  # noqa: F401  # the input's names, a
     events_source,
     file_source,
     read_part,
+    redact_columns,
     resolve_source,
 )
 from sira.monitoring.batch_stop import Stopped, StopSignals, in_thread, stop_callback, writer_stopped
@@ -142,7 +143,7 @@ class VersionScorer:
     def score(self, batch: pa.Table) -> pa.Table:
         # an actor scores on one LightGBM thread: it holds (at most) one CPU, see pool_shape
         return score_table(self.runtime, batch, self.passthrough, explain=self.explain,
-                           threads=self.job.get("threads", 1), redactor=self.redactor)
+                           threads=self.job.get("threads", 1), redactor=self.redactor, redact=self.job.get("redact"))
 
 
 class PartScorer(VersionScorer):
@@ -158,16 +159,18 @@ class PartScorer(VersionScorer):
 
 
 def score_table(runtime: Any, batch: pa.Table, passthrough: list[str], *, explain: bool = False,
-                threads: int = 1, redactor: Any = None) -> pa.Table:
-    """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns; the model's
-    categories read through ``redactor`` as its training table's were (tokens for e-mails, ...)."""
+                threads: int = 1, redactor: Any = None, redact: dict[str, str] | None = None) -> pa.Table:
+    """Scores, decisions (and reasons) of one Arrow batch, beside the passthrough columns (those ``redact`` names
+    redacted by ``redactor``: :func:`~sira.monitoring.batch_source.redact_columns`); the model's categories read
+    through ``redactor`` as its training table's were (tokens for e-mails, ...)."""
     import pyarrow.compute as pc
 
     categorical = {s.name for s in runtime.schema if s.kind == "categorical"}  # a table's model: redacted ones
-    redact = redactor is not None and runtime.feature_set is None and categorical
-    X = runtime.table_matrix(redactor.table(batch, set(batch.column_names) - categorical)[0] if redact else batch)
+    as_trained = redactor is not None and runtime.feature_set is None and categorical
+    X = runtime.table_matrix(redactor.table(batch, set(batch.column_names) - categorical)[0] if as_trained else batch)
     scores = runtime.predict(X, threads=threads)
-    columns: dict[str, Any] = {name: batch.column(name) for name in passthrough}
+    columns: dict[str, Any] = redact_columns(redactor, batch, passthrough, redact) if redact and redactor is not None \
+        else {name: batch.column(name) for name in passthrough}
     columns["score"] = pa.array(scores, pa.float64())
     # taken from three Arrow strings by code (a Python list of 8k strings cost 1-9 ms per batch here)
     columns["decision"] = pc.take(DECISIONS, pa.array(evaluation.decision_codes(scores, runtime.thresholds)))
@@ -186,7 +189,7 @@ def local_batches(settings: Settings, version: dict[str, Any], source: Source, *
     """The source's rows scored by the version in this process, in input order: what :func:`scored_batches`
     gives through Ray Data (the same reads and the same scoring calls, so the same file)."""
     scorer = PartScorer.bound(version, source.passthrough, explain, read=source.read, rows_per_call=batch_size,
-                              threads=_cpus(settings))(settings)
+                              threads=_cpus(settings), redact=source.redact)(settings)
     for part in source.parts:
         batch = {key: np.array([value]) for key, value in part.items()}
         if source.read_by_scorer:
@@ -284,11 +287,12 @@ def scored_batches(version: dict[str, Any], source: Source, *, explain: bool = F
     if source.read_by_scorer:
         # Reading in the actor that scores (as a plain loop would): the feature columns never go
         # through the object store, and no read process is started beside the actors.
-        scorer = PartScorer.bound(version, source.passthrough, explain, read=source.read, rows_per_call=batch_size)
+        scorer = PartScorer.bound(version, source.passthrough, explain, read=source.read, rows_per_call=batch_size,
+                                  redact=source.redact)
         scored = parts.map_batches(scorer, batch_size=1, batch_format="numpy", **pool)
     else:
         rows = parts.map_batches(source.read, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
-        scored = rows.map_batches(VersionScorer.bound(version, source.passthrough, explain),
+        scored = rows.map_batches(VersionScorer.bound(version, source.passthrough, explain, redact=source.redact),
                                   batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True, **pool)
     # Blocks as the actors made them, each fetched when the writer asks: re-cutting them into batches
     # of a size here (and prefetching) held the first rows back until several blocks had arrived
@@ -355,7 +359,7 @@ async def run_batch_score(settings: Settings, req: BatchRequest, *, actor: Actor
     seconds = time.perf_counter() - started
     result = {
         "model": version["model_name"], "version": version["version"], "status": version["status"],
-        "input": source.description, "out": str(req.out), "sha256": digest, "explain": req.explain,
+        "input": source.description, **_inputs(source), "out": str(req.out), "sha256": digest, "explain": req.explain,
         "keep_columns": req.keep_columns, "job_id": run["job_id"], "engine": "in process" if here else "ray data",
         "columns": [*source.passthrough, "score", "decision", "model", "version",
                     *(("reasons", "reason_codes") if req.explain else ())],
@@ -436,6 +440,13 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
 
+def _inputs(source: Source, scrub: Callable[[str], str] = str) -> dict[str, Any]:
+    """A table's input as given (resolved): its first paths, and how many more (none for stored events)."""
+    if not source.inputs:
+        return {}
+    return {"data": [scrub(p) for p in source.inputs], "more_data": source.more_inputs}
+
+
 async def _audit(settings: Settings, actor: Actor, req: BatchRequest, run: dict[str, Any], tally: ScoreTally, *,
                  digest: str | None = None, error: BaseException | None = None) -> None:
     """The run's ``batch.score`` record: succeeded (the output's sha256), or failed or stopped (the error's code and
@@ -448,7 +459,7 @@ async def _audit(settings: Settings, actor: Actor, req: BatchRequest, run: dict[
     scrub = redactor_for(settings).scrub_text  # paths as given, as ingest's file names: the audit log is append-only
     details: dict[str, Any] = {
         "rows": tally.rows, "job_id": run["job_id"], "input": scrub(run["source"].description),
-        "out": scrub(str(req.out)), "explain": req.explain, "keep_columns": req.keep_columns,
+        **_inputs(run["source"], scrub), "out": scrub(str(req.out)), "explain": req.explain, "keep_columns": req.keep_columns,
         "version_status": version["status"]}
     if error is None:
         details.update(sha256=digest, decisions=dict(tally.decisions))

@@ -22,6 +22,7 @@ from sira.core import db
 from sira.core import files as input_files
 from sira.core.config import Settings
 from sira.core.errors import InvalidInput, inverted_window
+from sira.ingest.pii import FREE_TEXT, MAYBE_PII, Redactor, field_policy
 from sira.registry import models as registry
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ READ_ROWS = 65_536  # rows per slice a Parquet row group is read in
 # --explain, hence its smaller parts).
 PART_ROWS = 131_072
 EXPLAIN_PART_ROWS = 2_048
+SHOWN_INPUTS = 5  # input paths a summary and its audit record name (and how many more there are)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ class Source:
     read_by_scorer: bool  # the scoring actors read the parts (files); else read tasks do (events)
     passthrough_schema: pa.Schema | None = None  # the passthrough columns' types across every input file
     at_most: int | None = None  # rows there can be at most, when not known (a CSV's lines): where to score
+    # passthrough columns redacted on their way to the output (:func:`redact_columns`): name -> "token" (a column
+    # the PII policy tokenizes: each value its token) or "text" (scrubbed as a stored event's ids are); a table's
+    # only (stored events were redacted as they were stored)
+    redact: dict[str, str] | None = None
+    inputs: tuple[str, ...] = ()  # the paths given (resolved), the first SHOWN_INPUTS of them
+    more_inputs: int = 0  # and how many more were given
 
 
 def _pick(columns: list[str], named: str | None, candidates: tuple[str, ...], role: str) -> str | None:
@@ -101,19 +109,23 @@ def read_part(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
                                   text=tuple(text.split("\x1f")) if text else ())
 
 
-def _file_schema(path: Path, file_format: str, text: tuple[str, ...] = ()) -> tuple[pa.Schema, Any]:
+def _file_schema(path: Path, file_format: str, text: tuple[str, ...] = ()) -> tuple[pa.Schema | None, Any, bool]:
     """A file's columns and types, from its footer (Parquet, returned too: rows and row groups) or its
-    first block (CSV, no footer: None; ``text`` columns as text)."""
+    first block (CSV, no footer: None; ``text`` columns as text), and whether it has rows (a CSV of no
+    bytes, or blank lines only, has no columns either: None)."""
     try:
         if file_format == "parquet":
             import pyarrow.parquet as pq
 
             footer = pq.ParquetFile(path)
-            return footer.schema_arrow, footer.metadata
+            return footer.schema_arrow, footer.metadata, footer.metadata.num_rows > 0
         import pyarrow.csv as pacsv
 
-        return pacsv.open_csv(path, convert_options=input_files.csv_options(text)).schema, None
+        reader = pacsv.open_csv(path, convert_options=input_files.csv_options(text))
+        return reader.schema, None, next(iter(reader), None) is not None  # its first block: read already
     except (pa.ArrowInvalid, OSError) as exc:
+        if file_format == "csv" and str(exc).startswith("Empty CSV file"):
+            return None, None, False
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise InvalidInput(f"{path}: cannot read as {file_format}: {reason}", code="invalid_input",
                            details={"file": str(path)}) from None
@@ -125,7 +137,12 @@ def file_source(files: input_files.InputFiles, feature_schema: list[dict[str, An
     columns that travel to the output of one type across files)."""
     if files.format == "json":
         raise InvalidInput("batch scoring reads Parquet or CSV files", code="unsupported_format")
-    read = {p: _file_schema(p, files.format) for p in files.paths}  # each footer read once
+    found = {p: _file_schema(p, files.format) for p in files.paths}  # each footer read once
+    if not any(has_rows for _, _, has_rows in found.values()):
+        raise _no_rows(files, found)
+    # a CSV of no bytes has no columns: left out (one with a header only is checked like the others)
+    read = {p: (schema, footer) for p, (schema, footer, _) in found.items() if schema is not None}
+    paths = list(read)
     schemas = [(p, schema) for p, (schema, _) in read.items()]
     feature_names = [f["name"] for f in feature_schema]
     for path, schema in schemas:
@@ -146,11 +163,7 @@ def file_source(files: input_files.InputFiles, feature_schema: list[dict[str, An
                 raise InvalidInput(f"{path.name}: column {f['name']} must be numeric, not {t}", code="invalid_column",
                                    details={"column": f["name"], "file": str(path)})
     columns = schemas[0][1].names
-    rows = None
-    if files.format == "parquet":
-        rows = sum(footer.num_rows for _, footer in read.values())
-        if rows == 0:
-            raise InvalidInput(f"no rows in {', '.join(files.strings)}", code="empty_input")
+    rows = sum(footer.num_rows for _, footer in read.values()) if files.format == "parquet" else None
     id_col = _pick(columns, req.id_col, ID_COLUMNS, "id")
     if id_col is None:
         log.warning("%s: no id column (%s): the scores match the input rows by position only; name one with "
@@ -160,10 +173,13 @@ def file_source(files: input_files.InputFiles, feature_schema: list[dict[str, An
     if files.format == "csv" and id_col and id_col not in feature_names:
         # an id of digits is text: inferred as a number, "007" and "7" became one id in the output
         text = (id_col,)
-        read = {p: _file_schema(p, files.format, text) for p in files.paths}
+        for p in paths:
+            typed, footer, _ = _file_schema(p, files.format, text)
+            read[p] = (typed or schemas[0][1], footer)  # (None: emptied since the first pass)
         schemas = [(p, schema) for p, (schema, _) in read.items()]
     passthrough = [c for c in columns if c not in OUTPUT_COLUMNS] if req.keep_columns else key_columns
-    passthrough_schema = _passthrough_schema(schemas, passthrough)
+    passthrough_schema, redact = _redacted(_passthrough_schema(schemas, passthrough), key_columns)
+    passthrough = passthrough_schema.names
 
     # Our own reads, one part per row group (CSV: per file), rather than read_parquet: Ray 2.60's
     # file listing step asks for a whole CPU whatever the read's num_cpus, and beside a scoring
@@ -173,10 +189,106 @@ def file_source(files: input_files.InputFiles, feature_schema: list[dict[str, An
         parts = [part for p, (_, footer) in read.items() for part in input_files.row_group_parts(p, footer, part_rows)]
     else:
         parts = [{"path": str(p), "row_group": -1, "start": 0, "stop": -1, "text": "\x1f".join(text)}
-                 for p in files.paths]
-    return Source(f"{len(files.paths)} {files.format} file(s)", rows, passthrough, parts, read_part,
+                 for p in paths]
+    given = [str(p.resolve()) for p in req.data or files.paths]
+    inputs, more = tuple(given[:SHOWN_INPUTS]), max(0, len(given) - SHOWN_INPUTS)
+    description = f"{len(files.paths)} {files.format} file(s) from {', '.join(inputs)}" + \
+        (f" and {more} more" if more else "")
+    return Source(description, rows, passthrough, parts, read_part,
                   read_by_scorer=True, passthrough_schema=passthrough_schema,
-                  at_most=None if rows is not None else sum(_lines(p) for p in files.paths))
+                  at_most=None if rows is not None else sum(_lines(p) for p in paths), redact=redact,
+                  inputs=inputs, more_inputs=more)
+
+
+def _no_rows(files: input_files.InputFiles, found: dict[Path, tuple[pa.Schema | None, Any, bool]]) -> InvalidInput:
+    """``empty_input`` naming the file (or the first few), whatever form its emptiness takes: a Parquet file of no
+    rows, a CSV of a header only or of no bytes at all."""
+    first = files.paths[0]
+    if len(files.paths) == 1:
+        header = " (only a header)" if files.format == "csv" and found[first][0] is not None else ""
+        return InvalidInput(f"{first}: no rows{header}", code="empty_input", details={"file": str(first)})
+    shown = ", ".join(files.strings[:3]) + (f" and {len(files.paths) - 3} more" if len(files.paths) > 3 else "")
+    return InvalidInput(f"no rows in any of the {len(files.paths)} files ({shown})", code="empty_input",
+                        details={"file": str(first)})
+
+
+def _redacted(schema: pa.Schema, key_columns: list[str]) -> tuple[pa.Schema, dict[str, str]]:
+    """The passthrough columns as they reach the output, and which are redacted how (:func:`redact_columns`), as
+    a stored event's fields are: a column the PII policy drops (``cvv``, ``full_name``, ...) is left out; one it
+    tokenizes (``card_number``, ``email``, ``phone``, ``ip_address``, ...) becomes its tokens; other text is
+    scrubbed (card numbers, emails, ... inside it become tokens; free text a token as a whole); numbers, booleans
+    and times are kept; a column of another type (bytes, lists, structs), which cannot be scrubbed column by
+    column, is left out."""
+    fields, redact, left_out = [], {}, {}
+    for f in schema:
+        policy, t = field_policy(f.name), f.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if policy is not None and policy[0] == "drop":
+            left_out[f.name] = "personal data"
+        elif policy is not None:
+            redact[f.name] = "token"
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            redact[f.name] = "text"
+        elif not (input_files.is_numeric_type(t) or pa.types.is_temporal(t)):
+            left_out[f.name] = f"{t}: cannot be scrubbed"
+        if f.name not in left_out:
+            fields.append(pa.field(f.name, pa.string()) if f.name in redact else f)
+    lost = [c for c in key_columns if c in left_out]
+    if lost:
+        why = ", ".join(f"{c}: {left_out[c]}" for c in lost)
+        raise InvalidInput(f"the {' and '.join(lost)} column{'s' if len(lost) > 1 else ''} cannot go to the output "
+                           f"({why}); name another with --id-col/--time-col", code="invalid_column",
+                           details={"column": lost[0]})
+    if left_out:
+        log.warning("--keep-columns: left out of the output: %s",
+                    ", ".join(f"{c} ({why})" for c, why in left_out.items()))
+    return pa.schema(fields), redact
+
+
+_PRINTABLE = r"^[\x20-\x7e]*$"  # where Arrow's regex engine reads the redactor's pre-checks as Python does
+
+
+def _suspects(values: Any) -> np.ndarray:
+    """Where the redactor's pre-checks could find something in text values (or Arrow cannot tell: not printable
+    ASCII); elsewhere :meth:`Redactor.scrub_value` returns the value as it is."""
+    import pyarrow.compute as pc
+
+    suspect: Any = pc.or_(pc.or_(pc.match_substring_regex(values, MAYBE_PII), pc.match_substring_regex(values, FREE_TEXT)),
+                          pc.invert(pc.match_substring_regex(values, _PRINTABLE)))
+    return np.asarray(pc.fill_null(suspect, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def redact_columns(redactor: Redactor, table: pa.Table, names: list[str], redact: dict[str, str]) -> dict[str, Any]:
+    """The columns ``names`` of ``table``, those ``redact`` names redacted (see :func:`_redacted`): each distinct
+    value once, and text by :meth:`Redactor.scrub_value` only where its own pre-checks, run by Arrow, could find
+    something (an id column of plain ids costs two regex passes, no Python call per row)."""
+    import pyarrow.compute as pc
+
+    out: dict[str, Any] = {}
+    for name in names:
+        column, how = table.column(name), redact.get(name)
+        if how is None:
+            out[name] = column
+            continue
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if how == "text" and not pa.types.is_string(column.type):
+            column = column.cast(pa.string())
+        if how == "text" and not _suspects(column).any():
+            out[name] = column  # the common case (plain ids): nothing to look up
+            continue
+        distinct = column.unique()
+        if how == "text":
+            mask = _suspects(distinct)
+            values = distinct.to_pylist()
+            for i in np.flatnonzero(mask).tolist():
+                value = values[i]
+                values[i] = value if value is None else redactor.scrub_value(value)
+        else:
+            values = [None if v is None else redactor.feature(name, v)[1] for v in distinct.to_pylist()]
+        out[name] = pc.take(pa.array(values, pa.string()), pc.index_in(column, value_set=distinct))
+    return out
 
 
 def _lines(path: Path) -> int:
@@ -274,7 +386,7 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
             row = await registry.version_in_use(conn, req.model, req.version)
             version = registry.loadable(row)
             if req.data is not None:
-                files = input_files.find_files(req.data)
+                files = input_files.find_files(req.data, verb="score")
                 return version, file_source(files, list(row["feature_schema"]), req)
             if not row["feature_set"]:
                 raise InvalidInput(f"{req.model} was trained on a table of its own; score a table with --data",
@@ -297,14 +409,19 @@ async def resolve_source(settings: Settings, req: BatchRequest) -> tuple[dict[st
 
 
 async def _time_range(conn: Any, lo: datetime | None, hi: datetime | None) -> tuple[datetime, datetime]:
-    """``--from``..``--to``, an open end up to the newest stored event (included) or from the oldest."""
-    if lo is not None and hi is not None:
-        if hi <= lo:
-            raise inverted_window(lo, hi)
-        return lo, hi
+    """``--from``..``--to``, an open end up to the newest stored event (included) or from the oldest; a start
+    before the oldest stored event starts there (the same rows: ``--from 0001-01-01``, which PostgreSQL's driver
+    sends as -infinity, failed the day count as ``internal``)."""
+    if lo is not None and hi is not None and hi <= lo:
+        raise inverted_window(lo, hi)
     first, last = await conn.fetchrow("SELECT min(occurred_at), max(occurred_at) FROM sira_events")
     if first is None:
         raise InvalidInput("no stored events to score (ingest some first: sira ingest)", code="empty_input")
+    if lo is not None and hi is not None:
+        if hi <= first or lo > last:
+            raise InvalidInput(f"no stored events between {lo:%Y-%m-%d %H:%M} and {hi:%Y-%m-%d %H:%M}",
+                               code="empty_input")
+        return max(lo, first), hi
     if lo is not None and lo > last:
         raise InvalidInput(f"no stored events after {lo:%Y-%m-%d %H:%M} (the newest stored event is from "
                            f"{last:%Y-%m-%d %H:%M}); "
@@ -313,4 +430,4 @@ async def _time_range(conn: Any, lo: datetime | None, hi: datetime | None) -> tu
         raise InvalidInput(f"no stored events before {hi:%Y-%m-%d %H:%M} (the oldest stored event is from "
                            f"{first:%Y-%m-%d %H:%M}); "
                            "give a later --to", code="empty_input")
-    return lo or first, hi or last + timedelta(microseconds=1)
+    return max(lo, first) if lo is not None else first, hi or last + timedelta(microseconds=1)
