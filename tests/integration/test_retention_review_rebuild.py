@@ -118,7 +118,16 @@ async def test_sira_features_rebuild_says_where_it_started_from(clean_db, pg_dsn
     async with clean_db.acquire() as conn:
         assert await stored(conn) == before
     report = json.loads(done.stdout)
-    assert report["kept_from"] is not None and report["kept_from"] > (T0 + timedelta(days=35)).isoformat(), report
+    assert report["kept_from"] is not None, report
+    assert datetime.fromisoformat(report["kept_from"]) > T0 + timedelta(days=35), report
+    audited = await clean_db.fetchval("SELECT details->>'kept_from' FROM sira_audit_log"
+                                      " WHERE action = 'features.rebuild' ORDER BY id DESC LIMIT 1")
+    assert datetime.fromisoformat(audited) == datetime.fromisoformat(report["kept_from"])
+    full = await asyncio.to_thread(cli_in_process, monkeypatch, capsys, env, "features", "materialize", "--full",
+                                   "--feature-set", "payments@2", "--json")  # the same fold
+    assert full.returncode == 0, full.stderr
+    async with clean_db.acquire() as conn:
+        assert await stored(conn) == before
 
 
 async def test_events_stored_after_the_checkpoints_are_folded_in_before_the_rebuild_starts_from_them(clean_db,
