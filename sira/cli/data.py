@@ -319,7 +319,8 @@ def features_rebuild_cmd(
     """Build every entity's state of a feature set from the log.
 
     States and daily checkpoints, from the event log, so an installation can switch to the set (operator or
-    data scientist)."""
+    data scientist). Once data retention removed events, each entity starts from the checkpoint retention kept
+    (the report's kept_from) and folds the kept log after it: no history is lost."""
     from sira.features.definitions import parse_feature_set
     from sira.features.states import rebuild_all
 
@@ -330,10 +331,12 @@ def features_rebuild_cmd(
     actor = asyncio.run(actor_for("features.materialize", api_key))
     payload = asyncio.run(rebuild_all(get_settings(), fs, checkpoints=checkpoints))
     asyncio.run(audited(actor, "features.rebuild", f"{fs.name}@{fs.version}",
-                        {k: payload[k] for k in ("entities", "events", "labels", "days", "checkpoints")}))
+                        {**{k: payload[k] for k in ("entities", "events", "labels", "days", "checkpoints")},
+                         "kept_from": payload["kept_from"] and payload["kept_from"].isoformat()}))
     emit(payload, as_json, lambda: err.print(kv_table(f"Rebuilt {payload['feature_set']}", {
         **payload["entities"], "events": payload["events"], "labels": payload["labels"], "days": payload["days"],
-        "checkpoints": payload["checkpoints"], "seconds": payload["seconds"]})))
+        "checkpoints": payload["checkpoints"], "seconds": payload["seconds"],
+        **({"from checkpoints as of": f"{payload['kept_from']:%Y-%m-%d}"} if payload["kept_from"] else {})})))
 
 
 @features_app.command("list")

@@ -11,6 +11,9 @@ state is unpacked except a starting checkpoint, none is copied.
 A checkpoint as of midnight ``D`` holds every event before ``D`` and every label known before ``D``: at a
 day's end the labels known before the next midnight are applied, as the next event would have applied them.
 
+Once data retention removed events (``sira retention apply``), the checkpoints it keeps hold history the log
+no longer has: a rebuild starts each entity from them (:func:`kept_from`), never from the shorter log alone.
+
 The replay folds with :func:`sira.features.tiles._step` itself. numba's disk cache keys a kernel on its own
 file only: a change to the kernels it calls in ``tiles.py`` (window sums saturating, not wrapping; pending
 labels grouped with counts, signed) must change this file too, or a cached replay keeps folding the old way.
@@ -19,6 +22,8 @@ labels grouped with counts, signed) must change this file too, or a cached repla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -26,6 +31,10 @@ from numba import njit
 from sira.features.hashing import MISSING
 from sira.features.packing import _unpack, live_rows, pack_at, room
 from sira.features.tiles import DAY_US, FULL, _label, _pack_maps, _step
+
+if TYPE_CHECKING:
+    from sira.core.db import Connection
+    from sira.features.definitions import FeatureSet
 
 NEVER = np.int64(2**63 - 1)  # after any time
 
@@ -122,4 +131,31 @@ def day_marks(codes: np.ndarray, ts: np.ndarray, label_codes: np.ndarray, label_
     return int(np.unique(pairs).size)
 
 
-__all__ = ["Checkpoints", "day_marks", "replay_days"]
+async def kept_from(conn: Connection, fs: FeatureSet) -> datetime | None:
+    """The UTC midnight from which a rebuild of ``fs`` must fold the log, starting each entity from its latest
+    checkpoint at or before it, or None (the whole log: nothing was removed, or no checkpoint of ``fs`` is
+    that old to start from, e.g. retention removed a retired set's).
+
+    Retention removed the events before its cut-off (the latest of its runs that removed any, from their
+    ``retention.apply`` audit entries) and keeps the checkpoints from before it on purpose: a fold of the log
+    alone restarted every entity empty at the oldest kept event (a card's 7-day count at its newest event
+    12 -> 2). The midnight after the cut-off holds every kept event after it; it moves on past the last label
+    known of an event no longer stored (a refold cannot place it, the checkpoints hold it)."""
+    cut = await conn.fetchval(
+        """SELECT max((details->>'cutoff')::timestamptz) FROM sira_audit_log
+            WHERE action = 'retention.apply' AND target_id = 'events' AND outcome = 'success'
+              AND coalesce((details->'removed'->>'sira_events')::bigint, 0) > 0""")
+    if cut is None:
+        return None
+    orphan = await conn.fetchval(
+        """SELECT max(h.known_at) FROM sira_feedback_history h WHERE h.label_name = $1
+            AND NOT EXISTS (SELECT 1 FROM sira_events e WHERE e.event_id = h.event_id)""", fs.label_name)
+    last = max(cut, orphan or cut).astimezone(timezone.utc)
+    start = last.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM sira_state_checkpoints WHERE feature_set = $1 AND feature_set_version = $2"
+        " AND as_of <= $3)", fs.name, fs.version, start)
+    return start if found else None
+
+
+__all__ = ["Checkpoints", "day_marks", "kept_from", "replay_days"]

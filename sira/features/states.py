@@ -29,7 +29,7 @@ import numpy as np
 
 from sira.core import db
 from sira.features.columns import read_events, read_labels
-from sira.features.daily import Checkpoints
+from sira.features.daily import Checkpoints, kept_from
 from sira.features.engine import Engine, EventColumns, engine_of
 from sira.features.hashing import MISSING, value_hash
 from sira.features.store import from_us, log_positions, set_watermark, to_us
@@ -243,21 +243,26 @@ class Rebuilt:
     entities: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
     seconds: float = 0.0
+    kept_from: datetime | None = None  # retention removed the log before: folded from the checkpoints as of it
     newest: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (entity, key) -> newest event
 
     def to_dict(self) -> dict[str, Any]:
         return {"feature_set": f"{self.feature_set}@{self.version}", "days": self.days, "events": self.events,
                 "labels": self.labels, "entities": self.entities, "checkpoints": self.checkpoints,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "kept_from": self.kept_from,
                 "events_per_second": round(self.events / self.seconds) if self.seconds else None}
 
 
 async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True) -> Rebuilt:
     """Every entity's state and daily checkpoints from the whole event log (what ``sira features rebuild``
     runs so an installation can switch to ``fs``): one read of the log and one replay per entity, its state
-    packed at every midnight after a day that changed it (:mod:`sira.features.daily`)."""
+    packed at every midnight after a day that changed it (:mod:`sira.features.daily`). Once retention removed
+    events, from the checkpoints it kept (:func:`kept_from`) and the log after them, brought up to date first."""
     started = time.perf_counter()
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"rebuild:{fs.name}@{fs.version}")
+    kept = await kept_from(conn, fs)
+    if kept is not None and await _checkpoints_stale(conn, fs, kept):
+        await advance(conn, fs)  # events stored since that the checkpoints before ``kept`` lack
     marks = await _log_marks(conn)  # what the checkpoints hold (see starting_states)
     # The states as they are now: an online writer (it holds the entity's lock, which a rebuild does not take)
     # that folds an event into one after this point keeps its state, not overwritten by this fold read before
@@ -268,6 +273,9 @@ async def rebuild(conn: Connection, fs: FeatureSet, *, checkpoints: bool = True)
     lo, hi = await _log_span(conn, fs)
     result = Rebuilt(fs.name, fs.version)
     packed: dict[str, dict[str, bytes]] = {spec.entity: {} for spec in fs.entities}
+    if kept is not None:  # the history before it is in the checkpoints only
+        packed = {spec.entity: await read_checkpoints(conn, fs, spec.entity, kept) for spec in fs.entities}
+        lo, hi, result.kept_from = kept, max(hi or kept, kept - DAY), kept
     if lo is not None and hi is not None:
         packed = await _fold_range(conn, engine_of(fs), day_of(lo), day_of(hi), packed, None, checkpoints, result)
     await _finish(conn, fs, packed, marks if checkpoints else None, result, seen)
