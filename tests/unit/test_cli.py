@@ -68,10 +68,10 @@ def test_every_command_says_what_it_does_in_a_line_help_shows_whole(capsys, monk
         (["feedback", "import", "/no/labels.csv"], "error: not_found: file not found: /no/labels.csv"),
         (["features", "show", "customer"], "error: usage: sira features show: Missing argument"),
         (["features", "rebuild", "--feature-set", "payments@two"], "error: invalid_input: invalid feature set"),
-        (["features", "rebuild", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
+        (["features", "rebuild", "--feature-set", "payments@9"], "error: unknown_feature_set: feature set payments has no version 9"),
         (["features", "rebuild", "--feature-set", "payments@1"], "error: invalid_input: payments@1 keeps its"),
         (["features", "rebuild"], "error: usage: sira features rebuild: Missing option '--feature-set'"),
-        (["features", "materialize", "--feature-set", "payments@9"], "error: invalid_input: feature set 'payments' has"),
+        (["features", "materialize", "--feature-set", "payments@9"], "error: unknown_feature_set: feature set payments has no version 9"),
         # options of another mode were accepted and ignored (`--max-events 10` ingested the whole file)
         (["ingest", "x.parquet", "--max-events", "10"], "error: invalid_option: --max-events does not apply to "
                                                         "ingesting files"),
