@@ -205,6 +205,8 @@ MAX_SEED = 2**31 - 1  # LightGBM's seeds are 32-bit; NumPy's generators refuse n
 def check_request(req: TrainRequest) -> None:
     """Bounds of the request's numbers, checked before anything is read: a --test-days of 1e6 or NaN failed
     as `internal` deep in the window arithmetic, a negative --seed only after the whole run had trained."""
+    if req.model_type is not None and req.model_type not in registry.MODEL_TYPES:  # a dry run too (it said nothing)
+        raise InvalidInput(f"model type must be one of {', '.join(registry.MODEL_TYPES)}", details={"field": "model_type"})
     if not 0 <= req.seed <= MAX_SEED:
         raise InvalidInput(f"--seed must be between 0 and {MAX_SEED} (got {req.seed})", code="invalid_option")
     check_days("--test-days", req.test_days)
