@@ -250,10 +250,15 @@ def _shutdown_ray() -> None:
     """Shut down this process's Ray, for good: a thread still calling Ray (a search that did not stop in time)
     would start a new one (Ray's auto-init: a second session, and a warning that its SIGTERM handler is not set)."""
     import ray
-    from ray._private import auto_init_hook
+    from ray._private import auto_init_hook, worker
 
     auto_init_hook.enable_auto_connect = False
-    if ray.is_initialized():
+    node = worker._global_node
+    if node is not None and not node.remaining_processes_alive():  # a SIGTERM to the process group ended its
+        # raylet or GCS too: what is left is killed at once (a shutdown waited ~8 s for the dead ones, and Ray's core
+        # worker sometimes ended the process meanwhile: exit 1 and no line)
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
+    elif ray.is_initialized():
         ray.shutdown()
 
 
