@@ -242,12 +242,9 @@ def _check_table_options(req: TrainRequest) -> None:
 
 
 # -- stopped by SIGTERM or Ctrl-C ------------------------------------------------------------------------
-# `ray job stop`, Kubernetes and systemd end a process with SIGTERM. Ray's driver handler (set by ray.init) called
-# sys.exit inside the event loop, which cancelled the run with no reason (its row read "CancelledError: "), and
-# Ray's core worker printed a C++ stack for the signal. While sigterm_cancels is active, SIGTERM (and Ctrl-C when
-# asked) cancels the run's task with its reason, recorded before Terminated is raised, and stops a search under
-# way (a Ctrl-C of `sira tune` waited for every trial). init_ray keeps the handler over ray.init's.
-
+# `ray job stop`, Kubernetes and systemd end a process with SIGTERM (Ray's own handler cancelled the run with no
+# reason, its C++ core worker printed a stack). While sigterm_cancels is active, SIGTERM (and Ctrl-C when asked)
+# cancels the run's task with its reason (recorded, then Terminated raised) and stops a search under way.
 TERMINATED = "terminated by SIGTERM"
 INTERRUPTED = "interrupted by Ctrl-C (SIGINT)"
 _REASONS: dict[int, str] = {signal.SIGTERM: TERMINATED, signal.SIGINT: INTERRUPTED}
@@ -259,13 +256,13 @@ class Terminated(Interrupted):
 
 
 _searches: list[tuple[threading.Event, threading.Thread]] = []  # searches under way: their stop, their thread
+_signalled: list[int] = []  # the signals sigterm_cancels' handlers took
 
 
 def stopped_by(exc: BaseException) -> int | None:
     """The signal whose cancellation ``exc`` is (SIGTERM, SIGINT), else None."""
-    if isinstance(exc, asyncio.CancelledError):
-        return next((signum for signum, reason in _REASONS.items() if exc.args[:1] == (reason,)), None)
-    return None
+    cancelled = isinstance(exc, asyncio.CancelledError)
+    return next((signum for signum, reason in _REASONS.items() if cancelled and exc.args[:1] == (reason,)), None)
 
 
 def terminated(exc: BaseException) -> bool:
@@ -274,8 +271,7 @@ def terminated(exc: BaseException) -> bool:
 
 
 def stop_searches() -> list[threading.Thread]:
-    """Tell every search under way to stop; their threads, to wait for before Ray is shut down (a search calling
-    Ray once it was shut down started a second Ray from its thread)."""
+    """Tell the searches under way to stop; their threads, to wait for before Ray is shut down."""
     for stop, _thread in list(_searches):
         stop.set()
     return [thread for _stop, thread in list(_searches)]
@@ -283,9 +279,8 @@ def stop_searches() -> list[threading.Thread]:
 
 @contextlib.contextmanager
 def sigterm_cancels(what: str, *, ctrl_c: bool = False) -> Iterator[None]:
-    """In the main thread's loop, SIGTERM (and SIGINT with ``ctrl_c``) cancels the current task with its reason and
-    stops the searches under way; a cancellation that leaves the block unhandled becomes :class:`Terminated`
-    (``what``: the work, for its message). Elsewhere (a worker thread's loop) it changes nothing."""
+    """In the main thread's loop, SIGTERM (SIGINT too with ``ctrl_c``) cancels the current task with its reason and
+    stops the searches under way; a cancellation left unhandled becomes :class:`Terminated` (``what``: its work)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -293,10 +288,12 @@ def sigterm_cancels(what: str, *, ctrl_c: bool = False) -> Iterator[None]:
     assert task is not None
 
     def handler(signum: int, _frame: Any) -> None:
+        _signalled.append(signum)
         for stop, _thread in list(_searches):
             stop.set()
         loop.call_soon_threadsafe(task.cancel, _REASONS[signum])
 
+    _signalled.clear()
     signums = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
     previous = {signum: signal.getsignal(signum) for signum in signums}
     for signum in signums:
@@ -315,9 +312,8 @@ def sigterm_cancels(what: str, *, ctrl_c: bool = False) -> Iterator[None]:
 
 async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
                        actor: Actor | None = None) -> dict[str, Any]:
-    """`sira train`: one configuration, no search. Returns the CLI's JSON result. SIGTERM (in the main thread)
-    or Ctrl-C stops it: the run is recorded as failed ("terminated by SIGTERM", "interrupted by Ctrl-C (SIGINT)")
-    and :class:`Terminated` raised."""
+    """`sira train`: returns the CLI's JSON result. SIGTERM or Ctrl-C (in the main thread) stops it: the run is
+    recorded as failed (:data:`TERMINATED`, :data:`INTERRUPTED`) and :class:`Terminated` raised."""
     if req.data and not req.label:
         raise InvalidInput("--label names the label column of the table")
     check_request(req)
@@ -399,9 +395,12 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
                                               "searched", "fixed")}} if search else {})})
         except BaseException as exc:
             timings["total_s"] = time.perf_counter() - started
-            async with db.transaction(pool) as conn:
-                await registry.fail_run(conn, run_id, error=_failure(exc), timings=timings)
-            signum = stopped_by(exc)
+            # a signal in synchronous work (ray.init) left its cancel pending, which stopped this record: run 'running'
+            signum = stopped_by(exc) or (_signalled[-1] if _signalled else None)
+            record = asyncio.ensure_future(_record_failure(pool, run_id, _REASONS.get(signum or 0) or _failure(exc), timings))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(record)
+            await record
             if signum is not None:
                 raise Terminated(f"training {req.model} stopped by {_SIGNAL_NAMES[signum]}: run {run_id} is recorded "
                                  f"as failed ({_REASONS[signum]}); no version was registered", signum=signum,
@@ -422,6 +421,11 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
         **({"search": search["summary"]} if search else {}),
         **({"warnings": ds.fingerprint["warnings"]} if ds.fingerprint.get("warnings") else {}),
     }
+
+
+async def _record_failure(pool: Any, run_id: uuid.UUID, error: str, timings: dict[str, float]) -> None:
+    async with db.transaction(pool) as conn:
+        await registry.fail_run(conn, run_id, error=error, timings=timings)
 
 
 def _failure(exc: BaseException) -> str:
@@ -452,8 +456,7 @@ def _warnings(ds: Dataset, split: Split, windows: Windows | None) -> list[str]:
 
 
 async def _search_in_thread(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
-    """The search in a daemon thread that a signal stops (not ``asyncio.to_thread``: ``asyncio.run`` waits for
-    the default executor's threads, so a cancelled `sira tune --trials 200` still ran all 200)."""
+    """The search in a daemon thread a signal stops (``asyncio.run`` waits for ``to_thread``'s: all trials ran)."""
     from sira.training.tuning import tune_params
 
     loop, stop = asyncio.get_running_loop(), threading.Event()
