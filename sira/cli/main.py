@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from typer.exceptions import Exit as TyperExit
@@ -24,7 +26,7 @@ from sira.cli import database, data, train, governance, monitor, privacy, retent
 from sira.cli.common import SIGTERM_RECEIVED, Stopped, app, reserve_stdout_for_json, stop_on_sigterm
 from sira.cli.jobs import release_job_key
 from sira.core import logs
-from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SiraError
+from sira.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, Interrupted, SiraError
 
 
 def run_job(args: list[str]) -> int:
@@ -84,9 +86,12 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     # servers set handlers of their own while they run.
     if own_process and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, stop_on_sigterm)
+    command.invoke = ctrl_c_raised(command.invoke)  # type: ignore[method-assign, assignment]
     try:
         result = command.main(args=args, prog_name="sira", standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except CtrlC as exc:
+        return interrupted(args, exc.args[0], debug)
     except TyperExit as exc:
         return exc.exit_code
     except TyperException as exc:
@@ -105,13 +110,14 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     except SiraError as exc:
         if debug:
             traceback.print_exc()
+        if isinstance(exc, Interrupted):  # `sira demo`'s search stopped before its Ray is shut down at exit
+            train.searches_stopped()
         if exc.denial is not None:  # a refusal no transaction wrote: every refusal is audited
             audit_refusal(exc)
         sys.stderr.write(exc.one_line() + "\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted(args, exc, debug)
     except (Stopped, asyncio.CancelledError) as exc:
         if isinstance(exc, asyncio.CancelledError) and not SIGTERM_RECEIVED:
             raise
@@ -124,6 +130,30 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"error: internal: {type(exc).__name__}: {message} (run with --debug for a traceback)\n")
         return EXIT_FAILURE
+
+
+class CtrlC(BaseException):
+    """A KeyboardInterrupt out of a command, past Typer: it turns one into a silent exit status 130 (`sira train`,
+    `sira tune` and `sira demo` stopped by Ctrl-C said nothing, even with --debug)."""
+
+
+def ctrl_c_raised(invoke: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def invoke_passing_ctrl_c(ctx: Any) -> Any:
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise CtrlC(exc) from exc
+
+    return invoke_passing_ctrl_c
+
+
+def interrupted(args: list[str], exc: KeyboardInterrupt, debug: bool) -> int:
+    """Ctrl-C (SIGINT) in a command that set no handler of its own: one line, as SIGTERM's, and exit 130."""
+    if debug:
+        traceback.print_exception(exc)
+    name = next((a for a in args if not a.startswith("-")), "the command")
+    sys.stderr.write(f"error: interrupted: {name} stopped by Ctrl-C (SIGINT)\n")
+    return 128 + signal.SIGINT
 
 
 def audit_refusal(exc: SiraError) -> None:

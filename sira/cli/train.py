@@ -200,17 +200,19 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def run_until_terminated(work: Coroutine[Any, Any, Any]) -> Any:
-    """``asyncio.run(work)``; when SIGTERM stops it (``ray job stop``, Kubernetes), once the run is recorded:
-    this job's key revoked, the Ray this process started shut down (its agents were left running, orphaned),
-    one line on stderr, and the process ends at once (exit 143): a LightGBM round or a Ray Data read in a worker
-    thread cannot be interrupted, and waiting for it outlives the grace period before SIGKILL."""
+    """``asyncio.run(work)``; when SIGTERM (``ray job stop``, Kubernetes) or Ctrl-C stops it, once the run is
+    recorded: this job's key revoked, a search under way stopped and its thread waited for (it called Ray after
+    the shutdown, which started a second Ray from that thread), the Ray this process started shut down (its
+    agents were left running, orphaned), one line on stderr, and the process ends at once (exit 143, 130): a
+    LightGBM round or a Ray Data read in a worker thread cannot be interrupted, and waiting for it outlives the
+    grace period before SIGKILL."""
     from sira.training.runs import Terminated
 
     async def run() -> Any:
         try:
             return await work
         except Terminated as exc:
-            for cleanup, bound in ((release_job_key, 10.0), (_shutdown_ray, 20.0)):
+            for cleanup, bound in ((release_job_key, 10.0), (searches_stopped, 20.0), (_shutdown_ray, 20.0)):
                 try:
                     await asyncio.wait_for(asyncio.to_thread(cleanup), bound)
                 except Exception:  # noqa: BLE001 - ending now matters more; the key expires at its TTL anyway
@@ -222,10 +224,41 @@ def run_until_terminated(work: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(run())
 
 
-def _shutdown_ray() -> None:
-    import ray
+def searches_stopped(wait_s: float = 15.0) -> None:
+    """Stop the searches under way (`sira tune`'s) and wait up to ``wait_s`` for their threads, while the Ray this
+    process started is whole: a SIGTERM to the process group (`kill -TERM -PID`) ends its raylet and GCS too, and
+    then Tune's calls only wait for them."""
+    import time
 
-    if ray.is_initialized():
+    from sira.training.runs import stop_searches
+
+    deadline = time.monotonic() + wait_s
+    for thread in stop_searches():
+        while thread.is_alive() and time.monotonic() < deadline and _ray_whole():
+            thread.join(0.2)
+
+
+def _ray_whole() -> bool:
+    """Whether every process of the Ray this process started is alive (a cluster it joined: assumed so)."""
+    from ray._private import worker
+
+    node = worker._global_node
+    return node is None or node.remaining_processes_alive()
+
+
+def _shutdown_ray() -> None:
+    """Shut down this process's Ray, for good: a thread still calling Ray (a search that did not stop in time)
+    would start a new one (Ray's auto-init: a second session, and a warning that its SIGTERM handler is not set)."""
+    import ray
+    from ray._private import auto_init_hook, worker
+
+    auto_init_hook.enable_auto_connect = False
+    node = worker._global_node
+    if node is not None and not node.remaining_processes_alive():  # a SIGTERM to the process group ended its
+        # raylet or GCS too: what is left is killed at once (a shutdown waited ~8 s for the dead ones, and Ray's core
+        # worker sometimes ended the process meanwhile: exit 1 and no line)
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
+    elif ray.is_initialized():
         ray.shutdown()
 
 

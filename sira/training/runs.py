@@ -205,6 +205,8 @@ MAX_SEED = 2**31 - 1  # LightGBM's seeds are 32-bit; NumPy's generators refuse n
 def check_request(req: TrainRequest) -> None:
     """Bounds of the request's numbers, checked before anything is read: a --test-days of 1e6 or NaN failed
     as `internal` deep in the window arithmetic, a negative --seed only after the whole run had trained."""
+    if req.model_type is not None and req.model_type not in registry.MODEL_TYPES:  # a dry run too (it said nothing)
+        raise InvalidInput(f"model type must be one of {', '.join(registry.MODEL_TYPES)}", details={"field": "model_type"})
     if not 0 <= req.seed <= MAX_SEED:
         raise InvalidInput(f"--seed must be between 0 and {MAX_SEED} (got {req.seed})", code="invalid_option")
     check_days("--test-days", req.test_days)
@@ -215,7 +217,6 @@ def check_request(req: TrainRequest) -> None:
     check_params(req.params)  # a typo, a NaN, a value LightGBM refuses: before anything is created
     if req.trials:
         from sira.training.tuning import check_something_to_search
-
         check_something_to_search(req.params)
 
 
@@ -240,66 +241,85 @@ def _check_table_options(req: TrainRequest) -> None:
             raise InvalidInput(f"{', '.join(given)} describe a table: give it with --data", code="invalid_option")
 
 
-# -- stopped by SIGTERM ----------------------------------------------------------------------------------
-# `ray job stop`, Kubernetes and systemd end a process with SIGTERM. Ray's driver handler (set by ray.init) called
-# sys.exit inside the event loop, which cancelled the run with no reason (its row read "CancelledError: "), and
-# Ray's core worker printed a C++ stack for the signal. While sigterm_cancels is active, SIGTERM cancels the run's
-# task with TERMINATED as the reason, which the run records before Terminated is raised; init_ray keeps the handler
-# over ray.init's (sira.core.ray_runtime: a Python handler set after Ray's replaces its core worker's too).
-
+# -- stopped by SIGTERM or Ctrl-C ------------------------------------------------------------------------
+# `ray job stop`, Kubernetes and systemd end a process with SIGTERM (Ray's own handler cancelled the run with no
+# reason, its C++ core worker printed a stack). While sigterm_cancels is active, SIGTERM (and Ctrl-C when asked)
+# cancels the run's task with its reason (recorded, then Terminated raised) and stops a search under way.
 TERMINATED = "terminated by SIGTERM"
+INTERRUPTED = "interrupted by Ctrl-C (SIGINT)"
+_REASONS: dict[int, str] = {signal.SIGTERM: TERMINATED, signal.SIGINT: INTERRUPTED}
+_SIGNAL_NAMES: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 
 class Terminated(Interrupted):
-    """The process was asked to stop (SIGTERM) while a run was under way (exit 143)."""
+    """The process was asked to stop (SIGTERM: exit 143; Ctrl-C: 130) while a run was under way."""
 
 
-_sigterm_handlers: list[Callable[[int, Any], None]] = []  # the handler of the run under way (innermost last)
+_searches: list[tuple[threading.Event, threading.Thread]] = []  # searches under way: their stop, their thread
+_signalled: list[int] = []  # the signals sigterm_cancels' handlers took
+
+
+def stopped_by(exc: BaseException) -> int | None:
+    """The signal whose cancellation ``exc`` is (SIGTERM, SIGINT), else None."""
+    cancelled = isinstance(exc, asyncio.CancelledError)
+    return next((signum for signum, reason in _REASONS.items() if cancelled and exc.args[:1] == (reason,)), None)
 
 
 def terminated(exc: BaseException) -> bool:
     """Whether ``exc`` is the cancellation SIGTERM caused."""
-    return isinstance(exc, asyncio.CancelledError) and exc.args[:1] == (TERMINATED,)
+    return stopped_by(exc) == signal.SIGTERM
+
+
+def stop_searches() -> list[threading.Thread]:
+    """Tell the searches under way to stop; their threads, to wait for before Ray is shut down."""
+    for stop, _thread in list(_searches):
+        stop.set()
+    return [thread for _stop, thread in list(_searches)]
 
 
 @contextlib.contextmanager
-def sigterm_cancels(what: str) -> Iterator[None]:
-    """While the block runs in the main thread's event loop, SIGTERM cancels the current task with
-    :data:`TERMINATED`; a cancellation that leaves the block unhandled becomes :class:`Terminated` (``what``: the
-    work, for its message). Elsewhere (a worker thread's loop) it changes nothing."""
+def sigterm_cancels(what: str, *, ctrl_c: bool = False) -> Iterator[None]:
+    """In the main thread's loop, SIGTERM (SIGINT too with ``ctrl_c``) cancels the current task with its reason and
+    stops the searches under way; a cancellation left unhandled becomes :class:`Terminated` (``what``: its work)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None
 
-    def handler(_signum: int, _frame: Any) -> None:
-        loop.call_soon_threadsafe(task.cancel, TERMINATED)
+    def handler(signum: int, _frame: Any) -> None:
+        _signalled.append(signum)
+        for stop, _thread in list(_searches):
+            stop.set()
+        loop.call_soon_threadsafe(task.cancel, _REASONS[signum])
 
-    previous = signal.getsignal(signal.SIGTERM)
-    _sigterm_handlers.append(handler)
-    signal.signal(signal.SIGTERM, handler)
+    _signalled.clear()
+    signums = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
+        signal.signal(signum, handler)
     try:
         yield
     except asyncio.CancelledError as exc:
-        if terminated(exc):
-            raise Terminated(f"{what} stopped by SIGTERM before anything was recorded") from None
+        by = stopped_by(exc)
+        if by is not None:
+            raise Terminated(f"{what} stopped by {_SIGNAL_NAMES[by]} before anything was recorded", signum=by) from None
         raise
     finally:
-        _sigterm_handlers.remove(handler)
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, before in previous.items():
+            signal.signal(signum, before if before is not None else signal.SIG_DFL)
 
 
 async def run_training(settings: Settings, req: TrainRequest, *, progress: Callable[[str], None] = lambda _m: None,
                        actor: Actor | None = None) -> dict[str, Any]:
-    """`sira train`: one configuration, no search. Returns the CLI's JSON result. SIGTERM (in the main thread)
-    stops it: the run is recorded as failed, "terminated by SIGTERM", and :class:`Terminated` raised."""
+    """`sira train`: returns the CLI's JSON result. SIGTERM or Ctrl-C (in the main thread) stops it: the run is
+    recorded as failed (:data:`TERMINATED`, :data:`INTERRUPTED`) and :class:`Terminated` raised."""
     if req.data and not req.label:
         raise InvalidInput("--label names the label column of the table")
     check_request(req)
     if req.dry_run:
         return await plan_training(settings, req)
-    with sigterm_cancels(f"training {req.model}"):
+    with sigterm_cancels(f"training {req.model}", ctrl_c=True):
         return await _run(settings, req, progress, actor or Actor.local())
 
 
@@ -350,7 +370,7 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
                 from sira.core.ray_runtime import init_ray
 
                 init_ray(settings, db.resolve_dsn(settings))  # in the main thread: Ray's driver lives there
-                search = await asyncio.to_thread(_search, settings, ds, split, req)
+                search = await _search_in_thread(settings, ds, split, req)
                 params = search["params"]
                 timings["tune_s"] = time.perf_counter() - phase
             phase = time.perf_counter()
@@ -375,12 +395,16 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
                                               "searched", "fixed")}} if search else {})})
         except BaseException as exc:
             timings["total_s"] = time.perf_counter() - started
-            async with db.transaction(pool) as conn:
-                await registry.fail_run(conn, run_id, error=_failure(exc), timings=timings)
-            if terminated(exc):
-                raise Terminated(f"training {req.model} stopped by SIGTERM: run {run_id} is recorded as failed "
-                                 f"({TERMINATED}); no version was registered", details={"run_id": str(run_id)}
-                                 ) from None
+            # a signal in synchronous work (ray.init) left its cancel pending, which stopped this record: run 'running'
+            signum = stopped_by(exc) or (_signalled[-1] if _signalled else None)
+            record = asyncio.ensure_future(_record_failure(pool, run_id, _REASONS.get(signum or 0) or _failure(exc), timings))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(record)
+            await record
+            if signum is not None:
+                raise Terminated(f"training {req.model} stopped by {_SIGNAL_NAMES[signum]}: run {run_id} is recorded "
+                                 f"as failed ({_REASONS[signum]}); no version was registered", signum=signum,
+                                 details={"run_id": str(run_id)}) from None
             raise
     return {
         "model": req.model, "version": version, "run_id": str(run_id), "status": "candidate",
@@ -399,12 +423,18 @@ async def _run(settings: Settings, req: TrainRequest, progress: Callable[[str], 
     }
 
 
+async def _record_failure(pool: Any, run_id: uuid.UUID, error: str, timings: dict[str, float]) -> None:
+    async with db.transaction(pool) as conn:
+        await registry.fail_run(conn, run_id, error=error, timings=timings)
+
+
 def _failure(exc: BaseException) -> str:
     """What a failed run's row says of its cause (a cancellation said "CancelledError: ", with no reason)."""
     if isinstance(exc, SiraError):
         return exc.one_line()
-    if terminated(exc):
-        return TERMINATED
+    signum = stopped_by(exc)
+    if signum is not None:
+        return _REASONS[signum]
     if isinstance(exc, asyncio.CancelledError):
         return f"cancelled: {exc}" if str(exc) else "cancelled (interrupted)"
     return f"{type(exc).__name__}: {exc}"
@@ -425,12 +455,33 @@ def _warnings(ds: Dataset, split: Split, windows: Windows | None) -> list[str]:
     return [said] if said else []
 
 
-def _search(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
+async def _search_in_thread(settings: Settings, ds: Dataset, split: Split, req: TrainRequest) -> dict[str, Any]:
+    """The search in a daemon thread a signal stops (``asyncio.run`` waits for ``to_thread``'s: all trials ran)."""
     from sira.training.tuning import tune_params
 
-    return tune_params(ds.matrix.rows(split.train), ds.matrix.rows(split.valid), trials=int(req.trials or 0),
-                       seed=req.seed, storage=settings.workspace / "ray_results", time_budget_s=req.time_budget_s,
-                       base_params=req.params, wait_for_cpus_s=req.wait_for_cpus_s)
+    loop, stop = asyncio.get_running_loop(), threading.Event()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def target() -> None:
+        try:
+            outcome: tuple[Callable[[Any], None], Any] = (done.set_result, tune_params(
+                ds.matrix.rows(split.train), ds.matrix.rows(split.valid), trials=int(req.trials or 0), seed=req.seed,
+                storage=settings.workspace / "ray_results", time_budget_s=req.time_budget_s, base_params=req.params,
+                wait_for_cpus_s=req.wait_for_cpus_s, stop=stop))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome = (done.set_exception, exc)
+        finally:
+            _searches.remove(search)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody awaits it any more
+            loop.call_soon_threadsafe(lambda: done.done() or outcome[0](outcome[1]))
+
+    _searches.append(search := (stop, threading.Thread(target=target, name="sira-search", daemon=True)))
+    search[1].start()
+    try:
+        return await done
+    except BaseException:
+        stop.set()  # cancelled: the search stops too (a signal's handler has told it already)
+        raise
 
 
 async def _dataset(settings: Settings, model: Any, table: tuple[Dataset, Split] | None, windows: Windows | None,

@@ -15,13 +15,15 @@ import contextlib
 import io
 import logging
 import math
+import threading
+import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sira.core.errors import InvalidInput
+from sira.core.errors import Interrupted, InvalidInput
 from sira.training.trainer import Matrix, check_params, normalize_params, resolve_params
 
 log = logging.getLogger(__name__)
@@ -111,11 +113,12 @@ def _trial(config: dict[str, Any], *, train_X: np.ndarray, train_y: np.ndarray, 
 def tune_params(
     train: Matrix, valid: Matrix, *, trials: int, seed: int, storage: Path, time_budget_s: float | None = None,
     base_params: dict[str, Any] | None = None, early_termination: bool = True, wait_for_cpus_s: float = 600.0,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Search on Ray Tune; returns the best parameters and a summary of the search. The caller's parameters
     (``base_params``) are fixed: the search tunes only the others, and the summary says which were which. When
     no CPU is free for a trial (Serve replicas hold them), waits ``wait_for_cpus_s`` for one, saying so, then
-    fails."""
+    fails. Once ``stop`` is set (a signal), the search stops its trials, starts no more and raises Interrupted."""
     import optuna
     import ray
     from ray import tune
@@ -147,6 +150,7 @@ def tune_params(
         ),
         {"cpu": 1},
     )
+    stopper = _stopper(stop) if stop is not None else None
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -156,7 +160,8 @@ def tune_params(
             if early_termination else None,
             max_concurrent_trials=cpus, reuse_actors=True, time_budget_s=time_budget_s,
         ),
-        run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True),
+        run_config=tune.RunConfig(storage_path=str(storage), verbose=0, log_to_file=True,
+                                  stop=stopper),
     )
     # Tune prints its own tables on stdout even at verbose=0 (the experiment's box, where its files are, a
     # TensorBoard hint into Ray's temporary folder): stdout belongs to the command's result (--json), and
@@ -164,7 +169,13 @@ def tune_params(
     # Its logs (a failed trial's traceback, "Failed to fetch metrics" of trials a time budget stopped before
     # their first report) would bury the command's one-line error on stderr: the debug log has them.
     with contextlib.redirect_stdout(io.StringIO()) as printed, _tune_logs_to_debug():
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        finally:
+            if stopper is not None:
+                _STOPS.pop(stopper.key, None)
+        if stop is not None and stop.is_set():
+            raise Interrupted("the search was stopped before its trials ended")
         errors = [r.error for r in results if r.error is not None]
         finished = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
         best = results.get_best_result(metric=METRIC, mode="max", scope="all") if finished else None
@@ -186,6 +197,33 @@ def tune_params(
                                                               for r in finished), reverse=True),
                     "searched": sorted(_searched_name(k) for k in space), "fixed": fixed},
     }
+
+
+_STOPS: dict[str, threading.Event] = {}  # the stop of each search under way, by its stopper's key
+
+
+def _stopper(stop: threading.Event) -> Any:
+    """A Tune stopper that stops the whole search once ``stop`` is set. Tune pickles its run config (a checkpoint
+    of the search), so the stopper holds a key to ``_STOPS``, and its class is this module's ``StopWhenAsked``."""
+    from ray.tune.stopper import Stopper
+
+    if "StopWhenAsked" not in globals():
+        class StopWhenAsked(Stopper):
+            def __init__(self, key: str) -> None:
+                self.key = key
+
+            def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+                return self.stop_all()
+
+            def stop_all(self) -> bool:
+                asked = _STOPS.get(self.key)
+                return asked is not None and asked.is_set()
+
+        StopWhenAsked.__qualname__ = "StopWhenAsked"
+        globals()["StopWhenAsked"] = StopWhenAsked
+    key = uuid.uuid4().hex
+    _STOPS[key] = stop
+    return globals()["StopWhenAsked"](key)
 
 
 class _ToDebugLog(logging.Handler):
