@@ -17,10 +17,17 @@ import asyncio, sys, time
 from sira.cli.common import app
 from sira.cli.main import main
 
+async def waiting_in_a_loop() -> None:
+    print("waiting", file=sys.stderr, flush=True)  # once the loop runs (a signal while it is built: Python's noise)
+    await asyncio.sleep(120)
+
 @app.command("wait-a-while")
 def wait_a_while(in_loop: bool = False) -> None:
-    print("waiting", file=sys.stderr, flush=True)
-    asyncio.run(asyncio.sleep(120)) if in_loop else time.sleep(120)
+    if in_loop:
+        asyncio.run(waiting_in_a_loop())
+    else:
+        print("waiting", file=sys.stderr, flush=True)
+        time.sleep(120)
 
 sys.exit(main(sys.argv[1:], own_process=True))
 """
