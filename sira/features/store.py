@@ -384,20 +384,30 @@ async def writing_log(conn: Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", LOG_LOCK)
 
 
-async def log_positions(conn: Connection, patience_s: float = 30.0) -> tuple[int, int]:
+async def log_positions(conn: Connection, patience_s: float = 30.0, queued_ms: int = 1000) -> tuple[int, int]:
     """(events' ``seq``, labels' ``id``) up to which the log is complete: no transaction can still commit an
     event or label at or below them. ``max(seq)`` alone is not that: a writer that took a sequence value before
     another and commits after it lands below a watermark read meanwhile, and an incremental job would never
     read it. So the read waits for the writers in flight (they hold :data:`LOG_LOCK` shared), takes the
     positions, and lets writers go on: a session-level lock, released before the caller's transaction ends.
     It waits by trying, not in PostgreSQL's queue, where it would hold back every new writer behind the
-    slowest one in flight (a large label import); only after ``patience_s`` without a gap does it queue."""
+    slowest one in flight (a large label import); only after ``patience_s`` without a gap does it queue, for
+    ``queued_ms`` at a time (``lock_timeout``): a wait with no end outlived a cancellation (SIGTERM waited out a
+    stuck writer: minutes) and left a dropped connection's backend queued, holding back every new writer."""
     deadline = time.monotonic() + patience_s
     while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOG_LOCK):
-        if time.monotonic() > deadline:
+        if time.monotonic() <= deadline:
+            await asyncio.sleep(0.01)
+            continue
+        await (tx := conn.transaction()).start()  # a savepoint in the caller's transaction, if any
+        try:
+            await conn.execute(f"SELECT set_config('lock_timeout', '{int(queued_ms)}ms', true)")
             await conn.execute("SELECT pg_advisory_lock($1)", LOG_LOCK)
             break
-        await asyncio.sleep(0.01)
+        except asyncpg.LockNotAvailableError:
+            continue
+        finally:  # lock_timeout undone; a session-level advisory lock outlives a rollback
+            await tx.rollback()
     try:
         row = await conn.fetchrow("SELECT (SELECT coalesce(max(seq), 0) FROM sira_events),"
                                   " (SELECT coalesce(max(id), 0) FROM sira_feedback)")
@@ -575,3 +585,16 @@ async def historical_features(
         for j, i in enumerate(idx):
             out[i].update({k: float(v[j]) for k, v in by_name.items()})
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in out]
+
+
+async def feature_sets_in_service(conn: Connection) -> list[FeatureSet]:
+    """The feature sets new events are folded into: each name's current version, and every version a production or
+    staging model version was trained on (until it is retired; then its set is read-only, no longer kept up to date)."""
+    from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
+
+    wanted = {(name, version) for name, version in CURRENT_VERSIONS.items()}
+    wanted.update((r["feature_set"], r["feature_set_version"]) for r in await conn.fetch(
+        """SELECT DISTINCT m.feature_set, v.feature_set_version FROM sira_model_versions v JOIN sira_models m
+             ON m.id = v.model_id WHERE v.status IN ('production', 'staging') AND m.feature_set IS NOT NULL
+              AND v.feature_set_version IS NOT NULL"""))
+    return [FEATURE_SETS[key] for key in sorted(wanted) if key in FEATURE_SETS]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -29,11 +30,12 @@ from sira.core import audit, db
 from sira.core import files as input_files
 from sira.core.audit import Actor
 from sira.core.config import Settings
-from sira.core.errors import InvalidInput, SiraError
+from sira.core.errors import Interrupted, InvalidInput, SiraError
 from sira.core.files import FILE, ROW, UNDECODABLE
 from sira.features import store as feature_store
 from sira.features.definitions import FeatureSet
 from sira.features.history import grouped_features, vectors_to_json
+from sira.features.store import feature_sets_in_service
 from sira.ingest import gate
 from sira.ingest.columnar import TEXT_FIELDS, normalize_table
 from sira.ingest.dead_letters import IDENTITY, contradicted, dead_letters, identity, reused_copy, undecodable_row
@@ -55,6 +57,7 @@ FEATURE_SHARDS = 8
 # a worker importing SIRA: ~2.5 s here) costs more than two parallel loaders save below ~2 x start / 30 µs
 # per row (docs/performance.md). Row counts are known for Parquet only; CSV and JSON Lines go through Ray.
 LOCAL_BELOW = 150_000
+CLOSE_S = 10.0  # the longest a file load's connection waits to close gracefully before it is dropped
 
 
 async def store_events(
@@ -185,21 +188,6 @@ async def _staged_insert(conn: asyncpg.Connection, records: Sequence[Row]) -> st
         # (a replica's recorder storing events ingested before: 7,267 too many for 15,464 rows)
         "   AND NOT EXISTS (SELECT 1 FROM sira_events e WHERE e.event_id = s.event_id)"
         " ON CONFLICT (event_id) DO NOTHING")  # (one stored meanwhile by another transaction)
-
-
-async def feature_sets_in_service(conn: asyncpg.Connection) -> list[FeatureSet]:
-    """The feature sets new events are folded into: each name's current version, and every version a
-    production or staging model version was trained on (scored with the engine of its set until it is
-    retired; then its set is read-only, no longer kept up to date)."""
-    from sira.features.definitions import CURRENT_VERSIONS, FEATURE_SETS
-
-    wanted = {(name, version) for name, version in CURRENT_VERSIONS.items()}
-    wanted.update((r["feature_set"], r["feature_set_version"]) for r in await conn.fetch(
-        """SELECT DISTINCT m.feature_set, v.feature_set_version FROM sira_model_versions v
-             JOIN sira_models m ON m.id = v.model_id
-            WHERE v.status IN ('production', 'staging') AND m.feature_set IS NOT NULL
-              AND v.feature_set_version IS NOT NULL"""))
-    return [FEATURE_SETS[key] for key in sorted(wanted) if key in FEATURE_SETS]
 
 
 async def record_normalized(conn: asyncpg.Connection, fs: FeatureSet, rows: Sequence[dict[str, Any]],
@@ -345,12 +333,6 @@ async def ingest_records(
 # -- the file path (Ray Data) ------------------------------------------------------
 
 
-def _json_records(batch: pa.Table, redactor: Redactor, names: Mapping[str, str]) -> list[dict[str, Any] | Rejection]:
-    """JSON Lines decoded one line at a time (:func:`json_records`), a broken line's file name redacted."""
-    return [r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload))
-            for r in json_records(batch, names)]
-
-
 def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, file_format: str,
                 names: Mapping[str, str], redactor: Redactor | None = None) -> dict[str, np.ndarray]:
     """Ray Data task (or a step of an in-process load, given the caller's ``redactor``): store one batch of
@@ -367,7 +349,9 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
     if file_format == "parquet":  # typed columns: validated and redacted as columns where plainly valid
         results = normalize_table(table, redactor, scrubbed, mapping)
     else:
-        records = _json_records(table, redactor, names) if file_format == "json" else table.to_pylist()
+        records = ([r if isinstance(r, dict) else replace(r, payload=redactor.payload(r.payload))  # a broken line's
+                    for r in json_records(table, names)] if file_format == "json"  # file name redacted
+                   else table.to_pylist())
         # a CSV row with bytes that are no UTF-8 (sira.core.files.as_text): set aside, nothing of it lost
         undecodable = [r.pop(UNDECODABLE) if file_format == "csv" else None  # type: ignore[union-attr]
                        for r in records]
@@ -386,11 +370,7 @@ def _load_batch(batch: Any, *, mapping: dict[str, str], source: str, dsn: str, f
     for i, position in zip(bad, positions(bad) if bad else []):
         results[i] = replace(cast(Rejection, results[i]), position=position)
 
-    async def run() -> IngestSummary:
-        async with _connected(dsn) as conn, conn.transaction():
-            return (await store_rows(conn, results, scrubbed, positions))[0]
-
-    s = asyncio.run(run())
+    s = asyncio.run(_in_transaction(dsn, store_rows, results, scrubbed, positions))[0]
     return {  # the reasons as JSON text: as a dict, Ray Data merged the batches' into one struct of every reason,
         # None where a batch had none (and adding them up failed once every event was stored)
         "read": np.array([s.read]), "accepted": np.array([s.accepted]), "duplicates": np.array([s.duplicates]),
@@ -452,6 +432,7 @@ def ingest_files(
 
     from sira.core.progress import bar
     from sira.core.ray_runtime import init_ray, quiet_ray_data, ray_data_errors_unlogged, task_cause
+    from sira.features.states import advance as advance_states
 
     started = time.perf_counter()
     mapping = mapping or {}
@@ -511,44 +492,45 @@ def ingest_files(
             ):
                 counts.append(c)
                 advance(int(c["read"]))
-    except Exception as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
-        cause = task_cause(exc)
+    except BaseException as exc:  # noqa: BLE001 - re-raised as what a task raised (a damaged file: bad input)
+        cause = task_cause(exc) if isinstance(exc, Exception) else exc
         raise (error := _stopped(cause, seq_now, seq_from)) from (None if error is cause else cause)
     summary = IngestSummary()
     for c in counts:
-        summary.read += int(c["read"])
-        summary.accepted += int(c["accepted"])
-        summary.duplicates += int(c["duplicates"])
-        summary.rejected += int(c["rejected"])
+        for count in ("read", "accepted", "duplicates", "rejected"):
+            setattr(summary, count, getattr(summary, count) + int(c[count]))
         summary.reasons.update(json.loads(c["reasons"]))
     seq_to = asyncio.run(seq_now())
     if summary.accepted:
         asyncio.run(db.analyze(dsn, "sira_events"))
     summary.phases["load"] = time.perf_counter() - phase
-    # v2 states advance from what their last fold saw (sira.features.states.advance), so a load whose events were
-    # all stored before folds those a load that stopped before folding left out (nothing when there are none)
-    for fs in [f for f in feature_sets if seq_to > seq_from or f.engine == "tiles" and summary.duplicates]:
-        phase = time.perf_counter()
-        notify(f"folding {summary.accepted:,} new events into {fs.name}@{fs.version}")
-        if fs.engine == "tiles":
-            summary.snapshots_updated += sum(asyncio.run(_advance_states(dsn, fs)).entities.values())
-            summary.phases[f"states:{fs.name}@{fs.version}"] = time.perf_counter() - phase
-            continue
-        shards = [{"entity": e, "shard": k} for e in [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
-                  for k in range(FEATURE_SHARDS)]
-        written = []
-        with bar("ingest: computing features", len(shards), unit="shards", show=progress) as advance:
-            for w in (
-                ray.data.from_items(shards)
-                .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
-                             fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
-                                        "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
-                .iter_rows()
-            ):
-                written.append(w)
-                advance(1)
-        summary.features_written += sum(int(w["written"]) for w in written)
-        summary.phases["features"] = time.perf_counter() - phase
+    try:
+        # v2 states advance from what their last fold saw (sira.features.states.advance), so a load whose events
+        # were all stored before folds those a load that stopped before folding left out (nothing when none are)
+        for fs in [f for f in feature_sets if seq_to > seq_from or f.engine == "tiles" and summary.duplicates]:
+            phase = time.perf_counter()
+            notify(f"folding {summary.accepted:,} new events into {fs.name}@{fs.version}")
+            if fs.engine == "tiles":
+                summary.snapshots_updated += sum(asyncio.run(_in_transaction(dsn, advance_states, fs)).entities.values())
+                summary.phases[f"states:{fs.name}@{fs.version}"] = time.perf_counter() - phase
+                continue
+            entities = [feature_store.EVENT_ENTITY, *(s.entity for s in fs.entities)]
+            shards = [{"entity": e, "shard": k} for e in entities for k in range(FEATURE_SHARDS)]
+            written = []
+            with bar("ingest: computing features", len(shards), unit="shards", show=progress) as advance:
+                for w in (
+                    ray.data.from_items(shards)
+                    .map_batches(_feature_shard, batch_size=1, batch_format="numpy",
+                                 fn_kwargs={"fs_name": fs.name, "fs_version": fs.version, "seq_from": seq_from,
+                                            "seq_to": seq_to, "shards": FEATURE_SHARDS, "dsn": dsn})
+                    .iter_rows()
+                ):
+                    written.append(w)
+                    advance(1)
+            summary.features_written += sum(int(w["written"]) for w in written)
+            summary.phases["features"] = time.perf_counter() - phase
+    except BaseException as exc:  # stopped by a signal: says what it stored, unfolded, and what folds it
+        raise (error := _stopped(exc, seq_now, seq_from, signalled=True)) from (None if error is exc else exc)
     if summary.features_written:
         asyncio.run(db.analyze(dsn, "sira_features"))
     summary.seconds = time.perf_counter() - started
@@ -557,13 +539,20 @@ def ingest_files(
     return summary
 
 
-def _stopped(cause: BaseException, seq_now: Callable[[], Any], seq_from: int) -> BaseException:
-    """What stopped a load, saying what to run when some of its events were stored already: a run again found
-    them all duplicates and folded nothing (the database gone too: the cause says so)."""
+def _stopped(cause: BaseException, seq_now: Callable[[], Any], seq_from: int, signalled: bool = False
+             ) -> BaseException:
+    """What stopped a load (only a signal when ``signalled``: SIGTERM's ``Stopped`` or cancellation, Ctrl-C, said as
+    ``interrupted``), saying what to run when some of its events were stored already (the database gone: the cause)."""
+    by_signal = not isinstance(cause, (Exception, SystemExit, GeneratorExit))
+    if signalled and not by_signal:
+        return cause
     with contextlib.suppress(Exception):
         if (stored := asyncio.run(seq_now()) - seq_from) > 0:
             note = (f" ({stored:,} events of this load were stored before it stopped, not yet folded into the "
                     "features: `sira features materialize` folds them; so does loading the files again)")
+            if by_signal:
+                signum = signal.SIGINT if isinstance(cause, KeyboardInterrupt) else signal.SIGTERM
+                return Interrupted(f"ingest stopped by {signal.Signals(signum).name}{note}", signum=signum)
             if not isinstance(cause, SiraError):
                 return SiraError(f"{type(cause).__name__}: {cause}{note}")
             cause.message += note
@@ -572,20 +561,31 @@ def _stopped(cause: BaseException, seq_now: Callable[[], Any], seq_from: int) ->
 
 
 @contextlib.asynccontextmanager
-async def _connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of its own: the driver's steps and Ray Data's tasks each run in an event loop of their own."""
+async def _connected(dsn: str, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of its own for a step or a Ray Data task (``transaction``: the body in one). Stopped midway it
+    is dropped: after SIGTERM in a COPY a close waited forever on a server waiting for the COPY's data, holding
+    LOG_LOCK (every later fold waited); dropped, the server rolls back and frees its locks (replies left unread)."""
     conn = await db.connect(dsn)
     try:
+        if transaction:
+            await (tx := conn.transaction()).start()
         yield conn
-    finally:
-        await conn.close()
+        if transaction:
+            await tx.commit()
+    except BaseException:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: None if isinstance(
+            context.get("exception"), asyncpg.ConnectionDoesNotExistError) else loop.default_exception_handler(context))
+        conn.terminate()
+        raise
+    try:  # a graceful close, bounded: the server answers at once, or is gone
+        await asyncio.wait_for(conn.close(), CLOSE_S)
+    except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        conn.terminate()
 
 
-async def _advance_states(dsn: str, fs: FeatureSet) -> Any:
-    from sira.features.states import advance
-
-    async with _connected(dsn) as conn, conn.transaction():
-        return await advance(conn, fs)
+async def _in_transaction(dsn: str, step: Callable[..., Any], *args: Any) -> Any:
+    async with _connected(dsn, transaction=True) as conn:
+        return await step(conn, *args)
 
 
 async def _record_load(dsn: str, actor: Actor, redactor: Redactor, source: str, files: Any, summary: IngestSummary,
