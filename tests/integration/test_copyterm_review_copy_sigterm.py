@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from sira.cli.common import Stopped, stop_on_sigterm
+from sira.cli.common import SIGTERM_RECEIVED, Stopped, stop_on_sigterm
 from sira.demo.simulate import SimulationConfig, simulate
 from sira.features.store import LOG_LOCK
 from sira.ingest import bulk as ingest
@@ -93,6 +93,7 @@ def test_sigterm_during_a_loads_copy_ends_it_and_frees_the_log_lock(own_db, tmp_
             wait_until(lambda: run_sync(_left(dsn)) == (0, 0, stored), what="the stopped load's backend gone")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        SIGTERM_RECEIVED.clear()  # the handler's mark: this process's other tests were not stopped
     assert signalled > ATTEMPTS // 2, f"SIGTERM landed in a COPY on {signalled} tries of {ATTEMPTS}"
 
 
@@ -125,6 +126,7 @@ def test_sigterm_after_a_load_stored_its_events_says_how_many_and_what_folds_the
                                 notify=notify)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        SIGTERM_RECEIVED.clear()  # the handler's mark: this process's other tests were not stopped
     stored = run_sync(_left(dsn))[2]
     assert stored > 0 and stopped.value.exit_code == 143
     assert stopped.value.one_line().startswith(f"error: interrupted: ingest stopped by SIGTERM ({stored:,} events of")

@@ -12,7 +12,7 @@ import time
 import asyncpg
 import pytest
 
-from sira.cli.common import stop_on_sigterm
+from sira.cli.common import SIGTERM_RECEIVED, stop_on_sigterm
 from sira.core import db
 from sira.features import store
 from tests.conftest import migrate_database, run_sync
@@ -84,6 +84,7 @@ def test_sigterm_stops_a_read_of_the_log_positions_queued_behind_a_stuck_writer(
             watcher.join()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        SIGTERM_RECEIVED.clear()  # the handler's mark: this process's other tests were not stopped
     assert seen["signalled"], f"the read ended before it queued: {outcome!r}"
     assert not seen["stuck"], "the read did not stop until the writer ended"
     assert isinstance(outcome, asyncio.CancelledError), outcome
