@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import stat
-from asyncio import run as run_sync
 from datetime import timedelta
 
 import pyarrow as pa
@@ -15,30 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sira.ingest.pii import redactor_for
-from sira.monitoring.batch import BatchRequest, run_batch_score
+from tests.integration.test_batch_runs import _last_audit, _range, score
 
 CARD, EMAIL, PHONE, IP = "4111111111111111", "jane.doe@example.com", "+44 20 7946 0958", "203.0.113.7"
 PROSE = "Jane Doe, 5 Main Street"
-
-
-def score(fraud_model, **kwargs):
-    return run_sync(run_batch_score(fraud_model.settings, BatchRequest(model="fraud", **kwargs)))
-
-
-def _rows(fraud_model, sql: str, *args):
-    from tests.conftest import fetch_rows
-
-    return run_sync(fetch_rows(fraud_model.dsn, sql, *args))
-
-
-def _range(fraud_model):
-    return _rows(fraud_model, "SELECT min(occurred_at) AS lo, max(occurred_at) AS hi FROM sira_events")[0].values()
-
-
-def _last_audit(fraud_model) -> dict:
-    row = _rows(fraud_model, "SELECT outcome, details::text AS details FROM sira_audit_log "
-                             "WHERE action = 'batch.score' ORDER BY id DESC LIMIT 1")[0]
-    return {"outcome": row["outcome"], **json.loads(row["details"])}
 
 
 def _cli(fraud_model, monkeypatch, capsys, *args: str):
