@@ -19,12 +19,12 @@ from sira.core import db
 from sira.features import store as feature_store
 from sira.features.definitions import ENTITY_COLUMNS, FeatureSet, parse_duration
 from sira.features.history import History
-from sira.serving.replica import CLOCK_SKEW_S, Replica
+from sira.serving.replica import Replica
 from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 from sira.serving.scoring import event_vectors
 from sira.serving.slots import ModelSlots
-from sira.serving.states import EntityStates
+from sira.serving.states import CLOCK_SKEW_S, EntityStates
 
 
 @dataclass

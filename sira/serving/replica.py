@@ -23,11 +23,6 @@ log = logging.getLogger(__name__)
 # The hot-path lookups touch a partitioned table: planning a custom plan for every call cost
 # ~0.4 ms more than running the generic one (measured: 0.49 vs 0.18 ms per lookup). A start-up
 # parameter, not a SET: the pool's reset (``RESET ALL``) would undo a SET at the first release.
-# Redis values carry the wall time of the PostgreSQL read they come from (v1 histories: of their write), by another
-# process's clock maybe, on another host: one from up to this much before a process began listening (or before
-# a state was written over) is not trusted as newer
-CLOCK_SKEW_S = 0.5
-
 SERVING_SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 

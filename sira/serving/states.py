@@ -44,7 +44,7 @@ from sira.features.definitions import FeatureSet, get_feature_set, parse_duratio
 from sira.features.engine import Engine, engine_of
 from sira.features.hashing import MISSING, value_hash
 from sira.features.store import to_us
-from sira.serving.replica import CLOCK_SKEW_S, Replica
+from sira.serving.replica import Replica
 from sira.serving.resilience import LRU
 from sira.serving.schemas import Item
 
@@ -66,6 +66,11 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'EX', AR
 return 1
 """
 
+
+# Redis values carry the wall time of the PostgreSQL read they come from (v1 histories: of their write), by another
+# process's clock maybe, on another host: one from up to this much before a process began listening (or before
+# a state was written over) is not trusted as newer
+CLOCK_SKEW_S = 0.5
 
 TAIL = 32  # events an entry keeps after its base: a late event within them folds exactly, in the replica
 

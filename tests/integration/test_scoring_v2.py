@@ -22,8 +22,8 @@ from sira.features.engine import EventColumns, engine_of
 from sira.http.app import create_app
 from sira.ingest.bulk import ingest_records
 from sira.serving.config import ServingConfig
-from sira.serving.replica import CLOCK_SKEW_S
 from sira.serving.service import ScoringService
+from sira.serving.states import CLOCK_SKEW_S
 from tests.conftest import served_model
 
 EVER = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
